@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Make the base images our Dockerfiles and compose files name available to Docker.
+#
+# First try `docker pull` of the real image. Where no registry can be reached
+# (our CI machines, an air-gapped classroom), build a stand-in from Debian
+# packages with mmdebstrap and tag it with the real name, so Dockerfiles build
+# unchanged. Stand-ins carry a label saying so:
+#   docker image inspect python:3.11-slim --format '{{json .Config.Labels}}'
+#
+# Usage: scripts/offline-images.sh [--force] [IMAGE...]
+#   IMAGE   python:3.11-slim and/or redis:7 (default: both)
+#   --force pull or build again even if the image already exists
+# Env: PULL_TIMEOUT (seconds, default 20), HOST_CA_BUNDLE (CA bundle copied into
+#      the python stand-in, default /etc/ssl/certs/ca-certificates.crt).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+hooks=$here/../docker/offline
+
+force=0
+images=()
+for arg in "$@"; do
+  case $arg in
+    --force) force=1 ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) images+=("$arg") ;;
+  esac
+done
+[ ${#images[@]} -gt 0 ] || images=(python:3.11-slim redis:7)
+
+label='LABEL org.opencontainers.image.description="offline stand-in built from Debian packages"'
+mirrors=(
+  "deb http://deb.debian.org/debian bookworm main"
+  "deb http://deb.debian.org/debian bookworm-updates main"
+  "deb http://deb.debian.org/debian-security bookworm-security main"
+)
+# Shared by every stand-in: the smallest Debian (minbase), merged /usr without the
+# usrmerge package (which would pull in ~50 MB of perl), no Recommends, no docs/man/locales.
+# mmdebstrap already drops apt's package lists and cache.
+mm_common=(
+  --variant=minbase
+  --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
+  --aptopt='APT::Install-Recommends "false"'
+  --dpkgopt='path-exclude=/usr/share/doc/*'
+  --dpkgopt='path-include=/usr/share/doc/*/copyright'
+  --dpkgopt='path-exclude=/usr/share/man/*'
+  --dpkgopt='path-exclude=/usr/share/info/*'
+  --dpkgopt='path-exclude=/usr/share/locale/*'
+)
+
+ensure_mmdebstrap() {
+  command -v mmdebstrap >/dev/null && return
+  echo "==> installing mmdebstrap from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+}
+
+# mmdebstrap writes the rootfs as a tarball to stdout; `docker import` turns it into
+# a one-layer image, with --change for the Dockerfile settings the real image has.
+build_python() {
+  mmdebstrap "${mm_common[@]}" \
+    --include=python3.11,python3-venv,python3-pip,ca-certificates,netbase,tzdata \
+    --customize-hook="\"$hooks/python-hook.sh\" \"\$1\"" \
+    bookworm - "${mirrors[@]}" |
+    docker import \
+      --change "$label" \
+      --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'ENV LANG=C.UTF-8' \
+      --change 'ENV PYTHON_VERSION=3.11' \
+      --change 'CMD ["python3"]' \
+      - python:3.11-slim
+}
+
+build_redis() {
+  mmdebstrap "${mm_common[@]}" \
+    --include=redis-server,redis-tools \
+    --customize-hook="\"$hooks/redis-hook.sh\" \"\$1\"" \
+    bookworm - "${mirrors[@]}" |
+    docker import \
+      --change "$label" \
+      --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'USER redis' \
+      --change 'WORKDIR /data' \
+      --change 'VOLUME /data' \
+      --change 'EXPOSE 6379' \
+      --change 'ENTRYPOINT ["docker-entrypoint.sh"]' \
+      --change 'CMD ["redis-server"]' \
+      - redis:7
+}
+
+for image in "${images[@]}"; do
+  case $image in
+    python:3.11-slim) builder=build_python ;;
+    redis:7) builder=build_redis ;;
+    *) echo "unknown image: $image (known: python:3.11-slim redis:7)" >&2; exit 2 ;;
+  esac
+  if [ $force = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
+    what=$(docker image inspect "$image" --format '{{index .Config.Labels "org.opencontainers.image.description"}}')
+    echo "==> $image: already present (${what:-real image}), skipping (--force to redo)"
+    continue
+  fi
+  echo "==> $image: trying docker pull (timeout ${PULL_TIMEOUT:-20}s)"
+  if timeout "${PULL_TIMEOUT:-20}" docker pull -q "$image"; then
+    echo "==> $image: PULLED the real image"
+    continue
+  fi
+  echo "==> $image: pull failed, BUILDING offline stand-in from Debian packages"
+  ensure_mmdebstrap
+  start=$SECONDS
+  log=$(mktemp)
+  if ! $builder 2>"$log" >/dev/null; then
+    cat "$log" >&2
+    echo "==> $image: stand-in build FAILED" >&2
+    exit 1
+  fi
+  grep -E '^(python hook|I: success)' "$log" || true
+  rm -f "$log"
+  size=$(docker image inspect "$image" --format '{{.Size}}')
+  echo "==> $image: built stand-in in $((SECONDS - start))s, $((size / 1000000)) MB"
+done
