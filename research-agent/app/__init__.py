@@ -1,0 +1,1 @@
+"""Research agent: a LangChain tool-calling agent served by FastAPI."""

@@ -1,0 +1,368 @@
+"""The research agent: a LangChain 1.x tool-calling agent (create_agent) with one search tool.
+
+Without OPENAI_API_KEY it runs the deterministic OfflineResearchModel below through the same agent loop,
+tools and middleware as ChatOpenAI would.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.errors import GraphBubbleUp
+
+from .config import OFFLINE_MODEL_NAME, Settings
+from .errors import AppError, UpstreamError, UpstreamTimeoutError
+from .search import format_results, make_search_tool
+from .telemetry import TOKENS, TOOL_CALLS
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = """You are a research assistant for a course on containerizing AI agents.
+Use the search tool to find sources before answering; search again with other words if the results are poor.
+Answer concisely from the search results only, and cite them inline with their numbers, like [1] or [2].
+If the search fails or finds nothing relevant, say so instead of guessing."""
+
+
+# --- The offline model -------------------------------------------------------------------------------
+
+
+class OfflineResearchModel(BaseChatModel):
+    """A deterministic stand-in for an LLM, so the agent runs without a key or network.
+
+    Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the first sentences of
+    the top results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
+    reports usage, counting one token per word.
+    """
+
+    token_delay_ms: int = 0
+    tool_name: str | None = None
+    max_cited: int = 3
+
+    @property
+    def _llm_type(self) -> str:
+        return OFFLINE_MODEL_NAME
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> "OfflineResearchModel":
+        names = [convert_to_openai_tool(t)["function"]["name"] for t in tools]
+        return self.model_copy(update={"tool_name": names[0] if names else None})
+
+    # The plan for this turn: (text, tool call or None, usage).
+    def _plan(self, messages: list[BaseMessage]) -> tuple[str, dict | None, dict]:
+        last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)
+        question = messages[last_human].text if last_human >= 0 else ""
+        results = [m for m in messages[last_human + 1 :] if isinstance(m, ToolMessage)]
+        input_tokens = sum(len(m.text.split()) for m in messages)
+        if not results and self.tool_name:
+            call_id = "call_" + hashlib.sha1(question.encode()).hexdigest()[:12]
+            call = {"name": self.tool_name, "args": {"query": question}, "id": call_id}
+            return "", call, _usage(input_tokens, len(question.split()) + 3)
+        text = self._answer(results)
+        return text, None, _usage(input_tokens, len(_tokens(text)))
+
+    def _answer(self, results: list[ToolMessage]) -> str:
+        found = []
+        for message in results:
+            if message.status != "error":
+                found += re.findall(r"^\[(\d+)\] .+\n(.+)$", message.text, flags=re.M)
+        header = "Offline research model (no OPENAI_API_KEY is set, so no LLM wrote this): "
+        if not found:
+            errors = " ".join(m.text for m in results if m.status == "error")
+            return header + "the search found no usable sources, so I cannot answer from sources." + (
+                f" {errors}" if errors else ""
+            )
+        lines = [f"- {_first_sentences(snippet)} [{n}]" for n, snippet in found[: self.max_cited]]
+        return header + "here is what the top sources say.\n\n" + "\n".join(lines)
+
+    def _message(self, messages: list[BaseMessage]) -> AIMessage:
+        text, call, usage = self._plan(messages)
+        return AIMessage(
+            content=text,
+            tool_calls=[call] if call else [],
+            usage_metadata=usage,
+            response_metadata={"model_name": OFFLINE_MODEL_NAME},
+        )
+
+    def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
+        text, call, usage = self._plan(messages)
+        for token in _tokens(text):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=token))
+        if call:
+            tool_chunk = {"name": call["name"], "args": json.dumps(call["args"]), "id": call["id"], "index": 0}
+            yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[tool_chunk]))
+        last = AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": OFFLINE_MODEL_NAME})
+        yield ChatGenerationChunk(message=last)
+
+    def _generate(self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs):
+        return ChatResult(generations=[ChatGeneration(message=self._message(messages))])
+
+    def _stream(self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs):
+        for chunk in self._chunks(messages):
+            if chunk.message.content and self.token_delay_ms:
+                time.sleep(self.token_delay_ms / 1000)
+            if run_manager and chunk.message.content:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(self, messages, stop=None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs):
+        for chunk in self._chunks(messages):
+            if chunk.message.content and self.token_delay_ms:
+                await asyncio.sleep(self.token_delay_ms / 1000)
+            if run_manager and chunk.message.content:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+
+def _usage(input_tokens: int, output_tokens: int) -> dict:
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\s*\S+", text)
+
+
+def _first_sentences(snippet: str, limit: int = 220) -> str:
+    sentences = re.split(r"(?<=[.!?])\s+", snippet.strip())
+    out = sentences[0]
+    for sentence in sentences[1:]:
+        if len(out) + len(sentence) + 1 > limit:
+            break
+        out += " " + sentence
+    return out
+
+
+def build_model(settings: Settings) -> BaseChatModel:
+    if settings.offline:
+        return OfflineResearchModel(token_delay_ms=settings.OFFLINE_TOKEN_DELAY_MS)
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=settings.MODEL_NAME,
+        api_key=settings.OPENAI_API_KEY,
+        base_url=settings.OPENAI_BASE_URL or None,
+        temperature=settings.TEMPERATURE,
+        stream_usage=True,  # without it, streaming through a custom base URL reports no usage
+        timeout=settings.REQUEST_TIMEOUT_SECONDS,
+        max_retries=settings.OPENAI_MAX_RETRIES,
+    )
+
+
+# --- Tool calls: timeouts, failures and source numbering ---------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """Per-run state shared with the tool middleware (passed as the agent's runtime context)."""
+
+    sources: list[dict] = field(default_factory=list)  # every distinct source found, numbered from 1
+    steps: list[dict] = field(default_factory=list)  # one per tool call, in completion order
+
+    def number(self, source: dict) -> int:
+        for n, known in enumerate(self.sources, 1):
+            if known["url"] == source["url"]:
+                return n
+        self.sources.append(source)
+        return len(self.sources)
+
+
+class SearchToolMiddleware(AgentMiddleware):
+    """Bounds each tool call with a timeout and turns failures into ToolMessage(status="error").
+
+    A tool that raises would otherwise abort the whole run. It must be async: the agent runs under
+    ainvoke/astream, where a sync-only wrap_tool_call fails with NotImplementedError. It also numbers
+    sources across all calls of a run, so that [n] means the same source everywhere.
+    """
+
+    def __init__(self, timeout_seconds: float):
+        super().__init__()
+        self.timeout_seconds = timeout_seconds
+
+    async def awrap_tool_call(self, request, handler):
+        call = request.tool_call
+        context = request.runtime.context if isinstance(request.runtime.context, RunContext) else RunContext()
+        query = call["args"].get("query", call["args"])
+        step = {"call_id": call["id"], "tool": call["name"], "input": str(query), "status": "success"}
+        try:
+            result = await asyncio.wait_for(handler(request), self.timeout_seconds)
+        except GraphBubbleUp:
+            raise
+        except asyncio.TimeoutError:
+            return self._error(call, context, step, "search_timeout", f"timed out after {self.timeout_seconds:g} s")
+        except Exception as exc:  # DDGSException, RatelimitException, DNS and HTTP errors...
+            logger.warning("tool call failed", extra={"tool": call["name"], "error": repr(exc)[:300]})
+            return self._error(call, context, step, "search_unavailable", f"{type(exc).__name__}: {exc}"[:300])
+        if not isinstance(result, ToolMessage) or result.status == "error":
+            if isinstance(result, ToolMessage):  # e.g. invalid arguments, reported by the ToolNode itself
+                return self._error(call, context, step, "tool_error", result.text[:300])
+            return result
+        found = result.artifact if isinstance(result.artifact, list) else []
+        numbered = [(context.number(s), s) for s in found]
+        step["sources"] = [n for n, _ in numbered]
+        context.steps.append(step)
+        TOOL_CALLS.labels(call["name"], "success").inc()
+        return ToolMessage(
+            content=format_results(numbered),
+            tool_call_id=call["id"],
+            name=call["name"],
+            artifact={"sources": [{"n": n, **s} for n, s in numbered]},
+        )
+
+    @staticmethod
+    def _error(call: dict, context: RunContext, step: dict, error_type: str, message: str) -> ToolMessage:
+        TOOL_CALLS.labels(call["name"], "error").inc()
+        step.update(status="error", error=message, error_type=error_type)
+        context.steps.append(step)
+        return ToolMessage(
+            content=f"Error: the search failed ({message}). Try again later or answer without sources.",
+            tool_call_id=call["id"],
+            name=call["name"],
+            status="error",
+            artifact={"sources": [], "error": {"type": error_type, "message": message}},
+        )
+
+
+# --- The service used by the routes ------------------------------------------------------------------
+
+
+class ResearchAgent:
+    def __init__(self, settings: Settings, model: BaseChatModel | None = None, tool=None):
+        self.settings = settings
+        self.model_label = settings.model_label
+        self.search_backend = settings.search_backend
+        self.tool = tool if tool is not None else make_search_tool(settings)
+        self.graph = create_agent(
+            model if model is not None else build_model(settings),
+            [self.tool],
+            system_prompt=SYSTEM_PROMPT,
+            middleware=[
+                SearchToolMiddleware(settings.SEARCH_TIMEOUT_SECONDS),
+                ModelCallLimitMiddleware(run_limit=settings.MAX_MODEL_CALLS, exit_behavior="end"),
+            ],
+            context_schema=RunContext,
+        )
+
+    async def research(self, query: str) -> dict:
+        """Run the agent to completion: {response, steps, sources, tokens_used}."""
+        context = RunContext()
+        try:
+            state = await asyncio.wait_for(
+                self.graph.ainvoke({"messages": [HumanMessage(query)]}, context=context),
+                self.settings.REQUEST_TIMEOUT_SECONDS,
+            )
+        except Exception as exc:
+            raise self._app_error(exc) from exc
+        return self._result(state["messages"][1:], context)
+
+    async def stream(self, query: str) -> AsyncIterator[tuple[str, dict]]:
+        """Yield ("token", {text}), ("tool", step) ... then ("final", result) or raise an AppError.
+
+        The graph runs in its own task feeding a queue, so the overall deadline can be enforced
+        between events without cancelling the consumer, and a client that goes away stops the run.
+        """
+        context, queue = RunContext(), asyncio.Queue()
+        done = object()
+
+        async def produce() -> None:
+            try:
+                async for mode, data in self.graph.astream(
+                    {"messages": [HumanMessage(query)]}, stream_mode=["updates", "messages"], context=context
+                ):
+                    await queue.put((mode, data))
+                await queue.put((done, None))
+            except BaseException as exc:  # handed to the consumer, which raises it
+                await queue.put((done, exc))
+
+        task = asyncio.create_task(produce())
+        deadline = asyncio.get_running_loop().time() + self.settings.REQUEST_TIMEOUT_SECONDS
+        messages: list[BaseMessage] = []
+        try:
+            while True:
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    mode, data = await asyncio.wait_for(queue.get(), max(remaining, 0))
+                except asyncio.TimeoutError as exc:
+                    raise self._app_error(exc) from exc
+                if mode is done:
+                    if data is not None:
+                        raise self._app_error(data) from data
+                    break
+                if mode == "messages":
+                    chunk, meta = data
+                    if meta.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk) and chunk.text:
+                        yield "token", {"text": chunk.text}
+                    continue
+                for update in data.values():
+                    for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
+                        messages.append(message)
+                        if isinstance(message, ToolMessage):
+                            yield "tool", self._tool_event(message, context)
+            yield "final", self._result(messages, context)
+        finally:
+            task.cancel()
+
+    @staticmethod
+    def _tool_event(message: ToolMessage, context: RunContext) -> dict:
+        step = next((s for s in context.steps if s["call_id"] == message.tool_call_id), {})
+        artifact = message.artifact if isinstance(message.artifact, dict) else {}
+        return {
+            "tool": message.name,
+            "input": step.get("input"),
+            "status": message.status,
+            "sources": artifact.get("sources", []),
+            "error": artifact.get("error"),
+        }
+
+    def _result(self, messages: list[BaseMessage], context: RunContext) -> dict:
+        ai_messages = [m for m in messages if isinstance(m, AIMessage)]
+        usage = {"input": 0, "output": 0}
+        for m in ai_messages:
+            if m.usage_metadata:
+                usage["input"] += m.usage_metadata.get("input_tokens", 0)
+                usage["output"] += m.usage_metadata.get("output_tokens", 0)
+        for kind, count in usage.items():
+            TOKENS.labels(self.model_label, kind).inc(count)
+        final = next((m for m in reversed(ai_messages) if not m.tool_calls), None)
+        steps = [{k: v for k, v in s.items() if k not in ("call_id", "error_type")} for s in context.steps]
+        failed = [s for s in context.steps if s["status"] == "error"]
+        if context.steps and len(failed) == len(context.steps) and not context.sources:
+            # Every search failed and there is nothing to cite: a research answer is not possible.
+            if all(s["error_type"] == "search_timeout" for s in failed):
+                raise UpstreamTimeoutError(f"search timed out: {failed[-1]['error']}", error_type="search_timeout")
+            raise UpstreamError(f"search backend failed: {failed[-1]['error']}", error_type="search_unavailable")
+        return {
+            "response": final.text if final else "",
+            "steps": steps,
+            "sources": context.sources,
+            "tokens_used": usage["input"] + usage["output"],
+        }
+
+    def _app_error(self, exc: BaseException) -> BaseException:
+        """Translate provider and timeout errors into the service's errors; others stay unhandled (500)."""
+        if isinstance(exc, AppError):
+            return exc
+        if isinstance(exc, asyncio.TimeoutError):
+            limit = self.settings.REQUEST_TIMEOUT_SECONDS
+            return UpstreamTimeoutError(f"research took longer than {limit:g} s", error_type="timeout")
+        try:
+            import openai
+        except ImportError:  # pragma: no cover - langchain-openai always brings it
+            return exc
+        if isinstance(exc, openai.APITimeoutError):
+            return UpstreamTimeoutError("the model provider timed out", error_type="model_timeout")
+        if isinstance(exc, openai.APIStatusError):
+            return UpstreamError(f"the model provider answered HTTP {exc.status_code}", error_type="model_error")
+        if isinstance(exc, openai.APIError):
+            return UpstreamError(f"the model provider failed: {type(exc).__name__}", error_type="model_error")
+        return exc

@@ -1,0 +1,73 @@
+"""All configuration, read from environment variables in one place."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+APP_DIR = Path(__file__).resolve().parent.parent  # research-agent/
+BUNDLED_NOTES_DIR = APP_DIR / "notes"
+REPO_DOCS_DIR = APP_DIR.parent / "docs"  # the course docs, when run from the repository
+
+OFFLINE_MODEL_NAME = "offline-research-model"
+
+
+class Settings(BaseSettings):
+    """Field names are the environment variable names (settings come from the environment only)."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True)  # VAR= (as in .env.example) means "use the default"
+
+    APP_NAME: str = "research-agent"
+    APP_VERSION: str = "1.0.0"
+    HOST: str = "0.0.0.0"
+    PORT: int = 8000
+    LOG_LEVEL: str = "INFO"
+
+    # Model: without a key the deterministic offline model answers from search results.
+    OPENAI_API_KEY: SecretStr | None = None
+    OPENAI_BASE_URL: str | None = None
+    OPENAI_MAX_RETRIES: int = 2
+    MODEL_NAME: str = "gpt-4o-mini"
+    TEMPERATURE: float = 0.2
+    MAX_MODEL_CALLS: int = 5
+    OFFLINE_TOKEN_DELAY_MS: int = 15
+
+    # Search: "auto" means local when offline, duckduckgo when a real model is configured.
+    SEARCH_BACKEND: Literal["auto", "local", "duckduckgo"] = "auto"
+    SEARCH_MAX_RESULTS: int = 4
+    SEARCH_TIMEOUT_SECONDS: float = 10.0
+    DOCS_DIR: Path | None = None
+
+    # Limits and cache.
+    REQUEST_TIMEOUT_SECONDS: float = 60.0
+    MAX_BODY_BYTES: int = 16_384
+    REDIS_URL: str | None = None
+    CACHE_TTL_SECONDS: int = 3600
+    GRACEFUL_SHUTDOWN_SECONDS: int = 8
+
+    @property
+    def offline(self) -> bool:
+        return self.OPENAI_API_KEY is None or not self.OPENAI_API_KEY.get_secret_value()
+
+    @property
+    def model_label(self) -> str:
+        return OFFLINE_MODEL_NAME if self.offline else self.MODEL_NAME
+
+    @property
+    def search_backend(self) -> str:
+        if self.SEARCH_BACKEND != "auto":
+            return self.SEARCH_BACKEND
+        return "local" if self.offline else "duckduckgo"
+
+    @property
+    def docs_dirs(self) -> list[Path]:
+        """Folders searched by the local backend: DOCS_DIR (or the repo's docs/) and the bundled notes."""
+        docs = self.DOCS_DIR if self.DOCS_DIR is not None else REPO_DOCS_DIR
+        return [d for d in (docs, BUNDLED_NOTES_DIR) if d.is_dir()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
