@@ -33,14 +33,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (test runners swap it)."""
+
+    _research_agent = True
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(level: str) -> None:
     """Send every log record, uvicorn's included, to stdout as JSON. Safe to call more than once."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_research_agent", False)]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(JsonFormatter())
-    handler._research_agent = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):
@@ -48,7 +64,7 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
     # Our middleware logs each request with its id and latency; uvicorn's access line would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
-    for noisy in ("httpx", "httpcore", "openai", "primp"):
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "primp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -1,0 +1,200 @@
+"""End to end over HTTP with the offline model and the local search: the happy paths."""
+
+import json
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from app.api import create_app
+from app.config import REPO_DOCS_DIR
+
+from .conftest import AGENT_DIR, make_settings, metric, parse_sse, sse_json
+
+QUESTION = "Why use a multi-stage Docker build?"
+
+
+def test_health_reports_version_model_and_backend(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "version": "1.0.0",
+        "model": "offline-research-model",
+        "search_backend": "local",
+    }
+
+
+def test_ready_once_the_agent_is_built(client):
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ready",
+        "model": "offline-research-model",
+        "search_backend": "local",
+        "cache": "disabled",
+    }
+
+
+def test_research_answers_offline_citing_bundled_notes(client):
+    response = client.post("/v1/research", json={"query": QUESTION})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["query"] == QUESTION
+    assert body["model"] == "offline-research-model"
+    assert body["response"].startswith("Offline research model")
+    assert "[1]" in body["response"] and "[2]" in body["response"]
+    assert body["sources"][0]["url"] == "notes/multi-stage-builds.md#why-use-a-multi-stage-build"
+    assert "multi-stage build" in body["sources"][0]["snippet"]
+    assert body["steps"] == [
+        {"tool": "search_docs", "input": QUESTION, "status": "success",
+         "sources": list(range(1, len(body["sources"]) + 1)), "error": None}
+    ]
+    assert body["tokens_used"] > 0
+    assert body["cached"] is False
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_every_source_is_a_real_file_and_section(client):
+    body = client.post("/v1/research", json={"query": "health checks and graceful shutdown"}).json()
+    assert body["sources"]
+    for source in body["sources"]:
+        path, _, anchor = source["url"].partition("#")
+        folder = REPO_DOCS_DIR.parent if path.startswith("docs/") else AGENT_DIR
+        text = (folder / path).read_text()
+        assert source["title"] and source["snippet"]
+        assert anchor.replace("-", " ") in text.lower().replace("-", " ").replace(":", "")
+
+
+def test_research_cites_the_course_docs_folder(client_for, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "lesson-02.md").write_text(
+        "# Lesson 2: images\n\n## Distroless images\n\n"
+        "A distroless image contains the Python runtime and nothing else: no shell, no package manager.\n"
+    )
+    with client_for(DOCS_DIR=str(docs)) as client:
+        body = client.post("/v1/research", json={"query": "What is a distroless image?"}).json()
+
+    assert body["sources"][0] == {
+        "title": "Lesson 2: images — Distroless images",
+        "url": "docs/lesson-02.md#distroless-images",
+        "snippet": "A distroless image contains the Python runtime and nothing else: no shell, no package manager.",
+    }
+    assert "no shell, no package manager. [1]" in body["response"]
+
+
+def test_default_docs_folder_is_the_repository_docs_when_present():
+    dirs = make_settings().docs_dirs
+    assert dirs[-1] == AGENT_DIR / "notes"
+    assert (REPO_DOCS_DIR in dirs) == REPO_DOCS_DIR.is_dir()
+
+
+def test_stream_sends_tool_then_tokens_then_final_then_done(client):
+    with client.stream("POST", "/v1/research/stream", json={"query": QUESTION}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        events = parse_sse(response.read().decode())
+
+    names = [name for name, _ in events]
+    assert names[0] == "tool"
+    assert names[-2:] == ["final", "message"] and events[-1][1] == "[DONE]"
+    tokens = sse_json(events, "token")
+    assert len(tokens) > 10
+    (tool,) = sse_json(events, "tool")
+    assert tool["status"] == "success" and tool["input"] == QUESTION
+    assert tool["sources"][0]["n"] == 1 and tool["sources"][0]["url"].startswith("notes/multi-stage-builds.md")
+    (final,) = sse_json(events, "final")
+    assert final["response"] == "".join(t["text"] for t in tokens)
+    assert final["sources"][0]["url"] == tool["sources"][0]["url"]
+    assert final["tokens_used"] > 0 and final["cached"] is False
+    assert final["request_id"] == response.headers["x-request-id"]
+
+
+def test_request_id_is_echoed_or_generated(client):
+    given = client.get("/health", headers={"X-Request-ID": "trace-42"})
+    assert given.headers["x-request-id"] == "trace-42"
+    research = client.post("/v1/research", json={"query": QUESTION}, headers={"X-Request-ID": "trace-43"})
+    assert research.json()["request_id"] == "trace-43"
+
+    generated = client.get("/health").headers["x-request-id"]
+    assert len(generated) == 32 and generated != client.get("/health").headers["x-request-id"]
+    # A header that could inject into logs is replaced, not echoed.
+    assert client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"] != "bad id"
+
+
+def test_logs_are_json_lines_with_the_request_id(client, capsys):
+    client.post("/v1/research", json={"query": QUESTION}, headers={"X-Request-ID": "log-check"})
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line["request_id"] == "log-check"]
+    done = next(line for line in mine if line["message"] == "research done")
+    assert done["model"] == "offline-research-model" and done["steps"] == 1 and done["latency_ms"] >= 0
+    access = next(line for line in mine if line["message"] == "request")
+    assert access["route"] == "/v1/research" and access["status"] == 200
+
+
+def test_metrics_move(client):
+    requests_before = metric(client, "http_requests_total", method="POST", route="/v1/research", status="200")
+    tools_before = metric(client, "agent_tool_calls_total", tool="search_docs", status="success")
+    tokens_before = metric(client, "agent_tokens_total", model="offline-research-model", kind="output")
+    unmatched_before = metric(client, "http_requests_total", method="GET", route="unmatched", status="404")
+
+    client.post("/v1/research", json={"query": QUESTION})
+    client.get("/no/such/page/123")
+
+    assert metric(client, "http_requests_total", method="POST", route="/v1/research", status="200") == requests_before + 1
+    assert metric(client, "agent_tool_calls_total", tool="search_docs", status="success") == tools_before + 1
+    assert metric(client, "agent_tokens_total", model="offline-research-model", kind="output") > tokens_before
+    assert metric(client, "http_requests_total", method="GET", route="unmatched", status="404") == unmatched_before + 1
+    assert metric(client, "http_request_duration_seconds_count", method="POST", route="/v1/research") >= 1
+
+
+def test_metrics_is_served_at_exactly_metrics(client):
+    response = client.get("/metrics", follow_redirects=False)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "research_cache_hits_total" in response.text
+
+
+def test_swagger_and_openapi(client):
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/health", "/ready", "/v1/research", "/v1/research/stream"} <= set(paths)
+
+
+def test_ready_is_503_until_the_agent_is_built():
+    client = TestClient(create_app(make_settings()))  # not entered: the lifespan has not run
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "not_ready"
+    assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+    assert client.get("/health").status_code == 200
+
+
+def test_ready_is_503_while_shutting_down(client):
+    client.app.state.shutting_down = True
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["error"] == {
+        "type": "not_ready",
+        "message": "the server is shutting down",
+        "request_id": response.headers["x-request-id"],
+    }
+    assert client.get("/health").status_code == 200
+
+
+def test_readme_example_query_is_answered_from_the_notes(client):
+    readme = (AGENT_DIR / "README.md").read_text()
+    assert '{"query":"Why use a multi-stage Docker build?"}' in readme
+    body = client.post("/v1/research", json={"query": QUESTION}).json()
+    for source in body["sources"][:2]:
+        assert source["url"] in readme
+
+
+def test_the_app_does_not_import_from_the_course_repository():
+    for path in (AGENT_DIR / "app").glob("*.py"):
+        text = path.read_text()
+        assert "from code" not in text and "from tests" not in text and "import tests" not in text, path
+    assert Path(AGENT_DIR / "main.py").read_text().count("from app.") >= 1
