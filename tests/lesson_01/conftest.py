@@ -25,3 +25,4 @@ def load_script(monkeypatch):
 
     return load
 
+
