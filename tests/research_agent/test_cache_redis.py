@@ -1,0 +1,61 @@
+"""The Redis cache against a real redis-server: hits, and Redis going away mid-test."""
+
+import logging
+
+from .conftest import metric
+
+QUERY = "How do health checks work?"
+
+
+def test_second_identical_request_is_served_from_redis(client_for, redis_server):
+    with client_for(REDIS_URL=redis_server.url, CACHE_TTL_SECONDS=60) as client:
+        assert client.get("/ready").json()["cache"] == "redis"
+        hits, misses = metric(client, "research_cache_hits_total"), metric(client, "research_cache_misses_total")
+
+        first = client.post("/v1/research", json={"query": QUERY}).json()
+        second = client.post("/v1/research", json={"query": "  How do health   checks work? "}).json()
+
+        assert first["cached"] is False and first["tokens_used"] > 0
+        assert second["cached"] is True and second["tokens_used"] == 0
+        assert second["response"] == first["response"] and second["sources"] == first["sources"]
+        assert second["request_id"] != first["request_id"]
+        assert metric(client, "research_cache_misses_total") == misses + 1
+        assert metric(client, "research_cache_hits_total") == hits + 1
+        # A different question is a miss.
+        assert client.post("/v1/research", json={"query": "What is a multi-stage build?"}).json()["cached"] is False
+
+
+def test_stream_uses_and_fills_the_cache(client_for, redis_server):
+    with client_for(REDIS_URL=redis_server.url) as client:
+        streamed = client.post("/v1/research/stream", json={"query": QUERY}).text
+        assert '"cached": false' in streamed
+        cached = client.post("/v1/research", json={"query": QUERY}).json()
+        assert cached["cached"] is True
+        again = client.post("/v1/research/stream", json={"query": QUERY}).text
+        assert '"cached": true' in again and again.rstrip().endswith("data: [DONE]")
+
+
+def test_redis_going_away_bypasses_the_cache_with_one_warning(client_for, redis_server, caplog):
+    with client_for(REDIS_URL=redis_server.url) as client:
+        assert client.post("/v1/research", json={"query": QUERY}).json()["cached"] is False
+        assert client.post("/v1/research", json={"query": QUERY}).json()["cached"] is True
+
+        redis_server.stop()
+        caplog.clear()
+        errors = metric(client, "research_cache_errors_total")
+        responses = [client.post("/v1/research", json={"query": QUERY}) for _ in range(3)]
+
+        assert [r.status_code for r in responses] == [200, 200, 200]
+        assert all(r.json()["cached"] is False for r in responses)
+        warnings = [r for r in caplog.records if r.name == "app.cache" and r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].getMessage() == "redis unavailable, cache bypassed"
+        assert metric(client, "research_cache_errors_total") >= errors + 3
+        assert client.get("/ready").status_code == 200
+
+
+def test_starting_without_redis_still_serves(client_for, redis_server, caplog):
+    redis_server.stop()
+    with client_for(REDIS_URL=redis_server.url) as client:
+        assert client.get("/ready").status_code == 200
+        assert client.post("/v1/research", json={"query": QUERY}).status_code == 200
+    assert sum(r.name == "app.cache" and r.levelno == logging.WARNING for r in caplog.records) == 1
