@@ -19,18 +19,20 @@ ln -sfn dist-packages "$root/usr/local/lib/python3.11/site-packages"
 
 # This stand-in is built for the network it is built on: trust the extra CAs the host
 # trusts (e.g. an intercepting proxy's) so pip inside builds FROM it works. Only certs
-# missing from Debian's bundle are added, as local CAs, so update-ca-certificates keeps them.
+# the host added itself are copied (not in Debian's bundle nor the host's mozilla set,
+# so CAs Debian has since distrusted stay out), as local CAs that update-ca-certificates keeps.
 host_ca=${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 if [ -r "$host_ca" ]; then
   mkdir -p "$root/usr/local/share/ca-certificates"
-  awk -v out="$root/usr/local/share/ca-certificates/offline-host-extra" '
-    FNR == 1 { file++ }
+  find /usr/share/ca-certificates/mozilla -name '*.crt' -exec cat {} + 2>/dev/null >"$root/tmp/known.pem" || true
+  awk -v candidates="$host_ca" -v out="$root/usr/local/share/ca-certificates/offline-host-extra" '
     /-----BEGIN CERTIFICATE-----/ { blk = "" }
     { blk = blk $0 "\n" }
     /-----END CERTIFICATE-----/ {
-      if (file == 1) seen[blk] = 1
+      if (FILENAME != candidates) seen[blk] = 1
       else if (!(blk in seen)) { n++; printf "%s", blk > (out "-" n ".crt") }
-    }' "$root/etc/ssl/certs/ca-certificates.crt" "$host_ca"
+    }' "$root/etc/ssl/certs/ca-certificates.crt" "$root/tmp/known.pem" "$host_ca"
+  rm -f "$root/tmp/known.pem"
   chroot "$root" update-ca-certificates >/dev/null
   echo "python hook: added $(ls "$root/usr/local/share/ca-certificates" | wc -l) host CA cert(s)"
 fi
