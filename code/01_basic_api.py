@@ -28,6 +28,7 @@ from chat_model import make_chat_model
 AppStatus.disable_automatic_graceful_drain()
 
 APP_VERSION = "1.0.0"
+logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")  # uvicorn's format
 logger = logging.getLogger("basic_api")
 
 

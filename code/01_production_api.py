@@ -208,12 +208,13 @@ class ProductionAgent:
         self.model_name = model.model_name
         self.timeout_seconds = timeout_seconds
         self.cache = cache
+        self.default_chain = PROMPT | model
 
     def _chain(self, request: AgentRequest):
         # Request settings reach the model call itself; unset ones keep the model's defaults.
         overrides = {k: v for k, v in {"temperature": request.temperature,
                                        "max_tokens": request.max_tokens}.items() if v is not None}
-        return PROMPT | self.model.bind(**overrides)
+        return PROMPT | self.model.bind(**overrides) if overrides else self.default_chain
 
     @staticmethod
     def _inputs(request: AgentRequest) -> dict[str, str]:
@@ -226,12 +227,12 @@ class ProductionAgent:
                            request.max_tokens], sort_keys=True)
 
     async def invoke(self, request: AgentRequest) -> tuple[str, int, bool]:
-        key = self._cache_key(request)
-        if self.cache is not None and key in self.cache:
-            CACHE.labels("hit").inc()
-            text, tokens = self.cache[key]
-            return text, tokens, True
-        if self.cache is not None:
+        key = self._cache_key(request) if self.cache is not None else None
+        if key is not None:
+            if key in self.cache:
+                CACHE.labels("hit").inc()
+                text, tokens = self.cache[key]
+                return text, tokens, True
             CACHE.labels("miss").inc()
         try:
             async with asyncio.timeout(self.timeout_seconds):
@@ -243,7 +244,7 @@ class ProductionAgent:
             raise UpstreamError(502, "upstream_error", "The model provider failed")
         tokens = (message.usage_metadata or {}).get("total_tokens", 0)
         TOKENS.labels(self.model_name).inc(tokens)
-        if self.cache is not None:
+        if key is not None:
             self.cache[key] = (message.text, tokens)
         return message.text, tokens, False
 

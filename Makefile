@@ -1,0 +1,64 @@
+# Containerizing AI Agents: every command of the course. `make` (or `make help`) lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+
+.PHONY: help install lock lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api clean
+
+help: ## List the commands of the course
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed (found $(PYTHON))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the pinned dependencies
+
+lock: $(VENV)/.installed ## Re-pin requirements-dev.txt and research-agent/requirements.txt after editing a .in file
+	$(VENV)/bin/pip install --quiet uv
+	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/requirements.in -o research-agent/requirements.txt
+	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements-dev.in -o requirements-dev.txt
+
+define serving
+	@echo
+	@echo "  $(1) on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
+	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
+	@echo "  Try it:     curl -s -X POST http://$(HOST):$(PORT)/$(2) -H 'content-type: application/json' -d '{\"query\": \"$(3)\"}'"
+	@echo
+endef
+
+lesson-01: $(VENV)/.installed ## Lesson 01: run the basic agent API (PORT=8100 make lesson-01 for another port)
+	$(call serving,Basic agent API,v1/invoke,What is a container?)
+	@$(PY) code/01_basic_api.py
+
+lesson-01-production: $(VENV)/.installed ## Lesson 01: run the production API (JSON logs, /metrics, errors, cache)
+	$(call serving,Production agent API,v1/invoke,What is a container?)
+	@$(PY) code/01_production_api.py
+
+lesson-01-shutdown: $(VENV)/.installed ## Lesson 01: run the graceful-shutdown example (send it SIGTERM mid-stream)
+	$(call serving,Graceful-shutdown API,v1/stream,What is a container?)
+	@$(PY) code/01_graceful_shutdown.py
+
+research-agent: $(VENV)/.installed ## Run the research agent locally (offline model and local search by default)
+	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
+	@cd research-agent && ../$(PY) main.py
+
+test: $(VENV)/.installed ## Run the test suite (installs Python packages and redis-server when missing)
+	@scripts/ensure-command.sh redis-server redis-server
+	$(PY) -m pytest
+
+bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic vs production API vs bare FastAPI
+	@scripts/ensure-command.sh wrk wrk
+	$(PY) scripts/bench_api.py
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
