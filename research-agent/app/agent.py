@@ -42,8 +42,8 @@ If the search fails or finds nothing relevant, say so instead of guessing."""
 class OfflineResearchModel(BaseChatModel):
     """A deterministic stand-in for an LLM, so the agent runs without a key or network.
 
-    Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the first sentences of
-    the top results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
+    Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the snippets of the top
+    results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
     reports usage, counting one token per word.
     """
 
@@ -83,7 +83,7 @@ class OfflineResearchModel(BaseChatModel):
             return header + "the search found no usable sources, so I cannot answer from sources." + (
                 f" {errors}" if errors else ""
             )
-        lines = [f"- {_first_sentences(snippet)} [{n}]" for n, snippet in found[: self.max_cited]]
+        lines = [f"- {snippet} [{n}]" for n, snippet in found[: self.max_cited]]
         return header + "here is what the top sources say.\n\n" + "\n".join(lines)
 
     def _message(self, messages: list[BaseMessage]) -> AIMessage:
@@ -131,16 +131,6 @@ def _usage(input_tokens: int, output_tokens: int) -> dict:
 
 def _tokens(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text)
-
-
-def _first_sentences(snippet: str, limit: int = 220) -> str:
-    sentences = re.split(r"(?<=[.!?])\s+", snippet.strip())
-    out = sentences[0]
-    for sentence in sentences[1:]:
-        if len(out) + len(sentence) + 1 > limit:
-            break
-        out += " " + sentence
-    return out
 
 
 def build_model(settings: Settings) -> BaseChatModel:

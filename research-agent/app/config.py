@@ -19,7 +19,6 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_ignore_empty=True)  # VAR= (as in .env.example) means "use the default"
 
-    APP_NAME: str = "research-agent"
     APP_VERSION: str = "1.0.0"
     HOST: str = "0.0.0.0"
     PORT: int = 8000

@@ -72,7 +72,7 @@ def split_sections(path: Path, root: Path) -> list[Section]:
     def flush() -> None:
         body = "\n".join(lines).strip()
         if body:
-            title = f"{doc_title} — {heading}" if heading and heading != doc_title else doc_title
+            title = f"{doc_title} / {heading}" if heading and heading != doc_title else doc_title
             sections.append(Section(title, f"{rel}#{_slug(heading)}" if heading else rel, body))
 
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():

@@ -6,7 +6,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.api import create_app
-from app.config import REPO_DOCS_DIR
+from app.config import REPO_DOCS_DIR, Settings
 
 from .conftest import AGENT_DIR, make_settings, metric, parse_sse, sse_json
 
@@ -77,7 +77,7 @@ def test_research_cites_the_course_docs_folder(client_for, tmp_path):
         body = client.post("/v1/research", json={"query": "What is a distroless image?"}).json()
 
     assert body["sources"][0] == {
-        "title": "Lesson 2: images — Distroless images",
+        "title": "Lesson 2: images / Distroless images",
         "url": "docs/lesson-02.md#distroless-images",
         "snippet": "A distroless image contains the Python runtime and nothing else: no shell, no package manager.",
     }
@@ -185,12 +185,22 @@ def test_ready_is_503_while_shutting_down(client):
     assert client.get("/health").status_code == 200
 
 
-def test_readme_example_query_is_answered_from_the_notes(client):
+def test_readme_example_output_is_what_the_service_answers(client_for, tmp_path):
     readme = (AGENT_DIR / "README.md").read_text()
-    assert '{"query":"Why use a multi-stage Docker build?"}' in readme
-    body = client.post("/v1/research", json={"query": QUESTION}).json()
-    for source in body["sources"][:2]:
-        assert source["url"] in readme
+    section = readme.split("## Try it", 1)[1]
+    assert "-d '{\"query\":\"Why use a multi-stage Docker build?\"}'" in section
+    expected = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    with client_for(DOCS_DIR=str(tmp_path)) as client:  # only the bundled notes, as in the image
+        response = client.post("/v1/research", json={"query": QUESTION}, headers={"X-Request-ID": "readme-example"})
+    assert response.json() == expected
+
+
+def test_readme_documents_every_setting():
+    readme = (AGENT_DIR / "README.md").read_text()
+    example = (AGENT_DIR / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert f"`{name}`" in readme, name
+        assert f"{name}=" in example, name
 
 
 def test_the_app_does_not_import_from_the_course_repository():
