@@ -119,3 +119,16 @@ def test_silent_model_provider_is_504(client_for, silent_server):
         response = client.post("/v1/research", json={"query": QUESTION})
     assert response.status_code == 504
     assert response.json()["error"]["type"] in {"model_timeout", "timeout"}
+
+
+def test_a_model_that_never_stops_searching_is_cut_after_five_model_calls(client_for):
+    forever = [{"tool_calls": [{"name": "search_docs", "arguments": {"query": "docker"}}]}]
+    with ChatCompletionsStub(replies=forever) as stub, client_for(**online(stub.base_url, SEARCH_BACKEND="local")) as client:
+        response = client.post("/v1/research", json={"query": QUESTION})
+
+    assert response.status_code == 200
+    assert len(stub.requests) == 5
+    body = response.json()
+    assert len(body["steps"]) == 5 and "limit" in body["response"].lower()
+    # The same sources found again keep their numbers.
+    assert body["steps"][0]["sources"] == body["steps"][4]["sources"]
