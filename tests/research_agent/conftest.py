@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +27,13 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+# By default tests search only the bundled notes, so that the course docs/ (written separately) cannot
+# change their expected sources; test_api.py checks the real docs/ on its own.
+NO_DOCS = Path(tempfile.mkdtemp(prefix="research-agent-no-docs-"))
+
+
 def make_settings(**overrides) -> Settings:
-    return Settings(**{"OFFLINE_TOKEN_DELAY_MS": 0, "LOG_LEVEL": "INFO", **overrides})
+    return Settings(**{"OFFLINE_TOKEN_DELAY_MS": 0, "LOG_LEVEL": "INFO", "DOCS_DIR": NO_DOCS, **overrides})
 
 
 @pytest.fixture
