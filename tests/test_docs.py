@@ -1,0 +1,397 @@
+"""The docs cannot drift from the code.
+
+1. Every excerpt in docs/ is identical to the file (or symbol) it includes (scripts/docs_sync.py --check),
+   and every include names a file and symbol that exist.
+2. Every `make ...` line in a shell block of docs/ or README.md names a target of the Makefile.
+3. Every shell block in docs/ is checked: it only runs make targets, or it is marked
+   `<!-- server: TARGET -->` and run here, or it is marked `<!-- checked-by: ... -->` and names the
+   make target or test file that exercises the same steps.
+4. Each `<!-- server: TARGET -->` block is run against a real server (started as `make TARGET` would,
+   on a free port, with no token delay), in the order the doc shows them, and its output is compared
+   with the `<!-- expected-output -->` block that follows it:
+   - JSON structurally; request ids, timestamps, latencies and uptimes may differ; a value "..." in the
+     doc matches anything (used where the answer depends on what the search finds);
+   - text line by line; a line `...` stands for any number of lines, and `...` inside a line for any
+     characters.
+"""
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+SHELL_LANGS = {"bash", "console", "sh", "shell"}
+VOLATILE_KEYS = {"request_id", "latency_ms", "created_at", "uptime_seconds", "time"}
+
+_spec = importlib.util.spec_from_file_location("docs_sync", ROOT / "scripts" / "docs_sync.py")
+docs_sync = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(docs_sync)
+
+# How `make TARGET` starts each lesson server: (working directory, script).
+SERVERS = {
+    "lesson-01": (ROOT, "code/01_basic_api.py"),
+    "lesson-01-production": (ROOT, "code/01_production_api.py"),
+    "lesson-01-shutdown": (ROOT, "code/01_graceful_shutdown.py"),
+    "research-agent": (ROOT / "research-agent", "main.py"),
+}
+
+
+# --- Reading Markdown ------------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    doc: Path
+    line: int  # 1-based line of the opening fence
+    lang: str
+    body: str
+    marks: dict = field(default_factory=dict)  # from the HTML comment just above: {"server": "lesson-01"}
+
+    def where(self) -> str:
+        return f"{self.doc.relative_to(ROOT)}:{self.line}"
+
+
+def blocks(doc: Path) -> list[Block]:
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    found, i = [], 0
+    while i < len(lines):
+        opening = re.match(r"^(`{3,})\s*([\w-]*)", lines[i])
+        if not opening:
+            i += 1
+            continue
+        fence = opening.group(1)
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == fence), len(lines))
+        marks = {}
+        comment = re.match(r"^<!--\s*([\w-]+)\s*:?\s*(.*?)\s*-->\s*$", lines[i - 1]) if i else None
+        if comment:
+            marks[comment.group(1)] = comment.group(2)
+        found.append(Block(doc, i + 1, opening.group(2).lower(), "\n".join(lines[i + 1 : end]), marks))
+        i = end + 1
+    return found
+
+
+def shell_blocks(docs: list[Path]) -> list[Block]:
+    return [b for doc in docs for b in blocks(doc) if b.lang in SHELL_LANGS]
+
+
+def commands(block: Block) -> list[str]:
+    """The command lines of a shell block: continuations joined, comments and prompts removed."""
+    joined = re.sub(r"\\\n\s*", " ", block.body)
+    result = []
+    for line in joined.splitlines():
+        line = re.sub(r"^\$\s+", "", line.strip())
+        line = re.sub(r"\s+#.*$", "", line) if not line.startswith("#") else ""
+        if line:
+            result.append(line)
+    return result
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return {m.group(1) for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:(?!=)", text, flags=re.M)}
+
+
+def make_goals(command: str) -> list[str] | None:
+    """The targets of a `make` command line (after any VAR=value prefixes), or None for other commands."""
+    words = command.split()
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+        words.pop(0)
+    if not words or words[0] != "make":
+        return None
+    return [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+
+
+# --- 1. Excerpts ---------------------------------------------------------------------------------------
+
+
+def test_there_are_docs_with_excerpts():
+    assert DOCS, "docs/ has no Markdown files"
+    assert sum(len(docs_sync.find_excerpts(d)) for d in DOCS) >= 10
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_every_include_names_a_file_and_symbol_that_exist(doc):
+    _, broken = docs_sync.sync_doc(doc, write=False)
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_excerpts_match_their_files(doc):
+    stale, _ = docs_sync.sync_doc(doc, write=False)
+    assert not stale, "\n".join(stale) + "\nRun `python scripts/docs_sync.py` and review the doc around each excerpt."
+
+
+def test_check_mode_exits_0_on_the_repository():
+    result = subprocess.run([sys.executable, "scripts/docs_sync.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+SAMPLE = '''"""A module."""
+import functools
+
+LIMIT = 3
+
+
+@functools.cache
+def square(x):
+    return x * x
+
+
+class Box:
+    size: int = 1
+
+    def grow(self):
+        self.size += 1
+        # still growing
+
+
+if __name__ == "__main__":
+    print(square(LIMIT))
+'''
+
+
+@pytest.fixture
+def sample_repo(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text(SAMPLE)
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n# [start:run]\nCMD [\"run\"]\n# [end:run]\n")
+    return tmp_path
+
+
+def test_extract_selects_symbols_with_decorators_methods_and_markers(sample_repo):
+    extract = docs_sync.extract
+    assert extract("pkg/mod.py#square", sample_repo) == "@functools.cache\ndef square(x):\n    return x * x"
+    assert extract("pkg/mod.py#LIMIT", sample_repo) == "LIMIT = 3"
+    assert extract("pkg/mod.py#Box.grow", sample_repo) == "def grow(self):\n    self.size += 1\n    # still growing"
+    assert extract("pkg/mod.py#LIMIT+1", sample_repo).startswith("LIMIT = 3\n\n\n@functools.cache")
+    assert extract("pkg/mod.py#__main__", sample_repo) == 'if __name__ == "__main__":\n    print(square(LIMIT))'
+    assert extract("Dockerfile#run", sample_repo) == 'CMD ["run"]'
+    assert extract("Dockerfile", sample_repo) == 'FROM scratch\n# [start:run]\nCMD ["run"]\n# [end:run]'
+
+
+@pytest.mark.parametrize(
+    "spec", ["pkg/missing.py", "pkg/mod.py#cube", "pkg/mod.py#Box.shrink", "Dockerfile#build", "../outside.py"]
+)
+def test_extract_refuses_what_does_not_exist(sample_repo, spec):
+    with pytest.raises(docs_sync.IncludeError):
+        docs_sync.extract(spec, sample_repo)
+
+
+def test_a_changed_file_makes_its_excerpt_stale_until_synced(sample_repo):
+    doc = sample_repo / "doc.md"
+    doc.write_text("Intro\n\n<!-- include: pkg/mod.py#square -->\n```python\nold\n```\n\nEnd\n")
+    stale, broken = docs_sync.sync_doc(doc, sample_repo, write=False)
+    assert stale == [f"{doc}:3: pkg/mod.py#square is stale"] and not broken
+    assert "old" in doc.read_text()  # --check changes nothing
+
+    docs_sync.sync_doc(doc, sample_repo, write=True)
+    assert doc.read_text() == (
+        "Intro\n\n<!-- include: pkg/mod.py#square -->\n```python\n@functools.cache\ndef square(x):\n"
+        "    return x * x\n```\n\nEnd\n"
+    )
+    assert docs_sync.sync_doc(doc, sample_repo, write=False) == ([], [])
+
+
+def test_a_missing_symbol_is_reported_and_nothing_is_written(sample_repo):
+    doc = sample_repo / "doc.md"
+    text = "<!-- include: pkg/mod.py#gone -->\n```python\nx\n```\n<!-- include: pkg/mod.py#LIMIT -->\n```python\n```\n"
+    doc.write_text(text)
+    stale, broken = docs_sync.sync_doc(doc, sample_repo, write=True)
+    assert broken and "pkg/mod.py#gone" in broken[0]
+    assert doc.read_text() == text
+
+
+# --- 2 and 3. Commands -----------------------------------------------------------------------------------
+
+
+def test_make_lines_name_real_targets():
+    targets, wrong = make_targets(), []
+    for block in shell_blocks(DOCS + [ROOT / "README.md"]):
+        for command in commands(block):
+            goals = make_goals(command)
+            if goals is not None:
+                wrong += [f"{block.where()}: make {g}" for g in goals if g not in targets]
+    assert not wrong, "no such Makefile target:\n" + "\n".join(wrong)
+
+
+def test_every_shell_block_in_docs_is_run_or_checked():
+    unchecked = []
+    targets = make_targets()
+    for block in shell_blocks(DOCS):
+        if "server" in block.marks:
+            assert block.marks["server"].split()[0] in SERVERS, f"{block.where()}: unknown server {block.marks['server']}"
+            continue
+        if "checked-by" in block.marks:
+            by = block.marks["checked-by"]
+            goals = make_goals(by)
+            if goals is not None:
+                assert goals and all(g in targets for g in goals), f"{block.where()}: {by} is not a make target"
+            else:
+                assert (ROOT / by).is_file(), f"{block.where()}: checked-by names {by}, which does not exist"
+            continue
+        if not all(make_goals(c) is not None for c in commands(block)):
+            unchecked.append(block.where())
+    assert not unchecked, (
+        "these shell blocks are neither make targets, nor run by this test (<!-- server: TARGET -->), nor marked "
+        "<!-- checked-by: make TARGET | tests/... -->:\n" + "\n".join(unchecked)
+    )
+
+
+# --- 4. Running the documented commands against a real server -------------------------------------------
+
+
+def doc_sessions() -> list[tuple[Path, str, list[tuple[Block, Block]]]]:
+    """Per doc and server: the (command, expected output) pairs, in the order of the doc."""
+    sessions = {}
+    for doc in DOCS:
+        found = blocks(doc)
+        for i, block in enumerate(found):
+            if block.lang in SHELL_LANGS and "server" in block.marks:
+                expected = found[i + 1] if i + 1 < len(found) else None
+                assert expected is not None and "expected-output" in expected.marks, (
+                    f"{block.where()}: a server block must be followed by an <!-- expected-output --> block"
+                )
+                sessions.setdefault((doc, block.marks["server"]), []).append((block, expected))
+    return [(doc, server, pairs) for (doc, server), pairs in sessions.items()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, target: str):
+        name, *assignments = target.split()
+        cwd, script = SERVERS[name]
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))}
+        env.update(HOST="127.0.0.1", PORT=str(self.port), OFFLINE_TOKEN_DELAY_MS="0", PYTHONUNBUFFERED="1")
+        for name_value in assignments:  # e.g. <!-- server: research-agent SEARCH_MAX_RESULTS=2 -->
+            key, _, value = name_value.partition("=")
+            env[key] = value
+        self.log = open(os.devnull, "w")
+        self.process = subprocess.Popen([sys.executable, script], cwd=cwd, env=env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.process.poll() is None, f"{script} exited with {self.process.returncode}"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1)
+                return
+            except OSError:
+                assert time.monotonic() < deadline, f"{script} did not answer /health within 60 s"
+                time.sleep(0.1)
+
+    def run(self, command: str) -> str:
+        command = re.sub(r"\b(localhost|127\.0\.0\.1):8000\b", f"127.0.0.1:{self.port}", command)
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def match_json(expected, actual, path="$") -> list[str]:
+    if expected == "...":
+        return []
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{path}: expected an object, got {actual!r}"]
+        problems = [f"{path}: keys {sorted(expected)} != {sorted(actual)}"] if set(expected) != set(actual) else []
+        for key in expected.keys() & actual.keys():
+            if key not in VOLATILE_KEYS:
+                problems += match_json(expected[key], actual[key], f"{path}.{key}")
+        return problems
+    if isinstance(expected, list):
+        if not isinstance(actual, list):
+            return [f"{path}: expected a list, got {actual!r}"]
+        if expected and expected[-1] == "...":
+            expected, actual = expected[:-1], actual[: len(expected) - 1]
+        if len(expected) != len(actual):
+            return [f"{path}: {len(actual)} items, the doc shows {len(expected)}"]
+        return [p for i, (e, a) in enumerate(zip(expected, actual)) for p in match_json(e, a, f"{path}[{i}]")]
+    return [] if expected == actual else [f"{path}: {actual!r}, the doc shows {expected!r}"]
+
+
+def _line_pattern(line: str) -> re.Pattern:
+    return re.compile(".*".join(re.escape(part) for part in line.split("...")) + r"\Z")
+
+
+def match_text(expected: list[str], actual: list[str]) -> bool:
+    if not expected:
+        return not actual
+    if expected[0] == "...":
+        return any(match_text(expected[1:], actual[i:]) for i in range(len(actual) + 1))
+    return bool(actual) and bool(_line_pattern(expected[0]).match(actual[0])) and match_text(expected[1:], actual[1:])
+
+
+def normalise(text: str) -> list[str]:
+    return [line.rstrip() for line in text.replace("\r\n", "\n").strip("\n").split("\n")]
+
+
+def compare(expected: str, actual: str) -> list[str]:
+    try:
+        wanted = json.loads(expected)
+    except ValueError:
+        wanted = None
+    if wanted is not None:
+        try:
+            got = json.loads(actual)
+        except ValueError:
+            return [f"expected JSON, got:\n{actual}"]
+        return match_json(wanted, got)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    if match_text(normalise(expected), normalise(actual)):
+        return []
+    return [f"output differs from the doc:\n--- doc\n{expected}\n--- actual\n{actual}"]
+
+
+SESSIONS = doc_sessions()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the documented commands use curl")
+@pytest.mark.parametrize("doc, target, pairs", SESSIONS, ids=[f"{d.name}:{t.split()[0]}" for d, t, _ in SESSIONS])
+def test_documented_commands_print_the_documented_output(doc, target, pairs):
+    server = Server(target)
+    try:
+        for command, expected in pairs:
+            problems = compare(expected.body, server.run(command.body))
+            assert not problems, f"{command.where()}: `{command.body}`\n" + "\n".join(problems)
+    finally:
+        server.stop()
+
+
+def test_there_are_commands_run_against_each_lesson_server():
+    targets = {t.split()[0] for _, t, _ in SESSIONS}
+    assert {"lesson-01", "lesson-01-production", "research-agent"} <= targets, targets
+
+
+def test_the_research_agent_doc_lists_every_setting():
+    tree = ast.parse((ROOT / "research-agent" / "app" / "config.py").read_text(encoding="utf-8"))
+    settings = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
+    names = [n.target.id for n in settings.body if isinstance(n, ast.AnnAssign) and n.target.id.isupper()]
+    doc = (ROOT / "docs" / "02-research-agent.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `([A-Z_0-9]+)` \|", doc, flags=re.M))
+    assert len(names) > 10 and not set(names) - rows, f"missing from the configuration table: {set(names) - rows}"
