@@ -395,3 +395,32 @@ def test_the_research_agent_doc_lists_every_setting():
     doc = (ROOT / "docs" / "02-research-agent.md").read_text(encoding="utf-8")
     rows = set(re.findall(r"^\| `([A-Z_0-9]+)` \|", doc, flags=re.M))
     assert len(names) > 10 and not set(names) - rows, f"missing from the configuration table: {set(names) - rows}"
+
+
+def github_anchors(doc: Path) -> set[str]:
+    """The anchors GitHub gives a file's headings (outside code blocks)."""
+    anchors, in_code = set(), False
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        heading = None if in_code else re.match(r"^#{1,6}\s+(.*?)\s*#*$", line)
+        if heading:
+            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1)).lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_relative_links_point_to_files_and_headings_that_exist(doc):
+    text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+:", target):
+            continue
+        path_text, _, anchor = target.partition("#")
+        path = (doc.parent / path_text).resolve() if path_text else doc
+        if not path.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and path.suffix == ".md" and anchor not in github_anchors(path):
+            broken.append(f"{target}: no heading with this anchor")
+    assert not broken, "\n".join(broken)
