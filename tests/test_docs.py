@@ -297,11 +297,12 @@ class Server:
                 time.sleep(0.1)
 
     def run(self, command: str) -> str:
-        command = re.sub(r"\b(localhost|127\.0\.0\.1):8000\b", f"127.0.0.1:{self.port}", command)
+        # The doc says port 8000; the server listens on a free port. Output mentioning it is mapped back.
+        command = re.sub(r"\b(localhost|127\.0\.0\.1):8000\b", rf"\1:{self.port}", command)
         result = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True,
                                 text=True, timeout=60)
         assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-        return result.stdout
+        return re.sub(rf"\b(localhost|127\.0\.0\.1):{self.port}\b", r"\1:8000", result.stdout)
 
     def stop(self) -> None:
         self.process.terminate()
