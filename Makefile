@@ -10,6 +10,7 @@ PORT ?= 8000
 export HOST PORT
 
 .PHONY: help install lock lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api clean
+.PHONY: docker-tools offline-images build smoke compose-test sizes bench-images context-size
 
 help: ## List the commands of the course
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +59,34 @@ test: $(VENV)/.installed ## Run the test suite (installs Python packages and red
 bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic vs production API vs bare FastAPI
 	@scripts/ensure-command.sh wrk wrk
 	$(PY) scripts/bench_api.py
+
+# --- Containers (lesson 03). Each target installs what it needs first: the Docker CLI plugins, then the
+# base images (pulled, or built as stand-ins from Debian packages when no registry answers: it says so).
+IMAGES ?= basic multistage optimized
+
+docker-tools: ## Install the buildx and Compose v2 CLI plugins when missing, print their versions
+	@scripts/docker-tools.sh
+
+offline-images: ## Make python:3.11-slim and redis:7 available: docker pull, else build stand-ins from Debian
+	@scripts/offline-images.sh
+
+build: docker-tools offline-images ## Build research-agent:basic, :multistage and :optimized (IMAGES="optimized" for one)
+	@scripts/build-images.sh $(IMAGES)
+
+smoke: build $(VENV)/.installed ## Run each image, check it (tests/test_container.py), docker stop it mid-stream
+	CONTAINER_IMAGES="$(addprefix research-agent:,$(IMAGES))" $(PY) -m pytest -m container tests/test_container.py -v
+
+compose-test: docker-tools offline-images $(VENV)/.installed ## docker compose up --wait (offline), cache hit, Redis stopped, down -v
+	$(PY) -m pytest -m container tests/test_compose.py -v
+
+sizes: build ## Table: image sizes against their floor (base image + runtime dependencies)
+	@$(PYTHON) scripts/image_sizes.py
+
+bench-images: docker-tools offline-images $(VENV)/.installed ## Benchmark: cold build, code-only rebuild, size, start time per Dockerfile
+	$(PY) scripts/bench_images.py
+
+context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
+	@scripts/context-size.sh
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache

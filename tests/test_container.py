@@ -211,7 +211,9 @@ if pytest is not None:
                 state = self.state()
                 if not state["Running"]:
                     raise AssertionError(f"{self.image} exited with code {state['ExitCode']} before it was healthy")
-                if state.get("Health", {}).get("Status") == "healthy":
+                if not state.get("Health"):
+                    raise AssertionError(f"{self.image} has no HEALTHCHECK")
+                if state["Health"]["Status"] == "healthy":
                     return time.monotonic() - started
                 time.sleep(0.25)
             raise AssertionError(f"{self.image} not healthy after {HEALTHY_TIMEOUT:.0f}s: {self.state().get('Health')}")
@@ -219,22 +221,26 @@ if pytest is not None:
         def remove(self) -> None:
             docker("rm", "-f", self.id, check=False)
 
+    def show(request, text: str) -> None:
+        """Print past pytest's output capture, so it shows whether or not a test failed."""
+        with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            print(text, flush=True)
+
     @pytest.fixture(scope="module", params=IMAGES)
     def container(request):
         """One container per image for all the tests of the module; its logs are printed if any test failed."""
         failures_before = request.session.testsfailed
         box = Container(request.param)
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         try:
             try:
                 seconds = box.wait_healthy()
             except AssertionError:
-                reporter.write_line(f"\n---- logs of {box.image} ({box.id[:12]}) ----\n{box.logs()}")
+                show(request, f"\n---- logs of {box.image} ({box.id[:12]}) ----\n{box.logs()}")
                 raise
-            reporter.write_line(f"\n{box.image}: healthy {seconds:.1f}s after `docker run`, at {box.url}")
+            show(request, f"\n{box.image}: healthy {seconds:.1f}s after `docker run`, at {box.url}")
             yield box
             if request.session.testsfailed > failures_before:
-                reporter.write_line(f"\n---- logs of {box.image} ({box.id[:12]}) ----\n{box.logs()}")
+                show(request, f"\n---- logs of {box.image} ({box.id[:12]}) ----\n{box.logs()}")
         finally:
             box.remove()
 
