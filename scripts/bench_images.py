@@ -33,7 +33,10 @@ TIMEOUT = 120
 
 
 def sh(*args: str, timeout: float = 1800, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=timeout, **kwargs)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
 
 
 def ready(url: str) -> bool:
@@ -47,7 +50,7 @@ def ready(url: str) -> bool:
 def build(context: Path, dockerfile: str, tag: str) -> tuple[float, float | None]:
     """Seconds for the whole build, and for the step that installs the lock."""
     started = time.monotonic()
-    log = sh("docker", "build", "--progress=plain", "-f", dockerfile, "-t", tag, str(context), env={**os.environ, "DOCKER_BUILDKIT": "1"}).stderr
+    log = sh("docker", "build", "--progress=plain", "-f", str(context / dockerfile), "-t", tag, str(context), env={**os.environ, "DOCKER_BUILDKIT": "1"}).stderr
     total = time.monotonic() - started
     steps = dict(re.findall(r"^#(\d+) \[[^\]]*\] RUN (.*)$", log, re.M)[::-1])  # first line of each step
     deps = [n for n, line in steps.items() if "requirements.txt" in line and "install" in line]
