@@ -117,6 +117,7 @@ def main() -> int:
             print(f"==> {variant}: cold build (build cache pruned)", flush=True)
             sh("docker", "builder", "prune", "-af")
             cold, deps = build(context, VARIANTS[variant], tag)
+            cold_id = sh("docker", "image", "inspect", tag, "--format", "{{.Id}}").stdout.strip()
             with open(context / "app" / "__init__.py", "a") as f:
                 f.write(f"# bench {time.time()}\n")
             print(f"==> {variant}: code-only rebuild", flush=True)
@@ -125,7 +126,7 @@ def main() -> int:
             print(f"==> {variant}: {RUNS} starts", flush=True)
             starts = [container_start(tag, RUN_OPTIONS.get(variant, [])) for _ in range(RUNS)]
             rows.append((variant, cold, deps, code, size, statistics.median(r for r, _ in starts), statistics.median(h for _, h in starts)))
-            sh("docker", "rmi", tag)
+            sh("docker", "rmi", tag, cold_id)  # the cold build's image is untagged by the rebuild
     print(f"==> host: {RUNS} starts of uvicorn main:app from .venv", flush=True)
     host = statistics.median(host_start() for _ in range(RUNS))
 

@@ -111,7 +111,8 @@ def project(request):
             reporter = request.config.pluginmanager.get_plugin("terminalreporter")
             reporter.write_line(f"\n---- docker compose logs ({box.name}) ----\n{box.logs()}")
     finally:
-        box.compose("down", "-v", "--remove-orphans", check=False)
+        # --rmi local: the image built for this project (named after it) goes too; the build cache stays.
+        box.compose("down", "-v", "--remove-orphans", "--rmi", "local", check=False)
 
 
 @pytest.mark.container
@@ -143,7 +144,7 @@ def test_agent_still_answers_when_redis_is_stopped(project):
 @pytest.mark.container
 def test_down_v_removes_containers_network_and_volume(project):
     assert project.volumes(), "the named Redis volume should exist while the project is up"
-    project.compose("down", "-v", "--remove-orphans")
+    project.compose("down", "-v", "--remove-orphans", "--rmi", "local")
     left = project.compose("ps", "-a", "-q").stdout.split()
     assert left == [], f"containers left after down: {left}"
     assert project.volumes() == [], "down -v left the Redis volume behind"
