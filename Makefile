@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: help install lock lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api clean
+.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images context-size
 
 help: ## List the commands of the course
@@ -27,6 +27,9 @@ lock: $(VENV)/.installed ## Re-pin requirements-dev.txt and research-agent/requi
 	$(VENV)/bin/pip install --quiet uv
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/requirements.in -o research-agent/requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements-dev.in -o requirements-dev.txt
+
+docs: $(VENV)/.installed ## Re-sync the code excerpts in docs/ from the files they quote
+	$(PY) scripts/docs_sync.py
 
 define serving
 	@echo
