@@ -8,7 +8,6 @@ from Redis, that the agent still answers once Redis is stopped, and that `down -
 import json
 import os
 import re
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ports import free_port
 from tests.test_container import OFFLINE_MODEL, get_json, post_json
 
 AGENT_DIR = Path(__file__).resolve().parents[1] / "research-agent"
@@ -64,11 +64,6 @@ def test_env_file_is_optional_and_redis_keeps_a_named_volume(compose):
 
 # --- Live: docker compose up / down --------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Project:

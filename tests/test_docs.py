@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -267,11 +268,6 @@ def doc_sessions() -> list[tuple[Path, str, list[tuple[Block, Block]]]]:
                 sessions.setdefault((doc, block.marks["server"]), []).append((block, expected))
     return [(doc, server, pairs) for (doc, server), pairs in sessions.items()]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,13 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
+from tests.ports import free_port
+
 SCRIPT = Path(__file__).resolve().parents[2] / "code" / "01_graceful_shutdown.py"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

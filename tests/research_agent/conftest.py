@@ -18,6 +18,7 @@ sys.path.insert(0, str(AGENT_DIR))  # the app is a standalone folder, imported a
 
 from app.api import create_app  # noqa: E402
 from app.config import Settings  # noqa: E402
+from tests.ports import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -86,11 +87,6 @@ def metric(client: TestClient, name: str, **labels) -> float:
             return float(value)
     return 0.0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
