@@ -15,14 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import uvicorn
+from chat_model import make_chat_model
 from fastapi import Depends, FastAPI, HTTPException, Request
 from langchain_core.language_models import BaseChatModel
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
-
-from chat_model import make_chat_model
 
 # Our streams always end, so let them finish on shutdown instead of sse-starlette cutting them off.
 AppStatus.disable_automatic_graceful_drain()
@@ -34,7 +33,9 @@ logger = logging.getLogger("basic_api")
 
 class AgentRequest(BaseModel):
     query: str = Field(min_length=1, max_length=4000, description="The question for the agent")
-    context: dict[str, Any] | None = Field(default=None, description="Extra facts the agent may use")
+    context: dict[str, Any] | None = Field(
+        default=None, description="Extra facts the agent may use"
+    )
 
 
 class AgentResponse(BaseModel):
@@ -66,7 +67,9 @@ class Agent:
     async def invoke(self, request: AgentRequest) -> AgentResponse:
         message = await self.chain.ainvoke(self._inputs(request))
         usage = message.usage_metadata or {}
-        return AgentResponse(response=message.text, tokens_used=usage.get("total_tokens", 0), model=self.model_name)
+        return AgentResponse(
+            response=message.text, tokens_used=usage.get("total_tokens", 0), model=self.model_name
+        )
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
         async for chunk in self.chain.astream(self._inputs(request)):
@@ -128,7 +131,10 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
                 yield {"data": token}
         except Exception:
             logger.exception("Streaming failed")
-            yield {"event": "error", "data": json.dumps({"error": "The agent failed while streaming"})}
+            yield {
+                "event": "error",
+                "data": json.dumps({"error": "The agent failed while streaming"}),
+            }
             return
         yield {"data": "[DONE]"}
 

@@ -29,14 +29,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
+from chat_model import make_chat_model
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
-
-from chat_model import make_chat_model
 
 # Our streams always end, so let them finish on shutdown instead of sse-starlette cutting them off.
 AppStatus.disable_automatic_graceful_drain()
@@ -47,7 +46,9 @@ GRACE_SECONDS = int(os.getenv("GRACE_SECONDS", "20"))
 logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logger = logging.getLogger("graceful_shutdown")
 
-PROMPT = ChatPromptTemplate.from_messages([("system", "You are a helpful assistant."), ("human", "{query}")])
+PROMPT = ChatPromptTemplate.from_messages(
+    [("system", "You are a helpful assistant."), ("human", "{query}")]
+)
 
 
 class ShutdownState:
@@ -72,10 +73,15 @@ class ShutdownState:
                 logger.info(
                     "%s received: /ready now answers 503, %d request(s) in flight; "
                     "closing the listener in %.1fs, then waiting up to %ds for them",
-                    signal.Signals(signum).name, self.in_flight, DRAIN_DELAY_SECONDS, GRACE_SECONDS,
+                    signal.Signals(signum).name,
+                    self.in_flight,
+                    DRAIN_DELAY_SECONDS,
+                    GRACE_SECONDS,
                 )
                 # Signal handlers must not touch the event loop directly; call_soon_threadsafe is the safe door.
-                loop.call_soon_threadsafe(loop.call_later, DRAIN_DELAY_SECONDS, uvicorn_handler, signum, frame)
+                loop.call_soon_threadsafe(
+                    loop.call_later, DRAIN_DELAY_SECONDS, uvicorn_handler, signum, frame
+                )
 
             signal.signal(sig, on_signal)
 
@@ -113,7 +119,9 @@ async def lifespan(app: FastAPI):
     )
     yield
     # uvicorn runs this only after every connection has closed (or GRACE_SECONDS ran out): the drain is over.
-    logger.info("Lifespan shutdown: %d request(s) still in flight, releasing resources", shutdown.in_flight)
+    logger.info(
+        "Lifespan shutdown: %d request(s) still in flight, releasing resources", shutdown.in_flight
+    )
 
 
 app = FastAPI(title="Graceful shutdown", lifespan=lifespan)

@@ -28,20 +28,25 @@ from typing import Annotated, Any
 import openai
 import uvicorn
 from cachetools import TTLCache
+from chat_model import make_chat_model
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from langchain_core.language_models import BaseChatModel
 from langchain_core.prompts import ChatPromptTemplate
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from chat_model import make_chat_model
 
 # Our streams always end, so let them finish on shutdown instead of sse-starlette cutting them off.
 AppStatus.disable_automatic_graceful_drain()
@@ -104,10 +109,16 @@ logger = logging.getLogger("agent_api")
 # === Metrics: a registry of our own, so importing this file twice never registers a metric twice ===
 
 registry = CollectorRegistry()
-REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
-LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=registry)
+REQUESTS = Counter(
+    "http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry
+)
+LATENCY = Histogram(
+    "http_request_duration_seconds", "HTTP request latency", ["method", "route"], registry=registry
+)
 TOKENS = Counter("agent_tokens_total", "Tokens used by the model", ["model"], registry=registry)
-CACHE = Counter("agent_cache_requests_total", "Response cache lookups", ["result"], registry=registry)
+CACHE = Counter(
+    "agent_cache_requests_total", "Response cache lookups", ["result"], registry=registry
+)
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
@@ -131,7 +142,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
         try:
@@ -139,7 +153,9 @@ class RequestContextMiddleware:
         except Exception:
             # Anything no handler caught: log it with its traceback, tell the client nothing internal.
             logger.exception("Unhandled error")
-            if status is not None:  # the response had already started; all we can do is drop the connection
+            if (
+                status is not None
+            ):  # the response had already started; all we can do is drop the connection
                 raise
             response = error_response(500, "internal_error", "An unexpected error occurred")
             await response(scope, receive, send_with_request_id)
@@ -152,8 +168,14 @@ class RequestContextMiddleware:
             LATENCY.labels(scope["method"], route).observe(elapsed)
             logger.info(
                 "request",
-                extra={"fields": {"method": scope["method"], "route": route, "status": status,
-                                  "duration_ms": round(elapsed * 1000, 2)}},
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    }
+                },
             )
 
 
@@ -161,7 +183,14 @@ class RequestContextMiddleware:
 
 
 def error_response(status_code: int, error_type: str, message: str, **extra: Any) -> JSONResponse:
-    body = {"error": {"type": error_type, "message": message, "request_id": request_id_var.get(), **extra}}
+    body = {
+        "error": {
+            "type": error_type,
+            "message": message,
+            "request_id": request_id_var.get(),
+            **extra,
+        }
+    }
     return JSONResponse(body, status_code=status_code)
 
 
@@ -212,19 +241,35 @@ class ProductionAgent:
 
     def _chain(self, request: AgentRequest):
         # Request settings reach the model call itself; unset ones keep the model's defaults.
-        overrides = {k: v for k, v in {"temperature": request.temperature,
-                                       "max_tokens": request.max_tokens}.items() if v is not None}
+        overrides = {
+            k: v
+            for k, v in {
+                "temperature": request.temperature,
+                "max_tokens": request.max_tokens,
+            }.items()
+            if v is not None
+        }
         return PROMPT | self.model.bind(**overrides) if overrides else self.default_chain
 
     @staticmethod
     def _inputs(request: AgentRequest) -> dict[str, str]:
-        context = f"\nContext: {json.dumps(request.context, sort_keys=True)}" if request.context else ""
+        context = (
+            f"\nContext: {json.dumps(request.context, sort_keys=True)}" if request.context else ""
+        )
         return {"query": request.query, "context": context}
 
     def _cache_key(self, request: AgentRequest) -> str:
         # Every input that changes the answer is part of the key.
-        return json.dumps([self.model_name, request.query, request.context, request.temperature,
-                           request.max_tokens], sort_keys=True)
+        return json.dumps(
+            [
+                self.model_name,
+                request.query,
+                request.context,
+                request.temperature,
+                request.max_tokens,
+            ],
+            sort_keys=True,
+        )
 
     async def invoke(self, request: AgentRequest) -> tuple[str, int, bool]:
         key = self._cache_key(request) if self.cache is not None else None
@@ -238,7 +283,9 @@ class ProductionAgent:
             async with asyncio.timeout(self.timeout_seconds):
                 message = await self._chain(request).ainvoke(self._inputs(request))
         except (TimeoutError, openai.APITimeoutError):
-            raise UpstreamError(504, "timeout", f"The model did not answer within {self.timeout_seconds:g}s")
+            raise UpstreamError(
+                504, "timeout", f"The model did not answer within {self.timeout_seconds:g}s"
+            )
         except openai.APIError as exc:
             logger.warning("Model provider failed: %s", exc)
             raise UpstreamError(502, "upstream_error", "The model provider failed")
@@ -265,12 +312,22 @@ class ProductionAgent:
 async def lifespan(app: FastAPI):
     configure_logging(settings.LOG_LEVEL)
     api_key = settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None
-    model = make_chat_model(api_key, settings.MODEL_NAME, settings.OFFLINE_TOKEN_DELAY_MS,
-                            settings.REQUEST_TIMEOUT_SECONDS)
-    cache = TTLCache(settings.CACHE_MAX_ENTRIES, settings.CACHE_TTL_SECONDS) if settings.CACHE_MAX_ENTRIES else None
+    model = make_chat_model(
+        api_key,
+        settings.MODEL_NAME,
+        settings.OFFLINE_TOKEN_DELAY_MS,
+        settings.REQUEST_TIMEOUT_SECONDS,
+    )
+    cache = (
+        TTLCache(settings.CACHE_MAX_ENTRIES, settings.CACHE_TTL_SECONDS)
+        if settings.CACHE_MAX_ENTRIES
+        else None
+    )
     app.state.agent = ProductionAgent(model, settings.REQUEST_TIMEOUT_SECONDS, cache)
     app.state.started = time.monotonic()
-    logger.info("Started", extra={"fields": {"version": settings.APP_VERSION, "model": model.model_name}})
+    logger.info(
+        "Started", extra={"fields": {"version": settings.APP_VERSION, "model": model.model_name}}
+    )
     yield
     logger.info("Stopped")
 
@@ -291,13 +348,17 @@ app.add_middleware(RequestContextMiddleware)
 
 @app.exception_handler(StarletteHTTPException)  # also covers the 404s and 405s the router raises
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    error_type = {404: "not_found", 405: "method_not_allowed", 503: "not_ready"}.get(exc.status_code, "http_error")
+    error_type = {404: "not_found", 405: "method_not_allowed", 503: "not_ready"}.get(
+        exc.status_code, "http_error"
+    )
     return error_response(exc.status_code, error_type, str(exc.detail))
 
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    details = [{"field": ".".join(map(str, e["loc"][1:])), "message": e["msg"]} for e in exc.errors()]
+    details = [
+        {"field": ".".join(map(str, e["loc"][1:])), "message": e["msg"]} for e in exc.errors()
+    ]
     return error_response(422, "validation_error", "The request body is invalid", details=details)
 
 
@@ -319,7 +380,11 @@ AgentDep = Annotated[ProductionAgent, Depends(get_agent)]
 @app.get("/health")
 async def health(request: Request) -> dict[str, Any]:
     started = getattr(request.app.state, "started", time.monotonic())
-    return {"status": "ok", "version": settings.APP_VERSION, "uptime_seconds": round(time.monotonic() - started, 1)}
+    return {
+        "status": "ok",
+        "version": settings.APP_VERSION,
+        "uptime_seconds": round(time.monotonic() - started, 1),
+    }
 
 
 @app.get("/ready")
@@ -356,15 +421,24 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
             async for token in agent.stream(request):
                 yield {"data": token}
         except (TimeoutError, openai.APITimeoutError):
-            yield {"event": "error", "data": error_body("timeout", "The model did not finish in time")}
+            yield {
+                "event": "error",
+                "data": error_body("timeout", "The model did not finish in time"),
+            }
             return
         except openai.APIError:
             logger.warning("Model provider failed while streaming", exc_info=True)
-            yield {"event": "error", "data": error_body("upstream_error", "The model provider failed")}
+            yield {
+                "event": "error",
+                "data": error_body("upstream_error", "The model provider failed"),
+            }
             return
         except Exception:
             logger.exception("Streaming failed")
-            yield {"event": "error", "data": error_body("internal_error", "An unexpected error occurred")}
+            yield {
+                "event": "error",
+                "data": error_body("internal_error", "An unexpected error occurred"),
+            }
             return
         yield {"data": "[DONE]"}
 
@@ -372,7 +446,9 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
 
 
 def error_body(error_type: str, message: str) -> str:
-    return json.dumps({"error": {"type": error_type, "message": message, "request_id": request_id_var.get()}})
+    return json.dumps(
+        {"error": {"type": error_type, "message": message, "request_id": request_id_var.get()}}
+    )
 
 
 if __name__ == "__main__":

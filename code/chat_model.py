@@ -57,18 +57,24 @@ class OfflineChatModel(BaseChatModel):
             response_metadata={"model_name": self.model_name},
         )
 
-    def _stream(self, messages, stop=None, run_manager=None, **kwargs) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self, messages, stop=None, run_manager=None, **kwargs
+    ) -> Iterator[ChatGenerationChunk]:
         for chunk in self._chunks(messages, kwargs):
             if chunk.content:
                 time.sleep(self.token_delay_ms / 1000)
             yield ChatGenerationChunk(message=chunk)
 
-    async def _astream(self, messages, stop=None, run_manager=None, **kwargs) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self, messages, stop=None, run_manager=None, **kwargs
+    ) -> AsyncIterator[ChatGenerationChunk]:
         for chunk in self._chunks(messages, kwargs):
             if chunk.content:
                 await asyncio.sleep(self.token_delay_ms / 1000)
                 if run_manager:
-                    await run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunk))
+                    await run_manager.on_llm_new_token(
+                        chunk.text, chunk=ChatGenerationChunk(message=chunk)
+                    )
             yield ChatGenerationChunk(message=chunk)
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
@@ -92,9 +98,13 @@ def make_chat_model(
     if openai_api_key:
         from langchain_openai import ChatOpenAI
 
-        logger.info("Using %s through the OpenAI API (OPENAI_BASE_URL overrides the endpoint)", model_name)
+        logger.info(
+            "Using %s through the OpenAI API (OPENAI_BASE_URL overrides the endpoint)", model_name
+        )
         # stream_usage: with a custom base URL ChatOpenAI would otherwise stream no token counts.
-        return ChatOpenAI(model=model_name, api_key=openai_api_key, timeout=timeout_seconds, stream_usage=True)
+        return ChatOpenAI(
+            model=model_name, api_key=openai_api_key, timeout=timeout_seconds, stream_usage=True
+        )
     logger.info(
         "No OPENAI_API_KEY: using the offline model. Set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, "
         "vLLM or llama.cpp) to use a real model."

@@ -1,7 +1,6 @@
 """Entry point: `uvicorn main:app` or `python main.py` (from the research-agent/ folder)."""
 
 import uvicorn
-
 from app.api import create_app
 from app.config import get_settings
 

@@ -56,7 +56,9 @@ def to_ms(value: str) -> float:
 def run_wrk(url: str, lua: str, seconds: int) -> dict:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", lua, url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     if "Non-2xx" in out:
         sys.exit(f"wrk saw error responses:\n{out}")
@@ -69,11 +71,21 @@ def run_wrk(url: str, lua: str, seconds: int) -> dict:
 
 def bench(script: Path, lua: str) -> dict:
     port = free_port()
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "OFFLINE_TOKEN_DELAY_MS": "0",
-           "CACHE_MAX_ENTRIES": "0"}
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "OFFLINE_TOKEN_DELAY_MS": "0",
+        "CACHE_MAX_ENTRIES": "0",
+    }
     env.pop("OPENAI_API_KEY", None)
-    process = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(f"http://127.0.0.1:{port}/health", process)
         url = f"http://127.0.0.1:{port}/v1/invoke"
@@ -90,14 +102,20 @@ def main() -> None:
     results = {name: bench(script, lua.name) for name, script in TARGETS.items()}
     os.unlink(lua.name)
     basic = results["01 basic"]["rps"]
-    print(f"\nPOST /v1/invoke, wrk 1 thread, {CONNECTIONS} connections, {SECONDS}s per API, {os.cpu_count()} CPUs\n")
+    print(
+        f"\nPOST /v1/invoke, wrk 1 thread, {CONNECTIONS} connections, {SECONDS}s per API, {os.cpu_count()} CPUs\n"
+    )
     print(f"| {'API':<14} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'vs basic':>8} |")
     print(f"|{'-' * 16}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
     for name, r in results.items():
-        print(f"| {name:<14} | {r['rps']:>8.0f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} | {r['rps'] / basic:>8.2f} |")
+        print(
+            f"| {name:<14} | {r['rps']:>8.0f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} | {r['rps'] / basic:>8.2f} |"
+        )
     cost = 1 - results["01 production"]["rps"] / basic
     verdict = "within" if cost <= 0.15 else "OVER"
-    print(f"\nProduction habits cost {cost:.1%} of the basic API's throughput ({verdict} the 15% budget).")
+    print(
+        f"\nProduction habits cost {cost:.1%} of the basic API's throughput ({verdict} the 15% budget)."
+    )
 
 
 if __name__ == "__main__":

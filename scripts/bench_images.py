@@ -25,7 +25,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ROOT / "research-agent"
-VARIANTS = {"basic": "Dockerfile", "multistage": "Dockerfile.multistage", "optimized": "Dockerfile.optimized"}
+VARIANTS = {
+    "basic": "Dockerfile",
+    "multistage": "Dockerfile.multistage",
+    "optimized": "Dockerfile.optimized",
+}
 RUN_OPTIONS = {"optimized": ["--read-only", "--tmpfs", "/tmp"]}
 CONTEXT = ["app", "main.py", "notes", "requirements.txt", ".dockerignore", *VARIANTS.values()]
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -50,9 +54,21 @@ def ready(url: str) -> bool:
 def build(context: Path, dockerfile: str, tag: str) -> tuple[float, float | None]:
     """Seconds for the whole build, and for the step that installs the lock."""
     started = time.monotonic()
-    log = sh("docker", "build", "--progress=plain", "-f", str(context / dockerfile), "-t", tag, str(context), env={**os.environ, "DOCKER_BUILDKIT": "1"}).stderr
+    log = sh(
+        "docker",
+        "build",
+        "--progress=plain",
+        "-f",
+        str(context / dockerfile),
+        "-t",
+        tag,
+        str(context),
+        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+    ).stderr
     total = time.monotonic() - started
-    steps = dict(re.findall(r"^#(\d+) \[[^\]]*\] RUN (.*)$", log, re.M)[::-1])  # first line of each step
+    steps = dict(
+        re.findall(r"^#(\d+) \[[^\]]*\] RUN (.*)$", log, re.M)[::-1]
+    )  # first line of each step
     deps = [n for n, line in steps.items() if "requirements.txt" in line and "install" in line]
     seconds = [float(s) for n in deps for s in re.findall(rf"^#{n} DONE ([\d.]+)s$", log, re.M)]
     return total, (max(seconds) if seconds else None)
@@ -69,12 +85,16 @@ def container_start(tag: str, options: list[str]) -> tuple[float, float]:
             if to_ready is None and ready(url):
                 to_ready = time.monotonic() - started
             if to_ready is not None:
-                status = sh("docker", "inspect", "-f", "{{.State.Health.Status}}", cid).stdout.strip()
+                status = sh(
+                    "docker", "inspect", "-f", "{{.State.Health.Status}}", cid
+                ).stdout.strip()
                 if status == "healthy":
                     to_healthy = time.monotonic() - started
             time.sleep(0.05)
         if to_healthy is None:
-            raise RuntimeError(f"{tag} not healthy after {TIMEOUT}s:\n{sh('docker', 'logs', cid).stdout[-2000:]}")
+            raise RuntimeError(
+                f"{tag} not healthy after {TIMEOUT}s:\n{sh('docker', 'logs', cid).stdout[-2000:]}"
+            )
         return to_ready, to_healthy
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True, timeout=60)
@@ -91,7 +111,10 @@ def host_start() -> float:
         started = time.monotonic()
         process = subprocess.Popen(
             [str(python), "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=AGENT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=AGENT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             while not ready(f"http://127.0.0.1:{port}"):
@@ -125,18 +148,32 @@ def main() -> int:
             size = int(sh("docker", "image", "inspect", tag, "--format", "{{.Size}}").stdout)
             print(f"==> {variant}: {RUNS} starts", flush=True)
             starts = [container_start(tag, RUN_OPTIONS.get(variant, [])) for _ in range(RUNS)]
-            rows.append((variant, cold, deps, code, size, statistics.median(r for r, _ in starts), statistics.median(h for _, h in starts)))
+            rows.append(
+                (
+                    variant,
+                    cold,
+                    deps,
+                    code,
+                    size,
+                    statistics.median(r for r, _ in starts),
+                    statistics.median(h for _, h in starts),
+                )
+            )
             sh("docker", "rmi", tag, cold_id)  # the cold build's image is untagged by the rebuild
     print(f"==> host: {RUNS} starts of uvicorn main:app from .venv", flush=True)
     host = statistics.median(host_start() for _ in range(RUNS))
 
     print()
-    print("| variant | cold build s | deps step s | code-only rebuild s (% of cold) | size MB | start->ready s (x host) | start->healthy s |")
+    print(
+        "| variant | cold build s | deps step s | code-only rebuild s (% of cold) | size MB | start->ready s (x host) | start->healthy s |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant, cold, deps, code, size, to_ready, to_healthy in rows:
         deps_s = f"{deps:.1f}" if deps is not None else "?"
-        print(f"| {variant} | {cold:.1f} | {deps_s} | {code:.1f} ({100 * code / cold:.1f}%) | {size / 1e6:.0f} | "
-              f"{to_ready:.2f} ({to_ready / host:.2f}x) | {to_healthy:.1f} |")
+        print(
+            f"| {variant} | {cold:.1f} | {deps_s} | {code:.1f} ({100 * code / cold:.1f}%) | {size / 1e6:.0f} | "
+            f"{to_ready:.2f} ({to_ready / host:.2f}x) | {to_healthy:.1f} |"
+        )
     print(f"| host (.venv) | | | | | {host:.2f} (1.00x) | |")
     return 0
 

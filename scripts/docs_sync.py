@@ -62,7 +62,9 @@ def find_excerpts(doc: Path) -> list[Excerpt]:
             continue
         opening = FENCE.match(lines[i + 1]) if i + 1 < len(lines) else None
         if not opening:
-            raise IncludeError(f"{_rel(doc)}:{i + 1}: an include comment must be followed at once by a code fence")
+            raise IncludeError(
+                f"{_rel(doc)}:{i + 1}: an include comment must be followed at once by a code fence"
+            )
         fence = opening["fence"]
         end = next((j for j in range(i + 2, len(lines)) if lines[j].rstrip() == fence), None)
         if end is None:
@@ -116,8 +118,11 @@ def _python_symbol(source: str, symbol: str, path_text: str) -> str:
     end = last.end_lineno
     # A comment that closes an indented body (after a final `yield`, say) belongs to the excerpt.
     indent = len(lines[start - 1]) - len(lines[start - 1].lstrip())
-    while end < len(lines) and lines[end].lstrip().startswith("#") and \
-            len(lines[end]) - len(lines[end].lstrip()) > indent:
+    while (
+        end < len(lines)
+        and lines[end].lstrip().startswith("#")
+        and len(lines[end]) - len(lines[end].lstrip()) > indent
+    ):
         end += 1
     return textwrap.dedent("\n".join(lines[start - 1 : end]))
 
@@ -133,7 +138,11 @@ def _names(node: ast.stmt) -> set[str]:
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
-    return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test)
+    return (
+        isinstance(node, ast.If)
+        and "__main__" in ast.unparse(node.test)
+        and "__name__" in ast.unparse(node.test)
+    )
 
 
 def _marked_lines(source: str, name: str, path_text: str) -> str:
@@ -178,7 +187,11 @@ def sync_doc(doc: Path, root: Path = ROOT, write: bool = True) -> tuple[list[str
         if wanted != excerpt.body:
             stale.append(f"{_rel(doc)}:{excerpt.line}: {excerpt.spec} is stale")
             fence = _fence_for(wanted)
-            lines[excerpt.start : excerpt.end + 1] = [fence + excerpt.info, *wanted.splitlines(), fence]
+            lines[excerpt.start : excerpt.end + 1] = [
+                fence + excerpt.info,
+                *wanted.splitlines(),
+                fence,
+            ]
     if write and stale and not broken:
         doc.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return sorted(stale), sorted(broken)
@@ -186,8 +199,12 @@ def sync_doc(doc: Path, root: Path = ROOT, write: bool = True) -> tuple[list[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if an excerpt is stale")
-    parser.add_argument("docs", nargs="*", type=Path, help="Markdown files (default: every docs/*.md)")
+    parser.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 if an excerpt is stale"
+    )
+    parser.add_argument(
+        "docs", nargs="*", type=Path, help="Markdown files (default: every docs/*.md)"
+    )
     args = parser.parse_args(argv)
     docs = args.docs or sorted(DOCS.rglob("*.md"))
     all_stale, all_broken, count = [], [], 0
@@ -205,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in all_stale:
             print(f"STALE   {problem}", file=sys.stderr)
         if all_stale:
-            print("Run `python scripts/docs_sync.py` to rewrite the excerpts from the code.", file=sys.stderr)
+            print(
+                "Run `python scripts/docs_sync.py` to rewrite the excerpts from the code.",
+                file=sys.stderr,
+            )
         if all_stale or all_broken:
             return 1
         print(f"{count} excerpts in {len(docs)} docs match their files.")

@@ -33,7 +33,9 @@ print(json.dumps({{"packages": sizes, "pyc": pyc}}))
 
 
 def docker(*args: str) -> str:
-    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True, timeout=120).stdout.strip()
+    return subprocess.run(
+        ["docker", *args], check=True, capture_output=True, text=True, timeout=120
+    ).stdout.strip()
 
 
 def image_size(tag: str) -> int | None:
@@ -53,7 +55,9 @@ def main() -> int:
     if base is None or sizes["optimized"] is None:
         print(f"need {BASE} and research-agent:optimized: run `make build` first", file=sys.stderr)
         return 1
-    measured = json.loads(docker("run", "--rm", "--entrypoint", "python", "research-agent:optimized", "-c", MEASURE))
+    measured = json.loads(
+        docker("run", "--rm", "--entrypoint", "python", "research-agent:optimized", "-c", MEASURE)
+    )
     deps = sum(measured["packages"].values())
     floor = base + deps
 
@@ -66,9 +70,13 @@ def main() -> int:
             print(f"| research-agent:{variant} | not built | | |")
             continue
         of_basic = f"{100 * size / sizes['basic']:.0f}%" if sizes["basic"] else ""
-        print(f"| research-agent:{variant} | {mb(size)} | {of_basic} | {100 * (size - floor) / floor:+.1f}% |")
+        print(
+            f"| research-agent:{variant} | {mb(size)} | {of_basic} | {100 * (size - floor) / floor:+.1f}% |"
+        )
 
-    print(f"\nRuntime dependencies: {mb(deps)} MB of files, plus {mb(measured['pyc'])} MB of .pyc in the optimized image.")
+    print(
+        f"\nRuntime dependencies: {mb(deps)} MB of files, plus {mb(measured['pyc'])} MB of .pyc in the optimized image."
+    )
     print("Largest installed packages (MB, without .pyc):")
     top = sorted(measured["packages"].items(), key=lambda kv: -kv[1])[:12]
     print("  " + ", ".join(f"{name} {n / 1e6:.1f}" for name, n in top))

@@ -95,7 +95,11 @@ class ChatCompletionsStub:
 def _usage(body: dict, reply: dict) -> dict:
     prompt = sum(_count_tokens(str(m.get("content") or "")) for m in body.get("messages", []))
     completion = _count_tokens(reply.get("content", "")) + 5 * len(reply.get("tool_calls", []))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _tool_calls(reply: dict) -> list[dict]:
@@ -119,7 +123,13 @@ def _completion(reply: dict, usage: dict) -> dict:
         "object": "chat.completion",
         "created": 0,
         "model": MODEL,
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
+        ],
         "usage": usage,
     }
 
@@ -143,5 +153,11 @@ def _chunks(reply: dict, usage: dict | None):
         yield _chunk({"tool_calls": [{"index": i, **call}]})
     yield _chunk({}, "tool_calls" if reply.get("tool_calls") else "stop")
     if usage is not None:
-        yield {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-               "choices": [], "usage": usage}
+        yield {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": MODEL,
+            "choices": [],
+            "usage": usage,
+        }

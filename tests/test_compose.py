@@ -26,7 +26,10 @@ UP_TIMEOUT = 600  # includes building the image when it is not cached
 
 
 def seconds(duration: str) -> float:
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in re.findall(r"([\d.]+)(h|m|s)", duration))
+    return sum(
+        float(n) * {"h": 3600, "m": 60, "s": 1}[unit]
+        for n, unit in re.findall(r"([\d.]+)(h|m|s)", duration)
+    )
 
 
 # --- Static: what the file promises ------------------------------------------------------------------
@@ -65,7 +68,6 @@ def test_env_file_is_optional_and_redis_keeps_a_named_volume(compose):
 # --- Live: docker compose up / down --------------------------------------------------------------------
 
 
-
 class Project:
     def __init__(self):
         self.name = f"research-agent-test-{uuid.uuid4().hex[:8]}"
@@ -73,13 +75,21 @@ class Project:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "AGENT_PORT": str(self.port)}
 
-    def compose(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    def compose(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess:
         result = subprocess.run(
             ["docker", "compose", "-p", self.name, *args],
-            cwd=AGENT_DIR, env=self.env, capture_output=True, text=True, timeout=timeout,
+            cwd=AGENT_DIR,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"docker compose {' '.join(args)} failed:\n{result.stderr}\n{self.logs()}")
+            raise AssertionError(
+                f"docker compose {' '.join(args)} failed:\n{result.stderr}\n{self.logs()}"
+            )
         return result
 
     def logs(self) -> str:
@@ -87,8 +97,17 @@ class Project:
 
     def volumes(self) -> list[str]:
         out = subprocess.run(
-            ["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={self.name}"],
-            capture_output=True, text=True, timeout=30,
+            [
+                "docker",
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={self.name}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout
         return out.split()
 
@@ -96,7 +115,9 @@ class Project:
 @pytest.fixture(scope="module")
 def project(request):
     if (AGENT_DIR / ".env").exists():
-        pytest.fail("research-agent/.env exists: move it aside, this test checks the offline setup without it")
+        pytest.fail(
+            "research-agent/.env exists: move it aside, this test checks the offline setup without it"
+        )
     box = Project()
     failures_before = request.session.testsfailed
     try:
@@ -130,7 +151,9 @@ def test_second_identical_question_is_served_from_the_cache(project):
 @pytest.mark.container
 def test_agent_still_answers_when_redis_is_stopped(project):
     project.compose("stop", "redis")
-    status, _, body = post_json(f"{project.url}/v1/research", {"query": "What does docker stop do?"})
+    status, _, body = post_json(
+        f"{project.url}/v1/research", {"query": "What does docker stop do?"}
+    )
     assert status == 200, body
     assert body["cached"] is False and body["sources"]
     assert get_json(f"{project.url}/ready")[0] == 200
@@ -148,8 +171,21 @@ def test_down_v_removes_containers_network_and_volume(project):
 @pytest.mark.container
 def test_dev_override_parses_and_mounts_the_code_with_reload():
     result = subprocess.run(
-        ["docker", "compose", "-f", COMPOSE_FILE.name, "-f", DEV_FILE.name, "config", "--format", "json"],
-        cwd=AGENT_DIR, capture_output=True, text=True, timeout=60,
+        [
+            "docker",
+            "compose",
+            "-f",
+            COMPOSE_FILE.name,
+            "-f",
+            DEV_FILE.name,
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=AGENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     agent = json.loads(result.stdout)["services"]["agent"]

@@ -34,7 +34,9 @@ OFFLINE_MODEL = "offline-research-model"
 # --- HTTP, standard library only -------------------------------------------------------------------
 
 
-def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = HTTP_TIMEOUT):
+def http(
+    method: str, url: str, body=None, headers: dict | None = None, timeout: float = HTTP_TIMEOUT
+):
     """Return (status, headers, body bytes); HTTP errors are answers too, not exceptions."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
@@ -57,13 +59,17 @@ def post_json(url: str, payload, **kwargs):
     return status, headers, json.loads(body) if body else None
 
 
-def stream_events(url: str, query: str, on_event=None, timeout: float = HTTP_TIMEOUT) -> list[tuple[str, str]]:
+def stream_events(
+    url: str, query: str, on_event=None, timeout: float = HTTP_TIMEOUT
+) -> list[tuple[str, str]]:
     """POST to the SSE endpoint; return [(event, data), ...] up to and including ("", "[DONE]").
 
     `timeout` bounds every read; on_event(event, data) is called as each event arrives.
     """
     request = urllib.request.Request(
-        url, data=json.dumps({"query": query}).encode(), method="POST",
+        url,
+        data=json.dumps({"query": query}).encode(),
+        method="POST",
         headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
     )
     events, name, data = [], "", []
@@ -106,7 +112,9 @@ def check_research(base: str) -> None:
     assert body["model"] == OFFLINE_MODEL, f"expected the offline model, got {body['model']!r}"
     assert body["response"].strip(), "empty research answer"
     assert body["sources"], "the answer cites no sources"
-    assert any(s["url"].startswith("notes/") for s in body["sources"]), f"no bundled note among {body['sources']}"
+    assert any(s["url"].startswith("notes/") for s in body["sources"]), (
+        f"no bundled note among {body['sources']}"
+    )
     assert "[1]" in body["response"], "the answer does not cite [1]"
 
 
@@ -124,8 +132,12 @@ def check_stream(base: str) -> None:
 def check_metrics(base: str) -> None:
     status, headers, body = http("GET", f"{base}/metrics")
     assert status == 200, f"/metrics answered {status}"
-    assert headers.get("Content-Type", "").startswith("text/plain"), f"/metrics content type {headers.get('Content-Type')}"
-    assert re.search(rb'^http_requests_total\{[^}]*route="/health"', body, re.M), "no http_requests_total for /health"
+    assert headers.get("Content-Type", "").startswith("text/plain"), (
+        f"/metrics content type {headers.get('Content-Type')}"
+    )
+    assert re.search(rb'^http_requests_total\{[^}]*route="/health"', body, re.M), (
+        "no http_requests_total for /health"
+    )
 
 
 def check_validation_error(base: str) -> None:
@@ -138,13 +150,25 @@ def check_validation_error(base: str) -> None:
 
 def check_request_id(base: str) -> None:
     request_id = f"smoke-{uuid.uuid4().hex[:12]}"
-    status, headers, body = post_json(f"{base}/v1/research", {"query": QUERY}, headers={"X-Request-ID": request_id})
+    status, headers, body = post_json(
+        f"{base}/v1/research", {"query": QUERY}, headers={"X-Request-ID": request_id}
+    )
     assert status == 200, f"/v1/research answered {status}"
-    assert headers.get("X-Request-ID") == request_id, f"X-Request-ID came back as {headers.get('X-Request-ID')!r}"
+    assert headers.get("X-Request-ID") == request_id, (
+        f"X-Request-ID came back as {headers.get('X-Request-ID')!r}"
+    )
     assert body["request_id"] == request_id, f"body request_id is {body['request_id']!r}"
 
 
-CHECKS = [check_health, check_ready, check_research, check_stream, check_metrics, check_validation_error, check_request_id]
+CHECKS = [
+    check_health,
+    check_ready,
+    check_research,
+    check_stream,
+    check_metrics,
+    check_validation_error,
+    check_request_id,
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +203,10 @@ except ImportError:  # the script above needs only the standard library
     pytest = None
 
 if pytest is not None:
-    IMAGES = os.environ.get("CONTAINER_IMAGES", "research-agent:basic research-agent:multistage research-agent:optimized").split()
+    IMAGES = os.environ.get(
+        "CONTAINER_IMAGES",
+        "research-agent:basic research-agent:multistage research-agent:optimized",
+    ).split()
     # How each image is meant to run: the optimized one with a read-only root file system.
     RUN_OPTIONS = {"research-agent:optimized": ["--read-only", "--tmpfs", "/tmp"]}
     HEALTHY_TIMEOUT = float(os.environ.get("HEALTHY_TIMEOUT", "120"))
@@ -194,7 +221,9 @@ if pytest is not None:
     class Container:
         def __init__(self, image: str):
             self.image = image
-            self.id = docker("run", "-d", "-p", "127.0.0.1::8000", *RUN_OPTIONS.get(image, []), image)
+            self.id = docker(
+                "run", "-d", "-p", "127.0.0.1::8000", *RUN_OPTIONS.get(image, []), image
+            )
             host, _, port = docker("port", self.id, "8000/tcp").splitlines()[0].rpartition(":")
             self.url = f"http://127.0.0.1:{port}"  # Docker picked a free host port
 
@@ -202,7 +231,12 @@ if pytest is not None:
             return json.loads(docker("inspect", "--format", "{{json .State}}", self.id))
 
         def logs(self) -> str:
-            result = subprocess.run(["docker", "logs", "--tail", "200", self.id], capture_output=True, text=True, timeout=DOCKER_TIMEOUT)
+            result = subprocess.run(
+                ["docker", "logs", "--tail", "200", self.id],
+                capture_output=True,
+                text=True,
+                timeout=DOCKER_TIMEOUT,
+            )
             return result.stdout + result.stderr
 
         def wait_healthy(self) -> float:
@@ -210,13 +244,17 @@ if pytest is not None:
             while time.monotonic() - started < HEALTHY_TIMEOUT:
                 state = self.state()
                 if not state["Running"]:
-                    raise AssertionError(f"{self.image} exited with code {state['ExitCode']} before it was healthy")
+                    raise AssertionError(
+                        f"{self.image} exited with code {state['ExitCode']} before it was healthy"
+                    )
                 if not state.get("Health"):
                     raise AssertionError(f"{self.image} has no HEALTHCHECK")
                 if state["Health"]["Status"] == "healthy":
                     return time.monotonic() - started
                 time.sleep(0.25)
-            raise AssertionError(f"{self.image} not healthy after {HEALTHY_TIMEOUT:.0f}s: {self.state().get('Health')}")
+            raise AssertionError(
+                f"{self.image} not healthy after {HEALTHY_TIMEOUT:.0f}s: {self.state().get('Health')}"
+            )
 
         def remove(self) -> None:
             docker("rm", "-f", self.id, check=False)
@@ -262,7 +300,9 @@ if pytest is not None:
 
         def client():
             try:
-                result["events"] = stream_events(f"{container.url}/v1/research/stream", QUERY, on_event)
+                result["events"] = stream_events(
+                    f"{container.url}/v1/research/stream", QUERY, on_event
+                )
             except Exception as error:
                 result["error"] = error
             finally:
@@ -278,14 +318,22 @@ if pytest is not None:
         stop_seconds = time.monotonic() - stop_started
         thread.join(HTTP_TIMEOUT)
 
-        assert "error" not in result, f"the in-flight stream broke on docker stop: {result.get('error')!r}"
+        assert "error" not in result, (
+            f"the in-flight stream broke on docker stop: {result.get('error')!r}"
+        )
         events = result.get("events", [])
-        assert events and events[-1] == ("", "[DONE]"), f"the stream did not finish with [DONE]: {received[-5:]}"
+        assert events and events[-1] == ("", "[DONE]"), (
+            f"the stream did not finish with [DONE]: {received[-5:]}"
+        )
         assert "final" in received, "the stream ended without its final event"
-        assert received.count("token") > tokens_before_stop, "the stream had finished before docker stop: not a mid-stream test"
+        assert received.count("token") > tokens_before_stop, (
+            "the stream had finished before docker stop: not a mid-stream test"
+        )
         state = container.state()
         assert not state["Running"], "the container still runs after docker stop"
-        assert state["ExitCode"] != 137 and not state["OOMKilled"], f"SIGKILLed (exit {state['ExitCode']}) after {stop_seconds:.1f}s"
+        assert state["ExitCode"] != 137 and not state["OOMKilled"], (
+            f"SIGKILLed (exit {state['ExitCode']}) after {stop_seconds:.1f}s"
+        )
         assert stop_seconds < 10, f"docker stop took {stop_seconds:.1f}s: the grace period ran out"
 
 
@@ -299,8 +347,15 @@ DOCKER_STOP_GRACE_SECONDS = 10  # `docker stop` default
 def dockerfile_instructions(name: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
     text = re.sub(r"\\\n", " ", (AGENT_DIR / name).read_text())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+    ]
 
 
 if pytest is not None:
@@ -324,7 +379,9 @@ if pytest is not None:
         assert len(healthcheck) == 1 and "urllib" in healthcheck[0] and "curl" not in healthcheck[0]
         assert "--start-interval" not in healthcheck[0]  # Docker Engine 25+ only
         assert instructions[0] == ("ARG", "PYTHON_IMAGE=python:3.11-slim")
-        assert all(args.split()[0] == "${PYTHON_IMAGE}" for op, args in instructions if op == "FROM")
+        assert all(
+            args.split()[0] == "${PYTHON_IMAGE}" for op, args in instructions if op == "FROM"
+        )
         assert not text.startswith("# syntax"), "a syntax line makes BuildKit pull a frontend image"
 
     @pytest.mark.parametrize("name", DOCKERFILES[1:])
@@ -333,7 +390,11 @@ if pytest is not None:
         assert users and users[-1].split(":")[0] not in ("root", "0")
 
     def test_dockerignore_is_an_allow_list_that_keeps_env_files_out():
-        lines = [line for line in (AGENT_DIR / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+        lines = [
+            line
+            for line in (AGENT_DIR / ".dockerignore").read_text().splitlines()
+            if line and not line.startswith("#")
+        ]
         assert lines[0] == "*", "everything is excluded unless allowed"
         allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
         assert allowed == {"app", "main.py", "notes", "requirements.txt"}

@@ -59,7 +59,9 @@ class Block:
     line: int  # 1-based line of the opening fence
     lang: str
     body: str
-    marks: dict = field(default_factory=dict)  # from the HTML comment just above: {"server": "lesson-01"}
+    marks: dict = field(
+        default_factory=dict
+    )  # from the HTML comment just above: {"server": "lesson-01"}
 
     def where(self) -> str:
         return f"{self.doc.relative_to(ROOT)}:{self.line}"
@@ -79,7 +81,9 @@ def blocks(doc: Path) -> list[Block]:
         comment = re.match(r"^<!--\s*([\w-]+)\s*:?\s*(.*?)\s*-->\s*$", lines[i - 1]) if i else None
         if comment:
             marks[comment.group(1)] = comment.group(2)
-        found.append(Block(doc, i + 1, opening.group(2).lower(), "\n".join(lines[i + 1 : end]), marks))
+        found.append(
+            Block(doc, i + 1, opening.group(2).lower(), "\n".join(lines[i + 1 : end]), marks)
+        )
         i = end + 1
     return found
 
@@ -102,7 +106,9 @@ def commands(block: Block) -> list[str]:
 
 def make_targets() -> set[str]:
     text = (ROOT / "Makefile").read_text(encoding="utf-8")
-    return {m.group(1) for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:(?!=)", text, flags=re.M)}
+    return {
+        m.group(1) for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:(?!=)", text, flags=re.M)
+    }
 
 
 def make_goals(command: str) -> list[str] | None:
@@ -132,11 +138,19 @@ def test_every_include_names_a_file_and_symbol_that_exist(doc):
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
 def test_excerpts_match_their_files(doc):
     stale, _ = docs_sync.sync_doc(doc, write=False)
-    assert not stale, "\n".join(stale) + "\nRun `python scripts/docs_sync.py` and review the doc around each excerpt."
+    assert not stale, (
+        "\n".join(stale)
+        + "\nRun `python scripts/docs_sync.py` and review the doc around each excerpt."
+    )
 
 
 def test_check_mode_exits_0_on_the_repository():
-    result = subprocess.run([sys.executable, "scripts/docs_sync.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "scripts/docs_sync.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -168,23 +182,42 @@ if __name__ == "__main__":
 def sample_repo(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "mod.py").write_text(SAMPLE)
-    (tmp_path / "Dockerfile").write_text("FROM scratch\n# [start:run]\nCMD [\"run\"]\n# [end:run]\n")
+    (tmp_path / "Dockerfile").write_text('FROM scratch\n# [start:run]\nCMD ["run"]\n# [end:run]\n')
     return tmp_path
 
 
 def test_extract_selects_symbols_with_decorators_methods_and_markers(sample_repo):
     extract = docs_sync.extract
-    assert extract("pkg/mod.py#square", sample_repo) == "@functools.cache\ndef square(x):\n    return x * x"
+    assert (
+        extract("pkg/mod.py#square", sample_repo)
+        == "@functools.cache\ndef square(x):\n    return x * x"
+    )
     assert extract("pkg/mod.py#LIMIT", sample_repo) == "LIMIT = 3"
-    assert extract("pkg/mod.py#Box.grow", sample_repo) == "def grow(self):\n    self.size += 1\n    # still growing"
+    assert (
+        extract("pkg/mod.py#Box.grow", sample_repo)
+        == "def grow(self):\n    self.size += 1\n    # still growing"
+    )
     assert extract("pkg/mod.py#LIMIT+1", sample_repo).startswith("LIMIT = 3\n\n\n@functools.cache")
-    assert extract("pkg/mod.py#__main__", sample_repo) == 'if __name__ == "__main__":\n    print(square(LIMIT))'
+    assert (
+        extract("pkg/mod.py#__main__", sample_repo)
+        == 'if __name__ == "__main__":\n    print(square(LIMIT))'
+    )
     assert extract("Dockerfile#run", sample_repo) == 'CMD ["run"]'
-    assert extract("Dockerfile", sample_repo) == 'FROM scratch\n# [start:run]\nCMD ["run"]\n# [end:run]'
+    assert (
+        extract("Dockerfile", sample_repo)
+        == 'FROM scratch\n# [start:run]\nCMD ["run"]\n# [end:run]'
+    )
 
 
 @pytest.mark.parametrize(
-    "spec", ["pkg/missing.py", "pkg/mod.py#cube", "pkg/mod.py#Box.shrink", "Dockerfile#build", "../outside.py"]
+    "spec",
+    [
+        "pkg/missing.py",
+        "pkg/mod.py#cube",
+        "pkg/mod.py#Box.shrink",
+        "Dockerfile#build",
+        "../outside.py",
+    ],
 )
 def test_extract_refuses_what_does_not_exist(sample_repo, spec):
     with pytest.raises(docs_sync.IncludeError):
@@ -233,15 +266,21 @@ def test_every_shell_block_in_docs_is_run_or_checked():
     targets = make_targets()
     for block in shell_blocks(DOCS):
         if "server" in block.marks:
-            assert block.marks["server"].split()[0] in SERVERS, f"{block.where()}: unknown server {block.marks['server']}"
+            assert block.marks["server"].split()[0] in SERVERS, (
+                f"{block.where()}: unknown server {block.marks['server']}"
+            )
             continue
         if "checked-by" in block.marks:
             by = block.marks["checked-by"]
             goals = make_goals(by)
             if goals is not None:
-                assert goals and all(g in targets for g in goals), f"{block.where()}: {by} is not a make target"
+                assert goals and all(g in targets for g in goals), (
+                    f"{block.where()}: {by} is not a make target"
+                )
             else:
-                assert (ROOT / by).is_file(), f"{block.where()}: checked-by names {by}, which does not exist"
+                assert (ROOT / by).is_file(), (
+                    f"{block.where()}: checked-by names {by}, which does not exist"
+                )
             continue
         if not all(make_goals(c) is not None for c in commands(block)):
             unchecked.append(block.where())
@@ -269,19 +308,22 @@ def doc_sessions() -> list[tuple[Path, str, list[tuple[Block, Block]]]]:
     return [(doc, server, pairs) for (doc, server), pairs in sessions.items()]
 
 
-
 class Server:
     def __init__(self, target: str):
         name, *assignments = target.split()
         cwd, script = SERVERS[name]
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))}
-        env.update(HOST="127.0.0.1", PORT=str(self.port), OFFLINE_TOKEN_DELAY_MS="0", PYTHONUNBUFFERED="1")
+        env.update(
+            HOST="127.0.0.1", PORT=str(self.port), OFFLINE_TOKEN_DELAY_MS="0", PYTHONUNBUFFERED="1"
+        )
         for name_value in assignments:  # e.g. <!-- server: research-agent SEARCH_MAX_RESULTS=2 -->
             key, _, value = name_value.partition("=")
             env[key] = value
         self.log = open(os.devnull, "w")
-        self.process = subprocess.Popen([sys.executable, script], cwd=cwd, env=env, stdout=self.log, stderr=self.log)
+        self.process = subprocess.Popen(
+            [sys.executable, script], cwd=cwd, env=env, stdout=self.log, stderr=self.log
+        )
         deadline = time.monotonic() + 60
         while True:
             assert self.process.poll() is None, f"{script} exited with {self.process.returncode}"
@@ -295,8 +337,13 @@ class Server:
     def run(self, command: str) -> str:
         # The doc says port 8000; the server listens on a free port. Output mentioning it is mapped back.
         command = re.sub(r"\b(localhost|127\.0\.0\.1):8000\b", rf"\1:{self.port}", command)
-        result = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=ROOT, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
         return re.sub(rf"\b(localhost|127\.0\.0\.1):{self.port}\b", r"\1:8000", result.stdout)
 
@@ -316,7 +363,11 @@ def match_json(expected, actual, path="$") -> list[str]:
     if isinstance(expected, dict):
         if not isinstance(actual, dict):
             return [f"{path}: expected an object, got {actual!r}"]
-        problems = [f"{path}: keys {sorted(expected)} != {sorted(actual)}"] if set(expected) != set(actual) else []
+        problems = (
+            [f"{path}: keys {sorted(expected)} != {sorted(actual)}"]
+            if set(expected) != set(actual)
+            else []
+        )
         for key in expected.keys() & actual.keys():
             if key not in VOLATILE_KEYS:
                 problems += match_json(expected[key], actual[key], f"{path}.{key}")
@@ -328,7 +379,11 @@ def match_json(expected, actual, path="$") -> list[str]:
             expected, actual = expected[:-1], actual[: len(expected) - 1]
         if len(expected) != len(actual):
             return [f"{path}: {len(actual)} items, the doc shows {len(expected)}"]
-        return [p for i, (e, a) in enumerate(zip(expected, actual)) for p in match_json(e, a, f"{path}[{i}]")]
+        return [
+            p
+            for i, (e, a) in enumerate(zip(expected, actual))
+            for p in match_json(e, a, f"{path}[{i}]")
+        ]
     return [] if expected == actual else [f"{path}: {actual!r}, the doc shows {expected!r}"]
 
 
@@ -341,7 +396,11 @@ def match_text(expected: list[str], actual: list[str]) -> bool:
         return not actual
     if expected[0] == "...":
         return any(match_text(expected[1:], actual[i:]) for i in range(len(actual) + 1))
-    return bool(actual) and bool(_line_pattern(expected[0]).match(actual[0])) and match_text(expected[1:], actual[1:])
+    return (
+        bool(actual)
+        and bool(_line_pattern(expected[0]).match(actual[0]))
+        and match_text(expected[1:], actual[1:])
+    )
 
 
 def normalise(text: str) -> list[str]:
@@ -369,7 +428,9 @@ SESSIONS = doc_sessions()
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the documented commands use curl")
-@pytest.mark.parametrize("doc, target, pairs", SESSIONS, ids=[f"{d.name}:{t.split()[0]}" for d, t, _ in SESSIONS])
+@pytest.mark.parametrize(
+    "doc, target, pairs", SESSIONS, ids=[f"{d.name}:{t.split()[0]}" for d, t, _ in SESSIONS]
+)
 def test_documented_commands_print_the_documented_output(doc, target, pairs):
     server = Server(target)
     try:
@@ -388,10 +449,14 @@ def test_there_are_commands_run_against_each_lesson_server():
 def test_the_research_agent_doc_lists_every_setting():
     tree = ast.parse((ROOT / "research-agent" / "app" / "config.py").read_text(encoding="utf-8"))
     settings = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
-    names = [n.target.id for n in settings.body if isinstance(n, ast.AnnAssign) and n.target.id.isupper()]
+    names = [
+        n.target.id for n in settings.body if isinstance(n, ast.AnnAssign) and n.target.id.isupper()
+    ]
     doc = (ROOT / "docs" / "02-research-agent.md").read_text(encoding="utf-8")
     rows = set(re.findall(r"^\| `([A-Z_0-9]+)` \|", doc, flags=re.M))
-    assert len(names) > 10 and not set(names) - rows, f"missing from the configuration table: {set(names) - rows}"
+    assert len(names) > 10 and not set(names) - rows, (
+        f"missing from the configuration table: {set(names) - rows}"
+    )
 
 
 def github_anchors(doc: Path) -> set[str]:

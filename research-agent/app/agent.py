@@ -18,7 +18,13 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.errors import GraphBubbleUp
@@ -61,7 +67,9 @@ class OfflineResearchModel(BaseChatModel):
 
     # The plan for this turn: (text, tool call or None, usage).
     def _plan(self, messages: list[BaseMessage]) -> tuple[str, dict | None, dict]:
-        last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)
+        last_human = max(
+            (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1
+        )
         question = messages[last_human].text if last_human >= 0 else ""
         results = [m for m in messages[last_human + 1 :] if isinstance(m, ToolMessage)]
         input_tokens = sum(len(m.text.split()) for m in messages)
@@ -80,8 +88,10 @@ class OfflineResearchModel(BaseChatModel):
         header = "Offline research model (no OPENAI_API_KEY is set, so no LLM wrote this): "
         if not found:
             errors = " ".join(m.text for m in results if m.status == "error")
-            return header + "the search found no usable sources, so I cannot answer from sources." + (
-                f" {errors}" if errors else ""
+            return (
+                header
+                + "the search found no usable sources, so I cannot answer from sources."
+                + (f" {errors}" if errors else "")
             )
         lines = [f"- {snippet} [{n}]" for n, snippet in found[: self.max_cited]]
         return header + "here is what the top sources say.\n\n" + "\n".join(lines)
@@ -100,15 +110,28 @@ class OfflineResearchModel(BaseChatModel):
         for token in _tokens(text):
             yield ChatGenerationChunk(message=AIMessageChunk(content=token))
         if call:
-            tool_chunk = {"name": call["name"], "args": json.dumps(call["args"]), "id": call["id"], "index": 0}
-            yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[tool_chunk]))
-        last = AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": OFFLINE_MODEL_NAME})
+            tool_chunk = {
+                "name": call["name"],
+                "args": json.dumps(call["args"]),
+                "id": call["id"],
+                "index": 0,
+            }
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content="", tool_call_chunks=[tool_chunk])
+            )
+        last = AIMessageChunk(
+            content="", usage_metadata=usage, response_metadata={"model_name": OFFLINE_MODEL_NAME}
+        )
         yield ChatGenerationChunk(message=last)
 
-    def _generate(self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs):
+    def _generate(
+        self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs
+    ):
         return ChatResult(generations=[ChatGeneration(message=self._message(messages))])
 
-    def _stream(self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs):
+    def _stream(
+        self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs
+    ):
         for chunk in self._chunks(messages):
             if chunk.message.content and self.token_delay_ms:
                 time.sleep(self.token_delay_ms / 1000)
@@ -116,7 +139,13 @@ class OfflineResearchModel(BaseChatModel):
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
-    async def _astream(self, messages, stop=None, run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs):
+    async def _astream(
+        self,
+        messages,
+        stop=None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs,
+    ):
         for chunk in self._chunks(messages):
             if chunk.message.content and self.token_delay_ms:
                 await asyncio.sleep(self.token_delay_ms / 1000)
@@ -126,7 +155,11 @@ class OfflineResearchModel(BaseChatModel):
 
 
 def _usage(input_tokens: int, output_tokens: int) -> dict:
-    return {"input_tokens": input_tokens, "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+    }
 
 
 def _tokens(text: str) -> list[str]:
@@ -156,7 +189,9 @@ def build_model(settings: Settings) -> BaseChatModel:
 class RunContext:
     """Per-run state shared with the tool middleware (passed as the agent's runtime context)."""
 
-    sources: list[dict] = field(default_factory=list)  # every distinct source found, numbered from 1
+    sources: list[dict] = field(
+        default_factory=list
+    )  # every distinct source found, numbered from 1
     steps: list[dict] = field(default_factory=list)  # one per tool call, in completion order
 
     def number(self, source: dict) -> int:
@@ -181,20 +216,37 @@ class SearchToolMiddleware(AgentMiddleware):
 
     async def awrap_tool_call(self, request, handler):
         call = request.tool_call
-        context = request.runtime.context if isinstance(request.runtime.context, RunContext) else RunContext()
+        context = (
+            request.runtime.context
+            if isinstance(request.runtime.context, RunContext)
+            else RunContext()
+        )
         query = call["args"].get("query", call["args"])
-        step = {"call_id": call["id"], "tool": call["name"], "input": str(query), "status": "success"}
+        step = {
+            "call_id": call["id"],
+            "tool": call["name"],
+            "input": str(query),
+            "status": "success",
+        }
         try:
             result = await asyncio.wait_for(handler(request), self.timeout_seconds)
         except GraphBubbleUp:
             raise
-        except asyncio.TimeoutError:
-            return self._error(call, context, step, "search_timeout", f"timed out after {self.timeout_seconds:g} s")
+        except TimeoutError:
+            return self._error(
+                call, context, step, "search_timeout", f"timed out after {self.timeout_seconds:g} s"
+            )
         except Exception as exc:  # DDGSException, RatelimitException, DNS and HTTP errors...
-            logger.warning("tool call failed", extra={"tool": call["name"], "error": repr(exc)[:300]})
-            return self._error(call, context, step, "search_unavailable", f"{type(exc).__name__}: {exc}"[:300])
+            logger.warning(
+                "tool call failed", extra={"tool": call["name"], "error": repr(exc)[:300]}
+            )
+            return self._error(
+                call, context, step, "search_unavailable", f"{type(exc).__name__}: {exc}"[:300]
+            )
         if not isinstance(result, ToolMessage) or result.status == "error":
-            if isinstance(result, ToolMessage):  # e.g. invalid arguments, reported by the ToolNode itself
+            if isinstance(
+                result, ToolMessage
+            ):  # e.g. invalid arguments, reported by the ToolNode itself
                 return self._error(call, context, step, "tool_error", result.text[:300])
             return result
         found = result.artifact if isinstance(result.artifact, list) else []
@@ -210,7 +262,9 @@ class SearchToolMiddleware(AgentMiddleware):
         )
 
     @staticmethod
-    def _error(call: dict, context: RunContext, step: dict, error_type: str, message: str) -> ToolMessage:
+    def _error(
+        call: dict, context: RunContext, step: dict, error_type: str, message: str
+    ) -> ToolMessage:
         TOOL_CALLS.labels(call["name"], "error").inc()
         step.update(status="error", error=message, error_type=error_type)
         context.steps.append(step)
@@ -267,7 +321,9 @@ class ResearchAgent:
         async def produce() -> None:
             try:
                 async for mode, data in self.graph.astream(
-                    {"messages": [HumanMessage(query)]}, stream_mode=["updates", "messages"], context=context
+                    {"messages": [HumanMessage(query)]},
+                    stream_mode=["updates", "messages"],
+                    context=context,
                 ):
                     await queue.put((mode, data))
                 await queue.put((done, None))
@@ -282,7 +338,7 @@ class ResearchAgent:
                 remaining = deadline - asyncio.get_running_loop().time()
                 try:
                     mode, data = await asyncio.wait_for(queue.get(), max(remaining, 0))
-                except asyncio.TimeoutError as exc:
+                except TimeoutError as exc:
                     raise self._app_error(exc) from exc
                 if mode is done:
                     if data is not None:
@@ -290,11 +346,17 @@ class ResearchAgent:
                     break
                 if mode == "messages":
                     chunk, meta = data
-                    if meta.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk) and chunk.text:
+                    if (
+                        meta.get("langgraph_node") == "model"
+                        and isinstance(chunk, AIMessageChunk)
+                        and chunk.text
+                    ):
                         yield "token", {"text": chunk.text}
                     continue
                 for update in data.values():
-                    for message in (update or {}).get("messages", []) if isinstance(update, dict) else []:
+                    for message in (
+                        (update or {}).get("messages", []) if isinstance(update, dict) else []
+                    ):
                         messages.append(message)
                         if isinstance(message, ToolMessage):
                             yield "tool", self._tool_event(message, context)
@@ -324,13 +386,20 @@ class ResearchAgent:
         for kind, count in usage.items():
             TOKENS.labels(self.model_label, kind).inc(count)
         final = next((m for m in reversed(ai_messages) if not m.tool_calls), None)
-        steps = [{k: v for k, v in s.items() if k not in ("call_id", "error_type")} for s in context.steps]
+        steps = [
+            {k: v for k, v in s.items() if k not in ("call_id", "error_type")}
+            for s in context.steps
+        ]
         failed = [s for s in context.steps if s["status"] == "error"]
         if context.steps and len(failed) == len(context.steps) and not context.sources:
             # Every search failed and there is nothing to cite: a research answer is not possible.
             if all(s["error_type"] == "search_timeout" for s in failed):
-                raise UpstreamTimeoutError(f"search timed out: {failed[-1]['error']}", error_type="search_timeout")
-            raise UpstreamError(f"search backend failed: {failed[-1]['error']}", error_type="search_unavailable")
+                raise UpstreamTimeoutError(
+                    f"search timed out: {failed[-1]['error']}", error_type="search_timeout"
+                )
+            raise UpstreamError(
+                f"search backend failed: {failed[-1]['error']}", error_type="search_unavailable"
+            )
         return {
             "response": final.text if final else "",
             "steps": steps,
@@ -344,7 +413,9 @@ class ResearchAgent:
             return exc
         if isinstance(exc, asyncio.TimeoutError):
             limit = self.settings.REQUEST_TIMEOUT_SECONDS
-            return UpstreamTimeoutError(f"research took longer than {limit:g} s", error_type="timeout")
+            return UpstreamTimeoutError(
+                f"research took longer than {limit:g} s", error_type="timeout"
+            )
         try:
             import openai
         except ImportError:  # pragma: no cover - langchain-openai always brings it
@@ -352,7 +423,11 @@ class ResearchAgent:
         if isinstance(exc, openai.APITimeoutError):
             return UpstreamTimeoutError("the model provider timed out", error_type="model_timeout")
         if isinstance(exc, openai.APIStatusError):
-            return UpstreamError(f"the model provider answered HTTP {exc.status_code}", error_type="model_error")
+            return UpstreamError(
+                f"the model provider answered HTTP {exc.status_code}", error_type="model_error"
+            )
         if isinstance(exc, openai.APIError):
-            return UpstreamError(f"the model provider failed: {type(exc).__name__}", error_type="model_error")
+            return UpstreamError(
+                f"the model provider failed: {type(exc).__name__}", error_type="model_error"
+            )
         return exc

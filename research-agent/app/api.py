@@ -60,7 +60,11 @@ router = APIRouter()
 @router.get("/health", response_model=HealthResponse)
 async def health(settings: SettingsDep) -> HealthResponse:
     """Liveness: the process serves HTTP. Never calls the model, the search backend or Redis."""
-    return HealthResponse(version=settings.APP_VERSION, model=settings.model_label, search_backend=settings.search_backend)
+    return HealthResponse(
+        version=settings.APP_VERSION,
+        model=settings.model_label,
+        search_backend=settings.search_backend,
+    )
 
 
 @router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ErrorResponse}})
@@ -73,16 +77,22 @@ async def ready(request: Request, agent: AgentDep) -> ReadyResponse:
 
 
 @router.post("/v1/research", response_model=ResearchResponse, responses=ERRORS)
-async def research(body: ResearchRequest, agent: AgentDep, cache: CacheDep, settings: SettingsDep) -> dict:
+async def research(
+    body: ResearchRequest, agent: AgentDep, cache: CacheDep, settings: SettingsDep
+) -> dict:
     """Research a question: the agent searches, then answers citing its sources as [1], [2]..."""
     return await service.research(agent, cache, settings, body.query)
 
 
 @router.post("/v1/research/stream", responses=ERRORS)
-async def research_stream(body: ResearchRequest, agent: AgentDep, cache: CacheDep, settings: SettingsDep):
+async def research_stream(
+    body: ResearchRequest, agent: AgentDep, cache: CacheDep, settings: SettingsDep
+):
     """Server-sent events: `token`*, `tool` per search, then `final` (or `error`), then `data: [DONE]`."""
     events = service.research_events(agent, cache, settings, body.query)
-    return EventSourceResponse(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(
+        events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -101,12 +111,16 @@ async def app_error_handler(request: Request, exc: AppError) -> JSONResponse:
 
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(error_type, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(
+        error_body(error_type, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
     details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return JSONResponse(error_body("validation_error", "the request is not valid", details), status_code=422)
+    return JSONResponse(
+        error_body("validation_error", "the request is not valid", details), status_code=422
+    )
 
 
 # --- Lifecycle -----------------------------------------------------------------------------------------
@@ -143,14 +157,20 @@ async def lifespan(app: FastAPI):
     app.state.shutting_down = False
     watch_for_sigterm(app.state)
     if app.state.agent is None:
-        app.state.agent = await asyncio.to_thread(ResearchAgent, settings)  # builds the search index
+        app.state.agent = await asyncio.to_thread(
+            ResearchAgent, settings
+        )  # builds the search index
     if settings.REDIS_URL and app.state.cache is None:
         app.state.cache = ResearchCache(settings.REDIS_URL, settings.CACHE_TTL_SECONDS)
         await app.state.cache.ping()  # logs a warning if Redis is down; we start anyway
     logger.info(
         "research agent ready",
-        extra={"model": app.state.agent.model_label, "search_backend": app.state.agent.search_backend,
-               "cache": "redis" if app.state.cache else "disabled", "version": settings.APP_VERSION},
+        extra={
+            "model": app.state.agent.model_label,
+            "search_backend": app.state.agent.search_backend,
+            "cache": "redis" if app.state.cache else "disabled",
+            "version": settings.APP_VERSION,
+        },
     )
     yield
     app.state.shutting_down = True
@@ -168,7 +188,12 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         description="A LangChain research agent that cites its sources. Offline by default.",
         lifespan=lifespan,
     )
-    app.state.settings, app.state.agent, app.state.cache, app.state.shutting_down = settings, agent, None, False
+    app.state.settings, app.state.agent, app.state.cache, app.state.shutting_down = (
+        settings,
+        agent,
+        None,
+        False,
+    )
     app.include_router(router)
     app.add_exception_handler(AppError, app_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)

@@ -18,7 +18,9 @@ REDIS_TIMEOUT_SECONDS = 0.5  # a cache that is slower than this is not worth wai
 
 def cache_key(query: str, **settings: object) -> str:
     """Same query (whitespace-normalised) and same answer-shaping settings -> same key."""
-    material = json.dumps({"query": " ".join(query.split()), **settings}, sort_keys=True, default=str)
+    material = json.dumps(
+        {"query": " ".join(query.split()), **settings}, sort_keys=True, default=str
+    )
     return "research-agent:answer:" + hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -74,7 +76,10 @@ class ResearchCache:
     def _failed(self, operation: str, exc: BaseException) -> None:
         CACHE_ERRORS.inc()
         if self.available:  # one warning per outage, not one per request
-            logger.warning("redis unavailable, cache bypassed", extra={"operation": operation, "error": repr(exc)})
+            logger.warning(
+                "redis unavailable, cache bypassed",
+                extra={"operation": operation, "error": repr(exc)},
+            )
         self.available = False
 
     def _succeeded(self) -> None:

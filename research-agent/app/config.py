@@ -17,7 +17,9 @@ OFFLINE_MODEL_NAME = "offline-research-model"
 class Settings(BaseSettings):
     """Field names are the environment variable names (settings come from the environment only)."""
 
-    model_config = SettingsConfigDict(env_ignore_empty=True)  # VAR= (as in .env.example) means "use the default"
+    model_config = SettingsConfigDict(
+        env_ignore_empty=True
+    )  # VAR= (as in .env.example) means "use the default"
 
     APP_VERSION: str = "1.0.0"
     HOST: str = "0.0.0.0"

@@ -68,29 +68,47 @@ class RequestContextMiddleware:
         try:
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.max_body_bytes:
-                await self._send_error(scope, receive, send_with_id, 413, "payload_too_large",
-                                       f"request body is larger than {self.max_body_bytes} bytes")
+                await self._send_error(
+                    scope,
+                    receive,
+                    send_with_id,
+                    413,
+                    "payload_too_large",
+                    f"request body is larger than {self.max_body_bytes} bytes",
+                )
             else:
                 await self.app(scope, limited_receive, send_with_id)
         except Exception:
             # Anything the exception handlers did not turn into a response: log the traceback, send none.
             logger.exception("unhandled error")
             if not response_started:
-                await self._send_error(scope, receive, send_with_id, 500, "internal_error", "Internal server error")
+                await self._send_error(
+                    scope, receive, send_with_id, 500, "internal_error", "Internal server error"
+                )
         finally:
             route = scope.get("route")
-            label = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+            label = (
+                getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+            )
             elapsed = time.perf_counter() - started
             REQUESTS.labels(scope["method"], label, str(status)).inc()
             LATENCY.labels(scope["method"], label).observe(elapsed)
             logger.info(
                 "request",
-                extra={"method": scope["method"], "path": scope["path"], "route": label, "status": status,
-                       "latency_ms": round(elapsed * 1000, 1)},
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "route": label,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 1),
+                },
             )
             request_id_var.reset(token)
 
     @staticmethod
-    async def _send_error(scope: Scope, receive: Receive, send: Send, status: int, error_type: str, message: str) -> None:
-        await JSONResponse(error_body(error_type, message), status_code=status)(scope, receive, send)
-
+    async def _send_error(
+        scope: Scope, receive: Receive, send: Send, status: int, error_type: str, message: str
+    ) -> None:
+        await JSONResponse(error_body(error_type, message), status_code=status)(
+            scope, receive, send
+        )

@@ -10,7 +10,9 @@ MAX_QUERY_CHARS = 2000
 class ResearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    query: str = Field(min_length=3, max_length=MAX_QUERY_CHARS, examples=["Why use a multi-stage Docker build?"])
+    query: str = Field(
+        min_length=3, max_length=MAX_QUERY_CHARS, examples=["Why use a multi-stage Docker build?"]
+    )
 
 
 class Source(BaseModel):
@@ -25,7 +27,9 @@ class Step(BaseModel):
     tool: str
     input: str
     status: Literal["success", "error"]
-    sources: list[int] = Field(default_factory=list, description="Numbers of the sources it found, as cited [n]")
+    sources: list[int] = Field(
+        default_factory=list, description="Numbers of the sources it found, as cited [n]"
+    )
     error: str | None = None
 
 
@@ -35,7 +39,9 @@ class ResearchResponse(BaseModel):
     steps: list[Step]
     sources: list[Source]
     model: str
-    tokens_used: int = Field(description="Tokens spent by this request (0 when served from the cache)")
+    tokens_used: int = Field(
+        description="Tokens spent by this request (0 when served from the cache)"
+    )
     cached: bool = False
     request_id: str
 

@@ -24,15 +24,18 @@ WEB_TOOL_NAME = "web_search"
 SNIPPET_CHARS = 320
 
 _STOPWORDS = set(
-    "a an and are as at be by can do does for from how i in is it its of on or should so that the this"
-    " to use using we what when where which who why will with you your".split()
+    ["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "in", "is", "it", "its", "of", "on", "or", "should", "so", "that", "the", "this", "to", "use", "using", "we", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"]
 )
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-case words without stopwords, with a plain plural 's' removed (builds -> build)."""
     words = re.findall(r"[a-z0-9]+", text.lower())
-    return [w[:-1] if len(w) > 4 and w.endswith("s") and not w.endswith("ss") else w for w in words if w not in _STOPWORDS]
+    return [
+        w[:-1] if len(w) > 4 and w.endswith("s") and not w.endswith("ss") else w
+        for w in words
+        if w not in _STOPWORDS
+    ]
 
 
 def format_results(numbered: list[tuple[int, dict]]) -> str:
@@ -95,10 +98,15 @@ class LocalSearch:
     """BM25 over markdown sections. The index is built once, when the agent starts."""
 
     def __init__(self, dirs: list[Path]):
-        self.sections = [s for root in dirs for p in sorted(root.rglob("*.md")) for s in split_sections(p, root)]
+        self.sections = [
+            s for root in dirs for p in sorted(root.rglob("*.md")) for s in split_sections(p, root)
+        ]
         corpus = [tokenize(f"{s.title} {s.title} {s.text}") for s in self.sections]
         self._bm25 = BM25Okapi(corpus) if self.sections else None
-        logger.info("local search index built", extra={"sections": len(self.sections), "dirs": [str(d) for d in dirs]})
+        logger.info(
+            "local search index built",
+            extra={"sections": len(self.sections), "dirs": [str(d) for d in dirs]},
+        )
 
     def search(self, query: str, k: int) -> list[dict]:
         terms = tokenize(query)
@@ -107,7 +115,11 @@ class LocalSearch:
         scores = self._bm25.get_scores(terms)
         ranked = sorted(range(len(scores)), key=lambda i: scores[i], reverse=True)
         return [
-            {"title": self.sections[i].title, "url": self.sections[i].url, "snippet": self._snippet(self.sections[i], terms)}
+            {
+                "title": self.sections[i].title,
+                "url": self.sections[i].url,
+                "snippet": self._snippet(self.sections[i], terms),
+            }
             for i in ranked[:k]
             if scores[i] > 0
         ]
@@ -117,7 +129,9 @@ class LocalSearch:
         """The sentences sharing the most words with the query, in their original order."""
         sentences = [s for s in re.split(r"(?<=[.!?])\s+", _plain(section.text)) if s]
         wanted = set(terms)
-        best = sorted(range(len(sentences)), key=lambda i: -len(wanted & set(tokenize(sentences[i]))))
+        best = sorted(
+            range(len(sentences)), key=lambda i: -len(wanted & set(tokenize(sentences[i])))
+        )
         picked, size = [], 0
         for i in best:
             if size + len(sentences[i]) > SNIPPET_CHARS and picked:
@@ -125,7 +139,11 @@ class LocalSearch:
             picked.append(i)
             size += len(sentences[i])
         snippet = " ".join(sentences[i] for i in sorted(picked))
-        return snippet if len(snippet) <= SNIPPET_CHARS else snippet[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
+        return (
+            snippet
+            if len(snippet) <= SNIPPET_CHARS
+            else snippet[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
+        )
 
 
 def make_local_tool(settings: Settings) -> BaseTool:
@@ -156,7 +174,11 @@ def make_duckduckgo_tool(settings: Settings) -> BaseTool:
         # the agent's tool middleware turns them into an error message for the model.
         results = await ddg.ainvoke({"query": query})
         sources = [
-            {"title": r.get("title") or r["link"], "url": r["link"], "snippet": r.get("snippet", "")}
+            {
+                "title": r.get("title") or r["link"],
+                "url": r["link"],
+                "snippet": r.get("snippet", ""),
+            }
             for r in results
             if isinstance(r, dict) and r.get("link")
         ]

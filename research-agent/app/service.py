@@ -54,7 +54,9 @@ def _log_done(query: str, agent: ResearchAgent, result: dict, cached: bool, star
     )
 
 
-async def research(agent: ResearchAgent, cache: ResearchCache | None, settings: Settings, query: str) -> dict:
+async def research(
+    agent: ResearchAgent, cache: ResearchCache | None, settings: Settings, query: str
+) -> dict:
     started = time.perf_counter()
     key = _key(agent, settings, query)
     result = await cache.get(key) if cache else None
@@ -92,11 +94,29 @@ async def research_events(
                     data = _response(query, agent, data, False)
                 yield _event(name, data)
     except AppError as exc:
-        logger.warning("research stream failed", extra={"error_type": exc.error_type, "error": exc.message})
-        yield _event("error", {"error": {"type": exc.error_type, "message": exc.message, "request_id": request_id_var.get()}})
+        logger.warning(
+            "research stream failed", extra={"error_type": exc.error_type, "error": exc.message}
+        )
+        yield _event(
+            "error",
+            {
+                "error": {
+                    "type": exc.error_type,
+                    "message": exc.message,
+                    "request_id": request_id_var.get(),
+                }
+            },
+        )
     except Exception:
         logger.exception("research stream crashed")
         yield _event(
-            "error", {"error": {"type": "internal_error", "message": "Internal server error", "request_id": request_id_var.get()}}
+            "error",
+            {
+                "error": {
+                    "type": "internal_error",
+                    "message": "Internal server error",
+                    "request_id": request_id_var.get(),
+                }
+            },
         )
     yield ServerSentEvent(data="[DONE]")

@@ -4,7 +4,7 @@ import json
 import logging
 import sys
 from contextvars import ContextVar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prometheus_client import Counter, Histogram, disable_created_metrics
 
@@ -13,7 +13,12 @@ disable_created_metrics()  # drop the *_created series: noise for this service
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
-_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,13 +26,17 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None) or request_id_var.get(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and k not in entry})
+        entry.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and k not in entry}
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -80,4 +89,6 @@ TOKENS = Counter("agent_tokens_total", "Model tokens used", ["model", "kind"])
 TOOL_CALLS = Counter("agent_tool_calls_total", "Tool calls made by the agent", ["tool", "status"])
 CACHE_HITS = Counter("research_cache_hits_total", "Research answers served from the cache")
 CACHE_MISSES = Counter("research_cache_misses_total", "Research requests not found in the cache")
-CACHE_ERRORS = Counter("research_cache_errors_total", "Cache operations that failed (cache bypassed)")
+CACHE_ERRORS = Counter(
+    "research_cache_errors_total", "Cache operations that failed (cache bypassed)"
+)

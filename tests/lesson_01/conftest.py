@@ -24,5 +24,3 @@ def load_script(monkeypatch):
         return module
 
     return load
-
-

@@ -39,7 +39,10 @@ def test_invoke_returns_an_offline_answer_with_token_usage(client):
 def test_invoke_passes_context_to_the_prompt(client, basic):
     inputs = basic.Agent._inputs(basic.AgentRequest(query="q", context={"user": "ada"}))
     assert '"user": "ada"' in inputs["context"]
-    assert client.post("/v1/invoke", json={"query": "q", "context": {"user": "ada"}}).status_code == 200
+    assert (
+        client.post("/v1/invoke", json={"query": "q", "context": {"user": "ada"}}).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize("payload", [{"query": ""}, {}, {"query": "x" * 4001}, {"query": 3}])

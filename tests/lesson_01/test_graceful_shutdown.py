@@ -18,7 +18,6 @@ from tests.ports import free_port
 SCRIPT = Path(__file__).resolve().parents[2] / "code" / "01_graceful_shutdown.py"
 
 
-
 class Server:
     def __init__(self, **env: str):
         self.port = free_port()
@@ -26,7 +25,11 @@ class Server:
         environment = {**os.environ, "PORT": str(self.port), **env}
         environment.pop("OPENAI_API_KEY", None)
         self.process = subprocess.Popen(
-            [sys.executable, str(SCRIPT)], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [sys.executable, str(SCRIPT)],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     def wait_until_ready(self, timeout: float = 30) -> None:
@@ -70,14 +73,15 @@ def stream_in_background(url: str, first_token: threading.Event) -> tuple[thread
     received: list = []
 
     def consume():
-        with httpx.Client(timeout=30) as client:
-            with connect_sse(client, "POST", f"{url}/v1/stream", json={"query": "keep going"}) as source:
-                try:
-                    for event in source.iter_sse():
-                        received.append(event.data)
-                        first_token.set()
-                except httpx.RemoteProtocolError:
-                    received.append(CUT_OFF)
+        with httpx.Client(timeout=30) as client, connect_sse(
+            client, "POST", f"{url}/v1/stream", json={"query": "keep going"}
+        ) as source:
+            try:
+                for event in source.iter_sse():
+                    received.append(event.data)
+                    first_token.set()
+            except httpx.RemoteProtocolError:
+                received.append(CUT_OFF)
 
     thread = threading.Thread(target=consume)
     thread.start()
@@ -86,7 +90,9 @@ def stream_in_background(url: str, first_token: threading.Event) -> tuple[thread
 
 def test_sigterm_lets_an_in_flight_stream_finish_and_the_process_exit(start_server):
     drain, grace = 1.5, 15
-    server = start_server(OFFLINE_TOKEN_DELAY_MS="60", DRAIN_DELAY_SECONDS=str(drain), GRACE_SECONDS=str(grace))
+    server = start_server(
+        OFFLINE_TOKEN_DELAY_MS="60", DRAIN_DELAY_SECONDS=str(drain), GRACE_SECONDS=str(grace)
+    )
     first_token = threading.Event()
     thread, received = stream_in_background(server.url, first_token)
     assert first_token.wait(10), "the stream never started"
@@ -133,7 +139,9 @@ def test_the_grace_period_bounds_a_stream_that_would_run_too_long(start_server):
     server.process.wait(timeout=10)
     assert time.monotonic() - sent_at < 5
     thread.join(timeout=5)
-    assert received[-1] == CUT_OFF and "[DONE]" not in received  # cut off by the grace period, as configured
+    assert (
+        received[-1] == CUT_OFF and "[DONE]" not in received
+    )  # cut off by the grace period, as configured
 
 
 def test_ready_is_200_while_serving_and_health_is_separate(load_script):

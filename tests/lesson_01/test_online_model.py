@@ -22,7 +22,11 @@ def stub():
 
 @pytest.fixture
 def online_env(stub):
-    return {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": stub.base_url, "MODEL_NAME": "gpt-4o-mini"}
+    return {
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": stub.base_url,
+        "MODEL_NAME": "gpt-4o-mini",
+    }
 
 
 @pytest.mark.parametrize("script", ["01_basic_api.py", "01_production_api.py"])
@@ -43,7 +47,9 @@ def test_stream_relays_the_providers_tokens(load_script, online_env, stub, scrip
     assert data[-1] == "[DONE]"
     assert data[:-1] == ["Containers", " package", " code", " with", " its", " dependencies"]
     assert stub.requests[0]["stream"] is True
-    assert stub.requests[0]["stream_options"] == {"include_usage": True}  # usage even with a custom base URL
+    assert stub.requests[0]["stream_options"] == {
+        "include_usage": True
+    }  # usage even with a custom base URL
 
 
 def test_streamed_usage_reaches_the_token_metric(load_script, online_env, stub):
@@ -61,5 +67,7 @@ def test_temperature_and_max_tokens_reach_the_provider(load_script, online_env, 
         client.post("/v1/invoke", json={"query": "plain"})
     tuned, plain = stub.requests
     assert tuned["temperature"] == 0.3
-    assert tuned["max_completion_tokens"] == 42  # langchain-openai's name for max_tokens on the wire
+    assert (
+        tuned["max_completion_tokens"] == 42
+    )  # langchain-openai's name for max_tokens on the wire
     assert "temperature" not in plain and "max_completion_tokens" not in plain

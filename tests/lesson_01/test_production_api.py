@@ -72,11 +72,17 @@ def test_a_callers_request_id_is_kept_and_a_malformed_one_replaced(client):
 
 
 def test_every_log_line_is_json_with_the_request_id(client, prod):
-    (json_handler,) = [h for h in logging.getLogger().handlers if isinstance(h.formatter, prod.JsonFormatter)]
+    (json_handler,) = [
+        h for h in logging.getLogger().handlers if isinstance(h.formatter, prod.JsonFormatter)
+    ]
     json_handler.setStream(output := io.StringIO())
     client.post("/v1/invoke", json={"query": "log me"}, headers={"X-Request-ID": "log-check-1"})
     lines = [json.loads(line) for line in output.getvalue().splitlines()]
-    access = [entry for entry in lines if entry["message"] == "request" and entry["request_id"] == "log-check-1"]
+    access = [
+        entry
+        for entry in lines
+        if entry["message"] == "request" and entry["request_id"] == "log-check-1"
+    ]
     assert len(access) == 1
     assert access[0]["route"] == "/v1/invoke" and access[0]["status"] == 200
 
@@ -84,16 +90,27 @@ def test_every_log_line_is_json_with_the_request_id(client, prod):
 def test_metrics_count_requests_by_route_template_and_tokens(client):
     before = metric(client, "agent_tokens_total", model="offline-model")
     tokens = client.post("/v1/invoke", json={"query": "count me"}).json()["tokens_used"]
-    assert metric(client, "http_requests_total", method="POST", route="/v1/invoke", status="200") == 1
+    assert (
+        metric(client, "http_requests_total", method="POST", route="/v1/invoke", status="200") == 1
+    )
     assert metric(client, "agent_tokens_total", model="offline-model") == before + tokens
-    assert metric(client, "http_request_duration_seconds_count", method="POST", route="/v1/invoke") == 1
+    assert (
+        metric(client, "http_request_duration_seconds_count", method="POST", route="/v1/invoke")
+        == 1
+    )
 
 
 def test_unknown_paths_share_one_metric_series(client):
     for _ in range(1000):
         assert client.get(f"/no-such-page/{uuid.uuid4().hex}").status_code == 404
-    series = [line for line in client.get("/metrics").text.splitlines() if line.startswith("http_requests_total{")]
-    assert metric(client, "http_requests_total", method="GET", route="unmatched", status="404") == 1000
+    series = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("http_requests_total{")
+    ]
+    assert (
+        metric(client, "http_requests_total", method="GET", route="unmatched", status="404") == 1000
+    )
     assert len(series) < 10
 
 
@@ -103,8 +120,14 @@ def test_unknown_path_gets_the_json_error_shape(client):
 
 @pytest.mark.parametrize(
     "payload",
-    [{"query": ""}, {"query": "x" * 4001}, {"query": "q", "temperature": 3}, {"query": "q", "max_tokens": 0},
-     {"query": "q", "max_tokens": 5000}, {"nothing": 1}],
+    [
+        {"query": ""},
+        {"query": "x" * 4001},
+        {"query": "q", "temperature": 3},
+        {"query": "q", "max_tokens": 0},
+        {"query": "q", "max_tokens": 5000},
+        {"nothing": 1},
+    ],
 )
 def test_bad_input_is_a_422_naming_the_field(client, payload):
     error = assert_error_shape(client.post("/v1/invoke", json=payload), 422, "validation_error")
@@ -120,7 +143,9 @@ def test_query_length_limit_comes_from_settings(load_production):
 def test_a_slow_model_gives_a_504(load_production):
     app = load_production(OFFLINE_TOKEN_DELAY_MS="50", REQUEST_TIMEOUT_SECONDS="0.2").app
     with TestClient(app) as client:
-        error = assert_error_shape(client.post("/v1/invoke", json={"query": "slow"}), 504, "timeout")
+        error = assert_error_shape(
+            client.post("/v1/invoke", json={"query": "slow"}), 504, "timeout"
+        )
         assert "0.2s" in error["message"]
 
 
@@ -140,14 +165,21 @@ def test_an_unexpected_error_is_a_500_without_internals(client):
     response = client.post("/v1/invoke", json={"query": "q"})
     error = assert_error_shape(response, 500, "internal_error")
     assert "hunter2" not in response.text and error["message"] == "An unexpected error occurred"
-    assert metric(client, "http_requests_total", method="POST", route="/v1/invoke", status="500") == 1
+    assert (
+        metric(client, "http_requests_total", method="POST", route="/v1/invoke", status="500") == 1
+    )
 
 
 def test_cache_hits_only_when_every_input_matches(client):
     ask = {"query": "cache me", "temperature": 0.2, "max_tokens": 50}
     assert client.post("/v1/invoke", json=ask).json()["cached"] is False
     assert client.post("/v1/invoke", json=ask).json()["cached"] is True
-    for change in ({"temperature": 0.9}, {"max_tokens": 10}, {"query": "other"}, {"context": {"a": 1}}):
+    for change in (
+        {"temperature": 0.9},
+        {"max_tokens": 10},
+        {"query": "other"},
+        {"context": {"a": 1}},
+    ):
         assert client.post("/v1/invoke", json={**ask, **change}).json()["cached"] is False
     assert metric(client, "agent_cache_requests_total", result="hit") == 1
     assert metric(client, "agent_cache_requests_total", result="miss") == 5
@@ -158,7 +190,9 @@ def test_cache_is_bounded_in_size_and_time(client):
     client.app.state.agent.cache = TTLCache(maxsize=2, ttl=60, timer=lambda: now[0])
     for query in ("a", "b", "c"):
         client.post("/v1/invoke", json={"query": query})
-    assert client.post("/v1/invoke", json={"query": "a"}).json()["cached"] is False  # evicted by size
+    assert (
+        client.post("/v1/invoke", json={"query": "a"}).json()["cached"] is False
+    )  # evicted by size
     assert client.post("/v1/invoke", json={"query": "c"}).json()["cached"] is True
     now[0] = 61.0
     assert client.post("/v1/invoke", json={"query": "c"}).json()["cached"] is False  # expired
@@ -201,7 +235,9 @@ def test_cors_allows_configured_origins_with_credentials(load_production):
         response = client.options("/v1/invoke", headers=preflight)
         assert response.headers["access-control-allow-origin"] == "https://app.example.com"
         assert response.headers["access-control-allow-credentials"] == "true"
-        other = client.options("/v1/invoke", headers={**preflight, "Origin": "https://evil.example"})
+        other = client.options(
+            "/v1/invoke", headers={**preflight, "Origin": "https://evil.example"}
+        )
         assert "access-control-allow-origin" not in other.headers
 
 

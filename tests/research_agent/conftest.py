@@ -14,10 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 AGENT_DIR = Path(__file__).resolve().parents[2] / "research-agent"
-sys.path.insert(0, str(AGENT_DIR))  # the app is a standalone folder, imported as `app` like in its image
+sys.path.insert(
+    0, str(AGENT_DIR)
+)  # the app is a standalone folder, imported as `app` like in its image
 
 from app.api import create_app  # noqa: E402
 from app.config import Settings  # noqa: E402
+
 from tests.ports import free_port
 
 
@@ -34,7 +37,9 @@ NO_DOCS = Path(tempfile.mkdtemp(prefix="research-agent-no-docs-"))
 
 
 def make_settings(**overrides) -> Settings:
-    return Settings(**{"OFFLINE_TOKEN_DELAY_MS": 0, "LOG_LEVEL": "INFO", "DOCS_DIR": NO_DOCS, **overrides})
+    return Settings(
+        **{"OFFLINE_TOKEN_DELAY_MS": 0, "LOG_LEVEL": "INFO", "DOCS_DIR": NO_DOCS, **overrides}
+    )
 
 
 @pytest.fixture
@@ -88,13 +93,22 @@ def metric(client: TestClient, name: str, **labels) -> float:
     return 0.0
 
 
-
 class RedisServer:
     def __init__(self, binary: str):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -4,11 +4,10 @@ import json
 import re
 from pathlib import Path
 
-from fastapi.testclient import TestClient
-
 from app.api import create_app
 from app.config import REPO_DOCS_DIR, Settings
 from app.search import _slug, split_sections
+from fastapi.testclient import TestClient
 
 from .conftest import AGENT_DIR, make_settings, metric, parse_sse, sse_json
 
@@ -49,8 +48,13 @@ def test_research_answers_offline_citing_bundled_notes(client):
     assert body["sources"][0]["url"] == "notes/multi-stage-builds.md#why-use-a-multi-stage-build"
     assert "multi-stage build" in body["sources"][0]["snippet"]
     assert body["steps"] == [
-        {"tool": "search_docs", "input": QUESTION, "status": "success",
-         "sources": list(range(1, len(body["sources"]) + 1)), "error": None}
+        {
+            "tool": "search_docs",
+            "input": QUESTION,
+            "status": "success",
+            "sources": list(range(1, len(body["sources"]) + 1)),
+            "error": None,
+        }
     ]
     assert body["tokens_used"] > 0
     assert body["cached"] is False
@@ -58,8 +62,12 @@ def test_research_answers_offline_citing_bundled_notes(client):
 
 
 def test_every_source_is_a_real_file_and_section(client_for):
-    with client_for(DOCS_DIR=None) as client:  # the default: the repository's docs/ (if any) and the notes
-        body = client.post("/v1/research", json={"query": "health checks and graceful shutdown"}).json()
+    with client_for(
+        DOCS_DIR=None
+    ) as client:  # the default: the repository's docs/ (if any) and the notes
+        body = client.post(
+            "/v1/research", json={"query": "health checks and graceful shutdown"}
+        ).json()
     assert body["sources"]
     for source in body["sources"]:
         path, _, anchor = source["url"].partition("#")
@@ -121,7 +129,9 @@ def test_stream_sends_tool_then_tokens_then_final_then_done(client):
     assert len(tokens) > 10
     (tool,) = sse_json(events, "tool")
     assert tool["status"] == "success" and tool["input"] == QUESTION
-    assert tool["sources"][0]["n"] == 1 and tool["sources"][0]["url"].startswith("notes/multi-stage-builds.md")
+    assert tool["sources"][0]["n"] == 1 and tool["sources"][0]["url"].startswith(
+        "notes/multi-stage-builds.md"
+    )
     (final,) = sse_json(events, "final")
     assert final["response"] == "".join(t["text"] for t in tokens)
     assert final["sources"][0]["url"] == tool["sources"][0]["url"]
@@ -132,39 +142,71 @@ def test_stream_sends_tool_then_tokens_then_final_then_done(client):
 def test_request_id_is_echoed_or_generated(client):
     given = client.get("/health", headers={"X-Request-ID": "trace-42"})
     assert given.headers["x-request-id"] == "trace-42"
-    research = client.post("/v1/research", json={"query": QUESTION}, headers={"X-Request-ID": "trace-43"})
+    research = client.post(
+        "/v1/research", json={"query": QUESTION}, headers={"X-Request-ID": "trace-43"}
+    )
     assert research.json()["request_id"] == "trace-43"
 
     generated = client.get("/health").headers["x-request-id"]
     assert len(generated) == 32 and generated != client.get("/health").headers["x-request-id"]
     # A header that could inject into logs is replaced, not echoed.
-    assert client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"] != "bad id"
+    assert (
+        client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"}).headers[
+            "x-request-id"
+        ]
+        != "bad id"
+    )
 
 
 def test_logs_are_json_lines_with_the_request_id(client, capsys):
     client.post("/v1/research", json={"query": QUESTION}, headers={"X-Request-ID": "log-check"})
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
     mine = [line for line in lines if line["request_id"] == "log-check"]
     done = next(line for line in mine if line["message"] == "research done")
-    assert done["model"] == "offline-research-model" and done["steps"] == 1 and done["latency_ms"] >= 0
+    assert (
+        done["model"] == "offline-research-model" and done["steps"] == 1 and done["latency_ms"] >= 0
+    )
     access = next(line for line in mine if line["message"] == "request")
     assert access["route"] == "/v1/research" and access["status"] == 200
 
 
 def test_metrics_move(client):
-    requests_before = metric(client, "http_requests_total", method="POST", route="/v1/research", status="200")
+    requests_before = metric(
+        client, "http_requests_total", method="POST", route="/v1/research", status="200"
+    )
     tools_before = metric(client, "agent_tool_calls_total", tool="search_docs", status="success")
-    tokens_before = metric(client, "agent_tokens_total", model="offline-research-model", kind="output")
-    unmatched_before = metric(client, "http_requests_total", method="GET", route="unmatched", status="404")
+    tokens_before = metric(
+        client, "agent_tokens_total", model="offline-research-model", kind="output"
+    )
+    unmatched_before = metric(
+        client, "http_requests_total", method="GET", route="unmatched", status="404"
+    )
 
     client.post("/v1/research", json={"query": QUESTION})
     client.get("/no/such/page/123")
 
-    assert metric(client, "http_requests_total", method="POST", route="/v1/research", status="200") == requests_before + 1
-    assert metric(client, "agent_tool_calls_total", tool="search_docs", status="success") == tools_before + 1
-    assert metric(client, "agent_tokens_total", model="offline-research-model", kind="output") > tokens_before
-    assert metric(client, "http_requests_total", method="GET", route="unmatched", status="404") == unmatched_before + 1
-    assert metric(client, "http_request_duration_seconds_count", method="POST", route="/v1/research") >= 1
+    assert (
+        metric(client, "http_requests_total", method="POST", route="/v1/research", status="200")
+        == requests_before + 1
+    )
+    assert (
+        metric(client, "agent_tool_calls_total", tool="search_docs", status="success")
+        == tools_before + 1
+    )
+    assert (
+        metric(client, "agent_tokens_total", model="offline-research-model", kind="output")
+        > tokens_before
+    )
+    assert (
+        metric(client, "http_requests_total", method="GET", route="unmatched", status="404")
+        == unmatched_before + 1
+    )
+    assert (
+        metric(client, "http_request_duration_seconds_count", method="POST", route="/v1/research")
+        >= 1
+    )
 
 
 def test_metrics_is_served_at_exactly_metrics(client):
@@ -204,10 +246,12 @@ def test_ready_is_503_while_shutting_down(client):
 def test_readme_example_output_is_what_the_service_answers(client_for, tmp_path):
     readme = (AGENT_DIR / "README.md").read_text()
     section = readme.split("## Try it", 1)[1]
-    assert "-d '{\"query\":\"Why use a multi-stage Docker build?\"}'" in section
+    assert '-d \'{"query":"Why use a multi-stage Docker build?"}\'' in section
     expected = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
     with client_for(DOCS_DIR=str(tmp_path)) as client:  # only the bundled notes, as in the image
-        response = client.post("/v1/research", json={"query": QUESTION}, headers={"X-Request-ID": "readme-example"})
+        response = client.post(
+            "/v1/research", json={"query": QUESTION}, headers={"X-Request-ID": "readme-example"}
+        )
     assert response.json() == expected
 
 
@@ -222,5 +266,7 @@ def test_readme_documents_every_setting():
 def test_the_app_does_not_import_from_the_course_repository():
     for path in (AGENT_DIR / "app").glob("*.py"):
         text = path.read_text()
-        assert "from code" not in text and "from tests" not in text and "import tests" not in text, path
+        assert (
+            "from code" not in text and "from tests" not in text and "import tests" not in text
+        ), path
     assert Path(AGENT_DIR / "main.py").read_text().count("from app.") >= 1

@@ -10,10 +10,15 @@ QUERY = "How do health checks work?"
 def test_second_identical_request_is_served_from_redis(client_for, redis_server):
     with client_for(REDIS_URL=redis_server.url, CACHE_TTL_SECONDS=60) as client:
         assert client.get("/ready").json()["cache"] == "redis"
-        hits, misses = metric(client, "research_cache_hits_total"), metric(client, "research_cache_misses_total")
+        hits, misses = (
+            metric(client, "research_cache_hits_total"),
+            metric(client, "research_cache_misses_total"),
+        )
 
         first = client.post("/v1/research", json={"query": QUERY}).json()
-        second = client.post("/v1/research", json={"query": "  How do health   checks work? "}).json()
+        second = client.post(
+            "/v1/research", json={"query": "  How do health   checks work? "}
+        ).json()
 
         assert first["cached"] is False and first["tokens_used"] > 0
         assert second["cached"] is True and second["tokens_used"] == 0
@@ -22,7 +27,12 @@ def test_second_identical_request_is_served_from_redis(client_for, redis_server)
         assert metric(client, "research_cache_misses_total") == misses + 1
         assert metric(client, "research_cache_hits_total") == hits + 1
         # A different question is a miss.
-        assert client.post("/v1/research", json={"query": "What is a multi-stage build?"}).json()["cached"] is False
+        assert (
+            client.post("/v1/research", json={"query": "What is a multi-stage build?"}).json()[
+                "cached"
+            ]
+            is False
+        )
 
 
 def test_stream_uses_and_fills_the_cache(client_for, redis_server):
@@ -47,8 +57,12 @@ def test_redis_going_away_bypasses_the_cache_with_one_warning(client_for, redis_
 
         assert [r.status_code for r in responses] == [200, 200, 200]
         assert all(r.json()["cached"] is False for r in responses)
-        warnings = [r for r in caplog.records if r.name == "app.cache" and r.levelno == logging.WARNING]
-        assert len(warnings) == 1 and warnings[0].getMessage() == "redis unavailable, cache bypassed"
+        warnings = [
+            r for r in caplog.records if r.name == "app.cache" and r.levelno == logging.WARNING
+        ]
+        assert (
+            len(warnings) == 1 and warnings[0].getMessage() == "redis unavailable, cache bypassed"
+        )
         assert metric(client, "research_cache_errors_total") >= errors + 3
         assert client.get("/ready").status_code == 200
 

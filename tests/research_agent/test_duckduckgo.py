@@ -10,10 +10,16 @@ from .conftest import metric, parse_sse, sse_json
 
 QUERY = "latest docker compose release"
 RESULTS = [
-    {"title": "Docker Compose release notes", "href": "https://docs.docker.com/compose/releases/",
-     "body": "Compose v2.30 adds lifecycle hooks. It also fixes bugs."},
-    {"title": "Compose on GitHub", "href": "https://github.com/docker/compose/releases",
-     "body": "Release v2.30.0 of Docker Compose."},
+    {
+        "title": "Docker Compose release notes",
+        "href": "https://docs.docker.com/compose/releases/",
+        "body": "Compose v2.30 adds lifecycle hooks. It also fixes bugs.",
+    },
+    {
+        "title": "Compose on GitHub",
+        "href": "https://github.com/docker/compose/releases",
+        "body": "Release v2.30.0 of Docker Compose.",
+    },
 ]
 
 
@@ -47,10 +53,16 @@ def test_links_become_sources(ddg_client, ddgs_text):
     body = response.json()
     assert calls[0][0] == QUERY and calls[0][1]["max_results"] == 4
     assert body["sources"] == [
-        {"title": "Docker Compose release notes", "url": "https://docs.docker.com/compose/releases/",
-         "snippet": "Compose v2.30 adds lifecycle hooks. It also fixes bugs."},
-        {"title": "Compose on GitHub", "url": "https://github.com/docker/compose/releases",
-         "snippet": "Release v2.30.0 of Docker Compose."},
+        {
+            "title": "Docker Compose release notes",
+            "url": "https://docs.docker.com/compose/releases/",
+            "snippet": "Compose v2.30 adds lifecycle hooks. It also fixes bugs.",
+        },
+        {
+            "title": "Compose on GitHub",
+            "url": "https://github.com/docker/compose/releases",
+            "snippet": "Release v2.30.0 of Docker Compose.",
+        },
     ]
     assert body["steps"][0]["tool"] == "web_search" and body["steps"][0]["sources"] == [1, 2]
     assert "Compose v2.30 adds lifecycle hooks. It also fixes bugs. [1]" in body["response"]
@@ -59,9 +71,11 @@ def test_links_become_sources(ddg_client, ddgs_text):
 
 @pytest.mark.parametrize(
     "exc",
-    [DDGSException("https://lite.duckduckgo.com/lite/ ConnectError: dns error"),
-     RatelimitException("202 Ratelimit"),
-     TimeoutException("timed out")],
+    [
+        DDGSException("https://lite.duckduckgo.com/lite/ ConnectError: dns error"),
+        RatelimitException("202 Ratelimit"),
+        TimeoutException("timed out"),
+    ],
     ids=["network-error", "rate-limit", "ddgs-timeout"],
 )
 def test_search_failure_with_nothing_to_cite_is_502(ddg_client, ddgs_text, exc):
@@ -77,7 +91,10 @@ def test_search_failure_with_nothing_to_cite_is_502(ddg_client, ddgs_text, exc):
     assert error["type"] == "search_unavailable"
     assert type(exc).__name__ in error["message"]
     assert error["request_id"] == response.headers["x-request-id"]
-    assert metric(ddg_client, "agent_tool_calls_total", tool="web_search", status="error") == errors_before + 1
+    assert (
+        metric(ddg_client, "agent_tool_calls_total", tool="web_search", status="error")
+        == errors_before + 1
+    )
     # The service still works afterwards.
     ddgs_text(lambda: RESULTS)
     assert ddg_client.post("/v1/research", json={"query": QUERY}).status_code == 200
@@ -107,6 +124,9 @@ def test_stream_shows_the_failed_tool_call_then_an_error_event(ddg_client, ddgs_
     events = parse_sse(response.text)
     (tool,) = sse_json(events, "tool")
     assert tool["status"] == "error" and tool["sources"] == []
-    assert tool["error"]["type"] == "search_unavailable" and "RatelimitException" in tool["error"]["message"]
+    assert (
+        tool["error"]["type"] == "search_unavailable"
+        and "RatelimitException" in tool["error"]["message"]
+    )
     assert [name for name, _ in events][-2:] == ["error", "message"] and events[-1][1] == "[DONE]"
     assert sse_json(events, "error")[0]["error"]["type"] == "search_unavailable"

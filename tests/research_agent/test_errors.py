@@ -1,7 +1,6 @@
 """Every error path answers with one JSON shape and the request id, never a stack trace."""
 
 import pytest
-
 from app.api import get_agent
 from app.errors import UpstreamError, UpstreamTimeoutError
 from app.models import MAX_QUERY_CHARS
@@ -21,8 +20,14 @@ def assert_error(response, status: int, error_type: str) -> dict:
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"query": ""}, {"query": "  "}, {"query": 42}, {"query": "x" * (MAX_QUERY_CHARS + 1)},
-     {"query": "valid question", "extra": 1}],
+    [
+        {},
+        {"query": ""},
+        {"query": "  "},
+        {"query": 42},
+        {"query": "x" * (MAX_QUERY_CHARS + 1)},
+        {"query": "valid question", "extra": 1},
+    ],
     ids=["missing", "empty", "blank", "not-a-string", "too-long", "unknown-field"],
 )
 def test_invalid_requests_are_422(client, body):
@@ -31,7 +36,9 @@ def test_invalid_requests_are_422(client, body):
 
 
 def test_malformed_json_is_422(client):
-    response = client.post("/v1/research", content=b'{"query": ', headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/research", content=b'{"query": ', headers={"content-type": "application/json"}
+    )
     assert_error(response, 422, "validation_error")
 
 
@@ -49,7 +56,9 @@ def test_oversized_body_is_413(client_for):
             yield b"z" * 1500
             yield b'"}'
 
-        response = client.post("/v1/research", content=chunks(), headers={"content-type": "application/json"})
+        response = client.post(
+            "/v1/research", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert_error(response, 413, "payload_too_large")
 
 
@@ -76,22 +85,36 @@ class FailingAgent:
 @pytest.mark.parametrize(
     ("exc", "status", "error_type"),
     [
-        (UpstreamError("the model provider answered HTTP 500", error_type="model_error"), 502, "model_error"),
+        (
+            UpstreamError("the model provider answered HTTP 500", error_type="model_error"),
+            502,
+            "model_error",
+        ),
         (UpstreamTimeoutError("research took longer than 60 s"), 504, "timeout"),
         (RuntimeError("secret internal detail /etc/passwd"), 500, "internal_error"),
     ],
 )
 def test_agent_failures_map_to_status_codes(client, exc, status, error_type):
     client.app.dependency_overrides[get_agent] = lambda: FailingAgent(exc)
-    error = assert_error(client.post("/v1/research", json={"query": "anything at all"}), status, error_type)
+    error = assert_error(
+        client.post("/v1/research", json={"query": "anything at all"}), status, error_type
+    )
     assert "secret internal detail" not in error["message"]
 
 
 def test_unhandled_error_is_logged_with_its_traceback_but_not_sent(client, capsys):
-    client.app.dependency_overrides[get_agent] = lambda: FailingAgent(RuntimeError("secret internal detail"))
-    response = client.post("/v1/research", json={"query": "anything at all"}, headers={"X-Request-ID": "boom-1"})
+    client.app.dependency_overrides[get_agent] = lambda: FailingAgent(
+        RuntimeError("secret internal detail")
+    )
+    response = client.post(
+        "/v1/research", json={"query": "anything at all"}, headers={"X-Request-ID": "boom-1"}
+    )
     assert response.json() == {
-        "error": {"type": "internal_error", "message": "Internal server error", "request_id": "boom-1"}
+        "error": {
+            "type": "internal_error",
+            "message": "Internal server error",
+            "request_id": "boom-1",
+        }
     }
     logs = capsys.readouterr().out
     assert "secret internal detail" in logs and "Traceback" in logs and "boom-1" in logs
@@ -100,8 +123,11 @@ def test_unhandled_error_is_logged_with_its_traceback_but_not_sent(client, capsy
 @pytest.mark.parametrize(
     ("exc", "error_type", "message"),
     [
-        (UpstreamError("search backend failed", error_type="search_unavailable"), "search_unavailable",
-         "search backend failed"),
+        (
+            UpstreamError("search backend failed", error_type="search_unavailable"),
+            "search_unavailable",
+            "search backend failed",
+        ),
         (RuntimeError("secret internal detail"), "internal_error", "Internal server error"),
     ],
 )
@@ -113,7 +139,13 @@ def test_stream_failures_send_an_error_event_then_done(client, exc, error_type, 
     assert [name for name, _ in events] == ["token", "error", "message"]
     assert events[-1][1] == "[DONE]"
     (error,) = sse_json(events, "error")
-    assert error == {"error": {"type": error_type, "message": message, "request_id": response.headers["x-request-id"]}}
+    assert error == {
+        "error": {
+            "type": error_type,
+            "message": message,
+            "request_id": response.headers["x-request-id"],
+        }
+    }
     assert "secret internal detail" not in response.text
 
 
@@ -127,5 +159,7 @@ def test_whole_request_timeout_is_504(client_for, monkeypatch):
             await asyncio.Event().wait()  # never returns: the request deadline must cut it
 
         monkeypatch.setattr(OfflineResearchModel, "_agenerate", slow_generate)
-        error = assert_error(client.post("/v1/research", json={"query": "anything at all"}), 504, "timeout")
+        error = assert_error(
+            client.post("/v1/research", json={"query": "anything at all"}), 504, "timeout"
+        )
         assert "0.3 s" in error["message"]

@@ -2,10 +2,9 @@
 
 import asyncio
 
-from langchain_core.messages import HumanMessage, ToolMessage
-
 from app.agent import OfflineResearchModel, ResearchAgent
 from app.search import LocalSearch, format_results, make_local_tool, tokenize
+from langchain_core.messages import HumanMessage, ToolMessage
 
 from .conftest import AGENT_DIR, make_settings
 
@@ -25,11 +24,20 @@ def test_first_turn_calls_the_bound_search_tool_with_the_question():
 
 def test_second_turn_quotes_the_results_and_cites_them():
     model = OfflineResearchModel().bind_tools([search_tool_schema()])
-    results = format_results([
-        (1, {"title": "A", "url": "notes/a.md", "snippet": "Alpha is first. More about alpha."}),
-        (2, {"title": "B", "url": "notes/b.md", "snippet": "Beta is second."}),
-    ])
-    history = [HumanMessage("q?"), model.invoke([HumanMessage("q?")]), ToolMessage(results, tool_call_id="call_1")]
+    results = format_results(
+        [
+            (
+                1,
+                {"title": "A", "url": "notes/a.md", "snippet": "Alpha is first. More about alpha."},
+            ),
+            (2, {"title": "B", "url": "notes/b.md", "snippet": "Beta is second."}),
+        ]
+    )
+    history = [
+        HumanMessage("q?"),
+        model.invoke([HumanMessage("q?")]),
+        ToolMessage(results, tool_call_id="call_1"),
+    ]
     answer = model.invoke(history)
     assert answer.tool_calls == []
     assert answer.content.startswith("Offline research model (no OPENAI_API_KEY is set")
@@ -40,12 +48,18 @@ def test_it_is_deterministic():
     model = OfflineResearchModel().bind_tools([search_tool_schema()])
     first, second = (model.invoke([HumanMessage("same question")]) for _ in range(2))
     assert (first.content, first.tool_calls, first.usage_metadata) == (
-        second.content, second.tool_calls, second.usage_metadata)
+        second.content,
+        second.tool_calls,
+        second.usage_metadata,
+    )
 
 
 def test_failed_search_is_admitted_not_invented():
     model = OfflineResearchModel().bind_tools([search_tool_schema()])
-    history = [HumanMessage("q?"), ToolMessage("Error: the search failed (boom).", tool_call_id="c", status="error")]
+    history = [
+        HumanMessage("q?"),
+        ToolMessage("Error: the search failed (boom).", tool_call_id="c", status="error"),
+    ]
     assert "no usable sources" in model.invoke(history).content
 
 
@@ -57,8 +71,13 @@ def test_streams_word_by_word_with_the_configured_delay(monkeypatch):
 
     monkeypatch.setattr("app.agent.asyncio.sleep", record_sleep)
     model = OfflineResearchModel(token_delay_ms=25).bind_tools([search_tool_schema()])
-    history = [HumanMessage("q?"), ToolMessage(format_results([(1, {"title": "A", "url": "u", "snippet": "One two three."})]),
-                                               tool_call_id="c")]
+    history = [
+        HumanMessage("q?"),
+        ToolMessage(
+            format_results([(1, {"title": "A", "url": "u", "snippet": "One two three."})]),
+            tool_call_id="c",
+        ),
+    ]
 
     async def collect():
         return [chunk async for chunk in model.astream(history)]

@@ -19,18 +19,29 @@ REPLIES = [
 
 
 def online(stub_url: str, **overrides) -> dict:
-    return {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": stub_url, "OPENAI_MAX_RETRIES": 0, **overrides}
+    return {
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": stub_url,
+        "OPENAI_MAX_RETRIES": 0,
+        **overrides,
+    }
 
 
 def test_tool_call_round_trip(client_for):
-    with ChatCompletionsStub(replies=REPLIES) as stub, client_for(**online(stub.base_url, SEARCH_BACKEND="local")) as client:
+    with (
+        ChatCompletionsStub(replies=REPLIES) as stub,
+        client_for(**online(stub.base_url, SEARCH_BACKEND="local")) as client,
+    ):
         response = client.post("/v1/research", json={"query": QUESTION})
 
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model"] == "gpt-4o-mini"
         assert body["response"] == REPLIES[1]["content"]
-        assert body["steps"][0]["input"] == "multi-stage build" and body["steps"][0]["status"] == "success"
+        assert (
+            body["steps"][0]["input"] == "multi-stage build"
+            and body["steps"][0]["status"] == "success"
+        )
         assert body["sources"][0]["url"].startswith("notes/multi-stage-builds.md")
         assert body["tokens_used"] > 0
 
@@ -39,11 +50,16 @@ def test_tool_call_round_trip(client_for):
     assert first["messages"][0]["role"] == "system" and "cite" in first["messages"][0]["content"]
     assert first["tools"][0]["function"]["name"] == "search_docs"
     tool_message = second["messages"][-1]
-    assert tool_message["role"] == "tool" and tool_message["content"].startswith("[1] Multi-stage builds")
+    assert tool_message["role"] == "tool" and tool_message["content"].startswith(
+        "[1] Multi-stage builds"
+    )
 
 
 def test_streaming_through_the_stub_reports_tokens_and_usage(client_for):
-    with ChatCompletionsStub(replies=REPLIES) as stub, client_for(**online(stub.base_url, SEARCH_BACKEND="local")) as client:
+    with (
+        ChatCompletionsStub(replies=REPLIES) as stub,
+        client_for(**online(stub.base_url, SEARCH_BACKEND="local")) as client,
+    ):
         events = parse_sse(client.post("/v1/research/stream", json={"query": QUESTION}).text)
 
     assert all(r.get("stream") and r["stream_options"]["include_usage"] for r in stub.requests)
@@ -54,10 +70,21 @@ def test_streaming_through_the_stub_reports_tokens_and_usage(client_for):
     assert events[-1] == ("message", "[DONE]")
 
 
-def test_default_backend_with_a_key_is_duckduckgo_and_errors_reach_the_model(client_for, monkeypatch):
-    outcomes = iter([RatelimitException("202 Ratelimit"), [
-        {"title": "Docker docs", "href": "https://docs.docker.com/build/building/multi-stage/", "body": "Multi-stage."}
-    ]])
+def test_default_backend_with_a_key_is_duckduckgo_and_errors_reach_the_model(
+    client_for, monkeypatch
+):
+    outcomes = iter(
+        [
+            RatelimitException("202 Ratelimit"),
+            [
+                {
+                    "title": "Docker docs",
+                    "href": "https://docs.docker.com/build/building/multi-stage/",
+                    "body": "Multi-stage.",
+                }
+            ],
+        ]
+    )
 
     def fake_text(self, query, **kwargs):
         outcome = next(outcomes)
@@ -68,18 +95,33 @@ def test_default_backend_with_a_key_is_duckduckgo_and_errors_reach_the_model(cli
     monkeypatch.setattr(DDGS, "text", fake_text)
     replies = [
         {"tool_calls": [{"name": "web_search", "arguments": {"query": "multi-stage build"}}]},
-        {"tool_calls": [{"name": "web_search", "arguments": {"query": "docker multi-stage build"}}]},
+        {
+            "tool_calls": [
+                {"name": "web_search", "arguments": {"query": "docker multi-stage build"}}
+            ]
+        },
         {"content": "Use one to keep images small [1]."},
     ]
-    with ChatCompletionsStub(replies=replies) as stub, client_for(**online(stub.base_url)) as client:
+    with (
+        ChatCompletionsStub(replies=replies) as stub,
+        client_for(**online(stub.base_url)) as client,
+    ):
         body = client.post("/v1/research", json={"query": QUESTION}).json()
 
     assert [s["status"] for s in body["steps"]] == ["error", "success"]
     assert "RatelimitException" in body["steps"][0]["error"]
-    assert body["sources"] == [{"title": "Docker docs", "url": "https://docs.docker.com/build/building/multi-stage/",
-                                "snippet": "Multi-stage."}]
+    assert body["sources"] == [
+        {
+            "title": "Docker docs",
+            "url": "https://docs.docker.com/build/building/multi-stage/",
+            "snippet": "Multi-stage.",
+        }
+    ]
     error_seen_by_model = stub.requests[1]["messages"][-1]
-    assert error_seen_by_model["role"] == "tool" and "RatelimitException" in error_seen_by_model["content"]
+    assert (
+        error_seen_by_model["role"] == "tool"
+        and "RatelimitException" in error_seen_by_model["content"]
+    )
 
 
 def test_unreachable_model_provider_is_502(client_for):
@@ -123,7 +165,10 @@ def test_silent_model_provider_is_504(client_for, silent_server):
 
 def test_a_model_that_never_stops_searching_is_cut_after_five_model_calls(client_for):
     forever = [{"tool_calls": [{"name": "search_docs", "arguments": {"query": "docker"}}]}]
-    with ChatCompletionsStub(replies=forever) as stub, client_for(**online(stub.base_url, SEARCH_BACKEND="local")) as client:
+    with (
+        ChatCompletionsStub(replies=forever) as stub,
+        client_for(**online(stub.base_url, SEARCH_BACKEND="local")) as client,
+    ):
         response = client.post("/v1/research", json={"query": QUESTION})
 
     assert response.status_code == 200

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-
 from app.api import watch_for_sigterm
 
 from .conftest import AGENT_DIR, free_port, parse_sse
@@ -31,12 +30,30 @@ def test_sigterm_marks_not_ready_and_calls_the_previous_handler():
 @pytest.fixture
 def server():
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL")
+    }
     env.update(OFFLINE_TOKEN_DELAY_MS="20", PORT=str(port))
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port),
-         "--timeout-graceful-shutdown", "10"],
-        cwd=AGENT_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--timeout-graceful-shutdown",
+            "10",
+        ],
+        cwd=AGENT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -58,8 +75,12 @@ def server():
 
 def test_open_stream_finishes_after_sigterm(server):
     body = []
-    with httpx.stream("POST", f"{server.base}/v1/research/stream",
-                      json={"query": "Why use a multi-stage Docker build?"}, timeout=30) as response:
+    with httpx.stream(
+        "POST",
+        f"{server.base}/v1/research/stream",
+        json={"query": "Why use a multi-stage Docker build?"},
+        timeout=30,
+    ) as response:
         lines = response.iter_lines()
         for line in lines:  # wait until tokens are flowing, then ask the server to stop
             body.append(line)
