@@ -21,7 +21,7 @@ from tests.test_container import OFFLINE_MODEL, get_json, post_json
 AGENT_DIR = Path(__file__).resolve().parents[1] / "research-agent"
 COMPOSE_FILE = AGENT_DIR / "docker-compose.yml"
 DEV_FILE = AGENT_DIR / "docker-compose.dev.yml"
-UVICORN_GRACE_SECONDS = 8  # --timeout-graceful-shutdown in the Dockerfiles
+UVICORN_GRACE_SECONDS = 8  # GRACEFUL_SHUTDOWN_SECONDS, the default main.py gives uvicorn
 UP_TIMEOUT = 600  # includes building the image when it is not cached
 
 

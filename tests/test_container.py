@@ -361,13 +361,17 @@ def dockerfile_instructions(name: str) -> list[tuple[str, str]]:
 if pytest is not None:
 
     @pytest.mark.parametrize("name", DOCKERFILES)
-    def test_dockerfile_runs_uvicorn_in_exec_form_with_a_grace_below_docker_stop(name):
+    def test_dockerfile_runs_main_in_exec_form_with_a_grace_below_docker_stop(name):
         instructions = dockerfile_instructions(name)
         cmd = [args for op, args in instructions if op == "CMD"][-1]
-        argv = json.loads(cmd)  # exec form: a JSON array, so uvicorn is PID 1 and gets SIGTERM
-        assert argv[:2] == ["uvicorn", "main:app"] and "--workers" not in argv
-        grace = int(argv[argv.index("--timeout-graceful-shutdown") + 1])
-        assert grace < DOCKER_STOP_GRACE_SECONDS
+        argv = json.loads(cmd)  # exec form: a JSON array, so python is PID 1 and gets SIGTERM
+        # main.py starts uvicorn with the settings, so GRACEFUL_SHUTDOWN_SECONDS is what bounds
+        # the drain (a CMD that hard-codes --timeout-graceful-shutdown would silently ignore it).
+        assert argv == ["python", "main.py"]
+        sys.path.insert(0, str(AGENT_DIR))
+        from app.config import Settings
+
+        assert Settings.model_fields["GRACEFUL_SHUTDOWN_SECONDS"].default < DOCKER_STOP_GRACE_SECONDS
         assert ("STOPSIGNAL", "SIGTERM") in instructions
         assert any(op == "ENV" and "PYTHONUNBUFFERED=1" in args for op, args in instructions)
 
