@@ -1,18 +1,31 @@
 """Request and response bodies (they are also the OpenAPI schema shown at /docs)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 MAX_QUERY_CHARS = 2000
 
+# The limits apply to what the client sent (a 2,002-character query padded with spaces is too long),
+# and the schema says exactly that: 3 to 2000 characters, at least one of them not whitespace.
+# Only then is the text stripped for the agent.
+Query = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=MAX_QUERY_CHARS,
+        pattern=r"\S",
+        examples=["Why use a multi-stage Docker build?"],
+    ),
+    AfterValidator(str.strip),
+]
+
 
 class ResearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # strict: no coercion (a number is not a query); forbid: a misspelt field is an error.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(
-        min_length=3, max_length=MAX_QUERY_CHARS, examples=["Why use a multi-stage Docker build?"]
-    )
+    query: Query
 
 
 class Source(BaseModel):
@@ -57,15 +70,7 @@ class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     model: str
     search_backend: str
-    cache: Literal["redis", "disabled"]
-
-
-class ErrorDetail(BaseModel):
-    type: str
-    message: str
-    request_id: str
-    details: list[dict] | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+    cache: Literal["redis", "bypassed", "disabled"] = Field(
+        description="redis: in use; bypassed: Redis failed, skipped until a probe succeeds "
+        "(still ready: the cache is an optimisation); disabled: no REDIS_URL"
+    )

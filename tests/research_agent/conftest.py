@@ -2,10 +2,10 @@
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +21,7 @@ sys.path.insert(
 from app.api import create_app  # noqa: E402
 from app.config import Settings  # noqa: E402
 
-from tests.ports import free_port
+from tests.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,15 +31,9 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-# By default tests search only the bundled notes, so that the course docs/ (written separately) cannot
-# change their expected sources; test_api.py checks the real docs/ on its own.
-NO_DOCS = Path(tempfile.mkdtemp(prefix="research-agent-no-docs-"))
-
-
 def make_settings(**overrides) -> Settings:
-    return Settings(
-        **{"OFFLINE_TOKEN_DELAY_MS": 0, "LOG_LEVEL": "INFO", "DOCS_DIR": NO_DOCS, **overrides}
-    )
+    """The defaults (only the bundled notes are searched), without the offline model's delay."""
+    return Settings(**{"OFFLINE_TOKEN_DELAY_MS": 0, "LOG_LEVEL": "INFO", **overrides})
 
 
 @pytest.fixture
@@ -127,8 +121,16 @@ class RedisServer:
         except OSError:
             return False
 
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung Redis)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process.poll() is None:
+            self.thaw()
             self.process.terminate()
             self.process.wait(10)
 
