@@ -16,7 +16,13 @@ from .cache import ResearchCache
 from .config import Settings, get_settings
 from .errors import NotReadyError, install_error_handlers, responses
 from .middleware import install_middleware
-from .models import HealthResponse, ReadyResponse, ResearchRequest, ResearchResponse
+from .models import (
+    HealthResponse,
+    ReadyResponse,
+    ResearchRequest,
+    ResearchResponse,
+    StreamEvent,
+)
 from .shutdown import Shutdown
 from .telemetry import configure_logging
 
@@ -55,12 +61,17 @@ CutDep = Annotated[asyncio.Event, Depends(get_shutdown_cut)]
 # --- Routes ---------------------------------------------------------------------------------------
 
 # What each error status really sends (400: a body that is not UTF-8; 413: over MAX_BODY_BYTES).
-RESEARCH_ERRORS = responses(400, 413, 422, 500, 502, 503, 504)
-SSE_SCHEMA = {
-    "type": "string",
-    "description": "Named events: `tool`, `token`, then `final` or `error`; then `data: [DONE]`.",
-}
+RESEARCH_ERRORS = (400, 413, 422, 500, 502, 503, 504)
 router = APIRouter()
+
+
+class SSEResponse(EventSourceResponse):
+    media_type = "text/event-stream"  # so the OpenAPI schema files the events under this type
+
+
+SSE_ITEMS_ARE_OBJECTS = {
+    "responses": {"200": {"content": {"text/event-stream": {"schema": {"type": "object"}}}}}
+}
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -87,7 +98,7 @@ async def ready(request: Request, agent: AgentDep) -> ReadyResponse:
     )
 
 
-@router.post("/v1/research", response_model=ResearchResponse, responses=RESEARCH_ERRORS)
+@router.post("/v1/research", response_model=ResearchResponse, responses=responses(*RESEARCH_ERRORS))
 async def research(
     body: ResearchRequest, agent: AgentDep, cache: CacheDep, settings: SettingsDep, cut: CutDep
 ) -> dict:
@@ -97,17 +108,20 @@ async def research(
 
 @router.post(
     "/v1/research/stream",
-    response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": SSE_SCHEMA}}}, **RESEARCH_ERRORS},
+    response_class=SSEResponse,
+    responses={
+        200: {"model": StreamEvent, "description": "One event per item"},
+        **responses(*RESEARCH_ERRORS, streaming=True),
+    },
+    # FastAPI types a non-JSON body as a string; each event is an object {event, data}.
+    openapi_extra=SSE_ITEMS_ARE_OBJECTS,
 )
 async def research_stream(
     body: ResearchRequest, agent: AgentDep, cache: CacheDep, settings: SettingsDep, cut: CutDep
-) -> EventSourceResponse:
+) -> SSEResponse:
     """Server-sent events: `token`*, `tool` per search, `final` or `error`, then `data: [DONE]`."""
     events = service.research_events(agent, cache, settings, body.query, cut)
-    return EventSourceResponse(
-        events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return SSEResponse(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 # --- Lifecycle ------------------------------------------------------------------------------------

@@ -145,9 +145,15 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
 
 
-def responses(*statuses: int) -> dict:
-    """The `responses=` of a route: what each error status really sends, for the OpenAPI schema."""
-    return {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in statuses}
+def responses(*statuses: int, streaming: bool = False) -> dict:
+    """The `responses=` of a route: what each error status really sends, for the OpenAPI schema.
+
+    On a streaming route FastAPI would file a bare model under text/event-stream, but errors are
+    always JSON: there the content type is named and the schema referenced.
+    """
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    body = {"content": json_body} if streaming else {"model": ErrorResponse}
+    return {code: {"description": _DESCRIPTIONS[code], **body} for code in statuses}
 
 
 _DESCRIPTIONS = {

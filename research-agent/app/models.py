@@ -2,7 +2,9 @@
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json
+
+from .errors import ErrorResponse
 
 MAX_QUERY_CHARS = 2000
 
@@ -74,3 +76,64 @@ class ReadyResponse(BaseModel):
         description="redis: in use; bypassed: Redis failed, skipped until a probe succeeds "
         "(still ready: the cache is an optimisation); disabled: no REDIS_URL"
     )
+
+
+# --- The SSE protocol of /v1/research/stream, one model per event --------------------------------
+# Each `data:` line is a JSON string on the wire: Json[...] makes the schema say so (type string,
+# contentMediaType application/json, contentSchema: the object), and validation mode keeps that form
+# in the response schema. The unnamed last event is "message" by the SSE rules.
+
+
+class NumberedSource(Source):
+    n: int = Field(description="The number the answer cites it by, [n]")
+
+
+class ToolError(BaseModel):
+    type: Literal["search_timeout", "search_unavailable", "tool_error"]
+    message: str
+
+
+class ToolEvent(BaseModel):
+    tool: str
+    input: str | None
+    status: Literal["success", "error"]
+    sources: list[NumberedSource]
+    error: ToolError | None
+
+
+class TokenEvent(BaseModel):
+    text: str
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(json_schema_mode_override="validation")
+
+
+class ToolFrame(_Frame):
+    event: Literal["tool"]
+    data: Json[ToolEvent]
+
+
+class TokenFrame(_Frame):
+    event: Literal["token"]
+    data: Json[TokenEvent]
+
+
+class FinalFrame(_Frame):
+    event: Literal["final"]
+    data: Json[ResearchResponse]
+
+
+class ErrorFrame(_Frame):
+    event: Literal["error"]
+    data: Json[ErrorResponse]
+
+
+class DoneFrame(_Frame):
+    event: Literal["message"]
+    data: Literal["[DONE]"]
+
+
+StreamEvent = Annotated[
+    ToolFrame | TokenFrame | FinalFrame | ErrorFrame | DoneFrame, Field(discriminator="event")
+]

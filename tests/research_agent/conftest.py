@@ -1,6 +1,7 @@
 """Fixtures for the research agent tests: app clients, SSE parsing and a real redis-server."""
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -9,7 +10,9 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -146,3 +149,31 @@ def redis_server():
     server = RedisServer(binary)
     yield server
     server.stop()
+
+
+def start_server(**settings) -> SimpleNamespace:
+    """`python main.py` with these settings, on a free loopback port; returns once /ready is 200."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))}
+    env.update(HOST="127.0.0.1", PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update({name: str(value) for name, value in settings.items()})
+    process = subprocess.Popen(
+        [sys.executable, "main.py"],
+        cwd=AGENT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return SimpleNamespace(base=base, process=process)
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"main.py did not become ready:\n{process.communicate()[0]}")
+        time.sleep(0.1)

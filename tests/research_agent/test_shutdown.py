@@ -8,16 +8,13 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from types import SimpleNamespace
 
 import httpx
 import pytest
 from app.shutdown import Shutdown, cut_margin
 
-from .conftest import AGENT_DIR, free_port, metric, parse_sse, sse_json
+from .conftest import metric, parse_sse, sse_json, start_server
 
 QUERY = "Why use a multi-stage Docker build?"
 
@@ -121,34 +118,6 @@ def test_a_json_request_still_running_at_the_cut_answers_503_shutting_down(clien
 
 
 # --- A real process, as the images run it ---------------------------------------------------------
-
-
-def start_server(**settings) -> SimpleNamespace:
-    """`python main.py` with these settings, on a free loopback port; returns once /ready is 200."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))}
-    env.update(HOST="127.0.0.1", PORT=str(port), PYTHONUNBUFFERED="1")
-    env.update({name: str(value) for name, value in settings.items()})
-    process = subprocess.Popen(
-        [sys.executable, "main.py"],
-        cwd=AGENT_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return SimpleNamespace(base=base, process=process)
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"main.py did not become ready:\n{process.communicate()[0]}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
