@@ -12,6 +12,7 @@ from .agent import ResearchAgent
 from .cache import ResearchCache, cache_key
 from .config import Settings
 from .errors import INTERNAL_ERROR, AppError, ShuttingDownError, app_error_body, error_body
+from .models import ResearchResponse
 from .shutdown import run_until_cut, until_cut
 from .telemetry import SHUTDOWN_CUTS, STREAMS_OPEN, request_id
 
@@ -91,6 +92,11 @@ async def research(
     return _response(query, agent, result, cached)
 
 
+def _final(response: dict) -> dict:
+    """The `final` event carries what POST /v1/research returns (same fields, same order)."""
+    return ResearchResponse.model_validate(response).model_dump(mode="json")
+
+
 def _event(name: str, data: dict) -> ServerSentEvent:
     return ServerSentEvent(event=name, data=json.dumps(data))
 
@@ -112,14 +118,14 @@ async def research_events(
             if result is not None:
                 yield _event("token", {"text": result["response"]})
                 _log_done(query, agent, result, True, started)
-                yield _event("final", _response(query, agent, result, True))
+                yield _event("final", _final(_response(query, agent, result, True)))
             else:
                 async for name, data in until_cut(agent.stream(query), cut):
                     if name == "final":
                         if cache:
                             await cache.set(key, data)
                         _log_done(query, agent, data, False, started)
-                        data = _response(query, agent, data, False)
+                        data = _final(_response(query, agent, data, False))
                     yield _event(name, data)
         except ShuttingDownError as exc:
             _log_cut("/v1/research/stream", query, started)

@@ -150,6 +150,10 @@ def test_stream_sends_tool_then_tokens_then_final_then_done(client):
     assert final["sources"][0]["url"] == tool["sources"][0]["url"]
     assert final["tokens_used"] > 0 and final["cached"] is False
     assert final["request_id"] == response.headers["x-request-id"]
+    # `final` is exactly what POST /v1/research answers (fields, order, nulls), bar the request id.
+    answer = client.post("/v1/research", json={"query": QUESTION}).json()
+    assert list(final) == list(answer)
+    assert {**final, "request_id": "-"} == {**answer, "request_id": "-"}
 
 
 def test_request_id_is_echoed_or_generated(client):
