@@ -17,6 +17,13 @@ What the include selects (paths are relative to the repository root):
     PATH#name           any other file (Dockerfile, YAML, Makefile): the lines between the comment
                         markers `# [start:name]` and `# [end:name]`, markers excluded
 
+A diff between two such selections (a lesson step against the one before) works the same way:
+
+    <!-- include-diff: code/01_basic_api.py#Agent code/01_production_api.py#Agent -->
+    ```diff
+    ...the unified diff of the two, rewritten by this script...
+    ```
+
 Usage:
     python scripts/docs_sync.py           rewrite every excerpt from its source
     python scripts/docs_sync.py --check   change nothing; exit 1 and list each stale or broken excerpt
@@ -24,6 +31,7 @@ Usage:
 
 import argparse
 import ast
+import difflib
 import re
 import sys
 import textwrap
@@ -34,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 INCLUDE = re.compile(r"^<!--\s*include:\s*(?P<spec>\S+)\s*-->\s*$")
+INCLUDE_DIFF = re.compile(r"^<!--\s*include-diff:\s*(?P<spec>\S+\s+\S+)\s*-->\s*$")
 FENCE = re.compile(r"^(?P<fence>`{3,})(?P<info>[^`]*)$")
 
 
@@ -50,13 +59,14 @@ class Excerpt:
     end: int  # 0-based index of the closing fence line
     info: str  # the fence's info string, e.g. "python"
     body: str  # what the doc holds now
+    diff: bool = False  # an include-diff: spec is "OLD NEW"
 
 
 def find_excerpts(doc: Path) -> list[Excerpt]:
     lines = doc.read_text(encoding="utf-8").splitlines()
     excerpts, i = [], 0
     while i < len(lines):
-        match = INCLUDE.match(lines[i])
+        match = INCLUDE.match(lines[i]) or INCLUDE_DIFF.match(lines[i])
         if not match:
             i += 1
             continue
@@ -70,7 +80,9 @@ def find_excerpts(doc: Path) -> list[Excerpt]:
         if end is None:
             raise IncludeError(f"{_rel(doc)}:{i + 2}: this code fence is never closed")
         body = "\n".join(lines[i + 2 : end])
-        excerpts.append(Excerpt(doc, i + 1, match["spec"], i + 1, end, opening["info"], body))
+        diff = match.re is INCLUDE_DIFF
+        spec = " ".join(match["spec"].split())
+        excerpts.append(Excerpt(doc, i + 1, spec, i + 1, end, opening["info"], body, diff))
         i = end + 1
     return excerpts
 
@@ -87,6 +99,22 @@ def extract(spec: str, root: Path = ROOT) -> str:
     if path.suffix == ".py" and not re.search(rf"#\s*\[start:{re.escape(symbol)}\]", source):
         return _python_symbol(source, symbol, path_text)
     return _marked_lines(source, symbol, path_text)
+
+
+def extract_diff(spec: str, root: Path = ROOT) -> str:
+    """The unified diff from the first selection of "OLD NEW" to the second."""
+    old, new = spec.split()
+    diff = difflib.unified_diff(
+        extract(old, root).splitlines(),
+        extract(new, root).splitlines(),
+        fromfile=old,
+        tofile=new,
+        lineterm="",
+    )
+    text = "\n".join(diff)
+    if not text:
+        raise IncludeError(f"{old} and {new}: nothing differs")
+    return text
 
 
 def _python_symbol(source: str, symbol: str, path_text: str) -> str:
@@ -180,7 +208,7 @@ def sync_doc(doc: Path, root: Path = ROOT, write: bool = True) -> tuple[list[str
     lines = doc.read_text(encoding="utf-8").splitlines()
     for excerpt in reversed(excerpts):  # from the bottom up, so earlier line numbers stay valid
         try:
-            wanted = extract(excerpt.spec, root)
+            wanted = (extract_diff if excerpt.diff else extract)(excerpt.spec, root)
         except IncludeError as exc:
             broken.append(f"{_rel(doc)}:{excerpt.line}: {exc}")
             continue

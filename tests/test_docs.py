@@ -248,6 +248,32 @@ def test_a_missing_symbol_is_reported_and_nothing_is_written(sample_repo):
     assert doc.read_text() == text
 
 
+def test_an_include_diff_shows_what_the_next_step_adds(sample_repo):
+    (sample_repo / "pkg" / "mod2.py").write_text(
+        SAMPLE.replace("    return x * x", "    # NEW: logged\n    print(x)\n    return x * x")
+    )
+    doc = sample_repo / "doc.md"
+    doc.write_text("<!-- include-diff: pkg/mod.py#square  pkg/mod2.py#square -->\n```diff\n```\n")
+    stale, broken = docs_sync.sync_doc(doc, sample_repo, write=True)
+    assert len(stale) == 1 and not broken
+    assert doc.read_text() == (
+        "<!-- include-diff: pkg/mod.py#square  pkg/mod2.py#square -->\n```diff\n"
+        "--- pkg/mod.py#square\n+++ pkg/mod2.py#square\n@@ -1,3 +1,5 @@\n"
+        " @functools.cache\n def square(x):\n+    # NEW: logged\n+    print(x)\n     return x * x\n"
+        "```\n"
+    )
+    assert docs_sync.sync_doc(doc, sample_repo, write=False) == ([], [])
+    (sample_repo / "pkg" / "mod2.py").write_text(SAMPLE.replace("x * x", "x**2"))
+    assert docs_sync.sync_doc(doc, sample_repo, write=False)[0]  # the next step changed: stale
+
+
+def test_an_include_diff_of_identical_sides_is_broken(sample_repo):
+    doc = sample_repo / "doc.md"
+    doc.write_text("<!-- include-diff: pkg/mod.py#square pkg/mod.py#square -->\n```diff\n```\n")
+    _, broken = docs_sync.sync_doc(doc, sample_repo, write=False)
+    assert broken and "nothing differs" in broken[0]
+
+
 # --- 2 and 3. Commands -----------------------------------------------------------------------------------
 
 
