@@ -4,7 +4,7 @@ Run it:  python code/01_basic_api.py        (or: make lesson-01)
 Try it:  http://localhost:8000/docs
 
 Endpoints: GET /health (the process is alive), GET /ready (the agent can take traffic),
-POST /v1/invoke (one answer as JSON), POST /v1/stream (the answer token by token, as Server-Sent Events).
+POST /v1/invoke (one answer as JSON), POST /v1/stream (the answer token by token, as SSE).
 """
 
 import json
@@ -28,7 +28,7 @@ AppStatus.disable_automatic_graceful_drain()
 
 APP_VERSION = "1.0.0"
 logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")  # uvicorn's format
-logger = logging.getLogger("basic_api")
+logger = logging.getLogger("agent_api")
 
 
 class AgentRequest(BaseModel):
@@ -85,10 +85,10 @@ async def lifespan(app: FastAPI):
             openai_api_key=os.getenv("OPENAI_API_KEY"),
             model_name=os.getenv("MODEL_NAME", "gpt-4o-mini"),
             offline_token_delay_ms=int(os.getenv("OFFLINE_TOKEN_DELAY_MS", "20")),
-        )
+        ),
     )
     yield
-    # Shutdown: nothing to close here; later scripts release connections at this point.
+    # Shutdown: nothing to close; a connection pool or an HTTP client would be closed at this point.
 
 
 app = FastAPI(title="Basic agent API", version=APP_VERSION, lifespan=lifespan)
@@ -121,9 +121,29 @@ async def invoke(request: AgentRequest, agent: AgentDep) -> AgentResponse:
     return await agent.invoke(request)
 
 
-@app.post("/v1/stream")
+# FastAPI would document the stream as JSON; this says what it really sends, event by event.
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: a `data:` per token and `data: [DONE]`, or an `error`",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"enum": ["message", "error"]},
+                        "data": {"type": "string"},
+                    },
+                    "required": ["data"],
+                }
+            }
+        },
+    }
+}
+
+
+@app.post("/v1/stream", response_class=EventSourceResponse, responses=SSE_RESPONSE)
 async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
-    """One `data:` event per token, then `data: [DONE]`; a failure sends an `error` event instead."""
+    """One `data:` event per token, then `data: [DONE]`; a failure sends an `error` event."""
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
@@ -142,4 +162,8 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host=os.getenv("HOST", "127.0.0.1"), port=int(os.getenv("PORT", "8000")))
+    uvicorn.run(
+        app,
+        host=os.getenv("HOST", "127.0.0.1"),
+        port=int(os.getenv("PORT", "8000")),
+    )

@@ -1,19 +1,21 @@
 """Lesson 01, step 2: the same agent API with production habits.
 
 Run it:  python code/01_production_api.py     (or: make lesson-01-production)
+Diff it: diff code/01_basic_api.py code/01_production_api.py
 
-What step 1 lacked, in the order this file adds it:
+What step 1 lacked, in file order; each block is marked `NEW in step 2`:
   settings      one pydantic-settings class reads every environment variable
   logs          one JSON object per line, each carrying the request id
-  request ids   X-Request-ID is taken from the caller or generated, and returned on every response
+  errors        one JSON error shape for every failure, and an OpenAPI document that says so
   metrics       Prometheus counters and histograms at /metrics, labelled by route template
-  errors        one JSON error shape: 422 bad input, 502 model failure, 504 timeout, 500 anything else
+  middleware    request ids, the access log, metrics, and a body size limit (413 before reading)
+  strict input  no silent type conversion: "temperature": false is a 422, not 0
+  timeouts      a deadline on every model call: 504 when it runs out, 502 when the provider fails
   cache         a bounded TTL cache keyed on every input that changes the answer
   CORS          allowed origins from settings, never a wildcard together with credentials
 """
 
 import asyncio
-import contextvars
 import json
 import logging
 import re
@@ -22,6 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -42,7 +45,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
@@ -51,22 +54,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 # Our streams always end, so let them finish on shutdown instead of sse-starlette cutting them off.
 AppStatus.disable_automatic_graceful_drain()
 
+APP_VERSION = "1.0.0"
 
-# === Settings: the only place that reads the environment ===
 
-
+# NEW in step 2: settings. The one place that reads the environment, typed, defaults in sight.
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    APP_NAME: str = "agent-api"
-    APP_VERSION: str = "1.0.0"
     HOST: str = "127.0.0.1"
     PORT: int = 8000
     LOG_LEVEL: str = "INFO"
-    OPENAI_API_KEY: SecretStr | None = None
+    OPENAI_API_KEY: SecretStr = SecretStr("")  # empty: the offline model
     MODEL_NAME: str = "gpt-4o-mini"
     OFFLINE_TOKEN_DELAY_MS: int = 20
     REQUEST_TIMEOUT_SECONDS: float = 30.0
+    MAX_BODY_BYTES: int = 65_536  # the longest query fits in any encoding, with room for context
     MAX_QUERY_CHARS: int = 4000
     MAX_TOKENS_LIMIT: int = 4096
     CACHE_MAX_ENTRIES: int = 256  # 0 turns the cache off
@@ -77,9 +79,8 @@ class Settings(BaseSettings):
 settings = Settings()
 
 
-# === Logs: one JSON object per line, with the request id of the request being served ===
-
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# NEW in step 2: JSON logs. One object per line, with the id of the request being served.
+request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
 
 class JsonFormatter(logging.Formatter):
@@ -103,11 +104,70 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+configure_logging(settings.LOG_LEVEL)
 logger = logging.getLogger("agent_api")
 
 
-# === Metrics: a registry of our own, so importing this file twice never registers a metric twice ===
+# NEW in step 2: one error shape, {"error": {"type", "message", "request_id", ...}}, for all errors.
+class ErrorDetail(BaseModel):
+    type: str = Field(examples=["validation_error"])
+    message: str
+    request_id: str
+    details: list[dict[str, str]] | None = Field(default=None, description="422: one per field")
 
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def error_body(error_type: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "error": {
+            "type": error_type,
+            "message": message,
+            "request_id": request_id_var.get(),
+            **extra,
+        }
+    }
+
+
+def error_response(
+    status_code: int, error_type: str, message: str, headers: dict | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(error_type, message, **extra), status_code=status_code, headers=headers
+    )
+
+
+class UpstreamError(Exception):
+    """The model provider failed or timed out; it becomes a 502 or 504."""
+
+    def __init__(self, status_code: int, error_type: str, message: str):
+        self.status_code, self.error_type, self.message = status_code, error_type, message
+
+
+class PayloadTooLarge(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(413, f"The request body is larger than {settings.MAX_BODY_BYTES} bytes")
+
+
+# For the OpenAPI document: which error each status code stands for.
+ERROR_STATUSES = {
+    400: "The body cannot be decoded (for example invalid UTF-8)",
+    413: "The body is larger than MAX_BODY_BYTES",
+    422: "The body does not match the schema; `details` names each field",
+    500: "Our bug: the traceback is in the logs, never in the response",
+    502: "The model provider failed",
+    503: "Not ready: this instance cannot serve now, try another",
+    504: "The model did not answer within REQUEST_TIMEOUT_SECONDS",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorResponse, "description": ERROR_STATUSES[s]} for s in statuses}
+
+
+# NEW in step 2: metrics, in a registry of our own, so importing this file twice is harmless.
 registry = CollectorRegistry()
 REQUESTS = Counter(
     "http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry
@@ -120,11 +180,13 @@ CACHE = Counter(
     "agent_cache_requests_total", "Response cache lookups", ["result"], registry=registry
 )
 
+
+# NEW in step 2: request id, body limit, access log and metrics for every request.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class RequestContextMiddleware:
-    """Request id, access log and metrics for every request, as plain ASGI (no per-request task or copy)."""
+    """Plain ASGI: it watches each message go by, so a stream is neither buffered nor copied."""
 
     def __init__(self, app):
         self.app = app
@@ -132,11 +194,25 @@ class RequestContextMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
         request_id_var.set(request_id)
+        declared_length = headers.get(b"content-length", b"")
+        received = 0
         started = time.perf_counter()
         status: int | None = None  # set when the app starts its response
+
+        async def receive_with_limit():
+            # Refuse before reading: by the declared length, else by counting (a chunked body).
+            nonlocal received
+            if declared_length.isdigit() and int(declared_length) > settings.MAX_BODY_BYTES:
+                raise PayloadTooLarge()
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > settings.MAX_BODY_BYTES:
+                raise PayloadTooLarge()
+            return message
 
         async def send_with_request_id(message):
             nonlocal status
@@ -149,18 +225,16 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_request_id)
+            await self.app(scope, receive_with_limit, send_with_request_id)
         except Exception:
-            # Anything no handler caught: log it with its traceback, tell the client nothing internal.
+            # Anything no handler caught: log the traceback, tell the client nothing internal.
             logger.exception("Unhandled error")
-            if (
-                status is not None
-            ):  # the response had already started; all we can do is drop the connection
+            if status is not None:  # the response has started: all we can do is drop the connection
                 raise
             response = error_response(500, "internal_error", "An unexpected error occurred")
             await response(scope, receive, send_with_request_id)
         finally:
-            # A route template such as /v1/invoke, never the raw path: unknown paths share one series.
+            # The route template (/v1/invoke), never the raw path: unknown paths share one series.
             route = getattr(scope.get("route"), "path", "unmatched")
             elapsed = time.perf_counter() - started
             status = status or 500
@@ -179,49 +253,30 @@ class RequestContextMiddleware:
             )
 
 
-# === Errors: one JSON shape for all of them ===
-
-
-def error_response(status_code: int, error_type: str, message: str, **extra: Any) -> JSONResponse:
-    body = {
-        "error": {
-            "type": error_type,
-            "message": message,
-            "request_id": request_id_var.get(),
-            **extra,
-        }
-    }
-    return JSONResponse(body, status_code=status_code)
-
-
-class UpstreamError(Exception):
-    """The model provider failed or timed out; the route turns it into a 502 or 504."""
-
-    def __init__(self, status_code: int, error_type: str, message: str):
-        self.status_code, self.error_type, self.message = status_code, error_type, message
-
-
-# === Request and response bodies ===
-
-
 class AgentRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=settings.MAX_QUERY_CHARS)
-    context: dict[str, Any] | None = None
+    model_config = ConfigDict(strict=True)  # NEW in step 2: no "false" → 0, no "5" → 5
+
+    query: str = Field(
+        min_length=1, max_length=settings.MAX_QUERY_CHARS, description="The question for the agent"
+    )
+    context: dict[str, Any] | None = Field(
+        default=None, description="Extra facts the agent may use"
+    )
+    # NEW in step 2: model settings per request
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=settings.MAX_TOKENS_LIMIT)
 
 
 class AgentResponse(BaseModel):
-    request_id: str
     response: str
     tokens_used: int
     model: str
+    # NEW in step 2: what a caller needs to trace an answer
+    request_id: str
     cached: bool
     latency_ms: float
     created_at: datetime
 
-
-# === The agent: a chain, a cache and a timeout ===
 
 PROMPT = ChatPromptTemplate.from_messages(
     [
@@ -231,73 +286,86 @@ PROMPT = ChatPromptTemplate.from_messages(
 )
 
 
-class ProductionAgent:
-    def __init__(self, model: BaseChatModel, timeout_seconds: float, cache: TTLCache | None):
-        self.model = model
+class Agent:
+    """A prompt and a chat model; the API below only talks to this class."""
+
+    def __init__(
+        self,
+        model: BaseChatModel,
+        timeout_seconds: float | None = None,
+        cache: TTLCache | None = None,
+    ):
         self.model_name = model.model_name
+        self.chain = PROMPT | model
+        # NEW in step 2: per-request model settings, a deadline and a cache
+        self.model = model
         self.timeout_seconds = timeout_seconds
         self.cache = cache
-        self.default_chain = PROMPT | model
-
-    def _chain(self, request: AgentRequest):
-        # Request settings reach the model call itself; unset ones keep the model's defaults.
-        overrides = {
-            k: v
-            for k, v in {
-                "temperature": request.temperature,
-                "max_tokens": request.max_tokens,
-            }.items()
-            if v is not None
-        }
-        return PROMPT | self.model.bind(**overrides) if overrides else self.default_chain
 
     @staticmethod
     def _inputs(request: AgentRequest) -> dict[str, str]:
-        context = (
-            f"\nContext: {json.dumps(request.context, sort_keys=True)}" if request.context else ""
-        )
+        context = f"\nContext: {json.dumps(request.context)}" if request.context else ""
         return {"query": request.query, "context": context}
+
+    # NEW in step 2: the chain for one request, its cache key, and the deadline of a model call
+    def _chain(self, request: AgentRequest):
+        # Request settings reach the model call itself; unset ones keep the model's defaults.
+        overrides = {"temperature": request.temperature, "max_tokens": request.max_tokens}
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        return PROMPT | self.model.bind(**overrides) if overrides else self.chain
 
     def _cache_key(self, request: AgentRequest) -> str:
         # Every input that changes the answer is part of the key.
-        return json.dumps(
-            [
-                self.model_name,
-                request.query,
-                request.context,
-                request.temperature,
-                request.max_tokens,
-            ],
-            sort_keys=True,
-        )
+        inputs = [self.model_name, request.query, request.context]
+        return json.dumps([*inputs, request.temperature, request.max_tokens], sort_keys=True)
 
-    async def invoke(self, request: AgentRequest) -> tuple[str, int, bool]:
+    @asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                yield
+        except (TimeoutError, openai.APITimeoutError):
+            message = f"The model did not answer within {self.timeout_seconds:g}s"
+            raise UpstreamError(504, "timeout", message) from None
+        except openai.APIError as exc:
+            logger.warning("Model provider failed: %s", exc)
+            raise UpstreamError(502, "upstream_error", "The model provider failed") from None
+
+    async def invoke(self, request: AgentRequest) -> AgentResponse:
+        started = time.perf_counter()  # NEW in step 2: latency, cache, deadline, token metric
         key = self._cache_key(request) if self.cache is not None else None
         if key is not None:
             if key in self.cache:
                 CACHE.labels("hit").inc()
-                text, tokens = self.cache[key]
-                return text, tokens, True
+                return self.cache[key].model_copy(
+                    update={
+                        "request_id": request_id_var.get(),
+                        "cached": True,
+                        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "created_at": datetime.now(UTC),
+                    }
+                )
             CACHE.labels("miss").inc()
-        try:
-            async with asyncio.timeout(self.timeout_seconds):
-                message = await self._chain(request).ainvoke(self._inputs(request))
-        except (TimeoutError, openai.APITimeoutError):
-            raise UpstreamError(
-                504, "timeout", f"The model did not answer within {self.timeout_seconds:g}s"
-            )
-        except openai.APIError as exc:
-            logger.warning("Model provider failed: %s", exc)
-            raise UpstreamError(502, "upstream_error", "The model provider failed")
-        tokens = (message.usage_metadata or {}).get("total_tokens", 0)
-        TOKENS.labels(self.model_name).inc(tokens)
+        async with self._deadline():
+            message = await self._chain(request).ainvoke(self._inputs(request))
+        usage = message.usage_metadata or {}
+        TOKENS.labels(self.model_name).inc(usage.get("total_tokens", 0))
+        response = AgentResponse(
+            response=message.text,
+            tokens_used=usage.get("total_tokens", 0),
+            model=self.model_name,
+            request_id=request_id_var.get(),
+            cached=False,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            created_at=datetime.now(UTC),
+        )
         if key is not None:
-            self.cache[key] = (message.text, tokens)
-        return message.text, tokens, False
+            self.cache[key] = response
+        return response
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
-        tokens = 0
-        async with asyncio.timeout(self.timeout_seconds):
+        tokens = 0  # NEW in step 2: deadline and token metric
+        async with self._deadline():
             async for chunk in self._chain(request).astream(self._inputs(request)):
                 tokens = (chunk.usage_metadata or {}).get("total_tokens", tokens)
                 if chunk.text:
@@ -305,39 +373,40 @@ class ProductionAgent:
         TOKENS.labels(self.model_name).inc(tokens)
 
 
-# === The application ===
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    configure_logging(settings.LOG_LEVEL)
-    api_key = settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None
-    model = make_chat_model(
-        api_key,
-        settings.MODEL_NAME,
-        settings.OFFLINE_TOKEN_DELAY_MS,
-        settings.REQUEST_TIMEOUT_SECONDS,
-    )
-    cache = (
-        TTLCache(settings.CACHE_MAX_ENTRIES, settings.CACHE_TTL_SECONDS)
+    # Startup: build the agent once, before the first request.
+    app.state.agent = Agent(
+        make_chat_model(
+            openai_api_key=settings.OPENAI_API_KEY.get_secret_value(),
+            model_name=settings.MODEL_NAME,
+            offline_token_delay_ms=settings.OFFLINE_TOKEN_DELAY_MS,
+            timeout_seconds=settings.REQUEST_TIMEOUT_SECONDS,
+        ),
+        timeout_seconds=settings.REQUEST_TIMEOUT_SECONDS,
+        cache=TTLCache(settings.CACHE_MAX_ENTRIES, settings.CACHE_TTL_SECONDS)
         if settings.CACHE_MAX_ENTRIES
-        else None
+        else None,
     )
-    app.state.agent = ProductionAgent(model, settings.REQUEST_TIMEOUT_SECONDS, cache)
-    app.state.started = time.monotonic()
-    logger.info(
-        "Started", extra={"fields": {"version": settings.APP_VERSION, "model": model.model_name}}
-    )
+    logger.info("Started", extra={"fields": {"model": app.state.agent.model_name}})
     yield
+    # Shutdown: nothing to close; a connection pool or an HTTP client would be closed at this point.
     logger.info("Stopped")
 
 
-app = FastAPI(title=settings.APP_NAME, version=settings.APP_VERSION, lifespan=lifespan)
+app = FastAPI(
+    title="Production agent API",
+    version=APP_VERSION,
+    lifespan=lifespan,
+    responses=error_responses(500),  # NEW in step 2: any route can fail
+)
+
+# NEW in step 2: CORS, the request context, and one handler per kind of error
 if settings.CORS_ORIGINS:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.CORS_ORIGINS,
-        # Browsers refuse credentials with a wildcard origin; allowing both would be a misconfiguration.
+        # Browsers refuse credentials with a wildcard origin, so never allow both.
         allow_credentials="*" not in settings.CORS_ORIGINS,
         allow_methods=["GET", "POST"],
         allow_headers=["Content-Type", "X-Request-ID"],
@@ -345,13 +414,19 @@ if settings.CORS_ORIGINS:
     )
 app.add_middleware(RequestContextMiddleware)
 
+HTTP_ERROR_TYPES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    503: "not_ready",
+}
 
-@app.exception_handler(StarletteHTTPException)  # also covers the 404s and 405s the router raises
+
+@app.exception_handler(StarletteHTTPException)  # also the 404s and 405s the router raises
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    error_type = {404: "not_found", 405: "method_not_allowed", 503: "not_ready"}.get(
-        exc.status_code, "http_error"
-    )
-    return error_response(exc.status_code, error_type, str(exc.detail))
+    error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+    # exc.headers carries e.g. the Allow header of a 405.
+    return error_response(exc.status_code, error_type, str(exc.detail), headers=exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -367,77 +442,82 @@ async def upstream_error(request: Request, exc: UpstreamError) -> JSONResponse:
     return error_response(exc.status_code, exc.error_type, exc.message)
 
 
-def get_agent(request: Request) -> ProductionAgent:
+def get_agent(request: Request) -> Agent:
     agent = getattr(request.app.state, "agent", None)
     if agent is None:
         raise HTTPException(status_code=503, detail="Agent not initialised")
     return agent
 
 
-AgentDep = Annotated[ProductionAgent, Depends(get_agent)]
+AgentDep = Annotated[Agent, Depends(get_agent)]
 
 
 @app.get("/health")
-async def health(request: Request) -> dict[str, Any]:
-    started = getattr(request.app.state, "started", time.monotonic())
-    return {
-        "status": "ok",
-        "version": settings.APP_VERSION,
-        "uptime_seconds": round(time.monotonic() - started, 1),
-    }
+async def health() -> dict[str, str]:
+    """Liveness: the process answers. Says nothing about whether the agent is usable."""
+    return {"status": "ok", "version": APP_VERSION}
 
 
-@app.get("/ready")
+@app.get("/ready", responses=error_responses(503))
 async def ready(agent: AgentDep) -> dict[str, Any]:
+    """Readiness: 200 once the agent exists, 503 (from get_agent) before that."""
     return {"ready": True, "model": agent.model_name}
 
 
-@app.get("/metrics")
+# NEW in step 2: what Prometheus scrapes, in its text format
+METRICS_RESPONSE = {"description": "Prometheus text format", "content": {"text/plain": {}}}
+
+
+@app.get("/metrics", response_class=Response, responses={200: METRICS_RESPONSE})
 async def metrics() -> Response:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@app.post("/v1/invoke")
+@app.post("/v1/invoke", responses=error_responses(400, 413, 422, 502, 503, 504))
 async def invoke(request: AgentRequest, agent: AgentDep) -> AgentResponse:
-    started = time.perf_counter()
-    text, tokens, cached = await agent.invoke(request)
-    return AgentResponse(
-        request_id=request_id_var.get(),
-        response=text,
-        tokens_used=tokens,
-        model=agent.model_name,
-        cached=cached,
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        created_at=datetime.now(UTC),
-    )
+    return await agent.invoke(request)
 
 
-@app.post("/v1/stream")
+# FastAPI would document the stream as JSON; this says what it really sends, event by event.
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: a `data:` per token and `data: [DONE]`, or an `error`",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"enum": ["message", "error"]},
+                        "data": {"type": "string"},
+                    },
+                    "required": ["data"],
+                }
+            }
+        },
+    }
+}
+
+
+@app.post(
+    "/v1/stream",
+    response_class=EventSourceResponse,
+    responses={**SSE_RESPONSE, **error_responses(400, 413, 422, 503)},
+)
 async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
-    """`data:` events with tokens, then `data: [DONE]`; a failure ends the stream with an `error` event."""
+    """One `data:` event per token, then `data: [DONE]`; a failure sends an `error` event."""
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
             async for token in agent.stream(request):
                 yield {"data": token}
-        except (TimeoutError, openai.APITimeoutError):
-            yield {
-                "event": "error",
-                "data": error_body("timeout", "The model did not finish in time"),
-            }
-            return
-        except openai.APIError:
-            logger.warning("Model provider failed while streaming", exc_info=True)
-            yield {
-                "event": "error",
-                "data": error_body("upstream_error", "The model provider failed"),
-            }
+        except UpstreamError as exc:  # NEW in step 2: the same error shape, inside the stream
+            yield {"event": "error", "data": json.dumps(error_body(exc.error_type, exc.message))}
             return
         except Exception:
             logger.exception("Streaming failed")
             yield {
                 "event": "error",
-                "data": error_body("internal_error", "An unexpected error occurred"),
+                "data": json.dumps(error_body("internal_error", "An unexpected error occurred")),
             }
             return
         yield {"data": "[DONE]"}
@@ -445,13 +525,13 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
     return EventSourceResponse(events())
 
 
-def error_body(error_type: str, message: str) -> str:
-    return json.dumps(
-        {"error": {"type": error_type, "message": message, "request_id": request_id_var.get()}}
-    )
-
-
 if __name__ == "__main__":
     # log_config=None leaves logging to configure_logging(), so uvicorn's own lines are JSON too;
     # access_log=False because RequestContextMiddleware already logs every request.
-    uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.HOST,
+        port=settings.PORT,
+        log_config=None,
+        access_log=False,
+    )

@@ -24,7 +24,7 @@ class OfflineChatModel(BaseChatModel):
 
     model_name: str = OFFLINE_MODEL_NAME
     token_delay_ms: int = 20
-    """Pause before each token, so streaming is visible and tests can make requests slow on purpose."""
+    """Pause before each token: streaming shows, and tests can make requests slow on purpose."""
 
     @property
     def _llm_type(self) -> str:
@@ -42,7 +42,7 @@ class OfflineChatModel(BaseChatModel):
         return tokens[:max_tokens] if max_tokens else tokens
 
     def _chunks(self, messages: list[BaseMessage], kwargs: dict) -> Iterator[AIMessageChunk]:
-        # The offline model is deterministic, so temperature has nothing to change; max_tokens truncates.
+        # Deterministic, so temperature has nothing to change; max_tokens truncates the answer.
         tokens = self._tokens(messages, kwargs.get("max_tokens"))
         for token in tokens:
             yield AIMessageChunk(content=token)
@@ -106,7 +106,7 @@ def make_chat_model(
             model=model_name, api_key=openai_api_key, timeout=timeout_seconds, stream_usage=True
         )
     logger.info(
-        "No OPENAI_API_KEY: using the offline model. Set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, "
-        "vLLM or llama.cpp) to use a real model."
+        "No OPENAI_API_KEY: using the offline model. Set OPENAI_API_KEY (and OPENAI_BASE_URL for "
+        "Ollama, vLLM or llama.cpp) to use a real model."
     )
     return OfflineChatModel(token_delay_ms=offline_token_delay_ms)

@@ -72,3 +72,8 @@ def test_stream_reports_a_failure_as_an_error_event(client, basic):
         events = list(source.iter_sse())
     assert [e.event for e in events] == ["error"]
     assert "secret internals" not in events[0].data
+
+
+def test_openapi_documents_the_stream_as_server_sent_events(client):
+    response = client.get("/openapi.json").json()["paths"]["/v1/stream"]["post"]["responses"]
+    assert list(response["200"]["content"]) == ["text/event-stream"]

@@ -1,4 +1,4 @@
-"""The real-model path: ChatOpenAI talks to a local server that speaks the chat-completions wire format."""
+"""The real-model path: ChatOpenAI talks to a local server speaking the chat-completions format."""
 
 import pytest
 from fastapi.testclient import TestClient
@@ -7,6 +7,7 @@ from httpx_sse import connect_sse
 from tests.openai_stub import ChatCompletionsStub
 
 ANSWER = "Containers package code with its dependencies"
+SCRIPTS = ["01_basic_api.py", "01_production_api.py", "01_graceful_shutdown.py"]
 
 
 def stub_usage(request: dict, answer: str) -> int:
@@ -29,7 +30,7 @@ def online_env(stub):
     }
 
 
-@pytest.mark.parametrize("script", ["01_basic_api.py", "01_production_api.py"])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_invoke_uses_the_real_client_and_reports_usage(load_script, online_env, stub, script):
     with TestClient(load_script(script, **online_env).app) as client:
         body = client.post("/v1/invoke", json={"query": "What is a container?"}).json()
@@ -39,17 +40,18 @@ def test_invoke_uses_the_real_client_and_reports_usage(load_script, online_env, 
     assert stub.requests[0]["messages"][-1] == {"role": "user", "content": "What is a container?"}
 
 
-@pytest.mark.parametrize("script", ["01_basic_api.py", "01_production_api.py"])
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_stream_relays_the_providers_tokens(load_script, online_env, stub, script):
-    with TestClient(load_script(script, **online_env).app) as client:
-        with connect_sse(client, "POST", "/v1/stream", json={"query": "stream please"}) as source:
-            data = [event.data for event in source.iter_sse()]
+    with (
+        TestClient(load_script(script, **online_env).app) as client,
+        connect_sse(client, "POST", "/v1/stream", json={"query": "stream please"}) as source,
+    ):
+        data = [event.data for event in source.iter_sse()]
     assert data[-1] == "[DONE]"
     assert data[:-1] == ["Containers", " package", " code", " with", " its", " dependencies"]
     assert stub.requests[0]["stream"] is True
-    assert stub.requests[0]["stream_options"] == {
-        "include_usage": True
-    }  # usage even with a custom base URL
+    # Usage is streamed even with a custom base URL.
+    assert stub.requests[0]["stream_options"] == {"include_usage": True}
 
 
 def test_streamed_usage_reaches_the_token_metric(load_script, online_env, stub):
@@ -67,7 +69,5 @@ def test_temperature_and_max_tokens_reach_the_provider(load_script, online_env, 
         client.post("/v1/invoke", json={"query": "plain"})
     tuned, plain = stub.requests
     assert tuned["temperature"] == 0.3
-    assert (
-        tuned["max_completion_tokens"] == 42
-    )  # langchain-openai's name for max_tokens on the wire
+    assert tuned["max_completion_tokens"] == 42  # langchain-openai's wire name for max_tokens
     assert "temperature" not in plain and "max_completion_tokens" not in plain
