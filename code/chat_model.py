@@ -99,9 +99,9 @@ ARITHMETIC = re.compile(r"[\d(][\d\s+\-*/%().]*[\d)]")
 class OfflineToolCallingModel(OfflineChatModel):
     """The offline model with one tool: it has arithmetic in the question computed by that tool.
 
-    Deterministic, like OfflineChatModel: when the question holds an arithmetic expression, the
-    first turn calls the bound tool with a program that prints it ({"code": "print(2**100)"}); the
-    next turn answers from the tool's result. Any other question gets OfflineChatModel's answer.
+    Deterministic, like OfflineChatModel: when the question holds arithmetic, the first turn calls
+    the bound tool with a program that prints the first expression ({"code": "print(2**100)"});
+    the next turn answers from the tool's result. Other questions get OfflineChatModel's answer.
     """
 
     tool_name: str | None = None
@@ -113,7 +113,7 @@ class OfflineToolCallingModel(OfflineChatModel):
     @staticmethod
     def expression(question: str) -> str | None:
         found = [m.strip() for m in ARITHMETIC.findall(question) if re.search(r"[-+*/%]", m)]
-        return max(found, key=len) if found else None
+        return found[0] if found else None
 
     def _chunks(self, messages: list[BaseMessage], kwargs: dict) -> Iterator[AIMessageChunk]:
         human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)

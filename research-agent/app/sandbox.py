@@ -177,6 +177,7 @@ class SandboxRunner:
             deadline.cancel()
             backstop.cancel()
             sock.close()
+            raw.close()  # closing the SocketIO alone leaves the socket open until collected
         container.reload()
         return RunResult(
             stdout=output[1].decode(errors="replace"),
