@@ -108,7 +108,7 @@ lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose ru
 	@$(PY) code/04_sandboxed_tools.py
 
 sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
-	$(PY) -m pytest -m container tests/lesson_04 tests/test_docs.py -v
+	$(PY) -m pytest -m container tests/lesson_04 tests/research_agent/test_sandbox_tool.py tests/test_docs.py -v
 
 bench-sandbox: sandbox-image $(VENV)/.installed ## Benchmark: the runner vs a bare `docker run --rm`, a warm pool and exec, p50/p95
 	$(PY) scripts/bench_sandbox.py
