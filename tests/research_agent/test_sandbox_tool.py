@@ -16,7 +16,7 @@ from .conftest import make_settings
 
 
 class ScriptedModel(BaseChatModel):
-    """Calls run_python once when it is bound, then answers with the tools it saw and their output."""
+    """Calls run_python once when it is bound, then answers with the tools it saw and the output."""
 
     code: str = "print(6 * 7)"
     bound: list[str] = []
@@ -58,9 +58,7 @@ def test_without_docker_run_python_is_an_error_the_model_reads(monkeypatch):
     assert "the search failed" not in response  # the search middleware let run_python's answer be
 
 
-def test_the_service_starts_and_answers_with_the_sandbox_on_but_no_docker(
-    client_for, monkeypatch
-):
+def test_the_service_starts_and_answers_with_the_sandbox_on_but_no_docker(client_for, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with client_for(SANDBOX_ENABLED=True) as client:
         assert client.get("/health").status_code == 200
