@@ -8,6 +8,7 @@ that nothing it created is left, whatever else runs on this Docker engine.
 """
 
 import json
+import signal
 import sys
 import textwrap
 import threading
@@ -461,6 +462,23 @@ def test_runs_leave_no_open_socket_in_the_api(server):
     for _ in range(20):
         run(server, "print(1)")
     assert server.open_fds() - before <= 2
+
+
+def test_sigterm_lets_a_running_sandbox_finish_and_removes_it(engine):
+    stopping = Server()
+    try:
+        request_id = f"sigterm-{uuid.uuid4().hex[:8]}"
+        code = "import time; time.sleep(3); print('finished')"
+        future = in_background(stopping, code, 10, request_id)
+        running(engine, stopping, request_id)
+        stopping.process.terminate()  # SIGTERM, as `docker stop` or Ctrl+C would send
+        assert future.result(timeout=60)["stdout"] == "finished\n"  # the answer was not cut
+        # uvicorn shuts down cleanly, then re-raises the signal to exit with it.
+        assert stopping.process.wait(timeout=60) == -signal.SIGTERM
+        assert "Application shutdown complete" in stopping.logs()
+        assert containers(engine, stopping.owner) == []
+    finally:
+        stopping.stop()
 
 
 def test_the_agent_computes_through_the_sandbox(server):
