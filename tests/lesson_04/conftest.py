@@ -22,6 +22,16 @@ SCRIPT = ROOT / "code" / "04_sandboxed_tools.py"
 _fresh = itertools.count()
 # Nothing in the sandbox may see this; the API process has it in its environment.
 CANARY = "canary-" + uuid.uuid4().hex
+# The result of every run, as the API promises it.
+RESULT_FIELDS = {
+    "stdout",
+    "stderr",
+    "exit_code",
+    "timed_out",
+    "oom_killed",
+    "truncated",
+    "duration_ms",
+}
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import docker
 import httpx
 import pytest
 
-from tests.lesson_04.conftest import CANARY, ROOT, Server
+from tests.lesson_04.conftest import CANARY, RESULT_FIELDS, ROOT, Server
 
 sys.path.insert(0, str(ROOT / "research-agent"))
 from app.sandbox import LABEL, SandboxConfig, SandboxRunner, SandboxUnavailable  # noqa: E402
@@ -88,15 +88,7 @@ def run(server: Server, code: str, timeout: float | None = None, request_id: str
     response = post(server, code, timeout, request_id)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == {
-        "stdout",
-        "stderr",
-        "exit_code",
-        "timed_out",
-        "oom_killed",
-        "truncated",
-        "duration_ms",
-    }
+    assert set(result) == RESULT_FIELDS
     return result
 
 

@@ -9,6 +9,8 @@ from fastapi.testclient import TestClient
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
+from tests.lesson_04.conftest import RESULT_FIELDS
+
 NO_DOCKER = "unix:///nonexistent/docker.sock"
 
 
@@ -73,15 +75,7 @@ def test_the_openapi_schema_describes_the_result_and_the_errors(client):
     assert {"422", "503"} <= set(operation["responses"])
     ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     result = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
-    assert set(result["properties"]) == {
-        "stdout",
-        "stderr",
-        "exit_code",
-        "timed_out",
-        "oom_killed",
-        "truncated",
-        "duration_ms",
-    }
+    assert set(result["properties"]) == RESULT_FIELDS
 
 
 # --- The offline model: it decides, deterministically, when to call the tool ---
