@@ -33,7 +33,7 @@ from .config import OFFLINE_MODEL_NAME, Settings
 from .errors import AppError, UpstreamError, UpstreamTimeoutError
 from .python_tool import sandbox_tools
 from .search import format_results, make_search_tool
-from .telemetry import TOKENS, TOOL_CALLS, request_id_var
+from .telemetry import TOKENS, TOOL_CALLS, request_id
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class ResearchAgent:
         self.tool = tool if tool is not None else make_search_tool(settings)
         self.graph = create_agent(
             model if model is not None else build_model(settings),
-            [self.tool, *sandbox_tools(settings, request_id_var.get)],
+            [self.tool, *sandbox_tools(settings, request_id)],
             system_prompt=SYSTEM_PROMPT,
             middleware=[
                 SearchToolMiddleware(settings.SEARCH_TIMEOUT_SECONDS, self.tool.name),
