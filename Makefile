@@ -11,6 +11,7 @@ export HOST PORT
 
 .PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api bench-sse-proxy clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images context-size
+.PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
 
 help: ## List the commands of the course
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -95,6 +96,27 @@ bench-images: docker-tools offline-images $(VENV)/.installed ## Benchmark: cold 
 
 context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
 	@scripts/context-size.sh
+
+# --- Sandboxed tools (lesson 04): agent tools run code in throwaway containers of agent-sandbox:python.
+build: sandbox-image
+
+sandbox-image: docker-tools offline-images ## Build and smoke-test agent-sandbox:python, the image tools run code in
+	@scripts/build-sandbox-image.sh
+
+lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
+	@echo
+	@echo "  Sandboxed tools on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
+	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
+	@echo "  Run code:   curl -s -X POST http://$(HOST):$(PORT)/v1/tools/python -H 'content-type: application/json' -d '{\"code\": \"print(2**100)\"}'"
+	@echo "  Ask:        curl -s -X POST http://$(HOST):$(PORT)/v1/agent -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo
+	@$(PY) code/04_sandboxed_tools.py
+
+sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
+	$(PY) -m pytest -m container tests/lesson_04 tests/research_agent/test_sandbox_tool.py tests/test_docs.py -v
+
+bench-sandbox: sandbox-image $(VENV)/.installed ## Benchmark: the runner vs a bare `docker run --rm`, a warm pool and exec, p50/p95
+	$(PY) scripts/bench_sandbox.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache
