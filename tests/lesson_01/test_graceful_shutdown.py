@@ -50,7 +50,7 @@ def log_lines(output: str) -> list[dict]:
 
 
 def test_sigterm_drains_lets_a_stream_finish_and_the_process_exit(start_server):
-    drain, grace = 3, 15  # a drain long enough for the three requests below on a busy machine
+    drain, grace = 5, 15  # a drain long enough for the three requests below on a busy machine
     server = start_server(
         SCRIPT,
         OFFLINE_TOKEN_DELAY_MS="150",  # 35 tokens: the stream outlasts the drain
@@ -65,12 +65,13 @@ def test_sigterm_drains_lets_a_stream_finish_and_the_process_exit(start_server):
     sent_at = time.monotonic()
 
     # 1. Readiness flips to a real 503 at once; the process is still alive and still serving.
-    ready = httpx.get(f"{server.url}/ready", timeout=5)
-    assert ready.status_code == 503 and ready.json()["error"]["type"] == "not_ready"
-    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
-    # By design: during the drain a request that still arrives is answered, not refused.
-    late = httpx.post(f"{server.url}/v1/invoke", json={"query": "late", "max_tokens": 2}, timeout=5)
-    assert late.status_code == 200
+    with httpx.Client(base_url=server.url, timeout=5) as http:
+        ready = http.get("/ready")
+        assert ready.status_code == 503 and ready.json()["error"]["type"] == "not_ready"
+        assert http.get("/health").status_code == 200
+        # By design: during the drain a request that still arrives is answered, not refused.
+        late = http.post("/v1/invoke", json={"query": "late", "max_tokens": 2})
+        assert late.status_code == 200
 
     # 2. After the drain uvicorn closes the listener: new connections are refused.
     refused = False
