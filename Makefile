@@ -11,6 +11,7 @@ export HOST PORT
 
 .PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images context-size
+.PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
 
 help: ## List the commands of the course
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,6 +91,31 @@ bench-images: docker-tools offline-images $(VENV)/.installed ## Benchmark: cold 
 
 context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
 	@scripts/context-size.sh
+
+# --- Parallel variations (lesson 05): workers run the research-agent image under its own tag, so a
+# rebuild of research-agent:optimized from elsewhere cannot change the image under a running test.
+LESSON05_IMAGE ?= research-agent:lesson-05
+
+lesson-05-image: IMAGES = optimized
+lesson-05-image: build
+	docker tag research-agent:optimized $(LESSON05_IMAGE)
+
+lesson-05: lesson-05-image $(VENV)/.installed ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis)
+	@WORKER_IMAGE=$(LESSON05_IMAGE) scripts/lesson-05.sh serve
+
+lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running
+	@scripts/lesson-05.sh down
+
+variations-test: lesson-05-image $(VENV)/.installed ## Lesson 05 with real containers and headless Chromium (installs chromium)
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_05 -v
+
+variations-screenshot: lesson-05-image $(VENV)/.installed ## Lesson 05: the browser test, saving the page to docs/images/
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) SCREENSHOT=docs/images/05-variations.png $(PY) -m pytest -m container tests/lesson_05/test_browser.py -v
+
+bench-variations: lesson-05-image $(VENV)/.installed ## Benchmark: N = 1, 2, 4, 8 variations in containers vs in one process
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) scripts/bench_variations.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache
