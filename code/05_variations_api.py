@@ -129,6 +129,51 @@ class Selection(BaseModel):
     variation: int = Field(ge=0, le=len(PRESETS) - 1)
 
 
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    request_id: str
+    details: list[dict] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class VariationSettings(BaseModel):
+    index: int
+    style: Style
+    temperature: float
+    search_depth: int
+    model: str | None
+
+
+class RunCreated(BaseModel):
+    run_id: str
+    variations: list[VariationSettings]
+    events: str
+    status: str
+
+
+class VariationView(VariationSettings):
+    status: Literal["starting", "running", "succeeded", "failed", "timed_out", "cancelled"]
+    container: str | None
+    exit_code: int | None
+    reason: str | None
+    response: str | None
+    sources: list[dict]
+    error: dict | None
+
+
+class RunView(BaseModel):
+    run_id: str
+    query: str
+    status: Literal["running", "done", "cancelled"]
+    created_at: float
+    selected: int | None
+    variations: list[VariationView]
+
+
 class ApiError(Exception):
     def __init__(self, status: int, error_type: str, message: str, headers: dict | None = None):
         super().__init__(message)
@@ -354,6 +399,7 @@ EXIT_REASONS = {
     1: "the research failed (see its error event)",
     2: "the worker rejected its job",
     3: "the worker could not reach Redis",
+    137: "killed (SIGKILL): out of memory or stopped from outside",
 }
 
 
@@ -517,11 +563,13 @@ STREAM_ID = r"^\d{1,20}-\d{1,20}$"
 async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
     """Replay from last_id ("0-0" for a new client), then wait for new entries until `run_done`."""
     yield ServerSentEvent(comment="resuming after " + last_id, retry=1000)
+    # The workers keep within the cap (their token budget), so this is a safety net: if entries were
+    # trimmed anyway and this client had not seen them all, it is told, never silently skipped.
     info = await runs.client.xinfo_stream(events_key(run_id))
-    trimmed_up_to = info.get("max-deleted-entry-id", "0-0")
-    if _id_tuple(trimmed_up_to) > _id_tuple(last_id):
-        cap = runs.settings.STREAM_MAXLEN
-        message = f"events up to {trimmed_up_to} were trimmed by the {cap}-entry cap"
+    first = info["first-entry"][0] if info["first-entry"] else "0-0"
+    if info["entries-added"] > info["length"] and _id_tuple(last_id) < _id_tuple(first):
+        cap, trimmed = runs.settings.STREAM_MAXLEN, info["entries-added"] - info["length"]
+        message = f"{trimmed} events before {first} were trimmed by the {cap}-entry cap"
         yield ServerSentEvent(
             event="events_lost", data=json.dumps({"variation": None, "message": message})
         )
@@ -575,9 +623,10 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
     """`workers` replaces the Docker backend (the tests run workers as local processes)."""
     app = FastAPI(title="Agent variations", lifespan=lifespan)
     app.state.settings, app.state.workers = settings or Settings(), workers
-    errors = {
-        code: {"description": "error", "content": {"application/json": {}}}
-        for code in (404, 409, 422, 429, 503)
+    errors = {code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)}
+    stream = {
+        200: {"content": {"text/event-stream": {}}, "description": "the run's events"},
+        204: {"description": "the run has ended and no event follows the given id"},
     }
 
     def orchestrator(request: Request) -> Orchestrator:
@@ -630,18 +679,20 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/v1/runs", status_code=202, responses=errors)
-    async def create_run(body: RunRequest, request: Request) -> dict:
+    async def create_run(body: RunRequest, request: Request) -> RunCreated:
         """Start one container per variation; follow them at /v1/runs/{run_id}/events."""
         created = await orchestrator(request).create(body)
         run_id = created["run_id"]
-        return {**created, "events": f"/v1/runs/{run_id}/events", "status": f"/v1/runs/{run_id}"}
+        return RunCreated(
+            **created, events=f"/v1/runs/{run_id}/events", status=f"/v1/runs/{run_id}"
+        )
 
     @app.get("/v1/runs/{run_id}", responses=errors)
-    async def get_run(run_id: str, request: Request) -> dict:
+    async def get_run(run_id: str, request: Request) -> RunView:
         """Each variation's status, exit code and final answer; the user's pick."""
         return await existing(request, run_id)
 
-    @app.get("/v1/runs/{run_id}/events", responses=errors)
+    @app.get("/v1/runs/{run_id}/events", responses={**stream, **errors}, response_model=None)
     async def run_events(
         run_id: str,
         request: Request,
@@ -665,13 +716,13 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         )
 
     @app.delete("/v1/runs/{run_id}", responses=errors)
-    async def cancel_run(run_id: str, request: Request) -> dict:
+    async def cancel_run(run_id: str, request: Request) -> RunView:
         """Stop and remove the run's containers; the stream says `cancelled`, then `run_done`."""
         await orchestrator(request).cancel(run_id)
         return await existing(request, run_id)
 
     @app.post("/v1/runs/{run_id}/select", responses=errors)
-    async def select(run_id: str, body: Selection, request: Request) -> dict:
+    async def select(run_id: str, body: Selection, request: Request) -> RunView:
         """Store the user's pick: one variation that succeeded."""
         view = await existing(request, run_id)
         if body.variation >= len(view["variations"]):
