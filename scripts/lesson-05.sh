@@ -28,8 +28,11 @@ up() {
   done
   docker exec "$redis" redis-cli ping | grep -q PONG
   port=$(docker port "$redis" 6379/tcp | head -n1 | sed 's/.*://')
+  # Workers get Redis's address on the network rather than its name, so they do not depend on the
+  # engine's embedded DNS (which a busy or reconfigured engine can lose).
+  ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$name\").IPAddress}}" "$redis")
   echo "REDIS_URL=redis://127.0.0.1:$port/0"
-  echo "WORKER_REDIS_URL=redis://$redis:6379/0"
+  echo "WORKER_REDIS_URL=redis://$ip:6379/0"
   echo "WORKER_NETWORK=$name"
   echo "DEPLOYMENT=$name"
 }

@@ -99,11 +99,16 @@ def peak_memory_mb() -> dict:
 async def run(settings: WorkerSettings) -> int:
     client = redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
     events = Publisher(client, settings)
-    try:
-        await client.ping()
-    except redis.RedisError as exc:
-        logger.error("cannot reach Redis at %s: %s", settings.REDIS_URL, exc)
-        return NO_REDIS
+    for attempt in range(1, 6):  # a busy engine's DNS or a restarting Redis: retry, bounded
+        try:
+            await client.ping()
+            break
+        except redis.RedisError as exc:
+            logger.warning("Redis at %s: %s (attempt %d of 5)", settings.REDIS_URL, exc, attempt)
+            if attempt == 5:
+                logger.error("cannot reach Redis at %s: giving up", settings.REDIS_URL)
+                return NO_REDIS
+            await asyncio.sleep(attempt * 0.5)
     imported = time.time()
     try:
         agent = await asyncio.to_thread(build_agent, settings)  # builds the local search index

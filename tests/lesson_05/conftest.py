@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -185,9 +186,15 @@ def serve(redis_url, workers):
 
 
 def read_events(
-    url: str, run_id: str, last_id: str | None = None, stop_after: int | None = None, timeout=60
+    url: str,
+    run_id: str,
+    last_id: str | None = None,
+    stop_after: int | None = None,
+    timeout: float = 60,
+    until=None,
 ):
-    """[(id, event, data)] from /v1/runs/{id}/events until run_done (or `stop_after` events)."""
+    """[(id, event, data)] from /v1/runs/{id}/events until run_done, `stop_after` events, or
+    `until(events so far)` is true; the connection is then closed."""
     headers = {"Last-Event-ID": last_id} if last_id else {}
     found = []
     with (
@@ -199,6 +206,8 @@ def read_events(
                 continue
             found.append((sse.id, sse.event, json.loads(sse.data)))
             if sse.event == "run_done" or (stop_after and len(found) >= stop_after):
+                break
+            if until and until(found):
                 break
     return found
 
@@ -232,3 +241,103 @@ def env_vars(**values):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --- The container suite: the lesson's own script starts Redis and the network, the API runs as a
+# process of its own, workers are containers. Everything is named after one random NAME.
+
+
+def docker(*args: str, timeout: float = 60, check: bool = True) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """`scripts/lesson-05.sh up` under a name of its own; `down` afterwards removes everything."""
+    name = f"l05t-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "NAME": name}
+    script = str(ROOT / "scripts" / "lesson-05.sh")
+    up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    values = dict(line.split("=", 1) for line in up.stdout.splitlines() if "=" in line)
+    yield values
+    subprocess.run([script, "down"], env=env, capture_output=True, timeout=120)
+    assert not docker("ps", "-aq", "--filter", f"label=ai-course.deployment={name}", check=False)
+
+
+class ApiProcess:
+    """python code/05_variations_api.py, as `make lesson-05` runs it, on a free port."""
+
+    def __init__(self, stack: dict, **settings):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(tempfile.mkstemp(prefix="lesson-05-api-", suffix=".log")[1])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))}
+        env.update(stack)
+        env.update(
+            PORT=str(self.port),
+            WORKER_IMAGE=os.environ.get("WORKER_IMAGE", "research-agent:lesson-05"),
+            PYTHONUNBUFFERED="1",
+            **{k: str(v) for k, v in settings.items()},
+        )
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "code/05_variations_api.py"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.process.poll() is None, f"the API exited:\n{self.log()}"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"the API did not start:\n{self.log()}"
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> int:
+        """SIGTERM, as `docker stop` or Ctrl+C would; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+@pytest.fixture
+def api_process(stack, request):
+    """api_process(**settings) -> a running ApiProcess; its log is printed when the test fails."""
+    started = []
+
+    def start(**settings) -> ApiProcess:
+        server = ApiProcess(stack, **settings)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"--- API log ({server.url}) ---\n{server.log()}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.rep_call = report
+    return report

@@ -13,7 +13,10 @@ import redis
 
 from tests.lesson_05.conftest import api, read_events, start_run, wait_for
 
-HOSTILE = "What is `id`? $(touch /tmp/pwned) \"; rm -rf / # 'quotes' \\ and\nnewlines <b>bold</b>"
+HOSTILE = (
+    "How do I stop a container gracefully? `id` $(touch /tmp/pwned) \"; rm -rf / # 'quotes' \\"
+    "\nand newlines <b>bold</b>"
+)
 
 
 def by_variation(events, name):
@@ -142,13 +145,7 @@ def test_the_pick_is_stored_and_only_a_succeeded_variation_can_be_picked(serve):
 def test_a_killed_variation_fails_while_the_other_finishes(serve, workers):
     server = serve(OFFLINE_TOKEN_DELAY_MS=60)
     run_id = start_run(server.url, variations=2)["run_id"]
-    wait_for(
-        lambda: any(
-            e[1] == "token" and e[2]["variation"] == 0
-            for e in read_events(server.url, run_id, stop_after=12)
-        ),
-        message="a token from variation 0",
-    )
+    read_events(server.url, run_id, until=lambda found: found[-1][1] == "token")
     workers.kill(run_id, 0)
     events = read_events(server.url, run_id)
     done = by_variation(events, "variation_done")
