@@ -692,6 +692,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         """Each variation's status, exit code and final answer; the user's pick."""
         return await existing(request, run_id)
 
+    # [start:run_events]
     @app.get("/v1/runs/{run_id}/events", responses={**stream, **errors}, response_model=None)
     async def run_events(
         run_id: str,
@@ -704,9 +705,8 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         view = await existing(request, run_id)
         start = last_event_id or after or "0-0"
         runs = orchestrator(request).runs
-        if (
-            view["status"] != "running"
-        ):  # an ended run with nothing after `start`: 204 stops EventSource
+        # An ended run with nothing after `start`: 204, the answer that stops EventSource retrying.
+        if view["status"] != "running":
             newest = await runs.client.xrevrange(events_key(run_id), count=1)
             if not newest or _id_tuple(newest[0][0]) <= _id_tuple(start):
                 return Response(status_code=204)
@@ -714,6 +714,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
             follow(runs, run_id, start, request),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+        # [end:run_events]
 
     @app.delete("/v1/runs/{run_id}", responses=errors)
     async def cancel_run(run_id: str, request: Request) -> RunView:

@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -129,6 +130,12 @@ class ProcessWorkers:
         for process, r, i, _ in list(self.processes.values()):
             if (r, i) == (run_id, index):
                 process.kill()
+
+    def pause(self, run_id: str, index: int) -> None:
+        """A hung worker, as `docker pause` makes one: it can neither answer nor time out itself."""
+        for process, r, i, _ in list(self.processes.values()):
+            if (r, i) == (run_id, index):
+                os.kill(process.pid, signal.SIGSTOP)
 
     def stop_all(self) -> None:
         for worker_id in list(self.processes):
