@@ -9,8 +9,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api clean
+.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api bench-sse-proxy clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images context-size
+.PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
 .PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
 
 help: ## List the commands of the course
@@ -56,13 +57,18 @@ research-agent: $(VENV)/.installed ## Run the research agent locally (offline mo
 	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
 	@cd research-agent && ../$(PY) main.py
 
-test: $(VENV)/.installed ## Run the test suite (installs Python packages and redis-server when missing)
+test: $(VENV)/.installed ## Run the test suite (installs Python packages, redis-server and nginx when missing)
 	@scripts/ensure-command.sh redis-server redis-server
+	@scripts/ensure-command.sh nginx nginx
 	$(PY) -m pytest
 
 bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic vs production API vs bare FastAPI
 	@scripts/ensure-command.sh wrk wrk
 	$(PY) scripts/bench_api.py
+
+bench-sse-proxy: $(VENV)/.installed ## Benchmark: time to first SSE token, direct vs nginx (gzip) with/without X-Accel-Buffering
+	@scripts/ensure-command.sh nginx nginx
+	$(PY) scripts/bench_sse_proxy.py
 
 # --- Containers (lesson 03). Each target installs what it needs first: the Docker CLI plugins, then the
 # base images (pulled, or built as stand-ins from Debian packages when no registry answers: it says so).
@@ -78,7 +84,7 @@ build: docker-tools offline-images ## Build research-agent:basic, :multistage an
 	@scripts/build-images.sh $(IMAGES)
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/test_container.py), docker stop it mid-stream
-	CONTAINER_IMAGES="$(addprefix research-agent:,$(IMAGES))" $(PY) -m pytest -m container tests/test_container.py -v
+	CONTAINER_IMAGES="$(addprefix research-agent:,$(IMAGES))" $(PY) -m pytest -m container tests/test_container.py tests/test_container_shutdown.py -v
 
 compose-test: docker-tools offline-images $(VENV)/.installed ## docker compose up --wait (offline), cache hit, Redis stopped, down -v
 	$(PY) -m pytest -m container tests/test_compose.py -v
@@ -91,6 +97,27 @@ bench-images: docker-tools offline-images $(VENV)/.installed ## Benchmark: cold 
 
 context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
 	@scripts/context-size.sh
+
+# --- Sandboxed tools (lesson 04): agent tools run code in throwaway containers of agent-sandbox:python.
+build: sandbox-image
+
+sandbox-image: docker-tools offline-images ## Build and smoke-test agent-sandbox:python, the image tools run code in
+	@scripts/build-sandbox-image.sh
+
+lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
+	@echo
+	@echo "  Sandboxed tools on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
+	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
+	@echo "  Run code:   curl -s -X POST http://$(HOST):$(PORT)/v1/tools/python -H 'content-type: application/json' -d '{\"code\": \"print(2**100)\"}'"
+	@echo "  Ask:        curl -s -X POST http://$(HOST):$(PORT)/v1/agent -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo
+	@$(PY) code/04_sandboxed_tools.py
+
+sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
+	$(PY) -m pytest -m container tests/lesson_04 tests/research_agent/test_sandbox_tool.py tests/test_docs.py -v
+
+bench-sandbox: sandbox-image $(VENV)/.installed ## Benchmark: the runner vs a bare `docker run --rm`, a warm pool and exec, p50/p95
+	$(PY) scripts/bench_sandbox.py
 
 # --- Parallel variations (lesson 05): workers run the research-agent image under its own tag, so a
 # rebuild of research-agent:optimized from elsewhere cannot change the image under a running test.

@@ -11,6 +11,7 @@ import sys
 
 BASE = "python:3.11-slim"
 VARIANTS = ["basic", "multistage", "optimized"]
+SANDBOX = "agent-sandbox:python"  # the image lesson 04's tools run code in (docker/sandbox)
 VENV = "/opt/venv/lib/python3.11/site-packages"
 
 # Runs inside the optimized image: bytes of every installed package, split into files and .pyc.
@@ -70,12 +71,16 @@ def main() -> int:
             print(f"| research-agent:{variant} | not built | | |")
             continue
         of_basic = f"{100 * size / sizes['basic']:.0f}%" if sizes["basic"] else ""
-        print(
-            f"| research-agent:{variant} | {mb(size)} | {of_basic} | {100 * (size - floor) / floor:+.1f}% |"
-        )
+        vs_floor = f"{100 * (size - floor) / floor:+.1f}%"
+        print(f"| research-agent:{variant} | {mb(size)} | {of_basic} | {vs_floor} |")
+
+    sandbox = image_size(SANDBOX)
+    shown = f"{mb(sandbox)} | {100 * sandbox / base:.0f}% of the base" if sandbox else "not built |"
+    print(f"| {SANDBOX} (lesson 04: Python only, no shell or pip) | {shown} | |")
 
     print(
-        f"\nRuntime dependencies: {mb(deps)} MB of files, plus {mb(measured['pyc'])} MB of .pyc in the optimized image."
+        f"\nRuntime dependencies: {mb(deps)} MB of files, "
+        f"plus {mb(measured['pyc'])} MB of .pyc in the optimized image."
     )
     print("Largest installed packages (MB, without .pyc):")
     top = sorted(measured["packages"].items(), key=lambda kv: -kv[1])[:12]
