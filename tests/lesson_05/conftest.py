@@ -209,7 +209,7 @@ def read_events(
         connect_sse(client, "GET", f"/v1/runs/{run_id}/events", headers=headers) as source,
     ):
         for sse in source.iter_sse():
-            if not sse.event or sse.event == "message" and not sse.data:
+            if not sse.data:  # the `retry:` line, keep-alive pings
                 continue
             found.append((sse.id, sse.event, json.loads(sse.data)))
             if sse.event == "run_done" or (stop_after and len(found) >= stop_after):

@@ -119,7 +119,7 @@ class Listener(threading.Thread):
                 connect_sse(client, "GET", f"/v1/runs/{self.run_id}/events") as source,
             ):
                 for sse in source.iter_sse():
-                    if sse.id:
+                    if sse.id and sse.data:
                         self.events.append((sse.id, sse.event, json.loads(sse.data)))
         except httpx.HTTPError as exc:  # the server went away mid-stream
             self.error = exc
