@@ -60,20 +60,25 @@ def first_answer(installer: str, workdir: Path) -> tuple[float, float]:
     )
     started = time.monotonic()
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
-    log = open(workdir / f"lesson-01-{installer}.log", "w")
-    server = subprocess.Popen(
-        ["make", "lesson-01"], cwd=clone, env=env, stdout=log, stderr=log, start_new_session=True
-    )
+    log_path = workdir / f"lesson-01-{installer}.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            ["make", "lesson-01"],
+            cwd=clone,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     installed_at = None
     try:
         while not answered(port):
             if installed_at is None and (clone / ".venv" / ".installed").exists():
                 installed_at = time.monotonic()
             if server.poll() is not None or time.monotonic() - started > TIMEOUT:
-                log.flush()
                 sys.exit(
                     f"{installer}: no answer (exit {server.returncode}):\n"
-                    + (workdir / f"lesson-01-{installer}.log").read_text()[-3000:]
+                    + log_path.read_text()[-3000:]
                 )
             time.sleep(0.1)
         total = time.monotonic() - started
@@ -84,7 +89,6 @@ def first_answer(installer: str, workdir: Path) -> tuple[float, float]:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-        log.close()
     return total, (installed_at or time.monotonic()) - started
 
 
@@ -97,7 +101,9 @@ def main() -> int:
             print(f"{installer}: first answer after {total:.1f}s", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
     baseline = results["pip"][0]
-    print(f"\n| installer | clone -> first answer s | of which .venv + lock s | x {INSTALLERS[0]} |")
+    print(
+        f"\n| installer | clone -> first answer s | of which .venv + lock s | x {INSTALLERS[0]} |"
+    )
     print("| --- | ---: | ---: | ---: |")
     for installer, (total, install) in results.items():
         print(f"| {installer} | {total:.1f} | {install:.1f} | {total / baseline:.2f}x |")

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -289,6 +290,37 @@ if pytest is not None:
     def test_check(container, check):
         check(container.url)
 
+    # Runs inside the image: import every compiled extension module of the venv. Stripping symbols
+    # (Dockerfile.optimized) must break none; a module may fail only for want of an optional package
+    # that is not installed at all (zstandard's cffi backend, say), exactly as it does unstripped.
+    IMPORT_EVERY_EXTENSION = """
+import importlib, importlib.util, json, os, sysconfig
+site = sysconfig.get_paths()["purelib"]
+found, failed = 0, []
+for folder, dirs, files in os.walk(site):
+    dirs[:] = [d for d in dirs if not d.endswith((".libs", ".dist-info"))]
+    for f in files:
+        if f.endswith(".so"):
+            found += 1
+            module = os.path.relpath(os.path.join(folder, f), site).split(".")[0].replace("/", ".")
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                if importlib.util.find_spec(e.name.split(".")[0]) is not None:
+                    failed.append(f"{module}: {e!r}")
+            except Exception as e:
+                failed.append(f"{module}: {e!r}"[:300])
+print(json.dumps({"found": found, "failed": failed}))
+"""
+
+    @pytest.mark.container
+    def test_every_extension_module_imports(container):
+        result = json.loads(
+            docker("exec", container.id, "python", "-c", IMPORT_EVERY_EXTENSION, timeout=120)
+        )
+        assert result["found"] > 40, f"only {result['found']} extension modules: wrong venv?"
+        assert not result["failed"], "\n".join(result["failed"])
+
     @pytest.mark.container
     def test_docker_stop_lets_the_in_flight_stream_finish(container):
         """SIGTERM mid-stream: the stream ends with [DONE], the process exits before SIGKILL."""
@@ -338,36 +370,36 @@ if pytest is not None:
         )
         assert stop_seconds < 10, f"docker stop took {stop_seconds:.1f}s: the grace period ran out"
 
-    # Runs inside the image: import every compiled extension module of the venv. Stripping symbols
-    # (Dockerfile.optimized) must break none; a module may fail only for want of an optional package
-    # that is not installed at all (zstandard's cffi backend, say), exactly as it does unstripped.
-    IMPORT_EVERY_EXTENSION = """
-import importlib, importlib.util, json, os, sysconfig
-site = sysconfig.get_paths()["purelib"]
-found, failed = 0, []
-for folder, dirs, files in os.walk(site):
-    dirs[:] = [d for d in dirs if not d.endswith((".libs", ".dist-info"))]
-    for f in files:
-        if f.endswith(".so"):
-            found += 1
-            module = os.path.relpath(os.path.join(folder, f), site).split(".")[0].replace("/", ".")
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as e:
-                if importlib.util.find_spec(e.name.split(".")[0]) is not None:
-                    failed.append(f"{module}: {e!r}")
-            except Exception as e:
-                failed.append(f"{module}: {e!r}"[:300])
-print(json.dumps({"found": found, "failed": failed}))
-"""
-
     @pytest.mark.container
-    def test_every_extension_module_imports(container):
-        result = json.loads(
-            docker("exec", container.id, "python", "-c", IMPORT_EVERY_EXTENSION, timeout=120)
-        )
-        assert result["found"] > 40, f"only {result['found']} extension modules: wrong venv?"
-        assert not result["failed"], "\n".join(result["failed"])
+    def test_trust_proxy_ca_adds_a_ca_that_pip_and_python_trust(tmp_path):
+        """scripts/trust-proxy-ca.sh: the proxy-CA option, outside the Dockerfiles learners read."""
+        if shutil.which("openssl") is None:
+            pytest.fail("openssl is needed to make a test CA (Debian package openssl)")
+        name = f"course-test-proxy-ca-{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", f"/CN={name}", "-keyout", str(tmp_path / "key.pem"),
+             "-out", str(tmp_path / "ca.pem")],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        tag = f"{name}:test"
+        script = Path(__file__).resolve().parents[1] / "scripts" / "trust-proxy-ca.sh"
+        try:
+            subprocess.run(
+                [str(script), str(tmp_path / "ca.pem"), "python:3.11-slim", tag],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+            trusted = docker(
+                "run", "--rm", "--network", "none", tag, "python", "-c",
+                "import os, ssl; ctx = ssl.create_default_context(cafile=os.environ['PIP_CERT']);"
+                "print([dict(c['subject'][0])['commonName'] for c in ctx.get_ca_certs()"
+                " if len(c['subject']) == 1])",
+            )  # fmt: skip
+            assert name in trusted
+        finally:
+            docker("rmi", tag, check=False)
 
 
 # --- Static checks of the Dockerfiles (no Docker needed: part of `make test`) ---------------------

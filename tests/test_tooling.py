@@ -1,4 +1,4 @@
-"""The repository's own tooling: installing missing commands, the pinned uv, what `make lint` covers."""
+"""The repository's tooling: installing missing commands, the pinned uv, what `make lint` covers."""
 
 import os
 import re
@@ -13,7 +13,7 @@ ENSURE = ROOT / "scripts" / "ensure-command.sh"
 
 @pytest.fixture
 def bin_dir(tmp_path):
-    """A PATH with only what ensure-command.sh needs, so the command looked for is surely missing."""
+    """A PATH with only what ensure-command.sh needs, so the command looked for is missing."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("id", "head", "grep"):
