@@ -180,8 +180,8 @@ class Project:
         self.name = f"research-agent-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # 25 ms a token: an answer streams for 10-15 s, longer than a plain `docker stop` allows.
-        self.env = clean_env(AGENT_PORT=str(self.port), OFFLINE_TOKEN_DELAY_MS="25")
+        # 80 ms a token: a streamed answer takes about 16 s, longer than `docker stop` allows.
+        self.env = clean_env(AGENT_PORT=str(self.port), OFFLINE_TOKEN_DELAY_MS="80")
 
     def compose(
         self, *args: str, timeout: float = 120, check: bool = True
