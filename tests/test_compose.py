@@ -180,8 +180,8 @@ class Project:
         self.name = f"research-agent-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # 80 ms a token: a streamed answer takes about 16 s, longer than `docker stop` allows.
-        self.env = clean_env(AGENT_PORT=str(self.port), OFFLINE_TOKEN_DELAY_MS="80")
+        # 100 ms a token: a streamed answer takes about 20 s, longer than `docker stop` allows.
+        self.env = clean_env(AGENT_PORT=str(self.port), OFFLINE_TOKEN_DELAY_MS="100")
 
     def compose(
         self, *args: str, timeout: float = 120, check: bool = True
@@ -329,6 +329,7 @@ def test_compose_stop_lets_an_answer_longer_than_docker_stops_default_finish(pro
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     assert first_token.wait(60), "no event arrived from the stream"
+    agent = project.container("agent")
     stop_started = time.monotonic()
     project.compose("stop", "agent", timeout=90)
     thread.join(60)
@@ -340,7 +341,7 @@ def test_compose_stop_lets_an_answer_longer_than_docker_stops_default_finish(pro
     )
     state = json.loads(
         subprocess.run(
-            ["docker", "inspect", "--format", "{{json .State}}", project.container("agent")],
+            ["docker", "inspect", "--format", "{{json .State}}", agent],
             capture_output=True,
             text=True,
             timeout=30,

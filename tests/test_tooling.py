@@ -38,7 +38,7 @@ def test_a_missing_command_is_announced_before_apt_get_runs(bin_dir):
         "#!/bin/bash\n"
         'echo "APT-GET $*"\n'
         f'if [ "$1" = install ]; then printf "#!/bin/bash\\n" > {bin_dir}/fake-redis; '
-        f"chmod +x {bin_dir}/fake-redis; fi\n"
+        f"/bin/chmod +x {bin_dir}/fake-redis; fi\n"
     )
     apt.chmod(0o755)
     result = run_ensure(bin_dir, "fake-redis", "fake-redis-pkg", "the tests start a real one")
