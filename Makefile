@@ -16,10 +16,6 @@ export HOST PORT
 help: ## List the commands of the course
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-# uv installs the hash-pinned lock in seconds (INSTALLER=pip for plain pip); the Dockerfiles pin the same uv.
-UV_VERSION := 0.13.8
-export UV_VERSION
-
 $(VENV)/.installed: requirements-dev.txt
 	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements-dev.txt
 	@touch $@
@@ -27,7 +23,6 @@ $(VENV)/.installed: requirements-dev.txt
 install: $(VENV)/.installed ## Create .venv and install the pinned dependencies (with uv; INSTALLER=pip for pip)
 
 lock: $(VENV)/.installed ## Re-pin requirements-dev.txt and research-agent/requirements.txt after editing a .in file
-	$(VENV)/bin/pip install --quiet uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/requirements.in -o research-agent/requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements-dev.in -o requirements-dev.txt
 

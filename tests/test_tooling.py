@@ -1,8 +1,16 @@
 """The repository's tooling: installing missing commands, the pinned uv, what `make lint` covers."""
 
+import hashlib
+import http.server
+import io
+import json
 import os
+import platform
 import re
 import subprocess
+import sys
+import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -72,9 +80,70 @@ def test_make_test_names_redis_before_installing_it_and_how_to_get_it_on_macos()
 
 
 def test_host_and_image_installs_pin_the_same_uv():
-    makefile = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)[1]
+    lock = re.search(r"^uv==(\S+)", (ROOT / "requirements-dev.txt").read_text(), re.M)[1]
     dockerfile = (ROOT / "research-agent" / "Dockerfile.optimized").read_text()
-    assert re.findall(r"uv==([\w.]+)", dockerfile) == [makefile]
+    assert re.findall(r"uv==([\w.]+)", dockerfile) == [lock]
+
+
+@pytest.fixture
+def fake_index(tmp_path):
+    """A package index on loopback serving one uv wheel for this platform, in PEP 691 JSON."""
+    version = "9.9.9"
+    arch = {"arm64": "arm64", "aarch64": "aarch64"}.get(platform.machine(), "x86_64")
+    tag = f"macosx_11_0_{arch}" if sys.platform == "darwin" else f"manylinux_2_17_{arch}"
+    name = f"uv-{version}-py3-none-{tag}.whl"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        wheel.writestr(f"uv-{version}.data/scripts/uv", "#!/bin/sh\necho fake uv\n")
+    wheel_bytes = buffer.getvalue()
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/simple/uv/":
+                url = f"http://127.0.0.1:{self.server.server_port}/files/{name}"
+                body = json.dumps({"files": [{"filename": name, "url": url}]}).encode()
+            else:
+                body = wheel_bytes
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/simple", version, wheel_bytes
+    server.shutdown()
+
+
+def fetch_uv(tmp_path, index: str, lock_text: str) -> subprocess.CompletedProcess:
+    (tmp_path / "lock.txt").write_text(lock_text)
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch_uv.py"), "lock.txt", "bin"],
+        cwd=tmp_path,
+        env={**os.environ, "PIP_INDEX_URL": index},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_fetch_uv_installs_the_wheel_whose_hash_the_lock_lists(tmp_path, fake_index):
+    index, version, wheel = fake_index
+    good = hashlib.sha256(wheel).hexdigest()
+    result = fetch_uv(tmp_path, index, f"uv=={version} \\\n    --hash=sha256:{good}\n")
+    assert result.returncode == 0, result.stderr
+    assert subprocess.check_output([str(tmp_path / "bin" / "uv")], text=True) == "fake uv\n"
+
+
+def test_fetch_uv_refuses_a_wheel_the_lock_does_not_list(tmp_path, fake_index):
+    index, version, _ = fake_index
+    result = fetch_uv(tmp_path, index, f"uv=={version} \\\n    --hash=sha256:{'0' * 64}\n")
+    assert result.returncode == 1 and "refusing" in result.stderr
+    assert not (tmp_path / "bin" / "uv").exists()
 
 
 def test_lint_finds_dockerfiles_and_scripts_by_name_not_by_list():
