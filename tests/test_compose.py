@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 import yaml
 
 from tests.ports import free_port
-from tests.test_container import OFFLINE_MODEL, get_json, post_json, stream_events
+from tests.test_container import OFFLINE_MODEL, BackgroundStream, get_json, post_json
 
 AGENT_DIR = Path(__file__).resolve().parents[1] / "research-agent"
 COMPOSE_FILE = AGENT_DIR / "docker-compose.yml"
@@ -123,9 +122,13 @@ def test_every_setting_of_env_example_reaches_the_agent(compose):
     assert volume in compose["volumes"]
 
 
-def compose_config(spelling: str, folder: Path) -> dict:
+def compose_config(spelling: str, folder: Path, *files: str) -> dict:
+    """`config`: the files merged and every ${...} filled, as this Compose reads them."""
+    if shutil.which(spelling.split()[0]) is None:
+        pytest.skip(f"`{spelling}` is not installed (make compose-test installs it)")
+    names = [arg for name in files or ("docker-compose.yml",) for arg in ("-f", name)]
     result = subprocess.run(
-        [*spelling.split(), "-f", "docker-compose.yml", "config"],
+        [*spelling.split(), *names, "config"],
         cwd=folder,
         env=clean_env(),
         capture_output=True,
@@ -138,8 +141,6 @@ def compose_config(spelling: str, folder: Path) -> dict:
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_dotenv_is_optional_and_read_when_present(spelling, tmp_path):
-    if shutil.which(spelling.split()[0]) is None:
-        pytest.skip(f"`{spelling}` is not installed (make compose-test installs it)")
     shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
     without = compose_config(spelling, tmp_path)["services"]["agent"]["environment"]
     assert without["OPENAI_API_KEY"] in ("", None) and without["MODEL_NAME"] in ("", None)
@@ -154,18 +155,8 @@ def test_dotenv_is_optional_and_read_when_present(spelling, tmp_path):
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_dev_override_parses_and_mounts_the_code_with_reload(spelling):
-    if shutil.which(spelling.split()[0]) is None:
-        pytest.skip(f"`{spelling}` is not installed (make compose-test installs it)")
-    result = subprocess.run(
-        [*spelling.split(), "-f", COMPOSE_FILE.name, "-f", DEV_FILE.name, "config"],
-        cwd=AGENT_DIR,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    agent = yaml.safe_load(result.stdout)["services"]["agent"]
+    config = compose_config(spelling, AGENT_DIR, COMPOSE_FILE.name, DEV_FILE.name)
+    agent = config["services"]["agent"]
     assert "--reload" in agent["command"]
     targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in agent["volumes"]}
     assert targets >= {"/app/app", "/app/notes"}
@@ -307,35 +298,17 @@ def test_agent_still_answers_when_redis_is_stopped(project):
 def test_compose_stop_lets_an_answer_longer_than_docker_stops_default_finish(project):
     """GRACEFUL_SHUTDOWN_SECONDS=30 and stop_grace_period 35s: a stream still running 10 s after
     SIGTERM (past Docker's default 10 s and the app's default 8 s grace) ends with [DONE]."""
-    received, result = [], {}
-    first_token = threading.Event()
-
-    def on_event(name, data):
-        received.append(time.monotonic())
-        first_token.set()
-
-    def client():
-        try:
-            result["events"] = stream_events(
-                f"{project.url}/v1/research/stream",
-                "What does a multi-stage build change?",
-                on_event,
-            )
-        except Exception as error:
-            result["error"] = error
-        finally:
-            first_token.set()
-
-    thread = threading.Thread(target=client, daemon=True)
-    thread.start()
-    assert first_token.wait(60), "no event arrived from the stream"
+    stream = BackgroundStream(
+        f"{project.url}/v1/research/stream", "What does a multi-stage build change?"
+    )
+    assert stream.first_token.wait(60), "no token arrived from the stream"
     agent = project.container("agent")
     stop_started = time.monotonic()
     project.compose("stop", "agent", timeout=90)
-    thread.join(60)
-    assert "error" not in result, f"the stream broke on compose stop: {result.get('error')!r}"
-    assert result["events"][-1] == ("", "[DONE]"), result["events"][-3:]
-    ran_after_stop = received[-1] - stop_started
+    stream.thread.join(60)
+    assert stream.error is None, f"the stream broke on compose stop: {stream.error!r}"
+    assert stream.events[-1] == ("", "[DONE]"), stream.events[-3:]
+    ran_after_stop = stream.received[-1][0] - stop_started
     assert ran_after_stop > 10, (
         f"the answer ended {ran_after_stop:.1f}s after the stop: too short to test the grace period"
     )

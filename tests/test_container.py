@@ -93,6 +93,36 @@ def stream_events(
     return events
 
 
+class BackgroundStream:
+    """Read an SSE stream in a thread, so the caller can act (stop a container) while it flows.
+
+    `received` holds (monotonic time, event name) as events arrive; `first_token` is set at the
+    first token or when the stream fails; afterwards `events` or `error` holds the outcome.
+    """
+
+    def __init__(self, url: str, query: str):
+        self.received, self.events, self.error = [], None, None
+        self.first_token = threading.Event()
+        self.thread = threading.Thread(target=self._read, args=(url, query), daemon=True)
+        self.thread.start()
+
+    def _on_event(self, name: str, data: str) -> None:
+        self.received.append((time.monotonic(), name))
+        if name == "token":
+            self.first_token.set()
+
+    def _read(self, url: str, query: str) -> None:
+        try:
+            self.events = stream_events(url, query, self._on_event)
+        except Exception as error:
+            self.error = error
+        finally:
+            self.first_token.set()
+
+    def names(self) -> list[str]:
+        return [name for _, name in self.received]
+
+
 # --- The checks: each takes the base URL and raises AssertionError saying what is wrong -----------
 
 
@@ -324,43 +354,21 @@ print(json.dumps({"found": found, "failed": failed}))
     @pytest.mark.container
     def test_docker_stop_lets_the_in_flight_stream_finish(container):
         """SIGTERM mid-stream: the stream ends with [DONE], the process exits before SIGKILL."""
-        received, result = [], {}
-        first_token = threading.Event()
-
-        def on_event(name, data):
-            received.append(name)
-            if name == "token":
-                first_token.set()
-
-        def client():
-            try:
-                result["events"] = stream_events(
-                    f"{container.url}/v1/research/stream", QUERY, on_event
-                )
-            except Exception as error:
-                result["error"] = error
-            finally:
-                first_token.set()
-
-        thread = threading.Thread(target=client, daemon=True)
-        thread.start()
-        assert first_token.wait(HTTP_TIMEOUT), "no token arrived from the stream"
-        assert "error" not in result, f"stream failed before the stop: {result.get('error')}"
-        tokens_before_stop = received.count("token")
+        stream = BackgroundStream(f"{container.url}/v1/research/stream", QUERY)
+        assert stream.first_token.wait(HTTP_TIMEOUT), "no token arrived from the stream"
+        assert stream.error is None, f"stream failed before the stop: {stream.error!r}"
+        tokens_before_stop = stream.names().count("token")
         stop_started = time.monotonic()
         docker("stop", container.id, timeout=30)  # Docker's default grace: 10 s, then SIGKILL
         stop_seconds = time.monotonic() - stop_started
-        thread.join(HTTP_TIMEOUT)
+        stream.thread.join(HTTP_TIMEOUT)
 
-        assert "error" not in result, (
-            f"the in-flight stream broke on docker stop: {result.get('error')!r}"
+        assert stream.error is None, f"the in-flight stream broke on docker stop: {stream.error!r}"
+        assert stream.events and stream.events[-1] == ("", "[DONE]"), (
+            f"the stream did not finish with [DONE]: {stream.names()[-5:]}"
         )
-        events = result.get("events", [])
-        assert events and events[-1] == ("", "[DONE]"), (
-            f"the stream did not finish with [DONE]: {received[-5:]}"
-        )
-        assert "final" in received, "the stream ended without its final event"
-        assert received.count("token") > tokens_before_stop, (
+        assert "final" in stream.names(), "the stream ended without its final event"
+        assert stream.names().count("token") > tokens_before_stop, (
             "the stream had finished before docker stop: not a mid-stream test"
         )
         state = container.state()
