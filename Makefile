@@ -64,7 +64,7 @@ bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic 
 	@scripts/ensure-command.sh wrk wrk "it generates the load" "macOS: brew install wrk"
 	$(PY) scripts/bench_api.py
 
-bench-first-answer: ## Benchmark: fresh clone -> `make lesson-01` -> first curl answer, uv against pip (about 2 min)
+bench-first-answer: ## Benchmark: fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
 	@$(PYTHON) scripts/bench_first_answer.py
 
 # --- Containers (lesson 03). Each target installs what it needs first: the Docker CLI plugins, then the
