@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -96,8 +97,6 @@ def test_both_services_have_healthchecks_and_the_agent_waits_for_redis(compose):
 
 def test_shutdown_budget_lets_every_answer_finish(compose):
     """The grace covers the longest answer; stop_grace_period covers drain + grace + a margin."""
-    import sys
-
     sys.path.insert(0, str(AGENT_DIR))
     from app.config import Settings
 
