@@ -10,8 +10,9 @@ PORT ?= 8000
 export HOST PORT
 
 .PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test lint
-.PHONY: bench-api bench-first-answer clean
+.PHONY: bench-api bench-sse-proxy bench-first-answer clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start context-size
+.PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
 
 help: ## List the commands of the course
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,8 +54,9 @@ research-agent: $(VENV)/.installed ## Run the research agent locally (offline mo
 	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
 	@cd research-agent && ../$(PY) main.py
 
-test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server when missing)
+test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server and nginx when missing)
 	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
+	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed ## Lint: ruff (check, format), hadolint, shellcheck, actionlint over every file of their kind
@@ -66,6 +68,10 @@ bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic 
 
 bench-first-answer: ## Benchmark: fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
 	@$(PYTHON) scripts/bench_first_answer.py
+
+bench-sse-proxy: $(VENV)/.installed ## Benchmark: time to first SSE token, direct vs nginx (gzip) with/without X-Accel-Buffering
+	@scripts/ensure-command.sh nginx nginx "the benchmark puts nginx in front of the agent" "macOS: brew install nginx"
+	$(PY) scripts/bench_sse_proxy.py
 
 # --- Containers (lesson 03). Each target installs what it needs first: the Docker CLI plugins, then the
 # base images (pulled, or built as stand-ins from Debian packages when no registry answers: it says so).
@@ -84,7 +90,7 @@ build: docker-tools offline-images ## Build research-agent:basic, :multistage an
 	@scripts/build-images.sh $(IMAGES)
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/test_container.py), docker stop it mid-stream
-	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/test_container.py -v
+	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/test_container.py tests/test_container_shutdown.py -v
 
 compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v2: up (offline), healthy, cache hit, Redis stopped, stop mid-answer, down -v
 	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
@@ -101,6 +107,27 @@ bench-start: build $(VENV)/.installed ## Benchmark: docker run -> /ready and -> 
 
 context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
 	@scripts/context-size.sh
+
+# --- Sandboxed tools (lesson 04): agent tools run code in throwaway containers of agent-sandbox:python.
+build: sandbox-image
+
+sandbox-image: docker-tools offline-images ## Build and smoke-test agent-sandbox:python, the image tools run code in
+	@scripts/build-sandbox-image.sh
+
+lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
+	@echo
+	@echo "  Sandboxed tools on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
+	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
+	@echo "  Run code:   curl -s -X POST http://$(HOST):$(PORT)/v1/tools/python -H 'content-type: application/json' -d '{\"code\": \"print(2**100)\"}'"
+	@echo "  Ask:        curl -s -X POST http://$(HOST):$(PORT)/v1/agent -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo
+	@$(PY) code/04_sandboxed_tools.py
+
+sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
+	$(PY) -m pytest -m container tests/lesson_04 tests/research_agent/test_sandbox_tool.py tests/test_docs.py -v
+
+bench-sandbox: sandbox-image $(VENV)/.installed ## Benchmark: the runner vs a bare `docker run --rm`, a warm pool and exec, p50/p95
+	$(PY) scripts/bench_sandbox.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache

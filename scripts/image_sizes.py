@@ -15,6 +15,7 @@ import sys
 
 BASE = "python:3.11-slim"
 VARIANTS = ["basic", "multistage", "optimized"]
+SANDBOX = "agent-sandbox:python"  # the image lesson 04's tools run code in (docker/sandbox)
 SUFFIX = os.environ.get("TAG_SUFFIX", "")
 INSTALLERS = {"pip", "setuptools", "_distutils_hack", "pkg_resources", "distutils-precedence.pth"}
 
@@ -97,6 +98,11 @@ def main() -> int:
             f"| {tags[variant]} | {mb(size)} | {size / sizes['basic']:.2f}x"
             f" | {100 * (size - floor) / floor:+.1f}% |"
         )
+    sandbox = image_size(SANDBOX)
+    shown = "not built | |"
+    if sandbox:
+        shown = f"{mb(sandbox)} | | {100 * sandbox / base:.0f}% of the base"
+    print(f"| {SANDBOX} (lesson 04: Python only, no shell or pip) | {shown} |")
 
     stripped = plain["so"] - optimized["so"]
     tests = plain["tests"] - optimized["tests"]

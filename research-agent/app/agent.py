@@ -1,7 +1,7 @@
 """The research agent: a LangChain 1.x tool-calling agent (create_agent) with one search tool.
 
-Without OPENAI_API_KEY it runs the deterministic OfflineResearchModel below through the same agent loop,
-tools and middleware as ChatOpenAI would.
+Without OPENAI_API_KEY it runs the deterministic OfflineResearchModel below through the same agent
+loop, tools and middleware as ChatOpenAI would.
 """
 
 import asyncio
@@ -31,25 +31,30 @@ from langgraph.errors import GraphBubbleUp
 
 from .config import OFFLINE_MODEL_NAME, Settings
 from .errors import AppError, UpstreamError, UpstreamTimeoutError
+from .python_tool import sandbox_tools
 from .search import format_results, make_search_tool
-from .telemetry import TOKENS, TOOL_CALLS
+from .telemetry import TOKENS, TOOL_CALLS, request_id
 
 logger = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = """You are a research assistant for a course on containerizing AI agents.
-Use the search tool to find sources before answering; search again with other words if the results are poor.
-Answer concisely from the search results only, and cite them inline with their numbers, like [1] or [2].
-If the search fails or finds nothing relevant, say so instead of guessing."""
+SYSTEM_PROMPT = (
+    "You are a research assistant for a course on containerizing AI agents.\n"
+    "Use the search tool to find sources before answering; "
+    "search again with other words if the results are poor.\n"
+    "Answer concisely from the search results only, "
+    "and cite them inline with their numbers, like [1] or [2].\n"
+    "If the search fails or finds nothing relevant, say so instead of guessing."
+)
 
 
-# --- The offline model -------------------------------------------------------------------------------
+# --- The offline model ----------------------------------------------------------------------------
 
 
 class OfflineResearchModel(BaseChatModel):
     """A deterministic stand-in for an LLM, so the agent runs without a key or network.
 
-    Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the snippets of the top
-    results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
+    Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the snippets of the
+    top results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
     reports usage, counting one token per word.
     """
 
@@ -182,7 +187,7 @@ def build_model(settings: Settings) -> BaseChatModel:
     )
 
 
-# --- Tool calls: timeouts, failures and source numbering ---------------------------------------------
+# --- Tool calls: timeouts, failures and source numbering ------------------------------------------
 
 
 @dataclass
@@ -206,16 +211,19 @@ class SearchToolMiddleware(AgentMiddleware):
     """Bounds each tool call with a timeout and turns failures into ToolMessage(status="error").
 
     A tool that raises would otherwise abort the whole run. It must be async: the agent runs under
-    ainvoke/astream, where a sync-only wrap_tool_call fails with NotImplementedError. It also numbers
-    sources across all calls of a run, so that [n] means the same source everywhere.
+    ainvoke/astream, where a sync-only wrap_tool_call fails with NotImplementedError. It also
+    numbers sources across all calls of a run, so that [n] means the same source everywhere.
     """
 
-    def __init__(self, timeout_seconds: float):
+    def __init__(self, timeout_seconds: float, tool_name: str | None = None):
         super().__init__()
         self.timeout_seconds = timeout_seconds
+        self.tool_name = tool_name  # the search tool; other tools (run_python) pass through
 
     async def awrap_tool_call(self, request, handler):
         call = request.tool_call
+        if self.tool_name and call["name"] != self.tool_name:
+            return await handler(request)
         context = (
             request.runtime.context
             if isinstance(request.runtime.context, RunContext)
@@ -269,7 +277,8 @@ class SearchToolMiddleware(AgentMiddleware):
         step.update(status="error", error=message, error_type=error_type)
         context.steps.append(step)
         return ToolMessage(
-            content=f"Error: the search failed ({message}). Try again later or answer without sources.",
+            content=f"Error: the search failed ({message}). "
+            "Try again later or answer without sources.",
             tool_call_id=call["id"],
             name=call["name"],
             status="error",
@@ -277,7 +286,7 @@ class SearchToolMiddleware(AgentMiddleware):
         )
 
 
-# --- The service used by the routes ------------------------------------------------------------------
+# --- The service used by the routes ---------------------------------------------------------------
 
 
 class ResearchAgent:
@@ -288,10 +297,10 @@ class ResearchAgent:
         self.tool = tool if tool is not None else make_search_tool(settings)
         self.graph = create_agent(
             model if model is not None else build_model(settings),
-            [self.tool],
+            [self.tool, *sandbox_tools(settings, request_id)],
             system_prompt=SYSTEM_PROMPT,
             middleware=[
-                SearchToolMiddleware(settings.SEARCH_TIMEOUT_SECONDS),
+                SearchToolMiddleware(settings.SEARCH_TIMEOUT_SECONDS, self.tool.name),
                 ModelCallLimitMiddleware(run_limit=settings.MAX_MODEL_CALLS, exit_behavior="end"),
             ],
             context_schema=RunContext,
@@ -408,7 +417,7 @@ class ResearchAgent:
         }
 
     def _app_error(self, exc: BaseException) -> BaseException:
-        """Translate provider and timeout errors into the service's errors; others stay unhandled (500)."""
+        """Provider and timeout errors become the service's errors; others stay unhandled (500)."""
         if isinstance(exc, AppError):
             return exc
         if isinstance(exc, asyncio.TimeoutError):
