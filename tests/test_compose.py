@@ -30,9 +30,14 @@ COMPOSE_FILE = AGENT_DIR / "docker-compose.yml"
 COMPOSE_FILES = sorted(AGENT_DIR.glob("docker-compose*.y*ml"))
 DEV_FILE = AGENT_DIR / "docker-compose.dev.yml"
 ENV_EXAMPLE = AGENT_DIR / ".env.example"
-# Settings that only make sense outside a container: the image fixes where the app listens and
-# where its files are.
-CONTAINER_FIXED = {"HOST", "PORT", "DOCS_DIR"}
+# Settings of .env.example that the stack does not pass on: the image fixes where the app listens
+# and where its files are, and the stack gives the agent no Docker API for lesson 04's sandbox.
+NOT_PASSED = {"HOST", "PORT", "DOCS_DIR"} | {
+    "SANDBOX_ENABLED",
+    "SANDBOX_IMAGE",
+    "SANDBOX_RUNTIME",
+    "SANDBOX_TIMEOUT_SECONDS",
+}
 UP_TIMEOUT = 900  # includes building the image: Compose v1 builds without BuildKit's cache
 HEALTHY_TIMEOUT = 240
 SPELLINGS = [
@@ -111,7 +116,7 @@ def test_shutdown_budget_lets_every_answer_finish(compose):
 def test_every_setting_of_env_example_reaches_the_agent(compose):
     """.env is optional: Compose (v1 and v2) fills ${NAME:-} from it; empty means the default."""
     environment = compose["services"]["agent"]["environment"]
-    missing = settings_in_env_example() - CONTAINER_FIXED - set(environment)
+    missing = settings_in_env_example() - NOT_PASSED - set(environment)
     assert not missing, f"in .env.example but never passed to the agent: {sorted(missing)}"
     for name, value in environment.items():
         assert value == f"${{{name}:-}}" or name in {"REDIS_URL", "GRACEFUL_SHUTDOWN_SECONDS"}, (
