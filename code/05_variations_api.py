@@ -362,9 +362,8 @@ class DockerWorkers:
             tmpfs={"/tmp": "size=16m"},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
-            healthcheck={
-                "test": ["NONE"]
-            },  # the image's check asks an HTTP port workers do not open
+            # The image's HEALTHCHECK asks an HTTP port that workers never open: switch it off.
+            healthcheck={"test": ["NONE"]},
         )
         return container.id
 

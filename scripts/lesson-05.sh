@@ -39,7 +39,7 @@ up() {
 
 down() {
   ids=$(docker ps -aq --filter "label=ai-course.deployment=$name")
-  [ -z "$ids" ] || docker rm -f $ids >/dev/null
+  [ -z "$ids" ] || xargs docker rm -f <<<"$ids" >/dev/null
   docker network rm "$name" >/dev/null 2>&1 || true
   echo "removed the workers, Redis and the network of $name"
 }
