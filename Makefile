@@ -9,23 +9,22 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api bench-sse-proxy clean
-.PHONY: docker-tools offline-images build smoke compose-test sizes bench-images context-size
+.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test lint
+.PHONY: bench-api bench-sse-proxy bench-first-answer clean
+.PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start context-size
 .PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
+.PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
 
 help: ## List the commands of the course
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: requirements-dev.txt
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed (found $(PYTHON))"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements-dev.txt
 	@touch $@
 
-install: $(VENV)/.installed ## Create .venv and install the pinned dependencies
+install: $(VENV)/.installed ## Create .venv and install the pinned dependencies (with uv; INSTALLER=pip for pip)
 
 lock: $(VENV)/.installed ## Re-pin requirements-dev.txt and research-agent/requirements.txt after editing a .in file
-	$(VENV)/bin/pip install --quiet uv
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/requirements.in -o research-agent/requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements-dev.in -o requirements-dev.txt
 
@@ -56,22 +55,31 @@ research-agent: $(VENV)/.installed ## Run the research agent locally (offline mo
 	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
 	@cd research-agent && ../$(PY) main.py
 
-test: $(VENV)/.installed ## Run the test suite (installs Python packages, redis-server and nginx when missing)
-	@scripts/ensure-command.sh redis-server redis-server
-	@scripts/ensure-command.sh nginx nginx
+test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server and nginx when missing)
+	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
+	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
 	$(PY) -m pytest
 
+lint: $(VENV)/.installed ## Lint: ruff (check, format), hadolint, shellcheck, actionlint over every file of their kind
+	@scripts/lint.sh $(VENV)/bin
+
 bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic vs production API vs bare FastAPI
-	@scripts/ensure-command.sh wrk wrk
+	@scripts/ensure-command.sh wrk wrk "it generates the load" "macOS: brew install wrk"
 	$(PY) scripts/bench_api.py
 
+bench-first-answer: ## Benchmark: fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
+	@$(PYTHON) scripts/bench_first_answer.py
+
 bench-sse-proxy: $(VENV)/.installed ## Benchmark: time to first SSE token, direct vs nginx (gzip) with/without X-Accel-Buffering
-	@scripts/ensure-command.sh nginx nginx
+	@scripts/ensure-command.sh nginx nginx "the benchmark puts nginx in front of the agent" "macOS: brew install nginx"
 	$(PY) scripts/bench_sse_proxy.py
 
 # --- Containers (lesson 03). Each target installs what it needs first: the Docker CLI plugins, then the
 # base images (pulled, or built as stand-ins from Debian packages when no registry answers: it says so).
 IMAGES ?= basic multistage optimized
+# TAG_SUFFIX=-mine builds and tests research-agent:optimized-mine etc., leaving the shared tags alone.
+TAG_SUFFIX ?=
+export TAG_SUFFIX
 
 docker-tools: ## Install the buildx and Compose v2 CLI plugins when missing, print their versions
 	@scripts/docker-tools.sh
@@ -83,16 +91,20 @@ build: docker-tools offline-images ## Build research-agent:basic, :multistage an
 	@scripts/build-images.sh $(IMAGES)
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/test_container.py), docker stop it mid-stream
-	CONTAINER_IMAGES="$(addprefix research-agent:,$(IMAGES))" $(PY) -m pytest -m container tests/test_container.py tests/test_container_shutdown.py -v
+	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/test_container.py tests/test_container_shutdown.py -v
 
-compose-test: docker-tools offline-images $(VENV)/.installed ## docker compose up --wait (offline), cache hit, Redis stopped, down -v
+compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v2: up (offline), healthy, cache hit, Redis stopped, stop mid-answer, down -v
+	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
 	$(PY) -m pytest -m container tests/test_compose.py -v
 
-sizes: build ## Table: image sizes against their floor (base image + runtime dependencies)
+sizes: build ## Table: image sizes against their floor, and where the optimized image's bytes went
 	@$(PYTHON) scripts/image_sizes.py
 
 bench-images: docker-tools offline-images $(VENV)/.installed ## Benchmark: cold build, code-only rebuild, size, start time per Dockerfile
 	$(PY) scripts/bench_images.py
+
+bench-start: build $(VENV)/.installed ## Benchmark: docker run -> /ready and -> healthy for the built images (no rebuild)
+	$(PY) scripts/bench_images.py --start-only
 
 context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
 	@scripts/context-size.sh
@@ -117,6 +129,31 @@ sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory
 
 bench-sandbox: sandbox-image $(VENV)/.installed ## Benchmark: the runner vs a bare `docker run --rm`, a warm pool and exec, p50/p95
 	$(PY) scripts/bench_sandbox.py
+
+# --- Parallel variations (lesson 05): workers run the research-agent image under its own tag, so a
+# rebuild of research-agent:optimized from elsewhere cannot change the image under a running test.
+LESSON05_IMAGE ?= research-agent:lesson-05
+
+lesson-05-image: IMAGES = optimized
+lesson-05-image: build
+	docker tag research-agent:optimized $(LESSON05_IMAGE)
+
+lesson-05: lesson-05-image $(VENV)/.installed ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis)
+	@WORKER_IMAGE=$(LESSON05_IMAGE) scripts/lesson-05.sh serve
+
+lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running
+	@scripts/lesson-05.sh down
+
+variations-test: lesson-05-image $(VENV)/.installed ## Lesson 05 with real containers and headless Chromium (installs chromium)
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_05 -v
+
+variations-screenshot: lesson-05-image $(VENV)/.installed ## Lesson 05: the browser test, saving the page to docs/images/
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) SCREENSHOT=docs/images/05-variations.png $(PY) -m pytest -m container tests/lesson_05/test_browser.py -v
+
+bench-variations: lesson-05-image $(VENV)/.installed ## Benchmark: N = 1, 2, 4, 8 variations in containers vs in one process
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) scripts/bench_variations.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache
