@@ -63,7 +63,7 @@ test: $(VENV)/.installed ## Run the test suite (installs Python packages, and De
 lint: $(VENV)/.installed ## Lint: ruff (check, format), hadolint, shellcheck, actionlint over every file of their kind
 	@scripts/lint.sh $(VENV)/bin
 
-bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic vs production API vs bare FastAPI
+bench-api: $(VENV)/.installed ## Benchmark: requests/s, latency and CPU per request of the three lesson-01 steps vs bare FastAPI
 	@scripts/ensure-command.sh wrk wrk "it generates the load" "macOS: brew install wrk"
 	$(PY) scripts/bench_api.py
 
