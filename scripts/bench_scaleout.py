@@ -22,7 +22,7 @@ wrk and hey report one aggregate and cannot read a stream. httpx and httpx-sse d
 
 Settings (environment): BENCH_RATE (5), BENCH_STREAMS (4), BENCH_PHASE_SECONDS (15),
 BENCH_SECONDS (8), BENCH_CONNECTIONS (8), BENCH_ROUNDS (2), BENCH_TOKEN_DELAY_MS (40: streams of
-about 6 s), BENCH_KEEP=1 to leave the stack running afterwards. Only loopback; every loop is bounded.
+about 6 s), BENCH_KEEP=1 to leave the stack running. Only loopback; every loop is bounded.
 """
 
 import asyncio
@@ -272,7 +272,7 @@ def stop_one_replica(client: docker.DockerClient, service: str) -> dict:
 
 
 def haproxy_retries(url: str) -> dict:
-    """HAProxy's counters for the agents backend: requests re-sent, and re-sent to another replica."""
+    """HAProxy's counters for the agents backend: requests re-sent (to another replica or not)."""
     for row in swarm.haproxy_stats(url):
         if row["pxname"] == "agents" and row["svname"] == "BACKEND":
             return {"retries": int(row["wretr"] or 0), "redispatches": int(row["wredis"] or 0)}
