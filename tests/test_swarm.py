@@ -251,7 +251,9 @@ def lesson():
     try:
         yield box
     finally:
-        if box.client.services.list(filters={"label": f"{swarm.NAMESPACE}={box.stack}"}):
+        if swarm.swarm_active(box.client) and box.client.services.list(
+            filters={"label": f"{swarm.NAMESPACE}={box.stack}"}
+        ):
             box.down()
         for image in box.images:
             box.client.images.remove(image)
