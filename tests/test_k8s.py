@@ -143,8 +143,11 @@ def probe_problems(manifests: list[dict], paths: set[str]) -> list[str]:
     probes = agent["containers"][0]
     if probes.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/ready":
         problems.append("the agent's readiness probe must ask /ready (503 once SIGTERM arrives)")
-    if probes.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/health":
+    liveness = probes.get("livenessProbe", {})
+    if liveness.get("httpGet", {}).get("path") != "/health":
         problems.append("the agent's liveness probe must ask /health (never calls Redis)")
+    if liveness.get("periodSeconds", 10) * liveness.get("failureThreshold", 3) < 60:
+        problems.append("liveness would restart a pod that is only slow under load")
     return problems
 
 
@@ -340,6 +343,10 @@ BREAKAGES = {
         lambda m: m[("ConfigMap", "research-agent-config")]["data"].update(
             GRACEFUL_SHUTDOWN_SECONDS="10"
         ),
+    ),
+    "impatient liveness": (
+        lambda ms: probe_problems(ms, get_paths()),
+        lambda m: agent_container(m)["livenessProbe"].update(failureThreshold=3),
     ),
     "probe path not in the app": (
         lambda ms: probe_problems(ms, get_paths()),

@@ -104,6 +104,9 @@ def stack_problems(stack: dict, haproxy: str) -> list[str]:
     fall = int(server[server.index("fall") + 1])
     if drain <= inter * fall:
         problems.append(f"drain {drain:g}s is shorter than HAProxy needs to see /ready fail")
+    check = agent["healthcheck"]
+    if seconds(check["interval"]) * check["retries"] < 30 or seconds(check["timeout"]) < 5:
+        problems.append("agent: Swarm would replace a replica that is only slow under load")
     server_timeout = seconds(directive(section(haproxy, "defaults"), "timeout server"))
     if server_timeout <= timeout:
         problems.append("haproxy: `timeout server` must exceed REQUEST_TIMEOUT_SECONDS")
@@ -134,6 +137,11 @@ def drain_too_short(stack: dict, haproxy: str) -> str:
     return haproxy
 
 
+def impatient_healthcheck(stack: dict, haproxy: str) -> str:
+    stack["services"]["agent"]["healthcheck"].update(timeout="3s", retries=3)
+    return haproxy
+
+
 def wrong_bind(stack: dict, haproxy: str) -> str:
     return haproxy.replace("bind :8080", "bind :80")
 
@@ -149,6 +157,7 @@ def server_timeout_too_short(stack: dict, haproxy: str) -> str:
         agent_stops_first,
         grace_too_short,
         drain_too_short,
+        impatient_healthcheck,
         wrong_bind,
         server_timeout_too_short,
     ],
