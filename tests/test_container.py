@@ -371,9 +371,7 @@ if pytest is not None:
         sys.path.insert(0, str(AGENT_DIR))
         from app.config import Settings
 
-        assert (
-            Settings.model_fields["GRACEFUL_SHUTDOWN_SECONDS"].default < DOCKER_STOP_GRACE_SECONDS
-        )
+        assert Settings.model_fields["GRACEFUL_SHUTDOWN_SECONDS"].default < DOCKER_STOP_GRACE_SECONDS
         assert ("STOPSIGNAL", "SIGTERM") in instructions
         assert any(op == "ENV" and "PYTHONUNBUFFERED=1" in args for op, args in instructions)
 

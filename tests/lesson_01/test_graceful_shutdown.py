@@ -73,10 +73,9 @@ def stream_in_background(url: str, first_token: threading.Event) -> tuple[thread
     received: list = []
 
     def consume():
-        with (
-            httpx.Client(timeout=30) as client,
-            connect_sse(client, "POST", f"{url}/v1/stream", json={"query": "keep going"}) as source,
-        ):
+        with httpx.Client(timeout=30) as client, connect_sse(
+            client, "POST", f"{url}/v1/stream", json={"query": "keep going"}
+        ) as source:
             try:
                 for event in source.iter_sse():
                     received.append(event.data)
