@@ -184,17 +184,17 @@ class Load:
             )
 
 
-async def closed_loop(url: str, connections: int, seconds: float) -> list[tuple[bool, float]]:
-    """CONNECTIONS clients asking back to back for `seconds`: (ok, latency) per request."""
-    samples: list[tuple[bool, float]] = []
+async def closed_loop(url: str, connections: int, seconds: float) -> list[tuple[bool, float, str]]:
+    """CONNECTIONS clients asking back to back for `seconds`: (ok, latency, error) per request."""
+    samples: list[tuple[bool, float, str]] = []
     deadline = time.monotonic() + seconds
 
     async def client_loop(client: httpx.AsyncClient, worker: int) -> None:
         n = worker
         while time.monotonic() < deadline:
             started = time.monotonic()
-            ok, _ = await ask(client, n)
-            samples.append((ok, time.monotonic() - started))
+            ok, error = await ask(client, n)
+            samples.append((ok, time.monotonic() - started, error))
             n += connections
 
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT) as client:
@@ -206,11 +206,12 @@ def throughput(url: str, replicas: int) -> dict:
     asyncio.run(closed_loop(url, connections=CONNECTIONS, seconds=2))  # warm-up
     load_before = os.getloadavg()[0]
     samples = asyncio.run(closed_loop(url, connections=CONNECTIONS, seconds=SECONDS))
-    latencies = [s for ok, s in samples if ok]
+    latencies = [s for ok, s, _ in samples if ok]
     return {
         "replicas": replicas,
         "rps": len(latencies) / SECONDS,
-        "failed": sum(not ok for ok, _ in samples),
+        "failed": sum(not ok for ok, _, _ in samples),
+        "errors": sorted({error for ok, _, error in samples if not ok}),
         "p50": percentile(latencies, 50) * 1000,
         "p99": percentile(latencies, 99) * 1000,
         "loadavg": (load_before + os.getloadavg()[0]) / 2,
@@ -400,6 +401,7 @@ def print_report(report: dict) -> None:
         f"Versions served afterwards: {', '.join(report['versions'])}."
     )
     errors = sorted({r.error for r in report["results"] if not r.ok})
+    errors += [e for t in report["throughput"] for e in t["errors"]]
     if errors:
         print("Failures:\n  " + "\n  ".join(errors[:10]))
 
