@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api clean
+.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api bench-sse-proxy clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images context-size
 .PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
 
@@ -56,13 +56,18 @@ research-agent: $(VENV)/.installed ## Run the research agent locally (offline mo
 	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
 	@cd research-agent && ../$(PY) main.py
 
-test: $(VENV)/.installed ## Run the test suite (installs Python packages and redis-server when missing)
+test: $(VENV)/.installed ## Run the test suite (installs Python packages, redis-server and nginx when missing)
 	@scripts/ensure-command.sh redis-server redis-server
+	@scripts/ensure-command.sh nginx nginx
 	$(PY) -m pytest
 
 bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic vs production API vs bare FastAPI
 	@scripts/ensure-command.sh wrk wrk
 	$(PY) scripts/bench_api.py
+
+bench-sse-proxy: $(VENV)/.installed ## Benchmark: time to first SSE token, direct vs nginx (gzip) with/without X-Accel-Buffering
+	@scripts/ensure-command.sh nginx nginx
+	$(PY) scripts/bench_sse_proxy.py
 
 # --- Containers (lesson 03). Each target installs what it needs first: the Docker CLI plugins, then the
 # base images (pulled, or built as stand-ins from Debian packages when no registry answers: it says so).
@@ -78,7 +83,7 @@ build: docker-tools offline-images ## Build research-agent:basic, :multistage an
 	@scripts/build-images.sh $(IMAGES)
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/test_container.py), docker stop it mid-stream
-	CONTAINER_IMAGES="$(addprefix research-agent:,$(IMAGES))" $(PY) -m pytest -m container tests/test_container.py -v
+	CONTAINER_IMAGES="$(addprefix research-agent:,$(IMAGES))" $(PY) -m pytest -m container tests/test_container.py tests/test_container_shutdown.py -v
 
 compose-test: docker-tools offline-images $(VENV)/.installed ## docker compose up --wait (offline), cache hit, Redis stopped, down -v
 	$(PY) -m pytest -m container tests/test_compose.py -v

@@ -1,4 +1,8 @@
-"""Entry point: `uvicorn main:app` or `python main.py` (from the research-agent/ folder)."""
+"""Entry point: `python main.py` (from the research-agent/ folder), as the images run it."""
+
+import logging
+import os
+import sys
 
 import uvicorn
 from app.api import create_app
@@ -13,5 +17,13 @@ if __name__ == "__main__":
         host=settings.HOST,
         port=settings.PORT,
         log_config=None,  # keep our JSON logging
+        # uvicorn's grace; the app ends what is still open just before it (app/shutdown.py).
         timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
     )
+    # Reached after a shutdown when this is PID 1 in a container: the kernel ignores the SIGTERM
+    # uvicorn re-raises to exit. Every request is finished and logged, yet tearing down the
+    # interpreter (all of LangChain, numpy...) took up to 2 s on a busy machine, past the 10 s of
+    # `docker stop`. Flush the logs and leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)

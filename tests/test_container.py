@@ -135,7 +135,7 @@ def check_metrics(base: str) -> None:
     assert headers.get("Content-Type", "").startswith("text/plain"), (
         f"/metrics content type {headers.get('Content-Type')}"
     )
-    assert re.search(rb'^http_requests_total\{[^}]*route="/health"', body, re.M), (
+    assert re.search(rb'^http_requests_total\{[^}]*handler="/health"', body, re.M), (
         "no http_requests_total for /health"
     )
 

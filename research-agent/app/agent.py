@@ -1,7 +1,7 @@
 """The research agent: a LangChain 1.x tool-calling agent (create_agent) with one search tool.
 
-Without OPENAI_API_KEY it runs the deterministic OfflineResearchModel below through the same agent loop,
-tools and middleware as ChatOpenAI would.
+Without OPENAI_API_KEY it runs the deterministic OfflineResearchModel below through the same agent
+loop, tools and middleware as ChatOpenAI would.
 """
 
 import asyncio
@@ -36,20 +36,24 @@ from .telemetry import TOKENS, TOOL_CALLS
 
 logger = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = """You are a research assistant for a course on containerizing AI agents.
-Use the search tool to find sources before answering; search again with other words if the results are poor.
-Answer concisely from the search results only, and cite them inline with their numbers, like [1] or [2].
-If the search fails or finds nothing relevant, say so instead of guessing."""
+SYSTEM_PROMPT = (
+    "You are a research assistant for a course on containerizing AI agents.\n"
+    "Use the search tool to find sources before answering; "
+    "search again with other words if the results are poor.\n"
+    "Answer concisely from the search results only, "
+    "and cite them inline with their numbers, like [1] or [2].\n"
+    "If the search fails or finds nothing relevant, say so instead of guessing."
+)
 
 
-# --- The offline model -------------------------------------------------------------------------------
+# --- The offline model ----------------------------------------------------------------------------
 
 
 class OfflineResearchModel(BaseChatModel):
     """A deterministic stand-in for an LLM, so the agent runs without a key or network.
 
-    Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the snippets of the top
-    results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
+    Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the snippets of the
+    top results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
     reports usage, counting one token per word.
     """
 
@@ -182,7 +186,7 @@ def build_model(settings: Settings) -> BaseChatModel:
     )
 
 
-# --- Tool calls: timeouts, failures and source numbering ---------------------------------------------
+# --- Tool calls: timeouts, failures and source numbering ------------------------------------------
 
 
 @dataclass
@@ -206,8 +210,8 @@ class SearchToolMiddleware(AgentMiddleware):
     """Bounds each tool call with a timeout and turns failures into ToolMessage(status="error").
 
     A tool that raises would otherwise abort the whole run. It must be async: the agent runs under
-    ainvoke/astream, where a sync-only wrap_tool_call fails with NotImplementedError. It also numbers
-    sources across all calls of a run, so that [n] means the same source everywhere.
+    ainvoke/astream, where a sync-only wrap_tool_call fails with NotImplementedError. It also
+    numbers sources across all calls of a run, so that [n] means the same source everywhere.
     """
 
     def __init__(self, timeout_seconds: float):
@@ -269,7 +273,8 @@ class SearchToolMiddleware(AgentMiddleware):
         step.update(status="error", error=message, error_type=error_type)
         context.steps.append(step)
         return ToolMessage(
-            content=f"Error: the search failed ({message}). Try again later or answer without sources.",
+            content=f"Error: the search failed ({message}). "
+            "Try again later or answer without sources.",
             tool_call_id=call["id"],
             name=call["name"],
             status="error",
@@ -277,7 +282,7 @@ class SearchToolMiddleware(AgentMiddleware):
         )
 
 
-# --- The service used by the routes ------------------------------------------------------------------
+# --- The service used by the routes ---------------------------------------------------------------
 
 
 class ResearchAgent:
@@ -408,7 +413,7 @@ class ResearchAgent:
         }
 
     def _app_error(self, exc: BaseException) -> BaseException:
-        """Translate provider and timeout errors into the service's errors; others stay unhandled (500)."""
+        """Provider and timeout errors become the service's errors; others stay unhandled (500)."""
         if isinstance(exc, AppError):
             return exc
         if isinstance(exc, asyncio.TimeoutError):

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 APP_DIR = Path(__file__).resolve().parent.parent  # research-agent/
 BUNDLED_NOTES_DIR = APP_DIR / "notes"
-REPO_DOCS_DIR = APP_DIR.parent / "docs"  # the course docs, when run from the repository
+REPO_DOCS_DIR = APP_DIR.parent / "docs"  # the course text: DOCS_DIR=../docs make research-agent
 
 OFFLINE_MODEL_NAME = "offline-research-model"
 
@@ -42,11 +42,17 @@ class Settings(BaseSettings):
     DOCS_DIR: Path | None = None
 
     # Limits and cache.
-    REQUEST_TIMEOUT_SECONDS: float = 60.0
+    REQUEST_TIMEOUT_SECONDS: float = 30.0
     MAX_BODY_BYTES: int = 16_384
     REDIS_URL: str | None = None
     CACHE_TTL_SECONDS: int = 3600
-    GRACEFUL_SHUTDOWN_SECONDS: int = 8
+    CACHE_BREAKER_SECONDS: float = 10.0
+
+    # Shutdown budget (SIGTERM): /ready turns 503 at once, new requests are still served for
+    # SHUTDOWN_DRAIN_SECONDS so a load balancer notices, then the listener closes and open requests
+    # get GRACEFUL_SHUTDOWN_SECONDS. 1 + 8 stays inside `docker stop`'s 10 s.
+    SHUTDOWN_DRAIN_SECONDS: float = 1.0
+    GRACEFUL_SHUTDOWN_SECONDS: float = 8.0
 
     @property
     def offline(self) -> bool:
@@ -64,9 +70,10 @@ class Settings(BaseSettings):
 
     @property
     def docs_dirs(self) -> list[Path]:
-        """Folders searched by the local backend: DOCS_DIR (or the repo's docs/) and the bundled notes."""
-        docs = self.DOCS_DIR if self.DOCS_DIR is not None else REPO_DOCS_DIR
-        return [d for d in (docs, BUNDLED_NOTES_DIR) if d.is_dir()]
+        """Folders searched by the local backend: the bundled notes, and DOCS_DIR when it is set."""
+        extra = [self.DOCS_DIR] if self.DOCS_DIR is not None else []
+        dirs = [d.resolve() for d in (*extra, BUNDLED_NOTES_DIR) if d.is_dir()]
+        return list(dict.fromkeys(dirs))  # DOCS_DIR=notes must not index the notes twice
 
 
 @lru_cache

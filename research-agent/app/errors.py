@@ -1,9 +1,52 @@
-"""Errors the service reports to clients, each with an HTTP status and a snake_case type."""
+"""The one error shape, {"error": {"type", "message", "request_id", ...}}, for every error the
+service sends, as a JSON body or as an SSE `error` event: its schema, exceptions and handlers.
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .telemetry import request_id
+
+logger = logging.getLogger(__name__)
+
+
+# --- The shape, as it appears in the OpenAPI schema -----------------------------------------------
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description='Where the problem is, e.g. ["body", "query"]')
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. string_too_long")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="snake_case, stable: clients branch on it")
+    message: str = Field(description="for humans; never a stack trace")
+    request_id: str = Field(description="also in the X-Request-ID header and in every log line")
+    details: list[ValidationIssue] | None = Field(
+        default=None, description="validation_error only: one entry per problem"
+    )
+    retryable: bool | None = Field(
+        default=None, description="true when the same request may succeed if sent again"
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# --- Errors the service raises --------------------------------------------------------------------
 
 
 class AppError(Exception):
     status_code = 500
     error_type = "internal_error"
+    retryable = False
 
     def __init__(self, message: str, *, error_type: str | None = None):
         super().__init__(message)
@@ -15,6 +58,21 @@ class AppError(Exception):
 class NotReadyError(AppError):
     status_code = 503
     error_type = "not_ready"
+
+
+class ShuttingDownError(AppError):
+    """The shutdown grace ran out while this request was still running: send it again elsewhere."""
+
+    status_code = 503
+    error_type = "shutting_down"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str = "the server is shutting down and this request did not "
+        "finish within its grace period; send it again",
+    ):
+        super().__init__(message)
 
 
 class UpstreamError(AppError):
@@ -29,3 +87,83 @@ class UpstreamTimeoutError(AppError):
 
     status_code = 504
     error_type = "timeout"
+
+
+def error_body(
+    error_type: str,
+    message: str,
+    details: list[dict] | None = None,
+    retryable: bool = False,
+) -> dict:
+    error = {"type": error_type, "message": message, "request_id": request_id()}
+    if details is not None:
+        error["details"] = details
+    if retryable:
+        error["retryable"] = True
+    return {"error": error}
+
+
+def app_error_body(exc: AppError) -> dict:
+    return error_body(exc.error_type, exc.message, retryable=exc.retryable)
+
+
+def error_response(
+    status: int, error_type: str, message: str, headers: dict | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(error_type, message), status_code=status, headers=headers)
+
+
+INTERNAL_ERROR = (500, "internal_error", "Internal server error")
+
+
+# --- Handlers: every exception FastAPI turns into a response gets the shape -----------------------
+
+_HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def app_error_handler(request: Request, exc: AppError) -> JSONResponse:
+    return JSONResponse(app_error_body(exc), status_code=exc.status_code)
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # 400 "http_error": a body FastAPI cannot parse at all (e.g. not UTF-8). Headers are kept: a 405
+    # carries Allow.
+    error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, error_type, str(exc.detail), exc.headers)
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse(
+        error_body("validation_error", "the request is not valid", details), status_code=422
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, app_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+
+
+def responses(*statuses: int, streaming: bool = False) -> dict:
+    """The `responses=` of a route: what each error status really sends, for the OpenAPI schema.
+
+    On a streaming route FastAPI would file a bare model under text/event-stream, but errors are
+    always JSON: there the content type is named and the schema referenced.
+    """
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    body = {"content": json_body} if streaming else {"model": ErrorResponse}
+    return {code: {"description": _DESCRIPTIONS[code], **body} for code in statuses}
+
+
+_DESCRIPTIONS = {
+    400: "http_error: the body cannot be parsed at all (e.g. it is not UTF-8)",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large: the body is over MAX_BODY_BYTES",
+    422: "validation_error: the body does not match the schema (see details)",
+    500: "internal_error",
+    502: "search_unavailable or model_error",
+    503: "not_ready, or shutting_down (retryable) when the shutdown grace ran out",
+    504: "search_timeout, model_timeout or timeout",
+}

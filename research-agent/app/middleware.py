@@ -1,114 +1,125 @@
-"""Request id, body size limit, access log, metrics and last-resort 500 for every HTTP request.
+"""The middleware stack: request ids, metrics, body limit, access log and the last-resort 500.
 
-A pure ASGI middleware (not BaseHTTPMiddleware) so streaming responses pass through untouched.
+Kept libraries do what they do well: asgi-correlation-id reads (or makes) the X-Request-ID and
+echoes it, prometheus-fastapi-instrumentator counts and times every request by route template.
+The two classes below are by hand because no kept library does their job for an ASGI service: a
+body limit that also stops chunked bodies while they are read, and one access-log line per request,
+written at its last byte (streams included), that also turns a crash into the error shape.
+Both are pure ASGI middlewares (not BaseHTTPMiddleware), so streams pass through untouched.
 """
 
 import logging
 import re
 import time
-import uuid
 
-from starlette.datastructures import Headers, MutableHeaders
+from asgi_correlation_id import CorrelationIdMiddleware
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import PrometheusFastApiInstrumentator
+from prometheus_fastapi_instrumentator.routing import get_route_name
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .telemetry import LATENCY, REQUESTS, request_id_var
+from .config import Settings
+from .errors import INTERNAL_ERROR, error_response
+from .telemetry import HTTP_METRICS
 
 logger = logging.getLogger(__name__)
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# An id set by a load balancer or a client is kept when it is safe to log; any other is replaced.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def error_body(error_type: str, message: str, details: list | None = None) -> dict:
-    error = {"type": error_type, "message": message, "request_id": request_id_var.get()}
-    if details is not None:
-        error["details"] = details
-    return {"error": error}
+class BodyLimitMiddleware:
+    """413 for a body over `max_bytes`: from Content-Length, or while a chunked body is read."""
 
-
-class PayloadTooLargeError(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(status_code=413, detail=f"request body is larger than {limit} bytes")
-
-
-class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        incoming = headers.get("x-request-id", "")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
-        started, status, response_started = time.perf_counter(), 500, False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                response_started, status = True, message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
-            await send(message)
-
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            response = error_response(413, "payload_too_large", self._message)
+            await response(scope, receive, send)
+            return
         received = 0
 
         async def limited_receive() -> Message:
-            # Also catches bodies sent without Content-Length (chunked).
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise PayloadTooLargeError(self.max_body_bytes)
+            if received > self.max_bytes:
+                raise HTTPException(413, self._message)  # the error handlers shape it
             return message
 
+        await self.app(scope, limited_receive, send)
+
+    @property
+    def _message(self) -> str:
+        return f"request body is larger than {self.max_bytes} bytes"
+
+
+class AccessLogMiddleware:
+    """One "request" log line per request, at its last byte; a crash becomes a shaped 500."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status, response_started = time.perf_counter(), 500, False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started, status = True, message["status"]
+            await send(message)
+
         try:
-            length = headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.max_body_bytes:
-                await self._send_error(
-                    scope,
-                    receive,
-                    send_with_id,
-                    413,
-                    "payload_too_large",
-                    f"request body is larger than {self.max_body_bytes} bytes",
-                )
-            else:
-                await self.app(scope, limited_receive, send_with_id)
+            await self.app(scope, receive, watching_send)
         except Exception:
-            # Anything the exception handlers did not turn into a response: log the traceback, send none.
+            # What no exception handler turned into a response: the traceback goes to the log only.
             logger.exception("unhandled error")
             if not response_started:
-                await self._send_error(
-                    scope, receive, send_with_id, 500, "internal_error", "Internal server error"
-                )
+                await error_response(*INTERNAL_ERROR)(scope, receive, watching_send)
         finally:
-            route = scope.get("route")
-            label = (
-                getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
-            )
-            elapsed = time.perf_counter() - started
-            REQUESTS.labels(scope["method"], label, str(status)).inc()
-            LATENCY.labels(scope["method"], label).observe(elapsed)
+            # The same route template as the metrics' `handler` label.
+            route = get_route_name(Request(scope), should_include_root_path=False) or "none"
             logger.info(
                 "request",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
-                    "route": label,
+                    "route": route,
                     "status": status,
-                    "latency_ms": round(elapsed * 1000, 1),
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )
-            request_id_var.reset(token)
 
-    @staticmethod
-    async def _send_error(
-        scope: Scope, receive: Receive, send: Send, status: int, error_type: str, message: str
-    ) -> None:
-        await JSONResponse(error_body(error_type, message), status_code=status)(
-            scope, receive, send
-        )
+
+def install_middleware(app: FastAPI, settings: Settings) -> PrometheusFastApiInstrumentator:
+    """Outermost first: request id → metrics → access log and 500 → body limit → routes.
+
+    Starlette runs the middleware added last first, hence the reverse order of the calls. A new
+    concern (API keys, rate limits) is a dependency on the routes, or one more line here.
+    """
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(AccessLogMiddleware)
+    instrumentator = PrometheusFastApiInstrumentator(
+        should_group_status_codes=False,  # 502 and 504 mean different things here
+        excluded_handlers=["^/metrics$"],
+    )
+    instrumentator.add(*HTTP_METRICS).instrument(app)
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        header_name="X-Request-ID",
+        validator=_VALID_REQUEST_ID.fullmatch,
+    )
+    return instrumentator

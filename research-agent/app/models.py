@@ -1,18 +1,33 @@
 """Request and response bodies (they are also the OpenAPI schema shown at /docs)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json
+
+from .errors import ErrorResponse
 
 MAX_QUERY_CHARS = 2000
 
+# The limits apply to what the client sent (a 2,002-character query padded with spaces is too long),
+# and the schema says exactly that: 3 to 2000 characters, at least one of them not whitespace.
+# Only then is the text stripped for the agent.
+Query = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=MAX_QUERY_CHARS,
+        pattern=r"\S",
+        examples=["Why use a multi-stage Docker build?"],
+    ),
+    AfterValidator(str.strip),
+]
+
 
 class ResearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # strict: no coercion (a number is not a query); forbid: a misspelt field is an error.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(
-        min_length=3, max_length=MAX_QUERY_CHARS, examples=["Why use a multi-stage Docker build?"]
-    )
+    query: Query
 
 
 class Source(BaseModel):
@@ -57,15 +72,68 @@ class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     model: str
     search_backend: str
-    cache: Literal["redis", "disabled"]
+    cache: Literal["redis", "bypassed", "disabled"] = Field(
+        description="redis: in use; bypassed: Redis failed, skipped until a probe succeeds "
+        "(still ready: the cache is an optimisation); disabled: no REDIS_URL"
+    )
 
 
-class ErrorDetail(BaseModel):
-    type: str
+# --- The SSE protocol of /v1/research/stream, one model per event --------------------------------
+# Each `data:` line is a JSON string on the wire: Json[...] makes the schema say so (type string,
+# contentMediaType application/json, contentSchema: the object), and validation mode keeps that form
+# in the response schema. The unnamed last event is "message" by the SSE rules.
+
+
+class NumberedSource(Source):
+    n: int = Field(description="The number the answer cites it by, [n]")
+
+
+class ToolError(BaseModel):
+    type: Literal["search_timeout", "search_unavailable", "tool_error"]
     message: str
-    request_id: str
-    details: list[dict] | None = None
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+class ToolEvent(BaseModel):
+    tool: str
+    input: str | None
+    status: Literal["success", "error"]
+    sources: list[NumberedSource]
+    error: ToolError | None
+
+
+class TokenEvent(BaseModel):
+    text: str
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(json_schema_mode_override="validation")
+
+
+class ToolFrame(_Frame):
+    event: Literal["tool"]
+    data: Json[ToolEvent]
+
+
+class TokenFrame(_Frame):
+    event: Literal["token"]
+    data: Json[TokenEvent]
+
+
+class FinalFrame(_Frame):
+    event: Literal["final"]
+    data: Json[ResearchResponse]
+
+
+class ErrorFrame(_Frame):
+    event: Literal["error"]
+    data: Json[ErrorResponse]
+
+
+class DoneFrame(_Frame):
+    event: Literal["message"]
+    data: Literal["[DONE]"]
+
+
+StreamEvent = Annotated[
+    ToolFrame | TokenFrame | FinalFrame | ErrorFrame | DoneFrame, Field(discriminator="event")
+]

@@ -23,9 +23,14 @@ LOCAL_TOOL_NAME = "search_docs"
 WEB_TOOL_NAME = "web_search"
 SNIPPET_CHARS = 320
 
-_STOPWORDS = set(
-    ["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "in", "is", "it", "its", "of", "on", "or", "should", "so", "that", "the", "this", "to", "use", "using", "we", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your"]
-)
+# fmt: off
+_STOPWORDS = {
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from",
+    "how", "i", "in", "is", "it", "its", "of", "on", "or", "should", "so", "that", "the",
+    "this", "to", "use", "using", "we", "what", "when", "where", "which", "who", "why",
+    "will", "with", "you", "your",
+}
+# fmt: on
 
 
 def tokenize(text: str) -> list[str]:
@@ -57,7 +62,7 @@ def _slug(heading: str) -> str:
 
 
 def _plain(markdown: str) -> str:
-    """Markdown prose to plain text for snippets (code blocks dropped, links and emphasis unwrapped)."""
+    """Markdown prose to plain text for snippets (code dropped, links and emphasis unwrapped)."""
     text = re.sub(r"```.*?```", " ", markdown, flags=re.S)
     text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)
     text = re.sub(r"^\s*(?:[-*+]|\d+\.)\s+", "", text, flags=re.M)
@@ -78,7 +83,10 @@ def split_sections(path: Path, root: Path) -> list[Section]:
             title = f"{doc_title} / {heading}" if heading and heading != doc_title else doc_title
             sections.append(Section(title, f"{rel}#{_slug(heading)}" if heading else rel, body))
 
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    # Index what a reader of the rendered page sees: HTML comments (such as the docs' include
+    # markers) are invisible on the page, so they must not turn up in answers either.
+    text = re.sub(r"<!--.*?-->", "", path.read_text(encoding="utf-8", errors="replace"), flags=re.S)
+    for line in text.splitlines():
         if line.lstrip().startswith("```"):
             in_code = not in_code
         match = None if in_code else re.match(r"^(#{1,3})\s+(.*?)\s*#*$", line)
@@ -156,8 +164,9 @@ def make_local_tool(settings: Settings) -> BaseTool:
     return StructuredTool.from_function(
         func=search_docs,
         name=LOCAL_TOOL_NAME,
-        description="Search the course documentation and notes about containers, Docker and deploying AI agents. "
-        "Input: a search query. Returns numbered passages with their file paths.",
+        description="Search the course documentation and notes about containers, Docker and "
+        "deploying AI agents. Input: a search query. "
+        "Returns numbered passages with their file paths.",
         response_format="content_and_artifact",
     )
 
@@ -170,7 +179,7 @@ def make_duckduckgo_tool(settings: Settings) -> BaseTool:
 
     async def web_search(query: str) -> tuple[str, list[dict]]:
         # Called with a plain dict, a content_and_artifact tool returns only its content: a list of
-        # {"title", "link", "snippet"} dicts. Errors (DDGSException, RatelimitException...) propagate;
+        # {"title", "link", "snippet"} dicts. Errors (DDGSException, RatelimitException) propagate;
         # the agent's tool middleware turns them into an error message for the model.
         results = await ddg.ainvoke({"query": query})
         sources = [
@@ -187,7 +196,8 @@ def make_duckduckgo_tool(settings: Settings) -> BaseTool:
     return StructuredTool.from_function(
         coroutine=web_search,
         name=WEB_TOOL_NAME,
-        description="Search the web with DuckDuckGo. Input: a search query. Returns numbered results with links.",
+        description="Search the web with DuckDuckGo. Input: a search query. "
+        "Returns numbered results with links.",
         response_format="content_and_artifact",
     )
 

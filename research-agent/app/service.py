@@ -1,5 +1,6 @@
-"""What the research routes do: consult the cache, run the agent, log, and shape the answer or events."""
+"""What the research routes do: consult the cache, run the agent, log, shape answers and events."""
 
+import asyncio
 import json
 import logging
 import time
@@ -10,8 +11,10 @@ from sse_starlette import ServerSentEvent
 from .agent import ResearchAgent
 from .cache import ResearchCache, cache_key
 from .config import Settings
-from .errors import AppError
-from .telemetry import request_id_var
+from .errors import INTERNAL_ERROR, AppError, ShuttingDownError, app_error_body, error_body
+from .models import ResearchResponse
+from .shutdown import run_until_cut, until_cut
+from .telemetry import SHUTDOWN_CUTS, STREAMS_OPEN, request_id
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ def _response(query: str, agent: ResearchAgent, result: dict, cached: bool) -> d
         "model": agent.model_label,
         "tokens_used": 0 if cached else result["tokens_used"],
         "cached": cached,
-        "request_id": request_id_var.get(),
+        "request_id": request_id(),
     }
 
 
@@ -54,19 +57,44 @@ def _log_done(query: str, agent: ResearchAgent, result: dict, cached: bool, star
     )
 
 
+def _log_cut(handler: str, query: str, started: float) -> None:
+    SHUTDOWN_CUTS.labels(handler).inc()
+    logger.warning(
+        "request cut by shutdown",
+        extra={
+            "handler": handler,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            "query_chars": len(query),
+        },
+    )
+
+
 async def research(
-    agent: ResearchAgent, cache: ResearchCache | None, settings: Settings, query: str
+    agent: ResearchAgent,
+    cache: ResearchCache | None,
+    settings: Settings,
+    query: str,
+    cut: asyncio.Event,
 ) -> dict:
     started = time.perf_counter()
     key = _key(agent, settings, query)
     result = await cache.get(key) if cache else None
     cached = result is not None
     if result is None:
-        result = await agent.research(query)
+        try:
+            result = await run_until_cut(agent.research(query), cut)
+        except ShuttingDownError:
+            _log_cut("/v1/research", query, started)
+            raise
         if cache:
             await cache.set(key, result)
     _log_done(query, agent, result, cached, started)
     return _response(query, agent, result, cached)
+
+
+def _final(response: dict) -> dict:
+    """The `final` event carries what POST /v1/research returns (same fields, same order)."""
+    return ResearchResponse.model_validate(response).model_dump(mode="json")
 
 
 def _event(name: str, data: dict) -> ServerSentEvent:
@@ -74,49 +102,43 @@ def _event(name: str, data: dict) -> ServerSentEvent:
 
 
 async def research_events(
-    agent: ResearchAgent, cache: ResearchCache | None, settings: Settings, query: str
+    agent: ResearchAgent,
+    cache: ResearchCache | None,
+    settings: Settings,
+    query: str,
+    cut: asyncio.Event,
 ) -> AsyncIterator[ServerSentEvent]:
     """The SSE protocol: token*, tool (per tool call), then final or error, then `data: [DONE]`."""
     started = time.perf_counter()
     key = _key(agent, settings, query)
+    STREAMS_OPEN.inc()
     try:
-        result = await cache.get(key) if cache else None
-        if result is not None:
-            yield _event("token", {"text": result["response"]})
-            _log_done(query, agent, result, True, started)
-            yield _event("final", _response(query, agent, result, True))
-        else:
-            async for name, data in agent.stream(query):
-                if name == "final":
-                    if cache:
-                        await cache.set(key, data)
-                    _log_done(query, agent, data, False, started)
-                    data = _response(query, agent, data, False)
-                yield _event(name, data)
-    except AppError as exc:
-        logger.warning(
-            "research stream failed", extra={"error_type": exc.error_type, "error": exc.message}
-        )
-        yield _event(
-            "error",
-            {
-                "error": {
-                    "type": exc.error_type,
-                    "message": exc.message,
-                    "request_id": request_id_var.get(),
-                }
-            },
-        )
-    except Exception:
-        logger.exception("research stream crashed")
-        yield _event(
-            "error",
-            {
-                "error": {
-                    "type": "internal_error",
-                    "message": "Internal server error",
-                    "request_id": request_id_var.get(),
-                }
-            },
-        )
-    yield ServerSentEvent(data="[DONE]")
+        try:
+            result = await cache.get(key) if cache else None
+            if result is not None:
+                yield _event("token", {"text": result["response"]})
+                _log_done(query, agent, result, True, started)
+                yield _event("final", _final(_response(query, agent, result, True)))
+            else:
+                async for name, data in until_cut(agent.stream(query), cut):
+                    if name == "final":
+                        if cache:
+                            await cache.set(key, data)
+                        _log_done(query, agent, data, False, started)
+                        data = _final(_response(query, agent, data, False))
+                    yield _event(name, data)
+        except ShuttingDownError as exc:
+            _log_cut("/v1/research/stream", query, started)
+            yield _event("error", app_error_body(exc))
+        except AppError as exc:
+            logger.warning(
+                "research stream failed", extra={"error_type": exc.error_type, "error": exc.message}
+            )
+            yield _event("error", app_error_body(exc))
+        except Exception:
+            logger.exception("research stream crashed")
+            _, error_type, message = INTERNAL_ERROR
+            yield _event("error", error_body(error_type, message))
+        yield ServerSentEvent(data="[DONE]")
+    finally:
+        STREAMS_OPEN.dec()

@@ -1,45 +1,26 @@
-"""JSON logs carrying the request id, and the Prometheus metrics."""
+"""JSON logs carrying the request id, and the Prometheus metrics.
 
-import json
+Lesson 01 builds both by hand to show the mechanism. A service uses kept libraries:
+python-json-logger formats the records, asgi-correlation-id's filter puts the request id on each
+one, and prometheus-fastapi-instrumentator measures every request by route template.
+"""
+
 import logging
 import sys
-from contextvars import ContextVar
-from datetime import UTC, datetime
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from asgi_correlation_id import CorrelationIdFilter
+from asgi_correlation_id.context import correlation_id
+from prometheus_client import Counter, Gauge, disable_created_metrics
+from prometheus_fastapi_instrumentator import metrics
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
 
 disable_created_metrics()  # drop the *_created series: noise for this service
 
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
-# Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
-_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "taskName",
-    "color_message",
-}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id and any `extra` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
-        }
-        entry.update(
-            {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and k not in entry}
-        )
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+def request_id() -> str:
+    """The id of the request being served ("-" outside a request)."""
+    return correlation_id.get() or "-"
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -60,35 +41,72 @@ class _StdoutHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str) -> None:
-    """Send every log record, uvicorn's included, to stdout as JSON. Safe to call more than once."""
+    """Send every log record, uvicorn's included, to stdout as JSON. Safe to call more than once.
+
+    One object per line: time, level, logger, message, request_id and any `extra=` fields.
+    """
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_research_agent", False)]:
         root.removeHandler(handler)
     handler = _StdoutHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.addFilter(CorrelationIdFilter(default_value="-"))
+    handler.setFormatter(
+        JsonFormatter(
+            "{levelname}{name}{message}{correlation_id}",
+            style="{",
+            timestamp="time",
+            rename_fields={
+                "levelname": "level",
+                "name": "logger",
+                "correlation_id": "request_id",
+                "exc_info": "exception",
+            },
+            reserved_attrs=[*RESERVED_ATTRS, "taskName", "color_message"],
+        )
+    )
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
-    # Our middleware logs each request with its id and latency; uvicorn's access line would repeat it.
+    # AccessLogMiddleware logs each request at its last byte, with its latency and route template;
+    # uvicorn's access line comes at the first byte and would repeat it.
     logging.getLogger("uvicorn.access").disabled = True
     for noisy in ("httpx", "httpx2", "httpcore", "openai", "primp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-# Route label: the route template (/v1/research), never the raw path, so the label set stays bounded.
-REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
-LATENCY = Histogram(
-    "http_request_duration_seconds",
-    "HTTP request latency (streams: until the last event)",
-    ["method", "route"],
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
+# HTTP metrics, recorded by prometheus-fastapi-instrumentator's middleware (app/middleware.py).
+# Created once per process: every app built in the process (tests build many) shares them.
+# `handler` is the route template (/v1/research), or "none" for a path no route matches.
+HTTP_METRICS = [
+    metrics.requests(),  # http_requests_total{handler,method,status}
+    # Streams are timed to their last byte: the middleware stops the clock after the body is sent.
+    metrics.latency(
+        should_include_status=False,
+        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    ),  # http_request_duration_seconds{handler,method}
+]
+
 TOKENS = Counter("agent_tokens_total", "Model tokens used", ["model", "kind"])
 TOOL_CALLS = Counter("agent_tool_calls_total", "Tool calls made by the agent", ["tool", "status"])
 CACHE_HITS = Counter("research_cache_hits_total", "Research answers served from the cache")
 CACHE_MISSES = Counter("research_cache_misses_total", "Research requests not found in the cache")
 CACHE_ERRORS = Counter(
     "research_cache_errors_total", "Cache operations that failed (cache bypassed)"
+)
+CACHE_CALLS = Counter(
+    "research_cache_redis_calls_total", "Commands sent to Redis (skipped ones are not counted)"
+)
+CACHE_SKIPPED = Counter(
+    "research_cache_skipped_total", "Cache operations skipped because the circuit breaker is open"
+)
+CACHE_BREAKER_OPEN = Gauge(
+    "research_cache_breaker_open", "1 while the cache's circuit breaker skips Redis, else 0"
+)
+STREAMS_OPEN = Gauge("research_streams_open", "Research streams being sent right now")
+SHUTDOWN_CUTS = Counter(
+    "research_shutdown_cuts_total",
+    "Requests still running when the shutdown grace ran out, ended with a shutting_down error",
+    ["handler"],
 )

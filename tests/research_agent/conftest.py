@@ -1,15 +1,18 @@
 """Fixtures for the research agent tests: app clients, SSE parsing and a real redis-server."""
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -21,7 +24,7 @@ sys.path.insert(
 from app.api import create_app  # noqa: E402
 from app.config import Settings  # noqa: E402
 
-from tests.ports import free_port
+from tests.ports import free_port  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,15 +34,9 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-# By default tests search only the bundled notes, so that the course docs/ (written separately) cannot
-# change their expected sources; test_api.py checks the real docs/ on its own.
-NO_DOCS = Path(tempfile.mkdtemp(prefix="research-agent-no-docs-"))
-
-
 def make_settings(**overrides) -> Settings:
-    return Settings(
-        **{"OFFLINE_TOKEN_DELAY_MS": 0, "LOG_LEVEL": "INFO", "DOCS_DIR": NO_DOCS, **overrides}
-    )
+    """The defaults (only the bundled notes are searched), without the offline model's delay."""
+    return Settings(**{"OFFLINE_TOKEN_DELAY_MS": 0, "LOG_LEVEL": "INFO", **overrides})
 
 
 @pytest.fixture
@@ -127,8 +124,16 @@ class RedisServer:
         except OSError:
             return False
 
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a hung Redis)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process.poll() is None:
+            self.thaw()
             self.process.terminate()
             self.process.wait(10)
 
@@ -144,3 +149,31 @@ def redis_server():
     server = RedisServer(binary)
     yield server
     server.stop()
+
+
+def start_server(**settings) -> SimpleNamespace:
+    """`python main.py` with these settings, on a free loopback port; returns once /ready is 200."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))}
+    env.update(HOST="127.0.0.1", PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update({name: str(value) for name, value in settings.items()})
+    process = subprocess.Popen(
+        [sys.executable, "main.py"],
+        cwd=AGENT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return SimpleNamespace(base=base, process=process)
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"main.py did not become ready:\n{process.communicate()[0]}")
+        time.sleep(0.1)

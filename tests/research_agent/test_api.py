@@ -62,9 +62,7 @@ def test_research_answers_offline_citing_bundled_notes(client):
 
 
 def test_every_source_is_a_real_file_and_section(client_for):
-    with client_for(
-        DOCS_DIR=None
-    ) as client:  # the default: the repository's docs/ (if any) and the notes
+    with client_for(DOCS_DIR=str(REPO_DOCS_DIR)) as client:  # the course text and the notes
         body = client.post(
             "/v1/research", json={"query": "health checks and graceful shutdown"}
         ).json()
@@ -77,17 +75,30 @@ def test_every_source_is_a_real_file_and_section(client_for):
         assert not anchor or anchor in {_slug(h) for h in headings}, source
 
 
-def test_the_repository_docs_are_searched_when_present(client_for):
-    lessons = sorted(REPO_DOCS_DIR.rglob("*.md")) if REPO_DOCS_DIR.is_dir() else []
+def test_the_course_docs_are_searched_when_docs_dir_names_them(client_for):
+    lessons = sorted(REPO_DOCS_DIR.rglob("*.md"))
     sections = [s for path in lessons for s in split_sections(path, REPO_DOCS_DIR)]
-    with client_for(DOCS_DIR=None) as client:
-        assert client.app.state.agent is not None
-        if not sections:  # docs/ not written yet (or not copied, as in the image): the notes alone
-            assert make_settings(DOCS_DIR=None).docs_dirs == [AGENT_DIR / "notes"]
-            return
-        section = max(sections, key=lambda s: len(s.text))  # a substantial passage of the course
+    section = max(sections, key=lambda s: len(s.text))  # a substantial passage of the course
+    with client_for(DOCS_DIR=str(REPO_DOCS_DIR)) as client:
         body = client.post("/v1/research", json={"query": section.title[:200]}).json()
     assert any(source["url"].startswith("docs/") for source in body["sources"]), body["sources"]
+
+
+def test_search_indexes_what_a_reader_sees_not_html_comments(client_for, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "page.md").write_text(
+        "# Page\n\n## Layers\n\n"
+        "<!-- include: research-agent/Dockerfile#layers -->\n"
+        "Every instruction adds a layer to the image. <!-- a note for editors -->\n"
+        "<!--\nspanning\nlines\n-->\n"
+    )
+    (sections,) = [split_sections(docs / "page.md", docs)]
+    assert [s.text.strip() for s in sections] == ["Every instruction adds a layer to the image."]
+    with client_for(DOCS_DIR=str(docs)) as client:
+        body = client.post("/v1/research", json={"query": "instruction layer include"}).json()
+    assert body["sources"][0]["snippet"] == "Every instruction adds a layer to the image."
+    assert "<!--" not in body["response"] and "include:" not in body["response"]
 
 
 def test_research_cites_the_course_docs_folder(client_for, tmp_path):
@@ -95,7 +106,8 @@ def test_research_cites_the_course_docs_folder(client_for, tmp_path):
     docs.mkdir()
     (docs / "lesson-02.md").write_text(
         "# Lesson 2: images\n\n## Distroless images\n\n"
-        "A distroless image contains the Python runtime and nothing else: no shell, no package manager.\n"
+        "A distroless image contains the Python runtime and nothing else: "
+        "no shell, no package manager.\n"
     )
     with client_for(DOCS_DIR=str(docs)) as client:
         body = client.post("/v1/research", json={"query": "What is a distroless image?"}).json()
@@ -103,15 +115,16 @@ def test_research_cites_the_course_docs_folder(client_for, tmp_path):
     assert body["sources"][0] == {
         "title": "Lesson 2: images / Distroless images",
         "url": "docs/lesson-02.md#distroless-images",
-        "snippet": "A distroless image contains the Python runtime and nothing else: no shell, no package manager.",
+        "snippet": "A distroless image contains the Python runtime and nothing else: "
+        "no shell, no package manager.",
     }
     assert "no shell, no package manager. [1]" in body["response"]
 
 
-def test_default_docs_folder_is_the_repository_docs_when_present():
-    dirs = Settings().docs_dirs
-    assert dirs[-1] == AGENT_DIR / "notes"
-    assert (REPO_DOCS_DIR in dirs) == REPO_DOCS_DIR.is_dir()
+def test_by_default_only_the_bundled_notes_are_searched_as_in_the_image():
+    assert Settings().docs_dirs == [AGENT_DIR / "notes"]
+    assert Settings(DOCS_DIR=str(AGENT_DIR / "notes")).docs_dirs == [AGENT_DIR / "notes"]
+    assert Settings(DOCS_DIR=str(REPO_DOCS_DIR)).docs_dirs == [REPO_DOCS_DIR, AGENT_DIR / "notes"]
 
 
 def test_stream_sends_tool_then_tokens_then_final_then_done(client):
@@ -137,6 +150,10 @@ def test_stream_sends_tool_then_tokens_then_final_then_done(client):
     assert final["sources"][0]["url"] == tool["sources"][0]["url"]
     assert final["tokens_used"] > 0 and final["cached"] is False
     assert final["request_id"] == response.headers["x-request-id"]
+    # `final` is exactly what POST /v1/research answers (fields, order, nulls), bar the request id.
+    answer = client.post("/v1/research", json={"query": QUESTION}).json()
+    assert list(final) == list(answer)
+    assert {**final, "request_id": "-"} == {**answer, "request_id": "-"}
 
 
 def test_request_id_is_echoed_or_generated(client):
@@ -174,21 +191,22 @@ def test_logs_are_json_lines_with_the_request_id(client, capsys):
 
 def test_metrics_move(client):
     requests_before = metric(
-        client, "http_requests_total", method="POST", route="/v1/research", status="200"
+        client, "http_requests_total", method="POST", handler="/v1/research", status="200"
     )
     tools_before = metric(client, "agent_tool_calls_total", tool="search_docs", status="success")
     tokens_before = metric(
         client, "agent_tokens_total", model="offline-research-model", kind="output"
     )
     unmatched_before = metric(
-        client, "http_requests_total", method="GET", route="unmatched", status="404"
+        client, "http_requests_total", method="GET", handler="none", status="404"
     )
 
     client.post("/v1/research", json={"query": QUESTION})
     client.get("/no/such/page/123")
+    client.get("/no/such/page/456")
 
     assert (
-        metric(client, "http_requests_total", method="POST", route="/v1/research", status="200")
+        metric(client, "http_requests_total", method="POST", handler="/v1/research", status="200")
         == requests_before + 1
     )
     assert (
@@ -199,14 +217,30 @@ def test_metrics_move(client):
         metric(client, "agent_tokens_total", model="offline-research-model", kind="output")
         > tokens_before
     )
+    # Paths no route matches share one label value: the number of series stays bounded.
     assert (
-        metric(client, "http_requests_total", method="GET", route="unmatched", status="404")
-        == unmatched_before + 1
+        metric(client, "http_requests_total", method="GET", handler="none", status="404")
+        == unmatched_before + 2
     )
+    assert "/no/such/page" not in client.get("/metrics").text
     assert (
-        metric(client, "http_request_duration_seconds_count", method="POST", route="/v1/research")
+        metric(client, "http_request_duration_seconds_count", method="POST", handler="/v1/research")
         >= 1
     )
+
+
+def test_stream_latency_is_measured_to_the_last_byte(client_for):
+    # 0.02 s between words and over 100 words: the stream lasts well over a second; its first
+    # byte (the tool event) comes long before. A histogram that stopped at the first byte would
+    # put it in the 1-second bucket.
+    with client_for(OFFLINE_TOKEN_DELAY_MS=20) as client:
+        labels = {"method": "POST", "handler": "/v1/research/stream"}
+        before = metric(client, "http_request_duration_seconds_bucket", le="1.0", **labels)
+        count = metric(client, "http_request_duration_seconds_count", **labels)
+        body = client.post("/v1/research/stream", json={"query": QUESTION}).text
+        assert len(sse_json(parse_sse(body), "token")) > 60
+        assert metric(client, "http_request_duration_seconds_count", **labels) == count + 1
+        assert metric(client, "http_request_duration_seconds_bucket", le="1.0", **labels) == before
 
 
 def test_metrics_is_served_at_exactly_metrics(client):
@@ -219,7 +253,13 @@ def test_metrics_is_served_at_exactly_metrics(client):
 def test_swagger_and_openapi(client):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/health", "/ready", "/v1/research", "/v1/research/stream"} <= set(paths)
+    assert {"/health", "/ready", "/v1/research", "/v1/research/stream", "/metrics"} <= set(paths)
+    stream = paths["/v1/research/stream"]["post"]["responses"]
+    assert list(stream["200"]["content"]) == ["text/event-stream"]
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    for status in ("400", "413", "422", "503"):
+        (schema,) = stream[status]["content"]["application/json"].values()
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, status
 
 
 def test_ready_is_503_until_the_agent_is_built():
@@ -232,7 +272,7 @@ def test_ready_is_503_until_the_agent_is_built():
 
 
 def test_ready_is_503_while_shutting_down(client):
-    client.app.state.shutting_down = True
+    client.app.state.shutdown.draining = True
     response = client.get("/ready")
     assert response.status_code == 503
     assert response.json()["error"] == {

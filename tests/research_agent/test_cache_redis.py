@@ -45,6 +45,18 @@ def test_stream_uses_and_fills_the_cache(client_for, redis_server):
         assert '"cached": true' in again and again.rstrip().endswith("data: [DONE]")
 
 
+def cache_counters(client) -> dict:
+    return {
+        "calls": metric(client, "research_cache_redis_calls_total"),
+        "errors": metric(client, "research_cache_errors_total"),
+        "skipped": metric(client, "research_cache_skipped_total"),
+    }
+
+
+def moved(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in before}
+
+
 def test_redis_going_away_bypasses_the_cache_with_one_warning(client_for, redis_server, caplog):
     with client_for(REDIS_URL=redis_server.url) as client:
         assert client.post("/v1/research", json={"query": QUERY}).json()["cached"] is False
@@ -52,7 +64,7 @@ def test_redis_going_away_bypasses_the_cache_with_one_warning(client_for, redis_
 
         redis_server.stop()
         caplog.clear()
-        errors = metric(client, "research_cache_errors_total")
+        before = cache_counters(client)
         responses = [client.post("/v1/research", json={"query": QUERY}) for _ in range(3)]
 
         assert [r.status_code for r in responses] == [200, 200, 200]
@@ -63,8 +75,72 @@ def test_redis_going_away_bypasses_the_cache_with_one_warning(client_for, redis_
         assert (
             len(warnings) == 1 and warnings[0].getMessage() == "redis unavailable, cache bypassed"
         )
-        assert metric(client, "research_cache_errors_total") >= errors + 3
-        assert client.get("/ready").status_code == 200
+        # One failed call opened the breaker; every later get and set skipped Redis.
+        assert moved(before, cache_counters(client)) == {"calls": 1, "errors": 1, "skipped": 5}
+        ready = client.get("/ready")
+        assert ready.status_code == 200 and ready.json()["cache"] == "bypassed"
+
+
+class Clock:
+    """The breaker's clock, moved by the test: no test step depends on how fast this machine is."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_frozen_redis_costs_one_timeout_then_is_skipped_until_a_probe_succeeds(
+    client_for, redis_server
+):
+    with client_for(REDIS_URL=redis_server.url, CACHE_BREAKER_SECONDS=30) as client:
+        clock = client.app.state.cache.breaker.clock = Clock()
+        assert client.post("/v1/research", json={"query": QUERY}).json()["cached"] is False
+        assert client.get("/ready").json()["cache"] == "redis"
+        assert metric(client, "research_cache_breaker_open") == 0
+
+        redis_server.freeze()
+        try:
+            before = cache_counters(client)
+            first = client.post("/v1/research", json={"query": QUERY})
+            # The get waited for its timeout and failed; the set after it was not even tried.
+            assert first.status_code == 200 and first.json()["cached"] is False
+            assert moved(before, cache_counters(client)) == {"calls": 1, "errors": 1, "skipped": 1}
+            ready = client.get("/ready")
+            assert ready.status_code == 200 and ready.json()["cache"] == "bypassed"
+            assert metric(client, "research_cache_breaker_open") == 1
+
+            # While the breaker is open, requests never touch Redis (no timeout to wait for).
+            before = cache_counters(client)
+            for _ in range(5):
+                assert client.post("/v1/research", json={"query": QUERY}).status_code == 200
+            assert moved(before, cache_counters(client)) == {"calls": 0, "errors": 0, "skipped": 10}
+
+            # After 30 s one request probes; Redis is still frozen, so the breaker opens again.
+            clock.now += 30
+            before = cache_counters(client)
+            for _ in range(3):
+                assert client.post("/v1/research", json={"query": QUERY}).status_code == 200
+            assert moved(before, cache_counters(client)) == {"calls": 1, "errors": 1, "skipped": 5}
+            assert client.get("/ready").json()["cache"] == "bypassed"
+        finally:
+            redis_server.thaw()
+
+        # Redis answers again: the next request's get is the probe, it succeeds (a hit: the answer
+        # stored before the freeze) and the cache is back for every request.
+        clock.now += 30
+        before = cache_counters(client)
+        assert client.post("/v1/research", json={"query": QUERY}).json()["cached"] is True
+        assert (
+            client.post("/v1/research", json={"query": "What is a multi-stage build?"}).json()[
+                "cached"
+            ]
+            is False
+        )
+        assert moved(before, cache_counters(client)) == {"calls": 3, "errors": 0, "skipped": 0}
+        assert client.get("/ready").json()["cache"] == "redis"
+        assert metric(client, "research_cache_breaker_open") == 0
 
 
 def test_starting_without_redis_still_serves(client_for, redis_server, caplog):

@@ -1,4 +1,4 @@
-"""The DuckDuckGo backend with ddgs faked at its boundary (DDGS.text): results and each failure type."""
+"""The DuckDuckGo backend with ddgs faked at its boundary (DDGS.text): results and each failure."""
 
 import threading
 

@@ -26,13 +26,43 @@ def assert_error(response, status: int, error_type: str) -> dict:
         {"query": "  "},
         {"query": 42},
         {"query": "x" * (MAX_QUERY_CHARS + 1)},
+        {"query": " " + "x" * MAX_QUERY_CHARS + " "},
+        {"query": "     "},
+        {"query": True},
+        {"query": ["a list", "of strings"]},
         {"query": "valid question", "extra": 1},
     ],
-    ids=["missing", "empty", "blank", "not-a-string", "too-long", "unknown-field"],
+    ids=[
+        "missing",
+        "empty",
+        "blank",
+        "not-a-string",
+        "too-long",
+        "too-long-with-padding",
+        "only-whitespace",
+        "boolean",
+        "list",
+        "unknown-field",
+    ],
 )
 def test_invalid_requests_are_422(client, body):
     error = assert_error(client.post("/v1/research", json=body), 422, "validation_error")
     assert error["details"] and error["details"][0]["loc"][0] == "body"
+
+
+def test_the_limits_apply_to_what_the_client_sent_then_the_query_is_stripped(client):
+    padded = " " + "x" * (MAX_QUERY_CHARS - 2) + " "  # 2000 characters as sent: accepted
+    response = client.post("/v1/research", json={"query": padded})
+    assert response.status_code == 200 and response.json()["query"] == padded.strip()
+
+
+def test_a_body_that_is_not_utf8_is_400_http_error(client):
+    response = client.post(
+        "/v1/research",
+        content=b'{"query": "caf\xe9 au lait"}',
+        headers={"content-type": "application/json"},
+    )
+    assert_error(response, 400, "http_error")
 
 
 def test_malformed_json_is_422(client):
@@ -64,7 +94,9 @@ def test_oversized_body_is_413(client_for):
 
 def test_unknown_route_and_method(client):
     assert_error(client.get("/v2/nothing"), 404, "not_found")
-    assert_error(client.get("/v1/research"), 405, "method_not_allowed")
+    not_allowed = client.get("/v1/research")
+    assert_error(not_allowed, 405, "method_not_allowed")
+    assert not_allowed.headers["allow"] == "POST"
 
 
 class FailingAgent:

@@ -1,5 +1,6 @@
-"""The real ChatOpenAI path against a local chat-completions stub: tool call round trips, streaming."""
+"""The real ChatOpenAI path against a local chat-completions stub: tool round trips, streaming."""
 
+import contextlib
 import socket
 import threading
 
@@ -141,10 +142,8 @@ def silent_server():
     def accept():
         server.settimeout(0.1)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 accepted.append(server.accept()[0])
-            except OSError:
-                pass
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
