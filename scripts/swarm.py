@@ -97,18 +97,10 @@ def stack_env(stack: str, port: int, **settings: str) -> dict:
 
 def deploy(stack: str, env: dict) -> None:
     # --resolve-image never: the images are local, there is no registry to ask for a digest.
-    command = [
-        "docker",
-        "stack",
-        "deploy",
-        "--resolve-image",
-        "never",
-        "-c",
-        str(STACK_FILE),
-        stack,
-    ]
-    log(" ".join(command[:-1] + [stack]))
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    stack_file = str(STACK_FILE.relative_to(ROOT))
+    command = ["docker", "stack", "deploy", "--resolve-image", "never", "-c", stack_file, stack]
+    log(" ".join(command))
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"docker stack deploy failed:\n{result.stderr}")
 

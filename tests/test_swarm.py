@@ -197,6 +197,55 @@ def test_haproxy_retries_elsewhere_and_never_buffers_a_stream():
     assert not re.search(r"^\s*(compression|filter compression)", HAPROXY, flags=re.M)
 
 
+# --- The lesson's mapping table quotes these files -----------------------------------------------
+
+DOC = ROOT / "docs" / "06-scale-out.md"
+# The files each column of the table quotes: Compose, Swarm, Kubernetes.
+COLUMN_FILES = [
+    [ROOT / "research-agent" / "docker-compose.yml"],
+    [swarm.STACK_FILE, swarm.HAPROXY_CFG],
+    sorted((ROOT / "deploy" / "k8s").glob("*.yaml")),
+]
+
+
+def mapping_table() -> list[list[str]]:
+    """The rows of the table in section 8 of docs/06, header and separator left out."""
+    text = DOC.read_text(encoding="utf-8")
+    section_8 = text[text.index("\n## 8. ") :]
+    lines = [line for line in section_8.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return rows[2:]
+
+
+def table_problems(rows: list[list[str]]) -> list[str]:
+    def flat(text: str) -> str:
+        return " ".join(text.split())
+
+    sources = [flat(" ".join(f.read_text(encoding="utf-8") for f in fs)) for fs in COLUMN_FILES]
+    problems = []
+    for row in rows:
+        for cell, source in zip(row[1:], sources, strict=True):
+            for snippet in re.findall(r"`([^`]+)`", cell):
+                if flat(snippet) not in source:
+                    problems.append(f"{row[0]}: `{snippet}` is not in its column's files")
+    return problems
+
+
+def test_the_mapping_table_quotes_the_files_it_names():
+    rows = mapping_table()
+    assert len(rows) >= 15 and all(len(row) == 4 for row in rows)
+    assert table_problems(rows) == []
+
+
+def test_the_mapping_table_check_catches_a_value_that_drifted():
+    rows = mapping_table()
+    failed = next(row for row in rows if row[0] == "failed update")
+    failed[2] = failed[2].replace("rollback", "pause")
+    assert table_problems(rows) == [
+        "failed update: `failure_action: pause` is not in its column's files"
+    ]
+
+
 # --- Live: make lesson-06, for real ---------------------------------------------------------------
 
 
@@ -273,6 +322,18 @@ def test_make_lesson_06_returns_once_three_replicas_serve(lesson):
     assert f"Research agent on Swarm: {lesson.url}" in lesson.output
     assert f"make lesson-06-down STACK={lesson.stack}" in lesson.output
     assert swarm.up_servers(lesson.url) == 3
+    # The commands the lesson shows to watch the stack.
+    services = subprocess.run(
+        ["docker", "service", "ls", "--filter", f"label={swarm.NAMESPACE}={lesson.stack}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert re.search(rf"{lesson.agent}\s+replicated\s+3/3", services), services
+    tasks = subprocess.run(
+        ["docker", "service", "ps", lesson.agent], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert tasks.count(" Running ") == 3, tasks
     served_by = {httpx.get(f"{lesson.url}/health").headers["x-served-by"] for _ in range(12)}
     assert len(served_by) == 3, served_by
 
