@@ -1,7 +1,8 @@
 """`make bench-scaleout`: the agent on Swarm under load, through a rolling update and a docker stop.
 
-Deploys deploy/swarm/stack.yml as a stack of its own (its own name, a free port, its own image tags,
-so a rebuild of research-agent:optimized elsewhere cannot change it mid-run), then in one run:
+Deploys deploy/swarm/stack.yml as a stack of its own (its own name, a free port, and the optimized
+image built from this checkout under tags of its own, so that another build of
+research-agent:optimized on the machine cannot change it mid-run), then in one run:
 
 1. Throughput with 1 replica, then with 3, ROUNDS times (1, 3, 1, 3: on a shared machine the load
    from elsewhere drifts, and alternating shows it): CONNECTIONS clients ask unique questions (no
@@ -221,16 +222,15 @@ def throughput(url: str, replicas: int) -> dict:
 # --- Docker: images, the update, the stop --------------------------------------------------------
 
 
-def make_images(client: docker.DockerClient, tag: str) -> tuple[str, str]:
-    """Two tags of our own: a copy of research-agent:optimized, and a new version of it."""
-    base = client.images.get("research-agent:optimized")
+def make_images(client: docker.DockerClient, tag: str) -> list[str]:
+    """Two tags of our own: the optimized image built from this checkout, and a new version."""
     v1, v2 = f"research-agent:{tag}-v1", f"research-agent:{tag}-v2"
-    base.tag(v1)
+    swarm.build_agent_image(v1)
     # A real new image (another id), not the same one under a second name: APP_VERSION changes,
     # and /health reports it, so the run can check every replica was replaced.
     dockerfile = f"FROM {v1}\nENV APP_VERSION=2.0.0\n".encode()
     client.images.build(fileobj=io.BytesIO(dockerfile), tag=v2, rm=True)
-    return v1, v2
+    return [v1, v2]
 
 
 def rolling_update(client: docker.DockerClient, service: str, image: str) -> float:
@@ -471,7 +471,7 @@ def cleanup(client: docker.DockerClient, stack: str, images: list[str], joined: 
     swarm.log(f"removing stack {stack} and images {', '.join(images) or '(none)'}")
     swarm.remove(client, stack)
     for image in reversed(images):
-        client.images.remove(image)  # v1 is a second name of research-agent:optimized: untagged
+        client.images.remove(image)  # only the tags go when research-agent:optimized is the same
     if joined:
         swarm.log(swarm.leave_swarm_if_joined(client))
 

@@ -9,6 +9,7 @@ metrics, a broken image is rolled back while the old replicas keep serving, and 
 `make lesson-06-down` leaves the engine as it found it.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -263,10 +264,11 @@ def engine_state(client, stack: str) -> dict:
     return state
 
 
-def make(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def make(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
         ["make", "--no-print-directory", *args],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -287,10 +289,17 @@ class Lesson:
         self.url = f"http://127.0.0.1:{self.port}"
         self.before = engine_state(self.client, self.stack)
         self.agent = swarm.service_name(self.stack, "agent")
-        self.images = []  # images a test built, removed once the stack is gone
+        self.images = []  # images the tests built, removed once the stack is gone
+        self.image = f"research-agent:{self.stack}"
 
     def up(self) -> str:
-        return make("lesson-06", f"STACK={self.stack}", f"PORT={self.port}").stdout
+        # The image built from this checkout under a tag of its own (AGENT_IMAGE), so that another
+        # build of research-agent:optimized on a shared machine cannot change what is tested.
+        swarm.build_agent_image(self.image)
+        self.images.append(self.image)
+        return make(
+            "lesson-06", f"STACK={self.stack}", f"PORT={self.port}", env={"AGENT_IMAGE": self.image}
+        ).stdout
 
     def down(self) -> str:
         return make("lesson-06-down", f"STACK={self.stack}", timeout=300).stdout
@@ -448,7 +457,7 @@ def test_a_version_that_cannot_start_is_rolled_back_while_the_old_one_serves(les
     import io
 
     broken = f"research-agent:{lesson.stack}-broken"
-    dockerfile = b'FROM research-agent:optimized\nCMD ["python", "-c", "raise SystemExit(3)"]\n'
+    dockerfile = f'FROM {lesson.image}\nCMD ["python", "-c", "raise SystemExit(3)"]\n'.encode()
     lesson.client.images.build(fileobj=io.BytesIO(dockerfile), tag=broken, rm=True)
     lesson.images.append(broken)
     image_before = lesson.client.services.get(lesson.agent).attrs["Spec"]["TaskTemplate"][
