@@ -117,6 +117,7 @@ swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas
 	$(PY) -m pytest -m container tests/test_swarm.py -v
 
 bench-scaleout: swarm-images $(VENV)/.installed ## Benchmark: rolling update and docker stop under load (target: 0 failed), 1 vs 3 replicas
+	@scripts/ensure-command.sh wrk wrk
 	$(PY) scripts/bench_scaleout.py
 
 clean: ## Remove the virtual environment and caches

@@ -5,8 +5,8 @@ image built from this checkout under tags of its own, so that another build of
 research-agent:optimized on the machine cannot change it mid-run), then in one run:
 
 1. Throughput with 1 replica, then with 3, ROUNDS times (1, 3, 1, 3: on a shared machine the load
-   from elsewhere drifts, and alternating shows it): CONNECTIONS clients ask unique questions (no
-   cache hits) back to back through HAProxy for SECONDS each.
+   from elsewhere drifts, and alternating shows it): wrk keeps CONNECTIONS connections asking
+   unique questions (no cache hits) through HAProxy for SECONDS each.
 2. A steady load through four phases: RATE questions a second, sent on schedule whether or not the
    previous ones have been answered (open loop, so a stall shows as latency instead of hiding), plus
    STREAMS clients that each keep one SSE stream open after another. Phases: `before`; `update` (the
@@ -17,9 +17,11 @@ Counted: requests sent and failed (any non-2xx, connection error or timeout), st
 with `[DONE]` and streams that were cut (no `[DONE]`, or an `error` event), p50/p99 latency per
 phase, HAProxy's retries. Prints the tables and exits 1 if a request failed or a stream was cut.
 
-Why a small asyncio client rather than wrk or hey: the measurement needs every request counted by
-the phase it was sent in, and each SSE stream read to its `[DONE]` and checked for an `error` event;
-wrk and hey report one aggregate and cannot read a stream. httpx and httpx-sse do HTTP and SSE.
+The throughput rounds use wrk (as `make bench-api` does): it is written in C and takes little of
+the CPUs the replicas need. The steady load is a small asyncio client instead, because it must count
+every request by the phase it was sent in and read each SSE stream to its `[DONE]`, checking for an
+`error` event; wrk and hey report one aggregate and cannot read a stream. httpx and httpx-sse do the
+HTTP and SSE parts.
 
 Settings (environment): BENCH_RATE (5), BENCH_STREAMS (4), BENCH_PHASE_SECONDS (15),
 BENCH_SECONDS (8), BENCH_CONNECTIONS (8), BENCH_ROUNDS (2), BENCH_TOKEN_DELAY_MS (40: streams of
@@ -30,10 +32,12 @@ import asyncio
 import io
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -185,38 +189,58 @@ class Load:
             )
 
 
-async def closed_loop(url: str, connections: int, seconds: float) -> list[tuple[bool, float, str]]:
-    """CONNECTIONS clients asking back to back for `seconds`: (ok, latency, error) per request."""
-    samples: list[tuple[bool, float, str]] = []
-    deadline = time.monotonic() + seconds
+WRK_SCRIPT = """
+local topics = {TOPICS}
+local n = 0
+request = function()
+  n = n + 1
+  local body = string.format('{"query": "%s (%s-%d)"}', topics[n % #topics + 1], "NONCE", n)
+  return wrk.format("POST", "/v1/research", {["Content-Type"] = "application/json"}, body)
+end
+"""
 
-    async def client_loop(client: httpx.AsyncClient, worker: int) -> None:
-        n = worker
-        while time.monotonic() < deadline:
-            started = time.monotonic()
-            ok, error = await ask(client, n)
-            samples.append((ok, time.monotonic() - started, error))
-            n += connections
 
-    async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT) as client:
-        await asyncio.gather(*(client_loop(client, i) for i in range(connections)))
-    return samples
+def run_wrk(url: str, seconds: float) -> dict:
+    """wrk, one thread, CONNECTIONS connections, unique questions; its summary as numbers."""
+    topics = "{" + ", ".join(f'"{t}"' for t in TOPICS) + "}"
+    script = WRK_SCRIPT.replace("{TOPICS}", topics).replace("NONCE", uuid.uuid4().hex[:8])
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(script)
+        lua.flush()
+        command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:.0f}s", "--timeout", "45s"]
+        out = subprocess.run(
+            [*command, "--latency", "-s", lua.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(n) for n in socket.groups()) if socket else 0
+    )
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        "p99": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        "failed": failed,
+        "errors": [
+            line.strip() for line in out.splitlines() if "error" in line or "Non-2xx" in line
+        ],
+    }
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
 def throughput(url: str, replicas: int) -> dict:
-    asyncio.run(closed_loop(url, connections=CONNECTIONS, seconds=2))  # warm-up
+    run_wrk(url, 2)  # warm-up: a new replica's first requests are slower
     load_before = os.getloadavg()[0]
-    samples = asyncio.run(closed_loop(url, connections=CONNECTIONS, seconds=SECONDS))
-    latencies = [s for ok, s, _ in samples if ok]
-    return {
-        "replicas": replicas,
-        "rps": len(latencies) / SECONDS,
-        "failed": sum(not ok for ok, _, _ in samples),
-        "errors": sorted({error for ok, _, error in samples if not ok}),
-        "p50": percentile(latencies, 50) * 1000,
-        "p99": percentile(latencies, 99) * 1000,
-        "loadavg": (load_before + os.getloadavg()[0]) / 2,
-    }
+    result = run_wrk(url, SECONDS)
+    return {**result, "replicas": replicas, "loadavg": (load_before + os.getloadavg()[0]) / 2}
 
 
 # --- Docker: images, the update, the stop --------------------------------------------------------
@@ -408,7 +432,7 @@ def print_report(report: dict) -> None:
     rounds = report["throughput"]
     mean = {n: statistics.mean(t["rps"] for t in rounds if t["replicas"] == n) for n in (1, 3)}
     print(
-        f"\nThroughput: POST /v1/research through HAProxy, {CONNECTIONS} clients back to back, "
+        f"\nThroughput: POST /v1/research through HAProxy, wrk with {CONNECTIONS} connections, "
         f"{SECONDS:.0f}s a round, unique questions (no cache hits). The machine's 1-minute load "
         f"average is shown: other work on its {os.cpu_count()} CPUs takes its share.\n"
     )
