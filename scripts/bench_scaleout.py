@@ -341,6 +341,7 @@ def run(client: docker.DockerClient, stack: str, port: int, v1: str, v2: str) ->
         scale(client, stack, url, replicas)
         swarm.log(f"throughput with {replicas} replica(s) ({CONNECTIONS} clients, {SECONDS:.0f}s)")
         report["throughput"].append(throughput(url, replicas))
+    scale(client, stack, url, 3)  # the steady load runs on 3 replicas
 
     retries_before = haproxy_retries(url)
     load = Load(url, RATE, STREAMS, max_seconds=PHASE_SECONDS * 2 + UPDATE_TIMEOUT + 120)
@@ -430,6 +431,8 @@ def print_report(report: dict) -> None:
         print("Failures:\n  " + "\n  ".join(errors[:10]))
 
     rounds = report["throughput"]
+    if not rounds:
+        return
     mean = {n: statistics.mean(t["rps"] for t in rounds if t["replicas"] == n) for n in (1, 3)}
     print(
         f"\nThroughput: POST /v1/research through HAProxy, wrk with {CONNECTIONS} connections, "
