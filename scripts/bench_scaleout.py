@@ -23,7 +23,7 @@ every request by the phase it was sent in and read each SSE stream to its `[DONE
 `error` event; wrk and hey report one aggregate and cannot read a stream. httpx and httpx-sse do the
 HTTP and SSE parts.
 
-Settings (environment): BENCH_RATE (5), BENCH_STREAMS (4), BENCH_PHASE_SECONDS (15),
+Settings (environment): BENCH_RATE (20), BENCH_STREAMS (4), BENCH_PHASE_SECONDS (15),
 BENCH_SECONDS (8), BENCH_CONNECTIONS (8), BENCH_ROUNDS (2), BENCH_TOKEN_DELAY_MS (40: streams of
 about 6 s), BENCH_KEEP=1 to leave the stack running. Only loopback; every loop is bounded.
 """
@@ -52,7 +52,7 @@ from httpx_sse import aconnect_sse
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import swarm  # noqa: E402
 
-RATE = float(os.getenv("BENCH_RATE", "5"))
+RATE = float(os.getenv("BENCH_RATE", "20"))
 STREAMS = int(os.getenv("BENCH_STREAMS", "4"))
 PHASE_SECONDS = float(os.getenv("BENCH_PHASE_SECONDS", "15"))
 SECONDS = float(os.getenv("BENCH_SECONDS", "8"))
