@@ -9,23 +9,22 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test bench-api bench-sse-proxy clean
-.PHONY: docker-tools offline-images build smoke compose-test sizes bench-images context-size
+.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test lint
+.PHONY: bench-api bench-sse-proxy bench-first-answer clean
+.PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start context-size
+.PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
 .PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
 
 help: ## List the commands of the course
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: requirements-dev.txt
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed (found $(PYTHON))"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements-dev.txt
 	@touch $@
 
-install: $(VENV)/.installed ## Create .venv and install the pinned dependencies
+install: $(VENV)/.installed ## Create .venv and install the pinned dependencies (with uv; INSTALLER=pip for pip)
 
 lock: $(VENV)/.installed ## Re-pin requirements-dev.txt and research-agent/requirements.txt after editing a .in file
-	$(VENV)/bin/pip install --quiet uv
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/requirements.in -o research-agent/requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements-dev.in -o requirements-dev.txt
 
@@ -56,22 +55,31 @@ research-agent: $(VENV)/.installed ## Run the research agent locally (offline mo
 	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
 	@cd research-agent && ../$(PY) main.py
 
-test: $(VENV)/.installed ## Run the test suite (installs Python packages, redis-server and nginx when missing)
-	@scripts/ensure-command.sh redis-server redis-server
-	@scripts/ensure-command.sh nginx nginx
+test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server and nginx when missing)
+	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
+	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
 	$(PY) -m pytest
 
+lint: $(VENV)/.installed ## Lint: ruff (check, format), hadolint, shellcheck, actionlint over every file of their kind
+	@scripts/lint.sh $(VENV)/bin
+
 bench-api: $(VENV)/.installed ## Benchmark: requests/s and latency of the basic vs production API vs bare FastAPI
-	@scripts/ensure-command.sh wrk wrk
+	@scripts/ensure-command.sh wrk wrk "it generates the load" "macOS: brew install wrk"
 	$(PY) scripts/bench_api.py
 
+bench-first-answer: ## Benchmark: fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
+	@$(PYTHON) scripts/bench_first_answer.py
+
 bench-sse-proxy: $(VENV)/.installed ## Benchmark: time to first SSE token, direct vs nginx (gzip) with/without X-Accel-Buffering
-	@scripts/ensure-command.sh nginx nginx
+	@scripts/ensure-command.sh nginx nginx "the benchmark puts nginx in front of the agent" "macOS: brew install nginx"
 	$(PY) scripts/bench_sse_proxy.py
 
 # --- Containers (lesson 03). Each target installs what it needs first: the Docker CLI plugins, then the
 # base images (pulled, or built as stand-ins from Debian packages when no registry answers: it says so).
 IMAGES ?= basic multistage optimized
+# TAG_SUFFIX=-mine builds and tests research-agent:optimized-mine etc., leaving the shared tags alone.
+TAG_SUFFIX ?=
+export TAG_SUFFIX
 
 docker-tools: ## Install the buildx and Compose v2 CLI plugins when missing, print their versions
 	@scripts/docker-tools.sh
@@ -83,19 +91,44 @@ build: docker-tools offline-images ## Build research-agent:basic, :multistage an
 	@scripts/build-images.sh $(IMAGES)
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/test_container.py), docker stop it mid-stream
-	CONTAINER_IMAGES="$(addprefix research-agent:,$(IMAGES))" $(PY) -m pytest -m container tests/test_container.py tests/test_container_shutdown.py -v
+	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/test_container.py tests/test_container_shutdown.py -v
 
-compose-test: docker-tools offline-images $(VENV)/.installed ## docker compose up --wait (offline), cache hit, Redis stopped, down -v
+compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v2: up (offline), healthy, cache hit, Redis stopped, stop mid-answer, down -v
+	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
 	$(PY) -m pytest -m container tests/test_compose.py -v
 
-sizes: build ## Table: image sizes against their floor (base image + runtime dependencies)
+sizes: build ## Table: image sizes against their floor, and where the optimized image's bytes went
 	@$(PYTHON) scripts/image_sizes.py
 
 bench-images: docker-tools offline-images $(VENV)/.installed ## Benchmark: cold build, code-only rebuild, size, start time per Dockerfile
 	$(PY) scripts/bench_images.py
 
+bench-start: build $(VENV)/.installed ## Benchmark: docker run -> /ready and -> healthy for the built images (no rebuild)
+	$(PY) scripts/bench_images.py --start-only
+
 context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
 	@scripts/context-size.sh
+
+# --- Sandboxed tools (lesson 04): agent tools run code in throwaway containers of agent-sandbox:python.
+build: sandbox-image
+
+sandbox-image: docker-tools offline-images ## Build and smoke-test agent-sandbox:python, the image tools run code in
+	@scripts/build-sandbox-image.sh
+
+lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
+	@echo
+	@echo "  Sandboxed tools on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
+	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
+	@echo "  Run code:   curl -s -X POST http://$(HOST):$(PORT)/v1/tools/python -H 'content-type: application/json' -d '{\"code\": \"print(2**100)\"}'"
+	@echo "  Ask:        curl -s -X POST http://$(HOST):$(PORT)/v1/agent -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo
+	@$(PY) code/04_sandboxed_tools.py
+
+sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
+	$(PY) -m pytest -m container tests/lesson_04 tests/research_agent/test_sandbox_tool.py tests/test_docs.py -v
+
+bench-sandbox: sandbox-image $(VENV)/.installed ## Benchmark: the runner vs a bare `docker run --rm`, a warm pool and exec, p50/p95
+	$(PY) scripts/bench_sandbox.py
 
 # --- Scale-out (lesson 06): the research agent on Docker Swarm behind HAProxy. The Kubernetes manifests
 # in deploy/k8s/ are validated offline by `make test` (tests/test_k8s.py).

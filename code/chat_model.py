@@ -6,13 +6,17 @@ streamed token by token. Both are LangChain chat models, so the lesson code neve
 """
 
 import asyncio
+import json
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 logger = logging.getLogger("chat_model")
 
@@ -24,7 +28,7 @@ class OfflineChatModel(BaseChatModel):
 
     model_name: str = OFFLINE_MODEL_NAME
     token_delay_ms: int = 20
-    """Pause before each token, so streaming is visible and tests can make requests slow on purpose."""
+    """Pause before each token: streaming is visible, and tests can slow requests on purpose."""
 
     @property
     def _llm_type(self) -> str:
@@ -42,7 +46,7 @@ class OfflineChatModel(BaseChatModel):
         return tokens[:max_tokens] if max_tokens else tokens
 
     def _chunks(self, messages: list[BaseMessage], kwargs: dict) -> Iterator[AIMessageChunk]:
-        # The offline model is deterministic, so temperature has nothing to change; max_tokens truncates.
+        # Deterministic: temperature has nothing to change; max_tokens truncates.
         tokens = self._tokens(messages, kwargs.get("max_tokens"))
         for token in tokens:
             yield AIMessageChunk(content=token)
@@ -88,11 +92,71 @@ class OfflineChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
+# Arithmetic written with digits and + - * / % ** ( ), e.g. "2**100" or "(17 + 4) * 3".
+ARITHMETIC = re.compile(r"[\d(][\d\s+\-*/%().]*[\d)]")
+
+
+class OfflineToolCallingModel(OfflineChatModel):
+    """The offline model with one tool: it has arithmetic in the question computed by that tool.
+
+    Deterministic, like OfflineChatModel: when the question holds arithmetic, the first turn calls
+    the bound tool with a program that prints the first expression ({"code": "print(2**100)"});
+    the next turn answers from the tool's result. Other questions get OfflineChatModel's answer.
+    """
+
+    tool_name: str | None = None
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> "OfflineToolCallingModel":
+        names = [convert_to_openai_tool(t)["function"]["name"] for t in tools]
+        return self.model_copy(update={"tool_name": names[0] if names else None})
+
+    @staticmethod
+    def expression(question: str) -> str | None:
+        found = [m.strip() for m in ARITHMETIC.findall(question) if re.search(r"[-+*/%]", m)]
+        return found[0] if found else None
+
+    def _chunks(self, messages: list[BaseMessage], kwargs: dict) -> Iterator[AIMessageChunk]:
+        human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)
+        expression = self.expression(messages[human].text) if human >= 0 else None
+        results = [m for m in messages[human + 1 :] if isinstance(m, ToolMessage)]
+        if not (self.tool_name and expression):
+            yield from super()._chunks(messages, kwargs)
+            return
+        usage = {"input_tokens": sum(len(m.text.split()) for m in messages)}
+        if not results:
+            call = {"name": self.tool_name, "args": json.dumps({"code": f"print({expression})"})}
+            yield AIMessageChunk(
+                content="", tool_call_chunks=[{**call, "id": f"call_{len(messages)}", "index": 0}]
+            )
+            usage["output_tokens"] = 1
+        else:
+            for token in self._answer(expression, results[-1]).split(" "):
+                yield AIMessageChunk(content=token + " ")
+            usage["output_tokens"] = len(self._answer(expression, results[-1]).split(" "))
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        yield AIMessageChunk(
+            content="", usage_metadata=usage, response_metadata={"model_name": self.model_name}
+        )
+
+    @staticmethod
+    def _answer(expression: str, result: ToolMessage) -> str:
+        try:
+            run = json.loads(result.text)
+        except ValueError:
+            return f"[offline model] I could not compute {expression}: {result.text}"
+        if run.get("exit_code") == 0 and not run.get("truncated"):
+            return f"[offline model] {expression} = {run['stdout'].strip()} (run in the sandbox)"
+        reason = "timed out" if run.get("timed_out") else f"exited with {run.get('exit_code')}"
+        error = ((run.get("stderr") or "").strip().splitlines() or [""])[-1]
+        return f"[offline model] Computing {expression} failed: the run {reason}. {error}".strip()
+
+
 def make_chat_model(
     openai_api_key: str | None,
     model_name: str = "gpt-4o-mini",
     offline_token_delay_ms: int = 20,
     timeout_seconds: float | None = None,
+    offline_model: type[OfflineChatModel] = OfflineChatModel,
 ) -> BaseChatModel:
     """A real model when a key is configured, the offline model otherwise."""
     if openai_api_key:
@@ -106,7 +170,7 @@ def make_chat_model(
             model=model_name, api_key=openai_api_key, timeout=timeout_seconds, stream_usage=True
         )
     logger.info(
-        "No OPENAI_API_KEY: using the offline model. Set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama, "
-        "vLLM or llama.cpp) to use a real model."
+        "No OPENAI_API_KEY: using the offline model. Set OPENAI_API_KEY (and OPENAI_BASE_URL for "
+        "Ollama, vLLM or llama.cpp) to use a real model."
     )
-    return OfflineChatModel(token_delay_ms=offline_token_delay_ms)
+    return offline_model(token_delay_ms=offline_token_delay_ms)

@@ -1,4 +1,4 @@
-"""The floor for `make bench-api`: the same request and response shapes as lesson 01, with no agent behind them."""
+"""The floor for `make bench-api`: lesson 01's request and response shapes, no agent behind them."""
 
 import os
 

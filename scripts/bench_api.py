@@ -1,7 +1,8 @@
 """`make bench-api`: what the production habits of lesson 01 cost in throughput and latency.
 
-Starts each API in turn on a free port (offline model, no token delay, cache off), drives POST /v1/invoke
-with wrk, and prints one table. Settings: BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 16).
+Starts each API in turn on a free port (offline model, no token delay, cache off), drives
+POST /v1/invoke with wrk, and prints one table. Settings: BENCH_SECONDS (default 10),
+BENCH_CONNECTIONS (default 16).
 """
 
 import os
@@ -103,18 +104,21 @@ def main() -> None:
     os.unlink(lua.name)
     basic = results["01 basic"]["rps"]
     print(
-        f"\nPOST /v1/invoke, wrk 1 thread, {CONNECTIONS} connections, {SECONDS}s per API, {os.cpu_count()} CPUs\n"
+        f"\nPOST /v1/invoke, wrk 1 thread, {CONNECTIONS} connections, {SECONDS}s per API,"
+        f" {os.cpu_count()} CPUs\n"
     )
     print(f"| {'API':<14} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'vs basic':>8} |")
     print(f"|{'-' * 16}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
     for name, r in results.items():
         print(
-            f"| {name:<14} | {r['rps']:>8.0f} | {r['p50']:>7.2f} | {r['p99']:>7.2f} | {r['rps'] / basic:>8.2f} |"
+            f"| {name:<14} | {r['rps']:>8.0f} | {r['p50']:>7.2f} | {r['p99']:>7.2f}"
+            f" | {r['rps'] / basic:>8.2f} |"
         )
     cost = 1 - results["01 production"]["rps"] / basic
     verdict = "within" if cost <= 0.15 else "OVER"
     print(
-        f"\nProduction habits cost {cost:.1%} of the basic API's throughput ({verdict} the 15% budget)."
+        f"\nProduction habits cost {cost:.1%} of the basic API's throughput"
+        f" ({verdict} the 15% budget)."
     )
 
 

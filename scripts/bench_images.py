@@ -1,15 +1,22 @@
 """Benchmark the three Dockerfiles (`make bench-images`): a measurement, not a test.
 
 For each variant, from a private copy of the build context (your files are never touched):
-  cold build      after `docker builder prune -af` (no layer cache, no cache mounts; base images stay)
+  cold build      after `docker builder prune -af` (no layer cache, no cache mounts; base images
+                  stay)
   deps step       of that build, the RUN that installs requirements.txt (pip, or uv for optimized)
   code rebuild    after appending a comment to app/__init__.py: what a code-only change costs
   size            of the image
   start->ready    `docker run` until GET /ready answers 200 from the host (median of RUNS)
   start->healthy  `docker run` until Docker's health status is `healthy` (the first check runs one
                   --interval, 5 s, after the start: engines before 25 have no --start-interval)
-and the same app on the host (`.venv`, uvicorn) for comparison. Images are tagged research-agent-bench:*
-and removed afterwards. It empties BuildKit's cache, so the next `make build` starts cold.
+and the same app on the host (`.venv`, uvicorn) for comparison. Images are tagged
+research-agent-bench:* and removed afterwards. It empties BuildKit's cache, so the next
+`make build` starts cold.
+
+`--start-only` (`make bench-start`) builds nothing and prunes nothing: it times the starts of the
+images `make build` made (research-agent:*, with TAG_SUFFIX), plus the optimized image once more
+with its build-time byte-code ignored (PYTHONPYCACHEPREFIX pointing at an empty folder): what
+that step of Dockerfile.optimized buys.
 """
 
 import os
@@ -101,13 +108,15 @@ def container_start(tag: str, options: list[str]) -> tuple[float, float]:
 
 
 def host_start() -> float:
-    """Seconds from starting uvicorn on the host to /ready 200, searching only notes/ like the images."""
+    """Seconds from starting uvicorn on the host to /ready 200 (notes/ only, as in the images)."""
     python = ROOT / ".venv" / "bin" / "python"
     with tempfile.TemporaryDirectory() as no_docs:
         with __import__("socket").socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {**os.environ, "DOCS_DIR": no_docs}
+        # Byte-code cached as a learner's .venv has it after the first run (see warm-up in main).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["DOCS_DIR"] = no_docs
         started = time.monotonic()
         process = subprocess.Popen(
             [str(python), "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -127,7 +136,35 @@ def host_start() -> float:
             process.wait(30)
 
 
+def start_only() -> int:
+    suffix = os.environ.get("TAG_SUFFIX", "")
+    runs = [
+        (variant, f"research-agent:{variant}{suffix}", RUN_OPTIONS.get(variant, []))
+        for variant in VARIANTS
+    ]
+    no_pyc = ["-e", "PYTHONPYCACHEPREFIX=/nonexistent"]
+    runs.append(("optimized, byte-code ignored", runs[-1][1], [*runs[-1][2], *no_pyc]))
+    rows = []
+    for name, tag, options in runs:
+        print(f"==> {name}: {RUNS} starts of {tag}", flush=True)
+        starts = [container_start(tag, options) for _ in range(RUNS)]
+        rows.append(
+            (name, statistics.median(r for r, _ in starts), statistics.median(h for _, h in starts))
+        )
+    print(f"==> host: a warm-up, then {RUNS} starts of uvicorn main:app from .venv", flush=True)
+    host_start()
+    host = statistics.median(host_start() for _ in range(RUNS))
+    print("\n| image | start->ready s (x host) | start->healthy s |")
+    print("| --- | ---: | ---: |")
+    for name, to_ready, to_healthy in rows:
+        print(f"| {name} | {to_ready:.2f} ({to_ready / host:.2f}x) | {to_healthy:.1f} |")
+    print(f"| host (.venv) | {host:.2f} (1.00x) | |")
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--start-only"]:
+        return start_only()
     variants = sys.argv[1:] or list(VARIANTS)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,13 +202,15 @@ def main() -> int:
 
     print()
     print(
-        "| variant | cold build s | deps step s | code-only rebuild s (% of cold) | size MB | start->ready s (x host) | start->healthy s |"
+        "| variant | cold build s | deps step s | code-only rebuild s (% of cold) | size MB"
+        " | start->ready s (x host) | start->healthy s |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant, cold, deps, code, size, to_ready, to_healthy in rows:
         deps_s = f"{deps:.1f}" if deps is not None else "?"
         print(
-            f"| {variant} | {cold:.1f} | {deps_s} | {code:.1f} ({100 * code / cold:.1f}%) | {size / 1e6:.0f} | "
+            f"| {variant} | {cold:.1f} | {deps_s} | {code:.1f} ({100 * code / cold:.1f}%)"
+            f" | {size / 1e6:.0f} | "
             f"{to_ready:.2f} ({to_ready / host:.2f}x) | {to_healthy:.1f} |"
         )
     print(f"| host (.venv) | | | | | {host:.2f} (1.00x) | |")

@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Build the research agent's images from research-agent/: research-agent:basic (Dockerfile),
 # :multistage (Dockerfile.multistage) and :optimized (Dockerfile.optimized). Re-running is cheap:
-# unchanged layers come from BuildKit's cache.
+# unchanged layers come from the build cache.
 #
 # Usage: scripts/build-images.sh [basic|multistage|optimized ...]
-# Env:   PIP_CERT_FILE  a CA bundle to trust during the build (corporate proxy; off by default)
-#        PYTHON_IMAGE   another base image (default: python:3.11-slim, as in the Dockerfiles)
+# Env:   TAG_SUFFIX     appended to each tag (research-agent:optimized-mine), to keep shared tags as they are
 #        BUILD_LOG_DIR  where the full build logs go (default: .build/)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,13 +13,11 @@ cd "$root/research-agent"
 logs=${BUILD_LOG_DIR:-$root/.build}
 mkdir -p "$logs"
 
+# OCI labels of the optimized image: the commit, so rebuilding one commit gives the same image.
 args=(
-  # OCI labels of the optimized image: the commit, so rebuilding one commit gives the same image.
   --build-arg "REVISION=$(git rev-parse HEAD 2>/dev/null || echo unknown)"
   --build-arg "CREATED=$(git log -1 --format=%cI 2>/dev/null || echo unknown)"
 )
-[ -z "${PYTHON_IMAGE:-}" ] || args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
-[ -z "${PIP_CERT_FILE:-}" ] || args+=(--secret "id=pip_cert,src=$PIP_CERT_FILE")
 
 for variant in "$@"; do
   case $variant in
@@ -28,8 +25,8 @@ for variant in "$@"; do
     multistage | optimized) dockerfile=Dockerfile.$variant ;;
     *) echo "unknown variant: $variant (basic, multistage, optimized)" >&2; exit 2 ;;
   esac
-  tag=research-agent:$variant
-  log=$logs/build-$variant.log
+  tag=research-agent:$variant${TAG_SUFFIX:-}
+  log=$logs/build-$variant${TAG_SUFFIX:-}.log
   echo "==> building $tag from research-agent/$dockerfile (log: ${log#"$root"/})"
   start=$SECONDS
   if ! DOCKER_BUILDKIT=1 docker build --progress=plain -f "$dockerfile" -t "$tag" "${args[@]}" . >"$log" 2>&1; then

@@ -19,11 +19,12 @@ What the include selects (paths are relative to the repository root):
 
 Usage:
     python scripts/docs_sync.py           rewrite every excerpt from its source
-    python scripts/docs_sync.py --check   change nothing; exit 1 and list each stale or broken excerpt
+    python scripts/docs_sync.py --check   change nothing; exit 1, listing each stale or broken one
 """
 
 import argparse
 import ast
+import contextlib
 import re
 import sys
 import textwrap
@@ -209,10 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     docs = args.docs or sorted(DOCS.rglob("*.md"))
     all_stale, all_broken, count = [], [], 0
     for doc in docs:
-        try:
+        with contextlib.suppress(IncludeError):  # reported by sync_doc below
             count += len(find_excerpts(doc))
-        except IncludeError:
-            pass  # reported by sync_doc below
         stale, broken = sync_doc(doc.resolve(), write=not args.check)
         all_stale += stale
         all_broken += broken

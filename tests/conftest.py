@@ -3,9 +3,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def fresh_openai_http_clients():
-    """langchain-openai keeps one HTTP client per process, bound to the event loop that first used it.
+    """langchain-openai keeps one HTTP client per process, bound to the loop that first used it.
 
-    A server has one loop for its whole life; every TestClient starts a new one, so each test needs fresh clients.
+    A server has one loop for its whole life; every TestClient starts a new one, so each test
+    needs fresh clients.
     """
     from langchain_openai.chat_models import _client_utils
 

@@ -1,8 +1,8 @@
 """A local server that speaks the OpenAI chat-completions wire format.
 
-Tests point the real `ChatOpenAI` client at it (`OPENAI_BASE_URL=stub.base_url`), so the online code
-path runs end to end with no API key and no internet. It answers plain and streamed requests, reports
-token usage like the real API, and can reply with tool calls.
+Tests point the real `ChatOpenAI` client at it (`OPENAI_BASE_URL=stub.base_url`), so the online
+code path runs end to end with no API key and no internet. It answers plain and streamed requests,
+reports token usage like the real API, and can reply with tool calls.
 
     with ChatCompletionsStub(replies=[{"content": "Hello there"}]) as stub:
         ...  # stub.base_url, stub.requests
@@ -20,7 +20,7 @@ def _count_tokens(text: str) -> int:
 
 
 class ChatCompletionsStub:
-    """Serves `replies` in order (the last one repeats); each is {"content": str} or {"tool_calls": [...]}."""
+    """Serves `replies` in order, the last repeating: {"content": str} or {"tool_calls": [...]}."""
 
     def __init__(self, replies: list[dict]):
         self.replies = replies

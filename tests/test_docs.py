@@ -1,16 +1,16 @@
 """The docs cannot drift from the code.
 
-1. Every excerpt in docs/ is identical to the file (or symbol) it includes (scripts/docs_sync.py --check),
-   and every include names a file and symbol that exist.
+1. Every excerpt in docs/ is identical to the file (or symbol) it includes
+   (scripts/docs_sync.py --check), and every include names a file and symbol that exist.
 2. Every `make ...` line in a shell block of docs/ or README.md names a target of the Makefile.
 3. Every shell block in docs/ is checked: it only runs make targets, or it is marked
    `<!-- server: TARGET -->` and run here, or it is marked `<!-- checked-by: ... -->` and names the
    make target or test file that exercises the same steps.
-4. Each `<!-- server: TARGET -->` block is run against a real server (started as `make TARGET` would,
-   on a free port, with no token delay), in the order the doc shows them, and its output is compared
-   with the `<!-- expected-output -->` block that follows it:
-   - JSON structurally; request ids, timestamps, latencies and uptimes may differ; a value "..." in the
-     doc matches anything (used where the answer depends on what the search finds);
+4. Each `<!-- server: TARGET -->` block is run against a real server (started as `make TARGET`
+   would, on a free port, with no token delay), in the order the doc shows them, and its output
+   is compared with the `<!-- expected-output -->` block that follows it:
+   - JSON structurally; request ids, timestamps, latencies and uptimes may differ; a value "..." in
+     the doc matches anything (used where the answer depends on what the search finds);
    - text line by line; a line `...` stands for any number of lines, and `...` inside a line for any
      characters.
 """
@@ -35,7 +35,7 @@ from tests.ports import free_port
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 SHELL_LANGS = {"bash", "console", "sh", "shell"}
-VOLATILE_KEYS = {"request_id", "latency_ms", "created_at", "uptime_seconds", "time"}
+VOLATILE_KEYS = {"request_id", "latency_ms", "created_at", "uptime_seconds", "time", "duration_ms"}
 
 _spec = importlib.util.spec_from_file_location("docs_sync", ROOT / "scripts" / "docs_sync.py")
 docs_sync = importlib.util.module_from_spec(_spec)
@@ -47,10 +47,14 @@ SERVERS = {
     "lesson-01-production": (ROOT, "code/01_production_api.py"),
     "lesson-01-shutdown": (ROOT, "code/01_graceful_shutdown.py"),
     "research-agent": (ROOT / "research-agent", "main.py"),
+    "lesson-04": (ROOT, "code/04_sandboxed_tools.py"),
 }
+# Servers that need Docker and a built image: their documented commands run with the container
+# checks (marker `container`, `make sandbox-test`), not in `make test`.
+NEEDS_DOCKER = {"lesson-04"}
 
 
-# --- Reading Markdown ------------------------------------------------------------------------------
+# --- Reading Markdown -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -112,7 +116,7 @@ def make_targets() -> set[str]:
 
 
 def make_goals(command: str) -> list[str] | None:
-    """The targets of a `make` command line (after any VAR=value prefixes), or None for other commands."""
+    """The targets of a `make` command line (after VAR=value prefixes); None for other commands."""
     words = command.split()
     while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
         words.pop(0)
@@ -121,7 +125,7 @@ def make_goals(command: str) -> list[str] | None:
     return [w for w in words[1:] if not w.startswith("-") and "=" not in w]
 
 
-# --- 1. Excerpts ---------------------------------------------------------------------------------------
+# --- 1. Excerpts ----------------------------------------------------------------------------------
 
 
 def test_there_are_docs_with_excerpts():
@@ -233,7 +237,8 @@ def test_a_changed_file_makes_its_excerpt_stale_until_synced(sample_repo):
 
     docs_sync.sync_doc(doc, sample_repo, write=True)
     assert doc.read_text() == (
-        "Intro\n\n<!-- include: pkg/mod.py#square -->\n```python\n@functools.cache\ndef square(x):\n"
+        "Intro\n\n<!-- include: pkg/mod.py#square -->\n```python\n@functools.cache\n"
+        "def square(x):\n"
         "    return x * x\n```\n\nEnd\n"
     )
     assert docs_sync.sync_doc(doc, sample_repo, write=False) == ([], [])
@@ -241,14 +246,17 @@ def test_a_changed_file_makes_its_excerpt_stale_until_synced(sample_repo):
 
 def test_a_missing_symbol_is_reported_and_nothing_is_written(sample_repo):
     doc = sample_repo / "doc.md"
-    text = "<!-- include: pkg/mod.py#gone -->\n```python\nx\n```\n<!-- include: pkg/mod.py#LIMIT -->\n```python\n```\n"
+    text = (
+        "<!-- include: pkg/mod.py#gone -->\n```python\nx\n```\n"
+        "<!-- include: pkg/mod.py#LIMIT -->\n```python\n```\n"
+    )
     doc.write_text(text)
     stale, broken = docs_sync.sync_doc(doc, sample_repo, write=True)
     assert broken and "pkg/mod.py#gone" in broken[0]
     assert doc.read_text() == text
 
 
-# --- 2 and 3. Commands -----------------------------------------------------------------------------------
+# --- 2 and 3. Commands ----------------------------------------------------------------------------
 
 
 def test_make_lines_name_real_targets():
@@ -285,12 +293,13 @@ def test_every_shell_block_in_docs_is_run_or_checked():
         if not all(make_goals(c) is not None for c in commands(block)):
             unchecked.append(block.where())
     assert not unchecked, (
-        "these shell blocks are neither make targets, nor run by this test (<!-- server: TARGET -->), nor marked "
+        "these shell blocks are neither make targets, nor run by this test"
+        " (<!-- server: TARGET -->), nor marked "
         "<!-- checked-by: make TARGET | tests/... -->:\n" + "\n".join(unchecked)
     )
 
 
-# --- 4. Running the documented commands against a real server -------------------------------------------
+# --- 4. Running the documented commands against a real server -------------------------------------
 
 
 def doc_sessions() -> list[tuple[Path, str, list[tuple[Block, Block]]]]:
@@ -302,7 +311,8 @@ def doc_sessions() -> list[tuple[Path, str, list[tuple[Block, Block]]]]:
             if block.lang in SHELL_LANGS and "server" in block.marks:
                 expected = found[i + 1] if i + 1 < len(found) else None
                 assert expected is not None and "expected-output" in expected.marks, (
-                    f"{block.where()}: a server block must be followed by an <!-- expected-output --> block"
+                    f"{block.where()}: a server block must be followed by an"
+                    " <!-- expected-output --> block"
                 )
                 sessions.setdefault((doc, block.marks["server"]), []).append((block, expected))
     return [(doc, server, pairs) for (doc, server), pairs in sessions.items()]
@@ -320,9 +330,12 @@ class Server:
         for name_value in assignments:  # e.g. <!-- server: research-agent SEARCH_MAX_RESULTS=2 -->
             key, _, value = name_value.partition("=")
             env[key] = value
-        self.log = open(os.devnull, "w")
         self.process = subprocess.Popen(
-            [sys.executable, script], cwd=cwd, env=env, stdout=self.log, stderr=self.log
+            [sys.executable, script],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while True:
@@ -335,7 +348,7 @@ class Server:
                 time.sleep(0.1)
 
     def run(self, command: str) -> str:
-        # The doc says port 8000; the server listens on a free port. Output mentioning it is mapped back.
+        # The doc says port 8000; the server listens on a free port: output naming it maps back.
         command = re.sub(r"\b(localhost|127\.0\.0\.1):8000\b", rf"\1:{self.port}", command)
         result = subprocess.run(
             ["bash", "-o", "pipefail", "-c", command],
@@ -354,7 +367,6 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.log.close()
 
 
 def match_json(expected, actual, path="$") -> list[str]:
@@ -381,7 +393,7 @@ def match_json(expected, actual, path="$") -> list[str]:
             return [f"{path}: {len(actual)} items, the doc shows {len(expected)}"]
         return [
             p
-            for i, (e, a) in enumerate(zip(expected, actual))
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
             for p in match_json(e, a, f"{path}[{i}]")
         ]
     return [] if expected == actual else [f"{path}: {actual!r}, the doc shows {expected!r}"]
@@ -427,10 +439,13 @@ def compare(expected: str, actual: str) -> list[str]:
 SESSIONS = doc_sessions()
 
 
+def session_param(doc: Path, target: str, pairs: list) -> pytest.param:
+    marks = [pytest.mark.container] if target.split()[0] in NEEDS_DOCKER else []
+    return pytest.param(doc, target, pairs, marks=marks, id=f"{doc.name}:{target.split()[0]}")
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the documented commands use curl")
-@pytest.mark.parametrize(
-    "doc, target, pairs", SESSIONS, ids=[f"{d.name}:{t.split()[0]}" for d, t, _ in SESSIONS]
-)
+@pytest.mark.parametrize("doc, target, pairs", [session_param(*s) for s in SESSIONS])
 def test_documented_commands_print_the_documented_output(doc, target, pairs):
     server = Server(target)
     try:

@@ -34,7 +34,7 @@ if [ -r "$host_ca" ]; then
     }' "$root/etc/ssl/certs/ca-certificates.crt" "$root/tmp/known.pem" "$host_ca"
   rm -f "$root/tmp/known.pem"
   chroot "$root" update-ca-certificates >/dev/null
-  echo "python hook: added $(ls "$root/usr/local/share/ca-certificates" | wc -l) host CA cert(s)"
+  echo "python hook: added $(find "$root/usr/local/share/ca-certificates" -type f | wc -l) host CA cert(s)"
 fi
 
 # Slim: no byte-code caches for the stdlib (the official image ships none either).

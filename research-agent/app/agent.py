@@ -31,8 +31,9 @@ from langgraph.errors import GraphBubbleUp
 
 from .config import OFFLINE_MODEL_NAME, Settings
 from .errors import AppError, UpstreamError, UpstreamTimeoutError
+from .python_tool import sandbox_tools
 from .search import format_results, make_search_tool
-from .telemetry import TOKENS, TOOL_CALLS
+from .telemetry import TOKENS, TOOL_CALLS, request_id
 
 logger = logging.getLogger(__name__)
 
@@ -214,12 +215,15 @@ class SearchToolMiddleware(AgentMiddleware):
     numbers sources across all calls of a run, so that [n] means the same source everywhere.
     """
 
-    def __init__(self, timeout_seconds: float):
+    def __init__(self, timeout_seconds: float, tool_name: str | None = None):
         super().__init__()
         self.timeout_seconds = timeout_seconds
+        self.tool_name = tool_name  # the search tool; other tools (run_python) pass through
 
     async def awrap_tool_call(self, request, handler):
         call = request.tool_call
+        if self.tool_name and call["name"] != self.tool_name:
+            return await handler(request)
         context = (
             request.runtime.context
             if isinstance(request.runtime.context, RunContext)
@@ -293,10 +297,10 @@ class ResearchAgent:
         self.tool = tool if tool is not None else make_search_tool(settings)
         self.graph = create_agent(
             model if model is not None else build_model(settings),
-            [self.tool],
+            [self.tool, *sandbox_tools(settings, request_id)],
             system_prompt=SYSTEM_PROMPT,
             middleware=[
-                SearchToolMiddleware(settings.SEARCH_TIMEOUT_SECONDS),
+                SearchToolMiddleware(settings.SEARCH_TIMEOUT_SECONDS, self.tool.name),
                 ModelCallLimitMiddleware(run_limit=settings.MAX_MODEL_CALLS, exit_behavior="end"),
             ],
             context_schema=RunContext,

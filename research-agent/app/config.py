@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     SHUTDOWN_DRAIN_SECONDS: float = 1.0
     GRACEFUL_SHUTDOWN_SECONDS: float = 8.0
 
+    # run_python in a throwaway container (lesson 04). Off: it needs the Docker API, which is root
+    # on the host; see docs/04-sandboxed-tools.md before turning it on.
+    SANDBOX_ENABLED: bool = False
+    SANDBOX_IMAGE: str = "agent-sandbox:python"
+    SANDBOX_RUNTIME: str | None = None  # "runsc": gVisor, when the Docker daemon offers it
+    SANDBOX_TIMEOUT_SECONDS: float = 10.0
+
     @property
     def offline(self) -> bool:
         return self.OPENAI_API_KEY is None or not self.OPENAI_API_KEY.get_secret_value()

@@ -1,0 +1,229 @@
+"""Lesson 04: agent tools that run code in throwaway sandbox containers.
+
+Run it:  make lesson-04      (builds the sandbox image agent-sandbox:python first; needs Docker)
+
+Endpoints:
+  GET  /health             the process answers
+  POST /v1/tools/python    {"code": "...", "timeout_seconds": 5} runs the code in a new container,
+                           answers {stdout, stderr, exit_code, timed_out, oom_killed, truncated,
+                           duration_ms}
+  POST /v1/agent           {"query": "What is 2**100?"}: an agent whose run_python tool uses the
+                           same sandbox
+
+A failing program is a result (exit code, timed out, OOM), not an error; no Docker is a 503.
+"""
+
+import asyncio
+import contextvars
+import logging
+import re
+import sys
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from chat_model import OfflineToolCallingModel, make_chat_model
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from langchain.agents import create_agent
+from langchain.agents.middleware import ModelCallLimitMiddleware
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings
+
+# The runner is one file in the research agent, which ships it in its image; the lesson imports
+# that same file rather than a copy (research-agent/ holds the `app` package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
+from app.sandbox import (  # noqa: E402
+    RunResult,
+    SandboxConfig,
+    SandboxRunner,
+    SandboxUnavailable,
+    make_run_python_tool,
+)
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+logger = logging.getLogger("sandboxed_tools")
+
+
+class Settings(BaseSettings):
+    HOST: str = "127.0.0.1"
+    PORT: int = 8000
+    OPENAI_API_KEY: SecretStr | None = None
+    MODEL_NAME: str = "gpt-4o-mini"
+    OFFLINE_TOKEN_DELAY_MS: int = 20
+    REQUEST_TIMEOUT_SECONDS: float = 60.0
+    MAX_CODE_CHARS: int = 20_000
+    SANDBOX_IMAGE: str = "agent-sandbox:python"
+    SANDBOX_RUNTIME: str | None = None  # "runsc" for gVisor (see the lesson)
+    SANDBOX_TIMEOUT_SECONDS: float = 10.0  # default per run
+    SANDBOX_MAX_TIMEOUT_SECONDS: float = 30.0  # the most a request may ask for
+    SANDBOX_MAX_CONCURRENT: int = 4
+    SANDBOX_OWNER: str = "lesson-04"  # label value: which containers this API sweeps at start-up
+
+
+settings = Settings()
+
+# The request being served, so each container can carry its request id as a label.
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+# === Requests and responses: what is too big or empty never reaches Docker ===
+
+
+class CodeRequest(BaseModel):
+    code: str = Field(
+        min_length=1, max_length=settings.MAX_CODE_CHARS, pattern=r"\S", description="Python 3.11"
+    )
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, le=settings.SANDBOX_MAX_TIMEOUT_SECONDS
+    )
+
+
+class AgentRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=4000)
+
+
+class ToolCall(BaseModel):
+    code: str
+    result: RunResult
+
+
+class AgentResponse(BaseModel):
+    answer: str
+    tool_calls: list[ToolCall]
+    model: str
+
+
+# === The agent: a chat model with one tool, run_python, whose calls run in the sandbox ===
+
+SYSTEM_PROMPT = """You answer questions. For anything that needs computing, call run_python with a
+complete program that prints the result, then answer from its output. If the run failed, say so."""
+
+
+def build_agent(runner: SandboxRunner):
+    model = make_chat_model(
+        settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None,
+        settings.MODEL_NAME,
+        settings.OFFLINE_TOKEN_DELAY_MS,
+        offline_model=OfflineToolCallingModel,
+    )
+    return model.model_name, create_agent(
+        model,
+        [make_run_python_tool(runner, request_id_var.get)],
+        system_prompt=SYSTEM_PROMPT,
+        # A real model may keep calling the tool; four model turns are plenty for one question.
+        middleware=[ModelCallLimitMiddleware(run_limit=4, exit_behavior="end")],
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    runner = SandboxRunner(
+        SandboxConfig(
+            image=settings.SANDBOX_IMAGE,
+            runtime=settings.SANDBOX_RUNTIME,
+            timeout_seconds=settings.SANDBOX_TIMEOUT_SECONDS,
+            max_concurrent=settings.SANDBOX_MAX_CONCURRENT,
+            owner=settings.SANDBOX_OWNER,
+        )
+    )
+    try:  # containers a crashed run of this API left behind
+        removed = await asyncio.to_thread(runner.sweep)
+        logger.info("Sandbox ready (%s); removed %d leftover container(s)", runner.config, removed)
+    except SandboxUnavailable as exc:
+        logger.warning("Sandbox unavailable, runs will answer 503 until it is: %s", exc)
+    app.state.runner = runner
+    app.state.model_name, app.state.agent = build_agent(runner)
+    yield
+    await asyncio.to_thread(runner.close)  # running sandboxes finish and are removed
+
+
+app = FastAPI(title="Sandboxed tools", version="1.0.0", lifespan=lifespan)
+
+
+# === Request ids and errors: one JSON shape, no stack traces ===
+
+
+@app.middleware("http")
+async def request_id(request: Request, call_next):
+    incoming = request.headers.get("x-request-id", "")
+    valid = re.fullmatch(r"[A-Za-z0-9._-]{1,128}", incoming)
+    request_id_var.set(incoming if valid else uuid.uuid4().hex)
+    response = await call_next(request)
+    response.headers["X-Request-ID"] = request_id_var.get()
+    return response
+
+
+def error(status: int, error_type: str, message: str, **extra) -> JSONResponse:
+    body = {"type": error_type, "message": message, "request_id": request_id_var.get(), **extra}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return error(422, "validation_error", "The request body is invalid", details=details)
+
+
+@app.exception_handler(SandboxUnavailable)
+async def sandbox_unavailable(request: Request, exc: SandboxUnavailable) -> JSONResponse:
+    return error(503, "sandbox_unavailable", f"The sandbox cannot run code now: {exc}")
+
+
+@app.exception_handler(Exception)
+async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("Unhandled error")
+    return error(500, "internal_error", "An unexpected error occurred")
+
+
+ERRORS = {
+    422: {"description": "Empty or oversized code, or a timeout out of range"},
+    503: {"description": "Docker, the sandbox image or the runtime is unavailable"},
+}
+
+
+# === Routes ===
+
+
+@app.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.post("/v1/tools/python", responses=ERRORS)
+async def run_python(body: CodeRequest, request: Request) -> RunResult:
+    """Run the code in a fresh container; a failing program is a result, not an error."""
+    runner: SandboxRunner = request.app.state.runner
+    return await runner.arun(body.code, body.timeout_seconds, request_id_var.get())
+
+
+@app.post(
+    "/v1/agent",
+    responses={**ERRORS, 502: {"description": "The model failed"}, 504: {"description": "Timeout"}},
+)
+async def ask(body: AgentRequest, request: Request) -> AgentResponse:
+    try:
+        state = await asyncio.wait_for(
+            request.app.state.agent.ainvoke({"messages": [HumanMessage(body.query)]}),
+            settings.REQUEST_TIMEOUT_SECONDS,
+        )
+    except SandboxUnavailable:
+        raise
+    except TimeoutError:
+        return error(504, "timeout", f"No answer within {settings.REQUEST_TIMEOUT_SECONDS:g} s")
+    except Exception as exc:  # the model provider failed: our 502, its details in our log
+        logger.warning("The agent failed: %r", exc)
+        return error(502, "model_error", "The model failed to answer")
+    messages = state["messages"]
+    calls = [m.artifact for m in messages if isinstance(m, ToolMessage) and m.artifact]
+    answer = next((m.text for m in reversed(messages) if isinstance(m, AIMessage)), "")
+    return AgentResponse(
+        answer=answer.strip(), tool_calls=calls, model=request.app.state.model_name
+    )
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host=settings.HOST, port=settings.PORT)

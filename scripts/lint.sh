@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make lint`: the linters of this course's field, over every file of their kind that git tracks
+# (found by name, so a new lesson's Dockerfile or script is linted without being listed here).
+#   ruff        Python: `ruff check` and `ruff format --check` (configured in pyproject.toml)
+#   hadolint    every Dockerfile (rules it ignores are named, with a reason, in the Dockerfile)
+#   ShellCheck  every shell script: *.sh, and files whose first line runs bash or sh
+#   actionlint  the GitHub Actions workflows in .github/workflows/
+# Usage: scripts/lint.sh [BIN_DIR]   (BIN_DIR holds the four linters; default .venv/bin)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-.venv/bin}
+failed=()
+
+run() {
+  local name=$1
+  shift
+  echo "==> $name"
+  "$@" || failed+=("$name")
+}
+
+mapfile -t dockerfiles < <(git ls-files '*Dockerfile*' | grep -v '\.dockerignore$')
+mapfile -t shell_scripts < <(
+  git ls-files | while read -r f; do
+    [ -f "$f" ] || continue
+    case $f in
+      *.sh) echo "$f" ;;
+      *.*) ;;
+      *) head -n1 "$f" | grep -qE '^#!.*\b(ba|da)?sh\b' && echo "$f" ;;
+    esac
+  done
+)
+mapfile -t workflows < <(git ls-files '.github/workflows/*.yml' '.github/workflows/*.yaml')
+
+run "ruff check" "$bin/ruff" check .
+run "ruff format --check" "$bin/ruff" format --check .
+run "hadolint (${#dockerfiles[@]} Dockerfiles)" "$bin/hadolint" "${dockerfiles[@]}"
+run "shellcheck (${#shell_scripts[@]} scripts)" "$bin/shellcheck" "${shell_scripts[@]}"
+if [ ${#workflows[@]} -gt 0 ]; then
+  run "actionlint (${#workflows[@]} workflows)" "$bin/actionlint" "${workflows[@]}"
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "lint FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "lint passed: ruff, hadolint, shellcheck${workflows:+, actionlint}"

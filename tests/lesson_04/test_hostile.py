@@ -1,0 +1,536 @@
+"""The hostile suite: code that attacks the sandbox, sent to the lesson's API, in real containers.
+
+Each case asserts what the API answered and what the host saw (Docker's view of the container, the
+API process's memory and file descriptors), not only what the code printed. Marker `container`:
+`make sandbox-test` runs it (CI too); it needs Docker and agent-sandbox:python (`make build`).
+The API runs as a real uvicorn process with a label owner of its own, so the last check can say
+that nothing it created is left, whatever else runs on this Docker engine.
+"""
+
+import json
+import signal
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from tests.lesson_04.conftest import CANARY, RESULT_FIELDS, ROOT, Server
+
+sys.path.insert(0, str(ROOT / "research-agent"))
+from app.sandbox import LABEL, SandboxConfig, SandboxRunner, SandboxUnavailable  # noqa: E402
+
+pytestmark = pytest.mark.container
+MAX_CONCURRENT = 4
+
+
+@pytest.fixture(scope="module")
+def engine():
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    server = Server(SANDBOX_MAX_CONCURRENT=str(MAX_CONCURRENT))
+    yield server
+    server.stop()
+    # After the API is gone: nothing it created may remain.
+    assert until(lambda: not containers(engine, server.owner), within=30), "containers left"
+
+
+@pytest.fixture(autouse=True)
+def show_server_log_on_failure(request, server):
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"--- lesson API log (tail) ---\n{server.logs()}")
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def until(condition, within: float, every: float = 0.2):
+    """Poll `condition` until it returns something truthy or `within` seconds pass; return it."""
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def containers(engine, owner: str, request_id: str | None = None) -> list:
+    labels = [f"{LABEL}.owner={owner}"] + (
+        [f"{LABEL}.request-id={request_id}"] if request_id else []
+    )
+    # sparse: the list as Docker gives it, no inspect per container (one may be gone by then).
+    return engine.containers.list(all=True, sparse=True, filters={"label": labels})
+
+
+def post(server: Server, code: str, timeout=None, request_id=None, http=None) -> httpx.Response:
+    body = {"code": textwrap.dedent(code)}
+    if timeout is not None:
+        body["timeout_seconds"] = timeout
+    headers = {"X-Request-ID": request_id or uuid.uuid4().hex}
+    return (http or server.http).post("/v1/tools/python", json=body, headers=headers)
+
+
+def run(server: Server, code: str, timeout: float | None = None, request_id: str | None = None):
+    """Run code through the API; the answer must be a 200 with the result object."""
+    response = post(server, code, timeout, request_id)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result) == RESULT_FIELDS
+    return result
+
+
+def printed(result: dict) -> dict:
+    assert result["exit_code"] == 0, result
+    return json.loads(result["stdout"])
+
+
+def in_background(server: Server, code: str, timeout: float, request_id: str):
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(run, server, code, timeout, request_id)
+    pool.shutdown(wait=False)
+    return future
+
+
+def running(engine, server: Server, request_id: str):
+    """The container of this request, once Docker shows it running (it must within 30 s)."""
+
+    def found():
+        return [c for c in containers(engine, server.owner, request_id) if c.status == "running"]
+
+    matches = until(found, within=30)
+    assert matches, f"no running container for request {request_id}"
+    matches[0].reload()  # the full inspect: HostConfig, Config
+    return matches[0]
+
+
+# --- the cases ---------------------------------------------------------------------------------
+
+
+def test_a_plain_run_answers_with_its_output(server, engine):
+    request_id = f"plain-{uuid.uuid4().hex[:8]}"
+    result = run(server, "print(2**100)", request_id=request_id)
+    assert result["stdout"] == "1267650600228229401496703205376\n"
+    assert (result["exit_code"], result["timed_out"], result["truncated"]) == (0, False, False)
+    # By the time the API answers, the container is already removed.
+    assert containers(engine, server.owner, request_id) == []
+
+
+def test_the_host_sees_every_restriction_and_the_request_id(server, engine):
+    request_id = f"flags-{uuid.uuid4().hex[:8]}"
+    future = in_background(server, "import time; time.sleep(5)", 10, request_id)
+    container = running(engine, server, request_id)
+    host, config = container.attrs["HostConfig"], container.attrs["Config"]
+    assert host["NetworkMode"] == "none"
+    assert host["ReadonlyRootfs"] is True
+    assert host["Tmpfs"] == {"/tmp": "rw,noexec,nosuid,nodev,size=16m"}
+    assert host["Memory"] == host["MemorySwap"] == 128 * 2**20
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 64
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["Init"] is True
+    assert host["LogConfig"]["Type"] == "none"
+    assert host["Binds"] in (None, [])  # nothing of the host is mounted, the Docker socket least
+    assert config["User"] == "65534:65534"
+    assert config["Image"] == "agent-sandbox:python"
+    assert config["Labels"][f"{LABEL}.request-id"] == request_id
+    assert config["Labels"][f"{LABEL}.owner"] == server.owner
+    assert int(config["Labels"][f"{LABEL}.expires"]) > time.time()
+    assert future.result(timeout=60)["exit_code"] == 0
+    assert containers(engine, server.owner, request_id) == []
+
+
+def test_fork_bomb_is_held_by_the_pids_limit_while_the_api_keeps_answering(server, engine):
+    request_id = f"forkbomb-{uuid.uuid4().hex[:8]}"
+    code = """
+        import errno, os, time
+        forked = 0
+        while True:
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                print(forked, errno.errorcode[exc.errno], flush=True)
+                break
+            if pid == 0:  # every child forks as well, for ever
+                while True:
+                    try:
+                        os.fork()
+                    except OSError:
+                        time.sleep(0.01)
+            forked += 1
+        time.sleep(60)
+    """
+    future = in_background(server, code, 6, request_id)
+    container = running(engine, server, request_id)
+    assert server.http.get("/health", timeout=10).status_code == 200  # the API is not starved
+    counts = []  # what the host counts in the container, until the kill ends it
+    while not future.done() and len(counts) < 200:
+        try:
+            counts.append(len(container.top()["Processes"]))
+        except docker.errors.APIError:  # gone, or no longer running
+            break
+        time.sleep(0.1)
+    assert counts and max(counts) <= 64
+    result = future.result(timeout=60)
+    forked, error = result["stdout"].split()
+    assert error == "EAGAIN" and int(forked) < 64
+    assert result["timed_out"] and result["exit_code"] == 137
+    assert containers(engine, server.owner, request_id) == []
+
+
+def test_memory_bomb_is_oom_killed(server, engine):
+    request_id = f"membomb-{uuid.uuid4().hex[:8]}"
+    code = """
+        chunks = []
+        while True:
+            chunks.append(bytearray(8 * 1024 * 1024))
+    """
+    result = run(server, code, timeout=20, request_id=request_id)
+    assert result["oom_killed"] is True
+    assert result["exit_code"] == 137 and result["timed_out"] is False
+    assert containers(engine, server.owner, request_id) == []
+
+
+def test_an_infinite_loop_times_out_and_its_container_is_gone(server, engine):
+    request_id = f"loop-{uuid.uuid4().hex[:8]}"
+    result = run(server, "while True:\n    pass", timeout=2, request_id=request_id)
+    assert result["timed_out"] is True and result["exit_code"] == 137
+    assert 2000 <= result["duration_ms"] < 2000 + 15_000  # killed at its deadline, not later
+    assert containers(engine, server.owner, request_id) == []
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_100_mb_of_output_is_truncated_and_the_api_memory_stays_bounded(server, stream):
+    peak_before = server.status("VmHWM")
+    code = f"""
+        import sys
+        for _ in range(100):
+            sys.{stream}.write("x" * 1_000_000)
+    """
+    result = run(server, code, timeout=20)
+    assert result["truncated"] is True
+    assert result[stream] == "x" * 64 * 1024
+    assert result["timed_out"] is False and result["exit_code"] == 137  # stopped once over the cap
+    assert server.status("VmHWM") - peak_before < 30_000  # kB: far less than the 100 MB sent
+
+
+def test_the_network_is_off_for_dns_and_tcp(server):
+    code = """
+        import errno, json, socket
+        out = {"interfaces": [name for _, name in socket.if_nameindex()]}
+        try:
+            socket.getaddrinfo("example.com", 443)
+            out["dns"] = "resolved"
+        except OSError as exc:
+            out["dns"] = type(exc).__name__
+        try:  # 192.0.2.1 is TEST-NET-1, an address reserved for documentation
+            socket.create_connection(("192.0.2.1", 80), timeout=3)
+            out["tcp"] = "connected"
+        except OSError as exc:
+            out["tcp"] = errno.errorcode.get(exc.errno, repr(exc))
+        print(json.dumps(out))
+    """
+    assert printed(run(server, code)) == {
+        "interfaces": ["lo"],
+        "dns": "gaierror",
+        "tcp": "ENETUNREACH",
+    }
+
+
+def test_writes_to_the_image_fail_and_tmp_stops_at_its_size(server):
+    code = """
+        import errno, json
+        out = {}
+        for path in ["/evil", "/usr/local/bin/python", "/etc/passwd"]:
+            try:
+                with open(path, "a") as f:
+                    f.write("x")
+                out[path] = "written"
+            except OSError as exc:
+                out[path] = errno.errorcode[exc.errno]
+        written = 0
+        try:
+            with open("/tmp/fill", "wb") as f:
+                for _ in range(32):
+                    f.write(b"\\0" * 1024 * 1024)
+                    f.flush()
+                    written += 1
+        except OSError as exc:
+            out["/tmp"] = errno.errorcode[exc.errno]
+        out["tmp_mb"] = written
+        print(json.dumps(out))
+    """
+    out = printed(run(server, code))
+    assert out["/evil"] == "EROFS"  # the read-only root: no new file anywhere
+    assert out["/usr/local/bin/python"] == out["/etc/passwd"] == "EACCES"  # and uid 65534 owns none
+    assert out["/tmp"] == "ENOSPC" and out["tmp_mb"] <= 16  # 16 MiB of 32 fit, no more
+
+
+def test_the_sandbox_sees_no_secret_of_the_host(server):
+    assert CANARY in Path(f"/proc/{server.process.pid}/environ").read_text()  # the API has it
+    code = """
+        import json, os
+        print(json.dumps({
+            "pid1": open("/proc/1/environ").read(),
+            "self": open("/proc/self/environ").read(),
+            "env": sorted(os.environ),
+            "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        }))
+    """
+    result = run(server, code)
+    assert CANARY not in result["stdout"]
+    out = printed(result)
+    assert set(out["env"]) <= {"PATH", "HOSTNAME", "LANG", "HOME", "PYTHONDONTWRITEBYTECODE"}
+    assert "KEY" not in out["pid1"] and "OPENAI" not in out["self"]
+    assert len(out["pids"]) <= 3  # its own pid namespace: docker-init, python, nothing of the host
+
+
+def test_privilege_escalation_attempts_fail(server):
+    code = """
+        import ctypes, errno, json, os
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def call(name, *args):
+            return "ok" if getattr(libc, name)(*args) == 0 else errno.errorcode[ctypes.get_errno()]
+
+        out = {"uid": os.getuid()}
+        try:
+            os.setuid(0)
+            out["setuid"] = "ok"
+        except OSError as exc:
+            out["setuid"] = errno.errorcode[exc.errno]
+        out["unshare_user"] = call("unshare", 0x10000000)  # CLONE_NEWUSER
+        out["unshare_mount"] = call("unshare", 0x00020000)  # CLONE_NEWNS
+        out["mount"] = call("mount", b"none", b"/tmp", b"tmpfs", 0, None)
+        out["chroot"] = call("chroot", b"/tmp")
+        status = dict(
+            line.split(":", 1) for line in open("/proc/self/status").read().splitlines()
+        )
+        for field in ("CapEff", "CapPrm", "NoNewPrivs", "Seccomp"):
+            out[field] = status[field].strip()
+        print(json.dumps(out))
+    """
+    assert printed(run(server, code)) == {
+        "uid": 65534,
+        "setuid": "EPERM",
+        "unshare_user": "EPERM",
+        "unshare_mount": "EPERM",
+        "mount": "EPERM",
+        "chroot": "EPERM",
+        "CapEff": "0000000000000000",
+        "CapPrm": "0000000000000000",
+        "NoNewPrivs": "1",
+        "Seccomp": "2",  # Docker's default seccomp profile filters the system calls
+    }
+
+
+def test_there_is_no_shell_no_pip_and_no_docker_socket(server):
+    code = """
+        import importlib.util, json, os, subprocess
+        out = {"os.system": os.system("id")}
+        try:
+            subprocess.run(["sh", "-c", "id"])
+            out["sh"] = "ran"
+        except FileNotFoundError:
+            out["sh"] = "missing"
+        out["pip"] = importlib.util.find_spec("pip") is not None
+        out["docker.sock"] = os.path.exists("/var/run/docker.sock")
+        print(json.dumps(out))
+    """
+    assert printed(run(server, code)) == {
+        "os.system": 127 << 8,  # no /bin/sh to run it
+        "sh": "missing",
+        "pip": False,
+        "docker.sock": False,
+    }
+
+
+def test_tmp_is_noexec_so_a_copied_binary_cannot_run(server):
+    code = """
+        import errno, os, shutil, sys
+        shutil.copy(sys.executable, "/tmp/python")
+        os.chmod("/tmp/python", 0o755)
+        try:
+            os.execv("/tmp/python", ["python", "-c", "print('escaped')"])
+        except OSError as exc:
+            print(errno.errorcode[exc.errno])
+    """
+    assert run(server, code)["stdout"] == "EACCES\n"
+
+
+def test_kernel_interfaces_are_read_only(server):
+    code = """
+        import errno, json
+        out = {}
+        paths = ["/proc/sysrq-trigger", "/proc/sys/kernel/hostname", "/sys/kernel/uevent_helper"]
+        for path in paths:
+            try:
+                with open(path, "w") as f:
+                    f.write("x")
+                out[path] = "written"
+            except OSError as exc:
+                out[path] = errno.errorcode[exc.errno]
+        print(json.dumps(out))
+    """
+    out = printed(run(server, code))
+    assert set(out.values()) <= {"EROFS", "EACCES", "EPERM", "ENOENT"}, out
+
+
+def test_the_cpu_limit_holds_a_busy_loop_to_half_a_core(server):
+    code = """
+        import time
+        wall, cpu = time.monotonic(), time.process_time()
+        while time.monotonic() - wall < 2:
+            pass
+        print(round((time.process_time() - cpu) / (time.monotonic() - wall), 2))
+    """
+    assert float(run(server, code, timeout=20)["stdout"]) <= 0.75  # 0.5 CPU, plus scheduling slack
+
+
+def test_binary_output_is_returned_as_text_not_an_error(server):
+    result = run(server, "import sys; sys.stdout.buffer.write(b'ok\\xff\\xfe\\x00')")
+    assert result["stdout"] == "ok\ufffd\ufffd\x00"
+
+
+def test_a_sleep_that_outlives_the_request_is_killed_and_removed(server, engine):
+    request_id = f"outlives-{uuid.uuid4().hex[:8]}"
+    failure = {}
+
+    def client_gives_up() -> None:
+        with httpx.Client(base_url=server.url, timeout=1.5) as impatient:
+            try:
+                post(server, "import time; time.sleep(600)", 4, request_id, http=impatient)
+            except httpx.TimeoutException as exc:
+                failure["error"] = exc
+
+    thread = threading.Thread(target=client_gives_up)
+    thread.start()
+    running(engine, server, request_id)  # the run started, whenever the client gives up
+    thread.join(timeout=30)
+    assert isinstance(failure.get("error"), httpx.TimeoutException)
+    # The client is gone; the container is killed at its own deadline and removed.
+    assert until(lambda: not containers(engine, server.owner, request_id), within=4 + 30)
+    assert server.http.get("/health").status_code == 200
+
+
+def test_20_concurrent_runs_are_all_answered_and_none_is_leaked(server, engine):
+    seen, done = [0], threading.Event()
+
+    def count_containers() -> None:
+        while not done.is_set():
+            seen.append(len(containers(engine, server.owner)))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=count_containers)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(lambda i: run(server, f"print({i} * {i})"), range(20)))
+    finally:
+        done.set()
+        sampler.join()
+    assert [r["stdout"] for r in results] == [f"{i * i}\n" for i in range(20)]
+    assert max(seen) <= MAX_CONCURRENT  # the rest waited for a free slot
+    assert containers(engine, server.owner) == []
+
+
+def test_runs_leave_no_open_socket_in_the_api(server):
+    for _ in range(3):  # the Docker client's connection pool fills up first
+        run(server, "print(1)")
+    before = server.open_fds()
+    for _ in range(20):
+        run(server, "print(1)")
+    assert server.open_fds() - before <= 2
+
+
+def test_sigterm_lets_a_running_sandbox_finish_and_removes_it(engine):
+    stopping = Server()
+    try:
+        request_id = f"sigterm-{uuid.uuid4().hex[:8]}"
+        code = "import time; time.sleep(3); print('finished')"
+        future = in_background(stopping, code, 10, request_id)
+        running(engine, stopping, request_id)
+        stopping.process.terminate()  # SIGTERM, as `docker stop` or Ctrl+C would send
+        assert future.result(timeout=60)["stdout"] == "finished\n"  # the answer was not cut
+        # uvicorn shuts down cleanly, then re-raises the signal to exit with it.
+        assert stopping.process.wait(timeout=60) == -signal.SIGTERM
+        assert "Application shutdown complete" in stopping.logs()
+        assert containers(engine, stopping.owner) == []
+    finally:
+        stopping.stop()
+
+
+def test_the_agent_computes_through_the_sandbox(server):
+    response = server.http.post("/v1/agent", json={"query": "What is 2**100?"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "offline-model"
+    assert [call["code"] for call in body["tool_calls"]] == ["print(2**100)"]
+    assert body["tool_calls"][0]["result"]["stdout"] == "1267650600228229401496703205376\n"
+    assert "1267650600228229401496703205376" in body["answer"]
+
+
+# --- the runner itself: missing pieces are clear errors, and leftovers are swept ---------------
+
+
+def test_a_missing_image_is_a_clear_error(server):
+    runner = SandboxRunner(SandboxConfig(image="agent-sandbox:no-such-tag", owner=server.owner))
+    with pytest.raises(SandboxUnavailable, match="image agent-sandbox:no-such-tag is missing"):
+        runner.run("print(1)")
+    runner.close()
+
+
+def test_a_runtime_the_daemon_lacks_is_a_clear_error(server):
+    runner = SandboxRunner(SandboxConfig(runtime="no-such-runtime", owner=server.owner))
+    with pytest.raises(SandboxUnavailable, match="offers no 'no-such-runtime' runtime"):
+        runner.run("print(1)")
+    runner.close()
+
+
+def test_gvisor_runs_the_sandbox_when_the_daemon_offers_runsc(server, engine):
+    runtimes = sorted(engine.info().get("Runtimes", {}))
+    if "runsc" not in runtimes:
+        pytest.skip(
+            f"the Docker daemon offers no runsc runtime (it has {', '.join(runtimes)}); "
+            "docs/04-sandboxed-tools.md shows how to enable gVisor"
+        )
+    runner = SandboxRunner(SandboxConfig(runtime="runsc", owner=server.owner))
+    try:
+        result = runner.run("import platform; print(platform.release())")
+    finally:
+        runner.close()
+    assert result.exit_code == 0 and result.stdout.strip()  # gVisor's own kernel answers
+
+
+def test_sweep_removes_expired_leftovers_and_keeps_live_containers(server, engine):
+    owner = f"{server.owner}-sweep"
+    labels = {f"{LABEL}.owner": owner}
+    engine.containers.create("agent-sandbox:python", labels={**labels, f"{LABEL}.expires": "0"})
+    live = engine.containers.create(
+        "agent-sandbox:python", labels={**labels, f"{LABEL}.expires": str(int(time.time()) + 600)}
+    )
+    runner = SandboxRunner(SandboxConfig(owner=owner))
+    try:
+        assert runner.sweep() == 1
+        assert [c.id for c in containers(engine, owner)] == [live.id]
+    finally:
+        live.remove(force=True)
+        runner.close()
+
+
+def test_no_container_of_this_suite_is_left(server, engine):
+    assert containers(engine, server.owner) == []
+    assert containers(engine, f"{server.owner}-sweep") == []
