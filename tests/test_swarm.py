@@ -24,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ports import free_port
-from tests.test_k8s import Settings, built_tags, get_paths
+from tests.test_k8s import MANIFESTS, Settings, built_tags, get_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -245,6 +245,32 @@ def test_the_mapping_table_check_catches_a_value_that_drifted():
     assert table_problems(rows) == [
         "failed update: `failure_action: pause` is not in its column's files"
     ]
+
+
+def budget_row(where: str) -> list[str]:
+    """A row of lesson 03's shutdown budget table, the one place the numbers are set out."""
+    text = (ROOT / "docs" / "03-containers.md").read_text(encoding="utf-8")
+    (line,) = [line for line in text.splitlines() if line.startswith(f"| {where} ")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_lesson_03s_shutdown_budget_states_what_the_stack_and_the_manifests_set():
+    env = agent_env(STACK)
+    _, drain, grace, kill, _ = budget_row("Swarm (lesson 06)")
+    assert (
+        drain == f"{env['SHUTDOWN_DRAIN_SECONDS']} s"
+        and grace == f"{env['GRACEFUL_SHUTDOWN_SECONDS']} s"
+    )
+    assert kill.startswith(f"{seconds(STACK['services']['agent']['stop_grace_period']):g} s ")
+
+    manifests = {(m["kind"], m["metadata"]["name"]): m for m in MANIFESTS}
+    config = manifests[("ConfigMap", "research-agent-config")]["data"]
+    pod = manifests[("Deployment", "research-agent")]["spec"]["template"]["spec"]
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    _, drain, grace, kill, _ = budget_row("Kubernetes (lesson 06)")
+    assert drain == f"{config['SHUTDOWN_DRAIN_SECONDS']} s, after a {pre_stop} s `preStop` sleep"
+    assert grace == f"{config['GRACEFUL_SHUTDOWN_SECONDS']} s"
+    assert kill.startswith(f"{pod['terminationGracePeriodSeconds']} s ")
 
 
 # --- Live: make lesson-06, for real ---------------------------------------------------------------
