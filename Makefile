@@ -13,6 +13,7 @@ export HOST PORT
 .PHONY: bench-api bench-sse-proxy bench-first-answer clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start context-size
 .PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
+.PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
 .PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
 
 help: ## List the commands of the course
@@ -129,6 +130,31 @@ sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory
 
 bench-sandbox: sandbox-image $(VENV)/.installed ## Benchmark: the runner vs a bare `docker run --rm`, a warm pool and exec, p50/p95
 	$(PY) scripts/bench_sandbox.py
+
+# --- Parallel variations (lesson 05): workers run the research-agent image under its own tag, so a
+# rebuild of research-agent:optimized from elsewhere cannot change the image under a running test.
+LESSON05_IMAGE ?= research-agent:lesson-05
+
+lesson-05-image: IMAGES = optimized
+lesson-05-image: build
+	docker tag research-agent:optimized $(LESSON05_IMAGE)
+
+lesson-05: lesson-05-image $(VENV)/.installed ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis)
+	@WORKER_IMAGE=$(LESSON05_IMAGE) scripts/lesson-05.sh serve
+
+lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running
+	@scripts/lesson-05.sh down
+
+variations-test: lesson-05-image $(VENV)/.installed ## Lesson 05 with real containers and headless Chromium (installs chromium)
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_05 -v
+
+variations-screenshot: lesson-05-image $(VENV)/.installed ## Lesson 05: the browser test, saving the page to docs/images/
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) SCREENSHOT=docs/images/05-variations.png $(PY) -m pytest -m container tests/lesson_05/test_browser.py -v
+
+bench-variations: lesson-05-image $(VENV)/.installed ## Benchmark: N = 1, 2, 4, 8 variations in containers vs in one process
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) scripts/bench_variations.py
 
 # --- Scale-out (lesson 06): the research agent on Docker Swarm behind HAProxy. The Kubernetes manifests
 # in deploy/k8s/ are validated offline by `make test` (tests/test_k8s.py).

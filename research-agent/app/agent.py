@@ -8,11 +8,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware
@@ -46,6 +47,14 @@ SYSTEM_PROMPT = (
     "If the search fails or finds nothing relevant, say so instead of guessing."
 )
 
+# How an answer is shaped, so that variations differ visibly: appended to a real model's system
+# prompt; the offline model follows the key itself.
+ANSWER_STYLES = {
+    "bullets": "Answer as a short bulleted list, one cited point per line.",
+    "brief": "Answer in one or two sentences.",
+    "detailed": "Answer in a few paragraphs, one per source, naming each source.",
+}
+
 
 # --- The offline model ----------------------------------------------------------------------------
 
@@ -55,12 +64,16 @@ class OfflineResearchModel(BaseChatModel):
 
     Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the snippets of the
     top results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
-    reports usage, counting one token per word.
+    reports usage, counting one token per word. ``style`` (a key of ANSWER_STYLES) shapes the
+    answer; ``temperature`` above 0 draws the sources in an order seeded by the question and the
+    temperature, so each setting gives another answer, and the same one every time.
     """
 
     token_delay_ms: int = 0
     tool_name: str | None = None
     max_cited: int = 3
+    style: Literal["bullets", "brief", "detailed"] = "bullets"
+    temperature: float = 0.0
 
     @property
     def _llm_type(self) -> str:
@@ -82,14 +95,14 @@ class OfflineResearchModel(BaseChatModel):
             call_id = "call_" + hashlib.sha1(question.encode()).hexdigest()[:12]
             call = {"name": self.tool_name, "args": {"query": question}, "id": call_id}
             return "", call, _usage(input_tokens, len(question.split()) + 3)
-        text = self._answer(results)
+        text = self._answer(results, question)
         return text, None, _usage(input_tokens, len(_tokens(text)))
 
-    def _answer(self, results: list[ToolMessage]) -> str:
-        found = []
+    def _answer(self, results: list[ToolMessage], question: str = "") -> str:
+        found = []  # (n, title, snippet) of each result, as format_results wrote them
         for message in results:
             if message.status != "error":
-                found += re.findall(r"^\[(\d+)\] .+\n(.+)$", message.text, flags=re.M)
+                found += re.findall(r"^\[(\d+)\] (.+?) — .+\n(.+)$", message.text, flags=re.M)
         header = "Offline research model (no OPENAI_API_KEY is set, so no LLM wrote this): "
         if not found:
             errors = " ".join(m.text for m in results if m.status == "error")
@@ -98,7 +111,16 @@ class OfflineResearchModel(BaseChatModel):
                 + "the search found no usable sources, so I cannot answer from sources."
                 + (f" {errors}" if errors else "")
             )
-        lines = [f"- {snippet} [{n}]" for n, snippet in found[: self.max_cited]]
+        if self.temperature > 0:  # a string seed is hashed with SHA-512: the same in every process
+            found = random.Random(f"{question}|{self.temperature}").sample(found, len(found))
+        if self.style == "brief":
+            n, _, snippet = found[0]
+            first_sentence = re.split(r"(?<=[.!?])\s", snippet)[0]
+            return header + f"in short: {first_sentence} [{n}]"
+        if self.style == "detailed":
+            parts = [f"{title} [{n}]: {snippet}" for n, title, snippet in found]
+            return header + "here is every source in turn.\n\n" + "\n\n".join(parts)
+        lines = [f"- {snippet} [{n}]" for n, _, snippet in found[: self.max_cited]]
         return header + "here is what the top sources say.\n\n" + "\n".join(lines)
 
     def _message(self, messages: list[BaseMessage]) -> AIMessage:
@@ -290,7 +312,13 @@ class SearchToolMiddleware(AgentMiddleware):
 
 
 class ResearchAgent:
-    def __init__(self, settings: Settings, model: BaseChatModel | None = None, tool=None):
+    def __init__(
+        self,
+        settings: Settings,
+        model: BaseChatModel | None = None,
+        tool=None,
+        system_prompt: str = SYSTEM_PROMPT,
+    ):
         self.settings = settings
         self.model_label = settings.model_label
         self.search_backend = settings.search_backend
@@ -298,7 +326,7 @@ class ResearchAgent:
         self.graph = create_agent(
             model if model is not None else build_model(settings),
             [self.tool, *sandbox_tools(settings, request_id)],
-            system_prompt=SYSTEM_PROMPT,
+            system_prompt=system_prompt,
             middleware=[
                 SearchToolMiddleware(settings.SEARCH_TIMEOUT_SECONDS, self.tool.name),
                 ModelCallLimitMiddleware(run_limit=settings.MAX_MODEL_CALLS, exit_behavior="end"),

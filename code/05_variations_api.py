@@ -1,0 +1,750 @@
+"""Lesson 05: one question, N variations of the research agent in parallel containers, on one page.
+
+Run it:  make lesson-05  (builds the image, starts Redis on its own Docker network, serves this API)
+Open http://127.0.0.1:8000, ask with 3 variations, watch the columns fill, reload, pick one.
+
+    browser ──POST /v1/runs──▶ this API ──Docker SDK──▶ N worker containers (research-agent image,
+       ▲                          │                      `python -m app.worker`, one variation each)
+       │                          │ XREAD BLOCK                     │ XADD every event
+       └──SSE: id = stream id ◀───┴──────── Redis Stream run:{id}:events ◀──┘
+
+The API holds no run state in memory: runs, variations and events live in Redis, the workers run on
+their own, so the API can restart mid-run and its clients resume with Last-Event-ID. In order: the
+settings, the request, the Redis layout, the containers, the run lifecycle (start, reap, cancel),
+the event stream, the routes. The page is 05_variations_page.html.
+"""
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import docker
+import redis.asyncio as redis
+import uvicorn
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logger = logging.getLogger("variations")
+
+PAGE = Path(__file__).with_name("05_variations_page.html")
+
+
+# === Settings: the only place that reads the environment ===
+
+
+class Settings(BaseSettings):
+    HOST: str = "127.0.0.1"
+    PORT: int = 8000
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"  # how this API reaches Redis
+    WORKER_REDIS_URL: str = "redis://lesson-05-redis:6379/0"  # the same Redis, seen from a worker
+    WORKER_IMAGE: str = "research-agent:optimized"
+    WORKER_NETWORK: str = "lesson-05"
+    DEPLOYMENT: str = "lesson-05"  # labels this API's containers: only these are swept or adopted
+    # Limits of each worker container, and of the whole service.
+    WORKER_MEMORY: str = "512m"
+    WORKER_CPUS: float = 1.0
+    WORKER_PIDS: int = 128
+    MAX_ACTIVE_RUNS: int = 2
+    VARIATION_TIMEOUT_SECONDS: float = 120.0
+    STREAM_MAXLEN: int = 5000  # entries kept in one run's stream
+    RUN_TTL_SECONDS: int = 3600  # how long a finished run stays readable
+    REAP_INTERVAL_SECONDS: float = 0.25
+    # Passed on to every worker.
+    OFFLINE_TOKEN_DELAY_MS: int = 40
+    OPENAI_API_KEY: SecretStr | None = None
+    OPENAI_BASE_URL: str | None = None
+
+
+# === The request: a query and how many variations; each variation differs visibly ===
+
+Style = Literal["bullets", "brief", "detailed"]
+
+
+class Variation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    style: Style | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    search_depth: int | None = Field(None, ge=1, le=8, description="search results to read")
+    model: str | None = Field(None, pattern=r"^[A-Za-z0-9._:/-]{1,64}$", description="online only")
+
+
+# What variation i is when the request does not say: style, temperature and search depth all change.
+PRESETS = [
+    Variation(style="bullets", temperature=0.0, search_depth=4),
+    Variation(style="brief", temperature=0.0, search_depth=4),
+    Variation(style="detailed", temperature=0.0, search_depth=2),
+    Variation(style="bullets", temperature=0.9, search_depth=6),
+    Variation(style="brief", temperature=0.9, search_depth=6),
+    Variation(style="detailed", temperature=0.9, search_depth=3),
+    Variation(style="bullets", temperature=0.0, search_depth=1),
+    Variation(style="detailed", temperature=1.5, search_depth=5),
+]
+
+
+class RunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=3, max_length=2000)
+    variations: int = Field(3, ge=1, le=len(PRESETS))
+    overrides: list[Variation] = Field(default_factory=list, max_length=len(PRESETS))
+
+    @field_validator("query")
+    @classmethod
+    def printable(cls, query: str) -> str:
+        query = query.strip()
+        if len(query) < 3 or re.search(r"[\x00-\x08\x0b-\x1f\x7f]", query):
+            raise ValueError("the query needs 3+ characters and no control characters")
+        return query
+
+    @model_validator(mode="after")
+    def overrides_fit(self) -> "RunRequest":
+        if len(self.overrides) > self.variations:
+            raise ValueError(f"{len(self.overrides)} overrides for {self.variations} variations")
+        return self
+
+    def resolved(self) -> list[dict]:
+        """Each variation's settings: its preset, with the request's overrides on top."""
+        result = []
+        for i in range(self.variations):
+            given = self.overrides[i] if i < len(self.overrides) else Variation()
+            merged = PRESETS[i].model_dump() | given.model_dump(exclude_none=True)
+            result.append({"index": i, **merged})
+        return result
+
+
+class Selection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    variation: int = Field(ge=0, le=len(PRESETS) - 1)
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    request_id: str
+    details: list[dict] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class VariationSettings(BaseModel):
+    index: int
+    style: Style
+    temperature: float
+    search_depth: int
+    model: str | None
+
+
+class RunCreated(BaseModel):
+    run_id: str
+    variations: list[VariationSettings]
+    events: str
+    status: str
+
+
+class VariationView(VariationSettings):
+    status: Literal["starting", "running", "succeeded", "failed", "timed_out", "cancelled"]
+    container: str | None
+    exit_code: int | None
+    reason: str | None
+    response: str | None
+    sources: list[dict]
+    error: dict | None
+
+
+class RunView(BaseModel):
+    run_id: str
+    query: str
+    status: Literal["running", "done", "cancelled"]
+    created_at: float
+    selected: int | None
+    variations: list[VariationView]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error_type: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.error_type, self.message, self.headers = (
+            status,
+            error_type,
+            message,
+            headers,
+        )
+
+
+# === Redis: every run is three keys, and one script ends a variation exactly once ===
+#   run:{id}          hash: query, status (running, done, cancelled), variations, running, selected
+#   run:{id}:v:{i}    hash per variation: settings, status, container, deadline, result, error
+#   run:{id}:events   stream of {event, data}; data is JSON and always names its variation
+#   runs:active       set of running run ids (the concurrency limit)
+
+ENDED = ("succeeded", "failed", "timed_out", "cancelled")
+
+# The reaper, a cancel and a restarted API may all try to end one variation: the script checks and
+# updates in one step, adds `variation_done`, and the last variation adds `run_done` and the TTL.
+FINISH_VARIATION = """
+if redis.call('HEXISTS', KEYS[1], 'status') == 0 then return 0 end  -- the run expired
+local status = redis.call('HGET', KEYS[4], 'status')
+if status == 'succeeded' or status == 'failed' or status == 'timed_out' then return 0 end
+if status == 'cancelled' then return 0 end
+redis.call('HSET', KEYS[4], 'status', ARGV[1], 'ended', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 'event', 'variation_done', 'data', ARGV[2])
+if redis.call('HINCRBY', KEYS[1], 'running', -1) > 0 then return 1 end
+local run_status = 'done'
+if redis.call('HEXISTS', KEYS[1], 'cancelled') == 1 then run_status = 'cancelled' end
+redis.call('HSET', KEYS[1], 'status', run_status)
+redis.call('SREM', KEYS[3], ARGV[5])
+local data = '{"variation": null, "status": "' .. run_status .. '"}'
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 'event', 'run_done', 'data', data)
+for i = 1, #KEYS do
+  if i ~= 3 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+end
+return 2
+"""
+
+
+def run_key(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+def events_key(run_id: str) -> str:
+    return f"run:{run_id}:events"
+
+
+def variation_key(run_id: str, index: int) -> str:
+    return f"run:{run_id}:v:{index}"
+
+
+class Runs:
+    """The runs in Redis. Every method is one or two round trips; nothing is cached in memory."""
+
+    def __init__(self, client: redis.Redis, settings: Settings):
+        self.client, self.settings = client, settings
+        self._finish = client.register_script(FINISH_VARIATION)
+
+    async def add_event(self, run_id: str, event: str, data: dict) -> str:
+        fields = {"event": event, "data": json.dumps(data)}
+        return await self.client.xadd(
+            events_key(run_id), fields, maxlen=self.settings.STREAM_MAXLEN
+        )
+
+    async def create(self, run_id: str, query: str, variations: list[dict]) -> None:
+        async with self.client.pipeline(transaction=True) as tx:
+            tx.hset(
+                run_key(run_id),
+                mapping={
+                    "query": query,
+                    "status": "running",
+                    "created_at": time.time(),
+                    "variations": len(variations),
+                    "running": len(variations),
+                },
+            )
+            for v in variations:
+                key = variation_key(run_id, v["index"])
+                tx.hset(key, mapping={"settings": json.dumps(v), "status": "starting"})
+            tx.sadd("runs:active", run_id)
+            await tx.execute()
+        await self.add_event(
+            run_id, "run_started", {"variation": None, "query": query, "variations": variations}
+        )
+
+    async def status(self, run_id: str) -> str | None:
+        return await self.client.hget(run_key(run_id), "status")
+
+    async def variation(self, run_id: str, index: int) -> dict:
+        return await self.client.hgetall(variation_key(run_id, index))
+
+    async def update_variation(self, run_id: str, index: int, **fields) -> None:
+        await self.client.hset(variation_key(run_id, index), mapping=fields)
+
+    async def finish(self, run_id: str, index: int, status: str, **details) -> bool:
+        """End one variation (once); returns False when it had already ended."""
+        count = int(await self.client.hget(run_key(run_id), "variations") or 0)
+        keys = [run_key(run_id), events_key(run_id), "runs:active", variation_key(run_id, index)]
+        keys += [variation_key(run_id, i) for i in range(count) if i != index]
+        data = json.dumps({"variation": index, "status": status, **details})
+        args = [status, data, self.settings.STREAM_MAXLEN, self.settings.RUN_TTL_SECONDS, run_id]
+        return await self._finish(keys=keys, args=args) != 0
+
+    async def active(self) -> set[str]:
+        return await self.client.smembers("runs:active")
+
+    async def view(self, run_id: str) -> dict | None:
+        run = await self.client.hgetall(run_key(run_id))
+        if not run:
+            return None
+        variations = []
+        for i in range(int(run["variations"])):
+            v = await self.variation(run_id, i)
+            ended = json.loads(v.get("ended", "{}"))
+            result = json.loads(v["result"]) if "result" in v else None
+            variations.append(
+                {
+                    **json.loads(v["settings"]),
+                    "status": v.get("status"),
+                    "container": v.get("container"),
+                    "exit_code": ended.get("exit_code"),
+                    "reason": ended.get("reason"),
+                    "response": result["response"] if result else None,
+                    "sources": result["sources"] if result else [],
+                    "error": json.loads(v["error"]) if "error" in v else None,
+                }
+            )
+        selected = run.get("selected")
+        return {
+            "run_id": run_id,
+            "query": run["query"],
+            "status": run["status"],
+            "created_at": float(run["created_at"]),
+            "selected": int(selected) if selected is not None else None,
+            "variations": variations,
+        }
+
+
+# === Docker: one labelled, resource-limited container per variation ===
+# The Docker SDK blocks (HTTP to the engine): each method runs in a thread, never on the event loop.
+
+
+@dataclass
+class Worker:
+    id: str
+    run_id: str
+    index: int
+    running: bool
+
+
+class DockerWorkers:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.client = docker.from_env(timeout=60)
+        self.labels = {
+            "ai-course.role": "variation-worker",
+            "ai-course.deployment": settings.DEPLOYMENT,
+        }
+
+    def check(self) -> None:
+        try:
+            self.client.images.get(self.settings.WORKER_IMAGE)
+        except docker.errors.ImageNotFound:
+            raise RuntimeError(
+                f"image {self.settings.WORKER_IMAGE} not found: `make lesson-05` builds it"
+            ) from None
+
+    def start(self, run_id: str, index: int, environment: dict[str, str]) -> str:
+        s = self.settings
+        container = self.client.containers.run(
+            s.WORKER_IMAGE,
+            ["python", "-m", "app.worker"],  # a list: no shell ever parses the query
+            environment=environment,  # the job travels as data
+            name=f"{s.DEPLOYMENT}-{run_id[:12]}-{index}",
+            labels={**self.labels, "ai-course.run": run_id, "ai-course.variation": str(index)},
+            detach=True,
+            network=s.WORKER_NETWORK,
+            mem_limit=s.WORKER_MEMORY,
+            memswap_limit=s.WORKER_MEMORY,  # no swap: over the limit means OOM-killed, not slow
+            nano_cpus=int(s.WORKER_CPUS * 1e9),
+            pids_limit=s.WORKER_PIDS,
+            read_only=True,
+            tmpfs={"/tmp": "size=16m"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            # The image's HEALTHCHECK asks an HTTP port that workers never open: switch it off.
+            healthcheck={"test": ["NONE"]},
+        )
+        return container.id
+
+    def list(self) -> list[Worker]:
+        filters = {"label": [f"{k}={v}" for k, v in self.labels.items()]}
+        found = self.client.containers.list(all=True, sparse=True, filters=filters)
+        return [
+            Worker(
+                id=c.id,
+                run_id=c.attrs["Labels"]["ai-course.run"],
+                index=int(c.attrs["Labels"]["ai-course.variation"]),
+                running=c.attrs["State"] in ("created", "running", "restarting"),
+            )
+            for c in found
+        ]
+
+    def outcome(self, worker_id: str) -> tuple[int, bool]:
+        state = self.client.containers.get(worker_id).attrs["State"]
+        return state["ExitCode"], state["OOMKilled"]
+
+    def logs(self, worker_id: str) -> str:
+        return self.client.containers.get(worker_id).logs(tail=20).decode(errors="replace")
+
+    def remove(self, worker_id: str) -> None:
+        with suppress(docker.errors.NotFound):
+            self.client.containers.get(worker_id).remove(force=True)  # kills it if still running
+
+
+# === The run lifecycle: start the workers, reap them as they exit, cancel ===
+
+EXIT_REASONS = {
+    1: "the research failed (see its error event)",
+    2: "the worker rejected its job",
+    3: "the worker could not reach Redis",
+    137: "killed (SIGKILL): out of memory or stopped from outside",
+}
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, runs: Runs, workers: DockerWorkers):
+        self.settings, self.runs, self.workers = settings, runs, workers
+        self.starting: dict[str, asyncio.Task] = {}
+        self.lock = asyncio.Lock()
+
+    def environment(self, run_id: str, query: str, v: dict, count: int) -> dict[str, str]:
+        s = self.settings
+        # Room in the stream for each variation's tokens, after every other event of the run.
+        token_budget = max(0, (s.STREAM_MAXLEN - 3 - 12 * count) // count)
+        env = {
+            "RUN_ID": run_id,
+            "VARIATION": str(v["index"]),
+            "QUERY": query,
+            "ANSWER_STYLE": v["style"],
+            "TEMPERATURE": str(v["temperature"]),
+            "SEARCH_MAX_RESULTS": str(v["search_depth"]),
+            "REDIS_URL": s.WORKER_REDIS_URL,
+            "STREAM_MAXLEN": str(s.STREAM_MAXLEN),
+            "TOKEN_BUDGET": str(token_budget),
+            "OFFLINE_TOKEN_DELAY_MS": str(s.OFFLINE_TOKEN_DELAY_MS),
+            # The agent gives up a little before the container is killed, so it can say why.
+            "REQUEST_TIMEOUT_SECONDS": str(max(1.0, s.VARIATION_TIMEOUT_SECONDS - 5)),
+        }
+        if v.get("model"):
+            env["MODEL_NAME"] = v["model"]
+        if s.OPENAI_API_KEY:
+            env["OPENAI_API_KEY"] = s.OPENAI_API_KEY.get_secret_value()
+        if s.OPENAI_BASE_URL:
+            env["OPENAI_BASE_URL"] = s.OPENAI_BASE_URL
+        return env
+
+    async def create(self, request: RunRequest) -> dict:
+        variations = request.resolved()
+        async with self.lock:  # check and add in one step, or two requests could both pass
+            if len(await self.runs.active()) >= self.settings.MAX_ACTIVE_RUNS:
+                raise ApiError(
+                    429,
+                    "too_many_runs",
+                    f"{self.settings.MAX_ACTIVE_RUNS} runs are already running; "
+                    "wait for one to finish or cancel one",
+                    headers={"Retry-After": "5"},
+                )
+            run_id = uuid.uuid4().hex
+            await self.runs.create(run_id, request.query, variations)
+        task = asyncio.create_task(self.start_all(run_id, request.query, variations))
+        self.starting[run_id] = task
+        task.add_done_callback(lambda _: self.starting.pop(run_id, None))
+        return {"run_id": run_id, "variations": variations}
+
+    async def start_all(self, run_id: str, query: str, variations: list[dict]) -> None:
+        await asyncio.gather(
+            *(self.start_one(run_id, query, v, len(variations)) for v in variations)
+        )
+
+    async def start_one(self, run_id: str, query: str, v: dict, count: int) -> None:
+        index, began = v["index"], time.time()
+        deadline = began + self.settings.VARIATION_TIMEOUT_SECONDS
+        await self.runs.update_variation(run_id, index, status="running", deadline=deadline)
+        env = self.environment(run_id, query, v, count)
+        try:
+            worker_id = await asyncio.to_thread(self.workers.start, run_id, index, env)
+        except Exception as exc:  # no image, engine down, name taken...
+            logger.warning("variation %s/%d did not start: %r", run_id, index, exc)
+            await self.runs.finish(run_id, index, "failed", reason="the container did not start")
+            return
+        started = time.time()
+        await self.runs.update_variation(run_id, index, container=worker_id, started_at=started)
+        start_ms = round((started - began) * 1000)
+        data = {"variation": index, "container": worker_id[:12], "start_ms": start_ms}
+        await self.runs.add_event(run_id, "container_started", data)
+
+    async def reap_forever(self) -> None:
+        while True:
+            try:
+                await self.reap()
+            except Exception:
+                logger.exception("reaper pass failed; retrying")
+            await asyncio.sleep(self.settings.REAP_INTERVAL_SECONDS)
+
+    async def reap(self) -> dict:
+        """One pass over this deployment's containers: record exits, enforce deadlines, remove
+        orphans (their run ended, was cancelled or expired), and fail variations whose container
+        vanished. At start-up the same pass sweeps what a previous API left behind and adopts the
+        containers of runs still going."""
+        listed_at = time.time()
+        workers = await asyncio.to_thread(self.workers.list)
+        seen, counts = set(), {"adopted": 0, "removed": 0, "ended": 0}
+        for w in workers:
+            seen.add((w.run_id, w.index))
+            v = await self.runs.variation(w.run_id, w.index)
+            if await self.runs.status(w.run_id) != "running" or v.get("status") in ENDED:
+                await asyncio.to_thread(self.workers.remove, w.id)
+                counts["removed"] += 1
+            elif w.running:
+                counts["adopted"] += 1
+                if time.time() > float(v.get("deadline") or "inf"):
+                    await asyncio.to_thread(self.workers.remove, w.id)
+                    limit = self.settings.VARIATION_TIMEOUT_SECONDS
+                    reason = f"no answer within {limit:g} s: the container was killed"
+                    await self.runs.finish(w.run_id, w.index, "timed_out", reason=reason)
+                    counts["ended"] += 1
+            else:
+                await self.record_exit(w, v)
+                counts["ended"] += 1
+        for run_id in await self.runs.active():
+            count = int(await self.runs.client.hget(run_key(run_id), "variations") or 0)
+            for i in range(count):
+                v = await self.runs.variation(run_id, i)
+                started = float(v.get("started_at") or "inf")
+                if v.get("status") == "running" and (run_id, i) not in seen and started < listed_at:
+                    await self.runs.finish(run_id, i, "failed", reason="the container disappeared")
+        return counts
+
+    async def record_exit(self, w: Worker, v: dict) -> None:
+        exit_code, oom_killed = await asyncio.to_thread(self.workers.outcome, w.id)
+        if exit_code == 0 and "result" in v:
+            status, reason = "succeeded", None
+        elif oom_killed:
+            status, reason = (
+                "failed",
+                f"out of memory: killed at the {self.settings.WORKER_MEMORY} limit",
+            )
+        elif exit_code == 0:
+            status, reason = "failed", "exited without an answer"
+        else:
+            status = "failed"
+            reason = EXIT_REASONS.get(exit_code, f"exited with code {exit_code}")
+        if status == "failed":  # the details stay in the server's log, never in the stream
+            tail = await asyncio.to_thread(self.workers.logs, w.id)
+            logger.warning("variation %s/%d failed (%s):\n%s", w.run_id, w.index, reason, tail)
+        details = {"exit_code": exit_code, "oom_killed": oom_killed, "reason": reason}
+        await self.runs.finish(w.run_id, w.index, status, **details)
+        await asyncio.to_thread(self.workers.remove, w.id)
+
+    async def cancel(self, run_id: str) -> None:
+        status = await self.runs.status(run_id)
+        if status is None:
+            raise ApiError(404, "run_not_found", f"no run {run_id}")
+        if status != "running":
+            raise ApiError(409, "run_ended", f"run {run_id} has already ended ({status})")
+        await self.runs.client.hset(run_key(run_id), "cancelled", 1)
+        await self.runs.add_event(run_id, "cancelled", {"variation": None})
+        if run_id in self.starting:  # let the containers being created appear, then remove them too
+            await asyncio.wait_for(asyncio.shield(self.starting[run_id]), 120)
+        count = int(await self.runs.client.hget(run_key(run_id), "variations"))
+        for i in range(count):
+            await self.runs.finish(run_id, i, "cancelled", reason="cancelled by the user")
+        mine = [w for w in await asyncio.to_thread(self.workers.list) if w.run_id == run_id]
+        await asyncio.gather(*(asyncio.to_thread(self.workers.remove, w.id) for w in mine))
+
+
+# === The event stream: XREAD from the client's last id, every entry one SSE event with that id ===
+
+STREAM_ID = r"^\d{1,20}-\d{1,20}$"
+
+
+async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
+    """Replay from last_id ("0-0" for a new client), then wait for new entries until `run_done`."""
+    yield ServerSentEvent(comment="resuming after " + last_id, retry=1000)
+    # The workers keep within the cap (their token budget), so this is a safety net: if entries were
+    # trimmed anyway and this client had not seen them all, it is told, never silently skipped.
+    info = await runs.client.xinfo_stream(events_key(run_id))
+    first = info["first-entry"][0] if info["first-entry"] else "0-0"
+    if info["entries-added"] > info["length"] and _id_tuple(last_id) < _id_tuple(first):
+        cap, trimmed = runs.settings.STREAM_MAXLEN, info["entries-added"] - info["length"]
+        message = f"{trimmed} events before {first} were trimmed by the {cap}-entry cap"
+        yield ServerSentEvent(
+            event="events_lost", data=json.dumps({"variation": None, "message": message})
+        )
+    while not await request.is_disconnected():
+        found = await runs.client.xread({events_key(run_id): last_id}, count=200, block=1000)
+        if not found:
+            if await runs.status(run_id) is None:  # expired while we waited
+                return
+            continue
+        for entry_id, fields in found[0][1]:
+            last_id = entry_id
+            yield ServerSentEvent(id=entry_id, event=fields["event"], data=fields["data"])
+            if fields["event"] == "run_done":
+                return
+
+
+def _id_tuple(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# === The HTTP API ===
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    client = redis.from_url(settings.REDIS_URL, decode_responses=True)
+    await client.ping()
+    workers = app.state.workers or DockerWorkers(settings)
+    await asyncio.to_thread(workers.check)
+    runs = Runs(client, settings)
+    app.state.orchestrator = orchestrator = Orchestrator(settings, runs, workers)
+    swept = await orchestrator.reap()  # before serving: leftovers removed, live runs adopted
+    logger.info("start-up sweep: %s", swept)
+    reaper = asyncio.create_task(orchestrator.reap_forever())
+    logger.info(
+        "variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, settings.REDIS_URL
+    )
+    yield
+    reaper.cancel()
+    await client.aclose()
+
+
+def error_body(request: Request, error_type: str, message: str, **extra) -> dict:
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    return {"error": {"type": error_type, "message": message, "request_id": request_id, **extra}}
+
+
+def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
+    """`workers` replaces the Docker backend (the tests run workers as local processes)."""
+    app = FastAPI(title="Agent variations", lifespan=lifespan)
+    app.state.settings, app.state.workers = settings or Settings(), workers
+    errors = {code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)}
+    stream = {
+        200: {"content": {"text/event-stream": {}}, "description": "the run's events"},
+        204: {"description": "the run has ended and no event follows the given id"},
+    }
+
+    def orchestrator(request: Request) -> Orchestrator:
+        return request.app.state.orchestrator
+
+    async def existing(request: Request, run_id: str) -> dict:
+        view = await orchestrator(request).runs.view(run_id)
+        if view is None:
+            raise ApiError(404, "run_not_found", f"no run {run_id} (it may have expired)")
+        return view
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = error_body(request, exc.error_type, exc.message)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        body = error_body(request, "validation_error", "the request is not valid", details=details)
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = error_body(
+            request, "not_found" if exc.status_code == 404 else "http_error", str(exc.detail)
+        )
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        logger.warning("Redis failed: %r", exc)
+        return JSONResponse(error_body(request, "redis_unavailable", "Redis is not answering"), 503)
+
+    @app.exception_handler(docker.errors.DockerException)
+    async def docker_down(request: Request, exc: docker.errors.DockerException) -> JSONResponse:
+        logger.warning("Docker failed: %r", exc)
+        return JSONResponse(
+            error_body(request, "docker_unavailable", "Docker is not answering"), 503
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/runs", status_code=202, responses=errors)
+    async def create_run(body: RunRequest, request: Request) -> RunCreated:
+        """Start one container per variation; follow them at /v1/runs/{run_id}/events."""
+        created = await orchestrator(request).create(body)
+        run_id = created["run_id"]
+        return RunCreated(
+            **created, events=f"/v1/runs/{run_id}/events", status=f"/v1/runs/{run_id}"
+        )
+
+    @app.get("/v1/runs/{run_id}", responses=errors)
+    async def get_run(run_id: str, request: Request) -> RunView:
+        """Each variation's status, exit code and final answer; the user's pick."""
+        return await existing(request, run_id)
+
+    # [start:run_events]
+    @app.get("/v1/runs/{run_id}/events", responses={**stream, **errors}, response_model=None)
+    async def run_events(
+        run_id: str,
+        request: Request,
+        after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
+        last_event_id: Annotated[str | None, Header(pattern=STREAM_ID)] = None,
+    ):
+        """SSE, every variation in one stream. Each event's `id` is its Redis Stream id: reconnect
+        with `Last-Event-ID` (or `?after=`) to resume right after it; no id replays the run."""
+        view = await existing(request, run_id)
+        start = last_event_id or after or "0-0"
+        runs = orchestrator(request).runs
+        # An ended run with nothing after `start`: 204, the answer that stops EventSource retrying.
+        if view["status"] != "running":
+            newest = await runs.client.xrevrange(events_key(run_id), count=1)
+            if not newest or _id_tuple(newest[0][0]) <= _id_tuple(start):
+                return Response(status_code=204)
+        return EventSourceResponse(
+            follow(runs, run_id, start, request),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        # [end:run_events]
+
+    @app.delete("/v1/runs/{run_id}", responses=errors)
+    async def cancel_run(run_id: str, request: Request) -> RunView:
+        """Stop and remove the run's containers; the stream says `cancelled`, then `run_done`."""
+        await orchestrator(request).cancel(run_id)
+        return await existing(request, run_id)
+
+    @app.post("/v1/runs/{run_id}/select", responses=errors)
+    async def select(run_id: str, body: Selection, request: Request) -> RunView:
+        """Store the user's pick: one variation that succeeded."""
+        view = await existing(request, run_id)
+        if body.variation >= len(view["variations"]):
+            raise ApiError(
+                422, "no_such_variation", f"run {run_id} has {len(view['variations'])} variations"
+            )
+        if view["variations"][body.variation]["status"] != "succeeded":
+            raise ApiError(
+                409, "variation_not_succeeded", "only a variation that answered can be picked"
+            )
+        await orchestrator(request).runs.client.hset(run_key(run_id), "selected", body.variation)
+        return await existing(request, run_id)
+
+    return app
+
+
+if __name__ == "__main__":
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.HOST,
+        port=settings.PORT,
+        log_config=None,
+        timeout_graceful_shutdown=5,  # open event streams end; their clients resume elsewhere
+    )

@@ -1,0 +1,180 @@
+"""One variation of a research question, run as a batch job: ``python -m app.worker``.
+
+The same image as the API, another command. The job arrives as environment variables, read by
+WorkerSettings like every other setting (data, never a shell string), so a query full of quotes,
+`$(...)` or newlines is just text. The worker streams the agent's events into the run's Redis
+Stream, records its answer, and exits with a code the orchestrator reads:
+
+    0  answered (a `final` event was published)
+    1  the research failed (an `error` event says why)
+    2  the job was invalid (bad settings; nothing published)
+    3  Redis could not be reached
+"""
+
+import time
+
+STARTED = time.time()  # before the heavy imports, so `worker_ready` can say what they cost
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Literal  # noqa: E402
+
+import redis.asyncio as redis  # noqa: E402
+from pydantic import Field, ValidationError  # noqa: E402
+
+from .agent import ANSWER_STYLES, SYSTEM_PROMPT, OfflineResearchModel, ResearchAgent  # noqa: E402
+from .config import Settings  # noqa: E402
+from .errors import AppError  # noqa: E402
+
+logger = logging.getLogger("app.worker")
+
+ANSWERED, FAILED, INVALID_JOB, NO_REDIS = 0, 1, 2, 3
+
+
+class WorkerSettings(Settings):
+    """The research agent's settings plus the job. A variation also sets TEMPERATURE, MODEL_NAME and
+    SEARCH_MAX_RESULTS, which the agent already reads."""
+
+    RUN_ID: str = Field(pattern=r"^[0-9a-f]{8,32}$")
+    VARIATION: int = Field(ge=0, le=63)
+    QUERY: str = Field(min_length=1, max_length=2000)
+    ANSWER_STYLE: Literal["bullets", "brief", "detailed"] = "bullets"
+    REDIS_URL: str = "redis://redis:6379/0"
+    STREAM_MAXLEN: int = Field(5000, ge=10)  # the run's stream never holds more entries than this
+    TOKEN_BUDGET: int = Field(1000, ge=0)  # token events this variation may add to the stream
+
+    @property
+    def stream_key(self) -> str:
+        return f"run:{self.RUN_ID}:events"
+
+    @property
+    def variation_key(self) -> str:
+        return f"run:{self.RUN_ID}:v:{self.VARIATION}"
+
+
+class Publisher:
+    """XADD every event to the run's stream, tagged with this variation, capped at STREAM_MAXLEN."""
+
+    def __init__(self, client: redis.Redis, settings: WorkerSettings):
+        self.client, self.settings = client, settings
+
+    async def send(self, event: str, data: dict) -> None:
+        data = {"variation": self.settings.VARIATION, **data}
+        fields = {"event": event, "data": json.dumps(data)}
+        await self.client.xadd(self.settings.stream_key, fields, maxlen=self.settings.STREAM_MAXLEN)
+
+    async def record(self, field: str, value: dict) -> None:
+        """Keep the outcome in the variation's hash too, for GET /v1/runs/{id}."""
+        await self.client.hset(self.settings.variation_key, field, json.dumps(value))
+
+
+def build_agent(settings: WorkerSettings) -> ResearchAgent:
+    model = None  # a real model: build_model reads MODEL_NAME and TEMPERATURE from the settings
+    if settings.offline:
+        model = OfflineResearchModel(
+            token_delay_ms=settings.OFFLINE_TOKEN_DELAY_MS,
+            style=settings.ANSWER_STYLE,
+            temperature=settings.TEMPERATURE,
+        )
+    prompt = f"{SYSTEM_PROMPT}\n{ANSWER_STYLES[settings.ANSWER_STYLE]}"
+    return ResearchAgent(settings, model=model, system_prompt=prompt)
+
+
+def peak_memory_mb() -> dict:
+    """The process's peak resident memory and, inside a container, its cgroup's peak usage."""
+    found = {"process_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    for path in ("/sys/fs/cgroup/memory/memory.max_usage_in_bytes", "/sys/fs/cgroup/memory.peak"):
+        try:
+            found["cgroup_peak_mb"] = round(int(Path(path).read_text()) / 2**20, 1)
+            break
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+async def run(settings: WorkerSettings) -> int:
+    client = redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    events = Publisher(client, settings)
+    for attempt in range(1, 6):  # a busy engine's DNS or a restarting Redis: retry, bounded
+        try:
+            await client.ping()
+            break
+        except redis.RedisError as exc:
+            logger.warning("Redis at %s: %s (attempt %d of 5)", settings.REDIS_URL, exc, attempt)
+            if attempt == 5:
+                logger.error("cannot reach Redis at %s: giving up", settings.REDIS_URL)
+                return NO_REDIS
+            await asyncio.sleep(attempt * 0.5)
+    imported = time.time()
+    try:
+        agent = await asyncio.to_thread(build_agent, settings)  # builds the local search index
+        await events.send(
+            "worker_ready",
+            {
+                "model": settings.model_label,
+                "style": settings.ANSWER_STYLE,
+                "temperature": settings.TEMPERATURE,
+                "search_depth": settings.SEARCH_MAX_RESULTS,
+                "import_ms": round((imported - STARTED) * 1000),
+                "startup_ms": round((time.time() - STARTED) * 1000),
+            },
+        )
+        return await stream_answer(agent, settings, events)
+    finally:
+        await events.send(
+            "worker_stats", {"run_ms": round((time.time() - STARTED) * 1000), **peak_memory_mb()}
+        )
+        await client.aclose()
+
+
+async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: Publisher) -> int:
+    tokens_sent = tokens_held_back = 0
+    try:
+        async for name, data in agent.stream(settings.QUERY):
+            if name == "token":
+                if tokens_sent >= settings.TOKEN_BUDGET:
+                    tokens_held_back += 1  # counted and reported below: never dropped silently
+                    continue
+                tokens_sent += 1
+            if name == "final":
+                if tokens_held_back:
+                    await events.send(
+                        "truncated",
+                        {
+                            "tokens_not_streamed": tokens_held_back,
+                            "reason": f"token budget of {settings.TOKEN_BUDGET} events reached; "
+                            "the final event carries the whole answer",
+                        },
+                    )
+                data = {**data, "query": settings.QUERY, "model": settings.model_label}
+                await events.record("result", data)
+            await events.send(name, data)
+        return ANSWERED
+    except Exception as exc:
+        if isinstance(exc, AppError):
+            error = {"type": exc.error_type, "message": exc.message}
+        else:  # the traceback goes to the container's log, never into the stream
+            logger.exception("research crashed")
+            error = {"type": "internal_error", "message": "the worker crashed"}
+        await events.record("error", error)
+        await events.send("error", {"error": error})
+        return FAILED
+
+
+def main() -> int:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = WorkerSettings()
+    except ValidationError as exc:
+        names = ", ".join(str(e["loc"][0]) for e in exc.errors())
+        logger.error("invalid job, check these settings: %s", names)
+        return INVALID_JOB
+    return asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

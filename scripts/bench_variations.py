@@ -1,0 +1,261 @@
+"""Benchmark lesson 05: N = 1, 2, 4, 8 variations in containers, and the same work in one process.
+
+    make bench-variations          (REPEAT=3 for the median of three runs per row)
+
+Containers: scripts/lesson-05.sh starts Redis and a network under a name of its own, the lesson's
+API runs as a process, each run is POSTed and its event stream read to `run_done`. Per run: the wall
+time (POST to run_done), each variation's time to first token, and where the time went: creating
+and starting the container (`container_started.start_ms`), the worker's Python start-up and imports
+(`worker_ready.startup_ms`, measured inside the container from process start), and the model (first
+token to final). Peak memory is each container's cgroup peak (`worker_stats`).
+
+In one process: a fresh `python` imports the agent once, builds N agents and streams N answers
+concurrently with asyncio (the same offline model, settings and token delay), and reports the same
+figures. Everything else on the machine keeps running: numbers are for this machine at this time.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+QUERY = "How do I stop a container without losing requests?"
+SIZES = [1, 2, 4, 8]
+TOKEN_DELAY_MS = int(os.environ.get("OFFLINE_TOKEN_DELAY_MS", "40"))  # the lesson's default
+
+
+# --- In one process (run as a child: `bench_variations.py --in-process N`) ------------------------
+
+
+def in_process(count: int) -> dict:
+    started = time.perf_counter()
+    sys.path.insert(0, str(ROOT / "research-agent"))
+    from app.agent import ANSWER_STYLES, SYSTEM_PROMPT, OfflineResearchModel, ResearchAgent
+    from app.config import Settings
+
+    from tests.lesson_05.conftest import api  # the lesson's presets
+
+    imported = time.perf_counter()
+    no_docs = tempfile.mkdtemp()  # like the image: search the bundled notes only
+    agents = []
+    for preset in api.PRESETS[:count]:
+        settings = Settings(DOCS_DIR=no_docs, SEARCH_MAX_RESULTS=preset.search_depth)
+        model = OfflineResearchModel(
+            token_delay_ms=TOKEN_DELAY_MS, style=preset.style, temperature=preset.temperature
+        )
+        prompt = f"{SYSTEM_PROMPT}\n{ANSWER_STYLES[preset.style]}"
+        agents.append(ResearchAgent(settings, model=model, system_prompt=prompt))
+    ready = time.perf_counter()
+
+    async def one(agent) -> dict:
+        first = None
+        async for name, _ in agent.stream(QUERY):
+            if name == "token" and first is None:
+                first = time.perf_counter()
+        return {"first_token_s": first - started, "done_s": time.perf_counter() - started}
+
+    async def all_of_them():
+        return await asyncio.gather(*(one(a) for a in agents))
+
+    results = asyncio.run(all_of_them())
+    import resource
+
+    return {
+        "wall_s": time.perf_counter() - started,
+        "import_s": imported - started,
+        "startup_s": ready - started,
+        "first_token_s": [r["first_token_s"] for r in results],
+        "done_s": [r["done_s"] for r in results],
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_in_process(count: int) -> dict:
+    began = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, __file__, "--in-process", str(count)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"in-process run failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - began  # includes the interpreter's own start
+    return result
+
+
+# --- In containers, through the lesson's API ------------------------------------------------------
+
+
+def run_containers(url: str, count: int) -> dict:
+    import httpx
+    from httpx_sse import connect_sse
+
+    began = time.perf_counter()
+    response = httpx.post(f"{url}/v1/runs", json={"query": QUERY, "variations": count}, timeout=60)
+    response.raise_for_status()
+    run_id = response.json()["run_id"]
+    first, start_ms, startup_ms, peak, done, statuses = {}, {}, {}, {}, {}, {}
+    with (
+        httpx.Client(base_url=url, timeout=300) as client,
+        connect_sse(client, "GET", f"/v1/runs/{run_id}/events") as source,
+    ):
+        for sse in source.iter_sse():
+            if not sse.data:
+                continue
+            now, data = time.perf_counter() - began, json.loads(sse.data)
+            v = data.get("variation")
+            if sse.event == "token":
+                first.setdefault(v, now)
+            elif sse.event == "container_started":
+                start_ms[v] = data["start_ms"]
+            elif sse.event == "worker_ready":
+                startup_ms[v] = data["startup_ms"]
+            elif sse.event == "worker_stats":
+                peak[v] = data.get("cgroup_peak_mb", data["process_peak_mb"])
+            elif sse.event == "final":
+                done[v] = now
+            elif sse.event == "variation_done":
+                statuses[v] = data["status"]
+            elif sse.event == "run_done":
+                wall = now
+                break
+    if set(statuses.values()) != {"succeeded"}:
+        raise SystemExit(f"run {run_id} did not succeed: {statuses}")
+    return {
+        "wall_s": wall,
+        "first_token_s": list(first.values()),
+        "done_s": list(done.values()),
+        "model_s": [done[v] - first[v] for v in done],
+        "start_ms": list(start_ms.values()),
+        "startup_ms": list(startup_ms.values()),
+        "peak_mb": list(peak.values()),
+    }
+
+
+class Stack:
+    def __init__(self):
+        self.env = {**os.environ, "NAME": f"l05bench-{uuid.uuid4().hex[:6]}"}
+        up = subprocess.run(
+            [ROOT / "scripts" / "lesson-05.sh", "up"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if up.returncode:
+            raise SystemExit(up.stderr)
+        values = dict(line.split("=", 1) for line in up.stdout.splitlines() if "=" in line)
+        from tests.ports import free_port
+
+        self.url = f"http://127.0.0.1:{(port := free_port())}"
+        api_env = {k: v for k, v in self.env.items() if not k.startswith("OPENAI_")}
+        api_env.update(
+            values,
+            PORT=str(port),
+            OFFLINE_TOKEN_DELAY_MS=str(TOKEN_DELAY_MS),
+            WORKER_IMAGE=os.environ.get("WORKER_IMAGE", "research-agent:lesson-05"),
+            MAX_ACTIVE_RUNS="1",
+        )
+        self.api = subprocess.Popen(
+            [sys.executable, "code/05_variations_api.py"],
+            cwd=ROOT,
+            env=api_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import httpx
+
+        for _ in range(300):
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise SystemExit("the API did not start")
+
+    def close(self):
+        self.api.terminate()
+        self.api.wait(30)
+        subprocess.run(
+            [ROOT / "scripts" / "lesson-05.sh", "down"], env=self.env, capture_output=True
+        )
+
+
+# --- The table ------------------------------------------------------------------------------------
+
+
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+
+
+def span(values: list[float]) -> str:
+    return f"{min(values):.1f}–{max(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--in-process", type=int)
+    args = parser.parse_args()
+    if args.in_process:
+        print(json.dumps(in_process(args.in_process)))
+        return
+    repeat = int(os.environ.get("REPEAT", "1"))
+    docker_version = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"bench-variations {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} cores · "
+        f"{platform.machine()} · Docker {docker_version} · offline model, "
+        f"{TOKEN_DELAY_MS} ms per token · median of {repeat} · load average "
+        f"{os.getloadavg()[0]:.1f} at start"
+    )
+    stack = Stack()
+    rows = []
+    try:
+        run_containers(stack.url, 1)  # warm-up: page cache and the engine, not counted
+        run_in_process(1)  # the same for the host's virtualenv
+        for n in SIZES:
+            c = median_run([run_containers(stack.url, n) for _ in range(repeat)])
+            p = median_run([run_in_process(n) for _ in range(repeat)])
+            rows.append((n, c, p))
+            print(f"  N={n}: containers {c['wall_s']:.1f} s, one process {p['wall_s']:.1f} s")
+    finally:
+        stack.close()
+    base_c, base_p = rows[0][1]["wall_s"], rows[0][2]["wall_s"]
+    print()
+    print(
+        "| N | containers: wall s (× N=1) | first token s | container start ms | worker start-up s"
+        " | model s | peak MB per container | one process: wall s (× N=1) | first token s"
+        " | import + agents s | peak MB |"
+    )
+    print("| --- " * 11 + "|")
+    for n, c, p in rows:
+        print(
+            f"| {n} | {c['wall_s']:.1f} ({c['wall_s'] / base_c:.2f}×) | {span(c['first_token_s'])}"
+            f" | {statistics.mean(c['start_ms']):.0f} | {span([s / 1000 for s in c['startup_ms']])}"
+            f" | {span(c['model_s'])} | {max(c['peak_mb']):.0f}"
+            f" | {p['wall_s']:.1f} ({p['wall_s'] / base_p:.2f}×) | {span(p['first_token_s'])}"
+            f" | {p['startup_s']:.1f} | {p['peak_mb']:.0f} |"
+        )
+    ratio = rows[2][1]["wall_s"] / base_c
+    verdict = "met" if ratio <= 1.6 else "NOT met"
+    print(f"\nTarget N=4 within 1.6× N=1 (containers): {ratio:.2f}× — {verdict}")
+    print(f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on this machine)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Lesson 05's page in a real browser: Debian's headless Chromium driven by Playwright 1.64.
+
+Ask with 3 variations, see 3 columns fill, reload mid-run, see them complete (each column's
+streamed text equal to its final answer: nothing lost or repeated by the resume), pick one. Saves a
+screenshot to SCREENSHOT (default .build/05-variations.png); `make variations-screenshot` writes the
+one the docs show.
+Never `playwright install`: the browser is /usr/bin/chromium (make variations-test installs it).
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.lesson_05.conftest import ROOT
+
+pytestmark = pytest.mark.container
+
+CHROMIUM = "/usr/bin/chromium"
+QUESTION = "How do I stop a container without losing requests?"
+
+
+@pytest.fixture
+def browser():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: make variations-test installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            # As root Chromium needs --no-sandbox; the resolver rule stops its background lookups.
+            args=[
+                "--no-sandbox",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def test_three_columns_fill_survive_a_reload_and_one_is_picked(api_process, browser):
+    from playwright.sync_api import expect
+
+    api = api_process(OFFLINE_TOKEN_DELAY_MS=120)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(api.url)
+    page.fill("#query", QUESTION)
+    page.select_option("#count", "3")
+    page.click("#start")
+
+    columns = page.locator(".column")
+    expect(columns).to_have_count(3)
+    for i in range(3):  # every column is streaming
+        expect(columns.nth(i).locator(".answer")).not_to_be_empty(timeout=120_000)
+    run_id = page.evaluate("new URLSearchParams(location.hash.slice(1)).get('run')")
+    assert httpx.get(f"{api.url}/v1/runs/{run_id}").json()["status"] == "running", (
+        "the run ended before the reload: it must happen mid-run"
+    )
+
+    page.reload()
+    expect(columns).to_have_count(3)
+    for i in range(3):
+        column = columns.nth(i)
+        expect(column.locator(".status")).to_have_text("succeeded", timeout=120_000)
+        expect(column.locator(".check")).to_have_text("stream matches the final answer")
+    expect(page.locator("#run-status")).to_contain_text("done")
+    answers = [columns.nth(i).locator(".answer").inner_text() for i in range(3)]
+    view = httpx.get(f"{api.url}/v1/runs/{run_id}").json()
+    assert [v["response"].strip() for v in view["variations"]] == [a.strip() for a in answers]
+
+    columns.nth(1).locator(".pick").click()
+    expect(columns.nth(1).locator(".pick")).to_have_text("Picked")
+    assert httpx.get(f"{api.url}/v1/runs/{run_id}").json()["selected"] == 1
+    page.reload()  # the pick is stored by the API, not only in the page
+    expect(columns.nth(1)).to_have_class("column selected")
+
+    path = Path(os.environ.get("SCREENSHOT", ROOT / ".build" / "05-variations.png"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000

@@ -1,0 +1,30 @@
+"""docs/05-parallel-variations.md lists every event the code emits and every setting of the API."""
+
+import re
+
+from tests.lesson_05.conftest import ROOT, api
+
+DOC = (ROOT / "docs" / "05-parallel-variations.md").read_text(encoding="utf-8")
+API = (ROOT / "code" / "05_variations_api.py").read_text(encoding="utf-8")
+WORKER = (ROOT / "research-agent" / "app" / "worker.py").read_text(encoding="utf-8")
+AGENT_EVENTS = {"token", "tool", "final"}  # ResearchAgent.stream names, passed on unchanged
+
+
+def table_rows(heading: str) -> set[str]:
+    """The first cells (in backticks) of the table that follows the given column heading."""
+    table = DOC[DOC.index(heading) :].split("\n\n", 1)[0]
+    cells = re.findall(r"^\| ((?:`\w+`(?:, )?)+) \|", table, flags=re.M)
+    return {name for cell in cells for name in re.findall(r"`(\w+)`", cell)}
+
+
+def test_the_protocol_table_lists_exactly_the_events_the_code_sends():
+    emitted = set(re.findall(r'add_event\(\s*run_id,\s*"(\w+)"', API))
+    emitted |= set(re.findall(r"'event', '(\w+)'", API))  # from the Lua script
+    emitted |= set(re.findall(r'event="(\w+)"', API))
+    emitted |= set(re.findall(r'send\(\s*"(\w+)"', WORKER)) | AGENT_EVENTS
+    assert len(emitted) > 10
+    assert table_rows("| Event | From |") == emitted
+
+
+def test_the_settings_table_lists_every_setting():
+    assert table_rows("| Setting | Default |") == set(api.Settings.model_fields)
