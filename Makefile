@@ -14,6 +14,7 @@ export HOST PORT
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start context-size
 .PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
 .PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
+.PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
 
 help: ## List the commands of the course
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -154,6 +155,29 @@ variations-screenshot: lesson-05-image $(VENV)/.installed ## Lesson 05: the brow
 
 bench-variations: lesson-05-image $(VENV)/.installed ## Benchmark: N = 1, 2, 4, 8 variations in containers vs in one process
 	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) scripts/bench_variations.py
+
+# --- Scale-out (lesson 06): the research agent on Docker Swarm behind HAProxy. The Kubernetes manifests
+# in deploy/k8s/ are validated offline by `make test` (tests/test_k8s.py).
+STACK ?= research-agent
+# HAProxy publishes 8080, or PORT when it is given (the 8000 default above is for the host-run lessons).
+LESSON06_PORT = $(if $(filter file,$(origin PORT)),8080,$(PORT))
+
+swarm-images: docker-tools
+	@scripts/offline-images.sh python:3.11-slim redis:7 haproxy:2.6
+	@scripts/build-images.sh optimized
+
+lesson-06: swarm-images $(VENV)/.installed ## Lesson 06: 3 agent replicas behind HAProxy on Swarm, port 8080 (or PORT); returns once healthy
+	@$(PY) scripts/swarm.py up --stack $(STACK) --port $(LESSON06_PORT)
+
+lesson-06-down: $(VENV)/.installed ## Lesson 06: remove the stack and its volume; leave Swarm if lesson-06 joined it
+	@$(PY) scripts/swarm.py down --stack $(STACK)
+
+swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas, request ids, shared cache, SSE, rollback, lesson-06-down
+	$(PY) -m pytest -m container tests/test_swarm.py -v
+
+bench-scaleout: swarm-images $(VENV)/.installed ## Benchmark: rolling update and docker stop under load (target: 0 failed), 1 vs 3 replicas
+	@scripts/ensure-command.sh wrk wrk
+	$(PY) scripts/bench_scaleout.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache

@@ -8,7 +8,7 @@
 #   docker image inspect python:3.11-slim --format '{{json .Config.Labels}}'
 #
 # Usage: scripts/offline-images.sh [--force] [IMAGE...]
-#   IMAGE   python:3.11-slim and/or redis:7 (default: both)
+#   IMAGE   python:3.11-slim, redis:7 (default: both), haproxy:2.6 (lesson 06)
 #   --force pull or build again even if the image already exists
 # Env: PULL_TIMEOUT (seconds, default 20), HOST_CA_BUNDLE (CA bundle copied into
 #      the python stand-in, default /etc/ssl/certs/ca-certificates.crt).
@@ -71,6 +71,24 @@ build_python() {
       - python:3.11-slim
 }
 
+# Debian bookworm's HAProxy is 2.6, the branch the official haproxy:2.6 image carries.
+# The official image's STOPSIGNAL SIGUSR1 cannot be set here (`docker import` rejects it): stacks
+# set `stop_signal: SIGUSR1` themselves.
+build_haproxy() {
+  mmdebstrap "${mm_common[@]}" \
+    --include=haproxy \
+    --customize-hook="\"$hooks/haproxy-hook.sh\" \"\$1\"" \
+    bookworm - "${mirrors[@]}" |
+    docker import \
+      --change "$label" \
+      --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
+      --change 'USER haproxy' \
+      --change 'WORKDIR /var/lib/haproxy' \
+      --change 'ENTRYPOINT ["docker-entrypoint.sh"]' \
+      --change 'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]' \
+      - haproxy:2.6
+}
+
 build_redis() {
   mmdebstrap "${mm_common[@]}" \
     --include=redis-server,redis-tools \
@@ -92,7 +110,8 @@ for image in "${images[@]}"; do
   case $image in
     python:3.11-slim) builder=build_python ;;
     redis:7) builder=build_redis ;;
-    *) echo "unknown image: $image (known: python:3.11-slim redis:7)" >&2; exit 2 ;;
+    haproxy:2.6) builder=build_haproxy ;;
+    *) echo "unknown image: $image (known: python:3.11-slim redis:7 haproxy:2.6)" >&2; exit 2 ;;
   esac
   if [ $force = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
     what=$(docker image inspect "$image" --format '{{index .Config.Labels "org.opencontainers.image.description"}}')

@@ -1,0 +1,288 @@
+"""Lesson 06 on Docker Swarm: deploy deploy/swarm/stack.yml, wait until it serves, remove it again.
+
+    python scripts/swarm.py up   [--stack research-agent] [--port 8080]   # make lesson-06
+    python scripts/swarm.py down [--stack research-agent]                 # make lesson-06-down
+
+`up` initialises Swarm when the engine is not in it and writes that on the node (a label), so that
+`down` leaves Swarm again only when the course joined it, and only once no service is left. The
+benchmark (scripts/bench_scaleout.py) and the tests use these functions, with stacks of their own.
+Every wait is bounded in time.
+"""
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import docker
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
+HAPROXY_CFG = STACK_FILE.parent / "haproxy.cfg"
+JOINED_LABEL = (
+    "containerizing-agents.swarm-joined"  # value: whether docker_gwbridge was there before
+)
+NAMESPACE = "com.docker.stack.namespace"
+
+
+def log(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+# --- Joining and leaving Swarm --------------------------------------------------------------------
+
+
+def swarm_active(client: docker.DockerClient) -> bool:
+    return client.info()["Swarm"]["LocalNodeState"] == "active"
+
+
+def join_swarm_if_needed(client: docker.DockerClient) -> bool:
+    """Initialise a one-node Swarm unless the engine is in one already; True if this call joined."""
+    if swarm_active(client):
+        return False
+    had_gwbridge = bool(client.networks.list(names=["docker_gwbridge"]))
+    # Loopback as the advertised address: a one-node swarm that other machines cannot join.
+    client.swarm.init(advertise_addr="127.0.0.1")
+    node = client.nodes.get(client.info()["Swarm"]["NodeID"])
+    spec = node.attrs["Spec"]
+    spec["Labels"] = {
+        **spec.get("Labels", {}),
+        JOINED_LABEL: "gwbridge-existed" if had_gwbridge else "new",
+    }
+    node.update(spec)
+    log("the engine was not in Swarm mode: ran `docker swarm init --advertise-addr 127.0.0.1`")
+    return True
+
+
+def leave_swarm_if_joined(client: docker.DockerClient) -> str:
+    """Leave Swarm if the course joined it and no service is left; say what was done."""
+    if not swarm_active(client):
+        return "the engine is not in Swarm mode"
+    node = client.nodes.get(client.info()["Swarm"]["NodeID"])
+    joined = node.attrs["Spec"].get("Labels", {}).get(JOINED_LABEL)
+    if joined is None:
+        return "Swarm was active before the course used it: left as it is"
+    services = [s.name for s in client.services.list()]
+    if services:
+        return f"Swarm stays: other services still run ({', '.join(sorted(services))})"
+    client.swarm.leave(force=True)
+    # `swarm init` created docker_gwbridge when the first task started; `leave` keeps it.
+    if joined == "new":
+        for network in client.networks.list(names=["docker_gwbridge"]):
+            network.reload()
+            if not network.attrs.get("Containers"):
+                network.remove()
+    return "left Swarm (docker swarm leave --force), as it was before"
+
+
+# --- Deploying, waiting, removing -----------------------------------------------------------------
+
+
+def build_agent_image(tag: str) -> None:
+    """Build research-agent/Dockerfile.optimized under a tag of our own, from this checkout.
+
+    What `make build` builds, but under a name no other build on the machine will move. BuildKit's
+    cache makes it quick when research-agent:optimized was just built.
+    """
+    log(f"building {tag} from research-agent/Dockerfile.optimized")
+    result = subprocess.run(
+        ["docker", "build", "-q", "-f", "Dockerfile.optimized", "-t", tag, "."],
+        cwd=ROOT / "research-agent",
+        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"docker build of {tag} failed:\n{result.stderr[-3000:]}")
+
+
+def stack_env(stack: str, port: int, **settings: str) -> dict:
+    """The variables stack.yml reads; the HAProxy config's name carries a hash of the file."""
+    digest = hashlib.sha256(HAPROXY_CFG.read_bytes()).hexdigest()[:12]
+    return {
+        **os.environ,
+        "STACK": stack,
+        "PORT": str(port),
+        "HAPROXY_CFG_HASH": digest,
+        **settings,
+    }
+
+
+def deploy(stack: str, env: dict) -> None:
+    # --resolve-image never: the images are local, there is no registry to ask for a digest.
+    stack_file = str(STACK_FILE.relative_to(ROOT))
+    command = ["docker", "stack", "deploy", "--resolve-image", "never", "-c", stack_file, stack]
+    log(" ".join(command))
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"docker stack deploy failed:\n{result.stderr}")
+
+
+def service_name(stack: str, service: str) -> str:
+    return f"{stack}_{service}"
+
+
+def running_tasks(client: docker.DockerClient, name: str) -> list[dict]:
+    return [
+        t
+        for t in client.services.get(name).tasks(filters={"desired-state": "running"})
+        if t["Status"]["State"] == "running"
+    ]
+
+
+def container_health(client: docker.DockerClient, task: dict) -> str:
+    container_id = task["Status"].get("ContainerStatus", {}).get("ContainerID")
+    try:
+        state = client.containers.get(container_id).attrs["State"]
+    except (docker.errors.NotFound, docker.errors.NullResource):
+        return "gone"
+    return state.get("Health", {}).get("Status", "none")
+
+
+def haproxy_stats(url: str) -> list[dict]:
+    """HAProxy's stats page as CSV, one dict per frontend, backend and server."""
+    with urllib.request.urlopen(f"{url}/haproxy/stats;csv", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+
+
+def up_servers(url: str) -> int:
+    """How many agent replicas HAProxy sends traffic to (its `agents` servers with status UP)."""
+    return sum(
+        row["pxname"] == "agents" and row["svname"] != "BACKEND" and row["status"] == "UP"
+        for row in haproxy_stats(url)
+    )
+
+
+def wait_until_serving(
+    client: docker.DockerClient, stack: str, url: str, replicas: int, timeout: float = 240
+) -> float:
+    """Wait until every task is running and healthy and HAProxy has exactly `replicas` agents UP."""
+    started = time.monotonic()
+    wanted = {"agent": replicas, "redis": 1, "haproxy": 1}
+    status = "nothing yet"
+    while time.monotonic() - started < timeout:
+        try:
+            counts = {}
+            for service in wanted:
+                tasks = running_tasks(client, service_name(stack, service))
+                counts[service] = sum(container_health(client, t) == "healthy" for t in tasks)
+            status = ", ".join(f"{s} {counts[s]}/{n} healthy" for s, n in wanted.items())
+            if counts == wanted:
+                servers = up_servers(url)
+                status += f", HAProxy sees {servers} agent(s) UP"
+                if servers == replicas:
+                    return time.monotonic() - started
+        except (docker.errors.NotFound, OSError, ValueError, KeyError, IndexError) as error:
+            status = f"not yet: {error!r}"
+        time.sleep(1)
+    raise TimeoutError(f"stack {stack} not serving after {timeout:.0f}s: {status}")
+
+
+def remove(client: docker.DockerClient, stack: str, timeout: float = 120) -> None:
+    """docker stack rm, wait until its containers and networks are gone, then drop its volumes."""
+    subprocess.run(
+        ["docker", "stack", "rm", stack], capture_output=True, text=True, timeout=60, check=False
+    )
+    label = {"label": f"{NAMESPACE}={stack}"}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        containers = client.containers.list(all=True, filters=label, sparse=True)
+        if not containers and not client.networks.list(filters=label):
+            break
+        time.sleep(1)
+    else:
+        raise TimeoutError(f"stack {stack} still has containers or networks after {timeout:.0f}s")
+    # `docker stack rm` keeps volumes (Redis's cache here); they are this stack's alone.
+    for volume in client.volumes.list(filters=label):
+        volume.remove()
+
+
+def leftovers(client: docker.DockerClient, stack: str) -> dict:
+    """What of the stack is still on the engine (all empty once removed)."""
+    label = {"label": f"{NAMESPACE}={stack}"}
+    found = {
+        "containers": [
+            c.name for c in client.containers.list(all=True, filters=label, ignore_removed=True)
+        ],
+        "networks": [n.name for n in client.networks.list(filters=label)],
+        "volumes": [v.name for v in client.volumes.list(filters=label)],
+    }
+    if swarm_active(client):
+        found["services"] = [s.name for s in client.services.list(filters=label)]
+        found["configs"] = [c.name for c in client.configs.list(filters=label)]
+    return found
+
+
+# --- make lesson-06 / make lesson-06-down -------------------------------------------------------
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def up(stack: str, port: int, image: str) -> None:
+    client = docker.from_env()
+    join_swarm_if_needed(client)
+    url = f"http://127.0.0.1:{port}"
+    deploy(stack, stack_env(stack, port, AGENT_IMAGE=image))
+    log("waiting until 3 agent replicas, Redis and HAProxy are healthy (a new task needs ~10 s)")
+    took = wait_until_serving(client, stack, url, replicas=3)
+    assert ready(url), f"{url}/ready did not answer 200"
+    agent, proxy = service_name(stack, "agent"), service_name(stack, "haproxy")
+    print(
+        f"""
+  Research agent on Swarm: {url}  (3 replicas behind HAProxy, serving after {took:.0f}s)
+  Offline model unless OPENAI_API_KEY was set when the stack was deployed.
+
+  Ask it:     curl -s -X POST {url}/v1/research -H 'content-type: application/json' \\
+                -d '{{"query": "Why run several replicas?"}}'
+  Which one:  curl -si {url}/health | grep -i -E 'x-served-by|x-request-id'
+  Watch:      docker service ps {agent}
+              docker service logs -f {proxy}
+              {url}/haproxy/stats   (HAProxy's view of the replicas, in a browser)
+  Roll:       docker service update --image {image} --force {agent}
+  Remove:     make lesson-06-down{"" if stack == "research-agent" else f" STACK={stack}"}
+"""
+    )
+
+
+def down(stack: str) -> None:
+    client = docker.from_env()
+    if swarm_active(client) and client.services.list(filters={"label": f"{NAMESPACE}={stack}"}):
+        log(f"docker stack rm {stack} (and its Redis volume)")
+        remove(client, stack)
+    else:
+        log(f"no stack {stack} to remove")
+    log(leave_swarm_if_joined(client))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--stack", default=os.getenv("STACK", "research-agent"))
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--image", default=os.getenv("AGENT_IMAGE", "research-agent:optimized"))
+    args = parser.parse_args()
+    try:
+        if args.action == "up":
+            up(args.stack, args.port, args.image)
+        else:
+            down(args.stack)
+    except (RuntimeError, TimeoutError, docker.errors.DockerException) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
