@@ -492,21 +492,12 @@ class Orchestrator:
         seen, counts = set(), {"adopted": 0, "removed": 0, "ended": 0}
         for w in workers:
             seen.add((w.run_id, w.index))
-            v = await self.runs.variation(w.run_id, w.index)
-            if await self.runs.status(w.run_id) != "running" or v.get("status") in ENDED:
-                await asyncio.to_thread(self.workers.remove, w.id)
-                counts["removed"] += 1
-            elif w.running:
-                counts["adopted"] += 1
-                if time.time() > float(v.get("deadline") or "inf"):
-                    await asyncio.to_thread(self.workers.remove, w.id)
-                    limit = self.settings.VARIATION_TIMEOUT_SECONDS
-                    reason = f"no answer within {limit:g} s: the container was killed"
-                    await self.runs.finish(w.run_id, w.index, "timed_out", reason=reason)
-                    counts["ended"] += 1
-            else:
-                await self.record_exit(w, v)
-                counts["ended"] += 1
+            try:
+                counts[await self.reap_one(w)] += 1
+            except Exception:
+                # One container that cannot be handled (removed meanwhile, its engine call failed)
+                # must not hold up every other run: the rest are reaped, it is retried next pass.
+                logger.exception("reaping variation %s/%d failed", w.run_id, w.index)
         for run_id in await self.runs.active():
             count = int(await self.runs.client.hget(run_key(run_id), "variations") or 0)
             for i in range(count):
@@ -515,6 +506,22 @@ class Orchestrator:
                 if v.get("status") == "running" and (run_id, i) not in seen and started < listed_at:
                     await self.runs.finish(run_id, i, "failed", reason="the container disappeared")
         return counts
+
+    async def reap_one(self, w: Worker) -> str:
+        v = await self.runs.variation(w.run_id, w.index)
+        if await self.runs.status(w.run_id) != "running" or v.get("status") in ENDED:
+            await asyncio.to_thread(self.workers.remove, w.id)
+            return "removed"
+        if not w.running:
+            await self.record_exit(w, v)
+            return "ended"
+        if time.time() > float(v.get("deadline") or "inf"):
+            await asyncio.to_thread(self.workers.remove, w.id)
+            limit = self.settings.VARIATION_TIMEOUT_SECONDS
+            reason = f"no answer within {limit:g} s: the container was killed"
+            await self.runs.finish(w.run_id, w.index, "timed_out", reason=reason)
+            return "ended"
+        return "adopted"
 
     async def record_exit(self, w: Worker, v: dict) -> None:
         exit_code, oom_killed = await asyncio.to_thread(self.workers.outcome, w.id)
@@ -531,7 +538,10 @@ class Orchestrator:
             status = "failed"
             reason = EXIT_REASONS.get(exit_code, f"exited with code {exit_code}")
         if status == "failed":  # the details stay in the server's log, never in the stream
-            tail = await asyncio.to_thread(self.workers.logs, w.id)
+            try:
+                tail = await asyncio.to_thread(self.workers.logs, w.id)
+            except Exception as exc:  # the logs help a reader; the outcome is recorded without them
+                tail = f"(no logs: {exc!r})"
             logger.warning("variation %s/%d failed (%s):\n%s", w.run_id, w.index, reason, tail)
         details = {"exit_code": exit_code, "oom_killed": oom_killed, "reason": reason}
         await self.runs.finish(w.run_id, w.index, status, **details)

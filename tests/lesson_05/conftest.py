@@ -116,7 +116,9 @@ class ProcessWorkers:
         return (128 - code if code < 0 else code), False  # a signal: like Docker, 128 + signal
 
     def logs(self, worker_id: str) -> str:
-        return self.processes[worker_id][3].read_text(errors="replace")[-2000:]
+        log = self.processes[worker_id][3]
+        # Killed before it wrote a line: empty, as `docker logs` is for such a container.
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
 
     def remove(self, worker_id: str) -> None:
         with self.lock:

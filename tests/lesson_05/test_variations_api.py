@@ -162,6 +162,35 @@ def test_a_killed_variation_fails_while_the_other_finishes(serve, workers):
     )
 
 
+def test_a_container_the_reaper_cannot_handle_does_not_stall_the_others(serve, workers):
+    """The engine fails on one container (as when it is removed between two calls): the other
+    variation still ends, and the failing one is retried each pass until the engine answers."""
+    outcome, broken = workers.outcome, set()
+
+    def flaky_outcome(worker_id: str) -> tuple[int, bool]:
+        if worker_id in broken:
+            raise RuntimeError("the engine lost this container")
+        return outcome(worker_id)
+
+    def no_logs(worker_id: str) -> str:
+        raise RuntimeError("no logs either")
+
+    workers.outcome, workers.logs = flaky_outcome, no_logs
+    server = serve(OFFLINE_TOKEN_DELAY_MS=60)
+    run_id = start_run(server.url, variations=2)["run_id"]
+    read_events(server.url, run_id, until=lambda found: found[-1][1] == "token")
+    broken.update(w.id for w in workers.list() if w.run_id == run_id and w.index == 0)
+    workers.kill(run_id, 0)
+    events = read_events(server.url, run_id, until=lambda found: found[-1][1] == "variation_done")
+    done = by_variation(events, "variation_done")
+    assert list(done) == [1] and done[1]["status"] == "succeeded"
+    broken.clear()
+    events = read_events(server.url, run_id)
+    done = by_variation(events, "variation_done")
+    assert done[0]["status"] == "failed" and done[0]["exit_code"] == 137
+    assert events[-1][1] == "run_done"
+
+
 def test_a_hung_variation_is_killed_at_its_deadline_and_marked_timed_out(serve, workers):
     server = serve(OFFLINE_TOKEN_DELAY_MS=100, VARIATION_TIMEOUT_SECONDS=8)
     run_id = start_run(server.url, variations=1)["run_id"]
