@@ -59,6 +59,9 @@ research-agent: $(VENV)/.installed ## Run the research agent locally (offline mo
 test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server and nginx when missing)
 	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
 	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
+	@# tests/test_compose.py reads the Compose files with both Composes: the v2 plugin where Docker runs.
+	@if docker info >/dev/null 2>&1; then scripts/docker-tools.sh >/dev/null || \
+	  echo "Compose v2 could not be installed: tests/test_compose.py skips its 'docker compose' checks"; fi
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed ## Lint: ruff (check, format), hadolint, shellcheck, actionlint over every file of their kind

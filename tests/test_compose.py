@@ -130,6 +130,9 @@ def compose_config(spelling: str, folder: Path, *files: str) -> dict:
     """`config`: the files merged and every ${...} filled, as this Compose reads them."""
     if shutil.which(spelling.split()[0]) is None:
         pytest.skip(f"`{spelling}` is not installed (make compose-test installs it)")
+    version = subprocess.run([*spelling.split(), "version"], capture_output=True, timeout=60)
+    if version.returncode != 0:  # `docker` without the Compose plugin
+        pytest.skip(f"`{spelling}` does not work here (make compose-test installs it)")
     names = [arg for name in files or ("docker-compose.yml",) for arg in ("-f", name)]
     result = subprocess.run(
         [*spelling.split(), *names, "config"],
