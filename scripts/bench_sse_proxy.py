@@ -63,6 +63,7 @@ def research_agent(token_delay_ms: int):
         OFFLINE_TOKEN_DELAY_MS=str(token_delay_ms),
         SHUTDOWN_DRAIN_SECONDS="0",
         LOG_LEVEL="WARNING",
+        RATE_LIMIT="off",  # a measurement, not a caller to limit
     )
     process = subprocess.Popen(
         [sys.executable, "main.py"],

@@ -31,8 +31,9 @@ COMPOSE_FILES = sorted(AGENT_DIR.glob("docker-compose*.y*ml"))
 DEV_FILE = AGENT_DIR / "docker-compose.dev.yml"
 ENV_EXAMPLE = AGENT_DIR / ".env.example"
 # Settings of .env.example that the stack does not pass on: the image fixes where the app listens
-# and where its files are, and the stack gives the agent no Docker API for lesson 04's sandbox.
-NOT_PASSED = {"HOST", "PORT", "DOCS_DIR"} | {
+# and where its files are, the stack gives the agent no Docker API for lesson 04's sandbox, and
+# it mounts no key file (API_KEYS comes from .env).
+NOT_PASSED = {"HOST", "PORT", "DOCS_DIR", "API_KEYS_FILE"} | {
     "SANDBOX_ENABLED",
     "SANDBOX_IMAGE",
     "SANDBOX_RUNTIME",

@@ -2,19 +2,23 @@
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
 
 from . import service
 from .agent import ResearchAgent
+from .auth import ApiKeys, Caller, fingerprint
 from .cache import ResearchCache
 from .config import Settings, get_settings
-from .errors import NotReadyError, install_error_handlers, responses
+from .errors import NotReadyError, UnauthorizedError, install_error_handlers, responses
 from .middleware import install_middleware
 from .models import (
     HealthResponse,
@@ -23,6 +27,7 @@ from .models import (
     ResearchResponse,
     StreamEvent,
 )
+from .quotas import Grant, Quotas
 from .shutdown import Shutdown
 from .telemetry import configure_logging
 
@@ -52,16 +57,70 @@ def get_shutdown_cut(request: Request) -> asyncio.Event:
     return request.app.state.shutdown.cut
 
 
+# auto_error=False: a missing key gets our 401 (error shape, WWW-Authenticate), not FastAPI's 403.
+bearer = HTTPBearer(auto_error=False, description="API_KEYS: send `Authorization: Bearer <key>`")
+
+
+def get_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """401 unless the request carries a known key (when API_KEYS is set). The access log names
+    the caller (the key's name), never the key."""
+    token = credentials.credentials if credentials else None
+    client = request.client.host if request.client else None
+    try:
+        caller = request.app.state.api_keys.authenticate(token, client)
+    except UnauthorizedError:
+        logger.info(
+            "unknown API key" if token else "no API key",
+            extra={"key_fingerprint": fingerprint(token) if token else None},
+        )
+        raise
+    request.state.caller = caller.id
+    return caller
+
+
+def get_quotas(request: Request) -> Quotas:
+    quotas = request.app.state.quotas
+    if quotas is None:
+        raise NotReadyError("the agent is still starting")
+    return quotas
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]
+
+
+async def get_grant(response: Response, caller: CallerDep, quotas: QuotasDep) -> Grant:
+    """429 when the caller is over its rate limit or its token budget."""
+    grant = await quotas.admit(caller)
+    response.headers.update(grant.headers)
+    return grant
+
+
+GrantDep = Annotated[Grant, Depends(get_grant)]
+
+
+async def get_stream_grant(grant: GrantDep, quotas: QuotasDep) -> AsyncIterator[Grant]:
+    """Also holds one of the caller's stream slots until the stream's last byte is sent (FastAPI
+    runs the code after `yield` once the response is over), or 429 when they are all taken."""
+    async with quotas.stream_slot(grant.caller):
+        yield grant
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 AgentDep = Annotated[ResearchAgent, Depends(get_agent)]
 CacheDep = Annotated[ResearchCache | None, Depends(get_cache)]
 CutDep = Annotated[asyncio.Event, Depends(get_shutdown_cut)]
+StreamGrantDep = Annotated[Grant, Depends(get_stream_grant)]
 
 
 # --- Routes ---------------------------------------------------------------------------------------
 
-# What each error status really sends (400: a body that is not UTF-8; 413: over MAX_BODY_BYTES).
-RESEARCH_ERRORS = (400, 413, 422, 500, 502, 503, 504)
+# What each error status really sends (400: a body that is not UTF-8; 413: over MAX_BODY_BYTES;
+# 401 and 429: app/auth.py and app/quotas.py).
+RESEARCH_ERRORS = (400, 401, 413, 422, 429, 500, 502, 503, 504)
 router = APIRouter()
 
 
@@ -100,10 +159,15 @@ async def ready(request: Request, agent: AgentDep) -> ReadyResponse:
 
 @router.post("/v1/research", response_model=ResearchResponse, responses=responses(*RESEARCH_ERRORS))
 async def research(
-    body: ResearchRequest, agent: AgentDep, cache: CacheDep, settings: SettingsDep, cut: CutDep
+    body: ResearchRequest,
+    grant: GrantDep,
+    agent: AgentDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    cut: CutDep,
 ) -> dict:
     """Research a question: the agent searches, then answers citing its sources as [1], [2]..."""
-    return await service.research(agent, cache, settings, body.query, cut)
+    return await service.research(agent, cache, settings, body.query, cut, grant.spend)
 
 
 @router.post(
@@ -117,11 +181,17 @@ async def research(
     openapi_extra=SSE_ITEMS_ARE_OBJECTS,
 )
 async def research_stream(
-    body: ResearchRequest, agent: AgentDep, cache: CacheDep, settings: SettingsDep, cut: CutDep
+    body: ResearchRequest,
+    grant: StreamGrantDep,
+    agent: AgentDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    cut: CutDep,
 ) -> SSEResponse:
     """Server-sent events: `token`*, `tool` per search, `final` or `error`, then `data: [DONE]`."""
-    events = service.research_events(agent, cache, settings, body.query, cut)
-    return SSEResponse(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    events = service.research_events(agent, cache, settings, body.query, cut, grant.spend)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **grant.headers}
+    return SSEResponse(events, headers=headers)
 
 
 # --- Lifecycle ------------------------------------------------------------------------------------
@@ -145,6 +215,9 @@ async def lifespan(app: FastAPI):
             settings.REDIS_URL, settings.CACHE_TTL_SECONDS, settings.CACHE_BREAKER_SECONDS
         )
         await app.state.cache.ping()  # logs a warning if Redis is down; we start anyway
+    if app.state.quotas is None:
+        app.state.quotas = Quotas(settings)
+    _log_access(app.state.api_keys, app.state.quotas)
     logger.info(
         "research agent ready",
         extra={
@@ -158,7 +231,40 @@ async def lifespan(app: FastAPI):
     app.state.shutdown.draining = True
     if app.state.cache is not None:
         await app.state.cache.close()
+    await app.state.quotas.close()
     logger.info("research agent stopped")
+
+
+def _log_access(api_keys: ApiKeys, quotas: Quotas) -> None:
+    if api_keys.enabled:
+        logger.info("API keys required", extra={"key_names": api_keys.names})
+    else:
+        logger.warning(
+            "API_KEYS is not set: /v1 is open to anyone who can reach this port",
+            extra={"limits_per": "client address"},
+        )
+    logger.info("limits", extra=quotas.describe())
+
+
+def _openapi_without_security(app: FastAPI):
+    """Without API_KEYS nothing asks for a key, and the schema must not say otherwise."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.get("components", {}).pop("securitySchemes", None)
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                operation.pop("security", None)
+                operation["responses"].pop("401", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
 
 
 def create_app(settings: Settings | None = None, agent: ResearchAgent | None = None) -> FastAPI:
@@ -171,11 +277,15 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         lifespan=lifespan,
     )
     app.state.settings, app.state.agent, app.state.cache = settings, agent, None
+    # Read now: a key file that is missing or malformed stops the service before it listens.
+    app.state.api_keys, app.state.quotas = ApiKeys.from_settings(settings), None
     # Until the lifespan installs the real one (and in tests that never start it): never draining.
     app.state.shutdown = Shutdown(
         settings.SHUTDOWN_DRAIN_SECONDS, settings.GRACEFUL_SHUTDOWN_SECONDS
     )
     app.include_router(router)
+    if not app.state.api_keys.enabled:
+        app.openapi = _openapi_without_security(app)
     install_error_handlers(app)
     instrumentator = install_middleware(app, settings)
     instrumentator.expose(

@@ -4,7 +4,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from limits import parse as parse_limit
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 APP_DIR = Path(__file__).resolve().parent.parent  # research-agent/
@@ -48,6 +49,18 @@ class Settings(BaseSettings):
     CACHE_TTL_SECONDS: int = 3600
     CACHE_BREAKER_SECONDS: float = 10.0
 
+    # Who may call /v1 and how much (app/auth.py, app/quotas.py; docs/02, section 8). Keys are
+    # secrets: never in an image, only in the environment or a mounted file.
+    API_KEYS: SecretStr | None = None  # "name:key,name2:key2" (the name is what logs show)
+    API_KEYS_FILE: Path | None = None  # one "name:key" per line: a Docker/Kubernetes secret
+    RATE_LIMIT: str = "30/minute"  # requests per caller, moving window; "off": no limit
+    MAX_STREAMS_PER_CALLER: int = 4  # open /v1/research/stream per caller; 0: no cap
+    TOKEN_BUDGET_PER_DAY: int = 0  # model tokens per caller per window; 0: no budget
+    TOKEN_BUDGET_WINDOW_SECONDS: int = 86_400  # the budget's window: a day
+    # When Redis cannot count: "local" counts in this process (each replica enforces the limits
+    # on its own), "closed" answers 503, "open" lets everything through.
+    LIMITS_FAIL_MODE: Literal["local", "closed", "open"] = "local"
+
     # Shutdown budget (SIGTERM): /ready turns 503 at once, new requests are still served for
     # SHUTDOWN_DRAIN_SECONDS so a load balancer notices, then the listener closes and open requests
     # get GRACEFUL_SHUTDOWN_SECONDS. 1 + 8 stays inside `docker stop`'s 10 s.
@@ -60,6 +73,17 @@ class Settings(BaseSettings):
     SANDBOX_IMAGE: str = "agent-sandbox:python"
     SANDBOX_RUNTIME: str | None = None  # "runsc": gVisor, when the Docker daemon offers it
     SANDBOX_TIMEOUT_SECONDS: float = 10.0
+
+    @field_validator("RATE_LIMIT")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        if value.strip().lower() != "off":
+            parse_limit(value)  # "30/minute", "5 per second", "100/hour"...: ValueError otherwise
+        return value.strip()
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        return self.RATE_LIMIT.lower() != "off"
 
     @property
     def offline(self) -> bool:

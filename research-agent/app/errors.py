@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .telemetry import request_id
+from .telemetry import REQUESTS_REJECTED, request_id
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class AppError(Exception):
     status_code = 500
     error_type = "internal_error"
     retryable = False
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, error_type: str | None = None):
         super().__init__(message)
@@ -89,6 +90,41 @@ class UpstreamTimeoutError(AppError):
     error_type = "timeout"
 
 
+class UnauthorizedError(AppError):
+    """Missing and unknown keys get the same answer: nothing tells a guesser which it was."""
+
+    status_code = 401
+    error_type = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+    def __init__(self) -> None:
+        super().__init__("a valid API key is required: send Authorization: Bearer <key>")
+
+
+class LimitError(AppError):
+    """429: rate_limited, too_many_streams or budget_exhausted. Retry-After says when to come back;
+    the RateLimit fields say which limit it was (app/quotas.py)."""
+
+    status_code = 429
+    retryable = True
+
+    def __init__(self, message: str, error_type: str, headers: dict[str, str]):
+        super().__init__(message, error_type=error_type)
+        self.headers = headers
+
+
+class LimitsUnavailableError(AppError):
+    """503 while Redis cannot count and LIMITS_FAIL_MODE=closed."""
+
+    status_code = 503
+    error_type = "limits_unavailable"
+    retryable = True
+
+    def __init__(self, retry_after: int):
+        super().__init__("the limits cannot be checked right now; send the request again later")
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 def error_body(
     error_type: str,
     message: str,
@@ -121,8 +157,20 @@ INTERNAL_ERROR = (500, "internal_error", "Internal server error")
 _HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+# Counted by reason in research_requests_rejected_total.
+_REJECTIONS = {
+    "unauthorized",
+    "rate_limited",
+    "too_many_streams",
+    "budget_exhausted",
+    "limits_unavailable",
+}
+
+
 async def app_error_handler(request: Request, exc: AppError) -> JSONResponse:
-    return JSONResponse(app_error_body(exc), status_code=exc.status_code)
+    if exc.error_type in _REJECTIONS:
+        REQUESTS_REJECTED.labels(exc.error_type).inc()
+    return JSONResponse(app_error_body(exc), status_code=exc.status_code, headers=exc.headers)
 
 
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -153,17 +201,40 @@ def responses(*statuses: int, streaming: bool = False) -> dict:
     """
     json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     body = {"content": json_body} if streaming else {"model": ErrorResponse}
-    return {code: {"description": _DESCRIPTIONS[code], **body} for code in statuses}
+    return {
+        code: {"description": _DESCRIPTIONS[code], **body, **_HEADERS.get(code, {})}
+        for code in statuses
+    }
+
+
+def _header(description: str) -> dict:
+    return {"description": description, "required": True, "schema": {"type": "string"}}
+
+
+# The headers each status always carries (draft-ietf-httpapi-ratelimit-headers-10 for RateLimit).
+_HEADERS = {
+    401: {"headers": {"WWW-Authenticate": _header("Bearer")}},
+    429: {
+        "headers": {
+            "Retry-After": _header("seconds until the request may succeed"),
+            "RateLimit-Policy": _header('the limit that was hit, e.g. "requests";q=30;w=60'),
+            "RateLimit": _header('what is left of it, e.g. "requests";r=0;t=42'),
+        }
+    },
+}
 
 
 _DESCRIPTIONS = {
     400: "http_error: the body cannot be parsed at all (e.g. it is not UTF-8)",
+    401: "unauthorized: API_KEYS is set and the Authorization header has no known key",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large: the body is over MAX_BODY_BYTES",
     422: "validation_error: the body does not match the schema (see details)",
+    429: "rate_limited, too_many_streams or budget_exhausted (retryable after Retry-After)",
     500: "internal_error",
     502: "search_unavailable or model_error",
-    503: "not_ready, or shutting_down (retryable) when the shutdown grace ran out",
+    503: "not_ready; shutting_down (retryable) when the shutdown grace ran out; "
+    "limits_unavailable (retryable) when Redis cannot count and LIMITS_FAIL_MODE=closed",
     504: "search_timeout, model_timeout or timeout",
 }

@@ -100,6 +100,8 @@ class AccessLogMiddleware:
                     "route": route,
                     "status": status,
                     "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                    # key:<name> or addr:<address>, set by the API key check (app/api.py)
+                    "caller": scope.get("state", {}).get("caller"),
                 },
             )
 

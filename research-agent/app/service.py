@@ -4,7 +4,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sse_starlette import ServerSentEvent
 
@@ -17,6 +17,13 @@ from .shutdown import run_until_cut, until_cut
 from .telemetry import SHUTDOWN_CUTS, STREAMS_OPEN, request_id
 
 logger = logging.getLogger(__name__)
+
+# Adds an answer's tokens to the caller's budget (app/quotas.py).
+Spend = Callable[[int], Awaitable[None]]
+
+
+async def _no_budget(tokens: int) -> None:
+    pass
 
 
 def _key(agent: ResearchAgent, settings: Settings, query: str) -> str:
@@ -75,6 +82,7 @@ async def research(
     settings: Settings,
     query: str,
     cut: asyncio.Event,
+    spend: Spend = _no_budget,
 ) -> dict:
     started = time.perf_counter()
     key = _key(agent, settings, query)
@@ -88,6 +96,7 @@ async def research(
             raise
         if cache:
             await cache.set(key, result)
+        await spend(result["tokens_used"])  # a cached answer costs nothing
     _log_done(query, agent, result, cached, started)
     return _response(query, agent, result, cached)
 
@@ -107,6 +116,7 @@ async def research_events(
     settings: Settings,
     query: str,
     cut: asyncio.Event,
+    spend: Spend = _no_budget,
 ) -> AsyncIterator[ServerSentEvent]:
     """The SSE protocol: token*, tool (per tool call), then final or error, then `data: [DONE]`."""
     started = time.perf_counter()
@@ -124,6 +134,7 @@ async def research_events(
                     if name == "final":
                         if cache:
                             await cache.set(key, data)
+                        await spend(data["tokens_used"])
                         _log_done(query, agent, data, False, started)
                         data = _final(_response(query, agent, data, False))
                     yield _event(name, data)

@@ -110,3 +110,13 @@ SHUTDOWN_CUTS = Counter(
     "Requests still running when the shutdown grace ran out, ended with a shutting_down error",
     ["handler"],
 )
+REQUESTS_REJECTED = Counter(
+    "research_requests_rejected_total",
+    "Requests refused before any work: unauthorized (401), rate_limited, too_many_streams, "
+    "budget_exhausted (429), limits_unavailable (503). Never labelled by caller or key.",
+    ["reason"],
+)
+LIMITS_DEGRADED = Gauge(
+    "research_limits_degraded",
+    "1 while Redis cannot count and LIMITS_FAIL_MODE applies, else 0",
+)

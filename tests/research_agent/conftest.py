@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -165,15 +166,27 @@ def start_server(**settings) -> SimpleNamespace:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # Read the log as it comes: a pipe nobody reads fills up (64 KiB) and blocks the server's
+    # next log line, so a test that sends many requests would hang the server.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+
+    def finish(timeout: float = 30) -> str:
+        """Wait for the process to exit (kill it first if you must) and return its whole log."""
+        process.wait(timeout)
+        reader.join(10)
+        return "".join(lines)
+
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return SimpleNamespace(base=base, process=process)
+                return SimpleNamespace(base=base, process=process, finish=finish)
         except httpx.TransportError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"main.py did not become ready:\n{process.communicate()[0]}")
+            pytest.fail(f"main.py did not become ready:\n{finish()}")
         time.sleep(0.1)

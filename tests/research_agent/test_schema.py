@@ -14,18 +14,27 @@ from schemathesis.checks import CHECKS, load_all_checks
 
 from .conftest import start_server
 
+KEY = "schema-test-key-0123456789"
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()
 
 
 @pytest.fixture(scope="module")
 def agent_schema():
-    server = start_server(OFFLINE_TOKEN_DELAY_MS=0, SHUTDOWN_DRAIN_SECONDS=0)
+    # With a key, as in production: schemathesis sends it, and its ignored_auth check also sends
+    # each operation without a key and with a wrong one, which must answer 401. No rate limit:
+    # hundreds of valid requests in a minute must not turn into 429s.
+    server = start_server(
+        OFFLINE_TOKEN_DELAY_MS=0,
+        SHUTDOWN_DRAIN_SECONDS=0,
+        API_KEYS=f"schema:{KEY}",
+        RATE_LIMIT="off",
+    )
     try:
         yield schemathesis.openapi.from_url(f"{server.base}/openapi.json")
     finally:
         server.process.kill()
-        server.process.communicate()
+        server.finish()
 
 
 def operations(schema) -> list:
@@ -57,7 +66,9 @@ def test_every_answer_matches_the_schema(agent_schema, mode):
             suppress_health_check=list(HealthCheck),
         )
         def check(case):
-            case.call_and_validate(checks=ALL_CHECKS, timeout=30)
+            case.call_and_validate(
+                checks=ALL_CHECKS, timeout=30, headers={"Authorization": f"Bearer {KEY}"}
+            )
 
         check()
 
@@ -72,4 +83,5 @@ def test_all_checks_are_run():
         "response_schema_conformance",
         "positive_data_acceptance",
         "negative_data_rejection",
+        "ignored_auth",
     } <= names, names

@@ -132,7 +132,7 @@ def servers():
     for server in started:
         if server.process.poll() is None:
             server.process.kill()
-            server.process.communicate()
+            server.finish()
 
 
 def stream_then_sigterm(server, after_tokens: int = 1) -> list[tuple[str, str]]:
@@ -165,7 +165,7 @@ def test_a_stream_that_fits_the_grace_finishes_after_sigterm(servers):
     names = [name for name, _ in events]
     assert names.count("token") > 20, names
     assert names[-2:] == ["final", "message"] and events[-1][1] == "[DONE]"
-    output = server.process.communicate(timeout=30)[0]
+    output = server.finish(timeout=30)
     assert server.process.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
     messages = [line["message"] for line in json_logs(output)]
     assert "SIGTERM received: readiness now 503, still serving during the drain" in messages
@@ -186,7 +186,7 @@ def test_a_stream_longer_than_the_grace_ends_with_shutting_down_before_uvicorn_c
     (error,) = sse_json(events, "error")
     assert error["error"]["type"] == "shutting_down" and error["error"]["retryable"] is True
 
-    output = server.process.communicate(timeout=30)[0]
+    output = server.finish(timeout=30)
     assert server.process.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
     logs = json_logs(output)
     cut = next(line for line in logs if line["message"] == "request cut by shutdown")
@@ -213,7 +213,7 @@ def test_during_the_drain_ready_is_503_but_requests_are_still_served_then_the_li
     served = httpx.post(f"{server.base}/v1/research", json={"query": QUERY}, timeout=30)
     assert served.status_code == 200 and served.json()["sources"]
 
-    output = server.process.communicate(timeout=30)[0]
+    output = server.finish(timeout=30)
     assert server.process.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.base}/health", timeout=5)
