@@ -38,8 +38,9 @@ up() {
 }
 
 down() {
+  # -v: with the containers, the anonymous volume the redis image declares (VOLUME /data).
   ids=$(docker ps -aq --filter "label=ai-course.deployment=$name")
-  [ -z "$ids" ] || xargs docker rm -f <<<"$ids" >/dev/null
+  [ -z "$ids" ] || xargs docker rm -f -v <<<"$ids" >/dev/null
   docker network rm "$name" >/dev/null 2>&1 || true
   echo "removed the workers, Redis and the network of $name"
 }

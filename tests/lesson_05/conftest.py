@@ -273,8 +273,12 @@ def stack():
     assert up.returncode == 0, up.stderr
     values = dict(line.split("=", 1) for line in up.stdout.splitlines() if "=" in line)
     yield values
+    # The redis image declares VOLUME /data: each Redis container brings an anonymous volume.
+    mounts = docker("inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", f"{name}-redis")
     subprocess.run([script, "down"], env=env, capture_output=True, timeout=120)
     assert not docker("ps", "-aq", "--filter", f"label=ai-course.deployment={name}", check=False)
+    left = sorted(set(mounts.split()) & set(docker("volume", "ls", "-q").split()))
+    assert not left, f"`down` left the volumes {left}"
 
 
 class ApiProcess:
