@@ -26,7 +26,7 @@ import uvicorn
 from httpx_sse import connect_sse
 
 from tests.ports import free_port
-from tests.research_agent.conftest import RedisServer
+from tests.research_agent.conftest import RedisServer, wait_for  # noqa: F401 (tests import it here)
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_DIR = ROOT / "research-agent"
@@ -226,16 +226,6 @@ def start_run(url: str, **body) -> dict:
     response = httpx.post(f"{url}/v1/runs", json=body, timeout=30)
     assert response.status_code == 202, response.text
     return response.json()
-
-
-def wait_for(condition, timeout: float = 60, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {message}"
-        time.sleep(0.1)
 
 
 @contextmanager

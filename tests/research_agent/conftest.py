@@ -190,3 +190,15 @@ def start_server(**settings) -> SimpleNamespace:
             process.kill()
             pytest.fail(f"main.py did not become ready:\n{finish()}")
         time.sleep(0.1)
+
+
+def wait_for(condition, timeout: float = 60, message: str = "condition"):
+    """Poll `condition` every 0.1 s until it returns a truthy value, which is returned; fail after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {message}"
+        time.sleep(0.1)

@@ -16,7 +16,7 @@ from app.auth import ApiKeyConfigError, ApiKeys, fingerprint
 from app.quotas import RedisSlots
 from redis.asyncio import Redis
 
-from .conftest import AGENT_DIR, make_settings, metric, parse_sse, start_server
+from .conftest import AGENT_DIR, make_settings, metric, parse_sse, start_server, wait_for
 
 KEY = "alice-key-0123456789abcdef"
 OTHER_KEY = "bob-key-0123456789abcdef00"
@@ -31,17 +31,6 @@ def auth(key: str = KEY) -> dict:
 
 def without_request_id(body: dict) -> dict:
     return {**body, "error": {k: v for k, v in body["error"].items() if k != "request_id"}}
-
-
-def wait_until(condition, seconds: float = 15):
-    """Poll `condition` until it returns a truthy value; fail after `seconds` (bounded)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"still not true after {seconds} s"
-        time.sleep(0.1)
 
 
 # --- API keys -------------------------------------------------------------------------------------
@@ -254,11 +243,13 @@ def test_the_token_budget_runs_out_then_renews_and_cached_answers_are_free(
         )
 
         # The window ends (2 s): the same caller is served again.
-        renewed = wait_until(
+        renewed = wait_for(
             lambda: (
                 (r := client.post("/v1/research", json=QUERY, headers=auth())).status_code == 200
                 and r
-            )
+            ),
+            timeout=15,
+            message="the budget window to renew",
         )
         assert renewed.json()["cached"] is True
 
@@ -316,14 +307,16 @@ def test_the_stream_cap_holds_across_replicas_and_frees_when_a_stream_ends(two_r
             )
             assert other.status_code == 200 and other.text.rstrip().endswith("data: [DONE]")
         # The client went away mid-stream: the slot is released with the stream.
-        again = wait_until(
+        again = wait_for(
             lambda: (
                 (
                     r := http.post(f"{second.base}/v1/research/stream", json=QUERY, headers=auth())
                 ).status_code
                 == 200
                 and r
-            )
+            ),
+            timeout=15,
+            message="the stream slot to be released",
         )
         assert again.text.rstrip().endswith("data: [DONE]")
 
