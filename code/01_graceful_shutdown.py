@@ -58,7 +58,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
@@ -361,6 +361,9 @@ class EndInTime:
 shutdown = ShutdownState()
 
 
+MAX_CONTEXT_DEPTH = 32
+
+
 class AgentRequest(BaseModel):
     model_config = ConfigDict(strict=True)  # NEW in step 2: no "false" → 0, no "5" → 5
 
@@ -368,11 +371,29 @@ class AgentRequest(BaseModel):
         min_length=1, max_length=settings.MAX_QUERY_CHARS, description="The question for the agent"
     )
     context: dict[str, Any] | None = Field(
-        default=None, description="Extra facts the agent may use"
+        default=None, description="Extra facts the agent may use (nested at most 32 deep)"
     )
     # NEW in step 2: model settings per request
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=settings.MAX_TOKENS_LIMIT)
+
+    # NEW in step 2: a context nested a thousand deep would make json.dumps (the cache key, the
+    # prompt) recurse past Python's limit, a 500; refuse it here as a 422 instead.
+    @field_validator("context")
+    @classmethod
+    def bounded_nesting(cls, context: dict[str, Any] | None) -> dict[str, Any] | None:
+        level, depth = ([context] if context else []), 0
+        while level:
+            depth += 1
+            if depth > MAX_CONTEXT_DEPTH:
+                raise ValueError(f"context is nested more than {MAX_CONTEXT_DEPTH} levels deep")
+            level = [
+                child
+                for node in level
+                for child in (node.values() if isinstance(node, dict) else node)
+                if isinstance(child, dict | list)
+            ]
+        return context
 
 
 class AgentResponse(BaseModel):

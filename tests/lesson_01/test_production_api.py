@@ -7,6 +7,8 @@ import logging
 import re
 import socket
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -444,3 +446,30 @@ def test_openapi_declares_the_real_media_types(client):
     assert list(paths["/v1/stream"]["post"]["responses"]["200"]["content"]) == ["text/event-stream"]
     assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("script", PRODUCTION_STEPS)
+def test_deeply_nested_context_is_a_422_not_a_500(start_server, script):
+    # A context nested about a thousand deep parsed, then made json.dumps (the cache key) recurse
+    # past Python's limit: a 500. A real server, because pytest's own stack changes the depth.
+    server = start_server(script, OFFLINE_TOKEN_DELAY_MS="0")
+    for depth in (40, 966):
+        nested = '{"k": ' * depth + '"leaf"' + "}" * depth  # as text: json.dumps would recurse
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}/v1/invoke",
+            data=('{"query": "deep", "context": ' + nested + "}").encode(),
+            headers={"content-type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=30)
+        assert answer.value.code == 422, depth
+        error = json.loads(answer.value.read())["error"]
+        assert error["type"] == "validation_error"
+        assert "nested more than 32" in json.dumps(error["details"])
+
+
+def test_context_nested_within_the_bound_is_accepted(client):
+    response = client.post(
+        "/v1/invoke", json={"query": "shallow", "context": {"a": {"b": {"c": [1, 2, {"d": 3}]}}}}
+    )
+    assert response.status_code == 200
