@@ -29,6 +29,7 @@ import docker
 import redis.asyncio as redis
 import uvicorn
 from fastapi import FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -567,6 +568,9 @@ class Orchestrator:
 # === The event stream: XREAD from the client's last id, every entry one SSE event with that id ===
 
 STREAM_ID = r"^\d{1,20}-\d{1,20}$"
+# What uuid.uuid4().hex makes, and nothing else: no `:` can ever reach a Redis key name.
+RUN_ID = r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$"
+RunId = Annotated[str, PathParam(pattern=RUN_ID, description="a run id: 32 hex digits (uuid4)")]
 
 
 async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
@@ -583,11 +587,15 @@ async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
             event="events_lost", data=json.dumps({"variation": None, "message": message})
         )
     while not await request.is_disconnected():
-        found = await runs.client.xread({events_key(run_id): last_id}, count=200, block=1000)
+        # Read the status first: once it is not `running`, every event of the run is already in
+        # the stream, so what XREAD returns now is the rest, and an empty read is the end.
+        running = await runs.status(run_id) == "running"
+        key = events_key(run_id)
+        found = await runs.client.xread({key: last_id}, count=200, block=1000 if running else None)
         if not found:
-            if await runs.status(run_id) is None:  # expired while we waited
-                return
-            continue
+            if running:
+                continue
+            return
         for entry_id, fields in found[0][1]:
             last_id = entry_id
             yield ServerSentEvent(id=entry_id, event=fields["event"], data=fields["data"])
@@ -632,7 +640,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
     """`workers` replaces the Docker backend (the tests run workers as local processes)."""
     app = FastAPI(title="Agent variations", lifespan=lifespan)
     app.state.settings, app.state.workers = settings or Settings(), workers
-    errors = {code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)}
+    errors = {code: {"model": ErrorResponse} for code in (400, 404, 409, 422, 429, 500, 503)}
     stream = {
         200: {"content": {"text/event-stream": {}}, "description": "the run's events"},
         204: {"description": "the run has ended and no event follows the given id"},
@@ -667,6 +675,11 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         )
         return JSONResponse(body, status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Anything not foreseen: the traceback goes to the log, the client gets the error shape.
+        return JSONResponse(error_body(request, "internal_error", "the server failed"), 500)
+
     @app.exception_handler(redis.RedisError)
     async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
         logger.warning("Redis failed: %r", exc)
@@ -697,14 +710,14 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         )
 
     @app.get("/v1/runs/{run_id}", responses=errors)
-    async def get_run(run_id: str, request: Request) -> RunView:
+    async def get_run(run_id: RunId, request: Request) -> RunView:
         """Each variation's status, exit code and final answer; the user's pick."""
         return await existing(request, run_id)
 
     # [start:run_events]
     @app.get("/v1/runs/{run_id}/events", responses={**stream, **errors}, response_model=None)
     async def run_events(
-        run_id: str,
+        run_id: RunId,
         request: Request,
         after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
         last_event_id: Annotated[str | None, Header(pattern=STREAM_ID)] = None,
@@ -714,11 +727,16 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         view = await existing(request, run_id)
         start = last_event_id or after or "0-0"
         runs = orchestrator(request).runs
+        newest = await runs.client.xrevrange(events_key(run_id), count=1)
+        newest_id = newest[0][0] if newest else "0-0"
+        # An id this run never sent (ids up to 20 digits pass the pattern; Redis refuses those
+        # past 2**64) would leave the client waiting for an entry that never comes: refuse it.
+        if _id_tuple(start) > _id_tuple(newest_id):
+            message = f"event id {start} is past the newest event of run {run_id} ({newest_id})"
+            raise ApiError(400, "unknown_event_id", message)
         # An ended run with nothing after `start`: 204, the answer that stops EventSource retrying.
-        if view["status"] != "running":
-            newest = await runs.client.xrevrange(events_key(run_id), count=1)
-            if not newest or _id_tuple(newest[0][0]) <= _id_tuple(start):
-                return Response(status_code=204)
+        if view["status"] != "running" and _id_tuple(start) == _id_tuple(newest_id):
+            return Response(status_code=204)
         return EventSourceResponse(
             follow(runs, run_id, start, request),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -726,13 +744,13 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         # [end:run_events]
 
     @app.delete("/v1/runs/{run_id}", responses=errors)
-    async def cancel_run(run_id: str, request: Request) -> RunView:
+    async def cancel_run(run_id: RunId, request: Request) -> RunView:
         """Stop and remove the run's containers; the stream says `cancelled`, then `run_done`."""
         await orchestrator(request).cancel(run_id)
         return await existing(request, run_id)
 
     @app.post("/v1/runs/{run_id}/select", responses=errors)
-    async def select(run_id: str, body: Selection, request: Request) -> RunView:
+    async def select(run_id: RunId, body: Selection, request: Request) -> RunView:
         """Store the user's pick: one variation that succeeded."""
         view = await existing(request, run_id)
         if body.variation >= len(view["variations"]):

@@ -19,6 +19,9 @@ HOSTILE = (
 )
 
 
+UNKNOWN = "0123456789ab4def8123456789abcdef"  # a well-formed run id that no run has
+
+
 def by_variation(events, name):
     return {data["variation"]: data for _, event, data in events if event == name}
 
@@ -326,10 +329,10 @@ def test_malformed_json_and_bad_stream_ids_get_422(serve):
 @pytest.mark.parametrize(
     "method, path, body",
     [
-        ("GET", "/v1/runs/nope", None),
-        ("GET", "/v1/runs/nope/events", None),
-        ("DELETE", "/v1/runs/nope", None),
-        ("POST", "/v1/runs/nope/select", {"variation": 0}),
+        ("GET", f"/v1/runs/{UNKNOWN}", None),
+        ("GET", f"/v1/runs/{UNKNOWN}/events", None),
+        ("DELETE", f"/v1/runs/{UNKNOWN}", None),
+        ("POST", f"/v1/runs/{UNKNOWN}/select", {"variation": 0}),
         ("GET", "/v2/anything", None),
     ],
 )
@@ -343,7 +346,7 @@ def test_unknown_runs_and_paths_get_404_json(serve, method, path, body):
 def test_redis_down_gives_503_json_not_a_traceback(serve, redis_server):
     server = serve()
     redis_server.stop()
-    response = httpx.get(f"{server.url}/v1/runs/whatever")
+    response = httpx.get(f"{server.url}/v1/runs/{UNKNOWN}")
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "redis_unavailable"
     assert "Traceback" not in response.text
