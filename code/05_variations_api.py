@@ -20,6 +20,7 @@ import logging
 import re
 import time
 import uuid
+from collections import Counter
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Annotated, Literal
 import docker
 import redis.asyncio as redis
 import uvicorn
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
     STREAM_MAXLEN: int = 5000  # entries kept in one run's stream
     RUN_TTL_SECONDS: int = 3600  # how long a finished run stays readable
     REAP_INTERVAL_SECONDS: float = 0.25
+    # Each open event stream holds a Redis connection (XREAD BLOCK): they are capped, and get a
+    # pool of their own, so followers can never take the connections of the routes or the reaper.
+    MAX_STREAMS: int = 32
+    MAX_STREAMS_PER_CLIENT: int = 4
+    REDIS_CONNECTIONS: int = 16  # for the routes; the reaper has 2 more of its own
     # Passed on to every worker.
     OFFLINE_TOKEN_DELAY_MS: int = 40
     OPENAI_API_KEY: SecretStr | None = None
@@ -573,6 +579,30 @@ RUN_ID = r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$"
 RunId = Annotated[str, PathParam(pattern=RUN_ID, description="a run id: 32 hex digits (uuid4)")]
 
 
+class StreamSlots:
+    """Open event streams in this process, in total and per client address."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.open = settings, Counter()
+
+    @asynccontextmanager
+    async def hold(self, client: str):
+        s = self.settings
+        if self.open.total() >= s.MAX_STREAMS:
+            message = f"{s.MAX_STREAMS} event streams are open; try again shortly"
+            raise ApiError(503, "too_many_streams", message, headers={"Retry-After": "5"})
+        if self.open[client] >= s.MAX_STREAMS_PER_CLIENT:
+            message = f"you have {s.MAX_STREAMS_PER_CLIENT} event streams open; close one first"
+            raise ApiError(429, "too_many_streams", message, headers={"Retry-After": "5"})
+        self.open[client] += 1
+        try:
+            yield
+        finally:
+            self.open[client] -= 1
+            if not self.open[client]:
+                del self.open[client]
+
+
 async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
     """Replay from last_id ("0-0" for a new client), then wait for new entries until `run_done`."""
     yield ServerSentEvent(comment="resuming after " + last_id, retry=1000)
@@ -614,21 +644,34 @@ def _id_tuple(stream_id: str) -> tuple[int, int]:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
-    client = redis.from_url(settings.REDIS_URL, decode_responses=True)
-    await client.ping()
+    # Three pools sized on purpose. A blocking pool waits (up to 10 s) for a free connection where
+    # the default pool fails at once; the streams' pool has one connection per allowed stream.
+    clients = [
+        redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=size, timeout=10, decode_responses=True
+            )
+        )
+        for size in (settings.REDIS_CONNECTIONS, settings.MAX_STREAMS, 2)
+    ]
+    await clients[0].ping()
     workers = app.state.workers or DockerWorkers(settings)
     await asyncio.to_thread(workers.check)
-    runs = Runs(client, settings)
-    app.state.orchestrator = orchestrator = Orchestrator(settings, runs, workers)
-    swept = await orchestrator.reap()  # before serving: leftovers removed, live runs adopted
+    app.state.orchestrator = Orchestrator(settings, Runs(clients[0], settings), workers)
+    app.state.stream_runs = Runs(clients[1], settings)
+    app.state.stream_slots = StreamSlots(settings)
+    # The reaper: the same orchestration with Redis connections of its own.
+    reaping = Orchestrator(settings, Runs(clients[2], settings), workers)
+    swept = await reaping.reap()  # before serving: leftovers removed, live runs adopted
     logger.info("start-up sweep: %s", swept)
-    reaper = asyncio.create_task(orchestrator.reap_forever())
+    reaper = asyncio.create_task(reaping.reap_forever())
     logger.info(
         "variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, settings.REDIS_URL
     )
     yield
     reaper.cancel()
-    await client.aclose()
+    for client in clients:
+        await client.aclose()
 
 
 def error_body(request: Request, error_type: str, message: str, **extra) -> dict:
@@ -648,6 +691,11 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
 
     def orchestrator(request: Request) -> Orchestrator:
         return request.app.state.orchestrator
+
+    async def stream_slot(request: Request):
+        """Held for as long as the event stream is open (FastAPI ends it after the response)."""
+        async with request.app.state.stream_slots.hold(request.client.host):
+            yield
 
     async def existing(request: Request, run_id: str) -> dict:
         view = await orchestrator(request).runs.view(run_id)
@@ -719,6 +767,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
     async def run_events(
         run_id: RunId,
         request: Request,
+        _: Annotated[None, Depends(stream_slot)],
         after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
         last_event_id: Annotated[str | None, Header(pattern=STREAM_ID)] = None,
     ):
@@ -726,7 +775,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         with `Last-Event-ID` (or `?after=`) to resume right after it; no id replays the run."""
         view = await existing(request, run_id)
         start = last_event_id or after or "0-0"
-        runs = orchestrator(request).runs
+        runs = request.app.state.stream_runs
         newest = await runs.client.xrevrange(events_key(run_id), count=1)
         newest_id = newest[0][0] if newest else "0-0"
         # An id this run never sent (ids up to 20 digits pass the pattern; Redis refuses those
@@ -775,4 +824,6 @@ if __name__ == "__main__":
         port=settings.PORT,
         log_config=None,
         timeout_graceful_shutdown=5,  # open event streams end; their clients resume elsewhere
+        # The per-client caps count socket addresses: no X-Forwarded-For, nothing in front to trust.
+        proxy_headers=False,
     )
