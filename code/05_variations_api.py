@@ -15,12 +15,16 @@ the event stream, the routes. The page is 05_variations_page.html.
 """
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 import time
 import uuid
-from contextlib import asynccontextmanager, suppress
+from collections import Counter
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -28,9 +32,11 @@ from typing import Annotated, Literal
 import docker
 import redis.asyncio as redis
 import uvicorn
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -48,6 +54,9 @@ PAGE = Path(__file__).with_name("05_variations_page.html")
 class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = 8000
+    # Host names this API answers to (a JSON list): any other Host header, such as a page's own
+    # name rebound to 127.0.0.1 by its DNS, gets 400.
+    ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
     REDIS_URL: str = "redis://127.0.0.1:6379/0"  # how this API reaches Redis
     WORKER_REDIS_URL: str = "redis://lesson-05-redis:6379/0"  # the same Redis, seen from a worker
     WORKER_IMAGE: str = "research-agent:optimized"
@@ -58,12 +67,19 @@ class Settings(BaseSettings):
     WORKER_CPUS: float = 1.0
     WORKER_PIDS: int = 128
     MAX_ACTIVE_RUNS: int = 2
+    MAX_RUNS_PER_CLIENT: int = 1  # per client address, so one client cannot hold every slot
     VARIATION_TIMEOUT_SECONDS: float = 120.0
     STREAM_MAXLEN: int = 5000  # entries kept in one run's stream
     RUN_TTL_SECONDS: int = 3600  # how long a finished run stays readable
     REAP_INTERVAL_SECONDS: float = 0.25
+    # Each open event stream holds a Redis connection (XREAD BLOCK): they are capped, and get a
+    # pool of their own, so followers can never take the connections of the routes or the reaper.
+    MAX_STREAMS: int = 32
+    MAX_STREAMS_PER_CLIENT: int = 4
+    REDIS_CONNECTIONS: int = 16  # for the routes; the reaper has 2 more of its own
     # Passed on to every worker.
     OFFLINE_TOKEN_DELAY_MS: int = 40
+    ALLOWED_MODELS: list[str] = ["gpt-4o-mini"]  # what `overrides[].model` may ask for
     OPENAI_API_KEY: SecretStr | None = None
     OPENAI_BASE_URL: str | None = None
 
@@ -150,6 +166,7 @@ class VariationSettings(BaseModel):
 
 class RunCreated(BaseModel):
     run_id: str
+    owner_token: str = Field(description="send as `Authorization: Bearer` to read, cancel or pick")
     variations: list[VariationSettings]
     events: str
     status: str
@@ -186,7 +203,8 @@ class ApiError(Exception):
 
 
 # === Redis: every run is three keys, and one script ends a variation exactly once ===
-#   run:{id}          hash: query, status (running, done, cancelled), variations, running, selected
+#   run:{id}          hash: query, status (running, done, cancelled), variations, running, selected,
+#                     client, owner
 #   run:{id}:v:{i}    hash per variation: settings, status, container, deadline, result, error
 #   run:{id}:events   stream of {event, data}; data is JSON and always names its variation
 #   runs:active       set of running run ids (the concurrency limit)
@@ -241,12 +259,16 @@ class Runs:
             events_key(run_id), fields, maxlen=self.settings.STREAM_MAXLEN
         )
 
-    async def create(self, run_id: str, query: str, variations: list[dict]) -> None:
+    async def create(
+        self, run_id: str, query: str, variations: list[dict], client: str, owner: str
+    ) -> None:
         async with self.client.pipeline(transaction=True) as tx:
             tx.hset(
                 run_key(run_id),
                 mapping={
                     "query": query,
+                    "client": client,  # the address that created it, for its per-client cap
+                    "owner": owner,  # a hash of its owner token: Redis never holds the token
                     "status": "running",
                     "created_at": time.time(),
                     "variations": len(variations),
@@ -388,8 +410,15 @@ class DockerWorkers:
         return self.client.containers.get(worker_id).logs(tail=20).decode(errors="replace")
 
     def remove(self, worker_id: str) -> None:
-        with suppress(docker.errors.NotFound):
+        try:
             self.client.containers.get(worker_id).remove(force=True)  # kills it if still running
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            # 409 "removal already in progress": another remove (a second DELETE, the reaper)
+            # got there first and finishes it.
+            if exc.status_code != 409:
+                raise
 
 
 # === The run lifecycle: start the workers, reap them as they exit, cancel ===
@@ -434,19 +463,25 @@ class Orchestrator:
             env["OPENAI_BASE_URL"] = s.OPENAI_BASE_URL
         return env
 
-    async def create(self, request: RunRequest) -> dict:
+    async def create(self, request: RunRequest, client: str, owner: str) -> dict:
         variations = request.resolved()
+        s, retry = self.settings, {"Retry-After": "5"}
         async with self.lock:  # check and add in one step, or two requests could both pass
-            if len(await self.runs.active()) >= self.settings.MAX_ACTIVE_RUNS:
+            active = await self.runs.active()
+            if len(active) >= s.MAX_ACTIVE_RUNS:
                 raise ApiError(
                     429,
                     "too_many_runs",
-                    f"{self.settings.MAX_ACTIVE_RUNS} runs are already running; "
+                    f"{s.MAX_ACTIVE_RUNS} runs are already running; "
                     "wait for one to finish or cancel one",
-                    headers={"Retry-After": "5"},
+                    headers=retry,
                 )
+            clients = [await self.runs.client.hget(run_key(r), "client") for r in active]
+            if clients.count(client) >= s.MAX_RUNS_PER_CLIENT:
+                message = f"you have {s.MAX_RUNS_PER_CLIENT} runs going; wait for one or cancel one"
+                raise ApiError(429, "too_many_client_runs", message, headers=retry)
             run_id = uuid.uuid4().hex
-            await self.runs.create(run_id, request.query, variations)
+            await self.runs.create(run_id, request.query, variations, client, owner)
         task = asyncio.create_task(self.start_all(run_id, request.query, variations))
         self.starting[run_id] = task
         task.add_done_callback(lambda _: self.starting.pop(run_id, None))
@@ -567,6 +602,33 @@ class Orchestrator:
 # === The event stream: XREAD from the client's last id, every entry one SSE event with that id ===
 
 STREAM_ID = r"^\d{1,20}-\d{1,20}$"
+# What uuid.uuid4().hex makes, and nothing else: no `:` can ever reach a Redis key name.
+RUN_ID = r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$"
+RunId = Annotated[str, PathParam(pattern=RUN_ID, description="a run id: 32 hex digits (uuid4)")]
+
+
+class StreamSlots:
+    """Open event streams in this process, in total and per client address."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.open = settings, Counter()
+
+    @asynccontextmanager
+    async def hold(self, client: str):
+        s = self.settings
+        if self.open.total() >= s.MAX_STREAMS:
+            message = f"{s.MAX_STREAMS} event streams are open; try again shortly"
+            raise ApiError(503, "too_many_streams", message, headers={"Retry-After": "5"})
+        if self.open[client] >= s.MAX_STREAMS_PER_CLIENT:
+            message = f"you have {s.MAX_STREAMS_PER_CLIENT} event streams open; close one first"
+            raise ApiError(429, "too_many_streams", message, headers={"Retry-After": "5"})
+        self.open[client] += 1
+        try:
+            yield
+        finally:
+            self.open[client] -= 1
+            if not self.open[client]:
+                del self.open[client]
 
 
 async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
@@ -583,11 +645,15 @@ async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
             event="events_lost", data=json.dumps({"variation": None, "message": message})
         )
     while not await request.is_disconnected():
-        found = await runs.client.xread({events_key(run_id): last_id}, count=200, block=1000)
+        # Read the status first: once it is not `running`, every event of the run is already in
+        # the stream, so what XREAD returns now is the rest, and an empty read is the end.
+        running = await runs.status(run_id) == "running"
+        key = events_key(run_id)
+        found = await runs.client.xread({key: last_id}, count=200, block=1000 if running else None)
         if not found:
-            if await runs.status(run_id) is None:  # expired while we waited
-                return
-            continue
+            if running:
+                continue
+            return
         for entry_id, fields in found[0][1]:
             last_id = entry_id
             yield ServerSentEvent(id=entry_id, event=fields["event"], data=fields["data"])
@@ -602,25 +668,49 @@ def _id_tuple(stream_id: str) -> tuple[int, int]:
 
 # === The HTTP API ===
 
+# A run belongs to whoever created it: POST /v1/runs returns an owner token, and every other route
+# of the run asks for it, as `Authorization: Bearer` or as the cookie that POST sets for the page
+# (EventSource cannot send a header; the browser sends the cookie itself).
+TOKEN_COOKIE = "run_token"
+bearer = HTTPBearer(auto_error=False, description="the `owner_token` of the run")
+cookie = APIKeyCookie(name=TOKEN_COOKIE, auto_error=False, description="set by POST /v1/runs")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
-    client = redis.from_url(settings.REDIS_URL, decode_responses=True)
-    await client.ping()
+    # Three pools sized on purpose. A blocking pool waits (up to 10 s) for a free connection where
+    # the default pool fails at once; the streams' pool has one connection per allowed stream.
+    clients = [
+        redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=size, timeout=10, decode_responses=True
+            )
+        )
+        for size in (settings.REDIS_CONNECTIONS, settings.MAX_STREAMS, 2)
+    ]
+    await clients[0].ping()
     workers = app.state.workers or DockerWorkers(settings)
     await asyncio.to_thread(workers.check)
-    runs = Runs(client, settings)
-    app.state.orchestrator = orchestrator = Orchestrator(settings, runs, workers)
-    swept = await orchestrator.reap()  # before serving: leftovers removed, live runs adopted
+    app.state.orchestrator = Orchestrator(settings, Runs(clients[0], settings), workers)
+    app.state.stream_runs = Runs(clients[1], settings)
+    app.state.stream_slots = StreamSlots(settings)
+    # The reaper: the same orchestration with Redis connections of its own.
+    reaping = Orchestrator(settings, Runs(clients[2], settings), workers)
+    swept = await reaping.reap()  # before serving: leftovers removed, live runs adopted
     logger.info("start-up sweep: %s", swept)
-    reaper = asyncio.create_task(orchestrator.reap_forever())
+    reaper = asyncio.create_task(reaping.reap_forever())
     logger.info(
         "variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, settings.REDIS_URL
     )
     yield
     reaper.cancel()
-    await client.aclose()
+    for client in clients:
+        await client.aclose()
 
 
 def error_body(request: Request, error_type: str, message: str, **extra) -> dict:
@@ -630,9 +720,18 @@ def error_body(request: Request, error_type: str, message: str, **extra) -> dict
 
 def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
     """`workers` replaces the Docker backend (the tests run workers as local processes)."""
-    app = FastAPI(title="Agent variations", lifespan=lifespan)
-    app.state.settings, app.state.workers = settings or Settings(), workers
-    errors = {code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)}
+    settings = settings or Settings()
+
+    async def trusted_host(request: Request) -> None:
+        # DNS rebinding: a page from another site whose name now points at 127.0.0.1 can reach
+        # this API, but its requests still carry that name in Host.
+        if request.url.hostname not in settings.ALLOWED_HOSTS:
+            raise ApiError(400, "untrusted_host", "this API is not served under that host name")
+
+    app = FastAPI(title="Agent variations", lifespan=lifespan, dependencies=[Depends(trusted_host)])
+    app.state.settings, app.state.workers = settings, workers
+    codes = (400, 401, 403, 404, 409, 422, 429, 500, 503)
+    errors = {code: {"model": ErrorResponse} for code in codes}
     stream = {
         200: {"content": {"text/event-stream": {}}, "description": "the run's events"},
         204: {"description": "the run has ended and no event follows the given id"},
@@ -640,6 +739,31 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
 
     def orchestrator(request: Request) -> Orchestrator:
         return request.app.state.orchestrator
+
+    async def stream_slot(request: Request):
+        """Held for as long as the event stream is open (FastAPI ends it after the response)."""
+        async with request.app.state.stream_slots.hold(request.client.host):
+            yield
+
+    async def owned(
+        run_id: RunId,
+        request: Request,
+        header: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        from_cookie: Annotated[str | None, Depends(cookie)],
+    ) -> str:
+        """The run's id, once the caller has shown the run's owner token."""
+        owner = await orchestrator(request).runs.client.hget(run_key(run_id), "owner")
+        if owner is None:
+            raise ApiError(404, "run_not_found", f"no run {run_id} (it may have expired)")
+        token = header.credentials if header else from_cookie
+        if token is None:
+            message = "send the run's owner_token as `Authorization: Bearer <token>`"
+            raise ApiError(401, "owner_token_missing", message, {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(owner, token_hash(token)):
+            raise ApiError(403, "not_run_owner", "this is not the owner token of that run")
+        return run_id
+
+    OwnedRun = Annotated[str, Depends(owned)]
 
     async def existing(request: Request, run_id: str) -> dict:
         view = await orchestrator(request).runs.view(run_id)
@@ -667,6 +791,11 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         )
         return JSONResponse(body, status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Anything not foreseen: the traceback goes to the log, the client gets the error shape.
+        return JSONResponse(error_body(request, "internal_error", "the server failed"), 500)
+
     @app.exception_handler(redis.RedisError)
     async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
         logger.warning("Redis failed: %r", exc)
@@ -688,24 +817,45 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/v1/runs", status_code=202, responses=errors)
-    async def create_run(body: RunRequest, request: Request) -> RunCreated:
+    async def create_run(body: RunRequest, request: Request, response: Response) -> RunCreated:
         """Start one container per variation; follow them at /v1/runs/{run_id}/events."""
-        created = await orchestrator(request).create(body)
+        for i, v in enumerate(body.overrides):  # a model someone pays for: only the listed ones
+            if v.model is not None and v.model not in settings.ALLOWED_MODELS:
+                allowed = ", ".join(settings.ALLOWED_MODELS)
+                loc, msg = ("body", "overrides", i, "model"), f"allowed models: {allowed}"
+                raise RequestValidationError(
+                    [{"loc": loc, "msg": msg, "type": "model_not_allowed"}]
+                )
+        token = secrets.token_urlsafe(32)
+        created = await orchestrator(request).create(body, request.client.host, token_hash(token))
         run_id = created["run_id"]
+        # For the page: only sent to this run's paths, never with a request from another site.
+        response.set_cookie(
+            TOKEN_COOKIE,
+            token,
+            max_age=int(settings.VARIATION_TIMEOUT_SECONDS) + settings.RUN_TTL_SECONDS,
+            path=f"/v1/runs/{run_id}",
+            httponly=True,
+            samesite="strict",
+        )
         return RunCreated(
-            **created, events=f"/v1/runs/{run_id}/events", status=f"/v1/runs/{run_id}"
+            **created,
+            owner_token=token,
+            events=f"/v1/runs/{run_id}/events",
+            status=f"/v1/runs/{run_id}",
         )
 
     @app.get("/v1/runs/{run_id}", responses=errors)
-    async def get_run(run_id: str, request: Request) -> RunView:
+    async def get_run(run_id: OwnedRun, request: Request) -> RunView:
         """Each variation's status, exit code and final answer; the user's pick."""
         return await existing(request, run_id)
 
     # [start:run_events]
     @app.get("/v1/runs/{run_id}/events", responses={**stream, **errors}, response_model=None)
     async def run_events(
-        run_id: str,
+        run_id: OwnedRun,
         request: Request,
+        _: Annotated[None, Depends(stream_slot)],
         after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
         last_event_id: Annotated[str | None, Header(pattern=STREAM_ID)] = None,
     ):
@@ -713,12 +863,17 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         with `Last-Event-ID` (or `?after=`) to resume right after it; no id replays the run."""
         view = await existing(request, run_id)
         start = last_event_id or after or "0-0"
-        runs = orchestrator(request).runs
+        runs = request.app.state.stream_runs
+        newest = await runs.client.xrevrange(events_key(run_id), count=1)
+        newest_id = newest[0][0] if newest else "0-0"
+        # An id this run never sent (ids up to 20 digits pass the pattern; Redis refuses those
+        # past 2**64) would leave the client waiting for an entry that never comes: refuse it.
+        if _id_tuple(start) > _id_tuple(newest_id):
+            message = f"event id {start} is past the newest event of run {run_id} ({newest_id})"
+            raise ApiError(400, "unknown_event_id", message)
         # An ended run with nothing after `start`: 204, the answer that stops EventSource retrying.
-        if view["status"] != "running":
-            newest = await runs.client.xrevrange(events_key(run_id), count=1)
-            if not newest or _id_tuple(newest[0][0]) <= _id_tuple(start):
-                return Response(status_code=204)
+        if view["status"] != "running" and _id_tuple(start) == _id_tuple(newest_id):
+            return Response(status_code=204)
         return EventSourceResponse(
             follow(runs, run_id, start, request),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -726,13 +881,13 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         # [end:run_events]
 
     @app.delete("/v1/runs/{run_id}", responses=errors)
-    async def cancel_run(run_id: str, request: Request) -> RunView:
+    async def cancel_run(run_id: OwnedRun, request: Request) -> RunView:
         """Stop and remove the run's containers; the stream says `cancelled`, then `run_done`."""
         await orchestrator(request).cancel(run_id)
         return await existing(request, run_id)
 
     @app.post("/v1/runs/{run_id}/select", responses=errors)
-    async def select(run_id: str, body: Selection, request: Request) -> RunView:
+    async def select(run_id: OwnedRun, body: Selection, request: Request) -> RunView:
         """Store the user's pick: one variation that succeeded."""
         view = await existing(request, run_id)
         if body.variation >= len(view["variations"]):
@@ -757,4 +912,6 @@ if __name__ == "__main__":
         port=settings.PORT,
         log_config=None,
         timeout_graceful_shutdown=5,  # open event streams end; their clients resume elsewhere
+        # The per-client caps count socket addresses: no X-Forwarded-For, nothing in front to trust.
+        proxy_headers=False,
     )

@@ -107,10 +107,12 @@ def run_containers(url: str, count: int) -> dict:
     began = time.perf_counter()
     response = httpx.post(f"{url}/v1/runs", json={"query": QUERY, "variations": count}, timeout=60)
     response.raise_for_status()
-    run_id = response.json()["run_id"]
+    run_id, token = response.json()["run_id"], response.json()["owner_token"]
     first, start_ms, startup_ms, peak, done, statuses = {}, {}, {}, {}, {}, {}
     with (
-        httpx.Client(base_url=url, timeout=300) as client,
+        httpx.Client(
+            base_url=url, timeout=300, headers={"Authorization": f"Bearer {token}"}
+        ) as client,
         connect_sse(client, "GET", f"/v1/runs/{run_id}/events") as source,
     ):
         for sse in source.iter_sse():

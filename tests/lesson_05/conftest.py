@@ -158,7 +158,12 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, timeout_graceful_shutdown=1
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            timeout_graceful_shutdown=1,
+            proxy_headers=False,  # as the lesson's script runs it
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -205,6 +210,7 @@ def read_events(
     """[(id, event, data)] from /v1/runs/{id}/events until run_done, `stop_after` events, or
     `until(events so far)` is true; the connection is then closed."""
     headers = {"Last-Event-ID": last_id} if last_id else {}
+    headers.update(auth(run_id))
     found = []
     with (
         httpx.Client(base_url=url, timeout=timeout) as client,
@@ -221,11 +227,22 @@ def read_events(
     return found
 
 
+# The owner token of every run a test created, so that the helpers can show it.
+TOKENS: dict[str, str] = {}
+
+
+def auth(run_id: str) -> dict[str, str]:
+    """The header that shows a run's owner token (none for a run this process did not create)."""
+    return {"Authorization": f"Bearer {TOKENS[run_id]}"} if run_id in TOKENS else {}
+
+
 def start_run(url: str, **body) -> dict:
     body = {"query": "How do I stop a container gracefully?", "variations": 2, **body}
     response = httpx.post(f"{url}/v1/runs", json=body, timeout=30)
     assert response.status_code == 202, response.text
-    return response.json()
+    created = response.json()
+    TOKENS[created["run_id"]] = created["owner_token"]
+    return created
 
 
 @contextmanager

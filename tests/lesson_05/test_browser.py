@@ -57,7 +57,10 @@ def test_three_columns_fill_survive_a_reload_and_one_is_picked(api_process, brow
     for i in range(3):  # every column is streaming
         expect(columns.nth(i).locator(".answer")).not_to_be_empty(timeout=120_000)
     run_id = page.evaluate("new URLSearchParams(location.hash.slice(1)).get('run')")
-    assert httpx.get(f"{api.url}/v1/runs/{run_id}").json()["status"] == "running", (
+    # The owner token the browser keeps (an HttpOnly cookie: the page's script cannot read it).
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "run_token")
+    owner = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{api.url}/v1/runs/{run_id}", headers=owner).json()["status"] == "running", (
         "the run ended before the reload: it must happen mid-run"
     )
 
@@ -69,12 +72,12 @@ def test_three_columns_fill_survive_a_reload_and_one_is_picked(api_process, brow
         expect(column.locator(".check")).to_have_text("stream matches the final answer")
     expect(page.locator("#run-status")).to_contain_text("done")
     answers = [columns.nth(i).locator(".answer").inner_text() for i in range(3)]
-    view = httpx.get(f"{api.url}/v1/runs/{run_id}").json()
+    view = httpx.get(f"{api.url}/v1/runs/{run_id}", headers=owner).json()
     assert [v["response"].strip() for v in view["variations"]] == [a.strip() for a in answers]
 
     columns.nth(1).locator(".pick").click()
     expect(columns.nth(1).locator(".pick")).to_have_text("Picked")
-    assert httpx.get(f"{api.url}/v1/runs/{run_id}").json()["selected"] == 1
+    assert httpx.get(f"{api.url}/v1/runs/{run_id}", headers=owner).json()["selected"] == 1
     page.reload()  # the pick is stored by the API, not only in the page
     expect(columns.nth(1)).to_have_class("column selected")
 

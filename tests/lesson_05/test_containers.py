@@ -7,12 +7,13 @@ variation is a container of the research-agent image. Each test checks what the 
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.lesson_05.conftest import docker, read_events, start_run, wait_for
+from tests.lesson_05.conftest import auth, docker, read_events, start_run, wait_for
 from tests.lesson_05.test_variations_api import HOSTILE, by_variation
 
 pytestmark = pytest.mark.container
@@ -89,7 +90,7 @@ def test_an_oom_killed_variation_fails_and_the_others_finish(api_process):
     assert done[0]["exit_code"] == 137
     assert done[0]["reason"] == "out of memory: killed at the 512m limit"
     assert done[1]["status"] == "succeeded"
-    view = httpx.get(f"{api.url}/v1/runs/{run_id}").json()
+    view = httpx.get(f"{api.url}/v1/runs/{run_id}", headers=auth(run_id)).json()
     assert [v["status"] for v in view["variations"]] == ["failed", "succeeded"]
 
 
@@ -97,11 +98,32 @@ def test_cancel_removes_every_container_before_it_answers(api_process):
     api = api_process(OFFLINE_TOKEN_DELAY_MS=200)
     run_id = start_run(api.url, variations=3)["run_id"]
     wait_for(lambda: len(containers_of(run_id)) == 3, 60, "three containers")
-    response = httpx.delete(f"{api.url}/v1/runs/{run_id}", timeout=120)
+    response = httpx.delete(f"{api.url}/v1/runs/{run_id}", headers=auth(run_id), timeout=120)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert containers_of(run_id) == []
     events = read_events(api.url, run_id)
     assert events[-1][1] == "run_done" and events[-1][2]["status"] == "cancelled"
+
+
+def delete_twice_at_once(url: str, run_id: str) -> list[httpx.Response]:
+    def delete(_) -> httpx.Response:
+        return httpx.delete(f"{url}/v1/runs/{run_id}", headers=auth(run_id), timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(delete, range(2)))
+
+
+def test_two_deletes_at_once_both_answer_without_a_503(api_process):
+    """Both requests remove the same containers; the engine answers the second one 409 (removal
+    already in progress), which means the container is on its way out, not that Docker is down."""
+    api = api_process(OFFLINE_TOKEN_DELAY_MS=200)
+    for _ in range(3):  # the two removals must overlap: three runs make a miss unlikely
+        run_id = start_run(api.url, variations=3)["run_id"]
+        wait_for(lambda: len(containers_of(run_id)) == 3, 60, "three containers")  # noqa: B023
+        answers = delete_twice_at_once(api.url, run_id)
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses in ([200, 200], [200, 409]), [a.text for a in answers]
+        assert containers_of(run_id) == []
 
 
 class Listener(threading.Thread):
@@ -115,7 +137,7 @@ class Listener(threading.Thread):
     def run(self):
         try:
             with (
-                httpx.Client(base_url=self.url, timeout=120) as client,
+                httpx.Client(base_url=self.url, timeout=120, headers=auth(self.run_id)) as client,
                 connect_sse(client, "GET", f"/v1/runs/{self.run_id}/events") as source,
             ):
                 for sse in source.iter_sse():

@@ -11,12 +11,15 @@ import httpx
 import pytest
 import redis
 
-from tests.lesson_05.conftest import api, read_events, start_run, wait_for
+from tests.lesson_05.conftest import api, auth, read_events, start_run, wait_for
 
 HOSTILE = (
     "How do I stop a container gracefully? `id` $(touch /tmp/pwned) \"; rm -rf / # 'quotes' \\"
     "\nand newlines <b>bold</b>"
 )
+
+
+UNKNOWN = "0123456789ab4def8123456789abcdef"  # a well-formed run id that no run has
 
 
 def by_variation(events, name):
@@ -47,7 +50,8 @@ def test_a_run_streams_every_variation_tagged_and_ends_with_run_done(serve, redi
         assert done[i]["status"] == "succeeded" and done[i]["exit_code"] == 0
     assert finals[0]["response"] != finals[1]["response"]
 
-    view = httpx.get(f"{server.url}/v1/runs/{created['run_id']}").json()
+    run_id = created["run_id"]
+    view = httpx.get(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id)).json()
     assert view["status"] == "done" and view["selected"] is None
     assert [v["status"] for v in view["variations"]] == ["succeeded", "succeeded"]
     assert [v["response"] for v in view["variations"]] == [
@@ -67,7 +71,8 @@ def test_a_late_client_gets_the_whole_run_replayed_and_nothing_after_the_end(ser
     live = read_events(server.url, run_id)
     assert read_events(server.url, run_id) == live  # from 0-0: same ids, same data
     after_end = httpx.get(
-        f"{server.url}/v1/runs/{run_id}/events", headers={"Last-Event-ID": live[-1][0]}
+        f"{server.url}/v1/runs/{run_id}/events",
+        headers={"Last-Event-ID": live[-1][0], **auth(run_id)},
     )
     assert after_end.status_code == 204  # EventSource stops reconnecting on 204
 
@@ -120,7 +125,7 @@ def test_finished_runs_expire_and_their_keys_carry_the_ttl(serve, redis_url):
     assert all(0 < client.ttl(k) <= 120 for k in keys), [client.ttl(k) for k in keys]
     assert run_id.encode() not in client.smembers("runs:active")
     client.delete(*keys)  # what the TTL does later
-    assert httpx.get(f"{server.url}/v1/runs/{run_id}").status_code == 404
+    assert httpx.get(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id)).status_code == 404
 
 
 # --- Pick -----------------------------------------------------------------------------------------
@@ -131,12 +136,12 @@ def test_the_pick_is_stored_and_only_a_succeeded_variation_can_be_picked(serve):
     run_id = start_run(server.url, variations=2)["run_id"]
     url = f"{server.url}/v1/runs/{run_id}/select"
     read_events(server.url, run_id)
-    response = httpx.post(url, json={"variation": 1})
+    response = httpx.post(url, json={"variation": 1}, headers=auth(run_id))
     assert response.status_code == 200 and response.json()["selected"] == 1
-    assert httpx.get(f"{server.url}/v1/runs/{run_id}").json()["selected"] == 1
-    too_far = httpx.post(url, json={"variation": 5})
+    assert httpx.get(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id)).json()["selected"] == 1
+    too_far = httpx.post(url, json={"variation": 5}, headers=auth(run_id))
     assert too_far.status_code == 422 and too_far.json()["error"]["type"] == "no_such_variation"
-    assert httpx.post(url, json={"variation": -1}).status_code == 422
+    assert httpx.post(url, json={"variation": -1}, headers=auth(run_id)).status_code == 422
 
 
 # --- Failures -------------------------------------------------------------------------------------
@@ -153,9 +158,11 @@ def test_a_killed_variation_fails_while_the_other_finishes(serve, workers):
     assert done[0]["reason"] == "killed (SIGKILL): out of memory or stopped from outside"
     assert done[1]["status"] == "succeeded"
     assert 0 not in by_variation(events, "final") and 1 in by_variation(events, "final")
-    view = httpx.get(f"{server.url}/v1/runs/{run_id}").json()
+    view = httpx.get(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id)).json()
     assert [v["status"] for v in view["variations"]] == ["failed", "succeeded"]
-    conflict = httpx.post(f"{server.url}/v1/runs/{run_id}/select", json={"variation": 0})
+    conflict = httpx.post(
+        f"{server.url}/v1/runs/{run_id}/select", json={"variation": 0}, headers=auth(run_id)
+    )
     assert (
         conflict.status_code == 409
         and conflict.json()["error"]["type"] == "variation_not_succeeded"
@@ -208,7 +215,7 @@ def test_cancel_stops_every_worker_and_says_so(serve):
     server = serve(OFFLINE_TOKEN_DELAY_MS=200)
     run_id = start_run(server.url, variations=2)["run_id"]
     wait_for(lambda: len(workers_left(server)) == 2, message="two workers")
-    response = httpx.delete(f"{server.url}/v1/runs/{run_id}", timeout=60)
+    response = httpx.delete(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id), timeout=60)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     assert not workers_left(server)  # gone when DELETE returns, not later
     events = read_events(server.url, run_id)
@@ -216,7 +223,7 @@ def test_cancel_stops_every_worker_and_says_so(serve):
     assert "cancelled" in names and names[-1] == "run_done"
     assert events[-1][2]["status"] == "cancelled"
     assert {d["status"] for d in by_variation(events, "variation_done").values()} == {"cancelled"}
-    again = httpx.delete(f"{server.url}/v1/runs/{run_id}")
+    again = httpx.delete(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id))
     assert again.status_code == 409 and again.json()["error"]["type"] == "run_ended"
 
 
@@ -228,7 +235,7 @@ def test_too_many_active_runs_get_429_with_a_json_error(serve):
     )
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
     assert refused.json()["error"]["type"] == "too_many_runs"
-    httpx.delete(f"{server.url}/v1/runs/{first}", timeout=60)
+    httpx.delete(f"{server.url}/v1/runs/{first}", headers=auth(first), timeout=60)
     start_run(server.url, variations=1)
 
 
@@ -318,7 +325,8 @@ def test_malformed_json_and_bad_stream_ids_get_422(serve):
     assert response.status_code == 422
     run_id = start_run(server.url, variations=1)["run_id"]
     for headers, params in (({"Last-Event-ID": "0-0; DROP"}, {}), ({}, {"after": "$"})):
-        bad = httpx.get(f"{server.url}/v1/runs/{run_id}/events", headers=headers, params=params)
+        url = f"{server.url}/v1/runs/{run_id}/events"
+        bad = httpx.get(url, headers={**headers, **auth(run_id)}, params=params)
         assert bad.status_code == 422 and bad.json()["error"]["type"] == "validation_error"
     read_events(server.url, run_id)
 
@@ -326,10 +334,10 @@ def test_malformed_json_and_bad_stream_ids_get_422(serve):
 @pytest.mark.parametrize(
     "method, path, body",
     [
-        ("GET", "/v1/runs/nope", None),
-        ("GET", "/v1/runs/nope/events", None),
-        ("DELETE", "/v1/runs/nope", None),
-        ("POST", "/v1/runs/nope/select", {"variation": 0}),
+        ("GET", f"/v1/runs/{UNKNOWN}", None),
+        ("GET", f"/v1/runs/{UNKNOWN}/events", None),
+        ("DELETE", f"/v1/runs/{UNKNOWN}", None),
+        ("POST", f"/v1/runs/{UNKNOWN}/select", {"variation": 0}),
         ("GET", "/v2/anything", None),
     ],
 )
@@ -343,7 +351,7 @@ def test_unknown_runs_and_paths_get_404_json(serve, method, path, body):
 def test_redis_down_gives_503_json_not_a_traceback(serve, redis_server):
     server = serve()
     redis_server.stop()
-    response = httpx.get(f"{server.url}/v1/runs/whatever")
+    response = httpx.get(f"{server.url}/v1/runs/{UNKNOWN}")
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "redis_unavailable"
     assert "Traceback" not in response.text
