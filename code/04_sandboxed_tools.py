@@ -24,14 +24,15 @@ from pathlib import Path
 
 import uvicorn
 from chat_model import OfflineToolCallingModel, make_chat_model
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelCallLimitMiddleware
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # The runner is one file in the research agent, which ships it in its image; the lesson imports
 # that same file rather than a copy (research-agent/ holds the `app` package).
@@ -56,6 +57,7 @@ class Settings(BaseSettings):
     OFFLINE_TOKEN_DELAY_MS: int = 20
     REQUEST_TIMEOUT_SECONDS: float = 60.0
     MAX_CODE_CHARS: int = 20_000
+    MAX_BODY_BYTES: int = 262_144  # the longest code in any encoding, with room to spare
     SANDBOX_IMAGE: str = "agent-sandbox:python"
     SANDBOX_RUNTIME: str | None = None  # "runsc" for gVisor (see the lesson)
     SANDBOX_TIMEOUT_SECONDS: float = 10.0  # default per run
@@ -74,8 +76,14 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 
 
 class CodeRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # "5", "1_0" and true are not numbers
+
+    # No NUL: Python stops reading a source there, so the rest would silently never run.
     code: str = Field(
-        min_length=1, max_length=settings.MAX_CODE_CHARS, pattern=r"\S", description="Python 3.11"
+        min_length=1,
+        max_length=settings.MAX_CODE_CHARS,
+        pattern=r"^[^\x00]*[^\x00\s][^\x00]*$",
+        description="Python 3.11, without NUL characters",
     )
     timeout_seconds: float | None = Field(
         default=None, gt=0, le=settings.SANDBOX_MAX_TIMEOUT_SECONDS
@@ -83,6 +91,8 @@ class CodeRequest(BaseModel):
 
 
 class AgentRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     query: str = Field(min_length=1, max_length=4000)
 
 
@@ -147,19 +157,63 @@ app = FastAPI(title="Sandboxed tools", version="1.0.0", lifespan=lifespan)
 # === Request ids and errors: one JSON shape, no stack traces ===
 
 
-@app.middleware("http")
-async def request_id(request: Request, call_next):
-    incoming = request.headers.get("x-request-id", "")
-    valid = re.fullmatch(r"[A-Za-z0-9._-]{1,128}", incoming)
-    request_id_var.set(incoming if valid else uuid.uuid4().hex)
-    response = await call_next(request)
-    response.headers["X-Request-ID"] = request_id_var.get()
-    return response
+class PayloadTooLarge(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(413, f"The request body is larger than {settings.MAX_BODY_BYTES} bytes")
+
+
+class RequestContextMiddleware:
+    """Plain ASGI, as lesson 01 teaches: a request id for every answer and log line, and a body
+    limit checked before a byte is parsed (by Content-Length, else by counting a chunked body)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if re.fullmatch(r"[A-Za-z0-9._-]{1,128}", incoming) else None
+        request_id_var.set(request_id or uuid.uuid4().hex)
+        declared = headers.get(b"content-length", b"")
+        received = 0
+
+        async def receive_with_limit():
+            nonlocal received
+            if declared.isdigit() and int(declared) > settings.MAX_BODY_BYTES:
+                raise PayloadTooLarge()
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > settings.MAX_BODY_BYTES:
+                raise PayloadTooLarge()
+            return message
+
+        async def send_with_request_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id_var.get().encode()),
+                ]
+            await send(message)
+
+        await self.app(scope, receive_with_limit, send_with_request_id)
+
+
+app.add_middleware(RequestContextMiddleware)
 
 
 def error(status: int, error_type: str, message: str, **extra) -> JSONResponse:
     body = {"type": error_type, "message": message, "request_id": request_id_var.get(), **extra}
     return JSONResponse({"error": body}, status_code=status)
+
+
+@app.exception_handler(StarletteHTTPException)  # 400 undecodable body, 413, 404, 405
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error_type = {400: "invalid_body", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+    response = error(exc.status_code, error_type, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 @app.exception_handler(RequestValidationError)
@@ -180,6 +234,8 @@ async def unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 ERRORS = {
+    400: {"description": "The body cannot be decoded (invalid UTF-8, nested too deep)"},
+    413: {"description": "The body is larger than MAX_BODY_BYTES"},
     422: {"description": "Empty or oversized code, or a timeout out of range"},
     503: {"description": "Docker, the sandbox image or the runtime is unavailable"},
 }

@@ -129,3 +129,55 @@ def test_the_offline_model_reports_a_failed_run():
 def test_without_a_bound_tool_it_is_the_plain_offline_model():
     answer = OfflineToolCallingModel(token_delay_ms=0).invoke("What is 2**100?")
     assert not answer.tool_calls and "You asked: What is 2**100?" in answer.text
+
+
+# --- Hostile input to the API itself (before any container) ---
+
+
+@pytest.mark.parametrize(
+    "timeout", ["5", "1_0", True], ids=["string", "underscored-string", "boolean"]
+)
+def test_timeout_must_be_a_json_number(client, timeout):
+    body = {"code": "print(1)", "timeout_seconds": timeout}
+    error = assert_error(client.post("/v1/tools/python", json=body), 422, "validation_error")
+    assert error["details"][0]["loc"] == ["body", "timeout_seconds"]
+
+
+def test_code_with_a_nul_byte_is_refused_not_cut(client):
+    # Python stops reading a source at NUL: whatever follows would silently never run.
+    body = {"code": "print(1)\x00print(2)"}
+    error = assert_error(client.post("/v1/tools/python", json=body), 422, "validation_error")
+    assert error["details"][0]["loc"] == ["body", "code"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"code": "print(\xff)"}', b'{"code": "x", "pad": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"],
+    ids=["invalid-utf8", "deeply-nested"],
+)
+def test_undecodable_bodies_answer_in_the_error_shape(lesson, raw):
+    module = lesson(DOCKER_HOST=NO_DOCKER, MAX_BODY_BYTES="1000000")
+    with TestClient(module.app, raise_server_exceptions=False) as client:
+        response = client.post(
+            "/v1/tools/python", content=raw, headers={"content-type": "application/json"}
+        )
+    assert response.status_code in (400, 422), response.text
+    assert_error(response, response.status_code, response.json()["error"]["type"])
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_the_limit_is_a_413_before_it_is_parsed(lesson, chunked):
+    module = lesson(DOCKER_HOST=NO_DOCKER, MAX_BODY_BYTES="1000")
+    body = json.dumps({"code": "print(1)", "pad": "x" * 5000}).encode()
+    content = iter([body[i : i + 512] for i in range(0, len(body), 512)]) if chunked else body
+    with TestClient(module.app, raise_server_exceptions=False) as client:
+        response = client.post(
+            "/v1/tools/python", content=content, headers={"content-type": "application/json"}
+        )
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_the_openapi_schema_declares_every_error_it_sends(client):
+    schema = client.get("/openapi.json").json()
+    responses = schema["paths"]["/v1/tools/python"]["post"]["responses"]
+    assert {"400", "413", "422", "503"} <= set(responses)
