@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,7 +19,16 @@ from .agent import ResearchAgent
 from .auth import ApiKeys, Caller, fingerprint
 from .cache import ResearchCache
 from .config import Settings, get_settings
-from .errors import NotReadyError, UnauthorizedError, install_error_handlers, responses
+from .errors import (
+    AmbiguousAuthorizationError,
+    AppError,
+    NotReadyError,
+    UnauthorizedError,
+    app_error_handler,
+    install_error_handlers,
+    responses,
+    validation_error_handler,
+)
 from .middleware import install_middleware
 from .models import (
     HealthResponse,
@@ -67,6 +77,8 @@ def get_caller(
 ) -> Caller:
     """401 unless the request carries a known key (when API_KEYS is set). The access log names
     the caller (the key's name), never the key."""
+    if len(request.headers.getlist("authorization")) > 1:
+        raise AmbiguousAuthorizationError()
     token = credentials.credentials if credentials else None
     client = request.client.host if request.client else None
     try:
@@ -79,6 +91,17 @@ def get_caller(
         raise
     request.state.caller = caller.id
     return caller
+
+
+async def validation_error_after_the_key(request: Request, exc: RequestValidationError):
+    """FastAPI parses a JSON body before it runs the dependencies: check the key first, so a
+    stranger learns nothing about the body the API expects (401 before 422)."""
+    if request.url.path.startswith("/v1/"):
+        try:
+            get_caller(request, await bearer(request))
+        except AppError as error:
+            return await app_error_handler(request, error)
+    return await validation_error_handler(request, exc)
 
 
 def get_quotas(request: Request) -> Quotas:
@@ -275,6 +298,8 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         version=settings.APP_VERSION,
         description="A LangChain research agent that cites its sources. Offline by default.",
         lifespan=lifespan,
+        # A redirect to the path with(out) a slash would carry the client's own Host header back.
+        redirect_slashes=False,
     )
     app.state.settings, app.state.agent, app.state.cache = settings, agent, None
     # Read now: a key file that is missing or malformed stops the service before it listens.
@@ -287,6 +312,8 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
     if not app.state.api_keys.enabled:
         app.openapi = _openapi_without_security(app)
     install_error_handlers(app)
+
+    app.add_exception_handler(RequestValidationError, validation_error_after_the_key)
     instrumentator = install_middleware(app, settings)
     instrumentator.expose(
         app,

@@ -45,6 +45,11 @@ def _entries(items: list[str], source: str) -> list[tuple[str, str]]:
         if not sep:
             name, key = "", name
         name, key = name.strip(), key.strip()
+        # A header arrives as latin-1 bytes: a key outside printable ASCII would never match.
+        if not (key.isascii() and key.isprintable()):
+            raise ApiKeyConfigError(
+                f"{source}: a key must be printable ASCII ({name or 'unnamed'})"
+            )
         if len(key) < MIN_KEY_CHARS:
             raise ApiKeyConfigError(
                 f"{source}: a key shorter than {MIN_KEY_CHARS} characters ({name or 'unnamed'})"

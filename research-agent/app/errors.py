@@ -101,6 +101,16 @@ class UnauthorizedError(AppError):
         super().__init__("a valid API key is required: send Authorization: Bearer <key>")
 
 
+class AmbiguousAuthorizationError(AppError):
+    """Two Authorization headers: which one a proxy or framework reads is not ours to guess."""
+
+    status_code = 400
+    error_type = "ambiguous_authorization"
+
+    def __init__(self) -> None:
+        super().__init__("send one Authorization header, not several")
+
+
 class LimitError(AppError):
     """429: rate_limited, too_many_streams or budget_exhausted. Retry-After says when to come back;
     the RateLimit fields say which limit it was (app/quotas.py)."""
@@ -225,7 +235,8 @@ _HEADERS = {
 
 
 _DESCRIPTIONS = {
-    400: "http_error: the body cannot be parsed at all (e.g. it is not UTF-8)",
+    400: "http_error: the body cannot be parsed at all (e.g. it is not UTF-8); "
+    "ambiguous_authorization: more than one Authorization header",
     401: "unauthorized: API_KEYS is set and the Authorization header has no known key",
     404: "not_found",
     405: "method_not_allowed",

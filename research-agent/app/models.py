@@ -16,7 +16,8 @@ Query = Annotated[
     Field(
         min_length=3,
         max_length=MAX_QUERY_CHARS,
-        pattern=r"\S",
+        # At least one character that is not whitespace, and no NUL anywhere.
+        pattern=r"^[^\x00]*[^\x00\s][^\x00]*$",
         examples=["Why use a multi-stage Docker build?"],
     ),
     AfterValidator(str.strip),

@@ -1,0 +1,57 @@
+"""Hostile requests to the research agent that are not about limits: each case here was answered
+wrongly once (a body parsed before the key was checked, a second Authorization header ignored, a key
+the service could never match, a NUL reaching the model, a client's Host echoed in a redirect)."""
+
+import pytest
+from app.auth import ApiKeyConfigError, ApiKeys
+
+from .conftest import make_settings
+
+KEY = "alice-key-0123456789abcdef"
+QUERY = {"query": "How do health checks work?"}
+
+
+@pytest.mark.parametrize("path", ["/v1/research", "/v1/research/stream"])
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b'{"query": 42}', b'{"query": "ok?", "extra": 1}'],
+    ids=["invalid-json", "wrong-type", "unknown-field"],
+)
+def test_a_caller_without_a_key_learns_nothing_about_the_body(client_for, path, body):
+    # The key is checked first: a stranger gets the same 401 whatever the body holds.
+    with client_for(API_KEYS=f"alice:{KEY}") as client:
+        answer = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 401, answer.text
+    assert answer.json()["error"]["type"] == "unauthorized"
+
+
+def test_two_authorization_headers_are_a_400(client_for):
+    with client_for(API_KEYS=f"alice:{KEY}") as client:
+        answer = client.post(
+            "/v1/research",
+            json=QUERY,
+            headers=[("authorization", f"Bearer {KEY}"), ("authorization", "Bearer other")],
+        )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "ambiguous_authorization"
+
+
+def test_a_non_ascii_key_stops_the_service_at_start_up():
+    # HTTP headers arrive as latin-1: a key in UTF-8 would never match what the client sends.
+    with pytest.raises(ApiKeyConfigError, match="ASCII"):
+        ApiKeys.from_settings(make_settings(API_KEYS="alice:clé-0123456789abcdef-ü"))
+
+
+def test_a_nul_byte_in_the_query_is_a_422(client):
+    answer = client.post("/v1/research", json={"query": "what\x00 is docker?"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["details"][0]["loc"] == ["body", "query"]
+
+
+def test_a_trailing_slash_does_not_redirect_to_a_host_the_client_chose(client):
+    answer = client.post(
+        "/v1/research/", json=QUERY, headers={"host": "evil.example"}, follow_redirects=False
+    )
+    assert "evil.example" not in answer.headers.get("location", "")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["type"] == "not_found"
