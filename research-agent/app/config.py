@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # When Redis cannot count: "local" counts in this process (each replica enforces the limits
     # on its own), "closed" answers 503, "open" lets everything through.
     LIMITS_FAIL_MODE: Literal["local", "closed", "open"] = "local"
+    # The proxies whose X-Forwarded-For names the caller (addresses or CIDRs, comma-separated).
+    # Empty: nobody's, so a caller cannot pick its own address and with it a fresh rate limit.
+    FORWARDED_ALLOW_IPS: str = ""
 
     # Shutdown budget (SIGTERM): /ready turns 503 at once, new requests are still served for
     # SHUTDOWN_DRAIN_SECONDS so a load balancer notices, then the listener closes and open requests

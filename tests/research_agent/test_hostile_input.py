@@ -2,10 +2,11 @@
 wrongly once (a body parsed before the key was checked, a second Authorization header ignored, a key
 the service could never match, a NUL reaching the model, a client's Host echoed in a redirect)."""
 
+import httpx
 import pytest
 from app.auth import ApiKeyConfigError, ApiKeys
 
-from .conftest import make_settings
+from .conftest import make_settings, start_server
 
 KEY = "alice-key-0123456789abcdef"
 QUERY = {"query": "How do health checks work?"}
@@ -55,3 +56,48 @@ def test_a_trailing_slash_does_not_redirect_to_a_host_the_client_chose(client):
     assert "evil.example" not in answer.headers.get("location", "")
     assert answer.status_code == 404
     assert answer.json()["error"]["type"] == "not_found"
+
+
+def test_a_made_up_x_forwarded_for_does_not_buy_a_fresh_rate_limit(redis_server):
+    # Without keys, callers are counted by address. A caller on the same host as the service (or
+    # any caller, where a proxy is not configured as trusted) must not name its own address.
+    server = start_server(
+        RATE_LIMIT="2/minute", OFFLINE_TOKEN_DELAY_MS="0", REDIS_URL=redis_server.url
+    )
+    try:
+        statuses = [
+            httpx.post(
+                f"{server.base}/v1/research",
+                json=QUERY,
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                timeout=30,
+            ).status_code
+            for i in range(3)
+        ]
+    finally:
+        server.process.terminate()
+        server.finish()
+    assert statuses == [200, 200, 429]
+
+
+def test_a_configured_proxy_is_trusted_for_the_callers_address(redis_server):
+    server = start_server(
+        RATE_LIMIT="2/minute",
+        OFFLINE_TOKEN_DELAY_MS="0",
+        REDIS_URL=redis_server.url,
+        FORWARDED_ALLOW_IPS="127.0.0.1",
+    )
+    try:
+        statuses = [
+            httpx.post(
+                f"{server.base}/v1/research",
+                json=QUERY,
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                timeout=30,
+            ).status_code
+            for i in range(3)
+        ]
+    finally:
+        server.process.terminate()
+        server.finish()
+    assert statuses == [200, 200, 200]
