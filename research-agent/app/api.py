@@ -143,7 +143,7 @@ StreamGrantDep = Annotated[Grant, Depends(get_stream_grant)]
 
 # What each error status really sends (400: a body that is not UTF-8; 413: over MAX_BODY_BYTES;
 # 401 and 429: app/auth.py and app/quotas.py).
-RESEARCH_ERRORS = (400, 401, 413, 422, 429, 500, 502, 503, 504)
+RESEARCH_ERRORS = (400, 401, 413, 414, 422, 429, 500, 502, 503, 504)
 router = APIRouter()
 
 

@@ -241,6 +241,7 @@ _DESCRIPTIONS = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large: the body is over MAX_BODY_BYTES",
+    414: "uri_too_long: the path and query are over 2048 bytes",
     422: "validation_error: the body does not match the schema (see details)",
     429: "rate_limited, too_many_streams or budget_exhausted (retryable after Retry-After)",
     500: "internal_error",

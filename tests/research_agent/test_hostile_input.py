@@ -101,3 +101,14 @@ def test_a_configured_proxy_is_trusted_for_the_callers_address(redis_server):
         server.process.terminate()
         server.finish()
     assert statuses == [200, 200, 200]
+
+
+def test_a_huge_url_is_a_414_and_the_log_keeps_a_bounded_path(client, caplog):
+    caplog.set_level("INFO", logger="app.middleware")
+    answer = client.get("/health?pad=" + "x" * 10_000)
+    assert answer.status_code == 414, answer.status_code
+    assert answer.json()["error"]["type"] == "uri_too_long"
+    answer = client.get("/v1/" + "p" * 1_500)  # under the URL limit: an ordinary 404
+    assert answer.status_code == 404
+    paths = [r.path for r in caplog.records if r.getMessage() == "request"]
+    assert paths and max(len(p) for p in paths) <= 256
