@@ -16,6 +16,7 @@ A failing program is a result (exit code, timed out, OOM), not an error; no Dock
 import asyncio
 import contextvars
 import logging
+import math
 import re
 import sys
 import uuid
@@ -39,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
 from app.sandbox import (  # noqa: E402
     RunResult,
+    SandboxBusy,
     SandboxConfig,
     SandboxRunner,
     SandboxUnavailable,
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
     SANDBOX_TIMEOUT_SECONDS: float = 10.0  # default per run
     SANDBOX_MAX_TIMEOUT_SECONDS: float = 30.0  # the most a request may ask for
     SANDBOX_MAX_CONCURRENT: int = 4
+    SANDBOX_MAX_QUEUED: int = 8  # runs waiting beyond these are refused with 503 sandbox_busy
+    SANDBOX_MAX_PER_CLIENT: int = 2  # runs one client address may have going: 429 beyond
     SANDBOX_OWNER: str = "lesson-04"  # label value: which containers this API sweeps at start-up
 
 
@@ -137,6 +141,8 @@ async def lifespan(app: FastAPI):
             runtime=settings.SANDBOX_RUNTIME,
             timeout_seconds=settings.SANDBOX_TIMEOUT_SECONDS,
             max_concurrent=settings.SANDBOX_MAX_CONCURRENT,
+            max_queued=settings.SANDBOX_MAX_QUEUED,
+            max_per_caller=settings.SANDBOX_MAX_PER_CLIENT,
             owner=settings.SANDBOX_OWNER,
         )
     )
@@ -222,6 +228,14 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
     return error(422, "validation_error", "The request body is invalid", details=details)
 
 
+@app.exception_handler(SandboxBusy)  # a full queue is everyone's 503, one caller's share a 429
+async def sandbox_busy(request: Request, exc: SandboxBusy) -> JSONResponse:
+    status, error_type = (429, "too_many_runs") if exc.per_caller else (503, "sandbox_busy")
+    response = error(status, error_type, str(exc))
+    response.headers["Retry-After"] = str(math.ceil(settings.SANDBOX_TIMEOUT_SECONDS))
+    return response
+
+
 @app.exception_handler(SandboxUnavailable)
 async def sandbox_unavailable(request: Request, exc: SandboxUnavailable) -> JSONResponse:
     return error(503, "sandbox_unavailable", f"The sandbox cannot run code now: {exc}")
@@ -237,7 +251,8 @@ ERRORS = {
     400: {"description": "The body cannot be decoded (invalid UTF-8, nested too deep)"},
     413: {"description": "The body is larger than MAX_BODY_BYTES"},
     422: {"description": "Empty or oversized code, or a timeout out of range"},
-    503: {"description": "Docker, the sandbox image or the runtime is unavailable"},
+    429: {"description": "too_many_runs: this client already has its share running or waiting"},
+    503: {"description": "Docker, the image or the runtime is unavailable; or sandbox_busy"},
 }
 
 
@@ -253,7 +268,14 @@ async def health() -> dict[str, str]:
 async def run_python(body: CodeRequest, request: Request) -> RunResult:
     """Run the code in a fresh container; a failing program is a result, not an error."""
     runner: SandboxRunner = request.app.state.runner
-    return await runner.arun(body.code, body.timeout_seconds, request_id_var.get())
+    client = request.client.host if request.client else None
+    return await runner.arun(
+        body.code,
+        body.timeout_seconds,
+        request_id_var.get(),
+        caller=client,  # one client cannot take every slot
+        abandoned=request.is_disconnected,  # a client that hung up while waiting runs nothing
+    )
 
 
 @app.post(

@@ -15,7 +15,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -44,7 +45,9 @@ class SandboxConfig:
     pids: int = 64
     tmp_size: str = "16m"
     max_output_bytes: int = 64 * 1024  # per stream; the rest is never read into memory
-    max_concurrent: int = 4  # containers at once; more runs wait for a free thread
+    max_concurrent: int = 4  # containers at once; more runs wait for a free slot...
+    max_queued: int = 8  # ...but no more than this many: the next one is refused (SandboxBusy)
+    max_per_caller: int = 2  # runs one caller may have running or waiting at once
     owner: str = "agent-sandbox"  # label value that sweep() uses to find this service's leftovers
 
 
@@ -66,6 +69,18 @@ class SandboxUnavailable(Exception):
     """Docker cannot be reached, or the image or runtime is missing: the code did not run."""
 
 
+class SandboxBusy(SandboxUnavailable):
+    """Refused before queueing: too many runs are waiting, or this caller has too many."""
+
+    def __init__(self, message: str, *, per_caller: bool = False):
+        super().__init__(message)
+        self.per_caller = per_caller
+
+
+class RunAbandoned(SandboxUnavailable):
+    """The caller went away while its run waited: it never starts."""
+
+
 # Docker errors, and the connection errors the SDK passes on from requests when the daemon is gone.
 DOCKER_ERRORS = (DockerException, requests.RequestException)
 
@@ -76,6 +91,11 @@ class SandboxRunner:
         self._client = client
         self._client_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(self.config.max_concurrent, thread_name_prefix="sandbox")
+        # Runs wait here, in the event loop, where a bound and an abandoned caller can be seen;
+        # a thread pool's own queue is unbounded and runs whatever was submitted.
+        self._slots: asyncio.Semaphore | None = None
+        self._waiting = 0
+        self._per_caller: Counter[str] = Counter()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -189,10 +209,48 @@ class SandboxRunner:
             duration_ms=round(duration_ms, 1),
         )
 
-    async def arun(self, code: str, timeout_seconds: float | None = None, request_id: str = "-"):
-        """`run` on the runner's threads, `max_concurrent` at once; the event loop stays free."""
-        call = functools.partial(self.run, code, timeout_seconds, request_id)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+    async def arun(
+        self,
+        code: str,
+        timeout_seconds: float | None = None,
+        request_id: str = "-",
+        *,
+        caller: str | None = None,
+        abandoned: Callable[[], Awaitable[bool]] | None = None,
+    ) -> RunResult:
+        """`run` on the runner's threads, `max_concurrent` at once; the event loop stays free.
+
+        At most `max_queued` runs wait and `max_per_caller` belong to one caller; past either the
+        run is refused at once (SandboxBusy). A run whose caller is gone (`abandoned()` says so
+        when its turn comes) never starts.
+        """
+        c = self.config
+        if caller is not None and self._per_caller[caller] >= c.max_per_caller:
+            raise SandboxBusy(f"you already have {c.max_per_caller} runs going", per_caller=True)
+        if self._waiting >= c.max_queued:
+            raise SandboxBusy(f"{c.max_queued} runs are already waiting for the sandbox")
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(c.max_concurrent)
+        if caller is not None:
+            self._per_caller[caller] += 1
+        try:
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+            try:
+                if abandoned is not None and await abandoned():
+                    raise RunAbandoned("the caller went away before the run started")
+                call = functools.partial(self.run, code, timeout_seconds, request_id)
+                return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+            finally:
+                self._slots.release()
+        finally:
+            if caller is not None:
+                self._per_caller[caller] -= 1
+                if not self._per_caller[caller]:
+                    del self._per_caller[caller]
 
     def sweep(self) -> int:
         """Remove this owner's containers that are past their deadline; return how many."""

@@ -39,7 +39,13 @@ def engine():
 
 @pytest.fixture(scope="module")
 def server(engine):
-    server = Server(SANDBOX_MAX_CONCURRENT=str(MAX_CONCURRENT))
+    # One client (this suite) sends up to 20 runs at once: its share and the queue allow that here;
+    # test_one_client_gets_its_share_and_a_429_beyond_it runs with the defaults.
+    server = Server(
+        SANDBOX_MAX_CONCURRENT=str(MAX_CONCURRENT),
+        SANDBOX_MAX_QUEUED="20",
+        SANDBOX_MAX_PER_CLIENT="20",
+    )
     yield server
     server.stop()
     # After the API is gone: nothing it created may remain.
@@ -448,6 +454,24 @@ def test_20_concurrent_runs_are_all_answered_and_none_is_leaked(server, engine):
     assert [r["stdout"] for r in results] == [f"{i * i}\n" for i in range(20)]
     assert max(seen) <= MAX_CONCURRENT  # the rest waited for a free slot
     assert containers(engine, server.owner) == []
+
+
+def test_one_client_gets_its_share_and_a_429_beyond_it(engine):
+    # Defaults: two runs per client address. Six at once from one client: two run, four are
+    # refused at once with Retry-After, and nothing is left behind.
+    small = Server()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda i: post(small, "import time; time.sleep(3)"), range(6)))
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [200, 200, 429, 429, 429, 429], statuses
+        refused = [a for a in answers if a.status_code == 429]
+        assert all(a.json()["error"]["type"] == "too_many_runs" for a in refused)
+        assert all(a.headers["retry-after"].isdigit() for a in refused)
+        assert small.http.post("/v1/tools/python", json={"code": "print(1)"}).status_code == 200
+    finally:
+        small.stop()
+    assert until(lambda: not containers(engine, small.owner), within=30), "containers left"
 
 
 def test_runs_leave_no_open_socket_in_the_api(server):

@@ -1,0 +1,85 @@
+"""The runner's waiting list, without Docker: `run` is replaced by a stand-in that holds a slot
+until the test lets it go, so what is asserted is who ran and who was refused, never how long."""
+
+import asyncio
+import threading
+
+import pytest
+from app.sandbox import RunAbandoned, SandboxBusy, SandboxConfig, SandboxRunner
+
+
+class HeldRunner(SandboxRunner):
+    """Every run waits for `release` and records its code: no container, no clock."""
+
+    def __init__(self, **config):
+        super().__init__(SandboxConfig(**config), client=object())
+        self.release = threading.Event()
+        self.ran: list[str] = []
+
+    def run(self, code, timeout_seconds=None, request_id="-"):
+        self.ran.append(code)
+        self.release.wait(30)
+        return code
+
+
+async def settle():
+    for _ in range(20):  # let every started task reach its await
+        await asyncio.sleep(0)
+
+
+async def gone() -> bool:
+    return True
+
+
+def test_a_full_waiting_list_refuses_the_next_run_at_once():
+    async def scenario(runner):
+        held = [asyncio.create_task(runner.arun(f"run {i}")) for i in range(3)]  # 1 runs, 2 wait
+        await settle()
+        with pytest.raises(SandboxBusy) as refused:
+            await runner.arun("one too many")
+        assert not refused.value.per_caller
+        runner.release.set()
+        return await asyncio.gather(*held)
+
+    runner = HeldRunner(max_concurrent=1, max_queued=2)
+    assert asyncio.run(scenario(runner)) == ["run 0", "run 1", "run 2"]
+    assert "one too many" not in runner.ran
+
+
+def test_forty_abandoned_runs_never_start_and_do_not_delay_the_next():
+    # 40 clients sent a long program and hung up while it waited: none of them may run.
+    async def scenario(runner):
+        first = asyncio.create_task(runner.arun("running"))
+        await settle()
+        abandoned = [
+            asyncio.create_task(runner.arun(f"abandoned {i}", abandoned=gone)) for i in range(40)
+        ]
+        await settle()
+        fresh = asyncio.create_task(runner.arun("fresh"))
+        await settle()
+        runner.release.set()
+        results = await asyncio.gather(*abandoned, return_exceptions=True)
+        assert all(isinstance(r, RunAbandoned) for r in results)
+        return await first, await fresh
+
+    runner = HeldRunner(max_concurrent=1, max_queued=64)
+    assert asyncio.run(scenario(runner)) == ("running", "fresh")
+    assert runner.ran == ["running", "fresh"]
+
+
+def test_one_caller_cannot_take_every_slot():
+    async def scenario(runner):
+        mine = [asyncio.create_task(runner.arun(f"a{i}", caller="10.0.0.1")) for i in range(2)]
+        await settle()
+        with pytest.raises(SandboxBusy) as refused:
+            await runner.arun("a2", caller="10.0.0.1")
+        assert refused.value.per_caller
+        other = asyncio.create_task(runner.arun("b0", caller="10.0.0.2"))
+        await settle()
+        runner.release.set()
+        await asyncio.gather(*mine, other)
+        # Finished runs give the caller its share back.
+        return await runner.arun("a3", caller="10.0.0.1")
+
+    runner = HeldRunner(max_concurrent=4, max_queued=8, max_per_caller=2)
+    assert asyncio.run(scenario(runner)) == "a3"
