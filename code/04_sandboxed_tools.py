@@ -18,7 +18,9 @@ import contextvars
 import logging
 import math
 import re
+import signal
 import sys
+import threading
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,6 +45,7 @@ from app.sandbox import (  # noqa: E402
     SandboxBusy,
     SandboxConfig,
     SandboxRunner,
+    SandboxShuttingDown,
     SandboxUnavailable,
     make_run_python_tool,
 )
@@ -153,6 +156,19 @@ async def lifespan(app: FastAPI):
         logger.warning("Sandbox unavailable, runs will answer 503 until it is: %s", exc)
     app.state.runner = runner
     app.state.model_name, app.state.agent = build_agent(runner)
+    # On SIGTERM, runs still waiting are refused at once (503 shutting_down): uvicorn waits for
+    # every open request before it stops, and a queue of long runs would hold it for minutes.
+    # Chained: uvicorn's own handler still runs (lesson 01, step 3, shows why).
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        loop.call_soon_threadsafe(runner.begin_shutdown)
+        if callable(previous):
+            previous(signum, frame)
+
+    if threading.current_thread() is threading.main_thread():  # not under a test client
+        signal.signal(signal.SIGTERM, on_sigterm)
     yield
     await asyncio.to_thread(runner.close)  # running sandboxes finish and are removed
 
@@ -233,6 +249,13 @@ async def sandbox_busy(request: Request, exc: SandboxBusy) -> JSONResponse:
     status, error_type = (429, "too_many_runs") if exc.per_caller else (503, "sandbox_busy")
     response = error(status, error_type, str(exc))
     response.headers["Retry-After"] = str(math.ceil(settings.SANDBOX_TIMEOUT_SECONDS))
+    return response
+
+
+@app.exception_handler(SandboxShuttingDown)
+async def shutting_down(request: Request, exc: SandboxShuttingDown) -> JSONResponse:
+    response = error(503, "shutting_down", str(exc))
+    response.headers["Retry-After"] = "1"  # another instance, or this one once restarted
     return response
 
 

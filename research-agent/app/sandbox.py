@@ -77,6 +77,10 @@ class SandboxBusy(SandboxUnavailable):
         self.per_caller = per_caller
 
 
+class SandboxShuttingDown(SandboxUnavailable):
+    """The service is stopping: runs still waiting are refused so that it can stop in time."""
+
+
 class RunAbandoned(SandboxUnavailable):
     """The caller went away while its run waited: it never starts."""
 
@@ -96,6 +100,8 @@ class SandboxRunner:
         self._slots: asyncio.Semaphore | None = None
         self._waiting = 0
         self._per_caller: Counter[str] = Counter()
+        self._closing = False
+        self._waiters: set[asyncio.Future] = set()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -225,6 +231,8 @@ class SandboxRunner:
         when its turn comes) never starts.
         """
         c = self.config
+        if self._closing:
+            raise SandboxShuttingDown("the service is shutting down; send the run again")
         if caller is not None and self._per_caller[caller] >= c.max_per_caller:
             raise SandboxBusy(f"you already have {c.max_per_caller} runs going", per_caller=True)
         if self._waiting >= c.max_queued:
@@ -234,11 +242,10 @@ class SandboxRunner:
         if caller is not None:
             self._per_caller[caller] += 1
         try:
-            self._waiting += 1
-            try:
-                await self._slots.acquire()
-            finally:
-                self._waiting -= 1
+            if self._slots.locked():
+                await self._wait_for_a_slot()
+            else:
+                await self._slots.acquire()  # free: taken at once, without yielding
             try:
                 if abandoned is not None and await abandoned():
                     raise RunAbandoned("the caller went away before the run started")
@@ -251,6 +258,33 @@ class SandboxRunner:
                 self._per_caller[caller] -= 1
                 if not self._per_caller[caller]:
                     del self._per_caller[caller]
+
+    async def _wait_for_a_slot(self) -> None:
+        """Wait in line, counted, where begin_shutdown() can refuse the wait."""
+        self._waiting += 1
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        self._waiters.add(acquire)
+        try:
+            await acquire
+        except asyncio.CancelledError:
+            if acquire.done() and not acquire.cancelled():
+                self._slots.release()  # the slot came just as we were cancelled: give it back
+            # begin_shutdown() cancelled the wait, not our caller cancelling us
+            if self._closing and not asyncio.current_task().cancelling():
+                raise SandboxShuttingDown(
+                    "the service is shutting down; send the run again"
+                ) from None
+            raise
+        finally:
+            self._waiting -= 1
+            self._waiters.discard(acquire)
+
+    def begin_shutdown(self) -> None:
+        """From the event loop, on SIGTERM: refuse new runs and every run still waiting; runs
+        already in a container finish (each within its timeout)."""
+        self._closing = True
+        for waiter in list(self._waiters):
+            waiter.cancel()
 
     def sweep(self) -> int:
         """Remove this owner's containers that are past their deadline; return how many."""

@@ -103,9 +103,10 @@ def printed(result: dict) -> dict:
     return json.loads(result["stdout"])
 
 
-def in_background(server: Server, code: str, timeout: float, request_id: str):
+def in_background(server: Server, code: str, timeout: float, request_id: str, raw=False):
+    """The run's result (or with raw=True the HTTP response, whatever its status), later."""
     pool = ThreadPoolExecutor(1)
-    future = pool.submit(run, server, code, timeout, request_id)
+    future = pool.submit(post if raw else run, server, code, timeout, request_id)
     pool.shutdown(wait=False)
     return future
 
@@ -496,6 +497,34 @@ def test_sigterm_lets_a_running_sandbox_finish_and_removes_it(engine):
         assert stopping.process.wait(timeout=60) == -signal.SIGTERM
         assert "Application shutdown complete" in stopping.logs()
         assert containers(engine, stopping.owner) == []
+    finally:
+        stopping.stop()
+
+
+def test_sigterm_refuses_queued_runs_so_the_service_stops_in_time(engine):
+    # One slot; one run in it and three long runs waiting. Before: SIGTERM ran all four, one after
+    # the other (12 runs of 20 s took 62 s to exit). Now the waiting ones are refused at once.
+    stopping = Server(SANDBOX_MAX_CONCURRENT="1", SANDBOX_MAX_PER_CLIENT="8")
+    try:
+        first = f"sigterm-first-{uuid.uuid4().hex[:8]}"
+        queued = [f"sigterm-queued-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
+        running_one = in_background(
+            stopping, "import time; time.sleep(3); print('done')", 10, first
+        )
+        running(engine, stopping, first)
+        waiting = [
+            in_background(stopping, "import time; time.sleep(20)", 25, rid, raw=True)
+            for rid in queued
+        ]
+        time.sleep(2)  # let the three requests reach the queue (their answers are checked below)
+        stopping.process.terminate()
+        assert running_one.result(timeout=60)["stdout"] == "done\n"
+        for answer in (w.result(timeout=60) for w in waiting):
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["type"] == "shutting_down"
+        assert stopping.process.wait(timeout=60) == -signal.SIGTERM
+        for rid in queued:  # never started: no container was ever made for them
+            assert not containers(engine, stopping.owner, rid)
     finally:
         stopping.stop()
 

@@ -5,7 +5,13 @@ import asyncio
 import threading
 
 import pytest
-from app.sandbox import RunAbandoned, SandboxBusy, SandboxConfig, SandboxRunner
+from app.sandbox import (
+    RunAbandoned,
+    SandboxBusy,
+    SandboxConfig,
+    SandboxRunner,
+    SandboxShuttingDown,
+)
 
 
 class HeldRunner(SandboxRunner):
@@ -83,3 +89,38 @@ def test_one_caller_cannot_take_every_slot():
 
     runner = HeldRunner(max_concurrent=4, max_queued=8, max_per_caller=2)
     assert asyncio.run(scenario(runner)) == "a3"
+
+
+def test_on_shutdown_waiting_runs_are_refused_and_the_running_one_finishes():
+    async def scenario(runner):
+        first = asyncio.create_task(runner.arun("running"))
+        await settle()
+        waiting = [asyncio.create_task(runner.arun(f"waiting {i}")) for i in range(3)]
+        await settle()
+        runner.begin_shutdown()
+        refused = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(r, SandboxShuttingDown) for r in refused), refused
+        with pytest.raises(SandboxShuttingDown):
+            await runner.arun("after SIGTERM")
+        runner.release.set()
+        return await first
+
+    runner = HeldRunner(max_concurrent=1, max_queued=8)
+    assert asyncio.run(scenario(runner)) == "running"
+    assert runner.ran == ["running"]
+
+
+def test_a_caller_cancelled_while_waiting_is_cancelled_not_refused():
+    async def scenario(runner):
+        first = asyncio.create_task(runner.arun("running"))
+        await settle()
+        waiting = asyncio.create_task(runner.arun("waiting", caller="a"))
+        await settle()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        runner.release.set()
+        await first
+        return dict(runner._per_caller), runner._waiting
+
+    assert asyncio.run(scenario(HeldRunner(max_concurrent=1))) == ({}, 0)
