@@ -213,6 +213,29 @@ def build_model(settings: Settings) -> BaseChatModel:
 
 
 @dataclass
+class TokenCount:
+    """The tokens a streamed run has used so far, kept as its chunks arrive: what a caller who
+    leaves before `final` is charged. A model turn reports its usage in its last chunk; until
+    then each text chunk streamed counts as one output token."""
+
+    input: int = 0
+    output: int = 0
+    unreported: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output + self.unreported
+
+    def add(self, chunk: AIMessageChunk) -> None:
+        if chunk.usage_metadata:
+            self.input += chunk.usage_metadata.get("input_tokens", 0)
+            self.output += chunk.usage_metadata.get("output_tokens", 0)
+            self.unreported = 0
+        elif chunk.text:
+            self.unreported += 1
+
+
+@dataclass
 class RunContext:
     """Per-run state shared with the tool middleware (passed as the agent's runtime context)."""
 
@@ -346,8 +369,12 @@ class ResearchAgent:
             raise self._app_error(exc) from exc
         return self._result(state["messages"][1:], context)
 
-    async def stream(self, query: str) -> AsyncIterator[tuple[str, dict]]:
+    async def stream(
+        self, query: str, used: TokenCount | None = None
+    ) -> AsyncIterator[tuple[str, dict]]:
         """Yield ("token", {text}), ("tool", step) ... then ("final", result) or raise an AppError.
+
+        `used` counts the tokens as they come, for a run that ends before its `final`.
 
         The graph runs in its own task feeding a queue, so the overall deadline can be enforced
         between events without cancelling the consumer, and a client that goes away stops the run.
@@ -370,6 +397,8 @@ class ResearchAgent:
         task = asyncio.create_task(produce())
         deadline = asyncio.get_running_loop().time() + self.settings.REQUEST_TIMEOUT_SECONDS
         messages: list[BaseMessage] = []
+        used = used if used is not None else TokenCount()
+        finished = False
         try:
             while True:
                 remaining = deadline - asyncio.get_running_loop().time()
@@ -383,12 +412,10 @@ class ResearchAgent:
                     break
                 if mode == "messages":
                     chunk, meta = data
-                    if (
-                        meta.get("langgraph_node") == "model"
-                        and isinstance(chunk, AIMessageChunk)
-                        and chunk.text
-                    ):
-                        yield "token", {"text": chunk.text}
+                    if meta.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk):
+                        used.add(chunk)
+                        if chunk.text:
+                            yield "token", {"text": chunk.text}
                     continue
                 for update in data.values():
                     for message in (
@@ -397,9 +424,14 @@ class ResearchAgent:
                         messages.append(message)
                         if isinstance(message, ToolMessage):
                             yield "tool", self._tool_event(message, context)
-            yield "final", self._result(messages, context)
+            result = self._result(messages, context)  # counts the tokens in agent_tokens_total
+            finished = True
+            yield "final", result
         finally:
             task.cancel()
+            if not finished:  # the caller left, or the run failed: what was made still counts
+                TOKENS.labels(self.model_label, "input").inc(used.input)
+                TOKENS.labels(self.model_label, "output").inc(used.output + used.unreported)
 
     @staticmethod
     def _tool_event(message: ToolMessage, context: RunContext) -> dict:

@@ -6,9 +6,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 from sse_starlette import ServerSentEvent
 
-from .agent import ResearchAgent
+from .agent import ResearchAgent, TokenCount
 from .cache import ResearchCache, cache_key
 from .config import Settings
 from .errors import INTERNAL_ERROR, AppError, ShuttingDownError, app_error_body, error_body
@@ -121,6 +122,7 @@ async def research_events(
     """The SSE protocol: token*, tool (per tool call), then final or error, then `data: [DONE]`."""
     started = time.perf_counter()
     key = _key(agent, settings, query)
+    used, paid = TokenCount(), False
     STREAMS_OPEN.inc()
     try:
         try:
@@ -130,10 +132,11 @@ async def research_events(
                 _log_done(query, agent, result, True, started)
                 yield _event("final", _final(_response(query, agent, result, True)))
             else:
-                async for name, data in until_cut(agent.stream(query), cut):
+                async for name, data in until_cut(agent.stream(query, used), cut):
                     if name == "final":
                         if cache:
                             await cache.set(key, data)
+                        paid = True
                         await spend(data["tokens_used"])
                         _log_done(query, agent, data, False, started)
                         data = _final(_response(query, agent, data, False))
@@ -153,3 +156,8 @@ async def research_events(
         yield ServerSentEvent(data="[DONE]")
     finally:
         STREAMS_OPEN.dec()
+        if not paid and used.total:
+            # A caller who hangs up before `final` (or a run that fails) is charged what the model
+            # made: a provider bills it. Shielded: the stream's own task is being cancelled.
+            with anyio.CancelScope(shield=True):
+                await spend(used.total)

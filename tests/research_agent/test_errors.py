@@ -109,7 +109,7 @@ class FailingAgent:
     async def research(self, query):
         raise self.exc
 
-    async def stream(self, query):
+    async def stream(self, query, used=None):
         yield "token", {"text": "partial "}
         raise self.exc
 

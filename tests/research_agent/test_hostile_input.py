@@ -6,7 +6,7 @@ import httpx
 import pytest
 from app.auth import ApiKeyConfigError, ApiKeys
 
-from .conftest import make_settings, start_server
+from .conftest import make_settings, start_server, wait_for
 
 KEY = "alice-key-0123456789abcdef"
 QUERY = {"query": "How do health checks work?"}
@@ -112,3 +112,48 @@ def test_a_huge_url_is_a_414_and_the_log_keeps_a_bounded_path(client, caplog):
     assert answer.status_code == 404
     paths = [r.path for r in caplog.records if r.getMessage() == "request"]
     assert paths and max(len(p) for p in paths) <= 256
+
+
+def tokens_total(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("agent_tokens_total{")
+    )
+
+
+def test_a_streamer_that_hangs_up_before_final_is_charged_what_it_was_sent(redis_server):
+    # 22 streams that each read 150 of 155 tokens and hung up were charged nothing: a real
+    # provider bills those tokens. Budget 30: reading 40 tokens and leaving must use it up.
+    server = start_server(
+        TOKEN_BUDGET_PER_DAY="30",
+        TOKEN_BUDGET_WINDOW_SECONDS="600",
+        OFFLINE_TOKEN_DELAY_MS="20",
+        REDIS_URL=redis_server.url,
+    )
+    try:
+        before = tokens_total(server.base)
+        read = 0
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", f"{server.base}/v1/research/stream", json=QUERY) as stream,
+        ):
+            for line in stream.iter_lines():
+                read += line.startswith("event: token")
+                assert not line.startswith("event: final"), "the answer ended before we left"
+                if read == 40:
+                    break  # hang up mid-answer
+        assert read == 40
+        charged = wait_for(
+            lambda: (tokens_total(server.base) - before) or None,
+            timeout=15,
+            message="the abandoned stream's tokens to be counted",
+        )
+        assert charged >= 40
+        over = httpx.post(f"{server.base}/v1/research", json=QUERY, timeout=30)
+        assert over.status_code == 429, over.text
+        assert over.json()["error"]["type"] == "budget_exhausted"
+    finally:
+        server.process.terminate()
+        server.finish()
