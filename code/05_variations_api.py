@@ -416,9 +416,17 @@ class DockerWorkers:
             pass
         except docker.errors.APIError as exc:
             # 409 "removal already in progress": another remove (a second DELETE, the reaper)
-            # got there first and finishes it.
+            # got there first. Wait (10 s at most) until it is done, so that an answered DELETE
+            # means the container is gone, whichever request did the work.
             if exc.status_code != 409:
                 raise
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    self.client.containers.get(worker_id)
+                except docker.errors.NotFound:
+                    return
+                time.sleep(0.1)
 
 
 # === The run lifecycle: start the workers, reap them as they exit, cancel ===
