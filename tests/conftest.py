@@ -1,4 +1,9 @@
+"""Fixtures every lesson's tests share; the helpers themselves live in scripts/support/."""
+
 import pytest
+from support.ports import free_port
+from support.redis import RedisServer
+from support.server import ServerProcess, offline_environment
 
 
 @pytest.fixture(autouse=True)
@@ -12,3 +17,63 @@ def fresh_openai_http_clients():
 
     _client_utils._cached_async_httpx_client.cache_clear()
     _client_utils._cached_sync_httpx_client.cache_clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test (item.rep_setup, rep_call, rep_teardown), so a fixture
+    can tell whether the test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def failed(request) -> bool:
+    report = getattr(request.node, "rep_call", None)
+    return report is not None and report.failed
+
+
+@pytest.fixture
+def server_process(request):
+    """server_process(args, cwd=..., ready_path=..., **settings) -> a started ServerProcess on a
+    free port (HOST and PORT in its environment), stopped after the test; its log printed when the
+    test failed."""
+    started: list[ServerProcess] = []
+
+    def start(args, *, cwd=None, ready_path="/health", ready_timeout=60.0, **settings):
+        port = free_port()
+        env = offline_environment(HOST="127.0.0.1", PORT=port, **settings)
+        server = ServerProcess(
+            args, cwd=cwd, env=env, port=port, ready_path=ready_path, ready_timeout=ready_timeout
+        )
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+        if failed(request):
+            print(f"--- log of {' '.join(server.args)} ({server.url}) ---\n{server.tail()}")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the whole run; `fresh_redis` below resets it for each test."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_redis(redis_server):
+    """The session's Redis, running (a test before may have stopped or frozen it) and empty."""
+    if redis_server.running():
+        redis_server.thaw()
+    else:
+        redis_server.start()
+    assert redis_server.command("FLUSHALL").startswith(b"+OK")
+    return redis_server
+
+
+@pytest.fixture
+def redis_url(fresh_redis):
+    return fresh_redis.url

@@ -91,7 +91,7 @@ def test_sigterm_drains_lets_a_stream_finish_and_the_process_exit(start_server):
     # 4. The process exits by itself, inside the budget.
     returncode = server.process.wait(timeout=drain + grace)
     assert returncode in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
-    messages = [line["message"] for line in log_lines(server.output())]
+    messages = [line["message"] for line in log_lines(server.log_text())]
     assert any(m.startswith("SIGTERM received: /ready now answers 503") for m in messages)
     assert "Stopped" in messages and "Cut by shutdown: the grace ran out" not in messages
 
@@ -124,9 +124,10 @@ def test_what_the_grace_cannot_finish_is_ended_with_an_error_not_cut(start_serve
 
     # The short stream fits in the grace: it finishes as usual.
     assert short_events[-1] == ("message", "[DONE]"), short_events
-    # The long one is ended by the app with an explicit, retryable error event, not cut off.
-    assert CUT_OFF not in long_events and ("message", "[DONE]") not in long_events, long_events
-    event, data = long_events[-1]
+    # The long one is ended by the app with an explicit, retryable error event, then [DONE]: not
+    # cut off, and ended the way a failed stream ends.
+    assert CUT_OFF not in long_events and long_events[-1] == ("message", "[DONE]"), long_events
+    event, data = long_events[-2]
     assert event == "error", long_events
     assert json.loads(data)["error"] == {
         "type": "shutting_down",
@@ -143,7 +144,7 @@ def test_what_the_grace_cannot_finish_is_ended_with_an_error_not_cut(start_serve
     # The process exits by itself, and uvicorn never had to cancel anything.
     returncode = server.process.wait(timeout=30)
     assert returncode in (0, -signal.SIGTERM)
-    output = server.output()
+    output = server.log_text()
     cuts = [line for line in log_lines(output) if line["message"].startswith("Cut by shutdown")]
     assert sorted(line["route"] for line in cuts) == ["/v1/invoke", "/v1/stream"]
     assert "timeout graceful shutdown exceeded" not in output
@@ -169,8 +170,9 @@ def test_a_cut_stream_ends_with_an_error_event_and_is_counted(shutdown_app):
     with connect_sse(client, "POST", "/v1/stream", json={"query": "long"}) as source:
         events = list(source.iter_sse())
     assert 0 < len(events) - 1 < 30
-    assert events[-1].event == "error"
-    error = json.loads(events[-1].data)["error"]
+    assert events[-2].event == "error", events
+    assert events[-1].data == "[DONE]", events
+    error = json.loads(events[-2].data)["error"]
     assert error["type"] == "shutting_down" and error["retryable"] is True
     assert error["request_id"] == source.response.headers["x-request-id"]
     metrics = client.get("/metrics").text

@@ -3,8 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
-
-from tests.openai_stub import ChatCompletionsStub
+from support.openai_stub import ChatCompletionsStub
 
 ANSWER = "Containers package code with its dependencies"
 SCRIPTS = ["01_basic_api.py", "01_production_api.py", "01_graceful_shutdown.py"]

@@ -16,6 +16,8 @@ import pytest
 from cachetools import TTLCache
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
+from support.errors import assert_error
+from support.metrics import metric
 
 PRODUCTION_STEPS = ["01_production_api.py", "01_graceful_shutdown.py"]
 
@@ -39,27 +41,9 @@ def client(prod):
         yield client
 
 
-def metric(client, name: str, **labels: str) -> float:
-    """The value of one Prometheus sample, 0 when the series does not exist yet."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def assert_error_shape(response, status: int, error_type: str) -> dict:
-    assert response.status_code == status
-    error = response.json()["error"]
-    assert error["type"] == error_type
-    assert error["request_id"] == response.headers["x-request-id"]
-    assert "Traceback" not in response.text
-    return error
-
-
 def test_ready_is_a_503_in_the_error_shape_before_startup(prod):
     response = TestClient(prod.app).get("/ready")
-    assert_error_shape(response, 503, "not_ready")
+    assert_error(response, 503, "not_ready")
 
 
 def test_invoke_answers_offline_with_a_request_id(client):
@@ -125,7 +109,7 @@ def test_unknown_paths_share_one_metric_series(client):
 
 
 def test_unknown_path_gets_the_json_error_shape(client):
-    assert_error_shape(client.get("/nope"), 404, "not_found")
+    assert_error(client.get("/nope"), 404, "not_found")
 
 
 @pytest.mark.parametrize(
@@ -140,8 +124,22 @@ def test_unknown_path_gets_the_json_error_shape(client):
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(client, payload):
-    error = assert_error_shape(client.post("/v1/invoke", json=payload), 422, "validation_error")
-    assert error["details"] and all("field" in d for d in error["details"])
+    error = assert_error(client.post("/v1/invoke", json=payload), 422, "validation_error")
+    # The course's one shape for validation problems: pydantic's own {loc, msg, type}.
+    assert error["details"]
+    for detail in error["details"]:
+        assert set(detail) == {"loc", "msg", "type"}, detail
+        assert detail["loc"][0] == "body" and detail["loc"][1:], detail
+        assert detail["msg"] and detail["type"], detail
+
+
+def test_a_422_lists_every_problem_where_it_is(client):
+    response = client.post("/v1/invoke", json={"query": "", "temperature": False})
+    details = assert_error(response, 422, "validation_error")["details"]
+    assert [(d["loc"], d["type"]) for d in details] == [
+        (["body", "query"], "string_too_short"),
+        (["body", "temperature"], "float_type"),
+    ]
 
 
 def test_query_length_limit_comes_from_settings(load_production):
@@ -153,9 +151,7 @@ def test_query_length_limit_comes_from_settings(load_production):
 def test_a_slow_model_gives_a_504(load_production):
     app = load_production(OFFLINE_TOKEN_DELAY_MS="50", REQUEST_TIMEOUT_SECONDS="0.2").app
     with TestClient(app) as client:
-        error = assert_error_shape(
-            client.post("/v1/invoke", json={"query": "slow"}), 504, "timeout"
-        )
+        error = assert_error(client.post("/v1/invoke", json={"query": "slow"}), 504, "timeout")
         assert "0.2s" in error["message"]
 
 
@@ -164,7 +160,7 @@ def test_an_unreachable_model_provider_gives_a_502(load_production):
     app = load_production(OPENAI_API_KEY="test-key", OPENAI_BASE_URL="http://127.0.0.1:9/v1").app
     with TestClient(app) as client:
         client.app.state.agent.model.max_retries = 0
-        assert_error_shape(client.post("/v1/invoke", json={"query": "hi"}), 502, "upstream_error")
+        assert_error(client.post("/v1/invoke", json={"query": "hi"}), 502, "upstream_error")
 
 
 def test_an_unexpected_error_is_a_500_without_internals(client):
@@ -173,7 +169,7 @@ def test_an_unexpected_error_is_a_500_without_internals(client):
 
     client.app.state.agent.invoke = broken
     response = client.post("/v1/invoke", json={"query": "q"})
-    error = assert_error_shape(response, 500, "internal_error")
+    error = assert_error(response, 500, "internal_error")
     assert "hunter2" not in response.text and error["message"] == "An unexpected error occurred"
     assert (
         metric(client, "http_requests_total", method="POST", route="/v1/invoke", status="500") == 1
@@ -235,9 +231,10 @@ def test_a_slow_stream_ends_with_a_timeout_error_event(load_production):
         connect_sse(client, "POST", "/v1/stream", json={"query": "slow"}) as source,
     ):
         events = list(source.iter_sse())
-    assert events[-1].event == "error"
-    assert json.loads(events[-1].data)["error"]["type"] == "timeout"
-    assert 0 < len(events) - 1 < 10  # some tokens made it before the deadline
+    assert events[-2].event == "error", events
+    assert events[-1].data == "[DONE]", events
+    assert json.loads(events[-2].data)["error"]["type"] == "timeout"
+    assert 0 < len(events) - 2 < 10  # some tokens made it before the deadline
 
 
 def test_cors_allows_configured_origins_with_credentials(load_production):
@@ -281,7 +278,7 @@ def test_no_cors_headers_without_configured_origins(client):
     ],
 )
 def test_values_of_the_wrong_type_are_refused_not_converted(client, payload):
-    assert_error_shape(client.post("/v1/invoke", json=payload), 422, "validation_error")
+    assert_error(client.post("/v1/invoke", json=payload), 422, "validation_error")
 
 
 def test_an_integer_is_a_valid_temperature(client):
@@ -290,7 +287,7 @@ def test_an_integer_is_a_valid_temperature(client):
 
 def test_the_length_limit_counts_what_the_client_sent(client):
     padded = "  " + "x" * 3998 + "  "  # 4002 characters, 3998 without the spaces
-    assert_error_shape(client.post("/v1/invoke", json={"query": padded}), 422, "validation_error")
+    assert_error(client.post("/v1/invoke", json={"query": padded}), 422, "validation_error")
     assert client.post("/v1/invoke", json={"query": padded[:4000]}).status_code == 200
 
 
@@ -298,12 +295,12 @@ def test_a_body_that_is_not_utf8_is_a_400_in_the_error_shape(client):
     response = client.post(
         "/v1/invoke", content=b'{"query": "\xff"}', headers={"content-type": "application/json"}
     )
-    assert_error_shape(response, 400, "http_error")
+    assert_error(response, 400, "http_error")
 
 
 def test_a_405_keeps_its_allow_header(client):
     response = client.get("/v1/invoke")
-    assert_error_shape(response, 405, "method_not_allowed")
+    assert_error(response, 405, "method_not_allowed")
     assert response.headers["allow"] == "POST"
 
 
@@ -367,7 +364,7 @@ def test_the_body_limit_comes_from_settings(load_production):
     with TestClient(load_production(MAX_BODY_BYTES="100").app) as client:
         assert client.post("/v1/invoke", json={"query": "short"}).status_code == 200
         response = client.post("/v1/invoke", json={"query": "x" * 100})
-        assert_error_shape(response, 413, "payload_too_large")
+        assert_error(response, 413, "payload_too_large")
 
 
 def peak_memory_kib(pid: int) -> int:
@@ -439,6 +436,8 @@ def test_openapi_declares_the_error_shape_instead_of_fastapis(client):
                         }
                     }, f"{method} {path} {status}"
     assert "HTTPValidationError" not in schema["components"]["schemas"]
+    issue = schema["components"]["schemas"]["ValidationIssue"]
+    assert set(issue["properties"]) == set(issue["required"]) == {"loc", "msg", "type"}
 
 
 def test_openapi_declares_the_real_media_types(client):

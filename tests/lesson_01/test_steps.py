@@ -8,8 +8,9 @@ import difflib
 import inspect
 
 import pytest
+from support.lessons import ROOT
 
-from tests.lesson_01.conftest import CODE
+CODE = ROOT / "code"
 
 STEPS = ["01_basic_api.py", "01_production_api.py", "01_graceful_shutdown.py"]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))

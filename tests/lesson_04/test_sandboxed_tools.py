@@ -8,8 +8,8 @@ from chat_model import OfflineToolCallingModel
 from fastapi.testclient import TestClient
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-
-from tests.lesson_04.conftest import RESULT_FIELDS
+from support.errors import assert_error
+from support.sandbox_api import RESULT_FIELDS
 
 NO_DOCKER = "unix:///nonexistent/docker.sock"
 
@@ -19,15 +19,6 @@ def client(lesson):
     module = lesson(DOCKER_HOST=NO_DOCKER, MAX_CODE_CHARS="100")
     with TestClient(module.app, raise_server_exceptions=False) as client:
         yield client
-
-
-def assert_error(response, status: int, error_type: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["type"] == error_type
-    assert error["request_id"] == response.headers["x-request-id"]
-    assert "Traceback" not in response.text
-    return error
 
 
 @pytest.mark.parametrize(

@@ -5,61 +5,28 @@ the same `python -m app.worker` the containers run (ProcessWorkers has DockerWor
 The container suite (marker `container`, `make variations-test`) runs real containers instead.
 """
 
-import importlib.util
-import json
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
-from httpx_sse import connect_sse
+from support.docker_cli import docker
+from support.lessons import ROOT, load_lesson
+from support.ports import free_port
+from support.server import ServerProcess
+from support.waiting import wait_for
 
-from tests.ports import free_port
-from tests.research_agent.conftest import RedisServer, wait_for  # noqa: F401 (tests import it here)
-
-ROOT = Path(__file__).resolve().parents[2]
-AGENT_DIR = ROOT / "research-agent"
-NO_DOCS = Path(
-    tempfile.mkdtemp(prefix="lesson-05-no-docs-")
-)  # workers search the bundled notes only
-
-
-def load_lesson():
-    spec = importlib.util.spec_from_file_location(
-        "variations_api", ROOT / "code" / "05_variations_api.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-api = load_lesson()
-
-
-@pytest.fixture
-def redis_server():
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (make test installs it)")
-    server = RedisServer(binary)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis_url(redis_server):
-    return redis_server.url
+# The name the tests load it under too: one module, so that its classes are the same everywhere.
+api = load_lesson("code/05_variations_api.py", "variations_api")
+# Workers search the bundled notes only.
+NO_DOCS = Path(tempfile.mkdtemp(prefix="lesson-05-no-docs-"))
 
 
 def run_worker(environment: dict[str, str], log_path: str) -> None:
@@ -168,11 +135,11 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive(), "the server failed to start"
-            assert time.monotonic() < deadline, "the server did not start within 30 s"
-            time.sleep(0.05)
+        wait_for(self._started, timeout=30, interval=0.05, what="the server started")
+
+    def _started(self) -> bool:
+        assert self.thread.is_alive(), "the server failed to start"
+        return self.server.started
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -196,78 +163,8 @@ def serve(redis_url, workers):
         server.stop()
 
 
-# --- Reading the event stream ---------------------------------------------------------------------
-
-
-def read_events(
-    url: str,
-    run_id: str,
-    last_id: str | None = None,
-    stop_after: int | None = None,
-    timeout: float = 60,
-    until=None,
-):
-    """[(id, event, data)] from /v1/runs/{id}/events until run_done, `stop_after` events, or
-    `until(events so far)` is true; the connection is then closed."""
-    headers = {"Last-Event-ID": last_id} if last_id else {}
-    headers.update(auth(run_id))
-    found = []
-    with (
-        httpx.Client(base_url=url, timeout=timeout) as client,
-        connect_sse(client, "GET", f"/v1/runs/{run_id}/events", headers=headers) as source,
-    ):
-        for sse in source.iter_sse():
-            if not sse.data:  # the `retry:` line, keep-alive pings
-                continue
-            found.append((sse.id, sse.event, json.loads(sse.data)))
-            if sse.event == "run_done" or (stop_after and len(found) >= stop_after):
-                break
-            if until and until(found):
-                break
-    return found
-
-
-# The owner token of every run a test created, so that the helpers can show it.
-TOKENS: dict[str, str] = {}
-
-
-def auth(run_id: str) -> dict[str, str]:
-    """The header that shows a run's owner token (none for a run this process did not create)."""
-    return {"Authorization": f"Bearer {TOKENS[run_id]}"} if run_id in TOKENS else {}
-
-
-def start_run(url: str, **body) -> dict:
-    body = {"query": "How do I stop a container gracefully?", "variations": 2, **body}
-    response = httpx.post(f"{url}/v1/runs", json=body, timeout=30)
-    assert response.status_code == 202, response.text
-    created = response.json()
-    TOKENS[created["run_id"]] = created["owner_token"]
-    return created
-
-
-@contextmanager
-def env_vars(**values):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 # --- The container suite: the lesson's own script starts Redis and the network, the API runs as a
 # process of its own, workers are containers. Everything is named after one random NAME.
-
-
-def docker(*args: str, timeout: float = 60, check: bool = True) -> str:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
-    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -288,76 +185,13 @@ def stack():
     assert not left, f"`down` left the volumes {left}"
 
 
-class ApiProcess:
-    """python code/05_variations_api.py, as `make lesson-05` runs it, on a free port."""
-
-    def __init__(self, stack: dict, **settings):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(tempfile.mkstemp(prefix="lesson-05-api-", suffix=".log")[1])
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))}
-        env.update(stack)
-        env.update(
-            PORT=str(self.port),
-            WORKER_IMAGE=os.environ.get("WORKER_IMAGE", "research-agent:lesson-05"),
-            PYTHONUNBUFFERED="1",
-            **{k: str(v) for k, v in settings.items()},
-        )
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "code/05_variations_api.py"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, f"the API exited:\n{self.log()}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"the API did not start:\n{self.log()}"
-            time.sleep(0.1)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> int:
-        """SIGTERM, as `docker stop` or Ctrl+C would; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-
 @pytest.fixture
-def api_process(stack, request):
-    """api_process(**settings) -> a running ApiProcess; its log is printed when the test fails."""
-    started = []
+def api_process(stack, server_process):
+    """api_process(**settings) -> python code/05_variations_api.py, as `make lesson-05` runs it."""
 
-    def start(**settings) -> ApiProcess:
-        server = ApiProcess(stack, **settings)
-        started.append(server)
-        return server
+    def start(**settings) -> ServerProcess:
+        image = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
+        script = [sys.executable, "code/05_variations_api.py"]
+        return server_process(script, cwd=ROOT, **stack, WORKER_IMAGE=image, **settings)
 
-    yield start
-    for server in started:
-        server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(f"--- API log ({server.url}) ---\n{server.log()}")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    if report.when == "call":
-        item.rep_call = report
-    return report
+    return start

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.lesson_05.conftest import ROOT
+from support.lessons import ROOT
 
 pytestmark = pytest.mark.container
 

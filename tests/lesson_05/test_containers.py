@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from httpx_sse import connect_sse
-
-from tests.lesson_05.conftest import auth, docker, read_events, start_run, wait_for
-from tests.lesson_05.test_variations_api import HOSTILE, by_variation
+from support.docker_cli import docker
+from support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 IMAGE = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
@@ -31,7 +31,7 @@ def token_from(variation: int):
 def test_variations_run_in_limited_labelled_containers_and_leave_none(api_process, stack):
     api = api_process(OFFLINE_TOKEN_DELAY_MS=40)
     run_id = start_run(api.url, query=HOSTILE, variations=3)["run_id"]
-    wait_for(lambda: len(containers_of(run_id)) == 3, 60, "three containers")
+    wait_for(lambda: len(containers_of(run_id)) == 3, timeout=60, what="three containers")
     inspected = json.loads(docker("inspect", *containers_of(run_id)))
     for c in inspected:
         host, config = c["HostConfig"], c["Config"]
@@ -51,22 +51,26 @@ def test_variations_run_in_limited_labelled_containers_and_leave_none(api_proces
     assert all(finals[i]["query"] == HOSTILE.strip() for i in range(3))
     stats = by_variation(events, "worker_stats")
     assert all(0 < stats[i]["cgroup_peak_mb"] < 512 for i in range(3))
-    wait_for(lambda: not containers_of(run_id), 30, "the containers to be removed")
+    wait_for(lambda: not containers_of(run_id), timeout=30, what="the containers to be removed")
+
+
+def worker_container(run_id: str, variation: int) -> str:
+    labels = [f"label=ai-course.run={run_id}", f"label=ai-course.variation={variation}"]
+    return docker("ps", "-q", "--filter", labels[0], "--filter", labels[1])
 
 
 def test_a_killed_container_fails_its_variation_and_the_others_finish(api_process):
     api = api_process(OFFLINE_TOKEN_DELAY_MS=80)
     run_id = start_run(api.url, variations=2)["run_id"]
     read_events(api.url, run_id, until=token_from(0), timeout=120)
-    victim = docker("ps", "-q", "--filter", f"label=ai-course.run={run_id}",
-                    "--filter", "label=ai-course.variation=0")  # fmt: skip
+    victim = worker_container(run_id, 0)
     docker("kill", victim)
     events = read_events(api.url, run_id, timeout=120)
     done = by_variation(events, "variation_done")
     assert done[0]["status"] == "failed" and done[0]["exit_code"] == 137
     assert done[0]["oom_killed"] is False and "SIGKILL" in done[0]["reason"]
     assert done[1]["status"] == "succeeded" and 1 in by_variation(events, "final")
-    wait_for(lambda: not containers_of(run_id), 30, "the containers to be removed")
+    wait_for(lambda: not containers_of(run_id), timeout=30, what="the containers to be removed")
 
 
 # Run inside a worker's container: marks the worker (PID 1, same user) as the kernel's first choice,
@@ -81,8 +85,7 @@ def test_an_oom_killed_variation_fails_and_the_others_finish(api_process):
     api = api_process(OFFLINE_TOKEN_DELAY_MS=80)
     run_id = start_run(api.url, variations=2)["run_id"]
     read_events(api.url, run_id, until=token_from(0), timeout=120)
-    victim = docker("ps", "-q", "--filter", f"label=ai-course.run={run_id}",
-                    "--filter", "label=ai-course.variation=0")  # fmt: skip
+    victim = worker_container(run_id, 0)
     docker("exec", victim, "python", "-c", HOG, check=False)
     events = read_events(api.url, run_id, timeout=120)
     done = by_variation(events, "variation_done")
@@ -97,9 +100,8 @@ def test_an_oom_killed_variation_fails_and_the_others_finish(api_process):
 def test_cancel_removes_every_container_before_it_answers(api_process):
     api = api_process(OFFLINE_TOKEN_DELAY_MS=200)
     run_id = start_run(api.url, variations=3)["run_id"]
-    wait_for(lambda: len(containers_of(run_id)) == 3, 60, "three containers")
-    response = httpx.delete(f"{api.url}/v1/runs/{run_id}", headers=auth(run_id), timeout=120)
-    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    wait_for(lambda: len(containers_of(run_id)) == 3, timeout=60, what="three containers")
+    cancel(api.url, run_id, timeout=120)
     assert containers_of(run_id) == []
     events = read_events(api.url, run_id)
     assert events[-1][1] == "run_done" and events[-1][2]["status"] == "cancelled"
@@ -119,7 +121,7 @@ def test_two_deletes_at_once_both_answer_without_a_503(api_process):
     api = api_process(OFFLINE_TOKEN_DELAY_MS=200)
     for _ in range(3):  # the two removals must overlap: three runs make a miss unlikely
         run_id = start_run(api.url, variations=3)["run_id"]
-        wait_for(lambda: len(containers_of(run_id)) == 3, 60, "three containers")  # noqa: B023
+        wait_for(lambda: len(containers_of(run_id)) == 3, timeout=60, what="three containers")  # noqa: B023
         answers = delete_twice_at_once(api.url, run_id)
         statuses = sorted(a.status_code for a in answers)
         assert statuses in ([200, 200], [200, 409]), [a.text for a in answers]
@@ -151,7 +153,7 @@ def test_the_api_restarts_mid_run_and_its_clients_resume(api_process, stack):
     first = api_process(OFFLINE_TOKEN_DELAY_MS=80)
     run_id = start_run(first.url, variations=2)["run_id"]
     listener = Listener(first.url, run_id)
-    wait_for(lambda: token_from(1)(listener.events), 90, "a token from variation 1")
+    wait_for(lambda: token_from(1)(listener.events), timeout=90, what="a token from variation 1")
     assert first.stop() in (0, -15)  # SIGTERM: uvicorn ends the open stream and exits
     listener.join(30)
     assert not listener.is_alive() and listener.events[-1][1] != "run_done"
@@ -170,4 +172,4 @@ def test_the_api_restarts_mid_run_and_its_clients_resume(api_process, stack):
     assert listener.events + after == read_events(second.url, run_id)  # none lost, none twice
     done = by_variation(after, "variation_done")
     assert {done[0]["status"], done[1]["status"]} == {"succeeded"}
-    wait_for(lambda: not containers_of(run_id), 30, "the containers to be removed")
+    wait_for(lambda: not containers_of(run_id), timeout=30, what="the containers to be removed")

@@ -2,7 +2,9 @@
 
 import re
 
-from tests.lesson_05.conftest import ROOT, api
+from support.lessons import ROOT, load_lesson
+
+api = load_lesson("code/05_variations_api.py", "variations_api")
 
 DOC = (ROOT / "docs" / "05-parallel-variations.md").read_text(encoding="utf-8")
 API = (ROOT / "code" / "05_variations_api.py").read_text(encoding="utf-8")

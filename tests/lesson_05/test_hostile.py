@@ -9,8 +9,8 @@ import asyncio
 import httpx
 import pytest
 import redis
-
-from tests.lesson_05.conftest import auth, read_events, start_run, wait_for
+from support.variations import auth, read_events, start_run
+from support.waiting import wait_for
 
 TOO_BIG = "99999999999999999999-0"  # passes \d{1,20}-\d{1,20}; Redis refuses ids past 2**64
 
@@ -64,6 +64,31 @@ def test_an_unforeseen_failure_answers_500_in_the_error_shape(serve, redis_url):
     assert "Traceback" not in response.text and "KeyError" not in response.text
 
 
+@pytest.mark.parametrize(
+    "sent",
+    ["r" * 10_000, "id\tlevel=ERROR", 'x" admin="1', "a b", "\u00efd".encode()],
+    ids=["10KB", "tab", "quote", "space", "non-ascii"],
+)
+def test_a_request_id_unfit_for_a_log_is_replaced_not_echoed(serve, sent):
+    """An X-Request-ID is written to the log and sent back: a 10 KB one, or one with a tab, quote,
+    space or non-ASCII byte, is replaced by the id the request is logged under, in body and header.
+    (A newline or escape byte never reaches the app: uvicorn answers 400 to the request itself.)"""
+    server = serve()
+    response = httpx.get(f"{server.url}/v1/runs/not-a-run", headers={"X-Request-ID": sent})
+    assert response.status_code == 422, response.text[:300]
+    request_id = response.json()["error"]["request_id"]
+    assert request_id != (sent.decode("latin-1") if isinstance(sent, bytes) else sent)
+    assert len(request_id) <= 128 and request_id.isalnum()
+    assert response.headers.get("x-request-id") == request_id
+
+
+def test_a_well_formed_request_id_is_kept(serve):
+    server = serve()
+    response = httpx.get(f"{server.url}/v1/runs/not-a-run", headers={"X-Request-ID": "lb-42.a:b"})
+    assert response.json()["error"]["request_id"] == "lb-42.a:b"
+    assert response.headers["x-request-id"] == "lb-42.a:b"
+
+
 # --- Floods of followers --------------------------------------------------------------------------
 
 
@@ -111,7 +136,11 @@ def test_120_hostile_followers_leave_a_create_and_a_follow_answering(serve, work
     with httpx.Client(transport=transport, timeout=30) as client:
         body = {"query": "A question to hold open", "variations": 1}
         hostile = client.post(f"{server.url}/v1/runs", json=body).json()
-    wait_for(lambda: any(w.run_id == hostile["run_id"] for w in workers.list()), 30, "a worker")
+    wait_for(
+        lambda: any(w.run_id == hostile["run_id"] for w in workers.list()),
+        timeout=30,
+        what="a worker",
+    )
     workers.pause(
         hostile["run_id"], 0
     )  # the run stays `running`: its streams never end by themselves

@@ -10,20 +10,15 @@ import time
 import httpx
 import pytest
 import redis
+from app.job import events_key, variation_key
+from support.lessons import load_lesson
+from support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
+from support.waiting import wait_for
 
-from tests.lesson_05.conftest import api, auth, read_events, start_run, wait_for
-
-HOSTILE = (
-    "How do I stop a container gracefully? `id` $(touch /tmp/pwned) \"; rm -rf / # 'quotes' \\"
-    "\nand newlines <b>bold</b>"
-)
+api = load_lesson("code/05_variations_api.py", "variations_api")
 
 
 UNKNOWN = "0123456789ab4def8123456789abcdef"  # a well-formed run id that no run has
-
-
-def by_variation(events, name):
-    return {data["variation"]: data for _, event, data in events if event == name}
 
 
 # --- A whole run ----------------------------------------------------------------------------------
@@ -121,7 +116,7 @@ def test_finished_runs_expire_and_their_keys_carry_the_ttl(serve, redis_url):
     run_id = start_run(server.url, variations=2)["run_id"]
     read_events(server.url, run_id)
     client = redis.Redis.from_url(redis_url)
-    keys = [f"run:{run_id}", f"run:{run_id}:events", f"run:{run_id}:v:0", f"run:{run_id}:v:1"]
+    keys = [api.run_key(run_id), events_key(run_id)] + [variation_key(run_id, i) for i in (0, 1)]
     assert all(0 < client.ttl(k) <= 120 for k in keys), [client.ttl(k) for k in keys]
     assert run_id.encode() not in client.smembers("runs:active")
     client.delete(*keys)  # what the TTL does later
@@ -214,9 +209,8 @@ def test_a_hung_variation_is_killed_at_its_deadline_and_marked_timed_out(serve, 
 def test_cancel_stops_every_worker_and_says_so(serve):
     server = serve(OFFLINE_TOKEN_DELAY_MS=200)
     run_id = start_run(server.url, variations=2)["run_id"]
-    wait_for(lambda: len(workers_left(server)) == 2, message="two workers")
-    response = httpx.delete(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id), timeout=60)
-    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    wait_for(lambda: len(workers_left(server)) == 2, timeout=60, what="two workers")
+    cancel(server.url, run_id)
     assert not workers_left(server)  # gone when DELETE returns, not later
     events = read_events(server.url, run_id)
     names = [name for _, name, _ in events]
@@ -247,14 +241,14 @@ def test_the_stream_cap_is_announced_not_silent(serve, redis_url):
     assert set(truncated) == {0, 1} and all(
         t["tokens_not_streamed"] > 0 for t in truncated.values()
     )
-    assert redis.Redis.from_url(redis_url).xlen(f"run:{run_id}:events") <= 40
+    assert redis.Redis.from_url(redis_url).xlen(events_key(run_id)) <= 40
     assert [e for e in events if e[1] == "events_lost"] == []
     # Entries trimmed anyway (here: by hand) are announced to a client that asks for them.
     client = redis.Redis.from_url(redis_url)
     for _ in range(5):
-        client.xadd(f"run:{run_id}:events", {"event": "note", "data": "{}"}, maxlen=10)
-    client.hset(f"run:{run_id}", "status", "running")  # so the stream is served again
-    client.xadd(f"run:{run_id}:events", {"event": "run_done", "data": '{"variation": null}'})
+        client.xadd(events_key(run_id), {"event": "note", "data": "{}"}, maxlen=10)
+    client.hset(api.run_key(run_id), "status", "running")  # so the stream is served again
+    client.xadd(events_key(run_id), {"event": "run_done", "data": '{"variation": null}'})
     replay = read_events(server.url, run_id)
     assert replay[0][1] == "events_lost"
     assert "were trimmed by the 40-entry cap" in replay[0][2]["message"]
@@ -286,7 +280,9 @@ def test_the_start_up_sweep_removes_workers_of_unknown_or_ended_runs(serve, work
     ended = start_run(server.url, variations=1)["run_id"]
     read_events(server.url, ended)
     late = workers.start(ended, 0, {**env, "RUN_ID": ended, "VARIATION": "0"})
-    wait_for(lambda: late not in {w.id for w in workers_left(server)}, 10, "the reaper")
+    wait_for(
+        lambda: late not in {w.id for w in workers_left(server)}, timeout=10, what="the reaper"
+    )
 
 
 # --- Validation and errors: always 4xx with the JSON error shape ----------------------------------
@@ -348,9 +344,9 @@ def test_unknown_runs_and_paths_get_404_json(serve, method, path, body):
     assert response.json()["error"]["type"] in ("run_not_found", "not_found")
 
 
-def test_redis_down_gives_503_json_not_a_traceback(serve, redis_server):
+def test_redis_down_gives_503_json_not_a_traceback(serve, fresh_redis):
     server = serve()
-    redis_server.stop()
+    fresh_redis.stop()
     response = httpx.get(f"{server.url}/v1/runs/{UNKNOWN}")
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "redis_unavailable"

@@ -3,17 +3,22 @@ the offline model's variations: visibly different answers, the same answer every
 
 import asyncio
 import json
+import tempfile
 
 import pytest
 import redis
 from app import worker
 from app.agent import OfflineResearchModel, ResearchAgent
 from app.config import Settings
+from app.job import ExitCode, events_key, variation_key
+from support.lessons import load_lesson
+from support.ports import free_port
 
-from tests.lesson_05.conftest import NO_DOCS, api
-from tests.ports import free_port
+api = load_lesson("code/05_variations_api.py", "variations_api")
+NO_DOCS = tempfile.mkdtemp(prefix="lesson-05-no-docs-")  # search the bundled notes only
 
 QUERY = "How do I stop a container gracefully?"
+RUN_ID = "0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +29,7 @@ def offline(monkeypatch):
 
 def job(redis_url: str, **overrides) -> worker.WorkerSettings:
     values = {
-        "RUN_ID": "0123456789abcdef",
+        "RUN_ID": RUN_ID,
         "VARIATION": 1,
         "QUERY": QUERY,
         "REDIS_URL": redis_url,
@@ -35,13 +40,13 @@ def job(redis_url: str, **overrides) -> worker.WorkerSettings:
     return worker.WorkerSettings(**values)
 
 
-def stream(redis_url: str, run_id: str = "0123456789abcdef") -> list[tuple[str, dict]]:
+def stream(redis_url: str, run_id: str = RUN_ID) -> list[tuple[str, dict]]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    return [(f["event"], json.loads(f["data"])) for _, f in client.xrange(f"run:{run_id}:events")]
+    return [(f["event"], json.loads(f["data"])) for _, f in client.xrange(events_key(run_id))]
 
 
 def test_worker_streams_the_agents_events_then_exits_0(redis_url):
-    assert asyncio.run(worker.run(job(redis_url))) == worker.ANSWERED
+    assert asyncio.run(worker.run(job(redis_url))) == ExitCode.ANSWERED
     events = stream(redis_url)
     names = [name for name, _ in events]
     assert names[0] == "worker_ready" and names[-2:] == ["final", "worker_stats"]
@@ -52,14 +57,14 @@ def test_worker_streams_the_agents_events_then_exits_0(redis_url):
     final = dict(events)["final"]
     text = "".join(data["text"] for name, data in events if name == "token")
     assert text == final["response"] and final["query"] == QUERY and final["sources"]
-    stored = redis.Redis.from_url(redis_url).hget("run:0123456789abcdef:v:1", "result")
+    stored = redis.Redis.from_url(redis_url).hget(variation_key(RUN_ID, 1), "result")
     assert json.loads(stored)["response"] == final["response"]
     stats = events[-1][1]
     assert stats["process_peak_mb"] > 10
 
 
 def test_a_token_budget_is_reported_never_dropped_silently(redis_url):
-    assert asyncio.run(worker.run(job(redis_url, TOKEN_BUDGET=5))) == worker.ANSWERED
+    assert asyncio.run(worker.run(job(redis_url, TOKEN_BUDGET=5))) == ExitCode.ANSWERED
     events = stream(redis_url)
     tokens = [data for name, data in events if name == "token"]
     truncated = [data for name, data in events if name == "truncated"]
@@ -72,12 +77,12 @@ def test_a_token_budget_is_reported_never_dropped_silently(redis_url):
 
 def test_a_failed_research_publishes_an_error_and_exits_1(redis_url):
     settings = job(redis_url, OFFLINE_TOKEN_DELAY_MS=200, REQUEST_TIMEOUT_SECONDS=0.3)
-    assert asyncio.run(worker.run(settings)) == worker.FAILED
+    assert asyncio.run(worker.run(settings)) == ExitCode.FAILED
     events = stream(redis_url)
     errors = [data["error"] for name, data in events if name == "error"]
     assert errors and errors[0]["type"] == "timeout" and "0.3 s" in errors[0]["message"]
     assert "final" not in dict(events)
-    stored = redis.Redis.from_url(redis_url).hget("run:0123456789abcdef:v:1", "error")
+    stored = redis.Redis.from_url(redis_url).hget(variation_key(RUN_ID, 1), "error")
     assert json.loads(stored)["type"] == "timeout"
 
 
@@ -86,14 +91,14 @@ def test_an_invalid_job_exits_2_and_publishes_nothing(redis_url, monkeypatch, ca
     monkeypatch.setenv("VARIATION", "1")
     monkeypatch.setenv("QUERY", QUERY)
     monkeypatch.setenv("REDIS_URL", redis_url)
-    assert worker.main() == worker.INVALID_JOB
+    assert worker.main() == ExitCode.INVALID_JOB
     assert "RUN_ID" in caplog.text and "rm -rf" not in caplog.text
     assert stream(redis_url, "notarunid") == []
 
 
 def test_no_redis_exits_3(caplog):
     settings = job(f"redis://127.0.0.1:{free_port()}/0")
-    assert asyncio.run(worker.run(settings)) == worker.NO_REDIS
+    assert asyncio.run(worker.run(settings)) == ExitCode.NO_REDIS
     assert "cannot reach Redis" in caplog.text
 
 

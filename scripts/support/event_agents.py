@@ -1,0 +1,110 @@
+"""Lesson 07's system as local processes: each agent and the gateway run the same commands the
+containers run (`python code/07_event_agents.py triage`, ...), against a real redis-server; and what
+a client of the gateway does (ask, wait for the answer, read progress)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from support.lessons import ROOT
+from support.server import offline_environment
+from support.waiting import wait_for
+
+AGENTS = ROOT / "code" / "07_event_agents.py"
+GATEWAY = ROOT / "code" / "07_gateway.py"
+SERVICES = ("triage", "concepts", "debug", "exercise", "progress")
+
+
+class System:
+    """The five agents as processes, the gateway, and the Redis they share."""
+
+    def __init__(self, redis_url: str, logs: Path):
+        self.redis_url, self.logs = redis_url, logs
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.processes: dict[str, list[subprocess.Popen]] = {s: [] for s in SERVICES}
+        self.base_env = offline_environment(
+            REDIS_URL=redis_url,
+            OFFLINE_TOKEN_DELAY_MS=2,
+            VISIBILITY_TIMEOUT_MS=1500,
+            MAX_DELIVERIES=3,
+        )
+
+    def start(self, service: str, **env: str) -> subprocess.Popen:
+        heartbeat = self.logs / f"{service}-{uuid.uuid4().hex[:6]}.heartbeat"
+        log = open(self.logs / f"{service}-{len(self.processes[service])}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, str(AGENTS), service],
+            env={**self.base_env, "HEARTBEAT_FILE": str(heartbeat), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes[service].append(process)
+        wait_for(
+            lambda: heartbeat.exists() or process.poll() is not None,
+            timeout=60,
+            what=f"{service} reading its topic",
+        )
+        assert process.poll() is None, (self.logs / log.name).read_text()[-2000:]
+        return process
+
+    def stop(self, process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def close(self) -> None:
+        for processes in self.processes.values():
+            for process in processes:
+                self.stop(process)
+
+    def trace(self) -> list[dict]:
+        return [fields for _, fields in self.redis.xrange("trace")]
+
+    def publish_raw(self, topic: str, data: str) -> None:
+        self.redis.xadd(topic, {"data": data})
+
+
+def ask(system: System, student_id: str, text: str) -> str:
+    response = system.gateway.post("/v1/questions", json={"student_id": student_id, "text": text})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def answered(system: System, question_id: str, timeout: float = 30) -> dict:
+    def done():
+        view = system.gateway.get(f"/v1/questions/{question_id}").json()
+        return view if view["status"] != "pending" else None
+
+    return wait_for(done, timeout=timeout, what=f"question {question_id} answered")
+
+
+def student() -> str:
+    return f"s-{uuid.uuid4().hex[:10]}"
+
+
+def progress(system: System, student_id: str) -> dict:
+    return system.gateway.get(f"/v1/students/{student_id}/progress").json()
+
+
+def envelope(event_id: str, data: dict) -> str:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": "/tests",
+            "type": "test",
+            "datacontenttype": "application/json",
+            "data": data,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )

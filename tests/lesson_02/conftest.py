@@ -1,0 +1,48 @@
+"""Fixtures for the research agent's tests: settings, app clients and the agent as a process."""
+
+import sys
+from contextlib import contextmanager
+
+import pytest
+from app.api import create_app
+from app.config import Settings
+from fastapi.testclient import TestClient
+from support.agent import make_settings
+from support.lessons import AGENT_DIR
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """Tests start from the defaults, whatever the machine's environment holds."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def client_for():
+    """client_for(**settings) -> a TestClient with the lifespan running (use it in a `with`)."""
+
+    @contextmanager
+    def open_client(agent=None, **overrides):
+        app = create_app(make_settings(**overrides), agent=agent)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client
+
+    return open_client
+
+
+@pytest.fixture
+def client(client_for):
+    with client_for() as c:
+        yield c
+
+
+@pytest.fixture
+def start_agent(server_process):
+    """start_agent(**settings) -> `python main.py`, as the images run it, ready on a free port."""
+
+    def start(**settings):
+        script = [sys.executable, "main.py"]
+        return server_process(script, cwd=AGENT_DIR, ready_path="/ready", **settings)
+
+    return start

@@ -1,0 +1,503 @@
+"""research-agent/docker-compose.yml: static checks (`make test`), live runs (`make compose-test`).
+
+Learners have one of three Composes: Debian's `docker-compose` 1.29 (v1), `docker-compose` as
+Compose v2 (Docker Desktop, the standalone install) or the `docker compose` plugin. The file must
+work with all of them, so the live run (marker `container`) repeats itself for each spelling in
+COMPOSE_COMMANDS (default: `docker-compose` and `docker compose`), typed as the docs show it. Under
+its own project name and a free port, offline and without .env, it checks that the three
+services (HAProxy's edge, the agent, Redis) become healthy, that the edge stops 50 MB headers and
+slow senders and streams SSE token by token, that a repeated question is served from Redis, that
+the agent still answers once Redis is stopped, that `stop` lets a long answer finish, and that
+`down -v` leaves nothing behind.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from support.ports import free_port
+from support.sse import BackgroundStream
+
+AGENT_DIR = Path(__file__).resolve().parents[2] / "research-agent"
+COMPOSE_FILE = AGENT_DIR / "docker-compose.yml"
+COMPOSE_FILES = sorted(AGENT_DIR.glob("docker-compose*.y*ml"))
+DEV_FILE = AGENT_DIR / "docker-compose.dev.yml"
+ENV_EXAMPLE = AGENT_DIR / ".env.example"
+# Settings of .env.example that the stack does not pass on: the image fixes where the app listens
+# and where its files are, the stack gives the agent no Docker API for lesson 04's sandbox, and
+# it mounts no key file (API_KEYS comes from .env).
+NOT_PASSED = {"HOST", "PORT", "DOCS_DIR", "API_KEYS_FILE"}
+SANDBOX_PREFIX = "SANDBOX_"  # every setting of lesson 04's tool, whichever are added later
+UP_TIMEOUT = 900  # includes building the image: Compose v1 builds without BuildKit's cache
+HEALTHY_TIMEOUT = 240
+SPELLINGS = [
+    s.strip()
+    for s in os.environ.get("COMPOSE_COMMANDS", "docker-compose,docker compose").split(",")
+    if s.strip()
+]
+
+
+def seconds(duration: str) -> float:
+    return sum(
+        float(n) * {"h": 3600, "m": 60, "s": 1}[unit]
+        for n, unit in re.findall(r"([\d.]+)(h|m|s)", duration)
+    )
+
+
+def settings_in_env_example() -> set[str]:
+    return set(re.findall(r"^([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.M))
+
+
+def passed_settings() -> set[str]:
+    """The settings of .env.example the stack should hand the agent."""
+    names = settings_in_env_example() - NOT_PASSED
+    return {name for name in names if not name.startswith(SANDBOX_PREFIX)}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any app setting, so the shell cannot change what is tested."""
+    names = settings_in_env_example() | {"AGENT_PORT"}
+    return {k: v for k, v in os.environ.items() if k not in names} | extra
+
+
+# --- Static: what the file promises --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_files_use_nothing_compose_v1_rejects(path):
+    """Debian's docker-compose 1.29 rejects `env_file: {path, required}` and `build.secrets`."""
+    data = yaml.safe_load(path.read_text())
+    assert "version" not in data, "the top-level `version:` key is obsolete"
+    for name, service in data["services"].items():
+        env_file = service.get("env_file", [])
+        assert all(isinstance(entry, str) for entry in env_file if env_file), (
+            f"{name}: env_file entries as {{path, required}} need Compose 2.24+"
+        )
+        build = service.get("build", {})
+        assert not (isinstance(build, dict) and "secrets" in build), (
+            f"{name}: build.secrets is v2 only"
+        )
+    assert "secrets" not in data
+
+
+def test_every_service_has_a_healthcheck_and_waits_for_the_one_behind_it(compose):
+    services = compose["services"]
+    assert set(services) == {"edge", "agent", "redis"}
+    for service in services.values():
+        test = service["healthcheck"]["test"]
+        assert "curl" not in " ".join(test) and "start_interval" not in service["healthcheck"]
+        assert service["restart"] == "unless-stopped"
+    assert services["edge"]["depends_on"]["agent"]["condition"] == "service_healthy"
+    assert services["agent"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["agent"]["environment"]["REDIS_URL"].startswith("redis://redis:")
+
+
+def test_only_the_edge_is_published_and_it_cannot_reach_redis(compose):
+    """Uvicorn has no header size or time limit of its own: nothing may reach it but HAProxy."""
+    services = compose["services"]
+    assert services["edge"]["ports"] == ["${AGENT_PORT:-8000}:8080"]
+    assert "ports" not in services["agent"] and "ports" not in services["redis"]
+    assert not set(services["edge"]["networks"]) & set(services["redis"]["networks"])
+    config = (AGENT_DIR / "haproxy.cfg").read_text()
+    assert re.search(r"^\s*timeout http-request \d+s$", config, flags=re.M)
+    assert "http-request del-header X-Forwarded-For" in config
+
+
+def test_shutdown_budget_lets_every_answer_finish(compose):
+    """The grace covers the longest answer; stop_grace_period covers drain + grace + a margin."""
+    from app.config import Settings
+
+    fields = Settings.model_fields
+    agent = compose["services"]["agent"]
+    grace = float(agent["environment"]["GRACEFUL_SHUTDOWN_SECONDS"])
+    drain = fields["SHUTDOWN_DRAIN_SECONDS"].default if "SHUTDOWN_DRAIN_SECONDS" in fields else 0
+    assert grace == 30 and grace >= fields["REQUEST_TIMEOUT_SECONDS"].default
+    assert seconds(agent["stop_grace_period"]) == 35 > drain + grace
+
+
+def test_every_setting_of_env_example_reaches_the_agent(compose):
+    """.env is optional: Compose (v1 and v2) fills ${NAME:-} from it; empty means the default."""
+    environment = compose["services"]["agent"]["environment"]
+    missing = passed_settings() - set(environment)
+    assert not missing, f"in .env.example but never passed to the agent: {sorted(missing)}"
+    for name, value in environment.items():
+        fixed = {"REDIS_URL", "GRACEFUL_SHUTDOWN_SECONDS", "FORWARDED_ALLOW_IPS"}
+        assert value == f"${{{name}:-}}" or name in fixed, f"{name}: {value!r}"
+    volume = compose["services"]["redis"]["volumes"][0].split(":")[0]
+    assert volume in compose["volumes"]
+
+
+def compose_config(spelling: str, folder: Path, *files: str) -> dict:
+    """`config`: the files merged and every ${...} filled, as this Compose reads them."""
+    if shutil.which(spelling.split()[0]) is None:
+        pytest.skip(f"`{spelling}` is not installed (make compose-test installs it)")
+    version = subprocess.run([*spelling.split(), "version"], capture_output=True, timeout=60)
+    if version.returncode != 0:  # `docker` without the Compose plugin
+        pytest.skip(f"`{spelling}` does not work here (make compose-test installs it)")
+    names = [arg for name in files or ("docker-compose.yml",) for arg in ("-f", name)]
+    result = subprocess.run(
+        [*spelling.split(), *names, "config"],
+        cwd=folder,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_dotenv_is_optional_and_read_when_present(spelling, tmp_path):
+    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
+    without = compose_config(spelling, tmp_path)["services"]["agent"]["environment"]
+    assert without["OPENAI_API_KEY"] in ("", None) and without["MODEL_NAME"] in ("", None)
+
+    (tmp_path / ".env").write_text(
+        "MODEL_NAME=model-from-dotenv\nREDIS_URL=redis://elsewhere:1/0\n"
+    )
+    with_env = compose_config(spelling, tmp_path)["services"]["agent"]["environment"]
+    assert with_env["MODEL_NAME"] == "model-from-dotenv"
+    assert with_env["REDIS_URL"] == "redis://redis:6379/0", "the project's Redis must win over .env"
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_dev_override_parses_and_mounts_the_code_with_reload(spelling):
+    config = compose_config(spelling, AGENT_DIR, COMPOSE_FILE.name, DEV_FILE.name)
+    agent = config["services"]["agent"]
+    assert "--reload" in agent["command"]
+    targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in agent["volumes"]}
+    assert targets >= {"/app/app", "/app/notes"}
+
+
+# --- Live: up / down with each spelling ----------------------------------------------------------
+
+
+class Project:
+    def __init__(self, spelling: str):
+        self.spelling = spelling
+        self.name = f"research-agent-test-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # 100 ms a token: a streamed answer takes about 20 s, longer than `docker stop` allows.
+        self.env = clean_env(AGENT_PORT=str(self.port), OFFLINE_TOKEN_DELAY_MS="100")
+
+    def compose(
+        self, *args: str, timeout: float = 120, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [*self.spelling.split(), "-p", self.name, *args],
+            cwd=AGENT_DIR,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{self.spelling} {' '.join(args)} failed:\n{result.stderr[-3000:]}\n{self.logs()}"
+            )
+        return result
+
+    def logs(self) -> str:
+        return self.compose("logs", "--no-color", "--tail", "100", check=False).stdout
+
+    def up(self) -> None:
+        """`up` as the docs type it: v2 waits for healthy itself; v1 has no --wait, so we poll."""
+        if self.compose("up", "--help", check=False).stdout.find("--wait") >= 0:
+            self.compose("up", "-d", "--build", "--wait", timeout=UP_TIMEOUT)
+        else:
+            self.compose("up", "-d", "--build", timeout=UP_TIMEOUT)
+        deadline = time.monotonic() + HEALTHY_TIMEOUT
+        services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+        while (health := self.health()) != dict.fromkeys(services, "healthy"):
+            assert time.monotonic() < deadline, f"not healthy after {HEALTHY_TIMEOUT}s: {health}"
+            time.sleep(1)
+
+    def health(self) -> dict[str, str]:
+        ids = self.compose("ps", "-q").stdout.split()
+        if not ids:
+            return {}
+        out = subprocess.run(
+            [
+                "docker",
+                "inspect",
+                "--format",
+                '{{index .Config.Labels "com.docker.compose.service"}} {{.State.Health.Status}}',
+                *ids,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).stdout.split()[0]
+
+    def volumes(self) -> list[str]:
+        out = subprocess.run(
+            [
+                "docker",
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={self.name}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        return out.split()
+
+
+@pytest.fixture(scope="module", params=SPELLINGS)
+def project(request):
+    if shutil.which(request.param.split()[0]) is None:
+        pytest.fail(
+            f"`{request.param}` is not installed: run `make compose-test`, which installs it"
+        )
+    if (AGENT_DIR / ".env").exists():
+        pytest.fail(
+            "research-agent/.env exists: move it aside, this test checks the setup without it"
+        )
+    box = Project(request.param)
+    failures_before = request.session.testsfailed
+    try:
+        box.up()
+        yield box
+        if request.session.testsfailed > failures_before:
+            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+            reporter.write_line(f"\n---- {box.spelling} logs ({box.name}) ----\n{box.logs()}")
+    finally:
+        # --rmi local: the image built for this project (named after it) goes too.
+        box.compose("down", "-v", "--remove-orphans", "--rmi", "local", check=False, timeout=180)
+
+
+@pytest.mark.container
+def test_up_serves_the_offline_agent_with_the_redis_cache(project):
+    ready = httpx.get(f"{project.url}/ready", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["model"] == "offline-research-model", ready.text
+    assert ready.json()["cache"] == "redis", ready.text
+
+
+@pytest.mark.container
+def test_second_identical_question_is_served_from_the_cache(project):
+    query = f"How do health checks work? ({uuid.uuid4().hex[:6]})"
+    first, second = (
+        httpx.post(f"{project.url}/v1/research", json={"query": query}, timeout=30)
+        for _ in range(2)
+    )
+    assert first.status_code == 200 and second.status_code == 200
+    first, second = first.json(), second.json()
+    assert first["cached"] is False and second["cached"] is True
+    assert second["response"] == first["response"] and second["tokens_used"] == 0
+
+
+def memory_mib(container: str) -> float:
+    """The container's memory as `docker stats` counts it (the cgroup's, less the page cache)."""
+    usage = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split("/")[0]
+    number, unit = re.fullmatch(r"\s*([\d.]+)\s*([KMG]i?B|B)\s*", usage).groups()
+    return float(number) * {"B": 2**-20, "KiB": 2**-10, "MiB": 1, "GiB": 2**10}[unit]
+
+
+def big_header_request(port: int, size: int) -> bytes:
+    """Send a request whose Authorization header is `size` bytes; return the status line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer ")
+            sock.sendall(b"a" * size + b"\r\n\r\n")
+        except OSError:  # the server answered and closed before taking it all
+            pass
+        try:
+            return sock.recv(64).split(b"\r\n")[0]
+        except OSError:
+            return b""
+
+
+class HealthPoller:
+    """GET /health every 0.2 s on a new connection, recording how long each answer took."""
+
+    def __init__(self, url: str):
+        self.url, self.answers, self.stop = url, [], threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self):
+        while not self.stop.wait(0.2):
+            started = time.monotonic()
+            try:
+                status = httpx.get(f"{self.url}/health", timeout=1).status_code
+            except httpx.HTTPError as error:
+                status = repr(error)
+            self.answers.append((status, time.monotonic() - started))
+
+
+class MemorySampler:
+    """The agent's memory, read again and again while an attack runs: its peak counts."""
+
+    def __init__(self, container: str):
+        self.container, self.samples, self.stop = container, [], threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.samples.append(memory_mib(self.container))
+
+
+@pytest.mark.container
+def test_huge_headers_and_slow_senders_leave_health_answering_and_memory_flat(project):
+    """Issue 17: eight 50 MB Authorization headers at once and 300 connections that send their
+    headers a line a second. Through the published port /health answers every poll within 1 s,
+    the agent grows by less than 50 MB, and the slow connections are closed by the server."""
+    agent = project.container("agent")
+    httpx.get(f"{project.url}/health", timeout=30)
+    before = memory_mib(agent)
+    sampler, poller = MemorySampler(agent), HealthPoller(project.url)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", project.port), timeout=5)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: edge\r\n")
+            sock.setblocking(False)
+            slow.append(sock)
+        with ThreadPoolExecutor(8) as pool:
+            big = list(pool.map(lambda _: big_header_request(project.port, 50 * 2**20), range(8)))
+        # One header line a second from each slow sender, for 8 s at most.
+        closed: set[int] = set()
+        deadline = time.monotonic() + 8
+        while len(closed) < len(slow) and time.monotonic() < deadline:
+            for i, sock in enumerate(slow):
+                if i in closed:
+                    continue
+                try:
+                    if sock.recv(4096) == b"":
+                        closed.add(i)
+                        continue
+                    closed.add(i)  # an answer (408) before the header was complete
+                except BlockingIOError:
+                    try:
+                        sock.send(b"X-Slow: 1\r\n")
+                    except OSError:
+                        closed.add(i)
+                except OSError:
+                    closed.add(i)
+            time.sleep(1)
+        time.sleep(2)  # let the last polls and samples land
+    finally:
+        for sock in slow:
+            sock.close()
+        poller.stop.set()
+        sampler.stop.set()
+        poller.thread.join(10)
+        sampler.thread.join(60)
+    after = memory_mib(agent)
+    peak = max(sampler.samples + [after])
+    slowest = max(seconds for _, seconds in poller.answers)
+    print(
+        f"\n{project.spelling}: agent memory {before:.1f} MiB before, peak {peak:.1f}, after "
+        f"{after:.1f}; {len(poller.answers)} /health polls, slowest {slowest:.3f} s; "
+        f"big headers answered {sorted(set(big))}; {len(closed)}/{len(slow)} slow connections "
+        "closed by the server"
+    )
+    assert poller.answers and all(status == 200 for status, _ in poller.answers), poller.answers
+    assert slowest < 1
+    assert peak - before < 50 and after - before < 50, (before, peak, after)
+    assert all(line.split(b" ")[1:2] in ([b"400"], [b"431"]) for line in big), big
+    assert len(closed) == len(slow), "slow senders kept their connections open"
+
+
+@pytest.mark.container
+def test_sse_streams_token_by_token_through_the_edge(project):
+    stream = BackgroundStream(f"{project.url}/v1/research/stream", "What is a health check?")
+    stream.thread.join(90)
+    assert stream.error is None and stream.events[-1].data == "[DONE]", stream.error
+    tokens = [at for at, event in stream.received if event == "token"]
+    # 100 ms a token: buffered, they would all arrive at once at the end.
+    assert len(tokens) > 10 and tokens[-1] - tokens[0] > 1, tokens
+
+
+@pytest.mark.container
+def test_the_agent_sees_the_callers_address_not_one_a_client_claims(project):
+    request_id = f"xff-{uuid.uuid4().hex[:8]}"
+    claimed = {"X-Forwarded-For": "203.0.113.9", "X-Request-ID": request_id}
+    query = {"query": "What does a proxy forward?"}
+    response = httpx.post(f"{project.url}/v1/research", json=query, headers=claimed, timeout=30)
+    assert response.status_code == 200, response.text
+    lines = [line for line in project.logs().splitlines() if request_id in line]
+    callers = {m for line in lines for m in re.findall(r'"caller": ?"([^"]*)"', line)}
+    assert callers and not any("203.0.113.9" in caller for caller in callers), lines
+    assert all(caller.startswith("addr:") for caller in callers), callers
+
+
+@pytest.mark.container
+def test_agent_still_answers_when_redis_is_stopped(project):
+    project.compose("stop", "redis")
+    response = httpx.post(
+        f"{project.url}/v1/research", json={"query": "What does docker stop do?"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["cached"] is False and response.json()["sources"]
+    assert httpx.get(f"{project.url}/ready", timeout=30).status_code == 200
+
+
+@pytest.mark.container
+def test_compose_stop_lets_an_answer_longer_than_docker_stops_default_finish(project):
+    """GRACEFUL_SHUTDOWN_SECONDS=30 and stop_grace_period 35s: a stream still running 10 s after
+    SIGTERM (past Docker's default 10 s and the app's default 8 s grace) ends with [DONE]."""
+    stream = BackgroundStream(
+        f"{project.url}/v1/research/stream", "What does a multi-stage build change?"
+    )
+    assert stream.first_token.wait(60), "no token arrived from the stream"
+    agent = project.container("agent")
+    stop_started = time.monotonic()
+    project.compose("stop", "agent", timeout=90)
+    stream.thread.join(60)
+    assert stream.error is None, f"the stream broke on compose stop: {stream.error!r}"
+    assert stream.events[-1].data == "[DONE]", stream.events[-3:]
+    ran_after_stop = stream.received[-1][0] - stop_started
+    assert ran_after_stop > 10, (
+        f"the answer ended {ran_after_stop:.1f}s after the stop: too short to test the grace period"
+    )
+    state = json.loads(
+        subprocess.run(
+            ["docker", "inspect", "--format", "{{json .State}}", agent],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    )
+    assert state["ExitCode"] != 137, "the agent was SIGKILLed"
+
+
+@pytest.mark.container
+def test_down_v_removes_containers_network_and_volume(project):
+    assert project.volumes(), "the named Redis volume should exist while the project is up"
+    project.compose("down", "-v", "--remove-orphans", "--rmi", "local", timeout=180)
+    left = project.compose("ps", "-q").stdout.split()
+    assert left == [], f"containers left after down: {left}"
+    assert project.volumes() == [], "down -v left the Redis volume behind"

@@ -1,0 +1,294 @@
+"""The sandbox pool (SANDBOX_POOL_SIZE): containers started ahead, each serving exactly one run.
+
+Marker `container`, like the hostile suite. The lesson's API runs with a pool of 2; every case here
+waits until both pooled containers are ready, so its run is served by one of them. Each run prints
+its hostname, which Docker sets to the container's short id: that is how a test knows which
+container served it. Nothing may survive from one run to the next: not a file in /tmp, not a
+process, not an environment variable, and no pooled container may hold anything of an earlier run.
+
+The hostile suite's cases whose runs fit the default timeout (a pooled container is made for it)
+are imported below and run again here, against the pooled API; cases that ask for a longer timeout
+go to a fresh container by design, and the flags test below shows a pooled container has the same
+flags as a fresh one.
+"""
+
+import json
+import textwrap
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from app.sandbox import LABEL, POOL_REQUEST_ID, SandboxConfig, SandboxRunner
+from support.sandbox_api import RESULT_FIELDS, containers, while_counting_containers
+from support.sandbox_api import SandboxApi as Server
+from support.waiting import wait_for
+
+from tests.lesson_04.test_hostile import (  # noqa: F401 - collected here, run with the pool on
+    test_a_plain_run_answers_with_its_output,
+    test_an_infinite_loop_times_out_and_its_container_is_gone,
+    test_binary_output_is_returned_as_text_not_an_error,
+    test_kernel_interfaces_are_read_only,
+    test_privilege_escalation_attempts_fail,
+    test_runs_leave_no_open_socket_in_the_api,
+    test_the_agent_computes_through_the_sandbox,
+    test_the_host_kernel_is_masked_from_view,
+    test_the_network_is_off_for_dns_and_tcp,
+    test_the_sandbox_sees_no_secret_of_the_host,
+    test_the_seccomp_profile_refuses_io_uring_vsock_ptrace_memfd_and_uevents,
+    test_there_is_no_shell_no_pip_and_no_docker_socket,
+    test_tmp_is_noexec_so_a_copied_binary_cannot_run,
+    test_what_a_run_printed_before_its_timeout_is_kept,
+    test_writes_to_the_image_fail_and_tmp_stops_at_its_size,
+)
+
+pytestmark = pytest.mark.container
+POOL_SIZE, MAX_CONCURRENT = 2, 4
+
+
+@pytest.fixture(scope="module")
+def api_settings() -> dict[str, str]:
+    # A SIGTERM'd API removes its idle pooled containers too (the `server` fixture checks).
+    return {
+        "SANDBOX_POOL_SIZE": str(POOL_SIZE),
+        "SANDBOX_MAX_CONCURRENT": str(MAX_CONCURRENT),
+        "SANDBOX_MAX_QUEUED": "20",
+        "SANDBOX_MAX_PER_CLIENT": "20",
+    }
+
+
+@pytest.fixture(autouse=True)
+def pool_ready(request, server, engine):
+    """Every case starts with a full pool, and shows the API's log if it fails."""
+    wait_for(lambda: len(idle(engine, server)) == POOL_SIZE, timeout=60, what="a full pool")
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"--- lesson API log (tail) ---\n{server.logs()}")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def idle(engine, server: Server) -> dict[str, object]:
+    """The pool's ready containers, by short id (a run's hostname)."""
+    pooled = containers(engine, server.owner, POOL_REQUEST_ID)
+    return {c.id[:12]: c for c in pooled if c.status == "running"}
+
+
+def run_json(server: Server, code: str) -> dict:
+    """Run code that prints one JSON object, with the hostname and uid of its container."""
+    prelude = "import json, os, socket\nseen = {'host': socket.gethostname(), 'uid': os.getuid()}\n"
+    response = server.http.post("/v1/tools/python", json={"code": prelude + textwrap.dedent(code)})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result) == RESULT_FIELDS and result["exit_code"] == 0, result
+    return json.loads(result["stdout"])
+
+
+# --- nothing survives between runs -------------------------------------------------------------
+
+
+def test_a_file_written_in_tmp_by_one_run_is_absent_in_the_next(server, engine):
+    ready = idle(engine, server)
+    first = run_json(
+        server,
+        """
+        open("/tmp/left-behind", "w").write("secret of run 1")
+        print(json.dumps({**seen, "tmp": os.listdir("/tmp")}))
+        """,
+    )
+    second = run_json(server, 'print(json.dumps({**seen, "tmp": os.listdir("/tmp")}))')
+    assert first["tmp"] == ["left-behind"] and second["tmp"] == []
+    assert first["host"] in ready and second["host"] in ready  # both served by the pool
+    assert first["host"] != second["host"]
+
+
+def test_a_process_left_running_by_one_run_is_gone(server, engine):
+    first = run_json(
+        server,
+        """
+        import subprocess, sys
+        # Its own session, not waited for: it outlives the program unless the container ends.
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         start_new_session=True)
+        print(json.dumps(seen))
+        """,
+    )
+    second = run_json(
+        server,
+        """
+        cmdlines = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmdlines.append(open(f"/proc/{pid}/cmdline", "rb").read().decode())
+                except OSError:
+                    pass
+        print(json.dumps({**seen, "cmdlines": cmdlines}))
+        """,
+    )
+    assert first["host"] != second["host"]
+    assert not any("sleep(600)" in line for line in second["cmdlines"]), second["cmdlines"]
+    assert len(second["cmdlines"]) <= 3  # the watchdog, this program, nothing else
+    # On the host: the first run's container, and the process in it, no longer exist.
+    assert all(not c.id.startswith(first["host"]) for c in containers(engine, server.owner))
+
+
+def test_environment_changes_do_not_carry_over(server):
+    first = run_json(
+        server,
+        """
+        os.environ["LEFT_BEHIND"] = "run 1"
+        os.environ["PATH"] = "/tmp:" + os.environ["PATH"]
+        print(json.dumps({**seen, "env": dict(os.environ)}))
+        """,
+    )
+    second = run_json(server, 'print(json.dumps({**seen, "env": dict(os.environ)}))')
+    assert first["env"]["LEFT_BEHIND"] == "run 1"
+    assert "LEFT_BEHIND" not in second["env"]
+    assert not second["env"]["PATH"].startswith("/tmp:")
+    assert first["host"] != second["host"]
+
+
+def test_no_pooled_container_holds_anything_of_an_earlier_run(server, engine):
+    served = [run_json(server, "print(json.dumps(seen))") for _ in range(2 * POOL_SIZE)]
+    hosts, uids = {s["host"] for s in served}, {s["uid"] for s in served}
+    assert len(hosts) == len(served) and len(uids) == len(served)  # one container, one uid each
+    wait_for(lambda: len(idle(engine, server)) == POOL_SIZE, timeout=60, what="a full pool")
+    for short_id, container in idle(engine, server).items():
+        container.reload()
+        assert short_id not in hosts  # never served a run: each served container was removed
+        assert int(container.attrs["Config"]["User"].split(":")[0]) not in uids
+        processes = container.top()["Processes"]
+        assert len(processes) == 1, processes  # the watchdog alone: it has run nothing yet
+        assert "python -I -c" in processes[0][-1]
+    # And none of the containers that served a run exists any more.
+    left = {c.id[:12] for c in containers(engine, server.owner)}
+    assert not left & hosts
+
+
+def test_a_pooled_container_has_exactly_the_flags_of_a_fresh_one(server, engine):
+    pooled = next(iter(idle(engine, server).values()))
+    pooled.reload()
+    runner = SandboxRunner(SandboxConfig(owner=f"{server.owner}-fresh"))
+    fresh = runner._create(runner.config.timeout_seconds, "fresh", runner._take_uid())
+    try:
+        fresh.reload()
+        assert pooled.attrs["HostConfig"] == fresh.attrs["HostConfig"]
+        pooled_config, fresh_config = pooled.attrs["Config"], fresh.attrs["Config"]
+        for key in ("Image", "Env", "Entrypoint", "WorkingDir", "OpenStdin", "AttachStdin"):
+            assert pooled_config[key] == fresh_config[key], key
+        # The command differs in one argument only: how long the watchdog waits for its run.
+        assert pooled_config["Cmd"][:-1] == fresh_config["Cmd"][:-1]
+        assert pooled_config["Cmd"][-1] == "120" and fresh_config["Cmd"][-1] == "12"
+    finally:
+        fresh.remove(force=True)
+        runner.close()
+
+
+def test_20_concurrent_runs_with_the_pool_never_exceed_max_concurrent_containers(server, engine):
+    def twenty_runs() -> list:
+        with ThreadPoolExecutor(20) as pool:
+            return list(pool.map(lambda i: run_json(server, f"print({i} * {i})"), range(20)))
+
+    results, most = while_counting_containers(engine, server.owner, twenty_runs)
+    assert results == [i * i for i in range(20)]
+    assert most <= MAX_CONCURRENT  # the pool's containers count, running or idle
+    wait_for(
+        lambda: len(idle(engine, server)) == POOL_SIZE, timeout=60, what="a full pool"
+    )  # refilled
+    assert "in pooled container" in server.logs()
+
+
+# --- the fallback: an empty pool never makes a run wait ----------------------------------------
+
+
+class StuckRefills(SandboxRunner):
+    """Its refills wait in Docker's create until the test lets them go; runs do not."""
+
+    def __init__(self, config: SandboxConfig):
+        super().__init__(config)
+        self.release = threading.Event()
+
+    def _create(self, timeout, request_id, uid, idle=None):
+        if request_id == POOL_REQUEST_ID:
+            assert self.release.wait(60), "the test never let the refill go"
+        return super()._create(timeout, request_id, uid, idle)
+
+
+def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(engine):
+    owner = f"test-pool-{uuid.uuid4().hex[:8]}"
+    # One place in all: the stuck refill holds it, and the run must still not wait for it.
+    runner = StuckRefills(SandboxConfig(owner=owner, pool_size=1, max_concurrent=1))
+    try:
+        runner.start_pool()
+        wait_for(lambda: runner._refilling == 1, timeout=10, what="the refill started")
+        result = runner.run("import socket; print(socket.gethostname())", request_id="fallback")
+        # It ran while the refill was still stuck: it cannot have waited behind it.
+        assert not runner.release.is_set()
+        assert result.exit_code == 0 and result.stdout.strip()
+        assert containers(engine, owner) == []  # its fresh container, removed
+        runner.release.set()
+        # The refill whose place the run took is removed unstarted; the next one fills the pool,
+        # never with more than max_concurrent containers.
+        counts = []
+
+        def one_pooled() -> bool:
+            found = containers(engine, owner)
+            counts.append(len(found))
+            return [c.status for c in found] == ["running"]
+
+        wait_for(one_pooled, timeout=60, interval=0.05, what="one pooled container")
+        assert max(counts) <= 1
+        (pooled,) = containers(engine, owner, POOL_REQUEST_ID)
+        assert pooled.id[:12] != result.stdout.strip()
+    finally:
+        runner.release.set()
+        runner.close()
+    assert containers(engine, owner) == []  # close() removes the pool
+
+
+# --- the clocks: a run's deadline starts with the run; an unused container ends by itself --------
+
+
+def test_a_pooled_run_gets_its_whole_timeout_however_long_its_container_waited(engine):
+    owner = f"test-pool-{uuid.uuid4().hex[:8]}"
+    runner = SandboxRunner(SandboxConfig(owner=owner, pool_size=1, timeout_seconds=2))
+    try:
+        runner.start_pool()
+        wait_for(lambda: runner._idle, timeout=60, what="the pool filled")
+        (waiting,) = list(runner._idle)
+        time.sleep(5)  # longer than the run's deadline (2 s + 2 s of grace) had it started then
+        code = "import socket, time; time.sleep(1); print(socket.gethostname())"
+        result = runner.run(code)
+        assert (result.exit_code, result.timed_out) == (0, False), result
+        assert result.stdout.strip() == waiting.container.id[:12]  # the container that waited
+    finally:
+        runner.close()
+    assert containers(engine, owner) == []
+
+
+def test_an_unused_pooled_container_ends_by_itself_and_no_sweep_takes_it_while_it_waits(engine):
+    # As if its API had died: nobody will ever send it a run.
+    owner = f"test-pool-{uuid.uuid4().hex[:8]}"
+    runner = SandboxRunner(SandboxConfig(owner=owner))
+    container = runner._create(10, POOL_REQUEST_ID, runner._take_uid(), idle=3)
+    try:
+        container.start()
+        container.reload()
+        assert int(container.labels[f"{LABEL}.expires"]) >= time.time() + 3 + 12
+        runner.sweep()  # a sweep while it waits leaves it alone
+        container.reload()
+        assert container.status == "running"
+
+        def ended() -> bool:
+            container.reload()
+            return container.status == "exited"
+
+        wait_for(ended, timeout=30, what="the idle container ended")
+        assert container.attrs["State"]["ExitCode"] == 137  # its watchdog's idle limit
+    finally:
+        container.remove(force=True)
+        runner.close()

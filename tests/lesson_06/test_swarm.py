@@ -1,0 +1,531 @@
+"""Lesson 06 on Swarm: deploy/swarm/stack.yml and haproxy.cfg, read (make test), run (swarm-test).
+
+The static half checks what the files promise against each other and against the app: the shutdown
+budget, the update order, dnsrr everywhere, HAProxy finding `tasks.agent` on the app's port and
+checking a path the app serves. The live half (marker `container`) runs `make lesson-06` itself,
+with a stack name and a free port of its own, and checks through HAProxy that 3 replicas answer,
+request ids pass through, the cache is shared, streams are not buffered, each replica keeps its own
+metrics, a broken image is rolled back while the old replicas keep serving, and that
+`make lesson-06-down` leaves the engine as it found it.
+"""
+
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import swarm
+import yaml
+from app.config import Settings
+from prometheus_client.parser import text_string_to_metric_families
+from support.deploy import built_tags, get_paths, load_manifests
+from support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+STACK = yaml.safe_load(swarm.STACK_FILE.read_text(encoding="utf-8"))
+HAPROXY = swarm.HAPROXY_CFG.read_text(encoding="utf-8")
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def seconds(duration: str) -> float:
+    return sum(
+        float(n) * {"h": 3600, "m": 60, "s": 1}[unit]
+        for n, unit in re.findall(r"([\d.]+)(h|m|s)", duration)
+    )
+
+
+def section(config: str, header: str) -> list[str]:
+    """The directives of one HAProxy section (`backend agents`), comments dropped."""
+    lines, inside = [], False
+    for line in config.splitlines():
+        if line and not line[0].isspace():
+            inside = line.strip() == header
+            continue
+        text = line.split("#", 1)[0].strip()
+        if inside and text:
+            lines.append(text)
+    return lines
+
+
+def directive(lines: list[str], name: str) -> str:
+    found = [line[len(name) :].strip() for line in lines if f"{line} ".startswith(f"{name} ")]
+    assert len(found) == 1, f"expected one `{name}`, found {found}"
+    return found[0]
+
+
+def agent_env(stack: dict) -> dict:
+    return stack["services"]["agent"]["environment"]
+
+
+# --- Static: what the files promise ---------------------------------------------------------------
+
+
+def stack_problems(stack: dict, haproxy: str) -> list[str]:
+    problems = []
+    services = stack["services"]
+    agent, proxy = services["agent"], services["haproxy"]
+    for name, service in services.items():
+        if service.get("deploy", {}).get("endpoint_mode") != "dnsrr":
+            problems.append(f"{name}: no endpoint_mode dnsrr (service VIPs need IPVS)")
+    update = agent["deploy"]["update_config"]
+    if update.get("order") != "start-first" or update.get("failure_action") != "rollback":
+        problems.append("agent: updates must start the new task first and roll back on failure")
+    if agent["deploy"].get("rollback_config", {}).get("order") != "start-first":
+        problems.append("agent: a rollback must start the old version first too")
+    if "ports" in agent:
+        problems.append("agent: only HAProxy publishes a port")
+    (port,) = proxy["ports"]
+    if port["mode"] != "host":
+        problems.append("haproxy: publish in host mode (the routing mesh needs IPVS)")
+    if proxy["deploy"].get("update_config", {}).get("order") != "stop-first":
+        problems.append("haproxy: a host-mode port cannot be held by two tasks: stop-first")
+    bind = directive(section(haproxy, "frontend http"), "bind")
+    if bind != f":{port['target']}":
+        problems.append(f"haproxy: binds {bind}, the stack publishes {port['target']}")
+
+    env = agent_env(stack)
+    drain = float(env["SHUTDOWN_DRAIN_SECONDS"])
+    grace = float(env["GRACEFUL_SHUTDOWN_SECONDS"])
+    timeout = float(env["REQUEST_TIMEOUT_SECONDS"])
+    if seconds(agent["stop_grace_period"]) <= drain + grace:
+        problems.append("agent: stop_grace_period must exceed the drain plus the app's grace")
+    if grace < timeout:
+        problems.append("agent: GRACEFUL_SHUTDOWN_SECONDS below REQUEST_TIMEOUT_SECONDS")
+    backend = section(haproxy, "backend agents")
+    server = directive(backend, "default-server").split()
+    inter = seconds(server[server.index("inter") + 1])
+    fall = int(server[server.index("fall") + 1])
+    if drain <= inter * fall:
+        problems.append(f"drain {drain:g}s is shorter than HAProxy needs to see /ready fail")
+    check = agent["healthcheck"]
+    if seconds(check["interval"]) * check["retries"] < 30 or seconds(check["timeout"]) < 5:
+        problems.append("agent: Swarm would replace a replica that is only slow under load")
+    server_timeout = seconds(directive(section(haproxy, "defaults"), "timeout server"))
+    if server_timeout <= timeout:
+        problems.append("haproxy: `timeout server` must exceed REQUEST_TIMEOUT_SECONDS")
+    return problems
+
+
+def test_the_stack_keeps_its_promises():
+    assert stack_problems(STACK, HAPROXY) == []
+
+
+def redis_on_a_vip(stack: dict, haproxy: str) -> str:
+    del stack["services"]["redis"]["deploy"]["endpoint_mode"]
+    return haproxy
+
+
+def agent_stops_first(stack: dict, haproxy: str) -> str:
+    stack["services"]["agent"]["deploy"]["update_config"]["order"] = "stop-first"
+    return haproxy
+
+
+def grace_too_short(stack: dict, haproxy: str) -> str:
+    stack["services"]["agent"]["stop_grace_period"] = "30s"
+    return haproxy
+
+
+def drain_too_short(stack: dict, haproxy: str) -> str:
+    agent_env(stack)["SHUTDOWN_DRAIN_SECONDS"] = "1"
+    return haproxy
+
+
+def impatient_healthcheck(stack: dict, haproxy: str) -> str:
+    stack["services"]["agent"]["healthcheck"].update(timeout="3s", retries=3)
+    return haproxy
+
+
+def wrong_bind(stack: dict, haproxy: str) -> str:
+    return haproxy.replace("bind :8080", "bind :80")
+
+
+def server_timeout_too_short(stack: dict, haproxy: str) -> str:
+    return haproxy.replace("timeout server 60s", "timeout server 20s")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        redis_on_a_vip,
+        agent_stops_first,
+        grace_too_short,
+        drain_too_short,
+        impatient_healthcheck,
+        wrong_bind,
+        server_timeout_too_short,
+    ],
+)
+def test_the_stack_check_catches_a_broken_copy(change):
+    stack = yaml.safe_load(swarm.STACK_FILE.read_text(encoding="utf-8"))
+    haproxy = change(stack, HAPROXY)
+    assert stack_problems(stack, haproxy), f"{change.__name__}: nothing found"
+
+
+def test_the_agent_reads_every_setting_the_stack_gives_it():
+    assert set(agent_env(STACK)) <= set(Settings.model_fields)
+
+
+def test_the_default_image_is_what_make_build_tags():
+    image = re.fullmatch(r"\$\{AGENT_IMAGE:-(.+)\}", STACK["services"]["agent"]["image"]).group(1)
+    assert image in built_tags()
+
+
+def test_haproxy_finds_the_agent_tasks_on_the_apps_port_and_checks_a_real_path():
+    backend = section(HAPROXY, "backend agents")
+    _, slots, address = directive(backend, "server-template").split()
+    assert address == f"tasks.agent:{Settings.model_fields['PORT'].default}"
+    assert int(slots) >= 3
+    check = directive(backend, "option httpchk").split()
+    assert check[0] == "GET" and check[1] == "/ready" and check[1] in get_paths()
+    assert "resolvers docker" in directive(backend, "default-server")
+    assert directive(section(HAPROXY, "resolvers docker"), "nameserver") == "dns 127.0.0.11:53"
+
+
+def test_haproxy_retries_elsewhere_and_never_buffers_a_stream():
+    backend = section(HAPROXY, "backend agents")
+    assert "conn-failure" in directive(backend, "retry-on").split()
+    assert int(directive(backend, "retries")) >= 1
+    assert directive(backend, "option redispatch") == "1"
+    # Compression and response buffering would hold SSE tokens back.
+    assert not re.search(r"^\s*(compression|filter compression)", HAPROXY, flags=re.M)
+
+
+# --- The lesson's mapping table quotes these files -----------------------------------------------
+
+DOC = ROOT / "docs" / "06-scale-out.md"
+# The files each column of the table quotes: Compose, Swarm, Kubernetes.
+COLUMN_FILES = [
+    [ROOT / "research-agent" / "docker-compose.yml"],
+    [swarm.STACK_FILE, swarm.HAPROXY_CFG],
+    sorted((ROOT / "deploy" / "k8s").glob("*.yaml")),
+]
+
+
+def mapping_table() -> list[list[str]]:
+    """The rows of the table in section 8 of docs/06, header and separator left out."""
+    text = DOC.read_text(encoding="utf-8")
+    section_8 = text[text.index("\n## 8. ") :]
+    lines = [line for line in section_8.splitlines() if line.startswith("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return rows[2:]
+
+
+def table_problems(rows: list[list[str]]) -> list[str]:
+    def flat(text: str) -> str:
+        return " ".join(text.split())
+
+    sources = [flat(" ".join(f.read_text(encoding="utf-8") for f in fs)) for fs in COLUMN_FILES]
+    problems = []
+    for row in rows:
+        for cell, source in zip(row[1:], sources, strict=True):
+            for snippet in re.findall(r"`([^`]+)`", cell):
+                if flat(snippet) not in source:
+                    problems.append(f"{row[0]}: `{snippet}` is not in its column's files")
+    return problems
+
+
+def test_the_mapping_table_quotes_the_files_it_names():
+    rows = mapping_table()
+    assert len(rows) >= 15 and all(len(row) == 4 for row in rows)
+    assert table_problems(rows) == []
+
+
+def test_the_mapping_table_check_catches_a_value_that_drifted():
+    rows = mapping_table()
+    failed = next(row for row in rows if row[0] == "failed update")
+    failed[2] = failed[2].replace("rollback", "pause")
+    assert table_problems(rows) == [
+        "failed update: `failure_action: pause` is not in its column's files"
+    ]
+
+
+def budget_row(where: str) -> list[str]:
+    """A row of lesson 03's shutdown budget table, the one place the numbers are set out."""
+    text = (ROOT / "docs" / "03-containers.md").read_text(encoding="utf-8")
+    (line,) = [line for line in text.splitlines() if line.startswith(f"| {where} ")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_lesson_03s_shutdown_budget_states_what_the_stack_and_the_manifests_set():
+    env = agent_env(STACK)
+    _, drain, grace, kill, _ = budget_row("Swarm (lesson 06)")
+    assert (
+        drain == f"{env['SHUTDOWN_DRAIN_SECONDS']} s"
+        and grace == f"{env['GRACEFUL_SHUTDOWN_SECONDS']} s"
+    )
+    assert kill.startswith(f"{seconds(STACK['services']['agent']['stop_grace_period']):g} s ")
+
+    manifests = {(m["kind"], m["metadata"]["name"]): m for m in load_manifests()}
+    config = manifests[("ConfigMap", "research-agent-config")]["data"]
+    pod = manifests[("Deployment", "research-agent")]["spec"]["template"]["spec"]
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    _, drain, grace, kill, _ = budget_row("Kubernetes (lesson 06)")
+    assert drain == f"{config['SHUTDOWN_DRAIN_SECONDS']} s, after a {pre_stop} s `preStop` sleep"
+    assert grace == f"{config['GRACEFUL_SHUTDOWN_SECONDS']} s"
+    assert kill.startswith(f"{pod['terminationGracePeriodSeconds']} s ")
+
+
+# --- Live: make lesson-06, for real ---------------------------------------------------------------
+
+
+def engine_state(client, stack: str) -> dict:
+    """What `make lesson-06` may add to the engine: Swarm, its networks, this stack's objects."""
+    state = {
+        "swarm": client.info()["Swarm"]["LocalNodeState"],
+        "networks": sorted(
+            n.name
+            for n in client.networks.list()
+            if n.name in ("docker_gwbridge", "ingress") or n.name.startswith(f"{stack}_")
+        ),
+    }
+    state.update(swarm.leftovers(client, stack))
+    return state
+
+
+def make(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, (
+        f"make {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    )
+    return result
+
+
+class Lesson:
+    def __init__(self):
+        import docker
+
+        self.client = docker.from_env()
+        self.stack = f"l06-test-{uuid.uuid4().hex[:6]}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.before = engine_state(self.client, self.stack)
+        self.agent = swarm.service_name(self.stack, "agent")
+        self.images = []  # images the tests built, removed once the stack is gone
+        self.image = f"research-agent:{self.stack}"
+
+    def up(self) -> str:
+        # The image built from this checkout under a tag of its own (AGENT_IMAGE), so that another
+        # build of research-agent:optimized on a shared machine cannot change what is tested.
+        swarm.build_agent_image(self.image)
+        self.images.append(self.image)
+        return make(
+            "lesson-06", f"STACK={self.stack}", f"PORT={self.port}", env={"AGENT_IMAGE": self.image}
+        ).stdout
+
+    def down(self) -> str:
+        return make("lesson-06-down", f"STACK={self.stack}", timeout=300).stdout
+
+    def containers(self):
+        return [
+            self.client.containers.get(t["Status"]["ContainerStatus"]["ContainerID"])
+            for t in swarm.running_tasks(self.client, self.agent)
+        ]
+
+
+@pytest.fixture(scope="module")
+def lesson():
+    box = Lesson()
+    box.output = box.up()
+    try:
+        yield box
+    finally:
+        if swarm.swarm_active(box.client) and box.client.services.list(
+            filters={"label": f"{swarm.NAMESPACE}={box.stack}"}
+        ):
+            box.down()
+        for image in box.images:
+            box.client.images.remove(image)
+
+
+@pytest.mark.container
+def test_make_lesson_06_returns_once_three_replicas_serve(lesson):
+    assert f"Research agent on Swarm: {lesson.url}" in lesson.output
+    assert f"make lesson-06-down STACK={lesson.stack}" in lesson.output
+    assert swarm.up_servers(lesson.url) == 3
+    # The commands the lesson shows to watch the stack.
+    services = subprocess.run(
+        ["docker", "service", "ls", "--filter", f"label={swarm.NAMESPACE}={lesson.stack}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert re.search(rf"{lesson.agent}\s+replicated\s+3/3", services), services
+    tasks = subprocess.run(
+        ["docker", "service", "ps", lesson.agent], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert len(re.findall(r"\sRunning\s+Running ", tasks)) == 3, tasks  # desired, current
+    served_by = {httpx.get(f"{lesson.url}/health").headers["x-served-by"] for _ in range(12)}
+    assert len(served_by) == 3, served_by
+
+
+@pytest.mark.container
+def test_request_ids_pass_through_haproxy_to_the_agent(lesson):
+    mine = f"lesson06-{uuid.uuid4().hex[:8]}"
+    response = httpx.post(
+        f"{lesson.url}/v1/research",
+        json={"query": "What does a health check do?"},
+        headers={"X-Request-ID": mine},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == mine == response.json()["request_id"]
+    # Without one, or with one the agent would refuse, HAProxy makes a UUID (the agent's own ids
+    # have no dashes), so HAProxy's log and the agent's log carry the same id.
+    for headers in ({}, {"X-Request-ID": "not valid!"}):
+        given = httpx.get(f"{lesson.url}/health", headers=headers).headers["x-request-id"]
+        assert UUID4.match(given), given
+    deadline, logs = time.monotonic() + 30, ""
+    while time.monotonic() < deadline:
+        logs = subprocess.run(
+            ["docker", "service", "logs", "--raw", lesson.agent],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        proxy = subprocess.run(
+            ["docker", "service", "logs", "--raw", swarm.service_name(lesson.stack, "haproxy")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        if mine in logs and f"{{{mine}}}" in proxy:
+            return
+        time.sleep(1)
+    pytest.fail(f"request id {mine} not found in both the agent's and HAProxy's logs")
+
+
+@pytest.mark.container
+def test_a_question_answered_by_one_replica_is_cached_for_the_others(lesson):
+    question = {"query": f"Why run several replicas? ({uuid.uuid4().hex[:6]})"}
+    first = httpx.post(f"{lesson.url}/v1/research", json=question, timeout=60)
+    assert first.status_code == 200 and first.json()["cached"] is False
+    for _ in range(12):
+        again = httpx.post(f"{lesson.url}/v1/research", json=question, timeout=60)
+        if again.headers["x-served-by"] != first.headers["x-served-by"]:
+            assert again.json()["cached"] is True
+            assert again.json()["response"] == first.json()["response"]
+            return
+    pytest.fail("every answer came from the same replica")
+
+
+@pytest.mark.container
+def test_streams_pass_through_haproxy_token_by_token(lesson):
+    arrivals = []
+    with httpx.stream(
+        "POST",
+        f"{lesson.url}/v1/research/stream",
+        json={"query": f"How does graceful shutdown work? ({uuid.uuid4().hex[:6]})"},
+        timeout=60,
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: token"):
+                arrivals.append(time.monotonic())
+            if line == "data: [DONE]":
+                done = time.monotonic()
+                break
+    # ~150 tokens at 15 ms each: spread over two seconds unless something buffers them.
+    assert len(arrivals) > 50
+    assert done - arrivals[0] > 1.0, "the tokens arrived all at once: the stream was buffered"
+
+
+def health_requests(exposition: str) -> float:
+    """GET /health answered 200, from one replica's /metrics (route label `route` or `handler`)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "http_requests_total"
+        and sample.labels.get("method") == "GET"
+        and sample.labels.get("status") == "200"
+        and "/health" in (sample.labels.get("route"), sample.labels.get("handler"))
+    )
+
+
+@pytest.mark.container
+def test_each_replica_keeps_its_own_metrics(lesson):
+    scrape = [
+        "python",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())",
+    ]
+
+    def counts() -> dict[str, float]:
+        return {
+            c.name: health_requests(c.exec_run(scrape).output.decode()) for c in lesson.containers()
+        }
+
+    before = counts()
+    for _ in range(12):
+        assert httpx.get(f"{lesson.url}/health").status_code == 200
+    after = counts()
+    deltas = {name: after[name] - before.get(name, 0) for name in after}
+    assert sum(deltas.values()) == 12, deltas  # every request counted once, by one replica
+    assert sum(d > 0 for d in deltas.values()) == 3, deltas
+
+
+@pytest.mark.container
+def test_a_version_that_cannot_start_is_rolled_back_while_the_old_one_serves(lesson):
+    import io
+
+    broken = f"research-agent:{lesson.stack}-broken"
+    dockerfile = f'FROM {lesson.image}\nCMD ["python", "-c", "raise SystemExit(3)"]\n'.encode()
+    lesson.client.images.build(fileobj=io.BytesIO(dockerfile), tag=broken, rm=True)
+    lesson.images.append(broken)
+    image_before = lesson.client.services.get(lesson.agent).attrs["Spec"]["TaskTemplate"][
+        "ContainerSpec"
+    ]["Image"]
+    failures, stop = [], threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=lesson.url, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    if client.get("/ready").status_code != 200:
+                        failures.append("not 200")
+                except httpx.HTTPError as error:
+                    failures.append(repr(error))
+                time.sleep(0.2)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        subprocess.run(
+            ["docker", "service", "update", "--detach", "--image", broken, lesson.agent],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline, state = time.monotonic() + 240, None
+        while time.monotonic() < deadline:
+            state = lesson.client.services.get(lesson.agent).attrs.get("UpdateStatus", {})
+            if state.get("State") == "rollback_completed":
+                break
+            time.sleep(1)
+        assert state.get("State") == "rollback_completed", state
+        spec = lesson.client.services.get(lesson.agent).attrs["Spec"]
+        assert spec["TaskTemplate"]["ContainerSpec"]["Image"] == image_before
+        swarm.wait_until_serving(lesson.client, lesson.stack, lesson.url, replicas=3)
+    finally:
+        stop.set()
+        prober.join(30)
+    assert failures == [], f"{len(failures)} failed /ready requests during the failed update"
+
+
+@pytest.mark.container
+def test_make_lesson_06_down_leaves_the_engine_as_it_found_it(lesson):
+    output = lesson.down()
+    assert f"docker stack rm {lesson.stack}" in output
+    assert engine_state(lesson.client, lesson.stack) == lesson.before

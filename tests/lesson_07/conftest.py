@@ -1,0 +1,39 @@
+"""Lesson 07 without Docker: each agent and the gateway run as local processes, the same commands
+the containers run (`python code/07_event_agents.py triage`, ...), against a real redis-server.
+
+The container suite (marker `container`, `make pubsub-test`) runs the Compose project instead.
+"""
+
+import sys
+
+import httpx
+import pytest
+from support.event_agents import GATEWAY, SERVICES, System
+from support.ports import free_port
+from support.redis import RedisServer
+from support.server import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    """One Redis, the five agents and the gateway for the module; each test has its own students."""
+    logs = tmp_path_factory.mktemp("lesson07-logs")
+    with RedisServer() as server:
+        system = System(server.url, logs)
+        try:
+            for service in SERVICES:
+                system.start(service)
+            port = free_port()
+            env = {**system.base_env, "PORT": str(port)}
+            with ServerProcess(
+                [sys.executable, str(GATEWAY)],
+                env=env,
+                port=port,
+                ready_path="/ready",
+                log_path=logs / "gateway.log",
+            ) as gateway:
+                system.gateway = httpx.Client(base_url=gateway.url, timeout=10)
+                yield system
+                system.gateway.close()
+        finally:
+            system.close()

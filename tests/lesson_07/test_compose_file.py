@@ -1,0 +1,52 @@
+"""deploy/lesson07/compose.yaml, statically (`make test`): what `--scale`, AOF and the lesson's
+names need, and that both Composes read it (the live runs: test_containers.py, make pubsub-test)."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "deploy" / "lesson07" / "compose.yaml"
+SERVICES = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+AGENTS = ("triage", "concepts", "debug", "exercise", "progress")
+
+
+def test_the_services_are_named_as_the_lesson_says():
+    assert set(SERVICES) == {"redis", "gateway", *AGENTS}
+
+
+@pytest.mark.parametrize("name", AGENTS)
+def test_an_agent_can_be_scaled(name):
+    """No fixed container name and no host port: `--scale` can run several copies."""
+    service = SERVICES[name]
+    assert "container_name" not in service and "ports" not in service
+    assert service["command"] == ["07_event_agents.py", name]
+    assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_redis_fsyncs_every_write_to_its_append_only_file():
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"
+
+
+def test_the_gateway_is_published_on_loopback_only():
+    assert SERVICES["gateway"]["ports"] == ["127.0.0.1:${LESSON07_PORT:-8070}:8070"]
+
+
+@pytest.mark.parametrize("compose", [("docker-compose",), ("docker", "compose")])
+def test_compose_reads_the_file(compose):
+    if shutil.which(compose[0]) is None:
+        pytest.skip(f"{compose[0]} is not installed (make pubsub-test runs both for real)")
+    done = subprocess.run(
+        [*compose, "-f", str(COMPOSE_FILE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if compose == ("docker", "compose") and "is not a docker command" in done.stderr:
+        pytest.skip("no Compose v2 plugin (scripts/docker-tools.sh installs it)")
+    assert done.returncode == 0, done.stderr

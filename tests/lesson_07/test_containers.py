@@ -1,0 +1,200 @@
+"""Lesson 07 in containers (`make pubsub-test`): the Compose project, kills and a Redis restart.
+
+Sixty questions of three kinds while a `concepts` container is killed twice (docker kill: SIGKILL)
+and Redis is restarted: every question answered, routed right, counted exactly once; a malformed
+event dead-lettered; `make lesson-07-down` leaves no container, network or volume behind.
+"""
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from support.docker_cli import docker
+from support.ports import free_port
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.container
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "deploy" / "lesson07" / "compose.yaml"
+IMAGE = os.environ.get("LESSON07_IMAGE", "lesson-07-agents")
+KINDS = {
+    "concepts": "What is a {topic} network?",
+    "debug": "Traceback (most recent call last): {topic} raised KeyError number {i}",
+    "exercise": "Give me an exercise on {topic}, number {i}",
+}
+TOPICS = ("docker", "redis", "python", "fastapi")
+
+
+def run(*args: str, env: dict | None = None, check: bool = True) -> str:
+    """Compose and make, reading the project's settings from `env` (support's docker() cannot)."""
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def project():
+    name, port = f"lesson-07-test-{uuid.uuid4().hex[:8]}", free_port()
+    env = {
+        **os.environ,
+        "LESSON07_IMAGE": IMAGE,
+        "LESSON07_PORT": str(port),
+        "VISIBILITY_TIMEOUT_MS": "3000",
+        "OFFLINE_TOKEN_DELAY_MS": "20",
+    }
+    compose = ("docker", "compose", "-p", name, "-f", str(COMPOSE_FILE))
+    try:
+        run(*compose, "up", "-d", "--wait", "--scale", "concepts=2", env=env)
+        yield {"name": name, "compose": compose, "env": env, "url": f"http://127.0.0.1:{port}"}
+    finally:
+        run(
+            "make",
+            "--no-print-directory",
+            "lesson-07-down",
+            f"LESSON07_PROJECT={name}",
+            env=env,
+            check=False,
+        )
+
+
+def redis_cli(project, *args: str) -> str:
+    return run(*project["compose"], "exec", "-T", "redis", "redis-cli", *args, env=project["env"])
+
+
+def test_compose_v1_runs_the_same_file():
+    """Debian's docker-compose 1.29 (no --wait): up, one question answered end to end, down -v."""
+    name, port = f"lesson-07-v1-{uuid.uuid4().hex[:8]}", free_port()
+    env = {**os.environ, "LESSON07_IMAGE": IMAGE, "LESSON07_PORT": str(port)}
+    compose = ("docker-compose", "-p", name, "-f", str(COMPOSE_FILE))
+    try:
+        run(*compose, "up", "-d", env=env)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+
+        def ready():
+            try:
+                return client.get("/ready").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=60, interval=0.5, what="the gateway ready under Compose v1")
+        asked = client.post("/v1/questions", json={"student_id": "v1", "text": "What is AOF?"})
+        question = f"/v1/questions/{asked.json()['id']}"
+        view = wait_for(
+            lambda: (v := client.get(question).json())["status"] == "answered" and v,
+            timeout=60,
+            interval=0.5,
+            what="the answer under Compose v1",
+        )
+        assert view["route"] == "concepts"
+    finally:
+        run(*compose, "down", "-v", "--remove-orphans", env=env, check=False)
+    label = f"label=com.docker.compose.project={name}"
+    assert docker("ps", "-aq", "--filter", label) == ""
+
+
+def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
+    client = httpx.Client(base_url=project["url"], timeout=10)
+    sent: dict[str, tuple[str, str]] = {}  # question id -> (student, kind)
+
+    def send(batch: int) -> None:
+        for i in range(20):
+            kind = list(KINDS)[i % 3]
+            student = f"student-{i % 5}"
+            text = KINDS[kind].format(topic=TOPICS[(i + batch) % 4], i=i)
+            response = client.post("/v1/questions", json={"student_id": student, "text": text})
+            assert response.status_code == 202, response.text
+            sent[response.json()["id"]] = (student, kind)
+
+    def kill_a_concepts_container() -> None:
+        time.sleep(1.5)  # both concepts consumers are busy with this batch by now
+        victim = run(*project["compose"], "ps", "-q", "concepts", env=project["env"]).split()[0]
+        docker("kill", victim)
+        time.sleep(0.5)
+        docker("start", victim)
+
+    send(0)
+    kill_a_concepts_container()
+    send(1)
+    kill_a_concepts_container()
+    send(2)
+    time.sleep(1)
+    redis_container = run(*project["compose"], "ps", "-q", "redis", env=project["env"]).strip()
+    docker("restart", redis_container, timeout=120)
+
+    def views():
+        found = {}
+        for question_id in sent:
+            response = client.get(f"/v1/questions/{question_id}")
+            if response.status_code != 200 or response.json()["status"] == "pending":
+                return None
+            found[question_id] = response.json()
+        return found
+
+    answered = wait_for(views, timeout=150, interval=1, what="all 60 questions answered")
+    assert all(v["status"] == "answered" for v in answered.values()), answered
+    assert all(answered[q]["route"] == kind for q, (_, kind) in sent.items())
+
+    expected = Counter(student for student, _ in sent.values())
+    counted = {s: client.get(f"/v1/students/{s}/progress").json() for s in expected}
+    for student, progress in counted.items():
+        kinds = Counter(kind for s, kind in sent.values() if s == student)
+        assert progress["questions"] == expected[student], (student, progress)
+        assert progress["kinds"] == dict(kinds), (student, progress)
+
+    # A malformed event, published straight onto the topic as a broken producer would.
+    redis_cli(project, "XADD", "learning.requests", "*", "data", "not a cloud event")
+    dead = wait_for(
+        lambda: redis_cli(project, "XLEN", "learning.requests.deadletter").strip() not in ("", "0"),
+        what="the malformed event dead-lettered",
+    )
+    assert dead
+    assert redis_cli(project, "CONFIG", "GET", "appendonly").split()[-1] == "yes"
+
+    trace = redis_cli(project, "--no-raw", "XRANGE", "trace", "-", "+")
+    redelivered = sum(int(v["attempts"]) - 1 for v in answered.values())
+    dead_lettered = sum(
+        int(redis_cli(project, "XLEN", f"{t}.deadletter").strip() or 0)
+        for t in (
+            "learning.requests",
+            "concept.requests",
+            "debug.requests",
+            "exercise.requests",
+            "progress.requests",
+        )
+    )
+    twice = sum(max(0, counted[s]["questions"] - expected[s]) for s in expected)
+    figures = {
+        "sent": len(sent),
+        "answered": len(answered),
+        "redelivered": redelivered,
+        "dead_lettered": dead_lettered,
+        "counted_twice": twice,
+        "trace_entries": trace.count("outcome"),
+    }
+    with capsys.disabled():  # shown in `make pubsub-test`'s output, not only on failure
+        print("\nchaos figures:", json.dumps(figures))
+    assert redelivered >= 1, "no kill landed on a message in flight"
+    assert twice == 0 and dead_lettered == 1
+
+
+def test_lesson_07_down_leaves_nothing(project):
+    name = project["name"]
+    run(
+        "make",
+        "--no-print-directory",
+        "lesson-07-down",
+        f"LESSON07_PROJECT={name}",
+        env=project["env"],
+    )
+    label = f"label=com.docker.compose.project={name}"
+    assert docker("ps", "-aq", "--filter", label) == ""
+    assert docker("network", "ls", "-q", "--filter", label) == ""
+    assert docker("volume", "ls", "-q", "--filter", label) == ""

@@ -1,0 +1,23 @@
+"""The gateway with Redis away: /health answers, /ready and the routes say 503, no traceback."""
+
+import sys
+
+import httpx
+from support.errors import assert_error
+from support.event_agents import GATEWAY
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
+
+
+def test_redis_away_is_a_503_in_the_error_shape(tmp_path):
+    port, dead = free_port(), free_port()
+    env = offline_environment(PORT=port, REDIS_URL=f"redis://127.0.0.1:{dead}/0")
+    with ServerProcess(
+        [sys.executable, str(GATEWAY)], env=env, port=port, log_path=tmp_path / "gateway.log"
+    ) as gateway:
+        client = httpx.Client(base_url=gateway.url, timeout=15)
+        assert client.get("/health").status_code == 200
+        assert_error(client.get("/ready"), 503, "redis_unavailable")
+        asked = client.post("/v1/questions", json={"student_id": "ann", "text": "hi"})
+        error = assert_error(asked, 503, "redis_unavailable")
+        assert "Traceback" not in error["message"]

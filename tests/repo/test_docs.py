@@ -1,0 +1,615 @@
+"""The docs cannot drift from the code.
+
+1. Every excerpt in docs/ is identical to the file (or symbol) it includes
+   (scripts/docs_sync.py --check), and every include names a file and symbol that exist.
+2. Every `make ...` line in a shell block of docs/ or README.md names a target of the Makefile.
+3. Every shell block in docs/ is checked: it only runs make targets, or it is marked
+   `<!-- server: TARGET -->` and run here, or it is marked `<!-- checked-by: ... -->` and names the
+   make target or test file that exercises the same steps.
+4. Each `<!-- server: TARGET -->` block is run against a real server (started as `make TARGET`
+   would, on a free port, with no token delay), in the order the doc shows them, and its output
+   is compared with the `<!-- expected-output -->` block that follows it:
+   - JSON structurally; request ids, timestamps, latencies and uptimes may differ; a value "..." in
+     the doc matches anything (used where the answer depends on what the search finds);
+   - text line by line; a line `...` stands for any number of lines, and `...` inside a line for any
+     characters.
+"""
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docs_links
+import docs_sync
+import docs_words
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+SHELL_LANGS = {"bash", "console", "sh", "shell"}
+VOLATILE_KEYS = {"request_id", "latency_ms", "created_at", "uptime_seconds", "time", "duration_ms"}
+
+
+# How `make TARGET` starts each lesson server: (working directory, script).
+SERVERS = {
+    "lesson-01": (ROOT, "code/01_basic_api.py"),
+    "lesson-01-production": (ROOT, "code/01_production_api.py"),
+    "lesson-01-shutdown": (ROOT, "code/01_graceful_shutdown.py"),
+    "research-agent": (ROOT / "research-agent", "main.py"),
+    "lesson-02": (ROOT / "research-agent", "main.py"),  # make lesson-02 runs make research-agent
+    "lesson-04": (ROOT, "code/04_sandboxed_tools.py"),
+}
+# Servers that need Docker and a built image: their documented commands run with the container
+# checks (marker `container`, `make sandbox-test`), not in `make test`.
+NEEDS_DOCKER = {"lesson-04"}
+
+
+# --- Reading Markdown -----------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    doc: Path
+    line: int  # 1-based line of the opening fence
+    lang: str
+    body: str
+    marks: dict = field(
+        default_factory=dict
+    )  # from the HTML comment just above: {"server": "lesson-01"}
+
+    def where(self) -> str:
+        return f"{self.doc.relative_to(ROOT)}:{self.line}"
+
+
+def blocks(doc: Path) -> list[Block]:
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    found, i = [], 0
+    while i < len(lines):
+        opening = re.match(r"^(`{3,})\s*([\w-]*)", lines[i])
+        if not opening:
+            i += 1
+            continue
+        fence = opening.group(1)
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].rstrip() == fence), len(lines))
+        marks = {}
+        comment = re.match(r"^<!--\s*([\w-]+)\s*:?\s*(.*?)\s*-->\s*$", lines[i - 1]) if i else None
+        if comment:
+            marks[comment.group(1)] = comment.group(2)
+        found.append(
+            Block(doc, i + 1, opening.group(2).lower(), "\n".join(lines[i + 1 : end]), marks)
+        )
+        i = end + 1
+    return found
+
+
+def shell_blocks(docs: list[Path]) -> list[Block]:
+    return [b for doc in docs for b in blocks(doc) if b.lang in SHELL_LANGS]
+
+
+def commands(block: Block) -> list[str]:
+    """The command lines of a shell block: continuations joined, comments and prompts removed."""
+    joined = re.sub(r"\\\n\s*", " ", block.body)
+    result = []
+    for line in joined.splitlines():
+        line = re.sub(r"^\$\s+", "", line.strip())
+        line = re.sub(r"\s+#.*$", "", line) if not line.startswith("#") else ""
+        if line:
+            result.append(line)
+    return result
+
+
+def make_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    return {
+        m.group(1) for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:(?!=)", text, flags=re.M)
+    }
+
+
+def make_goals(command: str) -> list[str] | None:
+    """The targets of a `make` command line (after VAR=value prefixes); None for other commands."""
+    words = command.split()
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+        words.pop(0)
+    if not words or words[0] != "make":
+        return None
+    return [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+
+
+# --- 1. Excerpts ----------------------------------------------------------------------------------
+
+
+def test_there_are_docs_with_excerpts():
+    assert DOCS, "docs/ has no Markdown files"
+    assert sum(len(docs_sync.find_excerpts(d)) for d in DOCS) >= 10
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_every_include_names_a_file_and_symbol_that_exist(doc):
+    _, broken = docs_sync.sync_doc(doc, write=False)
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_excerpts_match_their_files(doc):
+    stale, _ = docs_sync.sync_doc(doc, write=False)
+    assert not stale, (
+        "\n".join(stale)
+        + "\nRun `python scripts/docs_sync.py` and review the doc around each excerpt."
+    )
+
+
+def test_check_mode_exits_0_on_the_repository():
+    result = subprocess.run(
+        [sys.executable, "scripts/docs_sync.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+SAMPLE = '''"""A module."""
+import functools
+
+LIMIT = 3
+
+
+@functools.cache
+def square(x):
+    return x * x
+
+
+class Box:
+    size: int = 1
+
+    def grow(self):
+        self.size += 1
+        # still growing
+
+
+if __name__ == "__main__":
+    print(square(LIMIT))
+'''
+
+
+@pytest.fixture
+def sample_repo(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text(SAMPLE)
+    (tmp_path / "Dockerfile").write_text('FROM scratch\n# [start:run]\nCMD ["run"]\n# [end:run]\n')
+    return tmp_path
+
+
+EXTRACTS = {
+    "pkg/mod.py#square": "@functools.cache\ndef square(x):\n    return x * x",
+    "pkg/mod.py#LIMIT": "LIMIT = 3",
+    "pkg/mod.py#Box.grow": "def grow(self):\n    self.size += 1\n    # still growing",
+    "pkg/mod.py#__main__": 'if __name__ == "__main__":\n    print(square(LIMIT))',
+    "Dockerfile#run": 'CMD ["run"]',
+    "Dockerfile": 'FROM scratch\n# [start:run]\nCMD ["run"]\n# [end:run]',
+}
+
+
+@pytest.mark.parametrize("target", EXTRACTS)
+def test_extract_selects_symbols_with_decorators_methods_and_markers(sample_repo, target):
+    assert docs_sync.extract(target, sample_repo) == EXTRACTS[target]
+
+
+def test_extract_with_a_count_takes_the_next_symbols_too(sample_repo):
+    extract = docs_sync.extract
+    assert extract("pkg/mod.py#LIMIT+1", sample_repo).startswith("LIMIT = 3\n\n\n@functools.cache")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "pkg/missing.py",
+        "pkg/mod.py#cube",
+        "pkg/mod.py#Box.shrink",
+        "Dockerfile#build",
+        "../outside.py",
+    ],
+)
+def test_extract_refuses_what_does_not_exist(sample_repo, spec):
+    with pytest.raises(docs_sync.IncludeError):
+        docs_sync.extract(spec, sample_repo)
+
+
+def test_a_changed_file_makes_its_excerpt_stale_until_synced(sample_repo):
+    doc = sample_repo / "doc.md"
+    doc.write_text("Intro\n\n<!-- include: pkg/mod.py#square -->\n```python\nold\n```\n\nEnd\n")
+    stale, broken = docs_sync.sync_doc(doc, sample_repo, write=False)
+    assert stale == [f"{doc}:3: pkg/mod.py#square is stale"] and not broken
+    assert "old" in doc.read_text()  # --check changes nothing
+
+    docs_sync.sync_doc(doc, sample_repo, write=True)
+    assert doc.read_text() == (
+        "Intro\n\n<!-- include: pkg/mod.py#square -->\n```python\n@functools.cache\n"
+        "def square(x):\n"
+        "    return x * x\n```\n\nEnd\n"
+    )
+    assert docs_sync.sync_doc(doc, sample_repo, write=False) == ([], [])
+
+
+def test_a_missing_symbol_is_reported_and_nothing_is_written(sample_repo):
+    doc = sample_repo / "doc.md"
+    text = (
+        "<!-- include: pkg/mod.py#gone -->\n```python\nx\n```\n"
+        "<!-- include: pkg/mod.py#LIMIT -->\n```python\n```\n"
+    )
+    doc.write_text(text)
+    stale, broken = docs_sync.sync_doc(doc, sample_repo, write=True)
+    assert broken and "pkg/mod.py#gone" in broken[0]
+    assert doc.read_text() == text
+
+
+def test_an_include_diff_shows_what_the_next_step_adds(sample_repo):
+    (sample_repo / "pkg" / "mod2.py").write_text(
+        SAMPLE.replace("    return x * x", "    # NEW: logged\n    print(x)\n    return x * x")
+    )
+    doc = sample_repo / "doc.md"
+    doc.write_text("<!-- include-diff: pkg/mod.py#square  pkg/mod2.py#square -->\n```diff\n```\n")
+    stale, broken = docs_sync.sync_doc(doc, sample_repo, write=True)
+    assert len(stale) == 1 and not broken
+    assert doc.read_text() == (
+        "<!-- include-diff: pkg/mod.py#square  pkg/mod2.py#square -->\n```diff\n"
+        "--- pkg/mod.py#square\n+++ pkg/mod2.py#square\n@@ -1,3 +1,5 @@\n"
+        " @functools.cache\n def square(x):\n+    # NEW: logged\n+    print(x)\n     return x * x\n"
+        "```\n"
+    )
+    assert docs_sync.sync_doc(doc, sample_repo, write=False) == ([], [])
+    (sample_repo / "pkg" / "mod2.py").write_text(SAMPLE.replace("x * x", "x**2"))
+    assert docs_sync.sync_doc(doc, sample_repo, write=False)[0]  # the next step changed: stale
+
+
+def test_an_include_diff_of_identical_sides_is_broken(sample_repo):
+    doc = sample_repo / "doc.md"
+    doc.write_text("<!-- include-diff: pkg/mod.py#square pkg/mod.py#square -->\n```diff\n```\n")
+    _, broken = docs_sync.sync_doc(doc, sample_repo, write=False)
+    assert broken and "nothing differs" in broken[0]
+
+
+# --- 2 and 3. Commands ----------------------------------------------------------------------------
+
+
+def test_make_lines_name_real_targets():
+    targets, wrong = make_targets(), []
+    for block in shell_blocks(DOCS + [ROOT / "README.md"]):
+        for command in commands(block):
+            goals = make_goals(command)
+            if goals is not None:
+                wrong += [f"{block.where()}: make {g}" for g in goals if g not in targets]
+    assert not wrong, "no such Makefile target:\n" + "\n".join(wrong)
+
+
+def test_every_shell_block_in_docs_is_run_or_checked():
+    unchecked = []
+    targets = make_targets()
+    for block in shell_blocks(DOCS):
+        if "server" in block.marks:
+            assert block.marks["server"].split()[0] in SERVERS, (
+                f"{block.where()}: unknown server {block.marks['server']}"
+            )
+            continue
+        if "checked-by" in block.marks:
+            by = block.marks["checked-by"]
+            goals = make_goals(by)
+            if goals is not None:
+                assert goals and all(g in targets for g in goals), (
+                    f"{block.where()}: {by} is not a make target"
+                )
+            else:
+                assert (ROOT / by).is_file(), (
+                    f"{block.where()}: checked-by names {by}, which does not exist"
+                )
+            continue
+        if not all(make_goals(c) is not None for c in commands(block)):
+            unchecked.append(block.where())
+    assert not unchecked, (
+        "these shell blocks are neither make targets, nor run by this test"
+        " (<!-- server: TARGET -->), nor marked "
+        "<!-- checked-by: make TARGET | tests/... -->:\n" + "\n".join(unchecked)
+    )
+
+
+# --- 4. Running the documented commands against a real server -------------------------------------
+
+
+def doc_sessions() -> list[tuple[Path, str, list[tuple[Block, Block]]]]:
+    """Per doc and server: the (command, expected output) pairs, in the order of the doc."""
+    sessions = {}
+    for doc in DOCS:
+        found = blocks(doc)
+        for i, block in enumerate(found):
+            if block.lang in SHELL_LANGS and "server" in block.marks:
+                expected = found[i + 1] if i + 1 < len(found) else None
+                assert expected is not None and "expected-output" in expected.marks, (
+                    f"{block.where()}: a server block must be followed by an"
+                    " <!-- expected-output --> block"
+                )
+                sessions.setdefault((doc, block.marks["server"]), []).append((block, expected))
+    return [(doc, server, pairs) for (doc, server), pairs in sessions.items()]
+
+
+def start_server(server_process, target: str):
+    """The server a doc's commands run against, as `make TARGET` starts it, on a free port."""
+    name, *assignments = target.split()  # e.g. <!-- server: research-agent SEARCH_MAX_RESULTS=2 -->
+    cwd, script = SERVERS[name]
+    settings = dict(assignment.partition("=")[::2] for assignment in assignments)
+    settings.setdefault("OFFLINE_TOKEN_DELAY_MS", "0")
+    return server_process([sys.executable, script], cwd=cwd, **settings)
+
+
+def run_against(port: int, command: str) -> str:
+    # The doc says port 8000; the server listens on a free port: output naming it maps back.
+    command = re.sub(r"\b(localhost|127\.0\.0\.1):8000\b", rf"\1:{port}", command)
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return re.sub(rf"\b(localhost|127\.0\.0\.1):{port}\b", r"\1:8000", result.stdout)
+
+
+def match_json(expected, actual, path="$") -> list[str]:
+    if expected == "...":
+        return []
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{path}: expected an object, got {actual!r}"]
+        problems = (
+            [f"{path}: keys {sorted(expected)} != {sorted(actual)}"]
+            if set(expected) != set(actual)
+            else []
+        )
+        for key in expected.keys() & actual.keys():
+            if key not in VOLATILE_KEYS:
+                problems += match_json(expected[key], actual[key], f"{path}.{key}")
+        return problems
+    if isinstance(expected, list):
+        if not isinstance(actual, list):
+            return [f"{path}: expected a list, got {actual!r}"]
+        if expected and expected[-1] == "...":
+            expected, actual = expected[:-1], actual[: len(expected) - 1]
+        if len(expected) != len(actual):
+            return [f"{path}: {len(actual)} items, the doc shows {len(expected)}"]
+        return [
+            p
+            for i, (e, a) in enumerate(zip(expected, actual, strict=True))
+            for p in match_json(e, a, f"{path}[{i}]")
+        ]
+    return [] if expected == actual else [f"{path}: {actual!r}, the doc shows {expected!r}"]
+
+
+def _line_pattern(line: str) -> re.Pattern:
+    return re.compile(".*".join(re.escape(part) for part in line.split("...")) + r"\Z")
+
+
+def match_text(expected: list[str], actual: list[str]) -> bool:
+    if not expected:
+        return not actual
+    if expected[0] == "...":
+        return any(match_text(expected[1:], actual[i:]) for i in range(len(actual) + 1))
+    return (
+        bool(actual)
+        and bool(_line_pattern(expected[0]).match(actual[0]))
+        and match_text(expected[1:], actual[1:])
+    )
+
+
+def normalise(text: str) -> list[str]:
+    return [line.rstrip() for line in text.replace("\r\n", "\n").strip("\n").split("\n")]
+
+
+def compare(expected: str, actual: str) -> list[str]:
+    try:
+        wanted = json.loads(expected)
+    except ValueError:
+        wanted = None
+    if wanted is not None:
+        try:
+            got = json.loads(actual)
+        except ValueError:
+            return [f"expected JSON, got:\n{actual}"]
+        return match_json(wanted, got)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    if match_text(normalise(expected), normalise(actual)):
+        return []
+    return [f"output differs from the doc:\n--- doc\n{expected}\n--- actual\n{actual}"]
+
+
+SESSIONS = doc_sessions()
+
+
+def session_param(doc: Path, target: str, pairs: list) -> pytest.param:
+    marks = [pytest.mark.container] if target.split()[0] in NEEDS_DOCKER else []
+    return pytest.param(doc, target, pairs, marks=marks, id=f"{doc.name}:{target.split()[0]}")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the documented commands use curl")
+@pytest.mark.parametrize("doc, target, pairs", [session_param(*s) for s in SESSIONS])
+def test_documented_commands_print_the_documented_output(server_process, doc, target, pairs):
+    server = start_server(server_process, target)
+    for command, expected in pairs:
+        problems = compare(expected.body, run_against(server.port, command.body))
+        assert not problems, f"{command.where()}: `{command.body}`\n" + "\n".join(problems)
+
+
+def test_there_are_commands_run_against_each_lesson_server():
+    targets = {t.split()[0] for _, t, _ in SESSIONS}
+    assert {"lesson-01", "lesson-01-production"} <= targets, targets
+    assert {"lesson-02", "research-agent"} & targets, targets  # one server, two names
+
+
+def test_the_research_agent_doc_lists_every_setting():
+    tree = ast.parse((ROOT / "research-agent" / "app" / "config.py").read_text(encoding="utf-8"))
+    settings = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
+    names = [
+        n.target.id for n in settings.body if isinstance(n, ast.AnnAssign) and n.target.id.isupper()
+    ]
+    doc = (ROOT / "docs" / "02-research-agent.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `([A-Z_0-9]+)` \|", doc, flags=re.M))
+    assert len(names) > 10 and not set(names) - rows, (
+        f"missing from the configuration table: {set(names) - rows}"
+    )
+
+
+# --- 5. Links, anchors and tables (scripts/docs_links.py), and the core path's length -----------
+
+LINKED_PAGES = docs_links.default_files(ROOT)
+
+
+def test_the_link_check_covers_the_readmes_and_every_doc():
+    names = {str(p.relative_to(ROOT)) for p in LINKED_PAGES}
+    assert {"README.md", "CONTRIBUTING.md", "research-agent/README.md"} <= names
+    assert {str(d.relative_to(ROOT)) for d in DOCS} <= names
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_to_files_and_headings_that_exist(page):
+    report = docs_links.check([page], ROOT)
+    assert not report.broken, "\n".join(report.broken)
+
+
+def test_the_link_check_counts_what_it_checked():
+    result = subprocess.run(
+        [sys.executable, "scripts/docs_links.py"], cwd=ROOT, capture_output=True, text=True
+    )
+    counted = re.search(
+        r"checked (\d+) relative links, (\d+) of them with an #anchor", result.stdout
+    )
+    assert counted and int(counted[1]) > 100 and int(counted[2]) > 20, result.stdout
+
+
+LINK_SAMPLE = """# Lesson 09 · Containers’ limits
+
+See [the steps](#step-1-build-it), [the second run](#run-it-1)
+and [limits](#lesson-09--containers-limits).
+Jump to [the marker](#custom-spot) or [the other page](other.md#a-heading-with-code-and-_under_).
+Not links: `[x](missing.md)` and
+
+```markdown
+[y](also-missing.md#nowhere)
+```
+
+## Step 1: build it
+
+### Run it
+
+### Run it
+
+<a id="custom-spot"></a>
+"""
+
+
+@pytest.fixture
+def link_pages(tmp_path):
+    (tmp_path / "other.md").write_text("## A heading with `code` and _under_\n", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(LINK_SAMPLE, encoding="utf-8")
+    return tmp_path, page
+
+
+def test_github_slugs_drop_punctuation_and_number_repeated_headings(link_pages):
+    _, page = link_pages
+    assert docs_links.anchors(LINK_SAMPLE) == {
+        "lesson-09--containers-limits",
+        "step-1-build-it",
+        "run-it",
+        "run-it-1",
+        "custom-spot",
+    }
+
+
+def test_good_links_pass_and_code_is_not_checked(link_pages):
+    root, page = link_pages
+    report = docs_links.check([page], root)
+    assert report.broken == [] and (report.links, report.anchors) == (5, 5)
+
+
+@pytest.mark.parametrize(
+    "link, problem",
+    [
+        ("[gone](#run-it-2)", "#run-it-2: no such heading or anchor"),
+        ("[gone](other.md#a-heading)", "other.md#a-heading: no such heading or anchor"),
+        ("[gone](#lesson-09-·-containers’-limits)", "no such heading or anchor"),
+        ("[gone](missing.md)", "missing.md: no such file"),
+    ],
+)
+def test_a_broken_link_or_anchor_fails_and_is_named(link_pages, link, problem):
+    root, page = link_pages
+    page.write_text(LINK_SAMPLE + f"\nAnd {link}.\n", encoding="utf-8")
+    report = docs_links.check([page], root)
+    assert len(report.broken) == 1 and problem in report.broken[0], report.broken
+    assert report.broken[0].startswith("page.md:")
+
+
+def test_a_table_split_by_a_blank_line_fails(tmp_path):
+    whole = "| a | b |\n| --- | --- |\n| 1 | 2 |\n| 3 | 4 |\n"
+    split = "| a | b |\n| --- | --- |\n| 1 | 2 |\n\n| 3 | 4 |\n"
+    assert docs_links.split_tables(whole) == []
+    assert docs_links.split_tables(split) == [5]
+    assert docs_links.split_tables("```\n| not | a table |\n```\n") == []
+    (tmp_path / "page.md").write_text(split, encoding="utf-8")
+    assert "split by a blank line" in docs_links.check([tmp_path / "page.md"], tmp_path).broken[0]
+
+
+@pytest.mark.parametrize("lesson", sorted((ROOT / "docs").glob("0*.md")), ids=lambda d: d.name)
+def test_each_lesson_core_path_is_at_most_1500_words(lesson):
+    words = docs_words.count_words(docs_words.core_path(lesson.read_text(encoding="utf-8")))
+    assert words <= docs_words.LIMIT, (
+        f"{lesson.name}: the core path (above '## Going further') has {words} words of prose,"
+        f" the limit is {docs_words.LIMIT}: move deeper material below '## Going further'"
+    )
+
+
+WORDS_SAMPLE = """# Lesson 09 · Five words here
+
+Two words: [a link](https://example.com/not/counted).
+
+```python
+print("code is not prose")
+```
+
+| a table | is not prose |
+| --- | --- |
+
+<!-- include: neither is a comment -->
+<details>
+<summary>Nor a folded solution</summary>
+
+Hidden words.
+</details>
+
+## Going further
+
+Nothing below the heading counts.
+"""
+
+
+def test_the_word_count_reads_only_the_core_path_prose():
+    core = docs_words.core_path(WORDS_SAMPLE)
+    assert "Nothing below" not in core
+    # "Lesson 09 Five words here" (5) + "Two words a link" (4); the heading line is prose.
+    assert docs_words.count_words(core) == 9
+    assert docs_words.count_words(WORDS_SAMPLE.replace("## Going further", "## Later")) == 15
+
+
+def test_the_word_count_script_exits_1_over_the_limit(tmp_path):
+    doc = tmp_path / "09-sample.md"
+    doc.write_text(WORDS_SAMPLE, encoding="utf-8")
+    script = [sys.executable, "scripts/docs_words.py"]
+    ok = subprocess.run([*script, str(doc)], cwd=ROOT, capture_output=True, text=True)
+    over = subprocess.run(
+        [*script, "--limit", "8", str(doc)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and over.returncode == 1
+    assert "09-sample.md" in over.stderr and "OVER" in over.stdout

@@ -1,0 +1,70 @@
+"""scripts/support/: what every lesson's tests and the benchmarks rely on, checked on its own."""
+
+import sys
+
+import pytest
+from support.ports import free_port
+from support.server import ServerProcess
+from support.sse import Event, iter_sse, json_events, parse_sse
+from support.waiting import wait_for
+
+
+def test_parse_sse_reads_names_ids_multi_line_data_and_skips_comments():
+    body = (
+        ": keep-alive\r\n\r\n"
+        'event: token\r\ndata: {"text": "a"}\r\n\r\n'
+        "id: 7\nevent: note\ndata: line one\ndata: line two\n\n"
+        "data: [DONE]\n\n"
+    )
+    assert parse_sse(body) == [
+        Event("token", '{"text": "a"}'),
+        Event("note", "line one\nline two", "7"),
+        Event("message", "[DONE]"),
+    ]
+    assert json_events(parse_sse(body), "token") == [{"text": "a"}]
+
+
+def test_iter_sse_yields_each_event_when_its_blank_line_arrives():
+    read = []
+
+    def stream():
+        for line in ["data: 1", "", "data: 2"]:
+            read.append(line)
+            yield line
+
+    # The first event comes before the third line is read; the last one at the end of the stream.
+    assert [(event.data, len(read)) for event in iter_sse(stream())] == [("1", 2), ("2", 3)]
+
+
+def test_wait_for_returns_the_value_or_says_what_it_waited_for():
+    calls = iter([0, "", "ready"])
+    assert wait_for(lambda: next(calls), timeout=5, interval=0) == "ready"
+    with pytest.raises(TimeoutError, match="the moon not true after 0.2 s"):
+        wait_for(lambda: False, timeout=0.2, interval=0.05, what="the moon")
+
+
+def test_a_server_that_exits_before_it_is_ready_fails_with_its_log(tmp_path):
+    script = "import sys; print('bad setting: PORT'); sys.exit(3)"
+    server = ServerProcess(
+        [sys.executable, "-c", script], port=free_port(), log_path=tmp_path / "log"
+    )
+    with pytest.raises(RuntimeError, match="exited with 3:\nbad setting: PORT"):
+        server.start()
+
+
+def test_stop_sends_sigterm_then_sigkill_after_the_grace(tmp_path):
+    # Ignores SIGTERM, serves /health: only the SIGKILL after the grace ends it.
+    script = (
+        "import http.server, signal, sys\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers()\n"
+        "    def log_message(self, *args):\n"
+        "        print('term ignored', flush=True)\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n"
+    )
+    port = free_port()
+    with ServerProcess([sys.executable, "-c", script, str(port)], port=port) as server:
+        assert "term ignored" in wait_for(server.log_text, timeout=10, what="a logged request")
+        assert server.stop(grace=0.5) == -9

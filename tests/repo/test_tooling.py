@@ -1,0 +1,335 @@
+"""The repository's tooling: installing missing commands, the pinned uv, what `make lint` covers."""
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENSURE = ROOT / "scripts" / "ensure-command.sh"
+
+
+@pytest.fixture
+def bin_dir(tmp_path):
+    """A PATH with only what ensure-command.sh needs, so the command looked for is missing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("id", "head", "grep"):
+        (bin_dir / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
+    return bin_dir
+
+
+def run_ensure(bin_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["/bin/bash", str(ENSURE), *args],
+        env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/tmp")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the stub apt-get path is taken as root only")
+def test_a_missing_command_is_announced_before_apt_get_runs(bin_dir):
+    apt = bin_dir / "apt-get"
+    apt.write_text(
+        "#!/bin/bash\n"
+        'echo "APT-GET $*"\n'
+        f'if [ "$1" = install ]; then printf "#!/bin/bash\\n" > {bin_dir}/fake-redis; '
+        f"/bin/chmod +x {bin_dir}/fake-redis; fi\n"
+    )
+    apt.chmod(0o755)
+    result = run_ensure(bin_dir, "fake-redis", "fake-redis-pkg", "the tests start a real one")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    first_apt = next(i for i, line in enumerate(lines) if line.startswith("APT-GET"))
+    said = "\n".join(lines[:first_apt])
+    assert "'fake-redis' is missing (the tests start a real one)" in said
+    assert "installing the Debian package 'fake-redis-pkg'" in said
+    assert lines[-1] == "==> 'fake-redis' installed"
+
+
+def test_without_apt_get_it_says_how_to_install_it_elsewhere(bin_dir):
+    result = run_ensure(
+        bin_dir, "fake-redis", "fake-redis-pkg", "needed", "macOS: brew install redis"
+    )
+    assert result.returncode == 1
+    assert "no apt-get" in result.stderr
+    assert "macOS: brew install redis" in result.stderr
+
+
+def test_a_present_command_installs_nothing(bin_dir):
+    result = run_ensure(bin_dir, "head", "coreutils")
+    assert result.returncode == 0 and result.stdout == ""
+
+
+def test_make_test_names_redis_before_installing_it_and_how_to_get_it_on_macos():
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)[1]
+    ensure = next(line for line in recipe.splitlines() if "ensure-command.sh" in line)
+    assert "redis-server" in ensure and "brew install redis" in ensure
+
+
+def test_host_and_image_installs_pin_the_same_uv():
+    lock = re.search(r"^uv==(\S+)", (ROOT / "requirements-dev.txt").read_text(), re.M)[1]
+    dockerfile = (ROOT / "research-agent" / "Dockerfile.optimized").read_text()
+    assert re.findall(r"uv==([\w.]+)", dockerfile) == [lock]
+
+
+@pytest.fixture
+def fake_index(tmp_path):
+    """A package index on loopback serving one uv wheel for this platform, in PEP 691 JSON."""
+    version = "9.9.9"
+    arch = {"arm64": "arm64", "aarch64": "aarch64"}.get(platform.machine(), "x86_64")
+    tag = f"macosx_11_0_{arch}" if sys.platform == "darwin" else f"manylinux_2_17_{arch}"
+    name = f"uv-{version}-py3-none-{tag}.whl"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        wheel.writestr(f"uv-{version}.data/scripts/uv", "#!/bin/sh\necho fake uv\n")
+    wheel_bytes = buffer.getvalue()
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/simple/uv/":
+                url = f"http://127.0.0.1:{self.server.server_port}/files/{name}"
+                body = json.dumps({"files": [{"filename": name, "url": url}]}).encode()
+            else:
+                body = wheel_bytes
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/simple", version, wheel_bytes
+    server.shutdown()
+
+
+def fetch_uv(tmp_path, index: str, lock_text: str) -> subprocess.CompletedProcess:
+    (tmp_path / "lock.txt").write_text(lock_text)
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fetch_uv.py"), "lock.txt", "bin"],
+        cwd=tmp_path,
+        env={**os.environ, "PIP_INDEX_URL": index},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_fetch_uv_installs_the_wheel_whose_hash_the_lock_lists(tmp_path, fake_index):
+    index, version, wheel = fake_index
+    good = hashlib.sha256(wheel).hexdigest()
+    result = fetch_uv(tmp_path, index, f"uv=={version} \\\n    --hash=sha256:{good}\n")
+    assert result.returncode == 0, result.stderr
+    assert subprocess.check_output([str(tmp_path / "bin" / "uv")], text=True) == "fake uv\n"
+
+
+def test_fetch_uv_refuses_a_wheel_the_lock_does_not_list(tmp_path, fake_index):
+    index, version, _ = fake_index
+    result = fetch_uv(tmp_path, index, f"uv=={version} \\\n    --hash=sha256:{'0' * 64}\n")
+    assert result.returncode == 1 and "refusing" in result.stderr
+    assert not (tmp_path / "bin" / "uv").exists()
+
+
+def test_lint_finds_dockerfiles_and_scripts_by_name_not_by_list():
+    """A new lesson's Dockerfile or script is linted without editing scripts/lint.sh."""
+    lint = (ROOT / "scripts" / "lint.sh").read_text()
+    assert "git ls-files '*Dockerfile*'" in lint
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in tracked:
+        if name.endswith("Dockerfile") or "Dockerfile." in name:
+            assert name not in lint, f"{name} is listed by name in lint.sh"
+
+
+# --- scripts/docker-tools.sh: installs the CLI plugins only as root on Debian or Ubuntu ----------
+
+DOCKER_TOOLS = ROOT / "scripts" / "docker-tools.sh"
+HELP_LINK = "docs/troubleshooting.md#a-docker-cli-plugin-is-missing"
+OS_RELEASES = {
+    "debian": 'ID=debian\nVERSION_ID="12"\n',
+    "ubuntu": 'ID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\n',
+    "fedora": "ID=fedora\nVERSION_ID=42\n",
+    "arch": "ID=arch\n",
+}
+
+
+@pytest.fixture
+def no_plugins(tmp_path):
+    """A docker without buildx or compose, an apt-get that logs its calls, a fake uname."""
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    scripts = {
+        # The message a docker CLI gives for a plugin it does not have.
+        "docker": "case $1 in\n"
+        '  version) [ -n "${FAKE_PLATFORM:-}" ] && echo "$FAKE_PLATFORM" ;;\n'
+        "  *) echo \"docker: '$1' is not a docker command.\" >&2; exit 1 ;;\n"
+        "esac\n",
+        "apt-get": f'echo "apt-get $*" >>{tmp_path}/apt-get.log; exit 100\n',
+        "uname": 'echo "${FAKE_UNAME:-Linux}"\n',
+    }
+    for name, body in scripts.items():
+        (fake / name).write_text("#!/bin/bash\n" + body)
+        (fake / name).chmod(0o755)
+    return tmp_path
+
+
+def docker_tools(tmp_path, os_id: str, uid: int, **env) -> subprocess.CompletedProcess:
+    (tmp_path / "os-release").write_text(OS_RELEASES[os_id])
+    return subprocess.run(
+        ["/bin/bash", str(DOCKER_TOOLS)],
+        env={
+            "PATH": f"{tmp_path / 'fake-bin'}:{os.environ['PATH']}",
+            "HOME": str(tmp_path),
+            "OS_RELEASE": str(tmp_path / "os-release"),
+            "DOCKER_TOOLS_UID": str(uid),
+            "CLI_PLUGINS_DIR": str(tmp_path / "plugins"),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    "os_id, uid, env, command",
+    [
+        ("fedora", 1000, {}, "sudo dnf install docker-buildx-plugin docker-compose-plugin"),
+        ("fedora", 0, {}, "sudo dnf install docker-buildx-plugin docker-compose-plugin"),
+        ("debian", 1000, {}, "sudo apt-get install docker-buildx-plugin docker-compose-plugin"),
+        ("ubuntu", 1000, {}, "sudo apt-get install docker-buildx-plugin docker-compose-plugin"),
+        ("arch", 0, {}, "install docker-buildx-plugin docker-compose-plugin with your package"),
+        ("arch", 1000, {"FAKE_UNAME": "Darwin"}, "brew install docker-buildx docker-compose"),
+        (
+            "fedora",
+            1000,
+            {"FAKE_PLATFORM": "Docker Desktop 4.51.0 (210443)"},
+            "update Docker Desktop",
+        ),
+    ],
+    ids=["fedora", "fedora-root", "debian-user", "ubuntu-user", "arch-root", "macos", "desktop"],
+)
+def test_missing_plugins_elsewhere_stop_with_the_install_command(
+    no_plugins, os_id, uid, env, command
+):
+    result = docker_tools(no_plugins, os_id, uid, **env)
+    assert result.returncode != 0
+    assert command in result.stderr, result.stderr
+    assert "buildx compose are missing" in result.stderr and HELP_LINK in result.stderr
+    assert not (no_plugins / "plugins").exists()
+    assert not (no_plugins / "apt-get.log").exists()
+
+
+@pytest.mark.parametrize("os_id", ["debian", "ubuntu"])
+def test_as_root_on_debian_or_ubuntu_it_installs_with_apt(no_plugins, os_id):
+    result = docker_tools(no_plugins, os_id, 0)
+    assert "installing buildx and compose v2 plugins from Debian trixie" in result.stdout
+    # The fake apt-get fails its first call, the private `update`: nothing is unpacked.
+    assert result.returncode == 100
+    assert "Dir::Etc::SourceList=" in (no_plugins / "apt-get.log").read_text()
+
+
+@pytest.mark.parametrize("target", ["build", "smoke", "lesson-03", "lesson-04", "lesson-05"])
+def test_the_make_targets_that_need_the_plugins_give_that_message(no_plugins, target):
+    """They stop at scripts/docker-tools.sh, before any build, with its message, not apt's."""
+    (no_plugins / "os-release").write_text(OS_RELEASES["fedora"])
+    make = subprocess.run(
+        # -o: an out-of-date .venv is not reinstalled here; the test is about the plugins.
+        ["make", "--no-print-directory", "-o", ".venv/.installed", target],
+        cwd=ROOT,
+        env={
+            "PATH": f"{no_plugins / 'fake-bin'}:{os.environ['PATH']}",
+            "HOME": str(no_plugins),
+            "OS_RELEASE": str(no_plugins / "os-release"),
+            "DOCKER_TOOLS_UID": "1000",
+            "CLI_PLUGINS_DIR": str(no_plugins / "plugins"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert make.returncode != 0
+    assert "sudo dnf install docker-buildx-plugin" in make.stderr, make.stderr
+    assert HELP_LINK in make.stderr
+    assert "docker-tools" in make.stderr.splitlines()[-1]  # the recipe that stopped make
+    assert not (no_plugins / "apt-get.log").exists()
+
+
+# --- make ci: one list of checks, run by .ci/run and by the GitHub workflow ----------------------
+
+CI_ORDER = [
+    "lint",
+    "test",
+    "smoke",
+    "compose-test",
+    "sandbox-test",
+    "variations-test",
+    "swarm-test",
+    "pubsub-test",
+    "bench-scaleout",
+]
+
+
+def run_ci(tmp_path, docker_works: bool, **env) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """.ci/run with a `make` that only logs its goal, and a docker that works or not."""
+    fake = tmp_path / "fake-bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "make").write_text(f'#!/bin/bash\necho "$*" >>{tmp_path}/make.log\n')
+    (fake / "docker").write_text(f"#!/bin/bash\nexit {0 if docker_works else 1}\n")
+    for name in ("make", "docker"):
+        (fake / name).chmod(0o755)
+    result = subprocess.run(
+        ["/bin/bash", str(ROOT / ".ci" / "run")],
+        env={"PATH": f"{fake}:{os.environ['PATH']}", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    log = tmp_path / "make.log"
+    return result, log.read_text().split() if log.exists() else []
+
+
+def test_make_ci_runs_every_check_in_order_with_each_phase_timed(tmp_path):
+    result, goals = run_ci(tmp_path, docker_works=True, CI="true")
+    assert result.returncode == 0, result.stderr
+    assert goals == CI_ORDER
+    timed = re.findall(r"^==> make ([\w-]+) .*done in \d+s$", result.stdout, flags=re.M)
+    assert timed == CI_ORDER
+
+
+def test_make_ci_without_docker_lints_and_tests_then_fails_under_ci(tmp_path):
+    result, goals = run_ci(tmp_path, docker_works=False, CI="true")
+    assert result.returncode == 1 and goals == ["lint", "test"]
+    assert "Docker is not available" in result.stderr
+
+
+def test_make_ci_without_docker_skips_the_container_checks_locally_and_says_so(tmp_path):
+    result, goals = run_ci(tmp_path, docker_works=False)
+    assert result.returncode == 0 and goals == ["lint", "test"]
+    assert "container checks SKIPPED" in result.stdout
+
+
+def test_ci_runs_lint_and_test_and_the_workflow_runs_it_through_make_ci():
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make lint$", ci_run, flags=re.M) and re.search(r"^make test$", ci_run, re.M)
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    assert re.findall(r"^\s*- run: (.*)$", workflow, flags=re.M) == ["make ci"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^ci:.*\n\t@bash .ci/run$", makefile, flags=re.M)
