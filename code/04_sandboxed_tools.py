@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 # The runner is one file in the research agent, which ships it in its image; the lesson imports
 # that same file rather than a copy (research-agent/ holds the `app` package).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
+from app.python_tool import make_run_python_tool  # noqa: E402
 from app.sandbox import (  # noqa: E402
     RunResult,
     SandboxBusy,
@@ -47,7 +48,6 @@ from app.sandbox import (  # noqa: E402
     SandboxRunner,
     SandboxShuttingDown,
     SandboxUnavailable,
-    make_run_python_tool,
 )
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
@@ -70,7 +70,9 @@ class Settings(BaseSettings):
     SANDBOX_MAX_CONCURRENT: int = 4
     SANDBOX_MAX_QUEUED: int = 8  # runs waiting beyond these are refused with 503 sandbox_busy
     SANDBOX_MAX_PER_CLIENT: int = 2  # runs one client address may have going: 429 beyond
-    SANDBOX_OWNER: str = "lesson-04"  # label value: which containers this API sweeps at start-up
+    SANDBOX_OWNER: str = "lesson-04"  # label value: which service started a container
+    SANDBOX_SWEEP_INTERVAL_SECONDS: float = 30.0  # expired containers are removed this often
+    SANDBOX_POOL_SIZE: int = 2  # containers started ahead, one run each; 0: off (Going further)
 
 
 settings = Settings()
@@ -147,13 +149,17 @@ async def lifespan(app: FastAPI):
             max_queued=settings.SANDBOX_MAX_QUEUED,
             max_per_caller=settings.SANDBOX_MAX_PER_CLIENT,
             owner=settings.SANDBOX_OWNER,
+            sweep_interval_seconds=settings.SANDBOX_SWEEP_INTERVAL_SECONDS,
+            pool_size=settings.SANDBOX_POOL_SIZE,
         )
     )
-    try:  # containers a crashed run of this API left behind
+    try:  # containers a crashed API (this one or another) left behind
         removed = await asyncio.to_thread(runner.sweep)
         logger.info("Sandbox ready (%s); removed %d leftover container(s)", runner.config, removed)
     except SandboxUnavailable as exc:
         logger.warning("Sandbox unavailable, runs will answer 503 until it is: %s", exc)
+    runner.start_sweeping()  # and again on a timer: a leftover never waits for a restart
+    runner.start_pool()  # SANDBOX_POOL_SIZE containers started ahead, each for one run
     app.state.runner = runner
     app.state.model_name, app.state.agent = build_agent(runner)
     # On SIGTERM, runs still waiting are refused at once (503 shutting_down): uvicorn waits for

@@ -5,15 +5,39 @@ Off by default because it needs the Docker API, and access to the Docker API is 
 cannot read: each call runs in a throwaway container with the limits of app/sandbox.py.
 """
 
+import atexit
+import json
 import logging
 from collections.abc import Callable
 
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import BaseTool, ToolException, tool
 
 from .config import Settings
-from .sandbox import SandboxConfig, SandboxRunner, SandboxUnavailable, make_run_python_tool
+from .sandbox import SandboxConfig, SandboxError, SandboxRunner, SandboxUnavailable
 
 logger = logging.getLogger(__name__)
+
+
+def make_run_python_tool(runner: SandboxRunner, request_id: Callable[[], str]) -> BaseTool:
+    """The agent's tool: the model writes a program, the sandbox runs it, the model reads it.
+
+    `request_id()` names the request that made the call: a fresh container's label, or logged
+    with the id of the pooled container that served it.
+    """
+    c = runner.config
+
+    @tool(response_format="content_and_artifact")
+    async def run_python(code: str) -> tuple[str, dict]:
+        """Run a Python program in a sandbox and return its stdout, stderr and exit code."""
+        result = await runner.arun(code, request_id=request_id())
+        return json.dumps(result.as_dict()), {"code": code, "result": result.as_dict()}
+
+    run_python.description = (
+        f"Run a Python 3.11 program in a throwaway sandbox: standard library only, no network, no "
+        f"files kept, {c.timeout_seconds:g} s, {c.memory} of memory. Print what you need to see: "
+        "stdout, stderr and the exit code come back as JSON."
+    )
+    return run_python
 
 
 class ReportingRunner(SandboxRunner):
@@ -22,7 +46,7 @@ class ReportingRunner(SandboxRunner):
     async def arun(self, *args, **kwargs):
         try:
             return await super().arun(*args, **kwargs)
-        except SandboxUnavailable as exc:
+        except SandboxError as exc:
             raise ToolException(f"Error: the Python sandbox is unavailable ({exc}).") from exc
 
 
@@ -35,6 +59,7 @@ def sandbox_tools(settings: Settings, request_id: Callable[[], str]) -> list[Bas
             image=settings.SANDBOX_IMAGE,
             runtime=settings.SANDBOX_RUNTIME,
             timeout_seconds=settings.SANDBOX_TIMEOUT_SECONDS,
+            pool_size=settings.SANDBOX_POOL_SIZE,
             owner="research-agent",
         )
     )
@@ -42,6 +67,9 @@ def sandbox_tools(settings: Settings, request_id: Callable[[], str]) -> list[Bas
         logger.info("sandbox ready", extra={"removed_leftovers": runner.sweep()})
     except SandboxUnavailable as exc:
         logger.warning("sandbox unavailable; run_python will report it", extra={"error": str(exc)})
+    if settings.SANDBOX_POOL_SIZE:
+        runner.start_pool()
+        atexit.register(runner.close)  # the pool's idle containers go with the process
     tool = make_run_python_tool(runner, request_id)
     tool.handle_tool_error = True  # a ToolException becomes the tool's answer, status "error"
     return [tool]
