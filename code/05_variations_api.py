@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import secrets
+import sys
 import time
 import uuid
 from collections import Counter
@@ -32,6 +33,7 @@ from typing import Annotated, Literal
 import docker
 import redis.asyncio as redis
 import uvicorn
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -40,9 +42,17 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+# What a worker is given, the Redis keys it writes and what its exit code means are the worker's
+# contract, defined once in the research agent's image (app/job.py): this API imports it too, and
+# takes the research agent's rule for which X-Request-ID to keep.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
+from app.error_shape import ErrorResponse, error_body, install_shape_handlers  # noqa: E402
+from app.job import EXIT_REASONS as WORKER_EXIT_REASONS  # noqa: E402
+from app.job import AnswerStyle, Job, events_key, variation_key  # noqa: E402
+from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
+
+log_with_request_ids()
 logger = logging.getLogger("variations")
 
 PAGE = Path(__file__).with_name("05_variations_page.html")
@@ -86,12 +96,10 @@ class Settings(BaseSettings):
 
 # === The request: a query and how many variations; each variation differs visibly ===
 
-Style = Literal["bullets", "brief", "detailed"]
-
 
 class Variation(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    style: Style | None = None
+    style: AnswerStyle | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     search_depth: int | None = Field(None, ge=1, le=8, description="search results to read")
     model: str | None = Field(None, pattern=r"^[A-Za-z0-9._:/-]{1,64}$", description="online only")
@@ -145,20 +153,9 @@ class Selection(BaseModel):
     variation: int = Field(ge=0, le=len(PRESETS) - 1)
 
 
-class ErrorDetail(BaseModel):
-    type: str
-    message: str
-    request_id: str
-    details: list[dict] | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
 class VariationSettings(BaseModel):
     index: int
-    style: Style
+    style: AnswerStyle
     temperature: float
     search_depth: int
     model: str | None
@@ -207,6 +204,7 @@ class ApiError(Exception):
 #                     client, owner
 #   run:{id}:v:{i}    hash per variation: settings, status, container, deadline, result, error
 #   run:{id}:events   stream of {event, data}; data is JSON and always names its variation
+#   (the worker writes these two as well: variation_key and events_key come from app/job.py)
 #   runs:active       set of running run ids (the concurrency limit)
 
 ENDED = ("succeeded", "failed", "timed_out", "cancelled")
@@ -236,14 +234,6 @@ return 2
 
 def run_key(run_id: str) -> str:
     return f"run:{run_id}"
-
-
-def events_key(run_id: str) -> str:
-    return f"run:{run_id}:events"
-
-
-def variation_key(run_id: str, index: int) -> str:
-    return f"run:{run_id}:v:{index}"
 
 
 class Runs:
@@ -287,6 +277,23 @@ class Runs:
     async def status(self, run_id: str) -> str | None:
         return await self.client.hget(run_key(run_id), "status")
 
+    async def count(self, run_id: str) -> int:
+        """How many variations the run has (0 once it has expired)."""
+        return int(await self.client.hget(run_key(run_id), "variations") or 0)
+
+    async def owner(self, run_id: str) -> str | None:
+        """The hash of the run's owner token; None when there is no such run."""
+        return await self.client.hget(run_key(run_id), "owner")
+
+    async def client_of(self, run_id: str) -> str | None:
+        return await self.client.hget(run_key(run_id), "client")
+
+    async def mark_cancelled(self, run_id: str) -> None:
+        await self.client.hset(run_key(run_id), "cancelled", 1)
+
+    async def select(self, run_id: str, index: int) -> None:
+        await self.client.hset(run_key(run_id), "selected", index)
+
     async def variation(self, run_id: str, index: int) -> dict:
         return await self.client.hgetall(variation_key(run_id, index))
 
@@ -295,7 +302,7 @@ class Runs:
 
     async def finish(self, run_id: str, index: int, status: str, **details) -> bool:
         """End one variation (once); returns False when it had already ended."""
-        count = int(await self.client.hget(run_key(run_id), "variations") or 0)
+        count = await self.count(run_id)
         keys = [run_key(run_id), events_key(run_id), "runs:active", variation_key(run_id, index)]
         keys += [variation_key(run_id, i) for i in range(count) if i != index]
         data = json.dumps({"variation": index, "status": status, **details})
@@ -304,6 +311,21 @@ class Runs:
 
     async def active(self) -> set[str]:
         return await self.client.smembers("runs:active")
+
+    async def read_events(self, run_id: str, after: str, block_ms: int | None) -> list:
+        """Up to 200 (id, fields) entries after the given id, waiting up to block_ms for one."""
+        found = await self.client.xread({events_key(run_id): after}, count=200, block=block_ms)
+        return found[0][1] if found else []
+
+    async def newest_event_id(self, run_id: str) -> str:
+        newest = await self.client.xrevrange(events_key(run_id), count=1)
+        return newest[0][0] if newest else "0-0"
+
+    async def trimmed(self, run_id: str) -> tuple[int, str]:
+        """How many events the stream's cap has trimmed, and the id of the oldest one kept."""
+        info = await self.client.xinfo_stream(events_key(run_id))
+        first = info["first-entry"][0] if info["first-entry"] else "0-0"
+        return info["entries-added"] - info["length"], first
 
     async def view(self, run_id: str) -> dict | None:
         run = await self.client.hgetall(run_key(run_id))
@@ -432,9 +454,7 @@ class DockerWorkers:
 # === The run lifecycle: start the workers, reap them as they exit, cancel ===
 
 EXIT_REASONS = {
-    1: "the research failed (see its error event)",
-    2: "the worker rejected its job",
-    3: "the worker could not reach Redis",
+    **WORKER_EXIT_REASONS,  # 1 to 3: the worker's own codes
     137: "killed (SIGKILL): out of memory or stopped from outside",
 }
 
@@ -449,27 +469,25 @@ class Orchestrator:
         s = self.settings
         # Room in the stream for each variation's tokens, after every other event of the run.
         token_budget = max(0, (s.STREAM_MAXLEN - 3 - 12 * count) // count)
-        env = {
-            "RUN_ID": run_id,
-            "VARIATION": str(v["index"]),
-            "QUERY": query,
-            "ANSWER_STYLE": v["style"],
-            "TEMPERATURE": str(v["temperature"]),
-            "SEARCH_MAX_RESULTS": str(v["search_depth"]),
-            "REDIS_URL": s.WORKER_REDIS_URL,
-            "STREAM_MAXLEN": str(s.STREAM_MAXLEN),
-            "TOKEN_BUDGET": str(token_budget),
-            "OFFLINE_TOKEN_DELAY_MS": str(s.OFFLINE_TOKEN_DELAY_MS),
+        job = Job(
+            RUN_ID=run_id,
+            VARIATION=v["index"],
+            QUERY=query,
+            ANSWER_STYLE=v["style"],
+            REDIS_URL=s.WORKER_REDIS_URL,
+            STREAM_MAXLEN=s.STREAM_MAXLEN,
+            TOKEN_BUDGET=token_budget,
+        )
+        return job.to_env(  # the agent's own settings, for what the variation changes
+            TEMPERATURE=v["temperature"],
+            SEARCH_MAX_RESULTS=v["search_depth"],
+            MODEL_NAME=v.get("model"),
+            OFFLINE_TOKEN_DELAY_MS=s.OFFLINE_TOKEN_DELAY_MS,
             # The agent gives up a little before the container is killed, so it can say why.
-            "REQUEST_TIMEOUT_SECONDS": str(max(1.0, s.VARIATION_TIMEOUT_SECONDS - 5)),
-        }
-        if v.get("model"):
-            env["MODEL_NAME"] = v["model"]
-        if s.OPENAI_API_KEY:
-            env["OPENAI_API_KEY"] = s.OPENAI_API_KEY.get_secret_value()
-        if s.OPENAI_BASE_URL:
-            env["OPENAI_BASE_URL"] = s.OPENAI_BASE_URL
-        return env
+            REQUEST_TIMEOUT_SECONDS=max(1.0, s.VARIATION_TIMEOUT_SECONDS - 5),
+            OPENAI_API_KEY=s.OPENAI_API_KEY,
+            OPENAI_BASE_URL=s.OPENAI_BASE_URL,
+        )
 
     async def create(self, request: RunRequest, client: str, owner: str) -> dict:
         variations = request.resolved()
@@ -484,7 +502,7 @@ class Orchestrator:
                     "wait for one to finish or cancel one",
                     headers=retry,
                 )
-            clients = [await self.runs.client.hget(run_key(r), "client") for r in active]
+            clients = [await self.runs.client_of(r) for r in active]
             if clients.count(client) >= s.MAX_RUNS_PER_CLIENT:
                 message = f"you have {s.MAX_RUNS_PER_CLIENT} runs going; wait for one or cancel one"
                 raise ApiError(429, "too_many_client_runs", message, headers=retry)
@@ -542,8 +560,7 @@ class Orchestrator:
                 # must not hold up every other run: the rest are reaped, it is retried next pass.
                 logger.exception("reaping variation %s/%d failed", w.run_id, w.index)
         for run_id in await self.runs.active():
-            count = int(await self.runs.client.hget(run_key(run_id), "variations") or 0)
-            for i in range(count):
+            for i in range(await self.runs.count(run_id)):
                 v = await self.runs.variation(run_id, i)
                 started = float(v.get("started_at") or "inf")
                 if v.get("status") == "running" and (run_id, i) not in seen and started < listed_at:
@@ -596,12 +613,11 @@ class Orchestrator:
             raise ApiError(404, "run_not_found", f"no run {run_id}")
         if status != "running":
             raise ApiError(409, "run_ended", f"run {run_id} has already ended ({status})")
-        await self.runs.client.hset(run_key(run_id), "cancelled", 1)
+        await self.runs.mark_cancelled(run_id)
         await self.runs.add_event(run_id, "cancelled", {"variation": None})
         if run_id in self.starting:  # let the containers being created appear, then remove them too
             await asyncio.wait_for(asyncio.shield(self.starting[run_id]), 120)
-        count = int(await self.runs.client.hget(run_key(run_id), "variations"))
-        for i in range(count):
+        for i in range(await self.runs.count(run_id)):
             await self.runs.finish(run_id, i, "cancelled", reason="cancelled by the user")
         mine = [w for w in await asyncio.to_thread(self.workers.list) if w.run_id == run_id]
         await asyncio.gather(*(asyncio.to_thread(self.workers.remove, w.id) for w in mine))
@@ -644,10 +660,9 @@ async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
     yield ServerSentEvent(comment="resuming after " + last_id, retry=1000)
     # The workers keep within the cap (their token budget), so this is a safety net: if entries were
     # trimmed anyway and this client had not seen them all, it is told, never silently skipped.
-    info = await runs.client.xinfo_stream(events_key(run_id))
-    first = info["first-entry"][0] if info["first-entry"] else "0-0"
-    if info["entries-added"] > info["length"] and _id_tuple(last_id) < _id_tuple(first):
-        cap, trimmed = runs.settings.STREAM_MAXLEN, info["entries-added"] - info["length"]
+    trimmed, first = await runs.trimmed(run_id)
+    if trimmed and _id_tuple(last_id) < _id_tuple(first):
+        cap = runs.settings.STREAM_MAXLEN
         message = f"{trimmed} events before {first} were trimmed by the {cap}-entry cap"
         yield ServerSentEvent(
             event="events_lost", data=json.dumps({"variation": None, "message": message})
@@ -656,13 +671,12 @@ async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
         # Read the status first: once it is not `running`, every event of the run is already in
         # the stream, so what XREAD returns now is the rest, and an empty read is the end.
         running = await runs.status(run_id) == "running"
-        key = events_key(run_id)
-        found = await runs.client.xread({key: last_id}, count=200, block=1000 if running else None)
-        if not found:
+        entries = await runs.read_events(run_id, last_id, block_ms=1000 if running else None)
+        if not entries:
             if running:
                 continue
             return
-        for entry_id, fields in found[0][1]:
+        for entry_id, fields in entries:
             last_id = entry_id
             yield ServerSentEvent(id=entry_id, event=fields["event"], data=fields["data"])
             if fields["event"] == "run_done":
@@ -721,11 +735,6 @@ async def lifespan(app: FastAPI):
         await client.aclose()
 
 
-def error_body(request: Request, error_type: str, message: str, **extra) -> dict:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    return {"error": {"type": error_type, "message": message, "request_id": request_id, **extra}}
-
-
 def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
     """`workers` replaces the Docker backend (the tests run workers as local processes)."""
     settings = settings or Settings()
@@ -738,6 +747,12 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
 
     app = FastAPI(title="Agent variations", lifespan=lifespan, dependencies=[Depends(trusted_host)])
     app.state.settings, app.state.workers = settings, workers
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        header_name="X-Request-ID",
+        validator=None,
+        transformer=safe_request_id,
+    )
     codes = (400, 401, 403, 404, 409, 422, 429, 500, 503)
     errors = {code: {"model": ErrorResponse} for code in codes}
     stream = {
@@ -760,7 +775,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         from_cookie: Annotated[str | None, Depends(cookie)],
     ) -> str:
         """The run's id, once the caller has shown the run's owner token."""
-        owner = await orchestrator(request).runs.client.hget(run_key(run_id), "owner")
+        owner = await orchestrator(request).runs.owner(run_id)
         if owner is None:
             raise ApiError(404, "run_not_found", f"no run {run_id} (it may have expired)")
         token = header.credentials if header else from_cookie
@@ -781,40 +796,20 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = error_body(request, exc.error_type, exc.message)
+        body = error_body(exc.error_type, exc.message)
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
-        ]
-        body = error_body(request, "validation_error", "the request is not valid", details=details)
-        return JSONResponse(body, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = error_body(
-            request, "not_found" if exc.status_code == 404 else "http_error", str(exc.detail)
-        )
-        return JSONResponse(body, status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        # Anything not foreseen: the traceback goes to the log, the client gets the error shape.
-        return JSONResponse(error_body(request, "internal_error", "the server failed"), 500)
+    install_shape_handlers(app)
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
         logger.warning("Redis failed: %r", exc)
-        return JSONResponse(error_body(request, "redis_unavailable", "Redis is not answering"), 503)
+        return JSONResponse(error_body("redis_unavailable", "Redis is not answering"), 503)
 
     @app.exception_handler(docker.errors.DockerException)
     async def docker_down(request: Request, exc: docker.errors.DockerException) -> JSONResponse:
         logger.warning("Docker failed: %r", exc)
-        return JSONResponse(
-            error_body(request, "docker_unavailable", "Docker is not answering"), 503
-        )
+        return JSONResponse(error_body("docker_unavailable", "Docker is not answering"), 503)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -872,8 +867,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         view = await existing(request, run_id)
         start = last_event_id or after or "0-0"
         runs = request.app.state.stream_runs
-        newest = await runs.client.xrevrange(events_key(run_id), count=1)
-        newest_id = newest[0][0] if newest else "0-0"
+        newest_id = await runs.newest_event_id(run_id)
         # An id this run never sent (ids up to 20 digits pass the pattern; Redis refuses those
         # past 2**64) would leave the client waiting for an entry that never comes: refuse it.
         if _id_tuple(start) > _id_tuple(newest_id):
@@ -906,7 +900,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
             raise ApiError(
                 409, "variation_not_succeeded", "only a variation that answered can be picked"
             )
-        await orchestrator(request).runs.client.hset(run_key(run_id), "selected", body.variation)
+        await orchestrator(request).runs.select(run_id, body.variation)
         return await existing(request, run_id)
 
     return app
