@@ -1,142 +1,38 @@
-"""The HTTP API: routes, dependencies, lifespan and the application factory."""
+"""The HTTP API: routes, lifespan and the application factory (dependencies: app/deps.py)."""
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
 
-from . import service
 from .agent import ResearchAgent
-from .auth import ApiKeys, Caller, fingerprint
+from .auth import ApiKeys
 from .cache import ResearchCache
 from .config import Settings, get_settings
-from .errors import (
-    AmbiguousAuthorizationError,
-    AppError,
-    NotReadyError,
-    UnauthorizedError,
-    app_error_handler,
-    install_error_handlers,
-    responses,
-    validation_error_handler,
+from .deps import (
+    AgentDep,
+    CacheDep,
+    GrantDep,
+    ServiceDep,
+    SettingsDep,
+    ShutdownDep,
+    StreamGrantDep,
+    validation_error_after_the_key,
 )
+from .errors import NotReadyError, install_error_handlers, responses
 from .middleware import install_middleware
-from .models import (
-    HealthResponse,
-    ReadyResponse,
-    ResearchRequest,
-    ResearchResponse,
-    StreamEvent,
-)
-from .quotas import Grant, Quotas
+from .models import HealthResponse, ReadyResponse, ResearchRequest, ResearchResponse, StreamEvent
+from .quotas import Quotas
 from .shutdown import Shutdown
 from .telemetry import configure_logging
 
 logger = logging.getLogger(__name__)
-
-
-# --- Dependencies (tests override them through app.dependency_overrides) --------------------------
-
-
-def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-def get_agent(request: Request) -> ResearchAgent:
-    agent = request.app.state.agent
-    if agent is None:
-        raise NotReadyError("the agent is still starting")
-    return agent
-
-
-def get_cache(request: Request) -> ResearchCache | None:
-    return request.app.state.cache
-
-
-def get_shutdown_cut(request: Request) -> asyncio.Event:
-    """Set when the shutdown grace is about to run out: open requests must end now."""
-    return request.app.state.shutdown.cut
-
-
-# auto_error=False: a missing key gets our 401 (error shape, WWW-Authenticate), not FastAPI's 403.
-bearer = HTTPBearer(auto_error=False, description="API_KEYS: send `Authorization: Bearer <key>`")
-
-
-def get_caller(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Caller:
-    """401 unless the request carries a known key (when API_KEYS is set). The access log names
-    the caller (the key's name), never the key."""
-    if len(request.headers.getlist("authorization")) > 1:
-        raise AmbiguousAuthorizationError()
-    token = credentials.credentials if credentials else None
-    client = request.client.host if request.client else None
-    try:
-        caller = request.app.state.api_keys.authenticate(token, client)
-    except UnauthorizedError:
-        logger.info(
-            "unknown API key" if token else "no API key",
-            extra={"key_fingerprint": fingerprint(token) if token else None},
-        )
-        raise
-    request.state.caller = caller.id
-    return caller
-
-
-async def validation_error_after_the_key(request: Request, exc: RequestValidationError):
-    """FastAPI parses a JSON body before it runs the dependencies: check the key first, so a
-    stranger learns nothing about the body the API expects (401 before 422)."""
-    if request.url.path.startswith("/v1/"):
-        try:
-            get_caller(request, await bearer(request))
-        except AppError as error:
-            return await app_error_handler(request, error)
-    return await validation_error_handler(request, exc)
-
-
-def get_quotas(request: Request) -> Quotas:
-    quotas = request.app.state.quotas
-    if quotas is None:
-        raise NotReadyError("the agent is still starting")
-    return quotas
-
-
-CallerDep = Annotated[Caller, Depends(get_caller)]
-QuotasDep = Annotated[Quotas, Depends(get_quotas)]
-
-
-async def get_grant(response: Response, caller: CallerDep, quotas: QuotasDep) -> Grant:
-    """429 when the caller is over its rate limit or its token budget."""
-    grant = await quotas.admit(caller)
-    response.headers.update(grant.headers)
-    return grant
-
-
-GrantDep = Annotated[Grant, Depends(get_grant)]
-
-
-async def get_stream_grant(grant: GrantDep, quotas: QuotasDep) -> AsyncIterator[Grant]:
-    """Also holds one of the caller's stream slots until the stream's last byte is sent (FastAPI
-    runs the code after `yield` once the response is over), or 429 when they are all taken."""
-    async with quotas.stream_slot(grant.caller):
-        yield grant
-
-
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-AgentDep = Annotated[ResearchAgent, Depends(get_agent)]
-CacheDep = Annotated[ResearchCache | None, Depends(get_cache)]
-CutDep = Annotated[asyncio.Event, Depends(get_shutdown_cut)]
-StreamGrantDep = Annotated[Grant, Depends(get_stream_grant)]
 
 
 # --- Routes ---------------------------------------------------------------------------------------
@@ -167,12 +63,11 @@ async def health(settings: SettingsDep) -> HealthResponse:
 
 
 @router.get("/ready", response_model=ReadyResponse, responses=responses(503))
-async def ready(request: Request, agent: AgentDep) -> ReadyResponse:
+async def ready(agent: AgentDep, cache: CacheDep, shutdown: ShutdownDep) -> ReadyResponse:
     """Readiness: 503 until the agent is built and again from SIGTERM on. A failing cache is
     reported ("bypassed"), not failed on: the service still answers without it."""
-    if request.app.state.shutdown.draining:
+    if shutdown.draining:
         raise NotReadyError("the server is shutting down")
-    cache = request.app.state.cache
     return ReadyResponse(
         model=agent.model_label,
         search_backend=agent.search_backend,
@@ -181,16 +76,9 @@ async def ready(request: Request, agent: AgentDep) -> ReadyResponse:
 
 
 @router.post("/v1/research", response_model=ResearchResponse, responses=responses(*RESEARCH_ERRORS))
-async def research(
-    body: ResearchRequest,
-    grant: GrantDep,
-    agent: AgentDep,
-    cache: CacheDep,
-    settings: SettingsDep,
-    cut: CutDep,
-) -> dict:
+async def research(body: ResearchRequest, grant: GrantDep, service: ServiceDep) -> dict:
     """Research a question: the agent searches, then answers citing its sources as [1], [2]..."""
-    return await service.research(agent, cache, settings, body.query, cut, grant.spend)
+    return await service.research(body.query, grant.spend, grant.caller.id)
 
 
 @router.post(
@@ -204,15 +92,10 @@ async def research(
     openapi_extra=SSE_ITEMS_ARE_OBJECTS,
 )
 async def research_stream(
-    body: ResearchRequest,
-    grant: StreamGrantDep,
-    agent: AgentDep,
-    cache: CacheDep,
-    settings: SettingsDep,
-    cut: CutDep,
+    body: ResearchRequest, grant: StreamGrantDep, service: ServiceDep
 ) -> SSEResponse:
     """Server-sent events: `token`*, `tool` per search, `final` or `error`, then `data: [DONE]`."""
-    events = service.research_events(agent, cache, settings, body.query, cut, grant.spend)
+    events = service.research_events(body.query, grant.spend, grant.caller.id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **grant.headers}
     return SSEResponse(events, headers=headers)
 
@@ -226,9 +109,6 @@ async def lifespan(app: FastAPI):
     # sse-starlette would cancel open streams at once on SIGTERM; ours get the grace and then end
     # with a shutting_down error (app/shutdown.py).
     AppStatus.disable_automatic_graceful_drain()
-    app.state.shutdown = Shutdown(
-        settings.SHUTDOWN_DRAIN_SECONDS, settings.GRACEFUL_SHUTDOWN_SECONDS
-    )
     app.state.shutdown.install()
     if app.state.agent is None:
         # Builds the search index: off the event loop.
@@ -304,7 +184,8 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
     app.state.settings, app.state.agent, app.state.cache = settings, agent, None
     # Read now: a key file that is missing or malformed stops the service before it listens.
     app.state.api_keys, app.state.quotas = ApiKeys.from_settings(settings), None
-    # Until the lifespan installs the real one (and in tests that never start it): never draining.
+    # Built once, here; the lifespan installs its SIGTERM handler (a test that never starts the
+    # lifespan gets one that is never draining).
     app.state.shutdown = Shutdown(
         settings.SHUTDOWN_DRAIN_SECONDS, settings.GRACEFUL_SHUTDOWN_SECONDS
     )

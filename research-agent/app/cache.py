@@ -4,14 +4,11 @@ and a circuit breaker keeps them from waiting on a Redis that does not answer.""
 import hashlib
 import json
 import logging
-import time
 from contextlib import suppress
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .redis_client import CircuitBreaker, connect
 from .telemetry import (
     CACHE_BREAKER_OPEN,
     CACHE_CALLS,
@@ -23,8 +20,6 @@ from .telemetry import (
 
 logger = logging.getLogger(__name__)
 
-REDIS_TIMEOUT_SECONDS = 0.5  # a cache that is slower than this is not worth waiting for
-
 
 def cache_key(query: str, **settings: object) -> str:
     """Same query (whitespace-normalised) and same answer-shaping settings -> same key."""
@@ -34,57 +29,17 @@ def cache_key(query: str, **settings: object) -> str:
     return "research-agent:answer:" + hashlib.sha256(material.encode()).hexdigest()
 
 
-class CircuitBreaker:
-    """After a failure, skip Redis for `open_seconds`; then let one call through as a probe.
-
-    A Redis that is down answers "connection refused" at once, but a frozen one (paused, overloaded,
-    behind a dead network) answers nothing until the timeout: without a breaker every request would
-    wait two timeouts (get, then set). Written by hand because it is twenty lines whose state /ready
-    and /metrics report; a breaker library would add a dependency for less than this.
-    """
-
-    def __init__(self, open_seconds: float, clock=time.monotonic):
-        self.open_seconds = open_seconds
-        self.clock = clock
-        self.open_until: float | None = None  # None: closed, Redis is used
-        self.probing = False
-
-    @property
-    def state(self) -> str:
-        if self.open_until is None:
-            return "closed"
-        return "half_open" if self.clock() >= self.open_until else "open"
-
-    def allow(self) -> bool:
-        """May this call go to Redis? While half-open, only one call at a time (the probe)."""
-        state = self.state
-        if state == "closed":
-            return True
-        if state == "half_open" and not self.probing:
-            self.probing = True
-            return True
-        return False
-
-    def succeeded(self) -> None:
-        self.open_until, self.probing = None, False
-
-    def failed(self) -> None:
-        self.open_until, self.probing = self.clock() + self.open_seconds, False
-
-
 class ResearchCache:
     def __init__(self, url: str, ttl_seconds: int, breaker_seconds: float = 10.0):
         self.ttl_seconds = ttl_seconds
-        # No retries with backoff (redis-py's default): when Redis is down, fail fast and bypass it.
-        self.redis = Redis.from_url(
-            url,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
+        self.redis = connect(url, decode_responses=True)
+        self.breaker = CircuitBreaker(
+            breaker_seconds,
+            CACHE_BREAKER_OPEN,
+            logger,
+            down="redis unavailable, cache bypassed",
+            up="redis is back, cache enabled",
         )
-        self.breaker = CircuitBreaker(breaker_seconds)
-        CACHE_BREAKER_OPEN.set(0)
 
     @property
     def state(self) -> str:
@@ -100,9 +55,10 @@ class ResearchCache:
         try:
             result = await command()
         except (RedisError, OSError) as exc:
-            self._failed(operation, exc)
+            CACHE_ERRORS.inc()
+            self.breaker.failed(operation, exc)
             return False, None
-        self._succeeded()
+        self.breaker.succeeded()
         return True, result
 
     async def ping(self) -> bool:
@@ -125,23 +81,3 @@ class ResearchCache:
     async def close(self) -> None:
         with suppress(RedisError, OSError):
             await self.redis.aclose()
-
-    def _failed(self, operation: str, exc: BaseException) -> None:
-        CACHE_ERRORS.inc()
-        if self.breaker.state == "closed":  # one warning per outage, not one per probe
-            logger.warning(
-                "redis unavailable, cache bypassed",
-                extra={
-                    "operation": operation,
-                    "error": repr(exc),
-                    "retry_in_seconds": self.breaker.open_seconds,
-                },
-            )
-        self.breaker.failed()
-        CACHE_BREAKER_OPEN.set(1)
-
-    def _succeeded(self) -> None:
-        if self.breaker.state != "closed":
-            logger.info("redis is back, cache enabled")
-        self.breaker.succeeded()
-        CACHE_BREAKER_OPEN.set(0)

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     MAX_BODY_BYTES: int = 16_384
     REDIS_URL: str | None = None
     CACHE_TTL_SECONDS: int = 3600
+    # Whose answers a request may be served from: "caller" its own caller's only, so a cached
+    # answer tells nobody what another caller asked; "shared" everyone's, more hits for callers
+    # who trust one another (one team, one front end).
+    CACHE_SCOPE: Literal["caller", "shared"] = "caller"
     CACHE_BREAKER_SECONDS: float = 10.0
 
     # Who may call /v1 and how much (app/auth.py, app/quotas.py; docs/02, section 8). Keys are
@@ -54,9 +58,16 @@ class Settings(BaseSettings):
     API_KEYS: SecretStr | None = None  # "name:key,name2:key2" (the name is what logs show)
     API_KEYS_FILE: Path | None = None  # one "name:key" per line: a Docker/Kubernetes secret
     RATE_LIMIT: str = "30/minute"  # requests per caller, moving window; "off": no limit
+    # 401s per client address, moving window; past it, every request from that address is a 429
+    # until the window moves on (a right key included: otherwise a right guess would show).
+    AUTH_FAILURE_LIMIT: str = "10/minute"
     MAX_STREAMS_PER_CALLER: int = 4  # open /v1/research/stream per caller; 0: no cap
     TOKEN_BUDGET_PER_DAY: int = 0  # model tokens per caller per window; 0: no budget
     TOKEN_BUDGET_WINDOW_SECONDS: int = 86_400  # the budget's window: a day
+    # Taken from the budget when a request is admitted, settled to the real count when it ends:
+    # requests sent together overrun the budget by at most one run of up to this many tokens.
+    # Set it to your model's largest run (an offline answer is about 500 tokens).
+    TOKENS_RESERVED_PER_RUN: int = 4000
     # When Redis cannot count: "local" counts in this process (each replica enforces the limits
     # on its own), "closed" answers 503, "open" lets everything through.
     LIMITS_FAIL_MODE: Literal["local", "closed", "open"] = "local"
@@ -76,8 +87,9 @@ class Settings(BaseSettings):
     SANDBOX_IMAGE: str = "agent-sandbox:python"
     SANDBOX_RUNTIME: str | None = None  # "runsc": gVisor, when the Docker daemon offers it
     SANDBOX_TIMEOUT_SECONDS: float = 10.0
+    SANDBOX_POOL_SIZE: int = 0  # containers started ahead; see docs/04, "What it costs"
 
-    @field_validator("RATE_LIMIT")
+    @field_validator("RATE_LIMIT", "AUTH_FAILURE_LIMIT")
     @classmethod
     def _rate_limit_parses(cls, value: str) -> str:
         if value.strip().lower() != "off":

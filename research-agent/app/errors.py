@@ -1,5 +1,5 @@
-"""The one error shape, {"error": {"type", "message", "request_id", ...}}, for every error the
-service sends, as a JSON body or as an SSE `error` event: its schema, exceptions and handlers.
+"""The research agent's errors, in the course's one shape (app/error_shape.py) for every error the
+service sends, as a JSON body or as an SSE `error` event: its exceptions and handlers.
 """
 
 import logging
@@ -7,37 +7,13 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .error_shape import ErrorDetail, ErrorResponse, ValidationIssue  # noqa: F401 (the schema)
+from .error_shape import error_body as shaped_body
 from .telemetry import REQUESTS_REJECTED, request_id
 
 logger = logging.getLogger(__name__)
-
-
-# --- The shape, as it appears in the OpenAPI schema -----------------------------------------------
-
-
-class ValidationIssue(BaseModel):
-    loc: list[str | int] = Field(description='Where the problem is, e.g. ["body", "query"]')
-    msg: str
-    type: str = Field(description="pydantic's error type, e.g. string_too_long")
-
-
-class ErrorDetail(BaseModel):
-    type: str = Field(description="snake_case, stable: clients branch on it")
-    message: str = Field(description="for humans; never a stack trace")
-    request_id: str = Field(description="also in the X-Request-ID header and in every log line")
-    details: list[ValidationIssue] | None = Field(
-        default=None, description="validation_error only: one entry per problem"
-    )
-    retryable: bool | None = Field(
-        default=None, description="true when the same request may succeed if sent again"
-    )
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
 
 
 # --- Errors the service raises --------------------------------------------------------------------
@@ -141,12 +117,10 @@ def error_body(
     details: list[dict] | None = None,
     retryable: bool = False,
 ) -> dict:
-    error = {"type": error_type, "message": message, "request_id": request_id()}
-    if details is not None:
-        error["details"] = details
+    extra = {"details": details} if details is not None else {}
     if retryable:
-        error["retryable"] = True
-    return {"error": error}
+        extra["retryable"] = True
+    return shaped_body(error_type, message, request_id=request_id(), **extra)
 
 
 def app_error_body(exc: AppError) -> dict:
@@ -174,6 +148,7 @@ _REJECTIONS = {
     "too_many_streams",
     "budget_exhausted",
     "limits_unavailable",
+    "too_many_auth_failures",
 }
 
 
@@ -243,7 +218,8 @@ _DESCRIPTIONS = {
     413: "payload_too_large: the body is over MAX_BODY_BYTES",
     414: "uri_too_long: the path and query are over 2048 bytes",
     422: "validation_error: the body does not match the schema (see details)",
-    429: "rate_limited, too_many_streams or budget_exhausted (retryable after Retry-After)",
+    429: "rate_limited, too_many_streams, budget_exhausted or too_many_auth_failures "
+    "(retryable after Retry-After)",
     500: "internal_error",
     502: "search_unavailable or model_error",
     503: "not_ready; shutting_down (retryable) when the shutdown grace ran out; "

@@ -3,8 +3,9 @@
 The counts live in Redis when REDIS_URL is set, so every replica counts against the same limits,
 and in this process otherwise. The `limits` library does the request window (a moving window: the
 31st request within any 60 s is refused, not only within a clock minute) and the budget's fixed
-window, in Redis through the `redis` client the cache already uses. Open streams are a Redis sorted
-set of leases (RedisSlots), because `limits` counts events, not things that are held.
+window, in Redis through a client and a circuit breaker from app/redis_client.py, as the cache's.
+Open streams are a Redis sorted set of leases (RedisSlots), because `limits` counts events, not
+things that are held.
 
 Answers carry the RateLimit fields of draft-ietf-httpapi-ratelimit-headers-10:
 `RateLimit-Policy: "requests";q=30;w=60` (the limit) and `RateLimit: "requests";r=29;t=60` (what
@@ -28,14 +29,12 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .auth import Caller
-from .cache import REDIS_TIMEOUT_SECONDS, CircuitBreaker
 from .config import Settings
 from .errors import LimitError, LimitsUnavailableError
+from .redis_client import CircuitBreaker, connect
 from .telemetry import LIMITS_DEGRADED
 
 logger = logging.getLogger(__name__)
@@ -119,14 +118,23 @@ class Counters:
 
 @dataclass
 class Grant:
-    """A request that passed the limits: who it is, the RateLimit fields to send, how to pay."""
+    """A request that passed the limits: who it is, the RateLimit fields to send, how to pay.
+
+    `reserved` tokens were taken from the budget at admission, in `counters`; `spend` turns them
+    into what the run really used, `release` gives back what no run used."""
 
     caller: Caller
     headers: dict[str, str]
     quotas: "Quotas"
+    reserved: int = 0
+    counters: Counters | None = None
 
     async def spend(self, tokens: int) -> None:
-        await self.quotas.spend(self.caller, tokens)
+        await self.quotas.spend(self, tokens)
+
+    async def release(self) -> None:
+        if self.reserved:
+            await self.quotas.spend(self, 0)
 
 
 class Quotas:
@@ -136,6 +144,12 @@ class Quotas:
         if settings.rate_limit_enabled:
             parsed = parse_limit(settings.RATE_LIMIT)  # e.g. RateLimitItemPerMinute(30)
             self.rate = type(parsed)(parsed.amount, parsed.multiples, namespace="requests")
+        self.auth_failures: RateLimitItem | None = None
+        if settings.AUTH_FAILURE_LIMIT.lower() != "off":
+            parsed = parse_limit(settings.AUTH_FAILURE_LIMIT)
+            self.auth_failures = type(parsed)(
+                parsed.amount, parsed.multiples, namespace="auth-failures"
+            )
         self.budget: RateLimitItem | None = None
         if settings.TOKEN_BUDGET_PER_DAY > 0:
             self.budget = RateLimitItemPerSecond(
@@ -143,20 +157,21 @@ class Quotas:
                 settings.TOKEN_BUDGET_WINDOW_SECONDS,
                 namespace="tokens",
             )
+        self.reservation = settings.TOKENS_RESERVED_PER_RUN
         self.max_streams = settings.MAX_STREAMS_PER_CALLER
         self.local = Counters("local", MemoryStorage(), LocalSlots())
         self.shared: Counters | None = None
         self.redis: Redis | None = None
-        self.breaker = CircuitBreaker(settings.CACHE_BREAKER_SECONDS)
-        LIMITS_DEGRADED.set(0)
+        self.breaker = CircuitBreaker(
+            settings.CACHE_BREAKER_SECONDS,
+            LIMITS_DEGRADED,
+            logger,
+            down="redis unavailable, limits " + _FAIL_MODE_EFFECT[self.fail_mode],
+            up="redis is back, limits shared again",
+            fail_mode=self.fail_mode,
+        )
         if settings.REDIS_URL:
-            # Fail fast, like the cache: a Redis that does not answer in 0.5 s is treated as down.
-            self.redis = Redis.from_url(
-                settings.REDIS_URL,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                retry=Retry(NoBackoff(), 0),
-            )
+            self.redis = connect(settings.REDIS_URL)
             storage = RedisStorage(
                 "async+" + settings.REDIS_URL,
                 implementation="redispy",  # the `redis` package we pin, not coredis
@@ -171,9 +186,8 @@ class Quotas:
     def describe(self) -> dict:
         """For the start-up log line."""
         return {
-            "rate_limit": str(self.rate.amount) + "/" + str(self.rate.get_expiry()) + "s"
-            if self.rate
-            else "off",
+            "rate_limit": _describe(self.rate),
+            "auth_failure_limit": _describe(self.auth_failures),
             "max_streams_per_caller": self.max_streams or "off",
             "token_budget": f"{self.budget.amount}/{self.budget.get_expiry()}s"
             if self.budget
@@ -181,6 +195,53 @@ class Quotas:
             "counted_in": self.shared.name if self.shared else "process",
             "fail_mode": self.fail_mode if self.shared else None,
         }
+
+    # --- Failed authentication, per client address ---------------------------------------------
+
+    async def failed_auth(self, address: str) -> None:
+        """Count a 401 for this address; 429 instead once it has had AUTH_FAILURE_LIMIT of them.
+        One atomic hit: requests sent together cannot all slip under the limit. Uncounted while
+        Redis is down in LIMITS_FAIL_MODE=closed: the 401 stands, the other requests get 503."""
+        if self.auth_failures is None:
+            return
+        counted = None
+        with suppress(LimitsUnavailableError):
+            counted = await self._counted("auth_failures", lambda c: self._hit_failure(c, address))
+        if counted is not None and not counted[0]:
+            raise self._auth_throttled(counted[1])
+
+    async def check_auth(self, address: str) -> None:
+        """429 for a right key from an address that is over its failures too: a guesser must not
+        learn which of its guesses was right from a 200 among the 429s."""
+        if self.auth_failures is None:
+            return
+        counted = None
+        with suppress(LimitsUnavailableError):  # admit() answers 503 for it next
+            counted = await self._counted(
+                "auth_failures",
+                lambda c: c.window.get_window_stats(self.auth_failures, f"addr:{address}"),
+            )
+        if counted is not None and counted.remaining <= 0:
+            raise self._auth_throttled(_seconds_until(counted.reset_time))
+
+    async def _hit_failure(self, counters: Counters, address: str) -> tuple[bool, int]:
+        allowed = await counters.window.hit(self.auth_failures, f"addr:{address}")
+        reset_time, _ = await counters.window.get_window_stats(
+            self.auth_failures, f"addr:{address}"
+        )
+        return allowed, _seconds_until(reset_time)
+
+    def _auth_throttled(self, reset_in: int) -> LimitError:
+        # Not logged here: the access log's line is the one line a refused request costs.
+        return LimitError(
+            f"more than {self.auth_failures.amount} requests without a valid API key from this "
+            f"address in {self.auth_failures.get_expiry()} s; try again in {reset_in} s",
+            "too_many_auth_failures",
+            {
+                **_fields("auth-failures", self.auth_failures, 0, reset_in),
+                "Retry-After": str(max(reset_in, 1)),
+            },
+        )
 
     # --- The three limits -------------------------------------------------------------------------
 
@@ -200,11 +261,13 @@ class Quotas:
                         "rate_limited",
                         {**headers, "Retry-After": str(max(reset_in, 1))},
                     )
+        grant = Grant(caller, headers, self)
         if self.budget is not None:
-            counted = await self._counted("budget", lambda c: self._budget_left(c, caller))
+            counted = await self._counted("budget", lambda c: self._reserve(c, caller))
             if counted is not None:
-                remaining, reset_in = counted
-                if remaining <= 0:
+                grant.counters, before, reset_in = counted
+                if before >= self.budget.amount:
+                    await self._unreserve(grant.counters, caller, self.reservation)
                     self._rejected(caller, "budget_exhausted")
                     raise LimitError(
                         f"the token budget of {self.budget.amount} tokens per "
@@ -215,17 +278,27 @@ class Quotas:
                             "Retry-After": str(max(reset_in, 1)),
                         },
                     )
-        return Grant(caller, headers, self)
+                grant.reserved = self.reservation
+        return grant
 
-    async def spend(self, caller: Caller, tokens: int) -> None:
-        """Add an answer's tokens to the caller's budget (a cached answer costs 0: nothing to do).
-        The answer is already made: a Redis failure here is logged, never sent to the client."""
-        if self.budget is None or tokens <= 0:
+    async def spend(self, grant: Grant, tokens: int) -> None:
+        """Charge a run's tokens against the caller's budget, less what its admission reserved
+        (a cached answer costs 0: the reservation goes back). The answer is already made: a Redis
+        failure here is logged, never sent to the client; the reservation then stays charged
+        until the window ends."""
+        reserved, grant.reserved = grant.reserved, 0
+        if self.budget is None:
             return
-        with suppress(LimitsUnavailableError):
-            await self._counted(
-                "spend", lambda c: c.budget.hit(self.budget, caller.id, cost=tokens)
-            )
+        if grant.counters is not None and reserved:
+            with suppress(StorageError, RedisError, OSError):
+                if tokens > reserved:
+                    await self._charge(grant.counters, grant.caller, tokens - reserved)
+                else:
+                    await self._unreserve(grant.counters, grant.caller, reserved - tokens)
+            return
+        if tokens > 0:
+            with suppress(LimitsUnavailableError):
+                await self._counted("spend", lambda c: self._charge(c, grant.caller, tokens))
 
     @asynccontextmanager
     async def stream_slot(self, caller: Caller) -> AsyncIterator[None]:
@@ -266,9 +339,28 @@ class Quotas:
         reset_time, remaining = await counters.window.get_window_stats(self.rate, caller.id)
         return allowed, _seconds_until(reset_time), max(remaining, 0)
 
-    async def _budget_left(self, counters: Counters, caller: Caller) -> tuple[int, int]:
-        reset_time, remaining = await counters.budget.get_window_stats(self.budget, caller.id)
-        return remaining, _seconds_until(reset_time)
+    async def _reserve(self, counters: Counters, caller: Caller) -> tuple[Counters, int, int]:
+        """Take TOKENS_RESERVED_PER_RUN from the budget and say what was spent before: one atomic
+        INCRBY, so requests that arrive together each see the others' reservations. A request is
+        admitted while anything was left, so the budget is overrun by at most one run (as long
+        as a run stays within its reservation)."""
+        key = self.budget.key_for(caller.id)
+        spent = await counters.storage.incr(key, self.budget.get_expiry(), amount=self.reservation)
+        reset_time = await counters.storage.get_expiry(key)
+        return counters, spent - self.reservation, _seconds_until(reset_time)
+
+    async def _charge(self, counters: Counters, caller: Caller, tokens: int) -> None:
+        await counters.storage.incr(
+            self.budget.key_for(caller.id), self.budget.get_expiry(), amount=tokens
+        )
+
+    async def _unreserve(self, counters: Counters, caller: Caller, tokens: int) -> None:
+        if tokens <= 0:
+            return
+        key = self.budget.key_for(caller.id)
+        left = await counters.storage.incr(key, self.budget.get_expiry(), amount=-tokens)
+        if left < 0:  # the window ended while the run ran: the new one starts from 0, not below
+            await counters.storage.incr(key, self.budget.get_expiry(), amount=-left)
 
     async def _acquire(self, counters: Counters, caller: Caller) -> tuple[Counters, str | None]:
         return counters, await counters.slots.acquire(caller.id, self.max_streams)
@@ -282,35 +374,15 @@ class Quotas:
             try:
                 result = await use(self.shared)
             except (StorageError, RedisError, OSError) as exc:
-                self._failed(operation, exc)
+                self.breaker.failed(operation, getattr(exc, "storage_error", None) or exc)
             else:
-                self._succeeded()
+                self.breaker.succeeded()
                 return result
         if self.fail_mode == "local":
             return await use(self.local)
         if self.fail_mode == "closed":
             raise LimitsUnavailableError(math.ceil(self.breaker.open_seconds))
         return None
-
-    def _failed(self, operation: str, exc: BaseException) -> None:
-        if self.breaker.state == "closed":  # one warning per outage
-            logger.warning(
-                "redis unavailable, limits " + _FAIL_MODE_EFFECT[self.fail_mode],
-                extra={
-                    "operation": operation,
-                    "error": repr(getattr(exc, "storage_error", None) or exc),
-                    "fail_mode": self.fail_mode,
-                    "retry_in_seconds": self.breaker.open_seconds,
-                },
-            )
-        self.breaker.failed()
-        LIMITS_DEGRADED.set(1)
-
-    def _succeeded(self) -> None:
-        if self.breaker.state != "closed":
-            logger.info("redis is back, limits shared again")
-        self.breaker.succeeded()
-        LIMITS_DEGRADED.set(0)
 
     @staticmethod
     def _rejected(caller: Caller, reason: str) -> None:
@@ -322,6 +394,10 @@ _FAIL_MODE_EFFECT = {
     "closed": "cannot be checked: /v1 answers 503",
     "open": "not enforced",
 }
+
+
+def _describe(item: RateLimitItem | None) -> str:
+    return f"{item.amount}/{item.get_expiry()}s" if item else "off"
 
 
 def _fields(policy: str, item: RateLimitItem, remaining: int, reset_in: int) -> dict[str, str]:

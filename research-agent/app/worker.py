@@ -3,12 +3,8 @@
 The same image as the API, another command. The job arrives as environment variables, read by
 WorkerSettings like every other setting (data, never a shell string), so a query full of quotes,
 `$(...)` or newlines is just text. The worker streams the agent's events into the run's Redis
-Stream, records its answer, and exits with a code the orchestrator reads:
-
-    0  answered (a `final` event was published)
-    1  the research failed (an `error` event says why)
-    2  the job was invalid (bad settings; nothing published)
-    3  Redis could not be reached
+Stream, records its answer, and exits with a code the orchestrator reads. The job, the keys and
+the exit codes are the contract in app/job.py, which the orchestrator imports too.
 """
 
 import time
@@ -21,39 +17,22 @@ import logging  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Literal  # noqa: E402
 
 import redis.asyncio as redis  # noqa: E402
-from pydantic import Field, ValidationError  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
-from .agent import ANSWER_STYLES, SYSTEM_PROMPT, OfflineResearchModel, ResearchAgent  # noqa: E402
+from .agent import SYSTEM_PROMPT, ResearchAgent  # noqa: E402
 from .config import Settings  # noqa: E402
 from .errors import AppError  # noqa: E402
+from .job import ANSWER_STYLES, ExitCode, Job  # noqa: E402
+from .offline_model import OfflineResearchModel  # noqa: E402
 
 logger = logging.getLogger("app.worker")
 
-ANSWERED, FAILED, INVALID_JOB, NO_REDIS = 0, 1, 2, 3
 
-
-class WorkerSettings(Settings):
-    """The research agent's settings plus the job. A variation also sets TEMPERATURE, MODEL_NAME and
-    SEARCH_MAX_RESULTS, which the agent already reads."""
-
-    RUN_ID: str = Field(pattern=r"^[0-9a-f]{8,32}$")
-    VARIATION: int = Field(ge=0, le=63)
-    QUERY: str = Field(min_length=1, max_length=2000)
-    ANSWER_STYLE: Literal["bullets", "brief", "detailed"] = "bullets"
-    REDIS_URL: str = "redis://redis:6379/0"
-    STREAM_MAXLEN: int = Field(5000, ge=10)  # the run's stream never holds more entries than this
-    TOKEN_BUDGET: int = Field(1000, ge=0)  # token events this variation may add to the stream
-
-    @property
-    def stream_key(self) -> str:
-        return f"run:{self.RUN_ID}:events"
-
-    @property
-    def variation_key(self) -> str:
-        return f"run:{self.RUN_ID}:v:{self.VARIATION}"
+class WorkerSettings(Job, Settings):
+    """The job plus the research agent's settings, all read from the environment. A variation also
+    sets TEMPERATURE, MODEL_NAME and SEARCH_MAX_RESULTS, which the agent already reads."""
 
 
 class Publisher:
@@ -107,7 +86,7 @@ async def run(settings: WorkerSettings) -> int:
             logger.warning("Redis at %s: %s (attempt %d of 5)", settings.REDIS_URL, exc, attempt)
             if attempt == 5:
                 logger.error("cannot reach Redis at %s: giving up", settings.REDIS_URL)
-                return NO_REDIS
+                return ExitCode.NO_REDIS
             await asyncio.sleep(attempt * 0.5)
     imported = time.time()
     try:
@@ -153,7 +132,7 @@ async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: 
                 data = {**data, "query": settings.QUERY, "model": settings.model_label}
                 await events.record("result", data)
             await events.send(name, data)
-        return ANSWERED
+        return ExitCode.ANSWERED
     except Exception as exc:
         if isinstance(exc, AppError):
             error = {"type": exc.error_type, "message": exc.message}
@@ -162,7 +141,7 @@ async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: 
             error = {"type": "internal_error", "message": "the worker crashed"}
         await events.record("error", error)
         await events.send("error", {"error": error})
-        return FAILED
+        return ExitCode.FAILED
 
 
 def main() -> int:
@@ -172,7 +151,7 @@ def main() -> int:
     except ValidationError as exc:
         names = ", ".join(str(e["loc"][0]) for e in exc.errors())
         logger.error("invalid job, check these settings: %s", names)
-        return INVALID_JOB
+        return ExitCode.INVALID_JOB
     return asyncio.run(run(settings))
 
 

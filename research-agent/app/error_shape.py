@@ -1,0 +1,68 @@
+"""The course's one error shape, {"error": {"type", "message", "request_id", ...}}: its schema and
+the body every service builds. No side effects on import, so lesson 05's and lesson 07's APIs use it
+as the research agent does (app/errors.py adds the research agent's exceptions and handlers).
+"""
+
+import uuid
+
+from asgi_correlation_id import correlation_id
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# --- The shape, as it appears in the OpenAPI schema -----------------------------------------------
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description='Where the problem is, e.g. ["body", "query"]')
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. string_too_long")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="snake_case, stable: clients branch on it")
+    message: str = Field(description="for humans; never a stack trace")
+    request_id: str = Field(description="also in the X-Request-ID header and in every log line")
+    details: list[ValidationIssue] | None = Field(
+        default=None, description="validation_error only: one entry per problem"
+    )
+    retryable: bool | None = Field(
+        default=None, description="true when the same request may succeed if sent again"
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def error_body(error_type: str, message: str, *, request_id: str | None = None, **extra) -> dict:
+    """The body, with the id the request was logged under (CorrelationIdMiddleware's), or a new one
+    outside a request. `extra`: details, retryable, or a service's own fields."""
+    request_id = request_id or correlation_id.get() or uuid.uuid4().hex
+    return {"error": {"type": error_type, "message": message, "request_id": request_id, **extra}}
+
+
+def install_shape_handlers(app: FastAPI) -> None:
+    """422, any HTTPException and anything unforeseen answered in the shape: what lesson 05's and
+    lesson 07's APIs share (the research agent's own handlers, app/errors.py, also count them)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        body = error_body("validation_error", "the request is not valid", details=details)
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = error_body("not_found" if exc.status_code == 404 else "http_error", str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        # Anything not foreseen: Starlette re-raises it after this answer, so the server logs the
+        # traceback; the client gets the shape, never the traceback.
+        return JSONResponse(error_body("internal_error", "the server failed"), 500)

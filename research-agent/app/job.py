@@ -1,0 +1,84 @@
+"""One variation as a batch job: the contract between the worker (app/worker.py) and lesson 05's
+orchestrator (code/05_variations_api.py), defined here only. Both sides import it: the job's
+environment variables, the Redis keys a variation writes, the answer styles and the exit codes.
+
+It imports no LangChain, so the orchestrator can use it without loading the agent.
+"""
+
+from enum import IntEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from .config import Settings
+
+# How an answer is shaped, so that variations differ visibly: appended to a real model's system
+# prompt; the offline model follows the key itself.
+ANSWER_STYLES = {
+    "bullets": "Answer as a short bulleted list, one cited point per line.",
+    "brief": "Answer in one or two sentences.",
+    "detailed": "Answer in a few paragraphs, one per source, naming each source.",
+}
+AnswerStyle = Literal[tuple(ANSWER_STYLES)]  # the keys above, checked by pydantic
+
+
+def events_key(run_id: str) -> str:
+    """The run's Redis Stream: every event of every variation, each naming its variation."""
+    return f"run:{run_id}:events"
+
+
+def variation_key(run_id: str, index: int) -> str:
+    """One variation's hash: the orchestrator's status fields, the worker's `result` or `error`."""
+    return f"run:{run_id}:v:{index}"
+
+
+class Job(BaseModel):
+    """What the orchestrator asks of one worker. The field names are the environment variables:
+    `to_env()` writes them for the container, WorkerSettings reads them back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    RUN_ID: str = Field(pattern=r"^[0-9a-f]{8,32}$")
+    VARIATION: int = Field(ge=0, le=63)
+    QUERY: str = Field(min_length=1, max_length=2000)
+    ANSWER_STYLE: AnswerStyle = "bullets"
+    REDIS_URL: str = "redis://redis:6379/0"
+    STREAM_MAXLEN: int = Field(5000, ge=10)  # the run's stream never holds more entries than this
+    TOKEN_BUDGET: int = Field(1000, ge=0)  # token events this variation may add to the stream
+
+    @property
+    def stream_key(self) -> str:
+        return events_key(self.RUN_ID)
+
+    @property
+    def variation_key(self) -> str:
+        return variation_key(self.RUN_ID, self.VARIATION)
+
+    def to_env(self, **agent_settings) -> dict[str, str]:
+        """The job plus the agent's settings this variation changes (TEMPERATURE, MODEL_NAME...),
+        as a container's environment: every value a string, a None left out (the default holds)."""
+        unknown = set(agent_settings) - set(Settings.model_fields)
+        if unknown:
+            raise ValueError(f"not settings of the agent: {sorted(unknown)}")
+        values = {**self.model_dump(), **agent_settings}
+        return {
+            name: value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            for name, value in values.items()
+            if value is not None
+        }
+
+
+class ExitCode(IntEnum):
+    """The worker's last word, read by the orchestrator when its container stops."""
+
+    ANSWERED = 0  # a `final` event was published
+    FAILED = 1  # the research failed: an `error` event says why
+    INVALID_JOB = 2  # bad settings: nothing was published
+    NO_REDIS = 3  # Redis could not be reached
+
+
+EXIT_REASONS = {
+    ExitCode.FAILED: "the research failed (see its error event)",
+    ExitCode.INVALID_JOB: "the worker rejected its job",
+    ExitCode.NO_REDIS: "the worker could not reach Redis",
+}
