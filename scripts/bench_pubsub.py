@@ -1,0 +1,176 @@
+"""`make bench-pubsub`: lesson 07's questions/s and latency with 1 and 3 `concepts` consumers.
+
+Brings up the Compose project deploy/lesson07/compose.yaml under a name and port of its own, then
+for 1 and then 3 `concepts` containers (`--scale concepts=N`) sends BENCH_QUESTIONS concept
+questions at once through the gateway and waits until every one is answered and counted. The
+specialist is the bottleneck on purpose: its offline model pauses OFFLINE_TOKEN_DELAY_MS per token,
+as a real model's API keeps a consumer waiting on I/O, so more consumers answer more questions on
+the same 2 cores.
+
+Throughput is questions / (last answered - first asked). Latency is per question, asked (the
+gateway) to answered (the specialist's stored effect); a burst queues, so p99 is mostly queueing.
+Where the time goes comes from the `trace` stream every service writes (one clock: the same host):
+triage (delivered to done), queueing (triage done to the specialist's delivery), the specialist
+(its delivery to done), progress (the answer stored to the count stored).
+
+Settings (environment): BENCH_QUESTIONS (40), BENCH_TOKEN_DELAY_MS (20), BENCH_KEEP=1 leaves the
+project running. Only loopback; every wait is bounded.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import bench_results
+import httpx
+from support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "deploy" / "lesson07" / "compose.yaml"
+QUESTIONS = int(os.getenv("BENCH_QUESTIONS", "40"))
+TOKEN_DELAY_MS = int(os.getenv("BENCH_TOKEN_DELAY_MS", "20"))
+CONSUMERS = (1, 3)
+TARGET = 2.2
+
+# Run inside the gateway container: the trace and the questions' records, as JSON.
+READ_TRACE = """
+import json, redis
+r = redis.Redis.from_url("redis://redis:6379/0", decode_responses=True)
+ids = json.loads(input())
+print(json.dumps({"trace": [f for _, f in r.xrange("trace")],
+                  "asked": {q: r.hget(f"question:{q}", "asked_at") for q in ids}}))
+"""
+
+
+def log(message: str) -> None:
+    print(f"[bench-pubsub] {message}", flush=True)
+
+
+class Project:
+    def __init__(self):
+        self.name, self.port = f"bench-pubsub-{uuid.uuid4().hex[:6]}", free_port()
+        self.env = {
+            **os.environ,
+            "LESSON07_PORT": str(self.port),
+            "OFFLINE_TOKEN_DELAY_MS": str(TOKEN_DELAY_MS),
+        }
+
+    def compose(self, *args: str, stdin: str | None = None) -> str:
+        command = ["docker", "compose", "-p", self.name, "-f", str(COMPOSE_FILE), *args]
+        done = subprocess.run(
+            command,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)}: {done.stderr[-2000:]}")
+        return done.stdout
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(project: Project, client: httpx.Client, consumers: int) -> dict:
+    log(f"{consumers} concepts consumer(s): scaling and waiting until healthy")
+    project.compose("up", "-d", "--wait", "--scale", f"concepts={consumers}")
+    ids = []
+    for i in range(QUESTIONS):
+        text = f"What is a Docker image layer? (question {consumers}-{i})"
+        response = client.post(
+            "/v1/questions", json={"student_id": f"bench-{consumers}", "text": text}
+        )
+        response.raise_for_status()
+        ids.append(response.json()["id"])
+    log(f"sent {QUESTIONS} questions; waiting for every answer and count")
+    deadline = time.monotonic() + 30 + QUESTIONS * 3
+    while time.monotonic() < deadline:
+        counted = client.get(f"/v1/students/bench-{consumers}/progress").json()["questions"]
+        if counted == QUESTIONS:
+            break
+        time.sleep(0.5)
+    else:
+        raise RuntimeError(f"only {counted} of {QUESTIONS} questions counted in time")
+    found = json.loads(
+        project.compose(
+            "exec", "-T", "gateway", "python", "-c", READ_TRACE, stdin=json.dumps(ids) + "\n"
+        )
+    )
+    at: dict[tuple[str, str], float] = {}
+    for f in found["trace"]:
+        key = (f["event_id"], f["outcome"])
+        at.setdefault(key, float(f["at"]))  # the first delivery, the outcome that stuck
+    asked = {q: float(found["asked"][q]) for q in ids}
+    answered = {q: at[(f"{q}.routed", "done")] for q in ids}
+    latency = [answered[q] - asked[q] for q in ids]
+    span = max(answered.values()) - min(asked.values())
+
+    def median(first: tuple[str, str], second: tuple[str, str]) -> float:
+        return statistics.median(
+            at[(second[0].format(q), second[1])] - at[(first[0].format(q), first[1])] for q in ids
+        )
+
+    return {
+        "consumers": consumers,
+        "rate": QUESTIONS / span,
+        "p50": percentile(latency, 0.5),
+        "p99": percentile(latency, 0.99),
+        "triage": median(("{}", "delivered"), ("{}", "done")),
+        "queueing": median(("{}", "done"), ("{}.routed", "delivered")),
+        "specialist": median(("{}.routed", "delivered"), ("{}.routed", "done")),
+        "progress": median(("{}.routed", "done"), ("{}.answered", "done")),
+    }
+
+
+def main() -> int:
+    settings = {"BENCH_QUESTIONS": QUESTIONS, "BENCH_TOKEN_DELAY_MS": TOKEN_DELAY_MS}
+    results_file = bench_results.start("pubsub", settings)
+    project = Project()
+    rows = []
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{project.port}", timeout=10)
+        for consumers in CONSUMERS:
+            rows.append(measure(project, client, consumers))
+    finally:
+        if os.getenv("BENCH_KEEP") == "1":
+            log(f"BENCH_KEEP=1: project {project.name} left running on port {project.port}")
+        else:
+            log(f"removing project {project.name}")
+            project.compose("down", "-v", "--remove-orphans")
+    print(
+        f"\n{QUESTIONS} concept questions sent at once, offline model at {TOKEN_DELAY_MS} ms "
+        "per token; latency is asked to answered; the last four columns are medians.\n"
+    )
+    print(
+        "| concepts consumers | questions/s | p50 ms | p99 ms | triage ms | queueing ms "
+        "| specialist ms | progress ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['consumers']} | {r['rate']:.2f} | {r['p50'] * 1000:.0f} | "
+            f"{r['p99'] * 1000:.0f} | {r['triage'] * 1000:.0f} | {r['queueing'] * 1000:.0f} | "
+            f"{r['specialist'] * 1000:.0f} | {r['progress'] * 1000:.0f} |"
+        )
+    ratio = rows[-1]["rate"] / rows[0]["rate"]
+    verdict = "met" if ratio >= TARGET else "NOT met"
+    print(
+        f"\n3 consumers vs 1: {ratio:.2f}× the throughput (target {TARGET}×: {verdict}); "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    results_file.write()
+    return 0 if ratio >= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
