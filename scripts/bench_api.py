@@ -11,14 +11,15 @@ Settings: BENCH_SECONDS per API and round (default 5), BENCH_ROUNDS (default 5),
 
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+import bench_results
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
@@ -35,25 +36,6 @@ wrk.method = "POST"
 wrk.body = '{"query": "What is a container?"}'
 wrk.headers["Content-Type"] = "application/json"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"server exited early with status {process.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"{url} did not answer within {timeout}s")
 
 
 def to_ms(value: str) -> float:
@@ -86,43 +68,30 @@ def run_wrk(url: str, lua: str, seconds: int, pid: int) -> dict:
     }
 
 
-def start(script: Path) -> tuple[subprocess.Popen, int]:
+def start(script: Path) -> ServerProcess:
+    """The script on a free port, offline, with the cache off: every request does the work."""
     port = free_port()
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "OFFLINE_TOKEN_DELAY_MS": "0",
-        "CACHE_MAX_ENTRIES": "0",
-    }
-    env.pop("OPENAI_API_KEY", None)
-    process = subprocess.Popen(
-        [sys.executable, str(script)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return process, port
+    env = offline_environment(HOST="127.0.0.1", PORT=port, OFFLINE_TOKEN_DELAY_MS=0)
+    env["CACHE_MAX_ENTRIES"] = "0"
+    return ServerProcess([sys.executable, script], cwd=ROOT, env=env, port=port).start()
 
 
 def bench(lua: str) -> dict[str, dict]:
-    servers = {name: start(script) for name, script in TARGETS.items()}
+    servers: dict[str, ServerProcess] = {}
     try:
-        for process, port in servers.values():
-            wait_for(f"http://127.0.0.1:{port}/health", process)
-            run_wrk(f"http://127.0.0.1:{port}/v1/invoke", lua, 2, process.pid)  # warm-up
+        for name, script in TARGETS.items():
+            servers[name] = server = start(script)
+            run_wrk(f"{server.url}/v1/invoke", lua, 2, server.pid)  # warm-up
         rounds = [
             {
-                name: run_wrk(f"http://127.0.0.1:{port}/v1/invoke", lua, SECONDS, process.pid)
-                for name, (process, port) in servers.items()
+                name: run_wrk(f"{server.url}/v1/invoke", lua, SECONDS, server.pid)
+                for name, server in servers.items()
             }
             for _ in range(ROUNDS)
         ]
     finally:
-        for process, _ in servers.values():
-            process.terminate()
-            process.wait(timeout=30)
+        for server in servers.values():
+            server.stop(grace=30)
     return {
         name: {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]}
         for name in TARGETS
@@ -130,6 +99,8 @@ def bench(lua: str) -> dict[str, dict]:
 
 
 def main() -> None:
+    settings = {"BENCH_SECONDS": SECONDS, "BENCH_ROUNDS": ROUNDS, "BENCH_CONNECTIONS": CONNECTIONS}
+    results_file = bench_results.start("api", settings)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(WRK_SCRIPT)
     try:
@@ -162,6 +133,7 @@ def main() -> None:
         print(
             f"{name}: {extra:+.1%} CPU per request against the basic API ({verdict} a 15% budget)"
         )
+    results_file.write()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,16 +19,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import bench_results
+from support.ports import free_port  # standard library only: this runs before .venv exists
+
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLERS = ["pip", "uv"]
 TIMEOUT = 600  # seconds for one run, clone to answer
 QUERY = {"query": "What is a container?"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def answered(port: int) -> bool:
@@ -93,6 +89,7 @@ def first_answer(installer: str, workdir: Path) -> tuple[float, float]:
 
 
 def main() -> int:
+    results_file = bench_results.start("first-answer", {"installers": INSTALLERS})
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-first-answer-") as tmp:
         for installer in INSTALLERS:
@@ -107,6 +104,7 @@ def main() -> int:
     print("| --- | ---: | ---: | ---: |")
     for installer, (total, install) in results.items():
         print(f"| {installer} | {total:.1f} | {install:.1f} | {total / baseline:.2f}x |")
+    results_file.write()
     return 0
 
 

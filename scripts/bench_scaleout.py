@@ -33,7 +33,6 @@ import io
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,14 +42,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
+import bench_results
 import docker
 import httpx
+import swarm
 from httpx_sse import aconnect_sse
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import swarm  # noqa: E402
+from support.ports import free_port
 
 RATE = float(os.getenv("BENCH_RATE", "20"))
 STREAMS = int(os.getenv("BENCH_STREAMS", "4"))
@@ -70,12 +68,6 @@ TOPICS = (
     "What is a Docker layer cache?",
     "How does graceful shutdown work?",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def question(n: int) -> str:
@@ -334,6 +326,11 @@ def run(client: docker.DockerClient, stack: str, port: int, v1: str, v2: str) ->
         AGENT_REPLICAS="1",
         OFFLINE_TOKEN_DELAY_MS=TOKEN_DELAY_MS,
         OPENAI_API_KEY="",  # the offline model, whatever this shell has set
+        # One client sends the whole load, so the per-client limits are off: its 4 streams at a
+        # time would otherwise meet MAX_STREAMS_PER_CALLER (4) whenever a new stream starts before
+        # the slot of the one that just ended is given back.
+        RATE_LIMIT="off",
+        MAX_STREAMS_PER_CALLER="0",
     )
     swarm.deploy(stack, env)
     report["throughput"] = []
@@ -472,6 +469,16 @@ def failures(report: dict) -> list[str]:
 
 
 def main() -> int:
+    settings = {
+        "BENCH_RATE": RATE,
+        "BENCH_STREAMS": STREAMS,
+        "BENCH_PHASE_SECONDS": PHASE_SECONDS,
+        "BENCH_SECONDS": SECONDS,
+        "BENCH_ROUNDS": ROUNDS,
+        "BENCH_CONNECTIONS": CONNECTIONS,
+        "BENCH_TOKEN_DELAY_MS": TOKEN_DELAY_MS,
+    }
+    results_file = bench_results.start("scaleout", settings)
     client = docker.from_env()
     tag = f"scaleout-{uuid.uuid4().hex[:6]}"
     stack, port = tag, free_port()
@@ -491,6 +498,7 @@ def main() -> int:
     problems = failures(report)
     for problem in problems:
         print(f"FAILED: {problem}")
+    results_file.write()
     return 1 if problems else 0
 
 

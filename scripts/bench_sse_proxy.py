@@ -6,16 +6,13 @@ The nginx configuration is scripts/nginx-sse-proxy.conf: Debian's nginx with a c
 
     python scripts/bench_sse_proxy.py [--runs 5] [--token-delay-ms 30]
 
-tests/research_agent/test_sse_proxy.py uses the same helpers to assert the difference.
+tests/lesson_02/test_sse_proxy.py uses the same helpers to assert the difference.
 """
 
 import argparse
-import os
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import bench_results
 import httpx
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_DIR = ROOT / "research-agent"
@@ -31,58 +31,23 @@ CONFIG = Path(__file__).with_name("nginx-sse-proxy.conf")
 QUERY = "Why use a multi-stage Docker build?"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} within {seconds:g} s")
-        time.sleep(0.05)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 @contextmanager
 def research_agent(token_delay_ms: int):
     """`python main.py` on a free loopback port, offline; yields its base URL."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "REDIS_"))}
-    env.update(
+    env = offline_environment(
         HOST="127.0.0.1",
-        PORT=str(port),
-        OFFLINE_TOKEN_DELAY_MS=str(token_delay_ms),
-        SHUTDOWN_DRAIN_SECONDS="0",
+        PORT=port,
+        OFFLINE_TOKEN_DELAY_MS=token_delay_ms,
+        SHUTDOWN_DRAIN_SECONDS=0,
         LOG_LEVEL="WARNING",
         RATE_LIMIT="off",  # a measurement, not a caller to limit
     )
-    process = subprocess.Popen(
-        [sys.executable, "main.py"],
-        cwd=AGENT_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(f"{base}/ready"), 60, "the research agent was not ready")
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    script = [sys.executable, "main.py"]
+    with ServerProcess(
+        script, cwd=AGENT_DIR, env=env, port=port, ready_path="/ready", ready_timeout=60
+    ) as agent:
+        yield agent.url
 
 
 @contextmanager
@@ -100,29 +65,9 @@ def nginx(agent_base: str):
             .replace("@AGENT_PORT@", agent_port)
         )
         (Path(run_dir) / "nginx.conf").write_text(config)
-        process = subprocess.Popen(
-            [binary, "-p", run_dir, "-c", f"{run_dir}/nginx.conf"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(
-                lambda: process.poll() is not None or _answers(f"{base}/health"),
-                20,
-                "nginx did not answer",
-            )
-            if process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {process.stderr.read()}")
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        args = [binary, "-p", run_dir, "-c", f"{run_dir}/nginx.conf"]
+        with ServerProcess(args, port=port, ready_timeout=20) as proxy:
+            yield proxy.url
 
 
 @dataclass
@@ -168,6 +113,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--token-delay-ms", type=int, default=30)
     args = parser.parse_args()
+    results_file = bench_results.start("sse-proxy", vars(args))
 
     with research_agent(args.token_delay_ms) as agent, nginx(agent) as proxy:
         paths = {
@@ -200,6 +146,7 @@ def main() -> None:
             f"| {name:<30} | {timings[0].content_encoding:<8} | {first * 1000:>17.0f} ms | "
             f"{first / base:>4.0f}x | {total:>10.2f} s | {still_open}/{len(timings):<30} |"
         )
+    results_file.write()
 
 
 if __name__ == "__main__":

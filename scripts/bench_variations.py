@@ -28,8 +28,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import bench_results
+from support.lessons import load_lesson, use_research_agent
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 QUERY = "How do I stop a container without losing requests?"
 SIZES = [1, 2, 4, 8]
 TOKEN_DELAY_MS = int(os.environ.get("OFFLINE_TOKEN_DELAY_MS", "40"))  # the lesson's default
@@ -40,11 +44,12 @@ TOKEN_DELAY_MS = int(os.environ.get("OFFLINE_TOKEN_DELAY_MS", "40"))  # the less
 
 def in_process(count: int) -> dict:
     started = time.perf_counter()
-    sys.path.insert(0, str(ROOT / "research-agent"))
-    from app.agent import ANSWER_STYLES, SYSTEM_PROMPT, OfflineResearchModel, ResearchAgent
+    use_research_agent()
+    from app.agent import SYSTEM_PROMPT, OfflineResearchModel, ResearchAgent
     from app.config import Settings
+    from app.job import ANSWER_STYLES
 
-    from tests.lesson_05.conftest import api  # the lesson's presets
+    api = load_lesson("code/05_variations_api.py", "variations_api")  # the lesson's presets
 
     imported = time.perf_counter()
     no_docs = tempfile.mkdtemp()  # like the image: search the bundled notes only
@@ -161,37 +166,22 @@ class Stack:
         if up.returncode:
             raise SystemExit(up.stderr)
         values = dict(line.split("=", 1) for line in up.stdout.splitlines() if "=" in line)
-        from tests.ports import free_port
-
-        self.url = f"http://127.0.0.1:{(port := free_port())}"
-        api_env = {k: v for k, v in self.env.items() if not k.startswith("OPENAI_")}
-        api_env.update(
-            values,
-            PORT=str(port),
-            OFFLINE_TOKEN_DELAY_MS=str(TOKEN_DELAY_MS),
+        port = free_port()
+        env = offline_environment(
+            **values,
+            PORT=port,
+            OFFLINE_TOKEN_DELAY_MS=TOKEN_DELAY_MS,
             WORKER_IMAGE=os.environ.get("WORKER_IMAGE", "research-agent:lesson-05"),
-            MAX_ACTIVE_RUNS="1",
+            MAX_ACTIVE_RUNS=1,
         )
-        self.api = subprocess.Popen(
-            [sys.executable, "code/05_variations_api.py"],
-            cwd=ROOT,
-            env=api_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import httpx
-
-        for _ in range(300):
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise SystemExit("the API did not start")
+        self.api = ServerProcess(
+            [sys.executable, "code/05_variations_api.py"], cwd=ROOT, env=env, port=port,
+            ready_timeout=60,
+        ).start()  # fmt: skip
+        self.url = self.api.url
 
     def close(self):
-        self.api.terminate()
-        self.api.wait(30)
+        self.api.stop(grace=30)
         subprocess.run(
             [ROOT / "scripts" / "lesson-05.sh", "down"], env=self.env, capture_output=True
         )
@@ -216,6 +206,8 @@ def main() -> None:
         print(json.dumps(in_process(args.in_process)))
         return
     repeat = int(os.environ.get("REPEAT", "1"))
+    settings = {"REPEAT": repeat, "OFFLINE_TOKEN_DELAY_MS": TOKEN_DELAY_MS, "sizes": SIZES}
+    results_file = bench_results.start("variations", settings)
     docker_version = subprocess.run(
         ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True
     ).stdout.strip()
@@ -257,6 +249,7 @@ def main() -> None:
     verdict = "met" if ratio <= 1.6 else "NOT met"
     print(f"\nTarget N=4 within 1.6× N=1 (containers): {ratio:.2f}× — {verdict}")
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on this machine)")
+    results_file.write()
 
 
 if __name__ == "__main__":
