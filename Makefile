@@ -10,14 +10,231 @@ PORT ?= 8000
 export HOST PORT
 
 .PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test lint
-.PHONY: bench-api bench-sse-proxy bench-first-answer clean
-.PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start context-size
+.PHONY: lesson-02 lesson-03 lesson-03-down ci
+.PHONY: bench-api bench-sse-proxy bench-first-answer measurements clean
+.PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start bench-start-host context-size
 .PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
 .PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
 .PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
+.PHONY: lesson-07-image lesson-07 lesson-07-down lesson-07-trace pubsub-test bench-pubsub
 
-help: ## List the commands of the course
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+define serving
+	@echo
+	@echo "  $(1) on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
+	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
+	@echo "  Try it:     curl -s -X POST http://$(HOST):$(PORT)/$(2) -H 'content-type: application/json' -d '{\"query\": \"$(3)\"}'"
+	@echo
+endef
+
+# Containers (lesson 03 on). Each target installs what it needs first: the Docker CLI plugins, then the
+# base images (pulled, or built as stand-ins from Debian packages when no registry answers: it says so).
+IMAGES ?= basic multistage optimized
+# TAG_SUFFIX=-mine builds and tests research-agent:optimized-mine etc., leaving the shared tags alone.
+TAG_SUFFIX ?=
+export TAG_SUFFIX
+# Lesson 05's workers run the research-agent image under its own tag, so a rebuild of
+# research-agent:optimized from elsewhere cannot change the image under a running test.
+LESSON05_IMAGE ?= research-agent:lesson-05
+# Lesson 06 on Docker Swarm behind HAProxy. The Kubernetes manifests in deploy/k8s/ are validated
+# offline by `make test` (tests/lesson_06/test_k8s.py).
+STACK ?= research-agent
+# HAProxy publishes 8080, or PORT when it is given (the 8000 default above is for the host-run lessons).
+LESSON06_PORT = $(if $(filter file,$(origin PORT)),8080,$(PORT))
+# Lesson 07: five agents and a gateway from one image, as the Compose project lesson07.
+LESSON07_IMAGE ?= lesson-07-agents
+LESSON07_PROJECT ?= lesson07
+LESSON07_PORT ?= 8070
+export LESSON07_IMAGE LESSON07_PORT
+LESSON07_COMPOSE = docker compose -p $(LESSON07_PROJECT) -f deploy/lesson07/compose.yaml
+
+##@ Lessons
+
+lesson-01: $(VENV)/.installed ## Lesson 01: run the basic agent API (PORT=8100 make lesson-01 for another port)
+	$(call serving,Basic agent API,v1/invoke,What is a container?)
+	@$(PY) code/01_basic_api.py
+
+lesson-01-production: $(VENV)/.installed ## Lesson 01: run the production API (JSON logs, /metrics, errors, cache)
+	$(call serving,Production agent API,v1/invoke,What is a container?)
+	@$(PY) code/01_production_api.py
+
+lesson-01-shutdown: $(VENV)/.installed ## Lesson 01: run the graceful-shutdown example (send it SIGTERM mid-stream)
+	$(call serving,Graceful-shutdown API,v1/stream,What is a container?)
+	@$(PY) code/01_graceful_shutdown.py
+
+lesson-02: research-agent ## Lesson 02: run the research agent on the host (offline model and local search by default)
+
+research-agent: $(VENV)/.installed ## Lesson 02 under the app's name: the same as make lesson-02
+	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
+	@cd research-agent && ../$(PY) main.py
+
+lesson-03: docker-tools offline-images ## Lesson 03: the research agent, Redis and an HAProxy edge with Compose, built; returns once healthy
+	cd research-agent && AGENT_PORT=$(PORT) docker compose up --build --wait
+	@echo
+	@echo "  Research agent (Compose: HAProxy edge, agent, Redis) on http://127.0.0.1:$(PORT)  (offline model unless OPENAI_API_KEY is set)"
+	@echo "  Try it:  curl -s -X POST http://127.0.0.1:$(PORT)/v1/research -H 'content-type: application/json' -d '{\"query\": \"Why use a multi-stage Docker build?\"}'"
+	@echo "           ask the same again: \"cached\": true, the answer came from Redis"
+	@echo "  Status:  cd research-agent && docker compose ps      Logs: docker compose logs -f agent"
+	@echo "  Stop:    make lesson-03-down   (removes the containers and the cache volume)"
+	@echo
+
+lesson-03-down: docker-tools ## Lesson 03: stop the Compose stack and remove its containers and cache volume
+	cd research-agent && docker compose down -v
+
+lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
+	@echo
+	@echo "  Sandboxed tools on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
+	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
+	@echo "  Run code:   curl -s -X POST http://$(HOST):$(PORT)/v1/tools/python -H 'content-type: application/json' -d '{\"code\": \"print(2**100)\"}'"
+	@echo "  Ask:        curl -s -X POST http://$(HOST):$(PORT)/v1/agent -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo
+	@$(PY) code/04_sandboxed_tools.py
+
+lesson-05: lesson-05-image $(VENV)/.installed ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis)
+	@WORKER_IMAGE=$(LESSON05_IMAGE) scripts/lesson-05.sh serve
+
+lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running
+	@scripts/lesson-05.sh down
+
+lesson-06: swarm-images $(VENV)/.installed ## Lesson 06: 3 agent replicas behind HAProxy on Swarm, port 8080 (or PORT); returns once healthy
+	@$(PY) scripts/swarm.py up --stack $(STACK) --port $(LESSON06_PORT)
+
+lesson-06-down: $(VENV)/.installed ## Lesson 06: remove the stack and its volume; leave Swarm if lesson-06 joined it
+	@$(PY) scripts/swarm.py down --stack $(STACK)
+
+lesson-07: lesson-07-image ## Lesson 07: triage, three specialists and progress on Redis Streams, gateway on 8070 (LESSON07_PORT); returns once healthy
+	$(LESSON07_COMPOSE) up -d --wait
+	@echo
+	@echo "  Event-driven agents (Compose project $(LESSON07_PROJECT)) behind the gateway on http://127.0.0.1:$(LESSON07_PORT)  (offline model unless OPENAI_API_KEY is set)"
+	@echo "  Ask:      curl -s -X POST http://127.0.0.1:$(LESSON07_PORT)/v1/questions -H 'content-type: application/json' -d '{\"student_id\": \"ann\", \"text\": \"Give me an exercise on Docker volumes\"}'"
+	@echo "  Answer:   curl -s http://127.0.0.1:$(LESSON07_PORT)/v1/questions/ID        Progress: curl -s http://127.0.0.1:$(LESSON07_PORT)/v1/students/ann/progress"
+	@echo "  Watch:    make lesson-07-trace     (each event, topic, consumer and delivery count, as it happens)"
+	@echo "  Scale:    $(LESSON07_COMPOSE) up -d --scale concepts=3"
+	@echo "  Kill one: docker kill \$$($(LESSON07_COMPOSE) ps -q concepts | head -1)"
+	@echo "  Stop:     make lesson-07-down   (removes the containers, the network and the Redis volume)"
+	@echo
+
+lesson-07-down: docker-tools ## Lesson 07: remove its containers, network and Redis volume
+	$(LESSON07_COMPOSE) down -v --remove-orphans
+
+lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topics (TRACE_ALL=1: from the start)
+	$(LESSON07_COMPOSE) exec -e TRACE_ALL=$(TRACE_ALL) gateway python 07_event_agents.py trace
+
+##@ Tests
+
+test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server and nginx when missing)
+	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
+	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
+	@# tests/lesson_03/test_compose.py reads the Compose files with both Composes: the v2 plugin where Docker runs.
+	@if docker info >/dev/null 2>&1; then scripts/docker-tools.sh >/dev/null || \
+	  echo "No Compose v2 (above: how to install it): tests/lesson_03/test_compose.py skips its 'docker compose' checks"; fi
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed ## Lint: ruff, hadolint, shellcheck, actionlint and pymarkdown over every file of their kind
+	@scripts/lint.sh $(VENV)/bin
+
+ci: ## What CI runs, in order: lint, test, smoke, compose-test, sandbox-test, variations-test, swarm-test, pubsub-test, bench-scaleout
+	@bash .ci/run
+
+smoke: build $(VENV)/.installed ## Run each image, check it (tests/lesson_03/test_container.py), docker stop it mid-stream
+	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/lesson_03/test_container.py tests/lesson_03/test_container_shutdown.py -v
+
+compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v2: up (offline) behind the edge, header and slow-client attacks, cache hit, Redis stopped, stop mid-answer, down -v
+	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
+	$(PY) -m pytest -m container tests/lesson_03/test_compose.py -v
+
+sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
+	$(PY) -m pytest -m container tests/lesson_04 tests/lesson_02/test_sandbox_tool.py tests/repo/test_docs.py -v
+
+variations-test: lesson-05-image $(VENV)/.installed ## Lesson 05 with real containers and headless Chromium (installs chromium)
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_05 -v
+
+variations-screenshot: lesson-05-image $(VENV)/.installed ## Lesson 05: the browser test, saving the page to docs/images/
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) SCREENSHOT=docs/images/05-variations.png $(PY) -m pytest -m container tests/lesson_05/test_browser.py -v
+
+swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas, request ids, shared cache, SSE, rollback, lesson-06-down
+	$(PY) -m pytest -m container tests/lesson_06/test_swarm.py -v
+
+pubsub-test: lesson-07-image $(VENV)/.installed ## Lesson 07 in containers: specialist killed twice under load, Redis restarted, dead letters, counts exact, down -v
+	$(PY) -m pytest -m container tests/lesson_07 -v
+
+##@ Benchmarks
+
+bench-api: $(VENV)/.installed ## Requests/s, latency and CPU per request of the three lesson-01 steps vs bare FastAPI
+	@scripts/ensure-command.sh wrk wrk "it generates the load" "macOS: brew install wrk"
+	BENCH_COMMAND="make $@" $(PY) scripts/bench_api.py
+
+bench-first-answer: ## Fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
+	@BENCH_COMMAND="make $@" $(PYTHON) scripts/bench_first_answer.py
+
+bench-sse-proxy: $(VENV)/.installed ## Time to first SSE token, direct vs nginx (gzip) with/without X-Accel-Buffering
+	@scripts/ensure-command.sh nginx nginx "the benchmark puts nginx in front of the agent" "macOS: brew install nginx"
+	BENCH_COMMAND="make $@" $(PY) scripts/bench_sse_proxy.py
+
+bench-images: docker-tools offline-images $(VENV)/.installed ## Cold build, code-only rebuild, size, start time per Dockerfile
+	BENCH_COMMAND="make $@" $(PY) scripts/bench_images.py
+
+bench-start: build $(VENV)/.installed ## docker run -> /ready and -> healthy for the built images (no rebuild)
+	BENCH_COMMAND="make $@" $(PY) scripts/bench_images.py --start-only
+
+bench-start-host: IMAGES = optimized
+bench-start-host: build $(VENV)/.installed ## The optimized image vs `python main.py` on the host: start->ready, first request, imports
+	BENCH_COMMAND="make $@" $(PY) scripts/bench_images.py --vs-host
+
+sizes: build ## Table: image sizes against their floor, and where the optimized image's bytes went
+	@$(PYTHON) scripts/image_sizes.py
+
+context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
+	@scripts/context-size.sh
+
+bench-sandbox: sandbox-image $(VENV)/.installed ## Fresh and pooled sandbox runs vs a bare `docker run --rm` (and exec): one by one, 4 at once, 2/s sustained; p50/p95
+	BENCH_COMMAND="make $@" $(PY) scripts/bench_sandbox.py
+
+bench-variations: lesson-05-image $(VENV)/.installed ## N = 1, 2, 4, 8 variations in containers vs in one process
+	BENCH_COMMAND="make $@" WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) scripts/bench_variations.py
+
+bench-scaleout: swarm-images $(VENV)/.installed ## Rolling update and docker stop under load (target: 0 failed), 1 vs 3 replicas
+	@scripts/ensure-command.sh wrk wrk
+	BENCH_COMMAND="make $@" $(PY) scripts/bench_scaleout.py
+
+bench-pubsub: lesson-07-image $(VENV)/.installed ## Lesson 07: questions/s and p50/p99 with 1 and 3 concepts consumers, and where the time goes
+	BENCH_COMMAND="make $@" $(PY) scripts/bench_pubsub.py
+
+measurements: ## The bench-results/*.json files as docs/measurements.md's tables (WRITE=1: into the page)
+	@$(PYTHON) scripts/measurements.py $(if $(WRITE),--write)
+
+##@ Images
+
+build: docker-tools offline-images sandbox-image ## Build research-agent:basic, :multistage, :optimized and agent-sandbox:python (IMAGES=optimized: one research-agent image)
+	@scripts/build-images.sh $(IMAGES)
+
+offline-images: ## Make python:3.11-slim, redis:7 and haproxy:2.6 available: docker pull, else build stand-ins from Debian
+	@scripts/offline-images.sh
+
+sandbox-image: docker-tools offline-images ## Build and smoke-test agent-sandbox:python, the image tools run code in
+	@scripts/build-sandbox-image.sh
+
+lesson-05-image: IMAGES = optimized
+lesson-05-image: build
+	docker tag research-agent:optimized $(LESSON05_IMAGE)
+
+# Lesson 07's image: the research agent's optimized image (the pinned lock) plus the lesson's files.
+lesson-07-image: docker-tools offline-images
+	@scripts/build-images.sh optimized
+	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson07/Dockerfile --build-arg BASE_IMAGE=research-agent:optimized$(TAG_SUFFIX) -t $(LESSON07_IMAGE) .
+
+swarm-images: docker-tools
+	@scripts/offline-images.sh python:3.11-slim redis:7 haproxy:2.6
+	@scripts/build-images.sh optimized
+
+##@ Setup
+
+# `make help` prints the targets with a `## description`, under the `##@ Group` line above them.
+help: ## List the commands of the course, by group
+	@awk 'BEGIN {FS = ":.*## "; printf "Containerizing AI Agents: make TARGET\n"} \
+	  /^##@ / {printf "\n\033[1m%s\033[0m\n", substr($$0, 5)} \
+	  /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: requirements-dev.txt
 	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements-dev.txt
@@ -32,155 +249,8 @@ lock: $(VENV)/.installed ## Re-pin requirements-dev.txt and research-agent/requi
 docs: $(VENV)/.installed ## Re-sync the code excerpts in docs/ from the files they quote
 	$(PY) scripts/docs_sync.py
 
-define serving
-	@echo
-	@echo "  $(1) on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
-	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
-	@echo "  Try it:     curl -s -X POST http://$(HOST):$(PORT)/$(2) -H 'content-type: application/json' -d '{\"query\": \"$(3)\"}'"
-	@echo
-endef
-
-lesson-01: $(VENV)/.installed ## Lesson 01: run the basic agent API (PORT=8100 make lesson-01 for another port)
-	$(call serving,Basic agent API,v1/invoke,What is a container?)
-	@$(PY) code/01_basic_api.py
-
-lesson-01-production: $(VENV)/.installed ## Lesson 01: run the production API (JSON logs, /metrics, errors, cache)
-	$(call serving,Production agent API,v1/invoke,What is a container?)
-	@$(PY) code/01_production_api.py
-
-lesson-01-shutdown: $(VENV)/.installed ## Lesson 01: run the graceful-shutdown example (send it SIGTERM mid-stream)
-	$(call serving,Graceful-shutdown API,v1/stream,What is a container?)
-	@$(PY) code/01_graceful_shutdown.py
-
-research-agent: $(VENV)/.installed ## Run the research agent locally (offline model and local search by default)
-	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
-	@cd research-agent && ../$(PY) main.py
-
-test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server and nginx when missing)
-	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
-	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
-	@# tests/test_compose.py reads the Compose files with both Composes: the v2 plugin where Docker runs.
-	@if docker info >/dev/null 2>&1; then scripts/docker-tools.sh >/dev/null || \
-	  echo "Compose v2 could not be installed: tests/test_compose.py skips its 'docker compose' checks"; fi
-	$(PY) -m pytest
-
-lint: $(VENV)/.installed ## Lint: ruff (check, format), hadolint, shellcheck, actionlint over every file of their kind
-	@scripts/lint.sh $(VENV)/bin
-
-bench-api: $(VENV)/.installed ## Benchmark: requests/s, latency and CPU per request of the three lesson-01 steps vs bare FastAPI
-	@scripts/ensure-command.sh wrk wrk "it generates the load" "macOS: brew install wrk"
-	$(PY) scripts/bench_api.py
-
-bench-first-answer: ## Benchmark: fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
-	@$(PYTHON) scripts/bench_first_answer.py
-
-bench-sse-proxy: $(VENV)/.installed ## Benchmark: time to first SSE token, direct vs nginx (gzip) with/without X-Accel-Buffering
-	@scripts/ensure-command.sh nginx nginx "the benchmark puts nginx in front of the agent" "macOS: brew install nginx"
-	$(PY) scripts/bench_sse_proxy.py
-
-# --- Containers (lesson 03). Each target installs what it needs first: the Docker CLI plugins, then the
-# base images (pulled, or built as stand-ins from Debian packages when no registry answers: it says so).
-IMAGES ?= basic multistage optimized
-# TAG_SUFFIX=-mine builds and tests research-agent:optimized-mine etc., leaving the shared tags alone.
-TAG_SUFFIX ?=
-export TAG_SUFFIX
-
-docker-tools: ## Install the buildx and Compose v2 CLI plugins when missing, print their versions
+docker-tools: ## Check the buildx and Compose v2 CLI plugins, print their versions (installs them as root on Debian/Ubuntu)
 	@scripts/docker-tools.sh
-
-offline-images: ## Make python:3.11-slim and redis:7 available: docker pull, else build stand-ins from Debian
-	@scripts/offline-images.sh
-
-build: docker-tools offline-images ## Build research-agent:basic, :multistage and :optimized (IMAGES="optimized" for one)
-	@scripts/build-images.sh $(IMAGES)
-
-smoke: build $(VENV)/.installed ## Run each image, check it (tests/test_container.py), docker stop it mid-stream
-	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/test_container.py tests/test_container_shutdown.py -v
-
-compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v2: up (offline), healthy, cache hit, Redis stopped, stop mid-answer, down -v
-	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
-	$(PY) -m pytest -m container tests/test_compose.py -v
-
-sizes: build ## Table: image sizes against their floor, and where the optimized image's bytes went
-	@$(PYTHON) scripts/image_sizes.py
-
-bench-images: docker-tools offline-images $(VENV)/.installed ## Benchmark: cold build, code-only rebuild, size, start time per Dockerfile
-	$(PY) scripts/bench_images.py
-
-bench-start: build $(VENV)/.installed ## Benchmark: docker run -> /ready and -> healthy for the built images (no rebuild)
-	$(PY) scripts/bench_images.py --start-only
-
-context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
-	@scripts/context-size.sh
-
-# --- Sandboxed tools (lesson 04): agent tools run code in throwaway containers of agent-sandbox:python.
-build: sandbox-image
-
-sandbox-image: docker-tools offline-images ## Build and smoke-test agent-sandbox:python, the image tools run code in
-	@scripts/build-sandbox-image.sh
-
-lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
-	@echo
-	@echo "  Sandboxed tools on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
-	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
-	@echo "  Run code:   curl -s -X POST http://$(HOST):$(PORT)/v1/tools/python -H 'content-type: application/json' -d '{\"code\": \"print(2**100)\"}'"
-	@echo "  Ask:        curl -s -X POST http://$(HOST):$(PORT)/v1/agent -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
-	@echo
-	@$(PY) code/04_sandboxed_tools.py
-
-sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
-	$(PY) -m pytest -m container tests/lesson_04 tests/research_agent/test_sandbox_tool.py tests/test_docs.py -v
-
-bench-sandbox: sandbox-image $(VENV)/.installed ## Benchmark: the runner vs a bare `docker run --rm`, a warm pool and exec, p50/p95
-	$(PY) scripts/bench_sandbox.py
-
-# --- Parallel variations (lesson 05): workers run the research-agent image under its own tag, so a
-# rebuild of research-agent:optimized from elsewhere cannot change the image under a running test.
-LESSON05_IMAGE ?= research-agent:lesson-05
-
-lesson-05-image: IMAGES = optimized
-lesson-05-image: build
-	docker tag research-agent:optimized $(LESSON05_IMAGE)
-
-lesson-05: lesson-05-image $(VENV)/.installed ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis)
-	@WORKER_IMAGE=$(LESSON05_IMAGE) scripts/lesson-05.sh serve
-
-lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running
-	@scripts/lesson-05.sh down
-
-variations-test: lesson-05-image $(VENV)/.installed ## Lesson 05 with real containers and headless Chromium (installs chromium)
-	@scripts/ensure-command.sh chromium chromium
-	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_05 -v
-
-variations-screenshot: lesson-05-image $(VENV)/.installed ## Lesson 05: the browser test, saving the page to docs/images/
-	@scripts/ensure-command.sh chromium chromium
-	WORKER_IMAGE=$(LESSON05_IMAGE) SCREENSHOT=docs/images/05-variations.png $(PY) -m pytest -m container tests/lesson_05/test_browser.py -v
-
-bench-variations: lesson-05-image $(VENV)/.installed ## Benchmark: N = 1, 2, 4, 8 variations in containers vs in one process
-	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) scripts/bench_variations.py
-
-# --- Scale-out (lesson 06): the research agent on Docker Swarm behind HAProxy. The Kubernetes manifests
-# in deploy/k8s/ are validated offline by `make test` (tests/test_k8s.py).
-STACK ?= research-agent
-# HAProxy publishes 8080, or PORT when it is given (the 8000 default above is for the host-run lessons).
-LESSON06_PORT = $(if $(filter file,$(origin PORT)),8080,$(PORT))
-
-swarm-images: docker-tools
-	@scripts/offline-images.sh python:3.11-slim redis:7 haproxy:2.6
-	@scripts/build-images.sh optimized
-
-lesson-06: swarm-images $(VENV)/.installed ## Lesson 06: 3 agent replicas behind HAProxy on Swarm, port 8080 (or PORT); returns once healthy
-	@$(PY) scripts/swarm.py up --stack $(STACK) --port $(LESSON06_PORT)
-
-lesson-06-down: $(VENV)/.installed ## Lesson 06: remove the stack and its volume; leave Swarm if lesson-06 joined it
-	@$(PY) scripts/swarm.py down --stack $(STACK)
-
-swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas, request ids, shared cache, SSE, rollback, lesson-06-down
-	$(PY) -m pytest -m container tests/test_swarm.py -v
-
-bench-scaleout: swarm-images $(VENV)/.installed ## Benchmark: rolling update and docker stop under load (target: 0 failed), 1 vs 3 replicas
-	@scripts/ensure-command.sh wrk wrk
-	$(PY) scripts/bench_scaleout.py
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache

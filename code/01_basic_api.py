@@ -124,7 +124,7 @@ async def invoke(request: AgentRequest, agent: AgentDep) -> AgentResponse:
 # FastAPI would document the stream as JSON; this says what it really sends, event by event.
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Server-Sent Events: a `data:` per token and `data: [DONE]`, or an `error`",
+        "description": "Server-Sent Events: `data:` per token, or an `error`, then `data: [DONE]`",
         "content": {
             "text/event-stream": {
                 "schema": {
@@ -143,7 +143,7 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 @app.post("/v1/stream", response_class=EventSourceResponse, responses=SSE_RESPONSE)
 async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
-    """One `data:` event per token, then `data: [DONE]`; a failure sends an `error` event."""
+    """One `data:` event per token, then `data: [DONE]`; a failure sends an `error` event first."""
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
@@ -155,7 +155,6 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
                 "event": "error",
                 "data": json.dumps({"error": "The agent failed while streaming"}),
             }
-            return
         yield {"data": "[DONE]"}
 
     return EventSourceResponse(events())

@@ -109,11 +109,19 @@ logger = logging.getLogger("agent_api")
 
 
 # NEW in step 2: one error shape, {"error": {"type", "message", "request_id", ...}}, for all errors.
+class ValidationIssue(BaseModel):
+    """One problem of a 422, as pydantic reports it, so a client reads it the way FastAPI's own."""
+
+    loc: list[str | int] = Field(description='Where the problem is, e.g. ["body", "query"]')
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. string_too_short")
+
+
 class ErrorDetail(BaseModel):
     type: str = Field(examples=["validation_error"])
     message: str
     request_id: str
-    details: list[dict[str, str]] | None = Field(default=None, description="422: one per field")
+    details: list[ValidationIssue] | None = Field(default=None, description="422: one per problem")
 
 
 class ErrorResponse(BaseModel):
@@ -155,7 +163,7 @@ class PayloadTooLarge(HTTPException):
 ERROR_STATUSES = {
     400: "The body cannot be decoded (for example invalid UTF-8)",
     413: "The body is larger than MAX_BODY_BYTES",
-    422: "The body does not match the schema; `details` names each field",
+    422: "The body does not match the schema; `details` says where and why, one per problem",
     500: "Our bug: the traceback is in the logs, never in the response",
     502: "The model provider failed",
     503: "Not ready: this instance cannot serve now, try another",
@@ -203,6 +211,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status: int | None = None  # set when the app starts its response
 
+        # [start:receive-send]
         async def receive_with_limit():
             # Refuse before reading: by the declared length, else by counting (a chunked body).
             nonlocal received
@@ -223,6 +232,7 @@ class RequestContextMiddleware:
                     (b"x-request-id", request_id.encode()),
                 ]
             await send(message)
+            # [end:receive-send]
 
         try:
             await self.app(scope, receive_with_limit, send_with_request_id)
@@ -452,9 +462,7 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 
 @app.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    details = [
-        {"field": ".".join(map(str, e["loc"][1:])), "message": e["msg"]} for e in exc.errors()
-    ]
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     return error_response(422, "validation_error", "The request body is invalid", details=details)
 
 
@@ -502,7 +510,7 @@ async def invoke(request: AgentRequest, agent: AgentDep) -> AgentResponse:
 # FastAPI would document the stream as JSON; this says what it really sends, event by event.
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Server-Sent Events: a `data:` per token and `data: [DONE]`, or an `error`",
+        "description": "Server-Sent Events: `data:` per token, or an `error`, then `data: [DONE]`",
         "content": {
             "text/event-stream": {
                 "schema": {
@@ -525,7 +533,7 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     responses={**SSE_RESPONSE, **error_responses(400, 413, 422, 503)},
 )
 async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
-    """One `data:` event per token, then `data: [DONE]`; a failure sends an `error` event."""
+    """One `data:` event per token, then `data: [DONE]`; a failure sends an `error` event first."""
 
     async def events() -> AsyncIterator[dict[str, str]]:
         try:
@@ -533,14 +541,12 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
                 yield {"data": token}
         except UpstreamError as exc:  # NEW in step 2: the same error shape, inside the stream
             yield {"event": "error", "data": json.dumps(error_body(exc.error_type, exc.message))}
-            return
         except Exception:
             logger.exception("Streaming failed")
             yield {
                 "event": "error",
                 "data": json.dumps(error_body("internal_error", "An unexpected error occurred")),
             }
-            return
         yield {"data": "[DONE]"}
 
     return EventSourceResponse(events())

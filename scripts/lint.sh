@@ -5,7 +5,10 @@
 #   hadolint    every Dockerfile (rules it ignores are named, with a reason, in the Dockerfile)
 #   ShellCheck  every shell script: *.sh, and files whose first line runs bash or sh
 #   actionlint  the GitHub Actions workflows in .github/workflows/
-# Usage: scripts/lint.sh [BIN_DIR]   (BIN_DIR holds the four linters; default .venv/bin)
+#   pymarkdown  the course's pages: README.md, CONTRIBUTING.md, research-agent/README.md, docs/*.md
+#               (rules chosen in .pymarkdown.json; links, anchors and split tables are checked by
+#               scripts/docs_links.py in `make test`)
+# Usage: scripts/lint.sh [BIN_DIR]   (BIN_DIR holds the five linters; default .venv/bin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-.venv/bin}
@@ -30,6 +33,7 @@ mapfile -t shell_scripts < <(
   done
 )
 mapfile -t workflows < <(git ls-files '.github/workflows/*.yml' '.github/workflows/*.yaml')
+mapfile -t pages < <(git ls-files README.md CONTRIBUTING.md research-agent/README.md 'docs/*.md')
 
 run "ruff check" "$bin/ruff" check .
 run "ruff format --check" "$bin/ruff" format --check .
@@ -38,9 +42,11 @@ run "shellcheck (${#shell_scripts[@]} scripts)" "$bin/shellcheck" "${shell_scrip
 if [ ${#workflows[@]} -gt 0 ]; then
   run "actionlint (${#workflows[@]} workflows)" "$bin/actionlint" "${workflows[@]}"
 fi
+run "pymarkdown (${#pages[@]} pages)" "$bin/pymarkdown" --strict-config --config .pymarkdown.json \
+  scan "${pages[@]}"
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "lint FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "lint passed: ruff, hadolint, shellcheck${workflows:+, actionlint}"
+echo "lint passed: ruff, hadolint, shellcheck${workflows:+, actionlint}, pymarkdown"

@@ -8,7 +8,8 @@
 #   docker image inspect python:3.11-slim --format '{{json .Config.Labels}}'
 #
 # Usage: scripts/offline-images.sh [--force] [IMAGE...]
-#   IMAGE   python:3.11-slim, redis:7 (default: both), haproxy:2.6 (lesson 06)
+#   IMAGE   python:3.11-slim, redis:7, haproxy:2.6 (default: all three; haproxy is the
+#           research agent's Compose edge and lesson 06's balancer)
 #   --force pull or build again even if the image already exists
 # Env: PULL_TIMEOUT (seconds, default 20), HOST_CA_BUNDLE (CA bundle copied into
 #      the python stand-in, default /etc/ssl/certs/ca-certificates.crt).
@@ -22,11 +23,11 @@ images=()
 for arg in "$@"; do
   case $arg in
     --force) force=1 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) images+=("$arg") ;;
   esac
 done
-[ ${#images[@]} -gt 0 ] || images=(python:3.11-slim redis:7)
+[ ${#images[@]} -gt 0 ] || images=(python:3.11-slim redis:7 haproxy:2.6)
 
 label='LABEL org.opencontainers.image.description="offline stand-in built from Debian packages"'
 mirrors=(
