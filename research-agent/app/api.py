@@ -68,6 +68,8 @@ async def ready(agent: AgentDep, cache: CacheDep, shutdown: ShutdownDep) -> Read
     reported ("bypassed"), not failed on: the service still answers without it."""
     if shutdown.draining:
         raise NotReadyError("the server is shutting down")
+    if cache is not None:
+        await cache.probe_if_due()
     return ReadyResponse(
         model=agent.model_label,
         search_backend=agent.search_backend,

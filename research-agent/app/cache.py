@@ -65,6 +65,13 @@ class ResearchCache:
         ok, _ = await self._call("ping", self.redis.ping)
         return ok
 
+    async def probe_if_due(self) -> None:
+        """/ready calls this: once the breaker is due a probe, the readiness check makes it, so
+        the cache comes back as soon as Redis does (a replica that started before Redis did
+        shares answers within seconds), not only when a request happens to pass."""
+        if self.breaker.state == "half_open":
+            await self.ping()
+
     async def get(self, key: str) -> dict | None:
         ok, raw = await self._call("get", lambda: self.redis.get(key))
         if not ok:

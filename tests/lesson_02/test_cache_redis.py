@@ -195,3 +195,23 @@ def test_starting_without_redis_still_serves(client_for, fresh_redis, caplog):
         assert client.get("/ready").status_code == 200
         assert client.post("/v1/research", json={"query": QUERY}).status_code == 200
     assert sum(r.name == "app.cache" and r.levelno == logging.WARNING for r in caplog.records) == 1
+
+
+def test_a_replica_that_started_before_redis_gets_its_cache_back_from_readiness_checks(
+    client_for, fresh_redis
+):
+    # On Swarm nothing orders start-up: an agent may ping Redis before Redis listens. Its breaker
+    # opens; the load balancer's /ready checks, not a user's request, must bring the cache back.
+    fresh_redis.stop()
+    with client_for(REDIS_URL=fresh_redis.url, CACHE_BREAKER_SECONDS=30) as client:
+        breaker = client.app.state.cache.breaker
+        clock = breaker.clock = Clock()
+        breaker.open_until = clock.now + 30  # opened by the start-up ping, on the real clock
+        assert client.get("/ready").json()["cache"] == "bypassed"
+        fresh_redis.start()
+        assert client.get("/ready").json()["cache"] == "bypassed"  # still open: no call to Redis
+        clock.now += 30
+        assert client.get("/ready").json()["cache"] == "redis"
+        assert metric(client, "research_cache_breaker_open") == 0
+        assert client.post("/v1/research", json={"query": QUERY}).json()["cached"] is False
+        assert client.post("/v1/research", json={"query": QUERY}).json()["cached"] is True

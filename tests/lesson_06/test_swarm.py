@@ -25,6 +25,7 @@ from app.config import Settings
 from prometheus_client.parser import text_string_to_metric_families
 from support.deploy import built_tags, get_paths, load_manifests
 from support.ports import free_port
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -409,6 +410,20 @@ def test_request_ids_pass_through_haproxy_to_the_agent(lesson):
 
 @pytest.mark.container
 def test_a_question_answered_by_one_replica_is_cached_for_the_others(lesson):
+    # Swarm starts Redis and the agents in no order: a replica whose first ping found no Redis
+    # skips it until a probe succeeds, and HAProxy's /ready checks are that probe. Wait for it.
+    states: dict[str, str] = {}
+
+    def every_replica_uses_redis() -> bool:
+        for _ in range(12):
+            ready = httpx.get(f"{lesson.url}/ready", timeout=10)
+            states[ready.headers["x-served-by"]] = ready.json()["cache"]
+        return len(states) == 3 and set(states.values()) == {"redis"}
+
+    try:
+        wait_for(every_replica_uses_redis, timeout=60, interval=1)
+    except TimeoutError:
+        pytest.fail(f"after 60 s not every replica uses Redis: {states}")
     question = {"query": f"Why run several replicas? ({uuid.uuid4().hex[:6]})"}
     first = httpx.post(f"{lesson.url}/v1/research", json=question, timeout=60)
     assert first.status_code == 200 and first.json()["cached"] is False
