@@ -32,7 +32,7 @@ class SandboxApi(ServerProcess):
     """The lesson's API under uvicorn with a label owner of its own, started and ready."""
 
     def __init__(self, **env: str):
-        """The pool is off unless `SANDBOX_POOL_SIZE` is passed (tests/lesson_04/test_pool.py)."""
+        """The pool is off unless `SANDBOX_POOL_SIZE` is passed."""
         self.owner = f"test-{uuid.uuid4().hex[:12]}"
         port = free_port()
         settings = {
@@ -75,6 +75,14 @@ def containers(engine, owner: str, request_id: str | None = None) -> list:
     labels = [f"{LABEL}.owner={owner}"] + ([f"{LABEL}.request-id={request_id}"] * bool(request_id))
     # sparse: the list as Docker gives it, no inspect per container (one may be gone by then).
     return engine.containers.list(all=True, sparse=True, filters={"label": labels})
+
+
+def idle_pooled(engine, owner: str) -> dict[str, object]:
+    """An API's pooled containers that are ready for a run, by short id (a run's hostname)."""
+    from app.sandbox import POOL_REQUEST_ID
+
+    pooled = containers(engine, owner, POOL_REQUEST_ID)
+    return {c.id[:12]: c for c in pooled if c.status == "running"}
 
 
 def while_counting_containers(engine, owner: str, work):

@@ -29,7 +29,13 @@ from app.sandbox import (
     SandboxRunner,
     SandboxUnavailable,
 )
-from support.sandbox_api import CANARY, RESULT_FIELDS, containers, while_counting_containers
+from support.sandbox_api import (
+    CANARY,
+    RESULT_FIELDS,
+    containers,
+    idle_pooled,
+    while_counting_containers,
+)
 from support.sandbox_api import SandboxApi as Server
 from support.waiting import wait_for
 
@@ -37,19 +43,33 @@ pytestmark = pytest.mark.container
 MAX_CONCURRENT = 4
 
 
-@pytest.fixture(scope="module")
-def api_settings() -> dict[str, str]:
+POOL_SIZE = 2
+# The cases whose runs fit the default timeout run twice: on fresh containers and on an API with a
+# pool, since a pooled container (made before its code was known) must hold every restriction too.
+# Cases that ask for a longer timeout go to a fresh container by design (test_pool.py shows that a
+# pooled container has the same flags as a fresh one).
+FRESH_AND_POOLED = pytest.mark.parametrize("api_settings", ["fresh", "pooled"], indirect=True)
+
+
+@pytest.fixture(scope="module", params=["fresh"])
+def api_settings(request) -> dict[str, str]:
     # One client (this suite) sends up to 20 runs at once: its share and the queue allow that here;
     # test_one_client_gets_its_share_and_a_429_beyond_it runs with the defaults.
-    return {
+    settings = {
         "SANDBOX_MAX_CONCURRENT": str(MAX_CONCURRENT),
         "SANDBOX_MAX_QUEUED": "20",
         "SANDBOX_MAX_PER_CLIENT": "20",
     }
+    if request.param == "pooled":
+        settings["SANDBOX_POOL_SIZE"] = str(POOL_SIZE)
+    return settings
 
 
 @pytest.fixture(autouse=True)
-def show_server_log_on_failure(request, server):
+def show_server_log_on_failure(request, server, engine, api_settings):
+    if "SANDBOX_POOL_SIZE" in api_settings:
+        # A full pool first, so the case's run is served by a pooled container.
+        wait_for(lambda: len(idle_pooled(engine, server.owner)) == POOL_SIZE, timeout=60)
     yield
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
@@ -105,6 +125,7 @@ def running(engine, server: Server, request_id: str):
 # --- the cases ---------------------------------------------------------------------------------
 
 
+@FRESH_AND_POOLED
 def test_a_plain_run_answers_with_its_output(server, engine):
     request_id = f"plain-{uuid.uuid4().hex[:8]}"
     result = run(server, "print(2**100)", request_id=request_id)
@@ -196,6 +217,7 @@ def test_memory_bomb_is_oom_killed(server, engine):
     assert containers(engine, server.owner, request_id) == []
 
 
+@FRESH_AND_POOLED
 def test_an_infinite_loop_times_out_and_its_container_is_gone(server, engine):
     request_id = f"loop-{uuid.uuid4().hex[:8]}"
     result = run(server, "while True:\n    pass", timeout=2, request_id=request_id)
@@ -219,6 +241,7 @@ def test_100_mb_of_output_is_truncated_and_the_api_memory_stays_bounded(server, 
     assert server.status("VmHWM") - peak_before < 30_000  # kB: far less than the 100 MB sent
 
 
+@FRESH_AND_POOLED
 def test_the_network_is_off_for_dns_and_tcp(server):
     code = """
         import errno, json, socket
@@ -242,6 +265,7 @@ def test_the_network_is_off_for_dns_and_tcp(server):
     }
 
 
+@FRESH_AND_POOLED
 def test_writes_to_the_image_fail_and_tmp_stops_at_its_size(server):
     code = """
         import errno, json
@@ -271,6 +295,7 @@ def test_writes_to_the_image_fail_and_tmp_stops_at_its_size(server):
     assert out["/tmp"] == "ENOSPC" and out["tmp_mb"] <= 16  # 16 MiB of 32 fit, no more
 
 
+@FRESH_AND_POOLED
 def test_the_sandbox_sees_no_secret_of_the_host(server):
     assert CANARY in Path(f"/proc/{server.process.pid}/environ").read_text()  # the API has it
     code = """
@@ -295,6 +320,7 @@ def test_the_sandbox_sees_no_secret_of_the_host(server):
     assert len(out["pids"]) <= 3  # its own pid namespace: the watchdog, python, nothing of the host
 
 
+@FRESH_AND_POOLED
 def test_privilege_escalation_attempts_fail(server):
     code = """
         import ctypes, errno, json, os
@@ -335,6 +361,7 @@ def test_privilege_escalation_attempts_fail(server):
     }
 
 
+@FRESH_AND_POOLED
 def test_there_is_no_shell_no_pip_and_no_docker_socket(server):
     code = """
         import importlib.util, json, os, subprocess
@@ -356,6 +383,7 @@ def test_there_is_no_shell_no_pip_and_no_docker_socket(server):
     }
 
 
+@FRESH_AND_POOLED
 def test_tmp_is_noexec_so_a_copied_binary_cannot_run(server):
     code = """
         import errno, os, shutil, sys
@@ -369,6 +397,7 @@ def test_tmp_is_noexec_so_a_copied_binary_cannot_run(server):
     assert run(server, code)["stdout"] == "EACCES\n"
 
 
+@FRESH_AND_POOLED
 def test_kernel_interfaces_are_read_only(server):
     code = """
         import errno, json
@@ -398,6 +427,7 @@ def test_the_cpu_limit_holds_a_busy_loop_to_half_a_core(server):
     assert float(run(server, code, timeout=20)["stdout"]) <= 0.75  # 0.5 CPU, plus scheduling slack
 
 
+@FRESH_AND_POOLED
 def test_binary_output_is_returned_as_text_not_an_error(server):
     result = run(server, "import sys; sys.stdout.buffer.write(b'ok\\xff\\xfe\\x00')")
     assert result["stdout"] == "ok\ufffd\ufffd\x00"
@@ -457,6 +487,7 @@ def test_one_client_gets_its_share_and_a_429_beyond_it(engine):
     wait_for(lambda: not containers(engine, small.owner), timeout=30, what="no container left")
 
 
+@FRESH_AND_POOLED
 def test_runs_leave_no_open_socket_in_the_api(server):
     for _ in range(3):  # the Docker client's connection pool fills up first
         run(server, "print(1)")
@@ -511,6 +542,7 @@ def test_sigterm_refuses_queued_runs_so_the_service_stops_in_time(engine):
         stopping.stop()
 
 
+@FRESH_AND_POOLED
 def test_the_agent_computes_through_the_sandbox(server):
     response = server.http.post("/v1/agent", json={"query": "What is 2**100?"})
     assert response.status_code == 200, response.text
@@ -577,6 +609,7 @@ def test_a_running_service_sweeps_expired_containers_of_any_owner_on_a_timer(ser
                 container.remove(force=True)
 
 
+@FRESH_AND_POOLED
 def test_the_seccomp_profile_refuses_io_uring_vsock_ptrace_memfd_and_uevents(server):
     # Before: Engine 20.10's default profile allowed every one of these.
     code = """
@@ -653,12 +686,14 @@ def test_runs_have_their_own_uid_so_one_cannot_use_up_a_per_user_limit(server, e
     assert result["timed_out"] and result["stdout"] == "128\n"
 
 
+@FRESH_AND_POOLED
 def test_what_a_run_printed_before_its_timeout_is_kept(server):
     # Before: stdout was a pipe, so Python buffered it, and the kill at the deadline lost it.
     result = run(server, "print('before')\nwhile True:\n    pass", timeout=3)
     assert result["timed_out"] is True and result["stdout"] == "before\n"
 
 
+@FRESH_AND_POOLED
 def test_the_host_kernel_is_masked_from_view(server):
     # Before: the host kernel's command line, build options and type information, and host-wide
     # load and pressure counters, were all readable.

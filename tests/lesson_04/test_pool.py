@@ -6,9 +6,8 @@ its hostname, which Docker sets to the container's short id: that is how a test 
 container served it. Nothing may survive from one run to the next: not a file in /tmp, not a
 process, not an environment variable, and no pooled container may hold anything of an earlier run.
 
-The hostile suite's cases whose runs fit the default timeout (a pooled container is made for it)
-are imported below and run again here, against the pooled API; cases that ask for a longer timeout
-go to a fresh container by design, and the flags test below shows a pooled container has the same
+The hostile suite runs its cases that fit the default timeout against a pooled API as well
+(FRESH_AND_POOLED in test_hostile.py); the flags test below shows a pooled container has the same
 flags as a fresh one.
 """
 
@@ -21,27 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from app.sandbox import LABEL, POOL_REQUEST_ID, SandboxConfig, SandboxRunner
-from support.sandbox_api import RESULT_FIELDS, containers, while_counting_containers
+from support.sandbox_api import RESULT_FIELDS, containers, idle_pooled, while_counting_containers
 from support.sandbox_api import SandboxApi as Server
 from support.waiting import wait_for
-
-from tests.lesson_04.test_hostile import (  # noqa: F401 - collected here, run with the pool on
-    test_a_plain_run_answers_with_its_output,
-    test_an_infinite_loop_times_out_and_its_container_is_gone,
-    test_binary_output_is_returned_as_text_not_an_error,
-    test_kernel_interfaces_are_read_only,
-    test_privilege_escalation_attempts_fail,
-    test_runs_leave_no_open_socket_in_the_api,
-    test_the_agent_computes_through_the_sandbox,
-    test_the_host_kernel_is_masked_from_view,
-    test_the_network_is_off_for_dns_and_tcp,
-    test_the_sandbox_sees_no_secret_of_the_host,
-    test_the_seccomp_profile_refuses_io_uring_vsock_ptrace_memfd_and_uevents,
-    test_there_is_no_shell_no_pip_and_no_docker_socket,
-    test_tmp_is_noexec_so_a_copied_binary_cannot_run,
-    test_what_a_run_printed_before_its_timeout_is_kept,
-    test_writes_to_the_image_fail_and_tmp_stops_at_its_size,
-)
 
 pytestmark = pytest.mark.container
 POOL_SIZE, MAX_CONCURRENT = 2, 4
@@ -72,9 +53,7 @@ def pool_ready(request, server, engine):
 
 
 def idle(engine, server: Server) -> dict[str, object]:
-    """The pool's ready containers, by short id (a run's hostname)."""
-    pooled = containers(engine, server.owner, POOL_REQUEST_ID)
-    return {c.id[:12]: c for c in pooled if c.status == "running"}
+    return idle_pooled(engine, server.owner)
 
 
 def run_json(server: Server, code: str) -> dict:
