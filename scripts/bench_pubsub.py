@@ -20,18 +20,13 @@ project running. Only loopback; every wait is bounded.
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
 
 import bench_results
 import httpx
-from support.ports import free_port
+from support.event_agents import ComposeProject
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = ROOT / "deploy" / "lesson07" / "compose.yaml"
 QUESTIONS = int(os.getenv("BENCH_QUESTIONS", "40"))
 TOKEN_DELAY_MS = int(os.getenv("BENCH_TOKEN_DELAY_MS", "20"))
 CONSUMERS = (1, 3)
@@ -51,37 +46,12 @@ def log(message: str) -> None:
     print(f"[bench-pubsub] {message}", flush=True)
 
 
-class Project:
-    def __init__(self):
-        self.name, self.port = f"bench-pubsub-{uuid.uuid4().hex[:6]}", free_port()
-        self.env = {
-            **os.environ,
-            "LESSON07_PORT": str(self.port),
-            "OFFLINE_TOKEN_DELAY_MS": str(TOKEN_DELAY_MS),
-        }
-
-    def compose(self, *args: str, stdin: str | None = None) -> str:
-        command = ["docker", "compose", "-p", self.name, "-f", str(COMPOSE_FILE), *args]
-        done = subprocess.run(
-            command,
-            env=self.env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=ROOT,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)}: {done.stderr[-2000:]}")
-        return done.stdout
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(project: Project, client: httpx.Client, consumers: int) -> dict:
+def measure(project: ComposeProject, client: httpx.Client, consumers: int) -> dict:
     log(f"{consumers} concepts consumer(s): scaling and waiting until healthy")
     project.compose("up", "-d", "--wait", "--scale", f"concepts={consumers}")
     ids = []
@@ -135,10 +105,10 @@ def measure(project: Project, client: httpx.Client, consumers: int) -> dict:
 def main() -> int:
     settings = {"BENCH_QUESTIONS": QUESTIONS, "BENCH_TOKEN_DELAY_MS": TOKEN_DELAY_MS}
     results_file = bench_results.start("pubsub", settings)
-    project = Project()
+    project = ComposeProject("bench-pubsub", OFFLINE_TOKEN_DELAY_MS=str(TOKEN_DELAY_MS))
     rows = []
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{project.port}", timeout=10)
+        client = httpx.Client(base_url=project.url, timeout=10)
         for consumers in CONSUMERS:
             rows.append(measure(project, client, consumers))
     finally:
@@ -146,7 +116,7 @@ def main() -> int:
             log(f"BENCH_KEEP=1: project {project.name} left running on port {project.port}")
         else:
             log(f"removing project {project.name}")
-            project.compose("down", "-v", "--remove-orphans")
+            project.down()
     print(
         f"\n{QUESTIONS} concept questions sent at once, offline model at {TOKEN_DELAY_MS} ms "
         "per token; latency is asked to answered; the last four columns are medians.\n"

@@ -3,6 +3,7 @@ containers run (`python code/07_event_agents.py triage`, ...), against a real re
 a client of the gateway does (ask, wait for the answer, read progress)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -108,3 +109,39 @@ def envelope(event_id: str, data: dict) -> str:
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     )
+
+
+COMPOSE_FILE = ROOT / "deploy" / "lesson07" / "compose.yaml"
+
+
+class ComposeProject:
+    """Lesson 07's Compose project (deploy/lesson07/compose.yaml) under a name and a port of its
+    own, for the container tests and `make bench-pubsub`. `spelling` is ("docker", "compose") or
+    Debian's ("docker-compose",)."""
+
+    def __init__(self, prefix: str, spelling: tuple[str, ...] = ("docker", "compose"), **env: str):
+        from support.ports import free_port
+
+        self.name, self.port = f"{prefix}-{uuid.uuid4().hex[:8]}", free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "LESSON07_PORT": str(self.port), **env}
+        self.command = (*spelling, "-p", self.name, "-f", str(COMPOSE_FILE))
+
+    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        """Any command with the project's environment (compose, make), from the repository root."""
+        done = subprocess.run(
+            args, input=stdin, capture_output=True, text=True, env=self.env, timeout=300, cwd=ROOT
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr[-2000:]}")
+        return done.stdout
+
+    def compose(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        return self.run(*self.command, *args, stdin=stdin, check=check)
+
+    def redis_cli(self, *args: str) -> str:
+        return self.compose("exec", "-T", "redis", "redis-cli", *args)
+
+    def down(self) -> None:
+        """`make lesson-07-down` for this project: containers, network and volume removed."""
+        self.run("make", "--no-print-directory", "lesson-07-down", f"LESSON07_PROJECT={self.name}")

@@ -7,22 +7,17 @@ event dead-lettered; `make lesson-07-down` leaves no container, network or volum
 
 import json
 import os
-import subprocess
 import time
-import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
 from support.docker_cli import docker
-from support.ports import free_port
+from support.event_agents import ComposeProject
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "deploy" / "lesson07" / "compose.yaml"
 IMAGE = os.environ.get("LESSON07_IMAGE", "lesson-07-agents")
 KINDS = {
     "concepts": "What is a {topic} network?",
@@ -32,51 +27,27 @@ KINDS = {
 TOPICS = ("docker", "redis", "python", "fastapi")
 
 
-def run(*args: str, env: dict | None = None, check: bool = True) -> str:
-    """Compose and make, reading the project's settings from `env` (support's docker() cannot)."""
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=180, cwd=ROOT)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def project():
-    name, port = f"lesson-07-test-{uuid.uuid4().hex[:8]}", free_port()
-    env = {
-        **os.environ,
-        "LESSON07_IMAGE": IMAGE,
-        "LESSON07_PORT": str(port),
-        "VISIBILITY_TIMEOUT_MS": "3000",
-        "OFFLINE_TOKEN_DELAY_MS": "20",
-    }
-    compose = ("docker", "compose", "-p", name, "-f", str(COMPOSE_FILE))
+    project = ComposeProject(
+        "lesson-07-test",
+        LESSON07_IMAGE=IMAGE,
+        VISIBILITY_TIMEOUT_MS="3000",
+        OFFLINE_TOKEN_DELAY_MS="20",
+    )
     try:
-        run(*compose, "up", "-d", "--wait", "--scale", "concepts=2", env=env)
-        yield {"name": name, "compose": compose, "env": env, "url": f"http://127.0.0.1:{port}"}
+        project.compose("up", "-d", "--wait", "--scale", "concepts=2")
+        yield project
     finally:
-        run(
-            "make",
-            "--no-print-directory",
-            "lesson-07-down",
-            f"LESSON07_PROJECT={name}",
-            env=env,
-            check=False,
-        )
-
-
-def redis_cli(project, *args: str) -> str:
-    return run(*project["compose"], "exec", "-T", "redis", "redis-cli", *args, env=project["env"])
+        project.down()
 
 
 def test_compose_v1_runs_the_same_file():
     """Debian's docker-compose 1.29 (no --wait): up, one question answered end to end, down -v."""
-    name, port = f"lesson-07-v1-{uuid.uuid4().hex[:8]}", free_port()
-    env = {**os.environ, "LESSON07_IMAGE": IMAGE, "LESSON07_PORT": str(port)}
-    compose = ("docker-compose", "-p", name, "-f", str(COMPOSE_FILE))
+    project = ComposeProject("lesson-07-v1", ("docker-compose",), LESSON07_IMAGE=IMAGE)
     try:
-        run(*compose, "up", "-d", env=env)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+        project.compose("up", "-d")
+        client = httpx.Client(base_url=project.url, timeout=5)
 
         def ready():
             try:
@@ -95,13 +66,13 @@ def test_compose_v1_runs_the_same_file():
         )
         assert view["route"] == "concepts"
     finally:
-        run(*compose, "down", "-v", "--remove-orphans", env=env, check=False)
-    label = f"label=com.docker.compose.project={name}"
+        project.compose("down", "-v", "--remove-orphans", check=False)
+    label = f"label=com.docker.compose.project={project.name}"
     assert docker("ps", "-aq", "--filter", label) == ""
 
 
 def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
-    client = httpx.Client(base_url=project["url"], timeout=10)
+    client = httpx.Client(base_url=project.url, timeout=10)
     sent: dict[str, tuple[str, str]] = {}  # question id -> (student, kind)
 
     def send(batch: int) -> None:
@@ -115,7 +86,7 @@ def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
 
     def kill_a_concepts_container() -> None:
         time.sleep(1.5)  # both concepts consumers are busy with this batch by now
-        victim = run(*project["compose"], "ps", "-q", "concepts", env=project["env"]).split()[0]
+        victim = project.compose("ps", "-q", "concepts").split()[0]
         docker("kill", victim)
         time.sleep(0.5)
         docker("start", victim)
@@ -126,7 +97,7 @@ def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
     kill_a_concepts_container()
     send(2)
     time.sleep(1)
-    redis_container = run(*project["compose"], "ps", "-q", "redis", env=project["env"]).strip()
+    redis_container = project.compose("ps", "-q", "redis").strip()
     docker("restart", redis_container, timeout=120)
 
     def views():
@@ -150,18 +121,18 @@ def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
         assert progress["kinds"] == dict(kinds), (student, progress)
 
     # A malformed event, published straight onto the topic as a broken producer would.
-    redis_cli(project, "XADD", "learning.requests", "*", "data", "not a cloud event")
+    project.redis_cli("XADD", "learning.requests", "*", "data", "not a cloud event")
     dead = wait_for(
-        lambda: redis_cli(project, "XLEN", "learning.requests.deadletter").strip() not in ("", "0"),
+        lambda: project.redis_cli("XLEN", "learning.requests.deadletter").strip() not in ("", "0"),
         what="the malformed event dead-lettered",
     )
     assert dead
-    assert redis_cli(project, "CONFIG", "GET", "appendonly").split()[-1] == "yes"
+    assert project.redis_cli("CONFIG", "GET", "appendonly").split()[-1] == "yes"
 
-    trace = redis_cli(project, "--no-raw", "XRANGE", "trace", "-", "+")
+    trace = project.redis_cli("--no-raw", "XRANGE", "trace", "-", "+")
     redelivered = sum(int(v["attempts"]) - 1 for v in answered.values())
     dead_lettered = sum(
-        int(redis_cli(project, "XLEN", f"{t}.deadletter").strip() or 0)
+        int(project.redis_cli("XLEN", f"{t}.deadletter").strip() or 0)
         for t in (
             "learning.requests",
             "concept.requests",
@@ -186,15 +157,8 @@ def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
 
 
 def test_lesson_07_down_leaves_nothing(project):
-    name = project["name"]
-    run(
-        "make",
-        "--no-print-directory",
-        "lesson-07-down",
-        f"LESSON07_PROJECT={name}",
-        env=project["env"],
-    )
-    label = f"label=com.docker.compose.project={name}"
+    project.down()
+    label = f"label=com.docker.compose.project={project.name}"
     assert docker("ps", "-aq", "--filter", label) == ""
     assert docker("network", "ls", "-q", "--filter", label) == ""
     assert docker("volume", "ls", "-q", "--filter", label) == ""
