@@ -14,33 +14,33 @@ A failing program is a result (exit code, timed out, OOM), not an error; no Dock
 """
 
 import asyncio
-import contextvars
 import logging
 import math
-import re
 import signal
 import sys
 import threading
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from chat_model import OfflineToolCallingModel, make_chat_model
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelCallLimitMiddleware
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # The runner is one file in the research agent, which ships it in its image; the lesson imports
-# that same file rather than a copy (research-agent/ holds the `app` package).
+# that same file rather than a copy (research-agent/ holds the `app` package), and with it the
+# course's error shape, request ids and body limit, as lessons 05 and 07 do.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
+from app.body_limit import BodyLimitMiddleware  # noqa: E402
+from app.error_shape import error_body, install_shape_handlers  # noqa: E402
 from app.python_tool import make_run_python_tool  # noqa: E402
+from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
 from app.sandbox import (  # noqa: E402
     RunResult,
     SandboxBusy,
@@ -50,7 +50,7 @@ from app.sandbox import (  # noqa: E402
     SandboxUnavailable,
 )
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+log_with_request_ids()  # every log line names its request, as the error bodies do
 logger = logging.getLogger("sandboxed_tools")
 
 
@@ -76,9 +76,6 @@ class Settings(BaseSettings):
 
 
 settings = Settings()
-
-# The request being served, so each container can carry its request id as a label.
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
 # === Requests and responses: what is too big or empty never reaches Docker ===
@@ -131,7 +128,7 @@ def build_agent(runner: SandboxRunner):
     )
     return model.model_name, create_agent(
         model,
-        [make_run_python_tool(runner, request_id_var.get)],
+        [make_run_python_tool(runner, correlation_id.get)],
         system_prompt=SYSTEM_PROMPT,
         # A real model may keep calling the tool; four model turns are plenty for one question.
         middleware=[ModelCallLimitMiddleware(run_limit=4, exit_behavior="end")],
@@ -140,19 +137,7 @@ def build_agent(runner: SandboxRunner):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    runner = SandboxRunner(
-        SandboxConfig(
-            image=settings.SANDBOX_IMAGE,
-            runtime=settings.SANDBOX_RUNTIME,
-            timeout_seconds=settings.SANDBOX_TIMEOUT_SECONDS,
-            max_concurrent=settings.SANDBOX_MAX_CONCURRENT,
-            max_queued=settings.SANDBOX_MAX_QUEUED,
-            max_per_caller=settings.SANDBOX_MAX_PER_CLIENT,
-            owner=settings.SANDBOX_OWNER,
-            sweep_interval_seconds=settings.SANDBOX_SWEEP_INTERVAL_SECONDS,
-            pool_size=settings.SANDBOX_POOL_SIZE,
-        )
-    )
+    runner = SandboxRunner(SandboxConfig.from_settings(settings))  # every SANDBOX_* setting
     try:  # containers a crashed API (this one or another) left behind
         removed = await asyncio.to_thread(runner.sweep)
         logger.info("Sandbox ready (%s); removed %d leftover container(s)", runner.config, removed)
@@ -185,69 +170,16 @@ app = FastAPI(title="Sandboxed tools", version="1.0.0", lifespan=lifespan)
 # === Request ids and errors: one JSON shape, no stack traces ===
 
 
-class PayloadTooLarge(HTTPException):
-    def __init__(self) -> None:
-        super().__init__(413, f"The request body is larger than {settings.MAX_BODY_BYTES} bytes")
+# Outermost last: the request id is set before the body limit can answer, so a 413 carries it too.
+app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+app.add_middleware(
+    CorrelationIdMiddleware, header_name="X-Request-ID", validator=None, transformer=safe_request_id
+)
+install_shape_handlers(app)  # 422, any HTTPException (400, 404, 413) and the last-resort 500
 
 
-class RequestContextMiddleware:
-    """Plain ASGI, as lesson 01 teaches: a request id for every answer and log line, and a body
-    limit checked before a byte is parsed (by Content-Length, else by counting a chunked body)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if re.fullmatch(r"[A-Za-z0-9._-]{1,128}", incoming) else None
-        request_id_var.set(request_id or uuid.uuid4().hex)
-        declared = headers.get(b"content-length", b"")
-        received = 0
-
-        async def receive_with_limit():
-            nonlocal received
-            if declared.isdigit() and int(declared) > settings.MAX_BODY_BYTES:
-                raise PayloadTooLarge()
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > settings.MAX_BODY_BYTES:
-                raise PayloadTooLarge()
-            return message
-
-        async def send_with_request_id(message):
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id_var.get().encode()),
-                ]
-            await send(message)
-
-        await self.app(scope, receive_with_limit, send_with_request_id)
-
-
-app.add_middleware(RequestContextMiddleware)
-
-
-def error(status: int, error_type: str, message: str, **extra) -> JSONResponse:
-    body = {"type": error_type, "message": message, "request_id": request_id_var.get(), **extra}
-    return JSONResponse({"error": body}, status_code=status)
-
-
-@app.exception_handler(StarletteHTTPException)  # 400 undecodable body, 413, 404, 405
-async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    error_type = {400: "invalid_body", 413: "payload_too_large"}.get(exc.status_code, "http_error")
-    response = error(exc.status_code, error_type, str(exc.detail))
-    response.headers.update(exc.headers or {})
-    return response
-
-
-@app.exception_handler(RequestValidationError)
-async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    details = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return error(422, "validation_error", "The request body is invalid", details=details)
+def error(status: int, error_type: str, message: str) -> JSONResponse:
+    return JSONResponse(error_body(error_type, message), status_code=status)
 
 
 @app.exception_handler(SandboxBusy)  # a full queue is everyone's 503, one caller's share a 429
@@ -270,15 +202,10 @@ async def sandbox_unavailable(request: Request, exc: SandboxUnavailable) -> JSON
     return error(503, "sandbox_unavailable", f"The sandbox cannot run code now: {exc}")
 
 
-@app.exception_handler(Exception)
-async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("Unhandled error")
-    return error(500, "internal_error", "An unexpected error occurred")
-
-
 ERRORS = {
     400: {"description": "The body cannot be decoded (invalid UTF-8, nested too deep)"},
     413: {"description": "The body is larger than MAX_BODY_BYTES"},
+    414: {"description": "The URL is over 2 KB"},
     422: {"description": "Empty or oversized code, or a timeout out of range"},
     429: {"description": "too_many_runs: this client already has its share running or waiting"},
     503: {"description": "Docker, the image or the runtime is unavailable; or sandbox_busy"},
@@ -301,7 +228,7 @@ async def run_python(body: CodeRequest, request: Request) -> RunResult:
     return await runner.arun(
         body.code,
         body.timeout_seconds,
-        request_id_var.get(),
+        correlation_id.get(),
         caller=client,  # one client cannot take every slot
         abandoned=request.is_disconnected,  # a client that hung up while waiting runs nothing
     )

@@ -1,6 +1,6 @@
 """The course's one error shape, {"error": {"type", "message", "request_id", ...}}: its schema and
-the body every service builds. No side effects on import, so lesson 05's and lesson 07's APIs use it
-as the research agent does (app/errors.py adds the research agent's exceptions and handlers).
+the body every service builds. No side effects on import, so lessons 04, 05 and 07 use it as the
+research agent does (app/errors.py adds the research agent's exceptions and handlers).
 """
 
 import uuid
@@ -44,9 +44,19 @@ def error_body(error_type: str, message: str, *, request_id: str | None = None, 
     return {"error": {"type": error_type, "message": message, "request_id": request_id, **extra}}
 
 
+# An HTTPException's status -> the error type clients branch on. 400 is a body that cannot be parsed
+# at all (not UTF-8, nested too deep).
+HTTP_ERROR_TYPES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+}
+
+
 def install_shape_handlers(app: FastAPI) -> None:
-    """422, any HTTPException and anything unforeseen answered in the shape: what lesson 05's and
-    lesson 07's APIs share (the research agent's own handlers, app/errors.py, also count them)."""
+    """422, any HTTPException and anything unforeseen answered in the shape: what the lesson APIs
+    (04, 05, 07) share (the research agent's own handlers, app/errors.py, also count them)."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -58,8 +68,10 @@ def install_shape_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = error_body("not_found" if exc.status_code == 404 else "http_error", str(exc.detail))
-        return JSONResponse(body, status_code=exc.status_code)
+        error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+        # Headers kept: a 405 carries Allow.
+        body = error_body(error_type, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

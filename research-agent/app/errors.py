@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .error_shape import ErrorDetail, ErrorResponse, ValidationIssue  # noqa: F401 (the schema)
+from .error_shape import HTTP_ERROR_TYPES, ErrorDetail, ErrorResponse, ValidationIssue  # noqa: F401 (the schema)
 from .error_shape import error_body as shaped_body
 from .telemetry import REQUESTS_REJECTED, request_id
 
@@ -138,9 +138,6 @@ INTERNAL_ERROR = (500, "internal_error", "Internal server error")
 
 # --- Handlers: every exception FastAPI turns into a response gets the shape -----------------------
 
-_HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-
-
 # Counted by reason in research_requests_rejected_total.
 _REJECTIONS = {
     "unauthorized",
@@ -161,7 +158,7 @@ async def app_error_handler(request: Request, exc: AppError) -> JSONResponse:
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # 400 "http_error": a body FastAPI cannot parse at all (e.g. not UTF-8). Headers are kept: a 405
     # carries Allow.
-    error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+    error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
     return error_response(exc.status_code, error_type, str(exc.detail), exc.headers)
 
 

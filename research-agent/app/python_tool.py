@@ -54,15 +54,7 @@ def sandbox_tools(settings: Settings, request_id: Callable[[], str]) -> list[Bas
     """[run_python] when SANDBOX_ENABLED, else []. Called once, off the event loop, at start-up."""
     if not settings.SANDBOX_ENABLED:
         return []
-    runner = ReportingRunner(
-        SandboxConfig(
-            image=settings.SANDBOX_IMAGE,
-            runtime=settings.SANDBOX_RUNTIME,
-            timeout_seconds=settings.SANDBOX_TIMEOUT_SECONDS,
-            pool_size=settings.SANDBOX_POOL_SIZE,
-            owner="research-agent",
-        )
-    )
+    runner = ReportingRunner(SandboxConfig.from_settings(settings, owner="research-agent"))
     try:  # containers a crashed run of this service left behind
         logger.info("sandbox ready", extra={"removed_leftovers": runner.sweep()})
     except SandboxUnavailable as exc:

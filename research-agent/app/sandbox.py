@@ -89,6 +89,31 @@ class SandboxConfig:
         if not 0 <= self.pool_size <= self.max_concurrent:
             raise ValueError(f"pool_size must be 0 to max_concurrent ({self.max_concurrent})")
 
+    @classmethod
+    def from_settings(cls, settings: object, **fixed) -> "SandboxConfig":
+        """The config a service's settings name: each SANDBOX_* field the settings have (the
+        research agent's have fewer than lesson 04's), then `fixed`; the rest keep the defaults."""
+        found = {
+            field: getattr(settings, name)
+            for field, name in SETTING_NAMES.items()
+            if hasattr(settings, name)
+        }
+        return cls(**found, **fixed)
+
+
+# The environment variable of each field a service may set: one list for every service.
+SETTING_NAMES = {
+    "image": "SANDBOX_IMAGE",
+    "runtime": "SANDBOX_RUNTIME",
+    "timeout_seconds": "SANDBOX_TIMEOUT_SECONDS",
+    "max_concurrent": "SANDBOX_MAX_CONCURRENT",
+    "max_queued": "SANDBOX_MAX_QUEUED",
+    "max_per_caller": "SANDBOX_MAX_PER_CLIENT",
+    "owner": "SANDBOX_OWNER",
+    "sweep_interval_seconds": "SANDBOX_SWEEP_INTERVAL_SECONDS",
+    "pool_size": "SANDBOX_POOL_SIZE",
+}
+
 
 @dataclass
 class RunResult:
