@@ -32,6 +32,18 @@ def variation_key(run_id: str, index: int) -> str:
     return f"run:{run_id}:v:{index}"
 
 
+def warm_queue_key(deployment: str, worker: str) -> str:
+    """A warm worker's Redis list: it blocks on it (BLPOP) for its one job, sent as `to_env()`'s
+    JSON. One list per worker, so a job goes to the worker chosen and to no other."""
+    return f"warm:{deployment}:{worker}"
+
+
+def warm_ready_key(queue: str) -> str:
+    """Set by a warm worker while it waits with its imports done: how a benchmark (or a curious
+    reader, `redis-cli keys 'warm:*:ready'`) tells a ready worker from one still importing."""
+    return f"{queue}:ready"
+
+
 class Job(BaseModel):
     """What the orchestrator asks of one worker. The field names are the environment variables:
     `to_env()` writes them for the container, WorkerSettings reads them back."""
@@ -75,10 +87,12 @@ class ExitCode(IntEnum):
     FAILED = 1  # the research failed: an `error` event says why
     INVALID_JOB = 2  # bad settings: nothing was published
     NO_REDIS = 3  # Redis could not be reached
+    IDLE = 4  # a warm worker that got no job within its idle time, and left
 
 
 EXIT_REASONS = {
     ExitCode.FAILED: "the research failed (see its error event)",
     ExitCode.INVALID_JOB: "the worker rejected its job",
     ExitCode.NO_REDIS: "the worker could not reach Redis",
+    ExitCode.IDLE: "the warm worker had left (idle too long) before its job arrived",
 }

@@ -5,6 +5,10 @@ WorkerSettings like every other setting (data, never a shell string), so a query
 `$(...)` or newlines is just text. The worker streams the agent's events into the run's Redis
 Stream, records its answer, and exits with a code the orchestrator reads. The job, the keys and
 the exit codes are the contract in app/job.py, which the orchestrator imports too.
+
+A warm worker (``python -m app.worker --warm``) is started before its job: it does its imports,
+then blocks on its own Redis list (WARM_QUEUE) for one job, the same variables as JSON, runs it
+and exits; with no job within WARM_IDLE_SECONDS it exits by itself.
 """
 
 import time
@@ -14,6 +18,7 @@ STARTED = time.time()  # before the heavy imports, so `worker_ready` can say wha
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -24,7 +29,7 @@ from pydantic import ValidationError  # noqa: E402
 from .agent import SYSTEM_PROMPT, ResearchAgent  # noqa: E402
 from .config import Settings  # noqa: E402
 from .errors import AppError  # noqa: E402
-from .job import ANSWER_STYLES, ExitCode, Job  # noqa: E402
+from .job import ANSWER_STYLES, ExitCode, Job, warm_ready_key  # noqa: E402
 from .offline_model import OfflineResearchModel  # noqa: E402
 
 logger = logging.getLogger("app.worker")
@@ -75,7 +80,9 @@ def peak_memory_mb() -> dict:
     return found
 
 
-async def run(settings: WorkerSettings) -> int:
+async def run(settings: WorkerSettings, warm: bool = False, assigned: float | None = None) -> int:
+    """One variation. `assigned`: when a warm worker got its job, from which its start-up counts."""
+    began = assigned or STARTED
     client = redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
     events = Publisher(client, settings)
     for attempt in range(1, 6):  # a busy engine's DNS or a restarting Redis: retry, bounded
@@ -98,14 +105,16 @@ async def run(settings: WorkerSettings) -> int:
                 "style": settings.ANSWER_STYLE,
                 "temperature": settings.TEMPERATURE,
                 "search_depth": settings.SEARCH_MAX_RESULTS,
-                "import_ms": round((imported - STARTED) * 1000),
-                "startup_ms": round((time.time() - STARTED) * 1000),
+                "worker": "warm" if warm else "cold",
+                # A warm worker imported before its job came; start-up counts from the job.
+                "import_ms": round((imported - STARTED) * 1000) if not warm else 0,
+                "startup_ms": round((time.time() - began) * 1000),
             },
         )
         return await stream_answer(agent, settings, events)
     finally:
         await events.send(
-            "worker_stats", {"run_ms": round((time.time() - STARTED) * 1000), **peak_memory_mb()}
+            "worker_stats", {"run_ms": round((time.time() - began) * 1000), **peak_memory_mb()}
         )
         await client.aclose()
 
@@ -144,15 +153,45 @@ async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: 
         return ExitCode.FAILED
 
 
-def main() -> int:
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+async def wait_for_job() -> dict[str, str] | int:
+    """A warm worker's wait: its job (the variables `Job.to_env()` writes), or an exit code."""
+    queue, idle = os.environ["WARM_QUEUE"], float(os.environ.get("WARM_IDLE_SECONDS", "300"))
+    # redis-py stops reading after 5 s by default: this read waits for the whole idle time.
+    client = redis.from_url(
+        os.environ["REDIS_URL"], socket_connect_timeout=5, socket_timeout=idle + 5
+    )
     try:
-        settings = WorkerSettings()
+        await client.set(warm_ready_key(queue), round(time.time() - STARTED, 3), ex=int(idle) + 1)
+        popped = await client.blpop([queue], timeout=idle)
+        await client.delete(warm_ready_key(queue))
+    except redis.RedisError as exc:
+        logger.error("warm worker: Redis at %s: %s", os.environ["REDIS_URL"], exc)
+        return ExitCode.NO_REDIS
+    finally:
+        await client.aclose()
+    if popped is None:
+        logger.info("warm worker: no job within %g s, leaving", idle)
+        return ExitCode.IDLE
+    return json.loads(popped[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warm = "--warm" in (sys.argv[1:] if argv is None else argv)
+    job: dict[str, str] = {}
+    if warm:
+        found = asyncio.run(wait_for_job())
+        if isinstance(found, int):
+            return found
+        job = found
+    assigned = time.time() if warm else None
+    try:
+        settings = WorkerSettings(**job)  # the job's values win over the environment's
     except ValidationError as exc:
         names = ", ".join(str(e["loc"][0]) for e in exc.errors())
         logger.error("invalid job, check these settings: %s", names)
         return ExitCode.INVALID_JOB
-    return asyncio.run(run(settings))
+    return asyncio.run(run(settings, warm, assigned))
 
 
 if __name__ == "__main__":
