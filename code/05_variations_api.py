@@ -15,6 +15,7 @@ the event stream, the routes. The page is 05_variations_page.html.
 """
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -49,7 +50,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
 from app.error_shape import ErrorResponse, error_body, install_shape_handlers  # noqa: E402
 from app.job import EXIT_REASONS as WORKER_EXIT_REASONS  # noqa: E402
-from app.job import AnswerStyle, Job, events_key, variation_key  # noqa: E402
+from app.job import AnswerStyle, Job, events_key, variation_key, warm_queue_key  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
 
 log_with_request_ids()
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
     MAX_ACTIVE_RUNS: int = 2
     MAX_RUNS_PER_CLIENT: int = 1  # per client address, so one client cannot hold every slot
     VARIATION_TIMEOUT_SECONDS: float = 120.0
+    # Warm workers: containers started ahead, imports done, each waiting for one variation (0: off).
+    # One older than WARM_MAX_AGE_SECONDS gets no job and is replaced; it leaves by itself a minute
+    # later, should this API be gone.
+    WARM_WORKERS: int = Field(0, ge=0, le=16)
+    WARM_MAX_AGE_SECONDS: float = Field(240.0, gt=0)
     STREAM_MAXLEN: int = 5000  # entries kept in one run's stream
     RUN_TTL_SECONDS: int = 3600  # how long a finished run stays readable
     REAP_INTERVAL_SECONDS: float = 0.25
@@ -172,6 +178,9 @@ class RunCreated(BaseModel):
 class VariationView(VariationSettings):
     status: Literal["starting", "running", "succeeded", "failed", "timed_out", "cancelled"]
     container: str | None
+    worker: Literal["warm", "cold"] | None = Field(
+        description="warm: a worker started ahead, imports done; cold: a container started for it"
+    )
     exit_code: int | None
     reason: str | None
     response: str | None
@@ -312,6 +321,25 @@ class Runs:
     async def active(self) -> set[str]:
         return await self.client.smembers("runs:active")
 
+    async def send_job(self, worker: str, job: dict[str, str]) -> None:
+        """A warm worker's one job, onto the list it waits on; gone in a minute if not taken."""
+        key = warm_queue_key(self.settings.DEPLOYMENT, worker)
+        async with self.client.pipeline(transaction=True) as tx:
+            tx.rpush(key, json.dumps(job))
+            tx.expire(key, 60)
+            await tx.execute()
+
+    async def containers_of_active(self) -> dict[str, tuple[str, int]]:
+        """container id -> (run id, variation), for the variations of the runs going: how the
+        reaper knows which job a warm worker (whose labels name none) is doing."""
+        found = {}
+        for run_id in await self.active():
+            for i in range(await self.count(run_id)):
+                container = await self.client.hget(variation_key(run_id, i), "container")
+                if container:
+                    found[container] = (run_id, i)
+        return found
+
     async def read_events(self, run_id: str, after: str, block_ms: int | None) -> list:
         """Up to 200 (id, fields) entries after the given id, waiting up to block_ms for one."""
         found = await self.client.xread({events_key(run_id): after}, count=200, block=block_ms)
@@ -341,6 +369,7 @@ class Runs:
                     **json.loads(v["settings"]),
                     "status": v.get("status"),
                     "container": v.get("container"),
+                    "worker": v.get("worker"),
                     "exit_code": ended.get("exit_code"),
                     "reason": ended.get("reason"),
                     "response": result["response"] if result else None,
@@ -366,9 +395,10 @@ class Runs:
 @dataclass
 class Worker:
     id: str
-    run_id: str
+    run_id: str  # "" for a warm worker: its job is known to the API and Redis, not to its labels
     index: int
     running: bool
+    warm: str | None = None  # a warm worker's name (its queue's), else None
 
 
 class DockerWorkers:
@@ -389,13 +419,30 @@ class DockerWorkers:
             ) from None
 
     def start(self, run_id: str, index: int, environment: dict[str, str]) -> str:
+        return self._run(
+            ["python", "-m", "app.worker"],  # a list: no shell ever parses the query
+            environment,  # the job travels as data
+            name=f"{self.settings.DEPLOYMENT}-{run_id[:12]}-{index}",
+            labels={"ai-course.run": run_id, "ai-course.variation": str(index)},
+        )
+
+    def start_warm(self, name: str, environment: dict[str, str]) -> str:
+        """A worker with no job yet: the same image, flags and limits, `--warm` (app/worker.py)."""
+        return self._run(
+            ["python", "-m", "app.worker", "--warm"],
+            environment,
+            name=name,
+            labels={"ai-course.run": "", "ai-course.variation": "-1", "ai-course.warm": name},
+        )
+
+    def _run(self, command: list[str], environment: dict[str, str], name: str, labels: dict) -> str:
         s = self.settings
         container = self.client.containers.run(
             s.WORKER_IMAGE,
-            ["python", "-m", "app.worker"],  # a list: no shell ever parses the query
-            environment=environment,  # the job travels as data
-            name=f"{s.DEPLOYMENT}-{run_id[:12]}-{index}",
-            labels={**self.labels, "ai-course.run": run_id, "ai-course.variation": str(index)},
+            command,
+            environment=environment,
+            name=name,
+            labels={**self.labels, **labels},
             detach=True,
             network=s.WORKER_NETWORK,
             mem_limit=s.WORKER_MEMORY,
@@ -420,6 +467,7 @@ class DockerWorkers:
                 run_id=c.attrs["Labels"]["ai-course.run"],
                 index=int(c.attrs["Labels"]["ai-course.variation"]),
                 running=c.attrs["State"] in ("created", "running", "restarting"),
+                warm=c.attrs["Labels"].get("ai-course.warm") or None,
             )
             for c in found
         ]
@@ -451,6 +499,103 @@ class DockerWorkers:
                 time.sleep(0.1)
 
 
+# === Warm workers: started ahead with their imports done, each for exactly one variation ===
+
+
+class WarmPool:
+    """WARM_WORKERS containers that wait (BLPOP on a list of their own) for one job. A variation
+    takes an idle one if there is one, else starts a cold container as always; a taken worker runs
+    its variation under the same labels' deployment, deadline and reaper, then exits: never reused.
+    The reaper's pass tends the pool: it removes the ones that left or grew old, and tops it up."""
+
+    def __init__(self, settings: Settings, workers: "DockerWorkers"):
+        self.settings, self.workers = settings, workers
+        self.starting: set[str] = set()  # names
+        self.idle: dict[str, tuple[str, float]] = {}  # name -> (container id, started at)
+        self.taken: dict[str, tuple[str, int, float]] = {}  # name -> (run id, variation, when)
+        self.tasks: set[asyncio.Task] = set()
+        self.retry_at = 0.0  # after a failed start, the next try waits (no image: no busy loop)
+        self.closed = False
+
+    def environment(self, name: str) -> dict[str, str]:
+        s = self.settings
+        env = {
+            "REDIS_URL": s.WORKER_REDIS_URL,
+            "WARM_QUEUE": warm_queue_key(s.DEPLOYMENT, name),
+            "WARM_IDLE_SECONDS": str(s.WARM_MAX_AGE_SECONDS + 60),
+            "OFFLINE_TOKEN_DELAY_MS": str(s.OFFLINE_TOKEN_DELAY_MS),
+        }
+        if s.OPENAI_API_KEY:  # imported ahead as well: the real model's client
+            env["OPENAI_API_KEY"] = s.OPENAI_API_KEY.get_secret_value()
+        if s.OPENAI_BASE_URL:
+            env["OPENAI_BASE_URL"] = s.OPENAI_BASE_URL
+        return env
+
+    def take(self, run_id: str, index: int) -> tuple[str, str] | None:
+        """An idle worker young enough to wait for a job, now this variation's: (name, id)."""
+        young = time.time() - self.settings.WARM_MAX_AGE_SECONDS
+        for name, (worker_id, started) in list(self.idle.items()):
+            if started >= young:
+                del self.idle[name]  # no await between choosing and taking: no one else gets it
+                self.taken[name] = (run_id, index, time.time())
+                return name, worker_id
+        return None
+
+    def job_of(self, w: Worker) -> tuple[str, int] | None:
+        taken = self.taken.get(w.warm or "")
+        return (taken[0], taken[1]) if taken else None
+
+    def owns_idle(self, w: Worker) -> bool:
+        return w.warm in self.starting or w.warm in self.idle
+
+    async def tend(self, listed: list[Worker], listed_at: float) -> None:
+        """Called by each reaper pass with what it listed: drop what left or grew old, top up."""
+        running = {w.warm for w in listed if w.warm and w.running}
+        names = {w.warm for w in listed if w.warm}
+        young = time.time() - self.settings.WARM_MAX_AGE_SECONDS
+        for name, (worker_id, started) in list(self.idle.items()):
+            if started < listed_at and (name not in running or started < young):
+                if name not in running:  # it should wait WARM_MAX_AGE_SECONDS + 60 s: say so
+                    logger.warning("warm worker %s left while idle; replacing it", name)
+                del self.idle[name]
+                await asyncio.to_thread(self.workers.remove, worker_id)
+        for name, (_, _, when) in list(self.taken.items()):
+            if when < listed_at and name not in names:  # removed after its variation
+                del self.taken[name]
+        missing = self.settings.WARM_WORKERS - len(self.idle) - len(self.starting)
+        if self.closed or time.time() < self.retry_at:
+            return
+        for _ in range(max(0, missing)):
+            task = asyncio.create_task(self.add_one())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def add_one(self) -> None:
+        name = f"{self.settings.DEPLOYMENT}-warm-{uuid.uuid4().hex[:12]}"
+        self.starting.add(name)
+        try:
+            worker_id = await asyncio.to_thread(
+                self.workers.start_warm, name, self.environment(name)
+            )
+        except Exception as exc:
+            logger.warning("a warm worker did not start (retrying in 10 s): %r", exc)
+            self.retry_at = time.time() + 10
+            return
+        finally:
+            self.starting.discard(name)
+        if self.closed:
+            await asyncio.to_thread(self.workers.remove, worker_id)
+        else:
+            self.idle[name] = (worker_id, time.time())
+
+    async def close(self) -> None:
+        """On shutdown: the idle ones are removed; taken ones finish, as every variation does."""
+        self.closed = True
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        idle, self.idle = list(self.idle.values()), {}
+        await asyncio.gather(*(asyncio.to_thread(self.workers.remove, i) for i, _ in idle))
+
+
 # === The run lifecycle: start the workers, reap them as they exit, cancel ===
 
 EXIT_REASONS = {
@@ -460,8 +605,8 @@ EXIT_REASONS = {
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, runs: Runs, workers: DockerWorkers):
-        self.settings, self.runs, self.workers = settings, runs, workers
+    def __init__(self, settings: Settings, runs: Runs, workers: DockerWorkers, pool: WarmPool):
+        self.settings, self.runs, self.workers, self.pool = settings, runs, workers, pool
         self.starting: dict[str, asyncio.Task] = {}
         self.lock = asyncio.Lock()
 
@@ -523,17 +668,24 @@ class Orchestrator:
         deadline = began + self.settings.VARIATION_TIMEOUT_SECONDS
         await self.runs.update_variation(run_id, index, status="running", deadline=deadline)
         env = self.environment(run_id, query, v, count)
+        warm = self.pool.take(run_id, index)  # (name, id) of a worker started ahead, if one waits
         try:
-            worker_id = await asyncio.to_thread(self.workers.start, run_id, index, env)
+            worker_id = (
+                warm[1] if warm else await asyncio.to_thread(self.workers.start, run_id, index, env)
+            )
         except Exception as exc:  # no image, engine down, name taken...
             logger.warning("variation %s/%d did not start: %r", run_id, index, exc)
             await self.runs.finish(run_id, index, "failed", reason="the container did not start")
             return
-        started = time.time()
-        await self.runs.update_variation(run_id, index, container=worker_id, started_at=started)
+        started, kind = time.time(), "warm" if warm else "cold"
+        await self.runs.update_variation(
+            run_id, index, container=worker_id, started_at=started, worker=kind
+        )
         start_ms = round((started - began) * 1000)
         data = {"variation": index, "container": worker_id[:12], "start_ms": start_ms}
-        await self.runs.add_event(run_id, "container_started", data)
+        await self.runs.add_event(run_id, "container_started", {**data, "worker": kind})
+        if warm:
+            await self.runs.send_job(warm[0], env)  # the same variables a cold worker gets
 
     async def reap_forever(self) -> None:
         while True:
@@ -551,7 +703,17 @@ class Orchestrator:
         listed_at = time.time()
         workers = await asyncio.to_thread(self.workers.list)
         seen, counts = set(), {"adopted": 0, "removed": 0, "ended": 0}
+        pool = self.pool
+        unknown = [w for w in workers if w.warm and not pool.owns_idle(w) and not pool.job_of(w)]
+        doing = await self.runs.containers_of_active() if unknown else {}  # after a restart
         for w in workers:
+            if w.warm:
+                if pool.owns_idle(w):
+                    continue  # waiting for a job: the pool's (tend, below)
+                # Its job from this API's memory, or from Redis (adopted after a restart); with
+                # neither, an orphan: its run ended, or a previous API started it. Removed.
+                run_id, index = pool.job_of(w) or doing.get(w.id) or ("", -1)
+                w = dataclasses.replace(w, run_id=run_id, index=index)
             seen.add((w.run_id, w.index))
             try:
                 counts[await self.reap_one(w)] += 1
@@ -565,9 +727,13 @@ class Orchestrator:
                 started = float(v.get("started_at") or "inf")
                 if v.get("status") == "running" and (run_id, i) not in seen and started < listed_at:
                     await self.runs.finish(run_id, i, "failed", reason="the container disappeared")
+        await self.pool.tend(workers, listed_at)
         return counts
 
     async def reap_one(self, w: Worker) -> str:
+        if not w.run_id:  # a warm worker no run claims
+            await asyncio.to_thread(self.workers.remove, w.id)
+            return "removed"
         v = await self.runs.variation(w.run_id, w.index)
         if await self.runs.status(w.run_id) != "running" or v.get("status") in ENDED:
             await asyncio.to_thread(self.workers.remove, w.id)
@@ -619,7 +785,8 @@ class Orchestrator:
             await asyncio.wait_for(asyncio.shield(self.starting[run_id]), 120)
         for i in range(await self.runs.count(run_id)):
             await self.runs.finish(run_id, i, "cancelled", reason="cancelled by the user")
-        mine = [w for w in await asyncio.to_thread(self.workers.list) if w.run_id == run_id]
+        listed = await asyncio.to_thread(self.workers.list)
+        mine = [w for w in listed if run_id in (w.run_id, (self.pool.job_of(w) or ("",))[0])]
         await asyncio.gather(*(asyncio.to_thread(self.workers.remove, w.id) for w in mine))
 
 
@@ -718,11 +885,12 @@ async def lifespan(app: FastAPI):
     await clients[0].ping()
     workers = app.state.workers or DockerWorkers(settings)
     await asyncio.to_thread(workers.check)
-    app.state.orchestrator = Orchestrator(settings, Runs(clients[0], settings), workers)
+    pool = WarmPool(settings, workers)  # one pool, shared by the routes and the reaper
+    app.state.orchestrator = Orchestrator(settings, Runs(clients[0], settings), workers, pool)
     app.state.stream_runs = Runs(clients[1], settings)
     app.state.stream_slots = StreamSlots(settings)
     # The reaper: the same orchestration with Redis connections of its own.
-    reaping = Orchestrator(settings, Runs(clients[2], settings), workers)
+    reaping = Orchestrator(settings, Runs(clients[2], settings), workers, pool)
     swept = await reaping.reap()  # before serving: leftovers removed, live runs adopted
     logger.info("start-up sweep: %s", swept)
     reaper = asyncio.create_task(reaping.reap_forever())
@@ -731,6 +899,7 @@ async def lifespan(app: FastAPI):
     )
     yield
     reaper.cancel()
+    await pool.close()
     for client in clients:
         await client.aclose()
 

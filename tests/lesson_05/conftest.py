@@ -29,7 +29,7 @@ api = load_lesson("code/05_variations_api.py", "variations_api")
 NO_DOCS = Path(tempfile.mkdtemp(prefix="lesson-05-no-docs-"))
 
 
-def run_worker(environment: dict[str, str], log_path: str) -> None:
+def run_worker(environment: dict[str, str], log_path: str, argv: tuple[str, ...] = ()) -> None:
     """A worker process: the environment it is given and `python -m app.worker`'s main()."""
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(log, 1)
@@ -38,7 +38,7 @@ def run_worker(environment: dict[str, str], log_path: str) -> None:
     os.environ.update(environment)
     from app import worker
 
-    sys.exit(worker.main())
+    sys.exit(worker.main(list(argv)))
 
 
 # Forked from a server that has imported the worker once: a process starts in milliseconds instead
@@ -51,28 +51,39 @@ class ProcessWorkers:
     """DockerWorkers' methods, each worker a local process: the same code, Redis and exit codes."""
 
     def __init__(self):
+        # id -> (process, run id, variation, log); a warm worker's run id is "" and its name
+        # is in self.warm.
         self.processes: dict[str, tuple[multiprocessing.Process, str, int, Path]] = {}
+        self.warm: dict[str, str] = {}  # id -> name
         self.lock = threading.Lock()
         self.logs_dir = Path(tempfile.mkdtemp(prefix="lesson-05-workers-"))
 
     def check(self) -> None:
         pass
 
-    def start(self, run_id: str, index: int, environment: dict[str, str]) -> str:
+    def start(self, run_id: str, index: int, environment: dict[str, str], argv=()) -> str:
         worker_id = uuid.uuid4().hex
         env = {"PATH": os.environ["PATH"], "DOCS_DIR": str(NO_DOCS), **environment}
         log = self.logs_dir / f"{worker_id}.log"
-        process = FORKSERVER.Process(target=run_worker, args=(env, str(log)), daemon=True)
+        process = FORKSERVER.Process(target=run_worker, args=(env, str(log), argv), daemon=True)
         process.start()
         with self.lock:
             self.processes[worker_id] = (process, run_id, index, log)
+        return worker_id
+
+    def start_warm(self, name: str, environment: dict[str, str]) -> str:
+        worker_id = self.start("", -1, environment, ("--warm",))
+        with self.lock:
+            self.warm[worker_id] = name
         return worker_id
 
     def list(self) -> list:
         with self.lock:
             items = list(self.processes.items())
         return [
-            api.Worker(id=wid, run_id=run_id, index=index, running=p.is_alive())
+            api.Worker(
+                id=wid, run_id=run_id, index=index, running=p.is_alive(), warm=self.warm.get(wid)
+            )
             for wid, (p, run_id, index, _) in items
         ]
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.docker_cli import docker
 from support.lessons import ROOT
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 
@@ -41,10 +43,14 @@ def browser():
         browser.close()
 
 
-def test_three_columns_fill_survive_a_reload_and_one_is_picked(api_process, browser):
+def test_three_columns_fill_survive_a_reload_and_one_is_picked(api_process, stack, browser):
     from playwright.sync_api import expect
 
-    api = api_process(OFFLINE_TOKEN_DELAY_MS=120)
+    # Two warm workers: two columns say so, the third got a cold container.
+    api = api_process(OFFLINE_TOKEN_DELAY_MS=120, WARM_WORKERS=2)
+    warm = ["--filter", f"label=ai-course.deployment={stack['DEPLOYMENT']}"]
+    warm += ["--filter", "label=ai-course.warm", "--filter", "status=running"]
+    wait_for(lambda: len(docker("ps", "-q", *warm).split()) == 2, timeout=60, what="2 warm")
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(api.url)
     page.fill("#query", QUESTION)
@@ -70,6 +76,9 @@ def test_three_columns_fill_survive_a_reload_and_one_is_picked(api_process, brow
         expect(column.locator(".status")).to_have_text("succeeded", timeout=120_000)
         expect(column.locator(".check")).to_have_text("stream matches the final answer")
     expect(page.locator("#run-status")).to_contain_text("done")
+    timings = sorted(columns.nth(i).locator(".timing").inner_text() for i in range(3))
+    assert timings[0].startswith("cold: container started in"), timings
+    assert all(t.startswith("warm worker (started ahead)") for t in timings[1:]), timings
     answers = [columns.nth(i).locator(".answer").inner_text() for i in range(3)]
     view = httpx.get(f"{api.url}/v1/runs/{run_id}", headers=owner).json()
     assert [v["response"].strip() for v in view["variations"]] == [a.strip() for a in answers]
