@@ -1,4 +1,5 @@
-"""Benchmark lesson 05: N = 1, 2, 4, 8 variations in containers, and the same work in one process.
+"""Benchmark lesson 05: N = 1, 2, 4, 8 variations in cold containers, on warm workers, and the same
+work in one process.
 
     make bench-variations          (REPEAT=3 for the median of three runs per row)
 
@@ -8,6 +9,10 @@ time (POST to run_done), each variation's time to first token, and where the tim
 and starting the container (`container_started.start_ms`), the worker's Python start-up and imports
 (`worker_ready.startup_ms`, measured inside the container from process start), and the model (first
 token to final). Peak memory is each container's cgroup peak (`worker_stats`).
+
+Warm workers: a second API with WARM_WORKERS=8; before each run the benchmark waits until all 8
+are started and imported (their ready keys in Redis), so a run measures the pool and not the
+refill after the previous run. A warm worker's start-up counts from its job's arrival.
 
 In one process: a fresh `python` imports the agent once, builds N agents and streams N answers
 concurrently with asyncio (the same offline model, settings and token delay), and reports the same
@@ -154,7 +159,8 @@ def run_containers(url: str, count: int) -> dict:
 
 
 class Stack:
-    def __init__(self):
+    def __init__(self, warm: int = 0):
+        self.warm = warm
         self.env = {**os.environ, "NAME": f"l05bench-{uuid.uuid4().hex[:6]}"}
         up = subprocess.run(
             [ROOT / "scripts" / "lesson-05.sh", "up"],
@@ -173,12 +179,48 @@ class Stack:
             OFFLINE_TOKEN_DELAY_MS=TOKEN_DELAY_MS,
             WORKER_IMAGE=os.environ.get("WORKER_IMAGE", "research-agent:lesson-05"),
             MAX_ACTIVE_RUNS=1,
+            WARM_WORKERS=warm,
         )
+        self.redis_url, self.deployment = values["REDIS_URL"], values["DEPLOYMENT"]
         self.api = ServerProcess(
             [sys.executable, "code/05_variations_api.py"], cwd=ROOT, env=env, port=port,
             ready_timeout=60,
         ).start()  # fmt: skip
         self.url = self.api.url
+
+    def wait_until_warm(self) -> None:
+        """Every warm worker started and imported (its ready key set): a run then measures the
+        pool, not the refill after the previous run, which competes for the same cores."""
+        import redis
+
+        use_research_agent()
+        from app.job import warm_queue_key, warm_ready_key
+
+        client = redis.Redis.from_url(self.redis_url)
+        pattern = warm_ready_key(warm_queue_key(self.deployment, "*"))
+        deadline = time.monotonic() + 300
+        while len(list(client.scan_iter(pattern))) < self.warm:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.warm} warm workers not ready within 300 s")
+            time.sleep(0.5)
+        client.close()
+
+    def idle_warm_workers(self) -> list[str]:
+        """`docker stats` of the idle warm workers: what the pool costs while it waits."""
+        labels = [f"label=ai-course.deployment={self.deployment}", "label=ai-course.warm"]
+        filters = [arg for label in labels for arg in ("--filter", label)]
+        ids = subprocess.run(
+            ["docker", "ps", "-q", *filters], capture_output=True, text=True
+        ).stdout.split()
+        if not ids:
+            return ["(none running)"]
+        stats = subprocess.run(
+            ["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}} {{.CPUPerc}}"]
+            + ids,
+            capture_output=True,
+            text=True,
+        )
+        return stats.stdout.splitlines()
 
     def close(self):
         self.api.stop(grace=30)
@@ -217,37 +259,68 @@ def main() -> None:
         f"{TOKEN_DELAY_MS} ms per token · median of {repeat} · load average "
         f"{os.getloadavg()[0]:.1f} at start"
     )
+    cold, warm = {}, {}
     stack = Stack()
-    rows = []
     try:
         run_containers(stack.url, 1)  # warm-up: page cache and the engine, not counted
         run_in_process(1)  # the same for the host's virtualenv
         for n in SIZES:
-            c = median_run([run_containers(stack.url, n) for _ in range(repeat)])
-            p = median_run([run_in_process(n) for _ in range(repeat)])
-            rows.append((n, c, p))
-            print(f"  N={n}: containers {c['wall_s']:.1f} s, one process {p['wall_s']:.1f} s")
+            cold[n] = median_run([run_containers(stack.url, n) for _ in range(repeat)])
+            print(f"  N={n}: cold containers {cold[n]['wall_s']:.1f} s")
     finally:
         stack.close()
-    base_c, base_p = rows[0][1]["wall_s"], rows[0][2]["wall_s"]
+    stack = Stack(warm=max(SIZES))  # a warm worker for every variation of the largest run
+    try:
+        stack.wait_until_warm()
+        time.sleep(5)  # CPU settles after the imports
+        print("# idle warm workers (docker stats --no-stream: name, memory, CPU):")
+        for line in stack.idle_warm_workers():
+            print(f"#   {line}")
+        for n in SIZES:
+            runs = []
+            for _ in range(repeat):
+                stack.wait_until_warm()
+                runs.append(run_containers(stack.url, n))
+            warm[n] = median_run(runs)
+            print(f"  N={n}: warm workers {warm[n]['wall_s']:.1f} s")
+    finally:
+        stack.close()
+    rows = []
+    for n in SIZES:
+        p = median_run([run_in_process(n) for _ in range(repeat)])
+        rows.append((n, cold[n], warm[n], p))
+        print(f"  N={n}: one process {p['wall_s']:.1f} s")
+    base_c, base_w, base_p = (rows[0][i]["wall_s"] for i in (1, 2, 3))
     print()
     print(
-        "| N | containers: wall s (× N=1) | first token s | container start ms | worker start-up s"
-        " | model s | peak MB per container | one process: wall s (× N=1) | first token s"
+        "| N | cold containers: wall s (× N=1) | first token s | container start ms"
+        " | worker start-up s | model s | peak MB per container | warm workers: wall s (× N=1)"
+        " | first token s | worker start-up s | one process: wall s (× N=1) | first token s"
         " | import + agents s | peak MB |"
     )
-    print("| --- " * 11 + "|")
-    for n, c, p in rows:
+    print("| --- " * 14 + "|")
+    for n, c, w, p in rows:
         print(
             f"| {n} | {c['wall_s']:.1f} ({c['wall_s'] / base_c:.2f}×) | {span(c['first_token_s'])}"
             f" | {statistics.mean(c['start_ms']):.0f} | {span([s / 1000 for s in c['startup_ms']])}"
             f" | {span(c['model_s'])} | {max(c['peak_mb']):.0f}"
+            f" | {w['wall_s']:.1f} ({w['wall_s'] / base_w:.2f}×) | {span(w['first_token_s'])}"
+            f" | {span([s / 1000 for s in w['startup_ms']])}"
             f" | {p['wall_s']:.1f} ({p['wall_s'] / base_p:.2f}×) | {span(p['first_token_s'])}"
             f" | {p['startup_s']:.1f} | {p['peak_mb']:.0f} |"
         )
     ratio = rows[2][1]["wall_s"] / base_c
     verdict = "met" if ratio <= 1.6 else "NOT met"
-    print(f"\nTarget N=4 within 1.6× N=1 (containers): {ratio:.2f}× — {verdict}")
+    print(f"\nTarget N=4 within 1.6× N=1 (cold containers): {ratio:.2f}× — {verdict}")
+    ratio = rows[2][2]["wall_s"] / base_w
+    verdict = "met" if ratio <= 1.25 else "NOT met"
+    print(f"Target N=4 within 1.25× N=1 (warm workers): {ratio:.2f}× — {verdict}")
+    first = max(rows[2][2]["first_token_s"])
+    verdict = "met" if first <= 1.5 else "NOT met"
+    print(
+        f"Target first token of every variation within 1.5 s at N=4 (warm): {first:.2f} s"
+        f" — {verdict}"
+    )
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on this machine)")
     results_file.write()
 
