@@ -338,35 +338,33 @@ def big_header_request(port: int, size: int) -> bytes:
             return b""
 
 
-class HealthPoller:
-    """GET /health every 0.2 s on a new connection, recording how long each answer took."""
+def timed_health(url: str) -> tuple[int | str, float]:
+    """GET /health on a new connection: its status (or the error) and how long it took."""
+    started = time.monotonic()
+    try:
+        status = httpx.get(f"{url}/health", timeout=1).status_code
+    except httpx.HTTPError as error:
+        status = repr(error)
+    return status, time.monotonic() - started
 
-    def __init__(self, url: str):
-        self.url, self.answers, self.stop = url, [], threading.Event()
-        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+class Sampler:
+    """Calls `sample()` in a thread every `interval` s until stopped, keeping what it returns."""
+
+    def __init__(self, sample, interval: float):
+        self.sample, self.interval, self.values = sample, interval, []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def _poll(self):
-        while not self.stop.wait(0.2):
-            started = time.monotonic()
-            try:
-                status = httpx.get(f"{self.url}/health", timeout=1).status_code
-            except httpx.HTTPError as error:
-                status = repr(error)
-            self.answers.append((status, time.monotonic() - started))
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.values.append(self.sample())
 
-
-class MemorySampler:
-    """The agent's memory, read again and again while an attack runs: its peak counts."""
-
-    def __init__(self, container: str):
-        self.container, self.samples, self.stop = container, [], threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-
-    def _sample(self):
-        while not self.stop.is_set():
-            self.samples.append(memory_mib(self.container))
+    def stop(self, timeout: float) -> list:
+        self._stop.set()
+        self.thread.join(timeout)
+        return self.values
 
 
 @pytest.mark.container
@@ -377,7 +375,9 @@ def test_huge_headers_and_slow_senders_leave_health_answering_and_memory_flat(pr
     agent = project.container("agent")
     httpx.get(f"{project.url}/health", timeout=30)
     before = memory_mib(agent)
-    sampler, poller = MemorySampler(agent), HealthPoller(project.url)
+    # The agent's memory again and again (its peak counts), and /health every 0.2 s.
+    sampler = Sampler(lambda: memory_mib(agent), 0)
+    poller = Sampler(lambda: timed_health(project.url), 0.2)
     slow: list[socket.socket] = []
     try:
         for _ in range(300):
@@ -395,10 +395,8 @@ def test_huge_headers_and_slow_senders_leave_health_answering_and_memory_flat(pr
                 if i in closed:
                     continue
                 try:
-                    if sock.recv(4096) == b"":
-                        closed.add(i)
-                        continue
-                    closed.add(i)  # an answer (408) before the header was complete
+                    sock.recv(4096)  # end of stream, or an answer (408) before the header ended
+                    closed.add(i)
                 except BlockingIOError:
                     try:
                         sock.send(b"X-Slow: 1\r\n")
@@ -411,20 +409,17 @@ def test_huge_headers_and_slow_senders_leave_health_answering_and_memory_flat(pr
     finally:
         for sock in slow:
             sock.close()
-        poller.stop.set()
-        sampler.stop.set()
-        poller.thread.join(10)
-        sampler.thread.join(60)
+        answers, samples = poller.stop(10), sampler.stop(60)
     after = memory_mib(agent)
-    peak = max(sampler.samples + [after])
-    slowest = max(seconds for _, seconds in poller.answers)
+    peak = max(samples + [after])
+    slowest = max(seconds for _, seconds in answers)
     print(
         f"\n{project.spelling}: agent memory {before:.1f} MiB before, peak {peak:.1f}, after "
-        f"{after:.1f}; {len(poller.answers)} /health polls, slowest {slowest:.3f} s; "
+        f"{after:.1f}; {len(answers)} /health polls, slowest {slowest:.3f} s; "
         f"big headers answered {sorted(set(big))}; {len(closed)}/{len(slow)} slow connections "
         "closed by the server"
     )
-    assert poller.answers and all(status == 200 for status, _ in poller.answers), poller.answers
+    assert answers and all(status == 200 for status, _ in answers), answers
     assert slowest < 1
     assert peak - before < 50 and after - before < 50, (before, peak, after)
     assert all(line.split(b" ")[1:2] in ([b"400"], [b"431"]) for line in big), big
