@@ -54,27 +54,29 @@ HTTP_ERROR_TYPES = {
 }
 
 
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    body = error_body("validation_error", "the request is not valid", details=details)
+    return JSONResponse(body, status_code=422)
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+    # Headers kept: a 405 carries Allow.
+    body = error_body(error_type, str(exc.detail))
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # Anything not foreseen: Starlette re-raises it after this answer, so the server logs the
+    # traceback; the client gets the shape, never the traceback.
+    return JSONResponse(error_body("internal_error", "the server failed"), 500)
+
+
 def install_shape_handlers(app: FastAPI) -> None:
     """422, any HTTPException and anything unforeseen answered in the shape: what the lesson APIs
-    (04, 05, 07) share (the research agent's own handlers, app/errors.py, also count them)."""
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
-        ]
-        body = error_body("validation_error", "the request is not valid", details=details)
-        return JSONResponse(body, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
-        # Headers kept: a 405 carries Allow.
-        body = error_body(error_type, str(exc.detail))
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        # Anything not foreseen: Starlette re-raises it after this answer, so the server logs the
-        # traceback; the client gets the shape, never the traceback.
-        return JSONResponse(error_body("internal_error", "the server failed"), 500)
+    (04, 05, 07) share. The research agent registers the first two (app/errors.py); its own
+    access-log middleware answers the 500."""
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(Exception, internal_error_handler)

@@ -9,7 +9,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .error_shape import HTTP_ERROR_TYPES, ErrorDetail, ErrorResponse, ValidationIssue  # noqa: F401 (the schema)
+from .error_shape import (  # noqa: F401 (the schema)
+    ErrorDetail,
+    ErrorResponse,
+    ValidationIssue,
+    http_error_handler,
+    validation_error_handler,
+)
 from .error_shape import error_body as shaped_body
 from .telemetry import REQUESTS_REJECTED, request_id
 
@@ -111,15 +117,9 @@ class LimitsUnavailableError(AppError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
-def error_body(
-    error_type: str,
-    message: str,
-    details: list[dict] | None = None,
-    retryable: bool = False,
-) -> dict:
-    extra = {"details": details} if details is not None else {}
-    if retryable:
-        extra["retryable"] = True
+def error_body(error_type: str, message: str, retryable: bool = False) -> dict:
+    """The shape with the id of the request being served ("-" outside one)."""
+    extra = {"retryable": True} if retryable else {}
     return shaped_body(error_type, message, request_id=request_id(), **extra)
 
 
@@ -153,20 +153,6 @@ async def app_error_handler(request: Request, exc: AppError) -> JSONResponse:
     if exc.error_type in _REJECTIONS:
         REQUESTS_REJECTED.labels(exc.error_type).inc()
     return JSONResponse(app_error_body(exc), status_code=exc.status_code, headers=exc.headers)
-
-
-async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    # 400 "http_error": a body FastAPI cannot parse at all (e.g. not UTF-8). Headers are kept: a 405
-    # carries Allow.
-    error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, error_type, str(exc.detail), exc.headers)
-
-
-async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return JSONResponse(
-        error_body("validation_error", "the request is not valid", details), status_code=422
-    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
