@@ -322,6 +322,7 @@ def run(client: docker.DockerClient, stack: str, port: int, v1: str, v2: str) ->
     env = swarm.stack_env(
         stack,
         port,
+        swarm.edge_subnet(client, stack),  # not the subnet of a lesson-06 stack already up
         AGENT_IMAGE=v1,
         AGENT_REPLICAS="1",
         OFFLINE_TOKEN_DELAY_MS=TOKEN_DELAY_MS,

@@ -11,6 +11,8 @@ Every wait is bounded in time.
 
 import argparse
 import hashlib
+import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -102,13 +104,41 @@ def build_agent_image(tag: str) -> None:
         raise RuntimeError(f"docker build of {tag} failed:\n{result.stderr[-3000:]}")
 
 
-def stack_env(stack: str, port: int, **settings: str) -> dict:
+# Where each stack's `edge` network gets its /24: lesson 06, the tests and the benchmark each
+# deploy a stack of their own, and two networks that ask for the same subnet cannot both exist.
+EDGE_SUBNETS = ipaddress.ip_network("10.251.0.0/16")
+
+
+def choose_edge_subnet(stack: str, networks: dict[str, list[str]]) -> str:
+    """The subnet for `stack`'s edge network, given every network's subnets by name: the one it
+    has already (a redeploy must ask for the same), else the first /24 no network overlaps."""
+    if networks.get(f"{stack}_edge"):
+        return networks[f"{stack}_edge"][0]
+    taken = [ipaddress.ip_network(s) for subnets in networks.values() for s in subnets]
+    for candidate in EDGE_SUBNETS.subnets(new_prefix=24):
+        if not any(candidate.overlaps(net) for net in taken if net.version == 4):
+            return str(candidate)
+    raise RuntimeError(f"no free /24 left in {EDGE_SUBNETS} for the stack's edge network")
+
+
+def edge_subnet(client: docker.DockerClient, stack: str) -> str:
+    networks = {
+        net.name: [
+            c["Subnet"] for c in (net.attrs.get("IPAM") or {}).get("Config") or [] if "Subnet" in c
+        ]
+        for net in client.networks.list()
+    }
+    return choose_edge_subnet(stack, networks)
+
+
+def stack_env(stack: str, port: int, subnet: str, **settings: str) -> dict:
     """The variables stack.yml reads; the HAProxy config's name carries a hash of the file."""
     digest = hashlib.sha256(HAPROXY_CFG.read_bytes()).hexdigest()[:12]
     return {
         **os.environ,
         "STACK": stack,
         "PORT": str(port),
+        "EDGE_SUBNET": subnet,
         "HAPROXY_CFG_HASH": digest,
         **settings,
     }
@@ -224,22 +254,44 @@ def leftovers(client: docker.DockerClient, stack: str) -> dict:
 # --- make lesson-06 / make lesson-06-down -------------------------------------------------------
 
 
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ready", timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+def cache_states(url: str, asks: int) -> dict[str, str]:
+    """Each replica's cache ("redis" or "bypassed") from its /ready, by HAProxy's server name.
+
+    Swarm starts Redis and the agents in no order, so a replica may have found no Redis and
+    skip it for a while; its /ready probes Redis again when its breaker is due.
+    """
+    states = {}
+    for _ in range(asks):
+        with urllib.request.urlopen(f"{url}/ready", timeout=10) as response:
+            states[response.headers["X-Served-By"]] = json.load(response)["cache"]
+    return states
+
+
+def wait_until_cache_shared(url: str, replicas: int, timeout: float = 90) -> None:
+    """Wait until every replica uses Redis: until then the same question asked twice can miss."""
+    deadline, states = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        try:
+            states = cache_states(url, asks=4 * replicas)
+            if len(states) == replicas and set(states.values()) == {"redis"}:
+                return
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as error:
+            states = {"error": repr(error)}
+        time.sleep(1)
+    raise TimeoutError(f"not every replica uses Redis after {timeout:.0f}s: {states}")
 
 
 def up(stack: str, port: int, image: str) -> None:
     client = docker.from_env()
     join_swarm_if_needed(client)
     url = f"http://127.0.0.1:{port}"
-    deploy(stack, stack_env(stack, port, AGENT_IMAGE=image))
+    started = time.monotonic()
+    deploy(stack, stack_env(stack, port, edge_subnet(client, stack), AGENT_IMAGE=image))
     log("waiting until 3 agent replicas, Redis and HAProxy are healthy (a new task needs ~10 s)")
-    took = wait_until_serving(client, stack, url, replicas=3)
-    assert ready(url), f"{url}/ready did not answer 200"
+    wait_until_serving(client, stack, url, replicas=3)
+    log("waiting until every replica uses Redis (one that started before it retries within 10 s)")
+    wait_until_cache_shared(url, replicas=3)
+    took = time.monotonic() - started
     agent, proxy = service_name(stack, "agent"), service_name(stack, "haproxy")
     print(
         f"""
