@@ -39,6 +39,7 @@ from pydantic_settings import BaseSettings
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
 from app.body_limit import BodyLimitMiddleware  # noqa: E402
 from app.error_shape import error_body, install_shape_handlers  # noqa: E402
+from app.forwarded import uvicorn_forwarding  # noqa: E402
 from app.python_tool import make_run_python_tool  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
 from app.sandbox import (  # noqa: E402
@@ -73,6 +74,9 @@ class Settings(BaseSettings):
     SANDBOX_OWNER: str = "lesson-04"  # label value: which service started a container
     SANDBOX_SWEEP_INTERVAL_SECONDS: float = 30.0  # expired containers are removed this often
     SANDBOX_POOL_SIZE: int = 2  # containers started ahead, one run each; 0: off (Going further)
+    # Proxies whose X-Forwarded-For names the client (app/forwarded.py); empty: none, so a client
+    # cannot pick a new address, and a fresh share, per request.
+    FORWARDED_ALLOW_IPS: str = ""
 
 
 settings = Settings()
@@ -260,4 +264,9 @@ async def ask(body: AgentRequest, request: Request) -> AgentResponse:
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host=settings.HOST, port=settings.PORT)
+    uvicorn.run(
+        app,
+        host=settings.HOST,
+        port=settings.PORT,
+        **uvicorn_forwarding(settings.FORWARDED_ALLOW_IPS),
+    )

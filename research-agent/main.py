@@ -7,6 +7,7 @@ import sys
 import uvicorn
 from app.api import create_app
 from app.config import get_settings
+from app.forwarded import uvicorn_forwarding
 
 app = create_app()
 
@@ -17,9 +18,7 @@ if __name__ == "__main__":
         host=settings.HOST,
         port=settings.PORT,
         log_config=None,  # keep our JSON logging
-        # Only a configured proxy may say who the caller is (uvicorn trusts 127.0.0.1 by default).
-        proxy_headers=bool(settings.FORWARDED_ALLOW_IPS),
-        forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS or "",
+        **uvicorn_forwarding(settings.FORWARDED_ALLOW_IPS),  # only a configured proxy names callers
         # uvicorn's grace; the app ends what is still open just before it (app/shutdown.py).
         timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
     )

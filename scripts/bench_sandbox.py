@@ -4,7 +4,7 @@
 Every strategy runs the same program with the same restrictions (research-agent/app/sandbox.py):
 
   bare     `docker run --rm -i` with the runner's flags, the program on stdin: the baseline
-  fresh    SandboxRunner.arun, no pool: create, attach, start, send, read, wait, inspect, remove
+  fresh    SandboxRunner.arun, no pool: create, attach, start, send, read; the engine removes it
   pooled   SandboxRunner.arun with the runner's own pool (pool_size): a run takes a container
            started ahead (else a fresh one), sends, reads, removes it; the pool refills in the
            background, in this process, on the clock: it competes for the same cores

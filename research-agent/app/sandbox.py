@@ -1,8 +1,8 @@
 """Run untrusted Python in a throwaway container: one container per run, removed afterwards.
 
 Lesson 04 (code/04_sandboxed_tools.py) and the research agent's run_python tool both import this
-file. It imports nothing from the app, and nothing of LangChain (app/python_tool.py makes the tool),
-so the lesson can load it from here without copies.
+file. It imports nothing from the app but its own sandbox_* files, and nothing of LangChain
+(app/python_tool.py makes the tool), so the lesson can load it from here without copies.
 
 With `pool_size`, containers are created and started ahead; each still serves exactly one run.
 
@@ -28,9 +28,11 @@ from pathlib import Path
 
 import docker
 import requests
-from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig, Ulimit
 from docker.utils.socket import frames_iter
+
+from .sandbox_exit import EndWatch
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +236,8 @@ class SandboxRunner:
             init=False,  # whatever the daemon's default: the watchdog must be PID 1 (see its file)
             runtime=c.runtime,
             log_config=LogConfig(type="none"),  # output is read live; no copy on the host's disk
+            # The engine removes it as it exits, even if this process is gone (see sandbox_exit).
+            auto_remove=True,
         )
         host_config["MaskedPaths"] = MASKED_PATHS  # the SDK has no argument for it
         created = self.client.api.create_container(
@@ -300,7 +304,9 @@ class SandboxRunner:
             raise SandboxUnavailable(f"cannot create a sandbox container: {exc}") from exc
 
     def execute(self, container, code: str, timeout: float, started: bool = False) -> RunResult:
-        """Start the container (unless `started`), send it the code, read capped output, inspect."""
+        """Start the container (unless `started`), send it the code, read capped output, and
+        how it ended from the engine's events (it removes the container as it exits)."""
+        end = EndWatch(self.client, container.id, timeout + 60)
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         raw = sock._sock  # the SDK hands back a SocketIO; sending and half-closing need the socket
         output = {1: bytearray(), 2: bytearray()}  # stdout, stderr
@@ -332,20 +338,20 @@ class SandboxRunner:
                     # because a kill waits for the process, which waits for us to read its output.
                     truncated = True
                     threading.Thread(target=kill, args=(container,), daemon=True).start()
-            status = container.wait(timeout=timeout + 30)
-            duration_ms = (time.monotonic() - begin) * 1000
+            duration_ms = (time.monotonic() - begin) * 1000  # the output ends as the program does
+            ended = end.ending()
         finally:
             deadline.cancel()
             backstop.cancel()
+            end.close()
             sock.close()
             raw.close()  # closing the SocketIO alone leaves the socket open until collected
-        container.reload()
         return RunResult(
             stdout=output[1].decode(errors="replace"),
             stderr=output[2].decode(errors="replace"),
-            exit_code=status.get("StatusCode"),
+            exit_code=ended.exit_code,
             timed_out=timed_out.is_set(),
-            oom_killed=bool(container.attrs["State"].get("OOMKilled")),
+            oom_killed=ended.oom_killed,
             truncated=truncated,
             duration_ms=round(duration_ms, 1),
         )
@@ -593,5 +599,8 @@ def remove(container) -> None:
         container.remove(force=True)
     except NotFound:
         pass
+    except APIError as exc:  # 409: the engine is removing it already (auto_remove)
+        if exc.status_code != 409:
+            logger.warning("could not remove sandbox container %s: %s", container.id[:12], exc)
     except DOCKER_ERRORS as exc:  # sweep() removes it later
         logger.warning("could not remove sandbox container %s: %s", container.id[:12], exc)

@@ -152,6 +152,7 @@ def test_the_host_sees_every_restriction_and_the_request_id(server, engine):
     assert host["Ulimits"] == [{"Name": "cpu", "Soft": 12, "Hard": 12}]  # 10 s + 2 s of grace
     assert host["Init"] is False  # PID 1 is the runner's watchdog, which also reaps
     assert host["LogConfig"]["Type"] == "none"
+    assert host["AutoRemove"] is True  # the engine removes it as it exits, with or without us
     assert host["Binds"] in (None, [])  # nothing of the host is mounted, the Docker socket least
     uid, gid = map(int, config["User"].split(":"))
     assert uid == gid and 1_500_000_000 <= uid < 1_501_000_000  # a uid of its own, not nobody's
@@ -556,24 +557,23 @@ def test_the_agent_computes_through_the_sandbox(server):
 # --- issue 17: what outlives the API, what the kernel shares between runs, what it shows ----------
 
 
-def test_after_a_kill_9_of_the_api_its_sandbox_ends_by_itself(engine):
+def test_after_a_kill_9_of_the_api_its_sandbox_ends_by_itself_and_is_removed(engine):
     # Before: nothing inside the container kept the deadline, so a spinning run burned CPU for
-    # minutes after the API died, until someone restarted the API and its sweep caught it.
+    # minutes after the API died. Then its exited container stayed until some API's sweep
+    # (about 5 minutes); now the engine removes it as it exits (auto_remove).
     doomed, timeout = Server(), 4
     request_id = f"kill9-{uuid.uuid4().hex[:8]}"
     try:
         in_background(doomed, "while True:\n    pass", timeout, request_id, raw=True)
-        running(engine, doomed, request_id)
+        container = running(engine, doomed, request_id)
+        # Asked before the kill: how it exits, answered once the engine has removed it.
+        removed = ThreadPoolExecutor(1).submit(
+            engine.api.wait, container.id, timeout=2 * timeout + 30, condition="removed"
+        )
         doomed.process.kill()
         doomed.process.wait(timeout=10)
-
-        def still_running() -> list:
-            return [c for c in containers(engine, doomed.owner) if c.status == "running"]
-
-        wait_for(lambda: not still_running(), timeout=2 * timeout, what="no sandbox running")
-        (container,) = containers(engine, doomed.owner, request_id)  # ended, left for a sweep
-        container.reload()
-        assert container.attrs["State"]["ExitCode"] == 137  # its watchdog killed it
+        assert removed.result(timeout=2 * timeout + 40)["StatusCode"] == 137  # its watchdog
+        assert containers(engine, doomed.owner) == []  # no sweep has run: no API is left
     finally:
         doomed.stop()
         for container in containers(engine, doomed.owner):

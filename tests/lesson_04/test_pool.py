@@ -19,7 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app.sandbox import LABEL, POOL_REQUEST_ID, SandboxConfig, SandboxRunner
+from app.sandbox import LABEL, POOL_REQUEST_ID, SandboxConfig, SandboxRunner, remove
 from support.sandbox_api import RESULT_FIELDS, containers, idle_pooled, while_counting_containers
 from support.sandbox_api import SandboxApi as Server
 from support.waiting import wait_for
@@ -262,12 +262,10 @@ def test_an_unused_pooled_container_ends_by_itself_and_no_sweep_takes_it_while_i
         container.reload()
         assert container.status == "running"
 
-        def ended() -> bool:
-            container.reload()
-            return container.status == "exited"
-
-        wait_for(ended, timeout=30, what="the idle container ended")
-        assert container.attrs["State"]["ExitCode"] == 137  # its watchdog's idle limit
+        # It ends, and the engine removes it (auto_remove): the wait answers once it is gone.
+        ended = engine.api.wait(container.id, timeout=30, condition="removed")
+        assert ended["StatusCode"] == 137  # its watchdog's idle limit
+        assert containers(engine, owner) == []
     finally:
-        container.remove(force=True)
+        remove(container)
         runner.close()
