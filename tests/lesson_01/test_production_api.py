@@ -1,4 +1,4 @@
-"""Step 2's production habits; step 3 is step 2 plus shutdown handling, so it is checked too."""
+"""Step 2's production habits (step 3 builds on step 1: it has none of them)."""
 
 import asyncio
 import io
@@ -19,7 +19,7 @@ from httpx_sse import connect_sse
 from support.errors import assert_error
 from support.metrics import metric
 
-PRODUCTION_STEPS = ["01_production_api.py", "01_graceful_shutdown.py"]
+PRODUCTION_STEPS = ["01_production_api.py"]
 
 
 @pytest.fixture(params=PRODUCTION_STEPS)

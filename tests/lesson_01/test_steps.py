@@ -1,6 +1,7 @@
-"""The three scripts are steps: each keeps the names and shape of the one before and adds to it.
-
-`diff code/01_basic_api.py code/01_production_api.py` is the lesson, so these tests keep it small.
+"""The three scripts are steps: each keeps the names and shape of the one it builds on and adds
+to it. Steps 2 and 3 both build on step 1: `diff code/01_basic_api.py code/01_production_api.py`
+is the production habits, `diff code/01_basic_api.py code/01_graceful_shutdown.py` the shutdown,
+so these tests keep each diff small and about its idea.
 """
 
 import ast
@@ -13,7 +14,8 @@ from support.lessons import ROOT
 CODE = ROOT / "code"
 
 STEPS = ["01_basic_api.py", "01_production_api.py", "01_graceful_shutdown.py"]
-PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
+BASIC, PRODUCTION, SHUTDOWN = STEPS
+PAIRS = [(BASIC, PRODUCTION), (BASIC, SHUTDOWN)]
 STABLE = ["Agent", "AgentRequest", "AgentResponse", "lifespan", "get_agent", "AgentDep"]
 STABLE += ["health", "ready", "invoke", "stream", "app"]
 
@@ -77,7 +79,18 @@ def test_the_next_step_mostly_adds(before, after):
     assert len(added) > 4 * len(removed)
 
 
-@pytest.mark.parametrize("step", STEPS[1:])
+# Step 3's diff against step 1 is the shutdown: these names, and none of step 2's habits.
+SHUTDOWN_NAMES = {"SHUTDOWN_DRAIN_SECONDS", "GRACEFUL_SHUTDOWN_SECONDS", "CUT_MARGIN_SECONDS"}
+SHUTDOWN_NAMES |= {"SHUTTING_DOWN", "ShutdownState", "EndInTime", "shutdown"}
+
+
+def test_step_3_adds_the_shutdown_to_step_1_and_nothing_else():
+    added = set(top_level_names(tree(SHUTDOWN))) - set(top_level_names(tree(BASIC)))
+    assert added == SHUTDOWN_NAMES
+    assert len((CODE / SHUTDOWN).read_text(encoding="utf-8").splitlines()) <= 400
+
+
+@pytest.mark.parametrize("step", [PRODUCTION])
 def test_settings_are_the_only_reader_of_the_environment(step):
     source = (CODE / step).read_text(encoding="utf-8")
     assert "os.getenv" not in source and "os.environ" not in source
