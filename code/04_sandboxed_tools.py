@@ -33,23 +33,25 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings
 
-# The runner is one file in the research agent, which ships it in its image; the lesson imports
-# that same file rather than a copy (research-agent/ holds the `app` package), and with it the
-# course's error shape, request ids and body limit, as lessons 05 and 07 do.
+# The runner is in the research agent (app/sandbox*.py), which ships it in its image; the lesson
+# imports those same files rather than copies (research-agent/ holds the `app` package), and with
+# them the course's error shape, request ids and body limit, as lessons 05 and 07 do.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
 from app.body_limit import BodyLimitMiddleware  # noqa: E402
 from app.error_shape import error_body, install_shape_handlers  # noqa: E402
 from app.forwarded import uvicorn_forwarding  # noqa: E402
 from app.python_tool import make_run_python_tool  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
-from app.sandbox import (  # noqa: E402
-    RunResult,
-    SandboxBusy,
-    SandboxConfig,
-    SandboxRunner,
-    SandboxShuttingDown,
-    SandboxUnavailable,
-)
+from app.sandbox import RunResult, SandboxConfig, SandboxUnavailable  # noqa: E402
+from app.sandbox_admission import SandboxBusy, SandboxShuttingDown  # noqa: E402
+from app.sandbox_pool import PooledRunner  # noqa: E402
+from app.sandbox_sweep import SweepingRunner  # noqa: E402
+
+
+class Runner(SweepingRunner, PooledRunner):
+    """Step 3's runner (a fresh container per run, `arun` bounded), with the Going further parts:
+    a sweep of leftovers and a pool of containers started ahead."""
+
 
 log_with_request_ids()  # every log line names its request, as the error bodies do
 logger = logging.getLogger("sandboxed_tools")
@@ -123,7 +125,7 @@ SYSTEM_PROMPT = """You answer questions. For anything that needs computing, call
 complete program that prints the result, then answer from its output. If the run failed, say so."""
 
 
-def build_agent(runner: SandboxRunner):
+def build_agent(runner: Runner):
     model = make_chat_model(
         settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None,
         settings.MODEL_NAME,
@@ -141,7 +143,7 @@ def build_agent(runner: SandboxRunner):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    runner = SandboxRunner(SandboxConfig.from_settings(settings))  # every SANDBOX_* setting
+    runner = Runner(SandboxConfig.from_settings(settings))  # every SANDBOX_* setting
     try:  # containers a crashed API (this one or another) left behind
         removed = await asyncio.to_thread(runner.sweep)
         logger.info("Sandbox ready (%s); removed %d leftover container(s)", runner.config, removed)
@@ -227,7 +229,7 @@ async def health() -> dict[str, str]:
 @app.post("/v1/tools/python", responses=ERRORS)
 async def run_python(body: CodeRequest, request: Request) -> RunResult:
     """Run the code in a fresh container; a failing program is a result, not an error."""
-    runner: SandboxRunner = request.app.state.runner
+    runner: Runner = request.app.state.runner
     client = request.client.host if request.client else None
     return await runner.arun(
         body.code,

@@ -4,8 +4,8 @@
 Every strategy runs the same program with the same restrictions (research-agent/app/sandbox.py):
 
   bare     `docker run --rm -i` with the runner's flags, the program on stdin: the baseline
-  fresh    SandboxRunner.arun, no pool: create, attach, start, send, read; the engine removes it
-  pooled   SandboxRunner.arun with the runner's own pool (pool_size): a run takes a container
+  fresh    QueuedRunner.arun, no pool: create, attach, start, send, read; the engine removes it
+  pooled   PooledRunner.arun with its own pool (pool_size): a run takes a container
            started ahead (else a fresh one), sends, reads, removes it; the pool refills in the
            background, in this process, on the clock: it competes for the same cores
   exec     one long-lived container, every call a `docker exec` in it: shared state between runs
@@ -36,7 +36,9 @@ import bench_results
 from support.lessons import use_research_agent
 
 use_research_agent()
-from app.sandbox import LABEL, POOL_REQUEST_ID, SandboxConfig, SandboxRunner, remove  # noqa: E402
+from app.sandbox import LABEL, SandboxConfig, SandboxRunner, remove  # noqa: E402
+from app.sandbox_admission import QueuedRunner  # noqa: E402
+from app.sandbox_pool import POOL_REQUEST_ID, PooledRunner  # noqa: E402
 
 CODE = "print(sum(range(1000)))"
 EXPECTED = "499500\n"
@@ -62,22 +64,12 @@ def bare_command(c: SandboxConfig) -> list[str]:
     ]  # fmt: skip
 
 
-class CountingRunner(SandboxRunner):
-    """Counts the runs its pool served, so the table says how often the pool was empty."""
-
-    served_by_pool = 0
-
-    def _take(self, timeout):
-        pooled = super()._take(timeout)
-        self.served_by_pool += pooled is not None
-        return pooled
-
-
 class Strategies:
     def __init__(self, owner: str, pool_size: int, concurrency: int):
         config = dict(owner=owner, max_concurrent=max(concurrency, pool_size), max_queued=10_000)
-        self.fresh_runner = SandboxRunner(SandboxConfig(**config))
-        self.pooled_runner = CountingRunner(SandboxConfig(**config, pool_size=pool_size))
+        self.fresh_runner = QueuedRunner(SandboxConfig(**config))
+        # It counts the runs its pool served (served_by_pool): how often the pool was empty.
+        self.pooled_runner = PooledRunner(SandboxConfig(**config, pool_size=pool_size))
         self.command = bare_command(self.fresh_runner.config)
         # exec: one container whose watchdog waits for a run that never comes; `docker exec`
         # starts a second Python next to it for each call.
@@ -140,9 +132,9 @@ async def sustained(call, rate: float, duration: float) -> list[float]:
     return list(await asyncio.gather(*calls))
 
 
-async def wait_for_pool(runner: SandboxRunner, size: int, within: float = 60) -> None:
+async def wait_for_pool(runner: PooledRunner, size: int, within: float = 60) -> None:
     deadline = time.monotonic() + within
-    while len(runner._idle) < size:
+    while runner.idle_count < size:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the pool did not fill to {size} within {within:g} s")
         await asyncio.sleep(0.1)

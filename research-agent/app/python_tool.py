@@ -13,12 +13,15 @@ from collections.abc import Callable
 from langchain_core.tools import BaseTool, ToolException, tool
 
 from .config import Settings
-from .sandbox import SandboxConfig, SandboxError, SandboxRunner, SandboxUnavailable
+from .sandbox import SandboxConfig, SandboxError, SandboxUnavailable
+from .sandbox_admission import QueuedRunner
+from .sandbox_pool import PooledRunner
+from .sandbox_sweep import SweepingRunner
 
 logger = logging.getLogger(__name__)
 
 
-def make_run_python_tool(runner: SandboxRunner, request_id: Callable[[], str]) -> BaseTool:
+def make_run_python_tool(runner: QueuedRunner, request_id: Callable[[], str]) -> BaseTool:
     """The agent's tool: the model writes a program, the sandbox runs it, the model reads it.
 
     `request_id()` names the request that made the call: a fresh container's label, or logged
@@ -40,8 +43,9 @@ def make_run_python_tool(runner: SandboxRunner, request_id: Callable[[], str]) -
     return run_python
 
 
-class ReportingRunner(SandboxRunner):
-    """A runner whose unavailability is a tool error the model reads, not a failed research run."""
+class ReportingRunner(SweepingRunner, PooledRunner):
+    """The lesson's runner, swept and pooled, whose unavailability is a tool error the model
+    reads, not a failed research run."""
 
     async def arun(self, *args, **kwargs):
         try:

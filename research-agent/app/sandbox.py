@@ -4,15 +4,14 @@ Lesson 04 (code/04_sandboxed_tools.py) and the research agent's run_python tool 
 file. It imports nothing from the app but its own sandbox_* files, and nothing of LangChain
 (app/python_tool.py makes the tool), so the lesson can load it from here without copies.
 
-With `pool_size`, containers are created and started ahead; each still serves exactly one run.
-
-The Docker SDK blocks (every call is an HTTP request over the Docker socket): `run` is for threads,
-`arun` runs it on the runner's own bounded thread pool, never on the event loop.
+This file is the core: the settings, the container spec and one run. `run` blocks (every Docker
+SDK call is an HTTP request over the Docker socket): call it from a thread. The rest of the runner
+builds on `SandboxRunner`, one file per concern: sandbox_admission.py (`arun`: the runner's own
+threads, a bounded queue, per-caller caps, shutdown), sandbox_pool.py (containers started ahead,
+each for one run) and sandbox_sweep.py (leftovers removed on a timer).
 """
 
-import asyncio
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -20,9 +19,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,10 +38,6 @@ LABEL = "agent-sandbox"
 EXPIRY_GRACE_SECONDS = 60
 # The container ends itself this long after its timeout, should the runner not be there to kill it.
 WATCHDOG_GRACE_SECONDS = 2
-# A pooled container carries this request id: it was made before any request.
-POOL_REQUEST_ID = "pool"
-# A pooled container is handed to a run only this long before its watchdog's idle limit.
-POOL_MARGIN_SECONDS = 10
 
 # PID 1 of each container (it runs the program and keeps the deadline) and the seccomp profile: two
 # files next to this one, so the lesson and the research agent's image both have them.
@@ -139,64 +131,19 @@ class SandboxUnavailable(SandboxError):
     """Docker cannot be reached, or the image or runtime is missing: the code did not run."""
 
 
-class SandboxBusy(SandboxUnavailable):
-    """Refused before queueing: too many runs are waiting, or this caller has too many."""
-
-    def __init__(self, message: str, *, per_caller: bool = False):
-        super().__init__(message)
-        self.per_caller = per_caller
-
-
-class SandboxShuttingDown(SandboxUnavailable):
-    """The service is stopping: runs still waiting are refused so that it can stop in time."""
-
-
-class RunAbandoned(SandboxUnavailable):
-    """The caller went away while its run waited: it never starts."""
-
-
 # Docker errors, and the connection errors the SDK passes on from requests when the daemon is gone.
 DOCKER_ERRORS = (DockerException, requests.RequestException)
 
 
-@dataclass(frozen=True)
-class Pooled:
-    """A container started ahead: its watchdog waits for a run and has run nothing."""
-
-    container: object
-    uid: int
-    usable_until: float  # time.monotonic(): the pool hands it out before this, never after
-
-
 class SandboxRunner:
+    """One fresh container per run: created with every restriction, started, fed, read, removed."""
+
     def __init__(self, config: SandboxConfig | None = None, client=None):
         self.config = config or SandboxConfig()
         self._client = client
         self._client_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(self.config.max_concurrent, thread_name_prefix="sandbox")
-        # Runs wait here, in the event loop, where a bound and an abandoned caller can be seen;
-        # a thread pool's own queue is unbounded and runs whatever was submitted.
-        self._slots: asyncio.Semaphore | None = None
-        self._waiting = 0
-        self._per_caller: Counter[str] = Counter()
-        self._closing = False
-        self._waiters: set[asyncio.Future] = set()
-        self._sweeper: asyncio.Task | None = None
         self._uids: set[int] = set()  # in use by this runner's containers
         self._uids_lock = threading.Lock()
-        # The pool: idle containers, refills under way, containers serving runs; one lock.
-        self._pool_lock = threading.Condition()
-        self._idle: deque[Pooled] = deque()
-        self._refilling = 0
-        self._surplus = 0  # refills whose place a fresh run took: removed, never pooled
-        self._active = 0
-        self._pool_closed = False
-        self._retry_at, self._failures = 0.0, 0  # refills back off while Docker fails
-        self._keeper: threading.Thread | None = None
-        # Refills have threads of their own: a run never waits behind one.
-        self._refills = ThreadPoolExecutor(
-            max(1, self.config.pool_size), thread_name_prefix="sandbox-refill"
-        )
 
     @property
     def client(self) -> docker.DockerClient:
@@ -266,32 +213,29 @@ class SandboxRunner:
                     self._uids.add(uid)
                     return uid
 
+    def _free_uid(self, uid: int) -> None:
+        with self._uids_lock:
+            self._uids.discard(uid)
+
     def run(self, code: str, timeout_seconds: float | None = None, request_id: str = "-"):
-        """Run `code` in a pooled container, else a fresh one, and return a RunResult. Blocks:
-        call it from a thread. Either way the container serves this run only, and is removed."""
+        """Run `code` in a fresh container and return a RunResult. Blocks: call it from a thread.
+        The container serves this run only, and is removed."""
         timeout = timeout_seconds or self.config.timeout_seconds
-        self.start_pool()
-        pooled = self._take(timeout)
-        uid = pooled.uid if pooled else self._take_uid()
+        uid = self._take_uid()
         try:
-            if pooled:
-                container = pooled.container
-                logger.info("run %s in pooled container %s", request_id, container.id[:12])
-            else:
-                self._count_fresh()
-                container = self._create_fresh(timeout, request_id, uid)
-            try:
-                return self.execute(container, code, timeout, started=pooled is not None)
-            except DOCKER_ERRORS as exc:
-                raise SandboxUnavailable(f"the sandbox container failed: {exc}") from exc
-            finally:
-                remove(container)
+            container = self._create_fresh(timeout, request_id, uid)
+            return self._run_in(container, code, timeout)
         finally:
-            with self._uids_lock:
-                self._uids.discard(uid)
-            with self._pool_lock:
-                self._active -= 1
-                self._pool_lock.notify()  # a place is free: the pool may refill
+            self._free_uid(uid)
+
+    def _run_in(self, container, code: str, timeout: float, started: bool = False) -> RunResult:
+        """Execute in `container`, then remove it, whatever happened."""
+        try:
+            return self.execute(container, code, timeout, started=started)
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"the sandbox container failed: {exc}") from exc
+        finally:
+            remove(container)
 
     def _create_fresh(self, timeout: float, request_id: str, uid: int):
         try:
@@ -356,235 +300,8 @@ class SandboxRunner:
             duration_ms=round(duration_ms, 1),
         )
 
-    async def arun(
-        self,
-        code: str,
-        timeout_seconds: float | None = None,
-        request_id: str = "-",
-        *,
-        caller: str | None = None,
-        abandoned: Callable[[], Awaitable[bool]] | None = None,
-    ) -> RunResult:
-        """`run` on the runner's threads, `max_concurrent` at once; the event loop stays free.
-
-        At most `max_queued` runs wait and `max_per_caller` belong to one caller; past either the
-        run is refused at once (SandboxBusy). A run whose caller is gone (`abandoned()` says so
-        when its turn comes) never starts.
-        """
-        c = self.config
-        if self._closing:
-            raise SandboxShuttingDown("the service is shutting down; send the run again")
-        self.start_sweeping()
-        if caller is not None and self._per_caller[caller] >= c.max_per_caller:
-            raise SandboxBusy(f"you already have {c.max_per_caller} runs going", per_caller=True)
-        if self._waiting >= c.max_queued:
-            raise SandboxBusy(f"{c.max_queued} runs are already waiting for the sandbox")
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(c.max_concurrent)
-        if caller is not None:
-            self._per_caller[caller] += 1
-        try:
-            if self._slots.locked():
-                await self._wait_for_a_slot()
-            else:
-                await self._slots.acquire()  # free: taken at once, without yielding
-            try:
-                if abandoned is not None and await abandoned():
-                    raise RunAbandoned("the caller went away before the run started")
-                call = functools.partial(self.run, code, timeout_seconds, request_id)
-                return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-            finally:
-                self._slots.release()
-        finally:
-            if caller is not None:
-                self._per_caller[caller] -= 1
-                if not self._per_caller[caller]:
-                    del self._per_caller[caller]
-
-    async def _wait_for_a_slot(self) -> None:
-        """Wait in line, counted, where begin_shutdown() can refuse the wait."""
-        self._waiting += 1
-        acquire = asyncio.ensure_future(self._slots.acquire())
-        self._waiters.add(acquire)
-        try:
-            await acquire
-        except asyncio.CancelledError:
-            if acquire.done() and not acquire.cancelled():
-                self._slots.release()  # the slot came just as we were cancelled: give it back
-            # begin_shutdown() cancelled the wait, not our caller cancelling us
-            if self._closing and not asyncio.current_task().cancelling():
-                raise SandboxShuttingDown(
-                    "the service is shutting down; send the run again"
-                ) from None
-            raise
-        finally:
-            self._waiting -= 1
-            self._waiters.discard(acquire)
-
-    # --- the pool: containers started ahead, each for one run --------------------------------
-
-    def start_pool(self) -> None:
-        """Keep `pool_size` containers started ahead, from a thread of the runner's own (once is
-        enough; a run starts it too)."""
-        with self._pool_lock:
-            if self.config.pool_size and self._keeper is None and not self._pool_closed:
-                self._keeper = threading.Thread(
-                    target=self._keep_pool, name="sandbox-pool", daemon=True
-                )
-                self._keeper.start()
-
-    def _take(self, timeout: float) -> Pooled | None:
-        """An idle pooled container for a run of `timeout` s, or None: the run goes fresh."""
-        if timeout > self.config.timeout_seconds:  # made for the default; a longer run needs more
-            return None
-        with self._pool_lock:
-            while self._idle:
-                pooled = self._idle.popleft()
-                if pooled.usable_until > time.monotonic():
-                    self._active += 1
-                    return pooled
-                self._discard_later(pooled)  # too close to its idle limit
-        return None
-
-    def _count_fresh(self) -> None:
-        """A fresh container is about to be made: if the pool's containers would take the count
-        past max_concurrent, the pool gives way (a refill under way, else an idle container)."""
-        with self._pool_lock:
-            self._active += 1
-            over = self._active + len(self._idle) + self._refilling - self._surplus
-            if over > self.config.max_concurrent:
-                if self._refilling > self._surplus:
-                    self._surplus += 1
-                elif self._idle:
-                    self._discard_later(self._idle.pop())
-
-    def _wanted(self) -> int:
-        """How many refills to start now (under the lock): up to pool_size, within max_concurrent,
-        and none while runs wait for a place or Docker keeps failing."""
-        c = self.config
-        if self._waiting or self._pool_closed or time.monotonic() < self._retry_at:
-            return 0
-        room = c.max_concurrent - self._active - len(self._idle) - self._refilling
-        missing = c.pool_size - len(self._idle) - (self._refilling - self._surplus)
-        return max(0, min(room, missing))
-
-    def _keep_pool(self) -> None:
-        while True:
-            with self._pool_lock:
-                if self._pool_closed:
-                    return
-                now = time.monotonic()
-                stale = [p for p in self._idle if p.usable_until <= now]
-                for pooled in stale:
-                    self._idle.remove(pooled)
-                wanted = self._wanted()
-                self._refilling += wanted
-                if not stale and not wanted:
-                    soonest = min((p.usable_until for p in self._idle), default=now + 1)
-                    # Woken when a run ends; runs waiting in the event loop are seen within 1 s.
-                    self._pool_lock.wait(min(max(soonest - now, 0.05), 1.0))
-                    continue
-            for pooled in stale:
-                self._discard_later(pooled)
-            for _ in range(wanted):
-                self._refills.submit(self._refill)
-
-    def _refill(self) -> None:
-        c, uid, container, ready = self.config, self._take_uid(), None, 0.0
-        try:
-            container = self._create(c.timeout_seconds, POOL_REQUEST_ID, uid, c.pool_idle_seconds)
-            if not self._give_way():
-                started = time.monotonic()
-                container.start()  # the watchdog starts, and waits for a run's first line
-                ready = started + c.pool_idle_seconds - POOL_MARGIN_SECONDS
-        except (SandboxUnavailable, *DOCKER_ERRORS) as exc:
-            logger.warning("could not refill the sandbox pool: %s", exc)
-        with self._pool_lock:
-            self._refilling -= 1
-            if ready and not self._pool_closed and not self._give_way():
-                self._idle.append(Pooled(container, uid, ready))
-                self._failures = 0
-                return
-            if not ready and container is None:  # Docker failed: wait 2, 4 ... 30 s to retry
-                self._failures += 1
-                self._retry_at = time.monotonic() + min(2**self._failures, 30)
-        self._discard(Pooled(container, uid, 0.0))
-
-    def _give_way(self) -> bool:
-        """True if a fresh run took this refill's place (it is then removed, never pooled)."""
-        with self._pool_lock:  # a Condition's lock is reentrant
-            if self._surplus:
-                self._surplus -= 1
-                return True
-            return False
-
-    def _discard_later(self, pooled: Pooled) -> None:
-        """Remove it on a refill thread, off the run's path (inline once the runner is closed)."""
-        try:
-            self._refills.submit(self._discard, pooled)
-        except RuntimeError:
-            self._discard(pooled)
-
-    def _discard(self, pooled: Pooled) -> None:
-        if pooled.container is not None:
-            remove(pooled.container)
-        with self._uids_lock:
-            self._uids.discard(pooled.uid)
-
-    def begin_shutdown(self) -> None:
-        """From the event loop, on SIGTERM: refuse new runs and every run still waiting; runs
-        already in a container finish (each within its timeout)."""
-        self._closing = True
-        for waiter in list(self._waiters):
-            waiter.cancel()
-
-    def sweep(self) -> int:
-        """Remove sandbox containers that are past their deadline, whichever service started them
-        (it may have died): return how many."""
-        now, removed = time.time(), 0
-        try:
-            leftovers = self.client.containers.list(
-                all=True, sparse=True, filters={"label": f"{LABEL}.owner"}
-            )
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
-        for container in leftovers:
-            expires = (container.attrs.get("Labels") or {}).get(f"{LABEL}.expires", "")
-            if not expires.isdigit() or int(expires) < now:
-                remove(container)
-                removed += 1
-        return removed
-
-    def start_sweeping(self) -> None:
-        """From the event loop: sweep() every sweep_interval_seconds while the loop runs (once is
-        enough; a run starts it too)."""
-        loop = asyncio.get_running_loop()
-        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
-            self._sweeper = loop.create_task(self._sweep_forever())
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.sweep_interval_seconds)
-            try:
-                if removed := await asyncio.to_thread(self.sweep):
-                    logger.info("removed %d expired sandbox container(s)", removed)
-            except SandboxUnavailable as exc:
-                logger.warning("sandbox sweep failed: %s", exc)
-
     def close(self) -> None:
-        """Let running runs finish (each removes its container), drop queued ones, remove the
-        pool's containers, close."""
-        if self._sweeper is not None:  # may be called from another thread than the loop's
-            with contextlib.suppress(RuntimeError):  # that loop is closed: the task is gone
-                self._sweeper.get_loop().call_soon_threadsafe(self._sweeper.cancel)
-        with self._pool_lock:
-            self._pool_closed = True
-            idle, self._idle = list(self._idle), deque()
-            self._pool_lock.notify_all()
-        for pooled in idle:
-            self._discard(pooled)
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._refills.shutdown(wait=True, cancel_futures=True)  # refills under way remove theirs
+        """Close the Docker client: call it once no run is going."""
         if self._client is not None:
             self._client.close()
 

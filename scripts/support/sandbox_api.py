@@ -79,7 +79,7 @@ def containers(engine, owner: str, request_id: str | None = None) -> list:
 
 def idle_pooled(engine, owner: str) -> dict[str, object]:
     """An API's pooled containers that are ready for a run, by short id (a run's hostname)."""
-    from app.sandbox import POOL_REQUEST_ID
+    from app.sandbox_pool import POOL_REQUEST_ID
 
     pooled = containers(engine, owner, POOL_REQUEST_ID)
     return {c.id[:12]: c for c in pooled if c.status == "running"}

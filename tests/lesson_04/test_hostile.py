@@ -29,6 +29,7 @@ from app.sandbox import (
     SandboxRunner,
     SandboxUnavailable,
 )
+from app.sandbox_sweep import SweepingRunner
 from support.sandbox_api import (
     CANARY,
     RESULT_FIELDS,
@@ -583,7 +584,7 @@ def test_after_a_kill_9_of_the_api_its_sandbox_ends_by_itself_and_is_removed(eng
 def test_a_running_service_sweeps_expired_containers_of_any_owner_on_a_timer(server, engine):
     # Before: only a start-up sweep, and only of the service's own containers.
     crashed = f"{server.owner}-crashed"  # another service, which died and left these behind
-    runner = SandboxRunner(SandboxConfig(owner=server.owner, sweep_interval_seconds=0.5))
+    runner = SweepingRunner(SandboxConfig(owner=server.owner, sweep_interval_seconds=0.5))
     labels = {f"{LABEL}.owner": crashed}
     expired = engine.containers.create(
         "agent-sandbox:python", labels={**labels, f"{LABEL}.expires": "0"}
@@ -759,7 +760,7 @@ def test_sweep_removes_expired_leftovers_and_keeps_live_containers(server, engin
     live = engine.containers.create(
         "agent-sandbox:python", labels={**labels, f"{LABEL}.expires": str(int(time.time()) + 600)}
     )
-    runner = SandboxRunner(SandboxConfig(owner=owner))
+    runner = SweepingRunner(SandboxConfig(owner=owner))
     try:
         assert runner.sweep() >= 1  # and any other service's expired leftovers
         assert [c.id for c in containers(engine, owner)] == [live.id]

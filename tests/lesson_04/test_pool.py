@@ -19,7 +19,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app.sandbox import LABEL, POOL_REQUEST_ID, SandboxConfig, SandboxRunner, remove
+from app.sandbox import LABEL, SandboxConfig, SandboxRunner, remove
+from app.sandbox_pool import POOL_REQUEST_ID, PooledRunner
+from app.sandbox_sweep import SweepingRunner
 from support.sandbox_api import RESULT_FIELDS, containers, idle_pooled, while_counting_containers
 from support.sandbox_api import SandboxApi as Server
 from support.waiting import wait_for
@@ -184,7 +186,7 @@ def test_20_concurrent_runs_with_the_pool_never_exceed_max_concurrent_containers
 # --- the fallback: an empty pool never makes a run wait ----------------------------------------
 
 
-class StuckRefills(SandboxRunner):
+class StuckRefills(PooledRunner):
     """Its refills wait in Docker's create until the test lets them go; runs do not."""
 
     def __init__(self, config: SandboxConfig):
@@ -234,7 +236,7 @@ def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(eng
 
 def test_a_pooled_run_gets_its_whole_timeout_however_long_its_container_waited(engine):
     owner = f"test-pool-{uuid.uuid4().hex[:8]}"
-    runner = SandboxRunner(SandboxConfig(owner=owner, pool_size=1, timeout_seconds=2))
+    runner = PooledRunner(SandboxConfig(owner=owner, pool_size=1, timeout_seconds=2))
     try:
         runner.start_pool()
         wait_for(lambda: runner._idle, timeout=60, what="the pool filled")
@@ -252,7 +254,7 @@ def test_a_pooled_run_gets_its_whole_timeout_however_long_its_container_waited(e
 def test_an_unused_pooled_container_ends_by_itself_and_no_sweep_takes_it_while_it_waits(engine):
     # As if its API had died: nobody will ever send it a run.
     owner = f"test-pool-{uuid.uuid4().hex[:8]}"
-    runner = SandboxRunner(SandboxConfig(owner=owner))
+    runner = SweepingRunner(SandboxConfig(owner=owner))
     container = runner._create(10, POOL_REQUEST_ID, runner._take_uid(), idle=3)
     try:
         container.start()

@@ -5,16 +5,11 @@ import asyncio
 import threading
 
 import pytest
-from app.sandbox import (
-    RunAbandoned,
-    SandboxBusy,
-    SandboxConfig,
-    SandboxRunner,
-    SandboxShuttingDown,
-)
+from app.sandbox import SandboxConfig
+from app.sandbox_admission import QueuedRunner, RunAbandoned, SandboxBusy, SandboxShuttingDown
 
 
-class HeldRunner(SandboxRunner):
+class HeldRunner(QueuedRunner):
     """Every run waits for `release` and records its code: no container, no clock."""
 
     def __init__(self, **config):
