@@ -619,6 +619,32 @@ def test_compose_stop_lets_an_answer_longer_than_docker_stops_default_finish(pro
 
 
 @pytest.mark.container
+def test_one_address_cannot_hold_more_than_its_share_of_the_edges_connections(project):
+    """The edge takes 2,000 connections; one address may hold 500 of them, so a few hundred idle
+    connections from one client cannot lock out the others. Past 500, the edge closes at once."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(520):
+            socks.append(socket.create_connection(("127.0.0.1", project.port), timeout=5))
+        time.sleep(1)  # Docker's proxy passes each connection on, and the edge's refusal back
+        closed = 0
+        for sock in socks:
+            sock.setblocking(False)
+            try:
+                closed += sock.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+    finally:
+        for sock in socks:
+            sock.close()
+    print(f"\n{project.spelling}: {closed} of 520 idle connections from one address closed at once")
+    # Refused: the 20 past the cap, and as many more as this address held already.
+    assert 1 <= closed <= 40, closed
+
+
+@pytest.mark.container
 def test_the_edge_is_unhealthy_while_it_has_no_agent_to_send_to(project):
     """Issue 26: the edge marked the agent DOWN and answered 503 to every request while Compose
     showed it healthy, because its health check asked only HAProxy. With the agent stopped, the
