@@ -43,10 +43,12 @@ def test_a_keyless_body_sent_a_byte_at_a_time_is_refused_before_it_arrives(start
             b"POST /v1/research HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
             b"Content-Length: 4000\r\n\r\n{"
         )
+        answer = b""
         try:
-            answer = sock.recv(4096)
+            while b'"type":' not in answer and (part := sock.recv(4096)):
+                answer += part
         except TimeoutError:
-            answer = b"(nothing within 10 s: the server is waiting for the body)"
+            answer = answer or b"(nothing within 10 s: the server is waiting for the body)"
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     assert b'"type":"unauthorized"' in answer
 
@@ -135,7 +137,15 @@ def test_a_too_many_auth_failures_429_names_the_address_and_the_key(start_agent)
     other_address = post("203.0.113.8", KEY, "other-address")
     assert guesses == [401, 401, 429] and right_key_same_address == 429
     assert other_address == 200, "one guesser locked out another address"
-    lines = {line["request_id"]: line for line in log_lines(server) if line["message"] == "request"}
+
+    def logged():
+        # The access log's line is written once the answer's last byte is sent: a moment later.
+        found = {
+            line["request_id"]: line for line in log_lines(server) if line["message"] == "request"
+        }
+        return found if {"guess-2", "right-key", "other-address"} <= set(found) else None
+
+    lines = wait_for(logged, timeout=15, what="the three access-log lines")
     assert lines["guess-2"]["status"] == 429
     assert lines["guess-2"]["client"] == "203.0.113.7"
     assert lines["guess-2"]["key_fingerprint"] == fingerprint(WRONG_KEY)
