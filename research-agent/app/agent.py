@@ -6,11 +6,12 @@ the same agent loop, tools and middleware as ChatOpenAI would.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware
+from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -72,24 +73,62 @@ def optional_tools(settings: Settings) -> list[BaseTool]:
 @dataclass
 class TokenCount:
     """The tokens a streamed run has used so far, kept as its chunks arrive: what a caller who
-    leaves before `final` is charged. A model turn reports its usage in its last chunk; until
-    then each text chunk streamed counts as one output token."""
+    leaves before `final` is charged. A model call's input counts from the moment it is sent
+    (estimated by InputCounter, replaced by the model's own figure when it reports usage in the
+    turn's last chunk); until then each text chunk streamed counts as one output token."""
 
     input: int = 0
     output: int = 0
     unreported: int = 0
+    # The estimated input of each call sent and not reported on yet, oldest first: the calls of
+    # a run follow one another, and the chunks here may lag behind the next call's start.
+    sent: list[int] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        return self.input + self.output + self.unreported
+        return self.input + sum(self.sent) + self.output + self.unreported
 
     def add(self, chunk: AIMessageChunk) -> None:
         if chunk.usage_metadata:
             self.input += chunk.usage_metadata.get("input_tokens", 0)
             self.output += chunk.usage_metadata.get("output_tokens", 0)
             self.unreported = 0
+            if self.sent:
+                self.sent.pop(0)
         elif chunk.text:
             self.unreported += 1
+
+
+def estimate_input_tokens(messages: list[BaseMessage]) -> int:
+    """About four characters a token, plus a few for each message's role: what a model that has
+    not reported its usage yet is charged for the prompt it was sent."""
+    return sum(len(m.text) // 4 + 4 for m in messages)
+
+
+class InputCounter(AsyncCallbackHandler):
+    """Counts each model call's input when it is sent. A stream cut during a turn never sees that
+    turn's usage, which only its last chunk carries: uncounted, a cut run's largest prompt went
+    free (72 input tokens charged instead of 352), and 15 cut runs fit a 2,000-token budget."""
+
+    def __init__(
+        self,
+        used: TokenCount,
+        count: Callable[[list[BaseMessage]], int],
+        settle_at_end: bool = False,
+    ):
+        # settle_at_end: a run without a stream of chunks (ainvoke) learns each call's usage here.
+        self.used, self.count, self.settle_at_end = used, count, settle_at_end
+
+    async def on_chat_model_start(self, serialized, messages, **kwargs) -> None:
+        self.used.sent.append(sum(self.count(batch) for batch in messages))
+
+    async def on_llm_end(self, response, **kwargs) -> None:
+        if not self.settle_at_end:
+            return
+        for generation in (g for batch in response.generations for g in batch):
+            message = getattr(generation, "message", None)
+            if isinstance(message, AIMessage) and message.usage_metadata:
+                self.used.add(AIMessageChunk(content="", usage_metadata=message.usage_metadata))
 
 
 @dataclass
@@ -203,8 +242,11 @@ class ResearchAgent:
         self.model_label = settings.model_label
         self.search_backend = settings.search_backend
         self.tool = tool if tool is not None else make_search_tool(settings)
+        model = model if model is not None else build_model(settings)
+        # The model's own count where it has one (the offline model's), an estimate otherwise.
+        self.count_input = getattr(model, "count_input_tokens", estimate_input_tokens)
         self.graph = create_agent(
-            model if model is not None else build_model(settings),
+            model,
             [self.tool, *optional_tools(settings)],
             system_prompt=system_prompt,
             # [start:middleware]
@@ -216,12 +258,16 @@ class ResearchAgent:
             context_schema=RunContext,
         )
 
-    async def research(self, query: str) -> dict:
-        """Run the agent to completion: {response, steps, sources, tokens_used}."""
+    async def research(self, query: str, used: TokenCount | None = None) -> dict:
+        """Run the agent to completion: {response, steps, sources, tokens_used}. `used` counts
+        the tokens call by call, for a run that fails or times out before its end."""
         context = RunContext()
+        counter = InputCounter(used or TokenCount(), self.count_input, settle_at_end=True)
         try:
             state = await asyncio.wait_for(
-                self.graph.ainvoke({"messages": [HumanMessage(query)]}, context=context),
+                self.graph.ainvoke(
+                    {"messages": [HumanMessage(query)]}, {"callbacks": [counter]}, context=context
+                ),
                 self.settings.REQUEST_TIMEOUT_SECONDS,
             )
         except Exception as exc:
@@ -240,11 +286,13 @@ class ResearchAgent:
         """
         context, queue = RunContext(), asyncio.Queue()
         done = object()
+        used = used if used is not None else TokenCount()
 
         async def produce() -> None:
             try:
                 async for mode, data in self.graph.astream(
                     {"messages": [HumanMessage(query)]},
+                    {"callbacks": [InputCounter(used, self.count_input)]},
                     stream_mode=["updates", "messages"],
                     context=context,
                 ):
@@ -256,7 +304,6 @@ class ResearchAgent:
         task = asyncio.create_task(produce())
         deadline = asyncio.get_running_loop().time() + self.settings.REQUEST_TIMEOUT_SECONDS
         messages: list[BaseMessage] = []
-        used = used if used is not None else TokenCount()
         finished = False
         try:
             while True:
@@ -289,7 +336,7 @@ class ResearchAgent:
         finally:
             task.cancel()
             if not finished:  # the caller left, or the run failed: what was made still counts
-                TOKENS.labels(self.model_label, "input").inc(used.input)
+                TOKENS.labels(self.model_label, "input").inc(used.input + sum(used.sent))
                 TOKENS.labels(self.model_label, "output").inc(used.output + used.unreported)
 
     @staticmethod

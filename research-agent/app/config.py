@@ -1,5 +1,6 @@
 """All configuration, read from environment variables in one place."""
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -71,8 +72,9 @@ class Settings(BaseSettings):
     # When Redis cannot count: "local" counts in this process (each replica enforces the limits
     # on its own), "closed" answers 503, "open" lets everything through.
     LIMITS_FAIL_MODE: Literal["local", "closed", "open"] = "local"
-    # The proxies whose X-Forwarded-For names the caller (addresses or CIDRs, comma-separated).
-    # Empty: nobody's, so a caller cannot pick its own address and with it a fresh rate limit.
+    # The proxies whose X-Forwarded-For names the caller (addresses or CIDRs, comma-separated, or
+    # "*" alone). Empty: nobody's, so a caller cannot pick its own address and with it a fresh
+    # rate limit.
     FORWARDED_ALLOW_IPS: str = ""
 
     # Shutdown budget (SIGTERM): /ready turns 503 at once, new requests are still served for
@@ -95,6 +97,29 @@ class Settings(BaseSettings):
         if value.strip().lower() != "off":
             parse_limit(value)  # "30/minute", "5 per second", "100/hour"...: ValueError otherwise
         return value.strip()
+
+    @field_validator("FORWARDED_ALLOW_IPS")
+    @classmethod
+    def _forwarders_are_addresses(cls, value: str) -> str:
+        """Uvicorn compares an entry that is not an address or a network as a plain string, which
+        no proxy's address ever equals: its header is then ignored and every caller behind it is
+        the proxy's one address, one rate limit and one AUTH_FAILURE_LIMIT for all. Refused."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if entries == ["*"]:
+            return "*"
+        for entry in entries:
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry)  # strict, as uvicorn parses it: no host bits
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or a network such as 10.0.0.0/24 (with "
+                    'no host bits), nor "*" alone: uvicorn would never match it, and every '
+                    "caller behind the proxy would count as one address"
+                ) from None
+        return ",".join(entries)
 
     @property
     def rate_limit_enabled(self) -> bool:

@@ -76,6 +76,8 @@ ServiceDep = Annotated[ResearchService, Depends(get_service)]
 
 # --- Who is calling, and how much they may spend -------------------------------------------------
 
+# Where KeyBeforeBodyMiddleware leaves the caller it found, in the request's state.
+VERIFIED_CALLER = "verified_caller"
 # auto_error=False: a missing key gets our 401 (error shape, WWW-Authenticate), not FastAPI's 403.
 bearer = HTTPBearer(auto_error=False, description="API_KEYS: send `Authorization: Bearer <key>`")
 
@@ -87,6 +89,9 @@ async def get_caller(
     """401 unless the request carries a known key (when API_KEYS is set), 429 for an address
     that sent too many requests without one (AUTH_FAILURE_LIMIT). The access log names the
     caller (the key's name) or the fingerprint of a wrong key, never a key."""
+    verified = getattr(request.state, VERIFIED_CALLER, None)
+    if verified is not None:  # checked before the body was read (app/key_before_body.py)
+        return verified
     if len(request.headers.getlist("authorization")) > 1:
         raise AmbiguousAuthorizationError()
     token = credentials.credentials if credentials else None
@@ -101,7 +106,12 @@ async def get_caller(
             await quotas.failed_auth(client)
         raise
     if api_keys.enabled and quotas is not None:
-        await quotas.check_auth(client)
+        try:
+            await quotas.check_auth(client)
+        except AppError:
+            # A right key from an address over its failures: the log says which key, as a hash.
+            request.state.key_fingerprint = fingerprint(token)
+            raise
     request.state.caller = caller.id
     return caller
 

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .body_limit import BodyLimitMiddleware
 from .config import Settings
 from .errors import INTERNAL_ERROR, error_response
+from .key_before_body import KeyBeforeBodyMiddleware
 from .request_ids import safe_request_id
 from .telemetry import HTTP_METRICS
 
@@ -65,21 +66,25 @@ class AccessLogMiddleware:
                     "route": route,
                     "status": status,
                     "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-                    # key:<name> or addr:<address>, set by the API key check (app/api.py)
+                    # The address the limits count (after FORWARDED_ALLOW_IPS): who a 429
+                    # too_many_auth_failures refused, or who locked an address out.
+                    "client": (scope.get("client") or ("unknown",))[0],
+                    # key:<name> or addr:<address>, set by the API key check (app/deps.py)
                     "caller": scope.get("state", {}).get("caller"),
-                    # sha256:<8 hex digits> of a key that is not ours, or "none": a 401's reason
+                    # sha256:<8 hex digits> of the key a 401 or 429 refused, or "none" (no key)
                     "key_fingerprint": scope.get("state", {}).get("key_fingerprint"),
                 },
             )
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> PrometheusFastApiInstrumentator:
-    """Outermost first: request id → metrics → access log and 500 → body limit → routes.
+    """Outermost first: request id → metrics → access log and 500 → API key → body limit → routes.
 
     Starlette runs the middleware added last first, hence the reverse order of the calls. A new
     concern (API keys, rate limits) is a dependency on the routes, or one more line here.
     """
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(KeyBeforeBodyMiddleware)
     app.add_middleware(AccessLogMiddleware)
     instrumentator = PrometheusFastApiInstrumentator(
         should_group_status_codes=False,  # 502 and 504 mean different things here

@@ -53,6 +53,11 @@ class OfflineResearchModel(BaseChatModel):
         names = [convert_to_openai_tool(t)["function"]["name"] for t in tools]
         return self.model_copy(update={"tool_name": names[0] if names else None})
 
+    @staticmethod
+    def count_input_tokens(messages: list[BaseMessage]) -> int:
+        """One token a word, as its usage reports (the agent counts a prompt with it when sent)."""
+        return sum(len(m.text.split()) for m in messages)
+
     # The plan for this turn: (text, tool call or None, usage).
     def _plan(self, messages: list[BaseMessage]) -> tuple[str, dict | None, dict]:
         last_human = max(
@@ -60,7 +65,7 @@ class OfflineResearchModel(BaseChatModel):
         )
         question = messages[last_human].text if last_human >= 0 else ""
         results = [m for m in messages[last_human + 1 :] if isinstance(m, ToolMessage)]
-        input_tokens = sum(len(m.text.split()) for m in messages)
+        input_tokens = self.count_input_tokens(messages)
         if not results and self.tool_name:
             call_id = "call_" + hashlib.sha1(question.encode()).hexdigest()[:12]
             call = {"name": self.tool_name, "args": {"query": question}, "id": call_id}

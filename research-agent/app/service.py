@@ -104,10 +104,16 @@ class ResearchService:
         result = await self.cache.get(key) if self.cache else None
         cached = result is not None
         if result is None:
+            used = TokenCount()
             try:
-                result = await run_until_cut(self.agent.research(query), self.cut)
-            except ShuttingDownError:
-                _log_cut("/v1/research", query, started)
+                result = await run_until_cut(self.agent.research(query, used), self.cut)
+            except BaseException as exc:
+                if isinstance(exc, ShuttingDownError):
+                    _log_cut("/v1/research", query, started)
+                # A run that timed out or failed is charged the calls it made (shielded: a
+                # cancelled request is one of them).
+                with anyio.CancelScope(shield=True):
+                    await spend(used.total)
                 raise
             if self.cache:
                 await self.cache.set(key, result)

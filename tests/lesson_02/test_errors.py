@@ -96,7 +96,7 @@ class FailingAgent:
     def __init__(self, exc: Exception):
         self.exc = exc
 
-    async def research(self, query):
+    async def research(self, query, used=None):
         raise self.exc
 
     async def stream(self, query, used=None):

@@ -99,7 +99,7 @@ class SlowAgent:
 
     model_label, search_backend = "slow", "local"
 
-    async def research(self, query):
+    async def research(self, query, used=None):
         await asyncio.sleep(30)
 
 
