@@ -241,7 +241,7 @@ class RequestContextMiddleware:
             logger.exception("Unhandled error")
             if status is not None:  # the response has started: all we can do is drop the connection
                 raise
-            response = error_response(500, "internal_error", "An unexpected error occurred")
+            response = error_response(500, "internal_error", "Internal server error")
             await response(scope, receive, send_with_request_id)
         finally:
             # The route template (/v1/invoke), never the raw path: unknown paths share one series.
@@ -545,7 +545,7 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
             logger.exception("Streaming failed")
             yield {
                 "event": "error",
-                "data": json.dumps(error_body("internal_error", "An unexpected error occurred")),
+                "data": json.dumps(error_body("internal_error", "Internal server error")),
             }
         yield {"data": "[DONE]"}
 
