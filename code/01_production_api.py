@@ -13,31 +13,32 @@ What step 1 lacked, in file order; each block is marked `NEW in step 2`:
   timeouts      a deadline on every model call: 504 when it runs out, 502 when the provider fails
   cache         a bounded TTL cache keyed on every input that changes the answer
   CORS          allowed origins from settings, never a wildcard together with credentials
+How some of them work is in modules next to this file, named after their topic: the middleware
+and log format (lesson01_request_context), the OpenAPI models, the deadline, nesting, CORS.
 """
 
-import asyncio
 import json
 import logging
-import re
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import openai
 import uvicorn
 from cachetools import TTLCache
 from chat_model import make_chat_model
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from langchain_core.language_models import BaseChatModel
 from langchain_core.prompts import ChatPromptTemplate
+from lesson01_cors import allow_origins
+from lesson01_deadline import UpstreamError, model_deadline
+from lesson01_nesting import limit_nesting
+from lesson01_openapi import METRICS_RESPONSE, error_responses
+from lesson01_request_context import JsonFormatter, RequestContextMiddleware, request_id_var
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -80,24 +81,6 @@ settings = Settings()
 
 
 # NEW in step 2: JSON logs. One object per line, with the id of the request being served.
-request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": request_id_var.get(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
@@ -109,34 +92,12 @@ logger = logging.getLogger("agent_api")
 
 
 # NEW in step 2: one error shape, {"error": {"type", "message", "request_id", ...}}, for all errors.
-class ValidationIssue(BaseModel):
-    """One problem of a 422, as pydantic reports it, so a client reads it the way FastAPI's own."""
-
-    loc: list[str | int] = Field(description='Where the problem is, e.g. ["body", "query"]')
-    msg: str
-    type: str = Field(description="pydantic's error type, e.g. string_too_short")
-
-
-class ErrorDetail(BaseModel):
-    type: str = Field(examples=["validation_error"])
-    message: str
-    request_id: str
-    details: list[ValidationIssue] | None = Field(default=None, description="422: one per problem")
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+INTERNAL_ERROR_MESSAGE = "Internal server error"  # a 500 says no more: the traceback is logged
 
 
 def error_body(error_type: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "error": {
-            "type": error_type,
-            "message": message,
-            "request_id": request_id_var.get(),
-            **extra,
-        }
-    }
+    error = {"type": error_type, "message": message, "request_id": request_id_var.get()}
+    return {"error": {**error, **extra}}
 
 
 def error_response(
@@ -145,34 +106,6 @@ def error_response(
     return JSONResponse(
         error_body(error_type, message, **extra), status_code=status_code, headers=headers
     )
-
-
-class UpstreamError(Exception):
-    """The model provider failed or timed out; it becomes a 502 or 504."""
-
-    def __init__(self, status_code: int, error_type: str, message: str):
-        self.status_code, self.error_type, self.message = status_code, error_type, message
-
-
-class PayloadTooLarge(HTTPException):
-    def __init__(self) -> None:
-        super().__init__(413, f"The request body is larger than {settings.MAX_BODY_BYTES} bytes")
-
-
-# For the OpenAPI document: which error each status code stands for.
-ERROR_STATUSES = {
-    400: "The body cannot be decoded (for example invalid UTF-8)",
-    413: "The body is larger than MAX_BODY_BYTES",
-    422: "The body does not match the schema; `details` says where and why, one per problem",
-    500: "Our bug: the traceback is in the logs, never in the response",
-    502: "The model provider failed",
-    503: "Not ready: this instance cannot serve now, try another",
-    504: "The model did not answer within REQUEST_TIMEOUT_SECONDS",
-}
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorResponse, "description": ERROR_STATUSES[s]} for s in statuses}
 
 
 # NEW in step 2: metrics, in a registry of our own, so importing this file twice is harmless.
@@ -187,80 +120,6 @@ TOKENS = Counter("agent_tokens_total", "Tokens used by the model", ["model"], re
 CACHE = Counter(
     "agent_cache_requests_total", "Response cache lookups", ["result"], registry=registry
 )
-
-
-# NEW in step 2: request id, body limit, access log and metrics for every request.
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-class RequestContextMiddleware:
-    """Plain ASGI: it watches each message go by, so a stream is neither buffered nor copied."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
-        request_id_var.set(request_id)
-        declared_length = headers.get(b"content-length", b"")
-        received = 0
-        started = time.perf_counter()
-        status: int | None = None  # set when the app starts its response
-
-        # [start:receive-send]
-        async def receive_with_limit():
-            # Refuse before reading: by the declared length, else by counting (a chunked body).
-            nonlocal received
-            if declared_length.isdigit() and int(declared_length) > settings.MAX_BODY_BYTES:
-                raise PayloadTooLarge()
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > settings.MAX_BODY_BYTES:
-                raise PayloadTooLarge()
-            return message
-
-        async def send_with_request_id(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
-            # [end:receive-send]
-
-        try:
-            await self.app(scope, receive_with_limit, send_with_request_id)
-        except Exception:
-            # Anything no handler caught: log the traceback, tell the client nothing internal.
-            logger.exception("Unhandled error")
-            if status is not None:  # the response has started: all we can do is drop the connection
-                raise
-            response = error_response(500, "internal_error", "An unexpected error occurred")
-            await response(scope, receive, send_with_request_id)
-        finally:
-            # The route template (/v1/invoke), never the raw path: unknown paths share one series.
-            route = getattr(scope.get("route"), "path", "unmatched")
-            elapsed = time.perf_counter() - started
-            status = status or 500
-            REQUESTS.labels(scope["method"], route, str(status)).inc()
-            LATENCY.labels(scope["method"], route).observe(elapsed)
-            logger.info(
-                "request",
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    }
-                },
-            )
 
 
 MAX_CONTEXT_DEPTH = 32
@@ -284,18 +143,7 @@ class AgentRequest(BaseModel):
     @field_validator("context")
     @classmethod
     def bounded_nesting(cls, context: dict[str, Any] | None) -> dict[str, Any] | None:
-        level, depth = ([context] if context else []), 0
-        while level:
-            depth += 1
-            if depth > MAX_CONTEXT_DEPTH:
-                raise ValueError(f"context is nested more than {MAX_CONTEXT_DEPTH} levels deep")
-            level = [
-                child
-                for node in level
-                for child in (node.values() if isinstance(node, dict) else node)
-                if isinstance(child, dict | list)
-            ]
-        return context
+        return limit_nesting(context, MAX_CONTEXT_DEPTH)
 
 
 class AgentResponse(BaseModel):
@@ -338,7 +186,7 @@ class Agent:
         context = f"\nContext: {json.dumps(request.context)}" if request.context else ""
         return {"query": request.query, "context": context}
 
-    # NEW in step 2: the chain for one request, its cache key, and the deadline of a model call
+    # NEW in step 2: the chain for one request and its cache key
     def _chain(self, request: AgentRequest):
         # Request settings reach the model call itself; unset ones keep the model's defaults.
         overrides = {"temperature": request.temperature, "max_tokens": request.max_tokens}
@@ -349,18 +197,6 @@ class Agent:
         # Every input that changes the answer is part of the key.
         inputs = [self.model_name, request.query, request.context]
         return json.dumps([*inputs, request.temperature, request.max_tokens], sort_keys=True)
-
-    @asynccontextmanager
-    async def _deadline(self) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(self.timeout_seconds):
-                yield
-        except (TimeoutError, openai.APITimeoutError):
-            message = f"The model did not answer within {self.timeout_seconds:g}s"
-            raise UpstreamError(504, "timeout", message) from None
-        except openai.APIError as exc:
-            logger.warning("Model provider failed: %s", exc)
-            raise UpstreamError(502, "upstream_error", "The model provider failed") from None
 
     async def invoke(self, request: AgentRequest) -> AgentResponse:
         started = time.perf_counter()  # NEW in step 2: latency, cache, deadline, token metric
@@ -377,7 +213,7 @@ class Agent:
                     }
                 )
             CACHE.labels("miss").inc()
-        async with self._deadline():
+        async with model_deadline(self.timeout_seconds):
             message = await self._chain(request).ainvoke(self._inputs(request))
         usage = message.usage_metadata or {}
         TOKENS.labels(self.model_name).inc(usage.get("total_tokens", 0))
@@ -396,7 +232,7 @@ class Agent:
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
         tokens = 0  # NEW in step 2: deadline and token metric
-        async with self._deadline():
+        async with model_deadline(self.timeout_seconds):
             async for chunk in self._chain(request).astream(self._inputs(request)):
                 tokens = (chunk.usage_metadata or {}).get("total_tokens", tokens)
                 if chunk.text:
@@ -433,17 +269,14 @@ app = FastAPI(
 )
 
 # NEW in step 2: CORS, the request context, and one handler per kind of error
-if settings.CORS_ORIGINS:
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.CORS_ORIGINS,
-        # Browsers refuse credentials with a wildcard origin, so never allow both.
-        allow_credentials="*" not in settings.CORS_ORIGINS,
-        allow_methods=["GET", "POST"],
-        allow_headers=["Content-Type", "X-Request-ID"],
-        expose_headers=["X-Request-ID"],
-    )
-app.add_middleware(RequestContextMiddleware)
+allow_origins(app, settings.CORS_ORIGINS)
+app.add_middleware(
+    RequestContextMiddleware,  # request id, body limit, access log and metrics for every request
+    max_body_bytes=settings.MAX_BODY_BYTES,
+    requests=REQUESTS,
+    latency=LATENCY,
+    internal_error=lambda: error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE),
+)
 
 HTTP_ERROR_TYPES = {
     404: "not_found",
@@ -491,10 +324,6 @@ async def health() -> dict[str, str]:
 async def ready(agent: AgentDep) -> dict[str, Any]:
     """Readiness: 200 once the agent exists, 503 (from get_agent) before that."""
     return {"ready": True, "model": agent.model_name}
-
-
-# NEW in step 2: what Prometheus scrapes, in its text format
-METRICS_RESPONSE = {"description": "Prometheus text format", "content": {"text/plain": {}}}
 
 
 @app.get("/metrics", response_class=Response, responses={200: METRICS_RESPONSE})
@@ -545,7 +374,7 @@ async def stream(request: AgentRequest, agent: AgentDep) -> EventSourceResponse:
             logger.exception("Streaming failed")
             yield {
                 "event": "error",
-                "data": json.dumps(error_body("internal_error", "An unexpected error occurred")),
+                "data": json.dumps(error_body("internal_error", INTERNAL_ERROR_MESSAGE)),
             }
         yield {"data": "[DONE]"}
 

@@ -37,6 +37,12 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+# What a 500 says, wherever it is sent (a handler, a middleware, a stream's error event): the
+# traceback goes to the log, the client gets this and the request id.
+INTERNAL_ERROR_MESSAGE = "Internal server error"
+INTERNAL_ERROR = (500, "internal_error", INTERNAL_ERROR_MESSAGE)
+
+
 def error_body(error_type: str, message: str, *, request_id: str | None = None, **extra) -> dict:
     """The body, with the id the request was logged under (CorrelationIdMiddleware's), or a new one
     outside a request. `extra`: details, retryable, or a service's own fields."""
@@ -70,7 +76,8 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException) -> J
 async def internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # Anything not foreseen: Starlette re-raises it after this answer, so the server logs the
     # traceback; the client gets the shape, never the traceback.
-    return JSONResponse(error_body("internal_error", "the server failed"), 500)
+    status, error_type, message = INTERNAL_ERROR
+    return JSONResponse(error_body(error_type, message), status)
 
 
 def install_shape_handlers(app: FastAPI) -> None:

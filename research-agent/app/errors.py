@@ -9,15 +9,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .error_shape import (  # noqa: F401 (the schema)
+from .error_shape import (  # noqa: F401 (the schema, and INTERNAL_ERROR for the 500s)
+    INTERNAL_ERROR,
     ErrorDetail,
     ErrorResponse,
     ValidationIssue,
+    error_body,
     http_error_handler,
     validation_error_handler,
 )
-from .error_shape import error_body as shaped_body
-from .telemetry import REQUESTS_REJECTED, request_id
+from .telemetry import REQUESTS_REJECTED
 
 logger = logging.getLogger(__name__)
 
@@ -117,23 +118,16 @@ class LimitsUnavailableError(AppError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
-def error_body(error_type: str, message: str, retryable: bool = False) -> dict:
-    """The shape with the id of the request being served ("-" outside one)."""
-    extra = {"retryable": True} if retryable else {}
-    return shaped_body(error_type, message, request_id=request_id(), **extra)
-
-
 def app_error_body(exc: AppError) -> dict:
-    return error_body(exc.error_type, exc.message, retryable=exc.retryable)
+    # `retryable` only when true: a client reads its absence as "do not retry".
+    extra = {"retryable": True} if exc.retryable else {}
+    return error_body(exc.error_type, exc.message, **extra)
 
 
 def error_response(
     status: int, error_type: str, message: str, headers: dict | None = None
 ) -> JSONResponse:
     return JSONResponse(error_body(error_type, message), status_code=status, headers=headers)
-
-
-INTERNAL_ERROR = (500, "internal_error", "Internal server error")
 
 
 # --- Handlers: every exception FastAPI turns into a response gets the shape -----------------------

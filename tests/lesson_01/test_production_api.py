@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from app.error_shape import INTERNAL_ERROR_MESSAGE
 from cachetools import TTLCache
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
@@ -170,7 +171,7 @@ def test_an_unexpected_error_is_a_500_without_internals(client):
     client.app.state.agent.invoke = broken
     response = client.post("/v1/invoke", json={"query": "q"})
     error = assert_error(response, 500, "internal_error")
-    assert "hunter2" not in response.text and error["message"] == "An unexpected error occurred"
+    assert "hunter2" not in response.text and error["message"] == INTERNAL_ERROR_MESSAGE
     assert (
         metric(client, "http_requests_total", method="POST", route="/v1/invoke", status="500") == 1
     )

@@ -185,3 +185,13 @@ def test_whole_request_timeout_is_504(client_for, monkeypatch):
             client.post("/v1/research", json={"query": "anything at all"}), 504, "timeout"
         )
         assert "0.3 s" in error["message"]
+
+
+def test_the_error_body_and_the_internal_error_message_have_one_owner():
+    # app/error_shape.py owns both; app/errors.py (and through it the middleware and the stream)
+    # uses them, so a 500 says the same from a handler, the middleware and an SSE error event.
+    from app import error_shape, errors
+
+    assert errors.error_body is error_shape.error_body
+    assert errors.INTERNAL_ERROR == (500, "internal_error", error_shape.INTERNAL_ERROR_MESSAGE)
+    assert error_shape.INTERNAL_ERROR_MESSAGE == "Internal server error"
