@@ -7,6 +7,7 @@ Compose stack in tests/lesson_03/test_compose.py.
 """
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -162,7 +163,9 @@ def deployed_forwarders() -> list[str]:
     for service in stack["services"].values():
         environment = service.get("environment") or {}
         if isinstance(environment, dict) and "FORWARDED_ALLOW_IPS" in environment:
-            values.append(str(environment["FORWARDED_ALLOW_IPS"]))
+            # The stack file says ${EDGE_SUBNET:-default}: check the default it deploys with.
+            value = str(environment["FORWARDED_ALLOW_IPS"])
+            values.append(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value))
     return values
 
 
