@@ -34,11 +34,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from limits.errors import StorageError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 # The topics, the envelope and the Redis layout have one owner: lesson07_contract (the agents'
 # module reads the progress layout). The error shape, the body limit and the request-id rule are
@@ -153,6 +155,10 @@ async def lifespan(app: FastAPI):
             timeout=5,
             decode_responses=True,
             socket_connect_timeout=3,
+            # A connection Redis closed (a restart, CLIENT KILL) is replaced, and the command sent
+            # again: every command here is a read or idempotent (PUBLISH checks the question id).
+            retry=Retry(ExponentialBackoff(cap=1, base=0.1), 3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
     )
     app.state.publish = app.state.redis.register_script(PUBLISH)

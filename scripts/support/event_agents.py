@@ -27,8 +27,13 @@ class System:
     """The five agents as processes, the gateway, and the Redis they share."""
 
     def __init__(self, redis_url: str, logs: Path, password: str | None = None):
-        self.redis_url, self.logs = redis_url, logs
-        self.redis = redis.Redis.from_url(redis_url, password=password, decode_responses=True)
+        self.redis_url, self.logs, self.password = redis_url, logs, password
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            password=password,
+            decode_responses=True,
+            encoding_errors="backslashreplace",  # a test may store bytes that are not UTF-8
+        )
         self.processes: dict[str, list[subprocess.Popen]] = {s: [] for s in SERVICES}
         self.tokens: dict[str, str] = {}  # student -> the student_token the gateway gave
         self.students: dict[str, str] = {}  # question id -> student
