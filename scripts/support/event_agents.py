@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -173,7 +174,17 @@ class ComposeProject:
 
         self.name, self.port = f"{prefix}-{uuid.uuid4().hex[:8]}", free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "LESSON07_PORT": str(self.port), **env}
+        # Redis's password, a secret of the project's own (make lesson-07 writes the default one).
+        self.password = uuid.uuid4().hex
+        secret = Path(tempfile.mkdtemp(prefix="lesson07-")) / "redis-password"
+        secret.write_text(self.password)
+        secret.chmod(0o644)  # bind-mounted: the containers' users read it
+        self.env = {
+            **os.environ,
+            "LESSON07_PORT": str(self.port),
+            "LESSON07_REDIS_PASSWORD_FILE": str(secret),
+            **env,
+        }
         self.command = (*spelling, "-p", self.name, "-f", str(COMPOSE_FILE))
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
@@ -189,7 +200,8 @@ class ComposeProject:
         return self.run(*self.command, *args, stdin=stdin, check=check)
 
     def redis_cli(self, *args: str) -> str:
-        return self.compose("exec", "-T", "redis", "redis-cli", *args)
+        auth = f"REDISCLI_AUTH={self.password}"
+        return self.compose("exec", "-T", "-e", auth, "redis", "redis-cli", *args)
 
     def down(self) -> None:
         """`make lesson-07-down` for this project: containers, network and volume removed."""
