@@ -36,7 +36,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from starlette.datastructures import Headers
@@ -70,17 +70,21 @@ GROUPS = {
 
 # The question's record, its event and (for a new student) the student's token hash, all at once.
 # KEYS: student, question, learning topic. ARGV: token hash, record fields (JSON), event, ttl,
-# maxlen. -1: the student has another token. 0: this question exists (a retried POST): nothing new.
+# maxlen. -1: the student has another token. 1: published. 2: published, and the student is new.
+# A question that exists already (the same call retried after its reply was lost, or the same
+# Idempotency-Key) publishes nothing: 0, or 3 if that question enrolled the student.
 PUBLISH = """
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return -1 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-if not owner then redis.call('SET', KEYS[1], ARGV[1]) end
-local record = {}
-for field, value in pairs(cjson.decode(ARGV[2])) do
-  table.insert(record, field); table.insert(record, value)
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('HGET', KEYS[2], 'enrolled') == '1' then return 3 end
+  return 0
 end
-redis.call('HSET', KEYS[2], unpack(record))
+local record = cjson.decode(ARGV[2])
+if not owner then redis.call('SET', KEYS[1], ARGV[1]); record['enrolled'] = '1' end
+local fields = {}
+for field, value in pairs(record) do table.insert(fields, field); table.insert(fields, value) end
+redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'data', ARGV[3])
 if owner then return 1 end
@@ -105,14 +109,8 @@ class ApiError(Exception):
 class Question(BaseModel):
     model_config = ConfigDict(extra="forbid")
     student_id: StudentId
+    # A lone surrogate (JSON's \ud800) is refused by pydantic already: a 422, never published.
     text: str = Field(min_length=1, max_length=4000)
-
-    @field_validator("text")
-    @classmethod
-    def utf8(cls, text: str) -> str:
-        # JSON may escape a lone surrogate (\ud800): no UTF-8 store or model can take it.
-        text.encode("utf-8")  # UnicodeEncodeError is a ValueError: a 422
-        return text
 
 
 class Accepted(BaseModel):
@@ -309,12 +307,12 @@ def create_app(settings: contract.Settings | None = None) -> FastAPI:
             settings.question_ttl_seconds,
             settings.topic_maxlen,
         ]
-        try:
+        try:  # the client's retries (below) send the same script again: it publishes once
             done = await request.app.state.publish(keys=keys, args=args)
         except (redis.ConnectionError, redis.TimeoutError):
             # The script may have run and only its reply been lost: a question that is in Redis
             # was published, and is answered 202, not 503 (a client would send it twice).
-            done = await published(r, question_id)
+            done = await published(r, question_id, question.student_id, token)
         if done == -1:
             if credentials is None:
                 message = f"{question.student_id} has a token: send it as `Authorization: Bearer`"
@@ -324,15 +322,21 @@ def create_app(settings: contract.Settings | None = None) -> FastAPI:
             raise ApiError(403, "not_this_student", "this is not the token of that student")
         if done in (1, 2):
             ACCEPTED.inc()
-        return Accepted(id=question_id, student_token=new_token if done == 2 else None)
+        return Accepted(id=question_id, student_token=new_token if done in (2, 3) else None)
 
-    async def published(r: redis.Redis, question_id: str) -> int:
-        for _ in range(3):  # Redis is restarting: a few short tries before a 503
+    async def published(r: redis.Redis, question_id: str, student_id: str, token: str) -> int:
+        """What PUBLISH answered, read back; a 503 if the question is not in Redis."""
+        for _ in range(3):  # Redis is restarting: a few short tries
             try:
-                return 1 if await r.exists(contract.question_key(question_id)) else 3
+                record = await r.hgetall(contract.question_key(question_id))
+                owner = await r.get(contract.student_key(student_id))
             except (redis.ConnectionError, redis.TimeoutError):
                 await asyncio.sleep(0.5)
-        raise redis.ConnectionError("Redis is not answering")
+                continue
+            if not record:  # a script runs whole or not at all: it did not run
+                break
+            return 3 if record.get("enrolled") == "1" and owner == token_hash(token) else 0
+        raise redis.ConnectionError("the question was not published")
 
     @app.get("/v1/questions/{question_id}", responses=errors)
     async def status(question_id: QuestionId, request: Request, credentials: Token) -> QuestionView:

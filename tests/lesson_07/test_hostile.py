@@ -342,7 +342,8 @@ def test_an_event_for_a_question_nobody_asked_is_not_routed(system):
 
 class DropOneReply:
     """A TCP proxy to Redis that forwards the first command naming `marker` and then cuts the
-    connection before the reply: the command ran, the client never hears it did."""
+    connection before the reply: the command ran, the client never hears it did. The student is
+    new, so the answer must still carry the student's token."""
 
     def __init__(self, port: int, marker: bytes):
         self.target, self.marker, self.dropped = port, marker, threading.Event()
@@ -357,19 +358,22 @@ class DropOneReply:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self.pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self.pipe, args=(server, client, False), daemon=True).start()
+            cut = threading.Event()
+            for args in ((client, server, cut), (server, client, cut, False)):
+                threading.Thread(target=self.pipe, args=args, daemon=True).start()
 
-    def pipe(self, source, sink, upstream: bool) -> None:
+    def pipe(self, source, sink, cut: threading.Event, upstream: bool = True) -> None:
         try:
             while chunk := source.recv(65536):
-                sink.sendall(chunk)
+                if not upstream and cut.is_set():
+                    return  # the reply to the marked command: never relayed
                 if upstream and self.marker in chunk and not self.dropped.is_set():
                     self.dropped.set()
-                    time.sleep(0.3)  # Redis ran it; its reply is dropped with the connection
-                    source.close()
-                    sink.close()
+                    cut.set()
+                    sink.sendall(chunk)
+                    time.sleep(0.3)  # Redis runs it; the connection goes, with the reply
                     return
+                sink.sendall(chunk)
         except OSError:
             pass
         finally:
@@ -396,6 +400,9 @@ def test_a_question_whose_reply_was_lost_is_202_not_503(system, gateway):
             assert int(response.headers["Retry-After"]) > 0
         else:
             assert response.status_code == 202 and published == 1, (response.text, published)
+            caller.tokens[question["student_id"]] = response.json()["student_token"]
+            caller.students[response.json()["id"]] = question["student_id"]
+            assert view(caller, response.json()["id"]).status_code == 200
     finally:
         proxy.close()
 
