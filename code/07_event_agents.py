@@ -227,11 +227,13 @@ class Consumer:
         await self.bus.trace(self.topic, event_id, self.name, delivery, outcome)
 
     async def keep_claim_while(self, message_id: str, work):
-        """Await `work`, renewing the claim on the message every third of the visibility timeout."""
+        """Await `work`, renewing the claim on the message every third of the visibility timeout
+        (and the heartbeat with it: a long answer does not make the container unhealthy)."""
 
         async def renew() -> None:
             while True:
                 await asyncio.sleep(self.settings.visibility_timeout_ms / 3000)
+                Path(self.settings.heartbeat_file).touch()  # alive, though busy with one message
                 try:
                     args = [self.group, message_id, self.name]
                     if not await self.bus.renew_claim(keys=[self.topic], args=args):
