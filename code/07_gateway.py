@@ -198,11 +198,13 @@ async def admit(request: Request, student_id: str) -> None:
     topics = [contract.LEARNING, *contract.SPECIALIST_TOPICS.values()]
     for topic in topics:
         pipe.xinfo_groups(topic)
+        pipe.xlen(topic)
+    replies = await pipe.execute(raise_on_error=False)
     backlog = 0
-    for topic, groups in zip(topics, await pipe.execute(raise_on_error=False), strict=True):
-        for group in groups if isinstance(groups, list) else []:
-            if group["name"] == GROUPS[topic]:
-                backlog += group["pending"] + (group.get("lag") or 0)
+    for topic, groups, length in zip(topics, replies[::2], replies[1::2], strict=True):
+        mine = [g for g in groups if g["name"] == GROUPS[topic]] if isinstance(groups, list) else []
+        # No group yet (its agent never started): it will read the whole topic.
+        backlog += mine[0]["pending"] + (mine[0].get("lag") or 0) if mine else length
     if backlog >= settings.max_backlog:
         REFUSED.labels("backlog").inc()
         message = f"{backlog} questions are waiting (MAX_BACKLOG is {settings.max_backlog})"

@@ -28,7 +28,8 @@ from support.event_agents import (
 )
 from support.lessons import load_lesson
 from support.ports import free_port
-from support.server import ServerProcess
+from support.redis import RedisServer
+from support.server import ServerProcess, offline_environment
 from support.waiting import wait_for
 
 agents = load_lesson("code/07_event_agents.py")
@@ -492,3 +493,26 @@ def test_an_agent_reconnects_after_its_peers_name_stopped_resolving(system, tmp_
     finally:
         system.stop(triage)
         system.start("triage")
+
+
+def test_the_backlog_counts_before_any_agent_started(tmp_path):
+    """No consumer group yet: the whole topic is waiting, and is counted as such."""
+    with RedisServer(password="pw") as server:
+        port = free_port()
+        env = offline_environment(
+            REDIS_URL=server.url, REDIS_PASSWORD="pw", PORT=port, MAX_BACKLOG="5"
+        )
+        with ServerProcess(
+            [sys.executable, str(GATEWAY)],
+            env=env,
+            port=port,
+            ready_path="/ready",
+            log_path=tmp_path / "gateway.log",
+        ) as gateway:
+            client = httpx.Client(base_url=gateway.url, timeout=10)
+            codes = [
+                client.post("/v1/questions", json={"student_id": f"s{i}", "text": "hi"})
+                for i in range(8)
+            ]
+            assert [r.status_code for r in codes] == [202] * 5 + [503] * 3
+            assert_error(codes[-1], 503, "busy")
