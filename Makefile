@@ -101,17 +101,23 @@ lesson-06: swarm-images $(VENV)/.installed ## Lesson 06: 3 agent replicas behind
 lesson-06-down: $(VENV)/.installed ## Lesson 06: remove the stack and its volume; leave Swarm if lesson-06 joined it
 	@$(PY) scripts/swarm.py down --stack $(STACK)
 
-lesson-07: lesson-07-image ## Lesson 07: triage, three specialists and progress on Redis Streams, gateway on 8070 (LESSON07_PORT); returns once healthy
+lesson-07: lesson-07-image deploy/lesson07/redis-password ## Lesson 07: triage, three specialists and progress on Redis Streams, gateway on 8070 (LESSON07_PORT); returns once healthy
 	$(LESSON07_COMPOSE) up -d --wait
 	@echo
 	@echo "  Event-driven agents (Compose project $(LESSON07_PROJECT)) behind the gateway on http://127.0.0.1:$(LESSON07_PORT)  (offline model unless OPENAI_API_KEY is set)"
 	@echo "  Ask:      curl -s -X POST http://127.0.0.1:$(LESSON07_PORT)/v1/questions -H 'content-type: application/json' -d '{\"student_id\": \"ann\", \"text\": \"Give me an exercise on Docker volumes\"}'"
-	@echo "  Answer:   curl -s http://127.0.0.1:$(LESSON07_PORT)/v1/questions/ID        Progress: curl -s http://127.0.0.1:$(LESSON07_PORT)/v1/students/ann/progress"
+	@echo "            (a student's first question returns its student_token: send it as -H 'Authorization: Bearer TOKEN' from then on)"
+	@echo "  Answer:   curl -s -H 'Authorization: Bearer TOKEN' http://127.0.0.1:$(LESSON07_PORT)/v1/questions/ID"
+	@echo "  Progress: curl -s -H 'Authorization: Bearer TOKEN' http://127.0.0.1:$(LESSON07_PORT)/v1/students/ann/progress"
 	@echo "  Watch:    make lesson-07-trace     (each event, topic, consumer and delivery count, as it happens)"
 	@echo "  Scale:    $(LESSON07_COMPOSE) up -d --scale concepts=3"
 	@echo "  Kill one: docker kill \$$($(LESSON07_COMPOSE) ps -q concepts | head -1)"
 	@echo "  Stop:     make lesson-07-down   (removes the containers, the network and the Redis volume)"
 	@echo
+
+# Redis's password for lesson 07, random, made once (Compose mounts it as a secret; not in git).
+deploy/lesson07/redis-password:
+	@umask 022 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
 
 lesson-07-down: docker-tools ## Lesson 07: remove its containers, network and Redis volume
 	$(LESSON07_COMPOSE) down -v --remove-orphans

@@ -26,112 +26,59 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from contextlib import suppress
 from pathlib import Path
 
 import redis.asyncio as redis
 from chat_model import make_chat_model
 from langchain_core.messages import HumanMessage, SystemMessage
 
+# The settings, the topics, the envelope and the keys are the contract the gateway shares.
+from lesson07_contract import (  # noqa: F401 - re-exported: the lesson's names in one place
+    ALERTS,
+    LEARNING,
+    PROGRESS,
+    SPECIALIST_TOPICS,
+    TRACE,
+    Backoff,
+    Malformed,
+    Settings,
+    connect,
+    deadletter,
+    entry,
+    envelope,
+    event_id_of,
+    parse,
+    progress_key,
+    question_data,
+    question_key,
+)
+
 logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logger = logging.getLogger("agents")
 
 
-# === Settings: the only place that reads the environment ===
-
-
-@dataclass(frozen=True)
-class Settings:
-    redis_url: str = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    # A pending message idle this long belongs to a consumer presumed dead: a live one claims it.
-    visibility_timeout_ms: int = int(os.environ.get("VISIBILITY_TIMEOUT_MS", "5000"))
-    # Delivered more often than this, a message goes to <topic>.deadletter instead.
-    max_deliveries: int = int(os.environ.get("MAX_DELIVERIES", "5"))
-    # How long an event id is remembered as processed: longer than any redelivery can take.
-    dedup_ttl_seconds: int = int(os.environ.get("DEDUP_TTL_SECONDS", str(7 * 24 * 3600)))
-    struggle_threshold: int = int(os.environ.get("STRUGGLE_THRESHOLD", "3"))
-    openai_api_key: str | None = os.environ.get("OPENAI_API_KEY") or None
-    model_name: str = os.environ.get("MODEL_NAME", "gpt-4o-mini")
-    offline_token_delay_ms: int = int(os.environ.get("OFFLINE_TOKEN_DELAY_MS", "20"))
-    heartbeat_file: str = os.environ.get("HEARTBEAT_FILE", "/tmp/heartbeat")
-    trace_length: int = int(os.environ.get("TRACE_LENGTH", "10000"))
-
-
-# === Topics and the CloudEvents envelope ===
-
-LEARNING, PROGRESS, ALERTS = "learning.requests", "progress.requests", "struggle.alerts"
-SPECIALIST_TOPICS = {
-    "concepts": "concept.requests",
-    "debug": "debug.requests",
-    "exercise": "exercise.requests",
-}
-TRACE = "trace"  # one entry per delivery and per outcome, for `make lesson-07-trace`
-
-
-def deadletter(topic: str) -> str:
-    return f"{topic}.deadletter"
-
-
-def question_key(question_id: str) -> str:
-    # hash: student_id, status, route, topic, answer, answered_by, attempts, error
-    return f"question:{question_id}"
-
-
-def progress_key(student_id: str) -> str:
-    # hash: questions, streak, last_day, topic:<t>, kind:<route>, struggle:<t>
-    return f"progress:{student_id}"
-
-
-def envelope(event_id: str, source: str, event_type: str, data: dict) -> dict:
-    """A CloudEvents 1.0 envelope, the format Dapr wraps every pub/sub message in."""
-    return {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": source,
-        "type": event_type,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "datacontenttype": "application/json",
-        "data": data,
-    }
-
-
-class Malformed(ValueError):
-    """An event no number of retries can fix: it goes straight to the dead-letter topic."""
-
-
-def parse(fields: dict) -> dict:
-    """The envelope of a stream entry (one field, `data`, as Dapr's Redis component stores it)."""
-    try:
-        event = json.loads(fields["data"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise Malformed(f"not a JSON CloudEvent: {exc!r}") from None
-    if not isinstance(event, dict) or event.get("specversion") != "1.0":
-        raise Malformed("not a CloudEvents 1.0 envelope")
-    missing = [k for k in ("id", "source", "type", "data") if not event.get(k)]
-    if missing or not isinstance(event["data"], dict):
-        raise Malformed(f"missing or invalid attributes: {missing or ['data']}")
-    return event
-
-
-def entry(event: dict) -> dict:
-    return {"data": json.dumps(event)}
-
-
 # === Idempotent effects: the dedup record and the state change in one Lua script ===
 
-# KEYS[1] is processed:<group>:<event id>. If it exists the effect is already stored: do nothing.
-# Otherwise run the effect's commands (a JSON list) and write the record, all or nothing.
+# KEYS[1] is processed:<group>:<event id>, KEYS[2] the question's record. If the record exists the
+# effect is already stored: do nothing. Redis does not roll a script back, so everything that can
+# fail is checked before the first write, and the record is written last: a command that fails
+# leaves no record, and the redelivery tries again (and ends in the dead-letter topic).
+# A question no longer pending (answered, failed, expired or never asked) changes no more: -1.
 APPLY_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
-for _, command in ipairs(cjson.decode(ARGV[2])) do redis.call(unpack(command)) end
+local commands = cjson.decode(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('HGET', KEYS[2], 'status') ~= 'pending' then return -1 end
+for _, command in ipairs(commands) do redis.call(unpack(command)) end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return 1
 """
 
 # The progress agent's effect reads its own state (streak, struggles), so it is a script of its own
-# with the same first line. KEYS: processed record, the student's hash, the alerts topic.
-# ARGV: ttl, day number, route, topic, threshold, alert event (JSON, published when due).
+# with the same first and last lines. KEYS: processed record, the student's hash, the alerts topic.
+# ARGV: ttl, day number, route, topic, threshold, alert event (JSON, published when due), maxlen.
 PROGRESS_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local day, route, topic = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 redis.call('HINCRBY', KEYS[2], 'questions', 1)
 redis.call('HINCRBY', KEYS[2], 'topic:' .. topic, 1)
@@ -142,8 +89,28 @@ elseif last ~= day then redis.call('HSET', KEYS[2], 'streak', 1) end
 redis.call('HSET', KEYS[2], 'last_day', day)
 if route == 'debug' then
   local n = redis.call('HINCRBY', KEYS[2], 'struggle:' .. topic, 1)
-  if n == tonumber(ARGV[5]) then redis.call('XADD', KEYS[3], '*', 'data', ARGV[6]) end
+  if n == tonumber(ARGV[5]) then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'data', ARGV[6])
+  end
 end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
+"""
+
+# A consumer still working renews its claim: XCLAIM by the owner resets the idle time, so no other
+# consumer takes the message while the model answers. Only the owner: a claim lost is not stolen.
+# KEYS[1] the topic; ARGV: group, message id, consumer.
+RENEW_CLAIM = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if pending[1] == nil or pending[1][2] ~= ARGV[3] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return 1
+"""
+
+# A dead letter fails its question only if nobody answered it first. KEYS[1]: the record.
+FAIL_IF_PENDING = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1])
 return 1
 """
 
@@ -155,9 +122,16 @@ class Bus:
         self.redis, self.settings = client, settings
         self.apply_once = client.register_script(APPLY_ONCE)
         self.progress_once = client.register_script(PROGRESS_ONCE)
+        self.renew_claim = client.register_script(RENEW_CLAIM)
+        self.fail_if_pending = client.register_script(FAIL_IF_PENDING)
+
+    def xadd(self, topic: str, event: dict) -> list:
+        """The XADD command (for a script) that publishes `event`, keeping the topic bounded."""
+        maxlen = self.settings.topic_maxlen
+        return ["XADD", topic, "MAXLEN", "~", maxlen, "*", "data", json.dumps(event)]
 
     async def publish(self, topic: str, event: dict) -> str:
-        return await self.redis.xadd(topic, entry(event))
+        return await self.redis.xadd(topic, entry(event), maxlen=self.settings.topic_maxlen)
 
     async def ensure_group(self, topic: str, group: str) -> None:
         try:  # from id 0: a group created after events were published still gets them all
@@ -166,11 +140,16 @@ class Bus:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def effect_once(self, group: str, event_id: str, commands: list[list]) -> bool:
+    async def effect_once(
+        self, group: str, event_id: str, question_id: str, commands: list[list]
+    ) -> bool:
         """Run `commands` unless this group already stored the effect of `event_id`."""
-        keys = [f"processed:{group}:{event_id}"]
+        keys = [f"processed:{group}:{event_id}", question_key(question_id)]
         args = [self.settings.dedup_ttl_seconds, json.dumps(commands)]
-        return bool(await self.apply_once(keys=keys, args=args))
+        done = await self.apply_once(keys=keys, args=args)
+        if done == -1:
+            raise Malformed(f"question {question_id} is not pending (answered, failed or unknown)")
+        return bool(done)
 
     async def trace(self, topic: str, event_id: str, consumer: str, delivery: int, outcome: str):
         fields = {
@@ -218,17 +197,18 @@ class Consumer:
         return message_id, fields, 1
 
     async def handle(self, message_id: str, fields: dict, delivery: int) -> None:
-        event_id = "?"
+        event_id = event_id_of(fields)  # always a string, whatever the entry holds
         try:
-            event = parse(fields)
-            event_id = event["id"]
             await self.bus.trace(self.topic, event_id, self.name, delivery, "delivered")
             if delivery > self.settings.max_deliveries:
                 raise Malformed(
                     f"delivered {delivery} times (MAX_DELIVERIES is "
                     f"{self.settings.max_deliveries}): giving up"
                 )
-            stored = await self.handler(event, delivery, self.name)
+            event = parse(self.topic, fields)
+            stored = await self.keep_claim_while(
+                message_id, self.handler(event, delivery, self.name)
+            )
             outcome = "done" if stored else "duplicate"
         except Malformed as exc:
             await self.dead_letter(message_id, fields, event_id, delivery, str(exc))
@@ -237,12 +217,36 @@ class Consumer:
             raise  # Redis is away: nothing acked, the loop waits for it
         except Exception as exc:  # noqa: BLE001 - the message stays pending and is retried
             logger.warning("%s: %s failed (delivery %d): %r", self.name, event_id, delivery, exc)
-            await self.bus.trace(self.topic, event_id, self.name, delivery, f"error: {exc!r}"[:200])
+            with suppress(redis.RedisError):
+                outcome = f"error: {exc!r}"[:200]
+                await self.bus.trace(self.topic, event_id, self.name, delivery, outcome)
             return
         # Acked only now that the effect is stored. A crash before this line means a redelivery,
         # which the effect's dedup record turns into "duplicate".
         await self.bus.redis.xack(self.topic, self.group, message_id)
         await self.bus.trace(self.topic, event_id, self.name, delivery, outcome)
+
+    async def keep_claim_while(self, message_id: str, work):
+        """Await `work`, renewing the claim on the message every third of the visibility timeout
+        (and the heartbeat with it: a long answer does not make the container unhealthy)."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.visibility_timeout_ms / 3000)
+                Path(self.settings.heartbeat_file).touch()  # alive, though busy with one message
+                try:
+                    args = [self.group, message_id, self.name]
+                    if not await self.bus.renew_claim(keys=[self.topic], args=args):
+                        logger.warning("%s: lost the claim on %s", self.name, message_id)
+                        return
+                except redis.RedisError as exc:  # the work goes on; its effect is idempotent
+                    logger.warning("%s: could not renew %s: %r", self.name, message_id, exc)
+
+        renewing = asyncio.create_task(renew())
+        try:
+            return await work
+        finally:
+            renewing.cancel()
 
     async def dead_letter(self, message_id, fields, event_id, delivery, reason) -> None:
         logger.warning("%s: %s to %s: %s", self.name, message_id, deadletter(self.topic), reason)
@@ -255,34 +259,51 @@ class Consumer:
             "deliveries": delivery,
         }
         pipe = self.bus.redis.pipeline(transaction=True)  # dead letter and ack together
-        pipe.xadd(deadletter(self.topic), {k: str(v) for k, v in dead.items()})
+        pipe.xadd(
+            deadletter(self.topic),
+            {k: str(v) for k, v in dead.items()},
+            maxlen=self.settings.deadletter_maxlen,
+            approximate=True,
+        )
         pipe.xack(self.topic, self.group, message_id)
         await pipe.execute()
         # The question failed unless it was answered already (a progress event can die after that),
         # and only a question the gateway recorded: a forged id creates no record.
         question_id = question_of(fields)
         if question_id and self.topic != PROGRESS:
-            key = question_key(question_id)
-            if await self.bus.redis.hget(key, "status") == "pending":
-                await self.bus.redis.hset(key, mapping={"status": "failed", "error": reason[:500]})
+            with suppress(redis.ResponseError):  # a record that is not a hash: nothing to mark
+                await self.bus.fail_if_pending(
+                    keys=[question_key(question_id)], args=[reason[:500]]
+                )
         await self.bus.trace(self.topic, event_id, self.name, delivery, "deadletter")
 
     async def run(self) -> None:
-        await self.bus.ensure_group(self.topic, self.group)
-        logger.info("%s reading %s as group %s", self.name, self.topic, self.group)
+        backoff, joined = Backoff(), False
         while not self.stopping:
             Path(self.settings.heartbeat_file).touch()
             try:
+                if not joined:  # at start, and after a failure (Redis may have lost the group)
+                    await self.bus.ensure_group(self.topic, self.group)
+                    logger.info("%s reading %s as group %s", self.name, self.topic, self.group)
+                    joined = True
                 message = await self.next_message()
+                backoff.reset()
                 if message:
                     await self.handle(*message)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("%s: Redis unavailable (%r); retrying in 1 s", self.name, exc)
-                await asyncio.sleep(1)
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self.bus.ensure_group(self.topic, self.group)  # Redis lost its data
+                if "NOGROUP" in str(exc):
+                    await self.bus.ensure_group(self.topic, self.group)  # Redis lost its data
+                    continue
+                # Out of memory, read-only replica, a script refused: never a reason to stop.
+                delay = backoff.delay()
+                logger.warning("%s: Redis refused (%r); again in %.1f s", self.name, exc, delay)
+                await asyncio.sleep(delay)
+            except redis.RedisError as exc:
+                joined, delay = False, backoff.delay()
+                logger.warning("%s: Redis unavailable (%r); again in %.1f s", self.name, exc, delay)
+                # The next command opens a new connection, resolving the name again.
+                await self.bus.redis.connection_pool.disconnect()
+                await asyncio.sleep(delay)
         logger.info("%s stopped between messages", self.name)
 
 
@@ -290,7 +311,7 @@ def question_of(fields: dict) -> str | None:
     """The question id inside a possibly malformed entry, to mark the question failed."""
     try:
         value = json.loads(fields.get("data", "")).get("data", {}).get("question_id")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) else None
 
@@ -319,18 +340,6 @@ def topic_of(text: str) -> str:
     return next((t for t in TOPICS if re.search(rf"\b{t}\b", lowered)), "general")
 
 
-def question_data(event: dict) -> dict:
-    data = event["data"]
-    if not (
-        isinstance(data.get("question_id"), str)
-        and re.fullmatch(r"[0-9a-f]{32}", data["question_id"])
-    ):
-        raise Malformed("data.question_id must be 32 hex characters")
-    if not isinstance(data.get("student_id"), str) or not isinstance(data.get("text"), str):
-        raise Malformed("data.student_id and data.text must be strings")
-    return data
-
-
 def make_triage(bus: Bus, settings: Settings):
     async def triage(event: dict, delivery: int, consumer: str) -> bool:
         data = question_data(event)
@@ -346,9 +355,10 @@ def make_triage(bus: Bus, settings: Settings):
         return await bus.effect_once(
             "triage",
             event["id"],
+            data["question_id"],
             [
                 ["HSET", question_key(data["question_id"]), "route", kind, "topic", topic],
-                ["XADD", SPECIALIST_TOPICS[kind], "*", "data", json.dumps(routed)],
+                bus.xadd(SPECIALIST_TOPICS[kind], routed),
             ],
         )
 
@@ -364,17 +374,20 @@ PROMPTS = {
 
 def make_specialist(kind: str, bus: Bus, settings: Settings):
     model = make_chat_model(
-        settings.openai_api_key,
+        settings.openai_api_key or None,
         settings.model_name,
         settings.offline_token_delay_ms,
-        timeout_seconds=60,
+        timeout_seconds=settings.model_timeout_seconds,
     )
 
     async def specialist(event: dict, delivery: int, consumer: str) -> bool:
         data = question_data(event)
         if await bus.redis.exists(f"processed:{kind}:{event['id']}"):
             return False  # answered before a crash that came ahead of the ack: no second call
-        await bus.redis.hset(question_key(data["question_id"]), "attempts", delivery)
+        record = question_key(data["question_id"])
+        if await bus.redis.hget(record, "status") != "pending":
+            raise Malformed(f"question {data['question_id']} is not pending")  # no model call
+        await bus.redis.hset(record, "attempts", delivery)
         reply = await model.ainvoke([SystemMessage(PROMPTS[kind]), HumanMessage(data["text"])])
         done = envelope(
             f"{data['question_id']}.answered",
@@ -385,6 +398,7 @@ def make_specialist(kind: str, bus: Bus, settings: Settings):
         return await bus.effect_once(
             kind,
             event["id"],
+            data["question_id"],
             [
                 [
                     "HSET",
@@ -398,7 +412,7 @@ def make_specialist(kind: str, bus: Bus, settings: Settings):
                     "attempts",
                     delivery,
                 ],
-                ["XADD", PROGRESS, "*", "data", json.dumps(done)],
+                bus.xadd(PROGRESS, done),
             ],
         )
 
@@ -429,6 +443,7 @@ def make_progress(bus: Bus, settings: Settings):
             data["topic"],
             settings.struggle_threshold,
             json.dumps(alert),
+            settings.topic_maxlen,
         ]
         return bool(await bus.progress_once(keys=keys, args=args))
 
@@ -465,15 +480,6 @@ SERVICES = {
 }
 
 
-def connect(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=3,
-        health_check_interval=10,
-    )
-
-
 async def serve(service: str, settings: Settings) -> None:
     client = connect(settings)
     bus = Bus(client, settings)
@@ -486,13 +492,7 @@ async def serve(service: str, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    while True:
-        try:
-            await consumer.run()
-            break
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            logger.warning("Redis unavailable at start (%r); retrying in 1 s", exc)
-            await asyncio.sleep(1)
+    await consumer.run()  # waits for Redis, with back-off, however long it is away
     await client.aclose()
 
 

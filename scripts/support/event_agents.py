@@ -2,11 +2,13 @@
 containers run (`python code/07_event_agents.py triage`, ...), against a real redis-server; and what
 a client of the gateway does (ask, wait for the answer, read progress)."""
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,15 +27,23 @@ SERVICES = ("triage", "concepts", "debug", "exercise", "progress")
 class System:
     """The five agents as processes, the gateway, and the Redis they share."""
 
-    def __init__(self, redis_url: str, logs: Path):
-        self.redis_url, self.logs = redis_url, logs
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+    def __init__(self, redis_url: str, logs: Path, password: str | None = None):
+        self.redis_url, self.logs, self.password = redis_url, logs, password
+        self.redis = redis.Redis.from_url(
+            redis_url,
+            password=password,
+            decode_responses=True,
+            encoding_errors="backslashreplace",  # a test may store bytes that are not UTF-8
+        )
         self.processes: dict[str, list[subprocess.Popen]] = {s: [] for s in SERVICES}
+        self.tokens: dict[str, str] = {}  # student -> the student_token the gateway gave
+        self.students: dict[str, str] = {}  # question id -> student
         self.base_env = offline_environment(
             REDIS_URL=redis_url,
             OFFLINE_TOKEN_DELAY_MS=2,
             VISIBILITY_TIMEOUT_MS=1500,
             MAX_DELIVERIES=3,
+            **({"REDIS_PASSWORD": password} if password else {}),
         )
 
     def start(self, service: str, **env: str) -> subprocess.Popen:
@@ -75,16 +85,42 @@ class System:
         self.redis.xadd(topic, {"data": data})
 
 
-def ask(system: System, student_id: str, text: str) -> str:
-    response = system.gateway.post("/v1/questions", json={"student_id": student_id, "text": text})
+def bearer(token: str | None) -> dict:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def ask(system, student_id: str, text: str, **headers: str) -> str:
+    """POST a question as the student (with the token its first question gave), 202 expected.
+    `system` is anything with `gateway` (an httpx client), `tokens` and `students`."""
+    response = system.gateway.post(
+        "/v1/questions",
+        json={"student_id": student_id, "text": text},
+        headers={**bearer(system.tokens.get(student_id)), **headers},
+    )
     assert response.status_code == 202, response.text
-    return response.json()["id"]
+    body = response.json()
+    if body.get("student_token"):
+        system.tokens[student_id] = body["student_token"]
+    system.students[body["id"]] = student_id
+    return body["id"]
 
 
-def answered(system: System, question_id: str, timeout: float = 30) -> dict:
+def enrol(system, student_id: str) -> None:
+    """Give a student a token without asking a question, as the gateway's first 202 would."""
+    token = uuid.uuid4().hex
+    system.redis.set(f"student:{student_id}", hashlib.sha256(token.encode()).hexdigest())
+    system.tokens[student_id] = token
+
+
+def view(system, question_id: str):
+    token = system.tokens.get(system.students.get(question_id, ""))
+    return system.gateway.get(f"/v1/questions/{question_id}", headers=bearer(token))
+
+
+def answered(system, question_id: str, timeout: float = 30) -> dict:
     def done():
-        view = system.gateway.get(f"/v1/questions/{question_id}").json()
-        return view if view["status"] != "pending" else None
+        found = view(system, question_id).json()
+        return found if found["status"] != "pending" else None
 
     return wait_for(done, timeout=timeout, what=f"question {question_id} answered")
 
@@ -93,20 +129,34 @@ def student() -> str:
     return f"s-{uuid.uuid4().hex[:10]}"
 
 
-def progress(system: System, student_id: str) -> dict:
-    return system.gateway.get(f"/v1/students/{student_id}/progress").json()
+def progress(system, student_id: str) -> dict:
+    token = system.tokens.get(student_id)
+    return system.gateway.get(f"/v1/students/{student_id}/progress", headers=bearer(token)).json()
 
 
-def envelope(event_id: str, data: dict) -> str:
+# What each topic accepts (lesson07_contract.ACCEPTS): the type, and one source allowed to send it.
+PRODUCERS = {
+    "learning.requests": ("learning.question.asked", "/lesson07/gateway"),
+    "concept.requests": ("learning.question.routed", "/lesson07/triage"),
+    "debug.requests": ("learning.question.routed", "/lesson07/triage"),
+    "exercise.requests": ("learning.question.routed", "/lesson07/triage"),
+    "progress.requests": ("learning.question.answered", "/lesson07/concepts"),
+}
+
+
+def envelope(event_id: str, data: dict, topic: str = "progress.requests", **attributes) -> str:
+    """An event as the producer of `topic` would publish it; `attributes` override any field."""
+    event_type, source = PRODUCERS[topic]
     return json.dumps(
         {
             "specversion": "1.0",
             "id": event_id,
-            "source": "/tests",
-            "type": "test",
+            "source": source,
+            "type": event_type,
             "datacontenttype": "application/json",
             "data": data,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **attributes,
         }
     )
 
@@ -124,7 +174,17 @@ class ComposeProject:
 
         self.name, self.port = f"{prefix}-{uuid.uuid4().hex[:8]}", free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "LESSON07_PORT": str(self.port), **env}
+        # Redis's password, a secret of the project's own (make lesson-07 writes the default one).
+        self.password = uuid.uuid4().hex
+        secret = Path(tempfile.mkdtemp(prefix="lesson07-")) / "redis-password"
+        secret.write_text(self.password)
+        secret.chmod(0o644)  # bind-mounted: the containers' users read it
+        self.env = {
+            **os.environ,
+            "LESSON07_PORT": str(self.port),
+            "LESSON07_REDIS_PASSWORD_FILE": str(secret),
+            **env,
+        }
         self.command = (*spelling, "-p", self.name, "-f", str(COMPOSE_FILE))
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
@@ -140,7 +200,8 @@ class ComposeProject:
         return self.run(*self.command, *args, stdin=stdin, check=check)
 
     def redis_cli(self, *args: str) -> str:
-        return self.compose("exec", "-T", "redis", "redis-cli", *args)
+        auth = f"REDISCLI_AUTH={self.password}"
+        return self.compose("exec", "-T", "-e", auth, "redis", "redis-cli", *args)
 
     def down(self) -> None:
         """`make lesson-07-down` for this project: containers, network and volume removed."""

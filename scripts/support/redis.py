@@ -14,7 +14,9 @@ from support.waiting import wait_for
 class RedisServer:
     """`redis-server` on 127.0.0.1; `restart()` brings it back on the same port and data dir."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False, dir=None):
+    def __init__(
+        self, *, port: int | None = None, appendonly: bool = False, dir=None, password=None
+    ):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -25,13 +27,15 @@ class RedisServer:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.appendonly = appendonly
+        self.password = password  # requirepass; `url` stays without it
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="redis-"))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "RedisServer":
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "yes" if self.appendonly else "no"],
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -50,16 +54,20 @@ class RedisServer:
             raise RuntimeError(f"redis-server exited with {self.process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                s.sendall(self._auth() + b"PING\r\n")
+                return b"+PONG" in s.recv(64)
         except OSError:
             return False
 
     def command(self, *words: str) -> bytes:
         """One command in Redis's inline protocol (no client library needed): the raw reply."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(" ".join(words).encode() + b"\r\n")
-            return s.recv(4096)
+            s.sendall(self._auth() + " ".join(words).encode() + b"\r\n")
+            reply = s.recv(4096)
+            return reply.removeprefix(b"+OK\r\n") if self.password else reply
+
+    def _auth(self) -> bytes:
+        return f"AUTH {self.password}\r\n".encode() if self.password else b""
 
     def freeze(self) -> None:
         """SIGSTOP: the port still accepts connections, nothing answers (a hung Redis)."""

@@ -5,6 +5,7 @@ The container suite (marker `container`, `make pubsub-test`) runs the Compose pr
 """
 
 import sys
+import uuid
 
 import httpx
 import pytest
@@ -18,8 +19,9 @@ from support.server import ServerProcess
 def system(tmp_path_factory):
     """One Redis, the five agents and the gateway for the module; each test has its own students."""
     logs = tmp_path_factory.mktemp("lesson07-logs")
-    with RedisServer() as server:
-        system = System(server.url, logs)
+    # Redis with a password, as in Compose: every agent and the gateway must send it.
+    with RedisServer(password=uuid.uuid4().hex) as server:
+        system = System(server.url, logs, server.password)
         try:
             for service in SERVICES:
                 system.start(service)

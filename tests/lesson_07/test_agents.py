@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 from support.errors import assert_error
-from support.event_agents import answered, ask, envelope, progress, student
+from support.event_agents import answered, ask, enrol, envelope, progress, student, view
 from support.lessons import load_lesson
 from support.metrics import metric
 from support.waiting import wait_for
@@ -75,6 +75,7 @@ def test_a_consumer_killed_mid_message_leaves_it_to_a_live_one(system):
 def test_a_message_delivered_twice_changes_the_progress_counts_once(system):
     """The same event twice on progress.requests (what a redelivery looks like): one count."""
     who, question_id = student(), uuid.uuid4().hex
+    enrol(system, who)
     event = envelope(
         f"{question_id}.answered",
         {
@@ -104,10 +105,12 @@ def test_a_message_delivered_twice_changes_the_progress_counts_once(system):
 def test_a_question_published_twice_is_answered_and_counted_once(system):
     """A producer that retries its publish: triage routes the event id once, nothing doubles."""
     who, question_id = student(), uuid.uuid4().hex
-    system.redis.hset(agents.question_key(question_id), mapping={"status": "pending"})
-    event = envelope(
-        question_id, {"question_id": question_id, "student_id": who, "text": "What is FastAPI?"}
-    )
+    enrol(system, who)
+    system.students[question_id] = who
+    record = {"status": "pending", "student_id": who}
+    system.redis.hset(agents.question_key(question_id), mapping=record)
+    data = {"question_id": question_id, "student_id": who, "text": "What is FastAPI?"}
+    event = envelope(question_id, data, topic=agents.LEARNING)
     system.publish_raw(agents.LEARNING, event)
     system.publish_raw(agents.LEARNING, event)
     assert answered(system, question_id)["route"] == "concepts"
@@ -134,7 +137,11 @@ def test_a_question_published_twice_is_answered_and_counted_once(system):
     [
         ("learning.requests", "not json {", "not a JSON CloudEvent"),
         ("learning.requests", json.dumps({"specversion": "0.3", "id": "x"}), "not a CloudEvents"),
-        ("concept.requests", envelope("bad-1", {"question_id": "nope"}), "question_id"),
+        (
+            "concept.requests",
+            envelope("bad-1", {"question_id": "nope"}, topic="concept.requests"),
+            "question_id",
+        ),
     ],
 )
 def test_a_malformed_event_goes_to_the_dead_letter_topic_and_is_acked(system, topic, data, reason):
@@ -231,8 +238,8 @@ def test_sigterm_lets_a_consumer_finish_the_message_in_hand(system):
     wait_until_delivered(system, question_id, "the consumer got it")
     slow.send_signal(signal.SIGTERM)
     assert slow.wait(15) == 0
-    view = system.gateway.get(f"/v1/questions/{question_id}").json()
-    assert view["status"] == "answered" and view["attempts"] == 1, view
+    found = view(system, question_id).json()
+    assert found["status"] == "answered" and found["attempts"] == 1, found
     system.start("concepts")
 
 
@@ -271,5 +278,5 @@ def test_a_dead_letter_fails_only_a_pending_question_the_gateway_recorded(system
         lambda: system.redis.xlen(agents.deadletter(agents.PROGRESS)) == before + 2,
         what="both dead-lettered",
     )
-    assert system.gateway.get(f"/v1/questions/{question_id}").json()["status"] == "answered"
+    assert view(system, question_id).json()["status"] == "answered"
     assert not system.redis.exists(agents.question_key(forged))

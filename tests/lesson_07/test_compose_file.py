@@ -33,6 +33,21 @@ def test_redis_fsyncs_every_write_to_its_append_only_file():
     assert command[command.index("--appendfsync") + 1] == "always"
 
 
+def test_redis_asks_for_a_password_from_a_secret_and_has_a_memory_bound():
+    redis = SERVICES["redis"]
+    script = " ".join(redis["command"])
+    assert "requirepass" in script and "/run/secrets/redis_password" in script
+    assert "protected-mode" not in script
+    assert redis["command"][redis["command"].index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis["command"][redis["command"].index("--maxmemory") + 1] == "256mb"
+
+
+@pytest.mark.parametrize("name", ["redis", "gateway", *AGENTS])
+def test_every_service_has_a_memory_limit_and_the_redis_secret(name):
+    assert SERVICES[name]["mem_limit"]
+    assert SERVICES[name]["secrets"] == ["redis_password"]
+
+
 def test_the_gateway_is_published_on_loopback_only():
     assert SERVICES["gateway"]["ports"] == ["127.0.0.1:${LESSON07_PORT:-8070}:8070"]
 

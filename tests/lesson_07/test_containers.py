@@ -12,6 +12,7 @@ from collections import Counter
 
 import httpx
 import pytest
+import redis
 from support.docker_cli import docker
 from support.event_agents import ComposeProject
 from support.waiting import wait_for
@@ -58,6 +59,7 @@ def test_compose_v1_runs_the_same_file():
         wait_for(ready, timeout=60, interval=0.5, what="the gateway ready under Compose v1")
         asked = client.post("/v1/questions", json={"student_id": "v1", "text": "What is AOF?"})
         question = f"/v1/questions/{asked.json()['id']}"
+        client.headers["Authorization"] = f"Bearer {asked.json()['student_token']}"
         view = wait_for(
             lambda: (v := client.get(question).json())["status"] == "answered" and v,
             timeout=60,
@@ -74,15 +76,22 @@ def test_compose_v1_runs_the_same_file():
 def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
     client = httpx.Client(base_url=project.url, timeout=10)
     sent: dict[str, tuple[str, str]] = {}  # question id -> (student, kind)
+    tokens: dict[str, dict] = {}  # student -> the Authorization header its first question gave
 
     def send(batch: int) -> None:
         for i in range(20):
             kind = list(KINDS)[i % 3]
             student = f"student-{i % 5}"
             text = KINDS[kind].format(topic=TOPICS[(i + batch) % 4], i=i)
-            response = client.post("/v1/questions", json={"student_id": student, "text": text})
+            response = client.post(
+                "/v1/questions",
+                json={"student_id": student, "text": text},
+                headers=tokens.get(student, {}),
+            )
             assert response.status_code == 202, response.text
             sent[response.json()["id"]] = (student, kind)
+            if token := response.json().get("student_token"):
+                tokens[student] = {"Authorization": f"Bearer {token}"}
 
     def kill_a_concepts_container() -> None:
         time.sleep(1.5)  # both concepts consumers are busy with this batch by now
@@ -102,8 +111,8 @@ def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
 
     def views():
         found = {}
-        for question_id in sent:
-            response = client.get(f"/v1/questions/{question_id}")
+        for question_id, (student, _) in sent.items():
+            response = client.get(f"/v1/questions/{question_id}", headers=tokens[student])
             if response.status_code != 200 or response.json()["status"] == "pending":
                 return None
             found[question_id] = response.json()
@@ -114,7 +123,9 @@ def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
     assert all(answered[q]["route"] == kind for q, (_, kind) in sent.items())
 
     expected = Counter(student for student, _ in sent.values())
-    counted = {s: client.get(f"/v1/students/{s}/progress").json() for s in expected}
+    counted = {
+        s: client.get(f"/v1/students/{s}/progress", headers=tokens[s]).json() for s in expected
+    }
     for student, progress in counted.items():
         kinds = Counter(kind for s, kind in sent.values() if s == student)
         assert progress["questions"] == expected[student], (student, progress)
@@ -154,6 +165,21 @@ def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
         print("\nchaos figures:", json.dumps(figures))
     assert redelivered >= 1, "no kill landed on a message in flight"
     assert twice == 0 and dead_lettered == 1
+
+
+def test_redis_answers_nobody_without_the_password(project):
+    """From the host, at the container's own address: NOAUTH, where PONG was."""
+    container = project.compose("ps", "-q", "redis").strip()
+    address = docker(
+        "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container
+    ).strip()
+    client = redis.Redis(host=address, port=6379, socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        client.ping()
+    forged = '{"specversion": "1.0", "id": "x", "type": "totally.bogus", "source": "/evil"}'
+    with pytest.raises(redis.AuthenticationError):
+        client.xadd("learning.requests", {"data": forged})
+    assert project.redis_cli("CONFIG", "GET", "maxmemory-policy").split()[-1] == "noeviction"
 
 
 def test_lesson_07_down_leaves_nothing(project):

@@ -1,0 +1,518 @@
+"""Lesson 07 under attack, as processes: forged and broken events, effects that fail half-way, long
+answers, no bounds, no access control, a lost reply, a name that does not resolve."""
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+import redis
+from support.errors import assert_error
+from support.event_agents import (
+    AGENTS,
+    GATEWAY,
+    answered,
+    ask,
+    bearer,
+    enrol,
+    envelope,
+    progress,
+    student,
+    view,
+)
+from support.lessons import load_lesson
+from support.ports import free_port
+from support.redis import RedisServer
+from support.server import ServerProcess, offline_environment
+from support.waiting import wait_for
+
+agents = load_lesson("code/07_event_agents.py")
+
+
+def alive(system, service: str) -> bool:
+    """At least one process of `service` runs, and none ended other than by our SIGTERM."""
+    codes = [p.poll() for p in system.processes[service]]
+    return None in codes and all(code in (None, 0) for code in codes)
+
+
+def dead_letters(system, topic: str, since: int) -> list[dict]:
+    return [fields for _, fields in system.redis.xrange(agents.deadletter(topic))[since:]]
+
+
+def redis_port(system) -> int:
+    return int(system.redis_url.rsplit(":", 1)[1].split("/")[0])
+
+
+def pending_question(system, who: str) -> str:
+    """A question recorded as the gateway records it, for an event published by hand."""
+    question_id = uuid.uuid4().hex
+    record = {"status": "pending", "student_id": who, "attempts": 0}
+    system.redis.hset(agents.question_key(question_id), mapping=record)
+    system.students[question_id] = who
+    return question_id
+
+
+def question_event(question_id: str, who: str, text: str, topic: str, **attributes) -> str:
+    data = {"question_id": question_id, "student_id": who, "text": text}
+    if topic != agents.LEARNING:
+        data.update(route="concepts", topic="docker")
+    suffix = "" if topic == agents.LEARNING else ".routed"
+    return envelope(f"{question_id}{suffix}", data, topic=topic, **attributes)
+
+
+def still_answers(system) -> None:
+    who = student()
+    assert answered(system, ask(system, who, "What is a Docker volume?"))["status"] == "answered"
+
+
+# --- 14: any event, however malformed, ends in the dead-letter topic and the consumer goes on ---
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [{"id": True}, {"id": ["x"]}, {"id": "x" * 10_000}, {"source": 7}, {"type": None}],
+    ids=["id-true", "id-list", "id-huge", "source-int", "type-null"],
+)
+def test_an_envelope_with_forged_attributes_is_dead_lettered_and_triage_goes_on(system, attributes):
+    who = student()
+    enrol(system, who)
+    before = system.redis.xlen(agents.deadletter(agents.LEARNING))
+    question_id = pending_question(system, who)
+    system.publish_raw(
+        agents.LEARNING, question_event(question_id, who, "hi", agents.LEARNING, **attributes)
+    )
+    dead = wait_for(lambda: dead_letters(system, agents.LEARNING, before), what="a dead letter")
+    assert "invalid attributes" in dead[0]["reason"], dead
+    assert alive(system, "triage")
+    assert answered(system, question_id)["status"] == "failed"
+    still_answers(system)
+
+
+def test_an_entry_that_is_not_utf8_is_dead_lettered_byte_for_byte(system):
+    raw = redis.Redis.from_url(system.redis_url, password=system.password)  # bytes, not str
+    before = system.redis.xlen(agents.deadletter(agents.LEARNING))
+    payload = b'{"specversion": "1.0", "id": "\xff\xfe", "data": {}}'
+    raw.xadd(agents.LEARNING, {"data": payload})
+    wait_for(lambda: dead_letters(system, agents.LEARNING, before), what="a dead letter")
+    dead = raw.xrange(agents.deadletter(agents.LEARNING))[-1][1]
+    assert dead[b"data"] == payload and b"UTF-8" in dead[b"reason"], dead
+    assert alive(system, "triage")
+    still_answers(system)
+
+
+# --- 15: the exactly-once script is all or nothing ---
+
+
+def test_an_effect_that_fails_half_way_records_nothing_as_processed(system):
+    """Redis runs the commands before the failing one: the processed record must not be one."""
+    question_id = pending_question(system, student())
+    processed, broken = f"processed:test:{uuid.uuid4().hex}", f"test:{uuid.uuid4().hex}"
+    system.redis.set(broken, "a string, not a hash")
+    record = agents.question_key(question_id)
+    commands = [["HSET", record, "route", "debug"], ["HINCRBY", broken, "n", 1]]
+    keys, args = [processed, agents.question_key(question_id)], [60, json.dumps(commands)]
+    with pytest.raises(redis.ResponseError):
+        system.redis.eval(agents.APPLY_ONCE, 2, *keys, *args)
+    assert not system.redis.exists(processed), "marked processed though the effect failed"
+    system.redis.delete(broken)
+    assert system.redis.eval(agents.APPLY_ONCE, 2, *keys, *args) == 1  # the retry stores it
+
+
+def test_a_lone_surrogate_is_dead_lettered_and_fails_the_question(system):
+    """\\ud800 in an event: cjson cannot read it. Before: "duplicate" forever, pending forever."""
+    who = student()
+    enrol(system, who)
+    topic = agents.SPECIALIST_TOPICS["concepts"]
+    before = system.redis.xlen(agents.deadletter(topic))
+    question_id = pending_question(system, who)
+    system.publish_raw(topic, question_event(question_id, who, "a \ud800 b", topic))
+    found = answered(system, question_id, timeout=60)
+    assert found["status"] == "failed" and "UTF-8" in found["error"], found
+    assert "UTF-8" in dead_letters(system, topic, before)[0]["reason"]
+
+
+def test_the_gateway_refuses_a_lone_surrogate(system):
+    before = system.redis.xlen(agents.LEARNING)
+    body = b'{"student_id": "ann-surrogate", "text": "a \\ud800 b"}'
+    response = system.gateway.post(
+        "/v1/questions", content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, 422, "validation_error")
+    assert system.redis.xlen(agents.LEARNING) == before
+
+
+# --- 16: a long answer is worked on by one consumer, and a late answer changes no final status ---
+
+
+def only_slow_concepts(system, delay_ms: str):
+    for process in system.processes["concepts"]:
+        system.stop(process)
+    return system.start("concepts", OFFLINE_TOKEN_DELAY_MS=delay_ms)
+
+
+def test_a_long_answer_is_not_taken_over_by_idle_consumers(system):
+    """~6 s of model time against a 1.5 s visibility timeout and two idle consumers: one call."""
+    slow = only_slow_concepts(system, "180")
+    who = student()
+    question_id = ask(system, who, "What is a container image layer?")
+    wait_for(
+        lambda: any(t["event_id"] == f"{question_id}.routed" for t in system.trace()),
+        what="the slow consumer got it",
+    )
+    system.start("concepts")
+    system.start("concepts")
+    found = answered(system, question_id, timeout=60)
+    deliveries = [
+        t
+        for t in system.trace()
+        if t["event_id"] == f"{question_id}.routed" and t["outcome"] == "delivered"
+    ]
+    assert found["status"] == "answered" and found["attempts"] == 1, found
+    assert len(deliveries) == 1, deliveries
+    assert wait_for(lambda: progress(system, who)["questions"] == 1, what="counted once")
+    system.stop(slow)
+
+
+def test_a_late_answer_does_not_contradict_a_final_status(system):
+    slow = only_slow_concepts(system, "120")
+    question_id = ask(system, student(), "What is a bind mount?")
+    wait_for(
+        lambda: any(t["event_id"] == f"{question_id}.routed" for t in system.trace()),
+        what="the consumer got it",
+    )
+    key = agents.question_key(question_id)
+    system.redis.hset(key, mapping={"status": "failed", "error": "given up"})  # as a dead letter
+    wait_for(
+        lambda: any(
+            t["event_id"] == f"{question_id}.routed" and t["outcome"] != "delivered"
+            for t in system.trace()
+        ),
+        timeout=30,
+        what="the slow answer handled",
+    )
+    assert system.redis.hget(key, "status") == "failed"
+    assert not system.redis.hexists(key, "answer")
+    system.stop(slow)
+    system.start("concepts")
+
+
+# --- 17: bounds ---
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(system):
+    response = system.gateway.post(
+        "/v1/questions",
+        content=b'{"student_id": "a", "text": "' + b"x" * 2_000_000 + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_a_question_record_expires(system):
+    question_id = ask(system, student(), "What is a healthcheck?")
+    assert 0 < system.redis.ttl(agents.question_key(question_id)) <= 24 * 3600
+
+
+@pytest.fixture
+def gateway(system, tmp_path):
+    """A second gateway on the same Redis with settings of the test's own."""
+
+    def start(**env: str) -> httpx.Client:
+        port = free_port()
+        server = ServerProcess(
+            [sys.executable, str(GATEWAY)],
+            env={**system.base_env, "PORT": str(port), **env},
+            port=port,
+            ready_path="/ready",
+            log_path=tmp_path / f"gateway-{port}.log",
+        )
+        started.append(server.__enter__())
+        return httpx.Client(base_url=server.url, timeout=10)
+
+    started: list = []
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+class Caller:
+    def __init__(self, client):
+        self.gateway, self.tokens, self.students = client, {}, {}
+
+
+def test_questions_past_the_backlog_are_refused_with_503_and_retry_after(system, gateway):
+    for process in system.processes["triage"]:
+        system.stop(process)
+    try:
+        caller, accepted = Caller(gateway(MAX_BACKLOG="3")), []
+        for i in range(4):  # three at most wait (fewer if some already were)
+            before = system.redis.xlen(agents.LEARNING)
+            question = {"student_id": student(), "text": f"What is a port {i}?"}
+            refused = caller.gateway.post("/v1/questions", json=question)
+            if refused.status_code != 202:
+                break
+            accepted.append(refused.json()["id"])
+            caller.students[accepted[-1]] = question["student_id"]
+            caller.tokens[question["student_id"]] = refused.json()["student_token"]
+        assert_error(refused, 503, "busy")
+        assert int(refused.headers["Retry-After"]) > 0
+        assert system.redis.xlen(agents.LEARNING) == before
+    finally:
+        system.start("triage")
+    for question_id in accepted:
+        assert answered(caller, question_id)["status"] == "answered"
+
+
+def test_a_student_past_the_rate_is_refused_with_429_and_retry_after(gateway):
+    caller, who = Caller(gateway(ASKS_PER_MINUTE="2")), student()
+    ask(caller, who, "one")
+    ask(caller, who, "two")
+    question = {"student_id": who, "text": "three"}
+    refused = caller.gateway.post(
+        "/v1/questions", json=question, headers=bearer(caller.tokens[who])
+    )
+    assert_error(refused, 429, "rate_limited")
+    assert int(refused.headers["Retry-After"]) > 0
+
+
+def test_dead_letters_are_trimmed(system):
+    """Each dead-letter topic keeps its last DEADLETTER_MAXLEN (approximately: whole nodes)."""
+    for process in system.processes["triage"]:
+        system.stop(process)
+    topic = agents.deadletter(agents.LEARNING)
+    system.start("triage", DEADLETTER_MAXLEN="10")
+    for i in range(300):
+        system.publish_raw(agents.LEARNING, f"not json {i}")
+    wait_for(
+        lambda: (
+            system.redis.xpending(agents.LEARNING, "triage")["pending"] == 0
+            and (system.redis.xinfo_groups(agents.LEARNING)[0].get("lag") or 0) == 0
+        ),
+        timeout=60,
+        what="all 300 handled",
+    )
+    assert system.redis.xlen(topic) < 300
+    assert system.redis.xrange(topic)[-1][1]["data"] == "not json 299"
+
+
+# --- 18: events are checked against what each topic accepts ---
+
+
+def test_an_event_of_the_wrong_type_or_source_is_not_routed(system):
+    """Type `totally.bogus`, source `/evil`, a student id full of colons: dead, not answered."""
+    who = student()
+    enrol(system, who)
+    before = system.redis.xlen(agents.deadletter(agents.LEARNING))
+    bogus = pending_question(system, who)
+    system.publish_raw(
+        agents.LEARNING,
+        question_event(bogus, who, "hi", agents.LEARNING, type="totally.bogus", source="/evil"),
+    )
+    colons = pending_question(system, who)
+    event = json.loads(question_event(colons, who, "hi", agents.LEARNING))
+    event["data"]["student_id"] = "ann:progress:bob"
+    system.publish_raw(agents.LEARNING, json.dumps(event))
+    dead = wait_for(
+        lambda: len(d := dead_letters(system, agents.LEARNING, before)) == 2 and d,
+        what="both dead",
+    )
+    assert "accepts learning.question.asked" in dead[0]["reason"]
+    assert "student_id" in dead[1]["reason"]
+    assert answered(system, bogus)["status"] == "failed"
+    assert not system.redis.exists(agents.progress_key("ann:progress:bob"))
+
+
+def test_an_event_for_a_question_nobody_asked_is_not_routed(system):
+    who = student()
+    before = system.redis.xlen(agents.deadletter(agents.LEARNING))
+    forged = uuid.uuid4().hex
+    system.publish_raw(agents.LEARNING, question_event(forged, who, "hi", agents.LEARNING))
+    dead = wait_for(lambda: dead_letters(system, agents.LEARNING, before), what="dead")
+    assert "not pending" in dead[0]["reason"]
+    assert not system.redis.exists(agents.question_key(forged))
+
+
+# --- 19: 503 only for a question not published; an Idempotency-Key makes a retry safe ---
+
+
+class DropOneReply:
+    """A TCP proxy to Redis that forwards the first command naming `marker` and then cuts the
+    connection before the reply: the command ran, the client never hears it did. The student is
+    new, so the answer must still carry the student's token."""
+
+    def __init__(self, port: int, marker: bytes):
+        self.target, self.marker, self.dropped = port, marker, threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            cut = threading.Event()
+            for args in ((client, server, cut), (server, client, cut, False)):
+                threading.Thread(target=self.pipe, args=args, daemon=True).start()
+
+    def pipe(self, source, sink, cut: threading.Event, upstream: bool = True) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if not upstream and cut.is_set():
+                    return  # the reply to the marked command: never relayed
+                if upstream and self.marker in chunk and not self.dropped.is_set():
+                    self.dropped.set()
+                    cut.set()
+                    sink.sendall(chunk)
+                    time.sleep(0.3)  # Redis runs it; the connection goes, with the reply
+                    return
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_question_whose_reply_was_lost_is_202_not_503(system, gateway):
+    # The marker is in the question's event: only the publish is cut, not the checks before it.
+    proxy = DropOneReply(redis_port(system), b"learning.question.asked")
+    try:
+        caller = Caller(gateway(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0"))
+        before = system.redis.xlen(agents.LEARNING)
+        question = {"student_id": student(), "text": "hi"}
+        response = caller.gateway.post("/v1/questions", json=question)
+        assert proxy.dropped.is_set()
+        published = system.redis.xlen(agents.LEARNING) - before
+        if response.status_code == 503:
+            assert published == 0, "503 for a question that was published"
+            assert int(response.headers["Retry-After"]) > 0
+        else:
+            assert response.status_code == 202 and published == 1, (response.text, published)
+            caller.tokens[question["student_id"]] = response.json()["student_token"]
+            caller.students[response.json()["id"]] = question["student_id"]
+            assert view(caller, response.json()["id"]).status_code == 200
+    finally:
+        proxy.close()
+
+
+def test_the_same_idempotency_key_publishes_once(system):
+    who, key = student(), uuid.uuid4().hex
+    before = system.redis.xlen(agents.LEARNING)
+    first = ask(system, who, "What is a volume?", **{"Idempotency-Key": key})
+    again = ask(system, who, "What is a volume?", **{"Idempotency-Key": key})
+    assert first == again
+    assert system.redis.xlen(agents.LEARNING) == before + 1
+
+
+# --- 20: a student's questions and progress are the student's ---
+
+
+def test_progress_and_answers_need_the_students_token(system):
+    ann, eve = student(), student()
+    question_id = ask(system, ann, "What is a Dockerfile?")
+    ask(system, eve, "What is a layer?")
+    anon = system.gateway
+    assert_error(anon.get(f"/v1/students/{ann}/progress"), 401, "student_token_missing")
+    assert_error(anon.get(f"/v1/questions/{question_id}"), 401, "student_token_missing")
+    as_eve = bearer(system.tokens[eve])
+    assert_error(anon.get(f"/v1/students/{ann}/progress", headers=as_eve), 403, "not_this_student")
+    assert_error(anon.get(f"/v1/questions/{question_id}", headers=as_eve), 403, "not_this_student")
+    before = system.redis.xlen(agents.LEARNING)
+    forged = {"student_id": ann, "text": "Docker build fails with error"}
+    assert_error(anon.post("/v1/questions", json=forged), 401, "student_token_missing")
+    assert_error(anon.post("/v1/questions", json=forged, headers=as_eve), 403, "not_this_student")
+    assert system.redis.xlen(agents.LEARNING) == before
+    assert view(system, question_id).status_code == 200
+
+
+def test_a_host_that_is_not_ours_is_refused(system):
+    response = system.gateway.get("/health", headers={"Host": "attacker.example"})
+    assert_error(response, 400, "invalid_host")
+
+
+# --- 21: a name that does not resolve for a while ---
+
+SITECUSTOMIZE = """
+import os, socket
+_real = socket.getaddrinfo
+def getaddrinfo(host, *args, **kwargs):
+    if host == "redis.lesson07.test":
+        if os.path.exists(os.environ["NXDOMAIN_FLAG"]):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        host = "127.0.0.1"
+    return _real(host, *args, **kwargs)
+socket.getaddrinfo = getaddrinfo
+"""
+
+
+def test_an_agent_reconnects_after_its_peers_name_stopped_resolving(system, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    flag = tmp_path / "nxdomain"
+    flag.touch()
+    port = redis_port(system)
+    for process in system.processes["triage"]:
+        system.stop(process)
+    env = {
+        **system.base_env,
+        "REDIS_URL": f"redis://redis.lesson07.test:{port}/0",
+        "NXDOMAIN_FLAG": str(flag),
+        "PYTHONPATH": f"{tmp_path}:{system.base_env.get('PYTHONPATH', '')}",
+        "HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
+    }
+    log = open(tmp_path / "triage.log", "wb")  # noqa: SIM115
+    command = [sys.executable, str(AGENTS), "triage"]
+    triage = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(3)  # a few failed lookups at start
+        assert triage.poll() is None, (tmp_path / "triage.log").read_text()[-2000:]
+        flag.unlink()
+        who = student()
+        assert (
+            answered(system, ask(system, who, "What is DNS?"), timeout=60)["status"] == "answered"
+        )
+        flag.touch()  # and once it is running: its connection is cut, the name is gone
+        system.redis.client_kill_filter(_type="normal", skipme=True)
+        time.sleep(3)
+        assert triage.poll() is None, (tmp_path / "triage.log").read_text()[-2000:]
+        flag.unlink()
+        again = ask(system, who, "What is a resolver?")
+        assert answered(system, again, timeout=60)["status"] == "answered"
+    finally:
+        system.stop(triage)
+        system.start("triage")
+
+
+def test_the_backlog_counts_before_any_agent_started(tmp_path):
+    """No consumer group yet: the whole topic is waiting, and is counted as such."""
+    with RedisServer(password="pw") as server:
+        port = free_port()
+        env = offline_environment(
+            REDIS_URL=server.url, REDIS_PASSWORD="pw", PORT=port, MAX_BACKLOG="5"
+        )
+        with ServerProcess(
+            [sys.executable, str(GATEWAY)],
+            env=env,
+            port=port,
+            ready_path="/ready",
+            log_path=tmp_path / "gateway.log",
+        ) as gateway:
+            client = httpx.Client(base_url=gateway.url, timeout=10)
+            codes = [
+                client.post("/v1/questions", json={"student_id": f"s{i}", "text": "hi"})
+                for i in range(8)
+            ]
+            assert [r.status_code for r in codes] == [202] * 5 + [503] * 3
+            assert_error(codes[-1], 503, "busy")
