@@ -14,7 +14,9 @@ from support.waiting import wait_for
 class RedisServer:
     """`redis-server` on 127.0.0.1; `restart()` brings it back on the same port and data dir."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False, dir=None):
+    def __init__(
+        self, *, port: int | None = None, appendonly: bool = False, dir=None, args: list[str] = ()
+    ):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -25,13 +27,14 @@ class RedisServer:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.appendonly = appendonly
+        self.args = list(args)  # more of redis-server's arguments (users, for one)
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="redis-"))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "RedisServer":
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "yes" if self.appendonly else "no"],
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no", *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -51,7 +54,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, if locked
         except OSError:
             return False
 
