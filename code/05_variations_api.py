@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     MAX_RUNS_PER_CLIENT: int = 1  # per client address, so one client cannot hold every slot
     VARIATION_TIMEOUT_SECONDS: float = 120.0
     # Warm workers: containers started ahead, imports done, each waiting for one variation (0: off).
-    # One older than WARM_MAX_AGE_SECONDS gets no job and is replaced; it leaves by itself a minute
-    # later, should this API be gone.
+    # One older than WARM_MAX_AGE_SECONDS gets no job and is replaced; should this API be gone, it
+    # leaves by itself once the API's alive key (renewed by every reaper pass) has expired.
     WARM_WORKERS: int = Field(0, ge=0, le=16)
     WARM_MAX_AGE_SECONDS: float = Field(240.0, gt=0)
     STREAM_MAXLEN: int = 5000  # entries kept in one run's stream
