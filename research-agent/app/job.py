@@ -58,7 +58,8 @@ def warm_alive_key(deployment: str) -> str:
 
 def warm_ready_key(queue: str) -> str:
     """Set by a warm worker while it waits with its imports done: how a benchmark (or a curious
-    reader, `redis-cli keys 'warm:*:ready'`) tells a ready worker from one still importing."""
+    reader, `redis-cli --scan --pattern 'warm:*:ready'`) tells a ready worker from one still
+    importing."""
     return f"{queue}:ready"
 
 
