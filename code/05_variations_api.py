@@ -53,7 +53,7 @@ from app.error_shape import ErrorResponse, error_body, install_shape_handlers  #
 from app.job import EXIT_REASONS as WORKER_EXIT_REASONS  # noqa: E402
 from app.job import AnswerStyle, Job, events_key, variation_key, warm_queue_key  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
-from variations_redis import Backoff, Relay, WorkerUsers, relay_forever  # noqa: E402
+from variations_redis import Backoff, Relay, WorkerUsers, or_failure, relay_forever  # noqa: E402
 
 log_with_request_ids()
 logger = logging.getLogger("variations")
@@ -866,19 +866,6 @@ class StreamSlots:
             self.open[client] -= 1
             if not self.open[client]:
                 del self.open[client]
-
-
-async def or_failure(stream, run_id: str):
-    """The stream; if Redis fails meanwhile, the end every stream of the course has: an `error`
-    event, then `data: [DONE]` (the client may resume later with the last id it saw)."""
-    try:
-        async for event in stream:
-            yield event
-    except redis.RedisError as exc:
-        logger.warning("event stream of run %s cut: Redis failed: %r", run_id, exc)
-        error = {"type": "redis_unavailable", "message": "Redis is not answering; try again"}
-        yield ServerSentEvent(event="error", data=json.dumps({"variation": None, "error": error}))
-        yield ServerSentEvent(data="[DONE]")
 
 
 async def follow(runs: Runs, run_id: str, last_id: str, request: Request):

@@ -22,8 +22,10 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis.asyncio as redis
+from sse_starlette import ServerSentEvent
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
+from app.error_shape import error_body  # noqa: E402
 from app.job import WORKER_EVENTS, events_key, variation_key, worker_events_key  # noqa: E402
 
 logger = logging.getLogger("variations")
@@ -215,6 +217,21 @@ async def relay_forever(relay: Relay, running) -> None:
             backoff.ok()
         except (redis.RedisError, OSError) as exc:
             await asyncio.sleep(backoff.failed(exc))
+
+
+async def or_failure(stream, run_id: str):
+    """An event stream; if Redis fails meanwhile, the end every stream of the course has: an
+    `error` event (retryable: the client may resume later with the last id it saw), then
+    `data: [DONE]`."""
+    try:
+        async for event in stream:
+            yield event
+    except redis.RedisError as exc:
+        logger.warning("event stream of run %s cut: Redis failed: %r", run_id, exc)
+        message = "Redis is not answering; resume from your last event id shortly"
+        error = error_body("redis_unavailable", message, retryable=True)["error"]
+        yield ServerSentEvent(event="error", data=json.dumps({"variation": None, "error": error}))
+        yield ServerSentEvent(data="[DONE]")
 
 
 if __name__ == "__main__":
