@@ -944,9 +944,8 @@ async def lifespan(app: FastAPI):
     reaper = asyncio.create_task(reaping.reap_forever())
     relay = Relay(clients[3], settings.STREAM_MAXLEN)  # copies workers' events into their runs'
     relaying = asyncio.create_task(relay_forever(relay, Runs(clients[3], settings).running))
-    logger.info(
-        "variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, settings.REDIS_URL
-    )
+    address = settings.REDIS_URL.rpartition("@")[2]  # never the password in a log
+    logger.info("variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, address)
     yield
     reaper.cancel()
     relaying.cancel()
