@@ -77,7 +77,8 @@ def test_not_even_the_api_may_configure_watch_or_wipe_redis(locked_redis):
             call()
 
 
-def test_a_run_works_on_the_locked_redis(serve_locked):
+def test_a_run_works_on_the_locked_redis(serve_locked, caplog):
+    caplog.set_level(logging.INFO)
     server = serve_locked(WARM_WORKERS=1)
     wait_for(lambda: server.server.config.app.state.orchestrator.pool.idle, timeout=60)
     run_id = start_run(server.url, variations=2)["run_id"]
@@ -85,6 +86,7 @@ def test_a_run_works_on_the_locked_redis(serve_locked):
     done = by_variation(events, "variation_done")
     assert [done[i]["status"] for i in range(2)] == ["succeeded"] * 2
     assert httpx.get(f"{server.url}/ready").status_code == 200
+    assert "variations API ready" in caplog.text and PASSWORD not in caplog.text
 
 
 # --- Item 8: Redis restarts mid-run ---------------------------------------------------------------
