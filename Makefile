@@ -223,7 +223,7 @@ sandbox-image: docker-tools offline-images ## Build and smoke-test agent-sandbox
 
 lesson-05-image: IMAGES = optimized
 lesson-05-image: build
-	docker tag research-agent:optimized $(LESSON05_IMAGE)
+	docker tag research-agent:optimized$(TAG_SUFFIX) $(LESSON05_IMAGE)
 
 # Lesson 07's image: the research agent's optimized image (the pinned lock) plus the lesson's files.
 lesson-07-image: docker-tools offline-images

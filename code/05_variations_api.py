@@ -48,10 +48,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 # contract, defined once in the research agent's image (app/job.py): this API imports it too, and
 # takes the research agent's rule for which X-Request-ID to keep.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
+from app import job as contract  # noqa: E402
 from app.error_shape import ErrorResponse, error_body, install_shape_handlers  # noqa: E402
 from app.job import EXIT_REASONS as WORKER_EXIT_REASONS  # noqa: E402
 from app.job import AnswerStyle, Job, events_key, variation_key, warm_queue_key  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
+from variations_redis import Backoff, Relay, WorkerUsers, or_failure, relay_forever  # noqa: E402
 
 log_with_request_ids()
 logger = logging.getLogger("variations")
@@ -68,8 +70,10 @@ class Settings(BaseSettings):
     # Host names this API answers to (a JSON list): any other Host header, such as a page's own
     # name rebound to 127.0.0.1 by its DNS, gets 400.
     ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
-    REDIS_URL: str = "redis://127.0.0.1:6379/0"  # how this API reaches Redis
-    WORKER_REDIS_URL: str = "redis://lesson-05-redis:6379/0"  # the same Redis, seen from a worker
+    # How this API reaches Redis, as its user `api` (scripts/lesson-05.sh prints it).
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    # The same Redis, seen from a worker; each worker gets a user of its own (variations_redis.py).
+    WORKER_REDIS_URL: str = "redis://lesson-05-redis:6379/0"
     WORKER_IMAGE: str = "research-agent:optimized"
     WORKER_NETWORK: str = "lesson-05"
     DEPLOYMENT: str = "lesson-05"  # labels this API's containers: only these are swept or adopted
@@ -81,8 +85,8 @@ class Settings(BaseSettings):
     MAX_RUNS_PER_CLIENT: int = 1  # per client address, so one client cannot hold every slot
     VARIATION_TIMEOUT_SECONDS: float = 120.0
     # Warm workers: containers started ahead, imports done, each waiting for one variation (0: off).
-    # One older than WARM_MAX_AGE_SECONDS gets no job and is replaced; it leaves by itself a minute
-    # later, should this API be gone.
+    # One older than WARM_MAX_AGE_SECONDS gets no job and is replaced; should this API be gone, it
+    # leaves by itself once the API's alive key (renewed by every reaper pass) has expired.
     WARM_WORKERS: int = Field(0, ge=0, le=16)
     WARM_MAX_AGE_SECONDS: float = Field(240.0, gt=0)
     STREAM_MAXLEN: int = 5000  # entries kept in one run's stream
@@ -277,11 +281,26 @@ class Runs:
             for v in variations:
                 key = variation_key(run_id, v["index"])
                 tx.hset(key, mapping={"settings": json.dumps(v), "status": "starting"})
+                # The worker's stream exists from now, so that it expires like the rest.
+                stream = contract.worker_events_key(run_id, v["index"])
+                tx.xgroup_create(stream, "created", mkstream=True).xgroup_destroy(stream, "created")
             tx.sadd("runs:active", run_id)
+            data = {"variation": None, "query": query, "variations": variations}
+            fields = {"event": "run_started", "data": json.dumps(data)}
+            tx.xadd(events_key(run_id), fields, maxlen=self.settings.STREAM_MAXLEN)
+            # Should no API be left to end the run, its keys still expire (the last variation's
+            # end sets RUN_TTL_SECONDS from then on).
+            ttl = int(self.settings.VARIATION_TIMEOUT_SECONDS) + self.settings.RUN_TTL_SECONDS
+            for key in self.keys(run_id, len(variations)):
+                tx.expire(key, ttl)
             await tx.execute()
-        await self.add_event(
-            run_id, "run_started", {"variation": None, "query": query, "variations": variations}
-        )
+
+    def keys(self, run_id: str, count: int) -> list[str]:
+        """The run's hash and stream, then each variation's hash and worker stream."""
+        per_variation = (variation_key, contract.worker_events_key)
+        return [run_key(run_id), events_key(run_id)] + [
+            key(run_id, i) for i in range(count) for key in per_variation
+        ]
 
     async def status(self, run_id: str) -> str | None:
         return await self.client.hget(run_key(run_id), "status")
@@ -313,13 +332,17 @@ class Runs:
         """End one variation (once); returns False when it had already ended."""
         count = await self.count(run_id)
         keys = [run_key(run_id), events_key(run_id), "runs:active", variation_key(run_id, index)]
-        keys += [variation_key(run_id, i) for i in range(count) if i != index]
+        keys += [k for k in self.keys(run_id, count)[2:] if k != variation_key(run_id, index)]
         data = json.dumps({"variation": index, "status": status, **details})
         args = [status, data, self.settings.STREAM_MAXLEN, self.settings.RUN_TTL_SECONDS, run_id]
         return await self._finish(keys=keys, args=args) != 0
 
     async def active(self) -> set[str]:
         return await self.client.smembers("runs:active")
+
+    async def running(self) -> list[tuple[str, int]]:
+        """(run id, variation) of every variation of the runs going (the relay checks which run)."""
+        return [(r, i) for r in await self.active() for i in range(await self.count(r))]
 
     async def send_job(self, worker: str, job: dict[str, str]) -> None:
         """A warm worker's one job, onto the list it waits on; gone in a minute if not taken."""
@@ -508,8 +531,8 @@ class WarmPool:
     its variation under the same labels' deployment, deadline and reaper, then exits: never reused.
     The reaper's pass tends the pool: it removes the ones that left or grew old, and tops it up."""
 
-    def __init__(self, settings: Settings, workers: "DockerWorkers"):
-        self.settings, self.workers = settings, workers
+    def __init__(self, settings: Settings, workers: "DockerWorkers", users: WorkerUsers):
+        self.settings, self.workers, self.users = settings, workers, users
         self.starting: set[str] = set()  # names
         self.idle: dict[str, tuple[str, float]] = {}  # name -> (container id, started at)
         self.taken: dict[str, tuple[str, int, float]] = {}  # name -> (run id, variation, when)
@@ -517,15 +540,18 @@ class WarmPool:
         self.retry_at = 0.0  # after a failed start, the next try waits (no image: no busy loop)
         self.closed = False
 
-    def environment(self, name: str) -> dict[str, str]:
+    async def environment(self, name: str) -> dict[str, str]:
         s = self.settings
+        queue, alive = warm_queue_key(s.DEPLOYMENT, name), contract.warm_alive_key(s.DEPLOYMENT)
         env = {
-            "REDIS_URL": s.WORKER_REDIS_URL,
-            "WARM_QUEUE": warm_queue_key(s.DEPLOYMENT, name),
+            # Its own user: its list and nothing else; the job it pops brings its variation's.
+            "REDIS_URL": await self.users.warm(name, queue, contract.warm_ready_key(queue), alive),
+            "WARM_QUEUE": queue,
+            "WARM_ALIVE": alive,
             "WARM_IDLE_SECONDS": str(s.WARM_MAX_AGE_SECONDS + 60),
             "OFFLINE_TOKEN_DELAY_MS": str(s.OFFLINE_TOKEN_DELAY_MS),
         }
-        if s.OPENAI_API_KEY:  # imported ahead as well: the real model's client
+        if s.OPENAI_API_KEY:  # here, never in its job: nothing secret travels through Redis
             env["OPENAI_API_KEY"] = s.OPENAI_API_KEY.get_secret_value()
         if s.OPENAI_BASE_URL:
             env["OPENAI_BASE_URL"] = s.OPENAI_BASE_URL
@@ -574,9 +600,8 @@ class WarmPool:
         name = f"{self.settings.DEPLOYMENT}-warm-{uuid.uuid4().hex[:12]}"
         self.starting.add(name)
         try:
-            worker_id = await asyncio.to_thread(
-                self.workers.start_warm, name, self.environment(name)
-            )
+            environment = await self.environment(name)
+            worker_id = await asyncio.to_thread(self.workers.start_warm, name, environment)
         except Exception as exc:
             logger.warning("a warm worker did not start (retrying in 10 s): %r", exc)
             self.retry_at = time.time() + 10
@@ -607,10 +632,14 @@ EXIT_REASONS = {
 class Orchestrator:
     def __init__(self, settings: Settings, runs: Runs, workers: DockerWorkers, pool: WarmPool):
         self.settings, self.runs, self.workers, self.pool = settings, runs, workers, pool
+        self.users = WorkerUsers(runs.client, settings.REDIS_URL, settings.WORKER_REDIS_URL)
+        self.relay = Relay(runs.client, settings.STREAM_MAXLEN)
         self.starting: dict[str, asyncio.Task] = {}
         self.lock = asyncio.Lock()
 
-    def environment(self, run_id: str, query: str, v: dict, count: int) -> dict[str, str]:
+    def environment(
+        self, run_id: str, query: str, v: dict, count: int, url: str, secrets: bool = True
+    ) -> dict[str, str]:
         s = self.settings
         # Room in the stream for each variation's tokens, after every other event of the run.
         token_budget = max(0, (s.STREAM_MAXLEN - 3 - 12 * count) // count)
@@ -619,11 +648,12 @@ class Orchestrator:
             VARIATION=v["index"],
             QUERY=query,
             ANSWER_STYLE=v["style"],
-            REDIS_URL=s.WORKER_REDIS_URL,
+            REDIS_URL=url,  # as the variation's own Redis user
             STREAM_MAXLEN=s.STREAM_MAXLEN,
             TOKEN_BUDGET=token_budget,
         )
         return job.to_env(  # the agent's own settings, for what the variation changes
+            secrets,
             TEMPERATURE=v["temperature"],
             SEARCH_MAX_RESULTS=v["search_depth"],
             MODEL_NAME=v.get("model"),
@@ -667,9 +697,10 @@ class Orchestrator:
         index, began = v["index"], time.time()
         deadline = began + self.settings.VARIATION_TIMEOUT_SECONDS
         await self.runs.update_variation(run_id, index, status="running", deadline=deadline)
-        env = self.environment(run_id, query, v, count)
         warm = self.pool.take(run_id, index)  # (name, id) of a worker started ahead, if one waits
         try:
+            url = await self.users.variation(run_id, index)
+            env = self.environment(run_id, query, v, count, url, secrets=not warm)
             worker_id = (
                 warm[1] if warm else await asyncio.to_thread(self.workers.start, run_id, index, env)
             )
@@ -688,12 +719,17 @@ class Orchestrator:
             await self.runs.send_job(warm[0], env)  # the same variables a cold worker gets
 
     async def reap_forever(self) -> None:
+        backoff = Backoff("a reaper pass", self.settings.REAP_INTERVAL_SECONDS)
         while True:
             try:
                 await self.reap()
+                wait = backoff.ok()
+            except (redis.RedisError, docker.errors.DockerException, OSError) as exc:
+                wait = backoff.failed(exc)  # Redis or the engine away: one line, less often
             except Exception:
                 logger.exception("reaper pass failed; retrying")
-            await asyncio.sleep(self.settings.REAP_INTERVAL_SECONDS)
+                wait = backoff.failed(RuntimeError("see the traceback above"))
+            await asyncio.sleep(wait)
 
     async def reap(self) -> dict:
         """One pass over this deployment's containers: record exits, enforce deadlines, remove
@@ -701,6 +737,9 @@ class Orchestrator:
         vanished. At start-up the same pass sweeps what a previous API left behind and adopts the
         containers of runs still going."""
         listed_at = time.time()
+        alive = contract.warm_alive_key(self.settings.DEPLOYMENT)  # warm workers leave without it
+        await self.runs.client.set(alive, listed_at, ex=15)
+        users = await self.users.listed()  # before anything is worked out: see WorkerUsers.sweep
         workers = await asyncio.to_thread(self.workers.list)
         seen, counts = set(), {"adopted": 0, "removed": 0, "ended": 0}
         pool = self.pool
@@ -721,12 +760,18 @@ class Orchestrator:
                 # One container that cannot be handled (removed meanwhile, its engine call failed)
                 # must not hold up every other run: the rest are reaped, it is retried next pass.
                 logger.exception("reaping variation %s/%d failed", w.run_id, w.index)
+        wanted = {self.users.warm_user(n) for n in {*pool.starting, *pool.idle, *pool.taken}}
         for run_id in await self.runs.active():
             for i in range(await self.runs.count(run_id)):
                 v = await self.runs.variation(run_id, i)
                 started = float(v.get("started_at") or "inf")
                 if v.get("status") == "running" and (run_id, i) not in seen and started < listed_at:
                     await self.runs.finish(run_id, i, "failed", reason="the container disappeared")
+                elif v.get("status") == "running":
+                    wanted.add(user := self.users.variation_user(run_id, i))
+                    if user not in users and "container" in v:  # Redis restarted: back again
+                        await self.users.variation(run_id, i)
+        await self.users.sweep(users, wanted)
         await self.pool.tend(workers, listed_at)
         return counts
 
@@ -739,7 +784,8 @@ class Orchestrator:
             await asyncio.to_thread(self.workers.remove, w.id)
             return "removed"
         if not w.running:
-            await self.record_exit(w, v)
+            await self.relay.drain(w.run_id, w.index)  # its last events, before variation_done
+            await self.record_exit(w, await self.runs.variation(w.run_id, w.index))
             return "ended"
         if time.time() > float(v.get("deadline") or "inf"):
             await asyncio.to_thread(self.workers.remove, w.id)
@@ -872,20 +918,22 @@ def token_hash(token: str) -> str:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
-    # Three pools sized on purpose. A blocking pool waits (up to 10 s) for a free connection where
-    # the default pool fails at once; the streams' pool has one connection per allowed stream.
+    # Four pools sized on purpose. A blocking pool waits (up to 10 s) for a free connection where
+    # the default pool fails at once; the streams' pool has one connection per allowed stream; the
+    # reaper and the relay have two each.
     clients = [
         redis.Redis(
             connection_pool=redis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL, max_connections=size, timeout=10, decode_responses=True
             )
         )
-        for size in (settings.REDIS_CONNECTIONS, settings.MAX_STREAMS, 2)
+        for size in (settings.REDIS_CONNECTIONS, settings.MAX_STREAMS, 2, 2)
     ]
     await clients[0].ping()
     workers = app.state.workers or DockerWorkers(settings)
     await asyncio.to_thread(workers.check)
-    pool = WarmPool(settings, workers)  # one pool, shared by the routes and the reaper
+    users = WorkerUsers(clients[2], settings.REDIS_URL, settings.WORKER_REDIS_URL)
+    pool = WarmPool(settings, workers, users)  # one pool, shared by the routes and the reaper
     app.state.orchestrator = Orchestrator(settings, Runs(clients[0], settings), workers, pool)
     app.state.stream_runs = Runs(clients[1], settings)
     app.state.stream_slots = StreamSlots(settings)
@@ -894,11 +942,13 @@ async def lifespan(app: FastAPI):
     swept = await reaping.reap()  # before serving: leftovers removed, live runs adopted
     logger.info("start-up sweep: %s", swept)
     reaper = asyncio.create_task(reaping.reap_forever())
-    logger.info(
-        "variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, settings.REDIS_URL
-    )
+    relay = Relay(clients[3], settings.STREAM_MAXLEN)  # copies workers' events into their runs'
+    relaying = asyncio.create_task(relay_forever(relay, Runs(clients[3], settings).running))
+    address = settings.REDIS_URL.rpartition("@")[2]  # never the password in a log
+    logger.info("variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, address)
     yield
     reaper.cancel()
+    relaying.cancel()
     await pool.close()
     for client in clients:
         await client.aclose()
@@ -988,6 +1038,12 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
     async def health() -> dict:
         return {"status": "ok"}
 
+    @app.get("/ready", responses={503: {"model": ErrorResponse}})
+    async def ready(request: Request) -> dict:
+        """200 once Redis answers: /health says the process is up, this that it can serve runs."""
+        await orchestrator(request).runs.client.ping()  # a RedisError answers 503 (redis_down)
+        return {"status": "ready"}
+
     @app.post("/v1/runs", status_code=202, responses=errors)
     async def create_run(body: RunRequest, request: Request, response: Response) -> RunCreated:
         """Start one container per variation; follow them at /v1/runs/{run_id}/events."""
@@ -1046,7 +1102,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         if view["status"] != "running" and _id_tuple(start) == _id_tuple(newest_id):
             return Response(status_code=204)
         return EventSourceResponse(
-            follow(runs, run_id, start, request),
+            or_failure(follow(runs, run_id, start, request), run_id),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         # [end:run_events]

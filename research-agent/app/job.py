@@ -28,8 +28,20 @@ def events_key(run_id: str) -> str:
 
 
 def variation_key(run_id: str, index: int) -> str:
-    """One variation's hash: the orchestrator's status fields, the worker's `result` or `error`."""
+    """One variation's hash: the orchestrator's status fields, the `result` or `error`."""
     return f"run:{run_id}:v:{index}"
+
+
+def worker_events_key(run_id: str, index: int) -> str:
+    """The one key a worker may write (XADD): its own stream. The orchestrator copies each entry
+    into the run's stream, checked and tagged with this variation, so no worker can write as
+    another variation or touch a key of another run (each worker's Redis user allows only this)."""
+    return f"run:{run_id}:v:{index}:events"
+
+
+# The events a worker may send; the orchestrator drops any other name (run_done, variation_done...
+# are the orchestrator's own).
+WORKER_EVENTS = ("worker_ready", "token", "tool", "truncated", "final", "error", "worker_stats")
 
 
 def warm_queue_key(deployment: str, worker: str) -> str:
@@ -38,9 +50,16 @@ def warm_queue_key(deployment: str, worker: str) -> str:
     return f"warm:{deployment}:{worker}"
 
 
+def warm_alive_key(deployment: str) -> str:
+    """Kept alive by the orchestrator (a short TTL renewed on every reaper pass): a warm worker
+    that finds it gone while waiting knows no orchestrator will send it a job, and leaves."""
+    return f"warm:{deployment}:alive"
+
+
 def warm_ready_key(queue: str) -> str:
     """Set by a warm worker while it waits with its imports done: how a benchmark (or a curious
-    reader, `redis-cli keys 'warm:*:ready'`) tells a ready worker from one still importing."""
+    reader, `redis-cli --scan --pattern 'warm:*:ready'`) tells a ready worker from one still
+    importing."""
     return f"{queue}:ready"
 
 
@@ -54,21 +73,21 @@ class Job(BaseModel):
     VARIATION: int = Field(ge=0, le=63)
     QUERY: str = Field(min_length=1, max_length=2000)
     ANSWER_STYLE: AnswerStyle = "bullets"
+    # With this worker's own Redis user in it (user:password@), allowed only its stream.
     REDIS_URL: str = "redis://redis:6379/0"
     STREAM_MAXLEN: int = Field(5000, ge=10)  # the run's stream never holds more entries than this
     TOKEN_BUDGET: int = Field(1000, ge=0)  # token events this variation may add to the stream
 
     @property
     def stream_key(self) -> str:
-        return events_key(self.RUN_ID)
+        """Where this worker writes its events: its own stream (worker_events_key)."""
+        return worker_events_key(self.RUN_ID, self.VARIATION)
 
-    @property
-    def variation_key(self) -> str:
-        return variation_key(self.RUN_ID, self.VARIATION)
-
-    def to_env(self, **agent_settings) -> dict[str, str]:
+    def to_env(self, secrets: bool = True, **agent_settings) -> dict[str, str]:
         """The job plus the agent's settings this variation changes (TEMPERATURE, MODEL_NAME...),
-        as a container's environment: every value a string, a None left out (the default holds)."""
+        as a container's environment: every value a string, a None left out (the default holds).
+        `secrets=False` leaves out the secret ones (OPENAI_API_KEY): a warm worker's job travels
+        through Redis, and a warm worker got its secrets in its environment when it started."""
         unknown = set(agent_settings) - set(Settings.model_fields)
         if unknown:
             raise ValueError(f"not settings of the agent: {sorted(unknown)}")
@@ -76,7 +95,7 @@ class Job(BaseModel):
         return {
             name: value.get_secret_value() if isinstance(value, SecretStr) else str(value)
             for name, value in values.items()
-            if value is not None
+            if value is not None and (secrets or not isinstance(value, SecretStr))
         }
 
 

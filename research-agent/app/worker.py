@@ -8,7 +8,11 @@ the exit codes are the contract in app/job.py, which the orchestrator imports to
 
 A warm worker (``python -m app.worker --warm``) is started before its job: it does its imports,
 then blocks on its own Redis list (WARM_QUEUE) for one job, the same variables as JSON, runs it
-and exits; with no job within WARM_IDLE_SECONDS it exits by itself.
+and exits; with no job within WARM_IDLE_SECONDS, or once the orchestrator's WARM_ALIVE key is gone
+(no orchestrator left to send one), it exits by itself.
+
+Each worker reaches Redis as a user of its own (in REDIS_URL): a warm one may read only its list,
+a variation may only XADD to its own stream (app/job.py), whatever code runs in the container.
 """
 
 import time
@@ -25,6 +29,8 @@ from pathlib import Path  # noqa: E402
 
 import redis.asyncio as redis  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
+from redis.asyncio.retry import Retry  # noqa: E402
+from redis.backoff import ExponentialBackoff  # noqa: E402
 
 from .agent import SYSTEM_PROMPT, ResearchAgent  # noqa: E402
 from .config import Settings  # noqa: E402
@@ -41,7 +47,8 @@ class WorkerSettings(Job, Settings):
 
 
 class Publisher:
-    """XADD every event to the run's stream, tagged with this variation, capped at STREAM_MAXLEN."""
+    """XADD every event to this variation's own stream, capped at STREAM_MAXLEN: the orchestrator
+    copies each into the run's stream and keeps the `final` answer or `error` for its GET route."""
 
     def __init__(self, client: redis.Redis, settings: WorkerSettings):
         self.client, self.settings = client, settings
@@ -51,9 +58,12 @@ class Publisher:
         fields = {"event": event, "data": json.dumps(data)}
         await self.client.xadd(self.settings.stream_key, fields, maxlen=self.settings.STREAM_MAXLEN)
 
-    async def record(self, field: str, value: dict) -> None:
-        """Keep the outcome in the variation's hash too, for GET /v1/runs/{id}."""
-        await self.client.hset(self.settings.variation_key, field, json.dumps(value))
+
+def connect(url: str, **options) -> redis.Redis:
+    """A client that rides out a Redis restart (about eight seconds of retries, including the
+    moments its user does not exist yet: redis-py's AuthenticationError is a ConnectionError)."""
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), 10)
+    return redis.from_url(url, socket_connect_timeout=5, retry=retry, **options)
 
 
 def build_agent(settings: WorkerSettings) -> ResearchAgent:
@@ -83,18 +93,14 @@ def peak_memory_mb() -> dict:
 async def run(settings: WorkerSettings, warm: bool = False, assigned: float | None = None) -> int:
     """One variation. `assigned`: when a warm worker got its job, from which its start-up counts."""
     began = assigned or STARTED
-    client = redis.from_url(settings.REDIS_URL, socket_connect_timeout=5)
+    client = connect(settings.REDIS_URL)
     events = Publisher(client, settings)
-    for attempt in range(1, 6):  # a busy engine's DNS or a restarting Redis: retry, bounded
-        try:
-            await client.ping()
-            break
-        except redis.RedisError as exc:
-            logger.warning("Redis at %s: %s (attempt %d of 5)", settings.REDIS_URL, exc, attempt)
-            if attempt == 5:
-                logger.error("cannot reach Redis at %s: giving up", settings.REDIS_URL)
-                return ExitCode.NO_REDIS
-            await asyncio.sleep(attempt * 0.5)
+    try:  # a busy engine's DNS or a restarting Redis: the client's retries, bounded
+        await client.ping()
+    except redis.RedisError as exc:  # the URL holds a password: never logged
+        logger.error("cannot reach Redis: %s; giving up", exc)
+        await client.aclose()
+        return ExitCode.NO_REDIS
     imported = time.time()
     try:
         agent = await asyncio.to_thread(build_agent, settings)  # builds the local search index
@@ -139,7 +145,6 @@ async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: 
                         },
                     )
                 data = {**data, "query": settings.QUERY, "model": settings.model_label}
-                await events.record("result", data)
             await events.send(name, data)
         return ExitCode.ANSWERED
     except Exception as exc:
@@ -148,7 +153,6 @@ async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: 
         else:  # the traceback goes to the container's log, never into the stream
             logger.exception("research crashed")
             error = {"type": "internal_error", "message": "the worker crashed"}
-        await events.record("error", error)
         await events.send("error", {"error": error})
         return ExitCode.FAILED
 
@@ -156,21 +160,28 @@ async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: 
 async def wait_for_job() -> dict[str, str] | int:
     """A warm worker's wait: its job (the variables `Job.to_env()` writes), or an exit code."""
     queue, idle = os.environ["WARM_QUEUE"], float(os.environ.get("WARM_IDLE_SECONDS", "300"))
-    # redis-py stops reading after 5 s by default: this read waits for the whole idle time.
-    client = redis.from_url(
-        os.environ["REDIS_URL"], socket_connect_timeout=5, socket_timeout=idle + 5
-    )
+    alive = os.environ.get("WARM_ALIVE")  # the orchestrator's key: gone, no job will ever come
+    step = min(idle, 5.0)
+    # redis-py stops reading after 5 s by default: each read waits for a whole step.
+    client = connect(os.environ["REDIS_URL"], socket_timeout=step + 5)
+    give_up = time.monotonic() + idle
     try:
         await client.set(warm_ready_key(queue), round(time.time() - STARTED, 3), ex=int(idle) + 1)
-        popped = await client.blpop([queue], timeout=idle)
+        popped = None
+        while popped is None and time.monotonic() < give_up:
+            if alive and not await client.exists(alive):
+                logger.info("warm worker: no orchestrator is running, leaving")
+                break
+            wait = max(0.1, min(step, give_up - time.monotonic()))
+            popped = await client.blpop([queue], timeout=wait)
         await client.delete(warm_ready_key(queue))
     except redis.RedisError as exc:
-        logger.error("warm worker: Redis at %s: %s", os.environ["REDIS_URL"], exc)
+        logger.error("warm worker: Redis: %s", exc)
         return ExitCode.NO_REDIS
     finally:
         await client.aclose()
     if popped is None:
-        logger.info("warm worker: no job within %g s, leaving", idle)
+        logger.info("warm worker: no job, leaving")
         return ExitCode.IDLE
     return json.loads(popped[1])
 

@@ -15,7 +15,13 @@ class RedisServer:
     """`redis-server` on 127.0.0.1; `restart()` brings it back on the same port and data dir."""
 
     def __init__(
-        self, *, port: int | None = None, appendonly: bool = False, dir=None, password=None
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        dir=None,
+        password=None,
+        args: list[str] = (),
     ):
         binary = shutil.which("redis-server")
         if binary is None:
@@ -28,6 +34,7 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.appendonly = appendonly
         self.password = password  # requirepass; `url` stays without it
+        self.args = list(args)  # more of redis-server's arguments (users, for one)
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="redis-"))
         self.process: subprocess.Popen | None = None
 
@@ -35,7 +42,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
              "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-             *(["--requirepass", self.password] if self.password else [])],
+             *(["--requirepass", self.password] if self.password else []), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -55,7 +62,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(self._auth() + b"PING\r\n")
-                return b"+PONG" in s.recv(64)
+                reply = s.recv(64)
+                return b"+PONG" in reply or reply.startswith(b"-NOAUTH")  # up, if locked
         except OSError:
             return False
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 import uuid
 from pathlib import Path
 
@@ -55,27 +56,30 @@ class ProcessWorkers:
         # is in self.warm.
         self.processes: dict[str, tuple[multiprocessing.Process, str, int, Path]] = {}
         self.warm: dict[str, str] = {}  # id -> name
+        self.environments: dict[str, dict[str, str]] = {}  # id -> what it was given
         self.lock = threading.Lock()
         self.logs_dir = Path(tempfile.mkdtemp(prefix="lesson-05-workers-"))
 
     def check(self) -> None:
         pass
 
-    def start(self, run_id: str, index: int, environment: dict[str, str], argv=()) -> str:
+    def start(
+        self, run_id: str, index: int, environment: dict[str, str], argv=(), warm: str = ""
+    ) -> str:
         worker_id = uuid.uuid4().hex
         env = {"PATH": os.environ["PATH"], "DOCS_DIR": str(NO_DOCS), **environment}
         log = self.logs_dir / f"{worker_id}.log"
         process = FORKSERVER.Process(target=run_worker, args=(env, str(log), argv), daemon=True)
         process.start()
-        with self.lock:
+        with self.lock:  # its labels with it, in one step, as `docker create` sets them
             self.processes[worker_id] = (process, run_id, index, log)
+            self.environments[worker_id] = environment
+            if warm:
+                self.warm[worker_id] = warm
         return worker_id
 
     def start_warm(self, name: str, environment: dict[str, str]) -> str:
-        worker_id = self.start("", -1, environment, ("--warm",))
-        with self.lock:
-            self.warm[worker_id] = name
-        return worker_id
+        return self.start("", -1, environment, ("--warm",), warm=name)
 
     def list(self) -> list:
         with self.lock:
@@ -154,7 +158,13 @@ class LiveServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(30)
+        self.thread.join(60)
+        # One left running would go on reaping the next test's runs (same Redis, workers it
+        # cannot see): it must be gone.
+        if self.thread.is_alive():  # where it hangs, for whoever reads the failure
+            stack = traceback.format_stack(sys._current_frames()[self.thread.ident])
+            print("--- the server thread, still running ---\n" + "".join(stack))
+        assert not self.thread.is_alive(), "the server did not stop within 60 s"
 
 
 @pytest.fixture
@@ -163,8 +173,9 @@ def serve(redis_url, workers):
     started = []
 
     def start(**overrides) -> LiveServer:
-        values = {"OFFLINE_TOKEN_DELAY_MS": 0, "REAP_INTERVAL_SECONDS": 0.1, **overrides}
-        settings = api.Settings(REDIS_URL=redis_url, WORKER_REDIS_URL=redis_url, **values)
+        values = {"REDIS_URL": redis_url, "WORKER_REDIS_URL": redis_url, **overrides}
+        values = {"OFFLINE_TOKEN_DELAY_MS": 0, "REAP_INTERVAL_SECONDS": 0.1, **values}
+        settings = api.Settings(**values)
         server = LiveServer(api.create_app(settings, workers=workers))
         started.append(server)
         return server

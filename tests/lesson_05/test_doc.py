@@ -23,6 +23,7 @@ def test_the_protocol_table_lists_exactly_the_events_the_code_sends():
     emitted = set(re.findall(r'add_event\(\s*run_id,\s*"(\w+)"', API))
     emitted |= set(re.findall(r"'event', '(\w+)'", API))  # from the Lua script
     emitted |= set(re.findall(r'event="(\w+)"', API))
+    emitted |= set(re.findall(r'"event": "(\w+)"', API))  # written in a transaction
     emitted |= set(re.findall(r'send\(\s*"(\w+)"', WORKER)) | AGENT_EVENTS
     assert len(emitted) > 10
     assert table_rows("| Event | From |") == emitted

@@ -1,0 +1,90 @@
+"""Lesson 05 attacked from inside a real worker container and from the host, and its Redis
+restarted under a run (`make variations-test`, marker `container`).
+
+Redis and the network come from scripts/lesson-05.sh, the API runs as its own process (as in
+test_containers.py).
+"""
+
+import json
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import redis
+from support.docker_cli import docker
+from support.variations import by_variation, read_events, start_run
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.container
+
+# Run inside a worker's container with its own environment: what a hostile worker would try.
+ATTACK = """
+import json, os, redis
+me = redis.Redis.from_url(os.environ["REDIS_URL"])
+other, mine = os.environ["OTHER"], os.environ["RUN_ID"]
+tries = {
+    "read another run": lambda: me.hgetall("run:" + other),
+    "rewrite its owner": lambda: me.hset("run:" + other, "owner", "attacker"),
+    "forge variation 0": lambda: me.hset(f"run:{mine}:v:0", "result", "{}"),
+    "write the run's stream": lambda: me.xadd(f"run:{mine}:events", {"event": "run_done"}),
+    "list keys": lambda: me.keys("*"),
+    "monitor": lambda: me.execute_command("MONITOR"),
+    "config set": lambda: me.config_set("maxmemory", "1"),
+    "push a warm job": lambda: me.rpush("warm:x:y", "{}"),
+}
+found = {}
+for name, call in tries.items():
+    try:
+        call()
+        found[name] = "allowed"
+    except redis.exceptions.NoPermissionError:
+        found[name] = "refused"
+print(json.dumps(found))
+"""
+
+
+def worker_of(run_id: str, variation: int) -> str:
+    labels = [f"label=ai-course.run={run_id}", f"label=ai-course.variation={variation}"]
+    return docker("ps", "-q", "--filter", labels[0], "--filter", labels[1])
+
+
+def test_a_worker_container_can_touch_nothing_but_its_own_stream(api_process):
+    api = api_process(OFFLINE_TOKEN_DELAY_MS=150, MAX_RUNS_PER_CLIENT=2)
+    other = start_run(api.url, variations=1)["run_id"]
+    run_id = start_run(api.url, variations=2)["run_id"]
+    victim = wait_for(lambda: worker_of(run_id, 1), timeout=90, what="the worker's container")
+    found = json.loads(docker("exec", "-e", f"OTHER={other}", victim, "python", "-c", ATTACK))
+    assert set(found.values()) == {"refused"}, found
+    for run in (run_id, other):
+        done = by_variation(read_events(api.url, run, timeout=120), "variation_done")
+        assert {d["status"] for d in done.values()} == {"succeeded"}
+
+
+def test_redis_wants_a_password_and_refuses_config_even_to_the_api(stack):
+    url = urlsplit(stack["REDIS_URL"])
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(host=url.hostname, port=url.port).ping()
+    as_api = redis.Redis.from_url(stack["REDIS_URL"])
+    assert as_api.ping()
+    for call in (lambda: as_api.config_set("requirepass", ""), lambda: as_api.keys("*")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            call()
+
+
+def test_a_redis_restart_mid_run_keeps_its_address_and_the_run(api_process, stack):
+    redis_name = f"{stack['DEPLOYMENT']}-redis"
+    policy = docker("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", redis_name)
+    assert policy == "unless-stopped"
+    before = docker("port", redis_name, "6379/tcp")
+    api = api_process(OFFLINE_TOKEN_DELAY_MS=150)
+    run_id = start_run(api.url, variations=2)["run_id"]
+    read_events(api.url, run_id, until=lambda found: found[-1][1] == "token", timeout=120)
+    docker("restart", redis_name)
+    assert docker("port", redis_name, "6379/tcp") == before
+    wait_for(lambda: httpx.get(f"{api.url}/ready").status_code == 200, timeout=60)
+    done = by_variation(read_events(api.url, run_id, timeout=180), "variation_done")
+    assert [done[i]["status"] for i in range(2)] == ["succeeded"] * 2
+    again = start_run(api.url, variations=1)["run_id"]
+    assert read_events(api.url, again, timeout=120)[-1][2]["status"] == "done"
+    gone = lambda: not docker("ps", "-aq", "--filter", f"label=ai-course.run={run_id}")  # noqa: E731
+    wait_for(gone, timeout=60, what="the containers removed")
