@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test lint
+.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test test-tools lint
 .PHONY: lesson-02 lesson-03 lesson-03-down ci
 .PHONY: bench-api bench-sse-proxy bench-first-answer measurements clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start bench-start-host context-size
@@ -121,13 +121,17 @@ lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topic
 
 ##@ Tests
 
-test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server and nginx when missing)
+test: $(VENV)/.installed test-tools ## Run the test suite (installs the Python packages; needs redis-server and nginx: installs them as root, else says how)
+	$(PY) -m pytest
+
+# The system commands `make test` needs: found on PATH or in /usr/sbin; installed when missing as
+# root, else the command that installs them is printed and make stops.
+test-tools:
 	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
 	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
 	@# tests/lesson_03/test_compose.py reads the Compose files with both Composes: the v2 plugin where Docker runs.
 	@if docker info >/dev/null 2>&1; then scripts/docker-tools.sh >/dev/null || \
 	  echo "No Compose v2 (above: how to install it): tests/lesson_03/test_compose.py skips its 'docker compose' checks"; fi
-	$(PY) -m pytest
 
 lint: $(VENV)/.installed ## Lint: ruff, hadolint, shellcheck, actionlint and pymarkdown over every file of their kind
 	@scripts/lint.sh $(VENV)/bin

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import bench_results
+from support.commands import require_command
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 
@@ -50,9 +51,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_wrk(url: str, lua: str, seconds: int, pid: int) -> dict:
+    wrk = require_command("wrk", "wrk", "make bench-api")
     cpu_before = cpu_seconds(pid)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", lua, url],
+        [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", lua, url],
         capture_output=True,
         text=True,
         check=True,

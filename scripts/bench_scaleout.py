@@ -48,6 +48,7 @@ import docker
 import httpx
 import swarm
 from httpx_sse import aconnect_sse
+from support.commands import require_command
 from support.ports import free_port
 
 RATE = float(os.getenv("BENCH_RATE", "20"))
@@ -199,7 +200,8 @@ def run_wrk(url: str, seconds: float) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         lua.write(script)
         lua.flush()
-        command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:.0f}s", "--timeout", "45s"]
+        wrk = require_command("wrk", "wrk", "make bench-scaleout")
+        command = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds:.0f}s", "--timeout", "45s"]
         out = subprocess.run(
             [*command, "--latency", "-s", lua.name, url],
             capture_output=True,
