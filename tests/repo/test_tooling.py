@@ -180,10 +180,40 @@ def test_make_test_as_a_user_finds_nginx_in_sbin_or_says_how_to_install_it(tmp_p
         assert "apt-get install -y nginx" in make.stderr, make.stderr
 
 
+def pins(lock: str) -> dict[str, str]:
+    text = (ROOT / lock).read_text()
+    return dict(re.findall(r"^([\w.\[\],-]+)==(\S+) \\$", text, re.M))
+
+
 def test_host_and_image_installs_pin_the_same_uv():
-    lock = re.search(r"^uv==(\S+)", (ROOT / "requirements-dev.txt").read_text(), re.M)[1]
+    lock = pins("requirements-dev.txt")["uv"]
+    assert pins("requirements.txt")["uv"] == lock
     dockerfile = (ROOT / "research-agent" / "Dockerfile.optimized").read_text()
     assert re.findall(r"uv==([\w.]+)", dockerfile) == [lock]
+
+
+def test_the_lessons_lock_is_the_images_plus_cachetools_and_uv_at_the_dev_locks_versions():
+    """`make lesson-01` installs requirements.txt, `make test` requirements-dev.txt on top of it:
+    one set of versions, the image's, on the host and in the containers."""
+    lessons, dev, image = (
+        pins("requirements.txt"),
+        pins("requirements-dev.txt"),
+        pins("research-agent/requirements.txt"),
+    )
+    assert set(lessons) - set(image) == {"cachetools", "uv"}
+    assert {name: lessons.get(name) for name in image} == image
+    assert {name: dev.get(name) for name in lessons} == lessons
+    assert {"pytest", "pytest-xdist", "playwright", "kubernetes-validate"} & set(lessons) == set()
+
+
+def test_lesson_targets_install_the_lessons_lock_and_the_others_the_dev_lock():
+    makefile = (ROOT / "Makefile").read_text()
+    needs = dict(re.findall(r"^([\w-]+):([^=#\n]*)", makefile, re.M))
+    lessons = {t for t, deps in needs.items() if "$(VENV)/.lessons" in deps.split()}
+    dev = {t for t, deps in needs.items() if "$(VENV)/.installed" in deps.split()}
+    assert {"lesson-01", "lesson-01-production", "research-agent", "lesson-05"} <= lessons
+    assert {"test", "lint", "install", "docs", "smoke", "bench-api"} <= dev
+    assert not {t for t in dev if t.startswith("lesson-")}
 
 
 @pytest.fixture
