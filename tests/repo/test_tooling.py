@@ -383,7 +383,7 @@ def test_the_make_targets_that_need_the_plugins_give_that_message(no_plugins, ta
     (no_plugins / "os-release").write_text(OS_RELEASES["fedora"])
     make = subprocess.run(
         # -o: an out-of-date .venv is not reinstalled here; the test is about the plugins.
-        ["make", "--no-print-directory", "-o", ".venv/.installed", target],
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "-o", ".venv/.lessons", target],
         cwd=ROOT,
         env={
             "PATH": f"{no_plugins / 'fake-bin'}:{os.environ['PATH']}",
