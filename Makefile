@@ -121,8 +121,10 @@ lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topic
 
 ##@ Tests
 
-test: $(VENV)/.installed test-tools ## Run the test suite (installs the Python packages; needs redis-server and nginx: installs them as root, else says how)
-	$(PY) -m pytest
+# The tests mostly wait (on servers, streams, timeouts), so more processes than cores still help.
+TEST_WORKERS ?= 4
+test: $(VENV)/.installed test-tools ## Run the test suite in TEST_WORKERS processes (installs the Python packages; needs redis-server and nginx: installs them as root, else says how)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The system commands `make test` needs: found on PATH or in /usr/sbin; installed when missing as
 # root, else the command that installs them is printed and make stops.
