@@ -88,14 +88,6 @@ class Result:
     error: str = ""
 
 
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(p) - 1]
-
-
 async def ask(client: httpx.AsyncClient, n: int) -> tuple[bool, str]:
     try:
         response = await client.post("/v1/research", json={"query": question(n)})
@@ -216,18 +208,13 @@ def run_wrk(url: str, seconds: float) -> dict:
     )
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
-        "p99": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        "p50": bench_results.to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        "p99": bench_results.to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
         "failed": failed,
         "errors": [
             line.strip() for line in out.splitlines() if "error" in line or "Non-2xx" in line
         ],
     }
-
-
-def to_ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
 def throughput(url: str, replicas: int) -> dict:
@@ -389,8 +376,8 @@ def summarise(results: list[Result], phases=PHASES) -> list[dict]:
                 "phase": phase,
                 "sent": len(requests),
                 "failed": sum(not r.ok for r in requests),
-                "p50": percentile(latencies, 50) * 1000,
-                "p99": percentile(latencies, 99) * 1000,
+                "p50": bench_results.percentile(latencies, 50) * 1000,
+                "p99": bench_results.percentile(latencies, 99) * 1000,
                 "streams": len(streams),
                 "done": sum(r.ok for r in streams),
                 "cut": sum(not r.ok for r in streams),
