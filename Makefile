@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test lint
+.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test test-tools lint
 .PHONY: lesson-02 lesson-03 lesson-03-down ci
 .PHONY: bench-api bench-sse-proxy bench-first-answer measurements clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start bench-start-host context-size
@@ -49,21 +49,21 @@ LESSON07_COMPOSE = docker compose -p $(LESSON07_PROJECT) -f deploy/lesson07/comp
 
 ##@ Lessons
 
-lesson-01: $(VENV)/.installed ## Lesson 01: run the basic agent API (PORT=8100 make lesson-01 for another port)
+lesson-01: $(VENV)/.lessons ## Lesson 01: run the basic agent API (PORT=8100 make lesson-01 for another port)
 	$(call serving,Basic agent API,v1/invoke,What is a container?)
 	@$(PY) code/01_basic_api.py
 
-lesson-01-production: $(VENV)/.installed ## Lesson 01: run the production API (JSON logs, /metrics, errors, cache)
+lesson-01-production: $(VENV)/.lessons ## Lesson 01: run the production API (JSON logs, /metrics, errors, cache)
 	$(call serving,Production agent API,v1/invoke,What is a container?)
 	@$(PY) code/01_production_api.py
 
-lesson-01-shutdown: $(VENV)/.installed ## Lesson 01: run the graceful-shutdown example (send it SIGTERM mid-stream)
+lesson-01-shutdown: $(VENV)/.lessons ## Lesson 01: run the graceful-shutdown example (send it SIGTERM mid-stream)
 	$(call serving,Graceful-shutdown API,v1/stream,What is a container?)
 	@$(PY) code/01_graceful_shutdown.py
 
 lesson-02: research-agent ## Lesson 02: run the research agent on the host (offline model and local search by default)
 
-research-agent: $(VENV)/.installed ## Lesson 02 under the app's name: the same as make lesson-02
+research-agent: $(VENV)/.lessons ## Lesson 02 under the app's name: the same as make lesson-02
 	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
 	@cd research-agent && ../$(PY) main.py
 
@@ -80,7 +80,7 @@ lesson-03: docker-tools offline-images ## Lesson 03: the research agent, Redis a
 lesson-03-down: docker-tools ## Lesson 03: stop the Compose stack and remove its containers and cache volume
 	cd research-agent && docker compose down -v
 
-lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
+lesson-04: $(VENV)/.lessons sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
 	@echo
 	@echo "  Sandboxed tools on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
 	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
@@ -89,16 +89,16 @@ lesson-04: $(VENV)/.installed sandbox-image ## Lesson 04: API and agent whose ru
 	@echo
 	@$(PY) code/04_sandboxed_tools.py
 
-lesson-05: lesson-05-image $(VENV)/.installed ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis)
+lesson-05: lesson-05-image $(VENV)/.lessons ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis)
 	@WORKER_IMAGE=$(LESSON05_IMAGE) scripts/lesson-05.sh serve
 
 lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running
 	@scripts/lesson-05.sh down
 
-lesson-06: swarm-images $(VENV)/.installed ## Lesson 06: 3 agent replicas behind HAProxy on Swarm, port 8080 (or PORT); returns once healthy
+lesson-06: swarm-images $(VENV)/.lessons ## Lesson 06: 3 agent replicas behind HAProxy on Swarm, port 8080 (or PORT); returns once healthy
 	@$(PY) scripts/swarm.py up --stack $(STACK) --port $(LESSON06_PORT)
 
-lesson-06-down: $(VENV)/.installed ## Lesson 06: remove the stack and its volume; leave Swarm if lesson-06 joined it
+lesson-06-down: $(VENV)/.lessons ## Lesson 06: remove the stack and its volume; leave Swarm if lesson-06 joined it
 	@$(PY) scripts/swarm.py down --stack $(STACK)
 
 lesson-07: lesson-07-image deploy/lesson07/redis-password ## Lesson 07: triage, three specialists and progress on Redis Streams, gateway on 8070 (LESSON07_PORT); returns once healthy
@@ -127,13 +127,19 @@ lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topic
 
 ##@ Tests
 
-test: $(VENV)/.installed ## Run the test suite (installs Python packages, and Debian's redis-server and nginx when missing)
+# The tests mostly wait (on servers, streams, timeouts), so more processes than cores still help.
+TEST_WORKERS ?= 4
+test: $(VENV)/.installed test-tools ## Run the test suite in TEST_WORKERS processes (installs the Python packages; needs redis-server and nginx: installs them as root, else says how)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+# The system commands `make test` needs: found on PATH or in /usr/sbin; installed when missing as
+# root, else the command that installs them is printed and make stops.
+test-tools:
 	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
 	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
 	@# tests/lesson_03/test_compose.py reads the Compose files with both Composes: the v2 plugin where Docker runs.
 	@if docker info >/dev/null 2>&1; then scripts/docker-tools.sh >/dev/null || \
 	  echo "No Compose v2 (above: how to install it): tests/lesson_03/test_compose.py skips its 'docker compose' checks"; fi
-	$(PY) -m pytest
 
 lint: $(VENV)/.installed ## Lint: ruff, hadolint, shellcheck, actionlint and pymarkdown over every file of their kind
 	@scripts/lint.sh $(VENV)/bin
@@ -242,15 +248,22 @@ help: ## List the commands of the course, by group
 	  /^##@ / {printf "\n\033[1m%s\033[0m\n", substr($$0, 5)} \
 	  /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: requirements-dev.txt
-	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements-dev.txt
+# Two hashed locks: requirements.txt, what the lessons run (`make lesson-01` installs only it), and
+# requirements-dev.txt, the same packages at the same versions plus the test, benchmark and lint tools.
+$(VENV)/.lessons: requirements.txt
+	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements.txt
 	@touch $@
 
-install: $(VENV)/.installed ## Create .venv and install the pinned dependencies (with uv; INSTALLER=pip for pip)
+$(VENV)/.installed: requirements-dev.txt requirements.txt
+	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements-dev.txt
+	@touch $@ $(VENV)/.lessons
 
-lock: $(VENV)/.installed ## Re-pin requirements-dev.txt and research-agent/requirements.txt after editing a .in file
+install: $(VENV)/.installed ## Create .venv and install the pinned dependencies of the lessons and the tests (with uv; INSTALLER=pip for pip)
+
+lock: $(VENV)/.installed ## Re-pin research-agent/requirements.txt, requirements-dev.txt and requirements.txt after editing a .in file
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/requirements.in -o research-agent/requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements-dev.in -o requirements-dev.txt
+	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements.in -c requirements-dev.txt -o requirements.txt
 
 docs: $(VENV)/.installed ## Re-sync the code excerpts in docs/ from the files they quote
 	$(PY) scripts/docs_sync.py

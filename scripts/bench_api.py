@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import bench_results
+from support.commands import require_command
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 
@@ -38,11 +39,6 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def to_ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-
-
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -50,9 +46,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_wrk(url: str, lua: str, seconds: int, pid: int) -> dict:
+    wrk = require_command("wrk", "wrk", "make bench-api")
     cpu_before = cpu_seconds(pid)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", lua, url],
+        [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", lua, url],
         capture_output=True,
         text=True,
         check=True,
@@ -63,8 +60,8 @@ def run_wrk(url: str, lua: str, seconds: int, pid: int) -> dict:
     return {
         "cpu": (cpu_seconds(pid) - cpu_before) * 1000 / max(requests, 1),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
-        "p99": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        "p50": bench_results.to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        "p99": bench_results.to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
     }
 
 

@@ -69,7 +69,7 @@ def first_answer(installer: str, workdir: Path) -> tuple[float, float]:
     installed_at = None
     try:
         while not answered(port):
-            if installed_at is None and (clone / ".venv" / ".installed").exists():
+            if installed_at is None and (clone / ".venv" / ".lessons").exists():
                 installed_at = time.monotonic()
             if server.poll() is not None or time.monotonic() - started > TIMEOUT:
                 sys.exit(

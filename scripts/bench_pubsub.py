@@ -47,11 +47,6 @@ def log(message: str) -> None:
     print(f"[bench-pubsub] {message}", flush=True)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def measure(project: ComposeProject, client: httpx.Client, consumers: int) -> dict:
     log(f"{consumers} concepts consumer(s): scaling and waiting until healthy")
     project.compose("up", "-d", "--wait", "--scale", f"concepts={consumers}")
@@ -96,8 +91,8 @@ def measure(project: ComposeProject, client: httpx.Client, consumers: int) -> di
     return {
         "consumers": consumers,
         "rate": QUESTIONS / span,
-        "p50": percentile(latency, 0.5),
-        "p99": percentile(latency, 0.99),
+        "p50": bench_results.percentile(latency, 50),
+        "p99": bench_results.percentile(latency, 99),
         "triage": median(("{}", "delivered"), ("{}", "done")),
         "queueing": median(("{}", "done"), ("{}.routed", "delivered")),
         "specialist": median(("{}.routed", "delivered"), ("{}.routed", "done")),

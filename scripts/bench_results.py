@@ -1,4 +1,5 @@
-"""The results of every `make bench-*` target as JSON: `bench-results/<name>.json` (git-ignored).
+"""What every `make bench-*` target shares: its results as JSON, `bench-results/<name>.json`
+(git-ignored), and the arithmetic of its figures (percentile, to_ms).
 
 A benchmark calls `start(name, settings)` first, which notes the time, the load average and the
 commit and begins copying what the benchmark prints, and `write()` at the end, which adds the
@@ -41,6 +42,7 @@ The keys (version 1; docs/measurements.md lists them too):
 """
 
 import json
+import math
 import os
 import platform
 import re
@@ -110,6 +112,24 @@ class Run:
         where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         print(f"\nResults written to {where} (python scripts/measurements.py shows them)")
         return path
+
+
+def percentile(values, p: float) -> float:
+    """The p-th percentile (0 to 100) of the values, interpolated between the two nearest ones
+    (statistics.quantiles' "inclusive" method); one value is every percentile, none is nan."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    position = (len(ordered) - 1) * p / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def to_ms(value: str) -> float:
+    """A duration as wrk prints it ("850.12us", "3.5ms", "1.20s") in milliseconds."""
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
 def start(name: str, settings: dict | None = None) -> Run:

@@ -156,10 +156,6 @@ def idle_cost(owner: str) -> list[str]:
     return stats.stdout.splitlines()
 
 
-def percentile(samples: list[float], p: int) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
-
-
 async def bench(args, owner: str) -> tuple[dict, list[str], dict]:
     modes = args.modes.split(",")
     strategies = Strategies(owner, args.pool, args.c)
@@ -266,7 +262,7 @@ def main() -> int:
             p50 = statistics.median(data)
             pool = f"{served[mode][0]} of {served[mode][1]}" if name == "pooled" else ""
             print(
-                f"| {name} | {mode} | {p50:.0f} | {percentile(data, 95):.0f} | "
+                f"| {name} | {mode} | {p50:.0f} | {bench_results.percentile(data, 95):.0f} | "
                 f"{p50 / bare_p50:.2f}x | {len(samples[name, mode]) - len(data)} | {pool} | "
                 f"{ISOLATION[name]} |"
             )

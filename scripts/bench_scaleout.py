@@ -48,6 +48,7 @@ import docker
 import httpx
 import swarm
 from httpx_sse import aconnect_sse
+from support.commands import require_command
 from support.ports import free_port
 
 RATE = float(os.getenv("BENCH_RATE", "20"))
@@ -85,14 +86,6 @@ class Result:
     seconds: float
     ok: bool
     error: str = ""
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(p) - 1]
 
 
 async def ask(client: httpx.AsyncClient, n: int) -> tuple[bool, str]:
@@ -199,7 +192,8 @@ def run_wrk(url: str, seconds: float) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         lua.write(script)
         lua.flush()
-        command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds:.0f}s", "--timeout", "45s"]
+        wrk = require_command("wrk", "wrk", "make bench-scaleout")
+        command = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds:.0f}s", "--timeout", "45s"]
         out = subprocess.run(
             [*command, "--latency", "-s", lua.name, url],
             capture_output=True,
@@ -214,18 +208,13 @@ def run_wrk(url: str, seconds: float) -> dict:
     )
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
-        "p99": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        "p50": bench_results.to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        "p99": bench_results.to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
         "failed": failed,
         "errors": [
             line.strip() for line in out.splitlines() if "error" in line or "Non-2xx" in line
         ],
     }
-
-
-def to_ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
 def throughput(url: str, replicas: int) -> dict:
@@ -388,8 +377,8 @@ def summarise(results: list[Result], phases=PHASES) -> list[dict]:
                 "phase": phase,
                 "sent": len(requests),
                 "failed": sum(not r.ok for r in requests),
-                "p50": percentile(latencies, 50) * 1000,
-                "p99": percentile(latencies, 99) * 1000,
+                "p50": bench_results.percentile(latencies, 50) * 1000,
+                "p99": bench_results.percentile(latencies, 99) * 1000,
                 "streams": len(streams),
                 "done": sum(r.ok for r in streams),
                 "cut": sum(not r.ok for r in streams),

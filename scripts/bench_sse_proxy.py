@@ -11,7 +11,6 @@ tests/lesson_02/test_sse_proxy.py uses the same helpers to assert the difference
 
 import argparse
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import bench_results
 import httpx
+from support.commands import require_command
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 
@@ -53,9 +53,7 @@ def research_agent(token_delay_ms: int):
 @contextmanager
 def nginx(agent_base: str):
     """Debian's nginx with scripts/nginx-sse-proxy.conf on a free loopback port; yields its URL."""
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(binary).exists():
-        raise RuntimeError("nginx is not installed: apt-get install nginx (make test does this)")
+    binary = require_command("nginx", "nginx", "make bench-sse-proxy")
     port, agent_port = free_port(), agent_base.rsplit(":", 1)[1]
     with tempfile.TemporaryDirectory(prefix="sse-proxy-") as run_dir:
         config = (

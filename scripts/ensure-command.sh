@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Usage: ensure-command.sh COMMAND DEBIAN_PACKAGE [WHY] [ELSEWHERE]
-# When COMMAND is missing, say so and why, then install the Debian package that provides it with
-# apt-get (as root, or through sudo, which may ask for your password). Where there is no apt-get
-# (macOS, Fedora, ...), stop and say how to get it there (ELSEWHERE, e.g. "macOS: brew install redis").
+# Make's preflight for a system command a target needs. When scripts/find-command.sh finds it (on
+# PATH, or in /usr/sbin and the other folders Debian leaves off a user's PATH), nothing happens.
+# When it is missing, say so and why, then:
+#   as root on a system with apt-get: install the Debian package that provides it;
+#   as another user with apt-get: print the exact command that installs it and stop (make never asks
+#     for a password behind a test run);
+#   without apt-get (macOS, Fedora, ...): stop and say how to get it there (ELSEWHERE, e.g.
+#     "macOS: brew install redis").
+# Env: ENSURE_COMMAND_UID (default: the user's id) says which user to act for (the tests fake it).
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 command_name=$1
 package=$2
 why=${3:-}
 elsewhere=${4:-}
-command -v "$command_name" >/dev/null 2>&1 && exit 0
+uid=${ENSURE_COMMAND_UID:-$(id -u)}
+"$BASH" "$here/find-command.sh" "$command_name" >/dev/null && exit 0
 
 echo "'$command_name' is missing${why:+ ($why)}."
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -16,17 +24,18 @@ if ! command -v apt-get >/dev/null 2>&1; then
   echo "Install '$command_name' yourself${elsewhere:+ (${elsewhere})} and run the command again." >&2
   exit 1
 fi
-if [ "$(id -u)" -eq 0 ]; then
-  as_root=()
-elif command -v sudo >/dev/null 2>&1; then
-  as_root=(sudo)
-else
-  echo "error: installing the Debian package '$package' needs root, and sudo is missing." >&2
-  echo "As root: apt-get update && apt-get install $package" >&2
+if [ "$uid" -ne 0 ]; then
+  echo "error: installing the Debian package '$package' needs root. Install it, then run the command again:" >&2
+  if command -v sudo >/dev/null 2>&1; then
+    echo "  sudo apt-get update && sudo apt-get install -y $package" >&2
+  else
+    echo "  su -c 'apt-get update && apt-get install -y $package'" >&2
+  fi
   exit 1
 fi
-echo "==> installing the Debian package '$package': ${as_root[*]:+${as_root[*]} }apt-get update && apt-get install $package"
-"${as_root[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "$package" >/dev/null
-command -v "$command_name" >/dev/null || { echo "error: '$package' installed no '$command_name'" >&2; exit 1; }
+echo "==> installing the Debian package '$package': apt-get update && apt-get install $package"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+"$BASH" "$here/find-command.sh" "$command_name" >/dev/null ||
+  { echo "error: '$package' installed no '$command_name'" >&2; exit 1; }
 echo "==> '$command_name' installed"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the hash-pinned requirements-dev.txt into it (`make install`).
+# Create .venv and install a hash-pinned lock into it: requirements.txt, what the lessons run
+# (`make lesson-01`), or requirements-dev.txt, that plus the test tools (`make install`, `make test`).
 #
 # uv installs the lock in seconds where pip takes most of a minute (`make bench-first-answer`
 # measures both). uv itself comes first, without pip: scripts/fetch_uv.py downloads the uv wheel

@@ -1,5 +1,7 @@
 """Fixtures every lesson's tests share; the helpers themselves live in scripts/support/."""
 
+import os
+
 import pytest
 from support.ports import free_port
 from support.redis import RedisServer
@@ -17,6 +19,37 @@ def fresh_openai_http_clients():
 
     _client_utils._cached_async_httpx_client.cache_clear()
     _client_utils._cached_sync_httpx_client.cache_clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` spreads the tests over several processes (pytest-xdist, --dist loadgroup). The
+    tests of a module that share a module-scoped fixture (lesson 07's agents, nginx in front of the
+    agent) form a group that one process runs, starting that fixture once. Under xdist the groups
+    are handed out first: a long group started last would end the run alone."""
+    grouped = []
+    for item in items:
+        definitions = item._fixtureinfo.name2fixturedefs.values()
+        if any(d[-1].scope in ("module", "class", "package") for d in definitions if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            grouped.append(item)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        first = set(grouped)
+        items.sort(key=lambda item: item not in first)  # stable: each group keeps its order
+    yield
+    if getattr(config.option, "loadgroup", False):
+        name_groups_in_node_ids(items)
+
+
+def name_groups_in_node_ids(items) -> None:
+    """xdist schedules a group by the "@group" it appends to each node id, but 3.8 sets
+    `item._nodeid`, which pytest 9 no longer reads (the id is `item._id`): do it where it failed."""
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 @pytest.hookimpl(wrapper=True)

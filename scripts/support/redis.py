@@ -1,12 +1,12 @@
 """A real redis-server on loopback: what the cache, rate-limit and lesson 05 tests run against."""
 
-import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
+from support.commands import require_command
 from support.ports import free_port
 from support.waiting import wait_for
 
@@ -23,13 +23,7 @@ class RedisServer:
         password=None,
         args: list[str] = (),
     ):
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError(
-                "redis-server is not installed: these tests need a real Redis. "
-                "Install it with `apt-get install -y redis-server` (make test does this)."
-            )
-        self.binary = binary
+        self.binary = require_command("redis-server", "redis-server")
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.appendonly = appendonly

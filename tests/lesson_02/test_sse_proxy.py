@@ -7,16 +7,15 @@ the stream still being sent by the agent (its research_streams_open gauge)? `mak
 prints the times.
 """
 
-import shutil
-
 import bench_sse_proxy as bench
 import pytest
+from support.commands import find_command
 
 
 @pytest.fixture(scope="module")
 def agent_and_proxy():
-    if shutil.which("nginx") is None and not shutil.which("/usr/sbin/nginx"):
-        pytest.fail("nginx is not installed: `apt-get install -y nginx` (make test does this)")
+    if find_command("nginx") is None:
+        pytest.fail("nginx is not installed: `make test` says how to install it")
     # About 150 words, 20 ms apart: a 3-second stream.
     with bench.research_agent(token_delay_ms=20) as agent, bench.nginx(agent) as proxy:
         yield agent, proxy

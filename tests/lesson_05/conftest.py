@@ -6,6 +6,7 @@ The container suite (marker `container`, `make variations-test`) runs real conta
 """
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import subprocess
@@ -48,6 +49,21 @@ FORKSERVER = multiprocessing.get_context("forkserver")
 FORKSERVER.set_forkserver_preload(["app.worker"])
 
 
+def start_forkserver() -> None:
+    """Start the fork server with research-agent/ on its path. Python 3.11's fork server does not
+    take the parent's sys.path, so without PYTHONPATH its preload fails silently and every worker
+    imports LangChain again. Only the fork server's own start sees the variable."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "research-agent"), saved]))
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 class ProcessWorkers:
     """DockerWorkers' methods, each worker a local process: the same code, Redis and exit codes."""
 
@@ -59,6 +75,7 @@ class ProcessWorkers:
         self.environments: dict[str, dict[str, str]] = {}  # id -> what it was given
         self.lock = threading.Lock()
         self.logs_dir = Path(tempfile.mkdtemp(prefix="lesson-05-workers-"))
+        self.holding = False  # hold(): each new worker is stopped as soon as it starts
 
     def check(self) -> None:
         pass
@@ -71,6 +88,8 @@ class ProcessWorkers:
         log = self.logs_dir / f"{worker_id}.log"
         process = FORKSERVER.Process(target=run_worker, args=(env, str(log), argv), daemon=True)
         process.start()
+        if self.holding:
+            os.kill(process.pid, signal.SIGSTOP)
         with self.lock:  # its labels with it, in one step, as `docker create` sets them
             self.processes[worker_id] = (process, run_id, index, log)
             self.environments[worker_id] = environment
@@ -121,6 +140,20 @@ class ProcessWorkers:
             if (r, i) == (run_id, index):
                 os.kill(process.pid, signal.SIGSTOP)
 
+    def hold(self) -> None:
+        """Stop (SIGSTOP) every worker started from now on right after it starts, until resume():
+        its run stays `running` for as long as a test needs, with no token delay to wait out."""
+        self.holding = True
+
+    def resume(self) -> None:
+        """Let the held and paused workers go on; they finish as they would have."""
+        self.holding = False
+        with self.lock:
+            processes = [entry[0] for entry in self.processes.values()]
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGCONT)
+
     def stop_all(self) -> None:
         for worker_id in list(self.processes):
             self.remove(worker_id)
@@ -128,6 +161,7 @@ class ProcessWorkers:
 
 @pytest.fixture
 def workers():
+    start_forkserver()
     pool = ProcessWorkers()
     yield pool
     pool.stop_all()

@@ -18,11 +18,20 @@ TOO_BIG = "99999999999999999999-0"  # passes \d{1,20}-\d{1,20}; Redis refuses id
 # --- Event ids and run ids ------------------------------------------------------------------------
 
 
+def running_run(server, workers) -> str:
+    """A run that stays `running` (its worker held) until workers.resume()."""
+    workers.hold()
+    run_id = start_run(server.url, variations=1)["run_id"]
+    view = httpx.get(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id), timeout=10).json()
+    assert view["status"] == "running", view
+    return run_id
+
+
 @pytest.mark.parametrize("where", ["header", "query"])
 @pytest.mark.parametrize("event_id", [TOO_BIG, "18446744073709551615-0"])
-def test_an_event_id_past_the_newest_is_refused_with_400(serve, where, event_id):
-    server = serve(OFFLINE_TOKEN_DELAY_MS=100)
-    run_id = start_run(server.url, variations=1)["run_id"]
+def test_an_event_id_past_the_newest_is_refused_with_400(serve, workers, where, event_id):
+    server = serve()
+    run_id = running_run(server, workers)
     headers = {"Last-Event-ID": event_id} if where == "header" else {}
     params = {"after": event_id} if where == "query" else {}
     response = httpx.get(
@@ -33,14 +42,17 @@ def test_an_event_id_past_the_newest_is_refused_with_400(serve, where, event_id)
     )
     assert response.status_code == 400, response.text[:300]
     assert response.json()["error"]["type"] == "unknown_event_id"
+    workers.resume()
     assert read_events(server.url, run_id)[-1][1] == "run_done"  # the run itself is unharmed
 
 
 @pytest.mark.parametrize("bad_id", ["{id}:v:0", "{id}:events", "{id}%3Av%3A0", "{short}", "X{id}"])
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
-def test_a_run_id_that_is_not_a_uuid4_never_reaches_redis(serve, redis_url, bad_id, method):
-    server = serve(OFFLINE_TOKEN_DELAY_MS=100)
-    run_id = start_run(server.url, variations=1)["run_id"]
+def test_a_run_id_that_is_not_a_uuid4_never_reaches_redis(
+    serve, workers, redis_url, bad_id, method
+):
+    server = serve()
+    run_id = running_run(server, workers)
     path = "/v1/runs/" + bad_id.format(id=run_id, short=run_id[:-1])
     response = httpx.request(method, server.url + path, headers=auth(run_id))
     assert response.status_code in (404, 422), response.text[:300]
@@ -48,6 +60,7 @@ def test_a_run_id_that_is_not_a_uuid4_never_reaches_redis(serve, redis_url, bad_
     assert response.json()["error"]["type"] in ("validation_error", "not_found")
     client = redis.Redis.from_url(redis_url)
     assert [k for k in client.scan_iter() if client.ttl(k) == -1 and b":v:0:" in k] == []
+    workers.resume()
     assert read_events(server.url, run_id)[-1][1] == "run_done"
 
 
@@ -195,8 +208,9 @@ def test_streams_are_capped_in_total_with_503(serve):
 # --- Strangers ------------------------------------------------------------------------------------
 
 
-def test_only_the_owner_can_read_follow_cancel_or_pick_a_run(serve):
-    server = serve(OFFLINE_TOKEN_DELAY_MS=100, MAX_ACTIVE_RUNS=3, MAX_RUNS_PER_CLIENT=3)
+def test_only_the_owner_can_read_follow_cancel_or_pick_a_run(serve, workers):
+    server = serve(MAX_ACTIVE_RUNS=3, MAX_RUNS_PER_CLIENT=3)
+    workers.hold()  # every run stays `running` until the end
     run = start_run(server.url, variations=1)
     other = start_run(server.url, variations=1)  # a caller with a token, of another run
     base = f"{server.url}/v1/runs/{run['run_id']}"
@@ -221,6 +235,7 @@ def test_only_the_owner_can_read_follow_cancel_or_pick_a_run(serve):
         )
         assert browser.get(f"{server.url}/v1/runs/{run_id}").status_code == 200
         assert browser.get(f"{server.url}/v1/runs/{run['run_id']}").status_code == 401
+    workers.resume()
     assert read_events(server.url, run["run_id"])[-1][1] == "run_done"
 
 

@@ -135,3 +135,32 @@ def test_write_refuses_a_marker_without_its_pair(written, tmp_path):
     with pytest.raises(SystemExit, match="markers without their pair: fake"):
         measurements.main(["--results", str(written.parent), "--write", "--doc", str(page)])
     assert page.read_text(encoding="utf-8") == "<!-- bench: fake -->\nnumbers, no end marker\n"
+
+
+# --- The arithmetic every benchmark shares --------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [1, 50, 95, 99])
+def test_percentile_agrees_with_statistics_quantiles_inclusive(p):
+    import statistics
+
+    samples = [12.0, 3.5, 7.25, 40.0, 9.0, 9.0, 1.0]
+    expected = statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
+    assert bench_results.percentile(samples, p) == pytest.approx(expected)
+
+
+def test_percentile_of_one_sample_is_that_sample_and_of_none_is_nan():
+    """A run that got a single answer still prints its p95 instead of failing."""
+    assert bench_results.percentile([4.2], 95) == 4.2
+    assert bench_results.percentile([], 50) != bench_results.percentile([], 50)  # nan
+
+
+@pytest.mark.parametrize("printed, ms", [("850.5us", 0.8505), ("3.50ms", 3.5), ("1.20s", 1200)])
+def test_to_ms_reads_wrks_units(printed, ms):
+    assert bench_results.to_ms(printed) == pytest.approx(ms)
+
+
+def test_no_benchmark_keeps_its_own_percentile_or_unit_conversion():
+    for script in (ROOT / "scripts").glob("bench_*.py"):
+        if script.name != "bench_results.py":
+            assert not re.search(r"^def (percentile|to_ms)\b", script.read_text(), re.M), script

@@ -68,3 +68,36 @@ def test_stop_sends_sigterm_then_sigkill_after_the_grace(tmp_path):
     with ServerProcess([sys.executable, "-c", script, str(port)], port=port) as server:
         assert "term ignored" in wait_for(server.log_text, timeout=10, what="a logged request")
         assert server.stop(grace=0.5) == -9
+
+
+BUSY_THEN_SERVE = """
+import http.server, sys, time
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:  # busy, as a server importing LangChain on a loaded machine is
+    pass
+
+
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Ready).serve_forever()
+"""
+
+
+def test_a_server_still_busy_starting_gets_more_than_its_ready_timeout():
+    port = free_port()
+    args = [sys.executable, "-c", BUSY_THEN_SERVE, str(port), "3"]
+    with ServerProcess(args, port=port, ready_timeout=2) as server:
+        assert server.process.poll() is None
+
+
+def test_a_server_that_idles_without_answering_fails_at_its_ready_timeout():
+    port = free_port()
+    idle = ServerProcess(
+        [sys.executable, "-c", "import time; time.sleep(60)"], port=port, ready_timeout=2
+    )
+    with pytest.raises(TimeoutError, match="not 200 after"):
+        idle.start()

@@ -21,25 +21,37 @@ ENSURE = ROOT / "scripts" / "ensure-command.sh"
 
 @pytest.fixture
 def bin_dir(tmp_path):
-    """A PATH with only what ensure-command.sh needs, so the command looked for is missing."""
+    """A PATH with only what ensure-command.sh needs, so the command looked for is missing; the
+    system's sbin folders are faked by tmp_path/sbin (empty)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("id", "head", "grep"):
+    (tmp_path / "sbin").mkdir()
+    for tool in ("id", "head", "grep", "dirname"):
         (bin_dir / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
     return bin_dir
 
 
-def run_ensure(bin_dir: Path, *args: str) -> subprocess.CompletedProcess:
+def run_ensure(bin_dir: Path, *args: str, uid: int = 0) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["/bin/bash", str(ENSURE), *args],
-        env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/tmp")},
+        env={
+            "PATH": str(bin_dir),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "SYSTEM_COMMAND_DIRS": str(bin_dir.parent / "sbin"),
+            "ENSURE_COMMAND_UID": str(uid),
+        },
         capture_output=True,
         text=True,
         timeout=30,
     )
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the stub apt-get path is taken as root only")
+def fake_command(path: Path, body: str = "") -> Path:
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+    return path
+
+
 def test_a_missing_command_is_announced_before_apt_get_runs(bin_dir):
     apt = bin_dir / "apt-get"
     apt.write_text(
@@ -73,16 +85,135 @@ def test_a_present_command_installs_nothing(bin_dir):
     assert result.returncode == 0 and result.stdout == ""
 
 
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_a_command_in_sbin_off_the_users_path_is_found(bin_dir, uid):
+    """Debian keeps nginx in /usr/sbin and leaves /usr/sbin off a normal user's PATH."""
+    fake_command(bin_dir / "apt-get", f"echo called >{bin_dir}/apt-get.log\n")
+    fake_command(bin_dir.parent / "sbin" / "nginx")
+    result = run_ensure(bin_dir, "nginx", "nginx", "a test puts nginx in front", uid=uid)
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    assert not (bin_dir / "apt-get.log").exists()
+
+
+@pytest.mark.parametrize(
+    "with_sudo, command",
+    [
+        (True, "sudo apt-get update && sudo apt-get install -y nginx"),
+        (False, "su -c 'apt-get update && apt-get install -y nginx'"),
+    ],
+    ids=["sudo", "no-sudo"],
+)
+def test_as_a_user_a_missing_command_stops_with_the_command_that_installs_it(
+    bin_dir, with_sudo, command
+):
+    """Not root: no apt-get, no password prompt behind a test run: the exact command, then stop."""
+    fake_command(bin_dir / "apt-get", f"echo called >{bin_dir}/apt-get.log\n")
+    if with_sudo:
+        fake_command(bin_dir / "sudo", f"echo called >{bin_dir}/sudo.log\n")
+    result = run_ensure(bin_dir, "nginx", "nginx", "a test puts nginx in front", uid=1000)
+    assert result.returncode == 1
+    assert "'nginx' is missing (a test puts nginx in front)" in result.stdout
+    assert command in result.stderr.splitlines()[-1], result.stderr
+    assert not (bin_dir / "apt-get.log").exists() and not (bin_dir / "sudo.log").exists()
+
+
+def test_python_finds_a_system_command_where_the_preflight_does(tmp_path, monkeypatch):
+    """The tests and benchmarks that start nginx or wrk look where make's preflight looked."""
+    from support.commands import find_command
+
+    fake_command(tmp_path / "sbin-only-tool")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("SYSTEM_COMMAND_DIRS", str(tmp_path))
+    assert find_command("sbin-only-tool") == str(tmp_path / "sbin-only-tool")
+    monkeypatch.setenv("SYSTEM_COMMAND_DIRS", "")
+    assert find_command.__wrapped__("sbin-only-tool") is None
+    shell = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "find-command.sh"), "sbin-only-tool"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # an empty SYSTEM_COMMAND_DIRS does not mean "the current folder"
+    )
+    assert shell.returncode == 1 and shell.stdout == ""
+
+
 def test_make_test_names_redis_before_installing_it_and_how_to_get_it_on_macos():
-    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)[1]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*test-tools", makefile, re.M)
+    recipe = re.search(r"^test-tools:.*\n((?:\t.*\n)+)", makefile, re.M)[1]
     ensure = next(line for line in recipe.splitlines() if "ensure-command.sh" in line)
     assert "redis-server" in ensure and "brew install redis" in ensure
 
 
+@pytest.mark.skipif(
+    any(Path(d, "nginx").exists() for d in ("/usr/bin", "/bin")), reason="nginx is on PATH here"
+)
+@pytest.mark.parametrize("nginx_in_sbin", [True, False], ids=["in-sbin", "missing"])
+def test_make_test_as_a_user_finds_nginx_in_sbin_or_says_how_to_install_it(tmp_path, nginx_in_sbin):
+    """`make test`'s preflight, as a Debian user whose PATH has no /usr/sbin."""
+    fake, sbin = tmp_path / "fake-bin", tmp_path / "sbin"
+    fake.mkdir()
+    sbin.mkdir()
+    fake_command(fake / "docker", "exit 1\n")  # no Docker: the Compose check is skipped
+    fake_command(fake / "apt-get", f"echo called >{tmp_path}/apt-get.log\n")
+    fake_command(sbin / "redis-server")
+    if nginx_in_sbin:
+        fake_command(sbin / "nginx")
+    make = subprocess.run(
+        ["make", "--no-print-directory", "test-tools"],
+        cwd=ROOT,
+        env={
+            "PATH": f"{fake}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "SYSTEM_COMMAND_DIRS": str(sbin),
+            "ENSURE_COMMAND_UID": "1000",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert not (tmp_path / "apt-get.log").exists()
+    if nginx_in_sbin:
+        assert make.returncode == 0 and make.stdout == "", make.stdout + make.stderr
+    else:
+        assert make.returncode != 0
+        assert "'nginx' is missing" in make.stdout
+        assert "apt-get install -y nginx" in make.stderr, make.stderr
+
+
+def pins(lock: str) -> dict[str, str]:
+    text = (ROOT / lock).read_text()
+    return dict(re.findall(r"^([\w.\[\],-]+)==(\S+) \\$", text, re.M))
+
+
 def test_host_and_image_installs_pin_the_same_uv():
-    lock = re.search(r"^uv==(\S+)", (ROOT / "requirements-dev.txt").read_text(), re.M)[1]
+    lock = pins("requirements-dev.txt")["uv"]
+    assert pins("requirements.txt")["uv"] == lock
     dockerfile = (ROOT / "research-agent" / "Dockerfile.optimized").read_text()
     assert re.findall(r"uv==([\w.]+)", dockerfile) == [lock]
+
+
+def test_the_lessons_lock_is_the_images_plus_cachetools_and_uv_at_the_dev_locks_versions():
+    """`make lesson-01` installs requirements.txt, `make test` requirements-dev.txt on top of it:
+    one set of versions, the image's, on the host and in the containers."""
+    lessons, dev, image = (
+        pins("requirements.txt"),
+        pins("requirements-dev.txt"),
+        pins("research-agent/requirements.txt"),
+    )
+    assert set(lessons) - set(image) == {"cachetools", "uv"}
+    assert {name: lessons.get(name) for name in image} == image
+    assert {name: dev.get(name) for name in lessons} == lessons
+    assert {"pytest", "pytest-xdist", "playwright", "kubernetes-validate"} & set(lessons) == set()
+
+
+def test_lesson_targets_install_the_lessons_lock_and_the_others_the_dev_lock():
+    makefile = (ROOT / "Makefile").read_text()
+    needs = dict(re.findall(r"^([\w-]+):([^=#\n]*)", makefile, re.M))
+    lessons = {t for t, deps in needs.items() if "$(VENV)/.lessons" in deps.split()}
+    dev = {t for t, deps in needs.items() if "$(VENV)/.installed" in deps.split()}
+    assert {"lesson-01", "lesson-01-production", "research-agent", "lesson-05"} <= lessons
+    assert {"test", "lint", "install", "docs", "smoke", "bench-api"} <= dev
+    assert not {t for t in dev if t.startswith("lesson-")}
 
 
 @pytest.fixture
@@ -252,7 +383,7 @@ def test_the_make_targets_that_need_the_plugins_give_that_message(no_plugins, ta
     (no_plugins / "os-release").write_text(OS_RELEASES["fedora"])
     make = subprocess.run(
         # -o: an out-of-date .venv is not reinstalled here; the test is about the plugins.
-        ["make", "--no-print-directory", "-o", ".venv/.installed", target],
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "-o", ".venv/.lessons", target],
         cwd=ROOT,
         env={
             "PATH": f"{no_plugins / 'fake-bin'}:{os.environ['PATH']}",

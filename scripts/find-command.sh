@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Usage: find-command.sh COMMAND
+# Print where COMMAND is: on PATH, else in the folders where the system keeps administrators'
+# commands (/usr/local/sbin, /usr/sbin, /sbin). Debian leaves those off a normal user's PATH, yet a
+# user may run nginx from /usr/sbin. Exit 1, printing nothing, when it is in neither.
+# The one place that says where to look: ensure-command.sh (make's preflight) calls it, and so do
+# the tests and benchmarks that start a system command (scripts/support/commands.py).
+# Env: SYSTEM_COMMAND_DIRS (default /usr/local/sbin:/usr/sbin:/sbin; tests/repo/test_tooling.py
+#      fakes it).
+set -euo pipefail
+[ $# -eq 1 ] || { echo "usage: $0 COMMAND" >&2; exit 2; }
+dirs=${SYSTEM_COMMAND_DIRS-/usr/local/sbin:/usr/sbin:/sbin}
+# No empty entry: one would stand for the current folder.
+PATH=$PATH${dirs:+:$dirs}
+command -v "$1" 2>/dev/null | grep -m1 / || exit 1
