@@ -35,8 +35,11 @@ from pydantic_settings import BaseSettings
 
 # The runner is in the research agent (app/sandbox*.py), which ships it in its image; the lesson
 # imports those same files rather than copies (research-agent/ holds the `app` package), and with
-# them the course's error shape, request ids and body limit, as lessons 05 and 07 do.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
+# them the course's error shape, request ids and body limit, as lessons 05 and 07 do. Added once,
+# so loading this file twice does not grow sys.path.
+AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
+if AGENT_DIR not in sys.path:
+    sys.path.insert(0, AGENT_DIR)
 from app.body_limit import BodyLimitMiddleware  # noqa: E402
 from app.error_shape import error_body, install_shape_handlers  # noqa: E402
 from app.forwarded import uvicorn_forwarding  # noqa: E402

@@ -12,8 +12,9 @@ Delivery is at least once: each service reads through its own consumer group, st
 only then acks. A consumer that dies leaves its message pending; a live one claims it after
 VISIBILITY_TIMEOUT_MS (XAUTOCLAIM). So a message can arrive twice, and every effect is written
 together with the record of the event id it came from (one Lua script): the second time, nothing
-changes. In order: the settings, the envelope, the idempotent effects, the consumer loop, the five
-services, the trace, the command line.
+changes. In order: the idempotent effects, the bus, the consumer loop, the five services, the
+command line. The settings, topics, envelope and keys are lesson07_contract's; the hardening that
+docs/07 keeps under "Going further" is in the lesson07_* modules imported below, one per topic.
 """
 
 import asyncio
@@ -32,6 +33,10 @@ from pathlib import Path
 import redis.asyncio as redis
 from chat_model import make_chat_model
 from langchain_core.messages import HumanMessage, SystemMessage
+
+# The hardening docs/07 keeps under "Going further", one module per topic.
+from lesson07_acks import dead_letter  # what is acked, and when
+from lesson07_claims import keep_claim_while  # a long answer keeps its claim
 
 # The settings, the topics, the envelope and the keys are the contract the gateway shares.
 from lesson07_contract import (  # noqa: F401 - re-exported: the lesson's names in one place
@@ -53,6 +58,8 @@ from lesson07_contract import (  # noqa: F401 - re-exported: the lesson's names 
     question_data,
     question_key,
 )
+from lesson07_progress import make_progress  # the progress agent's effect
+from lesson07_trace import follow_trace  # `make lesson-07-trace` reads what Bus.trace writes
 
 logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logger = logging.getLogger("agents")
@@ -74,46 +81,6 @@ redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
 return 1
 """
 
-# The progress agent's effect reads its own state (streak, struggles), so it is a script of its own
-# with the same first and last lines. KEYS: processed record, the student's hash, the alerts topic.
-# ARGV: ttl, day number, route, topic, threshold, alert event (JSON, published when due), maxlen.
-PROGRESS_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local day, route, topic = tonumber(ARGV[2]), ARGV[3], ARGV[4]
-redis.call('HINCRBY', KEYS[2], 'questions', 1)
-redis.call('HINCRBY', KEYS[2], 'topic:' .. topic, 1)
-redis.call('HINCRBY', KEYS[2], 'kind:' .. route, 1)
-local last = tonumber(redis.call('HGET', KEYS[2], 'last_day') or '-1')
-if last == day - 1 then redis.call('HINCRBY', KEYS[2], 'streak', 1)
-elseif last ~= day then redis.call('HSET', KEYS[2], 'streak', 1) end
-redis.call('HSET', KEYS[2], 'last_day', day)
-if route == 'debug' then
-  local n = redis.call('HINCRBY', KEYS[2], 'struggle:' .. topic, 1)
-  if n == tonumber(ARGV[5]) then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'data', ARGV[6])
-  end
-end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return 1
-"""
-
-# A consumer still working renews its claim: XCLAIM by the owner resets the idle time, so no other
-# consumer takes the message while the model answers. Only the owner: a claim lost is not stolen.
-# KEYS[1] the topic; ARGV: group, message id, consumer.
-RENEW_CLAIM = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if pending[1] == nil or pending[1][2] ~= ARGV[3] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
-return 1
-"""
-
-# A dead letter fails its question only if nobody answered it first. KEYS[1]: the record.
-FAIL_IF_PENDING = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1])
-return 1
-"""
-
 
 class Bus:
     """Topics on Redis Streams: publish, read through a consumer group, ack, claim, dead-letter."""
@@ -121,9 +88,6 @@ class Bus:
     def __init__(self, client: redis.Redis, settings: Settings):
         self.redis, self.settings = client, settings
         self.apply_once = client.register_script(APPLY_ONCE)
-        self.progress_once = client.register_script(PROGRESS_ONCE)
-        self.renew_claim = client.register_script(RENEW_CLAIM)
-        self.fail_if_pending = client.register_script(FAIL_IF_PENDING)
 
     def xadd(self, topic: str, event: dict) -> list:
         """The XADD command (for a script) that publishes `event`, keeping the topic bounded."""
@@ -206,12 +170,13 @@ class Consumer:
                     f"{self.settings.max_deliveries}): giving up"
                 )
             event = parse(self.topic, fields)
-            stored = await self.keep_claim_while(
-                message_id, self.handler(event, delivery, self.name)
+            # Renewed while the handler works: a long answer is not taken over (lesson07_claims).
+            stored = await keep_claim_while(
+                self, message_id, self.handler(event, delivery, self.name)
             )
             outcome = "done" if stored else "duplicate"
         except Malformed as exc:
-            await self.dead_letter(message_id, fields, event_id, delivery, str(exc))
+            await dead_letter(self, message_id, fields, event_id, delivery, str(exc))
             return
         except (redis.ConnectionError, redis.TimeoutError):
             raise  # Redis is away: nothing acked, the loop waits for it
@@ -225,57 +190,6 @@ class Consumer:
         # which the effect's dedup record turns into "duplicate".
         await self.bus.redis.xack(self.topic, self.group, message_id)
         await self.bus.trace(self.topic, event_id, self.name, delivery, outcome)
-
-    async def keep_claim_while(self, message_id: str, work):
-        """Await `work`, renewing the claim on the message every third of the visibility timeout
-        (and the heartbeat with it: a long answer does not make the container unhealthy)."""
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.settings.visibility_timeout_ms / 3000)
-                Path(self.settings.heartbeat_file).touch()  # alive, though busy with one message
-                try:
-                    args = [self.group, message_id, self.name]
-                    if not await self.bus.renew_claim(keys=[self.topic], args=args):
-                        logger.warning("%s: lost the claim on %s", self.name, message_id)
-                        return
-                except redis.RedisError as exc:  # the work goes on; its effect is idempotent
-                    logger.warning("%s: could not renew %s: %r", self.name, message_id, exc)
-
-        renewing = asyncio.create_task(renew())
-        try:
-            return await work
-        finally:
-            renewing.cancel()
-
-    async def dead_letter(self, message_id, fields, event_id, delivery, reason) -> None:
-        logger.warning("%s: %s to %s: %s", self.name, message_id, deadletter(self.topic), reason)
-        dead = {
-            **fields,
-            "reason": reason,
-            "source_topic": self.topic,
-            "group": self.group,
-            "message_id": message_id,
-            "deliveries": delivery,
-        }
-        pipe = self.bus.redis.pipeline(transaction=True)  # dead letter and ack together
-        pipe.xadd(
-            deadletter(self.topic),
-            {k: str(v) for k, v in dead.items()},
-            maxlen=self.settings.deadletter_maxlen,
-            approximate=True,
-        )
-        pipe.xack(self.topic, self.group, message_id)
-        await pipe.execute()
-        # The question failed unless it was answered already (a progress event can die after that),
-        # and only a question the gateway recorded: a forged id creates no record.
-        question_id = question_of(fields)
-        if question_id and self.topic != PROGRESS:
-            with suppress(redis.ResponseError):  # a record that is not a hash: nothing to mark
-                await self.bus.fail_if_pending(
-                    keys=[question_key(question_id)], args=[reason[:500]]
-                )
-        await self.bus.trace(self.topic, event_id, self.name, delivery, "deadletter")
 
     async def run(self) -> None:
         backoff, joined = Backoff(), False
@@ -305,15 +219,6 @@ class Consumer:
                 await self.bus.redis.connection_pool.disconnect()
                 await asyncio.sleep(delay)
         logger.info("%s stopped between messages", self.name)
-
-
-def question_of(fields: dict) -> str | None:
-    """The question id inside a possibly malformed entry, to mark the question failed."""
-    try:
-        value = json.loads(fields.get("data", "")).get("data", {}).get("question_id")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) else None
 
 
 # === The five services ===
@@ -419,57 +324,6 @@ def make_specialist(kind: str, bus: Bus, settings: Settings):
     return specialist
 
 
-def make_progress(bus: Bus, settings: Settings):
-    async def progress(event: dict, delivery: int, consumer: str) -> bool:
-        data = question_data(event)
-        if data.get("route") not in SPECIALIST_TOPICS or not isinstance(data.get("topic"), str):
-            raise Malformed("data.route and data.topic are required")
-        alert = envelope(
-            f"{data['question_id']}.struggle",
-            "/lesson07/progress",
-            "learning.student.struggling",
-            {
-                "student_id": data["student_id"],
-                "topic": data["topic"],
-                "debug_requests": settings.struggle_threshold,
-            },
-        )
-        day = int(time.time() // 86400)
-        keys = [f"processed:progress:{event['id']}", progress_key(data["student_id"]), ALERTS]
-        args = [
-            settings.dedup_ttl_seconds,
-            day,
-            data["route"],
-            data["topic"],
-            settings.struggle_threshold,
-            json.dumps(alert),
-            settings.topic_maxlen,
-        ]
-        return bool(await bus.progress_once(keys=keys, args=args))
-
-    return progress
-
-
-async def read_progress(client: redis.Redis, student_id: str, threshold: int = 3) -> dict:
-    """The progress agent's state as the gateway shows it (the one place that reads its layout)."""
-    raw = await client.hgetall(progress_key(student_id))
-    fields = {k: int(v) for k, v in raw.items()}
-
-    def group(prefix: str) -> dict:
-        return {k.removeprefix(prefix): v for k, v in fields.items() if k.startswith(prefix)}
-
-    struggles = group("struggle:")
-    return {
-        "student_id": student_id,
-        "questions": fields.get("questions", 0),
-        "streak": fields.get("streak", 0),
-        "topics": group("topic:"),
-        "kinds": group("kind:"),
-        "struggles": struggles,
-        "alerts": sorted(t for t, n in struggles.items() if n >= threshold),
-    }
-
-
 SERVICES = {
     "triage": (LEARNING, make_triage),
     **{
@@ -494,26 +348,6 @@ async def serve(service: str, settings: Settings) -> None:
         loop.add_signal_handler(sig, stop)
     await consumer.run()  # waits for Redis, with back-off, however long it is away
     await client.aclose()
-
-
-# === The trace: every delivery and outcome, as it happens ===
-
-
-async def follow_trace(settings: Settings, last: str = "$", limit: int | None = None) -> None:
-    client, shown = connect(settings), 0
-    print(f"{'time':8}  {'topic':20} {'event id':42} {'consumer':34} {'try':>3}  outcome")
-    while limit is None or shown < limit:
-        read = await client.xread({TRACE: last}, block=1000, count=100)
-        for _, entries in read:
-            for entry_id, f in entries:
-                last = entry_id
-                at = time.strftime("%H:%M:%S", time.localtime(float(f["at"])))
-                print(
-                    f"{at:8}  {f['topic']:20} {f['event_id']:42} {f['consumer']:34} "
-                    f"{f['delivery']:>3}  {f['outcome']}",
-                    flush=True,
-                )
-                shown += 1
 
 
 def main(argv: list[str]) -> None:

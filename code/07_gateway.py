@@ -11,7 +11,6 @@ It calls no agent: it publishes an event and reads the state the agents stored. 
 import asyncio
 import hashlib
 import hmac
-import importlib
 import json
 import logging
 import os
@@ -42,11 +41,13 @@ from redis.backoff import ExponentialBackoff
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-# The topics, the envelope and the Redis layout have one owner: lesson07_contract (the agents'
-# module reads the progress layout). The error shape, the body limit and the request-id rule are
-# the research agent's (its `app` package: research-agent/ here, /app in the lesson's image).
-agents = importlib.import_module("07_event_agents")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research-agent"))
+# The topics, the envelope, the Redis layout and how progress is read have one owner:
+# lesson07_contract. The error shape, the body limit and the request-id rule are the research
+# agent's (its `app` package: research-agent/ here, /app in the lesson's image). Added once, so
+# loading this file twice does not grow sys.path.
+AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
+if AGENT_DIR not in sys.path:
+    sys.path.insert(0, AGENT_DIR)
 from app.body_limit import BodyLimitMiddleware  # noqa: E402
 from app.error_shape import ErrorResponse, error_body, install_shape_handlers  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
@@ -363,7 +364,7 @@ def create_app(settings: contract.Settings | None = None) -> FastAPI:
     ) -> Progress:
         await check_student(request, student_id, credentials)
         threshold = request.app.state.settings.struggle_threshold
-        state = await agents.read_progress(request.app.state.redis, student_id, threshold)
+        state = await contract.read_progress(request.app.state.redis, student_id, threshold)
         return Progress(**state)
 
     @app.get("/metrics", include_in_schema=False)

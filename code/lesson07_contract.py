@@ -1,6 +1,6 @@
 """Lesson 07's contract, shared by the agents (07_event_agents.py) and the gateway (07_gateway.py):
 the settings, the topics and what each accepts, the CloudEvents envelope and its validation, the
-Redis keys and the bounds that keep Redis from growing without end.
+Redis keys, the bounds that keep Redis from growing without end, and how progress is read back.
 """
 
 import json
@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None  # Compose's secret `redis_password`
     # A pending message idle this long belongs to a consumer presumed dead: a live one claims it.
-    # A live consumer renews its claim every third of it while it works (Consumer.keep_claim).
+    # A live consumer renews its claim every third of it while it works (lesson07_claims).
     visibility_timeout_ms: int = 5000
     # Delivered more often than this, a message goes to <topic>.deadletter instead.
     max_deliveries: int = 5
@@ -89,6 +89,26 @@ def progress_key(student_id: str) -> str:
 def student_key(student_id: str) -> str:
     # string: the SHA-256 of the student's token (the token itself is never stored)
     return f"student:{student_id}"
+
+
+async def read_progress(client: redis.Redis, student_id: str, threshold: int = 3) -> dict:
+    """The progress agent's state as the gateway shows it (the one place that reads its layout)."""
+    raw = await client.hgetall(progress_key(student_id))
+    fields = {k: int(v) for k, v in raw.items()}
+
+    def group(prefix: str) -> dict:
+        return {k.removeprefix(prefix): v for k, v in fields.items() if k.startswith(prefix)}
+
+    struggles = group("struggle:")
+    return {
+        "student_id": student_id,
+        "questions": fields.get("questions", 0),
+        "streak": fields.get("streak", 0),
+        "topics": group("topic:"),
+        "kinds": group("kind:"),
+        "struggles": struggles,
+        "alerts": sorted(t for t, n in struggles.items() if n >= threshold),
+    }
 
 
 def envelope(event_id: str, source: str, event_type: str, data: dict) -> dict:
