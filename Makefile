@@ -17,6 +17,8 @@ export HOST PORT
 .PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
 .PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
 .PHONY: lesson-07-image lesson-07 lesson-07-down lesson-07-trace pubsub-test bench-pubsub
+.PHONY: lesson-08-images lesson-08 lesson-08-down mcp-test bench-mcp
+.PHONY: lesson-09 lesson-09-down traces-test bench-tracing
 
 define serving
 	@echo
@@ -46,6 +48,20 @@ LESSON07_PROJECT ?= lesson07
 LESSON07_PORT ?= 8070
 export LESSON07_IMAGE LESSON07_PORT
 LESSON07_COMPOSE = docker compose -p $(LESSON07_PROJECT) -f deploy/lesson07/compose.yaml
+# Lesson 08: the agent, the MCP gateway and its Docker guard as the Compose project lesson08; the
+# gateway starts the tool servers' containers itself (label lesson08.owner=lesson08).
+LESSON08_PROJECT ?= lesson08
+LESSON08_PORT ?= 8085
+LESSON08_MCP_PORT ?= 8086
+LESSON08_AGENT_IMAGE ?= research-agent:optimized-lesson08
+export LESSON08_PORT LESSON08_MCP_PORT LESSON08_AGENT_IMAGE
+LESSON08_COMPOSE = LESSON08_AGENT_TOKEN=$$(cat deploy/lesson08/agent-token 2>/dev/null || echo none) \
+  DOCKER_GID=$$(stat -c %g /var/run/docker.sock) docker compose -p $(LESSON08_PROJECT) -f deploy/lesson08/compose.yaml
+# Lesson 09: lesson 03's stack plus traces and a viewer, as the Compose project lesson09.
+LESSON09_PORT ?= 8090
+VIEWER_PORT ?= 6006
+export VIEWER_PORT
+LESSON09_COMPOSE = AGENT_PORT=$(LESSON09_PORT) docker compose -p lesson09 -f research-agent/docker-compose.yml -f deploy/lesson09/compose.traces.yaml
 
 ##@ Lessons
 
@@ -122,6 +138,39 @@ deploy/lesson07/redis-password:
 lesson-07-down: docker-tools ## Lesson 07: remove its containers, network and Redis volume
 	$(LESSON07_COMPOSE) down -v --remove-orphans
 
+lesson-08: lesson-08-images deploy/lesson08/agent-token ## Lesson 08: the agent's search tool over MCP, via a gateway on 8086 that starts tool containers on demand; agent on 8085
+	$(LESSON08_COMPOSE) up -d --wait
+	@echo
+	@echo "  Research agent (Compose project $(LESSON08_PROJECT)) on http://127.0.0.1:$(LESSON08_PORT), its tools over MCP  (offline model unless OPENAI_API_KEY is set)"
+	@echo "  Ask:       curl -s -X POST http://127.0.0.1:$(LESSON08_PORT)/v1/research -H 'content-type: application/json' -d '{\"query\": \"Why use a multi-stage Docker build?\"}'"
+	@echo "             (the first question starts the notes server's container: docker ps --filter label=lesson08.owner)"
+	@echo "  Call log:  docker compose -p $(LESSON08_PROJECT) -f deploy/lesson08/compose.yaml logs gateway   (one JSON line per tool call)"
+	@echo "  MCP:       any MCP client on http://127.0.0.1:$(LESSON08_MCP_PORT)/mcp (Streamable HTTP); pins: curl -s http://127.0.0.1:$(LESSON08_MCP_PORT)/pins"
+	@echo "  Metrics:   curl -s http://127.0.0.1:$(LESSON08_MCP_PORT)/metrics | grep mcp_gateway"
+	@echo "  Stop:      make lesson-08-down   (removes every container, network and volume of the lesson)"
+	@echo
+
+# The agent's bearer token for the gateway, random, made once (not in git).
+deploy/lesson08/agent-token:
+	@umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
+
+lesson-08-down: docker-tools ## Lesson 08: remove its containers (the on-demand tool servers too), networks and volume
+	@ids=$$(docker ps -aq --filter label=lesson08.owner=$(LESSON08_PROJECT)); [ -z "$$ids" ] || docker rm -f $$ids
+	$(LESSON08_COMPOSE) down -v --remove-orphans
+
+lesson-09: docker-tools offline-images ## Lesson 09: lesson 03's stack exporting traces to a viewer (Phoenix) on 6006; returns once healthy
+	$(LESSON09_COMPOSE) up --build -d --wait
+	@echo
+	@echo "  Trace viewer (Arize Phoenix):  http://127.0.0.1:$(VIEWER_PORT)"
+	@echo "  Research agent behind the edge: http://127.0.0.1:$(LESSON09_PORT)"
+	@echo "  Ask:   curl -s -X POST http://127.0.0.1:$(LESSON09_PORT)/v1/research -H 'content-type: application/json' -H 'traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' -d '{\"query\": \"Why use a multi-stage Docker build?\"}'"
+	@echo "  Then open the viewer and find trace 0af7651916cd43dd8448eb211c80319c: where did the time go?"
+	@echo "  Stop:  make lesson-09-down   (removes the containers, network and volume)"
+	@echo
+
+lesson-09-down: docker-tools ## Lesson 09: remove its containers, network, volume and the viewer
+	$(LESSON09_COMPOSE) down -v --remove-orphans
+
 lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topics (TRACE_ALL=1: from the start)
 	$(LESSON07_COMPOSE) exec -e TRACE_ALL=$(TRACE_ALL) gateway python 07_event_agents.py trace
 
@@ -144,7 +193,7 @@ test-tools:
 lint: $(VENV)/.installed ## Lint: ruff, hadolint, shellcheck, actionlint and pymarkdown over every file of their kind
 	@scripts/lint.sh $(VENV)/bin
 
-ci: ## What CI runs, in order: lint, test, smoke, compose-test, sandbox-test, variations-test, swarm-test, pubsub-test, bench-scaleout
+ci: ## What CI runs: lint; test beside build, swarm-test, bench-scaleout; then smoke, compose-test, pubsub-test, mcp-test beside sandbox-test, variations-test, traces-test
 	@bash .ci/run
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/lesson_03/test_container.py), docker stop it mid-stream
@@ -156,6 +205,10 @@ compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v
 
 sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
 	$(PY) -m pytest -m container tests/lesson_04 tests/lesson_02/test_sandbox_tool.py tests/repo/test_docs.py -v
+
+traces-test: docker-tools offline-images $(VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot), down leaves nothing
+	@scripts/ensure-command.sh chromium chromium "the viewer is checked in a real browser"
+	$(PY) -m pytest -m container tests/lesson_09 -v
 
 variations-test: lesson-05-image $(VENV)/.installed ## Lesson 05 with real containers and headless Chromium (installs chromium)
 	@scripts/ensure-command.sh chromium chromium
@@ -171,28 +224,35 @@ swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas
 pubsub-test: lesson-07-image $(VENV)/.installed ## Lesson 07 in containers: specialist killed twice under load, Redis restarted, dead letters, counts exact, down -v
 	$(PY) -m pytest -m container tests/lesson_07 -v
 
+mcp-test: lesson-08-images $(VENV)/.installed ## Lesson 08 in containers: on-demand tool server, limits, secrets, Docker guard, Compose v1 and v2, down leaves nothing
+	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
+	$(PY) -m pytest -m container tests/lesson_08 -v
+
 ##@ Benchmarks
 
 bench-api: $(VENV)/.installed ## Requests/s, latency and CPU per request of the three lesson-01 steps vs bare FastAPI
 	@scripts/ensure-command.sh wrk wrk "it generates the load" "macOS: brew install wrk"
-	BENCH_COMMAND="make $@" $(PY) scripts/bench_api.py
+	BENCH_COMMAND="make $@" $(PY) -m bench.api
+
+bench-tracing: $(VENV)/.installed ## CPU per request of the research agent: no tracing code vs tracing off vs on (batch export to a local collector)
+	BENCH_COMMAND="make $@" $(PY) -m bench.tracing
 
 bench-first-answer: ## Fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
-	@BENCH_COMMAND="make $@" $(PYTHON) scripts/bench_first_answer.py
+	@BENCH_COMMAND="make $@" $(PYTHON) -m bench.first_answer
 
 bench-sse-proxy: $(VENV)/.installed ## Time to first SSE token, direct vs nginx (gzip) with/without X-Accel-Buffering
 	@scripts/ensure-command.sh nginx nginx "the benchmark puts nginx in front of the agent" "macOS: brew install nginx"
-	BENCH_COMMAND="make $@" $(PY) scripts/bench_sse_proxy.py
+	BENCH_COMMAND="make $@" $(PY) -m bench.sse_proxy
 
 bench-images: docker-tools offline-images $(VENV)/.installed ## Cold build, code-only rebuild, size, start time per Dockerfile
-	BENCH_COMMAND="make $@" $(PY) scripts/bench_images.py
+	BENCH_COMMAND="make $@" $(PY) -m bench.images
 
 bench-start: build $(VENV)/.installed ## docker run -> /ready and -> healthy for the built images (no rebuild)
-	BENCH_COMMAND="make $@" $(PY) scripts/bench_images.py --start-only
+	BENCH_COMMAND="make $@" $(PY) -m bench.images --start-only
 
 bench-start-host: IMAGES = optimized
 bench-start-host: build $(VENV)/.installed ## The optimized image vs `python main.py` on the host: start->ready, first request, imports
-	BENCH_COMMAND="make $@" $(PY) scripts/bench_images.py --vs-host
+	BENCH_COMMAND="make $@" $(PY) -m bench.images --vs-host
 
 sizes: build ## Table: image sizes against their floor, and where the optimized image's bytes went
 	@$(PYTHON) scripts/image_sizes.py
@@ -201,20 +261,23 @@ context-size: docker-tools ## What the build contexts send to Docker once .docke
 	@scripts/context-size.sh
 
 bench-sandbox: sandbox-image $(VENV)/.installed ## Fresh and pooled sandbox runs vs a bare `docker run --rm` (and exec): one by one, 4 at once, 2/s sustained; p50/p95
-	BENCH_COMMAND="make $@" $(PY) scripts/bench_sandbox.py
+	BENCH_COMMAND="make $@" $(PY) -m bench.sandbox
 
 bench-variations: lesson-05-image $(VENV)/.installed ## N = 1, 2, 4, 8 variations in containers vs in one process
-	BENCH_COMMAND="make $@" WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) scripts/bench_variations.py
+	BENCH_COMMAND="make $@" WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m bench.variations
 
 bench-scaleout: swarm-images $(VENV)/.installed ## Rolling update and docker stop under load (target: 0 failed), 1 vs 3 replicas
 	@scripts/ensure-command.sh wrk wrk
-	BENCH_COMMAND="make $@" $(PY) scripts/bench_scaleout.py
+	BENCH_COMMAND="make $@" $(PY) -m bench.scaleout
 
 bench-pubsub: lesson-07-image $(VENV)/.installed ## Lesson 07: questions/s and p50/p99 with 1 and 3 concepts consumers, and where the time goes
-	BENCH_COMMAND="make $@" $(PY) scripts/bench_pubsub.py
+	BENCH_COMMAND="make $@" $(PY) -m bench.pubsub
+
+bench-mcp: lesson-08-images $(VENV)/.installed ## Lesson 08: research over MCP vs in-process, on-demand start vs docker run, gateway overhead p50/p99
+	BENCH_COMMAND="make $@" $(PY) -m bench.mcp
 
 measurements: ## The bench-results/*.json files as docs/measurements.md's tables (WRITE=1: into the page)
-	@$(PYTHON) scripts/measurements.py $(if $(WRITE),--write)
+	@$(PYTHON) -m bench.measurements $(if $(WRITE),--write)
 
 ##@ Images
 
@@ -235,6 +298,13 @@ lesson-05-image: build
 lesson-07-image: docker-tools offline-images
 	@scripts/build-images.sh optimized
 	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson07/Dockerfile --build-arg BASE_IMAGE=research-agent:optimized$(TAG_SUFFIX) -t $(LESSON07_IMAGE) .
+
+# Lesson 08's images: the agent (the research agent's optimized image under its own tag, so a rebuild
+# elsewhere cannot change it under the lesson), the notes server and the gateway (one small lock).
+lesson-08-images: docker-tools offline-images
+	@TAG_SUFFIX=-lesson08 scripts/build-images.sh optimized
+	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson08/Dockerfile --target notes -t lesson08-notes .
+	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson08/Dockerfile --target gateway -t lesson08-gateway .
 
 swarm-images: docker-tools
 	@scripts/offline-images.sh python:3.11-slim redis:7 haproxy:2.6
@@ -264,6 +334,8 @@ lock: $(VENV)/.installed ## Re-pin research-agent/requirements.txt, requirements
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/requirements.in -o research-agent/requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements-dev.in -o requirements-dev.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements.in -c requirements-dev.txt -o requirements.txt
+	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 docker/lesson08/requirements.in -c requirements-dev.txt -o docker/lesson08/requirements.txt
+	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 docker/phoenix/requirements.in -o docker/phoenix/requirements.txt
 
 docs: $(VENV)/.installed ## Re-sync the code excerpts in docs/ from the files they quote
 	$(PY) scripts/docs_sync.py

@@ -95,9 +95,9 @@ logger = logging.getLogger("agent_api")
 INTERNAL_ERROR_MESSAGE = "Internal server error"  # a 500 says no more: the traceback is logged
 
 
-def error_body(error_type: str, message: str, **extra: Any) -> dict[str, Any]:
-    error = {"type": error_type, "message": message, "request_id": request_id_var.get()}
-    return {"error": {**error, **extra}}
+def error_body(error_type: str, message: str, *, request_id: str | None = None, **extra) -> dict:
+    request_id = request_id or request_id_var.get()  # the id this request was logged under
+    return {"error": {"type": error_type, "message": message, "request_id": request_id, **extra}}
 
 
 def error_response(

@@ -45,8 +45,9 @@ from app.error_shape import error_body, install_shape_handlers  # noqa: E402
 from app.forwarded import uvicorn_forwarding  # noqa: E402
 from app.python_tool import make_run_python_tool  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
-from app.sandbox import RunResult, SandboxConfig, SandboxUnavailable  # noqa: E402
+from app.sandbox import RunResult, SandboxUnavailable  # noqa: E402
 from app.sandbox_admission import SandboxBusy, SandboxShuttingDown  # noqa: E402
+from app.sandbox_config import SandboxConfig  # noqa: E402
 from app.sandbox_pool import PooledRunner  # noqa: E402
 from app.sandbox_sweep import SweepingRunner  # noqa: E402
 

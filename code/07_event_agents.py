@@ -45,9 +45,9 @@ from lesson07_contract import (  # noqa: F401 - re-exported: the lesson's names 
     PROGRESS,
     SPECIALIST_TOPICS,
     TRACE,
+    AgentSettings,
     Backoff,
     Malformed,
-    Settings,
     connect,
     deadletter,
     entry,
@@ -60,6 +60,13 @@ from lesson07_contract import (  # noqa: F401 - re-exported: the lesson's names 
 )
 from lesson07_progress import make_progress  # the progress agent's effect
 from lesson07_trace import follow_trace  # `make lesson-07-trace` reads what Bus.trace writes
+
+# Lesson 09's spans use the research agent's tracing setup (its `app` package: research-agent/ here,
+# /app in the lesson's image), added to the path once.
+AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
+if AGENT_DIR not in sys.path:
+    sys.path.insert(0, AGENT_DIR)
+from lesson07_tracing import configure, delivery_span, record_outcome  # noqa: E402
 
 logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logger = logging.getLogger("agents")
@@ -85,7 +92,7 @@ return 1
 class Bus:
     """Topics on Redis Streams: publish, read through a consumer group, ack, claim, dead-letter."""
 
-    def __init__(self, client: redis.Redis, settings: Settings):
+    def __init__(self, client: redis.Redis, settings: AgentSettings):
         self.redis, self.settings = client, settings
         self.apply_once = client.register_script(APPLY_ONCE)
 
@@ -124,6 +131,7 @@ class Bus:
             "outcome": outcome,
             "at": f"{time.time():.3f}",
         }
+        record_outcome(outcome)  # on the delivery's span too, when tracing is on
         await self.redis.xadd(TRACE, fields, maxlen=self.settings.trace_length, approximate=True)
 
 
@@ -137,7 +145,7 @@ class Consumer:
     exactly one of them, and each keeps its own pending list until it acks.
     """
 
-    def __init__(self, bus: Bus, topic: str, group: str, handler, settings: Settings):
+    def __init__(self, bus: Bus, topic: str, group: str, handler, settings: AgentSettings):
         self.bus, self.topic, self.group, self.handler = bus, topic, group, handler
         self.settings = settings
         # Unique per process start: a restarted container is a new consumer, visible in the trace.
@@ -202,8 +210,9 @@ class Consumer:
                     joined = True
                 message = await self.next_message()
                 backoff.reset()
-                if message:
-                    await self.handle(*message)
+                if message:  # one span per delivery, in the trace its event carries
+                    with delivery_span(self.topic, self.group, self.name, *message):
+                        await self.handle(*message)
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     await self.bus.ensure_group(self.topic, self.group)  # Redis lost its data
@@ -245,7 +254,7 @@ def topic_of(text: str) -> str:
     return next((t for t in TOPICS if re.search(rf"\b{t}\b", lowered)), "general")
 
 
-def make_triage(bus: Bus, settings: Settings):
+def make_triage(bus: Bus, settings: AgentSettings):
     async def triage(event: dict, delivery: int, consumer: str) -> bool:
         data = question_data(event)
         kind, topic = route(data["text"]), topic_of(data["text"])
@@ -277,7 +286,7 @@ PROMPTS = {
 }
 
 
-def make_specialist(kind: str, bus: Bus, settings: Settings):
+def make_specialist(kind: str, bus: Bus, settings: AgentSettings):
     model = make_chat_model(
         settings.openai_api_key or None,
         settings.model_name,
@@ -334,7 +343,7 @@ SERVICES = {
 }
 
 
-async def serve(service: str, settings: Settings) -> None:
+async def serve(service: str, settings: AgentSettings) -> None:
     client = connect(settings)
     bus = Bus(client, settings)
     topic, make_handler = SERVICES[service]
@@ -354,10 +363,11 @@ def main(argv: list[str]) -> None:
     usage = f"usage: {argv[0]} {{{','.join(SERVICES)},trace}}"
     if len(argv) != 2 or argv[1] not in (*SERVICES, "trace"):
         sys.exit(usage)
-    settings = Settings()
+    settings = AgentSettings()
     if argv[1] == "trace":
-        asyncio.run(follow_trace(settings, last="0-0" if os.environ.get("TRACE_ALL") else "$"))
+        asyncio.run(follow_trace(settings, last="0-0" if settings.trace_all else "$"))
     else:
+        configure(argv[1])  # traces, if OTEL_EXPORTER_OTLP_ENDPOINT is set (lesson 09)
         asyncio.run(serve(argv[1], settings))
 
 

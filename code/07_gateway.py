@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import sys
 import time
@@ -51,6 +50,7 @@ if AGENT_DIR not in sys.path:
 from app.body_limit import BodyLimitMiddleware  # noqa: E402
 from app.error_shape import ErrorResponse, error_body, install_shape_handlers  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
+from lesson07_tracing import instrument_gateway  # noqa: E402
 
 log_with_request_ids(force=True)
 logger = logging.getLogger("gateway")
@@ -144,7 +144,7 @@ class Progress(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    settings: contract.Settings = app.state.settings
+    settings: contract.GatewaySettings = app.state.settings
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     app.state.redis = redis.Redis(
         connection_pool=redis.BlockingConnectionPool.from_url(
@@ -189,7 +189,7 @@ async def check_student(request: Request, student_id: str, credentials: Token) -
 
 async def admit(request: Request, student_id: str) -> None:
     """429 past ASKS_PER_MINUTE for one student, 503 past MAX_BACKLOG unanswered questions."""
-    settings: contract.Settings = request.app.state.settings
+    settings: contract.GatewaySettings = request.app.state.settings
     per_minute = RateLimitItemPerMinute(settings.asks_per_minute)
     if not await request.app.state.limiter.hit(per_minute, student_id):
         REFUSED.labels("rate").inc()
@@ -229,8 +229,8 @@ class HostCheck:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: contract.Settings | None = None) -> FastAPI:
-    settings = settings or contract.Settings()
+def create_app(settings: contract.GatewaySettings | None = None) -> FastAPI:
+    settings = settings or contract.GatewaySettings()
     app = FastAPI(title="Event-driven learning assistant", lifespan=lifespan)
     app.state.settings = settings
     # Neither a Host that is not ours nor a body over the limit reaches a route.
@@ -379,14 +379,16 @@ def create_app(settings: contract.Settings | None = None) -> FastAPI:
             DEAD.labels(topic).set(await r.xlen(contract.deadletter(topic)))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    instrument_gateway(app)  # a span per request, if OTEL_EXPORTER_OTLP_ENDPOINT is set (lesson 09)
     return app
 
 
 if __name__ == "__main__":
+    settings = contract.GatewaySettings()
     uvicorn.run(
-        create_app(),
-        host=os.environ.get("HOST", "127.0.0.1"),
-        port=int(os.environ.get("PORT", "8070")),
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
         timeout_graceful_shutdown=10,
         http="h11",  # h11 bounds a request's headers (httptools does not)
         limit_concurrency=200,  # beyond it, 503 at once rather than memory

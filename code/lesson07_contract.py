@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as redis
+from opentelemetry import propagate
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,7 +18,8 @@ SECRETS_DIR = Path("/run/secrets")
 
 
 class Settings(BaseSettings):
-    """Read from the environment (and /run/secrets) when created, never at import."""
+    """What both services read: Redis and the bounds they share. Read from the environment (and
+    /run/secrets) when created, never at import; each service has its own class below."""
 
     model_config = SettingsConfigDict(
         frozen=True, secrets_dir=SECRETS_DIR if SECRETS_DIR.is_dir() else None
@@ -25,6 +27,20 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None  # Compose's secret `redis_password`
+    # The bounds. A question's record lives a day; each topic keeps its last TOPIC_MAXLEN entries
+    # (the gateway admits at most MAX_BACKLOG unanswered questions, far fewer, so trimming only
+    # drops handled entries).
+    question_ttl_seconds: int = 24 * 3600
+    topic_maxlen: int = 10000
+    struggle_threshold: int = 3  # debug questions on one topic before a struggle alert
+
+
+class AgentSettings(Settings):
+    """The agents' (07_event_agents.py): delivery, the model, the trace, the dead letters."""
+
+    # `make lesson-07-trace` passes TRACE_ALL empty when it is not set: empty is the default.
+    model_config = SettingsConfigDict(env_ignore_empty=True)
+
     # A pending message idle this long belongs to a consumer presumed dead: a live one claims it.
     # A live consumer renews its claim every third of it while it works (lesson07_claims).
     visibility_timeout_ms: int = 5000
@@ -32,20 +48,22 @@ class Settings(BaseSettings):
     max_deliveries: int = 5
     # How long an event id is remembered as processed: longer than any redelivery can take.
     dedup_ttl_seconds: int = 7 * 24 * 3600
-    struggle_threshold: int = 3
     openai_api_key: str | None = None
     model_name: str = "gpt-4o-mini"
     offline_token_delay_ms: int = 20
     model_timeout_seconds: int = 60
     heartbeat_file: str = "/tmp/heartbeat"
     trace_length: int = 10000
-    # The bounds. A question's record lives a day; each topic keeps its last TOPIC_MAXLEN entries
-    # (the gateway admits at most MAX_BACKLOG unanswered questions, far fewer, so trimming only
-    # drops handled entries); each dead-letter topic its last DEADLETTER_MAXLEN.
-    question_ttl_seconds: int = 24 * 3600
-    topic_maxlen: int = 10000
-    deadletter_maxlen: int = 1000
-    max_backlog: int = 1000
+    trace_all: bool = False  # `trace` follows the trace from its start, not from now
+    deadletter_maxlen: int = 1000  # each dead-letter topic keeps its last DEADLETTER_MAXLEN
+
+
+class GatewaySettings(Settings):
+    """The gateway's (07_gateway.py): where it listens and what it admits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8070
+    max_backlog: int = 1000  # unanswered questions at most; beyond, 503
     max_body_bytes: int = 64 * 1024
     asks_per_minute: int = 30  # per student
     allowed_hosts: str = "127.0.0.1,localhost"  # the Host headers the gateway answers
@@ -111,8 +129,15 @@ async def read_progress(client: redis.Redis, student_id: str, threshold: int = 3
     }
 
 
+# The W3C trace context a CloudEvent carries (the distributed-tracing extension), lesson 09.
+TRACEPARENT = r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"
+
+
 def envelope(event_id: str, source: str, event_type: str, data: dict) -> dict:
-    """A CloudEvents 1.0 envelope, the format Dapr wraps every pub/sub message in."""
+    """A CloudEvents 1.0 envelope, the format Dapr wraps every pub/sub message in. With tracing on,
+    it carries the current span's `traceparent` (and `tracestate`): the consumer's span joins it."""
+    context: dict[str, str] = {}
+    propagate.inject(context)  # nothing while tracing is off
     return {
         "specversion": "1.0",
         "id": event_id,
@@ -120,6 +145,7 @@ def envelope(event_id: str, source: str, event_type: str, data: dict) -> dict:
         "type": event_type,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "datacontenttype": "application/json",
+        **{k: v for k, v in context.items() if k in ("traceparent", "tracestate")},
         "data": data,
     }
 
@@ -149,6 +175,10 @@ def parse(topic: str, fields: dict) -> dict:
     ]
     if bad or not isinstance(event.get("data"), dict):
         raise Malformed(f"missing or invalid attributes: {bad or ['data']}")
+    if "traceparent" in event and not (
+        isinstance(event["traceparent"], str) and re.fullmatch(TRACEPARENT, event["traceparent"])
+    ):
+        raise Malformed("traceparent is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)")
     event_type, sources = ACCEPTS[topic]
     if event["type"] != event_type or event["source"] not in sources:
         raise Malformed(f"{topic} accepts {event_type} from {sorted(sources)} only")

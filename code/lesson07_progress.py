@@ -12,8 +12,8 @@ import time
 from lesson07_contract import (
     ALERTS,
     SPECIALIST_TOPICS,
+    AgentSettings,
     Malformed,
-    Settings,
     envelope,
     progress_key,
     question_data,
@@ -43,7 +43,7 @@ return 1
 """
 
 
-def make_progress(bus, settings: Settings):
+def make_progress(bus, settings: AgentSettings):
     progress_once = bus.redis.register_script(PROGRESS_ONCE)
 
     async def progress(event: dict, delivery: int, consumer: str) -> bool:

@@ -8,6 +8,7 @@ import uvicorn
 from app.api import create_app
 from app.config import get_settings
 from app.forwarded import uvicorn_forwarding
+from app.tracing import flush_tracing
 
 app = create_app()
 
@@ -25,7 +26,8 @@ if __name__ == "__main__":
     # Reached after a shutdown when this is PID 1 in a container: the kernel ignores the SIGTERM
     # uvicorn re-raises to exit. Every request is finished and logged, yet tearing down the
     # interpreter (all of LangChain, numpy...) took up to 2 s on a busy machine, past the 10 s of
-    # `docker stop`. Flush the logs and leave now.
+    # `docker stop`. Flush the logs and the spans still batched, and leave now.
+    flush_tracing()
     logging.shutdown()
     sys.stdout.flush()
     os._exit(0)

@@ -42,8 +42,18 @@ def answered(port: int) -> bool:
         return False
 
 
-def first_answer(installer: str, workdir: Path) -> tuple[float, float]:
-    """Seconds from `git clone` to the first answer, and those spent installing .venv."""
+def megabytes(folder: Path) -> float:
+    """What the folder's files hold (apparent sizes, links not followed), in MB (10^6 bytes)."""
+    total = 0
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            total += os.lstat(os.path.join(parent, name)).st_size
+    return total / 1e6
+
+
+def first_answer(installer: str, workdir: Path) -> tuple[float, float, float]:
+    """Seconds from `git clone` to the first answer, those spent installing .venv, and the size of
+    the .venv `make lesson-01` made (MB)."""
     clone = workdir / f"clone-{installer}"
     port = free_port()
     # Empty caches, so both installers download everything; no app setting leaks in from the shell.
@@ -85,7 +95,7 @@ def first_answer(installer: str, workdir: Path) -> tuple[float, float]:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-    return total, (installed_at or time.monotonic()) - started
+    return total, (installed_at or time.monotonic()) - started, megabytes(clone / ".venv")
 
 
 def main() -> int:
@@ -94,16 +104,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-first-answer-") as tmp:
         for installer in INSTALLERS:
             results[installer] = first_answer(installer, Path(tmp))
-            total, install = results[installer]
-            print(f"{installer}: first answer after {total:.1f}s", flush=True)
+            total, install, size = results[installer]
+            print(f"{installer}: first answer after {total:.1f}s, .venv {size:.0f} MB", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
     baseline = results["pip"][0]
     print(
-        f"\n| installer | clone -> first answer s | of which .venv + lock s | x {INSTALLERS[0]} |"
+        f"\n| installer | clone -> first answer s | of which .venv + lock s | x {INSTALLERS[0]} "
+        "| .venv MB |"
     )
-    print("| --- | ---: | ---: | ---: |")
-    for installer, (total, install) in results.items():
-        print(f"| {installer} | {total:.1f} | {install:.1f} | {total / baseline:.2f}x |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for installer, (total, install, size) in results.items():
+        print(
+            f"| {installer} | {total:.1f} | {install:.1f} | {total / baseline:.2f}x | {size:.0f} |"
+        )
     results_file.write()
     return 0
 

@@ -33,9 +33,15 @@ if [ "$uid" -ne 0 ]; then
   fi
   exit 1
 fi
+# Two make targets running side by side may both install something: dpkg allows one install at a
+# time and a second apt-get fails at once ("Could not get lock"), so installs take turns on one lock
+# file, and the one that waited looks again before installing.
+exec 9>"${ENSURE_COMMAND_LOCK:-/tmp/ensure-command.lock}"
+flock 9
+"$BASH" "$here/find-command.sh" "$command_name" >/dev/null && exit 0
 echo "==> installing the Debian package '$package': apt-get update && apt-get install $package"
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+apt-get -o DPkg::Lock::Timeout=300 update -qq
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "$package" >/dev/null
 "$BASH" "$here/find-command.sh" "$command_name" >/dev/null ||
   { echo "error: '$package' installed no '$command_name'" >&2; exit 1; }
 echo "==> '$command_name' installed"

@@ -4,7 +4,7 @@
 # commands (/usr/local/sbin, /usr/sbin, /sbin). Debian leaves those off a normal user's PATH, yet a
 # user may run nginx from /usr/sbin. Exit 1, printing nothing, when it is in neither.
 # The one place that says where to look: ensure-command.sh (make's preflight) calls it, and so do
-# the tests and benchmarks that start a system command (scripts/support/commands.py).
+# the tests and benchmarks that start a system command (tests/support/commands.py).
 # Env: SYSTEM_COMMAND_DIRS (default /usr/local/sbin:/usr/sbin:/sbin; tests/repo/test_tooling.py
 #      fakes it).
 set -euo pipefail

@@ -26,8 +26,8 @@ up() {
     docker rm -f -v "$redis" >/dev/null 2>&1 || true
     (umask 077 && mkdir -p "${secret%/*}" && "$python" -c 'import secrets
 print(secrets.token_hex(24))' >"$secret")
-    # `default` off, the API's user without CONFIG, MONITOR, FLUSHALL... (code/variations_redis.py)
-    mapfile -t acl < <("$python" code/variations_redis.py server-args <"$secret")
+    # `default` off, the API's user without CONFIG, MONITOR, FLUSHALL... (code/variations/redis_access.py)
+    mapfile -t acl < <("$python" code/variations/redis_access.py server-args <"$secret")
     # A fixed loopback port, so that a restart (the policy below, or `docker restart`) brings
     # Redis back where the API looks; AOF, so that the runs going are back with it.
     port=${REDIS_PORT:-$("$python" -c 'import socket

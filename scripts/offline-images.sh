@@ -50,10 +50,7 @@ mm_common=(
 )
 
 ensure_mmdebstrap() {
-  command -v mmdebstrap >/dev/null && return
-  echo "==> installing mmdebstrap from Debian"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+  "$BASH" "$here/ensure-command.sh" mmdebstrap mmdebstrap "it builds the stand-in images"
 }
 
 # mmdebstrap writes the rootfs as a tarball to stdout; `docker import` turns it into

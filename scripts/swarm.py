@@ -5,7 +5,7 @@
 
 `up` initialises Swarm when the engine is not in it and writes that on the node (a label), so that
 `down` leaves Swarm again only when the course joined it, and only once no service is left. The
-benchmark (scripts/bench_scaleout.py) and the tests use these functions, with stacks of their own.
+benchmark (bench/scaleout.py) and the tests use these functions, with stacks of their own.
 Every wait is bounded in time.
 """
 

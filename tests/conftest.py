@@ -1,11 +1,12 @@
-"""Fixtures every lesson's tests share; the helpers themselves live in scripts/support/."""
+"""Fixtures every lesson's tests share; the helpers themselves live in tests/support/."""
 
 import os
 
 import pytest
-from support.ports import free_port
-from support.redis import RedisServer
-from support.server import ServerProcess, offline_environment
+
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
+from tests.support.server import ServerProcess, offline_environment
 
 
 @pytest.fixture(autouse=True)

@@ -241,6 +241,10 @@ class ResearchAgent:
         self.settings = settings
         self.model_label = settings.model_label
         self.search_backend = settings.search_backend
+        if tool is None and settings.MCP_GATEWAY_URL:  # lesson 08: the tool lives behind MCP
+            from .mcp_tools import make_mcp_search_tool
+
+            tool = make_mcp_search_tool(settings)
         self.tool = tool if tool is not None else make_search_tool(settings)
         model = model if model is not None else build_model(settings)
         # The model's own count where it has one (the offline model's), an estimate otherwise.
@@ -256,6 +260,7 @@ class ResearchAgent:
             ],
             # [end:middleware]
             context_schema=RunContext,
+            name="research-agent",  # the agent's name in traces: `invoke_agent research-agent`
         )
 
     async def research(self, query: str, used: TokenCount | None = None) -> dict:

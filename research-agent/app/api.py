@@ -31,6 +31,7 @@ from .models import HealthResponse, ReadyResponse, ResearchRequest, ResearchResp
 from .quotas import Quotas
 from .shutdown import Shutdown
 from .telemetry import configure_logging
+from .tracing import configure_tracing, instrument
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def _openapi_without_security(app: FastAPI):
 def create_app(settings: Settings | None = None, agent: ResearchAgent | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.LOG_LEVEL)
+    configure_tracing(settings)  # nothing at all unless OTEL_EXPORTER_OTLP_ENDPOINT is set
     app = FastAPI(
         title="Research Agent",
         version=settings.APP_VERSION,
@@ -204,4 +206,5 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         response_class=PlainTextResponse,
         summary="Prometheus metrics (text exposition format)",
     )
+    instrument(app, settings)  # FastAPI, HTTPX, Redis, LangChain: only when tracing is on
     return app

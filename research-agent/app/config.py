@@ -16,7 +16,34 @@ REPO_DOCS_DIR = APP_DIR.parent / "docs"  # the course text: DOCS_DIR=../docs mak
 OFFLINE_MODEL_NAME = "offline-research-model"
 
 
-class Settings(BaseSettings):
+class TracingSettings(BaseSettings):
+    """The OTEL_* variables the services decide on (app/tracing.py, lesson 09): whether traces are
+    set up at all, over which protocol, and whether prompt and answer text go into spans (a privacy
+    choice). The OpenTelemetry SDK reads the others itself (service name, sampler, batch sizes,
+    headers). Its own class so that lesson 07's services, which have their own settings, read the
+    same variables the same way."""
+
+    model_config = SettingsConfigDict(env_ignore_empty=True)
+
+    OTEL_SDK_DISABLED: bool = False
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: str | None = None
+    OTEL_EXPORTER_OTLP_PROTOCOL: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: Literal["http/protobuf", "grpc"] | None = None
+    OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: bool = False
+
+    @property
+    def tracing_enabled(self) -> bool:
+        """An OTLP endpoint is set and the SDK is not disabled: export traces (app/tracing.py)."""
+        endpoint = self.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or self.OTEL_EXPORTER_OTLP_ENDPOINT
+        return bool(endpoint) and not self.OTEL_SDK_DISABLED
+
+    @property
+    def otlp_protocol(self) -> str:
+        return self.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or self.OTEL_EXPORTER_OTLP_PROTOCOL
+
+
+class Settings(TracingSettings):
     """Field names are the environment variable names (settings come from the environment only)."""
 
     model_config = SettingsConfigDict(
@@ -42,6 +69,11 @@ class Settings(BaseSettings):
     SEARCH_MAX_RESULTS: int = 4
     SEARCH_TIMEOUT_SECONDS: float = 10.0
     DOCS_DIR: Path | None = None
+    # Lesson 08: the search tool comes from this MCP gateway (app/mcp_tools.py) instead of running
+    # in this process; unset, nothing changes. The token names this agent to the gateway.
+    MCP_GATEWAY_URL: str | None = None
+    MCP_GATEWAY_TOKEN: SecretStr | None = None
+    MCP_SEARCH_TOOL: str = "search_notes"
 
     # Limits and cache.
     REQUEST_TIMEOUT_SECONDS: float = 30.0

@@ -85,18 +85,24 @@ class Job(BaseModel):
 
     def to_env(self, secrets: bool = True, **agent_settings) -> dict[str, str]:
         """The job plus the agent's settings this variation changes (TEMPERATURE, MODEL_NAME...),
-        as a container's environment: every value a string, a None left out (the default holds).
-        `secrets=False` leaves out the secret ones (OPENAI_API_KEY): a warm worker's job travels
-        through Redis, and a warm worker got its secrets in its environment when it started."""
-        unknown = set(agent_settings) - set(Settings.model_fields)
-        if unknown:
-            raise ValueError(f"not settings of the agent: {sorted(unknown)}")
-        values = {**self.model_dump(), **agent_settings}
-        return {
-            name: value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-            for name, value in values.items()
-            if value is not None and (secrets or not isinstance(value, SecretStr))
-        }
+        as a container's environment: every value a string, a None left out. `secrets=False`
+        leaves out OPENAI_API_KEY (agent_env, below, writes every worker's environment)."""
+        return agent_env(secrets, **self.model_dump(), **agent_settings)
+
+
+def agent_env(secrets: bool = True, **values) -> dict[str, str]:
+    """Settings of the agent (and a job's fields) as a container's environment: every value a
+    string, a None left out (the default holds). `secrets=False` leaves out the secret ones
+    (OPENAI_API_KEY): a warm worker's job travels through Redis, and a warm worker got its secrets
+    in its environment when it started. The one place a worker's environment is written."""
+    unknown = set(values) - set(Settings.model_fields) - set(Job.model_fields)
+    if unknown:
+        raise ValueError(f"not settings of the agent: {sorted(unknown)}")
+    return {
+        name: value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        for name, value in values.items()
+        if value is not None and (secrets or not isinstance(value, SecretStr))
+    }
 
 
 class ExitCode(IntEnum):

@@ -17,22 +17,43 @@ from .sandbox import SandboxConfig, SandboxError, SandboxUnavailable
 from .sandbox_admission import QueuedRunner
 from .sandbox_pool import PooledRunner
 from .sandbox_sweep import SweepingRunner
+from .tracing import tracer
 
 logger = logging.getLogger(__name__)
+
+
+def sandbox_span_attributes(c: SandboxConfig) -> dict:
+    """The sandbox's limits, on its span: what the run was allowed (never the code it ran)."""
+    return {
+        "sandbox.image": c.image,
+        "sandbox.timeout_seconds": c.timeout_seconds,
+        "sandbox.memory": str(c.memory),
+    }
 
 
 def make_run_python_tool(runner: QueuedRunner, request_id: Callable[[], str]) -> BaseTool:
     """The agent's tool: the model writes a program, the sandbox runs it, the model reads it.
 
-    `request_id()` names the request that made the call: a fresh container's label, or logged
-    with the id of the pooled container that served it.
+    `request_id()` names the request that made the call: on the container's label, or in the log
+    line naming a container started ahead (Going further).
     """
     c = runner.config
 
     @tool(response_format="content_and_artifact")
     async def run_python(code: str) -> tuple[str, dict]:
         """Run a Python program in a sandbox and return its stdout, stderr and exit code."""
-        result = await runner.arun(code, request_id=request_id())
+        limits = sandbox_span_attributes(c)
+        with tracer().start_as_current_span("sandbox run", attributes=limits) as span:
+            result = await runner.arun(code, request_id=request_id())
+            span.set_attributes(
+                {
+                    "sandbox.exit_code": -1 if result.exit_code is None else result.exit_code,
+                    "sandbox.timed_out": result.timed_out,
+                    "sandbox.oom_killed": result.oom_killed,
+                    "sandbox.output_truncated": result.truncated,
+                    "sandbox.duration_ms": result.duration_ms,
+                }
+            )
         return json.dumps(result.as_dict()), {"code": code, "result": result.as_dict()}
 
     run_python.description = (

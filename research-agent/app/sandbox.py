@@ -1,14 +1,11 @@
-"""Run untrusted Python in a throwaway container: one container per run, removed afterwards.
+"""Run untrusted Python in a throwaway container: the container spec and one run.
 
-Lesson 04 (code/04_sandboxed_tools.py) and the research agent's run_python tool both import this
-file. It imports nothing from the app but its own sandbox_* files, and nothing of LangChain
-(app/python_tool.py makes the tool), so the lesson can load it from here without copies.
-
-This file is the core: the settings, the container spec and one run. `run` blocks (every Docker
-SDK call is an HTTP request over the Docker socket): call it from a thread. The rest of the runner
-builds on `SandboxRunner`, one file per concern: sandbox_admission.py (`arun`: the runner's own
-threads, a bounded queue, per-caller caps, shutdown), sandbox_pool.py (containers started ahead,
-each for one run) and sandbox_sweep.py (leftovers removed on a timer).
+Lesson 04 (code/04_sandboxed_tools.py) and the research agent's run_python tool import this file;
+it imports nothing of the app but its sandbox_* files, and nothing of LangChain, so the lesson
+loads it from here without copies. `run` blocks (every Docker SDK call is an HTTP request): call
+it from a thread. The rest builds on `SandboxRunner`, one file per concern: sandbox_admission.py
+(`arun`: threads, a bounded queue, per-caller caps, shutdown), sandbox_sweep.py (leftovers) and
+sandbox_pool.py (containers started ahead); their settings are one dataclass, sandbox_config.py.
 """
 
 import contextlib
@@ -28,6 +25,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig, Ulimit
 from docker.utils.socket import frames_iter
 
+from .sandbox_config import SandboxConfig
 from .sandbox_exit import EndWatch
 
 logger = logging.getLogger(__name__)
@@ -53,60 +51,6 @@ MASKED_PATHS = [
     *["/proc/cmdline", "/proc/config.gz", "/sys/kernel/btf", "/sys/kernel/vmcoreinfo"],
     *["/proc/pressure", "/proc/loadavg"],
 ]
-
-
-@dataclass(frozen=True)
-class SandboxConfig:
-    image: str = "agent-sandbox:python"
-    runtime: str | None = None  # "runsc" runs the container under gVisor, if the daemon offers it
-    timeout_seconds: float = 10.0  # wall clock, from start to kill
-    memory: str = "128m"  # also the limit of memory + swap: no swapping past it
-    cpus: float = 0.5
-    pids: int = 64
-    tmp_size: str = "16m"
-    max_output_bytes: int = 64 * 1024  # per stream; the rest is never read into memory
-    max_concurrent: int = 4  # containers at once; more runs wait for a free slot...
-    max_queued: int = 8  # ...but no more than this many: the next one is refused (SandboxBusy)
-    max_per_caller: int = 2  # runs one caller may have running or waiting at once
-    owner: str = "agent-sandbox"  # label value: which service started a container
-    sweep_interval_seconds: float = 30.0  # how often a running service removes expired containers
-    # Each run gets its own uid from this range, so no run shares per-user kernel limits (inotify
-    # instances, processes) with another run, or with a host account such as nobody.
-    uid_base: int = 1_500_000_000
-    uid_count: int = 1_000_000
-    # Containers created and started ahead, each for one run (0: none). They count toward
-    # max_concurrent, and serve runs whose timeout is at most timeout_seconds.
-    pool_size: int = 0
-    pool_idle_seconds: float = 120.0  # a pooled container unused this long ends by itself
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.pool_size <= self.max_concurrent:
-            raise ValueError(f"pool_size must be 0 to max_concurrent ({self.max_concurrent})")
-
-    @classmethod
-    def from_settings(cls, settings: object, **fixed) -> "SandboxConfig":
-        """The config a service's settings name: each SANDBOX_* field the settings have (the
-        research agent's have fewer than lesson 04's), then `fixed`; the rest keep the defaults."""
-        found = {
-            field: getattr(settings, name)
-            for field, name in SETTING_NAMES.items()
-            if hasattr(settings, name)
-        }
-        return cls(**found, **fixed)
-
-
-# The environment variable of each field a service may set: one list for every service.
-SETTING_NAMES = {
-    "image": "SANDBOX_IMAGE",
-    "runtime": "SANDBOX_RUNTIME",
-    "timeout_seconds": "SANDBOX_TIMEOUT_SECONDS",
-    "max_concurrent": "SANDBOX_MAX_CONCURRENT",
-    "max_queued": "SANDBOX_MAX_QUEUED",
-    "max_per_caller": "SANDBOX_MAX_PER_CLIENT",
-    "owner": "SANDBOX_OWNER",
-    "sweep_interval_seconds": "SANDBOX_SWEEP_INTERVAL_SECONDS",
-    "pool_size": "SANDBOX_POOL_SIZE",
-}
 
 
 @dataclass
@@ -163,8 +107,9 @@ class SandboxRunner:
                 self._client = client
             return self._client
 
-    def _create(self, timeout: float, request_id: str, uid: int, idle: float | None = None):
-        """A container for one run of up to `timeout` s, whose watchdog waits `idle` s for it."""
+    def create(self, timeout: float, request_id: str, uid: int, idle: float | None = None):
+        """A container, not started, for one run of up to `timeout` s as `uid`. Its watchdog
+        waits `idle` s for the run's first line (by default until the run would have ended)."""
         c = self.config
         ends = timeout + WATCHDOG_GRACE_SECONDS
         idle = ends if idle is None else idle
@@ -187,25 +132,32 @@ class SandboxRunner:
             auto_remove=True,
         )
         host_config["MaskedPaths"] = MASKED_PATHS  # the SDK has no argument for it
-        created = self.client.api.create_container(
-            c.image,
-            # PID 1 is the watchdog (sandbox_init.py); the run's deadline, then its program,
-            # arrive on stdin: no file to mount, no shell.
-            ["python", "-I", "-c", WATCHDOG, f"{idle:g}"],
-            stdin_open=True,
-            user=f"{uid}:{uid}",
-            host_config=host_config,
-            labels={
-                f"{LABEL}.owner": c.owner,
-                f"{LABEL}.request-id": request_id,
-                f"{LABEL}.expires": str(int(time.time() + idle + ends + EXPIRY_GRACE_SECONDS)),
-            },
-        )
+        try:
+            created = self.client.api.create_container(
+                c.image,
+                # PID 1 is the watchdog (sandbox_init.py); the run's deadline, then its program,
+                # arrive on stdin: no file to mount, no shell.
+                ["python", "-I", "-c", WATCHDOG, f"{idle:g}"],
+                stdin_open=True,
+                user=f"{uid}:{uid}",
+                host_config=host_config,
+                labels={
+                    f"{LABEL}.owner": c.owner,
+                    f"{LABEL}.request-id": request_id,
+                    f"{LABEL}.expires": str(int(time.time() + idle + ends + EXPIRY_GRACE_SECONDS)),
+                },
+            )
+        except ImageNotFound as exc:
+            raise SandboxUnavailable(
+                f"the sandbox image {c.image} is missing: build it with `make build`"
+            ) from exc
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"cannot create a sandbox container: {exc}") from exc
         return self.client.containers.prepare_model({"Id": created["Id"]})
 
-    def _take_uid(self) -> int:
+    def take_uid(self) -> int:
         """A uid no other run of this runner has; runners on one engine collide with a chance
-        of about one in uid_count / (their runs at once)."""
+        of about one in uid_count / (their runs at once). Give it back with free_uid."""
         with self._uids_lock:
             while True:
                 uid = self.config.uid_base + secrets.randbelow(self.config.uid_count)
@@ -213,7 +165,7 @@ class SandboxRunner:
                     self._uids.add(uid)
                     return uid
 
-    def _free_uid(self, uid: int) -> None:
+    def free_uid(self, uid: int) -> None:
         with self._uids_lock:
             self._uids.discard(uid)
 
@@ -221,12 +173,12 @@ class SandboxRunner:
         """Run `code` in a fresh container and return a RunResult. Blocks: call it from a thread.
         The container serves this run only, and is removed."""
         timeout = timeout_seconds or self.config.timeout_seconds
-        uid = self._take_uid()
+        uid = self.take_uid()
         try:
-            container = self._create_fresh(timeout, request_id, uid)
+            container = self.create(timeout, request_id, uid)
             return self._run_in(container, code, timeout)
         finally:
-            self._free_uid(uid)
+            self.free_uid(uid)
 
     def _run_in(self, container, code: str, timeout: float, started: bool = False) -> RunResult:
         """Execute in `container`, then remove it, whatever happened."""
@@ -237,19 +189,10 @@ class SandboxRunner:
         finally:
             remove(container)
 
-    def _create_fresh(self, timeout: float, request_id: str, uid: int):
-        try:
-            return self._create(timeout, request_id, uid)
-        except ImageNotFound as exc:
-            raise SandboxUnavailable(
-                f"the sandbox image {self.config.image} is missing: build it with `make build`"
-            ) from exc
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"cannot create a sandbox container: {exc}") from exc
-
     def execute(self, container, code: str, timeout: float, started: bool = False) -> RunResult:
-        """Start the container (unless `started`), send it the code, read capped output, and
-        how it ended from the engine's events (it removes the container as it exits)."""
+        """Start the container (unless `started`: its watchdog is already waiting for the first
+        line), send it the code, read capped output, and how it ended from the engine's events
+        (it removes the container as it exits)."""
         end = EndWatch(self.client, container.id, timeout + 60)
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         raw = sock._sock  # the SDK hands back a SocketIO; sending and half-closing need the socket

@@ -11,7 +11,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .sandbox import RunResult, SandboxConfig, SandboxRunner, SandboxUnavailable
+from .sandbox import RunResult, SandboxRunner, SandboxUnavailable
+from .sandbox_config import SandboxConfig
 
 
 class SandboxBusy(SandboxUnavailable):

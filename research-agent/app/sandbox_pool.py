@@ -1,7 +1,7 @@
 """The pool: containers created and started ahead (SANDBOX_POOL_SIZE), each for exactly one run.
 
 Lesson 04, Going further ("What it costs, and a pool"). A pooled container is made by the same
-`_create` as a fresh one, so with exactly the same flags; a run takes one, sends its code, reads,
+`create` as a fresh one, so with exactly the same flags; a run takes one, sends its code, reads,
 and removes it. An empty pool never makes a run wait: it goes to a fresh container at once.
 The pool is kept on threads of its own, under one Condition.
 """
@@ -13,8 +13,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .sandbox import DOCKER_ERRORS, SandboxConfig, SandboxUnavailable, remove
+from .sandbox import DOCKER_ERRORS, SandboxUnavailable, remove
 from .sandbox_admission import QueuedRunner
+from .sandbox_config import SandboxConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class PooledRunner(QueuedRunner):
             try:
                 return self._run_in(pooled.container, code, timeout, started=True)
             finally:
-                self._free_uid(pooled.uid)
+                self.free_uid(pooled.uid)
         finally:
             with self._pool_lock:
                 self._active -= 1
@@ -147,9 +148,9 @@ class PooledRunner(QueuedRunner):
                 self._refills.submit(self._refill)
 
     def _refill(self) -> None:
-        c, uid, container, ready = self.config, self._take_uid(), None, 0.0
+        c, uid, container, ready = self.config, self.take_uid(), None, 0.0
         try:
-            container = self._create(c.timeout_seconds, POOL_REQUEST_ID, uid, c.pool_idle_seconds)
+            container = self.create(c.timeout_seconds, POOL_REQUEST_ID, uid, c.pool_idle_seconds)
             if not self._give_way():
                 started = time.monotonic()
                 container.start()  # the watchdog starts, and waits for a run's first line
@@ -185,7 +186,7 @@ class PooledRunner(QueuedRunner):
     def _discard(self, pooled: Pooled) -> None:
         if pooled.container is not None:
             remove(pooled.container)
-        self._free_uid(pooled.uid)
+        self.free_uid(pooled.uid)
 
     def close(self) -> None:
         """Let running runs finish (each removes its container), drop queued ones, remove the

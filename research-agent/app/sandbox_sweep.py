@@ -11,8 +11,9 @@ import contextlib
 import logging
 import time
 
-from .sandbox import DOCKER_ERRORS, LABEL, RunResult, SandboxConfig, SandboxUnavailable, remove
+from .sandbox import DOCKER_ERRORS, LABEL, RunResult, SandboxUnavailable, remove
 from .sandbox_admission import QueuedRunner
+from .sandbox_config import SandboxConfig
 
 logger = logging.getLogger(__name__)
 

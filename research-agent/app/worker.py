@@ -34,6 +34,7 @@ from redis.backoff import ExponentialBackoff  # noqa: E402
 
 from .agent import SYSTEM_PROMPT, ResearchAgent  # noqa: E402
 from .config import Settings  # noqa: E402
+from .error_shape import INTERNAL_ERROR_MESSAGE  # noqa: E402
 from .errors import AppError  # noqa: E402
 from .job import ANSWER_STYLES, ExitCode, Job, warm_ready_key  # noqa: E402
 from .offline_model import OfflineResearchModel  # noqa: E402
@@ -152,7 +153,7 @@ async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: 
             error = {"type": exc.error_type, "message": exc.message}
         else:  # the traceback goes to the container's log, never into the stream
             logger.exception("research crashed")
-            error = {"type": "internal_error", "message": "the worker crashed"}
+            error = {"type": "internal_error", "message": INTERNAL_ERROR_MESSAGE}
         await events.send("error", {"error": error})
         return ExitCode.FAILED
 

@@ -1,7 +1,8 @@
 import sys
 
 import pytest
-from support.lessons import ROOT, load_lesson
+
+from tests.support.lessons import ROOT, load_lesson
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
-from support.openai_stub import ChatCompletionsStub
+
+from tests.support.openai_stub import ChatCompletionsStub
 
 ANSWER = "Containers package code with its dependencies"
 SCRIPTS = ["01_basic_api.py", "01_production_api.py", "01_graceful_shutdown.py"]

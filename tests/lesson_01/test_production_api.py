@@ -1,6 +1,7 @@
 """Step 2's production habits (step 3 builds on step 1: it has none of them)."""
 
 import asyncio
+import inspect
 import io
 import json
 import logging
@@ -13,12 +14,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from app.error_shape import INTERNAL_ERROR_MESSAGE
+from app.error_shape import INTERNAL_ERROR_MESSAGE, error_body
 from cachetools import TTLCache
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
-from support.errors import assert_error
-from support.metrics import metric
+
+from tests.support.errors import assert_error
+from tests.support.metrics import metric
 
 PRODUCTION_STEPS = ["01_production_api.py"]
 
@@ -174,6 +176,27 @@ def test_an_unexpected_error_is_a_500_without_internals(client):
     assert "hunter2" not in response.text and error["message"] == INTERNAL_ERROR_MESSAGE
     assert (
         metric(client, "http_requests_total", method="POST", route="/v1/invoke", status="500") == 1
+    )
+
+
+def test_error_body_by_hand_has_the_owners_signature_and_message(prod):
+    # Step 2 builds the body by hand, so the learner sees the mechanism; it is still the course's
+    # one error shape: the same parameters as app/error_shape.py's and the same 500 message.
+    assert prod.INTERNAL_ERROR_MESSAGE == INTERNAL_ERROR_MESSAGE
+    assert inspect.signature(prod.error_body).parameters.keys() == (
+        inspect.signature(error_body).parameters.keys()
+    )
+    for mine, owners in zip(
+        inspect.signature(prod.error_body).parameters.values(),
+        inspect.signature(error_body).parameters.values(),
+        strict=True,
+    ):
+        assert (mine.kind, mine.default) == (owners.kind, owners.default)
+    body = prod.error_body(
+        "internal_error", INTERNAL_ERROR_MESSAGE, request_id="r1", retryable=True
+    )
+    assert body == error_body(
+        "internal_error", INTERNAL_ERROR_MESSAGE, request_id="r1", retryable=True
     )
 
 

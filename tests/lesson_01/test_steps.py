@@ -9,7 +9,8 @@ import difflib
 import inspect
 
 import pytest
-from support.lessons import ROOT
+
+from tests.support.lessons import ROOT
 
 CODE = ROOT / "code"
 

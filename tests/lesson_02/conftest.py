@@ -7,8 +7,9 @@ import pytest
 from app.api import create_app
 from app.config import Settings
 from fastapi.testclient import TestClient
-from support.agent import make_settings
-from support.lessons import AGENT_DIR
+
+from tests.support.agent import make_settings
+from tests.support.lessons import AGENT_DIR
 
 
 @pytest.fixture(autouse=True)

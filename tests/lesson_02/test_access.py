@@ -15,11 +15,12 @@ import pytest
 from app.auth import ApiKeyConfigError, ApiKeys, fingerprint
 from app.quotas import RedisSlots
 from redis.asyncio import Redis
-from support.agent import make_settings
-from support.lessons import AGENT_DIR
-from support.metrics import metric
-from support.sse import Event, parse_sse
-from support.waiting import wait_for
+
+from tests.support.agent import make_settings
+from tests.support.lessons import AGENT_DIR
+from tests.support.metrics import metric
+from tests.support.sse import Event, parse_sse
+from tests.support.waiting import wait_for
 
 KEY = "alice-key-0123456789abcdef"
 OTHER_KEY = "bob-key-0123456789abcdef00"

@@ -9,10 +9,11 @@ from app.api import create_app
 from app.config import REPO_DOCS_DIR, Settings
 from app.search import _slug, split_sections
 from fastapi.testclient import TestClient
-from support.agent import make_settings
-from support.lessons import AGENT_DIR
-from support.metrics import metric
-from support.sse import json_events, parse_sse
+
+from tests.support.agent import make_settings
+from tests.support.lessons import AGENT_DIR
+from tests.support.metrics import metric
+from tests.support.sse import json_events, parse_sse
 
 QUESTION = "Why use a multi-stage Docker build?"
 

@@ -3,7 +3,8 @@
 import logging
 
 import pytest
-from support.metrics import metric
+
+from tests.support.metrics import metric
 
 QUERY = "How do health checks work?"
 

@@ -5,8 +5,9 @@ import threading
 import pytest
 from ddgs.ddgs import DDGS  # the real class (`ddgs.DDGS` is a lazy proxy to it)
 from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
-from support.metrics import metric
-from support.sse import json_events, parse_sse
+
+from tests.support.metrics import metric
+from tests.support.sse import json_events, parse_sse
 
 QUERY = "latest docker compose release"
 RESULTS = [

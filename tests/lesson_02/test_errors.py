@@ -4,8 +4,9 @@ import pytest
 from app.deps import get_agent
 from app.errors import UpstreamError, UpstreamTimeoutError
 from app.models import MAX_QUERY_CHARS
-from support.errors import assert_error
-from support.sse import json_events, parse_sse
+
+from tests.support.errors import assert_error
+from tests.support.sse import json_events, parse_sse
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,11 @@ from app.auth import fingerprint
 from app.config import Settings
 from pydantic import ValidationError
 from redis import Redis
-from support.lessons import AGENT_DIR
-from support.metrics import metric
-from support.server import offline_environment
-from support.waiting import wait_for
+
+from tests.support.lessons import AGENT_DIR
+from tests.support.metrics import metric
+from tests.support.server import offline_environment
+from tests.support.waiting import wait_for
 
 KEY = "alice-key-0123456789abcdef"
 WRONG_KEY = "wrong-key-0123456789abcdef"

@@ -7,8 +7,9 @@ import json
 import httpx
 import pytest
 from app.auth import ApiKeyConfigError, ApiKeys, fingerprint
-from support.agent import make_settings
-from support.waiting import wait_for
+
+from tests.support.agent import make_settings
+from tests.support.waiting import wait_for
 
 KEY = "alice-key-0123456789abcdef"
 QUERY = {"query": "How do health checks work?"}

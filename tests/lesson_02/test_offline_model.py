@@ -6,8 +6,9 @@ from app.agent import ResearchAgent
 from app.offline_model import OfflineResearchModel
 from app.search import LocalSearch, format_results, make_local_tool, tokenize
 from langchain_core.messages import HumanMessage, ToolMessage
-from support.agent import make_settings
-from support.lessons import AGENT_DIR
+
+from tests.support.agent import make_settings
+from tests.support.lessons import AGENT_DIR
 
 
 def search_tool_schema():

@@ -7,9 +7,10 @@ import threading
 import pytest
 from ddgs.ddgs import DDGS
 from ddgs.exceptions import RatelimitException
-from support.openai_stub import ChatCompletionsStub
-from support.ports import free_port
-from support.sse import Event, json_events, parse_sse
+
+from tests.support.openai_stub import ChatCompletionsStub
+from tests.support.ports import free_port
+from tests.support.sse import Event, json_events, parse_sse
 
 QUESTION = "Why use a multi-stage Docker build?"
 REPLIES = [

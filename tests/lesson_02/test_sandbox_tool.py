@@ -11,7 +11,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from support.agent import make_settings
+
+from tests.support.agent import make_settings
 
 
 class ScriptedModel(BaseChatModel):

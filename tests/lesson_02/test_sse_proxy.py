@@ -1,15 +1,16 @@
 """SSE through a real proxy: what `X-Accel-Buffering: no` changes, measured instead of asserted.
 
-Debian's nginx runs on loopback with scripts/nginx-sse-proxy.conf: a common "gzip everything"
+Debian's nginx runs on loopback with bench/nginx-sse-proxy.conf: a common "gzip everything"
 block, one location that honours the agent's header and one that ignores it. The same stream is read
 through each. The assertion is about order, not speed: when the client reads its first token, is
 the stream still being sent by the agent (its research_streams_open gauge)? `make bench-sse-proxy`
 prints the times.
 """
 
-import bench_sse_proxy as bench
 import pytest
-from support.commands import find_command
+
+from bench import sse_proxy as bench
+from tests.support.commands import find_command
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 from app.config import Settings
-from support.lessons import AGENT_DIR
+
+from tests.support.lessons import AGENT_DIR
 
 OPTIONAL = ["docker", "ddgs", "langchain_community", "langchain_openai", "openai"]
 

@@ -26,8 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from support.ports import free_port
-from support.sse import BackgroundStream
+
+from tests.support.ports import free_port
+from tests.support.sse import BackgroundStream
 
 AGENT_DIR = Path(__file__).resolve().parents[2] / "research-agent"
 COMPOSE_FILE = AGENT_DIR / "docker-compose.yml"

@@ -205,7 +205,7 @@ except ImportError:  # the script above needs only the standard library
 
 if pytest is not None:
     # Under pytest the support package is on the path (pyproject.toml): a stream read in a thread.
-    from support.sse import BackgroundStream
+    from tests.support.sse import BackgroundStream
 
     IMAGES = os.environ.get(
         "CONTAINER_IMAGES",

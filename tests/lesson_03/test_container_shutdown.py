@@ -22,7 +22,8 @@ import uuid
 
 import httpx
 import pytest
-from support.docker_cli import docker
+
+from tests.support.docker_cli import docker
 
 pytestmark = pytest.mark.container
 

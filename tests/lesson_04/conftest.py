@@ -1,9 +1,10 @@
 """Fixtures for lesson 04: the lesson script imported with a chosen environment."""
 
 import pytest
-from support.lessons import load_lesson
-from support.sandbox_api import SandboxApi, containers
-from support.waiting import wait_for
+
+from tests.support.lessons import load_lesson
+from tests.support.sandbox_api import SandboxApi, containers
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

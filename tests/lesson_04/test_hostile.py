@@ -30,15 +30,16 @@ from app.sandbox import (
     SandboxUnavailable,
 )
 from app.sandbox_sweep import SweepingRunner
-from support.sandbox_api import (
+
+from tests.support.sandbox_api import (
     CANARY,
     RESULT_FIELDS,
     containers,
     idle_pooled,
     while_counting_containers,
 )
-from support.sandbox_api import SandboxApi as Server
-from support.waiting import wait_for
+from tests.support.sandbox_api import SandboxApi as Server
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 MAX_CONCURRENT = 4

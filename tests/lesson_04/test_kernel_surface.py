@@ -8,7 +8,8 @@ import json
 import textwrap
 
 import pytest
-from support.sandbox_api import RESULT_FIELDS
+
+from tests.support.sandbox_api import RESULT_FIELDS
 
 pytestmark = pytest.mark.container
 

@@ -22,9 +22,15 @@ import pytest
 from app.sandbox import LABEL, SandboxConfig, SandboxRunner, remove
 from app.sandbox_pool import POOL_REQUEST_ID, PooledRunner
 from app.sandbox_sweep import SweepingRunner
-from support.sandbox_api import RESULT_FIELDS, containers, idle_pooled, while_counting_containers
-from support.sandbox_api import SandboxApi as Server
-from support.waiting import wait_for
+
+from tests.support.sandbox_api import (
+    RESULT_FIELDS,
+    containers,
+    idle_pooled,
+    while_counting_containers,
+)
+from tests.support.sandbox_api import SandboxApi as Server
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 POOL_SIZE, MAX_CONCURRENT = 2, 4
@@ -154,7 +160,7 @@ def test_a_pooled_container_has_exactly_the_flags_of_a_fresh_one(server, engine)
     pooled = next(iter(idle(engine, server).values()))
     pooled.reload()
     runner = SandboxRunner(SandboxConfig(owner=f"{server.owner}-fresh"))
-    fresh = runner._create(runner.config.timeout_seconds, "fresh", runner._take_uid())
+    fresh = runner.create(runner.config.timeout_seconds, "fresh", runner.take_uid())
     try:
         fresh.reload()
         assert pooled.attrs["HostConfig"] == fresh.attrs["HostConfig"]
@@ -193,10 +199,10 @@ class StuckRefills(PooledRunner):
         super().__init__(config)
         self.release = threading.Event()
 
-    def _create(self, timeout, request_id, uid, idle=None):
+    def create(self, timeout, request_id, uid, idle=None):
         if request_id == POOL_REQUEST_ID:
             assert self.release.wait(60), "the test never let the refill go"
-        return super()._create(timeout, request_id, uid, idle)
+        return super().create(timeout, request_id, uid, idle)
 
 
 def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(engine):
@@ -255,7 +261,7 @@ def test_an_unused_pooled_container_ends_by_itself_and_no_sweep_takes_it_while_i
     # As if its API had died: nobody will ever send it a run.
     owner = f"test-pool-{uuid.uuid4().hex[:8]}"
     runner = SweepingRunner(SandboxConfig(owner=owner))
-    container = runner._create(10, POOL_REQUEST_ID, runner._take_uid(), idle=3)
+    container = runner.create(10, POOL_REQUEST_ID, runner.take_uid(), idle=3)
     try:
         container.start()
         container.reload()

@@ -8,8 +8,9 @@ from chat_model import OfflineToolCallingModel
 from fastapi.testclient import TestClient
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from support.errors import assert_error
-from support.sandbox_api import RESULT_FIELDS
+
+from tests.support.errors import assert_error
+from tests.support.sandbox_api import RESULT_FIELDS
 
 NO_DOCKER = "unix:///nonexistent/docker.sock"
 

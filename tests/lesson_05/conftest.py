@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from support.docker_cli import docker
-from support.lessons import ROOT, load_lesson
-from support.ports import free_port
-from support.server import ServerProcess
-from support.waiting import wait_for
+from variations.docker_workers import Worker
 
-# The name the tests load it under too: one module, so that its classes are the same everywhere.
-api = load_lesson("code/05_variations_api.py", "variations_api")
+from tests.support.docker_cli import docker
+from tests.support.lessons import ROOT, load_lesson
+from tests.support.ports import free_port
+from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
+
 # Workers search the bundled notes only.
 NO_DOCS = Path(tempfile.mkdtemp(prefix="lesson-05-no-docs-"))
 
@@ -104,7 +104,7 @@ class ProcessWorkers:
         with self.lock:
             items = list(self.processes.items())
         return [
-            api.Worker(
+            Worker(
                 id=wid, run_id=run_id, index=index, running=p.is_alive(), warm=self.warm.get(wid)
             )
             for wid, (p, run_id, index, _) in items
@@ -201,8 +201,15 @@ class LiveServer:
         assert not self.thread.is_alive(), "the server did not stop within 60 s"
 
 
+@pytest.fixture(scope="session")
+def api():
+    """Lesson 05's API file, loaded when a test asks for it, not while pytest collects, under one
+    name, so that its classes are the same everywhere."""
+    return load_lesson("code/05_variations_api.py", "variations_api")
+
+
 @pytest.fixture
-def serve(redis_url, workers):
+def serve(api, redis_url, workers):
     """serve(**settings) -> a LiveServer running the lesson's app with process workers."""
     started = []
 

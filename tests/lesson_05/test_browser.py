@@ -13,9 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.docker_cli import docker
-from support.lessons import ROOT
-from support.waiting import wait_for
+
+from tests.support.docker_cli import docker
+from tests.support.lessons import ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 

@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
-from support.docker_cli import docker
-from support.variations import by_variation, read_events, start_run
-from support.waiting import wait_for
+
+from tests.support.docker_cli import docker
+from tests.support.variations import by_variation, read_events, start_run
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 

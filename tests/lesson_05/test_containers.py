@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from support.docker_cli import docker
-from support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
-from support.waiting import wait_for
+
+from tests.support.docker_cli import docker
+from tests.support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 IMAGE = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")

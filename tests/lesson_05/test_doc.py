@@ -2,12 +2,15 @@
 
 import re
 
-from support.lessons import ROOT, load_lesson
-
-api = load_lesson("code/05_variations_api.py", "variations_api")
+from tests.support.lessons import ROOT
 
 DOC = (ROOT / "docs" / "05-parallel-variations.md").read_text(encoding="utf-8")
-API = (ROOT / "code" / "05_variations_api.py").read_text(encoding="utf-8")
+# The lesson and the Going-further modules it imports (code/variations/).
+SOURCES = [
+    ROOT / "code" / "05_variations_api.py",
+    *sorted((ROOT / "code" / "variations").glob("*.py")),
+]
+API = "\n".join(path.read_text(encoding="utf-8") for path in SOURCES)
 WORKER = (ROOT / "research-agent" / "app" / "worker.py").read_text(encoding="utf-8")
 AGENT_EVENTS = {"token", "tool", "final"}  # ResearchAgent.stream names, passed on unchanged
 
@@ -29,5 +32,5 @@ def test_the_protocol_table_lists_exactly_the_events_the_code_sends():
     assert table_rows("| Event | From |") == emitted
 
 
-def test_the_settings_table_lists_every_setting():
+def test_the_settings_table_lists_every_setting(api):
     assert table_rows("| Setting | Default |") == set(api.Settings.model_fields)

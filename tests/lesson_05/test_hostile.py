@@ -9,8 +9,9 @@ import asyncio
 import httpx
 import pytest
 import redis
-from support.variations import auth, read_events, start_run
-from support.waiting import wait_for
+
+from tests.support.variations import auth, read_events, start_run
+from tests.support.waiting import wait_for
 
 TOO_BIG = "99999999999999999999-0"  # passes \d{1,20}-\d{1,20}; Redis refuses ids past 2**64
 

@@ -2,7 +2,7 @@
 restarted mid-run, and the API killed: each case found by hostile testing of an earlier version.
 
 The API runs over HTTP as in test_variations_api.py, against a Redis of its own started with the
-arguments scripts/lesson-05.sh gives the lesson's (code/variations_redis.py's server_args).
+arguments scripts/lesson-05.sh gives the lesson's (code/variations/redis_access.py's server_args).
 """
 
 import json
@@ -13,15 +13,15 @@ import time
 import httpx
 import pytest
 import redis
-import variations_redis
 from app import worker
 from app.job import ExitCode, warm_queue_key
-from support.lessons import load_lesson
-from support.redis import RedisServer
-from support.variations import auth, by_variation, read_events, start_run
-from support.waiting import wait_for
+from variations import redis_access
+from variations.store import Runs
 
-api = load_lesson("code/05_variations_api.py", "variations_api")
+from tests.support.redis import RedisServer
+from tests.support.variations import auth, by_variation, read_events, start_run
+from tests.support.waiting import wait_for
+
 PASSWORD = "test-api-password-0123456789"
 
 
@@ -29,7 +29,7 @@ PASSWORD = "test-api-password-0123456789"
 def locked_redis():
     """A Redis as the lesson starts it: `default` off, the API's user without the dangerous
     commands, AOF so that a restart keeps the runs."""
-    args = variations_redis.server_args(PASSWORD)
+    args = redis_access.server_args(PASSWORD)
     with RedisServer(appendonly=True, args=args) as server:
         server.api_url = f"redis://api:{PASSWORD}@127.0.0.1:{server.port}/0"
         yield server
@@ -151,7 +151,7 @@ def test_a_runs_keys_expire_even_if_no_api_ever_ends_it(serve, redis_url):
     server = serve(OFFLINE_TOKEN_DELAY_MS=200, VARIATION_TIMEOUT_SECONDS=30, RUN_TTL_SECONDS=60)
     run_id = start_run(server.url, variations=2)["run_id"]
     client = redis.Redis.from_url(redis_url)
-    keys = api.Runs(client, server.server.config.app.state.settings).keys(run_id, 2)
+    keys = Runs(client, server.server.config.app.state.settings).keys(run_id, 2)
     assert client.hget(f"run:{run_id}", "status") == b"running"
     ttls = [client.ttl(k) for k in keys]
     assert all(0 < t <= 90 for t in ttls), dict(zip(keys, ttls, strict=True))

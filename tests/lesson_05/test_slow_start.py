@@ -8,8 +8,8 @@ Docker (conftest.ProcessWorkers) now does so too, and the pool's `starting` set 
 
 import time
 
-from support.variations import by_variation, read_events, start_run
-from support.waiting import wait_for
+from tests.support.variations import by_variation, read_events, start_run
+from tests.support.waiting import wait_for
 
 
 def slow_creation(workers, monkeypatch, seconds: float = 1.5) -> None:

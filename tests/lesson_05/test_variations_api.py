@@ -11,12 +11,10 @@ import httpx
 import pytest
 import redis
 from app.job import events_key, variation_key
-from support.lessons import load_lesson
-from support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
-from support.waiting import wait_for
+from variations.store import id_tuple, run_key
 
-api = load_lesson("code/05_variations_api.py", "variations_api")
-
+from tests.support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
+from tests.support.waiting import wait_for
 
 UNKNOWN = "0123456789ab4def8123456789abcdef"  # a well-formed run id that no run has
 
@@ -32,7 +30,7 @@ def test_a_run_streams_every_variation_tagged_and_ends_with_run_done(serve, redi
     events = read_events(server.url, created["run_id"])
 
     ids = [event_id for event_id, _, _ in events]
-    assert all(ids) and ids == sorted(ids, key=api._id_tuple) and len(set(ids)) == len(ids)
+    assert all(ids) and ids == sorted(ids, key=id_tuple) and len(set(ids)) == len(ids)
     assert events[0][1] == "run_started" and events[-1][1] == "run_done"
     assert events[-1][2] == {"variation": None, "status": "done"}
     finals, done = by_variation(events, "final"), by_variation(events, "variation_done")
@@ -116,7 +114,7 @@ def test_finished_runs_expire_and_their_keys_carry_the_ttl(serve, redis_url):
     run_id = start_run(server.url, variations=2)["run_id"]
     read_events(server.url, run_id)
     client = redis.Redis.from_url(redis_url)
-    keys = [api.run_key(run_id), events_key(run_id)] + [variation_key(run_id, i) for i in (0, 1)]
+    keys = [run_key(run_id), events_key(run_id)] + [variation_key(run_id, i) for i in (0, 1)]
     assert all(0 < client.ttl(k) <= 120 for k in keys), [client.ttl(k) for k in keys]
     assert run_id.encode() not in client.smembers("runs:active")
     client.delete(*keys)  # what the TTL does later
@@ -247,7 +245,7 @@ def test_the_stream_cap_is_announced_not_silent(serve, redis_url):
     client = redis.Redis.from_url(redis_url)
     for _ in range(5):
         client.xadd(events_key(run_id), {"event": "note", "data": "{}"}, maxlen=10)
-    client.hset(api.run_key(run_id), "status", "running")  # so the stream is served again
+    client.hset(run_key(run_id), "status", "running")  # so the stream is served again
     client.xadd(events_key(run_id), {"event": "run_done", "data": '{"variation": null}'})
     replay = read_events(server.url, run_id)
     assert replay[0][1] == "events_lost"

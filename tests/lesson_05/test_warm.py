@@ -15,8 +15,9 @@ import pytest
 import redis
 from app import worker
 from app.job import ExitCode, Job, warm_queue_key, warm_ready_key, worker_events_key
-from support.variations import auth, by_variation, cancel, read_events, start_run
-from support.waiting import wait_for
+
+from tests.support.variations import auth, by_variation, cancel, read_events, start_run
+from tests.support.waiting import wait_for
 
 NO_DOCS = tempfile.mkdtemp(prefix="lesson-05-no-docs-")  # search the bundled notes only
 

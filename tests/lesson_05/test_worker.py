@@ -11,10 +11,10 @@ from app import worker
 from app.agent import OfflineResearchModel, ResearchAgent
 from app.config import Settings
 from app.job import ExitCode, worker_events_key
-from support.lessons import load_lesson
-from support.ports import free_port
+from variations.presets import PRESETS
 
-api = load_lesson("code/05_variations_api.py", "variations_api")
+from tests.support.ports import free_port
+
 NO_DOCS = tempfile.mkdtemp(prefix="lesson-05-no-docs-")  # search the bundled notes only
 
 QUERY = "How do I stop a container gracefully?"
@@ -113,7 +113,7 @@ def answer(variation: dict, query: str = QUERY) -> str:
     "query", [QUERY, "Why use a multi-stage Docker build?", "What does a health check do?"]
 )
 def test_the_presets_give_different_answers_and_the_same_ones_every_time(query):
-    presets = [p.model_dump() for p in api.PRESETS]
+    presets = [p.model_dump() for p in PRESETS]
     answers = [answer(p, query) for p in presets]
     assert len(set(answers)) == len(presets), "two presets gave the same answer"
     assert [answer(p, query) for p in presets[:3]] == answers[:3]

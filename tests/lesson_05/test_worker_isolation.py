@@ -15,11 +15,11 @@ import httpx
 import pytest
 import redis
 from app.job import events_key, variation_key, warm_queue_key, worker_events_key
-from support.lessons import load_lesson
-from support.variations import auth, by_variation, read_events, start_run
-from support.waiting import wait_for
+from variations.store import Runs
 
-api = load_lesson("code/05_variations_api.py", "variations_api")
+from tests.support.variations import auth, by_variation, read_events, start_run
+from tests.support.waiting import wait_for
+
 FORBIDDEN = (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)
 
 
@@ -134,13 +134,13 @@ def test_the_api_key_never_travels_through_redis(serve, workers, redis_url, monk
     """A warm worker gets OPENAI_API_KEY when it starts; the job it is sent through Redis (on a
     list any client with the right key could have read) carries none."""
     sent = []
-    send_job = api.Runs.send_job
+    send_job = Runs.send_job
 
     async def spy(self, worker, job):
         sent.append(dict(job))
         await send_job(self, worker, job)
 
-    monkeypatch.setattr(api.Runs, "send_job", spy)
+    monkeypatch.setattr(Runs, "send_job", spy)
     secret = "sk-test-not-a-real-key-0123456789"
     # An unreachable endpoint: the variation fails, which does not matter here.
     server = serve(WARM_WORKERS=1, OPENAI_API_KEY=secret, OPENAI_BASE_URL="http://127.0.0.1:9/v1")

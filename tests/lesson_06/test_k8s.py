@@ -14,7 +14,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 from app.config import Settings
-from support.deploy import built_tags, get_paths, load_manifests
+
+from tests.support.deploy import built_tags, get_paths, load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_DIR = ROOT / "research-agent"

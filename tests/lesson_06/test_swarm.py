@@ -19,13 +19,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import swarm
 import yaml
 from app.config import Settings
 from prometheus_client.parser import text_string_to_metric_families
-from support.deploy import built_tags, get_paths, load_manifests
-from support.ports import free_port
-from support.waiting import wait_for
+
+from scripts import swarm
+from tests.support.deploy import built_tags, get_paths, load_manifests
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,12 @@ import uuid
 
 import httpx
 import pytest
-from support.event_agents import GATEWAY, SERVICES, System
-from support.ports import free_port
-from support.redis import RedisServer
-from support.server import ServerProcess
+
+from tests.support.event_agents import GATEWAY, SERVICES, System
+from tests.support.lessons import load_lesson
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
+from tests.support.server import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +41,10 @@ def system(tmp_path_factory):
                 system.gateway.close()
         finally:
             system.close()
+
+
+@pytest.fixture(scope="session")
+def agents():
+    """Lesson 07's agents file, loaded when a test asks for it, not while pytest collects: a
+    lesson that fails to import fails its tests, not the collection of every other."""
+    return load_lesson("code/07_event_agents.py")

@@ -5,13 +5,11 @@ import signal
 import uuid
 
 import pytest
-from support.errors import assert_error
-from support.event_agents import answered, ask, enrol, envelope, progress, student, view
-from support.lessons import load_lesson
-from support.metrics import metric
-from support.waiting import wait_for
 
-agents = load_lesson("code/07_event_agents.py")
+from tests.support.errors import assert_error
+from tests.support.event_agents import answered, ask, enrol, envelope, progress, student, view
+from tests.support.metrics import metric
+from tests.support.waiting import wait_for
 
 
 def wait_until_delivered(system, question_id: str, what: str) -> None:
@@ -72,7 +70,7 @@ def test_a_consumer_killed_mid_message_leaves_it_to_a_live_one(system):
     assert wait_for(lambda: progress(system, who)["questions"] == 1, what="counted once")
 
 
-def test_a_message_delivered_twice_changes_the_progress_counts_once(system):
+def test_a_message_delivered_twice_changes_the_progress_counts_once(agents, system):
     """The same event twice on progress.requests (what a redelivery looks like): one count."""
     who, question_id = student(), uuid.uuid4().hex
     enrol(system, who)
@@ -102,7 +100,7 @@ def test_a_message_delivered_twice_changes_the_progress_counts_once(system):
     assert progress(system, who)["topics"] == {"docker": 1}
 
 
-def test_a_question_published_twice_is_answered_and_counted_once(system):
+def test_a_question_published_twice_is_answered_and_counted_once(agents, system):
     """A producer that retries its publish: triage routes the event id once, nothing doubles."""
     who, question_id = student(), uuid.uuid4().hex
     enrol(system, who)
@@ -144,7 +142,9 @@ def test_a_question_published_twice_is_answered_and_counted_once(system):
         ),
     ],
 )
-def test_a_malformed_event_goes_to_the_dead_letter_topic_and_is_acked(system, topic, data, reason):
+def test_a_malformed_event_goes_to_the_dead_letter_topic_and_is_acked(
+    agents, system, topic, data, reason
+):
     before = system.redis.xlen(agents.deadletter(topic))
     system.publish_raw(topic, data)
     dead = wait_for(
@@ -155,7 +155,7 @@ def test_a_malformed_event_goes_to_the_dead_letter_topic_and_is_acked(system, to
     assert system.redis.xpending(topic, group)["pending"] == 0
 
 
-def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries(system):
+def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries(agents, system):
     """A specialist whose model is unreachable: retried MAX_DELIVERIES (3) times, then dead."""
     for process in system.processes["exercise"]:
         system.stop(process)
@@ -178,7 +178,7 @@ def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliveries(syst
     system.start("exercise")
 
 
-def test_three_debug_requests_on_one_topic_publish_a_struggle_alert(system):
+def test_three_debug_requests_on_one_topic_publish_a_struggle_alert(agents, system):
     who = student()
     for i in range(3):
         question_id = ask(system, who, f"Docker build fails with error {i}: no space left")
@@ -204,7 +204,7 @@ def test_the_gateway_answers_bad_input_in_the_error_shape(system):
     assert_error(extra, 422, "validation_error")
 
 
-def test_metrics_show_each_groups_backlog_and_dead_letters(system):
+def test_metrics_show_each_groups_backlog_and_dead_letters(agents, system):
     """Dead letters counted per topic; a message published with no consumer free shows as unread."""
     dead = system.redis.xlen(agents.deadletter(agents.LEARNING))
     assert metric(system.gateway, "topic_deadletter_messages", topic=agents.LEARNING) == dead
@@ -253,7 +253,7 @@ def test_sigterm_lets_a_consumer_finish_the_message_in_hand(system):
         {"student_id": ["ann"], "text": "hi"},
     ],
 )
-def test_hostile_questions_are_refused_before_anything_is_published(system, body):
+def test_hostile_questions_are_refused_before_anything_is_published(agents, system, body):
     before = system.redis.xlen(agents.LEARNING)
     assert_error(system.gateway.post("/v1/questions", json=body), 422, "validation_error")
     assert system.redis.xlen(agents.LEARNING) == before
@@ -264,7 +264,7 @@ def test_a_student_id_cannot_name_another_key(system):
     assert_error(response, 422, "validation_error")
 
 
-def test_a_dead_letter_fails_only_a_pending_question_the_gateway_recorded(system):
+def test_a_dead_letter_fails_only_a_pending_question_the_gateway_recorded(agents, system):
     """A bad progress event cannot unanswer a question; a forged question id creates no record."""
     who = student()
     question_id = ask(system, who, "What is an image tag?")

@@ -13,9 +13,10 @@ from collections import Counter
 import httpx
 import pytest
 import redis
-from support.docker_cli import docker
-from support.event_agents import ComposeProject
-from support.waiting import wait_for
+
+from tests.support.docker_cli import docker
+from tests.support.event_agents import ComposeProject
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 

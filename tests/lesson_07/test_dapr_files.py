@@ -5,9 +5,7 @@ same visibility timeout and delivery limit as the Compose file's defaults."""
 from pathlib import Path
 
 import yaml
-from support.lessons import load_lesson
 
-agents = load_lesson("code/07_event_agents.py")
 DAPR = Path(__file__).resolve().parents[2] / "deploy" / "dapr"
 COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "lesson07" / "compose.yaml"
 
@@ -21,7 +19,7 @@ def component_metadata(name: str) -> dict:
     return {m["name"]: m["value"] for m in component["spec"]["metadata"]}
 
 
-def test_each_topic_has_a_subscription_for_its_group_with_our_dead_letter_topic():
+def test_each_topic_has_a_subscription_for_its_group_with_our_dead_letter_topic(agents):
     subscriptions = {s["spec"]["topic"]: s for s in load("subscriptions.yaml")}
     assert set(subscriptions) == {topic for topic, _ in agents.SERVICES.values()}
     for group, (topic, _) in agents.SERVICES.items():

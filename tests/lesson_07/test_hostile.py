@@ -13,8 +13,9 @@ import uuid
 import httpx
 import pytest
 import redis
-from support.errors import assert_error
-from support.event_agents import (
+
+from tests.support.errors import assert_error
+from tests.support.event_agents import (
     AGENTS,
     GATEWAY,
     answered,
@@ -26,13 +27,10 @@ from support.event_agents import (
     student,
     view,
 )
-from support.lessons import load_lesson
-from support.ports import free_port
-from support.redis import RedisServer
-from support.server import ServerProcess, offline_environment
-from support.waiting import wait_for
-
-agents = load_lesson("code/07_event_agents.py")
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer
+from tests.support.server import ServerProcess, offline_environment
+from tests.support.waiting import wait_for
 
 
 def alive(system, service: str) -> bool:
@@ -41,7 +39,7 @@ def alive(system, service: str) -> bool:
     return None in codes and all(code in (None, 0) for code in codes)
 
 
-def dead_letters(system, topic: str, since: int) -> list[dict]:
+def dead_letters(agents, system, topic: str, since: int) -> list[dict]:
     return [fields for _, fields in system.redis.xrange(agents.deadletter(topic))[since:]]
 
 
@@ -49,7 +47,7 @@ def redis_port(system) -> int:
     return int(system.redis_url.rsplit(":", 1)[1].split("/")[0])
 
 
-def pending_question(system, who: str) -> str:
+def pending_question(agents, system, who: str) -> str:
     """A question recorded as the gateway records it, for an event published by hand."""
     question_id = uuid.uuid4().hex
     record = {"status": "pending", "student_id": who, "attempts": 0}
@@ -58,7 +56,7 @@ def pending_question(system, who: str) -> str:
     return question_id
 
 
-def question_event(question_id: str, who: str, text: str, topic: str, **attributes) -> str:
+def question_event(agents, question_id: str, who: str, text: str, topic: str, **attributes) -> str:
     data = {"question_id": question_id, "student_id": who, "text": text}
     if topic != agents.LEARNING:
         data.update(route="concepts", topic="docker")
@@ -79,27 +77,32 @@ def still_answers(system) -> None:
     [{"id": True}, {"id": ["x"]}, {"id": "x" * 10_000}, {"source": 7}, {"type": None}],
     ids=["id-true", "id-list", "id-huge", "source-int", "type-null"],
 )
-def test_an_envelope_with_forged_attributes_is_dead_lettered_and_triage_goes_on(system, attributes):
+def test_an_envelope_with_forged_attributes_is_dead_lettered_and_triage_goes_on(
+    agents, system, attributes
+):
     who = student()
     enrol(system, who)
     before = system.redis.xlen(agents.deadletter(agents.LEARNING))
-    question_id = pending_question(system, who)
+    question_id = pending_question(agents, system, who)
     system.publish_raw(
-        agents.LEARNING, question_event(question_id, who, "hi", agents.LEARNING, **attributes)
+        agents.LEARNING,
+        question_event(agents, question_id, who, "hi", agents.LEARNING, **attributes),
     )
-    dead = wait_for(lambda: dead_letters(system, agents.LEARNING, before), what="a dead letter")
+    dead = wait_for(
+        lambda: dead_letters(agents, system, agents.LEARNING, before), what="a dead letter"
+    )
     assert "invalid attributes" in dead[0]["reason"], dead
     assert alive(system, "triage")
     assert answered(system, question_id)["status"] == "failed"
     still_answers(system)
 
 
-def test_an_entry_that_is_not_utf8_is_dead_lettered_byte_for_byte(system):
+def test_an_entry_that_is_not_utf8_is_dead_lettered_byte_for_byte(agents, system):
     raw = redis.Redis.from_url(system.redis_url, password=system.password)  # bytes, not str
     before = system.redis.xlen(agents.deadletter(agents.LEARNING))
     payload = b'{"specversion": "1.0", "id": "\xff\xfe", "data": {}}'
     raw.xadd(agents.LEARNING, {"data": payload})
-    wait_for(lambda: dead_letters(system, agents.LEARNING, before), what="a dead letter")
+    wait_for(lambda: dead_letters(agents, system, agents.LEARNING, before), what="a dead letter")
     dead = raw.xrange(agents.deadletter(agents.LEARNING))[-1][1]
     assert dead[b"data"] == payload and b"UTF-8" in dead[b"reason"], dead
     assert alive(system, "triage")
@@ -109,9 +112,9 @@ def test_an_entry_that_is_not_utf8_is_dead_lettered_byte_for_byte(system):
 # --- 15: the exactly-once script is all or nothing ---
 
 
-def test_an_effect_that_fails_half_way_records_nothing_as_processed(system):
+def test_an_effect_that_fails_half_way_records_nothing_as_processed(agents, system):
     """Redis runs the commands before the failing one: the processed record must not be one."""
-    question_id = pending_question(system, student())
+    question_id = pending_question(agents, system, student())
     processed, broken = f"processed:test:{uuid.uuid4().hex}", f"test:{uuid.uuid4().hex}"
     system.redis.set(broken, "a string, not a hash")
     record = agents.question_key(question_id)
@@ -124,20 +127,20 @@ def test_an_effect_that_fails_half_way_records_nothing_as_processed(system):
     assert system.redis.eval(agents.APPLY_ONCE, 2, *keys, *args) == 1  # the retry stores it
 
 
-def test_a_lone_surrogate_is_dead_lettered_and_fails_the_question(system):
+def test_a_lone_surrogate_is_dead_lettered_and_fails_the_question(agents, system):
     """\\ud800 in an event: cjson cannot read it. Before: "duplicate" forever, pending forever."""
     who = student()
     enrol(system, who)
     topic = agents.SPECIALIST_TOPICS["concepts"]
     before = system.redis.xlen(agents.deadletter(topic))
-    question_id = pending_question(system, who)
-    system.publish_raw(topic, question_event(question_id, who, "a \ud800 b", topic))
+    question_id = pending_question(agents, system, who)
+    system.publish_raw(topic, question_event(agents, question_id, who, "a \ud800 b", topic))
     found = answered(system, question_id, timeout=60)
     assert found["status"] == "failed" and "UTF-8" in found["error"], found
-    assert "UTF-8" in dead_letters(system, topic, before)[0]["reason"]
+    assert "UTF-8" in dead_letters(agents, system, topic, before)[0]["reason"]
 
 
-def test_the_gateway_refuses_a_lone_surrogate(system):
+def test_the_gateway_refuses_a_lone_surrogate(agents, system):
     before = system.redis.xlen(agents.LEARNING)
     body = b'{"student_id": "ann-surrogate", "text": "a \\ud800 b"}'
     response = system.gateway.post(
@@ -179,7 +182,7 @@ def test_a_long_answer_is_not_taken_over_by_idle_consumers(system):
     system.stop(slow)
 
 
-def test_a_late_answer_does_not_contradict_a_final_status(system):
+def test_a_late_answer_does_not_contradict_a_final_status(agents, system):
     slow = only_slow_concepts(system, "120")
     question_id = ask(system, student(), "What is a bind mount?")
     wait_for(
@@ -214,7 +217,7 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(system):
     assert_error(response, 413, "payload_too_large")
 
 
-def test_a_question_record_expires(system):
+def test_a_question_record_expires(agents, system):
     question_id = ask(system, student(), "What is a healthcheck?")
     assert 0 < system.redis.ttl(agents.question_key(question_id)) <= 24 * 3600
 
@@ -246,7 +249,7 @@ class Caller:
         self.gateway, self.tokens, self.students = client, {}, {}
 
 
-def test_questions_past_the_backlog_are_refused_with_503_and_retry_after(system, gateway):
+def test_questions_past_the_backlog_are_refused_with_503_and_retry_after(agents, system, gateway):
     for process in system.processes["triage"]:
         system.stop(process)
     try:
@@ -281,7 +284,7 @@ def test_a_student_past_the_rate_is_refused_with_429_and_retry_after(gateway):
     assert int(refused.headers["Retry-After"]) > 0
 
 
-def test_dead_letters_are_trimmed(system):
+def test_dead_letters_are_trimmed(agents, system):
     """Each dead-letter topic keeps its last DEADLETTER_MAXLEN (approximately: whole nodes)."""
     for process in system.processes["triage"]:
         system.stop(process)
@@ -304,22 +307,24 @@ def test_dead_letters_are_trimmed(system):
 # --- 18: events are checked against what each topic accepts ---
 
 
-def test_an_event_of_the_wrong_type_or_source_is_not_routed(system):
+def test_an_event_of_the_wrong_type_or_source_is_not_routed(agents, system):
     """Type `totally.bogus`, source `/evil`, a student id full of colons: dead, not answered."""
     who = student()
     enrol(system, who)
     before = system.redis.xlen(agents.deadletter(agents.LEARNING))
-    bogus = pending_question(system, who)
+    bogus = pending_question(agents, system, who)
     system.publish_raw(
         agents.LEARNING,
-        question_event(bogus, who, "hi", agents.LEARNING, type="totally.bogus", source="/evil"),
+        question_event(
+            agents, bogus, who, "hi", agents.LEARNING, type="totally.bogus", source="/evil"
+        ),
     )
-    colons = pending_question(system, who)
-    event = json.loads(question_event(colons, who, "hi", agents.LEARNING))
+    colons = pending_question(agents, system, who)
+    event = json.loads(question_event(agents, colons, who, "hi", agents.LEARNING))
     event["data"]["student_id"] = "ann:progress:bob"
     system.publish_raw(agents.LEARNING, json.dumps(event))
     dead = wait_for(
-        lambda: len(d := dead_letters(system, agents.LEARNING, before)) == 2 and d,
+        lambda: len(d := dead_letters(agents, system, agents.LEARNING, before)) == 2 and d,
         what="both dead",
     )
     assert "accepts learning.question.asked" in dead[0]["reason"]
@@ -328,12 +333,12 @@ def test_an_event_of_the_wrong_type_or_source_is_not_routed(system):
     assert not system.redis.exists(agents.progress_key("ann:progress:bob"))
 
 
-def test_an_event_for_a_question_nobody_asked_is_not_routed(system):
+def test_an_event_for_a_question_nobody_asked_is_not_routed(agents, system):
     who = student()
     before = system.redis.xlen(agents.deadletter(agents.LEARNING))
     forged = uuid.uuid4().hex
-    system.publish_raw(agents.LEARNING, question_event(forged, who, "hi", agents.LEARNING))
-    dead = wait_for(lambda: dead_letters(system, agents.LEARNING, before), what="dead")
+    system.publish_raw(agents.LEARNING, question_event(agents, forged, who, "hi", agents.LEARNING))
+    dead = wait_for(lambda: dead_letters(agents, system, agents.LEARNING, before), what="dead")
     assert "not pending" in dead[0]["reason"]
     assert not system.redis.exists(agents.question_key(forged))
 
@@ -386,7 +391,7 @@ class DropOneReply:
         self.listener.close()
 
 
-def test_a_question_whose_reply_was_lost_is_202_not_503(system, gateway):
+def test_a_question_whose_reply_was_lost_is_202_not_503(agents, system, gateway):
     # The marker is in the question's event: only the publish is cut, not the checks before it.
     proxy = DropOneReply(redis_port(system), b"learning.question.asked")
     try:
@@ -408,7 +413,7 @@ def test_a_question_whose_reply_was_lost_is_202_not_503(system, gateway):
         proxy.close()
 
 
-def test_the_same_idempotency_key_publishes_once(system):
+def test_the_same_idempotency_key_publishes_once(agents, system):
     who, key = student(), uuid.uuid4().hex
     before = system.redis.xlen(agents.LEARNING)
     first = ask(system, who, "What is a volume?", **{"Idempotency-Key": key})
@@ -420,7 +425,7 @@ def test_the_same_idempotency_key_publishes_once(system):
 # --- 20: a student's questions and progress are the student's ---
 
 
-def test_progress_and_answers_need_the_students_token(system):
+def test_progress_and_answers_need_the_students_token(agents, system):
     ann, eve = student(), student()
     question_id = ask(system, ann, "What is a Dockerfile?")
     ask(system, eve, "What is a layer?")

@@ -1,14 +1,15 @@
-"""The benchmarks' JSON files (scripts/bench_results.py) and the page made from them
-(scripts/measurements.py), with a fake benchmark's output: no benchmark runs here."""
+"""The benchmarks' JSON files (bench/results.py) and the page made from them
+(bench/measurements.py), with a fake benchmark's output: no benchmark runs here."""
 
 import json
 import re
 import sys
 from pathlib import Path
 
-import bench_results
-import measurements
 import pytest
+
+from bench import measurements
+from bench import results as bench_results
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,9 +159,3 @@ def test_percentile_of_one_sample_is_that_sample_and_of_none_is_nan():
 @pytest.mark.parametrize("printed, ms", [("850.5us", 0.8505), ("3.50ms", 3.5), ("1.20s", 1200)])
 def test_to_ms_reads_wrks_units(printed, ms):
     assert bench_results.to_ms(printed) == pytest.approx(ms)
-
-
-def test_no_benchmark_keeps_its_own_percentile_or_unit_conversion():
-    for script in (ROOT / "scripts").glob("bench_*.py"):
-        if script.name != "bench_results.py":
-            assert not re.search(r"^def (percentile|to_ms)\b", script.read_text(), re.M), script

@@ -24,10 +24,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import docs_links
-import docs_sync
-import docs_words
 import pytest
+
+from scripts import docs_links, docs_sync, docs_words
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))

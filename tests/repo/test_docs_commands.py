@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.ports import free_port
-from support.waiting import wait_for
+
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- checked-by: tests/repo/test_docs_commands.py -->"

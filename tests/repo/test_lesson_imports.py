@@ -1,13 +1,16 @@
 """A lesson that needs research-agent/ on sys.path adds it once: loading the lesson again (each
 test fixture loads a fresh module) must not grow sys.path."""
 
+import ast
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
-from support.lessons import load_lesson
+
+from tests.support.lessons import load_lesson
 
 
 def load_and_forget_metrics(relpath: str):
@@ -20,7 +23,9 @@ def load_and_forget_metrics(relpath: str):
     return module
 
 
-@pytest.mark.parametrize("relpath", ["code/04_sandboxed_tools.py", "code/07_gateway.py"])
+@pytest.mark.parametrize(
+    "relpath", ["code/04_sandboxed_tools.py", "code/05_variations_api.py", "code/07_gateway.py"]
+)
 def test_loading_a_lesson_twice_does_not_grow_sys_path(relpath, monkeypatch):
     monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "0")
     monkeypatch.setattr(sys, "path", sys.path[:])  # whatever happens, other tests see it unchanged
@@ -34,3 +39,47 @@ def test_loading_a_lesson_twice_does_not_grow_sys_path(relpath, monkeypatch):
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def loads_at_import(source: str) -> list[int]:
+    """Lines where a test module calls load_lesson outside any function: while pytest collects."""
+    tree = ast.parse(source)
+    inside = {
+        id(node)
+        for top in ast.walk(tree)
+        if isinstance(top, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        for node in ast.walk(top)
+    }
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "load_lesson"
+        and id(node) not in inside
+    ]
+
+
+def test_the_check_sees_a_load_at_import_and_not_one_in_a_fixture():
+    assert loads_at_import('agents = load_lesson("code/07_event_agents.py")\n') == [1]
+    assert loads_at_import('x = lessons.load_lesson("a.py")\n') == [1]
+    in_fixture = (
+        '@pytest.fixture\ndef agents():\n    return load_lesson("code/07_event_agents.py")\n'
+    )
+    assert loads_at_import(in_fixture) == []
+
+
+@pytest.mark.parametrize(
+    "folder", sorted(p.name for p in TESTS.iterdir() if p.is_dir() and p.name.startswith("lesson_"))
+)
+def test_lessons_are_loaded_by_fixtures_not_while_pytest_collects(folder):
+    # A lesson loaded at import runs its module code (settings, logging, sys.path) during
+    # collection, for every test run, and one that fails to import breaks the whole collection.
+    found = {
+        path.name: lines
+        for path in sorted((TESTS / folder).glob("*.py"))
+        if (lines := loads_at_import(path.read_text(encoding="utf-8")))
+    }
+    assert found == {}, "load the lesson in a fixture (see tests/lesson_07/conftest.py)"

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
-from support.lessons import load_lesson
-from support.sse import Event, iter_sse
+
+from tests.support.lessons import load_lesson
+from tests.support.sse import Event, iter_sse
 
 QUERY = "Why use a multi-stage Docker build?"
 REQUEST_ID = "cut-1"

@@ -1,12 +1,13 @@
-"""scripts/support/: what every lesson's tests and the benchmarks rely on, checked on its own."""
+"""tests/support/: what every lesson's tests and the benchmarks rely on, checked on its own."""
 
 import sys
 
 import pytest
-from support.ports import free_port
-from support.server import ServerProcess
-from support.sse import Event, iter_sse, json_events, parse_sse
-from support.waiting import wait_for
+
+from tests.support.ports import free_port
+from tests.support.server import ServerProcess
+from tests.support.sse import Event, iter_sse, json_events, parse_sse
+from tests.support.waiting import wait_for
 
 
 def test_parse_sse_reads_names_ids_multi_line_data_and_skips_comments():

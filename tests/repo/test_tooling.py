@@ -26,7 +26,7 @@ def bin_dir(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (tmp_path / "sbin").mkdir()
-    for tool in ("id", "head", "grep", "dirname"):
+    for tool in ("id", "head", "grep", "dirname", "flock"):
         (bin_dir / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
     return bin_dir
 
@@ -39,6 +39,7 @@ def run_ensure(bin_dir: Path, *args: str, uid: int = 0) -> subprocess.CompletedP
             "HOME": os.environ.get("HOME", "/tmp"),
             "SYSTEM_COMMAND_DIRS": str(bin_dir.parent / "sbin"),
             "ENSURE_COMMAND_UID": str(uid),
+            "ENSURE_COMMAND_LOCK": str(bin_dir.parent / "apt.lock"),
         },
         capture_output=True,
         text=True,
@@ -57,7 +58,7 @@ def test_a_missing_command_is_announced_before_apt_get_runs(bin_dir):
     apt.write_text(
         "#!/bin/bash\n"
         'echo "APT-GET $*"\n'
-        f'if [ "$1" = install ]; then printf "#!/bin/bash\\n" > {bin_dir}/fake-redis; '
+        f'if [[ " $* " == *" install "* ]]; then printf "#!/bin/bash\\n" > {bin_dir}/fake-redis; '
         f"/bin/chmod +x {bin_dir}/fake-redis; fi\n"
     )
     apt.chmod(0o755)
@@ -69,6 +70,39 @@ def test_a_missing_command_is_announced_before_apt_get_runs(bin_dir):
     assert "'fake-redis' is missing (the tests start a real one)" in said
     assert "installing the Debian package 'fake-redis-pkg'" in said
     assert lines[-1] == "==> 'fake-redis' installed"
+
+
+def test_two_targets_installing_at_once_take_turns_and_install_once(bin_dir):
+    """CI runs make targets side by side; dpkg refuses a second install while one runs."""
+    (bin_dir / "sleep").symlink_to(subprocess.check_output(["which", "sleep"], text=True).strip())
+    fake_command(
+        bin_dir / "apt-get",
+        f'if [[ " $* " != *" install "* ]]; then exit 0; fi\n'
+        f"if [ -e {bin_dir}/busy ]; then echo 'E: Could not get lock' >&2; exit 100; fi\n"
+        f"echo x > {bin_dir}/busy; echo install >> {bin_dir}/installs.log; sleep 0.5\n"
+        f'printf "#!/bin/bash\\n" > {bin_dir}/fake-redis; /bin/chmod +x {bin_dir}/fake-redis\n'
+        f"/bin/rm {bin_dir}/busy\n",
+    )
+    env = {
+        "PATH": str(bin_dir),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "SYSTEM_COMMAND_DIRS": str(bin_dir.parent / "sbin"),
+        "ENSURE_COMMAND_UID": "0",
+        "ENSURE_COMMAND_LOCK": str(bin_dir.parent / "apt.lock"),
+    }
+    both = [
+        subprocess.Popen(
+            ["/bin/bash", str(ENSURE), "fake-redis", "fake-redis-pkg"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [(p.wait(timeout=30), p.stderr.read()) for p in both]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    assert (bin_dir / "installs.log").read_text().split() == ["install"]
 
 
 def test_without_apt_get_it_says_how_to_install_it_elsewhere(bin_dir):
@@ -119,7 +153,7 @@ def test_as_a_user_a_missing_command_stops_with_the_command_that_installs_it(
 
 def test_python_finds_a_system_command_where_the_preflight_does(tmp_path, monkeypatch):
     """The tests and benchmarks that start nginx or wrk look where make's preflight looked."""
-    from support.commands import find_command
+    from tests.support.commands import find_command
 
     fake_command(tmp_path / "sbin-only-tool")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
@@ -405,24 +439,27 @@ def test_the_make_targets_that_need_the_plugins_give_that_message(no_plugins, ta
 
 # --- make ci: one list of checks, run by .ci/run and by the GitHub workflow ----------------------
 
-CI_ORDER = [
-    "lint",
-    "test",
-    "smoke",
-    "compose-test",
-    "sandbox-test",
-    "variations-test",
-    "swarm-test",
-    "pubsub-test",
-    "bench-scaleout",
+# Before the lanes, in order; then two phases of lanes side by side, each lane in its own order.
+CI_FIRST = ["lint", "docker-tools", "offline-images"]
+CI_PHASES = [
+    [["test"], ["build", "swarm-test", "bench-scaleout"]],
+    [
+        ["smoke", "compose-test", "pubsub-test", "mcp-test"],
+        ["sandbox-test", "variations-test", "traces-test"],
+    ],
 ]
 
 
-def run_ci(tmp_path, docker_works: bool, **env) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """.ci/run with a `make` that only logs its goal, and a docker that works or not."""
+def run_ci(
+    tmp_path, docker_works: bool, failing: str = "", **env
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """.ci/run with a `make` that only logs its goal (and fails for FAILING), and a docker that
+    works or not."""
     fake = tmp_path / "fake-bin"
     fake.mkdir(exist_ok=True)
-    (fake / "make").write_text(f'#!/bin/bash\necho "$*" >>{tmp_path}/make.log\n')
+    (fake / "make").write_text(
+        f'#!/bin/bash\necho "$*" >>{tmp_path}/make.log\n[ "$*" != "{failing}" ]\n'
+    )
     (fake / "docker").write_text(f"#!/bin/bash\nexit {0 if docker_works else 1}\n")
     for name in ("make", "docker"):
         (fake / name).chmod(0o755)
@@ -437,12 +474,31 @@ def run_ci(tmp_path, docker_works: bool, **env) -> tuple[subprocess.CompletedPro
     return result, log.read_text().split() if log.exists() else []
 
 
-def test_make_ci_runs_every_check_in_order_with_each_phase_timed(tmp_path):
+def in_order(goals: list[str], lane: list[str]) -> bool:
+    return [g for g in goals if g in lane] == lane
+
+
+def test_make_ci_runs_every_check_once_each_lane_in_order_each_step_timed(tmp_path):
     result, goals = run_ci(tmp_path, docker_works=True, CI="true")
     assert result.returncode == 0, result.stderr
-    assert goals == CI_ORDER
-    timed = re.findall(r"^==> make ([\w-]+) .*done in \d+s$", result.stdout, flags=re.M)
-    assert timed == CI_ORDER
+    assert goals[: len(CI_FIRST)] == CI_FIRST
+    rest = goals[len(CI_FIRST) :]
+    for phase in CI_PHASES:
+        size = sum(len(lane) for lane in phase)
+        this_phase, rest = rest[:size], rest[size:]
+        assert sorted(this_phase) == sorted(g for lane in phase for g in lane)
+        assert all(in_order(this_phase, lane) for lane in phase), this_phase
+    assert rest == []
+    timed = re.findall(r"^(?:\[\w+\] )?==> make ([\w-]+) done in \d+s$", result.stdout, re.M)
+    assert sorted(timed) == sorted(goals)
+
+
+def test_a_failing_check_stops_its_lane_and_the_run_after_the_lanes_beside_it_end(tmp_path):
+    result, goals = run_ci(tmp_path, docker_works=True, failing="swarm-test", CI="true")
+    assert result.returncode != 0
+    assert "test" in goals and "bench-scaleout" not in goals and "smoke" not in goals
+    assert "[swarm] ==> make swarm-test FAILED" in result.stdout
+    assert "lane(s) failed: swarm" in result.stderr
 
 
 def test_make_ci_without_docker_lints_and_tests_then_fails_under_ci(tmp_path):
@@ -459,7 +515,7 @@ def test_make_ci_without_docker_skips_the_container_checks_locally_and_says_so(t
 
 def test_ci_runs_lint_and_test_and_the_workflow_runs_it_through_make_ci():
     ci_run = (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"^make lint$", ci_run, flags=re.M) and re.search(r"^make test$", ci_run, re.M)
+    assert re.search(r"^step lint$", ci_run, flags=re.M) and re.search(r"\bstep test;", ci_run)
     workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
     assert re.findall(r"^\s*- run: (.*)$", workflow, flags=re.M) == ["make ci"]
     makefile = (ROOT / "Makefile").read_text()

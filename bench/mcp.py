@@ -1,0 +1,225 @@
+"""`make bench-mcp`: what lesson 08's MCP gateway costs, each against a baseline of the same run.
+
+1. A research request (offline model, no token delay) with its search tool over MCP, through the
+   gateway to the notes server, both warm processes, against the same agent with its in-process
+   search. Target: <= 1.15x at p50.
+2. A tool's first use in containers: the gateway (Compose project lesson08bench) starts the notes
+   server's container on demand and calls it, against a bare `docker run` of the same image with
+   the same limits, to /health and one MCP call. Target: <= 1.2x.
+3. The gateway's overhead per call: search_notes through the gateway minus straight to the notes
+   server (one kept session each), at p50 and p99.
+
+Settings (environment): BENCH_REQUESTS (30), BENCH_CALLS (200), BENCH_ROUNDS (3). Loopback only.
+"""
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from fastmcp import Client
+
+from bench import results as bench_results
+from tests.support.agent import make_settings
+from tests.support.mcp_clients import NOTES_SERVER, gateway, tool_server
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "research-agent"))
+from app.agent import ResearchAgent  # noqa: E402
+
+REQUESTS = int(os.getenv("BENCH_REQUESTS", "30"))
+CALLS = int(os.getenv("BENCH_CALLS", "200"))
+ROUNDS = int(os.getenv("BENCH_ROUNDS", "3"))
+QUESTION = "Why use a multi-stage Docker build?"
+P = bench_results.percentile
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+async def research_times(agent: ResearchAgent, n: int) -> list[float]:
+    await agent.research(QUESTION)  # warm
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await agent.research(QUESTION)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def call_times(url: str, n: int) -> list[float]:
+    async with Client(url) as client:
+        await client.call_tool("search_notes", {"query": "health checks"})  # warm
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            await client.call_tool("search_notes", {"query": "health checks"})
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def sh(*args, **kwargs) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs).stdout
+
+
+async def first_call(url: str) -> None:
+    async with Client(url, timeout=120) as client:
+        await client.call_tool("search_notes", {"query": "health checks"})
+
+
+def wait_http(url: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(url)
+
+
+def bare_docker_run() -> float:
+    """docker run of lesson08-notes with the launcher's limits, to /health and one MCP call."""
+    port = free_port()
+    started = time.perf_counter()
+    cid = sh(
+        "docker",
+        "run",
+        "-d",
+        "--rm",
+        "-p",
+        f"127.0.0.1:{port}:8000",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,noexec,nosuid,size=16m",
+        "--memory",
+        "256m",
+        "--memory-swap",
+        "256m",
+        "--cpus",
+        "0.5",
+        "--pids-limit",
+        "64",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--user",
+        "65534:65534",
+        "--label",
+        "lesson08.owner=lesson08bench",
+        "-e",
+        "MCP_ALLOWED_HOSTS=127.0.0.1:*",
+        "lesson08-notes",
+    ).strip()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        asyncio.run(first_call(f"http://127.0.0.1:{port}/mcp"))
+        return time.perf_counter() - started
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+
+
+def on_demand_rounds(rounds: int) -> list[float]:
+    """The lesson's Compose stack under its own project; each round starts with no tool server."""
+    project, port = "lesson08bench", free_port()
+    text = (ROOT / "deploy/lesson08/compose.yaml").read_text()
+    for old, new in (
+        ("lesson08_tools", f"{project}_tools"),
+        ("OWNER: lesson08", f"OWNER: {project}"),
+    ):
+        text = text.replace(old, new)
+    work = Path(tempfile.mkdtemp(prefix="bench-mcp-"))
+    (work / "compose.yaml").write_text(text)
+    (work / "catalog.yaml").write_text((ROOT / "deploy/lesson08/catalog.yaml").read_text())
+    env = {
+        **os.environ,
+        "LESSON08_PORT": str(free_port()),
+        "LESSON08_MCP_PORT": str(port),
+        "LESSON08_AGENT_TOKEN": "bench",
+        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+    }
+    compose = ["docker", "compose", "-p", project, "-f", str(work / "compose.yaml")]
+    times = []
+    try:
+        sh(*compose, "up", "-d", "--wait", "gateway", env=env)
+        for _ in range(rounds):
+            ids = sh("docker", "ps", "-aq", "--filter", f"label=lesson08.owner={project}").split()
+            if ids:
+                sh("docker", "rm", "-f", *ids)
+            sh(*compose, "restart", "gateway", env=env)  # a gateway with no session open
+            wait_http(f"http://127.0.0.1:{port}/health")
+            started = time.perf_counter()
+            asyncio.run(first_call(f"http://127.0.0.1:{port}/mcp"))
+            times.append(time.perf_counter() - started)
+    finally:
+        ids = sh("docker", "ps", "-aq", "--filter", f"label=lesson08.owner={project}").split()
+        if ids:
+            sh("docker", "rm", "-f", *ids)
+        sh(*compose, "down", "-v", "--remove-orphans", env=env)
+    return times
+
+
+def main() -> None:
+    run = bench_results.start(
+        "mcp", {"requests": REQUESTS, "calls": CALLS, "rounds": ROUNDS, "token_delay_ms": 0}
+    )
+    work = Path(tempfile.mkdtemp(prefix="bench-mcp-"))
+    with tool_server(NOTES_SERVER, work) as notes:
+        catalog = {
+            "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
+            "clients": {"anonymous": {"tools": ["*"]}},
+        }
+        with gateway(catalog, work, GATEWAY_MAX_IN_FLIGHT_PER_CLIENT=64) as gw:
+            in_process = asyncio.run(research_times(ResearchAgent(make_settings()), REQUESTS))
+            over_mcp = asyncio.run(
+                research_times(
+                    ResearchAgent(make_settings(MCP_GATEWAY_URL=gw.url + "/mcp")), REQUESTS
+                )
+            )
+            direct = asyncio.run(call_times(notes.url + "/mcp", CALLS))
+            through = asyncio.run(call_times(gw.url + "/mcp", CALLS))
+    bare = [bare_docker_run() for _ in range(ROUNDS)]
+    on_demand = on_demand_rounds(ROUNDS)
+
+    research_ratio = P(over_mcp, 50) / P(in_process, 50)
+    start_ratio = P(on_demand, 50) / P(bare, 50)
+    print("\n| measure | baseline | lesson 08 | ratio | target |")
+    print("| --- | --- | --- | --- | --- |")
+    print(
+        f"| research request p50 (in-process search vs over MCP) | {ms(P(in_process, 50))} "
+        f"| {ms(P(over_mcp, 50))} | {research_ratio:.2f}x | <= 1.15x |"
+    )
+    print(
+        f"| tool's first use (bare docker run vs gateway on demand) | {ms(P(bare, 50))} "
+        f"| {ms(P(on_demand, 50))} | {start_ratio:.2f}x | <= 1.2x |"
+    )
+    print(
+        f"| search_notes call p50 (direct vs through the gateway) | {ms(P(direct, 50))} "
+        f"| {ms(P(through, 50))} | {P(through, 50) / P(direct, 50):.2f}x | - |"
+    )
+    print(
+        f"| search_notes call p99 (direct vs through the gateway) | {ms(P(direct, 99))} "
+        f"| {ms(P(through, 99))} | {P(through, 99) / P(direct, 99):.2f}x | - |"
+    )
+    print(
+        f"\nGateway overhead per call: p50 {ms(P(through, 50) - P(direct, 50))}, "
+        f"p99 {ms(P(through, 99) - P(direct, 99))} (every call also re-lists the server's tools "
+        "to check the pins: GATEWAY_PIN_RECHECK_SECONDS=0)."
+    )
+    print(
+        f"Research over MCP: {'met' if research_ratio <= 1.15 else 'MISSED'} the 1.15x target; "
+        f"first use: {'met' if start_ratio <= 1.2 else 'MISSED'} the 1.2x target."
+    )
+    run.write()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""Traces: OpenTelemetry, configured only by the standard OTEL_* variables (lesson 09).
+
+No OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_SDK_DISABLED=true): nothing is set up. No provider, no
+exporter, no instrumentation; the OpenTelemetry API's no-op tracer answers the few spans the code
+starts itself, and the cost is measured by `make bench-tracing`.
+
+With an endpoint, the SDK reads the rest itself: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+(the resource), OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (sampling), OTEL_BSP_* (the batch
+processor), OTEL_EXPORTER_OTLP_PROTOCOL ("http/protobuf", the default, or "grpc") and the
+exporter's own headers, timeout and TLS variables. Then:
+
+- FastAPI: a server span per request, joined to the caller's W3C `traceparent` header;
+- HTTPX and Redis, when installed: a client span per call (the model provider, the cache, quotas);
+- LangChain: GenAIHandler below, the OpenTelemetry GenAI spans `invoke_agent {agent}`,
+  `chat {model}` and `execute_tool {tool}`.
+
+Prompt and answer text stay out of spans unless OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT
+is true: a privacy choice, since a trace backend keeps what it is sent. Keys never go in.
+"""
+
+import asyncio
+import importlib.util
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import error_attributes
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from .config import TracingSettings
+
+logger = logging.getLogger(__name__)
+
+# URLs whose requests make no span: probes and scrapes would bury the questions.
+EXCLUDED_URLS = "health,ready,metrics"
+MAX_OPEN_RUNS = 10_000  # LangChain runs followed at once, across all requests
+
+
+def tracer(name: str = "research-agent") -> trace.Tracer:
+    """The tracer for spans the app starts itself (a no-op one while tracing is off)."""
+    return trace.get_tracer(name)
+
+
+def tracing_on() -> bool:
+    """True once an SDK provider is installed (by configure_tracing, or by a test). Does not
+    import the SDK: while tracing is off it is never loaded."""
+    sdk = sys.modules.get("opentelemetry.sdk.trace")
+    return sdk is not None and isinstance(trace.get_tracer_provider(), sdk.TracerProvider)
+
+
+# [start:configure]
+def configure_tracing(settings: TracingSettings, service_name: str = "research-agent"):
+    """Install a TracerProvider exporting over OTLP, once per process. Returns it, or None when
+    no endpoint is set (nothing is installed then)."""
+    if not settings.tracing_enabled:
+        return None
+    if tracing_on():  # already installed (a second app in this process, or a test's provider)
+        return trace.get_tracer_provider()
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; without either the
+    # service is "unknown_service", replaced by this default. TracerProvider reads
+    # OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG (parentbased_always_on by default).
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(otlp_exporter(settings.otlp_protocol)))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+# [end:configure]
+
+
+def flush_tracing(timeout_millis: int = 2000) -> None:
+    """Send the spans still in the batch (before a process exits without running atexit)."""
+    provider = trace.get_tracer_provider()
+    if hasattr(provider, "force_flush"):
+        provider.force_flush(timeout_millis)
+
+
+def otlp_exporter(protocol: str):
+    """The exporter for OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL; it reads its endpoint from the
+    environment (the HTTP one appends /v1/traces to OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    elif protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    else:  # http/json has no Python exporter in the SDK
+        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: use 'http/protobuf' or 'grpc'")
+    return OTLPSpanExporter()
+
+
+def instrument(app, settings: TracingSettings) -> None:
+    """Instrument the app and the libraries it uses, if tracing is on; otherwise do nothing."""
+    if not tracing_on():
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    # exclude_spans: no span per ASGI message sent or received (a stream sends one per token).
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
+    )
+    if importlib.util.find_spec("httpx"):
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        if not HTTPXClientInstrumentor().is_instrumented_by_opentelemetry:
+            HTTPXClientInstrumentor().instrument()
+    if importlib.util.find_spec("redis"):
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        if not RedisInstrumentor().is_instrumented_by_opentelemetry:
+            RedisInstrumentor().instrument()
+    instrument_langchain(settings.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
+
+
+# --- LangChain: the GenAI spans -------------------------------------------------------------------
+
+_hook: ContextVar | None = None
+
+
+def instrument_langchain(capture_content: bool = False) -> "GenAIHandler":
+    """Every LangChain run in this process reports to one GenAIHandler: LangChain adds the
+    handler a registered configure hook holds to each run's callbacks, so no call site changes.
+    The hook's variable has the handler as its default, so every thread and task sees it."""
+    global _hook
+    from langchain_core.tracers.context import register_configure_hook
+
+    if _hook is None:
+        # One handler for the whole process, on purpose: the default every context starts with.
+        _hook = ContextVar("otel_genai_handler", default=GenAIHandler())  # noqa: B039
+        register_configure_hook(_hook, inheritable=True)
+    handler = _hook.get()
+    handler.capture_content = capture_content
+    return handler
+
+
+def _provider(metadata: dict, serialized: dict) -> str:
+    """gen_ai.provider.name: LangChain's `ls_provider` ("openai"), else the model's class."""
+    if metadata.get("ls_provider"):
+        return str(metadata["ls_provider"])
+    return str((serialized or {}).get("id", ["unknown"])[-1]).lower()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)[:8192]
+
+
+class GenAIHandler(BaseCallbackHandler):
+    """LangChain callbacks → OpenTelemetry GenAI spans (semantic conventions, "Development").
+
+    The run of the agent graph is `invoke_agent {name}`; each chat model call `chat {model}`
+    with gen_ai.usage.input_tokens/output_tokens; each tool call `execute_tool {tool}`. Graph
+    nodes make no span: their children hang under the nearest run that has one. A tool's span is
+    the current span while it runs, so the sandbox's span nests under it. (A model's is not: its
+    start and end callbacks may run in different contexts when it streams, so the HTTPX span of a
+    call to a provider sits beside it, under the request.)
+
+    `run_inline`: LangChain calls it in the run's own context (not in a thread), where the
+    current span is the request's.
+    """
+
+    run_inline = True
+
+    def __init__(self, capture_content: bool = False):
+        super().__init__()
+        self.capture_content = capture_content
+        # run id → (span or None, parent run id, context token or None, the agent's run id)
+        self.runs: dict[UUID, tuple[Span | None, UUID | None, object, UUID | None]] = {}
+        self.agents: dict[UUID, Span] = {}
+        self._provider = self._cached = None
+
+    # -- bookkeeping
+    def _tracer(self) -> trace.Tracer:
+        """The current provider's tracer, made once per provider (a test installs its own)."""
+        provider = trace.get_tracer_provider()
+        if provider is not self._provider:
+            self._provider, self._cached = provider, provider.get_tracer("research-agent.genai")
+        return self._cached
+
+    def _parent_span(self, parent_run_id: UUID | None) -> Span | None:
+        while parent_run_id is not None and parent_run_id in self.runs:
+            span, parent_run_id, _, _ = self.runs[parent_run_id]
+            if span is not None:
+                return span
+        return None
+
+    def _root_agent(self, run_id: UUID) -> Span | None:
+        root = self.runs.get(run_id, (None, None, None, None))[3]
+        return self.agents.get(root)
+
+    def _root_of(self, parent_run_id: UUID | None) -> UUID | None:
+        return self.runs[parent_run_id][3] if parent_run_id in self.runs else None
+
+    def _start(self, run_id, parent_run_id, name, kind, attributes, attach=False) -> Span:
+        parent = self._parent_span(parent_run_id)
+        ctx = trace.set_span_in_context(parent) if parent is not None else None
+        span = tracer("research-agent.genai").start_span(
+            name, context=ctx, kind=kind, attributes=attributes
+        )
+        token = otel_context.attach(trace.set_span_in_context(span)) if attach else None
+        self.runs[run_id] = (span, parent_run_id, token, self._root_of(parent_run_id) or run_id)
+        while len(self.runs) > MAX_OPEN_RUNS:  # runs whose end never came: bounded
+            self._end(next(iter(self.runs)), TimeoutError("abandoned"), detach=False)
+        return span
+
+    def _end_orphans(self, agent_run_id: UUID) -> None:
+        """A call cancelled from outside (a tool's timeout, a caller who left) gets no end
+        callback: its span ends with its agent's, as an error."""
+        for orphan in [
+            r for r, v in self.runs.items() if v[3] == agent_run_id and r != agent_run_id
+        ]:
+            self._end(orphan, asyncio.CancelledError(), detach=False)
+
+    def _end(self, run_id: UUID, error: BaseException | None = None, detach=True) -> Span | None:
+        span, _, token, _ = self.runs.pop(run_id, (None, None, None, None))
+        if run_id in self.agents:
+            self._end_orphans(run_id)
+            self.agents.pop(run_id)
+        if token is not None and detach:
+            otel_context.detach(token)
+        if span is not None:
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                span.set_attribute(error_attributes.ERROR_TYPE, type(error).__qualname__)
+            span.end()
+        return span
+
+    # -- the agent
+    def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, **kwargs):
+        if parent_run_id is not None and parent_run_id in self.runs:
+            # A graph node: no span of its own.
+            self.runs[run_id] = (None, parent_run_id, None, self._root_of(parent_run_id))
+            return
+        if parent_run_id is not None:
+            return  # a run started inside something we do not follow
+        name = kwargs.get("name") or "agent"
+        span = self._start(
+            run_id,
+            None,
+            f"invoke_agent {name}",
+            SpanKind.INTERNAL,
+            {
+                gen_ai.GEN_AI_OPERATION_NAME: gen_ai.GenAiOperationNameValues.INVOKE_AGENT.value,
+                gen_ai.GEN_AI_AGENT_NAME: name,
+            },
+        )
+        self.agents[run_id] = span
+
+    def on_chain_end(self, outputs, *, run_id, **kwargs):
+        span = self.runs.get(run_id, (None,))[0]
+        if span is not None and self.capture_content:
+            messages = outputs.get("messages") if isinstance(outputs, dict) else None
+            if messages:
+                span.set_attribute(
+                    gen_ai.GEN_AI_OUTPUT_MESSAGES,
+                    _json([{"role": "assistant", "content": messages[-1].text}]),
+                )
+        self._end(run_id)
+
+    def on_chain_error(self, error, *, run_id, **kwargs):
+        self._end(run_id, error)
+
+    # -- the model
+    def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, **kw):
+        metadata = kw.get("metadata") or {}
+        params = kw.get("invocation_params") or {}
+        model = str(
+            metadata.get("ls_model_name")
+            or params.get("model")
+            or params.get("model_name")
+            or params.get("_type")
+            or "unknown"
+        )
+        provider = _provider(metadata, serialized)
+        attributes = {
+            gen_ai.GEN_AI_OPERATION_NAME: gen_ai.GenAiOperationNameValues.CHAT.value,
+            gen_ai.GEN_AI_PROVIDER_NAME: provider,
+            gen_ai.GEN_AI_REQUEST_MODEL: model,
+        }
+        if metadata.get("ls_temperature") is not None:
+            attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE] = metadata["ls_temperature"]
+        if self.capture_content:
+            attributes[gen_ai.GEN_AI_INPUT_MESSAGES] = _json(
+                [{"role": m.type, "content": m.text} for batch in messages for m in batch]
+            )
+        self._start(run_id, parent_run_id, f"chat {model}", SpanKind.CLIENT, attributes)
+        agent = self._root_agent(run_id)
+        if agent is not None:  # the agent's model, as the conventions ask of invoke_agent
+            agent.set_attribute(gen_ai.GEN_AI_PROVIDER_NAME, provider)
+            agent.set_attribute(gen_ai.GEN_AI_REQUEST_MODEL, model)
+
+    def on_llm_end(self, response, *, run_id, **kwargs):
+        span = self.runs.get(run_id, (None,))[0]
+        if span is not None:
+            generation = next((g for batch in response.generations for g in batch), None)
+            message = getattr(generation, "message", None)
+            usage = getattr(message, "usage_metadata", None) or {}
+            if usage:
+                span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, usage.get("input_tokens", 0))
+                span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS, usage.get("output_tokens", 0))
+                agent = self._root_agent(run_id)
+                if agent is not None:  # the run's totals, summed over its model calls
+                    for key, attr in (
+                        ("input_tokens", gen_ai.GEN_AI_USAGE_INPUT_TOKENS),
+                        ("output_tokens", gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS),
+                    ):
+                        # a span the sampler dropped (NonRecordingSpan) has no attributes
+                        before = (getattr(agent, "attributes", None) or {}).get(attr, 0)
+                        agent.set_attribute(attr, before + usage.get(key, 0))
+            meta = getattr(message, "response_metadata", None) or {}
+            if meta.get("model_name"):
+                span.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, str(meta["model_name"]))
+            if meta.get("finish_reason"):
+                span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [meta["finish_reason"]])
+            if self.capture_content and message is not None:
+                span.set_attribute(
+                    gen_ai.GEN_AI_OUTPUT_MESSAGES,
+                    _json([{"role": "assistant", "content": message.text}]),
+                )
+        self._end(run_id)
+
+    def on_llm_error(self, error, *, run_id, **kwargs):
+        self._end(run_id, error)
+
+    # -- the tools
+    def on_tool_start(self, serialized, input_str, *, run_id, parent_run_id=None, **kwargs):
+        name = str((serialized or {}).get("name") or kwargs.get("name") or "tool")
+        attributes = {
+            gen_ai.GEN_AI_OPERATION_NAME: gen_ai.GenAiOperationNameValues.EXECUTE_TOOL.value,
+            gen_ai.GEN_AI_TOOL_NAME: name,
+            gen_ai.GEN_AI_TOOL_TYPE: "function",
+        }
+        if kwargs.get("tool_call_id"):
+            attributes[gen_ai.GEN_AI_TOOL_CALL_ID] = str(kwargs["tool_call_id"])
+        if self.capture_content:
+            attributes["gen_ai.tool.call.arguments"] = str(input_str)[:8192]
+        self._start(
+            run_id, parent_run_id, f"execute_tool {name}", SpanKind.INTERNAL, attributes, True
+        )
+
+    def on_tool_end(self, output, *, run_id, **kwargs):
+        span = self.runs.get(run_id, (None,))[0]
+        status = getattr(output, "status", "success")
+        if span is not None and status == "error":
+            span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
+            span.set_attribute(error_attributes.ERROR_TYPE, "tool_error")
+        if span is not None and self.capture_content:
+            span.set_attribute(
+                "gen_ai.tool.call.result", str(getattr(output, "content", output))[:8192]
+            )
+        self._end(run_id)
+
+    def on_tool_error(self, error, *, run_id, **kwargs):
+        self._end(run_id, error)

@@ -1,0 +1,59 @@
+"""Lesson 08 without Docker: the notes server, a hostile server and the gateway run as processes,
+the commands their containers run; the container suite (marker `container`, `make mcp-test`)
+starts them the way `make lesson-08` does."""
+
+import pytest
+
+from tests.support.mcp_clients import HOSTILE_SERVER, NOTES_SERVER, gateway, tool_server
+
+AGENT_TOKEN = "agent-token-for-tests"
+TESTER_TOKEN = "tester-token-for-tests"
+FLOOD_BYTES = 50 * 1024 * 1024
+
+
+@pytest.fixture(scope="package")
+def notes(tmp_path_factory):
+    with tool_server(NOTES_SERVER, tmp_path_factory.mktemp("lesson08-notes")) as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def hostile(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("lesson08-hostile")
+    with tool_server(HOSTILE_SERVER, logs, FLOOD_BYTES=FLOOD_BYTES) as server:
+        yield server
+
+
+def catalog(notes, hostile) -> dict:
+    return {
+        "servers": [
+            {"name": "notes", "url": notes.url + "/mcp"},
+            {"name": "hostile", "url": hostile.url + "/mcp"},
+        ],
+        "clients": {
+            "anonymous": {"tools": ["search_notes"]},
+            "agent": {"token_env": "TOKEN_AGENT", "tools": ["search_notes"]},
+            "tester": {"token_env": "TOKEN_TESTER", "tools": ["*"]},
+        },
+    }
+
+
+@pytest.fixture(scope="package")
+def gw(notes, hostile, tmp_path_factory):
+    """The gateway in front of both, with short limits so the hostile cases end quickly."""
+    work = tmp_path_factory.mktemp("lesson08-gateway")
+    with gateway(
+        catalog(notes, hostile),
+        work,
+        TOKEN_AGENT=AGENT_TOKEN,
+        TOKEN_TESTER=TESTER_TOKEN,
+        GATEWAY_CALL_TIMEOUT_SECONDS=5,
+        GATEWAY_MAX_RESULT_BYTES=1_000_000,
+        GATEWAY_MAX_IN_FLIGHT_PER_CLIENT=4,
+        GATEWAY_MAX_IN_FLIGHT=16,
+    ) as server:
+        yield server
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,38 @@
+"""The research agent with MCP_GATEWAY_URL: its search tool comes over MCP, through the gateway
+(langchain-mcp-adapters), and the offline model still calls it and answers from it."""
+
+import asyncio
+
+import pytest
+from app.agent import ResearchAgent
+from app.errors import UpstreamError
+
+from tests.support.agent import make_settings
+from tests.support.mcp_clients import log_lines
+
+from .conftest import AGENT_TOKEN
+
+pytestmark = pytest.mark.xdist_group("lesson08")
+
+
+def test_the_offline_agent_searches_over_mcp_and_answers_from_it(gw):
+    settings = make_settings(MCP_GATEWAY_URL=gw.url + "/mcp", MCP_GATEWAY_TOKEN=AGENT_TOKEN)
+    agent = ResearchAgent(settings)
+    assert agent.tool.name == "search_notes"
+    result = asyncio.run(agent.research("Why use a multi-stage Docker build?"))
+    assert [s["tool"] for s in result["steps"]] == ["search_notes"]
+    assert result["sources"][0]["url"].startswith("notes/multi-stage-builds.md")
+    assert "[1]" in result["response"]
+    calls = [r for r in log_lines(gw, "tool_call") if r["client"] == "agent"]
+    assert calls and calls[-1]["outcome"] == "ok"
+
+
+def test_without_the_setting_the_agent_keeps_its_in_process_search():
+    agent = ResearchAgent(make_settings())
+    assert agent.tool.name == "search_docs"
+
+
+def test_a_gateway_that_is_down_is_the_agents_upstream_error():
+    settings = make_settings(MCP_GATEWAY_URL="http://127.0.0.1:9/mcp")
+    with pytest.raises(UpstreamError, match="MCP gateway is unavailable .ConnectError"):
+        asyncio.run(ResearchAgent(settings).research("What is a container?"))

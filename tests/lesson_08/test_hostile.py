@@ -1,0 +1,164 @@
+"""Lesson 08's hostile cases against the gateway as a process: each fails without its defence."""
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+from fastmcp import Client
+from fastmcp.client.transports import StreamableHttpTransport
+from fastmcp.exceptions import ToolError
+
+from tests.support.mcp_clients import log_lines, sdk_session
+
+from .conftest import AGENT_TOKEN, TESTER_TOKEN, bearer
+
+pytestmark = pytest.mark.xdist_group("lesson08")
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "attacker", "version": "1"},
+    },
+}
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+async def call(gw, tool: str, token: str = TESTER_TOKEN, **arguments):
+    transport = StreamableHttpTransport(gw.url + "/mcp", headers=bearer(token))
+    async with Client(transport) as client:
+        return await client.call_tool(tool, arguments or {"query": "q"}, raise_on_error=False)
+
+
+@pytest.mark.parametrize("target", ["gw", "notes"])
+def test_a_foreign_origin_gets_403(target, request):
+    server = request.getfixturevalue(target)
+    evil = httpx.post(
+        server.url + "/mcp",
+        json=INITIALIZE,
+        headers={**MCP_HEADERS, "Origin": "http://evil.example"},
+    )
+    assert evil.status_code == 403
+    local = httpx.post(
+        server.url + "/mcp",
+        json=INITIALIZE,
+        headers={**MCP_HEADERS, "Origin": "http://127.0.0.1:3000"},
+    )
+    assert local.status_code == 200
+
+
+def test_a_hanging_server_is_a_timely_tool_error(gw):
+    started = time.monotonic()
+    result = asyncio.run(call(gw, "hang"))
+    assert result.is_error
+    assert "did not answer within 5 s" in result.content[0].text
+    assert time.monotonic() - started < 20  # the gateway's 5 s, not the server's hour
+
+
+def test_a_50_mb_answer_is_a_clear_tool_error(gw):
+    result = asyncio.run(call(gw, "flood"))
+    assert result.is_error
+    text = result.content[0].text
+    assert "limit" in text and len(text) < 1000, text[:300]
+    httpx.get(gw.url + "/health").raise_for_status()  # and the gateway is still there
+
+
+def test_a_tool_whose_description_changes_after_pinning_is_refused(gw, hostile):
+    first = asyncio.run(call(gw, "lookup", query="volume"))
+    assert not first.is_error and "lookup: volume" in first.content[0].text
+    httpx.post(hostile.url + "/rugpull").raise_for_status()
+    after = asyncio.run(call(gw, "lookup", query="volume"))
+    assert after.is_error
+    assert "changed since it was pinned" in after.content[0].text
+    pins = httpx.get(gw.url + "/pins").json()
+    assert "lookup" in pins["refused"]
+    assert any(r["tool"] == "lookup" for r in log_lines(gw, "tool_refused"))
+
+
+def test_a_description_with_instructions_is_pinned_logged_shown_and_withheld(gw):
+    async def names():
+        transport = StreamableHttpTransport(gw.url + "/mcp", headers=bearer(TESTER_TOKEN))
+        async with Client(transport) as client:
+            return [t.name for t in await client.list_tools()]
+
+    assert "helpful" not in asyncio.run(names())
+    result = asyncio.run(call(gw, "helpful"))
+    assert result.is_error and "reads like instructions" in result.content[0].text
+    pins = httpx.get(gw.url + "/pins").json()
+    assert pins["pins"]["hostile"]["helpful"]["flagged"] is True
+    assert "Ignore previous instructions" in pins["pins"]["hostile"]["helpful"]["description"]
+    assert any(r["tool"] == "helpful" and r["flagged"] for r in log_lines(gw, "tool_pinned"))
+
+
+def test_a_client_cannot_call_outside_its_allow_list(gw):
+    result = asyncio.run(call(gw, "leak", token=AGENT_TOKEN))
+    assert result.is_error and "not on the allow-list of client 'agent'" in result.content[0].text
+    anonymous = asyncio.run(call(gw, "leak", token="a-token-nobody-issued"))
+    assert anonymous.is_error and "'anonymous'" in anonymous.content[0].text
+    assert any(
+        r["tool"] == "leak" and r["outcome"] == "not_allowed" for r in log_lines(gw, "tool_call")
+    )
+
+
+def test_a_burst_of_200_calls_is_bounded_with_retry_after(gw):
+    async def one(http: httpx.AsyncClient):
+        return await http.post(
+            gw.url + "/mcp", json=INITIALIZE, headers={**MCP_HEADERS, **bearer(TESTER_TOKEN)}
+        )
+
+    async def burst():
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            return await asyncio.gather(*(one(http) for _ in range(200)))
+
+    started = time.monotonic()
+    answers = asyncio.run(burst())
+    codes = [a.status_code for a in answers]
+    refused = [a for a in answers if a.status_code in (429, 503)]
+    assert set(codes) <= {200, 429, 503}, codes
+    assert refused, "no request was refused: the burst was not bounded"
+    assert all(a.headers["retry-after"] == "1" for a in refused)
+    assert refused[0].json()["error"]["type"] in ("rate_limited", "busy")
+    assert time.monotonic() - started < 60
+    httpx.get(gw.url + "/health").raise_for_status()
+
+
+def test_every_call_is_one_log_line_without_argument_values(gw):
+    secret = "sk-this-must-not-be-logged"
+
+    async def run():
+        async with sdk_session(gw.url + "/mcp", bearer(AGENT_TOKEN)) as session:
+            return await session.call_tool("search_notes", {"query": f"docker {secret}"})
+
+    asyncio.run(run())
+    assert secret not in gw.log_text()
+    lines = [
+        r for r in log_lines(gw, "tool_call") if r["client"] == "agent" and r["outcome"] == "ok"
+    ]
+    line = lines[-1]
+    assert line["tool"] == "search_notes" and line["argument_names"] == ["query"]
+    assert line["argument_bytes"] == len(json.dumps({"query": f"docker {secret}"}))
+    assert line["request_id"] and line["duration_ms"] >= 0
+
+
+def test_metrics_count_calls_per_tool_and_outcome(gw):
+    asyncio.run(call(gw, "search_notes", token=AGENT_TOKEN, query="compose"))
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'mcp_gateway_calls_total{client="agent",outcome="ok",tool="search_notes"}' in text
+    assert "mcp_gateway_call_seconds_bucket" in text
+
+
+def test_pinning_refuses_before_any_call_raises(gw):
+    with pytest.raises(ToolError):  # FastMCP's client raises a tool error by default
+        asyncio.run(_raise(gw))
+
+
+async def _raise(gw):
+    transport = StreamableHttpTransport(gw.url + "/mcp", headers=bearer(TESTER_TOKEN))
+    async with Client(transport) as client:
+        await client.call_tool("helpful", {"query": "q"})

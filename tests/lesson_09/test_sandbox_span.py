@@ -1,0 +1,60 @@
+"""Lesson 04's sandbox in a trace: each run_python call is a `sandbox run` span under the tool's
+`execute_tool run_python`, with the run's limits and outcome as attributes, never its code.
+(The container suite, `make traces-test`, runs a real sandbox.)"""
+
+import asyncio
+
+import app.agent
+from app.agent import ResearchAgent
+from app.python_tool import make_run_python_tool
+from app.sandbox import RunResult, SandboxConfig
+from app.tracing import instrument_langchain
+from opentelemetry.trace import SpanKind
+
+from tests.lesson_02.test_sandbox_tool import ScriptedModel
+from tests.support.agent import make_settings
+
+SECRET_CODE = "print('the code stays out of the trace')"
+
+
+class FakeRunner:
+    """A runner that reports a run killed for its memory, without Docker."""
+
+    config = SandboxConfig(memory="64m", timeout_seconds=3.0)
+
+    async def arun(self, code, request_id=None):
+        await asyncio.sleep(0.01)
+        return RunResult("", "Killed", 137, False, True, False, 12.5)
+
+
+def test_a_sandbox_run_is_a_span_under_its_tool_call(spans, monkeypatch):
+    instrument_langchain()  # what create_app does when tracing is on
+    tool = make_run_python_tool(FakeRunner(), lambda: "req-1")
+    monkeypatch.setattr(app.agent, "optional_tools", lambda settings: [tool])
+    agent = ResearchAgent(make_settings(), model=ScriptedModel(code=SECRET_CODE))
+    asyncio.run(agent.research("What is six times seven?"))
+
+    finished = spans.get_finished_spans()
+    (sandbox,) = [s for s in finished if s.name == "sandbox run"]
+    (call,) = [s for s in finished if s.name == "execute_tool run_python"]
+    (root,) = [s for s in finished if s.name == "invoke_agent research-agent"]
+    assert sandbox.parent.span_id == call.context.span_id
+    assert call.parent.span_id == root.context.span_id
+    assert sandbox.kind == SpanKind.INTERNAL
+    assert dict(sandbox.attributes) == {
+        "sandbox.image": "agent-sandbox:python",
+        "sandbox.timeout_seconds": 3.0,
+        "sandbox.memory": "64m",
+        "sandbox.exit_code": 137,
+        "sandbox.timed_out": False,
+        "sandbox.oom_killed": True,
+        "sandbox.output_truncated": False,
+        "sandbox.duration_ms": 12.5,
+    }
+    assert all(SECRET_CODE not in str(dict(s.attributes)) for s in finished)
+
+
+def test_without_tracing_the_tool_still_runs(monkeypatch):
+    tool = make_run_python_tool(FakeRunner(), lambda: "req-1")
+    content, artifact = asyncio.run(tool.coroutine(code="print(1)"))
+    assert artifact["result"]["oom_killed"] is True

@@ -1,0 +1,80 @@
+"""Where support code lives: test helpers in tests/support/, benchmarks in bench/ with one shared
+module, and no folder flattened onto the test path (each is imported by its own name)."""
+
+import importlib.util
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SKIP = {".git", ".venv", "bench-results", "node_modules"}
+
+
+def python_files() -> list[Path]:
+    files = []
+    for top in ROOT.iterdir():
+        if top.name in SKIP or top.name.startswith("."):
+            continue
+        files += [top] if top.suffix == ".py" else sorted(top.rglob("*.py")) if top.is_dir() else []
+    return files
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def test_the_test_path_holds_the_root_and_the_two_program_folders_only():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["tool"]["pytest"]["ini_options"]["pythonpath"] == [".", "code", "research-agent"]
+    for folder in ("scripts", "bench", "tests", "tests/support"):
+        assert str(ROOT / folder) not in sys.path, f"{folder}/ is flattened onto sys.path"
+
+
+def test_support_modules_and_scripts_are_reached_only_through_their_folder():
+    # These were top-level names while scripts/ and its support package sat on the test path.
+    for flat in ("support", "bench_results", "measurements", "swarm", "docs_sync"):
+        assert importlib.util.find_spec(flat) is None, f"`import {flat}` still works"
+    for module in ("tests.support.ports", "bench.results", "bench.measurements", "scripts.swarm"):
+        assert importlib.util.find_spec(module) is not None, module
+
+
+def test_no_python_file_imports_a_flattened_name():
+    flattened = re.compile(
+        r"^\s*(?:from|import) (support|bench_\w+|measurements|swarm|docs_\w+)\b", re.M
+    )
+    offenders = [relative(p) for p in python_files() if flattened.search(p.read_text("utf-8"))]
+    assert offenders == []
+
+
+def test_benchmarks_live_only_in_bench():
+    # A benchmark is a file that writes its figures through bench/results.py.
+    writes_results = re.compile(
+        r"^\s*from bench(?:\.results)? import .*\bresults\b|^\s*import bench\b", re.M
+    )
+    outside = [
+        relative(p)
+        for p in python_files()
+        if writes_results.search(p.read_text("utf-8"))
+        and p.parent.name != "bench"
+        and not relative(p).startswith("tests/")
+    ]
+    assert outside == []
+    assert not [relative(p) for p in python_files() if p.name.startswith("bench_")]
+    # Every `make bench-*` target runs a module of bench/.
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    modules = re.findall(r"-m bench\.(\w+)", makefile)
+    assert modules, "no make target runs a benchmark from bench/"
+    for module in modules:
+        assert (ROOT / "bench" / f"{module}.py").is_file(), module
+    assert not re.search(r"\bscripts/bench", makefile)
+
+
+def test_one_percentile_and_one_to_ms_in_the_repository():
+    defined: dict[str, list[str]] = {}
+    pattern = re.compile(r"^\s*def (\w*(?:percentile|quantile|to_ms)\w*)\(", re.M)
+    for path in python_files():
+        for name in pattern.findall(path.read_text("utf-8")):
+            if not name.startswith("test_"):
+                defined.setdefault(name, []).append(relative(path))
+    assert defined == {"percentile": ["bench/results.py"], "to_ms": ["bench/results.py"]}

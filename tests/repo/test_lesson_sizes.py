@@ -1,0 +1,207 @@
+"""A lesson file is its lesson (issue 27), next to the core-path word test in test_docs.py:
+
+1. every `code/NN_*.py` lesson file is at most 400 lines;
+2. every Python excerpt the core path of docs/NN-*.md shows (an `include` or either side of an
+   `include-diff`, above `## Going further`) comes from one of lesson NN's files or from a module
+   one of them imports: what the doc shows is what the learner opens.
+
+Excerpts of other kinds of file (Dockerfiles, Compose files, the Makefile) are not lesson code and
+are not checked here. The checks are functions of a root folder, so that they are tested on a
+sample tree too: a limit that cannot fail checks nothing.
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from scripts import docs_words
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_LINES = 400
+# Where a lesson's imports are found: code/ (its siblings) and research-agent/ (the `app` package).
+IMPORT_ROOTS = ("code", "research-agent")
+INCLUDE = re.compile(r"^<!--\s*include(?P<diff>-diff)?:\s*(?P<specs>[^>]+?)\s*-->\s*$", re.M)
+
+
+def lesson_files(root: Path, number: str | None = None) -> list[Path]:
+    return sorted((root / "code").glob(f"{number or '[0-9][0-9]'}_*.py"))
+
+
+def oversize(root: Path, limit: int = MAX_LINES) -> dict[str, int]:
+    """Each lesson file over `limit` lines, with its length."""
+    sizes = {p: len(p.read_text(encoding="utf-8").splitlines()) for p in lesson_files(root)}
+    return {p.relative_to(root).as_posix(): n for p, n in sizes.items() if n > limit}
+
+
+def module_file(root: Path, name: str) -> Path | None:
+    """The repository file an absolute import names (`app.sandbox`, `chat_model`), if any."""
+    parts = name.split(".")
+    for base in IMPORT_ROOTS:
+        for candidate in (
+            root.joinpath(base, *parts).with_suffix(".py"),
+            root.joinpath(base, *parts, "__init__.py"),
+        ):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def imported_by(root: Path, lesson: Path) -> set[Path]:
+    """The repository modules a lesson file imports, wherever in the file the import is."""
+    found = set()
+    for node in ast.walk(ast.parse(lesson.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            # `from app import x` may name a module app/x.py as well as a name in app/__init__.py
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found |= {path for name in names if (path := module_file(root, name))}
+    return found
+
+
+def run_as_module(root: Path, source: Path) -> set[Path]:
+    """The repository modules a file starts as a program: `["python", "-m", "app.worker"]` (lesson
+    05's worker runs in its own container, so no lesson imports it, but the lesson runs it)."""
+    found = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.List, ast.Tuple)):
+            values = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+            for flag, name in zip(values, values[1:], strict=False):
+                if flag == "-m" and isinstance(name, str) and (path := module_file(root, name)):
+                    found.add(path)
+    return found
+
+
+def lesson_modules(root: Path, number: str) -> set[Path]:
+    """Lesson NN's files, the modules they import, and the programs those start with `-m`."""
+    lessons = set(lesson_files(root, number))
+    imported = lessons.union(*(imported_by(root, lesson) for lesson in lessons))
+    return imported.union(*(run_as_module(root, source) for source in imported))
+
+
+def core_excerpt_files(doc_text: str) -> list[str]:
+    """The Python files the core path's excerpts come from, in the order it shows them."""
+    files = []
+    for match in INCLUDE.finditer(docs_words.core_path(doc_text)):
+        for spec in match["specs"].split():
+            path = spec.split("#", 1)[0]
+            if path.endswith(".py"):
+                files.append(path)
+    return files
+
+
+def stray_excerpts(root: Path, doc: Path) -> list[str]:
+    """Core-path excerpts of docs/NN-*.md from a file that is neither a lesson NN file nor a
+    module one of them imports."""
+    allowed = lesson_modules(root, doc.name[:2])
+    allowed_names = {p.relative_to(root).as_posix() for p in allowed}
+    return [
+        f for f in core_excerpt_files(doc.read_text(encoding="utf-8")) if f not in allowed_names
+    ]
+
+
+LESSON_DOCS = [
+    doc
+    for doc in sorted((ROOT / "docs").glob("[0-9][0-9]-*.md"))
+    if lesson_files(ROOT, doc.name[:2])
+]
+
+
+def test_there_are_lesson_files_and_docs_that_point_to_them():
+    assert len(lesson_files(ROOT)) >= 6
+    assert {doc.name[:2] for doc in LESSON_DOCS} >= {"01", "04", "05", "07"}
+
+
+@pytest.mark.parametrize("lesson", lesson_files(ROOT), ids=lambda p: p.name)
+def test_each_lesson_file_is_at_most_400_lines(lesson):
+    lines = len(lesson.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, (
+        f"{lesson.name} has {lines} lines, the limit is {MAX_LINES}: what the doc explains under"
+        " 'Going further' belongs in a module the lesson imports, one per topic"
+    )
+
+
+@pytest.mark.parametrize("doc", LESSON_DOCS, ids=lambda d: d.name)
+def test_core_path_excerpts_come_from_the_lesson_or_what_it_imports(doc):
+    assert core_excerpt_files(doc.read_text(encoding="utf-8")), f"{doc.name} shows no code"
+    assert stray_excerpts(ROOT, doc) == [], (
+        f"{doc.name}'s core path shows code from files its lesson neither is nor imports"
+    )
+
+
+# --- the checks themselves, on a sample tree ----------------------------------------------------
+
+
+@pytest.fixture
+def sample(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "research-agent" / "app").mkdir(parents=True)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "research-agent" / "app" / "__init__.py").write_text("")
+    (tmp_path / "research-agent" / "app" / "runner.py").write_text("def run():\n    pass\n")
+    (tmp_path / "research-agent" / "app" / "pool.py").write_text("def take():\n    pass\n")
+    (tmp_path / "code" / "helpers.py").write_text("def helper():\n    pass\n")
+    (tmp_path / "code" / "09_lesson.py").write_text(
+        "import helpers\nfrom app.runner import run\n\n\ndef main():\n    run()\n"
+    )
+    return tmp_path
+
+
+def write_doc(root: Path, core: str, further: str = "") -> Path:
+    doc = root / "docs" / "09-sample.md"
+    doc.write_text(f"# Lesson 09\n\n{core}\n## Going further\n\n{further}\n", encoding="utf-8")
+    return doc
+
+
+def excerpt(spec: str, diff: bool = False) -> str:
+    return f"<!-- include{'-diff' if diff else ''}: {spec} -->\n```python\n```\n"
+
+
+def test_a_file_over_the_limit_is_named_with_its_length(sample):
+    assert oversize(sample) == {}
+    (sample / "code" / "09_lesson.py").write_text("x = 1\n" * 401)
+    assert oversize(sample) == {"code/09_lesson.py": 401}
+    assert oversize(sample, limit=401) == {}
+    (sample / "code" / "helpers.py").write_text("x = 1\n" * 900)  # not a lesson file
+    assert oversize(sample, limit=401) == {}
+
+
+def test_excerpts_from_the_lesson_and_its_imports_pass(sample):
+    doc = write_doc(
+        sample,
+        excerpt("code/09_lesson.py#main")
+        + excerpt("research-agent/app/runner.py#run")
+        + excerpt("code/helpers.py#helper")
+        + excerpt("research-agent/app/Dockerfile#build"),  # not Python: not lesson code
+        further=excerpt("research-agent/app/pool.py#take"),  # below the core path: any module
+    )
+    assert stray_excerpts(sample, doc) == []
+
+
+def test_an_excerpt_from_a_module_the_lesson_does_not_import_fails(sample):
+    doc = write_doc(
+        sample, excerpt("code/09_lesson.py#main") + excerpt("research-agent/app/pool.py#take")
+    )
+    assert stray_excerpts(sample, doc) == ["research-agent/app/pool.py"]
+    diff = write_doc(
+        sample, excerpt("code/09_lesson.py#main research-agent/app/pool.py#take", True)
+    )
+    assert stray_excerpts(sample, diff) == ["research-agent/app/pool.py"]
+
+
+def test_a_module_the_lesson_or_its_imports_runs_with_dash_m_counts(sample):
+    doc = write_doc(sample, excerpt("research-agent/app/pool.py#take"))
+    assert stray_excerpts(sample, doc) == ["research-agent/app/pool.py"]
+    (sample / "code" / "helpers.py").write_text('COMMAND = ["python", "-m", "app.pool"]\n')
+    assert stray_excerpts(sample, doc) == []
+
+
+def test_an_import_anywhere_in_the_lesson_counts(sample):
+    lesson = sample / "code" / "09_lesson.py"
+    lesson.write_text(lesson.read_text() + "\n\ndef later():\n    from app import pool\n")
+    doc = write_doc(sample, excerpt("research-agent/app/pool.py#take"))
+    assert stray_excerpts(sample, doc) == []
