@@ -183,6 +183,9 @@ def test_the_otel_variables_export_over_either_protocol(
     agent = start_agent(
         OTEL_EXPORTER_OTLP_ENDPOINT=target.endpoint,
         OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+        # Empty, as research-agent/docker-compose.yml passes them when unset: the defaults apply.
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="",
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="",
         OTEL_SERVICE_NAME="research-agent-under-test",
         OTEL_BSP_SCHEDULE_DELAY="100",
     )
