@@ -2,6 +2,7 @@
 answer over MCP, the on-demand tool container's limits, secrets and network, the Docker guard,
 and lesson-08-down leaving nothing."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,12 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.ports import free_port
+
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("lesson08-containers")]
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "deploy" / "lesson08" / "compose.yaml"
-PROJECT = "lesson08test"
-AGENT_PORT, MCP_PORT = 18085, 18086
+# Our own project name and ports per checkout: a second clone's run beside this one (or a
+# learner's lesson08) is left alone.
+PROJECT = "lesson08test" + hashlib.sha256(str(REPO).encode()).hexdigest()[:6]
+AGENT_PORT, MCP_PORT = free_port(), free_port()
 SECRET = "sk-agent-key-that-no-tool-may-see"
 
 
