@@ -102,6 +102,9 @@ def capped_client_factory(limit: int):
     """An httpx_client_factory for FastMCP's StreamableHttpTransport."""
 
     def factory(**kwargs) -> httpx.AsyncClient:
+        # No read timeout of httpx's own (its default is 5 s, which would cut a slow tool first
+        # with a vaguer error): CallPolicy's per-call timeout bounds every call.
+        kwargs.setdefault("timeout", httpx.Timeout(30.0, read=None))
         return httpx.AsyncClient(transport=CappedTransport(limit), **kwargs)
 
     return factory

@@ -5,6 +5,7 @@ the same `python -m app.worker` the containers run (ProcessWorkers has DockerWor
 The container suite (marker `container`, `make variations-test`) runs real containers instead.
 """
 
+import asyncio
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -182,9 +183,20 @@ class LiveServer:
             proxy_headers=False,  # as the lesson's script runs it
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         wait_for(self._started, timeout=30, interval=0.05, what="the server started")
+
+    def _run(self) -> None:
+        serve = self.server.serve
+
+        async def serve_here(*args, **kwargs):
+            self.loop = asyncio.get_running_loop()  # for stop(): what is left when it hangs
+            return await serve(*args, **kwargs)
+
+        self.server.serve = serve_here
+        self.server.run()
 
     def _started(self) -> bool:
         assert self.thread.is_alive(), "the server failed to start"
@@ -198,6 +210,12 @@ class LiveServer:
         if self.thread.is_alive():  # where it hangs, for whoever reads the failure
             stack = traceback.format_stack(sys._current_frames()[self.thread.ident])
             print("--- the server thread, still running ---\n" + "".join(stack))
+            for task in asyncio.all_tasks(self.loop) if self.loop else ():
+                print(f"--- a task left on its loop: {task!r}")
+                task.print_stack(file=sys.stdout)
+            if self.loop:  # not left to reap the next test's runs: its loop stops here
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.thread.join(10)
         assert not self.thread.is_alive(), "the server did not stop within 60 s"
 
 

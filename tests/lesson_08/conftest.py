@@ -9,6 +9,7 @@ from tests.support.mcp_clients import HOSTILE_SERVER, NOTES_SERVER, gateway, too
 AGENT_TOKEN = "agent-token-for-tests"
 TESTER_TOKEN = "tester-token-for-tests"
 FLOOD_BYTES = 50 * 1024 * 1024
+CALL_TIMEOUT = 15
 
 
 @pytest.fixture(scope="package")
@@ -47,7 +48,9 @@ def gw(notes, hostile, tmp_path_factory):
         work,
         TOKEN_AGENT=AGENT_TOKEN,
         TOKEN_TESTER=TESTER_TOKEN,
-        GATEWAY_CALL_TIMEOUT_SECONDS=5,
+        # Long enough for the 50 MB answer to reach its size limit on a loaded machine (it takes
+        # about 1 s on an idle one), so that the flood test meets the cap, not the timeout.
+        GATEWAY_CALL_TIMEOUT_SECONDS=CALL_TIMEOUT,
         GATEWAY_MAX_RESULT_BYTES=1_000_000,
         GATEWAY_MAX_IN_FLIGHT_PER_CLIENT=4,
         GATEWAY_MAX_IN_FLIGHT=16,

@@ -12,7 +12,7 @@ from fastmcp.exceptions import ToolError
 
 from tests.support.mcp_clients import log_lines, sdk_session
 
-from .conftest import AGENT_TOKEN, TESTER_TOKEN, bearer
+from .conftest import AGENT_TOKEN, CALL_TIMEOUT, TESTER_TOKEN, bearer
 
 pytestmark = pytest.mark.xdist_group("lesson08")
 
@@ -56,8 +56,8 @@ def test_a_hanging_server_is_a_timely_tool_error(gw):
     started = time.monotonic()
     result = asyncio.run(call(gw, "hang"))
     assert result.is_error
-    assert "did not answer within 5 s" in result.content[0].text
-    assert time.monotonic() - started < 20  # the gateway's 5 s, not the server's hour
+    assert f"did not answer within {CALL_TIMEOUT} s" in result.content[0].text
+    assert time.monotonic() - started < CALL_TIMEOUT + 15  # the gateway's limit, not an hour
 
 
 def test_a_50_mb_answer_is_a_clear_tool_error(gw):
