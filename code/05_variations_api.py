@@ -314,15 +314,18 @@ async def lifespan(app: FastAPI):
     app.state.stream_slots = guards.StreamSlots(settings)
     # Before serving, the start-up sweep: leftovers removed, live runs adopted.
     logger.info("start-up sweep: %s", await orchestrator.reap())
-    every = settings.REAP_INTERVAL_SECONDS  # the reaper: a pass, and again, Redis down or not
-    reaper = asyncio.create_task(redis_access.forever("a reaper pass", every, orchestrator.reap))
+    every, stopping = settings.REAP_INTERVAL_SECONDS, asyncio.Event()  # the reaper: a pass, and
+    reaper = asyncio.create_task(  # again, Redis down or not, until `stopping` is set
+        redis_access.forever("a reaper pass", every, orchestrator.reap, stopping))  # fmt: skip
     relay = redis_access.Relay(clients[3], settings.STREAM_MAXLEN)  # workers' events into runs'
-    relaying = asyncio.create_task(redis_access.relay_forever(relay, runs[3].running))
+    relaying = asyncio.create_task(redis_access.relay_forever(relay, runs[3].running, stopping))
     address = settings.REDIS_URL.rpartition("@")[2]  # never the password in a log
     logger.info("variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, address)
     yield
+    stopping.set()
     reaper.cancel()
     relaying.cancel()
+    await asyncio.wait([reaper, relaying], timeout=10)
     await orchestrator.close()
     if own_workers:
         workers.close()

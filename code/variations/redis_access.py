@@ -209,10 +209,11 @@ class Backoff:
         return wait
 
 
-async def relay_forever(relay: Relay, running) -> None:
-    """Copy workers' events as they come: `running()` gives the (run id, variation) pairs going."""
+async def relay_forever(relay: Relay, running, stopping: asyncio.Event) -> None:
+    """Copy workers' events as they come: `running()` gives the (run id, variation) pairs going.
+    Ends once `stopping` is set, even if the cancellation that came with it was lost (below)."""
     backoff = Backoff("the relay", 0.1)
-    while True:
+    while not stopping.is_set():
         try:
             targets = await relay.targets(await running())
             if not await relay.pump(targets, block_ms=100) and not targets:
@@ -222,11 +223,16 @@ async def relay_forever(relay: Relay, running) -> None:
             await asyncio.sleep(backoff.failed(exc))
 
 
-async def forever(what: str, interval: float, step) -> None:
+async def forever(what: str, interval: float, step, stopping: asyncio.Event) -> None:
     """Await step() every `interval` seconds, whatever fails: Redis or the engine away costs a
-    line each time, less and less often (Backoff); anything else its traceback."""
+    line each time, less and less often (Backoff); anything else its traceback.
+
+    Ends once `stopping` is set. Cancelling alone is not enough on Python 3.11: a cancellation
+    can be lost inside a library's timeout (asyncio.wait_for's known race; redis-py uses it),
+    and a loop that retries everything then goes on for ever and holds the shutdown open (seen
+    under load: 60 s and more)."""
     backoff = Backoff(what, interval)
-    while True:
+    while not stopping.is_set():
         try:
             await step()
             wait = backoff.ok()
