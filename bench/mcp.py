@@ -5,7 +5,7 @@
    search; the two agents take turns, request by request. Target: <= 1.15x at p50.
 2. A tool's first use in containers: the gateway (Compose project lesson08bench) starts the notes
    server's container on demand and calls it, against a bare `docker run` of the same image with
-   the same limits, to /health and one MCP call. Target: <= 1.2x.
+   the same limits, to /health and one MCP call; a round is one of each. Target: <= 1.2x.
 3. The gateway's overhead per call: search_notes through the gateway minus straight to the notes
    server (one kept session each), at p50 and p99.
 
@@ -130,8 +130,9 @@ def bare_docker_run() -> float:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
 
 
-def on_demand_rounds(rounds: int) -> list[float]:
-    """The lesson's Compose stack under its own project; each round starts with no tool server."""
+def first_use_rounds(rounds: int) -> tuple[list[float], list[float]]:
+    """Each round a bare `docker run`, then the lesson's Compose stack (its own project) starting
+    the same image on demand: taking turns, so load from other work falls on both alike."""
     project, port = "lesson08bench", free_port()
     text = (ROOT / "deploy/lesson08/compose.yaml").read_text()
     for old, new in (
@@ -150,10 +151,11 @@ def on_demand_rounds(rounds: int) -> list[float]:
         "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
     }
     compose = ["docker", "compose", "-p", project, "-f", str(work / "compose.yaml")]
-    times = []
+    bare, times = [], []
     try:
         sh(*compose, "up", "-d", "--wait", "gateway", env=env)
         for _ in range(rounds):
+            bare.append(bare_docker_run())
             ids = sh("docker", "ps", "-aq", "--filter", f"label=lesson08.owner={project}").split()
             if ids:
                 sh("docker", "rm", "-f", *ids)
@@ -167,7 +169,7 @@ def on_demand_rounds(rounds: int) -> list[float]:
         if ids:
             sh("docker", "rm", "-f", *ids)
         sh(*compose, "down", "-v", "--remove-orphans", env=env)
-    return times
+    return bare, times
 
 
 def main() -> None:
@@ -192,8 +194,7 @@ def main() -> None:
             )
             direct = asyncio.run(call_times(notes.url + "/mcp", CALLS))
             through = asyncio.run(call_times(gw.url + "/mcp", CALLS))
-    bare = [bare_docker_run() for _ in range(ROUNDS)]
-    on_demand = on_demand_rounds(ROUNDS)
+    bare, on_demand = first_use_rounds(ROUNDS)
 
     research_ratio = P(over_mcp, 50) / P(in_process, 50)
     start_ratio = P(on_demand, 50) / P(bare, 50)
