@@ -34,7 +34,7 @@ if AGENT_DIR not in sys.path:
 from lesson08_catalog import load_catalog  # noqa: E402
 from lesson08_launcher import DockerLauncher, UrlLauncher  # noqa: E402
 from lesson08_limits import REGISTRY, BurstGuard, CallPolicy, capped_client_factory  # noqa: E402
-from lesson08_pinning import PinnedProxyProvider, Pins  # noqa: E402
+from lesson08_pinning import ListChanged, PinnedProxyProvider, Pins  # noqa: E402
 
 # One JSON line per event on stdout, from the gateway's own logger only (not every HTTP request).
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     GATEWAY_MAX_RESULT_BYTES: int = 1_000_000
     GATEWAY_MAX_IN_FLIGHT: int = 32  # MCP requests at once, all clients: 503 beyond
     GATEWAY_MAX_IN_FLIGHT_PER_CLIENT: int = 8  # per client: 429 beyond
-    # How long a server's tool list is trusted before it is fetched (and checked) again; 0: on
-    # every call, so a changed description is caught at the next call.
+    # How long a server's checked tool list is trusted; 0: it is fetched and checked again at
+    # every call, beside the call (lesson08_pinning), so a changed description is caught at once.
     GATEWAY_PIN_RECHECK_SECONDS: float = 0.0
     # On-demand containers (catalog entries with `image:`): the owner label and the networks.
     GATEWAY_OWNER: str = "lesson08"
@@ -97,29 +97,33 @@ def build_gateway(settings: Settings):
     sessions: dict[str, Client] = {}  # one MCP session per server, kept open and shared
 
     for entry in catalog.servers:
+        lock = asyncio.Lock()  # two first calls at once open one session
+        changed = ListChanged()  # the server's tools/list_changed: check its pins again
 
-        async def connect(entry=entry) -> Client:
-            client = sessions.get(entry.name)
-            if client is None or not client.is_connected():
-                url = entry.url or await launcher.url_for(entry)  # starts the container if needed
-                transport = StreamableHttpTransport(
-                    url,
-                    httpx_client_factory=capped_client_factory(settings.GATEWAY_MAX_RESULT_BYTES),
-                )
-                client = sessions[entry.name] = Client(transport)
-                await client.__aenter__()
+        async def connect(entry=entry, lock=lock, changed=changed) -> Client:
+            async with lock:
+                client = sessions.get(entry.name)
+                if client is None or not client.is_connected():
+                    url = entry.url or await launcher.url_for(entry)  # starts it if needed
+                    transport = StreamableHttpTransport(
+                        url,
+                        httpx_client_factory=capped_client_factory(
+                            settings.GATEWAY_MAX_RESULT_BYTES
+                        ),
+                    )
+                    client = sessions[entry.name] = Client(transport, message_handler=changed)
+                    await client.__aenter__()
             launcher.touch(entry)
             return client
 
-        gateway.add_provider(
-            PinnedProxyProvider(
-                connect,
-                server=entry.name,
-                pins=pins,
-                reviewed=entry.reviewed,
-                ttl=settings.GATEWAY_PIN_RECHECK_SECONDS,
-            )
+        changed.provider = PinnedProxyProvider(
+            connect,
+            server=entry.name,
+            pins=pins,
+            reviewed=entry.reviewed,
+            ttl=settings.GATEWAY_PIN_RECHECK_SECONDS,
         )
+        gateway.add_provider(changed.provider)
     return gateway, catalog, pins, launcher
 
 

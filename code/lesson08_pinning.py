@@ -11,13 +11,17 @@ flagged: pinned, logged, listed at GET /pins, and withheld from clients until th
 entry lists the tool under `reviewed:`. A regex is a tripwire for the operator, not a boundary.
 """
 
+import asyncio
+import contextvars
 import hashlib
 import json
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 
+from fastmcp.client.messages import MessageHandler
 from fastmcp.server.providers.proxy import ProxyProvider
 
 logger = logging.getLogger("mcp_gateway")
@@ -116,15 +120,60 @@ class Pins:
         self.save()
 
 
+# The pin checks a tool call started (CallPolicy sets a list here before the call, and waits for
+# them before it releases the call's result).
+CHECKS: contextvars.ContextVar[list | None] = contextvars.ContextVar("pin_checks", default=None)
+
+
 class PinnedProxyProvider(ProxyProvider):
-    """FastMCP's proxy to one server, whose tool list passes through the pins on every listing."""
+    """FastMCP's proxy to one server, whose tool list passes through the pins.
+
+    A listing (tools/list) fetches the server's tools and checks them. A call finds its tool in the
+    last checked list; when that check is older than `ttl` seconds (0: at every call) the list is
+    fetched and checked again *beside* the call, on the same kept session, and CallPolicy releases
+    the call's result only after that check: a tool changed since the last listing is refused at
+    this call, without a round trip added to it. A server's tools/list_changed notification
+    expires the check at once (expire()).
+    """
 
     def __init__(self, client_factory, *, server: str, pins: Pins, reviewed: list[str], ttl=0.0):
-        super().__init__(client_factory, cache_ttl=ttl)
-        self.server, self.pins, self.reviewed = server, pins, reviewed
+        super().__init__(client_factory, cache_ttl=float("inf"))  # _get_tool decides when
+        self.server, self.pins, self.reviewed, self.ttl = server, pins, reviewed, ttl
+        self._listed: set[str] = set()  # every name the server declared, refused ones included
+        self._check: asyncio.Task | None = None
+        self._checked_at = float("-inf")
 
     async def _list_tools(self):
+        self._checked_at = time.monotonic()
         tools = await super()._list_tools()
+        self._listed = {t.name for t in tools}
         accepted = self.pins.check(self.server, list(tools), self.reviewed)
         self._tools_cache.items = accepted  # a call looks its tool up here: refused ones are gone
         return accepted
+
+    def expire(self) -> None:
+        self._checked_at = float("-inf")
+
+    async def _get_tool(self, name, version=None):
+        if self._tools_cache is None:  # never listed: list (and check) before the call
+            await self._list_tools()
+        elif name not in self._listed:  # another server's tool: this one is not asked
+            return None
+        elif time.monotonic() - self._checked_at >= self.ttl:
+            self._checked_at = time.monotonic()
+            self._check = asyncio.create_task(self._list_tools())
+            self._check.add_done_callback(lambda t: t.cancelled() or t.exception())
+        checks = CHECKS.get()
+        if checks is not None and self._check is not None and not self._check.done():
+            checks.append(self._check)
+        return await super()._get_tool(name, version)  # from the last checked list
+
+
+class ListChanged(MessageHandler):
+    """The gateway's client to a server: its tools/list_changed expires the server's pin check."""
+
+    provider: PinnedProxyProvider | None = None
+
+    async def on_tool_list_changed(self, message) -> None:
+        if self.provider is not None:
+            self.provider.expire()

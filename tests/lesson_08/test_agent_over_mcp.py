@@ -6,9 +6,11 @@ import asyncio
 import pytest
 from app.agent import ResearchAgent
 from app.errors import UpstreamError
+from langchain_mcp_adapters.client import MultiServerMCPClient
 
 from tests.support.agent import make_settings
-from tests.support.mcp_clients import log_lines
+from tests.support.mcp_clients import gateway, log_lines
+from tests.support.ports import free_port
 
 from .conftest import AGENT_TOKEN
 
@@ -25,6 +27,39 @@ def test_the_offline_agent_searches_over_mcp_and_answers_from_it(gw):
     assert "[1]" in result["response"]
     calls = [r for r in log_lines(gw, "tool_call") if r["client"] == "agent"]
     assert calls and calls[-1]["outcome"] == "ok"
+
+
+def test_the_agent_keeps_one_session_and_opens_a_new_one_after_a_gateway_restart(
+    notes, tmp_path, monkeypatch
+):
+    opened = []
+    session = MultiServerMCPClient.session
+    monkeypatch.setattr(
+        MultiServerMCPClient,
+        "session",
+        lambda self, *a, **k: opened.append(1) or session(self, *a, **k),
+    )
+    catalog = {
+        "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
+        "clients": {"anonymous": {"tools": ["search_notes"]}},
+    }
+    port, question = free_port(), "Why use a multi-stage Docker build?"
+    agent = ResearchAgent(make_settings(MCP_GATEWAY_URL=f"http://127.0.0.1:{port}/mcp"))
+
+    async def across_restart() -> list[dict]:
+        results = []
+        for work, calls in ((tmp_path / "a", 3), (tmp_path / "b", 2)):
+            work.mkdir()
+            with gateway(catalog, work, port=port) as server:
+                results += [await agent.research(question) for _ in range(calls)]
+                assert len(log_lines(server, "tool_call")) == calls
+            if work.name == "a":
+                assert len(opened) == 1  # three searches, one MCP session
+        return results
+
+    for result in asyncio.run(across_restart()):
+        assert [s["status"] for s in result["steps"]] == ["success"], result["steps"]
+    assert len(opened) == 2  # the kept session died with the first gateway: one new session
 
 
 def test_without_the_setting_the_agent_keeps_its_in_process_search():

@@ -32,10 +32,10 @@ def tool_server(script: Path, log_dir: Path, **env) -> ServerProcess:
     )
 
 
-def gateway(catalog: dict, work: Path, **env) -> ServerProcess:
-    """The gateway on a free port, with `catalog` (written to work/catalog.yaml)."""
+def gateway(catalog: dict, work: Path, port: int | None = None, **env) -> ServerProcess:
+    """The gateway on `port` (else a free one), with `catalog` (written to work/catalog.yaml)."""
     (work / "catalog.yaml").write_text(yaml.safe_dump(catalog))
-    port = free_port()
+    port = port or free_port()
     return ServerProcess(
         [sys.executable, GATEWAY],
         env=offline_environment(
