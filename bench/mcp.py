@@ -219,7 +219,7 @@ def main() -> None:
     print(
         f"\nGateway overhead per call: p50 {ms(P(through, 50) - P(direct, 50))}, "
         f"p99 {ms(P(through, 99) - P(direct, 99))} (each call also re-lists the server's tools, "
-        "beside the call, to check the pins: GATEWAY_PIN_RECHECK_SECONDS=0)."
+        "before the call, to check the pins: GATEWAY_PIN_RECHECK_SECONDS=0)."
     )
     print(
         f"Research over MCP: {'met' if research_ratio <= 1.15 else 'MISSED'} the 1.15x target; "

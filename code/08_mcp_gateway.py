@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     GATEWAY_MAX_IN_FLIGHT: int = 32  # MCP requests at once, all clients: 503 beyond
     GATEWAY_MAX_IN_FLIGHT_PER_CLIENT: int = 8  # per client: 429 beyond
     # How long a server's checked tool list is trusted; 0: it is fetched and checked again at
-    # every call, beside the call (lesson08_pinning), so a changed description is caught at once.
+    # every call, before the call (lesson08_pinning), so a changed tool is refused and never runs.
     GATEWAY_PIN_RECHECK_SECONDS: float = 0.0
     # On-demand containers (catalog entries with `image:`): the owner label and the networks.
     GATEWAY_OWNER: str = "lesson08"

@@ -11,8 +11,6 @@ flagged: pinned, logged, listed at GET /pins, and withheld from clients until th
 entry lists the tool under `reviewed:`. A regex is a tripwire for the operator, not a boundary.
 """
 
-import asyncio
-import contextvars
 import hashlib
 import json
 import logging
@@ -120,27 +118,20 @@ class Pins:
         self.save()
 
 
-# The pin checks a tool call started (CallPolicy sets a list here before the call, and waits for
-# them before it releases the call's result).
-CHECKS: contextvars.ContextVar[list | None] = contextvars.ContextVar("pin_checks", default=None)
-
-
 class PinnedProxyProvider(ProxyProvider):
     """FastMCP's proxy to one server, whose tool list passes through the pins.
 
     A listing (tools/list) fetches the server's tools and checks them. A call finds its tool in the
     last checked list; when that check is older than `ttl` seconds (0: at every call) the list is
-    fetched and checked again *beside* the call, on the same kept session, and CallPolicy releases
-    the call's result only after that check: a tool changed since the last listing is refused at
-    this call, without a round trip added to it. A server's tools/list_changed notification
-    expires the check at once (expire()).
+    fetched and checked again first, on the same kept session: a tool changed since the last
+    listing is refused, and never runs. A server's tools/list_changed notification expires the
+    check at once (expire()).
     """
 
     def __init__(self, client_factory, *, server: str, pins: Pins, reviewed: list[str], ttl=0.0):
         super().__init__(client_factory, cache_ttl=float("inf"))  # _get_tool decides when
         self.server, self.pins, self.reviewed, self.ttl = server, pins, reviewed, ttl
         self._listed: set[str] = set()  # every name the server declared, refused ones included
-        self._check: asyncio.Task | None = None
         self._checked_at = float("-inf")
 
     async def _list_tools(self):
@@ -155,17 +146,10 @@ class PinnedProxyProvider(ProxyProvider):
         self._checked_at = float("-inf")
 
     async def _get_tool(self, name, version=None):
-        if self._tools_cache is None:  # never listed: list (and check) before the call
-            await self._list_tools()
-        elif name not in self._listed:  # another server's tool: this one is not asked
-            return None
-        elif time.monotonic() - self._checked_at >= self.ttl:
-            self._checked_at = time.monotonic()
-            self._check = asyncio.create_task(self._list_tools())
-            self._check.add_done_callback(lambda t: t.cancelled() or t.exception())
-        checks = CHECKS.get()
-        if checks is not None and self._check is not None and not self._check.done():
-            checks.append(self._check)
+        if self._tools_cache is not None and name not in self._listed:
+            return None  # another server's tool: this one is not asked
+        if self._tools_cache is None or time.monotonic() - self._checked_at >= self.ttl:
+            await self._list_tools()  # checked before the call: a changed tool never runs
         return await super()._get_tool(name, version)  # from the last checked list
 
 

@@ -71,10 +71,12 @@ def test_a_50_mb_answer_is_a_clear_tool_error(gw):
 def test_a_tool_whose_description_changes_after_pinning_is_refused(gw, hostile):
     first = asyncio.run(call(gw, "lookup", query="volume"))
     assert not first.is_error and "lookup: volume" in first.content[0].text
+    ran = httpx.get(hostile.url + "/calls").json()["lookup"]
     httpx.post(hostile.url + "/rugpull").raise_for_status()
     after = asyncio.run(call(gw, "lookup", query="volume"))
     assert after.is_error
     assert "changed since it was pinned" in after.content[0].text
+    assert httpx.get(hostile.url + "/calls").json()["lookup"] == ran  # refused, never run
     pins = httpx.get(gw.url + "/pins").json()
     assert "lookup" in pins["refused"]
     assert any(r["tool"] == "lookup" for r in log_lines(gw, "tool_refused"))

@@ -59,7 +59,11 @@ async def slow(query: str) -> str:
     return f"slow answer to {query}"
 
 
+CALLS = {"lookup": 0}  # GET /calls: what the gateway let through to this server
+
+
 def lookup(query: str) -> str:
+    CALLS["lookup"] += 1
     return f"lookup: {query}"
 
 
@@ -86,6 +90,11 @@ def leak(query: str) -> dict:
         "env": sorted(os.environ),
         "network": network,
     }
+
+
+@server.custom_route("/calls", methods=["GET"])
+async def calls(request: Request) -> JSONResponse:
+    return JSONResponse(CALLS)
 
 
 @server.custom_route("/rugpull", methods=["POST"])
