@@ -193,9 +193,9 @@ class Orchestrator:
             seen.add((w.run_id, w.index))
             try:
                 counts[await self.reap_one(w)] += 1
-            except Exception:
-                # One container that cannot be handled (removed meanwhile, its engine call failed)
-                # must not hold up every other run: the rest are reaped, it is retried next pass.
+            except redis_access.redis.RedisError:
+                raise  # Redis away: the whole pass fails, and forever() says so in one line
+            except Exception:  # one container we cannot handle: the rest go on, it waits a pass
                 logger.exception("reaping variation %s/%d failed", w.run_id, w.index)
         variations = await self.reaper_runs.variations_of_active()
         for (run_id, i), v in variations.items():
@@ -323,8 +323,8 @@ async def lifespan(app: FastAPI):
     logger.info("variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, address)
     yield
     stopping.set()
-    reaper.cancel()
-    relaying.cancel()
+    for task in (reaper, relaying):
+        task.cancel()
     await asyncio.wait([reaper, relaying], timeout=10)
     await orchestrator.close()
     if own_workers:
