@@ -52,6 +52,9 @@ def read_events(
         httpx.Client(base_url=url, timeout=timeout) as client,
         connect_sse(client, "GET", f"/v1/runs/{run_id}/events", headers=headers) as source,
     ):
+        if not source.response.headers.get("content-type", "").startswith("text/event-stream"):
+            source.response.read()  # not a stream: say what came instead
+            raise AssertionError(f"{source.response.status_code}: {source.response.text[:300]}")
         for sse in source.iter_sse():
             if not sse.data:  # the `retry:` line, keep-alive pings
                 continue
