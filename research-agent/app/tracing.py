@@ -23,13 +23,14 @@ import importlib.util
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -87,6 +88,31 @@ def flush_tracing(timeout_millis: int = 2000) -> None:
     provider = trace.get_tracer_provider()
     if hasattr(provider, "force_flush"):
         provider.force_flush(timeout_millis)
+
+
+@contextmanager
+def job_span(job, started: float, **attributes):
+    """A lesson 05 worker's span, `variation {i}`, current while it runs: its parent is the
+    TRACEPARENT (and TRACESTATE) its job carries (app/job.py's Job.to_env writes them), so every
+    variation of a run sits in the run's trace, side by side. `started`: a Unix time (its start-up
+    counts). While tracing is off, the API's no-op span."""
+    carrier = {"traceparent": job.TRACEPARENT or "", "tracestate": job.TRACESTATE or ""}
+    attributes = {f"lesson05.{name}": value for name, value in attributes.items()}
+    with tracer("research-agent.worker").start_as_current_span(
+        f"variation {job.VARIATION}",
+        context=propagate.extract({k: v for k, v in carrier.items() if v}),
+        start_time=int(started * 1e9),
+        attributes={
+            "lesson05.run_id": job.RUN_ID,
+            "lesson05.variation": job.VARIATION,
+            "lesson05.answer_style": job.ANSWER_STYLE,
+            "lesson05.search_depth": job.SEARCH_MAX_RESULTS,
+            gen_ai.GEN_AI_REQUEST_MODEL: job.model_label,
+            gen_ai.GEN_AI_REQUEST_TEMPERATURE: job.TEMPERATURE,
+            **attributes,
+        },
+    ) as span:
+        yield span
 
 
 def otlp_exporter(protocol: str):
