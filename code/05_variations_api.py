@@ -41,7 +41,7 @@ from variations import docker_workers, guards, recovery, redis_access, routes, s
 from variations.guards import ApiError, OwnedRun  # noqa: E402
 from variations.presets import RunRequest  # noqa: E402
 from variations.store import RunCreated, Runs, id_tuple  # noqa: E402
-from variations.traces import RunSpans, trace_runs  # noqa: E402
+from variations.traces import TELEMETRY, RunSpans, trace_runs  # noqa: E402
 
 log_with_request_ids()
 logger = logging.getLogger("variations")
@@ -338,9 +338,10 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         title="Agent variations",
         lifespan=lifespan,
         dependencies=[Depends(guards.host_check(settings))],
+        telemetry=TELEMETRY,  # lesson 09: a server span per request, once tracing is on
     )
     app.state.settings, app.state.workers = settings, workers
-    trace_runs(app)  # lesson 09: with OTEL_EXPORTER_OTLP_ENDPOINT set, a run is one trace
+    trace_runs()  # with OTEL_EXPORTER_OTLP_ENDPOINT set, a run is one trace (variations/traces.py)
 
     @app.post("/v1/runs", status_code=202, responses=routes.ERRORS)
     async def create_run(body: RunRequest, request: Request, response: Response) -> RunCreated:

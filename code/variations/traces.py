@@ -1,8 +1,8 @@
 """Lesson 05 in a trace (docs/09-traces.md, "Going further"): a run is one trace. POST /v1/runs
-is its server span; `run` covers launching every variation, `launch variation {i}` each one's
-container (or warm worker). The job the worker gets carries the launch span's `traceparent`
-(app/job.py, Job.to_env), so each worker's `variation {i}` span and its agent's spans hang under
-it, N variations side by side.
+is its server span (FastAPI's own: TELEMETRY); `run` covers launching every variation, `launch
+variation {i}` each one's container (or warm worker). The job the worker gets carries the launch
+span's `traceparent` (app/job.py, Job.to_env), so each worker's `variation {i}` span and its
+agent's spans hang under it, N variations side by side.
 
 Set up from the same OTEL_* variables as the research agent (app/tracing.py): without
 OTEL_EXPORTER_OTLP_ENDPOINT nothing is loaded, these spans are the API's no-ops, and a job
@@ -16,19 +16,24 @@ from opentelemetry import trace
 SERVICE_NAME = "lesson05-variations"
 
 
-def trace_runs(app) -> None:
-    """With an endpoint: a provider (app/tracing.py) and a server span per request. The Redis and
-    HTTPX instrumentations stay off: the reaper's commands, every 0.25 s, would bury the runs."""
-    settings = TracingSettings()
-    if not settings.tracing_enabled:
-        return
-    from app.tracing import EXCLUDED_URLS, configure_tracing
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+def untraced(scope: dict) -> bool:
+    """The probes: their requests make no span."""
+    return scope.get("path", "").strip("/") in ("health", "ready")
 
-    configure_tracing(settings, service_name=SERVICE_NAME)
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
-    )
+
+# FastAPI(telemetry=TELEMETRY): FastAPI's own server span per request, once a provider is set up
+# (as app/tracing.py's FASTAPI_TELEMETRY, without importing the agent's LangChain).
+TELEMETRY = {"operation_spans": False, "metrics": False, "logs": False, "exclude": untraced}
+
+
+def trace_runs() -> None:
+    """With an endpoint: a provider (app/tracing.py). No Redis or HTTPX instrumentation: the
+    reaper's commands, every 0.25 s, would bury the runs."""
+    settings = TracingSettings()
+    if settings.tracing_enabled:
+        from app.tracing import configure_tracing
+
+        configure_tracing(settings, service_name=SERVICE_NAME)
 
 
 def tracer() -> trace.Tracer:
