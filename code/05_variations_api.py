@@ -41,6 +41,7 @@ from variations import docker_workers, guards, recovery, redis_access, routes, s
 from variations.guards import ApiError, OwnedRun  # noqa: E402
 from variations.presets import RunRequest  # noqa: E402
 from variations.store import RunCreated, Runs, id_tuple  # noqa: E402
+from variations.traces import TELEMETRY, RunSpans, trace_runs  # noqa: E402
 
 log_with_request_ids()
 logger = logging.getLogger("variations")
@@ -262,11 +263,11 @@ class Orchestrator:
 
 # === Going further, plugged in: each class is a module of code/variations/ ===
 # The warm pool (warm.py), a Redis user per worker (redis_access.py), per-client caps (guards.py),
-# cancelling (routes.py), adoption after a restart (recovery.py). Each overrides a hook above.
+# cancelling (routes.py), adoption after a restart (recovery.py), a run's trace (traces.py).
 
 
 class Variations(warm.WarmWorkers, redis_access.WorkerRedisUsers, guards.PerClientCaps,
-                 routes.Cancelling, recovery.Adoption, Orchestrator):  # fmt: skip
+                 routes.Cancelling, recovery.Adoption, RunSpans, Orchestrator):  # fmt: skip
     pass
 
 
@@ -340,8 +341,10 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         title="Agent variations",
         lifespan=lifespan,
         dependencies=[Depends(guards.host_check(settings))],
+        telemetry=TELEMETRY,  # lesson 09: a server span per request, once tracing is on
     )
     app.state.settings, app.state.workers = settings, workers
+    trace_runs()  # with OTEL_EXPORTER_OTLP_ENDPOINT set, a run is one trace (variations/traces.py)
 
     @app.post("/v1/runs", status_code=202, responses=routes.ERRORS)
     async def create_run(body: RunRequest, request: Request, response: Response) -> RunCreated:

@@ -50,7 +50,7 @@ if AGENT_DIR not in sys.path:
 from app.body_limit import BodyLimitMiddleware  # noqa: E402
 from app.error_shape import ErrorResponse, error_body, install_shape_handlers  # noqa: E402
 from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
-from lesson07_tracing import instrument_gateway  # noqa: E402
+from lesson07_tracing import FASTAPI_TELEMETRY, instrument_gateway  # noqa: E402
 
 log_with_request_ids(force=True)
 logger = logging.getLogger("gateway")
@@ -231,7 +231,9 @@ class HostCheck:
 
 def create_app(settings: contract.GatewaySettings | None = None) -> FastAPI:
     settings = settings or contract.GatewaySettings()
-    app = FastAPI(title="Event-driven learning assistant", lifespan=lifespan)
+    app = FastAPI(
+        title="Event-driven learning assistant", lifespan=lifespan, telemetry=FASTAPI_TELEMETRY
+    )
     app.state.settings = settings
     # Neither a Host that is not ours nor a body over the limit reaches a route.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -11,7 +11,7 @@ import json
 from contextlib import contextmanager
 
 from app.config import TracingSettings
-from app.tracing import configure_tracing, instrument, tracer
+from app.tracing import FASTAPI_TELEMETRY, configure_tracing, instrument, tracer
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -21,8 +21,12 @@ def configure(service: str):
     return configure_tracing(TracingSettings(), service_name=f"lesson07-{service}")
 
 
+__all__ = ["FASTAPI_TELEMETRY"]  # FastAPI(telemetry=...): the gateway's server span per request
+
+
 def instrument_gateway(app) -> None:
-    """The gateway: a server span per request (its envelope then carries that span's context)."""
+    """The gateway: tracing set up, so that FastAPI's server span per request (FASTAPI_TELEMETRY)
+    starts, and the envelope then carries that span's context; HTTPX and Redis instrumented."""
     settings = TracingSettings()
     configure_tracing(settings, service_name="lesson07-gateway")
     instrument(app, settings)

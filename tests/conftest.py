@@ -22,6 +22,10 @@ def fresh_openai_http_clients():
     _client_utils._cached_sync_httpx_client.cache_clear()
 
 
+# Modules whose tests run lesson 05's API with worker processes (see below).
+LESSON_05_PROCESSES = ("tests.lesson_05.", "tests.lesson_09.test_variations_trace")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """`make test` spreads the tests over several processes (pytest-xdist, --dist loadgroup). The
@@ -31,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
     grouped = []
     for item in items:
         definitions = item._fixtureinfo.name2fixturedefs.values()
-        if item.module.__name__.startswith("tests.lesson_05."):
+        if item.module.__name__.startswith(LESSON_05_PROCESSES):
             # Lesson 05's tests each run the API with its reaper, a fork server and worker
             # processes: run side by side they starve each other's timers, so one process runs them.
             item.add_marker(pytest.mark.xdist_group("tests.lesson_05"))

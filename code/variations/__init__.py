@@ -7,6 +7,7 @@
     docker_workers.py the containers: limits, labels, and how their endings are read
     recovery.py       what a restarted API finds, and adopts
     warm.py           warm workers: started ahead, each for one variation
+    traces.py         a run as one trace, every variation's worker in it (lesson 09)
 
 The lesson (code/05_variations_api.py) is the core path and plugs these in.
 """

@@ -31,7 +31,7 @@ from .models import HealthResponse, ReadyResponse, ResearchRequest, ResearchResp
 from .quotas import Quotas
 from .shutdown import Shutdown
 from .telemetry import configure_logging
-from .tracing import configure_tracing, instrument
+from .tracing import FASTAPI_TELEMETRY, configure_tracing, instrument
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         lifespan=lifespan,
         # A redirect to the path with(out) a slash would carry the client's own Host header back.
         redirect_slashes=False,
+        telemetry=FASTAPI_TELEMETRY,  # a server span per request, once tracing is on
     )
     app.state.settings, app.state.agent, app.state.cache = settings, agent, None
     # Read now: a key file that is missing or malformed stops the service before it listens.
@@ -206,5 +207,5 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         response_class=PlainTextResponse,
         summary="Prometheus metrics (text exposition format)",
     )
-    instrument(app, settings)  # FastAPI, HTTPX, Redis, LangChain: only when tracing is on
+    instrument(app, settings)  # HTTPX, Redis, LangChain: only when tracing is on
     return app

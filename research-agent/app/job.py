@@ -8,9 +8,10 @@ It imports no LangChain, so the orchestrator can use it without loading the agen
 from enum import IntEnum
 from typing import Literal
 
+from opentelemetry import propagate, trace
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from .config import Settings
+from .config import Settings, TracingSettings
 
 # How an answer is shaped, so that variations differ visibly: appended to a real model's system
 # prompt; the offline model follows the key itself.
@@ -77,6 +78,10 @@ class Job(BaseModel):
     REDIS_URL: str = "redis://redis:6379/0"
     STREAM_MAXLEN: int = Field(5000, ge=10)  # the run's stream never holds more entries than this
     TOKEN_BUDGET: int = Field(1000, ge=0)  # token events this variation may add to the stream
+    # The run's trace (lesson 09): the W3C context of the span that launched this variation,
+    # written by to_env() while tracing is on; the worker's spans join it (app/worker.py).
+    TRACEPARENT: str | None = Field(None, pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    TRACESTATE: str | None = Field(None, max_length=512)
 
     @property
     def stream_key(self) -> str:
@@ -86,8 +91,23 @@ class Job(BaseModel):
     def to_env(self, secrets: bool = True, **agent_settings) -> dict[str, str]:
         """The job plus the agent's settings this variation changes (TEMPERATURE, MODEL_NAME...),
         as a container's environment: every value a string, a None left out. `secrets=False`
-        leaves out OPENAI_API_KEY (agent_env, below, writes every worker's environment)."""
-        return agent_env(secrets, **self.model_dump(), **agent_settings)
+        leaves out OPENAI_API_KEY (agent_env, below, writes every worker's environment). With
+        tracing on, the current span's context and the exporter's settings too (trace_env)."""
+        return agent_env(secrets, **{**self.model_dump(), **trace_env()}, **agent_settings)
+
+
+def trace_env() -> dict[str, str]:
+    """What a worker needs to join the current trace: TRACEPARENT (and TRACESTATE) of the span
+    current now, and the OTEL_* settings of TracingSettings that this process has set (the
+    endpoint, the protocol, content capture; never OTEL_EXPORTER_OTLP_HEADERS, which may hold a
+    backend's key). Empty while tracing is off: no span is current, nothing is added."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    found = {"TRACEPARENT": carrier.get("traceparent"), "TRACESTATE": carrier.get("tracestate")}
+    exporter = TracingSettings().model_dump(exclude_defaults=True)
+    return {name: value for name, value in {**found, **exporter}.items() if value is not None}
 
 
 def agent_env(secrets: bool = True, **values) -> dict[str, str]:

@@ -9,7 +9,8 @@ With an endpoint, the SDK reads the rest itself: OTEL_SERVICE_NAME and OTEL_RESO
 processor), OTEL_EXPORTER_OTLP_PROTOCOL ("http/protobuf", the default, or "grpc") and the
 exporter's own headers, timeout and TLS variables. Then:
 
-- FastAPI: a server span per request, joined to the caller's W3C `traceparent` header;
+- FastAPI: a server span per request, joined to the caller's W3C `traceparent` header (FastAPI's
+  own telemetry, FASTAPI_TELEMETRY below, which starts as soon as a provider is installed);
 - HTTPX and Redis, when installed: a client span per call (the model provider, the cache, quotas);
 - LangChain: GenAIHandler below, the OpenTelemetry GenAI spans `invoke_agent {agent}`,
   `chat {model}` and `execute_tool {tool}`.
@@ -23,13 +24,14 @@ import importlib.util
 import json
 import logging
 import sys
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -38,8 +40,8 @@ from .config import TracingSettings
 
 logger = logging.getLogger(__name__)
 
-# URLs whose requests make no span: probes and scrapes would bury the questions.
-EXCLUDED_URLS = "health,ready,metrics"
+# Paths whose requests make no span: probes and scrapes would bury the questions.
+UNTRACED_PATHS = frozenset({"health", "ready", "metrics"})
 MAX_OPEN_RUNS = 10_000  # LangChain runs followed at once, across all requests
 
 
@@ -89,6 +91,31 @@ def flush_tracing(timeout_millis: int = 2000) -> None:
         provider.force_flush(timeout_millis)
 
 
+@contextmanager
+def job_span(job, started: float, **attributes):
+    """A lesson 05 worker's span, `variation {i}`, current while it runs: its parent is the
+    TRACEPARENT (and TRACESTATE) its job carries (app/job.py's Job.to_env writes them), so every
+    variation of a run sits in the run's trace, side by side. `started`: a Unix time (its start-up
+    counts). While tracing is off, the API's no-op span."""
+    carrier = {"traceparent": job.TRACEPARENT or "", "tracestate": job.TRACESTATE or ""}
+    attributes = {f"lesson05.{name}": value for name, value in attributes.items()}
+    with tracer("research-agent.worker").start_as_current_span(
+        f"variation {job.VARIATION}",
+        context=propagate.extract({k: v for k, v in carrier.items() if v}),
+        start_time=int(started * 1e9),
+        attributes={
+            "lesson05.run_id": job.RUN_ID,
+            "lesson05.variation": job.VARIATION,
+            "lesson05.answer_style": job.ANSWER_STYLE,
+            "lesson05.search_depth": job.SEARCH_MAX_RESULTS,
+            gen_ai.GEN_AI_REQUEST_MODEL: job.model_label,
+            gen_ai.GEN_AI_REQUEST_TEMPERATURE: job.TEMPERATURE,
+            **attributes,
+        },
+    ) as span:
+        yield span
+
+
 def otlp_exporter(protocol: str):
     """The exporter for OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL; it reads its endpoint from the
     environment (the HTTP one appends /v1/traces to OTEL_EXPORTER_OTLP_ENDPOINT)."""
@@ -101,16 +128,30 @@ def otlp_exporter(protocol: str):
     return OTLPSpanExporter()
 
 
+def untraced(scope: dict) -> bool:
+    """A probe or a scrape: /health, /ready, /metrics (and below)."""
+    return scope.get("path", "").strip("/").split("/", 1)[0] in UNTRACED_PATHS
+
+
+# [start:fastapi_telemetry]
+# FastAPI(telemetry=FASTAPI_TELEMETRY): FastAPI's own server span per request, the caller's
+# `traceparent` its parent, started only once a tracer provider is installed. No span per
+# dependency, endpoint and serialization step (FastAPI's default), and no metrics or logs from it:
+# Prometheus counts the requests (lesson 03), the JSON log says what failed.
+FASTAPI_TELEMETRY = {
+    "operation_spans": False,
+    "metrics": False,
+    "logs": False,
+    "exclude": untraced,
+}
+# [end:fastapi_telemetry]
+
+
 def instrument(app, settings: TracingSettings) -> None:
-    """Instrument the app and the libraries it uses, if tracing is on; otherwise do nothing."""
+    """Instrument the libraries the app uses, if tracing is on; otherwise do nothing. (The app's
+    own server spans: FASTAPI_TELEMETRY, given to FastAPI() when the app is built.)"""
     if not tracing_on():
         return
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-    # exclude_spans: no span per ASGI message sent or received (a stream sends one per token).
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
-    )
     if importlib.util.find_spec("httpx"):
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
@@ -205,9 +246,7 @@ class GenAIHandler(BaseCallbackHandler):
     def _start(self, run_id, parent_run_id, name, kind, attributes, attach=False) -> Span:
         parent = self._parent_span(parent_run_id)
         ctx = trace.set_span_in_context(parent) if parent is not None else None
-        span = tracer("research-agent.genai").start_span(
-            name, context=ctx, kind=kind, attributes=attributes
-        )
+        span = self._tracer().start_span(name, context=ctx, kind=kind, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span)) if attach else None
         self.runs[run_id] = (span, parent_run_id, token, self._root_of(parent_run_id) or run_id)
         while len(self.runs) > MAX_OPEN_RUNS:  # runs whose end never came: bounded

@@ -13,6 +13,10 @@ and exits; with no job within WARM_IDLE_SECONDS, or once the orchestrator's WARM
 
 Each worker reaches Redis as a user of its own (in REDIS_URL): a warm one may read only its list,
 a variation may only XADD to its own stream (app/job.py), whatever code runs in the container.
+
+With tracing on in the orchestrator, the job carries TRACEPARENT and the OTEL_* exporter settings
+(Job.to_env): the worker's `variation {i}` span, and the agent's spans under it, join the run's
+trace (lesson 09). Without them, no tracing is set up here.
 """
 
 import time
@@ -28,6 +32,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import redis.asyncio as redis  # noqa: E402
+from opentelemetry.trace import StatusCode  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from redis.asyncio.retry import Retry  # noqa: E402
 from redis.backoff import ExponentialBackoff  # noqa: E402
@@ -38,6 +43,7 @@ from .error_shape import INTERNAL_ERROR_MESSAGE  # noqa: E402
 from .errors import AppError  # noqa: E402
 from .job import ANSWER_STYLES, ExitCode, Job, warm_ready_key  # noqa: E402
 from .offline_model import OfflineResearchModel  # noqa: E402
+from .tracing import configure_tracing, flush_tracing, instrument_langchain, job_span  # noqa: E402
 
 logger = logging.getLogger("app.worker")
 
@@ -103,27 +109,33 @@ async def run(settings: WorkerSettings, warm: bool = False, assigned: float | No
         await client.aclose()
         return ExitCode.NO_REDIS
     imported = time.time()
-    try:
-        agent = await asyncio.to_thread(build_agent, settings)  # builds the local search index
-        await events.send(
-            "worker_ready",
-            {
-                "model": settings.model_label,
-                "style": settings.ANSWER_STYLE,
-                "temperature": settings.TEMPERATURE,
-                "search_depth": settings.SEARCH_MAX_RESULTS,
-                "worker": "warm" if warm else "cold",
-                # A warm worker imported before its job came; start-up counts from the job.
-                "import_ms": round((imported - STARTED) * 1000) if not warm else 0,
-                "startup_ms": round((time.time() - began) * 1000),
-            },
-        )
-        return await stream_answer(agent, settings, events)
-    finally:
-        await events.send(
-            "worker_stats", {"run_ms": round((time.time() - began) * 1000), **peak_memory_mb()}
-        )
-        await client.aclose()
+    # The variation's span, from its start-up (a warm worker's: from its job) to its answer.
+    with job_span(settings, began, worker="warm" if warm else "cold") as span:
+        try:
+            agent = await asyncio.to_thread(build_agent, settings)  # builds the search index
+            await events.send(
+                "worker_ready",
+                {
+                    "model": settings.model_label,
+                    "style": settings.ANSWER_STYLE,
+                    "temperature": settings.TEMPERATURE,
+                    "search_depth": settings.SEARCH_MAX_RESULTS,
+                    "worker": "warm" if warm else "cold",
+                    # A warm worker imported before its job came; start-up counts from the job.
+                    "import_ms": round((imported - STARTED) * 1000) if not warm else 0,
+                    "startup_ms": round((time.time() - began) * 1000),
+                },
+            )
+            code = await stream_answer(agent, settings, events)
+            span.set_attribute("lesson05.exit_code", int(code))
+            if code != ExitCode.ANSWERED:
+                span.set_status(StatusCode.ERROR, "the research failed")
+            return code
+        finally:
+            await events.send(
+                "worker_stats", {"run_ms": round((time.time() - began) * 1000), **peak_memory_mb()}
+            )
+            await client.aclose()
 
 
 async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: Publisher) -> int:
@@ -203,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(str(e["loc"][0]) for e in exc.errors())
         logger.error("invalid job, check these settings: %s", names)
         return ExitCode.INVALID_JOB
-    return asyncio.run(run(settings, warm, assigned))
+    # The exporter reads its settings from the environment: a warm job's OTEL_* go there first.
+    os.environ.update({name: value for name, value in job.items() if name.startswith("OTEL_")})
+    if configure_tracing(settings, service_name="research-agent-worker"):
+        instrument_langchain(settings.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
+    try:
+        return asyncio.run(run(settings, warm, assigned))
+    finally:
+        flush_tracing()  # a worker process may end without atexit (os._exit)
 
 
 if __name__ == "__main__":
