@@ -27,7 +27,10 @@ def test_workers_still_being_created_are_neither_removed_nor_declared_gone(
     serve, workers, monkeypatch
 ):
     slow_creation(workers, monkeypatch)
-    server = serve(WARM_WORKERS=2, REAP_INTERVAL_SECONDS=0.05)
+    # Each answer takes a few seconds, as a model's does: longer than the slow creation, so that
+    # the cold worker is still running when `docker run` returns (with no delay it could finish
+    # first, and its `container_started` would come after the run's end).
+    server = serve(WARM_WORKERS=2, REAP_INTERVAL_SECONDS=0.05, OFFLINE_TOKEN_DELAY_MS=30)
     pool = server.server.config.app.state.orchestrator.pool
     wait_for(lambda: len(pool.idle) == 2, timeout=60, what="two warm workers")
     assert all(w.running for w in workers.list())  # none removed while being created
