@@ -61,15 +61,13 @@ class Settings(BaseSettings):
     WORKER_IMAGE: str = "research-agent:optimized"
     WORKER_NETWORK: str = "lesson-05"
     DEPLOYMENT: str = "lesson-05"  # labels this API's containers: only these are swept or adopted
-    # Limits of each worker container, and of the whole service.
-    WORKER_MEMORY: str = "512m"
+    WORKER_MEMORY: str = "512m"  # limits of each worker container, then of the whole service
     WORKER_CPUS: float = 1.0
     WORKER_PIDS: int = 128
     MAX_ACTIVE_RUNS: int = 2
     MAX_RUNS_PER_CLIENT: int = 1  # per client address, so one client cannot hold every slot
     VARIATION_TIMEOUT_SECONDS: float = 120.0
-    # How long a cancel waits for the containers still being created, to remove them too.
-    CANCEL_WAIT_SECONDS: float = 120.0
+    CANCEL_WAIT_SECONDS: float = 120.0  # a cancel waits this long for containers being created
     # Warm workers: started ahead, each waiting for one variation (0: off; variations/warm.py).
     WARM_WORKERS: int = Field(0, ge=0, le=16)
     WARM_MAX_AGE_SECONDS: float = Field(240.0, gt=0)
@@ -80,8 +78,7 @@ class Settings(BaseSettings):
     MAX_STREAMS: int = 32
     MAX_STREAMS_PER_CLIENT: int = 4
     REDIS_CONNECTIONS: int = 16  # for the routes; the reaper has 2 more of its own
-    # Passed on to every worker.
-    OFFLINE_TOKEN_DELAY_MS: int = 40
+    OFFLINE_TOKEN_DELAY_MS: int = 40  # passed on to every worker, as are the OPENAI_* below
     ALLOWED_MODELS: list[str] = ["gpt-4o-mini"]  # what `overrides[].model` may ask for
     OPENAI_API_KEY: SecretStr | None = None
     OPENAI_BASE_URL: str | None = None
