@@ -1,8 +1,8 @@
 """`docker stop` against the real image: the grace it is given is the grace the app uses.
 
 Runs research-agent:optimized (CONTAINER_SHUTDOWN_IMAGE to test another tag) with the offline
-model slowed to 150 ms a word, so one answer streams for over 20 seconds, and stops the container
-while the stream is open:
+model slowed to 100 ms a word, so one answer streams for over 12 seconds (longer than a plain
+`docker stop` waits), and stops the container while the stream is open:
 
 - `docker stop -t 30` with GRACEFUL_SHUTDOWN_SECONDS=28: the stream finishes with `final`, [DONE].
 - a plain `docker stop` (10 s) with the defaults (1 s drain + 8 s grace): the stream ends with an
@@ -101,19 +101,20 @@ def stream_and_stop(container: str, base: str, *stop_args: str) -> dict:
     }
 
 
-def test_docker_stop_t_30_lets_a_20_second_stream_finish(run_agent):
-    container, base = run_agent(GRACEFUL_SHUTDOWN_SECONDS=28, OFFLINE_TOKEN_DELAY_MS=150)
+def test_docker_stop_t_30_lets_a_stream_longer_than_10_seconds_finish(run_agent):
+    container, base = run_agent(GRACEFUL_SHUTDOWN_SECONDS=28, OFFLINE_TOKEN_DELAY_MS=100)
     result = stream_and_stop(container, base, "-t", "30")
 
     assert result["events"][-1] == ("", "[DONE]"), result["names"][-5:]
     assert result["names"][-2] == "final", result["logs"]
     assert result["names"].count("token") > 100
-    assert result["stream_seconds"] > 20, result["stream_seconds"]  # it really was a long stream
+    # Longer than a plain `docker stop` would have waited: only the 30 s grace let it finish.
+    assert result["stream_seconds"] > 12, result["stream_seconds"]
     assert result["exit_code"] != 137, result["logs"]  # exited by itself, before the 30 s
 
 
 def test_plain_docker_stop_ends_a_longer_stream_with_shutting_down_and_exits_by_itself(run_agent):
-    container, base = run_agent(OFFLINE_TOKEN_DELAY_MS=150)  # default budget: 1 s drain + 8 s grace
+    container, base = run_agent(OFFLINE_TOKEN_DELAY_MS=100)  # default budget: 1 s drain + 8 s grace
     result = stream_and_stop(container, base)
 
     assert result["events"][-1] == ("", "[DONE]"), result["names"][-5:]

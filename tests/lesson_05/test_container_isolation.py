@@ -50,7 +50,7 @@ def worker_of(run_id: str, variation: int) -> str:
 
 
 def test_a_worker_container_can_touch_nothing_but_its_own_stream(api_process):
-    api = api_process(OFFLINE_TOKEN_DELAY_MS=150, MAX_RUNS_PER_CLIENT=2)
+    api = api_process(OFFLINE_TOKEN_DELAY_MS=60, MAX_RUNS_PER_CLIENT=2)  # answers of ~8 s
     other = start_run(api.url, variations=1)["run_id"]
     run_id = start_run(api.url, variations=2)["run_id"]
     victim = wait_for(lambda: worker_of(run_id, 1), timeout=90, what="the worker's container")
@@ -77,7 +77,7 @@ def test_a_redis_restart_mid_run_keeps_its_address_and_the_run(api_process, stac
     policy = docker("inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", redis_name)
     assert policy == "unless-stopped"
     before = docker("port", redis_name, "6379/tcp")
-    api = api_process(OFFLINE_TOKEN_DELAY_MS=150)
+    api = api_process(OFFLINE_TOKEN_DELAY_MS=60)  # answers of ~8 s: the restart lands mid-run
     run_id = start_run(api.url, variations=2)["run_id"]
     read_events(api.url, run_id, until=lambda found: found[-1][1] == "token", timeout=120)
     docker("restart", redis_name)
