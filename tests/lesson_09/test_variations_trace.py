@@ -4,45 +4,13 @@
 collector. Workers are local processes with exactly a container's environment (lesson 05's
 ProcessWorkers), one of them a warm worker that gets its job through Redis."""
 
-import pytest
 from app.job import Job
 
-from tests.lesson_05.conftest import LiveServer, ProcessWorkers, start_forkserver
-from tests.support.lessons import load_lesson
 from tests.support.variations import by_variation, read_events, start_run
 from tests.support.waiting import wait_for
 
 # What a job's environment may carry for tracing, and nothing of it while tracing is off.
 TRACE_VARIABLES = ("TRACEPARENT", "TRACESTATE")
-
-
-@pytest.fixture
-def api():
-    return load_lesson("code/05_variations_api.py", "variations_api")
-
-
-@pytest.fixture
-def workers():
-    start_forkserver()
-    pool = ProcessWorkers()
-    yield pool
-    pool.stop_all()
-
-
-@pytest.fixture
-def serve(api, redis_url, workers):
-    started = []
-
-    def start(**overrides) -> LiveServer:
-        values = {"REDIS_URL": redis_url, "WORKER_REDIS_URL": redis_url, **overrides}
-        values = {"OFFLINE_TOKEN_DELAY_MS": 0, "REAP_INTERVAL_SECONDS": 0.1, **values}
-        server = LiveServer(api.create_app(api.Settings(**values), workers=workers))
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def hex_id(value: bytes | int, digits: int) -> str:
