@@ -57,7 +57,8 @@ def test_worker_containers_export_their_spans_into_the_runs_trace(
         ready = warm_ready_key(warm_queue_key(stack["DEPLOYMENT"], "*"))
         wait_for(lambda: list(client.scan_iter(ready)), timeout=120, what="a warm worker ready")
 
-    run_id = start_run(api.url, variations=2)["run_id"]
+    # As docs/09's challenge asks: the last variation reads eight search results.
+    run_id = start_run(api.url, variations=2, overrides=[{}, {"search_depth": 8}])["run_id"]
     events = read_events(api.url, run_id, timeout=120)
     kinds = {i: e["worker"] for i, e in by_variation(events, "container_started").items()}
     assert sorted(kinds.values()) == ["cold", "warm"]  # the job in its environment, and in Redis
@@ -99,7 +100,10 @@ def test_worker_containers_export_their_spans_into_the_runs_trace(
         (variation,) = [s for s in mine if s.name == f"variation {index}"]
         assert launch.parent_span_id == run.span_id
         assert variation.parent_span_id == launch.span_id
-        assert attributes(variation)["lesson05.worker"].string_value == kinds[index]
+        settings = attributes(variation)  # what the challenge reads off the widest span
+        assert settings["lesson05.worker"].string_value == kinds[index]
+        assert settings["lesson05.search_depth"].int_value == [4, 8][index]
+        assert settings["lesson05.answer_style"].string_value == ["bullets", "brief"][index]
         names = {s.name.split(" ")[0] for s in mine if s is not variation and under(s, variation)}
         assert {"invoke_agent", "chat", "execute_tool"} <= names, names
 
