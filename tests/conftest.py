@@ -174,7 +174,7 @@ def serve(api, redis_url, workers):
 def stack():
     """`scripts/lesson-05.sh up` under a name of its own; `down` afterwards removes everything."""
     name = f"l05t-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "NAME": name}
+    env = {**os.environ, "NAME": name, "TRACES": ""}  # a shell's TRACES=1 is not this stack's
     script = str(ROOT / "scripts" / "lesson-05.sh")
     up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr
