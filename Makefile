@@ -105,10 +105,10 @@ lesson-04: $(VENV)/.lessons sandbox-image ## Lesson 04: API and agent whose run_
 	@echo
 	@$(PY) code/04_sandboxed_tools.py
 
-lesson-05: lesson-05-image $(VENV)/.lessons ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis)
+lesson-05: lesson-05-image $(VENV)/.lessons ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis; TRACES=1: traces into lesson 09's viewer)
 	@WORKER_IMAGE=$(LESSON05_IMAGE) scripts/lesson-05.sh serve
 
-lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running
+lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running (disconnects lesson 09's viewer)
 	@scripts/lesson-05.sh down
 
 lesson-06: swarm-images $(VENV)/.lessons ## Lesson 06: 3 agent replicas behind HAProxy on Swarm, port 8080 (or PORT); returns once healthy
@@ -206,9 +206,9 @@ compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v
 sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
 	$(PY) -m pytest -m container tests/lesson_04 tests/lesson_02/test_sandbox_tool.py tests/repo/test_docs.py -v
 
-traces-test: docker-tools offline-images $(VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot), down leaves nothing
+traces-test: docker-tools offline-images lesson-05-image $(VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot), down leaves nothing; lesson 05's worker containers in their run's trace
 	@scripts/ensure-command.sh chromium chromium "the viewer is checked in a real browser"
-	$(PY) -m pytest -m container tests/lesson_09 -v
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_09 -v
 
 variations-test: lesson-05-image $(VENV)/.installed ## Lesson 05 with real containers and headless Chromium (installs chromium)
 	@scripts/ensure-command.sh chromium chromium

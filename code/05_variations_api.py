@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     ALLOWED_MODELS: list[str] = ["gpt-4o-mini"]  # what `overrides[].model` may ask for
     OPENAI_API_KEY: SecretStr | None = None
     OPENAI_BASE_URL: str | None = None
+    WORKER_OTEL_EXPORTER_OTLP_ENDPOINT: str = ""  # lesson 09: workers' traces ("": the API's)
 
 
 # === The request: a query and how many variations (RunRequest, in variations/presets.py) ===
@@ -113,10 +114,9 @@ class Orchestrator:
         """The variation's job, and the agent's settings it changes (app/job.py writes both)."""
         s = self.settings
         # Room in the stream for each variation's tokens, after every other event of the run.
-        token_budget = max(0, (s.STREAM_MAXLEN - 3 - 12 * count) // count)
+        budget = max(0, (s.STREAM_MAXLEN - 3 - 12 * count) // count)
         job = Job(RUN_ID=run_id, VARIATION=v["index"], QUERY=query, ANSWER_STYLE=v["style"],
-                  REDIS_URL=url, STREAM_MAXLEN=s.STREAM_MAXLEN,
-                  TOKEN_BUDGET=token_budget)  # fmt: skip
+                  REDIS_URL=url, STREAM_MAXLEN=s.STREAM_MAXLEN, TOKEN_BUDGET=budget)  # fmt: skip
         agent = {
             "TEMPERATURE": v["temperature"],
             "SEARCH_MAX_RESULTS": v["search_depth"],
@@ -152,7 +152,7 @@ class Orchestrator:
 
     async def start_worker(self, job: Job, agent: dict) -> tuple[str, str]:  # a hook
         """A new container with the job in its environment: (its id, "cold")."""
-        env = job.to_env(**agent)
+        env = job.to_env(otlp_endpoint=self.settings.WORKER_OTEL_EXPORTER_OTLP_ENDPOINT, **agent)
         worker_id = await asyncio.to_thread(self.workers.start, job.RUN_ID, job.VARIATION, env)
         return worker_id, "cold"
 

@@ -4,11 +4,14 @@
 #
 # Usage: scripts/lesson-05.sh up      create them (or reuse them), print REDIS_URL=... lines
 #        scripts/lesson-05.sh serve   up, then run code/05_variations_api.py in the foreground
-#        scripts/lesson-05.sh down    remove the workers, Redis and the network
+#        scripts/lesson-05.sh down    remove the workers, Redis and the network (disconnect the viewer)
 # Env:   NAME          prefix of everything created (default lesson-05; the tests use their own)
 #        WORKER_IMAGE  the image the workers run (default research-agent:lesson-05)
 #        REDIS_PORT    Redis's loopback port (default: a free one, kept across restarts)
 #        PYTHON        the Python with the course's requirements (default .venv/bin/python)
+#        TRACES        1: `up` connects lesson 09's trace viewer (`make lesson-09`) to the network
+#                      and prints the API's and the workers' OTLP endpoints (docs/09-traces.md)
+#        VIEWER_PROJECT  the Compose project of that viewer (default lesson09)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${NAME:-lesson-05}
@@ -16,7 +19,47 @@ redis=$name-redis
 python=${PYTHON:-.venv/bin/python}
 labels=(--label ai-course.role=lesson-05-redis --label "ai-course.deployment=$name")
 
+viewer_address() {
+  docker inspect -f "{{with index .NetworkSettings.Networks \"$name\"}}{{.IPAddress}}{{end}}" "$1"
+}
+
+# TRACES=1: lesson 09's viewer, or stop before anything is created.
+find_viewer() {
+  viewer=$(docker ps -q --filter "label=com.docker.compose.project=${VIEWER_PROJECT:-lesson09}" \
+    --filter label=com.docker.compose.service=viewer | head -n1)
+  if [ -z "$viewer" ]; then
+    echo "TRACES=1: lesson 09's trace viewer is not running. Start it with \`make lesson-09\`," >&2
+    echo "then run this again." >&2
+    exit 1
+  fi
+}
+
+# The viewer joins this network: the API runs on the host and sends to the viewer's loopback
+# port, but a worker's 127.0.0.1 is its own container, so workers send to the viewer's address
+# here. The same on Docker Engine and Docker Desktop: no host address is involved.
+traces() {
+  local viewer_name ip published
+  viewer_name=$(docker inspect -f '{{.Name}}' "$viewer")
+  viewer_name=${viewer_name#/}
+  ip=$(viewer_address "$viewer")
+  if [ -z "$ip" ]; then
+    docker network connect --alias "$name-viewer" "$name" "$viewer"
+    ip=$(viewer_address "$viewer")
+    echo "connected lesson 09's viewer ($viewer_name) to the network $name at $ip" >&2
+  fi
+  published=$(docker port "$viewer" 6006/tcp | head -n1 | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
+  if [ -z "$published" ]; then
+    echo "TRACES=1: the viewer ($viewer_name) publishes no port 6006 on this machine" >&2
+    exit 1
+  fi
+  echo "OTEL_EXPORTER_OTLP_ENDPOINT=http://$published"
+  echo "WORKER_OTEL_EXPORTER_OTLP_ENDPOINT=http://$ip:6006"
+  # Spans leave in batches: half a second keeps the viewer close to live (the SDK's default is 5 s).
+  echo "OTEL_BSP_SCHEDULE_DELAY=${OTEL_BSP_SCHEDULE_DELAY:-500}"
+}
+
 up() {
+  [ "${TRACES:-}" != 1 ] || find_viewer
   docker network inspect "$name" >/dev/null 2>&1 ||
     docker network create --label ai-course.role=lesson-05-network "$name" >/dev/null
   # Redis asks every client for a password: the API's is kept in a file only this user can read
@@ -54,12 +97,19 @@ print(s.getsockname()[1])')}
   echo "WORKER_REDIS_URL=redis://$ip:6379/0"
   echo "WORKER_NETWORK=$name"
   echo "DEPLOYMENT=$name"
+  [ "${TRACES:-}" != 1 ] || traces
 }
 
 down() {
   # -v: with the containers, the anonymous volume the redis image declares (VOLUME /data).
   ids=$(docker ps -aq --filter "label=ai-course.deployment=$name")
   [ -z "$ids" ] || xargs docker rm -f -v <<<"$ids" >/dev/null
+  # A network cannot be removed while a container is connected: what `up` connected and does not
+  # own (lesson 09's viewer) is disconnected, and goes on running.
+  for other in $(docker network inspect -f '{{range .Containers}}{{.Name}} {{end}}' "$name" 2>/dev/null); do
+    docker network disconnect -f "$name" "$other" >/dev/null &&
+      echo "disconnected $other from the network $name"
+  done
   docker network rm "$name" >/dev/null 2>&1 || true
   rm -f ".build/lesson-05/$name.redis-password"
   echo "removed the workers, Redis and the network of $name"
@@ -69,16 +119,21 @@ case ${1:-} in
   up) up ;;
   down) down ;;
   serve)
+    values=$(set -e; up)  # a command substitution drops `set -e`: without it, a failure goes on
     set -a
-    eval "$(up)"
+    eval "$values"
     WORKER_IMAGE=${WORKER_IMAGE:-research-agent:lesson-05}
     set +a
     echo
     echo "  Lesson 05 on http://${HOST:-127.0.0.1}:${PORT:-8000}  (Ctrl+C stops the API; runs and Redis stay)"
     echo "  API docs:  http://${HOST:-127.0.0.1}:${PORT:-8000}/docs"
+    if [ "${TRACES:-}" = 1 ]; then
+      echo "  Traces:    the API sends to $OTEL_EXPORTER_OTLP_ENDPOINT (lesson 09's viewer: open it there),"
+      echo "             the workers to $WORKER_OTEL_EXPORTER_OTLP_ENDPOINT (the viewer on the network $name)"
+    fi
     echo "  Stop all:  make lesson-05-down   (removes Redis, the network and any worker container)"
     echo
     exec .venv/bin/python code/05_variations_api.py
     ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

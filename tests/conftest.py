@@ -1,12 +1,18 @@
 """Fixtures every lesson's tests share; the helpers themselves live in tests/support/."""
 
 import os
+import subprocess
+import sys
+import uuid
 
 import pytest
 
+from tests.support.docker_cli import docker
+from tests.support.lessons import ROOT, load_lesson
 from tests.support.ports import free_port
 from tests.support.redis import RedisServer
 from tests.support.server import ServerProcess, offline_environment
+from tests.support.variation_workers import LiveServer, ProcessWorkers, start_forkserver
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +126,75 @@ def fresh_redis(redis_server):
 @pytest.fixture
 def redis_url(fresh_redis):
     return fresh_redis.url
+
+
+# --- Lesson 05's API, for its own tests and lesson 09's. `make test` runs it against a real
+# redis-server with each variation a local process (ProcessWorkers, tests/support/); the container
+# suite (marker `container`) runs it as `make lesson-05` does, with real worker containers.
+
+
+@pytest.fixture
+def workers():
+    start_forkserver()
+    pool = ProcessWorkers()
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture(scope="session")
+def api():
+    """Lesson 05's API file, loaded when a test asks for it, not while pytest collects, under one
+    name, so that its classes are the same everywhere."""
+    return load_lesson("code/05_variations_api.py", "variations_api")
+
+
+@pytest.fixture
+def serve(api, redis_url, workers):
+    """serve(**settings) -> a LiveServer running the lesson's app with process workers."""
+    started = []
+
+    def start(**overrides) -> LiveServer:
+        values = {"REDIS_URL": redis_url, "WORKER_REDIS_URL": redis_url, **overrides}
+        values = {"OFFLINE_TOKEN_DELAY_MS": 0, "REAP_INTERVAL_SECONDS": 0.1, **values}
+        settings = api.Settings(**values)
+        server = LiveServer(api.create_app(settings, workers=workers))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# The container suite: the lesson's own script starts Redis and the network, the API runs as a
+# process of its own, workers are containers. Everything is named after one random NAME.
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """`scripts/lesson-05.sh up` under a name of its own; `down` afterwards removes everything."""
+    name = f"l05t-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "NAME": name, "TRACES": ""}  # a shell's TRACES=1 is not this stack's
+    script = str(ROOT / "scripts" / "lesson-05.sh")
+    up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    values = dict(line.split("=", 1) for line in up.stdout.splitlines() if "=" in line)
+    yield values
+    # The redis image declares VOLUME /data: each Redis container brings an anonymous volume.
+    mounts = docker("inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", f"{name}-redis")
+    subprocess.run([script, "down"], env=env, capture_output=True, timeout=120)
+    assert not docker("ps", "-aq", "--filter", f"label=ai-course.deployment={name}", check=False)
+    left = sorted(set(mounts.split()) & set(docker("volume", "ls", "-q").split()))
+    assert not left, f"`down` left the volumes {left}"
+
+
+@pytest.fixture
+def api_process(stack, server_process):
+    """api_process(**settings) -> python code/05_variations_api.py, as `make lesson-05` runs it."""
+
+    def start(**settings) -> ServerProcess:
+        image = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
+        script = [sys.executable, "code/05_variations_api.py"]
+        return server_process(script, cwd=ROOT, **stack, WORKER_IMAGE=image, **settings)
+
+    return start

@@ -6,8 +6,10 @@ agent's spans hang under it, N variations side by side.
 
 Set up from the same OTEL_* variables as the research agent (app/tracing.py): without
 OTEL_EXPORTER_OTLP_ENDPOINT nothing is loaded, these spans are the API's no-ops, and a job
-carries no trace variable. The endpoint goes to the workers as it is: it must be an address they
-reach too (on the workers' network, not 127.0.0.1).
+carries no trace variable. Workers export to WORKER_OTEL_EXPORTER_OTLP_ENDPOINT when it is set,
+else to the API's own endpoint: an API on the host sends to the viewer's loopback port, which a
+worker container cannot reach (its 127.0.0.1 is its own), so it gets the viewer's address on the
+workers' network instead. `TRACES=1 make lesson-05` sets both (scripts/lesson-05.sh).
 """
 
 from app.config import TracingSettings

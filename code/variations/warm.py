@@ -131,7 +131,8 @@ class WarmWorkers:
     async def hand_over(self, job, agent: dict, kind: str) -> None:
         if kind == "warm":  # the same variables a cold worker gets, but no secret (Job.to_env)
             name = self.pool.name_of(job.RUN_ID, job.VARIATION)
-            await self.runs.send_job(name, job.to_env(False, **agent))
+            endpoint = self.settings.WORKER_OTEL_EXPORTER_OTLP_ENDPOINT
+            await self.runs.send_job(name, job.to_env(False, otlp_endpoint=endpoint, **agent))
 
     async def before_pass(self) -> dict:
         alive = contract.warm_alive_key(self.settings.DEPLOYMENT)  # warm workers leave without it

@@ -88,25 +88,34 @@ class Job(BaseModel):
         """Where this worker writes its events: its own stream (worker_events_key)."""
         return worker_events_key(self.RUN_ID, self.VARIATION)
 
-    def to_env(self, secrets: bool = True, **agent_settings) -> dict[str, str]:
+    def to_env(
+        self, secrets: bool = True, otlp_endpoint: str | None = None, **agent_settings
+    ) -> dict[str, str]:
         """The job plus the agent's settings this variation changes (TEMPERATURE, MODEL_NAME...),
         as a container's environment: every value a string, a None left out. `secrets=False`
         leaves out OPENAI_API_KEY (agent_env, below, writes every worker's environment). With
-        tracing on, the current span's context and the exporter's settings too (trace_env)."""
-        return agent_env(secrets, **{**self.model_dump(), **trace_env()}, **agent_settings)
+        tracing on, the current span's context and the exporter's settings too (trace_env), the
+        endpoint replaced by `otlp_endpoint` when one is given."""
+        tracing = trace_env(otlp_endpoint)
+        return agent_env(secrets, **{**self.model_dump(), **tracing}, **agent_settings)
 
 
-def trace_env() -> dict[str, str]:
+def trace_env(otlp_endpoint: str | None = None) -> dict[str, str]:
     """What a worker needs to join the current trace: TRACEPARENT (and TRACESTATE) of the span
     current now, and the OTEL_* settings of TracingSettings that this process has set (the
     endpoint, the protocol, content capture; never OTEL_EXPORTER_OTLP_HEADERS, which may hold a
-    backend's key). Empty while tracing is off: no span is current, nothing is added."""
+    backend's key). `otlp_endpoint`: where the worker exports instead, when this process's
+    endpoint is one only it reaches (127.0.0.1 on the host is not the host from a container).
+    Empty while tracing is off: no span is current, nothing is added, not even the endpoint."""
     if not trace.get_current_span().get_span_context().is_valid:
         return {}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     found = {"TRACEPARENT": carrier.get("traceparent"), "TRACESTATE": carrier.get("tracestate")}
     exporter = TracingSettings().model_dump(exclude_defaults=True)
+    if otlp_endpoint:  # the traces-only endpoint would win over it: the worker gets this one only
+        exporter.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+        exporter["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
     return {name: value for name, value in {**found, **exporter}.items() if value is not None}
 
 

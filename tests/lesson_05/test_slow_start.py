@@ -3,7 +3,8 @@ with its labels) well before `docker run` returns. Under load (load average 3.6 
 once failed with `reason: 'the container disappeared'`: a warm worker listed while still being
 created looked like a worker no run claims, the reaper removed it, and the variation that then
 took it was declared gone. Docker sets a container's labels when it creates it; the stand-in for
-Docker (conftest.ProcessWorkers) now does so too, and the pool's `starting` set covers the rest.
+Docker (ProcessWorkers, tests/support/variation_workers.py) now does so too, and the pool's
+`starting` set covers the rest.
 """
 
 import time

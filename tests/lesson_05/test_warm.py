@@ -1,8 +1,9 @@
 """Warm workers (WARM_WORKERS): started ahead with their imports done, each for one variation.
 
 The worker's side runs in-process (`python -m app.worker --warm`'s main); the API's side runs over
-real HTTP and a real Redis with each worker a local process (conftest.ProcessWorkers), as in
-test_variations_api.py. test_containers.py has a run on real warm containers.
+real HTTP and a real Redis with each worker a local process (ProcessWorkers,
+tests/support/variation_workers.py), as in test_variations_api.py. test_containers.py has a run
+on real warm containers.
 """
 
 import json

@@ -5,7 +5,8 @@ XADD on its own stream (a warm one: only its own list), and its events reach the
 through the API's relay, which sets their variation itself.
 
 The workers here are local processes given exactly the environment a container gets
-(conftest.ProcessWorkers); test_containers.py repeats the attack from inside a real container.
+(ProcessWorkers, tests/support/variation_workers.py); test_containers.py repeats the attack from
+inside a real container.
 """
 
 import hashlib

@@ -7,8 +7,6 @@ ProcessWorkers), one of them a warm worker that gets its job through Redis."""
 import pytest
 from app.job import Job
 
-from tests.lesson_05.conftest import LiveServer, ProcessWorkers, start_forkserver
-from tests.support.lessons import load_lesson
 from tests.support.variations import by_variation, read_events, start_run
 from tests.support.waiting import wait_for
 
@@ -16,46 +14,24 @@ from tests.support.waiting import wait_for
 TRACE_VARIABLES = ("TRACEPARENT", "TRACESTATE")
 
 
-@pytest.fixture
-def api():
-    return load_lesson("code/05_variations_api.py", "variations_api")
-
-
-@pytest.fixture
-def workers():
-    start_forkserver()
-    pool = ProcessWorkers()
-    yield pool
-    pool.stop_all()
-
-
-@pytest.fixture
-def serve(api, redis_url, workers):
-    started = []
-
-    def start(**overrides) -> LiveServer:
-        values = {"REDIS_URL": redis_url, "WORKER_REDIS_URL": redis_url, **overrides}
-        values = {"OFFLINE_TOKEN_DELAY_MS": 0, "REAP_INTERVAL_SECONDS": 0.1, **values}
-        server = LiveServer(api.create_app(api.Settings(**values), workers=workers))
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def hex_id(value: bytes | int, digits: int) -> str:
     return value.hex() if isinstance(value, bytes) else format(value, f"0{digits}x")
 
 
+@pytest.mark.parametrize("endpoint", ["the API's", "the workers' own"])
 def test_a_run_is_one_trace_with_every_variations_worker_under_it(
-    spans, collector, serve, workers, monkeypatch
+    endpoint, spans, collector, serve, workers, monkeypatch
 ):
-    # The API's spans in memory (the `spans` provider); the workers export to the collector.
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    # The API's spans in memory (the `spans` provider); the workers export to the collector, at
+    # the API's endpoint or at WORKER_OTEL_EXPORTER_OTLP_ENDPOINT, which then replaces it.
+    own = endpoint == "the workers' own"
+    monkeypatch.setenv(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9" if own else collector.endpoint
+    )
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer collector-key")
-    server = serve(WARM_WORKERS=1)
+    server = serve(
+        WARM_WORKERS=1, WORKER_OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint if own else ""
+    )
     pool = server.server.config.app.state.orchestrator.pool
     wait_for(lambda: pool.idle, timeout=60, what="a warm worker waiting")
 
@@ -113,7 +89,7 @@ def test_a_job_carries_the_trace_only_while_tracing_is_on(serve, workers, monkey
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    server = serve()
+    server = serve(WORKER_OTEL_EXPORTER_OTLP_ENDPOINT="http://172.18.0.5:6006")
     run_id = start_run(server.url)["run_id"]
     assert read_events(server.url, run_id)[-1][1] == "run_done"
     assert len(workers.environments) == 2
@@ -125,13 +101,22 @@ def test_a_job_carries_the_trace_only_while_tracing_is_on(serve, workers, monkey
     from opentelemetry.sdk.trace import TracerProvider
 
     monkeypatch.delenv("OTEL_SDK_DISABLED")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces")
     job = Job(RUN_ID="0123456789abcdef", VARIATION=0, QUERY="q")
     with TracerProvider().get_tracer("test").start_as_current_span("launch") as span:
         env = job.to_env(False)
+        empty = job.to_env(False, otlp_endpoint="")  # the setting's default: the API's endpoint
+        own = job.to_env(False, otlp_endpoint="http://172.18.0.5:6006")
     context = span.get_span_context()
     assert (
         env["TRACEPARENT"]
         == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
     )
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:9"
+    assert env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == "http://127.0.0.1:9/v1/traces"
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    assert empty == env
+    # The workers' own endpoint replaces both: the traces-only one would win over it.
+    assert own["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://172.18.0.5:6006"
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in own
+    assert own["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc" and own["TRACEPARENT"] == env["TRACEPARENT"]

@@ -10,46 +10,65 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from tests.support.ports import free_port
 
 
+def service_name(resource_spans) -> str:
+    for attr in resource_spans.resource.attributes:
+        if attr.key == "service.name":
+            return attr.value.string_value
+    return ""
+
+
 class OtlpCollector:
     """with OtlpCollector("grpc") as c: ... c.endpoint (for OTEL_EXPORTER_OTLP_ENDPOINT),
-    c.spans() (every span received), c.requests (export calls received)."""
+    c.spans() (every span received), c.requests (export calls received).
 
-    def __init__(self, protocol: str = "http/protobuf"):
-        self.protocol = protocol
+    `hosts`: the addresses it listens on, one port for all (loopback by default); a container
+    reaches it at another, such as its network's gateway: c.endpoint_at(host)."""
+
+    def __init__(self, protocol: str = "http/protobuf", hosts: tuple[str, ...] = ("127.0.0.1",)):
+        self.protocol, self.hosts = protocol, hosts
         self.port = free_port()
         self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self.peers: list[str] = []  # the address each request came from, in the same order
         self.lock = threading.Lock()
-        self._server = None
+        self._servers: list = []
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.endpoint_at(self.hosts[0])
 
-    def _keep(self, body: bytes) -> None:
+    def endpoint_at(self, host: str) -> str:
+        return f"http://{host}:{self.port}"
+
+    def _keep(self, body: bytes, peer: str) -> None:
         request = trace_service_pb2.ExportTraceServiceRequest()
         request.ParseFromString(body)
         with self.lock:
             self.requests.append(request)
+            self.peers.append(peer)
 
-    def spans(self) -> list:
+    def spans(self, service: str | None = None) -> list:
+        """Every span received, or those of one service (its resource's service.name)."""
         with self.lock:
             return [
                 span
                 for request in self.requests
                 for resource in request.resource_spans
+                if service is None or service_name(resource) == service
                 for scope in resource.scope_spans
                 for span in scope.spans
             ]
 
     def service_names(self) -> set[str]:
+        return set(self.senders())
+
+    def senders(self) -> dict[str, set[str]]:
+        """Each service name the spans carry, and the addresses its exports came from."""
+        found: dict[str, set[str]] = {}
         with self.lock:
-            return {
-                attr.value.string_value
-                for request in self.requests
-                for resource in request.resource_spans
-                for attr in resource.resource.attributes
-                if attr.key == "service.name"
-            }
+            for request, peer in zip(self.requests, self.peers, strict=True):
+                for resource in request.resource_spans:
+                    found.setdefault(service_name(resource), set()).add(peer)
+        return found
 
     def __enter__(self):
         if self.protocol == "grpc":
@@ -65,7 +84,7 @@ class OtlpCollector:
             def do_POST(self):  # noqa: N802 - the name http.server calls
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path == "/v1/traces":
-                    collector._keep(body)
+                    collector._keep(body, self.client_address[0])
                     self.send_response(200)
                 else:
                     self.send_response(404)
@@ -76,8 +95,10 @@ class OtlpCollector:
             def log_message(self, *args):
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        for host in self.hosts:
+            server = ThreadingHTTPServer((host, self.port), Handler)
+            self._servers.append(server)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def _start_grpc(self) -> None:
         import grpc
@@ -87,17 +108,20 @@ class OtlpCollector:
 
         class Service(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802 - the name gRPC calls
-                collector._keep(request.SerializeToString())
+                collector._keep(request.SerializeToString(), context.peer())
                 return trace_service_pb2.ExportTraceServiceResponse()
 
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._server)
-        self._server.add_insecure_port(f"127.0.0.1:{self.port}")
-        self._server.start()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+        for host in self.hosts:
+            server.add_insecure_port(f"{host}:{self.port}")
+        server.start()
+        self._servers.append(server)
 
     def __exit__(self, *exc) -> None:
-        if self.protocol == "grpc":
-            self._server.stop(grace=None)
-        else:
-            self._server.shutdown()
-            self._server.server_close()
+        for server in self._servers:
+            if self.protocol == "grpc":
+                server.stop(grace=None)
+            else:
+                server.shutdown()
+                server.server_close()

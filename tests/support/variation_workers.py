@@ -1,8 +1,9 @@
-"""Fixtures for lesson 05: the API module, a real Redis, workers as local processes, a live server.
+"""Lesson 05's API with its workers as local processes, for the tests of lessons 05 and 09.
 
-`make test` runs the API against a real redis-server with each variation as a local process running
-the same `python -m app.worker` the containers run (ProcessWorkers has DockerWorkers' methods).
-The container suite (marker `container`, `make variations-test`) runs real containers instead.
+ProcessWorkers has DockerWorkers' methods, each variation a local process running the same
+`python -m app.worker` the containers run, against the same Redis and with the same exit codes;
+LiveServer runs the lesson's app under a real uvicorn in a thread. The fixtures that build them
+(`workers`, `serve`) are in tests/conftest.py.
 """
 
 import asyncio
@@ -10,7 +11,6 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -18,14 +18,11 @@ import traceback
 import uuid
 from pathlib import Path
 
-import pytest
 import uvicorn
 from variations.docker_workers import Worker
 
-from tests.support.docker_cli import docker
-from tests.support.lessons import ROOT, load_lesson
+from tests.support.lessons import ROOT
 from tests.support.ports import free_port
-from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
 
 # Workers search the bundled notes only.
@@ -160,14 +157,6 @@ class ProcessWorkers:
             self.remove(worker_id)
 
 
-@pytest.fixture
-def workers():
-    start_forkserver()
-    pool = ProcessWorkers()
-    yield pool
-    pool.stop_all()
-
-
 class LiveServer:
     """The app under a real uvicorn in a thread, on a free port; restartable like a process."""
 
@@ -217,62 +206,3 @@ class LiveServer:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 self.thread.join(10)
         assert not self.thread.is_alive(), "the server did not stop within 60 s"
-
-
-@pytest.fixture(scope="session")
-def api():
-    """Lesson 05's API file, loaded when a test asks for it, not while pytest collects, under one
-    name, so that its classes are the same everywhere."""
-    return load_lesson("code/05_variations_api.py", "variations_api")
-
-
-@pytest.fixture
-def serve(api, redis_url, workers):
-    """serve(**settings) -> a LiveServer running the lesson's app with process workers."""
-    started = []
-
-    def start(**overrides) -> LiveServer:
-        values = {"REDIS_URL": redis_url, "WORKER_REDIS_URL": redis_url, **overrides}
-        values = {"OFFLINE_TOKEN_DELAY_MS": 0, "REAP_INTERVAL_SECONDS": 0.1, **values}
-        settings = api.Settings(**values)
-        server = LiveServer(api.create_app(settings, workers=workers))
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-# --- The container suite: the lesson's own script starts Redis and the network, the API runs as a
-# process of its own, workers are containers. Everything is named after one random NAME.
-
-
-@pytest.fixture(scope="module")
-def stack():
-    """`scripts/lesson-05.sh up` under a name of its own; `down` afterwards removes everything."""
-    name = f"l05t-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "NAME": name}
-    script = str(ROOT / "scripts" / "lesson-05.sh")
-    up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=120)
-    assert up.returncode == 0, up.stderr
-    values = dict(line.split("=", 1) for line in up.stdout.splitlines() if "=" in line)
-    yield values
-    # The redis image declares VOLUME /data: each Redis container brings an anonymous volume.
-    mounts = docker("inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", f"{name}-redis")
-    subprocess.run([script, "down"], env=env, capture_output=True, timeout=120)
-    assert not docker("ps", "-aq", "--filter", f"label=ai-course.deployment={name}", check=False)
-    left = sorted(set(mounts.split()) & set(docker("volume", "ls", "-q").split()))
-    assert not left, f"`down` left the volumes {left}"
-
-
-@pytest.fixture
-def api_process(stack, server_process):
-    """api_process(**settings) -> python code/05_variations_api.py, as `make lesson-05` runs it."""
-
-    def start(**settings) -> ServerProcess:
-        image = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
-        script = [sys.executable, "code/05_variations_api.py"]
-        return server_process(script, cwd=ROOT, **stack, WORKER_IMAGE=image, **settings)
-
-    return start
