@@ -193,7 +193,7 @@ test-tools:
 lint: $(VENV)/.installed ## Lint: ruff, hadolint, shellcheck, actionlint and pymarkdown over every file of their kind
 	@scripts/lint.sh $(VENV)/bin
 
-ci: ## What CI runs: lint, test, smoke, then the container checks and bench-scaleout's check in two lanes side by side (.ci/run)
+ci: ## What CI runs: lint, test, build, then smoke, the other container checks and bench-scaleout's check in two lanes side by side (.ci/run)
 	@bash .ci/run
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/lesson_03/test_container.py), docker stop it mid-stream
