@@ -18,7 +18,7 @@ from langchain_mcp_adapters.client import MultiServerMCPClient
 from langchain_mcp_adapters.tools import load_mcp_tools
 
 from .config import Settings
-from .search import format_results
+from .search import as_sources, format_results
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +116,7 @@ def make_mcp_search_tool(settings: Settings) -> BaseTool:
     async def search(query: str) -> tuple[str, list[dict]]:
         content, artifact = await call(query)
         structured = (artifact or {}).get("structured_content") or {}
-        sources = [
-            {"title": s["title"], "url": s["url"], "snippet": s.get("snippet", "")}
-            for s in structured.get("sources", [])
-            if isinstance(s, dict) and s.get("url")
-        ]
+        sources = as_sources(structured.get("sources", []), "url")
         return format_results(list(enumerate(sources, 1))), sources
 
     return StructuredTool.from_function(

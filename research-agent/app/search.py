@@ -50,6 +50,16 @@ def format_results(numbered: list[tuple[int, dict]]) -> str:
     return "\n\n".join(f"[{n}] {s['title']} — {s['url']}\n{s['snippet']}" for n, s in numbered)
 
 
+def as_sources(hits: list, link: str) -> list[dict]:
+    """A search backend's hits as the sources an answer cites ({"title", "url", "snippet"}), the
+    link read from the key `link`; a hit that is not a dict or has no link is left out."""
+    return [
+        {"title": h.get("title") or h[link], "url": h[link], "snippet": h.get("snippet", "")}
+        for h in hits
+        if isinstance(h, dict) and h.get(link)
+    ]
+
+
 @dataclass
 class Section:
     title: str
@@ -181,16 +191,7 @@ def make_duckduckgo_tool(settings: Settings) -> BaseTool:
         # Called with a plain dict, a content_and_artifact tool returns only its content: a list of
         # {"title", "link", "snippet"} dicts. Errors (DDGSException, RatelimitException) propagate;
         # the agent's tool middleware turns them into an error message for the model.
-        results = await ddg.ainvoke({"query": query})
-        sources = [
-            {
-                "title": r.get("title") or r["link"],
-                "url": r["link"],
-                "snippet": r.get("snippet", ""),
-            }
-            for r in results
-            if isinstance(r, dict) and r.get("link")
-        ]
+        sources = as_sources(await ddg.ainvoke({"query": query}), "link")
         return format_results(list(enumerate(sources, 1))), sources
 
     return StructuredTool.from_function(
