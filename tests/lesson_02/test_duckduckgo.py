@@ -139,3 +139,23 @@ def test_stream_shows_the_failed_tool_call_then_an_error_event(ddg_client, ddgs_
     )
     assert [e.event for e in events][-2:] == ["error", "message"] and events[-1].data == "[DONE]"
     assert json_events(events, "error")[0]["error"]["type"] == "search_unavailable"
+
+
+def test_hits_become_sources_whatever_the_backend_calls_their_link():
+    from app.search import as_sources
+
+    hits = [
+        {"title": "Docs", "link": "https://docs.docker.com/", "snippet": "Compose."},
+        {"link": "https://example.org/untitled"},  # no title: the link stands in for it
+        {"title": "No link", "snippet": "cannot be cited"},
+        "not a hit",
+    ]
+    assert as_sources(hits, "link") == [
+        {"title": "Docs", "url": "https://docs.docker.com/", "snippet": "Compose."},
+        {"title": "https://example.org/untitled", "url": "https://example.org/untitled",
+         "snippet": ""},
+    ]  # fmt: skip
+    # The MCP tool's sources name their link `url`: the same mapping.
+    assert as_sources([{"url": "notes/a.md", "snippet": "A"}], "url") == [
+        {"title": "notes/a.md", "url": "notes/a.md", "snippet": "A"}
+    ]
