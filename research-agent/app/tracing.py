@@ -202,17 +202,24 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=str)[:8192]
 
 
+_USAGE = (gen_ai.GEN_AI_USAGE_INPUT_TOKENS, gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS)
+
+
 class _Run:
     """A LangChain run that has a span: an agent's, or a model or tool call's."""
 
-    __slots__ = ("span", "agent", "outer", "token", "calls", "ended", "_context")
+    __slots__ = ("span", "agent", "outer", "token", "calls", "usage", "model", "ended", "_context")
 
-    def __init__(self, span: Span, agent: "_Run | None", outer: "_Run | None"):
+    def __init__(self, span: Span, outer: "_Run | None"):
         self.span = span
-        self.agent = agent  # the agent run it belongs to (itself for an agent), or None
+        self.agent: _Run | None = None  # the agent run it belongs to (itself for an agent)
         self.outer = outer  # the run that enclosed it when it started
         self.token = None  # a tool's: the OpenTelemetry context it made current
-        self.calls: set[UUID] = set()  # an agent's: its model and tool calls still open
+        # An agent's own: its model and tool calls still open, their token usage summed, and
+        # the provider and model its span shows.
+        self.calls: set[UUID] | None = None
+        self.usage: dict[str, int] | None = None
+        self.model: tuple[str, str] | None = None
         self.ended = False
         self._context = None
 
@@ -279,9 +286,9 @@ class GenAIHandler(BaseCallbackHandler):
             kind=kind,
             attributes=attributes,
         )
-        run = _Run(span, None, outer)
+        run = _Run(span, outer)
         if agent:
-            run.agent = run
+            run.agent, run.calls, run.usage = run, set(), {}
         elif outer is not None and outer.agent is not None:
             run.agent = outer.agent
             run.agent.calls.add(run_id)
@@ -304,6 +311,8 @@ class GenAIHandler(BaseCallbackHandler):
             # callback: its span ends with its agent's, as an error.
             for call in list(run.calls):
                 self._end(call, asyncio.CancelledError(), detach=False)
+            if run.usage:  # its model calls' usage, summed as they ended
+                run.span.set_attributes(run.usage)
         elif run.agent is not None:
             run.agent.calls.discard(run_id)
         if run.token is not None and detach:
@@ -370,39 +379,37 @@ class GenAIHandler(BaseCallbackHandler):
                 [{"role": m.type, "content": m.text} for batch in messages for m in batch]
             )
         agent = self._start(run_id, f"chat {model}", SpanKind.CLIENT, attributes).agent
-        if agent is not None:  # the agent's model, as the conventions ask of invoke_agent
-            agent.span.set_attribute(gen_ai.GEN_AI_PROVIDER_NAME, provider)
-            agent.span.set_attribute(gen_ai.GEN_AI_REQUEST_MODEL, model)
+        if agent is not None and agent.model != (provider, model):
+            # the agent's model, as the conventions ask of invoke_agent (its latest, if it changes)
+            agent.model = (provider, model)
+            agent.span.set_attributes(
+                {gen_ai.GEN_AI_PROVIDER_NAME: provider, gen_ai.GEN_AI_REQUEST_MODEL: model}
+            )
 
     def on_llm_end(self, response, *, run_id, **kwargs):
         run = self.runs.get(run_id)
         if run is not None:
-            span = run.span
             generation = next((g for batch in response.generations for g in batch), None)
             message = getattr(generation, "message", None)
             usage = getattr(message, "usage_metadata", None) or {}
-            if usage:
-                span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, usage.get("input_tokens", 0))
-                span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS, usage.get("output_tokens", 0))
-                agent = run.agent.span if run.agent is not None else None
-                if agent is not None:  # the run's totals, summed over its model calls
-                    for key, attr in (
-                        ("input_tokens", gen_ai.GEN_AI_USAGE_INPUT_TOKENS),
-                        ("output_tokens", gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS),
-                    ):
-                        # a span the sampler dropped (NonRecordingSpan) has no attributes
-                        before = (getattr(agent, "attributes", None) or {}).get(attr, 0)
-                        agent.set_attribute(attr, before + usage.get(key, 0))
             meta = getattr(message, "response_metadata", None) or {}
+            attributes = {}
+            if usage:
+                attributes[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] = usage.get("input_tokens", 0)
+                attributes[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.get("output_tokens", 0)
+                if run.agent is not None:  # summed into the agent's, set when it ends
+                    totals = run.agent.usage
+                    for attr in _USAGE:
+                        totals[attr] = totals.get(attr, 0) + attributes[attr]
             if meta.get("model_name"):
-                span.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, str(meta["model_name"]))
+                attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = str(meta["model_name"])
             if meta.get("finish_reason"):
-                span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [meta["finish_reason"]])
+                attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = [meta["finish_reason"]]
             if self.capture_content and message is not None:
-                span.set_attribute(
-                    gen_ai.GEN_AI_OUTPUT_MESSAGES,
-                    _json([{"role": "assistant", "content": message.text}]),
+                attributes[gen_ai.GEN_AI_OUTPUT_MESSAGES] = _json(
+                    [{"role": "assistant", "content": message.text}]
                 )
+            run.span.set_attributes(attributes)
         self._end(run_id)
 
     def on_llm_error(self, error, *, run_id, **kwargs):
