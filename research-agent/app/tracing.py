@@ -172,15 +172,20 @@ _hook: ContextVar | None = None
 
 def instrument_langchain(capture_content: bool = False) -> "GenAIHandler":
     """Every LangChain run in this process reports to one GenAIHandler: LangChain adds the
-    handler a registered configure hook holds to each run's callbacks, so no call site changes.
-    The hook's variable has the handler as its default, so every thread and task sees it."""
+    handler a registered configure hook holds to each run it configures, so no call site changes.
+    The hook's variable has the handler as its default, so every thread and task sees it.
+
+    Not inheritable: LangChain configures each run a caller starts (the agent's graph, each model
+    call, each tool call), while a graph's nodes get only the handlers their parent passes on. So
+    the handler never hears of the nodes, which make no span and were most of its callbacks (14
+    of 22 for one question)."""
     global _hook
     from langchain_core.tracers.context import register_configure_hook
 
     if _hook is None:
         # One handler for the whole process, on purpose: the default every context starts with.
         _hook = ContextVar("otel_genai_handler", default=GenAIHandler())  # noqa: B039
-        register_configure_hook(_hook, inheritable=True)
+        register_configure_hook(_hook, inheritable=False)
     handler = _hook.get()
     handler.capture_content = capture_content
     return handler
@@ -197,13 +202,55 @@ def _json(value: Any) -> str:
     return json.dumps(value, default=str)[:8192]
 
 
+_USAGE = (gen_ai.GEN_AI_USAGE_INPUT_TOKENS, gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS)
+
+
+class _Run:
+    """A LangChain run that has a span: an agent's, or a model or tool call's."""
+
+    __slots__ = ("span", "agent", "outer", "token", "calls", "usage", "model", "ended", "_context")
+
+    def __init__(self, span: Span, outer: "_Run | None"):
+        self.span = span
+        self.agent: _Run | None = None  # the agent run it belongs to (itself for an agent)
+        self.outer = outer  # the run that enclosed it when it started
+        self.token = None  # a tool's: the OpenTelemetry context it made current
+        # An agent's own: its model and tool calls still open, their token usage summed, and
+        # the provider and model its span shows.
+        self.calls: set[UUID] | None = None
+        self.usage: dict[str, int] | None = None
+        self.model: tuple[str, str] | None = None
+        self.ended = False
+        self._context = None
+
+    def context(self):
+        """An OpenTelemetry context with this span current: the parent of the runs inside."""
+        if self._context is None:
+            self._context = trace.set_span_in_context(self.span)
+        return self._context
+
+
+# The agent or tool call the code running now is inside. An agent's start sets it in the agent's
+# own context, which every node's task and every tool's thread copy; a call's span goes under it.
+_enclosing: ContextVar[_Run | None] = ContextVar("otel_genai_enclosing_run", default=None)
+
+
+def _open_enclosing() -> _Run | None:
+    """The innermost enclosing run still open. (An end callback may run in a copy of the
+    context its start set: a run that ended may still be the variable's value here.)"""
+    run = _enclosing.get()
+    while run is not None and run.ended:
+        run = run.outer
+    return run
+
+
 class GenAIHandler(BaseCallbackHandler):
     """LangChain callbacks → OpenTelemetry GenAI spans (semantic conventions, "Development").
 
     The run of the agent graph is `invoke_agent {name}`; each chat model call `chat {model}`
-    with gen_ai.usage.input_tokens/output_tokens; each tool call `execute_tool {tool}`. Graph
-    nodes make no span: their children hang under the nearest run that has one. A tool's span is
-    the current span while it runs, so the sandbox's span nests under it. (A model's is not: its
+    with gen_ai.usage.input_tokens/output_tokens; each tool call `execute_tool {tool}`, under the
+    agent (or the tool call) that encloses it. Graph nodes make no span. A tool's span is the
+    current span while it runs, so the sandbox's span nests under it. (A model's is not: its
     start and end callbacks may run in different contexts when it streams, so the HTTPX span of a
     call to a provider sits beside it, under the request.)
 
@@ -216,9 +263,7 @@ class GenAIHandler(BaseCallbackHandler):
     def __init__(self, capture_content: bool = False):
         super().__init__()
         self.capture_content = capture_content
-        # run id → (span or None, parent run id, context token or None, the agent's run id)
-        self.runs: dict[UUID, tuple[Span | None, UUID | None, object, UUID | None]] = {}
-        self.agents: dict[UUID, Span] = {}
+        self.runs: dict[UUID, _Run] = {}  # the runs whose span is open, by LangChain's run id
         self._provider = self._cached = None
 
     # -- bookkeeping
@@ -229,79 +274,79 @@ class GenAIHandler(BaseCallbackHandler):
             self._provider, self._cached = provider, provider.get_tracer("research-agent.genai")
         return self._cached
 
-    def _parent_span(self, parent_run_id: UUID | None) -> Span | None:
-        while parent_run_id is not None and parent_run_id in self.runs:
-            span, parent_run_id, _, _ = self.runs[parent_run_id]
-            if span is not None:
-                return span
-        return None
-
-    def _root_agent(self, run_id: UUID) -> Span | None:
-        root = self.runs.get(run_id, (None, None, None, None))[3]
-        return self.agents.get(root)
-
-    def _root_of(self, parent_run_id: UUID | None) -> UUID | None:
-        return self.runs[parent_run_id][3] if parent_run_id in self.runs else None
-
-    def _start(self, run_id, parent_run_id, name, kind, attributes, attach=False) -> Span:
-        parent = self._parent_span(parent_run_id)
-        ctx = trace.set_span_in_context(parent) if parent is not None else None
-        span = self._tracer().start_span(name, context=ctx, kind=kind, attributes=attributes)
-        token = otel_context.attach(trace.set_span_in_context(span)) if attach else None
-        self.runs[run_id] = (span, parent_run_id, token, self._root_of(parent_run_id) or run_id)
+    def _start(
+        self, run_id, name, kind, attributes, *, agent=False, follow=False, attach=False
+    ) -> _Run:
+        """Start a run's span under the enclosing run. `follow`: the runs inside go under this
+        one; `attach`: its span is the current span in this context too."""
+        outer = _open_enclosing()
+        span = self._tracer().start_span(
+            name,
+            context=outer.context() if outer is not None else None,
+            kind=kind,
+            attributes=attributes,
+        )
+        run = _Run(span, outer)
+        if agent:
+            run.agent, run.calls, run.usage = run, set(), {}
+        elif outer is not None and outer.agent is not None:
+            run.agent = outer.agent
+            run.agent.calls.add(run_id)
+        if attach:
+            run.token = otel_context.attach(run.context())
+        if follow:
+            _enclosing.set(run)
+        self.runs[run_id] = run
         while len(self.runs) > MAX_OPEN_RUNS:  # runs whose end never came: bounded
             self._end(next(iter(self.runs)), TimeoutError("abandoned"), detach=False)
-        return span
+        return run
 
-    def _end_orphans(self, agent_run_id: UUID) -> None:
-        """A call cancelled from outside (a tool's timeout, a caller who left) gets no end
-        callback: its span ends with its agent's, as an error."""
-        for orphan in [
-            r for r, v in self.runs.items() if v[3] == agent_run_id and r != agent_run_id
-        ]:
-            self._end(orphan, asyncio.CancelledError(), detach=False)
-
-    def _end(self, run_id: UUID, error: BaseException | None = None, detach=True) -> Span | None:
-        span, _, token, _ = self.runs.pop(run_id, (None, None, None, None))
-        if run_id in self.agents:
-            self._end_orphans(run_id)
-            self.agents.pop(run_id)
-        if token is not None and detach:
-            otel_context.detach(token)
-        if span is not None:
-            if error is not None:
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                span.set_attribute(error_attributes.ERROR_TYPE, type(error).__qualname__)
-            span.end()
-        return span
+    def _end(self, run_id: UUID, error: BaseException | None = None, detach=True) -> None:
+        run = self.runs.pop(run_id, None)
+        if run is None:  # a run without a span (a chain inside a run), or one ended already
+            return
+        run.ended = True
+        if run.agent is run:
+            # A call cancelled from outside (a tool's timeout, a caller who left) gets no end
+            # callback: its span ends with its agent's, as an error.
+            for call in list(run.calls):
+                self._end(call, asyncio.CancelledError(), detach=False)
+            if run.usage:  # its model calls' usage, summed as they ended
+                run.span.set_attributes(run.usage)
+        elif run.agent is not None:
+            run.agent.calls.discard(run_id)
+        if run.token is not None and detach:
+            otel_context.detach(run.token)
+        if _enclosing.get() is run:
+            _enclosing.set(run.outer)
+        if error is not None:
+            run.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            run.span.set_attribute(error_attributes.ERROR_TYPE, type(error).__qualname__)
+        run.span.end()
 
     # -- the agent
     def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, **kwargs):
-        if parent_run_id is not None and parent_run_id in self.runs:
-            # A graph node: no span of its own.
-            self.runs[run_id] = (None, parent_run_id, None, self._root_of(parent_run_id))
-            return
         if parent_run_id is not None:
-            return  # a run started inside something we do not follow
+            return  # a chain inside a run (a runnable that a node or tool calls): no span
         name = kwargs.get("name") or "agent"
-        span = self._start(
+        self._start(
             run_id,
-            None,
             f"invoke_agent {name}",
             SpanKind.INTERNAL,
             {
                 gen_ai.GEN_AI_OPERATION_NAME: gen_ai.GenAiOperationNameValues.INVOKE_AGENT.value,
                 gen_ai.GEN_AI_AGENT_NAME: name,
             },
+            agent=True,
+            follow=True,
         )
-        self.agents[run_id] = span
 
     def on_chain_end(self, outputs, *, run_id, **kwargs):
-        span = self.runs.get(run_id, (None,))[0]
-        if span is not None and self.capture_content:
+        run = self.runs.get(run_id) if self.capture_content else None
+        if run is not None:
             messages = outputs.get("messages") if isinstance(outputs, dict) else None
             if messages:
-                span.set_attribute(
+                run.span.set_attribute(
                     gen_ai.GEN_AI_OUTPUT_MESSAGES,
                     _json([{"role": "assistant", "content": messages[-1].text}]),
                 )
@@ -333,40 +378,38 @@ class GenAIHandler(BaseCallbackHandler):
             attributes[gen_ai.GEN_AI_INPUT_MESSAGES] = _json(
                 [{"role": m.type, "content": m.text} for batch in messages for m in batch]
             )
-        self._start(run_id, parent_run_id, f"chat {model}", SpanKind.CLIENT, attributes)
-        agent = self._root_agent(run_id)
-        if agent is not None:  # the agent's model, as the conventions ask of invoke_agent
-            agent.set_attribute(gen_ai.GEN_AI_PROVIDER_NAME, provider)
-            agent.set_attribute(gen_ai.GEN_AI_REQUEST_MODEL, model)
+        agent = self._start(run_id, f"chat {model}", SpanKind.CLIENT, attributes).agent
+        if agent is not None and agent.model != (provider, model):
+            # the agent's model, as the conventions ask of invoke_agent (its latest, if it changes)
+            agent.model = (provider, model)
+            agent.span.set_attributes(
+                {gen_ai.GEN_AI_PROVIDER_NAME: provider, gen_ai.GEN_AI_REQUEST_MODEL: model}
+            )
 
     def on_llm_end(self, response, *, run_id, **kwargs):
-        span = self.runs.get(run_id, (None,))[0]
-        if span is not None:
+        run = self.runs.get(run_id)
+        if run is not None:
             generation = next((g for batch in response.generations for g in batch), None)
             message = getattr(generation, "message", None)
             usage = getattr(message, "usage_metadata", None) or {}
-            if usage:
-                span.set_attribute(gen_ai.GEN_AI_USAGE_INPUT_TOKENS, usage.get("input_tokens", 0))
-                span.set_attribute(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS, usage.get("output_tokens", 0))
-                agent = self._root_agent(run_id)
-                if agent is not None:  # the run's totals, summed over its model calls
-                    for key, attr in (
-                        ("input_tokens", gen_ai.GEN_AI_USAGE_INPUT_TOKENS),
-                        ("output_tokens", gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS),
-                    ):
-                        # a span the sampler dropped (NonRecordingSpan) has no attributes
-                        before = (getattr(agent, "attributes", None) or {}).get(attr, 0)
-                        agent.set_attribute(attr, before + usage.get(key, 0))
             meta = getattr(message, "response_metadata", None) or {}
+            attributes = {}
+            if usage:
+                attributes[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] = usage.get("input_tokens", 0)
+                attributes[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] = usage.get("output_tokens", 0)
+                if run.agent is not None:  # summed into the agent's, set when it ends
+                    totals = run.agent.usage
+                    for attr in _USAGE:
+                        totals[attr] = totals.get(attr, 0) + attributes[attr]
             if meta.get("model_name"):
-                span.set_attribute(gen_ai.GEN_AI_RESPONSE_MODEL, str(meta["model_name"]))
+                attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = str(meta["model_name"])
             if meta.get("finish_reason"):
-                span.set_attribute(gen_ai.GEN_AI_RESPONSE_FINISH_REASONS, [meta["finish_reason"]])
+                attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = [meta["finish_reason"]]
             if self.capture_content and message is not None:
-                span.set_attribute(
-                    gen_ai.GEN_AI_OUTPUT_MESSAGES,
-                    _json([{"role": "assistant", "content": message.text}]),
+                attributes[gen_ai.GEN_AI_OUTPUT_MESSAGES] = _json(
+                    [{"role": "assistant", "content": message.text}]
                 )
+            run.span.set_attributes(attributes)
         self._end(run_id)
 
     def on_llm_error(self, error, *, run_id, **kwargs):
@@ -385,17 +428,22 @@ class GenAIHandler(BaseCallbackHandler):
         if self.capture_content:
             attributes["gen_ai.tool.call.arguments"] = str(input_str)[:8192]
         self._start(
-            run_id, parent_run_id, f"execute_tool {name}", SpanKind.INTERNAL, attributes, True
+            run_id,
+            f"execute_tool {name}",
+            SpanKind.INTERNAL,
+            attributes,
+            follow=True,
+            attach=True,
         )
 
     def on_tool_end(self, output, *, run_id, **kwargs):
-        span = self.runs.get(run_id, (None,))[0]
+        run = self.runs.get(run_id)
         status = getattr(output, "status", "success")
-        if span is not None and status == "error":
-            span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
-            span.set_attribute(error_attributes.ERROR_TYPE, "tool_error")
-        if span is not None and self.capture_content:
-            span.set_attribute(
+        if run is not None and status == "error":
+            run.span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
+            run.span.set_attribute(error_attributes.ERROR_TYPE, "tool_error")
+        if run is not None and self.capture_content:
+            run.span.set_attribute(
                 "gen_ai.tool.call.result", str(getattr(output, "content", output))[:8192]
             )
         self._end(run_id)

@@ -1,6 +1,7 @@
 """Lesson 04's sandbox in a trace: each run_python call is a `sandbox run` span under the tool's
 `execute_tool run_python`, with the run's limits and outcome as attributes, never its code.
-(The container suite, `make traces-test`, runs a real sandbox.)"""
+(The container suite, `make traces-test`, runs a real sandbox.) And what a tool calls nests under
+its span: a model asked from inside a tool is a `chat` span under `execute_tool`."""
 
 import asyncio
 
@@ -9,6 +10,8 @@ from app.agent import ResearchAgent
 from app.python_tool import make_run_python_tool
 from app.sandbox import RunResult, SandboxConfig
 from app.tracing import instrument_langchain
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.tools import tool
 from opentelemetry.trace import SpanKind
 
 from tests.lesson_02.test_sandbox_tool import ScriptedModel
@@ -52,6 +55,28 @@ def test_a_sandbox_run_is_a_span_under_its_tool_call(spans, monkeypatch):
         "sandbox.duration_ms": 12.5,
     }
     assert all(SECRET_CODE not in str(dict(s.attributes)) for s in finished)
+
+
+def test_a_model_a_tool_asks_is_a_chat_span_under_the_tool_call(spans, monkeypatch):
+    """A synchronous tool runs in a worker thread, its model call in that thread too."""
+    instrument_langchain()
+
+    @tool("run_python")
+    def ask_another_model(code: str) -> str:
+        """Answers with what another model says about the code."""
+        return FakeListChatModel(responses=["42"]).invoke(code).text
+
+    monkeypatch.setattr(app.agent, "optional_tools", lambda settings: [ask_another_model])
+    agent = ResearchAgent(make_settings(), model=ScriptedModel(code=SECRET_CODE))
+    asyncio.run(agent.research("What is six times seven?"))
+
+    finished = spans.get_finished_spans()
+    (root,) = [s for s in finished if s.name == "invoke_agent research-agent"]
+    (call,) = [s for s in finished if s.name == "execute_tool run_python"]
+    (inner,) = [s for s in finished if s.parent and s.parent.span_id == call.context.span_id]
+    assert inner.name.startswith("chat ")
+    assert call.parent.span_id == root.context.span_id
+    assert len([s for s in finished if s.name.startswith("chat ")]) == 3  # two the agent's
 
 
 def test_without_tracing_the_tool_still_runs(monkeypatch):

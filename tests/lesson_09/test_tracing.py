@@ -119,6 +119,33 @@ def test_the_stream_has_the_same_tree(traced_client, spans):
     assert len(by_name(finished, "execute_tool ")) == 1
 
 
+def test_the_handler_hears_the_agent_and_its_calls_not_the_graph_nodes(
+    traced_client, spans, monkeypatch
+):
+    """LangChain dispatches each callback to each handler: the graph's nodes, which make no span,
+    were most of them. The handler is given only the runs LangChain configures."""
+    from app.tracing import GenAIHandler
+
+    heard = []
+    for event in ("on_chain_start", "on_chat_model_start", "on_tool_start"):
+        original = getattr(GenAIHandler, event)
+
+        def spy(self, *args, _original=original, _event=event, **kwargs):
+            heard.append(_event)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(GenAIHandler, event, spy)
+    client = traced_client()
+    assert client.post("/v1/research", json={"query": QUESTION}).status_code == 200
+    assert sorted(heard) == [
+        "on_chain_start",
+        "on_chat_model_start",
+        "on_chat_model_start",
+        "on_tool_start",
+    ]
+    assert len(spans.get_finished_spans()) == 5  # the server's, the agent's and its three calls
+
+
 def test_content_capture_is_a_setting(traced_client, spans):
     client = traced_client(OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=True)
     assert client.post("/v1/research", json={"query": QUESTION}).status_code == 200
