@@ -30,17 +30,23 @@ class FakeRunner:
         return RunResult("", "Killed", 137, False, True, False, 12.5)
 
 
-def test_a_sandbox_run_is_a_span_under_its_tool_call(spans, monkeypatch):
+def research_with(tool, spans, monkeypatch) -> tuple:
+    """One question to an agent whose only optional tool is `tool` (the model calls it once):
+    every finished span, the agent's and the tool call's."""
     instrument_langchain()  # what create_app does when tracing is on
-    tool = make_run_python_tool(FakeRunner(), lambda: "req-1")
     monkeypatch.setattr(app.agent, "optional_tools", lambda settings: [tool])
     agent = ResearchAgent(make_settings(), model=ScriptedModel(code=SECRET_CODE))
     asyncio.run(agent.research("What is six times seven?"))
-
     finished = spans.get_finished_spans()
-    (sandbox,) = [s for s in finished if s.name == "sandbox run"]
-    (call,) = [s for s in finished if s.name == "execute_tool run_python"]
     (root,) = [s for s in finished if s.name == "invoke_agent research-agent"]
+    (call,) = [s for s in finished if s.name == "execute_tool run_python"]
+    return finished, root, call
+
+
+def test_a_sandbox_run_is_a_span_under_its_tool_call(spans, monkeypatch):
+    tool = make_run_python_tool(FakeRunner(), lambda: "req-1")
+    finished, root, call = research_with(tool, spans, monkeypatch)
+    (sandbox,) = [s for s in finished if s.name == "sandbox run"]
     assert sandbox.parent.span_id == call.context.span_id
     assert call.parent.span_id == root.context.span_id
     assert sandbox.kind == SpanKind.INTERNAL
@@ -59,20 +65,13 @@ def test_a_sandbox_run_is_a_span_under_its_tool_call(spans, monkeypatch):
 
 def test_a_model_a_tool_asks_is_a_chat_span_under_the_tool_call(spans, monkeypatch):
     """A synchronous tool runs in a worker thread, its model call in that thread too."""
-    instrument_langchain()
 
     @tool("run_python")
     def ask_another_model(code: str) -> str:
         """Answers with what another model says about the code."""
         return FakeListChatModel(responses=["42"]).invoke(code).text
 
-    monkeypatch.setattr(app.agent, "optional_tools", lambda settings: [ask_another_model])
-    agent = ResearchAgent(make_settings(), model=ScriptedModel(code=SECRET_CODE))
-    asyncio.run(agent.research("What is six times seven?"))
-
-    finished = spans.get_finished_spans()
-    (root,) = [s for s in finished if s.name == "invoke_agent research-agent"]
-    (call,) = [s for s in finished if s.name == "execute_tool run_python"]
+    finished, root, call = research_with(ask_another_model, spans, monkeypatch)
     (inner,) = [s for s in finished if s.parent and s.parent.span_id == call.context.span_id]
     assert inner.name.startswith("chat ")
     assert call.parent.span_id == root.context.span_id
