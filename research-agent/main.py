@@ -5,10 +5,11 @@ import os
 import sys
 
 import uvicorn
-from app.api import create_app
-from app.config import get_settings
-from app.forwarded import uvicorn_forwarding
-from app.tracing import flush_tracing
+
+from research_agent.api import create_app
+from research_agent.config import get_settings
+from research_agent.forwarded import uvicorn_forwarding
+from research_agent.tracing import flush_tracing
 
 app = create_app()
 
@@ -20,7 +21,8 @@ if __name__ == "__main__":
         port=settings.PORT,
         log_config=None,  # keep our JSON logging
         **uvicorn_forwarding(settings.FORWARDED_ALLOW_IPS),  # only a configured proxy names callers
-        # uvicorn's grace; the app ends what is still open just before it (app/shutdown.py).
+        # uvicorn's grace; the app ends what is still open just before it
+        # (research_agent/shutdown.py).
         timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
     )
     # Reached after a shutdown when this is PID 1 in a container: the kernel ignores the SIGTERM

@@ -1,1 +1,0 @@
-"""Research agent: a LangChain tool-calling agent served by FastAPI."""

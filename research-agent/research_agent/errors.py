@@ -1,0 +1,205 @@
+"""The research agent's errors, in the course's one shape (research_agent/error_shape.py) for every
+error the service sends, as a JSON body or as an SSE `error` event: its exceptions and handlers.
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .error_shape import (  # noqa: F401 (the schema, and INTERNAL_ERROR for the 500s)
+    INTERNAL_ERROR,
+    ErrorDetail,
+    ErrorResponse,
+    ValidationIssue,
+    error_body,
+    http_error_handler,
+    validation_error_handler,
+)
+from .telemetry import REQUESTS_REJECTED
+
+logger = logging.getLogger(__name__)
+
+
+# --- Errors the service raises --------------------------------------------------------------------
+
+
+class AppError(Exception):
+    status_code = 500
+    error_type = "internal_error"
+    retryable = False
+    headers: dict[str, str] | None = None
+
+    def __init__(self, message: str, *, error_type: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if error_type:
+            self.error_type = error_type
+
+
+class NotReadyError(AppError):
+    status_code = 503
+    error_type = "not_ready"
+
+
+class ShuttingDownError(AppError):
+    """The shutdown grace ran out while this request was still running: send it again elsewhere."""
+
+    status_code = 503
+    error_type = "shutting_down"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str = "the server is shutting down and this request did not "
+        "finish within its grace period; send it again",
+    ):
+        super().__init__(message)
+
+
+class UpstreamError(AppError):
+    """The model provider or the search backend failed."""
+
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class UpstreamTimeoutError(AppError):
+    """The model provider, the search backend or the whole request took too long."""
+
+    status_code = 504
+    error_type = "timeout"
+
+
+class UnauthorizedError(AppError):
+    """Missing and unknown keys get the same answer: nothing tells a guesser which it was."""
+
+    status_code = 401
+    error_type = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+    def __init__(self) -> None:
+        super().__init__("a valid API key is required: send Authorization: Bearer <key>")
+
+
+class AmbiguousAuthorizationError(AppError):
+    """Two Authorization headers: which one a proxy or framework reads is not ours to guess."""
+
+    status_code = 400
+    error_type = "ambiguous_authorization"
+
+    def __init__(self) -> None:
+        super().__init__("send one Authorization header, not several")
+
+
+class LimitError(AppError):
+    """429: rate_limited, too_many_streams or budget_exhausted. Retry-After says when to come back;
+    the RateLimit fields say which limit it was (research_agent/quotas.py)."""
+
+    status_code = 429
+    retryable = True
+
+    def __init__(self, message: str, error_type: str, headers: dict[str, str]):
+        super().__init__(message, error_type=error_type)
+        self.headers = headers
+
+
+class LimitsUnavailableError(AppError):
+    """503 while Redis cannot count and LIMITS_FAIL_MODE=closed."""
+
+    status_code = 503
+    error_type = "limits_unavailable"
+    retryable = True
+
+    def __init__(self, retry_after: int):
+        super().__init__("the limits cannot be checked right now; send the request again later")
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+def app_error_body(exc: AppError) -> dict:
+    # `retryable` only when true: a client reads its absence as "do not retry".
+    extra = {"retryable": True} if exc.retryable else {}
+    return error_body(exc.error_type, exc.message, **extra)
+
+
+def error_response(
+    status: int, error_type: str, message: str, headers: dict | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(error_type, message), status_code=status, headers=headers)
+
+
+# --- Handlers: every exception FastAPI turns into a response gets the shape -----------------------
+
+# Counted by reason in research_requests_rejected_total.
+_REJECTIONS = {
+    "unauthorized",
+    "rate_limited",
+    "too_many_streams",
+    "budget_exhausted",
+    "limits_unavailable",
+    "too_many_auth_failures",
+}
+
+
+async def app_error_handler(request: Request, exc: AppError) -> JSONResponse:
+    if exc.error_type in _REJECTIONS:
+        REQUESTS_REJECTED.labels(exc.error_type).inc()
+    return JSONResponse(app_error_body(exc), status_code=exc.status_code, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, app_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+
+
+def responses(*statuses: int, streaming: bool = False) -> dict:
+    """The `responses=` of a route: what each error status really sends, for the OpenAPI schema.
+
+    On a streaming route FastAPI would file a bare model under text/event-stream, but errors are
+    always JSON: there the content type is named and the schema referenced.
+    """
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    body = {"content": json_body} if streaming else {"model": ErrorResponse}
+    return {
+        code: {"description": _DESCRIPTIONS[code], **body, **_HEADERS.get(code, {})}
+        for code in statuses
+    }
+
+
+def _header(description: str) -> dict:
+    return {"description": description, "required": True, "schema": {"type": "string"}}
+
+
+# The headers each status always carries (draft-ietf-httpapi-ratelimit-headers-10 for RateLimit).
+_HEADERS = {
+    401: {"headers": {"WWW-Authenticate": _header("Bearer")}},
+    429: {
+        "headers": {
+            "Retry-After": _header("seconds until the request may succeed"),
+            "RateLimit-Policy": _header('the limit that was hit, e.g. "requests";q=30;w=60'),
+            "RateLimit": _header('what is left of it, e.g. "requests";r=0;t=42'),
+        }
+    },
+}
+
+
+_DESCRIPTIONS = {
+    400: "http_error: the body cannot be parsed at all (e.g. it is not UTF-8); "
+    "ambiguous_authorization: more than one Authorization header",
+    401: "unauthorized: API_KEYS is set and the Authorization header has no known key",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large: the body is over MAX_BODY_BYTES",
+    414: "uri_too_long: the path and query are over 2048 bytes",
+    422: "validation_error: the body does not match the schema (see details)",
+    429: "rate_limited, too_many_streams, budget_exhausted or too_many_auth_failures "
+    "(retryable after Retry-After)",
+    500: "internal_error",
+    502: "search_unavailable or model_error",
+    503: "not_ready; shutting_down (retryable) when the shutdown grace ran out; "
+    "limits_unavailable (retryable) when Redis cannot count and LIMITS_FAIL_MODE=closed",
+    504: "search_timeout, model_timeout or timeout",
+}

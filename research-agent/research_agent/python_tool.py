@@ -1,0 +1,97 @@
+"""The research agent's run_python tool: lesson 04's sandbox, off unless SANDBOX_ENABLED.
+
+Off by default because it needs the Docker API, and access to the Docker API is root on the host
+(docs/04-sandboxed-tools.md, section 8). When it is on, a model can run Python to compute what it
+cannot read: each call runs in a throwaway container with the limits of research_agent/sandbox.py.
+"""
+
+import atexit
+import json
+import logging
+from collections.abc import Callable
+
+from langchain_core.tools import BaseTool, ToolException, tool
+
+from .config import Settings
+from .sandbox import SandboxConfig, SandboxError, SandboxUnavailable
+from .sandbox_admission import QueuedRunner
+from .sandbox_egress import EgressRunner
+from .sandbox_pool import PooledRunner
+from .sandbox_sweep import SweepingRunner
+from .tracing import tracer
+
+logger = logging.getLogger(__name__)
+
+
+def sandbox_span_attributes(c: SandboxConfig) -> dict:
+    """The sandbox's limits, on its span: what the run was allowed (never the code it ran)."""
+    return {
+        "sandbox.image": c.image,
+        "sandbox.timeout_seconds": c.timeout_seconds,
+        "sandbox.memory": str(c.memory),
+    }
+
+
+def make_run_python_tool(runner: QueuedRunner, request_id: Callable[[], str]) -> BaseTool:
+    """The agent's tool: the model writes a program, the sandbox runs it, the model reads it.
+
+    `request_id()` names the request that made the call: on the container's label, or in the log
+    line naming a container started ahead (Going further).
+    """
+    c = runner.config
+
+    @tool(response_format="content_and_artifact")
+    async def run_python(code: str) -> tuple[str, dict]:
+        """Run a Python program in a sandbox and return its stdout, stderr and exit code."""
+        limits = sandbox_span_attributes(c)
+        with tracer().start_as_current_span("sandbox run", attributes=limits) as span:
+            result = await runner.arun(code, request_id=request_id())
+            span.set_attributes(
+                {
+                    "sandbox.exit_code": -1 if result.exit_code is None else result.exit_code,
+                    "sandbox.timed_out": result.timed_out,
+                    "sandbox.oom_killed": result.oom_killed,
+                    "sandbox.output_truncated": result.truncated,
+                    "sandbox.duration_ms": result.duration_ms,
+                }
+            )
+        return json.dumps(result.as_dict()), {"code": code, "result": result.as_dict()}
+
+    network = "no network"
+    if c.egress == "allowlist":
+        network = f"HTTP(S) only to {' '.join(c.allowed_hosts.split()) or 'declared APIs'}"
+    run_python.description = (
+        f"Run a Python 3.11 program in a throwaway sandbox: standard library only, {network}, no "
+        f"files kept, {c.timeout_seconds:g} s, {c.memory} of memory. Print what you need to see: "
+        "stdout, stderr and the exit code come back as JSON."
+    )
+    return run_python
+
+
+class ReportingRunner(EgressRunner, SweepingRunner, PooledRunner):
+    """The lesson's runner, with egress, swept and pooled, whose unavailability is a tool error
+    the model reads, not a failed research run."""
+
+    async def arun(self, *args, **kwargs):
+        try:
+            return await super().arun(*args, **kwargs)
+        except SandboxError as exc:
+            raise ToolException(f"Error: the Python sandbox is unavailable ({exc}).") from exc
+
+
+def sandbox_tools(settings: Settings, request_id: Callable[[], str]) -> list[BaseTool]:
+    """[run_python] when SANDBOX_ENABLED, else []. Called once, off the event loop, at start-up."""
+    if not settings.SANDBOX_ENABLED:
+        return []
+    runner = ReportingRunner(SandboxConfig.from_settings(settings, owner="research-agent"))
+    try:  # containers a crashed run of this service left behind
+        logger.info("sandbox ready", extra={"removed_leftovers": runner.sweep()})
+    except SandboxUnavailable as exc:
+        logger.warning("sandbox unavailable; run_python will report it", extra={"error": str(exc)})
+    if settings.SANDBOX_POOL_SIZE:
+        runner.start_pool()
+    if settings.SANDBOX_POOL_SIZE or settings.SANDBOX_EGRESS != "none":
+        atexit.register(runner.close)  # the pool's idle containers and the proxy go with it
+    tool = make_run_python_tool(runner, request_id)
+    tool.handle_tool_error = True  # a ToolException becomes the tool's answer, status "error"
+    return [tool]

@@ -1,0 +1,317 @@
+"""Run untrusted Python in a throwaway container: the container spec and one run.
+
+Lesson 04 (code/04_sandboxed_tools.py) and the research agent's run_python tool import this file;
+it imports nothing of the app but its sandbox_* files and docker_client.py (the engine the
+`docker` command uses, its context included), and nothing of LangChain, so the lesson loads it
+from here without copies. `run` blocks (every Docker SDK call is an HTTP request): call
+it from a thread. The rest builds on `SandboxRunner`, one file per concern: sandbox_admission.py
+(`arun`: threads, a bounded queue, per-caller caps, shutdown), sandbox_sweep.py (leftovers) and
+sandbox_pool.py (containers started ahead); their settings are one dataclass, sandbox_config.py.
+"""
+
+import contextlib
+import json
+import logging
+import math
+import secrets
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import LogConfig, Ulimit
+from docker.utils.socket import frames_iter
+
+from .docker_client import docker_client
+from .sandbox_config import SandboxConfig
+from .sandbox_exit import EndWatch
+
+logger = logging.getLogger(__name__)
+
+# Every container carries three labels: agent-sandbox.owner, .request-id and .expires.
+LABEL = "agent-sandbox"
+# A container this long past its timeout is a leftover (a crash, a failed removal) for sweep().
+EXPIRY_GRACE_SECONDS = 60
+# The container ends itself this long after its timeout, should the runner not be there to kill it.
+WATCHDOG_GRACE_SECONDS = 2
+
+# PID 1 of each container (it runs the program and keeps the deadline) and the seccomp profile: two
+# files next to this one, so the lesson and the research agent's image both have them.
+_HERE = Path(__file__).resolve().parent
+WATCHDOG = (_HERE / "sandbox_init.py").read_text()
+SECCOMP_PROFILE = json.dumps(json.loads((_HERE / "sandbox_seccomp.json").read_text()))
+# Hidden from the program (an empty file or folder over them): Docker's own list, which setting
+# any list replaces, plus what tells about the host: its kernel's command line, build options
+# and type information, and its load and pressure counters.
+MASKED_PATHS = [
+    *["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats"],
+    *["/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+    *["/proc/cmdline", "/proc/config.gz", "/sys/kernel/btf", "/sys/kernel/vmcoreinfo"],
+    *["/proc/pressure", "/proc/loadavg"],
+]
+
+
+@dataclass
+class RunResult:
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    truncated: bool
+    duration_ms: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class SandboxError(Exception):
+    """Every error the runner raises: the code did not run."""
+
+
+class SandboxUnavailable(SandboxError):
+    """Docker cannot be reached, or the image or runtime is missing: the code did not run."""
+
+
+# Docker errors, and the connection errors the SDK passes on from requests when the daemon is gone.
+DOCKER_ERRORS = (DockerException, requests.RequestException)
+
+
+class SandboxRunner:
+    """One fresh container per run: created with every restriction, started, fed, read, removed."""
+
+    def __init__(self, config: SandboxConfig | None = None, client=None):
+        self.config = config or SandboxConfig()
+        self._client = client
+        self._client_lock = threading.Lock()
+        self._uids: set[int] = set()  # in use by this runner's containers
+        self._uids_lock = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        """The Docker client, made on first use: an API starts, and answers 503, without Docker."""
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    client = docker_client(max_pool_size=self.config.max_concurrent + 4)
+                    runtimes = client.info().get("Runtimes", {})
+                except DOCKER_ERRORS as exc:
+                    raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
+                for runtime in self.runtimes_needed():
+                    if runtime not in runtimes:
+                        raise SandboxUnavailable(
+                            f"the Docker daemon offers no {runtime!r} runtime (it has: "
+                            f"{', '.join(sorted(runtimes))}); see docs/04-sandboxed-tools.md"
+                        )
+                self._client = client
+            return self._client
+
+    def runtimes_needed(self) -> list[str]:
+        """The runtimes this runner's containers use, which the daemon must offer."""
+        return [self.config.runtime] if self.config.runtime else []
+
+    def create(
+        self,
+        timeout: float,
+        request_id: str,
+        uid: int,
+        idle: float | None = None,
+        *,
+        network: str = "none",
+        runtime: str | None = None,
+        environment: dict[str, str] | None = None,
+        mounts: list | None = None,
+        labels: dict[str, str] | None = None,
+        keep_as: str | None = None,
+    ):
+        """A container, not started, for one run of up to `timeout` s as `uid`. Its watchdog
+        waits `idle` s for the run's first line (by default until the run would have ended).
+        No network unless one is named (egress, sandbox_egress.py, names one, and what goes with
+        it: the runtime, the proxy's address and the CAs to trust). `keep_as`: its name, and it
+        is kept with its output after it exits (lesson 10)."""
+        c = self.config
+        ends = timeout + WATCHDOG_GRACE_SECONDS
+        idle = ends if idle is None else idle
+        host_config = self.client.api.create_host_config(
+            network_mode=network,
+            read_only=True,
+            tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={c.tmp_size}"},
+            mem_limit=c.memory,
+            memswap_limit=c.memory,
+            nano_cpus=int(c.cpus * 1e9),
+            pids_limit=c.pids_for(runtime or c.runtime),
+            # CPU seconds per process, a second limit that needs no one outside: killed past it.
+            ulimits=[Ulimit(name="cpu", soft=math.ceil(ends), hard=math.ceil(ends))],
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges", f"seccomp={SECCOMP_PROFILE}"],
+            init=False,  # whatever the daemon's default: the watchdog must be PID 1 (see its file)
+            runtime=runtime or c.runtime,
+            mounts=mounts or None,
+            log_config=LogConfig(type="none"),  # output is read live; no copy on the host's disk
+            # The engine removes it as it exits, even if this process is gone (see sandbox_exit).
+            auto_remove=True,
+        )
+        host_config["MaskedPaths"] = MASKED_PATHS  # the SDK has no argument for it
+        if keep_as:
+            keep(host_config)
+        try:
+            created = self.client.api.create_container(
+                c.image,
+                # PID 1 is the watchdog (sandbox_init.py); the run's deadline, then its program,
+                # arrive on stdin: no file to mount, no shell.
+                ["python", "-I", "-c", WATCHDOG, f"{idle:g}"],
+                stdin_open=True,
+                user=f"{uid}:{uid}",
+                environment=environment or None,
+                host_config=host_config,
+                labels={
+                    f"{LABEL}.owner": c.owner,
+                    f"{LABEL}.request-id": request_id,
+                    f"{LABEL}.expires": str(int(time.time() + idle + ends + EXPIRY_GRACE_SECONDS)),
+                    **({f"{LABEL}.key": keep_as} if keep_as else {}),
+                    **(labels or {}),
+                },
+                name=keep_as,
+            )
+        except ImageNotFound as exc:
+            raise SandboxUnavailable(
+                f"the sandbox image {c.image} is missing: build it with `make build`"
+            ) from exc
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"cannot create a sandbox container: {exc}") from exc
+        return self.client.containers.prepare_model({"Id": created["Id"]})
+
+    def take_uid(self) -> int:
+        """A uid no other run of this runner has; runners on one engine collide with a chance
+        of about one in uid_count / (their runs at once). Give it back with free_uid."""
+        with self._uids_lock:
+            while True:
+                uid = self.config.uid_base + secrets.randbelow(self.config.uid_count)
+                if uid not in self._uids:
+                    self._uids.add(uid)
+                    return uid
+
+    def free_uid(self, uid: int) -> None:
+        with self._uids_lock:
+            self._uids.discard(uid)
+
+    def run(self, code: str, timeout_seconds: float | None = None, request_id: str = "-"):
+        """Run `code` in a fresh container and return a RunResult. Blocks: call it from a thread.
+        The container serves this run only, and is removed."""
+        timeout = timeout_seconds or self.config.timeout_seconds
+        uid = self.take_uid()
+        try:
+            container = self.create(timeout, request_id, uid)
+            return self._run_in(container, code, timeout)
+        finally:
+            self.free_uid(uid)
+
+    def _run_in(self, container, code: str, timeout: float, started: bool = False) -> RunResult:
+        """Execute in `container`, then remove it, whatever happened."""
+        try:
+            return self.execute(container, code, timeout, started=started)
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"the sandbox container failed: {exc}") from exc
+        finally:
+            remove(container)
+
+    def execute(self, container, code: str, timeout: float, started: bool = False) -> RunResult:
+        """Start the container (unless `started`: its watchdog is already waiting for the first
+        line), send it the code, read capped output, and how it ended from the engine's events
+        (it removes the container as it exits)."""
+        end = EndWatch(self.client, container.id, timeout + 60)
+        sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        raw = sock._sock  # the SDK hands back a SocketIO; sending and half-closing need the socket
+        output = {1: bytearray(), 2: bytearray()}  # stdout, stderr
+        limit, truncated, timed_out = self.config.max_output_bytes, False, threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            kill(container)
+
+        deadline = threading.Timer(timeout, on_timeout)
+        # Last resort if the daemon never ends the stream after the kill: stop reading it.
+        backstop = threading.Timer(timeout + 10, lambda: raw.shutdown(socket.SHUT_RDWR))
+        try:
+            if not started:
+                container.start()
+            begin = time.monotonic()
+            deadline.start()
+            backstop.start()
+            with contextlib.suppress(OSError):  # it exited before reading stdin: exit code says why
+                # The watchdog's first line, which starts its clock: the run's deadline.
+                raw.sendall(f"{timeout + WATCHDOG_GRACE_SECONDS:g}\n{code}".encode())
+                raw.shutdown(socket.SHUT_WR)  # end of file on the container's stdin
+            for stream, data in frames_iter(sock, tty=False):
+                kept = output[stream]
+                room = limit - len(kept)
+                kept += data[:room]
+                if len(data) > room and not truncated:
+                    # The rest would be thrown away: stop it being produced. From another thread,
+                    # because a kill waits for the process, which waits for us to read its output.
+                    truncated = True
+                    threading.Thread(target=kill, args=(container,), daemon=True).start()
+            duration_ms = (time.monotonic() - begin) * 1000  # the output ends as the program does
+            ended = end.ending()
+        finally:
+            deadline.cancel()
+            backstop.cancel()
+            end.close()
+            sock.close()
+            raw.close()  # closing the SocketIO alone leaves the socket open until collected
+        return RunResult(
+            stdout=output[1].decode(errors="replace"),
+            stderr=output[2].decode(errors="replace"),
+            exit_code=ended.exit_code,
+            timed_out=timed_out.is_set(),
+            oom_killed=ended.oom_killed,
+            truncated=truncated,
+            duration_ms=round(duration_ms, 1),
+        )
+
+    def close(self) -> None:
+        """Close the Docker client: call it once no run is going."""
+        if self._client is not None:
+            self._client.close()
+
+
+def keep(host_config: dict) -> None:
+    """A container that outlives the process reading it (durable/idempotent.py): the engine
+    keeps it and a bounded copy of its output after it exits, for whoever continues the run."""
+    host_config["AutoRemove"] = False
+    host_config["LogConfig"] = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}}
+
+
+def kill(container) -> None:
+    with contextlib.suppress(*DOCKER_ERRORS):  # it has already exited
+        container.kill()
+
+
+# How long remove() waits for a removal the engine has already begun.
+REMOVAL_WAIT_SECONDS = 30
+
+
+def remove(container) -> None:
+    """Remove it, and return once it is gone (or removal failed): its place is free only then."""
+    try:
+        container.remove(force=True)
+    except NotFound:
+        pass
+    except APIError as exc:
+        if exc.status_code != 409:  # sweep() removes it later
+            logger.warning("could not remove sandbox container %s: %s", container.id[:12], exc)
+            return
+        # 409: the engine is removing it already (auto_remove, as it exited), and lists it until
+        # it is done. Wait for that: the caller counts the container until remove() returns.
+        try:
+            container.wait(condition="removed", timeout=REMOVAL_WAIT_SECONDS)
+        except NotFound:
+            pass  # gone already
+        except DOCKER_ERRORS as exc:
+            logger.warning("sandbox container %s still being removed: %s", container.id[:12], exc)
+    except DOCKER_ERRORS as exc:  # sweep() removes it later
+        logger.warning("could not remove sandbox container %s: %s", container.id[:12], exc)
