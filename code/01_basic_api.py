@@ -15,13 +15,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import uvicorn
-from chat_model import make_chat_model
 from fastapi import Depends, FastAPI, HTTPException, Request
 from langchain_core.language_models import BaseChatModel
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
+
+from chat_model import make_chat_model
 
 # Our streams always end, so let them finish on shutdown instead of sse-starlette cutting them off.
 AppStatus.disable_automatic_graceful_drain()

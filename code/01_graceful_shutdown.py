@@ -27,7 +27,6 @@ from typing import Annotated, Any
 
 import anyio
 import uvicorn
-from chat_model import make_chat_model
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from langchain_core.language_models import BaseChatModel
@@ -35,6 +34,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
+
+from chat_model import make_chat_model
 
 # Our streams always end, so let them finish on shutdown instead of sse-starlette cutting them off.
 AppStatus.disable_automatic_graceful_drain()

@@ -14,7 +14,7 @@ What step 1 lacked, in file order; each block is marked `NEW in step 2`:
   cache         a bounded TTL cache keyed on every input that changes the answer
   CORS          allowed origins from settings, never a wildcard together with credentials
 How some of them work is in modules next to this file, named after their topic: the middleware
-and log format (lesson01_request_context), the OpenAPI models, the deadline, nesting, CORS.
+and log format (lesson01.request_context), the OpenAPI models, the deadline, nesting, CORS.
 """
 
 import json
@@ -28,17 +28,11 @@ from typing import Annotated, Any
 
 import uvicorn
 from cachetools import TTLCache
-from chat_model import make_chat_model
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from langchain_core.language_models import BaseChatModel
 from langchain_core.prompts import ChatPromptTemplate
-from lesson01_cors import allow_origins
-from lesson01_deadline import UpstreamError, model_deadline
-from lesson01_nesting import limit_nesting
-from lesson01_openapi import METRICS_RESPONSE, error_responses
-from lesson01_request_context import JsonFormatter, RequestContextMiddleware, request_id_var
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -51,6 +45,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import AppStatus
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chat_model import make_chat_model
+from lesson01.cors import allow_origins
+from lesson01.deadline import UpstreamError, model_deadline
+from lesson01.nesting import limit_nesting
+from lesson01.openapi import METRICS_RESPONSE, error_responses
+from lesson01.request_context import JsonFormatter, RequestContextMiddleware, request_id_var
 
 # Our streams always end, so let them finish on shutdown instead of sse-starlette cutting them off.
 AppStatus.disable_automatic_graceful_drain()

@@ -17,14 +17,12 @@ import asyncio
 import logging
 import math
 import signal
-import sys
 import threading
 from contextlib import asynccontextmanager
-from pathlib import Path
+from typing import Literal
 
 import uvicorn
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
-from chat_model import OfflineToolCallingModel, make_chat_model
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from langchain.agents import create_agent
@@ -33,28 +31,34 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings
 
-# The runner is in the research agent (app/sandbox*.py), which ships it in its image; the lesson
-# imports those same files rather than copies (research-agent/ holds the `app` package), and with
-# them the course's error shape, request ids and body limit, as lessons 05 and 07 do. Added once,
-# so loading this file twice does not grow sys.path.
-AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
-if AGENT_DIR not in sys.path:
-    sys.path.insert(0, AGENT_DIR)
-from app.body_limit import BodyLimitMiddleware  # noqa: E402
-from app.error_shape import error_body, install_shape_handlers  # noqa: E402
-from app.forwarded import uvicorn_forwarding  # noqa: E402
-from app.python_tool import make_run_python_tool  # noqa: E402
-from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
-from app.sandbox import RunResult, SandboxUnavailable  # noqa: E402
-from app.sandbox_admission import SandboxBusy, SandboxShuttingDown  # noqa: E402
-from app.sandbox_config import SandboxConfig  # noqa: E402
-from app.sandbox_pool import PooledRunner  # noqa: E402
-from app.sandbox_sweep import SweepingRunner  # noqa: E402
+from chat_model import OfflineToolCallingModel, make_chat_model
+
+# The runner is in the research agent (research_agent/sandbox*.py), which ships it in its image; the
+# lesson imports that installed package rather than copies, and with it the course's error shape,
+# request ids and body limit, as lessons 05 and 07 do.
+from research_agent import (
+    BodyLimitMiddleware,
+    EgressRunner,
+    PooledRunner,
+    RunResult,
+    SandboxBusy,
+    SandboxConfig,
+    SandboxShuttingDown,
+    SandboxUnavailable,
+    SweepingRunner,
+    error_body,
+    install_shape_handlers,
+    log_with_request_ids,
+    make_run_python_tool,
+    safe_request_id,
+    uvicorn_forwarding,
+)
 
 
-class Runner(SweepingRunner, PooledRunner):
+class Runner(EgressRunner, SweepingRunner, PooledRunner):
     """Step 3's runner (a fresh container per run, `arun` bounded), with the Going further parts:
-    a sweep of leftovers and a pool of containers started ahead."""
+    egress through an allow-list proxy, a sweep of leftovers and a pool of containers started
+    ahead."""
 
 
 log_with_request_ids()  # every log line names its request, as the error bodies do
@@ -71,7 +75,7 @@ class Settings(BaseSettings):
     MAX_CODE_CHARS: int = 20_000
     MAX_BODY_BYTES: int = 262_144  # the longest code in any encoding, with room to spare
     SANDBOX_IMAGE: str = "agent-sandbox:python"
-    SANDBOX_RUNTIME: str | None = None  # "runsc" for gVisor (see the lesson)
+    SANDBOX_RUNTIME: str | None = None  # runc (the default), or "runsc" for gVisor (Going further)
     SANDBOX_TIMEOUT_SECONDS: float = 10.0  # default per run
     SANDBOX_MAX_TIMEOUT_SECONDS: float = 30.0  # the most a request may ask for
     SANDBOX_MAX_CONCURRENT: int = 4
@@ -80,8 +84,18 @@ class Settings(BaseSettings):
     SANDBOX_OWNER: str = "lesson-04"  # label value: which service started a container
     SANDBOX_SWEEP_INTERVAL_SECONDS: float = 30.0  # expired containers are removed this often
     SANDBOX_POOL_SIZE: int = 2  # containers started ahead, one run each; 0: off (Going further)
-    # Proxies whose X-Forwarded-For names the client (app/forwarded.py); empty: none, so a client
-    # cannot pick a new address, and a fresh share, per request.
+    # Egress (Going further): "none", no network; "allowlist", the allowed hosts through a proxy
+    # that adds the declared credentials (SANDBOX_CREDENTIALS='api.example.com=Authorization:
+    # Bearer ${API_TOKEN}': API_TOKEN goes from this process's environment to the proxy's only).
+    SANDBOX_EGRESS: Literal["none", "allowlist"] = "none"
+    SANDBOX_ALLOWED_HOSTS: str = ""  # pypi.org *.pythonhosted.org: names and *.suffix patterns
+    SANDBOX_CREDENTIALS: str = ""
+    SANDBOX_EGRESS_MAX_BYTES: int = 256 * 1024 * 1024  # per run, both directions
+    SANDBOX_EGRESS_MAX_REQUESTS: int = 500  # per run
+    SANDBOX_EGRESS_UPSTREAM_NETWORK: str = "bridge"  # the proxy's way out
+    SANDBOX_EGRESS_UPSTREAM_CA: str | None = None  # extra CAs (a PEM file) for the upstreams
+    # Proxies whose X-Forwarded-For names the client (research_agent/forwarded.py); empty: none, so
+    # a client cannot pick a new address, and a fresh share, per request.
     FORWARDED_ALLOW_IPS: str = ""
 
 

@@ -4,19 +4,19 @@ Run it:  make lesson-05  (builds the image, starts Redis on its own Docker netwo
 Open http://127.0.0.1:8000, ask with 3 variations, watch the columns fill, reload, pick one.
 
     browser ──POST /v1/runs──▶ this API ──Docker SDK──▶ N worker containers (research-agent image,
-       ▲                          │                      `python -m app.worker`, one variation each)
+       ▲                          │                      `python -m research_agent.worker`,
+       │                          │                      one variation each)
        │                          │ XREAD BLOCK                     │ XADD every event
        └──SSE: id = stream id ◀───┴──────── Redis Stream run:{id}:events ◀──┘
 
 No run state in memory: runs, variations and events live in Redis, the workers run on their own,
 so the API can restart mid-run and its clients resume with Last-Event-ID. This file is the core
-path; what docs/05 explains under "Going further" is in code/variations/, one module per topic.
+path; what docs/05 explains under "Going further" is in code/lesson05/, one module per topic.
 """
 
 import asyncio
 import logging
 import secrets
-import sys
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -30,18 +30,16 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-# The worker's contract (app/job.py: its job, keys, exit codes) and the Going-further modules:
-# both on sys.path, once, so that loading this file twice does not grow it.
-for path in (Path(__file__).resolve().parents[1] / "research-agent", Path(__file__).parent):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-from app.job import Job  # noqa: E402
-from app.request_ids import log_with_request_ids  # noqa: E402
-from variations import docker_workers, guards, recovery, redis_access, routes, store, warm  # noqa: E402
-from variations.guards import ApiError, OwnedRun  # noqa: E402
-from variations.presets import RunRequest  # noqa: E402
-from variations.store import RunCreated, Runs, id_tuple  # noqa: E402
-from variations.traces import TELEMETRY, RunSpans, trace_runs  # noqa: E402
+from lesson05 import docker_workers, guards, redis_access, routes, store, warm
+from lesson05.guards import OwnedRun
+from lesson05.presets import RunRequest
+from lesson05.recovery import Adoption, NoAdoption
+from lesson05.store import RunCreated, Runs, id_tuple
+from lesson05.traces import TELEMETRY, trace_launches, trace_runs
+
+# The worker's contract (research_agent/job.py: its job, keys, exit codes) and the Going-further
+# modules, both installed packages.
+from research_agent import ApiError, Job, log_with_request_ids
 
 log_with_request_ids()
 logger = logging.getLogger("variations")
@@ -52,11 +50,11 @@ logger = logging.getLogger("variations")
 class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = 8000
-    # Host names this API answers to (a JSON list); any other Host gets 400 (variations/guards.py).
+    # Host names this API answers to (a JSON list); any other Host gets 400 (lesson05/guards.py).
     ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
     # How this API reaches Redis, as its user `api` (scripts/lesson-05.sh prints it).
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
-    # The same Redis, seen from a worker; each gets a user of its own (variations/redis_access.py).
+    # The same Redis, seen from a worker; each gets a user of its own (lesson05/redis_access.py).
     WORKER_REDIS_URL: str = "redis://lesson-05-redis:6379/0"
     WORKER_IMAGE: str = "research-agent:optimized"
     WORKER_NETWORK: str = "lesson-05"
@@ -68,10 +66,12 @@ class Settings(BaseSettings):
     MAX_RUNS_PER_CLIENT: int = 1  # per client address, so one client cannot hold every slot
     VARIATION_TIMEOUT_SECONDS: float = 120.0
     CANCEL_WAIT_SECONDS: float = 120.0  # a cancel waits this long for containers being created
-    # Warm workers: started ahead, each waiting for one variation (0: off; variations/warm.py).
+    # Warm workers: started ahead, each waiting for one variation (0: off; lesson05/warm.py).
     WARM_WORKERS: int = Field(0, ge=0, le=16)
     WARM_MAX_AGE_SECONDS: float = Field(240.0, gt=0)
     STREAM_MAXLEN: int = 5000  # entries kept in one run's stream
+    EVENT_MAX_BYTES: int = 64 * 1024  # one worker event; a bigger one: refused, its worker cut off
+    VARIATION_MAX_BYTES: int = 2 * 2**20  # all of one variation's events; past it, cut off too
     RUN_TTL_SECONDS: int = 3600  # how long a finished run stays readable
     REAP_INTERVAL_SECONDS: float = 0.25
     # Each open event stream holds a Redis connection (XREAD BLOCK): capped in total, per client.
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     WORKER_OTEL_EXPORTER_OTLP_ENDPOINT: str = ""  # lesson 09: workers' traces ("": the API's)
 
 
-# === The request: a query and how many variations (RunRequest, in variations/presets.py) ===
+# === The request: a query and how many variations (RunRequest, in lesson05/presets.py) ===
 # Variation i starts from PRESETS[i], its style, temperature and search depth; a request may
 # override any field. 202 answers with the run's id and where to follow it (RunCreated).
 
@@ -93,44 +93,52 @@ class Settings(BaseSettings):
 # === The run lifecycle: start the workers, reap them as they exit ===
 
 
+def worker_settings(settings: Settings) -> dict:
+    """What every worker gets from this API, whatever its variation."""
+    names = ("OFFLINE_TOKEN_DELAY_MS", "OPENAI_API_KEY", "OPENAI_BASE_URL")
+    return {name: getattr(settings, name) for name in names}
+
+
 class Orchestrator:
     """Starts one container per variation, and reaps them. POST /v1/runs calls create(); a
     background task calls reap() every REAP_INTERVAL_SECONDS, with Redis connections of its own
-    (`reaper_runs`). Each method below marked "a hook" is where a Going-further module plugs in."""
+    (`reaper_runs`). What Going further adds, it holds as collaborators and calls at named points:
+    `caps` admits a run, `users` gives each job its Redis URL, `pool` may have a warm worker for
+    a variation, `recovery` may adopt one whose container vanished. lifespan() composes them."""
 
-    def __init__(self, settings: Settings, runs: Runs, workers, reaper_runs: Runs | None = None):
+    def __init__(self, settings: Settings, runs: Runs, workers, reaper_runs: Runs | None = None,
+                 *, caps=None, users=None, pool=None, recovery=None):  # fmt: skip
         self.settings, self.runs, self.workers = settings, runs, workers
         self.reaper_runs = reaper_runs or runs
-        self.relay = redis_access.Relay(self.reaper_runs.client, settings.STREAM_MAXLEN)
+        self.relay = redis_access.Relay(self.reaper_runs)
+        # Without them, the core path: no other cap, one Redis URL, no warm pool, no adoption.
+        self.caps = caps or guards.NoOtherCaps()
+        self.users = users or redis_access.SharedUser(settings.WORKER_REDIS_URL)
+        self.pool = pool or warm.NoPool()
+        self.recovery = recovery or NoAdoption()
         self.starting: dict[str, asyncio.Task] = {}  # run id -> its containers being created
         self.lock = asyncio.Lock()
 
-    def worker_settings(self) -> dict:
-        """What every worker gets from this API, whatever its variation."""
-        names = ("OFFLINE_TOKEN_DELAY_MS", "OPENAI_API_KEY", "OPENAI_BASE_URL")
-        return {name: getattr(self.settings, name) for name in names}
-
     def job(self, run_id: str, query: str, v: dict, count: int, url: str) -> tuple[Job, dict]:
-        """The variation's job, and the agent's settings it changes (app/job.py writes both)."""
+        """The variation's job, and the agent's settings it changes (research_agent/job.py writes
+        both)."""
         s = self.settings
         # Room in the stream for each variation's tokens, after every other event of the run.
         budget = max(0, (s.STREAM_MAXLEN - 3 - 12 * count) // count)
         job = Job(RUN_ID=run_id, VARIATION=v["index"], QUERY=query, ANSWER_STYLE=v["style"],
                   REDIS_URL=url, STREAM_MAXLEN=s.STREAM_MAXLEN, TOKEN_BUDGET=budget)  # fmt: skip
-        agent = {
-            "TEMPERATURE": v["temperature"],
-            "SEARCH_MAX_RESULTS": v["search_depth"],
-            "MODEL_NAME": v.get("model"),
-            # The agent gives up a little before the container is killed, so it can say why.
-            "REQUEST_TIMEOUT_SECONDS": max(1.0, s.VARIATION_TIMEOUT_SECONDS - 5),
-            **self.worker_settings(),
-        }
+        agent = {"TEMPERATURE": v["temperature"], "SEARCH_MAX_RESULTS": v["search_depth"],
+                 "MODEL_NAME": v.get("model"),
+                 # The agent gives up a little before the container is killed, so it can say why.
+                 "REQUEST_TIMEOUT_SECONDS": max(1.0, s.VARIATION_TIMEOUT_SECONDS - 5),
+                 **worker_settings(s)}  # fmt: skip
         return job, agent
 
-    async def admit(self, active: set[str], client: str) -> None:  # a hook
+    async def admit(self, active: set[str], client: str) -> None:
         if len(active) >= (most := self.settings.MAX_ACTIVE_RUNS):
             message = f"{most} runs are already running; wait for one to finish or cancel one"
             raise ApiError(429, "too_many_runs", message, headers={"Retry-After": "5"})
+        await self.caps.admit(active, client)
 
     async def create(self, request: RunRequest, client: str, owner: str) -> dict:
         variations = request.resolved()
@@ -147,24 +155,22 @@ class Orchestrator:
         count = len(variations)
         await asyncio.gather(*(self.start_one(run_id, query, v, count) for v in variations))
 
-    async def redis_url(self, run_id: str, index: int) -> str:  # a hook
-        return self.settings.WORKER_REDIS_URL
-
-    async def start_worker(self, job: Job, agent: dict) -> tuple[str, str]:  # a hook
-        """A new container with the job in its environment: (its id, "cold")."""
+    async def start_worker(self, job: Job, agent: dict) -> tuple[str, str]:
+        """The pool's warm worker if it has one for the job, else a new container with the job in
+        its environment: (its id, "warm" or "cold")."""
+        if warm := self.pool.take(job.RUN_ID, job.VARIATION):  # (name, id) of one started ahead
+            return warm[1], "warm"
         env = job.to_env(otlp_endpoint=self.settings.WORKER_OTEL_EXPORTER_OTLP_ENDPOINT, **agent)
         worker_id = await asyncio.to_thread(self.workers.start, job.RUN_ID, job.VARIATION, env)
         return worker_id, "cold"
-
-    async def hand_over(self, job: Job, agent: dict, kind: str) -> None:  # a hook
-        """A cold worker has its job in its environment already."""
 
     async def start_one(self, run_id: str, query: str, v: dict, count: int) -> None:
         index, began = v["index"], time.time()
         deadline = began + self.settings.VARIATION_TIMEOUT_SECONDS
         await self.runs.update_variation(run_id, index, status="running", deadline=deadline)
         try:
-            job, agent = self.job(run_id, query, v, count, await self.redis_url(run_id, index))
+            url = await self.users.variation(run_id, index)  # the Redis URL of this job
+            job, agent = self.job(run_id, query, v, count, url)
             worker_id, kind = await self.start_worker(job, agent)
         except Exception as exc:  # no image, engine down, name taken...
             logger.warning("variation %s/%d did not start: %r", run_id, index, exc)
@@ -177,17 +183,19 @@ class Orchestrator:
         start_ms = round((started - began) * 1000)
         data = {"variation": index, "container": worker_id[:12], "start_ms": start_ms}
         await self.runs.add_event(run_id, "container_started", {**data, "worker": kind})
-        await self.hand_over(job, agent, kind)
+        if kind == "warm":  # a cold worker has its job in its environment already
+            await self.pool.hand_over(job, agent)
 
     async def reap(self) -> dict:
         """One pass over this deployment's containers: record exits, enforce deadlines, remove
         orphans (their run ended, was cancelled or expired), and fail variations whose container
         vanished. At start-up the same pass sweeps what a previous API left and adopts the rest."""
         listed_at = time.time()
-        ctx = await self.before_pass()
+        await self.pool.mark_alive()
+        users = await self.users.listed()  # before anything is worked out (WorkerUsers.sweep)
         listed = await asyncio.to_thread(self.workers.list)
         seen, counts = set(), {"adopted": 0, "removed": 0, "ended": 0}
-        for w in await self.with_jobs(listed):
+        for w in await self.pool.with_jobs(listed):  # a warm worker's job: the pool knows it
             seen.add((w.run_id, w.index))
             try:
                 counts[await self.reap_one(w)] += 1
@@ -198,22 +206,13 @@ class Orchestrator:
         variations = await self.reaper_runs.variations_of_active()
         for (run_id, i), v in variations.items():
             started = float(v.get("started_at") or "inf")
-            if v.get("status") == "running" and (run_id, i) not in seen and started < listed_at:
-                await self.vanished(run_id, i)
-        await self.after_pass(listed, variations, listed_at, ctx)
+            gone = v.get("status") == "running" and (run_id, i) not in seen and started < listed_at
+            if gone and not await self.recovery.adopted(run_id, i):  # vanished, not adopted
+                reason = "the container disappeared"
+                await self.reaper_runs.finish(run_id, i, "failed", reason=reason)
+        await self.users.tend(users, variations, self.pool.wanted_users())
+        await self.pool.tend(listed, listed_at)
         return counts
-
-    async def before_pass(self) -> dict:  # a hook
-        return {}
-
-    async def with_jobs(self, workers: list) -> list:  # a hook: their run, variation: labels say
-        return workers
-
-    async def vanished(self, run_id: str, index: int) -> None:  # a hook
-        await self.reaper_runs.finish(run_id, index, "failed", reason="the container disappeared")
-
-    async def after_pass(self, listed: list, variations: dict, listed_at: float, ctx: dict):
-        """A hook: the pass's listing, the variations of the runs going, and before_pass's."""
 
     async def reap_one(self, w: docker_workers.Worker) -> str:
         runs = self.reaper_runs
@@ -254,18 +253,9 @@ class Orchestrator:
         await self.reaper_runs.finish(w.run_id, w.index, status, **details)
         await asyncio.to_thread(self.workers.remove, w.id)
 
-    async def close(self) -> None:  # a hook
-        """On shutdown; the workers going finish on their own."""
-
-
-# === Going further, plugged in: each class is a module of code/variations/ ===
-# The warm pool (warm.py), a Redis user per worker (redis_access.py), per-client caps (guards.py),
-# cancelling (routes.py), adoption after a restart (recovery.py), a run's trace (traces.py).
-
-
-class Variations(warm.WarmWorkers, redis_access.WorkerRedisUsers, guards.PerClientCaps,
-                 routes.Cancelling, recovery.Adoption, RunSpans, Orchestrator):  # fmt: skip
-    pass
+    async def close(self) -> None:
+        """On shutdown: the pool's idle workers go; the workers going finish on their own."""
+        await self.pool.close()
 
 
 # === The event stream: XREAD from the client's last id, every entry one SSE event with that id ===
@@ -300,14 +290,21 @@ async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
-    # Redis pools sized on purpose (variations/store.py): routes, streams, reaper, relay.
+    # Redis pools sized on purpose (lesson05/store.py): routes, streams, reaper, relay.
     clients = store.redis_clients(settings)
     await clients[0].ping()
     own_workers = app.state.workers is None
     workers = app.state.workers or docker_workers.DockerWorkers(settings)
     await asyncio.to_thread(workers.check)
     runs = [Runs(client, settings) for client in clients]
-    orchestrator = app.state.orchestrator = Variations(settings, runs[0], workers, runs[2])
+    # The Orchestrator and its collaborators from code/lesson05/, composed here and only here;
+    # lesson 09's spans are wrapped around its launches (lesson05/traces.py).
+    users = redis_access.WorkerUsers(clients[0], settings.REDIS_URL, settings.WORKER_REDIS_URL)
+    pool = warm.WarmPool(settings, workers, users, worker_settings(settings), runs[0], runs[2])
+    caps, adoption = guards.PerClientCaps(settings, runs[0]), Adoption(runs[2])
+    orchestrator = Orchestrator(settings, runs[0], workers, runs[2], caps=caps, users=users,
+                                pool=pool, recovery=adoption)  # fmt: skip
+    app.state.orchestrator = trace_launches(orchestrator)  # the same one, its launches in spans
     app.state.stream_runs = runs[1]
     app.state.stream_slots = guards.StreamSlots(settings)
     # Before serving, the start-up sweep: leftovers removed, live runs adopted.
@@ -315,7 +312,7 @@ async def lifespan(app: FastAPI):
     every, stopping = settings.REAP_INTERVAL_SECONDS, asyncio.Event()  # the reaper: a pass, and
     reaper = asyncio.create_task(  # again, Redis down or not, until `stopping` is set
         redis_access.forever("a reaper pass", every, orchestrator.reap, stopping))  # fmt: skip
-    relay = redis_access.Relay(clients[3], settings.STREAM_MAXLEN)  # workers' events into runs'
+    relay = redis_access.Relay(runs[3])  # workers' events into runs' (lesson05/redis_access.py)
     relaying = asyncio.create_task(redis_access.relay_forever(relay, runs[3].running, stopping))
     address = settings.REDIS_URL.rpartition("@")[2]  # never the password in a log
     logger.info("variations API ready: image %s, Redis %s", settings.WORKER_IMAGE, address)
@@ -341,7 +338,7 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         telemetry=TELEMETRY,  # lesson 09: a server span per request, once tracing is on
     )
     app.state.settings, app.state.workers = settings, workers
-    trace_runs()  # with OTEL_EXPORTER_OTLP_ENDPOINT set, a run is one trace (variations/traces.py)
+    trace_runs()  # with OTEL_EXPORTER_OTLP_ENDPOINT set, a run is one trace (lesson05/traces.py)
 
     @app.post("/v1/runs", status_code=202, responses=routes.ERRORS)
     async def create_run(body: RunRequest, request: Request, response: Response) -> RunCreated:

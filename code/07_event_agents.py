@@ -13,8 +13,9 @@ only then acks. A consumer that dies leaves its message pending; a live one clai
 VISIBILITY_TIMEOUT_MS (XAUTOCLAIM). So a message can arrive twice, and every effect is written
 together with the record of the event id it came from (one Lua script): the second time, nothing
 changes. In order: the idempotent effects, the bus, the consumer loop, the five services, the
-command line. The settings, topics, envelope and keys are lesson07_contract's; the hardening that
-docs/07 keeps under "Going further" is in the lesson07_* modules imported below, one per topic.
+command line. The settings, topics, envelope and keys are lesson07.contract's; the hardening that
+docs/07 keeps under "Going further" is in the lesson07 package's modules imported below, one per
+topic.
 """
 
 import asyncio
@@ -31,15 +32,16 @@ from contextlib import suppress
 from pathlib import Path
 
 import redis.asyncio as redis
-from chat_model import make_chat_model
 from langchain_core.messages import HumanMessage, SystemMessage
 
+from chat_model import make_chat_model
+
 # The hardening docs/07 keeps under "Going further", one module per topic.
-from lesson07_acks import dead_letter  # what is acked, and when
-from lesson07_claims import keep_claim_while  # a long answer keeps its claim
+from lesson07.acks import dead_letter  # what is acked, and when
+from lesson07.claims import keep_claim_while  # a long answer keeps its claim
 
 # The settings, the topics, the envelope and the keys are the contract the gateway shares.
-from lesson07_contract import (  # noqa: F401 - re-exported: the lesson's names in one place
+from lesson07.contract import (  # noqa: F401 - re-exported: the lesson's names in one place
     ALERTS,
     LEARNING,
     PROGRESS,
@@ -58,15 +60,11 @@ from lesson07_contract import (  # noqa: F401 - re-exported: the lesson's names 
     question_data,
     question_key,
 )
-from lesson07_progress import make_progress  # the progress agent's effect
-from lesson07_trace import follow_trace  # `make lesson-07-trace` reads what Bus.trace writes
+from lesson07.progress import make_progress  # the progress agent's effect
+from lesson07.trace import follow_trace  # `make lesson-07-trace` reads what Bus.trace writes
 
-# Lesson 09's spans use the research agent's tracing setup (its `app` package: research-agent/ here,
-# /app in the lesson's image), added to the path once.
-AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
-if AGENT_DIR not in sys.path:
-    sys.path.insert(0, AGENT_DIR)
-from lesson07_tracing import configure, delivery_span, record_outcome  # noqa: E402
+# Lesson 09's spans use the research agent's tracing setup (its installed `research_agent` package).
+from lesson07.tracing import configure, delivery_span, record_outcome
 
 logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logger = logging.getLogger("agents")
@@ -178,7 +176,7 @@ class Consumer:
                     f"{self.settings.max_deliveries}): giving up"
                 )
             event = parse(self.topic, fields)
-            # Renewed while the handler works: a long answer is not taken over (lesson07_claims).
+            # Renewed while the handler works: a long answer is not taken over (lesson07.claims).
             stored = await keep_claim_while(
                 self, message_id, self.handler(event, delivery, self.name)
             )

@@ -14,14 +14,11 @@ import hmac
 import json
 import logging
 import secrets
-import sys
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Literal
 
-import lesson07_contract as contract
 import redis.asyncio as redis
 import uvicorn
 from asgi_correlation_id import CorrelationIdMiddleware
@@ -40,17 +37,21 @@ from redis.backoff import ExponentialBackoff
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lesson07 import contract
+
 # The topics, the envelope, the Redis layout and how progress is read have one owner:
-# lesson07_contract. The error shape, the body limit and the request-id rule are the research
-# agent's (its `app` package: research-agent/ here, /app in the lesson's image). Added once, so
-# loading this file twice does not grow sys.path.
-AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
-if AGENT_DIR not in sys.path:
-    sys.path.insert(0, AGENT_DIR)
-from app.body_limit import BodyLimitMiddleware  # noqa: E402
-from app.error_shape import ErrorResponse, error_body, install_shape_handlers  # noqa: E402
-from app.request_ids import log_with_request_ids, safe_request_id  # noqa: E402
-from lesson07_tracing import FASTAPI_TELEMETRY, instrument_gateway  # noqa: E402
+# lesson07.contract. The error shape, the body limit and the request-id rule are the research
+# agent's (its installed `research_agent` package).
+from lesson07.tracing import FASTAPI_TELEMETRY, instrument_gateway
+from research_agent import (
+    ApiError,
+    BodyLimitMiddleware,
+    ErrorResponse,
+    error_body,
+    install_shape_handlers,
+    log_with_request_ids,
+    safe_request_id,
+)
 
 log_with_request_ids(force=True)
 logger = logging.getLogger("gateway")
@@ -95,16 +96,6 @@ return 2
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error_type: str, message: str, headers: dict | None = None):
-        self.status, self.error_type, self.message, self.headers = (
-            status,
-            error_type,
-            message,
-            headers,
-        )
 
 
 class Question(BaseModel):
@@ -248,11 +239,6 @@ def create_app(settings: contract.GatewaySettings | None = None) -> FastAPI:
     errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503)}
 
     install_shape_handlers(app)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = error_body(exc.error_type, exc.message)
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(StorageError)  # the rate limiter's Redis

@@ -2,21 +2,28 @@
 
 Run it:  make lesson-08     (in Compose, with the agent; tool servers start on demand)
   or:    .venv/bin/python code/08_mcp_gateway.py          (servers from GATEWAY_CATALOG)
-         .venv/bin/python code/08_mcp_gateway.py repin notes    (accept a server's changed tools)
+         .venv/bin/python code/08_mcp_gateway.py repin notes    (the running gateway accepts a
+                                                 server's changed tools: POST /pins/notes/repin)
 
 Endpoints:
   POST/GET /mcp      Streamable HTTP: the tools of every catalog server, as this client may see them
-  GET  /health       the gateway answers
+  GET  /health       the gateway answers (nothing more: anyone may ask)
+The operator's, with `Authorization: Bearer $GATEWAY_OPERATOR_TOKEN` (no token set: refused):
   GET  /pins         what each server declared when it was pinned, and what is refused now
+  POST /pins/{server}/repin   forget a server's pins; its tools are pinned again at once
   GET  /metrics      Prometheus: calls, errors and durations per tool
 """
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import uvicorn
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
@@ -26,20 +33,25 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-# The course's error shape comes from the research agent (research-agent/ holds the `app` package),
-# added once so loading this file twice does not grow sys.path.
-AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
-if AGENT_DIR not in sys.path:
-    sys.path.insert(0, AGENT_DIR)
-from lesson08_catalog import load_catalog  # noqa: E402
-from lesson08_launcher import DockerLauncher, UrlLauncher  # noqa: E402
-from lesson08_limits import REGISTRY, BurstGuard, CallPolicy, capped_client_factory  # noqa: E402
-from lesson08_pinning import ListChanged, PinnedProxyProvider, Pins  # noqa: E402
+from lesson08.call_limits import (
+    REGISTRY,
+    BurstGuard,
+    CallPolicy,
+    cancel_when_abandoned,
+    capped_client_factory,
+)
+from lesson08.catalog import load_catalog
+from lesson08.launcher import DockerLauncher, UrlLauncher
+from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins
+from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
+from lesson08.transport import quiet_closed_streams
+from research_agent import error_body
 
 # One JSON line per event on stdout, from the gateway's own logger only (not every HTTP request).
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
 logger = logging.getLogger("mcp_gateway")
 logger.setLevel(logging.INFO)
+quiet_closed_streams()  # a client that ends its session is not an error
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,8 +64,18 @@ class Settings(BaseSettings):
     GATEWAY_MAX_RESULT_BYTES: int = 1_000_000
     GATEWAY_MAX_IN_FLIGHT: int = 32  # MCP requests at once, all clients: 503 beyond
     GATEWAY_MAX_IN_FLIGHT_PER_CLIENT: int = 8  # per client: 429 beyond
+    GATEWAY_MAX_CALLS_PER_CLIENT: int = 4  # tool calls running at once per client; more wait
+    # MCP sessions (lesson08.sessions): per client (an initialize beyond gets 429), and how long
+    # one may stay idle before it ends.
+    GATEWAY_MAX_SESSIONS_PER_CLIENT: int = 16
+    GATEWAY_SESSION_IDLE_SECONDS: float = 120.0
+    # The operator's bearer token for /pins, /metrics and re-pinning; empty: nobody gets them.
+    GATEWAY_OPERATOR_TOKEN: str = ""
+    # Where `repin` finds the running gateway and its operator token (make lesson-08 writes it).
+    GATEWAY_URL: str = ""
+    GATEWAY_OPERATOR_TOKEN_FILE: Path = REPO / "deploy" / "lesson08" / "operator-token"
     # How long a server's checked tool list is trusted; 0: it is fetched and checked again at
-    # every call, before the call (lesson08_pinning), so a changed tool is refused and never runs.
+    # every call, before the call (lesson08.pinning), so a changed tool is refused and never runs.
     GATEWAY_PIN_RECHECK_SECONDS: float = 0.0
     # On-demand containers (catalog entries with `image:`): the owner label and the networks.
     GATEWAY_OWNER: str = "lesson08"
@@ -83,6 +105,7 @@ def build_gateway(settings: Settings):
         if needs_docker
         else UrlLauncher()
     )
+    providers: dict[str, PinnedProxyProvider] = {}
     gateway = FastMCP(
         "lesson08-gateway",
         middleware=[
@@ -91,6 +114,8 @@ def build_gateway(settings: Settings):
                 pins,
                 timeout=settings.GATEWAY_CALL_TIMEOUT_SECONDS,
                 max_result_bytes=settings.GATEWAY_MAX_RESULT_BYTES,
+                per_client=settings.GATEWAY_MAX_CALLS_PER_CLIENT,
+                known=lambda: set().union(*(p.listed for p in providers.values())),
             )
         ],
     )
@@ -113,33 +138,78 @@ def build_gateway(settings: Settings):
                     )
                     client = sessions[entry.name] = Client(transport, message_handler=changed)
                     await client.__aenter__()
+                    cancel_when_abandoned(client.session)
             launcher.touch(entry)
             return client
 
-        changed.provider = PinnedProxyProvider(
+        async def reset(entry=entry, lock=lock) -> bool:
+            """Close the kept session (its server stopped): the next use opens a new one."""
+            async with lock:
+                client = sessions.pop(entry.name, None)
+            if client is not None:
+                with contextlib.suppress(Exception):  # the server is gone: nothing to tell it
+                    await client.close()
+            return client is not None
+
+        changed.provider = providers[entry.name] = PinnedProxyProvider(
             connect,
             server=entry.name,
             pins=pins,
             reviewed=entry.reviewed,
             ttl=settings.GATEWAY_PIN_RECHECK_SECONDS,
+            reset=reset,
         )
         gateway.add_provider(changed.provider)
-    return gateway, catalog, pins, launcher
+    return gateway, catalog, pins, launcher, providers
+
+
+def is_operator(settings: Settings, request: Request) -> bool:
+    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    expected = settings.GATEWAY_OPERATOR_TOKEN
+    return bool(token and expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def refused() -> JSONResponse:
+    message = "This endpoint is the operator's: send Authorization: Bearer <operator token>."
+    return JSONResponse(error_body("unauthorized", message), status_code=401)
 
 
 def build_app(settings: Settings):
-    gateway, catalog, pins, launcher = build_gateway(settings)
+    gateway, catalog, pins, launcher, providers = build_gateway(settings)
 
     @gateway.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "servers": [s.name for s in catalog.servers]})
+        return JSONResponse({"status": "ok"})  # for health checks: says nothing about the tools
 
     @gateway.custom_route("/pins", methods=["GET"])
     async def show_pins(request: Request) -> JSONResponse:
+        if not is_operator(settings, request):
+            return refused()
         return JSONResponse({"pins": pins.data, "refused": pins.refused})
+
+    @gateway.custom_route("/pins/{server}/repin", methods=["POST"])
+    async def repin(request: Request) -> JSONResponse:
+        if not is_operator(settings, request):
+            return refused()
+        provider = providers.get(request.path_params["server"])
+        if provider is None:
+            message = f"No server {request.path_params['server'][:64]!r} in the catalog."
+            return JSONResponse(error_body("not_found", message), status_code=404)
+        pins.repin(provider.server)
+        try:
+            await provider._list_tools()  # pinned again now, from what the server declares
+        except Exception as exc:  # not running and cannot start: pinned at its next listing
+            message = f"Pins removed; the server did not answer ({type(exc).__name__})."
+            return JSONResponse(error_body("upstream_unavailable", message), status_code=502)
+        pinned = pins.data.get(provider.server, {})
+        return JSONResponse(
+            {"server": provider.server, "pinned": {t: p["sha256"] for t, p in pinned.items()}}
+        )
 
     @gateway.custom_route("/metrics", methods=["GET"])
     async def metrics(request: Request) -> Response:
+        if not is_operator(settings, request):
+            return refused()
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app = gateway.http_app(
@@ -153,21 +223,42 @@ def build_app(settings: Settings):
                 clients=catalog.clients,
                 per_client=settings.GATEWAY_MAX_IN_FLIGHT_PER_CLIENT,
                 total=settings.GATEWAY_MAX_IN_FLIGHT,
-            )
+            ),
+            Middleware(
+                SessionGuard,
+                clients=catalog.clients,
+                per_client=settings.GATEWAY_MAX_SESSIONS_PER_CLIENT,
+                manager=lambda: mcp_endpoint(app).session_manager,
+            ),
         ],
     )
-    return app, catalog, launcher
+    limit_sessions(
+        app,
+        idle_seconds=settings.GATEWAY_SESSION_IDLE_SECONDS,
+        total=settings.GATEWAY_MAX_SESSIONS_PER_CLIENT * len(catalog.clients),
+    )
+    return app, catalog, launcher, providers
 
 
 @contextlib.asynccontextmanager
-async def idle_sweep(catalog, launcher, every: float):
-    """Stop on-demand containers that nobody used for a while; remove all of them on the way out."""
+async def idle_sweep(catalog, launcher, providers, every: float):
+    """Stop on-demand containers that nobody used for a while; remove all of them on the way out.
+    The gateway's kept session to a server is closed first: its next use opens a new one (and
+    starts the container again) instead of failing on a dead one."""
+
+    async def sweep():
+        now = time.monotonic()
+        for entry in catalog.servers:
+            used = launcher.last_used.get(entry.name)
+            if entry.image and used is not None and now - used > entry.idle_seconds:
+                await providers[entry.name].reset()
+        await asyncio.to_thread(launcher.stop_idle, catalog, now)
 
     async def loop():
         while True:
             await asyncio.sleep(every)
             try:
-                await asyncio.to_thread(launcher.stop_idle, catalog)
+                await sweep()
             except Exception as exc:  # Docker away for a moment: try again next round
                 logger.warning(f'{{"event": "idle_sweep_failed", "error": "{type(exc).__name__}"}}')
 
@@ -181,7 +272,7 @@ async def idle_sweep(catalog, launcher, every: float):
 
 
 async def serve(settings: Settings) -> None:
-    app, catalog, launcher = build_app(settings)
+    app, catalog, launcher, providers = build_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.HOST,
@@ -189,16 +280,36 @@ async def serve(settings: Settings) -> None:
         log_level="warning",
         timeout_graceful_shutdown=5,
     )
-    async with idle_sweep(catalog, launcher, settings.GATEWAY_IDLE_SWEEP_SECONDS):
+    async with idle_sweep(catalog, launcher, providers, settings.GATEWAY_IDLE_SWEEP_SECONDS):
         await uvicorn.Server(config).serve()
+
+
+def repin_on_the_running_gateway(settings: Settings, server: str) -> int:
+    """`repin SERVER`: ask the running gateway (GATEWAY_URL, else 127.0.0.1:$LESSON08_MCP_PORT or
+    PORT) to pin the server's tools again, with the operator's token (GATEWAY_OPERATOR_TOKEN, else
+    the file make lesson-08 wrote). No restart: the next call sees the new pins."""
+    port = os.environ.get("LESSON08_MCP_PORT") or settings.PORT
+    url = settings.GATEWAY_URL or f"http://127.0.0.1:{port}"
+    token = settings.GATEWAY_OPERATOR_TOKEN
+    if not token and settings.GATEWAY_OPERATOR_TOKEN_FILE.exists():
+        token = settings.GATEWAY_OPERATOR_TOKEN_FILE.read_text().strip()
+    try:
+        answer = httpx.post(
+            f"{url}/pins/{server}/repin", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        print(f"no gateway answered at {url} ({type(exc).__name__}): is it running?")
+        return 1
+    if answer.status_code != 200:
+        print(f"the gateway at {url} refused: {answer.status_code} {answer.text}")
+        return 1
+    for tool, digest in answer.json()["pinned"].items():
+        print(f"re-pinned {server}/{tool}: sha256 {digest[:16]}")
+    return 0
 
 
 if __name__ == "__main__":
     settings = Settings()
-    if sys.argv[1:2] == ["repin"]:
-        Pins(settings.GATEWAY_PINS).repin(sys.argv[2])
-        print(
-            f"removed the pins of {sys.argv[2]!r}: its tools are pinned again at the next listing"
-        )
-    else:
-        asyncio.run(serve(settings))
+    if sys.argv[1:2] == ["repin"] and len(sys.argv) == 3:
+        sys.exit(repin_on_the_running_gateway(settings, sys.argv[2]))
+    asyncio.run(serve(settings))

@@ -6,30 +6,28 @@ Then point any MCP client at http://127.0.0.1:8000/mcp (Streamable HTTP).
 No network, no secrets: it reads the notes bundled with the research agent and answers.
 """
 
-import sys
 from pathlib import Path
+from typing import Annotated
 
+import anyio
 import uvicorn
-from lesson08_transport import ServerSettings, transport_security
 from mcp.server.fastmcp import FastMCP
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-# The search itself is the research agent's (app/search.py): imported, not copied.
-AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
-if AGENT_DIR not in sys.path:
-    sys.path.insert(0, AGENT_DIR)
-from app.config import BUNDLED_NOTES_DIR  # noqa: E402
-from app.search import LocalSearch, format_results  # noqa: E402
+from lesson08.transport import ServerSettings, quiet_closed_streams, transport_security
+from research_agent import BUNDLED_NOTES_DIR, LocalSearch, format_results
 
 
 class Settings(ServerSettings):
     NOTES_DIR: Path = BUNDLED_NOTES_DIR
     SEARCH_MAX_RESULTS: int = 4
+    SEARCH_THREADS: int = 4  # searches at once, each in a worker thread
 
 
 settings = Settings()
+quiet_closed_streams()  # the gateway closing its session is not an error
 index = LocalSearch([settings.NOTES_DIR])
 server = FastMCP(
     "notes",
@@ -50,11 +48,21 @@ class Found(BaseModel):
     sources: list[Source]  # the same, structured, for the agent to list
 
 
+threads = anyio.CapacityLimiter(settings.SEARCH_THREADS)
+# At most the research API's own query length (research_agent/models.py), in the schema where
+# clients see it.
+Query = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
 @server.tool()
-def search_notes(query: str) -> Found:
+async def search_notes(query: Query) -> Found:
     """Search the course notes about containers, Docker and deploying AI agents.
     Returns numbered passages ("text") and the sources they came from."""
-    sources = index.search(query, settings.SEARCH_MAX_RESULTS)
+    # Off the event loop: a long search must not stall the server's other requests. A cancelled
+    # call (the gateway gave up) returns at once; its thread ends with the search.
+    sources = await anyio.to_thread.run_sync(
+        index.search, query, settings.SEARCH_MAX_RESULTS, abandon_on_cancel=True, limiter=threads
+    )
     return Found(text=format_results(list(enumerate(sources, 1))), sources=sources)
 
 

@@ -1,37 +1,49 @@
 """Lesson 08: lesson 04's sandbox as an MCP server, `run_python`.
 
-Run it:  .venv/bin/python code/08_python_server.py     (needs Docker and `make sandbox-image`)
+Run it:  make lesson-08     (in Compose: the gateway starts it on demand, beside the notes server)
+  or:    .venv/bin/python code/08_python_server.py     (needs Docker and `make sandbox-image`)
 
 The sandbox stays the boundary: each call runs in a throwaway container with lesson 04's limits
-(no network, read-only, memory, pids, time). This server is only its front door over MCP.
+(no network, read-only, memory, pids, time, its own uid, seccomp). This server is only its front
+door over MCP. In Compose it has no Docker socket: DOCKER_HOST names a guard that lets through
+only lesson 04's sandbox create and the calls a run makes (code/08_docker_guard.py).
 """
 
 import json
-import sys
-from pathlib import Path
 
 import uvicorn
-from lesson08_transport import ServerSettings, transport_security
 from mcp.server.fastmcp import FastMCP
+from mcp.server.fastmcp.exceptions import ToolError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-AGENT_DIR = str(Path(__file__).resolve().parents[1] / "research-agent")
-if AGENT_DIR not in sys.path:
-    sys.path.insert(0, AGENT_DIR)
-from app.python_tool import ReportingRunner  # noqa: E402
-from app.sandbox import SandboxConfig  # noqa: E402
+from lesson08.transport import ServerSettings, transport_security
+
+# Lesson 04's runner, imported: the same container spec, admission, sweep and pool.
+from research_agent import PooledRunner, SandboxConfig, SandboxError, SweepingRunner
 
 
 class Settings(ServerSettings):
     SANDBOX_IMAGE: str = "agent-sandbox:python"
     SANDBOX_TIMEOUT_SECONDS: float = 10.0
-    SANDBOX_MAX_CONCURRENT: int = 2
-    SANDBOX_OWNER: str = "lesson-08"
+    SANDBOX_MAX_CONCURRENT: int = 2  # the sandbox guard relays two streams per run
+    # The gateway that started this server passes its owner label: the sandboxes carry it too
+    # (agent-sandbox.owner), and the sandbox guard lets through that owner's containers only.
+    GATEWAY_OWNER: str = "lesson08"
+
+
+class Runner(SweepingRunner, PooledRunner):
+    """Lesson 04's runner, swept and pooled; a sandbox that cannot run is a tool error."""
+
+    async def arun(self, *args, **kwargs):
+        try:
+            return await super().arun(*args, **kwargs)
+        except SandboxError as exc:
+            raise ToolError(f"the Python sandbox is unavailable ({exc})") from exc
 
 
 settings = Settings()
-runner = ReportingRunner(SandboxConfig.from_settings(settings))
+runner = Runner(SandboxConfig.from_settings(settings, owner=settings.GATEWAY_OWNER))
 server = FastMCP(
     "python",
     instructions="Run short Python programs in a sandbox.",

@@ -140,10 +140,15 @@ class OfflineToolCallingModel(OfflineChatModel):
 
     @staticmethod
     def _answer(expression: str, result: ToolMessage) -> str:
+        # A person may have replaced the program before it ran (lesson 10): the tool's answer then
+        # follows a note saying so, and the output is not the question's expression any more.
+        note, edited, text = result.text.rpartition("Tool response:\n")
         try:
-            run = json.loads(result.text)
+            run = json.loads(text)
         except ValueError:
             return f"[offline model] I could not compute {expression}: {result.text}"
+        if run.get("exit_code") == 0 and not run.get("truncated") and edited:
+            return f"[offline model] The reviewed program printed {run['stdout'].strip()}"
         if run.get("exit_code") == 0 and not run.get("truncated"):
             return f"[offline model] {expression} = {run['stdout'].strip()} (run in the sandbox)"
         reason = "timed out" if run.get("timed_out") else f"exited with {run.get('exit_code')}"

@@ -1,0 +1,76 @@
+"""Lesson 07, going further: the progress agent's effect (docs/07, "The progress agent's effect").
+
+Progress reads its own state (the streak needs the last day a student asked, the struggle count its
+previous value), so its effect is a Lua script of its own, with the same dedup check first and the
+processed record last as APPLY_ONCE in 07_event_agents.py. The struggle alert is published inside
+the script, when the debug count on a topic reaches STRUGGLE_THRESHOLD.
+"""
+
+import json
+import time
+
+from lesson07.contract import (
+    ALERTS,
+    SPECIALIST_TOPICS,
+    AgentSettings,
+    Malformed,
+    envelope,
+    progress_key,
+    question_data,
+)
+
+# The progress agent's effect reads its own state (streak, struggles), so it is a script of its own
+# with the same first and last lines. KEYS: processed record, the student's hash, the alerts topic.
+# ARGV: ttl, day number, route, topic, threshold, alert event (JSON, published when due), maxlen.
+PROGRESS_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local day, route, topic = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+redis.call('HINCRBY', KEYS[2], 'questions', 1)
+redis.call('HINCRBY', KEYS[2], 'topic:' .. topic, 1)
+redis.call('HINCRBY', KEYS[2], 'kind:' .. route, 1)
+local last = tonumber(redis.call('HGET', KEYS[2], 'last_day') or '-1')
+if last == day - 1 then redis.call('HINCRBY', KEYS[2], 'streak', 1)
+elseif last ~= day then redis.call('HSET', KEYS[2], 'streak', 1) end
+redis.call('HSET', KEYS[2], 'last_day', day)
+if route == 'debug' then
+  local n = redis.call('HINCRBY', KEYS[2], 'struggle:' .. topic, 1)
+  if n == tonumber(ARGV[5]) then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'data', ARGV[6])
+  end
+end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return 1
+"""
+
+
+def make_progress(bus, settings: AgentSettings):
+    progress_once = bus.redis.register_script(PROGRESS_ONCE)
+
+    async def progress(event: dict, delivery: int, consumer: str) -> bool:
+        data = question_data(event)
+        if data.get("route") not in SPECIALIST_TOPICS or not isinstance(data.get("topic"), str):
+            raise Malformed("data.route and data.topic are required")
+        alert = envelope(
+            f"{data['question_id']}.struggle",
+            "/lesson07/progress",
+            "learning.student.struggling",
+            {
+                "student_id": data["student_id"],
+                "topic": data["topic"],
+                "debug_requests": settings.struggle_threshold,
+            },
+        )
+        day = int(time.time() // 86400)
+        keys = [f"processed:progress:{event['id']}", progress_key(data["student_id"]), ALERTS]
+        args = [
+            settings.dedup_ttl_seconds,
+            day,
+            data["route"],
+            data["topic"],
+            settings.struggle_threshold,
+            json.dumps(alert),
+            settings.topic_maxlen,
+        ]
+        return bool(await progress_once(keys=keys, args=args))
+
+    return progress

@@ -1,0 +1,315 @@
+"""Lesson 08, going further: what the gateway enforces on every call, and how it reports it.
+
+- who is calling: a bearer token from the catalog's clients (none: "anonymous");
+- an allow-list per client: other tools are neither listed nor callable;
+- a timeout per call and a cap on the result's size: a hung or flooding server becomes a clear
+  tool error for the agent, not a hung run;
+- one JSON log line per call (request id, client, tool, argument size, duration, outcome; never
+  the arguments themselves) and Prometheus metrics, both bounded whatever a client sends: a tool
+  name the gateway never listed is counted as "other" and logged cut to 64 characters;
+- a burst guard in front of it all: POSTs in flight per client and in total are bounded; beyond
+  that the answer is 429 or 503 with Retry-After, at once. A call counts as in flight until its
+  answer is sent, not until its stream closes.
+"""
+
+import hmac
+import json
+import logging
+import os
+import re
+import time
+import uuid
+
+import anyio
+import httpx
+import mcp.types
+from fastmcp.exceptions import ToolError
+from fastmcp.server.dependencies import get_http_headers
+from fastmcp.server.middleware import Middleware
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.responses import JSONResponse
+
+from research_agent import error_body  # the course's error shape
+
+logger = logging.getLogger("mcp_gateway")
+
+REGISTRY = CollectorRegistry()
+CALLS = Counter(
+    "mcp_gateway_calls",
+    "Tool calls by tool and outcome",
+    ["client", "tool", "outcome"],
+    registry=REGISTRY,
+)
+DURATION = Histogram(
+    "mcp_gateway_call_seconds",
+    "Tool call duration through the gateway",
+    ["tool"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+REFUSED = Counter(
+    "mcp_gateway_refused_requests",
+    "HTTP requests refused by the burst guard",
+    ["status"],
+    registry=REGISTRY,
+)
+
+
+TOO_LARGE = "larger than the gateway's limit"
+SHOWN = 64  # characters of a client-chosen text (tool name, request id) in a log line
+OTHER = "other"  # the metric label of every tool name the gateway never listed
+
+
+def cut(text: str, limit: int = SHOWN) -> str:
+    """A client-chosen text as logged: at most `limit` characters, marked when cut."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class CappedTransport(httpx.AsyncHTTPTransport):
+    """Each answer to a POST (one MCP request) is read up to `limit` bytes, never more: a server
+    that sends 50 MB costs the gateway `limit` bytes of memory, and the caller gets a JSON-RPC
+    error for that request instead of the answer."""
+
+    def __init__(self, limit: int, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    async def handle_async_request(self, request):
+        response = await super().handle_async_request(request)
+        if request.method != "POST":
+            return response
+        chunks, size = [], 0
+        try:
+            async for chunk in response.stream:
+                size += len(chunk)
+                if size > self.limit:
+                    return self._too_large(request)
+                chunks.append(chunk)
+        finally:
+            await response.stream.aclose()
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx.ByteStream(b"".join(chunks)),
+            extensions=response.extensions,
+        )
+
+    def _too_large(self, request) -> httpx.Response:
+        try:
+            request_id = json.loads(request.content).get("id")
+        except (ValueError, AttributeError):
+            request_id = None
+        message = f"answer {TOO_LARGE} of {self.limit:,} bytes"
+        return httpx.Response(
+            200,
+            json={
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "error": {"code": -32001, "message": message},
+            },
+        )
+
+
+def capped_client_factory(limit: int):
+    """An httpx_client_factory for FastMCP's StreamableHttpTransport."""
+
+    def factory(**kwargs) -> httpx.AsyncClient:
+        # No read timeout of httpx's own (its default is 5 s, which would cut a slow tool first
+        # with a vaguer error): CallPolicy's per-call timeout bounds every call.
+        kwargs.setdefault("timeout", httpx.Timeout(30.0, read=None))
+        return httpx.AsyncClient(transport=CappedTransport(limit), **kwargs)
+
+    return factory
+
+
+def cancel_when_abandoned(session) -> None:
+    """When the gateway gives up on a request to a server (the call's timeout, or its client
+    left), tell the server with notifications/cancelled: the SDK there cancels the tool's task
+    instead of running it to the end for nobody."""
+    send_request = session.send_request
+
+    async def send_request_or_cancel(request, *args, **kwargs):
+        request_id = session._request_id  # the id send_request is about to give this request
+        try:
+            return await send_request(request, *args, **kwargs)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                params = mcp.types.CancelledNotificationParams(
+                    requestId=request_id, reason="the gateway gave up on this call"
+                )
+                await session.send_notification(
+                    mcp.types.ClientNotification(mcp.types.CancelledNotification(params=params))
+                )
+            raise
+
+    session.send_request = send_request_or_cancel
+
+
+def identify(clients: dict, authorization: str | None) -> str:
+    """The catalog client whose token this is, compared in constant time; else "anonymous"."""
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    for name, client in clients.items():
+        expected = os.environ.get(client.token_env or "", "")
+        if token and expected and hmac.compare_digest(token.encode(), expected.encode()):
+            return name
+    return "anonymous"
+
+
+def allowed(clients: dict, client: str, tool: str) -> bool:
+    entry = clients.get(client)
+    return entry is not None and ("*" in entry.tools or tool in entry.tools)
+
+
+def result_bytes(result) -> int:
+    blocks = [b.model_dump(mode="json") for b in result.content or []]
+    return len(json.dumps([blocks, result.structured_content], default=str))
+
+
+class CallPolicy(Middleware):
+    """`known()` is the set of tool names the servers declared: the only values the metrics'
+    `tool` label takes, besides "other" (a label per name a client invents would grow without
+    end)."""
+
+    def __init__(
+        self, catalog, pins, *, timeout: float, max_result_bytes: int, per_client=4, known=set
+    ):
+        self.clients, self.pins, self.known = catalog.clients, pins, known
+        self.timeout, self.max_result_bytes = timeout, max_result_bytes
+        # Calls running at once per client: one client's slow calls queue behind each other,
+        # not in front of another client's (the client names are the catalog's: bounded).
+        self.running = {name: anyio.Semaphore(per_client) for name in self.clients}
+        self.running.setdefault("anonymous", anyio.Semaphore(per_client))
+
+    def _client(self) -> str:
+        headers = get_http_headers(include={"authorization"})
+        return identify(self.clients, headers.get("authorization"))
+
+    async def on_list_tools(self, context, call_next):
+        client = self._client()
+        return [t for t in await call_next(context) if allowed(self.clients, client, t.name)]
+
+    async def on_call_tool(self, context, call_next):
+        client, tool = self._client(), context.message.name
+        request_id = cut(get_http_headers().get("x-request-id") or uuid.uuid4().hex[:16])
+        started, outcome = time.monotonic(), "ok"
+        try:
+            if not allowed(self.clients, client, tool):
+                outcome = "not_allowed"
+                raise ToolError(f"Tool {tool!r} is not on the allow-list of client {client!r}.")
+            if tool in self.pins.refused:
+                outcome = "refused_pin"
+                raise ToolError(self.pins.refused[tool])
+            try:
+                with anyio.fail_after(self.timeout):  # a wait for a free slot counts too
+                    async with self.running[client]:
+                        result = await call_next(context)
+            except TimeoutError:
+                outcome = "timeout"
+                raise ToolError(
+                    f"Tool {tool!r} did not answer within {self.timeout:g} s; the call was cut."
+                ) from None
+            size = result_bytes(result)
+            if size > self.max_result_bytes:
+                outcome = "too_large"
+                raise ToolError(
+                    f"Tool {tool!r} answered {size:,} bytes, more than the gateway's limit of "
+                    f"{self.max_result_bytes:,}; the answer was dropped."
+                )
+            return result
+        except Exception as exc:
+            if outcome != "ok":  # refused above: the error says why
+                raise
+            if tool in self.pins.refused:  # the listing made for this call found a change
+                outcome = "refused_pin"
+                raise ToolError(self.pins.refused[tool]) from None
+            if TOO_LARGE in str(exc):
+                outcome = "too_large"
+                raise ToolError(
+                    f"Tool {tool!r} answered more than the gateway's limit of "
+                    f"{self.max_result_bytes:,} bytes; the answer was dropped."
+                ) from None
+            outcome = "tool_error" if isinstance(exc, ToolError) else "error"
+            raise
+        finally:
+            elapsed = time.monotonic() - started
+            label = tool if tool in self.known() else OTHER
+            CALLS.labels(client, label, outcome).inc()
+            DURATION.labels(label).observe(elapsed)
+            args = context.message.arguments or {}
+            logger.info(
+                json.dumps(
+                    {
+                        "event": "tool_call",
+                        "request_id": request_id,
+                        "client": client,
+                        "tool": cut(tool),
+                        "argument_bytes": len(json.dumps(args, default=str)),
+                        "argument_names": [cut(name) for name in sorted(args)[:10]],
+                        "duration_ms": round(elapsed * 1000, 1),
+                        "outcome": outcome,
+                    }
+                )
+            )
+
+
+# The JSON-RPC answer to a POST, as the SDK writes it in an SSE stream: an event whose data has
+# an id and a result or an error (a notification or a request of the server's has a method).
+ANSWER = re.compile(
+    rb'^data: ?\{"jsonrpc": ?"2\.0", ?"id": ?(?:"[^"\n]{0,200}"|-?\d{1,20}), ?"(?:result|error)"',
+    re.MULTILINE,
+)
+
+
+class BurstGuard:
+    """ASGI middleware: at most `per_client` MCP POSTs in flight per client (429 beyond) and
+    `total` in all (503 beyond), each with Retry-After. GETs (health, metrics, streams) pass.
+
+    A POST is in flight until its answer goes out: the last body of a JSON answer, or the SSE
+    event that carries the JSON-RPC response (the SDK closes the stream a moment later, and a
+    client that already has its answer may send its next call in that moment)."""
+
+    def __init__(self, app, *, clients: dict, per_client: int, total: int, retry_after: int = 1):
+        self.app, self.clients = app, clients
+        self.per_client, self.total, self.retry_after = per_client, total, retry_after
+        self.in_flight: dict[str, int] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        client = identify(self.clients, headers.get("authorization"))
+        status = None
+        if sum(self.in_flight.values()) >= self.total:
+            status = 503
+        elif self.in_flight.get(client, 0) >= self.per_client:
+            status = 429
+        if status is not None:
+            REFUSED.labels(str(status)).inc()
+            body = error_body(
+                "busy" if status == 503 else "rate_limited",
+                "Too many tool calls in flight; retry shortly.",
+            )
+            response = JSONResponse(
+                body, status_code=status, headers={"Retry-After": str(self.retry_after)}
+            )
+            return await response(scope, receive, send)
+        self.in_flight[client] = self.in_flight.get(client, 0) + 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self.in_flight[client] -= 1
+
+        async def send_and_release(message) -> None:
+            if message["type"] == "http.response.body" and (
+                not message.get("more_body") or ANSWER.search(message.get("body", b""))
+            ):
+                release()  # before the answer leaves: the client's next call finds the slot free
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_release)
+        finally:
+            release()

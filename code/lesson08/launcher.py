@@ -1,0 +1,161 @@
+"""Lesson 08, going further: tool servers started on demand, limited, and stopped when idle.
+
+`UrlLauncher` serves catalog entries with a `url:` (already running). `DockerLauncher` starts an
+entry's `image:` on first use through the Docker API: labelled, with memory/CPU/pids limits, a
+read-only root, no capabilities, as nobody, on the gateway's tools network (internal: no way out
+unless the entry says `internet: true`), with only the environment variables the entry declares.
+A sweep stops containers idle for longer than their `idle_seconds`.
+
+The Docker API is root on the host. In Compose the gateway does not get the socket: it talks to
+a guard (code/08_docker_guard.py) that lets through only what this file asks for.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+import httpx
+
+logger = logging.getLogger("mcp_gateway")
+
+LABEL = "lesson08.server"  # which catalog server a container runs
+OWNER_LABEL = "lesson08.owner"  # which gateway started it: its Compose project's name
+
+
+def container_environment(entry, environ: dict[str, str]) -> dict[str, str]:
+    """The entry's plain settings plus the secrets it declares, from the gateway's environment.
+    Nothing else: not the gateway's own keys, not the agent's OPENAI_API_KEY."""
+    env = dict(entry.env)
+    env.update({name: environ[name] for name in entry.secrets if name in environ})
+    return env
+
+
+class UrlLauncher:
+    async def url_for(self, entry) -> str:
+        return entry.url
+
+    def touch(self, entry) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class DockerLauncher:
+    # How long a started server has to answer /health: a first start on a busy machine is slow.
+    START_SECONDS = 60
+
+    def __init__(self, *, owner: str, network: str, internet_network: str | None, client=None):
+        self.owner, self.network, self.internet_network = owner, network, internet_network
+        self._client = client
+        self.last_used: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def client(self):
+        if self._client is None:
+            import docker  # only a gateway that starts containers needs the Docker SDK
+
+            self._client = docker.from_env()
+        return self._client
+
+    def name(self, entry) -> str:
+        return f"{self.owner}-{entry.name}"
+
+    def run_kwargs(self, entry) -> dict:
+        """Everything the container is started with (tests read it, the guard checks it)."""
+        return dict(
+            image=entry.image,
+            name=self.name(entry),
+            detach=True,
+            labels={LABEL: entry.name, OWNER_LABEL: self.owner},
+            environment={
+                **container_environment(entry, dict(os.environ)),
+                "HOST": "0.0.0.0",
+                "PORT": str(entry.port),
+                "MCP_ALLOWED_HOSTS": f"{self.name(entry)}:*,{self.name(entry)}",
+                # Its owner label: a server that starts containers of its own (the python
+                # server's sandboxes) labels them with it, for its guard and lesson-08-down.
+                "GATEWAY_OWNER": self.owner,
+            },
+            network=self.network,
+            mem_limit=entry.memory,
+            memswap_limit=entry.memory,
+            nano_cpus=int(entry.cpus * 1e9),
+            pids_limit=entry.pids,
+            read_only=True,
+            tmpfs={"/tmp": "rw,noexec,nosuid,size=16m"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            user="65534:65534",
+        )
+
+    async def url_for(self, entry) -> str:
+        lock = self._locks.setdefault(entry.name, asyncio.Lock())
+        async with lock:  # two first calls at once start one container
+            url = f"http://{self.name(entry)}:{entry.port}"
+            if not await self._healthy(url, wait=0):
+                await asyncio.to_thread(self._start, entry)
+                if not await self._healthy(url, wait=self.START_SECONDS):
+                    raise RuntimeError(f"tool server {entry.name!r} did not become healthy")
+            self.touch(entry)
+            return url + "/mcp"
+
+    def touch(self, entry) -> None:
+        self.last_used[entry.name] = time.monotonic()
+
+    def _start(self, entry) -> None:
+        import docker
+
+        with contextlib.suppress(docker.errors.NotFound):
+            found = self.client.containers.get(self.name(entry))
+            if found.status == "running":  # still starting (an earlier wait gave up): wait again
+                return
+            found.remove(force=True)  # a leftover of a crashed gateway
+        container = self.client.containers.run(**self.run_kwargs(entry))
+        if entry.internet and self.internet_network:
+            self.client.networks.get(self.internet_network).connect(container)
+        logger.info(f'{{"event": "server_started", "server": "{entry.name}"}}')
+
+    async def _healthy(self, url: str, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                try:
+                    if (await http.get(url + "/health")).status_code == 200:
+                        return True
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.1)
+
+    def stop_idle(self, catalog, now: float | None = None) -> list[str]:
+        """Stop and remove the containers idle longer than their entry's idle_seconds."""
+        now = time.monotonic() if now is None else now
+        stopped = []
+        for entry in catalog.servers:
+            used = self.last_used.get(entry.name)
+            if entry.image and used is not None and now - used > entry.idle_seconds:
+                for c in self.client.containers.list(
+                    all=True,
+                    filters={"label": [f"{LABEL}={entry.name}", f"{OWNER_LABEL}={self.owner}"]},
+                ):
+                    c.remove(force=True)
+                self.last_used.pop(entry.name, None)
+                stopped.append(entry.name)
+                logger.info(f'{{"event": "server_stopped_idle", "server": "{entry.name}"}}')
+        return stopped
+
+    async def close(self) -> None:
+        """Remove every container this gateway started (on shutdown)."""
+
+        def remove_all():
+            for c in self.client.containers.list(
+                all=True, filters={"label": f"{OWNER_LABEL}={self.owner}"}
+            ):
+                c.remove(force=True)
+
+        await asyncio.to_thread(remove_all)

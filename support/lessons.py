@@ -1,0 +1,45 @@
+"""The one loader of the course's numbered lesson scripts (code/NN_*.py).
+
+A lesson script's name starts with a digit (`01_basic_api.py`), the name the docs and `make
+lesson-NN` use: no `import` statement can name it, so tests load it by its path here, with
+importlib. Everything a lesson imports is an installed package (lesson01, lesson05, lesson07,
+research_agent...), found by name: this loads the script itself and nothing else, and changes no
+path."""
+
+import importlib.util
+import itertools
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT_DIR = ROOT / "research-agent"  # lesson 02 on: the research agent (research_agent package)
+_fresh = itertools.count()
+LESSON_SCRIPT = re.compile(r"code/\d\d_\w+\.py")
+
+
+def load_lesson(relpath: str, name: str | None = None):
+    """Import ROOT/relpath, a numbered lesson script. Without `name`, a fresh module on every call,
+    so that its module-level settings read the environment as it is now; with `name`, one module
+    shared by every caller."""
+    if not LESSON_SCRIPT.fullmatch(relpath):
+        raise ValueError(f"{relpath} is not a lesson script (code/NN_name.py): import it by name")
+    if name in sys.modules:
+        return sys.modules[name]
+    name = name or f"lesson_{Path(relpath).stem}_{next(_fresh)}"
+    spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def dockerignore_allow_list(folder: Path) -> list[str]:
+    """What folder/.dockerignore lets into the build context when it is an allow-list (`*`, then
+    one `!name` line a file or folder): those names, without a trailing slash."""
+    lines = (folder / ".dockerignore").read_text().splitlines()
+    return [line[1:].rstrip("/") for line in lines if line.startswith("!")]

@@ -1,0 +1,21 @@
+"""Polling with a deadline: every wait in the tests and benchmarks is bounded in time."""
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.1, what: str = ""
+) -> T:
+    """Call `predicate` every `interval` s until it returns a truthy value; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what or 'the condition'} not true after {timeout} s")
+        time.sleep(interval)
