@@ -7,11 +7,12 @@ import uuid
 
 import pytest
 
+from support.lessons import ROOT, load_lesson
+from support.ports import free_port
+from support.postgres import PostgresServer
+from support.server import ServerProcess, offline_environment
 from tests.support.docker_cli import docker
-from tests.support.lessons import ROOT, load_lesson
-from tests.support.ports import free_port
 from tests.support.redis import RedisServer
-from tests.support.server import ServerProcess, offline_environment
 from tests.support.variation_workers import LiveServer, ProcessWorkers, start_forkserver
 
 
@@ -126,6 +127,27 @@ def fresh_redis(redis_server):
 @pytest.fixture
 def redis_url(fresh_redis):
     return fresh_redis.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL for the whole run (per xdist process); each test takes a database of its
+    own from it (`postgres_dsn` below)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server):
+    """The DSN of a new, empty database on the session's PostgreSQL (running: a test before may have
+    stopped or killed it), dropped after the test."""
+    if not postgres_server.running():
+        postgres_server.kill()  # what a killed server may have left
+        postgres_server.start()
+    dsn = postgres_server.create_database()
+    yield dsn
+    if postgres_server.running():
+        postgres_server.drop_database(dsn.rsplit("/", 1)[1])
 
 
 # --- Lesson 05's API, for its own tests and lesson 09's. `make test` runs it against a real

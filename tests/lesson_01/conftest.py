@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from tests.support.lessons import ROOT, load_lesson
+from support.lessons import ROOT, load_lesson
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from tests.support.lessons import ROOT
+from support.lessons import ROOT
 
 CODE = ROOT / "code"
 

@@ -4,12 +4,12 @@ import sys
 from contextlib import contextmanager
 
 import pytest
-from app.api import create_app
-from app.config import Settings
 from fastapi.testclient import TestClient
 
+from research_agent.api import create_app
+from research_agent.config import Settings
+from support.lessons import AGENT_DIR
 from tests.support.agent import make_settings
-from tests.support.lessons import AGENT_DIR
 
 
 @pytest.fixture(autouse=True)

@@ -5,13 +5,13 @@ import re
 from pathlib import Path
 
 import pytest
-from app.api import create_app
-from app.config import REPO_DOCS_DIR, Settings
-from app.search import _slug, split_sections
 from fastapi.testclient import TestClient
 
+from research_agent.api import create_app
+from research_agent.config import REPO_DOCS_DIR, Settings
+from research_agent.search import _slug, split_sections
+from support.lessons import AGENT_DIR
 from tests.support.agent import make_settings
-from tests.support.lessons import AGENT_DIR
 from tests.support.metrics import metric
 from tests.support.sse import json_events, parse_sse
 
@@ -308,9 +308,9 @@ def test_readme_documents_every_setting():
 
 
 def test_the_app_does_not_import_from_the_course_repository():
-    for path in (AGENT_DIR / "app").glob("*.py"):
+    for path in (AGENT_DIR / "research_agent").glob("*.py"):
         text = path.read_text()
         assert (
             "from code" not in text and "from tests" not in text and "import tests" not in text
         ), path
-    assert Path(AGENT_DIR / "main.py").read_text().count("from app.") >= 1
+    assert Path(AGENT_DIR / "main.py").read_text().count("from research_agent.") >= 1

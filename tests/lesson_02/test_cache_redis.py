@@ -117,7 +117,9 @@ def test_redis_going_away_bypasses_the_cache_with_one_warning(client_for, fresh_
         assert [r.status_code for r in responses] == [200, 200, 200]
         assert all(r.json()["cached"] is False for r in responses)
         warnings = [
-            r for r in caplog.records if r.name == "app.cache" and r.levelno == logging.WARNING
+            r
+            for r in caplog.records
+            if r.name == "research_agent.cache" and r.levelno == logging.WARNING
         ]
         assert (
             len(warnings) == 1 and warnings[0].getMessage() == "redis unavailable, cache bypassed"
@@ -195,7 +197,13 @@ def test_starting_without_redis_still_serves(client_for, fresh_redis, caplog):
     with client_for(REDIS_URL=fresh_redis.url) as client:
         assert client.get("/ready").status_code == 200
         assert client.post("/v1/research", json={"query": QUERY}).status_code == 200
-    assert sum(r.name == "app.cache" and r.levelno == logging.WARNING for r in caplog.records) == 1
+    assert (
+        sum(
+            r.name == "research_agent.cache" and r.levelno == logging.WARNING
+            for r in caplog.records
+        )
+        == 1
+    )
 
 
 def test_a_replica_that_started_before_redis_gets_its_cache_back_from_readiness_checks(

@@ -142,7 +142,7 @@ def test_stream_shows_the_failed_tool_call_then_an_error_event(ddg_client, ddgs_
 
 
 def test_hits_become_sources_whatever_the_backend_calls_their_link():
-    from app.search import as_sources
+    from research_agent.search import as_sources
 
     hits = [
         {"title": "Docs", "link": "https://docs.docker.com/", "snippet": "Compose."},

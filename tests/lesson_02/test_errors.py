@@ -1,10 +1,10 @@
 """Every error path answers with one JSON shape and the request id, never a stack trace."""
 
 import pytest
-from app.deps import get_agent
-from app.errors import UpstreamError, UpstreamTimeoutError
-from app.models import MAX_QUERY_CHARS
 
+from research_agent.deps import get_agent
+from research_agent.errors import UpstreamError, UpstreamTimeoutError
+from research_agent.models import MAX_QUERY_CHARS
 from tests.support.errors import assert_error
 from tests.support.sse import json_events, parse_sse
 
@@ -173,7 +173,7 @@ def test_stream_failures_send_an_error_event_then_done(client, exc, error_type, 
 
 
 def test_whole_request_timeout_is_504(client_for, monkeypatch):
-    from app.offline_model import OfflineResearchModel
+    from research_agent.offline_model import OfflineResearchModel
 
     with client_for(OFFLINE_TOKEN_DELAY_MS=0, REQUEST_TIMEOUT_SECONDS=0.3) as client:
         import asyncio
@@ -189,9 +189,10 @@ def test_whole_request_timeout_is_504(client_for, monkeypatch):
 
 
 def test_the_error_body_and_the_internal_error_message_have_one_owner():
-    # app/error_shape.py owns both; app/errors.py (and through it the middleware and the stream)
-    # uses them, so a 500 says the same from a handler, the middleware and an SSE error event.
-    from app import error_shape, errors
+    # research_agent/error_shape.py owns both; research_agent/errors.py (and through it the
+    # middleware and the stream) uses them, so a 500 says the same from a handler, the middleware
+    # and an SSE error event.
+    from research_agent import error_shape, errors
 
     assert errors.error_body is error_shape.error_body
     assert errors.INTERNAL_ERROR == (500, "internal_error", error_shape.INTERNAL_ERROR_MESSAGE)

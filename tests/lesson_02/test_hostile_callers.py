@@ -17,15 +17,15 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from app.auth import fingerprint
-from app.config import Settings
 from pydantic import ValidationError
 from redis import Redis
 
-from tests.support.lessons import AGENT_DIR
+from research_agent.auth import fingerprint
+from research_agent.config import Settings
+from support.lessons import AGENT_DIR
+from support.server import offline_environment
+from support.waiting import wait_for
 from tests.support.metrics import metric
-from tests.support.server import offline_environment
-from tests.support.waiting import wait_for
 
 KEY = "alice-key-0123456789abcdef"
 WRONG_KEY = "wrong-key-0123456789abcdef"

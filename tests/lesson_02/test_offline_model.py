@@ -2,13 +2,13 @@
 
 import asyncio
 
-from app.agent import ResearchAgent
-from app.offline_model import OfflineResearchModel
-from app.search import LocalSearch, format_results, make_local_tool, tokenize
 from langchain_core.messages import HumanMessage, ToolMessage
 
+from research_agent.agent import ResearchAgent
+from research_agent.offline_model import OfflineResearchModel
+from research_agent.search import LocalSearch, format_results, make_local_tool, tokenize
+from support.lessons import AGENT_DIR
 from tests.support.agent import make_settings
-from tests.support.lessons import AGENT_DIR
 
 
 def search_tool_schema():
@@ -71,7 +71,7 @@ def test_streams_word_by_word_with_the_configured_delay(monkeypatch):
     async def record_sleep(seconds):
         delays.append(seconds)
 
-    monkeypatch.setattr("app.offline_model.asyncio.sleep", record_sleep)
+    monkeypatch.setattr("research_agent.offline_model.asyncio.sleep", record_sleep)
     model = OfflineResearchModel(token_delay_ms=25).bind_tools([search_tool_schema()])
     history = [
         HumanMessage("q?"),

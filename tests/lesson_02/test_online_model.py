@@ -8,8 +8,8 @@ import pytest
 from ddgs.ddgs import DDGS
 from ddgs.exceptions import RatelimitException
 
+from support.ports import free_port
 from tests.support.openai_stub import ChatCompletionsStub
-from tests.support.ports import free_port
 from tests.support.sse import Event, json_events, parse_sse
 
 QUESTION = "Why use a multi-stage Docker build?"

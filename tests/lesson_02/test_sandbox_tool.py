@@ -5,13 +5,13 @@ The test marked `container` runs real code in a real sandbox (`make sandbox-test
 import asyncio
 
 import pytest
-from app.agent import ResearchAgent
-from app.python_tool import sandbox_tools
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from research_agent.agent import ResearchAgent
+from research_agent.python_tool import sandbox_tools
 from tests.support.agent import make_settings
 
 

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, load_all_checks
 
-from tests.support.lessons import AGENT_DIR
-from tests.support.ports import free_port
-from tests.support.server import ServerProcess, offline_environment
+from support.lessons import AGENT_DIR
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
 
 KEY = "schema-test-key-0123456789"
 load_all_checks()

@@ -12,11 +12,11 @@ import time
 
 import httpx
 import pytest
-from app.shutdown import Shutdown, cut_margin
 
+from research_agent.shutdown import Shutdown, cut_margin
+from support.waiting import wait_for
 from tests.support.metrics import metric
 from tests.support.sse import Event, json_events, parse_sse
-from tests.support.waiting import wait_for
 
 QUERY = "Why use a multi-stage Docker build?"
 

@@ -10,7 +10,7 @@ prints the times.
 import pytest
 
 from bench import sse_proxy as bench
-from tests.support.commands import find_command
+from support.commands import find_command
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from app.config import Settings
 
-from tests.support.lessons import AGENT_DIR
+from research_agent.config import Settings
+from support.lessons import AGENT_DIR
 
 OPTIONAL = ["docker", "ddgs", "langchain_community", "langchain_openai", "openai"]
 

@@ -27,7 +27,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.ports import free_port
+from support.ports import free_port
+from tests.support.docker_cli import NO_COMPOSE_V2, compose_v2
+from tests.support.openai_stub import ChatCompletionsStub
 from tests.support.sse import BackgroundStream
 
 AGENT_DIR = Path(__file__).resolve().parents[2] / "research-agent"
@@ -68,7 +70,7 @@ def passed_settings() -> set[str]:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any app setting, so the shell cannot change what is tested."""
-    names = settings_in_env_example() | {"AGENT_PORT"}
+    names = settings_in_env_example() | {"AGENT_PORT", "EDGE_BIND"}
     return {k: v for k, v in os.environ.items() if k not in names} | extra
 
 
@@ -112,7 +114,7 @@ def test_every_service_has_a_healthcheck_and_waits_for_the_one_behind_it(compose
 def test_only_the_edge_is_published_and_it_cannot_reach_redis(compose):
     """Uvicorn has no header size or time limit of its own: nothing may reach it but HAProxy."""
     services = compose["services"]
-    assert services["edge"]["ports"] == ["${AGENT_PORT:-8000}:8080"]
+    assert services["edge"]["ports"] == ["${EDGE_BIND:-127.0.0.1}:${AGENT_PORT:-8000}:8080"]
     assert "ports" not in services["agent"] and "ports" not in services["redis"]
     assert not set(services["edge"]["networks"]) & set(services["redis"]["networks"])
     config = (AGENT_DIR / "haproxy.cfg").read_text()
@@ -139,7 +141,7 @@ def test_the_edge_buffers_whole_requests_limits_each_address_and_holds_dns():
 
 def test_shutdown_budget_lets_every_answer_finish(compose):
     """The grace covers the longest answer; stop_grace_period covers drain + grace + a margin."""
-    from app.config import Settings
+    from research_agent.config import Settings
 
     fields = Settings.model_fields
     agent = compose["services"]["agent"]
@@ -161,12 +163,44 @@ def test_every_setting_of_env_example_reaches_the_agent(compose):
     assert volume in compose["volumes"]
 
 
+def test_the_agent_can_reach_a_model_server_on_this_machine_by_name(compose):
+    """In a container `localhost` is the container: host.docker.internal is this machine, on
+    Docker Engine as on Docker Desktop (which knows the name without the line)."""
+    hosts = compose["services"]["agent"]["extra_hosts"]
+    assert hosts == ["host.docker.internal:host-gateway"]
+
+
+def published(edge: dict) -> list[tuple[str, str]]:
+    """(host address, port) of each of the edge's published ports, as either Compose prints it:
+    v2 `{host_ip, published}`, v1 "127.0.0.1:8000:8080/tcp"."""
+    found = []
+    for port in edge["ports"]:
+        if isinstance(port, dict):
+            found.append((port.get("host_ip", ""), str(port["published"])))
+        else:
+            *address, published, _ = port.split(":")
+            found.append(("".join(address), published))
+    return found
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_the_edge_is_published_on_loopback_unless_edge_bind_opens_it(spelling, tmp_path):
+    shutil.copy(COMPOSE_FILE, tmp_path / "docker-compose.yml")
+    edge = compose_config(spelling, tmp_path)["services"]["edge"]
+    assert published(edge) == [("127.0.0.1", "8000")]
+    (tmp_path / ".env").write_text("EDGE_BIND=0.0.0.0\nAGENT_PORT=8123\n")
+    edge = compose_config(spelling, tmp_path)["services"]["edge"]
+    assert published(edge) == [("0.0.0.0", "8123")]
+
+
 def compose_config(spelling: str, folder: Path, *files: str) -> dict:
     """`config`: the files merged and every ${...} filled, as this Compose reads them."""
+    if spelling == "docker compose" and not compose_v2():
+        pytest.skip(NO_COMPOSE_V2)
     if shutil.which(spelling.split()[0]) is None:
         pytest.skip(f"`{spelling}` is not installed (make compose-test installs it)")
     version = subprocess.run([*spelling.split(), "version"], capture_output=True, timeout=60)
-    if version.returncode != 0:  # `docker` without the Compose plugin
+    if version.returncode != 0:
         pytest.skip(f"`{spelling}` does not work here (make compose-test installs it)")
     names = [arg for name in files or ("docker-compose.yml",) for arg in ("-f", name)]
     result = subprocess.run(
@@ -201,7 +235,7 @@ def test_dev_override_parses_and_mounts_the_code_with_reload(spelling):
     agent = config["services"]["agent"]
     assert "--reload" in agent["command"]
     targets = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in agent["volumes"]}
-    assert targets >= {"/app/app", "/app/notes"}
+    assert targets >= {"/app/research_agent", "/app/notes"}
 
 
 # --- Live: up / down with each spelling ----------------------------------------------------------
@@ -288,7 +322,8 @@ class Project:
 
 @pytest.fixture(scope="module", params=SPELLINGS)
 def project(request):
-    if shutil.which(request.param.split()[0]) is None:
+    missing = shutil.which(request.param.split()[0]) is None
+    if missing or (request.param == "docker compose" and not compose_v2()):
         pytest.fail(
             f"`{request.param}` is not installed: run `make compose-test`, which installs it"
         )
@@ -315,6 +350,64 @@ def test_up_serves_the_offline_agent_with_the_redis_cache(project):
     assert ready.status_code == 200, ready.text
     assert ready.json()["model"] == "offline-research-model", ready.text
     assert ready.json()["cache"] == "redis", ready.text
+
+
+@pytest.mark.container
+def test_the_edge_listens_on_loopback_only(project):
+    """Published on 127.0.0.1, not on every address of the machine (0.0.0.0 and [::])."""
+    bindings = subprocess.run(
+        ["docker", "port", project.container("edge"), "8080/tcp"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
+    assert bindings == [f"127.0.0.1:{project.port}"]
+
+
+def docker_bridge_gateway() -> str:
+    """What `host-gateway` stands for on Docker Engine: this machine's address on the default
+    bridge, where a container's traffic to host.docker.internal arrives."""
+    gateway = "{{(index .IPAM.Config 0).Gateway}}"
+    return subprocess.run(
+        ["docker", "network", "inspect", "bridge", "--format", gateway],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.mark.container
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_the_agent_answers_from_a_model_server_on_this_machine(spelling):
+    """A local model (Ollama, LM Studio) listens on this machine, not in the stack: the agent finds
+    it at host.docker.internal. The repository's OpenAI-compatible stub stands in for it, on the
+    address a model server on Linux must listen on for containers to reach it (docs/03)."""
+    if spelling == "docker compose" and not compose_v2():
+        pytest.fail(NO_COMPOSE_V2)
+    if shutil.which(spelling.split()[0]) is None:
+        pytest.fail(f"`{spelling}` is not installed: run `make compose-test`, which installs it")
+    answer = "A container is a process with its own view of the machine (from the host's model)."
+    with ChatCompletionsStub([{"content": answer}], host=docker_bridge_gateway()) as model:
+        port = model.base_url.split(":")[2].split("/")[0]
+        box = Project(spelling)
+        box.env.update(
+            OPENAI_API_KEY="sk-local-model-needs-none",
+            OPENAI_BASE_URL=f"http://host.docker.internal:{port}/v1",
+            SEARCH_BACKEND="local",  # a key would otherwise mean DuckDuckGo
+        )
+        try:
+            box.up()
+            reply = httpx.post(
+                f"{box.url}/v1/research", json={"query": "What is a container?"}, timeout=60
+            )
+            assert reply.status_code == 200, f"{reply.text}\n{box.logs()}"
+            assert reply.json()["response"] == answer
+            assert model.requests and model.requests[0]["model"] == "gpt-4o-mini"
+        finally:
+            box.compose(
+                "down", "-v", "--remove-orphans", "--rmi", "local", timeout=180, check=False
+            )
 
 
 @pytest.mark.container
@@ -414,19 +507,7 @@ def test_huge_headers_and_slow_senders_leave_health_answering_and_memory_flat(pr
         closed: set[int] = set()
         deadline = time.monotonic() + 8
         while len(closed) < len(slow) and time.monotonic() < deadline:
-            for i, sock in enumerate(slow):
-                if i in closed:
-                    continue
-                try:
-                    sock.recv(4096)  # end of stream, or an answer (408) before the header ended
-                    closed.add(i)
-                except BlockingIOError:
-                    try:
-                        sock.send(b"X-Slow: 1\r\n")
-                    except OSError:
-                        closed.add(i)
-                except OSError:
-                    closed.add(i)
+            send_or_see_closed(slow, closed, b"X-Slow: 1\r\n")  # one more header line
             time.sleep(1)
         time.sleep(2)  # let the last polls and samples land
     finally:
@@ -450,6 +531,25 @@ def test_huge_headers_and_slow_senders_leave_health_answering_and_memory_flat(pr
     assert len(closed) == len(slow), "slow senders kept their connections open"
 
 
+def send_or_see_closed(socks: list[socket.socket], closed: set[int], data: bytes) -> None:
+    """One round over the non-blocking `socks` whose index is not in `closed`: one the server
+    ended (an answer, a 408 before the request was whole, or the end of the stream, or an error)
+    is added to `closed`; the others get `data`."""
+    for i, sock in enumerate(socks):
+        if i in closed:
+            continue
+        try:
+            sock.recv(4096)
+            closed.add(i)
+        except BlockingIOError:
+            try:
+                sock.send(data)
+            except OSError:
+                closed.add(i)
+        except OSError:
+            closed.add(i)
+
+
 def slow_body_attack(port: int, connections: int, seconds_between_bytes: float, until: float):
     """`connections` POSTs from this address, each announcing a 4,000-byte body and then sending
     it a byte every `seconds_between_bytes`, until the edge closes them or `until` passes. Returns
@@ -468,19 +568,7 @@ def slow_body_attack(port: int, connections: int, seconds_between_bytes: float, 
     try:
         while len(ended) < len(socks) and time.monotonic() < until:
             time.sleep(seconds_between_bytes)
-            for i, sock in enumerate(socks):
-                if i in ended:
-                    continue
-                try:
-                    sock.recv(4096)  # an answer (408) or the end of the stream
-                    ended.add(i)
-                except BlockingIOError:
-                    try:
-                        sock.send(b" ")
-                    except OSError:
-                        ended.add(i)
-                except OSError:
-                    ended.add(i)
+            send_or_see_closed(socks, ended, b" ")  # one more byte of the body
     finally:
         for sock in socks:
             sock.close()

@@ -298,6 +298,9 @@ if pytest is not None:
     IMPORT_EVERY_EXTENSION = """
 import importlib, importlib.util, json, os, sysconfig
 site = sysconfig.get_paths()["purelib"]
+# psycopg_binary's modules load only once psycopg has (psycopg picks its implementation first).
+if importlib.util.find_spec("psycopg") is not None:
+    importlib.import_module("psycopg")
 found, failed = 0, []
 for folder, dirs, files in os.walk(site):
     dirs[:] = [d for d in dirs if not d.endswith((".libs", ".dist-info"))]
@@ -322,6 +325,14 @@ print(json.dumps({"found": found, "failed": failed}))
         )
         assert result["found"] > 40, f"only {result['found']} extension modules: wrong venv?"
         assert not result["failed"], "\n".join(result["failed"])
+
+    @pytest.mark.container
+    def test_the_package_imports_by_name_from_any_folder(container):
+        """Lessons 07 and 10 run from folders of their own: the installed package (not /app on
+        the path) must give `research_agent` itself, __init__ and public surface included."""
+        code = "import research_agent as r; print(r.__file__, r.error_body.__name__)"
+        out = docker("exec", "-w", "/", container.id, "python", "-c", code, timeout=60)
+        assert out.split() == ["/app/research_agent/__init__.py", "error_body"], out
 
     @pytest.mark.container
     def test_docker_stop_lets_the_in_flight_stream_finish(container):
@@ -413,7 +424,7 @@ if pytest is not None:
         # main.py starts uvicorn with the settings, so GRACEFUL_SHUTDOWN_SECONDS is what bounds
         # the drain (a CMD that hard-codes --timeout-graceful-shutdown would silently ignore it).
         assert argv == ["python", "main.py"]
-        from app.config import Settings
+        from research_agent.config import Settings
 
         fields = Settings.model_fields
         drain = (
@@ -470,4 +481,11 @@ if pytest is not None:
         ]
         assert lines[0] == "*", "everything is excluded unless allowed"
         allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-        assert allowed == {"app", "main.py", "notes", "requirements.txt"}
+        assert allowed == {
+            "research_agent",
+            "main.py",
+            "notes",
+            "pyproject.toml",
+            "requirements.txt",
+            "build-requirements.txt",
+        }

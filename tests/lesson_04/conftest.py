@@ -1,10 +1,11 @@
-"""Fixtures for lesson 04: the lesson script imported with a chosen environment."""
+"""Fixtures for lesson 04: the lesson script imported with a chosen environment, the runtimes a
+hostile suite runs under."""
 
 import pytest
 
-from tests.support.lessons import load_lesson
+from support.lessons import load_lesson
+from support.waiting import wait_for
 from tests.support.sandbox_api import SandboxApi, containers
-from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -39,3 +40,19 @@ def server(engine, api_settings):
     yield server
     server.stop()
     wait_for(lambda: not containers(engine, server.owner), timeout=30, what="no container left")
+
+
+# The hostile suites run under every runtime the daemon has: runc always, gVisor once `make gvisor`
+# registered it (SANDBOX_RUNTIME=runsc).
+RUNTIMES = ["runc", "runsc"]
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def runtime(request, engine) -> str:
+    registered = sorted(engine.info().get("Runtimes", {}))
+    if request.param not in registered:
+        pytest.skip(
+            f"the Docker daemon has no {request.param} runtime (it has {', '.join(registered)}); "
+            "`make gvisor` registers gVisor's"
+        )
+    return request.param

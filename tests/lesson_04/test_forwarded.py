@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from support.waiting import wait_for
 from tests.support.sandbox_api import SandboxApi, containers
-from tests.support.waiting import wait_for
 
 NO_DOCKER = "unix:///nonexistent/docker.sock"
 MADE_UP = "203.0.113.9"  # TEST-NET-3: an address reserved for documentation

@@ -19,10 +19,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from app.sandbox import LABEL, SandboxConfig, SandboxRunner, remove
-from app.sandbox_pool import POOL_REQUEST_ID, PooledRunner
-from app.sandbox_sweep import SweepingRunner
+import requests
+from docker.errors import APIError
 
+from research_agent.sandbox import LABEL, SandboxConfig, SandboxRunner, remove
+from research_agent.sandbox_pool import POOL_REQUEST_ID, PooledRunner
+from research_agent.sandbox_sweep import SweepingRunner
+from support.waiting import wait_for
 from tests.support.sandbox_api import (
     RESULT_FIELDS,
     containers,
@@ -30,7 +33,6 @@ from tests.support.sandbox_api import (
     while_counting_containers,
 )
 from tests.support.sandbox_api import SandboxApi as Server
-from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 POOL_SIZE, MAX_CONCURRENT = 2, 4
@@ -207,8 +209,9 @@ class StuckRefills(PooledRunner):
 
 def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(engine):
     owner = f"test-pool-{uuid.uuid4().hex[:8]}"
-    # One place in all: the stuck refill holds it, and the run must still not wait for it.
-    runner = StuckRefills(SandboxConfig(owner=owner, pool_size=1, max_concurrent=1))
+    # Two places: the stuck refill holds one, and the run must not wait for it. (With one place
+    # the run must wait: the next test.)
+    runner = StuckRefills(SandboxConfig(owner=owner, pool_size=1, max_concurrent=2))
     try:
         runner.start_pool()
         wait_for(lambda: runner._refilling == 1, timeout=10, what="the refill started")
@@ -218,8 +221,7 @@ def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(eng
         assert result.exit_code == 0 and result.stdout.strip()
         assert containers(engine, owner) == []  # its fresh container, removed
         runner.release.set()
-        # The refill whose place the run took is removed unstarted; the next one fills the pool,
-        # never with more than max_concurrent containers.
+        # The refill goes on and fills the pool, with nothing else made meanwhile.
         counts = []
 
         def one_pooled() -> bool:
@@ -235,6 +237,82 @@ def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(eng
         runner.release.set()
         runner.close()
     assert containers(engine, owner) == []  # close() removes the pool
+
+
+# --- the count: a place is free only once its container is gone ---------------------------------
+# `make sandbox-test` once saw 5 containers with max_concurrent 4 (the 20 runs above, under load):
+# a refill the keeper started just as a run was let in made a container, and the run, which
+# needed that place, made its own beside it. The engine's 409 "removal in progress", which
+# remove() took for "gone", freed a place early too.
+
+
+class HeldRefills(PooledRunner):
+    """Its refills stop once Docker has created their container, until the test lets them go;
+    each fresh run records how many of the runner's containers exist as it creates its own."""
+
+    def __init__(self, config: SandboxConfig, engine):
+        super().__init__(config)
+        self.engine, self.created, self.release = engine, threading.Event(), threading.Event()
+        self.existing_at_fresh_create: list[int] = []
+
+    def create(self, timeout, request_id, uid, idle=None):
+        if request_id != POOL_REQUEST_ID:
+            self.existing_at_fresh_create.append(len(containers(self.engine, self.config.owner)))
+            return super().create(timeout, request_id, uid, idle)
+        container = super().create(timeout, request_id, uid, idle)
+        self.created.set()
+        assert self.release.wait(60), "the test never let the refill go"
+        return container
+
+
+def test_a_run_whose_place_a_refill_holds_never_makes_a_container_beside_it(engine):
+    owner = f"test-pool-{uuid.uuid4().hex[:8]}"
+    # One place in all, and the refill has made its container in it when the run comes.
+    runner = HeldRefills(SandboxConfig(owner=owner, pool_size=1, max_concurrent=1), engine)
+    try:
+        runner.start_pool()
+        assert runner.created.wait(30), "the refill made no container"
+        with ThreadPoolExecutor(1) as pool:
+            ran = pool.submit(runner.run, "print(6 * 7)", request_id="needs-the-place")
+            # The run asks for the place back; the refill gives it back once Docker answers.
+            wait_for(lambda: runner._surplus == 1, timeout=10, what="the run to claim the place")
+            runner.release.set()
+            result = ran.result(timeout=60)
+        assert result.exit_code == 0 and result.stdout == "42\n"
+        assert runner.existing_at_fresh_create == [0]  # the refill's container was gone
+    finally:
+        runner.release.set()
+        runner.close()
+    assert containers(engine, owner) == []
+
+
+class BeingRemoved:
+    """A container the engine is removing already (auto_remove, as it exited): a removal asked
+    for now gets the engine's 409 "removal of container ... is already in progress"."""
+
+    def __init__(self, container):
+        self.container, self.id = container, container.id
+
+    def remove(self, force: bool = False):
+        response = requests.Response()
+        response.status_code = 409
+        raise APIError("409 Conflict", response, "removal of container is already in progress")
+
+    def wait(self, **kwargs):
+        return self.container.wait(**kwargs)
+
+
+def test_remove_returns_once_a_container_the_engine_is_removing_is_gone(engine):
+    owner = f"test-pool-{uuid.uuid4().hex[:8]}"
+    runner = SandboxRunner(SandboxConfig(owner=owner))
+    try:
+        # Its watchdog waits 3 s for a run, then ends it: the engine removes it (auto_remove).
+        container = runner.create(1, "removing", runner.take_uid(), idle=3)
+        container.start()
+        remove(BeingRemoved(container))
+        assert containers(engine, owner) == []  # its place is free only now
+    finally:
+        runner.close()
 
 
 # --- the clocks: a run's deadline starts with the run; an unused container ends by itself --------

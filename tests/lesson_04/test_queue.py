@@ -5,8 +5,14 @@ import asyncio
 import threading
 
 import pytest
-from app.sandbox import SandboxConfig
-from app.sandbox_admission import QueuedRunner, RunAbandoned, SandboxBusy, SandboxShuttingDown
+
+from research_agent.sandbox import SandboxConfig
+from research_agent.sandbox_admission import (
+    QueuedRunner,
+    RunAbandoned,
+    SandboxBusy,
+    SandboxShuttingDown,
+)
 
 
 class HeldRunner(QueuedRunner):

@@ -4,11 +4,11 @@ tool call, and the OpenAPI schema. The hostile suite (test_hostile.py) runs real
 import json
 
 import pytest
-from chat_model import OfflineToolCallingModel
 from fastapi.testclient import TestClient
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
+from chat_model import OfflineToolCallingModel
 from tests.support.errors import assert_error
 from tests.support.sandbox_api import RESULT_FIELDS
 

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 import redis.asyncio as redis
-from variations.redis_access import forever, relay_forever
+
+from lesson05.redis_access import forever, relay_forever
 
 
 class SwallowsOneCancel:

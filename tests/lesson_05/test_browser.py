@@ -8,40 +8,25 @@ Never `playwright install`: the browser is /usr/bin/chromium (make variations-te
 """
 
 import os
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 
+from support.lessons import ROOT
+from support.waiting import wait_for
+from tests.support.browser import headless_chromium
 from tests.support.docker_cli import docker
-from tests.support.lessons import ROOT
-from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 
-CHROMIUM = "/usr/bin/chromium"
 QUESTION = "How do I stop a container without losing requests?"
 
 
 @pytest.fixture
 def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: make variations-test installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            # As root Chromium needs --no-sandbox; the resolver rule stops its background lookups.
-            args=[
-                "--no-sandbox",
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
-            ],
-        )
+    with headless_chromium("variations-test") as browser:
         yield browser
-        browser.close()
 
 
 def test_three_columns_fill_survive_a_reload_and_one_is_picked(api_process, stack, browser):

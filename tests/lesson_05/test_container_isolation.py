@@ -6,15 +6,17 @@ test_containers.py).
 """
 
 import json
+import subprocess
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis
 
+from support.waiting import wait_for
 from tests.support.docker_cli import docker
 from tests.support.variations import by_variation, read_events, start_run
-from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 
@@ -89,3 +91,68 @@ def test_a_redis_restart_mid_run_keeps_its_address_and_the_run(api_process, stac
     assert read_events(api.url, again, timeout=120)[-1][2]["status"] == "done"
     gone = lambda: not docker("ps", "-aq", "--filter", f"label=ai-course.run={run_id}")  # noqa: E731
     wait_for(gone, timeout=60, what="the containers removed")
+
+
+# Run inside a worker's container: what an earlier version took, Redis going from 10 to 463 MiB and
+# the API from 89 to 238 MB: four entries of 50 MB and two 50 MB `token` events into the worker's
+# own stream. Then one event of 1 MiB, which Redis takes but the relay refuses.
+FLOOD = """
+import json, os, redis
+me = redis.Redis.from_url(os.environ["REDIS_URL"])
+stream = f"run:{os.environ['RUN_ID']}:v:{os.environ['VARIATION']}:events"
+blob = b"x" * (50 * 2**20)
+token = b'{"text": "' + blob + b'"}'
+found = []
+for fields in [{"blob": blob}] * 4 + [{"event": "token", "data": token}] * 2:
+    try:
+        me.xadd(stream, fields)
+        found.append("stored")
+    except redis.exceptions.ConnectionError:
+        found.append("dropped")
+print(json.dumps(found), flush=True)
+me.xadd(stream, {"event": "token", "data": json.dumps({"text": "y" * 2**20})})
+"""
+
+
+def peak_memory_bytes(container: str) -> int:
+    """The container's peak memory since it started (its cgroup's, v1 or v2)."""
+    for path in ("memory/memory.max_usage_in_bytes", "memory.peak"):
+        found = docker("exec", container, "cat", f"/sys/fs/cgroup/{path}", check=False)
+        if found.isdigit():
+            return int(found)
+    raise AssertionError(f"no memory peak readable in {container}")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+        * 1024
+    )
+
+
+def test_a_worker_cannot_flood_redis_or_the_api(api_process, stack):
+    redis_name = f"{stack['DEPLOYMENT']}-redis"
+    host = json.loads(docker("inspect", redis_name))[0]
+    assert host["HostConfig"]["Memory"] == 512 * 2**20  # and Redis itself stops at its maxmemory
+    args = host["Args"]
+    assert args[args.index("--maxmemory") + 1] == "256mb"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    api = api_process(OFFLINE_TOKEN_DELAY_MS=150)  # answers of ~20 s: the flood lands mid-run
+    run_id = start_run(api.url, variations=2)["run_id"]
+    victim = wait_for(lambda: worker_of(run_id, 1), timeout=90, what="the worker's container")
+    redis_before, api_before = peak_memory_bytes(redis_name), peak_rss_bytes(api.pid)
+    # Once cut off, its container is removed under the `docker exec`, which then ends with 137.
+    flood = subprocess.run(
+        ["docker", "exec", victim, "python", "-c", FLOOD],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    found = json.loads(flood.stdout.splitlines()[0])
+    assert found == ["dropped"] * 6  # Redis cut the connection of each before storing it
+    done = by_variation(read_events(api.url, run_id, timeout=180), "variation_done")
+    assert done[0]["status"] == "succeeded" and done[1]["status"] == "failed"
+    assert "over the 65,536-byte limit: cut off" in done[1]["reason"]
+    assert peak_memory_bytes(redis_name) - redis_before < 64 * 2**20
+    assert peak_rss_bytes(api.pid) - api_before < 32 * 2**20

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
+from support.waiting import wait_for
 from tests.support.docker_cli import docker
 from tests.support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
-from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 IMAGE = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
@@ -40,8 +40,12 @@ def test_variations_run_in_limited_labelled_containers_and_leave_none(api_proces
         assert host["NanoCpus"] == 10**9 and host["PidsLimit"] == 128
         assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"]
         assert host["SecurityOpt"] == ["no-new-privileges"]
+        assert host["ExtraHosts"] == ["host.docker.internal:host-gateway"]  # a model on the host
         assert host["NetworkMode"] == stack["WORKER_NETWORK"]
-        assert config["Cmd"] == ["python", "-m", "app.worker"] and config["User"] == "10001:10001"
+        assert (
+            config["Cmd"] == ["python", "-m", "research_agent.worker"]
+            and config["User"] == "10001:10001"
+        )
         assert config["Labels"]["ai-course.run"] == run_id
         assert config["Labels"]["ai-course.deployment"] == stack["DEPLOYMENT"]
         assert f"QUERY={HOSTILE.strip()}" in config["Env"]  # data, exactly as typed

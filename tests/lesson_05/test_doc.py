@@ -2,16 +2,16 @@
 
 import re
 
-from tests.support.lessons import ROOT
+from support.lessons import ROOT
 
 DOC = (ROOT / "docs" / "05-parallel-variations.md").read_text(encoding="utf-8")
-# The lesson and the Going-further modules it imports (code/variations/).
+# The lesson and the Going-further modules it imports (code/lesson05/).
 SOURCES = [
     ROOT / "code" / "05_variations_api.py",
-    *sorted((ROOT / "code" / "variations").glob("*.py")),
+    *sorted((ROOT / "code" / "lesson05").glob("*.py")),
 ]
 API = "\n".join(path.read_text(encoding="utf-8") for path in SOURCES)
-WORKER = (ROOT / "research-agent" / "app" / "worker.py").read_text(encoding="utf-8")
+WORKER = (ROOT / "research-agent" / "research_agent" / "worker.py").read_text(encoding="utf-8")
 AGENT_EVENTS = {"token", "tool", "final"}  # ResearchAgent.stream names, passed on unchanged
 
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis
 
+from support.waiting import wait_for
 from tests.support.variations import auth, read_events, start_run
-from tests.support.waiting import wait_for
 
 TOO_BIG = "99999999999999999999-0"  # passes \d{1,20}-\d{1,20}; Redis refuses ids past 2**64
 
@@ -178,9 +178,11 @@ def test_120_hostile_followers_leave_a_create_and_a_follow_answering(serve, work
     events = asyncio.run(asyncio.wait_for(scenario(), 120))
     assert events[-1][1] == "run_done" and events[-1][2]["status"] == "done"
     # The flood itself: at most 4 streams (the per-client cap; a refused request holds its slot
-    # for a moment), the others refused (429 past the cap, 400 for an id the run never sent).
+    # for a moment), the others refused: 429 past the cap, or 400 for an id the run never sent
+    # when such a request found a free slot first (the cap is checked before the id; the 400 alone
+    # is the test above's).
     assert len(statuses) >= 120 and 1 <= statuses.count(200) <= 4, sorted(statuses)
-    assert set(statuses) <= {200, 400, 429} and 400 in statuses, sorted(statuses)
+    assert set(statuses) <= {200, 400, 429} and 429 in statuses, sorted(statuses)
 
 
 def test_streams_are_capped_in_total_with_503(serve):

@@ -2,16 +2,16 @@
 
 Its workers run on: each finishes its variation and exits. Nothing of the API is left to remove
 them, and no API may ever start again, so the engine itself must: every worker is created with
-`auto_remove` (code/variations/docker_workers.py). Needs real containers: `make variations-test`.
+`auto_remove` (code/lesson05/docker_workers.py). Needs real containers: `make variations-test`.
 """
 
 import signal
 
 import pytest
 
+from support.waiting import wait_for
 from tests.support.docker_cli import docker
 from tests.support.variations import start_run
-from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 

@@ -2,7 +2,7 @@
 restarted mid-run, and the API killed: each case found by hostile testing of an earlier version.
 
 The API runs over HTTP as in test_variations_api.py, against a Redis of its own started with the
-arguments scripts/lesson-05.sh gives the lesson's (code/variations/redis_access.py's server_args).
+arguments scripts/lesson-05.sh gives the lesson's (code/lesson05/redis_access.py's server_args).
 """
 
 import json
@@ -13,14 +13,14 @@ import time
 import httpx
 import pytest
 import redis
-from app import worker
-from app.job import ExitCode, warm_queue_key
-from variations import redis_access
-from variations.store import Runs
 
+from lesson05 import redis_access
+from lesson05.store import Runs
+from research_agent import worker
+from research_agent.job import ExitCode, warm_queue_key
+from support.waiting import wait_for
 from tests.support.redis import RedisServer
 from tests.support.variations import auth, by_variation, read_events, start_run
-from tests.support.waiting import wait_for
 
 PASSWORD = "test-api-password-0123456789"
 

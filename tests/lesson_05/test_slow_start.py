@@ -9,8 +9,8 @@ Docker (ProcessWorkers, tests/support/variation_workers.py) now does so too, and
 
 import time
 
+from support.waiting import wait_for
 from tests.support.variations import by_variation, read_events, start_run
-from tests.support.waiting import wait_for
 
 
 def slow_creation(workers, monkeypatch, seconds: float = 1.5) -> None:

@@ -10,11 +10,11 @@ import time
 import httpx
 import pytest
 import redis
-from app.job import events_key, variation_key
-from variations.store import id_tuple, run_key
 
+from lesson05.store import id_tuple, run_key
+from research_agent.job import events_key, variation_key
+from support.waiting import wait_for
 from tests.support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
-from tests.support.waiting import wait_for
 
 UNKNOWN = "0123456789ab4def8123456789abcdef"  # a well-formed run id that no run has
 

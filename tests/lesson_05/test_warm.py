@@ -1,7 +1,7 @@
 """Warm workers (WARM_WORKERS): started ahead with their imports done, each for one variation.
 
-The worker's side runs in-process (`python -m app.worker --warm`'s main); the API's side runs over
-real HTTP and a real Redis with each worker a local process (ProcessWorkers,
+The worker's side runs in-process (`python -m research_agent.worker --warm`'s main); the API's side
+runs over real HTTP and a real Redis with each worker a local process (ProcessWorkers,
 tests/support/variation_workers.py), as in test_variations_api.py. test_containers.py has a run
 on real warm containers.
 """
@@ -14,11 +14,11 @@ import time
 import httpx
 import pytest
 import redis
-from app import worker
-from app.job import ExitCode, Job, warm_queue_key, warm_ready_key, worker_events_key
 
+from research_agent import worker
+from research_agent.job import ExitCode, Job, warm_queue_key, warm_ready_key, worker_events_key
+from support.waiting import wait_for
 from tests.support.variations import auth, by_variation, cancel, read_events, start_run
-from tests.support.waiting import wait_for
 
 NO_DOCS = tempfile.mkdtemp(prefix="lesson-05-no-docs-")  # search the bundled notes only
 

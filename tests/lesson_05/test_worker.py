@@ -1,5 +1,5 @@
-"""The worker entry point (research-agent/app/worker.py), run in-process against a real Redis, and
-the offline model's variations: visibly different answers, the same answer every time."""
+"""The worker entry point (research-agent/research_agent/worker.py), run in-process against a real
+Redis, and the offline model's variations: visibly different answers, the same answer every time."""
 
 import asyncio
 import json
@@ -7,13 +7,13 @@ import tempfile
 
 import pytest
 import redis
-from app import worker
-from app.agent import OfflineResearchModel, ResearchAgent
-from app.config import Settings
-from app.job import ExitCode, worker_events_key
-from variations.presets import PRESETS
 
-from tests.support.ports import free_port
+from lesson05.presets import PRESETS
+from research_agent import worker
+from research_agent.agent import OfflineResearchModel, ResearchAgent
+from research_agent.config import Settings
+from research_agent.job import ExitCode, worker_events_key
+from support.ports import free_port
 
 NO_DOCS = tempfile.mkdtemp(prefix="lesson-05-no-docs-")  # search the bundled notes only
 

@@ -9,17 +9,22 @@ The workers here are local processes given exactly the environment a container g
 inside a real container.
 """
 
+import asyncio
 import hashlib
 import json
+import re
 
 import httpx
 import pytest
 import redis
-from app.job import events_key, variation_key, warm_queue_key, worker_events_key
-from variations.store import Runs
+import redis.asyncio
 
+from lesson05.redis_access import WorkerUsers, server_args
+from lesson05.store import Runs
+from research_agent.job import events_key, variation_key, warm_queue_key, worker_events_key
+from support.waiting import wait_for
+from tests.support.redis import RedisServer
 from tests.support.variations import auth, by_variation, read_events, start_run
-from tests.support.waiting import wait_for
 
 FORBIDDEN = (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)
 
@@ -193,3 +198,129 @@ def test_a_workers_user_is_removed_once_its_variation_ends(serve, workers):
             return False
 
     wait_for(removed, timeout=30, what="the user removed")
+
+
+# --- A worker that sends too much ----------------------------------------------------------------
+# An earlier version, attacked: a worker XADDed 4 entries of 50 MB and 2 `token` events of 50 MB to
+# its own stream. Redis went from 10 to 463 MiB (the relay copied the tokens into the run's stream;
+# MAXLEN counts entries, not bytes) and the API from 89 to 238 MB while the relay read them.
+
+
+def sent_by_redis(client: redis.Redis) -> int:
+    """Every byte Redis has sent to any client since it started."""
+    return client.info("stats")["total_net_output_bytes"]
+
+
+def refusals(server, reason: str) -> float:
+    """The API's count of worker events refused for `reason` (its /metrics)."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    found = re.search(rf'^variations_events_refused_total{{reason="{reason}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def cut_off(environment: dict[str, str]) -> bool:
+    """The worker's Redis user is gone: it can write nothing more."""
+    try:
+        return refused(as_worker(environment).ping)
+    except redis.exceptions.ConnectionError:  # cut while logging in: the next attempt tells
+        return False
+
+
+def test_an_oversized_event_is_refused_unread_and_its_worker_cut_off(
+    serve, workers, redis_url, caplog
+):
+    server = serve(OFFLINE_TOKEN_DELAY_MS=150)
+    run_id = start_run(server.url, variations=2)["run_id"]
+    environment = environment_of(workers, run_id, 1)
+    admin = redis.Redis.from_url(redis_url)
+    sent, counted = sent_by_redis(admin), refusals(server, "too_large")
+    big = json.dumps({"text": "x" * 4_000_000})
+    as_worker(environment).xadd(worker_events_key(run_id, 1), {"event": "token", "data": big})
+    events = read_events(server.url, run_id, timeout=120)
+    # Redis never sent those 4 MB to anyone: not to the relay, not into the run's stream.
+    assert sent_by_redis(admin) - sent < 1_000_000
+    assert max(len(json.dumps(data)) for _, _, data in events) < 10_000
+    done = by_variation(events, "variation_done")
+    assert done[0]["status"] == "succeeded" and done[1]["status"] == "failed"
+    size = len("event") + len("token") + len("data") + len(big)  # every field and value
+    assert f"an event of {size:,} bytes, over the 65,536-byte limit" in done[1]["reason"]
+    assert refusals(server, "too_large") == counted + 1  # a metric, a log line, the page's event
+    assert f"variation {run_id}/1 cut off" in caplog.text
+    wait_for(lambda: cut_off(environment), timeout=30, what="the worker's user removed")
+    assert admin.xlen(worker_events_key(run_id, 1)) == 0  # what it left is gone too
+
+
+def test_a_worker_flooding_small_events_is_cut_off_at_its_byte_budget(serve, workers, redis_url):
+    server = serve(OFFLINE_TOKEN_DELAY_MS=150, VARIATION_MAX_BYTES=300_000)
+    run_id = start_run(server.url, variations=2)["run_id"]
+    environment = environment_of(workers, run_id, 1)
+    me, chunk = as_worker(environment), json.dumps({"text": "y" * 30_000})
+    for _ in range(100):  # 3 MB, each event well under the per-event limit
+        try:
+            me.xadd(worker_events_key(run_id, 1), {"event": "token", "data": chunk})
+        except (redis.exceptions.ConnectionError, *FORBIDDEN):
+            break  # cut off already
+    events = read_events(server.url, run_id, timeout=120)
+    done = by_variation(events, "variation_done")
+    assert done[0]["status"] == "succeeded" and done[1]["status"] == "failed"
+    assert "more than 300,000 bytes of events" in done[1]["reason"]
+    copied = [d for _, n, d in events if n == "token" and d["variation"] == 1]
+    assert sum(len(json.dumps(d)) for d in copied) <= 300_000
+    assert redis.Redis.from_url(redis_url).memory_usage(events_key(run_id)) < 600_000
+    wait_for(lambda: cut_off(environment), timeout=30, what="the worker's user removed")
+
+
+def test_what_the_relay_copied_leaves_the_workers_stream(serve, workers, redis_url):
+    server = serve()
+    run_id = start_run(server.url, variations=2)["run_id"]
+    events = read_events(server.url, run_id, timeout=120)
+    assert set(by_variation(events, "final")) == {0, 1}
+    client = redis.Redis.from_url(redis_url)
+    assert [client.xlen(worker_events_key(run_id, i)) for i in range(2)] == [0, 0]
+
+
+def test_bytes_that_are_not_utf8_do_not_stop_the_relay(serve, workers):
+    server = serve(OFFLINE_TOKEN_DELAY_MS=150)
+    run_id = start_run(server.url, variations=2)["run_id"]
+    me = redis.Redis.from_url(environment_of(workers, run_id, 1)["REDIS_URL"])  # bytes, as sent
+    me.xadd(worker_events_key(run_id, 1), {b"event": b"token", b"data": b'{"text": "\xff\xfe"}'})
+    me.xadd(worker_events_key(run_id, 1), {b"\xffevent": b"\xc3"})
+
+    def ended() -> dict | None:
+        view = httpx.get(f"{server.url}/v1/runs/{run_id}", headers=auth(run_id), timeout=10)
+        return view.json() if view.json()["status"] != "running" else None
+
+    view = wait_for(ended, timeout=120, what="the run to end")
+    assert [v["status"] for v in view["variations"]] == ["succeeded", "succeeded"]
+
+
+def test_redis_drops_a_client_whose_command_outgrows_its_share_and_evicts_nothing():
+    password = "p" * 48
+    with RedisServer(args=server_args(password)) as server:
+        url = f"redis://api:{password}@127.0.0.1:{server.port}/0"
+        api = redis.Redis.from_url(url)
+
+        async def make_user() -> str:
+            client = redis.asyncio.Redis.from_url(url)
+            try:
+                return await WorkerUsers(client, url, url).variation("0" * 32, 0)
+            finally:
+                await client.aclose()
+
+        me, stream = redis.Redis.from_url(asyncio.run(make_user())), worker_events_key("0" * 32, 0)
+        for fields in ({"blob": "x" * 50 * 2**20}, {f"f{i}": "x" * 2**20 for i in range(50)}):
+            with pytest.raises(redis.exceptions.ConnectionError):
+                me.xadd(stream, fields)  # disconnected before Redis could store it
+        assert not api.exists(stream) and api.ping()
+        me.xadd(stream, {"event": "token", "data": "y" * 60_000})  # a fair-sized event goes in
+        assert api.xlen(stream) == 1
+    # Full, it refuses writes rather than evicting anything: every run key has a TTL, so a
+    # volatile-* policy would drop the runs going.
+    with RedisServer(args=[*server_args(password), "--maxmemory", "8mb"]) as server:
+        api = redis.Redis.from_url(f"redis://api:{password}@127.0.0.1:{server.port}/0")
+        stored = 0
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(1000):
+                api.set(f"run:{i:032x}", "z" * 50_000, ex=3600)
+                stored += 1
+        assert 0 < stored < 1000 and api.dbsize() == stored

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
-from app.config import Settings
 
+from research_agent.config import Settings
 from tests.support.deploy import built_tags, get_paths, load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ metrics, a broken image is rolled back while the old replicas keep serving, and 
 `make lesson-06-down` leaves the engine as it found it.
 """
 
+import contextlib
 import os
 import re
 import subprocess
@@ -20,13 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from app.config import Settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from research_agent.config import Settings
 from scripts import swarm
+from support.ports import free_port
+from support.waiting import wait_for
 from tests.support.deploy import built_tags, get_paths, load_manifests
-from tests.support.ports import free_port
-from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -595,8 +596,37 @@ def test_make_lesson_06_waits_for_replicas_that_started_before_redis(lesson):
     assert [a["cached"] for a in answers] == [False, True, True, True, True], answers
 
 
+@contextlib.contextmanager
+def neighbour(client):
+    """A container on a network of its own, as a Compose project's: it finds its peers by name."""
+    name = f"l06-neighbour-{uuid.uuid4().hex[:6]}"
+    network = client.networks.create(name)
+    container = client.containers.run(
+        "python:3.11-slim", ["sleep", "600"], name=name, network=name, detach=True
+    )
+    try:
+        yield name
+    finally:
+        container.remove(force=True)
+        network.remove()
+
+
 @pytest.mark.container
 def test_make_lesson_06_down_leaves_the_engine_as_it_found_it(lesson):
-    output = lesson.down()
-    assert f"docker stack rm {lesson.stack}" in output
+    if lesson.before["swarm"] == "inactive":
+        # The course joined Swarm. Leaving it would take Docker's DNS names from the containers
+        # running on other networks (moby/moby#45144), so down keeps Swarm while one runs.
+        with neighbour(lesson.client) as name:
+            output = lesson.down()
+            assert f"docker stack rm {lesson.stack}" in output
+            assert "Swarm stays: leaving it would take the DNS names" in output, output
+            assert name in output
+            assert swarm.swarm_active(lesson.client)
+        others = swarm.containers_named_on_networks(lesson.client)
+        assert not others, f"stop these to let the course leave Swarm: {others}"
+        output = lesson.down()
+        assert "left Swarm (docker swarm leave --force)" in output, output
+    else:
+        output = lesson.down()
+        assert f"docker stack rm {lesson.stack}" in output
     assert engine_state(lesson.client, lesson.stack) == lesson.before

@@ -4,17 +4,14 @@ the containers run (`python code/07_event_agents.py triage`, ...), against a rea
 The container suite (marker `container`, `make pubsub-test`) runs the Compose project instead.
 """
 
-import sys
 import uuid
 
 import httpx
 import pytest
 
-from tests.support.event_agents import GATEWAY, SERVICES, System
-from tests.support.lessons import load_lesson
-from tests.support.ports import free_port
+from support.event_agents import SERVICES, System, gateway_process
+from support.lessons import load_lesson
 from tests.support.redis import RedisServer
-from tests.support.server import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +24,7 @@ def system(tmp_path_factory):
         try:
             for service in SERVICES:
                 system.start(service)
-            port = free_port()
-            env = {**system.base_env, "PORT": str(port)}
-            with ServerProcess(
-                [sys.executable, str(GATEWAY)],
-                env=env,
-                port=port,
-                ready_path="/ready",
-                log_path=logs / "gateway.log",
-            ) as gateway:
+            with gateway_process(system.base_env, logs) as gateway:
                 system.gateway = httpx.Client(base_url=gateway.url, timeout=10)
                 yield system
                 system.gateway.close()

@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
+from support.event_agents import answered, ask, enrol, envelope, progress, student, view
+from support.waiting import wait_for
 from tests.support.errors import assert_error
-from tests.support.event_agents import answered, ask, enrol, envelope, progress, student, view
 from tests.support.metrics import metric
-from tests.support.waiting import wait_for
 
 
 def wait_until_delivered(system, question_id: str, what: str) -> None:

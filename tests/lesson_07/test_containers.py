@@ -14,9 +14,9 @@ import httpx
 import pytest
 import redis
 
-from tests.support.docker_cli import docker
-from tests.support.event_agents import ComposeProject
-from tests.support.waiting import wait_for
+from support.event_agents import ComposeProject
+from support.waiting import wait_for
+from tests.support.docker_cli import NO_COMPOSE_V2, compose_v2, docker
 
 pytestmark = pytest.mark.container
 
@@ -31,6 +31,8 @@ TOPICS = ("docker", "redis", "python", "fastapi")
 
 @pytest.fixture(scope="module")
 def project():
+    if not compose_v2():  # the container suite promises it: make pubsub-test installs it
+        pytest.fail(NO_COMPOSE_V2)
     project = ComposeProject(
         "lesson-07-test",
         LESSON07_IMAGE=IMAGE,

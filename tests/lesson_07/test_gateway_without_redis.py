@@ -4,10 +4,10 @@ import sys
 
 import httpx
 
+from support.event_agents import GATEWAY
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
 from tests.support.errors import assert_error
-from tests.support.event_agents import GATEWAY
-from tests.support.ports import free_port
-from tests.support.server import ServerProcess, offline_environment
 
 
 def test_redis_away_is_a_503_in_the_error_shape(tmp_path):

@@ -4,12 +4,27 @@ starts them the way `make lesson-08` does."""
 
 import pytest
 
-from tests.support.mcp_clients import HOSTILE_SERVER, NOTES_SERVER, gateway, tool_server
+from support.mcp_servers import NOTES_SERVER, gateway, tool_server
+from tests.support.mcp_clients import HOSTILE_SERVER
 
 AGENT_TOKEN = "agent-token-for-tests"
 TESTER_TOKEN = "tester-token-for-tests"
+OPERATOR_TOKEN = "operator-token-for-tests"
 FLOOD_BYTES = 50 * 1024 * 1024
 CALL_TIMEOUT = 15
+# An MCP initialize by hand, and the headers Streamable HTTP asks of every POST: for the tests that
+# speak raw HTTP to a server (floods of sessions, a foreign Origin) instead of through a client.
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "lesson08-tests", "version": "1"},
+    },
+}
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
 @pytest.fixture(scope="package")
@@ -48,6 +63,7 @@ def gw(notes, hostile, tmp_path_factory):
         work,
         TOKEN_AGENT=AGENT_TOKEN,
         TOKEN_TESTER=TESTER_TOKEN,
+        GATEWAY_OPERATOR_TOKEN=OPERATOR_TOKEN,
         # Long enough for the 50 MB answer to reach its size limit on a loaded machine (it takes
         # about 1 s on an idle one), so that the flood test meets the cap, not the timeout.
         GATEWAY_CALL_TIMEOUT_SECONDS=CALL_TIMEOUT,
@@ -60,3 +76,7 @@ def gw(notes, hostile, tmp_path_factory):
 
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
+
+
+def operator() -> dict:
+    return bearer(OPERATOR_TOKEN)

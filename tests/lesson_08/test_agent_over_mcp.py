@@ -4,13 +4,14 @@
 import asyncio
 
 import pytest
-from app.agent import ResearchAgent
-from app.errors import UpstreamError
 from langchain_mcp_adapters.client import MultiServerMCPClient
 
+from research_agent.agent import ResearchAgent
+from research_agent.errors import UpstreamError
+from support.mcp_servers import gateway
+from support.ports import free_port
 from tests.support.agent import make_settings
-from tests.support.mcp_clients import gateway, log_lines
-from tests.support.ports import free_port
+from tests.support.mcp_clients import log_lines
 
 from .conftest import AGENT_TOKEN
 

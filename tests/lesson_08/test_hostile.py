@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import httpx
@@ -10,23 +12,22 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.exceptions import ToolError
 
+from support.mcp_servers import GATEWAY
+from support.server import offline_environment
 from tests.support.mcp_clients import log_lines, sdk_session
 
-from .conftest import AGENT_TOKEN, CALL_TIMEOUT, TESTER_TOKEN, bearer
+from .conftest import (
+    AGENT_TOKEN,
+    CALL_TIMEOUT,
+    INITIALIZE,
+    MCP_HEADERS,
+    OPERATOR_TOKEN,
+    TESTER_TOKEN,
+    bearer,
+    operator,
+)
 
 pytestmark = pytest.mark.xdist_group("lesson08")
-
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "attacker", "version": "1"},
-    },
-}
-MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 
 
 async def call(gw, tool: str, token: str = TESTER_TOKEN, **arguments):
@@ -52,12 +53,18 @@ def test_a_foreign_origin_gets_403(target, request):
     assert local.status_code == 200
 
 
-def test_a_hanging_server_is_a_timely_tool_error(gw):
+def test_a_hanging_server_is_a_timely_tool_error_and_told_to_stop(gw, hostile):
     started = time.monotonic()
     result = asyncio.run(call(gw, "hang"))
     assert result.is_error
     assert f"did not answer within {CALL_TIMEOUT} s" in result.content[0].text
     assert time.monotonic() - started < CALL_TIMEOUT + 15  # the gateway's limit, not an hour
+    # The gateway sent notifications/cancelled: the server's tool task was cancelled, not left
+    # running for nobody (issue 37 A6).
+    deadline = time.monotonic() + 30
+    while httpx.get(hostile.url + "/calls").json()["hang_cancelled"] < 1:
+        assert time.monotonic() < deadline, "the server never heard that the call was given up"
+        time.sleep(0.2)
 
 
 def test_a_50_mb_answer_is_a_clear_tool_error(gw):
@@ -68,7 +75,7 @@ def test_a_50_mb_answer_is_a_clear_tool_error(gw):
     httpx.get(gw.url + "/health").raise_for_status()  # and the gateway is still there
 
 
-def test_a_tool_whose_description_changes_after_pinning_is_refused(gw, hostile):
+def test_a_changed_description_is_refused_until_the_documented_repin(gw, hostile):
     first = asyncio.run(call(gw, "lookup", query="volume"))
     assert not first.is_error and "lookup: volume" in first.content[0].text
     ran = httpx.get(hostile.url + "/calls").json()["lookup"]
@@ -77,9 +84,26 @@ def test_a_tool_whose_description_changes_after_pinning_is_refused(gw, hostile):
     assert after.is_error
     assert "changed since it was pinned" in after.content[0].text
     assert httpx.get(hostile.url + "/calls").json()["lookup"] == ran  # refused, never run
-    pins = httpx.get(gw.url + "/pins").json()
+    pins = httpx.get(gw.url + "/pins", headers=operator()).json()
     assert "lookup" in pins["refused"]
     assert any(r["tool"] == "lookup" for r in log_lines(gw, "tool_refused"))
+
+    # The documented command acts on the running gateway (issue 37 B2): no restart, no exec.
+    repin = subprocess.run(
+        [sys.executable, GATEWAY, "repin", "hostile"],
+        env=offline_environment(GATEWAY_URL=gw.url, GATEWAY_OPERATOR_TOKEN=OPERATOR_TOKEN),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert repin.returncode == 0, repin.stdout + repin.stderr
+    assert "re-pinned hostile/lookup" in repin.stdout
+    again = asyncio.run(call(gw, "lookup", query="volume"))
+    assert not again.is_error and "lookup: volume" in again.content[0].text
+    assert httpx.get(hostile.url + "/calls").json()["lookup"] == ran + 1
+    pins = httpx.get(gw.url + "/pins", headers=operator()).json()
+    assert "lookup" not in pins["refused"]
+    assert "call leak" in pins["pins"]["hostile"]["lookup"]["description"]
 
 
 def test_a_description_with_instructions_is_pinned_logged_shown_and_withheld(gw):
@@ -91,7 +115,7 @@ def test_a_description_with_instructions_is_pinned_logged_shown_and_withheld(gw)
     assert "helpful" not in asyncio.run(names())
     result = asyncio.run(call(gw, "helpful"))
     assert result.is_error and "reads like instructions" in result.content[0].text
-    pins = httpx.get(gw.url + "/pins").json()
+    pins = httpx.get(gw.url + "/pins", headers=operator()).json()
     assert pins["pins"]["hostile"]["helpful"]["flagged"] is True
     assert "Ignore previous instructions" in pins["pins"]["hostile"]["helpful"]["description"]
     assert any(r["tool"] == "helpful" and r["flagged"] for r in log_lines(gw, "tool_pinned"))
@@ -150,7 +174,7 @@ def test_every_call_is_one_log_line_without_argument_values(gw):
 
 def test_metrics_count_calls_per_tool_and_outcome(gw):
     asyncio.run(call(gw, "search_notes", token=AGENT_TOKEN, query="compose"))
-    text = httpx.get(gw.url + "/metrics").text
+    text = httpx.get(gw.url + "/metrics", headers=operator()).text
     assert 'mcp_gateway_calls_total{client="agent",outcome="ok",tool="search_notes"}' in text
     assert "mcp_gateway_call_seconds_bucket" in text
 

@@ -1,7 +1,7 @@
 """What the gateway asks Docker for when it starts a tool server (no Docker needed to check)."""
 
-from lesson08_catalog import Catalog, ServerEntry
-from lesson08_launcher import OWNER_LABEL, DockerLauncher, container_environment
+from lesson08.catalog import Catalog, ServerEntry
+from lesson08.launcher import OWNER_LABEL, DockerLauncher, container_environment
 
 
 def entry(**fields) -> ServerEntry:

@@ -5,7 +5,6 @@ second delivery span in the same trace, not a new trace. In-process against a re
 import asyncio
 import json
 
-import lesson07_contract as contract
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -13,7 +12,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests.support.lessons import load_lesson
+from lesson07 import contract
+from support.lessons import load_lesson
 
 
 @pytest.fixture(scope="module")

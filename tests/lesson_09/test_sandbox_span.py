@@ -5,15 +5,15 @@ its span: a model asked from inside a tool is a `chat` span under `execute_tool`
 
 import asyncio
 
-import app.agent
-from app.agent import ResearchAgent
-from app.python_tool import make_run_python_tool
-from app.sandbox import RunResult, SandboxConfig
-from app.tracing import instrument_langchain
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.tools import tool
 from opentelemetry.trace import SpanKind
 
+import research_agent.agent
+from research_agent.agent import ResearchAgent
+from research_agent.genai_spans import instrument_langchain
+from research_agent.python_tool import make_run_python_tool
+from research_agent.sandbox import RunResult, SandboxConfig
 from tests.lesson_02.test_sandbox_tool import ScriptedModel
 from tests.support.agent import make_settings
 
@@ -34,7 +34,7 @@ def research_with(tool, spans, monkeypatch) -> tuple:
     """One question to an agent whose only optional tool is `tool` (the model calls it once):
     every finished span, the agent's and the tool call's."""
     instrument_langchain()  # what create_app does when tracing is on
-    monkeypatch.setattr(app.agent, "optional_tools", lambda settings: [tool])
+    monkeypatch.setattr(research_agent.agent, "optional_tools", lambda settings: [tool])
     agent = ResearchAgent(make_settings(), model=ScriptedModel(code=SECRET_CODE))
     asyncio.run(agent.research("What is six times seven?"))
     finished = spans.get_finished_spans()

@@ -1,20 +1,25 @@
-"""Traces of a research request (app/tracing.py): the span tree and its GenAI attributes, kept in
-memory; the standard OTEL_* variables, against a local collector over both protocols; and nothing
-at all when no endpoint is set."""
+"""Traces of a research request (research_agent/tracing.py and its GenAI spans, genai_spans.py):
+the span tree and its GenAI attributes, kept in memory; the standard OTEL_* variables, against a
+local collector over both protocols; and nothing at all when no endpoint is set."""
 
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import pytest
-from app.config import Settings
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.support.lessons import AGENT_DIR
+from research_agent.config import Settings
+from support.lessons import AGENT_DIR
+from support.otlp import OtlpCollector
+from tests.support.metrics import metric
+from tests.support.openai_stub import ChatCompletionsStub
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -124,7 +129,7 @@ def test_the_handler_hears_the_agent_and_its_calls_not_the_graph_nodes(
 ):
     """LangChain dispatches each callback to each handler: the graph's nodes, which make no span,
     were most of them. The handler is given only the runs LangChain configures."""
-    from app.tracing import GenAIHandler
+    from research_agent.genai_spans import GenAIHandler
 
     heard = []
     for event in ("on_chain_start", "on_chat_model_start", "on_tool_start"):
@@ -169,6 +174,46 @@ def test_a_request_the_sampler_drops_records_nothing_and_logs_no_error(
     assert [r.getMessage() for r in caplog.records if "callback" in r.getMessage()] == []
 
 
+@pytest.mark.parametrize("flags", ["01", "00"])
+def test_a_caller_the_edge_did_not_trust_is_a_link_not_the_parent(traced_client, spans, flags):
+    """The edge renames the `traceparent` of a caller it does not trust (research-agent/
+    haproxy.cfg): the request starts a trace of its own, sampled by this service's sampler whatever
+    the caller's flags said, with the caller's context as a link; `traceresponse` names it."""
+    client = traced_client()
+    headers = {"x-caller-traceparent": f"00-{TRACE_ID}-{PARENT_ID}-{flags}"}
+    answer = client.post("/v1/research", json={"query": QUESTION}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    finished = spans.get_finished_spans()
+    (server,) = [s for s in finished if s.kind == SpanKind.SERVER]
+    assert server.parent is None
+    trace_id = format(server.context.trace_id, "032x")
+    assert trace_id != TRACE_ID
+    assert {format(s.context.trace_id, "032x") for s in finished} == {trace_id}
+    assert len(by_name(finished, "chat ")) == 2  # the whole request, recorded
+    (link,) = server.links
+    assert format(link.context.trace_id, "032x") == TRACE_ID
+    assert format(link.context.span_id, "016x") == PARENT_ID
+    span_id = format(server.context.span_id, "016x")
+    version, *ids, sampled = answer.headers["traceresponse"].split("-")
+    assert ids == [trace_id, span_id] and int(sampled, 16) & 1  # (03: its trace id is random)
+
+
+def test_a_trusted_callers_trace_is_joined_and_named_in_the_answer(traced_client, spans):
+    client = traced_client()
+    answer = client.post(
+        "/v1/research", json={"query": QUESTION}, headers={"traceparent": TRACEPARENT}
+    )
+    (server,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert format(server.parent.span_id, "016x") == PARENT_ID and not server.links
+    span_id = format(server.context.span_id, "016x")
+    assert answer.headers["traceresponse"] == f"00-{TRACE_ID}-{span_id}-01"
+
+
+def test_probes_and_an_untraced_service_answer_without_traceresponse(traced_client, client_off):
+    assert "traceresponse" not in traced_client().get("/health").headers
+    assert "traceresponse" not in client_off.post("/v1/research", json={"query": "x"}).headers
+
+
 def test_no_api_key_in_any_span(traced_client, spans):
     key = "k-0123456789abcdef0123456789abcdef"
     client = traced_client(API_KEYS=f"alice:{key}")
@@ -190,6 +235,52 @@ def test_a_failed_tool_call_is_an_error_span(traced_client, spans):
     assert tool.attributes["error.type"]
 
 
+class HeaderStub(ChatCompletionsStub):
+    """The repository's OpenAI stub, also keeping the headers of each request it was sent."""
+
+    def __init__(self, replies: list[dict]):
+        self.headers: list[dict[str, str]] = []
+        super().__init__(replies)
+
+    def _handler_class(self):
+        stub, base = self, super()._handler_class()
+
+        class Handler(base):
+            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+                stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                super().do_POST()
+
+        return Handler
+
+
+def test_a_model_call_is_an_http_client_span_and_carries_the_trace(traced_client, spans):
+    """The OpenAI SDK sends with httpx2 (not httpx): its client span, in the request's trace, and
+    the `traceparent` the provider receives names that span."""
+    replies = [
+        {"tool_calls": [{"name": "search_docs", "arguments": {"query": "smaller images"}}]},
+        {"content": "Use a slim base and a multi-stage build [1]."},
+    ]
+    with HeaderStub(replies) as stub:
+        client = traced_client(
+            OPENAI_API_KEY="test-key",
+            OPENAI_BASE_URL=stub.base_url,
+            OPENAI_MAX_RETRIES=0,
+            SEARCH_BACKEND="local",
+        )
+        headers = {"traceparent": TRACEPARENT}
+        answer = client.post("/v1/research", json={"query": QUESTION}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    finished = spans.get_finished_spans()
+    url = lambda span: span.attributes.get("url.full", span.attributes.get("http.url", ""))  # noqa: E731
+    calls = [s for s in finished if s.kind == SpanKind.CLIENT and url(s).startswith(stub.base_url)]
+    assert len(calls) == 2, [(s.name, dict(s.attributes)) for s in finished]
+    assert {format(s.context.trace_id, "032x") for s in calls} == {TRACE_ID}
+    (server,) = [s for s in finished if s.kind == SpanKind.SERVER]
+    assert all(s.parent.span_id == server.context.span_id for s in calls)
+    sent = [h.get("traceparent") for h in stub.headers]
+    assert sent == [f"00-{TRACE_ID}-{format(s.context.span_id, '016x')}-01" for s in calls]
+
+
 # --- The standard variables, a real exporter, a collector on loopback -----------------------------
 
 
@@ -200,6 +291,16 @@ def wait_for(predicate, seconds=20.0):
             return True
         time.sleep(0.1)
     return False
+
+
+def ask_in_a_trace(agent) -> httpx.Response:
+    """QUESTION to a started agent, from a caller whose trace is TRACEPARENT."""
+    return httpx.post(
+        f"{agent.url}/v1/research",
+        json={"query": QUESTION},
+        headers={"traceparent": TRACEPARENT},
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
@@ -216,13 +317,7 @@ def test_the_otel_variables_export_over_either_protocol(
         OTEL_SERVICE_NAME="research-agent-under-test",
         OTEL_BSP_SCHEDULE_DELAY="100",
     )
-    answer = httpx.post(
-        f"{agent.url}/v1/research",
-        json={"query": QUESTION},
-        headers={"traceparent": TRACEPARENT},
-        timeout=60,
-    )
-    assert answer.status_code == 200
+    assert ask_in_a_trace(agent).status_code == 200
     names = lambda: {s.name for s in target.spans()}  # noqa: E731
     # The server span ends after the answer is sent: it may come in a later batch than the agent's.
     expected = {
@@ -256,15 +351,92 @@ def test_nothing_is_exported_without_an_endpoint(start_agent, collector):
     """No OTEL_EXPORTER_OTLP_ENDPOINT: even a caller's traceparent and every other OTEL_* variable
     pointing at the collector send nothing."""
     agent = start_agent(OTEL_SERVICE_NAME="nobody", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
-    answer = httpx.post(
-        f"{agent.url}/v1/research",
-        json={"query": QUESTION},
-        headers={"traceparent": TRACEPARENT},
-        timeout=60,
-    )
-    assert answer.status_code == 200
+    assert ask_in_a_trace(agent).status_code == 200
     agent.stop()
     assert collector.requests == []
+
+
+def test_a_backend_that_stops_answering_is_counted_and_logged_once(start_agent):
+    """A collector that accepts connections and never answers, as a paused container does: each
+    lost span is counted in /metrics, and the outage is one line when it starts and one when the
+    backend takes spans again, instead of the SDK's line per failed batch (and per retry)."""
+    paused = socket.create_server(("127.0.0.1", 0), backlog=128)  # never accept()s: no answer
+    port = paused.getsockname()[1]
+    agent = start_agent(
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_EXPORTER_OTLP_TIMEOUT="1",  # seconds, per export
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    client = httpx.Client(base_url=agent.url, timeout=60)
+    lost = lambda: metric(client, "trace_spans_dropped_total", reason="export_failed")  # noqa: E731
+    for i in range(3):  # five spans each, in more than one batch
+        assert client.post("/v1/research", json={"query": f"{QUESTION} {i}"}).status_code == 200
+    assert wait_for(lambda: lost() >= 15, seconds=60), lost()
+    assert metric(client, "trace_spans_exported_total") == 0
+
+    paused.close()
+    collector = OtlpCollector("http/protobuf")
+    collector.port = port  # the backend answers again, where it was
+    with collector:
+        assert client.post("/v1/research", json={"query": QUESTION}).status_code == 200
+        sent = lambda: metric(client, "trace_spans_exported_total")  # noqa: E731
+        assert wait_for(lambda: sent() >= 5), collector.spans()
+    total = lost()
+    client.close()
+    agent.stop()
+    lines = [json.loads(line) for line in agent.log_text().splitlines() if line.startswith("{")]
+    sdk = [line for line in lines if line["logger"].startswith("opentelemetry")]
+    assert sdk == []
+    (outage,) = [line for line in lines if line["message"].startswith("traces are being dropped")]
+    assert outage["level"] == "WARNING" and outage["reason"]
+    (back,) = [line for line in lines if line["message"].startswith("the trace backend takes")]
+    assert back["spans_dropped"] == total >= 15
+
+
+def test_spans_a_full_queue_drops_are_counted_and_logged_once(caplog, monkeypatch):
+    """The batch processor keeps OTEL_BSP_MAX_QUEUE_SIZE spans: past that, the SDK drops each new
+    one with a warning of its own. Counted instead, and one line."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from prometheus_client import REGISTRY
+
+    from research_agent.tracing import counted_batches
+
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")
+    release = threading.Event()
+
+    class Stuck:  # an export that hangs until released, then succeeds
+        def export(self, spans):
+            release.wait(30)
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self):
+            pass
+
+        def force_flush(self, timeout_millis=30000):
+            return True
+
+    def dropped() -> float:
+        sample = REGISTRY.get_sample_value("trace_spans_dropped_total", {"reason": "queue_full"})
+        return sample or 0.0
+
+    provider = TracerProvider()
+    provider.add_span_processor(counted_batches(Stuck()))
+    before = dropped()
+    with caplog.at_level(logging.INFO):
+        for _ in range(20):
+            provider.get_tracer("test").start_span("step").end()
+        release.set()
+        provider.force_flush()
+        provider.get_tracer("test").start_span("after").end()
+        provider.shutdown()
+    assert dropped() - before >= 20 - 4 - 1  # the queue, and the batch being exported
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith("Queue full")], messages
+    assert len([m for m in messages if m.startswith("traces are being dropped")]) == 1, messages
+    assert len([m for m in messages if m.startswith("the trace backend takes")]) == 1, messages
 
 
 PROBE = """

@@ -5,8 +5,9 @@ WORKER_OTEL_EXPORTER_OTLP_ENDPOINT: the same collector at the lesson network's g
 container reaches this machine. Given the API's endpoint instead, a worker would send to its own
 127.0.0.1, and the run's trace would have no workers in it.
 
-`TRACES=1 scripts/lesson-05.sh`, the learner's way to set both, is checked with a stand-in for
-lesson 09's viewer: connected to the network, the endpoints printed, disconnected by `down`."""
+`TRACES=1 scripts/lesson-05.sh`, the learner's way to set both, is checked with stand-ins for
+lesson 09's viewer and its ingest: the ingest connected to the network (never the viewer), the
+endpoints printed, disconnected by `down`."""
 
 import ipaddress
 import json
@@ -16,13 +17,13 @@ import uuid
 
 import pytest
 import redis
-from app.job import warm_queue_key, warm_ready_key
 
+from research_agent.job import warm_queue_key, warm_ready_key
+from support.lessons import ROOT
+from support.otlp import OtlpCollector
+from support.waiting import wait_for
 from tests.support.docker_cli import docker
-from tests.support.lessons import ROOT
-from tests.support.otlp import OtlpCollector
 from tests.support.variations import by_variation, read_events, start_run
-from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.container
 SCRIPT = str(ROOT / "scripts" / "lesson-05.sh")
@@ -116,35 +117,44 @@ def networks() -> list[str]:
     return docker("network", "ls", "--format", "{{.Name}}").split()
 
 
-def test_traces_connects_lesson_09s_viewer_and_down_disconnects_it():
+def test_traces_connects_lesson_09s_ingest_and_down_disconnects_it():
     name, project = f"l05t-{uuid.uuid4().hex[:8]}", f"l09t-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "NAME": name, "TRACES": "1", "VIEWER_PROJECT": project}
     missing = lesson_05_script("up", env)
     assert missing.returncode == 1 and "make lesson-09" in missing.stderr, missing.stderr
     assert name not in networks()  # it stopped before creating anything
 
-    # The viewer as lesson 09's Compose project labels it, published on a loopback port.
-    viewer = f"{project}-viewer-1"
-    labels = [f"com.docker.compose.project={project}", "com.docker.compose.service=viewer"]
-    docker("run", "-d", "--name", viewer, "--label", labels[0], "--label", labels[1],
-           "-p", "127.0.0.1::6006", "python:3.11-slim", "sleep", "300")  # fmt: skip
+    # Lesson 09's viewer (published on a loopback port) and its ingest, as its Compose project
+    # labels them.
+    started = {}
+    for service, publish in (("viewer", ["-p", "127.0.0.1::6006"]), ("ingest", [])):
+        started[service] = f"{project}-{service}-1"
+        labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
+        docker("run", "-d", "--name", started[service], "--label", labels[0], "--label", labels[1],
+               *publish, "python:3.11-slim", "sleep", "300")  # fmt: skip
+    viewer, ingest = started["viewer"], started["ingest"]
     try:
         up = lesson_05_script("up", env)
         assert up.returncode == 0, up.stderr
         values = dict(line.split("=", 1) for line in up.stdout.splitlines() if "=" in line)
         address = f'{{{{(index .NetworkSettings.Networks "{name}").IPAddress}}}}'
-        ip = docker("inspect", "-f", address, viewer)
+        ip = docker("inspect", "-f", address, ingest)
         port = docker("port", viewer, "6006/tcp").splitlines()[0].rsplit(":", 1)[1]
+        # The API (yours, on this machine) to the viewer; the workers to the ingest only.
         assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://127.0.0.1:{port}"
-        assert values["WORKER_OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{ip}:6006"
-        assert f"connected lesson 09's viewer ({viewer}) to the network {name} at {ip}" in up.stderr
+        assert values["WORKER_OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{ip}:4318"
+        assert f"connected lesson 09's trace ingest ({ingest}) to the network {name} at {ip}" in (
+            up.stderr
+        )
+        members = docker("network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{end}}", name)
+        assert viewer not in members.split()  # no worker reaches the viewer itself
         again = lesson_05_script("up", env)  # a second `make lesson-05`: already connected
         assert again.returncode == 0 and "connected" not in again.stderr, again.stderr
         assert again.stdout == up.stdout
     finally:
         down = lesson_05_script("down", env)
-        running = docker("inspect", "-f", "{{.State.Running}}", viewer, check=False)
-        docker("rm", "-f", viewer, check=False)
-    assert f"disconnected {viewer} from the network {name}" in down.stdout, down.stdout
+        running = docker("inspect", "-f", "{{.State.Running}}", ingest, check=False)
+        docker("rm", "-f", viewer, ingest, check=False)
+    assert f"disconnected {ingest} from the network {name}" in down.stdout, down.stdout
     assert name not in networks()
     assert running == "true"  # disconnected, not stopped: it is lesson 09's

@@ -1,14 +1,14 @@
-"""Lesson 05's run as one trace (code/variations/traces.py, app/job.py's Job.to_env): the API's
-`run` span, a `launch variation {i}` span per variation, and under each, that variation's worker
-(`variation {i}`, its agent, model and tool spans), exported by the worker itself to a local OTLP
-collector. Workers are local processes with exactly a container's environment (lesson 05's
+"""Lesson 05's run as one trace (code/lesson05/traces.py, research_agent/job.py's Job.to_env): the
+API's `run` span, a `launch variation {i}` span per variation, and under each, that variation's
+worker (`variation {i}`, its agent, model and tool spans), exported by the worker itself to a local
+OTLP collector. Workers are local processes with exactly a container's environment (lesson 05's
 ProcessWorkers), one of them a warm worker that gets its job through Redis."""
 
 import pytest
-from app.job import Job
 
+from research_agent.job import Job
+from support.waiting import wait_for
 from tests.support.variations import by_variation, read_events, start_run
-from tests.support.waiting import wait_for
 
 # What a job's environment may carry for tracing, and nothing of it while tracing is off.
 TRACE_VARIABLES = ("TRACEPARENT", "TRACESTATE")

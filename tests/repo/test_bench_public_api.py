@@ -6,7 +6,7 @@ import ast
 import inspect
 from pathlib import Path
 
-from app import sandbox, sandbox_admission, sandbox_pool, sandbox_sweep
+from research_agent import sandbox, sandbox_admission, sandbox_pool, sandbox_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNERS = [

@@ -190,13 +190,49 @@ EXTRACTS = {
     "pkg/mod.py#Box.grow": "def grow(self):\n    self.size += 1\n    # still growing",
     "pkg/mod.py#__main__": 'if __name__ == "__main__":\n    print(square(LIMIT))',
     "Dockerfile#run": 'CMD ["run"]',
-    "Dockerfile": 'FROM scratch\n# [start:run]\nCMD ["run"]\n# [end:run]',
+    "Dockerfile": 'FROM scratch\nCMD ["run"]',  # the markers are the script's, not the reader's
 }
 
 
 @pytest.mark.parametrize("target", EXTRACTS)
 def test_extract_selects_symbols_with_decorators_methods_and_markers(sample_repo, target):
     assert docs_sync.extract(target, sample_repo) == EXTRACTS[target]
+
+
+def test_no_excerpt_shows_an_include_marker(sample_repo):
+    """A selection that contains another excerpt's markers (a whole file, a class around a marked
+    method, a marked region around a marked region) shows none of them."""
+    (sample_repo / "pkg" / "marked.py").write_text(
+        "class Middleware:\n"
+        "    def call(self):\n"
+        "        # [start:inner]\n"
+        "        def send(message):\n"
+        "            return message\n"
+        "            # [end:inner]\n"
+        "        return send\n"
+    )
+    (sample_repo / "page.html").write_text(
+        "<script>\n// # [start:outer]\nconst a = 1;\n// # [start:inner]\nconst b = 2;\n"
+        "// # [end:inner]\n// # [end:outer]\n</script>\n"
+    )
+    extract = docs_sync.extract
+    assert extract("pkg/marked.py#Middleware", sample_repo) == (
+        "class Middleware:\n    def call(self):\n        def send(message):\n"
+        "            return message\n        return send"
+    )
+    assert extract("pkg/marked.py#inner", sample_repo) == "def send(message):\n    return message"
+    assert extract("page.html#outer", sample_repo) == "const a = 1;\nconst b = 2;"
+    assert "[start:" not in extract("page.html", sample_repo)
+
+
+def test_no_rendered_excerpt_in_the_docs_contains_a_marker():
+    shown = [
+        f"{docs_sync._rel(e.doc)}:{e.line}: {e.spec}"
+        for doc in DOCS
+        for e in docs_sync.find_excerpts(doc)
+        if re.search(r"\[(start|end):[^\]\s]+\]", e.body)
+    ]
+    assert not shown, "excerpts that show an include marker:\n" + "\n".join(shown)
 
 
 def test_extract_with_a_count_takes_the_next_symbols_too(sample_repo):
@@ -313,6 +349,21 @@ def test_every_shell_block_in_docs_is_run_or_checked():
         "these shell blocks are neither make targets, nor run by this test"
         " (<!-- server: TARGET -->), nor marked "
         "<!-- checked-by: make TARGET | tests/... -->:\n" + "\n".join(unchecked)
+    )
+
+
+def test_an_expected_output_block_is_compared():
+    """`<!-- expected-output -->` promises that a test compares the block with what the command
+    printed, which only a `server:` block's output is: any other output block is plain text."""
+    unchecked = []
+    for doc in DOCS:
+        found = blocks(doc)
+        for before, block in zip([None, *found], found, strict=False):
+            if "expected-output" in block.marks and not (before and "server" in before.marks):
+                unchecked.append(block.where())
+    assert not unchecked, (
+        "expected-output blocks that follow no <!-- server: --> block, so nothing compares"
+        " them:\n" + "\n".join(unchecked)
     )
 
 
@@ -448,8 +499,23 @@ def test_there_are_commands_run_against_each_lesson_server():
     assert {"lesson-02", "research-agent"} & targets, targets  # one server, two names
 
 
+def test_the_index_names_the_lessons_whose_commands_are_run():
+    """docs/index.md says which lessons' commands are run and compared: exactly those with a
+    `server:` block, so a lesson that gains (or loses) them cannot leave the sentence wrong."""
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    trust = section(index, "Can I trust what the docs show?")
+    bullet = re.search(
+        r"^- \*\*Commands run and compared\.\*\*(.*?)(?=^- \*\*)", trust, re.M | re.S
+    )
+    assert bullet, "docs/index.md has no 'Commands run and compared' bullet"
+    named = {t for t in link_targets(bullet[1]) if re.fullmatch(r"\d\d-.*\.md", t)}
+    assert named == {doc.name for doc, _, _ in SESSIONS}
+
+
 def test_the_research_agent_doc_lists_every_setting():
-    tree = ast.parse((ROOT / "research-agent" / "app" / "config.py").read_text(encoding="utf-8"))
+    tree = ast.parse(
+        (ROOT / "research-agent" / "research_agent" / "config.py").read_text(encoding="utf-8")
+    )
     settings = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
     names = [
         n.target.id for n in settings.body if isinstance(n, ast.AnnAssign) and n.target.id.isupper()
@@ -486,6 +552,39 @@ def test_the_link_check_counts_what_it_checked():
         r"checked (\d+) relative links, (\d+) of them with an #anchor", result.stdout
     )
     assert counted and int(counted[1]) > 100 and int(counted[2]) > 20, result.stdout
+
+
+# A file of the repository named with a line number: `Makefile:62`, `research_agent/api.py:12`,
+# `x.py#L12`.
+LINE_REFERENCE = re.compile(
+    r"\b(?:Makefile|Dockerfile[\w.]*|[\w./-]+\.(?:py|ya?ml|cfg|md|sh|toml|txt|html|json|in))"
+    r"(?::\d+\b|#L\d+)"
+)
+
+
+def line_references(text: str) -> list[str]:
+    return [m.group(0) for m in LINE_REFERENCE.finditer(text)]
+
+
+@pytest.mark.parametrize("page", LINKED_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_quotes_a_line_number_of_a_file(page):
+    """Line numbers go stale with the next edit above them: quote the lines by an include marker,
+    name the definition, or write `...` for the number in a program's output."""
+    assert line_references(page.read_text(encoding="utf-8")) == []
+
+
+def test_the_line_number_check_finds_the_usual_forms():
+    text = (
+        "make: *** [Makefile:62: lesson-01-shutdown] Terminated; see research_agent/api.py:12 and\n"
+        "[the route](../code/01_basic_api.py#L40). Not: localhost:8000, redis:7,\n"
+        "python:3.11-slim, [Makefile:...: lesson-01-shutdown],\n"
+        "`docs/03-containers.md#the-shutdown-budget`."
+    )
+    assert line_references(text) == [
+        "Makefile:62",
+        "research_agent/api.py:12",
+        "code/01_basic_api.py#L40",
+    ]
 
 
 LINK_SAMPLE = """# Lesson 09 · Containers’ limits
@@ -561,7 +660,10 @@ def test_a_table_split_by_a_blank_line_fails(tmp_path):
     assert "split by a blank line" in docs_links.check([tmp_path / "page.md"], tmp_path).broken[0]
 
 
-@pytest.mark.parametrize("lesson", sorted((ROOT / "docs").glob("0*.md")), ids=lambda d: d.name)
+LESSONS = docs_words.lessons(ROOT)
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda d: d.name)
 def test_each_lesson_core_path_is_at_most_1500_words(lesson):
     words = docs_words.count_words(docs_words.core_path(lesson.read_text(encoding="utf-8")))
     assert words <= docs_words.LIMIT, (
@@ -578,8 +680,8 @@ Two words: [a link](https://example.com/not/counted).
 print("code is not prose")
 ```
 
-| a table | is not prose |
-| --- | --- |
+| a table | is read too |
+| --- | ---: |
 
 <!-- include: neither is a comment -->
 <details>
@@ -597,9 +699,16 @@ Nothing below the heading counts.
 def test_the_word_count_reads_only_the_core_path_prose():
     core = docs_words.core_path(WORDS_SAMPLE)
     assert "Nothing below" not in core
-    # "Lesson 09 Five words here" (5) + "Two words a link" (4); the heading line is prose.
-    assert docs_words.count_words(core) == 9
-    assert docs_words.count_words(WORDS_SAMPLE.replace("## Going further", "## Later")) == 15
+    # "Lesson 09 Five words here" (5) + "Two words a link" (4) + the table's cells (5); the
+    # heading line is prose, the table's `| --- |` row is not.
+    assert docs_words.count_words(core) == 14
+    assert docs_words.count_words(WORDS_SAMPLE.replace("## Going further", "## Later")) == 20
+
+
+def test_a_long_table_counts_toward_the_core_path():
+    row = "| `network_mode` | calling home, sending data out | DNS and TCP fail |\n"
+    table = "| Flag | Stops | Shown by |\n| --- | --- | --- |\n" + row * 100
+    assert docs_words.count_words(table) == 4 + 100 * 10
 
 
 def test_the_word_count_script_exits_1_over_the_limit(tmp_path):
@@ -608,7 +717,119 @@ def test_the_word_count_script_exits_1_over_the_limit(tmp_path):
     script = [sys.executable, "scripts/docs_words.py"]
     ok = subprocess.run([*script, str(doc)], cwd=ROOT, capture_output=True, text=True)
     over = subprocess.run(
-        [*script, "--limit", "8", str(doc)], cwd=ROOT, capture_output=True, text=True
+        [*script, "--limit", "13", str(doc)], cwd=ROOT, capture_output=True, text=True
     )
     assert ok.returncode == 0 and over.returncode == 1
     assert "09-sample.md" in over.stderr and "OVER" in over.stdout
+
+
+# --- 6. The course map: every lesson is on it, and each lesson's Next link leads to the next ------
+
+
+def section(text: str, heading: str) -> str:
+    """The lines of a `## heading` section, up to the next `## ` heading ("" if there is none)."""
+    match = re.search(rf"^## {re.escape(heading)}\s*$", text, flags=re.M)
+    if not match:
+        return ""
+    end = re.search(r"^## ", text[match.end() :], flags=re.M)
+    return text[match.end() : match.end() + end.start()] if end else text[match.end() :]
+
+
+def link_targets(text: str) -> set[str]:
+    return {target.partition("#")[0] for _, target in docs_links.links(text)}
+
+
+def next_links(lesson: Path) -> list[str]:
+    """The first link of each `Next:` line of a lesson's core path, anchor included."""
+    core = docs_words.core_path(lesson.read_text(encoding="utf-8"))
+    found = []
+    for line in core.splitlines():
+        if line.startswith("Next:"):
+            targets = [target for _, target in docs_links.links(line)]
+            found.append(targets[0] if targets else "")
+    return found
+
+
+def course_map_problems(root: Path) -> list[str]:
+    """Each lesson docs/NN-*.md missing from the README's course map, the index's course map or
+    its reading order, and each lesson whose core path has no single `Next:` line pointing at the
+    next lesson (for the last one: at the course map, index.md)."""
+    lessons = docs_words.lessons(root)
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    index = (root / "docs" / "index.md").read_text(encoding="utf-8")
+    places = {
+        "README.md's course map": (link_targets(section(readme, "Course map")), "docs/"),
+        "docs/index.md's course map": (link_targets(section(index, "Course map")), ""),
+        "docs/index.md's reading order": (link_targets(section(index, "Reading order")), ""),
+    }
+    problems = []
+    for lesson in lessons:
+        for place, (targets, prefix) in places.items():
+            if prefix + lesson.name not in targets:
+                problems.append(f"{lesson.name} is not linked from {place}")
+    for lesson, following in zip(lessons, [*lessons[1:], None], strict=True):
+        wanted = {following.name} if following else {"index.md", "index.md#course-map"}
+        found = next_links(lesson)
+        if len(found) != 1 or found[0] not in wanted:
+            problems.append(
+                f"{lesson.name}: its core path must have one `Next:` line, linking"
+                f" {' or '.join(sorted(wanted))}; found {found or 'none'}"
+            )
+    return problems
+
+
+def test_every_lesson_is_on_the_course_map_and_leads_to_the_next():
+    assert len(LESSONS) >= 9
+    assert course_map_problems(ROOT) == []
+
+
+def write_course(root: Path, lessons: dict[str, str]) -> None:
+    """A sample course: README and index listing `lessons` ({file: Next target})."""
+    (root / "docs").mkdir(exist_ok=True)
+    rows = "".join(f"| [{n}](docs/{n}) |\n" for n in lessons)
+    (root / "README.md").write_text(
+        f"# C\n\n## Course map\n\n| Read |\n| --- |\n{rows}\n## Tests\n"
+    )
+    items = "".join(f"1. [{n}]({n})\n" for n in lessons)
+    (root / "docs" / "index.md").write_text(
+        f"# C\n\n## Course map\n\n{items}\n## Reading order\n\n{items}\n## What you need\n"
+    )
+    for name, target in lessons.items():
+        (root / "docs" / name).write_text(
+            f"# {name}\n\nText.\n\nNext: [the next one]({target})\n\n## Going further\n\n"
+            "Next: [not the core path](elsewhere.md)\n"
+        )
+
+
+def test_the_course_map_check_holds_a_new_lesson_to_it(tmp_path):
+    course = {"01-a.md": "02-b.md", "02-b.md": "index.md"}
+    write_course(tmp_path, course)
+    assert course_map_problems(tmp_path) == []
+
+    # A lesson 03 nobody linked, while lesson 02 still ends the course.
+    (tmp_path / "docs" / "03-c.md").write_text("# C\n\nNext: [map](index.md#course-map)\n")
+    assert course_map_problems(tmp_path) == [
+        "03-c.md is not linked from README.md's course map",
+        "03-c.md is not linked from docs/index.md's course map",
+        "03-c.md is not linked from docs/index.md's reading order",
+        "02-b.md: its core path must have one `Next:` line, linking 03-c.md; found ['index.md']",
+    ]
+    write_course(tmp_path, {**course, "02-b.md": "03-c.md", "03-c.md": "index.md#course-map"})
+    assert course_map_problems(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "last_line, found",
+    [
+        ("Next: [Lesson 01 again](01-a.md)", "['01-a.md']"),
+        ("See you.", "none"),
+        ("Next: [map](index.md)\n\nNext: [map](index.md)", "['index.md', 'index.md']"),
+    ],
+)
+def test_a_last_lesson_that_does_not_lead_to_the_course_map_fails(tmp_path, last_line, found):
+    write_course(tmp_path, {"01-a.md": "02-b.md", "02-b.md": "index.md"})
+    (tmp_path / "docs" / "02-b.md").write_text(f"# B\n\n{last_line}\n")
+    assert course_map_problems(tmp_path) == [
+        "02-b.md: its core path must have one `Next:` line, linking index.md or"
+        f" index.md#course-map; found {found}"
+    ]

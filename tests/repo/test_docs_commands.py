@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.ports import free_port
-from tests.support.waiting import wait_for
+from support.ports import free_port
+from support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- checked-by: tests/repo/test_docs_commands.py -->"
@@ -76,7 +76,6 @@ def test_lesson_01s_sigterm_commands_stop_the_server_only_and_report_curls_statu
         cwd=tmp_path,
         env={
             **os.environ,
-            "PYTHONPATH": str(ROOT / "code"),
             "PORT": str(port),
             "OFFLINE_TOKEN_DELAY_MS": "300",  # the doc's terminal 1
         },

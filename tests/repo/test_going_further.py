@@ -101,9 +101,9 @@ SAMPLE = """# Lesson 09
 
 ### Pools
 
-In [`app/pool.py`](../research-agent/app/pool.py) (`Pool`).
+In [`research_agent/pool.py`](../research-agent/research_agent/pool.py) (`Pool`).
 
-<!-- include: research-agent/app/pool.py#Pool -->
+<!-- include: research-agent/research_agent/pool.py#Pool -->
 ```python
 ```
 
@@ -111,7 +111,7 @@ In [`app/pool.py`](../research-agent/app/pool.py) (`Pool`).
 
 The caps, and how the lesson adds them:
 
-<!-- include-diff: code/09_lesson.py#main research-agent/app/caps.py#Caps -->
+<!-- include-diff: code/09_lesson.py#main research-agent/research_agent/caps.py#Caps -->
 ```diff
 ### not a heading: inside a fence
 ```
@@ -125,16 +125,19 @@ Prose only, no module to name.
 def test_the_rule_reads_topics_their_first_paragraph_and_their_excerpts():
     topics = subsections(SAMPLE)
     assert [heading for heading, _ in topics] == ["Pools", "Caps", "Measurements"]
-    assert excerpt_files(topics[1][1]) == ["research-agent/app/caps.py"]
+    assert excerpt_files(topics[1][1]) == ["research-agent/research_agent/caps.py"]
     assert unlinked_topics(SAMPLE) == [
-        "Caps: shows ['research-agent/app/caps.py'], its first paragraph links none"
+        "Caps: shows ['research-agent/research_agent/caps.py'], its first paragraph links none"
     ]
     linked = SAMPLE.replace(
-        "The caps, and how", "In [`app/caps.py`](../research-agent/app/caps.py): the caps, and how"
+        "The caps, and how",
+        "In [`research_agent/caps.py`](../research-agent/research_agent/caps.py): the caps, "
+        "and how",
     )
     assert unlinked_topics(linked) == []
     # a link to another module is not the one that holds the topic
     other = SAMPLE.replace(
-        "The caps, and how", "Unlike [`app/pool.py`](../research-agent/app/pool.py), how"
+        "The caps, and how",
+        "Unlike [`research_agent/pool.py`](../research-agent/research_agent/pool.py), how",
     )
     assert len(unlinked_topics(other)) == 1

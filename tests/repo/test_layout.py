@@ -1,5 +1,6 @@
-"""Where support code lives: test helpers in tests/support/, benchmarks in bench/ with one shared
-module, and no folder flattened onto the test path (each is imported by its own name)."""
+"""Where support code lives: what tests and benchmarks share in the installed support package,
+test-only helpers in tests/support/, benchmarks in bench/ with one shared module, and no folder
+flattened onto the test path (each is imported by its own name)."""
 
 import importlib.util
 import re
@@ -24,24 +25,35 @@ def relative(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
-def test_the_test_path_holds_the_root_and_the_two_program_folders_only():
+def test_no_folder_is_put_on_the_test_path_the_packages_are_installed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert config["tool"]["pytest"]["ini_options"]["pythonpath"] == [".", "code", "research-agent"]
-    for folder in ("scripts", "bench", "tests", "tests/support"):
+    assert "pythonpath" not in config["tool"]["pytest"]["ini_options"]
+    for folder in ("code", "research-agent", "scripts", "bench", "tests", "tests/support"):
         assert str(ROOT / folder) not in sys.path, f"{folder}/ is flattened onto sys.path"
+    # Installed (make install): each name maps to its own folder, not through a path entry.
+    for module, path in {
+        "research_agent": "research-agent/research_agent/__init__.py",
+        "chat_model": "code/chat_model.py",
+        "lesson05": "code/lesson05/__init__.py",
+    }.items():
+        assert importlib.util.find_spec(module).origin == str(ROOT / path), module
 
 
 def test_support_modules_and_scripts_are_reached_only_through_their_folder():
-    # These were top-level names while scripts/ and its support package sat on the test path.
-    for flat in ("support", "bench_results", "measurements", "swarm", "docs_sync"):
+    # These were top-level names while scripts/ and tests/support/ sat on the test path.
+    for flat in ("bench_results", "measurements", "swarm", "docs_sync", "ports", "errors"):
         assert importlib.util.find_spec(flat) is None, f"`import {flat}` still works"
-    for module in ("tests.support.ports", "bench.results", "bench.measurements", "scripts.swarm"):
+    for module in ("support.ports", "tests.support.errors", "bench.results", "scripts.swarm"):
         assert importlib.util.find_spec(module) is not None, module
+    # `support` is the root's package (shared with the benchmarks), not tests/support/.
+    assert importlib.util.find_spec("support").origin == str(ROOT / "support" / "__init__.py")
 
 
 def test_no_python_file_imports_a_flattened_name():
     flattened = re.compile(
-        r"^\s*(?:from|import) (support|bench_\w+|measurements|swarm|docs_\w+)\b", re.M
+        r"^\s*(?:from|import) (support\.(?:errors|sse|redis|docker_cli)|bench_\w+|measurements"
+        r"|swarm|docs_\w+)\b",
+        re.M,
     )
     offenders = [relative(p) for p in python_files() if flattened.search(p.read_text("utf-8"))]
     assert offenders == []

@@ -1,5 +1,5 @@
-"""A lesson that needs research-agent/ on sys.path adds it once: loading the lesson again (each
-test fixture loads a fresh module) must not grow sys.path."""
+"""A lesson imports the research agent as an installed package: loading it (each test fixture
+loads a fresh module) leaves sys.path as it was, and no lesson is loaded while pytest collects."""
 
 import ast
 import logging
@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from tests.support.lessons import load_lesson
+from support.lessons import load_lesson
 
 
 def load_and_forget_metrics(relpath: str):
@@ -26,16 +26,17 @@ def load_and_forget_metrics(relpath: str):
 @pytest.mark.parametrize(
     "relpath", ["code/04_sandboxed_tools.py", "code/05_variations_api.py", "code/07_gateway.py"]
 )
-def test_loading_a_lesson_twice_does_not_grow_sys_path(relpath, monkeypatch):
+def test_loading_a_lesson_leaves_sys_path_as_it_was(relpath, monkeypatch):
     monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "0")
     monkeypatch.setattr(sys, "path", sys.path[:])  # whatever happens, other tests see it unchanged
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level  # a lesson may configure logging on import
+    before = sys.path[:]
     try:
         load_and_forget_metrics(relpath)
-        after_first = sys.path[:]
+        assert sys.path == before
         load_and_forget_metrics(relpath)
-        assert sys.path == after_first
+        assert sys.path == before
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)

@@ -20,7 +20,8 @@ from scripts import docs_words
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_LINES = 400
-# Where a lesson's imports are found: code/ (its siblings) and research-agent/ (the `app` package).
+# Where a lesson's imports are found: code/ (its siblings) and research-agent/ (the `research_agent`
+# package).
 IMPORT_ROOTS = ("code", "research-agent")
 INCLUDE = re.compile(r"^<!--\s*include(?P<diff>-diff)?:\s*(?P<specs>[^>]+?)\s*-->\s*$", re.M)
 
@@ -36,7 +37,8 @@ def oversize(root: Path, limit: int = MAX_LINES) -> dict[str, int]:
 
 
 def module_file(root: Path, name: str) -> Path | None:
-    """The repository file an absolute import names (`app.sandbox`, `chat_model`), if any."""
+    """The repository file an absolute import names (`research_agent.sandbox`, `chat_model`), if
+    any."""
     parts = name.split(".")
     for base in IMPORT_ROOTS:
         for candidate in (
@@ -48,6 +50,20 @@ def module_file(root: Path, name: str) -> Path | None:
     return None
 
 
+def public_names(root: Path, package: str) -> dict[str, str]:
+    """A package's public surface, name -> the module that defines it (its `_PUBLIC` table)."""
+    init = module_file(root, package)
+    if init is None or init.name != "__init__.py":
+        return {}
+    for node in ast.walk(ast.parse(init.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(isinstance(t, ast.Name) and t.id == "_PUBLIC" for t in targets):
+                table = ast.literal_eval(node.value)
+                return {name: f"{package}.{module}" for name, (module, _) in table.items()}
+    return {}
+
+
 def imported_by(root: Path, lesson: Path) -> set[Path]:
     """The repository modules a lesson file imports, wherever in the file the import is."""
     found = set()
@@ -55,8 +71,13 @@ def imported_by(root: Path, lesson: Path) -> set[Path]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            # `from app import x` may name a module app/x.py as well as a name in app/__init__.py
-            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            # `from research_agent import x` may name a module research_agent/x.py, a name in
+            # research_agent/__init__.py, or a name of its public surface (the module defining it)
+            public = public_names(root, node.module)
+            names = [
+                node.module,
+                *(public.get(alias.name, f"{node.module}.{alias.name}") for alias in node.names),
+            ]
         else:
             continue
         found |= {path for name in names if (path := module_file(root, name))}
@@ -64,8 +85,9 @@ def imported_by(root: Path, lesson: Path) -> set[Path]:
 
 
 def run_as_module(root: Path, source: Path) -> set[Path]:
-    """The repository modules a file starts as a program: `["python", "-m", "app.worker"]` (lesson
-    05's worker runs in its own container, so no lesson imports it, but the lesson runs it)."""
+    """The repository modules a file starts as a program: `["python", "-m",
+    "research_agent.worker"]` (lesson 05's worker runs in its own container, so no lesson imports
+    it, but the lesson runs it)."""
     found = set()
     for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
         if isinstance(node, (ast.List, ast.Tuple)):
@@ -139,14 +161,18 @@ def test_core_path_excerpts_come_from_the_lesson_or_what_it_imports(doc):
 @pytest.fixture
 def sample(tmp_path):
     (tmp_path / "code").mkdir()
-    (tmp_path / "research-agent" / "app").mkdir(parents=True)
+    (tmp_path / "research-agent" / "research_agent").mkdir(parents=True)
     (tmp_path / "docs").mkdir()
-    (tmp_path / "research-agent" / "app" / "__init__.py").write_text("")
-    (tmp_path / "research-agent" / "app" / "runner.py").write_text("def run():\n    pass\n")
-    (tmp_path / "research-agent" / "app" / "pool.py").write_text("def take():\n    pass\n")
+    (tmp_path / "research-agent" / "research_agent" / "__init__.py").write_text("")
+    (tmp_path / "research-agent" / "research_agent" / "runner.py").write_text(
+        "def run():\n    pass\n"
+    )
+    (tmp_path / "research-agent" / "research_agent" / "pool.py").write_text(
+        "def take():\n    pass\n"
+    )
     (tmp_path / "code" / "helpers.py").write_text("def helper():\n    pass\n")
     (tmp_path / "code" / "09_lesson.py").write_text(
-        "import helpers\nfrom app.runner import run\n\n\ndef main():\n    run()\n"
+        "import helpers\nfrom research_agent.runner import run\n\n\ndef main():\n    run()\n"
     )
     return tmp_path
 
@@ -174,34 +200,41 @@ def test_excerpts_from_the_lesson_and_its_imports_pass(sample):
     doc = write_doc(
         sample,
         excerpt("code/09_lesson.py#main")
-        + excerpt("research-agent/app/runner.py#run")
+        + excerpt("research-agent/research_agent/runner.py#run")
         + excerpt("code/helpers.py#helper")
-        + excerpt("research-agent/app/Dockerfile#build"),  # not Python: not lesson code
-        further=excerpt("research-agent/app/pool.py#take"),  # below the core path: any module
+        + excerpt("research-agent/research_agent/Dockerfile#build"),  # not Python: not lesson code
+        further=excerpt(
+            "research-agent/research_agent/pool.py#take"
+        ),  # below the core path: any module
     )
     assert stray_excerpts(sample, doc) == []
 
 
 def test_an_excerpt_from_a_module_the_lesson_does_not_import_fails(sample):
     doc = write_doc(
-        sample, excerpt("code/09_lesson.py#main") + excerpt("research-agent/app/pool.py#take")
+        sample,
+        excerpt("code/09_lesson.py#main") + excerpt("research-agent/research_agent/pool.py#take"),
     )
-    assert stray_excerpts(sample, doc) == ["research-agent/app/pool.py"]
+    assert stray_excerpts(sample, doc) == ["research-agent/research_agent/pool.py"]
     diff = write_doc(
-        sample, excerpt("code/09_lesson.py#main research-agent/app/pool.py#take", True)
+        sample, excerpt("code/09_lesson.py#main research-agent/research_agent/pool.py#take", True)
     )
-    assert stray_excerpts(sample, diff) == ["research-agent/app/pool.py"]
+    assert stray_excerpts(sample, diff) == ["research-agent/research_agent/pool.py"]
 
 
 def test_a_module_the_lesson_or_its_imports_runs_with_dash_m_counts(sample):
-    doc = write_doc(sample, excerpt("research-agent/app/pool.py#take"))
-    assert stray_excerpts(sample, doc) == ["research-agent/app/pool.py"]
-    (sample / "code" / "helpers.py").write_text('COMMAND = ["python", "-m", "app.pool"]\n')
+    doc = write_doc(sample, excerpt("research-agent/research_agent/pool.py#take"))
+    assert stray_excerpts(sample, doc) == ["research-agent/research_agent/pool.py"]
+    (sample / "code" / "helpers.py").write_text(
+        'COMMAND = ["python", "-m", "research_agent.pool"]\n'
+    )
     assert stray_excerpts(sample, doc) == []
 
 
 def test_an_import_anywhere_in_the_lesson_counts(sample):
     lesson = sample / "code" / "09_lesson.py"
-    lesson.write_text(lesson.read_text() + "\n\ndef later():\n    from app import pool\n")
-    doc = write_doc(sample, excerpt("research-agent/app/pool.py#take"))
+    lesson.write_text(
+        lesson.read_text() + "\n\ndef later():\n    from research_agent import pool\n"
+    )
+    doc = write_doc(sample, excerpt("research-agent/research_agent/pool.py#take"))
     assert stray_excerpts(sample, doc) == []

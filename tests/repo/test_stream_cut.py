@@ -1,7 +1,7 @@
 """One promise, two shutdown mechanisms: lesson 01 step 3 (an ASGI middleware that cancels what is
-open) and the research agent (app/shutdown.py, a cut event the stream watches) both end a stream
-that the shutdown grace cannot finish. A client must see the same end from both: an `error` event
-(`shutting_down`, retryable; the research agent adds its request id), then `data: [DONE]`.
+open) and the research agent (research_agent/shutdown.py, a cut event the stream watches) both end a
+stream that the shutdown grace cannot finish. A client must see the same end from both: an `error`
+event (`shutting_down`, retryable; the research agent adds its request id), then `data: [DONE]`.
 
 Each app runs in process and is cut mid-stream the way its SIGTERM handler cuts it at the end of
 the grace; tests/lesson_01/test_graceful_shutdown.py and tests/lesson_02/test_shutdown.py do the
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support.lessons import load_lesson
+from support.lessons import load_lesson
 from tests.support.sse import Event, iter_sse
 
 QUERY = "Why use a multi-stage Docker build?"
@@ -44,8 +44,8 @@ def lesson_01_step_3(monkeypatch) -> list[Event]:
 
 
 def research_agent(monkeypatch) -> list[Event]:
-    from app.api import create_app
-    from app.config import Settings
+    from research_agent.api import create_app
+    from research_agent.config import Settings
 
     for name in Settings.model_fields:
         monkeypatch.delenv(name, raising=False)

@@ -4,10 +4,10 @@ import sys
 
 import pytest
 
-from tests.support.ports import free_port
-from tests.support.server import ServerProcess
+from support.ports import free_port
+from support.server import ServerProcess
+from support.waiting import wait_for
 from tests.support.sse import Event, iter_sse, json_events, parse_sse
-from tests.support.waiting import wait_for
 
 
 def test_parse_sse_reads_names_ids_multi_line_data_and_skips_comments():
@@ -102,3 +102,26 @@ def test_a_server_that_idles_without_answering_fails_at_its_ready_timeout():
     )
     with pytest.raises(TimeoutError, match="not 200 after"):
         idle.start()
+
+
+# A docker CLI for the test below: `docker compose version --short` and `docker compose -f ...`
+# answered as Docker 28 without the plugin, as Docker 20.10 without it, or as Compose v2.
+DOCKERS = {
+    "docker 28, no plugin": 'echo "docker: unknown command: docker $1" >&2\n'
+    "echo \"unknown shorthand flag: 'f' in -f\" >&2; exit 1\n",
+    "docker 20.10, no plugin": "echo \"docker: '$1' is not a docker command.\" >&2; exit 1\n",
+    "compose v2": 'if [ "$2" = version ]; then echo 2.26.1-4; fi\n',
+}
+
+
+@pytest.mark.parametrize(("docker", "expected"), zip(DOCKERS, [False, False, True], strict=True))
+def test_compose_v2_is_asked_of_docker_compose_version_not_read_from_an_error(
+    docker, expected, tmp_path, monkeypatch
+):
+    from tests.support.docker_cli import compose_v2
+
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\n" + DOCKERS[docker])
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    assert compose_v2.__wrapped__() is expected

@@ -114,6 +114,27 @@ def test_without_apt_get_it_says_how_to_install_it_elsewhere(bin_dir):
     assert "macOS: brew install redis" in result.stderr
 
 
+def test_chromium_without_apt_get_says_what_to_do_on_macos_and_windows(bin_dir):
+    """The browser tests drive Debian's Chromium at /usr/bin/chromium: a Mac or Windows learner
+    is told where they run, though the Makefile names no other way to get it."""
+    result = run_ensure(bin_dir, "chromium", "chromium", "the viewer is checked in a real browser")
+    assert result.returncode == 1
+    assert "/usr/bin/chromium" in result.stderr
+    assert "macOS" in result.stderr and "WSL" in result.stderr, result.stderr
+
+
+def test_when_apt_get_cannot_install_it_says_what_to_do_elsewhere(bin_dir):
+    """Ubuntu (WSL's default distribution) has apt-get but no `chromium` package."""
+    fake_command(
+        bin_dir / "apt-get",
+        'if [[ " $* " == *" install "* ]]; then\n'
+        "  echo \"E: Package 'chromium' has no installation candidate\" >&2; exit 100\nfi\n",
+    )
+    result = run_ensure(bin_dir, "chromium", "chromium")
+    assert result.returncode != 0
+    assert "could not install" in result.stderr and "WSL" in result.stderr, result.stderr
+
+
 def test_a_present_command_installs_nothing(bin_dir):
     result = run_ensure(bin_dir, "head", "coreutils")
     assert result.returncode == 0 and result.stdout == ""
@@ -153,7 +174,7 @@ def test_as_a_user_a_missing_command_stops_with_the_command_that_installs_it(
 
 def test_python_finds_a_system_command_where_the_preflight_does(tmp_path, monkeypatch):
     """The tests and benchmarks that start nginx or wrk look where make's preflight looked."""
-    from tests.support.commands import find_command
+    from support.commands import find_command
 
     fake_command(tmp_path / "sbin-only-tool")
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
@@ -190,6 +211,7 @@ def test_make_test_as_a_user_finds_nginx_in_sbin_or_says_how_to_install_it(tmp_p
     fake_command(fake / "docker", "exit 1\n")  # no Docker: the Compose check is skipped
     fake_command(fake / "apt-get", f"echo called >{tmp_path}/apt-get.log\n")
     fake_command(sbin / "redis-server")
+    fake_command(sbin / "initdb")
     if nginx_in_sbin:
         fake_command(sbin / "nginx")
     make = subprocess.run(
@@ -439,11 +461,14 @@ def test_the_make_targets_that_need_the_plugins_give_that_message(no_plugins, ta
 
 # --- make ci: one list of checks, run by .ci/run and by the GitHub workflow ----------------------
 
-# One after another first; then the container checks in two lanes side by side, each in its order.
-CI_FIRST = ["lint", "test", "build"]
+# One after another first (gvisor as root, as CI is; Swarm's checks alone, since leaving Swarm takes
+# the DNS names of other stacks' containers); then the container checks in three lanes side by side,
+# each in its order.
+CI_FIRST = ["lint", "test", "build", "gvisor", "swarm-test", "bench-scaleout"]
 CI_LANES = {
-    "A": ["smoke", "compose-test", "swarm-test", "bench-scaleout", "mcp-test"],
-    "B": ["sandbox-test", "variations-test", "pubsub-test", "traces-test"],
+    "A": ["smoke", "compose-test", "mcp-test", "durable-test"],
+    "B": ["variations-test", "pubsub-test", "traces-test"],
+    "C": ["sandbox-test"],
 }
 
 
@@ -456,17 +481,20 @@ def in_lane_order(goals: list[str], lanes: dict[str, list[str]]) -> bool:
 
 
 def run_ci(
-    tmp_path, docker_works: bool, failing: str = "", **env
+    tmp_path, docker_works: bool, failing: str = "", uid: int = 0, **env
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """.ci/run with a `make` that only logs its goal (and fails for FAILING), and a docker that
-    works or not."""
+    """.ci/run with a `make` that only logs its goal (and fails for FAILING), a docker that
+    works or not, and an `id` that says `uid` (root, as in CI)."""
     fake = tmp_path / "fake-bin"
-    fake.mkdir(exist_ok=True)
+    fake.mkdir(parents=True, exist_ok=True)
     (fake / "make").write_text(
-        f'#!/bin/bash\necho "$*" >>{tmp_path}/make.log\n[ "$*" != "{failing}" ]\n'
+        f'#!/bin/bash\necho "$*" >>{tmp_path}/make.log\n'
+        f'echo "$* ${{BENCH_ROUNDS-}}/${{BENCH_PHASE_SECONDS-}}" >>{tmp_path}/env.log\n'
+        f'[ "$*" != "{failing}" ]\n'
     )
     (fake / "docker").write_text(f"#!/bin/bash\nexit {0 if docker_works else 1}\n")
-    for name in ("make", "docker"):
+    (fake / "id").write_text(f"#!/bin/bash\necho {uid}\n")
+    for name in ("make", "docker", "id"):
         (fake / name).chmod(0o755)
     result = subprocess.run(
         ["/bin/bash", str(ROOT / ".ci" / "run")],
@@ -490,18 +518,36 @@ def test_make_ci_runs_every_check_once_in_order_each_step_timed(tmp_path):
 
 
 def test_a_failing_check_stops_its_lane_the_other_lane_finishes_and_the_run_fails(tmp_path):
-    result, goals = run_ci(tmp_path, docker_works=True, failing="swarm-test", CI="true")
+    result, goals = run_ci(tmp_path, docker_works=True, failing="compose-test", CI="true")
     assert result.returncode != 0
-    assert "swarm-test" in goals and not {"bench-scaleout", "mcp-test"} & set(goals), goals
+    assert "compose-test" in goals and not {"mcp-test", "durable-test"} & set(goals), goals
     assert set(CI_LANES["B"]) <= set(goals)
-    assert "[A] ==> make swarm-test FAILED" in result.stdout
+    assert "[A] ==> make compose-test FAILED" in result.stdout
     assert "CI FAILED" in result.stdout
+
+
+def test_gvisor_is_registered_as_root_required_under_ci_and_skipped_locally(tmp_path):
+    result, goals = run_ci(tmp_path / "ci", docker_works=True, uid=1000, CI="true")
+    assert result.returncode != 0 and goals == ["lint", "test", "build"], goals
+    assert "CI runs as root to register gVisor" in result.stderr
+    result, goals = run_ci(tmp_path / "local", docker_works=True, uid=1000)
+    assert result.returncode == 0 and "gvisor" not in goals, goals
+    assert "runsc cases will skip" in result.stdout
 
 
 def test_a_failing_check_before_the_lanes_stops_the_run_there(tmp_path):
     result, goals = run_ci(tmp_path, docker_works=True, failing="test", CI="true")
     assert result.returncode != 0 and goals == ["lint", "test"]
     assert "==> make test FAILED" in result.stdout
+    result, goals = run_ci(tmp_path / "swarm", docker_works=True, failing="swarm-test", CI="true")
+    assert result.returncode != 0 and goals == CI_FIRST[: CI_FIRST.index("swarm-test") + 1]
+
+
+def test_the_swarm_benchmark_runs_as_a_check_and_its_settings_stay_with_it(tmp_path):
+    result, _ = run_ci(tmp_path, docker_works=True, CI="true")
+    assert result.returncode == 0
+    logged = (tmp_path / "env.log").read_text().splitlines()
+    assert "bench-scaleout 0/8" in logged and "mcp-test /" in logged, logged
 
 
 def test_make_ci_without_docker_lints_and_tests_then_fails_under_ci(tmp_path):
@@ -523,3 +569,9 @@ def test_ci_runs_lint_and_test_and_the_workflow_runs_it_through_make_ci():
     assert re.findall(r"^\s*- run: (.*)$", workflow, flags=re.M) == ["make ci"]
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^ci:.*\n\t@bash .ci/run$", makefile, flags=re.M)
+
+
+def test_the_makefile_uses_no_gnu_only_stat():
+    """`stat -c` is GNU's; macOS's stat has -f. The Makefile asks Python instead."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "stat -c" not in makefile and "DOCKER_GID = $(shell $(PYTHON)" in makefile

@@ -5,7 +5,7 @@ import re
 
 import yaml
 
-from tests.support.lessons import ROOT
+from support.lessons import ROOT
 
 
 def load_manifests() -> list[dict]:
@@ -29,8 +29,10 @@ def built_tags() -> set[str]:
 
 def get_paths() -> set[str]:
     """The GET routes of the research agent, from its OpenAPI schema."""
-    from app.api import create_app  # research-agent/ is on the path of the tests, not of scripts
-    from app.config import Settings
+    from research_agent.api import (
+        create_app,  # research-agent/ is on the path of the tests, not of scripts
+    )
+    from research_agent.config import Settings
 
     schema = create_app(Settings()).openapi()
     return {path for path, ops in schema["paths"].items() if "get" in ops}

@@ -1,6 +1,11 @@
 """The docker CLI, as a learner types it: what the tests check is what a command prints."""
 
+import functools
+import json
+import re
+import shutil
 import subprocess
+import time
 
 
 def docker(*args: str, timeout: float = 60, check: bool = True) -> str:
@@ -8,3 +13,59 @@ def docker(*args: str, timeout: float = 60, check: bool = True) -> str:
     if check and result.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout.strip()
+
+
+@functools.cache
+def compose_v2() -> bool:
+    """Whether `docker compose` is Compose v2 here: the one question every test that needs it asks.
+
+    Asked the way scripts/docker-tools.sh asks it, `docker compose version --short`, which Compose
+    v2 answers with its version. A docker without the plugin fails the command, but says so in
+    words that change between releases ("'compose' is not a docker command" up to 20.10, "unknown
+    command" later, and `-f` after `compose` gets "unknown shorthand flag"), so only the answer
+    of a working Compose counts."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        done = subprocess.run(
+            ["docker", "compose", "version", "--short"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    found = re.match(r"v?(\d+)\.\d+", done.stdout.strip())
+    return done.returncode == 0 and found is not None and int(found[1]) >= 2
+
+
+# Why a test that needs `docker compose` skips (in `make test`, whose machine may lack it).
+NO_COMPOSE_V2 = "no Compose v2 here (`docker compose version`): scripts/docker-tools.sh installs it"
+
+
+class ContainerStarts:
+    """The containers the engine starts from now on whose labels match, followed as they happen.
+
+    `docker events --since T --until U` alone replays only what the engine still holds, its last
+    256 events, and on a busy engine (health checks are events too) a start falls out of that
+    within seconds: a count read that way afterwards can miss it. So the stream is followed from
+    the moment this object is made until `per()` is asked, once."""
+
+    def __init__(self, *labels: str):
+        filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+        command = ["docker", "events", "--since", str(int(time.time()) - 1), "--filter",
+                   "event=start", *filters, "--format", "{{json .}}"]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+    def per(self, label: str) -> dict[str, int]:
+        """Starts seen so far per value of `label` ("?" without it), once the engine has had a
+        moment to report the last ones; the stream ends here."""
+        time.sleep(1.5)
+        self.close()
+        out, _ = self.process.communicate(timeout=30)
+        counts: dict[str, int] = {}
+        for line in out.splitlines():
+            value = json.loads(line)["Actor"]["Attributes"].get(label, "?")
+            counts[value] = counts.get(value, 0) + 1
+        return counts
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()

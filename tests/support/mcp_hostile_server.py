@@ -1,10 +1,10 @@
 """An MCP server that misbehaves on purpose, for lesson 08's hostile tests (official SDK).
 
-Tools: `hang` (never answers), `flood` (answers FLOOD_BYTES), `slow` (answers after a second),
-`lookup` (honest, until POST /rugpull changes its description and makes the next tools/list take
-a second: a gateway that checks pins beside a call must still wait for the check), `helpful` (a
-description that gives the model instructions), `leak` (reports which secrets it can see and
-whether it can reach the network).
+Tools: `hang` (never answers; GET /calls counts the calls its client cancelled), `flood`
+(answers FLOOD_BYTES), `slow` (answers after a second), `lookup` (honest, until POST /rugpull
+changes its description and makes the next tools/list take a second: a gateway that checks pins
+beside a call must still wait for the check), `helpful` (a description that gives the model
+instructions), `leak` (reports which secrets it can see and whether it can reach the network).
 Run: python tests/support/mcp_hostile_server.py  (HOST, PORT, FLOOD_BYTES).
 """
 
@@ -37,12 +37,17 @@ class Hostile(FastMCP):
 
 
 server = Hostile("hostile", host=HOST, transport_security=security)
+CALLS = {"lookup": 0, "hang_cancelled": 0}  # GET /calls: what the gateway let through (or ended)
 
 
 @server.tool()
 async def hang(query: str) -> str:
     """Look something up (never answers)."""
-    await anyio.sleep(3600)
+    try:
+        await anyio.sleep(3600)
+    except anyio.get_cancelled_exc_class():  # the client sent notifications/cancelled
+        CALLS["hang_cancelled"] += 1
+        raise
     return "never"
 
 
@@ -57,9 +62,6 @@ async def slow(query: str) -> str:
     """Look something up, slowly."""
     await anyio.sleep(1.0)
     return f"slow answer to {query}"
-
-
-CALLS = {"lookup": 0}  # GET /calls: what the gateway let through to this server
 
 
 def lookup(query: str) -> str:

@@ -22,11 +22,12 @@ def _count_tokens(text: str) -> int:
 class ChatCompletionsStub:
     """Serves `replies` in order, the last repeating: {"content": str} or {"tool_calls": [...]}."""
 
-    def __init__(self, replies: list[dict]):
+    def __init__(self, replies: list[dict], host: str = "127.0.0.1"):
+        """`host`: the address it listens on (loopback; a container reaches another one)."""
         self.replies = replies
         self.requests: list[dict] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -6,13 +6,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.commands import require_command
-from tests.support.ports import free_port
-from tests.support.waiting import wait_for
+from support.commands import require_command
+from support.loopback import LoopbackServer
+from support.ports import free_port
 
 
-class RedisServer:
+class RedisServer(LoopbackServer):
     """`redis-server` on 127.0.0.1; `restart()` brings it back on the same port and data dir."""
+
+    name = "redis-server"
+    start_timeout = 10
 
     def __init__(
         self,
@@ -30,29 +33,17 @@ class RedisServer:
         self.password = password  # requirepass; `url` stays without it
         self.args = list(args)  # more of redis-server's arguments (users, for one)
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="redis-"))
-        self.process: subprocess.Popen | None = None
 
-    def start(self) -> "RedisServer":
-        self.process = subprocess.Popen(
+    def _launch(self) -> subprocess.Popen:
+        return subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
              "--save", "", "--appendonly", "yes" if self.appendonly else "no",
              *(["--requirepass", self.password] if self.password else []), *self.args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        try:
-            wait_for(self._answers, timeout=10, interval=0.05, what=f"redis-server on {self.port}")
-        except TimeoutError:
-            self.stop()
-            raise
-        return self
 
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def _answers(self) -> bool:
-        if not self.running():
-            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+    def _ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(self._auth() + b"PING\r\n")
@@ -83,13 +74,3 @@ class RedisServer:
             self.thaw()
             self.process.terminate()
             self.process.wait(10)
-
-    def restart(self) -> "RedisServer":
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> "RedisServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -1,8 +1,11 @@
 """Lesson 04's API (code/04_sandboxed_tools.py) as `make lesson-04` runs it, for the suites that
-attack it in real containers (tests/lesson_04/test_hostile.py, test_pool.py)."""
+attack it in real containers (tests/lesson_04/test_hostile.py, test_pool.py), and the way they send
+it code (`post`, `run`, `printed`)."""
 
+import json
 import os
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -10,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.lessons import ROOT
-from tests.support.ports import free_port
-from tests.support.server import ServerProcess, offline_environment
+from support.lessons import ROOT
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
 
 # Nothing in the sandbox may see this; the API process has it in its environment.
 CANARY = "canary-" + uuid.uuid4().hex
@@ -26,6 +29,42 @@ RESULT_FIELDS = {
     "truncated",
     "duration_ms",
 }
+
+# Sandbox code: `opened(make)` is "ok" when the object `make()` returns could be made (and is
+# closed again), else the errno's name. Prefix it to a run's (dedented) code.
+OPENED = """\
+def opened(make):
+    try:
+        make().close()
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+
+"""
+
+
+def post(server, code: str, timeout=None, request_id=None, http=None) -> httpx.Response:
+    """Send `code` (dedented) to the API's /v1/tools/python, whatever the answer."""
+    body = {"code": textwrap.dedent(code)}
+    if timeout is not None:
+        body["timeout_seconds"] = timeout
+    headers = {"X-Request-ID": request_id or uuid.uuid4().hex}
+    return (http or server.http).post("/v1/tools/python", json=body, headers=headers)
+
+
+def run(server, code: str, timeout: float | None = None, request_id: str | None = None) -> dict:
+    """Run code through the API; the answer must be a 200 with the result object."""
+    response = post(server, code, timeout, request_id)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result) == RESULT_FIELDS
+    return result
+
+
+def printed(result: dict) -> dict:
+    """What a run that exited 0 printed: one JSON document."""
+    assert result["exit_code"] == 0, result
+    return json.loads(result["stdout"])
 
 
 class SandboxApi(ServerProcess):
@@ -70,7 +109,7 @@ class SandboxApi(ServerProcess):
 
 def containers(engine, owner: str, request_id: str | None = None) -> list:
     """The sandbox containers an API (`owner`) made, for one request or all, running or not."""
-    from app.sandbox import LABEL  # research-agent/ is on the path of the tests
+    from research_agent.sandbox import LABEL  # research-agent/ is on the path of the tests
 
     labels = [f"{LABEL}.owner={owner}"] + ([f"{LABEL}.request-id={request_id}"] * bool(request_id))
     # sparse: the list as Docker gives it, no inspect per container (one may be gone by then).
@@ -79,7 +118,7 @@ def containers(engine, owner: str, request_id: str | None = None) -> list:
 
 def idle_pooled(engine, owner: str) -> dict[str, object]:
     """An API's pooled containers that are ready for a run, by short id (a run's hostname)."""
-    from app.sandbox_pool import POOL_REQUEST_ID
+    from research_agent.sandbox_pool import POOL_REQUEST_ID
 
     pooled = containers(engine, owner, POOL_REQUEST_ID)
     return {c.id[:12]: c for c in pooled if c.status == "running"}
@@ -103,3 +142,8 @@ def while_counting_containers(engine, owner: str, work):
         done.set()
         sampler.join()
     return result, max(seen)
+
+
+def runtime_settings(runtime: str) -> dict[str, str]:
+    """The API settings that run its sandboxes under `runtime` (runc: the default)."""
+    return {} if runtime == "runc" else {"SANDBOX_RUNTIME": runtime}

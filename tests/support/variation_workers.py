@@ -1,9 +1,9 @@
 """Lesson 05's API with its workers as local processes, for the tests of lessons 05 and 09.
 
 ProcessWorkers has DockerWorkers' methods, each variation a local process running the same
-`python -m app.worker` the containers run, against the same Redis and with the same exit codes;
-LiveServer runs the lesson's app under a real uvicorn in a thread. The fixtures that build them
-(`workers`, `serve`) are in tests/conftest.py.
+`python -m research_agent.worker` the containers run, against the same Redis and with the same exit
+codes; LiveServer runs the lesson's app under a real uvicorn in a thread. The fixtures that build
+them (`workers`, `serve`) are in tests/conftest.py.
 """
 
 import asyncio
@@ -19,47 +19,40 @@ import uuid
 from pathlib import Path
 
 import uvicorn
-from variations.docker_workers import Worker
 
-from tests.support.lessons import ROOT
-from tests.support.ports import free_port
-from tests.support.waiting import wait_for
+from lesson05.docker_workers import Worker
+from support.ports import free_port
+from support.waiting import wait_for
 
 # Workers search the bundled notes only.
 NO_DOCS = Path(tempfile.mkdtemp(prefix="lesson-05-no-docs-"))
 
 
 def run_worker(environment: dict[str, str], log_path: str, argv: tuple[str, ...] = ()) -> None:
-    """A worker process: the environment it is given and `python -m app.worker`'s main()."""
+    """A worker process: the environment it is given and `python -m research_agent.worker`'s
+    main()."""
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.environ.clear()
     os.environ.update(environment)
-    from app import worker
+    from research_agent import worker
 
     sys.exit(worker.main(list(argv)))
 
 
 # Forked from a server that has imported the worker once: a process starts in milliseconds instead
-# of paying the LangChain import (seconds) each time; test_worker.py runs `python -m app.worker`.
+# of paying the LangChain import (seconds) each time; test_worker.py runs `python -m
+# research_agent.worker`.
 FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["app.worker"])
+FORKSERVER.set_forkserver_preload(["research_agent.worker"])
 
 
 def start_forkserver() -> None:
-    """Start the fork server with research-agent/ on its path. Python 3.11's fork server does not
-    take the parent's sys.path, so without PYTHONPATH its preload fails silently and every worker
-    imports LangChain again. Only the fork server's own start sees the variable."""
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "research-agent"), saved]))
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
+    """Start the fork server now, with its preload: the installed `research_agent` package, found by
+    the fork server as by any process (Python 3.11's fork server does not take the parent's
+    sys.path, so a package found only through a path set at run time would fail silently there)."""
+    multiprocessing.forkserver.ensure_running()
 
 
 class ProcessWorkers:

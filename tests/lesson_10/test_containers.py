@@ -1,0 +1,209 @@
+"""`make durable-test`: lesson 10's Compose stack for real (edge, two replicas, Postgres) and
+kill -9 (`docker kill -s KILL`, not `docker stop`) of the replica holding a run, at the three
+moments of docs/10: while the run waits for a person, during a model call, while run_python
+runs. Then two decisions racing through the edge, and `down -v` leaving nothing."""
+
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support.ports import free_port
+from support.waiting import wait_for
+from tests.lesson_10.conftest import events
+from tests.support.docker_cli import NO_COMPOSE_V2, ContainerStarts, compose_v2, docker
+
+pytestmark = pytest.mark.container
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "deploy" / "lesson10" / "compose.yaml"
+PROJECT = f"lesson10test{os.getpid()}"
+OWNER = PROJECT  # the sandboxes' owner label: this stack's only
+ANSWER = "1267650600228229401496703205376"
+
+
+class Stack:
+    def __init__(self):
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "LESSON10_PORT": str(self.port),
+            "LESSON10_IMAGE": os.environ.get("LESSON10_IMAGE", "lesson-10-agent"),
+            "LESSON10_POSTGRES_PASSWORD": secrets.token_hex(16),
+            "LESSON10_AGENT_PASSWORD": secrets.token_hex(16),
+            "LESSON10_SANDBOX_OWNER": OWNER,
+            "LEASE_SECONDS": "3",
+            # Seconds for the answer's model call: long enough to be killed in.
+            "OFFLINE_TOKEN_DELAY_MS": "400",
+            "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+        }
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def compose(self, *args: str, timeout: float = 900) -> str:
+        done = subprocess.run(
+            ["docker", "compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args],
+            capture_output=True, text=True, env=self.env, timeout=timeout,
+        )  # fmt: skip
+        assert done.returncode == 0, f"compose {args}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def sql(self, query: str) -> str:
+        return self.compose("exec", "-T", "postgres", "psql", "-U", "postgres", "-d", "runs",
+                            "-tAc", query).strip()  # fmt: skip
+
+    def kill9(self, service: str) -> None:
+        self.compose("kill", "-s", "SIGKILL", service)
+
+    def holder(self, run_id: str) -> str:
+        assert all(c in "0123456789abcdef" for c in run_id)
+        return self.sql(f"SELECT lease_owner FROM agent.runs WHERE id = '{run_id}'")
+
+    def client(self, token=None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    if not compose_v2():
+        pytest.skip(NO_COMPOSE_V2)
+    s = Stack()
+    try:
+        s.compose("up", "-d", "--wait")
+        yield s
+    finally:
+        s.compose("down", "-v", "--remove-orphans")
+        leftovers = docker("ps", "-aq", "--filter", f"label=agent-sandbox.owner={OWNER}")
+        for container in leftovers.split():
+            docker("rm", "-f", container)
+    # `down -v` left nothing of the project, and no run left a sandbox behind.
+    project = f"label=com.docker.compose.project={PROJECT}"
+    assert docker("ps", "-aq", "--filter", project) == ""
+    assert docker("volume", "ls", "-q", "--filter", project) == ""
+    assert docker("network", "ls", "-q", "--filter", project) == ""
+    assert leftovers == ""
+
+
+def start(stack) -> tuple[str, str]:
+    with stack.client() as c:
+        r = c.post("/v1/runs", json={"query": "What is 2**100?"})
+    assert r.status_code == 202, r.text
+    return r.json()["run_id"], r.json()["owner_token"]
+
+
+def wait_state(stack, run_id, token, wanted, timeout=180) -> dict:
+    def reached():
+        try:
+            with stack.client(token) as c:
+                r = c.get(f"/v1/runs/{run_id}")
+        except httpx.TransportError:
+            return None  # the edge between replicas
+        if r.status_code != 200:
+            return None
+        assert r.json()["state"] not in {"failed", "expired"} - {wanted}, r.json()
+        return r.json() if r.json()["state"] == wanted else None
+
+    return wait_for(reached, timeout=timeout, interval=0.3, what=f"{run_id} {wanted}")
+
+
+def decide(stack, run_id, token, **body) -> httpx.Response:
+    with stack.client(token) as c:
+        return c.post(f"/v1/runs/{run_id}/decisions", json=body)
+
+
+def check_finished(stack, starts: ContainerStarts, run_id, token, answer_part) -> None:
+    done = wait_state(stack, run_id, token, "done")
+    assert answer_part in done["answer"]
+    streamed = events(stack, run_id, token)
+    assert [e["id"] for e in streamed] == list(range(1, len(streamed) + 1))
+    assert [e["type"] for e in streamed][-2:] == ["answer", "done"]
+    ran = starts.per("agent-sandbox.request-id").get(run_id, 0)
+    assert ran == 1, "the approved call ran once"
+
+
+def restart_killed(stack) -> None:
+    stack.compose("up", "-d", "--wait")  # the killed replica comes back (a new process)
+
+
+def test_kill_9_while_a_run_waits_for_approval(stack):
+    starts = ContainerStarts("agent-sandbox.request-id")  # followed live from here
+    run_id, token = start(stack)
+    pending = wait_state(stack, run_id, token, "waiting_for_approval")["pending"]
+    assert stack.holder(run_id) == ""  # nobody holds a waiting run
+    stack.kill9("agent1")
+    stack.kill9("agent2")  # every process gone: only Postgres remembers the run
+    restart_killed(stack)
+    assert decide(stack, run_id, token, call_id=pending["call_id"], decision="approve").is_success
+    check_finished(stack, starts, run_id, token, ANSWER)
+
+
+def test_kill_9_during_a_model_call(stack):
+    starts = ContainerStarts("agent-sandbox.request-id")  # followed live from here
+    run_id, token = start(stack)
+    pending = wait_state(stack, run_id, token, "waiting_for_approval")["pending"]
+    assert decide(stack, run_id, token, call_id=pending["call_id"], decision="approve").is_success
+
+    def answering():  # the tool's result is in; the model is writing the answer
+        holder = stack.holder(run_id)
+        types = stack.sql(
+            f"SELECT string_agg(type, ',') FROM agent.events WHERE run_id = '{run_id}'"
+        )
+        return holder if "tool_result" in types and "answer" not in types and holder else None
+
+    holder = wait_for(answering, timeout=120, interval=0.2, what="the answer's model call")
+    stack.kill9(holder)
+    check_finished(stack, starts, run_id, token, ANSWER)  # the other replica, once the lease ends
+    restart_killed(stack)
+
+
+def test_kill_9_while_run_python_runs(stack):
+    starts = ContainerStarts("agent-sandbox.request-id")  # followed live from here
+    run_id, token = start(stack)
+    pending = wait_state(stack, run_id, token, "waiting_for_approval")["pending"]
+    slow = "import time\ntime.sleep(5)\nprint(2**100)"
+    r = decide(stack, run_id, token, call_id=pending["call_id"], decision="edit",
+               args={"code": slow})  # fmt: skip
+    assert r.is_success, r.text
+    label = f"label=agent-sandbox.request-id={run_id}"
+    wait_for(lambda: docker("ps", "-q", "--filter", label, "--filter", "status=running"),
+             timeout=120, what="the run's sandbox running")  # fmt: skip
+    stack.kill9(stack.holder(run_id))
+    check_finished(stack, starts, run_id, token, f"printed {ANSWER}")
+    restart_killed(stack)
+
+
+def test_two_decisions_racing_through_the_edge(stack):
+    run_id, token = start(stack)
+    pending = wait_state(stack, run_id, token, "waiting_for_approval")["pending"]
+    barrier, codes = threading.Barrier(2), []
+
+    def send():
+        barrier.wait(30)
+        codes.append(decide(stack, run_id, token, call_id=pending["call_id"],
+                            decision="reject").status_code)  # fmt: skip
+
+    threads = [threading.Thread(target=send) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(codes) == [202, 409]
+    wait_state(stack, run_id, token, "done")
+
+
+@pytest.mark.parametrize("compose", [["docker-compose"], ["docker", "compose"]], ids=["v1", "v2"])
+def test_both_compose_versions_read_the_file_before_make_writes_its_env(compose, tmp_path):
+    """Compose 1.29 (Debian's docker-compose) and v2 accept the file as a fresh clone has it, with
+    no .env yet (the passwords' absence is refused by Postgres at start, not by the parser)."""
+    shutil.copy(COMPOSE_FILE, tmp_path / "compose.yaml")  # a folder with no .env in it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LESSON10_")}
+    done = subprocess.run(
+        [*compose, "-f", str(tmp_path / "compose.yaml"), "config", "-q"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,63 @@
+"""Lesson 10's API on a real PostgreSQL: a run waits for a person, is decided, and answers."""
+
+from tests.lesson_10.conftest import events, start_run, state, wait_state
+
+ANSWER = "1267650600228229401496703205376"
+
+
+def decide(api, run_id, token, **body):
+    with api.client(token) as c:
+        return c.post(f"/v1/runs/{run_id}/decisions", json=body)
+
+
+def test_a_run_waits_for_approval_then_answers(api, engine, sandbox_starts):
+    starts = sandbox_starts()
+    run_id, token = start_run(api)
+    waiting = wait_state(api, run_id, token, "waiting_for_approval")
+    pending = waiting["pending"]
+    assert pending["tool"] == "run_python"
+    assert pending["args"] == {"code": "print(2**100)"}
+    r = decide(api, run_id, token, call_id=pending["call_id"], decision="approve")
+    assert r.status_code == 202, r.text
+    done = wait_state(api, run_id, token, "done")
+    assert ANSWER in done["answer"]
+    stream = events(api, run_id, token)
+    assert [e["id"] for e in stream] == list(range(1, len(stream) + 1))  # no gap, no duplicate
+    assert [e["type"] for e in stream] == [
+        "run_started",
+        "tool_call",
+        "approval_required",
+        "decision",
+        "tool_result",
+        "answer",
+        "done",
+    ]
+    # Last-Event-ID resumes after the event named.
+    assert [e["id"] for e in events(api, run_id, token, last_id=3)] == list(
+        range(4, len(stream) + 1)
+    )
+    counted = starts.per("agent-sandbox.key")
+    assert sorted(counted.values()) == [1], counted
+
+
+def test_an_edited_call_runs_the_edit_and_its_output_is_read_back(api, engine):
+    run_id, token = start_run(api)
+    pending = wait_state(api, run_id, token, "waiting_for_approval")["pending"]
+    r = decide(api, run_id, token, call_id=pending["call_id"], decision="edit",
+               args={"code": "print(6 * 7)"})  # fmt: skip
+    assert r.status_code == 202, r.text
+    done = wait_state(api, run_id, token, "done")
+    assert "The reviewed program printed 42" in done["answer"]
+
+
+def test_a_rejected_call_never_runs_and_the_model_reads_why(api, engine, sandbox_starts):
+    starts = sandbox_starts()
+    run_id, token = start_run(api)
+    pending = wait_state(api, run_id, token, "waiting_for_approval")["pending"]
+    r = decide(api, run_id, token, call_id=pending["call_id"], decision="reject",
+               message="not today")  # fmt: skip
+    assert r.status_code == 202, r.text
+    done = wait_state(api, run_id, token, "done")
+    assert "not today" in done["answer"]
+    assert starts.per("agent-sandbox.key") == {}
+    assert state(api, run_id, token)["pending"] is None
