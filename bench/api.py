@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 from bench import results as bench_results
-from tests.support.commands import require_command
-from tests.support.ports import free_port
-from tests.support.server import ServerProcess, offline_environment
+from support.commands import require_command
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
@@ -109,20 +109,21 @@ def main() -> None:
         f"\nPOST /v1/invoke, wrk 1 thread, {CONNECTIONS} connections, {SECONDS}s per API and "
         f"round, median of {ROUNDS} rounds, {os.cpu_count()} CPUs\n"
     )
-    header = ["API", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "req/s vs basic", "CPU vs basic"]
-    print("| " + " | ".join(header) + " |")
-    print("| --- |" + " ---: |" * (len(header) - 1))
-    for name, r in results.items():
-        row = [
-            name,
-            f"{r['rps']:.0f}",
-            f"{r['p50']:.2f}",
-            f"{r['p99']:.2f}",
-            f"{r['cpu']:.2f}",
-            f"{r['rps'] / basic['rps']:.2f}",
-            f"{r['cpu'] / basic['cpu']:.2f}",
-        ]
-        print("| " + " | ".join(row) + " |")
+    bench_results.print_table(
+        ["API", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "req/s vs basic", "CPU vs basic"],
+        [
+            [
+                name,
+                f"{r['rps']:.0f}",
+                f"{r['p50']:.2f}",
+                f"{r['p99']:.2f}",
+                f"{r['cpu']:.2f}",
+                f"{r['rps'] / basic['rps']:.2f}",
+                f"{r['cpu'] / basic['cpu']:.2f}",
+            ]
+            for name, r in results.items()
+        ],
+    )
     print()
     for name in ("01 production", "01 shutdown"):
         extra = results[name]["cpu"] / basic["cpu"] - 1

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from bench import results as bench_results
-from tests.support.ports import free_port  # standard library only: this runs before .venv exists
+from support.ports import free_port  # standard library only: this runs before .venv exists
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALLERS = ["pip", "uv"]

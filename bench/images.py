@@ -4,7 +4,8 @@ For each variant, from a private copy of the build context (your files are never
   cold build      after `docker builder prune -af` (no layer cache, no cache mounts; base images
                   stay)
   deps step       of that build, the RUN that installs requirements.txt (pip, or uv for optimized)
-  code rebuild    after appending a comment to app/__init__.py: what a code-only change costs
+  code rebuild    after appending a comment to research_agent/__init__.py: what a code-only
+                  change costs
   size            of the image
   start->ready    `docker run` until GET /ready answers 200 from the host (median of RUNS)
   start->healthy  `docker run` until Docker's health status is `healthy` (the first check runs one
@@ -45,7 +46,8 @@ import urllib.request
 from pathlib import Path
 
 from bench import results as bench_results
-from tests.support.ports import free_port
+from support.lessons import dockerignore_allow_list
+from support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ROOT / "research-agent"
@@ -55,7 +57,8 @@ VARIANTS = {
     "optimized": "Dockerfile.optimized",
 }
 RUN_OPTIONS = {"optimized": ["--read-only", "--tmpfs", "/tmp"]}
-CONTEXT = ["app", "main.py", "notes", "requirements.txt", ".dockerignore", *VARIANTS.values()]
+# What `docker build` sends: what the .dockerignore lets in, and the files that build it.
+CONTEXT = [*dockerignore_allow_list(AGENT), ".dockerignore", *VARIANTS.values()]
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 TIMEOUT = 120
 
@@ -370,7 +373,7 @@ def main() -> int:
             sh("docker", "builder", "prune", "-af")
             cold, deps = build(context, VARIANTS[variant], tag)
             cold_id = sh("docker", "image", "inspect", tag, "--format", "{{.Id}}").stdout.strip()
-            with open(context / "app" / "__init__.py", "a") as f:
+            with open(context / "research_agent" / "__init__.py", "a") as f:
                 f.write(f"# bench {time.time()}\n")
             print(f"==> {variant}: code-only rebuild", flush=True)
             code, _ = build(context, VARIANTS[variant], tag)

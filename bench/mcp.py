@@ -15,7 +15,6 @@ Settings (environment): BENCH_REQUESTS (30), BENCH_CALLS (200), BENCH_ROUNDS (3)
 import asyncio
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,19 +23,23 @@ import httpx
 from fastmcp import Client
 
 from bench import results as bench_results
-from tests.support.agent import make_settings
-from tests.support.mcp_clients import NOTES_SERVER, gateway, tool_server
-from tests.support.ports import free_port
+from research_agent import ResearchAgent, Settings
+from support.mcp_servers import NOTES_SERVER, gateway, tool_server
+from support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "research-agent"))
-from app.agent import ResearchAgent  # noqa: E402
 
 REQUESTS = int(os.getenv("BENCH_REQUESTS", "30"))
 CALLS = int(os.getenv("BENCH_CALLS", "200"))
 ROUNDS = int(os.getenv("BENCH_ROUNDS", "3"))
 QUESTION = "Why use a multi-stage Docker build?"
 P = bench_results.percentile
+
+
+def settings(**overrides) -> Settings:
+    """The agent's defaults (only the bundled notes are searched), without the offline model's
+    delay, as the tests build them."""
+    return Settings(OFFLINE_TOKEN_DELAY_MS=0, LOG_LEVEL="INFO", **overrides)
 
 
 def ms(seconds: float) -> str:
@@ -186,8 +189,8 @@ def main() -> None:
             in_process, over_mcp = asyncio.run(
                 research_times(
                     [
-                        ResearchAgent(make_settings()),
-                        ResearchAgent(make_settings(MCP_GATEWAY_URL=gw.url + "/mcp")),
+                        ResearchAgent(settings()),
+                        ResearchAgent(settings(MCP_GATEWAY_URL=gw.url + "/mcp")),
                     ],
                     REQUESTS,
                 )

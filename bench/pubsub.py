@@ -26,7 +26,7 @@ import time
 import httpx
 
 from bench import results as bench_results
-from tests.support.event_agents import ComposeProject
+from support.event_agents import ComposeProject
 
 QUESTIONS = int(os.getenv("BENCH_QUESTIONS", "40"))
 TOKEN_DELAY_MS = int(os.getenv("BENCH_TOKEN_DELAY_MS", "20"))

@@ -1,5 +1,5 @@
 """What every `make bench-*` target shares: its results as JSON, `bench-results/<name>.json`
-(git-ignored), and the arithmetic of its figures (percentile, to_ms).
+(git-ignored), the arithmetic of its figures (percentile, to_ms), and its tables (print_table).
 
 A benchmark calls `start(name, settings)` first, which notes the time, the load average and the
 commit and begins copying what the benchmark prints, and `write()` at the end, which adds the
@@ -208,6 +208,15 @@ def docker_facts() -> dict | None:
         "storage_driver": info.get("Driver"),
         "cgroup_version": info.get("CgroupVersion"),
     }
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table of figures, printed: the first column is a name, left-aligned, and the
+    others are numbers, right-aligned. The cells are printed as given."""
+    print("| " + " | ".join(header) + " |")
+    print("| --- |" + " ---: |" * (len(header) - 1))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 # --- Reading the printed tables back --------------------------------------------------------------

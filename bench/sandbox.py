@@ -1,7 +1,9 @@
 """What a sandboxed run costs (`make bench-sandbox`): the runner, fresh and pooled, against a bare
-`docker run --rm`.
+`docker run --rm`; then gVisor against runc, and the egress proxy against no proxy
+(bench/sandbox_isolation.py).
 
-Every strategy runs the same program with the same restrictions (research-agent/app/sandbox.py):
+Every strategy runs the same program with the same restrictions
+(research-agent/research_agent/sandbox.py):
 
   bare     `docker run --rm -i` with the runner's flags, the program on stdin: the baseline
   fresh    QueuedRunner.arun, no pool: create, attach, start, send, read; the engine removes it
@@ -33,12 +35,16 @@ import uuid
 from datetime import UTC, datetime
 
 from bench import results as bench_results
-from tests.support.lessons import use_research_agent
-
-use_research_agent()
-from app.sandbox import LABEL, SandboxConfig, SandboxRunner, remove  # noqa: E402
-from app.sandbox_admission import QueuedRunner  # noqa: E402
-from app.sandbox_pool import POOL_REQUEST_ID, PooledRunner  # noqa: E402
+from bench import sandbox_isolation  # noqa: E402
+from research_agent import (  # noqa: E402
+    LABEL,
+    POOL_REQUEST_ID,
+    PooledRunner,
+    QueuedRunner,  # noqa: E402
+    SandboxConfig,
+    SandboxRunner,
+    remove_sandbox,
+)
 
 CODE = "print(sum(range(1000)))"
 EXPECTED = "499500\n"
@@ -101,7 +107,7 @@ class Strategies:
         return result.output.decode()
 
     def close(self) -> None:
-        remove(self.shared)
+        remove_sandbox(self.shared)
         self.fresh_runner.close()
         self.pooled_runner.close()  # removes the pool's idle containers
 
@@ -219,6 +225,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="s per strategy, sustained")
     parser.add_argument("--pool", type=int, default=2, help="the pooled runner's pool_size")
     parser.add_argument("--modes", default="sequential,concurrent,sustained")
+    parser.add_argument("--runtime-n", type=int, default=20, help="runs per runtime and kind")
+    parser.add_argument("--egress-n", type=int, default=5, help="16 MB downloads per path")
     args = parser.parse_args()
     results_file = bench_results.start("sandbox", vars(args))
 
@@ -266,8 +274,16 @@ def main() -> int:
                 f"{p50 / bare_p50:.2f}x | {len(samples[name, mode]) - len(data)} | {pool} | "
                 f"{ISOLATION[name]} |"
             )
+    # Lesson 04's Going further: gVisor against runc, and the egress proxy against no proxy.
+    registered = set(info.get("Runtimes", {}))
+    print(f"\n# runtimes: {args.runtime_n} sequential runs each, interleaved; daemon has "
+          f"{', '.join(sorted(registered))}")  # fmt: skip
+    print("\n".join(asyncio.run(sandbox_isolation.runtimes(owner, args.runtime_n, registered))))
+    print(f"\n# egress: {args.egress_n} downloads of 16 MB per path, interleaved, after one each")
+    print("\n".join(asyncio.run(sandbox_isolation.egress_throughput(owner, args.egress_n))))
     for failure in sorted(set(FAILURES)):
         print(f"Failed: {failure}")
+    left += [""] * sandbox_isolation.leftovers(owner)
     print(f"\nContainers left with label {LABEL}.owner={owner}: {len(left)}")
     results_file.write()
     return 1 if left or FAILURES else 0

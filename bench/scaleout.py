@@ -49,8 +49,8 @@ from httpx_sse import aconnect_sse
 
 from bench import results as bench_results
 from scripts import swarm
-from tests.support.commands import require_command
-from tests.support.ports import free_port
+from support.commands import require_command
+from support.ports import free_port
 
 RATE = float(os.getenv("BENCH_RATE", "20"))
 STREAMS = int(os.getenv("BENCH_STREAMS", "4"))

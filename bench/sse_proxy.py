@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 
 from bench import results as bench_results
-from tests.support.commands import require_command
-from tests.support.ports import free_port
-from tests.support.server import ServerProcess, offline_environment
+from support.commands import require_command
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_DIR = ROOT / "research-agent"

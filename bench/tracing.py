@@ -2,8 +2,8 @@
 
 Starts three research agents (`python main.py`, offline model, no token delay, no cache, no rate
 limit), the same code each:
-  no tracing code  app.tracing's configure_tracing and instrument replaced by no-ops: the service
-                   as it was before lesson 09;
+  no tracing code  research_agent.tracing's configure_tracing and instrument replaced by no-ops:
+                   the service as it was before lesson 09;
   tracing off      as shipped, without OTEL_EXPORTER_OTLP_ENDPOINT;
   tracing on       OTEL_EXPORTER_OTLP_ENDPOINT at a local OTLP collector (http/protobuf, the
                    SDK's batch span processor with its defaults), every request sampled;
@@ -31,9 +31,9 @@ from pathlib import Path
 import httpx
 
 from bench import results as bench_results
-from tests.support.otlp import OtlpCollector
-from tests.support.ports import free_port
-from tests.support.server import ServerProcess, cpu_seconds, offline_environment
+from support.otlp import OtlpCollector
+from support.ports import free_port
+from support.server import ServerProcess, cpu_seconds, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_DIR = ROOT / "research-agent"
@@ -44,9 +44,9 @@ QUERY = {"query": "How do I make a Docker image smaller?"}
 EXPORT_WAIT = 5.5  # past the batch processor's schedule delay (OTEL_BSP_SCHEDULE_DELAY, 5 s)
 WITHOUT_TRACING = """
 import runpy
-import app.tracing
-app.tracing.configure_tracing = lambda *args, **kwargs: None
-app.tracing.instrument = lambda *args, **kwargs: None
+import research_agent.tracing
+research_agent.tracing.configure_tracing = lambda *args, **kwargs: None
+research_agent.tracing.instrument = lambda *args, **kwargs: None
 runpy.run_path("main.py", run_name="__main__")  # main.py as it is, its two tracing calls no-ops
 """
 
@@ -147,18 +147,19 @@ def main() -> None:
         f"agent and round, median of {ROUNDS} rounds (a ratio: the median of each round's), "
         f"{os.cpu_count()} CPUs\n"
     )
-    header = ["agent", "req/s", "CPU ms/req", "CPU vs no tracing code", "req/s vs no tracing code"]
-    print("| " + " | ".join(header) + " |")
-    print("| --- |" + " ---: |" * (len(header) - 1))
-    for name, r in results.items():
-        row = [
-            name,
-            f"{r['rps']:.1f}",
-            f"{r['cpu']:.2f}",
-            f"{r['cpu_ratio']:.3f}",
-            f"{r['rps_ratio']:.3f}",
-        ]
-        print("| " + " | ".join(row) + " |")
+    bench_results.print_table(
+        ["agent", "req/s", "CPU ms/req", "CPU vs no tracing code", "req/s vs no tracing code"],
+        [
+            [
+                name,
+                f"{r['rps']:.1f}",
+                f"{r['cpu']:.2f}",
+                f"{r['cpu_ratio']:.3f}",
+                f"{r['rps_ratio']:.3f}",
+            ]
+            for name, r in results.items()
+        ],
+    )
     print()
     for name, budget in (("tracing off", 0.02), ("tracing on", 0.10)):
         extra = results[name]["cpu_ratio"] - 1

@@ -34,9 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import results as bench_results
-from tests.support.lessons import load_lesson, use_research_agent
-from tests.support.ports import free_port
-from tests.support.server import ServerProcess, offline_environment
+from support.ports import free_port
+from support.server import ServerProcess, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = "How do I stop a container without losing requests?"
@@ -49,13 +48,15 @@ TOKEN_DELAY_MS = int(os.environ.get("OFFLINE_TOKEN_DELAY_MS", "40"))  # the less
 
 def in_process(count: int) -> dict:
     started = time.perf_counter()
-    use_research_agent()
-    from app.agent import SYSTEM_PROMPT, OfflineResearchModel, ResearchAgent
-    from app.config import Settings
-    from app.job import ANSWER_STYLES
-
-    # The presets alone (code/variations/presets.py, which imports no lesson), not the lesson.
-    presets = load_lesson("code/variations/presets.py", "variations_presets").PRESETS
+    # The presets alone (code/lesson05/presets.py, which imports no lesson), not the lesson.
+    from lesson05.presets import PRESETS as presets
+    from research_agent import (
+        ANSWER_STYLES,
+        SYSTEM_PROMPT,
+        OfflineResearchModel,
+        ResearchAgent,
+        Settings,
+    )
 
     imported = time.perf_counter()
     no_docs = tempfile.mkdtemp()  # like the image: search the bundled notes only
@@ -194,8 +195,7 @@ class Stack:
         pool, not the refill after the previous run, which competes for the same cores."""
         import redis
 
-        use_research_agent()
-        from app.job import warm_queue_key, warm_ready_key
+        from research_agent import warm_queue_key, warm_ready_key
 
         client = redis.Redis.from_url(self.redis_url)
         pattern = warm_ready_key(warm_queue_key(self.deployment, "*"))
