@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: help install lock docs lesson-01 lesson-01-production lesson-01-shutdown research-agent test test-tools lint
+.PHONY: help install lock docs gvisor lesson-01 lesson-01-production lesson-01-shutdown research-agent test test-tools lint
 .PHONY: lesson-02 lesson-03 lesson-03-down ci
 .PHONY: bench-api bench-sse-proxy bench-first-answer measurements clean
 .PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start bench-start-host context-size
@@ -17,8 +17,9 @@ export HOST PORT
 .PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
 .PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
 .PHONY: lesson-07-image lesson-07 lesson-07-down lesson-07-trace pubsub-test bench-pubsub
-.PHONY: lesson-08-images lesson-08 lesson-08-down mcp-test bench-mcp
+.PHONY: lesson-08-images lesson-08 lesson-08-down lesson-08-client mcp-test bench-mcp
 .PHONY: lesson-09 lesson-09-down traces-test bench-tracing
+.PHONY: lesson-10-image lesson-10 lesson-10-down durable-test bench-durable
 
 define serving
 	@echo
@@ -48,15 +49,28 @@ LESSON07_PROJECT ?= lesson07
 LESSON07_PORT ?= 8070
 export LESSON07_IMAGE LESSON07_PORT
 LESSON07_COMPOSE = docker compose -p $(LESSON07_PROJECT) -f deploy/lesson07/compose.yaml
-# Lesson 08: the agent, the MCP gateway and its Docker guard as the Compose project lesson08; the
-# gateway starts the tool servers' containers itself (label lesson08.owner=lesson08).
+# The group of Docker's socket, for services that are given it: Python's stat, not GNU stat's -c
+# which macOS lacks.
+DOCKER_GID = $(shell $(PYTHON) -c 'import os; print(os.stat("/var/run/docker.sock").st_gid)' 2>/dev/null)
+# Lesson 08: the agent, the MCP gateway and its Docker guards as the Compose project lesson08; the
+# gateway starts the tool servers' containers itself (label lesson08.owner=lesson08), the python
+# server its sandboxes (agent-sandbox.owner=lesson08). Every such name is the project's name
+# (COMPOSE_PROJECT_NAME, which Compose v1 and v2 both read), so LESSON08_PROJECT=other is a second
+# copy of the lesson that this one's lesson-08-down leaves alone.
 LESSON08_PROJECT ?= lesson08
 LESSON08_PORT ?= 8085
 LESSON08_MCP_PORT ?= 8086
 LESSON08_AGENT_IMAGE ?= research-agent:optimized-lesson08
 export LESSON08_PORT LESSON08_MCP_PORT LESSON08_AGENT_IMAGE
-LESSON08_COMPOSE = LESSON08_AGENT_TOKEN=$$(cat deploy/lesson08/agent-token 2>/dev/null || echo none) \
-  DOCKER_GID=$$(stat -c %g /var/run/docker.sock) docker compose -p $(LESSON08_PROJECT) -f deploy/lesson08/compose.yaml
+LESSON08_COMPOSE = COMPOSE_PROJECT_NAME=$(LESSON08_PROJECT) \
+  LESSON08_AGENT_TOKEN=$$(cat deploy/lesson08/agent-token 2>/dev/null || echo none) \
+  LESSON08_OPERATOR_TOKEN=$$(cat deploy/lesson08/operator-token 2>/dev/null) \
+  DOCKER_GID=$(DOCKER_GID) docker compose -p $(LESSON08_PROJECT) -f deploy/lesson08/compose.yaml
+# Lesson 10: edge, two replicas of the durable-runs API and Postgres, as the Compose project lesson10.
+LESSON10_PORT ?= 8110
+LESSON10_IMAGE ?= lesson-10-agent
+export LESSON10_PORT LESSON10_IMAGE
+LESSON10_COMPOSE = DOCKER_GID=$(DOCKER_GID) docker compose -p lesson10 -f deploy/lesson10/compose.yaml
 # Lesson 09: lesson 03's stack plus traces and a viewer, as the Compose project lesson09.
 LESSON09_PORT ?= 8090
 VIEWER_PORT ?= 6006
@@ -105,10 +119,10 @@ lesson-04: $(VENV)/.lessons sandbox-image ## Lesson 04: API and agent whose run_
 	@echo
 	@$(PY) code/04_sandboxed_tools.py
 
-lesson-05: lesson-05-image $(VENV)/.lessons ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis; TRACES=1: traces into lesson 09's viewer)
+lesson-05: lesson-05-image $(VENV)/.lessons ## Lesson 05: N agent variations in parallel containers, live on one page (starts Redis; TRACES=1: traces into lesson 09's viewer, the workers' through its ingest)
 	@WORKER_IMAGE=$(LESSON05_IMAGE) scripts/lesson-05.sh serve
 
-lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running (disconnects lesson 09's viewer)
+lesson-05-down: ## Lesson 05: remove its Redis, network and any worker container left running (disconnects lesson 09's trace ingest)
 	@scripts/lesson-05.sh down
 
 lesson-06: swarm-images $(VENV)/.lessons ## Lesson 06: 3 agent replicas behind HAProxy on Swarm, port 8080 (or PORT); returns once healthy
@@ -138,15 +152,16 @@ deploy/lesson07/redis-password:
 lesson-07-down: docker-tools ## Lesson 07: remove its containers, network and Redis volume
 	$(LESSON07_COMPOSE) down -v --remove-orphans
 
-lesson-08: lesson-08-images deploy/lesson08/agent-token ## Lesson 08: the agent's search tool over MCP, via a gateway on 8086 that starts tool containers on demand; agent on 8085
+lesson-08: lesson-08-images deploy/lesson08/agent-token deploy/lesson08/operator-token ## Lesson 08: the agent's search tool over MCP, via a gateway on 8086 that starts tool containers on demand; agent on 8085
 	$(LESSON08_COMPOSE) up -d --wait
 	@echo
 	@echo "  Research agent (Compose project $(LESSON08_PROJECT)) on http://127.0.0.1:$(LESSON08_PORT), its tools over MCP  (offline model unless OPENAI_API_KEY is set)"
 	@echo "  Ask:       curl -s -X POST http://127.0.0.1:$(LESSON08_PORT)/v1/research -H 'content-type: application/json' -d '{\"query\": \"Why use a multi-stage Docker build?\"}'"
 	@echo "             (the first question starts the notes server's container: docker ps --filter label=lesson08.owner)"
 	@echo "  Call log:  docker compose -p $(LESSON08_PROJECT) -f deploy/lesson08/compose.yaml logs gateway   (one JSON line per tool call)"
-	@echo "  MCP:       any MCP client on http://127.0.0.1:$(LESSON08_MCP_PORT)/mcp (Streamable HTTP); pins: curl -s http://127.0.0.1:$(LESSON08_MCP_PORT)/pins"
-	@echo "  Metrics:   curl -s http://127.0.0.1:$(LESSON08_MCP_PORT)/metrics | grep mcp_gateway"
+	@echo "  MCP:       make lesson-08-client   (the MCP SDK's client lists the tools), or any MCP client on http://127.0.0.1:$(LESSON08_MCP_PORT)/mcp"
+	@echo "  Pins:      curl -s -H \"Authorization: Bearer \$$(cat deploy/lesson08/operator-token)\" http://127.0.0.1:$(LESSON08_MCP_PORT)/pins   (/metrics likewise)"
+	@echo "  Re-pin:    .venv/bin/python code/08_mcp_gateway.py repin notes   (the running gateway pins the server's tools again)"
 	@echo "  Stop:      make lesson-08-down   (removes every container, network and volume of the lesson)"
 	@echo
 
@@ -154,22 +169,54 @@ lesson-08: lesson-08-images deploy/lesson08/agent-token ## Lesson 08: the agent'
 deploy/lesson08/agent-token:
 	@umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
 
-lesson-08-down: docker-tools ## Lesson 08: remove its containers (the on-demand tool servers too), networks and volume
-	@ids=$$(docker ps -aq --filter label=lesson08.owner=$(LESSON08_PROJECT)); [ -z "$$ids" ] || docker rm -f $$ids
+# The operator's token: /pins, /metrics and re-pinning on the gateway (not in git).
+deploy/lesson08/operator-token:
+	@umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
+
+lesson-08-down: docker-tools ## Lesson 08: remove its containers (the on-demand tool servers and sandboxes too), networks and volume
+	@for label in lesson08.owner agent-sandbox.owner; do \
+	  ids=$$(docker ps -aq --filter label=$$label=$(LESSON08_PROJECT)); [ -z "$$ids" ] || docker rm -f $$ids; done
 	$(LESSON08_COMPOSE) down -v --remove-orphans
 
-lesson-09: docker-tools offline-images ## Lesson 09: lesson 03's stack exporting traces to a viewer (Phoenix) on 6006; returns once healthy
+# The official MCP SDK's ClientSession, from the lessons' venv; code/08_mcp_client.py TOOL k=v calls one.
+lesson-08-client: $(VENV)/.lessons ## Lesson 08: list the gateway's tools with the MCP SDK's client (the gateway must be up: make lesson-08)
+	MCP_URL=http://127.0.0.1:$(LESSON08_MCP_PORT)/mcp $(PY) code/08_mcp_client.py
+
+lesson-09: docker-tools offline-images ## Lesson 09: lesson 03's stack exporting traces through a write-only ingest to a viewer (Phoenix) on 127.0.0.1:6006; returns once healthy
 	$(LESSON09_COMPOSE) up --build -d --wait
 	@echo
 	@echo "  Trace viewer (Arize Phoenix):  http://127.0.0.1:$(VIEWER_PORT)"
 	@echo "  Research agent behind the edge: http://127.0.0.1:$(LESSON09_PORT)"
-	@echo "  Ask:   curl -s -X POST http://127.0.0.1:$(LESSON09_PORT)/v1/research -H 'content-type: application/json' -H 'traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' -d '{\"query\": \"Why use a multi-stage Docker build?\"}'"
-	@echo "  Then open the viewer and find trace 0af7651916cd43dd8448eb211c80319c: where did the time go?"
-	@echo "  Stop:  make lesson-09-down   (removes the containers, network and volume)"
+	@echo "  Ask:   curl -si -X POST http://127.0.0.1:$(LESSON09_PORT)/v1/research -H 'content-type: application/json' -d '{\"query\": \"Why use a multi-stage Docker build?\"}'"
+	@echo "  The answer's header traceresponse: 00-<trace id>-<span id>-<flags> names its trace: open"
+	@echo "  http://127.0.0.1:$(VIEWER_PORT)/projects/UHJvamVjdDox/traces/<trace id>  (or the viewer's Traces tab): where did the time go?"
+	@echo "  Stop:  make lesson-09-down   (removes the containers, networks and volume)"
 	@echo
 
-lesson-09-down: docker-tools ## Lesson 09: remove its containers, network, volume and the viewer
+lesson-09-down: docker-tools ## Lesson 09: remove its containers (the viewer and its ingest too), networks and volume
 	$(LESSON09_COMPOSE) down -v --remove-orphans
+
+lesson-10: lesson-10-image sandbox-image deploy/lesson10/.env ## Lesson 10: durable runs, a person approves run_python; edge on 127.0.0.1:8110 (LESSON10_PORT), two replicas, Postgres; returns once healthy
+	$(LESSON10_COMPOSE) up -d --wait
+	@echo
+	@echo "  Approvals page: http://127.0.0.1:$(LESSON10_PORT)/approvals   (open it after starting a run: the run sets its cookie)"
+	@echo "  Start a run that needs approval (offline, the model calls run_python):"
+	@echo "    curl -si -X POST http://127.0.0.1:$(LESSON10_PORT)/v1/runs -H 'Content-Type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo "  Kill a replica: docker compose -p lesson10 -f deploy/lesson10/compose.yaml kill -s SIGKILL agent1"
+	@echo "  Stop:  make lesson-10-down   (removes the containers, network, volume and sandboxes)"
+
+# Two random passwords the first time (the superuser's and the agent's), for Compose's ${...}.
+deploy/lesson10/.env:
+	@umask 077 && printf 'LESSON10_POSTGRES_PASSWORD=%s\nLESSON10_AGENT_PASSWORD=%s\n' \
+	  "$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > $@
+
+lesson-10-down: docker-tools ## Lesson 10: remove its containers, networks, Postgres volume and any sandbox it left
+	$(LESSON10_COMPOSE) down -v --remove-orphans
+	@docker ps -aq --filter label=agent-sandbox.owner=lesson10 | xargs -r docker rm -f >/dev/null
+
+durable-test: lesson-10-image $(VENV)/.installed ## Lesson 10 in containers: kill -9 a replica while a run waits, during a model call and while run_python runs; two replicas racing a decision; the approvals page in headless Chromium; down leaves nothing
+	@scripts/ensure-command.sh chromium chromium "the approvals page is checked in a real browser"
+	$(PY) -m pytest -m container tests/lesson_10 -v
 
 lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topics (TRACE_ALL=1: from the start)
 	$(LESSON07_COMPOSE) exec -e TRACE_ALL=$(TRACE_ALL) gateway python 07_event_agents.py trace
@@ -178,14 +225,15 @@ lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topic
 
 # The tests mostly wait (on servers, streams, timeouts), so more processes than cores still help.
 TEST_WORKERS ?= 4
-test: $(VENV)/.installed test-tools ## Run the test suite in TEST_WORKERS processes (installs the Python packages; needs redis-server and nginx: installs them as root, else says how)
+test: $(VENV)/.installed test-tools ## Run the test suite in TEST_WORKERS processes (installs the Python packages; needs redis-server, nginx and postgresql: installs them as root, else says how)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
-# The system commands `make test` needs: found on PATH or in /usr/sbin; installed when missing as
+# The system commands `make test` needs: found on PATH, in /usr/sbin or PostgreSQL's folder; installed when missing as
 # root, else the command that installs them is printed and make stops.
 test-tools:
 	@scripts/ensure-command.sh redis-server redis-server "the tests start a real Redis" "macOS: brew install redis"
 	@scripts/ensure-command.sh nginx nginx "a test puts nginx in front of the agent's stream" "macOS: brew install nginx"
+	@scripts/ensure-command.sh initdb postgresql "the tests start a real PostgreSQL" "macOS: brew install postgresql"
 	@# tests/lesson_03/test_compose.py reads the Compose files with both Composes: the v2 plugin where Docker runs.
 	@if docker info >/dev/null 2>&1; then scripts/docker-tools.sh >/dev/null || \
 	  echo "No Compose v2 (above: how to install it): tests/lesson_03/test_compose.py skips its 'docker compose' checks"; fi
@@ -203,10 +251,10 @@ compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v
 	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
 	$(PY) -m pytest -m container tests/lesson_03/test_compose.py -v
 
-sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite: fork/memory bombs, floods, escapes against real sandbox containers
+sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite under every runtime the daemon has (runc, gVisor), and egress attacks through the proxy
 	$(PY) -m pytest -m container tests/lesson_04 tests/lesson_02/test_sandbox_tool.py tests/repo/test_docs.py -v
 
-traces-test: docker-tools offline-images lesson-05-image $(VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot), down leaves nothing; lesson 05's worker containers in their run's trace
+traces-test: docker-tools offline-images lesson-05-image $(VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot); a caller's traceparent kept only when trusted; the agent's and lesson 05's worker containers can send spans, not read or delete them; down leaves nothing
 	@scripts/ensure-command.sh chromium chromium "the viewer is checked in a real browser"
 	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_09 -v
 
@@ -224,7 +272,7 @@ swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas
 pubsub-test: lesson-07-image $(VENV)/.installed ## Lesson 07 in containers: specialist killed twice under load, Redis restarted, dead letters, counts exact, down -v
 	$(PY) -m pytest -m container tests/lesson_07 -v
 
-mcp-test: lesson-08-images $(VENV)/.installed ## Lesson 08 in containers: on-demand tool server, limits, secrets, Docker guard, Compose v1 and v2, down leaves nothing
+mcp-test: lesson-08-images $(VENV)/.installed ## Lesson 08 in containers: on-demand tool servers, run_python's sandbox, limits, secrets, Docker guards, the challenge, Compose v1 and v2, down leaves nothing
 	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
 	$(PY) -m pytest -m container tests/lesson_08 -v
 
@@ -236,6 +284,9 @@ bench-api: $(VENV)/.installed ## Requests/s, latency and CPU per request of the 
 
 bench-tracing: $(VENV)/.installed ## CPU per request of the research agent: no tracing code vs tracing off vs on (batch export to a local collector)
 	BENCH_COMMAND="make $@" $(PY) -m bench.tracing
+
+bench-durable: $(VENV)/.installed test-tools ## Lesson 10: the Postgres checkpointer vs none (target <= 1.15x), restart -> resumed event p50/p99, 1,000 waiting runs' memory and connections
+	BENCH_COMMAND="make $@" $(PY) -m bench.durable
 
 bench-first-answer: ## Fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
 	@BENCH_COMMAND="make $@" $(PYTHON) -m bench.first_answer
@@ -260,7 +311,7 @@ sizes: build ## Table: image sizes against their floor, and where the optimized 
 context-size: docker-tools ## What the build contexts send to Docker once .dockerignore has filtered them
 	@scripts/context-size.sh
 
-bench-sandbox: sandbox-image $(VENV)/.installed ## Fresh and pooled sandbox runs vs a bare `docker run --rm` (and exec): one by one, 4 at once, 2/s sustained; p50/p95
+bench-sandbox: sandbox-image $(VENV)/.installed ## Fresh and pooled sandbox runs vs a bare `docker run --rm` (and exec); runsc vs runc; egress proxy vs direct
 	BENCH_COMMAND="make $@" $(PY) -m bench.sandbox
 
 bench-variations: lesson-05-image $(VENV)/.installed ## N = 1, 2, 4, 8 variations in containers vs in one process
@@ -284,7 +335,7 @@ measurements: ## The bench-results/*.json files as docs/measurements.md's tables
 build: docker-tools offline-images sandbox-image ## Build research-agent:basic, :multistage, :optimized and agent-sandbox:python (IMAGES=optimized: one research-agent image)
 	@scripts/build-images.sh $(IMAGES)
 
-offline-images: ## Make python:3.11-slim, redis:7 and haproxy:2.6 available: docker pull, else build stand-ins from Debian
+offline-images: ## Make python:3.11-slim, redis:7 and haproxy:2.6 available (postgres:15 only when named): docker pull, else build stand-ins from Debian
 	@scripts/offline-images.sh
 
 sandbox-image: docker-tools offline-images ## Build and smoke-test agent-sandbox:python, the image tools run code in
@@ -299,11 +350,20 @@ lesson-07-image: docker-tools offline-images
 	@scripts/build-images.sh optimized
 	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson07/Dockerfile --build-arg BASE_IMAGE=research-agent:optimized$(TAG_SUFFIX) -t $(LESSON07_IMAGE) .
 
+# Lesson 10's image: the research agent's optimized image (its lock has the Postgres checkpointer) plus
+# the lesson's files.
+lesson-10-image: docker-tools offline-images
+	@scripts/offline-images.sh postgres:15
+	@scripts/build-images.sh optimized
+	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson10/Dockerfile --build-arg BASE_IMAGE=research-agent:optimized$(TAG_SUFFIX) -t $(LESSON10_IMAGE) .
+
 # Lesson 08's images: the agent (the research agent's optimized image under its own tag, so a rebuild
-# elsewhere cannot change it under the lesson), the notes server and the gateway (one small lock).
-lesson-08-images: docker-tools offline-images
+# elsewhere cannot change it under the lesson), the notes and python servers and the gateway (one
+# small lock), and lesson 04's sandbox image, which the python server runs code in.
+lesson-08-images: docker-tools offline-images sandbox-image
 	@TAG_SUFFIX=-lesson08 scripts/build-images.sh optimized
 	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson08/Dockerfile --target notes -t lesson08-notes .
+	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson08/Dockerfile --target python -t lesson08-python .
 	DOCKER_BUILDKIT=1 docker build -q -f docker/lesson08/Dockerfile --target gateway -t lesson08-gateway .
 
 swarm-images: docker-tools
@@ -320,11 +380,14 @@ help: ## List the commands of the course, by group
 
 # Two hashed locks: requirements.txt, what the lessons run (`make lesson-01` installs only it), and
 # requirements-dev.txt, the same packages at the same versions plus the test, benchmark and lint tools.
-$(VENV)/.lessons: requirements.txt
+# Either step then installs the course's own packages, editable (scripts/install-venv.sh): the research
+# agent (research-agent/pyproject.toml) and the support and lesson packages (pyproject.toml).
+PACKAGES := pyproject.toml research-agent/pyproject.toml research-agent/build-requirements.txt
+$(VENV)/.lessons: requirements.txt $(PACKAGES)
 	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements.txt
 	@touch $@
 
-$(VENV)/.installed: requirements-dev.txt requirements.txt
+$(VENV)/.installed: requirements-dev.txt requirements.txt $(PACKAGES)
 	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements-dev.txt
 	@touch $@ $(VENV)/.lessons
 
@@ -332,6 +395,7 @@ install: $(VENV)/.installed ## Create .venv and install the pinned dependencies 
 
 lock: $(VENV)/.installed ## Re-pin research-agent/requirements.txt, requirements-dev.txt and requirements.txt after editing a .in file
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/requirements.in -o research-agent/requirements.txt
+	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 research-agent/build-requirements.in -o research-agent/build-requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements-dev.in -o requirements-dev.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements.in -c requirements-dev.txt -o requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 docker/lesson08/requirements.in -c requirements-dev.txt -o docker/lesson08/requirements.txt
@@ -339,6 +403,9 @@ lock: $(VENV)/.installed ## Re-pin research-agent/requirements.txt, requirements
 
 docs: $(VENV)/.installed ## Re-sync the code excerpts in docs/ from the files they quote
 	$(PY) scripts/docs_sync.py
+
+gvisor: ## Install gVisor (Debian's runsc) and register it with Docker as runtimes runsc (no network) and runsc-net (as root: reloads dockerd, never restarts it)
+	@scripts/gvisor.sh
 
 docker-tools: ## Check the buildx and Compose v2 CLI plugins, print their versions (installs them as root on Debian/Ubuntu)
 	@scripts/docker-tools.sh

@@ -17,6 +17,10 @@ What the include selects (paths are relative to the repository root):
     PATH#name           any other file (Dockerfile, YAML, Makefile): the lines between the comment
                         markers `# [start:name]` and `# [end:name]`, markers excluded
 
+The markers are for this script, not for the reader: a line that holds only a marker (`# [start:x]`,
+`// # [end:x]`) is left out of every excerpt, whatever it selects, so a whole file or a class that
+contains another excerpt's markers shows none of them.
+
 A diff between two such selections (a lesson step against the one before) works the same way:
 
     <!-- include-diff: code/01_basic_api.py#Agent code/01_production_api.py#Agent -->
@@ -45,6 +49,8 @@ DOCS = ROOT / "docs"
 INCLUDE = re.compile(r"^<!--\s*include:\s*(?P<spec>\S+)\s*-->\s*$")
 INCLUDE_DIFF = re.compile(r"^<!--\s*include-diff:\s*(?P<spec>\S+\s+\S+)\s*-->\s*$")
 FENCE = re.compile(r"^(?P<fence>`{3,})(?P<info>[^`]*)$")
+# A line that is only an include marker, after the comment leader of its file (#, //, --, ;).
+MARKER_LINE = re.compile(r"^\s*(?:(?://|--|;)\s*)?#\s*\[(?:start|end):[^\]\s]+\]\s*$")
 
 
 class IncludeError(Exception):
@@ -89,17 +95,22 @@ def find_excerpts(doc: Path) -> list[Excerpt]:
 
 
 def extract(spec: str, root: Path = ROOT) -> str:
-    """The text an include selects, without a trailing newline."""
+    """The text an include selects, without a trailing newline and without marker lines."""
     path_text, _, symbol = spec.partition("#")
     path = (root / path_text).resolve()
     if not path.is_file() or root.resolve() not in path.parents:
         raise IncludeError(f"{path_text}: no such file in the repository")
     source = path.read_text(encoding="utf-8")
     if not symbol:
-        return source.rstrip("\n")
+        return without_markers(source).rstrip("\n")
     if path.suffix == ".py" and not re.search(rf"#\s*\[start:{re.escape(symbol)}\]", source):
-        return _python_symbol(source, symbol, path_text)
-    return _marked_lines(source, symbol, path_text)
+        return without_markers(_python_symbol(source, symbol, path_text))
+    return without_markers(_marked_lines(source, symbol, path_text))
+
+
+def without_markers(text: str) -> str:
+    """The text without the lines that are only an include marker."""
+    return "\n".join(line for line in text.split("\n") if not MARKER_LINE.match(line))
 
 
 def extract_diff(spec: str, root: Path = ROOT) -> str:

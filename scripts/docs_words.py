@@ -1,11 +1,12 @@
 """Count the words of each lesson's core path: the prose above its `## Going further` heading.
 
-Usage: python scripts/docs_words.py [--limit N] [FILE...]   (default: docs/0*.md, limit 1500)
+Usage: python scripts/docs_words.py [--limit N] [FILE...]   (default: docs/NN-*.md, limit 1500)
 
-Prose is what a learner reads as text. Not counted: fenced code blocks, tables (lines that start
-with `|`), HTML comments (the include and expected-output markers) and `<details>` blocks (folded
-solutions). A lesson without a `## Going further` heading is all core path. Exits 1 when any lesson
-is over the limit, so `make test` fails on a core path that grew too long.
+Prose is what a learner reads as text, and a table is read like prose: every word of its cells
+counts (its `| --- |` row has none). Not counted: fenced code blocks, HTML comments (the include and
+expected-output markers) and `<details>` blocks (folded solutions). A lesson without a
+`## Going further` heading is all core path. Exits 1 when any lesson is over the limit, so
+`make test` fails on a core path that grew too long.
 """
 
 import argparse
@@ -15,8 +16,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 1500
+LESSON_GLOB = "[0-9][0-9]-*.md"  # docs/01-agent-api.md ... and whatever lesson comes next
 GOING_FURTHER = re.compile(r"^## Going further\s*$", re.MULTILINE)
 WORD = re.compile(r"[\w'’`.-]*\w[\w'’`.-]*")
+
+
+def lessons(root: Path = ROOT) -> list[Path]:
+    """Every lesson doc, in course order."""
+    return sorted((root / "docs").glob(LESSON_GLOB))
 
 
 def core_path(text: str) -> str:
@@ -38,8 +45,6 @@ def prose(markdown: str) -> str:
         if marker:
             fence = marker.group(1)
             continue
-        if stripped.startswith("|"):
-            continue
         kept.append(line)
     return "\n".join(kept)
 
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=LIMIT)
     parser.add_argument("files", nargs="*", type=Path)
     args = parser.parse_args(argv)
-    files = args.files or sorted((ROOT / "docs").glob("0*.md"))
+    files = args.files or lessons()
     over = []
     print(f"{'lesson':<34} {'core-path words':>15}  {'limit':>5}")
     for path in files:

@@ -8,11 +8,19 @@
 # platform, pip installs uv instead. INSTALLER=pip installs the whole lock with pip.
 # Either way every package must match a hash in the lock, or nothing is installed.
 #
+# Then the course's own packages, editable, so that lessons, tests and benchmarks import them by
+# name with no path set by hand: the research agent (research-agent/pyproject.toml) and the lessons'
+# packages (pyproject.toml). Their build backend comes from its own hashed lock
+# (research-agent/build-requirements.txt) and --no-deps leaves every dependency to the lock above.
+#
 # Usage: scripts/install-venv.sh PYTHON VENV LOCK
 set -euo pipefail
 python=$1 venv=$2 lock=$3
 installer=${INSTALLER:-uv}
 here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+build_lock=$root/research-agent/build-requirements.txt
+packages=(-e "$root/research-agent" -e "$root")
 
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
   { echo "Python 3.11 or newer is needed (found $python)" >&2; exit 1; }
@@ -20,7 +28,9 @@ echo "==> creating $venv and installing $lock with $installer"
 case $installer in
   pip)
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$lock" -r "$build_lock"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+      "${packages[@]}"
     ;;
   uv)
     "$python" -m venv --without-pip "$venv"
@@ -34,8 +44,11 @@ case $installer in
       exit $status
     fi
     # The system's CA store (a proxy's CA included) instead of uv's bundled one; no Python downloads.
-    UV_NATIVE_TLS=1 UV_PYTHON_DOWNLOADS=never \
-      "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --require-hashes -r "$lock"
+    export UV_NATIVE_TLS=1 UV_PYTHON_DOWNLOADS=never
+    "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --require-hashes \
+      -r "$lock" -r "$build_lock"
+    "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps --no-build-isolation \
+      "${packages[@]}"
     ;;
   *) echo "INSTALLER must be uv or pip, not $installer" >&2; exit 2 ;;
 esac

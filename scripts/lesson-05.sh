@@ -4,14 +4,14 @@
 #
 # Usage: scripts/lesson-05.sh up      create them (or reuse them), print REDIS_URL=... lines
 #        scripts/lesson-05.sh serve   up, then run code/05_variations_api.py in the foreground
-#        scripts/lesson-05.sh down    remove the workers, Redis and the network (disconnect the viewer)
+#        scripts/lesson-05.sh down    remove the workers, Redis and the network (disconnect the ingest)
 # Env:   NAME          prefix of everything created (default lesson-05; the tests use their own)
 #        WORKER_IMAGE  the image the workers run (default research-agent:lesson-05)
 #        REDIS_PORT    Redis's loopback port (default: a free one, kept across restarts)
 #        PYTHON        the Python with the course's requirements (default .venv/bin/python)
-#        TRACES        1: `up` connects lesson 09's trace viewer (`make lesson-09`) to the network
+#        TRACES        1: `up` connects lesson 09's trace ingest (`make lesson-09`) to the network
 #                      and prints the API's and the workers' OTLP endpoints (docs/09-traces.md)
-#        VIEWER_PROJECT  the Compose project of that viewer (default lesson09)
+#        VIEWER_PROJECT  the Compose project of lesson 09 (default lesson09)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${NAME:-lesson-05}
@@ -19,41 +19,48 @@ redis=$name-redis
 python=${PYTHON:-.venv/bin/python}
 labels=(--label ai-course.role=lesson-05-redis --label "ai-course.deployment=$name")
 
-viewer_address() {
+address_on_network() {
   docker inspect -f "{{with index .NetworkSettings.Networks \"$name\"}}{{.IPAddress}}{{end}}" "$1"
 }
 
-# TRACES=1: lesson 09's viewer, or stop before anything is created.
+# One service of lesson 09's Compose project: its container id, or nothing.
+lesson09_service() {
+  docker ps -q --filter "label=com.docker.compose.project=${VIEWER_PROJECT:-lesson09}" \
+    --filter "label=com.docker.compose.service=$1" | head -n1
+}
+
+# TRACES=1: lesson 09's viewer and its ingest, or stop before anything is created.
 find_viewer() {
-  viewer=$(docker ps -q --filter "label=com.docker.compose.project=${VIEWER_PROJECT:-lesson09}" \
-    --filter label=com.docker.compose.service=viewer | head -n1)
-  if [ -z "$viewer" ]; then
+  viewer=$(lesson09_service viewer)
+  ingest=$(lesson09_service ingest)
+  if [ -z "$viewer" ] || [ -z "$ingest" ]; then
     echo "TRACES=1: lesson 09's trace viewer is not running. Start it with \`make lesson-09\`," >&2
     echo "then run this again." >&2
     exit 1
   fi
 }
 
-# The viewer joins this network: the API runs on the host and sends to the viewer's loopback
-# port, but a worker's 127.0.0.1 is its own container, so workers send to the viewer's address
-# here. The same on Docker Engine and Docker Desktop: no host address is involved.
+# The API runs on this machine and sends to the viewer's loopback port (the viewer is yours). The
+# workers are treated as hostile: they get lesson 09's ingest, which takes spans and nothing else
+# (deploy/lesson09/ingest.cfg), connected to this network; the viewer itself is on a network of
+# its own that no worker joins. No host address is involved: the same on Docker Engine and Desktop.
 traces() {
-  local viewer_name ip published
-  viewer_name=$(docker inspect -f '{{.Name}}' "$viewer")
-  viewer_name=${viewer_name#/}
-  ip=$(viewer_address "$viewer")
+  local ingest_name ip published
+  ingest_name=$(docker inspect -f '{{.Name}}' "$ingest")
+  ingest_name=${ingest_name#/}
+  ip=$(address_on_network "$ingest")
   if [ -z "$ip" ]; then
-    docker network connect --alias "$name-viewer" "$name" "$viewer"
-    ip=$(viewer_address "$viewer")
-    echo "connected lesson 09's viewer ($viewer_name) to the network $name at $ip" >&2
+    docker network connect --alias "$name-ingest" "$name" "$ingest"
+    ip=$(address_on_network "$ingest")
+    echo "connected lesson 09's trace ingest ($ingest_name) to the network $name at $ip" >&2
   fi
   published=$(docker port "$viewer" 6006/tcp | head -n1 | sed 's/^0\.0\.0\.0:/127.0.0.1:/')
   if [ -z "$published" ]; then
-    echo "TRACES=1: the viewer ($viewer_name) publishes no port 6006 on this machine" >&2
+    echo "TRACES=1: lesson 09's viewer publishes no port 6006 on this machine" >&2
     exit 1
   fi
   echo "OTEL_EXPORTER_OTLP_ENDPOINT=http://$published"
-  echo "WORKER_OTEL_EXPORTER_OTLP_ENDPOINT=http://$ip:6006"
+  echo "WORKER_OTEL_EXPORTER_OTLP_ENDPOINT=http://$ip:4318"
   # Spans leave in batches: half a second keeps the viewer close to live (the SDK's default is 5 s).
   echo "OTEL_BSP_SCHEDULE_DELAY=${OTEL_BSP_SCHEDULE_DELAY:-500}"
 }
@@ -69,16 +76,19 @@ up() {
     docker rm -f -v "$redis" >/dev/null 2>&1 || true
     (umask 077 && mkdir -p "${secret%/*}" && "$python" -c 'import secrets
 print(secrets.token_hex(24))' >"$secret")
-    # `default` off, the API's user without CONFIG, MONITOR, FLUSHALL... (code/variations/redis_access.py)
-    mapfile -t acl < <("$python" code/variations/redis_access.py server-args <"$secret")
+    # `default` off, the API's user without CONFIG, MONITOR, FLUSHALL..., and the memory limits
+    # (code/lesson05/redis_access.py)
+    mapfile -t acl < <("$python" -m lesson05.redis_access server-args <"$secret")
     # A fixed loopback port, so that a restart (the policy below, or `docker restart`) brings
-    # Redis back where the API looks; AOF, so that the runs going are back with it.
+    # Redis back where the API looks; AOF, so that the runs going are back with it. Redis keeps to
+    # its maxmemory (256 MB, in those arguments); the container's limit is twice that, for client
+    # buffers, scripts and the copy-on-write of an AOF rewrite, so it is Redis that says no first.
     port=${REDIS_PORT:-$("$python" -c 'import socket
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])')}
     docker run -d --name "$redis" --network "$name" "${labels[@]}" --restart unless-stopped \
-      -p "127.0.0.1:$port:6379" redis:7 \
+      --memory 512m --memory-swap 512m -p "127.0.0.1:$port:6379" redis:7 \
       redis-server --save '' --appendonly yes --appendfsync everysec "${acl[@]}" >/dev/null
   fi
   docker start "$redis" >/dev/null
@@ -105,7 +115,7 @@ down() {
   ids=$(docker ps -aq --filter "label=ai-course.deployment=$name")
   [ -z "$ids" ] || xargs docker rm -f -v <<<"$ids" >/dev/null
   # A network cannot be removed while a container is connected: what `up` connected and does not
-  # own (lesson 09's viewer) is disconnected, and goes on running.
+  # own (lesson 09's ingest) is disconnected, and goes on running.
   for other in $(docker network inspect -f '{{range .Containers}}{{.Name}} {{end}}' "$name" 2>/dev/null); do
     docker network disconnect -f "$name" "$other" >/dev/null &&
       echo "disconnected $other from the network $name"
@@ -129,7 +139,7 @@ case ${1:-} in
     echo "  API docs:  http://${HOST:-127.0.0.1}:${PORT:-8000}/docs"
     if [ "${TRACES:-}" = 1 ]; then
       echo "  Traces:    the API sends to $OTEL_EXPORTER_OTLP_ENDPOINT (lesson 09's viewer: open it there),"
-      echo "             the workers to $WORKER_OTEL_EXPORTER_OTLP_ENDPOINT (the viewer on the network $name)"
+      echo "             the workers to $WORKER_OTEL_EXPORTER_OTLP_ENDPOINT (its write-only ingest, on $name)"
     fi
     echo "  Stop all:  make lesson-05-down   (removes Redis, the network and any worker container)"
     echo

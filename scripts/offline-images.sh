@@ -8,8 +8,9 @@
 #   docker image inspect python:3.11-slim --format '{{json .Config.Labels}}'
 #
 # Usage: scripts/offline-images.sh [--force] [IMAGE...]
-#   IMAGE   python:3.11-slim, redis:7, haproxy:2.6 (default: all three; haproxy is the
-#           research agent's Compose edge and lesson 06's balancer)
+#   IMAGE   python:3.11-slim, redis:7, haproxy:2.6, postgres:15 (default: the first three; haproxy
+#           is the research agent's Compose edge and lesson 06's balancer; postgres:15, lesson 10's
+#           database, only when named: its stand-in takes minutes to build and only lesson 10 needs it)
 #   --force pull or build again even if the image already exists
 # Env: PULL_TIMEOUT (seconds, default 20), HOST_CA_BUNDLE (CA bundle copied into
 #      the python stand-in, default /etc/ssl/certs/ca-certificates.crt).
@@ -104,12 +105,43 @@ build_redis() {
       - redis:7
 }
 
+# Debian bookworm's PostgreSQL is 15, the major version the official postgres:15 image carries.
+# The postgresql-common package would create a cluster at install time: the entrypoint makes one on
+# first start instead, in the volume (docker/offline/postgres-entrypoint.sh).
+# `docker import` cannot set the official image's STOPSIGNAL SIGINT (PostgreSQL's fast shutdown;
+# SIGTERM is its smart one, which waits for every client to leave): a one-line build on top does.
+build_postgres() {
+  local rootfs=offline-stand-in:postgres-rootfs-$$
+  # shellcheck disable=SC2016 # $1 is the hook's argument: mmdebstrap's shell expands it
+  mmdebstrap "${mm_common[@]}" \
+    --include=postgresql-15 \
+    --essential-hook='mkdir -p "$1/etc/postgresql-common/createcluster.d" && echo "create_main_cluster = false" >"$1/etc/postgresql-common/createcluster.d/offline-stand-in.conf"' \
+    --customize-hook="\"$hooks/postgres-hook.sh\" \"\$1\"" \
+    bookworm - "${mirrors[@]}" |
+    docker import \
+      --change "$label" \
+      --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/15/bin' \
+      --change 'ENV PG_MAJOR=15' \
+      --change 'ENV LANG=C.UTF-8' \
+      --change 'ENV PGDATA=/var/lib/postgresql/data' \
+      --change 'VOLUME /var/lib/postgresql/data' \
+      --change 'EXPOSE 5432' \
+      --change 'ENTRYPOINT ["docker-entrypoint.sh"]' \
+      --change 'CMD ["postgres"]' \
+      - "$rootfs" || return
+  printf 'FROM %s\nSTOPSIGNAL SIGINT\n' "$rootfs" | DOCKER_BUILDKIT=1 docker build -q -t postgres:15 -
+  local built=$?
+  docker rmi "$rootfs"
+  return $built
+}
+
 for image in "${images[@]}"; do
   case $image in
     python:3.11-slim) builder=build_python ;;
     redis:7) builder=build_redis ;;
     haproxy:2.6) builder=build_haproxy ;;
-    *) echo "unknown image: $image (known: python:3.11-slim redis:7 haproxy:2.6)" >&2; exit 2 ;;
+    postgres:15) builder=build_postgres ;;
+    *) echo "unknown image: $image (known: python:3.11-slim redis:7 haproxy:2.6 postgres:15)" >&2; exit 2 ;;
   esac
   if [ $force = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
     what=$(docker image inspect "$image" --format '{{index .Config.Labels "org.opencontainers.image.description"}}')

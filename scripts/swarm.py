@@ -61,6 +61,20 @@ def join_swarm_if_needed(client: docker.DockerClient) -> bool:
     return True
 
 
+def containers_named_on_networks(client: docker.DockerClient) -> list[str]:
+    """The running containers, other than Swarm's tasks, that find each other by name: those on a
+    network of their own (a Compose project's, say). Docker's DNS stops answering for them once the
+    engine leaves Swarm, until they restart."""
+    named = []
+    for container in client.containers.list():
+        if "com.docker.swarm.task.id" in container.labels:
+            continue
+        networks = container.attrs["NetworkSettings"]["Networks"] or {}
+        if set(networks) - {"bridge", "host", "none", "docker_gwbridge"}:
+            named.append(container.name)
+    return sorted(named)
+
+
 def leave_swarm_if_joined(client: docker.DockerClient) -> str:
     """Leave Swarm if the course joined it and no service is left; say what was done."""
     if not swarm_active(client):
@@ -72,6 +86,14 @@ def leave_swarm_if_joined(client: docker.DockerClient) -> str:
     services = [s.name for s in client.services.list()]
     if services:
         return f"Swarm stays: other services still run ({', '.join(sorted(services))})"
+    named = containers_named_on_networks(client)
+    if named:
+        listed = ", ".join(named[:5]) + (", …" if len(named) > 5 else "")
+        return (
+            f"Swarm stays: leaving it would take the DNS names of {len(named)} running"
+            f" container(s) on their networks ({listed}; a Docker bug, moby/moby#45144)."
+            " Once they are stopped: docker swarm leave --force"
+        )
     client.swarm.leave(force=True)
     # `swarm init` created docker_gwbridge when the first task started; `leave` keeps it.
     if joined == "new":
