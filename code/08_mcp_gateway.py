@@ -139,12 +139,15 @@ def build_gateway(settings: Settings):
                     client = sessions[entry.name] = Client(transport, message_handler=changed)
                     await client.__aenter__()
                     cancel_when_abandoned(client.session)
-            launcher.touch(entry)
+                launcher.touch(entry)
             return client
 
-        async def reset(entry=entry, lock=lock) -> bool:
-            """Close the kept session (its server stopped): the next use opens a new one."""
+        async def reset(entry=entry, lock=lock, idle=False) -> bool:
+            """Close the kept session (its server stopped, or with `idle`, about to be stopped
+            as idle): the next use opens a new one."""
             async with lock:
+                if idle and not launcher.idle(entry, time.monotonic()):
+                    return False  # used since the sweep looked: kept
                 client = sessions.pop(entry.name, None)
             if client is not None:
                 with contextlib.suppress(Exception):  # the server is gone: nothing to tell it
@@ -161,6 +164,11 @@ def build_gateway(settings: Settings):
         )
         gateway.add_provider(changed.provider)
     return gateway, catalog, pins, launcher, providers
+
+
+def repin_seconds(settings: Settings) -> float:
+    """How long a re-pin's listing may take: a server's start, then a call's time."""
+    return DockerLauncher.START_SECONDS + settings.GATEWAY_CALL_TIMEOUT_SECONDS
 
 
 def is_operator(settings: Settings, request: Request) -> bool:
@@ -196,8 +204,11 @@ def build_app(settings: Settings):
             message = f"No server {request.path_params['server'][:64]!r} in the catalog."
             return JSONResponse(error_body("not_found", message), status_code=404)
         pins.repin(provider.server)
-        try:
-            await provider._list_tools()  # pinned again now, from what the server declares
+        try:  # pinned again now, from what the server declares (started first if it is not up)
+            await asyncio.wait_for(provider._list_tools(), timeout=repin_seconds(settings))
+        except TimeoutError:
+            message = "Pins removed; the server did not list its tools in time."
+            return JSONResponse(error_body("timeout", message), status_code=504)
         except Exception as exc:  # not running and cannot start: pinned at its next listing
             message = f"Pins removed; the server did not answer ({type(exc).__name__})."
             return JSONResponse(error_body("upstream_unavailable", message), status_code=502)
@@ -247,12 +258,10 @@ async def idle_sweep(catalog, launcher, providers, every: float):
     starts the container again) instead of failing on a dead one."""
 
     async def sweep():
-        now = time.monotonic()
         for entry in catalog.servers:
-            used = launcher.last_used.get(entry.name)
-            if entry.image and used is not None and now - used > entry.idle_seconds:
-                await providers[entry.name].reset()
-        await asyncio.to_thread(launcher.stop_idle, catalog, now)
+            if launcher.idle(entry, time.monotonic()):
+                await providers[entry.name].reset(idle=True)
+                await launcher.retire(entry)
 
     async def loop():
         while True:
@@ -295,7 +304,9 @@ def repin_on_the_running_gateway(settings: Settings, server: str) -> int:
         token = settings.GATEWAY_OPERATOR_TOKEN_FILE.read_text().strip()
     try:
         answer = httpx.post(
-            f"{url}/pins/{server}/repin", headers={"Authorization": f"Bearer {token}"}, timeout=60
+            f"{url}/pins/{server}/repin",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=repin_seconds(settings) + 15,  # the gateway answers 504 first
         )
     except httpx.HTTPError as exc:
         print(f"no gateway answered at {url} ({type(exc).__name__}): is it running?")

@@ -93,8 +93,7 @@ class DockerLauncher:
         )
 
     async def url_for(self, entry) -> str:
-        lock = self._locks.setdefault(entry.name, asyncio.Lock())
-        async with lock:  # two first calls at once start one container
+        async with self._lock(entry):  # two first calls at once start one container
             url = f"http://{self.name(entry)}:{entry.port}"
             if not await self._healthy(url, wait=0):
                 await asyncio.to_thread(self._start, entry)
@@ -105,6 +104,19 @@ class DockerLauncher:
 
     def touch(self, entry) -> None:
         self.last_used[entry.name] = time.monotonic()
+
+    def _lock(self, entry) -> asyncio.Lock:
+        return self._locks.setdefault(entry.name, asyncio.Lock())
+
+    async def retire(self, entry) -> bool:
+        """The idle sweep's stop: checked and done under the lock url_for takes, so a first use
+        meanwhile waits and then starts a new container, instead of opening a session to the one
+        being removed (whose requests would then wait for an answer that never comes)."""
+        async with self._lock(entry):
+            if not self.idle(entry, time.monotonic()):
+                return False  # used since the sweep looked
+            await asyncio.to_thread(self.stop, entry)
+        return True
 
     def _start(self, entry) -> None:
         import docker
@@ -132,22 +144,27 @@ class DockerLauncher:
                     return False
                 await asyncio.sleep(0.1)
 
+    def idle(self, entry, now: float) -> bool:
+        """Started by this gateway, and unused for longer than the entry's idle_seconds."""
+        used = self.last_used.get(entry.name)
+        return bool(entry.image) and used is not None and now - used > entry.idle_seconds
+
+    def stop(self, entry) -> None:
+        """Remove the entry's containers (the next use starts one again)."""
+        for c in self.client.containers.list(
+            all=True, filters={"label": [f"{LABEL}={entry.name}", f"{OWNER_LABEL}={self.owner}"]}
+        ):
+            c.remove(force=True)
+        self.last_used.pop(entry.name, None)
+        logger.info(f'{{"event": "server_stopped_idle", "server": "{entry.name}"}}')
+
     def stop_idle(self, catalog, now: float | None = None) -> list[str]:
         """Stop and remove the containers idle longer than their entry's idle_seconds."""
         now = time.monotonic() if now is None else now
-        stopped = []
-        for entry in catalog.servers:
-            used = self.last_used.get(entry.name)
-            if entry.image and used is not None and now - used > entry.idle_seconds:
-                for c in self.client.containers.list(
-                    all=True,
-                    filters={"label": [f"{LABEL}={entry.name}", f"{OWNER_LABEL}={self.owner}"]},
-                ):
-                    c.remove(force=True)
-                self.last_used.pop(entry.name, None)
-                stopped.append(entry.name)
-                logger.info(f'{{"event": "server_stopped_idle", "server": "{entry.name}"}}')
-        return stopped
+        idle = [entry for entry in catalog.servers if self.idle(entry, now)]
+        for entry in idle:
+            self.stop(entry)
+        return [entry.name for entry in idle]
 
     async def close(self) -> None:
         """Remove every container this gateway started (on shutdown)."""

@@ -1,5 +1,11 @@
 """What the gateway asks Docker for when it starts a tool server (no Docker needed to check)."""
 
+import asyncio
+import threading
+import time
+
+import docker
+
 from lesson08.catalog import Catalog, ServerEntry
 from lesson08.launcher import OWNER_LABEL, DockerLauncher, container_environment
 
@@ -54,3 +60,69 @@ def test_idle_servers_are_stopped_and_used_ones_kept():
     assert launcher.stop_idle(catalog, now=112.0) == ["search"]
     assert removed == ["lesson08.server=search"]
     assert "busy" in launcher.last_used
+
+
+class SlowlyRemovedServer:
+    """A Docker client with one running server whose removal takes until `release` is set, and a
+    `_healthy` that answers while a container runs."""
+
+    def __init__(self):
+        self.events, self.running = [], True
+        self.removing, self.release = threading.Event(), threading.Event()
+        self.containers = self
+
+    def list(self, all, filters):
+        return [self] if self.running else []
+
+    def remove(self, force):
+        self.events.append("removing")
+        self.removing.set()
+        assert self.release.wait(10)
+        self.running = False
+        self.events.append("removed")
+
+    def get(self, name):
+        raise docker.errors.NotFound("no such container")
+
+    def run(self, **kwargs):
+        self.events.append("started")
+        self.running = True
+
+    async def healthy(self, url, wait):
+        return self.running
+
+
+def test_a_first_use_during_the_idle_stop_waits_for_it_and_gets_a_new_container():
+    """The CI failure behind this: the sweep had decided to remove an idle server and was removing
+    it when a re-pin's listing asked for it; the old container still answered /health, the listing
+    was sent to it, the container went, and the listing waited for an answer until the operator's
+    client gave up. The stop is now checked and done under the lock a first use takes."""
+    server = SlowlyRemovedServer()
+    launcher = DockerLauncher(owner="lesson08", network="n", internet_network=None, client=server)
+    launcher._healthy = server.healthy
+    notes = entry(idle_seconds=3)
+
+    async def scenario():
+        launcher.last_used["search"] = time.monotonic() - 10
+        retire = asyncio.create_task(launcher.retire(notes))
+        assert await asyncio.to_thread(server.removing.wait, 10)
+        use = asyncio.create_task(launcher.url_for(notes))
+        await asyncio.sleep(0.3)
+        assert not use.done(), "a first use got the container being removed"
+        server.release.set()
+        assert await retire
+        return await use
+
+    assert asyncio.run(scenario()) == "http://lesson08-search:8000/mcp"
+    assert server.events == ["removing", "removed", "started"]
+
+
+def test_the_sweep_keeps_a_server_used_since_it_looked():
+    server = SlowlyRemovedServer()
+    launcher = DockerLauncher(owner="lesson08", network="n", internet_network=None, client=server)
+    notes = entry(idle_seconds=3)
+    launcher.last_used["search"] = time.monotonic() - 10
+    assert launcher.idle(notes, time.monotonic())
+    launcher.touch(notes)  # a call, between the sweep's look and its stop
+    assert asyncio.run(launcher.retire(notes)) is False
+    assert server.events == [] and "search" in launcher.last_used
