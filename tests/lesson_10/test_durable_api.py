@@ -61,3 +61,20 @@ def test_a_rejected_call_never_runs_and_the_model_reads_why(api, engine, sandbox
     assert "not today" in done["answer"]
     assert starts.per("agent-sandbox.key") == {}
     assert state(api, run_id, token)["pending"] is None
+
+
+def test_a_call_nobody_decides_on_ends_the_run_as_expired(api_factory, sandbox_starts):
+    """APPROVAL_TIMEOUT_SECONDS: a run waits that long for a person, then ends with an event that
+    says why; its call never runs, and a decision that comes later is a conflict."""
+    starts = sandbox_starts()
+    api = api_factory(APPROVAL_TIMEOUT_SECONDS=2).start()
+    run_id, token = start_run(api)
+    pending = wait_state(api, run_id, token, "waiting_for_approval")["pending"]
+    ended = wait_state(api, run_id, token, "expired", timeout=60)
+    assert ended["pending"] is None and not ended.get("answer")
+    stream = events(api, run_id, token)
+    assert [e["type"] for e in stream][-2:] == ["approval_required", "approval_expired"]
+    assert "no decision within 2 s" in stream[-1]["message"]
+    r = decide(api, run_id, token, call_id=pending["call_id"], decision="approve")
+    assert r.status_code == 409, r.text
+    assert starts.per("agent-sandbox.key") == {}
