@@ -114,7 +114,7 @@ class SandboxRunner:
         """The runtimes this runner's containers use, which the daemon must offer."""
         return [self.config.runtime] if self.config.runtime else []
 
-    def create(
+    def container_spec(
         self,
         timeout: float,
         request_id: str,
@@ -126,13 +126,11 @@ class SandboxRunner:
         environment: dict[str, str] | None = None,
         mounts: list | None = None,
         labels: dict[str, str] | None = None,
-        keep_as: str | None = None,
-    ):
-        """A container, not started, for one run of up to `timeout` s as `uid`. Its watchdog
-        waits `idle` s for the run's first line (by default until the run would have ended).
-        No network unless one is named (egress, sandbox_egress.py, names one, and what goes with
-        it: the runtime, the proxy's address and the CAs to trust). `keep_as`: its name, and it
-        is kept with its output after it exits (lesson 10)."""
+    ) -> dict:
+        """The container for one run of up to `timeout` s as `uid`, as create_container's
+        arguments. Its watchdog waits `idle` s for the run's first line (by default until the
+        run would have ended). No network unless one is named (egress, sandbox_egress.py, names
+        one, and what goes with it: the runtime, the proxy's address and the CAs to trust)."""
         c = self.config
         ends = timeout + WATCHDOG_GRACE_SECONDS
         idle = ends if idle is None else idle
@@ -156,30 +154,34 @@ class SandboxRunner:
             auto_remove=True,
         )
         host_config["MaskedPaths"] = MASKED_PATHS  # the SDK has no argument for it
-        if keep_as:
-            keep(host_config)
+        return {
+            "image": c.image,
+            # PID 1 is the watchdog (sandbox_init.py); the run's deadline, then its program,
+            # arrive on stdin: no file to mount, no shell.
+            "command": ["python", "-I", "-c", WATCHDOG, f"{idle:g}"],
+            "stdin_open": True,
+            "user": f"{uid}:{uid}",
+            "environment": environment or None,
+            "host_config": host_config,
+            "labels": {
+                f"{LABEL}.owner": c.owner,
+                f"{LABEL}.request-id": request_id,
+                f"{LABEL}.expires": str(int(time.time() + idle + ends + EXPIRY_GRACE_SECONDS)),
+                **(labels or {}),
+            },
+        }
+
+    def create(self, timeout: float, request_id: str, uid: int, idle: float | None = None):
+        """A container, not started, for one run (container_spec's)."""
+        return self.create_from(self.container_spec(timeout, request_id, uid, idle))
+
+    def create_from(self, spec: dict):
+        """Create the container `spec` describes; Docker's errors become SandboxUnavailable."""
         try:
-            created = self.client.api.create_container(
-                c.image,
-                # PID 1 is the watchdog (sandbox_init.py); the run's deadline, then its program,
-                # arrive on stdin: no file to mount, no shell.
-                ["python", "-I", "-c", WATCHDOG, f"{idle:g}"],
-                stdin_open=True,
-                user=f"{uid}:{uid}",
-                environment=environment or None,
-                host_config=host_config,
-                labels={
-                    f"{LABEL}.owner": c.owner,
-                    f"{LABEL}.request-id": request_id,
-                    f"{LABEL}.expires": str(int(time.time() + idle + ends + EXPIRY_GRACE_SECONDS)),
-                    **({f"{LABEL}.key": keep_as} if keep_as else {}),
-                    **(labels or {}),
-                },
-                name=keep_as,
-            )
+            created = self.client.api.create_container(**spec)
         except ImageNotFound as exc:
             raise SandboxUnavailable(
-                f"the sandbox image {c.image} is missing: build it with `make build`"
+                f"the sandbox image {self.config.image} is missing: build it with `make build`"
             ) from exc
         except DOCKER_ERRORS as exc:
             raise SandboxUnavailable(f"cannot create a sandbox container: {exc}") from exc
@@ -277,13 +279,6 @@ class SandboxRunner:
         """Close the Docker client: call it once no run is going."""
         if self._client is not None:
             self._client.close()
-
-
-def keep(host_config: dict) -> None:
-    """A container that outlives the process reading it (durable/idempotent.py): the engine
-    keeps it and a bounded copy of its output after it exits, for whoever continues the run."""
-    host_config["AutoRemove"] = False
-    host_config["LogConfig"] = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}}
 
 
 def kill(container) -> None:

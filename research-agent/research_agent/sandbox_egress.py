@@ -207,13 +207,13 @@ class EgressRunner(QueuedRunner):
         runtime = self.config.runtime_for(network=self.gateway is not None)
         return [runtime] if runtime else []
 
-    def create(self, timeout, request_id, uid, idle=None, **options):
+    def container_spec(self, timeout, request_id, uid, idle=None, **options) -> dict:
         if self.gateway is None:
-            return super().create(timeout, request_id, uid, idle, **options)
+            return super().container_spec(timeout, request_id, uid, idle, **options)
         self.gateway.start()
         run = self.gateway.new_run(request_id)
         pooled = request_id == POOL_REQUEST_ID
-        container = super().create(
+        spec = super().container_spec(
             timeout, request_id, uid, idle,
             # A pooled container waits with no network, and gets one when a run takes it.
             network="none" if pooled else self.gateway.network.name,
@@ -224,7 +224,7 @@ class EgressRunner(QueuedRunner):
         )  # fmt: skip
         if not pooled:
             logger.info("run %s: egress as %s", request_id, run)
-        return container
+        return spec
 
     def prepare_taken(self, container, request_id: str) -> None:
         super().prepare_taken(container, request_id)

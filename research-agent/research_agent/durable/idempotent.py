@@ -20,6 +20,7 @@ from langchain_core.tools import BaseTool, ToolException, tool
 
 from ..sandbox import (
     DOCKER_ERRORS,
+    LABEL,
     WATCHDOG_GRACE_SECONDS,
     RunResult,
     SandboxError,
@@ -58,7 +59,7 @@ class KeyedSandbox:
         try:
             if container is None:
                 try:
-                    container = self.runner.create(timeout, request_id, uid, keep_as=name)
+                    container = self.runner.create_from(self.kept(name, timeout, request_id, uid))
                 except SandboxError as exc:
                     if not isinstance(exc.__cause__, APIError) or exc.__cause__.status_code != 409:
                         raise
@@ -68,6 +69,19 @@ class KeyedSandbox:
             raise SandboxError(f"the sandbox container failed: {exc}") from exc
         finally:
             self.runner.free_uid(uid)
+
+    def kept(self, name: str, timeout: float, request_id: str, uid: int) -> dict:
+        """The runner's container for one run, named by the key (a second create of the name
+        fails) and kept by the engine with a bounded copy of its output after it exits, for
+        whoever continues the run."""
+        spec = self.runner.container_spec(timeout, request_id, uid)
+        spec["name"], spec["labels"][f"{LABEL}.key"] = name, name
+        spec["host_config"]["AutoRemove"] = False
+        spec["host_config"]["LogConfig"] = {
+            "Type": "json-file",
+            "Config": {"max-size": "1m", "max-file": "1"},
+        }
+        return spec
 
     def _finish(self, container, code: str, timeout: float) -> RunResult:
         """Start it if nobody did, send the code, wait for its end, read its kept output."""
