@@ -2,7 +2,7 @@
 
 import pytest
 
-from research_agent.deps import get_agent
+from research_agent.api import get_agent
 from research_agent.errors import UpstreamError, UpstreamTimeoutError
 from research_agent.models import MAX_QUERY_CHARS
 from tests.support.errors import assert_error
@@ -97,10 +97,10 @@ class FailingAgent:
     def __init__(self, exc: Exception):
         self.exc = exc
 
-    async def research(self, query, used=None):
+    async def research(self, query, callbacks=()):
         raise self.exc
 
-    async def stream(self, query, used=None):
+    async def stream(self, query, callbacks=()):
         yield "token", {"text": "partial "}
         raise self.exc
 
