@@ -86,7 +86,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     # the agent with the service's tools and middleware, build_agent), the offline model and its
     # prompt, the local search over the bundled notes.
     "Settings": ("settings", None),
-    "BUNDLED_NOTES_DIR": ("config", None),
+    "BUNDLED_NOTES_DIR": ("schemas", None),
     "ResearchAgent": ("agent", None),
     "build_agent": ("tools", None),
     "OfflineResearchModel": ("offline_model", None),

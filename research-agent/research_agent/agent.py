@@ -24,9 +24,9 @@ from langchain_core.messages import (
 from langchain_core.tools import BaseTool
 from langgraph.errors import GraphBubbleUp
 
-from .config import AgentSettings
 from .errors import UpstreamError, UpstreamTimeoutError, as_app_error
 from .offline_model import OfflineResearchModel
+from .schemas import AgentSettings
 from .search import format_results, make_search_tool
 
 logger = logging.getLogger(__name__)

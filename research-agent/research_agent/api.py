@@ -10,9 +10,15 @@ from fastapi import APIRouter, Depends, Request, Response
 from sse_starlette import EventSourceResponse
 
 from .agent import ResearchAgent
-from .config import AgentSettings
 from .errors import NotReadyError, responses
-from .models import HealthResponse, ReadyResponse, ResearchRequest, ResearchResponse, StreamEvent
+from .schemas import (
+    AgentSettings,
+    HealthResponse,
+    ReadyResponse,
+    ResearchRequest,
+    ResearchResponse,
+    StreamEvent,
+)
 from .service import ResearchService
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from langchain_core.tools import BaseTool, StructuredTool
 from rank_bm25 import BM25Okapi
 
-from .config import AgentSettings
+from .schemas import AgentSettings
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from sse_starlette import ServerSentEvent
 
 from .agent import ResearchAgent
 from .errors import INTERNAL_ERROR, AppError, app_error_body, error_body
-from .models import ResearchResponse
+from .schemas import ResearchResponse
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Every setting of the service, read from environment variables in one class, `Settings`.
 
-Lesson 02's core reads the agent's own (research_agent/config.py, AgentSettings). Each later layer
+Lesson 02's core reads the agent's own (research_agent/schemas.py, AgentSettings). Each later layer
 adds its group here, named after the module that reads it; `Settings` is all of them together, the
 one class the service (research_agent/app.py) reads.
 """
@@ -14,7 +14,7 @@ from limits import parse as parse_limit
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .config import AgentSettings
+from .schemas import AgentSettings
 
 ENV = SettingsConfigDict(env_ignore_empty=True)  # VAR= (as in .env.example) means the default
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from research_agent.app import create_app
-from research_agent.config import REPO_DOCS_DIR
+from research_agent.schemas import REPO_DOCS_DIR
 from research_agent.search import _slug, split_sections
 from research_agent.settings import Settings
 from support.lessons import AGENT_DIR

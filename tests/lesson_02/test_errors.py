@@ -4,7 +4,7 @@ import pytest
 
 from research_agent.api import get_agent
 from research_agent.errors import UpstreamError, UpstreamTimeoutError
-from research_agent.models import MAX_QUERY_CHARS
+from research_agent.schemas import MAX_QUERY_CHARS
 from tests.support.errors import assert_error
 from tests.support.sse import json_events, parse_sse
 
