@@ -23,7 +23,7 @@ import httpx
 from fastmcp import Client
 
 from bench import results as bench_results
-from research_agent import ResearchAgent, Settings
+from research_agent import ResearchAgent, Settings, build_agent
 from support.mcp_servers import NOTES_SERVER, gateway, tool_server
 from support.ports import free_port
 
@@ -189,8 +189,8 @@ def main() -> None:
             in_process, over_mcp = asyncio.run(
                 research_times(
                     [
-                        ResearchAgent(settings()),
-                        ResearchAgent(settings(MCP_GATEWAY_URL=gw.url + "/mcp")),
+                        build_agent(settings()),
+                        build_agent(settings(MCP_GATEWAY_URL=gw.url + "/mcp")),
                     ],
                     REQUESTS,
                 )

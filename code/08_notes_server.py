@@ -49,7 +49,7 @@ class Found(BaseModel):
 
 
 threads = anyio.CapacityLimiter(settings.SEARCH_THREADS)
-# At most the research API's own query length (research_agent/models.py), in the schema where
+# At most the research API's own query length (research_agent/schemas.py), in the schema where
 # clients see it.
 Query = Annotated[str, Field(min_length=1, max_length=2000)]
 

@@ -6,9 +6,9 @@ import sys
 
 import uvicorn
 
-from research_agent.api import create_app
-from research_agent.config import get_settings
+from research_agent.app import create_app
 from research_agent.forwarded import uvicorn_forwarding
+from research_agent.settings import get_settings
 from research_agent.tracing import flush_tracing
 
 app = create_app()

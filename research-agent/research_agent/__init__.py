@@ -77,17 +77,19 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "make_run_python_tool": ("python_tool", None),
     # Tracing set-up (lesson 09, used by lessons 05 and 07): the OTEL_* settings, the provider and
     # instrumentation, the tracer, and FastAPI's server spans.
-    "TracingSettings": ("config", None),
+    "TracingSettings": ("settings", None),
     "configure_tracing": ("tracing", None),
     "instrument": ("tracing", None),
     "tracer": ("tracing", None),
     "FASTAPI_TELEMETRY": ("tracing", None),
-    # The agent itself, as the benchmarks and lesson 08's servers run it: settings, the agent, the
-    # offline model and its prompt, the local search over the bundled notes.
-    "Settings": ("config", None),
-    "BUNDLED_NOTES_DIR": ("config", None),
+    # The agent itself, as the benchmarks and lesson 08's servers run it: settings, the agent (and
+    # the agent with the service's tools and middleware, build_agent), the offline model and its
+    # prompt, the local search over the bundled notes.
+    "Settings": ("settings", None),
+    "BUNDLED_NOTES_DIR": ("schemas", None),
     "ResearchAgent": ("agent", None),
-    "OfflineResearchModel": ("agent", None),
+    "build_agent": ("tools", None),
+    "OfflineResearchModel": ("offline_model", None),
     "SYSTEM_PROMPT": ("agent", None),
     "LocalSearch": ("search", None),
     "format_results": ("search", None),

@@ -7,12 +7,12 @@ would.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware
-from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -24,11 +24,10 @@ from langchain_core.messages import (
 from langchain_core.tools import BaseTool
 from langgraph.errors import GraphBubbleUp
 
-from .config import Settings
-from .errors import AppError, UpstreamError, UpstreamTimeoutError
+from .errors import UpstreamError, UpstreamTimeoutError, as_app_error
 from .offline_model import OfflineResearchModel
+from .schemas import AgentSettings
 from .search import format_results, make_search_tool
-from .telemetry import TOKENS, TOOL_CALLS, request_id
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ SYSTEM_PROMPT = (
 )
 
 
-def build_model(settings: Settings) -> BaseChatModel:
+def build_model(settings: AgentSettings) -> BaseChatModel:
     if settings.offline:
         return OfflineResearchModel(token_delay_ms=settings.OFFLINE_TOKEN_DELAY_MS)
     from langchain_openai import ChatOpenAI
@@ -58,78 +57,7 @@ def build_model(settings: Settings) -> BaseChatModel:
     )
 
 
-def optional_tools(settings: Settings) -> list[BaseTool]:
-    """run_python when SANDBOX_ENABLED. Imported only then, with the Docker SDK behind it: a
-    default start does not pay for a tool that is off (`make bench-start-host`)."""
-    if not settings.SANDBOX_ENABLED:
-        return []
-    from .python_tool import sandbox_tools
-
-    return sandbox_tools(settings, request_id)
-
-
 # --- Tool calls: timeouts, failures and source numbering ------------------------------------------
-
-
-@dataclass
-class TokenCount:
-    """The tokens a streamed run has used so far, kept as its chunks arrive: what a caller who
-    leaves before `final` is charged. A model call's input counts from the moment it is sent
-    (estimated by InputCounter, replaced by the model's own figure when it reports usage in the
-    turn's last chunk); until then each text chunk streamed counts as one output token."""
-
-    input: int = 0
-    output: int = 0
-    unreported: int = 0
-    # The estimated input of each call sent and not reported on yet, oldest first: the calls of
-    # a run follow one another, and the chunks here may lag behind the next call's start.
-    sent: list[int] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return self.input + sum(self.sent) + self.output + self.unreported
-
-    def add(self, chunk: AIMessageChunk) -> None:
-        if chunk.usage_metadata:
-            self.input += chunk.usage_metadata.get("input_tokens", 0)
-            self.output += chunk.usage_metadata.get("output_tokens", 0)
-            self.unreported = 0
-            if self.sent:
-                self.sent.pop(0)
-        elif chunk.text:
-            self.unreported += 1
-
-
-def estimate_input_tokens(messages: list[BaseMessage]) -> int:
-    """About four characters a token, plus a few for each message's role: what a model that has
-    not reported its usage yet is charged for the prompt it was sent."""
-    return sum(len(m.text) // 4 + 4 for m in messages)
-
-
-class InputCounter(AsyncCallbackHandler):
-    """Counts each model call's input when it is sent. A stream cut during a turn never sees that
-    turn's usage, which only its last chunk carries: uncounted, a cut run's largest prompt went
-    free (72 input tokens charged instead of 352), and 15 cut runs fit a 2,000-token budget."""
-
-    def __init__(
-        self,
-        used: TokenCount,
-        count: Callable[[list[BaseMessage]], int],
-        settle_at_end: bool = False,
-    ):
-        # settle_at_end: a run without a stream of chunks (ainvoke) learns each call's usage here.
-        self.used, self.count, self.settle_at_end = used, count, settle_at_end
-
-    async def on_chat_model_start(self, serialized, messages, **kwargs) -> None:
-        self.used.sent.append(sum(self.count(batch) for batch in messages))
-
-    async def on_llm_end(self, response, **kwargs) -> None:
-        if not self.settle_at_end:
-            return
-        for generation in (g for batch in response.generations for g in batch):
-            message = getattr(generation, "message", None)
-            if isinstance(message, AIMessage) and message.usage_metadata:
-                self.used.add(AIMessageChunk(content="", usage_metadata=message.usage_metadata))
 
 
 @dataclass
@@ -203,7 +131,6 @@ class SearchToolMiddleware(AgentMiddleware):
         numbered = [(context.number(s), s) for s in found]
         step["sources"] = [n for n, _ in numbered]
         context.steps.append(step)
-        TOOL_CALLS.labels(call["name"], "success").inc()
         return ToolMessage(
             content=format_results(numbered),
             tool_call_id=call["id"],
@@ -215,7 +142,6 @@ class SearchToolMiddleware(AgentMiddleware):
     def _error(
         call: dict, context: RunContext, step: dict, error_type: str, message: str
     ) -> ToolMessage:
-        TOOL_CALLS.labels(call["name"], "error").inc()
         step.update(status="error", error=message, error_type=error_type)
         context.steps.append(step)
         return ToolMessage(
@@ -228,34 +154,35 @@ class SearchToolMiddleware(AgentMiddleware):
         )
 
 
-# --- The service used by the routes ---------------------------------------------------------------
+# --- The agent the service runs ------------------------------------------------------------------
 
 
 class ResearchAgent:
+    """The search tool, the model and the loop between them. Later layers come in as arguments
+    (research_agent/tools.py builds the agent the service runs): more `tools`, more `middleware`
+    around the two below, and per run, LangChain `callbacks`."""
+
     def __init__(
         self,
-        settings: Settings,
+        settings: AgentSettings,
         model: BaseChatModel | None = None,
-        tool=None,
+        tool: BaseTool | None = None,
         system_prompt: str = SYSTEM_PROMPT,
+        tools: Sequence[BaseTool] = (),
+        middleware: Sequence[AgentMiddleware] = (),
     ):
         self.settings = settings
         self.model_label = settings.model_label
         self.search_backend = settings.search_backend
-        if tool is None and settings.MCP_GATEWAY_URL:  # lesson 08: the tool lives behind MCP
-            from .mcp_tools import make_mcp_search_tool
-
-            tool = make_mcp_search_tool(settings)
         self.tool = tool if tool is not None else make_search_tool(settings)
-        model = model if model is not None else build_model(settings)
-        # The model's own count where it has one (the offline model's), an estimate otherwise.
-        self.count_input = getattr(model, "count_input_tokens", estimate_input_tokens)
+        self.model = model if model is not None else build_model(settings)
         self.graph = create_agent(
-            model,
-            [self.tool, *optional_tools(settings)],
+            self.model,
+            [self.tool, *tools],
             system_prompt=system_prompt,
             # [start:middleware]
             middleware=[
+                *middleware,
                 SearchToolMiddleware(settings.SEARCH_TIMEOUT_SECONDS, self.tool.name),
                 ModelCallLimitMiddleware(run_limit=settings.MAX_MODEL_CALLS, exit_behavior="end"),
             ],
@@ -264,15 +191,15 @@ class ResearchAgent:
             name="research-agent",  # the agent's name in traces: `invoke_agent research-agent`
         )
 
-    async def research(self, query: str, used: TokenCount | None = None) -> dict:
-        """Run the agent to completion: {response, steps, sources, tokens_used}. `used` counts
-        the tokens call by call, for a run that fails or times out before its end."""
+    async def research(self, query: str, callbacks: Sequence[BaseCallbackHandler] = ()) -> dict:
+        """Run the agent to completion: {response, steps, sources, tokens_used}."""
         context = RunContext()
-        counter = InputCounter(used or TokenCount(), self.count_input, settle_at_end=True)
         try:
             state = await asyncio.wait_for(
                 self.graph.ainvoke(
-                    {"messages": [HumanMessage(query)]}, {"callbacks": [counter]}, context=context
+                    {"messages": [HumanMessage(query)]},
+                    {"callbacks": list(callbacks)},
+                    context=context,
                 ),
                 self.settings.REQUEST_TIMEOUT_SECONDS,
             )
@@ -281,24 +208,21 @@ class ResearchAgent:
         return self._result(state["messages"][1:], context)
 
     async def stream(
-        self, query: str, used: TokenCount | None = None
+        self, query: str, callbacks: Sequence[BaseCallbackHandler] = ()
     ) -> AsyncIterator[tuple[str, dict]]:
         """Yield ("token", {text}), ("tool", step) ... then ("final", result) or raise an AppError.
-
-        `used` counts the tokens as they come, for a run that ends before its `final`.
 
         The graph runs in its own task feeding a queue, so the overall deadline can be enforced
         between events without cancelling the consumer, and a client that goes away stops the run.
         """
         context, queue = RunContext(), asyncio.Queue()
         done = object()
-        used = used if used is not None else TokenCount()
 
         async def produce() -> None:
             try:
                 async for mode, data in self.graph.astream(
                     {"messages": [HumanMessage(query)]},
-                    {"callbacks": [InputCounter(used, self.count_input)]},
+                    {"callbacks": list(callbacks)},
                     stream_mode=["updates", "messages"],
                     context=context,
                 ):
@@ -310,7 +234,6 @@ class ResearchAgent:
         task = asyncio.create_task(produce())
         deadline = asyncio.get_running_loop().time() + self.settings.REQUEST_TIMEOUT_SECONDS
         messages: list[BaseMessage] = []
-        finished = False
         try:
             while True:
                 remaining = deadline - asyncio.get_running_loop().time()
@@ -324,10 +247,9 @@ class ResearchAgent:
                     break
                 if mode == "messages":
                     chunk, meta = data
-                    if meta.get("langgraph_node") == "model" and isinstance(chunk, AIMessageChunk):
-                        used.add(chunk)
-                        if chunk.text:
-                            yield "token", {"text": chunk.text}
+                    from_model = meta.get("langgraph_node") == "model"
+                    if from_model and isinstance(chunk, AIMessageChunk) and chunk.text:
+                        yield "token", {"text": chunk.text}
                     continue
                 for update in data.values():
                     for message in (
@@ -336,14 +258,9 @@ class ResearchAgent:
                         messages.append(message)
                         if isinstance(message, ToolMessage):
                             yield "tool", self._tool_event(message, context)
-            result = self._result(messages, context)  # counts the tokens in agent_tokens_total
-            finished = True
-            yield "final", result
+            yield "final", self._result(messages, context)
         finally:
             task.cancel()
-            if not finished:  # the caller left, or the run failed: what was made still counts
-                TOKENS.labels(self.model_label, "input").inc(used.input + sum(used.sent))
-                TOKENS.labels(self.model_label, "output").inc(used.output + used.unreported)
 
     @staticmethod
     def _tool_event(message: ToolMessage, context: RunContext) -> dict:
@@ -359,13 +276,8 @@ class ResearchAgent:
 
     def _result(self, messages: list[BaseMessage], context: RunContext) -> dict:
         ai_messages = [m for m in messages if isinstance(m, AIMessage)]
-        usage = {"input": 0, "output": 0}
-        for m in ai_messages:
-            if m.usage_metadata:
-                usage["input"] += m.usage_metadata.get("input_tokens", 0)
-                usage["output"] += m.usage_metadata.get("output_tokens", 0)
-        for kind, count in usage.items():
-            TOKENS.labels(self.model_label, kind).inc(count)
+        usage = [m.usage_metadata for m in ai_messages if m.usage_metadata]
+        tokens = sum(u.get("input_tokens", 0) + u.get("output_tokens", 0) for u in usage)
         final = next((m for m in reversed(ai_messages) if not m.tool_calls), None)
         steps = [
             {k: v for k, v in s.items() if k not in ("call_id", "error_type")}
@@ -385,30 +297,9 @@ class ResearchAgent:
             "response": final.text if final else "",
             "steps": steps,
             "sources": context.sources,
-            "tokens_used": usage["input"] + usage["output"],
+            "tokens_used": tokens,
         }
 
     def _app_error(self, exc: BaseException) -> BaseException:
         """Provider and timeout errors become the service's errors; others stay unhandled (500)."""
-        if isinstance(exc, AppError):
-            return exc
-        if isinstance(exc, asyncio.TimeoutError):
-            limit = self.settings.REQUEST_TIMEOUT_SECONDS
-            return UpstreamTimeoutError(
-                f"research took longer than {limit:g} s", error_type="timeout"
-            )
-        try:
-            import openai
-        except ImportError:  # pragma: no cover - langchain-openai always brings it
-            return exc
-        if isinstance(exc, openai.APITimeoutError):
-            return UpstreamTimeoutError("the model provider timed out", error_type="model_timeout")
-        if isinstance(exc, openai.APIStatusError):
-            return UpstreamError(
-                f"the model provider answered HTTP {exc.status_code}", error_type="model_error"
-            )
-        if isinstance(exc, openai.APIError):
-            return UpstreamError(
-                f"the model provider failed: {type(exc).__name__}", error_type="model_error"
-            )
-        return exc
+        return as_app_error(exc, self.settings.REQUEST_TIMEOUT_SECONDS)

@@ -10,8 +10,8 @@ import hmac
 import re
 from dataclasses import dataclass
 
-from .config import Settings
 from .errors import UnauthorizedError
+from .settings import Settings
 
 MIN_KEY_CHARS = 16  # a shorter key can be guessed; `secrets.token_urlsafe(32)` gives 43
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -88,3 +88,26 @@ class ResearchCache:
     async def close(self) -> None:
         with suppress(RedisError, OSError):
             await self.redis.aclose()
+
+
+class ScopedAnswers:
+    """The cache as one request's service sees it (research_agent/service.py, AnswerCache): a
+    question's key also holds everything that shapes its answer and, with CACHE_SCOPE=caller, who
+    asked, so `cached: true` never tells B that A asked the same within the TTL."""
+
+    def __init__(self, cache: ResearchCache, settings, agent, caller: str | None):
+        self.cache = cache
+        self.material = {
+            "scope": (caller or "anonymous") if settings.CACHE_SCOPE == "caller" else "shared",
+            "model": agent.model_label,
+            "search_backend": agent.search_backend,
+            "max_results": settings.SEARCH_MAX_RESULTS,
+            "temperature": settings.TEMPERATURE,
+            "version": settings.APP_VERSION,
+        }
+
+    async def get(self, query: str) -> dict | None:
+        return await self.cache.get(cache_key(query, **self.material))
+
+    async def set(self, query: str, result: dict) -> None:
+        await self.cache.set(cache_key(query, **self.material), result)

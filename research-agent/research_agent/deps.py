@@ -1,7 +1,8 @@
-"""The routes' dependencies: what each route takes, and the checks that run before it does any work.
+"""The later layers' dependencies: who is calling and how much they may spend (docs/02 section 8),
+and the service each research request runs, with every layer around its agent.
 
-Each one reads what the lifespan built (app.state); a test swaps one through
-app.dependency_overrides. The `...Dep` aliases are what the routes declare.
+research_agent/app.py attaches them: `admit` and `count_streams` run before each research route,
+and `layered_service` replaces the routes' `get_service` (research_agent/api.py).
 """
 
 import asyncio
@@ -13,10 +14,9 @@ from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .agent import ResearchAgent
+from .api import AgentDep, CacheDep, research_stream
 from .auth import Caller, fingerprint
-from .cache import ResearchCache
-from .config import Settings
+from .cache import ScopedAnswers
 from .errors import (
     AmbiguousAuthorizationError,
     AppError,
@@ -27,31 +27,21 @@ from .errors import (
 )
 from .quotas import Grant, Quotas
 from .service import ResearchService
-from .shutdown import Shutdown
+from .settings import Settings
+from .shutdown import Shutdown, UntilCut
+from .telemetry import STREAMS_OPEN
+from .usage import Counted
 
 
-def get_app_settings(request: Request) -> Settings:
+def get_settings_in_full(request: Request) -> Settings:
     return request.app.state.settings
-
-
-def get_agent(request: Request) -> ResearchAgent:
-    agent = request.app.state.agent
-    if agent is None:
-        raise NotReadyError("the agent is still starting")
-    return agent
-
-
-def get_cache(request: Request) -> ResearchCache | None:
-    return request.app.state.cache
 
 
 def get_shutdown(request: Request) -> Shutdown:
     return request.app.state.shutdown
 
 
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-AgentDep = Annotated[ResearchAgent, Depends(get_agent)]
-CacheDep = Annotated[ResearchCache | None, Depends(get_cache)]
+SettingsDep = Annotated[Settings, Depends(get_settings_in_full)]
 ShutdownDep = Annotated[Shutdown, Depends(get_shutdown)]
 
 
@@ -61,17 +51,6 @@ def get_shutdown_cut(shutdown: ShutdownDep) -> asyncio.Event:
 
 
 CutDep = Annotated[asyncio.Event, Depends(get_shutdown_cut)]
-
-
-def get_service(
-    agent: AgentDep, cache: CacheDep, settings: SettingsDep, cut: CutDep
-) -> ResearchService:
-    """Built from the dependencies above for each request, so that a test overriding one of them
-    (a failing agent, no cache) reaches the service too."""
-    return ResearchService(agent, cache, settings, cut)
-
-
-ServiceDep = Annotated[ResearchService, Depends(get_service)]
 
 
 # --- Who is calling, and how much they may spend -------------------------------------------------
@@ -156,11 +135,43 @@ async def get_grant(
 GrantDep = Annotated[Grant, Depends(get_grant)]
 
 
-async def get_stream_grant(grant: GrantDep, quotas: QuotasDep) -> AsyncIterator[Grant]:
-    """Also holds one of the caller's stream slots until the stream's last byte is sent (FastAPI
-    runs the code after `yield` once the response is over), or 429 when they are all taken."""
+def streams(request: Request) -> bool:
+    return request.scope["route"].endpoint is research_stream
+
+
+async def admit(request: Request, grant: GrantDep, quotas: QuotasDep) -> AsyncIterator[None]:
+    """Before each research route: the caller's key, rate limit and budget (get_grant). A stream
+    also holds one of the caller's stream slots until its last byte is sent (FastAPI runs the code
+    after `yield` once the response is over), or answers 429 when they are all taken."""
+    if not streams(request):
+        yield
+        return
     async with quotas.stream_slot(grant.caller):
-        yield grant
+        yield
 
 
-StreamGrantDep = Annotated[Grant, Depends(get_stream_grant)]
+async def count_streams(request: Request) -> AsyncIterator[None]:
+    """`research_streams_open`: streams being sent right now."""
+    if not streams(request):
+        yield
+        return
+    STREAMS_OPEN.inc()
+    try:
+        yield
+    finally:
+        STREAMS_OPEN.dec()
+
+
+# --- The service, with every layer around the agent ----------------------------------------------
+
+
+def layered_service(
+    agent: AgentDep, cache: CacheDep, settings: SettingsDep, cut: CutDep, grant: GrantDep
+) -> ResearchService:
+    """Built for each request from the dependencies above, so that a test overriding one of them
+    (a failing agent, no cache) reaches the service too. Around the agent, innermost first: its
+    tokens counted and charged to the caller's budget (research_agent/usage.py), then the run
+    ended when the shutdown grace runs out (research_agent/shutdown.py)."""
+    runs = UntilCut(Counted(agent, grant.spend), cut)
+    answers = ScopedAnswers(cache, settings, agent, grant.caller.id) if cache is not None else None
+    return ResearchService(runs, answers)

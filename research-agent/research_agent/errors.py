@@ -2,6 +2,7 @@
 error the service sends, as a JSON body or as an SSE `error` event: its exceptions and handlers.
 """
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
@@ -116,6 +117,32 @@ class LimitsUnavailableError(AppError):
     def __init__(self, retry_after: int):
         super().__init__("the limits cannot be checked right now; send the request again later")
         self.headers = {"Retry-After": str(retry_after)}
+
+
+def as_app_error(exc: BaseException, timeout_seconds: float) -> BaseException:
+    """What a failed agent run raised, as the service's error: provider and timeout errors become
+    AppErrors (502, 504); others stay unhandled (500)."""
+    if isinstance(exc, AppError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeoutError(
+            f"research took longer than {timeout_seconds:g} s", error_type="timeout"
+        )
+    try:
+        import openai
+    except ImportError:  # pragma: no cover - langchain-openai always brings it
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeoutError("the model provider timed out", error_type="model_timeout")
+    if isinstance(exc, openai.APIStatusError):
+        return UpstreamError(
+            f"the model provider answered HTTP {exc.status_code}", error_type="model_error"
+        )
+    if isinstance(exc, openai.APIError):
+        return UpstreamError(
+            f"the model provider failed: {type(exc).__name__}", error_type="model_error"
+        )
+    return exc
 
 
 def app_error_body(exc: AppError) -> dict:

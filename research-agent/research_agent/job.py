@@ -12,7 +12,7 @@ from typing import Literal
 from opentelemetry import propagate, trace
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from .config import Settings, TracingSettings
+from .settings import Settings, TracingSettings
 
 # How an answer is shaped, so that variations differ visibly: appended to a real model's system
 # prompt; the offline model follows the key itself.

@@ -17,8 +17,8 @@ from langchain_core.tools import BaseTool, ToolException
 from langchain_mcp_adapters.client import MultiServerMCPClient
 from langchain_mcp_adapters.tools import load_mcp_tools
 
-from .config import Settings
 from .search import as_sources, search_tool
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .body_limit import BodyLimitMiddleware
-from .config import Settings
 from .errors import INTERNAL_ERROR, error_response
 from .key_before_body import KeyBeforeBodyMiddleware
 from .request_ids import safe_request_id
+from .settings import Settings
 from .telemetry import HTTP_METRICS
 
 logger = logging.getLogger(__name__)

@@ -1,14 +1,12 @@
 """A deterministic stand-in for an LLM, so the research agent runs without a key or network.
 
 The agent (research_agent/agent.py) runs it through the same loop, tools and middleware as
-ChatOpenAI; the lesson 05 worker (research_agent/worker.py) runs it with a style and a temperature
-per variation.
+ChatOpenAI. (Lesson 05's worker gives it a style and a temperature: research_agent/styles.py.)
 """
 
 import asyncio
 import hashlib
 import json
-import random
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -26,8 +24,9 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from .config import OFFLINE_MODEL_NAME
-from .job import AnswerStyle
+from .schemas import OFFLINE_MODEL_NAME
+
+HEADER = "Offline research model (no OPENAI_API_KEY is set, so no LLM wrote this): "
 
 
 class OfflineResearchModel(BaseChatModel):
@@ -35,16 +34,12 @@ class OfflineResearchModel(BaseChatModel):
 
     Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the snippets of the
     top results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
-    reports usage, counting one token per word. ``style`` (an AnswerStyle, research_agent/job.py)
-    shapes the answer; ``temperature`` above 0 draws the sources in an order seeded by the question
-    and the temperature, so each setting gives another answer, and the same one every time.
+    reports usage, counting one token per word.
     """
 
     token_delay_ms: int = 0
     tool_name: str | None = None
     max_cited: int = 3
-    style: AnswerStyle = "bullets"
-    temperature: float = 0.0
 
     @property
     def _llm_type(self) -> str:
@@ -75,29 +70,11 @@ class OfflineResearchModel(BaseChatModel):
         return text, None, _usage(input_tokens, len(_tokens(text)))
 
     def _answer(self, results: list[ToolMessage], question: str = "") -> str:
-        found = []  # (n, title, snippet) of each result, as format_results wrote them
-        for message in results:
-            if message.status != "error":
-                found += re.findall(r"^\[(\d+)\] (.+?) — .+\n(.+)$", message.text, flags=re.M)
-        header = "Offline research model (no OPENAI_API_KEY is set, so no LLM wrote this): "
+        found = found_sources(results)
         if not found:
-            errors = " ".join(m.text for m in results if m.status == "error")
-            return (
-                header
-                + "the search found no usable sources, so I cannot answer from sources."
-                + (f" {errors}" if errors else "")
-            )
-        if self.temperature > 0:  # a string seed is hashed with SHA-512: the same in every process
-            found = random.Random(f"{question}|{self.temperature}").sample(found, len(found))
-        if self.style == "brief":
-            n, _, snippet = found[0]
-            first_sentence = re.split(r"(?<=[.!?])\s", snippet)[0]
-            return header + f"in short: {first_sentence} [{n}]"
-        if self.style == "detailed":
-            parts = [f"{title} [{n}]: {snippet}" for n, title, snippet in found]
-            return header + "here is every source in turn.\n\n" + "\n\n".join(parts)
+            return no_sources(results)
         lines = [f"- {snippet} [{n}]" for n, _, snippet in found[: self.max_cited]]
-        return header + "here is what the top sources say.\n\n" + "\n".join(lines)
+        return HEADER + "here is what the top sources say.\n\n" + "\n".join(lines)
 
     def _message(self, messages: list[BaseMessage]) -> AIMessage:
         text, call, usage = self._plan(messages)
@@ -155,6 +132,24 @@ class OfflineResearchModel(BaseChatModel):
             if run_manager and chunk.message.content:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
+
+
+def found_sources(results: list[ToolMessage]) -> list[tuple[str, str, str]]:
+    """(n, title, snippet) of each search result, as format_results wrote them."""
+    found = []
+    for message in results:
+        if message.status != "error":
+            found += re.findall(r"^\[(\d+)\] (.+?) — .+\n(.+)$", message.text, flags=re.M)
+    return found
+
+
+def no_sources(results: list[ToolMessage]) -> str:
+    errors = " ".join(m.text for m in results if m.status == "error")
+    return (
+        HEADER
+        + "the search found no usable sources, so I cannot answer from sources."
+        + (f" {errors}" if errors else "")
+    )
 
 
 def _usage(input_tokens: int, output_tokens: int) -> dict:

@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 from langchain_core.tools import BaseTool, ToolException, tool
 
-from .config import Settings
 from .sandbox import SandboxConfig, SandboxError, SandboxUnavailable
 from .sandbox_admission import QueuedRunner
 from .sandbox_egress import EgressRunner
 from .sandbox_pool import PooledRunner
 from .sandbox_sweep import SweepingRunner
+from .settings import Settings
 from .tracing import tracer
 
 logger = logging.getLogger(__name__)

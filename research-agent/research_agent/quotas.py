@@ -32,9 +32,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .auth import Caller
-from .config import Settings
 from .errors import LimitError, LimitsUnavailableError
 from .redis_client import CircuitBreaker, connect
+from .settings import Settings
 from .telemetry import LIMITS_DEGRADED
 
 logger = logging.getLogger(__name__)

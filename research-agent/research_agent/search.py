@@ -17,7 +17,7 @@ from pathlib import Path
 from langchain_core.tools import BaseTool, StructuredTool
 from rank_bm25 import BM25Okapi
 
-from .config import Settings
+from .schemas import AgentSettings
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class LocalSearch:
         )
 
 
-def make_local_tool(settings: Settings) -> BaseTool:
+def make_local_tool(settings: AgentSettings) -> BaseTool:
     index = LocalSearch(settings.docs_dirs)
 
     def search_docs(query: str) -> list[dict]:
@@ -205,7 +205,7 @@ def make_local_tool(settings: Settings) -> BaseTool:
     )
 
 
-def make_duckduckgo_tool(settings: Settings) -> BaseTool:
+def make_duckduckgo_tool(settings: AgentSettings) -> BaseTool:
     # Imported here so the local backend never pays for langchain-community's import time.
     from langchain_community.tools import DuckDuckGoSearchResults
 
@@ -225,7 +225,7 @@ def make_duckduckgo_tool(settings: Settings) -> BaseTool:
     )
 
 
-def make_search_tool(settings: Settings) -> BaseTool:
+def make_search_tool(settings: AgentSettings) -> BaseTool:
     if settings.search_backend == "duckduckgo":
         return make_duckduckgo_tool(settings)
     return make_local_tool(settings)

@@ -8,6 +8,10 @@
 3. Just before that grace runs out, `cut` is set: a stream still open sends `event: error` of type
    `shutting_down` (retryable) and `[DONE]`, a JSON request answers 503 `shutting_down`; both are
    logged and counted, instead of uvicorn cancelling them mid-token with nothing said.
+
+The app attaches it in research_agent/app.py: `Shutdown` is installed by the lifespan,
+`NotReadyWhileDraining` answers /ready, and `UntilCut` wraps the agent each request runs
+(research_agent/deps.py).
 """
 
 import asyncio
@@ -15,10 +19,16 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 
-from .errors import ShuttingDownError
+from langchain_core.callbacks import BaseCallbackHandler
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import NotReadyError, ShuttingDownError, app_error_body, app_error_handler
+from .telemetry import SHUTDOWN_CUTS
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +134,60 @@ async def run_until_cut(coroutine, cut: asyncio.Event):
             task.cancel()
             with suppress(BaseException):
                 await task
+
+
+class UntilCut:
+    """The agent (or a layer around it), ended with ShuttingDownError when `cut` is set: a JSON
+    request answers 503 `shutting_down`, a stream sends that error as its last event."""
+
+    def __init__(self, agent, cut: asyncio.Event):
+        self.agent, self.cut = agent, cut
+        self.model_label, self.search_backend = agent.model_label, agent.search_backend
+
+    async def research(self, query: str, callbacks: Sequence[BaseCallbackHandler] = ()) -> dict:
+        started = time.perf_counter()
+        try:
+            return await run_until_cut(self.agent.research(query, callbacks), self.cut)
+        except ShuttingDownError:
+            _log_cut("/v1/research", query, started)
+            raise
+
+    async def stream(
+        self, query: str, callbacks: Sequence[BaseCallbackHandler] = ()
+    ) -> AsyncIterator[tuple[str, dict]]:
+        started = time.perf_counter()
+        try:
+            async for item in until_cut(self.agent.stream(query, callbacks), self.cut):
+                yield item
+        except ShuttingDownError as exc:
+            _log_cut("/v1/research/stream", query, started)
+            yield "error", app_error_body(exc)
+
+
+def _log_cut(handler: str, query: str, started: float) -> None:
+    SHUTDOWN_CUTS.labels(handler).inc()
+    logger.warning(
+        "request cut by shutdown",
+        extra={
+            "handler": handler,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            "query_chars": len(query),
+        },
+    )
+
+
+class NotReadyWhileDraining:
+    """GET /ready answers 503 `not_ready` from the first SIGTERM on (app.state.shutdown), so a load
+    balancer stops sending new requests; every other route still serves them."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        probe = scope["type"] == "http" and (scope["method"], scope["path"]) == ("GET", "/ready")
+        if probe and scope["app"].state.shutdown.draining:
+            error = NotReadyError("the server is shutting down")
+            response = await app_error_handler(Request(scope), error)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

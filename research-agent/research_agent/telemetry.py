@@ -10,6 +10,8 @@ import sys
 
 from asgi_correlation_id import CorrelationIdFilter
 from asgi_correlation_id.context import correlation_id
+from langchain.agents.middleware import AgentMiddleware
+from langchain_core.messages import ToolMessage
 from prometheus_client import Counter, Gauge, disable_created_metrics
 from prometheus_fastapi_instrumentator import metrics
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -121,3 +123,20 @@ LIMITS_DEGRADED = Gauge(
     "research_limits_degraded",
     "1 while Redis cannot count and LIMITS_FAIL_MODE applies, else 0",
 )
+
+
+class ToolCallMetrics(AgentMiddleware):
+    """Counts the search tool's calls in `agent_tool_calls_total`, by how they ended. It wraps the
+    agent's SearchToolMiddleware (research_agent/agent.py), which turns every failure into a
+    ToolMessage with status "error"; other tools (run_python) are not counted."""
+
+    def __init__(self, tool_name: str):
+        super().__init__()
+        self.tool_name = tool_name
+
+    async def awrap_tool_call(self, request, handler):
+        result = await handler(request)
+        name = request.tool_call["name"]
+        if name == self.tool_name and isinstance(result, ToolMessage):
+            TOOL_CALLS.labels(name, "error" if result.status == "error" else "success").inc()
+        return result

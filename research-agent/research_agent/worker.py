@@ -42,12 +42,13 @@ from redis.asyncio.retry import Retry  # noqa: E402
 from redis.backoff import ExponentialBackoff  # noqa: E402
 
 from .agent import SYSTEM_PROMPT, ResearchAgent  # noqa: E402
-from .config import Settings  # noqa: E402
 from .error_shape import INTERNAL_ERROR_MESSAGE  # noqa: E402
 from .errors import AppError  # noqa: E402
 from .genai_spans import instrument_langchain  # noqa: E402
 from .job import ANSWER_STYLES, ExitCode, Job, warm_ready_key  # noqa: E402
-from .offline_model import OfflineResearchModel  # noqa: E402
+from .settings import Settings  # noqa: E402
+from .styles import StyledOfflineModel  # noqa: E402
+from .tools import build_agent as build_research_agent  # noqa: E402
 from .tracing import configure_tracing, flush_tracing, tracer  # noqa: E402
 
 logger = logging.getLogger("research_agent.worker")
@@ -81,13 +82,13 @@ def connect(url: str, **options) -> redis.Redis:
 def build_agent(settings: WorkerSettings) -> ResearchAgent:
     model = None  # a real model: build_model reads MODEL_NAME and TEMPERATURE from the settings
     if settings.offline:
-        model = OfflineResearchModel(
+        model = StyledOfflineModel(
             token_delay_ms=settings.OFFLINE_TOKEN_DELAY_MS,
             style=settings.ANSWER_STYLE,
             temperature=settings.TEMPERATURE,
         )
     prompt = f"{SYSTEM_PROMPT}\n{ANSWER_STYLES[settings.ANSWER_STYLE]}"
-    return ResearchAgent(settings, model=model, system_prompt=prompt)
+    return build_research_agent(settings, model=model, system_prompt=prompt)
 
 
 def peak_memory_mb() -> dict:

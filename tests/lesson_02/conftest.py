@@ -6,8 +6,8 @@ from contextlib import contextmanager
 import pytest
 from fastapi.testclient import TestClient
 
-from research_agent.api import create_app
-from research_agent.config import Settings
+from research_agent.app import create_app
+from research_agent.settings import Settings
 from support.lessons import AGENT_DIR
 from tests.support.agent import make_settings
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from research_agent.api import create_app
-from research_agent.config import REPO_DOCS_DIR, Settings
+from research_agent.app import create_app
+from research_agent.schemas import REPO_DOCS_DIR
 from research_agent.search import _slug, split_sections
+from research_agent.settings import Settings
 from support.lessons import AGENT_DIR
 from tests.support.agent import make_settings
 from tests.support.metrics import metric

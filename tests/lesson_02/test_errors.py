@@ -2,9 +2,9 @@
 
 import pytest
 
-from research_agent.deps import get_agent
+from research_agent.api import get_agent
 from research_agent.errors import UpstreamError, UpstreamTimeoutError
-from research_agent.models import MAX_QUERY_CHARS
+from research_agent.schemas import MAX_QUERY_CHARS
 from tests.support.errors import assert_error
 from tests.support.sse import json_events, parse_sse
 
@@ -97,10 +97,10 @@ class FailingAgent:
     def __init__(self, exc: Exception):
         self.exc = exc
 
-    async def research(self, query, used=None):
+    async def research(self, query, callbacks=()):
         raise self.exc
 
-    async def stream(self, query, used=None):
+    async def stream(self, query, callbacks=()):
         yield "token", {"text": "partial "}
         raise self.exc
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from redis import Redis
 
 from research_agent.auth import fingerprint
-from research_agent.config import Settings
+from research_agent.settings import Settings
 from support.lessons import AGENT_DIR
 from support.server import offline_environment
 from support.waiting import wait_for

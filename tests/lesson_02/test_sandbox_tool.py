@@ -10,8 +10,8 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from research_agent.agent import ResearchAgent
 from research_agent.python_tool import sandbox_tools
+from research_agent.tools import build_agent
 from tests.support.agent import make_settings
 
 
@@ -41,7 +41,7 @@ class ScriptedModel(BaseChatModel):
 
 
 def research(**settings) -> str:
-    agent = ResearchAgent(make_settings(**settings), model=ScriptedModel())
+    agent = build_agent(make_settings(**settings), model=ScriptedModel())
     return asyncio.run(agent.research("What is six times seven?"))["response"]
 
 

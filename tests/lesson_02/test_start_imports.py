@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from research_agent.config import Settings
+from research_agent.settings import Settings
 from support.lessons import AGENT_DIR
 
 OPTIONAL = ["docker", "ddgs", "langchain_community", "langchain_openai", "openai"]

@@ -141,7 +141,7 @@ def test_the_edge_buffers_whole_requests_limits_each_address_and_holds_dns():
 
 def test_shutdown_budget_lets_every_answer_finish(compose):
     """The grace covers the longest answer; stop_grace_period covers drain + grace + a margin."""
-    from research_agent.config import Settings
+    from research_agent.settings import Settings
 
     fields = Settings.model_fields
     agent = compose["services"]["agent"]

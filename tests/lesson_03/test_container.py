@@ -424,7 +424,7 @@ if pytest is not None:
         # main.py starts uvicorn with the settings, so GRACEFUL_SHUTDOWN_SECONDS is what bounds
         # the drain (a CMD that hard-codes --timeout-graceful-shutdown would silently ignore it).
         assert argv == ["python", "main.py"]
-        from research_agent.config import Settings
+        from research_agent.settings import Settings
 
         fields = Settings.model_fields
         drain = (

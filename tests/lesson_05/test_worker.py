@@ -10,9 +10,10 @@ import redis
 
 from lesson05.presets import PRESETS
 from research_agent import worker
-from research_agent.agent import OfflineResearchModel, ResearchAgent
-from research_agent.config import Settings
+from research_agent.agent import ResearchAgent
 from research_agent.job import ExitCode, worker_events_key
+from research_agent.settings import Settings
+from research_agent.styles import StyledOfflineModel
 from support.ports import free_port
 
 NO_DOCS = tempfile.mkdtemp(prefix="lesson-05-no-docs-")  # search the bundled notes only
@@ -104,7 +105,7 @@ def answer(variation: dict, query: str = QUERY) -> str:
     settings = Settings(
         DOCS_DIR=NO_DOCS, OFFLINE_TOKEN_DELAY_MS=0, SEARCH_MAX_RESULTS=variation["search_depth"]
     )
-    model = OfflineResearchModel(style=variation["style"], temperature=variation["temperature"])
+    model = StyledOfflineModel(style=variation["style"], temperature=variation["temperature"])
     agent = ResearchAgent(settings, model=model)
     return asyncio.run(agent.research(query))["response"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from research_agent.config import Settings
+from research_agent.settings import Settings
 from tests.support.deploy import built_tags, get_paths, load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from research_agent.config import Settings
+from research_agent.settings import Settings
 from scripts import swarm
 from support.ports import free_port
 from support.waiting import wait_for

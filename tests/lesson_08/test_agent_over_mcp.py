@@ -6,8 +6,8 @@ import asyncio
 import pytest
 from langchain_mcp_adapters.client import MultiServerMCPClient
 
-from research_agent.agent import ResearchAgent
 from research_agent.errors import UpstreamError
+from research_agent.tools import build_agent
 from support.mcp_servers import gateway
 from support.ports import free_port
 from tests.support.agent import make_settings
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.xdist_group("lesson08")
 
 def test_the_offline_agent_searches_over_mcp_and_answers_from_it(gw):
     settings = make_settings(MCP_GATEWAY_URL=gw.url + "/mcp", MCP_GATEWAY_TOKEN=AGENT_TOKEN)
-    agent = ResearchAgent(settings)
+    agent = build_agent(settings)
     assert agent.tool.name == "search_notes"
     result = asyncio.run(agent.research("Why use a multi-stage Docker build?"))
     assert [s["tool"] for s in result["steps"]] == ["search_notes"]
@@ -45,7 +45,7 @@ def test_the_agent_keeps_one_session_and_opens_a_new_one_after_a_gateway_restart
         "clients": {"anonymous": {"tools": ["search_notes"]}},
     }
     port, question = free_port(), "Why use a multi-stage Docker build?"
-    agent = ResearchAgent(make_settings(MCP_GATEWAY_URL=f"http://127.0.0.1:{port}/mcp"))
+    agent = build_agent(make_settings(MCP_GATEWAY_URL=f"http://127.0.0.1:{port}/mcp"))
 
     async def across_restart() -> list[dict]:
         results = []
@@ -64,11 +64,11 @@ def test_the_agent_keeps_one_session_and_opens_a_new_one_after_a_gateway_restart
 
 
 def test_without_the_setting_the_agent_keeps_its_in_process_search():
-    agent = ResearchAgent(make_settings())
+    agent = build_agent(make_settings())
     assert agent.tool.name == "search_docs"
 
 
 def test_a_gateway_that_is_down_is_the_agents_upstream_error():
     settings = make_settings(MCP_GATEWAY_URL="http://127.0.0.1:9/mcp")
     with pytest.raises(UpstreamError, match="MCP gateway is unavailable .ConnectError"):
-        asyncio.run(ResearchAgent(settings).research("What is a container?"))
+        asyncio.run(build_agent(settings).research("What is a container?"))

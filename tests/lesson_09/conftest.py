@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
 
-from research_agent.api import create_app
-from research_agent.config import Settings
+from research_agent.app import create_app
+from research_agent.settings import Settings
 from support.lessons import ROOT
 from support.otlp import OtlpCollector
 from support.ports import free_port

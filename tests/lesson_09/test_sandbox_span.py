@@ -9,11 +9,11 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.tools import tool
 from opentelemetry.trace import SpanKind
 
-import research_agent.agent
-from research_agent.agent import ResearchAgent
+import research_agent.tools
 from research_agent.genai_spans import instrument_langchain
 from research_agent.python_tool import make_run_python_tool
 from research_agent.sandbox import RunResult, SandboxConfig
+from research_agent.tools import build_agent
 from tests.lesson_02.test_sandbox_tool import ScriptedModel
 from tests.support.agent import make_settings
 
@@ -34,8 +34,8 @@ def research_with(tool, spans, monkeypatch) -> tuple:
     """One question to an agent whose only optional tool is `tool` (the model calls it once):
     every finished span, the agent's and the tool call's."""
     instrument_langchain()  # what create_app does when tracing is on
-    monkeypatch.setattr(research_agent.agent, "optional_tools", lambda settings: [tool])
-    agent = ResearchAgent(make_settings(), model=ScriptedModel(code=SECRET_CODE))
+    monkeypatch.setattr(research_agent.tools, "optional_tools", lambda settings: [tool])
+    agent = build_agent(make_settings(), model=ScriptedModel(code=SECRET_CODE))
     asyncio.run(agent.research("What is six times seven?"))
     finished = spans.get_finished_spans()
     (root,) = [s for s in finished if s.name == "invoke_agent research-agent"]

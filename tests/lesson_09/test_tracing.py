@@ -15,7 +15,7 @@ import httpx
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from research_agent.config import Settings
+from research_agent.settings import Settings
 from support.lessons import AGENT_DIR
 from support.otlp import OtlpCollector
 from tests.support.metrics import metric

@@ -44,8 +44,8 @@ def lesson_01_step_3(monkeypatch) -> list[Event]:
 
 
 def research_agent(monkeypatch) -> list[Event]:
-    from research_agent.api import create_app
-    from research_agent.config import Settings
+    from research_agent.app import create_app
+    from research_agent.settings import Settings
 
     for name in Settings.model_fields:
         monkeypatch.delenv(name, raising=False)

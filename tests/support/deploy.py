@@ -29,10 +29,8 @@ def built_tags() -> set[str]:
 
 def get_paths() -> set[str]:
     """The GET routes of the research agent, from its OpenAPI schema."""
-    from research_agent.api import (
-        create_app,  # research-agent/ is on the path of the tests, not of scripts
-    )
-    from research_agent.config import Settings
+    from research_agent.app import create_app
+    from research_agent.settings import Settings
 
     schema = create_app(Settings()).openapi()
     return {path for path, ops in schema["paths"].items() if "get" in ops}

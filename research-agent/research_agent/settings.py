@@ -1,4 +1,9 @@
-"""All configuration, read from environment variables in one place."""
+"""Every setting of the service, read from environment variables in one class, `Settings`.
+
+Lesson 02's core reads the agent's own (research_agent/schemas.py, AgentSettings). Each later layer
+adds its group here, named after the module that reads it; `Settings` is all of them together, the
+one class the service (research_agent/app.py) reads.
+"""
 
 import ipaddress
 from functools import lru_cache
@@ -9,11 +14,9 @@ from limits import parse as parse_limit
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-APP_DIR = Path(__file__).resolve().parent.parent  # research-agent/
-BUNDLED_NOTES_DIR = APP_DIR / "notes"
-REPO_DOCS_DIR = APP_DIR.parent / "docs"  # the course text: DOCS_DIR=../docs make research-agent
+from .schemas import AgentSettings
 
-OFFLINE_MODEL_NAME = "offline-research-model"
+ENV = SettingsConfigDict(env_ignore_empty=True)  # VAR= (as in .env.example) means the default
 
 
 class TracingSettings(BaseSettings):
@@ -23,7 +26,7 @@ class TracingSettings(BaseSettings):
     sizes, headers). Its own class so that lesson 07's services, which have their own settings, read
     the same variables the same way."""
 
-    model_config = SettingsConfigDict(env_ignore_empty=True)
+    model_config = ENV
 
     OTEL_SDK_DISABLED: bool = False
     OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
@@ -44,42 +47,24 @@ class TracingSettings(BaseSettings):
         return self.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or self.OTEL_EXPORTER_OTLP_PROTOCOL
 
 
-class Settings(TracingSettings):
-    """Field names are the environment variable names (settings come from the environment only)."""
+class ServerSettings(BaseSettings):
+    """Where it listens and how it logs (main.py, research_agent/telemetry.py), and the body limit
+    (research_agent/middleware.py)."""
 
-    model_config = SettingsConfigDict(
-        env_ignore_empty=True
-    )  # VAR= (as in .env.example) means "use the default"
+    model_config = ENV
 
-    APP_VERSION: str = "1.0.0"
     HOST: str = "0.0.0.0"
     PORT: int = 8000
     LOG_LEVEL: str = "INFO"
-
-    # Model: without a key the deterministic offline model answers from search results.
-    OPENAI_API_KEY: SecretStr | None = None
-    OPENAI_BASE_URL: str | None = None
-    OPENAI_MAX_RETRIES: int = 2
-    MODEL_NAME: str = "gpt-4o-mini"
-    TEMPERATURE: float = 0.2
-    MAX_MODEL_CALLS: int = 5
-    OFFLINE_TOKEN_DELAY_MS: int = 15
-
-    # Search: "auto" means local when offline, duckduckgo when a real model is configured.
-    SEARCH_BACKEND: Literal["auto", "local", "duckduckgo"] = "auto"
-    SEARCH_MAX_RESULTS: int = 4
-    SEARCH_TIMEOUT_SECONDS: float = 10.0
-    DOCS_DIR: Path | None = None
-    # Lesson 08: the search tool comes from this MCP gateway (research_agent/mcp_tools.py) instead
-    # of running in this process; unset, nothing changes. The token names this agent to the gateway.
-    MCP_GATEWAY_URL: str | None = None
-    MCP_GATEWAY_TOKEN: SecretStr | None = None
-    MCP_SEARCH_TOOL: str = "search_notes"
-
-    # Limits and cache.
-    REQUEST_TIMEOUT_SECONDS: float = 30.0
     MAX_BODY_BYTES: int = 16_384
-    REDIS_URL: str | None = None
+
+
+class CacheSettings(BaseSettings):
+    """The answer cache (research_agent/cache.py; docs/02, section 7)."""
+
+    model_config = ENV
+
+    REDIS_URL: str | None = None  # the cache's, and the limits' counts (quotas.py)
     CACHE_TTL_SECONDS: int = 3600
     # Whose answers a request may be served from: "caller" its own caller's only, so a cached
     # answer tells nobody what another caller asked; "shared" everyone's, more hits for callers
@@ -87,8 +72,13 @@ class Settings(TracingSettings):
     CACHE_SCOPE: Literal["caller", "shared"] = "caller"
     CACHE_BREAKER_SECONDS: float = 10.0
 
-    # Who may call /v1 and how much (research_agent/auth.py, research_agent/quotas.py; docs/02,
-    # section 8). Keys are secrets: never in an image, only in the environment or a mounted file.
+
+class AccessSettings(BaseSettings):
+    """Who may call /v1 and how much (research_agent/auth.py, research_agent/quotas.py; docs/02,
+    section 8). Keys are secrets: never in an image, only in the environment or a mounted file."""
+
+    model_config = ENV
+
     API_KEYS: SecretStr | None = None  # "name:key,name2:key2" (the name is what logs show)
     API_KEYS_FILE: Path | None = None  # one "name:key" per line: a Docker/Kubernetes secret
     RATE_LIMIT: str = "30/minute"  # requests per caller, moving window; "off": no limit
@@ -109,25 +99,6 @@ class Settings(TracingSettings):
     # "*" alone). Empty: nobody's, so a caller cannot pick its own address and with it a fresh
     # rate limit.
     FORWARDED_ALLOW_IPS: str = ""
-
-    # Shutdown budget (SIGTERM): /ready turns 503 at once, new requests are still served for
-    # SHUTDOWN_DRAIN_SECONDS so a load balancer notices, then the listener closes and open requests
-    # get GRACEFUL_SHUTDOWN_SECONDS. 1 + 8 stays inside `docker stop`'s 10 s.
-    SHUTDOWN_DRAIN_SECONDS: float = 1.0
-    GRACEFUL_SHUTDOWN_SECONDS: float = 8.0
-
-    # run_python in a throwaway container (lesson 04). Off: it needs the Docker API, which is root
-    # on the host; see docs/04-sandboxed-tools.md before turning it on.
-    SANDBOX_ENABLED: bool = False
-    SANDBOX_IMAGE: str = "agent-sandbox:python"
-    SANDBOX_RUNTIME: str | None = None  # runc; "runsc": gVisor, when the Docker daemon offers it
-    SANDBOX_TIMEOUT_SECONDS: float = 10.0
-    SANDBOX_POOL_SIZE: int = 0  # containers started ahead; see docs/04, "What it costs"
-    # "allowlist": run_python reaches SANDBOX_ALLOWED_HOSTS through an egress proxy that adds
-    # SANDBOX_CREDENTIALS' headers (docs/04, "The network as a capability"); "none": no network.
-    SANDBOX_EGRESS: Literal["none", "allowlist"] = "none"
-    SANDBOX_ALLOWED_HOSTS: str = ""
-    SANDBOX_CREDENTIALS: str = ""
 
     @field_validator("RATE_LIMIT", "AUTH_FAILURE_LIMIT")
     @classmethod
@@ -163,26 +134,63 @@ class Settings(TracingSettings):
     def rate_limit_enabled(self) -> bool:
         return self.RATE_LIMIT.lower() != "off"
 
-    @property
-    def offline(self) -> bool:
-        return self.OPENAI_API_KEY is None or not self.OPENAI_API_KEY.get_secret_value()
 
-    @property
-    def model_label(self) -> str:
-        return OFFLINE_MODEL_NAME if self.offline else self.MODEL_NAME
+class ShutdownSettings(BaseSettings):
+    """The shutdown budget (research_agent/shutdown.py; docs/02, section 14): on SIGTERM /ready
+    turns 503 at once, new requests are still served for SHUTDOWN_DRAIN_SECONDS so a load balancer
+    notices, then the listener closes and open requests get GRACEFUL_SHUTDOWN_SECONDS. 1 + 8 stays
+    inside `docker stop`'s 10 s."""
 
-    @property
-    def search_backend(self) -> str:
-        if self.SEARCH_BACKEND != "auto":
-            return self.SEARCH_BACKEND
-        return "local" if self.offline else "duckduckgo"
+    model_config = ENV
 
-    @property
-    def docs_dirs(self) -> list[Path]:
-        """Folders searched by the local backend: the bundled notes, and DOCS_DIR when it is set."""
-        extra = [self.DOCS_DIR] if self.DOCS_DIR is not None else []
-        dirs = [d.resolve() for d in (*extra, BUNDLED_NOTES_DIR) if d.is_dir()]
-        return list(dict.fromkeys(dirs))  # DOCS_DIR=notes must not index the notes twice
+    SHUTDOWN_DRAIN_SECONDS: float = 1.0
+    GRACEFUL_SHUTDOWN_SECONDS: float = 8.0
+
+
+class SandboxSettings(BaseSettings):
+    """run_python in a throwaway container (research_agent/python_tool.py, lesson 04). Off: it
+    needs the Docker API, which is root on the host; see docs/04-sandboxed-tools.md before turning
+    it on."""
+
+    model_config = ENV
+
+    SANDBOX_ENABLED: bool = False
+    SANDBOX_IMAGE: str = "agent-sandbox:python"
+    SANDBOX_RUNTIME: str | None = None  # runc; "runsc": gVisor, when the Docker daemon offers it
+    SANDBOX_TIMEOUT_SECONDS: float = 10.0
+    SANDBOX_POOL_SIZE: int = 0  # containers started ahead; see docs/04, "What it costs"
+    # "allowlist": run_python reaches SANDBOX_ALLOWED_HOSTS through an egress proxy that adds
+    # SANDBOX_CREDENTIALS' headers (docs/04, "The network as a capability"); "none": no network.
+    SANDBOX_EGRESS: Literal["none", "allowlist"] = "none"
+    SANDBOX_ALLOWED_HOSTS: str = ""
+    SANDBOX_CREDENTIALS: str = ""
+
+
+class McpSettings(BaseSettings):
+    """Lesson 08: the search tool comes from this MCP gateway (research_agent/mcp_tools.py)
+    instead of running in this process; unset, nothing changes. The token names this agent to the
+    gateway."""
+
+    model_config = ENV
+
+    MCP_GATEWAY_URL: str | None = None
+    MCP_GATEWAY_TOKEN: SecretStr | None = None
+    MCP_SEARCH_TOOL: str = "search_notes"
+
+
+class Settings(
+    AgentSettings,
+    ServerSettings,
+    CacheSettings,
+    AccessSettings,
+    ShutdownSettings,
+    SandboxSettings,
+    McpSettings,
+    TracingSettings,
+):
+    """The service's settings: the agent's and every layer's."""
+
+    model_config = ENV
 
 
 @lru_cache

@@ -1,0 +1,151 @@
+"""The application factory: lesson 02's routes (research_agent/api.py) with every later layer
+attached, in this one place. Each layer lives in a module named after it:
+
+- settings.py: every layer's settings, in `Settings`, the one class the service reads;
+- middleware.py, telemetry.py: request ids, metrics, the access log, the body limit (middleware);
+- auth.py, quotas.py, key_before_body.py: API keys, rate limits, token budgets, stream caps
+  (dependencies of the research routes, deps.py; the key is checked before the body);
+- usage.py: each run's tokens, counted and charged (around the agent's runs, deps.py);
+- cache.py: the Redis cache and whose answers a caller may get (the service's cache, deps.py);
+- shutdown.py: the drain, the grace and the cut (the lifespan's SIGTERM handler, /ready, around
+  the agent's runs);
+- tools.py: lesson 04's run_python, lesson 08's MCP search, the tool-call metric (the agent's tools
+  and middleware);
+- tracing.py: lesson 09's spans (FastAPI's server spans, instrumentation).
+"""
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
+from sse_starlette.sse import AppStatus
+
+from . import api
+from .agent import ResearchAgent
+from .auth import ApiKeys
+from .cache import ResearchCache
+from .deps import admit, count_streams, layered_service, validation_error_after_the_key
+from .errors import install_error_handlers
+from .middleware import install_middleware
+from .quotas import Quotas
+from .settings import Settings, get_settings
+from .shutdown import NotReadyWhileDraining, Shutdown
+from .telemetry import configure_logging
+from .tools import build_agent
+from .tracing import FASTAPI_TELEMETRY, configure_tracing, instrument
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings: Settings = app.state.settings
+    # sse-starlette would cancel open streams at once on SIGTERM; ours get the grace and then end
+    # with a shutting_down error (research_agent/shutdown.py).
+    AppStatus.disable_automatic_graceful_drain()
+    app.state.shutdown.install()
+    if app.state.agent is None:
+        # Builds the search index: off the event loop.
+        app.state.agent = await asyncio.to_thread(build_agent, settings)
+    if settings.REDIS_URL and app.state.cache is None:
+        app.state.cache = ResearchCache(
+            settings.REDIS_URL, settings.CACHE_TTL_SECONDS, settings.CACHE_BREAKER_SECONDS
+        )
+        await app.state.cache.ping()  # logs a warning if Redis is down; we start anyway
+    if app.state.quotas is None:
+        app.state.quotas = Quotas(settings)
+    _log_access(app.state.api_keys, app.state.quotas)
+    logger.info(
+        "research agent ready",
+        extra={
+            "model": app.state.agent.model_label,
+            "search_backend": app.state.agent.search_backend,
+            "cache": app.state.cache.state if app.state.cache else "disabled",
+            "version": settings.APP_VERSION,
+        },
+    )
+    yield
+    app.state.shutdown.draining = True
+    if app.state.cache is not None:
+        await app.state.cache.close()
+    await app.state.quotas.close()
+    logger.info("research agent stopped")
+
+
+def _log_access(api_keys: ApiKeys, quotas: Quotas) -> None:
+    if api_keys.enabled:
+        logger.info("API keys required", extra={"key_names": api_keys.names})
+    else:
+        logger.warning(
+            "API_KEYS is not set: /v1 is open to anyone who can reach this port",
+            extra={"limits_per": "client address"},
+        )
+    logger.info("limits", extra=quotas.describe())
+
+
+def _openapi_without_security(app: FastAPI):
+    """Without API_KEYS nothing asks for a key, and the schema must not say otherwise."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.get("components", {}).pop("securitySchemes", None)
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                operation.pop("security", None)
+                operation["responses"].pop("401", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+def create_app(settings: Settings | None = None, agent: ResearchAgent | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.LOG_LEVEL)
+    configure_tracing(settings)  # nothing at all unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+    app = FastAPI(
+        title="Research Agent",
+        version=settings.APP_VERSION,
+        description="A LangChain research agent that cites its sources. Offline by default.",
+        lifespan=lifespan,
+        # A redirect to the path with(out) a slash would carry the client's own Host header back.
+        redirect_slashes=False,
+        telemetry=FASTAPI_TELEMETRY,  # a server span per request, once tracing is on
+    )
+    app.state.settings, app.state.agent, app.state.cache = settings, agent, None
+    # Read now: a key file that is missing or malformed stops the service before it listens.
+    app.state.api_keys, app.state.quotas = ApiKeys.from_settings(settings), None
+    # Built once, here; the lifespan installs its SIGTERM handler (a test that never starts the
+    # lifespan gets one that is never draining).
+    app.state.shutdown = Shutdown(
+        settings.SHUTDOWN_DRAIN_SECONDS, settings.GRACEFUL_SHUTDOWN_SECONDS
+    )
+    # Lesson 02's routes, each research route behind the caller's key and limits; their service
+    # is the one with every layer around the agent.
+    app.include_router(api.probes)
+    app.include_router(api.router, dependencies=[Depends(admit), Depends(count_streams)])
+    app.dependency_overrides[api.get_service] = layered_service
+    if not app.state.api_keys.enabled:
+        app.openapi = _openapi_without_security(app)
+    install_error_handlers(app)
+
+    app.add_exception_handler(RequestValidationError, validation_error_after_the_key)
+    app.add_middleware(NotReadyWhileDraining)
+    instrumentator = install_middleware(app, settings)
+    instrumentator.expose(
+        app,
+        include_in_schema=True,
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics (text exposition format)",
+    )
+    instrument(app, settings)  # HTTPX, Redis, LangChain: only when tracing is on
+    return app
