@@ -160,7 +160,7 @@ class Orchestrator:
         its environment: (its id, "warm" or "cold")."""
         if warm := self.pool.take(job.RUN_ID, job.VARIATION):  # (name, id) of one started ahead
             return warm[1], "warm"
-        env = job.to_env(otlp_endpoint=self.settings.WORKER_OTEL_EXPORTER_OTLP_ENDPOINT, **agent)
+        env = job.to_env(**agent)
         worker_id = await asyncio.to_thread(self.workers.start, job.RUN_ID, job.VARIATION, env)
         return worker_id, "cold"
 

@@ -1,8 +1,8 @@
 """Lesson 05 in a trace (docs/09-traces.md, "Going further"): a run is one trace. POST /v1/runs
 is its server span (FastAPI's own: TELEMETRY); `run` covers launching every variation, `launch
 variation {i}` each one's container (or warm worker). The job the worker gets carries the launch
-span's `traceparent` (research_agent/job.py, Job.to_env), so each worker's `variation {i}` span and
-its agent's spans hang under it, N variations side by side.
+span's `traceparent` (research_agent/job.py's trace_env, added to the job's variables here), so
+each worker's `variation {i}` span and its agent's spans hang under it, N variations side by side.
 
 Set up from the same OTEL_* variables as the research agent (research_agent/tracing.py): without
 OTEL_EXPORTER_OTLP_ENDPOINT nothing is loaded, these spans are the API's no-ops, and a job
@@ -16,7 +16,7 @@ write-only ingest, on their own network, instead. `TRACES=1 make lesson-05` sets
 
 from opentelemetry import trace
 
-from research_agent import TracingSettings
+from research_agent import TracingSettings, trace_env
 
 SERVICE_NAME = "lesson05-variations"
 
@@ -62,6 +62,14 @@ def trace_launches(orchestrator):
         with tracer().start_as_current_span(name, attributes=attributes):
             await start_one(run_id, query, v, count)
 
+    def job(*args) -> tuple:
+        """The job, whose variables now carry the launch span's context and where to export
+        (research_agent/job.py's trace_env): the worker's spans join the run's trace."""
+        job, agent = make_job(*args)
+        endpoint = orchestrator.settings.WORKER_OTEL_EXPORTER_OTLP_ENDPOINT
+        return job, {**agent, **trace_env(endpoint or None)}
+
     # start_all calls self.start_one: found on the instance first, so each launch is in its span.
-    orchestrator.start_all, orchestrator.start_one = run, launch
+    make_job = orchestrator.job
+    orchestrator.start_all, orchestrator.start_one, orchestrator.job = run, launch, job
     return orchestrator

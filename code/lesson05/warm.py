@@ -138,8 +138,7 @@ class WarmPool:
         """The job of a variation that took a warm worker: the same variables a cold worker gets,
         but no secret (Job.to_env), sent on the worker's own list."""
         name = self.name_of(job.RUN_ID, job.VARIATION)
-        endpoint = self.settings.WORKER_OTEL_EXPORTER_OTLP_ENDPOINT
-        await self.runs.send_job(name, job.to_env(False, otlp_endpoint=endpoint, **agent))
+        await self.runs.send_job(name, job.to_env(False, **agent))
 
     async def mark_alive(self) -> None:
         """Each reaper pass, before it lists: idle warm workers leave once this key expires."""

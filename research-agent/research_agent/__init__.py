@@ -79,6 +79,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     # instrumentation, the tracer, and FastAPI's server spans.
     "TracingSettings": ("settings", None),
     "configure_tracing": ("tracing", None),
+    "trace_env": ("job", None),  # a worker's job joins the launch's trace
     "instrument": ("tracing", None),
     "tracer": ("tracing", None),
     "FASTAPI_TELEMETRY": ("tracing", None),

@@ -79,31 +79,27 @@ class Job(BaseModel):
     REDIS_URL: str = "redis://redis:6379/0"
     STREAM_MAXLEN: int = Field(5000, ge=10)  # the run's stream never holds more entries than this
     TOKEN_BUDGET: int = Field(1000, ge=0)  # token events this variation may add to the stream
-    # The run's trace (lesson 09): the W3C context of the span that launched this variation,
-    # written by to_env() while tracing is on; the worker's spans join it
-    # (research_agent/worker.py).
-    TRACEPARENT: str | None = Field(None, pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
-    TRACESTATE: str | None = Field(None, max_length=512)
 
     @property
     def stream_key(self) -> str:
         """Where this worker writes its events: its own stream (worker_events_key)."""
         return worker_events_key(self.RUN_ID, self.VARIATION)
 
-    def to_env(
-        self, secrets: bool = True, otlp_endpoint: str | None = None, **agent_settings
-    ) -> dict[str, str]:
-        """The job plus the agent's settings this variation changes (TEMPERATURE, MODEL_NAME...),
-        as a container's environment: every value a string, a None left out. `secrets=False`
-        leaves out OPENAI_API_KEY (agent_env, below, writes every worker's environment). With
-        tracing on, the current span's context and the exporter's settings too (trace_env), the
-        endpoint replaced by `otlp_endpoint` when one is given."""
-        tracing = trace_env(otlp_endpoint)
-        return agent_env(secrets, **{**self.model_dump(), **tracing}, **agent_settings)
+    def to_env(self, secrets: bool = True, **extra) -> dict[str, str]:
+        """The job plus `extra`, the agent's settings this variation changes (TEMPERATURE,
+        MODEL_NAME...), as a container's environment: every value a string, a None left out.
+        `secrets=False` leaves out OPENAI_API_KEY (agent_env, below, writes every worker's
+        environment)."""
+        return agent_env(secrets, **{**self.model_dump(), **extra})
+
+
+# The run's trace context, which trace_env adds to a job's variables (the worker's TraceContext).
+TRACE_VARIABLES = ("TRACEPARENT", "TRACESTATE")
 
 
 def trace_env(otlp_endpoint: str | None = None) -> dict[str, str]:
-    """What a worker needs to join the current trace: TRACEPARENT (and TRACESTATE) of the span
+    """Lesson 09: what a worker needs to join the current trace, added to its job's variables
+    where the orchestrator launches it: TRACEPARENT (and TRACESTATE) of the span
     current now, and the OTEL_* settings of TracingSettings that this process has set (the
     endpoint, the protocol, content capture; never OTEL_EXPORTER_OTLP_HEADERS, which may hold a
     backend's key). `otlp_endpoint`: where the worker exports instead, when this process's
@@ -126,7 +122,7 @@ def agent_env(secrets: bool = True, **values) -> dict[str, str]:
     string, a None left out (the default holds). `secrets=False` leaves out the secret ones
     (OPENAI_API_KEY): a warm worker's job travels through Redis, and a warm worker got its secrets
     in its environment when it started. The one place a worker's environment is written."""
-    unknown = set(values) - set(Settings.model_fields) - set(Job.model_fields)
+    unknown = set(values) - set(Settings.model_fields) - set(Job.model_fields) - {*TRACE_VARIABLES}
     if unknown:
         raise ValueError(f"not settings of the agent: {sorted(unknown)}")
     return {

@@ -18,18 +18,9 @@ from .sandbox_egress import EgressRunner
 from .sandbox_pool import PooledRunner
 from .sandbox_sweep import SweepingRunner
 from .settings import Settings
-from .tracing import tracer
+from .tracing import TracedRunner
 
 logger = logging.getLogger(__name__)
-
-
-def sandbox_span_attributes(c: SandboxConfig) -> dict:
-    """The sandbox's limits, on its span: what the run was allowed (never the code it ran)."""
-    return {
-        "sandbox.image": c.image,
-        "sandbox.timeout_seconds": c.timeout_seconds,
-        "sandbox.memory": str(c.memory),
-    }
 
 
 def make_run_python_tool(runner: QueuedRunner, request_id: Callable[[], str]) -> BaseTool:
@@ -43,18 +34,7 @@ def make_run_python_tool(runner: QueuedRunner, request_id: Callable[[], str]) ->
     @tool(response_format="content_and_artifact")
     async def run_python(code: str) -> tuple[str, dict]:
         """Run a Python program in a sandbox and return its stdout, stderr and exit code."""
-        limits = sandbox_span_attributes(c)
-        with tracer().start_as_current_span("sandbox run", attributes=limits) as span:
-            result = await runner.arun(code, request_id=request_id())
-            span.set_attributes(
-                {
-                    "sandbox.exit_code": -1 if result.exit_code is None else result.exit_code,
-                    "sandbox.timed_out": result.timed_out,
-                    "sandbox.oom_killed": result.oom_killed,
-                    "sandbox.output_truncated": result.truncated,
-                    "sandbox.duration_ms": result.duration_ms,
-                }
-            )
+        result = await runner.arun(code, request_id=request_id())
         return json.dumps(result.as_dict()), {"code": code, "result": result.as_dict()}
 
     network = "no network"
@@ -92,6 +72,6 @@ def sandbox_tools(settings: Settings, request_id: Callable[[], str]) -> list[Bas
         runner.start_pool()
     if settings.SANDBOX_POOL_SIZE or settings.SANDBOX_EGRESS != "none":
         atexit.register(runner.close)  # the pool's idle containers and the proxy go with it
-    tool = make_run_python_tool(runner, request_id)
+    tool = make_run_python_tool(TracedRunner(runner), request_id)  # a span per run (lesson 09)
     tool.handle_tool_error = True  # a ToolException becomes the tool's answer, status "error"
     return [tool]

@@ -312,3 +312,31 @@ def instrument(app, settings: TracingSettings) -> None:
         if not RedisInstrumentor().is_instrumented_by_opentelemetry:
             RedisInstrumentor().instrument()
     instrument_langchain(settings.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
+
+
+class TracedRunner:
+    """Lesson 04's sandbox runner, each run a `sandbox run` span under the tool call: the limits
+    it was given, then how it ended (never the code it ran)."""
+
+    def __init__(self, runner):
+        self.runner, self.config = runner, runner.config
+
+    async def arun(self, code: str, **options):
+        c = self.config
+        limits = {
+            "sandbox.image": c.image,
+            "sandbox.timeout_seconds": c.timeout_seconds,
+            "sandbox.memory": str(c.memory),
+        }
+        with tracer().start_as_current_span("sandbox run", attributes=limits) as span:
+            result = await self.runner.arun(code, **options)
+            span.set_attributes(
+                {
+                    "sandbox.exit_code": -1 if result.exit_code is None else result.exit_code,
+                    "sandbox.timed_out": result.timed_out,
+                    "sandbox.oom_killed": result.oom_killed,
+                    "sandbox.output_truncated": result.truncated,
+                    "sandbox.duration_ms": result.duration_ms,
+                }
+            )
+        return result

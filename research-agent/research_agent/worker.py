@@ -16,8 +16,8 @@ a variation may only XADD to its own stream (research_agent/job.py), whatever co
 container.
 
 With tracing on in the orchestrator, the job carries TRACEPARENT and the OTEL_* exporter settings
-(Job.to_env): the worker's `variation {i}` span, and the agent's spans under it, join the run's
-trace (lesson 09). Without them, no tracing is set up here.
+(research_agent/job.py's trace_env): the worker's `variation {i}` span, and the agent's spans
+under it, join the run's trace (lesson 09). Without them, no tracing is set up here.
 """
 
 import time
@@ -37,7 +37,8 @@ import redis.asyncio as redis  # noqa: E402
 from opentelemetry import propagate  # noqa: E402
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai  # noqa: E402
 from opentelemetry.trace import StatusCode  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
+from pydantic import Field, ValidationError  # noqa: E402
+from pydantic_settings import BaseSettings  # noqa: E402
 from redis.asyncio.retry import Retry  # noqa: E402
 from redis.backoff import ExponentialBackoff  # noqa: E402
 
@@ -45,7 +46,7 @@ from .agent import SYSTEM_PROMPT, ResearchAgent  # noqa: E402
 from .error_shape import INTERNAL_ERROR_MESSAGE  # noqa: E402
 from .errors import AppError  # noqa: E402
 from .genai_spans import instrument_langchain  # noqa: E402
-from .job import ANSWER_STYLES, ExitCode, Job, warm_ready_key  # noqa: E402
+from .job import ANSWER_STYLES, TRACE_VARIABLES, ExitCode, Job, warm_ready_key  # noqa: E402
 from .settings import Settings  # noqa: E402
 from .styles import StyledOfflineModel  # noqa: E402
 from .tools import build_agent as build_research_agent  # noqa: E402
@@ -103,13 +104,23 @@ def peak_memory_mb() -> dict:
     return found
 
 
+class TraceContext(BaseSettings):
+    """The run's trace (lesson 09): the W3C context of the span that launched this variation,
+    which the orchestrator adds to the job's variables while tracing is on (research_agent/job.py's
+    trace_env). Checked with the job: a malformed one is an invalid job."""
+
+    TRACEPARENT: str | None = Field(None, pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    TRACESTATE: str | None = Field(None, max_length=512)
+
+
 @contextmanager
 def job_span(job: Job, started: float, **attributes):
     """The variation's span, `variation {i}`, current while it runs: its parent is the
-    TRACEPARENT (and TRACESTATE) its job carries (research_agent/job.py's Job.to_env writes them),
-    so every variation of a run sits in the run's trace, side by side. `started`: a Unix time (its
-    start-up counts). While tracing is off, the API's no-op span."""
-    carrier = {"traceparent": job.TRACEPARENT or "", "tracestate": job.TRACESTATE or ""}
+    TRACEPARENT (and TRACESTATE) its job carries (TraceContext), so every variation of a run sits
+    in the run's trace, side by side. `started`: a Unix time (its start-up counts). While tracing
+    is off, the API's no-op span."""
+    context = TraceContext()
+    carrier = {"traceparent": context.TRACEPARENT or "", "tracestate": context.TRACESTATE or ""}
     attributes = {f"lesson05.{name}": value for name, value in attributes.items()}
     with tracer("research-agent.worker").start_as_current_span(
         f"variation {job.VARIATION}",
@@ -240,14 +251,17 @@ def main(argv: list[str] | None = None) -> int:
             return found
         job = found
     assigned = time.time() if warm else None
+    # The exporter and the trace context read the environment: a warm job's go there first.
+    traced = {n: v for n, v in job.items() if n.startswith("OTEL_") or n in TRACE_VARIABLES}
+    os.environ.update(traced)
+    job = {name: value for name, value in job.items() if name not in TRACE_VARIABLES}
     try:
         settings = WorkerSettings(**job)  # the job's values win over the environment's
+        TraceContext()
     except ValidationError as exc:
         names = ", ".join(str(e["loc"][0]) for e in exc.errors())
         logger.error("invalid job, check these settings: %s", names)
         return ExitCode.INVALID_JOB
-    # The exporter reads its settings from the environment: a warm job's OTEL_* go there first.
-    os.environ.update({name: value for name, value in job.items() if name.startswith("OTEL_")})
     if configure_tracing(settings, service_name="research-agent-worker"):
         instrument_langchain(settings.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
     try:

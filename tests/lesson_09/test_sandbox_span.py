@@ -14,6 +14,7 @@ from research_agent.genai_spans import instrument_langchain
 from research_agent.python_tool import make_run_python_tool
 from research_agent.sandbox import RunResult, SandboxConfig
 from research_agent.tools import build_agent
+from research_agent.tracing import TracedRunner
 from tests.lesson_02.test_sandbox_tool import ScriptedModel
 from tests.support.agent import make_settings
 
@@ -44,7 +45,7 @@ def research_with(tool, spans, monkeypatch) -> tuple:
 
 
 def test_a_sandbox_run_is_a_span_under_its_tool_call(spans, monkeypatch):
-    tool = make_run_python_tool(FakeRunner(), lambda: "req-1")
+    tool = make_run_python_tool(TracedRunner(FakeRunner()), lambda: "req-1")
     finished, root, call = research_with(tool, spans, monkeypatch)
     (sandbox,) = [s for s in finished if s.name == "sandbox run"]
     assert sandbox.parent.span_id == call.context.span_id
@@ -79,6 +80,6 @@ def test_a_model_a_tool_asks_is_a_chat_span_under_the_tool_call(spans, monkeypat
 
 
 def test_without_tracing_the_tool_still_runs(monkeypatch):
-    tool = make_run_python_tool(FakeRunner(), lambda: "req-1")
+    tool = make_run_python_tool(TracedRunner(FakeRunner()), lambda: "req-1")
     content, artifact = asyncio.run(tool.coroutine(code="print(1)"))
     assert artifact["result"]["oom_killed"] is True

@@ -6,7 +6,7 @@ ProcessWorkers), one of them a warm worker that gets its job through Redis."""
 
 import pytest
 
-from research_agent.job import Job
+from research_agent.job import Job, trace_env
 from support.waiting import wait_for
 from tests.support.variations import by_variation, read_events, start_run
 
@@ -104,9 +104,9 @@ def test_a_job_carries_the_trace_only_while_tracing_is_on(serve, workers, monkey
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces")
     job = Job(RUN_ID="0123456789abcdef", VARIATION=0, QUERY="q")
     with TracerProvider().get_tracer("test").start_as_current_span("launch") as span:
-        env = job.to_env(False)
-        empty = job.to_env(False, otlp_endpoint="")  # the setting's default: the API's endpoint
-        own = job.to_env(False, otlp_endpoint="http://172.18.0.5:6006")
+        env = job.to_env(False, **trace_env())
+        empty = job.to_env(False, **trace_env(""))  # the setting's default: the API's endpoint
+        own = job.to_env(False, **trace_env("http://172.18.0.5:6006"))
     context = span.get_span_context()
     assert (
         env["TRACEPARENT"]

@@ -1,0 +1,153 @@
+"""No lesson's core path shows a later lesson's idea (issue 38 item 3).
+
+The lesson -> modules map is docs/02's table of the package's layers ("Explained in": a layer a
+later lesson explains belongs to that lesson; lesson 02's core modules, and a layer explained in
+lesson 02's own sections, to lesson 02). The docs and this test read the same table. Two checks for
+every excerpt above a lesson doc's `## Going further`:
+
+1. the excerpt's file, if it is a module of the research agent, belongs to that lesson or an
+   earlier one;
+2. no name the excerpt uses comes from a module of a later lesson (a `tracer()` in lesson 04's
+   `run_python` is lesson 09's idea, shown in lesson 04).
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from scripts import docs_words
+from tests.repo.test_lesson_sizes import (
+    DOC_02,
+    INCLUDE,
+    LAYERS_HEADING,
+    PACKAGE_DIR,
+    ROOT,
+    core_02_files,
+    public_names,
+)
+
+LESSON_LINK = re.compile(r"\((\d\d)-[\w-]+\.md")
+FENCE = re.compile(r"^```\w*\n(.*?)^```", re.M | re.S)
+
+
+def module_lessons(doc_02: str) -> dict[str, int]:
+    """Module file name (`sandbox.py`, `durable/`) -> the lesson that explains it."""
+    found = {name: 2 for name in core_02_files(doc_02)}
+    section = doc_02[doc_02.find(LAYERS_HEADING) :]
+    end = section.find("\n#", len(LAYERS_HEADING))
+    for row in section[: end if end > 0 else None].splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) < 4 or cells[0] in ("Layer", "---"):
+            continue
+        lessons = [int(n) for n in LESSON_LINK.findall(cells[-1])]
+        for name in re.findall(r"`(\w+\.py|\w+/)`", cells[1]):
+            found[name] = min(lessons) if lessons else 2
+    return found
+
+
+def lesson_of(path: str, lessons: dict[str, int]) -> int | None:
+    """The lesson a repository file belongs to, if it is a module of the research agent."""
+    if not path.startswith(PACKAGE_DIR + "/"):
+        return None
+    rest = path[len(PACKAGE_DIR) + 1 :]
+    key = rest.split("/")[0] + "/" if "/" in rest else rest
+    return lessons.get(key)
+
+
+def imported_names(root: Path, path: str) -> dict[str, str]:
+    """Each name a file imports from the research agent's package -> the module file it comes
+    from (`tracer` -> `research-agent/research_agent/tracing.py`)."""
+    package = "research_agent"
+    public = public_names(root, package)
+    found = {}
+    for node in ast.walk(ast.parse((root / path).read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level and path.startswith(PACKAGE_DIR + "/"):
+            here = Path(path).parent.relative_to(PACKAGE_DIR).parts[: max(0, 2 - node.level)]
+            module = ".".join((package, *here, *([node.module] if node.module else [])))
+        elif node.module and node.module.split(".")[0] == package:
+            module = node.module
+        else:
+            continue
+        for alias in node.names:
+            source = module
+            if module == package:
+                source = public.get(alias.name, f"{package}.{alias.name}")
+            parts = source.split(".")[1:]
+            found[alias.asname or alias.name] = "/".join([PACKAGE_DIR, *parts]) + ".py"
+    return found
+
+
+def core_excerpts(doc_text: str) -> list[tuple[str, str]]:
+    """(file, code) of every Python excerpt above `## Going further` (either side of a diff)."""
+    core = docs_words.core_path(doc_text)
+    found = []
+    for match in INCLUDE.finditer(core):
+        block = FENCE.search(core, match.end())
+        code = block[1] if block else ""
+        for spec in match["specs"].split():
+            path = spec.split("#", 1)[0]
+            if path.endswith(".py"):
+                found.append((path, code))
+    return found
+
+
+def later_ideas(root: Path, doc: Path, lessons: dict[str, int]) -> list[str]:
+    number = int(doc.name[:2])
+    problems = []
+    for path, code in core_excerpts(doc.read_text(encoding="utf-8")):
+        owner = lesson_of(path, lessons)
+        if owner is not None and owner > number:
+            problems.append(f"{path} is lesson {owner:02d}'s")
+        if not (root / path).is_file():
+            continue
+        used = set(re.findall(r"\b\w+\b", code))
+        for name, source in imported_names(root, path).items():
+            owner = lesson_of(source, lessons)
+            if name in used and owner is not None and owner > number:
+                problems.append(f"{path} shows {name} (from {source}, lesson {owner:02d})")
+    return sorted(set(problems))
+
+
+LESSONS = module_lessons(DOC_02.read_text(encoding="utf-8"))
+DOCS = sorted((ROOT / "docs").glob("[0-9][0-9]-*.md"))
+
+
+def test_the_map_places_each_layer_in_its_lesson():
+    assert LESSONS["agent.py"] == 2 and LESSONS["quotas.py"] == 2
+    assert LESSONS["sandbox.py"] == 4 and LESSONS["job.py"] == 5
+    assert LESSONS["mcp_tools.py"] == 8 and LESSONS["tracing.py"] == 9
+    assert LESSONS["durable/"] == 10
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_no_core_path_shows_a_later_lessons_idea(doc):
+    assert later_ideas(ROOT, doc, LESSONS) == []
+
+
+def test_a_later_lessons_module_or_name_in_a_core_excerpt_is_named(tmp_path):
+    package = tmp_path / PACKAGE_DIR
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "tracing.py").write_text("def tracer():\n    pass\n")
+    (package / "sandbox.py").write_text(
+        "from .tracing import tracer\n\n\ndef run():\n    with tracer():\n        pass\n"
+    )
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "04-sandbox.md"
+    block = "```python\ndef run():\n    with tracer():\n        pass\n```\n"
+    include = f"<!-- include: {PACKAGE_DIR}/sandbox.py#run -->\n"
+    doc.write_text(f"# 04\n\n{include}{block}\n## Going further\n")
+    lessons = {"sandbox.py": 4, "tracing.py": 9}
+    assert later_ideas(tmp_path, doc, lessons) == [
+        f"{PACKAGE_DIR}/sandbox.py shows tracer (from {PACKAGE_DIR}/tracing.py, lesson 09)"
+    ]
+    doc.write_text(f"# 04\n\n{include}{block.replace('tracer', 'timer')}\n## Going further\n")
+    assert later_ideas(tmp_path, doc, lessons) == []
+    doc.write_text(f"# 02\n\n{include}```python\npass\n```\n\n## Going further\n")
+    assert later_ideas(tmp_path, doc.rename(tmp_path / "docs" / "02-core.md"), lessons) == [
+        f"{PACKAGE_DIR}/sandbox.py is lesson 04's"
+    ]
