@@ -1,0 +1,68 @@
+"""The notes server's answer, validated once (lesson08.transport.checked_once): the same answer
+the SDK sends for a returned model, checked against the tool's return model, and not checked a
+second time with jsonschema (which validates the schema itself at every call). No process: the
+servers are the SDK's FastMCP in memory."""
+
+import asyncio
+import sys
+
+import jsonschema
+import mcp.server.lowlevel.server as lowlevel
+from mcp.server.fastmcp import FastMCP
+from mcp.shared.memory import create_connected_server_and_client_session
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel
+
+from lesson08.transport import checked_once
+
+
+class Answer(BaseModel):
+    text: str
+    count: int
+
+
+def server(answer) -> FastMCP:
+    app = FastMCP("answers")
+
+    @app.tool()
+    async def ask() -> Answer:
+        return answer()
+
+    return app
+
+
+async def call(app: FastMCP):
+    async with create_connected_server_and_client_session(app._mcp_server) as session:
+        return await session.call_tool("ask", {})
+
+
+def counted_validations(monkeypatch) -> list:
+    """The server's jsonschema validations (the client's own, of the answer, are not counted)."""
+    calls = []
+    real = jsonschema.validate
+
+    def validate(*args, **kwargs):
+        if sys._getframe(1).f_globals["__name__"] == lowlevel.__name__:
+            calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lowlevel.jsonschema, "validate", validate)
+    return calls
+
+
+def test_the_answer_is_the_one_the_sdk_sends_for_the_model_without_the_second_check(monkeypatch):
+    validations = counted_validations(monkeypatch)
+    plain = asyncio.run(call(server(lambda: Answer(text="hi", count=2))))
+    assert [v["instance"] for v in validations] == [{"text": "hi", "count": 2}]  # the SDK's way
+    once = asyncio.run(call(server(lambda: checked_once(Answer(text="hi", count=2)))))
+    assert len(validations) == 1  # checked by the model only
+    assert once.model_dump() == plain.model_dump()
+    assert once.structuredContent == {"text": "hi", "count": 2}
+
+
+def test_an_answer_that_does_not_match_the_return_model_is_still_refused():
+    wrong = CallToolResult(
+        content=[TextContent(type="text", text="{}")], structuredContent={"text": "hi"}
+    )
+    result = asyncio.run(call(server(lambda: wrong)))
+    assert result.isError and "count" in result.content[0].text
