@@ -40,14 +40,13 @@ from lesson08.call_limits import (
     CallPolicy,
     cancel_when_abandoned,
     capped_client_factory,
-    validate_answers_once,
 )
 from lesson08.catalog import load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
 from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins
 from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
 from lesson08.transport import quiet_closed_streams
-from research_agent import error_body
+from research_agent import error_body, validate_answers_once
 
 # One JSON line per event on stdout, from the gateway's own logger only (not every HTTP request).
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)

@@ -22,10 +22,7 @@ import uuid
 
 import anyio
 import httpx
-import jsonschema
 import mcp.types
-import referencing
-import referencing.exceptions
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_headers
 from fastmcp.server.middleware import Middleware
@@ -147,39 +144,6 @@ def cancel_when_abandoned(session) -> None:
             raise
 
     session.send_request = send_request_or_cancel
-
-
-def validate_answers_once(session) -> None:
-    """The SDK's client checks each tool's structured answer against the tool's output schema
-    with `jsonschema.validate`, which first checks the schema itself against JSON Schema's
-    metaschema and builds a validator, at every call: more work than the answer's own check.
-    Here a schema is checked once, when a listing brings it (a new listing, a new check), and each
-    answer against the validator built then: the same verdict, and the SDK's own error. Anything
-    else (a tool not listed yet, an answer without structured content, a schema that fails its
-    check) takes the SDK's path."""
-    sdk_validate = session._validate_tool_result
-    validators: dict[str, tuple[dict, object]] = {}  # tool name -> (its schema, a validator)
-
-    async def validate(name: str, result) -> None:
-        schema = session._tool_output_schemas.get(name)
-        if schema is None or result.structuredContent is None:
-            return await sdk_validate(name, result)
-        known = validators.get(name)
-        if known is None or known[0] is not schema:  # listed again: check the schema again
-            cls = jsonschema.validators.validator_for(schema)
-            try:
-                cls.check_schema(schema)
-            except jsonschema.SchemaError:
-                return await sdk_validate(name, result)
-            known = validators[name] = (schema, cls(schema, registry=referencing.Registry()))
-        try:
-            error = jsonschema.exceptions.best_match(known[1].iter_errors(result.structuredContent))
-        except referencing.exceptions.Unresolvable:
-            return await sdk_validate(name, result)
-        if error is not None:
-            raise RuntimeError(f"Invalid structured content returned by tool {name}: {error}")
-
-    session._validate_tool_result = validate
 
 
 class CheckedResult(ToolResult):

@@ -14,6 +14,7 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
 from lesson08.transport import checked_once
+from research_agent import validate_answers_once
 
 
 class Answer(BaseModel):
@@ -66,3 +67,37 @@ def test_an_answer_that_does_not_match_the_return_model_is_still_refused():
     )
     result = asyncio.run(call(server(lambda: wrong)))
     assert result.isError and "count" in result.content[0].text
+
+
+def test_a_kept_session_checks_each_schema_once_and_still_refuses_a_wrong_answer(monkeypatch):
+    """research_agent.validate_answers_once, which the agent's and the gateway's sessions use: the
+    schema is checked once per listing, every answer against it."""
+    checks = []
+    real = jsonschema.Draft202012Validator.check_schema
+    monkeypatch.setattr(
+        jsonschema.Draft202012Validator,
+        "check_schema",
+        lambda schema, **kw: checks.append(schema) or real(schema, **kw),
+    )
+
+    async def run():
+        app = server(lambda: checked_once(Answer(text="hi", count=2)))
+        async with create_connected_server_and_client_session(app._mcp_server) as session:
+            validate_answers_once(session)
+            await session.list_tools()
+            answers = [(await session.call_tool("ask", {})).structuredContent for _ in range(3)]
+            checked_before = len(checks)
+            # The schema the server declares now asks for another type: the same answer fails.
+            stricter = dict(session._tool_output_schemas["ask"])
+            stricter["properties"] = {**stricter["properties"], "count": {"type": "string"}}
+            session._tool_output_schemas["ask"] = stricter
+            try:
+                await session.call_tool("ask", {})
+            except RuntimeError as exc:
+                return answers, checked_before, str(exc)
+            return answers, checked_before, None
+
+    answers, checked_before, error = asyncio.run(run())
+    assert answers == [{"text": "hi", "count": 2}] * 3
+    assert checked_before == 1  # three answers, one check of the schema
+    assert error is not None and "Invalid structured content returned by tool ask" in error
