@@ -9,7 +9,9 @@
   name the gateway never listed is counted as "other" and logged cut to 64 characters;
 - a burst guard in front of it all: POSTs in flight per client and in total are bounded; beyond
   that the answer is 429 or 503 with Retry-After, at once. A call counts as in flight until its
-  answer is sent, not until its stream closes.
+  answer is sent, not until its stream closes;
+- each answer checked once: the gateway's client checks it against the tool's schema
+  (research_agent.validate_answers_once), and the gateway sends it on as it is (CheckedResult).
 """
 
 import hmac

@@ -8,11 +8,13 @@ import sys
 
 import jsonschema
 import mcp.server.lowlevel.server as lowlevel
+from fastmcp.tools.base import ToolResult
 from mcp.server.fastmcp import FastMCP
 from mcp.shared.memory import create_connected_server_and_client_session
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
+from lesson08.call_limits import validated_once
 from lesson08.transport import checked_once
 from research_agent import validate_answers_once
 
@@ -101,3 +103,22 @@ def test_a_kept_session_checks_each_schema_once_and_still_refuses_a_wrong_answer
     assert answers == [{"text": "hi", "count": 2}] * 3
     assert checked_before == 1  # three answers, one check of the schema
     assert error is not None and "Invalid structured content returned by tool ask" in error
+
+
+def test_the_gateway_passes_on_what_its_client_checked_without_a_second_check(monkeypatch):
+    """A proxied answer with structured content goes out as a CallToolResult, which the SDK's
+    server sends as it is (its client checked it against the tool's schema on arrival)."""
+    validations = counted_validations(monkeypatch)
+    upstream = ToolResult(
+        content=[TextContent(type="text", text="hi")], structured_content={"text": "hi", "count": 2}
+    )
+    sent = validated_once(upstream).to_mcp_result()
+    assert isinstance(sent, CallToolResult)
+    assert sent.structuredContent == {"text": "hi", "count": 2} and sent.content[0].text == "hi"
+
+    async def through_a_server():
+        app = server(lambda: sent)  # what the gateway's server hands the SDK
+        return await call(app)
+
+    answer = asyncio.run(through_a_server())
+    assert answer.structuredContent == {"text": "hi", "count": 2} and validations == []
