@@ -251,6 +251,8 @@ def main() -> None:
     server_ratio = P(direct, 50) / P(sdk, 50)
     overhead = P(through, 50) - P(direct, 50)
     overhead_ratio = overhead / P(direct, 50)
+    every = float(recheck)
+    checks = "before every call" if every == 0 else f"at each listing and every {every:g} s"
     print("\n| measure | baseline | lesson 08 | ratio | target |")
     print("| --- | --- | --- | --- | --- |")
     print(
@@ -285,8 +287,7 @@ def main() -> None:
     print(
         f"\nGateway overhead per call: p50 {ms(overhead)}, "
         f"p99 {ms(P(through, 99) - P(direct, 99))} (target at p50: <= {OVERHEAD_MS_TARGET:g} ms; "
-        f"the pins checked at each listing and every {recheck} s: "
-        f"GATEWAY_PIN_RECHECK_SECONDS={recheck})."
+        f"the pins checked {checks}: GATEWAY_PIN_RECHECK_SECONDS={recheck})."
     )
     verdicts = [
         ("research over MCP", research_ratio <= RESEARCH_TARGET, f"{RESEARCH_TARGET}x"),
