@@ -17,6 +17,7 @@ The operator's, with `Authorization: Bearer $GATEWAY_OPERATOR_TOKEN` (no token s
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import os
 import sys
@@ -45,7 +46,7 @@ from lesson08.launcher import DockerLauncher, UrlLauncher
 from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins
 from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
 from lesson08.transport import quiet_closed_streams
-from research_agent import error_body
+from research_agent import error_body, validate_answers_once
 
 # One JSON line per event on stdout, from the gateway's own logger only (not every HTTP request).
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
@@ -74,9 +75,11 @@ class Settings(BaseSettings):
     # Where `repin` finds the running gateway and its operator token (make lesson-08 writes it).
     GATEWAY_URL: str = ""
     GATEWAY_OPERATOR_TOKEN_FILE: Path = REPO / "deploy" / "lesson08" / "operator-token"
-    # How long a server's checked tool list is trusted; 0: it is fetched and checked again at
-    # every call, before the call (lesson08.pinning), so a changed tool is refused and never runs.
-    GATEWAY_PIN_RECHECK_SECONDS: float = 0.0
+    # How often each running server's tools are checked against their pins on a timer (they are
+    # checked at every listing and at the server's tools/list_changed too), and how old a check a
+    # call may rely on: the longest a changed tool still runs under its pinned declaration
+    # (lesson08.pinning). 0: checked again before every call, a listing per call.
+    GATEWAY_PIN_RECHECK_SECONDS: float = 5.0
     # On-demand containers (catalog entries with `image:`): the owner label and the networks.
     GATEWAY_OWNER: str = "lesson08"
     GATEWAY_TOOLS_NETWORK: str = "lesson08_tools"
@@ -139,16 +142,25 @@ def build_gateway(settings: Settings):
                     client = sessions[entry.name] = Client(transport, message_handler=changed)
                     await client.__aenter__()
                     cancel_when_abandoned(client.session)
+                    validate_answers_once(client.session)
                 launcher.touch(entry)
             return client
 
-        async def reset(entry=entry, lock=lock, idle=False) -> bool:
+        def kept(entry=entry) -> Client | None:
+            """The open session, for the timer's pin check: it starts no server, and leaves
+            the server's idle clock alone."""
+            client = sessions.get(entry.name)
+            return client if client is not None and client.is_connected() else None
+
+        async def reset(entry=entry, lock=lock, changed=changed, idle=False) -> bool:
             """Close the kept session (its server stopped, or with `idle`, about to be stopped
             as idle): the next use opens a new one."""
             async with lock:
                 if idle and not launcher.idle(entry, time.monotonic()):
                     return False  # used since the sweep looked: kept
                 client = sessions.pop(entry.name, None)
+                if changed.provider is not None:
+                    changed.provider.expire()  # a new session is checked before its first call
             if client is not None:
                 with contextlib.suppress(Exception):  # the server is gone: nothing to tell it
                     await client.close()
@@ -161,6 +173,7 @@ def build_gateway(settings: Settings):
             reviewed=entry.reviewed,
             ttl=settings.GATEWAY_PIN_RECHECK_SECONDS,
             reset=reset,
+            kept=kept,
         )
         gateway.add_provider(changed.provider)
     return gateway, catalog, pins, launcher, providers
@@ -225,6 +238,7 @@ def build_app(settings: Settings):
 
     app = gateway.http_app(
         path="/mcp",
+        json_response=True,  # one JSON answer per request: a proxied call streams nothing
         host_origin_protection=True,  # a foreign Origin gets 403, an unknown Host 421
         allowed_origins=split(settings.GATEWAY_ALLOWED_ORIGINS),
         allowed_hosts=split(settings.GATEWAY_ALLOWED_HOSTS),
@@ -280,6 +294,30 @@ async def idle_sweep(catalog, launcher, providers, every: float):
         await launcher.close()
 
 
+@contextlib.asynccontextmanager
+async def pin_checks(providers, every: float, timeout: float):
+    """Every `every` seconds, each running server's tools are listed and checked against their
+    pins (a server not running is checked when it starts): a changed tool is refused from then
+    on, whether or not anyone lists the tools. 0: no timer, each call checks first."""
+
+    async def loop():
+        while True:
+            await asyncio.sleep(every)
+            for provider in providers.values():
+                try:
+                    await asyncio.wait_for(provider.recheck(), timeout)
+                except Exception as exc:  # its next call checks (and opens a session) again
+                    event = {"event": "pin_check_failed", "server": provider.server}
+                    logger.warning(json.dumps({**event, "error": type(exc).__name__}))
+
+    task = asyncio.create_task(loop()) if every > 0 else None
+    try:
+        yield
+    finally:
+        if task:
+            task.cancel()
+
+
 async def serve(settings: Settings) -> None:
     app, catalog, launcher, providers = build_app(settings)
     config = uvicorn.Config(
@@ -289,7 +327,12 @@ async def serve(settings: Settings) -> None:
         log_level="warning",
         timeout_graceful_shutdown=5,
     )
-    async with idle_sweep(catalog, launcher, providers, settings.GATEWAY_IDLE_SWEEP_SECONDS):
+    async with (
+        idle_sweep(catalog, launcher, providers, settings.GATEWAY_IDLE_SWEEP_SECONDS),
+        pin_checks(
+            providers, settings.GATEWAY_PIN_RECHECK_SECONDS, settings.GATEWAY_CALL_TIMEOUT_SECONDS
+        ),
+    ):
         await uvicorn.Server(config).serve()
 
 

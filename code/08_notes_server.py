@@ -16,7 +16,12 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lesson08.transport import ServerSettings, quiet_closed_streams, transport_security
+from lesson08.transport import (
+    ServerSettings,
+    checked_once,
+    quiet_closed_streams,
+    transport_security,
+)
 from research_agent import BUNDLED_NOTES_DIR, LocalSearch, format_results
 
 
@@ -34,6 +39,8 @@ server = FastMCP(
     instructions="Search the course's notes on containers and agents.",
     host=settings.HOST,
     transport_security=transport_security(settings),
+    json_response=True,  # one JSON answer per call: this tool sends nothing to stream
+    log_level="WARNING",  # not the SDK's INFO line per request: a server log writes errors
 )
 
 
@@ -63,7 +70,8 @@ async def search_notes(query: Query) -> Found:
     sources = await anyio.to_thread.run_sync(
         index.search, query, settings.SEARCH_MAX_RESULTS, abandon_on_cancel=True, limiter=threads
     )
-    return Found(text=format_results(list(enumerate(sources, 1))), sources=sources)
+    found = Found(text=format_results(list(enumerate(sources, 1))), sources=sources)
+    return checked_once(found)  # validated by its model, once (lesson08/transport.py)
 
 
 @server.custom_route("/health", methods=["GET"])

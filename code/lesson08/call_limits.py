@@ -9,7 +9,9 @@
   name the gateway never listed is counted as "other" and logged cut to 64 characters;
 - a burst guard in front of it all: POSTs in flight per client and in total are bounded; beyond
   that the answer is 429 or 503 with Retry-After, at once. A call counts as in flight until its
-  answer is sent, not until its stream closes.
+  answer is sent, not until its stream closes;
+- each answer checked once: the gateway's client checks it against the tool's schema
+  (research_agent.validate_answers_once), and the gateway sends it on as it is (CheckedResult).
 """
 
 import hmac
@@ -26,6 +28,7 @@ import mcp.types
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_headers
 from fastmcp.server.middleware import Middleware
+from fastmcp.tools.base import ToolResult
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.responses import JSONResponse
 
@@ -145,6 +148,26 @@ def cancel_when_abandoned(session) -> None:
     session.send_request = send_request_or_cancel
 
 
+class CheckedResult(ToolResult):
+    """A server's answer that the gateway's client has validated against the tool's output schema
+    (validate_answers_once). Sent as a `CallToolResult`, which the SDK's server passes on as it
+    is, instead of validating the same answer against the same schema a second time."""
+
+    def to_mcp_result(self) -> mcp.types.CallToolResult:
+        return mcp.types.CallToolResult(
+            content=self.content,
+            structuredContent=self.structured_content,
+            isError=self.is_error,
+            _meta=self.meta,
+        )
+
+
+def validated_once(result):
+    if type(result) is ToolResult and result.structured_content is not None:
+        result.__class__ = CheckedResult  # the same answer, sent without a second check
+    return result
+
+
 def identify(clients: dict, authorization: str | None) -> str:
     """The catalog client whose token this is, compared in constant time; else "anonymous"."""
     token = (authorization or "").removeprefix("Bearer ").strip()
@@ -215,7 +238,7 @@ class CallPolicy(Middleware):
                     f"Tool {tool!r} answered {size:,} bytes, more than the gateway's limit of "
                     f"{self.max_result_bytes:,}; the answer was dropped."
                 )
-            return result
+            return validated_once(result)
         except Exception as exc:
             if outcome != "ok":  # refused above: the error says why
                 raise

@@ -17,6 +17,7 @@ or a zero-width joiner does not hide a phrase. A regex is a tripwire for the ope
 boundary.
 """
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -27,7 +28,9 @@ import unicodedata
 from pathlib import Path
 
 from fastmcp.client.messages import MessageHandler
+from fastmcp.exceptions import ToolError
 from fastmcp.server.providers.proxy import ProxyProvider, ProxyTool, _CacheEntry
+from mcp.shared.exceptions import McpError
 
 logger = logging.getLogger("mcp_gateway")
 
@@ -164,34 +167,62 @@ class Pins:
 class PinnedProxyProvider(ProxyProvider):
     """FastMCP's proxy to one server, whose tool list passes through the pins.
 
-    A listing (tools/list) fetches the server's tools and checks what it declared, as it sent it.
-    A call finds its tool in the last checked list; when that check is older than `ttl` seconds
-    (0: at every call) the list is fetched and checked again first, on the same kept session: a
-    tool changed since the last listing is refused, and never runs. A server's
-    tools/list_changed notification expires the check at once (expire()). A kept session that
+    A check fetches the server's tools and checks what it declared, as it sent it (Pins.check);
+    the tools that pass are kept (`pinned`: each one the declaration its pin is the hash of), and a
+    call finds its tool there, without asking the server. The server's tools are checked again:
+
+    - at every listing (a client's tools/list): a client never reads a changed declaration;
+    - at once, in the background, when the server sends tools/list_changed (changed());
+    - on the gateway's timer, every `ttl` seconds, on the kept session (recheck());
+    - before a call that finds the last check older than `ttl` (0: before every call).
+
+    A call that comes while a check runs waits for it, so a change that check finds is refused
+    and never runs. Between two checks a changed tool still runs under its pinned declaration:
+    the window is `ttl` seconds at most, or until the server says it changed. A kept session that
     fails (its container was stopped or crashed) is dropped with `reset()` (True when there was
-    one) and opened again once.
+    one) and opened again once. A call on a session the last check was not made on (the server
+    started again) checks first: a server restarted with other tools is checked before it runs.
     """
 
     def __init__(
-        self, client_factory, *, server: str, pins: Pins, reviewed: list[str], ttl=0.0, reset=None
+        self,
+        client_factory,
+        *,
+        server: str,
+        pins: Pins,
+        reviewed: list[str],
+        ttl=0.0,
+        reset=None,
+        kept=None,
     ):
         super().__init__(client_factory, cache_ttl=float("inf"))  # _get_tool decides when
         self.server, self.pins, self.reviewed, self.ttl = server, pins, reviewed, ttl
         self.reset = reset
+        # The open session, if any, for the timer's check (it starts no server and leaves the
+        # server's idle clock alone); None: every check goes through client_factory.
+        self.kept = kept
         self.listed: set[str] = set()  # every name the server declared, refused ones included
+        self.pinned: dict[str, object] = {}  # the accepted declarations (MCP `Tool`s), by name
         self._checked_at = float("-inf")
+        self._check: asyncio.Future | None = None  # the check running now, shared
+        self.checked_on = None  # the session the last check listed on
 
-    async def _declared(self) -> list:
-        client = await self._get_client()
+    async def _declared(self, client=None) -> list:
+        client = client or await self._get_client()
         async with client:
-            return await client.list_tools()  # MCP `Tool`s, as the server sent them
+            declared = await client.list_tools()  # MCP `Tool`s, as the server sent them
+        self._listed_on = client
+        return declared
 
-    async def _list_tools(self):
-        self._checked_at = time.monotonic()
+    async def _list_tools(self, client=None):
+        started = time.monotonic()
         try:
-            declared = await self._declared()
+            declared = await self._declared(client)
         except Exception:
+            if client is not None:  # the timer's check, on a session that died: drop it
+                if self.reset is not None:
+                    await self.reset()
+                raise
             # A kept session that died: its server is gone, or a new one answers 404 to the old
             # session ("Session terminated"). Open a new one (starting the server), once.
             if self.reset is None or not await self.reset():
@@ -199,27 +230,102 @@ class PinnedProxyProvider(ProxyProvider):
             declared = await self._declared()
         self.listed = {t.name for t in declared}
         accepted = self.pins.check(self.server, declared, self.reviewed)
-        tools = [ProxyTool.from_mcp_tool(self.client_factory, t) for t in accepted]
+        self.pinned = {t.name: t for t in accepted}
+        tools = [PinnedTool.from_mcp_tool(self.client_factory, t) for t in accepted]
+        for tool in tools:
+            tool._provider = self
         # A call looks its tool up here: refused ones are gone.
         self._tools_cache = _CacheEntry(tools, time.monotonic())
+        self._checked_at = started  # a check that failed leaves the last one's time
+        self.checked_on = self._listed_on
         return tools
+
+    def _start_check(self, client=None) -> asyncio.Future:
+        """The check running now, or a new one: calls at once share one listing."""
+        if self._check is None or self._check.done():
+            listing = self._list_tools(client) if client is not None else self._list_tools()
+            self._check = asyncio.ensure_future(listing)
+            self._check.add_done_callback(_retrieved)  # a failure is the waiters' to see
+        return self._check
+
+    async def check(self, client=None):
+        """Check the server's tools now (or wait for the check running), and return them."""
+        # Shielded: a caller that gives up does not cancel a check others wait for.
+        return await asyncio.shield(self._start_check(client))
 
     def expire(self) -> None:
         self._checked_at = float("-inf")
 
+    def changed(self) -> None:
+        """The server's tools/list_changed: its tools are checked again at once, in the
+        background (this runs in the session's receive loop, which must not wait for an
+        answer it is the one to read)."""
+        self.expire()
+        self._start_check()
+
+    async def recheck(self) -> bool:
+        """The timer's check: only a server that is running (an open kept session), without
+        touching its idle clock. False when nothing was checked: no session, or one that had
+        died (the server stopped), which is dropped; the next use opens a new one and checks
+        before it calls."""
+        client = self.kept() if self.kept is not None else None
+        if client is None:
+            return False  # not running: checked before its first call when it starts again
+        try:
+            await self.check(client)
+        except Exception:
+            return False  # dropped in _list_tools (reset), and checked again before a call
+        return True
+
     async def _get_tool(self, name, version=None):
         if self._tools_cache is not None and name not in self.listed:
             return None  # another server's tool: this one is not asked
-        if self._tools_cache is None or time.monotonic() - self._checked_at >= self.ttl:
-            await self._list_tools()  # checked before the call: a changed tool never runs
+        if self._check is not None and not self._check.done():
+            try:  # a check is running: its answer decides
+                await asyncio.shield(self._check)
+            except Exception:  # it failed (the timer's, on a session that died): check anew
+                await self.check()
+        elif self._tools_cache is None or time.monotonic() - self._checked_at >= self.ttl:
+            await self.check()  # checked before the call: a changed tool never runs
         return await super()._get_tool(name, version)  # from the last checked list
 
 
+class PinnedTool(ProxyTool):
+    """A pinned tool's proxy: it runs on the session its server's last check listed on. On
+    another one (the kept session was opened again: the server may have restarted with other
+    tools) the server's tools are checked first; a session the server no longer knows ("Session
+    terminated": it ran nothing) is opened again, checked, and the call made once more."""
+
+    _provider: "PinnedProxyProvider | None" = None
+
+    async def run(self, arguments, context=None):
+        provider = self._provider
+        for attempt in (1, 2):
+            if provider is not None and await self._get_client() is not provider.checked_on:
+                await provider.check()
+                if self.name not in provider.pinned:
+                    why = provider.pins.refused.get(self.name)
+                    raise ToolError(why or f"Tool {self.name!r} is no longer declared.")
+            try:
+                return await super().run(arguments, context)
+            except McpError as exc:
+                gone = "Session terminated" in str(exc)
+                if attempt == 2 or not gone or provider is None or provider.reset is None:
+                    raise
+                if not await provider.reset():
+                    raise
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class ListChanged(MessageHandler):
-    """The gateway's client to a server: its tools/list_changed expires the server's pin check."""
+    """The gateway's client to a server: its tools/list_changed starts a check of its pins."""
 
     provider: PinnedProxyProvider | None = None
 
     async def on_tool_list_changed(self, message) -> None:
         if self.provider is not None:
-            self.provider.expire()
+            self.provider.changed()

@@ -4,13 +4,17 @@ The MCP spec asks a local server to bind to 127.0.0.1 and to check `Origin` on e
 web page the learner happens to open cannot drive the server through the browser (DNS
 rebinding). The official SDK does the check (mcp.server.transport_security): a foreign Origin gets
 403, an unknown Host 421. In a container the server binds 0.0.0.0 on its own network, and the Host
-it answers is its container name, so both lists come from settings.
+it answers is its container name, so both lists come from settings. And `checked_once`: a typed
+answer sent validated once, not twice.
 """
 
 import logging
 
 import anyio
+import pydantic_core
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
 LOOPBACK_ORIGINS = "http://127.0.0.1:*,http://localhost:*,http://[::1]:*"
@@ -51,3 +55,18 @@ class ClosedStreamNoise(logging.Filter):
 
 def quiet_closed_streams() -> None:
     logging.getLogger("mcp.server.streamable_http").addFilter(ClosedStreamNoise())
+
+
+def checked_once(answer: BaseModel) -> CallToolResult:
+    """A tool's typed answer as the SDK would send it (the model as JSON text for the model to
+    read, and as structured content), validated once.
+
+    Returned as a model, the SDK validates it twice: against the tool's return model (pydantic),
+    then against the JSON Schema made from that same model (`jsonschema.validate`, which checks the
+    schema itself too, at every call). Returned as a `CallToolResult`, the SDK checks its structured
+    content against the return model and sends it: the same check, once."""
+    text = pydantic_core.to_json(answer, fallback=str, indent=2).decode()
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structuredContent=answer.model_dump(mode="json", by_alias=True),
+    )

@@ -94,6 +94,8 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "SYSTEM_PROMPT": ("agent", None),
     "LocalSearch": ("search", None),
     "format_results": ("search", None),
+    # An MCP session's answer checks, each schema checked once (the agent's, lesson 08's gateway's).
+    "validate_answers_once": ("mcp_answers", None),
 }
 
 __all__ = sorted(_PUBLIC)

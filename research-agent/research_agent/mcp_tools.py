@@ -17,6 +17,7 @@ from langchain_core.tools import BaseTool, ToolException
 from langchain_mcp_adapters.client import MultiServerMCPClient
 from langchain_mcp_adapters.tools import load_mcp_tools
 
+from .mcp_answers import validate_answers_once
 from .search import as_sources, search_tool
 from .settings import Settings
 
@@ -79,6 +80,7 @@ class KeptSession:
     async def _hold(self, opened: asyncio.Future) -> None:
         try:
             async with self.client.session(self.server) as session:
+                validate_answers_once(session)  # each answer still checked, the schema once
                 tools = await load_mcp_tools(session)
                 opened.set_result({t.name: t for t in tools})
                 await asyncio.Event().wait()  # until cancelled: forget() or the loop's end

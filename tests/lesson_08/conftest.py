@@ -12,6 +12,7 @@ TESTER_TOKEN = "tester-token-for-tests"
 OPERATOR_TOKEN = "operator-token-for-tests"
 FLOOD_BYTES = 50 * 1024 * 1024
 CALL_TIMEOUT = 15
+PIN_RECHECK_SECONDS = 1  # the gateway's timer: short, so a test sees its check soon
 # An MCP initialize by hand, and the headers Streamable HTTP asks of every POST: for the tests that
 # speak raw HTTP to a server (floods of sessions, a foreign Origin) instead of through a client.
 INITIALIZE = {
@@ -70,6 +71,7 @@ def gw(notes, hostile, tmp_path_factory):
         GATEWAY_MAX_RESULT_BYTES=1_000_000,
         GATEWAY_MAX_IN_FLIGHT_PER_CLIENT=4,
         GATEWAY_MAX_IN_FLIGHT=16,
+        GATEWAY_PIN_RECHECK_SECONDS=PIN_RECHECK_SECONDS,
     ) as server:
         yield server
 

@@ -22,6 +22,7 @@ from .conftest import (
     INITIALIZE,
     MCP_HEADERS,
     OPERATOR_TOKEN,
+    PIN_RECHECK_SECONDS,
     TESTER_TOKEN,
     bearer,
     operator,
@@ -80,6 +81,12 @@ def test_a_changed_description_is_refused_until_the_documented_repin(gw, hostile
     assert not first.is_error and "lookup: volume" in first.content[0].text
     ran = httpx.get(hostile.url + "/calls").json()["lookup"]
     httpx.post(hostile.url + "/rugpull").raise_for_status()
+    # Nobody lists the tools and the server says nothing: the gateway's timer finds the change
+    # (GATEWAY_PIN_RECHECK_SECONDS), and refuses the tool from then on.
+    deadline = time.monotonic() + PIN_RECHECK_SECONDS + 15
+    while "lookup" not in httpx.get(gw.url + "/pins", headers=operator()).json()["refused"]:
+        assert time.monotonic() < deadline, "the gateway's timer never checked the pins"
+        time.sleep(0.1)
     after = asyncio.run(call(gw, "lookup", query="volume"))
     assert after.is_error
     assert "changed since it was pinned" in after.content[0].text
