@@ -148,8 +148,23 @@ class Lesson09:
         return result.stdout
 
     def recreate(self, service: str, **env: str) -> None:
-        """The service again, with these variables in Compose's environment (or without them)."""
+        """The service again, with these variables in Compose's environment (or without them),
+        once the edge routes to it: a recreated container has a new address, which HAProxy finds
+        at its next resolution and health check, after Compose's --wait is already satisfied."""
         self.compose("up", "-d", "--no-deps", "--wait", "--force-recreate", service, env=env)
+
+        def routed() -> bool:
+            try:
+                return httpx.get(f"{self.edge}/ready", timeout=10).status_code == 200
+            except httpx.HTTPError:  # the edge itself was recreated and is not listening yet
+                return False
+
+        wait_for(
+            routed,
+            timeout=120,
+            interval=0.5,
+            what=f"the edge routing to the recreated {service}",
+        )
 
     def container(self, service: str) -> str:
         return docker(
