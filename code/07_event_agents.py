@@ -64,7 +64,7 @@ from lesson07.progress import make_progress  # the progress agent's effect
 from lesson07.trace import follow_trace  # `make lesson-07-trace` reads what Bus.trace writes
 
 # Lesson 09's spans use the research agent's tracing setup (its installed `research_agent` package).
-from lesson07.tracing import configure, delivery_span, record_outcome
+from lesson07.tracing import configure, delivery_span, record_outcome, trace_context
 
 logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logger = logging.getLogger("agents")
@@ -263,6 +263,7 @@ def make_triage(bus: Bus, settings: AgentSettings):
             "/lesson07/triage",
             "learning.question.routed",
             {**data, "route": kind, "topic": topic},
+            **trace_context(),
         )
         return await bus.effect_once(
             "triage",
@@ -306,6 +307,7 @@ def make_specialist(kind: str, bus: Bus, settings: AgentSettings):
             f"/lesson07/{kind}",
             "learning.question.answered",
             {**data, "answered_by": kind},
+            **trace_context(),
         )
         return await bus.effect_once(
             kind,

@@ -42,7 +42,7 @@ from lesson07 import contract
 # The topics, the envelope, the Redis layout and how progress is read have one owner:
 # lesson07.contract. The error shape, the body limit and the request-id rule are the research
 # agent's (its installed `research_agent` package).
-from lesson07.tracing import FASTAPI_TELEMETRY, instrument_gateway
+from lesson07.tracing import FASTAPI_TELEMETRY, instrument_gateway, trace_context
 from research_agent import (
     ApiError,
     BodyLimitMiddleware,
@@ -279,6 +279,7 @@ def create_app(settings: contract.GatewaySettings | None = None) -> FastAPI:
             "/lesson07/gateway",
             "learning.question.asked",
             {"question_id": question_id, **question.model_dump()},
+            **trace_context(),  # the request's span: the agents' spans join its trace
         )
         record = {
             "student_id": question.student_id,

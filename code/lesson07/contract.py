@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import redis.asyncio as redis
-from opentelemetry import propagate
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -133,11 +132,9 @@ async def read_progress(client: redis.Redis, student_id: str, threshold: int = 3
 TRACEPARENT = r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"
 
 
-def envelope(event_id: str, source: str, event_type: str, data: dict) -> dict:
-    """A CloudEvents 1.0 envelope, the format Dapr wraps every pub/sub message in. With tracing on,
-    it carries the current span's `traceparent` (and `tracestate`): the consumer's span joins it."""
-    context: dict[str, str] = {}
-    propagate.inject(context)  # nothing while tracing is off
+def envelope(event_id: str, source: str, event_type: str, data: dict, **extensions: str) -> dict:
+    """A CloudEvents 1.0 envelope, the format Dapr wraps every pub/sub message in; `extensions`
+    are CloudEvents extension attributes, a string each."""
     return {
         "specversion": "1.0",
         "id": event_id,
@@ -145,7 +142,7 @@ def envelope(event_id: str, source: str, event_type: str, data: dict) -> dict:
         "type": event_type,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "datacontenttype": "application/json",
-        **{k: v for k, v in context.items() if k in ("traceparent", "tracestate")},
+        **extensions,
         "data": data,
     }
 

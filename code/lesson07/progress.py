@@ -18,6 +18,7 @@ from lesson07.contract import (
     progress_key,
     question_data,
 )
+from lesson07.tracing import trace_context
 
 # The progress agent's effect reads its own state (streak, struggles), so it is a script of its own
 # with the same first and last lines. KEYS: processed record, the student's hash, the alerts topic.
@@ -59,6 +60,7 @@ def make_progress(bus, settings: AgentSettings):
                 "topic": data["topic"],
                 "debug_requests": settings.struggle_threshold,
             },
+            **trace_context(),
         )
         day = int(time.time() // 86400)
         keys = [f"processed:progress:{event['id']}", progress_key(data["student_id"]), ALERTS]

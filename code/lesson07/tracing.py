@@ -32,6 +32,15 @@ def instrument_gateway(app) -> None:
     instrument(app, settings)
 
 
+def trace_context() -> dict[str, str]:
+    """The current span's `traceparent` (and `tracestate`), as the envelope's extension attributes
+    (CloudEvents' distributed-tracing extension): the consumer's span joins it. Nothing while
+    tracing is off."""
+    context: dict[str, str] = {}
+    propagate.inject(context)
+    return {k: v for k, v in context.items() if k in ("traceparent", "tracestate")}
+
+
 def parent_context(fields: dict):
     """The trace context in a stream entry's envelope, or an empty one (the span starts a trace)."""
     try:
