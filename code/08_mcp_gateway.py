@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import uvicorn
@@ -41,7 +42,7 @@ from lesson08.call_limits import (
     cancel_when_abandoned,
     capped_client_factory,
 )
-from lesson08.catalog import load_catalog
+from lesson08.catalog import Catalog, load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
 from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins
 from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
@@ -94,7 +95,18 @@ def split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def build_gateway(settings: Settings):
+class Gateway(NamedTuple):
+    """What build_gateway makes: the MCP server, and what the operator's routes and the idle
+    sweep reach through it."""
+
+    server: FastMCP
+    catalog: Catalog
+    pins: Pins
+    launcher: DockerLauncher | UrlLauncher
+    providers: dict[str, PinnedProxyProvider]
+
+
+def build_gateway(settings: Settings) -> Gateway:
     """The gateway: one FastMCP server whose tools are proxies to each catalog server."""
     catalog = load_catalog(settings.GATEWAY_CATALOG)
     pins = Pins(settings.GATEWAY_PINS)
@@ -176,7 +188,7 @@ def build_gateway(settings: Settings):
             kept=kept,
         )
         gateway.add_provider(changed.provider)
-    return gateway, catalog, pins, launcher, providers
+    return Gateway(gateway, catalog, pins, launcher, providers)
 
 
 def repin_seconds(settings: Settings) -> float:
