@@ -20,11 +20,11 @@
 # Usage: scripts/gvisor.sh                   install and register (as root)
 #        scripts/gvisor.sh --merge FILE      only merge the runtimes into FILE, a daemon.json
 #                                            (created when missing; no reload)
-# Env:   RUNSC_PLATFORM (ptrace), DOCKER_DAEMON_JSON (default: dockerd's --config-file, else
+# Env:   RUNSC_PLATFORM (ptrace), RUNSC (/usr/bin/runsc), RUNSC_CHECK_SECONDS (60), DOCKER_DAEMON_JSON (default: dockerd's --config-file, else
 #        /etc/docker/daemon.json), GVISOR_UID (default: the user's id; the tests set it)
 set -euo pipefail
 platform=${RUNSC_PLATFORM:-ptrace}
-runsc=/usr/bin/runsc
+runsc=${RUNSC:-/usr/bin/runsc}
 
 # The runtimes as daemon.json's `runtimes` section holds them.
 runtimes_json() {
@@ -136,8 +136,11 @@ if [ ! -x "$runsc" ]; then
 fi
 echo "==> $($runsc --version 2>&1 | head -n1)"
 # Before telling Docker about it: does gVisor run on this machine, on this platform?
-if ! out=$("$runsc" --platform="$platform" --network=none "do" /bin/true 2>&1); then
+# Bounded: a platform that cannot work here may hang instead of failing (KVM inside some VMs).
+check_seconds=${RUNSC_CHECK_SECONDS:-60}
+if ! out=$(timeout "$check_seconds" "$runsc" --platform="$platform" --network=none "do" /bin/true 2>&1); then
   echo "$out" >&2
+  [ -z "$out" ] && echo "runsc did not finish within ${check_seconds}s" >&2
   echo "error: runsc cannot run here with --platform=$platform; nothing was registered" >&2
   exit 1
 fi

@@ -75,3 +75,20 @@ def test_as_another_user_it_prints_the_commands_and_changes_nothing(tmp_path):
     assert f"in {config}" in result.stdout and '"runsc-net"' in result.stdout
     assert "kill -HUP $(pidof dockerd)" in result.stdout
     assert config.read_text() == '{"mtu": 1400}'
+
+
+def test_a_runsc_that_hangs_on_this_machine_is_refused_in_bounded_time(tmp_path):
+    """RUNSC_PLATFORM=kvm on a virtual machine whose nested KVM does not let gVisor finish: the
+    check before registering hung for good. Bounded now, and nothing is registered."""
+    hanging = tmp_path / "runsc"
+    fake = '#!/bin/sh\n[ "$1" = --version ] && echo "runsc (fake)" && exit 0\nsleep 60\n'
+    hanging.write_text(fake)
+    hanging.chmod(0o755)
+    config = tmp_path / "daemon.json"
+    config.write_text('{"mtu": 1400}')
+    result = gvisor(GVISOR_UID="0", RUNSC=str(hanging), RUNSC_CHECK_SECONDS="1",
+                    DOCKER_DAEMON_JSON=str(config))  # fmt: skip
+    assert result.returncode == 1, result
+    assert "runsc did not finish within 1s" in result.stderr
+    assert "nothing was registered" in result.stderr
+    assert config.read_text() == '{"mtu": 1400}'
