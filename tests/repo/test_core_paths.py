@@ -8,7 +8,9 @@ every excerpt above a lesson doc's `## Going further`:
 1. the excerpt's file, if it is a module of the research agent, belongs to that lesson or an
    earlier one;
 2. no name the excerpt uses comes from a module of a later lesson (a `tracer()` in lesson 04's
-   `run_python` is lesson 09's idea, shown in lesson 04).
+   `run_python` is lesson 09's idea, shown in lesson 04);
+3. before lesson 09, no excerpt uses OpenTelemetry or a trace context (a name imported from
+   `opentelemetry`, or `traceparent` in any case): tracing is lesson 09's.
 """
 
 import ast
@@ -81,6 +83,24 @@ def imported_names(root: Path, path: str) -> dict[str, str]:
     return found
 
 
+TRACING_LESSON = 9
+
+
+def telemetry_names(root: Path, path: str) -> set[str]:
+    """The names a file imports from OpenTelemetry."""
+    found = set()
+    for node in ast.walk(ast.parse((root / path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("opentelemetry"):
+            found |= {alias.asname or alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {
+                (alias.asname or alias.name).split(".")[0]
+                for alias in node.names
+                if alias.name.startswith("opentelemetry")
+            }
+    return found
+
+
 def core_excerpts(doc_text: str) -> list[tuple[str, str]]:
     """(file, code) of every Python excerpt above `## Going further` (either side of a diff)."""
     core = docs_words.core_path(doc_text)
@@ -105,6 +125,10 @@ def later_ideas(root: Path, doc: Path, lessons: dict[str, int]) -> list[str]:
         if not (root / path).is_file():
             continue
         used = set(re.findall(r"\b\w+\b", code))
+        if number < TRACING_LESSON:
+            traced = sorted(used & telemetry_names(root, path))
+            traced += ["traceparent"] if "traceparent" in code.lower() else []
+            problems += [f"{path} shows {name} (tracing, lesson 09)" for name in traced]
         for name, source in imported_names(root, path).items():
             owner = lesson_of(source, lessons)
             if name in used and owner is not None and owner > number:
@@ -151,3 +175,21 @@ def test_a_later_lessons_module_or_name_in_a_core_excerpt_is_named(tmp_path):
     assert later_ideas(tmp_path, doc.rename(tmp_path / "docs" / "02-core.md"), lessons) == [
         f"{PACKAGE_DIR}/sandbox.py is lesson 04's"
     ]
+
+
+def test_tracing_in_a_core_excerpt_before_lesson_09_is_named(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "07_x.py").write_text(
+        "from opentelemetry import propagate\n\n\ndef envelope():\n    context = {}\n"
+        "    propagate.inject(context)\n    return context\n"
+    )
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "07-x.md"
+    block = "```python\ndef envelope():\n    context = {}\n    propagate.inject(context)\n```\n"
+    doc.write_text(f"# 07\n\n<!-- include: code/07_x.py#envelope -->\n{block}\n## Going further\n")
+    assert later_ideas(tmp_path, doc, {}) == ["code/07_x.py shows propagate (tracing, lesson 09)"]
+    field = "```python\nTRACEPARENT: str | None = None\n```\n"
+    doc.write_text(f"# 07\n\n<!-- include: code/07_x.py#envelope -->\n{field}\n## Going further\n")
+    assert later_ideas(tmp_path, doc, {}) == ["code/07_x.py shows traceparent (tracing, lesson 09)"]
+    doc.rename(nine := tmp_path / "docs" / "09-x.md")
+    assert later_ideas(tmp_path, nine, {}) == []
