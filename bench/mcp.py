@@ -186,7 +186,11 @@ def first_use_rounds(rounds: int) -> tuple[list[float], list[float]]:
         ("OWNER: lesson08", f"OWNER: {project}"),
     ):
         text = text.replace(old, new)
-    work = Path(tempfile.mkdtemp(prefix="bench-mcp-"))
+    with tempfile.TemporaryDirectory(prefix="bench-mcp-") as folder:  # removed with its files
+        return compose_rounds(Path(folder), text, project, port, rounds)
+
+
+def compose_rounds(work: Path, text: str, project: str, port: int, rounds: int) -> tuple:
     (work / "compose.yaml").write_text(text)
     (work / "catalog.yaml").write_text((ROOT / "deploy/lesson08/catalog.yaml").read_text())
     env = {
@@ -222,9 +226,14 @@ def main() -> None:
     run = bench_results.start(
         "mcp", {"requests": REQUESTS, "calls": CALLS, "rounds": ROUNDS, "token_delay_ms": 0}
     )
-    work = Path(tempfile.mkdtemp(prefix="bench-mcp-"))
     recheck = os.environ.get("GATEWAY_PIN_RECHECK_SECONDS", "5")  # the gateway's default
-    with tool_server(NOTES_SERVER, work) as notes, floor_server(work) as floor:
+    # The servers' logs and the catalog, in a folder removed at the end.
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-mcp-") as folder,
+        tool_server(NOTES_SERVER, Path(folder)) as notes,
+        floor_server(Path(folder)) as floor,
+    ):
+        work = Path(folder)
         catalog = {
             "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
             "clients": {"anonymous": {"tools": ["*"]}},

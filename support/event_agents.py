@@ -5,6 +5,7 @@ a client of the gateway does (ask, wait for the answer, read progress)."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,7 +191,8 @@ class ComposeProject:
         self.url = f"http://127.0.0.1:{self.port}"
         # Redis's password, a secret of the project's own (make lesson-07 writes the default one).
         self.password = uuid.uuid4().hex
-        secret = Path(tempfile.mkdtemp(prefix="lesson07-")) / "redis-password"
+        self.secret_dir = Path(tempfile.mkdtemp(prefix="lesson07-"))  # removed by down()
+        secret = self.secret_dir / "redis-password"
         secret.write_text(self.password)
         secret.chmod(0o644)  # bind-mounted: the containers' users read it
         self.env = {
@@ -219,4 +221,9 @@ class ComposeProject:
 
     def down(self) -> None:
         """`make lesson-07-down` for this project: containers, network and volume removed."""
-        self.run("make", "--no-print-directory", "lesson-07-down", f"LESSON07_PROJECT={self.name}")
+        try:
+            self.run(
+                "make", "--no-print-directory", "lesson-07-down", f"LESSON07_PROJECT={self.name}"
+            )
+        finally:
+            shutil.rmtree(self.secret_dir, ignore_errors=True)

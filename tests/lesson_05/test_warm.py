@@ -7,7 +7,6 @@ on real warm containers.
 """
 
 import json
-import tempfile
 import threading
 import time
 
@@ -18,9 +17,8 @@ import redis
 from research_agent import worker
 from research_agent.job import ExitCode, Job, warm_queue_key, warm_ready_key, worker_events_key
 from support.waiting import wait_for
+from tests.support.variation_workers import NO_DOCS  # the bundled notes only
 from tests.support.variations import auth, by_variation, cancel, read_events, start_run
-
-NO_DOCS = tempfile.mkdtemp(prefix="lesson-05-no-docs-")  # search the bundled notes only
 
 
 def pool_of(server):

@@ -3,7 +3,6 @@ Redis, and the offline model's variations: visibly different answers, the same a
 
 import asyncio
 import json
-import tempfile
 
 import pytest
 import redis
@@ -15,8 +14,7 @@ from research_agent.job import ExitCode, worker_events_key
 from research_agent.settings import Settings
 from research_agent.styles import StyledOfflineModel
 from support.ports import free_port
-
-NO_DOCS = tempfile.mkdtemp(prefix="lesson-05-no-docs-")  # search the bundled notes only
+from tests.support.variation_workers import NO_DOCS  # the bundled notes only
 
 QUERY = "How do I stop a container gracefully?"
 RUN_ID = "0123456789abcdef"
@@ -35,7 +33,7 @@ def job(redis_url: str, **overrides) -> worker.WorkerSettings:
         "QUERY": QUERY,
         "REDIS_URL": redis_url,
         "OFFLINE_TOKEN_DELAY_MS": 0,
-        "DOCS_DIR": NO_DOCS,
+        "DOCS_DIR": str(NO_DOCS),
         **overrides,
     }
     return worker.WorkerSettings(**values)

@@ -21,11 +21,13 @@ from pathlib import Path
 import uvicorn
 
 from lesson05.docker_workers import Worker
+from research_agent import BUNDLED_NOTES_DIR
 from support.ports import free_port
 from support.waiting import wait_for
 
-# Workers search the bundled notes only.
-NO_DOCS = Path(tempfile.mkdtemp(prefix="lesson-05-no-docs-"))
+# Workers search the bundled notes only: DOCS_DIR at them is the same as no DOCS_DIR, whatever the
+# environment says (a folder made per process here was left behind by every worker).
+NO_DOCS = BUNDLED_NOTES_DIR
 
 
 def run_worker(environment: dict[str, str], log_path: str, argv: tuple[str, ...] = ()) -> None:
