@@ -1,5 +1,6 @@
 """A real redis-server on loopback: what the cache, rate-limit and lesson 05 tests run against."""
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ class RedisServer(LoopbackServer):
         self.password = password  # requirepass; `url` stays without it
         self.args = list(args)  # more of redis-server's arguments (users, for one)
         self.dir = Path(dir) if dir else Path(tempfile.mkdtemp(prefix="redis-"))
+        self.made_dir = dir is None  # removed on the way out (a stop alone keeps it: restarts)
 
     def _launch(self) -> subprocess.Popen:
         return subprocess.Popen(
@@ -68,6 +70,13 @@ class RedisServer(LoopbackServer):
 
     def thaw(self) -> None:
         self.process.send_signal(signal.SIGCONT)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.made_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     def stop(self) -> None:
         if self.running():

@@ -10,6 +10,7 @@ import asyncio
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -148,8 +149,10 @@ class ProcessWorkers:
                 os.kill(process.pid, signal.SIGCONT)
 
     def stop_all(self) -> None:
+        """Every worker stopped, and their logs' folder removed (the test has read them)."""
         for worker_id in list(self.processes):
             self.remove(worker_id)
+        shutil.rmtree(self.logs_dir, ignore_errors=True)
 
 
 class LiveServer:
