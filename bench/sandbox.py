@@ -7,7 +7,7 @@ Every strategy runs the same program with the same restrictions
 
   bare     `docker run --rm -i` with the runner's flags, the program on stdin: the baseline
   fresh    QueuedRunner.arun, no pool: create, attach, start, send, read; the engine removes it
-  pooled   PooledRunner.arun with its own pool (pool_size): a run takes a container
+  pooled   QueuedRunner.arun with a ContainerPool of its own (pool_size): a run takes a container
            started ahead (else a fresh one), sends, reads, removes it; the pool refills in the
            background, in this process, on the clock: it competes for the same cores
   exec     one long-lived container, every call a `docker exec` in it: shared state between runs
@@ -39,7 +39,7 @@ from bench import sandbox_isolation  # noqa: E402
 from research_agent import (  # noqa: E402
     LABEL,
     POOL_REQUEST_ID,
-    PooledRunner,
+    ContainerPool,
     QueuedRunner,  # noqa: E402
     SandboxConfig,
     SandboxRunner,
@@ -73,13 +73,15 @@ def bare_command(c: SandboxConfig) -> list[str]:
 class Strategies:
     def __init__(self, owner: str, pool_size: int, concurrency: int):
         config = dict(owner=owner, max_concurrent=max(concurrency, pool_size), max_queued=10_000)
-        self.fresh_runner = QueuedRunner(SandboxConfig(**config))
-        # It counts the runs its pool served (served_by_pool): how often the pool was empty.
-        self.pooled_runner = PooledRunner(SandboxConfig(**config, pool_size=pool_size))
-        self.command = bare_command(self.fresh_runner.config)
+        runner = SandboxRunner(SandboxConfig(**config))
+        self.fresh_runner = QueuedRunner(runner)
+        pooled = SandboxRunner(SandboxConfig(**config, pool_size=pool_size))
+        # It counts the runs it served (served_by_pool): how often it was empty.
+        self.pool = ContainerPool(pooled)
+        self.pooled_runner = QueuedRunner(pooled, pool=self.pool)
+        self.command = bare_command(runner.config)
         # exec: one container whose watchdog waits for a run that never comes; `docker exec`
         # starts a second Python next to it for each call.
-        runner = self.fresh_runner
         self.shared = runner.create(3600, "bench-exec", runner.take_uid(), idle=3600)
         self.shared.start()
         self.shared.exec_run(["python", "-c", "pass"])  # ready to exec
@@ -138,7 +140,7 @@ async def sustained(call, rate: float, duration: float) -> list[float]:
     return list(await asyncio.gather(*calls))
 
 
-async def wait_for_pool(runner: PooledRunner, size: int, within: float = 60) -> None:
+async def wait_for_pool(runner: ContainerPool, size: int, within: float = 60) -> None:
     deadline = time.monotonic() + within
     while runner.idle_count < size:
         if time.monotonic() > deadline:
@@ -173,14 +175,14 @@ async def bench(args, owner: str) -> tuple[dict, list[str], dict]:
     }
     samples, served = {}, {}
     try:
-        strategies.pooled_runner.start_pool()
-        await wait_for_pool(strategies.pooled_runner, args.pool)
+        strategies.pool.start()
+        await wait_for_pool(strategies.pool, args.pool)
         await asyncio.sleep(5)  # idle: what a waiting container costs, once it has settled
         stats = await asyncio.to_thread(idle_cost, owner)
         for call in calls.values():  # warm-up: images and code paths in the page cache
             await call()
         for mode in modes:
-            before = strategies.pooled_runner.served_by_pool
+            before = strategies.pool.served_by_pool
             if mode == "sequential":
                 for name in calls:
                     samples[name, mode] = []
@@ -201,17 +203,17 @@ async def bench(args, owner: str) -> tuple[dict, list[str], dict]:
             elif mode == "sustained":
                 for name in ("bare", "fresh", "pooled"):
                     if name == "pooled":  # the pool starts full, as in a service that was idle
-                        await wait_for_pool(strategies.pooled_runner, args.pool)
-                        before = strategies.pooled_runner.served_by_pool
+                        await wait_for_pool(strategies.pool, args.pool)
+                        before = strategies.pool.served_by_pool
                     load = os.getloadavg()[0]
                     samples[name, mode] = await sustained(calls[name], args.rate, args.duration)
                     print(f"# sustained {name}: load {load:.1f} -> {os.getloadavg()[0]:.1f}")
             else:
                 raise SystemExit(f"unknown mode {mode!r}")
             pooled_calls = len(samples.get(("pooled", mode), []))
-            served[mode] = (strategies.pooled_runner.served_by_pool - before, pooled_calls)
+            served[mode] = (strategies.pool.served_by_pool - before, pooled_calls)
             if mode == "sequential":
-                await wait_for_pool(strategies.pooled_runner, args.pool)
+                await wait_for_pool(strategies.pool, args.pool)
     finally:
         await asyncio.to_thread(strategies.close)
     return samples, stats, served

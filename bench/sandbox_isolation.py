@@ -20,7 +20,14 @@ import uuid
 from pathlib import Path
 
 from bench import results as bench_results
-from research_agent import LABEL, EgressRunner, PooledRunner, QueuedRunner, SandboxConfig
+from research_agent import (
+    LABEL,
+    ContainerPool,
+    EgressGateway,
+    QueuedRunner,
+    SandboxConfig,
+    SandboxRunner,
+)
 from support import egress
 
 CODE = "print(sum(range(1000)))"
@@ -68,19 +75,20 @@ async def runtimes(owner: str, n: int, registered: set[str]) -> list[str]:
     runners = {}
     for name in names:
         config = dict(owner=owner, runtime=name, max_concurrent=2, max_queued=100)
-        runners[name, "fresh"] = QueuedRunner(SandboxConfig(**config))
-        runners[name, "pooled"] = PooledRunner(SandboxConfig(**config, pool_size=1))
+        runners[name, "fresh"] = QueuedRunner(SandboxRunner(SandboxConfig(**config)))
+        pooled = SandboxRunner(SandboxConfig(**config, pool_size=1))
+        runners[name, "pooled"] = QueuedRunner(pooled, pool=ContainerPool(pooled))
     samples = {key: [] for key in runners}
     try:
-        for key, runner in runners.items():
-            if key[1] == "pooled":
-                runner.start_pool()
+        for runner in runners.values():
+            if runner.pool is not None:
+                runner.pool.start()
             await runner.arun(CODE, request_id="bench-warm-up")
         for _ in range(n):
             for key, runner in runners.items():
-                if key[1] == "pooled":  # a pooled run: its container is waiting
+                if runner.pool is not None:  # a pooled run: its container is waiting
                     for _ in range(600):
-                        if runner.idle_count:
+                        if runner.pool.idle_count:
                             break
                         await asyncio.sleep(0.1)
                 start = time.perf_counter()
@@ -142,14 +150,13 @@ async def egress_throughput(owner: str, n: int) -> list[str]:
             time.sleep(0.1)
         server.reload()
         ip = server.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
-        runner = EgressRunner(
-            SandboxConfig(
-                owner=owner, egress="allowlist", allowed_hosts=egress.ALLOWED,
-                egress_upstream_network=network.name,
-                egress_upstream_ca=str(folder / "fake-ca.pem"),
-                egress_max_bytes=10 * SIZE * (n + 1), timeout_seconds=60,
-            )
+        config = SandboxConfig(
+            owner=owner, egress="allowlist", allowed_hosts=egress.ALLOWED,
+            egress_upstream_network=network.name,
+            egress_upstream_ca=str(folder / "fake-ca.pem"),
+            egress_max_bytes=10 * SIZE * (n + 1), timeout_seconds=60,
         )  # fmt: skip
+        runner = QueuedRunner(SandboxRunner(config, network=EgressGateway(config)))
         program = FETCH + f"print(json.dumps(download(None, {egress.ALLOWED!r}, {SIZE})))"
         direct = FETCH + f"print(json.dumps(download({ip!r}, {egress.ALLOWED!r}, {SIZE})))"
         c = runner.config

@@ -38,28 +38,20 @@ from chat_model import OfflineToolCallingModel, make_chat_model
 # request ids and body limit, as lessons 05 and 07 do.
 from research_agent import (
     BodyLimitMiddleware,
-    EgressRunner,
-    PooledRunner,
+    QueuedRunner,
     RunResult,
     SandboxBusy,
     SandboxConfig,
     SandboxShuttingDown,
     SandboxUnavailable,
-    SweepingRunner,
     error_body,
     install_shape_handlers,
     log_with_request_ids,
     make_run_python_tool,
     safe_request_id,
+    sandbox_runner,
     uvicorn_forwarding,
 )
-
-
-class Runner(EgressRunner, SweepingRunner, PooledRunner):
-    """Step 3's runner (a fresh container per run, `arun` bounded), with the Going further parts:
-    egress through an allow-list proxy, a sweep of leftovers and a pool of containers started
-    ahead."""
-
 
 log_with_request_ids()  # every log line names its request, as the error bodies do
 logger = logging.getLogger("sandboxed_tools")
@@ -143,7 +135,7 @@ SYSTEM_PROMPT = """You answer questions. For anything that needs computing, call
 complete program that prints the result, then answer from its output. If the run failed, say so."""
 
 
-def build_agent(runner: Runner):
+def build_agent(runner: QueuedRunner):
     model = make_chat_model(
         settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None,
         settings.MODEL_NAME,
@@ -161,14 +153,15 @@ def build_agent(runner: Runner):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    runner = Runner(SandboxConfig.from_settings(settings))  # every SANDBOX_* setting
+    # Step 3's runner, with the Going further parts every SANDBOX_* setting asks for: egress
+    # through an allow-list proxy, a pool of containers started ahead, a sweep of leftovers.
+    runner = sandbox_runner(SandboxConfig.from_settings(settings))
     try:  # containers a crashed API (this one or another) left behind
-        removed = await asyncio.to_thread(runner.sweep)
+        removed = await asyncio.to_thread(runner.sweeper.sweep)
         logger.info("Sandbox ready (%s); removed %d leftover container(s)", runner.config, removed)
     except SandboxUnavailable as exc:
         logger.warning("Sandbox unavailable, runs will answer 503 until it is: %s", exc)
-    runner.start_sweeping()  # and again on a timer: a leftover never waits for a restart
-    runner.start_pool()  # SANDBOX_POOL_SIZE containers started ahead, each for one run
+    runner.start()  # the sweep again on a timer, and the pool's containers started ahead
     app.state.runner = runner
     app.state.model_name, app.state.agent = build_agent(runner)
     # On SIGTERM, runs still waiting are refused at once (503 shutting_down): uvicorn waits for
@@ -247,7 +240,7 @@ async def health() -> dict[str, str]:
 @app.post("/v1/tools/python", responses=ERRORS)
 async def run_python(body: CodeRequest, request: Request) -> RunResult:
     """Run the code in a fresh container; a failing program is a result, not an error."""
-    runner: Runner = request.app.state.runner
+    runner: QueuedRunner = request.app.state.runner
     client = request.client.host if request.client else None
     return await runner.arun(
         body.code,

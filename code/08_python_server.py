@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from lesson08.transport import ServerSettings, transport_security
 
 # Lesson 04's runner, imported: the same container spec, admission, sweep and pool.
-from research_agent import PooledRunner, SandboxConfig, SandboxError, SweepingRunner
+from research_agent import SandboxConfig, SandboxError, sandbox_runner
 
 
 class Settings(ServerSettings):
@@ -32,18 +32,8 @@ class Settings(ServerSettings):
     GATEWAY_OWNER: str = "lesson08"
 
 
-class Runner(SweepingRunner, PooledRunner):
-    """Lesson 04's runner, swept and pooled; a sandbox that cannot run is a tool error."""
-
-    async def arun(self, *args, **kwargs):
-        try:
-            return await super().arun(*args, **kwargs)
-        except SandboxError as exc:
-            raise ToolError(f"the Python sandbox is unavailable ({exc})") from exc
-
-
 settings = Settings()
-runner = Runner(SandboxConfig.from_settings(settings, owner=settings.GATEWAY_OWNER))
+runner = sandbox_runner(SandboxConfig.from_settings(settings, owner=settings.GATEWAY_OWNER))
 server = FastMCP(
     "python",
     instructions="Run short Python programs in a sandbox.",
@@ -56,7 +46,10 @@ server = FastMCP(
 async def run_python(code: str) -> str:
     """Run a Python 3.11 program in a throwaway sandbox (standard library only, no network, no
     files kept). Print what you need to see: stdout, stderr and the exit code come back as JSON."""
-    result = await runner.arun(code, request_id="mcp")
+    try:
+        result = await runner.arun(code, request_id="mcp")
+    except SandboxError as exc:  # a sandbox that cannot run is a tool error
+        raise ToolError(f"the Python sandbox is unavailable ({exc})") from exc
     return json.dumps(result.as_dict())
 
 

@@ -57,10 +57,10 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "QueuedRunner": ("sandbox_admission", None),
     "SandboxBusy": ("sandbox_admission", None),
     "SandboxShuttingDown": ("sandbox_admission", None),
-    "PooledRunner": ("sandbox_pool", None),
+    "ContainerPool": ("sandbox_pool", None),
     "POOL_REQUEST_ID": ("sandbox_pool", None),
-    "SweepingRunner": ("sandbox_sweep", None),
-    "EgressRunner": ("sandbox_egress", None),
+    "EgressGateway": ("sandbox_egress", None),
+    "sandbox_runner": ("sandbox_parts", None),
     # Durable runs (lesson 10): the store, the approvals, the keyed sandbox and the run loop.
     "BadEdit": ("durable.approvals", None),
     "DecisionIn": ("durable.approvals", None),

@@ -14,9 +14,7 @@ from langchain_core.tools import BaseTool, ToolException, tool
 
 from .sandbox import SandboxConfig, SandboxError, SandboxUnavailable
 from .sandbox_admission import QueuedRunner
-from .sandbox_egress import EgressRunner
-from .sandbox_pool import PooledRunner
-from .sandbox_sweep import SweepingRunner
+from .sandbox_parts import sandbox_runner
 from .settings import Settings
 from .tracing import TracedRunner
 
@@ -48,13 +46,16 @@ def make_run_python_tool(runner: QueuedRunner, request_id: Callable[[], str]) ->
     return run_python
 
 
-class ReportingRunner(EgressRunner, SweepingRunner, PooledRunner):
-    """The lesson's runner, with egress, swept and pooled, whose unavailability is a tool error
-    the model reads, not a failed research run."""
+class ReportingRunner:
+    """Lesson 04's runner, whose unavailability is a tool error the model reads, not a failed
+    research run."""
+
+    def __init__(self, runner: QueuedRunner):
+        self.runner, self.config = runner, runner.config
 
     async def arun(self, *args, **kwargs):
         try:
-            return await super().arun(*args, **kwargs)
+            return await self.runner.arun(*args, **kwargs)
         except SandboxError as exc:
             raise ToolException(f"Error: the Python sandbox is unavailable ({exc}).") from exc
 
@@ -63,15 +64,16 @@ def sandbox_tools(settings: Settings, request_id: Callable[[], str]) -> list[Bas
     """[run_python] when SANDBOX_ENABLED, else []. Called once, off the event loop, at start-up."""
     if not settings.SANDBOX_ENABLED:
         return []
-    runner = ReportingRunner(SandboxConfig.from_settings(settings, owner="research-agent"))
+    runner = sandbox_runner(SandboxConfig.from_settings(settings, owner="research-agent"))
     try:  # containers a crashed run of this service left behind
-        logger.info("sandbox ready", extra={"removed_leftovers": runner.sweep()})
+        logger.info("sandbox ready", extra={"removed_leftovers": runner.sweeper.sweep()})
     except SandboxUnavailable as exc:
         logger.warning("sandbox unavailable; run_python will report it", extra={"error": str(exc)})
-    if settings.SANDBOX_POOL_SIZE:
-        runner.start_pool()
+    if runner.pool is not None:
+        runner.pool.start()  # the sweep's timer starts with the first run, on the event loop
     if settings.SANDBOX_POOL_SIZE or settings.SANDBOX_EGRESS != "none":
         atexit.register(runner.close)  # the pool's idle containers and the proxy go with it
-    tool = make_run_python_tool(TracedRunner(runner), request_id)  # a span per run (lesson 09)
+    reporting = ReportingRunner(runner)
+    tool = make_run_python_tool(TracedRunner(reporting), request_id)  # a span per run (lesson 09)
     tool.handle_tool_error = True  # a ToolException becomes the tool's answer, status "error"
     return [tool]

@@ -4,9 +4,12 @@ Lesson 04 (code/04_sandboxed_tools.py) and the research agent's run_python tool 
 it imports nothing of the app but its sandbox_* files and docker_client.py (the engine the
 `docker` command uses, its context included), and nothing of LangChain, so the lesson loads it
 from here without copies. `run` blocks (every Docker SDK call is an HTTP request): call
-it from a thread. The rest builds on `SandboxRunner`, one file per concern: sandbox_admission.py
-(`arun`: threads, a bounded queue, per-caller caps, shutdown), sandbox_sweep.py (leftovers) and
-sandbox_pool.py (containers started ahead); their settings are one dataclass, sandbox_config.py.
+it from a thread. The other concerns are objects of their own, each in one file, that hold a
+`SandboxRunner` and call it: sandbox_admission.py (`QueuedRunner.arun`: threads, a bounded queue,
+per-caller caps, shutdown), sandbox_sweep.py (`Sweeper`: leftovers), sandbox_pool.py
+(`ContainerPool`: containers started ahead) and sandbox_egress.py (`EgressGateway`: the network a
+runner is given); sandbox_parts.py puts them together. Their settings are one dataclass,
+sandbox_config.py.
 """
 
 import contextlib
@@ -82,10 +85,15 @@ DOCKER_ERRORS = (DockerException, requests.RequestException)
 
 
 class SandboxRunner:
-    """One fresh container per run: created with every restriction, started, fed, read, removed."""
+    """One fresh container per run: created with every restriction, started, fed, read, removed.
 
-    def __init__(self, config: SandboxConfig | None = None, client=None):
+    Its containers have no network, unless it is given one: `network` (sandbox_egress.py's
+    EgressGateway) says what a container needs to reach the allowed hosts, and joins a container
+    made ahead to it when a run takes it."""
+
+    def __init__(self, config: SandboxConfig | None = None, client=None, *, network=None):
         self.config = config or SandboxConfig()
+        self.network = network
         self._client = client
         self._client_lock = threading.Lock()
         self._uids: set[int] = set()  # in use by this runner's containers
@@ -112,43 +120,37 @@ class SandboxRunner:
 
     def runtimes_needed(self) -> list[str]:
         """The runtimes this runner's containers use, which the daemon must offer."""
-        return [self.config.runtime] if self.config.runtime else []
+        runtime = self.network.runtime if self.network is not None else self.config.runtime
+        return [runtime] if runtime else []
 
     def container_spec(
-        self,
-        timeout: float,
-        request_id: str,
-        uid: int,
-        idle: float | None = None,
-        *,
-        network: str = "none",
-        runtime: str | None = None,
-        environment: dict[str, str] | None = None,
-        mounts: list | None = None,
-        labels: dict[str, str] | None = None,
+        self, timeout: float, request_id: str, uid: int, idle: float | None = None
     ) -> dict:
         """The container for one run of up to `timeout` s as `uid`, as create_container's
-        arguments. Its watchdog waits `idle` s for the run's first line (by default until the
-        run would have ended). No network unless one is named (egress, sandbox_egress.py, names
-        one, and what goes with it: the runtime, the proxy's address and the CAs to trust)."""
+        arguments. Its watchdog waits `idle` s for the run's first line (a container made ahead
+        for a run to come; by default until the run would have ended). No network, unless the
+        runner has one: it names its network and what goes with it (a runtime, environment,
+        mounts, labels)."""
         c = self.config
         ends = timeout + WATCHDOG_GRACE_SECONDS
-        idle = ends if idle is None else idle
+        made_ahead, idle = idle is not None, ends if idle is None else idle
+        net = {} if self.network is None else self.network.options(request_id, made_ahead)
+        runtime = net.get("runtime") or c.runtime
         host_config = self.client.api.create_host_config(
-            network_mode=network,
+            network_mode=net.get("network", "none"),
             read_only=True,
             tmpfs={"/tmp": f"rw,noexec,nosuid,nodev,size={c.tmp_size}"},
             mem_limit=c.memory,
             memswap_limit=c.memory,
             nano_cpus=int(c.cpus * 1e9),
-            pids_limit=c.pids_for(runtime or c.runtime),
+            pids_limit=c.pids_for(runtime),
             # CPU seconds per process, a second limit that needs no one outside: killed past it.
             ulimits=[Ulimit(name="cpu", soft=math.ceil(ends), hard=math.ceil(ends))],
             cap_drop=["ALL"],
             security_opt=["no-new-privileges", f"seccomp={SECCOMP_PROFILE}"],
             init=False,  # whatever the daemon's default: the watchdog must be PID 1 (see its file)
-            runtime=runtime or c.runtime,
-            mounts=mounts or None,
+            runtime=runtime,
+            mounts=net.get("mounts"),
             log_config=LogConfig(type="none"),  # output is read live; no copy on the host's disk
             # The engine removes it as it exits, even if this process is gone (see sandbox_exit).
             auto_remove=True,
@@ -161,13 +163,13 @@ class SandboxRunner:
             "command": ["python", "-I", "-c", WATCHDOG, f"{idle:g}"],
             "stdin_open": True,
             "user": f"{uid}:{uid}",
-            "environment": environment or None,
+            "environment": net.get("environment"),
             "host_config": host_config,
             "labels": {
                 f"{LABEL}.owner": c.owner,
                 f"{LABEL}.request-id": request_id,
                 f"{LABEL}.expires": str(int(time.time() + idle + ends + EXPIRY_GRACE_SECONDS)),
-                **(labels or {}),
+                **net.get("labels", {}),
             },
         }
 
@@ -208,11 +210,17 @@ class SandboxRunner:
         uid = self.take_uid()
         try:
             container = self.create(timeout, request_id, uid)
-            return self._run_in(container, code, timeout)
+            return self.run_in(container, code, timeout)
         finally:
             self.free_uid(uid)
 
-    def _run_in(self, container, code: str, timeout: float, started: bool = False) -> RunResult:
+    def join(self, container, request_id: str) -> None:
+        """A container made ahead (with no network) joins the runner's network, if it has one, as
+        a run takes it."""
+        if self.network is not None:
+            self.network.join(container, request_id)
+
+    def run_in(self, container, code: str, timeout: float, started: bool = False) -> RunResult:
         """Execute in `container`, then remove it, whatever happened."""
         try:
             return self.execute(container, code, timeout, started=started)
@@ -276,9 +284,13 @@ class SandboxRunner:
         )
 
     def close(self) -> None:
-        """Close the Docker client: call it once no run is going."""
-        if self._client is not None:
-            self._client.close()
+        """Close the Docker client, and remove the network's parts: call it once no run is going."""
+        try:
+            if self._client is not None:
+                self._client.close()
+        finally:
+            if self.network is not None:
+                self.network.close()
 
 
 def kill(container) -> None:

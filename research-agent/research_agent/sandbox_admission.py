@@ -2,7 +2,9 @@
 bounded line, one caller holds a bounded share, and on shutdown the line is refused.
 
 Lesson 04, step 3 ("Off the event loop, bounded"). `run` blocks; an `async def` route that called
-it would freeze the server for the length of the run, so routes call `arun`.
+it would freeze the server for the length of the run, so routes call `arun`. The QueuedRunner
+holds the SandboxRunner that runs, and the Going-further parts a service gives it (a pool of
+containers started ahead, a sweep of leftovers), each called at one named point.
 """
 
 import asyncio
@@ -12,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .sandbox import RunResult, SandboxRunner, SandboxUnavailable
-from .sandbox_config import SandboxConfig
 
 
 class SandboxBusy(SandboxUnavailable):
@@ -31,11 +32,16 @@ class RunAbandoned(SandboxUnavailable):
     """The caller went away while its run waited: it never starts."""
 
 
-class QueuedRunner(SandboxRunner):
-    """`run` on the runner's own threads, from the event loop: `arun`."""
+class QueuedRunner:
+    """`runner.run` on threads of its own, from the event loop: `arun`. With a `pool`
+    (sandbox_pool.py) a run goes through the pool instead; a `sweeper` (sandbox_sweep.py) starts
+    sweeping with the first run."""
 
-    def __init__(self, config: SandboxConfig | None = None, client=None):
-        super().__init__(config, client)
+    def __init__(self, runner: SandboxRunner, *, pool=None, sweeper=None):
+        self.runner, self.pool, self.sweeper = runner, pool, sweeper
+        self.config = runner.config
+        if pool is not None:
+            pool.runs_waiting = lambda: self._waiting  # it refills none while runs wait here
         self._threads = ThreadPoolExecutor(self.config.max_concurrent, thread_name_prefix="sandbox")
         # Runs wait here, in the event loop, where a bound and an abandoned caller can be seen;
         # a thread pool's own queue is unbounded and runs whatever was submitted.
@@ -63,6 +69,8 @@ class QueuedRunner(SandboxRunner):
         c = self.config
         if self._closing:
             raise SandboxShuttingDown("the service is shutting down; send the run again")
+        if self.sweeper is not None:
+            self.sweeper.start()  # on a timer from the first run, if nothing started it before
         if caller is not None and self._per_caller[caller] >= c.max_per_caller:
             raise SandboxBusy(f"you already have {c.max_per_caller} runs going", per_caller=True)
         if self._waiting >= c.max_queued:
@@ -88,6 +96,23 @@ class QueuedRunner(SandboxRunner):
                 self._per_caller[caller] -= 1
                 if not self._per_caller[caller]:
                     del self._per_caller[caller]
+
+    def run(
+        self, code: str, timeout_seconds: float | None = None, request_id: str = "-"
+    ) -> RunResult:
+        """One run, on the calling thread: in a container of the pool if it has one ready, else
+        in a fresh one."""
+        if self.pool is not None:
+            return self.pool.run(code, timeout_seconds, request_id)
+        return self.runner.run(code, timeout_seconds, request_id)
+
+    def start(self) -> None:
+        """From the event loop, at start-up: the sweep's timer and the pool's refills (a first
+        run starts them too)."""
+        if self.sweeper is not None:
+            self.sweeper.start()
+        if self.pool is not None:
+            self.pool.start()
 
     async def _wait_for_a_slot(self) -> None:
         """Wait in line, counted, where begin_shutdown() can refuse the wait."""
@@ -117,6 +142,13 @@ class QueuedRunner(SandboxRunner):
             waiter.cancel()
 
     def close(self) -> None:
-        """Let running runs finish (each removes its container), drop queued ones, close."""
-        self._threads.shutdown(wait=True, cancel_futures=True)
-        super().close()
+        """Stop the sweep and the pool's refills (its idle containers are removed), let running
+        runs finish (each removes its container), drop queued ones, close the runner."""
+        try:
+            if self.sweeper is not None:
+                self.sweeper.close()
+            if self.pool is not None:
+                self.pool.close()
+            self._threads.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self.runner.close()

@@ -35,9 +35,7 @@ from docker.types import Mount
 
 from .docker_client import docker_client
 from .sandbox import DOCKER_ERRORS, LABEL, SandboxUnavailable
-from .sandbox_admission import QueuedRunner
 from .sandbox_config import SandboxConfig
-from .sandbox_pool import POOL_REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +70,9 @@ def credential_variables(credentials: str) -> dict[str, str]:
 
 
 class EgressGateway:
-    """The internal network, the proxy and its CA volume of one runner: made by `start()` (once),
-    removed by `close()`."""
+    """The internal network, the proxy and its CA volume of one runner: made by `start()` (once,
+    on the first container), removed by `close()`. A SandboxRunner given it as its `network` asks
+    it for each container's `options` and `join`s a container made ahead to it."""
 
     def __init__(self, config: SandboxConfig):
         self.config = config
@@ -142,6 +141,36 @@ class EgressGateway:
         self.proxy_ip = self.proxy.attrs["NetworkSettings"]["Networks"][self.name]["IPAddress"]
         logger.info("egress proxy %s on %s:%d", self.proxy.name, self.proxy_ip, PROXY_PORT)
 
+    @property
+    def runtime(self) -> str | None:
+        """A runtime whose containers can be given a network (config.runtime_for)."""
+        return self.config.runtime_for(network=True)
+
+    def options(self, request_id: str, made_ahead: bool) -> dict:
+        """What a sandbox container needs to reach the allowed hosts: the network, the runtime,
+        the run's proxy credentials, the CAs to trust. One made ahead (the pool's) waits with no
+        network and is joined to it when a run takes it."""
+        self.start()
+        run = self.new_run(request_id)
+        if not made_ahead:
+            logger.info("run %s: egress as %s", request_id, run)
+        return {
+            "network": "none" if made_ahead else self.network.name,
+            "runtime": self.runtime,
+            "environment": self.environment(run),
+            "mounts": self.mounts(),
+            "labels": {RUN_LABEL: run},
+        }
+
+    def join(self, container, request_id: str) -> None:
+        """Give a container made ahead the internal network, as a run takes it."""
+        try:
+            self.attach(container)
+            container.reload()
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"cannot attach the sandbox to its network: {exc}") from exc
+        logger.info("run %s: egress as %s", request_id, container.labels.get(RUN_LABEL))
+
     def new_run(self, request_id: str) -> str:
         """A run id for the proxy: the request id's safe characters, and a random part."""
         safe = RUN_ID.sub("", request_id)[:40] or "run"
@@ -192,54 +221,3 @@ class EgressGateway:
             if self._client is not None:
                 self._client.close()
                 self._client = None
-
-
-class EgressRunner(QueuedRunner):
-    """A runner whose containers, with SANDBOX_EGRESS=allowlist, reach the allowed hosts through
-    the egress proxy, and nothing else. (With egress=none it changes nothing.)"""
-
-    def __init__(self, config: SandboxConfig | None = None, client=None):
-        super().__init__(config, client)
-        on = self.config.egress == "allowlist"
-        self.gateway = EgressGateway(self.config) if on else None
-
-    def runtimes_needed(self) -> list[str]:
-        runtime = self.config.runtime_for(network=self.gateway is not None)
-        return [runtime] if runtime else []
-
-    def container_spec(self, timeout, request_id, uid, idle=None, **options) -> dict:
-        if self.gateway is None:
-            return super().container_spec(timeout, request_id, uid, idle, **options)
-        self.gateway.start()
-        run = self.gateway.new_run(request_id)
-        pooled = request_id == POOL_REQUEST_ID
-        spec = super().container_spec(
-            timeout, request_id, uid, idle,
-            # A pooled container waits with no network, and gets one when a run takes it.
-            network="none" if pooled else self.gateway.network.name,
-            runtime=self.config.runtime_for(network=True),
-            environment=self.gateway.environment(run),
-            mounts=self.gateway.mounts(),
-            labels={RUN_LABEL: run},
-        )  # fmt: skip
-        if not pooled:
-            logger.info("run %s: egress as %s", request_id, run)
-        return spec
-
-    def prepare_taken(self, container, request_id: str) -> None:
-        super().prepare_taken(container, request_id)
-        if self.gateway is None:
-            return
-        try:
-            self.gateway.attach(container)
-            container.reload()
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"cannot attach the sandbox to its network: {exc}") from exc
-        logger.info("run %s: egress as %s", request_id, container.labels.get(RUN_LABEL))
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            if self.gateway is not None:
-                self.gateway.close()

@@ -1,24 +1,23 @@
 """The pool: containers created and started ahead (SANDBOX_POOL_SIZE), each for exactly one run.
 
-Lesson 04, Going further ("What it costs, and a pool"). A pooled container is made by the same
-`create` as a fresh one, so with exactly the same flags; a run takes one, sends its code, reads,
-and removes it. An empty pool never makes a run wait for a container to be made for it: it goes
-to a fresh container at once. Every container counts toward max_concurrent until it is gone, so
-when the pool holds the place a fresh run needs, the pool gives it back first (an idle container
-is removed, a refill removes what it made without starting it). The pool is kept on threads of
-its own, under one Condition.
+Lesson 04, Going further ("What it costs, and a pool"). A `ContainerPool` holds a SandboxRunner:
+a pooled container is made by the runner's `create`, as a fresh one is, so with exactly the same
+flags; a run takes one, sends its code, reads, and removes it. An empty pool never makes a run
+wait for a container to be made for it: it goes to a fresh container at once. Every container
+counts toward max_concurrent until it is gone, so when the pool holds the place a fresh run
+needs, the pool gives it back first (an idle container is removed, a refill removes what it made
+without starting it). The pool is kept on threads of its own, under one Condition.
 """
 
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .sandbox import DOCKER_ERRORS, SandboxUnavailable, remove
-from .sandbox_admission import QueuedRunner
-from .sandbox_config import SandboxConfig
+from .sandbox import DOCKER_ERRORS, RunResult, SandboxRunner, SandboxUnavailable, remove
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +36,15 @@ class Pooled:
     usable_until: float  # time.monotonic(): the pool hands it out before this, never after
 
 
-class PooledRunner(QueuedRunner):
-    """A runner whose runs take a container started ahead, if one is ready, else a fresh one."""
+class ContainerPool:
+    """Containers `runner` started ahead: a run takes one if one is ready, else goes to a fresh
+    container (runner.run)."""
 
-    def __init__(self, config: SandboxConfig | None = None, client=None):
-        super().__init__(config, client)
+    def __init__(self, runner: SandboxRunner):
+        self.runner, self.config = runner, runner.config
+        # Runs waiting for their turn, ahead of the pool: it refills none while there are any.
+        # QueuedRunner, in front of the pool, sets it to its own count.
+        self.runs_waiting: Callable[[], int] = lambda: 0
         # Idle containers, refills under way, containers being removed, runs; one lock. Each
         # counts toward max_concurrent until its container is gone.
         self._pool_lock = threading.Condition()
@@ -60,33 +63,32 @@ class PooledRunner(QueuedRunner):
             max(1, self.config.pool_size), thread_name_prefix="sandbox-refill"
         )
 
-    def run(self, code: str, timeout_seconds: float | None = None, request_id: str = "-"):
+    def run(
+        self, code: str, timeout_seconds: float | None = None, request_id: str = "-"
+    ) -> RunResult:
         """Run `code` in a pooled container, else a fresh one, and return a RunResult. Blocks:
         call it from a thread. Either way the container serves this run only, and is removed."""
+        runner = self.runner
         timeout = timeout_seconds or self.config.timeout_seconds
-        self.start_pool()
+        self.start()
         pooled = self._take(timeout)  # a pooled container, or a place for a fresh one
         try:
             if not pooled:
-                return super().run(code, timeout, request_id)
+                return runner.run(code, timeout, request_id)
             logger.info("run %s in pooled container %s", request_id, pooled.container.id[:12])
             try:
                 try:
-                    self.prepare_taken(pooled.container, request_id)
+                    runner.join(pooled.container, request_id)  # its network, if the runner has one
                 except BaseException:
                     remove(pooled.container)
                     raise
-                return self._run_in(pooled.container, code, timeout, started=True)
+                return runner.run_in(pooled.container, code, timeout, started=True)
             finally:
-                self.free_uid(pooled.uid)
+                runner.free_uid(pooled.uid)
         finally:
             with self._pool_lock:
-                self._active -= 1  # its container is gone: _run_in removed it
+                self._active -= 1  # its container is gone: run_in removed it
                 self._pool_lock.notify_all()  # a place is free: the pool may refill
-
-    def prepare_taken(self, container, request_id: str) -> None:
-        """What a pooled container needs once a run has taken it, before its code is sent:
-        nothing here; egress (sandbox_egress.py) attaches it to its network."""
 
     @property
     def idle_count(self) -> int:
@@ -94,7 +96,7 @@ class PooledRunner(QueuedRunner):
         with self._pool_lock:
             return len(self._idle)
 
-    def start_pool(self) -> None:
+    def start(self) -> None:
         """Keep `pool_size` containers started ahead, from a thread of the runner's own (once is
         enough; a run starts it too)."""
         with self._pool_lock:
@@ -145,7 +147,8 @@ class PooledRunner(QueuedRunner):
         """How many refills to start now (under the lock): up to pool_size, within max_concurrent,
         and none while runs wait for a place or Docker keeps failing."""
         c = self.config
-        if self._waiting or self._placing or self._pool_closed or time.monotonic() < self._retry_at:
+        waiting = self.runs_waiting() or self._placing
+        if waiting or self._pool_closed or time.monotonic() < self._retry_at:
             return 0
         room = c.max_concurrent - self._active - len(self._idle) - self._refilling - self._removing
         missing = c.pool_size - len(self._idle) - (self._refilling - self._surplus)
@@ -175,11 +178,12 @@ class PooledRunner(QueuedRunner):
         """Make one pooled container in a place the keeper counted for it. A fresh run that needs
         that place meanwhile gets it back (_give_way): before anything is made, or once Docker has
         made it, removed without being started. The place counts until the container is gone."""
-        c, uid, container, ready, failed = self.config, self.take_uid(), None, 0.0, False
+        c, runner, container, ready, failed = self.config, self.runner, None, 0.0, False
+        uid = runner.take_uid()
         try:
             if not self._give_way():
                 idle = c.pool_idle_seconds
-                container = self.create(c.timeout_seconds, POOL_REQUEST_ID, uid, idle)
+                container = runner.create(c.timeout_seconds, POOL_REQUEST_ID, uid, idle)
                 if not self._give_way():
                     started = time.monotonic()
                     container.start()  # the watchdog starts, and waits for a run's first line
@@ -232,18 +236,16 @@ class PooledRunner(QueuedRunner):
     def _discard(self, pooled: Pooled) -> None:
         if pooled.container is not None:
             remove(pooled.container)
-        self.free_uid(pooled.uid)
+        self.runner.free_uid(pooled.uid)
 
     def close(self) -> None:
-        """Let running runs finish (each removes its container), drop queued ones, remove the
-        pool's containers, close."""
+        """Refill no more, remove the idle containers, and wait for the refills under way (each
+        removes what it made). Runs still going go on: one that ends hands its removal to the
+        caller's thread once the refill threads are gone. The runner stays open."""
         with self._pool_lock:
             self._pool_closed = True
             idle, self._idle = list(self._idle), deque()
             self._pool_lock.notify_all()
         for pooled in idle:
             self._discard(pooled)
-        # Runs first: a run ending may still hand a container to the refill threads.
-        self._threads.shutdown(wait=True, cancel_futures=True)
-        self._refills.shutdown(wait=True, cancel_futures=True)  # refills under way remove theirs
-        super().close()
+        self._refills.shutdown(wait=True, cancel_futures=True)

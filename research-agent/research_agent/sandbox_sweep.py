@@ -11,26 +11,24 @@ import contextlib
 import logging
 import time
 
-from .sandbox import DOCKER_ERRORS, LABEL, RunResult, SandboxUnavailable, remove
-from .sandbox_admission import QueuedRunner
-from .sandbox_config import SandboxConfig
+from .sandbox import DOCKER_ERRORS, LABEL, SandboxRunner, SandboxUnavailable, remove
 
 logger = logging.getLogger(__name__)
 
 
-class SweepingRunner(QueuedRunner):
-    """A runner that also removes expired sandbox containers, whoever started them."""
+class Sweeper:
+    """Removes expired sandbox containers on `runner`'s engine, whoever started them."""
 
-    def __init__(self, config: SandboxConfig | None = None, client=None):
-        super().__init__(config, client)
-        self._sweeper: asyncio.Task | None = None
+    def __init__(self, runner: SandboxRunner):
+        self.runner, self.config = runner, runner.config
+        self._timer: asyncio.Task | None = None
 
     def sweep(self) -> int:
         """Remove sandbox containers that are past their deadline, whichever service started them
         (it may have died): return how many."""
         now, removed = time.time(), 0
         try:
-            leftovers = self.client.containers.list(
+            leftovers = self.runner.client.containers.list(
                 all=True, sparse=True, filters={"label": f"{LABEL}.owner"}
             )
         except DOCKER_ERRORS as exc:
@@ -42,12 +40,12 @@ class SweepingRunner(QueuedRunner):
                 removed += 1
         return removed
 
-    def start_sweeping(self) -> None:
+    def start(self) -> None:
         """From the event loop: sweep() every sweep_interval_seconds while the loop runs (once is
-        enough; a run starts it too)."""
+        enough; QueuedRunner starts it with its first run too)."""
         loop = asyncio.get_running_loop()
-        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
-            self._sweeper = loop.create_task(self._sweep_forever())
+        if self._timer is None or self._timer.done() or self._timer.get_loop() is not loop:
+            self._timer = loop.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -58,15 +56,8 @@ class SweepingRunner(QueuedRunner):
             except SandboxUnavailable as exc:
                 logger.warning("sandbox sweep failed: %s", exc)
 
-    async def arun(self, *args, **kwargs) -> RunResult:
-        """`arun`, and the timer starts with the first run if nothing started it before."""
-        if not self._closing:  # a refused run starts nothing
-            self.start_sweeping()
-        return await super().arun(*args, **kwargs)
-
     def close(self) -> None:
-        """Stop the timer, then close the runner."""
-        if self._sweeper is not None:  # may be called from another thread than the loop's
+        """Stop the timer (the runner stays open)."""
+        if self._timer is not None:  # may be called from another thread than the loop's
             with contextlib.suppress(RuntimeError):  # that loop is closed: the task is gone
-                self._sweeper.get_loop().call_soon_threadsafe(self._sweeper.cancel)
-        super().close()
+                self._timer.get_loop().call_soon_threadsafe(self._timer.cancel)

@@ -29,7 +29,7 @@ from research_agent.sandbox import (
     SandboxRunner,
     SandboxUnavailable,
 )
-from research_agent.sandbox_sweep import SweepingRunner
+from research_agent.sandbox_sweep import Sweeper
 from support.waiting import wait_for
 from tests.support.sandbox_api import (
     CANARY,
@@ -601,7 +601,8 @@ def test_after_a_kill_9_of_the_api_its_sandbox_ends_by_itself_and_is_removed(eng
 def test_a_running_service_sweeps_expired_containers_of_any_owner_on_a_timer(server, engine):
     # Before: only a start-up sweep, and only of the service's own containers.
     crashed = f"{server.owner}-crashed"  # another service, which died and left these behind
-    runner = SweepingRunner(SandboxConfig(owner=server.owner, sweep_interval_seconds=0.5))
+    runner = SandboxRunner(SandboxConfig(owner=server.owner, sweep_interval_seconds=0.5))
+    sweeper = Sweeper(runner)
     labels = {f"{LABEL}.owner": crashed}
     expired = engine.containers.create(
         "agent-sandbox:python", labels={**labels, f"{LABEL}.expires": "0"}
@@ -611,7 +612,7 @@ def test_a_running_service_sweeps_expired_containers_of_any_owner_on_a_timer(ser
     )
 
     async def swept() -> bool:
-        runner.start_sweeping()
+        sweeper.start()
         for _ in range(50):  # at most 10 s
             await asyncio.sleep(0.2)
             if [c.id for c in containers(engine, crashed)] == [live.id]:
@@ -621,6 +622,7 @@ def test_a_running_service_sweeps_expired_containers_of_any_owner_on_a_timer(ser
     try:
         assert asyncio.run(swept()), "the expired container was not swept"
     finally:
+        sweeper.close()
         runner.close()
         for container in (live, expired):
             with contextlib.suppress(docker.errors.NotFound):
@@ -803,9 +805,9 @@ def test_sweep_removes_expired_leftovers_and_keeps_live_containers(server, engin
     live = engine.containers.create(
         "agent-sandbox:python", labels={**labels, f"{LABEL}.expires": str(int(time.time()) + 600)}
     )
-    runner = SweepingRunner(SandboxConfig(owner=owner))
+    runner = SandboxRunner(SandboxConfig(owner=owner))
     try:
-        assert runner.sweep() >= 1  # and any other service's expired leftovers
+        assert Sweeper(runner).sweep() >= 1  # and any other service's expired leftovers
         assert [c.id for c in containers(engine, owner)] == [live.id]
     finally:
         live.remove(force=True)

@@ -23,8 +23,8 @@ import requests
 from docker.errors import APIError
 
 from research_agent.sandbox import LABEL, SandboxConfig, SandboxRunner, remove
-from research_agent.sandbox_pool import POOL_REQUEST_ID, PooledRunner
-from research_agent.sandbox_sweep import SweepingRunner
+from research_agent.sandbox_pool import POOL_REQUEST_ID, ContainerPool
+from research_agent.sandbox_sweep import Sweeper
 from support.waiting import wait_for
 from tests.support.sandbox_api import (
     RESULT_FIELDS,
@@ -194,8 +194,8 @@ def test_20_concurrent_runs_with_the_pool_never_exceed_max_concurrent_containers
 # --- the fallback: an empty pool never makes a run wait ----------------------------------------
 
 
-class StuckRefills(PooledRunner):
-    """Its refills wait in Docker's create until the test lets them go; runs do not."""
+class StuckRefills(SandboxRunner):
+    """The pool's refills wait in Docker's create until the test lets them go; runs do not."""
 
     def __init__(self, config: SandboxConfig):
         super().__init__(config)
@@ -212,10 +212,11 @@ def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(eng
     # Two places: the stuck refill holds one, and the run must not wait for it. (With one place
     # the run must wait: the next test.)
     runner = StuckRefills(SandboxConfig(owner=owner, pool_size=1, max_concurrent=2))
+    pool = ContainerPool(runner)
     try:
-        runner.start_pool()
-        wait_for(lambda: runner._refilling == 1, timeout=10, what="the refill started")
-        result = runner.run("import socket; print(socket.gethostname())", request_id="fallback")
+        pool.start()
+        wait_for(lambda: pool._refilling == 1, timeout=10, what="the refill started")
+        result = pool.run("import socket; print(socket.gethostname())", request_id="fallback")
         # It ran while the refill was still stuck: it cannot have waited behind it.
         assert not runner.release.is_set()
         assert result.exit_code == 0 and result.stdout.strip()
@@ -235,6 +236,7 @@ def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(eng
         assert pooled.id[:12] != result.stdout.strip()
     finally:
         runner.release.set()
+        pool.close()
         runner.close()
     assert containers(engine, owner) == []  # close() removes the pool
 
@@ -246,9 +248,9 @@ def test_with_the_pool_empty_a_run_goes_to_a_fresh_container_without_waiting(eng
 # remove() took for "gone", freed a place early too.
 
 
-class HeldRefills(PooledRunner):
-    """Its refills stop once Docker has created their container, until the test lets them go;
-    each fresh run records how many of the runner's containers exist as it creates its own."""
+class HeldRefills(SandboxRunner):
+    """The pool's refills stop once Docker has created their container, until the test lets them
+    go; each fresh run records how many of the runner's containers exist as it creates its own."""
 
     def __init__(self, config: SandboxConfig, engine):
         super().__init__(config)
@@ -269,19 +271,21 @@ def test_a_run_whose_place_a_refill_holds_never_makes_a_container_beside_it(engi
     owner = f"test-pool-{uuid.uuid4().hex[:8]}"
     # One place in all, and the refill has made its container in it when the run comes.
     runner = HeldRefills(SandboxConfig(owner=owner, pool_size=1, max_concurrent=1), engine)
+    pool = ContainerPool(runner)
     try:
-        runner.start_pool()
+        pool.start()
         assert runner.created.wait(30), "the refill made no container"
-        with ThreadPoolExecutor(1) as pool:
-            ran = pool.submit(runner.run, "print(6 * 7)", request_id="needs-the-place")
+        with ThreadPoolExecutor(1) as threads:
+            ran = threads.submit(pool.run, "print(6 * 7)", request_id="needs-the-place")
             # The run asks for the place back; the refill gives it back once Docker answers.
-            wait_for(lambda: runner._surplus == 1, timeout=10, what="the run to claim the place")
+            wait_for(lambda: pool._surplus == 1, timeout=10, what="the run to claim the place")
             runner.release.set()
             result = ran.result(timeout=60)
         assert result.exit_code == 0 and result.stdout == "42\n"
         assert runner.existing_at_fresh_create == [0]  # the refill's container was gone
     finally:
         runner.release.set()
+        pool.close()
         runner.close()
     assert containers(engine, owner) == []
 
@@ -320,17 +324,19 @@ def test_remove_returns_once_a_container_the_engine_is_removing_is_gone(engine):
 
 def test_a_pooled_run_gets_its_whole_timeout_however_long_its_container_waited(engine):
     owner = f"test-pool-{uuid.uuid4().hex[:8]}"
-    runner = PooledRunner(SandboxConfig(owner=owner, pool_size=1, timeout_seconds=2))
+    runner = SandboxRunner(SandboxConfig(owner=owner, pool_size=1, timeout_seconds=2))
+    pool = ContainerPool(runner)
     try:
-        runner.start_pool()
-        wait_for(lambda: runner._idle, timeout=60, what="the pool filled")
-        (waiting,) = list(runner._idle)
+        pool.start()
+        wait_for(lambda: pool._idle, timeout=60, what="the pool filled")
+        (waiting,) = list(pool._idle)
         time.sleep(5)  # longer than the run's deadline (2 s + 2 s of grace) had it started then
         code = "import socket, time; time.sleep(1); print(socket.gethostname())"
-        result = runner.run(code)
+        result = pool.run(code)
         assert (result.exit_code, result.timed_out) == (0, False), result
         assert result.stdout.strip() == waiting.container.id[:12]  # the container that waited
     finally:
+        pool.close()
         runner.close()
     assert containers(engine, owner) == []
 
@@ -338,13 +344,13 @@ def test_a_pooled_run_gets_its_whole_timeout_however_long_its_container_waited(e
 def test_an_unused_pooled_container_ends_by_itself_and_no_sweep_takes_it_while_it_waits(engine):
     # As if its API had died: nobody will ever send it a run.
     owner = f"test-pool-{uuid.uuid4().hex[:8]}"
-    runner = SweepingRunner(SandboxConfig(owner=owner))
+    runner = SandboxRunner(SandboxConfig(owner=owner))
     container = runner.create(10, POOL_REQUEST_ID, runner.take_uid(), idle=3)
     try:
         container.start()
         container.reload()
         assert int(container.labels[f"{LABEL}.expires"]) >= time.time() + 3 + 12
-        runner.sweep()  # a sweep while it waits leaves it alone
+        Sweeper(runner).sweep()  # a sweep while it waits leaves it alone
         container.reload()
         assert container.status == "running"
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from research_agent.sandbox import SandboxConfig
+from research_agent.sandbox import SandboxConfig, SandboxRunner
 from research_agent.sandbox_admission import (
     QueuedRunner,
     RunAbandoned,
@@ -15,7 +15,7 @@ from research_agent.sandbox_admission import (
 )
 
 
-class HeldRunner(QueuedRunner):
+class HeldSandbox(SandboxRunner):
     """Every run waits for `release` and records its code: no container, no clock."""
 
     def __init__(self, **config):
@@ -27,6 +27,11 @@ class HeldRunner(QueuedRunner):
         self.ran.append(code)
         self.release.wait(30)
         return code
+
+
+def held_runner(**config) -> QueuedRunner:
+    """The admission in front of a HeldSandbox (its `runner`)."""
+    return QueuedRunner(HeldSandbox(**config))
 
 
 async def settle():
@@ -45,12 +50,12 @@ def test_a_full_waiting_list_refuses_the_next_run_at_once():
         with pytest.raises(SandboxBusy) as refused:
             await runner.arun("one too many")
         assert not refused.value.per_caller
-        runner.release.set()
+        runner.runner.release.set()
         return await asyncio.gather(*held)
 
-    runner = HeldRunner(max_concurrent=1, max_queued=2)
+    runner = held_runner(max_concurrent=1, max_queued=2)
     assert asyncio.run(scenario(runner)) == ["run 0", "run 1", "run 2"]
-    assert "one too many" not in runner.ran
+    assert "one too many" not in runner.runner.ran
 
 
 def test_forty_abandoned_runs_never_start_and_do_not_delay_the_next():
@@ -64,14 +69,14 @@ def test_forty_abandoned_runs_never_start_and_do_not_delay_the_next():
         await settle()
         fresh = asyncio.create_task(runner.arun("fresh"))
         await settle()
-        runner.release.set()
+        runner.runner.release.set()
         results = await asyncio.gather(*abandoned, return_exceptions=True)
         assert all(isinstance(r, RunAbandoned) for r in results)
         return await first, await fresh
 
-    runner = HeldRunner(max_concurrent=1, max_queued=64)
+    runner = held_runner(max_concurrent=1, max_queued=64)
     assert asyncio.run(scenario(runner)) == ("running", "fresh")
-    assert runner.ran == ["running", "fresh"]
+    assert runner.runner.ran == ["running", "fresh"]
 
 
 def test_one_caller_cannot_take_every_slot():
@@ -83,12 +88,12 @@ def test_one_caller_cannot_take_every_slot():
         assert refused.value.per_caller
         other = asyncio.create_task(runner.arun("b0", caller="10.0.0.2"))
         await settle()
-        runner.release.set()
+        runner.runner.release.set()
         await asyncio.gather(*mine, other)
         # Finished runs give the caller its share back.
         return await runner.arun("a3", caller="10.0.0.1")
 
-    runner = HeldRunner(max_concurrent=4, max_queued=8, max_per_caller=2)
+    runner = held_runner(max_concurrent=4, max_queued=8, max_per_caller=2)
     assert asyncio.run(scenario(runner)) == "a3"
 
 
@@ -103,12 +108,12 @@ def test_on_shutdown_waiting_runs_are_refused_and_the_running_one_finishes():
         assert all(isinstance(r, SandboxShuttingDown) for r in refused), refused
         with pytest.raises(SandboxShuttingDown):
             await runner.arun("after SIGTERM")
-        runner.release.set()
+        runner.runner.release.set()
         return await first
 
-    runner = HeldRunner(max_concurrent=1, max_queued=8)
+    runner = held_runner(max_concurrent=1, max_queued=8)
     assert asyncio.run(scenario(runner)) == "running"
-    assert runner.ran == ["running"]
+    assert runner.runner.ran == ["running"]
 
 
 def test_a_caller_cancelled_while_waiting_is_cancelled_not_refused():
@@ -120,8 +125,8 @@ def test_a_caller_cancelled_while_waiting_is_cancelled_not_refused():
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        runner.release.set()
+        runner.runner.release.set()
         await first
         return dict(runner._per_caller), runner._waiting
 
-    assert asyncio.run(scenario(HeldRunner(max_concurrent=1))) == ({}, 0)
+    assert asyncio.run(scenario(held_runner(max_concurrent=1))) == ({}, 0)

@@ -18,8 +18,8 @@ import pytest
 from lesson08.catalog import Catalog, ServerEntry
 from lesson08.launcher import OWNER_LABEL, DockerLauncher
 from research_agent.sandbox import LABEL, SandboxConfig, SandboxRunner
-from research_agent.sandbox_pool import PooledRunner
-from research_agent.sandbox_sweep import SweepingRunner
+from research_agent.sandbox_pool import ContainerPool
+from research_agent.sandbox_sweep import Sweeper
 from support.ports import free_port
 from support.waiting import wait_for
 from tests.support.docker_guard import (
@@ -233,13 +233,15 @@ def test_a_sandbox_runs_through_the_guard_and_leaves_nothing(engine, through):
 
 
 def test_the_pool_serves_runs_through_the_guard(engine, through):
-    runner = PooledRunner(SandboxConfig(owner=SANDBOX_OWNER, pool_size=1, max_concurrent=2))
+    runner = SandboxRunner(SandboxConfig(owner=SANDBOX_OWNER, pool_size=1, max_concurrent=2))
+    pool = ContainerPool(runner)
     try:
-        runner.start_pool()
-        wait_for(lambda: runner.idle_count == 1, timeout=60, what="a pooled container")
-        assert runner.run("print(6 * 7)").stdout == "42\n"
-        assert runner.served_by_pool == 1
+        pool.start()
+        wait_for(lambda: pool.idle_count == 1, timeout=60, what="a pooled container")
+        assert pool.run("print(6 * 7)").stdout == "42\n"
+        assert pool.served_by_pool == 1
     finally:
+        pool.close()
         runner.close()
     wait_for(lambda: sandboxes(engine) == [], timeout=30, what="no sandbox container left")
 
@@ -250,7 +252,7 @@ def test_the_sweep_through_the_guard_removes_only_its_owners_leftovers(engine, t
     owner's expired sandboxes, straight to the engine) may take either first; such a round proves
     nothing and is tried again, with new containers. A guard that let the other through shows as
     two removals, at once."""
-    runner = SweepingRunner(SandboxConfig(owner=SANDBOX_OWNER))
+    runner = SandboxRunner(SandboxConfig(owner=SANDBOX_OWNER))
     try:
         for _ in range(5):
             deadline = int(time.time()) + 2  # expired only just before the sweep
@@ -262,7 +264,7 @@ def test_the_sweep_through_the_guard_removes_only_its_owners_leftovers(engine, t
                 "agent-sandbox:python", labels={f"{LABEL}.owner": OTHER, **expired}
             )
             time.sleep(max(0.0, deadline + 1 - time.time()))
-            removed = runner.sweep()
+            removed = Sweeper(runner).sweep()
             assert removed <= 1, "the sweep through the guard removed another owner's sandbox"
             others = [c.id for c in sandboxes(engine, OTHER)]
             clean = removed == 1 and others == [other.id] and sandboxes(engine) == []

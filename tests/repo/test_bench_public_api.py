@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNNERS = [
     sandbox.SandboxRunner,
     sandbox_admission.QueuedRunner,
-    sandbox_pool.PooledRunner,
-    sandbox_sweep.SweepingRunner,
+    sandbox_pool.ContainerPool,
+    sandbox_sweep.Sweeper,
 ]
 
 
@@ -51,9 +51,9 @@ def bench_file() -> Path:
 
 def test_the_check_finds_a_private_call_and_an_override():
     privates = runner_privates()
-    assert {"_take", "_run_in", "_client"} <= privates and "create" not in privates
+    assert {"_take", "_refill", "_client"} <= privates and "create" not in privates
     assert private_uses("runner._take(3)", privates) == ["line 1: ._take"]
-    subclass = "class Rigged(PooledRunner):\n    def _take(self, timeout):\n        return None\n"
+    subclass = "class Rigged(ContainerPool):\n    def _take(self, timeout):\n        return None\n"
     assert private_uses(subclass, privates) == ["line 1: Rigged overrides _take"]
     assert private_uses("runner.create(3, 'x', runner.take_uid())", privates) == []
 
