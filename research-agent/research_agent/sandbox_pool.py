@@ -171,8 +171,14 @@ class ContainerPool:
                     # Woken when a run ends; runs waiting in the event loop are seen within 1 s.
                     self._pool_lock.wait(min(max(soonest - now, 0.05), 1.0))
                     continue
-            for _ in range(wanted):
-                self._refills.submit(self._refill)
+            for started in range(wanted):
+                try:
+                    self._refills.submit(self._refill)
+                except RuntimeError:  # closed meanwhile: the refills not started make nothing
+                    with self._pool_lock:
+                        self._refilling -= wanted - started
+                        self._pool_lock.notify_all()
+                    return
 
     def _refill(self) -> None:
         """Make one pooled container in a place the keeper counted for it. A fresh run that needs
