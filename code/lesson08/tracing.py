@@ -49,8 +49,7 @@ def configure(service_name: str) -> bool:
     if not any(os.environ.get(name) for name in ENDPOINTS):
         return False
     try:
-        from research_agent.settings import TracingSettings
-        from research_agent.tracing import configure_tracing
+        from research_agent import TracingSettings, configure_tracing
     except ImportError as exc:  # an image without the SDK or the research agent's tracing
         logger.warning(json.dumps({"event": "tracing_unavailable", "missing": exc.name}))
         return False
@@ -190,6 +189,6 @@ def trace_tool_server(server, service_name: str, runner=None):
     handlers[CallToolRequest] = traced
     if runner is None:
         return None
-    from research_agent.tracing import TracedRunner
+    from research_agent import TracedRunner
 
     return TracedRunner(runner)
