@@ -31,6 +31,7 @@ from fastmcp.server.middleware import Middleware
 from mcp.server.lowlevel.server import request_ctx
 from mcp.types import CallToolRequest
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from lesson08.call_limits import CallPolicy, cut, identify
@@ -83,10 +84,12 @@ class GatewayTracing(Middleware):
         self.tracer = trace.get_tracer("lesson08.gateway")
 
     async def on_call_tool(self, context, call_next):
-        headers = get_http_headers(include={"authorization"})
-        client = identify(self.clients, headers.get("authorization"))
         request = request_ctx.get(None)
         caller = trace_context(request.meta if request is not None else None)
+        if not caller and not self.traced:
+            return await call_next(context)  # nothing to check, nothing to record
+        headers = get_http_headers(include={"authorization"})
+        client = identify(self.clients, headers.get("authorization"))
         trusted = client != "anonymous"
         token = None
         if caller and not trusted:  # neither joined nor passed on (FastMCP's proxy reads it here)
@@ -105,7 +108,7 @@ class GatewayTracing(Middleware):
         parent, links = (propagate.extract(caller) if caller else None), []
         if caller and not trusted:  # named, not joined: a trace of the gateway's own
             linked = trace.get_current_span(parent).get_span_context()
-            parent, links = None, [Link(linked)] if linked.is_valid else []
+            parent, links = Context(), [Link(linked)] if linked.is_valid else []
         attributes = {
             "mcp.method.name": "tools/call",
             "gen_ai.tool.name": cut(tool),

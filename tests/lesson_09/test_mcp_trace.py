@@ -34,6 +34,7 @@ AGENT_TOKEN = "agent-token-for-trace-tests"
 QUESTION = "Why use a multi-stage Docker build?"
 # A stranger's context: someone else's trace id, flags 00 ("not sampled").
 STRANGER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+TRUSTED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # a sampled caller's
 
 
 @dataclass
@@ -148,7 +149,7 @@ def stack(tmp_path_factory, docker_owner):
                 },
             }
             with gateway(catalog, work, TOKEN_AGENT=AGENT_TOKEN, **otel) as gw:
-                yield collector, gw, work
+                yield collector, gw, work, catalog
 
 
 def pinned(work, server: str, tool: str) -> str:
@@ -185,7 +186,7 @@ def assert_one_trace(everything: list[Span], path: list[Span]) -> None:
 def test_a_research_request_over_mcp_is_one_trace_from_the_request_to_the_tool_server(
     stack, spans, traced_client
 ):
-    collector, gw, work = stack
+    collector, gw, work, _ = stack
     client = traced_client(MCP_GATEWAY_URL=gw.url + "/mcp", MCP_GATEWAY_TOKEN=AGENT_TOKEN)
     spans.clear()
     collector.requests.clear()
@@ -224,7 +225,7 @@ def test_a_research_request_over_mcp_is_one_trace_from_the_request_to_the_tool_s
 def test_run_python_over_mcp_is_one_trace_down_to_lesson_04s_sandbox_span(
     stack, spans, monkeypatch
 ):
-    collector, gw, work = stack
+    collector, gw, work, _ = stack
     instrument_langchain()  # what create_app's instrument does while tracing is on
     MCPClientInstrumentor().instrument()
     connection = {
@@ -271,21 +272,10 @@ def test_an_anonymous_callers_trace_context_is_a_link_and_never_reaches_the_tool
     """As at lesson 09's edge: a context from a client the gateway cannot name is not joined. The
     call has a trace of the gateway's own, with the stranger's as a link, and the tool server's
     span is in the gateway's trace."""
-    collector, gw, work = stack
+    collector, gw, work, _ = stack
     collector.requests.clear()
 
-    async def call() -> None:
-        async with (
-            streamablehttp_client(gw.url + "/mcp") as (read, write, _),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
-            result = await session.call_tool(
-                "search_notes", {"query": QUESTION}, meta={"traceparent": STRANGER}
-            )
-            assert not result.isError
-
-    asyncio.run(call())
+    call_with_context(gw.url + "/mcp", STRANGER)
     found = arrived(
         collector,
         ("mcp-gateway", "gateway tools/call search_notes"),
@@ -300,3 +290,49 @@ def test_an_anonymous_callers_trace_context_is_a_link_and_never_reaches_the_tool
     assert tool_span.trace_id == gateway_span.trace_id
     assert gateway_span in chain(found, tool_span)
     assert stranger not in {s.trace_id for s in found}
+
+
+def call_with_context(url: str, traceparent: str, token: str | None = None) -> None:
+    """One search_notes call with `traceparent` in its `_meta`, on a session of its own."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+
+    async def call() -> None:
+        async with (
+            streamablehttp_client(url, headers=headers) as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            result = await session.call_tool(
+                "search_notes", {"query": QUESTION}, meta={"traceparent": traceparent}
+            )
+            assert not result.isError
+
+    asyncio.run(call())
+
+
+def test_a_gateway_that_does_not_trace_passes_on_only_a_trusted_callers_context(stack, tmp_path):
+    """Tracing off at the gateway, on at the tool server: the agent's context goes on as it came
+    (the tool server's span is the caller's child), an anonymous caller's is taken out all the
+    same (the tool server's span starts a trace of its own)."""
+    collector, _, _, catalog = stack
+    with gateway(catalog, tmp_path, TOKEN_AGENT=AGENT_TOKEN) as untraced:
+        for token, context in ((AGENT_TOKEN, TRUSTED), (None, STRANGER)):
+            collector.requests.clear()
+            call_with_context(untraced.url + "/mcp", context, token)
+            (tool_span,) = [
+                s
+                for s in arrived(collector, ("mcp-notes", "tools/call search_notes"))
+                if s.name == "tools/call search_notes"
+            ]
+            _, trace_id, span_id, _ = context.split("-")
+            if token:
+                assert (tool_span.trace_id, tool_span.parent_id) == (trace_id, span_id)
+            else:
+                assert tool_span.trace_id != trace_id and tool_span.parent_id is None
+        assert not [s for s in collected(collector) if s.service == "mcp-gateway"]
+
+
+def test_while_tracing_is_off_the_mcp_client_is_the_sdks(client_off):
+    """An app built with tracing off patches nothing: a tool call is sent as the SDK sends it."""
+    assert not hasattr(ClientSession.call_tool, "__wrapped__")
+    assert not MCPClientInstrumentor().is_instrumented_by_opentelemetry
