@@ -275,7 +275,7 @@ def test_an_anonymous_callers_trace_context_is_a_link_and_never_reaches_the_tool
     collector, gw, work, _ = stack
     collector.requests.clear()
 
-    call_with_context(gw.url + "/mcp", STRANGER)
+    assert not call_with_context(gw.url + "/mcp", STRANGER).isError
     found = arrived(
         collector,
         ("mcp-gateway", "gateway tools/call search_notes"),
@@ -292,22 +292,38 @@ def test_an_anonymous_callers_trace_context_is_a_link_and_never_reaches_the_tool
     assert stranger not in {s.trace_id for s in found}
 
 
-def call_with_context(url: str, traceparent: str, token: str | None = None) -> None:
-    """One search_notes call with `traceparent` in its `_meta`, on a session of its own."""
+def call_with_context(
+    url: str, traceparent: str, token: str | None = None, tool: str = "search_notes"
+):
+    """One call with `traceparent` in its `_meta`, on a session of its own: its result."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
+    arguments = {"query": QUESTION} if tool == "search_notes" else {"code": "print(1)"}
 
-    async def call() -> None:
+    async def call():
         async with (
             streamablehttp_client(url, headers=headers) as (read, write, _),
             ClientSession(read, write) as session,
         ):
             await session.initialize()
-            result = await session.call_tool(
-                "search_notes", {"query": QUESTION}, meta={"traceparent": traceparent}
-            )
-            assert not result.isError
+            return await session.call_tool(tool, arguments, meta={"traceparent": traceparent})
 
-    asyncio.run(call())
+    return asyncio.run(call())
+
+
+def test_a_refused_call_is_a_gateway_span_with_its_outcome_and_reaches_no_server(stack):
+    collector, gw, _, _ = stack
+    collector.requests.clear()
+    result = call_with_context(gw.url + "/mcp", TRUSTED, tool="run_python")  # not anonymous's
+    assert result.isError
+    (span,) = [
+        s
+        for s in arrived(collector, ("mcp-gateway", "gateway tools/call run_python"))
+        if s.name == "gateway tools/call run_python"
+    ]
+    assert span.attributes["mcp_gateway.client"] == "anonymous"
+    assert span.attributes["mcp_gateway.outcome"] == "not_allowed"
+    assert span.attributes["error.type"] == "not_allowed"
+    assert not [s for s in collected(collector) if s.service == "mcp-python"]
 
 
 def test_a_gateway_that_does_not_trace_passes_on_only_a_trusted_callers_context(stack, tmp_path):
@@ -318,7 +334,7 @@ def test_a_gateway_that_does_not_trace_passes_on_only_a_trusted_callers_context(
     with gateway(catalog, tmp_path, TOKEN_AGENT=AGENT_TOKEN) as untraced:
         for token, context in ((AGENT_TOKEN, TRUSTED), (None, STRANGER)):
             collector.requests.clear()
-            call_with_context(untraced.url + "/mcp", context, token)
+            assert not call_with_context(untraced.url + "/mcp", context, token).isError
             (tool_span,) = [
                 s
                 for s in arrived(collector, ("mcp-notes", "tools/call search_notes"))
