@@ -17,8 +17,9 @@ is with its catalog token. An anonymous caller's becomes a link on the gateway's
 joined), and is never passed on to a tool server, whether or not the gateway traces. A tool server
 trusts its one caller, the gateway, by where it stands (on the tools network).
 
-Tracing is off unless OTEL_EXPORTER_OTLP_ENDPOINT is set (research_agent's configure_tracing):
-then no span is made and the OpenTelemetry SDK is never loaded.
+Without OTEL_EXPORTER_OTLP_ENDPOINT tracing is off (research_agent's configure_tracing): no span
+is made, the OpenTelemetry SDK is never loaded, and all the gateway does is take an anonymous
+caller's trace context out of `_meta`.
 """
 
 import dataclasses

@@ -30,6 +30,7 @@ from tests.lesson_02.test_sandbox_tool import ScriptedModel
 from tests.support.agent import make_settings
 
 PYTHON_SERVER = ROOT / "code" / "08_python_server.py"
+SANDBOX_IMAGE = "agent-sandbox:python"
 AGENT_TOKEN = "agent-token-for-trace-tests"
 QUESTION = "Why use a multi-stage Docker build?"
 # A stranger's context: someone else's trace id, flags 00 ("not sampled").
@@ -221,11 +222,23 @@ def test_a_research_request_over_mcp_is_one_trace_from_the_request_to_the_tool_s
     print("\n" + show(path))
 
 
+def needs_the_sandbox_image() -> None:
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.images.get(SANDBOX_IMAGE)
+    except Exception as exc:
+        pytest.skip(f"run_python needs Docker and {SANDBOX_IMAGE} (make sandbox-image): {exc}")
+    client.close()
+
+
 @pytest.mark.container
 def test_run_python_over_mcp_is_one_trace_down_to_lesson_04s_sandbox_span(
     stack, spans, monkeypatch
 ):
     collector, gw, work, _ = stack
+    needs_the_sandbox_image()
     instrument_langchain()  # what create_app's instrument does while tracing is on
     MCPClientInstrumentor().instrument()
     connection = {
