@@ -46,6 +46,7 @@ from lesson08.catalog import Catalog, load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
 from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins
 from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
+from lesson08.tracing import trace_gateway
 from lesson08.transport import quiet_closed_streams
 from research_agent import error_body, validate_answers_once
 
@@ -209,6 +210,7 @@ def refused() -> JSONResponse:
 
 def build_app(settings: Settings):
     gateway, catalog, pins, launcher, providers = build_gateway(settings)
+    trace_gateway(gateway, pins, providers)  # lesson 09: spans, once OTEL_* asks for them
 
     @gateway.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:

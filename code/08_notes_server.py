@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from lesson08.tracing import trace_tool_server
 from lesson08.transport import (
     ServerSettings,
     checked_once,
@@ -79,6 +80,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "sections": len(index.sections)})
 
 
+trace_tool_server(server, "mcp-notes")  # lesson 09: spans, once OTEL_* asks for them
 app = server.streamable_http_app()
 
 if __name__ == "__main__":

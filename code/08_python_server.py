@@ -17,6 +17,7 @@ from mcp.server.fastmcp.exceptions import ToolError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from lesson08.tracing import trace_tool_server
 from lesson08.transport import ServerSettings, transport_security
 
 # Lesson 04's runner, imported: the same container spec, admission, sweep and pool.
@@ -58,6 +59,8 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "image": settings.SANDBOX_IMAGE})
 
 
+# Lesson 09: spans, once OTEL_* asks for them; each run then lesson 04's `sandbox run` span.
+runner = trace_tool_server(server, "mcp-python", runner)
 app = server.streamable_http_app()
 
 if __name__ == "__main__":

@@ -9,4 +9,5 @@ sessions.py      MCP sessions, bounded per client
 pinning.py       a hash of each tool's declaration, so a changed tool is refused
 transport.py     where a server listens, which Origin and Host it answers
 guard_policy.py  what the Docker guard lets through for each caller, and nothing else
+tracing.py       lesson 09's spans for the gateway and the tool servers, joined through `_meta`
 """

@@ -75,14 +75,15 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "make_pool": ("durable.store", None),
     "migrate": ("durable.store", None),
     "make_run_python_tool": ("python_tool", None),
-    # Tracing set-up (lesson 09, used by lessons 05 and 07): the OTEL_* settings, the provider and
-    # instrumentation, the tracer, and FastAPI's server spans.
+    # Tracing set-up (lesson 09, used by lessons 05, 07 and 08): the OTEL_* settings, the provider
+    # and instrumentation, the tracer, and FastAPI's server spans.
     "TracingSettings": ("settings", None),
     "configure_tracing": ("tracing", None),
     "trace_env": ("job", None),  # a worker's job joins the launch's trace
     "instrument": ("tracing", None),
     "tracer": ("tracing", None),
     "FASTAPI_TELEMETRY": ("tracing", None),
+    "TracedRunner": ("tracing", None),  # lesson 04's sandbox runs as spans (lesson 08's server)
     # The agent itself, as the benchmarks and lesson 08's servers run it: settings, the agent (and
     # the agent with the service's tools and middleware, build_agent), the offline model and its
     # prompt, the local search over the bundled notes.

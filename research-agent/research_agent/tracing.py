@@ -15,6 +15,8 @@ exporter's own headers, timeout and TLS variables. Then:
   trace in a `traceresponse` header;
 - HTTPX, HTTPX2 and Redis, when installed: a client span per call (HTTPX2: the OpenAI SDK's calls
   to the model provider, with a `traceparent` header; Redis: the cache, quotas);
+- MCP, when installed: each tool call carries the trace context in its `_meta`
+  (research_agent/mcp_tracing.py), so lesson 08's gateway and tool servers join the trace;
 - LangChain: the OpenTelemetry GenAI spans `invoke_agent {agent}`, `chat {model}` and
   `execute_tool {tool}`, from research_agent/genai_spans.py's GenAIHandler.
 
@@ -311,6 +313,10 @@ def instrument(app, settings: TracingSettings) -> None:
 
         if not RedisInstrumentor().is_instrumented_by_opentelemetry:
             RedisInstrumentor().instrument()
+    if importlib.util.find_spec("mcp"):  # MCP tool calls carry the trace context in `_meta`
+        from .mcp_tracing import MCPClientInstrumentor
+
+        MCPClientInstrumentor().instrument()
     instrument_langchain(settings.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
 
 

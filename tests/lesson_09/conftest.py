@@ -34,7 +34,14 @@ def reset_tracing() -> None:
     )
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-    instrumentors = (HTTPXClientInstrumentor(), HTTPX2ClientInstrumentor(), RedisInstrumentor())
+    from research_agent.mcp_tracing import MCPClientInstrumentor
+
+    instrumentors = (
+        HTTPXClientInstrumentor(),
+        HTTPX2ClientInstrumentor(),
+        RedisInstrumentor(),
+        MCPClientInstrumentor(),
+    )
     for instrumentor in instrumentors:
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
