@@ -1,6 +1,7 @@
 """Lesson 08: one MCP endpoint for the agent, in front of tool servers that run elsewhere.
 
 Run it:  make lesson-08     (in Compose, with the agent; tool servers start on demand)
+  or:    make lesson-08-replicas   (two stateless replicas behind HAProxy, pins in Redis)
   or:    .venv/bin/python code/08_mcp_gateway.py          (servers from GATEWAY_CATALOG)
          .venv/bin/python code/08_mcp_gateway.py repin notes    (the running gateway accepts a
                                                  server's changed tools: POST /pins/notes/repin)
@@ -45,7 +46,7 @@ from lesson08.call_limits import (
 )
 from lesson08.catalog import Catalog, load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
-from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins, SharedPins
+from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins, pin_store
 from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
 from lesson08.transport import quiet_closed_streams
 from research_agent import error_body, validate_answers_once
@@ -117,11 +118,7 @@ class Gateway(NamedTuple):
 def build_gateway(settings: Settings) -> Gateway:
     """The gateway: one FastMCP server whose tools are proxies to each catalog server."""
     catalog = load_catalog(settings.GATEWAY_CATALOG)
-    pins = (
-        SharedPins(settings.GATEWAY_PINS_REDIS_URL)
-        if settings.GATEWAY_PINS_REDIS_URL
-        else Pins(settings.GATEWAY_PINS)
-    )
+    pins = pin_store(settings.GATEWAY_PINS, settings.GATEWAY_PINS_REDIS_URL)
     needs_docker = any(entry.image for entry in catalog.servers)
     launcher = (
         DockerLauncher(

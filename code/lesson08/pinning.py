@@ -200,11 +200,11 @@ class SharedPins(Pins):
         key = self.prefix + server
         pins = [new_pin(tool, tool_hash(tool)) for tool in tools]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for tool, pin in zip(tools, pins):
+            for tool, pin in zip(tools, pins, strict=True):
                 pipe.hsetnx(key, tool.name, json.dumps(pin, sort_keys=True))
             pipe.hgetall(key)
             *created, stored = await pipe.execute()
-        for tool, pin, new in zip(tools, pins, created):
+        for tool, pin, new in zip(tools, pins, created, strict=True):
             if new:
                 log_pinned(server, tool.name, pin)
         self.data[server] = {k.decode(): json.loads(v) for k, v in stored.items()}
@@ -223,6 +223,11 @@ class SharedPins(Pins):
             stored = await self.redis.hgetall(key)
             found[server] = {k.decode(): json.loads(v) for k, v in stored.items()}
         return found
+
+
+def pin_store(path: Path, redis_url: str = "") -> Pins:
+    """The pins file; with replicas, the Redis they all check against."""
+    return SharedPins(redis_url) if redis_url else Pins(path)
 
 
 class PinnedProxyProvider(ProxyProvider):

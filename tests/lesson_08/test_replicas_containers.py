@@ -48,7 +48,11 @@ HOSTILE = f"""
       - {REPO / "tests" / "support" / "mcp_hostile_server.py"}:/app/hostile.py:ro
     networks: [tools]
     healthcheck:
-      test: ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://hostile:8000/health', timeout=2)"]
+      test:
+        - CMD
+        - python
+        - -c
+        - import urllib.request as u; u.urlopen('http://hostile:8000/health', timeout=2)
       interval: 2s
       timeout: 10s
       retries: 3
@@ -198,7 +202,9 @@ def call_log(containers: list[str]) -> list[dict]:
 async def through_the_sdk(url: str) -> tuple[list[str], list[bool]]:
     async with sdk_session(url, {"Authorization": f"Bearer {TESTER}"}) as session:
         names = sorted(t.name for t in (await session.list_tools()).tools)
-        calls = [await session.call_tool("search_notes", {"query": "health checks"}) for _ in range(6)]
+        calls = [
+            await session.call_tool("search_notes", {"query": "health checks"}) for _ in range(6)
+        ]
         return names, [c.isError for c in calls]
 
 

@@ -37,7 +37,8 @@ class Hostile(FastMCP):
 
 
 server = Hostile("hostile", host=HOST, transport_security=security)
-CALLS = {"lookup": 0, "slow": 0, "hang_cancelled": 0}  # GET /calls: what the gateway let through (or ended)
+# GET /calls: what the gateway let through (or ended)
+CALLS = {"lookup": 0, "slow": 0, "hang_cancelled": 0}
 
 
 @server.tool()
