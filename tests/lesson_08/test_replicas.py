@@ -10,12 +10,18 @@ import time
 
 import httpx
 import pytest
+from langchain_mcp_adapters.client import MultiServerMCPClient
 
+from research_agent.tools import build_agent
 from support.mcp_servers import gateway, tool_server
+from support.ports import free_port
+from tests.support.agent import make_settings
 from tests.support.mcp_clients import HOSTILE_SERVER, log_lines, sdk_session
 from tests.support.redis import RedisServer
 
 from .conftest import INITIALIZE, MCP_HEADERS, OPERATOR_TOKEN, bearer, operator
+
+pytestmark = pytest.mark.xdist_group("lesson08")
 
 TESTER = "tester-token-for-the-replicas"
 RECHECK = 1  # seconds: a re-pin through one gateway reaches the other within it
@@ -128,4 +134,39 @@ def test_a_replica_fails_its_calls_when_the_pin_store_is_away(tmp_path):
         assert httpx.get(hostile.url + "/calls").json()["lookup"] == 1
 
 
-pytestmark = pytest.mark.timeout(240)
+def test_the_agent_searches_through_a_stateless_gateway_and_keeps_its_session_across_replicas(
+    notes, tmp_path, monkeypatch
+):
+    """The agent's client (langchain-mcp-adapters on mcp 1.x) opens one session and keeps it.
+    Stateless, that session is the gateway's to forget: the agent's next calls go to another
+    gateway process on the same address (as the edge sends them to another replica) without a
+    new session."""
+    opened = []
+    session = MultiServerMCPClient.session
+    monkeypatch.setattr(
+        MultiServerMCPClient,
+        "session",
+        lambda self, *a, **k: opened.append(1) or session(self, *a, **k),
+    )
+    catalog = {
+        "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
+        "clients": {"anonymous": {"tools": ["search_notes"]}},
+    }
+    port, question = free_port(), "Why use a multi-stage Docker build?"
+    agent = build_agent(make_settings(MCP_GATEWAY_URL=f"http://127.0.0.1:{port}/mcp"))
+
+    async def on_two_replicas(redis_url: str) -> list[dict]:
+        results = []
+        for name in ("a", "b"):
+            work = tmp_path / name
+            work.mkdir()
+            env = {"GATEWAY_STATELESS": "true", "GATEWAY_PINS_REDIS_URL": redis_url}
+            with gateway(catalog, work, port=port, **env) as server:
+                results += [await agent.research(question) for _ in range(2)]
+                assert [r["outcome"] for r in log_lines(server, "tool_call")] == ["ok"] * 2
+        return results
+
+    with RedisServer() as redis:
+        for result in asyncio.run(on_two_replicas(redis.url)):
+            assert [s["status"] for s in result["steps"]] == ["success"], result["steps"]
+    assert len(opened) == 1  # one session for both: nothing was lost with the first process
