@@ -292,7 +292,7 @@ swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas
 pubsub-test: lesson-07-image $(VENV)/.installed ## Lesson 07 in containers: specialist killed twice under load, Redis restarted, dead letters, counts exact, down -v
 	$(PY) -m pytest -m container tests/lesson_07 -v
 
-mcp-test: lesson-08-images $(VENV)/.installed ## Lesson 08 in containers: on-demand tool servers, run_python's sandbox, limits, secrets, Docker guards, the challenge, Compose v1 and v2, down leaves nothing
+mcp-test: lesson-08-images $(VENV)/.installed ## Lesson 08 in containers: on-demand tool servers, run_python's sandbox, limits, secrets, Docker guards, the challenge, Compose v1 and v2, two replicas with one stopped then killed under a burst, down leaves nothing
 	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
 	$(PY) -m pytest -m container tests/lesson_08 -v
 
