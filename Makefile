@@ -18,6 +18,7 @@ export HOST PORT
 .PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
 .PHONY: lesson-07-image lesson-07 lesson-07-down lesson-07-trace pubsub-test bench-pubsub
 .PHONY: lesson-08-images lesson-08 lesson-08-down lesson-08-client mcp-test bench-mcp
+.PHONY: lesson-08-replicas lesson-08-replicas-down
 .PHONY: lesson-09 lesson-09-down traces-test bench-tracing
 .PHONY: lesson-10-image lesson-10 lesson-10-down durable-test bench-durable
 
@@ -66,6 +67,13 @@ LESSON08_COMPOSE = COMPOSE_PROJECT_NAME=$(LESSON08_PROJECT) \
   LESSON08_AGENT_TOKEN=$$(cat deploy/lesson08/agent-token 2>/dev/null || echo none) \
   LESSON08_OPERATOR_TOKEN=$$(cat deploy/lesson08/operator-token 2>/dev/null) \
   DOCKER_GID=$(DOCKER_GID) docker compose -p $(LESSON08_PROJECT) -f deploy/lesson08/compose.yaml
+# Lesson 08, going further: two stateless gateway replicas behind HAProxy, their pins in Redis, as
+# the Compose project lesson08r (deploy/lesson08/replicas.yaml), on the same ports as lesson-08.
+LESSON08_REPLICAS_PROJECT ?= lesson08r
+LESSON08_REPLICAS_COMPOSE = COMPOSE_PROJECT_NAME=$(LESSON08_REPLICAS_PROJECT) \
+  LESSON08_AGENT_TOKEN=$$(cat deploy/lesson08/agent-token 2>/dev/null || echo none) \
+  LESSON08_OPERATOR_TOKEN=$$(cat deploy/lesson08/operator-token 2>/dev/null) \
+  docker compose -p $(LESSON08_REPLICAS_PROJECT) -f deploy/lesson08/replicas.yaml
 # Lesson 10: edge, two replicas of the durable-runs API and Postgres, as the Compose project lesson10.
 LESSON10_PORT ?= 8110
 LESSON10_IMAGE ?= lesson-10-agent
@@ -178,6 +186,18 @@ lesson-08-down: docker-tools ## Lesson 08: remove its containers (the on-demand 
 	  ids=$$(docker ps -aq --filter label=$$label=$(LESSON08_PROJECT)); [ -z "$$ids" ] || docker rm -f $$ids; done
 	$(LESSON08_COMPOSE) down -v --remove-orphans
 
+lesson-08-replicas: lesson-08-images deploy/lesson08/agent-token deploy/lesson08/operator-token ## Lesson 08, going further: two stateless gateway replicas behind HAProxy (MCP on 8086), pins shared in Redis; agent on 8085 (stop make lesson-08 first: same ports)
+	$(LESSON08_REPLICAS_COMPOSE) up -d --wait
+	@echo
+	@echo "  Two gateway replicas (Compose project $(LESSON08_REPLICAS_PROJECT)) behind the edge on http://127.0.0.1:$(LESSON08_MCP_PORT)/mcp; the agent on http://127.0.0.1:$(LESSON08_PORT)"
+	@echo "  Call log:  docker compose -p $(LESSON08_REPLICAS_PROJECT) -f deploy/lesson08/replicas.yaml logs gateway   (each line names its replica)"
+	@echo "  Stop one:  docker stop $(LESSON08_REPLICAS_PROJECT)-gateway-1   (calls go on through the other; docker start brings it back)"
+	@echo "  Remove:    make lesson-08-replicas-down"
+	@echo
+
+lesson-08-replicas-down: docker-tools ## Lesson 08, going further: remove the replicas' containers, networks and the pins volume
+	$(LESSON08_REPLICAS_COMPOSE) down -v --remove-orphans
+
 # The official MCP SDK's ClientSession, from the lessons' venv; code/08_mcp_client.py TOOL k=v calls one.
 lesson-08-client: $(VENV)/.lessons ## Lesson 08: list the gateway's tools with the MCP SDK's client (the gateway must be up: make lesson-08)
 	MCP_URL=http://127.0.0.1:$(LESSON08_MCP_PORT)/mcp $(PY) code/08_mcp_client.py
@@ -272,7 +292,7 @@ swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas
 pubsub-test: lesson-07-image $(VENV)/.installed ## Lesson 07 in containers: specialist killed twice under load, Redis restarted, dead letters, counts exact, down -v
 	$(PY) -m pytest -m container tests/lesson_07 -v
 
-mcp-test: lesson-08-images $(VENV)/.installed ## Lesson 08 in containers: on-demand tool servers, run_python's sandbox, limits, secrets, Docker guards, the challenge, Compose v1 and v2, down leaves nothing
+mcp-test: lesson-08-images $(VENV)/.installed ## Lesson 08 in containers: on-demand tool servers, run_python's sandbox, limits, secrets, Docker guards, the challenge, Compose v1 and v2, two replicas with one stopped then killed under a burst, down leaves nothing
 	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
 	$(PY) -m pytest -m container tests/lesson_08 -v
 

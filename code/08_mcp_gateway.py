@@ -1,6 +1,7 @@
 """Lesson 08: one MCP endpoint for the agent, in front of tool servers that run elsewhere.
 
 Run it:  make lesson-08     (in Compose, with the agent; tool servers start on demand)
+  or:    make lesson-08-replicas   (two stateless replicas behind HAProxy, pins in Redis)
   or:    .venv/bin/python code/08_mcp_gateway.py          (servers from GATEWAY_CATALOG)
          .venv/bin/python code/08_mcp_gateway.py repin notes    (the running gateway accepts a
                                                  server's changed tools: POST /pins/notes/repin)
@@ -20,6 +21,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -44,7 +46,7 @@ from lesson08.call_limits import (
 )
 from lesson08.catalog import Catalog, load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
-from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins
+from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins, pin_store
 from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
 from lesson08.tracing import trace_gateway
 from lesson08.transport import quiet_closed_streams
@@ -63,6 +65,13 @@ class Settings(BaseSettings):
     PORT: int = 8086
     GATEWAY_CATALOG: Path = REPO / "deploy" / "lesson08" / "catalog.yaml"
     GATEWAY_PINS: Path = REPO / "deploy" / "lesson08" / "pins.json"
+    # Replicas behind an edge (deploy/lesson08/replicas.yaml): the pins in one Redis that every
+    # replica checks against (lesson08.pinning.SharedPins), instead of the file above.
+    GATEWAY_PINS_REDIS_URL: str = ""
+    # Stateless Streamable HTTP: no MCP session, every POST stands alone, so any replica can
+    # answer any request (no sticky sessions at the edge). Each call log line then names the
+    # replica (its host name: the container's id) that ran the call.
+    GATEWAY_STATELESS: bool = False
     GATEWAY_CALL_TIMEOUT_SECONDS: float = 15.0
     GATEWAY_MAX_RESULT_BYTES: int = 1_000_000
     GATEWAY_MAX_IN_FLIGHT: int = 32  # MCP requests at once, all clients: 503 beyond
@@ -110,7 +119,7 @@ class Gateway(NamedTuple):
 def build_gateway(settings: Settings) -> Gateway:
     """The gateway: one FastMCP server whose tools are proxies to each catalog server."""
     catalog = load_catalog(settings.GATEWAY_CATALOG)
-    pins = Pins(settings.GATEWAY_PINS)
+    pins = pin_store(settings.GATEWAY_PINS, settings.GATEWAY_PINS_REDIS_URL)
     needs_docker = any(entry.image for entry in catalog.servers)
     launcher = (
         DockerLauncher(
@@ -132,6 +141,7 @@ def build_gateway(settings: Settings) -> Gateway:
                 max_result_bytes=settings.GATEWAY_MAX_RESULT_BYTES,
                 per_client=settings.GATEWAY_MAX_CALLS_PER_CLIENT,
                 known=lambda: set().union(*(p.listed for p in providers.values())),
+                replica=socket.gethostname() if settings.GATEWAY_STATELESS else None,
             )
         ],
     )
@@ -220,7 +230,7 @@ def build_app(settings: Settings):
     async def show_pins(request: Request) -> JSONResponse:
         if not is_operator(settings, request):
             return refused()
-        return JSONResponse({"pins": pins.data, "refused": pins.refused})
+        return JSONResponse({"pins": await pins.current(), "refused": pins.refused})
 
     @gateway.custom_route("/pins/{server}/repin", methods=["POST"])
     async def repin(request: Request) -> JSONResponse:
@@ -230,7 +240,7 @@ def build_app(settings: Settings):
         if provider is None:
             message = f"No server {request.path_params['server'][:64]!r} in the catalog."
             return JSONResponse(error_body("not_found", message), status_code=404)
-        pins.repin(provider.server)
+        await pins.forget(provider.server)  # every replica's, with SharedPins
         try:  # pinned again now, from what the server declares (started first if it is not up)
             await asyncio.wait_for(provider._list_tools(), timeout=repin_seconds(settings))
         except TimeoutError:
@@ -250,32 +260,38 @@ def build_app(settings: Settings):
             return refused()
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    app = gateway.http_app(
-        path="/mcp",
-        json_response=True,  # one JSON answer per request: a proxied call streams nothing
-        host_origin_protection=True,  # a foreign Origin gets 403, an unknown Host 421
-        allowed_origins=split(settings.GATEWAY_ALLOWED_ORIGINS),
-        allowed_hosts=split(settings.GATEWAY_ALLOWED_HOSTS),
-        middleware=[
-            Middleware(
-                BurstGuard,
-                clients=catalog.clients,
-                per_client=settings.GATEWAY_MAX_IN_FLIGHT_PER_CLIENT,
-                total=settings.GATEWAY_MAX_IN_FLIGHT,
-            ),
+    middleware = [
+        Middleware(
+            BurstGuard,
+            clients=catalog.clients,
+            per_client=settings.GATEWAY_MAX_IN_FLIGHT_PER_CLIENT,
+            total=settings.GATEWAY_MAX_IN_FLIGHT,
+        )
+    ]
+    if not settings.GATEWAY_STATELESS:  # stateless: no sessions to bound, the burst guard stays
+        middleware.append(
             Middleware(
                 SessionGuard,
                 clients=catalog.clients,
                 per_client=settings.GATEWAY_MAX_SESSIONS_PER_CLIENT,
                 manager=lambda: mcp_endpoint(app).session_manager,
-            ),
-        ],
+            )
+        )
+    app = gateway.http_app(
+        path="/mcp",
+        json_response=True,  # one JSON answer per request: a proxied call streams nothing
+        stateless_http=settings.GATEWAY_STATELESS,
+        host_origin_protection=True,  # a foreign Origin gets 403, an unknown Host 421
+        allowed_origins=split(settings.GATEWAY_ALLOWED_ORIGINS),
+        allowed_hosts=split(settings.GATEWAY_ALLOWED_HOSTS),
+        middleware=middleware,
     )
-    limit_sessions(
-        app,
-        idle_seconds=settings.GATEWAY_SESSION_IDLE_SECONDS,
-        total=settings.GATEWAY_MAX_SESSIONS_PER_CLIENT * len(catalog.clients),
-    )
+    if not settings.GATEWAY_STATELESS:
+        limit_sessions(
+            app,
+            idle_seconds=settings.GATEWAY_SESSION_IDLE_SECONDS,
+            total=settings.GATEWAY_MAX_SESSIONS_PER_CLIENT * len(catalog.clients),
+        )
     return app, catalog, launcher, providers
 
 

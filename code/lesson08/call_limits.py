@@ -194,9 +194,19 @@ class CallPolicy(Middleware):
     end)."""
 
     def __init__(
-        self, catalog, pins, *, timeout: float, max_result_bytes: int, per_client=4, known=set
+        self,
+        catalog,
+        pins,
+        *,
+        timeout: float,
+        max_result_bytes: int,
+        per_client=4,
+        known=set,
+        replica: str | None = None,
     ):
         self.clients, self.pins, self.known = catalog.clients, pins, known
+        # Which replica this is (stateless replicas behind an edge): every call log line says it.
+        self.replica = {"replica": replica} if replica else {}
         self.timeout, self.max_result_bytes = timeout, max_result_bytes
         # Calls running at once per client: one client's slow calls queue behind each other,
         # not in front of another client's (the client names are the catalog's: bounded).
@@ -269,6 +279,7 @@ class CallPolicy(Middleware):
                 "argument_names": [cut(name) for name in sorted(args)[:10]],
                 "duration_ms": round(elapsed * 1000, 1),
                 "outcome": outcome,
+                **self.replica,
             }
             logger.info(json.dumps(event))
             for report in self.reports:  # lesson 09's span gets the same line (lesson08/tracing.py)

@@ -93,30 +93,27 @@ class Pins:
         self.refused_server: dict[str, str] = {}  # tool name -> its server
         self._lock = threading.Lock()
 
+    async def load(self, server: str, tools: list) -> None:
+        """Before a check: the pins as the store has them now. A file has one writer, this
+        process, so what it holds is current (SharedPins reads Redis here)."""
+
+    async def forget(self, server: str) -> None:
+        """The operator's re-pin."""
+        self.repin(server)
+
+    async def current(self) -> dict[str, dict[str, dict]]:
+        """Every server's pins, for GET /pins."""
+        return self.data
+
     def check(self, server: str, tools: list, reviewed: list[str]) -> list:
         """The tools that match their pin (pinning new ones); records why the others are refused."""
         accepted, pins, changed = [], self.data.setdefault(server, {}), False
         for tool in tools:
             digest, pin = tool_hash(tool), pins.get(tool.name)
             if pin is None:
-                flagged = reads_like_instructions(tool)
-                pin = pins[tool.name] = {
-                    "sha256": digest,
-                    "description": tool.description or "",
-                    "flagged": flagged,
-                }
+                pin = pins[tool.name] = new_pin(tool, digest)
                 changed = True
-                logger.warning(
-                    json.dumps(
-                        {
-                            "event": "tool_pinned",
-                            "server": server,
-                            "tool": tool.name,
-                            "sha256": digest[:16],
-                            "flagged": flagged,
-                        }
-                    )
-                )
+                log_pinned(server, tool.name, pin)
             if pin["sha256"] != digest:
                 self._refuse(
                     server,
@@ -162,6 +159,75 @@ class Pins:
             self.refused.pop(tool, None)
             self.refused_server.pop(tool, None)
         self.save()
+
+
+def new_pin(tool, digest: str) -> dict:
+    return {
+        "sha256": digest,
+        "description": tool.description or "",
+        "flagged": reads_like_instructions(tool),
+    }
+
+
+def log_pinned(server: str, tool: str, pin: dict) -> None:
+    event = {"event": "tool_pinned", "server": server, "tool": tool}
+    logger.warning(json.dumps({**event, "sha256": pin["sha256"][:16], "flagged": pin["flagged"]}))
+
+
+class SharedPins(Pins):
+    """The pins in Redis, for gateway replicas (deploy/lesson08/replicas.yaml): one hash per
+    server, `{prefix}{server}`: tool -> its pin as JSON. Every replica checks against the same
+    pins, so a tool one replica refuses the others refuse too.
+
+    - A tool seen for the first time is pinned with HSETNX: when two replicas see a new tool at
+      once, the first write wins and both check against it (trust on first use, once).
+    - Each check reads the server's hash again (one round trip: the writes and the read in one
+      pipeline), so a re-pin made through one replica (it deletes the hash) reaches the others
+      at their next check, within GATEWAY_PIN_RECHECK_SECONDS.
+    - Refusals stay per replica: each derives them from the same pins and the same server.
+    - Redis unreachable: the check fails, and so does the call (closed, not open).
+    """
+
+    def __init__(self, url: str, prefix: str = "lesson08:pins:"):
+        import redis.asyncio  # only a replicated gateway needs a Redis client
+
+        self.redis = redis.asyncio.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.prefix = prefix
+        self.data, self.refused, self.refused_server = {}, {}, {}
+        self._lock = threading.Lock()
+
+    async def load(self, server: str, tools: list) -> None:
+        key = self.prefix + server
+        pins = [new_pin(tool, tool_hash(tool)) for tool in tools]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tool, pin in zip(tools, pins, strict=True):
+                pipe.hsetnx(key, tool.name, json.dumps(pin, sort_keys=True))
+            pipe.hgetall(key)
+            *created, stored = await pipe.execute()
+        for tool, pin, new in zip(tools, pins, created, strict=True):
+            if new:
+                log_pinned(server, tool.name, pin)
+        self.data[server] = {k.decode(): json.loads(v) for k, v in stored.items()}
+
+    def save(self) -> None:
+        pass  # every pin is written to Redis when it is made (load)
+
+    async def forget(self, server: str) -> None:
+        await self.redis.delete(self.prefix + server)
+        self.repin(server)  # this replica's copy and refusals; the others' at their next check
+
+    async def current(self) -> dict[str, dict[str, dict]]:
+        found = {}
+        async for key in self.redis.scan_iter(match=self.prefix + "*"):
+            server = key.decode().removeprefix(self.prefix)
+            stored = await self.redis.hgetall(key)
+            found[server] = {k.decode(): json.loads(v) for k, v in stored.items()}
+        return found
+
+
+def pin_store(path: Path, redis_url: str = "") -> Pins:
+    """The pins file; with replicas, the Redis they all check against."""
+    return SharedPins(redis_url) if redis_url else Pins(path)
 
 
 class PinnedProxyProvider(ProxyProvider):
@@ -229,6 +295,7 @@ class PinnedProxyProvider(ProxyProvider):
                 raise  # no session was open: the server could not be reached or started
             declared = await self._declared()
         self.listed = {t.name for t in declared}
+        await self.pins.load(self.server, declared)  # the shared store's pins, when there is one
         accepted = self.pins.check(self.server, declared, self.reviewed)
         self.pinned = {t.name: t for t in accepted}
         tools = [PinnedTool.from_mcp_tool(self.client_factory, t) for t in accepted]

@@ -37,7 +37,8 @@ class Hostile(FastMCP):
 
 
 server = Hostile("hostile", host=HOST, transport_security=security)
-CALLS = {"lookup": 0, "hang_cancelled": 0}  # GET /calls: what the gateway let through (or ended)
+# GET /calls: what the gateway let through (or ended)
+CALLS = {"lookup": 0, "slow": 0, "hang_cancelled": 0}
 
 
 @server.tool()
@@ -60,6 +61,7 @@ def flood(query: str) -> str:
 @server.tool()
 async def slow(query: str) -> str:
     """Look something up, slowly."""
+    CALLS["slow"] += 1  # counted as it starts: a call run twice counts twice
     await anyio.sleep(1.0)
     return f"slow answer to {query}"
 
