@@ -274,7 +274,7 @@ compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v
 sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite under every runtime the daemon has (runc, gVisor), and egress attacks through the proxy
 	$(PY) -m pytest -m container tests/lesson_04 tests/lesson_02/test_sandbox_tool.py tests/repo/test_docs.py -v
 
-traces-test: docker-tools offline-images lesson-05-image $(VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot); a caller's traceparent kept only when trusted; the agent's and lesson 05's worker containers can send spans, not read or delete them; down leaves nothing
+traces-test: docker-tools offline-images lesson-05-image sandbox-image $(VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot); a caller's traceparent kept only when trusted; the agent's and lesson 05's worker containers can send spans, not read or delete them; down leaves nothing
 	@scripts/ensure-command.sh chromium chromium "the viewer is checked in a real browser"
 	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_09 -v
 
