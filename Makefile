@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
+MCP2_CLIENT := $(VENV)/mcp2-client
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -245,7 +246,7 @@ lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topic
 
 # The tests mostly wait (on servers, streams, timeouts), so more processes than cores still help.
 TEST_WORKERS ?= 4
-test: $(VENV)/.installed test-tools ## Run the test suite in TEST_WORKERS processes (installs the Python packages; needs redis-server, nginx and postgresql: installs them as root, else says how)
+test: $(VENV)/.installed $(MCP2_CLIENT)/.installed test-tools ## Run the test suite in TEST_WORKERS processes (installs the Python packages; needs redis-server, nginx and postgresql: installs them as root, else says how)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The system commands `make test` needs: found on PATH, in /usr/sbin or PostgreSQL's folder; installed when missing as
@@ -411,6 +412,16 @@ $(VENV)/.installed: requirements-dev.txt requirements.txt $(PACKAGES)
 	@scripts/install-venv.sh $(PYTHON) $(VENV) requirements-dev.txt
 	@touch $@ $(VENV)/.lessons
 
+# The MCP SDK's current generation (2.x) as a client, in an environment of its own (the course's
+# keeps mcp 1.x, which langchain-mcp-adapters requires): tests/lesson_08/test_clients.py runs
+# tests/clients/mcp2/client.py with it against the gateway.
+$(MCP2_CLIENT)/.installed: tests/clients/mcp2/requirements.txt | $(VENV)/.installed
+	@echo "==> $(MCP2_CLIENT): the mcp 2.x client the tests speak to the gateway with"
+	@$(PYTHON) -m venv --without-pip --clear $(MCP2_CLIENT)
+	@UV_NATIVE_TLS=1 UV_PYTHON_DOWNLOADS=never $(VENV)/bin/uv pip install --quiet \
+	  --python $(MCP2_CLIENT)/bin/python --require-hashes -r $<
+	@touch $@
+
 install: $(VENV)/.installed ## Create .venv and install the pinned dependencies of the lessons and the tests (with uv; INSTALLER=pip for pip)
 
 lock: $(VENV)/.installed ## Re-pin research-agent/requirements.txt, requirements-dev.txt and requirements.txt after editing a .in file
@@ -420,6 +431,7 @@ lock: $(VENV)/.installed ## Re-pin research-agent/requirements.txt, requirements
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 requirements.in -c requirements-dev.txt -o requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 docker/lesson08/requirements.in -c requirements-dev.txt -o docker/lesson08/requirements.txt
 	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 docker/phoenix/requirements.in -o docker/phoenix/requirements.txt
+	$(VENV)/bin/uv pip compile --quiet --generate-hashes -p 3.11 tests/clients/mcp2/requirements.in -o tests/clients/mcp2/requirements.txt
 
 docs: $(VENV)/.installed ## Re-sync the code excerpts in docs/ from the files they quote
 	$(PY) scripts/docs_sync.py
