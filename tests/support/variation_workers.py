@@ -7,6 +7,7 @@ them (`workers`, `serve`) are in tests/conftest.py.
 """
 
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -83,7 +84,10 @@ class ProcessWorkers:
         process = FORKSERVER.Process(target=run_worker, args=(env, str(log), argv), daemon=True)
         process.start()
         if self.holding:
-            os.kill(process.pid, signal.SIGSTOP)
+            # A worker that has already ended (the forkserver reaps it at once) has nothing to
+            # hold: the test then sees how its run ended, as it would after resume().
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGSTOP)
         with self.lock:  # its labels with it, in one step, as `docker create` sets them
             self.processes[worker_id] = (process, run_id, index, log)
             self.environments[worker_id] = environment
