@@ -7,6 +7,8 @@ from typing import Literal
 
 import redis.asyncio as redis
 from pydantic import BaseModel, Field
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sse_starlette import ServerSentEvent
 
 from research_agent import AnswerStyle, events_key, variation_key, warm_queue_key
@@ -300,13 +302,17 @@ def redis_clients(settings) -> list[redis.Redis]:
     blocking pool waits (up to 10 s) for a free connection where the default pool fails at once;
     each open event stream holds one connection (XREAD BLOCK), so the streams' pool has one per
     allowed stream and followers can never take the connections of the routes or the reaper.
-    Bytes that are not UTF-8 (a worker may write any) are read as U+FFFD rather than raising."""
+    Bytes that are not UTF-8 (a worker may write any) are read as U+FFFD rather than raising.
+    A connection a pool kept across a Redis restart fails the next command sent on it: that
+    command is sent once more, at once, on a new connection (redis-py's default from a URL is not
+    to retry), so the first request after a restart is not a 503; a Redis that is down still
+    fails fast."""
     sizes = (settings.REDIS_CONNECTIONS, settings.MAX_STREAMS, 2, 2)
     return [
         redis.Redis(
             connection_pool=redis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL, max_connections=size, timeout=10, decode_responses=True,
-                encoding_errors="replace",
+                encoding_errors="replace", retry=Retry(NoBackoff(), 1),
             )
         )
         for size in sizes

@@ -5,17 +5,19 @@ The API runs over HTTP as in test_variations_api.py, against a Redis of its own 
 arguments scripts/lesson-05.sh gives the lesson's (code/lesson05/redis_access.py's server_args).
 """
 
+import asyncio
 import json
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import redis
 
 from lesson05 import redis_access
-from lesson05.store import Runs
+from lesson05.store import Runs, redis_clients
 from research_agent import worker
 from research_agent.job import ExitCode, warm_queue_key
 from support.waiting import wait_for
@@ -174,3 +176,24 @@ def test_a_warm_worker_leaves_soon_once_no_api_keeps_it_alive(monkeypatch, redis
     waiter.start()
     waiter.join(60)  # instead of 300 s
     assert result == [ExitCode.IDLE]
+
+
+def test_every_pool_serves_its_first_command_after_a_redis_restart():
+    """A connection each pool kept across a restart (the server closed it) fails the next command
+    sent on it; before: that command's request got 503 `redis_unavailable` though Redis was back
+    (seen once in `make variations-test`: the events stream right after /ready answered 503)."""
+
+    async def scenario(server):
+        settings = SimpleNamespace(REDIS_URL=server.url, REDIS_CONNECTIONS=2, MAX_STREAMS=2)
+        clients = redis_clients(settings)
+        try:
+            for client in clients:  # a connection in each pool, kept after its command
+                await client.set("kept", "1")
+            server.restart()
+            return [await client.get("kept") for client in clients]
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    with RedisServer(appendonly=True) as server:
+        assert asyncio.run(scenario(server)) == ["1"] * 4
