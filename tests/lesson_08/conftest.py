@@ -2,9 +2,15 @@
 the commands their containers run; the container suite (marker `container`, `make mcp-test`)
 starts them the way `make lesson-08` does."""
 
-import pytest
+from typing import NamedTuple
 
+import pytest
+from langchain_mcp_adapters.client import MultiServerMCPClient
+
+from research_agent.tools import build_agent
 from support.mcp_servers import NOTES_SERVER, gateway, tool_server
+from support.ports import free_port
+from tests.support.agent import make_settings
 from tests.support.mcp_clients import HOSTILE_SERVER
 
 AGENT_TOKEN = "agent-token-for-tests"
@@ -39,6 +45,39 @@ def hostile(tmp_path_factory):
     logs = tmp_path_factory.mktemp("lesson08-hostile")
     with tool_server(HOSTILE_SERVER, logs, FLOOD_BYTES=FLOOD_BYTES) as server:
         yield server
+
+
+@pytest.fixture
+def opened_sessions(monkeypatch) -> list:
+    """One entry per MCP session the agent's client opens (MultiServerMCPClient.session)."""
+    opened = []
+    session = MultiServerMCPClient.session
+    monkeypatch.setattr(
+        MultiServerMCPClient,
+        "session",
+        lambda self, *a, **k: opened.append(1) or session(self, *a, **k),
+    )
+    return opened
+
+
+class AgentOnAPort(NamedTuple):
+    """The research agent whose MCP gateway is a port no gateway holds yet: the test starts one
+    (or several, one after another) there with `catalog`."""
+
+    agent: object
+    port: int
+    catalog: dict
+    question: str = "Why use a multi-stage Docker build?"
+
+
+def agent_on_a_port(notes) -> AgentOnAPort:
+    port = free_port()
+    catalog = {
+        "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
+        "clients": {"anonymous": {"tools": ["search_notes"]}},
+    }
+    agent = build_agent(make_settings(MCP_GATEWAY_URL=f"http://127.0.0.1:{port}/mcp"))
+    return AgentOnAPort(agent, port, catalog)
 
 
 def catalog(notes, hostile) -> dict:

@@ -4,16 +4,14 @@
 import asyncio
 
 import pytest
-from langchain_mcp_adapters.client import MultiServerMCPClient
 
 from research_agent.errors import UpstreamError
 from research_agent.tools import build_agent
 from support.mcp_servers import gateway
-from support.ports import free_port
 from tests.support.agent import make_settings
 from tests.support.mcp_clients import log_lines
 
-from .conftest import AGENT_TOKEN
+from .conftest import AGENT_TOKEN, agent_on_a_port
 
 pytestmark = pytest.mark.xdist_group("lesson08")
 
@@ -31,21 +29,9 @@ def test_the_offline_agent_searches_over_mcp_and_answers_from_it(gw):
 
 
 def test_the_agent_keeps_one_session_and_opens_a_new_one_after_a_gateway_restart(
-    notes, tmp_path, monkeypatch
+    notes, tmp_path, opened_sessions
 ):
-    opened = []
-    session = MultiServerMCPClient.session
-    monkeypatch.setattr(
-        MultiServerMCPClient,
-        "session",
-        lambda self, *a, **k: opened.append(1) or session(self, *a, **k),
-    )
-    catalog = {
-        "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
-        "clients": {"anonymous": {"tools": ["search_notes"]}},
-    }
-    port, question = free_port(), "Why use a multi-stage Docker build?"
-    agent = build_agent(make_settings(MCP_GATEWAY_URL=f"http://127.0.0.1:{port}/mcp"))
+    opened, (agent, port, catalog, question) = opened_sessions, agent_on_a_port(notes)
 
     async def across_restart() -> list[dict]:
         results = []

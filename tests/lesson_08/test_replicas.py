@@ -10,16 +10,12 @@ import time
 
 import httpx
 import pytest
-from langchain_mcp_adapters.client import MultiServerMCPClient
 
-from research_agent.tools import build_agent
 from support.mcp_servers import gateway, tool_server
-from support.ports import free_port
-from tests.support.agent import make_settings
 from tests.support.mcp_clients import HOSTILE_SERVER, log_lines, sdk_session
 from tests.support.redis import RedisServer
 
-from .conftest import INITIALIZE, MCP_HEADERS, OPERATOR_TOKEN, bearer, operator
+from .conftest import INITIALIZE, MCP_HEADERS, OPERATOR_TOKEN, agent_on_a_port, bearer, operator
 
 pytestmark = pytest.mark.xdist_group("lesson08")
 
@@ -135,25 +131,13 @@ def test_a_replica_fails_its_calls_when_the_pin_store_is_away(tmp_path):
 
 
 def test_the_agent_searches_through_a_stateless_gateway_and_keeps_its_session_across_replicas(
-    notes, tmp_path, monkeypatch
+    notes, tmp_path, opened_sessions
 ):
     """The agent's client (langchain-mcp-adapters on mcp 1.x) opens one session and keeps it.
     Stateless, that session is the gateway's to forget: the agent's next calls go to another
     gateway process on the same address (as the edge sends them to another replica) without a
     new session."""
-    opened = []
-    session = MultiServerMCPClient.session
-    monkeypatch.setattr(
-        MultiServerMCPClient,
-        "session",
-        lambda self, *a, **k: opened.append(1) or session(self, *a, **k),
-    )
-    catalog = {
-        "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
-        "clients": {"anonymous": {"tools": ["search_notes"]}},
-    }
-    port, question = free_port(), "Why use a multi-stage Docker build?"
-    agent = build_agent(make_settings(MCP_GATEWAY_URL=f"http://127.0.0.1:{port}/mcp"))
+    opened, (agent, port, catalog, question) = opened_sessions, agent_on_a_port(notes)
 
     async def on_two_replicas(redis_url: str) -> list[dict]:
         results = []
