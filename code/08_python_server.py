@@ -34,12 +34,17 @@ class Settings(ServerSettings):
 
 
 settings = Settings()
-runner = sandbox_runner(SandboxConfig.from_settings(settings, owner=settings.GATEWAY_OWNER))
 server = FastMCP(
     "python",
     instructions="Run short Python programs in a sandbox.",
     host=settings.HOST,
     transport_security=transport_security(settings),
+)
+# Lesson 09: spans, once OTEL_* asks for them; each run then lesson 04's `sandbox run` span.
+runner = trace_tool_server(
+    server,
+    "mcp-python",
+    sandbox_runner(SandboxConfig.from_settings(settings, owner=settings.GATEWAY_OWNER)),
 )
 
 
@@ -59,8 +64,6 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "image": settings.SANDBOX_IMAGE})
 
 
-# Lesson 09: spans, once OTEL_* asks for them; each run then lesson 04's `sandbox run` span.
-runner = trace_tool_server(server, "mcp-python", runner)
 app = server.streamable_http_app()
 
 if __name__ == "__main__":

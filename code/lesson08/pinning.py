@@ -84,10 +84,10 @@ def reads_like_instructions(tool) -> bool:
 class Pins:
     """{server: {tool: {sha256, description, flagged}}} in a JSON file the gateway owns."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path | None):
+        self.path = Path(path) if path is not None else None  # None: SharedPins, in Redis
         self.data: dict[str, dict[str, dict]] = (
-            json.loads(self.path.read_text()) if self.path.exists() else {}
+            json.loads(self.path.read_text()) if self.path and self.path.exists() else {}
         )
         self.refused: dict[str, str] = {}  # tool name -> why, as the client will read it
         self.refused_server: dict[str, str] = {}  # tool name -> its server
@@ -191,10 +191,9 @@ class SharedPins(Pins):
     def __init__(self, url: str, prefix: str = "lesson08:pins:"):
         import redis.asyncio  # only a replicated gateway needs a Redis client
 
+        super().__init__(None)
         self.redis = redis.asyncio.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.prefix = prefix
-        self.data, self.refused, self.refused_server = {}, {}, {}
-        self._lock = threading.Lock()
 
     async def load(self, server: str, tools: list) -> None:
         key = self.prefix + server
