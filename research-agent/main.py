@@ -6,10 +6,10 @@ import sys
 
 import uvicorn
 
+from research_agent.access.forwarded import uvicorn_forwarding
 from research_agent.app import create_app
-from research_agent.forwarded import uvicorn_forwarding
 from research_agent.settings import get_settings
-from research_agent.tracing import flush_tracing
+from research_agent.tracing.otel import flush_tracing
 
 app = create_app()
 

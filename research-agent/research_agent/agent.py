@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware
@@ -24,10 +25,10 @@ from langchain_core.messages import (
 from langchain_core.tools import BaseTool
 from langgraph.errors import GraphBubbleUp
 
-from .errors import UpstreamError, UpstreamTimeoutError, as_app_error
 from .offline_model import OfflineResearchModel
 from .schemas import AgentSettings
 from .search import format_results, make_search_tool
+from .web.errors import UpstreamError, UpstreamTimeoutError, as_app_error
 
 logger = logging.getLogger(__name__)
 
@@ -303,3 +304,39 @@ class ResearchAgent:
     def _app_error(self, exc: BaseException) -> BaseException:
         """Provider and timeout errors become the service's errors; others stay unhandled (500)."""
         return as_app_error(exc, self.settings.REQUEST_TIMEOUT_SECONDS)
+
+
+# --- What the service runs: the agent, or a layer around it ---------------------------------------
+
+
+class Runs(Protocol):
+    """What the service runs (research_agent/service.py): the agent, or a layer around it that
+    keeps its labels and its two ways to run (access/usage.py's Counted, shutdown.py's UntilCut)."""
+
+    @property
+    def model_label(self) -> str: ...
+
+    @property
+    def search_backend(self) -> str: ...
+
+    async def research(self, query: str, callbacks: Sequence[BaseCallbackHandler] = ()) -> dict: ...
+
+    def stream(
+        self, query: str, callbacks: Sequence[BaseCallbackHandler] = ()
+    ) -> AsyncIterator[tuple[str, dict]]: ...
+
+
+class AroundAgent:
+    """A layer around the agent (or around another layer): the agent's labels, read through, and
+    `research` and `stream` of its own, which run `self.agent`'s."""
+
+    def __init__(self, agent: Runs):
+        self.agent = agent
+
+    @property
+    def model_label(self) -> str:
+        return self.agent.model_label
+
+    @property
+    def search_backend(self) -> str:
+        return self.agent.search_backend

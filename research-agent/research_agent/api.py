@@ -1,16 +1,16 @@
 """The HTTP API: the routes, and what each one takes (its dependencies).
 
 The dependencies read what the app built at start (app.state; research_agent/app.py builds the app
-and attaches the later layers); a test swaps one through app.dependency_overrides.
+and attaches the later layers, and says how the service is composed). Production wiring sets no
+override: the app factory puts the service's composition on app.state, and get_service reads it.
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, Request, Response
 from sse_starlette import EventSourceResponse
 
 from .agent import ResearchAgent
-from .errors import NotReadyError, responses
 from .schemas import (
     AgentSettings,
     HealthResponse,
@@ -20,6 +20,7 @@ from .schemas import (
     StreamEvent,
 )
 from .service import ResearchService
+from .web.errors import NotReadyError, responses
 
 
 def get_app_settings(request: Request) -> AgentSettings:
@@ -37,8 +38,22 @@ def get_cache(request: Request) -> Any:
     return request.app.state.cache  # None without REDIS_URL
 
 
-def get_service(agent: Annotated[ResearchAgent, Depends(get_agent)]) -> ResearchService:
-    return ResearchService(agent)
+class ComposeService(Protocol):
+    """How an app composes the service one request runs, from its agent and its cache (None
+    without REDIS_URL): research_agent/app.py sets one, as `app.state.compose_service`."""
+
+    def __call__(self, request: Request, agent: ResearchAgent, cache: Any) -> ResearchService: ...
+
+
+def get_service(
+    request: Request,
+    agent: Annotated[ResearchAgent, Depends(get_agent)],
+    cache: Annotated[Any, Depends(get_cache)],
+) -> ResearchService:
+    """The service the app composes (its later layers around the agent, and the cache), or the
+    agent alone when the app sets no `compose_service`."""
+    compose: ComposeService | None = getattr(request.app.state, "compose_service", None)
+    return compose(request, agent, cache) if compose is not None else ResearchService(agent)
 
 
 SettingsDep = Annotated[AgentSettings, Depends(get_app_settings)]

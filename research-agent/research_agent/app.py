@@ -1,17 +1,18 @@
 """The application factory: lesson 02's routes (research_agent/api.py) with every later layer
-attached, in this one place. Each layer lives in a module named after it:
+attached, in this one place. Each layer lives in a folder or a module named after it:
 
 - settings.py: every layer's settings, in `Settings`, the one class the service reads;
-- middleware.py, telemetry.py: request ids, metrics, the access log, the body limit (middleware);
-- auth.py, quotas.py, key_before_body.py: API keys, rate limits, token budgets, stream caps
-  (dependencies of the research routes, deps.py; the key is checked before the body);
-- usage.py: each run's tokens, counted and charged (around the agent's runs, deps.py);
+- web/, observability/: the error shape, request ids, metrics, the access log, the body limit
+  (middleware);
+- access/: API keys, rate limits, token budgets, stream caps (dependencies of the research routes,
+  deps.py; the key is checked before the body), each run's tokens counted and charged (around the
+  agent's runs, access/usage.py);
 - cache.py: the Redis cache and whose answers a caller may get (the service's cache, deps.py);
 - shutdown.py: the drain, the grace and the cut (the lifespan's SIGTERM handler, /ready, around
   the agent's runs);
 - tools.py: lesson 04's run_python, lesson 08's MCP search, the tool-call metric (the agent's tools
   and middleware);
-- tracing.py: lesson 09's spans (FastAPI's server spans, instrumentation).
+- tracing/: lesson 09's spans (FastAPI's server spans, instrumentation).
 """
 
 import asyncio
@@ -25,18 +26,20 @@ from fastapi.responses import PlainTextResponse
 from sse_starlette.sse import AppStatus
 
 from . import api
+from .access.key_before_body import KeyBeforeBodyMiddleware
+from .access.keys import ApiKeys
+from .access.quotas import Quotas
 from .agent import ResearchAgent
-from .auth import ApiKeys
 from .cache import ResearchCache
 from .deps import admit, count_streams, layered_service, validation_error_after_the_key
-from .errors import install_error_handlers
-from .middleware import install_middleware
-from .quotas import Quotas
+from .observability.metrics import REQUESTS_REJECTED, configure_logging
 from .settings import Settings, get_settings
 from .shutdown import NotReadyWhileDraining, Shutdown
-from .telemetry import configure_logging
 from .tools import build_agent
-from .tracing import FASTAPI_TELEMETRY, configure_tracing, instrument
+from .tracing.otel import FASTAPI_TELEMETRY, configure_tracing, instrument
+from .web.error_shape import install_shape_handlers
+from .web.errors import count_rejections
+from .web.middleware import install_middleware
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +133,20 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         settings.SHUTDOWN_DRAIN_SECONDS, settings.GRACEFUL_SHUTDOWN_SECONDS
     )
     # Lesson 02's routes, each research route behind the caller's key and limits; their service
-    # is the one with every layer around the agent.
+    # is the one with every layer around the agent (api.get_service asks the app for it).
     app.include_router(api.probes)
     app.include_router(api.router, dependencies=[Depends(admit), Depends(count_streams)])
-    app.dependency_overrides[api.get_service] = layered_service
+    app.state.compose_service = layered_service
     if not app.state.api_keys.enabled:
         app.openapi = _openapi_without_security(app)
-    install_error_handlers(app)
+    # The course's error shape; the access log's middleware answers the 500 (web/middleware.py).
+    install_shape_handlers(app, unforeseen=False, count=count_rejections(REQUESTS_REJECTED))
 
     app.add_exception_handler(RequestValidationError, validation_error_after_the_key)
     app.add_middleware(NotReadyWhileDraining)
-    instrumentator = install_middleware(app, settings)
+    instrumentator = install_middleware(
+        app, settings.MAX_BODY_BYTES, key_check=KeyBeforeBodyMiddleware
+    )
     instrumentator.expose(
         app,
         include_in_schema=True,

@@ -8,8 +8,7 @@ from contextlib import suppress
 
 from redis.exceptions import RedisError
 
-from .redis_client import CircuitBreaker, connect
-from .telemetry import (
+from .observability.metrics import (
     CACHE_BREAKER_OPEN,
     CACHE_CALLS,
     CACHE_ERRORS,
@@ -17,6 +16,7 @@ from .telemetry import (
     CACHE_MISSES,
     CACHE_SKIPPED,
 )
+from .redis_client import CircuitBreaker, connect
 
 logger = logging.getLogger(__name__)
 

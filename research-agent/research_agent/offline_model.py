@@ -1,7 +1,8 @@
 """A deterministic stand-in for an LLM, so the research agent runs without a key or network.
 
 The agent (research_agent/agent.py) runs it through the same loop, tools and middleware as
-ChatOpenAI. (Lesson 05's worker gives it a style and a temperature: research_agent/styles.py.)
+ChatOpenAI. (Lesson 05's worker gives it a style and a temperature:
+research_agent/worker/styles.py.)
 """
 
 import asyncio

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Json, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .error_shape import ErrorResponse
+from .web.error_shape import ErrorResponse
 
 # --- Settings: field name = environment variable name ---------------------------------------------
 

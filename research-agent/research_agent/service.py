@@ -10,9 +10,9 @@ from typing import Protocol
 from asgi_correlation_id.context import correlation_id
 from sse_starlette import ServerSentEvent
 
-from .agent import ResearchAgent
-from .errors import INTERNAL_ERROR, AppError, app_error_body, error_body
+from .agent import Runs
 from .schemas import ResearchResponse
+from .web.errors import INTERNAL_ERROR, AppError, api_error_body, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,10 @@ def _event(name: str, data: dict) -> ServerSentEvent:
 
 @dataclass
 class ResearchService:
-    """What the research routes call: the agent, and the cache when there is one."""
+    """What the research routes call: the agent (or the layers the app puts around it), and the
+    cache when there is one."""
 
-    agent: ResearchAgent
+    agent: Runs
     cache: AnswerCache | None = None
 
     def _response(self, query: str, result: dict, cached: bool) -> dict:
@@ -99,7 +100,7 @@ class ResearchService:
                 "research stream failed",
                 extra={"error_type": exc.error_type, "error": exc.message},
             )
-            yield _event("error", app_error_body(exc))
+            yield _event("error", api_error_body(exc))
         except Exception:
             logger.exception("research stream crashed")
             _, error_type, message = INTERNAL_ERROR

@@ -2,7 +2,8 @@
 
 Lesson 02's core reads the agent's own (research_agent/schemas.py, AgentSettings). Each later layer
 adds its group here, named after the module that reads it; `Settings` is all of them together, the
-one class the service (research_agent/app.py) reads.
+one class the service (research_agent/app.py) reads. The sandbox's group holds lesson 04's own
+settings class (research_agent/sandbox/config.py) as `sandbox`.
 """
 
 import ipaddress
@@ -11,45 +12,19 @@ from pathlib import Path
 from typing import Literal
 
 from limits import parse as parse_limit
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .sandbox.config import SandboxConfig
 from .schemas import AgentSettings
+from .tracing.settings import TracingSettings
 
 ENV = SettingsConfigDict(env_ignore_empty=True)  # VAR= (as in .env.example) means the default
 
 
-class TracingSettings(BaseSettings):
-    """The OTEL_* variables the services decide on (research_agent/tracing.py, lesson 09): whether
-    traces are set up at all, over which protocol, and whether prompt and answer text go into spans
-    (a privacy choice). The OpenTelemetry SDK reads the others itself (service name, sampler, batch
-    sizes, headers). Its own class so that lesson 07's services, which have their own settings, read
-    the same variables the same way."""
-
-    model_config = ENV
-
-    OTEL_SDK_DISABLED: bool = False
-    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: str | None = None
-    OTEL_EXPORTER_OTLP_PROTOCOL: Literal["http/protobuf", "grpc"] = "http/protobuf"
-    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: Literal["http/protobuf", "grpc"] | None = None
-    OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT: bool = False
-
-    @property
-    def tracing_enabled(self) -> bool:
-        """An OTLP endpoint is set and the SDK is not disabled: export traces
-        (research_agent/tracing.py)."""
-        endpoint = self.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or self.OTEL_EXPORTER_OTLP_ENDPOINT
-        return bool(endpoint) and not self.OTEL_SDK_DISABLED
-
-    @property
-    def otlp_protocol(self) -> str:
-        return self.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or self.OTEL_EXPORTER_OTLP_PROTOCOL
-
-
 class ServerSettings(BaseSettings):
-    """Where it listens and how it logs (main.py, research_agent/telemetry.py), and the body limit
-    (research_agent/middleware.py)."""
+    """Where it listens and how it logs (main.py, research_agent/observability/metrics.py), and the
+    body limit (research_agent/web/middleware.py)."""
 
     model_config = ENV
 
@@ -64,7 +39,7 @@ class CacheSettings(BaseSettings):
 
     model_config = ENV
 
-    REDIS_URL: str | None = None  # the cache's, and the limits' counts (quotas.py)
+    REDIS_URL: str | None = None  # the cache's, and the limits' counts (access/quotas.py)
     CACHE_TTL_SECONDS: int = 3600
     # Whose answers a request may be served from: "caller" its own caller's only, so a cached
     # answer tells nobody what another caller asked; "shared" everyone's, more hits for callers
@@ -74,8 +49,9 @@ class CacheSettings(BaseSettings):
 
 
 class AccessSettings(BaseSettings):
-    """Who may call /v1 and how much (research_agent/auth.py, research_agent/quotas.py; docs/02,
-    section 8). Keys are secrets: never in an image, only in the environment or a mounted file."""
+    """Who may call /v1 and how much (research_agent/access/keys.py,
+    research_agent/access/quotas.py; docs/02, section 8). Keys are secrets: never in an image, only
+    in the environment or a mounted file."""
 
     model_config = ENV
 
@@ -147,27 +123,44 @@ class ShutdownSettings(BaseSettings):
     GRACEFUL_SHUTDOWN_SECONDS: float = 8.0
 
 
+class ResearchSandbox(SandboxConfig):
+    """run_python's sandbox: lesson 04's settings (research_agent/sandbox/config.py), of which the
+    research agent reads SANDBOX_IMAGE, SANDBOX_RUNTIME (runc; "runsc": gVisor, when the Docker
+    daemon offers it), SANDBOX_TIMEOUT_SECONDS, SANDBOX_POOL_SIZE (containers started ahead, at
+    least; the pool grows with demand to SANDBOX_POOL_MAX within SANDBOX_POOL_BUDGET_MIB of idle
+    containers' memory; see docs/04, "What it costs") and egress: with SANDBOX_EGRESS=allowlist,
+    run_python reaches SANDBOX_ALLOWED_HOSTS through an egress proxy that adds SANDBOX_CREDENTIALS'
+    headers (docs/04, "The network as a capability"). Its containers are labelled research-agent."""
+
+    settable = frozenset(
+        {
+            "image",
+            "runtime",
+            "timeout_seconds",
+            "pool_size",
+            "pool_max",
+            "pool_budget_mib",
+            "egress",
+            "allowed_hosts",
+            "credentials",
+        }
+    )
+    owner: str = "research-agent"
+
+
 class SandboxSettings(BaseSettings):
-    """run_python in a throwaway container (research_agent/python_tool.py, lesson 04). Off: it
-    needs the Docker API, which is root on the host; see docs/04-sandboxed-tools.md before turning
-    it on."""
+    """run_python in a throwaway container (research_agent/sandbox/python_tool.py, lesson 04). Off:
+    it needs the Docker API, which is root on the host; see docs/04-sandboxed-tools.md before
+    turning it on."""
 
     model_config = ENV
 
     SANDBOX_ENABLED: bool = False
-    SANDBOX_IMAGE: str = "agent-sandbox:python"
-    SANDBOX_RUNTIME: str | None = None  # runc; "runsc": gVisor, when the Docker daemon offers it
-    SANDBOX_TIMEOUT_SECONDS: float = 10.0
-    SANDBOX_POOL_SIZE: int = 0  # containers started ahead; see docs/04, "What it costs"
-    # "allowlist": run_python reaches SANDBOX_ALLOWED_HOSTS through an egress proxy that adds
-    # SANDBOX_CREDENTIALS' headers (docs/04, "The network as a capability"); "none": no network.
-    SANDBOX_EGRESS: Literal["none", "allowlist"] = "none"
-    SANDBOX_ALLOWED_HOSTS: str = ""
-    SANDBOX_CREDENTIALS: str = ""
+    sandbox: ResearchSandbox = Field(default_factory=ResearchSandbox)
 
 
 class McpSettings(BaseSettings):
-    """Lesson 08: the search tool comes from this MCP gateway (research_agent/mcp_tools.py)
+    """Lesson 08: the search tool comes from this MCP gateway (research_agent/mcp/tools.py)
     instead of running in this process; unset, nothing changes. The token names this agent to the
     gateway."""
 
@@ -196,3 +189,16 @@ class Settings(
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def variables(settings_cls: type[BaseSettings] = Settings) -> list[str]:
+    """Every environment variable a settings class reads: its own fields, and those of the
+    settings it holds (SANDBOX_ + each field its `sandbox` may set)."""
+    names = []
+    for name, field in settings_cls.model_fields.items():
+        held = field.annotation
+        if isinstance(held, type) and issubclass(held, SandboxConfig):
+            names += [f"SANDBOX_{settable.upper()}" for settable in sorted(held.settable)]
+        else:
+            names.append(name)
+    return names

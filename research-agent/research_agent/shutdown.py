@@ -27,8 +27,9 @@ from langchain_core.callbacks import BaseCallbackHandler
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import NotReadyError, ShuttingDownError, app_error_body, app_error_handler
-from .telemetry import SHUTDOWN_CUTS
+from .agent import AroundAgent, Runs
+from .observability.metrics import SHUTDOWN_CUTS
+from .web.errors import NotReadyError, ShuttingDownError, api_error_body, api_error_handler
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +137,13 @@ async def run_until_cut(coroutine, cut: asyncio.Event):
                 await task
 
 
-class UntilCut:
+class UntilCut(AroundAgent):
     """The agent (or a layer around it), ended with ShuttingDownError when `cut` is set: a JSON
     request answers 503 `shutting_down`, a stream sends that error as its last event."""
 
-    def __init__(self, agent, cut: asyncio.Event):
-        self.agent, self.cut = agent, cut
-        self.model_label, self.search_backend = agent.model_label, agent.search_backend
+    def __init__(self, agent: Runs, cut: asyncio.Event):
+        super().__init__(agent)
+        self.cut = cut
 
     async def research(self, query: str, callbacks: Sequence[BaseCallbackHandler] = ()) -> dict:
         started = time.perf_counter()
@@ -161,7 +162,7 @@ class UntilCut:
                 yield item
         except ShuttingDownError as exc:
             _log_cut("/v1/research/stream", query, started)
-            yield "error", app_error_body(exc)
+            yield "error", api_error_body(exc)
 
 
 def _log_cut(handler: str, query: str, started: float) -> None:
@@ -187,7 +188,7 @@ class NotReadyWhileDraining:
         probe = scope["type"] == "http" and (scope["method"], scope["path"]) == ("GET", "/ready")
         if probe and scope["app"].state.shutdown.draining:
             error = NotReadyError("the server is shutting down")
-            response = await app_error_handler(Request(scope), error)
+            response = await api_error_handler(Request(scope), error)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

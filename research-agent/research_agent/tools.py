@@ -2,10 +2,10 @@
 later layers' tools and middleware.
 
 - the search tool: lesson 02's (local or DuckDuckGo), or lesson 08's from an MCP gateway when
-  MCP_GATEWAY_URL is set (research_agent/mcp_tools.py);
-- run_python, lesson 04's sandbox, when SANDBOX_ENABLED (research_agent/python_tool.py);
+  MCP_GATEWAY_URL is set (research_agent/mcp/tools.py);
+- run_python, lesson 04's sandbox, when SANDBOX_ENABLED (research_agent/sandbox/python_tool.py);
 - `agent_tool_calls_total`, counted around the search tool's middleware
-  (research_agent/telemetry.py).
+  (research_agent/observability/metrics.py).
 
 The app (research_agent/app.py), lesson 05's worker and the benchmarks build it here.
 """
@@ -14,14 +14,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool
 
 from .agent import SYSTEM_PROMPT, ResearchAgent
+from .observability.metrics import ToolCallMetrics, request_id
 from .search import make_search_tool
 from .settings import Settings
-from .telemetry import ToolCallMetrics, request_id
 
 
 def search_tool(settings: Settings) -> BaseTool:
     if settings.MCP_GATEWAY_URL:  # lesson 08: the tool lives behind MCP
-        from .mcp_tools import make_mcp_search_tool
+        from .mcp.tools import make_mcp_search_tool
 
         return make_mcp_search_tool(settings)
     return make_search_tool(settings)
@@ -32,9 +32,9 @@ def optional_tools(settings: Settings) -> list[BaseTool]:
     default start does not pay for a tool that is off (`make bench-start-host`)."""
     if not settings.SANDBOX_ENABLED:
         return []
-    from .python_tool import sandbox_tools
+    from .sandbox.python_tool import sandbox_tools
 
-    return sandbox_tools(settings, request_id)
+    return sandbox_tools(settings.sandbox, request_id)
 
 
 def build_agent(

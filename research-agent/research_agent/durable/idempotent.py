@@ -18,7 +18,7 @@ from docker.errors import APIError, NotFound
 from langchain.tools import ToolRuntime
 from langchain_core.tools import BaseTool, ToolException, tool
 
-from ..sandbox import (
+from ..sandbox.runner import (
     DOCKER_ERRORS,
     LABEL,
     WATCHDOG_GRACE_SECONDS,
@@ -42,6 +42,7 @@ class KeyedSandbox:
     def __init__(self, runner: SandboxRunner, max_concurrent: int = 4):
         self.runner = runner
         self.slots = asyncio.Semaphore(max_concurrent)
+        self._later: set[asyncio.Task] = set()  # cancelled runs' second look (stop_cancelled)
 
     def run(self, key: str, code: str, request_id: str) -> RunResult:
         """Blocks (Docker calls): call it from a thread."""
@@ -50,7 +51,11 @@ class KeyedSandbox:
         client = self.runner.client
         try:
             container = client.containers.get(name)  # a run cut by a crash: adopt it
-            logger.info("sandbox for call %s exists already: reading its result", key[:12])
+            if container.status == "created":  # never started: nothing ran, its input may be
+                remove(container)  # half sent by the process that died, so it is made again
+                container = None
+            else:
+                logger.info("sandbox for call %s exists already: reading its result", key[:12])
         except NotFound:
             container = None
         except DOCKER_ERRORS as exc:
@@ -88,15 +93,18 @@ class KeyedSandbox:
         container.reload()
         begin = time.monotonic()
         if container.status == "created":  # never started: this is the one start
+            # The code goes in before the start (the engine holds it for the container): a crash
+            # after the start cannot leave a started container without its program, which would
+            # end at once, having run nothing, and be read as a run that printed nothing.
             sock = container.attach_socket(params={"stdin": 1, "stream": 1})
             raw = sock._sock  # sending and half-closing need the socket itself
             try:
-                container.start()
                 raw.sendall(f"{timeout + WATCHDOG_GRACE_SECONDS:g}\n{code}".encode())
                 raw.shutdown(socket.SHUT_WR)  # end of file on its stdin: the program runs
             finally:
                 sock.close()
                 raw.close()
+            container.start()
         ended = container.wait(timeout=timeout + WATCHDOG_GRACE_SECONDS + 30)
         container.reload()
         limit = self.runner.config.max_output_bytes
@@ -114,6 +122,40 @@ class KeyedSandbox:
             duration_ms=round((time.monotonic() - begin) * 1000, 1),
         )
         return result
+
+    async def stop_cancelled(self, run_id: str, look_again_after: float) -> None:
+        """A cancelled run's sandboxes removed now, and looked for once more later: the replica
+        working on the run lets go at its next heartbeat, and may start one in between."""
+        await asyncio.to_thread(self.stop_run, run_id)
+
+        async def again() -> None:
+            await asyncio.sleep(look_again_after)
+            if await asyncio.to_thread(self.stop_run, run_id):
+                logger.info("removed a sandbox of run %s, started as it was cancelled", run_id)
+
+        task = asyncio.create_task(again())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    def close(self) -> None:
+        for task in self._later:
+            task.cancel()
+
+    def stop_run(self, run_id: str) -> int:
+        """Remove every sandbox of a run (its owner cancelled it), running or kept: the code
+        stops, and nobody adopts its result. How many there were."""
+        c = self.runner.config
+        labels = [f"{LABEL}.owner={c.owner}", f"{LABEL}.request-id={run_id}"]
+        try:
+            found = self.runner.client.containers.list(
+                all=True, sparse=True, filters={"label": labels}
+            )
+        except (SandboxError, *DOCKER_ERRORS) as exc:
+            logger.warning("cannot list the sandboxes of run %s: %s", run_id, exc)
+            return 0
+        for container in found:
+            remove(container)
+        return len(found)
 
     def discard(self, key: str) -> None:
         """The result is recorded: the container has served its purpose."""

@@ -1,9 +1,10 @@
 """The rows a durable run is made of, next to LangGraph's checkpoints in the same database.
 
 runs          one row per run: owner (a token's hash), state, the pending call, the answer, and its
-              lease (which replica works on it, until when)
+              lease (which replica works on it, until when); a cancelled run ends at once
 events        the run's event stream, numbered 1, 2, 3...; a unique key per event, so writing the
-              same event twice (a step replayed after a crash) keeps one
+              same event twice (a step replayed after a crash) keeps one. Each event written is
+              announced with NOTIFY on CHANNEL, heard when it commits (streams.py listens)
 decisions     a person's decision per (run, call): the primary key makes the second of two racing
               decisions fail, whichever replica it reached
 tool_results  a side effect's result by its idempotency key, written before the step completes
@@ -26,7 +27,9 @@ logger = logging.getLogger(__name__)
 # Any fixed number: the key of the advisory lock that serializes migrations.
 MIGRATION_LOCK = 1010_2026
 ACTIVE = ("running", "waiting_for_approval")
-ENDED = ("done", "failed", "expired")
+ENDED = ("done", "failed", "expired", "cancelled")
+END_EVENTS = ("done", "failed", "approval_expired", "cancelled")  # a run's last event is one
+CHANNEL = "run_events"  # NOTIFY '<run id>' for each event written (streams.py listens)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -34,8 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
     owner_hash      text NOT NULL,
     caller          text NOT NULL,
     query           text NOT NULL,
-    state           text NOT NULL DEFAULT 'running' CHECK (state IN
-                        ('running', 'waiting_for_approval', 'done', 'failed', 'expired')),
+    state           text NOT NULL DEFAULT 'running',
     pending         jsonb,
     answer          text,
     error           text,
@@ -44,8 +46,14 @@ CREATE TABLE IF NOT EXISTS runs (
     lease_owner     text,
     lease_expires   timestamptz
 );
+-- Its states, by name (a database made before 'cancelled' existed gets the new list).
+ALTER TABLE runs DROP CONSTRAINT IF EXISTS runs_state_check;
+ALTER TABLE runs ADD CONSTRAINT runs_state_check CHECK (state IN
+    ('running', 'waiting_for_approval', 'done', 'failed', 'expired', 'cancelled'));
 CREATE INDEX IF NOT EXISTS runs_claimable ON runs (lease_expires) WHERE state = 'running';
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner_hash, state);
+CREATE INDEX IF NOT EXISTS runs_active ON runs (state)
+    WHERE state IN ('running', 'waiting_for_approval');
 CREATE TABLE IF NOT EXISTS events (
     run_id  text NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     seq     integer NOT NULL,
@@ -136,27 +144,32 @@ class RunStore:
 
     # --- runs ---------------------------------------------------------------------------------
 
-    async def create(self, run_id: str, owner_hash: str, caller: str, query: str, cap: int) -> int:
-        """Insert a run unless the caller has `cap` active ones: returns how many it had (the
-        run exists only if that is below `cap`). One caller's creations are serialized by an
-        advisory lock on the caller, so two at once cannot both slip under the cap."""
+    async def create(
+        self, run_id: str, owner_hash: str, caller: str, query: str, cap: int, total_cap: int
+    ) -> tuple[int, int]:
+        """Insert a run unless its owner has `cap` active ones, or all owners together have
+        `total_cap`: returns (the owner's, everyone's) active runs before it (the run exists only
+        if both were below their caps). One owner's creations are serialized by an advisory lock
+        on the owner, so two at once cannot both slip under its cap; the total may pass its cap
+        by the creations of other owners at the same moment. `caller` (the address the edge
+        reported) is kept for the record only: behind one published port every client has one."""
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (caller,))
-            active = (
-                await (
-                    await conn.execute(
-                        "SELECT count(*) AS n FROM runs WHERE caller = %s AND state = ANY(%s)",
-                        (caller, list(ACTIVE)),
-                    )
-                ).fetchone()
-            )["n"]
-            if active < cap:
+            lock = "owner:" + owner_hash
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+            counts = await (
+                await conn.execute(
+                    "SELECT count(*) FILTER (WHERE owner_hash = %s) AS mine, count(*) AS everyone"
+                    " FROM runs WHERE state = ANY(%s)",
+                    (owner_hash, list(ACTIVE)),
+                )
+            ).fetchone()
+            if counts["mine"] < cap and counts["everyone"] < total_cap:
                 await conn.execute(
                     "INSERT INTO runs (id, owner_hash, caller, query, lease_expires)"
                     " VALUES (%s, %s, %s, %s, now())",
                     (run_id, owner_hash, caller, query),
                 )
-            return active
+            return counts["mine"], counts["everyone"]
 
     async def get(self, run_id: str) -> dict | None:
         return await self._one("SELECT * FROM runs WHERE id = %s", (run_id,))
@@ -231,6 +244,24 @@ class RunStore:
                                       {"message": message})  # fmt: skip
         return [row["id"] for row in rows]
 
+    async def cancel(self, run_id: str) -> bool:
+        """End a running or waiting run at its owner's word, with an event saying so; False if it
+        had ended already. A replica working on it loses its lease at its next heartbeat (the
+        state is no longer `running`) and writes nothing more (add_event, finish)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (
+                await conn.execute(
+                    "UPDATE runs SET state = 'cancelled', pending = NULL, waiting_since = NULL,"
+                    " lease_owner = NULL, lease_expires = NULL"
+                    " WHERE id = %s AND state = ANY(%s) RETURNING id",
+                    (run_id, list(ACTIVE)),
+                )
+            ).fetchone()
+            if row is not None:
+                await self._add_event(conn, run_id, "cancelled", "cancelled",
+                                      {"message": "cancelled by its owner"})  # fmt: skip
+        return row is not None
+
     # --- decisions ----------------------------------------------------------------------------
 
     async def decide(self, run_id: str, call_id: str, decision: dict) -> None:
@@ -284,19 +315,34 @@ class RunStore:
 
     @staticmethod
     async def _add_event(conn, run_id: str, key: str, type_: str, data: dict[str, Any]) -> None:
-        """Append unless an event with this key exists: numbered after the run's last one."""
-        await conn.execute(
+        """Append unless an event with this key exists: numbered after the run's last one, and
+        announced to the streams' listeners when the transaction commits. One writer per run at
+        a time (till the transaction ends): numbering never races, even with a lease in doubt."""
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("events:" + run_id,))
+        added = await conn.execute(
             "INSERT INTO events (run_id, seq, key, type, data)"
             " SELECT %s, coalesce(max(seq), 0) + 1, %s, %s, %s FROM events WHERE run_id = %s"
             " ON CONFLICT (run_id, key) DO NOTHING",
             (run_id, key, type_, Jsonb(data), run_id),
         )
+        if added.rowcount:
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))
 
     async def add_event(self, run_id: str, key: str, type_: str, data: dict[str, Any]) -> None:
+        """A worker's event, unless its owner has cancelled the run (its last event is that)."""
         async with self.pool.connection() as conn, conn.transaction():
-            # One writer per run at a time: numbering never races, even with a lease in doubt.
+            # After cancel() commits, this sees it: it takes the same lock, first (_add_event).
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("events:" + run_id,))
-            await self._add_event(conn, run_id, key, type_, data)
+            run = await (
+                await conn.execute("SELECT state FROM runs WHERE id = %s", (run_id,))
+            ).fetchone()
+            if run is not None and run["state"] != "cancelled":
+                await self._add_event(conn, run_id, key, type_, data)
+
+    async def newest_event(self, run_id: str) -> int:
+        """The run's last event number (0: none yet)."""
+        row = await self._one("SELECT max(seq) AS seq FROM events WHERE run_id = %s", (run_id,))
+        return row["seq"] or 0
 
     async def events_after(self, run_id: str, seq: int, limit: int = 100) -> list[dict]:
         return await self._all(
