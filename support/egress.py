@@ -9,6 +9,10 @@
     lan network (a private range): the proxy and a "service" that an allowed name resolves to,
         as Redis or the agent would be if the proxy could see them
 
+The proxy's container resolves names of neither network through the fake internet's DNS, which
+answers a rebind-* name first with the fake internet's address, then with the service's (DNS
+rebinding).
+
 Used by tests/lesson_04/test_egress_*.py (and their benchmark); nothing here is the sandbox
 runner's code, which will do the same with the Docker SDK.
 """
@@ -207,12 +211,13 @@ class EgressLab:
         self.containers.append(container)
         return container
 
-    def _server(self, suffix: str, network, aliases: list[str]):
-        """A fake internet server on `network`, answering to `aliases`."""
+    def _server(self, suffix: str, network, aliases: list[str], rebind_to: str | None = None):
+        """A fake internet server on `network`, answering to `aliases` (and, with `rebind_to`,
+        rebind-* names in DNS: server.py)."""
         endpoint = self.client.api.create_endpoint_config(aliases=aliases)
         return self._run(
             suffix, FAKE_INTERNET_IMAGE,
-            command=["/certs/cert.pem", "/certs/key.pem"],
+            command=["/certs/cert.pem", "/certs/key.pem", *([rebind_to] if rebind_to else [])],
             volumes={str(self.folder): {"bind": "/certs", "mode": "ro"}},
             network=network.name, networking_config={network.name: endpoint},
             read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
@@ -230,9 +235,18 @@ class EgressLab:
         )
         self.lan = self._network("lan", internal=True)
 
-        self.fake = self._server("fake-internet", self.outside, NAMES)
         # A private service an allowed name points at (as if Redis were visible to the proxy).
         self.inward = self._server("inward", self.lan, [INWARD])
+        self.inward.reload()
+        self.inward_ip = self.inward.attrs["NetworkSettings"]["Networks"][self.lan.name][
+            "IPAddress"
+        ]
+        self.fake = self._server("fake-internet", self.outside, NAMES, rebind_to=self.inward_ip)
+        wait_for(lambda: b'"ready": true' in self.fake.logs(), timeout=30, what="fake internet")
+        self.fake.reload()
+        self.fake_ip = self.fake.attrs["NetworkSettings"]["Networks"][self.outside.name][
+            "IPAddress"
+        ]
 
         env = {
             "SANDBOX_ALLOWED_HOSTS": f"{ALLOWED} *.allowed.test {INWARD}",
@@ -244,23 +258,22 @@ class EgressLab:
             "SANDBOX_UPSTREAM_CA": "/certs/fake-ca.pem",
             **proxy_env,
         }
+        # Its resolver (resolver.py) listens on 127.0.0.1:53, as the proxy's unprivileged user.
+        # Made on the outside network first: Docker's resolver in a container whose first network
+        # is internal answers the networks' names only, and forwards nothing to `dns`.
         self.proxy = self._run(
-            "proxy", PROXY_IMAGE, environment=env, network=self.egress.name,
+            "proxy", PROXY_IMAGE, environment=env, network=self.outside.name,
             volumes={str(self.folder): {"bind": "/certs", "mode": "ro"}},
             read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            tmpfs={"/run/egress": "uid=13,gid=13,mode=0700"},
+            tmpfs={"/run/egress": "uid=13,gid=13,mode=0700"}, dns=[self.fake_ip],
+            sysctls={"net.ipv4.ip_unprivileged_port_start": "53"},
         )  # fmt: skip
-        self.outside.connect(self.proxy)
+        self.egress.connect(self.proxy)
         self.lan.connect(self.proxy)
 
-        wait_for(lambda: b'"ready": true' in self.fake.logs(), timeout=30, what="fake internet")
         wait_for(self._proxy_ready, timeout=60, what="egress proxy accepting connections")
         self.proxy.reload()
-        self.fake.reload()
         self.proxy_ip = self.proxy.attrs["NetworkSettings"]["Networks"][self.egress.name][
-            "IPAddress"
-        ]
-        self.fake_ip = self.fake.attrs["NetworkSettings"]["Networks"][self.outside.name][
             "IPAddress"
         ]
         proxy_ca = self._read_from_proxy("/run/egress/ca.pem")
@@ -343,15 +356,16 @@ class EgressLab:
         parsed = [parse_log_line(line) for line in lines if line.startswith("egress ")]
         return [entry for entry in parsed if run is None or entry.get("run") == run]
 
-    def upstream_log(self) -> list[dict]:
-        """Every request the fake internet received, headers included."""
-        lines = self.fake.logs(stdout=True, stderr=False).decode().splitlines()
+    def upstream_log(self, server=None) -> list[dict]:
+        """Every request the fake internet (or `server`: the inward one) received, headers too."""
+        lines = (server or self.fake).logs(stdout=True, stderr=False).decode().splitlines()
         return [entry for entry in map(json.loads, lines) if "method" in entry]
 
-    def dns_log(self) -> list[str]:
-        """The names in the DNS queries that reached the fake internet."""
+    def dns_log(self, kind: str | None = None) -> list[str]:
+        """The names in the DNS queries that reached the fake internet (of one type: "0001" A)."""
         lines = self.fake.logs(stdout=True, stderr=False).decode().splitlines()
-        return [entry["dns"] for entry in map(json.loads, lines) if "dns" in entry]
+        entries = [entry for entry in map(json.loads, lines) if "dns" in entry]
+        return [e["dns"] for e in entries if kind is None or e.get("type") == kind]
 
     def close(self) -> None:
         """Remove every container and network of this lab (the sandboxes too), and its files."""
@@ -393,9 +407,10 @@ def proxy_auth():
     token = base64.b64encode(f"{proxy.username}:{proxy.password}".encode()).decode()
     return proxy.hostname, proxy.port, "Basic " + token
 
-def connect(target, sni=None, verify=False, send=None, timeout=10):
+def connect(target, sni=None, verify=False, send=None, timeout=10, path="/"):
     """CONNECT target (host:port) through the proxy, then a TLS handshake with server name
-    `sni` (None: no SNI) or, with `send`, those raw bytes instead of TLS."""
+    `sni` (None: no SNI) and `GET path` inside (an absolute URL too); or, with `send`, those raw
+    bytes instead of TLS."""
     host, port, auth = proxy_auth()
     out = {}
     try:
@@ -425,7 +440,7 @@ def connect(target, sni=None, verify=False, send=None, timeout=10):
         if verify:
             out["issuer"] = dict(field[0] for field in tls.getpeercert()["issuer"])["commonName"]
         host = sni or target
-        tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         reply = b""
         while len(reply) < 4096:
             chunk = tls.recv(4096)
@@ -436,6 +451,26 @@ def connect(target, sni=None, verify=False, send=None, timeout=10):
     except Exception as error:
         out["error"] = f"{type(error).__name__}: {error}"
     return out
+
+def proxy_request(url, timeout=20):
+    """`GET url` sent to the proxy as written, whatever its scheme (urllib would not send ftp://
+    or whois:// to an HTTP proxy): the status and the start of the body."""
+    host, port, auth = proxy_auth()
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: {urllib.parse.urlsplit(url).netloc}\r\n"
+                     f"Proxy-Authorization: {auth}\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while len(reply) < 8192:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        return {"status": int(head.split()[1]) if head else None,
+                "body": body[:600].decode(errors="replace")}
+    except Exception as error:
+        return {"error": f"{type(error).__name__}: {error}"}
 
 def tcp(host, port, timeout=3):
     """A direct TCP connection, bypassing the proxy."""

@@ -16,6 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 AGENT_DIR = ROOT / "research-agent"  # lesson 02 on: the research agent (research_agent package)
 _fresh = itertools.count()
 LESSON_SCRIPT = re.compile(r"code/\d\d_\w+\.py")
+STEP_GLOB = "{lesson}_step[0-9]_*.py"  # code/02_step1_agent.py: lesson 02, step 1
+
+
+def step_files(lesson: str, root: Path = ROOT) -> list[Path]:
+    """A lesson's steps in order (`code/NN_stepK_what.py`); none for a lesson without steps."""
+    return sorted((root / "code").glob(STEP_GLOB.format(lesson=lesson)))
+
+
+def step_file(lesson: str, step: int | str, root: Path = ROOT) -> Path:
+    """Lesson NN's step K, the file `make lesson-NN STEP=K` runs."""
+    found = [p for p in step_files(lesson, root) if p.name.startswith(f"{lesson}_step{step}_")]
+    if len(found) != 1:
+        raise LookupError(f"lesson {lesson} has no single step {step}: {[p.name for p in found]}")
+    return found[0]
 
 
 def load_lesson(relpath: str, name: str | None = None):

@@ -17,7 +17,11 @@ Environment (read once, at container start):
                           what it bounds
   SANDBOX_MAX_CONNECTIONS connections open at once from one sandbox (default 16)
   SANDBOX_BLOCKED_NETWORKS the addresses no allowed name may resolve to (default: loopback,
-                          private, shared, link-local and multicast ranges)
+                          private, shared, link-local and multicast ranges). Squid resolves
+                          through resolver.py, which turns them into addresses that are refused
+                          too and can never be connected to (so the answer Squid connects with
+                          cannot differ from the one it checked: no DNS rebinding); the container
+                          needs net.ipv4.ip_unprivileged_port_start=53 for it
   SANDBOX_UPSTREAM_CA     a PEM file of extra CAs the proxy trusts for the upstreams it decrypts
                           (credential hosts), e.g. a company's internal CA
 The proxy's CA (a new one per container start) is written to /run/egress/ca.pem, and, when a
@@ -39,6 +43,7 @@ STATE = Path("/run/egress")
 PUBLIC = Path("/run/egress-ca")
 SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
 LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+SENTINELS = ("224.0.0.0/32", "ff00::/128")  # resolver.py's, for a blocked A and AAAA record
 DEFAULT_BLOCKED = (
     "0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 "
     "192.168.0.0/16 224.0.0.0/4 240.0.0.0/4 ::/128 ::1/128 fc00::/7 fe80::/10 ff00::/8"
@@ -140,7 +145,8 @@ def policy(env: dict[str, str]) -> tuple[str, list[str]]:
     lines.append("acl allowed_hosts dstdom_regex -n -i " + " ".join(patterns))
     # Squid needs at least one value per ACL: ".invalid" names nothing (RFC 2606).
     lines.append("acl credential_hosts dstdomain -n " + (" ".join(hosts) or "credentials.invalid"))
-    lines.append(f"acl blocked_networks dst {blocked}")
+    # resolver.py's stand-ins for a blocked answer are refused too, whatever the list says.
+    lines.append(f"acl blocked_networks dst {blocked} {' '.join(SENTINELS)}")
     lines.append(f"acl too_many_connections maxconn {connections}")
     # One response or request body is cut at the run's cap (the cap on the total is in squid.conf).
     lines.append(f"reply_body_max_size {max_bytes} bytes")
@@ -157,6 +163,20 @@ def policy(env: dict[str, str]) -> tuple[str, list[str]]:
             raise ConfigError(f"SANDBOX_UPSTREAM_CA: {upstream_ca} is not a file")
         lines.append(f"tls_outgoing_options cafile={upstream_ca}")
     return "\n".join(lines) + "\n", hosts
+
+
+def start_resolver(blocked: str) -> None:
+    """resolver.py on 127.0.0.1:53, Squid's only resolver; returns once it listens. It outlives
+    this process's exec into Squid, as Squid's child."""
+    resolver = subprocess.Popen(
+        ["python3", "/usr/local/lib/egress/resolver.py", *blocked.split()],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if resolver.stdout.readline().strip() != "ready":
+        sys.exit("egress proxy: the resolver did not start (is the container's "
+                 "net.ipv4.ip_unprivileged_port_start 53 or lower?)")  # fmt: skip
+    resolver.stdout.close()
 
 
 def make_ca() -> None:
@@ -195,6 +215,7 @@ def main() -> None:
         os.environ[name] = str(positive(env, name, default))  # the helpers read them
     STATE.mkdir(parents=True, exist_ok=True)
     (STATE / "policy.conf").write_text(text)
+    start_resolver(env.get("SANDBOX_BLOCKED_NETWORKS") or DEFAULT_BLOCKED)
     make_ca()
     certs = STATE / "certs"
     shutil.rmtree(certs, ignore_errors=True)

@@ -7,7 +7,11 @@ check what the upstream saw: `docker logs`. It also logs the DNS queries sent to
   POST ...       reads the body, answers its length
   GET anything   "hello from HOST over SCHEME"
 
-Usage: python server.py CERT KEY   (PEM files; the certificate names every alias)
+DNS rebinding, for the proxy's tests: a name rebind-*.<anything> is answered (A, TTL 0) with this
+server's own address the first time it is asked, and with REBIND_TO every time after (AAAA: no
+record). Every other name: "no such name".
+
+Usage: python server.py CERT KEY [REBIND_TO]   (PEM files; the certificate names every alias)
 """
 
 import json
@@ -18,6 +22,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CHUNK = b"x" * 65536
+LOG_LOCK = threading.Lock()
+
+
+def log(entry: dict) -> None:
+    """One JSON line on stdout, whole: requests are served on threads of their own."""
+    with LOG_LOCK:
+        print(json.dumps(entry), flush=True)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -34,7 +45,7 @@ class Handler(BaseHTTPRequestHandler):
             "body_length": body_length,
             "client": self.client_address[0],
         }
-        print(json.dumps(line), flush=True)
+        log(line)
 
     def reply(self, body: bytes) -> None:
         self.send_response(200)
@@ -70,19 +81,36 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def record_dns(port: int = 53) -> None:
+def record_dns(rebind_to: str | None, port: int = 53) -> None:
     """Log the name in every DNS query that reaches this server, and answer "no such name": a test
-    points a container's resolver here to see whether its queries get out at all."""
+    points a container's resolver here to see whether its queries get out at all. A rebind-*
+    name is answered instead (see the top), once with this server's address, then with
+    `rebind_to`."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", port))
+    own = socket.gethostbyname(socket.gethostname())  # Docker's /etc/hosts: this container
+    answered: set[str] = set()
     while True:
         packet, client = sock.recvfrom(4096)
         labels, at = [], 12
         while at < len(packet) and packet[at]:
             labels.append(packet[at + 1 : at + 1 + packet[at]].decode(errors="replace"))
             at += 1 + packet[at]
-        print(json.dumps({"dns": ".".join(labels), "client": client[0]}), flush=True)
-        if len(packet) >= 12:  # the query back, flagged as a response with NXDOMAIN
+        name, kind = ".".join(labels), packet[at + 1 : at + 3]
+        log({"dns": name, "client": client[0], "type": kind.hex()})
+        if len(packet) < 12:
+            continue
+        question = packet[12 : at + 5]
+        if rebind_to and name.startswith("rebind-") and kind == b"\x00\x01":
+            address = rebind_to if name in answered else own
+            answered.add(name)
+            record = b"\xc0\x0c\x00\x01\x00\x01" + (0).to_bytes(4) + b"\x00\x04"
+            counts = b"\x00\x01\x00\x01\x00\x00\x00\x00"
+            reply = packet[:2] + b"\x81\x80" + counts + question
+            sock.sendto(reply + record + socket.inet_aton(address), client)
+        elif rebind_to and name.startswith("rebind-"):  # no record of that type
+            sock.sendto(packet[:2] + b"\x81\x80" + b"\x00\x01" + bytes(6) + question, client)
+        else:  # the query back, flagged as a response with NXDOMAIN
             flags = bytes([packet[2] | 0x80, 0x83])
             sock.sendto(packet[:2] + flags + packet[4:], client)
 
@@ -102,8 +130,9 @@ def main() -> None:
     context.load_cert_chain(sys.argv[1], sys.argv[2])
     serve(80, "http", None)
     serve(443, "https", context)
-    threading.Thread(target=record_dns, daemon=True).start()
-    print(json.dumps({"ready": True}), flush=True)
+    rebind_to = sys.argv[3] if len(sys.argv) > 3 else None
+    threading.Thread(target=record_dns, args=(rebind_to,), daemon=True).start()
+    log({"ready": True})
     threading.Event().wait()
 
 
