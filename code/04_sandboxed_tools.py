@@ -1,6 +1,10 @@
-"""Lesson 04: agent tools that run code in throwaway sandbox containers.
+"""Lesson 04, Going further: the production version of step 4 (code/04_step4_api.py).
 
-Run it:  make lesson-04      (builds the sandbox image agent-sandbox:python first; needs Docker)
+Run it:  make lesson-04-production   (needs Docker; builds the image agent-sandbox:python first)
+
+The same two routes, on the research agent's runner (research_agent/sandbox*.py): a PID 1 watchdog
+and a seccomp profile in every container, a uid per run, a bounded queue with a share per client,
+the course's error shape, and the parts its SANDBOX_* settings turn on (a pool, egress, gVisor).
 
 Endpoints:
   GET  /health             the process answers
@@ -19,10 +23,9 @@ import math
 import signal
 import threading
 from contextlib import asynccontextmanager
-from typing import Literal
 
 import uvicorn
-from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from langchain.agents import create_agent
@@ -33,10 +36,11 @@ from pydantic_settings import BaseSettings
 
 from chat_model import OfflineToolCallingModel, make_chat_model
 
-# The runner is in the research agent (research_agent/sandbox*.py), which ships it in its image; the
+# The runner is in the research agent (research_agent/sandbox/), which ships it in its image; the
 # lesson imports that installed package rather than copies, and with it the course's error shape,
 # request ids and body limit, as lessons 05 and 07 do.
 from research_agent import (
+    SANDBOX_SETTABLE,
     BodyLimitMiddleware,
     QueuedRunner,
     RunResult,
@@ -45,16 +49,32 @@ from research_agent import (
     SandboxShuttingDown,
     SandboxUnavailable,
     error_body,
+    install_request_ids,
     install_shape_handlers,
     log_with_request_ids,
     make_run_python_tool,
-    safe_request_id,
     sandbox_runner,
     uvicorn_forwarding,
 )
 
 log_with_request_ids()  # every log line names its request, as the error bodies do
 logger = logging.getLogger("sandboxed_tools")
+
+
+class Sandbox(SandboxConfig):
+    """The runner's settings (research_agent/sandbox/config.py), every SANDBOX_* variable of them:
+    SANDBOX_IMAGE, SANDBOX_RUNTIME (runc, or "runsc" for gVisor), SANDBOX_TIMEOUT_SECONDS (per
+    run), SANDBOX_MAX_CONCURRENT, SANDBOX_MAX_QUEUED (beyond: 503 sandbox_busy),
+    SANDBOX_MAX_PER_CLIENT (runs one client address may have going: 429 beyond), SANDBOX_OWNER,
+    SANDBOX_SWEEP_INTERVAL_SECONDS, SANDBOX_POOL_SIZE (Going further). Egress (Going further):
+    SANDBOX_EGRESS=allowlist, the allowed hosts (SANDBOX_ALLOWED_HOSTS=pypi.org
+    *.pythonhosted.org) through a proxy that adds the declared credentials
+    (SANDBOX_CREDENTIALS='api.example.com=Authorization: Bearer ${API_TOKEN}': API_TOKEN goes from
+    this process's environment to the proxy's only), its caps and way out (SANDBOX_EGRESS_*)."""
+
+    settable = SANDBOX_SETTABLE | {"max_timeout_seconds"}
+    owner: str = "lesson-04"  # label value: which service started a container
+    max_timeout_seconds: float = 30.0  # SANDBOX_MAX_TIMEOUT_SECONDS: the most a request may ask
 
 
 class Settings(BaseSettings):
@@ -66,28 +86,9 @@ class Settings(BaseSettings):
     REQUEST_TIMEOUT_SECONDS: float = 60.0
     MAX_CODE_CHARS: int = 20_000
     MAX_BODY_BYTES: int = 262_144  # the longest code in any encoding, with room to spare
-    SANDBOX_IMAGE: str = "agent-sandbox:python"
-    SANDBOX_RUNTIME: str | None = None  # runc (the default), or "runsc" for gVisor (Going further)
-    SANDBOX_TIMEOUT_SECONDS: float = 10.0  # default per run
-    SANDBOX_MAX_TIMEOUT_SECONDS: float = 30.0  # the most a request may ask for
-    SANDBOX_MAX_CONCURRENT: int = 4
-    SANDBOX_MAX_QUEUED: int = 8  # runs waiting beyond these are refused with 503 sandbox_busy
-    SANDBOX_MAX_PER_CLIENT: int = 2  # runs one client address may have going: 429 beyond
-    SANDBOX_OWNER: str = "lesson-04"  # label value: which service started a container
-    SANDBOX_SWEEP_INTERVAL_SECONDS: float = 30.0  # expired containers are removed this often
-    SANDBOX_POOL_SIZE: int = 2  # containers started ahead, one run each; 0: off (Going further)
-    # Egress (Going further): "none", no network; "allowlist", the allowed hosts through a proxy
-    # that adds the declared credentials (SANDBOX_CREDENTIALS='api.example.com=Authorization:
-    # Bearer ${API_TOKEN}': API_TOKEN goes from this process's environment to the proxy's only).
-    SANDBOX_EGRESS: Literal["none", "allowlist"] = "none"
-    SANDBOX_ALLOWED_HOSTS: str = ""  # pypi.org *.pythonhosted.org: names and *.suffix patterns
-    SANDBOX_CREDENTIALS: str = ""
-    SANDBOX_EGRESS_MAX_BYTES: int = 256 * 1024 * 1024  # per run, both directions
-    SANDBOX_EGRESS_MAX_REQUESTS: int = 500  # per run
-    SANDBOX_EGRESS_UPSTREAM_NETWORK: str = "bridge"  # the proxy's way out
-    SANDBOX_EGRESS_UPSTREAM_CA: str | None = None  # extra CAs (a PEM file) for the upstreams
-    # Proxies whose X-Forwarded-For names the client (research_agent/forwarded.py); empty: none, so
-    # a client cannot pick a new address, and a fresh share, per request.
+    sandbox: Sandbox = Field(default_factory=Sandbox)
+    # Proxies whose X-Forwarded-For names the client (research_agent/access/forwarded.py); empty:
+    # none, so a client cannot pick a new address, and a fresh share, per request.
     FORWARDED_ALLOW_IPS: str = ""
 
 
@@ -108,7 +109,7 @@ class CodeRequest(BaseModel):
         description="Python 3.11, without NUL characters",
     )
     timeout_seconds: float | None = Field(
-        default=None, gt=0, le=settings.SANDBOX_MAX_TIMEOUT_SECONDS
+        default=None, gt=0, le=settings.sandbox.max_timeout_seconds
     )
 
 
@@ -153,9 +154,9 @@ def build_agent(runner: QueuedRunner):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    # Step 3's runner, with the Going further parts every SANDBOX_* setting asks for: egress
-    # through an allow-list proxy, a pool of containers started ahead, a sweep of leftovers.
-    runner = sandbox_runner(SandboxConfig.from_settings(settings))
+    # The research agent's runner, with the parts the SANDBOX_* settings ask for: egress through
+    # an allow-list proxy, a pool of containers started ahead (both off by default), a sweep.
+    runner = sandbox_runner(settings.sandbox)
     try:  # containers a crashed API (this one or another) left behind
         removed = await asyncio.to_thread(runner.sweeper.sweep)
         logger.info("Sandbox ready (%s); removed %d leftover container(s)", runner.config, removed)
@@ -189,9 +190,7 @@ app = FastAPI(title="Sandboxed tools", version="1.0.0", lifespan=lifespan)
 
 # Outermost last: the request id is set before the body limit can answer, so a 413 carries it too.
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
-app.add_middleware(
-    CorrelationIdMiddleware, header_name="X-Request-ID", validator=None, transformer=safe_request_id
-)
+install_request_ids(app)
 install_shape_handlers(app)  # 422, any HTTPException (400, 404, 413) and the last-resort 500
 
 
@@ -203,7 +202,7 @@ def error(status: int, error_type: str, message: str) -> JSONResponse:
 async def sandbox_busy(request: Request, exc: SandboxBusy) -> JSONResponse:
     status, error_type = (429, "too_many_runs") if exc.per_caller else (503, "sandbox_busy")
     response = error(status, error_type, str(exc))
-    response.headers["Retry-After"] = str(math.ceil(settings.SANDBOX_TIMEOUT_SECONDS))
+    response.headers["Retry-After"] = str(math.ceil(settings.sandbox.timeout_seconds))
     return response
 
 

@@ -37,9 +37,9 @@ from lesson05.recovery import Adoption, NoAdoption
 from lesson05.store import RunCreated, Runs, id_tuple
 from lesson05.traces import TELEMETRY, trace_launches, trace_runs
 
-# The worker's contract (research_agent/job.py: its job, keys, exit codes) and the Going-further
-# modules, both installed packages.
-from research_agent import ApiError, Job, log_with_request_ids
+# The worker's contract (research_agent/worker/job.py: its job, keys, exit codes) and the
+# Going-further modules, both installed packages.
+from research_agent import ApiError, Job, log_with_request_ids, token_hash
 
 log_with_request_ids()
 logger = logging.getLogger("variations")
@@ -100,17 +100,19 @@ def worker_settings(settings: Settings) -> dict:
 
 
 class Orchestrator:
-    """Starts one container per variation, and reaps them. POST /v1/runs calls create(); a
-    background task calls reap() every REAP_INTERVAL_SECONDS, with Redis connections of its own
-    (`reaper_runs`). What Going further adds, it holds as collaborators and calls at named points:
+    """Starts one container per variation, and reaps them. POST /v1/runs calls create(), with the
+    routes' Redis connections (`runs`, a Runs); a background task calls reap() every
+    REAP_INTERVAL_SECONDS, with connections of its own (`reaper_runs`); `workers` starts and lists
+    the containers. What Going further adds, it holds as collaborators and calls at named points:
     `caps` admits a run, `users` gives each job its Redis URL, `pool` may have a warm worker for
     a variation, `recovery` may adopt one whose container vanished. lifespan() composes them."""
 
-    def __init__(self, settings: Settings, runs: Runs, workers, reaper_runs: Runs | None = None,
-                 *, caps=None, users=None, pool=None, recovery=None):  # fmt: skip
+    def __init__(
+        self, settings, runs, workers, reaper_runs, caps=None, users=None, pool=None, recovery=None
+    ):
         self.settings, self.runs, self.workers = settings, runs, workers
-        self.reaper_runs = reaper_runs or runs
-        self.relay = redis_access.Relay(self.reaper_runs)
+        self.reaper_runs = reaper_runs
+        self.relay = redis_access.Relay(reaper_runs)
         # Without them, the core path: no other cap, one Redis URL, no warm pool, no adoption.
         self.caps = caps or guards.NoOtherCaps()
         self.users = users or redis_access.SharedUser(settings.WORKER_REDIS_URL)
@@ -120,18 +122,28 @@ class Orchestrator:
         self.lock = asyncio.Lock()
 
     def job(self, run_id: str, query: str, v: dict, count: int, url: str) -> tuple[Job, dict]:
-        """The variation's job, and the agent's settings it changes (research_agent/job.py writes
-        both)."""
+        """The variation's job, and the agent's settings it changes (research_agent/worker/job.py
+        writes both)."""
         s = self.settings
         # Room in the stream for each variation's tokens, after every other event of the run.
         budget = max(0, (s.STREAM_MAXLEN - 3 - 12 * count) // count)
-        job = Job(RUN_ID=run_id, VARIATION=v["index"], QUERY=query, ANSWER_STYLE=v["style"],
-                  REDIS_URL=url, STREAM_MAXLEN=s.STREAM_MAXLEN, TOKEN_BUDGET=budget)  # fmt: skip
-        agent = {"TEMPERATURE": v["temperature"], "SEARCH_MAX_RESULTS": v["search_depth"],
-                 "MODEL_NAME": v.get("model"),
-                 # The agent gives up a little before the container is killed, so it can say why.
-                 "REQUEST_TIMEOUT_SECONDS": max(1.0, s.VARIATION_TIMEOUT_SECONDS - 5),
-                 **worker_settings(s)}  # fmt: skip
+        job = Job(
+            RUN_ID=run_id,
+            VARIATION=v["index"],
+            QUERY=query,
+            ANSWER_STYLE=v["style"],
+            REDIS_URL=url,
+            STREAM_MAXLEN=s.STREAM_MAXLEN,
+            TOKEN_BUDGET=budget,
+        )
+        agent = {
+            "TEMPERATURE": v["temperature"],
+            "SEARCH_MAX_RESULTS": v["search_depth"],
+            "MODEL_NAME": v.get("model"),
+            # The agent gives up a little before the container is killed, so it can say why.
+            "REQUEST_TIMEOUT_SECONDS": max(1.0, s.VARIATION_TIMEOUT_SECONDS - 5),
+            **worker_settings(s),
+        }
         return job, agent
 
     async def admit(self, active: set[str], client: str) -> None:
@@ -215,7 +227,7 @@ class Orchestrator:
         return counts
 
     async def reap_one(self, w: docker_workers.Worker) -> str:
-        runs = self.reaper_runs
+        runs, s = self.reaper_runs, self.settings
         if not w.run_id:  # a worker no run claims
             await asyncio.to_thread(self.workers.remove, w.id)
             return "removed"
@@ -223,39 +235,19 @@ class Orchestrator:
         if await runs.status(w.run_id) != "running" or v.get("status") in store.ENDED:
             await asyncio.to_thread(self.workers.remove, w.id)
             return "removed"
-        if not w.running:
+        if not w.running:  # how it ended: lesson05/docker_workers.py
             await self.relay.drain(w.run_id, w.index)  # its last events, before variation_done
-            await self.record_exit(w, await runs.variation(w.run_id, w.index))
+            v = await runs.variation(w.run_id, w.index)
+            status, details = await docker_workers.ending(self.workers, w, v, s.WORKER_MEMORY)
+            await runs.finish(w.run_id, w.index, status, **details)
+            await asyncio.to_thread(self.workers.remove, w.id)
             return "ended"
         if time.time() > float(v.get("deadline") or "inf"):
             await asyncio.to_thread(self.workers.remove, w.id)
-            limit = self.settings.VARIATION_TIMEOUT_SECONDS
-            reason = f"no answer within {limit:g} s: the container was killed"
+            reason = f"no answer within {s.VARIATION_TIMEOUT_SECONDS:g} s: the container was killed"
             await runs.finish(w.run_id, w.index, "timed_out", reason=reason)
             return "ended"
         return "adopted"
-
-    async def record_exit(self, w: docker_workers.Worker, v: dict) -> None:
-        exit_code, oom_killed = await asyncio.to_thread(self.workers.outcome, w.id)
-        status = "succeeded" if exit_code == 0 and "result" in v else "failed"
-        if status == "succeeded":
-            reason = None
-        elif oom_killed:
-            reason = f"out of memory: killed at the {self.settings.WORKER_MEMORY} limit"
-        elif exit_code == 0:
-            reason = "exited without an answer"
-        else:
-            reason = docker_workers.EXIT_REASONS.get(exit_code, f"exited with code {exit_code}")
-        if status == "failed":  # the details stay in the server's log, never in the stream
-            tail = await docker_workers.log_tail(self.workers, w.id)
-            logger.warning("variation %s/%d failed (%s):\n%s", w.run_id, w.index, reason, tail)
-        details = {"exit_code": exit_code, "oom_killed": oom_killed, "reason": reason}
-        await self.reaper_runs.finish(w.run_id, w.index, status, **details)
-        await asyncio.to_thread(self.workers.remove, w.id)
-
-    async def close(self) -> None:
-        """On shutdown: the pool's idle workers go; the workers going finish on their own."""
-        await self.pool.close()
 
 
 # === The event stream: XREAD from the client's last id, every entry one SSE event with that id ===
@@ -302,8 +294,9 @@ async def lifespan(app: FastAPI):
     users = redis_access.WorkerUsers(clients[0], settings.REDIS_URL, settings.WORKER_REDIS_URL)
     pool = warm.WarmPool(settings, workers, users, worker_settings(settings), runs[0], runs[2])
     caps, adoption = guards.PerClientCaps(settings, runs[0]), Adoption(runs[2])
-    orchestrator = Orchestrator(settings, runs[0], workers, runs[2], caps=caps, users=users,
-                                pool=pool, recovery=adoption)  # fmt: skip
+    orchestrator = Orchestrator(
+        settings, runs[0], workers, runs[2], caps=caps, users=users, pool=pool, recovery=adoption
+    )
     app.state.orchestrator = trace_launches(orchestrator)  # the same one, its launches in spans
     app.state.stream_runs = runs[1]
     app.state.stream_slots = guards.StreamSlots(settings)
@@ -311,7 +304,8 @@ async def lifespan(app: FastAPI):
     logger.info("start-up sweep: %s", await orchestrator.reap())
     every, stopping = settings.REAP_INTERVAL_SECONDS, asyncio.Event()  # the reaper: a pass, and
     reaper = asyncio.create_task(  # again, Redis down or not, until `stopping` is set
-        redis_access.forever("a reaper pass", every, orchestrator.reap, stopping))  # fmt: skip
+        redis_access.forever("a reaper pass", every, orchestrator.reap, stopping)
+    )
     relay = redis_access.Relay(runs[3])  # workers' events into runs' (lesson05/redis_access.py)
     relaying = asyncio.create_task(redis_access.relay_forever(relay, runs[3].running, stopping))
     address = settings.REDIS_URL.rpartition("@")[2]  # never the password in a log
@@ -321,7 +315,7 @@ async def lifespan(app: FastAPI):
     for task in (reaper, relaying):
         task.cancel()
     await asyncio.wait([reaper, relaying], timeout=10)
-    await orchestrator.close()
+    await pool.close()  # its idle workers go; the workers going finish on their own
     if own_workers:
         workers.close()
     for client in clients:
@@ -345,12 +339,12 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         """Start one container per variation; follow them at /v1/runs/{run_id}/events."""
         guards.allowed_models(body.overrides, settings)
         token = secrets.token_urlsafe(32)  # the run's owner: Redis keeps only its hash
-        owner = guards.token_hash(token)
+        owner = token_hash(token)
         created = await request.app.state.orchestrator.create(body, request.client.host, owner)
         run_id = created["run_id"]
         guards.owner_cookie(response, token, run_id, settings)
-        return RunCreated(**created, owner_token=token, events=f"/v1/runs/{run_id}/events",
-                          status=f"/v1/runs/{run_id}")  # fmt: skip
+        links = {"events": f"/v1/runs/{run_id}/events", "status": f"/v1/runs/{run_id}"}
+        return RunCreated(**created, **links, owner_token=token)
 
     # [start:run_events]
     @app.get("/v1/runs/{run_id}/events", responses=routes.STREAM_RESPONSES, response_model=None)

@@ -10,7 +10,6 @@ It calls no agent: it publishes an event and reads the state the agents stored. 
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import secrets
@@ -21,12 +20,10 @@ from typing import Annotated, Literal
 
 import redis.asyncio as redis
 import uvicorn
-from asgi_correlation_id import CorrelationIdMiddleware
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from limits import RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
@@ -34,23 +31,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lesson07 import contract
+from lesson07 import access, contract
 
 # The topics, the envelope, the Redis layout and how progress is read have one owner:
-# lesson07.contract. The error shape, the body limit and the request-id rule are the research
-# agent's (its installed `research_agent` package).
+# lesson07.contract; who may ask, and how much, lesson07.access. The error shape, the body limit,
+# request ids and how a student's token is stored are the research agent's (its installed
+# `research_agent` package).
 from lesson07.tracing import FASTAPI_TELEMETRY, instrument_gateway, trace_context
 from research_agent import (
     ApiError,
     BodyLimitMiddleware,
     ErrorResponse,
     error_body,
+    install_request_ids,
     install_shape_handlers,
     log_with_request_ids,
-    safe_request_id,
+    token_hash,
 )
 
 log_with_request_ids(force=True)
@@ -58,17 +56,12 @@ logger = logging.getLogger("gateway")
 
 StudentId = Annotated[str, Field(pattern=rf"^{contract.STUDENT_ID}$")]
 QuestionId = Annotated[str, PathParam(pattern=rf"^{contract.QUESTION_ID}$")]
+StudentPath = Annotated[str, PathParam(pattern=rf"^{contract.STUDENT_ID}$")]
 
 ACCEPTED = Counter("questions_accepted_total", "Questions published to learning.requests")
-REFUSED = Counter("questions_refused_total", "Questions not admitted", ["reason"])
 BACKLOG = Gauge("topic_pending_messages", "Delivered, not yet acked", ["topic", "group"])
 LAG = Gauge("topic_unread_messages", "Not yet delivered to the group", ["topic", "group"])
 DEAD = Gauge("topic_deadletter_messages", "Messages in the dead-letter topic", ["topic"])
-GROUPS = {
-    contract.LEARNING: "triage",
-    **{t: k for k, t in contract.SPECIALIST_TOPICS.items()},
-    contract.PROGRESS: "progress",
-}
 
 # The question's record, its event and (for a new student) the student's token hash, all at once.
 # KEYS: student, question, learning topic. ARGV: token hash, record fields (JSON), event, ttl,
@@ -92,10 +85,6 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'data', ARGV[3])
 if owner then return 1 end
 return 2
 """
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Question(BaseModel):
@@ -164,60 +153,167 @@ async def lifespan(app: FastAPI):
     await app.state.redis.aclose()
 
 
+# === What lifespan() keeps on app.state, reached by the routes as dependencies ===
+
+
+def get_settings(request: Request) -> contract.GatewaySettings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request) -> redis.Redis:
+    return request.app.state.redis
+
+
+SettingsDep = Annotated[contract.GatewaySettings, Depends(get_settings)]
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 bearer = HTTPBearer(auto_error=False, description="the `student_token` of the student")
-Token = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-async def check_student(request: Request, student_id: str, credentials: Token) -> None:
-    """Only the student's own token reads what belongs to the student."""
-    if credentials is None:
-        message = "send the student's student_token as `Authorization: Bearer <token>`"
-        raise ApiError(401, "student_token_missing", message, {"WWW-Authenticate": "Bearer"})
-    stored = await request.app.state.redis.get(contract.student_key(student_id))
-    if stored is None or not hmac.compare_digest(stored, token_hash(credentials.credentials)):
+def student_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str | None:
+    return credentials.credentials if credentials else None
+
+
+Token = Annotated[str | None, Depends(student_token)]
+
+
+async def published(r: redis.Redis, question_id: str, student_id: str, token: str) -> int:
+    """What PUBLISH answered, read back; a 503 if the question is not in Redis."""
+    for _ in range(3):  # Redis is restarting: a few short tries
+        try:
+            record = await r.hgetall(contract.question_key(question_id))
+            owner = await r.get(contract.student_key(student_id))
+        except (redis.ConnectionError, redis.TimeoutError):
+            await asyncio.sleep(0.5)
+            continue
+        if not record:  # a script runs whole or not at all: it did not run
+            break
+        return 3 if record.get("enrolled") == "1" and owner == token_hash(token) else 0
+    raise redis.ConnectionError("the question was not published")
+
+
+# === The routes: the questions API, and what orchestrators and Prometheus ask ===
+
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503)}
+questions = APIRouter(prefix="/v1", responses=ERRORS)
+probes = APIRouter()  # /health, /ready and /metrics
+
+
+@questions.post("/questions", status_code=202)
+async def ask(
+    question: Question,
+    request: Request,
+    token: Token,
+    r: RedisDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> Accepted:
+    """Publish the question; the agents answer it in the background. With an Idempotency-Key,
+    the same key for the same student is the same question, however often it is sent."""
+    await access.admit(r, request.app.state.limiter, settings, question.student_id)
+    new_token = None if token else secrets.token_urlsafe(32)  # a first question's, for its student
+    token = token or new_token
+    if idempotency_key:
+        seed = f"{question.student_id}\n{idempotency_key}".encode()
+        question_id = hashlib.sha256(seed).hexdigest()[:32]
+    else:
+        question_id = uuid.uuid4().hex
+    event = contract.envelope(
+        question_id,
+        "/lesson07/gateway",
+        "learning.question.asked",
+        {"question_id": question_id, **question.model_dump()},
+        **trace_context(),  # the request's span: the agents' spans join its trace
+    )
+    record = {
+        "student_id": question.student_id,
+        "status": "pending",
+        "attempts": 0,
+        "asked_at": f"{time.time():.3f}",
+    }
+    keys = [
+        contract.student_key(question.student_id),
+        contract.question_key(question_id),
+        contract.LEARNING,
+    ]
+    args = [
+        token_hash(token),
+        json.dumps(record),
+        json.dumps(event),
+        settings.question_ttl_seconds,
+        settings.topic_maxlen,
+    ]
+    try:  # the client's retries (set in lifespan) send the same script again: it publishes once
+        done = await request.app.state.publish(keys=keys, args=args)
+    except (redis.ConnectionError, redis.TimeoutError):
+        # The script may have run and only its reply been lost: a question that is in Redis
+        # was published, and is answered 202, not 503 (a client would send it twice).
+        done = await published(r, question_id, question.student_id, token)
+    if done == -1:
+        if new_token:  # none was sent
+            message = f"{question.student_id} has a token: send it as `Authorization: Bearer`"
+            raise ApiError(401, "student_token_missing", message, {"WWW-Authenticate": "Bearer"})
         raise ApiError(403, "not_this_student", "this is not the token of that student")
+    if done in (1, 2):
+        ACCEPTED.inc()
+    return Accepted(id=question_id, student_token=new_token if done in (2, 3) else None)
 
 
-async def admit(request: Request, student_id: str) -> None:
-    """429 past ASKS_PER_MINUTE for one student, 503 past MAX_BACKLOG unanswered questions."""
-    settings: contract.GatewaySettings = request.app.state.settings
-    per_minute = RateLimitItemPerMinute(settings.asks_per_minute)
-    if not await request.app.state.limiter.hit(per_minute, student_id):
-        REFUSED.labels("rate").inc()
-        message = f"at most {settings.asks_per_minute} questions a minute per student"
-        raise ApiError(429, "rate_limited", message, {"Retry-After": "60"})
-    pipe = request.app.state.redis.pipeline(transaction=False)
-    topics = [contract.LEARNING, *contract.SPECIALIST_TOPICS.values()]
-    for topic in topics:
-        pipe.xinfo_groups(topic)
-        pipe.xlen(topic)
-    replies = await pipe.execute(raise_on_error=False)
-    backlog = 0
-    for topic, groups, length in zip(topics, replies[::2], replies[1::2], strict=True):
-        mine = [g for g in groups if g["name"] == GROUPS[topic]] if isinstance(groups, list) else []
-        # No group yet (its agent never started): it will read the whole topic.
-        backlog += mine[0]["pending"] + (mine[0].get("lag") or 0) if mine else length
-    if backlog >= settings.max_backlog:
-        REFUSED.labels("backlog").inc()
-        message = f"{backlog} questions are waiting (MAX_BACKLOG is {settings.max_backlog})"
-        raise ApiError(503, "busy", message, {"Retry-After": "5"})
+@questions.get("/questions/{question_id}")
+async def status(question_id: QuestionId, r: RedisDep, token: Token) -> QuestionView:
+    record = await r.hgetall(contract.question_key(question_id))
+    if not record:
+        raise StarletteHTTPException(404, f"no question {question_id}")
+    await access.check_student(r, record.get("student_id", ""), token)
+    return QuestionView(
+        id=question_id,
+        status=record["status"],
+        route=record.get("route"),
+        answer=record.get("answer"),
+        attempts=int(record.get("attempts", 0)),
+        error=record.get("error"),
+    )
 
 
-class HostCheck:
-    """400 in the error shape for a Host header not in ALLOWED_HOSTS: a page on another site cannot
-    reach the gateway through a DNS name rebound to 127.0.0.1."""
+@questions.get("/students/{student_id}/progress")
+async def progress(
+    student_id: StudentPath, r: RedisDep, settings: SettingsDep, token: Token
+) -> Progress:
+    await access.check_student(r, student_id, token)
+    state = await contract.read_progress(r, student_id, settings.struggle_threshold)
+    return Progress(**state)
 
-    def __init__(self, app, hosts: set[str]):
-        self.app, self.hosts = app, hosts
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            host = Headers(scope=scope).get("host", "").rsplit(":", 1)[0].strip("[]")
-            if host not in self.hosts:
-                body = error_body("invalid_host", "this Host is not served here")
-                await JSONResponse(body, 400)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+@probes.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@probes.get("/ready", responses={503: {"model": ErrorResponse}})
+async def ready(r: RedisDep) -> dict:
+    await r.ping()  # a RedisError becomes redis_down's 503
+    return {"status": "ready"}
+
+
+@probes.get("/metrics", include_in_schema=False)
+async def metrics(r: RedisDep) -> Response:
+    for topic, group in contract.GROUPS.items():
+        info = {g["name"]: g for g in await r.xinfo_groups(topic)} if await r.exists(topic) else {}
+        BACKLOG.labels(topic, group).set(info.get(group, {}).get("pending", 0))
+        LAG.labels(topic, group).set(info.get(group, {}).get("lag") or 0)
+        DEAD.labels(topic).set(await r.xlen(contract.deadletter(topic)))
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+    """Redis (or the rate limiter's Redis) not answering: 503 in the error shape, retryable."""
+    logger.warning("Redis failed: %r", exc)
+    body = error_body("redis_unavailable", "Redis is not answering", retryable=True)
+    return JSONResponse(body, 503, headers={"Retry-After": "2"})
+
+
+# === The app: middleware, error handlers and routers, composed here and only here ===
 
 
 def create_app(settings: contract.GatewaySettings | None = None) -> FastAPI:
@@ -229,145 +325,13 @@ def create_app(settings: contract.GatewaySettings | None = None) -> FastAPI:
     # Neither a Host that is not ours nor a body over the limit reaches a route.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     hosts = {h.strip() for h in settings.allowed_hosts.split(",") if h.strip()}
-    app.add_middleware(HostCheck, hosts=hosts)
-    app.add_middleware(
-        CorrelationIdMiddleware,
-        header_name="X-Request-ID",
-        validator=None,
-        transformer=safe_request_id,
-    )
-    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503)}
-
+    app.add_middleware(access.HostCheck, hosts=hosts)
+    install_request_ids(app)
     install_shape_handlers(app)
-
-    @app.exception_handler(redis.RedisError)
-    @app.exception_handler(StorageError)  # the rate limiter's Redis
-    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
-        logger.warning("Redis failed: %r", exc)
-        body = error_body("redis_unavailable", "Redis is not answering", retryable=True)
-        return JSONResponse(body, 503, headers={"Retry-After": "2"})
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/ready", responses={503: {"model": ErrorResponse}})
-    async def ready(request: Request) -> dict:
-        await request.app.state.redis.ping()  # a RedisError becomes the 503 above
-        return {"status": "ready"}
-
-    @app.post("/v1/questions", status_code=202, responses=errors)
-    async def ask(
-        question: Question,
-        request: Request,
-        credentials: Token,
-        idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
-    ) -> Accepted:
-        """Publish the question; the agents answer it in the background. With an Idempotency-Key,
-        the same key for the same student is the same question, however often it is sent."""
-        r = request.app.state.redis
-        await admit(request, question.student_id)
-        new_token = None if credentials else secrets.token_urlsafe(32)
-        token = credentials.credentials if credentials else new_token
-        if idempotency_key:
-            seed = f"{question.student_id}\n{idempotency_key}".encode()
-            question_id = hashlib.sha256(seed).hexdigest()[:32]
-        else:
-            question_id = uuid.uuid4().hex
-        event = contract.envelope(
-            question_id,
-            "/lesson07/gateway",
-            "learning.question.asked",
-            {"question_id": question_id, **question.model_dump()},
-            **trace_context(),  # the request's span: the agents' spans join its trace
-        )
-        record = {
-            "student_id": question.student_id,
-            "status": "pending",
-            "attempts": 0,
-            "asked_at": f"{time.time():.3f}",
-        }
-        keys = [
-            contract.student_key(question.student_id),
-            contract.question_key(question_id),
-            contract.LEARNING,
-        ]
-        args = [
-            token_hash(token),
-            json.dumps(record),
-            json.dumps(event),
-            settings.question_ttl_seconds,
-            settings.topic_maxlen,
-        ]
-        try:  # the client's retries (below) send the same script again: it publishes once
-            done = await request.app.state.publish(keys=keys, args=args)
-        except (redis.ConnectionError, redis.TimeoutError):
-            # The script may have run and only its reply been lost: a question that is in Redis
-            # was published, and is answered 202, not 503 (a client would send it twice).
-            done = await published(r, question_id, question.student_id, token)
-        if done == -1:
-            if credentials is None:
-                message = f"{question.student_id} has a token: send it as `Authorization: Bearer`"
-                raise ApiError(
-                    401, "student_token_missing", message, {"WWW-Authenticate": "Bearer"}
-                )
-            raise ApiError(403, "not_this_student", "this is not the token of that student")
-        if done in (1, 2):
-            ACCEPTED.inc()
-        return Accepted(id=question_id, student_token=new_token if done in (2, 3) else None)
-
-    async def published(r: redis.Redis, question_id: str, student_id: str, token: str) -> int:
-        """What PUBLISH answered, read back; a 503 if the question is not in Redis."""
-        for _ in range(3):  # Redis is restarting: a few short tries
-            try:
-                record = await r.hgetall(contract.question_key(question_id))
-                owner = await r.get(contract.student_key(student_id))
-            except (redis.ConnectionError, redis.TimeoutError):
-                await asyncio.sleep(0.5)
-                continue
-            if not record:  # a script runs whole or not at all: it did not run
-                break
-            return 3 if record.get("enrolled") == "1" and owner == token_hash(token) else 0
-        raise redis.ConnectionError("the question was not published")
-
-    @app.get("/v1/questions/{question_id}", responses=errors)
-    async def status(question_id: QuestionId, request: Request, credentials: Token) -> QuestionView:
-        record = await request.app.state.redis.hgetall(contract.question_key(question_id))
-        if not record:
-            raise StarletteHTTPException(404, f"no question {question_id}")
-        await check_student(request, record.get("student_id", ""), credentials)
-        return QuestionView(
-            id=question_id,
-            status=record["status"],
-            route=record.get("route"),
-            answer=record.get("answer"),
-            attempts=int(record.get("attempts", 0)),
-            error=record.get("error"),
-        )
-
-    @app.get("/v1/students/{student_id}/progress", responses=errors)
-    async def progress(
-        student_id: Annotated[str, PathParam(pattern=rf"^{contract.STUDENT_ID}$")],
-        request: Request,
-        credentials: Token,
-    ) -> Progress:
-        await check_student(request, student_id, credentials)
-        threshold = request.app.state.settings.struggle_threshold
-        state = await contract.read_progress(request.app.state.redis, student_id, threshold)
-        return Progress(**state)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        r = request.app.state.redis
-        for topic, group in GROUPS.items():
-            info = (
-                {g["name"]: g for g in await r.xinfo_groups(topic)} if await r.exists(topic) else {}
-            )
-            BACKLOG.labels(topic, group).set(info.get(group, {}).get("pending", 0))
-            LAG.labels(topic, group).set(info.get(group, {}).get("lag") or 0)
-            DEAD.labels(topic).set(await r.xlen(contract.deadletter(topic)))
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    app.add_exception_handler(redis.RedisError, redis_down)
+    app.add_exception_handler(StorageError, redis_down)
+    app.include_router(probes)
+    app.include_router(questions)
     instrument_gateway(app)  # a span per request, if OTEL_EXPORTER_OTLP_ENDPOINT is set (lesson 09)
     return app
 

@@ -24,7 +24,15 @@ from urllib.parse import urlencode
 import h11
 import httpx
 
-from lesson08.guard_policy import MIN_API_VERSION, Plan, Refused, Settings, plan, policy_for
+from lesson08.guard_policy import (
+    MIN_API_VERSION,
+    SERVER_LABEL,
+    Plan,
+    Refused,
+    Settings,
+    plan,
+    policy_for,
+)
 
 logger = logging.getLogger("docker_guard")
 MAX_BODY = 1024 * 1024  # a request's body (a sandbox's create is about 11 KB)
@@ -72,7 +80,7 @@ class Guard:
         try:
             step = plan(self.policy, self.settings, await self.pinned(), method, target, body)
             if step.container:
-                step = step.at(await self.owned(step.container))
+                step = step.at(await self.owned(step.container, step.server))
             if step.kind == "upgrade":
                 await self.attach(conn, reader, writer, step)
             elif step.kind == "stream":
@@ -98,8 +106,8 @@ class Guard:
             self.api = version
         return self.api
 
-    async def owned(self, container: str) -> str:
-        """The container's full id, if it carries the owner's label."""
+    async def owned(self, container: str, server: str | None = None) -> str:
+        """The container's full id, if it carries the owner's label (and runs `server`)."""
         answer = await self.docker.get(f"/v{self.api}/containers/{container}/json")
         if answer.status_code == 404:
             raise Refused(f"No such container: {container}", 404)
@@ -107,12 +115,21 @@ class Guard:
         labels = (found.get("Config") or {}).get("Labels") or {}
         if labels.get(self.policy.owner_label) != self.settings.GUARD_OWNER:
             raise Refused(f"{container} is not a container of {self.settings.GUARD_OWNER}")
+        if server is not None and labels.get(SERVER_LABEL) != server:
+            raise Refused(f"{container} is not the {server} server")
         return found["Id"]
 
     async def forward(self, conn, writer, method: str, step: Plan) -> None:
         headers = {"content-type": "application/json"} if step.body else {}
+        # A wait is answered when the container exits: within its clock, at most the longest.
+        timeout = self.settings.GUARD_MAX_SECONDS + 60 if step.kind == "wait" else 60
         answer = await self.docker.request(
-            method, step.path, params=step.params, content=step.body, headers=headers
+            method,
+            step.path,
+            params=step.params,
+            content=step.body,
+            headers=headers,
+            timeout=httpx.Timeout(60, read=timeout),
         )
         content, kind = answer.content, answer.headers.get("content-type", "text/plain")
         if step.kind == "info" and answer.status_code == 200:  # the runtimes' names, nothing else

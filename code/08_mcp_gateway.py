@@ -17,40 +17,36 @@ The operator's, with `Authorization: Bearer $GATEWAY_OPERATOR_TOKEN` (no token s
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-import os
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-import httpx
 import uvicorn
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_settings import BaseSettings
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from lesson08.call_limits import (
-    REGISTRY,
     BurstGuard,
     CallPolicy,
     cancel_when_abandoned,
     capped_client_factory,
 )
-from lesson08.catalog import Catalog, load_catalog
+from lesson08.catalog import Catalog, ServerEntry, load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
+from lesson08.operator_endpoints import OperatorEndpoints, repin_on_the_running_gateway
 from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins, pin_store
 from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
 from lesson08.tracing import trace_gateway
 from lesson08.transport import quiet_closed_streams
-from research_agent import error_body, validate_answers_once
+from research_agent import validate_answers_once
 
 # One JSON line per event on stdout, from the gateway's own logger only (not every HTTP request).
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
@@ -105,6 +101,52 @@ def split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+class Upstream:
+    """One catalog server as the gateway reaches it: one MCP session, opened at its first use (the
+    launcher starts the server's container if nothing answers yet), then kept and shared by every
+    call; dropped when the server stops. The server's provider calls connect, kept and reset."""
+
+    def __init__(self, entry: ServerEntry, launcher, max_result_bytes: int):
+        self.entry, self.launcher, self.max_result_bytes = entry, launcher, max_result_bytes
+        self.client: Client | None = None  # the kept session
+        self.lock = asyncio.Lock()  # two first calls at once open one session
+        self.changed = ListChanged()  # the server's tools/list_changed: check its pins again
+
+    async def connect(self) -> Client:
+        async with self.lock:
+            client = self.client
+            if client is None or not client.is_connected():
+                url = self.entry.url or await self.launcher.url_for(self.entry)  # starts it
+                factory = capped_client_factory(self.max_result_bytes)
+                transport = StreamableHttpTransport(url, httpx_client_factory=factory)
+                client = self.client = Client(transport, message_handler=self.changed)
+                await client.__aenter__()
+                cancel_when_abandoned(client.session)
+                validate_answers_once(client.session)
+            self.launcher.touch(self.entry)
+        return client
+
+    def kept(self) -> Client | None:
+        """The open session, for the timer's pin check: it starts no server, and leaves the
+        server's idle clock alone."""
+        client = self.client
+        return client if client is not None and client.is_connected() else None
+
+    async def reset(self, idle: bool = False) -> bool:
+        """Close the kept session (its server stopped, or with `idle`, about to be stopped as
+        idle): the next use opens a new one."""
+        async with self.lock:
+            if idle and not self.launcher.idle(self.entry, time.monotonic()):
+                return False  # used since the sweep looked: kept
+            client, self.client = self.client, None
+            if self.changed.provider is not None:
+                self.changed.provider.expire()  # a new session is checked before its first call
+        if client is not None:
+            with contextlib.suppress(Exception):  # the server is gone: nothing to tell it
+                await client.close()
+        return client is not None
+
+
 class Gateway(NamedTuple):
     """What build_gateway makes: the MCP server, and what the operator's routes and the idle
     sweep reach through it."""
@@ -145,120 +187,33 @@ def build_gateway(settings: Settings) -> Gateway:
             )
         ],
     )
-    sessions: dict[str, Client] = {}  # one MCP session per server, kept open and shared
-
     for entry in catalog.servers:
-        lock = asyncio.Lock()  # two first calls at once open one session
-        changed = ListChanged()  # the server's tools/list_changed: check its pins again
-
-        async def connect(entry=entry, lock=lock, changed=changed) -> Client:
-            async with lock:
-                client = sessions.get(entry.name)
-                if client is None or not client.is_connected():
-                    url = entry.url or await launcher.url_for(entry)  # starts it if needed
-                    transport = StreamableHttpTransport(
-                        url,
-                        httpx_client_factory=capped_client_factory(
-                            settings.GATEWAY_MAX_RESULT_BYTES
-                        ),
-                    )
-                    client = sessions[entry.name] = Client(transport, message_handler=changed)
-                    await client.__aenter__()
-                    cancel_when_abandoned(client.session)
-                    validate_answers_once(client.session)
-                launcher.touch(entry)
-            return client
-
-        def kept(entry=entry) -> Client | None:
-            """The open session, for the timer's pin check: it starts no server, and leaves
-            the server's idle clock alone."""
-            client = sessions.get(entry.name)
-            return client if client is not None and client.is_connected() else None
-
-        async def reset(entry=entry, lock=lock, changed=changed, idle=False) -> bool:
-            """Close the kept session (its server stopped, or with `idle`, about to be stopped
-            as idle): the next use opens a new one."""
-            async with lock:
-                if idle and not launcher.idle(entry, time.monotonic()):
-                    return False  # used since the sweep looked: kept
-                client = sessions.pop(entry.name, None)
-                if changed.provider is not None:
-                    changed.provider.expire()  # a new session is checked before its first call
-            if client is not None:
-                with contextlib.suppress(Exception):  # the server is gone: nothing to tell it
-                    await client.close()
-            return client is not None
-
-        changed.provider = providers[entry.name] = PinnedProxyProvider(
-            connect,
+        upstream = Upstream(entry, launcher, settings.GATEWAY_MAX_RESULT_BYTES)
+        upstream.changed.provider = providers[entry.name] = PinnedProxyProvider(
+            upstream.connect,
             server=entry.name,
             pins=pins,
             reviewed=entry.reviewed,
             ttl=settings.GATEWAY_PIN_RECHECK_SECONDS,
-            reset=reset,
-            kept=kept,
+            reset=upstream.reset,
+            kept=upstream.kept,
         )
-        gateway.add_provider(changed.provider)
+        gateway.add_provider(upstream.changed.provider)
     return Gateway(gateway, catalog, pins, launcher, providers)
 
 
-def repin_seconds(settings: Settings) -> float:
-    """How long a re-pin's listing may take: a server's start, then a call's time."""
-    return DockerLauncher.START_SECONDS + settings.GATEWAY_CALL_TIMEOUT_SECONDS
-
-
-def is_operator(settings: Settings, request: Request) -> bool:
-    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    expected = settings.GATEWAY_OPERATOR_TOKEN
-    return bool(token and expected) and hmac.compare_digest(token.encode(), expected.encode())
-
-
-def refused() -> JSONResponse:
-    message = "This endpoint is the operator's: send Authorization: Bearer <operator token>."
-    return JSONResponse(error_body("unauthorized", message), status_code=401)
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})  # for health checks: says nothing about the tools
 
 
 def build_app(settings: Settings):
     gateway, catalog, pins, launcher, providers = build_gateway(settings)
     trace_gateway(gateway, pins, providers)  # lesson 09: spans, once OTEL_* asks for them
 
-    @gateway.custom_route("/health", methods=["GET"])
-    async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})  # for health checks: says nothing about the tools
-
-    @gateway.custom_route("/pins", methods=["GET"])
-    async def show_pins(request: Request) -> JSONResponse:
-        if not is_operator(settings, request):
-            return refused()
-        return JSONResponse({"pins": await pins.current(), "refused": pins.refused})
-
-    @gateway.custom_route("/pins/{server}/repin", methods=["POST"])
-    async def repin(request: Request) -> JSONResponse:
-        if not is_operator(settings, request):
-            return refused()
-        provider = providers.get(request.path_params["server"])
-        if provider is None:
-            message = f"No server {request.path_params['server'][:64]!r} in the catalog."
-            return JSONResponse(error_body("not_found", message), status_code=404)
-        await pins.forget(provider.server)  # every replica's, with SharedPins
-        try:  # pinned again now, from what the server declares (started first if it is not up)
-            await asyncio.wait_for(provider._list_tools(), timeout=repin_seconds(settings))
-        except TimeoutError:
-            message = "Pins removed; the server did not list its tools in time."
-            return JSONResponse(error_body("timeout", message), status_code=504)
-        except Exception as exc:  # not running and cannot start: pinned at its next listing
-            message = f"Pins removed; the server did not answer ({type(exc).__name__})."
-            return JSONResponse(error_body("upstream_unavailable", message), status_code=502)
-        pinned = pins.data.get(provider.server, {})
-        return JSONResponse(
-            {"server": provider.server, "pinned": {t: p["sha256"] for t, p in pinned.items()}}
-        )
-
-    @gateway.custom_route("/metrics", methods=["GET"])
-    async def metrics(request: Request) -> Response:
-        if not is_operator(settings, request):
-            return refused()
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    gateway.custom_route("/health", methods=["GET"])(health)  # open to anyone
+    # /pins, /pins/{server}/repin and /metrics: the operator's (lesson08/operator_endpoints.py)
+    timeout = settings.GATEWAY_CALL_TIMEOUT_SECONDS
+    OperatorEndpoints(settings.GATEWAY_OPERATOR_TOKEN, pins, providers, timeout).add_to(gateway)
 
     middleware = [
         Middleware(
@@ -364,32 +319,6 @@ async def serve(settings: Settings) -> None:
         ),
     ):
         await uvicorn.Server(config).serve()
-
-
-def repin_on_the_running_gateway(settings: Settings, server: str) -> int:
-    """`repin SERVER`: ask the running gateway (GATEWAY_URL, else 127.0.0.1:$LESSON08_MCP_PORT or
-    PORT) to pin the server's tools again, with the operator's token (GATEWAY_OPERATOR_TOKEN, else
-    the file make lesson-08 wrote). No restart: the next call sees the new pins."""
-    port = os.environ.get("LESSON08_MCP_PORT") or settings.PORT
-    url = settings.GATEWAY_URL or f"http://127.0.0.1:{port}"
-    token = settings.GATEWAY_OPERATOR_TOKEN
-    if not token and settings.GATEWAY_OPERATOR_TOKEN_FILE.exists():
-        token = settings.GATEWAY_OPERATOR_TOKEN_FILE.read_text().strip()
-    try:
-        answer = httpx.post(
-            f"{url}/pins/{server}/repin",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=repin_seconds(settings) + 15,  # the gateway answers 504 first
-        )
-    except httpx.HTTPError as exc:
-        print(f"no gateway answered at {url} ({type(exc).__name__}): is it running?")
-        return 1
-    if answer.status_code != 200:
-        print(f"the gateway at {url} refused: {answer.status_code} {answer.text}")
-        return 1
-    for tool, digest in answer.json()["pinned"].items():
-        print(f"re-pinned {server}/{tool}: sha256 {digest[:16]}")
-    return 0
 
 
 if __name__ == "__main__":

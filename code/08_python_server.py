@@ -24,16 +24,21 @@ from lesson08.transport import ServerSettings, transport_security
 from research_agent import SandboxConfig, SandboxError, sandbox_runner
 
 
+class Sandbox(SandboxConfig):
+    """Of lesson 04's settings: SANDBOX_IMAGE, SANDBOX_TIMEOUT_SECONDS, SANDBOX_MAX_CONCURRENT."""
+
+    settable = frozenset({"image", "timeout_seconds", "max_concurrent"})
+    max_concurrent: int = 2  # the sandbox guard relays two streams per run
+
+
 class Settings(ServerSettings):
-    SANDBOX_IMAGE: str = "agent-sandbox:python"
-    SANDBOX_TIMEOUT_SECONDS: float = 10.0
-    SANDBOX_MAX_CONCURRENT: int = 2  # the sandbox guard relays two streams per run
     # The gateway that started this server passes its owner label: the sandboxes carry it too
     # (agent-sandbox.owner), and the sandbox guard lets through that owner's containers only.
     GATEWAY_OWNER: str = "lesson08"
 
 
 settings = Settings()
+sandbox = Sandbox(owner=settings.GATEWAY_OWNER)
 server = FastMCP(
     "python",
     instructions="Run short Python programs in a sandbox.",
@@ -44,7 +49,7 @@ server = FastMCP(
 runner = trace_tool_server(
     server,
     "mcp-python",
-    sandbox_runner(SandboxConfig.from_settings(settings, owner=settings.GATEWAY_OWNER)),
+    sandbox_runner(sandbox),
 )
 
 
@@ -61,7 +66,7 @@ async def run_python(code: str) -> str:
 
 @server.custom_route("/health", methods=["GET"])
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", "image": settings.SANDBOX_IMAGE})
+    return JSONResponse({"status": "ok", "image": sandbox.image})
 
 
 app = server.streamable_http_app()

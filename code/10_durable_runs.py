@@ -8,16 +8,17 @@ Endpoints:
   POST /v1/runs                 {"query": "What is 2**100?"} -> 202 {run_id, owner_token, events}
   GET  /v1/runs                 the caller's runs waiting for approval (token or cookie)
   GET  /v1/runs/{id}            state, the pending call while it waits, the answer once done
+  DELETE /v1/runs/{id}          cancel it (its owner): the run ends, its sandbox is removed
   GET  /v1/runs/{id}/events     SSE, resumable with Last-Event-ID
   POST /v1/runs/{id}/decisions  {"call_id", "decision": approve|edit|reject, "args", "message"}
   GET  /approvals               the approvals page
 """
 
-import asyncio
+import base64
 import hashlib
 import hmac
-import json
 import logging
+import re
 import secrets
 import uuid
 from contextlib import asynccontextmanager
@@ -26,10 +27,9 @@ from typing import Annotated
 
 import psycopg
 import uvicorn
-from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelCallLimitMiddleware
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -49,25 +49,33 @@ from research_agent import (
     DecisionIn,
     DurableRuns,
     KeyedSandbox,
+    RunEvents,
     RunStore,
     SandboxConfig,
     SandboxRunner,
     approval_middleware,
     error_body,
+    header_number,
+    install_request_ids,
     install_shape_handlers,
     log_with_request_ids,
     make_durable_run_python,
     make_pool,
     migrate,
     resume_value,
-    safe_request_id,
     short,
+    token_hash,
     uvicorn_forwarding,
 )
 
 log_with_request_ids()
 logger = logging.getLogger("durable_runs")
 PAGE = Path(__file__).with_name("10_approvals_page.html")
+
+
+class Sandbox(SandboxConfig):
+    settable = frozenset({"image", "runtime", "timeout_seconds", "owner"})  # SANDBOX_IMAGE, ...
+    owner: str = "lesson-10"
 
 
 class Settings(BaseSettings):
@@ -81,13 +89,18 @@ class Settings(BaseSettings):
     APPROVAL_TOOLS: list[str] = ["run_python"]  # JSON in the environment: '["run_python"]'
     APPROVAL_TIMEOUT_SECONDS: float = 3600.0  # a run nobody decides on ends (state expired)
     LEASE_SECONDS: float = 10.0  # a killed replica's runs move on this long after its last beat
-    MAX_ACTIVE_RUNS_PER_CALLER: int = 20  # running or waiting: 429 beyond
+    # Runs running or waiting, per owner (a 429 beyond) and of all owners together (503).
+    MAX_ACTIVE_RUNS_PER_OWNER: int = 20
+    MAX_ACTIVE_RUNS: int = 2000
+    # Event streams open on this replica, per owner and in total (429 beyond either); a quiet
+    # stream sends a comment this often; the longest a stream stays open (then the client resumes).
+    MAX_STREAMS_PER_OWNER: int = 10
+    MAX_STREAMS: int = 200
+    STREAM_KEEPALIVE_SECONDS: float = 15.0
+    STREAM_MAX_SECONDS: float = 3600.0
     MAX_BODY_BYTES: int = 65_536
     REPLICA_ID: str | None = None  # names the lease holder in the runs table (default: random)
-    SANDBOX_IMAGE: str = "agent-sandbox:python"
-    SANDBOX_RUNTIME: str | None = None
-    SANDBOX_TIMEOUT_SECONDS: float = 10.0
-    SANDBOX_OWNER: str = "lesson-10"
+    sandbox: Sandbox = Field(default_factory=Sandbox)
     FORWARDED_ALLOW_IPS: str = ""
 
 
@@ -106,7 +119,7 @@ async def lifespan(app: FastAPI):
     checkpointer = AsyncPostgresSaver(pool)  # a checkpoint per step, in the same database
     await migrate(pool, checkpointer.setup)  # once, whichever replica is first
     store = RunStore(pool)
-    sandbox = KeyedSandbox(SandboxRunner(SandboxConfig.from_settings(settings)))
+    sandbox = KeyedSandbox(SandboxRunner(settings.sandbox))
     tools = [make_durable_run_python(store, sandbox)]
     model = make_chat_model(
         settings.OPENAI_API_KEY.get_secret_value() if settings.OPENAI_API_KEY else None,
@@ -139,11 +152,32 @@ async def lifespan(app: FastAPI):
     # [end:compose]
 
 
-app = FastAPI(title="Durable runs", version="1.0.0", lifespan=lifespan)
+@asynccontextmanager
+async def with_limits(app: FastAPI):
+    """The lesson's parts (lifespan, above), and what bounds and ends runs from outside them:
+    this replica's event streams, woken by one LISTEN connection and counted per owner and in
+    total, and a sandbox runner for a cancelled run's containers."""
+    async with lifespan(app):
+        app.state.streams = RunEvents(
+            app.state.store,
+            settings.DATABASE_URL.get_secret_value(),
+            max_streams=settings.MAX_STREAMS,
+            max_per_owner=settings.MAX_STREAMS_PER_OWNER,
+            keepalive_seconds=settings.STREAM_KEEPALIVE_SECONDS,
+            max_seconds=settings.STREAM_MAX_SECONDS,
+        )
+        app.state.streams.start()
+        app.state.sandboxes = KeyedSandbox(SandboxRunner(settings.sandbox))
+        try:
+            yield
+        finally:
+            app.state.sandboxes.close()
+            await app.state.streams.stop()
+
+
+app = FastAPI(title="Durable runs", version="1.0.0", lifespan=with_limits)
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
-app.add_middleware(
-    CorrelationIdMiddleware, header_name="X-Request-ID", validator=None, transformer=safe_request_id
-)
+install_request_ids(app)
 install_shape_handlers(app)
 
 
@@ -157,13 +191,10 @@ async def database_unavailable(request: Request, exc: Exception) -> JSONResponse
 
 
 # === Owners: a token, kept as its hash; sent as a Bearer header or the page's cookie ===
+# The owner is the caller: its caps (active runs, open streams) count per token, never per address.
 
 TOKEN_COOKIE = "runs_token"
 RunId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="32 hex digits")]
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def presented_token(request: Request, authorization: str | None) -> str | None:
@@ -181,8 +212,8 @@ async def owned_run(
         raise ApiError(404, "run_not_found", f"no run {run_id}")
     token = presented_token(request, authorization)
     if token is None:
-        raise ApiError(401, "owner_token_missing", "send the run's owner_token as a Bearer token",
-                       {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        message = "send the run's owner_token as a Bearer token"
+        raise ApiError(401, "owner_token_missing", message, {"WWW-Authenticate": "Bearer"})
     if not hmac.compare_digest(run["owner_hash"], token_hash(token)):  # constant time
         raise ApiError(403, "not_run_owner", "this is not the owner token of that run")
     return run
@@ -219,14 +250,18 @@ async def create_run(
     if token is None or len(token) < 32:
         token = secrets.token_urlsafe(32)
     run_id = uuid.uuid4().hex
-    caller = request.client.host if request.client else "unknown"
-    cap = settings.MAX_ACTIVE_RUNS_PER_CALLER
-    active = await request.app.state.store.create(
-        run_id, token_hash(token), caller, body.query, cap
+    caller = request.client.host if request.client else "unknown"  # for the record only
+    cap, total_cap = settings.MAX_ACTIVE_RUNS_PER_OWNER, settings.MAX_ACTIVE_RUNS
+    mine, everyone = await request.app.state.store.create(
+        run_id, token_hash(token), caller, body.query, cap, total_cap
     )
-    if active >= cap:
-        raise ApiError(429, "too_many_active_runs", f"you have {cap} runs going or waiting",
-                       {"Retry-After": "30"})  # fmt: skip
+    if mine >= cap:
+        message = f"you have {cap} runs going or waiting; cancel one (DELETE /v1/runs/ID)"
+        raise ApiError(429, "too_many_active_runs", message, {"Retry-After": "30"})
+    if everyone >= total_cap:
+        message = f"{total_cap} runs are going or waiting, the most this service holds"
+        body = error_body("too_many_active_runs_in_total", message, retryable=True)
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "30"})
     request.app.state.runs.wake()
     events = f"/v1/runs/{run_id}/events"
     response = JSONResponse(
@@ -259,28 +294,24 @@ async def run_state(run: OwnedRun) -> dict:
     }
 
 
-@app.get("/v1/runs/{run_id}/events")
+@app.delete("/v1/runs/{run_id}")
+async def cancel_run(run: OwnedRun, request: Request) -> dict:
+    if not await request.app.state.store.cancel(run["id"]):
+        raise ApiError(409, "run_ended", f"the run has ended already ({run['state']})")
+    # Its sandbox, if one runs now (on whichever replica), is removed: the code stops.
+    await request.app.state.sandboxes.stop_cancelled(run["id"], settings.LEASE_SECONDS)
+    return {"run_id": run["id"], "state": "cancelled"}
+
+
+@app.get("/v1/runs/{run_id}/events", response_model=None)
 async def run_events(
     run: OwnedRun, request: Request, last_event_id: Annotated[str | None, Header()] = None
-) -> StreamingResponse:
-    store = request.app.state.store
-    after = int(last_event_id) if (last_event_id or "").isdigit() else 0
-
-    async def stream():
-        seq = after
-        for _ in range(36_000):  # an hour of polls at most; the client reconnects
-            if await request.is_disconnected():
-                return
-            for event in await store.events_after(run["id"], seq):
-                seq = event["seq"]
-                data = json.dumps({"type": event["type"], **event["data"]})
-                yield f"id: {seq}\nevent: {event['type']}\ndata: {data}\n\n"
-                if event["type"] in ("done", "failed", "approval_expired"):
-                    return
-            await asyncio.sleep(0.1)  # no connection held between polls
-
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+) -> Response:
+    streams = request.app.state.streams
+    after = header_number(last_event_id, "Last-Event-ID") or 0  # 400 unless 0-9 digits
+    if not await streams.more_after(run, after):  # 400 past the run's last event
+        return Response(status_code=204)  # it has ended: EventSource stops retrying on a 204
+    return streams.response(run, after)  # 429 past this owner's or this replica's limit
 
 
 # [start:decide]
@@ -305,10 +336,33 @@ async def decide(body: DecisionIn, run: OwnedRun, request: Request) -> dict:
     # [end:decide]
 
 
+def page_headers(html: str) -> dict[str, str]:
+    """The page may run its own inline script and style (by their hashes) and fetch this origin,
+    nothing else; no other page may frame it (its cookie would go along: clickjacking), no browser
+    may read it as anything but HTML, and no link from it says where it came from."""
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}\b[^>]*>(.*?)</{tag}>", html, flags=re.S)
+        digests = (hashlib.sha256(b.encode()).digest() for b in blocks)
+        return " ".join(f"'sha256-{base64.b64encode(d).decode()}'" for d in digests) or "'none'"
+
+    policy = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+    return {
+        "Content-Security-Policy": policy,
+        "X-Frame-Options": "DENY",  # for browsers that predate frame-ancestors
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
+
+
 @app.get("/approvals", response_class=HTMLResponse)
 async def approvals_page() -> HTMLResponse:
-    return HTMLResponse(PAGE.read_text(), headers={"Content-Security-Policy": "default-src 'self'; "
-                        "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})  # fmt: skip
+    html = PAGE.read_text()
+    return HTMLResponse(html, headers=page_headers(html))
 
 
 if __name__ == "__main__":

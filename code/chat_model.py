@@ -161,7 +161,7 @@ def make_chat_model(
     model_name: str = "gpt-4o-mini",
     offline_token_delay_ms: int = 20,
     timeout_seconds: float | None = None,
-    offline_model: type[OfflineChatModel] = OfflineChatModel,
+    offline_model: type[BaseChatModel] = OfflineChatModel,  # any model taking token_delay_ms
 ) -> BaseChatModel:
     """A real model when a key is configured, the offline model otherwise."""
     if openai_api_key:

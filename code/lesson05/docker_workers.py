@@ -1,12 +1,13 @@
 """The containers of lesson 05 (docs/05, "The containers and how they end"): one labelled,
-resource-limited container per variation, run by the Docker SDK. The SDK blocks (HTTP to the
-engine): the API calls each method in a thread, never on the event loop.
+resource-limited container per variation, run by the Docker SDK, and what its ending means for its
+variation (ending). The SDK blocks (HTTP to the engine): the API calls each method in a thread,
+never on the event loop.
 
 Every worker is created with `auto_remove`: the engine removes it the moment it exits, so nothing
 is left behind even when the API was killed (`kill -9`) and no API comes back to sweep. A removed
 container cannot be inspected, so how it ended (exit code, OOM kill) is read from the engine's
 events, watched from the moment this backend exists (as lesson 04's sandbox does in
-research_agent/sandbox_exit.py).
+research_agent/sandbox/exit.py).
 """
 
 import asyncio
@@ -119,7 +120,7 @@ class DockerWorkers:
 
     def start_warm(self, name: str, environment: dict[str, str]) -> str:
         """A worker with no job yet: the same image, flags and limits, `--warm`
-        (research_agent/worker.py)."""
+        (research_agent/worker/worker.py)."""
         return self._run(
             ["python", "-m", "research_agent.worker", "--warm"],
             environment,
@@ -228,3 +229,24 @@ async def log_tail(workers, worker_id: str) -> str:
         return await asyncio.to_thread(workers.logs, worker_id)
     except Exception as exc:
         return f"(no logs: {exc!r})"
+
+
+async def ending(workers, w: Worker, v: dict, memory: str) -> tuple[str, dict]:
+    """How a worker that exited ended, for its variation (`v`, read after its last events were
+    copied): `succeeded` if it exited 0 with an answer, else `failed` with a reason (killed at the
+    `memory` limit, what its exit code means), and the details kept. A failure's last log lines
+    go to the server's log, never into the run's stream."""
+    exit_code, oom_killed = await asyncio.to_thread(workers.outcome, w.id)
+    status = "succeeded" if exit_code == 0 and "result" in v else "failed"
+    if status == "succeeded":
+        reason = None
+    elif oom_killed:
+        reason = f"out of memory: killed at the {memory} limit"
+    elif exit_code == 0:
+        reason = "exited without an answer"
+    else:
+        reason = EXIT_REASONS.get(exit_code, f"exited with code {exit_code}")
+    if status == "failed":
+        tail = await log_tail(workers, w.id)
+        logger.warning("variation %s/%d failed (%s):\n%s", w.run_id, w.index, reason, tail)
+    return status, {"exit_code": exit_code, "oom_killed": oom_killed, "reason": reason}

@@ -2,7 +2,6 @@
 their cookie, per-client caps on runs and event streams, the Host check and ALLOWED_MODELS. Each
 is a FastAPI dependency the lesson's routes use, or a collaborator its Orchestrator calls."""
 
-import hashlib
 import hmac
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -13,7 +12,7 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
-from research_agent import ApiError
+from research_agent import ApiError, token_hash
 
 # What uuid.uuid4().hex makes, and nothing else: no `:` can ever reach a Redis key name.
 RUN_ID = r"^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$"
@@ -25,10 +24,6 @@ RunId = Annotated[str, PathParam(pattern=RUN_ID, description="a run id: 32 hex d
 TOKEN_COOKIE = "run_token"
 bearer = HTTPBearer(auto_error=False, description="the `owner_token` of the run")
 cookie = APIKeyCookie(name=TOKEN_COOKIE, auto_error=False, description="set by POST /v1/runs")
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def owned(

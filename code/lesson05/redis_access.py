@@ -2,7 +2,7 @@
 each worker's events into its run's stream.
 
 A worker runs a model on text from the web: treat whatever runs in its container as hostile. It
-gets a Redis user of its own that may only XADD to its own stream (research_agent/job.py's
+gets a Redis user of its own that may only XADD to its own stream (research_agent/worker/job.py's
 worker_events_key): it cannot read another run, rewrite an owner, write as another variation or
 watch the server (MONITOR). A warm worker, which has no job yet, may only wait on its own list; the
 job it pops hands it its variation's user. The API, the only other client, may do everything but
@@ -61,10 +61,10 @@ def server_args(api_password: str) -> list[str]:
     -@all every MULTI in it would be refused at start-up (the runs' keys lost), hence +@all on a
     user nobody can be."""
     digest = hashlib.sha256(api_password.encode()).hexdigest()
-    return ["--user", "default", "off", "resetpass", "~*", "&*", "+@all",
-            "--user", API_USER, "on", f"#{digest}", *API_RULES,
-            "--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", "noeviction",
-            "--maxmemory-clients", REDIS_CLIENTS_MEMORY]  # fmt: skip
+    default = ["--user", "default", "off", "resetpass", "~*", "&*", "+@all"]
+    api = ["--user", API_USER, "on", f"#{digest}", *API_RULES]
+    memory = ["--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", "noeviction"]
+    return [*default, *api, *memory, "--maxmemory-clients", REDIS_CLIENTS_MEMORY]
 
 
 class SharedUser:
@@ -113,10 +113,8 @@ class WorkerUsers:
 
     async def _set(self, user: str, rules: list[str]) -> str:
         # reset: no password, key, channel or command left from before; then only what is listed.
-        await self.client.execute_command(
-            "ACL", "SETUSER", user, "reset", "resetchannels", "on", f">{self._password(user)}",
-            *rules,
-        )  # fmt: skip
+        reset = ["reset", "resetchannels", "on", f">{self._password(user)}"]
+        await self.client.execute_command("ACL", "SETUSER", user, *reset, *rules)
         return self._url(user)
 
     async def variation(self, run_id: str, index: int) -> str:

@@ -6,7 +6,6 @@ import logging
 
 import docker
 import redis.asyncio as redis
-from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,8 +14,8 @@ from research_agent import (
     ApiError,
     ErrorResponse,
     error_body,
+    install_request_ids,
     install_shape_handlers,
-    safe_request_id,
 )
 
 from .guards import OwnedRun
@@ -56,8 +55,7 @@ async def existing(request: Request, run_id: str) -> dict:
 
 
 def add_other_routes(app: FastAPI, page) -> None:
-    app.add_middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=None,
-                       transformer=safe_request_id)  # fmt: skip
+    install_request_ids(app)
     install_error_handlers(app)
 
     @app.get("/", include_in_schema=False)

@@ -61,7 +61,7 @@ class RunView(BaseModel):
 #   run:{id}:v:{i}    hash per variation: settings, status, container, deadline, result, error
 #   run:{id}:events   stream of {event, data}; data is JSON and always names its variation
 #   (the worker writes these two as well: variation_key and events_key come from
-#   research_agent/job.py)
+#   research_agent/worker/job.py)
 #   runs:active       set of running run ids (the concurrency limit)
 
 ENDED = ("succeeded", "failed", "timed_out", "cancelled")
@@ -311,9 +311,13 @@ def redis_clients(settings) -> list[redis.Redis]:
     return [
         redis.Redis(
             connection_pool=redis.BlockingConnectionPool.from_url(
-                settings.REDIS_URL, max_connections=size, timeout=10, decode_responses=True,
-                encoding_errors="replace", retry=Retry(NoBackoff(), 1),
+                settings.REDIS_URL,
+                max_connections=size,
+                timeout=10,
+                decode_responses=True,
+                encoding_errors="replace",
+                retry=Retry(NoBackoff(), 1),
             )
         )
         for size in sizes
-    ]  # fmt: skip
+    ]

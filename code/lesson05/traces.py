@@ -1,11 +1,12 @@
 """Lesson 05 in a trace (docs/09-traces.md, "Going further"): a run is one trace. POST /v1/runs
 is its server span (FastAPI's own: TELEMETRY); `run` covers launching every variation, `launch
 variation {i}` each one's container (or warm worker). The job the worker gets carries the launch
-span's `traceparent` (research_agent/job.py's trace_env, added to the job's variables here), so
-each worker's `variation {i}` span and its agent's spans hang under it, N variations side by side.
+span's `traceparent` (research_agent/worker/job.py's trace_env, added to the job's variables here),
+so each worker's `variation {i}` span and its agent's spans hang under it, N variations side by
+side.
 
-Set up from the same OTEL_* variables as the research agent (research_agent/tracing.py): without
-OTEL_EXPORTER_OTLP_ENDPOINT nothing is loaded, these spans are the API's no-ops, and a job
+Set up from the same OTEL_* variables as the research agent (research_agent/tracing/otel.py):
+without OTEL_EXPORTER_OTLP_ENDPOINT nothing is loaded, these spans are the API's no-ops, and a job
 carries no trace variable. Workers export to WORKER_OTEL_EXPORTER_OTLP_ENDPOINT when it is set,
 else to the API's own endpoint: an API on the host sends to the viewer's loopback port, which a
 worker container cannot reach (its 127.0.0.1 is its own). Nor should it: a worker is hostile
@@ -27,13 +28,13 @@ def untraced(scope: dict) -> bool:
 
 
 # FastAPI(telemetry=TELEMETRY): FastAPI's own server span per request, once a provider is set up
-# (as research_agent/tracing.py's FASTAPI_TELEMETRY, without importing the agent's LangChain).
+# (as research_agent/tracing/otel.py's FASTAPI_TELEMETRY, without importing the agent's LangChain).
 TELEMETRY = {"operation_spans": False, "metrics": False, "logs": False, "exclude": untraced}
 
 
 def trace_runs() -> None:
-    """With an endpoint: a provider (research_agent/tracing.py). No Redis or HTTPX instrumentation:
-    the reaper's commands, every 0.25 s, would bury the runs."""
+    """With an endpoint: a provider (research_agent/tracing/otel.py). No Redis or HTTPX
+    instrumentation: the reaper's commands, every 0.25 s, would bury the runs."""
     settings = TracingSettings()
     if settings.tracing_enabled:
         from research_agent import configure_tracing
@@ -64,7 +65,7 @@ def trace_launches(orchestrator):
 
     def job(*args) -> tuple:
         """The job, whose variables now carry the launch span's context and where to export
-        (research_agent/job.py's trace_env): the worker's spans join the run's trace."""
+        (research_agent/worker/job.py's trace_env): the worker's spans join the run's trace."""
         job, agent = make_job(*args)
         endpoint = orchestrator.settings.WORKER_OTEL_EXPORTER_OTLP_ENDPOINT
         return job, {**agent, **trace_env(endpoint or None)}

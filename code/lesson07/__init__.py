@@ -1,6 +1,7 @@
 """Lesson 07's modules, imported by code/07_event_agents.py and code/07_gateway.py:
 
 contract.py   the settings, topics, envelope and Redis keys both sides share
+access.py     who may ask the gateway, and how much: the Host, a student's token, the limits
 acks.py       what is acked, and when; the dead-letter topic
 claims.py     a long answer keeps its claim
 progress.py   the progress agent's effect

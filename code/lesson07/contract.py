@@ -77,6 +77,12 @@ SPECIALIST_TOPICS = {
     "exercise": "exercise.requests",
 }
 TRACE = "trace"  # one entry per delivery and per outcome, for `make lesson-07-trace`
+# topic -> the consumer group that reads it (each agent's group is named after its service)
+GROUPS = {
+    LEARNING: "triage",
+    **{t: k for k, t in SPECIALIST_TOPICS.items()},
+    PROGRESS: "progress",
+}
 
 # topic -> (the one event type it carries, the sources allowed to publish it)
 ACCEPTS = {

@@ -3,8 +3,9 @@ parent is the `traceparent` the event's envelope carries (lesson07.contract.enve
 there), so a question is one trace from the gateway through triage and a specialist to progress.
 A redelivered message is a second span in the same trace, its delivery count an attribute.
 
-Tracing is set up by the research agent's research_agent/tracing.py, from the same OTEL_* variables:
-without OTEL_EXPORTER_OTLP_ENDPOINT nothing is set up, and these spans are the API's no-ops.
+Tracing is set up by the research agent's research_agent/tracing/otel.py, from the same OTEL_*
+variables: without OTEL_EXPORTER_OTLP_ENDPOINT nothing is set up, and these spans are the API's
+no-ops.
 """
 
 import json

@@ -22,6 +22,8 @@ class ServerEntry(BaseModel):
     cpus: float = 0.5
     pids: int = 64
     internet: bool = False  # egress beyond the gateway's own network
+    # One more network, joined once started; "{owner}" is the gateway's owner (its project).
+    network: str | None = None
     # Names of the gateway's environment variables this server may receive; nothing else is passed.
     secrets: list[str] = []
     env: dict[str, str] = {}  # plain settings, not secrets

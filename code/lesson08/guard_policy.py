@@ -1,7 +1,8 @@
 """Lesson 08, going further: what the Docker guard lets through for each caller, and nothing else.
 
 GUARD_POLICY names the caller the guard stands in front of:
-- `tools`: the gateway's launcher (lesson08/launcher.py), starting the catalog's tool servers;
+- `tools`: the gateway's launcher (lesson08/launcher.py), starting the catalog's tool servers
+  (and joining the one GUARD_SERVER_NETWORKS names to its one more network);
 - `sandbox`: lesson 04's SandboxRunner (research-agent/research_agent/sandbox*.py),
   behind the python server.
 
@@ -15,6 +16,7 @@ any case (`binds` is read as `Binds`) and decodes both of two equal keys into on
 refused before it is compared; Docker then gets the guard's own encoding of what was checked.
 """
 
+import copy
 import json
 import re
 import time
@@ -27,6 +29,8 @@ from pydantic_settings import BaseSettings
 
 MIN_API_VERSION = (1, 41)  # Engine 20.10: the bodies below are what the Docker SDK sends at it
 ID = r"(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})"  # a container's id or name
+NET = r"(?P<net>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})"  # a network's name
+SERVER_LABEL = "lesson08.server"  # the catalog server a launcher's container runs
 INT, BOOL, FALSE = r"-?[0-9]{1,12}", r"0|1|True|False", r"0|False"
 
 
@@ -39,6 +43,9 @@ class Settings(BaseSettings):
     GUARD_IMAGES: str = "lesson08-notes"  # comma-separated: the images it may create
     # tools: the one network a tool server joins, and the largest limits a catalog entry may set.
     GUARD_NETWORK: str = "lesson08_tools"
+    # tools: the one more network a catalog server may be joined to once started, as
+    # "server=network,...": the python server and its sandbox guard have a network of their own.
+    GUARD_SERVER_NETWORKS: str = ""
     GUARD_MAX_MEMORY: int = 512 * 1024 * 1024
     GUARD_MAX_PIDS: int = 256
     GUARD_MAX_NANO_CPUS: int = 1_000_000_000
@@ -48,9 +55,18 @@ class Settings(BaseSettings):
     GUARD_MAX_SECONDS: int = 300
     # Event streams and attached containers open at once: a sandbox run holds one of each.
     GUARD_MAX_STREAMS: int = 16
+    # sandbox: also lesson 10's kept sandboxes (research_agent/durable/idempotent.py): named by
+    # their run's idempotency key, kept after they exit with a bounded copy of their output, and
+    # read back (inspect, wait, logs) by whichever replica continues the run.
+    GUARD_KEPT_SANDBOXES: bool = False
 
     def images(self) -> set[str]:
         return {i.strip() for i in self.GUARD_IMAGES.split(",") if i.strip()}
+
+    def server_of_network(self) -> dict[str, str]:
+        """GUARD_SERVER_NETWORKS as network -> the one server that may join it."""
+        pairs = [item.split("=", 1) for item in self.GUARD_SERVER_NETWORKS.split(",") if item]
+        return {network.strip(): server.strip() for server, network in pairs}
 
 
 class Refused(Exception):
@@ -71,8 +87,8 @@ class Slot:
 
 class Route(NamedTuple):
     method: str
-    path: str  # {id}: a container, which must be the owner's
-    kind: str  # plain, own, create, list, info, events or upgrade
+    path: str  # {id}: a container, which must be the owner's; {net}: a network
+    kind: str  # plain, own, wait, create, join, list, info, events or upgrade
     params: dict[str, str] = {}  # the query parameters allowed, each with its pattern
 
 
@@ -83,6 +99,8 @@ class Policy:
     routes: list[Route]
     create: dict  # the template
     name: Callable[[dict], str | None]  # the create's ?name=, given the body
+    # Another create the caller may send, with its own name: lesson 10's kept sandbox.
+    other: tuple[dict, Callable[[dict], str | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,10 +113,13 @@ class Plan:
     params: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     container: str | None = None
+    server: str | None = None  # the container must also run this catalog server
 
     def at(self, full_id: str) -> "Plan":
         params = {k: v.replace("{id}", full_id) for k, v in self.params.items()}
-        return replace(self, path=self.path.replace("{id}", full_id), params=params, container=None)
+        body = self.body.replace(b"{id}", full_id.encode())  # a connect names the container
+        path = self.path.replace("{id}", full_id)
+        return replace(self, path=path, params=params, body=body, container=None, server=None)
 
 
 def strict_json(raw: bytes | str) -> Any:
@@ -204,7 +225,7 @@ def tools_policy(s: Settings) -> Policy:
         },
         "NetworkingConfig": {s.GUARD_NETWORK: None},
         "Labels": {
-            "lesson08.server": text(SERVER_NAME, "a catalog server's name"),
+            SERVER_LABEL: text(SERVER_NAME, "a catalog server's name"),
             "lesson08.owner": s.GUARD_OWNER,
         },
     }
@@ -217,12 +238,14 @@ def tools_policy(s: Settings) -> Policy:
         Route("POST", "/containers/{id}/stop", "own", {"t": INT}),
         Route("POST", "/containers/{id}/kill", "own", {"signal": "[A-Z0-9]{1,12}"}),
         Route("POST", "/containers/{id}/wait", "own", {"condition": "not-running|next-exit"}),
+        # DockerLauncher._start: the server GUARD_SERVER_NETWORKS names, to its one more network.
+        Route("POST", "/networks/{net}/connect", "join"),
         REMOVE,
         LIST,
     ]
 
     def name(body: dict) -> str:  # the owner, then the server it runs
-        return f"{s.GUARD_OWNER}-{body['Labels']['lesson08.server']}"
+        return f"{s.GUARD_OWNER}-{body['Labels'][SERVER_LABEL]}"
 
     return Policy("launcher", "lesson08.owner", routes, create, name)
 
@@ -236,7 +259,9 @@ def sandbox_policy(s: Settings) -> Policy:
 
     c, most = SandboxConfig(), s.GUARD_MAX_SECONDS  # the limits no SANDBOX_* variable changes
     uids = range(c.uid_base, c.uid_base + c.uid_count)
-    pair = re.compile(r"([0-9]{1,10}):\1")  # each run its own uid (sandbox_config.py)
+    pair = re.compile(
+        r"([0-9]{1,10}):\1"
+    )  # each run its own uid (research_agent/sandbox/config.py)
     create = {
         "User": Slot(
             f"uid:uid, uid from {uids.start} to {uids.stop - 1}",
@@ -245,7 +270,8 @@ def sandbox_policy(s: Settings) -> Policy:
         "Tty": False,
         **dict.fromkeys(["OpenStdin", "StdinOnce"], True),
         **dict.fromkeys(["AttachStdin", "AttachStdout", "AttachStderr"], True),
-        # PID 1 is the runner's watchdog (sandbox_init.py), with its idle limit in seconds.
+        # PID 1 is the runner's watchdog (research_agent/sandbox/watchdog.py), with its idle limit
+        # in seconds.
         "Cmd": [
             "python",
             "-I",
@@ -304,7 +330,37 @@ def sandbox_policy(s: Settings) -> Policy:
         LIST,
         Route("GET", "/events", "events", {"since": INT, "until": INT, "filters": ".*"}),
     ]
-    return Policy("sandbox runner", f"{LABEL}.owner", routes, create, lambda body: None)
+    if not s.GUARD_KEPT_SANDBOXES:
+        return Policy("sandbox runner", f"{LABEL}.owner", routes, create, lambda body: None)
+    # Lesson 10's KeyedSandbox.kept: the same container, named by its key (a second create of
+    # the name fails: the code starts once), kept after it exits with 1 MB of its output.
+    kept = copy.deepcopy(create)
+    kept["HostConfig"]["AutoRemove"] = False
+    kept["HostConfig"]["LogConfig"] = {
+        "Type": "json-file",
+        "Config": {"max-size": "1m", "max-file": "1"},
+    }
+    kept["Labels"][f"{LABEL}.key"] = text(r"agent-sandbox-[0-9a-f]{32}", "agent-sandbox-<key>")
+    named = Route("POST", "/containers/create", "create", {"name": ".*"})
+    routes = [named if route.kind == "create" else route for route in routes]
+    routes += [
+        Route("GET", "/containers/{id}/json", "own"),
+        Route("POST", "/containers/{id}/wait", "wait", {"condition": "not-running|removed"}),
+        Route(
+            "GET",
+            "/containers/{id}/logs",
+            "own",
+            {"stdout": "0|1", "stderr": "0|1", "timestamps": "0", "follow": "0", "tail": "all"},
+        ),
+    ]
+    return Policy(
+        "sandbox runner",
+        f"{LABEL}.owner",
+        routes,
+        create,
+        lambda body: None,
+        other=(kept, lambda body: body["Labels"][f"{LABEL}.key"]),
+    )
 
 
 def policy_for(s: Settings) -> Policy:
@@ -329,38 +385,65 @@ def plan(policy: Policy, s: Settings, api: str, method: str, target: str, body: 
     for key, value in params.items():
         if key not in route.params or not re.fullmatch(route.params[key], value):
             raise Refused(f"{key[:40]}={value[:40]} on {method} {route.path}")
-    if body and route.kind != "create":  # Docker 20.10 still applies a HostConfig sent to start
+    if body and route.kind not in ("create", "join"):  # Docker 20.10 applies a start's HostConfig
         raise Refused(f"{method} {route.path} carries no body")
     upstream = (f"/v{api}" if version else "") + route.path
     container = match.groupdict().get("id")
     if route.kind == "create":
         return Plan("plain", upstream, params, create_body(policy, params.get("name"), body))
+    if route.kind == "join":
+        return join(s, upstream, match["net"], body)
     if route.kind == "list":
         params["filters"] = owner_filter(policy, s, params.get("filters"))
     if route.kind == "events":
         container, params["filters"] = one_container_events(s, params)
     kind = {"own": "plain", "list": "plain", "events": "stream"}.get(route.kind, route.kind)
+    # "wait": plain, but answered only once the container has exited (bounded by its watchdog).
     return Plan(kind, upstream, params, container=container)
 
 
 def route_of(routes: list[Route], method: str, path: str) -> tuple[Route, re.Match] | None:
     for route in routes:
-        match = re.fullmatch(route.path.replace("{id}", ID), path)
+        match = re.fullmatch(route.path.replace("{id}", ID).replace("{net}", NET), path)
         if match and route.method == method:
             return route, match
     return None
 
 
 def create_body(policy: Policy, name: str | None, raw: bytes) -> bytes:
-    """The body Docker gets for a create: the caller's, if it is the template exactly, re-encoded
-    (Docker never reads the caller's bytes)."""
+    """The body Docker gets for a create: the caller's, if it is a template exactly (with the
+    name that goes with it), re-encoded (Docker never reads the caller's bytes)."""
     body = strict_json(raw)
-    problems = mismatches(policy.create, body, body) if isinstance(body, dict) else ["an object"]
-    if not problems and name != policy.name(body):
-        problems = [f"the name {name!r} is not {policy.name(body)!r}"]
-    if problems:
-        raise Refused(f"not the {policy.caller}'s create: " + "; ".join(sorted(problems)[:6]))
-    return json.dumps(body).encode()
+    found = []
+    for template, named in [(policy.create, policy.name), *filter(None, [policy.other])]:
+        problems = mismatches(template, body, body) if isinstance(body, dict) else ["an object"]
+        if not problems and name != named(body):
+            problems = [f"the name {name!r} is not {named(body)!r}"]
+        if not problems:
+            return json.dumps(body).encode()
+        found.append(problems)
+    problems = min(found, key=len)  # the template it came closest to
+    raise Refused(f"not the {policy.caller}'s create: " + "; ".join(sorted(problems)[:6]))
+
+
+def join(s: Settings, upstream: str, network: str, raw: bytes) -> Plan:
+    """A connect of one container to a network: the network GUARD_SERVER_NETWORKS names, the
+    container the owner's and running that network's server (the guard checks it), and the body
+    the Docker SDK sends for a plain connect, nothing more (no address, alias or link)."""
+    server = s.server_of_network().get(network)
+    if server is None:
+        raise Refused(f"no catalog server joins the network {network[:80]!r}")
+    body = strict_json(raw)
+    if not isinstance(body, dict) or set(body) != {"Container", "EndpointConfig"}:
+        raise Refused("a connect's body is {Container, EndpointConfig: {}}")
+    container = body["Container"]
+    if body["EndpointConfig"] != {} or not isinstance(container, str):
+        raise Refused("a connect's body is {Container, EndpointConfig: {}}")
+    if not re.fullmatch(ID, container):
+        raise Refused("a connect names a container")
+    sent = json.dumps({"Container": "{id}", "EndpointConfig": {}}).encode()
+    path = upstream.replace("{net}", network)
+    return Plan("plain", path, {}, sent, container=container, server=server)
 
 
 def owner_filter(policy: Policy, s: Settings, filters: str | None) -> str:

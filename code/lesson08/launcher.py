@@ -4,6 +4,8 @@
 entry's `image:` on first use through the Docker API: labelled, with memory/CPU/pids limits, a
 read-only root, no capabilities, as nobody, on the gateway's tools network (internal: no way out
 unless the entry says `internet: true`), with only the environment variables the entry declares.
+An entry may name one more network (`network:`), joined once started: the python server's, which
+it shares with its sandbox guard alone.
 A sweep stops containers idle for longer than their `idle_seconds`.
 
 The Docker API is root on the host. In Compose the gateway does not get the socket: it talks to
@@ -127,6 +129,13 @@ class DockerLauncher:
                 return
             found.remove(force=True)  # a leftover of a crashed gateway
         container = self.client.containers.run(**self.run_kwargs(entry))
+        if entry.network:  # the python server's, which it shares with its sandbox guard alone
+            try:
+                network = entry.network.replace("{owner}", self.owner)
+                self.client.api.connect_container_to_network(container.id, network)
+            except docker.errors.APIError:
+                container.remove(force=True)  # not half-made: the next use starts it again
+                raise
         if entry.internet and self.internet_network:
             self.client.networks.get(self.internet_network).connect(container)
         logger.info(f'{{"event": "server_started", "server": "{entry.name}"}}')

@@ -3,7 +3,7 @@ through the protocol's own trace context.
 
 An MCP request carries its caller's W3C trace context in `params._meta`, under `traceparent` and
 `tracestate` (the MCP specification's trace-context convention): no HTTP header of ours. The agent
-adds it to each tool call (research_agent/mcp_tracing.py); here:
+adds it to each tool call (research_agent/tracing/mcp_tracing.py); here:
 
 - the gateway (trace_gateway): a span per tool call, `gateway tools/call {tool}`, with who called
   (`mcp_gateway.client`), the tool, its server and the sha256 it is pinned to, and how the call

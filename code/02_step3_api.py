@@ -1,0 +1,98 @@
+"""Lesson 02, step 3: step 2's agent behind FastAPI, as one JSON answer or as a stream of events.
+
+Run it:  make lesson-02 STEP=3
+The agent is step 2's: code/lesson02/agent.py is code/02_step2_habits.py without its main block.
+"""
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from langchain_core.messages import HumanMessage, ToolMessage
+from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse
+
+from lesson02 import agent as step2
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")  # uvicorn's format
+logger = logging.getLogger("lesson02")
+
+INTERNAL_ERROR_MESSAGE = "Internal server error"  # all a client learns of a crash: it is logged
+TIMED_OUT = {"error": {"type": "timeout", "message": "research took longer than its deadline"}}
+
+
+async def stream(query: str) -> AsyncIterator[tuple[str, dict]]:
+    """The run of `research` as it happens: ("tool", the search) after each search, ("token",
+    {"text"}) for each piece of the answer, then ("final", the answer)."""
+    run, messages = step2.Run(), []
+    updates = step2.agent.astream(
+        {"messages": [HumanMessage(query)]}, context=run, stream_mode=["updates", "messages"]
+    )
+    deadline = asyncio.get_running_loop().time() + step2.REQUEST_TIMEOUT_SECONDS
+    while True:
+        async with asyncio.timeout_at(deadline):  # the run's deadline, not the client's reading
+            update = await anext(updates, None)
+        if update is None:
+            break
+        mode, data = update
+        if mode == "messages":  # a piece of a message, as the model writes it
+            chunk, meta = data
+            if meta["langgraph_node"] == "model" and chunk.text:
+                yield "token", {"text": chunk.text}
+            continue
+        for node_update in data.values():  # "updates": what each node of the loop added, whole
+            for message in (node_update or {}).get("messages", []):
+                messages.append(message)
+                if isinstance(message, ToolMessage):
+                    yield "tool", message.artifact
+    yield "final", step2.result(query, messages, run)
+
+
+class ResearchRequest(BaseModel):
+    query: str = Field(min_length=3, max_length=2000, examples=[step2.QUESTION])
+
+
+app = FastAPI(title="Research agent, lesson 02")
+
+
+@app.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@app.exception_handler(TimeoutError)  # `research` raises it when the run's deadline passes
+async def timed_out(request: Request, exc: TimeoutError) -> JSONResponse:
+    return JSONResponse(TIMED_OUT, status_code=504)
+
+
+@app.post("/v1/research")
+async def research_route(body: ResearchRequest) -> dict:
+    return await step2.research(body.query)
+
+
+@app.post("/v1/research/stream")
+async def research_stream(body: ResearchRequest) -> EventSourceResponse:
+    async def events() -> AsyncIterator[dict]:
+        try:
+            async for name, data in stream(body.query):
+                yield {"event": name, "data": json.dumps(data)}
+        except TimeoutError:
+            yield {"event": "error", "data": json.dumps(TIMED_OUT)}
+        except Exception:  # the 200 is sent already: a failure can only be one more event
+            logger.exception("research stream failed")
+            failed = {"error": {"type": "internal_error", "message": INTERNAL_ERROR_MESSAGE}}
+            yield {"event": "error", "data": json.dumps(failed)}
+        yield {"data": "[DONE]"}
+
+    # Proxies and caches must pass each event on as it comes, not hold the stream back.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return EventSourceResponse(events(), headers=headers)
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host=os.getenv("HOST", "127.0.0.1"), port=int(os.getenv("PORT", "8000")))

@@ -1,0 +1,75 @@
+"""Bounds and access (docs/07, "Bounds and access"): what the gateway (code/07_gateway.py) checks
+before a question is published or an answer read. Who may ask: the Host names in ALLOWED_HOSTS,
+and for what belongs to a student, that student's token. How much: ASKS_PER_MINUTE per student
+(a moving window in Redis, the `limits` library) and MAX_BACKLOG unanswered questions in all."""
+
+import hmac
+
+import redis.asyncio as redis
+from limits import RateLimitItemPerMinute
+from limits.aio.strategies import MovingWindowRateLimiter
+from prometheus_client import Counter
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+
+from lesson07 import contract
+from research_agent import ApiError, error_body, token_hash
+
+REFUSED = Counter("questions_refused_total", "Questions not admitted", ["reason"])
+
+
+async def check_student(r: redis.Redis, student_id: str, token: str | None) -> None:
+    """Only the student's own token reads what belongs to the student."""
+    if token is None:
+        message = "send the student's student_token as `Authorization: Bearer <token>`"
+        raise ApiError(401, "student_token_missing", message, {"WWW-Authenticate": "Bearer"})
+    stored = await r.get(contract.student_key(student_id))
+    if stored is None or not hmac.compare_digest(stored, token_hash(token)):
+        raise ApiError(403, "not_this_student", "this is not the token of that student")
+
+
+async def admit(
+    r: redis.Redis,
+    limiter: MovingWindowRateLimiter,
+    settings: contract.GatewaySettings,
+    student_id: str,
+) -> None:
+    """429 past ASKS_PER_MINUTE for one student, 503 past MAX_BACKLOG unanswered questions."""
+    per_minute = RateLimitItemPerMinute(settings.asks_per_minute)
+    if not await limiter.hit(per_minute, student_id):
+        REFUSED.labels("rate").inc()
+        message = f"at most {settings.asks_per_minute} questions a minute per student"
+        raise ApiError(429, "rate_limited", message, {"Retry-After": "60"})
+    pipe = r.pipeline(transaction=False)
+    topics = [contract.LEARNING, *contract.SPECIALIST_TOPICS.values()]
+    for topic in topics:
+        pipe.xinfo_groups(topic)
+        pipe.xlen(topic)
+    replies = await pipe.execute(raise_on_error=False)
+    backlog = 0
+    for topic, groups, length in zip(topics, replies[::2], replies[1::2], strict=True):
+        group = contract.GROUPS[topic]
+        mine = [g for g in groups if g["name"] == group] if isinstance(groups, list) else []
+        # No group yet (its agent never started): it will read the whole topic.
+        backlog += mine[0]["pending"] + (mine[0].get("lag") or 0) if mine else length
+    if backlog >= settings.max_backlog:
+        REFUSED.labels("backlog").inc()
+        message = f"{backlog} questions are waiting (MAX_BACKLOG is {settings.max_backlog})"
+        raise ApiError(503, "busy", message, {"Retry-After": "5"})
+
+
+class HostCheck:
+    """400 in the error shape for a Host header not in ALLOWED_HOSTS: a page on another site cannot
+    reach the gateway through a DNS name rebound to 127.0.0.1."""
+
+    def __init__(self, app, hosts: set[str]):
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host", "").rsplit(":", 1)[0].strip("[]")
+            if host not in self.hosts:
+                body = error_body("invalid_host", "this Host is not served here")
+                await JSONResponse(body, 400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
