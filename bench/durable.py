@@ -112,7 +112,7 @@ def connections(admin_dsn: str, database: str) -> int:
 
 
 def waiting_runs(dsn: str, admin_dsn: str, database: str) -> dict:
-    server = api(dsn, OFFLINE_TOKEN_DELAY_MS=0, MAX_ACTIVE_RUNS_PER_CALLER=WAITING + 10).start()
+    server = api(dsn, OFFLINE_TOKEN_DELAY_MS=0, MAX_ACTIVE_RUNS_PER_OWNER=WAITING + 10).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             c.post("/v1/runs", json={"query": "What is 1+1?"})  # one run first: warm

@@ -2,7 +2,8 @@
 
 Starts three research agents (`python main.py`, offline model, no token delay, no cache, no rate
 limit), the same code each:
-  no tracing code  research_agent.tracing's configure_tracing and instrument replaced by no-ops:
+  no tracing code  research_agent.tracing.otel's configure_tracing and instrument replaced by
+  no-ops:
                    the service as it was before lesson 09;
   tracing off      as shipped, without OTEL_EXPORTER_OTLP_ENDPOINT;
   tracing on       OTEL_EXPORTER_OTLP_ENDPOINT at a local OTLP collector (http/protobuf, the
@@ -44,9 +45,9 @@ QUERY = {"query": "How do I make a Docker image smaller?"}
 EXPORT_WAIT = 5.5  # past the batch processor's schedule delay (OTEL_BSP_SCHEDULE_DELAY, 5 s)
 WITHOUT_TRACING = """
 import runpy
-import research_agent.tracing
-research_agent.tracing.configure_tracing = lambda *args, **kwargs: None
-research_agent.tracing.instrument = lambda *args, **kwargs: None
+import research_agent.tracing.otel
+research_agent.tracing.otel.configure_tracing = lambda *args, **kwargs: None
+research_agent.tracing.otel.instrument = lambda *args, **kwargs: None
 runpy.run_path("main.py", run_name="__main__")  # main.py as it is, its two tracing calls no-ops
 """
 

@@ -18,7 +18,7 @@ from cachetools import TTLCache
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
-from research_agent.error_shape import INTERNAL_ERROR_MESSAGE, error_body
+from research_agent.web.error_shape import INTERNAL_ERROR_MESSAGE, error_body
 from tests.support.errors import assert_error
 from tests.support.metrics import metric
 
@@ -181,7 +181,7 @@ def test_an_unexpected_error_is_a_500_without_internals(client):
 
 def test_error_body_by_hand_has_the_owners_signature_and_message(prod):
     # Step 2 builds the body by hand, so the learner sees the mechanism; it is still the course's
-    # one error shape: the same parameters as research_agent/error_shape.py's and the same 500
+    # one error shape: the same parameters as research_agent/web/error_shape.py's and the same 500
     # message.
     assert prod.INTERNAL_ERROR_MESSAGE == INTERNAL_ERROR_MESSAGE
     assert inspect.signature(prod.error_body).parameters.keys() == (

@@ -1,5 +1,7 @@
-"""Fixtures for the research agent's tests: settings, app clients and the agent as a process."""
+"""Fixtures for the research agent's tests: settings, app clients and the agent as a process,
+and the lesson's steps (code/02_step*.py)."""
 
+import importlib
 import sys
 from contextlib import contextmanager
 
@@ -7,15 +9,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from research_agent.app import create_app
-from research_agent.settings import Settings
-from support.lessons import AGENT_DIR
+from research_agent.settings import variables
+from support.lessons import AGENT_DIR, ROOT, load_lesson, step_file
 from tests.support.agent import make_settings
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     """Tests start from the defaults, whatever the machine's environment holds."""
-    for name in Settings.model_fields:
+    for name in variables():
         monkeypatch.delenv(name, raising=False)
 
 
@@ -47,3 +49,21 @@ def start_agent(server_process):
         return server_process(script, cwd=AGENT_DIR, ready_path="/ready", **settings)
 
     return start
+
+
+@pytest.fixture
+def load_step(monkeypatch):
+    """load_step(k, **env) -> lesson 02's step k as a fresh module, its settings read from `env`
+    (no token delay unless given). Steps 3 and 4 import step 2's agent, `lesson02.agent`, which
+    reads the environment when imported: it is imported anew too."""
+
+    def load(k: int, **env):
+        monkeypatch.delenv("QUESTION", raising=False)  # steps 1 and 2 ask it when run
+        for name, value in {"OFFLINE_TOKEN_DELAY_MS": 0, **env}.items():
+            monkeypatch.setenv(name, str(value))
+        monkeypatch.delitem(sys.modules, "lesson02.agent", raising=False)
+        # `from lesson02 import agent` also finds it as an attribute of the package.
+        monkeypatch.delattr(importlib.import_module("lesson02"), "agent", raising=False)
+        return load_lesson(step_file("02", k).relative_to(ROOT).as_posix())
+
+    return load

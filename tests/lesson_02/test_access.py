@@ -1,5 +1,5 @@
-"""API keys, rate limits, stream caps and the token budget (research_agent/auth.py,
-research_agent/quotas.py).
+"""API keys, rate limits, stream caps and the token budget (research_agent/access/keys.py,
+research_agent/access/quotas.py).
 
 Limits shared through Redis are tested against a real redis-server, with two app instances where the
 point is that replicas share one budget. Waits are bounded polls for a window to end, never timings.
@@ -15,8 +15,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from research_agent.auth import ApiKeyConfigError, ApiKeys, fingerprint
-from research_agent.quotas import RedisSlots
+from research_agent.access.keys import ApiKeyConfigError, ApiKeys, fingerprint
+from research_agent.access.quotas import RedisSlots
 from support.lessons import AGENT_DIR
 from support.waiting import wait_for
 from tests.support.agent import make_settings
@@ -432,7 +432,7 @@ def test_racing_replicas_never_get_more_slots_than_the_cap(fresh_redis):
 def test_the_stream_cap_in_one_process(client_for):
     with client_for(MAX_STREAMS_PER_CALLER=1) as client:
         quotas = client.app.state.quotas
-        from research_agent.auth import Caller
+        from research_agent.access.keys import Caller
 
         async def hold_a_slot_and_ask():
             async with quotas.stream_slot(Caller("addr:testclient")):
@@ -459,7 +459,7 @@ def test_redis_down_local_mode_counts_in_this_process(client_for, fresh_redis, c
         answers = [client.post("/v1/research", json=QUERY).status_code for _ in range(4)]
         assert answers == [200, 200, 200, 429]
         assert metric(client, "research_limits_degraded") == 1
-    warnings = [r.getMessage() for r in caplog.records if r.name == "research_agent.quotas"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "research_agent.access.quotas"]
     assert warnings.count("redis unavailable, limits counted in this process only") == 1
 
 
@@ -483,7 +483,7 @@ def test_redis_down_closed_mode_answers_503(client_for, fresh_redis, caplog):
         # The key is still checked first, and /ready does not depend on the limits.
         assert client.post("/v1/research", json=QUERY).status_code == 401
         assert client.get("/ready").status_code == 200
-    warnings = [r.getMessage() for r in caplog.records if r.name == "research_agent.quotas"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "research_agent.access.quotas"]
     assert warnings == ["redis unavailable, limits cannot be checked: /v1 answers 503"]
 
 

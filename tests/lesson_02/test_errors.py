@@ -3,8 +3,8 @@
 import pytest
 
 from research_agent.api import get_agent
-from research_agent.errors import UpstreamError, UpstreamTimeoutError
 from research_agent.schemas import MAX_QUERY_CHARS
+from research_agent.web.errors import UpstreamError, UpstreamTimeoutError
 from tests.support.errors import assert_error
 from tests.support.sse import json_events, parse_sse
 
@@ -189,11 +189,28 @@ def test_whole_request_timeout_is_504(client_for, monkeypatch):
 
 
 def test_the_error_body_and_the_internal_error_message_have_one_owner():
-    # research_agent/error_shape.py owns both; research_agent/errors.py (and through it the
+    # research_agent/web/error_shape.py owns both; research_agent/web/errors.py (and through it the
     # middleware and the stream) uses them, so a 500 says the same from a handler, the middleware
     # and an SSE error event.
-    from research_agent import error_shape, errors
+    from research_agent.web import error_shape, errors
 
     assert errors.error_body is error_shape.error_body
     assert errors.INTERNAL_ERROR == (500, "internal_error", error_shape.INTERNAL_ERROR_MESSAGE)
     assert error_shape.INTERNAL_ERROR_MESSAGE == "Internal server error"
+
+
+@pytest.mark.parametrize(
+    "length",
+    [b"\xb2", b"1" * 5000, b"-1", b"1e3"],
+    ids=["superscript-two", "5000-digits", "negative", "exponent"],
+)
+def test_a_content_length_that_is_not_a_number_is_a_400(client, length):
+    """uvicorn refuses these itself; another server might pass them on, and the body limit reads
+    Content-Length with the parser every header number goes through (web/header_numbers.py)."""
+    response = client.post(
+        "/v1/research",
+        content=b'{"query": "q"}',
+        headers={"content-type": "application/json", "content-length": length},
+    )
+    error = assert_error(response, 400, "invalid_header")
+    assert "Content-Length" in error["message"]

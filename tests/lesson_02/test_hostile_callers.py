@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 from redis import Redis
 
-from research_agent.auth import fingerprint
+from research_agent.access.keys import fingerprint
 from research_agent.settings import Settings
 from support.lessons import AGENT_DIR
 from support.server import offline_environment

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from research_agent.auth import ApiKeyConfigError, ApiKeys, fingerprint
+from research_agent.access.keys import ApiKeyConfigError, ApiKeys, fingerprint
 from support.waiting import wait_for
 from tests.support.agent import make_settings
 
@@ -91,7 +91,7 @@ def test_x_forwarded_for_names_the_caller_only_behind_a_trusted_proxy(
 
 
 def test_a_huge_url_is_a_414_and_the_log_keeps_a_bounded_path(client, caplog):
-    caplog.set_level("INFO", logger="research_agent.middleware")
+    caplog.set_level("INFO", logger="research_agent.web.middleware")
     answer = client.get("/health?pad=" + "x" * 10_000)
     assert answer.status_code == 414, answer.status_code
     assert answer.json()["error"]["type"] == "uri_too_long"

@@ -10,8 +10,7 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from research_agent.python_tool import sandbox_tools
-from research_agent.tools import build_agent
+from research_agent.tools import build_agent, optional_tools
 from tests.support.agent import make_settings
 
 
@@ -46,7 +45,7 @@ def research(**settings) -> str:
 
 
 def test_off_by_default_the_agent_has_only_its_search_tool():
-    assert sandbox_tools(make_settings(), lambda: "-") == []
+    assert optional_tools(make_settings()) == []
     assert research().startswith("tools: search_docs |")
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from research_agent.settings import Settings
+from research_agent.settings import variables
 from support.lessons import AGENT_DIR
 
 OPTIONAL = ["docker", "ddgs", "langchain_community", "langchain_openai", "openai"]
@@ -27,7 +27,7 @@ print(json.dumps(sorted(name for name in {OPTIONAL!r} if name in sys.modules)))
 
 
 def loaded_at_start(**env: str) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
+    clean = {k: v for k, v in os.environ.items() if k not in variables()}
     result = subprocess.run(
         [sys.executable, "-c", PROBE],
         cwd=AGENT_DIR,

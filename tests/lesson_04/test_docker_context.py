@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from lesson05.docker_workers import DockerWorkers
-from research_agent.docker_client import docker_client
-from research_agent.sandbox import SandboxConfig, SandboxRunner
+from research_agent.sandbox.docker_client import docker_client
+from research_agent.sandbox.runner import SandboxConfig, SandboxRunner
 from tests.support.sandbox_api import containers
 
 pytestmark = pytest.mark.container

@@ -9,6 +9,7 @@ code in it is a stdlib client like any run's code, or a raw socket where an atta
 
 import contextlib
 import ipaddress
+import json
 import secrets
 import socket
 import textwrap
@@ -120,6 +121,55 @@ def test_a_host_off_the_list_gets_a_403_that_says_why(lab, runtime):
     assert not [entry for entry in lab.upstream_log() if entry["host"] == REFUSED]
 
 
+def test_only_http_to_80_and_https_through_connect_to_443_pass(lab, runtime):
+    """A request that is not a CONNECT names its scheme and port, and Squid would speak that
+    scheme itself to any port of an allowed name: TLS to 8443, FTP to 2121, WHOIS to 43, with the
+    credential header for a credential host. Each is a 403 that says why, and nothing is
+    connected (before, each was a 502: the proxy had tried)."""
+    run = egress.new_run()
+    result = lab.sandbox(
+        f"""
+        report(https_port=proxy_request("https://{ALLOWED}:8443/"),
+               https=proxy_request("https://{ALLOWED}/"),
+               credential_port=proxy_request("https://{API}:8443/"),
+               ftp=proxy_request("ftp://{ALLOWED}:2121/"),
+               ftp_80=proxy_request("ftp://{ALLOWED}:80/"),
+               whois=proxy_request("whois://{ALLOWED}/"),
+               # inside a tunnel the proxy decrypts, an absolute URL names its own port and scheme
+               inside_port=connect("{API}:443", sni="{API}", path="https://{API}:8443/"),
+               inside_ftp=connect("{API}:443", sni="{API}", path="ftp://{API}:443/"),
+               inside=connect("{API}:443", sni="{API}", path="https://{API}/{run}"),
+               http=proxy_request("http://{ALLOWED}/"))
+        """,
+        run=run,
+        runtime=runtime,
+    )
+    reasons = {
+        "https_port": "https-only-through-connect",
+        "https": "https-only-through-connect",
+        "credential_port": "https-only-through-connect",
+        "ftp": "scheme-not-allowed",
+        "ftp_80": "scheme-not-allowed",
+        "whois": "scheme-not-allowed",
+    }
+    for name, reason in reasons.items():
+        assert result[name].get("status") == 403, (name, result[name])
+        assert f"Reason: {reason}" in result[name]["body"], (name, result[name])
+    assert " 403 Forbidden" in result["inside_port"]["reply"], result["inside_port"]
+    assert "Reason: port-not-allowed" in result["inside_port"]["reply"], result["inside_port"]
+    assert "Reason: scheme-not-allowed" in result["inside_ftp"]["reply"], result["inside_ftp"]
+    # The controls: https to 443 inside the decrypted tunnel, and plain http to 80, pass.
+    assert " 200 OK" in result["inside"]["reply"], result["inside"]
+    assert result["http"]["status"] == 200, result["http"]
+
+    refused = lines(lab, run, decision="refused")
+    assert sorted(line["reason"] for line in refused) == sorted(
+        [*reasons.values(), "port-not-allowed", "scheme-not-allowed"]
+    ), refused
+    assert not [line for line in lab.proxy_log(run) if line.get("status") in ("502", "503")]
+    assert [e["path"] for e in lab.upstream_log()].count(f"/{run}") == 1
+
+
 def test_the_tls_server_name_must_be_the_connect_host(lab, runtime):
     run = egress.new_run()
     result = lab.sandbox(
@@ -182,6 +232,115 @@ def test_an_address_is_refused_even_when_an_allowed_name_has_it(lab, runtime):
         ]
     )
     assert b"hello from" in reach.output, reach.output
+
+
+# In the proxy's container: ask its resolver (resolver.py, on 127.0.0.1:53) for A records, over
+# UDP and TCP, as Squid does.
+ASK_RESOLVER = r"""
+import json, socket, struct, sys
+
+def skip(message, at):
+    while message[at]:
+        if message[at] & 0xC0 == 0xC0:
+            return at + 2
+        at += 1 + message[at]
+    return at + 1
+
+def addresses(reply):
+    answers, at = struct.unpack("!H", reply[6:8])[0], skip(reply, 12) + 4
+    found = []
+    for _ in range(answers):
+        at = skip(reply, at)
+        kind, _, _, length = struct.unpack("!HHIH", reply[at:at + 10])
+        if kind == 1:
+            found.append(socket.inet_ntoa(reply[at + 10:at + 14]))
+        at += 10 + length
+    return found
+
+def ask(name, tcp):
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    query = bytes.fromhex("beef01000001000000000000") + labels + b"\0\0\1\0\1"
+    if tcp:
+        with socket.create_connection(("127.0.0.1", 53), timeout=10) as sock:
+            sock.sendall(struct.pack("!H", len(query)) + query)
+            reply = sock.makefile("rb")
+            return addresses(reply.read(struct.unpack("!H", reply.read(2))[0]))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.sendto(query, ("127.0.0.1", 53))
+        return addresses(sock.recv(4096))
+
+print(json.dumps({f"{name} {tcp}": ask(name, tcp) for name in sys.argv[1:] for tcp in (0, 1)}))
+"""
+
+
+def test_squids_resolver_hands_it_no_blocked_address(lab):
+    """What Squid gets when it resolves: an allowed public name as it is; a name whose answer is
+    private, a stand-in that the policy refuses and no connection can reach (224.0.0.0)."""
+    asked = lab.proxy.exec_run(["python3", "-c", ASK_RESOLVER, ALLOWED, INWARD])
+    assert asked.exit_code == 0, asked.output
+    answers = json.loads(asked.output)
+    assert answers == {
+        f"{ALLOWED} 0": [lab.fake_ip],
+        f"{ALLOWED} 1": [lab.fake_ip],
+        f"{INWARD} 0": ["224.0.0.0"],
+        f"{INWARD} 1": ["224.0.0.0"],
+    }, answers
+
+
+@pytest.fixture(scope="module")
+def busy_lab():
+    """A lab whose runs may make many thousands of requests."""
+    egress.build_images()
+    lab = egress.EgressLab(max_bytes=2_000_000_000, max_requests=1_000_000)
+    yield lab
+    lab.close()
+
+
+REBINDING = """
+import threading, time
+url = "http://{name}/"
+first = fetch(url)  # Squid resolves the name: the fake internet's (public) address
+# Squid keeps an answer at least negative_dns_ttl (60 s), whatever its TTL, then asks again:
+# perhaps after the check of a request and before its connect. Twelve clients keep requests
+# going across that moment (the answer expires at a whole second, 59 or 60 s from now).
+start = int(time.time()) + 58
+time.sleep(max(0, start - time.time()))
+statuses, lock = {{}}, threading.Lock()
+
+def client():
+    while time.time() < start + 5:
+        status = str(fetch(url, timeout=10).get("status"))
+        with lock:
+            statuses[status] = statuses.get(status, 0) + 1
+
+clients = [threading.Thread(target=client) for _ in range(12)]
+for thread in clients:
+    thread.start()
+for thread in clients:
+    thread.join()
+report(first=first, statuses=statuses)
+"""
+
+
+def test_a_name_that_turns_private_between_check_and_connect_is_never_connected_to(busy_lab):
+    """DNS rebinding: rebind-*.allowed.test is allowed, and answers the fake internet's address
+    first, then the private service's. Squid refuses a private answer at its check, but connects
+    with a later lookup when the cached answer expired in between: before its resolver replaced
+    private answers, requests checked against the public address reached the private service.
+    (Under runc only: the lookups are the proxy's, whatever runs the sandbox.)"""
+    lab, run = busy_lab, egress.new_run()
+    name = f"rebind-{uuid.uuid4().hex[:8]}.allowed.test"
+    result = lab.sandbox(REBINDING.format(name=name), run=run, timeout=300)
+    assert result["first"]["body"] == f"hello from {name} over http\n", result
+    assert [e["host"] for e in lab.upstream_log()].count(name) >= 1  # the public server
+    # The answer changed, and Squid asked again and saw it: it refused from then on...
+    assert lab.dns_log("0001").count(name) >= 2, lab.dns_log()
+    refused = lines(lab, run, decision="refused", reason="host-resolves-to-blocked-network")
+    assert refused and result["statuses"].get("403"), (result["statuses"], lab.proxy_log(run)[-5:])
+    # ...and no request, however it straddled the moment, reached the private service.
+    assert [e for e in lab.upstream_log(lab.inward) if e["host"] == name] == [], result
+    print(f"rebinding: {result['statuses']} (status: requests)")
 
 
 def gateway(network) -> str:

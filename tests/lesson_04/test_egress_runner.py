@@ -1,6 +1,6 @@
 """Egress through the runner: SANDBOX_EGRESS=allowlist on lesson 04's API, attacked by the code a
 run sends to /v1/tools/python. The runner starts its own egress proxy and internal network (the
-Docker SDK, research_agent/sandbox_egress.py); the "internet" is the fake one (support/egress.py),
+Docker SDK, research_agent/sandbox/egress.py); the "internet" is the fake one (support/egress.py),
 on a network of its own that is the proxy's way out.
 
 Each exfiltration attempt asserts what the sandbox got and what the proxy and the upstream saw;
@@ -10,17 +10,20 @@ one (attached to the egress network only when taken), and to a pooled one under 
 where `make gvisor` registered it. Marker `container`: `make sandbox-test`.
 """
 
+import contextlib
 import json
 import re
 import secrets
 import shutil
 import tempfile
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
+from research_agent.sandbox.egress import RUN_LABEL
 from support import egress
 from support.egress import ALLOWED, API, NAMES, OTHER_ALLOWED, REFUSED, SANDBOX_IMAGE
 from support.waiting import wait_for
@@ -124,9 +127,9 @@ def proxy(engine, server):
     return engine.containers.get(f"{server.owner}-egress-proxy")
 
 
-def sandbox_run(server, code: str) -> tuple[dict, str]:
+def sandbox_run(server, code: str, request_id: str | None = None) -> tuple[dict, str]:
     """Run PROBES + code through the API; return what it reported, and its egress run id."""
-    request_id = f"exfil-{uuid.uuid4().hex[:10]}"
+    request_id = request_id or f"exfil-{uuid.uuid4().hex[:10]}"
     response = server.http.post(
         "/v1/tools/python",
         json={"code": egress.PROBES + textwrap.dedent(code)},
@@ -141,14 +144,23 @@ def sandbox_run(server, code: str) -> tuple[dict, str]:
     return json.loads(result["stdout"].strip().splitlines()[-1]), found[0]
 
 
-def proxy_log(engine, server, run: str, **match: str) -> list[dict]:
-    lines = proxy(engine, server).logs(stdout=True, stderr=False).decode().splitlines()
-    parsed = [egress.parse_log_line(line) for line in lines if line.startswith("egress ")]
-    return [
-        line
-        for line in parsed
-        if line.get("run") == run and all(line.get(k) == v for k, v in match.items())
-    ]
+def proxy_log(engine, server, run: str, at_least: int = 1, **match: str) -> list[dict]:
+    """The proxy's log lines of `run` that match, once there are `at_least` (or after 30 s). The
+    answer comes as the program ends; the proxy logs a CONNECT when its connection closes, which
+    may be a moment later (under gVisor, its network stack closes it)."""
+
+    def found() -> list[dict]:
+        lines = proxy(engine, server).logs(stdout=True, stderr=False).decode().splitlines()
+        parsed = [egress.parse_log_line(line) for line in lines if line.startswith("egress ")]
+        return [
+            line
+            for line in parsed
+            if line.get("run") == run and all(line.get(k) == v for k, v in match.items())
+        ]
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: len(found()) >= at_least, timeout=30, what="the proxy's log lines")
+    return found()
 
 
 def upstream_log(outside) -> list[dict]:
@@ -194,7 +206,14 @@ def test_an_allowed_host_answers_and_a_refused_one_gets_a_403_both_logged(server
 def test_a_pooled_sandbox_has_no_network_until_a_run_takes_it(server, engine):
     if server.mode != "pooled":
         pytest.skip("the pool is off on this API")
-    (waiting,) = wait_for(lambda: list(idle_pooled(engine, server.owner).values()), timeout=90)
+
+    def the_one_waiting() -> list:
+        # An earlier case's container, removed just after its answer, may still carry the pool's
+        # label a moment: wait until the waiting one is all there is.
+        idle = list(idle_pooled(engine, server.owner).values())
+        return idle if len(idle) == len(containers(engine, server.owner, "pool")) == 1 else []
+
+    (waiting,) = wait_for(the_one_waiting, timeout=90)
     waiting.reload()
     assert list(waiting.attrs["NetworkSettings"]["Networks"]) == ["none"]
     expected = "runsc-net" if server.runtime == "runsc" else "runc"
@@ -202,6 +221,94 @@ def test_a_pooled_sandbox_has_no_network_until_a_run_takes_it(server, engine):
     result, _ = sandbox_run(server, f'report(r=fetch("http://{ALLOWED}/"), host=os.uname()[1])')
     assert result["host"] == waiting.id[:12]  # this run was served by that container
     assert result["r"]["status"] == 200, result
+
+
+LISTEN_PORT = 8765
+TO_LISTENER = (
+    "import socket, sys; "
+    "socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(sys.argv[1].encode())"
+)
+
+
+def test_two_runs_at_once_cannot_reach_each_other(server, engine):
+    """One run listens on a port; a second run, going at the same time, connects to its address
+    and sends a line. Each run's container is on a network of its own with the proxy: the
+    connection finds no route, nothing arrives, and both still reach the proxy. (When every run
+    shared one network, the bytes arrived, unlogged.)"""
+    listener_id = f"listen-{uuid.uuid4().hex[:10]}"
+    listener_code = f"""
+        import socket
+        srv = socket.create_server(("0.0.0.0", {LISTEN_PORT}))
+        srv.settimeout(45)
+        received = []
+        try:
+            while True:  # until the test says stop, from inside this container
+                conn, peer = srv.accept()
+                conn.settimeout(5)
+                data = conn.recv(100)
+                conn.close()
+                if peer[0] == "127.0.0.1":
+                    if data == b"stop":
+                        break
+                    continue  # the test's "are you listening?"
+                received.append([peer[0], data.decode(errors="replace")])
+        except OSError as error:
+            received.append(["-", type(error).__name__])
+        report(received=received, proxy=fetch("http://{ALLOWED}/"))
+        """
+    answer: dict = {}
+
+    def listen() -> None:
+        answer["listener"] = sandbox_run(server, listener_code, request_id=listener_id)
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    try:
+        (run,) = wait_for(
+            lambda: re.findall(rf"run {listener_id}: egress as (\S+)", server.logs()),
+            timeout=90,
+            what="the listening run's container",
+        )
+        (container,) = wait_for(
+            lambda: engine.containers.list(filters={"label": f"{RUN_LABEL}={run}"}),
+            timeout=60,
+            what="the listening run's container to start",
+        )
+        # A line to the listener from inside its own container, on its loopback.
+        to_listener = ["python", "-c", TO_LISTENER.format(port=LISTEN_PORT)]
+        wait_for(
+            lambda: container.exec_run([*to_listener, "ping"]).exit_code == 0,
+            timeout=60,
+            what="the run to listen",
+        )
+        container.reload()
+        (address,) = [
+            settings["IPAddress"]
+            for settings in container.attrs["NetworkSettings"]["Networks"].values()
+            if settings["IPAddress"]
+        ]
+        connector, _ = sandbox_run(
+            server,
+            f"""
+            try:
+                sock = socket.create_connection(("{address}", {LISTEN_PORT}), timeout=5)
+                sock.sendall(b"hello from another run")
+                sock.close()
+                sent = "sent"
+            except OSError as error:
+                sent = f"{{type(error).__name__}}: {{error}}"
+            report(sent=sent, proxy=fetch("http://{ALLOWED}/"))
+            """,
+        )
+        container.exec_run([*to_listener, "stop"])
+    finally:
+        thread.join(timeout=120)
+    listener, _ = answer["listener"]
+    assert listener["received"] == [], listener
+    # Not refused either (a refusal would come from the listener's own kernel): no route at all.
+    assert connector["sent"] != "sent" and "Refused" not in connector["sent"], connector
+    assert listener["proxy"]["status"] == 200 and connector["proxy"]["status"] == 200
+    print(f"two runs: the listener got {listener['received']}; the other: {connector['sent']}")
 
 
 # --- exfiltration attempts -----------------------------------------------------------------------
@@ -269,7 +376,7 @@ def test_an_allowed_host_written_as_its_address_is_refused(server, engine, outsi
     )
     assert "Reason: ip-address-not-a-name" in result["http"]["body"], result
     assert "Reason: ip-address-not-a-name" in result["connect"]["reply"], result
-    assert len(proxy_log(engine, server, run, reason="ip-address-not-a-name")) == 2
+    assert len(proxy_log(engine, server, run, 2, reason="ip-address-not-a-name")) == 2
 
 
 def test_the_proxy_admin_pages_and_other_ports_are_closed(server, engine):
@@ -286,6 +393,25 @@ def test_the_proxy_admin_pages_and_other_ports_are_closed(server, engine):
     assert "Reason: proxy-admin-interface" in result["manager"]["body"], result
     assert result["open"] == [] and result["proxy"] == "connected", result
     assert proxy_log(engine, server, run, reason="proxy-admin-interface")
+
+
+def test_a_scheme_or_port_other_than_http_80_and_connect_443_is_refused(server, engine):
+    """A plain request to the proxy names its scheme: Squid would speak TLS, FTP or WHOIS itself
+    to any port of an allowed name (before: 502/503, the proxy had tried)."""
+    result, run = sandbox_run(
+        server,
+        f"""
+        report(https=proxy_request("https://{ALLOWED}:8443/"),
+               ftp=proxy_request("ftp://{ALLOWED}:2121/"),
+               whois=proxy_request("whois://{ALLOWED}/"))
+        """,
+    )
+    assert "Reason: https-only-through-connect" in result["https"]["body"], result
+    for name in ("ftp", "whois"):
+        assert "Reason: scheme-not-allowed" in result[name]["body"], result
+    assert {result[name]["status"] for name in result} == {403}, result
+    reasons = [line["reason"] for line in proxy_log(engine, server, run, decision="refused")]
+    assert sorted(reasons) == ["https-only-through-connect", *["scheme-not-allowed"] * 2]
 
 
 def test_the_host_metadata_redis_and_the_agent_are_out_of_reach(server, engine):

@@ -22,9 +22,9 @@ import pytest
 import requests
 from docker.errors import APIError
 
-from research_agent.sandbox import LABEL, SandboxConfig, SandboxRunner, remove
-from research_agent.sandbox_pool import POOL_REQUEST_ID, ContainerPool
-from research_agent.sandbox_sweep import Sweeper
+from research_agent.sandbox.pool import POOL_REQUEST_ID, ContainerPool
+from research_agent.sandbox.runner import LABEL, SandboxConfig, SandboxRunner, remove
+from research_agent.sandbox.sweep import Sweeper
 from support.waiting import wait_for
 from tests.support.sandbox_api import (
     RESULT_FIELDS,
@@ -52,7 +52,7 @@ def api_settings() -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def pool_ready(request, server, engine):
     """Every case starts with a full pool, and shows the API's log if it fails."""
-    wait_for(lambda: len(idle(engine, server)) == POOL_SIZE, timeout=60, what="a full pool")
+    wait_for(lambda: full_pool(engine, server), timeout=60, what="a full pool")
     yield
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
@@ -64,6 +64,12 @@ def pool_ready(request, server, engine):
 
 def idle(engine, server: Server) -> dict[str, object]:
     return idle_pooled(engine, server.owner)
+
+
+def full_pool(engine, server: Server) -> bool:
+    """The pool full, and nothing else left: a container that served a run is removed just after
+    its answer, and may still be running a moment, pool label and all."""
+    return len(idle(engine, server)) == len(containers(engine, server.owner)) == POOL_SIZE
 
 
 def run_json(server: Server, code: str) -> dict:
@@ -121,8 +127,13 @@ def test_a_process_left_running_by_one_run_is_gone(server, engine):
     assert first["host"] != second["host"]
     assert not any("sleep(600)" in line for line in second["cmdlines"]), second["cmdlines"]
     assert len(second["cmdlines"]) <= 3  # the watchdog, this program, nothing else
-    # On the host: the first run's container, and the process in it, no longer exist.
-    assert all(not c.id.startswith(first["host"]) for c in containers(engine, server.owner))
+    # On the host: the first run's container, and the process in it, no longer exist (it is
+    # removed just after the answer, off the run's path).
+    wait_for(
+        lambda: all(not c.id.startswith(first["host"]) for c in containers(engine, server.owner)),
+        timeout=30,
+        what="the first run's container gone",
+    )
 
 
 def test_environment_changes_do_not_carry_over(server):
@@ -145,14 +156,28 @@ def test_no_pooled_container_holds_anything_of_an_earlier_run(server, engine):
     served = [run_json(server, "print(json.dumps(seen))") for _ in range(2 * POOL_SIZE)]
     hosts, uids = {s["host"] for s in served}, {s["uid"] for s in served}
     assert len(hosts) == len(served) and len(uids) == len(served)  # one container, one uid each
+    # Each served container is removed just after its answer (off the run's path): none is left.
+    wait_for(
+        lambda: not {c.id[:12] for c in containers(engine, server.owner)} & hosts,
+        timeout=30,
+        what="the containers that served a run removed",
+    )
     wait_for(lambda: len(idle(engine, server)) == POOL_SIZE, timeout=60, what="a full pool")
     for short_id, container in idle(engine, server).items():
         container.reload()
         assert short_id not in hosts  # never served a run: each served container was removed
         assert int(container.attrs["Config"]["User"].split(":")[0]) not in uids
-        processes = container.top()["Processes"]
-        assert len(processes) == 1, processes  # the watchdog alone: it has run nothing yet
-        assert "python -I -c" in processes[0][-1]
+
+        # The watchdog, and the interpreter it started ahead, waiting for a program on its pipe:
+        # nothing of a run has reached it yet.
+        def processes(container=container) -> list[str]:
+            return sorted(process[-1] for process in container.top()["Processes"])
+
+        # (The watchdog may still be starting it as the pool takes the container in.)
+        wait_for(lambda: len(processes()) == 2, timeout=30, what="the interpreter started")
+        found = processes()
+        assert any(line.startswith("python -I -c") for line in found), found  # the watchdog
+        assert any(line.endswith("python -I -u -") for line in found), found  # the interpreter
     # And none of the containers that served a run exists any more.
     left = {c.id[:12] for c in containers(engine, server.owner)}
     assert not left & hosts

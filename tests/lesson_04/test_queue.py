@@ -6,13 +6,13 @@ import threading
 
 import pytest
 
-from research_agent.sandbox import SandboxConfig, SandboxRunner
-from research_agent.sandbox_admission import (
+from research_agent.sandbox.admission import (
     QueuedRunner,
     RunAbandoned,
     SandboxBusy,
     SandboxShuttingDown,
 )
+from research_agent.sandbox.runner import SandboxConfig, SandboxRunner
 
 
 class HeldSandbox(SandboxRunner):

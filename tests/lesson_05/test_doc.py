@@ -11,7 +11,9 @@ SOURCES = [
     *sorted((ROOT / "code" / "lesson05").glob("*.py")),
 ]
 API = "\n".join(path.read_text(encoding="utf-8") for path in SOURCES)
-WORKER = (ROOT / "research-agent" / "research_agent" / "worker.py").read_text(encoding="utf-8")
+WORKER = (ROOT / "research-agent" / "research_agent" / "worker" / "worker.py").read_text(
+    encoding="utf-8"
+)
 AGENT_EVENTS = {"token", "tool", "final"}  # ResearchAgent.stream names, passed on unchanged
 
 

@@ -18,8 +18,8 @@ import redis
 
 from lesson05 import redis_access
 from lesson05.store import Runs, redis_clients
-from research_agent import worker
-from research_agent.job import ExitCode, warm_queue_key
+from research_agent.worker import worker
+from research_agent.worker.job import ExitCode, warm_queue_key
 from support.waiting import wait_for
 from tests.support.redis import RedisServer
 from tests.support.variations import auth, by_variation, read_events, start_run

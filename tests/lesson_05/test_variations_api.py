@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from lesson05.store import id_tuple, run_key
-from research_agent.job import events_key, variation_key
+from research_agent.worker.job import events_key, variation_key
 from support.waiting import wait_for
 from tests.support.variations import HOSTILE, auth, by_variation, cancel, read_events, start_run
 

@@ -14,8 +14,14 @@ import httpx
 import pytest
 import redis
 
-from research_agent import worker
-from research_agent.job import ExitCode, Job, warm_queue_key, warm_ready_key, worker_events_key
+from research_agent.worker import worker
+from research_agent.worker.job import (
+    ExitCode,
+    Job,
+    warm_queue_key,
+    warm_ready_key,
+    worker_events_key,
+)
 from support.waiting import wait_for
 from tests.support.variation_workers import NO_DOCS  # the bundled notes only
 from tests.support.variations import auth, by_variation, cancel, read_events, start_run

@@ -1,5 +1,6 @@
-"""The worker entry point (research-agent/research_agent/worker.py), run in-process against a real
-Redis, and the offline model's variations: visibly different answers, the same answer every time."""
+"""The worker entry point (research-agent/research_agent/worker/worker.py), run in-process against a
+real Redis, and the offline model's variations: visibly different answers, the same answer every
+time."""
 
 import asyncio
 import json
@@ -8,11 +9,11 @@ import pytest
 import redis
 
 from lesson05.presets import PRESETS
-from research_agent import worker
 from research_agent.agent import ResearchAgent
-from research_agent.job import ExitCode, worker_events_key
 from research_agent.settings import Settings
-from research_agent.styles import StyledOfflineModel
+from research_agent.worker import worker
+from research_agent.worker.job import ExitCode, worker_events_key
+from research_agent.worker.styles import StyledOfflineModel
 from support.ports import free_port
 from tests.support.variation_workers import NO_DOCS  # the bundled notes only
 

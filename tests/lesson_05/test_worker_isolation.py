@@ -21,7 +21,7 @@ import redis.asyncio
 
 from lesson05.redis_access import WorkerUsers, server_args
 from lesson05.store import Runs
-from research_agent.job import events_key, variation_key, warm_queue_key, worker_events_key
+from research_agent.worker.job import events_key, variation_key, warm_queue_key, worker_events_key
 from support.waiting import wait_for
 from tests.support.redis import RedisServer
 from tests.support.variations import auth, by_variation, read_events, start_run

@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from research_agent.errors import UpstreamError
 from research_agent.tools import build_agent
+from research_agent.web.errors import UpstreamError
 from support.mcp_servers import gateway
 from tests.support.agent import make_settings
 from tests.support.mcp_clients import log_lines

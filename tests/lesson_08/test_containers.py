@@ -34,7 +34,7 @@ CLIENT = REPO / "code" / "08_mcp_client.py"
 PROJECT = "lesson08test" + hashlib.sha256(str(REPO).encode()).hexdigest()[:6]
 AGENT_PORT, MCP_PORT = free_port(), free_port()
 SECRET = "sk-agent-key-that-no-tool-may-see"
-SANDBOX_UIDS = range(1_500_000_000, 1_501_000_000)  # lesson 04's (research_agent/sandbox_config.py)
+SANDBOX_UIDS = range(1_500_000_000, 1_501_000_000)  # lesson 04's (research_agent/sandbox/config.py)
 
 
 def composes() -> list[list[str]]:
@@ -62,6 +62,14 @@ def leftovers(project: str = PROJECT) -> list[str]:
 
 def labelled(label: str, project: str = PROJECT) -> list[str]:
     return sh("docker", "ps", "-aq", "--filter", f"label={label}={project}").stdout.split()
+
+
+def labelled_server(name: str, project: str = PROJECT) -> list[str]:
+    """The running container of the catalog server `name` the project's gateway started."""
+    return sh(
+        "docker", "ps", "-q", "--filter", f"label=lesson08.owner={project}",
+        "--filter", f"label=lesson08.server={name}",
+    ).stdout.split()  # fmt: skip
 
 
 def project_env(project: str, agent_port: int, mcp_port: int) -> dict:
@@ -142,6 +150,9 @@ def test_lesson_08_in_compose(compose, tmp_path):
         assert labelled("lesson08.owner") == []
 
         check_run_python()
+        # The notes server, started by a call of its own: the sandbox guard is out of its reach.
+        assert not call("search_notes", {"query": "multi-stage build"}).isError
+        check_the_sandbox_guard_is_out_of_reach()
 
         answer = httpx.post(
             f"http://127.0.0.1:{AGENT_PORT}/v1/research",
@@ -232,7 +243,8 @@ def check_run_python() -> None:
     ).stdout.split()  # fmt: skip
     info = json.loads(sh("docker", "inspect", python).stdout)[0]
     assert info["HostConfig"]["ReadonlyRootfs"] and info["HostConfig"]["CapDrop"] == ["ALL"]
-    assert list(info["NetworkSettings"]["Networks"]) == [f"{PROJECT}_tools"]
+    # The tools network, and the one it shares with its guard alone.
+    assert set(info["NetworkSettings"]["Networks"]) == {f"{PROJECT}_tools", f"{PROJECT}_sandbox"}
     assert info["Mounts"] == [] and info["Config"]["User"] == "65534:65534"
     # Its guard creates nothing but lesson 04's sandbox: a privileged container is refused.
     escape = (
@@ -242,6 +254,43 @@ def check_run_python() -> None:
     )
     refused = sh("docker", "exec", python, "python", "-c", escape, check=False)
     assert "refused by the lesson 08 Docker guard" in refused.stderr, refused.stderr
+
+
+GUARD_PROBE = """
+import json, socket, sys
+found = {}
+try:
+    socket.getaddrinfo("sandbox-guard", 2375)
+    found["name"] = "resolved"
+except OSError as error:
+    found["name"] = type(error).__name__
+for address in sys.argv[1:]:
+    try:
+        socket.create_connection((address, 2375), timeout=3).close()
+        found[address] = "connected"
+    except OSError as error:
+        found[address] = type(error).__name__
+print(json.dumps(found))
+"""
+
+
+def check_the_sandbox_guard_is_out_of_reach() -> None:
+    """From the notes server's container (a tool server like the python server, on the same
+    tools network) the sandbox guard is unreachable: its name does not resolve, and none of its
+    addresses has a route."""
+    (notes,) = labelled_server("notes")
+    (guard,) = sh(
+        "docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
+        "--filter", "label=com.docker.compose.service=sandbox-guard",
+    ).stdout.split()  # fmt: skip
+    networks = json.loads(sh("docker", "inspect", guard).stdout)[0]["NetworkSettings"]["Networks"]
+    addresses = [settings["IPAddress"] for settings in networks.values()]
+    assert addresses and all(addresses), networks
+    probe = sh("docker", "exec", notes, "python", "-c", GUARD_PROBE, *addresses)
+    found = json.loads(probe.stdout)
+    assert found.pop("name") == "gaierror", found
+    assert set(found.values()) <= {"OSError", "TimeoutError"}, found  # unreachable / timed out
+    assert "connected" not in found.values() and "ConnectionRefusedError" not in found.values()
 
 
 def check_a_second_copy_is_left_alone() -> None:

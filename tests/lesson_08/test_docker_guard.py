@@ -15,15 +15,23 @@ from tests.support.docker_guard import (
     ATTACKS,
     START_BODY,
     exit_watch_events,
+    kept_sandbox_create,
     launcher_create,
     sandbox_create,
+    sdk_sent,
 )
 
 TOOLS = Settings(GUARD_POLICY="tools", GUARD_OWNER="lesson08", GUARD_IMAGES="lesson08-notes")
 SANDBOX = Settings(
     GUARD_POLICY="sandbox", GUARD_OWNER="lesson-08", GUARD_IMAGES="agent-sandbox:python"
 )
-CALLERS = {"launcher": (TOOLS, launcher_create), "sandbox": (SANDBOX, sandbox_create)}
+# Lesson 10's replicas: the sandbox policy with the kept sandboxes of durable run_python.
+KEPT = SANDBOX.model_copy(update={"GUARD_KEPT_SANDBOXES": True})
+CALLERS = {
+    "launcher": (TOOLS, launcher_create),
+    "sandbox": (SANDBOX, sandbox_create),
+    "kept-sandbox": (KEPT, lambda: kept_sandbox_create(owner="lesson-08")),
+}
 BODY_OF = {"tools": launcher_create, "sandbox": sandbox_create}
 
 
@@ -273,6 +281,55 @@ def test_the_launcher_gets_no_attach_no_events_no_info():
     refused(ask, TOOLS, "GET", f"/v{API}/info")
 
 
+# The launcher joins the python server, and no other, to the sandbox guard's network.
+
+JOINS = TOOLS.model_copy(update={"GUARD_SERVER_NETWORKS": "python=lesson08_sandbox"})
+
+
+def launcher_join(container: str = "lesson08-python", network: str = "lesson08_sandbox"):
+    """What DockerLauncher._start sends to join a server to its one more network."""
+    path, body, params = sdk_sent(
+        lambda client: client.api.connect_container_to_network(container, network)
+    )
+    assert params == {}
+    return path, body.encode()
+
+
+def test_the_python_server_joins_the_network_it_is_named_for():
+    sent = ask(JOINS, "POST", *launcher_join())
+    # The guard checks the container is the owner's python server, then sends its own body.
+    assert (sent.kind, sent.container, sent.server) == ("plain", "lesson08-python", "python")
+    full = sent.at("f" * 64)
+    assert full.path == f"/v{API}/networks/lesson08_sandbox/connect"
+    assert json.loads(full.body) == {"Container": "f" * 64, "EndpointConfig": {}}
+
+
+@pytest.mark.parametrize(
+    ("settings", "network", "body"),
+    [
+        (TOOLS, "lesson08_sandbox", None),  # no GUARD_SERVER_NETWORKS: no join at all
+        (JOINS, "lesson08_tools", None),
+        (JOINS, "bridge", None),
+        (JOINS, "host", None),
+        (JOINS, "lesson08_sandbox", {"Container": "x", "EndpointConfig": {"Aliases": ["docker"]}}),
+        (JOINS, "lesson08_sandbox", {"Container": "x", "EndpointConfig": {"IPAMConfig": {}}}),
+        (JOINS, "lesson08_sandbox", {"Container": "x", "EndpointConfig": {}, "Force": True}),
+        (JOINS, "lesson08_sandbox", {"Container": "x"}),
+        (JOINS, "lesson08_sandbox", {"Container": ["x"], "EndpointConfig": {}}),
+        (JOINS, "lesson08_sandbox", {"Container": "../x", "EndpointConfig": {}}),
+    ],
+)
+def test_a_join_to_another_network_or_with_more_than_the_container_is_refused(
+    settings, network, body
+):
+    path, raw = launcher_join(network=network)
+    refused(ask, settings, "POST", path, raw if body is None else json.dumps(body).encode())
+
+
+def test_the_sandbox_guard_joins_nothing():
+    refused(ask, SANDBOX, "POST", *launcher_join())
+
+
 def test_the_sandbox_gets_no_inspect_stop_or_wait():
     for method, verb in [("GET", "/json"), ("POST", "/stop"), ("POST", "/wait")]:
         refused(ask, SANDBOX, method, f"/v{API}/containers/x{verb}")
@@ -343,3 +400,66 @@ def test_events_beyond_one_container_or_without_an_end_are_refused(change):
     params = dict(parse_qsl(query))
     change(params)
     refused(ask, SANDBOX, "GET", f"{path}?{urlencode(params)}")
+
+
+# Lesson 10: the kept sandboxes of durable run_python, only where the guard is told to expect them.
+
+
+def test_a_kept_sandbox_passes_only_where_the_guard_expects_kept_sandboxes():
+    body, params = kept_sandbox_create(owner="lesson-08")
+    refused(create, SANDBOX, body, params)
+    assert json.loads(create(KEPT, body, params).body) == body
+    # The plain sandbox still passes there, without a name.
+    assert create(KEPT, *sandbox_create()).kind == "plain"
+    refused(create, KEPT, sandbox_create()[0], params)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda b, p: p.update(name="agent-sandbox-" + "1" * 32),  # another key's name
+        lambda b, p: p.pop("name"),
+        lambda b, p: b["Labels"].update({"agent-sandbox.key": "lesson08-notes"}),
+        lambda b, p: b["HostConfig"].update(LogConfig={"Type": "json-file", "Config": {}}),
+        lambda b, p: b["HostConfig"].update(
+            LogConfig={"Type": "syslog", "Config": {"syslog-address": "udp://127.0.0.1:514"}}
+        ),
+        lambda b, p: b["HostConfig"].update(AutoRemove=True, RestartPolicy={"Name": "always"}),
+        lambda b, p: b["Labels"].pop("agent-sandbox.request-id"),
+    ],
+    ids=["other-name", "no-name", "key-not-a-key", "unbounded-log", "syslog", "restart", "no-run"],
+)
+def test_a_kept_sandbox_other_than_the_keyed_sandboxs_is_refused(change):
+    body, params = kept_sandbox_create(owner="lesson-08")
+    change(body, params)
+    refused(create, KEPT, body, params)
+
+
+def test_the_keyed_sandbox_reads_its_own_containers_back_and_nothing_more():
+    for target in [
+        sdk_sent(lambda c: c.api.inspect_container("agent-sandbox-k"), via="_get")[0],
+        "{}?{}".format(*sdk_logs(stdout=True, stderr=False)),
+        "{}?{}".format(*sdk_logs(stdout=False, stderr=True)),
+    ]:
+        sent = ask(KEPT, "GET", target)
+        assert (sent.kind, sent.container) == ("plain", "agent-sandbox-k")
+        refused(ask, SANDBOX, "GET", target)  # lesson 08's python server reads none of it
+    wait = sdk_sent(lambda c: c.api.wait("agent-sandbox-k"))[0]
+    assert ask(KEPT, "POST", wait).kind == "wait"
+    assert ask(KEPT, "POST", f"{wait}?condition=removed").kind == "wait"
+    for target in [
+        "{}?{}".format(*sdk_logs(stdout=True, stderr=False)).replace("follow=0", "follow=1"),
+        "{}?{}".format(*sdk_logs(stdout=True, stderr=False)) + "&since=0",
+        "{}?{}".format(*sdk_logs(stdout=True, stderr=False)).replace("tail=all", "tail=10"),
+        f"/v{API}/containers/agent-sandbox-k/stats",
+        f"/v{API}/containers/agent-sandbox-k/top",
+        f"/v{API}/containers/agent-sandbox-k/archive?path=/",
+    ]:
+        refused(ask, KEPT, "GET", target)
+    for verb in ["/stop", "/restart", "/update", "/exec", "/pause"]:
+        refused(ask, KEPT, "POST", f"/v{API}/containers/agent-sandbox-k{verb}")
+
+
+def sdk_logs(**kwargs) -> tuple[str, str]:
+    path, _, params = sdk_sent(lambda c: c.api.logs("agent-sandbox-k", **kwargs), via="_get")
+    return path, urlencode(params)

@@ -17,9 +17,9 @@ import pytest
 
 from lesson08.catalog import Catalog, ServerEntry
 from lesson08.launcher import OWNER_LABEL, DockerLauncher
-from research_agent.sandbox import LABEL, SandboxConfig, SandboxRunner
-from research_agent.sandbox_pool import ContainerPool
-from research_agent.sandbox_sweep import Sweeper
+from research_agent.sandbox.pool import ContainerPool
+from research_agent.sandbox.runner import LABEL, SandboxConfig, SandboxRunner
+from research_agent.sandbox.sweep import Sweeper
 from support.ports import free_port
 from support.waiting import wait_for
 from tests.support.docker_guard import (
@@ -62,9 +62,22 @@ def network(engine):
 
 
 @pytest.fixture(scope="module")
-def tools_guard(engine, network, tmp_path_factory):
+def sandbox_network(engine):
+    """The one more network the python server joins (its sandbox guard's, in Compose)."""
+    own = engine.networks.create(f"guardtest-{RUN}_sandbox", internal=True)
+    yield own.name
+    own.remove()
+
+
+@pytest.fixture(scope="module")
+def tools_guard(engine, network, sandbox_network, tmp_path_factory):
     logs = tmp_path_factory.mktemp("guard-tools")
-    settings = dict(GUARD_OWNER=OWNER, GUARD_IMAGES="python:3.11-slim", GUARD_NETWORK=network)
+    settings = dict(
+        GUARD_OWNER=OWNER,
+        GUARD_IMAGES="python:3.11-slim",
+        GUARD_NETWORK=network,
+        GUARD_SERVER_NETWORKS=f"python={sandbox_network}",
+    )
     with (
         guard_process(logs, GUARD_POLICY="tools", **settings) as guard,
         httpx.Client(base_url=guard.url, timeout=60) as http,
@@ -149,6 +162,32 @@ def test_the_launcher_starts_and_removes_its_server_through_the_guard(
     ]
     assert named(engine, no_tool_container) == []
     client.close()
+
+
+def test_only_the_python_server_joins_its_guards_network_through_the_guard(
+    engine, network, sandbox_network, tools_guard, no_tool_container
+):
+    client = docker.DockerClient(base_url=str(tools_guard.base_url).rstrip("/"))
+    launcher = DockerLauncher(owner=OWNER, network=network, internet_network=None, client=client)
+    joins = "{owner}_sandbox"  # as catalog.yaml writes it: the fixture's network
+    assert joins.replace("{owner}", OWNER) == sandbox_network
+    python = ServerEntry(name="python", image="python:3.11-slim", network=joins)
+    try:
+        launcher._start(python)
+        joined = engine.api.inspect_container(f"{OWNER}-python")["NetworkSettings"]["Networks"]
+        assert set(joined) == {network, sandbox_network}
+        # The notes server may not: the guard checks the container's server label, whatever
+        # the catalog says.
+        with pytest.raises(docker.errors.APIError, match="is not the python server"):
+            launcher._start(ServerEntry(name="notes", image="python:3.11-slim", network=joins))
+        assert named(engine, no_tool_container) == []  # removed, not left half-made
+        # Nor the python server to any other network.
+        with pytest.raises(docker.errors.APIError, match="no catalog server joins"):
+            client.api.connect_container_to_network(f"{OWNER}-python", "bridge")
+    finally:
+        for container in named(engine, f"{OWNER}-python"):
+            container.remove(force=True)
+        client.close()
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda attack: attack.name)

@@ -246,7 +246,9 @@ def test_a_burst_through_the_edge_survives_a_replica_stopped_then_killed(tmp_pat
                "urllib.request.urlopen('http://hostile:8000/calls').read().decode())",
                env=env).stdout
         )["slow"]  # fmt: skip
-        in_flight_at_kill = [c for c in calls if c.started < moments["kill"] < c.ended]
+        in_flight_at_kill = [
+            c for c in calls if c.started < moments["killed"] and c.ended > moments["kill"]
+        ]
         print(
             f"\n{CALLS} calls, {AT_ONCE} at once, replica {replicas[0][:12]} stopped then killed:"
             f" {counts['ok']} ok, {counts['tool_error']} tool errors, {counts['hung']} hung,"
@@ -275,9 +277,14 @@ def test_a_burst_through_the_edge_survives_a_replica_stopped_then_killed(tmp_pat
         assert counts["ok"] <= ran <= CALLS
         assert ran - len(log) <= counts["tool_error"]
         # Only calls in flight on the killed replica may fail; every other call succeeded,
-        # those during and after the graceful stop included.
+        # those during and after the graceful stop included. The kill is a span of time, from
+        # `docker kill` asked to `docker kill` returned (seconds on a loaded machine): a call that
+        # started within it may have reached the replica before the signal did.
         failed = [c for c in calls if c.outcome != "ok"]
-        assert all(c.started < moments["kill"] < c.ended for c in failed), failed
+        assert all(c.started < moments["killed"] and c.ended > moments["kill"] for c in failed), (
+            failed,
+            moments,
+        )
         assert all(c.outcome == "ok" for c in calls if c.started > moments["killed"])
         # The restarted replica served calls again before it was killed.
         restarted = [

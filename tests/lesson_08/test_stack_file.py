@@ -47,11 +47,19 @@ def test_the_python_server_talks_to_a_sandbox_only_guard_on_its_network():
     assert env["GUARD_POLICY"] == "sandbox"
     assert guard["command"] == ["python", "code/08_docker_guard.py"]
     assert env["GUARD_IMAGES"] == SandboxConfig().image == "agent-sandbox:python"
-    # The python server gets this guard's address, not the socket; the guard sits on the network
-    # the gateway starts tool servers on, and on no network with a way out.
+    # The python server gets this guard's address, not the socket; the guard sits on a network
+    # of its own, with no way out, that no service of the stack is on and the gateway joins the
+    # python server to (and its guard lets it join) once started.
     python = server("python")
     assert python["env"]["DOCKER_HOST"] == "tcp://sandbox-guard:2375"
-    assert guard["networks"] == ["tools"] and COMPOSE["networks"]["tools"]["internal"] is True
+    assert guard["networks"] == ["sandbox"] and COMPOSE["networks"]["sandbox"]["internal"] is True
+    assert COMPOSE["networks"]["sandbox"]["name"] == f"{PROJECT}_sandbox"
+    others = [n for n, s in COMPOSE["services"].items() if n != "sandbox-guard"]
+    assert not [name for name in others if "sandbox" in service(name).get("networks", [])]
+    assert python["network"] == "{owner}_sandbox" and "network" not in server("notes")
+    assert service("gateway")["environment"]["GATEWAY_OWNER"] == PROJECT  # {owner}
+    joins = f"python={PROJECT}_sandbox"
+    assert service("docker-guard")["environment"]["GUARD_SERVER_NETWORKS"] == joins
     assert service("gateway")["environment"]["GATEWAY_TOOLS_NETWORK"] == f"{PROJECT}_tools"
     assert COMPOSE["networks"]["tools"]["name"] == f"{PROJECT}_tools"
     # The python server labels its sandboxes agent-sandbox.owner=<the gateway's owner>, which the
@@ -71,7 +79,7 @@ def test_the_python_server_labels_its_sandboxes_with_the_owner_the_launcher_pass
     env = launcher.run_kwargs(ServerEntry(**server("python")))["environment"]
     assert env["GATEWAY_OWNER"] == "copy2" and env["DOCKER_HOST"] == "tcp://sandbox-guard:2375"
     source = (REPO / "code" / "08_python_server.py").read_text()
-    assert "owner=settings.GATEWAY_OWNER" in source
+    assert "Sandbox(owner=settings.GATEWAY_OWNER)" in source
 
 
 def test_every_name_given_to_docker_is_the_projects():

@@ -13,7 +13,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.util._once import Once
 
 from research_agent.app import create_app
 from research_agent.settings import Settings
@@ -23,30 +22,7 @@ from support.ports import free_port
 from support.waiting import wait_for
 from tests.support.agent import make_settings
 from tests.support.docker_cli import docker
-
-
-def reset_tracing() -> None:
-    """Forget the process's tracer provider and undo the library instrumentations (what
-    OpenTelemetry's own test utilities do), so the next test starts with tracing off."""
-    from opentelemetry.instrumentation.httpx import (
-        HTTPX2ClientInstrumentor,
-        HTTPXClientInstrumentor,
-    )
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-    from research_agent.mcp_tracing import MCPClientInstrumentor
-
-    instrumentors = (
-        HTTPXClientInstrumentor(),
-        HTTPX2ClientInstrumentor(),
-        RedisInstrumentor(),
-        MCPClientInstrumentor(),
-    )
-    for instrumentor in instrumentors:
-        if instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.uninstrument()
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
+from tests.support.tracing import reset_tracing
 
 
 @pytest.fixture(autouse=True)

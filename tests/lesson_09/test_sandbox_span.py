@@ -10,11 +10,11 @@ from langchain_core.tools import tool
 from opentelemetry.trace import SpanKind
 
 import research_agent.tools
-from research_agent.genai_spans import instrument_langchain
-from research_agent.python_tool import make_run_python_tool
-from research_agent.sandbox import RunResult, SandboxConfig
+from research_agent.sandbox.python_tool import make_run_python_tool
+from research_agent.sandbox.runner import RunResult, SandboxConfig
 from research_agent.tools import build_agent
-from research_agent.tracing import TracedRunner
+from research_agent.tracing.genai_spans import instrument_langchain
+from research_agent.tracing.otel import TracedRunner
 from tests.lesson_02.test_sandbox_tool import ScriptedModel
 from tests.support.agent import make_settings
 

@@ -1,6 +1,7 @@
-"""Traces of a research request (research_agent/tracing.py and its GenAI spans, genai_spans.py):
-the span tree and its GenAI attributes, kept in memory; the standard OTEL_* variables, against a
-local collector over both protocols; and nothing at all when no endpoint is set."""
+"""Traces of a research request (research_agent/tracing/otel.py and its GenAI spans,
+genai_spans.py): the span tree and its GenAI attributes, kept in memory; the standard OTEL_*
+variables, against a local collector over both protocols; and nothing at all when no endpoint is
+set."""
 
 import json
 import logging
@@ -129,7 +130,7 @@ def test_the_handler_hears_the_agent_and_its_calls_not_the_graph_nodes(
 ):
     """LangChain dispatches each callback to each handler: the graph's nodes, which make no span,
     were most of them. The handler is given only the runs LangChain configures."""
-    from research_agent.genai_spans import GenAIHandler
+    from research_agent.tracing.genai_spans import GenAIHandler
 
     heard = []
     for event in ("on_chain_start", "on_chat_model_start", "on_tool_start"):
@@ -158,6 +159,12 @@ def test_content_capture_is_a_setting(traced_client, spans):
     assert QUESTION in first.attributes["gen_ai.input.messages"]
     (tool,) = by_name(spans.get_finished_spans(), "execute_tool ")
     assert "gen_ai.tool.call.arguments" in tool.attributes
+    # The model's first answer is a tool call: its name, id and arguments are in the span, so a
+    # trace shows a call that was asked for even when it never ran (lesson 11 reads it).
+    (asked,) = json.loads(first.attributes["gen_ai.output.messages"])
+    (call,) = asked["tool_calls"]
+    assert call["name"] == "search_docs" and call["arguments"] == {"query": QUESTION}
+    assert call["id"] == tool.attributes["gen_ai.tool.call.id"]
 
 
 def test_a_request_the_sampler_drops_records_nothing_and_logs_no_error(
@@ -400,7 +407,7 @@ def test_spans_a_full_queue_drops_are_counted_and_logged_once(caplog, monkeypatc
     from opentelemetry.sdk.trace.export import SpanExportResult
     from prometheus_client import REGISTRY
 
-    from research_agent.tracing import counted_batches
+    from research_agent.tracing.otel import counted_batches
 
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1")

@@ -18,7 +18,7 @@ import uuid
 import pytest
 import redis
 
-from research_agent.job import warm_queue_key, warm_ready_key
+from research_agent.worker.job import warm_queue_key, warm_ready_key
 from support.lessons import ROOT
 from support.otlp import OtlpCollector
 from support.waiting import wait_for

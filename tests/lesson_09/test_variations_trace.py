@@ -1,12 +1,13 @@
-"""Lesson 05's run as one trace (code/lesson05/traces.py, research_agent/job.py's Job.to_env): the
-API's `run` span, a `launch variation {i}` span per variation, and under each, that variation's
+"""Lesson 05's run as one trace (code/lesson05/traces.py, research_agent/worker/job.py's
+Job.to_env): the API's `run` span, a `launch variation {i}` span per variation, and under each, that
+variation's
 worker (`variation {i}`, its agent, model and tool spans), exported by the worker itself to a local
 OTLP collector. Workers are local processes with exactly a container's environment (lesson 05's
 ProcessWorkers), one of them a warm worker that gets its job through Redis."""
 
 import pytest
 
-from research_agent.job import Job, trace_env
+from research_agent.worker.job import Job, trace_env
 from support.waiting import wait_for
 from tests.support.variations import by_variation, read_events, start_run
 

@@ -1,13 +1,18 @@
-"""`make durable-test`: lesson 10's Compose stack for real (edge, two replicas, Postgres) and
-kill -9 (`docker kill -s KILL`, not `docker stop`) of the replica holding a run, at the three
-moments of docs/10: while the run waits for a person, during a model call, while run_python
-runs. Then two decisions racing through the edge, and `down -v` leaving nothing."""
+"""`make durable-test`: lesson 10's Compose stack for real (edge, two replicas, Postgres, lesson
+08's Docker guard) and kill -9 (`docker kill -s KILL`, not `docker stop`) of the replica holding a
+run, at the three moments of docs/10: while the run waits for a person, during a model call, while
+run_python runs (its sandbox started through the guard). Then two decisions racing through the
+edge; lesson 08's hostile requests to the guard, sent from inside a replica; and `down -v` leaving
+nothing."""
 
+import base64
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +22,14 @@ from support.ports import free_port
 from support.waiting import wait_for
 from tests.lesson_10.conftest import events
 from tests.support.docker_cli import NO_COMPOSE_V2, ContainerStarts, compose_v2, docker
+from tests.support.docker_guard import (
+    API,
+    ATTACKS,
+    START_BODY,
+    exit_watch_events,
+    kept_sandbox_create,
+    sandbox_create,
+)
 
 pytestmark = pytest.mark.container
 
@@ -55,6 +68,16 @@ class Stack:
     def sql(self, query: str) -> str:
         return self.compose("exec", "-T", "postgres", "psql", "-U", "postgres", "-d", "runs",
                             "-tAc", query).strip()  # fmt: skip
+
+    def python(self, service: str, script: str, stdin: str) -> str:
+        """`script` run by the service's own Python, inside its container, fed `stdin`."""
+        done = subprocess.run(
+            ["docker", "compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), "exec", "-T", service,
+             "python", "-c", script],
+            input=stdin, capture_output=True, text=True, env=self.env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{service}: {done.stdout}{done.stderr}"
+        return done.stdout
 
     def kill9(self, service: str) -> None:
         self.compose("kill", "-s", "SIGKILL", service)
@@ -207,3 +230,147 @@ def test_both_compose_versions_read_the_file_before_make_writes_its_env(compose,
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+# Lesson 08's hostile requests to its Docker guard, sent from inside a replica: the way an attacker
+# who runs code in the agent's process would reach Docker (tests/lesson_08/test_docker_guard*.py).
+
+# Sent by the replica's own Python to DOCKER_HOST, one request after another; "{last}" in a path is
+# the id of the container the last 201 created. Prints each answer's status and the start of it.
+SEND = r"""
+import base64, http.client, json, os, sys
+host = os.environ["DOCKER_HOST"].removeprefix("tcp://")
+answers, last = [], ""
+for r in json.load(sys.stdin):
+    conn = http.client.HTTPConnection(host, timeout=120)
+    body = base64.b64decode(r["body"]) if r.get("body") else None
+    headers = {**r.get("headers", {}), **({"Content-Type": "application/json"} if body else {})}
+    conn.request(r["method"], r["path"].replace("{last}", last), body=body, headers=headers)
+    answer = conn.getresponse()
+    data = answer.read(65536)
+    if answer.status == 201:
+        last = json.loads(data)["Id"]
+    answers.append({"status": answer.status, "text": data.decode(errors="replace")[:300]})
+    conn.close()
+print(json.dumps(answers))
+"""
+
+
+def request(method: str, path: str, body: bytes | dict | None = None, **headers) -> dict:
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    encoded = base64.b64encode(raw).decode() if raw else None
+    return {"method": method, "path": path, "body": encoded, "headers": headers}
+
+
+def create(body, params: dict) -> str:
+    query = "?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else ""
+    return f"/v{API}/containers/create{query}"
+
+
+@pytest.fixture(scope="module")
+def from_a_replica(stack):
+    """Every hostile request, sent once from agent1 through the guard; the answers by name."""
+    plain, plain_params = sandbox_create(owner=OWNER)
+    kept, kept_params = kept_sandbox_create(owner=OWNER)
+    # Someone else's sandbox, with an expiry an hour ahead: every sweeper on this engine (another
+    # suite's, running beside this one) removes a sandbox without one, which this test would read
+    # as the guard letting a removal through.
+    expires = f"agent-sandbox.expires={int(time.time()) + 3600}"
+    owner = "agent-sandbox.owner=someone-else"
+    other = docker("create", "--label", owner, "--label", expires, "agent-sandbox:python")
+    attach = "/attach?stdin=1&stdout=1&stderr=1&stream=1"
+    sent = {
+        # Controls: the replicas' own creates pass (and are removed again), so each refusal
+        # below is the guard's answer to what the attack changed.
+        "plain": request("POST", create(plain, plain_params), plain),
+        "plain-removed": request("DELETE", f"/v{API}/containers/{{last}}?force=True"),
+        "kept": request("POST", create(kept, kept_params), kept),
+        "kept-removed": request("DELETE", f"/v{API}/containers/{{last}}?force=True"),
+        **{
+            f"{kind}-{attack.name}": request("POST", create(body, params), attack.change(body))
+            for kind, (body, params) in {
+                "plain": (plain, plain_params),
+                "kept": (kept, kept_params),
+            }.items()  # fmt: skip
+            for attack in ATTACKS
+        },
+        "start-with-body": request("POST", f"/v{API}/containers/{other}/start", START_BODY),
+        **{
+            f"other-owner-{name}": request(method, f"/v{API}/containers/{other}{path}", **headers)
+            for name, method, path, headers in [
+                ("attach", "POST", attach, {"Connection": "Upgrade", "Upgrade": "tcp"}),
+                ("start", "POST", "/start", {}),
+                ("kill", "POST", "/kill", {}),
+                ("remove", "DELETE", "?force=True", {}),
+                ("inspect", "GET", "/json", {}),
+                ("logs", "GET", "/logs?stdout=1&stderr=1&timestamps=0&follow=0&tail=all", {}),
+                ("wait", "POST", "/wait", {}),
+            ]
+        },
+        "other-owner-events": request("GET", exit_watch_events(other)),
+        "events-without-an-end": request(
+            "GET", f"/v{API}/events?filters=" + '{"event":["die"]}'.replace('"', "%22")
+        ),
+        "list-every-owner": request("GET", f"/v{API}/containers/json?all=1"),
+        "exec": request("POST", f"/v{API}/containers/{other}/exec", {"Cmd": ["id"]}),
+        "pull": request("POST", f"/v{API}/images/create?fromImage=alpine"),
+        "network": request("POST", f"/v{API}/networks/create", {"Name": "x"}),
+        "volume": request("POST", f"/v{API}/volumes/create", {"Name": "x"}),
+        "unversioned-create": request("POST", "/containers/create", plain),
+    }
+    try:
+        answers = json.loads(stack.python("agent1", SEND, json.dumps(list(sent.values()))))
+        inspected = docker("inspect", "--format", "{{.State.Status}}", other)
+    finally:
+        docker("rm", "-f", other)
+    return dict(zip(sent, answers, strict=True)) | {"other-state": inspected}
+
+
+def test_the_replicas_reach_docker_only_through_the_guard(stack):
+    checks = "import os; print(os.path.exists('/var/run/docker.sock'), os.environ['DOCKER_HOST'])"
+    for replica in ("agent1", "agent2"):
+        assert stack.python(replica, checks, "").split() == ["False", "tcp://docker-guard:2375"]
+
+
+def test_the_replicas_own_creates_pass_the_guard(from_a_replica):
+    for name in ("plain", "kept"):
+        assert from_a_replica[name]["status"] == 201, from_a_replica[name]
+        assert from_a_replica[f"{name}-removed"]["status"] == 204, from_a_replica[f"{name}-removed"]
+
+
+@pytest.mark.parametrize("kind", ["plain", "kept"])
+@pytest.mark.parametrize("attack", ATTACKS, ids=lambda attack: attack.name)
+def test_every_attackers_sandbox_is_refused_and_none_exists(from_a_replica, kind, attack):
+    answer = from_a_replica[f"{kind}-{attack.name}"]
+    assert answer["status"] == 403, answer
+    assert "refused by the lesson 08 Docker guard" in answer["text"]
+    # Neither the run's sandbox nor the kept one exists (the controls removed theirs).
+    for label in ("agent-sandbox.request-id=req-1", f"agent-sandbox.request-id={'f' * 32}"):
+        assert docker("ps", "-aq", "--filter", f"label={label}", "--filter",
+                      f"label=agent-sandbox.owner={OWNER}") == ""  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "start-with-body",
+        "other-owner-attach",
+        "other-owner-start",
+        "other-owner-kill",
+        "other-owner-remove",
+        "other-owner-inspect",
+        "other-owner-logs",
+        "other-owner-wait",
+        "other-owner-events",
+        "events-without-an-end",
+        "list-every-owner",
+        "exec",
+        "pull",
+        "network",
+        "volume",
+        "unversioned-create",
+    ],
+)
+def test_anything_else_through_lesson_10s_guard_is_refused(from_a_replica, name):
+    assert from_a_replica[name]["status"] == 403, from_a_replica[name]
+    assert from_a_replica["other-state"] == "created"  # nobody started, killed or removed it

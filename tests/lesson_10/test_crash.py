@@ -3,10 +3,12 @@ person, during a model call, while run_python runs. Another process continues it
 the answer is the same, each approved call started exactly one container (the engine's own event
 log says so), and the event stream has every number once."""
 
+import uuid
+
 import psycopg
 
 from support.waiting import wait_for
-from tests.lesson_10.conftest import events, start_run, wait_state
+from tests.lesson_10.conftest import OWNER, SANDBOX_IMAGE, events, start_run, wait_state
 from tests.lesson_10.test_durable_api import ANSWER, decide
 
 
@@ -84,3 +86,27 @@ def test_killed_while_run_python_runs(api_factory, engine, sandbox_starts):
         all=True, filters={"label": f"agent-sandbox.request-id={run_id}"}
     )
     assert leftovers == []  # removed once its result was recorded
+
+
+def test_a_container_created_but_never_started_is_made_again_and_runs_once(engine, sandbox_starts):
+    """A process that died between creating a call's container (and perhaps sending it part of
+    the program) and starting it left it `created`: nothing ran. The next one to take the call
+    removes it and runs the program in a new container, once; had it started the old one, the
+    container would have run what the dead process half sent, or nothing."""
+    from research_agent.durable.idempotent import KeyedSandbox
+    from research_agent.sandbox.config import SandboxConfig
+    from research_agent.sandbox.runner import SandboxRunner
+
+    starts = sandbox_starts()
+    sandbox = KeyedSandbox(SandboxRunner(SandboxConfig(image=SANDBOX_IMAGE, owner=OWNER)))
+    key, run_id = uuid.uuid4().hex, uuid.uuid4().hex
+    uid = sandbox.runner.take_uid()
+    left = sandbox.runner.create_from(sandbox.kept(f"agent-sandbox-{key}", 10, run_id, uid))
+    sock = left.attach_socket(params={"stdin": 1, "stream": 1})
+    raw = sock._sock
+    raw.sendall(b"10\nprint('half sent")  # and then the process died
+    sock.close()
+    raw.close()
+    result = sandbox.run(key, "print(2**100)", run_id)
+    assert (result.stdout, result.exit_code) == (f"{ANSWER}\n", 0), result
+    assert sorted(starts.per("agent-sandbox.key").values()) == [1]

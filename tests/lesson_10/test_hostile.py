@@ -87,11 +87,12 @@ def test_sql_in_ids_is_data(waiting, agent_dsn, attack):
     assert state(api, run_id, token)["state"] == "waiting_for_approval"
 
 
-def test_a_flood_of_waiting_runs_is_capped_per_caller(api_factory):
-    api = api_factory("r1", MAX_ACTIVE_RUNS_PER_CALLER=3).start()
-    for _ in range(3):
-        start_run(api)
-    with api.client() as c:
+def test_a_flood_of_waiting_runs_is_capped_per_owner(api_factory):
+    api = api_factory("r1", MAX_ACTIVE_RUNS_PER_OWNER=3).start()
+    _, token = start_run(api)
+    for _ in range(2):
+        start_run(api, token=token)
+    with api.client(token) as c:
         r = c.post("/v1/runs", json={"query": "What is 1+1?"})
     assert (r.status_code, error_type(r)) == (429, "too_many_active_runs")
     assert int(r.headers["Retry-After"]) > 0

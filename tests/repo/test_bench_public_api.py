@@ -6,14 +6,14 @@ import ast
 import inspect
 from pathlib import Path
 
-from research_agent import sandbox, sandbox_admission, sandbox_pool, sandbox_sweep
+from research_agent.sandbox import admission, pool, runner, sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNERS = [
-    sandbox.SandboxRunner,
-    sandbox_admission.QueuedRunner,
-    sandbox_pool.ContainerPool,
-    sandbox_sweep.Sweeper,
+    runner.SandboxRunner,
+    admission.QueuedRunner,
+    pool.ContainerPool,
+    sweep.Sweeper,
 ]
 
 

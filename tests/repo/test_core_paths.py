@@ -35,7 +35,7 @@ FENCE = re.compile(r"^```\w*\n(.*?)^```", re.M | re.S)
 
 
 def module_lessons(doc_02: str) -> dict[str, int]:
-    """Module file name (`sandbox.py`, `durable/`) -> the lesson that explains it."""
+    """Module file name (`app.py`) or folder (`sandbox/`) -> the lesson that explains it."""
     found = {name: 2 for name in core_02_files(doc_02)}
     section = doc_02[doc_02.find(LAYERS_HEADING) :]
     end = section.find("\n#", len(LAYERS_HEADING))
@@ -60,7 +60,7 @@ def lesson_of(path: str, lessons: dict[str, int]) -> int | None:
 
 def imported_names(root: Path, path: str) -> dict[str, str]:
     """Each name a file imports from the research agent's package -> the module file it comes
-    from (`tracer` -> `research-agent/research_agent/tracing.py`)."""
+    from (`tracer` -> `research-agent/research_agent/tracing/otel.py`)."""
     package = "research_agent"
     public = public_names(root, package)
     found = {}
@@ -141,9 +141,9 @@ DOCS = sorted((ROOT / "docs").glob("[0-9][0-9]-*.md"))
 
 
 def test_the_map_places_each_layer_in_its_lesson():
-    assert LESSONS["agent.py"] == 2 and LESSONS["quotas.py"] == 2
-    assert LESSONS["sandbox.py"] == 4 and LESSONS["job.py"] == 5
-    assert LESSONS["mcp_tools.py"] == 8 and LESSONS["tracing.py"] == 9
+    assert LESSONS["agent.py"] == 2 and LESSONS["access/"] == 2 and LESSONS["web/"] == 2
+    assert LESSONS["sandbox/"] == 4 and LESSONS["worker/"] == 5
+    assert LESSONS["mcp/"] == 8 and LESSONS["tracing/"] == 9
     assert LESSONS["durable/"] == 10
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from scripts import docs_links, docs_sync, docs_words
+from support.lessons import step_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -40,11 +41,12 @@ SERVERS = {
     "lesson-01-shutdown": (ROOT, "code/01_graceful_shutdown.py"),
     "research-agent": (ROOT / "research-agent", "main.py"),
     "lesson-02": (ROOT / "research-agent", "main.py"),  # make lesson-02 runs make research-agent
-    "lesson-04": (ROOT, "code/04_sandboxed_tools.py"),
+    "lesson-04": (ROOT, "code/04_step4_api.py"),  # the last step; STEP=K picks step K
+    "lesson-04-production": (ROOT, "code/04_sandboxed_tools.py"),
 }
 # Servers that need Docker and a built image: their documented commands run with the container
 # checks (marker `container`, `make sandbox-test`), not in `make test`.
-NEEDS_DOCKER = {"lesson-04"}
+NEEDS_DOCKER = {"lesson-04", "lesson-04-production"}
 
 
 # --- Reading Markdown -----------------------------------------------------------------------------
@@ -301,6 +303,25 @@ def test_an_include_diff_shows_what_the_next_step_adds(sample_repo):
     assert docs_sync.sync_doc(doc, sample_repo, write=False)[0]  # the next step changed: stale
 
 
+def test_an_include_diff_writes_a_blank_context_line_as_an_empty_line(sample_repo):
+    (sample_repo / "pkg" / "mod2.py").write_text(SAMPLE.replace("LIMIT = 3", "LIMIT = 4"))
+    diff = docs_sync.extract_diff("pkg/mod.py pkg/mod2.py", sample_repo).split("\n")
+    assert "-LIMIT = 3" in diff and "+LIMIT = 4" in diff and "" in diff
+    assert not [line for line in diff if line.strip() == "" and line]
+
+
+def test_an_include_diff_that_ends_in_blank_context_lines_stays_in_sync(sample_repo):
+    """Blank lines after the last change: the diff's last context lines are blank, and one sync
+    writes every one of them (a second sync finds nothing stale)."""
+    (sample_repo / "pkg" / "a.py").write_text("A = 1\n\n\n\nB = 2\n")
+    (sample_repo / "pkg" / "b.py").write_text("A = 2\n\n\n\nB = 2\n")
+    doc = sample_repo / "doc.md"
+    doc.write_text("<!-- include-diff: pkg/a.py pkg/b.py -->\n```diff\n```\n")
+    assert docs_sync.extract_diff("pkg/a.py pkg/b.py", sample_repo).endswith("+A = 2\n\n\n")
+    assert docs_sync.sync_doc(doc, sample_repo, write=True)[0]
+    assert docs_sync.sync_doc(doc, sample_repo, write=False) == ([], [])
+
+
 def test_an_include_diff_of_identical_sides_is_broken(sample_repo):
     doc = sample_repo / "doc.md"
     doc.write_text("<!-- include-diff: pkg/mod.py#square pkg/mod.py#square -->\n```diff\n```\n")
@@ -390,6 +411,8 @@ def start_server(server_process, target: str):
     name, *assignments = target.split()  # e.g. <!-- server: research-agent SEARCH_MAX_RESULTS=2 -->
     cwd, script = SERVERS[name]
     settings = dict(assignment.partition("=")[::2] for assignment in assignments)
+    if "STEP" in settings:  # <!-- server: lesson-02 STEP=2 -->: make lesson-02 STEP=2's file
+        cwd, script = ROOT, str(step_file(name.removeprefix("lesson-"), settings.pop("STEP")))
     settings.setdefault("OFFLINE_TOKEN_DELAY_MS", "0")
     return server_process([sys.executable, script], cwd=cwd, **settings)
 
@@ -478,9 +501,16 @@ def compare(expected: str, actual: str) -> list[str]:
 SESSIONS = doc_sessions()
 
 
+def session_id(target: str) -> str:
+    """`lesson-02 STEP=2 X=1` -> `lesson-02-step2`: the server, and the step when there is one."""
+    name, *assignments = target.split()
+    step = [a.partition("=")[2] for a in assignments if a.startswith("STEP=")]
+    return f"{name}-step{step[0]}" if step else name
+
+
 def session_param(doc: Path, target: str, pairs: list) -> pytest.param:
     marks = [pytest.mark.container] if target.split()[0] in NEEDS_DOCKER else []
-    return pytest.param(doc, target, pairs, marks=marks, id=f"{doc.name}:{target.split()[0]}")
+    return pytest.param(doc, target, pairs, marks=marks, id=f"{doc.name}:{session_id(target)}")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the documented commands use curl")
@@ -513,9 +543,9 @@ def test_the_index_names_the_lessons_whose_commands_are_run():
 
 def test_the_research_agent_doc_lists_every_setting():
     # Every variable of the service's one class but the OTEL_* ones, which lesson 09 lists.
-    from research_agent.settings import Settings, TracingSettings
+    from research_agent.settings import TracingSettings, variables
 
-    names = sorted(set(Settings.model_fields) - set(TracingSettings.model_fields))
+    names = sorted(set(variables()) - set(TracingSettings.model_fields))
     doc = (ROOT / "docs" / "02-research-agent.md").read_text(encoding="utf-8")
     rows = set(re.findall(r"^\| `([A-Z_0-9]+)` \|", doc, flags=re.M))
     assert len(names) > 10 and not set(names) - rows, (
@@ -660,12 +690,22 @@ LESSONS = docs_words.lessons(ROOT)
 
 
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda d: d.name)
-def test_each_lesson_core_path_is_at_most_1500_words(lesson):
+def test_each_lesson_core_path_is_within_its_word_limit(lesson):
     words = docs_words.count_words(docs_words.core_path(lesson.read_text(encoding="utf-8")))
-    assert words <= docs_words.LIMIT, (
+    limit = docs_words.limit_for(lesson)
+    assert words <= limit, (
         f"{lesson.name}: the core path (above '## Going further') has {words} words of prose,"
-        f" the limit is {docs_words.LIMIT}: move deeper material below '## Going further'"
+        f" the limit is {limit}: move deeper material below '## Going further'"
     )
+
+
+def test_a_lesson_built_from_steps_has_the_lower_word_limit(tmp_path):
+    (tmp_path / "code").mkdir()
+    doc = tmp_path / "docs" / "07-x.md"
+    assert docs_words.limit_for(doc, tmp_path) == docs_words.LIMIT == 1500
+    (tmp_path / "code" / "07_step1_first.py").write_text("")
+    assert docs_words.limit_for(doc, tmp_path) == docs_words.STEPPED_LIMIT == 1200
+    assert docs_words.limit_for(tmp_path / "docs" / "08-y.md", tmp_path) == 1500
 
 
 WORDS_SAMPLE = """# Lesson 09 · Five words here

@@ -1,6 +1,6 @@
 """One error type, one message: every `internal_error` the course sends says
-research_agent/error_shape.py's INTERNAL_ERROR_MESSAGE, whether a file builds the body by hand (a
-dict with "type": "internal_error") or through a helper (a call whose arguments include
+research_agent/web/error_shape.py's INTERNAL_ERROR_MESSAGE, whether a file builds the body by hand
+(a dict with "type": "internal_error") or through a helper (a call whose arguments include
 "internal_error"). A message written out as a string next to that type is a second text, and fails
 here."""
 
@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = sorted([*ROOT.glob("code/*.py"), *ROOT.glob("research-agent/research_agent/*.py")])
+SOURCES = sorted([*ROOT.glob("code/*.py"), *ROOT.glob("research-agent/research_agent/**/*.py")])
 OWNER = "INTERNAL_ERROR_MESSAGE"
 
 
@@ -51,12 +51,12 @@ def test_every_internal_error_says_the_owners_message():
         if (found := literal_messages(path.read_text(encoding="utf-8")))
     }
     assert second == {}, (
-        f"use {OWNER} from research_agent/error_shape.py (or the lesson's copy of it)"
+        f"use {OWNER} from research_agent/web/error_shape.py (or the lesson's copy of it)"
     )
 
 
 def test_copies_of_the_message_say_the_same():
-    from research_agent.error_shape import INTERNAL_ERROR_MESSAGE
+    from research_agent.web.error_shape import INTERNAL_ERROR_MESSAGE
 
     copies = {}
     for path in SOURCES:
@@ -66,5 +66,5 @@ def test_copies_of_the_message_say_the_same():
             )
             if named and isinstance(node.value, ast.Constant):
                 copies[path.relative_to(ROOT).as_posix()] = node.value.value
-    assert "research-agent/research_agent/error_shape.py" in copies
+    assert "research-agent/research_agent/web/error_shape.py" in copies
     assert set(copies.values()) == {INTERNAL_ERROR_MESSAGE}

@@ -4,10 +4,11 @@
 2. every Python excerpt the core path of docs/NN-*.md shows (an `include` or either side of an
    `include-diff`, above `## Going further`) comes from one of lesson NN's files or from a module
    one of them imports: what the doc shows is what the learner opens;
-3. lesson 02's core, the research agent's modules its core path asks a learner to read (issue 38),
-   is at most 6 modules and CORE_02_MAX_LINES lines, none of them imports a later layer, and every
-   other module of the package is one of the layers the doc lists, with the lesson that explains
-   it. The doc's two tables are the one list: the learner reads them, this test checks them.
+3. lesson 02's core path is its steps (code/02_step*.py); its step 5 places each step in the
+   research agent's modules (a table, step -> modules), which exist and import no layer a later
+   lesson explains, and every other module of the package is one of the layers Going further lists
+   with the lesson that explains it. The doc's two tables are the one list: the learner reads them,
+   this test checks them.
 
 Excerpts of other kinds of file (Dockerfiles, Compose files, the Makefile) are not lesson code and
 are not checked here. The checks are functions of a root folder, so that they are tested on a
@@ -30,18 +31,12 @@ IMPORT_ROOTS = ("code", "research-agent")
 INCLUDE = re.compile(r"^<!--\s*include(?P<diff>-diff)?:\s*(?P<specs>[^>]+?)\s*-->\s*$", re.M)
 
 
-# Lesson 02's core (issue 38: at most 6 modules and 700 lines). 700 is not reached by moving the
-# later layers out: what is left, the routes, the service, the agent loop, two search backends, the
-# offline model, the settings and the bodies, is this long. The limit holds it there.
-CORE_02_MAX_FILES = 6
-CORE_02_MAX_LINES = 1130
-# What lesson 02's core may import from the package besides itself: the errors every layer shares.
-CORE_02_SHARED = {"errors.py", "error_shape.py"}
+# Lesson 02's step 5: where each step lives in the package, a table `| Step | Modules |` in the core
+# path, and the package's other modules, each a layer with the lesson that explains it.
 PACKAGE_DIR = "research-agent/research_agent"
-CORE_ROW = re.compile(
-    r"^\| \[`research_agent/(?P<file>\w+\.py)`\]\([^)]*\) \| (?P<lines>\d+) \|", re.M
-)
-LAYERS_HEADING = "### 15. The package's layers"
+STEP_TABLE = re.compile(r"^\| Step \| Modules \|\n\| --- \| --- \|\n((?:\|.*\|\n)+)", re.M)
+LAYERS_HEADING = "### The package's layers"
+LESSON_LINK = re.compile(r"\((\d\d)-[\w-]+\.md")
 
 
 def lesson_files(root: Path, number: str | None = None) -> list[Path]:
@@ -55,8 +50,8 @@ def oversize(root: Path, limit: int = MAX_LINES) -> dict[str, int]:
 
 
 def module_file(root: Path, name: str) -> Path | None:
-    """The repository file an absolute import names (`research_agent.sandbox`, `chat_model`), if
-    any."""
+    """The repository file an absolute import names (`research_agent.sandbox.runner`, `chat_model`),
+    if any."""
     parts = name.split(".")
     for base in IMPORT_ROOTS:
         for candidate in (
@@ -112,7 +107,9 @@ def run_as_module(root: Path, source: Path) -> set[Path]:
             values = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
             for flag, name in zip(values, values[1:], strict=False):
                 if flag == "-m" and isinstance(name, str) and (path := module_file(root, name)):
-                    found.add(path)
+                    # a package runs as its __main__.py, and so what that imports
+                    main = path.with_name("__main__.py") if path.name == "__init__.py" else None
+                    found |= {main, *imported_by(root, main)} if main and main.is_file() else {path}
     return found
 
 
@@ -144,20 +141,61 @@ def stray_excerpts(root: Path, doc: Path) -> list[str]:
     ]
 
 
-def core_02_files(doc_text: str) -> dict[str, int]:
-    """The core path's table of lesson 02's core modules: file name -> the line count it states."""
-    return {m["file"]: int(m["lines"]) for m in CORE_ROW.finditer(docs_words.core_path(doc_text))}
+def core_02_files(doc_text: str) -> set[str]:
+    """The modules (`name.py`) step 5's table, in the core path, places lesson 02's steps in."""
+    table = STEP_TABLE.search(docs_words.core_path(doc_text))
+    if not table:
+        return set()
+    rows = [row.strip().strip("|").split("|") for row in table[1].splitlines()]
+    return {name for cells in rows for name in re.findall(r"`(\w+\.py)`", cells[-1])}
+
+
+def layer_table(doc_text: str) -> list[list[str]]:
+    """The rows (cells) of the table under LAYERS_HEADING, its header left out."""
+    start = doc_text.find(LAYERS_HEADING)
+    if start < 0:
+        return []
+    section = doc_text[start:]
+    end = section.find("\n#", len(LAYERS_HEADING))
+    rows = [line for line in section[: end if end > 0 else None].splitlines() if line[:1] == "|"]
+    return [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows[2:]]
 
 
 def layer_modules(doc_text: str) -> set[str]:
     """The modules (`name.py`, or `name/` for a sub-package) named in the doc's table of layers."""
-    start = doc_text.find(LAYERS_HEADING)
-    if start < 0:
-        return set()
-    section = doc_text[start:]
-    end = section.find("\n#", len(LAYERS_HEADING))
-    table = [line for line in section[: end if end > 0 else None].splitlines() if line[:1] == "|"]
-    return set(re.findall(r"`(\w+\.py|\w+/)`", "\n".join(table)))
+    return {
+        name
+        for cells in layer_table(doc_text)
+        for name in re.findall(r"`(\w+\.py|\w+/)`", cells[1])
+    }
+
+
+def layer_folders(doc_text: str) -> dict[str, set[str]]:
+    """Each folder the doc's table of layers names (`sandbox/`) -> the files its row lists."""
+    return {
+        folder: set(re.findall(r"`([\w.]+)`", cells[2]))
+        for cells in layer_table(doc_text)
+        for folder in re.findall(r"`(\w+/)`", cells[1])
+    }
+
+
+def folder_files(root: Path, folder: str) -> set[str]:
+    """The files of one of the package's folders, its `__init__.py` and caches left out."""
+    return {
+        p.name
+        for p in (root / PACKAGE_DIR / folder).iterdir()
+        if p.is_file() and p.name != "__init__.py" and p.suffix != ".pyc"
+    }
+
+
+def later_layers(doc_text: str, lesson: int = 2) -> set[str]:
+    """The layers' modules that a lesson after `lesson` explains (the last column links it)."""
+    later = set()
+    for cells in layer_table(doc_text):
+        lessons = [int(n) for n in LESSON_LINK.findall(cells[-1])]
+        if lessons and min(lessons) > lesson:
+            later |= set(re.findall(r"`(\w+\.py|\w+/)`", cells[1]))
+    return later
 
 
 def package_modules(root: Path) -> set[str]:
@@ -188,27 +226,23 @@ def package_imports(source: str) -> set[str]:
     return {f"{name}.py" for name in found}
 
 
-def core_02_problems(root: Path, core: dict[str, int]) -> list[str]:
-    """What breaks lesson 02's promise: too many modules or lines, a stated line count that is not
-    the file's, a core module that imports a later layer."""
-    problems = []
+def core_02_problems(root: Path, core: set[str], later: set[str]) -> list[str]:
+    """What breaks step 5's promise: no module named, a module that does not exist, a module that
+    imports one of the `later` lessons' layers."""
     if not core:
-        return ["the core path lists no core module"]
-    if len(core) > CORE_02_MAX_FILES:
-        problems.append(f"{len(core)} core modules, the limit is {CORE_02_MAX_FILES}")
-    lines = {}
-    for name, stated in core.items():
+        return ["step 5 places the steps in no module"]
+    problems = []
+    for name in sorted(core):
         path = root / PACKAGE_DIR / name
         if not path.is_file():
             problems.append(f"{name} does not exist")
             continue
-        lines[name] = len(path.read_text(encoding="utf-8").splitlines())
-        if lines[name] != stated:
-            problems.append(f"{name} has {lines[name]} lines, the doc says {stated}")
-        later = package_imports(path.read_text(encoding="utf-8")) - set(core) - CORE_02_SHARED
-        problems += [f"{name} imports a later layer: {module}" for module in sorted(later)]
-    if sum(lines.values()) > CORE_02_MAX_LINES:
-        problems.append(f"{sum(lines.values())} lines, the limit is {CORE_02_MAX_LINES}")
+        imported = package_imports(path.read_text(encoding="utf-8"))
+        subpackages = {f"{Path(m).stem}/" for m in imported}
+        problems += [
+            f"{name} imports a later lesson's layer: {module}"
+            for module in sorted((imported | subpackages) & later)
+        ]
     return problems
 
 
@@ -244,17 +278,29 @@ def test_core_path_excerpts_come_from_the_lesson_or_what_it_imports(doc):
 DOC_02 = ROOT / "docs" / "02-research-agent.md"
 
 
-def test_lesson_02s_core_is_six_modules_that_import_no_later_layer():
-    core = core_02_files(DOC_02.read_text(encoding="utf-8"))
-    assert core_02_problems(ROOT, core) == []
+def test_lesson_02s_steps_live_in_modules_that_exist_and_import_no_later_layer():
+    text = DOC_02.read_text(encoding="utf-8")
+    core = core_02_files(text)
+    assert {"agent.py", "search.py", "api.py", "cache.py"} <= core, core
+    assert core_02_problems(ROOT, core, later_layers(text)) == []
 
 
 def test_every_other_module_of_the_research_agent_is_a_layer_the_doc_lists():
     text = DOC_02.read_text(encoding="utf-8")
-    core, layers = set(core_02_files(text)), layer_modules(text)
+    core, layers = core_02_files(text), layer_modules(text)
     assert layers, f"docs/02 has no table under {LAYERS_HEADING!r}"
     assert package_modules(ROOT) - core - layers == set(), "modules the doc does not place"
-    assert layers - package_modules(ROOT) == set(), "the doc lists modules that do not exist"
+    assert (core | layers) - package_modules(ROOT) == set(), (
+        "the doc lists modules that do not exist"
+    )
+
+
+def test_each_layer_folder_lists_its_files():
+    """A layer lives in a folder named after it; the table lists each folder's files, and a file
+    added to or moved out of a folder fails here until the table says so."""
+    folders = layer_folders(DOC_02.read_text(encoding="utf-8"))
+    assert {"sandbox/", "access/", "worker/", "tracing/", "durable/"} <= set(folders), folders
+    assert {f: folder_files(ROOT, f) for f in folders} == folders
 
 
 # --- the checks themselves, on a sample tree ----------------------------------------------------
@@ -352,45 +398,39 @@ def write_package(root: Path, files: dict[str, str]) -> None:
         (package / name).write_text(text, encoding="utf-8")
 
 
-def test_a_core_that_imports_a_later_layer_or_misstates_its_size_is_named(tmp_path):
+def test_a_step_module_that_is_missing_or_imports_a_later_layer_is_named(tmp_path):
     write_package(
         tmp_path,
         {
             "api.py": "from .service import run\nfrom .errors import AppError\n",
-            "service.py": "from . import quotas\nimport research_agent.tracing\n\n\n",
-            "quotas.py": "",
+            "service.py": (
+                "from . import sandbox\nimport research_agent.tracing\nfrom .durable import runs\n"
+            ),
+            "sandbox.py": "",
             "errors.py": "",
         },
     )
-    assert core_02_problems(tmp_path, {"api.py": 2, "service.py": 4}) == [
-        "service.py imports a later layer: quotas.py",
-        "service.py imports a later layer: tracing.py",
+    later = {"sandbox.py", "tracing.py", "durable/"}
+    assert core_02_problems(tmp_path, {"api.py", "service.py"}, later) == [
+        "service.py imports a later lesson's layer: durable/",
+        "service.py imports a later lesson's layer: sandbox.py",
+        "service.py imports a later lesson's layer: tracing.py",
     ]
-    assert core_02_problems(tmp_path, {"quotas.py": 1}) == ["quotas.py has 0 lines, the doc says 1"]
-    assert core_02_problems(tmp_path, {}) == ["the core path lists no core module"]
-
-
-def test_a_core_over_the_limits_is_refused(tmp_path):
-    names = [f"m{i}.py" for i in range(CORE_02_MAX_FILES + 1)]
-    write_package(tmp_path, {name: "" for name in names})
-    seven = {name: 0 for name in names}
-    assert core_02_problems(tmp_path, seven) == [
-        f"{CORE_02_MAX_FILES + 1} core modules, the limit is {CORE_02_MAX_FILES}"
-    ]
-    write_package(tmp_path, {"big.py": "x = 1\n" * (CORE_02_MAX_LINES + 1)})
-    assert core_02_problems(tmp_path, {"big.py": CORE_02_MAX_LINES + 1}) == [
-        f"{CORE_02_MAX_LINES + 1} lines, the limit is {CORE_02_MAX_LINES}"
-    ]
+    assert core_02_problems(tmp_path, {"api.py", "gone.py"}, later) == ["gone.py does not exist"]
+    assert core_02_problems(tmp_path, set(), later) == ["step 5 places the steps in no module"]
 
 
 def test_the_tables_are_read_from_the_doc():
     doc = (
-        "# Lesson 02\n\n| File | Lines | What it does |\n| --- | --- | --- |\n"
-        "| [`research_agent/api.py`](../research-agent/research_agent/api.py) | 12 | routes |\n"
-        f"\n## Going further\n\n{LAYERS_HEADING}\n\n| Layer | Modules | Lesson |\n"
-        "| --- | --- | --- |\n| limits | `quotas.py`, `auth.py` | section 8 |\n"
-        "| durable runs | `durable/` | lesson 10 |\n\n`notes.py` outside the table\n"
-        "\n### 16. Next\n| x | `later.py` | y |\n"
+        "# Lesson 02\n\n| Step | Modules |\n| --- | --- |\n"
+        "| 1: the tool | `search.py`, `agent.py` (`ResearchAgent`) |\n| 2: routes | `api.py` |\n"
+        f"\n## Going further\n\n| Step | Modules |\n| --- | --- |\n| x | `late.py` |\n"
+        f"\n{LAYERS_HEADING}\n\n| Layer | Modules | Attached as | Explained in |\n"
+        "| --- | --- | --- | --- |\n| limits | `quotas.py`, `auth.py` | deps | [lim](#lim) |\n"
+        "| sandbox | `sandbox.py` | a tool | [lesson 04](04-sandboxed-tools.md) |\n"
+        "| durable runs | `durable/` | its service | [lesson 10](10-durable-runs.md) |\n\n"
+        "`notes.py` outside the table\n\n### 16. Next\n| x | `later.py` | y |\n"
     )
-    assert core_02_files(doc) == {"api.py": 12}
-    assert layer_modules(doc) == {"quotas.py", "auth.py", "durable/"}
+    assert core_02_files(doc) == {"search.py", "agent.py", "api.py"}
+    assert layer_modules(doc) == {"quotas.py", "auth.py", "sandbox.py", "durable/"}
+    assert later_layers(doc) == {"sandbox.py", "durable/"}

@@ -67,14 +67,14 @@ def imported_names(source: str) -> set[str]:
 def test_the_check_finds_a_module_a_private_name_and_an_attribute():
     public = {"error_body", "Job"}
     assert outside_the_surface("from research_agent import error_body, Job\n", public) == []
-    assert outside_the_surface("from research_agent.error_shape import error_body\n", public) == [
-        "line 1: from research_agent.error_shape"
-    ]
+    assert outside_the_surface(
+        "from research_agent.web.error_shape import error_body\n", public
+    ) == ["line 1: from research_agent.web.error_shape"]
     assert outside_the_surface("from research_agent import _ERRORS\n", public) == [
         "line 1: _ERRORS"
     ]
-    assert outside_the_surface("import research_agent.tracing\n", public) == [
-        "line 1: import research_agent.tracing"
+    assert outside_the_surface("import research_agent.tracing.otel\n", public) == [
+        "line 1: import research_agent.tracing.otel"
     ]
     inside = "def f():\n    import research_agent as ra\n    return ra.Job, ra.cache\n"
     assert outside_the_surface(inside, public) == ["line 3: ra.cache"]

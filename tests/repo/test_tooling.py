@@ -269,7 +269,8 @@ def test_lesson_targets_install_the_lessons_lock_and_the_others_the_dev_lock():
     dev = {t for t, deps in needs.items() if "$(VENV)/.installed" in deps.split()}
     assert {"lesson-01", "lesson-01-production", "research-agent", "lesson-05"} <= lessons
     assert {"test", "lint", "install", "docs", "smoke", "bench-api"} <= dev
-    assert not {t for t in dev if t.startswith("lesson-")}
+    # Lesson 11's evals are tests (pytest, agentevals): its subject is the test tools' lock.
+    assert {t for t in dev if t.startswith("lesson-")} == {"lesson-11"}
 
 
 @pytest.fixture
@@ -461,23 +462,34 @@ def test_the_make_targets_that_need_the_plugins_give_that_message(no_plugins, ta
 
 # --- make ci: one list of checks, run by .ci/run and by the GitHub workflow ----------------------
 
-# One after another first (gvisor as root, as CI is; Swarm's checks alone, since leaving Swarm takes
-# the DNS names of other stacks' containers); then the container checks in three lanes side by side,
-# each in its order.
-CI_FIRST = ["lint", "test", "build", "gvisor", "swarm-test", "bench-scaleout"]
+# First the linters beside every image's build and gVisor's registration (as root, as CI is),
+# then one after another (`make test` alone; Swarm's checks alone, since leaving Swarm takes the DNS
+# names of other stacks' containers); then the container checks in three lanes side by side, each
+# in its order.
+CI_BESIDE = {"lint", "images", "gvisor"}
+CI_THEN = ["test", "swarm-test", "bench-scaleout"]
 CI_LANES = {
     "A": ["smoke", "compose-test", "mcp-test"],
     "B": ["variations-test", "pubsub-test", "traces-test", "durable-test"],
-    "C": ["sandbox-test"],
+    "C": ["evals", "sandbox-test"],
 }
+FIRST = len(CI_BESIDE) + len(CI_THEN)
 
 
 def in_lane_order(goals: list[str], lanes: dict[str, list[str]]) -> bool:
-    """The goals after CI_FIRST are each lane's, each lane's in its order (interleaved at will)."""
-    rest = goals[len(CI_FIRST) :]
+    """The goals after the first ones are each lane's, each lane's in its order (interleaved)."""
+    rest = goals[FIRST:]
     every = [goal for lane in lanes.values() for goal in lane]
     in_order = all([goal for goal in rest if goal in lane] == lane for lane in lanes.values())
     return in_order and sorted(rest) == sorted(every)
+
+
+def first_goals_in_order(goals: list[str]) -> bool:
+    """lint, images and gvisor in any order (images before gvisor), then CI_THEN in order."""
+    beside = goals[: len(CI_BESIDE)]
+    if set(beside) != CI_BESIDE or beside.index("images") > beside.index("gvisor"):
+        return False
+    return goals[len(CI_BESIDE) : FIRST] == CI_THEN
 
 
 def run_ci(
@@ -510,9 +522,10 @@ def run_ci(
 def test_make_ci_runs_every_check_once_in_order_each_step_timed(tmp_path):
     result, goals = run_ci(tmp_path, docker_works=True, CI="true")
     assert result.returncode == 0, result.stderr
-    assert goals[: len(CI_FIRST)] == CI_FIRST and in_lane_order(goals, CI_LANES), goals
+    assert first_goals_in_order(goals) and in_lane_order(goals, CI_LANES), goals
     timed = re.findall(r"^(?:\[(\w)\] )?==> make ([\w-]+) done in \d+s$", result.stdout, re.M)
-    assert [goal for lane, goal in timed if not lane] == CI_FIRST
+    assert [goal for lane, goal in timed if not lane] == ["lint", *CI_THEN]
+    assert [goal for lane, goal in timed if lane == "I"] == ["images", "gvisor"]
     for name, lane in CI_LANES.items():  # a lane's lines carry its name
         assert [goal for tag, goal in timed if tag == name] == lane
 
@@ -528,19 +541,22 @@ def test_a_failing_check_stops_its_lane_the_other_lane_finishes_and_the_run_fail
 
 def test_gvisor_is_registered_as_root_required_under_ci_and_skipped_locally(tmp_path):
     result, goals = run_ci(tmp_path / "ci", docker_works=True, uid=1000, CI="true")
-    assert result.returncode != 0 and goals == ["lint", "test", "build"], goals
+    assert result.returncode != 0 and goals == [], goals  # said before anything runs
     assert "CI runs as root to register gVisor" in result.stderr
     result, goals = run_ci(tmp_path / "local", docker_works=True, uid=1000)
-    assert result.returncode == 0 and "gvisor" not in goals, goals
+    assert result.returncode == 0 and "gvisor" not in goals and "images" in goals, goals
     assert "runsc cases will skip" in result.stdout
 
 
 def test_a_failing_check_before_the_lanes_stops_the_run_there(tmp_path):
     result, goals = run_ci(tmp_path, docker_works=True, failing="test", CI="true")
-    assert result.returncode != 0 and goals == ["lint", "test"]
+    assert result.returncode != 0 and set(goals) == CI_BESIDE | {"test"}, goals
     assert "==> make test FAILED" in result.stdout
+    result, goals = run_ci(tmp_path / "images", docker_works=True, failing="images", CI="true")
+    assert result.returncode != 0 and sorted(goals) == ["images", "lint"], goals
+    assert "[I] ==> make images FAILED" in result.stdout
     result, goals = run_ci(tmp_path / "swarm", docker_works=True, failing="swarm-test", CI="true")
-    assert result.returncode != 0 and goals == CI_FIRST[: CI_FIRST.index("swarm-test") + 1]
+    assert result.returncode != 0 and goals[len(CI_BESIDE) :] == ["test", "swarm-test"], goals
 
 
 def test_the_swarm_benchmark_runs_as_a_check_and_its_settings_stay_with_it(tmp_path):
@@ -564,7 +580,7 @@ def test_make_ci_without_docker_skips_the_container_checks_locally_and_says_so(t
 
 def test_ci_runs_lint_and_test_and_the_workflow_runs_it_through_make_ci():
     ci_run = (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"^step lint$", ci_run, flags=re.M) and re.search(r"^step test$", ci_run, re.M)
+    assert re.search(r"^ *step lint\b", ci_run, re.M) and re.search(r"^ *step test\b", ci_run, re.M)
     workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
     assert re.findall(r"^\s*- run: (.*)$", workflow, flags=re.M) == ["make ci"]
     makefile = (ROOT / "Makefile").read_text()

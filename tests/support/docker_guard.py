@@ -16,8 +16,9 @@ from docker.api.client import APIClient
 
 from lesson08.catalog import ServerEntry
 from lesson08.launcher import DockerLauncher
-from research_agent.sandbox import SandboxConfig, SandboxRunner
-from research_agent.sandbox_exit import EndWatch
+from research_agent.durable.idempotent import KeyedSandbox
+from research_agent.sandbox.exit import EndWatch
+from research_agent.sandbox.runner import SandboxConfig, SandboxRunner
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 
@@ -72,8 +73,22 @@ def sandbox_create(owner="lesson-08", timeout=10.0, idle=None, runtime=None):
     return sdk_create(create)
 
 
+def kept_sandbox_create(owner="lesson10", key="0123456789abcdef" * 2, timeout=10.0):
+    """What lesson 10's KeyedSandbox sends for the run_python call whose idempotency key is
+    `key`: the sandbox, named by the key and kept after it exits."""
+    config = SandboxConfig(owner=owner)
+
+    def create(client):
+        keyed = KeyedSandbox(SandboxRunner(config, client=client))
+        keyed.runner.create_from(
+            keyed.kept(f"agent-sandbox-{key}", timeout, "f" * 32, config.uid_base + 7)
+        )
+
+    return sdk_create(create)
+
+
 def exit_watch_events(container: str, within: float = 70.0) -> str:
-    """The request target of the sandbox's exit watch (research_agent/sandbox_exit.py) for
+    """The request target of the sandbox's exit watch (research_agent/sandbox/exit.py) for
     `container`."""
     path, _, params = sdk_sent(lambda client: EndWatch(client, container, within), via="_get")
     return f"{path}?{urlencode(params)}"

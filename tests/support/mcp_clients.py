@@ -11,16 +11,21 @@ import httpx
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from lesson08.launcher import DockerLauncher
 from support.server import ServerProcess
 
 HOSTILE_SERVER = Path(__file__).with_name("mcp_hostile_server.py")
+# How long the client waits for an answer: longer than the gateway may take itself, which is a tool
+# server's on-demand start (up to START_SECONDS) and then the call (the default 15 s timeout). A
+# client that gave up sooner failed calls the gateway was still within its bounds to answer.
+READ_SECONDS = DockerLauncher.START_SECONDS + 15 + 30
 
 
 @contextlib.asynccontextmanager
 async def sdk_session(url: str, headers: dict | None = None):
     """The official MCP SDK's client: Streamable HTTP transport, ClientSession, initialized."""
     async with (
-        httpx.AsyncClient(headers=headers or {}, timeout=60) as http,
+        httpx.AsyncClient(headers=headers or {}, timeout=READ_SECONDS) as http,
         streamable_http_client(url, http_client=http) as (read, write, *_),
         ClientSession(read, write) as session,
     ):

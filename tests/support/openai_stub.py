@@ -10,6 +10,7 @@ reports token usage like the real API, and can reply with tool calls.
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL = "stub-model"
@@ -20,11 +21,17 @@ def _count_tokens(text: str) -> int:
 
 
 class ChatCompletionsStub:
-    """Serves `replies` in order, the last repeating: {"content": str} or {"tool_calls": [...]}."""
+    """Serves `replies` in order, the last repeating: {"content": str} or {"tool_calls": [...]};
+    or, given `respond`, what respond(request body) returns for each request."""
 
-    def __init__(self, replies: list[dict], host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        replies: list[dict] | None = None,
+        host: str = "127.0.0.1",
+        respond: Callable[[dict], dict] | None = None,
+    ):
         """`host`: the address it listens on (loopback; a container reaches another one)."""
-        self.replies = replies
+        self.replies, self.respond = replies or [], respond
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, 0), self._handler_class())
@@ -46,6 +53,8 @@ class ChatCompletionsStub:
     def _next_reply(self, body: dict) -> dict:
         with self._lock:
             self.requests.append(body)
+            if self.respond is not None:
+                return self.respond(body)
             return self.replies[min(len(self.requests), len(self.replies)) - 1]
 
     def _handler_class(self):

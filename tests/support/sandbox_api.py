@@ -1,6 +1,6 @@
-"""Lesson 04's API (code/04_sandboxed_tools.py) as `make lesson-04` runs it, for the suites that
-attack it in real containers (tests/lesson_04/test_hostile.py, test_pool.py), and the way they send
-it code (`post`, `run`, `printed`)."""
+"""Lesson 04's production API (code/04_sandboxed_tools.py) as `make lesson-04-production` runs
+it, for the suites that attack it in real containers (tests/lesson_04/test_hostile.py,
+test_pool.py), and the way they send it code (`post`, `run`, `printed`)."""
 
 import json
 import os
@@ -109,7 +109,7 @@ class SandboxApi(ServerProcess):
 
 def containers(engine, owner: str, request_id: str | None = None) -> list:
     """The sandbox containers an API (`owner`) made, for one request or all, running or not."""
-    from research_agent.sandbox import LABEL  # research-agent/ is on the path of the tests
+    from research_agent.sandbox.runner import LABEL  # research-agent/ is on the path of the tests
 
     labels = [f"{LABEL}.owner={owner}"] + ([f"{LABEL}.request-id={request_id}"] * bool(request_id))
     # sparse: the list as Docker gives it, no inspect per container (one may be gone by then).
@@ -118,7 +118,7 @@ def containers(engine, owner: str, request_id: str | None = None) -> list:
 
 def idle_pooled(engine, owner: str) -> dict[str, object]:
     """An API's pooled containers that are ready for a run, by short id (a run's hostname)."""
-    from research_agent.sandbox_pool import POOL_REQUEST_ID
+    from research_agent.sandbox.pool import POOL_REQUEST_ID
 
     pooled = containers(engine, owner, POOL_REQUEST_ID)
     return {c.id[:12]: c for c in pooled if c.status == "running"}

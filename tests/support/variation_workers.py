@@ -40,7 +40,7 @@ def run_worker(environment: dict[str, str], log_path: str, argv: tuple[str, ...]
     os.dup2(log, 2)
     os.environ.clear()
     os.environ.update(environment)
-    from research_agent import worker
+    from research_agent.worker import worker
 
     sys.exit(worker.main(list(argv)))
 
@@ -49,7 +49,7 @@ def run_worker(environment: dict[str, str], log_path: str, argv: tuple[str, ...]
 # of paying the LangChain import (seconds) each time; test_worker.py runs `python -m
 # research_agent.worker`.
 FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["research_agent.worker"])
+FORKSERVER.set_forkserver_preload(["research_agent.worker.worker"])
 
 
 def start_forkserver() -> None:
