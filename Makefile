@@ -13,15 +13,16 @@ export HOST PORT
 .PHONY: help install lock docs gvisor lesson-01 lesson-01-production lesson-01-shutdown research-agent test test-tools lint
 .PHONY: lesson-02 lesson-03 lesson-03-down ci
 .PHONY: bench-api bench-sse-proxy bench-first-answer measurements clean
-.PHONY: docker-tools offline-images build smoke compose-test sizes bench-images bench-start bench-start-host context-size
-.PHONY: sandbox-image lesson-04 sandbox-test bench-sandbox
+.PHONY: docker-tools images offline-images build smoke compose-test sizes bench-images bench-start bench-start-host context-size
+.PHONY: sandbox-image lesson-04 lesson-04-production sandbox-test bench-sandbox
 .PHONY: lesson-05 lesson-05-down lesson-05-image variations-test variations-screenshot bench-variations
 .PHONY: swarm-images lesson-06 lesson-06-down swarm-test bench-scaleout
 .PHONY: lesson-07-image lesson-07 lesson-07-down lesson-07-trace pubsub-test bench-pubsub
 .PHONY: lesson-08-images lesson-08 lesson-08-down lesson-08-client mcp-test bench-mcp
 .PHONY: lesson-08-replicas lesson-08-replicas-down
-.PHONY: lesson-09 lesson-09-down traces-test bench-tracing
-.PHONY: lesson-10-image lesson-10 lesson-10-down durable-test bench-durable
+.PHONY: lesson-09 lesson-09-images lesson-09-down traces-test bench-tracing
+.PHONY: lesson-10-image lesson-10 lesson-10-step-check lesson-10-step lesson-10-banner lesson-10-stack lesson-10-down durable-test bench-durable
+.PHONY: lesson-11 evals evals-baseline evals-screenshot evals-phoenix-test bench-evals
 
 define serving
 	@echo
@@ -100,7 +101,17 @@ lesson-01-shutdown: $(VENV)/.lessons ## Lesson 01: run the graceful-shutdown exa
 	$(call serving,Graceful-shutdown API,v1/stream,What is a container?)
 	@$(PY) code/01_graceful_shutdown.py
 
-lesson-02: research-agent ## Lesson 02: run the research agent on the host (offline model and local search by default)
+# make lesson-02 STEP=K runs step K of lesson 02, code/02_stepK_*.py: step 1 and 2 are scripts that
+# print an answer, steps 3 and 4 serve it. Without STEP: the research agent package they arrive at.
+STEP ?=
+LESSON02_STEP = $(wildcard code/02_step$(STEP)_*.py)
+
+lesson-02: $(VENV)/.lessons $(if $(STEP),,research-agent) ## Lesson 02: the research agent on the host (offline by default); STEP=1..4 runs that step of the lesson
+ifneq ($(STEP),)
+	@test -n "$(LESSON02_STEP)" || { echo "Lesson 02 has steps 1 to 4: STEP=$(STEP) is none of them" >&2; exit 2; }
+	$(if $(filter 1 2,$(STEP)),,$(call serving,Lesson 02 step $(STEP),v1/research,What does docker stop do?))
+	@$(PY) $(LESSON02_STEP)
+endif
 
 research-agent: $(VENV)/.lessons ## Lesson 02 under the app's name: the same as make lesson-02
 	$(call serving,Research agent,v1/research,Why use a multi-stage Docker build?)
@@ -119,12 +130,44 @@ lesson-03: docker-tools offline-images ## Lesson 03: the research agent, Redis a
 lesson-03-down: docker-tools ## Lesson 03: stop the Compose stack and remove its containers and cache volume
 	cd research-agent && docker compose down -v
 
-lesson-04: $(VENV)/.lessons sandbox-image ## Lesson 04: API and agent whose run_python tool runs code in a sandbox container
+# Lesson 04 is four steps, code/04_step1_*.py to code/04_step4_*.py: `make lesson-04 STEP=K` runs
+# step K; `make lesson-04` the last, the API. The first three are scripts that print and exit.
+LESSON04_STEP := $(or $(STEP),4)
+LESSON04_FILE := $(wildcard code/04_step$(LESSON04_STEP)_*.py)
+ifneq ($(filter lesson-04,$(MAKECMDGOALS)),)
+ifneq ($(words $(LESSON04_FILE)),1)
+$(error make lesson-04: there is no step "$(STEP)"; the steps are STEP=1 to STEP=4)
+endif
+endif
+LESSON04_ABOUT_1 := It runs eight programs that attack the machine, each in a throwaway container with every restriction on.
+LESSON04_ABOUT_2 := An agent asks run_python to run the programs it writes (offline model unless OPENAI_API_KEY is set).
+LESSON04_ABOUT_3 := It sweeps expired leftovers, then sends eight runs at once: four containers at a time.
+
+lesson-04: $(VENV)/.lessons sandbox-image ## Lesson 04: code run in throwaway containers, in 4 steps (STEP=1..4; alone, step 4: the API and its agent)
+ifeq ($(LESSON04_STEP),4)
 	@echo
+	@echo "  Lesson 04, step 4: $(LESSON04_FILE), the sandbox behind an API (docs/04-sandboxed-tools.md, section 4)"
 	@echo "  Sandboxed tools on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
 	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
 	@echo "  Run code:   curl -s -X POST http://$(HOST):$(PORT)/v1/tools/python -H 'content-type: application/json' -d '{\"code\": \"print(2**100)\"}'"
 	@echo "  Ask:        curl -s -X POST http://$(HOST):$(PORT)/v1/agent -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo
+else
+	@echo
+	@echo "  Lesson 04, step $(LESSON04_STEP) of 4: $(LESSON04_FILE) (docs/04-sandboxed-tools.md, section $(LESSON04_STEP))"
+	@echo "  $(LESSON04_ABOUT_$(LESSON04_STEP))"
+	@echo "  It prints what happened and exits. Next: make lesson-04 STEP=$(shell echo $$(($(LESSON04_STEP) + 1)))"
+	@echo
+endif
+	@$(PY) $(LESSON04_FILE)
+
+lesson-04-production: $(VENV)/.lessons sandbox-image ## Lesson 04, Going further: the production API (the research agent's runner: error shape, queue, pool, egress, gVisor)
+	@echo
+	@echo "  Sandboxed tools, production version, on http://$(HOST):$(PORT)  (offline model unless OPENAI_API_KEY is set; Ctrl+C stops it)"
+	@echo "  Swagger UI: http://$(HOST):$(PORT)/docs"
+	@echo "  Run code:   curl -s -X POST http://$(HOST):$(PORT)/v1/tools/python -H 'content-type: application/json' -d '{\"code\": \"print(2**100)\"}'"
+	@echo "  Ask:        curl -s -X POST http://$(HOST):$(PORT)/v1/agent -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo "  A pool of containers started ahead: SANDBOX_POOL_SIZE=2 make lesson-04-production"
 	@echo
 	@$(PY) code/04_sandboxed_tools.py
 
@@ -214,17 +257,59 @@ lesson-09: docker-tools offline-images ## Lesson 09: lesson 03's stack exporting
 	@echo "  Stop:  make lesson-09-down   (removes the containers, networks and volume)"
 	@echo
 
+# Lesson 09's images (the agent, the viewer and its ingest) built ahead, as `make lesson-09` builds them.
+lesson-09-images: docker-tools offline-images
+	$(LESSON09_COMPOSE) build
+
 lesson-09-down: docker-tools ## Lesson 09: remove its containers (the viewer and its ingest too), networks and volume
 	$(LESSON09_COMPOSE) down -v --remove-orphans
 
-lesson-10: lesson-10-image sandbox-image deploy/lesson10/.env ## Lesson 10: durable runs, a person approves run_python; edge on 127.0.0.1:8110 (LESSON10_PORT), two replicas, Postgres; returns once healthy
+# `make lesson-10 STEP=K` runs step K of docs/10-durable-runs.md (code/10_stepK_*.py) on the host;
+# `make lesson-10` (or STEP=5) brings up what the steps arrive at: the Compose stack.
+LESSON10_STEP_FILE = $(firstword $(wildcard code/10_step$(STEP)_*.py))
+lesson-10: $(if $(filter-out 5,$(STEP)),lesson-10-step,lesson-10-stack) ## Lesson 10: durable runs, a person approves run_python. STEP=1..4: that step on the host; alone: edge on 127.0.0.1:8110 (LESSON10_PORT), two replicas, Postgres, returns once healthy
+
+# What a step needs that make cannot build, checked before anything is built.
+lesson-10-step-check:
+	@if [ -z "$(LESSON10_STEP_FILE)" ]; then echo "STEP=$(STEP): lesson 10's steps are 1 to 5 (docs/10-durable-runs.md)" >&2; exit 2; fi
+	@if [ "$(STEP)" != 1 ] && [ -z "$$DATABASE_URL" ]; then \
+	  echo "Step $(STEP) keeps its runs in PostgreSQL: start one and set DATABASE_URL (docs/10-durable-runs.md, Before you start), e.g." >&2; \
+	  echo "  docker run -d --name lesson10-postgres -e POSTGRES_PASSWORD=lesson10 -p 127.0.0.1:5432:5432 postgres:15" >&2; \
+	  echo "  export DATABASE_URL=postgresql://postgres:lesson10@127.0.0.1:5432/postgres" >&2; exit 2; fi
+
+# What `make lesson-10 STEP=K` prints before it starts the step: where to look, what to type.
+define lesson10_banner
+	@echo
+	@echo "  Lesson 10, step $(STEP): $(LESSON10_STEP_FILE)  (offline model unless OPENAI_API_KEY is set)"
+	@case "$(STEP)" in \
+	  1) echo "  The run stops before run_python: type y to approve the call, anything else to reject it." ;; \
+	  2) echo "  The run stops before run_python. Kill it from another terminal instead of answering:"; \
+	     echo "    kill -9 \$$(pgrep -f 10_step2_postgres)"; \
+	     echo "  then run make lesson-10 STEP=2 again: the run resumes from its checkpoint in PostgreSQL." ;; \
+	  *) echo "  API on http://$(HOST):$(PORT)  (Swagger UI: /docs; Ctrl+C stops it)"; \
+	     echo "  Start a run:  curl -s -X POST http://$(HOST):$(PORT)/v1/runs -H 'content-type: application/json' -d '{\"query\": \"What is 2**100?\"}'"; \
+	     echo "  Then docs/10-durable-runs.md, step $(STEP): its state, your decision, the answer." ;; \
+	esac
+	@echo
+endef
+
+lesson-10-step: lesson-10-step-check $(VENV)/.lessons sandbox-image
+	$(lesson10_banner)
+	@$(PY) $(LESSON10_STEP_FILE)
+
+# The banner alone: tests/lesson_10/test_steps.py compares it with the doc.
+lesson-10-banner: lesson-10-step-check
+	$(lesson10_banner)
+
+lesson-10-stack: lesson-10-image sandbox-image deploy/lesson10/.env
 	$(LESSON10_COMPOSE) up -d --wait
 	@echo
-	@echo "  Approvals page: http://127.0.0.1:$(LESSON10_PORT)/approvals   (open it after starting a run: the run sets its cookie)"
-	@echo "  Start a run that needs approval (offline, the model calls run_python):"
-	@echo "    curl -si -X POST http://127.0.0.1:$(LESSON10_PORT)/v1/runs -H 'Content-Type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
-	@echo "  Kill a replica: docker compose -p lesson10 -f deploy/lesson10/compose.yaml kill -s SIGKILL agent1"
-	@echo "  Stop:  make lesson-10-down   (removes the containers, network, volume and sandboxes)"
+	@echo "  Durable runs (Compose project lesson10: edge, agent1, agent2, postgres) on http://127.0.0.1:$(LESSON10_PORT)  (offline model unless OPENAI_API_KEY is set)"
+	@echo "  Approvals page: http://127.0.0.1:$(LESSON10_PORT)/approvals   (ask a question there, or paste the owner_token of a run you started with curl)"
+	@echo "  Start a run:    curl -s -X POST http://127.0.0.1:$(LESSON10_PORT)/v1/runs -H 'Content-Type: application/json' -d '{\"query\": \"What is 2**100?\"}'"
+	@echo "  Kill replicas:  docker compose -p lesson10 -f deploy/lesson10/compose.yaml kill -s SIGKILL agent1 agent2"
+	@echo "  Stop:           make lesson-10-down   (removes the containers, network, volume and sandboxes)"
+	@echo
 
 # Two random passwords the first time (the superuser's and the agent's), for Compose's ${...}.
 deploy/lesson10/.env:
@@ -238,6 +323,32 @@ lesson-10-down: docker-tools ## Lesson 10: remove its containers, networks, Post
 durable-test: lesson-10-image $(VENV)/.installed ## Lesson 10 in containers: kill -9 a replica while a run waits, during a model call and while run_python runs; two replicas racing a decision; the approvals page in headless Chromium; down leaves nothing
 	@scripts/ensure-command.sh chromium chromium "the approvals page is checked in a real browser"
 	$(PY) -m pytest -m container tests/lesson_10 -v
+
+# `make lesson-11 STEP=K` runs step K of docs/11-evals.md (code/11_stepK_*.py); without STEP, the
+# gate the steps arrive at: make evals. Evals are tests: lesson 11 installs the test tools' lock.
+LESSON11_STEP = $(wildcard code/11_step$(STEP)_*.py)
+lesson-11: $(VENV)/.installed $(if $(STEP),,evals) ## Lesson 11: the agent's evals as a gate; STEP=1..4 runs that step of the lesson, alone make evals
+ifneq ($(STEP),)
+	@test -n "$(LESSON11_STEP)" || { echo "Lesson 11 has steps 1 to 4: STEP=$(STEP) is none of them" >&2; exit 2; }
+	@$(PY) $(LESSON11_STEP)
+endif
+
+# The evals: offline by default (each case once); with OPENAI_API_KEY each case RUNS times (3), with
+# pass rates compared to code/lesson11/baselines/<model>.json; PHOENIX_URL=http://127.0.0.1:6006
+# reads the spans back from lesson 09's viewer and logs the results there as an experiment.
+EVALS_ARGS = $(if $(RUNS),--runs $(RUNS)) $(if $(PHOENIX_URL),--phoenix $(PHOENIX_URL))
+evals: $(VENV)/.installed ## Lesson 11: the dataset through the research agent, read from its traces: a table, a report (evals-report/index.html), exit 1 when a required case fails
+	@$(PY) -m lesson11 $(EVALS_ARGS)
+
+evals-baseline: $(VENV)/.installed ## Lesson 11: run the evals and write their pass rates as the baseline for this model (code/lesson11/baselines/)
+	@$(PY) -m lesson11 --write-baseline $(EVALS_ARGS)
+
+evals-phoenix-test: docker-tools offline-images $(VENV)/.installed ## Lesson 11 with lesson 09's viewer: Phoenix (docker/phoenix) in a container, the evaluators reading the spans back from it, the results an experiment there; a broken agent read from it fails the gate
+	$(PY) -m pytest -m container tests/lesson_11/test_phoenix.py -v
+
+evals-screenshot: $(VENV)/.installed ## Lesson 11: make evals' report in headless Chromium, saved to docs/images/11-evals-report.png
+	@scripts/ensure-command.sh chromium chromium "the report is opened in a real browser"
+	SCREENSHOT=docs/images/11-evals-report.png $(PY) -m pytest -m container tests/lesson_11/test_report_browser.py -v
 
 lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topics (TRACE_ALL=1: from the start)
 	$(LESSON07_COMPOSE) exec -e TRACE_ALL=$(TRACE_ALL) gateway python 07_event_agents.py trace
@@ -262,7 +373,7 @@ test-tools:
 lint: $(VENV)/.installed ## Lint: ruff, hadolint, shellcheck, actionlint and pymarkdown over every file of their kind
 	@scripts/lint.sh $(VENV)/bin
 
-ci: ## What CI runs: lint, test, build, then smoke, the other container checks and bench-scaleout's check in two lanes side by side (.ci/run)
+ci: ## What CI runs (.ci/run): lint while every image is built, then test, Swarm's checks, then the other container checks in three lanes side by side
 	@bash .ci/run
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/lesson_03/test_container.py), docker stop it mid-stream
@@ -308,6 +419,9 @@ bench-tracing: $(VENV)/.installed ## CPU per request of the research agent: no t
 
 bench-durable: $(VENV)/.installed test-tools ## Lesson 10: the Postgres checkpointer vs none (target <= 1.15x), restart -> resumed event p50/p99, 1,000 waiting runs' memory and connections
 	BENCH_COMMAND="make $@" $(PY) -m bench.durable
+
+bench-evals: $(VENV)/.installed ## Lesson 11: make evals' time, and the share of it that starts the suite (imports, apps) against running the cases
+	BENCH_COMMAND="make $@" $(PY) -m bench.evals
 
 bench-first-answer: ## Fresh clone -> `make lesson-01` -> first answer, uv against pip (a few minutes)
 	@BENCH_COMMAND="make $@" $(PYTHON) -m bench.first_answer
@@ -355,6 +469,9 @@ measurements: ## The bench-results/*.json files as docs/measurements.md's tables
 
 build: docker-tools offline-images sandbox-image ## Build research-agent:basic, :multistage, :optimized and agent-sandbox:python (IMAGES=optimized: one research-agent image)
 	@scripts/build-images.sh $(IMAGES)
+
+images: ## Build every image the container checks use, side by side (base images, lesson 03's three, the sandbox, lessons 05 to 10's)
+	@scripts/build-all-images.sh
 
 offline-images: ## Make python:3.11-slim, redis:7 and haproxy:2.6 available (postgres:15 only when named): docker pull, else build stand-ins from Debian
 	@scripts/offline-images.sh

@@ -26,14 +26,14 @@ fi
 size=$(docker image inspect "$tag" --format '{{.Size}}')
 echo "==> $tag: built in $((SECONDS - start))s, $((size / 1000000)) MB"
 
-# The same restrictions as the runner (research-agent/research_agent/sandbox.py), minus the limits: its seccomp
-# profile, and a uid with no account in the image, as every run gets.
+# The same restrictions as the runner (research-agent/research_agent/sandbox/runner.py), minus the
+# limits: its seccomp profile, and a uid with no account in the image, as every run gets.
 smoke='import shutil, sys
 missing = [t for t in ("sh", "bash", "pip", "pip3", "apt-get", "dpkg", "su", "mount") if shutil.which(t)]
 assert not missing, f"the sandbox image has {missing}"
 print(f"Python {sys.version.split()[0]}, no shell, no pip")'
 if ! out=$(docker run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges \
-  --security-opt "seccomp=$root/research-agent/research_agent/sandbox_seccomp.json" \
+  --security-opt "seccomp=$root/research-agent/research_agent/sandbox/seccomp.json" \
   --user 1500000000:1500000000 "$tag" python -I -c "$smoke" 2>&1); then
   echo "$out" >&2
   echo "==> $tag: smoke test FAILED" >&2

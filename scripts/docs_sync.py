@@ -123,7 +123,9 @@ def extract_diff(spec: str, root: Path = ROOT) -> str:
         tofile=new,
         lineterm="",
     )
-    text = "\n".join(diff)
+    # A blank context line is written empty, not as " ": Markdown linters take that for trailing
+    # whitespace.
+    text = "\n".join(line if line.strip() else "" for line in diff)
     if not text:
         raise IncludeError(f"{old} and {new}: nothing differs")
     return text
@@ -229,7 +231,8 @@ def sync_doc(doc: Path, root: Path = ROOT, write: bool = True) -> tuple[list[str
             fence = _fence_for(wanted)
             lines[excerpt.start : excerpt.end + 1] = [
                 fence + excerpt.info,
-                *wanted.splitlines(),
+                # split, not splitlines: a diff may end in blank context lines, each one a line
+                *wanted.split("\n"),
                 fence,
             ]
     if write and stale and not broken:

@@ -1,6 +1,9 @@
 """Count the words of each lesson's core path: the prose above its `## Going further` heading.
 
-Usage: python scripts/docs_words.py [--limit N] [FILE...]   (default: docs/NN-*.md, limit 1500)
+Usage: python scripts/docs_words.py [--limit N] [FILE...]   (default: docs/NN-*.md)
+
+The limit is 1,500 words, and 1,200 for a lesson built from steps (`code/NN_stepK_*.py`): its steps
+carry the explanation the others give in prose.
 
 Prose is what a learner reads as text, and a table is read like prose: every word of its cells
 counts (its `| --- |` row has none). Not counted: fenced code blocks, HTML comments (the include and
@@ -16,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 1500
+STEPPED_LIMIT = 1200
 LESSON_GLOB = "[0-9][0-9]-*.md"  # docs/01-agent-api.md ... and whatever lesson comes next
 GOING_FURTHER = re.compile(r"^## Going further\s*$", re.MULTILINE)
 WORD = re.compile(r"[\w'’`.-]*\w[\w'’`.-]*")
@@ -24,6 +28,12 @@ WORD = re.compile(r"[\w'’`.-]*\w[\w'’`.-]*")
 def lessons(root: Path = ROOT) -> list[Path]:
     """Every lesson doc, in course order."""
     return sorted((root / "docs").glob(LESSON_GLOB))
+
+
+def limit_for(doc: Path, root: Path = ROOT) -> int:
+    """The core path's word limit of docs/NN-*.md: lower for a lesson built from steps."""
+    stepped = any((root / "code").glob(f"{doc.name[:2]}_step[0-9]_*.py"))
+    return STEPPED_LIMIT if stepped else LIMIT
 
 
 def core_path(text: str) -> str:
@@ -57,7 +67,7 @@ def count_words(markdown: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=LIMIT)
+    parser.add_argument("--limit", type=int, help="one limit for every file (default: per lesson)")
     parser.add_argument("files", nargs="*", type=Path)
     args = parser.parse_args(argv)
     files = args.files or lessons()
@@ -65,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'lesson':<34} {'core-path words':>15}  {'limit':>5}")
     for path in files:
         text = path.read_text(encoding="utf-8")
-        words = count_words(core_path(text))
-        flag = "" if words <= args.limit else "  OVER"
+        words, limit = count_words(core_path(text)), args.limit or limit_for(path)
+        flag = "" if words <= limit else "  OVER"
         has_heading = "" if GOING_FURTHER.search(text) else "  (no '## Going further')"
-        print(f"{path.name:<34} {words:>15}  {args.limit:>5}{flag}{has_heading}")
-        if words > args.limit:
+        print(f"{path.name:<34} {words:>15}  {limit:>5}{flag}{has_heading}")
+        if words > limit:
             over.append(path.name)
     if over:
         print(f"over the limit: {', '.join(over)}", file=sys.stderr)
