@@ -18,8 +18,8 @@ Its size follows demand: at least pool_size (SANDBOX_POOL_SIZE), and as many as 
 the last DEMAND_WINDOW_SECONDS, up to pool_max (SANDBOX_POOL_MAX) and within pool_budget_mib of
 idle containers' memory (SANDBOX_POOL_BUDGET_MIB; one idle container's is measured once it is
 ready). It refills while runs wait, as long as every waiting run still has a place; it shrinks
-back to pool_size once the runs stop. Each run is counted in sandbox_runs_total: served warm (a
-pooled container) or cold (a fresh one), and why.
+back to pool_size once the runs have stopped for SHRINK_AFTER_SECONDS. Each run is counted in
+sandbox_runs_total: served warm (a pooled container) or cold (a fresh one), and why.
 """
 
 import contextlib
@@ -46,6 +46,10 @@ POOL_REQUEST_ID = "pool"
 POOL_MARGIN_SECONDS = 10
 # The pool holds as many containers as runs started in this many seconds (within its bounds).
 DEMAND_WINDOW_SECONDS = 30.0
+# It shrinks to a lower demand only once that has held this long: the highest demand of the last
+# minute sets the target (a scale-down stabilization window, as Kubernetes' autoscaler keeps), so a
+# burst soon after busy runs still finds the pool they grew.
+SHRINK_AFTER_SECONDS = 60.0
 
 RUNS = Counted(
     "sandbox_runs",
@@ -91,6 +95,8 @@ class ContainerPool:
         self._retry_at, self._failures = 0.0, 0  # refills back off while Docker fails
         self._keeper: threading.Thread | None = None
         self._started: deque[float] = deque()  # when recent runs started: the demand
+        # (when, demand): the last minute's highest demands, each lower than the one before it
+        self._peaks: deque[tuple[float, int]] = deque()
         self.served_by_pool = 0  # runs a pooled container served (the rest went fresh)
         self.served: Counter[tuple[str, str]] = Counter()  # (warm or cold, why): as in /metrics
         self.idle_memory_bytes: int | None = None  # one idle pooled container's, once measured
@@ -217,16 +223,22 @@ class ContainerPool:
     def target(self) -> int:
         """How many containers the pool aims to hold now: one per run started in the last
         DEMAND_WINDOW_SECONDS, at least pool_size, at most pool_max and what the memory budget
-        holds of idle containers (once one's memory is measured)."""
+        holds of idle containers (once one's memory is measured); the highest such demand of the
+        last SHRINK_AFTER_SECONDS."""
         c, now = self.config, time.monotonic()
-        with self._pool_lock:  # a Condition's lock is reentrant: callers may hold it already
-            while self._started and self._started[0] < now - DEMAND_WINDOW_SECONDS:
-                self._started.popleft()
-            started = len(self._started)
         largest = c.largest_pool
         if c.pool_budget_mib is not None and self.idle_memory_bytes:
             largest = min(largest, math.floor(c.pool_budget_mib * 2**20 / self.idle_memory_bytes))
-        target = max(c.pool_size, min(largest, started))
+        with self._pool_lock:  # a Condition's lock is reentrant: callers may hold it already
+            while self._started and self._started[0] < now - DEMAND_WINDOW_SECONDS:
+                self._started.popleft()
+            demand = len(self._started)
+            while self._peaks and self._peaks[-1][1] <= demand:
+                self._peaks.pop()
+            self._peaks.append((now, demand))
+            while self._peaks[0][0] < now - SHRINK_AFTER_SECONDS:
+                self._peaks.popleft()
+            target = max(c.pool_size, min(largest, self._peaks[0][1]))
         POOL_TARGET.labels(**self._labels).set(target)
         return target
 
