@@ -48,8 +48,10 @@ exec 9>"${ENSURE_COMMAND_LOCK:-/tmp/ensure-command.lock}"
 flock 9
 "$BASH" "$here/find-command.sh" "$command_name" >/dev/null && exit 0
 echo "==> installing the Debian package '$package': apt-get update && apt-get install $package"
-if ! { apt-get -o DPkg::Lock::Timeout=300 update -qq &&
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+# A download that fails is tried again (Acquire::Retries): one lost connection is not a failure.
+if ! { apt-get -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3 update -qq &&
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3 \
+    install -y -qq \
     --no-install-recommends "$package" >/dev/null; }; then
   echo "error: apt-get could not install '$package'${elsewhere:+ (${elsewhere})}." >&2
   exit 1

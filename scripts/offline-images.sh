@@ -37,12 +37,14 @@ mirrors=(
   "deb http://deb.debian.org/debian-security bookworm-security main"
 )
 # Shared by every stand-in: the smallest Debian (minbase), merged /usr without the
-# usrmerge package (which would pull in ~50 MB of perl), no Recommends, no docs/man/locales.
+# usrmerge package (which would pull in ~50 MB of perl), no Recommends, no docs/man/locales;
+# a download that fails is tried again (3 times), as one lost connection should not fail a build.
 # mmdebstrap already drops apt's package lists and cache.
 mm_common=(
   --variant=minbase
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
   --aptopt='APT::Install-Recommends "false"'
+  --aptopt='Acquire::Retries "3"'
   --dpkgopt='path-exclude=/usr/share/doc/*'
   --dpkgopt='path-include=/usr/share/doc/*/copyright'
   --dpkgopt='path-exclude=/usr/share/man/*'

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from support import zygote
+
 
 def offline_environment(**settings) -> dict[str, str]:
     """This process's environment without a real model's key or a Redis URL, plus `settings`: a
@@ -31,7 +33,8 @@ class ServerProcess:
     """Start `args`, wait until GET `ready_path` answers 200; `stop()` sends SIGTERM, then SIGKILL.
 
     The output goes to a file, never a pipe: a pipe nobody reads fills up (64 KiB) and blocks the
-    server's next log line.
+    server's next log line. `python script.py ...` is forked from support.zygote, its libraries
+    already imported (unless fork=False); anything else runs as a subprocess.
     """
 
     def __init__(
@@ -45,21 +48,27 @@ class ServerProcess:
         log_path: str | Path | None = None,
         ready_timeout: float = 30.0,
         host: str = "127.0.0.1",
+        fork: bool = True,
     ):
         self.args = [str(arg) for arg in args]
         self.cwd, self.env, self.port, self.host = cwd, env, port, host
         self.ready_path, self.ready_timeout = ready_path, ready_timeout
+        # False: exec'ed, never forked (what reads /proc/PID/environ or cmdline needs the real ones)
+        self.fork = fork
         self.url = f"http://{host}:{port}"
         if log_path is None:
             log_path = tempfile.mkstemp(prefix="server-", suffix=".log")[1]
         self.log_path = Path(log_path)
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | zygote.Forked | None = None
 
     def start(self) -> "ServerProcess":
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
+        if self.fork and zygote.forkable(self.args):  # ready-imported, as `python script.py` runs
+            self.process = zygote.Forked(self.args, self.cwd, self.env, self.log_path)
+        else:
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(
+                    self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                )
         began = time.monotonic()
         deadline = began + self.ready_timeout
         # On a loaded machine the imports alone can outlast the timeout: a server that used CPU in

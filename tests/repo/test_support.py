@@ -1,9 +1,14 @@
 """tests/support/: what every lesson's tests and the benchmarks rely on, checked on its own."""
 
+import json
+import signal
+import subprocess
 import sys
 
 import pytest
 
+from support import zygote
+from support.lessons import ROOT
 from support.ports import free_port
 from support.server import ServerProcess
 from support.waiting import wait_for
@@ -125,3 +130,83 @@ def test_compose_v2_is_asked_of_docker_compose_version_not_read_from_an_error(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     assert compose_v2.__wrapped__() is expected
+
+
+# What a program sees and how it ends: printed to its log, compared between `python script.py`
+# (subprocess) and the same script forked ready-imported (support.zygote, what ServerProcess uses).
+PROGRAM = """
+import atexit, json, os, signal, sys, threading, time
+how = sys.argv[1]
+def down(depth):
+    try:
+        return down(depth + 1)
+    except RecursionError:
+        return depth
+print(json.dumps({"recursion": down(0), "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0],
+                  "env": os.environ.get("ZYGOTE_PROBE"), "name": __name__,
+                  "repo_on_path": os.environ["REPO"] in sys.path,
+                  "stdin": sys.stdin.read()}))
+atexit.register(lambda: print("atexit ran", flush=True))
+threading.Thread(target=lambda: (time.sleep(0.3), print("thread joined", flush=True))).start()
+if how == "exit":
+    sys.exit(3)
+if how == "raise":
+    raise ValueError("boom")
+if how == "wait":
+    print("waiting", flush=True)
+    time.sleep(30)
+if how == "ctrl-c":
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+"""
+
+
+def ran(tmp_path, forked: bool, how: str, sig: int | None = None) -> tuple[int, int, list[str]]:
+    (tmp_path / "prog").mkdir(exist_ok=True)
+    script = tmp_path / "prog" / "program.py"
+    script.write_text(PROGRAM)
+    log = tmp_path / f"{forked}-{how}.log"
+    args = [sys.executable, "prog/program.py", how]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "ZYGOTE_PROBE": "seen",
+        "PYTHONUNBUFFERED": "1",
+        "REPO": str(ROOT),
+    }
+    if forked:
+        assert zygote.forkable(args)
+        process = zygote.Forked(args, tmp_path, env, log)
+    else:
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                args, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+    if sig is not None:
+        wait_for(lambda: "waiting" in log.read_text(), timeout=60, what="the program waiting")
+        process.send_signal(sig)
+    code = process.wait(60)
+    lines = log.read_text().splitlines()
+    seen = json.loads(lines[0])
+    recursion = seen.pop("recursion")  # how deep its code can call: compared, not fixed
+    assert seen == {
+        "argv": ["prog/program.py", how],
+        "cwd": str(tmp_path),
+        "path0": str(tmp_path / "prog"),
+        "env": "seen",
+        "name": "__main__",
+        "repo_on_path": False,
+        "stdin": "",
+    }, seen
+    return code, recursion, [line for line in lines[1:] if not line.startswith("  ")]
+
+
+@pytest.mark.parametrize(
+    "how, sig",
+    [("end", None), ("exit", None), ("raise", None), ("wait", signal.SIGTERM), ("ctrl-c", None)],
+    ids=["end", "sys.exit(3)", "an exception", "SIGTERM", "an uncaught Ctrl+C"],
+)
+def test_a_forked_server_sees_and_ends_as_python_script_py_does(tmp_path, how, sig):
+    alike = ran(tmp_path, forked=False, how=how, sig=sig)
+    assert ran(tmp_path, forked=True, how=how, sig=sig) == alike
+    expected_code = {"end": 0, "exit": 3, "raise": 1, "wait": -15, "ctrl-c": -2}[how]
+    assert alike[0] == expected_code, alike

@@ -85,7 +85,9 @@ class SandboxApi(ServerProcess):
         }
         script = [sys.executable, "code/04_sandboxed_tools.py"]
         environment = offline_environment(**settings)
-        super().__init__(script, cwd=ROOT, env=environment, port=port, ready_timeout=60)
+        # Exec'ed, not forked: the hostile suites read its /proc/PID/environ, which a forked
+        # process does not have (support/zygote.py).
+        super().__init__(script, cwd=ROOT, env=environment, port=port, ready_timeout=60, fork=False)
         self.start()
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
