@@ -12,13 +12,13 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
+from sse_starlette import EventSourceResponse
 
 from .access.caller import bearer, get_caller
 from .access.keys import Caller
 from .access.quotas import Grant, Quotas
 from .access.usage import Counted
 from .agent import Runs
-from .api import research_stream
 from .cache import ScopedAnswers
 from .observability.metrics import STREAMS_OPEN
 from .service import ResearchService
@@ -77,7 +77,9 @@ GrantDep = Annotated[Grant, Depends(get_grant)]
 
 
 def streams(request: Request) -> bool:
-    return request.scope["route"].endpoint is research_stream
+    """Whether the route answers with server-sent events: a stream, whichever route it is."""
+    answers = request.scope["route"].response_class
+    return isinstance(answers, type) and issubclass(answers, EventSourceResponse)
 
 
 async def admit(request: Request, grant: GrantDep, quotas: QuotasDep) -> AsyncIterator[None]:
