@@ -322,7 +322,7 @@ lesson-10-down: docker-tools ## Lesson 10: remove its containers, networks, Post
 
 durable-test: lesson-10-image $(VENV)/.installed ## Lesson 10 in containers: kill -9 a replica while a run waits, during a model call and while run_python runs; two replicas racing a decision; the approvals page in headless Chromium; down leaves nothing
 	@scripts/ensure-command.sh chromium chromium "the approvals page is checked in a real browser"
-	$(PY) -m pytest -m container tests/lesson_10 -v
+	$(PY) -m pytest -m container tests/lesson_10 -v $(PYTEST_ARGS)
 
 # `make lesson-11 STEP=K` runs step K of docs/11-evals.md (code/11_stepK_*.py); without STEP, the
 # gate the steps arrive at: make evals. Evals are tests: lesson 11 installs the test tools' lock.
@@ -357,8 +357,11 @@ lesson-07-trace: docker-tools ## Lesson 07: follow every event through the topic
 
 # The tests mostly wait (on servers, streams, timeouts), so more processes than cores still help.
 TEST_WORKERS ?= 4
+# More arguments for pytest in `make test` and the container suites, e.g. PYTEST_ARGS="-k hostile"
+# or PYTEST_ARGS="-x --lf"; .ci/run runs the sandbox suite's gVisor cases and the rest side by side.
+PYTEST_ARGS ?=
 test: $(VENV)/.installed $(MCP2_CLIENT)/.installed test-tools ## Run the test suite in TEST_WORKERS processes (installs the Python packages; needs redis-server, nginx and postgresql: installs them as root, else says how)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The system commands `make test` needs: found on PATH, in /usr/sbin or PostgreSQL's folder; installed when missing as
 # root, else the command that installs them is printed and make stops.
@@ -377,36 +380,36 @@ ci: ## What CI runs (.ci/run): lint while every image is built, then test, Swarm
 	@bash .ci/run
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/lesson_03/test_container.py), docker stop it mid-stream
-	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/lesson_03/test_container.py tests/lesson_03/test_container_shutdown.py -v
+	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/lesson_03/test_container.py tests/lesson_03/test_container_shutdown.py -v $(PYTEST_ARGS)
 
 compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v2: up (offline) behind the edge, header and slow-client attacks, cache hit, Redis stopped, stop mid-answer, down -v
 	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
-	$(PY) -m pytest -m container tests/lesson_03/test_compose.py -v
+	$(PY) -m pytest -m container tests/lesson_03/test_compose.py -v $(PYTEST_ARGS)
 
 sandbox-test: sandbox-image $(VENV)/.installed ## The hostile suite under every runtime the daemon has (runc, gVisor), and egress attacks through the proxy
-	$(PY) -m pytest -m container tests/lesson_04 tests/lesson_02/test_sandbox_tool.py tests/repo/test_docs.py -v
+	$(PY) -m pytest -m container tests/lesson_04 tests/lesson_02/test_sandbox_tool.py tests/repo/test_docs.py -v $(PYTEST_ARGS)
 
 traces-test: docker-tools offline-images lesson-05-image sandbox-image $(VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot); a caller's traceparent kept only when trusted; the agent's and lesson 05's worker containers can send spans, not read or delete them; down leaves nothing
 	@scripts/ensure-command.sh chromium chromium "the viewer is checked in a real browser"
-	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_09 -v
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_09 -v $(PYTEST_ARGS)
 
 variations-test: lesson-05-image $(VENV)/.installed ## Lesson 05 with real containers and headless Chromium (installs chromium)
 	@scripts/ensure-command.sh chromium chromium
-	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_05 -v
+	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_05 -v $(PYTEST_ARGS)
 
 variations-screenshot: lesson-05-image $(VENV)/.installed ## Lesson 05: the browser test, saving the page to docs/images/
 	@scripts/ensure-command.sh chromium chromium
 	WORKER_IMAGE=$(LESSON05_IMAGE) SCREENSHOT=docs/images/05-variations.png $(PY) -m pytest -m container tests/lesson_05/test_browser.py -v
 
 swarm-test: swarm-images $(VENV)/.installed ## make lesson-06 for real: replicas, request ids, shared cache, SSE, rollback, lesson-06-down
-	$(PY) -m pytest -m container tests/lesson_06/test_swarm.py -v
+	$(PY) -m pytest -m container tests/lesson_06/test_swarm.py -v $(PYTEST_ARGS)
 
 pubsub-test: lesson-07-image $(VENV)/.installed ## Lesson 07 in containers: specialist killed twice under load, Redis restarted, dead letters, counts exact, down -v
-	$(PY) -m pytest -m container tests/lesson_07 -v
+	$(PY) -m pytest -m container tests/lesson_07 -v $(PYTEST_ARGS)
 
 mcp-test: lesson-08-images $(VENV)/.installed ## Lesson 08 in containers: on-demand tool servers, run_python's sandbox, limits, secrets, Docker guards, the challenge, Compose v1 and v2, two replicas with one stopped then killed under a burst, down leaves nothing
 	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
-	$(PY) -m pytest -m container tests/lesson_08 -v
+	$(PY) -m pytest -m container tests/lesson_08 -v $(PYTEST_ARGS)
 
 ##@ Benchmarks
 
