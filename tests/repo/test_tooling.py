@@ -463,46 +463,55 @@ def test_the_make_targets_that_need_the_plugins_give_that_message(no_plugins, ta
 # --- make ci: one list of checks, run by .ci/run and by the GitHub workflow ----------------------
 
 # First the linters beside every image's build and gVisor's registration (as root, as CI is),
-# then one after another (`make test` alone; Swarm's checks alone, since leaving Swarm takes the DNS
-# names of other stacks' containers); then the container checks in three lanes side by side, each
-# in its order.
+# then `make test` beside Swarm's two checks (one after the other); then the container checks from
+# one queue, each on an image that is already built.
 CI_BESIDE = {"lint", "images", "gvisor"}
-CI_THEN = ["test", "swarm-test", "bench-scaleout"]
-CI_LANES = {
-    "A": ["smoke", "compose-test", "mcp-test"],
-    "B": ["variations-test", "pubsub-test", "traces-test", "durable-test"],
-    "C": ["evals", "sandbox-test"],
+CI_SWARM = ["swarm-test", "bench-scaleout"]
+CI_THEN = {"test", *CI_SWARM}
+# Each queued check's name, and make's arguments for it.
+CI_CHECKS = {
+    "sandbox": "sandbox-test PYTEST_ARGS=-k 'not runsc'",
+    "sandbox-gvisor": "sandbox-test PYTEST_ARGS=-k runsc",
+    "mcp": "mcp-test",
+    "variations": "variations-test",
+    "durable": "durable-test",
+    "traces": "traces-test",
+    "compose": "compose-test",
+    "smoke": "smoke",
+    "pubsub": "pubsub-test",
+    "evals": "evals",
 }
 FIRST = len(CI_BESIDE) + len(CI_THEN)
 
 
-def in_lane_order(goals: list[str], lanes: dict[str, list[str]]) -> bool:
-    """The goals after the first ones are each lane's, each lane's in its order (interleaved)."""
-    rest = goals[FIRST:]
-    every = [goal for lane in lanes.values() for goal in lane]
-    in_order = all([goal for goal in rest if goal in lane] == lane for lane in lanes.values())
-    return in_order and sorted(rest) == sorted(every)
-
-
 def first_goals_in_order(goals: list[str]) -> bool:
-    """lint, images and gvisor in any order (images before gvisor), then CI_THEN in order."""
-    beside = goals[: len(CI_BESIDE)]
+    """lint, images and gvisor in any order (images before gvisor), then `make test` and Swarm's
+    checks (Swarm's in their order)."""
+    beside, then = goals[: len(CI_BESIDE)], goals[len(CI_BESIDE) : FIRST]
     if set(beside) != CI_BESIDE or beside.index("images") > beside.index("gvisor"):
         return False
-    return goals[len(CI_BESIDE) : FIRST] == CI_THEN
+    return set(then) == CI_THEN and [goal for goal in then if goal in CI_SWARM] == CI_SWARM
 
 
 def run_ci(
     tmp_path, docker_works: bool, failing: str = "", uid: int = 0, **env
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """.ci/run with a `make` that only logs its goal (and fails for FAILING), a docker that
-    works or not, and an `id` that says `uid` (root, as in CI)."""
+    """.ci/run with a `make` that only logs its arguments, one call a line (without the images it
+    is told are built, `-o IMAGE`, which it counts), and fails for FAILING; a docker that works or
+    not, and an `id` that says `uid` (root, as in CI). FAKE_MAKE_SECONDS: how long a call that does
+    not fail takes."""
     fake = tmp_path / "fake-bin"
     fake.mkdir(parents=True, exist_ok=True)
     (fake / "make").write_text(
-        f'#!/bin/bash\necho "$*" >>{tmp_path}/make.log\n'
-        f'echo "$* ${{BENCH_ROUNDS-}}/${{BENCH_PHASE_SECONDS-}}" >>{tmp_path}/env.log\n'
-        f'[ "$*" != "{failing}" ]\n'
+        "#!/bin/bash\n"
+        "args=() built=0\n"
+        'while [ $# -gt 0 ]; do if [ "$1" = -o ]; then built=$((built + 1)); shift 2; '
+        'else args+=("$1"); shift; fi; done\n'
+        f'echo "${{args[*]}}" >>{tmp_path}/make.log\n'
+        f'echo "${{args[*]}} ${{BENCH_ROUNDS-}}/${{BENCH_PHASE_SECONDS-}} built=$built" '
+        f">>{tmp_path}/env.log\n"
+        f'[ "${{args[*]}}" != "{failing}" ] || exit 2\n'
+        'sleep "${FAKE_MAKE_SECONDS:-0}"\n'
     )
     (fake / "docker").write_text(f"#!/bin/bash\nexit {0 if docker_works else 1}\n")
     (fake / "id").write_text(f"#!/bin/bash\necho {uid}\n")
@@ -516,26 +525,45 @@ def run_ci(
         timeout=30,
     )
     log = tmp_path / "make.log"
-    return result, log.read_text().split() if log.exists() else []
+    return result, log.read_text().splitlines() if log.exists() else []
+
+
+def timed(stdout: str, outcome: str = "done") -> list[tuple[str, str]]:
+    """(the name a line carries, or "", make's arguments) of each `==> make ... <outcome>` line."""
+    line = rf"^(?:\[([\w-]+)\] )?==> make (.+?) {outcome}(?: in| after) \d+s$"
+    return re.findall(line, stdout, re.M)
 
 
 def test_make_ci_runs_every_check_once_in_order_each_step_timed(tmp_path):
     result, goals = run_ci(tmp_path, docker_works=True, CI="true")
     assert result.returncode == 0, result.stderr
-    assert first_goals_in_order(goals) and in_lane_order(goals, CI_LANES), goals
-    timed = re.findall(r"^(?:\[(\w)\] )?==> make ([\w-]+) done in \d+s$", result.stdout, re.M)
-    assert [goal for lane, goal in timed if not lane] == ["lint", *CI_THEN]
-    assert [goal for lane, goal in timed if lane == "I"] == ["images", "gvisor"]
-    for name, lane in CI_LANES.items():  # a lane's lines carry its name
-        assert [goal for tag, goal in timed if tag == name] == lane
+    assert first_goals_in_order(goals), goals
+    assert sorted(goals[FIRST:]) == sorted(CI_CHECKS.values()), goals
+    done = timed(result.stdout)
+    assert [goal for name, goal in done if not name] == ["lint", "test"]
+    assert [goal for name, goal in done if name == "I"] == ["images", "gvisor"]
+    assert [goal for name, goal in done if name == "swarm"] == CI_SWARM
+    # Each queued check's lines carry its name.
+    assert {name: goal for name, goal in done if name in CI_CHECKS} == CI_CHECKS
+    # Only the checks after `make images` are told the images are built.
+    built = dict(line.rsplit(" ", 1) for line in (tmp_path / "env.log").read_text().splitlines())
+    assert {call.split()[0] for call, count in built.items() if count != "built=0"} == {
+        "test", "swarm-test", "bench-scaleout", *(goal.split()[0] for goal in CI_CHECKS.values())
+    }
 
 
-def test_a_failing_check_stops_its_lane_the_other_lane_finishes_and_the_run_fails(tmp_path):
-    result, goals = run_ci(tmp_path, docker_works=True, failing="compose-test", CI="true")
+def test_the_queue_starts_no_check_after_one_failed_lets_the_running_ones_finish_and_fails(
+    tmp_path,
+):
+    # Two workers; the first check fails at once while the second still runs.
+    first, second = list(CI_CHECKS.values())[:2]
+    result, goals = run_ci(
+        tmp_path, docker_works=True, failing=first, CI="true", CI_JOBS="2", FAKE_MAKE_SECONDS="1"
+    )
     assert result.returncode != 0
-    assert "compose-test" in goals and "mcp-test" not in goals, goals
-    assert set(CI_LANES["B"]) <= set(goals)
-    assert "[A] ==> make compose-test FAILED" in result.stdout
+    assert sorted(goals[FIRST:]) == sorted([first, second]), goals
+    assert ("sandbox", first) in timed(result.stdout, "FAILED")
+    assert ("sandbox-gvisor", second) in timed(result.stdout)
     assert "CI FAILED" in result.stdout
 
 
@@ -548,21 +576,22 @@ def test_gvisor_is_registered_as_root_required_under_ci_and_skipped_locally(tmp_
     assert "runsc cases will skip" in result.stdout
 
 
-def test_a_failing_check_before_the_lanes_stops_the_run_there(tmp_path):
+def test_a_failing_check_before_the_queue_stops_the_run_there(tmp_path):
     result, goals = run_ci(tmp_path, docker_works=True, failing="test", CI="true")
-    assert result.returncode != 0 and set(goals) == CI_BESIDE | {"test"}, goals
+    assert result.returncode != 0 and set(goals) == CI_BESIDE | CI_THEN, goals
     assert "==> make test FAILED" in result.stdout
     result, goals = run_ci(tmp_path / "images", docker_works=True, failing="images", CI="true")
     assert result.returncode != 0 and sorted(goals) == ["images", "lint"], goals
     assert "[I] ==> make images FAILED" in result.stdout
     result, goals = run_ci(tmp_path / "swarm", docker_works=True, failing="swarm-test", CI="true")
-    assert result.returncode != 0 and goals[len(CI_BESIDE) :] == ["test", "swarm-test"], goals
+    assert result.returncode != 0 and sorted(goals[len(CI_BESIDE) :]) == ["swarm-test", "test"]
+    assert "[swarm] ==> make swarm-test FAILED" in result.stdout
 
 
 def test_the_swarm_benchmark_runs_as_a_check_and_its_settings_stay_with_it(tmp_path):
     result, _ = run_ci(tmp_path, docker_works=True, CI="true")
     assert result.returncode == 0
-    logged = (tmp_path / "env.log").read_text().splitlines()
+    logged = [line.rsplit(" ", 1)[0] for line in (tmp_path / "env.log").read_text().splitlines()]
     assert "bench-scaleout 0/8" in logged and "mcp-test /" in logged, logged
 
 
