@@ -548,7 +548,10 @@ def test_make_ci_runs_every_check_once_in_order_each_step_timed(tmp_path):
     # Only the checks after `make images` are told the images are built.
     built = dict(line.rsplit(" ", 1) for line in (tmp_path / "env.log").read_text().splitlines())
     assert {call.split()[0] for call, count in built.items() if count != "built=0"} == {
-        "test", "swarm-test", "bench-scaleout", *(goal.split()[0] for goal in CI_CHECKS.values())
+        "test",
+        "swarm-test",
+        "bench-scaleout",
+        *(goal.split()[0] for goal in CI_CHECKS.values()),
     }
 
 
