@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from research_agent.access.keys import ApiKeyConfigError, ApiKeys, fingerprint
-from research_agent.access.quotas import RedisSlots
+from research_agent.access.limits.counters import RedisSlots
 from support.lessons import AGENT_DIR
 from support.waiting import wait_for
 from tests.support.agent import make_settings
