@@ -1,5 +1,5 @@
 """API keys, rate limits, stream caps and the token budget (research_agent/access/keys.py,
-research_agent/access/quotas.py).
+research_agent/access/quotas.py and the limits it runs, research_agent/access/limits/).
 
 Limits shared through Redis are tested against a real redis-server, with two app instances where the
 point is that replicas share one budget. Waits are bounded polls for a window to end, never timings.
