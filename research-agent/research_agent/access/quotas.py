@@ -20,7 +20,7 @@ from .limits.auth_failures import AuthFailures
 from .limits.budget import Budget
 from .limits.counters import Counters, Counting
 from .limits.fields import describe
-from .limits.requests import RequestWindow
+from .limits.rate import RequestWindow
 from .limits.streams import StreamSlots
 
 logger = logging.getLogger(__name__)
