@@ -1,9 +1,8 @@
 """The one way this app talks to Redis: a client that fails fast, behind a circuit breaker.
 
-The cache (research_agent/cache.py) and the limits (research_agent/access/quotas.py) each hold a
-client and
-a breaker of their own, so that a Redis outage is reported once for each (its log line, its gauge),
-but both are built here.
+The cache (research_agent/cache.py) and the limits (research_agent/access/limits/counters.py) each
+hold a client and a breaker of their own, so that a Redis outage is reported once for each (its log
+line, its gauge), but both are built here.
 """
 
 import logging

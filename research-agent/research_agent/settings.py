@@ -39,7 +39,7 @@ class CacheSettings(BaseSettings):
 
     model_config = ENV
 
-    REDIS_URL: str | None = None  # the cache's, and the limits' counts (access/quotas.py)
+    REDIS_URL: str | None = None  # the cache's, and the limits' counts (access/limits/)
     CACHE_TTL_SECONDS: int = 3600
     # Whose answers a request may be served from: "caller" its own caller's only, so a cached
     # answer tells nobody what another caller asked; "shared" everyone's, more hits for callers

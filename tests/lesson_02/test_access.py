@@ -1,5 +1,5 @@
 """API keys, rate limits, stream caps and the token budget (research_agent/access/keys.py,
-research_agent/access/quotas.py).
+research_agent/access/quotas.py and the limits it runs, research_agent/access/limits/).
 
 Limits shared through Redis are tested against a real redis-server, with two app instances where the
 point is that replicas share one budget. Waits are bounded polls for a window to end, never timings.
@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from research_agent.access.keys import ApiKeyConfigError, ApiKeys, fingerprint
-from research_agent.access.quotas import RedisSlots
+from research_agent.access.limits.counters import RedisSlots
 from support.lessons import AGENT_DIR
 from support.waiting import wait_for
 from tests.support.agent import make_settings

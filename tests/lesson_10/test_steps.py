@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import httpx
 import psycopg
@@ -246,6 +247,25 @@ def test_step_3_answers_the_docs_commands_across_a_kill(engine, step_factory):
     type_blocks(step_factory(3), blocks)
 
 
+def start_a_slow_run(client: httpx.Client) -> tuple[str, Callable[[str], dict | None]]:
+    """Start a run and, at its question, approve the call edited into a program that sleeps 4 s:
+    time to kill the server while the program runs. The run's id, and `state(wanted)`: the run
+    while it is in that state, else None (for wait_for)."""
+    created = client.post("/v1/runs", json={"query": "What is 2**100?"}).json()
+    auth = {"Authorization": f"Bearer {created['owner_token']}"}
+    url = f"/v1/runs/{created['run_id']}"
+
+    def state(wanted):
+        body = client.get(url, headers=auth).json()
+        return body if body["state"] == wanted else None
+
+    pending = wait_for(lambda: state("waiting_for_approval"), timeout=60)["pending"]
+    slow = {"code": "import time; time.sleep(4); print(2**100)"}
+    decision = {"call_id": pending["call_id"], "decision": "edit", "args": slow}
+    assert client.post(f"{url}/decisions", json=decision, headers=auth).status_code == 202
+    return created["run_id"], state
+
+
 def test_step_3_runs_a_replayed_call_twice(engine, step_factory, sandbox_starts):
     """Why step 4 exists: killed while run_python runs, step 3 replays the step at start-up, and
     the program runs a second time."""
@@ -253,18 +273,7 @@ def test_step_3_runs_a_replayed_call_twice(engine, step_factory, sandbox_starts)
     step = step_factory(3)
     step.start()
     with httpx.Client(base_url=step.server.url, timeout=30) as client:
-        created = client.post("/v1/runs", json={"query": "What is 2**100?"}).json()
-        auth = {"Authorization": f"Bearer {created['owner_token']}"}
-        url = f"/v1/runs/{created['run_id']}"
-
-        def state(wanted):
-            body = client.get(url, headers=auth).json()
-            return body if body["state"] == wanted else None
-
-        pending = wait_for(lambda: state("waiting_for_approval"), timeout=60)["pending"]
-        slow = {"code": "import time; time.sleep(4); print(2**100)"}
-        decision = {"call_id": pending["call_id"], "decision": "edit", "args": slow}
-        assert client.post(f"{url}/decisions", json=decision, headers=auth).status_code == 202
+        _, state = start_a_slow_run(client)
         running = {"label": [f"agent-sandbox.owner={OWNER}"], "status": "running"}
         wait_for(lambda: engine.containers.list(filters=running), timeout=60, what="the sandbox")
         step.server.process.kill()
@@ -371,19 +380,8 @@ def test_the_challenge_a_random_key_runs_the_program_twice(
     try:
         step.start()
         with httpx.Client(base_url=step.server.url, timeout=30) as client:
-            created = client.post("/v1/runs", json={"query": "What is 2**100?"}).json()
-            auth = {"Authorization": f"Bearer {created['owner_token']}"}
-            url = f"/v1/runs/{created['run_id']}"
-
-            def state(wanted):
-                body = client.get(url, headers=auth).json()
-                return body if body["state"] == wanted else None
-
-            pending = wait_for(lambda: state("waiting_for_approval"), timeout=60)["pending"]
-            slow = {"code": "import time; time.sleep(4); print(2**100)"}
-            decision = {"call_id": pending["call_id"], "decision": "edit", "args": slow}
-            assert client.post(f"{url}/decisions", json=decision, headers=auth).status_code == 202
-            mine = {"label": [f"agent-sandbox.request-id={created['run_id']}"]}
+            run_id, state = start_a_slow_run(client)
+            mine = {"label": [f"agent-sandbox.request-id={run_id}"]}
             wait_for(lambda: engine.containers.list(filters={**mine, "status": "running"}),
                      timeout=60, what="the sandbox running")  # fmt: skip
             step.server.process.kill()

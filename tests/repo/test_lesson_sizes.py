@@ -171,21 +171,23 @@ def layer_modules(doc_text: str) -> set[str]:
 
 
 def layer_folders(doc_text: str) -> dict[str, set[str]]:
-    """Each folder the doc's table of layers names (`sandbox/`) -> the files its row lists."""
+    """Each folder the doc's table of layers names (`sandbox/`) -> the files and sub-folders
+    (`limits/`) its row lists."""
     return {
-        folder: set(re.findall(r"`([\w.]+)`", cells[2]))
+        folder: set(re.findall(r"`([\w.]+/?)`", cells[2]))
         for cells in layer_table(doc_text)
         for folder in re.findall(r"`(\w+/)`", cells[1])
     }
 
 
 def folder_files(root: Path, folder: str) -> set[str]:
-    """The files of one of the package's folders, its `__init__.py` and caches left out."""
-    return {
-        p.name
-        for p in (root / PACKAGE_DIR / folder).iterdir()
-        if p.is_file() and p.name != "__init__.py" and p.suffix != ".pyc"
+    """The files of one of the package's folders, its `__init__.py` and caches left out, and its
+    sub-packages as `name/`."""
+    entries = list((root / PACKAGE_DIR / folder).iterdir())
+    files = {
+        p.name for p in entries if p.is_file() and p.name != "__init__.py" and p.suffix != ".pyc"
     }
+    return files | {f"{p.name}/" for p in entries if (p / "__init__.py").is_file()}
 
 
 def later_layers(doc_text: str, lesson: int = 2) -> set[str]:
@@ -434,3 +436,18 @@ def test_the_tables_are_read_from_the_doc():
     assert core_02_files(doc) == {"search.py", "agent.py", "api.py"}
     assert layer_modules(doc) == {"quotas.py", "auth.py", "sandbox.py", "durable/"}
     assert later_layers(doc) == {"sandbox.py", "durable/"}
+
+
+def test_a_layer_folder_lists_its_files_and_sub_folders(sample):
+    folder = sample / PACKAGE_DIR / "access"
+    (folder / "limits").mkdir(parents=True)
+    for name in ("__init__.py", "keys.py", "limits/__init__.py", "limits/budget.py"):
+        (folder / name).write_text("")
+    head = f"{LAYERS_HEADING}\n\n| Layer | Folder | Its files | Attached | Explained |\n| --- |\n"
+
+    def doc(files: str) -> str:
+        return f"{head}| access | `access/` | {files} | deps | [who](#who) |\n"
+
+    assert folder_files(sample, "access/") == {"keys.py", "limits/"}
+    assert layer_folders(doc("`keys.py`, `limits/`")) == {"access/": {"keys.py", "limits/"}}
+    assert layer_folders(doc("`keys.py`")) == {"access/": {"keys.py"}}  # limits/ is missing

@@ -93,7 +93,7 @@ class AmbiguousAuthorizationError(AppError):
 
 class LimitError(AppError):
     """429: rate_limited, too_many_streams or budget_exhausted. Retry-After says when to come back;
-    the RateLimit fields say which limit it was (research_agent/access/quotas.py)."""
+    the RateLimit fields say which limit it was (research_agent/access/limits/)."""
 
     status = 429
     retryable = True
