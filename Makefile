@@ -382,7 +382,7 @@ ci: ## What CI runs (.ci/run): lint while every image is built, then test beside
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/lesson_03/test_container.py), docker stop it mid-stream
 	CONTAINER_IMAGES="$(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))" $(PY) -m pytest -m container tests/lesson_03/test_container.py tests/lesson_03/test_container_shutdown.py -v $(PYTEST_ARGS)
 
-compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v2: up (offline) behind the edge, header and slow-client attacks, cache hit, Redis stopped, stop mid-answer, down -v
+compose-test: docker-tools offline-images $(VENV)/.installed ## Compose v1 and v2: up (offline) behind the edge, cache hit, stop mid-answer, down -v; header and slow-client attacks and Redis stopped under v2
 	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
 	$(PY) -m pytest -m container tests/lesson_03/test_compose.py -v $(PYTEST_ARGS)
 
