@@ -1,7 +1,11 @@
-"""A deterministic stand-in for an LLM, so the research agent runs without a key or network.
+"""Deterministic stand-ins for an LLM, so the research agent runs without a key or network.
 
-The agent (research_agent/agent.py) runs it through the same loop, tools and middleware as
-ChatOpenAI. (Lesson 05's worker gives it a style and a temperature:
+`OfflineModel` is the base of the offline chat models: a subclass says what its next message is
+(an `OfflineReply`: the tokens it streams, or a tool call), and the base class makes a LangChain
+chat model of it (streamed token by token, usage reported, one token a word of the prompt).
+
+The agent (research_agent/agent.py) runs `OfflineResearchModel` through the same loop, tools and
+middleware as ChatOpenAI. (Lesson 05's worker gives it a style and a temperature:
 research_agent/worker/styles.py.)
 """
 
@@ -10,8 +14,9 @@ import hashlib
 import json
 import re
 import time
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -30,15 +35,120 @@ from .schemas import OFFLINE_MODEL_NAME
 HEADER = "Offline research model (no OPENAI_API_KEY is set, so no LLM wrote this): "
 
 
-class OfflineResearchModel(BaseChatModel):
-    """A deterministic stand-in for an LLM, so the agent runs without a key or network.
+class OfflineReply(NamedTuple):
+    """An offline model's next message: `text`, streamed as `tokens`, or a tool call."""
+
+    text: str = ""
+    tokens: Sequence[str] = ()
+    call: dict | None = None  # {"name": ..., "args": {...}, "id": ...}
+    output_tokens: int | None = None  # what its usage reports; one a token when not given
+
+
+class OfflineModel(BaseChatModel):
+    """A chat model whose answers a subclass computes (`_reply`): no network, the same every time.
+
+    A stream sends the reply's tokens, ``token_delay_ms`` apart when it is set, then the tool call
+    if there is one, then the usage. A whole answer (``invoke``, the research agent's JSON route)
+    comes at once: the delay only makes a stream visible.
+    """
+
+    token_delay_ms: int = 0
+
+    @abstractmethod
+    def _reply(self, messages: list[BaseMessage], max_tokens: int | None) -> OfflineReply:
+        """The next message, for this conversation."""
+
+    @staticmethod
+    def count_input_tokens(messages: list[BaseMessage]) -> int:
+        """One token a word, as its usage reports (the agent counts a prompt with it when sent)."""
+        return sum(len(m.text.split()) for m in messages)
+
+    @staticmethod
+    def first_tool_name(tools: Sequence[Any]) -> str | None:
+        """The tool an offline model calls: the first one bound."""
+        names = [convert_to_openai_tool(t)["function"]["name"] for t in tools]
+        return names[0] if names else None
+
+    @property
+    def _model_name(self) -> str:
+        """The model name its responses report."""
+        return self._llm_type
+
+    def _pause(self) -> float | None:
+        """Seconds before each streamed token; None: none at all, not even a turn of the loop."""
+        return self.token_delay_ms / 1000 if self.token_delay_ms else None
+
+    def _usage_of(self, messages: list[BaseMessage], reply: OfflineReply) -> dict:
+        output_tokens = len(reply.tokens) if reply.output_tokens is None else reply.output_tokens
+        return _usage(self.count_input_tokens(messages), output_tokens)
+
+    def _chunks(self, messages: list[BaseMessage], kwargs: dict) -> Iterator[AIMessageChunk]:
+        reply = self._reply(messages, kwargs.get("max_tokens"))
+        for token in reply.tokens:
+            yield AIMessageChunk(content=token)
+        if reply.call:
+            name, args, call_id = reply.call["name"], reply.call["args"], reply.call["id"]
+            tool_chunk = {"name": name, "args": json.dumps(args), "id": call_id, "index": 0}
+            yield AIMessageChunk(content="", tool_call_chunks=[tool_chunk])
+        yield AIMessageChunk(
+            content="",
+            usage_metadata=self._usage_of(messages, reply),
+            response_metadata={"model_name": self._model_name},
+        )
+
+    def _message(self, messages: list[BaseMessage], kwargs: dict) -> AIMessage:
+        reply = self._reply(messages, kwargs.get("max_tokens"))
+        return AIMessage(
+            content=reply.text,
+            tool_calls=[reply.call] if reply.call else [],
+            usage_metadata=self._usage_of(messages, reply),
+            response_metadata={"model_name": self._model_name},
+        )
+
+    def _generate(
+        self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._message(messages, kwargs))])
+
+    def _stream(
+        self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs
+    ) -> Iterator[ChatGenerationChunk]:
+        pause = self._pause()
+        for message in self._chunks(messages, kwargs):
+            chunk = ChatGenerationChunk(message=message)
+            if message.content:
+                if pause is not None:
+                    time.sleep(pause)
+                if run_manager:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages,
+        stop=None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs,
+    ):
+        pause = self._pause()
+        for message in self._chunks(messages, kwargs):
+            chunk = ChatGenerationChunk(message=message)
+            if message.content:
+                if pause is not None:
+                    await asyncio.sleep(pause)
+                if run_manager:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+
+class OfflineResearchModel(OfflineModel):
+    """The research agent's offline model.
 
     Turn 1: calls the bound search tool with the user's question. Turn 2: quotes the snippets of the
     top results, citing them [1], [2]... It streams word by word (``token_delay_ms`` apart) and
     reports usage, counting one token per word.
     """
 
-    token_delay_ms: int = 0
     tool_name: str | None = None
     max_cited: int = 3
 
@@ -47,15 +157,13 @@ class OfflineResearchModel(BaseChatModel):
         return OFFLINE_MODEL_NAME
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> "OfflineResearchModel":
-        names = [convert_to_openai_tool(t)["function"]["name"] for t in tools]
-        return self.model_copy(update={"tool_name": names[0] if names else None})
+        return self.model_copy(update={"tool_name": self.first_tool_name(tools)})
 
-    @staticmethod
-    def count_input_tokens(messages: list[BaseMessage]) -> int:
-        """One token a word, as its usage reports (the agent counts a prompt with it when sent)."""
-        return sum(len(m.text.split()) for m in messages)
+    def _reply(self, messages: list[BaseMessage], max_tokens: int | None) -> OfflineReply:
+        text, call, usage = self._plan(messages)
+        return OfflineReply(text, _tokens(text), call, usage["output_tokens"])
 
-    # The plan for this turn: (text, tool call or None, usage).
+    # The plan for this turn: (text, tool call or None, usage). Lesson 11's eval model extends it.
     def _plan(self, messages: list[BaseMessage]) -> tuple[str, dict | None, dict]:
         last_human = max(
             (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1
@@ -76,63 +184,6 @@ class OfflineResearchModel(BaseChatModel):
             return no_sources(results)
         lines = [f"- {snippet} [{n}]" for n, _, snippet in found[: self.max_cited]]
         return HEADER + "here is what the top sources say.\n\n" + "\n".join(lines)
-
-    def _message(self, messages: list[BaseMessage]) -> AIMessage:
-        text, call, usage = self._plan(messages)
-        return AIMessage(
-            content=text,
-            tool_calls=[call] if call else [],
-            usage_metadata=usage,
-            response_metadata={"model_name": OFFLINE_MODEL_NAME},
-        )
-
-    def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
-        text, call, usage = self._plan(messages)
-        for token in _tokens(text):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=token))
-        if call:
-            tool_chunk = {
-                "name": call["name"],
-                "args": json.dumps(call["args"]),
-                "id": call["id"],
-                "index": 0,
-            }
-            yield ChatGenerationChunk(
-                message=AIMessageChunk(content="", tool_call_chunks=[tool_chunk])
-            )
-        last = AIMessageChunk(
-            content="", usage_metadata=usage, response_metadata={"model_name": OFFLINE_MODEL_NAME}
-        )
-        yield ChatGenerationChunk(message=last)
-
-    def _generate(
-        self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs
-    ):
-        return ChatResult(generations=[ChatGeneration(message=self._message(messages))])
-
-    def _stream(
-        self, messages, stop=None, run_manager: CallbackManagerForLLMRun | None = None, **kwargs
-    ):
-        for chunk in self._chunks(messages):
-            if chunk.message.content and self.token_delay_ms:
-                time.sleep(self.token_delay_ms / 1000)
-            if run_manager and chunk.message.content:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-
-    async def _astream(
-        self,
-        messages,
-        stop=None,
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
-        **kwargs,
-    ):
-        for chunk in self._chunks(messages):
-            if chunk.message.content and self.token_delay_ms:
-                await asyncio.sleep(self.token_delay_ms / 1000)
-            if run_manager and chunk.message.content:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
 
 
 def found_sources(results: list[ToolMessage]) -> list[tuple[str, str, str]]:
