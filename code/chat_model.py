@@ -3,27 +3,29 @@
 With OPENAI_API_KEY set you get `ChatOpenAI` (OPENAI_BASE_URL points it at any OpenAI-compatible
 server such as Ollama or vLLM). Without a key you get `OfflineChatModel`: deterministic, no network,
 streamed token by token. Both are LangChain chat models, so the lesson code never branches on mode.
+
+The offline models here say what they answer; the research agent's offline family
+(research_agent/offline_model.py, the one lesson 02's `OfflineResearchModel` belongs to) makes a
+LangChain chat model of that: the stream, the pauses, the usage, the tool calls.
 """
 
-import asyncio
 import json
 import logging
 import re
-import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
+
+from research_agent import OfflineReply, PacedOfflineModel
 
 logger = logging.getLogger("chat_model")
 
 OFFLINE_MODEL_NAME = "offline-model"
 
 
-class OfflineChatModel(BaseChatModel):
+class OfflineChatModel(PacedOfflineModel):
     """Answers without a network: it restates the question and says what it is."""
 
     model_name: str = OFFLINE_MODEL_NAME
@@ -34,7 +36,12 @@ class OfflineChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "offline"
 
-    def _tokens(self, messages: list[BaseMessage], max_tokens: int | None) -> list[str]:
+    @property
+    def _model_name(self) -> str:
+        return self.model_name
+
+    def _reply(self, messages: list[BaseMessage], max_tokens: int | None) -> OfflineReply:
+        # Deterministic: temperature has nothing to change; max_tokens truncates.
         question = messages[-1].text if messages else ""
         answer = (
             f"[offline model] You asked: {question.strip()} - I am the course's offline model: "
@@ -43,53 +50,8 @@ class OfflineChatModel(BaseChatModel):
         )
         words = answer.split(" ")
         tokens = [word if i == 0 else " " + word for i, word in enumerate(words)]
-        return tokens[:max_tokens] if max_tokens else tokens
-
-    def _chunks(self, messages: list[BaseMessage], kwargs: dict) -> Iterator[AIMessageChunk]:
-        # Deterministic: temperature has nothing to change; max_tokens truncates.
-        tokens = self._tokens(messages, kwargs.get("max_tokens"))
-        for token in tokens:
-            yield AIMessageChunk(content=token)
-        prompt_tokens = sum(len(m.text.split()) for m in messages)
-        yield AIMessageChunk(
-            content="",
-            usage_metadata={
-                "input_tokens": prompt_tokens,
-                "output_tokens": len(tokens),
-                "total_tokens": prompt_tokens + len(tokens),
-            },
-            response_metadata={"model_name": self.model_name},
-        )
-
-    def _stream(
-        self, messages, stop=None, run_manager=None, **kwargs
-    ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._chunks(messages, kwargs):
-            if chunk.content:
-                time.sleep(self.token_delay_ms / 1000)
-            yield ChatGenerationChunk(message=chunk)
-
-    async def _astream(
-        self, messages, stop=None, run_manager=None, **kwargs
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        for chunk in self._chunks(messages, kwargs):
-            if chunk.content:
-                await asyncio.sleep(self.token_delay_ms / 1000)
-                if run_manager:
-                    await run_manager.on_llm_new_token(
-                        chunk.text, chunk=ChatGenerationChunk(message=chunk)
-                    )
-            yield ChatGenerationChunk(message=chunk)
-
-    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
-        message = sum(self._chunks(messages, kwargs), AIMessageChunk(content=""))
-        time.sleep(self.token_delay_ms * message.usage_metadata["output_tokens"] / 1000)
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
-        message = sum(self._chunks(messages, kwargs), AIMessageChunk(content=""))
-        await asyncio.sleep(self.token_delay_ms * message.usage_metadata["output_tokens"] / 1000)
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        tokens = tokens[:max_tokens] if max_tokens else tokens
+        return OfflineReply("".join(tokens), tokens)
 
 
 # Arithmetic written with digits and + - * / % ** ( ), e.g. "2**100" or "(17 + 4) * 3".
@@ -107,36 +69,25 @@ class OfflineToolCallingModel(OfflineChatModel):
     tool_name: str | None = None
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> "OfflineToolCallingModel":
-        names = [convert_to_openai_tool(t)["function"]["name"] for t in tools]
-        return self.model_copy(update={"tool_name": names[0] if names else None})
+        return self.model_copy(update={"tool_name": self.first_tool_name(tools)})
 
     @staticmethod
     def expression(question: str) -> str | None:
         found = [m.strip() for m in ARITHMETIC.findall(question) if re.search(r"[-+*/%]", m)]
         return found[0] if found else None
 
-    def _chunks(self, messages: list[BaseMessage], kwargs: dict) -> Iterator[AIMessageChunk]:
+    def _reply(self, messages: list[BaseMessage], max_tokens: int | None) -> OfflineReply:
         human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1)
         expression = self.expression(messages[human].text) if human >= 0 else None
         results = [m for m in messages[human + 1 :] if isinstance(m, ToolMessage)]
         if not (self.tool_name and expression):
-            yield from super()._chunks(messages, kwargs)
-            return
-        usage = {"input_tokens": sum(len(m.text.split()) for m in messages)}
+            return super()._reply(messages, max_tokens)
         if not results:
-            call = {"name": self.tool_name, "args": json.dumps({"code": f"print({expression})"})}
-            yield AIMessageChunk(
-                content="", tool_call_chunks=[{**call, "id": f"call_{len(messages)}", "index": 0}]
-            )
-            usage["output_tokens"] = 1
-        else:
-            for token in self._answer(expression, results[-1]).split(" "):
-                yield AIMessageChunk(content=token + " ")
-            usage["output_tokens"] = len(self._answer(expression, results[-1]).split(" "))
-        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-        yield AIMessageChunk(
-            content="", usage_metadata=usage, response_metadata={"model_name": self.model_name}
-        )
+            code = {"code": f"print({expression})"}
+            call = {"name": self.tool_name, "args": code, "id": f"call_{len(messages)}"}
+            return OfflineReply(call=call, output_tokens=1)
+        tokens = [word + " " for word in self._answer(expression, results[-1]).split(" ")]
+        return OfflineReply("".join(tokens), tokens)
 
     @staticmethod
     def _answer(expression: str, result: ToolMessage) -> str:

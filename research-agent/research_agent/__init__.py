@@ -102,6 +102,10 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "ResearchAgent": ("agent", None),
     "build_agent": ("tools", None),
     "OfflineResearchModel": ("offline_model", None),
+    # The offline family lesson 01's models (code/chat_model.py) belong to: they say what they
+    # answer, the base class streams it.
+    "OfflineReply": ("offline_model", None),
+    "PacedOfflineModel": ("offline_model", None),
     "SYSTEM_PROMPT": ("agent", None),
     "LocalSearch": ("search", None),
     "format_results": ("search", None),

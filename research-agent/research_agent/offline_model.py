@@ -1,8 +1,11 @@
-"""Deterministic stand-ins for an LLM, so the research agent runs without a key or network.
+"""Deterministic stand-ins for an LLM, so the research agent and the lessons run without a key or
+network.
 
-`OfflineModel` is the base of the offline chat models: a subclass says what its next message is
-(an `OfflineReply`: the tokens it streams, or a tool call), and the base class makes a LangChain
-chat model of it (streamed token by token, usage reported, one token a word of the prompt).
+`OfflineModel` is the course's one family of offline chat models: a subclass says what its next
+message is (an `OfflineReply`: the tokens it streams, or a tool call), and the base class makes a
+LangChain chat model of it (streamed token by token, usage reported, one token a word of the
+prompt). `OfflineResearchModel` below is the research agent's; lesson 01's `OfflineChatModel` and
+lesson 04's `OfflineToolCallingModel` (code/chat_model.py) are `PacedOfflineModel`s.
 
 The agent (research_agent/agent.py) runs `OfflineResearchModel` through the same loop, tools and
 middleware as ChatOpenAI. (Lesson 05's worker gives it a style and a temperature:
@@ -139,6 +142,31 @@ class OfflineModel(BaseChatModel):
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
+
+
+class PacedOfflineModel(OfflineModel):
+    """An offline model each token of which takes ``token_delay_ms``, in a stream or a whole
+    answer alike, and a pause of 0 ms too (a turn of the event loop): lesson 01's tests slow any
+    request by slowing its model.
+
+    A whole answer is what its stream adds up to (an AIMessageChunk), after the stream's time.
+    """
+
+    def _pause(self) -> float:
+        return self.token_delay_ms / 1000
+
+    def _streamed(self, messages: list[BaseMessage], kwargs: dict) -> AIMessageChunk:
+        return sum(self._chunks(messages, kwargs), AIMessageChunk(content=""))
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        message = self._streamed(messages, kwargs)
+        time.sleep(self.token_delay_ms * message.usage_metadata["output_tokens"] / 1000)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _agenerate(self, messages, stop=None, run_manager=None, **kwargs) -> ChatResult:
+        message = self._streamed(messages, kwargs)
+        await asyncio.sleep(self.token_delay_ms * message.usage_metadata["output_tokens"] / 1000)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
 
 class OfflineResearchModel(OfflineModel):
