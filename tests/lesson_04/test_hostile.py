@@ -599,12 +599,24 @@ def test_after_a_kill_9_of_the_api_its_sandbox_ends_by_itself_and_is_removed(eng
     doomed, timeout = Server(), 4
     request_id = f"kill9-{uuid.uuid4().hex[:8]}"
     try:
-        in_background(doomed, "while True:\n    pass", timeout, request_id, raw=True)
+        # Running is not enough: the API starts the container, then sends the program, and a kill
+        # between the two leaves a watchdog that saw no run and exits 0. So the program execs a
+        # spinning interpreter whose arguments say it came, and the kill waits for that.
+        spin = (
+            "import os, sys\nos.execv(sys.executable, ['python', '-c', 'while True: pass', 'came'])"
+        )
+        in_background(doomed, spin, timeout, request_id, raw=True)
         container = running(engine, doomed, request_id)
         # Asked before the kill: how it exits, answered once the engine has removed it.
         removed = ThreadPoolExecutor(1).submit(
             engine.api.wait, container.id, timeout=2 * timeout + 30, condition="removed"
         )
+
+        def came() -> bool:
+            processes = container.top()["Processes"] or []
+            return any(process[-1].endswith("while True: pass came") for process in processes)
+
+        wait_for(came, timeout=2 * timeout + 30, interval=0.2, what="the program running")
         doomed.process.kill()
         doomed.process.wait(timeout=10)
         assert removed.result(timeout=2 * timeout + 40)["StatusCode"] == 137  # its watchdog
