@@ -74,8 +74,21 @@ class OneContainerForEveryRun:
         self.container.start()
 
     def run(self, code: str):
-        exit_code, (stdout, _) = self.container.exec_run(["python", "-I", "-c", code], demux=True)
-        return type("Result", (), {"exit_code": exit_code, "stdout": (stdout or b"").decode()})
+        """The program's exit code, and what it printed. The daemon can drop a short exec's
+        output (exit 0, nothing printed: docker/docker-py#2042), so the program prints into a
+        file that is then read: a read, unlike a run, may be done again when it comes back empty."""
+        printed = f"/tmp/printed-{uuid.uuid4().hex}"
+        into_file = (
+            f"import contextlib\nwith open({printed!r}, 'w') as out, "
+            f"contextlib.redirect_stdout(out):\n    exec({code!r})\n"
+        )
+        exit_code, _ = self.container.exec_run(["python", "-I", "-c", into_file])
+        read = ["python", "-I", "-c", f"print(open({printed!r}).read(), end='')"]
+        for _ in range(3):
+            stdout = self.container.exec_run(read, stderr=False).output
+            if stdout:
+                break
+        return type("Result", (), {"exit_code": exit_code, "stdout": stdout.decode()})
 
     def close(self) -> None:
         remove(self.container)

@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from support import zygote
 from support.lessons import ROOT
-from support.ports import free_port
+from support.ports import candidate_ports, ephemeral_range, free_port
 from support.server import ServerProcess
 from support.waiting import wait_for
 from tests.support.sse import Event, iter_sse, json_events, parse_sse
@@ -47,6 +48,18 @@ def test_wait_for_returns_the_value_or_says_what_it_waited_for():
     assert wait_for(lambda: next(calls), timeout=5, interval=0) == "ready"
     with pytest.raises(TimeoutError, match="the moon not true after 0.2 s"):
         wait_for(lambda: False, timeout=0.2, interval=0.05, what="the moon")
+
+
+def test_free_ports_are_outside_the_range_outgoing_connections_take_theirs_from():
+    """A port from the ephemeral range can become a connection's source port before the server
+    binds it (a test's postgres once failed so)."""
+    low, high = ephemeral_range()
+    ports = {free_port() for _ in range(50)}
+    assert all(port not in range(low, high + 1) and port in candidate_ports() for port in ports)
+    assert len(ports) > 40  # chosen at random: two processes seldom pick the same one
+    for port in ports:
+        with socket.create_server(("127.0.0.1", port)):  # each one can be bound
+            pass
 
 
 def test_a_server_that_exits_before_it_is_ready_fails_with_its_log(tmp_path):
