@@ -16,6 +16,7 @@ from pathlib import Path
 
 import redis
 
+from support import zygote
 from support.lessons import ROOT
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
@@ -50,7 +51,7 @@ class System:
             decode_responses=True,
             encoding_errors="backslashreplace",  # a test may store bytes that are not UTF-8
         )
-        self.processes: dict[str, list[subprocess.Popen]] = {s: [] for s in SERVICES}
+        self.processes: dict[str, list] = {s: [] for s in SERVICES}
         self.tokens: dict[str, str] = {}  # student -> the student_token the gateway gave
         self.students: dict[str, str] = {}  # question id -> student
         self.base_env = offline_environment(
@@ -61,14 +62,15 @@ class System:
             **({"REDIS_PASSWORD": password} if password else {}),
         )
 
-    def start(self, service: str, **env: str) -> subprocess.Popen:
+    def start(self, service: str, **env: str):
         heartbeat = self.logs / f"{service}-{uuid.uuid4().hex[:6]}.heartbeat"
-        log = open(self.logs / f"{service}-{len(self.processes[service])}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
+        log = self.logs / f"{service}-{len(self.processes[service])}.log"
+        # Forked ready-imported (support/zygote.py): the agents' command, without paying for
+        # LangChain's imports at each of the suite's twenty-odd starts.
+        process = zygote.start(
             [sys.executable, str(AGENTS), service],
             env={**self.base_env, "HEARTBEAT_FILE": str(heartbeat), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log_path=log,
         )
         self.processes[service].append(process)
         wait_for(
@@ -76,10 +78,10 @@ class System:
             timeout=60,
             what=f"{service} reading its topic",
         )
-        assert process.poll() is None, (self.logs / log.name).read_text()[-2000:]
+        assert process.poll() is None, log.read_text()[-2000:]
         return process
 
-    def stop(self, process: subprocess.Popen) -> None:
+    def stop(self, process) -> None:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:

@@ -62,8 +62,8 @@ class ServerProcess:
         self.process: subprocess.Popen | zygote.Forked | None = None
 
     def start(self) -> "ServerProcess":
-        if self.fork and zygote.forkable(self.args):  # ready-imported, as `python script.py` runs
-            self.process = zygote.Forked(self.args, self.cwd, self.env, self.log_path)
+        if self.fork:  # `python script.py` ready-imported, anything else as a subprocess
+            self.process = zygote.start(self.args, self.cwd, self.env, log_path=self.log_path)
         else:
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(

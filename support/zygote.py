@@ -167,3 +167,13 @@ class Forked:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def start(args: list[str], cwd=None, env: dict[str, str] | None = None, *, log_path: Path):
+    """`args` started with its output in `log_path`: forked ready-imported when it is
+    `python script.py ...` (Forked), else as a subprocess (Popen); both answer poll, wait,
+    send_signal, terminate, kill and pid."""
+    if forkable(args):
+        return Forked(args, cwd, env, log_path)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
