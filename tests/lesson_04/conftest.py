@@ -33,10 +33,17 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def server(engine, api_settings):
+def api_forked() -> bool:
+    """Whether the module's API is forked ready-imported; a suite that reads the API's
+    /proc/PID/environ or its memory figures overrides this with False (an exec'ed API)."""
+    return True
+
+
+@pytest.fixture(scope="module")
+def server(engine, api_settings, api_forked):
     """The lesson's API for a container suite, with the module's `api_settings`; nothing it created
     may remain once it is gone."""
-    server = SandboxApi(**api_settings)
+    server = SandboxApi(fork=api_forked, **api_settings)
     yield server
     server.stop()
     wait_for(lambda: not containers(engine, server.owner), timeout=30, what="no container left")

@@ -57,6 +57,12 @@ POOL_SIZE = 2
 FRESH_AND_POOLED = pytest.mark.parametrize("api_settings", ["fresh", "pooled"], indirect=True)
 
 
+@pytest.fixture(scope="module")
+def api_forked() -> bool:
+    """Exec'ed: this suite reads the API's /proc/PID/environ and its peak memory."""
+    return False
+
+
 @pytest.fixture(scope="module", params=["fresh"])
 def api_settings(request, runtime) -> dict[str, str]:
     # One client (this suite) sends up to 20 runs at once: its share and the queue allow that here;

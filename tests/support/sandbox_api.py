@@ -70,8 +70,10 @@ def printed(result: dict) -> dict:
 class SandboxApi(ServerProcess):
     """The lesson's API under uvicorn with a label owner of its own, started and ready."""
 
-    def __init__(self, **env: str):
-        """The pool is off unless `SANDBOX_POOL_SIZE` is passed."""
+    def __init__(self, fork: bool = True, **env: str):
+        """The pool is off unless `SANDBOX_POOL_SIZE` is passed. `fork=False` execs the API
+        instead of forking it ready-imported (support/zygote.py), for a suite that reads its
+        /proc/PID/environ (which a forked process does not have) or its memory figures."""
         self.owner = f"test-{uuid.uuid4().hex[:12]}"
         port = free_port()
         settings = {
@@ -85,9 +87,7 @@ class SandboxApi(ServerProcess):
         }
         script = [sys.executable, "code/04_sandboxed_tools.py"]
         environment = offline_environment(**settings)
-        # Exec'ed, not forked: the hostile suites read its /proc/PID/environ, which a forked
-        # process does not have (support/zygote.py).
-        super().__init__(script, cwd=ROOT, env=environment, port=port, ready_timeout=60, fork=False)
+        super().__init__(script, cwd=ROOT, env=environment, port=port, ready_timeout=60, fork=fork)
         self.start()
         self.http = httpx.Client(base_url=self.url, timeout=60)
 
