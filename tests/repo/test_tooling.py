@@ -534,8 +534,9 @@ def run_ci(
 
 
 def timed(stdout: str, outcome: str = "done") -> list[tuple[str, str]]:
-    """(the name a line carries, or "", make's arguments) of each `==> make ... <outcome>` line."""
-    line = rf"^(?:\[([\w-]+)\] )?==> make (.+?) {outcome}(?: in| after) \d+s$"
+    """(the name a line carries, or "", make's arguments) of each `==> make ... <outcome>` line,
+    which says how long the check took and when it ended."""
+    line = rf"^(?:\[([\w-]+)\] )?==> make (.+?) {outcome}(?: in| after) \d+s \(at \d+s\)$"
     return re.findall(line, stdout, re.M)
 
 
