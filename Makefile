@@ -539,7 +539,7 @@ $(MCP2_CLIENT)/.installed: tests/clients/mcp2/requirements.txt | $(VENV)/.instal
 	@echo "==> $(MCP2_CLIENT): the mcp 2.x client the tests speak to the gateway with"
 	@$(PYTHON) -m venv --without-pip --clear $(MCP2_CLIENT)
 	@UV_NATIVE_TLS=1 UV_PYTHON_DOWNLOADS=never $(VENV)/bin/uv pip install --quiet \
-	  --python $(MCP2_CLIENT)/bin/python --require-hashes -r $<
+	  --python $(MCP2_CLIENT)/bin/python --compile-bytecode --require-hashes -r $<
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv and install the pinned dependencies of the lessons and the tests (with uv; INSTALLER=pip for pip)
