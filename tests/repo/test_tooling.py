@@ -497,7 +497,8 @@ def run_ci(
     tmp_path, docker_works: bool, failing: str = "", uid: int = 0, **env
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     """.ci/run with a `make` that only logs its arguments, one call a line (without the images it
-    is told are built, `-o IMAGE`, which it counts), and fails for FAILING; a docker that works or
+    is told are built, `-o IMAGE`, which it counts), and fails for FAILING (once FAIL_AFTER has
+    started, if set); a docker that works or
     not, and an `id` that says `uid` (root, as in CI). FAKE_MAKE_SECONDS: how long a call that does
     not fail takes. events.log: each call's start and end."""
     fake = tmp_path / "fake-bin"
@@ -511,7 +512,10 @@ def run_ci(
         f'echo "${{args[*]}} ${{BENCH_ROUNDS-}}/${{BENCH_PHASE_SECONDS-}} built=$built" '
         f">>{tmp_path}/env.log\n"
         f'echo "start ${{args[*]}}" >>{tmp_path}/events.log\n'
-        f'[ "${{args[*]}}" != "{failing}" ] || exit 2\n'
+        # FAIL_AFTER: the failing call fails once this call has started (10 s at most).
+        f'if [ "${{args[*]}}" = "{failing}" ]; then [ -z "${{FAIL_AFTER-}}" ] || '
+        f'for _ in $(seq 200); do grep -qxF "start $FAIL_AFTER" {tmp_path}/events.log && break; '
+        "sleep 0.05; done; exit 2; fi\n"
         'sleep "${FAKE_MAKE_SECONDS:-0}"\n'
         # WAIT_FOR_CHECK: this call ends once a container check has started (10 s at most).
         '[ "${args[*]}" != "${WAIT_FOR_CHECK-}" ] || for _ in $(seq 200); do '
@@ -587,10 +591,17 @@ def test_one_container_check_at_a_time_beside_make_test_once_swarm_is_left(tmp_p
 def test_the_queue_starts_no_check_after_one_failed_lets_the_running_ones_finish_and_fails(
     tmp_path,
 ):
-    # Two workers; the first check fails at once while the second still runs.
+    # Two workers; the first check fails once the second has started, which still runs. (Failing
+    # at once, it could fail before the second worker took a check: then none is started.)
     first, second = list(CI_CHECKS.values())[:2]
     result, goals = run_ci(
-        tmp_path, docker_works=True, failing=first, CI="true", CI_JOBS="2", FAKE_MAKE_SECONDS="1"
+        tmp_path,
+        docker_works=True,
+        failing=first,
+        CI="true",
+        CI_JOBS="2",
+        FAKE_MAKE_SECONDS="1",
+        FAIL_AFTER=second,
     )
     assert result.returncode != 0
     assert sorted(goals[FIRST:]) == sorted([first, second]), goals
