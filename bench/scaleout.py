@@ -8,10 +8,13 @@ research-agent:optimized on the machine cannot change it mid-run), then in one r
    from elsewhere drifts, and alternating shows it): wrk keeps CONNECTIONS connections asking
    unique questions (no cache hits) through HAProxy for SECONDS each.
 2. A steady load through four phases: RATE questions a second, sent on schedule whether or not the
-   previous ones have been answered (open loop, so a stall shows as latency instead of hiding), plus
-   STREAMS clients that each keep one SSE stream open after another. Phases: `before`; `update` (the
-   service rolls to a new image tag, one replica at a time, the new one started first); `stop` (one
-   replica is stopped with `docker stop`, Swarm replaces it); `after`.
+   previous ones have been answered (open loop, so a stall shows as latency instead of hiding), up
+   to MAX_IN_FLIGHT unanswered: a question due past that is held back and counted, so a machine too
+   busy for the load shows it as latency and held-back questions instead of piling up work until
+   answers meet the agent's 30 s bound; plus STREAMS clients that each keep one SSE stream open
+   after another. Phases: `before`; `update` (the service rolls to a new image tag, one replica at
+   a time, the new one started first); `stop` (one replica is stopped with `docker stop`, Swarm
+   replaces it); `after`.
 
 Counted: requests sent and failed (any non-2xx, connection error or timeout), streams that ended
 with `[DONE]` and streams that were cut (no `[DONE]`, or an `error` event), p50/p99 latency per
@@ -23,9 +26,10 @@ every request by the phase it was sent in and read each SSE stream to its `[DONE
 `error` event; wrk and hey report one aggregate and cannot read a stream. httpx and httpx-sse do the
 HTTP and SSE parts.
 
-Settings (environment): BENCH_RATE (20), BENCH_STREAMS (4), BENCH_PHASE_SECONDS (15),
-BENCH_SECONDS (8), BENCH_CONNECTIONS (8), BENCH_ROUNDS (2), BENCH_TOKEN_DELAY_MS (40: streams of
-about 6 s), BENCH_KEEP=1 to leave the stack running. Only loopback; every loop is bounded.
+Settings (environment): BENCH_RATE (20), BENCH_MAX_IN_FLIGHT (40), BENCH_STREAMS (4),
+BENCH_PHASE_SECONDS (15), BENCH_SECONDS (8), BENCH_CONNECTIONS (8), BENCH_ROUNDS (2),
+BENCH_TOKEN_DELAY_MS (40: streams of about 6 s), BENCH_KEEP=1 to leave the stack running. Only
+loopback; every loop is bounded.
 """
 
 import asyncio
@@ -53,6 +57,7 @@ from support.commands import require_command
 from support.ports import free_port
 
 RATE = float(os.getenv("BENCH_RATE", "20"))
+MAX_IN_FLIGHT = int(os.getenv("BENCH_MAX_IN_FLIGHT", "40"))
 STREAMS = int(os.getenv("BENCH_STREAMS", "4"))
 PHASE_SECONDS = float(os.getenv("BENCH_PHASE_SECONDS", "15"))
 SECONDS = float(os.getenv("BENCH_SECONDS", "8"))
@@ -127,8 +132,10 @@ class Load:
     rate: float
     streams: int
     max_seconds: float
+    max_in_flight: int = MAX_IN_FLIGHT
     phase: str = "before"
     results: list[Result] = field(default_factory=list)
+    held_back: dict[str, int] = field(default_factory=dict)  # phase: questions due but not sent
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -152,9 +159,12 @@ class Load:
         started, n, pending = time.monotonic(), 0, set()
         limit = int(self.rate * self.max_seconds)  # bounded in count as well as in time
         while not self._stop.is_set() and n < limit:
-            task = asyncio.create_task(self._timed("request", ask, client, n))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            if len(pending) < self.max_in_flight:
+                task = asyncio.create_task(self._timed("request", ask, client, n))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            else:
+                self.held_back[self.phase] = self.held_back.get(self.phase, 0) + 1
             n += 1
             await asyncio.sleep(max(0.0, started + n / self.rate - time.monotonic()))
         await asyncio.gather(*pending)
@@ -363,6 +373,7 @@ def run(client: docker.DockerClient, stack: str, port: int, v1: str, v2: str) ->
     report["versions"] = sorted(versions_served(url))
     report["timeline"] = timeline
     report["results"] = load.results
+    report["held_back"] = load.held_back
     return report
 
 
@@ -394,7 +405,8 @@ def print_report(report: dict) -> None:
     print(
         f"\nRolling update and docker stop under load: research agent on Swarm, 3 replicas behind "
         f"HAProxy\n{date.today()}, {platform.node()}, {os.cpu_count()} CPUs, "
-        f"`make bench-scaleout`; load: {RATE:g} questions/s (open loop, unique questions) + "
+        f"`make bench-scaleout`; load: {RATE:g} questions/s (open loop up to {MAX_IN_FLIGHT} "
+        f"unanswered, unique questions) + "
         f"{STREAMS} SSE streams at a time (offline model, {TOKEN_DELAY_MS} ms a token)\n"
     )
     print("| phase  | seconds | requests | failed | p50 ms | p99 ms | streams | [DONE] | cut |")
@@ -413,6 +425,12 @@ def print_report(report: dict) -> None:
         f"request(s) ({report['haproxy']['redispatches']} to another replica). "
         f"Versions served afterwards: {', '.join(report['versions'])}."
     )
+    if held := report["held_back"]:
+        print(
+            f"The client held back {sum(held.values())} question(s) due while {MAX_IN_FLIGHT} "
+            f"were unanswered ({', '.join(f'{k}: {v}' for k, v in held.items())}): the machine "
+            "was slower than the load."
+        )
     errors = sorted({r.error for r in report["results"] if not r.ok})
     errors += [e for t in report["throughput"] for e in t["errors"]]
     if errors:
@@ -462,6 +480,7 @@ def failures(report: dict) -> list[str]:
 def main() -> int:
     settings = {
         "BENCH_RATE": RATE,
+        "BENCH_MAX_IN_FLIGHT": MAX_IN_FLIGHT,
         "BENCH_STREAMS": STREAMS,
         "BENCH_PHASE_SECONDS": PHASE_SECONDS,
         "BENCH_SECONDS": SECONDS,
