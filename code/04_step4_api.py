@@ -94,8 +94,10 @@ def run(code: str, timeout: float = TIMEOUT_SECONDS) -> RunResult:
 
 def sweep() -> int:
     """Remove the sandbox containers past their expiry, whoever made them: return how many."""
-    found = client.containers.list(all=True, filters={"label": "agent-sandbox.owner"})
-    expired = [c for c in found if int(c.labels.get("agent-sandbox.expires", 0)) < time.time()]
+    # sparse: the list's own labels, not an inspect of each (one removed meanwhile is NotFound)
+    found = client.containers.list(all=True, sparse=True, filters={"label": "agent-sandbox.owner"})
+    labels = [(c, c.attrs.get("Labels") or {}) for c in found]
+    expired = [c for c, label in labels if int(label.get("agent-sandbox.expires", 0)) < time.time()]
     for container in expired:
         with contextlib.suppress(docker.errors.APIError):  # gone already, or going
             container.remove(force=True)
