@@ -7,6 +7,7 @@ the server then fails with "Address already in use" (seen: a test's postgres, wh
 tests and Docker made thousands of connections).
 """
 
+import functools
 import random
 import socket
 from pathlib import Path
@@ -18,6 +19,7 @@ LOWEST = 10_000
 DEFAULT_EPHEMERAL = (49152, 65535)
 
 
+@functools.cache  # read once a process: free_port asks on every call
 def ephemeral_range() -> tuple[int, int]:
     """The kernel's source ports for outgoing connections, inclusive."""
     try:

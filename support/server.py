@@ -62,13 +62,9 @@ class ServerProcess:
         self.process: subprocess.Popen | zygote.Forked | None = None
 
     def start(self) -> "ServerProcess":
-        if self.fork:  # `python script.py` ready-imported, anything else as a subprocess
-            self.process = zygote.start(self.args, self.cwd, self.env, log_path=self.log_path)
-        else:
-            with open(self.log_path, "wb") as log:
-                self.process = subprocess.Popen(
-                    self.args, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
-                )
+        self.process = zygote.start(
+            self.args, self.cwd, self.env, log_path=self.log_path, fork=self.fork
+        )
         began = time.monotonic()
         deadline = began + self.ready_timeout
         # On a loaded machine the imports alone can outlast the timeout: a server that used CPU in

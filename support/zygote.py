@@ -169,11 +169,13 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
-def start(args: list[str], cwd=None, env: dict[str, str] | None = None, *, log_path: Path):
+def start(
+    args: list[str], cwd=None, env: dict[str, str] | None = None, *, log_path: Path, fork=True
+):
     """`args` started with its output in `log_path`: forked ready-imported when it is
-    `python script.py ...` (Forked), else as a subprocess (Popen); both answer poll, wait,
-    send_signal, terminate, kill and pid."""
-    if forkable(args):
+    `python script.py ...` and `fork` is true (Forked), else as a subprocess (Popen); both answer
+    poll, wait, send_signal, terminate, kill and pid."""
+    if fork and forkable(args):
         return Forked(args, cwd, env, log_path)
     with open(log_path, "wb") as log:
         return subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
