@@ -23,10 +23,13 @@ from lesson05.redis_access import WorkerUsers, server_args
 from lesson05.store import Runs
 from research_agent.worker.job import events_key, variation_key, warm_queue_key, worker_events_key
 from support.waiting import wait_for
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, one_try
 from tests.support.variations import auth, by_variation, read_events, start_run
 
 FORBIDDEN = (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)
+# The tests that attack a run and then read it to its end: answers of about 7 s, in which the
+# attack (a few Redis calls, sent once the worker has started) lands mid-run.
+ATTACKED_RUN_TOKEN_MS = 40
 
 
 def environment_of(workers, run_id: str, index: int) -> dict[str, str]:
@@ -44,7 +47,7 @@ def environment_of(workers, run_id: str, index: int) -> dict[str, str]:
 
 def as_worker(environment: dict[str, str]) -> redis.Redis:
     """The Redis client a hostile worker would make: its own REDIS_URL."""
-    return redis.Redis.from_url(environment["REDIS_URL"], decode_responses=True)
+    return redis.Redis.from_url(environment["REDIS_URL"], decode_responses=True, retry=one_try())
 
 
 def refused(call) -> bool:
@@ -92,7 +95,7 @@ def test_a_worker_cannot_read_or_rewrite_another_run(two_runs, workers, redis_ur
 
 
 def test_a_worker_cannot_forge_another_variations_answer(serve, workers):
-    server = serve(OFFLINE_TOKEN_DELAY_MS=150)
+    server = serve(OFFLINE_TOKEN_DELAY_MS=ATTACKED_RUN_TOKEN_MS)
     run_id = start_run(server.url, variations=2)["run_id"]
     me = as_worker(environment_of(workers, run_id, 1))
     forged = {"variation": 0, "response": "FORGED", "sources": [], "query": "x", "model": "x"}
@@ -229,7 +232,7 @@ def cut_off(environment: dict[str, str]) -> bool:
 def test_an_oversized_event_is_refused_unread_and_its_worker_cut_off(
     serve, workers, redis_url, caplog
 ):
-    server = serve(OFFLINE_TOKEN_DELAY_MS=150)
+    server = serve(OFFLINE_TOKEN_DELAY_MS=ATTACKED_RUN_TOKEN_MS)
     run_id = start_run(server.url, variations=2)["run_id"]
     environment = environment_of(workers, run_id, 1)
     admin = redis.Redis.from_url(redis_url)
@@ -251,7 +254,7 @@ def test_an_oversized_event_is_refused_unread_and_its_worker_cut_off(
 
 
 def test_a_worker_flooding_small_events_is_cut_off_at_its_byte_budget(serve, workers, redis_url):
-    server = serve(OFFLINE_TOKEN_DELAY_MS=150, VARIATION_MAX_BYTES=300_000)
+    server = serve(OFFLINE_TOKEN_DELAY_MS=ATTACKED_RUN_TOKEN_MS, VARIATION_MAX_BYTES=300_000)
     run_id = start_run(server.url, variations=2)["run_id"]
     environment = environment_of(workers, run_id, 1)
     me, chunk = as_worker(environment), json.dumps({"text": "y" * 30_000})
@@ -280,7 +283,7 @@ def test_what_the_relay_copied_leaves_the_workers_stream(serve, workers, redis_u
 
 
 def test_bytes_that_are_not_utf8_do_not_stop_the_relay(serve, workers):
-    server = serve(OFFLINE_TOKEN_DELAY_MS=150)
+    server = serve(OFFLINE_TOKEN_DELAY_MS=ATTACKED_RUN_TOKEN_MS)
     run_id = start_run(server.url, variations=2)["run_id"]
     me = redis.Redis.from_url(environment_of(workers, run_id, 1)["REDIS_URL"])  # bytes, as sent
     me.xadd(worker_events_key(run_id, 1), {b"event": b"token", b"data": b'{"text": "\xff\xfe"}'})
