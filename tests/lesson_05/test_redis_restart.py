@@ -21,7 +21,7 @@ from lesson05.store import Runs, redis_clients
 from research_agent.worker import worker
 from research_agent.worker.job import ExitCode, warm_queue_key
 from support.waiting import wait_for
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, one_try
 from tests.support.variations import auth, by_variation, read_events, start_run
 
 PASSWORD = "test-api-password-0123456789"
@@ -48,10 +48,10 @@ def serve_locked(locked_redis, serve):
 
 
 def test_redis_refuses_a_client_without_the_password(locked_redis):
-    anonymous = redis.Redis(port=locked_redis.port)
+    anonymous = redis.Redis(port=locked_redis.port, retry=one_try())
     with pytest.raises(redis.exceptions.AuthenticationError):
         anonymous.ping()
-    wrong = redis.Redis(port=locked_redis.port, username="api", password="guess")
+    wrong = redis.Redis(port=locked_redis.port, username="api", password="guess", retry=one_try())
     with pytest.raises(redis.exceptions.AuthenticationError):
         wrong.ping()
 

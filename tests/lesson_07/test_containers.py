@@ -17,6 +17,7 @@ import redis
 from support.event_agents import ComposeProject
 from support.waiting import wait_for
 from tests.support.docker_cli import NO_COMPOSE_V2, compose_v2, docker
+from tests.support.redis import one_try
 
 pytestmark = pytest.mark.container
 
@@ -176,7 +177,7 @@ def test_redis_answers_nobody_without_the_password(project):
     address = docker(
         "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container
     ).strip()
-    client = redis.Redis(host=address, port=6379, socket_timeout=5)
+    client = redis.Redis(host=address, port=6379, socket_timeout=5, retry=one_try())
     with pytest.raises(redis.AuthenticationError):
         client.ping()
     forged = '{"specversion": "1.0", "id": "x", "type": "totally.bogus", "source": "/evil"}'

@@ -7,9 +7,18 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from support.commands import require_command
 from support.loopback import LoopbackServer
 from support.ports import free_port
+
+
+def one_try() -> Retry:
+    """For a client whose login is meant to be refused: redis-py retries a refused login (its
+    AuthenticationError is a ConnectionError) with backoff, about 4 s before it raises."""
+    return Retry(NoBackoff(), 0)
 
 
 class RedisServer(LoopbackServer):
