@@ -17,13 +17,15 @@ if __name__ == "__main__":
     settings = get_settings()
     uvicorn.run(
         app,
-        host=settings.HOST,
-        port=settings.PORT,
+        host=settings.server.HOST,
+        port=settings.server.PORT,
         log_config=None,  # keep our JSON logging
-        **uvicorn_forwarding(settings.FORWARDED_ALLOW_IPS),  # only a configured proxy names callers
+        **uvicorn_forwarding(
+            settings.access.FORWARDED_ALLOW_IPS
+        ),  # only a configured proxy names callers
         # uvicorn's grace; the app ends what is still open just before it
         # (research_agent/shutdown.py).
-        timeout_graceful_shutdown=settings.GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=settings.shutdown.GRACEFUL_SHUTDOWN_SECONDS,
     )
     # Reached after a shutdown when this is PID 1 in a container: the kernel ignores the SIGTERM
     # uvicorn re-raises to exit. Every request is finished and logged, yet tearing down the

@@ -1,7 +1,8 @@
 """The application factory: lesson 02's routes (research_agent/api.py) with every later layer
 attached, in this one place. Each layer lives in a folder or a module named after it:
 
-- settings.py: every layer's settings, in `Settings`, the one class the service reads;
+- settings.py: `Settings`, the one class the service reads: the agent's own settings, and each
+  layer's settings class as a field (`settings.cache`, `settings.access`...);
 - web/, observability/: the error shape, request ids, metrics, the access log, the body limit
   (middleware);
 - access/: API keys, rate limits, token budgets, stream caps (dependencies of the research routes,
@@ -54,9 +55,11 @@ async def lifespan(app: FastAPI):
     if app.state.agent is None:
         # Builds the search index: off the event loop.
         app.state.agent = await asyncio.to_thread(build_agent, settings)
-    if settings.REDIS_URL and app.state.cache is None:
+    if settings.cache.REDIS_URL and app.state.cache is None:
         app.state.cache = ResearchCache(
-            settings.REDIS_URL, settings.CACHE_TTL_SECONDS, settings.CACHE_BREAKER_SECONDS
+            settings.cache.REDIS_URL,
+            settings.cache.CACHE_TTL_SECONDS,
+            settings.cache.CACHE_BREAKER_SECONDS,
         )
         await app.state.cache.ping()  # logs a warning if Redis is down; we start anyway
     if app.state.quotas is None:
@@ -113,8 +116,8 @@ def _openapi_without_security(app: FastAPI):
 
 def create_app(settings: Settings | None = None, agent: ResearchAgent | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.LOG_LEVEL)
-    configure_tracing(settings)  # nothing at all unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+    configure_logging(settings.server.LOG_LEVEL)
+    configure_tracing(settings.tracing)  # nothing at all unless OTEL_EXPORTER_OTLP_ENDPOINT is set
     app = FastAPI(
         title="Research Agent",
         version=settings.APP_VERSION,
@@ -126,11 +129,11 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
     )
     app.state.settings, app.state.agent, app.state.cache = settings, agent, None
     # Read now: a key file that is missing or malformed stops the service before it listens.
-    app.state.api_keys, app.state.quotas = ApiKeys.from_settings(settings), None
+    app.state.api_keys, app.state.quotas = ApiKeys.from_settings(settings.access), None
     # Built once, here; the lifespan installs its SIGTERM handler (a test that never starts the
     # lifespan gets one that is never draining).
     app.state.shutdown = Shutdown(
-        settings.SHUTDOWN_DRAIN_SECONDS, settings.GRACEFUL_SHUTDOWN_SECONDS
+        settings.shutdown.SHUTDOWN_DRAIN_SECONDS, settings.shutdown.GRACEFUL_SHUTDOWN_SECONDS
     )
     # Lesson 02's routes, each research route behind the caller's key and limits; their service
     # is the one with every layer around the agent (api.get_service asks the app for it).
@@ -145,7 +148,7 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
     app.add_exception_handler(RequestValidationError, validation_error_after_the_key)
     app.add_middleware(NotReadyWhileDraining)
     instrumentator = install_middleware(
-        app, settings.MAX_BODY_BYTES, key_check=KeyBeforeBodyMiddleware
+        app, settings.server.MAX_BODY_BYTES, key_check=KeyBeforeBodyMiddleware
     )
     instrumentator.expose(
         app,
@@ -153,5 +156,5 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         response_class=PlainTextResponse,
         summary="Prometheus metrics (text exposition format)",
     )
-    instrument(app, settings)  # HTTPX, Redis, LangChain: only when tracing is on
+    instrument(app, settings.tracing)  # HTTPX, Redis, LangChain: only when tracing is on
     return app

@@ -98,7 +98,9 @@ class ScopedAnswers:
     def __init__(self, cache: ResearchCache, settings, agent, caller: str | None):
         self.cache = cache
         self.material = {
-            "scope": (caller or "anonymous") if settings.CACHE_SCOPE == "caller" else "shared",
+            "scope": (caller or "anonymous")
+            if settings.cache.CACHE_SCOPE == "caller"
+            else "shared",
             "model": agent.model_label,
             "search_backend": agent.search_backend,
             "max_results": settings.SEARCH_MAX_RESULTS,

@@ -1,9 +1,11 @@
-"""Every setting of the service, read from environment variables in one class, `Settings`.
+"""Every setting of the service, read from environment variables: `Settings`, the one class the
+service (research_agent/app.py) reads.
 
 Lesson 02's core reads the agent's own (research_agent/schemas.py, AgentSettings). Each later layer
-adds its group here, named after the module that reads it; `Settings` is all of them together, the
-one class the service (research_agent/app.py) reads. The sandbox's group holds lesson 04's own
-settings class (research_agent/sandbox/config.py) as `sandbox`.
+has its own settings class here, named after the module that reads it, which reads that layer's
+variables and is its config; `Settings` is the core with each layer's class as a field
+(`settings.cache.REDIS_URL`). The sandbox's is lesson 04's own settings class
+(research_agent/sandbox/config.py), as `sandbox`.
 """
 
 import ipaddress
@@ -12,8 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 from limits import parse as parse_limit
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from .sandbox.config import SandboxConfig
 from .schemas import AgentSettings
@@ -123,17 +131,21 @@ class ShutdownSettings(BaseSettings):
     GRACEFUL_SHUTDOWN_SECONDS: float = 8.0
 
 
-class ResearchSandbox(SandboxConfig):
-    """run_python's sandbox: lesson 04's settings (research_agent/sandbox/config.py), of which the
-    research agent reads SANDBOX_IMAGE, SANDBOX_RUNTIME (runc; "runsc": gVisor, when the Docker
-    daemon offers it), SANDBOX_TIMEOUT_SECONDS, SANDBOX_POOL_SIZE (containers started ahead, at
-    least; the pool grows with demand to SANDBOX_POOL_MAX within SANDBOX_POOL_BUDGET_MIB of idle
-    containers' memory; see docs/04, "What it costs") and egress: with SANDBOX_EGRESS=allowlist,
-    run_python reaches SANDBOX_ALLOWED_HOSTS through an egress proxy that adds SANDBOX_CREDENTIALS'
-    headers (docs/04, "The network as a capability"). Its containers are labelled research-agent."""
+class SandboxSettings(SandboxConfig):
+    """run_python in a throwaway container (research_agent/sandbox/python_tool.py, lesson 04):
+    lesson 04's settings (research_agent/sandbox/config.py), of which the research agent reads
+    SANDBOX_ENABLED (off: it needs the Docker API, which is root on the host; see
+    docs/04-sandboxed-tools.md before turning it on), SANDBOX_IMAGE, SANDBOX_RUNTIME (runc;
+    "runsc": gVisor, when the Docker daemon offers it), SANDBOX_TIMEOUT_SECONDS, SANDBOX_POOL_SIZE
+    (containers started ahead, at least; the pool grows with demand to SANDBOX_POOL_MAX within
+    SANDBOX_POOL_BUDGET_MIB of idle containers' memory; see docs/04, "What it costs") and egress:
+    with SANDBOX_EGRESS=allowlist, run_python reaches SANDBOX_ALLOWED_HOSTS through an egress proxy
+    that adds SANDBOX_CREDENTIALS' headers (docs/04, "The network as a capability"). Its
+    containers are labelled research-agent."""
 
     settable = frozenset(
         {
+            "enabled",
             "image",
             "runtime",
             "timeout_seconds",
@@ -145,18 +157,8 @@ class ResearchSandbox(SandboxConfig):
             "credentials",
         }
     )
+    enabled: bool = False  # whether the agent has run_python at all; the runner never reads it
     owner: str = "research-agent"
-
-
-class SandboxSettings(BaseSettings):
-    """run_python in a throwaway container (research_agent/sandbox/python_tool.py, lesson 04). Off:
-    it needs the Docker API, which is root on the host; see docs/04-sandboxed-tools.md before
-    turning it on."""
-
-    model_config = ENV
-
-    SANDBOX_ENABLED: bool = False
-    sandbox: ResearchSandbox = Field(default_factory=ResearchSandbox)
 
 
 class McpSettings(BaseSettings):
@@ -171,19 +173,97 @@ class McpSettings(BaseSettings):
     MCP_SEARCH_TOOL: str = "search_notes"
 
 
-class Settings(
-    AgentSettings,
-    ServerSettings,
-    CacheSettings,
-    AccessSettings,
-    ShutdownSettings,
-    SandboxSettings,
-    McpSettings,
-    TracingSettings,
-):
-    """The service's settings: the agent's and every layer's."""
+class Composed(BaseSettings):
+    """Settings that hold other settings classes as fields, its layers: each layer reads its own
+    variables (its default_factory builds it), this class's environment only its own plain
+    fields, never a layer's name (SERVER, CACHE...: pydantic-settings would parse it as the
+    layer's JSON).
+
+    Built from flat names, as the environment spells them (`Settings(REDIS_URL=url)`), each name
+    goes to the layer that reads that variable (`cache`), which reads the rest from the
+    environment; a name of the class's own comes first, then the layers in their order. A name
+    nothing reads is an error."""
 
     model_config = ENV
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _PlainFieldsOnly(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_names_to_layers(cls, values: object) -> object:
+        if not isinstance(values, dict):
+            return values
+        routes = _routes(cls)
+        kept, held = {}, {}
+        for name, value in values.items():
+            if name in cls.model_fields or name not in routes:
+                kept[name] = value  # the class's own, or unknown: an error, as any extra field
+            else:
+                layer, key = routes[name]
+                held.setdefault(layer, {})[key] = value
+        for layer, given in held.items():
+            whole = kept.get(layer, {})
+            if not isinstance(whole, dict):
+                raise ValueError(f"{layer} is given whole: set {sorted(given)} in it instead")
+            kept[layer] = {**whole, **given}
+        return kept
+
+
+class _PlainFieldsOnly(EnvSettingsSource):
+    """The environment, for the fields that are not a layer."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str):
+        if _layer(field) is not None:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+def _layer(field: FieldInfo) -> type[BaseSettings] | None:
+    held = field.annotation
+    return held if isinstance(held, type) and issubclass(held, BaseSettings) else None
+
+
+def _routes(settings_cls: type[BaseSettings]) -> dict[str, tuple[str | None, str]]:
+    """Each environment variable a settings class reads -> (the layer that reads it, or None for
+    the class's own field; the name that layer takes it by): a sandbox's SANDBOX_POOL_SIZE is
+    ("sandbox", "pool_size"), a held class's own names go on as they are."""
+    settable = getattr(settings_cls, "settable", None)  # a sandbox's: only these are read
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    found: dict[str, tuple[str | None, str]] = {}
+    for name, field in settings_cls.model_fields.items():
+        held = _layer(field)
+        if held is None and (settable is None or name in settable):
+            found.setdefault(f"{prefix}{name}".upper(), (None, name))
+    for name, field in settings_cls.model_fields.items():
+        if (held := _layer(field)) is not None:
+            for variable, (inner, key) in _routes(held).items():
+                found.setdefault(variable, (name, key if inner is None else variable))
+    return found
+
+
+class Settings(AgentSettings, Composed):
+    """The service's settings: lesson 02's core, the agent's own (AgentSettings), and each later
+    layer's settings class as a field, read from its own variables: `settings.cache.REDIS_URL`,
+    `settings.access.RATE_LIMIT`, `settings.sandbox.enabled` (SANDBOX_ENABLED).
+
+    Tests build it from flat names, as the environment spells them:
+    `Settings(OFFLINE_TOKEN_DELAY_MS=0, REDIS_URL=url, RATE_LIMIT="off")` sets the core's delay,
+    `cache.REDIS_URL` and `access.RATE_LIMIT` (Composed); `cache=CacheSettings(...)` gives a layer
+    whole."""
+
+    model_config = ENV
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
 
 @lru_cache
@@ -192,13 +272,6 @@ def get_settings() -> Settings:
 
 
 def variables(settings_cls: type[BaseSettings] = Settings) -> list[str]:
-    """Every environment variable a settings class reads: its own fields, and those of the
-    settings it holds (SANDBOX_ + each field its `sandbox` may set)."""
-    names = []
-    for name, field in settings_cls.model_fields.items():
-        held = field.annotation
-        if isinstance(held, type) and issubclass(held, SandboxConfig):
-            names += [f"SANDBOX_{settable.upper()}" for settable in sorted(held.settable)]
-        else:
-            names.append(name)
-    return names
+    """Every environment variable a settings class reads: its own fields, and those of each layer
+    it holds (a sandbox's: SANDBOX_ + each field it may set)."""
+    return list(_routes(settings_cls))

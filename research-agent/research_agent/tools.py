@@ -20,17 +20,17 @@ from .settings import Settings
 
 
 def search_tool(settings: Settings) -> BaseTool:
-    if settings.MCP_GATEWAY_URL:  # lesson 08: the tool lives behind MCP
+    if settings.mcp.MCP_GATEWAY_URL:  # lesson 08: the tool lives behind MCP
         from .mcp.tools import make_mcp_search_tool
 
-        return make_mcp_search_tool(settings)
+        return make_mcp_search_tool(settings.mcp)
     return make_search_tool(settings)
 
 
 def optional_tools(settings: Settings) -> list[BaseTool]:
     """run_python when SANDBOX_ENABLED. Imported only then, with the Docker SDK behind it: a
     default start does not pay for a tool that is off (`make bench-start-host`)."""
-    if not settings.SANDBOX_ENABLED:
+    if not settings.sandbox.enabled:
         return []
     from .sandbox.python_tool import sandbox_tools
 

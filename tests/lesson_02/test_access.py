@@ -99,7 +99,7 @@ def test_keys_from_a_file_with_names_comments_and_an_unnamed_key(client_for, tmp
 
 
 def test_both_sources_add_up():
-    keys = ApiKeys.from_settings(make_settings(API_KEYS=f"alice:{KEY}"))
+    keys = ApiKeys.from_settings(make_settings(API_KEYS=f"alice:{KEY}").access)
     assert keys.names == ["alice"] and keys.identify(KEY) == "alice"
     assert keys.identify(KEY[:-1] + "g") is None
 

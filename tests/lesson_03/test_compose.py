@@ -147,13 +147,12 @@ def test_the_edge_buffers_whole_requests_limits_each_address_and_holds_dns():
 
 def test_shutdown_budget_lets_every_answer_finish(compose):
     """The grace covers the longest answer; stop_grace_period covers drain + grace + a margin."""
-    from research_agent.settings import Settings
+    from research_agent.settings import Settings, ShutdownSettings
 
-    fields = Settings.model_fields
     agent = compose["services"]["agent"]
     grace = float(agent["environment"]["GRACEFUL_SHUTDOWN_SECONDS"])
-    drain = fields["SHUTDOWN_DRAIN_SECONDS"].default if "SHUTDOWN_DRAIN_SECONDS" in fields else 0
-    assert grace == 30 and grace >= fields["REQUEST_TIMEOUT_SECONDS"].default
+    drain = ShutdownSettings.model_fields["SHUTDOWN_DRAIN_SECONDS"].default
+    assert grace == 30 and grace >= Settings.model_fields["REQUEST_TIMEOUT_SECONDS"].default
     assert seconds(agent["stop_grace_period"]) == 35 > drain + grace
 
 

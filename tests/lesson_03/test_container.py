@@ -424,12 +424,10 @@ if pytest is not None:
         # main.py starts uvicorn with the settings, so GRACEFUL_SHUTDOWN_SECONDS is what bounds
         # the drain (a CMD that hard-codes --timeout-graceful-shutdown would silently ignore it).
         assert argv == ["python", "main.py"]
-        from research_agent.settings import Settings
+        from research_agent.settings import ShutdownSettings
 
-        fields = Settings.model_fields
-        drain = (
-            fields["SHUTDOWN_DRAIN_SECONDS"].default if "SHUTDOWN_DRAIN_SECONDS" in fields else 0
-        )
+        fields = ShutdownSettings.model_fields
+        drain = fields["SHUTDOWN_DRAIN_SECONDS"].default
         assert drain + fields["GRACEFUL_SHUTDOWN_SECONDS"].default < DOCKER_STOP_GRACE_SECONDS
         assert ("STOPSIGNAL", "SIGTERM") in instructions
         assert any(op == "ENV" and "PYTHONUNBUFFERED=1" in args for op, args in instructions)

@@ -14,7 +14,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
-from research_agent.settings import Settings
+from research_agent.settings import variables
 from tests.support.deploy import built_tags, get_paths, load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -281,7 +281,7 @@ def test_labels_and_selectors_match():
 
 
 def test_image_user_settings_and_redis_address_agree_with_the_repository():
-    assert wiring_problems(MANIFESTS, set(Settings.model_fields), built_tags()) == []
+    assert wiring_problems(MANIFESTS, set(variables()), built_tags()) == []
 
 
 def test_every_container_is_hardened():
@@ -348,17 +348,17 @@ BREAKAGES = {
         ].update({"app.kubernetes.io/name": "research"}),
     ),
     "image nobody builds": (
-        lambda ms: wiring_problems(ms, set(Settings.model_fields), built_tags()),
+        lambda ms: wiring_problems(ms, set(variables()), built_tags()),
         lambda m: agent_container(m).update(image="research-agent:latest"),
     ),
     "misspelt setting": (
-        lambda ms: wiring_problems(ms, set(Settings.model_fields), built_tags()),
+        lambda ms: wiring_problems(ms, set(variables()), built_tags()),
         lambda m: m[("ConfigMap", "research-agent-config")]["data"].update(
             GRACEFUL_SHUTDOWN_SECOND="30"
         ),
     ),
     "wrong user": (
-        lambda ms: wiring_problems(ms, set(Settings.model_fields), built_tags()),
+        lambda ms: wiring_problems(ms, set(variables()), built_tags()),
         lambda m: agent_pod(m)["securityContext"].update(runAsUser=1000),
     ),
     "writable root": (

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from research_agent.settings import Settings
+from research_agent.settings import ServerSettings, variables
 from scripts import swarm
 from support.ports import free_port
 from support.waiting import wait_for
@@ -171,7 +171,7 @@ def test_the_stack_check_catches_a_broken_copy(change):
 
 
 def test_the_agent_reads_every_setting_the_stack_gives_it():
-    assert set(agent_env(STACK)) <= set(Settings.model_fields)
+    assert set(agent_env(STACK)) <= set(variables())
 
 
 def test_the_default_image_is_what_make_build_tags():
@@ -211,7 +211,7 @@ def test_lesson_06_and_the_benchmark_ask_for_different_edge_subnets():
 def test_haproxy_finds_the_agent_tasks_on_the_apps_port_and_checks_a_real_path():
     backend = section(HAPROXY, "backend agents")
     _, slots, address = directive(backend, "server-template").split()
-    assert address == f"tasks.agent:{Settings.model_fields['PORT'].default}"
+    assert address == f"tasks.agent:{ServerSettings.model_fields['PORT'].default}"
     assert int(slots) >= 3
     check = directive(backend, "option httpchk").split()
     assert check[0] == "GET" and check[1] == "/ready" and check[1] in get_paths()

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from research_agent.app import create_app
-from research_agent.settings import Settings
+from research_agent.settings import variables
 from support.lessons import ROOT
 from support.otlp import OtlpCollector
 from support.ports import free_port
@@ -27,7 +27,7 @@ from tests.support.tracing import reset_tracing
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for name in Settings.model_fields:
+    for name in variables():
         monkeypatch.delenv(name, raising=False)
     for name in ("OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
         monkeypatch.delenv(name, raising=False)

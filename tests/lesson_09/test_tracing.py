@@ -16,7 +16,7 @@ import httpx
 import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
-from research_agent.settings import Settings
+from research_agent.settings import variables
 from support.lessons import AGENT_DIR
 from support.otlp import OtlpCollector
 from tests.support.metrics import metric
@@ -465,7 +465,7 @@ print(json.dumps({
 def test_without_an_endpoint_no_provider_exporter_or_instrumentation_is_loaded():
     """(langsmith, which LangChain brings, imports opentelemetry.sdk itself when it is installed;
     it installs no provider.)"""
-    clean = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
+    clean = {k: v for k, v in os.environ.items() if k not in variables()}
     result = subprocess.run(
         [sys.executable, "-c", PROBE],
         cwd=AGENT_DIR,

@@ -45,9 +45,9 @@ def lesson_01_step_3(monkeypatch) -> list[Event]:
 
 def research_agent(monkeypatch) -> list[Event]:
     from research_agent.app import create_app
-    from research_agent.settings import Settings
+    from research_agent.settings import Settings, variables
 
-    for name in Settings.model_fields:
+    for name in variables():
         monkeypatch.delenv(name, raising=False)
     app = create_app(Settings(OFFLINE_TOKEN_DELAY_MS=20))
     with TestClient(app) as client:

@@ -13,7 +13,7 @@ import hmac
 import re
 from dataclasses import dataclass
 
-from ..settings import Settings
+from ..settings import AccessSettings
 
 MIN_KEY_CHARS = 16  # a shorter key can be guessed; `secrets.token_urlsafe(32)` gives 43
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -78,7 +78,7 @@ class ApiKeys:
         self._digests = [(name, hashlib.sha256(key.encode()).digest()) for name, key in entries]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ApiKeys":
+    def from_settings(cls, settings: AccessSettings) -> "ApiKeys":
         entries = []
         if settings.API_KEYS is not None:
             entries += _entries(settings.API_KEYS.get_secret_value().split(","), "API_KEYS")

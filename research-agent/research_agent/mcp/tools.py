@@ -18,13 +18,13 @@ from langchain_mcp_adapters.client import MultiServerMCPClient
 from langchain_mcp_adapters.tools import load_mcp_tools
 
 from ..search import as_sources, search_tool
-from ..settings import Settings
+from ..settings import McpSettings
 from .answers import validate_answers_once
 
 logger = logging.getLogger(__name__)
 
 
-def gateway_client(settings: Settings) -> MultiServerMCPClient:
+def gateway_client(settings: McpSettings) -> MultiServerMCPClient:
     headers = {}
     if settings.MCP_GATEWAY_TOKEN is not None:
         headers["Authorization"] = f"Bearer {settings.MCP_GATEWAY_TOKEN.get_secret_value()}"
@@ -95,7 +95,7 @@ class KeptSession:
                 self.forget(opened)
 
 
-def make_mcp_search_tool(settings: Settings) -> BaseTool:
+def make_mcp_search_tool(settings: McpSettings) -> BaseTool:
     kept = KeptSession(gateway_client(settings))
     name = settings.MCP_SEARCH_TOOL
 

@@ -12,7 +12,7 @@ from typing import Literal
 from opentelemetry import propagate, trace
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ..settings import Settings, TracingSettings
+from ..settings import Settings, TracingSettings, variables
 
 # How an answer is shaped, so that variations differ visibly: appended to a real model's system
 # prompt; the offline model follows the key itself.
@@ -122,7 +122,7 @@ def agent_env(secrets: bool = True, **values) -> dict[str, str]:
     string, a None left out (the default holds). `secrets=False` leaves out the secret ones
     (OPENAI_API_KEY): a warm worker's job travels through Redis, and a warm worker got its secrets
     in its environment when it started. The one place a worker's environment is written."""
-    unknown = set(values) - set(Settings.model_fields) - set(Job.model_fields) - {*TRACE_VARIABLES}
+    unknown = set(values) - {*variables(Settings), *Job.model_fields, *TRACE_VARIABLES}
     if unknown:
         raise ValueError(f"not settings of the agent: {sorted(unknown)}")
     return {

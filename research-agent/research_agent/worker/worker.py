@@ -43,7 +43,7 @@ from redis.asyncio.retry import Retry  # noqa: E402
 from redis.backoff import ExponentialBackoff  # noqa: E402
 
 from ..agent import SYSTEM_PROMPT, ResearchAgent  # noqa: E402
-from ..settings import Settings  # noqa: E402
+from ..settings import ENV, Composed, Settings  # noqa: E402
 from ..tools import build_agent as build_research_agent  # noqa: E402
 from ..tracing.genai_spans import instrument_langchain  # noqa: E402
 from ..tracing.otel import configure_tracing, flush_tracing, tracer  # noqa: E402
@@ -55,9 +55,20 @@ from .styles import StyledOfflineModel  # noqa: E402
 logger = logging.getLogger("research_agent.worker")
 
 
-class WorkerSettings(Job, Settings):
-    """The job plus the research agent's settings, all read from the environment. A variation also
-    sets TEMPERATURE, MODEL_NAME and SEARCH_MAX_RESULTS, which the agent already reads."""
+class JobSettings(Job, BaseSettings):
+    """The job, read from the environment."""
+
+    model_config = ENV
+
+
+class WorkerSettings(Composed):
+    """The job and the research agent's settings, each read from the environment. A variation also
+    sets TEMPERATURE, MODEL_NAME and SEARCH_MAX_RESULTS, which the agent's settings read: a name
+    given (a warm worker's job) goes to the job if it reads it (REDIS_URL: the worker's own Redis
+    user), else to the agent's."""
+
+    job: JobSettings = Field(default_factory=JobSettings)
+    agent: Settings = Field(default_factory=Settings)
 
 
 class Publisher:
@@ -68,9 +79,10 @@ class Publisher:
         self.client, self.settings = client, settings
 
     async def send(self, event: str, data: dict) -> None:
-        data = {"variation": self.settings.VARIATION, **data}
+        job = self.settings.job
+        data = {"variation": job.VARIATION, **data}
         fields = {"event": event, "data": json.dumps(data)}
-        await self.client.xadd(self.settings.stream_key, fields, maxlen=self.settings.STREAM_MAXLEN)
+        await self.client.xadd(job.stream_key, fields, maxlen=job.STREAM_MAXLEN)
 
 
 def connect(url: str, **options) -> redis.Redis:
@@ -81,15 +93,14 @@ def connect(url: str, **options) -> redis.Redis:
 
 
 def build_agent(settings: WorkerSettings) -> ResearchAgent:
+    agent, style = settings.agent, settings.job.ANSWER_STYLE
     model = None  # a real model: build_model reads MODEL_NAME and TEMPERATURE from the settings
-    if settings.offline:
+    if agent.offline:
         model = StyledOfflineModel(
-            token_delay_ms=settings.OFFLINE_TOKEN_DELAY_MS,
-            style=settings.ANSWER_STYLE,
-            temperature=settings.TEMPERATURE,
+            token_delay_ms=agent.OFFLINE_TOKEN_DELAY_MS, style=style, temperature=agent.TEMPERATURE
         )
-    prompt = f"{SYSTEM_PROMPT}\n{ANSWER_STYLES[settings.ANSWER_STYLE]}"
-    return build_research_agent(settings, model=model, system_prompt=prompt)
+    prompt = f"{SYSTEM_PROMPT}\n{ANSWER_STYLES[style]}"
+    return build_research_agent(agent, model=model, system_prompt=prompt)
 
 
 def peak_memory_mb() -> dict:
@@ -115,11 +126,12 @@ class TraceContext(BaseSettings):
 
 
 @contextmanager
-def job_span(job: Job, started: float, **attributes):
+def job_span(settings: WorkerSettings, started: float, **attributes):
     """The variation's span, `variation {i}`, current while it runs: its parent is the
     TRACEPARENT (and TRACESTATE) its job carries (TraceContext), so every variation of a run sits
     in the run's trace, side by side. `started`: a Unix time (its start-up counts). While tracing
     is off, the API's no-op span."""
+    job, agent = settings.job, settings.agent
     context = TraceContext()
     carrier = {"traceparent": context.TRACEPARENT or "", "tracestate": context.TRACESTATE or ""}
     attributes = {f"lesson05.{name}": value for name, value in attributes.items()}
@@ -131,9 +143,9 @@ def job_span(job: Job, started: float, **attributes):
             "lesson05.run_id": job.RUN_ID,
             "lesson05.variation": job.VARIATION,
             "lesson05.answer_style": job.ANSWER_STYLE,
-            "lesson05.search_depth": job.SEARCH_MAX_RESULTS,
-            gen_ai.GEN_AI_REQUEST_MODEL: job.model_label,
-            gen_ai.GEN_AI_REQUEST_TEMPERATURE: job.TEMPERATURE,
+            "lesson05.search_depth": agent.SEARCH_MAX_RESULTS,
+            gen_ai.GEN_AI_REQUEST_MODEL: agent.model_label,
+            gen_ai.GEN_AI_REQUEST_TEMPERATURE: agent.TEMPERATURE,
             **attributes,
         },
     ) as span:
@@ -143,7 +155,7 @@ def job_span(job: Job, started: float, **attributes):
 async def run(settings: WorkerSettings, warm: bool = False, assigned: float | None = None) -> int:
     """One variation. `assigned`: when a warm worker got its job, from which its start-up counts."""
     began = assigned or STARTED
-    client = connect(settings.REDIS_URL)
+    client = connect(settings.job.REDIS_URL)
     events = Publisher(client, settings)
     try:  # a busy engine's DNS or a restarting Redis: the client's retries, bounded
         await client.ping()
@@ -159,10 +171,10 @@ async def run(settings: WorkerSettings, warm: bool = False, assigned: float | No
             await events.send(
                 "worker_ready",
                 {
-                    "model": settings.model_label,
-                    "style": settings.ANSWER_STYLE,
-                    "temperature": settings.TEMPERATURE,
-                    "search_depth": settings.SEARCH_MAX_RESULTS,
+                    "model": settings.agent.model_label,
+                    "style": settings.job.ANSWER_STYLE,
+                    "temperature": settings.agent.TEMPERATURE,
+                    "search_depth": settings.agent.SEARCH_MAX_RESULTS,
                     "worker": "warm" if warm else "cold",
                     # A warm worker imported before its job came; start-up counts from the job.
                     "import_ms": round((imported - STARTED) * 1000) if not warm else 0,
@@ -182,11 +194,11 @@ async def run(settings: WorkerSettings, warm: bool = False, assigned: float | No
 
 
 async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: Publisher) -> int:
-    tokens_sent = tokens_held_back = 0
+    job, tokens_sent, tokens_held_back = settings.job, 0, 0
     try:
-        async for name, data in agent.stream(settings.QUERY):
+        async for name, data in agent.stream(job.QUERY):
             if name == "token":
-                if tokens_sent >= settings.TOKEN_BUDGET:
+                if tokens_sent >= job.TOKEN_BUDGET:
                     tokens_held_back += 1  # counted and reported below: never dropped silently
                     continue
                 tokens_sent += 1
@@ -196,11 +208,11 @@ async def stream_answer(agent: ResearchAgent, settings: WorkerSettings, events: 
                         "truncated",
                         {
                             "tokens_not_streamed": tokens_held_back,
-                            "reason": f"token budget of {settings.TOKEN_BUDGET} events reached; "
+                            "reason": f"token budget of {job.TOKEN_BUDGET} events reached; "
                             "the final event carries the whole answer",
                         },
                     )
-                data = {**data, "query": settings.QUERY, "model": settings.model_label}
+                data = {**data, "query": job.QUERY, "model": settings.agent.model_label}
             await events.send(name, data)
         return ExitCode.ANSWERED
     except Exception as exc:
@@ -260,11 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = WorkerSettings(**job)  # the job's values win over the environment's
         TraceContext()
     except ValidationError as exc:
-        names = ", ".join(str(e["loc"][0]) for e in exc.errors())
+        names = ", ".join(str(e["loc"][-1]) for e in exc.errors() if e["loc"])
         logger.error("invalid job, check these settings: %s", names)
         return ExitCode.INVALID_JOB
-    if configure_tracing(settings, service_name="research-agent-worker"):
-        instrument_langchain(settings.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
+    tracing = settings.agent.tracing
+    if configure_tracing(tracing, service_name="research-agent-worker"):
+        instrument_langchain(tracing.OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)
     try:
         return asyncio.run(run(settings, warm, assigned))
     finally:

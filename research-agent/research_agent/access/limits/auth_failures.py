@@ -14,7 +14,7 @@ from .fields import fields, named, retry_after, seconds_until
 
 class AuthFailures:
     def __init__(self, settings: Settings, counting: Counting):
-        limit = settings.AUTH_FAILURE_LIMIT
+        limit = settings.access.AUTH_FAILURE_LIMIT
         self.item = named(limit, "auth-failures") if limit.lower() != "off" else None
         self.counting = counting
 

@@ -21,13 +21,13 @@ from .fields import fields, retry_after, seconds_until
 class Budget:
     def __init__(self, settings: Settings, counting: Counting):
         self.item: RateLimitItemPerSecond | None = None
-        if settings.TOKEN_BUDGET_PER_DAY > 0:
+        if settings.access.TOKEN_BUDGET_PER_DAY > 0:
             self.item = RateLimitItemPerSecond(
-                settings.TOKEN_BUDGET_PER_DAY,
-                settings.TOKEN_BUDGET_WINDOW_SECONDS,
+                settings.access.TOKEN_BUDGET_PER_DAY,
+                settings.access.TOKEN_BUDGET_WINDOW_SECONDS,
                 namespace="tokens",
             )
-        self.reservation = settings.TOKENS_RESERVED_PER_RUN
+        self.reservation = settings.access.TOKENS_RESERVED_PER_RUN
         self.counting = counting
 
     async def reserve(self, caller: Caller) -> Counters | None:

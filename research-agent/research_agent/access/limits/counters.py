@@ -113,22 +113,22 @@ class Counting:
     warning and one `research_limits_degraded`, whichever limit met it first."""
 
     def __init__(self, settings: Settings, logger: logging.Logger):
-        self.fail_mode = settings.LIMITS_FAIL_MODE
+        self.fail_mode = settings.access.LIMITS_FAIL_MODE
         self.local = Counters("local", MemoryStorage(), LocalSlots())
         self.shared: Counters | None = None
         self.redis: Redis | None = None
         self.breaker = CircuitBreaker(
-            settings.CACHE_BREAKER_SECONDS,
+            settings.cache.CACHE_BREAKER_SECONDS,
             LIMITS_DEGRADED,
             logger,
             down="redis unavailable, limits " + _FAIL_MODE_EFFECT[self.fail_mode],
             up="redis is back, limits shared again",
             fail_mode=self.fail_mode,
         )
-        if settings.REDIS_URL:
-            self.redis = connect(settings.REDIS_URL)
+        if settings.cache.REDIS_URL:
+            self.redis = connect(settings.cache.REDIS_URL)
             storage = RedisStorage(
-                "async+" + settings.REDIS_URL,
+                "async+" + settings.cache.REDIS_URL,
                 implementation="redispy",  # the `redis` package we pin, not coredis
                 key_prefix=KEY_PREFIX,
                 wrap_exceptions=True,

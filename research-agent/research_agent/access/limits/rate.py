@@ -14,7 +14,11 @@ from .fields import fields, named, retry_after, seconds_until
 
 class RequestWindow:
     def __init__(self, settings: Settings, counting: Counting):
-        self.item = named(settings.RATE_LIMIT, "requests") if settings.rate_limit_enabled else None
+        self.item = (
+            named(settings.access.RATE_LIMIT, "requests")
+            if settings.access.rate_limit_enabled
+            else None
+        )
         self.counting = counting
 
     async def hit(self, caller: Caller) -> dict[str, str]:

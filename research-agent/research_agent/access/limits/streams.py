@@ -21,7 +21,7 @@ Held = tuple[Counters, str]  # the counters a slot is held in, and the slot
 
 class StreamSlots:
     def __init__(self, settings: Settings, counting: Counting):
-        self.cap = settings.MAX_STREAMS_PER_CALLER
+        self.cap = settings.access.MAX_STREAMS_PER_CALLER
         self.counting = counting
 
     async def acquire(self, caller: Caller) -> Held | None:
