@@ -7,6 +7,7 @@ import json
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 from lesson05.presets import PRESETS
 from research_agent.agent import ResearchAgent
@@ -127,3 +128,22 @@ def test_styles_shape_the_answer():
     assert bullets.count("\n- ") == 3 and brief.count("[") == 1 and "in short:" in brief
     assert detailed.count("\n\n") == 4  # after the header, one paragraph per source read
     assert bullets == answer({**base, "style": "bullets", "temperature": 0.0})
+
+
+def test_the_worker_holds_its_job_and_the_agents_settings(monkeypatch):
+    """Each read from the environment; a name the job reads goes to the job (REDIS_URL: the
+    worker's own Redis user), any other to the agent's settings."""
+    monkeypatch.setenv("REDIS_URL", "redis://environment")
+    settings = worker.WorkerSettings(
+        RUN_ID="0123456789abcdef",
+        VARIATION=2,
+        QUERY="q?",
+        REDIS_URL="redis://worker@redis",
+        TEMPERATURE=0.9,
+        RATE_LIMIT="off",
+    )
+    assert settings.job.VARIATION == 2 and settings.job.REDIS_URL == "redis://worker@redis"
+    assert settings.agent.TEMPERATURE == 0.9 and not settings.agent.access.rate_limit_enabled
+    with pytest.raises(ValidationError) as raised:
+        worker.WorkerSettings(RUN_ID="not a run id", VARIATION=2, QUERY="q?")
+    assert [error["loc"] for error in raised.value.errors()] == [("job", "RUN_ID")]
