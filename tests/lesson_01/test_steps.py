@@ -5,12 +5,12 @@ so these tests keep each diff small and about its idea.
 """
 
 import ast
-import difflib
 import inspect
 
 import pytest
 
 from support.lessons import ROOT
+from tests.support.steps import removed_and_added
 
 CODE = ROOT / "code"
 
@@ -60,12 +60,6 @@ def test_the_agent_keeps_its_methods_and_return_types(load_script, before, after
     assert all(p.default is not p.empty for p in list(new_init.values())[len(old_init) :])
 
 
-def code_lines(step: str) -> list[str]:
-    """The script without its docstring (which describes the step, so it changes) or blank lines."""
-    lines = (CODE / step).read_text(encoding="utf-8").splitlines()
-    return [line for line in lines[tree(step).body[0].end_lineno :] if line.strip()]
-
-
 # How many code lines each step may take away from the one before: step 2 moves step 1's
 # os.getenv() calls into Settings and re-indents two loops; step 3 changes an import and a title.
 MOST_REMOVED = {PAIRS[0]: 25, PAIRS[1]: 2}
@@ -73,9 +67,9 @@ MOST_REMOVED = {PAIRS[0]: 25, PAIRS[1]: 2}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
-    diff = list(difflib.unified_diff(code_lines(before), code_lines(after), lineterm="", n=0))
-    removed = [line for line in diff if line.startswith("-") and not line.startswith("---")]
-    added = [line for line in diff if line.startswith("+") and not line.startswith("+++")]
+    removed, added = removed_and_added(
+        (CODE / before).read_text(encoding="utf-8"), (CODE / after).read_text(encoding="utf-8")
+    )
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) > 4 * len(removed)
 

@@ -8,7 +8,6 @@ for the cache are run here as written, and their output compared with the doc's.
 
 import ast
 import asyncio
-import difflib
 import importlib.util
 import json
 import re
@@ -25,6 +24,7 @@ from support.lessons import ROOT, step_file, step_files
 from support.ports import free_port
 from support.server import offline_environment
 from tests.support.sse import parse_sse
+from tests.support.steps import code_lines, removed_and_added
 
 DOC = ROOT / "docs" / "02-research-agent.md"
 QUESTION = "What does docker stop do?"
@@ -43,12 +43,6 @@ def top_level_names(text: str) -> dict[str, ast.stmt]:
         elif isinstance(node, ast.Assign):
             names.update({t.id: node for t in node.targets if isinstance(t, ast.Name)})
     return names
-
-
-def code_lines(text: str) -> list[str]:
-    """A file's lines after its docstring, without blank lines."""
-    lines = text.splitlines()
-    return [line for line in lines[ast.parse(text).body[0].end_lineno :] if line.strip()]
 
 
 # --- The steps and the module between them ------------------------------------------------------
@@ -88,11 +82,9 @@ MOST_REMOVED = {(2, 1): 6, (4, 3): 2}
 
 @pytest.mark.parametrize("after, before", BUILDS_ON)
 def test_a_step_mostly_adds_to_the_step_it_builds_on(after, before):
-    old = code_lines(source(step_file("02", before)))
-    new = code_lines(source(step_file("02", after)))
-    diff = list(difflib.unified_diff(old, new, lineterm="", n=0))
-    removed = [line for line in diff if line.startswith("-") and not line.startswith("---")]
-    added = [line for line in diff if line.startswith("+") and not line.startswith("+++")]
+    removed, added = removed_and_added(
+        source(step_file("02", before)), source(step_file("02", after))
+    )
     assert len(removed) <= MOST_REMOVED[(after, before)], "\n".join(removed)
     assert len(added) > 5 * len(removed)
 

@@ -9,7 +9,6 @@ tests/repo/test_docs.py, and tests/lesson_04/test_alike.py compares step 4 with 
 import ast
 import asyncio
 import contextlib
-import difflib
 import os
 import subprocess
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from support.lessons import ROOT, load_lesson
 from tests.support.doc_output import printed_as_shown, shown_output
+from tests.support.steps import removed_and_added
 
 STEPS = [
     "code/04_step1_sandbox.py",
@@ -112,12 +112,6 @@ def test_the_restrictions_and_the_result_stay_as_step_1_has_them(step):
     assert not changed, f"{step} changes {changed}"
 
 
-def code_lines(step: str) -> list[str]:
-    """The step without its docstring (it describes the step) or blank lines."""
-    lines = (ROOT / step).read_text(encoding="utf-8").splitlines()
-    return [line for line in lines[tree(step).body[0].end_lineno :] if line.strip()]
-
-
 # What each step may take away from the one before: its demonstration (step 1's programs, step 2's
 # questions, step 3's crowd), and the lines it changes (step 3: the container's create, the tool's
 # call; step 4: nothing else).
@@ -126,9 +120,9 @@ MOST_REMOVED = {PAIRS[0]: 17, PAIRS[1]: 7, PAIRS[2]: 8}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
-    diff = list(difflib.unified_diff(code_lines(before), code_lines(after), lineterm="", n=0))
-    removed = [line for line in diff if line.startswith("-") and not line.startswith("---")]
-    added = [line for line in diff if line.startswith("+") and not line.startswith("+++")]
+    removed, added = removed_and_added(
+        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
+    )
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) > len(removed)
 
