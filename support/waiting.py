@@ -4,6 +4,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import httpx
+
 T = TypeVar("T")
 
 
@@ -19,3 +21,12 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{what or 'the condition'} not true after {timeout} s")
         time.sleep(interval)
+
+
+def answers_200(url: str, timeout: float = 2.0) -> bool:
+    """Whether GET `url` answers 200 now; False while it refuses or fails (still starting, or
+    being replaced). For wait_for: `wait_for(lambda: answers_200(url), ...)`."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -21,7 +21,7 @@ from research_agent.sandbox.pool import ContainerPool
 from research_agent.sandbox.runner import LABEL, SandboxConfig, SandboxRunner
 from research_agent.sandbox.sweep import Sweeper
 from support.ports import free_port
-from support.waiting import wait_for
+from support.waiting import answers_200, wait_for
 from tests.support.docker_guard import (
     API,
     ATTACKS,
@@ -433,7 +433,4 @@ def test_the_gateway_images_guard_runs_a_sandbox(engine, monkeypatch):
 
 
 def pings(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/_ping", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return answers_200(f"{url}/_ping")

@@ -19,7 +19,7 @@ from research_agent.settings import variables
 from support.lessons import ROOT
 from support.otlp import OtlpCollector
 from support.ports import free_port
-from support.waiting import wait_for
+from support.waiting import answers_200, wait_for
 from tests.support.agent import make_settings
 from tests.support.docker_cli import docker
 from tests.support.tracing import reset_tracing
@@ -136,14 +136,8 @@ class Lesson09:
         at its next resolution and health check, after Compose's --wait is already satisfied."""
         self.compose("up", "-d", "--no-deps", "--wait", "--force-recreate", service, env=env)
 
-        def routed() -> bool:
-            try:
-                return httpx.get(f"{self.edge}/ready", timeout=10).status_code == 200
-            except httpx.HTTPError:  # the edge itself was recreated and is not listening yet
-                return False
-
-        wait_for(
-            routed,
+        wait_for(  # False while the edge itself, recreated, is not listening yet
+            lambda: answers_200(f"{self.edge}/ready", timeout=10),
             timeout=120,
             interval=0.5,
             what=f"the edge routing to the recreated {service}",

@@ -11,13 +11,12 @@ import subprocess
 import sys
 import uuid
 
-import httpx
 import pytest
 
 from support.lessons import ROOT
 from support.ports import free_port
 from support.server import offline_environment
-from support.waiting import wait_for
+from support.waiting import answers_200, wait_for
 from tests.support.docker_cli import docker
 
 pytestmark = pytest.mark.container
@@ -39,14 +38,12 @@ def phoenix():
     docker("run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:6006", IMAGE)
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, timeout=600, interval=1, what="Phoenix answering /healthz")
+        wait_for(
+            lambda: answers_200(f"{url}/healthz"),
+            timeout=600,
+            interval=1,
+            what="Phoenix answering /healthz",
+        )
         yield url
     finally:
         docker("rm", "-f", name, check=False)

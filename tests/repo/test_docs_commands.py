@@ -12,11 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from support.ports import free_port
-from support.waiting import wait_for
+from support.waiting import answers_200, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "<!-- checked-by: tests/repo/test_docs_commands.py -->"
@@ -84,14 +83,12 @@ def test_lesson_01s_sigterm_commands_stop_the_server_only_and_report_curls_statu
         process_group=group,
     )
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=60, interval=0.2, what="the lesson-01 shutdown server")
+        wait_for(
+            lambda: answers_200(f"http://127.0.0.1:{port}/ready"),
+            timeout=60,
+            interval=0.2,
+            what="the lesson-01 shutdown server",
+        )
         commands = lesson_01_try_it().replace("localhost:8000", f"localhost:{port}")
         shell = f'pkill() {{ command pkill -g {group} "$@"; }}\n{commands}\n{status_command}\n'
         result = subprocess.run(
