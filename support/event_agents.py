@@ -139,7 +139,22 @@ def answered(system, question_id: str, timeout: float = 30) -> dict:
         found = view(system, question_id).json()
         return found if found["status"] != "pending" else None
 
-    return wait_for(done, timeout=timeout, what=f"question {question_id} answered")
+    try:
+        return wait_for(done, timeout=timeout, what=f"question {question_id} answered")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{what_happened(system, question_id)}") from None
+
+
+def what_happened(system, question_id: str) -> str:
+    """For a question that was never answered: its trace, and the end of each local agent's
+    log (a System's; a Compose project has its own logs)."""
+    trace = system.trace() if isinstance(system, System) else []
+    lines = [f"trace: {t}" for t in trace if question_id in t.get("event_id", "")]
+    logs = system.logs if isinstance(system, System) else None
+    for log in sorted(logs.glob("*.log")) if logs else ():
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        lines += [f"--- {log.name}", *tail]
+    return "\n".join(lines)
 
 
 def student() -> str:

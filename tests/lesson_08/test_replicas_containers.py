@@ -264,6 +264,12 @@ def test_a_burst_through_the_edge_survives_a_replica_stopped_then_killed(tmp_pat
         for line in edge:  # HAProxy's line for each request that did not end 200
             if "POST /mcp" in line and " 200 " not in line:
                 print(f"  edge: {line}")
+        if counts["ok"] < CALLS:  # what each replica said besides its call log (tracebacks)
+            for replica in replicas:
+                said = sh("docker", "logs", replica)
+                logs = said.stdout + said.stderr
+                other = [x for x in logs.splitlines() if '"tool_call"' not in x][-80:]
+                print(f"  replica {replica[:12]}:", *other, sep="\n    ")
 
         assert len(calls) == CALLS
         assert counts["hung"] == 0 and counts["unclear"] == 0, counts
