@@ -11,7 +11,9 @@
   that the answer is 429 or 503 with Retry-After, at once. A call counts as in flight until its
   answer is sent, not until its stream closes;
 - each answer checked once: the gateway's client checks it against the tool's schema
-  (research_agent.validate_answers_once), and the gateway sends it on as it is (CheckedResult).
+  (research_agent.validate_answers_once), and the gateway sends it on as it is (CheckedResult);
+- one broken connection to a server fails the one request it carried, not every call that shares
+  the gateway's session with that server (CappedTransport).
 """
 
 import hmac
@@ -68,28 +70,47 @@ def cut(text: str, limit: int = SHOWN) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# A connection that broke after it was made (reset, closed mid-answer): what it carried may or may
+# not have run. A server that cannot be reached at all (ConnectError) still ends the session, and
+# the next use opens a new one.
+BROKEN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
 class CappedTransport(httpx.AsyncHTTPTransport):
     """Each answer to a POST (one MCP request) is read up to `limit` bytes, never more: a server
     that sends 50 MB costs the gateway `limit` bytes of memory, and the caller gets a JSON-RPC
-    error for that request instead of the answer."""
+    error for that request instead of the answer.
+
+    A POST whose connection breaks gets a JSON-RPC error too, for that request alone. The SDK's
+    client (mcp 1.x) sends each request from a task of the session's own task group, so an
+    exception there ends the session and every call in flight on it (modelcontextprotocol/
+    python-sdk#2604): one reset connection failed every call the gateway had on that server."""
 
     def __init__(self, limit: int, **kwargs):
         super().__init__(**kwargs)
         self.limit = limit
 
     async def handle_async_request(self, request):
-        response = await super().handle_async_request(request)
         if request.method != "POST":
-            return response
-        chunks, size = [], 0
+            return await super().handle_async_request(request)
         try:
-            async for chunk in response.stream:
-                size += len(chunk)
-                if size > self.limit:
-                    return self._too_large(request)
-                chunks.append(chunk)
-        finally:
-            await response.stream.aclose()
+            response = await super().handle_async_request(request)
+            chunks, size = [], 0
+            try:
+                async for chunk in response.stream:
+                    size += len(chunk)
+                    if size > self.limit:
+                        return self._error(request, f"answer {TOO_LARGE} of {self.limit:,} bytes")
+                    chunks.append(chunk)
+            finally:
+                await response.stream.aclose()
+        except BROKEN as exc:
+            logger.warning(json.dumps({"event": "upstream_broken", "error": type(exc).__name__}))
+            return self._error(
+                request,
+                f"the connection to the tool server broke before it answered "
+                f"({type(exc).__name__}); the call may or may not have run",
+            )
         return httpx.Response(
             response.status_code,
             headers=response.headers,
@@ -97,12 +118,16 @@ class CappedTransport(httpx.AsyncHTTPTransport):
             extensions=response.extensions,
         )
 
-    def _too_large(self, request) -> httpx.Response:
+    def _error(self, request, message: str) -> httpx.Response:
+        """The JSON-RPC error the server could have sent for this request; a notification (no
+        id) expects no answer: 202, as a server gives."""
         try:
-            request_id = json.loads(request.content).get("id")
+            body = json.loads(request.content)
+            request_id = body.get("id")
         except (ValueError, AttributeError):
-            request_id = None
-        message = f"answer {TOO_LARGE} of {self.limit:,} bytes"
+            body, request_id = None, None
+        if isinstance(body, dict) and "method" in body and "id" not in body:
+            return httpx.Response(202)
         return httpx.Response(
             200,
             json={
@@ -120,7 +145,11 @@ def capped_client_factory(limit: int):
         # No read timeout of httpx's own (its default is 5 s, which would cut a slow tool first
         # with a vaguer error): CallPolicy's per-call timeout bounds every call.
         kwargs.setdefault("timeout", httpx.Timeout(30.0, read=None))
-        return httpx.AsyncClient(transport=CappedTransport(limit), **kwargs)
+        # An idle connection is dropped after 2 s, before the server drops it: uvicorn (the SDK's
+        # servers) closes one idle for 5 s, httpx would keep it 5 s too, and a request sent on it
+        # as the server closes it meets a reset.
+        transport = CappedTransport(limit, limits=httpx.Limits(keepalive_expiry=2.0))
+        return httpx.AsyncClient(transport=transport, **kwargs)
 
     return factory
 

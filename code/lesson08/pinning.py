@@ -376,10 +376,16 @@ class PinnedTool(ProxyTool):
                 return await super().run(arguments, context)
             except McpError as exc:
                 gone = "Session terminated" in str(exc)
-                if attempt == 2 or not gone or provider is None or provider.reset is None:
-                    raise
-                if not await provider.reset():
-                    raise
+                if (
+                    attempt == 2
+                    or not gone
+                    or provider is None
+                    or provider.reset is None
+                    or not await provider.reset()
+                ):
+                    # The server's error (or the gateway's, for its connection), said as it is:
+                    # a tool error, not a traceback in the gateway's log.
+                    raise ToolError(str(exc)) from None
 
 
 def _retrieved(future: asyncio.Future) -> None:
