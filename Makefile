@@ -381,7 +381,7 @@ test-tools:
 lint: $(VENV)/.installed ## Lint: ruff, hadolint, shellcheck, actionlint and pymarkdown over every file of their kind
 	@scripts/lint.sh $(VENV)/bin
 
-ci: ## What CI runs (.ci/run): lint while every image is built, then test beside Swarm's checks, then the other container checks five at a time
+ci: ## What CI runs (.ci/run): every image built, then test beside Swarm's checks and lint, then the other container checks five at a time
 	@bash .ci/run
 
 smoke: build $(VENV)/.installed ## Run each image, check it (tests/lesson_03/test_container.py), docker stop it mid-stream

@@ -462,10 +462,11 @@ def test_the_make_targets_that_need_the_plugins_give_that_message(no_plugins, ta
 
 # --- make ci: one list of checks, run by .ci/run and by the GitHub workflow ----------------------
 
-# First the linters beside every image's build and gVisor's registration (as root, as CI is),
-# then `make test` beside Swarm's two checks (one after the other); then the container checks from
-# one queue, each on an image that is already built.
-CI_BESIDE = {"lint", "images", "gvisor"}
+# First the Python environments and the linters beside every image's build and gVisor's
+# registration (as root, as CI is), then `make test` beside Swarm's two checks (one after the
+# other), the linters still running; then the container checks from one queue, each on an image
+# that is already built.
+CI_BESIDE = {"install", "lint", "images", "gvisor"}
 CI_SWARM = ["swarm-test", "bench-scaleout"]
 CI_THEN = {"test", *CI_SWARM}
 # Each queued check's name, and make's arguments for it.
@@ -485,10 +486,12 @@ FIRST = len(CI_BESIDE) + len(CI_THEN)
 
 
 def first_goals_in_order(goals: list[str]) -> bool:
-    """lint, images and gvisor in any order (images before gvisor), then `make test` and Swarm's
-    checks (Swarm's in their order)."""
+    """install, lint, images and gvisor in any order (install before lint, images before gvisor),
+    then `make test` and Swarm's checks (Swarm's in their order)."""
     beside, then = goals[: len(CI_BESIDE)], goals[len(CI_BESIDE) : FIRST]
     if set(beside) != CI_BESIDE or beside.index("images") > beside.index("gvisor"):
+        return False
+    if beside.index("install") > beside.index("lint"):
         return False
     return set(then) == CI_THEN and [goal for goal in then if goal in CI_SWARM] == CI_SWARM
 
@@ -550,7 +553,8 @@ def test_make_ci_runs_every_check_once_in_order_each_step_timed(tmp_path):
     assert first_goals_in_order(goals), goals
     assert sorted(goals[FIRST:]) == sorted(CI_CHECKS.values()), goals
     done = timed(result.stdout)
-    assert [goal for name, goal in done if not name] == ["lint", "test"]
+    assert [goal for name, goal in done if not name] == ["install", "test"]
+    assert [goal for name, goal in done if name == "lint"] == ["lint"]
     assert [goal for name, goal in done if name == "I"] == ["images", "gvisor"]
     assert [goal for name, goal in done if name == "swarm"] == CI_SWARM
     # Each queued check's lines carry its name.
@@ -627,11 +631,15 @@ def test_a_failing_check_before_the_queue_stops_the_run_there(tmp_path):
     assert result.returncode != 0 and set(goals) - {first_check} == CI_BESIDE | CI_THEN, goals
     assert "==> make test FAILED" in result.stdout
     result, goals = run_ci(tmp_path / "images", docker_works=True, failing="images", CI="true")
-    assert result.returncode != 0 and sorted(goals) == ["images", "lint"], goals
+    assert result.returncode != 0 and sorted(goals) == ["images", "install", "lint"], goals
     assert "[I] ==> make images FAILED" in result.stdout
     result, goals = run_ci(tmp_path / "swarm", docker_works=True, failing="swarm-test", CI="true")
     assert result.returncode != 0 and sorted(goals[len(CI_BESIDE) :]) == ["swarm-test", "test"]
     assert "[swarm] ==> make swarm-test FAILED" in result.stdout
+    # The linters run beside `make test` and Swarm's checks: their failure starts no queued check.
+    result, goals = run_ci(tmp_path / "lint", docker_works=True, failing="lint", CI="true")
+    assert result.returncode != 0 and not set(goals) & set(CI_CHECKS.values()), goals
+    assert "[lint] ==> make lint FAILED" in result.stdout
 
 
 def test_the_swarm_benchmark_runs_as_a_check_and_its_settings_stay_with_it(tmp_path):
@@ -655,7 +663,8 @@ def test_make_ci_without_docker_skips_the_container_checks_locally_and_says_so(t
 
 def test_ci_runs_lint_and_test_and_the_workflow_runs_it_through_make_ci():
     ci_run = (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"^ *step lint\b", ci_run, re.M) and re.search(r"^ *step test\b", ci_run, re.M)
+    assert re.search(r"^ *(step|lane lint) lint\b", ci_run, re.M)
+    assert re.search(r"^ *step test\b", ci_run, re.M)
     workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
     assert re.findall(r"^\s*- run: (.*)$", workflow, flags=re.M) == ["make ci"]
     makefile = (ROOT / "Makefile").read_text()
