@@ -50,9 +50,12 @@ HOSTILE = f"""
     healthcheck:
       test:
         - CMD
-        - python
+        - bash
         - -c
-        - import urllib.request as u; u.urlopen('http://hostile:8000/health', timeout=2)
+        - >-
+          exec 3<>/dev/tcp/hostile/8000
+          && printf 'GET /health HTTP/1.0\\r\\nHost: hostile:8000\\r\\n\\r\\n' >&3
+          && head -c 12 <&3 | grep -q ' 200'
       interval: 2s
       timeout: 10s
       retries: 3
