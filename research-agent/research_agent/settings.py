@@ -9,7 +9,7 @@ variables and is its config; `Settings` is the core with each layer's class as a
 """
 
 import ipaddress
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -227,6 +227,7 @@ def _layer(field: FieldInfo) -> type[BaseSettings] | None:
     return held if isinstance(held, type) and issubclass(held, BaseSettings) else None
 
 
+@cache  # per class, which does not change; its callers read the routes, never change them
 def _routes(settings_cls: type[BaseSettings]) -> dict[str, tuple[str | None, str]]:
     """Each environment variable a settings class reads -> (the layer that reads it, or None for
     the class's own field; the name that layer takes it by): a sandbox's SANDBOX_POOL_SIZE is
