@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import uvicorn
-from fastmcp import Client, FastMCP
+from fastmcp import FastMCP
 from fastmcp.client.transports import StreamableHttpTransport
 from pydantic_settings import BaseSettings
 from starlette.middleware import Middleware
@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse
 from lesson08.call_limits import (
     BurstGuard,
     CallPolicy,
+    KeptClient,
     cancel_when_abandoned,
     capped_client_factory,
 )
@@ -108,43 +109,52 @@ class Upstream:
 
     def __init__(self, entry: ServerEntry, launcher, max_result_bytes: int):
         self.entry, self.launcher, self.max_result_bytes = entry, launcher, max_result_bytes
-        self.client: Client | None = None  # the kept session
+        self.client: KeptClient | None = None  # the kept session
         self.lock = asyncio.Lock()  # two first calls at once open one session
         self.changed = ListChanged()  # the server's tools/list_changed: check its pins again
 
-    async def connect(self) -> Client:
+    async def connect(self) -> KeptClient:
         async with self.lock:
             client = self.client
             if client is None or not client.is_connected():
                 url = self.entry.url or await self.launcher.url_for(self.entry)  # starts it
                 factory = capped_client_factory(self.max_result_bytes)
                 transport = StreamableHttpTransport(url, httpx_client_factory=factory)
-                client = self.client = Client(transport, message_handler=self.changed)
+                client = self.client = KeptClient(transport, message_handler=self.changed)
                 await client.__aenter__()
                 cancel_when_abandoned(client.session)
                 validate_answers_once(client.session)
             self.launcher.touch(self.entry)
         return client
 
-    def kept(self) -> Client | None:
+    def kept(self) -> KeptClient | None:
         """The open session, for the timer's pin check: it starts no server, and leaves the
         server's idle clock alone."""
         client = self.client
         return client if client is not None and client.is_connected() else None
 
     async def reset(self, idle: bool = False) -> bool:
-        """Close the kept session (its server stopped, or with `idle`, about to be stopped as
-        idle): the next use opens a new one."""
+        """Close the kept session (its server stopped): the next use opens a new one. True when
+        there was one.
+
+        With `idle`, the idle sweep's (its server is about to be stopped): the session is kept
+        when it was used since the sweep looked or a request is running on it (a call longer
+        than idle_seconds, or the timer's pin check, whose answer would come to a closed
+        session). True when the server may be stopped."""
         async with self.lock:
-            if idle and not self.launcher.idle(self.entry, time.monotonic()):
-                return False  # used since the sweep looked: kept
-            client, self.client = self.client, None
+            client = self.client
+            if idle and (
+                not self.launcher.idle(self.entry, time.monotonic())
+                or (client is not None and client.in_use)
+            ):
+                return False
+            self.client = None
             if self.changed.provider is not None:
                 self.changed.provider.expire()  # a new session is checked before its first call
         if client is not None:
             with contextlib.suppress(Exception):  # the server is gone: nothing to tell it
                 await client.close()
-        return client is not None
+        return idle or client is not None
 
 
 class Gateway(NamedTuple):
@@ -258,8 +268,9 @@ async def idle_sweep(catalog, launcher, providers, every: float):
 
     async def sweep():
         for entry in catalog.servers:
-            if launcher.idle(entry, time.monotonic()):
-                await providers[entry.name].reset(idle=True)
+            if launcher.idle(entry, time.monotonic()) and await providers[entry.name].reset(
+                idle=True
+            ):
                 await launcher.retire(entry)
 
     async def loop():

@@ -27,6 +27,7 @@ import uuid
 import anyio
 import httpx
 import mcp.types
+from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_headers
 from fastmcp.server.middleware import Middleware
@@ -136,6 +137,27 @@ class CappedTransport(httpx.AsyncHTTPTransport):
                 "error": {"code": -32001, "message": message},
             },
         )
+
+
+class KeptClient(Client):
+    """The gateway's session to one tool server, kept open between calls. It counts the uses
+    running on it (each call and each pin check enters it with `async with`), so the idle sweep
+    can leave a session alone while a request runs on it."""
+
+    uses = 0  # the one that keeps it open, and those running now
+
+    async def __aenter__(self):
+        client = await super().__aenter__()
+        self.uses += 1
+        return client
+
+    async def __aexit__(self, *exc_info):
+        self.uses -= 1
+        return await super().__aexit__(*exc_info)
+
+    @property
+    def in_use(self) -> bool:
+        return self.uses > 1
 
 
 def capped_client_factory(limit: int):

@@ -11,7 +11,9 @@ import threading
 from urllib.parse import urlsplit
 
 import pytest
+from fastmcp.client.transports import StreamableHttpTransport
 
+from lesson08.call_limits import KeptClient, capped_client_factory
 from support.mcp_servers import NOTES_SERVER, gateway
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
@@ -165,3 +167,33 @@ def test_a_broken_connection_fails_only_the_call_it_carried(hostile, tmp_path):
     assert "may or may not have run" in answers[1][1]
     assert [c["outcome"] == "ok" for c in calls].count(True) == 2, calls
     assert '"upstream_broken"' in log and "Traceback" not in log, log[-3000:]
+
+
+async def uses_seen(url: str) -> list[bool]:
+    """`in_use` of the gateway's kept session: before, during and after a call running on it."""
+    transport = StreamableHttpTransport(
+        url + "/mcp", httpx_client_factory=capped_client_factory(1 << 20)
+    )
+    client = KeptClient(transport)
+    await client.__aenter__()  # the hold that keeps it open, as the gateway's Upstream has
+    seen = [client.in_use]
+
+    async def call():
+        async with client:
+            await client.call_tool_mcp("slow", {"query": "held"})
+
+    running = asyncio.create_task(call())
+    while not running.done() and not client.in_use:
+        await asyncio.sleep(0.01)
+    seen.append(client.in_use)
+    await running
+    seen.append(client.in_use)
+    await client.close()
+    return seen
+
+
+def test_the_kept_session_knows_a_call_is_running_on_it(hostile):
+    """What the idle sweep asks before it closes a session and stops its server: a call longer
+    than the server's idle_seconds, or the timer's pin check, is never cut (the check's answer
+    used to arrive to the closed session: "Error parsing SSE message", ClosedResourceError)."""
+    assert asyncio.run(uses_seen(hostile.url)) == [False, True, False]
