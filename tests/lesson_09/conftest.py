@@ -206,7 +206,12 @@ class Lesson09:
             found[:] = self.spans(trace_id)
             return wanted <= {span["name"] for span in found}
 
-        wait_for(arrived, timeout=timeout, interval=0.5, what=f"{wanted} in trace {trace_id}")
+        try:
+            wait_for(arrived, timeout=timeout, interval=0.5, what=f"{wanted} in trace {trace_id}")
+        except TimeoutError as missing:  # what arrived, and what the sender and the ingest logged
+            logs = self.compose("logs", "--no-color", "--tail", "30", "agent", "ingest")
+            seen = sorted(span["name"] for span in found)
+            raise AssertionError(f"{missing}; the trace has {seen}\n{logs}") from None
         return found
 
 
