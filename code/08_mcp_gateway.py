@@ -27,27 +27,20 @@ from typing import NamedTuple
 
 import uvicorn
 from fastmcp import FastMCP
-from fastmcp.client.transports import StreamableHttpTransport
 from pydantic_settings import BaseSettings
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lesson08.call_limits import (
-    BurstGuard,
-    CallPolicy,
-    KeptClient,
-    cancel_when_abandoned,
-    capped_client_factory,
-)
-from lesson08.catalog import Catalog, ServerEntry, load_catalog
+from lesson08.call_limits import BurstGuard, CallPolicy
+from lesson08.catalog import Catalog, load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
 from lesson08.operator_endpoints import OperatorEndpoints, repin_on_the_running_gateway
-from lesson08.pinning import ListChanged, PinnedProxyProvider, Pins, pin_store
+from lesson08.pinning import PinnedProxyProvider, Pins, pin_store
 from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
 from lesson08.tracing import trace_gateway
 from lesson08.transport import quiet_closed_streams
-from research_agent import validate_answers_once
+from lesson08.upstream import Upstream
 
 # One JSON line per event on stdout, from the gateway's own logger only (not every HTTP request).
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
@@ -100,61 +93,6 @@ class Settings(BaseSettings):
 
 def split(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
-
-
-class Upstream:
-    """One catalog server as the gateway reaches it: one MCP session, opened at its first use (the
-    launcher starts the server's container if nothing answers yet), then kept and shared by every
-    call; dropped when the server stops. The server's provider calls connect, kept and reset."""
-
-    def __init__(self, entry: ServerEntry, launcher, max_result_bytes: int):
-        self.entry, self.launcher, self.max_result_bytes = entry, launcher, max_result_bytes
-        self.client: KeptClient | None = None  # the kept session
-        self.lock = asyncio.Lock()  # two first calls at once open one session
-        self.changed = ListChanged()  # the server's tools/list_changed: check its pins again
-
-    async def connect(self) -> KeptClient:
-        async with self.lock:
-            client = self.client
-            if client is None or not client.is_connected():
-                url = self.entry.url or await self.launcher.url_for(self.entry)  # starts it
-                factory = capped_client_factory(self.max_result_bytes)
-                transport = StreamableHttpTransport(url, httpx_client_factory=factory)
-                client = self.client = KeptClient(transport, message_handler=self.changed)
-                await client.__aenter__()
-                cancel_when_abandoned(client.session)
-                validate_answers_once(client.session)
-            self.launcher.touch(self.entry)
-        return client
-
-    def kept(self) -> KeptClient | None:
-        """The open session, for the timer's pin check: it starts no server, and leaves the
-        server's idle clock alone."""
-        client = self.client
-        return client if client is not None and client.is_connected() else None
-
-    async def reset(self, idle: bool = False) -> bool:
-        """Close the kept session (its server stopped): the next use opens a new one. True when
-        there was one.
-
-        With `idle`, the idle sweep's (its server is about to be stopped): the session is kept
-        when it was used since the sweep looked or a request is running on it (a call longer
-        than idle_seconds, or the timer's pin check, whose answer would come to a closed
-        session). True when the server may be stopped."""
-        async with self.lock:
-            client = self.client
-            if idle and (
-                not self.launcher.idle(self.entry, time.monotonic())
-                or (client is not None and client.in_use)
-            ):
-                return False
-            self.client = None
-            if self.changed.provider is not None:
-                self.changed.provider.expire()  # a new session is checked before its first call
-        if client is not None:
-            with contextlib.suppress(Exception):  # the server is gone: nothing to tell it
-                await client.close()
-        return idle or client is not None
 
 
 class Gateway(NamedTuple):

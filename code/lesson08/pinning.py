@@ -244,9 +244,10 @@ class PinnedProxyProvider(ProxyProvider):
     A call that comes while a check runs waits for it, so a change that check finds is refused
     and never runs. Between two checks a changed tool still runs under its pinned declaration:
     the window is `ttl` seconds at most, or until the server says it changed. A kept session that
-    fails (its container was stopped or crashed) is dropped with `reset()` (True when there was
-    one) and opened again once. A call on a session the last check was not made on (the server
-    started again) checks first: a server restarted with other tools is checked before it runs.
+    fails (its container was stopped or crashed) is dropped with `reset(session)`, which closes
+    that session only (another request may have opened a new one already), and opened again
+    once. A call on a session the last check was not made on (the server started again) checks
+    first: a server restarted with other tools is checked before it runs.
     """
 
     def __init__(
@@ -272,27 +273,23 @@ class PinnedProxyProvider(ProxyProvider):
         self._check: asyncio.Future | None = None  # the check running now, shared
         self.checked_on = None  # the session the last check listed on
 
-    async def _declared(self, client=None) -> list:
-        client = client or await self._get_client()
+    async def _declared(self, client) -> list:
         async with client:
-            declared = await client.list_tools()  # MCP `Tool`s, as the server sent them
-        self._listed_on = client
-        return declared
+            return await client.list_tools()  # MCP `Tool`s, as the server sent them
 
     async def _list_tools(self, client=None):
-        started = time.monotonic()
+        started, timer = time.monotonic(), client is not None
+        client = client or await self._get_client()  # (starts the server if it is not running)
         try:
             declared = await self._declared(client)
         except Exception:
-            if client is not None:  # the timer's check, on a session that died: drop it
-                if self.reset is not None:
-                    await self.reset()
+            # The session died: its server is gone, or a new one answers 404 to the old session
+            # ("Session terminated"). It is dropped; a listing opens a new one (starting the
+            # server), once. The timer's check does not: the next use opens it.
+            if self.reset is None or not await self.reset(client) or timer:
                 raise
-            # A kept session that died: its server is gone, or a new one answers 404 to the old
-            # session ("Session terminated"). Open a new one (starting the server), once.
-            if self.reset is None or not await self.reset():
-                raise  # no session was open: the server could not be reached or started
-            declared = await self._declared()
+            client = await self._get_client()
+            declared = await self._declared(client)
         self.listed = {t.name for t in declared}
         await self.pins.load(self.server, declared)  # the shared store's pins, when there is one
         accepted = self.pins.check(self.server, declared, self.reviewed)
@@ -303,7 +300,7 @@ class PinnedProxyProvider(ProxyProvider):
         # A call looks its tool up here: refused ones are gone.
         self._tools_cache = _CacheEntry(tools, time.monotonic())
         self._checked_at = started  # a check that failed leaves the last one's time
-        self.checked_on = self._listed_on
+        self.checked_on = client
         return tools
 
     def _start_check(self, client=None) -> asyncio.Future:
@@ -367,11 +364,13 @@ class PinnedTool(ProxyTool):
     async def run(self, arguments, context=None):
         provider = self._provider
         for attempt in (1, 2):
-            if provider is not None and await self._get_client() is not provider.checked_on:
+            client = await self._get_client()
+            if provider is not None and client is not provider.checked_on:
                 await provider.check()
                 if self.name not in provider.pinned:
                     why = provider.pins.refused.get(self.name)
                     raise ToolError(why or f"Tool {self.name!r} is no longer declared.")
+                client = await self._get_client()  # the session that check listed on
             try:
                 return await super().run(arguments, context)
             except McpError as exc:
@@ -381,7 +380,7 @@ class PinnedTool(ProxyTool):
                     or not gone
                     or provider is None
                     or provider.reset is None
-                    or not await provider.reset()
+                    or not await provider.reset(client)
                 ):
                     # The server's error (or the gateway's, for its connection), said as it is:
                     # a tool error, not a traceback in the gateway's log.

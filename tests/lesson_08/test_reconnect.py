@@ -14,6 +14,9 @@ import pytest
 from fastmcp.client.transports import StreamableHttpTransport
 
 from lesson08.call_limits import KeptClient, capped_client_factory
+from lesson08.catalog import ServerEntry
+from lesson08.launcher import UrlLauncher
+from lesson08.upstream import Upstream
 from support.mcp_servers import NOTES_SERVER, gateway
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
@@ -197,3 +200,21 @@ def test_the_kept_session_knows_a_call_is_running_on_it(hostile):
     than the server's idle_seconds, or the timer's pin check, is never cut (the check's answer
     used to arrive to the closed session: "Error parsing SSE message", ClosedResourceError)."""
     assert asyncio.run(uses_seen(hostile.url)) == [False, True, False]
+
+
+async def late_failure_leaves_the_new_session(url: str) -> tuple[bool, bool]:
+    """The timer's pin check and a client's listing fail on the same dead session: the listing
+    drops it and opens a new one, then the check's failure comes (it used to close the new
+    session under the listing, which then said [])."""
+    upstream = Upstream(ServerEntry(name="hostile", url=url + "/mcp"), UrlLauncher(), 1 << 20)
+    dead = await upstream.connect()
+    retry = await upstream.reset(dead)  # the listing's: drops the session it failed on
+    new = await upstream.connect()  # and opens another
+    late = await upstream.reset(dead)  # the check's, on the session it failed on
+    kept = upstream.kept() is new and new.is_connected()
+    await upstream.reset()
+    return retry and late, kept
+
+
+def test_a_late_failure_on_a_dropped_session_leaves_the_new_one_open(hostile):
+    assert asyncio.run(late_failure_leaves_the_new_session(hostile.url)) == (True, True)
