@@ -150,7 +150,20 @@ def check_finished(stack, starts: ContainerStarts, run_id, token, answer_part) -
 
 
 def restart_killed(stack) -> None:
-    stack.compose("up", "-d", "--wait")  # the killed replica comes back (a new process)
+    """The killed replicas come back (new processes), and the edge sends to them again. Only the
+    replicas are waited for: with both dead the edge's own check (`monitor fail` while no replica
+    is up) made it unhealthy, and `up --wait` on the whole project gives up on an unhealthy
+    container at once instead of waiting for it to recover."""
+    stack.compose("up", "-d", "--wait", "--no-deps", "agent1", "agent2")
+
+    def edge_ready():
+        try:
+            with stack.client() as c:
+                return c.get("/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(edge_ready, timeout=60, interval=0.5, what="the edge sending to a replica again")
 
 
 def test_kill_9_while_a_run_waits_for_approval(stack):
