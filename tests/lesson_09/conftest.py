@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import uuid
+from collections import Counter
 
 import httpx
 import pytest
@@ -198,16 +199,19 @@ class Lesson09:
         return {span["name"] for span in self.spans(trace_id)}
 
     def wait_for_trace(self, trace_id: str, *names: str, timeout: float = 30) -> list[dict]:
-        """The trace's spans once every name is among them (and its root, the request's)."""
-        wanted = {"POST /v1/research", *names}
+        """The trace's spans once every name is among them, as many times as it is given (and
+        its root, the request's)."""
+        wanted = Counter(["POST /v1/research", *names])
         found: list[dict] = []
 
         def arrived():
             found[:] = self.spans(trace_id)
-            return wanted <= {span["name"] for span in found}
+            return Counter(span["name"] for span in found) >= wanted
 
         try:
-            wait_for(arrived, timeout=timeout, interval=0.5, what=f"{wanted} in trace {trace_id}")
+            wait_for(
+                arrived, timeout=timeout, interval=0.5, what=f"{dict(wanted)} in trace {trace_id}"
+            )
         except TimeoutError as missing:  # what arrived, and what the sender and the ingest logged
             logs = self.compose("logs", "--no-color", "--tail", "30", "agent", "ingest")
             seen = sorted(span["name"] for span in found)

@@ -105,24 +105,25 @@ def test_an_address_in_trace_trusted_sources_keeps_its_trace(lesson09):
 
 
 def test_the_challenge_a_search_timeout_and_a_not_sampled_traceparent(lesson09):
-    """docs/09's challenge as written: SEARCH_TIMEOUT_SECONDS=0.001 given to `make lesson-09`, a
+    """docs/09's challenge as written: SEARCH_TIMEOUT_SECONDS=0 given to `make lesson-09`, a
     question not asked before (a repeat is a cache hit: no search at all), flags 00. What the
-    solution says: a 504, the request's span in error, the tool's span not, and a trace of its
-    own whatever the flags."""
-    lesson09.recreate("agent", SEARCH_TIMEOUT_SECONDS="0.001")
+    solution says: a 504, the request's span in error, no tool span (the search never started),
+    the model called twice, and a trace of its own whatever the flags. (With 0.001 s the search
+    sometimes started and sometimes did not, as the executor's thread picked it up in time.)"""
+    lesson09.recreate("agent", SEARCH_TIMEOUT_SECONDS="0")
     try:
         headers = {"traceparent": traceparent(VICTIM_TRACE_ID, "00")}
         answer = lesson09.ask("How do I keep secrets out of an image?", headers)
         assert answer.status_code == 504, answer.text
         assert answer.json()["error"]["type"] == "search_timeout"
         trace_id = lesson09.trace_of(answer)
-        spans = lesson09.wait_for_trace(trace_id, "execute_tool search_docs")
+        chat = "chat offline-research-model"
+        spans = lesson09.wait_for_trace(trace_id, "invoke_agent research-agent", chat, chat)
         request = root(spans)
         assert request["statusCode"] == "ERROR"
         assert request["attributes"]["error"]["type"] == "504"
         assert request["attributes"]["http"]["response"]["status_code"] == 504
-        (tool,) = [s for s in spans if s["name"] == "execute_tool search_docs"]
-        assert tool["statusCode"] != "ERROR"  # the search itself finished: its span says so
+        assert not [s for s in spans if s["name"].startswith("execute_tool")]  # nothing ran
         assert sum(s["name"].startswith("chat ") for s in spans) == 2  # the model read the error
     finally:
         lesson09.recreate("agent")
