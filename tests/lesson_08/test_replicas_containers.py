@@ -262,6 +262,11 @@ def test_a_burst_through_the_edge_survives_a_replica_stopped_then_killed(tmp_pat
         for call in calls:
             if call.outcome != "ok":
                 print(f"  call {call.index}: {call.outcome}: {call.message}")
+            elif not any(x["request_id"] == f"burst-{call.index:03d}" for x in log):
+                print(
+                    f"  call {call.index}: ok, no line logged; ended"
+                    f" {call.ended - moments['kill']:+.2f} s from the kill"
+                )
         print(f"  served by replica: {dict(Counter(line.get('replica') for line in log))}")
         edge = sh(*base, "logs", "--no-log-prefix", "edge", env=env).stdout.splitlines()
         for line in edge:  # HAProxy's line for each request that did not end 200
@@ -278,13 +283,24 @@ def test_a_burst_through_the_edge_survives_a_replica_stopped_then_killed(tmp_pat
         assert counts["hung"] == 0 and counts["unclear"] == 0, counts
         assert not twice, twice
         # Each ok answer is the one line its replica logged; the tool ran once per call at most
-        # (a call cut by the kill may have run without a log line).
+        # (a call cut by the kill may have run without a log line). The killed replica's last
+        # lines may be missing from `docker logs`: Docker copies a dead container's output for
+        # 2 s at most after it exits (moby's handleContainerExit), and on a busy machine that can
+        # end before the pipe is empty. So an ok call may lack its line only if it ended about
+        # when the kill came.
+        unlogged = []
         for call in calls:
             if call.outcome == "ok":
-                (line,) = [x for x in log if x["request_id"] == f"burst-{call.index:03d}"]
-                assert line["outcome"] == "ok", line
+                lines = [x for x in log if x["request_id"] == f"burst-{call.index:03d}"]
+                assert len(lines) <= 1 and all(x["outcome"] == "ok" for x in lines), lines
+                if not lines:
+                    unlogged.append(call)
+        near_the_kill = [
+            c for c in unlogged if moments["kill"] - 5 < c.ended and c.started < moments["killed"]
+        ]
+        assert unlogged == near_the_kill and len(unlogged) <= AT_ONCE, (unlogged, moments)
         assert counts["ok"] <= ran <= CALLS
-        assert ran - len(log) <= counts["tool_error"]
+        assert ran - len(log) <= counts["tool_error"] + len(unlogged)
         # Only calls in flight on the killed replica may fail; every other call succeeded,
         # those during and after the graceful stop included. The kill is a span of time, from
         # `docker kill` asked to `docker kill` returned (seconds on a loaded machine): a call that
