@@ -197,7 +197,7 @@ def test_an_allowed_host_answers_and_a_refused_one_gets_a_403_both_logged(server
         assert "Reason: host-not-on-allow-list" in result[name]["body"]
     assert proxy_log(engine, server, run, decision="allowed", host=ALLOWED, method="GET")
     assert proxy_log(engine, server, run, decision="allowed", host=OTHER_ALLOWED, tls="splice")
-    refused = proxy_log(engine, server, run, decision="refused", host=REFUSED)
+    refused = proxy_log(engine, server, run, 2, decision="refused", host=REFUSED)
     assert {line["method"] for line in refused} == {"GET", "CONNECT"}, refused
     lines = proxy(engine, server).logs(stdout=True, stderr=False).decode().splitlines()
     print("\n".join(line for line in lines if f"run={run} " in line))  # the proxy's own lines
@@ -410,7 +410,7 @@ def test_a_scheme_or_port_other_than_http_80_and_connect_443_is_refused(server, 
     for name in ("ftp", "whois"):
         assert "Reason: scheme-not-allowed" in result[name]["body"], result
     assert {result[name]["status"] for name in result} == {403}, result
-    reasons = [line["reason"] for line in proxy_log(engine, server, run, decision="refused")]
+    reasons = [line["reason"] for line in proxy_log(engine, server, run, 3, decision="refused")]
     assert sorted(reasons) == ["https-only-through-connect", *["scheme-not-allowed"] * 2]
 
 
