@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -150,10 +151,8 @@ def check_finished(stack, starts: ContainerStarts, run_id, token, answer_part) -
 
 
 def restart_killed(stack) -> None:
-    """The killed replicas come back (new processes), and the edge sends to them again. Only the
-    replicas are waited for: with both dead the edge's own check (`monitor fail` while no replica
-    is up) made it unhealthy, and `up --wait` on the whole project gives up on an unhealthy
-    container at once instead of waiting for it to recover."""
+    """The killed replicas come back (new processes), and the edge sends to them again: what
+    was killed is waited for, then the edge's route to it."""
     stack.compose("up", "-d", "--wait", "--no-deps", "agent1", "agent2")
 
     def edge_ready():
@@ -176,6 +175,30 @@ def test_kill_9_while_a_run_waits_for_approval(stack):
     restart_killed(stack)
     assert decide(stack, run_id, token, call_id=pending["call_id"], decision="approve").is_success
     check_finished(stack, starts, run_id, token, ANSWER)
+
+
+def test_make_lesson_10_brings_back_both_replicas_after_the_edge_checked_without_them(stack):
+    """docs/10, step 5: both replicas killed, then `make lesson-10` (`compose up -d --wait`).
+    Compose gives up at once on a container it finds unhealthy, so the edge's own check must not
+    fail for want of a replica: it failed five times running (Docker keeps the last five) while
+    both were down, and `up --wait` said "container lesson10-edge-1 is unhealthy"."""
+    edge = stack.compose("ps", "-q", "edge").strip()
+    killed_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    stack.kill9("agent1")
+    stack.kill9("agent2")
+
+    def checks_since_the_kill() -> list[dict]:
+        health = json.loads(docker("inspect", "-f", "{{json .State.Health}}", edge))
+        return [check for check in health["Log"] if check["Start"] > killed_at]
+
+    def five_checks() -> list[dict]:
+        checks = checks_since_the_kill()
+        return checks if len(checks) >= 5 else []
+
+    checks = wait_for(five_checks, timeout=120, interval=1, what="five checks, both replicas down")
+    assert [c["ExitCode"] for c in checks] == [0] * len(checks), checks
+    stack.compose("up", "-d", "--wait")  # what `make lesson-10` runs
+    restart_killed(stack)
 
 
 def test_kill_9_during_a_model_call(stack):
