@@ -11,6 +11,12 @@ every excerpt above a lesson doc's `## Going further`:
    `run_python` is lesson 09's idea, shown in lesson 04);
 3. before lesson 09, no excerpt uses OpenTelemetry or a trace context (a name imported from
    `opentelemetry`, or `traceparent` in any case): tracing is lesson 09's.
+
+And for every file a core path links, or includes whole (the learner is sent to read all of it):
+
+4. it carries no idea of a later lesson's layer, the ones attached where an app is composed
+   (LINKED_IDEAS: MCP is lesson 08's, tracing 09's, durable runs 10's), not even in a comment:
+   a later lesson attaches its layer from outside the files an earlier core path sends you to.
 """
 
 import ast
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import docs_words
+from scripts import code_to_read, docs_words
 from tests.repo.test_lesson_sizes import (
     DOC_02,
     INCLUDE,
@@ -136,6 +142,50 @@ def later_ideas(root: Path, doc: Path, lessons: dict[str, int]) -> list[str]:
     return sorted(set(problems))
 
 
+# A later lesson's layer, by the lesson that owns it: the words that name its idea (any case).
+LINKED_IDEAS = {
+    8: ("MCP", r"\bmcp\b"),
+    9: ("tracing", r"opentelemetry|traceparent|\btracer\b|\btracing\b|\bspans?\b"),
+    10: (
+        "durable runs",
+        r"\bcheckpoint(?:er|s)?\b|\binterrupt\(|\bthread_id\b|Command\(resume|HumanInTheLoop",
+    ),
+}
+
+
+def files_sent_to(doc: Path, root: Path = ROOT) -> list[str]:
+    """The files (relative to the repository) a doc's core path links or includes whole."""
+    core = docs_words.core_path(doc.read_text(encoding="utf-8"))
+    whole = set()
+    for match in INCLUDE.finditer(core):
+        spec = match["specs"].split()[0]
+        if not match["diff"] and "#" not in spec:
+            whole.add(spec)
+    for match in code_to_read.LINK.finditer(docs_words.prose(core)):
+        target = (doc.parent / match["target"]).resolve()
+        inside = target.is_file() and target.is_relative_to(root.resolve())
+        if inside and code_to_read.is_code(target):
+            whole.add(target.relative_to(root.resolve()).as_posix())
+    return sorted(whole)
+
+
+def later_ideas_in_linked_files(root: Path, doc: Path) -> list[str]:
+    number = int(doc.name[:2])
+    problems = []
+    for path in files_sent_to(doc, root):
+        if not (root / path).is_file():
+            continue
+        text = (root / path).read_text(encoding="utf-8")
+        for owner, (idea, pattern) in LINKED_IDEAS.items():
+            if owner <= number:
+                continue
+            words = sorted({m[0] for m in re.finditer(pattern, text, re.I)})
+            if words:
+                shown = ", ".join(words[:4])
+                problems.append(f"{path} carries {idea} (lesson {owner:02d}): {shown}")
+    return problems
+
+
 LESSONS = module_lessons(DOC_02.read_text(encoding="utf-8"))
 DOCS = sorted((ROOT / "docs").glob("[0-9][0-9]-*.md"))
 
@@ -150,6 +200,33 @@ def test_the_map_places_each_layer_in_its_lesson():
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
 def test_no_core_path_shows_a_later_lessons_idea(doc):
     assert later_ideas(ROOT, doc, LESSONS) == []
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_no_file_a_core_path_sends_you_to_carries_a_later_lessons_idea(doc):
+    assert later_ideas_in_linked_files(ROOT, doc) == []
+
+
+def test_a_later_lessons_idea_in_a_linked_file_is_named(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "05_api.py").write_text("# the run's spans: lesson 09\nx = 1\n")
+    (tmp_path / "code" / "05_page.py").write_text("y = 2\n")
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "05-x.md"
+    doc.write_text(
+        "# 05\n\nRead [the API](../code/05_api.py).\n\n<!-- include: code/05_page.py -->\n"
+        "```python\ny = 2\n```\n\n## Going further\n\n[Spans](../code/05_api.py)\n"
+    )
+    assert files_sent_to(doc, tmp_path) == ["code/05_api.py", "code/05_page.py"]
+    assert later_ideas_in_linked_files(tmp_path, doc) == [
+        "code/05_api.py carries tracing (lesson 09): spans"
+    ]
+    # linked only under Going further: not the core path's
+    doc.write_text(doc.read_text().replace("Read [the API](../code/05_api.py).", "Read it."))
+    assert later_ideas_in_linked_files(tmp_path, doc) == []
+    # lesson 09 itself may link it
+    doc.write_text(doc.read_text().replace("Read it.", "Read [the API](../code/05_api.py)."))
+    assert later_ideas_in_linked_files(tmp_path, doc.rename(tmp_path / "docs" / "09-x.md")) == []
 
 
 def test_a_later_lessons_module_or_name_in_a_core_excerpt_is_named(tmp_path):
