@@ -6,7 +6,7 @@ These tests hold the promises its doc makes a learner:
 1. each step is a small file (at most STEP_MAX_LINES lines);
 2. `make lesson-NN STEP=K` runs step K's file;
 3. the doc opens with what the learner will learn and closes with a recap, a challenge and a Next
-   line, above `## Going further`;
+   line, above `## Going further` (every lesson's doc does, stepped or not);
 4. the core path's table of code to read states what the core path really shows or links, at most
    scripts/code_to_read.LIMIT lines (scripts/code_to_read.py counts);
 5. no core excerpt shows an idea the lesson leaves to Going further or to a later lesson
@@ -121,8 +121,8 @@ def test_make_lesson_step_runs_that_step(step):
     assert not others, f"make lesson-{lesson} STEP={number} also runs {others}"
 
 
-@pytest.mark.parametrize("doc", STEPPED, ids=lambda d: d.name)
-def test_a_stepped_lesson_opens_with_what_you_learn_and_ends_with_a_recap(doc):
+@pytest.mark.parametrize("doc", docs_words.lessons(), ids=lambda d: d.name)
+def test_every_lesson_opens_with_what_you_learn_and_ends_with_a_recap(doc):
     assert template_problems(doc.read_text(encoding="utf-8")) == []
 
 
