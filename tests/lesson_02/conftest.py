@@ -1,7 +1,6 @@
 """Fixtures for the research agent's tests: settings, app clients and the agent as a process,
 and the lesson's steps (code/02_step*.py)."""
 
-import importlib
 import sys
 from contextlib import contextmanager
 
@@ -54,16 +53,13 @@ def start_agent(server_process):
 @pytest.fixture
 def load_step(monkeypatch):
     """load_step(k, **env) -> lesson 02's step k as a fresh module, its settings read from `env`
-    (no token delay unless given). Steps 3 and 4 import step 2's agent, `lesson02.agent`, which
-    reads the environment when imported: it is imported anew too."""
+    (no token delay unless given). Steps 4 and 5 load step 3's agent as they are loaded, a fresh
+    module too, so it reads the same environment."""
 
     def load(k: int, **env):
-        monkeypatch.delenv("QUESTION", raising=False)  # steps 1 and 2 ask it when run
+        monkeypatch.delenv("QUESTION", raising=False)  # steps 1 to 3 ask it when run
         for name, value in {"OFFLINE_TOKEN_DELAY_MS": 0, **env}.items():
             monkeypatch.setenv(name, str(value))
-        monkeypatch.delitem(sys.modules, "lesson02.agent", raising=False)
-        # `from lesson02 import agent` also finds it as an attribute of the package.
-        monkeypatch.delattr(importlib.import_module("lesson02"), "agent", raising=False)
         return load_lesson(step_file("02", k).relative_to(ROOT).as_posix())
 
     return load

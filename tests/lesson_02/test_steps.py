@@ -1,14 +1,15 @@
 """Lesson 02's steps (code/02_step*.py): each runs and answers offline, each keeps the names of the
-step it builds on, and each habit of step 2 and the cache of step 4 do what the doc says.
+step it builds on, and the middleware of step 2, the limits of step 3 and the cache of step 5 do
+what the doc says.
 
-Steps 1 and 2 are scripts; step 2's agent is also the module `lesson02.agent`, which steps 3 and 4
-serve (step 3 is the API, step 4 the API with a Redis cache). The doc's commands for the scripts and
-for the cache are run here as written, and their output compared with the doc's.
+Steps 1 to 3 are scripts; steps 4 and 5 serve step 3's agent, which they load from its file (step 4
+is the API, step 5 the API with a Redis cache), so an edit of step 3 is what they serve. The doc's
+commands for the scripts and for the cache are run here as written, and their output compared with
+the doc's.
 """
 
 import ast
 import asyncio
-import importlib.util
 import json
 import re
 import subprocess
@@ -20,11 +21,12 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from support import lessons
 from support.lessons import ROOT, step_file, step_files
 from support.ports import free_port
 from support.server import offline_environment
 from tests.support.sse import parse_sse
-from tests.support.steps import code_lines, removed_and_added
+from tests.support.steps import removed_and_added
 
 DOC = ROOT / "docs" / "02-research-agent.md"
 QUESTION = "What does docker stop do?"
@@ -48,18 +50,25 @@ def top_level_names(text: str) -> dict[str, ast.stmt]:
 # --- The steps and the module between them ------------------------------------------------------
 
 
-def test_the_lesson_has_four_steps_and_step_2s_agent_is_the_module_steps_3_and_4_serve():
-    assert [path.name[7] for path in step_files("02")] == ["1", "2", "3", "4"]
-    step_2 = source(step_file("02", 2))
-    main = next(n for n in ast.parse(step_2).body if isinstance(n, ast.If))
-    without_main = code_lines("\n".join(step_2.splitlines()[: main.lineno - 1]))
-    assert code_lines(source("code/lesson02/agent.py")) == without_main
-    for k in (3, 4):
-        assert "from lesson02 import agent as step2" in source(step_file("02", k))
+LOADS_STEP_3 = 'step3 = load_lesson("code/02_step3_limits.py")'
+
+
+def test_the_lesson_has_five_steps_and_the_api_steps_load_step_3s_agent_from_its_file():
+    assert [path.name[7] for path in step_files("02")] == ["1", "2", "3", "4", "5"]
+    assert step_file("02", 3).name == "02_step3_limits.py"
+    for k in (4, 5):
+        assert source(step_file("02", k)).count(LOADS_STEP_3) == 1
+    assert not (ROOT / "code" / "lesson02").exists()  # no copy of a step to keep equal
+
+
+def test_the_api_step_serves_step_3s_file_read_anew_with_each_load(load_step):
+    step = load_step(4)
+    assert step.step3.__file__ == str(step_file("02", 3)) and step.step3.MAX_MODEL_CALLS == 5
+    assert load_step(4, MAX_MODEL_CALLS=1).step3.MAX_MODEL_CALLS == 1
 
 
 # (step, the step it builds on): its diff against that step is its idea.
-BUILDS_ON = [(2, 1), (4, 3)]
+BUILDS_ON = [(2, 1), (3, 2), (5, 4)]
 
 
 @pytest.mark.parametrize("after, before", BUILDS_ON)
@@ -76,8 +85,9 @@ def test_a_step_keeps_every_name_and_signature_of_the_step_it_builds_on(after, b
 
 
 # How many code lines a step may change or take away from the one it builds on: step 2 passes the
-# run to result() and research(); step 4 keeps the answer of step 3's routes to cache it.
-MOST_REMOVED = {(2, 1): 6, (4, 3): 2}
+# run to result() and research(); step 3 adds a middleware and indents the run under its deadline;
+# step 5 keeps the answer of step 4's routes to cache it.
+MOST_REMOVED = {(2, 1): 6, (3, 2): 3, (5, 4): 2}
 
 
 @pytest.mark.parametrize("after, before", BUILDS_ON)
@@ -86,20 +96,20 @@ def test_a_step_mostly_adds_to_the_step_it_builds_on(after, before):
         source(step_file("02", before)), source(step_file("02", after))
     )
     assert len(removed) <= MOST_REMOVED[(after, before)], "\n".join(removed)
-    assert len(added) > 5 * len(removed)
+    assert len(added) > 2 * len(removed)
 
 
-def test_steps_3_and_4_use_only_names_step_2_defines():
-    defined = set(top_level_names(source("code/lesson02/agent.py")))
-    for k in (3, 4):
-        used = set(re.findall(r"\bstep2\.(\w+)", source(step_file("02", k))))
+def test_steps_4_and_5_use_only_names_step_3_defines():
+    defined = set(top_level_names(source(step_file("02", 3))))
+    for k in (4, 5):
+        used = set(re.findall(r"\bstep3\.(\w+)", source(step_file("02", k))))
         assert used and used <= defined, f"step {k}: {sorted(used - defined)}"
 
 
-# --- Steps 1 and 2: scripts ----------------------------------------------------------------------
+# --- Steps 1 to 3: scripts -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k", [1, 2, 3])
 def test_the_script_steps_answer_citing_the_notes(load_step, k):
     answer = asyncio.run(load_step(k).research(QUESTION))
     assert answer["response"].startswith("Offline research model")
@@ -133,19 +143,22 @@ def test_step_2_turns_a_failed_search_into_a_message_the_model_reads(load_step):
     assert "cannot answer from sources" in answer["response"] and answer["sources"] == []
 
 
-def test_step_2s_deadline_ends_a_run_that_takes_too_long(load_step):
-    step = load_step(2, REQUEST_TIMEOUT_SECONDS=0)
+def test_step_3s_deadline_ends_a_run_that_takes_too_long(load_step):
+    step = load_step(3, REQUEST_TIMEOUT_SECONDS=0)
     with pytest.raises(TimeoutError):
         asyncio.run(step.research(QUESTION))
+    assert asyncio.run(load_step(2, REQUEST_TIMEOUT_SECONDS=0).research(QUESTION))["sources"]
 
 
-def test_step_2_stops_calling_the_model_at_max_model_calls(load_step):
-    answer = asyncio.run(load_step(2, MAX_MODEL_CALLS=1).research(QUESTION))
+def test_step_3_stops_calling_the_model_at_max_model_calls(load_step):
+    unbounded = asyncio.run(load_step(2, MAX_MODEL_CALLS=1).research(QUESTION))
+    assert "limit" not in unbounded["response"]
+    answer = asyncio.run(load_step(3, MAX_MODEL_CALLS=1).research(QUESTION))
     assert "Model call limits exceeded" in answer["response"]
     assert answer["steps"][0]["status"] == "success"  # the search ran; no turn was left to answer
 
 
-# --- Steps 3 and 4: the API, and its cache -------------------------------------------------------
+# --- Steps 4 and 5: the API, and its cache -------------------------------------------------------
 
 
 def stream_events(client: TestClient, query: str = QUESTION) -> list[tuple[str, object]]:
@@ -156,8 +169,8 @@ def stream_events(client: TestClient, query: str = QUESTION) -> list[tuple[str, 
     return [(e.event, e.data if e.event == "message" else e.json()) for e in events]
 
 
-def test_step_3_answers_as_json_and_as_a_stream_of_events(load_step):
-    with TestClient(load_step(3).app) as client:
+def test_step_4_answers_as_json_and_as_a_stream_of_events(load_step):
+    with TestClient(load_step(4).app) as client:
         answer = client.post("/v1/research", json={"query": QUESTION}).json()
         events = stream_events(client)
         assert client.post("/v1/research", json={"query": "hi"}).status_code == 422
@@ -170,8 +183,8 @@ def test_step_3_answers_as_json_and_as_a_stream_of_events(load_step):
     assert events[-2][1] == answer and events[-1][1] == "[DONE]"
 
 
-def test_step_3_ends_a_late_run_with_a_504_or_an_error_event(load_step):
-    with TestClient(load_step(3, REQUEST_TIMEOUT_SECONDS=0).app) as client:
+def test_step_4_ends_a_late_run_with_a_504_or_an_error_event(load_step):
+    with TestClient(load_step(4, REQUEST_TIMEOUT_SECONDS=0).app) as client:
         late = client.post("/v1/research", json={"query": QUESTION})
         events = stream_events(client)
     timed_out = {"error": {"type": "timeout", "message": "research took longer than its deadline"}}
@@ -179,21 +192,21 @@ def test_step_3_ends_a_late_run_with_a_504_or_an_error_event(load_step):
     assert events == [("error", timed_out), ("message", "[DONE]")]
 
 
-def test_step_3_streams_a_failed_search_and_the_answer_that_follows(load_step):
-    with TestClient(load_step(3, SEARCH_TIMEOUT_SECONDS=0).app) as client:
+def test_step_4_streams_a_failed_search_and_the_answer_that_follows(load_step):
+    with TestClient(load_step(4, SEARCH_TIMEOUT_SECONDS=0).app) as client:
         events = stream_events(client)
     tool, final = events[0][1], events[-2][1]
     assert tool["status"] == "error" and tool["error"] == "timed out after 0 s"
     assert "cannot answer from sources" in final["response"] and final["sources"] == []
 
 
-def test_step_3_reports_a_crash_inside_the_stream_without_its_details(load_step, caplog):
-    step = load_step(3)
+def test_step_4_reports_a_crash_inside_the_stream_without_its_details(load_step, caplog):
+    step = load_step(4)
 
     def crash(*args):
         raise RuntimeError("a secret the client must not see")
 
-    step.step2.result = crash
+    step.step3.result = crash
     with TestClient(step.app) as client:
         events = stream_events(client)
     error = {"error": {"type": "internal_error", "message": "Internal server error"}}
@@ -201,8 +214,8 @@ def test_step_3_reports_a_crash_inside_the_stream_without_its_details(load_step,
     assert "a secret" not in json.dumps(events) and "a secret" in caplog.text
 
 
-def test_step_4_answers_a_question_asked_again_from_redis(load_step, fresh_redis):
-    with TestClient(load_step(4, REDIS_URL=fresh_redis.url).app) as client:
+def test_step_5_answers_a_question_asked_again_from_redis(load_step, fresh_redis):
+    with TestClient(load_step(5, REDIS_URL=fresh_redis.url).app) as client:
         first = client.post("/v1/research", json={"query": QUESTION}).json()
         again = client.post("/v1/research", json={"query": f"  {QUESTION.replace(' ', '   ')} "})
         streamed = stream_events(client)
@@ -223,11 +236,11 @@ def test_step_4_answers_a_question_asked_again_from_redis(load_step, fresh_redis
 
 
 @pytest.mark.parametrize("redis_state", ["down", "frozen"])
-def test_step_4_answers_without_a_redis_that_is_down_or_frozen(
+def test_step_5_answers_without_a_redis_that_is_down_or_frozen(
     load_step, fresh_redis, caplog, redis_state
 ):
     url = fresh_redis.url if redis_state == "frozen" else f"redis://127.0.0.1:{free_port()}/0"
-    with TestClient(load_step(4, REDIS_URL=url).app) as client:
+    with TestClient(load_step(5, REDIS_URL=url).app) as client:
         if redis_state == "frozen":
             fresh_redis.freeze()  # the port accepts, nothing answers: each call waits 0.5 s
         try:
@@ -276,12 +289,13 @@ def make_commands() -> list[tuple[str, str]]:
     return [(c, out) for c, out in checked_commands() if c.strip().split()[-2:][0] == "lesson-02"]
 
 
-def test_the_doc_shows_the_commands_of_both_script_steps():
+def test_the_doc_shows_the_commands_of_the_script_steps():
     commands = [command.strip() for command, _ in make_commands()]
     assert commands == [
         "make lesson-02 STEP=1",
         "make lesson-02 STEP=2",
         "SEARCH_TIMEOUT_SECONDS=0 make lesson-02 STEP=2",
+        "MAX_MODEL_CALLS=1 make lesson-02 STEP=3",
     ]
 
 
@@ -304,12 +318,12 @@ def test_a_script_step_prints_what_the_doc_shows(command, expected):
     assert matches(expected, result.stdout), f"--- doc\n{expected}\n--- printed\n{result.stdout}"
 
 
-def test_step_4s_commands_print_what_the_doc_shows(server_process, fresh_redis):
+def test_step_5s_commands_print_what_the_doc_shows(server_process, fresh_redis):
     (command, expected), *_ = [
         (c, out) for c, out in checked_commands() if "/v1/research" in c and "for i" in c
     ]
     server = server_process(
-        [sys.executable, step_file("02", 4)], cwd=ROOT, REDIS_URL=fresh_redis.url
+        [sys.executable, step_file("02", 5)], cwd=ROOT, REDIS_URL=fresh_redis.url
     )
     as_run = command.replace("localhost:8000", f"localhost:{server.port}")
     result = subprocess.run(["bash", "-c", as_run], capture_output=True, text=True, timeout=120)
@@ -331,9 +345,10 @@ def test_make_lesson_02_runs_a_step_with_step_and_the_package_without():
     script = dry_run("STEP=1").stdout
     assert script.rstrip().endswith(".venv/bin/python code/02_step1_agent.py")
     assert "Swagger UI" not in script  # a script: no banner
-    server = dry_run("STEP=3").stdout
-    assert "Lesson 02 step 3 on http://" in server and "/v1/research" in server
-    assert server.rstrip().endswith(".venv/bin/python code/02_step3_api.py")
+    assert "Swagger UI" not in dry_run("STEP=3").stdout  # the last script
+    server = dry_run("STEP=4").stdout
+    assert "Lesson 02 step 4 on http://" in server and "/v1/research" in server
+    assert server.rstrip().endswith(".venv/bin/python code/02_step4_api.py")
     wrong = subprocess.run(
         ["make", "--no-print-directory", "-o", ".venv/.lessons", "lesson-02", "STEP=9"],
         cwd=ROOT,
@@ -341,7 +356,7 @@ def test_make_lesson_02_runs_a_step_with_step_and_the_package_without():
         text=True,
         timeout=60,
     )
-    assert wrong.returncode != 0 and "Lesson 02 has steps 1 to 4" in wrong.stderr
+    assert wrong.returncode != 0 and "Lesson 02 has steps 1 to 5" in wrong.stderr
 
 
 def test_the_challenge_line_is_what_turns_a_failed_search_into_an_answer(tmp_path):
@@ -350,9 +365,9 @@ def test_the_challenge_line_is_what_turns_a_failed_search_into_an_answer(tmp_pat
         text.index("## Challenge") : text.index("<details>", text.index("## Challenge"))
     ]
     line, replacement = re.search(r"change the line\s+`([^`]+)` to\s+`([^`]+)`", challenge).groups()
-    step = source(step_file("02", 2))
-    assert step.count(line) == 1, f"{step_file('02', 2)} has no line {line!r}"
-    broken = tmp_path / "step2.py"
+    step = source(step_file("02", 3))
+    assert step.count(line) == 1, f"{step_file('02', 3)} has no line {line!r}"
+    broken = tmp_path / "step3.py"
     broken.write_text(step.replace(line, replacement), encoding="utf-8")
     result = subprocess.run(
         [sys.executable, str(broken)],
@@ -396,26 +411,28 @@ def test_the_readme_gives_the_offline_delay_each_lesson_uses():
     assert f"| `{lesson_01}`;" in row and f"`{agent}` in lesson 02 and the research agent" in row
     for path in step_files("02"):
         assert f'os.getenv("OFFLINE_TOKEN_DELAY_MS", "{agent}")' in source(path) or (
-            "step2" in source(path)
+            LOADS_STEP_3 in source(path)
         )
 
 
 def test_served_without_the_challenge_line_a_failed_search_passes_for_the_deadline(
-    load_step, monkeypatch, tmp_path
+    monkeypatch, tmp_path
 ):
-    """What the challenge's solution says of step 3: the same change in the agent it serves."""
+    """What the challenge's solution says of step 4: it serves the changed step 3, as the learner
+    runs it (a copy of the two files, changed as the challenge says, loaded from there)."""
     text = DOC.read_text(encoding="utf-8")
     challenge = text[text.index("## Challenge") :]
     line, replacement = re.search(r"change the line\s+`([^`]+)` to\s+`([^`]+)`", challenge).groups()
     assert "pass for the run's deadline: a 504" in challenge
-    changed = tmp_path / "agent.py"
-    changed.write_text(source("code/lesson02/agent.py").replace(line, replacement))
+    (tmp_path / "code").mkdir()
+    for k in (3, 4):
+        name = step_file("02", k).name
+        (tmp_path / "code" / name).write_text(source(step_file("02", k)).replace(line, replacement))
+    monkeypatch.setattr(lessons, "ROOT", tmp_path)  # where step 4 finds step 3
     monkeypatch.setenv("SEARCH_TIMEOUT_SECONDS", "0")
-    spec = importlib.util.spec_from_file_location("lesson02.agent", changed)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    step = load_step(3, SEARCH_TIMEOUT_SECONDS=0)
-    monkeypatch.setattr(step, "step2", module)
+    monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "0")
+    step = lessons.load_lesson(f"code/{step_file('02', 4).name}")
+    assert line not in Path(step.step3.__file__).read_text(encoding="utf-8")
     with TestClient(step.app) as client:
         late = client.post("/v1/research", json={"query": QUESTION})
         events = stream_events(client)

@@ -1,5 +1,5 @@
 """The research agent package is where lesson 02's steps arrive: offline, on the questions the
-lesson's doc asks, the last step (code/02_step4_cache.py) and the package's app answer alike: the
+lesson's doc asks, the last step (code/02_step5_cache.py) and the package's app answer alike: the
 same answer, searches, sources and token count as JSON, and the same events in the same order on
 the stream (tool, token..., final, [DONE]), uncached and then from the cache. Only the request id,
 which the package's request-id layer adds, may differ."""
@@ -49,7 +49,7 @@ def test_the_last_step_and_the_package_answer_the_docs_questions_alike(
 ):
     questions = docs_questions()
     assert "What does docker stop do?" in questions, questions
-    step = load_step(4, REDIS_URL=fresh_redis.url)
+    step = load_step(5, REDIS_URL=fresh_redis.url)
     with (
         TestClient(step.app) as lesson,
         client_for(REDIS_URL=fresh_redis.url) as package,

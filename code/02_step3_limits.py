@@ -1,5 +1,7 @@
-"""The agent of lesson 02's step 2, as a module: code/02_step2_habits.py without its `__main__`
-block. Steps 3 and 4 serve it (tests/lesson_02/test_steps.py keeps the two files the same).
+"""Lesson 02, step 3: step 2 with the whole run bounded: at most MAX_MODEL_CALLS model calls,
+and a deadline of REQUEST_TIMEOUT_SECONDS.
+
+Run it:  make lesson-02 STEP=3     Diff it: diff code/02_step2_middleware.py code/02_step3_limits.py
 """
 
 import asyncio
@@ -113,3 +115,13 @@ async def research(query: str) -> dict:
     async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):  # else TimeoutError: the run is late
         state = await agent.ainvoke({"messages": [HumanMessage(query)]}, context=run)
     return result(query, state["messages"], run)
+
+
+if __name__ == "__main__":
+    answer = asyncio.run(research(QUESTION))
+    print(answer["response"], end="\n\n")
+    for n, source in enumerate(answer["sources"], 1):
+        print(f"[{n}] {source['title']}: {source['url']}")
+    for step in answer["steps"]:
+        print(f"{step['tool']}({step['input']!r}): {step['status']}, sources {step['sources']}")
+    print(f"({answer['model']}, {answer['tokens_used']} tokens)")

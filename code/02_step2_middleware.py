@@ -1,7 +1,7 @@
-"""Lesson 02, step 2: step 1 with the habits that make it safe to serve: a time limit on each
-search, a failed search as a message, sources numbered per run, a deadline, a limit on model calls.
+"""Lesson 02, step 2: step 1 with agent middleware around each search: a time limit, a failed
+search as a message the model reads, and sources numbered once per run.
 
-Run it:  make lesson-02 STEP=2     Diff it: diff code/02_step1_agent.py code/02_step2_habits.py
+Run it:  make lesson-02 STEP=2     Diff it: diff code/02_step1_agent.py code/02_step2_middleware.py
 """
 
 import asyncio
@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from langchain.agents import create_agent
-from langchain.agents.middleware import AgentMiddleware, ModelCallLimitMiddleware
+from langchain.agents.middleware import AgentMiddleware
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
@@ -28,8 +28,6 @@ OPENAI_API_KEY = os.getenv("OPENAI_API_KEY")
 MODEL_NAME = os.getenv("MODEL_NAME", "gpt-4o-mini") if OPENAI_API_KEY else "offline-research-model"
 SEARCH_MAX_RESULTS = 4
 SEARCH_TIMEOUT_SECONDS = float(os.getenv("SEARCH_TIMEOUT_SECONDS", "10"))
-MAX_MODEL_CALLS = int(os.getenv("MAX_MODEL_CALLS", "5"))
-REQUEST_TIMEOUT_SECONDS = float(os.getenv("REQUEST_TIMEOUT_SECONDS", "30"))
 
 # BM25 over each section of the Markdown notes in research-agent/notes/, indexed once, at start.
 notes = LocalSearch([BUNDLED_NOTES_DIR])
@@ -89,10 +87,7 @@ agent = create_agent(
     model,
     [search_docs],
     system_prompt=SYSTEM_PROMPT,
-    middleware=[
-        SearchToolMiddleware(),
-        ModelCallLimitMiddleware(run_limit=MAX_MODEL_CALLS, exit_behavior="end"),
-    ],
+    middleware=[SearchToolMiddleware()],
 )
 
 
@@ -112,8 +107,7 @@ def result(query: str, messages: list[BaseMessage], run: Run) -> dict:
 
 async def research(query: str) -> dict:
     run = Run()
-    async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):  # else TimeoutError: the run is late
-        state = await agent.ainvoke({"messages": [HumanMessage(query)]}, context=run)
+    state = await agent.ainvoke({"messages": [HumanMessage(query)]}, context=run)
     return result(query, state["messages"], run)
 
 

@@ -1,10 +1,11 @@
-"""Lesson 02, step 3: step 2's agent behind FastAPI, as one JSON answer or as a stream of events.
+"""Lesson 02, step 5: step 4 with a Redis cache, so a question asked again costs no tokens.
 
-Run it:  make lesson-02 STEP=3
-The agent is step 2's: code/lesson02/agent.py is code/02_step2_habits.py without its main block.
+Run it:  make lesson-02 STEP=5     Diff it: diff code/02_step4_api.py code/02_step5_cache.py
+Redis:   redis-server --port 6379 (or set REDIS_URL); without it, answers come uncached.
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -15,25 +16,60 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from langchain_core.messages import HumanMessage, ToolMessage
 from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 
-from lesson02 import agent as step2
+from support.lessons import load_lesson
+
+# Step 3's agent. A file whose name starts with a digit cannot be imported by name:
+# load_lesson imports it from its path.
+step3 = load_lesson("code/02_step3_limits.py")
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")  # uvicorn's format
 logger = logging.getLogger("lesson02")
 
 INTERNAL_ERROR_MESSAGE = "Internal server error"  # all a client learns of a crash: it is logged
 TIMED_OUT = {"error": {"type": "timeout", "message": "research took longer than its deadline"}}
+CACHE_TTL_SECONDS = int(os.getenv("CACHE_TTL_SECONDS", "3600"))
+# A Redis that does not answer within half a second counts as a miss: the answer comes anyway.
+redis = Redis.from_url(os.getenv("REDIS_URL", "redis://localhost:6379/0"), socket_timeout=0.5)
+
+
+def cache_key(query: str) -> str:
+    """The same key for the same answer: the question however spaced, the model, the search."""
+    material = json.dumps([" ".join(query.split()), step3.MODEL_NAME, step3.SEARCH_MAX_RESULTS])
+    return "lesson02:answer:" + hashlib.sha256(material.encode()).hexdigest()
+
+
+async def cached(query: str) -> dict | None:
+    try:
+        kept = await redis.get(cache_key(query))
+    except (RedisError, OSError) as exc:  # a cache is an optimisation: never fail a request on it
+        logger.warning("redis unavailable, cache bypassed: %s", exc)
+        return None
+    return None if kept is None else json.loads(kept) | {"query": query, "tokens_used": 0}
+
+
+async def remember(query: str, answer: dict) -> None:
+    try:
+        await redis.set(cache_key(query), json.dumps(answer), ex=CACHE_TTL_SECONDS)
+    except (RedisError, OSError) as exc:
+        logger.warning("redis unavailable, answer not cached: %s", exc)
 
 
 async def stream(query: str) -> AsyncIterator[tuple[str, dict]]:
     """The run of `research` as it happens: ("tool", the search) after each search, ("token",
     {"text"}) for each piece of the answer, then ("final", the answer)."""
-    run, messages = step2.Run(), []
-    updates = step2.agent.astream(
+    if (answer := await cached(query)) is not None:  # the whole answer at once
+        yield "token", {"text": answer["response"]}
+        yield "final", answer | {"cached": True}
+        return
+    run, messages = step3.Run(), []
+    updates = step3.agent.astream(
         {"messages": [HumanMessage(query)]}, context=run, stream_mode=["updates", "messages"]
     )
-    deadline = asyncio.get_running_loop().time() + step2.REQUEST_TIMEOUT_SECONDS
+    deadline = asyncio.get_running_loop().time() + step3.REQUEST_TIMEOUT_SECONDS
     while True:
         async with asyncio.timeout_at(deadline):  # the run's deadline, not the client's reading
             update = await anext(updates, None)
@@ -50,11 +86,13 @@ async def stream(query: str) -> AsyncIterator[tuple[str, dict]]:
                 messages.append(message)
                 if isinstance(message, ToolMessage):
                     yield "tool", message.artifact
-    yield "final", step2.result(query, messages, run)
+    answer = step3.result(query, messages, run)
+    await remember(query, answer)
+    yield "final", answer | {"cached": False}
 
 
 class ResearchRequest(BaseModel):
-    query: str = Field(min_length=3, max_length=2000, examples=[step2.QUESTION])
+    query: str = Field(min_length=3, max_length=2000, examples=[step3.QUESTION])
 
 
 app = FastAPI(title="Research agent, lesson 02")
@@ -72,7 +110,11 @@ async def timed_out(request: Request, exc: TimeoutError) -> JSONResponse:
 
 @app.post("/v1/research")
 async def research_route(body: ResearchRequest) -> dict:
-    return await step2.research(body.query)
+    if (answer := await cached(body.query)) is not None:
+        return answer | {"cached": True}
+    answer = await step3.research(body.query)
+    await remember(body.query, answer)
+    return answer | {"cached": False}
 
 
 @app.post("/v1/research/stream")
