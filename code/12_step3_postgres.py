@@ -1,0 +1,154 @@
+"""Lesson 12, step 3: tasks and checkpoints in PostgreSQL, so a task outlives its server process.
+
+Run it:  make lesson-12 STEP=3   (needs Docker, and DATABASE_URL: docs/12, Before you start)
+"""
+
+import os
+from contextlib import asynccontextmanager
+
+import uvicorn
+from a2a.helpers import (
+    get_data_parts,
+    get_message_text,
+    new_data_part,
+    new_task_from_user_message,
+    new_text_part,
+)
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import (
+    add_a2a_routes_to_fastapi,
+    create_agent_card_routes,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
+from a2a.server.tasks import DatabaseTaskStore, TaskUpdater
+from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill
+from a2a.utils.errors import UnsupportedOperationError
+from fastapi import FastAPI
+from langchain_core.messages import HumanMessage, ToolMessage
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.types import Command
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from lesson10.agent import runner
+from lesson12.agent import build_agent
+from research_agent import (
+    BadEdit,
+    DecisionIn,
+    KeyedSandbox,
+    RunStore,
+    make_durable_run_python,
+    make_pool,
+    migrate,
+    resume_value,
+)
+
+HOST, PORT = os.getenv("HOST", "127.0.0.1"), int(os.getenv("PORT", "8000"))
+URL = f"http://{HOST}:{PORT}"
+DATABASE_URL = os.environ["DATABASE_URL"]
+pool = make_pool(DATABASE_URL)  # lesson 10's: for the checkpoints and the tool's results
+run_python = make_durable_run_python(RunStore(pool), KeyedSandbox(runner))  # lesson 10's: once
+agent = None  # built at start-up (below): its checkpointer needs the event loop
+# The SDK's task store, through SQLAlchemy: the tasks, their status, history and artifacts.
+tasks = DatabaseTaskStore(create_async_engine(DATABASE_URL.replace("://", "+asyncpg://", 1)))
+
+
+def answer_parts(messages: list) -> list:
+    """The answer as text, and its sources as data a client reads without parsing text."""
+    searches = [m for m in messages if isinstance(m, ToolMessage) and m.name != "run_python"]
+    sources = [source for m in searches if isinstance(m.artifact, list) for source in m.artifact]
+    return [new_text_part(messages[-1].text.strip()), new_data_part({"sources": sources})]
+
+
+class ResearchExecutor(AgentExecutor):
+    """Runs the agent for a task: the SDK hands it the request and a queue for the task's events."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task or new_task_from_user_message(context.message)
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)  # submitted: the client has the task's id now
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        config = {"configurable": {"thread_id": task.id}}
+        saved = await agent.aget_state(config)
+        if not saved.interrupts:  # a new task: its question
+            inputs = {"messages": [HumanMessage(get_message_text(context.message))]}
+        else:  # it waits for a person: this message is the decision
+            pause = saved.interrupts[0]
+            try:
+                decision = DecisionIn.model_validate(get_data_parts(context.message.parts)[0])
+                if decision.call_id != pause.value["tool_call_id"]:
+                    raise ValueError(f"the call waiting is {pause.value['tool_call_id']}")
+                resume = resume_value(decision, "run_python", run_python)  # checks an edit
+            except (IndexError, ValueError, ValidationError, BadEdit) as exc:
+                return await self.ask(updater, pause.value, f"not a decision: {exc}")
+            if decision.decision == "reject":  # the task ends, rejected; nothing runs
+                said = decision.message or "the call was rejected"
+                return await updater.reject(updater.new_agent_message([new_text_part(said)]))
+            inputs = Command(resume={pause.id: resume})
+        await updater.start_work()
+        state = await agent.ainvoke(inputs, config)
+        if "__interrupt__" in state:  # stopped before run_python: the caller decides
+            return await self.ask(updater, state["__interrupt__"][0].value, "approve this call?")
+        await updater.add_artifact(answer_parts(state["messages"]), name="answer")
+        await updater.complete()
+
+    async def ask(self, updater: TaskUpdater, call: dict, text: str) -> None:
+        """input-required, with the call as data: its id, the tool and the arguments."""
+        pending = {"call_id": call["tool_call_id"], "tool": call["name"], "args": call["args"]}
+        parts = [new_text_part(text), new_data_part(pending)]
+        await updater.requires_input(updater.new_agent_message(parts))
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        raise UnsupportedOperationError(message="this agent's tasks cannot be cancelled")
+
+
+BINDINGS = [("JSONRPC", "/a2a/jsonrpc"), ("HTTP+JSON", "/a2a/rest")]  # JSON-RPC, and REST
+SKILL = AgentSkill(
+    id="research",
+    name="Research the course's notes",
+    description="Answers a question about containerizing AI agents from the course's notes, with "
+    "its sources as data.",
+    tags=["research", "docker", "agents"],
+    examples=["Why use a multi-stage Docker build?", "What does docker stop do?"],
+)
+CARD = AgentCard(
+    name="Research agent",
+    description="The course's research agent: it searches its notes and answers with sources.",
+    version="1.0.0",
+    supported_interfaces=[
+        AgentInterface(protocol_binding=binding, url=f"{URL}{path}", protocol_version="1.0")
+        for binding, path in BINDINGS
+    ],
+    capabilities=AgentCapabilities(streaming=True),
+    default_input_modes=["text/plain"],
+    default_output_modes=["text/plain", "application/json"],
+    skills=[SKILL],
+)
+handler = DefaultRequestHandler(ResearchExecutor(), tasks, CARD)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    global agent
+    await pool.open(wait=True)
+    checkpointer = AsyncPostgresSaver(pool)
+    await migrate(pool, checkpointer.setup)  # lesson 10's tables and LangGraph's, once
+    await tasks.initialize()  # the SDK's table
+    agent = build_agent(checkpointer, run_python)  # a task's id names its thread of checkpoints
+    yield
+    await pool.close()
+
+
+app = FastAPI(title="The research agent over A2A, step 3", lifespan=lifespan)
+add_a2a_routes_to_fastapi(
+    app,
+    agent_card_routes=create_agent_card_routes(CARD),  # /.well-known/agent-card.json
+    jsonrpc_routes=create_jsonrpc_routes(handler, rpc_url=BINDINGS[0][1]),
+    rest_routes=create_rest_routes(handler, path_prefix=BINDINGS[1][1]),
+)
+
+if __name__ == "__main__":
+    uvicorn.run(app, host=HOST, port=PORT)
