@@ -41,6 +41,7 @@ from chat_model import OfflineToolCallingModel, make_chat_model
 # request ids and body limit, as lessons 05 and 07 do.
 from research_agent import (
     SANDBOX_SETTABLE,
+    AllowedHostsMiddleware,
     BodyLimitMiddleware,
     QueuedRunner,
     RunResult,
@@ -90,6 +91,9 @@ class Settings(BaseSettings):
     # Proxies whose X-Forwarded-For names the client (research_agent/access/forwarded.py); empty:
     # none, so a client cannot pick a new address, and a fresh share, per request.
     FORWARDED_ALLOW_IPS: str = ""
+    # The Host names it answers (JSON in the environment): a web page under another name, pointed
+    # at 127.0.0.1 (DNS rebinding), cannot post code here. Not the sandbox's SANDBOX_ALLOWED_HOSTS.
+    ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
 
 
 settings = Settings()
@@ -188,8 +192,10 @@ app = FastAPI(title="Sandboxed tools", version="1.0.0", lifespan=lifespan)
 # === Request ids and errors: one JSON shape, no stack traces ===
 
 
-# Outermost last: the request id is set before the body limit can answer, so a 413 carries it too.
+# Outermost last: the request id is set before the Host check or the body limit can answer, so a
+# 400 or a 413 carries it too.
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
 install_request_ids(app)
 install_shape_handlers(app)  # 422, any HTTPException (400, 404, 413) and the last-resort 500
 
@@ -219,7 +225,10 @@ async def sandbox_unavailable(request: Request, exc: SandboxUnavailable) -> JSON
 
 
 ERRORS = {
-    400: {"description": "The body cannot be decoded (invalid UTF-8, nested too deep)"},
+    400: {
+        "description": "untrusted_host: a Host not in ALLOWED_HOSTS; or a body that cannot be "
+        "decoded (invalid UTF-8, nested too deep)"
+    },
     413: {"description": "The body is larger than MAX_BODY_BYTES"},
     414: {"description": "The URL is over 2 KB"},
     422: {"description": "Empty or oversized code, or a timeout out of range"},

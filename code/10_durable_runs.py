@@ -42,6 +42,7 @@ from chat_model import OfflineToolCallingModel, make_chat_model
 # The research agent's installed package: its durable layer and the course's error shape, request
 # ids, body limit and sandbox runner, as lesson 04 takes them.
 from research_agent import (
+    AllowedHostsMiddleware,
     ApiError,
     BadEdit,
     BodyLimitMiddleware,
@@ -102,6 +103,9 @@ class Settings(BaseSettings):
     REPLICA_ID: str | None = None  # names the lease holder in the runs table (default: random)
     sandbox: Sandbox = Field(default_factory=Sandbox)
     FORWARDED_ALLOW_IPS: str = ""
+    # The Host names it answers (JSON in the environment): a web page under another name, pointed
+    # at 127.0.0.1 (DNS rebinding), cannot start and approve runs here.
+    ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
 
 
 settings = Settings()
@@ -177,6 +181,7 @@ async def with_limits(app: FastAPI):
 
 app = FastAPI(title="Durable runs", version="1.0.0", lifespan=with_limits)
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
 install_request_ids(app)
 install_shape_handlers(app)
 

@@ -28,6 +28,8 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "token_hash": ("access.keys", None),
     # The request body limit, enforced before a route reads the body.
     "BodyLimitMiddleware": ("web.body_limit", None),
+    # The Host names a service answers (DNS rebinding), refused in the error shape.
+    "AllowedHostsMiddleware": ("web.allowed_hosts", None),
     # A number in a request header (Content-Length, Last-Event-ID): ASCII digits, else a 400.
     "header_number": ("web.header_numbers", None),
     # Forwarded addresses: which proxies may name the client to uvicorn.

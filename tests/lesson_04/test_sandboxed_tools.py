@@ -13,12 +13,13 @@ from tests.support.errors import assert_error
 from tests.support.sandbox_api import RESULT_FIELDS
 
 NO_DOCKER = "unix:///nonexistent/docker.sock"
+URL = "http://localhost:8000"  # a Host the API answers (ALLOWED_HOSTS)
 
 
 @pytest.fixture
 def client(lesson):
     module = lesson(DOCKER_HOST=NO_DOCKER, MAX_CODE_CHARS="100")
-    with TestClient(module.app, raise_server_exceptions=False) as client:
+    with TestClient(module.app, base_url=URL, raise_server_exceptions=False) as client:
         yield client
 
 
@@ -149,7 +150,7 @@ def test_code_with_a_nul_byte_is_refused_not_cut(client):
 )
 def test_undecodable_bodies_answer_in_the_error_shape(lesson, raw):
     module = lesson(DOCKER_HOST=NO_DOCKER, MAX_BODY_BYTES="1000000")
-    with TestClient(module.app, raise_server_exceptions=False) as client:
+    with TestClient(module.app, base_url=URL, raise_server_exceptions=False) as client:
         response = client.post(
             "/v1/tools/python", content=raw, headers={"content-type": "application/json"}
         )
@@ -162,7 +163,7 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_parsed(lesson, chunked):
     module = lesson(DOCKER_HOST=NO_DOCKER, MAX_BODY_BYTES="1000")
     body = json.dumps({"code": "print(1)", "pad": "x" * 5000}).encode()
     content = iter([body[i : i + 512] for i in range(0, len(body), 512)]) if chunked else body
-    with TestClient(module.app, raise_server_exceptions=False) as client:
+    with TestClient(module.app, base_url=URL, raise_server_exceptions=False) as client:
         response = client.post(
             "/v1/tools/python", content=content, headers={"content-type": "application/json"}
         )

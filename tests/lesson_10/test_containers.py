@@ -255,6 +255,20 @@ def test_two_decisions_racing_through_the_edge(stack):
     wait_state(stack, run_id, token, "done")
 
 
+def test_the_edge_starts_no_run_for_a_page_under_a_foreign_host(stack):
+    """DNS rebinding through the published port: before, the edge started the run (202)."""
+    query = f"rebinding {secrets.token_hex(4)}"
+    with stack.client() as c:
+        r = c.post("/v1/runs", json={"query": query}, headers={"Host": "rebind.attacker.example"})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["type"] == "untrusted_host"
+        assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
+        # The names the lesson's commands send, 127.0.0.1:PORT and localhost:PORT, are served.
+        r = c.post("/v1/runs", json={"query": "hello"}, headers={"Host": f"localhost:{stack.port}"})
+        assert r.status_code == 202, r.text
+    assert stack.sql(f"SELECT count(*) FROM agent.runs WHERE query = '{query}'") == "0"
+
+
 @pytest.mark.parametrize("compose", [["docker-compose"], ["docker", "compose"]], ids=["v1", "v2"])
 def test_both_compose_versions_read_the_file_before_make_writes_its_env(compose, tmp_path):
     """Compose 1.29 (Debian's docker-compose) and v2 accept the file as a fresh clone has it, with

@@ -1,7 +1,8 @@
 """Lesson 10's API against callers who are not playing fair, each case a defence that can fail:
 someone else's decision (403), a replayed or unknown call (409), an edit that breaks the tool's
 schema (422), a 5 MB decision (413), SQL in ids (parameters only), a flood of waiting runs (429),
-two replicas deciding at once (one wins), the agent's database role reaching beyond its schema."""
+two replicas deciding at once (one wins), the agent's database role reaching beyond its schema, a
+page under a foreign Host (DNS rebinding: 400)."""
 
 import threading
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.lesson_10.conftest import start_run, state, wait_state
 from tests.lesson_10.test_durable_api import decide
+from tests.support.errors import assert_error
 
 
 @pytest.fixture
@@ -64,6 +66,23 @@ def test_a_5_mb_decision_is_refused_before_it_is_read(waiting):
     api, run_id, token, call_id = waiting
     r = decide(api, run_id, token, call_id=call_id, decision="edit", args={"code": "#" * 5_000_000})
     assert (r.status_code, error_type(r)) == (413, "payload_too_large")
+
+
+def test_a_page_under_a_foreign_host_can_neither_start_nor_decide_a_run(waiting, agent_dsn):
+    """DNS rebinding: a page on rebind.attacker.example, its name pointed at 127.0.0.1, is
+    same-origin with the API for the browser. Before: it started runs (202) and decided them."""
+    api, run_id, token, call_id = waiting
+    foreign = {"Host": "rebind.attacker.example"}
+    with api.client(token) as c:
+        r = c.post("/v1/runs", json={"query": "What is 2**100?"}, headers=foreign)
+        assert_error(r, 400, "untrusted_host")
+        edit = {"call_id": call_id, "decision": "edit", "args": {"code": "print('mine')"}}
+        assert_error(c.post(f"/v1/runs/{run_id}/decisions", json=edit, headers=foreign), 400,
+                     "untrusted_host")  # fmt: skip
+        assert_error(c.get("/approvals", headers=foreign), 400, "untrusted_host")
+    assert state(api, run_id, token)["state"] == "waiting_for_approval"  # nothing decided
+    with psycopg.connect(agent_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 1  # nothing started
 
 
 ATTACKS = ["x' OR '1'='1", "'; DROP TABLE runs; --", "0' UNION SELECT owner_hash FROM runs --"]
