@@ -1,12 +1,12 @@
 """Lesson 12, step 1: the research agent as an A2A server: a card, an executor, the SDK's routes.
 
-Run it:  make lesson-12 STEP=1   (then, in another terminal: make lesson-12-client Q="...")
+Run it:  make lesson-12 STEP=1   (then, in another terminal: .venv/bin/python code/12_client.py)
 """
 
 import os
 
 import uvicorn
-from a2a.helpers import get_message_text, new_data_part, new_task_from_user_message, new_text_part
+from a2a.helpers import get_message_text, new_task_from_user_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
@@ -17,24 +17,16 @@ from a2a.server.routes import (
     create_rest_routes,
 )
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
-from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill
 from a2a.utils.errors import UnsupportedOperationError
 from fastapi import FastAPI
-from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
-from lesson12.agent import build_agent
+from lesson12.agent import answer_parts, build_agent
+from lesson12.card import BINDINGS, make_card
 
 HOST, PORT = os.getenv("HOST", "127.0.0.1"), int(os.getenv("PORT", "8000"))
-URL = f"http://{HOST}:{PORT}"
 agent = build_agent(InMemorySaver())  # a task's id names its thread of checkpoints
-
-
-def answer_parts(messages: list) -> list:
-    """The answer as text, and its sources as data a client reads without parsing text."""
-    searches = [m for m in messages if isinstance(m, ToolMessage) and m.name != "run_python"]
-    sources = [source for m in searches if isinstance(m.artifact, list) for source in m.artifact]
-    return [new_text_part(messages[-1].text.strip()), new_data_part({"sources": sources})]
 
 
 class ResearchExecutor(AgentExecutor):
@@ -56,35 +48,14 @@ class ResearchExecutor(AgentExecutor):
         raise UnsupportedOperationError(message="this agent's tasks cannot be cancelled")
 
 
-BINDINGS = [("JSONRPC", "/a2a/jsonrpc"), ("HTTP+JSON", "/a2a/rest")]  # JSON-RPC, and REST
-SKILL = AgentSkill(
-    id="research",
-    name="Research the course's notes",
-    description="Answers a question about containerizing AI agents from the course's notes, with "
-    "its sources as data.",
-    tags=["research", "docker", "agents"],
-    examples=["Why use a multi-stage Docker build?", "What does docker stop do?"],
-)
-CARD = AgentCard(
-    name="Research agent",
-    description="The course's research agent: it searches its notes and answers with sources.",
-    version="1.0.0",
-    supported_interfaces=[
-        AgentInterface(protocol_binding=binding, url=f"{URL}{path}", protocol_version="1.0")
-        for binding, path in BINDINGS
-    ],
-    capabilities=AgentCapabilities(streaming=True),
-    default_input_modes=["text/plain"],
-    default_output_modes=["text/plain", "application/json"],
-    skills=[SKILL],
-)
+CARD = make_card(f"http://{HOST}:{PORT}")
 handler = DefaultRequestHandler(ResearchExecutor(), InMemoryTaskStore(), CARD)
 app = FastAPI(title="The research agent over A2A, step 1")
 add_a2a_routes_to_fastapi(
     app,
     agent_card_routes=create_agent_card_routes(CARD),  # /.well-known/agent-card.json
-    jsonrpc_routes=create_jsonrpc_routes(handler, rpc_url=BINDINGS[0][1]),
-    rest_routes=create_rest_routes(handler, path_prefix=BINDINGS[1][1]),
+    jsonrpc_routes=create_jsonrpc_routes(handler, rpc_url=BINDINGS["JSONRPC"]),
+    rest_routes=create_rest_routes(handler, path_prefix=BINDINGS["HTTP+JSON"]),
 )
 
 if __name__ == "__main__":

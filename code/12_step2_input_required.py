@@ -23,27 +23,19 @@ from a2a.server.routes import (
     create_rest_routes,
 )
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
-from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill
 from a2a.utils.errors import UnsupportedOperationError
 from fastapi import FastAPI
-from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 from pydantic import ValidationError
 
-from lesson12.agent import build_agent, run_python
+from lesson12.agent import answer_parts, build_agent, run_python
+from lesson12.card import BINDINGS, make_card
 from research_agent import BadEdit, DecisionIn, resume_value
 
 HOST, PORT = os.getenv("HOST", "127.0.0.1"), int(os.getenv("PORT", "8000"))
-URL = f"http://{HOST}:{PORT}"
 agent = build_agent(InMemorySaver())  # a task's id names its thread of checkpoints
-
-
-def answer_parts(messages: list) -> list:
-    """The answer as text, and its sources as data a client reads without parsing text."""
-    searches = [m for m in messages if isinstance(m, ToolMessage) and m.name != "run_python"]
-    sources = [source for m in searches if isinstance(m.artifact, list) for source in m.artifact]
-    return [new_text_part(messages[-1].text.strip()), new_data_part({"sources": sources})]
 
 
 class ResearchExecutor(AgentExecutor):
@@ -58,7 +50,7 @@ class ResearchExecutor(AgentExecutor):
         saved = await agent.aget_state(config)
         if not saved.interrupts:  # a new task: its question
             inputs = {"messages": [HumanMessage(get_message_text(context.message))]}
-        else:  # it waits for a person: this message is the decision
+        else:  # it waits for a person: this message is the decision (lesson 10's, as data)
             pause = saved.interrupts[0]
             try:
                 decision = DecisionIn.model_validate(get_data_parts(context.message.parts)[0])
@@ -88,35 +80,14 @@ class ResearchExecutor(AgentExecutor):
         raise UnsupportedOperationError(message="this agent's tasks cannot be cancelled")
 
 
-BINDINGS = [("JSONRPC", "/a2a/jsonrpc"), ("HTTP+JSON", "/a2a/rest")]  # JSON-RPC, and REST
-SKILL = AgentSkill(
-    id="research",
-    name="Research the course's notes",
-    description="Answers a question about containerizing AI agents from the course's notes, with "
-    "its sources as data.",
-    tags=["research", "docker", "agents"],
-    examples=["Why use a multi-stage Docker build?", "What does docker stop do?"],
-)
-CARD = AgentCard(
-    name="Research agent",
-    description="The course's research agent: it searches its notes and answers with sources.",
-    version="1.0.0",
-    supported_interfaces=[
-        AgentInterface(protocol_binding=binding, url=f"{URL}{path}", protocol_version="1.0")
-        for binding, path in BINDINGS
-    ],
-    capabilities=AgentCapabilities(streaming=True),
-    default_input_modes=["text/plain"],
-    default_output_modes=["text/plain", "application/json"],
-    skills=[SKILL],
-)
+CARD = make_card(f"http://{HOST}:{PORT}")
 handler = DefaultRequestHandler(ResearchExecutor(), InMemoryTaskStore(), CARD)
 app = FastAPI(title="The research agent over A2A, step 2")
 add_a2a_routes_to_fastapi(
     app,
     agent_card_routes=create_agent_card_routes(CARD),  # /.well-known/agent-card.json
-    jsonrpc_routes=create_jsonrpc_routes(handler, rpc_url=BINDINGS[0][1]),
-    rest_routes=create_rest_routes(handler, path_prefix=BINDINGS[1][1]),
+    jsonrpc_routes=create_jsonrpc_routes(handler, rpc_url=BINDINGS["JSONRPC"]),
+    rest_routes=create_rest_routes(handler, path_prefix=BINDINGS["HTTP+JSON"]),
 )
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from a2a.helpers import new_data_part, new_text_part
+from a2a.types import Part
 from langchain.agents import create_agent
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool
 
 from chat_model import OfflineToolCallingModel, make_chat_model
@@ -18,6 +20,7 @@ from lesson10.agent import run_python
 from research_agent import (
     OfflineReply,
     OfflineResearchModel,
+    PacedOfflineModel,
     Settings,
     approval_middleware,
     make_search_tool,
@@ -29,8 +32,9 @@ run_python with a program that prints the result, then answer from its output. I
 rejected the run, say so."""
 
 
-class OfflineModel(OfflineResearchModel):
-    """Searches for a research question; has arithmetic computed by run_python."""
+class OfflineModel(OfflineResearchModel, PacedOfflineModel):
+    """Searches for a research question; has arithmetic computed by run_python. Each token takes
+    OFFLINE_TOKEN_DELAY_MS, streamed or not, as a model's would."""
 
     python_tool: str | None = None
 
@@ -62,3 +66,10 @@ def build_agent(checkpointer, python_tool: BaseTool = run_python, search: BaseTo
         middleware=[approval_middleware(["run_python"])],
         checkpointer=checkpointer,
     )
+
+
+def answer_parts(messages: list[BaseMessage]) -> list[Part]:
+    """The answer as text, and its sources as data a client reads without parsing the text."""
+    searches = [m for m in messages if isinstance(m, ToolMessage) and m.name != "run_python"]
+    sources = [source for m in searches if isinstance(m.artifact, list) for source in m.artifact]
+    return [new_text_part(messages[-1].text.strip()), new_data_part({"sources": sources})]

@@ -1,0 +1,188 @@
+"""Lesson 12: the research agent as an A2A server, as `make lesson-12` runs it (two replicas).
+
+Step 4 (code/12_step4_owners.py) grown into a service: the SDK's versioned task store and its
+event log in PostgreSQL (SubscribeToTask on any replica reads them), a lease on every working
+task so that another replica goes on after kill -9 (code/lesson12/durable.py), bounds on what a
+caller may send and hold open, and Host and Origin checks.
+
+Run it:  make lesson-12      (Compose: edge, two replicas, Postgres, the client agent)
+         DATABASE_URL=postgresql://... python code/12_a2a_server.py   (one replica, by hand)
+"""
+
+import asyncio
+import contextvars
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from a2a.server.cluster import DatabaseTaskEventStream, VersionedDatabaseTaskStore
+from a2a.server.routes import (
+    add_a2a_routes_to_fastapi,
+    create_agent_card_routes,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from lesson12.agent import build_agent
+from lesson12.callers import Callers, load_callers
+from lesson12.card import BINDINGS, make_card
+from lesson12.durable import DurableExecutor, DurableHandler, Recovery
+from lesson12.work import WorkStore
+from research_agent import (
+    BodyLimitMiddleware,
+    KeyedSandbox,
+    RunStore,
+    SandboxConfig,
+    SandboxRunner,
+    error_body,
+    install_request_ids,
+    install_shape_handlers,
+    log_with_request_ids,
+    make_durable_run_python,
+    make_pool,
+    migrate,
+    token_hash,
+)
+
+log_with_request_ids()
+logger = logging.getLogger("a2a_server")
+CARD_PATH = "/.well-known/agent-card.json"
+
+
+class Sandbox(SandboxConfig):
+    settable = frozenset({"image", "runtime", "timeout_seconds", "owner"})  # SANDBOX_IMAGE, ...
+    owner: str = "lesson12"
+
+
+class Settings(BaseSettings):
+    HOST: str = "127.0.0.1"
+    PORT: int = 8000
+    DATABASE_URL: SecretStr  # no default: the tasks live there
+    DATABASE_POOL_SIZE: int = 5
+    A2A_CALLERS_FILE: Path = Path("deploy/lesson12/callers")  # lines "name token"
+    # The addresses a request may name in its Host header (the card names the one it used), and
+    # the web pages that may call (none: another team's agent sends no Origin).
+    ALLOWED_HOSTS: list[str] = ["127.0.0.1:8000", "localhost:8000"]
+    ALLOWED_ORIGINS: list[str] = []
+    REPLICA_ID: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    LEASE_SECONDS: float = 10.0  # a killed replica's tasks move on this long after its last beat
+    EVENT_POLL_SECONDS: float = 0.2  # how often a stream served from the event log looks for more
+    MAX_BODY_BYTES: int = 65_536
+    MAX_PARTS: int = 8
+    MAX_PART_BYTES: int = 8_000
+    MAX_STREAMS_PER_CALLER: int = 4  # open on this replica
+    MAX_ACTIVE_TASKS_PER_CALLER: int = 20  # working or waiting for input
+    sandbox: Sandbox = Field(default_factory=Sandbox)
+
+
+settings = Settings()
+dsn = settings.DATABASE_URL.get_secret_value()
+pool = make_pool(dsn, settings.DATABASE_POOL_SIZE)  # psycopg: checkpoints, leases, tool results
+engine = create_async_engine(dsn.replace("://", "+asyncpg://", 1), pool_pre_ping=True)
+tasks = VersionedDatabaseTaskStore(engine)  # the SDK's: tasks by owner, with a version each
+events = DatabaseTaskEventStream(engine, poll_interval_s=settings.EVENT_POLL_SECONDS)
+work = WorkStore(pool, settings.REPLICA_ID, settings.LEASE_SECONDS)
+sandbox = KeyedSandbox(SandboxRunner(settings.sandbox))
+run_python = make_durable_run_python(RunStore(pool), sandbox)  # lesson 10's: the effect once
+executor = DurableExecutor(None, work, sandbox)  # its agent is built at start-up (lifespan)
+CARD = make_card(f"http://{settings.ALLOWED_HOSTS[0]}", bearer=True)
+limits = {
+    "parts": settings.MAX_PARTS,
+    "part_chars": settings.MAX_PART_BYTES,
+    "streams_per_caller": settings.MAX_STREAMS_PER_CALLER,
+    "active_tasks": settings.MAX_ACTIVE_TASKS_PER_CALLER,
+}
+handler = DurableHandler(
+    executor,
+    tasks,
+    CARD,
+    event_stream=events,  # SubscribeToTask on a replica that does not run the task reads it
+    interrupted_task_timeout=60,  # a task waiting for input holds no memory past a minute
+    work=work,
+    tool=run_python,
+    limits=limits,
+)
+CALLERS = load_callers(settings.A2A_CALLERS_FILE)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    await pool.open(wait=True, timeout=60)
+    checkpointer = AsyncPostgresSaver(pool)
+    await migrate(pool, checkpointer.setup, work.migrate)  # once, whichever replica is first
+    await tasks.initialize()
+    await events.initialize()
+    executor.agent = build_agent(checkpointer, run_python)
+    recovery = Recovery(work, executor, tasks, events)
+    loop = asyncio.create_task(recovery.run(), name="recovery")
+    yield
+    loop.cancel()
+    await recovery.stop()
+    await handler.aclose()
+    await pool.close()
+    await engine.dispose()
+
+
+# The card names the address the request came to, once that address is allowed (below).
+reached_at = contextvars.ContextVar("reached_at", default=f"http://{settings.ALLOWED_HOSTS[0]}")
+
+
+async def card_for_this_host(card):
+    return make_card(reached_at.get(), bearer=True)
+
+
+app = FastAPI(title="The research agent over A2A", version="1.0.0", lifespan=lifespan)
+add_a2a_routes_to_fastapi(
+    app,
+    agent_card_routes=create_agent_card_routes(CARD, card_for_this_host),
+    jsonrpc_routes=create_jsonrpc_routes(handler, BINDINGS["JSONRPC"], Callers()),
+    rest_routes=create_rest_routes(handler, Callers(), path_prefix=BINDINGS["HTTP+JSON"]),
+)
+
+
+@app.middleware("http")
+async def who_calls(request: Request, call_next):
+    """Host and Origin first (a page elsewhere, or a DNS name rebound to us, is refused), then
+    a bearer token we issued for everything but the card and the health checks."""
+    host, origin = request.headers.get("host", ""), request.headers.get("origin")
+    if host not in settings.ALLOWED_HOSTS:
+        return JSONResponse(error_body("host_not_allowed", f"not served as {host[:100]!r}"), 421)
+    if origin is not None and origin not in settings.ALLOWED_ORIGINS:
+        return JSONResponse(error_body("origin_not_allowed", "no page may call this agent"), 403)
+    reached_at.set(f"http://{host}")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    bearer = scheme.lower() == "bearer"
+    request.state.caller = CALLERS.get(token_hash(token.strip())) if bearer else None
+    if request.state.caller or request.url.path in (CARD_PATH, "/health", "/ready"):
+        return await call_next(request)
+    body = error_body("unauthorized", "send a bearer token that this agent issued")
+    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+install_request_ids(app)
+install_shape_handlers(app)
+
+
+@app.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@app.get("/ready")
+async def ready() -> dict:
+    async with pool.connection() as conn:  # 503 (the shape's) while the database cannot answer
+        await conn.execute("SELECT 1")
+    return {"status": "ready", "replica": settings.REPLICA_ID}
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host=settings.HOST, port=settings.PORT, timeout_graceful_shutdown=5)

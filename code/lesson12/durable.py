@@ -1,0 +1,278 @@
+"""A2A tasks that survive kill -9 of every replica: the SDK's executor and handler, with a lease.
+
+DurableExecutor  the agent for one task, from its last checkpoint: a new question, the caller's
+                 decision on the call it waits for, or the step a killed replica never finished.
+                 Every event goes through the SDK (TaskUpdater), into its task store and event
+                 log in PostgreSQL, where SubscribeToTask on any replica reads it.
+DurableHandler   the SDK's request handler, which first checks a message: its size, that a task
+                 it names waits for input and that it decides the call waited on (taken once:
+                 work.py), and which bounds the streams a caller holds open.
+Recovery         each replica's loop: claims tasks whose replica stopped renewing its lease and
+                 runs them on through the SDK's own ActiveTask, as if a request had come.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+
+import psycopg
+from a2a.helpers import (
+    get_data_parts,
+    get_message_text,
+    new_data_part,
+    new_task_from_user_message,
+    new_text_part,
+)
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.agent_execution.active_task_registry import ActiveTaskRegistry
+from a2a.server.context import ServerCallContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandlerV2
+from a2a.server.tasks import TaskUpdater
+from a2a.types import Task, TaskState
+from a2a.utils.errors import (
+    A2AError,
+    InvalidParamsError,
+    InvalidRequestError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from langgraph.types import Command
+from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
+
+from research_agent import BadEdit, DecisionIn, resume_value
+
+from .agent import answer_parts
+from .callers import Caller
+from .work import WorkStore
+
+logger = logging.getLogger("lesson12.durable")
+TERMINAL = {
+    TaskState.TASK_STATE_COMPLETED,
+    TaskState.TASK_STATE_CANCELED,
+    TaskState.TASK_STATE_FAILED,
+    TaskState.TASK_STATE_REJECTED,
+}
+DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout, OSError)
+
+
+def pending_call(task: Task) -> dict | None:
+    """The call a task in input-required waits on, from its status message's data."""
+    if task.status.state != TaskState.TASK_STATE_INPUT_REQUIRED:
+        return None
+    found = [d for d in get_data_parts(task.status.message.parts) if isinstance(d, dict)]
+    return next((d for d in found if "call_id" in d), None)
+
+
+class DurableExecutor(AgentExecutor):
+    def __init__(self, agent, work: WorkStore, sandbox=None):
+        self.agent, self.work, self.sandbox = agent, work, sandbox
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task
+        if task is None:  # a new task, leased to this replica from its first row
+            task = new_task_from_user_message(context.message)
+            owner = context.call_context.user.user_name
+            if not await self.work.start(task.id, owner, task.context_id):
+                raise InvalidParamsError(message="a task with that id exists")
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        beat = asyncio.create_task(self._heartbeat(task.id, asyncio.current_task()))
+        try:
+            await self._go_on(task, updater, context.message)
+        finally:
+            beat.cancel()
+
+    async def _heartbeat(self, task_id: str, work: asyncio.Task) -> None:
+        while True:
+            await asyncio.sleep(self.work.lease.total_seconds() / 3)
+            with contextlib.suppress(*DATABASE_ERRORS):
+                if not await self.work.heartbeat(task_id):
+                    logger.warning("task %s: lease lost, another replica goes on", task_id)
+                    work.cancel()  # stop before writing anything more
+                    return
+
+    async def _go_on(self, task: Task, updater: TaskUpdater, message) -> None:
+        config = {"configurable": {"thread_id": task.id}}
+        saved = await self.agent.aget_state(config)
+        if not saved.values:  # the question: the text of the first message, nothing else of it
+            first = message if message is not None else task.history[0]
+            inputs = {"messages": [HumanMessage(get_message_text(first))]}
+        elif saved.interrupts:  # it waits for a person: decided (and leased) by the handler?
+            pause = saved.interrupts[0]
+            decided = await self.work.decision(task.id)
+            if not decided or decided["call_id"] != pause.value["tool_call_id"]:
+                return await self._ask(updater, task.id, pause.value)
+            if decided["decision"] == "reject":  # the task ends rejected; nothing runs
+                said = decided.get("message") or "the caller rejected the call"
+                await updater.reject(updater.new_agent_message([new_text_part(said)]))
+                return await self.work.finish(task.id)
+            inputs = Command(resume={pause.id: decided["resume"]})
+        else:  # cut by a crash mid-step: LangGraph runs that step again (lesson 10)
+            inputs = None
+        if task.status.state != TaskState.TASK_STATE_WORKING:
+            await updater.start_work()
+        if inputs is not None or saved.next:
+            async for update in self.agent.astream(
+                inputs, config, stream_mode="updates", durability="sync"
+            ):
+                await self._progress(updater, update)
+            saved = await self.agent.aget_state(config)
+            if saved.interrupts:
+                return await self._ask(updater, task.id, saved.interrupts[0].value)
+        await updater.add_artifact(answer_parts(saved.values["messages"]), name="answer")
+        await updater.complete()
+        await self.work.finish(task.id)
+
+    async def _progress(self, updater: TaskUpdater, update: dict) -> None:
+        """A working status per tool call and per result: what a streaming client follows."""
+        for node in update.values():
+            for m in (node or {}).get("messages", []) if isinstance(node, dict) else []:
+                if isinstance(m, AIMessage) and m.tool_calls:
+                    text = "calling " + ", ".join(call["name"] for call in m.tool_calls)
+                elif isinstance(m, ToolMessage):
+                    text = f"{m.name} answered"
+                else:
+                    continue
+                message = updater.new_agent_message([new_text_part(text)])
+                await updater.update_status(TaskState.TASK_STATE_WORKING, message=message)
+
+    async def _ask(self, updater: TaskUpdater, task_id: str, call: dict) -> None:
+        """input-required, with the call as data. The call waited on is written first, so a
+        decision that comes as soon as the caller reads the question finds it."""
+        pending = {"call_id": call["tool_call_id"], "tool": call["name"], "args": call["args"]}
+        await self.work.wait_for(task_id, pending["call_id"])
+        parts = [new_text_part(f"approve this {pending['tool']} call?"), new_data_part(pending)]
+        await updater.requires_input(updater.new_agent_message(parts))
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        """The SDK writes CANCELED; the task's lease row and any sandbox of it go."""
+        await self.work.finish(context.task_id)
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.stop_run, context.task_id)
+
+
+class DurableHandler(DefaultRequestHandlerV2):
+    def __init__(self, *args, work: WorkStore, tool: BaseTool, limits: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.work, self.tool, self.limits = work, tool, limits
+        self.streams: Counter[str] = Counter()  # open streams per caller, on this replica
+
+    async def on_message_send(self, params, context: ServerCallContext):
+        await self._admit(params.message, context)
+        return await super().on_message_send(params, context)
+
+    async def on_message_send_stream(self, params, context: ServerCallContext):
+        await self._admit(params.message, context)
+        with self._stream_of(context):
+            async for event in super().on_message_send_stream(params, context):
+                yield event
+
+    async def on_subscribe_to_task(self, params, context: ServerCallContext):
+        with self._stream_of(context):
+            async for event in super().on_subscribe_to_task(params, context):
+                yield event
+
+    async def on_cancel_task(self, params, context: ServerCallContext):
+        task = await super().on_cancel_task(params, context)
+        await self.work.finish(params.id)  # a task waiting for input has no executor to do it
+        return task
+
+    @contextlib.contextmanager
+    def _stream_of(self, context: ServerCallContext):
+        caller = context.user.user_name
+        if self.streams[caller] >= self.limits["streams_per_caller"]:
+            most = self.limits["streams_per_caller"]
+            raise InvalidRequestError(message=f"at most {most} open streams per caller")
+        self.streams[caller] += 1
+        try:
+            yield
+        finally:
+            self.streams[caller] -= 1
+
+    async def _admit(self, message, context: ServerCallContext) -> None:
+        """Bounds on the message; and for a task it names, a decision on the call it waits on."""
+        if len(message.parts) > self.limits["parts"]:
+            raise InvalidParamsError(message=f"at most {self.limits['parts']} parts")
+        for part in message.parts:
+            size = len(part.text) if part.HasField("text") else len(part.SerializeToString())
+            if size > self.limits["part_chars"]:
+                raise InvalidParamsError(message=f"a part over {self.limits['part_chars']} bytes")
+        owner = context.user.user_name
+        if not message.task_id:
+            if await self.work.active(owner) >= self.limits["active_tasks"]:
+                most = self.limits["active_tasks"]
+                raise InvalidRequestError(message=f"at most {most} tasks going per caller")
+            return
+        stored = await self.task_store.get(message.task_id, context)  # the owner's only
+        if stored is None:
+            raise TaskNotFoundError(message=f"no task {message.task_id}")
+        task = stored.task
+        message.context_id = message.context_id or task.context_id
+        if task.status.state in TERMINAL:  # as the SDK says it, before it loads the task
+            state = TaskState.Name(task.status.state)
+            raise UnsupportedOperationError(message=f"Task {task.id} is in terminal state: {state}")
+        pending = pending_call(task)
+        if pending is None:
+            raise UnsupportedOperationError(message="the task is working, not waiting for input")
+        try:
+            data = next(d for d in get_data_parts(message.parts) if isinstance(d, dict))
+            decision = DecisionIn.model_validate(data)
+            resume = resume_value(decision, pending["tool"], self.tool)  # an edit, checked
+        except (StopIteration, ValidationError, BadEdit) as exc:
+            text = f"send a decision on call {pending['call_id']}: {exc}"
+            raise InvalidParamsError(message=text[:500]) from None
+        if decision.call_id != pending["call_id"]:
+            raise InvalidParamsError(message=f"the call waiting is {pending['call_id']}")
+        record = {**decision.model_dump(), "resume": resume}
+        if not await self.work.decide(task.id, owner, decision.call_id, record):
+            raise InvalidParamsError(message="that call has been decided already")
+
+
+class Recovery:
+    """Claims the tasks of replicas that stopped renewing their lease, and runs them on."""
+
+    def __init__(self, work: WorkStore, executor, store, stream, poll_seconds: float = 1.0):
+        self.work, self.poll = work, poll_seconds
+        self.registry = ActiveTaskRegistry(executor, store, event_stream=stream)
+        self.running: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                for row in await self.work.claim_orphans(max(0, 4 - len(self.running))):
+                    logger.info("task %s: its replica is gone; going on here", row["task_id"])
+                    task = asyncio.create_task(self._resume(row))
+                    self.running.add(task)
+                    task.add_done_callback(self.running.discard)
+            except DATABASE_ERRORS as exc:
+                logger.warning("cannot claim orphaned tasks: %s", str(exc).splitlines()[0])
+            await asyncio.sleep(self.poll)
+
+    async def _resume(self, row: dict) -> None:
+        context = ServerCallContext(user=Caller(row["owner"]))
+        task_id, context_id = row["task_id"], row["context_id"]
+        try:
+            active = await self.registry.get_or_create(
+                task_id, call_context=context, context_id=context_id
+            )
+        except A2AError:  # cancelled or ended meanwhile: nothing to go on with
+            return await self.work.finish(task_id)
+        request = RequestContext(call_context=context, task_id=task_id, context_id=context_id)
+        try:
+            async for _ in active.subscribe(request=request):
+                pass  # the events are stored as they come; subscribers read them there
+        except Exception:
+            logger.exception("task %s: resuming failed", task_id)
+        finally:
+            await active.aclose()
+
+    async def stop(self) -> None:
+        for task in list(self.running):
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+        await self.registry.aclose()
