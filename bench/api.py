@@ -4,7 +4,8 @@ Starts every API on a free port (offline model, no token delay, cache off), then
 POST /v1/invoke of each in turn with wrk, for several rounds, so that a busy machine slows them all
 alike. Prints one table of medians over the rounds: throughput, latency, and the CPU time the server
 process spent per request (read from /proc), which other work on a shared machine disturbs far less
-than throughput; each API's throughput and CPU per request also as a ratio to the basic API's.
+than throughput; each API's throughput and CPU per request also as a ratio to step 1's, the basic
+API.
 Settings: BENCH_SECONDS per API and round (default 5), BENCH_ROUNDS (default 5), BENCH_CONNECTIONS
 (default 16).
 """
@@ -23,12 +24,17 @@ from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
+# Each step of lesson 01 adds one habit to the one before; the production version adds the rest.
 TARGETS = {
     "bare FastAPI": ROOT / "bench" / "bare_api.py",
-    "01 basic": ROOT / "code" / "01_basic_api.py",
+    "01 step 1 (basic)": ROOT / "code" / "01_step1_api.py",
+    "01 step 2 (request ids)": ROOT / "code" / "01_step2_request_ids.py",
+    "01 step 3 (metrics)": ROOT / "code" / "01_step3_metrics.py",
+    "01 step 4 (errors)": ROOT / "code" / "01_step4_errors.py",
+    "01 step 5 (shutdown)": ROOT / "code" / "01_step5_shutdown.py",
     "01 production": ROOT / "code" / "01_production_api.py",
-    "01 shutdown": ROOT / "code" / "01_graceful_shutdown.py",
 }
+BASIC, HABITS = "01 step 1 (basic)", ["01 step 5 (shutdown)", "01 production"]
 SECONDS = int(os.getenv("BENCH_SECONDS", "5"))
 ROUNDS = int(os.getenv("BENCH_ROUNDS", "5"))
 CONNECTIONS = int(os.getenv("BENCH_CONNECTIONS", "16"))
@@ -104,7 +110,7 @@ def main() -> None:
         results = bench(lua.name)
     finally:
         os.unlink(lua.name)
-    basic = results["01 basic"]
+    basic = results[BASIC]
     print(
         f"\nPOST /v1/invoke, wrk 1 thread, {CONNECTIONS} connections, {SECONDS}s per API and "
         f"round, median of {ROUNDS} rounds, {os.cpu_count()} CPUs\n"
@@ -125,7 +131,7 @@ def main() -> None:
         ],
     )
     print()
-    for name in ("01 production", "01 shutdown"):
+    for name in HABITS:
         extra = results[name]["cpu"] / basic["cpu"] - 1
         verdict = "within" if extra <= 0.15 else "OVER"
         print(

@@ -1,9 +1,9 @@
-"""Lesson 01's step-2 modules, one per topic of docs/01-agent-api.md, imported by
-code/01_production_api.py:
+"""Lesson 01's modules, one per topic of docs/01-agent-api.md, imported by its steps
+(code/01_step*.py) and its production version (code/01_production_api.py):
 
-    request_context.py  a request id per request, and the JSON log lines that carry it
-    openapi.py          the OpenAPI document says what the API really sends
-    deadline.py         the deadline on each model call, and what its failures become
-    nesting.py          a bound on how deeply a JSON value may nest
-    cors.py             CORS from settings
+    agent.py            step 1: the agent every step serves, a prompt and a chat model
+    request_context.py  step 2: an id for every request, and JSON log lines that carry it
+    errors.py           step 4: one error shape for every failure, and a deadline on the model
+    shutdown.py         step 5: SIGTERM without losing an answer or cutting one silently
+    body_limit.py, cors.py, nesting.py, openapi.py: what the production version adds
 """

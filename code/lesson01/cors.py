@@ -1,4 +1,4 @@
-"""Lesson 01, step 2: CORS from settings.
+"""Lesson 01, the production version: CORS from settings.
 
 A browser app on another origin may call the API only if the API says so. No origins, no CORS
 headers: only same-origin pages and non-browser clients can call.

@@ -1,4 +1,4 @@
-"""Lesson 01, step 2: a bound on how deeply a JSON value may nest.
+"""Lesson 01, the production version: a bound on how deeply a JSON value may nest.
 
 A context nested a thousand levels deep parses, then makes json.dumps (the cache key, the prompt)
 recurse past Python's limit: a 500. Checked while validating, it is a 422 instead.

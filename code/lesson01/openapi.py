@@ -1,4 +1,4 @@
-"""Lesson 01, step 2: the OpenAPI document says what the API really sends.
+"""Lesson 01, the production version: the OpenAPI document says what the API really sends.
 
 FastAPI documents a route from its return type, so it would describe a 422 as `{"detail": ...}`
 while the handlers send `{"error": ...}`, and a stream or /metrics as JSON. Passed as `responses=`,
@@ -42,9 +42,18 @@ ERROR_STATUSES = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The `responses=` of a route: each status it can answer, with the error shape as its body."""
+def error_responses(*statuses: int, named: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: each status it can answer, with the error shape as its body.
+    On a stream's route FastAPI would file a bare model under text/event-stream, but errors are
+    JSON: `named=True` names the content type and refers to the schema (which a route with
+    `named=False` puts in the components)."""
+    if named:
+        body = {"content": {"application/json": {"schema": {"$ref": ERROR_RESPONSE_REF}}}}
+        return {s: {"description": ERROR_STATUSES[s], **body} for s in statuses}
     return {s: {"model": ErrorResponse, "description": ERROR_STATUSES[s]} for s in statuses}
+
+
+ERROR_RESPONSE_REF = "#/components/schemas/ErrorResponse"
 
 
 # /metrics answers Prometheus' text format, not the JSON FastAPI would assume.

@@ -1,27 +1,26 @@
-"""Lesson 01, step 2: the context of each request, and the JSON log lines that carry it.
+"""Lesson 01, step 2: an id for every request, and log lines that are JSON and carry it.
 
-`RequestContextMiddleware` gives every request an id (the caller's `X-Request-ID` when it looks
-sane), refuses a body over the limit before reading it, and counts and logs every request under its
-route template. `JsonFormatter` writes each log line as one JSON object with that id.
+`RequestContextMiddleware` gives each request an id (the caller's X-Request-ID when it looks sane,
+else a new one), keeps it for every log line of the request and sends it back, and logs the request
+once, at its last byte. `configure_logging` writes every log line as one JSON object.
 """
 
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from fastapi import HTTPException
-from prometheus_client import Counter, Histogram
-from starlette.responses import Response
-
 logger = logging.getLogger("agent_api")
 
-# The id of the request being served: every log line and every error body carries it.
+# The id of the request being served: a ContextVar, so each request (each task) sees its own.
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+# A caller's id is kept only if it is short and plain: no newlines or megabytes in the logs.
+SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,87 +31,50 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": request_id_var.get(),
+            **getattr(record, "fields", {}),  # logger.info("...", extra={"fields": {...}})
         }
-        entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
-class PayloadTooLarge(HTTPException):
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"The request body is larger than {max_bytes} bytes")
-
-
-# A caller's id is kept only if it is short and plain: no newlines or megabytes in the logs.
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+def configure_logging(level: str = "INFO") -> None:
+    """Every log line as one JSON object on stdout (uvicorn's too: run it with log_config=None)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 class RequestContextMiddleware:
-    """Plain ASGI: it watches each message go by, so a stream is neither buffered nor copied."""
+    """Plain ASGI: it sees each message go by, so a stream is neither buffered nor copied. At the
+    last byte it logs the request and hands its numbers to `on_done` (step 3: the metrics)."""
 
-    def __init__(
-        self,
-        app,
-        *,
-        max_body_bytes: int,
-        requests: Counter,
-        latency: Histogram,
-        internal_error: Callable[[], Response],
-    ):
-        self.app, self.max_body_bytes = app, max_body_bytes
-        self.requests, self.latency, self.internal_error = requests, latency, internal_error
+    def __init__(self, app, on_done: Callable[[str, str, int, float], None] | None = None):
+        self.app, self.on_done = app, on_done
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if SAFE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         request_id_var.set(request_id)
-        declared_length = headers.get(b"content-length", b"")
-        received = 0
-        started = time.perf_counter()
-        status: int | None = None  # set when the app starts its response
-
-        # [start:receive-send]
-        async def receive_with_limit():
-            # Refuse before reading: by the declared length, else by counting (a chunked body).
-            nonlocal received
-            if declared_length.isdigit() and int(declared_length) > self.max_body_bytes:
-                raise PayloadTooLarge(self.max_body_bytes)
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise PayloadTooLarge(self.max_body_bytes)
-            return message
+        started, status = time.perf_counter(), 500  # 500 unless a response starts
 
         async def send_with_request_id(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = message.get("headers", [])
+                message["headers"] = [*headers, (b"x-request-id", request_id.encode())]
             await send(message)
-            # [end:receive-send]
 
         try:
-            await self.app(scope, receive_with_limit, send_with_request_id)
-        except Exception:
-            # Anything no handler caught: log the traceback, tell the client nothing internal.
-            logger.exception("Unhandled error")
-            if status is not None:  # the response has started: all we can do is drop the connection
-                raise
-            await self.internal_error()(scope, receive, send_with_request_id)
-        finally:
-            # The route template (/v1/invoke), never the raw path: unknown paths share one series.
-            route = getattr(scope.get("route"), "path", "unmatched")
-            elapsed = time.perf_counter() - started
-            status = status or 500
-            self.requests.labels(scope["method"], route, str(status)).inc()
-            self.latency.labels(scope["method"], route).observe(elapsed)
+            await self.app(scope, receive, send_with_request_id)
+        finally:  # after the last byte: a stream is logged when it ends, not when it starts
+            route = getattr(scope.get("route"), "path", "unmatched")  # the template: /v1/invoke
+            seconds = time.perf_counter() - started
             fields = {"method": scope["method"], "route": route, "status": status}
-            fields["duration_ms"] = round(elapsed * 1000, 2)
+            fields["duration_ms"] = round(seconds * 1000, 1)
             logger.info("request", extra={"fields": fields})
+            if self.on_done is not None:
+                self.on_done(scope["method"], route, status, seconds)

@@ -1,6 +1,6 @@
-"""SIGTERM against a real uvicorn process: nothing in flight is lost or cut silently; it exits.
-
-Step 3 is step 1 plus shutdown handling: plain-text logs, FastAPI's own error body for /ready.
+"""Step 5 (code/01_step5_shutdown.py, lesson01/shutdown.py): SIGTERM against a real uvicorn process,
+nothing in flight lost or cut silently, and the process exits. The production version ends what the
+grace cannot finish the same way.
 """
 
 import asyncio
@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
-SCRIPT = "01_graceful_shutdown.py"
+SCRIPT = "01_step5_shutdown.py"
 CUT_OFF = "<connection closed mid-stream>"
 
 
@@ -45,6 +45,16 @@ SHUTTING_DOWN = {
     "message": "The server is shutting down",
     "retryable": True,
 }
+DRAINING = {"type": "not_ready", "message": "The server is shutting down"}
+
+
+def without_id(error: dict) -> dict:
+    return {k: v for k, v in error.items() if k != "request_id"}
+
+
+def messages(log: str) -> list[str]:
+    """The messages of a JSON log, one object per line."""
+    return [json.loads(line)["message"] for line in log.splitlines() if line.startswith("{")]
 
 
 def test_sigterm_drains_lets_a_stream_finish_and_the_process_exit(start_server):
@@ -66,7 +76,7 @@ def test_sigterm_drains_lets_a_stream_finish_and_the_process_exit(start_server):
     with httpx.Client(base_url=server.url, timeout=5) as http:
         ready = http.get("/ready")
         assert ready.status_code == 503
-        assert ready.json() == {"detail": "The server is shutting down"}
+        assert without_id(ready.json()["error"]) == DRAINING
         assert http.get("/health").status_code == 200
         # By design: during the drain a request that still arrives is answered, not refused.
         # (A whole answer, 35 tokens: it may outlast the drain, and then finishes in the grace.)
@@ -93,9 +103,10 @@ def test_sigterm_drains_lets_a_stream_finish_and_the_process_exit(start_server):
     # 4. The process exits by itself, inside the budget.
     returncode = server.process.wait(timeout=drain + grace)
     assert returncode in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
-    lines = server.log_text().splitlines()
-    assert any("SIGTERM received: /ready now answers 503" in line for line in lines), lines
-    assert "INFO:     Stopped" in lines and not any("Cut by shutdown" in line for line in lines)
+    logged = messages(server.log_text())
+    assert "SIGTERM: /ready answers 503, 1 request(s) in flight" in logged, logged
+    assert "Application shutdown complete." in logged
+    assert not any(message.startswith("Cut by shutdown") for message in logged), logged
 
 
 def test_what_the_grace_cannot_finish_is_ended_with_an_error_not_cut(start_server):
@@ -128,24 +139,26 @@ def test_what_the_grace_cannot_finish_is_ended_with_an_error_not_cut(start_serve
     assert CUT_OFF not in long_events and long_events[-1] == ("message", "[DONE]"), long_events
     event, data = long_events[-2]
     assert event == "error", long_events
-    assert json.loads(data)["error"] == SHUTTING_DOWN
-    # The invoke had sent nothing yet: it gets a 503 in the error shape.
+    assert without_id(json.loads(data)["error"]) == SHUTTING_DOWN
+    # The invoke had sent nothing yet: it gets a 503 in the error shape, with its request id.
     (response,) = invoked
     assert response.status_code == 503
-    assert response.json() == {"error": SHUTTING_DOWN}
+    assert response.json() == {
+        "error": SHUTTING_DOWN | {"request_id": response.headers["x-request-id"]}
+    }
 
     # The process exits by itself, and uvicorn never had to cancel anything.
     returncode = server.process.wait(timeout=30)
     assert returncode in (0, -signal.SIGTERM)
     output = server.log_text()
-    cuts = [line for line in output.splitlines() if "Cut by shutdown" in line]
-    assert sorted(line.rsplit(" ", 1)[-1] for line in cuts) == ["/v1/invoke", "/v1/stream"]
+    cuts = [m for m in messages(output) if m.startswith("Cut by shutdown")]
+    assert sorted(m.rsplit(" ", 1)[-1] for m in cuts) == ["/v1/invoke", "/v1/stream"]
     assert "timeout graceful shutdown exceeded" not in output
 
 
-@pytest.fixture
-def shutdown_app(load_script):
-    module = load_script(SCRIPT, OFFLINE_TOKEN_DELAY_MS="100")
+@pytest.fixture(params=[SCRIPT, "01_production_api.py"])
+def shutdown_app(load_script, request):
+    module = load_script(request.param, OFFLINE_TOKEN_DELAY_MS="100")
     with TestClient(module.app) as client:
         yield module, client
 
@@ -169,10 +182,11 @@ def test_a_cut_stream_ends_with_an_error_event_and_is_logged(shutdown_app, caplo
         connect_sse(client, "POST", "/v1/stream", json={"query": "long"}) as source,
     ):
         events = list(source.iter_sse())
+        request_id = source.response.headers["x-request-id"]
     assert 0 < len(events) - 1 < 30
     assert events[-2].event == "error", events
     assert events[-1].data == "[DONE]", events
-    assert json.loads(events[-2].data)["error"] == SHUTTING_DOWN
+    assert json.loads(events[-2].data)["error"] == SHUTTING_DOWN | {"request_id": request_id}
     assert cuts_logged(caplog) == ["Cut by shutdown: the grace ran out: POST /v1/stream"]
 
 
@@ -182,7 +196,9 @@ def test_a_cut_request_that_sent_nothing_gets_a_503(shutdown_app, caplog):
     with caplog.at_level(logging.WARNING):
         response = client.post("/v1/invoke", json={"query": "long"})
     assert response.status_code == 503
-    assert response.json() == {"error": SHUTTING_DOWN}
+    assert response.json() == {
+        "error": SHUTTING_DOWN | {"request_id": response.headers["x-request-id"]}
+    }
     assert cuts_logged(caplog) == ["Cut by shutdown: the grace ran out: POST /v1/invoke"]
 
 
@@ -192,5 +208,5 @@ def test_ready_is_a_503_while_draining(shutdown_app):
     module.shutdown.draining = True
     response = client.get("/ready")
     assert response.status_code == 503
-    assert response.json() == {"detail": "The server is shutting down"}
+    assert without_id(response.json()["error"]) == DRAINING
     assert client.get("/health").status_code == 200  # alive, only leaving

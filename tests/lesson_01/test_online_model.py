@@ -7,7 +7,14 @@ from httpx_sse import connect_sse
 from tests.support.openai_stub import ChatCompletionsStub
 
 ANSWER = "Containers package code with its dependencies"
-SCRIPTS = ["01_basic_api.py", "01_production_api.py", "01_graceful_shutdown.py"]
+SCRIPTS = [
+    "01_step1_api.py",
+    "01_step2_request_ids.py",
+    "01_step3_metrics.py",
+    "01_step4_errors.py",
+    "01_step5_shutdown.py",
+    "01_production_api.py",
+]
 
 
 def stub_usage(request: dict, answer: str) -> int:

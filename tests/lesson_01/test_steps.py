@@ -1,116 +1,206 @@
-"""The three scripts are steps: each keeps the names and shape of the one it builds on and adds
-to it. Steps 2 and 3 both build on step 1: `diff code/01_basic_api.py code/01_production_api.py`
-is the production habits, `diff code/01_basic_api.py code/01_graceful_shutdown.py` the shutdown,
-so these tests keep each diff small and about its idea.
+"""Lesson 01's steps (code/01_step1_api.py ... code/01_step5_shutdown.py): each keeps the names and
+the shape of the one before and adds its idea; `make lesson-01 STEP=K` serves step K; each step,
+served as the doc serves it, prints what docs/01-agent-api.md shows; and the last step and the
+production version (code/01_production_api.py) answer alike.
+
+The doc's `curl` commands are run against each step by tests/repo/test_docs.py, and step 5's
+SIGTERM commands by tests/repo/test_docs_commands.py.
 """
 
 import ast
-import inspect
+import json
+import re
+import subprocess
+import time
 
+import httpx
 import pytest
+from fastapi.testclient import TestClient
+from httpx_sse import connect_sse
 
-from support.lessons import ROOT
+from support.lessons import ROOT, step_files
 from tests.support.steps import removed_and_added
 
-CODE = ROOT / "code"
+STEPS = [
+    "code/01_step1_api.py",
+    "code/01_step2_request_ids.py",
+    "code/01_step3_metrics.py",
+    "code/01_step4_errors.py",
+    "code/01_step5_shutdown.py",
+]
+PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
+PRODUCTION = "code/01_production_api.py"
+DOC = ROOT / "docs" / "01-agent-api.md"
 
-STEPS = ["01_basic_api.py", "01_production_api.py", "01_graceful_shutdown.py"]
-BASIC, PRODUCTION, SHUTDOWN = STEPS
-PAIRS = [(BASIC, PRODUCTION), (BASIC, SHUTDOWN)]
-STABLE = ["Agent", "AgentRequest", "AgentResponse", "lifespan", "get_agent", "AgentDep"]
-STABLE += ["health", "ready", "invoke", "stream", "app"]
 
-
-def tree(step: str) -> ast.Module:
-    return ast.parse((CODE / step).read_text(encoding="utf-8"))
-
-
-def top_level_names(module: ast.Module) -> dict[str, int]:
-    """Each name a module defines at top level, with the line that defines it."""
-    names = {}
-    for node in module.body:
+def top_level_names(step: str) -> set[str]:
+    names = set()
+    for node in ast.parse((ROOT / step).read_text(encoding="utf-8")).body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names[node.name] = node.lineno
+            names.add(node.name)
         elif isinstance(node, ast.Assign):
-            names.update({t.id: node.lineno for t in node.targets if isinstance(t, ast.Name)})
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            names[node.target.id] = node.lineno
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
     return names
+
+
+def dry_run(*goals: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.lessons", *goals],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_steps_are_the_files_make_serves():
+    assert [str(p.relative_to(ROOT)) for p in step_files("01")] == STEPS
+    make = dry_run("lesson-01")
+    assert make.returncode == 0, make.stderr
+    assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[-1]}")  # alone: the last step
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
+def test_make_lesson_01_step_k_serves_step_k_with_a_banner(step):
+    make = dry_run("lesson-01", f"STEP={step}")
+    assert make.returncode == 0, make.stderr
+    assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[step - 1]}")
+    assert f"Lesson 01, step {step} of 5" in make.stdout
+    assert f"docs/01-agent-api.md, section {step}" in make.stdout
+
+
+def test_a_step_that_does_not_exist_is_refused_by_name():
+    make = subprocess.run(
+        ["make", "-n", "lesson-01", "STEP=9"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert make.returncode != 0
+    assert 'there is no step "9"' in make.stderr
 
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_keeps_every_name_of_the_one_before(before, after):
-    missing = set(top_level_names(tree(before))) - set(top_level_names(tree(after)))
+    missing = top_level_names(before) - top_level_names(after)
     assert not missing, f"{after} drops {sorted(missing)}"
-    assert set(STABLE) <= set(top_level_names(tree(after)))
 
 
-@pytest.mark.parametrize("before, after", PAIRS)
-def test_the_agent_keeps_its_methods_and_return_types(load_script, before, after):
-    old, new = load_script(before).Agent, load_script(after).Agent
-    for method in ("_inputs", "invoke", "stream"):
-        assert inspect.signature(getattr(old, method)).parameters.keys() == (
-            inspect.signature(getattr(new, method)).parameters.keys()
-        ), method
-    assert inspect.signature(new.invoke).return_annotation.__name__ == "AgentResponse"
-    # The constructor may take more, but only with defaults: step 1's call still works.
-    old_init = inspect.signature(old.__init__).parameters
-    new_init = inspect.signature(new.__init__).parameters
-    assert list(new_init)[: len(old_init)] == list(old_init)
-    assert all(p.default is not p.empty for p in list(new_init.values())[len(old_init) :])
-
-
-# How many code lines each step may take away from the one before: step 2 moves step 1's
-# os.getenv() calls into Settings and re-indents two loops; step 3 changes an import and a title.
-MOST_REMOVED = {PAIRS[0]: 25, PAIRS[1]: 2}
+# What each step may take away from the one before: the lines it changes (step 2: the logging
+# call; step 4: the app's line, the invoke and stream loops, the stream's error).
+MOST_REMOVED = {PAIRS[0]: 1, PAIRS[1]: 1, PAIRS[2]: 5, PAIRS[3]: 0}
 
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
     removed, added = removed_and_added(
-        (CODE / before).read_text(encoding="utf-8"), (CODE / after).read_text(encoding="utf-8")
+        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
     )
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
-    assert len(added) > 4 * len(removed)
+    assert len(added) > 2 * len(removed)
 
 
-# Step 3's diff against step 1 is the shutdown: these names, and none of step 2's habits.
-SHUTDOWN_NAMES = {"SHUTDOWN_DRAIN_SECONDS", "GRACEFUL_SHUTDOWN_SECONDS", "CUT_MARGIN_SECONDS"}
-SHUTDOWN_NAMES |= {"SHUTTING_DOWN", "ShutdownState", "EndInTime", "shutdown"}
+# --- Run as the doc runs them -------------------------------------------------------------------
 
 
-def test_step_3_adds_the_shutdown_to_step_1_and_nothing_else():
-    added = set(top_level_names(tree(SHUTDOWN))) - set(top_level_names(tree(BASIC)))
-    assert added == SHUTDOWN_NAMES
-    assert len((CODE / SHUTDOWN).read_text(encoding="utf-8").splitlines()) <= 400
+def test_step_2_logs_the_line_the_doc_shows(start_server):
+    """Section 2: the doc's curl with its X-Request-ID, and the server's log line for it."""
+    server = start_server("01_step2_request_ids.py", OFFLINE_TOKEN_DELAY_MS="0")
+    shown = re.search(r"The server's terminal shows.*?```json\n(.*?)\n```", DOC.read_text(), re.S)
+    expected = json.loads(shown[1])
+    answer = httpx.post(
+        f"{server.url}/v1/invoke",
+        json={"query": "What is a container?"},
+        headers={"X-Request-ID": expected["request_id"]},
+        timeout=30,
+    )
+    assert answer.headers["x-request-id"] == expected["request_id"]
+
+    def request_line():
+        for line in server.log_text().splitlines():
+            if line.startswith("{") and '"message": "request"' in line:
+                entry = json.loads(line)
+                if entry["request_id"] == expected["request_id"]:
+                    return entry
+        return None
+
+    deadline = time.monotonic() + 10
+    while (entry := request_line()) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert entry is not None, server.log_text()
+    assert entry.keys() == expected.keys()
+    volatile = {"time", "duration_ms"}
+    assert {k: v for k, v in entry.items() if k not in volatile} == {
+        k: v for k, v in expected.items() if k not in volatile
+    }
+    # Every line the server wrote is one JSON object: uvicorn's own lines too.
+    for line in server.log_text().splitlines():
+        assert json.loads(line)["level"], line
 
 
-@pytest.mark.parametrize("step", [PRODUCTION])
-def test_settings_are_the_only_reader_of_the_environment(step):
-    source = (CODE / step).read_text(encoding="utf-8")
-    assert "os.getenv" not in source and "os.environ" not in source
-    assert source.count("basicConfig(") == 1  # inside configure_logging(), nowhere else
+# --- The last step and the production version answer alike --------------------------------------
+
+# Requests both must answer alike: the status, the body's keys and the fields step 5 sends (the
+# production version's answers add request_id, cached, latency_ms and created_at).
+ASKED = [
+    ("GET", "/health", None),
+    ("GET", "/ready", None),
+    ("POST", "/v1/invoke", {"query": "What is a container?"}),
+    ("POST", "/v1/invoke", {"query": ""}),
+    ("POST", "/v1/invoke", {}),
+    ("POST", "/v1/invoke", {"query": "x" * 4001}),
+    ("GET", "/v1/invoke", None),
+    ("GET", "/no-such-page", None),
+]
+VOLATILE = {"request_id"}
 
 
-@pytest.mark.parametrize("step", STEPS)
-def test_helpers_are_defined_before_the_code_that_uses_them(step):
-    module = tree(step)
-    defined = top_level_names(module)
-    late = []
-    for node in module.body:
-        # Names bound inside the statement (arguments, local variables) are not the module's.
-        local = {n.arg for n in ast.walk(node) if isinstance(n, ast.arg)}
-        local |= {
-            n.id
-            for n in ast.walk(node)
-            if isinstance(n, ast.Name) and n.ctx.__class__ is not ast.Load
-        }
-        for used in ast.walk(node):
-            if (
-                isinstance(used, ast.Name)
-                and isinstance(used.ctx, ast.Load)
-                and used.id not in local
-                and defined.get(used.id, 0) > node.lineno
-            ):
-                late.append(f"line {used.lineno}: {used.id} (defined on line {defined[used.id]})")
-    assert not late, "\n".join(late)
+def comparable(body):
+    if isinstance(body, dict):
+        return {k: comparable(v) for k, v in body.items() if k not in VOLATILE}
+    if isinstance(body, list):
+        return [comparable(item) for item in body]
+    return body
+
+
+@pytest.fixture
+def last_step_and_production(load_script):
+    last, production = load_script(STEPS[-1][5:]), load_script(PRODUCTION[5:])
+    with TestClient(last.app) as step, TestClient(production.app) as prod:
+        yield step, prod
+
+
+@pytest.mark.parametrize("method, path, body", ASKED, ids=lambda v: str(v)[:30])
+def test_the_last_step_and_the_production_version_answer_alike(
+    last_step_and_production, method, path, body
+):
+    step, prod = last_step_and_production
+    answers = [client.request(method, path, json=body) for client in (step, prod)]
+    assert answers[0].status_code == answers[1].status_code, [a.text for a in answers]
+    assert answers[0].headers.get("allow") == answers[1].headers.get("allow")
+    mine, theirs = (comparable(a.json()) for a in answers)
+    if path == "/v1/invoke" and answers[0].status_code == 200:
+        theirs = {k: v for k, v in theirs.items() if k in mine}  # the production's extra fields
+    assert mine == theirs
+
+
+def test_the_last_step_and_the_production_version_stream_alike(last_step_and_production):
+    streams = []
+    for client in last_step_and_production:
+        with connect_sse(client, "POST", "/v1/stream", json={"query": "stream me"}) as source:
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            streams.append([(e.event, e.data) for e in source.iter_sse()])
+    assert streams[0] == streams[1]
+    assert streams[0][-1] == ("message", "[DONE]") and len(streams[0]) > 10
+
+
+def test_the_last_step_and_the_production_version_count_the_same_series(
+    last_step_and_production,
+):
+    series = []
+    for client in last_step_and_production:
+        client.post("/v1/invoke", json={"query": "count me"})
+        client.get("/no-such-page")
+        text = client.get("/metrics").text
+        series.append(
+            {line.split(" ")[0] for line in text.splitlines() if line.startswith("http_")}
+        )
+    assert series[0] <= series[1]
+    assert 'http_requests_total{method="GET",route="unmatched",status="404"}' in series[0]
