@@ -151,7 +151,9 @@ add_a2a_routes_to_fastapi(
 @app.middleware("http")
 async def who_calls(request: Request, call_next):
     """Host and Origin first (a page elsewhere, or a DNS name rebound to us, is refused), then
-    a bearer token we issued for everything but the card and the health checks."""
+    a bearer token we issued for everything but the card. The health checks say nothing."""
+    if request.url.path in ("/health", "/ready"):
+        return await call_next(request)
     host, origin = request.headers.get("host", ""), request.headers.get("origin")
     if host not in settings.ALLOWED_HOSTS:
         return JSONResponse(error_body("host_not_allowed", f"not served as {host[:100]!r}"), 421)
@@ -161,7 +163,7 @@ async def who_calls(request: Request, call_next):
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = scheme.lower() == "bearer"
     request.state.caller = CALLERS.get(token_hash(token.strip())) if bearer else None
-    if request.state.caller or request.url.path in (CARD_PATH, "/health", "/ready"):
+    if request.state.caller or request.url.path == CARD_PATH:
         return await call_next(request)
     body = error_body("unauthorized", "send a bearer token that this agent issued")
     return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
