@@ -2,12 +2,14 @@
 
 Run it:  make lesson-08     (in Compose, with the agent; tool servers start on demand)
   or:    make lesson-08-replicas   (two stateless replicas behind HAProxy, pins in Redis)
-  or:    .venv/bin/python code/08_mcp_gateway.py          (servers from GATEWAY_CATALOG)
-         .venv/bin/python code/08_mcp_gateway.py repin notes    (the running gateway accepts a
-                                                 server's changed tools: POST /pins/notes/repin)
+  or:    .venv/lesson08/bin/python code/08_mcp_gateway.py          (servers from GATEWAY_CATALOG)
+         .venv/lesson08/bin/python code/08_mcp_gateway.py repin notes   (the running gateway
+                                        accepts a server's changed tools: POST /pins/notes/repin)
 
 Endpoints:
-  POST/GET /mcp      Streamable HTTP: the tools of every catalog server, as this client may see them
+  POST /mcp          Streamable HTTP, stateless: the tools of every catalog server, as this client
+                     may see them. A 2026-07-28 request stands alone; a handshake-era client (the
+                     agent's mcp 1.x) is answered on its initialize too, and no session is kept.
   GET  /health       the gateway answers (nothing more: anyone may ask)
 The operator's, with `Authorization: Bearer $GATEWAY_OPERATOR_TOKEN` (no token set: refused):
   GET  /pins         what each server declared when it was pinned, and what is refused now
@@ -37,16 +39,13 @@ from lesson08.catalog import Catalog, load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
 from lesson08.operator_endpoints import OperatorEndpoints, repin_on_the_running_gateway
 from lesson08.pinning import PinnedProxyProvider, Pins, pin_store
-from lesson08.sessions import SessionGuard, limit_sessions, mcp_endpoint
-from lesson08.tracing import trace_gateway
-from lesson08.transport import quiet_closed_streams
+from lesson08.transport import split
 from lesson08.upstream import Upstream
 
 # One JSON line per event on stdout, from the gateway's own logger only (not every HTTP request).
 logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
 logger = logging.getLogger("mcp_gateway")
 logger.setLevel(logging.INFO)
-quiet_closed_streams()  # a client that ends its session is not an error
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,19 +57,14 @@ class Settings(BaseSettings):
     # Replicas behind an edge (deploy/lesson08/replicas.yaml): the pins in one Redis that every
     # replica checks against (lesson08.pinning.SharedPins), instead of the file above.
     GATEWAY_PINS_REDIS_URL: str = ""
-    # Stateless Streamable HTTP: no MCP session, every POST stands alone, so any replica can
-    # answer any request (no sticky sessions at the edge). Each call log line then names the
-    # replica (its host name: the container's id) that ran the call.
-    GATEWAY_STATELESS: bool = False
+    # One of several replicas behind an edge (any replica answers any request: none keeps a
+    # session): each call log line then names the replica (its host name: the container's id).
+    GATEWAY_REPLICAS: bool = False
     GATEWAY_CALL_TIMEOUT_SECONDS: float = 15.0
     GATEWAY_MAX_RESULT_BYTES: int = 1_000_000
     GATEWAY_MAX_IN_FLIGHT: int = 32  # MCP requests at once, all clients: 503 beyond
     GATEWAY_MAX_IN_FLIGHT_PER_CLIENT: int = 8  # per client: 429 beyond
     GATEWAY_MAX_CALLS_PER_CLIENT: int = 4  # tool calls running at once per client; more wait
-    # MCP sessions (lesson08.sessions): per client (an initialize beyond gets 429), and how long
-    # one may stay idle before it ends.
-    GATEWAY_MAX_SESSIONS_PER_CLIENT: int = 16
-    GATEWAY_SESSION_IDLE_SECONDS: float = 120.0
     # The operator's bearer token for /pins, /metrics and re-pinning; empty: nobody gets them.
     GATEWAY_OPERATOR_TOKEN: str = ""
     # Where `repin` finds the running gateway and its operator token (make lesson-08 writes it).
@@ -89,10 +83,6 @@ class Settings(BaseSettings):
     # Browsers may reach the gateway only from these origins (fnmatch patterns); Host likewise.
     GATEWAY_ALLOWED_ORIGINS: str = "http://127.0.0.1:*,http://localhost:*"
     GATEWAY_ALLOWED_HOSTS: str = "127.0.0.1:*,localhost:*"
-
-
-def split(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class Gateway(NamedTuple):
@@ -131,7 +121,7 @@ def build_gateway(settings: Settings) -> Gateway:
                 max_result_bytes=settings.GATEWAY_MAX_RESULT_BYTES,
                 per_client=settings.GATEWAY_MAX_CALLS_PER_CLIENT,
                 known=lambda: set().union(*(p.listed for p in providers.values())),
-                replica=socket.gethostname() if settings.GATEWAY_STATELESS else None,
+                replica=socket.gethostname() if settings.GATEWAY_REPLICAS else None,
             )
         ],
     )
@@ -154,9 +144,13 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})  # for health checks: says nothing about the tools
 
 
-def build_app(settings: Settings):
-    gateway, catalog, pins, launcher, providers = build_gateway(settings)
-    trace_gateway(gateway, pins, providers)  # lesson 09: spans, once OTEL_* asks for them
+def build_app(settings: Settings, layers=()):
+    """The gateway's HTTP app. Each of `layers` is given the Gateway before the app is made (how
+    lesson 09 adds its spans, from outside this file: lesson08.tracing)."""
+    built = build_gateway(settings)
+    for layer in layers:
+        layer(built)
+    gateway, catalog, pins, launcher, providers = built
 
     gateway.custom_route("/health", methods=["GET"])(health)  # open to anyone
     # /pins, /pins/{server}/repin and /metrics: the operator's (lesson08/operator_endpoints.py)
@@ -171,30 +165,15 @@ def build_app(settings: Settings):
             total=settings.GATEWAY_MAX_IN_FLIGHT,
         )
     ]
-    if not settings.GATEWAY_STATELESS:  # stateless: no sessions to bound, the burst guard stays
-        middleware.append(
-            Middleware(
-                SessionGuard,
-                clients=catalog.clients,
-                per_client=settings.GATEWAY_MAX_SESSIONS_PER_CLIENT,
-                manager=lambda: mcp_endpoint(app).session_manager,
-            )
-        )
     app = gateway.http_app(
         path="/mcp",
         json_response=True,  # one JSON answer per request: a proxied call streams nothing
-        stateless_http=settings.GATEWAY_STATELESS,
+        stateless_http=True,  # no session, in either era: a request names its client each time
         host_origin_protection=True,  # a foreign Origin gets 403, an unknown Host 421
         allowed_origins=split(settings.GATEWAY_ALLOWED_ORIGINS),
         allowed_hosts=split(settings.GATEWAY_ALLOWED_HOSTS),
         middleware=middleware,
     )
-    if not settings.GATEWAY_STATELESS:
-        limit_sessions(
-            app,
-            idle_seconds=settings.GATEWAY_SESSION_IDLE_SECONDS,
-            total=settings.GATEWAY_MAX_SESSIONS_PER_CLIENT * len(catalog.clients),
-        )
     return app, catalog, launcher, providers
 
 
@@ -252,8 +231,8 @@ async def pin_checks(providers, every: float, timeout: float):
             task.cancel()
 
 
-async def serve(settings: Settings) -> None:
-    app, catalog, launcher, providers = build_app(settings)
+async def serve(settings: Settings, layers=()) -> None:
+    app, catalog, launcher, providers = build_app(settings, layers)
     config = uvicorn.Config(
         app,
         host=settings.HOST,

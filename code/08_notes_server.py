@@ -1,6 +1,6 @@
 """Lesson 08: the research agent's local search as an MCP server, `search_notes`.
 
-Run it:  .venv/bin/python code/08_notes_server.py     (PORT=8091 for another port)
+Run it:  .venv/lesson08/bin/python code/08_notes_server.py     (PORT=8091 for another port)
 Then point any MCP client at http://127.0.0.1:8000/mcp (Streamable HTTP).
 
 No network, no secrets: it reads the notes bundled with the research agent and answers.
@@ -11,18 +11,12 @@ from typing import Annotated
 
 import anyio
 import uvicorn
-from mcp.server.fastmcp import FastMCP
+from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lesson08.tracing import trace_tool_server
-from lesson08.transport import (
-    ServerSettings,
-    checked_once,
-    quiet_closed_streams,
-    transport_security,
-)
+from lesson08.transport import ServerSettings, http_app
 from research_agent import BUNDLED_NOTES_DIR, LocalSearch, format_results
 
 
@@ -33,14 +27,10 @@ class Settings(ServerSettings):
 
 
 settings = Settings()
-quiet_closed_streams()  # the gateway closing its session is not an error
 index = LocalSearch([settings.NOTES_DIR])
-server = FastMCP(
+server = MCPServer(
     "notes",
     instructions="Search the course's notes on containers and agents.",
-    host=settings.HOST,
-    transport_security=transport_security(settings),
-    json_response=True,  # one JSON answer per call: this tool sends nothing to stream
     log_level="WARNING",  # not the SDK's INFO line per request: a server log writes errors
 )
 
@@ -71,8 +61,7 @@ async def search_notes(query: Query) -> Found:
     sources = await anyio.to_thread.run_sync(
         index.search, query, settings.SEARCH_MAX_RESULTS, abandon_on_cancel=True, limiter=threads
     )
-    found = Found(text=format_results(list(enumerate(sources, 1))), sources=sources)
-    return checked_once(found)  # validated by its model, once (lesson08/transport.py)
+    return Found(text=format_results(list(enumerate(sources, 1))), sources=sources)
 
 
 @server.custom_route("/health", methods=["GET"])
@@ -80,8 +69,8 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "sections": len(index.sections)})
 
 
-trace_tool_server(server, "mcp-notes")  # lesson 09: spans, once OTEL_* asks for them
-app = server.streamable_http_app()
+# One JSON answer per call: this tool sends nothing to stream.
+app = http_app(server, settings, json_response=True)
 
 if __name__ == "__main__":
     uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_level="warning")

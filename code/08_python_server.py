@@ -1,7 +1,7 @@
 """Lesson 08: lesson 04's sandbox as an MCP server, `run_python`.
 
 Run it:  make lesson-08     (in Compose: the gateway starts it on demand, beside the notes server)
-  or:    .venv/bin/python code/08_python_server.py     (needs Docker and `make sandbox-image`)
+  or:    .venv/lesson08/bin/python code/08_python_server.py   (needs Docker, make sandbox-image)
 
 The sandbox stays the boundary: each call runs in a throwaway container with lesson 04's limits
 (no network, read-only, memory, pids, time, its own uid, seccomp). This server is only its front
@@ -12,13 +12,12 @@ only lesson 04's sandbox create and the calls a run makes (code/08_docker_guard.
 import json
 
 import uvicorn
-from mcp.server.fastmcp import FastMCP
-from mcp.server.fastmcp.exceptions import ToolError
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lesson08.tracing import trace_tool_server
-from lesson08.transport import ServerSettings, transport_security
+from lesson08.transport import ServerSettings, http_app
 
 # Lesson 04's runner, imported: the same container spec, admission, sweep and pool.
 from research_agent import SandboxConfig, SandboxError, sandbox_runner
@@ -39,18 +38,10 @@ class Settings(ServerSettings):
 
 settings = Settings()
 sandbox = Sandbox(owner=settings.GATEWAY_OWNER)
-server = FastMCP(
-    "python",
-    instructions="Run short Python programs in a sandbox.",
-    host=settings.HOST,
-    transport_security=transport_security(settings),
+server = MCPServer(
+    "python", instructions="Run short Python programs in a sandbox.", log_level="WARNING"
 )
-# Lesson 09: spans, once OTEL_* asks for them; each run then lesson 04's `sandbox run` span.
-runner = trace_tool_server(
-    server,
-    "mcp-python",
-    sandbox_runner(sandbox),
-)
+runner = sandbox_runner(sandbox)
 
 
 @server.tool()
@@ -69,7 +60,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "image": sandbox.image})
 
 
-app = server.streamable_http_app()
+app = http_app(server, settings)
 
 if __name__ == "__main__":
     uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_level="warning")

@@ -10,7 +10,7 @@ from mcp.server.mcpserver import MCPServer
 
 from research_agent import BUNDLED_NOTES_DIR, LocalSearch, format_results
 
-PORT = int(os.getenv("PORT", "8091"))
+PORT = int(os.getenv("NOTES_PORT", "8091"))
 notes = LocalSearch([BUNDLED_NOTES_DIR])  # lesson 02's search over the course notes
 server = MCPServer("notes", log_level="WARNING")
 

@@ -5,10 +5,9 @@ the tool servers (code/08_notes_server.py, code/08_python_server.py) and the Doc
 catalog.py             which tool servers exist, how each runs, which client may call what
 launcher.py            tool servers started on demand, limited, and stopped when idle
 call_limits.py         who is calling, allow-lists, timeouts, result caps, the call log and metrics
-sessions.py            MCP sessions, bounded per client
 pinning.py             a hash of each tool's declaration, so a changed tool is refused
 operator_endpoints.py  the operator's /pins, re-pinning and /metrics
 transport.py           where a server listens, which Origin and Host it answers
 guard_policy.py        what the Docker guard lets through for each caller, and nothing else
-tracing.py             lesson 09's spans for the gateway and the tool servers, joined by `_meta`
+tracing.py             lesson 09's spans for the gateway and the tool servers, attached from outside
 """

@@ -10,10 +10,10 @@
 - a burst guard in front of it all: POSTs in flight per client and in total are bounded; beyond
   that the answer is 429 or 503 with Retry-After, at once. A call counts as in flight until its
   answer is sent, not until its stream closes;
-- each answer checked once: the gateway's client checks it against the tool's schema
-  (research_agent.validate_answers_once), and the gateway sends it on as it is (CheckedResult);
-- one broken connection to a server fails the one request it carried, not every call that shares
-  the gateway's session with that server (CappedTransport).
+- a tool server's answer read up to the result cap, never more: a POST's answer is counted as it
+  arrives, an encoded one (gzip, ...) refused, since it would be inflated past any count of its
+  bytes, and a server's GET stream cut at the same cap (CappedTransport); one broken connection to
+  a server fails the one request it carried, not every call on the gateway's client to it.
 """
 
 import hmac
@@ -25,13 +25,11 @@ import time
 import uuid
 
 import anyio
-import httpx
-import mcp.types
+import httpx2
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_headers
 from fastmcp.server.middleware import Middleware
-from fastmcp.tools.base import ToolResult
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.responses import JSONResponse
 
@@ -72,32 +70,46 @@ def cut(text: str, limit: int = SHOWN) -> str:
 
 
 # A connection that broke after it was made (reset, closed mid-answer): what it carried may or may
-# not have run. A server that cannot be reached at all (ConnectError) still ends the session, and
-# the next use opens a new one.
-BROKEN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+# not have run. A server that cannot be reached at all (ConnectError) fails the call, and the next
+# use opens the client again.
+BROKEN = (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError)
+IDENTITY = ("", "identity")  # the only Content-Encoding an answer may have
 
 
-class CappedTransport(httpx.AsyncHTTPTransport):
-    """Each answer to a POST (one MCP request) is read up to `limit` bytes, never more: a server
-    that sends 50 MB costs the gateway `limit` bytes of memory, and the caller gets a JSON-RPC
-    error for that request instead of the answer.
+class CappedTransport(httpx2.AsyncHTTPTransport):
+    """What a tool server sends the gateway is bounded by `limit` bytes, as they arrive:
 
-    A POST whose connection breaks gets a JSON-RPC error too, for that request alone. The SDK's
-    client (mcp 1.x) sends each request from a task of the session's own task group, so an
-    exception there ends the session and every call in flight on it (modelcontextprotocol/
-    python-sdk#2604): one reset connection failed every call the gateway had on that server."""
+    - each answer to a POST (one MCP request) is read up to `limit` bytes, never more: a server
+      that sends 50 MB costs the gateway `limit` bytes, and the caller gets a JSON-RPC error for
+      that request instead of the answer;
+    - an answer is never decoded: the request asks for `Accept-Encoding: identity`, and an answer
+      that comes encoded anyway (gzip, br, zstd) is refused unread, since 1 MB of gzip inflates to
+      a gigabyte, past any cap on the bytes that came;
+    - a GET (a server's stream of notifications, in the handshake era) is cut after `limit` bytes.
+
+    A POST whose connection breaks gets a JSON-RPC error too, for that request alone: an
+    exception there would reach every call the gateway's client has in flight to that server."""
 
     def __init__(self, limit: int, **kwargs):
         super().__init__(**kwargs)
         self.limit = limit
 
     async def handle_async_request(self, request):
+        request.headers["accept-encoding"] = "identity"
         if request.method != "POST":
-            return await super().handle_async_request(request)
+            response = await super().handle_async_request(request)
+            if response.headers.get("content-encoding", "").lower() not in IDENTITY:
+                await response.aclose()
+                return httpx2.Response(406, request=request)
+            response.stream = CappedStream(response.stream, self.limit)
+            return response
         try:
             response = await super().handle_async_request(request)
             chunks, size = [], 0
             try:
+                if response.headers.get("content-encoding", "").lower() not in IDENTITY:
+                    encoding = response.headers["content-encoding"][:32]
+                    return self._error(request, f"answer encoded ({encoding}): refused unread")
                 async for chunk in response.stream:
                     size += len(chunk)
                     if size > self.limit:
@@ -112,14 +124,14 @@ class CappedTransport(httpx.AsyncHTTPTransport):
                 f"the connection to the tool server broke before it answered "
                 f"({type(exc).__name__}); the call may or may not have run",
             )
-        return httpx.Response(
+        return httpx2.Response(
             response.status_code,
             headers=response.headers,
-            stream=httpx.ByteStream(b"".join(chunks)),
+            stream=httpx2.ByteStream(b"".join(chunks)),
             extensions=response.extensions,
         )
 
-    def _error(self, request, message: str) -> httpx.Response:
+    def _error(self, request, message: str) -> httpx2.Response:
         """The JSON-RPC error the server could have sent for this request; a notification (no
         id) expects no answer: 202, as a server gives."""
         try:
@@ -128,8 +140,8 @@ class CappedTransport(httpx.AsyncHTTPTransport):
         except (ValueError, AttributeError):
             body, request_id = None, None
         if isinstance(body, dict) and "method" in body and "id" not in body:
-            return httpx.Response(202)
-        return httpx.Response(
+            return httpx2.Response(202)
+        return httpx2.Response(
             200,
             json={
                 "jsonrpc": "2.0",
@@ -139,10 +151,29 @@ class CappedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+class CappedStream(httpx2.AsyncByteStream):
+    """A server's stream, ended after `limit` bytes (the client sees the stream close)."""
+
+    def __init__(self, stream, limit: int):
+        self.stream, self.limit = stream, limit
+
+    async def __aiter__(self):
+        size = 0
+        async for chunk in self.stream:
+            size += len(chunk)
+            if size > self.limit:
+                logger.warning(json.dumps({"event": "upstream_stream_cut", "bytes": self.limit}))
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class KeptClient(Client):
-    """The gateway's session to one tool server, kept open between calls. It counts the uses
+    """The gateway's client to one tool server, kept open between calls. It counts the uses
     running on it (each call and each pin check enters it with `async with`), so the idle sweep
-    can leave a session alone while a request runs on it."""
+    can leave it alone while a request runs on it."""
 
     uses = 0  # the one that keeps it open, and those running now
 
@@ -163,60 +194,17 @@ class KeptClient(Client):
 def capped_client_factory(limit: int):
     """An httpx_client_factory for FastMCP's StreamableHttpTransport."""
 
-    def factory(**kwargs) -> httpx.AsyncClient:
+    def factory(**kwargs) -> httpx2.AsyncClient:
         # No read timeout of httpx's own (its default is 5 s, which would cut a slow tool first
         # with a vaguer error): CallPolicy's per-call timeout bounds every call.
-        kwargs.setdefault("timeout", httpx.Timeout(30.0, read=None))
+        kwargs["timeout"] = httpx2.Timeout(30.0, read=None)
         # An idle connection is dropped after 2 s, before the server drops it: uvicorn (the SDK's
-        # servers) closes one idle for 5 s, httpx would keep it 5 s too, and a request sent on it
-        # as the server closes it meets a reset.
-        transport = CappedTransport(limit, limits=httpx.Limits(keepalive_expiry=2.0))
-        return httpx.AsyncClient(transport=transport, **kwargs)
+        # servers) closes one idle for 5 s, and a request sent on it as the server closes it
+        # meets a reset.
+        transport = CappedTransport(limit, limits=httpx2.Limits(keepalive_expiry=2.0))
+        return httpx2.AsyncClient(transport=transport, **kwargs)
 
     return factory
-
-
-def cancel_when_abandoned(session) -> None:
-    """When the gateway gives up on a request to a server (the call's timeout, or its client
-    left), tell the server with notifications/cancelled: the SDK there cancels the tool's task
-    instead of running it to the end for nobody."""
-    send_request = session.send_request
-
-    async def send_request_or_cancel(request, *args, **kwargs):
-        request_id = session._request_id  # the id send_request is about to give this request
-        try:
-            return await send_request(request, *args, **kwargs)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                params = mcp.types.CancelledNotificationParams(
-                    requestId=request_id, reason="the gateway gave up on this call"
-                )
-                await session.send_notification(
-                    mcp.types.ClientNotification(mcp.types.CancelledNotification(params=params))
-                )
-            raise
-
-    session.send_request = send_request_or_cancel
-
-
-class CheckedResult(ToolResult):
-    """A server's answer that the gateway's client has validated against the tool's output schema
-    (validate_answers_once). Sent as a `CallToolResult`, which the SDK's server passes on as it
-    is, instead of validating the same answer against the same schema a second time."""
-
-    def to_mcp_result(self) -> mcp.types.CallToolResult:
-        return mcp.types.CallToolResult(
-            content=self.content,
-            structuredContent=self.structured_content,
-            isError=self.is_error,
-            _meta=self.meta,
-        )
-
-
-def validated_once(result):
-    if type(result) is ToolResult and result.structured_content is not None:
-        result.__class__ = CheckedResult  # the same answer, sent without a second check
-    return result
 
 
 def identify(clients: dict, authorization: str | None) -> str:
@@ -300,7 +288,7 @@ class CallPolicy(Middleware):
                     f"Tool {tool!r} answered {size:,} bytes, more than the gateway's limit of "
                     f"{self.max_result_bytes:,}; the answer was dropped."
                 )
-            return validated_once(result)
+            return result
         except Exception as exc:
             if outcome != "ok":  # refused above: the error says why
                 raise

@@ -30,9 +30,12 @@ from pathlib import Path
 from fastmcp.client.messages import MessageHandler
 from fastmcp.exceptions import ToolError
 from fastmcp.server.providers.proxy import ProxyProvider, ProxyTool, _CacheEntry
-from mcp.shared.exceptions import McpError
+from mcp.shared.exceptions import MCPError
 
 logger = logging.getLogger("mcp_gateway")
+# What a client reads when it calls a changed tool (the sentence lesson 08's step 5 gives it): the
+# server and what changed are in the log line and at GET /pins, for the operator.
+CHANGED = "Tool {tool!r} changed since it was pinned; refused until re-pinned."
 
 SUSPICIOUS = re.compile(
     r"ignore (all |any )?(the )?(previous|prior|above|earlier) (instructions|messages)"
@@ -115,19 +118,14 @@ class Pins:
                 changed = True
                 log_pinned(server, tool.name, pin)
             if pin["sha256"] != digest:
-                self._refuse(
-                    server,
-                    tool.name,
-                    "changed since it was pinned (its declaration: description, schemas, "
-                    f"title, annotations or _meta); refused until the operator re-pins server "
-                    f"{server!r}",
-                )
+                self._refuse(server, tool.name, CHANGED.format(tool=tool.name))
             elif pin["flagged"] and tool.name not in reviewed:
                 self._refuse(
                     server,
                     tool.name,
-                    "its description reads like instructions to the "
-                    f"model; refused until the catalog lists it under {server}.reviewed",
+                    f"Tool {tool.name!r} of server {server!r}: its description reads like "
+                    f"instructions to the model; refused until the catalog lists it under "
+                    f"{server}.reviewed.",
                 )
             else:
                 self.refused.pop(tool.name, None)
@@ -138,11 +136,12 @@ class Pins:
         return accepted
 
     def _refuse(self, server: str, tool: str, why: str) -> None:
+        """`why` is what the client reads: a whole sentence about the tool."""
         if self.refused.get(tool) != why:
             logger.warning(
                 json.dumps({"event": "tool_refused", "server": server, "tool": tool, "reason": why})
             )
-        self.refused[tool] = f"Tool {tool!r} of server {server!r} is {why}."
+        self.refused[tool] = why
         self.refused_server[tool] = server
 
     def save(self) -> None:
@@ -373,7 +372,7 @@ class PinnedTool(ProxyTool):
                 client = await self._get_client()  # the session that check listed on
             try:
                 return await super().run(arguments, context)
-            except McpError as exc:
+            except MCPError as exc:
                 gone = "Session terminated" in str(exc)
                 if (
                     attempt == 2

@@ -1,4 +1,4 @@
-"""Lesson 08: the gateway's session to one tool server (code/08_mcp_gateway.py makes one per
+"""Lesson 08: the gateway's client to one tool server (code/08_mcp_gateway.py makes one per
 catalog server, and the server's pin provider reaches it through connect, kept and reset)."""
 
 import asyncio
@@ -7,20 +7,20 @@ import time
 
 from fastmcp.client.transports import StreamableHttpTransport
 
-from lesson08.call_limits import KeptClient, cancel_when_abandoned, capped_client_factory
+from lesson08.call_limits import KeptClient, capped_client_factory
 from lesson08.catalog import ServerEntry
 from lesson08.pinning import ListChanged
-from research_agent import validate_answers_once
 
 
 class Upstream:
-    """One catalog server as the gateway reaches it: one MCP session, opened at its first use (the
-    launcher starts the server's container if nothing answers yet), then kept and shared by every
-    call; dropped when the server stops. The server's provider calls connect, kept and reset."""
+    """One catalog server as the gateway reaches it: one MCP client, opened at its first use (the
+    launcher starts the server's container if nothing answers yet; the client asks the server's
+    `server/discover`), then kept and shared by every call, each one POST that stands alone; dropped
+    when the server stops. The server's provider calls connect, kept and reset."""
 
     def __init__(self, entry: ServerEntry, launcher, max_result_bytes: int):
         self.entry, self.launcher, self.max_result_bytes = entry, launcher, max_result_bytes
-        self.client: KeptClient | None = None  # the kept session
+        self.client: KeptClient | None = None  # the kept client
         self.lock = asyncio.Lock()  # two first calls at once open one session
         self.changed = ListChanged()  # the server's tools/list_changed: check its pins again
 
@@ -33,8 +33,6 @@ class Upstream:
                 transport = StreamableHttpTransport(url, httpx_client_factory=factory)
                 client = self.client = KeptClient(transport, message_handler=self.changed)
                 await client.__aenter__()
-                cancel_when_abandoned(client.session)
-                validate_answers_once(client.session)
             self.launcher.touch(self.entry)
         return client
 

@@ -1,6 +1,6 @@
 """Lesson 08 without Docker: the notes server, a hostile server and the gateway run as processes,
-the commands their containers run; the container suite (marker `container`, `make mcp-test`)
-starts them the way `make lesson-08` does."""
+the commands their containers run, by the Python of lesson 08's own environment; the container
+suite (marker `container`, `make mcp-test`) starts them the way `make lesson-08` does."""
 
 from typing import NamedTuple
 
@@ -12,6 +12,9 @@ from support.mcp_servers import NOTES_SERVER, gateway, tool_server
 from support.ports import free_port
 from tests.support.agent import make_settings
 from tests.support.mcp_clients import HOSTILE_SERVER
+
+# Run by lesson 08's own environment (mcp 2.x), one pytest per file: test_gateway_env.py.
+collect_ignore = ["gateway_env"]
 
 AGENT_TOKEN = "agent-token-for-tests"
 TESTER_TOKEN = "tester-token-for-tests"
@@ -32,6 +35,32 @@ INITIALIZE = {
     },
 }
 MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+MODERN = "2026-07-28"
+
+
+def modern_request(method: str, request_id: int = 1, **params) -> dict:
+    """A request of the stateless revision: it carries its own protocol version, client and
+    capabilities in `_meta`, since no handshake told the server any of them."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientInfo": {"name": "lesson08-tests", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": method,
+        "params": {**params, "_meta": meta},
+    }
+
+
+def modern_headers(body: dict) -> dict:
+    """The headers the revision requires of every POST: its version, the method, and for a call
+    the tool's name, each equal to the body's (a proxy can route on them without reading it)."""
+    headers = {**MCP_HEADERS, "mcp-protocol-version": MODERN, "mcp-method": body["method"]}
+    if "name" in body["params"]:
+        headers["mcp-name"] = body["params"]["name"]
+    return headers
 
 
 @pytest.fixture(scope="package")

@@ -11,7 +11,16 @@ from fastmcp.client.transports import StreamableHttpTransport
 
 from tests.support.mcp_clients import log_lines, sdk_session
 
-from .conftest import AGENT_TOKEN, INITIALIZE, MCP_HEADERS, TESTER_TOKEN, bearer, operator
+from .conftest import (
+    AGENT_TOKEN,
+    INITIALIZE,
+    MCP_HEADERS,
+    TESTER_TOKEN,
+    bearer,
+    modern_headers,
+    modern_request,
+    operator,
+)
 
 pytestmark = pytest.mark.xdist_group("lesson08")
 
@@ -63,9 +72,10 @@ async def _initialize(http: httpx.AsyncClient, url: str, headers: dict) -> httpx
     return await http.post(url, json=INITIALIZE, headers={**MCP_HEADERS, **headers})
 
 
-def test_an_initialize_flood_is_capped_per_client_and_the_agent_still_gets_a_session(gw):
-    """~10,000 initialize POSTs filled the gateway (738 MiB) and left the agent without a
-    session. Now each client holds at most 16; the agent's token has its own share."""
+def test_an_initialize_flood_holds_nothing_and_the_agent_still_calls(gw):
+    """~10,000 initialize POSTs once filled the gateway (738 MiB of sessions) and left the agent
+    without one. The gateway keeps no session in either era now: each initialize is answered
+    and forgotten, so a flood holds nothing; the burst guard bounds what is in flight."""
     url = gw.url + "/mcp"
 
     async def flood() -> list[httpx.Response]:
@@ -75,87 +85,42 @@ def test_an_initialize_flood_is_capped_per_client_and_the_agent_still_gets_a_ses
                 answers += await asyncio.gather(*(_initialize(http, url, {}) for _ in range(4)))
         return answers
 
-    async def agent_session() -> list[str]:
+    async def agent_calls() -> list[str]:
         async with sdk_session(url, bearer(AGENT_TOKEN)) as session:
             result = await session.call_tool("search_notes", {"query": "health checks"})
             assert not result.isError
             return [t.name for t in (await session.list_tools()).tools]
 
-    async def close(sessions: list[str]) -> None:
-        async with httpx.AsyncClient(timeout=30) as http:
-            for session in sessions:
-                await http.delete(url, headers={**MCP_HEADERS, "mcp-session-id": session})
-
     answers = asyncio.run(flood())
-    opened = [a.headers["mcp-session-id"] for a in answers if a.status_code == 200]
-    try:
-        codes = {a.status_code for a in answers}
-        print(f"300 anonymous initialize POSTs: {len(opened)} sessions, codes {sorted(codes)}")
-        assert 0 < len(opened) <= 16, len(opened)
-        capped = [a for a in answers if a.status_code == 429]
-        assert capped and {a.json()["error"]["type"] for a in capped} <= {
-            "too_many_sessions",
-            "rate_limited",
-        }
-        assert any(a.json()["error"]["type"] == "too_many_sessions" for a in capped)
-        assert asyncio.run(agent_session()) == ["search_notes"]  # the agent is not starved
-        # A session answers only the client that opened it.
-        stolen = httpx.post(
-            url,
-            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-            headers={**MCP_HEADERS, **bearer(AGENT_TOKEN), "mcp-session-id": opened[0]},
-        )
-        assert stolen.status_code == 404
-    finally:
-        asyncio.run(close(opened))  # the anonymous share is free again for the other tests
-    again = asyncio.run(_one_initialize(url))
-    assert again.status_code == 200
-    asyncio.run(close([again.headers["mcp-session-id"]]))
-
-
-async def _one_initialize(url: str) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as http:
-        return await _initialize(http, url, {})
+    assert {a.status_code for a in answers} <= {200, 429, 503}
+    assert sum(a.status_code == 200 for a in answers) > 0
+    assert not [a for a in answers if "mcp-session-id" in a.headers]  # nothing kept
+    assert asyncio.run(agent_calls()) == ["search_notes"]
 
 
 def test_a_call_whose_answer_arrived_no_longer_counts_against_the_burst_limit(gw):
-    """4 callers (the per-client limit here), each calling again as soon as its answer arrives:
-    never more than 4 in flight, so never a 429. The count used to drop only when the SSE
-    stream closed, after the answer: the next call met a full count."""
+    """4 callers (the per-client limit here), each calling again as soon as its answer arrives
+    (stateless requests of the current revision): never more than 4 in flight, so never a 429.
+    The count used to drop only when an SSE stream closed, after the answer: the next call met a
+    full count."""
     url = gw.url + "/mcp"
 
-    async def caller(http: httpx.AsyncClient, session: str, refused: list) -> None:
-        headers = {**MCP_HEADERS, **bearer(TESTER_TOKEN), "mcp-session-id": session}
+    async def caller(http: httpx.AsyncClient, refused: list) -> None:
         for n in range(15):
-            body = {
-                "jsonrpc": "2.0",
-                "id": n + 10,
-                "method": "tools/call",
-                "params": {"name": "search_notes", "arguments": {"query": "compose"}},
-            }
-            async with http.stream("POST", url, json=body, headers=headers) as answer:
-                if answer.status_code == 429:
-                    refused.append(n)
-                    continue
-                assert answer.status_code == 200
-                async for line in answer.aiter_lines():  # read up to the answer, not the end
-                    if line.startswith("data:") and '"result"' in line:
-                        break
+            body = modern_request(
+                "tools/call", n + 10, name="search_notes", arguments={"query": "compose"}
+            )
+            headers = {**modern_headers(body), **bearer(TESTER_TOKEN)}
+            answer = await http.post(url, json=body, headers=headers)
+            if answer.status_code == 429:
+                refused.append(n)
+                continue
+            assert answer.status_code == 200 and "result" in answer.json()
 
     async def run() -> list:
         refused = []
         async with httpx.AsyncClient(timeout=60) as http:
-            sessions = []
-            for _ in range(4):
-                opened = await _initialize(http, url, bearer(TESTER_TOKEN))
-                session = opened.headers["mcp-session-id"]
-                note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-                headers = {**MCP_HEADERS, **bearer(TESTER_TOKEN), "mcp-session-id": session}
-                await http.post(url, json=note, headers=headers)
-                sessions.append(session)
-            await asyncio.gather(*(caller(http, s, refused) for s in sessions))
-            for session in sessions:
-                await http.delete(url, headers={**MCP_HEADERS, "mcp-session-id": session})
+            await asyncio.gather(*(caller(http, refused) for _ in range(4)))
         return refused
 
     refused = asyncio.run(run())

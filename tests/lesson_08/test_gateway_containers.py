@@ -1,20 +1,19 @@
 """The gateway's bounds in the lesson's own Compose project (marker `container`, `make mcp-test`):
 the operator's endpoints, the documented re-pin, the idle stop and the next start, an initialize
-flood against the running gateway, its memory limit (issue 37 A5, A8, A13, B2, B5)."""
+flood against the running gateway that leaves nothing held, its memory limit."""
 
 import asyncio
 import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from support.mcp_servers import GATEWAY
+from support.mcp_servers import GATEWAY, LESSON08_PYTHON
 from support.ports import free_port
 from support.server import offline_environment
 from tests.support.mcp_clients import sdk_session
@@ -42,8 +41,7 @@ def project_files(folder: Path) -> Path:
         (
             "GATEWAY_OPERATOR_TOKEN: ${LESSON08_OPERATOR_TOKEN:-}",
             "GATEWAY_OPERATOR_TOKEN: ${LESSON08_OPERATOR_TOKEN:-}\n"
-            '      GATEWAY_IDLE_SWEEP_SECONDS: "1"\n'
-            '      GATEWAY_SESSION_IDLE_SECONDS: "5"',
+            '      GATEWAY_IDLE_SWEEP_SECONDS: "1"',
         ),
     ):
         assert old in text, old
@@ -103,7 +101,7 @@ def notes_containers() -> list[str]:
     return sh("docker", "ps", "-aq", "--filter", owner, "--filter", notes).stdout.split()
 
 
-def test_the_gateway_in_compose_bounds_sessions_repins_and_restarts_idle_servers(tmp_path):
+def test_the_gateway_in_compose_keeps_no_session_repins_and_restarts_idle_servers(tmp_path):
     mcp_port = free_port()
     env = {
         **os.environ,
@@ -144,7 +142,7 @@ def test_the_gateway_in_compose_bounds_sessions_repins_and_restarts_idle_servers
 
         # The documented re-pin, from the host, acts on the running gateway.
         repin = subprocess.run(
-            [sys.executable, GATEWAY, "repin", "notes"],
+            [LESSON08_PYTHON, GATEWAY, "repin", "notes"],
             env=offline_environment(GATEWAY_URL=base_url, GATEWAY_OPERATOR_TOKEN=OPERATOR),
             capture_output=True,
             text=True,
@@ -154,18 +152,13 @@ def test_the_gateway_in_compose_bounds_sessions_repins_and_restarts_idle_servers
             repin.stdout + repin.stderr
         )
 
-        # 300 anonymous initialize POSTs: 16 sessions at most, and the agent still gets one.
+        # 300 anonymous initialize POSTs: answered or refused by the burst guard, and none
+        # leaves a session behind (the gateway keeps none, in either era); the agent still calls.
         answers = asyncio.run(flood(url, 300))
-        opened = sum(a.status_code == 200 for a in answers)
-        print(f"300 anonymous initialize POSTs in Compose: {opened} sessions")
-        assert 0 < opened <= 16
+        assert {a.status_code for a in answers} <= {200, 429, 503}
+        assert not [a for a in answers if "mcp-session-id" in a.headers]
         # The notes server may have gone idle meanwhile: a cold start again.
         assert use(url, agent, base, env) == (["search_notes"], False)
-        # The flood's sessions end when idle (5 s here): anonymous clients get sessions again.
-        deadline = time.monotonic() + 120
-        while httpx.post(url, json=INITIALIZE, headers=MCP_HEADERS).status_code != 200:
-            assert time.monotonic() < deadline, "the idle sessions never ended"
-            time.sleep(1)
         stats = sh("docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", gateway_id)
         print(f"gateway memory after the flood: {stats.stdout.strip()}")
 

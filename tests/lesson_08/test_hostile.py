@@ -3,7 +3,6 @@
 import asyncio
 import json
 import subprocess
-import sys
 import time
 
 import httpx
@@ -12,7 +11,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.exceptions import ToolError
 
-from support.mcp_servers import GATEWAY
+from support.mcp_servers import GATEWAY, LESSON08_PYTHON
 from support.server import offline_environment
 from tests.support.mcp_clients import log_lines, sdk_session
 
@@ -97,7 +96,7 @@ def test_a_changed_description_is_refused_until_the_documented_repin(gw, hostile
 
     # The documented command acts on the running gateway (issue 37 B2): no restart, no exec.
     repin = subprocess.run(
-        [sys.executable, GATEWAY, "repin", "hostile"],
+        [LESSON08_PYTHON, GATEWAY, "repin", "hostile"],
         env=offline_environment(GATEWAY_URL=gw.url, GATEWAY_OPERATOR_TOKEN=OPERATOR_TOKEN),
         capture_output=True,
         text=True,

@@ -53,7 +53,7 @@ def two_gateways(tmp_path):
                         work,
                         TOKEN_TESTER=TESTER,
                         GATEWAY_OPERATOR_TOKEN=OPERATOR_TOKEN,
-                        GATEWAY_STATELESS="true",
+                        GATEWAY_REPLICAS="true",
                         GATEWAY_PINS_REDIS_URL=redis.url,
                         GATEWAY_PIN_RECHECK_SECONDS=RECHECK,
                     )
@@ -144,7 +144,7 @@ def test_the_agent_searches_through_a_stateless_gateway_and_keeps_its_session_ac
         for name in ("a", "b"):
             work = tmp_path / name
             work.mkdir()
-            env = {"GATEWAY_STATELESS": "true", "GATEWAY_PINS_REDIS_URL": redis_url}
+            env = {"GATEWAY_REPLICAS": "true", "GATEWAY_PINS_REDIS_URL": redis_url}
             with gateway(catalog, work, port=port, **env) as server:
                 results += [await agent.research(question) for _ in range(2)]
                 assert [r["outcome"] for r in log_lines(server, "tool_call")] == ["ok"] * 2
