@@ -3,8 +3,9 @@ write-only ingest and the Phoenix viewer, as `make lesson-09` starts it (the `le
 a Compose project of its own, `down` leaves nothing). A question sent through the HAProxy edge is
 one trace in the viewer, from the request through the agent, its model calls, its tool and Redis,
 named by the answer's `traceresponse` header; a caller's `traceparent` is kept only from inside
-the network or from a trusted address; the challenge's trace is what docs/09 says; headless
-Chromium finds the trace as the lesson says and saves the screenshot the lesson shows."""
+the network or from a trusted address; the trace of docs/09's "Try it on the stack" is what its
+solution says; headless Chromium finds the trace as the lesson says and saves the screenshot the
+lesson shows."""
 
 import json
 import os
@@ -105,11 +106,12 @@ def test_an_address_in_trace_trusted_sources_keeps_its_trace(lesson09):
 
 
 def test_the_challenge_a_search_timeout_and_a_not_sampled_traceparent(lesson09):
-    """docs/09's challenge as written: SEARCH_TIMEOUT_SECONDS=0 given to `make lesson-09`, a
-    question not asked before (a repeat is a cache hit: no search at all), flags 00. What the
-    solution says: a 504, the request's span in error, no tool span (the search never started),
-    the model called twice, and a trace of its own whatever the flags. (With 0.001 s the search
-    sometimes started and sometimes did not, as the executor's thread picked it up in time.)"""
+    """docs/09's "Try it on the stack" (Going further; once its challenge) as written:
+    SEARCH_TIMEOUT_SECONDS=0 given to `make lesson-09`, a question not asked before (a repeat is a
+    cache hit: no search at all), flags 00. What the solution says: a 504, the request's span in
+    error, no tool span (the search never started), the model called twice, and a trace of its
+    own whatever the flags. (With 0.001 s the search sometimes started and sometimes did not, as
+    the executor's thread picked it up in time.)"""
     lesson09.recreate("agent", SEARCH_TIMEOUT_SECONDS="0")
     try:
         headers = {"traceparent": traceparent(VICTIM_TRACE_ID, "00")}
