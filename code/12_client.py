@@ -39,7 +39,7 @@ def show_parts(parts) -> str:
     for data in get_data_parts(parts):
         if isinstance(data, dict) and "sources" in data:
             data = {"sources": [source.get("url") for source in data["sources"]]}
-        shown.append(json.dumps(data))
+        shown.append(json.dumps(data, sort_keys=True))
     return " ".join(shown)
 
 

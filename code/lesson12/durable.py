@@ -68,6 +68,12 @@ def pending_call(task: Task) -> dict | None:
     return next((d for d in found if "call_id" in d), None)
 
 
+def question_of(message) -> str:
+    """What the model reads of a caller's message: its text parts, and nothing else. Metadata
+    and data parts are the caller's, never instructions for our model."""
+    return get_message_text(message).strip()
+
+
 class DurableExecutor(AgentExecutor):
     def __init__(self, agent, work: WorkStore, sandbox=None):
         self.agent, self.work, self.sandbox = agent, work, sandbox
@@ -101,7 +107,7 @@ class DurableExecutor(AgentExecutor):
         saved = await self.agent.aget_state(config)
         if not saved.values:  # the question: the text of the first message, nothing else of it
             first = message if message is not None else task.history[0]
-            inputs = {"messages": [HumanMessage(get_message_text(first))]}
+            inputs = {"messages": [HumanMessage(question_of(first))]}
         elif saved.interrupts:  # it waits for a person: decided (and leased) by the handler?
             pause = saved.interrupts[0]
             decided = await self.work.decision(task.id)
