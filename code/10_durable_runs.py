@@ -160,7 +160,7 @@ async def lifespan(app: FastAPI):
 async def with_limits(app: FastAPI):
     """The lesson's parts (lifespan, above), and what bounds and ends runs from outside them:
     this replica's event streams, woken by one LISTEN connection and counted per owner and in
-    total, and a sandbox runner for a cancelled run's containers."""
+    total, and a sandbox runner for a cancelled run's containers and ended runs' kept ones."""
     async with lifespan(app):
         app.state.streams = RunEvents(
             app.state.store,
@@ -172,6 +172,7 @@ async def with_limits(app: FastAPI):
         )
         app.state.streams.start()
         app.state.sandboxes = KeyedSandbox(SandboxRunner(settings.sandbox))
+        app.state.sandboxes.start_sweep(app.state.store)  # ended runs' kept sandboxes, every 30 s
         try:
             yield
         finally:
@@ -303,8 +304,9 @@ async def run_state(run: OwnedRun) -> dict:
 async def cancel_run(run: OwnedRun, request: Request) -> dict:
     if not await request.app.state.store.cancel(run["id"]):
         raise ApiError(409, "run_ended", f"the run has ended already ({run['state']})")
-    # Its sandbox, if one runs now (on whichever replica), is removed: the code stops.
-    await request.app.state.sandboxes.stop_cancelled(run["id"], settings.LEASE_SECONDS)
+    # Its sandbox, if one runs now (on whichever replica), is removed: the code stops. One made
+    # after this look is never started: the tool asks whether the run ended first.
+    await request.app.state.sandboxes.stop_cancelled(run["id"])
     return {"run_id": run["id"], "state": "cancelled"}
 
 

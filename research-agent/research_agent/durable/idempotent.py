@@ -5,6 +5,12 @@ result row (the step ran before a crash, after recording it) and for a container
 (the step was cut while the code ran, or before its result was recorded): the engine refuses a
 second container of one name, so the code starts once. That container is kept after it exits,
 with its output, until the result row is written; then it is removed.
+
+A cancel reaches a sandbox whenever it starts. DELETE ends the run in the database, then removes
+the run's containers; the tool's thread, which goes on after the run's task is cancelled, asks
+whether the run has ended after it made the container and before it starts it. Whichever comes
+second sees the first. The kept container of a run that has ended, which nobody will read, is
+removed by a sweep.
 """
 
 import asyncio
@@ -13,6 +19,8 @@ import json
 import logging
 import socket
 import time
+from collections import defaultdict
+from collections.abc import Callable
 
 from docker.errors import APIError, NotFound
 from langchain.tools import ToolRuntime
@@ -27,7 +35,7 @@ from ..sandbox.runner import (
     SandboxRunner,
     remove,
 )
-from .store import RunStore
+from .store import RunEnded, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +50,13 @@ class KeyedSandbox:
     def __init__(self, runner: SandboxRunner, max_concurrent: int = 4):
         self.runner = runner
         self.slots = asyncio.Semaphore(max_concurrent)
-        self._later: set[asyncio.Task] = set()  # cancelled runs' second look (stop_cancelled)
+        self._sweep: asyncio.Task | None = None  # start_sweep's timer
 
-    def run(self, key: str, code: str, request_id: str) -> RunResult:
-        """Blocks (Docker calls): call it from a thread."""
+    def run(
+        self, key: str, code: str, request_id: str, ended: Callable[[], bool] = lambda: False
+    ) -> RunResult:
+        """Blocks (Docker calls): call it from a thread. `ended()` is asked once the container
+        exists and before it starts: true, and it is removed unstarted (RunEnded)."""
         timeout = self.runner.config.timeout_seconds
         name = f"agent-sandbox-{key}"
         client = self.runner.client
@@ -69,7 +80,7 @@ class KeyedSandbox:
                     if not isinstance(exc.__cause__, APIError) or exc.__cause__.status_code != 409:
                         raise
                     container = client.containers.get(name)  # created by another in between
-            return self._finish(container, code, timeout)
+            return self._finish(container, code, timeout, ended)
         except DOCKER_ERRORS as exc:
             raise SandboxError(f"the sandbox container failed: {exc}") from exc
         finally:
@@ -88,11 +99,14 @@ class KeyedSandbox:
         }
         return spec
 
-    def _finish(self, container, code: str, timeout: float) -> RunResult:
+    def _finish(self, container, code: str, timeout: float, ended: Callable[[], bool]) -> RunResult:
         """Start it if nobody did, send the code, wait for its end, read its kept output."""
         container.reload()
         begin = time.monotonic()
         if container.status == "created":  # never started: this is the one start
+            # Asked after the create, before the start: a cancel that came after DELETE's look for
+            # the run's containers is seen here (module docstring).
+            self._unless_ended(container, ended)
             # The code goes in before the start (the engine holds it for the container): a crash
             # after the start cannot leave a started container without its program, which would
             # end at once, having run nothing, and be read as a run that printed nothing.
@@ -123,23 +137,57 @@ class KeyedSandbox:
         )
         return result
 
-    async def stop_cancelled(self, run_id: str, look_again_after: float) -> None:
-        """A cancelled run's sandboxes removed now, and looked for once more later: the replica
-        working on the run lets go at its next heartbeat, and may start one in between."""
+    @staticmethod
+    def _unless_ended(container, ended: Callable[[], bool]) -> None:
+        """Remove the unstarted container, and raise, if its run has ended or cannot say."""
+        try:
+            gone = ended()
+        except BaseException:
+            remove(container)  # nothing ran: whoever goes on with the run makes it again
+            raise
+        if gone:
+            remove(container)
+            raise RunEnded("the run ended before its sandbox started")
+
+    async def stop_cancelled(self, run_id: str) -> None:
+        """A cancelled run's sandboxes, removed. Call it after the cancel is stored: a sandbox
+        made after this look is never started (run asks first)."""
         await asyncio.to_thread(self.stop_run, run_id)
 
-        async def again() -> None:
-            await asyncio.sleep(look_again_after)
-            if await asyncio.to_thread(self.stop_run, run_id):
-                logger.info("removed a sandbox of run %s, started as it was cancelled", run_id)
+    def start_sweep(self, store: RunStore) -> None:
+        """From the event loop: sweep_ended now and every sweep_interval_seconds."""
+        self._sweep = asyncio.create_task(self._sweep_forever(store))
 
-        task = asyncio.create_task(again())
-        self._later.add(task)
-        task.add_done_callback(self._later.discard)
+    async def _sweep_forever(self, store: RunStore) -> None:
+        while True:
+            try:
+                if removed := await self.sweep_ended(store):
+                    logger.info("removed %d kept sandbox(es) of ended runs", removed)
+            except Exception as exc:  # noqa: BLE001 - Docker or the database: the next round
+                logger.warning("sandbox sweep failed: %r", exc)
+            await asyncio.sleep(self.runner.config.sweep_interval_seconds)
+
+    async def sweep_ended(self, store: RunStore) -> int:
+        """Remove this owner's kept sandboxes whose runs have ended: nobody will read them (a
+        call whose Docker calls failed, a thread that went on after its run was let go). A run
+        still going keeps its own, for whoever continues it. How many were removed."""
+        labels = [f"{LABEL}.owner={self.runner.config.owner}", f"{LABEL}.key"]
+        found = await asyncio.to_thread(
+            self.runner.client.containers.list, all=True, sparse=True, filters={"label": labels}
+        )
+        by_run = defaultdict(list)
+        for container in found:
+            run_id = (container.attrs.get("Labels") or {}).get(f"{LABEL}.request-id")
+            by_run[run_id].append(container)
+        ended = await store.ended_of([run_id for run_id in by_run if run_id])
+        gone = [container for run_id in ended for container in by_run[run_id]]
+        for container in gone:
+            await asyncio.to_thread(remove, container)
+        return len(gone)
 
     def close(self) -> None:
-        for task in self._later:
-            task.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
 
     def stop_run(self, run_id: str) -> int:
         """Remove every sandbox of a run (its owner cancelled it), running or kept: the code
@@ -165,6 +213,13 @@ class KeyedSandbox:
             pass
 
 
+def run_ended(store: RunStore, run_id: str) -> Callable[[], bool]:
+    """store.ended(run_id) for the sandbox's thread, asked on this event loop: the thread goes on
+    after the run's task is cancelled, and the loop still answers it."""
+    loop = asyncio.get_running_loop()
+    return lambda: asyncio.run_coroutine_threadsafe(store.ended(run_id), loop).result(timeout=30)
+
+
 def make_durable_run_python(store: RunStore, sandbox: KeyedSandbox) -> BaseTool:
     """The agent's run_python for durable runs: same name, arguments and answer as lesson 04's."""
     c = sandbox.runner.config
@@ -177,9 +232,10 @@ def make_durable_run_python(store: RunStore, sandbox: KeyedSandbox) -> BaseTool:
         key = idempotency_key(run_id, call_id)
         recorded = await store.result(key)
         if recorded is None:
+            ended = run_ended(store, run_id)  # a cancel reaches the thread before the start
             async with sandbox.slots:
                 try:
-                    result = await asyncio.to_thread(sandbox.run, key, code, run_id)
+                    result = await asyncio.to_thread(sandbox.run, key, code, run_id, ended)
                 except SandboxError as exc:
                     message = f"Error: the Python sandbox is unavailable ({exc})."
                     raise ToolException(message) from exc

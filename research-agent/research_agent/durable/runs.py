@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.types import Command
 from psycopg_pool import PoolTimeout
 
-from .store import RunStore
+from .store import RunEnded, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ class DurableRuns:
             logger.warning("run %s paused, database unavailable: %s", run_id, short(exc))
         except asyncio.CancelledError:
             logger.info("run %s let go (lease lost or shutting down)", run_id)
+        except RunEnded:  # cancelled as its sandbox was about to start: it never did
+            logger.info("run %s let go (it ended: cancelled)", run_id)
         except Exception:
             logger.exception("run %s failed", run_id)
             with contextlib.suppress(*DATABASE_ERRORS):

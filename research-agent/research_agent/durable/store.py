@@ -127,6 +127,11 @@ class Conflict(Exception):
     """The row says no: the call is not pending, or a decision for it exists already."""
 
 
+class RunEnded(Exception):
+    """The run ended (its owner cancelled it) while a replica was working on it: the work stops
+    there, and nothing it was about to start is started."""
+
+
 class RunStore:
     def __init__(self, pool: AsyncConnectionPool):
         self.pool = pool
@@ -173,6 +178,19 @@ class RunStore:
 
     async def get(self, run_id: str) -> dict | None:
         return await self._one("SELECT * FROM runs WHERE id = %s", (run_id,))
+
+    async def ended(self, run_id: str) -> bool:
+        """Whether the run has ended (cancelled, done, ...); a run with no row has not (a caller
+        that keeps only tool results here, lesson 12's tasks, has none)."""
+        row = await self._one("SELECT state FROM runs WHERE id = %s", (run_id,))
+        return row is not None and row["state"] in ENDED
+
+    async def ended_of(self, run_ids: list[str]) -> set[str]:
+        """Which of these runs have ended."""
+        rows = await self._all(
+            "SELECT id FROM runs WHERE id = ANY(%s) AND state = ANY(%s)", (run_ids, list(ENDED))
+        )
+        return {row["id"] for row in rows}
 
     async def waiting_for(self, owner_hash: str) -> list[dict]:
         return await self._all(
