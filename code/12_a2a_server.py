@@ -11,6 +11,7 @@ Run it:  make lesson-12      (Compose: edge, two replicas, Postgres, the client 
 
 import asyncio
 import contextvars
+import importlib
 import logging
 import uuid
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 from a2a.server.cluster import DatabaseTaskEventStream, VersionedDatabaseTaskStore
+from a2a.server.request_handlers import DefaultRequestHandlerV2
 from a2a.server.routes import (
     add_a2a_routes_to_fastapi,
     create_agent_card_routes,
@@ -80,6 +82,9 @@ class Settings(BaseSettings):
     MAX_PART_BYTES: int = 8_000
     MAX_STREAMS_PER_CALLER: int = 4  # open on this replica
     MAX_ACTIVE_TASKS_PER_CALLER: int = 20  # working or waiting for input
+    # Another agent in this composition, "module:Class" (an AgentExecutor): the A2A compatibility
+    # kit's scenario executor, for its checks (docs/12, Going further). Empty: the research agent.
+    A2A_AGENT: str = ""
     sandbox: Sandbox = Field(default_factory=Sandbox)
 
 
@@ -100,16 +105,18 @@ limits = {
     "streams_per_caller": settings.MAX_STREAMS_PER_CALLER,
     "active_tasks": settings.MAX_ACTIVE_TASKS_PER_CALLER,
 }
-handler = DurableHandler(
-    executor,
-    tasks,
-    CARD,
-    event_stream=events,  # SubscribeToTask on a replica that does not run the task reads it
-    interrupted_task_timeout=60,  # a task waiting for input holds no memory past a minute
-    work=work,
-    tool=run_python,
-    limits=limits,
-)
+shared = {
+    "event_stream": events,  # SubscribeToTask on a replica that does not run the task reads it
+    "interrupted_task_timeout": 60,  # a task waiting for input holds no memory past a minute
+}
+if settings.A2A_AGENT:  # another agent: the SDK's own handler, on the same store and routes
+    module, _, name = settings.A2A_AGENT.partition(":")
+    other = getattr(importlib.import_module(module), name)()
+    handler = DefaultRequestHandlerV2(other, tasks, CARD, **shared)
+else:
+    handler = DurableHandler(
+        executor, tasks, CARD, **shared, work=work, tool=run_python, limits=limits
+    )
 CALLERS = load_callers(settings.A2A_CALLERS_FILE)
 
 

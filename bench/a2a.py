@@ -1,0 +1,177 @@
+"""`make bench-a2a`: what A2A costs lesson 12's research agent, on a real PostgreSQL.
+
+1. A research answer (the offline model, 15 ms a token, one search) asked of the same agent in
+   process (its graph, with the Postgres checkpointer) and through A2A (code/12_a2a_server.py: the
+   SDK's client with the card read once and a kept connection, SendMessage, the task and its
+   events stored in PostgreSQL): median of BENCH_ROUNDS interleaved answers each; target <= 1.3x.
+2. The protocol's own time per message: the smallest A2A agent (code/lesson12/echo.py, which
+   completes each task with what it was sent) in the same composition, against a plain FastAPI
+   POST that echoes its body, both over a kept connection on loopback; p50 and p99 of
+   BENCH_MESSAGES each, and the difference of the p50s; target <= 5 ms.
+"""
+
+import asyncio
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.helpers import new_text_message
+from a2a.types import Role, SendMessageRequest
+from fastapi import FastAPI, Request
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+from bench import results as bench_results
+from bench.results import percentile
+from lesson12.agent import build_agent
+from research_agent import make_pool, migrate
+from support.ports import free_port
+from support.postgres import PostgresServer
+from support.server import ServerProcess, offline_environment
+from support.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
+MESSAGES = int(os.environ.get("BENCH_MESSAGES", "200"))
+QUESTION = "Why use a multi-stage Docker build?"
+DELAY_MS = 15  # the research agent's default offline pace
+
+
+def server(dsn: str, callers: Path, **settings) -> ServerProcess:
+    port = free_port()
+    env = offline_environment(
+        DATABASE_URL=dsn, PORT=port, ALLOWED_HOSTS=f'["127.0.0.1:{port}"]',
+        A2A_CALLERS_FILE=callers, OFFLINE_TOKEN_DELAY_MS=DELAY_MS, **settings,
+    )  # fmt: skip
+    return ServerProcess([sys.executable, "code/12_a2a_server.py"], cwd=ROOT, env=env, port=port,
+                         ready_path="/ready", ready_timeout=120).start()  # fmt: skip
+
+
+async def a2a_client(url: str, token: str):
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120)
+    card = await A2ACardResolver(http, url).get_agent_card()  # read once
+    config = ClientConfig(httpx_client=http, streaming=False)
+    return ClientFactory(config).create(card), http
+
+
+async def ask(client, text: str) -> float:
+    message = new_text_message(text)
+    message.role = Role.ROLE_USER
+    began = time.perf_counter()
+    async for _ in client.send_message(SendMessageRequest(message=message)):
+        pass
+    return time.perf_counter() - began
+
+
+async def research(dsn: str, url: str, token: str) -> dict[str, list[float]]:
+    pool = make_pool(dsn)
+    await pool.open(wait=True)
+    checkpointer = AsyncPostgresSaver(pool)
+    await migrate(pool, checkpointer.setup)
+    agent = build_agent(checkpointer)
+    client, http = await a2a_client(url, token)
+    times = {"in process": [], "through A2A": []}
+    for n in range(ROUNDS + 1):  # the first of each warms up, and is left out
+        config = {"configurable": {"thread_id": f"bench-{n}"}}
+        began = time.perf_counter()
+        async for _ in agent.astream({"messages": [HumanMessage(QUESTION)]}, config,
+                                     stream_mode="updates", durability="sync"):  # fmt: skip
+            pass
+        local = time.perf_counter() - began
+        remote = await ask(client, QUESTION)
+        if n:
+            times["in process"].append(local)
+            times["through A2A"].append(remote)
+    await client.close()
+    await http.aclose()
+    await pool.close()
+    return times
+
+
+def plain_echo() -> tuple[str, uvicorn.Server]:
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict:
+        return {"text": (await request.json())["text"]}
+
+    port = free_port()
+    served = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    threading.Thread(target=served.run, daemon=True).start()
+    wait_for(lambda: served.started, timeout=30, what="the plain echo")
+    return f"http://127.0.0.1:{port}", served
+
+
+async def messages(url: str, token: str, plain: str) -> dict[str, list[float]]:
+    client, http = await a2a_client(url, token)
+    times = {"A2A SendMessage (echo agent)": [], "plain FastAPI POST (echo)": []}
+    async with httpx.AsyncClient(timeout=30) as kept:
+        for n in range(MESSAGES + 10):  # ten to warm up
+            remote = await ask(client, f"message {n}")
+            began = time.perf_counter()
+            (await kept.post(plain + "/echo", json={"text": f"message {n}"})).raise_for_status()
+            local = time.perf_counter() - began
+            if n >= 10:
+                times["A2A SendMessage (echo agent)"].append(remote)
+                times["plain FastAPI POST (echo)"].append(local)
+    await client.close()
+    await http.aclose()
+    return times
+
+
+def main() -> None:
+    settings = {
+        "BENCH_ROUNDS": ROUNDS,
+        "BENCH_MESSAGES": MESSAGES,
+        "OFFLINE_TOKEN_DELAY_MS": DELAY_MS,
+    }
+    results_file = bench_results.start("a2a", settings)
+    token = os.urandom(16).hex()
+    with PostgresServer() as postgres:
+        callers = Path(postgres.dir) / "callers"
+        callers.write_text(f"bench {token}\n")
+        research_dsn = postgres.create_database()
+        agent = server(research_dsn, callers)
+        try:
+            answers = asyncio.run(research(research_dsn, agent.url, token))
+        finally:
+            agent.stop()
+        echo = server(postgres.create_database(), callers, A2A_AGENT="lesson12.echo:EchoExecutor")
+        plain, plain_server = plain_echo()
+        try:
+            sent = asyncio.run(messages(echo.url, token, plain))
+        finally:
+            echo.stop()
+            plain_server.should_exit = True
+    local, remote = (statistics.median(answers[k]) for k in ("in process", "through A2A"))
+    print(f"\nA research answer (offline model, {DELAY_MS} ms a token), median of {ROUNDS} each\n")
+    print("| the same agent | median ms | vs in process |")
+    print("| --- | ---: | ---: |")
+    for name, median in (("in process", local), ("through A2A", remote)):
+        print(f"| {name} | {median * 1000:.0f} | {median / local:.3f} |")
+    verdict = "within" if remote / local <= 1.3 else "OVER"
+    print(f"\nthrough A2A: {remote / local:.3f}x ({verdict} the 1.3x target)")
+    print(f"\nOne message and its answer, {MESSAGES} each, kept connection, loopback\n")
+    print("| | p50 ms | p99 ms |")
+    print("| --- | ---: | ---: |")
+    for name, times in sent.items():
+        print(
+            f"| {name} | {percentile(times, 50) * 1000:.1f} | {percentile(times, 99) * 1000:.1f} |"
+        )
+    a2a, plain_p50 = (percentile(t, 50) for t in sent.values())
+    overhead = (a2a - plain_p50) * 1000
+    verdict = "within" if overhead <= 5 else "OVER"
+    print(
+        f"\nthe protocol's overhead per message, p50: {overhead:.1f} ms ({verdict} the 5 ms target)"
+    )
+    results_file.write()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""The smallest A2A agent: it completes each task with what it was sent. `make bench-a2a` serves it
+in lesson 12's composition (A2A_AGENT=lesson12.echo:EchoExecutor) to measure the protocol alone."""
+
+from a2a.helpers import get_message_text, new_task_from_user_message, new_text_part
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.tasks import TaskUpdater
+
+
+class EchoExecutor(AgentExecutor):
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task or new_task_from_user_message(context.message)
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        text = get_message_text(context.message)
+        await updater.complete(updater.new_agent_message([new_text_part(text)]))
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
