@@ -1,4 +1,8 @@
-"""Lesson 05's "Going further", one module per topic of docs/05-parallel-variations.md:
+"""Lesson 05's package. One module serves the steps of docs/05-parallel-variations.md:
+
+    container.py      a variation as a container: image, command, limits, presets, start()
+
+The others are its "Going further", one module per topic, which the production API composes:
 
     presets.py        what the variations change
     redis_access.py   who may do what in Redis: a user per worker, the relay, back-off
@@ -9,7 +13,7 @@
     warm.py           warm workers: started ahead, each for one variation
     traces.py         a run as one trace, every variation's worker in it (lesson 09)
 
-The lesson (code/05_variations_api.py) is the core path. Its lifespan() composes the app: the
-Orchestrator gets guards.PerClientCaps, redis_access.WorkerUsers, warm.WarmPool and
+The production API (code/05_variations_api.py) is where the steps arrive. Its lifespan() composes
+the app: the Orchestrator gets guards.PerClientCaps, redis_access.WorkerUsers, warm.WarmPool and
 recovery.Adoption as collaborators, and traces.trace_launches wraps its launches in spans.
 """
