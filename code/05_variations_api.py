@@ -10,8 +10,9 @@ Open http://127.0.0.1:8000, ask with 3 variations, watch the columns fill, reloa
        └──SSE: id = stream id ◀───┴──────── Redis Stream run:{id}:events ◀──┘
 
 No run state in memory: runs, variations and events live in Redis, the workers run on their own,
-so the API can restart mid-run and its clients resume with Last-Event-ID. This file is the core
-path; what docs/05 explains under "Going further" is in code/lesson05/, one module per topic.
+so the API can restart mid-run and its clients resume with Last-Event-ID. This file is where the
+steps of docs/05 arrive (code/05_step1_worker.py to code/05_step5_lifecycle.py, `make lesson-05
+STEP=K`); what the doc explains under "Going further" is in code/lesson05/, one module per topic.
 """
 
 import asyncio
@@ -54,7 +55,8 @@ class Settings(BaseSettings):
     ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
     # How this API reaches Redis, as its user `api` (scripts/lesson-05.sh prints it).
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
-    # The same Redis, seen from a worker; each gets a user of its own (lesson05/redis_access.py).
+    # The same Redis, seen from a worker. Only its address is used here: each worker gets a user
+    # of its own (lesson05/redis_access.py), not the steps' shared one the script's URL names.
     WORKER_REDIS_URL: str = "redis://lesson-05-redis:6379/0"
     WORKER_IMAGE: str = "research-agent:optimized"
     WORKER_NETWORK: str = "lesson-05"
