@@ -5,10 +5,12 @@ and attaches the later layers, and says how the service is composed). Production
 override: the app factory puts the service's composition on app.state, and get_service reads it.
 """
 
+from collections.abc import AsyncIterable
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, Request, Response
-from sse_starlette import EventSourceResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import TypeAdapter
 
 from .agent import ResearchAgent
 from .schemas import (
@@ -67,13 +69,13 @@ RESEARCH_ERRORS = (400, 401, 413, 414, 422, 429, 500, 502, 503, 504)
 probes = APIRouter()  # /health and /ready: open to load balancers and orchestrators
 router = APIRouter()  # /v1: the research routes
 
-
-class SSEResponse(EventSourceResponse):
-    media_type = "text/event-stream"  # so the OpenAPI schema files the events under this type
-
-
-SSE_ITEMS_ARE_OBJECTS = {
-    "responses": {"200": {"content": {"text/event-stream": {"schema": {"type": "object"}}}}}
+# FastAPI writes what every event of a stream has (`itemSchema`: data, event, id, retry); this says
+# which events the research stream sends, each with its data's model (schemas.py's frames, which
+# `response_model` puts in the schema's components).
+FRAMES = TypeAdapter(StreamEvent).json_schema(ref_template="#/components/schemas/{model}")
+del FRAMES["$defs"]
+EACH_EVENT_IS_A_FRAME = {
+    "responses": {"200": {"content": {"text/event-stream": {"itemSchema": FRAMES}}}}
 }
 
 
@@ -108,19 +110,20 @@ async def research(body: ResearchRequest, service: ServiceDep) -> dict:
 
 @router.post(
     "/v1/research/stream",
-    response_class=SSEResponse,
+    response_class=EventSourceResponse,  # FastAPI's SSE: no-cache headers, keep-alive pings
+    response_model=StreamEvent,  # the frames, into the components (the events pass unchecked)
     responses={
-        200: {"model": StreamEvent, "description": "One event per item"},
+        200: {"description": "One event per item"},
         **responses(*RESEARCH_ERRORS, streaming=True),
     },
-    # FastAPI types a non-JSON body as a string; each event is an object {event, data}.
-    openapi_extra=SSE_ITEMS_ARE_OBJECTS,
+    openapi_extra=EACH_EVENT_IS_A_FRAME,
 )
 async def research_stream(
-    body: ResearchRequest, service: ServiceDep, response: Response
-) -> SSEResponse:
-    """Server-sent events: `token`*, `tool` per search, `final` or `error`, then `data: [DONE]`."""
-    events = service.research_events(body.query)
-    # `response` holds the headers the dependencies set (the RateLimit fields, section 8).
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **response.headers}
-    return SSEResponse(events, headers=headers)
+    body: ResearchRequest, service: ServiceDep
+) -> AsyncIterable[ServerSentEvent]:
+    """Server-sent events: `token`*, `tool` per search, `final` or `error`, then `data: [DONE]`.
+    Every check that answers with a status (the key, the limits, readiness) is a dependency: it
+    runs before the 200 is sent; once the stream has started, a failure is its `error` event.
+    FastAPI adds the headers the dependencies set (the RateLimit fields, docs/02 section 8)."""
+    async for event in service.research_events(body.query):
+        yield event

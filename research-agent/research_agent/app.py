@@ -24,7 +24,6 @@ from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
-from sse_starlette.sse import AppStatus
 
 from . import api
 from .access.key_before_body import KeyBeforeBodyMiddleware
@@ -48,9 +47,6 @@ logger = logging.getLogger(__name__)
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings: Settings = app.state.settings
-    # sse-starlette would cancel open streams at once on SIGTERM; ours get the grace and then end
-    # with a shutting_down error (research_agent/shutdown.py).
-    AppStatus.disable_automatic_graceful_drain()
     app.state.shutdown.install()
     if app.state.agent is None:
         # Builds the search index: off the event loop.

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
-from sse_starlette import EventSourceResponse
+from fastapi.sse import EventSourceResponse
 
 from .access.caller import bearer, get_caller
 from .access.keys import Caller

@@ -1,6 +1,5 @@
 """What the research routes do: consult the cache, run the agent, log, shape answers and events."""
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -8,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from asgi_correlation_id.context import correlation_id
-from sse_starlette import ServerSentEvent
+from fastapi.sse import ServerSentEvent
 
 from .agent import Runs
 from .schemas import ResearchResponse
@@ -31,7 +30,7 @@ def _final(response: dict) -> dict:
 
 
 def _event(name: str, data: dict) -> ServerSentEvent:
-    return ServerSentEvent(event=name, data=json.dumps(data))
+    return ServerSentEvent(event=name, data=data)  # FastAPI writes `data` as JSON
 
 
 @dataclass
@@ -105,4 +104,4 @@ class ResearchService:
             logger.exception("research stream crashed")
             _, error_type, message = INTERNAL_ERROR
             yield _event("error", error_body(error_type, message))
-        yield ServerSentEvent(data="[DONE]")
+        yield ServerSentEvent(raw_data="[DONE]")  # raw: the text itself, not a JSON string

@@ -6,19 +6,22 @@ LISTENs on that channel and wakes the streams of that run it serves: an open str
 asyncio.Event and reads the table only when there is something to read, instead of asking the
 database ten times a second. A stream that has heard nothing for a while sends an SSE comment,
 which keeps proxies from cutting a quiet stream and finds a client that has gone; it ends at the
-run's last event, or after `max_seconds` (the client resumes with Last-Event-ID).
+run's last event, or after `max_seconds` (the client resumes with Last-Event-ID). The events are
+FastAPI's `ServerSentEvent`s, for a route with `response_class=EventSourceResponse`.
 
-Streams are counted on each replica, per owner and in total: beyond either, a 429.
+Streams are counted on each replica, per owner and in total: beyond either, a 429. Like every answer
+that has a status of its own (an unknown event id, a run read to its end), it comes from `opened`,
+which the route's dependency enters before the stream starts: once the 200 is sent, it is too late.
 """
 
 import asyncio
-import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import psycopg
-from fastapi.responses import StreamingResponse
+from fastapi.sse import ServerSentEvent
 from psycopg_pool import PoolTimeout
 
 from ..web.error_shape import ApiError
@@ -134,18 +137,24 @@ class RunEvents:
             )
         return not (after == newest and run["state"] in ENDED)
 
-    def response(self, run: dict, after: int) -> StreamingResponse:
-        """The run's SSE from `after`, holding one of its owner's slots until it ends, however it
-        ends (a 429 instead, past the owner's or this replica's limit)."""
+    @asynccontextmanager
+    async def opened(self, run: dict, after: int) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+        """The run's events from `after`, holding one of its owner's stream slots until the
+        stream ends, however it ends. Entered before the stream starts (a route dependency), so
+        that each refusal is a status: 400 past the run's last event, 204 for an ended run read to
+        its end, 429 past the owner's or this replica's limit."""
+        if not await self.more_after(run, after):
+            raise RunReadToItsEnd()
         release = self.hold(run["owner_hash"])
-        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        stream = self.follow(run["id"], after)
-        return HeldStream(stream, release, media_type="text/event-stream", headers=headers)
+        try:
+            yield self.follow(run["id"], after)
+        finally:
+            release()
 
     # [start:follow]
-    async def follow(self, run_id: str, after: int) -> AsyncIterator[str]:
-        """The run's events after `after`, as SSE, until its last one (done, failed, expired,
-        cancelled), woken by the listener; a comment when quiet; at most `max_seconds`."""
+    async def follow(self, run_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+        """The run's events after `after`, until its last one (done, failed, expired, cancelled),
+        woken by the listener; a comment when quiet; at most `max_seconds`."""
         wake = asyncio.Event()
         self.waiting[run_id].add(wake)
         loop = asyncio.get_running_loop()
@@ -156,9 +165,8 @@ class RunEvents:
                 wake.clear()  # before the read: an event committed during it wakes us again
                 page = await self.store.events_after(run_id, seq, PAGE)
                 for event in page:
-                    seq = event["seq"]
-                    data = json.dumps({"type": event["type"], **event["data"]})
-                    yield f"id: {seq}\nevent: {event['type']}\ndata: {data}\n\n"
+                    seq, data = event["seq"], {"type": event["type"], **event["data"]}
+                    yield ServerSentEvent(id=str(seq), event=event["type"], data=data)
                     if event["type"] in END_EVENTS:
                         return
                 if wake.is_set() or len(page) == PAGE:
@@ -172,7 +180,7 @@ class RunEvents:
                     run = await self.store.get(run_id)
                     if run is None or run["state"] in ENDED:
                         return  # ended without an end event after `seq`: nothing will come
-                    yield ": keep-alive\n\n"
+                    yield ServerSentEvent(comment="keep-alive")
         except DATABASE_ERRORS as exc:
             # The client reconnects (with Last-Event-ID) and gets a 503 until the database is back.
             logger.warning("stream of run %s ended, database unavailable: %s", run_id, exc)
@@ -183,15 +191,8 @@ class RunEvents:
         # [end:follow]
 
 
-class HeldStream(StreamingResponse):
-    """A stream that gives its slot back when it ends, however it ends (done, cut, cancelled)."""
+class RunReadToItsEnd(ApiError):
+    """The run has ended and the client has every event: a 204, which tells EventSource to stop
+    reconnecting."""
 
-    def __init__(self, content, release: Callable[[], None], **kwargs):
-        super().__init__(content, **kwargs)
-        self.release = release
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.release()
+    status, error_type = 204, "no_more_events"

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from asgi_correlation_id import correlation_id
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.utils import is_body_allowed_for_status_code
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -96,12 +97,14 @@ def api_error_body(exc: ApiError) -> dict:
     return error_body(exc.error_type, exc.message, **extra)
 
 
-async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
+async def api_error_handler(request: Request, exc: ApiError) -> Response:
     """The shape of an ApiError, counted first when the app counts the errors it sends
-    (install_shape_handlers' `count`)."""
+    (install_shape_handlers' `count`). A status that has no body (a 204) is sent without one."""
     count = getattr(request.app.state, "count_error", None)
     if count is not None:
         count(exc)
+    if not is_body_allowed_for_status_code(exc.status):
+        return Response(status_code=exc.status, headers=exc.headers)
     return JSONResponse(api_error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
