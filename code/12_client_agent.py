@@ -78,6 +78,7 @@ async def run(thread: str, inputs):
     state = await agent.aget_state(config)
     if state.interrupts:  # the remote task asks for input: we ask our caller
         asked = {"id": thread, **state.interrupts[0].value}
+        asked = {key: asked[key] for key in ("id", "remote_task", "call_id", "tool", "args")}
         yield ServerSentEvent(data=asked, event="input-required")
     else:
         yield ServerSentEvent(data={"id": thread, "answer": state.values["messages"][-1].text})
