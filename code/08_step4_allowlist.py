@@ -95,7 +95,7 @@ CALLS = [("search_notes", {"query": "multi-stage build"}), ("define", {"term": "
 
 
 async def ask(url: str, token: str) -> None:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
     async with http, Client(streamable_http_client(url, http_client=http)) as client:
         print(f"{token}: protocol {client.protocol_version}")
         for tool in (await client.list_tools()).tools:
