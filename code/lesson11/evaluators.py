@@ -151,9 +151,13 @@ def facts(run: Run) -> tuple[bool, str]:
 
 
 def note_exists(url: str) -> bool:
+    """A file inside the searched folder the URL names: `..` and links cannot lead out of it."""
     folder, _, rest = url.partition("/")
     root = SEARCHED.get(folder)
-    return root is not None and (root / rest.split("#")[0]).is_file()
+    if root is None:
+        return False
+    path = (root / rest.split("#")[0]).resolve()
+    return path.is_relative_to(root.resolve()) and path.is_file()
 
 
 def citations(run: Run) -> tuple[bool, str]:

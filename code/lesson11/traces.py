@@ -17,8 +17,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-# A search result as the model reads it (research_agent's format_results): "[n] title — url".
-SOURCE_LINE = re.compile(r"^\[(\d+)\] .+? — (\S+)$", re.M)
+# The search's answer as the model reads it (research_agent's format_results): a block per source,
+# "[n] title — url" on its first line and the snippet below, blocks apart by a blank line.
+SOURCE_LINE = re.compile(r"\[(\d+)\] .+? — (\S+)")
+SEARCH_TOOL = "search_docs"  # the research agent's search of its notes, and the evals' stand-ins
 
 
 @dataclass
@@ -141,12 +143,20 @@ def answer(spans: list[Span]) -> str | None:
 
 
 def sources(messages: list[dict]) -> dict[int, str]:
-    """The sources the search returned in this run, by the number the answer cites them with."""
-    found = {}
+    """The sources the search returned in this run, by the number the answer cites them with.
+
+    Read from the search's own answers only, and in each from the first line of a block: a snippet
+    is a note's text, and its author may write a line that looks like a source there (another
+    tool's output too). The run gives a source one number in all its searches, so a number that
+    names two URLs has been forged, and names none."""
+    found: dict[int, set[str]] = {}
     for m in messages:
-        if m["role"] == "tool" and not m["error"]:
-            found.update({int(n): url for n, url in SOURCE_LINE.findall(m["content"])})
-    return found
+        if m["role"] == "tool" and not m["error"] and m.get("name") == SEARCH_TOOL:
+            for block in m["content"].split("\n\n"):
+                header = SOURCE_LINE.fullmatch(block.split("\n", 1)[0])
+                if header:
+                    found.setdefault(int(header[1]), set()).add(header[2])
+    return {n: next(iter(urls)) for n, urls in found.items() if len(urls) == 1}
 
 
 def usage(spans: list[Span]) -> dict:
