@@ -258,6 +258,11 @@ class Settings(AgentSettings, Composed):
 
     model_config = ENV
 
+    # The model key in a file, as Kubernetes and Docker mount a secret (an environment variable is
+    # copied into every child process and readable in /proc): read when OPENAI_API_KEY is not set.
+    # A missing or empty file is no key: the offline model.
+    OPENAI_API_KEY_FILE: Path | None = None
+
     server: ServerSettings = Field(default_factory=ServerSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
@@ -265,6 +270,16 @@ class Settings(AgentSettings, Composed):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     mcp: McpSettings = Field(default_factory=McpSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+
+    @model_validator(mode="after")
+    def _model_key_from_file(self) -> "Settings":
+        if self.OPENAI_API_KEY is None and self.OPENAI_API_KEY_FILE is not None:
+            try:
+                key = self.OPENAI_API_KEY_FILE.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:
+                key = ""
+            self.OPENAI_API_KEY = SecretStr(key) if key else None
+        return self
 
 
 @lru_cache

@@ -4,17 +4,21 @@ No cluster runs here, so `kubernetes-validate` checks each object against the AP
 offline, rejecting unknown fields (a typo such as `readOnlyRootFileSystem` would otherwise be
 dropped silently by the server). What a schema cannot see is checked across files: the shutdown
 budget, probe paths that exist in the app's OpenAPI schema, selectors that match labels, settings
-the app knows, and the image `make build` tags. Each check also runs on a broken copy: it can fail.
+the app knows, and the image `make build` tags; and what a security review asks of them: one
+namespace, a default-deny egress policy for the agent with the allow-list it needs, CPU limits, the
+model key as a file, high uids, images pinned by digest. Each check also runs on a broken copy: it
+can fail.
 """
 
 import copy
+import ipaddress
 import re
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 
-from research_agent.settings import variables
+from research_agent.settings import Settings, variables
 from tests.support.deploy import built_tags, get_paths, load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,14 +156,15 @@ def label_problems(manifests: list[dict]) -> list[str]:
         target = hpa["spec"]["scaleTargetRef"]
         if target["kind"] != "Deployment" or target["name"] not in deployments:
             problems.append(f"HPA {hpa['metadata']['name']} scales {target}, which is not here")
-    for policy in [m for m in manifests if m["kind"] == "NetworkPolicy"]:
-        if not matches(policy["spec"]["podSelector"]["matchLabels"], pods.get("redis", {})):
-            problems.append(f"NetworkPolicy {policy['metadata']['name']} does not select Redis")
-        sources = [
-            f["podSelector"]["matchLabels"] for r in policy["spec"]["ingress"] for f in r["from"]
-        ]
-        if not any(matches(s, pods.get("research-agent", {})) for s in sources):
-            problems.append(f"NetworkPolicy {policy['metadata']['name']} does not admit the agent")
+    redis_policy = one(manifests, "NetworkPolicy", "redis-from-agent-only")["spec"]
+    if not matches(redis_policy["podSelector"]["matchLabels"], pods.get("redis", {})):
+        problems.append("NetworkPolicy redis-from-agent-only does not select Redis")
+    sources = [f["podSelector"]["matchLabels"] for r in redis_policy["ingress"] for f in r["from"]]
+    if not any(matches(s, pods.get("research-agent", {})) for s in sources):
+        problems.append("NetworkPolicy redis-from-agent-only does not admit the agent")
+    agent_policy = one(manifests, "NetworkPolicy", "agent-egress")["spec"]
+    if not matches(agent_policy["podSelector"]["matchLabels"], pods.get("research-agent", {})):
+        problems.append("NetworkPolicy agent-egress does not select the agent")
     return problems
 
 
@@ -180,22 +185,27 @@ def wiring_problems(manifests: list[dict], settings: set[str], tags: set[str]) -
     unknown = set(env) - settings
     if unknown:
         problems.append(f"settings the app does not read: {sorted(unknown)}")
-    for var in container.get("env", []):
-        ref = var.get("valueFrom", {}).get("secretKeyRef")
-        if ref:
-            one(manifests, "Secret", ref["name"])
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret:
+            one(manifests, "Secret", secret["secretName"])
+    key_file = env.get("OPENAI_API_KEY_FILE", "")
+    mounted = [
+        f"{m['mountPath']}/{item['path']}"
+        for m in container.get("volumeMounts", [])
+        for item in volumes[m["name"]].get("secret", {}).get("items", [])
+        if item["key"] == "OPENAI_API_KEY"
+    ]
+    if key_file not in mounted:
+        problems.append(f"OPENAI_API_KEY_FILE {key_file!r} is not the Secret's file: {mounted}")
     host, port = re.match(r"redis://([\w.-]+):(\d+)/", env["REDIS_URL"]).groups()
     service = one(manifests, "Service", host)
     if int(port) not in [p["port"] for p in service["spec"]["ports"]]:
         problems.append(f"REDIS_URL port {port} is not a port of Service {host}")
     redis = one(manifests, "Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
-    policy_ports = {
-        p["port"]
-        for m in manifests
-        if m["kind"] == "NetworkPolicy"
-        for rule in m["spec"]["ingress"]
-        for p in rule["ports"]
-    }
+    policy = one(manifests, "NetworkPolicy", "redis-from-agent-only")["spec"]
+    policy_ports = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
     if {p["containerPort"] for p in redis["ports"]} != policy_ports:
         problems.append("the NetworkPolicy's ports are not Redis's")
     hpa = one(manifests, "HorizontalPodAutoscaler", "research-agent")["spec"]
@@ -222,8 +232,81 @@ def hardening_problems(manifests: list[dict]) -> list[str]:
                 problems.append(f"{name}: privilege escalation is allowed")
             if context.get("capabilities", {}).get("drop") != ["ALL"]:
                 problems.append(f"{name}: not every capability is dropped")
-            if "memory" not in container.get("resources", {}).get("limits", {}):
-                problems.append(f"{name}: no memory limit")
+            limits = container.get("resources", {}).get("limits", {})
+            if "memory" not in limits or "cpu" not in limits:
+                problems.append(f"{name}: no memory or no CPU limit")
+            secret_env = [e["name"] for e in container.get("env", []) if "valueFrom" in e]
+            if secret_env or any("secretRef" in e for e in container.get("envFrom", [])):
+                problems.append(f"{name}: a secret in the environment, not a file: {secret_env}")
+            image = container["image"]
+            if "@sha256:" not in image and image not in built_tags():
+                problems.append(f"{name}: {image} is a tag, not pinned by digest")
+        if pod["securityContext"].get("runAsUser", 0) < 10000:
+            problems.append(f"{name}: a uid below 10000 may be a user of the host")
+    return problems
+
+
+def namespace_problems(manifests: list[dict]) -> list[str]:
+    """One namespace of its own, declared here, holding every object; Pod Security enforced."""
+    namespaces = [m for m in manifests if m["kind"] == "Namespace"]
+    if len(namespaces) != 1:
+        return [f"expected one Namespace, found {len(namespaces)}"]
+    (namespace,) = namespaces
+    name = namespace["metadata"]["name"]
+    problems = []
+    if namespace["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != (
+        "restricted"
+    ):
+        problems.append(f"Namespace {name}: Pod Security's restricted profile is not enforced")
+    if namespace["metadata"]["_file"] != min(m["metadata"]["_file"] for m in manifests):
+        problems.append("the Namespace's file does not sort first: kubectl apply -f would fail")
+    for m in manifests:
+        if m["kind"] != "Namespace" and m["metadata"].get("namespace") != name:
+            problems.append(f"{m['kind']} {m['metadata']['name']} is not in namespace {name}")
+    return problems
+
+
+METADATA = "169.254.169.254/32"  # the cloud's metadata service: node credentials
+
+
+def egress_problems(manifests: list[dict]) -> list[str]:
+    """The agent's pods may open connections to DNS, Redis and HTTPS outside the cluster only."""
+    agent = one(manifests, "Deployment", "research-agent")["spec"]["template"]["metadata"]
+    redis = one(manifests, "Deployment", "redis")["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        m["spec"]
+        for m in manifests
+        if m["kind"] == "NetworkPolicy"
+        and "Egress" in m["spec"].get("policyTypes", [])
+        and matches(m["spec"]["podSelector"]["matchLabels"], agent["labels"])
+    ]
+    if not policies:
+        return ["no Egress NetworkPolicy selects the agent: it may connect anywhere"]
+    problems, allowed = [], set()
+    for rule in (r for p in policies for r in p.get("egress", [])):
+        ports = {(p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", [])}
+        if not ports or not rule.get("to"):
+            problems.append(f"an egress rule with no ports or no peers allows too much: {rule}")
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if block is not None:
+                network = ipaddress.ip_network(block["cidr"])
+                held = [ipaddress.ip_network(e) for e in block.get("except", [])]
+                if network.overlaps(ipaddress.ip_network(METADATA)) and not any(
+                    ipaddress.ip_network(METADATA).subnet_of(e) for e in held
+                ):
+                    problems.append(f"egress to {block['cidr']} reaches the metadata service")
+                allowed |= {("outside", port) for port in ports}
+            elif matches(peer.get("podSelector", {}).get("matchLabels", {}), redis):
+                allowed |= {("redis", port) for port in ports}
+            elif peer.get("podSelector", {}).get("matchLabels", {}).get("k8s-app") == "kube-dns":
+                allowed |= {("dns", port) for port in ports}
+            else:
+                problems.append(f"egress to a peer the agent does not need: {peer}")
+    needed = {("dns", ("UDP", 53)), ("dns", ("TCP", 53)), ("redis", ("TCP", 6379))}
+    needed |= {("outside", ("TCP", 443))}
+    if needed - allowed:
+        problems.append(f"the agent cannot reach {sorted(needed - allowed)}")
     return problems
 
 
@@ -233,6 +316,8 @@ def hardening_problems(manifests: list[dict]) -> list[str]:
 def test_the_folder_has_every_object_the_service_needs():
     kinds = {(m["kind"], m["metadata"]["name"]) for m in MANIFESTS}
     assert kinds == {
+        ("Namespace", "research-agent"),
+        ("NetworkPolicy", "agent-egress"),
         ("Deployment", "research-agent"),
         ("Service", "research-agent"),
         ("HorizontalPodAutoscaler", "research-agent"),
@@ -286,6 +371,26 @@ def test_image_user_settings_and_redis_address_agree_with_the_repository():
 
 def test_every_container_is_hardened():
     assert hardening_problems(MANIFESTS) == []
+
+
+def test_every_object_is_in_the_namespace_the_folder_declares():
+    assert namespace_problems(MANIFESTS) == []
+
+
+def test_the_agent_may_reach_dns_redis_and_https_outside_only():
+    assert egress_problems(MANIFESTS) == []
+
+
+def test_the_agent_reads_its_model_key_from_the_file_the_deployment_mounts(tmp_path, monkeypatch):
+    container = one(MANIFESTS, "Deployment", "research-agent")["spec"]["template"]["spec"]
+    path = environment(MANIFESTS, container["containers"][0])["OPENAI_API_KEY_FILE"]
+    mounted = tmp_path / path.lstrip("/")  # that path, under a folder of the test's own
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert Settings(OPENAI_API_KEY_FILE=str(mounted)).offline  # no key in the Secret: no file
+    mounted.parent.mkdir(parents=True)
+    mounted.write_text("sk-from-the-secret\n")
+    settings = Settings(OPENAI_API_KEY_FILE=str(mounted))
+    assert settings.OPENAI_API_KEY.get_secret_value() == "sk-from-the-secret"
 
 
 # --- Each check fails on a broken copy ------------------------------------------------------------
@@ -364,6 +469,50 @@ BREAKAGES = {
     "writable root": (
         hardening_problems,
         lambda m: agent_container(m)["securityContext"].update(readOnlyRootFilesystem=False),
+    ),
+    "no CPU limit": (
+        hardening_problems,
+        lambda m: agent_container(m)["resources"]["limits"].pop("cpu"),
+    ),
+    "the key as a variable": (
+        hardening_problems,
+        lambda m: agent_container(m)["env"].append(
+            {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+        ),
+    ),
+    "Redis as uid 999": (
+        hardening_problems,
+        lambda m: m[("Deployment", "redis")]["spec"]["template"]["spec"]["securityContext"].update(
+            runAsUser=999
+        ),
+    ),
+    "Redis by tag": (
+        hardening_problems,
+        lambda m: m[("Deployment", "redis")]["spec"]["template"]["spec"]["containers"][0].update(
+            image="redis:7"
+        ),
+    ),
+    "the key file not mounted": (
+        lambda ms: wiring_problems(ms, set(variables()), built_tags()),
+        lambda m: agent_container(m)["volumeMounts"].pop(),
+    ),
+    "an object in the default namespace": (
+        namespace_problems,
+        lambda m: m[("ConfigMap", "research-agent-config")]["metadata"].pop("namespace"),
+    ),
+    "egress to the metadata service": (
+        egress_problems,
+        lambda m: m[("NetworkPolicy", "agent-egress")]["spec"]["egress"][-1]["to"][0]["ipBlock"][
+            "except"
+        ].remove("169.254.0.0/16"),
+    ),
+    "egress anywhere": (
+        egress_problems,
+        lambda m: m[("NetworkPolicy", "agent-egress")]["spec"]["egress"].append({}),
+    ),
+    "no egress policy": (
+        egress_problems,
+        lambda m: m[("NetworkPolicy", "agent-egress")]["spec"].update(policyTypes=["Ingress"]),
     ),
 }
 
