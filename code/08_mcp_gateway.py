@@ -34,7 +34,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lesson08.call_limits import BurstGuard, CallPolicy
+from lesson08.call_limits import BurstGuard, CallPolicy, withhold_anonymous_meta
 from lesson08.catalog import Catalog, load_catalog
 from lesson08.launcher import DockerLauncher, UrlLauncher
 from lesson08.operator_endpoints import OperatorEndpoints, repin_on_the_running_gateway
@@ -125,6 +125,8 @@ def build_gateway(settings: Settings) -> Gateway:
             )
         ],
     )
+    # Before anything reads the request: a stranger's `_meta` goes no further than the gateway.
+    gateway._mcp_server.middleware.insert(0, withhold_anonymous_meta(catalog.clients))
     for entry in catalog.servers:
         upstream = Upstream(entry, launcher, settings.GATEWAY_MAX_RESULT_BYTES)
         upstream.changed.provider = providers[entry.name] = PinnedProxyProvider(

@@ -16,6 +16,8 @@
   a server fails the one request it carried, not every call on the gateway's client to it.
 """
 
+import contextvars
+import dataclasses
 import hmac
 import json
 import logging
@@ -215,6 +217,39 @@ def identify(clients: dict, authorization: str | None) -> str:
         if token and expected and hmac.compare_digest(token.encode(), expected.encode()):
             return name
     return "anonymous"
+
+
+# What the gateway took out of an anonymous caller's `_meta` for the request running now.
+WITHHELD = contextvars.ContextVar[dict | None]("withheld_meta", default=None)
+PROTOCOL_META = "io.modelcontextprotocol/"  # the protocol's own keys: version, client, ...
+
+
+def withhold_anonymous_meta(clients: dict):
+    """A middleware of the SDK's server (the first): a caller the gateway cannot name passes on
+    nothing of its own in `_meta`, only the protocol's keys and a progress token. What a known
+    client sends may reach a tool server (FastMCP's proxy forwards `_meta`); what a stranger
+    sends may not, so no one can make a tool server read keys it chose. What was taken out is in
+    WITHHELD while the request runs."""
+
+    async def middleware(ctx, call_next):
+        meta = dict(ctx.meta or {})
+        request = ctx.request
+        authorization = request.headers.get("authorization") if request is not None else None
+        if not meta or identify(clients, authorization) != "anonymous":
+            return await call_next(ctx)
+        kept = {
+            k: v for k, v in meta.items() if k.startswith(PROTOCOL_META) or k == "progressToken"
+        }
+        if kept == meta:
+            return await call_next(ctx)
+        params = {**(ctx.params or {}), "_meta": kept}
+        token = WITHHELD.set({k: v for k, v in meta.items() if k not in kept})
+        try:
+            return await call_next(dataclasses.replace(ctx, params=params, meta=kept))
+        finally:
+            WITHHELD.reset(token)
+
+    return middleware
 
 
 def allowed(clients: dict, client: str, tool: str) -> bool:

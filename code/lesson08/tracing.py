@@ -1,53 +1,60 @@
 """Lesson 09 on lesson 08's servers: one trace from the agent's tool call to the tool, joined
-through the protocol's own trace context.
+through the protocol's own trace context, attached from outside the servers' files:
+
+    .venv/lesson08/bin/python -m lesson08.tracing code/08_notes_server.py
+    .venv/lesson08/bin/python -m lesson08.tracing code/08_mcp_gateway.py
+
+configures tracing from the OTEL_* variables, loads the script, attaches the spans, and serves it
+as `python script.py` would (support/mcp_servers.py starts a server this way when OTEL_* asks for
+spans).
 
 An MCP request carries its caller's W3C trace context in `params._meta`, under `traceparent` and
 `tracestate` (the MCP specification's trace-context convention): no HTTP header of ours. The agent
 adds it to each tool call (research_agent/tracing/mcp_tracing.py); here:
 
-- the gateway (trace_gateway): a span per tool call, `gateway tools/call {tool}`, with who called
+- the gateway: a span per tool call, `gateway tools/call {tool}`, with who called
   (`mcp_gateway.client`), the tool, its server and the sha256 it is pinned to, and how the call
-  ended (`mcp_gateway.outcome`, the call log's word for it). FastMCP's own spans nest under it, and
-  its proxy passes the gateway's context on to the tool server in `_meta` again;
-- a tool server (trace_tool_server): a span per call, `tools/call {tool}`, whose parent is the
-  context in the request's `_meta`; lesson 04's `sandbox run` nests under run_python's.
+  ended (`mcp_gateway.outcome`, the call log's word for it). FastMCP's own spans of the call nest
+  under it, and its proxy passes the context on to the tool server in `_meta`; FastMCP makes no
+  span for the other requests (discovery, listings: they belong to no one call);
+- a tool server: the SDK's span per call, `tools/call {tool}`, whose parent is the context in the
+  request's `_meta`, and none for its other requests; lesson 04's `sandbox run` nests under
+  run_python's.
 
 Trust, as at lesson 09's edge: a caller's context is joined only from a client that proved who it
-is with its catalog token. An anonymous caller's becomes a link on the gateway's span (named, not
-joined), and is never passed on to a tool server, whether or not the gateway traces. A tool server
-trusts its one caller, the gateway, by where it stands (on the tools network).
-
-Without OTEL_EXPORTER_OTLP_ENDPOINT tracing is off (research_agent's configure_tracing): no span
-is made, the OpenTelemetry SDK is never loaded, and all the gateway does is take an anonymous
-caller's trace context out of `_meta`.
+is with its catalog token. The gateway itself passes on nothing of an anonymous caller's `_meta`
+(lesson08.call_limits.withhold_anonymous_meta, whether or not it traces); here, that caller's
+context becomes a link on the gateway's span (named, not joined). A tool server trusts its one
+caller, the gateway, by where it stands (on the tools network).
 """
 
-import dataclasses
 import json
 import logging
 import os
+import sys
+from pathlib import Path
 
-from fastmcp.server.dependencies import get_http_headers
+import uvicorn
+from fastmcp.server.dependencies import fastmcp_request_ctx, get_http_headers
 from fastmcp.server.middleware import Middleware
-from mcp.server.lowlevel.server import request_ctx
-from mcp.types import CallToolRequest
+from fastmcp.telemetry import suppress_fastmcp_telemetry
+from mcp.server._otel import OpenTelemetryMiddleware
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.context import Context, attach, detach
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TraceFlags
 
-from lesson08.call_limits import CallPolicy, cut, identify
+from lesson08.call_limits import WITHHELD, CallPolicy, cut, identify
 
 logger = logging.getLogger("mcp_gateway")
 ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 TRACE_KEYS = ("traceparent", "tracestate")  # the keys of `_meta` that carry a trace context
 OK = "ok"
+SERVICES = {"08_notes_server": "mcp-notes", "08_python_server": "mcp-python"}
 
 
 def configure(service_name: str) -> bool:
     """Tracing for this process from the OTEL_* variables, as the research agent reads them (this
-    service name unless OTEL_SERVICE_NAME says otherwise). True when it is on. Without an endpoint
-    nothing is imported; lesson 08's images carry the OpenTelemetry API only, so there it says so
-    once and stays off."""
+    service name unless OTEL_SERVICE_NAME says otherwise). True when it is on."""
     if not any(os.environ.get(name) for name in ENDPOINTS):
         return False
     try:
@@ -59,51 +66,32 @@ def configure(service_name: str) -> bool:
 
 
 def trace_context(meta) -> dict[str, str]:
-    """The trace context a request's `_meta` carries (an MCP `RequestParams.Meta`, or None)."""
-    extra = (meta.model_extra if meta is not None else None) or {}
-    return {key: str(extra[key]) for key in TRACE_KEYS if key in extra}
-
-
-def without_trace_context(meta):
-    """The same `_meta` without its trace context."""
-    stripped = meta.model_copy()
-    for key in TRACE_KEYS:
-        stripped.__pydantic_extra__.pop(key, None)
-    return stripped
+    """The trace context a request's `_meta` carries (a mapping, or None)."""
+    meta = meta or {}
+    return {key: str(meta[key]) for key in TRACE_KEYS if key in meta}
 
 
 # --- The gateway ----------------------------------------------------------------------------------
 
 
 class GatewayTracing(Middleware):
-    """First in the gateway's middleware: an untrusted caller's trace context removed from the
-    request, and while tracing is on, a span per tool call. CallPolicy, inside it, reports each
-    call's log line to `record`, which puts its outcome on the span."""
+    """First in the gateway's middleware while tracing is on: a span per tool call. CallPolicy,
+    inside it, reports each call's log line to `record`, which puts its outcome on the span."""
 
-    def __init__(self, clients: dict, pin_of, traced: bool):
-        self.clients, self.pin_of, self.traced = clients, pin_of, traced
+    def __init__(self, clients: dict, pin_of):
+        self.clients, self.pin_of = clients, pin_of
         self.tracer = trace.get_tracer("lesson08.gateway")
 
     async def on_call_tool(self, context, call_next):
-        request = request_ctx.get(None)
-        caller = trace_context(request.meta if request is not None else None)
-        if not caller and not self.traced:
-            return await call_next(context)  # nothing to check, nothing to record
+        request = fastmcp_request_ctx.get()
         headers = get_http_headers(include={"authorization"})
         client = identify(self.clients, headers.get("authorization"))
         trusted = client != "anonymous"
-        token = None
-        if caller and not trusted:  # neither joined nor passed on (FastMCP's proxy reads it here)
-            stripped = without_trace_context(request.meta)
-            token = request_ctx.set(dataclasses.replace(request, meta=stripped))
-        try:
-            if not self.traced:
-                return await call_next(context)
-            with self._span(context.message.name, client, caller, trusted):
-                return await call_next(context)
-        finally:
-            if token is not None:
-                request_ctx.reset(token)
+        caller = trace_context(request.meta if request is not None else None)
+        if not trusted:
+            caller = trace_context(WITHHELD.get())  # what the gateway took out: a link only
+        with self._span(context.message.name, client, caller, trusted):
+            return await call_next(context)
 
     def _span(self, tool: str, client: str, caller: dict, trusted: bool):
         parent, links = (propagate.extract(caller) if caller else None), []
@@ -138,11 +126,19 @@ class GatewayTracing(Middleware):
             span.set_status(Status(StatusCode.ERROR, event["outcome"]))
 
 
-def trace_gateway(gateway, pins, providers: dict, service_name: str = "mcp-gateway"):
-    """Tracing configured from OTEL_* (off without an endpoint), and GatewayTracing put first in
-    the gateway's middleware, where lesson 08's app is composed (build_app)."""
-    traced = configure(service_name)
-    policy = next(m for m in gateway.middleware if isinstance(m, CallPolicy))
+async def only_calls_traced_by_fastmcp(ctx, call_next):
+    """A middleware of the SDK's server: FastMCP's own spans for tool calls only."""
+    if ctx.method == "tools/call":
+        return await call_next(ctx)
+    with suppress_fastmcp_telemetry():
+        return await call_next(ctx)
+
+
+def trace_gateway(built) -> GatewayTracing:
+    """A layer for code/08_mcp_gateway.py's build_app (`layers=`): the spans, where the gateway
+    is composed."""
+    server, _, pins, _, providers = built
+    policy = next(m for m in server.middleware if isinstance(m, CallPolicy))
 
     def pin_of(tool: str):
         for provider in providers.values():
@@ -151,48 +147,73 @@ def trace_gateway(gateway, pins, providers: dict, service_name: str = "mcp-gatew
                 return (provider.server, pin["sha256"]) if pin else None
         return None
 
-    middleware = GatewayTracing(policy.clients, pin_of, traced)
-    gateway.middleware.insert(0, middleware)
-    if traced:
-        policy.reports.append(middleware.record)
+    middleware = GatewayTracing(policy.clients, pin_of)
+    server.middleware.insert(0, middleware)
+    policy.reports.append(middleware.record)
+    server._mcp_server.middleware.insert(1, only_calls_traced_by_fastmcp)  # after the withholding
+    for provider in providers.values():  # opening a client, pin checks: no one call's either
+        provider.recheck = untraced(provider.recheck)
+        provider._declared = untraced(provider._declared)
+        provider.client_factory = untraced(provider.client_factory)
     return middleware
 
 
-# --- A tool server (the SDK's FastMCP) -----------------------------------------------------------
+def untraced(work):
+    """`work` with neither FastMCP's spans nor the SDK client's (`MCP send ...`): its spans get
+    a parent that is not sampled, so the SDK's sampler (parent-based) records none of them."""
+
+    async def run(*args, **kwargs):
+        ids = trace.SpanContext(trace_id=1, span_id=1, is_remote=False, trace_flags=TraceFlags(0))
+        token = attach(trace.set_span_in_context(trace.NonRecordingSpan(ids)))
+        try:
+            with suppress_fastmcp_telemetry():
+                return await work(*args, **kwargs)
+        finally:
+            detach(token)
+
+    return run
 
 
-def trace_tool_server(server, service_name: str, runner=None):
-    """A `tools/call {tool}` span per call on this server (an `mcp.server.fastmcp.FastMCP`), its
-    parent the context in the request's `_meta`, once tracing is configured; otherwise nothing.
-    Returns `runner` (lesson 04's sandbox runner, if the server has one), as research_agent's
-    TracedRunner while tracing is on: each run a `sandbox run` span under the call's."""
-    if not configure(service_name):
-        return runner
-    handlers = server._mcp_server.request_handlers
-    handle = handlers[CallToolRequest]
-    tracer = trace.get_tracer("lesson08.tool_server")
+# --- A tool server (the SDK's MCPServer) -------------------------------------------------------
 
-    async def traced(request: CallToolRequest):
-        name = request.params.name
-        parent = propagate.extract(trace_context(request.params.meta))
-        attributes = {
-            "mcp.method.name": "tools/call",
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": cut(name),
-            "mcp.server.name": server.name,
-        }
-        with tracer.start_as_current_span(
-            f"tools/call {cut(name)}", context=parent, kind=SpanKind.SERVER, attributes=attributes
-        ) as span:
-            answer = await handle(request)
-            if getattr(answer.root, "isError", False):
-                span.set_attribute("error.type", "tool_error")
-                span.set_status(Status(StatusCode.ERROR, "tool_error"))
-            return answer
 
-    handlers[CallToolRequest] = traced
-    if runner is None:
-        return None
-    from research_agent import TracedRunner
+class ToolCallSpans(OpenTelemetryMiddleware):
+    """The SDK's span per inbound message, for tool calls only."""
 
-    return TracedRunner(runner)
+    async def __call__(self, ctx, call_next):
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        return await super().__call__(ctx, call_next)
+
+
+def trace_tool_server(module) -> None:
+    """A tool server script's module: its SDK spans for tool calls only, and its sandbox runner
+    (the python server's), if any, as research_agent's TracedRunner: each run a `sandbox run`."""
+    chain = module.server.middleware
+    chain[:] = [ToolCallSpans() if isinstance(m, OpenTelemetryMiddleware) else m for m in chain]
+    if hasattr(module, "runner"):
+        from research_agent import TracedRunner
+
+        module.runner = TracedRunner(module.runner)
+
+
+def main(script: str) -> None:
+    import asyncio
+
+    from support.lessons import ROOT, load_lesson  # the host's: lesson 08's environment has it
+
+    path = Path(script).resolve().relative_to(ROOT).as_posix()
+    stem = Path(path).stem
+    module = load_lesson(path)
+    if stem == "08_mcp_gateway":
+        layers = [trace_gateway] if configure("mcp-gateway") else []
+        asyncio.run(module.serve(module.Settings(), layers))
+        return
+    if configure(SERVICES.get(stem, stem)):
+        trace_tool_server(module)
+    settings = module.settings
+    uvicorn.run(module.app, host=settings.HOST, port=settings.PORT, log_level="warning")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from support.mcp_servers import NOTES_SERVER
+from support.mcp_servers import LESSON08_PYTHON, NOTES_SERVER
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from support.waiting import wait_for
@@ -108,7 +107,7 @@ def wait_healthy(url: str, seconds: float = 180) -> None:
 def client(*args: str, mcp_port: int = MCP_PORT) -> subprocess.CompletedProcess:
     """The lesson's MCP client (the SDK's ClientSession), as the doc runs it."""
     env = {**os.environ, "MCP_URL": f"http://127.0.0.1:{mcp_port}/mcp"}
-    return sh(sys.executable, CLIENT, *args, check=False, env=env, timeout=240)
+    return sh(LESSON08_PYTHON, CLIENT, *args, check=False, env=env, timeout=240)
 
 
 def call(tool: str, arguments: dict, mcp_port: int = MCP_PORT, attempts: int = 3):
@@ -352,7 +351,7 @@ def check_the_challenge(base: list, env: dict, work: Path) -> None:
             PORT=port,
             MCP_ALLOWED_HOSTS="host.docker.internal:*",
         )
-        args = [sys.executable, script]
+        args = [LESSON08_PYTHON, script]
         return ServerProcess(args, env=server_env, port=port, log_path=work / "glossary.log")
 
     catalog_path = work / "catalog.yaml"
@@ -366,7 +365,15 @@ def check_the_challenge(base: list, env: dict, work: Path) -> None:
         sh(*base, "restart", "gateway", env=env)
         wait_healthy(f"http://127.0.0.1:{MCP_PORT}/health")
         listing = sh(
-            "make", "-s", "lesson-08-client", f"LESSON08_MCP_PORT={MCP_PORT}", timeout=240
+            "make",
+            "-s",
+            "-o",
+            ".venv/.lessons",
+            "-o",
+            ".venv/lesson08/.installed",
+            "lesson-08-client",
+            f"LESSON08_MCP_PORT={MCP_PORT}",
+            timeout=240,
         ).stdout
         assert "glossary: Define a term about containers." in listing, listing
         assert "search_notes:" in listing and "run_python:" in listing
