@@ -232,7 +232,7 @@ class Consumer:
 
 TOPICS = ("docker", "kubernetes", "redis", "python", "fastapi", "langchain")
 DEBUG_HINTS = re.compile(
-    r"Traceback \(most recent call last\)|\b\w+Error\b|\bexception\b|\berror\b|\bstack trace\b",
+    r"Traceback \(most recent call last\)|\b\w+Error\b|\bexception\b|\berror\b",
     re.IGNORECASE,
 )
 EXERCISE_HINTS = re.compile(r"\b(exercises?|practice|quiz|drill)\b", re.IGNORECASE)
@@ -278,11 +278,8 @@ def make_triage(bus: Bus, settings: AgentSettings):
     return triage
 
 
-PROMPTS = {
-    "concepts": "You explain one concept clearly, with a short example.",
-    "debug": "You read an error or traceback and say what caused it and how to fix it.",
-    "exercise": "You write one short exercise on the topic, with a hint.",
-}
+# Each specialist is the model with its own instructions (the steps' prompt, the same words).
+PROMPT = "You are the course's {kind} specialist: answer in a few lines."
 
 
 def make_specialist(kind: str, bus: Bus, settings: AgentSettings):
@@ -301,7 +298,9 @@ def make_specialist(kind: str, bus: Bus, settings: AgentSettings):
         if await bus.redis.hget(record, "status") != "pending":
             raise Malformed(f"question {data['question_id']} is not pending")  # no model call
         await bus.redis.hset(record, "attempts", delivery)
-        reply = await model.ainvoke([SystemMessage(PROMPTS[kind]), HumanMessage(data["text"])])
+        reply = await model.ainvoke(
+            [SystemMessage(PROMPT.format(kind=kind)), HumanMessage(data["text"])]
+        )
         done = envelope(
             f"{data['question_id']}.answered",
             f"/lesson07/{kind}",

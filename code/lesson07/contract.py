@@ -4,12 +4,12 @@ Redis keys, the bounds that keep Redis from growing without end, and how progres
 """
 
 import json
-import re
-import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import redis.asyncio as redis
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Docker and Compose mount secrets here; on the host, REDIS_PASSWORD in the environment does it.
@@ -138,54 +138,87 @@ async def read_progress(client: redis.Redis, student_id: str, threshold: int = 3
 TRACEPARENT = r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"
 
 
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 envelope, the format Dapr wraps every pub/sub message in: the steps'
+    model (code/07_step1_topics.py), with the attributes Dapr writes and the extensions we read.
+    Strict about what it names (a string is a string, of at most MAX_ID_CHARS); other extension
+    attributes pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    source: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    type: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    time: datetime | None = None
+    datacontenttype: str | None = None
+    data: dict
+    traceparent: str | None = Field(default=None, pattern=rf"^{TRACEPARENT}$")
+    tracestate: str | None = Field(default=None, max_length=512)
+
+
+class QuestionData(BaseModel):
+    """What every question event carries in `data` (triage and progress add their fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    question_id: str = Field(pattern=rf"^{QUESTION_ID}$")
+    student_id: str = Field(pattern=rf"^{STUDENT_ID}$")
+    text: str
+
+
 def envelope(event_id: str, source: str, event_type: str, data: dict, **extensions: str) -> dict:
-    """A CloudEvents 1.0 envelope, the format Dapr wraps every pub/sub message in; `extensions`
-    are CloudEvents extension attributes, a string each."""
-    return {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": source,
-        "type": event_type,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "datacontenttype": "application/json",
+    """A CloudEvents 1.0 envelope, as a dict ready for json.dumps; `extensions` are CloudEvents
+    extension attributes, a string each."""
+    event = CloudEvent(
+        specversion="1.0",
+        id=event_id,
+        source=source,
+        type=event_type,
+        time=datetime.now(UTC).replace(microsecond=0),
+        datacontenttype="application/json",
+        data=data,
         **extensions,
-        "data": data,
-    }
+    )
+    return event.model_dump(mode="json", exclude_none=True)
 
 
 class Malformed(ValueError):
     """An event no number of retries can fix: it goes straight to the dead-letter topic."""
 
 
+def invalid(exc: ValidationError) -> list[str]:
+    """The names of the fields a ValidationError found wrong, sorted."""
+    return sorted({".".join(str(part) for part in e["loc"][:1]) for e in exc.errors()})
+
+
 def parse(topic: str, fields: dict) -> dict:
     """The envelope of a stream entry (one field, `data`, as Dapr's Redis component stores it),
-    checked against what `topic` accepts. Anything else raises Malformed, never another error."""
+    checked by the model and against what `topic` accepts. Anything else raises Malformed, never
+    another error."""
     try:
         raw = fields["data"]
         # Read with errors="surrogateescape": bytes that are not UTF-8 arrive as lone surrogates,
         # as do JSON escapes like \ud800. Neither can be stored or sent on: refused here.
         raw.encode("utf-8")
-        event = json.loads(raw)
-        json.dumps(event, ensure_ascii=False).encode("utf-8")
+        payload = json.loads(raw)
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
     except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
         raise Malformed(f"not a JSON CloudEvent in UTF-8: {type(exc).__name__}") from None
-    if not isinstance(event, dict) or event.get("specversion") != "1.0":
+    if not isinstance(payload, dict) or payload.get("specversion") != "1.0":
         raise Malformed("not a CloudEvents 1.0 envelope")
-    bad = [
-        k
-        for k in ("id", "source", "type")
-        if not isinstance(event.get(k), str) or not 0 < len(event[k]) <= MAX_ID_CHARS
-    ]
-    if bad or not isinstance(event.get("data"), dict):
-        raise Malformed(f"missing or invalid attributes: {bad or ['data']}")
-    if "traceparent" in event and not (
-        isinstance(event["traceparent"], str) and re.fullmatch(TRACEPARENT, event["traceparent"])
-    ):
-        raise Malformed("traceparent is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)")
+    try:
+        event = CloudEvent.model_validate(payload)
+    except ValidationError as exc:
+        if invalid(exc) == ["traceparent"]:
+            raise Malformed(
+                "traceparent is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)"
+            ) from None
+        raise Malformed(f"missing or invalid attributes: {invalid(exc)}") from None
     event_type, sources = ACCEPTS[topic]
-    if event["type"] != event_type or event["source"] not in sources:
+    if event.type != event_type or event.source not in sources:
         raise Malformed(f"{topic} accepts {event_type} from {sorted(sources)} only")
-    return event
+    return payload
 
 
 def event_id_of(fields: dict) -> str:
@@ -198,18 +231,20 @@ def event_id_of(fields: dict) -> str:
 
 
 def question_data(event: dict) -> dict:
-    data = event["data"]
-    if not (
-        isinstance(data.get("question_id"), str) and re.fullmatch(QUESTION_ID, data["question_id"])
-    ):
-        raise Malformed("data.question_id must be 32 hex characters")
-    if not isinstance(data.get("student_id"), str) or not re.fullmatch(
-        STUDENT_ID, data["student_id"]
-    ):
-        raise Malformed("data.student_id must be 1-64 of A-Z a-z 0-9 _ . -")
-    if not isinstance(data.get("text"), str):
-        raise Malformed("data.text must be a string")
-    return data
+    """The question an event carries, checked (QuestionData): its `data`, or Malformed."""
+    try:
+        QuestionData.model_validate(event["data"])
+    except ValidationError as exc:
+        rules = "; ".join(f"data.{name} must be {QUESTION_RULES[name]}" for name in invalid(exc))
+        raise Malformed(rules) from None
+    return event["data"]
+
+
+QUESTION_RULES = {
+    "question_id": "32 hex characters",
+    "student_id": "1-64 of A-Z a-z 0-9 _ . -",
+    "text": "a string",
+}
 
 
 def entry(event: dict) -> dict:
