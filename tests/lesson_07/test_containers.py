@@ -15,13 +15,16 @@ import pytest
 import redis
 
 from support.event_agents import ComposeProject
+from support.lessons import ROOT
 from support.waiting import wait_for
+from tests.support.doc_session import Terminal, differences, section_steps
 from tests.support.docker_cli import NO_COMPOSE_V2, compose_v2, docker
 from tests.support.redis import one_try
 
 pytestmark = pytest.mark.container
 
 IMAGE = os.environ.get("LESSON07_IMAGE", "lesson-07-agents")
+DOC = ROOT / "docs" / "07-event-driven-agents.md"
 KINDS = {
     "concepts": "What is a {topic} network?",
     "debug": "Traceback (most recent call last): {topic} raised KeyError number {i}",
@@ -60,7 +63,7 @@ def test_compose_v1_runs_the_same_file():
             except httpx.HTTPError:
                 return False
 
-        wait_for(ready, timeout=60, interval=0.5, what="the gateway ready under Compose v1")
+        wait_for(ready, timeout=180, interval=0.5, what="the gateway ready under Compose v1")
         asked = client.post("/v1/questions", json={"student_id": "v1", "text": "What is AOF?"})
         question = f"/v1/questions/{asked.json()['id']}"
         client.headers["Authorization"] = f"Bearer {asked.json()['student_token']}"
@@ -184,6 +187,44 @@ def test_redis_answers_nobody_without_the_password(project):
     with pytest.raises(redis.AuthenticationError):
         client.xadd("learning.requests", {"data": forged})
     assert project.redis_cli("CONFIG", "GET", "maxmemory-policy").split()[-1] == "noeviction"
+
+
+WAIT_FOR_SIX = """for _ in $(seq 120); do
+  curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8070/v1/students/bob/progress \\
+    | grep -q '"questions":6' && break
+  sleep 1
+done"""
+
+
+def test_step_5_as_the_doc_types_it(project):
+    """docs/07's section 5 typed into one bash against this module's project (its name and port
+    for lesson07 and 8070): `make lesson-07` brings it up as it is, the scale to three, the six
+    questions as bob. The doc's `sleep 10` becomes a wait until the six are counted, as a person
+    would wait on a slower machine; what each block prints is compared with the doc."""
+    steps = section_steps(DOC, "5.")
+    firsts = [command.body.split(" ")[:3] for command, _ in steps]
+    assert firsts == [
+        ["make", "lesson-07"],
+        ["docker", "compose", "-p"],
+        ["ASKED=$(curl", "-s", "-X"],
+    ]
+    assert all(shown is not None for _, shown in steps)
+
+    def here(text: str) -> str:  # the doc's project name and port, as this project's
+        for name in ("-p lesson07 ", "project lesson07)", "lesson07-concepts-"):
+            text = text.replace(name, name.replace("lesson07", project.name))
+        return text.replace("8070", str(project.port))
+
+    terminal = Terminal(ROOT, {**project.env, "LESSON07_PROJECT": project.name})
+    try:
+        for command, shown in steps:
+            body = here(command.body).replace("sleep 10", here(WAIT_FOR_SIX))
+            printed, status = terminal.run(body, timeout=600)
+            assert status == 0, f"docs/07:{command.line} exited {status}:\n{printed}"
+            problems = differences(here(shown.body), printed)
+            assert not problems, f"docs/07:{command.line}\n{problems}"
+    finally:
+        terminal.close()
 
 
 def test_lesson_07_down_leaves_nothing(project):
