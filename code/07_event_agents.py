@@ -33,6 +33,7 @@ from pathlib import Path
 
 import redis.asyncio as redis
 from langchain_core.messages import HumanMessage, SystemMessage
+from redis.backoff import ExponentialBackoff
 
 from chat_model import make_chat_model
 
@@ -48,7 +49,6 @@ from lesson07.contract import (  # noqa: F401 - re-exported: the lesson's names 
     SPECIALIST_TOPICS,
     TRACE,
     AgentSettings,
-    Backoff,
     Malformed,
     connect,
     deadletter,
@@ -198,7 +198,10 @@ class Consumer:
         await self.bus.trace(self.topic, event_id, self.name, delivery, outcome)
 
     async def run(self) -> None:
-        backoff, joined = Backoff(), False
+        # Waits 0.5 s, 1 s, 2 s ... up to 10 s between attempts to reach Redis, from the first
+        # again once one succeeds. Each attempt opens a new connection, so the name is resolved
+        # again (a DNS hiccup passes).
+        backoff, failures, joined = ExponentialBackoff(cap=10, base=0.5), 0, False
         while not self.stopping:
             Path(self.settings.heartbeat_file).touch()
             try:
@@ -207,7 +210,7 @@ class Consumer:
                     logger.info("%s reading %s as group %s", self.name, self.topic, self.group)
                     joined = True
                 message = await self.next_message()
-                backoff.reset()
+                failures = 0
                 if message:  # one span per delivery, in the trace its event carries
                     with delivery_span(self.topic, self.group, self.name, *message):
                         await self.handle(*message)
@@ -216,11 +219,11 @@ class Consumer:
                     await self.bus.ensure_group(self.topic, self.group)  # Redis lost its data
                     continue
                 # Out of memory, read-only replica, a script refused: never a reason to stop.
-                delay = backoff.delay()
+                delay, failures = backoff.compute(failures), failures + 1
                 logger.warning("%s: Redis refused (%r); again in %.1f s", self.name, exc, delay)
                 await asyncio.sleep(delay)
             except redis.RedisError as exc:
-                joined, delay = False, backoff.delay()
+                joined, delay, failures = False, backoff.compute(failures), failures + 1
                 logger.warning("%s: Redis unavailable (%r); again in %.1f s", self.name, exc, delay)
                 # The next command opens a new connection, resolving the name again.
                 await self.bus.redis.connection_pool.disconnect()

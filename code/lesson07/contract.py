@@ -265,18 +265,3 @@ def connect(settings: Settings, **options) -> redis.Redis:
         health_check_interval=10,
         **options,
     )
-
-
-class Backoff:
-    """Waits 0.5 s, 1 s, 2 s ... up to 10 s between attempts to reach Redis; reset on success.
-    Each attempt opens a new connection, so the name is resolved again (a DNS hiccup passes)."""
-
-    def __init__(self, first: float = 0.5, cap: float = 10.0):
-        self.first, self.cap, self.next = first, cap, first
-
-    def reset(self) -> None:
-        self.next = self.first
-
-    def delay(self) -> float:
-        delay, self.next = self.next, min(self.next * 2, self.cap)
-        return delay
