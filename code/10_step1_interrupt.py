@@ -1,10 +1,13 @@
-"""Lesson 10, step 1: a run stops for a person's decision, then resumes (make lesson-10 STEP=1)."""
+"""Lesson 10, step 1: a run stops for a person, kept in PostgreSQL, so it outlives its process."""
 
 import json
+import os
 
 from langchain_core.messages import HumanMessage
-from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.types import Command
+from psycopg import connect
+from psycopg.rows import dict_row
 
 from lesson10.agent import build_agent
 
@@ -20,9 +23,22 @@ def ask(call: dict) -> dict:
 
 
 def main() -> None:
-    agent = build_agent(InMemorySaver())  # checkpoints in this process's memory
-    config = {"configurable": {"thread_id": "run-1"}}  # the thread: this run's checkpoints
-    state = agent.invoke({"messages": [HumanMessage(QUESTION)]}, config)
+    # The connection the checkpointer needs: autocommit (each write lands at once), rows as dicts.
+    connection = connect(os.environ["DATABASE_URL"], autocommit=True, row_factory=dict_row)
+    checkpointer = PostgresSaver(connection)  # checkpoints in PostgreSQL
+    checkpointer.setup()  # creates LangGraph's tables, the first time
+    agent = build_agent(checkpointer)
+    thread = os.getenv("THREAD_ID", "run-1")
+    config = {"configurable": {"thread_id": thread}}  # the thread: this run's checkpoints
+    saved = agent.get_state(config)  # the thread's last checkpoint, if it has one
+    if saved.interrupts:  # a process stopped while this run waited: on from the checkpoint
+        print(f"{thread} resumes from its checkpoint")
+        state = {**saved.values, "__interrupt__": saved.interrupts}
+    elif saved.values:  # the run has ended: the checkpoint holds its answer
+        print(f"{thread} has ended; its checkpoint holds the answer")
+        state = saved.values
+    else:
+        state = agent.invoke({"messages": [HumanMessage(QUESTION)]}, config)
     while "__interrupt__" in state:  # stopped before a call, the checkpoint saved
         pause = state["__interrupt__"][0]
         state = agent.invoke(Command(resume={pause.id: ask(pause.value)}), config)

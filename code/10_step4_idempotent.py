@@ -6,11 +6,12 @@ import json
 import os
 import secrets
 import threading
+import time
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 import uvicorn
-from fastapi import Body, Depends, FastAPI, Header, HTTPException
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException
 from langchain.tools import ToolRuntime
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
@@ -22,8 +23,7 @@ from psycopg_pool import ConnectionPool
 from lesson10.agent import build_agent, runner
 from research_agent import BadEdit, DecisionIn, KeyedSandbox, resume_value
 
-# Connections as the checkpointer needs them, as in step 2: autocommit, rows as dicts.
-settings = {"autocommit": True, "row_factory": dict_row}
+settings = {"autocommit": True, "row_factory": dict_row}  # as step 1's checkpointer needs them
 pool = ConnectionPool(os.environ["DATABASE_URL"], kwargs=settings, open=False)
 sandbox = KeyedSandbox(runner)  # a container named by the key: the engine refuses a second one
 
@@ -33,9 +33,8 @@ def run_python(code: str, runtime: ToolRuntime) -> str:
     """Run a Python program in a sandbox and return its stdout, stderr and exit code."""
     run_id, call_id = runtime.config["configurable"]["thread_id"], runtime.tool_call_id
     key = hashlib.sha256(f"{run_id} {call_id}".encode()).hexdigest()[:32]  # the idempotency key
-    recorded = sql("SELECT result FROM tool_results WHERE key = %s", key)
-    if recorded:  # it ran before the crash: the same result, and nothing runs again
-        return json.dumps(recorded[0]["result"])
+    if recorded := sql("SELECT result FROM tool_results WHERE key = %s", key):
+        return json.dumps(recorded[0]["result"])  # it ran before a crash: nothing runs again
     result = sandbox.run(key, code, run_id).as_dict()  # starts the container, or finds it started
     sql("INSERT INTO tool_results VALUES (%s, %s)", key, json.dumps(result))
     sandbox.discard(key)  # the result is recorded: the container may go
@@ -44,13 +43,15 @@ def run_python(code: str, runtime: ToolRuntime) -> str:
 
 agent = build_agent(PostgresSaver(pool), run_python)
 TABLES = """
-CREATE TABLE IF NOT EXISTS runs (id text PRIMARY KEY, owner_hash text NOT NULL, query text);
+CREATE TABLE IF NOT EXISTS runs (id text PRIMARY KEY, query text, state text NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (run_id text, call_id text, decision jsonb,
                                       PRIMARY KEY (run_id, call_id));
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner_hash text;
 CREATE TABLE IF NOT EXISTS tool_results (key text PRIMARY KEY, result jsonb);
 """
 DECIDED = "SELECT decision FROM decisions WHERE run_id = %s AND call_id = %s"
-working: dict[str, threading.Thread] = {}  # the thread that last took each run on
+working: set[str] = set()  # the runs this process's threads are taking on
+router = APIRouter()  # the API's routes, declared below
 
 
 def sql(query: str, *params) -> list[dict]:
@@ -60,22 +61,30 @@ def sql(query: str, *params) -> list[dict]:
 
 
 def go_on(run_id: str) -> None:
-    """Take the run on from its last checkpoint, in a thread: to its end or its next stop."""
+    """Take the run on from its last checkpoint: to its end, or to its next stop for a person."""
     config = {"configurable": {"thread_id": run_id}}
     saved, inputs = agent.get_state(config), None  # None: the step a crash cut, again
     if not saved.values:  # a new run: its question
         query = sql("SELECT query FROM runs WHERE id = %s", run_id)[0]["query"]
         inputs = {"messages": [HumanMessage(query)]}
-    elif saved.interrupts:  # stopped for a person: on with the decision, once there is one
+    elif saved.interrupts:  # stopped for a person, who has decided since
         pause = saved.interrupts[0]
-        decided = sql(DECIDED, run_id, pause.value["tool_call_id"])
-        if not decided:
-            return
-        inputs = Command(resume={pause.id: decided[0]["decision"]})
-    elif not saved.next:  # ended
-        return
-    working[run_id] = threading.Thread(target=agent.invoke, args=(inputs, config))
-    working[run_id].start()
+        decided = sql(DECIDED, run_id, pause.value["tool_call_id"])[0]["decision"]
+        inputs = Command(resume={pause.id: decided})
+    stopped = "__interrupt__" in agent.invoke(inputs, config)
+    state = "waiting_for_approval" if stopped else "done"
+    sql("UPDATE runs SET state = %s WHERE id = %s", state, run_id)
+    working.discard(run_id)
+
+
+def worker() -> None:
+    """Twice a second: a thread for each run that needs one (new, decided, or cut by a crash)."""
+    while True:
+        for run in sql("SELECT id FROM runs WHERE state = 'running'"):
+            if run["id"] not in working:
+                working.add(run["id"])
+                threading.Thread(target=go_on, args=(run["id"],), daemon=True).start()
+        time.sleep(0.5)
 
 
 @asynccontextmanager
@@ -83,13 +92,8 @@ async def lifespan(app: FastAPI):
     pool.open(wait=True)
     agent.checkpointer.setup()  # LangGraph's tables
     sql(TABLES)  # ours
-    for run in sql("SELECT id FROM runs"):  # what a stopped process left unfinished
-        go_on(run["id"])
+    threading.Thread(target=worker, daemon=True).start()
     yield
-    pool.close()
-
-
-app = FastAPI(title="Durable runs, step 4", lifespan=lifespan)
 
 
 def token_hash(token: str) -> str:
@@ -97,37 +101,34 @@ def token_hash(token: str) -> str:
 
 
 def owned_run(run_id: str, authorization: Annotated[str, Header()] = "") -> dict:
-    runs = sql("SELECT * FROM runs WHERE id = %s", run_id)
-    if not runs:
+    if not (runs := sql("SELECT * FROM runs WHERE id = %s", run_id)):
         raise HTTPException(404, "no such run")
     token = authorization.removeprefix("Bearer ")
-    if not hmac.compare_digest(runs[0]["owner_hash"], token_hash(token)):  # in constant time
+    if not hmac.compare_digest(runs[0]["owner_hash"] or "", token_hash(token)):  # constant time
         raise HTTPException(403, "that is not this run's owner token")
     return runs[0]
 
 
-@app.post("/v1/runs", status_code=202)
+@router.post("/v1/runs", status_code=202)
 def create_run(query: Annotated[str, Body(embed=True, min_length=1)]) -> dict:
     run_id, token = secrets.token_hex(16), secrets.token_urlsafe(32)
-    sql("INSERT INTO runs VALUES (%s, %s, %s)", run_id, token_hash(token), query)
-    go_on(run_id)
+    sql("INSERT INTO runs VALUES (%s, %s, 'running', %s)", run_id, query, token_hash(token))
     return {"run_id": run_id, "owner_token": token}
 
 
-@app.get("/v1/runs/{run_id}")
+@router.get("/v1/runs/{run_id}")
 def run_state(run: Annotated[dict, Depends(owned_run)]) -> dict:
     saved = agent.get_state({"configurable": {"thread_id": run["id"]}})
-    busy = run["id"] in working and working[run["id"]].is_alive()  # its checkpoints change now
-    state, pending, answer = "running", None, None
-    if not busy and saved.interrupts:  # stopped, until someone decides
-        call, state = saved.interrupts[0].value, "waiting_for_approval"
+    pending = answer = None
+    if run["state"] == "waiting_for_approval":  # stopped, until someone decides
+        call = saved.interrupts[0].value
         pending = {"call_id": call["tool_call_id"], "tool": call["name"], "args": call["args"]}
-    elif not busy and not saved.next:  # ended
-        state, answer = "done", saved.values["messages"][-1].text.strip()
-    return {"run_id": run["id"], "state": state, "pending": pending, "answer": answer}
+    elif run["state"] == "done":
+        answer = saved.values["messages"][-1].text.strip()
+    return {"run_id": run["id"], "state": run["state"], "pending": pending, "answer": answer}
 
 
-@app.post("/v1/runs/{run_id}/decisions", status_code=202)
+@router.post("/v1/runs/{run_id}/decisions", status_code=202)
 def decide(body: DecisionIn, run: Annotated[dict, Depends(owned_run)]) -> dict:
     pending = run_state(run)["pending"]
     if pending is None or pending["call_id"] != body.call_id:
@@ -139,9 +140,11 @@ def decide(body: DecisionIn, run: Annotated[dict, Depends(owned_run)]) -> dict:
     query = "INSERT INTO decisions VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1"
     if not sql(query, run["id"], body.call_id, json.dumps(decision)):
         raise HTTPException(409, "that call has been decided")  # the primary key says so
-    go_on(run["id"])
+    sql("UPDATE runs SET state = 'running' WHERE id = %s", run["id"])  # a worker's again
     return {"run_id": run["id"], "call_id": body.call_id, "decision": body.decision}
 
+
+app = FastAPI(title="Durable runs, step 4", lifespan=lifespan, routes=router.routes)
 
 if __name__ == "__main__":
     uvicorn.run(app, host=os.getenv("HOST", "127.0.0.1"), port=int(os.getenv("PORT", "8000")))

@@ -1,11 +1,11 @@
 """The lesson's last step and the production app answer alike.
 
-`code/10_step4_idempotent.py` (where docs/10's steps arrive) and `code/10_durable_runs.py` with the
+`code/10_step5_lease.py` (where docs/10's steps arrive) and `code/10_durable_runs.py` with the
 research agent's durable layer (what `make lesson-10` runs) are each started as a process on its
-own database of one real PostgreSQL, offline, and given the doc's question. For each decision the
-doc teaches (approve; edit, as section 4 does; reject with a reason), both must stop at the same
-call, take the decision the same way, refuse a second one the same way, and end with the same
-answer. Either side changed to answer differently fails this test.
+own database of one real PostgreSQL, offline, and given the doc's question. For each decision
+the doc teaches (approve; edit, as sections 4 and 5 do; reject with a reason), both must stop at
+the same call, take the decision the same way, refuse a second one the same way, and end with the
+same answer. Either side changed to answer differently fails this test.
 """
 
 import sys
@@ -68,8 +68,8 @@ class Side:
 
 
 @pytest.fixture
-def step_4(postgres_server, tmp_path):
-    """The last step, as `make lesson-10 STEP=4` runs it, on a database of its own."""
+def step_5(postgres_server, tmp_path):
+    """The last step, as `make lesson-10 STEP=5` runs it, on a database of its own."""
     dsn = postgres_server.create_database()
     port = free_port()
     env = offline_environment(
@@ -77,8 +77,8 @@ def step_4(postgres_server, tmp_path):
         SANDBOX_OWNER=OWNER,
     )  # fmt: skip
     server = ServerProcess(
-        [sys.executable, "code/10_step4_idempotent.py"], cwd=ROOT, env=env, port=port,
-        ready_path="/openapi.json", ready_timeout=60, log_path=tmp_path / "step4.log",
+        [sys.executable, "code/10_step5_lease.py"], cwd=ROOT, env=env, port=port,
+        ready_path="/openapi.json", ready_timeout=60, log_path=tmp_path / "step5.log",
     ).start()  # fmt: skip
     yield Side(server.url)
     server.stop()
@@ -86,9 +86,9 @@ def step_4(postgres_server, tmp_path):
 
 
 @pytest.mark.parametrize("kind", DECISIONS)
-def test_the_last_step_and_the_production_app_answer_alike(kind, step_4, api, engine):
+def test_the_last_step_and_the_production_app_answer_alike(kind, step_5, api, engine):
     production = Side(api.url)
-    step, app = step_4.flow(DECISIONS[kind]), production.flow(DECISIONS[kind])
+    step, app = step_5.flow(DECISIONS[kind]), production.flow(DECISIONS[kind])
     assert step == app
     # And they answer the question, not merely the same thing.
     expected = {

@@ -1,6 +1,6 @@
-"""docs/10's step 5 as written, on a fresh `make lesson-10`: the Compose project `lesson10` on port
-8110, the one a learner runs (so this test skips when that project is up already: it would take
-it down at the end).
+"""docs/10's production app in Compose (Going further) as written, on a fresh `make lesson-10`:
+the Compose project `lesson10` on port 8110, the one a learner runs (so this test skips when that
+project is up already: it would take it down at the end).
 
 Each shell block of the section is typed into one bash, in order, and what it prints is compared
 with the doc; before a block that reads a run's `STATE`, the bash waits until the run is not
@@ -24,6 +24,7 @@ from tests.support.docker_cli import NO_COMPOSE_V2, ContainerStarts, compose_v2,
 pytestmark = pytest.mark.container
 
 DOC = ROOT / "docs" / "10-durable-runs.md"
+STACK = "### The production app in Compose"
 URL = "http://127.0.0.1:8110"
 PROJECT = "label=com.docker.compose.project=lesson10"
 WAIT_WHILE_RUNNING = f"""for _ in $(seq 600); do
@@ -57,8 +58,19 @@ def fresh_stack():
         assert docker("ps", "-aq", "--filter", "label=agent-sandbox.owner=lesson10") == ""
 
 
-def test_step_5_as_written_on_a_fresh_make_lesson_10(fresh_stack):
-    blocks = section_steps(DOC, "5.")
+def stack_blocks(tmp_path):
+    """The shell blocks of Going further's `### The production app in Compose`, with their
+    output, read by the doc's own rule (tests/support/doc_session.py reads `## ` sections)."""
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(f"\n{STACK}\n")
+    end = text.find("\n### ", start + 1)
+    section = tmp_path / "stack.md"
+    section.write_text(text[start + 2 : end if end > 0 else None], encoding="utf-8")  # "## ..."
+    return section_steps(section, STACK.removeprefix("### "))
+
+
+def test_the_production_app_as_written_on_a_fresh_make_lesson_10(fresh_stack, tmp_path):
+    blocks = stack_blocks(tmp_path)
     assert blocks[0][0].body == "make lesson-10"
     assert any("kill -s SIGKILL agent1 agent2" in c.body for c, _ in blocks)
     starts = ContainerStarts("agent-sandbox.owner=lesson10")

@@ -1,14 +1,15 @@
 """Lesson 10's steps as docs/10-durable-runs.md has a learner run them, each compared with the doc.
 
-Steps 1 and 2 are scripts: each is run with the answers the doc types at its question, and prints
-what the doc shows after `make lesson-10 STEP=K`'s banner (`make lesson-10-banner`). Step 2 is
-killed with `kill -9` at its question, as the doc's block is typed, then resumed by a new process
-on a real PostgreSQL. Steps 3 and 4 are servers: the doc's blocks are typed into one bash, in
-order (variables carry from block to block), against the step started as `make lesson-10 STEP=K`
-starts it. `pgrep` in that bash names the step's server (the doc's `pgrep -f` would also find any
-other copy running on this machine); before a block that reads a run's `STATE`, the bash waits
-until the run is not `running` any more, as a person reading the doc would. Sandboxes run in real
-containers (the runner's limits need only Python in the image), counted by the engine's events.
+Step 1 is a script: it is run with the answers the doc types at its question, and prints what the
+doc shows after `make lesson-10 STEP=1`'s banner (`make lesson-10-banner`). It is killed with
+`kill -9` at its question, as the doc's block is typed, then resumed by a new process on a real
+PostgreSQL. Steps 2 to 5 are servers: the doc's blocks are typed into one bash, in order
+(variables carry from block to block), against the step started as `make lesson-10 STEP=K` starts
+it (step 5: two replicas, on the doc's two ports). `pgrep` in that bash names the step's server
+(the doc's `pgrep -f` would also find any other copy running on this machine); before a block that
+reads a run's state, the bash waits until the run is not `running` any more, as a person reading
+the doc would. Sandboxes run in real containers (the runner's limits need only Python in the
+image), counted by the engine's events.
 """
 
 import os
@@ -23,6 +24,7 @@ import httpx
 import psycopg
 import pytest
 
+from support.commands import find_command
 from support.lessons import ROOT
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
@@ -31,12 +33,13 @@ from tests.lesson_10.conftest import OWNER, SANDBOX_IMAGE
 from tests.support.doc_session import Block, Terminal, differences, section_steps
 
 DOC = ROOT / "docs" / "10-durable-runs.md"
-SECTIONS = {1: "1.", 2: "2.", 3: "3.", 4: "4."}
+SECTIONS = {1: "1.", 2: "2.", 3: "3.", 4: "4.", 5: "5."}
 FILES = {
     1: "code/10_step1_interrupt.py",
-    2: "code/10_step2_postgres.py",
-    3: "code/10_step3_api.py",
+    2: "code/10_step2_api.py",
+    3: "code/10_step3_owner.py",
     4: "code/10_step4_idempotent.py",
+    5: "code/10_step5_lease.py",
 }
 PROMPT = "Approve? [y/N] "
 ANSWER = "1267650600228229401496703205376"
@@ -107,15 +110,8 @@ def script_steps(step: int):
     return section_steps(DOC, SECTIONS[step])
 
 
-def test_step_1_asks_then_answers_as_the_doc_shows(engine):
-    (command, shown), *rest = script_steps(1)
-    assert command.body == "make lesson-10 STEP=1" and not rest
-    printed = Script(1, step_env()).play(shown.body)
-    assert not (problems := differences(shown.body, banner(1) + printed)), problems
-
-
-def test_a_rejected_call_never_runs_and_the_answer_says_so(engine):
-    script = Script(1, step_env())
+def test_a_rejected_call_never_runs_and_the_answer_says_so(engine, postgres_dsn):
+    script = Script(1, step_env(DATABASE_URL=postgres_dsn, THREAD_ID="rejected"))
     script.at_prompt()
     script.type("n")
     assert script.process.wait(120) == 0
@@ -135,39 +131,39 @@ def kill_as_typed(block: Block, pid: int) -> None:
     assert status == 0
 
 
-def test_step_2_killed_at_its_question_resumes_from_postgres(engine, postgres_dsn):
+def test_step_1_killed_at_its_question_resumes_from_postgres(engine, postgres_dsn):
     """The doc's four blocks: ask (and wait), kill -9, run again and approve, run once more."""
-    steps = script_steps(2)
+    steps = script_steps(1)
     assert [c.body for c, _ in steps] == [
-        "make lesson-10 STEP=2",
-        "kill -9 $(pgrep -f 10_step2_postgres)",
-        "make lesson-10 STEP=2",
-        "make lesson-10 STEP=2",
+        "make lesson-10 STEP=1",
+        "kill -9 $(pgrep -f 10_step1_interrupt)",
+        "make lesson-10 STEP=1",
+        "make lesson-10 STEP=1",
     ]
     (_, first), (kill, _), (_, second), (_, third) = steps
     env = step_env(DATABASE_URL=postgres_dsn)
-    waiting = Script(2, env)
+    waiting = Script(1, env)
     printed = waiting.play(first.body)
-    assert not (problems := differences(first.body, banner(2) + printed)), problems
+    assert not (problems := differences(first.body, banner(1) + printed)), problems
     kill_as_typed(kill, waiting.process.pid)
     assert waiting.process.wait(30) == -signal.SIGKILL
     for shown in (second, third):
-        printed = Script(2, env).play(shown.body)
-        assert not (problems := differences(shown.body, banner(2) + printed)), problems
+        printed = Script(1, env).play(shown.body)
+        assert not (problems := differences(shown.body, banner(1) + printed)), problems
 
 
-# --- Steps 3 and 4: servers, and the doc's blocks typed at them ----------------------------------
+# --- Steps 2 to 5: servers, and the doc's blocks typed at them ----------------------------------
 
 
 class Step:
     """Step K's server as `make lesson-10 STEP=K` runs it, started again after a kill."""
 
-    def __init__(self, step: int, dsn: str, tmp_path, path: str | None = None):
-        self.step, self.port, self.tmp_path = step, free_port(), tmp_path
+    def __init__(self, step: int, dsn: str, tmp_path, path: str | None = None, name: str = "a"):
+        self.step, self.port, self.tmp_path, self.name = step, free_port(), tmp_path, name
         self.path = path or FILES[step]
         self.env = step_env(DATABASE_URL=dsn, HOST="127.0.0.1", PORT=self.port)
         self.server: ServerProcess | None = None
-        self.pid_file = tmp_path / "server.pid"
+        self.pid_file = tmp_path / f"server-{name}.pid"
         self.starts = 0
 
     def start(self) -> str:
@@ -176,7 +172,7 @@ class Step:
         self.server = ServerProcess(
             [sys.executable, self.path], cwd=ROOT, env=self.env, port=self.port,
             ready_path="/openapi.json", ready_timeout=60,
-            log_path=self.tmp_path / f"server-{self.starts}.log",
+            log_path=self.tmp_path / f"server-{self.name}-{self.starts}.log",
         ).start()  # fmt: skip
         self.pid_file.write_text(str(self.server.process.pid))
         log = self.server.log_path.read_text()
@@ -200,6 +196,8 @@ WAIT_WHILE_RUNNING = """for _ in $(seq 600); do
     *) break ;;
   esac
 done"""
+# A block that reads a run's state: `STATE=$(curl ...`, or a `curl` of the run's URL alone.
+READS_STATE = re.compile(r"^(STATE=\$\()?curl -s localhost:\d+/v1/runs/\$RUN[ ;)]")
 
 
 def type_blocks(step: Step, blocks: list[tuple[Block, Block | None]]) -> None:
@@ -214,7 +212,7 @@ def type_blocks(step: Step, blocks: list[tuple[Block, Block | None]]) -> None:
             else:
                 if not step.running():  # killed by the block before: the doc starts it again
                     step.start()
-                if command.body.startswith("STATE=$("):
+                if READS_STATE.match(command.body):
                     terminal.run(at_port(WAIT_WHILE_RUNNING), timeout=180)
                 printed, status = terminal.run(at_port(command.body), timeout=180)
                 assert status == 0, f"docs/10:{command.line} exited {status}:\n{printed}"
@@ -240,11 +238,19 @@ def step_factory(postgres_dsn, tmp_path):
         step.stop()
 
 
-def test_step_3_answers_the_docs_commands_across_a_kill(engine, step_factory):
+def test_step_2_answers_the_docs_commands_across_a_kill(engine, step_factory):
+    blocks = script_steps(2)
+    assert blocks[0][0].body == "make lesson-10 STEP=2"
+    assert any(c.body.startswith("kill -9 $(pgrep -f 10_step2_api)") for c, _ in blocks)
+    type_blocks(step_factory(2), blocks)
+
+
+def test_step_3_shows_a_run_to_its_owner_only(engine, step_factory):
     blocks = script_steps(3)
-    assert blocks[0][0].body == "make lesson-10 STEP=3"
-    assert any(c.body.startswith("kill -9 $(pgrep -f 10_step3_api)") for c, _ in blocks)
-    type_blocks(step_factory(3), blocks)
+    assert [c.body.split()[0] for c, _ in blocks] == ["RUN_JSON=$(curl", "STATE=$(curl"]
+    step = step_factory(3)
+    step.start()
+    type_blocks(step, blocks)
 
 
 def start_a_slow_run(client: httpx.Client) -> tuple[str, Callable[[str], dict | None]]:
@@ -267,8 +273,8 @@ def start_a_slow_run(client: httpx.Client) -> tuple[str, Callable[[str], dict | 
 
 
 def test_step_3_runs_a_replayed_call_twice(engine, step_factory, sandbox_starts):
-    """Why step 4 exists: killed while run_python runs, step 3 replays the step at start-up, and
-    the program runs a second time."""
+    """Why step 4 exists: killed while run_python runs, step 3's worker replays the step once it
+    is started again, and the program runs a second time."""
     starts = sandbox_starts()
     step = step_factory(3)
     step.start()
@@ -286,10 +292,10 @@ def test_step_3_runs_a_replayed_call_twice(engine, step_factory, sandbox_starts)
 def test_step_4_answers_the_docs_commands_and_runs_the_call_once(
     engine, step_factory, sandbox_starts
 ):
-    """Section 4 starts a run with section 3's first two blocks, then kills step 4 while its
-    program sleeps in the sandbox: the restarted step reads that container, starts no other."""
+    """Section 4 starts a run with section 3's two blocks, then kills step 4 while its program
+    sleeps in the sandbox: the restarted step reads that container, starts no other."""
     starts = sandbox_starts()
-    create, state = script_steps(3)[1:3]
+    create, state = script_steps(3)
     assert create[0].body.startswith("RUN_JSON=$(curl") and state[0].body.startswith("STATE=$(")
     blocks = script_steps(4)
     assert any(c.body.endswith("--format '{{.Names}} {{.Status}}'") for c, _ in blocks)
@@ -297,6 +303,65 @@ def test_step_4_answers_the_docs_commands_and_runs_the_call_once(
     step.start()
     type_blocks(step, [create, state, *blocks])
     assert step.starts == 2  # killed once, started again
+    assert sorted(starts.per("agent-sandbox.owner").values()) == [1]
+
+
+def wait_until_done(replicas: list[Step], run_id: str, token: str) -> None:
+    """Until the replica still alive says the run is done: however long that takes under load."""
+    (alive,) = [r for r in replicas if r.running()]
+    with httpx.Client(base_url=alive.server.url, timeout=30) as client:
+        auth = {"Authorization": f"Bearer {token}"}
+        done = lambda: client.get(f"/v1/runs/{run_id}", headers=auth).json()["answer"]  # noqa: E731
+        wait_for(done, timeout=180, what="the other replica ending the run")
+
+
+def test_step_5_a_killed_replicas_run_is_taken_on_by_the_other_and_runs_once(
+    engine, postgres_dsn, tmp_path, sandbox_starts
+):
+    """Section 5 with two replicas, on the doc's ports 8000 and 8001: a run started on one, the
+    slow program sent to the other, the replica holding the lease killed by the pid PostgreSQL
+    names (asked with Debian's psql, as the doc says for its package), and the other takes the
+    run on once the lease has run out, reading the killed replica's container."""
+    starts = sandbox_starts()
+    *typed, (remove, _) = script_steps(5)
+    assert remove.body == "docker rm -f lesson10-postgres"  # run by the docker test below
+    replicas = [Step(5, postgres_dsn, tmp_path, name=name) for name in ("a", "b")]
+    psql = find_command("psql")
+    assert psql, "psql comes with Debian's postgresql, as the tests' PostgreSQL does"
+    docker_psql = "docker exec lesson10-postgres psql -U postgres"
+
+    def as_here(text: str) -> str:
+        text = text.replace("localhost:8000", f"localhost:{replicas[0].port}")
+        text = text.replace("localhost:8001", f"localhost:{replicas[1].port}")
+        return text.replace(docker_psql, f'{psql} "$DATABASE_URL"')
+
+    terminal = Terminal(ROOT, replicas[0].env)
+    try:
+        for replica in replicas:
+            replica.start()
+        for command, shown in typed:
+            if READS_STATE.match(command.body):
+                terminal.run(as_here(WAIT_WHILE_RUNNING), timeout=180)
+            if command.body.startswith("sleep 15\n"):  # the doc's wait for the lease to run out:
+                wait_until_done(replicas, *terminal.run('echo "$RUN $TOKEN"')[0].split())
+            printed, status = terminal.run(as_here(command.body), timeout=300)
+            assert status == 0, f"docs/10:{command.line} exited {status}:\n{printed}"
+            if "kill -9" in command.body:
+                (killed,) = [
+                    r for r in replicas if f"killed replica {r.server.process.pid}" in printed
+                ]
+                assert killed.server.process.wait(30) == -signal.SIGKILL
+            if shown is not None:
+                problems = differences(shown.body, printed)
+                assert not problems, f"docs/10:{command.line}\n{problems}"
+        run_id = terminal.run('echo "$RUN"')[0].strip()
+        logs = {r.name: r.server.log_path.read_text() for r in replicas}
+        took = {name for name, log in logs.items() if f"takes run {run_id} on" in log}
+        assert took == {"a", "b"}, logs  # the killed replica, then the other
+    finally:
+        terminal.close()
+        for replica in replicas:
+            replica.stop()
     assert sorted(starts.per("agent-sandbox.owner").values()) == [1]
 
 
@@ -317,13 +382,13 @@ def database_url(block: Block, port: int) -> str:
 
 
 def approve_once(url: str) -> str:
-    script = Script(2, step_env(DATABASE_URL=url))
+    script = Script(1, step_env(DATABASE_URL=url))
     return script.play(f"{PROMPT}y\n")
 
 
 def test_debians_postgresql_as_the_doc_sets_it_up(engine, postgres_server, postgres_dsn):
     """The package's server (the tests' own, from the same package) given the doc's password by
-    the doc's statement, then step 2 run on the URL the doc exports."""
+    the doc's statement, then step 1 run on the URL the doc exports."""
     _, debian = before_you_start()
     statement = re.search(r'psql -c "(.*)"$', debian.body, re.M)[1]
     with psycopg.connect(postgres_dsn, autocommit=True) as connection:
@@ -338,7 +403,7 @@ def test_debians_postgresql_as_the_doc_sets_it_up(engine, postgres_server, postg
 @pytest.mark.container
 def test_dockers_postgres_15_as_the_doc_starts_it(engine, tmp_path):
     """The doc's `docker run` as written, but for its name and host port (this machine's own
-    5432 may be taken), then step 2 on the URL it exports."""
+    5432 may be taken), then step 1 on the URL it exports; and step 5's last block removes it."""
     docker_run, _ = before_you_start()
     port, name = free_port(), f"lesson10-postgres-test-{os.getpid()}"
     command = docker_run.body.splitlines()[0]
@@ -358,6 +423,12 @@ def test_dockers_postgres_15_as_the_doc_starts_it(engine, tmp_path):
 
         wait_for(accepts, timeout=120, interval=0.5, what="postgres:15 accepting connections")
         assert ANSWER in approve_once(url)
+        (remove, _) = script_steps(5)[-1]
+        removed = subprocess.run(
+            remove.body.replace("lesson10-postgres", name),
+            shell=True, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert removed.returncode == 0 and removed.stdout.strip() == name, removed.stderr
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
 
