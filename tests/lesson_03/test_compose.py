@@ -276,8 +276,20 @@ class Project:
         return self.compose("logs", "--no-color", "--tail", "100", check=False).stdout
 
     def up(self) -> None:
-        """`up` as the docs type it: v2 waits for healthy itself; v1 has no --wait, so we poll."""
-        if self.compose("up", "--help", check=False).stdout.find("--wait") >= 0:
+        """`up` as the docs type it: the plugin by `make lesson-03` (docs/03, step 5), under this
+        project's name and port; v2 waits for healthy itself; v1 has no --wait, so we poll."""
+        if self.spelling == "docker compose":
+            env = self.env | {"COMPOSE_PROJECT_NAME": self.name, "PORT": str(self.port)}
+            make = subprocess.run(
+                ["make", "--no-print-directory", "lesson-03"],
+                cwd=AGENT_DIR.parent,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=UP_TIMEOUT,
+            )
+            assert make.returncode == 0, f"make lesson-03 failed:\n{make.stderr[-3000:]}"
+        elif self.compose("up", "--help", check=False).stdout.find("--wait") >= 0:
             self.compose("up", "-d", "--build", "--wait", timeout=UP_TIMEOUT)
         else:
             self.compose("up", "-d", "--build", timeout=UP_TIMEOUT)
@@ -355,6 +367,29 @@ def test_up_serves_the_offline_agent_with_the_redis_cache(project):
     assert ready.status_code == 200, ready.text
     assert ready.json()["model"] == "offline-research-model", ready.text
     assert ready.json()["cache"] == "redis", ready.text
+
+
+DOC = AGENT_DIR.parent / "docs" / "03-containers.md"
+DOC_MARK = "<!-- checked-by: tests/lesson_03/test_compose.py -->"
+
+
+@pytest.mark.container
+@ONE_COMPOSE
+def test_step_5s_questions_print_what_the_doc_shows(project):
+    """docs/03, step 5: after `make lesson-03`, the doc's block asks /ready and the same question
+    twice; typed as written (the project's port for 8000), it prints what the doc shows."""
+    from tests.support.doc_session import differences
+
+    pattern = re.escape(DOC_MARK) + r"\n```bash\n(.*?)```\n\n[^`]*?```text\n(.*?)```"
+    ((command, shown),) = re.findall(pattern, DOC.read_text(encoding="utf-8"), flags=re.S)
+    ran = subprocess.run(
+        ["bash", "-c", command.replace("localhost:8000", f"localhost:{project.port}")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert not differences(shown, ran.stdout), differences(shown, ran.stdout)
 
 
 @pytest.mark.container

@@ -107,6 +107,7 @@ def check_ready(base: str) -> None:
     assert body.get("status") == "ready", f"/ready body: {body}"
 
 
+# [start:image-checks]
 def check_research(base: str) -> None:
     status, _, body = post_json(f"{base}/v1/research", {"query": QUERY})
     assert status == 200, f"/v1/research answered {status}: {body}"
@@ -128,6 +129,7 @@ def check_stream(base: str) -> None:
     final = json.loads(dict(events[:-1])["final"])
     text = "".join(json.loads(data)["text"] for name, data in events if name == "token")
     assert text == final["response"], "the tokens do not add up to the final response"
+    # [end:image-checks]
 
 
 def check_metrics(base: str) -> None:
@@ -360,6 +362,58 @@ print(json.dumps({"found": found, "failed": failed}))
             f"SIGKILLed (exit {state['ExitCode']}) after {stop_seconds:.1f}s"
         )
         assert stop_seconds < 10, f"docker stop took {stop_seconds:.1f}s: the grace period ran out"
+
+    # docs/03's steps 1 to 4: each command block the doc marks as checked here, typed as written
+    # (the images' tags with make smoke's TAG_SUFFIX, a free port and a container name of the
+    # test's own), and what it printed compared with the block that follows it.
+    DOC = Path(__file__).resolve().parents[2] / "docs" / "03-containers.md"
+    DOC_MARK = "<!-- checked-by: tests/lesson_03/test_container.py -->"
+
+    def doc_commands() -> list[tuple[str, str]]:
+        """(command, the output the doc shows after it) of each block the doc says this checks."""
+        text = DOC.read_text(encoding="utf-8")
+        pattern = re.escape(DOC_MARK) + r"\n```bash\n(.*?)```\n\n[^`]*?```text\n(.*?)```"
+        return re.findall(pattern, text, flags=re.S)
+
+    @pytest.mark.container
+    def test_the_docs_image_commands_print_what_the_doc_shows():
+        from support.ports import free_port
+        from tests.support.doc_session import differences
+
+        tags = {image.split(":", 1)[1] for image in IMAGES if image.startswith("research-agent:")}
+        variants = ("basic", "multistage", "optimized")
+        suffix = next((tag.removeprefix("basic") for tag in tags if tag.startswith("basic")), "")
+        if {f"{variant}{suffix}" for variant in variants} - tags:
+            pytest.skip("the doc's commands use all three images: run make smoke without IMAGES")
+        commands = doc_commands()
+        assert [c.split()[0] for c, _ in commands] == ["docker", "docker", "make", "docker"]
+        name, port = f"lesson03-agent-{uuid.uuid4().hex[:8]}", free_port()
+
+        def as_here(text: str) -> str:
+            text = re.sub(r"research-agent:(basic|multistage|optimized)\b", rf"\g<0>{suffix}", text)
+            text = text.replace("lesson03-agent", name)
+            text = text.replace("localhost:8000", f"localhost:{port}")
+            return text.replace("127.0.0.1:8000:8000", f"127.0.0.1:{port}:8000")
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "OPENAI_"))}
+        env |= {"TAG_SUFFIX": suffix, "IMAGES": " ".join(variants)}
+        root = DOC.parents[1]
+        try:
+            for command, shown in commands:
+                ran = subprocess.run(
+                    ["bash", "-c", as_here(command)],
+                    cwd=root,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                assert ran.returncode == 0, f"{command}\n{ran.stdout}\n{ran.stderr}"
+                assert not differences(as_here(shown), ran.stdout), differences(
+                    as_here(shown), ran.stdout
+                )
+        finally:
+            docker("rm", "-f", name, check=False)
 
     @pytest.mark.container
     def test_trust_proxy_ca_adds_a_ca_that_pip_and_python_trust(tmp_path):
