@@ -20,6 +20,7 @@ AGENT_TOKEN = "agent-token-for-tests"
 TESTER_TOKEN = "tester-token-for-tests"
 OPERATOR_TOKEN = "operator-token-for-tests"
 FLOOD_BYTES = 50 * 1024 * 1024
+BOMB_BYTES = 200 * 1024 * 1024  # inflated; about 200 KB of gzip on the wire
 CALL_TIMEOUT = 15
 PIN_RECHECK_SECONDS = 1  # the gateway's timer: short, so a test sees its check soon
 # An MCP initialize by hand, and the headers Streamable HTTP asks of every POST: for the tests that
@@ -72,7 +73,9 @@ def notes(tmp_path_factory):
 @pytest.fixture(scope="package")
 def hostile(tmp_path_factory):
     logs = tmp_path_factory.mktemp("lesson08-hostile")
-    with tool_server(HOSTILE_SERVER, logs, FLOOD_BYTES=FLOOD_BYTES) as server:
+    with tool_server(
+        HOSTILE_SERVER, logs, FLOOD_BYTES=FLOOD_BYTES, BOMB_BYTES=BOMB_BYTES
+    ) as server:
         yield server
 
 

@@ -4,6 +4,7 @@ import asyncio
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -73,6 +74,29 @@ def test_a_50_mb_answer_is_a_clear_tool_error(gw):
     text = result.content[0].text
     assert "limit" in text and len(text) < 1000, text[:300]
     httpx.get(gw.url + "/health").raise_for_status()  # and the gateway is still there
+
+
+def peak_memory(pid: int) -> int:
+    """The most memory (resident, in bytes) the process has held so far: Linux's VmHWM."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError("no VmHWM")
+
+
+def test_an_encoded_answer_is_refused_unread_and_costs_the_gateway_nothing(gw):
+    """A tool server answers a call with `Content-Encoding: gzip`: about 200 KB on the wire,
+    BOMB_BYTES of text once inflated. The gateway counted the bytes that came, under its 1 MB
+    cap, and its client inflated them whole (a 900 KB answer took a gateway from 90 MB to 1 GB).
+    Now it asks for answers that are not encoded and refuses one that is, unread; and one
+    server's bomb costs another client's calls nothing."""
+    before = peak_memory(gw.pid)
+    result = asyncio.run(call(gw, "bomb"))
+    grew = peak_memory(gw.pid) - before
+    assert result.is_error and "encoded" in result.content[0].text, result.content[0].text[:300]
+    assert grew < 64 * 1024 * 1024, f"the gateway's peak memory grew by {grew:,} bytes"
+    after = asyncio.run(call(gw, "search_notes", token=AGENT_TOKEN, query="volumes"))
+    assert not after.is_error
 
 
 def test_a_changed_description_is_refused_until_the_documented_repin(gw, hostile):

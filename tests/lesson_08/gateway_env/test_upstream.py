@@ -1,12 +1,14 @@
 """The gateway's kept client to one tool server (lesson08.upstream, lesson08.call_limits), in
-process: what the idle sweep asks of it, and a late failure that must not close a newer client.
+process: what the idle sweep asks of it, a late failure that must not close a newer client, and
+a server's GET stream cut at the result cap.
 Run by lesson 08's environment (tests/lesson_08/test_gateway_env.py)."""
 
 import asyncio
 
+import httpx2
 from fastmcp.client.transports import StreamableHttpTransport
 
-from lesson08.call_limits import KeptClient, capped_client_factory
+from lesson08.call_limits import CappedTransport, KeptClient, capped_client_factory
 from lesson08.catalog import ServerEntry
 from lesson08.launcher import UrlLauncher
 from lesson08.upstream import Upstream
@@ -57,3 +59,18 @@ async def late_failure_leaves_the_new_client(url: str) -> tuple[bool, bool]:
 
 def test_a_late_failure_on_a_dropped_client_leaves_the_new_one_open(hostile):
     assert asyncio.run(late_failure_leaves_the_new_client(hostile.url)) == (True, True)
+
+
+async def streamed(url: str, limit: int) -> int:
+    """The bytes the gateway's transport lets through of a server's endless GET stream."""
+    http = httpx2.AsyncClient(transport=CappedTransport(limit), timeout=30)
+    async with http, http.stream("GET", url) as answer:
+        return sum([len(chunk) async for chunk in answer.aiter_raw()])
+
+
+def test_a_servers_get_stream_is_cut_at_the_cap(hostile):
+    """A server's GET stream (the handshake era's channel for its notifications) passed through
+    uncounted: one endless `data:` line would fill the gateway. Now it ends at the cap."""
+    limit = 1 << 20
+    got = asyncio.run(asyncio.wait_for(streamed(hostile.url + "/stream", limit), 60))
+    assert 0 < got <= limit
