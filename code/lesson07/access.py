@@ -4,6 +4,7 @@ and for what belongs to a student, that student's token. How much: ASKS_PER_MINU
 (a moving window in Redis, the `limits` library) and MAX_BACKLOG unanswered questions in all."""
 
 import hmac
+import re
 
 import redis.asyncio as redis
 from limits import RateLimitItemPerMinute
@@ -58,17 +59,28 @@ async def admit(
         raise ApiError(503, "busy", message, {"Retry-After": "5"})
 
 
+# A Host header is a name or an IPv4 address, or an IPv6 address in brackets, then maybe a port.
+HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]@/\s]+))(?::[0-9]{1,5})?")
+
+
+def host_of(header: str) -> str | None:
+    """The host a Host header names (`[::1]:8070` names `::1`), lowercased; None for anything
+    that is not a Host header."""
+    found = HOST.fullmatch(header)
+    return (found["ipv6"] or found["name"]).lower() if found else None
+
+
 class HostCheck:
     """400 in the error shape for a Host header not in ALLOWED_HOSTS: a page on another site cannot
     reach the gateway through a DNS name rebound to 127.0.0.1."""
 
     def __init__(self, app, hosts: set[str]):
-        self.app, self.hosts = app, hosts
+        self.app, self.hosts = app, {host.strip("[]").lower() for host in hosts}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            host = Headers(scope=scope).get("host", "").rsplit(":", 1)[0].strip("[]")
-            if host not in self.hosts:
+            host = host_of(Headers(scope=scope).get("host", ""))
+            if host is None or host not in self.hosts:
                 body = error_body("invalid_host", "this Host is not served here")
                 await JSONResponse(body, 400)(scope, receive, send)
                 return

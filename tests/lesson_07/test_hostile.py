@@ -532,3 +532,37 @@ def test_the_backlog_counts_before_any_agent_started(tmp_path):
             ]
             assert [r.status_code for r in codes] == [202] * 5 + [503] * 3
             assert_error(codes[-1], 503, "busy")
+
+
+# --- The Host allow-list reads the Host header as a Host header (IPv6 in brackets, a port) ---
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:8070", 200),
+        ("localhost", 200),
+        ("LOCALHOST:8070", 200),
+        ("[::1]:8070", 200),
+        ("[::1]", 200),  # was refused: split at its last colon, `[::1]` became `:`
+        ("rebind.attacker.example", 400),
+        ("127.0.0.1.attacker.example:8070", 400),
+        ("attacker@127.0.0.1", 400),
+        ("[::1", 400),
+        ("", 400),
+    ],
+)
+def test_the_host_allow_list_reads_ipv6_and_ports_and_refuses_other_names(host, status):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from lesson07.access import HostCheck
+
+    app = FastAPI()
+    app.get("/health")(lambda: {"status": "ok"})
+    app.add_middleware(HostCheck, hosts={"127.0.0.1", "localhost", "[::1]"})
+    with TestClient(app) as client:
+        answer = client.get("/health", headers={"host": host})
+    assert answer.status_code == status, answer.text
+    if status == 400:  # the error shape (this app has no request ids: the gateway adds them)
+        assert answer.json()["error"]["type"] == "invalid_host", answer.text
