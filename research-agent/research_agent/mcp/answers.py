@@ -3,9 +3,10 @@
 The MCP SDK's `ClientSession` checks a tool's structured answer against the output schema the
 tool declared, with `jsonschema.validate`, which first checks the schema itself against JSON
 Schema's metaschema and builds a validator, at every call: several times the work of checking the
-answer. Both MCP clients of the course keep a session open (the agent's, in mcp_tools.py, and
-lesson 08's gateway, to each tool server), so the schema can be checked once, when a listing brings
-it, and each answer against the validator built then.
+answer. The agent's client (mcp 1.x, which langchain-mcp-adapters requires) keeps its session open
+(tools.py), so the schema can be checked once, when a listing brings it, and each answer against
+the validator built then. (The SDK's 2.x client, which lesson 08's gateway uses, keeps one compiled
+validator per schema itself.)
 """
 
 import jsonschema
