@@ -105,6 +105,7 @@ def test_the_agent_can_reach_a_model_server_on_the_host():
 
 
 def test_a_learners_client_is_one_make_target_away_from_the_lessons_venv():
+    """The SDK's 2.x client, from lesson 08's own environment, which the target builds."""
     target = recipe("lesson-08-client")
-    assert "$(VENV)/.lessons" in target.splitlines()[0]
-    assert "code/08_mcp_client.py" in target
+    assert "$(LESSON08_VENV)/.installed" in target.splitlines()[0]
+    assert "$(LESSON08_VENV)/bin/python code/08_mcp_client.py" in target
