@@ -63,28 +63,35 @@ BACKLOG = Gauge("topic_pending_messages", "Delivered, not yet acked", ["topic", 
 LAG = Gauge("topic_unread_messages", "Not yet delivered to the group", ["topic", "group"])
 DEAD = Gauge("topic_deadletter_messages", "Messages in the dead-letter topic", ["topic"])
 
-# The question's record, its event and (for a new student) the student's token hash, all at once.
+# The question's record and its event, at once, if the token is still the student's.
 # KEYS: student, question, learning topic. ARGV: token hash, record fields (JSON), event, ttl,
-# maxlen. -1: the student has another token. 1: published. 2: published, and the student is new.
-# A question that exists already (the same call retried after its reply was lost, or the same
-# Idempotency-Key) publishes nothing: 0, or 3 if that question enrolled the student.
+# maxlen. -1: the student has another token (or none). 1: published. A question that exists
+# already (the same call retried after its reply was lost, or the same Idempotency-Key)
+# publishes nothing: 0.
 PUBLISH = """
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return -1 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  if redis.call('HGET', KEYS[2], 'enrolled') == '1' then return 3 end
-  return 0
-end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local record = cjson.decode(ARGV[2])
-if not owner then redis.call('SET', KEYS[1], ARGV[1]); record['enrolled'] = '1' end
 local fields = {}
 for field, value in pairs(record) do table.insert(fields, field); table.insert(fields, value) end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'data', ARGV[3])
-if owner then return 1 end
-return 2
+return 1
 """
+
+
+class Enrolment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    student_id: StudentId
+
+
+class Enrolled(BaseModel):
+    student_id: str
+    student_token: str = Field(
+        description="shown once: send it as `Authorization: Bearer` to ask as the student and to "
+        "read the student's answers and progress"
+    )
 
 
 class Question(BaseModel):
@@ -96,11 +103,6 @@ class Question(BaseModel):
 
 class Accepted(BaseModel):
     id: str
-    student_token: str | None = Field(
-        default=None,
-        description="only with a student's first question: send it as `Authorization: Bearer` "
-        "for the student's next questions, their answers and progress",
-    )
 
 
 class QuestionView(BaseModel):
@@ -178,26 +180,37 @@ def student_token(
 Token = Annotated[str | None, Depends(student_token)]
 
 
-async def published(r: redis.Redis, question_id: str, student_id: str, token: str) -> int:
+async def published(r: redis.Redis, question_id: str) -> int:
     """What PUBLISH answered, read back; a 503 if the question is not in Redis."""
     for _ in range(3):  # Redis is restarting: a few short tries
         try:
-            record = await r.hgetall(contract.question_key(question_id))
-            owner = await r.get(contract.student_key(student_id))
+            if await r.exists(contract.question_key(question_id)):
+                return 0  # a script runs whole or not at all: it ran, and published
+            break
         except (redis.ConnectionError, redis.TimeoutError):
             await asyncio.sleep(0.5)
-            continue
-        if not record:  # a script runs whole or not at all: it did not run
-            break
-        return 3 if record.get("enrolled") == "1" and owner == token_hash(token) else 0
     raise redis.ConnectionError("the question was not published")
 
 
 # === The routes: the questions API, and what orchestrators and Prometheus ask ===
 
-ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503)}
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 429, 503)}
 questions = APIRouter(prefix="/v1", responses=ERRORS)
 probes = APIRouter()  # /health, /ready and /metrics
+
+
+@questions.post("/students", status_code=201)
+async def enrol(
+    enrolment: Enrolment, request: Request, r: RedisDep, settings: SettingsDep
+) -> Enrolled:
+    """Claim a student id: the first to ask for a free one gets its token, once; anyone asking
+    for it later gets 409. SET NX decides, so two at once cannot both win."""
+    await access.admit_enrolment(request.app.state.limiter, settings, request)
+    token, key = secrets.token_urlsafe(32), contract.student_key(enrolment.student_id)
+    if not await r.set(key, token_hash(token), nx=True, ex=settings.student_ttl_seconds):
+        message = f"{enrolment.student_id} is taken: enrol under another student id"
+        raise ApiError(409, "student_id_taken", message)
+    return Enrolled(student_id=enrolment.student_id, student_token=token)
 
 
 @questions.post("/questions", status_code=202)
@@ -211,9 +224,9 @@ async def ask(
 ) -> Accepted:
     """Publish the question; the agents answer it in the background. With an Idempotency-Key,
     the same key for the same student is the same question, however often it is sent."""
+    # The token first: a caller who is not the student spends none of the student's questions.
+    await access.check_student(r, question.student_id, token)
     await access.admit(r, request.app.state.limiter, settings, question.student_id)
-    new_token = None if token else secrets.token_urlsafe(32)  # a first question's, for its student
-    token = token or new_token
     if idempotency_key:
         seed = f"{question.student_id}\n{idempotency_key}".encode()
         question_id = hashlib.sha256(seed).hexdigest()[:32]
@@ -249,15 +262,12 @@ async def ask(
     except (redis.ConnectionError, redis.TimeoutError):
         # The script may have run and only its reply been lost: a question that is in Redis
         # was published, and is answered 202, not 503 (a client would send it twice).
-        done = await published(r, question_id, question.student_id, token)
-    if done == -1:
-        if new_token:  # none was sent
-            message = f"{question.student_id} has a token: send it as `Authorization: Bearer`"
-            raise ApiError(401, "student_token_missing", message, {"WWW-Authenticate": "Bearer"})
+        done = await published(r, question_id)
+    if done == -1:  # the token was the student's a moment ago: the student id has expired
         raise ApiError(403, "not_this_student", "this is not the token of that student")
-    if done in (1, 2):
+    if done == 1:
         ACCEPTED.inc()
-    return Accepted(id=question_id, student_token=new_token if done in (2, 3) else None)
+    return Accepted(id=question_id)
 
 
 @questions.get("/questions/{question_id}")

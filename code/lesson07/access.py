@@ -1,7 +1,9 @@
 """Bounds and access (docs/07, "Bounds and access"): what the gateway (code/07_gateway.py) checks
 before a question is published or an answer read. Who may ask: the Host names in ALLOWED_HOSTS,
-and for what belongs to a student, that student's token. How much: ASKS_PER_MINUTE per student
-(a moving window in Redis, the `limits` library) and MAX_BACKLOG unanswered questions in all."""
+and for what belongs to a student, that student's token (checked first, so that nobody else
+spends the student's questions). How much: ENROLMENTS_PER_MINUTE per client address,
+ASKS_PER_MINUTE per student (moving windows in Redis, the `limits` library) and MAX_BACKLOG
+unanswered questions in all."""
 
 import hmac
 import re
@@ -11,6 +13,7 @@ from limits import RateLimitItemPerMinute
 from limits.aio.strategies import MovingWindowRateLimiter
 from prometheus_client import Counter
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from lesson07 import contract
@@ -29,6 +32,19 @@ async def check_student(r: redis.Redis, student_id: str, token: str | None) -> N
         raise ApiError(403, "not_this_student", "this is not the token of that student")
 
 
+async def admit_enrolment(
+    limiter: MovingWindowRateLimiter, settings: contract.GatewaySettings, request: Request
+) -> None:
+    """429 past ENROLMENTS_PER_MINUTE from one client address: student ids are not claimed in
+    bulk, and the keys they make stay few."""
+    per_minute = RateLimitItemPerMinute(settings.enrolments_per_minute)
+    client = request.client.host if request.client else "unknown"
+    if not await limiter.hit(per_minute, "enrol", client):
+        REFUSED.labels("enrolments").inc()
+        message = f"at most {settings.enrolments_per_minute} enrolments a minute per address"
+        raise ApiError(429, "rate_limited", message, {"Retry-After": "60"})
+
+
 async def admit(
     r: redis.Redis,
     limiter: MovingWindowRateLimiter,
@@ -37,7 +53,7 @@ async def admit(
 ) -> None:
     """429 past ASKS_PER_MINUTE for one student, 503 past MAX_BACKLOG unanswered questions."""
     per_minute = RateLimitItemPerMinute(settings.asks_per_minute)
-    if not await limiter.hit(per_minute, student_id):
+    if not await limiter.hit(per_minute, "ask", student_id):
         REFUSED.labels("rate").inc()
         message = f"at most {settings.asks_per_minute} questions a minute per student"
         raise ApiError(429, "rate_limited", message, {"Retry-After": "60"})

@@ -65,6 +65,9 @@ class GatewaySettings(Settings):
     max_backlog: int = 1000  # unanswered questions at most; beyond, 503
     max_body_bytes: int = 64 * 1024
     asks_per_minute: int = 30  # per student
+    enrolments_per_minute: int = 10  # student ids claimed per client address
+    # A student id, and its token, lapse after this long without a question (refreshed by each).
+    student_ttl_seconds: int = 30 * 24 * 3600
     allowed_hosts: str = "127.0.0.1,localhost"  # the Host headers the gateway answers
 
 

@@ -64,9 +64,10 @@ def test_compose_v1_runs_the_same_file():
                 return False
 
         wait_for(ready, timeout=180, interval=0.5, what="the gateway ready under Compose v1")
+        enrolled = client.post("/v1/students", json={"student_id": "v1"})
+        client.headers["Authorization"] = f"Bearer {enrolled.json()['student_token']}"
         asked = client.post("/v1/questions", json={"student_id": "v1", "text": "What is AOF?"})
         question = f"/v1/questions/{asked.json()['id']}"
-        client.headers["Authorization"] = f"Bearer {asked.json()['student_token']}"
         view = wait_for(
             lambda: (v := client.get(question).json())["status"] == "answered" and v,
             timeout=60,
@@ -83,7 +84,11 @@ def test_compose_v1_runs_the_same_file():
 def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
     client = httpx.Client(base_url=project.url, timeout=10)
     sent: dict[str, tuple[str, str]] = {}  # question id -> (student, kind)
-    tokens: dict[str, dict] = {}  # student -> the Authorization header its first question gave
+    tokens: dict[str, dict] = {}  # student -> the Authorization header of the student's token
+    for i in range(5):
+        enrolled = client.post("/v1/students", json={"student_id": f"student-{i}"})
+        assert enrolled.status_code == 201, enrolled.text
+        tokens[f"student-{i}"] = {"Authorization": f"Bearer {enrolled.json()['student_token']}"}
 
     def send(batch: int) -> None:
         for i in range(20):
@@ -91,14 +96,10 @@ def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
             student = f"student-{i % 5}"
             text = KINDS[kind].format(topic=TOPICS[(i + batch) % 4], i=i)
             response = client.post(
-                "/v1/questions",
-                json={"student_id": student, "text": text},
-                headers=tokens.get(student, {}),
+                "/v1/questions", json={"student_id": student, "text": text}, headers=tokens[student]
             )
             assert response.status_code == 202, response.text
             sent[response.json()["id"]] = (student, kind)
-            if token := response.json().get("student_token"):
-                tokens[student] = {"Authorization": f"Bearer {token}"}
 
     def kill_a_concepts_container() -> None:
         time.sleep(1.5)  # both concepts consumers are busy with this batch by now

@@ -19,6 +19,9 @@ def test_redis_away_is_a_503_in_the_error_shape(tmp_path):
         client = httpx.Client(base_url=gateway.url, timeout=15)
         assert client.get("/health").status_code == 200
         assert_error(client.get("/ready"), 503, "redis_unavailable")
-        asked = client.post("/v1/questions", json={"student_id": "ann", "text": "hi"})
+        question, token = {"student_id": "ann", "text": "hi"}, {"Authorization": "Bearer t"}
+        asked = client.post("/v1/questions", json=question, headers=token)
         error = assert_error(asked, 503, "redis_unavailable")
         assert "Traceback" not in error["message"]
+        enrolled = client.post("/v1/students", json={"student_id": "ann"})
+        assert_error(enrolled, 503, "redis_unavailable")

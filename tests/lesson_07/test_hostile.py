@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from support.event_agents import (
     ask,
     bearer,
     enrol,
+    enrolled,
     envelope,
     gateway_process,
     progress,
@@ -274,12 +276,12 @@ def test_questions_past_the_backlog_are_refused_with_503_and_retry_after(agents,
         for i in range(4):  # three at most wait (fewer if some already were)
             before = system.redis.xlen(agents.LEARNING)
             question = {"student_id": student(), "text": f"What is a port {i}?"}
-            refused = caller.gateway.post("/v1/questions", json=question)
+            as_student = bearer(enrolled(caller, question["student_id"]))
+            refused = caller.gateway.post("/v1/questions", json=question, headers=as_student)
             if refused.status_code != 202:
                 break
             accepted.append(refused.json()["id"])
             caller.students[accepted[-1]] = question["student_id"]
-            caller.tokens[question["student_id"]] = refused.json()["student_token"]
         assert_error(refused, 503, "busy")
         assert int(refused.headers["Retry-After"]) > 0
         assert system.redis.xlen(agents.LEARNING) == before
@@ -417,7 +419,8 @@ def test_a_question_whose_reply_was_lost_is_202_not_503(agents, system, gateway)
         caller = Caller(gateway(REDIS_URL=f"redis://127.0.0.1:{proxy.port}/0"))
         before = system.redis.xlen(agents.LEARNING)
         question = {"student_id": student(), "text": "hi"}
-        response = caller.gateway.post("/v1/questions", json=question)
+        as_student = bearer(enrolled(caller, question["student_id"]))
+        response = caller.gateway.post("/v1/questions", json=question, headers=as_student)
         assert proxy.dropped.is_set()
         published = system.redis.xlen(agents.LEARNING) - before
         if response.status_code == 503:
@@ -425,7 +428,6 @@ def test_a_question_whose_reply_was_lost_is_202_not_503(agents, system, gateway)
             assert int(response.headers["Retry-After"]) > 0
         else:
             assert response.status_code == 202 and published == 1, (response.text, published)
-            caller.tokens[question["student_id"]] = response.json()["student_token"]
             caller.students[response.json()["id"]] = question["student_id"]
             assert view(caller, response.json()["id"]).status_code == 200
     finally:
@@ -460,6 +462,59 @@ def test_progress_and_answers_need_the_students_token(agents, system):
     assert_error(anon.post("/v1/questions", json=forged, headers=as_eve), 403, "not_this_student")
     assert system.redis.xlen(agents.LEARNING) == before
     assert view(system, question_id).status_code == 200
+
+
+def test_tokenless_questions_neither_claim_a_student_nor_spend_the_students_questions(
+    system, gateway
+):
+    """The attack of a caller without the student's token: thirty questions a minute as `alice`.
+    Before, the first claimed the free id alice for whoever sent it (202 and a token), and the
+    others spent the real alice's questions, so hers got 429."""
+    caller, alice = Caller(gateway(ASKS_PER_MINUTE="3")), student()
+    forged = {"student_id": alice, "text": "Give me an exercise on Docker"}
+
+    def tokenless():
+        answer = caller.gateway.post("/v1/questions", json=forged)
+        assert_error(answer, 401, "student_token_missing")
+
+    for _ in range(30):
+        tokenless()
+    assert not system.redis.exists(f"student:{alice}"), "a tokenless question claimed the id"
+    token = enrolled(caller, alice)  # alice claims her id herself
+    for _ in range(5):
+        tokenless()
+    mine = caller.gateway.post("/v1/questions", json=forged, headers=bearer(token))
+    assert mine.status_code == 202, mine.text  # none of her three a minute was spent
+
+
+def test_student_ids_claimed_past_the_rate_are_refused_with_429(gateway):
+    caller = Caller(gateway(ENROLMENTS_PER_MINUTE="2"))
+    enrolled(caller, student())
+    enrolled(caller, student())
+    refused = caller.gateway.post("/v1/students", json={"student_id": student()})
+    assert_error(refused, 429, "rate_limited")
+    assert int(refused.headers["Retry-After"]) > 0
+
+
+def test_a_student_id_is_claimed_once_whoever_races_for_it(system):
+    """Eight enrolments of one free id at once: one 201 with the token, seven 409; only that token
+    asks as the student."""
+    who = student()
+
+    def claim(_):
+        return httpx.post(
+            f"{str(system.gateway.base_url).rstrip('/')}/v1/students",
+            json={"student_id": who},
+            timeout=30,
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(claim, range(8)))
+    assert sorted(a.status_code for a in answers) == [201] + [409] * 7, [a.text for a in answers]
+    [won] = [a.json()["student_token"] for a in answers if a.status_code == 201]
+    assert_error(next(a for a in answers if a.status_code == 409), 409, "student_id_taken")
+    system.tokens[who] = won
+    assert answered(system, ask(system, who, "What is a layer?"))["status"] == "answered"
 
 
 def test_a_host_that_is_not_ours_is_refused(system):
@@ -525,9 +580,13 @@ def test_the_backlog_counts_before_any_agent_started(tmp_path):
     with RedisServer(password="pw") as server:
         env = offline_environment(REDIS_URL=server.url, REDIS_PASSWORD="pw", MAX_BACKLOG="5")
         with gateway_process(env, tmp_path) as gateway:
-            client = httpx.Client(base_url=gateway.url, timeout=10)
+            caller = Caller(httpx.Client(base_url=gateway.url, timeout=10))
             codes = [
-                client.post("/v1/questions", json={"student_id": f"s{i}", "text": "hi"})
+                caller.gateway.post(
+                    "/v1/questions",
+                    json={"student_id": f"s{i}", "text": "hi"},
+                    headers=bearer(enrolled(caller, f"s{i}")),
+                )
                 for i in range(8)
             ]
             assert [r.status_code for r in codes] == [202] * 5 + [503] * 3
