@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import docker
 import redis.asyncio as redis
 from prometheus_client import CollectorRegistry, Counter
+from redis.backoff import ExponentialBackoff
 from sse_starlette import ServerSentEvent
 
 from research_agent import WORKER_EVENTS, error_body, events_key, variation_key, worker_events_key
@@ -316,18 +317,21 @@ class Relay:
 
 
 class Backoff:
-    """One log line per failure, and a wait that doubles up to `cap` while the failures last:
-    a Redis restart costs a few lines, not a traceback per pass."""
+    """One log line per failure, and a wait that doubles up to `cap` while the failures last
+    (redis-py's ExponentialBackoff counts it): a Redis restart costs a few lines, not a traceback
+    per pass."""
 
     def __init__(self, what: str, base: float, cap: float = 2.0):
-        self.what, self.base, self.cap, self.delay = what, base, cap, base
+        self.what, self.base, self.failures = what, base, 0
+        self.waits = ExponentialBackoff(cap=cap, base=base)
 
     def ok(self) -> float:
-        self.delay = self.base
+        self.failures = 0
         return self.base
 
     def failed(self, exc: Exception) -> float:
-        wait, self.delay = self.delay, min(self.cap, self.delay * 2)
+        wait = self.waits.compute(self.failures)
+        self.failures += 1
         logger.warning("%s failed (retrying in %.1f s): %r", self.what, wait, exc)
         return wait
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis.asyncio as redis
 
-from lesson05.redis_access import forever, relay_forever
+from lesson05.redis_access import Backoff, forever, relay_forever
 
 
 class SwallowsOneCancel:
@@ -58,3 +58,12 @@ def test_a_loop_whose_cancellation_is_lost_still_ends_at_shutdown(loop):
         return step.swallowed
 
     assert asyncio.run(main()) == 1
+
+
+def test_a_failing_loop_waits_twice_as_long_each_time_up_to_its_cap_with_a_line_each(caplog):
+    backoff = Backoff("a reaper pass", 0.25, cap=2.0)
+    waits = [backoff.failed(redis.ConnectionError("down")) for _ in range(6)]
+    assert waits == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert backoff.ok() == 0.25 and backoff.failed(redis.ConnectionError("down")) == 0.25
+    lines = [r.getMessage() for r in caplog.records if r.name == "variations"]
+    assert len(lines) == 7 and lines[0].startswith("a reaper pass failed (retrying in 0.2 s)")
