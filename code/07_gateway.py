@@ -63,13 +63,14 @@ BACKLOG = Gauge("topic_pending_messages", "Delivered, not yet acked", ["topic", 
 LAG = Gauge("topic_unread_messages", "Not yet delivered to the group", ["topic", "group"])
 DEAD = Gauge("topic_deadletter_messages", "Messages in the dead-letter topic", ["topic"])
 
-# The question's record and its event, at once, if the token is still the student's.
-# KEYS: student, question, learning topic. ARGV: token hash, record fields (JSON), event, ttl,
-# maxlen. -1: the student has another token (or none). 1: published. A question that exists
-# already (the same call retried after its reply was lost, or the same Idempotency-Key)
-# publishes nothing: 0.
+# The question's record and its event, at once, if the token is still the student's, whose id
+# then lives STUDENT_TTL_SECONDS more. KEYS: student, question, learning topic. ARGV: token hash,
+# record fields (JSON), event, ttl, maxlen, the student's ttl. -1: the student has another token
+# (or none). 1: published. A question that exists already (the same call retried after its reply
+# was lost, or the same Idempotency-Key) publishes nothing: 0.
 PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local record = cjson.decode(ARGV[2])
 local fields = {}
@@ -256,6 +257,7 @@ async def ask(
         json.dumps(event),
         settings.question_ttl_seconds,
         settings.topic_maxlen,
+        settings.student_ttl_seconds,
     ]
     try:  # the client's retries (set in lifespan) send the same script again: it publishes once
         done = await request.app.state.publish(keys=keys, args=args)

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # (the gateway admits at most MAX_BACKLOG unanswered questions, far fewer, so trimming only
     # drops handled entries).
     question_ttl_seconds: int = 24 * 3600
+    # A student id, its token and its progress lapse after this long without a question (each
+    # question sets it again): nothing a student made stays in Redis for ever.
+    student_ttl_seconds: int = 30 * 24 * 3600
     topic_maxlen: int = 10000
     struggle_threshold: int = 3  # debug questions on one topic before a struggle alert
 
@@ -45,8 +48,10 @@ class AgentSettings(Settings):
     visibility_timeout_ms: int = 5000
     # Delivered more often than this, a message goes to <topic>.deadletter instead.
     max_deliveries: int = 5
-    # How long an event id is remembered as processed: longer than any redelivery can take.
-    dedup_ttl_seconds: int = 7 * 24 * 3600
+    # How long an event id is remembered as processed: far longer than any redelivery can take
+    # (MAX_DELIVERIES visibility timeouts), and as long as the question it is about: after that,
+    # an effect on the question is refused anyway (it is no longer pending).
+    dedup_ttl_seconds: int = 24 * 3600
     openai_api_key: str | None = None
     model_name: str = "gpt-4o-mini"
     offline_token_delay_ms: int = 20
@@ -66,8 +71,6 @@ class GatewaySettings(Settings):
     max_body_bytes: int = 64 * 1024
     asks_per_minute: int = 30  # per student
     enrolments_per_minute: int = 10  # student ids claimed per client address
-    # A student id, and its token, lapse after this long without a question (refreshed by each).
-    student_ttl_seconds: int = 30 * 24 * 3600
     allowed_hosts: str = "127.0.0.1,localhost"  # the Host headers the gateway answers
 
 

@@ -22,7 +22,8 @@ from lesson07.tracing import trace_context
 
 # The progress agent's effect reads its own state (streak, struggles), so it is a script of its own
 # with the same first and last lines. KEYS: processed record, the student's hash, the alerts topic.
-# ARGV: ttl, day number, route, topic, threshold, alert event (JSON, published when due), maxlen.
+# ARGV: ttl, day number, route, topic, threshold, alert event (JSON, published when due), maxlen,
+# the student's ttl (the progress lapses with the student id).
 PROGRESS_ONCE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local day, route, topic = tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -33,6 +34,7 @@ local last = tonumber(redis.call('HGET', KEYS[2], 'last_day') or '-1')
 if last == day - 1 then redis.call('HINCRBY', KEYS[2], 'streak', 1)
 elseif last ~= day then redis.call('HSET', KEYS[2], 'streak', 1) end
 redis.call('HSET', KEYS[2], 'last_day', day)
+redis.call('EXPIRE', KEYS[2], ARGV[8])
 if route == 'debug' then
   local n = redis.call('HINCRBY', KEYS[2], 'struggle:' .. topic, 1)
   if n == tonumber(ARGV[5]) then
@@ -72,6 +74,7 @@ def make_progress(bus, settings: AgentSettings):
             settings.struggle_threshold,
             json.dumps(alert),
             settings.topic_maxlen,
+            settings.student_ttl_seconds,
         ]
         return bool(await progress_once(keys=keys, args=args))
 

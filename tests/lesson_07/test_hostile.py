@@ -248,6 +248,24 @@ def test_a_question_record_expires(agents, system):
     assert 0 < system.redis.ttl(agents.question_key(question_id)) <= 24 * 3600
 
 
+def test_every_key_a_question_leaves_in_redis_expires(agents, system):
+    """A student's id, progress, question, each agent's processed record and the student's rate
+    window all expire; before, student:* and progress:* never did, and the processed records
+    outlived their question by six days."""
+    who = student()
+    question_id = ask(system, who, "Docker build fails with error: no space left")
+    assert answered(system, question_id)["status"] == "answered"
+    wait_for(lambda: progress(system, who)["questions"] == 1, what="counted")
+    keys = [f"student:{who}", f"progress:{who}", agents.question_key(question_id)]
+    keys += system.redis.keys(f"processed:*:{question_id}*")
+    keys += system.redis.keys(f"*ask*{who}*")  # the student's rate window (the limits library)
+    assert len(keys) == 3 + 3 + 1, keys  # triage, the specialist and progress; one window
+    day, month = 24 * 3600, 30 * 24 * 3600
+    bounds = {f"student:{who}": month, f"progress:{who}": month}
+    for key in keys:
+        assert 0 < system.redis.ttl(key) <= bounds.get(key, day), (key, system.redis.ttl(key))
+
+
 @pytest.fixture
 def gateway(system, tmp_path):
     """A second gateway on the same Redis with settings of the test's own."""
