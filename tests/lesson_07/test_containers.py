@@ -7,6 +7,7 @@ event dead-lettered; `make lesson-07-down` leaves no container, network or volum
 
 import json
 import os
+import re
 import time
 from collections import Counter
 
@@ -226,6 +227,18 @@ def test_step_5_as_the_doc_types_it(project):
             assert not problems, f"docs/07:{command.line}\n{problems}"
     finally:
         terminal.close()
+
+
+def test_code_inside_redis_is_not_root_has_no_capabilities_and_cannot_write_its_root(project):
+    """Where an attacker stands who reached Redis's process (a bug in its Lua engine, through
+    EVAL): Redis itself, PID 1 of its container. Before, with `sh -c` as the command, the
+    official image kept it root with Docker's default capabilities."""
+    status = project.compose("exec", "-T", "redis", "cat", "/proc/1/status")
+    assert re.search(r"^Uid:\s+(\d+)", status, re.M)[1] != "0", status
+    assert int(re.search(r"^CapEff:\s+(\w+)", status, re.M)[1], 16) == 0, status
+    assert re.search(r"^NoNewPrivs:\s+1", status, re.M), status
+    write = "touch /usr/local/bin/x 2>/dev/null || touch /etc/x 2>/dev/null; echo $?"
+    assert project.compose("exec", "-T", "redis", "sh", "-c", write).strip() == "1"
 
 
 def test_lesson_07_down_leaves_nothing(project):
