@@ -6,8 +6,10 @@ Each step is a server. Its section's blocks are typed into one bash, in order (v
 from block to block), against the step started as `make lesson-12 STEP=K` starts it, on a port of
 its own (the doc's client uses A2A_URL, set here to that port). `pgrep` in that bash names the
 step's server; after a block that sends `kill -9`, the next `make lesson-12 STEP=K` block starts it
-again. What each block prints is compared with the doc. Steps 3 and 4 keep their tasks in make
-test's PostgreSQL; run_python runs in real sandbox containers, counted by the engine's events.
+again. What each block prints is compared with the doc. Steps 3 and 4 keep their tasks in a real
+PostgreSQL (make test's); run_python runs in real sandbox containers, counted by the engine's
+events. Those runs start a server each, a minute of CPU together: they are `make a2a-test`'s
+(marker `container`); the checks of the files are `make test`'s.
 """
 
 import ast
@@ -173,10 +175,12 @@ def step_factory(tmp_path):
         step.stop()
 
 
+@pytest.mark.container
 def test_step_1_answers_as_the_doc_shows(step_factory):
     type_blocks(step_factory(1), section_steps(DOC, SECTIONS[1]))
 
 
+@pytest.mark.container
 def test_step_2_asks_for_input_then_takes_the_decision(engine, step_factory, sandbox_starts):
     starts = sandbox_starts()
     step = step_factory(2)
@@ -185,6 +189,7 @@ def test_step_2_asks_for_input_then_takes_the_decision(engine, step_factory, san
     assert sum(starts.per("agent-sandbox.request-id").values()) == 1
 
 
+@pytest.mark.container
 def test_step_3_takes_the_decision_after_a_kill(engine, step_factory, postgres_dsn, sandbox_starts):
     starts = sandbox_starts()
     step = step_factory(3, DATABASE_URL=postgres_dsn)
@@ -196,6 +201,7 @@ def test_step_3_takes_the_decision_after_a_kill(engine, step_factory, postgres_d
     assert sum(starts.per("agent-sandbox.request-id").values()) == 1
 
 
+@pytest.mark.container
 def test_step_4_scopes_each_task_to_its_caller(engine, step_factory, postgres_dsn):
     callers = ROOT / "deploy" / "lesson12" / "callers"
     subprocess.run(["make", "-s", "deploy/lesson12/callers"], cwd=ROOT, check=True, timeout=60)
