@@ -255,6 +255,15 @@ def test_two_decisions_racing_through_the_edge(stack):
     wait_state(stack, run_id, token, "done")
 
 
+def test_a_replica_has_no_capability_and_cannot_gain_one(stack):
+    """As code that took a replica over sees it: before, Docker's default bounding set, and a
+    setuid program could raise it (NoNewPrivs 0)."""
+    status = stack.python("agent1", "print(open('/proc/self/status').read())", "")
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert int(fields["CapBnd"], 16) == 0 and int(fields["CapEff"], 16) == 0, fields["CapBnd"]
+    assert fields["NoNewPrivs"].strip() == "1"
+
+
 def test_the_edge_starts_no_run_for_a_page_under_a_foreign_host(stack):
     """DNS rebinding through the published port: before, the edge started the run (202)."""
     query = f"rebinding {secrets.token_hex(4)}"
