@@ -48,6 +48,7 @@ def start(run_id: str, index: int, query: str):
         COMMAND,  # a list: no shell ever parses the query
         environment=job.to_env(**PRESETS[index], **MODEL),  # RUN_ID=..., QUERY=..., ...
         network=NETWORK,
+        name=f"{DEPLOYMENT}-{run_id[:12]}-{index}",  # what `docker ps` shows
         labels={"ai-course.deployment": DEPLOYMENT, **labels},
         detach=True,  # returns once the container runs
         **LIMITS,
