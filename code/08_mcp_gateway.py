@@ -139,6 +139,15 @@ def build_gateway(settings: Settings) -> Gateway:
             kept=upstream.kept,
         )
         gateway.add_provider(upstream.changed.provider)
+
+    def input_schema(name: str):
+        """A called tool's schema, from its pinned declaration. The SDK checks a 2026-07-28
+        call's `Mcp-Param-*` headers against it, and without this lookup it lists every tool
+        first, which here is a listing of every server: one more round trip per call."""
+        pinned = [p.pinned[name] for p in providers.values() if name in p.pinned]
+        return pinned[0].input_schema if pinned else None
+
+    gateway._mcp_server.get_tool_input_schema = input_schema
     return Gateway(gateway, catalog, pins, launcher, providers)
 
 
