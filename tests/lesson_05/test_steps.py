@@ -4,13 +4,15 @@ docs/05-parallel-variations.md has a learner run them, each compared with the do
 Each step keeps the names of the one before and mostly adds to it. The tests marked `container`
 (`make variations-test`) run them for real: `make lesson-05 STEP=K` (the image already built, as
 `make variations-test` builds it first) under a NAME of their own, so that its Redis, network and
-labels are theirs. Steps 1 to 3 are scripts: what they print is compared with the doc. Steps 4 and
-5 are servers: `make lesson-05 STEP=K` runs in a terminal of its own, its banner and log compared
-with the doc, and the doc's blocks are typed into one bash, in order (a variable one block sets is
-there for the next), against it, each output compared with the doc's; then Ctrl+C, as a learner
-stops it. So is the challenge, on a copy of step 5 changed as it says. Stream ids differ on every
-run: both sides write them `<id>`. Last, `make lesson-05-down` must remove everything the steps
-made, the containers of a run whose server was stopped mid-run included.
+labels are theirs. Steps 1 to 3 are scripts, run side by side as from three terminals: what each
+prints is compared with the doc. Steps 4 and 5 are servers, their sections run side by side too:
+`make lesson-05 STEP=K` runs in a terminal of its own, its banner and log compared with the doc,
+and the doc's blocks are typed into one bash, in order (a variable one block sets is there for the
+next), against it, each output compared with the doc's; then Ctrl+C, as a learner stops it. So is
+the challenge, on a copy of step 5 changed as it says. Stream ids differ on every run: both sides
+write them `<id>`. Last, `make lesson-05-down` must remove everything the steps made, the
+containers of a run whose server was stopped mid-run included. Side by side, most of the steps'
+time, their workers' start-up, is shared.
 """
 
 import ast
@@ -43,7 +45,7 @@ STEPS = [
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 # What a step runs when it is run, and the next step replaces: its demonstration.
 DEMO = {"main", "QUERY", "VARIATIONS"}
-# The make command each of the doc's sections runs first, and the section's heading.
+# Where step K's section of the doc begins: its heading starts so.
 SECTIONS = {1: "1.", 2: "2.", 3: "3.", 4: "4.", 5: "5."}
 STREAM_ID = re.compile(r"\b\d{13}-\d+\b")  # a Redis Stream id: milliseconds, a sequence number
 IMAGE = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
