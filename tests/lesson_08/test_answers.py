@@ -12,7 +12,7 @@ from mcp.shared.memory import create_connected_server_and_client_session
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
-from research_agent import validate_answers_once
+from research_agent.mcp.answers import validate_answers_once
 
 
 class Answer(BaseModel):
