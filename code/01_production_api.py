@@ -36,7 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chat_model import make_chat_model
 from lesson01.body_limit import BodyLimitMiddleware, PayloadTooLarge, payload_too_large
 from lesson01.cors import allow_origins
-from lesson01.errors import ERROR_HANDLERS, UpstreamError, error_body, model_deadline
+from lesson01.errors import ERROR_HANDLERS, INTERNAL_ERROR, ModelError, error_body, model_deadline
 from lesson01.nesting import limit_nesting
 from lesson01.openapi import METRICS_RESPONSE, error_responses
 from lesson01.request_context import RequestContextMiddleware, configure_logging, request_id_var
@@ -137,11 +137,13 @@ class Agent:
 
     def __init__(self, model: BaseChatModel, cache: TTLCache | None = None):
         self.model_name, self.model, self.cache = model.model_name, model, cache
+        self.chain = PROMPT | model
 
     def _chain(self, request: AgentRequest):
         # The request's settings reach the model call; unset ones keep the model's defaults.
         overrides = {"temperature": request.temperature, "max_tokens": request.max_tokens}
-        return PROMPT | self.model.bind(**{k: v for k, v in overrides.items() if v is not None})
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        return PROMPT | self.model.bind(**overrides) if overrides else self.chain
 
     @staticmethod
     def _inputs(request: AgentRequest) -> dict[str, str]:
@@ -270,11 +272,11 @@ async def stream(request: AgentRequest, agent: AgentDep) -> AsyncIterable[Server
             if token is None:
                 break
             yield ServerSentEvent(raw_data=token)
-    except UpstreamError as exc:  # the 200 is sent already: a failure can only be one more event
+    except ModelError as exc:  # the 200 is sent already: a failure can only be one more event
         yield ServerSentEvent(event="error", data=error_body(exc.error_type, str(exc)))
     except Exception:
         logger.exception("Streaming failed")
-        yield ServerSentEvent(event="error", data=error_body("internal_error", "The agent failed"))
+        yield ServerSentEvent(event="error", data=error_body(*INTERNAL_ERROR))
     yield ServerSentEvent(raw_data="[DONE]")
 
 

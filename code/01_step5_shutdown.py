@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from chat_model import make_chat_model
 from lesson01.agent import Agent, AgentRequest, AgentResponse
-from lesson01.errors import ERROR_HANDLERS, UpstreamError, error_body, model_deadline
+from lesson01.errors import ERROR_HANDLERS, INTERNAL_ERROR, ModelError, error_body, model_deadline
 from lesson01.request_context import RequestContextMiddleware, configure_logging
 from lesson01.shutdown import GRACEFUL_SHUTDOWN_SECONDS, EndInTime, ShutdownState
 
@@ -121,11 +121,11 @@ async def stream(request: AgentRequest, agent: AgentDep) -> AsyncIterable[Server
             if token is None:
                 break
             yield ServerSentEvent(raw_data=token)  # raw: the text itself, not a JSON string
-    except UpstreamError as exc:  # the 200 is sent already: a failure can only be one more event
+    except ModelError as exc:  # the 200 is sent already: a failure can only be one more event
         yield ServerSentEvent(event="error", data=error_body(exc.error_type, str(exc)))
     except Exception:
         logger.exception("Streaming failed")
-        yield ServerSentEvent(event="error", data=error_body("internal_error", "The agent failed"))
+        yield ServerSentEvent(event="error", data=error_body(*INTERNAL_ERROR))
     yield ServerSentEvent(raw_data="[DONE]")
 
 

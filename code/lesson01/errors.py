@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException
 from .request_context import request_id_var
 
 logger = logging.getLogger("agent_api")
+INTERNAL_ERROR_MESSAGE = "Internal server error"  # all a 500 says: the traceback is in the log
+INTERNAL_ERROR = ("internal_error", INTERNAL_ERROR_MESSAGE)  # error_body(*INTERNAL_ERROR)
 
 
 def error_body(error_type: str, message: str, **extra) -> dict:
@@ -26,7 +28,7 @@ def error_body(error_type: str, message: str, **extra) -> dict:
     return {"error": error | extra}
 
 
-class UpstreamError(Exception):
+class ModelError(Exception):
     """The model failed (502 upstream_error) or did not answer in time (504 timeout)."""
 
     def __init__(self, status: int, error_type: str, message: str):
@@ -41,10 +43,10 @@ async def model_deadline(when: float):
         async with asyncio.timeout_at(when):
             yield
     except (TimeoutError, openai.APITimeoutError):
-        raise UpstreamError(504, "timeout", "The model did not answer in time") from None
+        raise ModelError(504, "timeout", "The model did not answer in time") from None
     except openai.APIError:
         logger.exception("The model provider failed")  # the details go to the log only
-        raise UpstreamError(502, "upstream_error", "The model provider failed") from None
+        raise ModelError(502, "upstream_error", "The model provider failed") from None
 
 
 ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 503: "not_ready"}
@@ -61,19 +63,19 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse(body, status_code=422)
 
 
-async def upstream_error(request: Request, exc: UpstreamError) -> JSONResponse:
+async def model_error(request: Request, exc: ModelError) -> JSONResponse:
     return JSONResponse(error_body(exc.error_type, str(exc)), status_code=exc.status)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Our bug: uvicorn logs the traceback; the client learns nothing of our internals.
-    return JSONResponse(error_body("internal_error", "Internal server error"), status_code=500)
+    return JSONResponse(error_body(*INTERNAL_ERROR), status_code=500)
 
 
 # FastAPI(exception_handlers=ERROR_HANDLERS): each kind of failure, answered in the one shape.
 ERROR_HANDLERS = {
     HTTPException: http_error,  # FastAPI's 404 and 405, get_agent's 503
     RequestValidationError: validation_error,  # 422: every problem, where it is
-    UpstreamError: upstream_error,  # 502, 504: from model_deadline
+    ModelError: model_error,  # 502, 504: from model_deadline
     Exception: internal_error,  # 500: anything else
 }

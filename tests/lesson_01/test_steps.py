@@ -9,7 +9,9 @@ SIGTERM commands by tests/repo/test_docs_commands.py.
 
 import ast
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 
@@ -19,6 +21,9 @@ from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
 from support.lessons import ROOT, step_files
+from support.ports import free_port
+from support.server import offline_environment
+from support.waiting import answers_200, wait_for
 from tests.support.steps import removed_and_added
 
 STEPS = [
@@ -204,3 +209,35 @@ def test_the_last_step_and_the_production_version_count_the_same_series(
         )
     assert series[0] <= series[1]
     assert 'http_requests_total{method="GET",route="unmatched",status="404"}' in series[0]
+
+
+def test_make_lesson_01_serves_the_last_step_and_answers_the_readmes_curl():
+    """The main job, as README.md's quickstart runs it: `make lesson-01`, then its curl."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    expected = json.loads(
+        readme.split("and that `curl` answers", 1)[1].split("```json\n")[1].split("```")[0]
+    )
+    port = free_port()
+    env = offline_environment(PORT=port, HOST="127.0.0.1")
+    env = {k: v for k, v in env.items() if not k.startswith("MAKE")}  # not `make test`'s flags
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "-o", ".venv/.lessons", "lesson-01"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        process_group=0,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(
+            lambda: answers_200(f"{url}/ready"), timeout=60, interval=0.2, what="make lesson-01"
+        )
+        answer = httpx.post(f"{url}/v1/invoke", json={"query": "What is a container?"}, timeout=30)
+        assert answer.json() == expected
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        output, _ = make.communicate(timeout=30)
+    assert f"Lesson 01, step 5 of 5: {STEPS[-1]}" in output, output
+    assert f"Agent API on http://127.0.0.1:{port}" in output, output
