@@ -124,9 +124,9 @@ CALLERS = load_callers(settings.A2A_CALLERS_FILE)
 async def lifespan(app: FastAPI):
     await pool.open(wait=True, timeout=60)
     checkpointer = AsyncPostgresSaver(pool)
-    await migrate(pool, checkpointer.setup, work.migrate)  # once, whichever replica is first
-    await tasks.initialize()
-    await events.initialize()
+    # Every table, ours and the SDK's, under lesson 10's lock: two replicas that start together
+    # would both create the SDK's tables, and one fail on the other's types.
+    await migrate(pool, checkpointer.setup, work.migrate, tasks.initialize, events.initialize)
     executor.agent = build_agent(checkpointer, run_python)
     recovery = Recovery(work, executor, tasks, events)
     loop = asyncio.create_task(recovery.run(), name="recovery")
