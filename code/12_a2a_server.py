@@ -149,7 +149,10 @@ async def card_for_this_host(card):
 app = FastAPI(title="The research agent over A2A", version="1.0.0", lifespan=lifespan)
 add_a2a_routes_to_fastapi(
     app,
-    agent_card_routes=create_agent_card_routes(CARD, card_for_this_host),
+    # A client may keep the card five minutes, then ask again with its ETag (a 304 if unchanged).
+    agent_card_routes=create_agent_card_routes(
+        CARD, card_for_this_host, cache_control="public, max-age=300"
+    ),
     jsonrpc_routes=create_jsonrpc_routes(handler, BINDINGS["JSONRPC"], Callers()),
     rest_routes=create_rest_routes(handler, Callers(), path_prefix=BINDINGS["HTTP+JSON"]),
 )
