@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--kit", type=Path, required=True)
     parser.add_argument("--kit-python", type=Path, required=True)
     args = parser.parse_args()
-    kit, python = args.kit.resolve(), args.kit_python.resolve()
+    kit, python = args.kit.resolve(), args.kit_python.absolute()  # the venv, not its target
 
     # 1. The card of `make lesson-12`, as it is.
     up = subprocess.run(["docker", "ps", "-q", "--filter",
