@@ -37,7 +37,9 @@ TARGET = 2.2
 READ_TRACE = """
 import json, pathlib, redis
 password = pathlib.Path("/run/secrets/redis_password").read_text().strip()
-r = redis.Redis.from_url("redis://redis:6379/0", password=password, decode_responses=True)
+r = redis.Redis.from_url(
+    "redis://redis:6379/0", username="gateway", password=password, decode_responses=True
+)
 ids = json.loads(input())
 print(json.dumps({"trace": [f for _, f in r.xrange("trace")],
                   "asked": {q: r.hget(f"question:{q}", "asked_at") for q in ids}}))

@@ -48,7 +48,6 @@ from research_agent import (
     install_request_ids,
     install_shape_handlers,
     log_with_request_ids,
-    token_hash,
 )
 
 log_with_request_ids(force=True)
@@ -132,6 +131,7 @@ async def lifespan(app: FastAPI):
     app.state.redis = redis.Redis(
         connection_pool=redis.BlockingConnectionPool.from_url(
             settings.redis_url,
+            username=settings.redis_username,
             password=password,
             max_connections=50,
             timeout=5,
@@ -208,7 +208,8 @@ async def enrol(
     for it later gets 409. SET NX decides, so two at once cannot both win."""
     await access.admit_enrolment(request.app.state.limiter, settings, request)
     token, key = secrets.token_urlsafe(32), contract.student_key(enrolment.student_id)
-    if not await r.set(key, token_hash(token), nx=True, ex=settings.student_ttl_seconds):
+    hashed = access.token_hash(settings, token)
+    if not await r.set(key, hashed, nx=True, ex=settings.student_ttl_seconds):
         message = f"{enrolment.student_id} is taken: enrol under another student id"
         raise ApiError(409, "student_id_taken", message)
     return Enrolled(student_id=enrolment.student_id, student_token=token)
@@ -226,7 +227,7 @@ async def ask(
     """Publish the question; the agents answer it in the background. With an Idempotency-Key,
     the same key for the same student is the same question, however often it is sent."""
     # The token first: a caller who is not the student spends none of the student's questions.
-    await access.check_student(r, question.student_id, token)
+    await access.check_student(r, settings, question.student_id, token)
     await access.admit(r, request.app.state.limiter, settings, question.student_id)
     if idempotency_key:
         seed = f"{question.student_id}\n{idempotency_key}".encode()
@@ -252,7 +253,7 @@ async def ask(
         contract.LEARNING,
     ]
     args = [
-        token_hash(token),
+        access.token_hash(settings, token),
         json.dumps(record),
         json.dumps(event),
         settings.question_ttl_seconds,
@@ -273,11 +274,13 @@ async def ask(
 
 
 @questions.get("/questions/{question_id}")
-async def status(question_id: QuestionId, r: RedisDep, token: Token) -> QuestionView:
+async def status(
+    question_id: QuestionId, r: RedisDep, settings: SettingsDep, token: Token
+) -> QuestionView:
     record = await r.hgetall(contract.question_key(question_id))
     if not record:
         raise StarletteHTTPException(404, f"no question {question_id}")
-    await access.check_student(r, record.get("student_id", ""), token)
+    await access.check_student(r, settings, record.get("student_id", ""), token)
     return QuestionView(
         id=question_id,
         status=record["status"],
@@ -292,7 +295,7 @@ async def status(question_id: QuestionId, r: RedisDep, token: Token) -> Question
 async def progress(
     student_id: StudentPath, r: RedisDep, settings: SettingsDep, token: Token
 ) -> Progress:
-    await access.check_student(r, student_id, token)
+    await access.check_student(r, settings, student_id, token)
     state = await contract.read_progress(r, student_id, settings.struggle_threshold)
     return Progress(**state)
 

@@ -5,6 +5,7 @@ spends the student's questions). How much: ENROLMENTS_PER_MINUTE per client addr
 ASKS_PER_MINUTE per student (moving windows in Redis, the `limits` library) and MAX_BACKLOG
 unanswered questions in all."""
 
+import hashlib
 import hmac
 import re
 
@@ -17,18 +18,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from lesson07 import contract
-from research_agent import ApiError, error_body, token_hash
+from research_agent import ApiError, error_body
 
 REFUSED = Counter("questions_refused_total", "Questions not admitted", ["reason"])
 
 
-async def check_student(r: redis.Redis, student_id: str, token: str | None) -> None:
+def token_hash(settings: contract.GatewaySettings, token: str) -> str:
+    """What Redis keeps of a student's token: its HMAC-SHA256 under TOKEN_KEY, which only the
+    gateway holds. Whoever can write a student's key cannot make a hash for a token of their own."""
+    key = settings.token_key.get_secret_value().encode()
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+
+
+async def check_student(
+    r: redis.Redis, settings: contract.GatewaySettings, student_id: str, token: str | None
+) -> None:
     """Only the student's own token reads what belongs to the student."""
     if token is None:
         message = "send the student's student_token as `Authorization: Bearer <token>`"
         raise ApiError(401, "student_token_missing", message, {"WWW-Authenticate": "Bearer"})
     stored = await r.get(contract.student_key(student_id))
-    if stored is None or not hmac.compare_digest(stored, token_hash(token)):
+    if stored is None or not hmac.compare_digest(stored, token_hash(settings, token)):
         raise ApiError(403, "not_this_student", "this is not the token of that student")
 
 

@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: SecretStr | None = None  # Compose's secret `redis_password`
+    # Each service's own Redis user, and its password: Compose's secret `redis_password`, which
+    # each container is given its own of (lesson07.redis_users says what each user may do).
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
     # The bounds. A question's record lives a day; each topic keeps its last TOPIC_MAXLEN entries
     # (the gateway admits at most MAX_BACKLOG unanswered questions, far fewer, so trimming only
     # drops handled entries).
@@ -72,6 +75,9 @@ class GatewaySettings(Settings):
     asks_per_minute: int = 30  # per student
     enrolments_per_minute: int = 10  # student ids claimed per client address
     allowed_hosts: str = "127.0.0.1,localhost"  # the Host headers the gateway answers
+    # The key of the students' token hashes (HMAC-SHA256): without it, a hash in Redis is worth
+    # nothing to whoever reads or writes it. Compose's secret `token_key`; no default.
+    token_key: SecretStr = Field(min_length=16)
 
 
 # === Topics, and the events each accepts ===
@@ -116,7 +122,7 @@ def progress_key(student_id: str) -> str:
 
 
 def student_key(student_id: str) -> str:
-    # string: the SHA-256 of the student's token (the token itself is never stored)
+    # string: the HMAC of the student's token under TOKEN_KEY (the token itself is never stored)
     return f"student:{student_id}"
 
 
@@ -264,6 +270,7 @@ def connect(settings: Settings, **options) -> redis.Redis:
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     return redis.Redis.from_url(
         settings.redis_url,
+        username=settings.redis_username,
         password=password,
         decode_responses=True,
         encoding_errors="surrogateescape",  # a stray byte is a Malformed event, not a crash

@@ -35,19 +35,29 @@ def test_redis_fsyncs_every_write_to_its_append_only_file():
     assert command[command.index("--appendfsync") + 1] == "always"
 
 
-def test_redis_asks_for_a_password_from_a_secret_and_has_a_memory_bound():
+def test_redis_takes_its_users_from_a_secret_and_has_a_memory_bound():
+    """`default` off and a user per service (code/lesson07/redis_users.py), from the secret."""
     redis = SERVICES["redis"]
-    script = " ".join(redis["command"])
-    assert "requirepass" in script and "/run/secrets/redis_password" in script
-    assert "protected-mode" not in script
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--aclfile") + 1] == "/run/secrets/redis_users"
+    assert "requirepass" not in " ".join(command) and "protected-mode" not in " ".join(command)
     assert redis["command"][redis["command"].index("--maxmemory-policy") + 1] == "noeviction"
     assert redis["command"][redis["command"].index("--maxmemory") + 1] == "256mb"
 
 
-@pytest.mark.parametrize("name", ["redis", "gateway", *AGENTS])
-def test_every_service_has_a_memory_limit_and_the_redis_secret(name):
-    assert SERVICES[name]["mem_limit"]
-    assert SERVICES[name]["secrets"] == ["redis_password"]
+@pytest.mark.parametrize("name", ["gateway", *AGENTS])
+def test_every_service_has_a_memory_limit_its_own_redis_user_and_only_its_password(name):
+    service = SERVICES[name]
+    assert service["mem_limit"]
+    assert service["environment"]["REDIS_USERNAME"] == name
+    mine = {"source": f"{name}_password", "target": "redis_password"}
+    assert service["secrets"] == ([mine, "token_key"] if name == "gateway" else [mine])
+
+
+def test_redis_has_a_memory_limit_and_only_its_users_and_its_health_password():
+    assert SERVICES["redis"]["mem_limit"]
+    assert SERVICES["redis"]["secrets"] == ["redis_users", "redis_health"]
 
 
 @pytest.mark.parametrize("name", ["gateway", *AGENTS])

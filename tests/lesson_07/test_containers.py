@@ -208,7 +208,7 @@ def test_step_5_as_the_doc_types_it(project):
     assert firsts == [
         ["make", "lesson-07"],
         ["docker", "compose", "-p"],
-        ["ASKED=$(curl", "-s", "-X"],
+        ["ENROLLED=$(curl", "-s", "-X"],
     ]
     assert all(shown is not None for _, shown in steps)
 
@@ -217,6 +217,9 @@ def test_step_5_as_the_doc_types_it(project):
             text = text.replace(name, name.replace("lesson07", project.name))
         return text.replace("8070", str(project.port))
 
+    # As a fresh `make lesson-07` leaves it: one concepts container (Compose numbers the copies a
+    # scale adds after those it has).
+    project.compose("up", "-d", "--wait", "--scale", "concepts=1")
     terminal = Terminal(ROOT, {**project.env, "LESSON07_PROJECT": project.name})
     try:
         for command, shown in steps:
@@ -227,6 +230,41 @@ def test_step_5_as_the_doc_types_it(project):
             assert not problems, f"docs/07:{command.line}\n{problems}"
     finally:
         terminal.close()
+
+
+# Run inside the exercise container, with what that container is given: its Redis password (the
+# mounted secret) and its user name. Each attempt: what Redis answered, or its error.
+ATTACK = """
+import hashlib, json, os, redis
+secret = open("/run/secrets/redis_password").read().strip()
+r = redis.Redis(host="redis", username=os.environ.get("REDIS_USERNAME"), password=secret,
+                decode_responses=True, socket_timeout=10)
+tried = {}
+def attempt(name, *command):
+    try:
+        tried[name] = repr(r.execute_command(*command))
+    except redis.RedisError as exc:
+        tried[name] = type(exc).__name__
+attempt("whoami", "ACL", "WHOAMI")
+attempt("take over alice", "SET", "student:alice", hashlib.sha256(b"T" * 32).hexdigest())
+attempt("ask as the gateway", "XADD", "learning.requests", "*", "data", "{}")
+attempt("route as triage", "XADD", "concept.requests", "*", "data", "{}")
+attempt("flushall", "FLUSHALL")
+attempt("config set", "CONFIG", "SET", "requirepass", "x")
+attempt("config get", "CONFIG", "GET", "maxmemory")
+attempt("keys", "KEYS", "*")
+print(json.dumps(tried))
+"""
+
+
+def test_code_inside_an_agents_container_can_do_its_work_and_nothing_else(project):
+    """The attacker of issue 61 item 2: code running in the exercise container, with the password
+    that container is given. Before, it was Redis's `default` user: every command, every key
+    (`SET student:alice` took alice's account, FLUSHALL, CONFIG SET requirepass)."""
+    tried = json.loads(project.compose("exec", "-T", "exercise", "python", "-c", ATTACK))
+    assert tried.pop("whoami") == "'exercise'", tried
+    assert tried == dict.fromkeys(tried, "NoPermissionError"), tried
+    assert project.redis_cli("EXISTS", "student:alice").strip() == "0"
 
 
 def test_code_inside_redis_is_not_root_has_no_capabilities_and_cannot_write_its_root(project):

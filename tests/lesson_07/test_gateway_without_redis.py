@@ -12,7 +12,9 @@ from tests.support.errors import assert_error
 
 def test_redis_away_is_a_503_in_the_error_shape(tmp_path):
     port, dead = free_port(), free_port()
-    env = offline_environment(PORT=port, REDIS_URL=f"redis://127.0.0.1:{dead}/0")
+    env = offline_environment(
+        PORT=port, REDIS_URL=f"redis://127.0.0.1:{dead}/0", TOKEN_KEY="k" * 32
+    )
     with ServerProcess(
         [sys.executable, str(GATEWAY)], env=env, port=port, log_path=tmp_path / "gateway.log"
     ) as gateway:

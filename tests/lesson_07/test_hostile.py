@@ -596,7 +596,9 @@ def test_an_agent_reconnects_after_its_peers_name_stopped_resolving(system, tmp_
 def test_the_backlog_counts_before_any_agent_started(tmp_path):
     """No consumer group yet: the whole topic is waiting, and is counted as such."""
     with RedisServer(password="pw") as server:
-        env = offline_environment(REDIS_URL=server.url, REDIS_PASSWORD="pw", MAX_BACKLOG="5")
+        env = offline_environment(
+            REDIS_URL=server.url, REDIS_PASSWORD="pw", MAX_BACKLOG="5", TOKEN_KEY="k" * 32
+        )
         with gateway_process(env, tmp_path) as gateway:
             caller = Caller(httpx.Client(base_url=gateway.url, timeout=10))
             codes = [

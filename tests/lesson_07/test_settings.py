@@ -9,9 +9,17 @@ from pydantic_settings import BaseSettings
 
 
 @pytest.fixture
-def contract(agents):
-    """The contract module the agents file imports (code/ is on its path once it is loaded)."""
+def contract(agents, monkeypatch):
+    """The contract module the agents file imports (code/ is on its path once it is loaded), with
+    the gateway's one required setting, its TOKEN_KEY, in the environment."""
+    monkeypatch.setenv("TOKEN_KEY", "k" * 32)
     return sys.modules[agents.AgentSettings.__module__]
+
+
+def test_the_gateway_has_no_default_token_key(contract, monkeypatch):
+    monkeypatch.delenv("TOKEN_KEY")
+    with pytest.raises(pydantic.ValidationError, match="token_key"):
+        contract.GatewaySettings()
 
 
 def test_each_service_has_its_own_class_on_the_shared_one(contract):
