@@ -159,6 +159,15 @@ class Lesson09:
             *docker("volume", "ls", "-q", "--filter", label).split(),
         ]
 
+    def forget_answers(self) -> None:
+        """Empty the stack's answer cache: a question asked again runs the agent again (tests that
+        ask the doc's question each want its whole trace, in whatever order they run)."""
+        forget = "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end"
+        docker(
+            "exec", self.container("redis"),
+            "redis-cli", "EVAL", forget, "0", "research-agent:answer:*",
+        )  # fmt: skip
+
     def ask(self, question: str, headers: dict | None = None):
         """POST /v1/research through the edge, as a caller outside does."""
         url = f"{self.edge}/v1/research"

@@ -282,6 +282,26 @@ def test_step_4_as_written_with_the_stacks_viewer(server_process, lesson09, tmp_
     lesson09.wait_for_trace(trace_id, "invoke_agent research-agent", "execute_tool search_docs")
 
 
+@pytest.mark.container
+def test_section_5s_question_through_the_stacks_edge_as_written(lesson09):
+    """Section 5's block after its `make lesson-09` (the `lesson09` fixture is that stack, on
+    ports of its own): the answer names its trace, which the viewer holds, agent and all."""
+    [(block, _)] = shown("5.")
+    make_line, *curl = block.splitlines()
+    assert make_line == "make lesson-09" and "127.0.0.1:8090" in curl[0]
+    edge = lesson09.edge.removeprefix("http://")
+    lesson09.forget_answers()  # not a cache hit: the question may have been asked before
+    terminal = Terminal(ROOT, dict(os.environ))
+    try:
+        printed, status = terminal.run("\n".join(curl).replace("127.0.0.1:8090", edge), timeout=120)
+    finally:
+        terminal.close()
+        lesson09.forget_answers()  # nor for the tests after this one
+    assert status == 0 and printed.startswith("HTTP/1.1 200 OK"), printed
+    trace_id = re.search(r"^traceresponse: 00-([0-9a-f]{32})-", printed, re.M)[1]
+    lesson09.wait_for_trace(trace_id, "invoke_agent research-agent", "execute_tool search_docs")
+
+
 def test_the_challenge_a_traced_ingest_traces_its_own_exports(server_process, collector, tmp_path):
     """docs/09's challenge as written: step 4 with the ingest's tracing turned on, one question
     asked, then none. `POST /v1/traces` spans keep coming, each the root of a trace of its own:
