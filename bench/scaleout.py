@@ -37,6 +37,7 @@ import io
 import os
 import platform
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,8 @@ SECONDS = float(os.getenv("BENCH_SECONDS", "8"))
 ROUNDS = int(os.getenv("BENCH_ROUNDS", "2"))
 CONNECTIONS = int(os.getenv("BENCH_CONNECTIONS", "8"))
 TOKEN_DELAY_MS = os.getenv("BENCH_TOKEN_DELAY_MS", "40")
+# The stack refuses to deploy without API keys (its port is open on every interface): its own.
+API_KEY = secrets.token_urlsafe(32)
 REQUEST_TIMEOUT = 45.0  # above the agent's REQUEST_TIMEOUT_SECONDS (30): the agent answers first
 UPDATE_TIMEOUT = 240.0
 PHASES = ("before", "update", "stop", "after")
@@ -177,8 +180,9 @@ class Load:
 
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(
-            base_url=self.url, timeout=REQUEST_TIMEOUT, limits=limits
+            base_url=self.url, timeout=REQUEST_TIMEOUT, limits=limits, headers=headers
         ) as client:
             await asyncio.gather(
                 self._questions(client), *(self._streams(client, i) for i in range(self.streams))
@@ -191,7 +195,8 @@ local n = 0
 request = function()
   n = n + 1
   local body = string.format('{"query": "%s (%s-%d)"}', topics[n % #topics + 1], "NONCE", n)
-  return wrk.format("POST", "/v1/research", {["Content-Type"] = "application/json"}, body)
+  local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer APIKEY"}
+  return wrk.format("POST", "/v1/research", headers, body)
 end
 """
 
@@ -200,6 +205,7 @@ def run_wrk(url: str, seconds: float) -> dict:
     """wrk, one thread, CONNECTIONS connections, unique questions; its summary as numbers."""
     topics = "{" + ", ".join(f'"{t}"' for t in TOPICS) + "}"
     script = WRK_SCRIPT.replace("{TOPICS}", topics).replace("NONCE", uuid.uuid4().hex[:8])
+    script = script.replace("APIKEY", API_KEY)
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         lua.write(script)
         lua.flush()
@@ -327,6 +333,7 @@ def run(client: docker.DockerClient, stack: str, port: int, v1: str, v2: str) ->
         AGENT_REPLICAS="1",
         OFFLINE_TOKEN_DELAY_MS=TOKEN_DELAY_MS,
         OPENAI_API_KEY="",  # the offline model, whatever this shell has set
+        API_KEYS=API_KEY,
         # One client sends the whole load, so the per-client limits are off: its 4 streams at a
         # time would otherwise meet MAX_STREAMS_PER_CALLER (4) whenever a new stream starts before
         # the slot of the one that just ended is given back.

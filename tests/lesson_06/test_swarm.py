@@ -12,6 +12,8 @@ metrics, a broken image is rolled back while the old replicas keep serving, and 
 import contextlib
 import os
 import re
+import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -86,6 +88,9 @@ def stack_problems(stack: dict, haproxy: str) -> list[str]:
     (port,) = proxy["ports"]
     if port["mode"] != "host":
         problems.append("haproxy: publish in host mode (the routing mesh needs IPVS)")
+    # A service's published port cannot name an address: it is open on every interface.
+    if not str(agent_env(stack).get("API_KEYS", "")).startswith("${API_KEYS:?"):
+        problems.append("agent: API_KEYS must be required (${API_KEYS:?...}): the port is public")
     if proxy["deploy"].get("update_config", {}).get("order") != "stop-first":
         problems.append("haproxy: a host-mode port cannot be held by two tasks: stop-first")
     bind = directive(section(haproxy, "frontend http"), "bind")
@@ -144,6 +149,11 @@ def impatient_healthcheck(stack: dict, haproxy: str) -> str:
     return haproxy
 
 
+def keys_optional(stack: dict, haproxy: str) -> str:
+    agent_env(stack)["API_KEYS"] = "${API_KEYS:-}"
+    return haproxy
+
+
 def wrong_bind(stack: dict, haproxy: str) -> str:
     return haproxy.replace("bind :8080", "bind :80")
 
@@ -160,6 +170,7 @@ def server_timeout_too_short(stack: dict, haproxy: str) -> str:
         grace_too_short,
         drain_too_short,
         impatient_healthcheck,
+        keys_optional,
         wrong_bind,
         server_timeout_too_short,
     ],
@@ -168,6 +179,22 @@ def test_the_stack_check_catches_a_broken_copy(change):
     stack = yaml.safe_load(swarm.STACK_FILE.read_text(encoding="utf-8"))
     haproxy = change(stack, HAPROXY)
     assert stack_problems(stack, haproxy), f"{change.__name__}: nothing found"
+
+
+def test_the_stack_refuses_to_deploy_without_api_keys():
+    """Swarm opens a published port on every interface (a service's port cannot name an address,
+    moby/moby#32299): with no keys, anyone on the learner's network could spend the model key.
+    Before: API_KEYS defaulted to empty, and `docker stack deploy` ran an open API."""
+    env = {k: v for k, v in os.environ.items() if k != "API_KEYS"}
+    command = ["docker", "stack", "config", "-c", str(swarm.STACK_FILE)]
+    if subprocess.run([*command[:3], "--help"], capture_output=True, timeout=60).returncode:
+        pytest.skip("this Docker CLI has no `docker stack config` (Docker 25 and later have)")
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "required variable API_KEYS" in refused.stderr, refused
+    env["API_KEYS"] = "k" * 32
+    read = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert read.returncode == 0, read.stderr
+    assert agent_env(yaml.safe_load(read.stdout))["API_KEYS"] == "k" * 32
 
 
 def test_the_agent_reads_every_setting_the_stack_gives_it():
@@ -347,15 +374,18 @@ class Lesson:
         self.agent = swarm.service_name(self.stack, "agent")
         self.images = []  # images the tests built, removed once the stack is gone
         self.image = f"research-agent:{self.stack}"
+        self.key = secrets.token_urlsafe(32)  # the stack's API_KEYS: /v1 asks for it
+        self.auth = {"Authorization": f"Bearer {self.key}"}
 
     def up(self) -> str:
         # The image built from this checkout under a tag of its own (AGENT_IMAGE), so that another
         # build of research-agent:optimized on a shared machine cannot change what is tested.
         swarm.build_agent_image(self.image)
         self.images.append(self.image)
-        return make(
-            "lesson-06", f"STACK={self.stack}", f"PORT={self.port}", env={"AGENT_IMAGE": self.image}
-        ).stdout
+        return make("lesson-06", f"STACK={self.stack}", f"PORT={self.port}", env=self.env()).stdout
+
+    def env(self) -> dict:
+        return {"AGENT_IMAGE": self.image, "API_KEYS": self.key}
 
     def down(self) -> str:
         return make("lesson-06-down", f"STACK={self.stack}", timeout=300).stdout
@@ -382,12 +412,14 @@ def lesson():
             box.client.images.remove(image)
 
 
-def ask_twice_at_once(url: str) -> list[dict]:
+def ask_twice_at_once(lesson: Lesson) -> list[dict]:
     """The lesson's `curl` twice, then as often again as there are replicas; every answer."""
     question = {"query": f"Why run several replicas? ({uuid.uuid4().hex[:6]})"}
     answers = []
     for _ in range(5):
-        response = httpx.post(f"{url}/v1/research", json=question, timeout=60)
+        response = httpx.post(
+            f"{lesson.url}/v1/research", json=question, headers=lesson.auth, timeout=60
+        )
         assert response.status_code == 200, response.text
         answers.append({**response.json(), "served_by": response.headers["x-served-by"]})
     return answers
@@ -397,7 +429,7 @@ def ask_twice_at_once(url: str) -> list[dict]:
 def test_a_question_asked_twice_right_after_make_lesson_06_is_cached(lesson):
     # The lesson's next step, at once and with no waiting of its own: make lesson-06 returns only
     # when every replica uses the shared Redis (Swarm starts them and Redis in no order).
-    answers = ask_twice_at_once(lesson.url)
+    answers = ask_twice_at_once(lesson)
     assert [a["cached"] for a in answers] == [False, True, True, True, True], answers
     assert len({a["response"] for a in answers}) == 1
     # Hits on other replicas than the one that answered first: the cache is shared.
@@ -425,13 +457,39 @@ def test_make_lesson_06_returns_once_three_replicas_serve(lesson):
     assert len(served_by) == 3, served_by
 
 
+def outward_address() -> str | None:
+    """This machine's address on its network (not loopback): where a neighbour reaches it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: picks a route, sends nothing
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.container
+def test_a_neighbour_without_the_key_is_refused_on_the_open_port(lesson):
+    """Swarm's port is open on every interface: a request from the network with no key gets 401.
+    Before: API_KEYS was empty by default, and it got an answer, on the learner's model key."""
+    address = outward_address() or pytest.skip("this machine has no address but loopback")
+    url = f"http://{address}:{lesson.port}"
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200  # open there too
+    question = {"query": "Why run several replicas?"}
+    refused = httpx.post(f"{url}/v1/research", json=question, timeout=30)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["type"] == "unauthorized"
+    answered = httpx.post(f"{url}/v1/research", json=question, headers=lesson.auth, timeout=60)
+    assert answered.status_code == 200, answered.text
+
+
 @pytest.mark.container
 def test_request_ids_pass_through_haproxy_to_the_agent(lesson):
     mine = f"lesson06-{uuid.uuid4().hex[:8]}"
     response = httpx.post(
         f"{lesson.url}/v1/research",
         json={"query": "What does a health check do?"},
-        headers={"X-Request-ID": mine},
+        headers={"X-Request-ID": mine, **lesson.auth},
         timeout=60,
     )
     assert response.status_code == 200
@@ -468,6 +526,7 @@ def test_streams_pass_through_haproxy_token_by_token(lesson):
         "POST",
         f"{lesson.url}/v1/research/stream",
         json={"query": f"How does graceful shutdown work? ({uuid.uuid4().hex[:6]})"},
+        headers=lesson.auth,
         timeout=60,
     ) as response:
         for line in response.iter_lines():
@@ -586,13 +645,8 @@ def test_make_lesson_06_waits_for_replicas_that_started_before_redis(lesson):
         return len(states) == 3 and set(states.values()) == {"bypassed"}
 
     wait_for(every_replica_skips_redis, timeout=180, interval=2)
-    make(
-        "lesson-06",
-        f"STACK={lesson.stack}",
-        f"PORT={lesson.port}",
-        env={"AGENT_IMAGE": lesson.image},
-    )
-    answers = ask_twice_at_once(lesson.url)
+    make("lesson-06", f"STACK={lesson.stack}", f"PORT={lesson.port}", env=lesson.env())
+    answers = ask_twice_at_once(lesson)
     assert [a["cached"] for a in answers] == [False, True, True, True, True], answers
 
 
