@@ -8,7 +8,10 @@
 #   pymarkdown  the course's pages: README.md, CONTRIBUTING.md, research-agent/README.md, docs/*.md
 #               (rules chosen in .pymarkdown.json; links, anchors and split tables are checked by
 #               scripts/docs_links.py in `make test`)
-# Usage: scripts/lint.sh [BIN_DIR]   (BIN_DIR holds the five linters; default .venv/bin)
+#   config checks  trivy config and checkov over every Dockerfile and Kubernetes manifest,
+#               compose-lint over every Compose file: a HIGH or CRITICAL finding fails
+#               (scripts/config_checks.py says how, and where a finding kept on purpose says why)
+# Usage: scripts/lint.sh [BIN_DIR]   (BIN_DIR holds the linters and their Python; default .venv/bin)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-.venv/bin}
@@ -35,6 +38,13 @@ mapfile -t shell_scripts < <(
 mapfile -t workflows < <(git ls-files '.github/workflows/*.yml' '.github/workflows/*.yaml')
 mapfile -t pages < <(git ls-files README.md CONTRIBUTING.md research-agent/README.md 'docs/*.md')
 
+# The configuration checks spend 10-20 s loading their rules, one CPU at most: they run beside the
+# linters below, and what they print comes after them.
+config_log=$(mktemp)
+trap 'rm -f "$config_log"' EXIT
+"$bin/python" -m scripts.config_checks >"$config_log" 2>&1 &
+config_checks=$!
+
 run "ruff check" "$bin/ruff" check .
 run "ruff format --check" "$bin/ruff" format --check .
 run "hadolint (${#dockerfiles[@]} Dockerfiles)" "$bin/hadolint" "${dockerfiles[@]}"
@@ -45,8 +55,12 @@ fi
 run "pymarkdown (${#pages[@]} pages)" "$bin/pymarkdown" --strict-config --config .pymarkdown.json \
   scan "${pages[@]}"
 
+echo "==> config checks: trivy config, checkov, compose-lint"
+wait "$config_checks" || failed+=("config checks")
+cat "$config_log"
+
 if [ ${#failed[@]} -gt 0 ]; then
   echo "lint FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "lint passed: ruff, hadolint, shellcheck${workflows:+, actionlint}, pymarkdown"
+echo "lint passed: ruff, hadolint, shellcheck${workflows:+, actionlint}, pymarkdown, trivy config, checkov, compose-lint"
