@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from httpx_sse import connect_sse
 
 from bench import results as bench_results
 from bench.results import percentile
@@ -88,10 +89,12 @@ def resumed_event_seconds(dsn: str) -> list[float]:
         began = time.monotonic()
         second.start()
         headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": str(last)}
-        with httpx.stream("GET", f"{second.url}/v1/runs/{run_id}/events", headers=headers,
-                          timeout=120) as r:  # fmt: skip
-            for line in r.iter_lines():
-                if line.startswith("id: "):
+        with (
+            httpx.Client(base_url=second.url, headers=headers, timeout=120) as client,
+            connect_sse(client, "GET", f"/v1/runs/{run_id}/events") as source,
+        ):
+            for event in source.iter_sse():
+                if event.id:
                     found.append(time.monotonic() - began)
                     break
         second.stop()

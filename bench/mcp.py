@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from fastmcp import Client
 
 from bench import results as bench_results
@@ -36,6 +35,7 @@ from research_agent import ResearchAgent, Settings, build_agent
 from support.mcp_servers import LESSON08_PYTHON, NOTES_SERVER, gateway, tool_server
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
+from support.waiting import answers_200, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,15 +144,7 @@ async def first_call(url: str) -> None:
 
 
 def wait_http(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    raise TimeoutError(url)
+    wait_for(lambda: answers_200(url, timeout=1), timeout=seconds, interval=0.02, what=url)
 
 
 def bare_docker_run() -> float:

@@ -65,10 +65,6 @@ def download(host, name, size, proxy="environment"):
 """
 
 
-def p99(values: list[float]) -> float:
-    return bench_results.percentile(values, 99)
-
-
 async def runtimes(owner: str, n: int, registered: set[str]) -> list[str]:
     """The runtime table's lines (runsc only when the daemon has it)."""
     names = ["runc"] + (["runsc"] if "runsc" in registered else [])
@@ -106,13 +102,13 @@ async def runtimes(owner: str, n: int, registered: set[str]) -> list[str]:
         base = statistics.median(samples["runc", mode])
         for name in names:
             data = samples[name, mode]
-            p50 = statistics.median(data)
+            p50, p99 = statistics.median(data), bench_results.percentile(data, 99)
             target = ""
             if name == "runsc" and mode == "pooled":
                 verdict = "met" if p50 / base <= RUNTIME_TARGET else "NOT met"
                 target = f"<= {RUNTIME_TARGET}x: {verdict}"
             lines.append(
-                f"| {name} | {mode} | {p50:.0f} | {p99(data):.0f} | {p50 / base:.2f}x | {target} |"
+                f"| {name} | {mode} | {p50:.0f} | {p99:.0f} | {p50 / base:.2f}x | {target} |"
             )
     if "runsc" not in names:
         lines.append("(no runsc runtime on this daemon: `make gvisor` registers it)")

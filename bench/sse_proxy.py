@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from httpx_sse import connect_sse
 
 from bench import results as bench_results
 from support.commands import require_command
@@ -87,22 +88,25 @@ def streams_open(agent_base: str) -> int:
 def time_stream(url: str, agent_base: str) -> Timing:
     """One stream through `url`, read as a browser would (it accepts gzip)."""
     started, first, tokens, open_then = time.perf_counter(), None, 0, -1
-    with httpx.stream(
-        "POST",
-        f"{url}/v1/research/stream",
-        json={"query": QUERY},
-        headers={"Accept-Encoding": "gzip"},
-        timeout=60,
-    ) as response:
-        response.raise_for_status()
-        encoding = response.headers.get("content-encoding", "-")
-        for line in response.iter_lines():
-            if line.startswith("event: token"):
+    with (
+        httpx.Client(timeout=60) as client,
+        connect_sse(
+            client,
+            "POST",
+            f"{url}/v1/research/stream",
+            json={"query": QUERY},
+            headers={"Accept-Encoding": "gzip"},
+        ) as source,
+    ):
+        source.response.raise_for_status()
+        encoding = source.response.headers.get("content-encoding", "-")
+        for event in source.iter_sse():
+            if event.event == "token":
                 tokens += 1
                 if first is None:
                     first = time.perf_counter() - started
                     open_then = streams_open(agent_base)
-            if line == "data: [DONE]":
+            if event.data == "[DONE]":
                 break
     return Timing(first, time.perf_counter() - started, tokens, open_then, encoding)
 

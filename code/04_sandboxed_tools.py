@@ -63,7 +63,7 @@ logger = logging.getLogger("sandboxed_tools")
 
 
 class Sandbox(SandboxConfig):
-    """The runner's settings (research_agent/sandbox/config.py), every SANDBOX_* variable of them:
+    """The runner's settings (research_agent/settings.py), every SANDBOX_* variable of them:
     SANDBOX_IMAGE, SANDBOX_RUNTIME (runc, or "runsc" for gVisor), SANDBOX_TIMEOUT_SECONDS (per
     run), SANDBOX_MAX_CONCURRENT, SANDBOX_MAX_QUEUED (beyond: 503 sandbox_busy),
     SANDBOX_MAX_PER_CLIENT (runs one client address may have going: 429 beyond), SANDBOX_OWNER,

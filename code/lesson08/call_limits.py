@@ -35,7 +35,7 @@ from fastmcp.server.middleware import Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.responses import JSONResponse
 
-from research_agent import error_body  # the course's error shape
+from research_agent import HeldSlots, error_body  # what is held at once; the error shape
 
 logger = logging.getLogger("mcp_gateway")
 
@@ -379,19 +379,16 @@ class BurstGuard:
     def __init__(self, app, *, clients: dict, per_client: int, total: int, retry_after: int = 1):
         self.app, self.clients = app, clients
         self.per_client, self.total, self.retry_after = per_client, total, retry_after
-        self.in_flight: dict[str, int] = {}
+        self.in_flight = HeldSlots()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         client = identify(self.clients, headers.get("authorization"))
-        status = None
-        if sum(self.in_flight.values()) >= self.total:
-            status = 503
-        elif self.in_flight.get(client, 0) >= self.per_client:
-            status = 429
-        if status is not None:
+        full = self.in_flight.full(client, self.per_client, self.total)
+        if full is not None:
+            status = 503 if full == "total" else 429
             REFUSED.labels(str(status)).inc()
             body = error_body(
                 "busy" if status == 503 else "rate_limited",
@@ -401,14 +398,7 @@ class BurstGuard:
                 body, status_code=status, headers={"Retry-After": str(self.retry_after)}
             )
             return await response(scope, receive, send)
-        self.in_flight[client] = self.in_flight.get(client, 0) + 1
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                self.in_flight[client] -= 1
+        release = self.in_flight.take(client)
 
         async def send_and_release(message) -> None:
             if message["type"] == "http.response.body" and (

@@ -259,9 +259,7 @@ def sandbox_policy(s: Settings) -> Policy:
 
     c, most = SandboxConfig(), s.GUARD_MAX_SECONDS  # the limits no SANDBOX_* variable changes
     uids = range(c.uid_base, c.uid_base + c.uid_count)
-    pair = re.compile(
-        r"([0-9]{1,10}):\1"
-    )  # each run its own uid (research_agent/sandbox/config.py)
+    pair = re.compile(r"([0-9]{1,10}):\1")  # each run its own uid (research_agent/settings.py)
     create = {
         "User": Slot(
             f"uid:uid, uid from {uids.start} to {uids.stop - 1}",

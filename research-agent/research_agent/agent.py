@@ -26,8 +26,8 @@ from langchain_core.tools import BaseTool
 from langgraph.errors import GraphBubbleUp
 
 from .offline_model import OfflineResearchModel
-from .schemas import AgentSettings
 from .search import format_results, make_search_tool
+from .settings import AgentSettings
 from .web.errors import UpstreamError, UpstreamTimeoutError, as_app_error
 
 logger = logging.getLogger(__name__)
@@ -311,7 +311,8 @@ class ResearchAgent:
 
 class Runs(Protocol):
     """What the service runs (research_agent/service.py): the agent, or a layer around it that
-    keeps its labels and its two ways to run (access/usage.py's Counted, shutdown.py's UntilCut)."""
+    keeps its labels and its two ways to run (access/usage.py's Counted, until_cut.py's
+    UntilCut)."""
 
     @property
     def model_label(self) -> str: ...

@@ -1,67 +1,24 @@
-"""The HTTP API: the routes, and what each one takes (its dependencies).
+"""The HTTP API: the routes, each given what it takes by a dependency (research_agent/deps.py).
 
-The dependencies read what the app built at start (app.state; research_agent/app.py builds the app
-and attaches the later layers, and says how the service is composed). Production wiring sets no
-override: the app factory puts the service's composition on app.state, and get_service reads it.
+The research routes run the service `deps.get_service` composes for each request, the agent inside
+the layers research_agent/app.py attaches; the probes read what the app built at start.
 """
 
 from collections.abc import AsyncIterable
-from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import TypeAdapter
 
-from .agent import ResearchAgent
+from .deps import AgentDep, CacheDep, ServiceDep, SettingsDep
 from .schemas import (
-    AgentSettings,
     HealthResponse,
     ReadyResponse,
     ResearchRequest,
     ResearchResponse,
     StreamEvent,
 )
-from .service import ResearchService
-from .web.errors import NotReadyError, responses
-
-
-def get_app_settings(request: Request) -> AgentSettings:
-    return request.app.state.settings
-
-
-def get_agent(request: Request) -> ResearchAgent:
-    agent = request.app.state.agent
-    if agent is None:
-        raise NotReadyError("the agent is still starting")
-    return agent
-
-
-def get_cache(request: Request) -> Any:
-    return request.app.state.cache  # None without REDIS_URL
-
-
-class ComposeService(Protocol):
-    """How an app composes the service one request runs, from its agent and its cache (None
-    without REDIS_URL): research_agent/app.py sets one, as `app.state.compose_service`."""
-
-    def __call__(self, request: Request, agent: ResearchAgent, cache: Any) -> ResearchService: ...
-
-
-def get_service(
-    request: Request,
-    agent: Annotated[ResearchAgent, Depends(get_agent)],
-    cache: Annotated[Any, Depends(get_cache)],
-) -> ResearchService:
-    """The service the app composes (its later layers around the agent, and the cache), or the
-    agent alone when the app sets no `compose_service`."""
-    compose: ComposeService | None = getattr(request.app.state, "compose_service", None)
-    return compose(request, agent, cache) if compose is not None else ResearchService(agent)
-
-
-SettingsDep = Annotated[AgentSettings, Depends(get_app_settings)]
-AgentDep = Annotated[ResearchAgent, Depends(get_agent)]
-CacheDep = Annotated[Any, Depends(get_cache)]
-ServiceDep = Annotated[ResearchService, Depends(get_service)]
+from .web.errors import responses
 
 # What each error status really sends (400: a body that is not UTF-8; 413: over MAX_BODY_BYTES;
 # 401 and 429: the keys and limits of docs/02 section 8).

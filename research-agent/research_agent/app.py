@@ -9,8 +9,8 @@ attached, in this one place. Each layer lives in a folder or a module named afte
   deps.py; the key is checked before the body), each run's tokens counted and charged (around the
   agent's runs, access/usage.py);
 - cache.py: the Redis cache and whose answers a caller may get (the service's cache, deps.py);
-- shutdown.py: the drain, the grace and the cut (the lifespan's SIGTERM handler, /ready, around
-  the agent's runs);
+- web/shutdown.py, until_cut.py: the drain, the grace and the cut (the lifespan's SIGTERM handler,
+  /ready; around the agent's runs);
 - tools.py: lesson 04's run_python, lesson 08's MCP search, the tool-call metric (the agent's tools
   and middleware);
 - tracing/: lesson 09's spans (FastAPI's server spans, instrumentation).
@@ -31,15 +31,15 @@ from .access.keys import ApiKeys
 from .access.quotas import Quotas
 from .agent import ResearchAgent
 from .cache import ResearchCache
-from .deps import admit, count_streams, layered_service, validation_error_after_the_key
+from .deps import admit, count_streams, validation_error_after_the_key
 from .observability.metrics import REQUESTS_REJECTED, configure_logging
 from .settings import Settings, get_settings
-from .shutdown import NotReadyWhileDraining, Shutdown
 from .tools import build_agent
 from .tracing.otel import FASTAPI_TELEMETRY, configure_tracing, instrument
 from .web.error_shape import install_shape_handlers
 from .web.errors import count_rejections
 from .web.middleware import install_middleware
+from .web.shutdown import NotReadyWhileDraining, Shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ async def lifespan(app: FastAPI):
         )
         await app.state.cache.ping()  # logs a warning if Redis is down; we start anyway
     if app.state.quotas is None:
-        app.state.quotas = Quotas(settings)
+        app.state.quotas = Quotas(settings.access, settings.cache, settings.REQUEST_TIMEOUT_SECONDS)
     _log_access(app.state.api_keys, app.state.quotas)
     logger.info(
         "research agent ready",
@@ -132,10 +132,9 @@ def create_app(settings: Settings | None = None, agent: ResearchAgent | None = N
         settings.shutdown.SHUTDOWN_DRAIN_SECONDS, settings.shutdown.GRACEFUL_SHUTDOWN_SECONDS
     )
     # Lesson 02's routes, each research route behind the caller's key and limits; their service
-    # is the one with every layer around the agent (api.get_service asks the app for it).
+    # has every layer around the agent (deps.get_service).
     app.include_router(api.probes)
     app.include_router(api.router, dependencies=[Depends(admit), Depends(count_streams)])
-    app.state.compose_service = layered_service
     if not app.state.api_keys.enabled:
         app.openapi = _openapi_without_security(app)
     # The course's error shape; the access log's middleware answers the 500 (web/middleware.py).

@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 from contextlib import suppress
+from typing import Literal
 
 from redis.exceptions import RedisError
 
@@ -17,6 +18,7 @@ from .observability.metrics import (
     CACHE_SKIPPED,
 )
 from .redis_client import CircuitBreaker, connect
+from .settings import AgentSettings
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +97,17 @@ class ScopedAnswers:
     question's key also holds everything that shapes its answer and, with CACHE_SCOPE=caller, who
     asked, so `cached: true` never tells B that A asked the same within the TTL."""
 
-    def __init__(self, cache: ResearchCache, settings, agent, caller: str | None):
+    def __init__(
+        self,
+        cache: ResearchCache,
+        scope: Literal["caller", "shared"],
+        settings: AgentSettings,
+        agent,
+        caller: str | None,
+    ):
         self.cache = cache
         self.material = {
-            "scope": (caller or "anonymous")
-            if settings.cache.CACHE_SCOPE == "caller"
-            else "shared",
+            "scope": (caller or "anonymous") if scope == "caller" else "shared",
             "model": agent.model_label,
             "search_backend": agent.search_backend,
             "max_results": settings.SEARCH_MAX_RESULTS,

@@ -1,13 +1,16 @@
-"""The later layers' dependencies: who is calling and how much they may spend (docs/02 section 8),
-and the service each research request runs, with every layer around its agent.
+"""What the routes take, each a FastAPI dependency that declares what it needs.
 
-research_agent/app.py attaches them: `admit` and `count_streams` run before each research route,
-and `layered_service` is how the app composes the service the routes' `get_service` returns
-(research_agent/api.py).
+The core's: the settings, the agent and the cache the app built at start (app.state, set by
+research_agent/app.py). The layers': who is calling and how much they may spend (docs/02 section
+8), the shutdown cut, and `get_service`, the service each research request runs: the agent inside
+every layer, composed from the dependencies it names, so a test that overrides one of them (a
+failing agent, no cache) reaches the service too. research_agent/app.py runs `admit` and
+`count_streams` before each research route.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 from fastapi import Depends, Request, Response
@@ -18,12 +21,12 @@ from .access.caller import bearer, get_caller
 from .access.keys import Caller
 from .access.quotas import Grant, Quotas
 from .access.usage import Counted
-from .agent import Runs
-from .cache import ScopedAnswers
+from .agent import ResearchAgent
+from .cache import ResearchCache, ScopedAnswers
 from .observability.metrics import STREAMS_OPEN
 from .service import ResearchService
 from .settings import Settings
-from .shutdown import Shutdown, UntilCut
+from .until_cut import UntilCut
 from .web.errors import (
     AppError,
     NotReadyError,
@@ -31,7 +34,35 @@ from .web.errors import (
     validation_error_handler,
 )
 
-# --- Who is calling, and how much they may spend -------------------------------------------------
+# --- What the app built at start ------------------------------------------------------------------
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_agent(request: Request) -> ResearchAgent:
+    agent = request.app.state.agent
+    if agent is None:
+        raise NotReadyError("the agent is still starting")
+    return agent
+
+
+def get_cache(request: Request) -> ResearchCache | None:
+    return request.app.state.cache  # None without REDIS_URL
+
+
+def get_cut(request: Request) -> asyncio.Event:
+    """Set just before the shutdown grace runs out (research_agent/web/shutdown.py)."""
+    return request.app.state.shutdown.cut
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+AgentDep = Annotated[ResearchAgent, Depends(get_agent)]
+CacheDep = Annotated[ResearchCache | None, Depends(get_cache)]
+CutDep = Annotated[asyncio.Event, Depends(get_cut)]
+
+# --- Who is calling, and how much they may spend --------------------------------------------------
 
 
 async def validation_error_after_the_key(request: Request, exc: RequestValidationError):
@@ -57,14 +88,13 @@ QuotasDep = Annotated[Quotas, Depends(get_quotas)]
 
 
 async def get_grant(
-    request: Request, response: Response, caller: CallerDep, quotas: QuotasDep
+    response: Response, caller: CallerDep, quotas: QuotasDep
 ) -> AsyncIterator[Grant]:
     """429 when the caller is over its rate limit or its token budget. Once the response is over,
     what the request reserved of the budget and did not spend goes back (a cached answer, a
-    refused stream, a failed run). The grant stays on the request for the service it runs
-    (layered_service)."""
+    refused stream, a failed run). FastAPI runs it once per request, whichever dependencies ask
+    for it (`admit` and `get_service`)."""
     grant = await quotas.admit(caller)
-    request.state.grant = grant
     response.headers.update(grant.headers)
     try:
         yield grant
@@ -105,18 +135,21 @@ async def count_streams(request: Request) -> AsyncIterator[None]:
         STREAMS_OPEN.dec()
 
 
-# --- The service, with every layer around the agent ----------------------------------------------
+# --- The service, with every layer around the agent -----------------------------------------------
 
 
-def layered_service(request: Request, agent: Runs, cache: Any) -> ResearchService:
-    """The service each research request runs (the app's `compose_service`, api.get_service),
-    from the agent and the cache the routes' dependencies give, so that a test overriding one of
-    them (a failing agent, no cache) reaches the service too, and the grant `admit` took for the
-    caller. Around the agent, innermost first: its tokens counted and charged to the caller's
-    budget (access/usage.py), then the run ended when the shutdown grace runs out (shutdown.py)."""
-    grant: Grant = request.state.grant
-    settings: Settings = request.app.state.settings
-    shutdown: Shutdown = request.app.state.shutdown
-    runs = UntilCut(Counted(agent, grant.spend), shutdown.cut)
-    answers = ScopedAnswers(cache, settings, agent, grant.caller.id) if cache is not None else None
+def get_service(
+    settings: SettingsDep, agent: AgentDep, cache: CacheDep, grant: GrantDep, cut: CutDep
+) -> ResearchService:
+    """The service a research request runs. Around the agent, innermost first: its tokens counted
+    and charged to the caller's budget (access/usage.py), then the run ended when the shutdown
+    grace runs out (until_cut.py); the cache, when there is one, keeps the answers of this
+    caller's scope (cache.py)."""
+    runs = UntilCut(Counted(agent, grant.spend), cut)
+    answers = None
+    if cache is not None:
+        answers = ScopedAnswers(cache, settings.cache.CACHE_SCOPE, settings, agent, grant.caller.id)
     return ResearchService(runs, answers)
+
+
+ServiceDep = Annotated[ResearchService, Depends(get_service)]

@@ -33,7 +33,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from .schemas import OFFLINE_MODEL_NAME
+from .settings import OFFLINE_MODEL_NAME
 
 HEADER = "Offline research model (no OPENAI_API_KEY is set, so no LLM wrote this): "
 

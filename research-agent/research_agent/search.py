@@ -17,7 +17,7 @@ from pathlib import Path
 from langchain_core.tools import BaseTool, StructuredTool
 from rank_bm25 import BM25Okapi
 
-from .schemas import AgentSettings
+from .settings import AgentSettings
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@ later layers' tools and middleware.
 
 - the search tool: lesson 02's (local or DuckDuckGo), or lesson 08's from an MCP gateway when
   MCP_GATEWAY_URL is set (research_agent/mcp/tools.py);
-- run_python, lesson 04's sandbox, when SANDBOX_ENABLED (research_agent/sandbox/python_tool.py);
+- run_python, lesson 04's sandbox, when SANDBOX_ENABLED (research_agent/sandbox/python_tool.py),
+  each run a span of lesson 09's (TracedRunner, research_agent/tracing/otel.py);
 - `agent_tool_calls_total`, counted around the search tool's middleware
   (research_agent/observability/metrics.py).
 
@@ -28,13 +29,15 @@ def search_tool(settings: Settings) -> BaseTool:
 
 
 def optional_tools(settings: Settings) -> list[BaseTool]:
-    """run_python when SANDBOX_ENABLED. Imported only then, with the Docker SDK behind it: a
-    default start does not pay for a tool that is off (`make bench-start-host`)."""
+    """run_python when SANDBOX_ENABLED, each run a `sandbox run` span (lesson 09; no span while
+    tracing is off). Imported only then, with the Docker SDK behind it: a default start does not
+    pay for a tool that is off (`make bench-start-host`)."""
     if not settings.sandbox.enabled:
         return []
     from .sandbox.python_tool import sandbox_tools
+    from .tracing.otel import TracedRunner
 
-    return sandbox_tools(settings.sandbox, request_id)
+    return sandbox_tools(settings.sandbox, request_id, around=TracedRunner)
 
 
 def build_agent(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from research_agent.api import get_agent
+from research_agent.deps import get_agent
 from research_agent.schemas import MAX_QUERY_CHARS
 from research_agent.web.errors import UpstreamError, UpstreamTimeoutError
 from tests.support.errors import assert_error

@@ -12,9 +12,9 @@ from research_agent.settings import (
     ServerSettings,
     Settings,
     ShutdownSettings,
+    TracingSettings,
     variables,
 )
-from research_agent.tracing.settings import TracingSettings
 
 LAYERS = {
     "server": ServerSettings,

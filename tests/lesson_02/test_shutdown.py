@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from research_agent.shutdown import Shutdown, cut_margin
+from research_agent.web.shutdown import Shutdown, cut_margin
 from support.waiting import wait_for
 from tests.support.metrics import metric
 from tests.support.sse import Event, json_events, parse_sse

@@ -402,7 +402,7 @@ def test_the_package_logs_ready_then_uvicorns_two_lines_as_the_doc_says(start_ag
 
 def test_the_readme_gives_the_offline_delay_each_lesson_uses():
     from chat_model import OfflineChatModel
-    from research_agent.schemas import AgentSettings
+    from research_agent.settings import AgentSettings
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     (row,) = [line for line in readme.splitlines() if line.startswith("| `OFFLINE_TOKEN_DELAY_MS`")]

@@ -12,10 +12,10 @@ import uuid
 import pytest
 
 from research_agent.sandbox import egress as sandbox_egress
-from research_agent.sandbox.config import SandboxConfig
 from research_agent.sandbox.egress import EGRESS_LABEL, RUN_LABEL, EgressGateway, run_of
 from research_agent.sandbox.runner import SandboxRunner
 from research_agent.sandbox.sweep import Sweeper
+from research_agent.settings import SandboxConfig
 from support import egress
 
 pytestmark = pytest.mark.container

@@ -127,6 +127,6 @@ def test_a_caller_cancelled_while_waiting_is_cancelled_not_refused():
             await waiting
         runner.runner.release.set()
         await first
-        return dict(runner._per_caller), runner._waiting
+        return dict(runner._per_caller.held), runner._waiting
 
     assert asyncio.run(scenario(held_runner(max_concurrent=1))) == ({}, 0)

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import pytest
@@ -19,6 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from research_agent.settings import variables
 from support.lessons import AGENT_DIR
 from support.otlp import OtlpCollector
+from support.waiting import wait_for
 from tests.support.metrics import metric
 from tests.support.openai_stub import ChatCompletionsStub
 
@@ -291,15 +291,6 @@ def test_a_model_call_is_an_http_client_span_and_carries_the_trace(traced_client
 # --- The standard variables, a real exporter, a collector on loopback -----------------------------
 
 
-def wait_for(predicate, seconds=20.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def ask_in_a_trace(agent) -> httpx.Response:
     """QUESTION to a started agent, from a caller whose trace is TRACEPARENT."""
     return httpx.post(
@@ -333,7 +324,7 @@ def test_the_otel_variables_export_over_either_protocol(
         "chat offline-research-model",
         "execute_tool search_docs",
     }
-    assert wait_for(lambda: expected <= names()), names()
+    wait_for(lambda: expected <= names(), timeout=20, what=f"the spans {sorted(expected)}")
     assert {s.trace_id.hex() for s in target.spans()} == {TRACE_ID}
     assert target.service_names() == {"research-agent-under-test"}
     other = collector if protocol == "grpc" else grpc_collector
@@ -378,7 +369,7 @@ def test_a_backend_that_stops_answering_is_counted_and_logged_once(start_agent):
     lost = lambda: metric(client, "trace_spans_dropped_total", reason="export_failed")  # noqa: E731
     for i in range(3):  # five spans each, in more than one batch
         assert client.post("/v1/research", json={"query": f"{QUESTION} {i}"}).status_code == 200
-    assert wait_for(lambda: lost() >= 15, seconds=60), lost()
+    wait_for(lambda: lost() >= 15, timeout=60, what="15 spans counted as lost")
     assert metric(client, "trace_spans_exported_total") == 0
 
     paused.close()
@@ -387,7 +378,7 @@ def test_a_backend_that_stops_answering_is_counted_and_logged_once(start_agent):
     with collector:
         assert client.post("/v1/research", json={"query": QUESTION}).status_code == 200
         sent = lambda: metric(client, "trace_spans_exported_total")  # noqa: E731
-        assert wait_for(lambda: sent() >= 5), collector.spans()
+        wait_for(lambda: sent() >= 5, timeout=20, what="5 spans exported")
     total = lost()
     client.close()
     agent.stop()

@@ -94,8 +94,8 @@ def test_a_container_created_but_never_started_is_made_again_and_runs_once(engin
     removes it and runs the program in a new container, once; had it started the old one, the
     container would have run what the dead process half sent, or nothing."""
     from research_agent.durable.idempotent import KeyedSandbox
-    from research_agent.sandbox.config import SandboxConfig
     from research_agent.sandbox.runner import SandboxRunner
+    from research_agent.settings import SandboxConfig
 
     starts = sandbox_starts()
     sandbox = KeyedSandbox(SandboxRunner(SandboxConfig(image=SANDBOX_IMAGE, owner=OWNER)))

@@ -33,10 +33,10 @@ from tests.repo.test_lesson_sizes import (
     PACKAGE_DIR,
     ROOT,
     core_02_files,
+    explained_in,
     public_names,
 )
 
-LESSON_LINK = re.compile(r"\((\d\d)-[\w-]+\.md")
 FENCE = re.compile(r"^```\w*\n(.*?)^```", re.M | re.S)
 
 
@@ -49,7 +49,7 @@ def module_lessons(doc_02: str) -> dict[str, int]:
         cells = [c.strip() for c in row.strip().strip("|").split("|")]
         if len(cells) < 4 or cells[0] in ("Layer", "---"):
             continue
-        lessons = [int(n) for n in LESSON_LINK.findall(cells[-1])]
+        lessons = explained_in(cells[-1])
         for name in re.findall(r"`(\w+\.py|\w+/)`", cells[1]):
             found[name] = min(lessons) if lessons else 2
     return found
@@ -270,3 +270,146 @@ def test_tracing_in_a_core_excerpt_before_lesson_09_is_named(tmp_path):
     assert later_ideas(tmp_path, doc, {}) == ["code/07_x.py shows traceparent (tracing, lesson 09)"]
     doc.rename(nine := tmp_path / "docs" / "09-x.md")
     assert later_ideas(tmp_path, nine, {}) == []
+
+
+# --- The package's layers, composed in one place -----------------------------------------------
+
+PACKAGE = ROOT / PACKAGE_DIR
+# Where a process is composed, the one kind of module that attaches a later lesson's layer to an
+# earlier one's: the service (its app, and its agent's tools) and lesson 05's worker process.
+COMPOSITION_ROOTS = {"app.py", "tools.py", "worker/worker.py"}
+# What every layer shares: the settings, Redis, the HTTP edge and what the service tells about
+# itself. They import nothing above them.
+SHARED = ("settings.py", "redis_client.py", "web/", "observability/")
+# Layers that are built from their own settings class, never the service's whole `Settings`.
+LAYER_FOLDERS = ("access/", "sandbox/", "mcp/", "tracing/", "durable/", "web/", "observability/")
+
+
+def package_file(path: Path) -> str:
+    """A module's path inside the package: `web/shutdown.py`."""
+    return path.relative_to(PACKAGE).as_posix()
+
+
+def package_imports(path: Path) -> dict[str, set[str]]:
+    """The package's modules a module imports (as package_file names them) -> the names it takes
+    from each, wherever the import is (under TYPE_CHECKING, inside a function)."""
+    here = path.parent.relative_to(PACKAGE).parts
+    found: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = [*here[: len(here) - node.level + 1], *(node.module or "").split(".")]
+        elif (node.module or "").split(".")[0] == "research_agent":
+            base = node.module.split(".")[1:]
+        else:
+            continue
+        for alias in node.names:
+            for parts in ([*base, alias.name], base):  # a module by name, or a name of one
+                parts = [p for p in parts if p]
+                for file in (PACKAGE.joinpath(*parts, "__init__.py"), PACKAGE.joinpath(*parts)):
+                    file = file if file.suffix == ".py" else file.with_suffix(".py")
+                    if parts and file.is_file():
+                        found.setdefault(package_file(file), set()).add(alias.name)
+                        break
+                else:
+                    continue
+                break
+    return found
+
+
+def later_layer_imports(lessons: dict[str, int]) -> list[str]:
+    """Each import of a later lesson's layer by a module that is not a composition root."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = package_file(path)
+        mine = lesson_of(f"{PACKAGE_DIR}/{name}", lessons)
+        if name in COMPOSITION_ROOTS or mine is None:
+            continue
+        for imported in package_imports(path):
+            theirs = lesson_of(f"{PACKAGE_DIR}/{imported}", lessons)
+            if theirs is not None and theirs > mine:
+                found.append(f"{name} (lesson {mine:02d}) imports {imported} (lesson {theirs:02d})")
+    return found
+
+
+def test_only_where_a_process_is_composed_is_a_later_lessons_layer_attached():
+    """Lesson 04's sandbox knows nothing of lesson 09's traces: tools.py wraps its runs in spans.
+    Every other module imports only its own lesson's layers and earlier ones."""
+    assert later_layer_imports(LESSONS) == []
+    assert all((PACKAGE / root).is_file() for root in COMPOSITION_ROOTS)
+
+
+def test_a_shared_module_imports_nothing_above_it():
+    """The settings, Redis, the web edge (the error shape, the middleware, the process's SIGTERM
+    drain) and observability are below every layer: none of them imports a layer, the agent or
+    the app. (The shutdown cut around the agent's runs is until_cut.py, an agent layer.)"""
+    shared = lambda name: name.startswith(SHARED)  # noqa: E731
+    above = {
+        f"{package_file(path)} imports {imported}"
+        for path in PACKAGE.rglob("*.py")
+        if shared(package_file(path))
+        for imported in package_imports(path)
+        if not shared(imported)
+    }
+    assert above == set()
+
+
+def test_each_layer_is_built_from_its_own_settings_class():
+    """access/ takes AccessSettings, lesson 04's runner SandboxConfig, MCP McpSettings...: no layer
+    reads the service's whole Settings, which only the modules that compose it name."""
+    whole = {
+        package_file(path)
+        for path in PACKAGE.rglob("*.py")
+        if package_file(path).startswith(LAYER_FOLDERS)
+        and "Settings" in package_imports(path).get("settings.py", set())
+    }
+    assert whole == set()
+
+
+def test_the_checks_see_a_later_layer_a_shared_module_reaching_up_and_the_whole_settings():
+    tools = package_imports(PACKAGE / "tools.py")
+    assert "sandbox/python_tool.py" in tools and "tracing/otel.py" in tools  # inside a function
+    assert "Settings" in package_imports(PACKAGE / "app.py")["settings.py"]
+    assert package_imports(PACKAGE / "__init__.py")["worker/job.py"] >= {"Job", "job"}
+    assert "TracedRunner" in package_imports(PACKAGE / "tools.py")["tracing/otel.py"]
+    lessons = LESSONS | {"agent.py": 9}  # as if the agent were lesson 09's: everything reaches up
+    assert "search.py (lesson 02) imports settings.py (lesson 02)" not in later_layer_imports(
+        lessons
+    )
+    assert "service.py (lesson 02) imports agent.py (lesson 09)" in later_layer_imports(lessons)
+
+
+def test_a_research_routes_service_is_one_dependency_that_declares_what_it_composes():
+    """The chain from a route to the agent is read in the code: the route asks for the service
+    (deps.get_service), whose parameters are the dependencies it composes (the agent, the cache,
+    the caller's grant, the shutdown cut). Nothing is handed over through the app's or the
+    request's state: nothing in the package stores a value on `request.state` that another module
+    reads, but the access log's two fields, and the key check's caller (key_before_body.py)."""
+    from research_agent import Settings, create_app
+    from research_agent.deps import get_agent, get_cache, get_cut, get_grant, get_service
+
+    app = create_app(Settings(LOG_LEVEL="WARNING"))
+    # FastAPI 0.165 keeps an included router whole: its routes, as served, are its candidates.
+    served = [
+        c
+        for r in app.routes
+        for c in (r.effective_candidates() if hasattr(r, "effective_candidates") else [r])
+    ]
+    research = [r for r in served if getattr(r, "path", "").startswith("/v1/research")]
+    assert len(research) == 2
+    for route in research:
+        (service,) = [d for d in route.dependant.dependencies if d.name == "service"]
+        assert service.call is get_service
+        declared = {d.call for d in service.dependencies}
+        assert {get_agent, get_cache, get_grant, get_cut} <= declared, declared
+
+    stored = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            target = node.targets[0] if isinstance(node, ast.Assign) else None
+            if isinstance(target, ast.Attribute) and ast.unparse(target.value) == "request.state":
+                stored.add(target.attr)
+            if isinstance(target, ast.Attribute) and target.attr == "compose_service":
+                stored.add(target.attr)
+    assert stored == {"caller", "key_fingerprint"}

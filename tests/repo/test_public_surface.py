@@ -115,3 +115,32 @@ def test_benchmarks_import_no_test_helper():
             )
             offenders += [f"{path.name}: {m}" for m in modules if m.split(".")[0] == "tests"]
     assert offenders == [], "what a benchmark shares with the tests belongs in support/"
+
+
+def surface_imports() -> dict[str, tuple[str, str]]:
+    """What research_agent/__init__.py imports under TYPE_CHECKING: name -> (module, its name
+    there)."""
+    init = Path(research_agent.__file__)
+    found = {}
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for imported in node.body:
+                assert isinstance(imported, ast.ImportFrom) and imported.level == 1, imported
+                module = ".".join(filter(None, (PACKAGE, imported.module)))
+                for alias in imported.names:
+                    found[alias.asname or alias.name] = (module, alias.name)
+    return found
+
+
+def test_each_public_name_is_imported_statically_from_where_it_lives():
+    """An editor's go-to-definition, a type checker and a reader follow the imports under
+    TYPE_CHECKING; at run time the package loads each name on first use from the same imports.
+    So the imports are the surface: __all__ names them all, and each name is the object its
+    import names (not one resolved some other way)."""
+    imports = surface_imports()
+    assert sorted(imports) == sorted(research_agent.__all__)
+    for name, (module_name, attribute) in imports.items():
+        module = importlib.import_module(module_name)
+        if not hasattr(module, attribute):  # a module itself (`from .worker import job`)
+            importlib.import_module(f"{module_name}.{attribute}")
+        assert getattr(research_agent, name) is getattr(module, attribute), name

@@ -1,7 +1,7 @@
-"""One promise, two shutdown mechanisms: lesson 01 step 3 (an ASGI middleware that cancels what is
+"""One promise, two shutdown mechanisms: lesson 01 step 5 (an ASGI middleware that cancels what is
 open) and the research agent (research_agent/shutdown.py, a cut event the stream watches) both end a
 stream that the shutdown grace cannot finish. A client must see the same end from both: an `error`
-event (`shutting_down`, retryable; the research agent adds its request id), then `data: [DONE]`.
+event (`shutting_down`, retryable, with the request id), then `data: [DONE]`.
 
 Each app runs in process and is cut mid-stream the way its SIGTERM handler cuts it at the end of
 the grace; tests/lesson_01/test_graceful_shutdown.py and tests/lesson_02/test_shutdown.py do the
@@ -33,12 +33,11 @@ def read_and_cut(client: TestClient, path: str, cut: Callable[[], None]) -> list
     return events
 
 
-def lesson_01_step_3(monkeypatch) -> list[Event]:
-    """Step 3 builds on step 1, which has no request ids: its error carries none."""
+def lesson_01_step_5(monkeypatch) -> list[Event]:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "100")  # 35 tokens: the cut comes mid-answer
-    lesson = load_lesson("code/01_graceful_shutdown.py")
+    lesson = load_lesson("code/01_step5_shutdown.py")
     with TestClient(lesson.app) as client:
         return read_and_cut(client, "/v1/stream", lesson.shutdown.cut_open_requests)
 
@@ -54,23 +53,26 @@ def research_agent(monkeypatch) -> list[Event]:
         return read_and_cut(client, "/v1/research/stream", client.app.state.shutdown.cut.set)
 
 
-SHUTTING_DOWN = {"type": "shutting_down", "message": "-", "retryable": True}
+SHUTTING_DOWN = {
+    "type": "shutting_down",
+    "message": "-",
+    "retryable": True,
+    "request_id": REQUEST_ID,
+}
 
 
 @pytest.mark.parametrize(
-    "cut_stream, expected",
+    "cut_stream",
     [
-        pytest.param(lesson_01_step_3, SHUTTING_DOWN, id="lesson-01-step-3"),
-        pytest.param(
-            research_agent, SHUTTING_DOWN | {"request_id": REQUEST_ID}, id="research-agent"
-        ),
+        pytest.param(lesson_01_step_5, id="lesson-01-step-5"),
+        pytest.param(research_agent, id="research-agent"),
     ],
 )
-def test_a_stream_cut_by_shutdown_ends_with_an_error_then_done(monkeypatch, cut_stream, expected):
+def test_a_stream_cut_by_shutdown_ends_with_an_error_then_done(monkeypatch, cut_stream):
     events = cut_stream(monkeypatch)
 
     assert len(events) > 3 and events[0].event != "error", events  # cut mid-answer
     *_, error, done = events
     assert error.event == "error", events[-3:]
-    assert error.json()["error"] | {"message": "-"} == expected
+    assert error.json()["error"] | {"message": "-"} == SHUTTING_DOWN
     assert done.data == "[DONE]", events[-3:]

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from ..settings import Settings
+from ..settings import AccessSettings, CacheSettings
 from ..web.errors import LimitError
 from .keys import Caller
 from .limits.auth_failures import AuthFailures
@@ -48,9 +48,12 @@ class Grant:
 
 
 class Quotas:
-    def __init__(self, settings: Settings):
+    """The limits of AccessSettings, counted in the cache's Redis when it has one (its REDIS_URL
+    and circuit breaker); a stream's slot is leased for a run's longest time and a slow reader's."""
+
+    def __init__(self, settings: AccessSettings, cache: CacheSettings, run_timeout_seconds: float):
         # The limits log under this module's name, the one their lines have always had.
-        self.counting = Counting(settings, logger)
+        self.counting = Counting(settings, cache, run_timeout_seconds, logger)
         self.requests = RequestWindow(settings, self.counting)
         self.auth_failures = AuthFailures(settings, self.counting)
         self.budget = Budget(settings, self.counting)

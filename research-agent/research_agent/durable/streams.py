@@ -16,7 +16,7 @@ which the route's dependency enters before the stream starts: once the 200 is se
 
 import asyncio
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -24,6 +24,7 @@ import psycopg
 from fastapi.sse import ServerSentEvent
 from psycopg_pool import PoolTimeout
 
+from ..access.limits.slots import HeldSlots
 from ..web.error_shape import ApiError
 from .store import CHANNEL, END_EVENTS, ENDED, RunStore
 
@@ -51,7 +52,7 @@ class RunEvents:
         self.store, self.conninfo = store, conninfo
         self.max_streams, self.max_per_owner = max_streams, max_per_owner
         self.keepalive, self.max_seconds = keepalive_seconds, max_seconds
-        self.open: Counter[str] = Counter()  # owner -> streams open on this replica
+        self.open = HeldSlots()  # owner -> streams open on this replica
         self.waiting: defaultdict[str, set[asyncio.Event]] = defaultdict(set)  # run -> streams
         self._task: asyncio.Task | None = None
 
@@ -98,33 +99,23 @@ class RunEvents:
     def hold(self, owner: str) -> Callable[[], None]:
         """Take one of this replica's stream slots for `owner`, or raise a 429 that says which
         limit; returns what gives it back (once, however often it is called)."""
-        total = self.open.total()
-        if total >= self.max_streams:
+        full = self.open.full(owner, self.max_per_owner, self.max_streams)
+        if full == "total":
             raise ApiError(
                 429,
                 "too_many_streams",
-                f"this replica has {total} event streams open, its limit; try again shortly",
+                f"this replica has {self.open.held.total()} event streams open, its limit; try "
+                "again shortly",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        if self.open[owner] >= self.max_per_owner:
+        if full == "key":
             raise ApiError(
                 429,
                 "too_many_streams",
                 f"you have {self.max_per_owner} event streams open; close one first",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
-        self.open[owner] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.open[owner] -= 1
-                if not self.open[owner]:
-                    del self.open[owner]
-
-        return release
+        return self.open.take(owner)
 
     async def more_after(self, run: dict, after: int) -> bool:
         """Whether a stream from event `after` has anything to send: False for an ended run read

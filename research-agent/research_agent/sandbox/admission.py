@@ -10,10 +10,10 @@ containers started ahead, a sweep of leftovers), each called at one named point.
 
 import asyncio
 import functools
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ..access.limits.slots import HeldSlots
 from .runner import RunResult, SandboxRunner, SandboxUnavailable
 
 
@@ -48,7 +48,7 @@ class QueuedRunner:
         # a thread pool's own queue is unbounded and runs whatever was submitted.
         self._slots: asyncio.Semaphore | None = None
         self._waiting = 0
-        self._per_caller: Counter[str] = Counter()
+        self._per_caller = HeldSlots()  # runs going (waiting or running) per caller
         self._closing = False
         self._waiters: set[asyncio.Future] = set()
 
@@ -72,14 +72,13 @@ class QueuedRunner:
             raise SandboxShuttingDown("the service is shutting down; send the run again")
         if self.sweeper is not None:
             self.sweeper.start()  # on a timer from the first run, if nothing started it before
-        if caller is not None and self._per_caller[caller] >= c.max_per_caller:
+        if caller is not None and self._per_caller.full(caller, c.max_per_caller):
             raise SandboxBusy(f"you already have {c.max_per_caller} runs going", per_caller=True)
         if self._waiting >= c.max_queued:
             raise SandboxBusy(f"{c.max_queued} runs are already waiting for the sandbox")
         if self._slots is None:
             self._slots = asyncio.Semaphore(c.max_concurrent)
-        if caller is not None:
-            self._per_caller[caller] += 1
+        release = self._per_caller.take(caller) if caller is not None else lambda: None
         try:
             if self._slots.locked():
                 await self._wait_for_a_slot()
@@ -93,10 +92,7 @@ class QueuedRunner:
             finally:
                 self._slots.release()
         finally:
-            if caller is not None:
-                self._per_caller[caller] -= 1
-                if not self._per_caller[caller]:
-                    del self._per_caller[caller]
+            release()
 
     def run(
         self, code: str, timeout_seconds: float | None = None, request_id: str = "-"

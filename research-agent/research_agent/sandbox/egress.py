@@ -40,7 +40,7 @@ from string import Template
 from docker.errors import APIError, NotFound
 from docker.types import IPAMConfig, IPAMPool, Mount
 
-from .config import SandboxConfig
+from ..settings import SandboxConfig
 from .docker_client import docker_client
 from .runner import DOCKER_ERRORS, LABEL, SandboxUnavailable
 

@@ -10,8 +10,8 @@ Lesson 04's API, the research agent's run_python tool and lesson 08's python ser
 what this returns.
 """
 
+from ..settings import SandboxConfig
 from .admission import QueuedRunner
-from .config import SandboxConfig
 from .egress import EgressGateway
 from .pool import ContainerPool
 from .runner import SandboxRunner

@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 from langchain_core.tools import BaseTool, ToolException, tool
 
-from ..tracing.otel import TracedRunner
+from ..settings import SandboxConfig
 from .admission import QueuedRunner
-from .config import SandboxConfig
 from .parts import sandbox_runner
 from .runner import SandboxError, SandboxUnavailable
 
@@ -61,9 +60,12 @@ class ReportingRunner:
             raise ToolException(f"Error: the Python sandbox is unavailable ({exc}).") from exc
 
 
-def sandbox_tools(config: SandboxConfig, request_id: Callable[[], str]) -> list[BaseTool]:
+def sandbox_tools(
+    config: SandboxConfig, request_id: Callable[[], str], around: Callable = lambda runner: runner
+) -> list[BaseTool]:
     """[run_python], its runner built from `config` (the service's SANDBOX_* settings, when
-    SANDBOX_ENABLED: research_agent/tools.py). Called once, off the event loop, at start-up."""
+    SANDBOX_ENABLED: research_agent/tools.py), inside what the service puts `around` each run.
+    Called once, off the event loop, at start-up."""
     runner = sandbox_runner(config)
     try:  # containers a crashed run of this service left behind
         logger.info("sandbox ready", extra={"removed_leftovers": runner.sweeper.sweep()})
@@ -74,6 +76,6 @@ def sandbox_tools(config: SandboxConfig, request_id: Callable[[], str]) -> list[
     if config.pool_size or config.egress_on:
         atexit.register(runner.close)  # the pool's idle containers and the proxy go with it
     reporting = ReportingRunner(runner)
-    tool = make_run_python_tool(TracedRunner(reporting), request_id)  # a span per run (lesson 09)
+    tool = make_run_python_tool(around(reporting), request_id)
     tool.handle_tool_error = True  # a ToolException becomes the tool's answer, status "error"
     return [tool]

@@ -32,7 +32,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.types import LogConfig, Ulimit
 from docker.utils.socket import frames_iter
 
-from .config import SandboxConfig
+from ..settings import SandboxConfig
 from .docker_client import docker_client
 from .exit import Ending, EndWatch
 

@@ -33,8 +33,8 @@ from opentelemetry import trace
 from prometheus_client import Counter
 from starlette.datastructures import Headers, MutableHeaders
 
+from ..settings import TracingSettings
 from .genai_spans import instrument_langchain
-from .settings import TracingSettings
 
 logger = logging.getLogger(__name__)
 

@@ -6,15 +6,15 @@ address, not per caller: a request without a valid key names no caller.
 
 from contextlib import suppress
 
-from ...settings import Settings
+from ...settings import AccessSettings
 from ...web.errors import LimitError, LimitsUnavailableError
 from .counters import Counters, Counting
 from .fields import fields, named, retry_after, seconds_until
 
 
 class AuthFailures:
-    def __init__(self, settings: Settings, counting: Counting):
-        limit = settings.access.AUTH_FAILURE_LIMIT
+    def __init__(self, settings: AccessSettings, counting: Counting):
+        limit = settings.AUTH_FAILURE_LIMIT
         self.item = named(limit, "auth-failures") if limit.lower() != "off" else None
         self.counting = counting
 

@@ -11,7 +11,7 @@ from contextlib import suppress
 
 from limits import RateLimitItemPerSecond
 
-from ...settings import Settings
+from ...settings import AccessSettings
 from ...web.errors import LimitError, LimitsUnavailableError
 from ..keys import Caller
 from .counters import STORAGE_ERRORS, Counters, Counting
@@ -19,15 +19,15 @@ from .fields import fields, retry_after, seconds_until
 
 
 class Budget:
-    def __init__(self, settings: Settings, counting: Counting):
+    def __init__(self, settings: AccessSettings, counting: Counting):
         self.item: RateLimitItemPerSecond | None = None
-        if settings.access.TOKEN_BUDGET_PER_DAY > 0:
+        if settings.TOKEN_BUDGET_PER_DAY > 0:
             self.item = RateLimitItemPerSecond(
-                settings.access.TOKEN_BUDGET_PER_DAY,
-                settings.access.TOKEN_BUDGET_WINDOW_SECONDS,
+                settings.TOKEN_BUDGET_PER_DAY,
+                settings.TOKEN_BUDGET_WINDOW_SECONDS,
                 namespace="tokens",
             )
-        self.reservation = settings.access.TOKENS_RESERVED_PER_RUN
+        self.reservation = settings.TOKENS_RESERVED_PER_RUN
         self.counting = counting
 
     async def reserve(self, caller: Caller) -> Counters | None:

@@ -11,7 +11,6 @@ import logging
 import math
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ from redis.exceptions import RedisError
 
 from ...observability.metrics import LIMITS_DEGRADED
 from ...redis_client import CircuitBreaker, connect
-from ...settings import Settings
+from ...settings import AccessSettings, CacheSettings
 from ...web.errors import LimitsUnavailableError
+from .slots import HeldSlots
 
 T = TypeVar("T")
 KEY_PREFIX = "research-agent:limits"
@@ -77,21 +77,22 @@ class RedisSlots:
 
 
 class LocalSlots:
-    """Open streams per caller in this process (one event loop: no lock needed)."""
+    """Open streams per caller in this process (slots.py), as RedisSlots holds them in Redis."""
 
     def __init__(self) -> None:
-        self.open: Counter[str] = Counter()
+        self.open = HeldSlots()
+        self.releases: dict[str, Callable[[], None]] = {}
 
     async def acquire(self, caller_id: str, cap: int) -> str | None:
-        if self.open[caller_id] >= cap:
+        if self.open.full(caller_id, cap):
             return None
-        self.open[caller_id] += 1
-        return "local"
+        member = uuid.uuid4().hex
+        self.releases[member] = self.open.take(caller_id)
+        return member
 
     async def release(self, caller_id: str, member: str) -> None:
-        self.open[caller_id] -= 1
-        if self.open[caller_id] <= 0:
-            del self.open[caller_id]
+        if release := self.releases.pop(member, None):
+            release()
 
 
 @dataclass
@@ -112,30 +113,36 @@ class Counting:
     breaker that chooses between them. One for all the limits, so that a Redis outage is one
     warning and one `research_limits_degraded`, whichever limit met it first."""
 
-    def __init__(self, settings: Settings, logger: logging.Logger):
-        self.fail_mode = settings.access.LIMITS_FAIL_MODE
+    def __init__(
+        self,
+        settings: AccessSettings,
+        cache: CacheSettings,
+        run_timeout_seconds: float,
+        logger: logging.Logger,
+    ):
+        self.fail_mode = settings.LIMITS_FAIL_MODE
         self.local = Counters("local", MemoryStorage(), LocalSlots())
         self.shared: Counters | None = None
         self.redis: Redis | None = None
         self.breaker = CircuitBreaker(
-            settings.cache.CACHE_BREAKER_SECONDS,
+            cache.CACHE_BREAKER_SECONDS,
             LIMITS_DEGRADED,
             logger,
             down="redis unavailable, limits " + _FAIL_MODE_EFFECT[self.fail_mode],
             up="redis is back, limits shared again",
             fail_mode=self.fail_mode,
         )
-        if settings.cache.REDIS_URL:
-            self.redis = connect(settings.cache.REDIS_URL)
+        if cache.REDIS_URL:
+            self.redis = connect(cache.REDIS_URL)
             storage = RedisStorage(
-                "async+" + settings.cache.REDIS_URL,
+                "async+" + cache.REDIS_URL,
                 implementation="redispy",  # the `redis` package we pin, not coredis
                 key_prefix=KEY_PREFIX,
                 wrap_exceptions=True,
                 connection_pool=self.redis.connection_pool,
             )
             # A stream's agent run ends within REQUEST_TIMEOUT_SECONDS; 30 s more for a slow reader.
-            lease = settings.REQUEST_TIMEOUT_SECONDS + 30
+            lease = run_timeout_seconds + 30
             self.shared = Counters("redis", storage, RedisSlots(self.redis, lease))
 
     def describe(self) -> dict:

@@ -5,7 +5,7 @@ only within a clock minute: a caller cannot send twice the limit across a minute
 Every request it counts is answered with the window's RateLimit fields.
 """
 
-from ...settings import Settings
+from ...settings import AccessSettings
 from ...web.errors import LimitError
 from ..keys import Caller
 from .counters import Counters, Counting
@@ -13,12 +13,8 @@ from .fields import fields, named, retry_after, seconds_until
 
 
 class RequestWindow:
-    def __init__(self, settings: Settings, counting: Counting):
-        self.item = (
-            named(settings.access.RATE_LIMIT, "requests")
-            if settings.access.rate_limit_enabled
-            else None
-        )
+    def __init__(self, settings: AccessSettings, counting: Counting):
+        self.item = named(settings.RATE_LIMIT, "requests") if settings.rate_limit_enabled else None
         self.counting = counting
 
     async def hit(self, caller: Caller) -> dict[str, str]:

@@ -7,7 +7,7 @@ slot (counters.py: RedisSlots across the replicas, LocalSlots in this process) u
 
 from contextlib import suppress
 
-from ...settings import Settings
+from ...settings import AccessSettings
 from ...web.errors import LimitError
 from ..keys import Caller
 from .counters import STORAGE_ERRORS, Counters, Counting
@@ -20,8 +20,8 @@ Held = tuple[Counters, str]  # the counters a slot is held in, and the slot
 
 
 class StreamSlots:
-    def __init__(self, settings: Settings, counting: Counting):
-        self.cap = settings.access.MAX_STREAMS_PER_CALLER
+    def __init__(self, settings: AccessSettings, counting: Counting):
+        self.cap = settings.MAX_STREAMS_PER_CALLER
         self.counting = counting
 
     async def acquire(self, caller: Caller) -> Held | None:
