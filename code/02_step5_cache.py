@@ -9,16 +9,16 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from langchain_core.messages import HumanMessage, ToolMessage
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse
 
 from support.lessons import load_lesson
 
@@ -117,23 +117,19 @@ async def research_route(body: ResearchRequest) -> dict:
     return answer | {"cached": False}
 
 
-@app.post("/v1/research/stream")
-async def research_stream(body: ResearchRequest) -> EventSourceResponse:
-    async def events() -> AsyncIterator[dict]:
-        try:
-            async for name, data in stream(body.query):
-                yield {"event": name, "data": json.dumps(data)}
-        except TimeoutError:
-            yield {"event": "error", "data": json.dumps(TIMED_OUT)}
-        except Exception:  # the 200 is sent already: a failure can only be one more event
-            logger.exception("research stream failed")
-            failed = {"error": {"type": "internal_error", "message": INTERNAL_ERROR_MESSAGE}}
-            yield {"event": "error", "data": json.dumps(failed)}
-        yield {"data": "[DONE]"}
-
-    # Proxies and caches must pass each event on as it comes, not hold the stream back.
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return EventSourceResponse(events(), headers=headers)
+@app.post("/v1/research/stream", response_class=EventSourceResponse)
+async def research_stream(body: ResearchRequest) -> AsyncIterable[ServerSentEvent]:
+    # FastAPI writes the events, and the headers that keep proxies from holding them back.
+    try:
+        async for name, data in stream(body.query):
+            yield ServerSentEvent(event=name, data=data)  # data: written as JSON
+    except TimeoutError:
+        yield ServerSentEvent(event="error", data=TIMED_OUT)
+    except Exception:  # the 200 is sent already: a failure can only be one more event
+        logger.exception("research stream failed")
+        failed = {"error": {"type": "internal_error", "message": INTERNAL_ERROR_MESSAGE}}
+        yield ServerSentEvent(event="error", data=failed)
+    yield ServerSentEvent(raw_data="[DONE]")  # raw: the text itself, not a JSON string
 
 
 if __name__ == "__main__":

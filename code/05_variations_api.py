@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -27,9 +28,9 @@ from typing import Annotated
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
-from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from lesson05 import docker_workers, guards, redis_access, routes, store, warm
 from lesson05.guards import OwnedRun
@@ -38,8 +39,7 @@ from lesson05.recovery import Adoption, NoAdoption
 from lesson05.store import RunCreated, Runs, id_tuple
 from lesson05.traces import TELEMETRY, trace_launches, trace_runs
 
-# The worker's contract (research_agent/worker/job.py: its job, keys, exit codes) and the
-# Going-further modules, both installed packages.
+# The worker's contract (research_agent/worker/job.py: its job, keys, exit codes), installed.
 from research_agent import ApiError, Job, log_with_request_ids, token_hash
 
 log_with_request_ids()
@@ -85,11 +85,6 @@ class Settings(BaseSettings):
     OPENAI_API_KEY: SecretStr | None = None
     OPENAI_BASE_URL: str | None = None
     WORKER_OTEL_EXPORTER_OTLP_ENDPOINT: str = ""  # lesson 09: workers' traces ("": the API's)
-
-
-# === The request: a query and how many variations (RunRequest, in lesson05/presets.py) ===
-# Variation i starts from PRESETS[i], its style, temperature and search depth; a request may
-# override any field. 202 answers with the run's id and where to follow it (RunCreated).
 
 
 # === The run lifecycle: start the workers, reap them as they exit ===
@@ -273,9 +268,32 @@ async def follow(runs: Runs, run_id: str, last_id: str, request: Request):
             return
         for entry_id, fields in entries:
             last_id = entry_id
-            yield ServerSentEvent(id=entry_id, event=fields["event"], data=fields["data"])
+            data = fields["data"]  # JSON already, written by the API or the relay: sent raw
+            yield ServerSentEvent(id=entry_id, event=fields["event"], raw_data=data)
             if fields["event"] == "run_done":
                 return
+
+
+async def stream_start(
+    run_id: OwnedRun,
+    request: Request,
+    _: Annotated[None, Depends(guards.stream_slot)],
+    after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
+    last_event_id: Annotated[str | None, Header(pattern=STREAM_ID)] = None,
+) -> str:
+    """The id the stream starts after. Every answer with a status of its own comes from here,
+    before the 200 is sent: first, as its own dependencies, the owner's token (401, 403, 404) and
+    a free stream slot (429, 503; held until the stream ends); then 400 and 204."""
+    view = await routes.existing(request, run_id)
+    start = last_event_id or after or "0-0"
+    newest_id = await request.app.state.stream_runs.newest_event_id(run_id)
+    if id_tuple(start) > id_tuple(newest_id):  # never sent: the client would wait forever
+        message = f"event id {start} is past the newest event of run {run_id} ({newest_id})"
+        raise ApiError(400, "unknown_event_id", message)
+    # An ended run with nothing after `start`: 204, the answer that stops EventSource retrying.
+    if view["status"] != "running" and id_tuple(start) == id_tuple(newest_id):
+        raise ApiError(204, "no_more_events", f"run {run_id} has ended; nothing follows {start}")
+    return start
 
 
 # === The HTTP API ===
@@ -349,30 +367,19 @@ def create_app(settings: Settings | None = None, workers=None) -> FastAPI:
         return RunCreated(**created, **links, owner_token=token)
 
     # [start:run_events]
-    @app.get("/v1/runs/{run_id}/events", responses=routes.STREAM_RESPONSES, response_model=None)
+    @app.get(
+        "/v1/runs/{run_id}/events",
+        response_class=EventSourceResponse,  # FastAPI's SSE: its headers, pings and schema
+        responses=routes.STREAM_RESPONSES,
+    )
     async def run_events(
-        run_id: OwnedRun,
-        request: Request,
-        _: Annotated[None, Depends(guards.stream_slot)],
-        after: Annotated[str | None, Query(pattern=STREAM_ID)] = None,
-        last_event_id: Annotated[str | None, Header(pattern=STREAM_ID)] = None,
-    ):
+        run_id: OwnedRun, start: Annotated[str, Depends(stream_start)], request: Request
+    ) -> AsyncIterable[ServerSentEvent]:
         """SSE, every variation in one stream. Each event's `id` is its Redis Stream id: reconnect
         with `Last-Event-ID` (or `?after=`) to resume right after it; no id replays the run."""
-        view = await routes.existing(request, run_id)
-        start = last_event_id or after or "0-0"
-        runs = request.app.state.stream_runs
-        newest_id = await runs.newest_event_id(run_id)
-        if id_tuple(start) > id_tuple(newest_id):  # never sent: the client would wait forever
-            message = f"event id {start} is past the newest event of run {run_id} ({newest_id})"
-            raise ApiError(400, "unknown_event_id", message)
-        # An ended run with nothing after `start`: 204, the answer that stops EventSource retrying.
-        if view["status"] != "running" and id_tuple(start) == id_tuple(newest_id):
-            return Response(status_code=204)
-        return EventSourceResponse(
-            redis_access.or_failure(follow(runs, run_id, start, request), run_id),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        events = follow(request.app.state.stream_runs, run_id, start, request)
+        async for event in redis_access.or_failure(events, run_id):  # Redis gone: `error`
+            yield event
         # [end:run_events]
 
     # Request ids, the error shape, the page, /health, /ready; read, cancel, pick a run.

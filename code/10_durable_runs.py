@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
@@ -29,7 +30,8 @@ import psycopg
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelCallLimitMiddleware
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -310,15 +312,24 @@ async def cancel_run(run: OwnedRun, request: Request) -> dict:
     return {"run_id": run["id"], "state": "cancelled"}
 
 
-@app.get("/v1/runs/{run_id}/events", response_model=None)
-async def run_events(
+async def run_stream(
     run: OwnedRun, request: Request, last_event_id: Annotated[str | None, Header()] = None
-) -> Response:
-    streams = request.app.state.streams
-    after = header_number(last_event_id, "Last-Event-ID") or 0  # 400 unless 0-9 digits
-    if not await streams.more_after(run, after):  # 400 past the run's last event
-        return Response(status_code=204)  # it has ended: EventSource stops retrying on a 204
-    return streams.response(run, after)  # 429 past this owner's or this replica's limit
+) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+    """What answers with a status, checked before the stream starts: 400 unless Last-Event-ID is
+    0-9 digits and not past the run's last event, 204 once an ended run is read to its end
+    (EventSource stops retrying), 429 past this owner's or this replica's limit. The stream's slot
+    is held until it ends."""
+    after = header_number(last_event_id, "Last-Event-ID") or 0
+    async with request.app.state.streams.opened(run, after) as events:
+        yield events
+
+
+@app.get("/v1/runs/{run_id}/events", response_class=EventSourceResponse)
+async def run_events(
+    events: Annotated[AsyncIterator[ServerSentEvent], Depends(run_stream)],
+) -> AsyncIterable[ServerSentEvent]:
+    async for event in events:
+        yield event
 
 
 # [start:decide]

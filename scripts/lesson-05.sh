@@ -4,6 +4,7 @@
 #
 # Usage: scripts/lesson-05.sh up      create them (or reuse them), print REDIS_URL=... lines
 #        scripts/lesson-05.sh serve   up, then run code/05_variations_api.py in the foreground
+#        scripts/lesson-05.sh run FILE   up, then run FILE (a step of docs/05) with up's values
 #        scripts/lesson-05.sh down    remove the workers, Redis and the network (disconnect the ingest)
 # Env:   NAME          prefix of everything created (default lesson-05; the tests use their own)
 #        WORKER_IMAGE  the image the workers run (default research-agent:lesson-05)
@@ -99,12 +100,22 @@ print(s.getsockname()[1])')}
     sleep 0.2
   done
   docker exec -e REDISCLI_AUTH="$password" "$redis" redis-cli --user api ping | grep -q PONG
+  # The steps' workers share one user, `worker`, that may only XADD to a worker's stream
+  # (run:ID:v:I:events) and PING; the API gives each of its workers a user of its own instead.
+  # Set on every `up`: Redis keeps no ACL across a restart.
+  worker_secret=.build/lesson-05/$name.worker-password
+  [ -s "$worker_secret" ] || (umask 077 && "$python" -c 'import secrets
+print(secrets.token_hex(24))' >"$worker_secret")
+  digest=$("$python" -c 'import hashlib, sys
+print(hashlib.sha256(sys.stdin.readline().strip().encode()).hexdigest())' <"$worker_secret")
+  docker exec -e REDISCLI_AUTH="$password" "$redis" redis-cli --user api \
+    ACL SETUSER worker reset on "#$digest" '~run:*:v:*:events' +xadd +ping | grep -qx OK
   port=$(docker port "$redis" 6379/tcp | head -n1 | sed 's/.*://')
   # Workers get Redis's address on the network rather than its name, so they do not depend on the
   # engine's embedded DNS (which a busy or reconfigured engine can lose).
   ip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$name\").IPAddress}}" "$redis")
   echo "REDIS_URL=redis://api:$password@127.0.0.1:$port/0"
-  echo "WORKER_REDIS_URL=redis://$ip:6379/0"
+  echo "WORKER_REDIS_URL=redis://worker:$(cat "$worker_secret")@$ip:6379/0"
   echo "WORKER_NETWORK=$name"
   echo "DEPLOYMENT=$name"
   [ "${TRACES:-}" != 1 ] || traces
@@ -121,19 +132,20 @@ down() {
       echo "disconnected $other from the network $name"
   done
   docker network rm "$name" >/dev/null 2>&1 || true
-  rm -f ".build/lesson-05/$name.redis-password"
+  rm -f ".build/lesson-05/$name.redis-password" ".build/lesson-05/$name.worker-password"
   echo "removed the workers, Redis and the network of $name"
 }
 
 case ${1:-} in
   up) up ;;
   down) down ;;
-  serve)
+  serve | run)
     values=$(set -e; up)  # a command substitution drops `set -e`: without it, a failure goes on
     set -a
     eval "$values"
     WORKER_IMAGE=${WORKER_IMAGE:-research-agent:lesson-05}
     set +a
+    [ "$1" = serve ] || exec "$python" "${2:?which file to run}"
     echo
     echo "  Lesson 05 on http://${HOST:-127.0.0.1}:${PORT:-8000}  (Ctrl+C stops the API; runs and Redis stay)"
     echo "  API docs:  http://${HOST:-127.0.0.1}:${PORT:-8000}/docs"
@@ -145,5 +157,5 @@ case ${1:-} in
     echo
     exec .venv/bin/python code/05_variations_api.py
     ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -31,9 +31,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import docker
 import redis.asyncio as redis
+from fastapi.sse import ServerSentEvent
 from prometheus_client import CollectorRegistry, Counter
 from redis.backoff import ExponentialBackoff
-from sse_starlette import ServerSentEvent
 
 from research_agent import WORKER_EVENTS, error_body, events_key, variation_key, worker_events_key
 
@@ -377,7 +377,7 @@ async def forever(what: str, interval: float, step, stopping: asyncio.Event) -> 
 async def or_failure(stream, run_id: str):
     """An event stream; if Redis fails meanwhile, the end every stream of the course has: an
     `error` event (retryable: the client may resume later with the last id it saw), then
-    `data: [DONE]`."""
+    `data: [DONE]`. Once the 200 is sent, a failure can no longer be a status: it is an event."""
     try:
         async for event in stream:
             yield event
@@ -385,8 +385,8 @@ async def or_failure(stream, run_id: str):
         logger.warning("event stream of run %s cut: Redis failed: %r", run_id, exc)
         message = "Redis is not answering; resume from your last event id shortly"
         error = error_body("redis_unavailable", message, retryable=True)["error"]
-        yield ServerSentEvent(event="error", data=json.dumps({"variation": None, "error": error}))
-        yield ServerSentEvent(data="[DONE]")
+        yield ServerSentEvent(event="error", data={"variation": None, "error": error})
+        yield ServerSentEvent(raw_data="[DONE]")  # raw: the text itself, not a JSON string
 
 
 if __name__ == "__main__":

@@ -26,10 +26,14 @@ from .store import RunView
 logger = logging.getLogger("variations")
 CODES = (400, 401, 403, 404, 409, 422, 429, 500, 503)
 ERRORS = {code: {"model": ErrorResponse} for code in CODES}  # what the OpenAPI schema lists
+# The events route: FastAPI files its 200 under text/event-stream, with the schema of an event (its
+# data, event, id and retry), and would file a bare model there too; its errors are JSON.
+STREAM_CODES = (400, 401, 403, 404, 422, 429, 500, 503)
+ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
 STREAM_RESPONSES = {
-    200: {"content": {"text/event-stream": {}}, "description": "the run's events"},
+    200: {"description": "the run's events, each with its Redis Stream id"},
     204: {"description": "the run has ended and no event follows the given id"},
-    **ERRORS,
+    **{code: {"content": ERROR_JSON} for code in STREAM_CODES},
 }
 
 

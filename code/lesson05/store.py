@@ -6,10 +6,10 @@ import time
 from typing import Literal
 
 import redis.asyncio as redis
+from fastapi.sse import ServerSentEvent
 from pydantic import BaseModel, Field
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from sse_starlette import ServerSentEvent
 
 from research_agent import AnswerStyle, events_key, variation_key, warm_queue_key
 from research_agent import job as contract
@@ -244,9 +244,8 @@ class Runs:
         if trimmed and id_tuple(last_id) < id_tuple(first):
             cap = self.settings.STREAM_MAXLEN
             message = f"{trimmed} events before {first} were trimmed by the {cap}-entry cap"
-            return ServerSentEvent(
-                event="events_lost", data=json.dumps({"variation": None, "message": message})
-            )
+            data = {"variation": None, "message": message}
+            return ServerSentEvent(event="events_lost", data=data)
         return None
 
     async def trimmed(self, run_id: str) -> tuple[int, str]:

@@ -8,9 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from research_agent.app import create_app
-from research_agent.schemas import REPO_DOCS_DIR
 from research_agent.search import _slug, split_sections
-from research_agent.settings import Settings, variables
+from research_agent.settings import REPO_DOCS_DIR, Settings, variables
 from support.lessons import AGENT_DIR
 from tests.support.agent import make_settings
 from tests.support.metrics import metric
@@ -261,6 +260,12 @@ def test_swagger_and_openapi(client):
     assert {"/health", "/ready", "/v1/research", "/v1/research/stream", "/metrics"} <= set(paths)
     stream = paths["/v1/research/stream"]["post"]["responses"]
     assert list(stream["200"]["content"]) == ["text/event-stream"]
+    # FastAPI's own item schema (an event's data, event, id, retry), each event one of the frames
+    # of research_agent/schemas.py, with its data's model.
+    item = stream["200"]["content"]["text/event-stream"]["itemSchema"]
+    assert set(item["properties"]) == {"data", "event", "id", "retry"}
+    frames = {ref["$ref"].rsplit("/", 1)[1] for ref in item["oneOf"]}
+    assert frames == {"ToolFrame", "TokenFrame", "FinalFrame", "ErrorFrame", "DoneFrame"}
     assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     for status in ("400", "413", "422", "503"):
         (schema,) = stream[status]["content"]["application/json"].values()

@@ -4,7 +4,7 @@ The same scenarios with real containers (OOM, docker kill, the API process resta
 test_containers.py; the page in a real browser is test_browser.py.
 """
 
-import json
+import re
 import time
 
 import httpx
@@ -68,6 +68,7 @@ def test_a_late_client_gets_the_whole_run_replayed_and_nothing_after_the_end(ser
         headers={"Last-Event-ID": live[-1][0], **auth(run_id)},
     )
     assert after_end.status_code == 204  # EventSource stops reconnecting on 204
+    assert after_end.content == b""  # a 204 has no body, not even the error shape
 
 
 def test_resuming_with_last_event_id_loses_and_repeats_nothing(serve):
@@ -371,4 +372,26 @@ def test_the_openapi_schema_lists_the_routes_and_their_errors(serve):
         "/v1/runs/{run_id}/select",
     }
     assert {"202", "422", "429"} <= set(paths["/v1/runs"]["post"]["responses"])
-    assert "text/event-stream" in json.dumps(paths["/v1/runs/{run_id}/events"]["get"]["responses"])
+    # The stream is FastAPI's own server-sent events: the schema of one event; its errors JSON.
+    stream = paths["/v1/runs/{run_id}/events"]["get"]["responses"]
+    item = stream["200"]["content"]["text/event-stream"]["itemSchema"]
+    assert set(item["properties"]) == {"data", "event", "id", "retry"}
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    assert all(stream[code]["content"] == error for code in ("400", "401", "429", "503"))
+    assert "content" not in stream["204"] and "ErrorResponse" in schema["components"]["schemas"]
+
+
+def test_the_stream_says_where_it_resumes_then_sends_each_entry_as_it_is(serve):
+    """FastAPI writes the headers that keep proxies from caching or holding it back; each event's
+    data is the entry's JSON as Redis holds it, not a JSON string of it."""
+    server = serve()
+    run_id = start_run(server.url, variations=1)["run_id"]
+    url = f"{server.url}/v1/runs/{run_id}/events"
+    with httpx.stream("GET", url, headers=auth(run_id), timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        text = "".join(response.iter_text())  # run_done ends it
+    assert text.startswith(": resuming after 0-0\nretry: 1000\n\nevent: run_started\ndata: {")
+    last = 'event: run_done\ndata: {"variation": null, "status": "done"}\nid: \\d+-\\d+\n\n$'
+    assert re.search(last, text), text[-300:]
