@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.doc_output import printed_as_shown
+
 SHELL = {"bash", "sh", "shell", "console"}
 FENCE = re.compile(r"^(`{3,})\s*([\w-]*)")
 
@@ -60,29 +62,9 @@ def section_steps(doc: Path, heading: str) -> list[tuple[Block, Block | None]]:
     return steps
 
 
-def _line(pattern: str) -> re.Pattern:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("...")) + r"\Z")
-
-
-def _match(expected: list[str], actual: list[str]) -> bool:
-    if not expected:
-        return not actual
-    if expected[0] == "...":
-        return any(_match(expected[1:], actual[i:]) for i in range(len(actual) + 1))
-    return (
-        bool(actual)
-        and bool(_line(expected[0]).match(actual[0]))
-        and _match(expected[1:], actual[1:])
-    )
-
-
-def _lines(text: str) -> list[str]:
-    return [line.rstrip() for line in text.replace("\r\n", "\n").strip("\n").split("\n")]
-
-
 def differences(expected: str, actual: str) -> str:
     """'' when `actual` is what the doc shows, else both, to read side by side."""
-    if _match(_lines(expected), _lines(actual)):
+    if printed_as_shown(expected, actual):
         return ""
     return f"--- the doc shows\n{expected}\n--- printed\n{actual}"
 
