@@ -37,11 +37,11 @@ from lesson12.agent import build_agent
 from lesson12.callers import Callers, load_callers
 from lesson12.card import BINDINGS, make_card
 from lesson12.durable import DurableExecutor, DurableHandler, Recovery
-from lesson12.work import WorkStore
+from lesson12.work import TaskResults, WorkStore
 from research_agent import (
+    AllowedHostsMiddleware,
     BodyLimitMiddleware,
     KeyedSandbox,
-    RunStore,
     SandboxConfig,
     SandboxRunner,
     error_body,
@@ -70,9 +70,10 @@ class Settings(BaseSettings):
     DATABASE_URL: SecretStr  # no default: the tasks live there
     DATABASE_POOL_SIZE: int = 5
     A2A_CALLERS_FILE: Path = Path("deploy/lesson12/callers")  # lines "name token"
-    # The addresses a request may name in its Host header (the card names the one it used), and
-    # the web pages that may call (none: another team's agent sends no Origin).
-    ALLOWED_HOSTS: list[str] = ["127.0.0.1:8000", "localhost:8000"]
+    # The names a request may give in its Host header, as every API of the course checks them (a
+    # DNS name rebound to us is refused); the card names the address the request used. And the
+    # web pages that may call: none (another team's agent sends no Origin).
+    ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
     ALLOWED_ORIGINS: list[str] = []
     REPLICA_ID: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     LEASE_SECONDS: float = 10.0  # a killed replica's tasks move on this long after its last beat
@@ -96,9 +97,11 @@ tasks = VersionedDatabaseTaskStore(engine)  # the SDK's: tasks by owner, with a 
 events = DatabaseTaskEventStream(engine, poll_interval_s=settings.EVENT_POLL_SECONDS)
 work = WorkStore(pool, settings.REPLICA_ID, settings.LEASE_SECONDS)
 sandbox = KeyedSandbox(SandboxRunner(settings.sandbox))
-run_python = make_durable_run_python(RunStore(pool), sandbox)  # lesson 10's: the effect once
-executor = DurableExecutor(None, work, sandbox)  # its agent is built at start-up (lifespan)
-CARD = make_card(f"http://{settings.ALLOWED_HOSTS[0]}", bearer=True)
+# Lesson 10's: the effect once, and no sandbox started once the task was cancelled.
+run_python = make_durable_run_python(TaskResults(pool, work), sandbox)
+executor = DurableExecutor(None, work)  # its agent is built at start-up (lifespan)
+HOME = f"http://{settings.ALLOWED_HOSTS[0]}:{settings.PORT}"  # the card's, by default
+CARD = make_card(HOME, bearer=True)
 limits = {
     "parts": settings.MAX_PARTS,
     "part_chars": settings.MAX_PART_BYTES,
@@ -115,7 +118,7 @@ if settings.A2A_AGENT:  # another agent: the SDK's own handler, on the same stor
     handler = DefaultRequestHandlerV2(other, tasks, CARD, **shared)
 else:
     handler = DurableHandler(
-        executor, tasks, CARD, **shared, work=work, tool=run_python, limits=limits
+        executor, tasks, CARD, **shared, work=work, tool=run_python, sandbox=sandbox, limits=limits
     )
 CALLERS = load_callers(settings.A2A_CALLERS_FILE)
 
@@ -139,7 +142,7 @@ async def lifespan(app: FastAPI):
 
 
 # The card names the address the request came to, once that address is allowed (below).
-reached_at = contextvars.ContextVar("reached_at", default=f"http://{settings.ALLOWED_HOSTS[0]}")
+reached_at = contextvars.ContextVar("reached_at", default=HOME)
 
 
 async def card_for_this_host(card):
@@ -160,16 +163,14 @@ add_a2a_routes_to_fastapi(
 
 @app.middleware("http")
 async def who_calls(request: Request, call_next):
-    """Host and Origin first (a page elsewhere, or a DNS name rebound to us, is refused), then
-    a bearer token we issued for everything but the card. The health checks say nothing."""
+    """Origin first (a page elsewhere is refused), then a bearer token we issued for everything
+    but the card. The Host was checked before (AllowedHostsMiddleware, below)."""
     if request.url.path in ("/health", "/ready"):
         return await call_next(request)
-    host, origin = request.headers.get("host", ""), request.headers.get("origin")
-    if host not in settings.ALLOWED_HOSTS:
-        return JSONResponse(error_body("host_not_allowed", f"not served as {host[:100]!r}"), 421)
-    if origin is not None and origin not in settings.ALLOWED_ORIGINS:
+    if request.headers.get("origin") not in (None, *settings.ALLOWED_ORIGINS):
         return JSONResponse(error_body("origin_not_allowed", "no page may call this agent"), 403)
-    reached_at.set(f"http://{host}")
+    if host := request.headers.get("host"):  # name[:port], checked before this runs
+        reached_at.set(f"http://{host}")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = scheme.lower() == "bearer"
     request.state.caller = CALLERS.get(token_hash(token.strip())) if bearer else None
@@ -179,7 +180,9 @@ async def who_calls(request: Request, call_next):
     return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+# Outermost last: a Host not in ALLOWED_HOSTS is a 400 `untrusted_host` before the body is read.
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
 install_request_ids(app)
 install_shape_handlers(app)
 

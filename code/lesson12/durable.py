@@ -6,7 +6,8 @@ DurableExecutor  the agent for one task, from its last checkpoint: a new questio
                  log in PostgreSQL, where SubscribeToTask on any replica reads it.
 DurableHandler   the SDK's request handler, which first checks a message: its size, that a task
                  it names waits for input and that it decides the call waited on (taken once:
-                 work.py), and which bounds the streams a caller holds open.
+                 work.py); which bounds the streams a caller holds open; and which removes a
+                 cancelled task's sandboxes, on whichever replica they run.
 Recovery         each replica's loop: claims tasks whose replica stopped renewing its lease and
                  runs them on through the SDK's own ActiveTask, as if a request had come.
 """
@@ -14,7 +15,6 @@ Recovery         each replica's loop: claims tasks whose replica stopped renewin
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 
 import psycopg
 from a2a.helpers import (
@@ -44,7 +44,7 @@ from langgraph.types import Command
 from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 
-from research_agent import BadEdit, DecisionIn, resume_value
+from research_agent import BadEdit, DecisionIn, HeldSlots, resume_value
 
 from .agent import answer_parts
 from .callers import Caller
@@ -75,8 +75,8 @@ def question_of(message) -> str:
 
 
 class DurableExecutor(AgentExecutor):
-    def __init__(self, agent, work: WorkStore, sandbox=None):
-        self.agent, self.work, self.sandbox = agent, work, sandbox
+    def __init__(self, agent, work: WorkStore):
+        self.agent, self.work = agent, work
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task
@@ -90,6 +90,13 @@ class DurableExecutor(AgentExecutor):
         beat = asyncio.create_task(self._heartbeat(task.id, asyncio.current_task()))
         try:
             await self._go_on(task, updater, context.message)
+        except Exception:
+            if not await self.work.ended(task.id):
+                raise
+            # Cancelled on another replica as run_python was about to start its sandbox, which
+            # it removed instead: let go, as when the lease is lost (nothing more is written).
+            logger.info("task %s let go: it was cancelled", task.id)
+            raise asyncio.CancelledError from None
         finally:
             beat.cancel()
 
@@ -156,17 +163,16 @@ class DurableExecutor(AgentExecutor):
         await updater.requires_input(updater.new_agent_message(parts))
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        """The SDK writes CANCELED; the task's lease row and any sandbox of it go."""
+        """The SDK writes CANCELED; the task's work row goes (DurableHandler removes its sandboxes
+        after that)."""
         await self.work.finish(context.task_id)
-        if self.sandbox is not None:
-            await asyncio.to_thread(self.sandbox.stop_run, context.task_id)
 
 
 class DurableHandler(DefaultRequestHandlerV2):
-    def __init__(self, *args, work: WorkStore, tool: BaseTool, limits: dict, **kwargs):
+    def __init__(self, *args, work: WorkStore, tool: BaseTool, sandbox, limits: dict, **kwargs):
         super().__init__(*args, **kwargs)
-        self.work, self.tool, self.limits = work, tool, limits
-        self.streams: Counter[str] = Counter()  # open streams per caller, on this replica
+        self.work, self.tool, self.sandbox, self.limits = work, tool, sandbox, limits
+        self.streams = HeldSlots()  # open streams per caller, on this replica
 
     async def on_message_send(self, params, context: ServerCallContext):
         await self._admit(params.message, context)
@@ -184,21 +190,25 @@ class DurableHandler(DefaultRequestHandlerV2):
                 yield event
 
     async def on_cancel_task(self, params, context: ServerCallContext):
+        """CANCELED (the SDK writes it, whichever replica runs the task), then the work row goes,
+        then the task's sandboxes: run_python asks for the row before it starts one, so a
+        sandbox made after this look is removed unstarted (work.py, TaskResults)."""
         task = await super().on_cancel_task(params, context)
-        await self.work.finish(params.id)  # a task waiting for input has no executor to do it
+        await self.work.finish(params.id)
+        await self.sandbox.stop_cancelled(params.id)
         return task
 
     @contextlib.contextmanager
     def _stream_of(self, context: ServerCallContext):
         caller = context.user.user_name
-        if self.streams[caller] >= self.limits["streams_per_caller"]:
-            most = self.limits["streams_per_caller"]
+        most = self.limits["streams_per_caller"]
+        if self.streams.full(caller, most):
             raise InvalidRequestError(message=f"at most {most} open streams per caller")
-        self.streams[caller] += 1
+        release = self.streams.take(caller)
         try:
             yield
         finally:
-            self.streams[caller] -= 1
+            release()
 
     async def _admit(self, message, context: ServerCallContext) -> None:
         """Bounds on the message; and for a task it names, a decision on the call it waits on."""

@@ -6,13 +6,16 @@ is working has a row here, leased to the replica working on it and renewed while
 replica whose lease ran out is gone; any other claims the task (FOR UPDATE SKIP LOCKED, as lesson
 10's runs) and goes on from the agent's last checkpoint. A task waiting for input has a row with
 no lease and the call it waits on; the caller's decision is written into that row with a lease,
-in one statement, so that of two decisions racing on two replicas exactly one is taken.
+in one statement, so that of two decisions racing on two replicas exactly one is taken. A task
+that finished or was cancelled has no row: run_python asks before it starts a sandbox.
 """
 
 from datetime import timedelta
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from research_agent import RunStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS a2a_work (
@@ -87,6 +90,12 @@ class WorkStore:
     async def finish(self, task_id: str) -> None:
         await self._one("DELETE FROM a2a_work WHERE task_id = %s", (task_id,))
 
+    async def ended(self, task_id: str) -> bool:
+        """No row: the task finished, or was cancelled (a cancel deletes it before it looks for
+        the task's sandboxes)."""
+        row = await self._one("SELECT 1 AS found FROM a2a_work WHERE task_id = %s", (task_id,))
+        return row is None
+
     async def claim_orphans(self, limit: int) -> list[dict]:
         """Tasks whose replica stopped renewing its lease: leased to this one now."""
         async with self.pool.connection() as conn:
@@ -105,3 +114,17 @@ class WorkStore:
     async def active(self, owner: str) -> int:
         row = await self._one("SELECT count(*) AS n FROM a2a_work WHERE owner = %s", (owner,))
         return row["n"]
+
+
+class TaskResults(RunStore):
+    """Lesson 10's store of tool results, for A2A tasks. run_python asks it whether the task has
+    ended once the sandbox exists and before it starts it: a task ends with its work row, which
+    CancelTask deletes before it removes the task's sandboxes, so whichever comes second sees
+    the first (lesson 10's cancel, research_agent/durable/idempotent.py)."""
+
+    def __init__(self, pool: AsyncConnectionPool, work: WorkStore):
+        super().__init__(pool)
+        self.work = work
+
+    async def ended(self, run_id: str) -> bool:
+        return await self.work.ended(run_id)

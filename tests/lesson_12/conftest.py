@@ -12,6 +12,7 @@ import pytest
 from support.lessons import ROOT
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
+from tests.support.a2a import A2A, first_task, run, states, user_text
 from tests.support.docker_cli import ContainerStarts
 
 SERVER = ROOT / "code" / "12_a2a_server.py"
@@ -35,12 +36,10 @@ class Replicas:
 
     def start(self, i: int) -> ServerProcess:
         self.starts += 1
-        hosts = [f"127.0.0.1:{port}" for port in self.ports]
         env = offline_environment(
             DATABASE_URL=self.dsn,
             PORT=self.ports[i],
             REPLICA_ID=f"replica{i + 1}",
-            ALLOWED_HOSTS=str(hosts).replace("'", '"'),
             A2A_CALLERS_FILE=self.callers_file,
             SANDBOX_IMAGE=SANDBOX_IMAGE,
             SANDBOX_OWNER=OWNER,
@@ -64,6 +63,14 @@ class Replicas:
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("*.log")))
+
+
+def ask_to_wait(replicas: "Replicas", tokens: dict, replica: int = 0):
+    """A task on `replica` that waits for the caller's decision on run_python."""
+    client = A2A(replicas.url(replica), tokens["planner"])
+    events = run(client.send(user_text("What is 2**100?")))
+    assert states(events)[-1] == "input-required", states(events)
+    return run(client.get(first_task(events).id))
 
 
 @pytest.fixture(scope="session")

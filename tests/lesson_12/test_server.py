@@ -191,7 +191,7 @@ def test_open_streams_are_capped_per_caller(replicas, tokens):
     [
         ({}, 401, "unauthorized"),
         ({"Authorization": "Bearer not-one-we-issued"}, 401, "unauthorized"),
-        ({"Host": "evil.example:80"}, 421, "host_not_allowed"),  # a name rebound to us
+        ({"Host": "evil.example:80"}, 400, "untrusted_host"),  # a name rebound to us
         ({"Origin": "https://evil.example"}, 403, "origin_not_allowed"),  # a page elsewhere
     ],
     ids=["no-token", "unknown-token", "host", "origin"],
