@@ -7,6 +7,7 @@ cites that note, which exists.
 Run it:  make lesson-11 STEP=1   (pytest runs this file)
 """
 
+import posixpath
 import re
 import sys
 
@@ -25,7 +26,7 @@ CASE = {
 
 
 def exists(url: str) -> bool:
-    path = url.split("#")[0]
+    path = posixpath.normpath(url.split("#")[0])  # notes/../../x is ../x: in no folder
     return any(path.startswith(f"{d.name}/") and (d.parent / path).is_file() for d in SEARCHED)
 
 

@@ -8,6 +8,7 @@ Run it:  make lesson-11 STEP=2   (pytest runs this file)
 """
 
 import json
+import posixpath
 import re
 import sys
 
@@ -25,7 +26,7 @@ CASES = [c for c in json.loads(DATASET.read_text())["cases"] if c["kind"] in KIN
 
 
 def exists(url: str) -> bool:
-    path = url.split("#")[0]
+    path = posixpath.normpath(url.split("#")[0])  # notes/../../x is ../x: in no folder
     return any(path.startswith(f"{d.name}/") and (d.parent / path).is_file() for d in SEARCHED)
 
 

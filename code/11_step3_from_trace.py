@@ -8,6 +8,7 @@ Run it:  make lesson-11 STEP=3   (pytest runs this file)
 """
 
 import json
+import posixpath
 import re
 import sys
 
@@ -33,7 +34,7 @@ trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(SPANS))
 
 
 def exists(url: str) -> bool:
-    path = url.split("#")[0]
+    path = posixpath.normpath(url.split("#")[0])  # notes/../../x is ../x: in no folder
     return any(path.startswith(f"{d.name}/") and (d.parent / path).is_file() for d in SEARCHED)
 
 

@@ -98,7 +98,6 @@ build_redis() {
     docker import \
       --change "$label" \
       --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
-      --change 'USER redis' \
       --change 'WORKDIR /data' \
       --change 'VOLUME /data' \
       --change 'EXPOSE 6379' \

@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -26,6 +27,8 @@ import docker
 ROOT = Path(__file__).resolve().parents[1]
 STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
 HAPROXY_CFG = STACK_FILE.parent / "haproxy.cfg"
+# The stack's API key when the shell sets no API_KEYS: made once, kept out of git (.gitignore).
+KEY_FILE = STACK_FILE.parent / "api-key"
 JOINED_LABEL = (
     "containerizing-agents.swarm-joined"  # value: whether docker_gwbridge was there before
 )
@@ -303,12 +306,28 @@ def wait_until_cache_shared(url: str, replicas: int, timeout: float = 90) -> Non
     raise TimeoutError(f"not every replica uses Redis after {timeout:.0f}s: {states}")
 
 
+def api_keys() -> tuple[str, str]:
+    """API_KEYS for the stack, and how a caller sends one: the shell's API_KEYS, else the key in
+    KEY_FILE, made the first time (only its owner may read it)."""
+    if os.environ.get("API_KEYS", "").strip():
+        return os.environ["API_KEYS"], "Authorization: Bearer <a key of API_KEYS>"
+    if not KEY_FILE.exists():
+        fd = os.open(KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+        log(f"made an API key for the stack: {KEY_FILE.relative_to(ROOT)}")
+    sent = f"Authorization: Bearer $(cat {KEY_FILE.relative_to(ROOT)})"
+    return KEY_FILE.read_text().strip(), sent
+
+
 def up(stack: str, port: int, image: str) -> None:
     client = docker.from_env()
     join_swarm_if_needed(client)
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    deploy(stack, stack_env(stack, port, edge_subnet(client, stack), AGENT_IMAGE=image))
+    keys, header = api_keys()
+    env = stack_env(stack, port, edge_subnet(client, stack), AGENT_IMAGE=image, API_KEYS=keys)
+    deploy(stack, env)
     log("waiting until 3 agent replicas, Redis and HAProxy are healthy (a new task needs ~10 s)")
     wait_until_serving(client, stack, url, replicas=3)
     log("waiting until every replica uses Redis (one that started before it retries within 10 s)")
@@ -319,9 +338,10 @@ def up(stack: str, port: int, image: str) -> None:
         f"""
   Research agent on Swarm: {url}  (3 replicas behind HAProxy, serving after {took:.0f}s)
   Offline model unless OPENAI_API_KEY was set when the stack was deployed.
+  Swarm opens port {port} on every interface of this machine: /v1 asks for the API key.
 
-  Ask it:     curl -s -X POST {url}/v1/research -H 'content-type: application/json' \\
-                -d '{{"query": "Why run several replicas?"}}'
+  Ask it:     curl -s -X POST {url}/v1/research -H "{header}" \\
+                -H 'content-type: application/json' -d '{{"query": "Why run several replicas?"}}'
   Which one:  curl -si {url}/health | grep -i -E 'x-served-by|x-request-id'
   Watch:      docker service ps {agent}
               docker service logs -f {proxy}

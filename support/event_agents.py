@@ -3,6 +3,7 @@ containers run (`python code/07_event_agents.py triage`, ...), against a real re
 a client of the gateway does (ask, wait for the answer, read progress)."""
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -54,11 +55,15 @@ class System:
         self.processes: dict[str, list] = {s: [] for s in SERVICES}
         self.tokens: dict[str, str] = {}  # student -> the student_token the gateway gave
         self.students: dict[str, str] = {}  # question id -> student
+        self.token_key = uuid.uuid4().hex  # the gateway's TOKEN_KEY, for enrol() below
         self.base_env = offline_environment(
             REDIS_URL=redis_url,
+            TOKEN_KEY=self.token_key,
             OFFLINE_TOKEN_DELAY_MS=2,
             VISIBILITY_TIMEOUT_MS=1500,
             MAX_DELIVERIES=3,
+            # Every test enrols students of its own, all from 127.0.0.1: far more than a person.
+            ENROLMENTS_PER_MINUTE=10_000,
             **({"REDIS_PASSWORD": password} if password else {}),
         )
 
@@ -106,26 +111,36 @@ def bearer(token: str | None) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def enrolled(system, student_id: str) -> str:
+    """The student's token: POST /v1/students the first time (201 expected), then kept.
+    `system` is anything with `gateway` (an httpx client) and `tokens`."""
+    if student_id not in system.tokens:
+        response = system.gateway.post("/v1/students", json={"student_id": student_id})
+        assert response.status_code == 201, response.text
+        system.tokens[student_id] = response.json()["student_token"]
+    return system.tokens[student_id]
+
+
 def ask(system, student_id: str, text: str, **headers: str) -> str:
-    """POST a question as the student (with the token its first question gave), 202 expected.
-    `system` is anything with `gateway` (an httpx client), `tokens` and `students`."""
+    """POST a question as the student, enrolled first if need be, 202 expected. `system` is
+    anything with `gateway` (an httpx client), `tokens` and `students`."""
     response = system.gateway.post(
         "/v1/questions",
         json={"student_id": student_id, "text": text},
-        headers={**bearer(system.tokens.get(student_id)), **headers},
+        headers={**bearer(enrolled(system, student_id)), **headers},
     )
     assert response.status_code == 202, response.text
-    body = response.json()
-    if body.get("student_token"):
-        system.tokens[student_id] = body["student_token"]
-    system.students[body["id"]] = student_id
-    return body["id"]
+    question_id = response.json()["id"]
+    system.students[question_id] = student_id
+    return question_id
 
 
 def enrol(system, student_id: str) -> None:
-    """Give a student a token without asking a question, as the gateway's first 202 would."""
+    """Give a student a token straight in Redis, as the gateway's POST /v1/students would (the
+    token's HMAC under the gateway's TOKEN_KEY), for a test that publishes events by hand."""
     token = uuid.uuid4().hex
-    system.redis.set(f"student:{student_id}", hashlib.sha256(token.encode()).hexdigest())
+    digest = hmac.new(system.token_key.encode(), token.encode(), hashlib.sha256).hexdigest()
+    system.redis.set(f"student:{student_id}", digest, ex=3600)
     system.tokens[student_id] = token
 
 
@@ -206,16 +221,17 @@ class ComposeProject:
 
         self.name, self.port = f"{prefix}-{uuid.uuid4().hex[:8]}", free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # Redis's password, a secret of the project's own (make lesson-07 writes the default one).
-        self.password = uuid.uuid4().hex
+        # The project's own secrets (make lesson-07 writes the default ones): a Redis user per
+        # service, the token key, and the operator's password, which redis_cli() logs in with.
         self.secret_dir = Path(tempfile.mkdtemp(prefix="lesson07-"))  # removed by down()
-        secret = self.secret_dir / "redis-password"
-        secret.write_text(self.password)
-        secret.chmod(0o644)  # bind-mounted: the containers' users read it
+        secrets = self.secret_dir / "secrets"
+        users = ROOT / "code" / "lesson07" / "redis_users.py"
+        subprocess.run([sys.executable, str(users), str(secrets)], check=True, timeout=60)
+        self.password = (secrets / "operator").read_text()
         self.env = {
             **os.environ,
             "LESSON07_PORT": str(self.port),
-            "LESSON07_REDIS_PASSWORD_FILE": str(secret),
+            "LESSON07_SECRETS": str(secrets),
             **env,
         }
         self.command = (*spelling, "-p", self.name, "-f", str(COMPOSE_FILE))
@@ -233,8 +249,11 @@ class ComposeProject:
         return self.run(*self.command, *args, stdin=stdin, check=check)
 
     def redis_cli(self, *args: str) -> str:
+        """redis-cli in the Redis container, as the operator (every right; in no container)."""
         auth = f"REDISCLI_AUTH={self.password}"
-        return self.compose("exec", "-T", "-e", auth, "redis", "redis-cli", *args)
+        return self.compose(
+            "exec", "-T", "-e", auth, "redis", "redis-cli", "--user", "operator", *args
+        )
 
     def down(self) -> None:
         """`make lesson-07-down` for this project: containers, network and volume removed."""

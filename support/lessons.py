@@ -1,6 +1,6 @@
 """The one loader of the course's numbered lesson scripts (code/NN_*.py).
 
-A lesson script's name starts with a digit (`01_basic_api.py`), the name the docs and `make
+A lesson script's name starts with a digit (`01_step1_api.py`), the name the docs and `make
 lesson-NN` use: no `import` statement can name it, so tests load it by its path here, with
 importlib. Everything a lesson imports is an installed package (lesson01, lesson05, lesson07,
 research_agent...), found by name: this loads the script itself and nothing else, and changes no

@@ -1,8 +1,8 @@
 """Lesson 08's servers as processes, for its tests and `make bench-mcp`: a tool server (such as
 code/08_notes_server.py) and the gateway (code/08_mcp_gateway.py) with the caller's catalog, each
-on a free port, in the offline environment."""
+on a free port, in the offline environment, run by the Python of lesson 08's own environment
+(.venv/lesson08: mcp 2.x and fastmcp 4.x, the image's lock), as their containers run them."""
 
-import sys
 from pathlib import Path
 
 import yaml
@@ -13,12 +13,22 @@ from support.server import ServerProcess, offline_environment
 REPO = Path(__file__).resolve().parents[1]
 NOTES_SERVER = REPO / "code" / "08_notes_server.py"
 GATEWAY = REPO / "code" / "08_mcp_gateway.py"
+# `make test`, `make bench-mcp` and `make lesson-08 STEP=K` build it (the Makefile's LESSON08_VENV).
+LESSON08_PYTHON = REPO / ".venv" / "lesson08" / "bin" / "python"
+
+
+def command(script: Path, env: dict) -> list:
+    """`python script.py`; with lesson 09's tracing asked for (OTEL_EXPORTER_OTLP_ENDPOINT), the
+    same script started through lesson08.tracing, which attaches the spans from outside it."""
+    if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+        return [LESSON08_PYTHON, "-m", "lesson08.tracing", script]
+    return [LESSON08_PYTHON, script]
 
 
 def tool_server(script: Path, log_dir: Path, **env) -> ServerProcess:
     port = free_port()
     return ServerProcess(
-        [sys.executable, script],
+        command(script, env),
         env=offline_environment(PORT=port, **env),
         port=port,
         log_path=log_dir / f"{script.stem}-{port}.log",
@@ -31,7 +41,7 @@ def gateway(catalog: dict, work: Path, port: int | None = None, **env) -> Server
     (work / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     port = port or free_port()
     return ServerProcess(
-        [sys.executable, GATEWAY],
+        command(GATEWAY, env),
         env=offline_environment(
             PORT=port,
             GATEWAY_CATALOG=work / "catalog.yaml",

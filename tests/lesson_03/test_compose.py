@@ -41,8 +41,8 @@ DEV_FILE = AGENT_DIR / "docker-compose.dev.yml"
 ENV_EXAMPLE = AGENT_DIR / ".env.example"
 # Settings of .env.example that the stack does not pass on: the image fixes where the app listens
 # and where its files are, the stack gives the agent no Docker API for lesson 04's sandbox, and
-# it mounts no key file (API_KEYS comes from .env).
-NOT_PASSED = {"HOST", "PORT", "DOCS_DIR", "API_KEYS_FILE"}
+# it mounts no key file (API_KEYS and OPENAI_API_KEY come from .env).
+NOT_PASSED = {"HOST", "PORT", "DOCS_DIR", "API_KEYS_FILE", "OPENAI_API_KEY_FILE"}
 SANDBOX_PREFIX = "SANDBOX_"  # every setting of lesson 04's tool, whichever are added later
 UP_TIMEOUT = 900  # includes building the image: Compose v1 builds without BuildKit's cache
 HEALTHY_TIMEOUT = 240

@@ -92,3 +92,12 @@ def test_redis_is_never_root_and_holds_no_capabilities():
     assert redis["user"] == "redis"
     assert redis["cap_drop"] == ["ALL"] and "no-new-privileges:true" in redis["security_opt"]
     assert redis["read_only"] is True and redis["tmpfs"] == ["/tmp"]
+
+
+@pytest.mark.parametrize("name", ["gateway", *AGENTS])
+def test_no_agent_holds_a_capability_or_can_gain_one(name):
+    """Each agent runs the model's and the libraries' code: no capability, and no setuid program
+    can give it one. Before, Docker's default set. From inside each: test_containers.py."""
+    service = SERVICES[name]
+    assert service["cap_drop"] == ["ALL"] and "cap_add" not in service
+    assert "no-new-privileges" in service["security_opt"]

@@ -7,7 +7,6 @@ event dead-lettered; `make lesson-07-down` leaves no container, network or volum
 
 import json
 import os
-import re
 import time
 from collections import Counter
 
@@ -267,16 +266,37 @@ def test_code_inside_an_agents_container_can_do_its_work_and_nothing_else(projec
     assert project.redis_cli("EXISTS", "student:alice").strip() == "0"
 
 
+def privileges(status: str) -> dict[str, int]:
+    """What a /proc/PID/status says of a process's privileges: its user, its bounding and
+    effective capability sets, and whether it may gain any (NoNewPrivs 0) through a setuid
+    program."""
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {
+        "Uid": int(fields["Uid"].split()[0]),
+        "CapBnd": int(fields["CapBnd"], 16),
+        "CapEff": int(fields["CapEff"], 16),
+        "NoNewPrivs": int(fields["NoNewPrivs"]),
+    }
+
+
 def test_code_inside_redis_is_not_root_has_no_capabilities_and_cannot_write_its_root(project):
     """Where an attacker stands who reached Redis's process (a bug in its Lua engine, through
     EVAL): Redis itself, PID 1 of its container. Before, with `sh -c` as the command, the
     official image kept it root with Docker's default capabilities."""
-    status = project.compose("exec", "-T", "redis", "cat", "/proc/1/status")
-    assert re.search(r"^Uid:\s+(\d+)", status, re.M)[1] != "0", status
-    assert int(re.search(r"^CapEff:\s+(\w+)", status, re.M)[1], 16) == 0, status
-    assert re.search(r"^NoNewPrivs:\s+1", status, re.M), status
+    found = privileges(project.compose("exec", "-T", "redis", "cat", "/proc/1/status"))
+    assert found["Uid"] != 0 and found["CapEff"] == 0 and found["NoNewPrivs"] == 1, found
     write = "touch /usr/local/bin/x 2>/dev/null || touch /etc/x 2>/dev/null; echo $?"
     assert project.compose("exec", "-T", "redis", "sh", "-c", write).strip() == "1"
+
+
+def test_no_agent_holds_a_capability_or_can_gain_one(project):
+    """Where code stands that took an agent over (through the model or a library): the agent's
+    process, PID 1 of its container. Before, Docker's default bounding set (CHOWN, SETUID,
+    NET_RAW...), and a setuid program could raise it (NoNewPrivs 0)."""
+    for service in ("gateway", "triage", "concepts", "debug", "exercise", "progress"):
+        status = project.compose("exec", "-T", service, "cat", "/proc/1/status")
+        expected = {"Uid": 10001, "CapBnd": 0, "CapEff": 0, "NoNewPrivs": 1}
+        assert privileges(status) == expected, (service, status)
 
 
 def test_lesson_07_down_leaves_nothing(project):

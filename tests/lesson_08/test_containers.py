@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ import yaml
 from support.mcp_servers import LESSON08_PYTHON, NOTES_SERVER
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
-from support.waiting import wait_for
+from support.waiting import answers_200, wait_for
 from tests.support.docker_cli import NO_COMPOSE_V2, compose_v2
 from tests.support.mcp_clients import sdk_session
 
@@ -33,7 +32,7 @@ CLIENT = REPO / "code" / "08_mcp_client.py"
 PROJECT = "lesson08test" + hashlib.sha256(str(REPO).encode()).hexdigest()[:6]
 AGENT_PORT, MCP_PORT = free_port(), free_port()
 SECRET = "sk-agent-key-that-no-tool-may-see"
-SANDBOX_UIDS = range(1_500_000_000, 1_501_000_000)  # lesson 04's (research_agent/sandbox/config.py)
+SANDBOX_UIDS = range(1_500_000_000, 1_501_000_000)  # lesson 04's (research_agent/settings.py)
 
 
 def composes() -> list[list[str]]:
@@ -93,15 +92,18 @@ def down(compose: list[str], env: dict, compose_file: Path = COMPOSE_FILE) -> No
 
 
 def wait_healthy(url: str, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(url)
+    wait_for(lambda: answers_200(url), timeout=seconds, interval=0.5, what=url)
+
+
+def privileges(status: str) -> dict[str, int]:
+    """What a /proc/PID/status says of a process's privileges: its bounding and effective
+    capability sets, and whether a setuid program could raise them (NoNewPrivs 0)."""
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    names = ("CapBnd", "CapEff", "NoNewPrivs")
+    return {name: int(fields[name], 16 if name.startswith("Cap") else 10) for name in names}
+
+
+NO_PRIVILEGES = {"CapBnd": 0, "CapEff": 0, "NoNewPrivs": 1}
 
 
 def client(*args: str, mcp_port: int = MCP_PORT) -> subprocess.CompletedProcess:
@@ -200,6 +202,11 @@ def test_lesson_08_in_compose(compose, tmp_path):
         listing = "import docker; print(docker.from_env().containers.list())"
         refused = sh(*base, "exec", "-T", "gateway", "python", "-c", listing, check=False, env=env)
         assert "refused by the lesson 08 Docker guard" in refused.stderr
+
+        # Code that took the agent over (through the model or a library), as it sees itself:
+        # before, Docker's default bounding set, and a setuid program could raise it.
+        status = sh(*base, "exec", "-T", "agent", "cat", "/proc/1/status", env=env).stdout
+        assert privileges(status) == NO_PRIVILEGES, status
 
         if compose == ["docker", "compose"]:  # once is enough: these use make, which uses v2
             check_a_second_copy_is_left_alone()

@@ -24,7 +24,7 @@ from support.ports import free_port
 from tests.support.mcp_clients import sdk_session
 
 from .conftest import MCP_HEADERS
-from .test_containers import sh, wait_healthy
+from .test_containers import NO_PRIVILEGES, privileges, sh, wait_healthy
 
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("lesson08-containers")]
 
@@ -224,6 +224,9 @@ def test_a_burst_through_the_edge_survives_a_replica_stopped_then_killed(tmp_pat
     try:
         sh(*base, "up", "-d", "--wait", "edge", env=env, timeout=600)
         wait_healthy(f"http://127.0.0.1:{port}/health")
+        # The edge binds 8080: HAProxy runs with no capability, and cannot gain one.
+        status = sh(*base, "exec", "-T", "edge", "cat", "/proc/1/status", env=env).stdout
+        assert privileges(status) == NO_PRIVILEGES, status
         replicas = sh(*base, "ps", "-q", "gateway", env=env).stdout.split()
         assert len(replicas) == 2, replicas
         hostnames = {

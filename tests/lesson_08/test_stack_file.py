@@ -11,6 +11,7 @@ from research_agent import LABEL, SandboxConfig
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "deploy" / "lesson08" / "compose.yaml").read_text())
+REPLICAS = yaml.safe_load((REPO / "deploy" / "lesson08" / "replicas.yaml").read_text())
 CATALOG = yaml.safe_load((REPO / "deploy" / "lesson08" / "catalog.yaml").read_text())
 MAKEFILE = (REPO / "Makefile").read_text()
 PROJECT = "${COMPOSE_PROJECT_NAME:-lesson08}"
@@ -109,3 +110,23 @@ def test_a_learners_client_is_one_make_target_away_from_the_lessons_venv():
     target = recipe("lesson-08-client")
     assert "$(LESSON08_VENV)/.installed" in target.splitlines()[0]
     assert "$(LESSON08_VENV)/bin/python code/08_mcp_client.py" in target
+
+
+def test_no_service_holds_a_capability_or_can_gain_one():
+    """Every container of both files but the pins' Redis: no capability, and no setuid program
+    can give it one. Before, the agent (which runs the model's and the libraries' code) and the
+    replicas' edge kept Docker's default set. The official redis image starts as root and
+    switches to `redis` itself, so `pins` keeps what it needs. From inside: test_containers.py,
+    test_replicas_containers.py."""
+    held = {("compose.yaml", name): s for name, s in COMPOSE["services"].items()}
+    held |= {("replicas.yaml", name): s for name, s in REPLICAS["services"].items()}
+    del held["replicas.yaml", "pins"]
+    assert {
+        ("compose.yaml", "agent"),
+        ("replicas.yaml", "agent"),
+        ("replicas.yaml", "edge"),
+    } <= set(held)
+    for where, definition in held.items():
+        assert definition.get("cap_drop") == ["ALL"], where
+        assert "cap_add" not in definition, where
+        assert "no-new-privileges" in definition.get("security_opt", []), where

@@ -152,8 +152,10 @@ class Bomb:
 
 def hostile_wire(app):
     """ASGI in front of the MCP app: a tools/call of `bomb` is answered with the gzip above
-    (`Content-Encoding: gzip`); GET /stream sends events until the client goes."""
-    made: list[Bomb] = []
+    (`Content-Encoding: gzip`); GET /stream sends events until the client goes. The bomb is
+    made before the server listens (seconds of CPU on a busy machine: made on the first call, it
+    took that call past the gateway's timeout)."""
+    bomb = Bomb(BOMB_BYTES)
 
     async def wire(scope, receive, send):
         if scope["type"] == "http" and scope["path"] == "/stream":
@@ -170,11 +172,9 @@ def hostile_wire(app):
             body, more = body + message.get("body", b""), message.get("more_body", False)
         request = json.loads(body or b"{}")
         if request.get("method") == "tools/call" and request["params"].get("name") == "bomb":
-            if not made:
-                made.append(await anyio.to_thread.run_sync(Bomb, BOMB_BYTES))
             headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": made[0].answer(request["id"])})
+            await send({"type": "http.response.body", "body": bomb.answer(request["id"])})
             return
         replayed = False
 
