@@ -7,7 +7,7 @@
 #      stand-ins, all at once;
 #   2. once python:3.11-slim is there: agent-sandbox:python and research-agent:basic, :multistage
 #      and :optimized;
-#   3. once :optimized is there: the lessons' images (05, 07, 08, 09's viewer and ingest, 10).
+#   3. once :optimized is there: the lessons' images (05, 07, 08, 09's viewer and ingest, 10, 12).
 #
 # Each build writes its output to .build/all-<name>.log and prints one line when it ends; the first
 # failure is printed in full and makes the script exit 1, once every build under way has ended.
@@ -77,6 +77,7 @@ start lesson-07 "${make[@]}" lesson-07-image
 start lesson-09 "${make[@]}" lesson-09-images
 finish postgres
 start lesson-10 "${make[@]}" lesson-10-image
+start lesson-12 "${make[@]}" lesson-12-image
 start lesson-08 "${make[@]}" lesson-08-images
 finish "${!pids[@]}"
 exit "$failed"

@@ -2,7 +2,7 @@
 
 An excerpt is an HTML comment followed at once by a fenced code block:
 
-    <!-- include: code/01_basic_api.py#lifespan -->
+    <!-- include: code/01_step1_api.py#lifespan -->
     ```python
     ...rewritten by this script...
     ```
@@ -23,7 +23,7 @@ contains another excerpt's markers shows none of them.
 
 A diff between two such selections (a lesson step against the one before) works the same way:
 
-    <!-- include-diff: code/01_basic_api.py#Agent code/01_production_api.py#Agent -->
+    <!-- include-diff: code/01_step1_api.py#invoke code/01_step4_errors.py#invoke -->
     ```diff
     ...the unified diff of the two, rewritten by this script...
     ```

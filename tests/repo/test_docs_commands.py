@@ -54,24 +54,24 @@ def test_lesson_01s_sigterm_commands_stop_the_server_only_and_report_curls_statu
     tmp_path, end_in_time
 ):
     line, status_command = lesson_01_challenge()
-    # The lesson file under the path `make lesson-01-shutdown` runs, in a folder of its own.
+    # The lesson file under the path `make lesson-01 STEP=5` runs, in a folder of its own.
     (tmp_path / "code").mkdir()
-    script = (ROOT / "code" / "01_graceful_shutdown.py").read_text(encoding="utf-8")
+    script = (ROOT / "code" / "01_step5_shutdown.py").read_text(encoding="utf-8")
     if not end_in_time:
         assert line in script
         script = script.replace(line, f"# {line}")
-    (tmp_path / "code" / "01_graceful_shutdown.py").write_text(script, encoding="utf-8")
+    (tmp_path / "code" / "01_step5_shutdown.py").write_text(script, encoding="utf-8")
     port = free_port()
     # An editor open on the same file: the doc's command must leave it alone.
     editor = subprocess.Popen(
-        ["tail", "-f", "code/01_graceful_shutdown.py"],
+        ["tail", "-f", "code/01_step5_shutdown.py"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         process_group=0,
     )
     group = editor.pid  # the doc's pkill is confined to this process group: others' servers
     server = subprocess.Popen(  # on a shared machine are not ours to stop
-        [sys.executable, "code/01_graceful_shutdown.py"],
+        [sys.executable, "code/01_step5_shutdown.py"],
         cwd=tmp_path,
         env={
             **os.environ,
@@ -100,7 +100,7 @@ def test_lesson_01s_sigterm_commands_stop_the_server_only_and_report_curls_statu
         lines = [line for line in result.stdout.splitlines() if line]
         # /ready's answer and its status; the stream's curl, still writing to the same terminal,
         # may put a token line between them.
-        ready = r'\{"detail":"The server is shutting down"\}(?:data:[^\n]*\n|\n)* 503\n'
+        ready = r'"message":"The server is shutting down"[^}]*\}\}(?:data:[^\n]*\n|\n)* 503\n'
         assert re.search(ready, result.stdout), lines
         # The last line is what `echo $?` printed: curl's status, not the /ready curl's.
         if end_in_time:

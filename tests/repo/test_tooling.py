@@ -256,8 +256,12 @@ def test_the_lessons_lock_is_the_images_plus_cachetools_and_uv_at_the_dev_locks_
         pins("requirements-dev.txt"),
         pins("research-agent/requirements.txt"),
     )
-    assert set(lessons) - set(image) == {"cachetools", "uv"}
+    # Lesson 12's image adds the A2A SDK to the research agent's (its own lock), and so do the
+    # lessons on the host.
+    a2a = pins("docker/lesson12/requirements.txt")
+    assert set(lessons) - set(image) == {"cachetools", "uv"} | (set(a2a) - set(image))
     assert {name: lessons.get(name) for name in image} == image
+    assert {name: lessons.get(name) for name in a2a} == a2a
     assert {name: dev.get(name) for name in lessons} == lessons
     assert {"pytest", "pytest-xdist", "playwright", "kubernetes-validate"} & set(lessons) == set()
 
@@ -476,6 +480,7 @@ CI_CHECKS = {
     "mcp": "mcp-test",
     "variations": "variations-test",
     "durable": "durable-test",
+    "a2a": "a2a-test",
     "traces": "traces-test",
     "compose": "compose-test",
     "smoke": "smoke",
