@@ -2,8 +2,8 @@
 
 Usage: python scripts/docs_words.py [--limit N] [FILE...]   (default: docs/NN-*.md)
 
-The limit is 1,500 words, and 1,200 for a lesson built from steps (`code/NN_stepK_*.py`): its steps
-carry the explanation the others give in prose.
+The limit is 1,200 words for every lesson, whether or not it is built from steps
+(`code/NN_stepK_*.py`). `--limit N` sets another limit for one run.
 
 Prose is what a learner reads as text, and a table is read like prose: every word of its cells
 counts (its `| --- |` row has none). Not counted: fenced code blocks, HTML comments (the include and
@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LIMIT = 1500
-STEPPED_LIMIT = 1200
+LIMIT = 1200
+# A lesson built from steps (code/NN_stepK_*.py) has the same limit as any other.
+STEPPED_LIMIT = LIMIT
 LESSON_GLOB = "[0-9][0-9]-*.md"  # docs/01-agent-api.md ... and whatever lesson comes next
 GOING_FURTHER = re.compile(r"^## Going further\s*$", re.MULTILINE)
 WORD = re.compile(r"[\w'’`.-]*\w[\w'’`.-]*")
@@ -31,7 +32,7 @@ def lessons(root: Path = ROOT) -> list[Path]:
 
 
 def limit_for(doc: Path, root: Path = ROOT) -> int:
-    """The core path's word limit of docs/NN-*.md: lower for a lesson built from steps."""
+    """The core path's word limit of docs/NN-*.md (a lesson built from steps has the same)."""
     stepped = any((root / "code").glob(f"{doc.name[:2]}_step[0-9]_*.py"))
     return STEPPED_LIMIT if stepped else LIMIT
 

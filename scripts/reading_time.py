@@ -100,7 +100,7 @@ def written(page: str, new_table: str) -> str:
     _, end, after = rest.partition(END)
     if not start or not end:
         raise ValueError(f"no {START} ... {END} block")
-    return f"{before}{START}\n{new_table}\n{END}{after}"
+    return f"{before}{START}\n\n{new_table}\n\n{END}{after}"  # blank lines: a table stands alone
 
 
 def main(argv: list[str] | None = None) -> int:

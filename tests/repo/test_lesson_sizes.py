@@ -64,17 +64,26 @@ def module_file(root: Path, name: str) -> Path | None:
 
 
 def public_names(root: Path, package: str) -> dict[str, str]:
-    """A package's public surface, name -> the module that defines it (its `_PUBLIC` table)."""
+    """A package's public surface, name -> the module that defines it: what its `__init__.py`
+    imports under TYPE_CHECKING, for editors and type checkers (it loads each name from there on
+    first use). A module imported by name (`from .worker import job`) is that module."""
     init = module_file(root, package)
     if init is None or init.name != "__init__.py":
         return {}
-    for node in ast.walk(ast.parse(init.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.AnnAssign | ast.Assign):
-            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
-            if any(isinstance(t, ast.Name) and t.id == "_PUBLIC" for t in targets):
-                table = ast.literal_eval(node.value)
-                return {name: f"{package}.{module}" for name, (module, _) in table.items()}
-    return {}
+    found = {}
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if not (isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"):
+            continue
+        for imported in node.body:
+            if not (isinstance(imported, ast.ImportFrom) and imported.level == 1):
+                continue
+            module = ".".join(filter(None, (package, imported.module)))
+            for alias in imported.names:
+                itself = f"{module}.{alias.name}"
+                found[alias.asname or alias.name] = (
+                    itself if module_file(root, itself) is not None else module
+                )
+    return found
 
 
 def imported_by(root: Path, lesson: Path) -> set[Path]:
@@ -190,11 +199,17 @@ def folder_files(root: Path, folder: str) -> set[str]:
     return files | {f"{p.name}/" for p in entries if (p / "__init__.py").is_file()}
 
 
+def explained_in(cell: str) -> list[int]:
+    """The lessons a cell of the table links: another lesson's doc (`03-containers.md`), and
+    lesson 02 itself for a section of its own page (`#shutdown`)."""
+    return [int(n) for n in LESSON_LINK.findall(cell)] + ([2] if "](#" in cell else [])
+
+
 def later_layers(doc_text: str, lesson: int = 2) -> set[str]:
     """The layers' modules that a lesson after `lesson` explains (the last column links it)."""
     later = set()
     for cells in layer_table(doc_text):
-        lessons = [int(n) for n in LESSON_LINK.findall(cells[-1])]
+        lessons = explained_in(cells[-1])
         if lessons and min(lessons) > lesson:
             later |= set(re.findall(r"`(\w+\.py|\w+/)`", cells[1]))
     return later

@@ -49,6 +49,30 @@ LATER_IDEAS = {
         GVISOR: "gVisor is Going further",
         MCP: "MCP is lesson 08's",
     },
+    "05": {
+        TRACING: "tracing is lesson 09's",
+        DURABLE: "durable runs are lesson 10's",
+        MCP: "MCP is lesson 08's",
+        r"\bwarm\b|owner_token|\bacl\b|\bcaps?\b|recovery|adopt": (
+            "warm workers, owner tokens, a Redis user per worker, caps and recovery are Going"
+            " further"
+        ),
+    },
+    "07": {
+        TRACING: "tracing is lesson 09's",
+        DURABLE: "durable runs are lesson 10's",
+        MCP: "MCP is lesson 08's",
+        r"traceparent|XCLAIM|JUSTID|maxlen|student_token|ALLOWED_HOSTS|appendonly": (
+            "renewed claims, bounds, access and AOF are Going further"
+        ),
+    },
+    "08": {
+        TRACING + r"|traceparent": "tracing is lesson 09's",
+        DURABLE: "durable runs are lesson 10's",
+        r"DockerLauncher|docker\.from_env|containers\.run|launcher|catalog|redis|replicas?\b": (
+            "servers on demand in containers, the catalog and replicas are Going further"
+        ),
+    },
     "10": {
         TRACING: "tracing is lesson 09's",
         LIMITS: "keys, quotas and the shutdown cut are lesson 02's Going further",
