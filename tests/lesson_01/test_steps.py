@@ -7,7 +7,6 @@ The doc's `curl` commands are run against each step by tests/repo/test_docs.py, 
 SIGTERM commands by tests/repo/test_docs_commands.py.
 """
 
-import ast
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from support.lessons import ROOT, step_files
 from support.ports import free_port
 from support.server import offline_environment
 from support.waiting import answers_200, wait_for
-from tests.support.steps import removed_and_added
+from tests.support.steps import dropped_names, make_dry_run, step_changes
 
 STEPS = [
     "code/01_step1_api.py",
@@ -38,24 +37,8 @@ PRODUCTION = "code/01_production_api.py"
 DOC = ROOT / "docs" / "01-agent-api.md"
 
 
-def top_level_names(step: str) -> set[str]:
-    names = set()
-    for node in ast.parse((ROOT / step).read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-    return names
-
-
 def dry_run(*goals: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["make", "--no-print-directory", "-n", "-o", ".venv/.lessons", *goals],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return make_dry_run("-o", ".venv/.lessons", *goals)
 
 
 def test_the_steps_are_the_files_make_serves():
@@ -75,17 +58,15 @@ def test_make_lesson_01_step_k_serves_step_k_with_a_banner(step):
 
 
 def test_a_step_that_does_not_exist_is_refused_by_name():
-    make = subprocess.run(
-        ["make", "-n", "lesson-01", "STEP=9"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    make = make_dry_run("lesson-01", "STEP=9")
     assert make.returncode != 0
     assert 'there is no step "9"' in make.stderr
 
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_keeps_every_name_of_the_one_before(before, after):
-    missing = top_level_names(before) - top_level_names(after)
-    assert not missing, f"{after} drops {sorted(missing)}"
+    missing = dropped_names(before, after)
+    assert not missing, f"{after} drops {missing}"
 
 
 # What each step may take away from the one before: the lines it changes (step 2: the logging
@@ -95,9 +76,7 @@ MOST_REMOVED = {PAIRS[0]: 1, PAIRS[1]: 1, PAIRS[2]: 5, PAIRS[3]: 0}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
-    removed, added = removed_and_added(
-        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
-    )
+    removed, added = step_changes(before, after)
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) > 2 * len(removed)
 

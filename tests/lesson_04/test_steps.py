@@ -6,7 +6,6 @@ The tests marked `container` run real sandboxes (`make sandbox-test`); step 4's 
 tests/repo/test_docs.py, and tests/lesson_04/test_alike.py compares step 4 with the research agent.
 """
 
-import ast
 import asyncio
 import contextlib
 import os
@@ -19,7 +18,7 @@ import pytest
 
 from support.lessons import ROOT, load_lesson
 from tests.support.doc_output import printed_as_shown, shown_output
-from tests.support.steps import removed_and_added
+from tests.support.steps import definitions, dropped_names, make_dry_run, step_changes
 
 STEPS = [
     "code/04_step1_sandbox.py",
@@ -36,73 +35,36 @@ KEPT = ["IMAGE", "COMMAND", "TIMEOUT_SECONDS", "MAX_OUTPUT_BYTES", "RESTRICTIONS
 KEPT += ["client", "kill"]
 
 
-def tree(step: str) -> ast.Module:
-    return ast.parse((ROOT / step).read_text(encoding="utf-8"))
-
-
-def definitions(step: str) -> dict[str, str]:
-    """Each top-level name the step defines, with the source of its definition."""
-    source = (ROOT / step).read_text(encoding="utf-8")
-    found = {}
-    for node in tree(step).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            found[node.name] = ast.get_source_segment(source, node)
-        elif isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    found[target.id] = ast.get_source_segment(source, node)
-    return found
+# make, without remaking what `make test` built before it runs the tests (the environments, the
+# sandbox's image).
+MADE = ("-o", ".venv/.lessons", "-o", "sandbox-image")
 
 
 def test_the_steps_are_the_files_make_runs():
     assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/04_step*.py")) == STEPS
-    make = subprocess.run(
-        [
-            "make",
-            "--no-print-directory",
-            "-n",
-            "-o",
-            ".venv/.lessons",
-            "-o",
-            "sandbox-image",
-            "lesson-04",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    make = make_dry_run(*MADE, "lesson-04")
     assert make.returncode == 0, make.stderr
     assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[-1]}")  # alone: the last step
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4])
 def test_make_lesson_04_step_k_runs_step_k_with_a_banner(step):
-    make = subprocess.run(
-        ["make", "--no-print-directory", "-n", "-o", ".venv/.lessons", "-o", "sandbox-image"]
-        + ["lesson-04", f"STEP={step}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    make = make_dry_run(*MADE, "lesson-04", f"STEP={step}")
     assert make.returncode == 0, make.stderr
     assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[step - 1]}")
     assert f"Lesson 04, step {step}" in make.stdout and "docs/04-sandboxed-tools.md" in make.stdout
 
 
 def test_a_step_that_does_not_exist_is_refused_by_name():
-    make = subprocess.run(
-        ["make", "-n", "lesson-04", "STEP=9"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    make = make_dry_run("lesson-04", "STEP=9")
     assert make.returncode != 0
     assert 'there is no step "9"' in make.stderr
 
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_keeps_every_name_of_the_one_before(before, after):
-    missing = set(definitions(before)) - DEMO - set(definitions(after))
-    assert not missing, f"{after} drops {sorted(missing)}"
+    missing = dropped_names(before, after, DEMO)
+    assert not missing, f"{after} drops {missing}"
 
 
 @pytest.mark.parametrize("step", STEPS[1:])
@@ -120,9 +82,7 @@ MOST_REMOVED = {PAIRS[0]: 17, PAIRS[1]: 7, PAIRS[2]: 8}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
-    removed, added = removed_and_added(
-        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
-    )
+    removed, added = step_changes(before, after)
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) > len(removed)
 

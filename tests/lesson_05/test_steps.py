@@ -15,7 +15,6 @@ containers of a run whose server was stopped mid-run included. Side by side, mos
 time, their workers' start-up, is shared.
 """
 
-import ast
 import os
 import re
 import signal
@@ -32,7 +31,7 @@ from support.server import offline_environment
 from support.waiting import answers_200, wait_for
 from tests.support.doc_session import Block, Terminal, differences, section_steps
 from tests.support.docker_cli import docker
-from tests.support.steps import removed_and_added
+from tests.support.steps import dropped_names, make_dry_run, step_changes
 
 DOC = ROOT / "docs" / "05-parallel-variations.md"
 STEPS = [
@@ -51,36 +50,20 @@ STREAM_ID = re.compile(r"\b\d{13}-\d+\b")  # a Redis Stream id: milliseconds, a 
 IMAGE = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
 
 
-def definitions(step: str) -> set[str]:
-    """The top-level names a step defines."""
-    found = set()
-    for node in ast.parse((ROOT / step).read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            found.add(node.name)
-        elif isinstance(node, ast.Assign | ast.AnnAssign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            found |= {t.id for t in targets if isinstance(t, ast.Name)}
-    return found
-
-
-def make_dry_run(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["make", "--no-print-directory", "-n", "-o", "lesson-05-image", "-o", ".venv/.lessons"]
-        + list(arguments),
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+def dry_run(*arguments: str) -> subprocess.CompletedProcess:
+    return make_dry_run("-o", "lesson-05-image", "-o", ".venv/.lessons", *arguments)
 
 
 def test_the_steps_are_the_files_make_runs_and_alone_it_serves_the_production_api():
     assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/05_step*.py")) == STEPS
-    alone = make_dry_run("lesson-05")
+    alone = dry_run("lesson-05")
     assert alone.returncode == 0, alone.stderr
     assert alone.stdout.splitlines()[-1].endswith("scripts/lesson-05.sh serve")
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
 def test_make_lesson_05_step_k_runs_step_k_beside_redis_with_a_banner(step):
-    made = make_dry_run("lesson-05", f"STEP={step}")
+    made = dry_run("lesson-05", f"STEP={step}")
     assert made.returncode == 0, made.stderr
     assert made.stdout.splitlines()[-1].endswith(f"scripts/lesson-05.sh run {STEPS[step - 1]}")
     assert f"Lesson 05, step {step} of 5" in made.stdout
@@ -88,14 +71,14 @@ def test_make_lesson_05_step_k_runs_step_k_beside_redis_with_a_banner(step):
 
 
 def test_a_step_that_does_not_exist_is_refused_by_name():
-    made = make_dry_run("lesson-05", "STEP=9")
+    made = dry_run("lesson-05", "STEP=9")
     assert made.returncode != 0 and 'there is no step "9"' in made.stderr
 
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_keeps_every_name_of_the_one_before(before, after):
-    missing = definitions(before) - DEMO - definitions(after)
-    assert not missing, f"{after} drops {sorted(missing)}"
+    missing = dropped_names(before, after, DEMO)
+    assert not missing, f"{after} drops {missing}"
 
 
 # What each step may take away from the one before: step 2 turns step 1's reading into async and
@@ -106,9 +89,7 @@ MOST_REMOVED = {PAIRS[0]: 15, PAIRS[1]: 17, PAIRS[2]: 11, PAIRS[3]: 16}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
-    removed, added = removed_and_added(
-        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
-    )
+    removed, added = step_changes(before, after)
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) > len(removed)
 

@@ -11,7 +11,6 @@ tests/lesson_07/test_containers.py (`make pubsub-test`); tests/lesson_07/test_al
 step 4 with the production agents.
 """
 
-import ast
 import re
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from support import zygote
 from support.lessons import ROOT
 from support.server import offline_environment
 from tests.support.doc_session import differences, section_steps
-from tests.support.steps import removed_and_added
+from tests.support.steps import definitions, step_changes
 
 DOC = ROOT / "docs" / "07-event-driven-agents.md"
 STEPS = [
@@ -37,21 +36,6 @@ PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 DEMO = {"main", "die"}
 # Step 3's one idea: the transaction (`apply`) becomes the script that stores an effect once.
 REPLACED = {"apply": "apply_once"}
-
-
-def definitions(step: str) -> dict[str, str]:
-    """Each top-level name the step defines, with the source of its definition."""
-    source = (ROOT / step).read_text(encoding="utf-8")
-    found = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            found[node.name] = ast.get_source_segment(source, node)
-        elif isinstance(node, ast.Assign | ast.AugAssign):
-            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                if isinstance(target, ast.Name):
-                    found.setdefault(target.id, "")
-                    found[target.id] += ast.get_source_segment(source, node)
-    return found
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -105,9 +89,7 @@ MOST_REMOVED = {PAIRS[0]: 9, PAIRS[1]: 25, PAIRS[2]: 7}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds_its_idea(before, after):
-    removed, added = removed_and_added(
-        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
-    )
+    removed, added = step_changes(before, after)
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) >= 15, "\n".join(added)
 

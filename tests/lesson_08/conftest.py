@@ -11,6 +11,7 @@ from research_agent.tools import build_agent
 from support.mcp_servers import NOTES_SERVER, gateway, tool_server
 from support.ports import free_port
 from tests.support.agent import make_settings
+from tests.support.mcp_catalog import gateway_catalog
 from tests.support.mcp_clients import HOSTILE_SERVER
 
 # Run by lesson 08's own environment (mcp 2.x), one pytest per file: test_gateway_env.py.
@@ -112,26 +113,12 @@ def agent_on_a_port(notes) -> AgentOnAPort:
     return AgentOnAPort(agent, port, catalog)
 
 
-def catalog(notes, hostile) -> dict:
-    return {
-        "servers": [
-            {"name": "notes", "url": notes.url + "/mcp"},
-            {"name": "hostile", "url": hostile.url + "/mcp"},
-        ],
-        "clients": {
-            "anonymous": {"tools": ["search_notes"]},
-            "agent": {"token_env": "TOKEN_AGENT", "tools": ["search_notes"]},
-            "tester": {"token_env": "TOKEN_TESTER", "tools": ["*"]},
-        },
-    }
-
-
 @pytest.fixture(scope="package")
 def gw(notes, hostile, tmp_path_factory):
     """The gateway in front of both, with short limits so the hostile cases end quickly."""
     work = tmp_path_factory.mktemp("lesson08-gateway")
     with gateway(
-        catalog(notes, hostile),
+        gateway_catalog(notes, hostile),
         work,
         TOKEN_AGENT=AGENT_TOKEN,
         TOKEN_TESTER=TESTER_TOKEN,

@@ -4,7 +4,6 @@ Python of lesson 08's own environment and prints what docs/08-mcp-tools.md shows
 the doc's curl blocks are typed into one bash against it, as a learner's second terminal would.
 tests/lesson_08/gateway_env/test_steps_alike.py compares step 5 with the production gateway."""
 
-import ast
 import os
 import subprocess
 import time
@@ -18,7 +17,7 @@ from support.ports import free_port
 from support.server import offline_environment
 from tests.support.doc_output import printed_as_shown, shown_output
 from tests.support.doc_session import Terminal, differences, section_steps
-from tests.support.steps import removed_and_added
+from tests.support.steps import dropped_names, make_dry_run, step_changes
 
 from .conftest import modern_headers, modern_request
 
@@ -36,29 +35,14 @@ DOC = ROOT / "docs" / "08-mcp-tools.md"
 # What a step may drop of the one before: step 1's port (step 2 serves on a free one).
 DEMO = {"PORT", "main"}
 # make, without rebuilding what `make test` built (the environments) before it runs the tests.
-MAKE = ["make", "--no-print-directory", "-o", ".venv/.lessons", "-o", ".venv/lesson08/.installed"]
-
-
-def definitions(step: str) -> set[str]:
-    found = set()
-    for node in ast.parse((ROOT / step).read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            found.add(node.name)
-        elif isinstance(node, ast.Assign):
-            found |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-    return found
+MADE = ("-o", ".venv/.lessons", "-o", ".venv/lesson08/.installed")
+MAKE = ["make", "--no-print-directory", *MADE]
 
 
 def test_the_steps_are_the_files_make_runs():
     assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/08_step*.py")) == STEPS
     for k, step in enumerate(STEPS, 1):
-        dry = subprocess.run(
-            [*MAKE, "-n", "lesson-08", f"STEP={k}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        dry = make_dry_run(*MADE, "lesson-08", f"STEP={k}")
         assert dry.returncode == 0, dry.stderr
         assert dry.stdout.splitlines()[-1].endswith(f".venv/lesson08/bin/python {step}")
         assert f"Lesson 08, step {k} of 5" in dry.stdout and "docs/08-mcp-tools.md" in dry.stdout
@@ -73,8 +57,8 @@ def test_a_step_that_does_not_exist_is_refused_by_name():
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_keeps_every_name_of_the_one_before(before, after):
-    missing = definitions(before) - DEMO - definitions(after)
-    assert not missing, f"{after} drops {sorted(missing)}"
+    missing = dropped_names(before, after, DEMO)
+    assert not missing, f"{after} drops {missing}"
 
 
 # What each step takes away from the one before: the lines it changes (step 2: step 1's serving;
@@ -84,9 +68,7 @@ MOST_REMOVED = {PAIRS[0]: 7, PAIRS[1]: 6, PAIRS[2]: 7, PAIRS[3]: 2}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
-    removed, added = removed_and_added(
-        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
-    )
+    removed, added = step_changes(before, after)
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) > len(removed)
 

@@ -11,7 +11,6 @@ doc says. The test marked `container` (`make traces-test`) types step 4's blocks
 stack's viewer, Phoenix, behind the ingest, and finds a question's trace there.
 """
 
-import ast
 import os
 import re
 import subprocess
@@ -28,7 +27,7 @@ from support.ports import free_port
 from support.server import offline_environment
 from support.waiting import wait_for
 from tests.support.doc_session import Terminal, differences, section_blocks, section_steps
-from tests.support.steps import removed_and_added
+from tests.support.steps import dropped_names, step_changes
 
 DOC = ROOT / "docs" / "09-traces.md"
 STEPS = [
@@ -66,17 +65,6 @@ def banner(step: int) -> str:
     return done.stdout
 
 
-def definitions(step: str) -> set[str]:
-    """The top-level names a step defines."""
-    found = set()
-    for node in ast.parse((ROOT / step).read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            found.add(node.name)
-        elif isinstance(node, ast.Assign):
-            found |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-    return found
-
-
 def shown(section: str) -> list[tuple[str, str | None]]:
     """The section's shell blocks, each with the output block that follows it."""
     return [
@@ -112,8 +100,8 @@ def test_a_step_that_does_not_exist_is_refused_before_anything_starts():
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_keeps_every_name_of_the_one_before(before, after):
-    missing = definitions(before) - DEMO - definitions(after)
-    assert not missing, f"{after} drops {sorted(missing)}"
+    missing = dropped_names(before, after, DEMO)
+    assert not missing, f"{after} drops {missing}"
 
 
 # What each step may take away from the one before: its docstring's two lines, and step 2's
@@ -124,9 +112,7 @@ MOST_REMOVED = {PAIRS[0]: 4, PAIRS[1]: 13, PAIRS[2]: 6}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
-    removed, added = removed_and_added(
-        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
-    )
+    removed, added = step_changes(before, after)
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) > len(removed)
 

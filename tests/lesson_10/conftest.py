@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import docker
 import httpx
 import psycopg
 import pytest
@@ -15,7 +14,7 @@ from psycopg import sql
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from support.waiting import wait_for
-from tests.support.docker_cli import ContainerStarts
+from tests.support.sandbox_engine import engine_with_image, sandbox_starts_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "code" / "10_durable_runs.py"
@@ -62,17 +61,7 @@ def agent_dsn(postgres_server, postgres_dsn) -> str:
 
 @pytest.fixture(scope="session")
 def engine():
-    try:
-        client = docker.from_env()
-        client.ping()
-        client.images.get(SANDBOX_IMAGE)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"needs Docker and {SANDBOX_IMAGE} for run_python's sandbox: {exc}")
-    yield client
-    for container in client.containers.list(
-        all=True, filters={"label": f"agent-sandbox.owner={OWNER}"}
-    ):
-        container.remove(force=True)
+    yield from engine_with_image(SANDBOX_IMAGE, OWNER)
 
 
 class Api:
@@ -198,12 +187,4 @@ def events(api, run_id: str, token: str, last_id: int = 0) -> list[dict]:
 def sandbox_starts():
     """sandbox_starts() -> the sandbox containers this test process starts from now on, followed
     live; `.per("agent-sandbox.key")` counts them per idempotency key."""
-    watching: list[ContainerStarts] = []
-
-    def watch() -> ContainerStarts:
-        watching.append(ContainerStarts(f"agent-sandbox.owner={OWNER}"))
-        return watching[-1]
-
-    yield watch
-    for watcher in watching:
-        watcher.close()
+    yield from sandbox_starts_of(OWNER)

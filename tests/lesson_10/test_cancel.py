@@ -38,17 +38,9 @@ def test_a_cancel_reaches_a_sandbox_the_engine_makes_late(api_factory, engine, s
         made = len(slow.requests)
         slow.release.set()
         name = f"agent-sandbox-{idempotency_key(run_id, pending['call_id'])}"
-
-        def settled() -> str | None:
-            """What the replica did with the container once the engine made it: start or remove."""
-            for request in slow.requests[made:]:
-                if request.startswith("POST") and request.split("?")[0].endswith("/start"):
-                    return "started"
-                if request.startswith("DELETE") and "/containers/" in request:
-                    return "removed"
-            return None
-
-        outcome = wait_for(settled, timeout=120, what="the late sandbox started or removed")
+        outcome = wait_for(
+            lambda: slow.settled(made), timeout=120, what="the late sandbox started or removed"
+        )
         assert outcome == "removed", slow.requests[made:]
         label = {"label": f"agent-sandbox.request-id={run_id}"}
         wait_for(lambda: engine.containers.list(all=True, filters=label) == [], timeout=30,

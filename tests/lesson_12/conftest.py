@@ -6,14 +6,13 @@ import os
 import secrets
 import sys
 
-import docker
 import pytest
 
 from support.lessons import ROOT
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from tests.support.a2a import A2A, first_task, run, states, user_text
-from tests.support.docker_cli import ContainerStarts
+from tests.support.sandbox_engine import engine_with_image, sandbox_starts_of
 
 SERVER = ROOT / "code" / "12_a2a_server.py"
 # The runner's restrictions need only Python in the image (lesson 10's tests do the same).
@@ -75,17 +74,7 @@ def ask_to_wait(replicas: "Replicas", tokens: dict, replica: int = 0):
 
 @pytest.fixture(scope="session")
 def engine():
-    try:
-        client = docker.from_env()
-        client.ping()
-        client.images.get(SANDBOX_IMAGE)
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"needs Docker and {SANDBOX_IMAGE} for run_python's sandbox: {exc}")
-    yield client
-    for container in client.containers.list(
-        all=True, filters={"label": f"agent-sandbox.owner={OWNER}"}
-    ):
-        container.remove(force=True)
+    yield from engine_with_image(SANDBOX_IMAGE, OWNER)
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +104,4 @@ def replicas(postgres_server, tokens, engine, tmp_path_factory):
 
 @pytest.fixture
 def sandbox_starts():
-    watching: list[ContainerStarts] = []
-
-    def watch() -> ContainerStarts:
-        watching.append(ContainerStarts(f"agent-sandbox.owner={OWNER}"))
-        return watching[-1]
-
-    yield watch
-    for watcher in watching:
-        watcher.close()
+    yield from sandbox_starts_of(OWNER)

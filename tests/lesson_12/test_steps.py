@@ -12,7 +12,6 @@ events. Those runs start a server each, a minute of CPU together: they are `make
 (marker `container`); the checks of the files are `make test`'s.
 """
 
-import ast
 import os
 import re
 import subprocess
@@ -25,7 +24,7 @@ from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from tests.lesson_12.conftest import OWNER, SANDBOX_IMAGE
 from tests.support.doc_session import Terminal, differences, section_steps
-from tests.support.steps import removed_and_added
+from tests.support.steps import dropped_names, make_dry_run, step_changes
 
 DOC = ROOT / "docs" / "12-agents-over-a2a.md"
 STEPS = [
@@ -38,23 +37,9 @@ PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 SECTIONS = {1: "1.", 2: "2.", 3: "3.", 4: "4."}
 
 
-def definitions(step: str) -> set[str]:
-    names = set()
-    for node in ast.parse((ROOT / step).read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-    return names
-
-
 def make_dry(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["make", "--no-print-directory", "-n", "-o", ".venv/.lessons", "-o", "sandbox-image",
-         "-o", "deploy/lesson12/callers", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={**os.environ, "DATABASE_URL": "set"},
-    )  # fmt: skip
+    made = ("-o", ".venv/.lessons", "-o", "sandbox-image", "-o", "deploy/lesson12/callers")
+    return make_dry_run(*made, *args, env={**os.environ, "DATABASE_URL": "set"})
 
 
 def test_the_steps_are_the_files_make_runs():
@@ -85,7 +70,8 @@ def test_steps_3_and_4_say_how_to_get_a_database_first():
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_keeps_every_name_of_the_one_before(before, after):
-    assert not definitions(before) - definitions(after)
+    missing = dropped_names(before, after)
+    assert not missing, f"{after} drops {missing}"
 
 
 # What each step may take away: the lines it changes (step 2: the run, to go on from a decision;
@@ -95,9 +81,7 @@ MOST_REMOVED = {PAIRS[0]: 8, PAIRS[1]: 10, PAIRS[2]: 6}
 
 @pytest.mark.parametrize("before, after", PAIRS)
 def test_the_next_step_mostly_adds(before, after):
-    removed, added = removed_and_added(
-        (ROOT / before).read_text(encoding="utf-8"), (ROOT / after).read_text(encoding="utf-8")
-    )
+    removed, added = step_changes(before, after)
     assert len(removed) <= MOST_REMOVED[(before, after)], "\n".join(removed)
     assert len(added) > len(removed)
 

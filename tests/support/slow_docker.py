@@ -25,6 +25,17 @@ class SlowDocker:
         self.release.set()
         self.listener.close()
 
+    def settled(self, since: int) -> str | None:
+        """What the replica did with the held container once the engine made it, seen in the
+        requests from the `since`-th on (how many there were at the release): "started" or
+        "removed", or None while it did neither."""
+        for request in self.requests[since:]:
+            if request.startswith("POST") and request.split("?")[0].endswith("/start"):
+                return "started"
+            if request.startswith("DELETE") and "/containers/" in request:
+                return "removed"
+        return None
+
     def _accept(self) -> None:
         while True:
             try:

@@ -6,6 +6,7 @@ course's pytest leaves this folder alone (tests/lesson_08/conftest.py)."""
 import pytest
 
 from support.mcp_servers import NOTES_SERVER, REPO, gateway, tool_server
+from tests.support.mcp_catalog import gateway_catalog
 
 HOSTILE_SERVER = REPO / "tests" / "support" / "mcp_hostile_server.py"
 PYTHON_SERVER = REPO / "code" / "08_python_server.py"
@@ -29,20 +30,9 @@ def hostile(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gw(notes, hostile, tmp_path_factory):
     """The gateway in front of both, with the course's two clients and the anonymous one."""
-    catalog = {
-        "servers": [
-            {"name": "notes", "url": notes.url + "/mcp"},
-            {"name": "hostile", "url": hostile.url + "/mcp"},
-        ],
-        "clients": {
-            "anonymous": {"tools": ["search_notes"]},
-            "agent": {"token_env": "TOKEN_AGENT", "tools": ["search_notes"]},
-            "tester": {"token_env": "TOKEN_TESTER", "tools": ["*"]},
-        },
-    }
     work = tmp_path_factory.mktemp("gateway")
     with gateway(
-        catalog,
+        gateway_catalog(notes, hostile),
         work,
         TOKEN_AGENT=AGENT_TOKEN,
         TOKEN_TESTER=TESTER_TOKEN,
