@@ -16,8 +16,6 @@ from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from tests.support.mcp_clients import log_lines, sdk_session
 
-pytestmark = pytest.mark.xdist_group("lesson08")
-
 
 def notes_on(port: int, log) -> ServerProcess:
     return ServerProcess(
@@ -143,6 +141,7 @@ async def slow_calls_at_once(url: str, queries: list[str]) -> list[tuple[bool, s
         return await asyncio.gather(*(call(0.3 * i, q) for i, q in enumerate(queries)))
 
 
+@pytest.mark.xdist_group("lesson08")  # with the tests that share the hostile server
 def test_a_broken_connection_fails_only_the_call_it_carried(hostile, tmp_path):
     """One of the gateway's requests to a server meets a reset connection while another call is in
     flight on the same session: that one call fails, saying so, and the other is answered (the

@@ -9,7 +9,6 @@ import contextlib
 import time
 
 import httpx
-import pytest
 
 from support.mcp_servers import gateway, tool_server
 from tests.support.mcp_clients import HOSTILE_SERVER, log_lines, sdk_session
@@ -17,7 +16,7 @@ from tests.support.redis import RedisServer
 
 from .conftest import INITIALIZE, MCP_HEADERS, OPERATOR_TOKEN, agent_on_a_port, bearer, operator
 
-pytestmark = pytest.mark.xdist_group("lesson08")
+# Its own servers on free ports: no group, so `make test` runs it beside lesson 08's shared ones.
 
 TESTER = "tester-token-for-the-replicas"
 RECHECK = 1  # seconds: a re-pin through one gateway reaches the other within it

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 FLOOD_BYTES = int(os.environ.get("FLOOD_BYTES", 50 * 1024 * 1024))
-BOMB_BYTES = int(os.environ.get("BOMB_BYTES", 400 * 1024 * 1024))
+BOMB_BYTES = int(os.environ.get("BOMB_BYTES", 0))  # 0: no bomb (seconds of CPU to make one)
 HOST = os.environ.get("HOST", "127.0.0.1")
 security = TransportSecuritySettings(
     allowed_hosts=["127.0.0.1:*", "localhost:*", f"{HOST}:*", "*"],
@@ -155,7 +155,7 @@ def hostile_wire(app):
     (`Content-Encoding: gzip`); GET /stream sends events until the client goes. The bomb is
     made before the server listens (seconds of CPU on a busy machine: made on the first call, it
     took that call past the gateway's timeout)."""
-    bomb = Bomb(BOMB_BYTES)
+    bomb = Bomb(BOMB_BYTES) if BOMB_BYTES else None
 
     async def wire(scope, receive, send):
         if scope["type"] == "http" and scope["path"] == "/stream":
@@ -171,7 +171,8 @@ def hostile_wire(app):
             message = await receive()
             body, more = body + message.get("body", b""), message.get("more_body", False)
         request = json.loads(body or b"{}")
-        if request.get("method") == "tools/call" and request["params"].get("name") == "bomb":
+        is_call = request.get("method") == "tools/call"
+        if bomb is not None and is_call and request["params"].get("name") == "bomb":
             headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": bomb.answer(request["id"])})
