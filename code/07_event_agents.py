@@ -149,12 +149,15 @@ class Consumer:
         # Unique per process start: a restarted container is a new consumer, visible in the trace.
         self.name = f"{group}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.stopping = False
+        self.cursor = "0-0"  # where the next look at the pending list starts (next_message)
 
     async def next_message(self) -> tuple[str, dict, int] | None:
-        """A message idle past the visibility timeout first (claimed), else a new one."""
+        """A message idle past the visibility timeout first (claimed), else a new one. The pending
+        list is scanned from where the last look stopped: Redis looks at ten entries for each one
+        asked for, so restarting at 0-0 would never reach an idle entry behind ten busy ones."""
         r = self.bus.redis
-        _, claimed, _ = await r.xautoclaim(
-            self.topic, self.group, self.name, self.settings.visibility_timeout_ms, "0-0", count=1
+        self.cursor, claimed, _ = await r.xautoclaim(
+            self.topic, self.group, self.name, self.settings.visibility_timeout_ms, self.cursor, 1
         )
         if claimed:
             message_id, fields = claimed[0]

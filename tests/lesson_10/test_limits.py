@@ -236,7 +236,7 @@ def test_cancelling_a_running_run_stops_its_sandbox(api, engine):
     with api.client(token) as c:
         assert c.delete(f"/v1/runs/{run_id}").status_code == 200
     wait_for(
-        lambda: engine.containers.list(all=True, filters=label) == [],
+        lambda: engine.containers.list(all=True, filters=label, sparse=True) == [],
         timeout=60,
         what="the cancelled run's sandbox removed",
     )
