@@ -221,6 +221,10 @@ def identify(clients: dict, authorization: str | None) -> str:
 
 # What the gateway took out of an anonymous caller's `_meta` for the request running now.
 WITHHELD = contextvars.ContextVar[dict | None]("withheld_meta", default=None)
+# The time limit of the call being made, while it runs: opening its server's session (a cold
+# start of the server's container, under START_SECONDS of its own) pushes it back by the time
+# that took (upstream.py), so the limit is for the tool's answer, not for Docker.
+CALL_LIMIT = contextvars.ContextVar[anyio.CancelScope | None]("call_limit", default=None)
 PROTOCOL_META = "io.modelcontextprotocol/"  # the protocol's own keys: version, client, ...
 
 
@@ -308,9 +312,13 @@ class CallPolicy(Middleware):
                 outcome = "refused_pin"
                 raise ToolError(self.pins.refused[tool])
             try:
-                with anyio.fail_after(self.timeout):  # a wait for a free slot counts too
-                    async with self.running[client]:
-                        result = await call_next(context)
+                with anyio.fail_after(self.timeout) as limit:  # a wait for a slot counts too
+                    token = CALL_LIMIT.set(limit)
+                    try:
+                        async with self.running[client]:
+                            result = await call_next(context)
+                    finally:
+                        CALL_LIMIT.reset(token)
             except TimeoutError:
                 outcome = "timeout"
                 raise ToolError(

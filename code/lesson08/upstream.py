@@ -7,7 +7,7 @@ import time
 
 from fastmcp.client.transports import StreamableHttpTransport
 
-from lesson08.call_limits import KeptClient, capped_client_factory
+from lesson08.call_limits import CALL_LIMIT, KeptClient, capped_client_factory
 from lesson08.catalog import ServerEntry
 from lesson08.pinning import ListChanged
 
@@ -28,13 +28,29 @@ class Upstream:
         async with self.lock:
             client = self.client
             if client is None or not client.is_connected():
-                url = self.entry.url or await self.launcher.url_for(self.entry)  # starts it
-                factory = capped_client_factory(self.max_result_bytes)
-                transport = StreamableHttpTransport(url, httpx_client_factory=factory)
-                client = self.client = KeptClient(transport, message_handler=self.changed)
-                await client.__aenter__()
+                with self._not_the_calls_time():
+                    url = self.entry.url or await self.launcher.url_for(self.entry)  # starts it
+                    factory = capped_client_factory(self.max_result_bytes)
+                    transport = StreamableHttpTransport(url, httpx_client_factory=factory)
+                    client = self.client = KeptClient(transport, message_handler=self.changed)
+                    await client.__aenter__()
             self.launcher.touch(self.entry)
         return client
+
+    @contextlib.contextmanager
+    def _not_the_calls_time(self):
+        """Opening the session (the server's container started if it was not running) is not
+        counted against the time limit of the call that needed it: the limit is pushed back by
+        the start's own bound while it runs, then by the time it took."""
+        limit, began = CALL_LIMIT.get(), time.monotonic()
+        bound = self.launcher.START_SECONDS + 30  # the start, then the session's opening
+        if limit is not None:
+            limit.deadline += bound
+        try:
+            yield
+        finally:
+            if limit is not None:
+                limit.deadline -= bound - min(time.monotonic() - began, bound)
 
     def kept(self) -> KeptClient | None:
         """The open session, for the timer's pin check: it starts no server, and leaves the
