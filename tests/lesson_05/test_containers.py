@@ -158,7 +158,10 @@ def test_the_api_restarts_mid_run_and_its_clients_resume(api_process, stack):
     first = api_process(OFFLINE_TOKEN_DELAY_MS=80)
     run_id = start_run(first.url, variations=2)["run_id"]
     listener = Listener(first.url, run_id)
-    wait_for(lambda: token_from(1)(listener.events), timeout=90, what="a token from variation 1")
+    # A token from each variation: both containers exist (on a busy machine the second create can
+    # still be in flight when the first variation speaks, and a stop then leaves one container).
+    both = lambda events: token_from(0)(events) and token_from(1)(events)  # noqa: E731
+    wait_for(lambda: both(listener.events), timeout=90, what="a token from each variation")
     assert first.stop() in (0, -15)  # SIGTERM: uvicorn ends the open stream and exits
     listener.join(30)
     assert not listener.is_alive() and listener.events[-1][1] != "run_done"
