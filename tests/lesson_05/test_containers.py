@@ -155,7 +155,9 @@ class Listener(threading.Thread):
 
 
 def test_the_api_restarts_mid_run_and_its_clients_resume(api_process, stack):
-    first = api_process(OFFLINE_TOKEN_DELAY_MS=80)
+    # 300 ms a token: no variation ends within the stop's 5 s, in which open event streams are
+    # given time to end and the reaper still removes a finished variation's container.
+    first = api_process(OFFLINE_TOKEN_DELAY_MS=300)
     run_id = start_run(first.url, variations=2)["run_id"]
     listener = Listener(first.url, run_id)
     # A token from each variation: both containers exist (on a busy machine the second create can

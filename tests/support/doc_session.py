@@ -73,6 +73,9 @@ class Terminal:
     """One bash, its output and errors read together: `run(commands)` returns what they printed."""
 
     def __init__(self, cwd: Path, env: dict[str, str]):
+        # A learner's shell, not a make's: a `make` typed in it prints no "Entering directory"
+        # lines because the test itself runs under `make pubsub-test` (MAKELEVEL, MAKEFLAGS).
+        env = {k: v for k, v in env.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
         self.process = subprocess.Popen(
             ["bash", "--noprofile", "--norc"], cwd=cwd, env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
