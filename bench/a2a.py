@@ -46,7 +46,7 @@ DELAY_MS = 15  # the research agent's default offline pace
 def server(dsn: str, callers: Path, **settings) -> ServerProcess:
     port = free_port()
     env = offline_environment(
-        DATABASE_URL=dsn, PORT=port, ALLOWED_HOSTS=f'["127.0.0.1:{port}"]',
+        DATABASE_URL=dsn, PORT=port, ALLOWED_HOSTS='["127.0.0.1"]',  # a name: no port
         A2A_CALLERS_FILE=callers, OFFLINE_TOKEN_DELAY_MS=DELAY_MS, **settings,
     )  # fmt: skip
     return ServerProcess([sys.executable, "code/12_a2a_server.py"], cwd=ROOT, env=env, port=port,

@@ -65,7 +65,7 @@ def scenario_executor(kit: Path, python: Path, work: Path) -> Path:
 
 
 def override(work: Path, module: Path, callers: Path) -> Path:
-    hosts = f'["127.0.0.1:{PROXY_PORT}", "127.0.0.1:{EDGE_PORT}", "edge:8080"]'
+    hosts = '["127.0.0.1", "edge"]'  # names, as AllowedHostsMiddleware reads them
     agent = f"""
     environment:
       A2A_AGENT: tck_executor:TckAgentExecutor
