@@ -147,9 +147,6 @@ def test_compose_v2_is_asked_of_docker_compose_version_not_read_from_an_error(
 
 # What a program sees and how it ends: printed to its log, compared between `python script.py`
 # (subprocess) and the same script forked ready-imported (support.zygote, what ServerProcess uses).
-# Its Ctrl+C is raise_signal, which signals the main thread itself: os.kill(getpid()) may be taken
-# by the other thread, and then the main thread's sleep runs out and the module ends before Python
-# runs the handler (exit 0 instead of -2, seen under load).
 PROGRAM = """
 import atexit, json, os, signal, sys, threading, time
 how = sys.argv[1]
@@ -172,7 +169,7 @@ if how == "wait":
     print("waiting", flush=True)
     time.sleep(30)
 if how == "ctrl-c":
-    signal.raise_signal(signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
     time.sleep(5)
 """
 
