@@ -1,6 +1,7 @@
 """Fixtures every lesson's tests share; the helpers themselves live in tests/support/."""
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -14,6 +15,15 @@ from support.server import ServerProcess, offline_environment
 from tests.support.docker_cli import docker
 from tests.support.redis import RedisServer
 from tests.support.variation_workers import LiveServer, ProcessWorkers, start_forkserver
+
+
+def pytest_configure(config):
+    """Ctrl+C as a learner's terminal has it. A shell starts a background command (`make test &`)
+    with SIGINT ignored, and every process a test then starts inherits that: a server the test
+    interrupts would shrug Ctrl+C off, as no learner's does. Python's own handler again, so what the
+    tests start gets SIGINT's default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
