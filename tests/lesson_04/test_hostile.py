@@ -23,6 +23,7 @@ import pytest
 from docker.constants import DEFAULT_MAX_POOL_SIZE
 
 from research_agent.sandbox import sweep
+from research_agent.sandbox.exit import Ending, EndWatch
 from research_agent.sandbox.runner import (
     LABEL,
     MASKED_PATHS,
@@ -225,6 +226,28 @@ def test_memory_bomb_is_oom_killed(server, engine, runtime):
     # program inside it: Docker then reports the exit without its OOMKilled flag.
     assert result["exit_code"] == 137 and result["timed_out"] is False
     assert containers(engine, server.owner, request_id) == []
+
+
+def test_oom_killed_is_the_kernels_count_when_the_engines_event_is_missing(
+    server, runtime, monkeypatch
+):
+    """On a busy machine the engine sometimes sends no `oom` event for a container the OOM killer
+    struck; the watchdog's last line still says so, from its cgroup's own count. A program that
+    kills itself with SIGKILL ends with 137 too, and is not reported as out of memory."""
+    if runtime != "runc":
+        pytest.skip("an in-process runner on the default runtime (runc): once for the suite")
+    with_events = EndWatch.ending
+    monkeypatch.setattr(
+        EndWatch, "ending", lambda self: Ending(with_events(self).exit_code, oom_killed=False)
+    )
+    runner = SandboxRunner(SandboxConfig(owner=server.owner))
+    try:
+        bomb = runner.run("chunks = []\nwhile True:\n    chunks.append(bytearray(8 << 20))", 20)
+        killed = runner.run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", 20)
+    finally:
+        runner.close()
+    assert (bomb.exit_code, bomb.oom_killed, bomb.timed_out) == (137, True, False)
+    assert (killed.exit_code, killed.oom_killed, killed.timed_out) == (137, False, False)
 
 
 @FRESH_AND_POOLED

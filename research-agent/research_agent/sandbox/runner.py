@@ -327,10 +327,11 @@ class SandboxRunner:
         raw = sock._sock  # the SDK hands back a SocketIO; sending and half-closing need the socket
         output = {1: bytearray(), 2: bytearray()}  # stdout, stderr
         limit, flooded, timed_out = self.config.max_output_bytes, False, threading.Event()
-        # The watchdog's last line on each stream: a token the program never sees, and the exit.
+        # The watchdog's last line on each stream: a token the program never sees, the exit code,
+        # and 1 if the OOM killer struck in the container during the run.
         token = secrets.token_hex(8).encode()
-        last_line = re.compile(rb"\x00" + token + rb" (\d+)\n")
-        exits: dict[int, int] = {}
+        last_line = re.compile(rb"\x00" + token + rb" (\d+) ([01])\n")
+        exits: dict[int, tuple[int, bool]] = {}
 
         def on_timeout() -> None:
             timed_out.set()
@@ -362,16 +363,18 @@ class SandboxRunner:
                     threading.Thread(target=kill, args=(container,), daemon=True).start()
                 found = last_line.search(kept, max(0, len(kept) - len(data) - LAST_LINE_ROOM))
                 if found:
-                    exits[stream] = int(found[1])
+                    exits[stream] = (int(found[1]), found[2] == b"1")
                     del kept[found.start() :]
                 if len(exits) == 2:  # all the program wrote is here: the answer needs no more
                     break
             duration_ms = (time.monotonic() - begin) * 1000  # the output ends as the program does
-            code_seen = exits.get(1)
+            code_seen, oom_seen = exits.get(1, (None, False))
             if code_seen is not None and code_seen < 128 and not (flooded or timed_out.is_set()):
                 ended = Ending(code_seen, False)  # it exited by itself: no kill, no OOM
             else:
                 ended = end.ending()
+                # The kernel's count, read by the watchdog: the engine's `oom` event can be missing.
+                ended = Ending(ended.exit_code, ended.oom_killed or oom_seen)
         finally:
             deadline.cancel()
             backstop.cancel()

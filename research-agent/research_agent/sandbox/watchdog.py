@@ -15,7 +15,9 @@ program goes to it through the pipe, and its CPU limit is set then, from the run
 
 When the program ends, every other process of the container is killed, and the exit code goes to
 the runner after the program's last output, on stdout and on stderr, behind the token the first
-line carried: the runner answers then, without waiting for the container to exit. The program never
+line carried, with whether the kernel's OOM killer struck in the container during the run (its
+cgroup's own `oom_kill` count, which the engine's `oom` event does not always report on a busy
+machine): the runner answers then, without waiting for the container to exit. The program never
 sees the token (it is read here, byte by byte, and this process is not dumpable), so it cannot end
 its own run early with a made-up exit code.
 
@@ -34,6 +36,20 @@ import signal
 import sys
 
 PR_SET_DUMPABLE = 4
+# Where the container's cgroup counts its OOM kills: cgroup v2, then v1.
+OOM_COUNTS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def oom_kills():
+    """How many processes the OOM killer has killed in this container; None where no cgroup file
+    says (gVisor's)."""
+    for path in OOM_COUNTS:
+        with contextlib.suppress(OSError, ValueError), open(path) as counts:
+            for line in counts:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return None
 
 
 def main(idle: float) -> None:
@@ -69,6 +85,7 @@ def main(idle: float) -> None:
         line += byte
     deadline, *token = line.split()
     deadline = float(deadline)
+    kills = oom_kills()
     signal.setitimer(signal.ITIMER_REAL, deadline)  # the run's clock starts with its first byte
     # The run's own CPU limit, at most the container's (a pooled one was made for the default).
     cpu, hard = math.ceil(deadline), resource.getrlimit(resource.RLIMIT_CPU)[1]
@@ -89,10 +106,12 @@ def main(idle: float) -> None:
             code = code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signal.SIGKILL)  # what the program left running ends with it
+            now = oom_kills()
+            oom = int(kills is not None and now is not None and now > kills)
             if token:  # after the program's last output, on each stream: how it ended
                 for stream in (1, 2):
                     with contextlib.suppress(OSError):
-                        os.write(stream, b"\x00%s %d\n" % (token[0], code))
+                        os.write(stream, b"\x00%s %d %d\n" % (token[0], code, oom))
             os._exit(code)
 
 
