@@ -65,11 +65,11 @@ def scenario_executor(kit: Path, python: Path, work: Path) -> Path:
 
 
 def override(work: Path, module: Path, callers: Path) -> Path:
-    hosts = '["127.0.0.1", "edge"]'  # names, as AllowedHostsMiddleware reads them
+    # The hosts are the stack's own (ALLOWED_HOSTS in compose.yaml): the proxy passes on the kit's
+    # Host, 127.0.0.1:PORT, and the edge's check asks for localhost.
     agent = f"""
     environment:
       A2A_AGENT: tck_executor:TckAgentExecutor
-      ALLOWED_HOSTS: '{hosts}'
     volumes:
       - {module}:/app/lesson12/tck_executor.py:ro
       - {callers}:/run/lesson12/callers:ro
