@@ -2,7 +2,7 @@
 
 An excerpt is an HTML comment followed at once by a fenced code block:
 
-    <!-- include: code/01_step1_api.py#lifespan -->
+    <!-- include: code/lesson01/step1_api.py#lifespan -->
     ```python
     ...rewritten by this script...
     ```
@@ -23,7 +23,7 @@ contains another excerpt's markers shows none of them.
 
 A diff between two such selections (a lesson step against the one before) works the same way:
 
-    <!-- include-diff: code/01_step1_api.py#invoke code/01_step4_errors.py#invoke -->
+    <!-- include-diff: code/lesson01/step1_api.py#invoke code/lesson01/step4_errors.py#invoke -->
     ```diff
     ...the unified diff of the two, rewritten by this script...
     ```

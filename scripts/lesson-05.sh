@@ -3,8 +3,9 @@
 # reach Redis by name and the API reaches it on a loopback port.
 #
 # Usage: scripts/lesson-05.sh up      create them (or reuse them), print REDIS_URL=... lines
-#        scripts/lesson-05.sh serve   up, then run code/05_variations_api.py in the foreground
-#        scripts/lesson-05.sh run FILE   up, then run FILE (a step of docs/05) with up's values
+#        scripts/lesson-05.sh serve   up, then run code/lesson05/variations_api.py in the foreground
+#        scripts/lesson-05.sh run MODULE   up, then python -m MODULE (a step of docs/05) with up's
+#                                          values (a FILE.py instead, a changed copy: python FILE.py)
 #        scripts/lesson-05.sh down    remove the workers, Redis and the network (disconnect the ingest)
 # Env:   NAME          prefix of everything created (default lesson-05; the tests use their own)
 #        WORKER_IMAGE  the image the workers run (default research-agent:lesson-05)
@@ -43,7 +44,7 @@ find_viewer() {
 
 # The API runs on this machine and sends to the viewer's loopback port (the viewer is yours). The
 # workers are treated as hostile: they get lesson 09's ingest, which takes spans and nothing else
-# (deploy/lesson09/ingest.cfg), connected to this network; the viewer itself is on a network of
+# (code/lesson09/ingest.cfg), connected to this network; the viewer itself is on a network of
 # its own that no worker joins. No host address is involved: the same on Docker Engine and Desktop.
 traces() {
   local ingest_name ip published
@@ -145,7 +146,12 @@ case ${1:-} in
     eval "$values"
     WORKER_IMAGE=${WORKER_IMAGE:-research-agent:lesson-05}
     set +a
-    [ "$1" = serve ] || exec "$python" "${2:?which file to run}"
+    if [ "$1" = run ]; then
+      case ${2:?which module to run} in
+        *.py) exec "$python" "$2" ;;
+        *) exec "$python" -m "$2" ;;
+      esac
+    fi
     echo
     echo "  Lesson 05 on http://${HOST:-127.0.0.1}:${PORT:-8000}  (Ctrl+C stops the API; runs and Redis stay)"
     echo "  API docs:  http://${HOST:-127.0.0.1}:${PORT:-8000}/docs"
@@ -155,7 +161,7 @@ case ${1:-} in
     fi
     echo "  Stop all:  make lesson-05-down   (removes Redis, the network and any worker container)"
     echo
-    exec .venv/bin/python code/05_variations_api.py
+    exec .venv/bin/python -m lesson05.variations_api
     ;;
   *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

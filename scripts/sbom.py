@@ -42,13 +42,13 @@ IMAGES = {
     OPTIMIZED: "lesson 03: Dockerfile.optimized (make build); lessons 05, 08 and 09 run it",
     "agent-sandbox:python": "lesson 04: docker/sandbox (make sandbox-image)",
     "egress-proxy:squid": "lesson 04: docker/egress-proxy (make sbom builds it)",
-    "lesson-07-agents": "lesson 07: docker/lesson07 (make lesson-07-image)",
-    "lesson08-notes": "lesson 08: docker/lesson08 (make lesson-08-images)",
-    "lesson08-python": "lesson 08: docker/lesson08 (make lesson-08-images)",
-    "lesson08-gateway": "lesson 08: docker/lesson08 (make lesson-08-images)",
+    "lesson-07-agents": "lesson 07: code/lesson07 (make lesson-07-image)",
+    "lesson08-notes": "lesson 08: code/lesson08 (make lesson-08-images)",
+    "lesson08-python": "lesson 08: code/lesson08 (make lesson-08-images)",
+    "lesson08-gateway": "lesson 08: code/lesson08 (make lesson-08-images)",
     "lesson09-phoenix:local": "lesson 09: docker/phoenix (make lesson-09-images)",
-    "lesson-10-agent": "lesson 10: docker/lesson10 (make lesson-10-image)",
-    "lesson-12-agent": "lesson 12: docker/lesson12 (make lesson-12-image)",
+    "lesson-10-agent": "lesson 10: code/lesson10 (make lesson-10-image)",
+    "lesson-12-agent": "lesson 12: code/lesson12 (make lesson-12-image)",
 }
 # The images the chart shows: lesson 03's, with the base they start from.
 CHART = ["python:3.11-slim", BASIC, f"research-agent:multistage{SUFFIX}", OPTIMIZED]

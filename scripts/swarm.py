@@ -1,4 +1,5 @@
-"""Lesson 06 on Docker Swarm: deploy deploy/swarm/stack.yml, wait until it serves, remove it again.
+"""Lesson 06 on Docker Swarm: deploy code/lesson06/swarm/stack.yml, wait until it serves, remove it
+again.
 
     python scripts/swarm.py up   [--stack research-agent] [--port 8080]   # make lesson-06
     python scripts/swarm.py down [--stack research-agent]                 # make lesson-06-down
@@ -25,7 +26,7 @@ from pathlib import Path
 import docker
 
 ROOT = Path(__file__).resolve().parents[1]
-STACK_FILE = ROOT / "deploy" / "swarm" / "stack.yml"
+STACK_FILE = ROOT / "code" / "lesson06" / "swarm" / "stack.yml"
 HAPROXY_CFG = STACK_FILE.parent / "haproxy.cfg"
 # The stack's API key when the shell sets no API_KEYS: made once, kept out of git (.gitignore).
 KEY_FILE = STACK_FILE.parent / "api-key"

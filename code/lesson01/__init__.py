@@ -1,5 +1,5 @@
 """Lesson 01's modules, one per topic of docs/01-agent-api.md, imported by its steps
-(code/01_step*.py) and its production version (code/01_production_api.py):
+(code/lesson01/step*.py) and its production version (code/lesson01/production_api.py):
 
     agent.py            step 1: the agent every step serves, a prompt and a chat model
     request_context.py  step 2: an id for every request, and JSON log lines that carry it

@@ -1,8 +1,8 @@
 """Lesson 01: the agent every step serves, a prompt and a chat model (docs/01-agent-api.md, step 1).
 
-The routes of code/01_step*.py talk to `Agent`, never to the model, so they stay the same whatever
-the model is: the offline one, or a real one when OPENAI_API_KEY is set (code/chat_model.py).
-"""
+The routes of code/lesson01/step*.py talk to `Agent`, never to the model, so they stay the same
+whatever the model is: the offline one, or a real one when OPENAI_API_KEY is set
+(code/chat_model.py)."""
 
 from collections.abc import AsyncIterator
 

@@ -13,7 +13,7 @@ The others are its "Going further", one module per topic, which the production A
     warm.py           warm workers: started ahead, each for one variation
     traces.py         a run as one trace, every variation's worker in it (lesson 09)
 
-The production API (code/05_variations_api.py) is where the steps arrive. Its lifespan() composes
-the app: the Orchestrator gets guards.PerClientCaps, redis_access.WorkerUsers, warm.WarmPool and
-recovery.Adoption as collaborators, and traces.trace_launches wraps its launches in spans.
-"""
+The production API (code/lesson05/variations_api.py) is where the steps arrive. Its lifespan()
+composes the app: the Orchestrator gets guards.PerClientCaps, redis_access.WorkerUsers,
+warm.WarmPool and recovery.Adoption as collaborators, and traces.trace_launches wraps its launches
+in spans."""

@@ -1,4 +1,4 @@
-"""Lesson 07's modules, imported by code/07_event_agents.py and code/07_gateway.py:
+"""Lesson 07's modules, imported by code/lesson07/event_agents.py and code/lesson07/gateway.py:
 
 contract.py   the settings, topics, envelope and Redis keys both sides share
 access.py     who may ask the gateway, and how much: the Host, a student's token, the limits

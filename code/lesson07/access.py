@@ -1,7 +1,7 @@
-"""Bounds and access (docs/07, "Bounds and access"): what the gateway (code/07_gateway.py) checks
-before a question is published or an answer read. Who may ask: the Host names in ALLOWED_HOSTS,
-and for what belongs to a student, that student's token (checked first, so that nobody else
-spends the student's questions). How much: ENROLMENTS_PER_MINUTE per client address,
+"""Bounds and access (docs/07, "Bounds and access"): what the gateway (code/lesson07/gateway.py)
+checks before a question is published or an answer read. Who may ask: the Host names in
+ALLOWED_HOSTS, and for what belongs to a student, that student's token (checked first, so that
+nobody else spends the student's questions). How much: ENROLMENTS_PER_MINUTE per client address,
 ASKS_PER_MINUTE per student (moving windows in Redis, the `limits` library) and MAX_BACKLOG
 unanswered questions in all."""
 

@@ -2,7 +2,7 @@
 
 An event that can never succeed goes to `<topic>.deadletter` with the reason and is acked in the
 same transaction, whatever the entry holds; its question is marked failed, unless someone answered
-it first. Called by 07_event_agents.py's Consumer.handle.
+it first. Called by event_agents.py's Consumer.handle.
 """
 
 import json

@@ -3,7 +3,7 @@
 The visibility timeout says when a consumer is presumed dead, and a model call can take longer. So
 while a consumer works on a message it renews its claim every third of the timeout: no idle
 consumer takes over a message whose consumer is alive. One that dies stops renewing, and the message
-is claimed as before (XAUTOCLAIM in 07_event_agents.py's Consumer.next_message).
+is claimed as before (XAUTOCLAIM in event_agents.py's Consumer.next_message).
 """
 
 import asyncio

@@ -1,4 +1,4 @@
-"""Lesson 07's contract, shared by the agents (07_event_agents.py) and the gateway (07_gateway.py):
+"""Lesson 07's contract, shared by the agents (event_agents.py) and the gateway (gateway.py):
 the settings, the topics and what each accepts, the CloudEvents envelope and its validation, the
 Redis keys, the bounds that keep Redis from growing without end, and how progress is read back.
 """
@@ -41,7 +41,7 @@ class Settings(BaseSettings):
 
 
 class AgentSettings(Settings):
-    """The agents' (07_event_agents.py): delivery, the model, the trace, the dead letters."""
+    """The agents' (event_agents.py): delivery, the model, the trace, the dead letters."""
 
     # `make lesson-07-trace` passes TRACE_ALL empty when it is not set: empty is the default.
     model_config = SettingsConfigDict(env_ignore_empty=True)
@@ -66,7 +66,7 @@ class AgentSettings(Settings):
 
 
 class GatewaySettings(Settings):
-    """The gateway's (07_gateway.py): where it listens and what it admits."""
+    """The gateway's (gateway.py): where it listens and what it admits."""
 
     host: str = "127.0.0.1"
     port: int = 8070
@@ -152,9 +152,9 @@ TRACEPARENT = r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"
 
 class CloudEvent(BaseModel):
     """A CloudEvents 1.0 envelope, the format Dapr wraps every pub/sub message in: the steps'
-    model (code/07_step1_topics.py), with the attributes Dapr writes and the extensions we read.
-    Strict about what it names (a string is a string, of at most MAX_ID_CHARS); other extension
-    attributes pass through."""
+    model (code/lesson07/step1_topics.py), with the attributes Dapr writes and the extensions we
+    read. Strict about what it names (a string is a string, of at most MAX_ID_CHARS); other
+    extension attributes pass through."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -2,7 +2,7 @@
 
 Progress reads its own state (the streak needs the last day a student asked, the struggle count its
 previous value), so its effect is a Lua script of its own, with the same dedup check first and the
-processed record last as APPLY_ONCE in 07_event_agents.py. The struggle alert is published inside
+processed record last as APPLY_ONCE in event_agents.py. The struggle alert is published inside
 the script, when the debug count on a topic reaches STRUGGLE_THRESHOLD.
 """
 

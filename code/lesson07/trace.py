@@ -1,5 +1,5 @@
 """Lesson 07: the trace, every delivery and outcome as it happens (`make lesson-07-trace`, which
-runs `python 07_event_agents.py trace`). The consumers write it (Bus.trace); this reads it."""
+runs `python -m lesson07.event_agents trace`). The consumers write it (Bus.trace); this reads it."""
 
 import time
 

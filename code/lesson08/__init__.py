@@ -1,6 +1,7 @@
-"""Lesson 08's modules, imported by its numbered scripts: the gateway (code/08_mcp_gateway.py),
-the tool servers (code/08_notes_server.py, code/08_python_server.py) and the Docker guard
-(code/08_docker_guard.py), which Compose runs in front of each caller that needs Docker:
+"""Lesson 08's modules, imported by its numbered scripts: the gateway
+(code/lesson08/mcp_gateway.py),
+the tool servers (code/lesson08/notes_server.py, code/lesson08/python_server.py) and the Docker
+guard (code/lesson08/docker_guard.py), which Compose runs in front of each caller that needs Docker:
 
 catalog.py             which tool servers exist, how each runs, which client may call what
 launcher.py            tool servers started on demand, limited, and stopped when idle

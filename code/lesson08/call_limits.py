@@ -10,10 +10,8 @@
 - a burst guard in front of it all: POSTs in flight per client and in total are bounded; beyond
   that the answer is 429 or 503 with Retry-After, at once. A call counts as in flight until its
   answer is sent, not until its stream closes;
-- a tool server's answer read up to the result cap, never more: a POST's answer is counted as it
-  arrives, an encoded one (gzip, ...) refused, since it would be inflated past any count of its
-  bytes, and a server's GET stream cut at the same cap (CappedTransport); one broken connection to
-  a server fails the one request it carried, not every call on the gateway's client to it.
+- and what comes back from a tool server is capped on the way in by the gateway's client to it
+  (lesson08/upstream.py, which this module hands each call's time limit to).
 """
 
 import contextvars
@@ -27,14 +25,19 @@ import time
 import uuid
 
 import anyio
-import httpx2
-from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from fastmcp.server.dependencies import get_http_headers
 from fastmcp.server.middleware import Middleware
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+)
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.responses import JSONResponse
 
+from lesson08 import upstream
+from lesson08.upstream import TOO_LARGE
 from research_agent import HeldSlots, error_body  # what is held at once; the error shape
 
 logger = logging.getLogger("mcp_gateway")
@@ -61,7 +64,6 @@ REFUSED = Counter(
 )
 
 
-TOO_LARGE = "larger than the gateway's limit"
 SHOWN = 64  # characters of a client-chosen text (tool name, request id) in a log line
 OTHER = "other"  # the metric label of every tool name the gateway never listed
 
@@ -69,144 +71,6 @@ OTHER = "other"  # the metric label of every tool name the gateway never listed
 def cut(text: str, limit: int = SHOWN) -> str:
     """A client-chosen text as logged: at most `limit` characters, marked when cut."""
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-# A connection that broke after it was made (reset, closed mid-answer): what it carried may or may
-# not have run. A server that cannot be reached at all (ConnectError) fails the call, and the next
-# use opens the client again.
-BROKEN = (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError)
-IDENTITY = ("", "identity")  # the only Content-Encoding an answer may have
-
-
-class CappedTransport(httpx2.AsyncHTTPTransport):
-    """What a tool server sends the gateway is bounded by `limit` bytes, as they arrive:
-
-    - each answer to a POST (one MCP request) is read up to `limit` bytes, never more: a server
-      that sends 50 MB costs the gateway `limit` bytes, and the caller gets a JSON-RPC error for
-      that request instead of the answer;
-    - an answer is never decoded: the request asks for `Accept-Encoding: identity`, and an answer
-      that comes encoded anyway (gzip, br, zstd) is refused unread, since 1 MB of gzip inflates to
-      a gigabyte, past any cap on the bytes that came;
-    - a GET (a server's stream of notifications, in the handshake era) is cut after `limit` bytes.
-
-    A POST whose connection breaks gets a JSON-RPC error too, for that request alone: an
-    exception there would reach every call the gateway's client has in flight to that server."""
-
-    def __init__(self, limit: int, **kwargs):
-        super().__init__(**kwargs)
-        self.limit = limit
-
-    async def handle_async_request(self, request):
-        request.headers["accept-encoding"] = "identity"
-        if request.method != "POST":
-            response = await super().handle_async_request(request)
-            if response.headers.get("content-encoding", "").lower() not in IDENTITY:
-                await response.aclose()
-                return httpx2.Response(406, request=request)
-            response.stream = CappedStream(response.stream, self.limit)
-            return response
-        try:
-            response = await super().handle_async_request(request)
-            chunks, size = [], 0
-            try:
-                if response.headers.get("content-encoding", "").lower() not in IDENTITY:
-                    encoding = response.headers["content-encoding"][:32]
-                    return self._error(request, f"answer encoded ({encoding}): refused unread")
-                async for chunk in response.stream:
-                    size += len(chunk)
-                    if size > self.limit:
-                        return self._error(request, f"answer {TOO_LARGE} of {self.limit:,} bytes")
-                    chunks.append(chunk)
-            finally:
-                await response.stream.aclose()
-        except BROKEN as exc:
-            logger.warning(json.dumps({"event": "upstream_broken", "error": type(exc).__name__}))
-            return self._error(
-                request,
-                f"the connection to the tool server broke before it answered "
-                f"({type(exc).__name__}); the call may or may not have run",
-            )
-        return httpx2.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=httpx2.ByteStream(b"".join(chunks)),
-            extensions=response.extensions,
-        )
-
-    def _error(self, request, message: str) -> httpx2.Response:
-        """The JSON-RPC error the server could have sent for this request; a notification (no
-        id) expects no answer: 202, as a server gives."""
-        try:
-            body = json.loads(request.content)
-            request_id = body.get("id")
-        except (ValueError, AttributeError):
-            body, request_id = None, None
-        if isinstance(body, dict) and "method" in body and "id" not in body:
-            return httpx2.Response(202)
-        return httpx2.Response(
-            200,
-            json={
-                "jsonrpc": "2.0",
-                "id": request_id,
-                "error": {"code": -32001, "message": message},
-            },
-        )
-
-
-class CappedStream(httpx2.AsyncByteStream):
-    """A server's stream, ended after `limit` bytes (the client sees the stream close)."""
-
-    def __init__(self, stream, limit: int):
-        self.stream, self.limit = stream, limit
-
-    async def __aiter__(self):
-        size = 0
-        async for chunk in self.stream:
-            size += len(chunk)
-            if size > self.limit:
-                logger.warning(json.dumps({"event": "upstream_stream_cut", "bytes": self.limit}))
-                return
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
-class KeptClient(Client):
-    """The gateway's client to one tool server, kept open between calls. It counts the uses
-    running on it (each call and each pin check enters it with `async with`), so the idle sweep
-    can leave it alone while a request runs on it."""
-
-    uses = 0  # the one that keeps it open, and those running now
-
-    async def __aenter__(self):
-        client = await super().__aenter__()
-        self.uses += 1
-        return client
-
-    async def __aexit__(self, *exc_info):
-        self.uses -= 1
-        return await super().__aexit__(*exc_info)
-
-    @property
-    def in_use(self) -> bool:
-        return self.uses > 1
-
-
-def capped_client_factory(limit: int):
-    """An httpx_client_factory for FastMCP's StreamableHttpTransport."""
-
-    def factory(**kwargs) -> httpx2.AsyncClient:
-        # No read timeout of httpx's own (its default is 5 s, which would cut a slow tool first
-        # with a vaguer error): CallPolicy's per-call timeout bounds every call.
-        kwargs["timeout"] = httpx2.Timeout(30.0, read=None)
-        # An idle connection is dropped after 2 s, before the server drops it: uvicorn (the SDK's
-        # servers) closes one idle for 5 s, and a request sent on it as the server closes it
-        # meets a reset.
-        transport = CappedTransport(limit, limits=httpx2.Limits(keepalive_expiry=2.0))
-        return httpx2.AsyncClient(transport=transport, **kwargs)
-
-    return factory
 
 
 def identify(clients: dict, authorization: str | None) -> str:
@@ -219,31 +83,43 @@ def identify(clients: dict, authorization: str | None) -> str:
     return "anonymous"
 
 
-# What the gateway took out of an anonymous caller's `_meta` for the request running now.
+# What the gateway took out of a caller's `_meta` for the request running now.
 WITHHELD = contextvars.ContextVar[dict | None]("withheld_meta", default=None)
-# The time limit of the call being made, while it runs: opening its server's session (a cold
-# start of the server's container, under START_SECONDS of its own) pushes it back by the time
-# that took (upstream.py), so the limit is for the tool's answer, not for Docker.
-CALL_LIMIT = contextvars.ContextVar[anyio.CancelScope | None]("call_limit", default=None)
-PROTOCOL_META = "io.modelcontextprotocol/"  # the protocol's own keys: version, client, ...
+PROTOCOL_META = "io.modelcontextprotocol/"  # the protocol's own namespace: version, client, ...
+# The only keys of that namespace a caller may send: what this request's protocol version, client
+# and capabilities are. The gateway's own server reads them; FastMCP's proxy never passes them on
+# (the gateway's client to a tool server sets its own).
+CONNECTION_META = frozenset(
+    {PROTOCOL_VERSION_META_KEY, CLIENT_INFO_META_KEY, CLIENT_CAPABILITIES_META_KEY}
+)
+
+
+def passed_on(key: str, known: bool) -> bool:
+    """Whether a caller's `_meta` key goes on past the gateway's first middleware: a protocol
+    key only if it describes this request's connection, whoever sends it (anything else in that
+    namespace is the gateway's to set: log level, subscriptions, tasks, ...); a key of the
+    caller's own only from a client the gateway can name; a progress token from anyone."""
+    if key.startswith(PROTOCOL_META):
+        return key in CONNECTION_META
+    return known or key == "progressToken"
 
 
 def withhold_anonymous_meta(clients: dict):
-    """A middleware of the SDK's server (the first): a caller the gateway cannot name passes on
-    nothing of its own in `_meta`, only the protocol's keys and a progress token. What a known
-    client sends may reach a tool server (FastMCP's proxy forwards `_meta`); what a stranger
-    sends may not, so no one can make a tool server read keys it chose. What was taken out is in
-    WITHHELD while the request runs."""
+    """A middleware of the SDK's server (the first): no caller passes on a key of the protocol's
+    namespace that the gateway did not set, and a caller the gateway cannot name passes on
+    nothing of its own either, only a progress token. What a known client sends under its own
+    names may reach a tool server (FastMCP's proxy forwards `_meta`); what a stranger sends may
+    not, so no one can make a tool server read keys it chose. What was taken out is in WITHHELD
+    while the request runs."""
 
     async def middleware(ctx, call_next):
         meta = dict(ctx.meta or {})
+        if not meta:
+            return await call_next(ctx)
         request = ctx.request
         authorization = request.headers.get("authorization") if request is not None else None
-        if not meta or identify(clients, authorization) != "anonymous":
-            return await call_next(ctx)
-        kept = {
-            k: v for k, v in meta.items() if k.startswith(PROTOCOL_META) or k == "progressToken"
-        }
+        known = identify(clients, authorization) != "anonymous"
+        kept = {k: v for k, v in meta.items() if passed_on(k, known)}
         if kept == meta:
             return await call_next(ctx)
         params = {**(ctx.params or {}), "_meta": kept}
@@ -313,12 +189,10 @@ class CallPolicy(Middleware):
                 raise ToolError(self.pins.refused[tool])
             try:
                 with anyio.fail_after(self.timeout) as limit:  # a wait for a slot counts too
-                    token = CALL_LIMIT.set(limit)
-                    try:
+                    # Handed to the server's client: opening its session is not the call's time.
+                    with upstream.call_limited_by(limit):
                         async with self.running[client]:
                             result = await call_next(context)
-                    finally:
-                        CALL_LIMIT.reset(token)
             except TimeoutError:
                 outcome = "timeout"
                 raise ToolError(

@@ -1,6 +1,6 @@
 """Lesson 08's catalog: which tool servers exist, how each runs, and which client may call what.
 
-One YAML file (deploy/lesson08/catalog.yaml) read at start-up. A server is either `url:` (already
+One YAML file (code/lesson08/catalog.yaml) read at start-up. A server is either `url:` (already
 running: your own, or the processes of `make test`) or `image:` (the gateway starts its container
 on first use, with the limits below, and stops it when idle).
 """

@@ -9,7 +9,7 @@ it shares with its sandbox guard alone.
 A sweep stops containers idle for longer than their `idle_seconds`.
 
 The Docker API is root on the host. In Compose the gateway does not get the socket: it talks to
-a guard (code/08_docker_guard.py) that lets through only what this file asks for.
+a guard (code/lesson08/docker_guard.py) that lets through only what this file asks for.
 """
 
 import asyncio

@@ -7,8 +7,8 @@ endpoints").
 
 Each answers only `Authorization: Bearer $GATEWAY_OPERATOR_TOKEN` (no token set: nobody); anyone
 else, a tool container included, gets 401 and learns no tool name. repin_on_the_running_gateway
-is the command line's side: `code/08_mcp_gateway.py repin SERVER` asks the running gateway, so the
-next call uses the new pins without a restart.
+is the command line's side: `code/lesson08/mcp_gateway.py repin SERVER` asks the running gateway,
+so the next call uses the new pins without a restart.
 """
 
 import asyncio

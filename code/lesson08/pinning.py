@@ -6,7 +6,7 @@ changes it after you reviewed it (a "rug pull") changes what your agent does wit
 gateway records a hash of each tool's whole declaration (canonical JSON of what the server sent:
 name, title, description, input and output schemas, annotations, icons, `_meta`, ...) the first
 time it sees it; a tool whose hash differs later is refused, with a clear error, until the operator
-re-pins the server (`.venv/bin/python code/08_mcp_gateway.py repin SERVER`, which asks the running
+re-pins the server (`.venv/bin/python -m lesson08.mcp_gateway repin SERVER`, which asks the running
 gateway) after reading the new text.
 
 Declarations that talk to the model ("ignore previous instructions", "do not tell the user") are
@@ -174,7 +174,7 @@ def log_pinned(server: str, tool: str, pin: dict) -> None:
 
 
 class SharedPins(Pins):
-    """The pins in Redis, for gateway replicas (deploy/lesson08/replicas.yaml): one hash per
+    """The pins in Redis, for gateway replicas (code/lesson08/replicas.yaml): one hash per
     server, `{prefix}{server}`: tool -> its pin as JSON. Every replica checks against the same
     pins, so a tool one replica refuses the others refuse too.
 

@@ -1,12 +1,12 @@
 """Lesson 09 on lesson 08's servers: one trace from the agent's tool call to the tool, joined
 through the protocol's own trace context, attached from outside the servers' files:
 
-    .venv/lesson08/bin/python -m lesson08.tracing code/08_notes_server.py
-    .venv/lesson08/bin/python -m lesson08.tracing code/08_mcp_gateway.py
+    .venv/lesson08/bin/python -m lesson08.tracing lesson08.notes_server
+    .venv/lesson08/bin/python -m lesson08.tracing lesson08.mcp_gateway
 
-configures tracing from the OTEL_* variables, loads the script, attaches the spans, and serves it
-as `python script.py` would (support/mcp_servers.py starts a server this way when OTEL_* asks for
-spans).
+configures tracing from the OTEL_* variables, imports the server's module, attaches the spans, and
+serves it as `python -m lesson08.notes_server` would (support/mcp_servers.py starts a server this
+way when OTEL_* asks for spans).
 
 An MCP request carries its caller's W3C trace context in `params._meta`, under `traceparent` and
 `tracestate` (the MCP specification's trace-context convention): no HTTP header of ours. The agent
@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 import uvicorn
 from fastmcp.server.dependencies import fastmcp_request_ctx, get_http_headers
@@ -49,7 +48,7 @@ logger = logging.getLogger("mcp_gateway")
 ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 TRACE_KEYS = ("traceparent", "tracestate")  # the keys of `_meta` that carry a trace context
 OK = "ok"
-SERVICES = {"08_notes_server": "mcp-notes", "08_python_server": "mcp-python"}
+SERVICES = {"notes_server": "mcp-notes", "python_server": "mcp-python"}
 
 
 def configure(service_name: str) -> bool:
@@ -135,8 +134,8 @@ async def only_calls_traced_by_fastmcp(ctx, call_next):
 
 
 def trace_gateway(built) -> GatewayTracing:
-    """A layer for code/08_mcp_gateway.py's build_app (`layers=`): the spans, where the gateway
-    is composed."""
+    """A layer for code/lesson08/mcp_gateway.py's build_app (`layers=`): the spans, where the
+    gateway is composed."""
     server, _, pins, _, providers = built
     policy = next(m for m in server.middleware if isinstance(m, CallPolicy))
 
@@ -197,15 +196,13 @@ def trace_tool_server(module) -> None:
         module.runner = TracedRunner(module.runner)
 
 
-def main(script: str) -> None:
+def main(name: str) -> None:
     import asyncio
+    import importlib
 
-    from support.lessons import ROOT, load_lesson  # the host's: lesson 08's environment has it
-
-    path = Path(script).resolve().relative_to(ROOT).as_posix()
-    stem = Path(path).stem
-    module = load_lesson(path)
-    if stem == "08_mcp_gateway":
+    stem = name.rpartition(".")[2]
+    module = importlib.import_module(name)
+    if stem == "mcp_gateway":
         layers = [trace_gateway] if configure("mcp-gateway") else []
         asyncio.run(module.serve(module.Settings(), layers))
         return

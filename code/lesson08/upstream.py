@@ -1,15 +1,184 @@
-"""Lesson 08: the gateway's client to one tool server (code/08_mcp_gateway.py makes one per
-catalog server, and the server's pin provider reaches it through connect, kept and reset)."""
+"""Lesson 08: the gateway's client to one tool server (code/lesson08/mcp_gateway.py makes one per
+catalog server, and the server's pin provider reaches it through connect, kept and reset).
+
+What a tool server sends back is read up to the result cap, never more: a POST's answer is counted
+as it arrives, an encoded one (gzip, ...) refused, since it would be inflated past any count of its
+bytes, and a server's GET stream cut at the same cap (CappedTransport); one broken connection to a
+server fails the one request it carried, not every call on the gateway's client to it. The call
+policy (lesson08/call_limits.py) hands each call's time limit in (`call_limited_by`)."""
 
 import asyncio
 import contextlib
+import contextvars
+import json
+import logging
 import time
 
+import anyio
+import httpx2
+from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
-from lesson08.call_limits import CALL_LIMIT, KeptClient, capped_client_factory
 from lesson08.catalog import ServerEntry
 from lesson08.pinning import ListChanged
+
+logger = logging.getLogger("mcp_gateway")
+TOO_LARGE = "larger than the gateway's limit"
+
+# A connection that broke after it was made (reset, closed mid-answer): what it carried may or may
+# not have run. A server that cannot be reached at all (ConnectError) fails the call, and the next
+# use opens the client again.
+BROKEN = (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError)
+IDENTITY = ("", "identity")  # the only Content-Encoding an answer may have
+
+
+class CappedTransport(httpx2.AsyncHTTPTransport):
+    """What a tool server sends the gateway is bounded by `limit` bytes, as they arrive:
+
+    - each answer to a POST (one MCP request) is read up to `limit` bytes, never more: a server
+      that sends 50 MB costs the gateway `limit` bytes, and the caller gets a JSON-RPC error for
+      that request instead of the answer;
+    - an answer is never decoded: the request asks for `Accept-Encoding: identity`, and an answer
+      that comes encoded anyway (gzip, br, zstd) is refused unread, since 1 MB of gzip inflates to
+      a gigabyte, past any cap on the bytes that came;
+    - a GET (a server's stream of notifications, in the handshake era) is cut after `limit` bytes.
+
+    A POST whose connection breaks gets a JSON-RPC error too, for that request alone: an
+    exception there would reach every call the gateway's client has in flight to that server."""
+
+    def __init__(self, limit: int, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    async def handle_async_request(self, request):
+        request.headers["accept-encoding"] = "identity"
+        if request.method != "POST":
+            response = await super().handle_async_request(request)
+            if response.headers.get("content-encoding", "").lower() not in IDENTITY:
+                await response.aclose()
+                return httpx2.Response(406, request=request)
+            response.stream = CappedStream(response.stream, self.limit)
+            return response
+        try:
+            response = await super().handle_async_request(request)
+            chunks, size = [], 0
+            try:
+                if response.headers.get("content-encoding", "").lower() not in IDENTITY:
+                    encoding = response.headers["content-encoding"][:32]
+                    return self._error(request, f"answer encoded ({encoding}): refused unread")
+                async for chunk in response.stream:
+                    size += len(chunk)
+                    if size > self.limit:
+                        return self._error(request, f"answer {TOO_LARGE} of {self.limit:,} bytes")
+                    chunks.append(chunk)
+            finally:
+                await response.stream.aclose()
+        except BROKEN as exc:
+            logger.warning(json.dumps({"event": "upstream_broken", "error": type(exc).__name__}))
+            return self._error(
+                request,
+                f"the connection to the tool server broke before it answered "
+                f"({type(exc).__name__}); the call may or may not have run",
+            )
+        return httpx2.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=httpx2.ByteStream(b"".join(chunks)),
+            extensions=response.extensions,
+        )
+
+    def _error(self, request, message: str) -> httpx2.Response:
+        """The JSON-RPC error the server could have sent for this request; a notification (no
+        id) expects no answer: 202, as a server gives."""
+        try:
+            body = json.loads(request.content)
+            request_id = body.get("id")
+        except (ValueError, AttributeError):
+            body, request_id = None, None
+        if isinstance(body, dict) and "method" in body and "id" not in body:
+            return httpx2.Response(202)
+        return httpx2.Response(
+            200,
+            json={
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "error": {"code": -32001, "message": message},
+            },
+        )
+
+
+class CappedStream(httpx2.AsyncByteStream):
+    """A server's stream, ended after `limit` bytes (the client sees the stream close)."""
+
+    def __init__(self, stream, limit: int):
+        self.stream, self.limit = stream, limit
+
+    async def __aiter__(self):
+        size = 0
+        async for chunk in self.stream:
+            size += len(chunk)
+            if size > self.limit:
+                logger.warning(json.dumps({"event": "upstream_stream_cut", "bytes": self.limit}))
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class KeptClient(Client):
+    """The gateway's client to one tool server, kept open between calls. It counts the uses
+    running on it (each call and each pin check enters it with `async with`), so the idle sweep
+    can leave it alone while a request runs on it."""
+
+    uses = 0  # the one that keeps it open, and those running now
+
+    async def __aenter__(self):
+        client = await super().__aenter__()
+        self.uses += 1
+        return client
+
+    async def __aexit__(self, *exc_info):
+        self.uses -= 1
+        return await super().__aexit__(*exc_info)
+
+    @property
+    def in_use(self) -> bool:
+        return self.uses > 1
+
+
+def capped_client_factory(limit: int):
+    """An httpx_client_factory for FastMCP's StreamableHttpTransport."""
+
+    def factory(**kwargs) -> httpx2.AsyncClient:
+        # No read timeout of httpx's own (its default is 5 s, which would cut a slow tool first
+        # with a vaguer error): CallPolicy's per-call timeout bounds every call.
+        kwargs["timeout"] = httpx2.Timeout(30.0, read=None)
+        # An idle connection is dropped after 2 s, before the server drops it: uvicorn (the SDK's
+        # servers) closes one idle for 5 s, and a request sent on it as the server closes it
+        # meets a reset.
+        transport = CappedTransport(limit, limits=httpx2.Limits(keepalive_expiry=2.0))
+        return httpx2.AsyncClient(transport=transport, **kwargs)
+
+    return factory
+
+
+# The time limit of the call being made, while it runs (set by the call policy through
+# `call_limited_by`): opening its server's session (a cold start of the server's container, under
+# START_SECONDS of its own) pushes it back by the time that took, so the limit is for the tool's
+# answer, not for Docker.
+_CALL_LIMIT = contextvars.ContextVar[anyio.CancelScope | None]("call_limit", default=None)
+
+
+@contextlib.contextmanager
+def call_limited_by(limit: anyio.CancelScope):
+    """While the block runs, `limit` is the running call's time limit, which Upstream.connect
+    pushes back while it opens the server's session."""
+    token = _CALL_LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _CALL_LIMIT.reset(token)
 
 
 class Upstream:
@@ -42,7 +211,7 @@ class Upstream:
         """Opening the session (the server's container started if it was not running) is not
         counted against the time limit of the call that needed it: the limit is pushed back by
         the start's own bound while it runs, then by the time it took."""
-        limit, began = CALL_LIMIT.get(), time.monotonic()
+        limit, began = _CALL_LIMIT.get(), time.monotonic()
         bound = self.launcher.START_SECONDS + 30  # the start, then the session's opening
         if limit is not None:
             limit.deadline += bound

@@ -19,9 +19,10 @@ person rejected it, say so."""
 
 
 # Lesson 04's sandbox: each call runs in a throwaway container, no network, limits on everything.
-# Its settings are lesson 04's; this agent reads two of them, SANDBOX_IMAGE and SANDBOX_OWNER.
+# Its settings are lesson 04's; lessons 10 and 12 read four of them: SANDBOX_IMAGE, SANDBOX_RUNTIME,
+# SANDBOX_TIMEOUT_SECONDS and SANDBOX_OWNER (the label `make lesson-NN-down` removes by).
 class Sandbox(SandboxConfig):
-    settable = frozenset({"image", "owner"})
+    settable = frozenset({"image", "runtime", "timeout_seconds", "owner"})
     owner: str = "lesson10"
 
 

@@ -1,5 +1,5 @@
 """Lesson 11: the research agent's evals, a gate in CI (`make evals`, `python -m lesson11`).
-The steps of docs/11-evals.md (code/11_step*.py) arrive here; one module per part:
+The steps of docs/11-evals.md (code/lesson11/step*.py) arrive here; one module per part:
 
     dataset.json   the cases: what good behaviour is, each with an id, a kind and a reason
     planted/       notes with instructions planted in them: test data the search reads too

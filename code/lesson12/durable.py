@@ -10,11 +10,16 @@ DurableHandler   the SDK's request handler, which first checks a message: its si
                  cancelled task's sandboxes, on whichever replica they run.
 Recovery         each replica's loop: claims tasks whose replica stopped renewing its lease and
                  runs them on through the SDK's own ActiveTask, as if a request had come.
+Sealed           what the routes are given instead of the handler: ids checked before anything is
+                 stored, and no exception's text sent to a caller.
 """
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
+import re
 
 import psycopg
 from a2a.helpers import (
@@ -30,9 +35,10 @@ from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandlerV2
 from a2a.server.tasks import TaskUpdater
-from a2a.types import Task, TaskState
+from a2a.types import Message, Task, TaskState
 from a2a.utils.errors import (
     A2AError,
+    InternalError,
     InvalidParamsError,
     InvalidRequestError,
     TaskNotFoundError,
@@ -58,6 +64,7 @@ TERMINAL = {
     TaskState.TASK_STATE_REJECTED,
 }
 DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout, OSError)
+SLOT = "a2a_work_slot"  # the work row reserved for a new task (DurableHandler._admit)
 
 
 def pending_call(task: Task) -> dict | None:
@@ -83,7 +90,8 @@ class DurableExecutor(AgentExecutor):
         if task is None:  # a new task, leased to this replica from its first row
             task = new_task_from_user_message(context.message)
             owner = context.call_context.user.user_name
-            if not await self.work.start(task.id, owner, task.context_id):
+            slot = context.call_context.state.get(SLOT, "")
+            if not await self.work.start(task.id, owner, task.context_id, slot):
                 raise InvalidParamsError(message="a task with that id exists")
             await event_queue.enqueue_event(task)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
@@ -92,6 +100,8 @@ class DurableExecutor(AgentExecutor):
             await self._go_on(task, updater, context.message)
         except Exception:
             if not await self.work.ended(task.id):
+                # The SDK ends the task failed: nobody goes on with it (no lease left to lapse).
+                await self.work.finish(task.id)
                 raise
             # Cancelled on another replica as run_python was about to start its sandbox, which
             # it removed instead: let go, as when the lease is lost (nothing more is written).
@@ -176,13 +186,15 @@ class DurableHandler(DefaultRequestHandlerV2):
 
     async def on_message_send(self, params, context: ServerCallContext):
         await self._admit(params.message, context)
-        return await super().on_message_send(params, context)
+        async with self._slot_of(context):
+            return await super().on_message_send(params, context)
 
     async def on_message_send_stream(self, params, context: ServerCallContext):
         await self._admit(params.message, context)
-        with self._stream_of(context):
-            async for event in super().on_message_send_stream(params, context):
-                yield event
+        async with self._slot_of(context):
+            with self._stream_of(context):
+                async for event in super().on_message_send_stream(params, context):
+                    yield event
 
     async def on_subscribe_to_task(self, params, context: ServerCallContext):
         with self._stream_of(context):
@@ -197,6 +209,16 @@ class DurableHandler(DefaultRequestHandlerV2):
         await self.work.finish(params.id)
         await self.sandbox.stop_cancelled(params.id)
         return task
+
+    @contextlib.asynccontextmanager
+    async def _slot_of(self, context: ServerCallContext):
+        """A new task's reserved row goes if the SDK fails before the executor takes it."""
+        try:
+            yield
+        except BaseException:
+            if slot := context.state.get(SLOT):
+                await asyncio.shield(self.work.finish(slot))
+            raise
 
     @contextlib.contextmanager
     def _stream_of(self, context: ServerCallContext):
@@ -219,10 +241,11 @@ class DurableHandler(DefaultRequestHandlerV2):
             if size > self.limits["part_chars"]:
                 raise InvalidParamsError(message=f"a part over {self.limits['part_chars']} bytes")
         owner = context.user.user_name
-        if not message.task_id:
-            if await self.work.active(owner) >= self.limits["active_tasks"]:
-                most = self.limits["active_tasks"]
+        if not message.task_id:  # a row for it now, counted with the caller's others at once
+            most = self.limits["active_tasks"]
+            if not (slot := await self.work.reserve(owner, most)):
                 raise InvalidRequestError(message=f"at most {most} tasks going per caller")
+            context.state[SLOT] = slot
             return
         stored = await self.task_store.get(message.task_id, context)  # the owner's only
         if stored is None:
@@ -247,6 +270,63 @@ class DurableHandler(DefaultRequestHandlerV2):
         record = {**decision.model_dump(), "resume": resume}
         if not await self.work.decide(task.id, owner, decision.call_id, record):
             raise InvalidParamsError(message="that call has been decided already")
+
+
+# The SDK's tables hold a task's and a context's id in VARCHAR(36); a message's id is kept in JSON.
+ID = re.compile(r"[A-Za-z0-9._:-]+")
+ID_LIMITS = {"task_id": 36, "context_id": 36, "message_id": 128, "id": 36}
+
+
+def check_ids(found) -> None:
+    """InvalidParamsError for an id the store cannot hold, before anything is stored."""
+    for name, most in ID_LIMITS.items():
+        value = getattr(found, name, "")
+        if isinstance(value, str) and value and (len(value) > most or not ID.fullmatch(value)):
+            raise InvalidParamsError(message=f"{name}: at most {most} of A-Z a-z 0-9 . _ : -")
+
+
+class Sealed:
+    """The request handler as the routes see it. Its requests' ids are checked first; an exception
+    that is not an A2A error is logged here and answered as a bare InternalError: the SDK's
+    JSON-RPC route would send its text (a SQL statement and its parameters) to the caller."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __getattr__(self, name: str):
+        found = getattr(self.handler, name)
+        if name.startswith("on_") and inspect.isasyncgenfunction(inspect.unwrap(found)):
+            return functools.partial(self._stream, found)
+        if name.startswith("on_") and inspect.iscoroutinefunction(inspect.unwrap(found)):
+            return functools.partial(self._call, found)
+        return found
+
+    @staticmethod
+    def _check(params) -> None:
+        check_ids(params)
+        if isinstance(getattr(params, "message", None), Message):
+            check_ids(params.message)
+
+    async def _call(self, method, params, *args, **kwargs):
+        self._check(params)
+        try:
+            return await method(params, *args, **kwargs)
+        except A2AError:
+            raise
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            raise InternalError(message="internal error") from None
+
+    async def _stream(self, method, params, *args, **kwargs):
+        self._check(params)
+        try:
+            async for event in method(params, *args, **kwargs):
+                yield event
+        except A2AError:
+            raise
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            raise InternalError(message="internal error") from None
 
 
 class Recovery:

@@ -10,6 +10,7 @@ in one statement, so that of two decisions racing on two replicas exactly one is
 that finished or was cancelled has no row: run_python asks before it starts a sandbox.
 """
 
+import uuid
 from datetime import timedelta
 
 from psycopg.types.json import Jsonb
@@ -46,8 +47,37 @@ class WorkStore:
         for statement in SCHEMA.split(";"):
             await self._one(statement, ())
 
-    async def start(self, task_id: str, owner: str, context_id: str) -> bool:
-        """A new task, leased to this replica. False: the id is taken."""
+    async def reserve(self, owner: str, most: int) -> str | None:
+        """A row for a task the caller is about to start, counted with its others, or None when it
+        has `most` already. Counted and written under a lock per caller, in one transaction: of
+        many messages at once, no more than `most` get a row. The executor's `start` makes it the
+        task's; one never taken lapses with its lease, and Recovery removes it."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (owner,))
+            cursor = await conn.execute(
+                "SELECT count(*) AS n FROM a2a_work WHERE owner = %s", (owner,)
+            )
+            if (await cursor.fetchone())["n"] >= most:
+                return None
+            slot = f"slot-{uuid.uuid4()}"
+            await conn.execute(
+                "INSERT INTO a2a_work (task_id, owner, context_id, replica, lease_expires)"
+                " VALUES (%s, %s, '', %s, now() + %s)",
+                (slot, owner, self.replica, self.lease),
+            )
+            return slot
+
+    async def start(self, task_id: str, owner: str, context_id: str, slot: str = "") -> bool:
+        """A new task, leased to this replica, in the row reserved for it (or a new one). False:
+        the id is taken."""
+        if slot:
+            row = await self._one(
+                "UPDATE a2a_work SET task_id = %s, context_id = %s, replica = %s,"
+                " lease_expires = now() + %s WHERE task_id = %s AND owner = %s RETURNING task_id",
+                (task_id, context_id, self.replica, self.lease, slot, owner),
+            )
+            if row is not None:
+                return True
         row = await self._one(
             "INSERT INTO a2a_work (task_id, owner, context_id, replica, lease_expires)"
             " VALUES (%s, %s, %s, %s, now() + %s) ON CONFLICT DO NOTHING RETURNING task_id",

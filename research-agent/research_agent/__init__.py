@@ -19,11 +19,9 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    # Who may name the client (uvicorn's proxy options); what is stored of a token handed out;
-    # what is held at once (streams open, calls in flight), each slot given back once.
+    # Who may name the client (uvicorn's proxy options); what is stored of a token handed out.
     from .access.forwarded import uvicorn_forwarding
     from .access.keys import token_hash
-    from .access.limits.slots import HeldSlots
 
     # The agent as the benchmarks, lesson 08's servers and lesson 11's evals run it, and the app.
     from .agent import SYSTEM_PROMPT, ResearchAgent
@@ -69,6 +67,9 @@ if TYPE_CHECKING:
     # and the OTEL_* ones (lessons 05, 07 and 08 read them without loading OpenTelemetry).
     from .settings import BUNDLED_NOTES_DIR, SandboxConfig, Settings, TracingSettings
     from .settings import SETTABLE as SANDBOX_SETTABLE
+
+    # What is held at once (streams open, calls in flight), each slot given back once.
+    from .slots import HeldSlots
 
     # The agent with the service's tools and middleware.
     from .tools import build_agent

@@ -24,7 +24,7 @@ import psycopg
 from fastapi.sse import ServerSentEvent
 from psycopg_pool import PoolTimeout
 
-from ..access.limits.slots import HeldSlots
+from ..slots import HeldSlots
 from ..web.error_shape import ApiError
 from .store import CHANNEL, END_EVENTS, ENDED, RunStore
 

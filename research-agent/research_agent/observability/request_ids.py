@@ -13,7 +13,7 @@ import uuid
 from asgi_correlation_id import CorrelationIdFilter, CorrelationIdMiddleware
 from starlette.applications import Starlette
 
-# deploy/swarm/haproxy.cfg applies the same expression in front of the agents.
+# code/lesson06/swarm/haproxy.cfg applies the same expression in front of the agents.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ..access.limits.slots import HeldSlots
+from ..slots import HeldSlots
 from .runner import RunResult, SandboxRunner, SandboxUnavailable
 
 

@@ -1,17 +1,15 @@
 """Run untrusted Python in a throwaway container: the container spec and one run.
 
-Lesson 04's production API (code/04_sandboxed_tools.py) and the research agent's run_python tool
-import this file; lesson 04's steps (code/04_step*.py) are small copies of its ideas, and a test
-(tests/lesson_04/test_alike.py) holds their results equal. It imports nothing of the app but its
-sandbox_* files and docker_client.py (the engine the `docker` command uses, its context included),
-and nothing of LangChain. `run` blocks (every Docker SDK call is an HTTP request): call
+Lesson 04's production API (code/lesson04/sandboxed_tools.py) and the research agent's run_python
+tool import this file; lesson 04's steps (code/lesson04/step*.py) are small copies of its ideas, and
+a test (tests/lesson_04/test_alike.py) holds their results equal. It imports nothing of the app but
+its sandbox_* files and docker_client.py (the engine the `docker` command uses, its context
+included), and nothing of LangChain. `run` blocks (every Docker SDK call is an HTTP request): call
 it from a thread. The other concerns are objects of their own, each in one file, that hold a
-`SandboxRunner` and call it: admission.py (`QueuedRunner.arun`: threads, a bounded queue,
-per-caller caps, shutdown), sweep.py (`Sweeper`: leftovers), pool.py
-(`ContainerPool`: containers started ahead) and egress.py (`EgressGateway`: the network a
-runner is given); parts.py puts them together. Their settings are one class,
-config.py.
-"""
+`SandboxRunner` and call it: admission.py (`QueuedRunner.arun`: threads, a bounded queue, per-caller
+caps, shutdown), sweep.py (`Sweeper`: leftovers), pool.py (`ContainerPool`: containers started
+ahead) and egress.py (`EgressGateway`: the network a runner is given); parts.py puts them together.
+Their settings are one class, config.py."""
 
 import contextlib
 import json

@@ -6,7 +6,8 @@ browser then takes an API on loopback for that page's own origin, so the page ma
 read the answers. Its requests still carry the page's name in Host, so a service that answers only
 the names it is served under refuses them. Starlette reads the Host header as HTTP writes it (an
 IPv6 address in brackets, the port set aside) and matches names (`*.example.com` too); its own
-refusal is plain text, so it is asked for the verdict only. No side effects on import.
+refusal is plain text, so it is asked for the verdict only. It checks that a port is digits, not
+that it is one: a port outside 1-65535 is refused here. No side effects on import.
 """
 
 from collections.abc import Sequence
@@ -33,6 +34,15 @@ async def _dropped(message: Message) -> None:
     pass  # Starlette's plain-text refusal: the error shape is sent instead
 
 
+def _port_is_one(scope: Scope) -> bool:
+    """No port in the Host header, or a port in 1-65535 (`localhost:99999` is no address)."""
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+    if host.endswith(b"]") or b":" not in host:  # no port (an IPv6 address is in brackets)
+        return True
+    port = host.rpartition(b":")[2]
+    return port.isdigit() and 0 < int(port) <= 65535
+
+
 class AllowedHostsMiddleware:
     """400 `untrusted_host` for a request whose Host is not in `allowed_hosts` (exact names,
     `[::1]` for an IPv6 address, `*.example.com`; "*" allows any), before any route or body."""
@@ -49,7 +59,7 @@ class AllowedHostsMiddleware:
             return
         verdict = {"type": scope["type"], "headers": scope["headers"]}  # what Starlette reads
         await self.judge(verdict, _no_body, _dropped)
-        if verdict.get(_PASSED):
+        if verdict.get(_PASSED) and _port_is_one(scope):
             await self.app(scope, receive, send)
         elif scope["type"] == "http":
             body = error_body("untrusted_host", UNTRUSTED_HOST)

@@ -1,5 +1,6 @@
 """One variation as a batch job: the contract between the worker (research_agent/worker/worker.py)
-and lesson 05's orchestrator (code/05_variations_api.py), defined here only. Both sides import it:
+and lesson 05's orchestrator (code/lesson05/variations_api.py), defined here only. Both sides
+import it:
 the job's environment variables, the Redis keys a variation writes, the answer styles and the exit
 codes.
 

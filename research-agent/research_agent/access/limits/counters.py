@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 from ...observability.metrics import LIMITS_DEGRADED
 from ...redis_client import CircuitBreaker, connect
 from ...settings import AccessSettings, CacheSettings
+from ...slots import HeldSlots
 from ...web.errors import LimitsUnavailableError
-from .slots import HeldSlots
 
 T = TypeVar("T")
 KEY_PREFIX = "research-agent:limits"

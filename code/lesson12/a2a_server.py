@@ -1,0 +1,207 @@
+"""Lesson 12: the research agent as an A2A server, as `make lesson-12` runs it (two replicas).
+
+Step 4 (code/lesson12/step4_owners.py) grown into a service: the SDK's versioned task store and its
+event log in PostgreSQL (SubscribeToTask on any replica reads them), a lease on every working
+task so that another replica goes on after kill -9 (code/lesson12/durable.py), bounds on what a
+caller may send and hold open, and Host and Origin checks.
+
+Run it:  make lesson-12      (Compose: edge, two replicas, Postgres, the client agent)
+         DATABASE_URL=postgresql://... python -m lesson12.a2a_server   (one replica, by hand)
+"""
+
+import asyncio
+import contextvars
+import importlib
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from a2a.server.cluster import DatabaseTaskEventStream, VersionedDatabaseTaskStore
+from a2a.server.request_handlers import DefaultRequestHandlerV2
+from a2a.server.routes import (
+    add_a2a_routes_to_fastapi,
+    create_agent_card_routes,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from lesson10.agent import Sandbox
+from lesson12.agent import build_agent
+from lesson12.callers import Callers, load_callers
+from lesson12.card import BINDINGS, make_card
+from lesson12.durable import DurableExecutor, DurableHandler, Recovery, Sealed
+from lesson12.work import TaskResults, WorkStore
+from research_agent import (
+    AllowedHostsMiddleware,
+    BodyLimitMiddleware,
+    KeyedSandbox,
+    SandboxRunner,
+    error_body,
+    install_request_ids,
+    install_shape_handlers,
+    log_with_request_ids,
+    make_durable_run_python,
+    make_pool,
+    migrate,
+    token_hash,
+)
+
+log_with_request_ids()
+logger = logging.getLogger("a2a_server")
+CARD_PATH = "/.well-known/agent-card.json"
+
+
+class Settings(BaseSettings):
+    HOST: str = "127.0.0.1"
+    PORT: int = 8000
+    DATABASE_URL: SecretStr  # no default: the tasks live there
+    DATABASE_POOL_SIZE: int = 5
+    A2A_CALLERS_FILE: Path = Path("code/lesson12/secrets/callers")  # lines "name token"
+    # The names a request may give in its Host header, as every API of the course checks them (a
+    # DNS name rebound to us is refused); the card names the one the request used, with the port
+    # that name is reached at (PUBLIC_PORTS, else PORT), never the header's. And the web pages
+    # that may call: none (another team's agent sends no Origin).
+    ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
+    PUBLIC_PORTS: dict[str, int] = {}  # e.g. {"edge": 8080} behind a proxy
+    ALLOWED_ORIGINS: list[str] = []
+    REPLICA_ID: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    LEASE_SECONDS: float = 10.0  # a killed replica's tasks move on this long after its last beat
+    EVENT_POLL_SECONDS: float = 0.2  # how often a stream served from the event log looks for more
+    MAX_BODY_BYTES: int = 65_536
+    MAX_PARTS: int = 8
+    MAX_PART_BYTES: int = 8_000
+    MAX_STREAMS_PER_CALLER: int = 4  # open on this replica
+    MAX_ACTIVE_TASKS_PER_CALLER: int = 20  # working or waiting for input
+    # Another agent in this composition, "module:Class" (an AgentExecutor): the A2A compatibility
+    # kit's scenario executor, for its checks (docs/12, Going further). Empty: the research agent.
+    A2A_AGENT: str = ""
+    sandbox: Sandbox = Field(default_factory=Sandbox)
+
+
+settings = Settings()
+dsn = settings.DATABASE_URL.get_secret_value()
+pool = make_pool(dsn, settings.DATABASE_POOL_SIZE)  # psycopg: checkpoints, leases, tool results
+engine = create_async_engine(dsn.replace("://", "+asyncpg://", 1), pool_pre_ping=True)
+tasks = VersionedDatabaseTaskStore(engine)  # the SDK's: tasks by owner, with a version each
+events = DatabaseTaskEventStream(engine, poll_interval_s=settings.EVENT_POLL_SECONDS)
+work = WorkStore(pool, settings.REPLICA_ID, settings.LEASE_SECONDS)
+sandbox = KeyedSandbox(SandboxRunner(settings.sandbox))
+# Lesson 10's: the effect once, and no sandbox started once the task was cancelled.
+run_python = make_durable_run_python(TaskResults(pool, work), sandbox)
+executor = DurableExecutor(None, work)  # its agent is built at start-up (lifespan)
+HOME = f"http://{settings.ALLOWED_HOSTS[0]}:{settings.PORT}"  # the card's, by default
+CARD = make_card(HOME, bearer=True)
+limits = {
+    "parts": settings.MAX_PARTS,
+    "part_chars": settings.MAX_PART_BYTES,
+    "streams_per_caller": settings.MAX_STREAMS_PER_CALLER,
+    "active_tasks": settings.MAX_ACTIVE_TASKS_PER_CALLER,
+}
+shared = {
+    "event_stream": events,  # SubscribeToTask on a replica that does not run the task reads it
+    "interrupted_task_timeout": 60,  # a task waiting for input holds no memory past a minute
+}
+if settings.A2A_AGENT:  # another agent: the SDK's own handler, on the same store and routes
+    module, _, name = settings.A2A_AGENT.partition(":")
+    other = getattr(importlib.import_module(module), name)()
+    handler = DefaultRequestHandlerV2(other, tasks, CARD, **shared)
+else:
+    handler = DurableHandler(
+        executor, tasks, CARD, **shared, work=work, tool=run_python, sandbox=sandbox, limits=limits
+    )
+CALLERS = load_callers(settings.A2A_CALLERS_FILE)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    await pool.open(wait=True, timeout=60)
+    checkpointer = AsyncPostgresSaver(pool)
+    # Every table, ours and the SDK's, under lesson 10's lock: two replicas that start together
+    # would both create the SDK's tables, and one fail on the other's types.
+    await migrate(pool, checkpointer.setup, work.migrate, tasks.initialize, events.initialize)
+    executor.agent = build_agent(checkpointer, run_python)
+    recovery = Recovery(work, executor, tasks, events)
+    loop = asyncio.create_task(recovery.run(), name="recovery")
+    yield
+    loop.cancel()
+    await recovery.stop()
+    await handler.aclose()
+    await pool.close()
+    await engine.dispose()
+
+
+# The card names the address the request came to, once that address is allowed (below).
+reached_at = contextvars.ContextVar("reached_at", default=HOME)
+
+
+async def card_for_this_host(card):
+    return make_card(reached_at.get(), bearer=True)
+
+
+app = FastAPI(title="The research agent over A2A", version="1.0.0", lifespan=lifespan)
+add_a2a_routes_to_fastapi(
+    app,
+    # A client may keep the card five minutes, then ask again with its ETag (a 304 if unchanged);
+    # it names the host asked for, so no shared cache keeps it (private, and Vary: Host below).
+    agent_card_routes=create_agent_card_routes(
+        CARD, card_for_this_host, cache_control="private, max-age=300"
+    ),
+    # Ids checked before they are stored, and no exception's text to a caller (durable.py, Sealed).
+    jsonrpc_routes=create_jsonrpc_routes(Sealed(handler), BINDINGS["JSONRPC"], Callers()),
+    rest_routes=create_rest_routes(Sealed(handler), Callers(), path_prefix=BINDINGS["HTTP+JSON"]),
+)
+
+
+@app.middleware("http")
+async def who_calls(request: Request, call_next):
+    """Origin first (a page elsewhere is refused), then a bearer token we issued for everything
+    but the card. The Host was checked before (AllowedHostsMiddleware, below)."""
+    if request.url.path in ("/health", "/ready"):
+        return await call_next(request)
+    if request.headers.get("origin") not in (None, *settings.ALLOWED_ORIGINS):
+        return JSONResponse(error_body("origin_not_allowed", "no page may call this agent"), 403)
+    if host := request.headers.get("host"):  # name[:port], checked whole before this runs
+        name = host.lower() if host.endswith("]") else host.lower().rsplit(":", 1)[0]
+        reached_at.set(f"http://{name}:{settings.PUBLIC_PORTS.get(name, settings.PORT)}")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    bearer = scheme.lower() == "bearer"
+    request.state.caller = CALLERS.get(token_hash(token.strip())) if bearer else None
+    if request.url.path == CARD_PATH:
+        response = await call_next(request)
+        response.headers["Vary"] = "Host"
+        return response
+    if request.state.caller:
+        return await call_next(request)
+    body = error_body("unauthorized", "send a bearer token that this agent issued")
+    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+# Outermost last: a Host not in ALLOWED_HOSTS is a 400 `untrusted_host` before the body is read.
+app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
+app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
+install_request_ids(app)
+install_shape_handlers(app)
+
+
+@app.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@app.get("/ready")
+async def ready() -> dict:
+    async with pool.connection() as conn:  # 503 (the shape's) while the database cannot answer
+        await conn.execute("SELECT 1")
+    return {"status": "ready", "replica": settings.REPLICA_ID}
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host=settings.HOST, port=settings.PORT, timeout_graceful_shutdown=5)
