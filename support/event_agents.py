@@ -1,6 +1,6 @@
 """Lesson 07's system as local processes: each agent and the gateway run the same commands the
-containers run (`python code/07_event_agents.py triage`, ...), against a real redis-server; and what
-a client of the gateway does (ask, wait for the answer, read progress)."""
+containers run (`python -m lesson07.event_agents triage`, ...), against a real redis-server; and
+what a client of the gateway does (ask, wait for the answer, read progress)."""
 
 import hashlib
 import hmac
@@ -18,22 +18,22 @@ from pathlib import Path
 import redis
 
 from support import zygote
-from support.lessons import ROOT
+from support.lessons import ROOT, run_module
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from support.waiting import wait_for
 
-AGENTS = ROOT / "code" / "07_event_agents.py"
-GATEWAY = ROOT / "code" / "07_gateway.py"
+AGENTS = ROOT / "code" / "lesson07" / "event_agents.py"
+GATEWAY = ROOT / "code" / "lesson07" / "gateway.py"
 SERVICES = ("triage", "concepts", "debug", "exercise", "progress")
 
 
 def gateway_process(env: dict[str, str], logs: Path) -> ServerProcess:
-    """The gateway (code/07_gateway.py) with `env` on a free port of its own, ready once /ready
-    answers, its output in logs/gateway-PORT.log; `with` starts and stops it."""
+    """The gateway (code/lesson07/gateway.py) with `env` on a free port of its own, ready once
+    /ready answers, its output in logs/gateway-PORT.log; `with` starts and stops it."""
     port = free_port()
     return ServerProcess(
-        [sys.executable, str(GATEWAY)],
+        [sys.executable, *run_module(str(GATEWAY))],
         env={**env, "PORT": str(port)},
         port=port,
         ready_path="/ready",
@@ -73,7 +73,7 @@ class System:
         # Forked ready-imported (support/zygote.py): the agents' command, without paying for
         # LangChain's imports at each of the suite's twenty-odd starts.
         process = zygote.start(
-            [sys.executable, str(AGENTS), service],
+            [sys.executable, *run_module(str(AGENTS)), service],
             env={**self.base_env, "HEARTBEAT_FILE": str(heartbeat), **env},
             log_path=log,
         )
@@ -208,11 +208,11 @@ def envelope(event_id: str, data: dict, topic: str = "progress.requests", **attr
     )
 
 
-COMPOSE_FILE = ROOT / "deploy" / "lesson07" / "compose.yaml"
+COMPOSE_FILE = ROOT / "code" / "lesson07" / "compose.yaml"
 
 
 class ComposeProject:
-    """Lesson 07's Compose project (deploy/lesson07/compose.yaml) under a name and a port of its
+    """Lesson 07's Compose project (code/lesson07/compose.yaml) under a name and a port of its
     own, for the container tests and `make bench-pubsub`. `spelling` is ("docker", "compose") or
     Debian's ("docker-compose",)."""
 

@@ -1,55 +1,80 @@
-"""The one loader of the course's numbered lesson scripts (code/NN_*.py).
+"""Where the course's lessons are, and how tests import them: by name, never by path.
 
-A lesson script's name starts with a digit (`01_step1_api.py`), the name the docs and `make
-lesson-NN` use: no `import` statement can name it, so tests load it by its path here, with
-importlib. Everything a lesson imports is an installed package (lesson01, lesson05, lesson07,
-research_agent...), found by name: this loads the script itself and nothing else, and changes no
-path."""
+Lesson NN lives in one folder, code/lessonNN/, a package the editable install maps by name
+(pyproject.toml): its steps (`code/lesson01/step1_api.py`, the module `lesson01.step1_api`, run with
+`python -m lesson01.step1_api`), its production versions, its helper modules, its Compose files and
+Dockerfile. A step imports the step before it by name (`from lesson02 import step3_limits`)."""
 
-import importlib.util
-import itertools
-import re
+import importlib
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT_DIR = ROOT / "research-agent"  # lesson 02 on: the research agent (research_agent package)
-_fresh = itertools.count()
-LESSON_SCRIPT = re.compile(r"code/\d\d_\w+\.py")
-STEP_GLOB = "{lesson}_step[0-9]_*.py"  # code/02_step1_agent.py: lesson 02, step 1
+STEP_GLOB = "step[0-9]_*.py"  # code/lesson02/step1_agent.py: lesson 02, step 1
+
+
+def lesson_dir(lesson: str, root: Path = ROOT) -> Path:
+    """Lesson NN's folder, code/lessonNN/."""
+    return root / "code" / f"lesson{lesson}"
 
 
 def step_files(lesson: str, root: Path = ROOT) -> list[Path]:
-    """A lesson's steps in order (`code/NN_stepK_what.py`); none for a lesson without steps."""
-    return sorted((root / "code").glob(STEP_GLOB.format(lesson=lesson)))
+    """A lesson's steps in order (code/lessonNN/stepK_what.py); none for a lesson without steps."""
+    return sorted(lesson_dir(lesson, root).glob(STEP_GLOB))
 
 
 def step_file(lesson: str, step: int | str, root: Path = ROOT) -> Path:
     """Lesson NN's step K, the file `make lesson-NN STEP=K` runs."""
-    found = [p for p in step_files(lesson, root) if p.name.startswith(f"{lesson}_step{step}_")]
+    found = [p for p in step_files(lesson, root) if p.name.startswith(f"step{step}_")]
     if len(found) != 1:
         raise LookupError(f"lesson {lesson} has no single step {step}: {[p.name for p in found]}")
     return found[0]
 
 
-def load_lesson(relpath: str, name: str | None = None):
-    """Import ROOT/relpath, a numbered lesson script. Without `name`, a fresh module on every call,
-    so that its module-level settings read the environment as it is now; with `name`, one module
-    shared by every caller."""
-    if not LESSON_SCRIPT.fullmatch(relpath):
-        raise ValueError(f"{relpath} is not a lesson script (code/NN_name.py): import it by name")
-    if name in sys.modules:
-        return sys.modules[name]
-    name = name or f"lesson_{Path(relpath).stem}_{next(_fresh)}"
-    spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+def module_name(path: str | Path) -> str:
+    """The import name of a lesson file: code/lesson05/step1_worker.py -> lesson05.step1_worker."""
+    path = Path(path)
+    if path.is_absolute():
+        if not path.is_relative_to(ROOT):
+            raise ValueError(f"{path} is not a file of a lesson's folder (code/lessonNN/)")
+        path = path.relative_to(ROOT)
+    parts = PurePosixPath(path.as_posix()).with_suffix("").parts
+    if len(parts) < 3 or parts[0] != "code" or not parts[1].startswith("lesson"):
+        raise ValueError(f"{path} is not a file of a lesson's folder (code/lessonNN/)")
+    return ".".join(parts[1:])
+
+
+def run_module(path: str | Path) -> list[str]:
+    """How to run a lesson file as a program: `python -m lessonNN.name`. A file outside the
+    lessons' folders (a test's changed copy of a step) runs by its path, as a script."""
     try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+        return ["-m", module_name(path)]
+    except ValueError:
+        return [str(path)]
+
+
+def import_lesson(name: str, fresh: bool = True):
+    """Import a lesson's module by name (`lesson05.variations_api`, or its path). With `fresh`, a
+    new module, and new copies of the lesson's steps it imports, so that their module-level
+    settings read the environment as it is now; without, the one module every caller shares."""
+    if "/" in name or name.endswith(".py"):
+        name = module_name(name)
+    if fresh:
+        package = name.split(".")[0]
+        for loaded in [n for n in sys.modules if n == name or n.startswith(f"{package}.step")]:
+            del sys.modules[loaded]
+            parent, _, child = loaded.rpartition(".")
+            if hasattr(sys.modules.get(parent), child):  # `from lesson02 import step3` reads it
+                delattr(sys.modules[parent], child)
+    return importlib.import_module(name)
+
+
+def makefile_text(root: Path = ROOT) -> str:
+    """The course's make targets and variables: the root Makefile, then each lesson's lesson.mk
+    (code/lessonNN/lesson.mk), which it includes."""
+    files = [root / "Makefile", *sorted((root / "code").glob("lesson*/lesson.mk"))]
+    return "\n".join(path.read_text(encoding="utf-8") for path in files)
 
 
 def dockerignore_allow_list(folder: Path) -> list[str]:

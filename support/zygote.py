@@ -1,4 +1,5 @@
-"""`python script.py` started from a process that has already imported the heavy libraries.
+"""`python script.py` or `python -m package.module` started from a process that has already
+imported the heavy libraries.
 
 Each of the course's servers imports LangChain, LangGraph, FastAPI and their kind before it
 serves: about 3 s of CPU, paid again by every server a test starts, and the test suite starts
@@ -63,12 +64,13 @@ def context():
 
 
 def forkable(args: list[str]) -> bool:
-    """`[this python, a .py script, args...]`: what the forkserver runs as `python` would."""
+    """`[this python, a .py script, args...]` or `[this python, "-m", a module, args...]`: what
+    the forkserver runs as `python` would."""
     return (
         ENABLED
         and len(args) >= 2
         and args[0] == sys.executable
-        and args[1].endswith(".py")
+        and (str(args[1]).endswith(".py") or (args[1] == "-m" and len(args) >= 3))
         and sys.platform == "linux"
     )
 
@@ -76,7 +78,8 @@ def forkable(args: list[str]) -> bool:
 def _serve(
     args: list[str], cwd, env: dict[str, str] | None, log_path: str, path: list[str]
 ) -> None:
-    """In the forked child: become `python script.py args...`, run it, end as python ends."""
+    """In the forked child: become `python script.py args...` (or `python -m module args...`),
+    run it, end as python ends."""
     # A program of its own, free to start processes (multiprocessing refuses a daemon's).
     multiprocessing.current_process()._config["daemon"] = False
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -98,12 +101,18 @@ def _serve(
     while frame is not None:
         below, frame = below + 1, frame.f_back
     sys.setrecursionlimit(sys.getrecursionlimit() + below)
-    script = args[1]
-    sys.argv = args[1:]
-    sys.path[:] = [str(Path(script).resolve().parent), *(p for p in path if p)]
+    module = args[2] if args[1] == "-m" else None
+    script = str(args[1])
+    # What the interpreter puts first on sys.path: the script's folder, or for -m the working one.
+    first = os.getcwd() if module else str(Path(script).resolve().parent)
+    sys.argv = [str(a) for a in (args[2:] if module else args[1:])]
+    sys.path[:] = [first, *(p for p in path if p)]
     code = 0
     try:
-        runpy.run_path(script, run_name="__main__")
+        if module:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(script, run_name="__main__")
     except SystemExit as exit_:
         code = exit_.code
     except KeyboardInterrupt:

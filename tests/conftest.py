@@ -1,6 +1,7 @@
 """Fixtures every lesson's tests share; the helpers themselves live in tests/support/."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import uuid
 
 import pytest
 
-from support.lessons import ROOT, load_lesson
+from support.lessons import ROOT, import_lesson
 from support.ports import free_port
 from support.postgres import PostgresServer
 from support.server import ServerProcess, offline_environment
@@ -39,11 +40,14 @@ def fresh_openai_http_clients():
     _client_utils._cached_sync_httpx_client.cache_clear()
 
 
+# The suites whose `engine` fixture starts run_python's sandboxes on the local engine.
+SANDBOX_SUITES = ("tests.lesson_10.", "tests.lesson_12.")
+
 # Modules whose tests run lesson 05's API with worker processes (see below).
 LESSON_05_PROCESSES = ("tests.lesson_05.", "tests.lesson_09.test_variations_trace")
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """`make test` spreads the tests over several processes (pytest-xdist, --dist loadgroup). The
     tests of a module that share a module-scoped fixture (lesson 07's agents, nginx in front of the
@@ -51,6 +55,10 @@ def pytest_collection_modifyitems(config, items):
     are handed out first: a long group started last would end the run alone."""
     grouped = []
     for item in items:
+        if "engine" in item.fixturenames and item.module.__name__.startswith(SANDBOX_SUITES):
+            # Lessons 10 and 12 with run_python in real sandboxes (python:3.11-slim, which `make
+            # durable-test` and `make a2a-test` make available first): their lessons' own checks.
+            item.add_marker(pytest.mark.container)
         definitions = item._fixtureinfo.name2fixturedefs.values()
         if item.module.__name__.startswith(LESSON_05_PROCESSES):
             # Lesson 05's tests each run the API with its reaper, a fork server and worker
@@ -77,6 +85,36 @@ def name_groups_in_node_ids(items) -> None:
         groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group")})
         if groups and "@" not in item.nodeid:
             item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+
+
+# The checks `make test` leaves to each lesson's own target (marker `container`), by folder.
+CONTAINER_CHECKS = (
+    "make smoke, compose-test, sandbox-test, variations-test, swarm-test, "
+    "pubsub-test, mcp-test, traces-test, durable-test, evals-test, a2a-test (`make help`)"
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    """The run's last words say what it did not check and the command that checks it: the skips,
+    counted by reason (each reason names its command), and the lessons' container checks left
+    out of `make test`."""
+    counts: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = re.sub(r"^Skipped: ", "", reason)
+        counts[reason] = counts.get(reason, 0) + 1
+    # `make test` leaves out the tests marked `container` (-m 'not container'); each lesson's own
+    # check runs its share. Under xdist the workers deselect them, so no count is said here.
+    left_out = terminalreporter.config.option.markexpr == "not container"
+    if not counts and not left_out:
+        return
+    terminalreporter.section("what this run did not check, and the command that does")
+    for reason, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+        terminalreporter.line(f"{count:5} skipped: {reason}")
+    if left_out:
+        terminalreporter.line(f"the lessons' own checks (marker `container`): {CONTAINER_CHECKS}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -177,7 +215,7 @@ def workers():
 def api():
     """Lesson 05's API file, loaded when a test asks for it, not while pytest collects, under one
     name, so that its classes are the same everywhere."""
-    return load_lesson("code/05_variations_api.py", "variations_api")
+    return import_lesson("lesson05.variations_api", fresh=False)
 
 
 @pytest.fixture
@@ -222,11 +260,11 @@ def stack():
 
 @pytest.fixture
 def api_process(stack, server_process):
-    """api_process(**settings) -> python code/05_variations_api.py, as `make lesson-05` runs it."""
+    """api_process(**settings) -> python -m lesson05.variations_api, as `make lesson-05` runs it."""
 
     def start(**settings) -> ServerProcess:
         image = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
-        script = [sys.executable, "code/05_variations_api.py"]
+        script = [sys.executable, "-m", "lesson05.variations_api"]
         return server_process(script, cwd=ROOT, **stack, WORKER_IMAGE=image, **settings)
 
     return start

@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from support.lessons import ROOT, load_lesson
+from support.lessons import ROOT, import_lesson, run_module
 
 
 @pytest.fixture
@@ -15,7 +15,7 @@ def load_script(monkeypatch):
         monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "0")
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        return load_lesson(f"code/{filename}")
+        return import_lesson(f"code/{filename}")
 
     return load
 
@@ -26,7 +26,7 @@ def start_server(server_process):
 
     def start(script: str, **env: str):
         return server_process(
-            [sys.executable, f"code/{script}"], cwd=ROOT, ready_path="/ready", **env
+            [sys.executable, *run_module(f"code/{script}")], cwd=ROOT, ready_path="/ready", **env
         )
 
     return start

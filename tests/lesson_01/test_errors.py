@@ -12,7 +12,11 @@ from lesson01.request_context import request_id_var
 from research_agent.web.error_shape import INTERNAL_ERROR_MESSAGE, error_body
 from tests.support.errors import assert_error
 
-FROM_STEP_4 = ["01_step4_errors.py", "01_step5_shutdown.py", "01_production_api.py"]
+FROM_STEP_4 = [
+    "lesson01/step4_errors.py",
+    "lesson01/step5_shutdown.py",
+    "lesson01/production_api.py",
+]
 
 
 @pytest.fixture(params=FROM_STEP_4)
@@ -77,7 +81,9 @@ def test_a_slow_model_is_a_504(load):
 
 
 def test_a_slow_stream_ends_with_a_timeout_event_then_done(load):
-    app = load(OFFLINE_TOKEN_DELAY_MS="50", REQUEST_TIMEOUT_SECONDS="0.3").app
+    # A token every 0.4 s and 2 s to answer: a few tokens come before the deadline, however busy
+    # the machine (at 0.05 s and 0.3 s, a loaded one sent none before it).
+    app = load(OFFLINE_TOKEN_DELAY_MS="400", REQUEST_TIMEOUT_SECONDS="2").app
     with (
         TestClient(app) as client,
         connect_sse(client, "POST", "/v1/stream", json={"query": "slow"}) as source,

@@ -1,7 +1,6 @@
-"""Step 5 (code/01_step5_shutdown.py, lesson01/shutdown.py): SIGTERM against a real uvicorn process,
-nothing in flight lost or cut silently, and the process exits. The production version ends what the
-grace cannot finish the same way.
-"""
+"""Step 5 (code/lesson01/step5_shutdown.py, lesson01/shutdown.py): SIGTERM against a real uvicorn
+process, nothing in flight lost or cut silently, and the process exits. The production version ends
+what the grace cannot finish the same way."""
 
 import asyncio
 import json
@@ -15,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
-SCRIPT = "01_step5_shutdown.py"
+SCRIPT = "lesson01/step5_shutdown.py"
 CUT_OFF = "<connection closed mid-stream>"
 
 
@@ -156,7 +155,7 @@ def test_what_the_grace_cannot_finish_is_ended_with_an_error_not_cut(start_serve
     assert "timeout graceful shutdown exceeded" not in output
 
 
-@pytest.fixture(params=[SCRIPT, "01_production_api.py"])
+@pytest.fixture(params=[SCRIPT, "lesson01/production_api.py"])
 def shutdown_app(load_script, request):
     module = load_script(request.param, OFFLINE_TOKEN_DELAY_MS="100")
     with TestClient(module.app) as client:

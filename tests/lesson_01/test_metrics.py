@@ -9,10 +9,10 @@ from fastapi.testclient import TestClient
 from tests.support.metrics import metric
 
 FROM_STEP_3 = [
-    "01_step3_metrics.py",
-    "01_step4_errors.py",
-    "01_step5_shutdown.py",
-    "01_production_api.py",
+    "lesson01/step3_metrics.py",
+    "lesson01/step4_errors.py",
+    "lesson01/step5_shutdown.py",
+    "lesson01/production_api.py",
 ]
 
 

@@ -8,12 +8,12 @@ from tests.support.openai_stub import ChatCompletionsStub
 
 ANSWER = "Containers package code with its dependencies"
 SCRIPTS = [
-    "01_step1_api.py",
-    "01_step2_request_ids.py",
-    "01_step3_metrics.py",
-    "01_step4_errors.py",
-    "01_step5_shutdown.py",
-    "01_production_api.py",
+    "lesson01/step1_api.py",
+    "lesson01/step2_request_ids.py",
+    "lesson01/step3_metrics.py",
+    "lesson01/step4_errors.py",
+    "lesson01/step5_shutdown.py",
+    "lesson01/production_api.py",
 ]
 
 
@@ -62,7 +62,7 @@ def test_stream_relays_the_providers_tokens(load_script, online_env, stub, scrip
 
 
 def test_streamed_usage_reaches_the_token_metric(load_script, online_env, stub):
-    with TestClient(load_script("01_production_api.py", **online_env).app) as client:
+    with TestClient(load_script("lesson01/production_api.py", **online_env).app) as client:
         with connect_sse(client, "POST", "/v1/stream", json={"query": "count"}) as source:
             list(source.iter_sse())
         metrics = client.get("/metrics").text
@@ -71,7 +71,7 @@ def test_streamed_usage_reaches_the_token_metric(load_script, online_env, stub):
 
 
 def test_temperature_and_max_tokens_reach_the_provider(load_script, online_env, stub):
-    with TestClient(load_script("01_production_api.py", **online_env).app) as client:
+    with TestClient(load_script("lesson01/production_api.py", **online_env).app) as client:
         client.post("/v1/invoke", json={"query": "q", "temperature": 0.3, "max_tokens": 42})
         client.post("/v1/invoke", json={"query": "plain"})
     tuned, plain = stub.requests

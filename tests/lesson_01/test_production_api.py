@@ -1,6 +1,6 @@
-"""The production version (code/01_production_api.py): what it adds to step 5. Settings, strict
-input, a body limit, a cache, CORS and an OpenAPI document that declares every error; what it shares
-with the steps is tested with them (test_request_ids.py, test_metrics.py, test_errors.py,
+"""The production version (code/lesson01/production_api.py): what it adds to step 5. Settings,
+strict input, a body limit, a cache, CORS and an OpenAPI document that declares every error; what it
+shares with the steps is tested with them (test_request_ids.py, test_metrics.py, test_errors.py,
 test_graceful_shutdown.py) and test_steps.py checks that it answers as step 5 does."""
 
 import asyncio
@@ -20,7 +20,7 @@ from httpx_sse import connect_sse
 from tests.support.errors import assert_error
 from tests.support.metrics import metric
 
-PRODUCTION_STEPS = ["01_production_api.py"]
+PRODUCTION_STEPS = ["lesson01/production_api.py"]
 
 
 @pytest.fixture(params=PRODUCTION_STEPS)

@@ -15,11 +15,11 @@ from httpx_sse import connect_sse
 from lesson01.request_context import JsonFormatter
 
 FROM_STEP_2 = [
-    "01_step2_request_ids.py",
-    "01_step3_metrics.py",
-    "01_step4_errors.py",
-    "01_step5_shutdown.py",
-    "01_production_api.py",
+    "lesson01/step2_request_ids.py",
+    "lesson01/step3_metrics.py",
+    "lesson01/step4_errors.py",
+    "lesson01/step5_shutdown.py",
+    "lesson01/production_api.py",
 ]
 
 

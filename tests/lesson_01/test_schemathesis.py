@@ -18,7 +18,7 @@ MAX_EXAMPLES = "30"
 SEED = "20261122"
 
 
-@pytest.mark.parametrize("script", ["01_production_api.py"])  # step 2 declares every answer
+@pytest.mark.parametrize("script", ["lesson01/production_api.py"])  # step 2 declares every answer
 def test_schemathesis_finds_no_gap_between_the_schema_and_the_answers(
     start_server, script, tmp_path
 ):

@@ -1,11 +1,11 @@
-"""Step 1 (code/01_step1_api.py): the agent behind FastAPI, as one JSON answer or a token stream,
-with a liveness and a readiness probe."""
+"""Step 1 (code/lesson01/step1_api.py): the agent behind FastAPI, as one JSON answer or a token
+stream, with a liveness and a readiness probe."""
 
 import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
-STEP_1 = "01_step1_api.py"
+STEP_1 = "lesson01/step1_api.py"
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""Lesson 01's steps (code/01_step1_api.py ... code/01_step5_shutdown.py): each keeps the names and
-the shape of the one before and adds its idea; `make lesson-01 STEP=K` serves step K; each step,
-served as the doc serves it, prints what docs/01-agent-api.md shows; and the last step and the
-production version (code/01_production_api.py) answer alike.
+"""Lesson 01's steps (code/lesson01/step1_api.py ... code/lesson01/step5_shutdown.py): each keeps
+the names and the shape of the one before and adds its idea; `make lesson-01 STEP=K` serves step K;
+each step, served as the doc serves it, prints what docs/01-agent-api.md shows; and the last step
+and the production version (code/lesson01/production_api.py) answer alike.
 
 The doc's `curl` commands are run against each step by tests/repo/test_docs.py, and step 5's
 SIGTERM commands by tests/repo/test_docs_commands.py.
@@ -19,40 +19,42 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
-from support.lessons import ROOT, step_files
+from support.lessons import ROOT, module_name, step_files
 from support.ports import free_port
 from support.server import offline_environment
 from support.waiting import answers_200, wait_for
 from tests.support.steps import dropped_names, make_dry_run, step_changes
 
 STEPS = [
-    "code/01_step1_api.py",
-    "code/01_step2_request_ids.py",
-    "code/01_step3_metrics.py",
-    "code/01_step4_errors.py",
-    "code/01_step5_shutdown.py",
+    "code/lesson01/step1_api.py",
+    "code/lesson01/step2_request_ids.py",
+    "code/lesson01/step3_metrics.py",
+    "code/lesson01/step4_errors.py",
+    "code/lesson01/step5_shutdown.py",
 ]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
-PRODUCTION = "code/01_production_api.py"
+PRODUCTION = "code/lesson01/production_api.py"
 DOC = ROOT / "docs" / "01-agent-api.md"
 
 
 def dry_run(*goals: str) -> subprocess.CompletedProcess:
-    return make_dry_run("-o", ".venv/.lessons", *goals)
+    return make_dry_run("-o", ".venv/.lesson01", *goals)
 
 
 def test_the_steps_are_the_files_make_serves():
     assert [str(p.relative_to(ROOT)) for p in step_files("01")] == STEPS
     make = dry_run("lesson-01")
     assert make.returncode == 0, make.stderr
-    assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[-1]}")  # alone: the last step
+    assert make.stdout.splitlines()[-1].endswith(
+        f"python -m {module_name(STEPS[-1])}"
+    )  # alone: the last step
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
 def test_make_lesson_01_step_k_serves_step_k_with_a_banner(step):
     make = dry_run("lesson-01", f"STEP={step}")
     assert make.returncode == 0, make.stderr
-    assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[step - 1]}")
+    assert make.stdout.splitlines()[-1].endswith(f"python -m {module_name(STEPS[step - 1])}")
     assert f"Lesson 01, step {step} of 5" in make.stdout
     assert f"docs/01-agent-api.md, section {step}" in make.stdout
 
@@ -86,7 +88,7 @@ def test_the_next_step_mostly_adds(before, after):
 
 def test_step_2_logs_the_line_the_doc_shows(start_server):
     """Section 2: the doc's curl with its X-Request-ID, and the server's log line for it."""
-    server = start_server("01_step2_request_ids.py", OFFLINE_TOKEN_DELAY_MS="0")
+    server = start_server("lesson01/step2_request_ids.py", OFFLINE_TOKEN_DELAY_MS="0")
     shown = re.search(r"The server's terminal shows.*?```json\n(.*?)\n```", DOC.read_text(), re.S)
     expected = json.loads(shown[1])
     answer = httpx.post(
@@ -200,7 +202,7 @@ def test_make_lesson_01_serves_the_last_step_and_answers_the_readmes_curl():
     env = offline_environment(PORT=port, HOST="127.0.0.1")
     env = {k: v for k, v in env.items() if not k.startswith("MAKE")}  # not `make test`'s flags
     make = subprocess.Popen(
-        ["make", "--no-print-directory", "-o", ".venv/.lessons", "lesson-01"],
+        ["make", "--no-print-directory", "-o", ".venv/.lesson01", "lesson-01"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

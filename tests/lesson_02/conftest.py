@@ -1,5 +1,5 @@
 """Fixtures for the research agent's tests: settings, app clients and the agent as a process,
-and the lesson's steps (code/02_step*.py)."""
+and the lesson's steps (code/lesson02/step*.py)."""
 
 import sys
 from contextlib import contextmanager
@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from research_agent.app import create_app
 from research_agent.settings import variables
-from support.lessons import AGENT_DIR, ROOT, load_lesson, step_file
+from support.lessons import AGENT_DIR, ROOT, import_lesson, step_file
 from tests.support.agent import make_settings
 
 
@@ -60,6 +60,6 @@ def load_step(monkeypatch):
         monkeypatch.delenv("QUESTION", raising=False)  # steps 1 to 3 ask it when run
         for name, value in {"OFFLINE_TOKEN_DELAY_MS": 0, **env}.items():
             monkeypatch.setenv(name, str(value))
-        return load_lesson(step_file("02", k).relative_to(ROOT).as_posix())
+        return import_lesson(step_file("02", k).relative_to(ROOT).as_posix())
 
     return load

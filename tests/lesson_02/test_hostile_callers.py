@@ -159,7 +159,7 @@ def test_a_too_many_auth_failures_429_names_the_address_and_the_key(start_agent)
 def deployed_forwarders() -> list[str]:
     """FORWARDED_ALLOW_IPS as lesson 03's Compose file and lesson 06's Swarm stack set it."""
     compose = yaml.safe_load((AGENT_DIR / "docker-compose.yml").read_text())
-    stack = yaml.safe_load((REPO / "deploy" / "swarm" / "stack.yml").read_text())
+    stack = yaml.safe_load((REPO / "code" / "lesson06" / "swarm" / "stack.yml").read_text())
     values = [compose["services"]["agent"]["environment"]["FORWARDED_ALLOW_IPS"]]
     for service in stack["services"].values():
         environment = service.get("environment") or {}

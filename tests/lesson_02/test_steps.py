@@ -1,6 +1,6 @@
-"""Lesson 02's steps (code/02_step*.py): each runs and answers offline, each keeps the names of the
-step it builds on, and the middleware of step 2, the limits of step 3 and the cache of step 5 do
-what the doc says.
+"""Lesson 02's steps (code/lesson02/step*.py): each runs and answers offline, each keeps the names
+of the step it builds on, and the middleware of step 2, the limits of step 3 and the cache of step 5
+do what the doc says.
 
 Steps 1 to 3 are scripts; steps 4 and 5 serve step 3's agent, which they load from its file (step 4
 is the API, step 5 the API with a Redis cache), so an edit of step 3 is what they serve. The doc's
@@ -10,10 +10,12 @@ the doc's.
 
 import ast
 import asyncio
+import importlib
 import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import httpx
@@ -21,8 +23,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from support import lessons
-from support.lessons import ROOT, step_file, step_files
+from support.lessons import ROOT, run_module, step_file, step_files
 from support.ports import free_port
 from support.server import offline_environment
 from tests.support.sse import parse_sse
@@ -50,15 +51,17 @@ def top_level_names(text: str) -> dict[str, ast.stmt]:
 # --- The steps and the module between them ------------------------------------------------------
 
 
-LOADS_STEP_3 = 'step3 = load_lesson("code/02_step3_limits.py")'
+LOADS_STEP_3 = "from lesson02 import step3_limits as step3"
 
 
 def test_the_lesson_has_five_steps_and_the_api_steps_load_step_3s_agent_from_its_file():
-    assert [path.name[7] for path in step_files("02")] == ["1", "2", "3", "4", "5"]
-    assert step_file("02", 3).name == "02_step3_limits.py"
+    assert [path.name[4] for path in step_files("02")] == ["1", "2", "3", "4", "5"]
+    assert step_file("02", 3).name == "step3_limits.py"
     for k in (4, 5):
         assert source(step_file("02", k)).count(LOADS_STEP_3) == 1
-    assert not (ROOT / "code" / "lesson02").exists()  # no copy of a step to keep equal
+    steps = [path.name for path in step_files("02")]  # and no copy of a step to keep equal:
+    folder = sorted(p.name for p in (ROOT / "code" / "lesson02").glob("*.py"))
+    assert folder == ["__init__.py", *steps]
 
 
 def test_the_api_step_serves_step_3s_file_read_anew_with_each_load(load_step):
@@ -323,7 +326,7 @@ def test_step_5s_commands_print_what_the_doc_shows(server_process, fresh_redis):
         (c, out) for c, out in checked_commands() if "/v1/research" in c and "for i" in c
     ]
     server = server_process(
-        [sys.executable, step_file("02", 5)], cwd=ROOT, REDIS_URL=fresh_redis.url
+        [sys.executable, *run_module(step_file("02", 5))], cwd=ROOT, REDIS_URL=fresh_redis.url
     )
     as_run = command.replace("localhost:8000", f"localhost:{server.port}")
     result = subprocess.run(["bash", "-c", as_run], capture_output=True, text=True, timeout=120)
@@ -343,12 +346,12 @@ def test_make_lesson_02_runs_a_step_with_step_and_the_package_without():
 
     assert dry_run().stdout.rstrip().endswith("cd research-agent && ../.venv/bin/python main.py")
     script = dry_run("STEP=1").stdout
-    assert script.rstrip().endswith(".venv/bin/python code/02_step1_agent.py")
+    assert script.rstrip().endswith(".venv/bin/python -m lesson02.step1_agent")
     assert "Swagger UI" not in script  # a script: no banner
     assert "Swagger UI" not in dry_run("STEP=3").stdout  # the last script
     server = dry_run("STEP=4").stdout
     assert "Lesson 02 step 4 on http://" in server and "/v1/research" in server
-    assert server.rstrip().endswith(".venv/bin/python code/02_step4_api.py")
+    assert server.rstrip().endswith(".venv/bin/python -m lesson02.step4_api")
     wrong = subprocess.run(
         ["make", "--no-print-directory", "-o", ".venv/.lessons", "lesson-02", "STEP=9"],
         cwd=ROOT,
@@ -356,7 +359,7 @@ def test_make_lesson_02_runs_a_step_with_step_and_the_package_without():
         text=True,
         timeout=60,
     )
-    assert wrong.returncode != 0 and "Lesson 02 has steps 1 to 5" in wrong.stderr
+    assert wrong.returncode != 0 and "the steps are STEP=1 to STEP=5" in wrong.stderr
 
 
 def test_the_challenge_line_is_what_turns_a_failed_search_into_an_answer(tmp_path):
@@ -419,19 +422,23 @@ def test_served_without_the_challenge_line_a_failed_search_passes_for_the_deadli
     monkeypatch, tmp_path
 ):
     """What the challenge's solution says of step 4: it serves the changed step 3, as the learner
-    runs it (a copy of the two files, changed as the challenge says, loaded from there)."""
+    runs it (the two files changed as the challenge says, standing in for lesson02's steps)."""
     text = DOC.read_text(encoding="utf-8")
     challenge = text[text.index("## Challenge") :]
     line, replacement = re.search(r"change the line\s+`([^`]+)` to\s+`([^`]+)`", challenge).groups()
     assert "pass for the run's deadline: a 504" in challenge
-    (tmp_path / "code").mkdir()
-    for k in (3, 4):
-        name = step_file("02", k).name
-        (tmp_path / "code" / name).write_text(source(step_file("02", k)).replace(line, replacement))
-    monkeypatch.setattr(lessons, "ROOT", tmp_path)  # where step 4 finds step 3
     monkeypatch.setenv("SEARCH_TIMEOUT_SECONDS", "0")
     monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "0")
-    step = lessons.load_lesson(f"code/{step_file('02', 4).name}")
+    package = importlib.import_module("lesson02")
+    for k in (3, 4):  # step 3 first: step 4 imports it by name (from lesson02 import step3_limits)
+        path = tmp_path / step_file("02", k).name
+        path.write_text(source(step_file("02", k)).replace(line, replacement), encoding="utf-8")
+        module = types.ModuleType(f"lesson02.{path.stem}")
+        module.__file__ = str(path)
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        monkeypatch.setattr(package, path.stem, module, raising=False)
+        exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), module.__dict__)
+    step = module
     assert line not in Path(step.step3.__file__).read_text(encoding="utf-8")
     with TestClient(step.app) as client:
         late = client.post("/v1/research", json={"query": QUESTION})

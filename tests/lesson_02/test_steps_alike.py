@@ -1,6 +1,6 @@
 """The research agent package is where lesson 02's steps arrive: offline, on the questions the
-lesson's doc asks, the last step (code/02_step5_cache.py) and the package's app answer alike: the
-same answer, searches, sources and token count as JSON, and the same events in the same order on
+lesson's doc asks, the last step (code/lesson02/step5_cache.py) and the package's app answer alike:
+the same answer, searches, sources and token count as JSON, and the same events in the same order on
 the stream (tool, token..., final, [DONE]), uncached and then from the cache. Only the request id,
 which the package's request-id layer adds, may differ."""
 

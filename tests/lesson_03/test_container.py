@@ -207,6 +207,7 @@ except ImportError:  # the script above needs only the standard library
 
 if pytest is not None:
     # Under pytest the support package is on the path (pyproject.toml): a stream read in a thread.
+    from support.waiting import wait_for
     from tests.support.sse import BackgroundStream
 
     IMAGES = os.environ.get(
@@ -245,23 +246,21 @@ if pytest is not None:
             )
             return result.stdout + result.stderr
 
+        def healthy(self) -> bool:
+            state = self.state()
+            if not state["Running"]:
+                raise AssertionError(
+                    f"{self.image} exited with code {state['ExitCode']} before it was healthy"
+                )
+            if not state.get("Health"):
+                raise AssertionError(f"{self.image} has no HEALTHCHECK")
+            return state["Health"]["Status"] == "healthy"
+
         def wait_healthy(self) -> float:
             started = time.monotonic()
-            while time.monotonic() - started < HEALTHY_TIMEOUT:
-                state = self.state()
-                if not state["Running"]:
-                    raise AssertionError(
-                        f"{self.image} exited with code {state['ExitCode']} before it was healthy"
-                    )
-                if not state.get("Health"):
-                    raise AssertionError(f"{self.image} has no HEALTHCHECK")
-                if state["Health"]["Status"] == "healthy":
-                    return time.monotonic() - started
-                time.sleep(0.25)
-            raise AssertionError(
-                f"{self.image} not healthy after {HEALTHY_TIMEOUT:.0f}s:"
-                f" {self.state().get('Health')}"
-            )
+            wait_for(self.healthy, timeout=HEALTHY_TIMEOUT, interval=0.25,
+                     what=f"{self.image} healthy")  # fmt: skip
+            return time.monotonic() - started
 
         def remove(self) -> None:
             docker("rm", "-f", self.id, check=False)

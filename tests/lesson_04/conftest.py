@@ -3,7 +3,7 @@ hostile suite runs under."""
 
 import pytest
 
-from support.lessons import load_lesson
+from support.lessons import import_lesson
 from support.waiting import wait_for
 from tests.support.sandbox_api import SandboxApi, containers
 
@@ -18,7 +18,7 @@ def lesson(monkeypatch):
         monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "0")
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        return load_lesson("code/04_sandboxed_tools.py")
+        return import_lesson("code/lesson04/sandboxed_tools.py")
 
     return load
 

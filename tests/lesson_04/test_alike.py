@@ -1,14 +1,13 @@
 """Lesson 04's last step and the research agent run the doc's programs alike.
 
-Step 4 (code/04_step4_api.py) is a small copy of the research agent's sandbox. The research agent's
-`run_python` tool is built here exactly as the research agent builds it (`SANDBOX_ENABLED=true`:
-research_agent/sandbox/python_tool.py's `sandbox_tools`, with its runner, queue, watchdog and
-seccomp profile). Both get the programs docs/04-sandboxed-tools.md runs, and must print the same
-stdout and stderr and end the same way: the exit code, a timeout, an OOM kill, a flood cut at its
-cap, a refused network. The offline model, given either tool, must answer the doc's questions alike,
-and the step must set the research agent's limits. The tests marked `container` run real sandboxes
-(`make sandbox-test`).
-"""
+Step 4 (code/lesson04/step4_api.py) is a small copy of the research agent's sandbox. The research
+agent's `run_python` tool is built here exactly as the research agent builds it
+(`SANDBOX_ENABLED=true`: research_agent/sandbox/python_tool.py's `sandbox_tools`, with its runner,
+queue, watchdog and seccomp profile). Both get the programs docs/04-sandboxed-tools.md runs, and
+must print the same stdout and stderr and end the same way: the exit code, a timeout, an OOM kill, a
+flood cut at its cap, a refused network. The offline model, given either tool, must answer the doc's
+questions alike, and the step must set the research agent's limits. The tests marked `container` run
+real sandboxes (`make sandbox-test`)."""
 
 import ast
 import asyncio
@@ -20,10 +19,10 @@ from langchain.agents import create_agent
 
 from chat_model import OfflineToolCallingModel
 from research_agent.sandbox.python_tool import sandbox_tools
-from support.lessons import ROOT, load_lesson
+from support.lessons import ROOT, import_lesson
 from tests.support.agent import make_settings
 
-LAST_STEP = "code/04_step4_api.py"
+LAST_STEP = "code/lesson04/step4_api.py"
 
 
 def constants(step: str) -> dict:
@@ -40,8 +39,8 @@ def constants(step: str) -> dict:
 
 # What the doc runs: step 1's programs (section 1; step 4's curl runs two of them) and step 2's
 # questions (section 2; step 4's curl asks the first).
-PROGRAMS = constants("code/04_step1_sandbox.py")["PROGRAMS"]
-QUESTIONS = constants("code/04_step2_tool.py")["QUESTIONS"]
+PROGRAMS = constants("code/lesson04/step1_sandbox.py")["PROGRAMS"]
+QUESTIONS = constants("code/lesson04/step2_tool.py")["QUESTIONS"]
 # How a run ended, and what it printed; the research agent also times it (duration_ms).
 COMPARED = ["stdout", "stderr", "exit_code", "timed_out", "oom_killed", "truncated"]
 
@@ -69,7 +68,7 @@ def test_the_programs_and_questions_are_the_docs():
 
 @pytest.fixture(scope="module")
 def step():
-    return load_lesson(LAST_STEP)
+    return import_lesson(LAST_STEP)
 
 
 @pytest.fixture(scope="module")

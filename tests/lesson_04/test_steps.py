@@ -1,6 +1,7 @@
-"""Lesson 04's steps (code/04_step1_sandbox.py ... code/04_step4_api.py): each keeps the names and
-the shape of the one before and adds its idea; `make lesson-04 STEP=K` runs step K and prints what
-docs/04-sandboxed-tools.md shows; step 3 bounds its containers and sweeps only what expired.
+"""Lesson 04's steps (code/lesson04/step1_sandbox.py ... code/lesson04/step4_api.py): each keeps the
+names and the shape of the one before and adds its idea; `make lesson-04 STEP=K` runs step K and
+prints what docs/04-sandboxed-tools.md shows; step 3 bounds its containers and sweeps only what
+expired.
 
 The tests marked `container` run real sandboxes (`make sandbox-test`); step 4's commands are run by
 tests/repo/test_docs.py, and tests/lesson_04/test_alike.py compares step 4 with the research agent.
@@ -16,15 +17,15 @@ import uuid
 import docker
 import pytest
 
-from support.lessons import ROOT, load_lesson
+from support.lessons import ROOT, import_lesson, module_name
 from tests.support.doc_output import printed_as_shown, shown_output
 from tests.support.steps import definitions, dropped_names, make_dry_run, step_changes
 
 STEPS = [
-    "code/04_step1_sandbox.py",
-    "code/04_step2_tool.py",
-    "code/04_step3_bounded.py",
-    "code/04_step4_api.py",
+    "code/lesson04/step1_sandbox.py",
+    "code/lesson04/step2_tool.py",
+    "code/lesson04/step3_bounded.py",
+    "code/lesson04/step4_api.py",
 ]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 DOC = ROOT / "docs" / "04-sandboxed-tools.md"
@@ -41,17 +42,19 @@ MADE = ("-o", ".venv/.lessons", "-o", "sandbox-image")
 
 
 def test_the_steps_are_the_files_make_runs():
-    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/04_step*.py")) == STEPS
+    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/lesson04/step*.py")) == STEPS
     make = make_dry_run(*MADE, "lesson-04")
     assert make.returncode == 0, make.stderr
-    assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[-1]}")  # alone: the last step
+    assert make.stdout.splitlines()[-1].endswith(
+        f"python -m {module_name(STEPS[-1])}"
+    )  # alone: the last step
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4])
 def test_make_lesson_04_step_k_runs_step_k_with_a_banner(step):
     make = make_dry_run(*MADE, "lesson-04", f"STEP={step}")
     assert make.returncode == 0, make.stderr
-    assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[step - 1]}")
+    assert make.stdout.splitlines()[-1].endswith(f"python -m {module_name(STEPS[step - 1])}")
     assert f"Lesson 04, step {step}" in make.stdout and "docs/04-sandboxed-tools.md" in make.stdout
 
 
@@ -107,7 +110,7 @@ def test_make_lesson_04_step_k_prints_what_the_doc_shows(step):
 
 @pytest.fixture(scope="module")
 def step_3():
-    return load_lesson(STEPS[2])
+    return import_lesson(STEPS[2])
 
 
 @pytest.mark.container

@@ -1,8 +1,8 @@
 """Lesson 05's last step and the production API answer alike.
 
-Step 5 (code/05_step5_lifecycle.py, with code/lesson05/container.py) is a small copy of
-code/05_variations_api.py. Both are asked docs/05's question with the same three variations, at
-the same time, beside the same Redis and network (`scripts/lesson-05.sh up`), each variation in a
+Step 5 (code/lesson05/step5_lifecycle.py, with code/lesson05/container.py) is a small copy of
+code/lesson05/variations_api.py. Both are asked docs/05's question with the same three variations,
+at the same time, beside the same Redis and network (`scripts/lesson-05.sh up`), each variation in a
 real container, and each variation must come out alike: its final answer and its sources, the
 names of its events in their order (every token), and how it ended (`variation_done`'s status,
 exit code, OOM kill and reason); the run's own events too. The production API is asked with the
@@ -22,12 +22,15 @@ import pytest
 from httpx_sse import connect_sse
 
 from lesson05.presets import PRESETS
-from support.lessons import ROOT
+from support.lessons import ROOT, run_module
 from tests.support.doc_session import Terminal, differences, section_blocks
+
+# A lesson's own check (its `make` target, in CI's queue), not `make test`'s: see tests/conftest.py.
+pytestmark = pytest.mark.container
 
 DOC = ROOT / "docs" / "05-parallel-variations.md"
 CONTAINER = ROOT / "code" / "lesson05" / "container.py"
-LAST_STEP = "code/05_step5_lifecycle.py"
+LAST_STEP = "code/lesson05/step5_lifecycle.py"
 GOING_FURTHER_SECTION = "Going further"
 STREAM_ID = re.compile(r"\b\d{13}-\d+\b")
 
@@ -165,7 +168,6 @@ def ask_the_step(url: str, body: dict, found: dict) -> None:
         found["events"] = [(e.event, json.loads(e.data)) for e in source.iter_sse() if e.data]
 
 
-@pytest.mark.container
 def test_the_last_step_and_the_production_api_answer_the_docs_question_alike(
     stack, api_process, server_process, tmp_path
 ):
@@ -174,7 +176,8 @@ def test_the_last_step_and_the_production_api_answer_the_docs_question_alike(
     assert body == {"query": "How do I stop a container gracefully?", "variations": 3}
     production = api_process(OFFLINE_TOKEN_DELAY_MS=15)  # the workers' own default, as the step's
     step = server_process(
-        [sys.executable, LAST_STEP], cwd=ROOT, ready_path="/openapi.json", ready_timeout=120,
+        [sys.executable, *run_module(LAST_STEP)], cwd=ROOT, ready_path="/openapi.json",
+        ready_timeout=120,
         **stack, WORKER_IMAGE=production.env["WORKER_IMAGE"],
     )  # fmt: skip
     found: dict = {}

@@ -7,7 +7,7 @@ from support.lessons import ROOT
 DOC = (ROOT / "docs" / "05-parallel-variations.md").read_text(encoding="utf-8")
 # The lesson and the Going-further modules it imports (code/lesson05/).
 SOURCES = [
-    ROOT / "code" / "05_variations_api.py",
+    ROOT / "code" / "lesson05" / "variations_api.py",
     *sorted((ROOT / "code" / "lesson05").glob("*.py")),
 ]
 API = "\n".join(path.read_text(encoding="utf-8") for path in SOURCES)

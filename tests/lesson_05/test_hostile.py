@@ -1,7 +1,7 @@
 """Lesson 05 attacked: ids that are not what they claim, floods of followers, strangers.
 
 Each test is a case that got a traceback, a plain-text 500, a stranger's access or a dead API from
-an earlier version of code/05_variations_api.py.
+an earlier version of code/lesson05/variations_api.py.
 """
 
 import asyncio

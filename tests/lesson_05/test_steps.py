@@ -1,4 +1,4 @@
-"""Lesson 05's steps (code/05_step1_worker.py ... code/05_step5_lifecycle.py) as
+"""Lesson 05's steps (code/lesson05/step1_worker.py ... code/lesson05/step5_lifecycle.py) as
 docs/05-parallel-variations.md has a learner run them, each compared with the doc.
 
 Each step keeps the names of the one before and mostly adds to it. The tests marked `container`
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from support.lessons import ROOT
+from support.lessons import ROOT, module_name
 from support.ports import free_port
 from support.server import offline_environment
 from support.waiting import answers_200, wait_for
@@ -33,13 +33,16 @@ from tests.support.doc_session import Block, Terminal, differences, section_step
 from tests.support.docker_cli import docker
 from tests.support.steps import dropped_names, make_dry_run, step_changes
 
+# A lesson's own check (its `make` target, in CI's queue), not `make test`'s: see tests/conftest.py.
+pytestmark = pytest.mark.container
+
 DOC = ROOT / "docs" / "05-parallel-variations.md"
 STEPS = [
-    "code/05_step1_worker.py",
-    "code/05_step2_parallel.py",
-    "code/05_step3_run_stream.py",
-    "code/05_step4_api.py",
-    "code/05_step5_lifecycle.py",
+    "code/lesson05/step1_worker.py",
+    "code/lesson05/step2_parallel.py",
+    "code/lesson05/step3_run_stream.py",
+    "code/lesson05/step4_api.py",
+    "code/lesson05/step5_lifecycle.py",
 ]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 # What a step runs when it is run, and the next step replaces: its demonstration.
@@ -55,7 +58,7 @@ def dry_run(*arguments: str) -> subprocess.CompletedProcess:
 
 
 def test_the_steps_are_the_files_make_runs_and_alone_it_serves_the_production_api():
-    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/05_step*.py")) == STEPS
+    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/lesson05/step*.py")) == STEPS
     alone = dry_run("lesson-05")
     assert alone.returncode == 0, alone.stderr
     assert alone.stdout.splitlines()[-1].endswith("scripts/lesson-05.sh serve")
@@ -65,7 +68,8 @@ def test_the_steps_are_the_files_make_runs_and_alone_it_serves_the_production_ap
 def test_make_lesson_05_step_k_runs_step_k_beside_redis_with_a_banner(step):
     made = dry_run("lesson-05", f"STEP={step}")
     assert made.returncode == 0, made.stderr
-    assert made.stdout.splitlines()[-1].endswith(f"scripts/lesson-05.sh run {STEPS[step - 1]}")
+    run = f"scripts/lesson-05.sh run {module_name(STEPS[step - 1])}"
+    assert made.stdout.splitlines()[-1].endswith(run)
     assert f"Lesson 05, step {step} of 5" in made.stdout
     assert f"docs/05-parallel-variations.md, section {step}" in made.stdout
 
@@ -160,7 +164,6 @@ def scripts_printed(lesson_env, tmp_path_factory):
     }
 
 
-@pytest.mark.container
 @pytest.mark.parametrize("step", [1, 2, 3])
 def test_make_lesson_05_step_k_prints_what_the_doc_shows(step, scripts_printed):
     [(command, shown)] = section_steps(DOC, SECTIONS[step])
@@ -244,13 +247,11 @@ def sections_run(lesson_env, tmp_path_factory):
     return failures
 
 
-@pytest.mark.container
 def test_step_4_streams_a_run_and_resumes_after_an_id_as_the_doc_shows(sections_run):
     if 4 in sections_run:
         raise sections_run[4]
 
 
-@pytest.mark.container
 def test_step_5_ends_every_variation_and_removes_its_container_as_the_doc_shows(sections_run):
     if 5 in sections_run:
         raise sections_run[5]
@@ -262,7 +263,6 @@ def containers_of(name: str, *labels: str) -> list[str]:
     return docker("ps", "-aq", *(f for label in filters for f in ("--filter", label))).split()
 
 
-@pytest.mark.container
 def test_the_challenge_then_make_lesson_05_down_removes_what_the_stopped_step_left(
     name, lesson_env, tmp_path
 ):

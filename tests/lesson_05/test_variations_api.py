@@ -1,4 +1,5 @@
-"""code/05_variations_api.py over real HTTP and a real Redis, each variation a local worker process.
+"""code/lesson05/variations_api.py over real HTTP and a real Redis, each variation a local worker
+process.
 
 The same scenarios with real containers (OOM, docker kill, the API process restarted) are in
 test_containers.py; the page in a real browser is test_browser.py.

@@ -1,4 +1,5 @@
-"""deploy/k8s/: every manifest is valid in strict mode, and agrees with the rest of the repository.
+"""code/lesson06/k8s/: every manifest is valid in strict mode, and agrees with the rest of the
+repository.
 
 No cluster runs here, so `kubernetes-validate` checks each object against the API's own schemas
 offline, rejecting unknown fields (a typo such as `readOnlyRootFileSystem` would otherwise be

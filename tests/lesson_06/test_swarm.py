@@ -1,4 +1,5 @@
-"""Lesson 06 on Swarm: deploy/swarm/stack.yml and haproxy.cfg, read (make test), run (swarm-test).
+"""Lesson 06 on Swarm: code/lesson06/swarm/stack.yml and haproxy.cfg, read (make test), run
+(swarm-test).
 
 The static half checks what the files promise against each other and against the app: the shutdown
 budget, the update order, dnsrr everywhere, HAProxy finding `tasks.agent` on the app's port and
@@ -262,7 +263,7 @@ DOC = ROOT / "docs" / "06-scale-out.md"
 COLUMN_FILES = [
     [ROOT / "research-agent" / "docker-compose.yml"],
     [swarm.STACK_FILE, swarm.HAPROXY_CFG],
-    sorted((ROOT / "deploy" / "k8s").glob("*.yaml")),
+    sorted((ROOT / "code" / "lesson06" / "k8s").glob("*.yaml")),
 ]
 
 

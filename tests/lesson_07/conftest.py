@@ -1,5 +1,5 @@
 """Lesson 07 without Docker: each agent and the gateway run as local processes, the same commands
-the containers run (`python code/07_event_agents.py triage`, ...), against a real redis-server.
+the containers run (`python -m lesson07.event_agents triage`, ...), against a real redis-server.
 
 The container suite (marker `container`, `make pubsub-test`) runs the Compose project instead.
 """
@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from support.event_agents import SERVICES, System, gateway_process
-from support.lessons import load_lesson
+from support.lessons import import_lesson
 from tests.support.redis import RedisServer
 
 
@@ -36,4 +36,4 @@ def system(tmp_path_factory):
 def agents():
     """Lesson 07's agents file, loaded when a test asks for it, not while pytest collects: a
     lesson that fails to import fails its tests, not the collection of every other."""
-    return load_lesson("code/07_event_agents.py")
+    return import_lesson("code/lesson07/event_agents.py")

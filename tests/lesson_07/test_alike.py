@@ -1,15 +1,14 @@
 """Lesson 07's last step and the production agents answer alike.
 
-Step 4 (code/07_step4_deadletters.py) is a small copy of the production agents
-(code/07_event_agents.py and code/lesson07/). Both get what docs/07 sends through the steps, on a
-real Redis: step 1's three questions as the student `ann`, step 3's copy of the first question's
-event, step 4's event that is not a CloudEvent, and step 4's exercise specialist whose model server
-is down; the production agents with the step's visibility timeout and delivery limit. Each side's
-agents run until every group has read and acked all its topic holds; then the same things must be
-in Redis: each question's route, status and answer, the progress counts, how many events each
-specialist was handed (the copy: none), and the dead letters (what each holds, and after how many
-deliveries).
-"""
+Step 4 (code/lesson07/step4_deadletters.py) is a small copy of the production agents
+(code/lesson07/event_agents.py and code/lesson07/). Both get what docs/07 sends through the steps,
+on a real Redis: step 1's three questions as the student `ann`, step 3's copy of the first
+question's event, step 4's event that is not a CloudEvent, and step 4's exercise specialist whose
+model server is down; the production agents with the step's visibility timeout and delivery limit.
+Each side's agents run until every group has read and acked all its topic holds; then the same
+things must be in Redis: each question's route, status and answer, the progress counts, how many
+events each specialist was handed (the copy: none), and the dead letters (what each holds, and after
+how many deliveries)."""
 
 import asyncio
 import json
@@ -21,9 +20,9 @@ import redis
 from langchain_openai import ChatOpenAI
 
 from lesson07 import contract
-from support.lessons import load_lesson
+from support.lessons import import_lesson
 
-LAST_STEP = "code/07_step4_deadletters.py"
+LAST_STEP = "code/lesson07/step4_deadletters.py"
 NOT_A_CLOUD_EVENT = "not a cloud event"
 
 
@@ -134,7 +133,7 @@ def what_redis_holds(url: str, topics: list[str]) -> dict:
 def step(monkeypatch, fresh_redis):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("REDIS_URL", fresh_redis.url)
-    return load_lesson(LAST_STEP)  # a fresh module: its Redis client on this test's Redis
+    return import_lesson(LAST_STEP)  # a fresh module: its Redis client on this test's Redis
 
 
 def test_the_last_step_and_the_production_agents_answer_the_docs_questions_alike(

@@ -1,4 +1,4 @@
-"""deploy/lesson07/compose.yaml, statically (`make test`): what `--scale`, AOF and the lesson's
+"""code/lesson07/compose.yaml, statically (`make test`): what `--scale`, AOF and the lesson's
 names need, and that both Composes read it (the live runs: test_containers.py, make pubsub-test)."""
 
 import shutil
@@ -11,7 +11,7 @@ import yaml
 from tests.support.docker_cli import NO_COMPOSE_V2, compose_v2
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "deploy" / "lesson07" / "compose.yaml"
+COMPOSE_FILE = ROOT / "code" / "lesson07" / "compose.yaml"
 SERVICES = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
 AGENTS = ("triage", "concepts", "debug", "exercise", "progress")
 
@@ -25,7 +25,7 @@ def test_an_agent_can_be_scaled(name):
     """No fixed container name and no host port: `--scale` can run several copies."""
     service = SERVICES[name]
     assert "container_name" not in service and "ports" not in service
-    assert service["command"] == ["07_event_agents.py", name]
+    assert service["command"] == ["-m", "lesson07.event_agents", name]
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
 
 

@@ -1,13 +1,13 @@
-"""deploy/dapr/ cannot run here (no sidecar), so it is checked against the code it would replace:
-a subscription per topic, scoped to the group that reads it, dead letters where ours go, and the
-same visibility timeout and delivery limit as the Compose file's defaults."""
+"""code/lesson07/dapr/ cannot run here (no sidecar), so it is checked against the code it would
+replace: a subscription per topic, scoped to the group that reads it, dead letters where ours go,
+and the same visibility timeout and delivery limit as the Compose file's defaults."""
 
 from pathlib import Path
 
 import yaml
 
-DAPR = Path(__file__).resolve().parents[2] / "deploy" / "dapr"
-COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "lesson07" / "compose.yaml"
+DAPR = Path(__file__).resolve().parents[2] / "code" / "lesson07" / "dapr"
+COMPOSE = Path(__file__).resolve().parents[2] / "code" / "lesson07" / "compose.yaml"
 
 
 def load(name: str) -> list[dict]:

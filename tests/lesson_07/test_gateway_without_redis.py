@@ -5,6 +5,7 @@ import sys
 import httpx
 
 from support.event_agents import GATEWAY
+from support.lessons import run_module
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from tests.support.errors import assert_error
@@ -16,7 +17,10 @@ def test_redis_away_is_a_503_in_the_error_shape(tmp_path):
         PORT=port, REDIS_URL=f"redis://127.0.0.1:{dead}/0", TOKEN_KEY="k" * 32
     )
     with ServerProcess(
-        [sys.executable, str(GATEWAY)], env=env, port=port, log_path=tmp_path / "gateway.log"
+        [sys.executable, *run_module(str(GATEWAY))],
+        env=env,
+        port=port,
+        log_path=tmp_path / "gateway.log",
     ) as gateway:
         client = httpx.Client(base_url=gateway.url, timeout=15)
         assert client.get("/health").status_code == 200

@@ -28,6 +28,7 @@ from support.event_agents import (
     student,
     view,
 )
+from support.lessons import run_module
 from support.server import offline_environment
 from support.waiting import wait_for as wait_until
 from tests.support.errors import assert_error
@@ -571,7 +572,7 @@ def test_an_agent_reconnects_after_its_peers_name_stopped_resolving(system, tmp_
         "HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
     }
     log = open(tmp_path / "triage.log", "wb")  # noqa: SIM115
-    command = [sys.executable, str(AGENTS), "triage"]
+    command = [sys.executable, *run_module(str(AGENTS)), "triage"]
     triage = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         time.sleep(3)  # a few failed lookups at start

@@ -1,15 +1,14 @@
-"""Lesson 07's steps (code/07_step1_topics.py ... code/07_step4_deadletters.py), as
+"""Lesson 07's steps (code/lesson07/step1_topics.py ... code/lesson07/step4_deadletters.py), as
 docs/07-event-driven-agents.md has a learner run them.
 
 Each step keeps the names of the one before and adds its idea; `make lesson-07 STEP=K` runs step
 K after a banner (`make lesson-07-banner`), and `make lesson-07` alone the Compose project. Each
-step is run as `make lesson-07 STEP=K` runs it (`python code/07_stepK_*.py`, REDIS_URL set), against
-a real redis-server (Debian's, `fresh_redis`) instead of the steps' container, and what it prints
-after the banner is compared with the doc's block. The challenge is done as the doc says, and its
-solution's counts checked. Step 5, the Compose project, is typed by
-tests/lesson_07/test_containers.py (`make pubsub-test`); tests/lesson_07/test_alike.py compares
-step 4 with the production agents.
-"""
+step is run as `make lesson-07 STEP=K` runs it (`python -m lesson07.stepK_name`, REDIS_URL set),
+against a real redis-server (Debian's, `fresh_redis`) instead of the steps' container, and what it
+prints after the banner is compared with the doc's block. The challenge is done as the doc says, and
+its solution's counts checked. Step 5, the Compose project, is typed by
+tests/lesson_07/test_containers.py (`make pubsub-test`); tests/lesson_07/test_alike.py compares step
+4 with the production agents."""
 
 import re
 import subprocess
@@ -19,17 +18,20 @@ import pytest
 import redis
 
 from support import zygote
-from support.lessons import ROOT
+from support.lessons import ROOT, module_name, run_module
 from support.server import offline_environment
 from tests.support.doc_session import differences, section_steps
 from tests.support.steps import definitions, step_changes
 
+# A lesson's own check (its `make` target, in CI's queue), not `make test`'s: see tests/conftest.py.
+pytestmark = pytest.mark.container
+
 DOC = ROOT / "docs" / "07-event-driven-agents.md"
 STEPS = [
-    "code/07_step1_topics.py",
-    "code/07_step2_acks.py",
-    "code/07_step3_once.py",
-    "code/07_step4_deadletters.py",
+    "code/lesson07/step1_topics.py",
+    "code/lesson07/step2_acks.py",
+    "code/lesson07/step3_once.py",
+    "code/lesson07/step4_deadletters.py",
 ]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 # What a step runs when it is run, and the next step replaces: its demonstration.
@@ -46,17 +48,17 @@ def make(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_steps_are_the_files_make_runs():
-    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/07_step*.py")) == STEPS
+    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/lesson07/step*.py")) == STEPS
     for number, step in enumerate(STEPS, 1):
         dry = make(
             "-n", "-o", ".venv/.lessons", "-o", "lesson-07-redis", "lesson-07", f"STEP={number}"
         )
         assert dry.returncode == 0, dry.stderr
-        assert dry.stdout.splitlines()[-1].endswith(f"python {step}"), dry.stdout
+        assert dry.stdout.splitlines()[-1].endswith(f"python -m {module_name(step)}"), dry.stdout
         assert f"Lesson 07, step {number} of 5" in dry.stdout
     alone = make("-n", "-o", "lesson-07-image", "lesson-07")  # alone: the Compose project
     assert alone.returncode == 0, alone.stderr
-    assert "compose.yaml up -d --wait" in alone.stdout and "07_step" not in alone.stdout
+    assert "compose.yaml up -d --wait" in alone.stdout and "lesson07.step" not in alone.stdout
 
 
 def test_a_step_that_does_not_exist_is_refused_by_name():
@@ -105,7 +107,9 @@ def run_step(path, redis_url: str, log) -> str:
     """`python path` as `make lesson-07 STEP=K` runs it (REDIS_URL given), forked ready-imported;
     what it printed, once it has exited 0."""
     env = offline_environment(REDIS_URL=redis_url)
-    process = zygote.start([sys.executable, str(path)], cwd=ROOT, env=env, log_path=log)
+    process = zygote.start(
+        [sys.executable, *run_module(str(path))], cwd=ROOT, env=env, log_path=log
+    )
     try:
         code = process.wait(180)
     except subprocess.TimeoutExpired:

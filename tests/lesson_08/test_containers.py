@@ -26,8 +26,8 @@ from tests.support.mcp_clients import sdk_session
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("lesson08-containers")]
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = REPO / "deploy" / "lesson08" / "compose.yaml"
-CLIENT = REPO / "code" / "08_mcp_client.py"
+COMPOSE_FILE = REPO / "code" / "lesson08" / "compose.yaml"
+CLIENT = REPO / "code" / "lesson08" / "mcp_client.py"
 # Our own project name and ports per checkout: a second clone's run beside this one (or a
 # learner's lesson08) is left alone. Every name the lesson gives Docker derives from it.
 PROJECT = "lesson08test" + hashlib.sha256(str(REPO).encode()).hexdigest()[:6]
@@ -105,7 +105,7 @@ def privileges(status: str) -> dict[str, int]:
 
 
 NO_PRIVILEGES = {"CapBnd": 0, "CapEff": 0, "NoNewPrivs": 1}
-# The gateway's GATEWAY_PIN_RECHECK_SECONDS (its default, 5: deploy/lesson08/compose.yaml sets
+# The gateway's GATEWAY_PIN_RECHECK_SECONDS (its default, 5: code/lesson08/compose.yaml sets
 # none), and a little more.
 RECHECK_SECONDS = 5.5
 
@@ -352,7 +352,14 @@ def check_the_challenge(base: list, env: dict, work: Path) -> None:
     port = free_port()
 
     def glossary_server(docstring: str) -> ServerProcess:
-        script = work / "08_glossary_server.py"
+        # The learner's copy beside the notes server, in a copy of lesson 08's package: run as
+        # `python -m lesson08.glossary_server` from there, the working folder's lesson08 first.
+        package = work / "lesson08"
+        if not package.exists():
+            shutil.copytree(
+                NOTES_SERVER.parent, package, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        script = package / "glossary_server.py"
         tool = GLOSSARY_TOOL.replace("DOCSTRING", docstring)
         script.write_text(notes[:start] + tool + "\n\n" + notes[end:])
         # The doc's command: on every interface (a container reaches the host's bridge address,
@@ -362,8 +369,10 @@ def check_the_challenge(base: list, env: dict, work: Path) -> None:
             PORT=port,
             MCP_ALLOWED_HOSTS="host.docker.internal:*",
         )
-        args = [LESSON08_PYTHON, script]
-        return ServerProcess(args, env=server_env, port=port, log_path=work / "glossary.log")
+        args = [LESSON08_PYTHON, "-m", "lesson08.glossary_server"]
+        return ServerProcess(
+            args, cwd=work, env=server_env, port=port, log_path=work / "glossary.log"
+        )
 
     catalog_path = work / "catalog.yaml"
     catalog = yaml.safe_load(catalog_path.read_text())

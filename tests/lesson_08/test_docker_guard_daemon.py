@@ -1,4 +1,4 @@
-"""The Docker guard as `python code/08_docker_guard.py` in front of this machine's Docker
+"""The Docker guard as `python -m lesson08.docker_guard` in front of this machine's Docker
 (marker `container`, `make mcp-test`), and what the daemon saw. A tools guard lets the launcher
 start its server, refuses every attacker's create (no container exists after it) and a start with
 a body (the container's HostConfig is unchanged). A sandbox guard runs lesson 04's SandboxRunner,
@@ -395,7 +395,7 @@ def test_the_gateway_images_guard_runs_a_sandbox(engine, monkeypatch):
     port = free_port()
     guard = engine.containers.run(
         GATEWAY_IMAGE,
-        ["python", "code/08_docker_guard.py"],
+        ["python", "-m", "lesson08.docker_guard"],
         name=f"guardtest-image-{RUN}",
         detach=True,
         environment={

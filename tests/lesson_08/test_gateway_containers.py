@@ -24,7 +24,7 @@ from .test_containers import sh, wait_healthy
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("lesson08-containers")]
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = REPO / "deploy" / "lesson08" / "compose.yaml"
+COMPOSE_FILE = REPO / "code" / "lesson08" / "compose.yaml"
 PROJECT = "lesson08gw" + hashlib.sha256(str(REPO).encode()).hexdigest()[:6]
 # make lesson-08-images builds these; another tag tests another build.
 GATEWAY_IMAGE = os.environ.get("LESSON08_GATEWAY_IMAGE", "lesson08-gateway")

@@ -52,7 +52,8 @@ def test_a_server_that_stopped_and_started_again_is_listed_and_called(tmp_path):
 
 
 async def call_only(url: str) -> bool:
-    """A call on a new client session that lists nothing first (what 08_mcp_client.py does)."""
+    """A call on a new client session that lists nothing first (what lesson08/mcp_client.py
+    does)."""
     async with sdk_session(url + "/mcp") as session:
         result = await session.call_tool("search_notes", {"query": "health checks"})
         return result.isError

@@ -1,5 +1,5 @@
 """Two stateless gateways, as processes, that share their pins in one Redis (what the replicas of
-deploy/lesson08/replicas.yaml run): a call goes to either one without a session, the SDK's
+code/lesson08/replicas.yaml run): a call goes to either one without a session, the SDK's
 client works on either, a changed tool is refused by both, and a re-pin through one reaches the
 other (issue 41, item 4). The replicas behind HAProxy, stopped and killed under a burst, are in
 test_replicas_containers.py."""

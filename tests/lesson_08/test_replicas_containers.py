@@ -1,4 +1,4 @@
-"""Two stateless gateway replicas behind HAProxy (deploy/lesson08/replicas.yaml; marker
+"""Two stateless gateway replicas behind HAProxy (code/lesson08/replicas.yaml; marker
 `container`, `make mcp-test`): a burst of 200 tool calls while one replica is stopped with
 `docker stop`, started again, then killed with `docker kill`. Every call succeeds or fails with
 a clear error (none hangs: each has a timeout; none runs twice: request ids in the call log and
@@ -29,7 +29,7 @@ from .test_containers import NO_PRIVILEGES, privileges, sh, wait_healthy
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("lesson08-containers")]
 
 REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy" / "lesson08"
+DEPLOY = REPO / "code" / "lesson08"
 PROJECT = "lesson08rep" + hashlib.sha256(str(REPO).encode()).hexdigest()[:6]
 GATEWAY_IMAGE = os.environ.get("LESSON08_GATEWAY_IMAGE", "lesson08-gateway")
 NOTES_IMAGE = os.environ.get("LESSON08_NOTES_IMAGE", "lesson08-notes")

@@ -8,12 +8,13 @@ from pathlib import Path
 import yaml
 
 from research_agent import LABEL, SandboxConfig
+from support.lessons import makefile_text
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE = yaml.safe_load((REPO / "deploy" / "lesson08" / "compose.yaml").read_text())
-REPLICAS = yaml.safe_load((REPO / "deploy" / "lesson08" / "replicas.yaml").read_text())
-CATALOG = yaml.safe_load((REPO / "deploy" / "lesson08" / "catalog.yaml").read_text())
-MAKEFILE = (REPO / "Makefile").read_text()
+COMPOSE = yaml.safe_load((REPO / "code" / "lesson08" / "compose.yaml").read_text())
+REPLICAS = yaml.safe_load((REPO / "code" / "lesson08" / "replicas.yaml").read_text())
+CATALOG = yaml.safe_load((REPO / "code" / "lesson08" / "catalog.yaml").read_text())
+MAKEFILE = makefile_text()  # the root Makefile and the lessons' lesson.mk files
 PROJECT = "${COMPOSE_PROJECT_NAME:-lesson08}"
 
 
@@ -46,7 +47,7 @@ def test_the_python_server_talks_to_a_sandbox_only_guard_on_its_network():
     guard = service("sandbox-guard")
     env = guard["environment"]
     assert env["GUARD_POLICY"] == "sandbox"
-    assert guard["command"] == ["python", "code/08_docker_guard.py"]
+    assert guard["command"] == ["python", "-m", "lesson08.docker_guard"]
     assert env["GUARD_IMAGES"] == SandboxConfig().image == "agent-sandbox:python"
     # The python server gets this guard's address, not the socket; the guard sits on a network
     # of its own, with no way out, that no service of the stack is on and the gateway joins the
@@ -79,7 +80,7 @@ def test_the_python_server_labels_its_sandboxes_with_the_owner_the_launcher_pass
     launcher = DockerLauncher(owner="copy2", network="copy2_tools", internet_network=None)
     env = launcher.run_kwargs(ServerEntry(**server("python")))["environment"]
     assert env["GATEWAY_OWNER"] == "copy2" and env["DOCKER_HOST"] == "tcp://sandbox-guard:2375"
-    source = (REPO / "code" / "08_python_server.py").read_text()
+    source = (REPO / "code" / "lesson08" / "python_server.py").read_text()
     assert "Sandbox(owner=settings.GATEWAY_OWNER)" in source
 
 
@@ -109,7 +110,7 @@ def test_a_learners_client_is_one_make_target_away_from_the_lessons_venv():
     """The SDK's 2.x client, from lesson 08's own environment, which the target builds."""
     target = recipe("lesson-08-client")
     assert "$(LESSON08_VENV)/.installed" in target.splitlines()[0]
-    assert "$(LESSON08_VENV)/bin/python code/08_mcp_client.py" in target
+    assert "$(LESSON08_VENV)/bin/python -m lesson08.mcp_client" in target
 
 
 def test_no_service_holds_a_capability_or_can_gain_one():

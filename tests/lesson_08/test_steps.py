@@ -1,6 +1,6 @@
-"""Lesson 08's steps (code/08_step1_server.py ... code/08_step5_pins.py): each keeps the names
-and the shape of the one before and adds its idea; `make lesson-08 STEP=K` runs step K with the
-Python of lesson 08's own environment and prints what docs/08-mcp-tools.md shows. Step 1 serves:
+"""Lesson 08's steps (code/lesson08/step1_server.py ... code/lesson08/step5_pins.py): each keeps the
+names and the shape of the one before and adds its idea; `make lesson-08 STEP=K` runs step K with
+the Python of lesson 08's own environment and prints what docs/08-mcp-tools.md shows. Step 1 serves:
 the doc's curl blocks are typed into one bash against it, as a learner's second terminal would.
 tests/lesson_08/gateway_env/test_steps_alike.py compares step 5 with the production gateway."""
 
@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from support.lessons import ROOT
+from support.lessons import ROOT, module_name
 from support.mcp_servers import LESSON08_PYTHON
 from support.ports import free_port
 from support.server import offline_environment
@@ -21,14 +21,14 @@ from tests.support.steps import dropped_names, make_dry_run, step_changes
 
 from .conftest import modern_headers, modern_request
 
-pytestmark = pytest.mark.xdist_group("lesson08-steps")
+pytestmark = [pytest.mark.container, pytest.mark.xdist_group("lesson08-steps")]
 
 STEPS = [
-    "code/08_step1_server.py",
-    "code/08_step2_client.py",
-    "code/08_step3_gateway.py",
-    "code/08_step4_allowlist.py",
-    "code/08_step5_pins.py",
+    "code/lesson08/step1_server.py",
+    "code/lesson08/step2_client.py",
+    "code/lesson08/step3_gateway.py",
+    "code/lesson08/step4_allowlist.py",
+    "code/lesson08/step5_pins.py",
 ]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 DOC = ROOT / "docs" / "08-mcp-tools.md"
@@ -40,11 +40,13 @@ MAKE = ["make", "--no-print-directory", *MADE]
 
 
 def test_the_steps_are_the_files_make_runs():
-    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/08_step*.py")) == STEPS
+    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/lesson08/step*.py")) == STEPS
     for k, step in enumerate(STEPS, 1):
         dry = make_dry_run(*MADE, "lesson-08", f"STEP={k}")
         assert dry.returncode == 0, dry.stderr
-        assert dry.stdout.splitlines()[-1].endswith(f".venv/lesson08/bin/python {step}")
+        assert dry.stdout.splitlines()[-1].endswith(
+            f".venv/lesson08/bin/python -m {module_name(step)}"
+        )
         assert f"Lesson 08, step {k} of 5" in dry.stdout and "docs/08-mcp-tools.md" in dry.stdout
 
 
@@ -52,7 +54,7 @@ def test_a_step_that_does_not_exist_is_refused_by_name():
     done = subprocess.run(
         [*MAKE, "lesson-08", "STEP=9"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode != 0 and "STEP=9 is none of them" in done.stderr
+    assert done.returncode != 0 and 'there is no step "9"' in done.stderr
 
 
 @pytest.mark.parametrize("before, after", PAIRS)

@@ -111,7 +111,7 @@ class Lesson09:
     """`make lesson-09`'s Compose project under a name of its own, on free ports: its edge, its
     viewer (on 127.0.0.1, as the learner has it) and the spans Phoenix holds."""
 
-    FILES = ("-f", "research-agent/docker-compose.yml", "-f", "deploy/lesson09/compose.traces.yaml")
+    FILES = ("-f", "research-agent/docker-compose.yml", "-f", "code/lesson09/compose.traces.yaml")
 
     def __init__(self):
         self.project = f"lesson09-{uuid.uuid4().hex[:8]}"

@@ -1,6 +1,6 @@
 """Lesson 09's last step and the research agent trace the doc's question alike.
 
-Step 4 (code/09_step4_ingest.py) is a small copy of the research agent's tracing
+Step 4 (code/lesson09/step4_ingest.py) is a small copy of the research agent's tracing
 (research_agent/tracing/otel.py and genai_spans.py, turned on by OTEL_EXPORTER_OTLP_ENDPOINT). Both
 run as processes, as `make lesson-09 STEP=4` and the image start them, each exporting over OTLP to
 a local collector of its own (step 4 through its ingest). Each is asked docs/09's question, as a
@@ -17,12 +17,12 @@ import uuid
 import httpx
 import pytest
 
-from support.lessons import AGENT_DIR, ROOT
+from support.lessons import AGENT_DIR, ROOT, run_module
 from support.otlp import OtlpCollector
 from support.ports import free_port
 from support.waiting import wait_for
 
-STEP = "code/09_step4_ingest.py"
+STEP = "code/lesson09/step4_ingest.py"
 QUESTION = "Why use a multi-stage Docker build?"  # the doc's (steps 1 to 3, and make lesson-09)
 OPERATION = "gen_ai.operation.name"
 # The attributes compared, by the span's GenAI operation (None: the request's span).
@@ -89,7 +89,7 @@ def test_the_last_step_traces_the_question_as_the_research_agent_does(server_pro
     to_step, to_research_agent = collectors
     ingest = free_port()
     step = server_process(
-        [sys.executable, STEP], cwd=ROOT, ready_path="/openapi.json",
+        [sys.executable, *run_module(STEP)], cwd=ROOT, ready_path="/openapi.json",
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{ingest}", INGEST_PORT=ingest,
         VIEWER_URL=to_step.endpoint, OTEL_BSP_SCHEDULE_DELAY=100,
     )  # fmt: skip

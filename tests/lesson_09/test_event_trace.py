@@ -13,20 +13,20 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
 from lesson07 import contract
-from support.lessons import load_lesson
+from support.lessons import import_lesson
 
 
 @pytest.fixture(scope="module")
 def agents():
     """Loaded when a test asks, not while pytest collects (as tests/lesson_07/conftest.py does)."""
-    return load_lesson("code/07_event_agents.py", name="lesson07_event_agents_for_traces")
+    return import_lesson("lesson07.event_agents", fresh=False)
 
 
 @pytest.fixture(scope="module")
 def gateway():
     """The gateway registers its Prometheus metrics when it is loaded: unregistered after, so that
     another test in this process can load it again."""
-    module = load_lesson("code/07_gateway.py")
+    module = import_lesson("code/lesson07/gateway.py")
     yield module
     for value in vars(module).values():
         if isinstance(value, MetricWrapperBase):

@@ -1,5 +1,5 @@
-"""Lesson 09's steps (code/09_step1_spans.py ... code/09_step4_ingest.py) as docs/09-traces.md has
-a learner run them, each compared with the doc.
+"""Lesson 09's steps (code/lesson09/step1_spans.py ... code/lesson09/step4_ingest.py) as
+docs/09-traces.md has a learner run them, each compared with the doc.
 
 Each step keeps the names of the one before and mostly adds its idea; `make lesson-09 STEP=K` runs
 step K after a banner (`make lesson-09-banner` prints it alone), and `make lesson-09` alone brings
@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from support import zygote
-from support.lessons import ROOT
+from support.lessons import ROOT, module_name, run_module
 from support.otlp import OtlpCollector
 from support.ports import free_port
 from support.server import offline_environment
@@ -29,12 +29,15 @@ from support.waiting import wait_for
 from tests.support.doc_session import Terminal, differences, section_blocks, section_steps
 from tests.support.steps import dropped_names, step_changes
 
+# A lesson's own check (its `make` target, in CI's queue), not `make test`'s: see tests/conftest.py.
+pytestmark = pytest.mark.container
+
 DOC = ROOT / "docs" / "09-traces.md"
 STEPS = [
-    "code/09_step1_spans.py",
-    "code/09_step2_otlp.py",
-    "code/09_step3_traceparent.py",
-    "code/09_step4_ingest.py",
+    "code/lesson09/step1_spans.py",
+    "code/lesson09/step2_otlp.py",
+    "code/lesson09/step3_traceparent.py",
+    "code/lesson09/step4_ingest.py",
 ]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 # What a step runs when it is run, and the next step replaces: its demonstration.
@@ -74,15 +77,15 @@ def shown(section: str) -> list[tuple[str, str | None]]:
 
 
 def test_the_steps_are_the_files_make_runs():
-    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/09_step*.py")) == STEPS
+    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/lesson09/step*.py")) == STEPS
     alone = dry_run("lesson-09")
-    assert "up --build -d --wait" in alone and "code/09_step" not in alone  # the stack
+    assert "up --build -d --wait" in alone and "lesson09.step" not in alone  # the stack
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4])
 def test_make_lesson_09_step_k_runs_step_k_with_a_banner_and_the_viewer_it_needs(step):
     commands = dry_run("lesson-09", f"STEP={step}")
-    assert commands.splitlines()[-1].endswith(f"python {STEPS[step - 1]}")
+    assert commands.splitlines()[-1].endswith(f"python -m {module_name(STEPS[step - 1])}")
     assert f"Lesson 09, step {step} of 4" in commands and "docs/09-traces.md" in commands
     assert ("up -d --wait viewer" in commands) == (step > 1)  # steps 2 to 4 export to it
     endpoint = re.search(r"OTEL_EXPORTER_OTLP_ENDPOINT=(\S+) ", commands.splitlines()[-1])
@@ -94,7 +97,7 @@ def test_make_lesson_09_step_k_runs_step_k_with_a_banner_and_the_viewer_it_needs
 def test_a_step_that_does_not_exist_is_refused_before_anything_starts():
     done = make("lesson-09", "STEP=9")
     assert done.returncode != 0
-    assert "STEP=9: lesson 09's steps are 1 to 4" in done.stderr
+    assert "the steps are STEP=1 to STEP=4" in done.stderr
     assert "docker" not in done.stdout + done.stderr
 
 
@@ -134,7 +137,7 @@ def test_step_2_prints_its_spans_and_exports_them_to_the_endpoint(tmp_path):
     with OtlpCollector() as viewer:  # where make sends it: the viewer
         env = offline_environment(OTEL_EXPORTER_OTLP_ENDPOINT=viewer.endpoint)
         log = tmp_path / "step-2.log"
-        step = zygote.start([sys.executable, STEPS[1]], ROOT, env, log_path=log)
+        step = zygote.start([sys.executable, *run_module(STEPS[1])], ROOT, env, log_path=log)
         assert step.wait(120) == 0, log.read_text()
         printed = log.read_text()
         assert not (problems := differences(output, banner(2) + printed)), problems
@@ -162,8 +165,8 @@ class Step:
                 VIEWER_URL=viewer,
             )
         self.server = server_process(
-            [sys.executable, path or STEPS[step - 1]], cwd=ROOT, ready_path="/openapi.json",
-            OFFLINE_TOKEN_DELAY_MS=0, **settings,
+            [sys.executable, *run_module(path or STEPS[step - 1])], cwd=ROOT,
+            ready_path="/openapi.json", OFFLINE_TOKEN_DELAY_MS=0, **settings,
         )  # fmt: skip
         self.ports["api"] = self.server.port
         self.viewer = viewer
@@ -247,7 +250,6 @@ def test_step_4_exports_through_its_ingest_which_refuses_reads(server_process, c
     assert "POST /v1/traces" not in names()
 
 
-@pytest.mark.container
 def test_step_4_as_written_with_the_stacks_viewer(server_process, lesson09, tmp_path):
     """Step 4's blocks, the viewer's own included, against Phoenix; then a question whose trace
     id the test chose, found in Phoenix: it came through the ingest."""
@@ -268,7 +270,6 @@ def test_step_4_as_written_with_the_stacks_viewer(server_process, lesson09, tmp_
     lesson09.wait_for_trace(trace_id, "invoke_agent research-agent", "execute_tool search_docs")
 
 
-@pytest.mark.container
 def test_section_5s_question_through_the_stacks_edge_as_written(lesson09):
     """Section 5's block after its `make lesson-09` (the `lesson09` fixture is that stack, on
     ports of its own): the answer names its trace, which the viewer holds, agent and all."""

@@ -21,7 +21,7 @@ from tests.support.docker_cli import NO_COMPOSE_V2, compose_v2
 
 pytestmark = pytest.mark.container
 
-FILES = ["-f", "research-agent/docker-compose.yml", "-f", "deploy/lesson09/compose.traces.yaml"]
+FILES = ["-f", "research-agent/docker-compose.yml", "-f", "code/lesson09/compose.traces.yaml"]
 # The question `make lesson-09` prints, asked once, by the browser test: a trace of one request.
 QUESTION = "Why use a multi-stage Docker build?"
 VICTIM_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

@@ -11,14 +11,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from support.lessons import run_module
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from support.waiting import wait_for
 from tests.support.sandbox_engine import engine_with_image, sandbox_starts_of
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "code" / "10_durable_runs.py"
-ROLE_SQL = ROOT / "deploy" / "lesson10" / "agent-role.sql"
+SCRIPT = ROOT / "code" / "lesson10" / "durable_runs.py"
+ROLE_SQL = ROOT / "code" / "lesson10" / "agent-role.sql"
 # The runner's restrictions need only Python in the image; the course's sandbox image is for the
 # container suites (`make build`). Every container a test starts carries this owner label.
 SANDBOX_IMAGE = "python:3.11-slim"
@@ -28,7 +29,7 @@ OWNER = f"lesson-10-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
 def role_sql(role: str, password: str, database: str) -> sql.Composed:
-    """deploy/lesson10/agent-role.sql with its psql variables filled in, as psql would."""
+    """code/lesson10/agent-role.sql with its psql variables filled in, as psql would."""
     text = ROLE_SQL.read_text()
     parts = []
     for chunk in text.replace(":'agent_password'", "\x00p\x00").split("\x00"):
@@ -87,8 +88,8 @@ class Api:
     def start(self) -> "Api":
         self.starts += 1
         self.server = ServerProcess(
-            [sys.executable, SCRIPT], cwd=ROOT, env=self.env, port=self.port, ready_timeout=60,
-            log_path=self.log_dir / f"{self.name}-{self.starts}.log",
+            [sys.executable, *run_module(SCRIPT)], cwd=ROOT, env=self.env, port=self.port,
+            ready_timeout=60, log_path=self.log_dir / f"{self.name}-{self.starts}.log",
         )  # fmt: skip
         self.server.start()
         return self

@@ -1,12 +1,11 @@
 """The lesson's last step and the production app answer alike.
 
-`code/10_step5_lease.py` (where docs/10's steps arrive) and `code/10_durable_runs.py` with the
-research agent's durable layer (what `make lesson-10` runs) are each started as a process on its
-own database of one real PostgreSQL, offline, and given the doc's question. For each decision
-the doc teaches (approve; edit, as sections 4 and 5 do; reject with a reason), both must stop at
-the same call, take the decision the same way, refuse a second one the same way, and end with the
-same answer. Either side changed to answer differently fails this test.
-"""
+`code/lesson10/step5_lease.py` (where docs/10's steps arrive) and `code/lesson10/durable_runs.py`
+with the research agent's durable layer (what `make lesson-10` runs) are each started as a process
+on its own database of one real PostgreSQL, offline, and given the doc's question. For each decision
+the doc teaches (approve; edit, as sections 4 and 5 do; reject with a reason), both must stop at the
+same call, take the decision the same way, refuse a second one the same way, and end with the same
+answer. Either side changed to answer differently fails this test."""
 
 import sys
 
@@ -77,7 +76,7 @@ def step_5(postgres_server, tmp_path):
         SANDBOX_OWNER=OWNER,
     )  # fmt: skip
     server = ServerProcess(
-        [sys.executable, "code/10_step5_lease.py"], cwd=ROOT, env=env, port=port,
+        [sys.executable, "-m", "lesson10.step5_lease"], cwd=ROOT, env=env, port=port,
         ready_path="/openapi.json", ready_timeout=60, log_path=tmp_path / "step5.log",
     ).start()  # fmt: skip
     yield Side(server.url)

@@ -35,20 +35,7 @@ def test_a_cancel_reaches_a_sandbox_the_engine_makes_late(api_factory, engine, s
         wait_for(lambda: f"run {run_id} let go" in api.logs(), timeout=60, what="the worker let go")
         # The engine answers the create later than any look DELETE takes within the lease.
         time.sleep(LEASE_SECONDS + 1)
-        made = len(slow.requests)
-        slow.release.set()
-        name = f"agent-sandbox-{idempotency_key(run_id, pending['call_id'])}"
-        outcome = wait_for(
-            lambda: slow.settled(made), timeout=120, what="the late sandbox started or removed"
-        )
-        assert outcome == "removed", slow.requests[made:]
-        label = {"label": f"agent-sandbox.request-id={run_id}"}
-        gone = lambda: engine.containers.list(all=True, filters=label, sparse=True) == []  # noqa: E731
-        wait_for(
-            gone, timeout=30, what=f"no container of the cancelled run ({name})"
-        )  # sparse: one being removed is not inspected
-        started = starts.per("agent-sandbox.request-id").get(run_id, 0)
-        assert started == 0, "the cancelled run's code ran"
+        slow.release_and_expect_removed(engine, starts, run_id)
     finally:
         slow.close()
 

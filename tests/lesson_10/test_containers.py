@@ -35,7 +35,7 @@ from tests.support.docker_guard import (
 pytestmark = pytest.mark.container
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = ROOT / "deploy" / "lesson10" / "compose.yaml"
+COMPOSE_FILE = ROOT / "code" / "lesson10" / "compose.yaml"
 PROJECT = f"lesson10test{os.getpid()}"
 OWNER = PROJECT  # the sandboxes' owner label: this stack's only
 ANSWER = "1267650600228229401496703205376"

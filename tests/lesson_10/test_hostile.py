@@ -142,7 +142,7 @@ def test_two_replicas_deciding_at_once_one_wins(api_factory, agent_dsn):
 
 
 def test_the_agent_role_stays_in_its_schema(agent_dsn, postgres_dsn):
-    """Compose's role (deploy/lesson10/agent-role.sql): its own schema, nothing else."""
+    """Compose's role (code/lesson10/agent-role.sql): its own schema, nothing else."""
     with psycopg.connect(postgres_dsn, autocommit=True) as admin:
         admin.execute("CREATE SCHEMA other; CREATE TABLE other.secrets (v text)")
         admin.execute("CREATE TABLE public.shared (v text)")

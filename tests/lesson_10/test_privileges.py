@@ -1,13 +1,14 @@
 """Lesson 10's Compose file gives the edge and the replicas no capability and no way to gain one
 (`no-new-privileges`), as the Docker guard already had. Before: Docker's default set in each
-replica, which runs the model's and the libraries' code. Postgres keeps its own: the official
-image starts as root and switches to `postgres`. From inside a replica: test_containers.py."""
+replica, which runs the model's and the libraries' code. Postgres adds back only what its
+entrypoint uses (tests/repo/test_compose_privileges.py). From inside a replica:
+test_containers.py."""
 
 from pathlib import Path
 
 import yaml
 
-COMPOSE_FILE = Path(__file__).resolve().parents[2] / "deploy" / "lesson10" / "compose.yaml"
+COMPOSE_FILE = Path(__file__).resolve().parents[2] / "code" / "lesson10" / "compose.yaml"
 HELD = {"edge", "agent1", "agent2", "docker-guard"}
 
 

@@ -20,7 +20,7 @@ from support.lessons import ROOT
 
 CLIMB = "notes/" + "../" * 30 + "etc/hostname"  # more `..` than any folder is deep
 NOTE = "notes/multi-stage-builds.md"
-STEPS = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("code/11_step*.py"))
+STEPS = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("code/lesson11/step*.py"))
 
 
 def test_a_note_path_cannot_climb_out_of_the_searched_folders():
@@ -31,9 +31,9 @@ def test_a_note_path_cannot_climb_out_of_the_searched_folders():
 def test_no_steps_exists_accepts_a_path_that_climbs_out():
     # In a process of its own: importing steps 3 and 4 adds span processors to the tracer.
     script = (
-        "import json, sys\nfrom support.lessons import load_lesson\n"
+        "import json, sys\nfrom support.lessons import import_lesson\n"
         "urls = json.loads(sys.argv[1])\n"
-        "print(json.dumps({s: [load_lesson(s).exists(u) for u in urls] for s in sys.argv[2:]}))"
+        "print(json.dumps({s: [import_lesson(s).exists(u) for u in urls] for s in sys.argv[2:]}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, json.dumps([f"{NOTE}#why", CLIMB]), *STEPS],

@@ -13,6 +13,9 @@ import pytest
 from lesson11.runner import load
 from support.lessons import ROOT
 
+# A lesson's own check (its `make` target, in CI's queue), not `make test`'s: see tests/conftest.py.
+pytestmark = pytest.mark.container
+
 RUNS = ["none", "search_useless", "citations_dropped", "approval_removed", "obeys_notes", "none"]
 CASES = load()["cases"]
 

@@ -21,7 +21,7 @@ from tests.support.docker_cli import docker
 
 pytestmark = pytest.mark.container
 
-IMAGE = "lesson09-phoenix:local"  # deploy/lesson09/compose.traces.yaml's VIEWER_IMAGE default
+IMAGE = "lesson09-phoenix:local"  # code/lesson09/compose.traces.yaml's VIEWER_IMAGE default
 KINDS = ["--kind", "needs_python", "--kind", "injection", "--kind", "api_limits"]
 
 

@@ -10,7 +10,7 @@ It runs the kit twice and prints its summary each time:
 
 1. Its agent-card requirements against `make lesson-12` as a learner runs it (the Compose project
    lesson12 on 127.0.0.1:8120, brought up here unless it is up already). The card is public.
-2. Its MUST level against the lesson's composition (code/12_a2a_server.py: the SDK's versioned
+2. Its MUST level against the lesson's composition (code/lesson12/a2a_server.py: the SDK's versioned
    task store and event log in PostgreSQL, owners, the edge, both replicas) serving the kit's own
    scenario executor in place of the research agent: most of the kit's cases send messages whose
    id names a behaviour for that executor. It is generated from the kit's scenarios here, and its
@@ -38,7 +38,7 @@ from starlette.routing import Route
 from support.lessons import ROOT
 from support.waiting import wait_for
 
-COMPOSE_FILE = ROOT / "deploy" / "lesson12" / "compose.yaml"
+COMPOSE_FILE = ROOT / "code" / "lesson12" / "compose.yaml"
 EDGE_PORT, PROXY_PORT, PLANNER_PORT = 19230, 19231, 19232
 PROJECT = "lesson12kit"
 SUMMARY = re.compile(
@@ -66,10 +66,11 @@ def scenario_executor(kit: Path, python: Path, work: Path) -> Path:
 
 def override(work: Path, module: Path, callers: Path) -> Path:
     # The hosts are the stack's own (ALLOWED_HOSTS in compose.yaml): the proxy passes on the kit's
-    # Host, 127.0.0.1:PORT, and the edge's check asks for localhost.
+    # Host, 127.0.0.1:PORT, and the edge's check asks for localhost. The card names the proxy.
     agent = f"""
     environment:
       A2A_AGENT: tck_executor:TckAgentExecutor
+      PUBLIC_PORTS: '{{"127.0.0.1": {PROXY_PORT}}}'
     volumes:
       - {module}:/app/lesson12/tck_executor.py:ro
       - {callers}:/run/lesson12/callers:ro

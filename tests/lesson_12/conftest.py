@@ -1,5 +1,5 @@
 """Lesson 12's A2A server as a learner runs it (its own processes): two replicas of
-code/12_a2a_server.py on one real PostgreSQL (make test's), each task's run_python in a real
+code/lesson12/a2a_server.py on one real PostgreSQL (make test's), each task's run_python in a real
 sandbox container, counted on the host."""
 
 import os
@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from support.lessons import ROOT
+from support.lessons import ROOT, run_module
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from tests.support.a2a import A2A, first_task, run, states, user_text
 from tests.support.sandbox_engine import engine_with_image, sandbox_starts_of
 
-SERVER = ROOT / "code" / "12_a2a_server.py"
+SERVER = ROOT / "code" / "lesson12" / "a2a_server.py"
 # The runner's restrictions need only Python in the image (lesson 10's tests do the same).
 SANDBOX_IMAGE = "python:3.11-slim"
 OWNER = f"lesson-12-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
@@ -46,7 +46,7 @@ class Replicas:
         )
         log = self.tmp_path / f"replica{i + 1}-{self.starts}.log"
         self.servers[i] = ServerProcess(
-            [sys.executable, SERVER], cwd=ROOT, env=env, port=self.ports[i],
+            [sys.executable, *run_module(SERVER)], cwd=ROOT, env=env, port=self.ports[i],
             ready_path="/ready", ready_timeout=90, log_path=log,
         ).start()  # fmt: skip
         return self.servers[i]

@@ -1,5 +1,6 @@
 """A cancel reaches a task's sandbox whenever the engine makes it (lesson 10's race, on A2A tasks):
-one replica of code/12_a2a_server.py on a real PostgreSQL, whose Docker Engine holds the sandbox's
+one replica of code/lesson12/a2a_server.py on a real PostgreSQL, whose Docker Engine holds the
+sandbox's
 create until the test lets it go (tests/support/slow_docker.py). Needs Docker and PostgreSQL: part
 of `make a2a-test` (marker `container`).
 
@@ -14,7 +15,6 @@ import time
 
 import pytest
 
-from support.waiting import wait_for
 from tests.lesson_12.conftest import Replicas, ask_to_wait
 from tests.support.a2a import A2A, pending, run, state, user_data
 from tests.support.slow_docker import SlowDocker
@@ -42,18 +42,7 @@ def test_a_cancel_reaches_a_sandbox_the_engine_makes_late(
         assert slow.held.wait(120), f"the sandbox's create never came: {slow.requests}"
         assert state(run(client.cancel(task.id)).status.state) == "canceled"
         time.sleep(2)  # the engine answers the create later than the cancel's look
-        made = len(slow.requests)
-        slow.release.set()
-        outcome = wait_for(
-            lambda: slow.settled(made), timeout=120, what="the late sandbox started or removed"
-        )
-        assert outcome == "removed", slow.requests[made:]
-        label = {"label": f"agent-sandbox.request-id={task.id}"}
-        gone = lambda: engine.containers.list(all=True, filters=label, sparse=True) == []  # noqa: E731
-        wait_for(
-            gone, timeout=30, what="no container of the cancelled task"
-        )  # sparse: one being removed is not inspected
-        assert starts.per("agent-sandbox.request-id").get(task.id, 0) == 0, "its code ran"
+        slow.release_and_expect_removed(engine, starts, task.id)
         assert state(run(client.get(task.id)).status.state) == "canceled"
     finally:
         slow.close()

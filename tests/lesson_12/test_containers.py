@@ -46,7 +46,7 @@ COMPOSE = [
     "-p",
     "lesson12",
     "-f",
-    str(ROOT / "deploy" / "lesson12" / "compose.yaml"),
+    str(ROOT / "code" / "lesson12" / "compose.yaml"),
 ]
 # A learner's terminal: no model key, no lesson settings, not inside another make; each token of
 # the offline model takes 200 ms, so that a research answer takes seconds to be killed in.
@@ -65,7 +65,7 @@ def make(*goals: str) -> str:
 
 
 def tokens() -> dict[str, str]:
-    lines = (ROOT / "deploy" / "lesson12" / "callers").read_text().splitlines()
+    lines = (ROOT / "code" / "lesson12" / "secrets" / "callers").read_text().splitlines()
     return dict(line.split() for line in lines)
 
 

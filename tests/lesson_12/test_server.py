@@ -1,4 +1,5 @@
-"""Lesson 12's A2A server (code/12_a2a_server.py), two replicas on one PostgreSQL, driven by the A2A
+"""Lesson 12's A2A server (code/lesson12/a2a_server.py), two replicas on one PostgreSQL, driven by
+the A2A
 SDK's own client on both bindings: the card, a research answer with its sources as data, a task
 that waits for a caller's decision (taken once, whichever replica it reaches; the program runs
 once), owners, and bad input and hostile callers answered with A2A's errors or the course's shape.

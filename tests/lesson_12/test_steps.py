@@ -1,4 +1,4 @@
-"""Lesson 12's steps (code/12_step1_server.py ... code/12_step4_owners.py) as
+"""Lesson 12's steps (code/lesson12/step1_server.py ... code/lesson12/step4_owners.py) as
 docs/12-agents-over-a2a.md has a learner run them: each keeps the names of the one before and adds
 its idea; `make lesson-12 STEP=K` runs step K.
 
@@ -19,38 +19,42 @@ import sys
 
 import pytest
 
-from support.lessons import ROOT
+from support.lessons import ROOT, module_name
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from tests.lesson_12.conftest import OWNER, SANDBOX_IMAGE
 from tests.support.doc_session import Terminal, differences, section_steps
 from tests.support.steps import dropped_names, make_dry_run, step_changes
 
+# A lesson's own check (its `make` target, in CI's queue), not `make test`'s: see tests/conftest.py.
+pytestmark = pytest.mark.container
+
 DOC = ROOT / "docs" / "12-agents-over-a2a.md"
 STEPS = [
-    "code/12_step1_server.py",
-    "code/12_step2_input_required.py",
-    "code/12_step3_postgres.py",
-    "code/12_step4_owners.py",
+    "code/lesson12/step1_server.py",
+    "code/lesson12/step2_input_required.py",
+    "code/lesson12/step3_postgres.py",
+    "code/lesson12/step4_owners.py",
 ]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
 SECTIONS = {1: "1.", 2: "2.", 3: "3.", 4: "4."}
 
 
 def make_dry(*args: str) -> subprocess.CompletedProcess:
-    made = ("-o", ".venv/.lessons", "-o", "sandbox-image", "-o", "deploy/lesson12/callers")
+    callers = str(ROOT / "code" / "lesson12" / "secrets" / "callers")
+    made = ("-o", ".venv/.lessons", "-o", "sandbox-image", "-o", callers)
     return make_dry_run(*made, *args, env={**os.environ, "DATABASE_URL": "set"})
 
 
 def test_the_steps_are_the_files_make_runs():
-    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/12_step*.py")) == STEPS
+    assert sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("code/lesson12/step*.py")) == STEPS
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 4])
 def test_make_lesson_12_step_k_runs_step_k_with_a_banner(step):
     make = make_dry("lesson-12", f"STEP={step}")
     assert make.returncode == 0, make.stderr
-    assert make.stdout.splitlines()[-1].endswith(f"python {STEPS[step - 1]}")
+    assert make.stdout.splitlines()[-1].endswith(f"python -m {module_name(STEPS[step - 1])}")
     assert f"Lesson 12, step {step}" in make.stdout and "docs/12-agents-over-a2a.md" in make.stdout
 
 
@@ -159,12 +163,10 @@ def step_factory(tmp_path):
         step.stop()
 
 
-@pytest.mark.container
 def test_step_1_answers_as_the_doc_shows(step_factory):
     type_blocks(step_factory(1), section_steps(DOC, SECTIONS[1]))
 
 
-@pytest.mark.container
 def test_step_2_asks_for_input_then_takes_the_decision(engine, step_factory, sandbox_starts):
     starts = sandbox_starts()
     step = step_factory(2)
@@ -173,22 +175,20 @@ def test_step_2_asks_for_input_then_takes_the_decision(engine, step_factory, san
     assert sum(starts.per("agent-sandbox.request-id").values()) == 1
 
 
-@pytest.mark.container
 def test_step_3_takes_the_decision_after_a_kill(engine, step_factory, postgres_dsn, sandbox_starts):
     starts = sandbox_starts()
     step = step_factory(3, DATABASE_URL=postgres_dsn)
     step.start()
     ask = [b for b in section_steps(DOC, SECTIONS[2]) if "ask" in b[0].body]  # as the doc says
     blocks = section_steps(DOC, SECTIONS[3])
-    assert any(c.body.startswith("kill -9 $(pgrep -f 12_step3_postgres)") for c, _ in blocks)
+    assert any(c.body.startswith("kill -9 $(pgrep -f step3_postgres)") for c, _ in blocks)
     type_blocks(step, ask + blocks)
     assert sum(starts.per("agent-sandbox.request-id").values()) == 1
 
 
-@pytest.mark.container
 def test_step_4_scopes_each_task_to_its_caller(engine, step_factory, postgres_dsn):
-    callers = ROOT / "deploy" / "lesson12" / "callers"
-    subprocess.run(["make", "-s", "deploy/lesson12/callers"], cwd=ROOT, check=True, timeout=60)
+    callers = ROOT / "code" / "lesson12" / "secrets" / "callers"
+    subprocess.run(["make", "-s", str(callers)], cwd=ROOT, check=True, timeout=60)
     assert {line.split()[0] for line in callers.read_text().splitlines()} == {"planner", "bob"}
     step = step_factory(4, DATABASE_URL=postgres_dsn)
     step.start()

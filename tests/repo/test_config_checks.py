@@ -12,7 +12,7 @@ import pytest
 from scripts import config_checks
 
 ROOT = Path(__file__).resolve().parents[2]
-K8S = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy" / "k8s").glob("*.yaml"))
+K8S = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "code" / "lesson06" / "k8s").glob("*.yaml"))
 FILES = [
     "research-agent/Dockerfile",  # the basic image: root on purpose, its findings kept
     "research-agent/Dockerfile.optimized",
@@ -22,7 +22,7 @@ FILES = [
 # One line each, and what each tool must say about it.
 BAD = {
     "research-agent/Dockerfile.optimized": ("STOPSIGNAL SIGTERM\n", "USER root\n"),
-    "deploy/k8s/agent-deployment.yaml": (
+    "code/lesson06/k8s/agent-deployment.yaml": (
         "            allowPrivilegeEscalation: false\n",
         "            privileged: true\n",
     ),
@@ -33,9 +33,9 @@ BAD = {
 }
 EXPECTED = {
     ("trivy config", "DS-0002", "research-agent/Dockerfile.optimized"),  # the last USER is root
-    ("trivy config", "KSV-0017", "deploy/k8s/agent-deployment.yaml"),  # a privileged container
+    ("trivy config", "KSV-0017", "code/lesson06/k8s/agent-deployment.yaml"),  # privileged: true
     ("checkov", "CKV_DOCKER_8", "research-agent/Dockerfile.optimized"),
-    ("checkov", "CKV_K8S_16", "deploy/k8s/agent-deployment.yaml"),
+    ("checkov", "CKV_K8S_16", "code/lesson06/k8s/agent-deployment.yaml"),
     ("compose-lint", "CL-0002", "research-agent/docker-compose.yml"),  # privileged: true
 }
 
@@ -94,10 +94,10 @@ def test_one_bad_line_turns_each_tool_red_there_and_nowhere_else(tmp_path, capsy
 def test_files_are_found_by_what_they_are():
     kinds = config_checks.classify(ROOT, config_checks.tracked(ROOT))
     assert "research-agent/Dockerfile.optimized" in kinds["dockerfile"]
-    assert "deploy/k8s/networkpolicy.yaml" in kinds["manifest"]
+    assert "code/lesson06/k8s/networkpolicy.yaml" in kinds["manifest"]
     # Compose files whatever their name: a Swarm stack and lesson 08's replicas are Compose too.
-    assert {"deploy/swarm/stack.yml", "deploy/lesson08/replicas.yaml"} <= set(kinds["compose"])
-    assert "deploy/lesson08/catalog.yaml" not in sum(kinds.values(), [])
+    assert {"code/lesson06/swarm/stack.yml", "code/lesson08/replicas.yaml"} <= set(kinds["compose"])
+    assert "code/lesson08/catalog.yaml" not in sum(kinds.values(), [])
     assert not [name for name in sum(kinds.values(), []) if name.startswith(".github/")]
 
 

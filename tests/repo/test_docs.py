@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from scripts import docs_links, docs_sync, docs_words
-from support.lessons import step_file
+from support.lessons import makefile_text, step_file
 from tests.support.doc_output import printed_as_shown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,12 +37,12 @@ VOLATILE_KEYS = {"request_id", "latency_ms", "created_at", "uptime_seconds", "ti
 
 # How `make TARGET` starts each lesson server: (working directory, script).
 SERVERS = {
-    "lesson-01": (ROOT, "code/01_step5_shutdown.py"),  # the last step; STEP=K picks step K
-    "lesson-01-production": (ROOT, "code/01_production_api.py"),
+    "lesson-01": (ROOT, "code/lesson01/step5_shutdown.py"),  # the last step; STEP=K picks step K
+    "lesson-01-production": (ROOT, "code/lesson01/production_api.py"),
     "research-agent": (ROOT / "research-agent", "main.py"),
     "lesson-02": (ROOT / "research-agent", "main.py"),  # make lesson-02 runs make research-agent
-    "lesson-04": (ROOT, "code/04_step4_api.py"),  # the last step; STEP=K picks step K
-    "lesson-04-production": (ROOT, "code/04_sandboxed_tools.py"),
+    "lesson-04": (ROOT, "code/lesson04/step4_api.py"),  # the last step; STEP=K picks step K
+    "lesson-04-production": (ROOT, "code/lesson04/sandboxed_tools.py"),
 }
 # Servers that need Docker and a built image: their documented commands run with the container
 # checks (marker `container`, `make sandbox-test`), not in `make test`.
@@ -104,7 +104,7 @@ def commands(block: Block) -> list[str]:
 
 
 def make_targets() -> set[str]:
-    text = (ROOT / "Makefile").read_text(encoding="utf-8")
+    text = makefile_text()
     return {
         m.group(1) for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)\s*:(?!=)", text, flags=re.M)
     }

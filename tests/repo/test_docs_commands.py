@@ -54,24 +54,29 @@ def test_lesson_01s_sigterm_commands_stop_the_server_only_and_report_curls_statu
     tmp_path, end_in_time
 ):
     line, status_command = lesson_01_challenge()
-    # The lesson file under the path `make lesson-01 STEP=5` runs, in a folder of its own.
-    (tmp_path / "code").mkdir()
-    script = (ROOT / "code" / "01_step5_shutdown.py").read_text(encoding="utf-8")
+    # The lesson's package in a folder of its own, run as `make lesson-01 STEP=5` runs it
+    # (python -m lesson01.step5_shutdown: the working folder's lesson01 comes first).
+    shutil.copytree(
+        ROOT / "code" / "lesson01",
+        tmp_path / "lesson01",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    script = (ROOT / "code" / "lesson01" / "step5_shutdown.py").read_text(encoding="utf-8")
     if not end_in_time:
         assert line in script
         script = script.replace(line, f"# {line}")
-    (tmp_path / "code" / "01_step5_shutdown.py").write_text(script, encoding="utf-8")
+    (tmp_path / "lesson01" / "step5_shutdown.py").write_text(script, encoding="utf-8")
     port = free_port()
     # An editor open on the same file: the doc's command must leave it alone.
     editor = subprocess.Popen(
-        ["tail", "-f", "code/01_step5_shutdown.py"],
+        ["tail", "-f", "lesson01/step5_shutdown.py"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         process_group=0,
     )
     group = editor.pid  # the doc's pkill is confined to this process group: others' servers
     server = subprocess.Popen(  # on a shared machine are not ours to stop
-        [sys.executable, "code/01_step5_shutdown.py"],
+        [sys.executable, "-m", "lesson01.step5_shutdown"],
         cwd=tmp_path,
         env={
             **os.environ,
@@ -112,7 +117,7 @@ def test_lesson_01s_sigterm_commands_stop_the_server_only_and_report_curls_statu
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
-        shutil.rmtree(tmp_path / "code", ignore_errors=True)
+        shutil.rmtree(tmp_path / "lesson01", ignore_errors=True)
 
 
 # --- Lesson 02: a Redis for the cache, without Docker ---------------------------------------------

@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from support.lessons import makefile_text
+
 ROOT = Path(__file__).resolve().parents[2]
 SKIP = {".git", ".venv", "bench-results", "node_modules"}
 
@@ -74,7 +76,7 @@ def test_benchmarks_live_only_in_bench():
     assert outside == []
     assert not [relative(p) for p in python_files() if p.name.startswith("bench_")]
     # Every `make bench-*` target runs a module of bench/.
-    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    makefile = makefile_text()
     modules = re.findall(r"-m bench\.(\w+)", makefile)
     assert modules, "no make target runs a benchmark from bench/"
     for module in modules:
@@ -90,3 +92,44 @@ def test_one_percentile_and_one_to_ms_in_the_repository():
             if not name.startswith("test_"):
                 defined.setdefault(name, []).append(relative(path))
     assert defined == {"percentile": ["bench/results.py"], "to_ms": ["bench/results.py"]}
+
+
+def test_the_sandbox_and_durable_layers_reach_nothing_in_the_access_layer():
+    """The sandbox (lesson 04) and durable runs (lesson 10) stand below the access layer (callers,
+    keys, quotas): what both use, `HeldSlots`, is on the package's ground floor beside settings.py,
+    so a reader of either never opens access/."""
+    package = ROOT / "research-agent" / "research_agent"
+    reaching = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("sandbox", "durable")
+        for path in (package / folder).rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.match(r"\s*from (\.\.access|research_agent\.access)\b", line)
+    ]
+    assert not reaching, reaching
+    assert (package / "slots.py").exists() and not (package / "access/limits/slots.py").exists()
+
+
+def test_lessons_10_and_12_read_their_sandbox_settings_through_one_class():
+    """Lesson 10's agent declares which SANDBOX_* variables its sandbox reads; lesson 10's
+    production API and lesson 12's servers import that class instead of declaring their own."""
+    declared = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "code").rglob("*.py")
+        if re.search(r"1[02]", str(path.relative_to(ROOT / "code")))
+        and re.search(r"^class Sandbox\(", path.read_text(), re.M)
+    ]
+    assert declared == ["code/lesson10/agent.py"], declared
+
+
+def test_lesson_08s_call_policy_imports_the_upstream_client_one_way():
+    """The gateway's outbound client (the capped transport, the kept client) is upstream.py's; the
+    inbound policy (call_limits.py) imports it and hands each call's time limit over by a call,
+    not through a context variable of its own that upstream.py would read."""
+    lesson08 = ROOT / "code" / "lesson08"
+    upstream = (lesson08 / "upstream.py").read_text()
+    policy = (lesson08 / "call_limits.py").read_text()
+    assert not re.search(r"^from lesson08(\.call_limits| import call_limits)", upstream, re.M)
+    assert re.search(r"^class CappedTransport\b", upstream, re.M)
+    assert not re.search(r"^class (CappedTransport|CappedStream|KeptClient)\b", policy, re.M)
+    assert "upstream.call_limited_by(" in policy and "CALL_LIMIT" not in policy

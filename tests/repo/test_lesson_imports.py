@@ -10,13 +10,13 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
-from support.lessons import load_lesson
+from support.lessons import import_lesson
 
 
 def load_and_forget_metrics(relpath: str):
     """Load the lesson, then unregister its Prometheus metrics so that loading it again can
     register them anew (the default registry refuses a metric name twice)."""
-    module = load_lesson(relpath)
+    module = import_lesson(relpath)
     for value in vars(module).values():
         if isinstance(value, MetricWrapperBase):
             REGISTRY.unregister(value)
@@ -24,7 +24,12 @@ def load_and_forget_metrics(relpath: str):
 
 
 @pytest.mark.parametrize(
-    "relpath", ["code/04_sandboxed_tools.py", "code/05_variations_api.py", "code/07_gateway.py"]
+    "relpath",
+    [
+        "code/lesson04/sandboxed_tools.py",
+        "code/lesson05/variations_api.py",
+        "code/lesson07/gateway.py",
+    ],
 )
 def test_loading_a_lesson_leaves_sys_path_as_it_was(relpath, monkeypatch):
     monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "0")
@@ -46,7 +51,7 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def loads_at_import(source: str) -> list[int]:
-    """Lines where a test module calls load_lesson outside any function: while pytest collects."""
+    """Lines where a test module calls import_lesson outside any function: while pytest collects."""
     tree = ast.parse(source)
     inside = {
         id(node)
@@ -58,16 +63,17 @@ def loads_at_import(source: str) -> list[int]:
         node.lineno
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
-        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "load_lesson"
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "import_lesson"
         and id(node) not in inside
     ]
 
 
 def test_the_check_sees_a_load_at_import_and_not_one_in_a_fixture():
-    assert loads_at_import('agents = load_lesson("code/07_event_agents.py")\n') == [1]
-    assert loads_at_import('x = lessons.load_lesson("a.py")\n') == [1]
+    assert loads_at_import('agents = import_lesson("code/lesson07/event_agents.py")\n') == [1]
+    assert loads_at_import('x = lessons.import_lesson("a.py")\n') == [1]
     in_fixture = (
-        '@pytest.fixture\ndef agents():\n    return load_lesson("code/07_event_agents.py")\n'
+        "@pytest.fixture\ndef agents():\n"
+        '    return import_lesson("code/lesson07/event_agents.py")\n'
     )
     assert loads_at_import(in_fixture) == []
 

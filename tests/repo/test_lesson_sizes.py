@@ -4,7 +4,7 @@
 2. every Python excerpt the core path of docs/NN-*.md shows (an `include` or either side of an
    `include-diff`, above `## Going further`) comes from one of lesson NN's files or from a module
    one of them imports: what the doc shows is what the learner opens;
-3. lesson 02's core path is its steps (code/02_step*.py); its step 5 places each step in the
+3. lesson 02's core path is its steps (code/lesson02/step*.py); its step 5 places each step in the
    research agent's modules (a table, step -> modules), which exist and import no layer a later
    lesson explains, and every other module of the package is one of the layers Going further lists
    with the lesson that explains it. The doc's two tables are the one list: the learner reads them,
@@ -40,7 +40,11 @@ LESSON_LINK = re.compile(r"\((\d\d)-[\w-]+\.md")
 
 
 def lesson_files(root: Path, number: str | None = None) -> list[Path]:
-    return sorted((root / "code").glob(f"{number or '[0-9][0-9]'}_*.py"))
+    """A lesson's files: its steps and the modules of its folder, code/lessonNN/, that run as
+    programs (`if __name__ == "__main__":`): production versions, servers, clients."""
+    found = sorted((root / "code").glob(f"lesson{number or '[0-9][0-9]'}/*.py"))
+    runs = '__name__ == "__main__"'
+    return [p for p in found if p.name.startswith("step") or runs in p.read_text(encoding="utf-8")]
 
 
 def oversize(root: Path, limit: int = MAX_LINES) -> dict[str, int]:
@@ -325,7 +329,7 @@ def test_each_layer_folder_lists_its_files():
 
 @pytest.fixture
 def sample(tmp_path):
-    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "lesson09").mkdir(parents=True)
     (tmp_path / "research-agent" / "research_agent").mkdir(parents=True)
     (tmp_path / "docs").mkdir()
     (tmp_path / "research-agent" / "research_agent" / "__init__.py").write_text("")
@@ -336,8 +340,9 @@ def sample(tmp_path):
         "def take():\n    pass\n"
     )
     (tmp_path / "code" / "helpers.py").write_text("def helper():\n    pass\n")
-    (tmp_path / "code" / "09_lesson.py").write_text(
+    (tmp_path / "code" / "lesson09" / "step1_lesson.py").write_text(
         "import helpers\nfrom research_agent.runner import run\n\n\ndef main():\n    run()\n"
+        '\n\nif __name__ == "__main__":\n    main()\n'
     )
     return tmp_path
 
@@ -354,8 +359,8 @@ def excerpt(spec: str, diff: bool = False) -> str:
 
 def test_a_file_over_the_limit_is_named_with_its_length(sample):
     assert oversize(sample) == {}
-    (sample / "code" / "09_lesson.py").write_text("x = 1\n" * 401)
-    assert oversize(sample) == {"code/09_lesson.py": 401}
+    (sample / "code" / "lesson09" / "step1_lesson.py").write_text("x = 1\n" * 401)
+    assert oversize(sample) == {"code/lesson09/step1_lesson.py": 401}
     assert oversize(sample, limit=401) == {}
     (sample / "code" / "helpers.py").write_text("x = 1\n" * 900)  # not a lesson file
     assert oversize(sample, limit=401) == {}
@@ -364,7 +369,7 @@ def test_a_file_over_the_limit_is_named_with_its_length(sample):
 def test_excerpts_from_the_lesson_and_its_imports_pass(sample):
     doc = write_doc(
         sample,
-        excerpt("code/09_lesson.py#main")
+        excerpt("code/lesson09/step1_lesson.py#main")
         + excerpt("research-agent/research_agent/runner.py#run")
         + excerpt("code/helpers.py#helper")
         + excerpt("research-agent/research_agent/Dockerfile#build"),  # not Python: not lesson code
@@ -378,11 +383,15 @@ def test_excerpts_from_the_lesson_and_its_imports_pass(sample):
 def test_an_excerpt_from_a_module_the_lesson_does_not_import_fails(sample):
     doc = write_doc(
         sample,
-        excerpt("code/09_lesson.py#main") + excerpt("research-agent/research_agent/pool.py#take"),
+        excerpt("code/lesson09/step1_lesson.py#main")
+        + excerpt("research-agent/research_agent/pool.py#take"),
     )
     assert stray_excerpts(sample, doc) == ["research-agent/research_agent/pool.py"]
     diff = write_doc(
-        sample, excerpt("code/09_lesson.py#main research-agent/research_agent/pool.py#take", True)
+        sample,
+        excerpt(
+            "code/lesson09/step1_lesson.py#main research-agent/research_agent/pool.py#take", True
+        ),
     )
     assert stray_excerpts(sample, diff) == ["research-agent/research_agent/pool.py"]
 
@@ -397,7 +406,7 @@ def test_a_module_the_lesson_or_its_imports_runs_with_dash_m_counts(sample):
 
 
 def test_an_import_anywhere_in_the_lesson_counts(sample):
-    lesson = sample / "code" / "09_lesson.py"
+    lesson = sample / "code" / "lesson09" / "step1_lesson.py"
     lesson.write_text(
         lesson.read_text() + "\n\ndef later():\n    from research_agent import pool\n"
     )

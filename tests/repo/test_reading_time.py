@@ -27,17 +27,23 @@ def test_the_course_reads_in_at_most_5_hours():
 
 
 def test_the_rubric_counts_words_new_code_and_diff_context(tmp_path):
-    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "lesson07").mkdir(parents=True)
     (tmp_path / "docs").mkdir()
-    (tmp_path / "code" / "07_step1_a.py").write_text("".join(f"x{i} = {i}\n" for i in range(30)))
-    (tmp_path / "code" / "07_step2_b.py").write_text("".join(f"x{i} = {i}\n" for i in range(45)))
+    (tmp_path / "code" / "lesson07" / "step1_a.py").write_text(
+        "".join(f"x{i} = {i}\n" for i in range(30))
+    )
+    (tmp_path / "code" / "lesson07" / "step2_b.py").write_text(
+        "".join(f"x{i} = {i}\n" for i in range(45))
+    )
     diff = "".join(f" x{i} = {i}\n" for i in range(10, 30)) + "".join(
         f"+x{i} = {i}\n" for i in range(30, 45)
     )
     doc = tmp_path / "docs" / "07-x.md"
     doc.write_text(
-        "# Lesson 07 · X\n\n" + "word " * 400 + "\n\nRead [step 1](../code/07_step1_a.py).\n\n"
-        "<!-- include-diff: code/07_step1_a.py code/07_step2_b.py -->\n```diff\n--- a\n+++ b\n"
+        "# Lesson 07 · X\n\n" + "word " * 400 + "\n\n"
+        "Read [step 1](../code/lesson07/step1_a.py).\n\n"
+        "<!-- include-diff: code/lesson07/step1_a.py code/lesson07/step2_b.py -->\n"
+        "```diff\n--- a\n+++ b\n"
         f"@@ -10,20 +10,35 @@\n{diff}```\n\n## Going further\n\n" + "more " * 5000
     )
     found = reading_time.reading(doc, tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from scripts import sbom
+from tests.support.docker_cli import build_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ def build(context: Path, tag: str, built: list[str]) -> str:
         check=True,
         capture_output=True,
         timeout=300,
-        env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        env=build_env(),
     )
     built.append(sbom.docker("image", "inspect", tag, "--format", "{{.Id}}"))
     return built[-1]

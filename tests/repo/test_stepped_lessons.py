@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from scripts import code_to_read, docs_words
-from support.lessons import ROOT, step_files
+from support.lessons import ROOT, module_name, step_files
 
 STEP_MAX_LINES = 150
 HEADINGS = ["## What you will learn", "## Recap", "## Challenge"]
@@ -129,9 +129,9 @@ def test_each_step_is_a_small_file(step):
     assert lines <= STEP_MAX_LINES, f"{step.name} has {lines} lines, the limit is {STEP_MAX_LINES}"
 
 
-@pytest.mark.parametrize("step", STEPS, ids=lambda p: p.name)
+@pytest.mark.parametrize("step", STEPS, ids=lambda p: f"{p.parent.name}-{p.name}")
 def test_make_lesson_step_runs_that_step(step):
-    lesson, number = re.match(r"(\d\d)_step(\d)_", step.name).groups()
+    lesson, number = step.parent.name.removeprefix("lesson"), re.match(r"step(\d)_", step.name)[1]
     dry = subprocess.run(
         ["make", "-n", f"lesson-{lesson}", f"STEP={number}"],
         cwd=ROOT,
@@ -140,8 +140,8 @@ def test_make_lesson_step_runs_that_step(step):
         timeout=60,
     )
     assert dry.returncode == 0, dry.stderr
-    assert f"code/{step.name}" in dry.stdout, dry.stdout[-2000:]
-    others = [s.name for s in step_files(lesson) if s != step and f"code/{s.name}" in dry.stdout]
+    assert module_name(step) in dry.stdout, dry.stdout[-2000:]  # python -m, or lesson-05.sh run
+    others = [s.name for s in step_files(lesson) if s != step and module_name(s) in dry.stdout]
     assert not others, f"make lesson-{lesson} STEP={number} also runs {others}"
 
 
@@ -165,10 +165,12 @@ def test_no_core_excerpt_shows_an_idea_left_for_later(doc):
 
 @pytest.fixture
 def sample(tmp_path):
-    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "lesson07").mkdir(parents=True)
     (tmp_path / "docs").mkdir()
-    (tmp_path / "code" / "07_step1_a.py").write_text("".join(f"x{i} = {i}\n" for i in range(10)))
-    (tmp_path / "code" / "07_step2_b.py").write_text(
+    (tmp_path / "code" / "lesson07" / "step1_a.py").write_text(
+        "".join(f"x{i} = {i}\n" for i in range(10))
+    )
+    (tmp_path / "code" / "lesson07" / "step2_b.py").write_text(
         "".join(f"x{i} = {i}\n" for i in range(10)) + "y = 1\nz = 2\n"
     )
     (tmp_path / "code" / "helper.py").write_text("def f():\n    return 1\n\n\nDONE = 1\n")
@@ -185,12 +187,13 @@ def sample_doc(root: Path, table: str, core: str, further: str = "") -> Path:
 
 TABLE = (
     "| Code to read | Lines |\n| --- | --- |\n"
-    "| [`code/07_step1_a.py`](../code/07_step1_a.py) | 10 |\n"
-    "| `code/07_step2_b.py` (diff) | 2 |\n| `code/helper.py` | 2 |\n| **Total** | **14** |\n"
+    "| [`code/lesson07/step1_a.py`](../code/lesson07/step1_a.py) | 10 |\n"
+    "| `code/lesson07/step2_b.py` (diff) | 2 |\n| `code/helper.py` | 2 |\n| **Total** | **14** |\n"
 )
 CORE = (
-    "Read [step 1](../code/07_step1_a.py), not [the notes](../notes/a.md).\n\n"
-    "<!-- include-diff: code/07_step1_a.py code/07_step2_b.py -->\n```diff\n--- a\n+++ b\n"
+    "Read [step 1](../code/lesson07/step1_a.py), not [the notes](../notes/a.md).\n\n"
+    "<!-- include-diff: code/lesson07/step1_a.py code/lesson07/step2_b.py -->\n"
+    "```diff\n--- a\n+++ b\n"
     "@@ -9,1 +9,3 @@\n x9 = 9\n+y = 1\n+z = 2\n```\n\n"
     "<!-- include: code/helper.py#f -->\n```python\ndef f():\n    return 1\n```\n"
 )
@@ -199,8 +202,8 @@ CORE = (
 def test_the_counter_counts_links_whole_excerpts_and_the_added_lines_of_a_diff(sample):
     doc = sample_doc(sample, TABLE, CORE)
     assert code_to_read.counted(doc, sample) == {
-        "code/07_step1_a.py": 10,
-        "code/07_step2_b.py": 2,
+        "code/lesson07/step1_a.py": 10,
+        "code/lesson07/step2_b.py": 2,
         "code/helper.py": 2,
     }
     assert code_to_read.problems(doc, sample) == []
@@ -212,7 +215,7 @@ def test_the_counter_counts_links_whole_excerpts_and_the_added_lines_of_a_diff(s
 def test_a_table_that_misstates_a_file_or_the_total_or_exceeds_the_limit_is_named(sample):
     doc = sample_doc(sample, TABLE.replace("| 2 |\n| `code/helper", "| 1 |\n| `code/helper"), CORE)
     assert code_to_read.problems(doc, sample) == [
-        "code/07_step2_b.py: the table says 1, the core path shows 2",
+        "code/lesson07/step2_b.py: the table says 1, the core path shows 2",
         "the Total row says 14, the rows add up to 13",
     ]
     linked = CORE + "\nAll of [the helper](../code/helper.py).\n"  # linked: the whole file
@@ -250,12 +253,12 @@ def test_the_template_check_names_what_is_missing_or_out_of_order():
 
 def test_a_later_idea_in_a_core_excerpt_is_named_with_why():
     doc = (
-        "# L\n\n<!-- include: code/04_step2_x.py#run -->\n```python\n"
+        "# L\n\n<!-- include: code/lesson04/step2_x.py#run -->\n```python\n"
         "runner = ContainerPool(size=2)  # pooled\n```\n\n## Going further\n\n"
-        "<!-- include: code/04_step2_x.py#pool -->\n```python\npool = 1\n```\n"
+        "<!-- include: code/lesson04/step2_x.py#pool -->\n```python\npool = 1\n```\n"
     )
     assert later_ideas(doc, "04") == [
-        "code/04_step2_x.py#run shows 'pooled': the pool and egress are Going further"
+        "code/lesson04/step2_x.py#run shows 'pooled': the pool and egress are Going further"
     ]
     assert (
         later_ideas(doc.replace("pooled", "fresh").replace("ContainerPool", "Runner"), "04") == []

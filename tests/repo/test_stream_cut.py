@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from support.lessons import load_lesson
+from support.lessons import import_lesson
 from tests.support.sse import Event, iter_sse
 
 QUERY = "Why use a multi-stage Docker build?"
@@ -37,7 +37,7 @@ def lesson_01_step_5(monkeypatch) -> list[Event]:
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OFFLINE_TOKEN_DELAY_MS", "100")  # 35 tokens: the cut comes mid-answer
-    lesson = load_lesson("code/01_step5_shutdown.py")
+    lesson = import_lesson("code/lesson01/step5_shutdown.py")
     with TestClient(lesson.app) as client:
         return read_and_cut(client, "/v1/stream", lesson.shutdown.cut_open_requests)
 

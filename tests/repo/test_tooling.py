@@ -1,7 +1,9 @@
 """The repository's tooling: installing missing commands, the pinned uv, what `make lint` covers."""
 
+import ast
 import hashlib
 import http.server
+import importlib.metadata
 import io
 import json
 import os
@@ -14,6 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from support.lessons import makefile_text
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE = ROOT / "scripts" / "ensure-command.sh"
@@ -192,7 +196,7 @@ def test_python_finds_a_system_command_where_the_preflight_does(tmp_path, monkey
 
 
 def test_make_test_names_redis_before_installing_it_and_how_to_get_it_on_macos():
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = makefile_text()
     assert re.search(r"^test: .*test-tools", makefile, re.M)
     recipe = re.search(r"^test-tools:.*\n((?:\t.*\n)+)", makefile, re.M)[1]
     ensure = next(line for line in recipe.splitlines() if "ensure-command.sh" in line)
@@ -258,7 +262,7 @@ def test_the_lessons_lock_is_the_images_plus_cachetools_and_uv_at_the_dev_locks_
     )
     # Lesson 12's image adds the A2A SDK to the research agent's (its own lock), and so do the
     # lessons on the host.
-    a2a = pins("docker/lesson12/requirements.txt")
+    a2a = pins("code/lesson12/requirements.txt")
     assert set(lessons) - set(image) == {"cachetools", "uv"} | (set(a2a) - set(image))
     assert {name: lessons.get(name) for name in image} == image
     assert {name: lessons.get(name) for name in a2a} == a2a
@@ -266,12 +270,86 @@ def test_the_lessons_lock_is_the_images_plus_cachetools_and_uv_at_the_dev_locks_
     assert {"pytest", "pytest-xdist", "playwright", "kubernetes-validate"} & set(lessons) == set()
 
 
+def test_lesson_01s_lock_is_part_of_the_lessons_lock_at_the_same_versions():
+    """`make lesson-01` installs requirements-lesson01.txt; a later lesson adds requirements.txt to
+    the same .venv, and `make test` requirements-dev.txt: none of them may move a version."""
+    lesson01, lessons, dev = (
+        pins("requirements-lesson01.txt"),
+        pins("requirements.txt"),
+        pins("requirements-dev.txt"),
+    )
+    assert {name: lessons.get(name) for name in lesson01} == lesson01
+    assert {name: dev.get(name) for name in lesson01} == lesson01
+    assert {"fastapi", "langchain-core"} <= set(lesson01)
+    # uv comes from requirements.txt's pin (scripts/fetch_uv.py): its wheel is not downloaded twice.
+    assert "uv" not in lesson01
+    # What makes the full lock slow to install stays out of lesson 01's.
+    assert {"langchain", "langchain-community", "a2a-sdk", "sqlalchemy", "mcp", "numpy"} & set(
+        lesson01
+    ) == set()
+
+
+# Loads every module of lesson 01 (its steps, its production version, its package, the chat model
+# with a real model's key) and prints the files of the course's own modules that came with them.
+LESSON01_MODULES = """
+import importlib, json, pkgutil, sys
+import chat_model, lesson01
+from support.lessons import ROOT
+for module in pkgutil.iter_modules(lesson01.__path__):
+    importlib.import_module(f"lesson01.{module.name}")
+chat_model.make_chat_model("sk-not-a-real-key")
+files = {getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}
+ours = [f for f in files if f.startswith(str(ROOT)) and "/.venv/" not in f]
+print(json.dumps(sorted(ours)))
+"""
+
+
+def imported_names(source: Path) -> set[str]:
+    """The top-level names a module imports, anywhere in it (relative imports left out)."""
+    names = set()
+    for node in ast.walk(ast.parse(source.read_text(), str(source))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_lesson_01s_lock_has_every_package_lesson_01_imports():
+    """`make lesson-01` serves from a .venv with requirements-lesson01.txt only: every package that
+    lesson 01's modules, or the research agent's modules they load, import must be in that lock
+    (what those packages need is then in it too: the lock is resolved from them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    result = subprocess.run(
+        [sys.executable, "-c", LESSON01_MODULES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    files = [Path(f) for f in json.loads(result.stdout.splitlines()[-1])]  # the last line: its own
+    assert ROOT / "research-agent" / "research_agent" / "offline_model.py" in files
+    ours = {"chat_model", "lesson01", "research_agent", "support"}
+    names = set().union(*map(imported_names, files)) - set(sys.stdlib_module_names) - ours
+    owners = importlib.metadata.packages_distributions()
+    unknown = {name for name in names if name not in owners}
+    assert unknown == set(), f"imported, installed by no package here: {unknown}"
+    needed = {re.sub(r"[-_.]+", "-", d).lower() for name in names for d in owners[name]}
+    assert {"fastapi", "langchain-core", "langchain-openai", "limits"} <= needed
+    assert needed - set(pins("requirements-lesson01.txt")) == set()
+
+
 def test_lesson_targets_install_the_lessons_lock_and_the_others_the_dev_lock():
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = makefile_text()
     needs = dict(re.findall(r"^([\w-]+):([^=#\n]*)", makefile, re.M))
+    lesson01 = {t for t, deps in needs.items() if "$(VENV)/.lesson01" in deps.split()}
     lessons = {t for t, deps in needs.items() if "$(VENV)/.lessons" in deps.split()}
     dev = {t for t, deps in needs.items() if "$(VENV)/.installed" in deps.split()}
-    assert {"lesson-01", "lesson-01-production", "research-agent", "lesson-05"} <= lessons
+    # Lesson 01 alone starts from its own small lock; every other lesson needs the whole one.
+    assert {t for t in lesson01 if t.startswith("lesson-")} == {"lesson-01", "lesson-01-production"}
+    assert {"lesson-02", "research-agent", "lesson-04", "lesson-05", "lesson-12-step"} <= lessons
     assert {"test", "lint", "install", "docs", "smoke", "bench-api"} <= dev
     # Lesson 11's evals are tests (pytest, agentevals): its subject is the test tools' lock.
     assert {t for t in dev if t.startswith("lesson-")} == {"lesson-11"}
@@ -486,6 +564,7 @@ CI_CHECKS = {
     "smoke": "smoke",
     "pubsub": "pubsub-test",
     "evals": "evals",
+    "evals-test": "evals-test",
 }
 FIRST = len(CI_BESIDE) + len(CI_THEN)
 
@@ -682,11 +761,11 @@ def test_ci_runs_lint_and_test_and_the_workflow_runs_it_through_make_ci():
     assert re.search(r"^ *step test\b", ci_run, re.M)
     workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
     assert re.findall(r"^\s*- run: (.*)$", workflow, flags=re.M) == ["make ci"]
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = makefile_text()
     assert re.search(r"^ci:.*\n\t@bash .ci/run$", makefile, flags=re.M)
 
 
 def test_the_makefile_uses_no_gnu_only_stat():
     """`stat -c` is GNU's; macOS's stat has -f. The Makefile asks Python instead."""
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = makefile_text()
     assert "stat -c" not in makefile and "DOCKER_GID = $(shell $(PYTHON)" in makefile

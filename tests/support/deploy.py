@@ -9,9 +9,10 @@ from support.lessons import ROOT
 
 
 def load_manifests() -> list[dict]:
-    """Every document of deploy/k8s/*.yaml, each with the file it came from in metadata._file."""
+    """Every document of code/lesson06/k8s/*.yaml, each with the file it came from in
+    metadata._file."""
     docs = []
-    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+    for path in sorted((ROOT / "code" / "lesson06" / "k8s").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             if doc:
                 doc.setdefault("metadata", {})["_file"] = path.name

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,7 +38,28 @@ def compose_v2() -> bool:
 
 
 # Why a test that needs `docker compose` skips (in `make test`, whose machine may lack it).
-NO_COMPOSE_V2 = "no Compose v2 here (`docker compose version`): scripts/docker-tools.sh installs it"
+NO_COMPOSE_V2 = "no Compose v2 here (`docker compose version`): `make docker-tools` installs it"
+
+
+@functools.cache
+def buildx() -> bool:
+    """Whether the buildx plugin answers here. Without it, `DOCKER_BUILDKIT=1 docker build` fails
+    ("BuildKit is enabled but the buildx component is missing or broken"), while the classic
+    builder still builds a plain Dockerfile: a test that builds picks its builder with this."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        done = subprocess.run(["docker", "buildx", "version"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def build_env() -> dict[str, str]:
+    """The environment for a `docker build` that works with or without buildx: BuildKit where the
+    plugin is, the classic builder where it is not (an Engine 20.10 without plugins, as a fresh
+    machine has)."""
+    return {**os.environ, "DOCKER_BUILDKIT": "1" if buildx() else "0"}
 
 
 class ContainerStarts:

@@ -19,11 +19,12 @@ from lesson08.launcher import DockerLauncher
 from research_agent.durable.idempotent import KeyedSandbox
 from research_agent.sandbox.exit import EndWatch
 from research_agent.sandbox.runner import SandboxConfig, SandboxRunner
+from support.lessons import run_module
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 
 REPO = Path(__file__).resolve().parents[2]
-GUARD = REPO / "code" / "08_docker_guard.py"
+GUARD = REPO / "code" / "lesson08" / "docker_guard.py"
 API = "1.41"  # Engine 20.10's, which the Docker SDK asks for here
 
 
@@ -250,7 +251,7 @@ START_BODY = {
 
 
 def guard_process(log_dir: Path, **settings) -> ServerProcess:
-    """The guard as `python code/08_docker_guard.py`, in front of this machine's Docker."""
+    """The guard as `python -m lesson08.docker_guard`, in front of this machine's Docker."""
     port = free_port()
     env = offline_environment(
         GUARD_HOST="127.0.0.1",
@@ -258,7 +259,7 @@ def guard_process(log_dir: Path, **settings) -> ServerProcess:
         **settings,
     )
     return ServerProcess(
-        [sys.executable, GUARD],
+        [sys.executable, *run_module(GUARD)],
         env=env,
         port=port,
         ready_path="/_ping",

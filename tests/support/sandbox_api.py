@@ -1,4 +1,4 @@
-"""Lesson 04's production API (code/04_sandboxed_tools.py) as `make lesson-04-production` runs
+"""Lesson 04's production API (code/lesson04/sandboxed_tools.py) as `make lesson-04-production` runs
 it, for the suites that attack it in real containers (tests/lesson_04/test_hostile.py,
 test_pool.py), and the way they send it code (`post`, `run`, `printed`)."""
 
@@ -85,7 +85,7 @@ class SandboxApi(ServerProcess):
             "SANDBOX_POOL_SIZE": 0,  # every run in a fresh container, labelled with its request id
             **env,
         }
-        script = [sys.executable, "code/04_sandboxed_tools.py"]
+        script = [sys.executable, "code/lesson04/sandboxed_tools.py"]
         environment = offline_environment(**settings)
         super().__init__(script, cwd=ROOT, env=environment, port=port, ready_timeout=60, fork=fork)
         self.start()

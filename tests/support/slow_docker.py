@@ -8,6 +8,8 @@ import re
 import socket
 import threading
 
+from support.waiting import wait_for
+
 REQUEST_LINE = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE) (\S+) HTTP/1\.[01]\r\n")
 
 
@@ -35,6 +37,23 @@ class SlowDocker:
             if request.startswith("DELETE") and "/containers/" in request:
                 return "removed"
         return None
+
+    def release_and_expect_removed(self, engine, starts, request_id: str) -> None:
+        """The end of a cancel test (lessons 10 and 12): the held create goes on only now, after
+        the run or task was cancelled; the replica must remove that late container, not start it,
+        leave no container labelled with the run's request id, and none of them may have started
+        (`starts`: tests/support/docker_cli.ContainerStarts, made before the run began)."""
+        made = len(self.requests)
+        self.release.set()
+        outcome = wait_for(
+            lambda: self.settled(made), timeout=120, what="the late sandbox started or removed"
+        )
+        assert outcome == "removed", self.requests[made:]
+        label = {"label": f"agent-sandbox.request-id={request_id}"}
+        # sparse: a container being removed is not inspected.
+        gone = lambda: engine.containers.list(all=True, filters=label, sparse=True) == []  # noqa: E731
+        wait_for(gone, timeout=30, what=f"no container of the cancelled run {request_id}")
+        assert starts.per("agent-sandbox.request-id").get(request_id, 0) == 0, "its code ran"
 
     def _accept(self) -> None:
         while True:

@@ -9,7 +9,7 @@ from support.mcp_servers import NOTES_SERVER, REPO, gateway, tool_server
 from tests.support.mcp_catalog import gateway_catalog
 
 HOSTILE_SERVER = REPO / "tests" / "support" / "mcp_hostile_server.py"
-PYTHON_SERVER = REPO / "code" / "08_python_server.py"
+PYTHON_SERVER = REPO / "code" / "lesson08" / "python_server.py"
 AGENT_TOKEN = "agent-token-for-tests"
 TESTER_TOKEN = "tester-token-for-tests"
 

@@ -1,24 +1,23 @@
 """Lesson 08's last step and the production gateway answer the doc's calls alike.
 
-Step 5 (code/08_step5_pins.py) is where docs/08's core path ends: a gateway in front of two tool
-servers, an allow-list per client, pins. The production gateway (code/08_mcp_gateway.py and
-code/lesson08/) is where the steps arrive. Here both front the same two servers (step 5's own
+Step 5 (code/lesson08/step5_pins.py) is where docs/08's core path ends: a gateway in front of two
+tool servers, an allow-list per client, pins. The production gateway (code/lesson08/mcp_gateway.py
+and code/lesson08/) is where the steps arrive. Here both front the same two servers (step 5's own
 notes and glossary servers, served by this test), with the same two clients, and step 5's `ask`
-makes the doc's calls through each: as the agent and as the tester, then, once the glossary
-server has changed what `define` says it does, as the tester again. What `ask` prints (the
-protocol version, each tool listed, each call's first line: an answer, the allow-list's refusal,
-the pins' refusal) must be the same through both. Run by lesson 08's environment
-(tests/lesson_08/test_gateway_env.py).
-"""
+makes the doc's calls through each: as the agent and as the tester, then, once the glossary server
+has changed what `define` says it does, as the tester again. What `ask` prints (the protocol
+version, each tool listed, each call's first line: an answer, the allow-list's refusal, the pins'
+refusal) must be the same through both. Run by lesson 08's environment
+(tests/lesson_08/test_gateway_env.py)."""
 
 import asyncio
 import contextlib
 import io
 
-from support.lessons import load_lesson
+from support.lessons import import_lesson
 from support.mcp_servers import gateway
 
-LAST_STEP = "code/08_step5_pins.py"
+LAST_STEP = "code/lesson08/step5_pins.py"
 
 
 async def asked(step, url: str, tokens: list[str]) -> str:
@@ -71,7 +70,7 @@ async def both(step, work) -> tuple[list[str], list[str]]:
 
 
 def test_the_last_step_and_the_production_gateway_answer_the_docs_calls_alike(tmp_path):
-    step = load_lesson(LAST_STEP)
+    step = import_lesson(LAST_STEP)
     through_step, through_production = asyncio.run(both(step, tmp_path))
     assert through_step.splitlines() == through_production.splitlines(), (
         f"--- step 5 printed\n{through_step}\n--- the production gateway\n{through_production}"

@@ -1,4 +1,4 @@
-"""The gateway's kept client to one tool server (lesson08.upstream, lesson08.call_limits), in
+"""The gateway's kept client to one tool server (lesson08.upstream), in
 process: what the idle sweep asks of it, a late failure that must not close a newer client, and
 a server's GET stream cut at the result cap.
 Run by lesson 08's environment (tests/lesson_08/test_gateway_env.py)."""
@@ -8,10 +8,9 @@ import asyncio
 import httpx2
 from fastmcp.client.transports import StreamableHttpTransport
 
-from lesson08.call_limits import CappedTransport, KeptClient, capped_client_factory
 from lesson08.catalog import ServerEntry
 from lesson08.launcher import UrlLauncher
-from lesson08.upstream import Upstream
+from lesson08.upstream import CappedTransport, KeptClient, Upstream, capped_client_factory
 
 
 async def uses_seen(url: str) -> list[bool]:
