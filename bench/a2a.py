@@ -1,7 +1,8 @@
 """`make bench-a2a`: what A2A costs lesson 12's research agent, on a real PostgreSQL.
 
 1. A research answer (the offline model, 15 ms a token, one search) asked of the same agent in
-   process (its graph, with the Postgres checkpointer) and through A2A (code/12_a2a_server.py: the
+   process (its graph, with the Postgres checkpointer) and through A2A
+   (code/lesson12/a2a_server.py: the
    SDK's client with the card read once and a kept connection, SendMessage, the task and its
    events stored in PostgreSQL): median of BENCH_ROUNDS interleaved answers each; target <= 1.3x.
 2. The protocol's own time per message: the smallest A2A agent (code/lesson12/echo.py, which
@@ -27,6 +28,7 @@ from fastapi import FastAPI, Request
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
+from bench import deadline
 from bench import results as bench_results
 from bench.results import percentile
 from lesson12.agent import build_agent
@@ -49,8 +51,8 @@ def server(dsn: str, callers: Path, **settings) -> ServerProcess:
         DATABASE_URL=dsn, PORT=port, ALLOWED_HOSTS='["127.0.0.1"]',  # a name: no port
         A2A_CALLERS_FILE=callers, OFFLINE_TOKEN_DELAY_MS=DELAY_MS, **settings,
     )  # fmt: skip
-    return ServerProcess([sys.executable, "code/12_a2a_server.py"], cwd=ROOT, env=env, port=port,
-                         ready_path="/ready", ready_timeout=120).start()  # fmt: skip
+    return ServerProcess([sys.executable, "-m", "lesson12.a2a_server"], cwd=ROOT, env=env,
+                         port=port, ready_path="/ready", ready_timeout=120).start()  # fmt: skip
 
 
 async def a2a_client(url: str, token: str):
@@ -174,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

@@ -18,8 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench import deadline
 from bench import results as bench_results
 from support.commands import require_command
+from support.lessons import run_module
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 
@@ -27,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # Each step of lesson 01 adds one habit to the one before; the production version adds the rest.
 TARGETS = {
     "bare FastAPI": ROOT / "bench" / "bare_api.py",
-    "01 step 1 (basic)": ROOT / "code" / "01_step1_api.py",
-    "01 step 2 (request ids)": ROOT / "code" / "01_step2_request_ids.py",
-    "01 step 3 (metrics)": ROOT / "code" / "01_step3_metrics.py",
-    "01 step 4 (errors)": ROOT / "code" / "01_step4_errors.py",
-    "01 step 5 (shutdown)": ROOT / "code" / "01_step5_shutdown.py",
-    "01 production": ROOT / "code" / "01_production_api.py",
+    "01 step 1 (basic)": ROOT / "code" / "lesson01" / "step1_api.py",
+    "01 step 2 (request ids)": ROOT / "code" / "lesson01" / "step2_request_ids.py",
+    "01 step 3 (metrics)": ROOT / "code" / "lesson01" / "step3_metrics.py",
+    "01 step 4 (errors)": ROOT / "code" / "lesson01" / "step4_errors.py",
+    "01 step 5 (shutdown)": ROOT / "code" / "lesson01" / "step5_shutdown.py",
+    "01 production": ROOT / "code" / "lesson01" / "production_api.py",
 }
 BASIC, HABITS = "01 step 1 (basic)", ["01 step 5 (shutdown)", "01 production"]
 SECONDS = int(os.getenv("BENCH_SECONDS", "5"))
@@ -59,6 +61,7 @@ def run_wrk(url: str, lua: str, seconds: int, pid: int) -> dict:
         capture_output=True,
         text=True,
         check=True,
+        timeout=seconds + 120,  # wrk stops itself after -d; this bounds a wrk that hangs
     ).stdout
     if "Non-2xx" in out:
         sys.exit(f"wrk saw error responses:\n{out}")
@@ -76,7 +79,9 @@ def start(script: Path) -> ServerProcess:
     port = free_port()
     env = offline_environment(HOST="127.0.0.1", PORT=port, OFFLINE_TOKEN_DELAY_MS=0)
     env["CACHE_MAX_ENTRIES"] = "0"
-    return ServerProcess([sys.executable, script], cwd=ROOT, env=env, port=port).start()
+    return ServerProcess(
+        [sys.executable, *run_module(script)], cwd=ROOT, env=env, port=port
+    ).start()
 
 
 def bench(lua: str) -> dict[str, dict]:
@@ -141,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

@@ -20,6 +20,7 @@ import httpx
 import psycopg
 from httpx_sse import connect_sse
 
+from bench import deadline
 from bench import results as bench_results
 from bench.results import percentile
 from research_agent import make_pool, migrate
@@ -67,7 +68,7 @@ def api(dsn: str, **settings) -> ServerProcess:
     port = free_port()
     env = offline_environment(DATABASE_URL=dsn, PORT=port, SANDBOX_IMAGE="python:3.11-slim",
                               SANDBOX_OWNER="bench-durable", **settings)  # fmt: skip
-    return ServerProcess([sys.executable, ROOT / "code" / "10_durable_runs.py"], cwd=ROOT,
+    return ServerProcess([sys.executable, "-m", "lesson10.durable_runs"], cwd=ROOT,
                          env=env, port=port, ready_timeout=120)  # fmt: skip
 
 
@@ -164,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

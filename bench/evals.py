@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import deadline
 from bench import results as bench_results
 from support.server import offline_environment
 
@@ -89,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

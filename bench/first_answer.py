@@ -19,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import deadline
 from bench import results as bench_results
 from support.ports import free_port  # standard library only: this runs before .venv exists
 
@@ -79,7 +80,7 @@ def first_answer(installer: str, workdir: Path) -> tuple[float, float, float]:
     installed_at = None
     try:
         while not answered(port):
-            if installed_at is None and (clone / ".venv" / ".lessons").exists():
+            if installed_at is None and (clone / ".venv" / ".lesson01").exists():
                 installed_at = time.monotonic()
             if server.poll() is not None or time.monotonic() - started > TIMEOUT:
                 sys.exit(
@@ -94,7 +95,7 @@ def first_answer(installer: str, workdir: Path) -> tuple[float, float, float]:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            server.wait(timeout=60)
     return total, (installed_at or time.monotonic()) - started, megabytes(clone / ".venv")
 
 
@@ -122,4 +123,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

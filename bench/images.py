@@ -45,6 +45,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import deadline
 from bench import results as bench_results
 from support.lessons import dockerignore_allow_list
 from support.ports import free_port
@@ -414,4 +415,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

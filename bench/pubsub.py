@@ -1,6 +1,6 @@
 """`make bench-pubsub`: lesson 07's questions/s and latency with 1 and 3 `concepts` consumers.
 
-Brings up the Compose project deploy/lesson07/compose.yaml under a name and port of its own, then
+Brings up the Compose project code/lesson07/compose.yaml under a name and port of its own, then
 for 1 and then 3 `concepts` containers (`--scale concepts=N`) sends BENCH_QUESTIONS concept
 questions at once through the gateway and waits until every one is answered and counted. The
 specialist is the bottleneck on purpose: its offline model pauses OFFLINE_TOKEN_DELAY_MS per token,
@@ -20,11 +20,11 @@ project running. Only loopback; every wait is bounded.
 import json
 import os
 import statistics
-import sys
 import time
 
 import httpx
 
+from bench import deadline
 from bench import results as bench_results
 from support.event_agents import ComposeProject
 
@@ -149,4 +149,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

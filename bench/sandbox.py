@@ -18,8 +18,12 @@ Every strategy runs the same program with the same restrictions
 Modes: sequential (N calls one after another, strategies interleaved call by call), concurrent
 (a burst: N calls, C at a time) and sustained (calls started at a steady RATE per second for
 DURATION s, one strategy after another; a call's time counts from when it was due, so calls that
-pile up behind slow ones count as slow). It prints p50/p95/p99 per call, each p50 against bare's,
-how many pooled runs were served warm, and the issue's targets beside the rows they concern:
+pile up behind slow ones count as slow). Every run has a deadline (--deadline s): a run past it
+counts as failed, and a bare run's container is removed by its name; SIGTERM or Ctrl+C removes
+every container of the benchmark's owner label before it exits (bench/deadline.py).
+
+It prints p50/p95/p99 per call, each p50 against bare's, how many pooled runs were served warm,
+and the issue's targets beside the rows they concern:
 
   sequential  pooled p50 <= 40 ms and <= 0.15x bare
   concurrent  pooled p50 <= 0.35x bare, at least 18 of 20 served warm
@@ -27,7 +31,7 @@ how many pooled runs were served warm, and the issue's targets beside the rows t
 
 Usage: python -m bench.sandbox [-n 20] [-c 4] [--rate 4] [--duration 60] [--pool 2]
                                [--pool-max 20] [--budget 384] [--runtimes runc,runsc]
-                               [--modes sequential,concurrent,sustained]
+                               [--modes sequential,concurrent,sustained] [--deadline 120]
 """
 
 import argparse
@@ -36,13 +40,12 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
 
+from bench import deadline, sandbox_isolation
 from bench import results as bench_results
-from bench import sandbox_isolation  # noqa: E402
 from research_agent import (  # noqa: E402
     LABEL,
     POOL_REQUEST_ID,
@@ -63,11 +66,13 @@ ISOLATION = {
 }
 
 
-def bare_command(c: SandboxConfig) -> list[str]:
-    """`docker run` with the flags SandboxRunner gives each container."""
+def bare_command(c: SandboxConfig, name: str | None = None) -> list[str]:
+    """`docker run` with the flags SandboxRunner gives each container (and a name, by which a run
+    past its deadline is removed)."""
     runtime = ["--runtime", c.runtime] if c.runtime else []
+    named = ["--name", name] if name else []
     return [
-        "docker", "run", "--rm", "-i", *runtime, "--network", "none", "--read-only",
+        "docker", "run", "--rm", "-i", *named, *runtime, "--network", "none", "--read-only",
         "--tmpfs", f"/tmp:rw,noexec,nosuid,nodev,size={c.tmp_size}",
         "--memory", c.memory, "--memory-swap", c.memory, "--cpus", str(c.cpus),
         "--pids-limit", str(c.pids_for(c.runtime)), "--cap-drop", "ALL",
@@ -99,7 +104,7 @@ class Strategies:
         # It counts the runs it served warm and cold, and why (ContainerPool.served).
         self.pool = ContainerPool(pooled)
         self.pooled_runner = QueuedRunner(pooled, pool=self.pool)
-        self.command = bare_command(runner.config)
+        self.config, self.deadline = runner.config, args.deadline
         # exec: one container whose watchdog waits for a run that never comes; `docker exec`
         # starts a second Python next to it for each call.
         self.shared = runner.create(3600, "bench-exec", runner.take_uid(), idle=3600)
@@ -107,16 +112,7 @@ class Strategies:
         self.shared.exec_run(["python", "-c", "pass"])  # ready to exec
 
     async def bare(self) -> str:
-        process = await asyncio.create_subprocess_exec(
-            *self.command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        stdout, stderr = await process.communicate(CODE.encode())
-        if process.returncode:
-            raise RuntimeError(f"docker run exited {process.returncode}: {stderr.decode()!r}")
-        return stdout.decode()
+        return await bare_run(bare_command, self.config, self.deadline)
 
     async def fresh(self) -> str:
         return (await self.fresh_runner.arun(CODE, request_id="bench-fresh")).stdout
@@ -134,14 +130,28 @@ class Strategies:
         self.pooled_runner.close()  # removes the pool's idle containers
 
 
+async def bare_run(command, config: SandboxConfig, seconds: float) -> str:
+    """One bare `docker run --rm -i`, named, within its deadline: past it, the client is killed
+    and the container removed (deadline.run_container), and the run fails."""
+    name = f"{config.owner}-bare-{uuid.uuid4().hex[:8]}"
+    code, stdout, stderr = await deadline.run_container(
+        command(config, name), name, CODE.encode(), seconds
+    )
+    if code:
+        raise RuntimeError(f"docker run exited {code}: {stderr.decode()!r}")
+    return stdout.decode()
+
+
 FAILURES: list[str] = []
+DEADLINE = 120.0  # s for one run, any strategy (--deadline)
 
 
 async def timed(call, due: float | None = None) -> float | None:
-    """The call's time in ms, or None if it failed (counted and shown, never hidden)."""
+    """The call's time in ms, or None if it failed or ran past DEADLINE (counted and shown,
+    never hidden)."""
     start = time.perf_counter() if due is None else due
     try:
-        output = await call()
+        output = await deadline.bounded(call(), DEADLINE, call.__name__)
         if output != EXPECTED:
             raise RuntimeError(f"unexpected output {output!r}")
     except Exception as exc:  # noqa: BLE001 - a failed call is a result of the benchmark
@@ -177,13 +187,13 @@ def idle_cost(owner: str) -> list[str]:
     ids = subprocess.run(
         ["docker", "ps", "-q", "--filter", f"label={LABEL}.owner={owner}",
          "--filter", f"label={LABEL}.request-id={POOL_REQUEST_ID}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=60,
     ).stdout.split()  # fmt: skip
     if not ids:
         return []
     stats = subprocess.run(
         ["docker", "stats", "--no-stream", "--format", "{{.ID}} {{.MemUsage}} {{.CPUPerc}}", *ids],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     return stats.stdout.splitlines()
 
@@ -205,7 +215,7 @@ async def bench(args, owner: str, runtime: str) -> tuple[dict, list[str], dict, 
         await asyncio.sleep(5)  # idle: what a waiting container costs, once it has settled
         stats = await asyncio.to_thread(idle_cost, owner)
         for call in calls.values():  # warm-up: images and code paths in the page cache
-            await call()
+            await deadline.bounded(call(), args.deadline, f"warm-up {call.__name__}")
         for mode in modes:
             await wait_for_pool(pool)  # as a service that has been idle a moment holds it
             before = pool.served_by_pool
@@ -274,6 +284,7 @@ def targets(mode: str, p50: float, ratio: float, data: list, failed: int, served
 
 
 def main() -> int:
+    global DEADLINE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=20, help="calls per strategy and mode")
     parser.add_argument("-c", type=int, default=4, help="concurrent calls in the concurrent mode")
@@ -286,10 +297,22 @@ def main() -> int:
     parser.add_argument("--modes", default="sequential,concurrent,sustained")
     parser.add_argument("--runtime-n", type=int, default=20, help="runs per runtime and kind")
     parser.add_argument("--egress-n", type=int, default=5, help="16 MB downloads per path")
+    parser.add_argument(
+        "--deadline", type=float, default=DEADLINE, help="s per run; past it the run has failed"
+    )
     args = parser.parse_args()
+    DEADLINE = args.deadline
     results_file = bench_results.start("sandbox", vars(args))
 
     owner = f"bench-{uuid.uuid4().hex[:8]}"
+    try:
+        return measure(args, owner, results_file)
+    finally:  # also when stopped (SIGTERM, Ctrl+C) or failed: nothing of this owner stays
+        for label in (f"{LABEL}.owner={owner}", f"{LABEL}-egress.owner={owner}"):
+            deadline.remove_labelled(label)
+
+
+def measure(args, owner: str, results_file) -> int:
     probe = SandboxRunner(SandboxConfig(owner=owner))
     info = probe.client.info()
     probe.close()
@@ -314,7 +337,7 @@ def main() -> int:
     measured = {runtime: asyncio.run(bench(args, owner, runtime)) for runtime in runtimes}
     left = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label={LABEL}.owner={owner}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, timeout=60,
     ).stdout.split()  # fmt: skip
 
     for runtime, (_, stats, _, _) in measured.items():
@@ -351,7 +374,13 @@ def main() -> int:
     # Lesson 04's Going further: gVisor against runc, and the egress proxy against no proxy.
     print(f"\n# runtimes: {args.runtime_n} sequential runs each, interleaved; daemon has "
           f"{', '.join(sorted(registered))}")  # fmt: skip
-    print("\n".join(asyncio.run(sandbox_isolation.runtimes(owner, args.runtime_n, registered))))
+    print(
+        "\n".join(
+            asyncio.run(
+                sandbox_isolation.runtimes(owner, args.runtime_n, registered, args.deadline)
+            )
+        )
+    )
     print(f"\n# egress: {args.egress_n} downloads of 16 MB per path, interleaved, after one each")
     print("\n".join(asyncio.run(sandbox_isolation.egress_throughput(owner, args.egress_n))))
     for failure in sorted(set(FAILURES)):
@@ -363,4 +392,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    deadline.main_exit(main)

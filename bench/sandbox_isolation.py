@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench import deadline
 from bench import results as bench_results
 from research_agent import (
     LABEL,
@@ -65,8 +66,9 @@ def download(host, name, size, proxy="environment"):
 """
 
 
-async def runtimes(owner: str, n: int, registered: set[str]) -> list[str]:
-    """The runtime table's lines (runsc only when the daemon has it)."""
+async def runtimes(owner: str, n: int, registered: set[str], seconds: float = 120) -> list[str]:
+    """The runtime table's lines (runsc only when the daemon has it). A run past `seconds` fails
+    the benchmark (deadline.RunTimedOut); the owner's containers are swept by the caller."""
     names = ["runc"] + (["runsc"] if "runsc" in registered else [])
     runners = {}
     for name in names:
@@ -76,10 +78,11 @@ async def runtimes(owner: str, n: int, registered: set[str]) -> list[str]:
         runners[name, "pooled"] = QueuedRunner(pooled, pool=ContainerPool(pooled))
     samples = {key: [] for key in runners}
     try:
-        for runner in runners.values():
+        for key, runner in runners.items():
             if runner.pool is not None:
                 runner.pool.start()
-            await runner.arun(CODE, request_id="bench-warm-up")
+            warm_up = runner.arun(CODE, request_id="bench-warm-up")
+            await deadline.bounded(warm_up, seconds, f"{' '.join(key)} warm-up")
         for _ in range(n):
             for key, runner in runners.items():
                 if runner.pool is not None:  # a pooled run: its container is waiting
@@ -88,7 +91,8 @@ async def runtimes(owner: str, n: int, registered: set[str]) -> list[str]:
                             break
                         await asyncio.sleep(0.1)
                 start = time.perf_counter()
-                result = await runner.arun(CODE, request_id="bench-runtime")
+                run = runner.arun(CODE, request_id="bench-runtime")
+                result = await deadline.bounded(run, seconds, " ".join(key))
                 assert result.stdout == "499500\n", result
                 samples[key].append((time.perf_counter() - start) * 1000)
     finally:

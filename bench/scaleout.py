@@ -1,7 +1,7 @@
 """`make bench-scaleout`: the agent on Swarm under load, through a rolling update and a docker stop.
 
-Deploys deploy/swarm/stack.yml as a stack of its own (its own name, a free port, and the optimized
-image built from this checkout under tags of its own, so that another build of
+Deploys code/lesson06/swarm/stack.yml as a stack of its own (its own name, a free port, and the
+optimized image built from this checkout under tags of its own, so that another build of
 research-agent:optimized on the machine cannot change it mid-run), then in one run:
 
 1. Throughput with 1 replica, then with 3, ROUNDS times (1, 3, 1, 3: on a shared machine the load
@@ -40,7 +40,6 @@ import re
 import secrets
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -52,6 +51,7 @@ import docker
 import httpx
 from httpx_sse import aconnect_sse
 
+from bench import deadline
 from bench import results as bench_results
 from scripts import swarm
 from support.commands import require_command
@@ -533,4 +533,4 @@ def cleanup(client: docker.DockerClient, stack: str, images: list[str], joined: 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 from httpx_sse import connect_sse
 
+from bench import deadline
 from bench import results as bench_results
 from support.commands import require_command
 from support.ports import free_port
@@ -153,4 +154,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

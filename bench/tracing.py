@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import deadline
 from bench import results as bench_results
 from support.otlp import OtlpCollector
 from support.ports import free_port
@@ -173,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first

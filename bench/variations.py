@@ -33,6 +33,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import deadline
 from bench import results as bench_results
 from support.ports import free_port
 from support.server import ServerProcess, offline_environment
@@ -185,7 +186,7 @@ class Stack:
         )
         self.redis_url, self.deployment = values["REDIS_URL"], values["DEPLOYMENT"]
         self.api = ServerProcess(
-            [sys.executable, "code/05_variations_api.py"], cwd=ROOT, env=env, port=port,
+            [sys.executable, "-m", "lesson05.variations_api"], cwd=ROOT, env=env, port=port,
             ready_timeout=60,
         ).start()  # fmt: skip
         self.url = self.api.url
@@ -211,7 +212,7 @@ class Stack:
         labels = [f"label=ai-course.deployment={self.deployment}", "label=ai-course.warm"]
         filters = [arg for label in labels for arg in ("--filter", label)]
         ids = subprocess.run(
-            ["docker", "ps", "-q", *filters], capture_output=True, text=True
+            ["docker", "ps", "-q", *filters], capture_output=True, text=True, timeout=60
         ).stdout.split()
         if not ids:
             return ["(none running)"]
@@ -220,13 +221,17 @@ class Stack:
             + ids,
             capture_output=True,
             text=True,
+            timeout=120,
         )
         return stats.stdout.splitlines()
 
     def close(self):
         self.api.stop(grace=30)
         subprocess.run(
-            [ROOT / "scripts" / "lesson-05.sh", "down"], env=self.env, capture_output=True
+            [ROOT / "scripts" / "lesson-05.sh", "down"],
+            env=self.env,
+            capture_output=True,
+            timeout=600,
         )
 
 
@@ -252,7 +257,10 @@ def main() -> None:
     settings = {"REPEAT": repeat, "OFFLINE_TOKEN_DELAY_MS": TOKEN_DELAY_MS, "sizes": SIZES}
     results_file = bench_results.start("variations", settings)
     docker_version = subprocess.run(
-        ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True
+        ["docker", "version", "--format", "{{.Server.Version}}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout.strip()
     print(
         f"bench-variations {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} cores · "
@@ -327,4 +335,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    deadline.main_exit(main)  # SIGTERM/Ctrl+C: its cleanup runs first
