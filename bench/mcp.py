@@ -384,7 +384,7 @@ def main() -> int:
     ):
         work = Path(folder)
         catalog = {
-            "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
+            "servers": [{"name": "notes", "url": notes.url + "/mcp", "tools": ["search_notes"]}],
             "clients": {"anonymous": {"tools": ["*"]}},
         }
         with gateway(

@@ -8,7 +8,7 @@ on first use, with the limits below, and stops it when idle).
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ServerEntry(BaseModel):
@@ -28,6 +28,10 @@ class ServerEntry(BaseModel):
     secrets: list[str] = []
     env: dict[str, str] = {}  # plain settings, not secrets
     idle_seconds: float = 300.0
+    # The tools this server provides: the gateway serves only these from it. A tool it declares
+    # that is not here (another server's name, or one first declared after start-up) is withheld,
+    # and no two servers may list the same name: a name is never resolved by catalog order.
+    tools: list[str] = []
     # Flagged tool descriptions the operator has read and accepts (see lesson08.pinning).
     reviewed: list[str] = []
 
@@ -45,6 +49,19 @@ class Catalog(BaseModel):
     servers: list[ServerEntry]
     # "anonymous" is the client that sends no token (or one the gateway does not know).
     clients: dict[str, ClientEntry] = {"anonymous": ClientEntry(tools=[])}
+
+    @model_validator(mode="after")
+    def one_server_per_tool(self) -> "Catalog":
+        owners: dict[str, str] = {}
+        for entry in self.servers:
+            for tool in entry.tools:
+                if tool in owners:
+                    raise ValueError(
+                        f"tool {tool!r} is listed under servers {owners[tool]!r} and "
+                        f"{entry.name!r}: each tool name belongs to one server"
+                    )
+                owners[tool] = entry.name
+        return self
 
     def server(self, name: str) -> ServerEntry:
         return next(s for s in self.servers if s.name == name)

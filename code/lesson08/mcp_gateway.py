@@ -134,6 +134,7 @@ def build_gateway(settings: Settings) -> Gateway:
             server=entry.name,
             pins=pins,
             reviewed=entry.reviewed,
+            provides=entry.tools,
             ttl=settings.GATEWAY_PIN_RECHECK_SECONDS,
             reset=upstream.reset,
             kept=upstream.kept,

@@ -59,7 +59,13 @@ class OperatorEndpoints:
     async def show_pins(self, request: Request) -> JSONResponse:
         if not self.is_operator(request):
             return refused()
-        return JSONResponse({"pins": await self.pins.current(), "refused": self.pins.refused})
+        return JSONResponse(
+            {
+                "pins": await self.pins.current(),
+                "refused": self.pins.refused,
+                "withheld": self.pins.withheld,
+            }
+        )
 
     async def repin(self, request: Request) -> JSONResponse:
         if not self.is_operator(request):

@@ -92,8 +92,11 @@ class Pins:
         self.data: dict[str, dict[str, dict]] = (
             json.loads(self.path.read_text()) if self.path and self.path.exists() else {}
         )
+        # Keyed by tool name: the catalog gives each name to one server (lesson08.catalog), and a
+        # server's declaration of another's name is withheld before it is checked, never refused.
         self.refused: dict[str, str] = {}  # tool name -> why, as the client will read it
         self.refused_server: dict[str, str] = {}  # tool name -> its server
+        self.withheld: dict[str, list[str]] = {}  # server -> what it declared beyond its catalog
         self._lock = threading.Lock()
 
     async def load(self, server: str, tools: list) -> None:
@@ -107,6 +110,19 @@ class Pins:
     async def current(self) -> dict[str, dict[str, dict]]:
         """Every server's pins, for GET /pins."""
         return self.data
+
+    def provided(self, server: str, tools: list, allowed: list[str]) -> list:
+        """The declared tools the catalog gives this server; the others are withheld, unpinned:
+        a server that declares another's tool (shadowing) or a new one is never served for it."""
+        beyond = sorted(t.name for t in tools if t.name not in allowed)
+        if beyond != self.withheld.get(server, []):
+            event = {"event": "tools_withheld", "server": server, "tools": beyond[:20]}
+            logger.warning(json.dumps({**event, "reason": "not listed for this server"}))
+        if beyond:
+            self.withheld[server] = beyond
+        else:
+            self.withheld.pop(server, None)
+        return [t for t in tools if t.name in allowed]
 
     def check(self, server: str, tools: list, reviewed: list[str]) -> list:
         """The tools that match their pin (pinning new ones); records why the others are refused."""
@@ -256,17 +272,20 @@ class PinnedProxyProvider(ProxyProvider):
         server: str,
         pins: Pins,
         reviewed: list[str],
+        provides: list[str],
         ttl=0.0,
         reset=None,
         kept=None,
     ):
         super().__init__(client_factory, cache_ttl=float("inf"))  # _get_tool decides when
         self.server, self.pins, self.reviewed, self.ttl = server, pins, reviewed, ttl
+        self.provides = provides  # the catalog's tools for this server: no other is served
         self.reset = reset
         # The open session, if any, for the timer's check (it starts no server and leaves the
         # server's idle clock alone); None: every check goes through client_factory.
         self.kept = kept
-        self.listed: set[str] = set()  # every name the server declared, refused ones included
+        # Every name the server declared that the catalog gives it, refused ones included.
+        self.listed: set[str] = set()
         self.pinned: dict[str, object] = {}  # the accepted declarations (MCP `Tool`s), by name
         self._checked_at = float("-inf")
         self._check: asyncio.Future | None = None  # the check running now, shared
@@ -289,6 +308,7 @@ class PinnedProxyProvider(ProxyProvider):
                 raise
             client = await self._get_client()
             declared = await self._declared(client)
+        declared = self.pins.provided(self.server, declared, self.provides)
         self.listed = {t.name for t in declared}
         await self.pins.load(self.server, declared)  # the shared store's pins, when there is one
         accepted = self.pins.check(self.server, declared, self.reviewed)
@@ -340,7 +360,7 @@ class PinnedProxyProvider(ProxyProvider):
         return True
 
     async def _get_tool(self, name, version=None):
-        if self._tools_cache is not None and name not in self.listed:
+        if name not in self.provides or (self._tools_cache is not None and name not in self.listed):
             return None  # another server's tool: this one is not asked
         if self._check is not None and not self._check.done():
             try:  # a check is running: its answer decides

@@ -106,7 +106,7 @@ class AgentOnAPort(NamedTuple):
 def agent_on_a_port(notes) -> AgentOnAPort:
     port = free_port()
     catalog = {
-        "servers": [{"name": "notes", "url": notes.url + "/mcp"}],
+        "servers": [{"name": "notes", "url": notes.url + "/mcp", "tools": ["search_notes"]}],
         "clients": {"anonymous": {"tools": ["search_notes"]}},
     }
     agent = build_agent(make_settings(MCP_GATEWAY_URL=f"http://127.0.0.1:{port}/mcp"))

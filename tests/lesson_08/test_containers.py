@@ -377,7 +377,11 @@ def check_the_challenge(base: list, env: dict, work: Path) -> None:
     catalog_path = work / "catalog.yaml"
     catalog = yaml.safe_load(catalog_path.read_text())
     catalog["servers"].append(
-        {"name": "glossary", "url": f"http://host.docker.internal:{port}/mcp"}
+        {
+            "name": "glossary",
+            "url": f"http://host.docker.internal:{port}/mcp",
+            "tools": ["glossary"],
+        }
     )
     catalog["clients"]["anonymous"]["tools"].append("glossary")
     catalog_path.write_text(yaml.safe_dump(catalog, sort_keys=False))  # in place: a bind mount

@@ -37,7 +37,9 @@ async def list_and_call(url: str) -> tuple[list[str], bool]:
 def test_a_server_that_stopped_and_started_again_is_listed_and_called(tmp_path):
     port = free_port()
     catalog = {
-        "servers": [{"name": "notes", "url": f"http://127.0.0.1:{port}/mcp"}],
+        "servers": [
+            {"name": "notes", "url": f"http://127.0.0.1:{port}/mcp", "tools": ["search_notes"]}
+        ],
         "clients": {"anonymous": {"tools": ["search_notes"]}},
     }
     with gateway(catalog, tmp_path) as gw:
@@ -65,7 +67,9 @@ def test_a_call_right_after_a_restart_runs(tmp_path):
     alone): the call goes to the new process and is answered, without a traceback."""
     port = free_port()
     catalog = {
-        "servers": [{"name": "notes", "url": f"http://127.0.0.1:{port}/mcp"}],
+        "servers": [
+            {"name": "notes", "url": f"http://127.0.0.1:{port}/mcp", "tools": ["search_notes"]}
+        ],
         "clients": {"anonymous": {"tools": ["search_notes"]}},
     }
     with gateway(catalog, tmp_path, GATEWAY_PIN_RECHECK_SECONDS=3600) as gw:
@@ -149,7 +153,9 @@ def test_a_broken_connection_fails_only_the_call_it_carried(hostile, tmp_path):
     SDK's client alone ended the session, failing both)."""
     relay = ResettingRelay(hostile.url, marker=b"reset-me")
     catalog = {
-        "servers": [{"name": "hostile", "url": f"http://127.0.0.1:{relay.port}/mcp"}],
+        "servers": [
+            {"name": "hostile", "url": f"http://127.0.0.1:{relay.port}/mcp", "tools": ["slow"]}
+        ],
         "clients": {"tester": {"token_env": "TOKEN_TESTER", "tools": ["slow"]}},
     }
     try:

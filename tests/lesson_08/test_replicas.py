@@ -11,6 +11,7 @@ import time
 import httpx
 
 from support.mcp_servers import gateway, tool_server
+from tests.support.mcp_catalog import HOSTILE_TOOLS
 from tests.support.mcp_clients import HOSTILE_SERVER, log_lines, sdk_session
 from tests.support.redis import RedisServer
 
@@ -35,7 +36,7 @@ def two_gateways(tmp_path):
         contextlib.ExitStack() as stack,
     ):
         catalog = {
-            "servers": [{"name": "hostile", "url": hostile.url + "/mcp"}],
+            "servers": [{"name": "hostile", "url": hostile.url + "/mcp", "tools": HOSTILE_TOOLS}],
             "clients": {
                 "anonymous": {"tools": []},
                 "tester": {"token_env": "TOKEN_TESTER", "tools": ["lookup", "slow"]},

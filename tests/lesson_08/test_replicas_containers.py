@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from support.ports import free_port
+from tests.support.mcp_catalog import HOSTILE_TOOLS
 from tests.support.mcp_clients import sdk_session
 
 from .conftest import MCP_HEADERS
@@ -82,7 +83,8 @@ def project_files(folder: Path) -> Path:
     catalog = (DEPLOY / "replicas-catalog.yaml").read_text()
     catalog = catalog.replace(
         "clients:\n",
-        "  - name: hostile\n    url: http://hostile:8000/mcp\nclients:\n"
+        "  - name: hostile\n    url: http://hostile:8000/mcp\n"
+        f"    tools: [{', '.join(HOSTILE_TOOLS)}]\nclients:\n"
         "  tester:\n    token_env: TOKEN_TESTER\n    tools: [search_notes, slow]\n",
     )
     (folder / "replicas-catalog.yaml").write_text(catalog)

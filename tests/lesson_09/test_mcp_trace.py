@@ -144,8 +144,8 @@ def stack(tmp_path_factory, docker_owner):
         ):
             catalog = {
                 "servers": [
-                    {"name": "notes", "url": notes.url + "/mcp"},
-                    {"name": "python", "url": python.url + "/mcp"},
+                    {"name": "notes", "url": notes.url + "/mcp", "tools": ["search_notes"]},
+                    {"name": "python", "url": python.url + "/mcp", "tools": ["run_python"]},
                 ],
                 "clients": {
                     "agent": {"token_env": "TOKEN_AGENT", "tools": ["search_notes", "run_python"]},

@@ -2,6 +2,10 @@
 for the course's three clients. Standard library only: lesson 08's own environment
 (tests/lesson_08/gateway_env/) imports it too."""
 
+# What the hostile server declares (tests/support/mcp_hostile_server.py): the catalog gives each
+# server its own tools, and the gateway serves no other from it.
+HOSTILE_TOOLS = ["hang", "flood", "slow", "lookup", "helpful", "leak", "bomb"]
+
 
 def gateway_catalog(notes, hostile) -> dict:
     """Both servers (each running: its `url`) behind the gateway. The anonymous client and the
@@ -9,8 +13,8 @@ def gateway_catalog(notes, hostile) -> dict:
     tester's tokens from its environment, TOKEN_AGENT and TOKEN_TESTER."""
     return {
         "servers": [
-            {"name": "notes", "url": notes.url + "/mcp"},
-            {"name": "hostile", "url": hostile.url + "/mcp"},
+            {"name": "notes", "url": notes.url + "/mcp", "tools": ["search_notes"]},
+            {"name": "hostile", "url": hostile.url + "/mcp", "tools": HOSTILE_TOOLS},
         ],
         "clients": {
             "anonymous": {"tools": ["search_notes"]},

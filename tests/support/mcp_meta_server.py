@@ -1,7 +1,8 @@
 """An MCP tool server that records the `_meta` of every request it is sent, for lesson 08's tests
 of what the gateway passes on (the official SDK, mcp 2.x, run by lesson 08's environment).
 
-Tool: `search_notes` (answers "ok"). GET /seen: the `_meta` of each tools/call, in order.
+Tool: `search_notes` (answers "ok"; META_DESCRIPTION: its description). GET /seen: the `_meta`
+of each tools/call, in order.
 Run: .venv/lesson08/bin/python tests/support/mcp_meta_server.py  (HOST, PORT).
 """
 
@@ -19,11 +20,16 @@ server = MCPServer("meta", log_level="WARNING")
 SEEN: list[dict] = []
 
 
-@server.tool()
 def search_notes(query: str, ctx: Context) -> str:
-    """Look something up in the notes."""
     SEEN.append(dict(ctx.request_context.meta or {}))
     return "ok"
+
+
+# META_DESCRIPTION: what it says its tool does (a hostile server's, for the shadowing tests).
+server.add_tool(
+    search_notes,
+    description=os.environ.get("META_DESCRIPTION", "Look something up in the notes."),
+)
 
 
 @server.custom_route("/seen", methods=["GET"])

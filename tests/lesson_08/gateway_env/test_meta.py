@@ -34,7 +34,7 @@ def recorded(tmp_path_factory):
     """The gateway in front of the recording server: anonymous and the agent may call it."""
     with tool_server(META_SERVER, tmp_path_factory.mktemp("meta")) as server:
         catalog = {
-            "servers": [{"name": "meta", "url": server.url + "/mcp"}],
+            "servers": [{"name": "meta", "url": server.url + "/mcp", "tools": ["search_notes"]}],
             "clients": {
                 "anonymous": {"tools": ["search_notes"]},
                 "agent": {"token_env": "TOKEN_AGENT", "tools": ["search_notes"]},

@@ -25,7 +25,7 @@ async def scenario(pins: Pins) -> list[tuple[int, bool, bool]]:
     async with Client(upstream) as client:
         changed = ListChanged()
         provider = changed.provider = PinnedProxyProvider(
-            lambda: client, server="glossary", pins=pins, reviewed=[], ttl=60
+            lambda: client, server="glossary", pins=pins, reviewed=[], provides=["lookup"], ttl=60
         )
         await provider.list_tools()  # pinned
         listings = 0
@@ -77,7 +77,7 @@ async def declared_then_changed(pins: Pins, change: dict) -> tuple[list[str], li
     upstream.tool(lookup, **BASE)
     async with Client(upstream) as client:
         provider = PinnedProxyProvider(
-            lambda: client, server="glossary", pins=pins, reviewed=[], ttl=0
+            lambda: client, server="glossary", pins=pins, reviewed=[], provides=["lookup"], ttl=0
         )
         before = [t.name for t in await provider.list_tools()]
         upstream.local_provider.remove_tool("lookup")
@@ -109,7 +109,12 @@ def test_instructions_are_flagged_however_they_are_spaced(text, tmp_path):
         upstream.tool(lookup, description=text)
         async with Client(upstream) as client:
             provider = PinnedProxyProvider(
-                lambda: client, server="glossary", pins=pins, reviewed=[], ttl=0
+                lambda: client,
+                server="glossary",
+                pins=pins,
+                reviewed=[],
+                provides=["lookup"],
+                ttl=0,
             )
             return [t.name for t in await provider.list_tools()]
 
@@ -152,6 +157,7 @@ class Glossary:
             server="glossary",
             pins=self.pins,
             reviewed=[],
+            provides=["lookup"],
             ttl=self.ttl,
             kept=lambda: self.client if self.running else None,
         )

@@ -46,8 +46,8 @@ async def both(step, work) -> tuple[list[str], list[str]]:
         tokens = {name: token for name, (token, _) in step.CLIENTS.items()}
         catalog = {
             "servers": [
-                {"name": "notes", "url": notes_url},
-                {"name": "glossary", "url": glossary_url},
+                {"name": "notes", "url": notes_url, "tools": ["search_notes"]},
+                {"name": "glossary", "url": glossary_url, "tools": ["define"]},
             ],
             "clients": {
                 name: {"token_env": f"TOKEN_{name.upper()}", "tools": tools}
