@@ -739,8 +739,12 @@ def test_compose_stop_lets_an_answer_longer_than_docker_stops_default_finish(pro
     assert stream.error is None, f"the stream broke on compose stop: {stream.error!r}"
     assert stream.events[-1].data == "[DONE]", stream.events[-3:]
     ran_after_stop = stream.received[-1][0] - stop_started
+    tokens = [at for at, name in stream.received if name == "token"]
+    before = sum(at < stop_started for at in tokens)
     assert ran_after_stop > 10, (
-        f"the answer ended {ran_after_stop:.1f}s after the stop: too short to test the grace period"
+        f"the answer ended {ran_after_stop:.1f}s after the stop: too short to test the grace"
+        f" period ({len(tokens)} tokens over {tokens[-1] - tokens[0]:.1f}s, {before} of them"
+        f" before the stop, the first {stop_started - tokens[0]:.1f}s before it)"
     )
     state = json.loads(
         subprocess.run(
