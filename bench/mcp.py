@@ -49,6 +49,8 @@ from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from support.waiting import answers_200, wait_for
 
+LEARNER = "bench-learner-token"  # a client the catalog allows search_notes (a stranger: nothing)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 REQUESTS = int(os.getenv("BENCH_REQUESTS", "30"))
@@ -274,7 +276,7 @@ def sh(*args, **kwargs) -> str:
 
 
 async def first_call(url: str) -> None:
-    async with Client(url, timeout=120) as client:
+    async with Client(url, auth=LEARNER, timeout=120) as client:  # the catalog's learner
         await client.call_tool("search_notes", {"query": "health checks"})
 
 
@@ -346,6 +348,7 @@ def compose_rounds(work: Path, text: str, project: str, port: int, rounds: int) 
         "LESSON08_PORT": str(free_port()),
         "LESSON08_MCP_PORT": str(port),
         "LESSON08_AGENT_TOKEN": "bench",
+        "LESSON08_LEARNER_TOKEN": LEARNER,
         "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
     }
     compose = ["docker", "compose", "-p", project, "-f", str(work / "compose.yaml")]

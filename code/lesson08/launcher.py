@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 
 import httpx
@@ -40,6 +41,9 @@ class UrlLauncher:
     async def url_for(self, entry) -> str:
         return entry.url
 
+    def headers_for(self, entry) -> dict[str, str]:
+        return {}  # a server you run yourself: reached as you set it up
+
     def touch(self, entry) -> None:
         pass
 
@@ -56,6 +60,7 @@ class DockerLauncher:
         self._client = client
         self.last_used: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.tokens: dict[str, str] = {}  # server -> the token of the container it runs now
 
     @property
     def client(self):
@@ -83,6 +88,8 @@ class DockerLauncher:
                 # Its owner label: a server that starts containers of its own (the python
                 # server's sandboxes) labels them with it, for its guard and lesson-08-down.
                 "GATEWAY_OWNER": self.owner,
+                # The token its /mcp asks for: only this gateway has it (lesson08.transport).
+                "MCP_SERVER_TOKEN": self.tokens.get(entry.name, ""),
             },
             network=self.network,
             mem_limit=entry.memory,
@@ -99,12 +106,18 @@ class DockerLauncher:
     async def url_for(self, entry) -> str:
         async with self._lock(entry):  # two first calls at once start one container
             url = f"http://{self.name(entry)}:{entry.port}"
-            if not await self._healthy(url, wait=0):
+            # One this gateway did not start (a leftover of a crash) has a token it does not know.
+            if entry.name not in self.tokens or not await self._healthy(url, wait=0):
                 await asyncio.to_thread(self._start, entry)
                 if not await self._healthy(url, wait=self.START_SECONDS):
                     raise RuntimeError(f"tool server {entry.name!r} did not become healthy")
             self.touch(entry)
             return url + "/mcp"
+
+    def headers_for(self, entry) -> dict[str, str]:
+        """What the gateway sends the entry's server: the token of the container it started."""
+        token = None if entry.url else self.tokens.get(entry.name)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def touch(self, entry) -> None:
         self.last_used[entry.name] = time.monotonic()
@@ -127,9 +140,10 @@ class DockerLauncher:
 
         with contextlib.suppress(docker.errors.NotFound):
             found = self.client.containers.get(self.name(entry))
-            if found.status == "running":  # still starting (an earlier wait gave up): wait again
-                return
+            if found.status == "running" and entry.name in self.tokens:
+                return  # still starting (an earlier wait gave up): wait again
             found.remove(force=True)  # a leftover of a crashed gateway
+        self.tokens[entry.name] = secrets.token_urlsafe(32)  # a new one for each container
         container = self.client.containers.run(**self.run_kwargs(entry))
         if entry.network:  # the python server's, which it shares with its sandbox guard alone
             try:

@@ -17,6 +17,7 @@ export LESSON08_PORT LESSON08_MCP_PORT LESSON08_AGENT_IMAGE
 LESSON08_COMPOSE = COMPOSE_PROJECT_NAME=$(LESSON08_PROJECT) \
   LESSON08_AGENT_TOKEN=$$(cat code/lesson08/agent-token 2>/dev/null || echo none) \
   LESSON08_OPERATOR_TOKEN=$$(cat code/lesson08/operator-token 2>/dev/null) \
+  LESSON08_LEARNER_TOKEN=$$(cat code/lesson08/learner-token 2>/dev/null) \
   DOCKER_GID=$(DOCKER_GID) docker compose -p $(LESSON08_PROJECT) -f code/lesson08/compose.yaml
 # Lesson 08, going further: two stateless gateway replicas behind HAProxy, their pins in Redis, as
 # the Compose project lesson08r (code/lesson08/replicas.yaml), on the same ports as lesson-08.
@@ -46,7 +47,7 @@ lesson-08-step: $(LESSON08_VENV)/.installed
 	@echo
 	@$(LESSON08_VENV)/bin/python -m $(call step_module,08)
 
-lesson-08-stack: lesson-08-images code/lesson08/agent-token code/lesson08/operator-token
+lesson-08-stack: lesson-08-images code/lesson08/agent-token code/lesson08/operator-token code/lesson08/learner-token
 	$(LESSON08_COMPOSE) up -d --wait
 	@echo
 	@echo "  Research agent (Compose project $(LESSON08_PROJECT)) on http://127.0.0.1:$(LESSON08_PORT), its tools over MCP  (offline model unless OPENAI_API_KEY is set)"
@@ -54,6 +55,7 @@ lesson-08-stack: lesson-08-images code/lesson08/agent-token code/lesson08/operat
 	@echo "             (the first question starts the notes server's container: docker ps --filter label=lesson08.owner)"
 	@echo "  Call log:  docker compose -p $(LESSON08_PROJECT) -f code/lesson08/compose.yaml logs gateway   (one JSON line per tool call)"
 	@echo "  MCP:       make lesson-08-client   (the MCP SDK's client lists the tools), or any MCP client on http://127.0.0.1:$(LESSON08_MCP_PORT)/mcp"
+	@echo "             with Authorization: Bearer \$$(cat code/lesson08/learner-token)   (your client's token; without one, no tool)"
 	@echo "  Pins:      curl -s -H \"Authorization: Bearer \$$(cat code/lesson08/operator-token)\" http://127.0.0.1:$(LESSON08_MCP_PORT)/pins   (/metrics likewise)"
 	@echo "  Re-pin:    .venv/lesson08/bin/python -m lesson08.mcp_gateway repin notes   (the running gateway pins the server's tools again)"
 	@echo "  Stop:      make lesson-08-down   (removes every container, network and volume of the lesson)"
@@ -61,6 +63,10 @@ lesson-08-stack: lesson-08-images code/lesson08/agent-token code/lesson08/operat
 
 # The agent's bearer token for the gateway, random, made once (not in git).
 code/lesson08/agent-token:
+	@umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
+
+# Your own MCP client's token (the catalog's `learner`): without a token a client gets no tool.
+code/lesson08/learner-token:
 	@umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $@
 
 # The operator's token: /pins, /metrics and re-pinning on the gateway (not in git).

@@ -3,7 +3,8 @@
 List the tools:  make lesson-08-client     (or: .venv/lesson08/bin/python -m lesson08.mcp_client)
 Call one:        .venv/lesson08/bin/python -m lesson08.mcp_client run_python code='print(6 * 7)'
 
-MCP_URL names another endpoint (http://127.0.0.1:8086/mcp by default), MCP_TOKEN a bearer token.
+MCP_URL names another endpoint (http://127.0.0.1:8086/mcp by default), MCP_TOKEN a bearer token
+(by default the one `make lesson-08` wrote to code/lesson08/learner-token: the catalog's learner).
 The client asks `server/discover` first and speaks the 2026-07-28 revision: no session.
 """
 
@@ -11,13 +12,17 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 URL = os.environ.get("MCP_URL", "http://127.0.0.1:8086/mcp")
-TOKEN = os.environ.get("MCP_TOKEN")
+TOKEN_FILE = Path(__file__).with_name("learner-token")
+TOKEN = os.environ.get("MCP_TOKEN") or (
+    TOKEN_FILE.read_text().strip() if TOKEN_FILE.exists() else ""
+)
 
 
 async def main(tool: str | None, arguments: dict[str, str]) -> int:

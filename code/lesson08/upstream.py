@@ -200,7 +200,11 @@ class Upstream:
                 with self._not_the_calls_time():
                     url = self.entry.url or await self.launcher.url_for(self.entry)  # starts it
                     factory = capped_client_factory(self.max_result_bytes)
-                    transport = StreamableHttpTransport(url, httpx_client_factory=factory)
+                    transport = StreamableHttpTransport(
+                        url,
+                        headers=self.launcher.headers_for(self.entry),
+                        httpx_client_factory=factory,
+                    )
                     client = self.client = KeptClient(transport, message_handler=self.changed)
                     await client.__aenter__()
             self.launcher.touch(self.entry)

@@ -33,6 +33,7 @@ CLIENT = REPO / "code" / "lesson08" / "mcp_client.py"
 PROJECT = "lesson08test" + hashlib.sha256(str(REPO).encode()).hexdigest()[:6]
 AGENT_PORT, MCP_PORT = free_port(), free_port()
 SECRET = "sk-agent-key-that-no-tool-may-see"
+LEARNER = "learner-token-for-this-test"  # the catalog's learner: the doc's client
 SANDBOX_UIDS = range(1_500_000_000, 1_501_000_000)  # lesson 04's (research_agent/settings.py)
 
 
@@ -78,6 +79,7 @@ def project_env(project: str, agent_port: int, mcp_port: int) -> dict:
         "LESSON08_PORT": str(agent_port),
         "LESSON08_MCP_PORT": str(mcp_port),
         "LESSON08_AGENT_TOKEN": "test-token",
+        "LESSON08_LEARNER_TOKEN": LEARNER,
         "OPENAI_API_KEY": "",
         "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
         "OFFLINE_TOKEN_DELAY_MS": "0",
@@ -111,17 +113,18 @@ RECHECK_SECONDS = 5.5
 
 
 def client(*args: str, mcp_port: int = MCP_PORT) -> subprocess.CompletedProcess:
-    """The lesson's MCP client (the SDK's ClientSession), as the doc runs it."""
-    env = {**os.environ, "MCP_URL": f"http://127.0.0.1:{mcp_port}/mcp"}
+    """The lesson's MCP client (the SDK's ClientSession), as the doc runs it, as the learner."""
+    env = {**os.environ, "MCP_URL": f"http://127.0.0.1:{mcp_port}/mcp", "MCP_TOKEN": LEARNER}
     return sh(LESSON08_PYTHON, CLIENT, *args, check=False, env=env, timeout=240)
 
 
 def call(tool: str, arguments: dict, mcp_port: int = MCP_PORT, attempts: int = 3):
-    """One call with the official SDK's ClientSession, as an anonymous client; the first call
+    """One call with the official SDK's ClientSession, as the learner's client; the first call
     waits for the server's container (each is an on-demand start), so a cut call is tried again."""
 
     async def once():
-        async with sdk_session(f"http://127.0.0.1:{mcp_port}/mcp") as session:
+        url = f"http://127.0.0.1:{mcp_port}/mcp"
+        async with sdk_session(url, {"Authorization": f"Bearer {LEARNER}"}) as session:
             return await session.call_tool(tool, arguments)
 
     for attempt in range(attempts):
@@ -158,6 +161,7 @@ def test_lesson_08_in_compose(compose, tmp_path):
         # The notes server, started by a call of its own: the sandbox guard is out of its reach.
         assert not call("search_notes", {"query": "multi-stage build"}).isError
         check_the_sandbox_guard_is_out_of_reach()
+        check_no_way_past_the_gateway(base, env)
 
         answer = httpx.post(
             f"http://127.0.0.1:{AGENT_PORT}/v1/research",
@@ -303,6 +307,45 @@ def check_the_sandbox_guard_is_out_of_reach() -> None:
     assert "connected" not in found.values() and "ConnectionRefusedError" not in found.values()
 
 
+# A tools/call of run_python sent by hand to each URL given, as code inside one of the stack's
+# containers would send it: no token. Prints [status, body] for each.
+BY_HAND = """
+import json, sys, urllib.error, urllib.request
+call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "run_python", "arguments": {"code": "print(6 * 7)"}}}
+headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+           "mcp-protocol-version": "2025-06-18"}
+answers = []
+for url in sys.argv[1:]:
+    request = urllib.request.Request(url, data=json.dumps(call).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answers.append([response.status, response.read().decode()[:500]])
+    except urllib.error.HTTPError as error:
+        answers.append([error.code, error.read().decode()[:500]])
+print(json.dumps(answers))
+"""
+
+
+def check_no_way_past_the_gateway(base: list, env: dict) -> None:
+    """Issue 70, item 4. Code in the agent's container that drops its token, or in the notes
+    server's container, gets no tool from the gateway (the tokenless client's allow-list is
+    empty), and the python server answers 401 to anything but the gateway, which alone has the
+    token of the container it started. Before: run_python printed 42 both ways, and the direct
+    call left no line in the gateway's call log."""
+    gateway, python = "http://gateway:8086/mcp", f"http://{PROJECT}-python:8000/mcp"
+    agent = sh(*base, "exec", "-T", "agent", "python", "-c", BY_HAND, gateway, env=env)
+    (notes,) = labelled_server("notes")
+    neighbour = sh("docker", "exec", notes, "python", "-c", BY_HAND, gateway, python)
+    (from_agent,), (through_gateway, direct) = (
+        json.loads(agent.stdout),
+        json.loads(neighbour.stdout),
+    )
+    for status, body in (from_agent, through_gateway):
+        assert status == 200 and "not on the allow-list of client 'anonymous'" in body, body
+    assert direct[0] == 401 and "42" not in direct[1], direct
+
+
 def check_a_second_copy_is_left_alone() -> None:
     """A second copy of the lesson (its own project name) runs beside this one, starts its own
     tool server, and `make lesson-08-down` for it removes its things and none of this one's."""
@@ -345,7 +388,7 @@ def glossary(term: str) -> str:
 def check_the_challenge(base: list, env: dict, work: Path) -> None:
     """The challenge as docs/08 writes it: a copy of the notes server with a glossary tool, run on
     the host where the gateway's container reaches it (host.docker.internal), in the catalog with
-    url:, allowed to the anonymous client, the gateway restarted, the tools listed with the
+    url:, allowed to the learner's client, the gateway restarted, the tools listed with the
     lesson's client; then the docstring changes and the call is refused."""
     notes = NOTES_SERVER.read_text()
     start, end = notes.index("@server.tool()"), notes.index("@server.custom_route")
@@ -383,7 +426,7 @@ def check_the_challenge(base: list, env: dict, work: Path) -> None:
             "tools": ["glossary"],
         }
     )
-    catalog["clients"]["anonymous"]["tools"].append("glossary")
+    catalog["clients"]["learner"]["tools"].append("glossary")
     catalog_path.write_text(yaml.safe_dump(catalog, sort_keys=False))  # in place: a bind mount
     with glossary_server("Define a term about containers."):
         sh(*base, "restart", "gateway", env=env)
@@ -397,6 +440,7 @@ def check_the_challenge(base: list, env: dict, work: Path) -> None:
             ".venv/lesson08/.installed",
             "lesson-08-client",
             f"LESSON08_MCP_PORT={MCP_PORT}",
+            env={**os.environ, "MCP_TOKEN": LEARNER},
             timeout=240,
         ).stdout
         assert "glossary: Define a term about containers." in listing, listing

@@ -70,3 +70,25 @@ def test_a_long_search_does_not_stall_the_server_for_others(tmp_path):
     print(f"/health answered {answered} times while one search ran")
     assert not failed
     assert answered >= 5, f"/health answered {answered} times while the search ran"
+
+
+def test_with_a_server_token_only_its_holder_is_answered(tmp_path):
+    """Issue 70, item 4: the gateway's launcher gives each tool container a token
+    (MCP_SERVER_TOKEN) and sends it; a neighbour on the tools network without it gets 401 from
+    /mcp, and /health, which the launcher asks, stays open."""
+    with tool_server(NOTES_SERVER, tmp_path, MCP_SERVER_TOKEN="the-gateways-own") as server:
+        stranger = httpx.post(
+            server.url + "/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+            headers={"authorization": "Bearer guessed", "accept": "application/json"},
+            timeout=30,
+        )
+        health = httpx.get(server.url + "/health", timeout=30)
+
+        async def as_the_gateway():
+            async with sdk_session(server.url + "/mcp", bearer("the-gateways-own")) as session:
+                return [t.name for t in (await session.list_tools()).tools]
+
+        names = asyncio.run(as_the_gateway())
+    assert stranger.status_code == 401 and stranger.json()["error"]["type"] == "unauthorized"
+    assert health.status_code == 200 and names == ["search_notes"]
