@@ -18,9 +18,10 @@ complete program that prints the result, then answer from its output. If the run
 person rejected it, say so."""
 
 
-# Lesson 04's sandbox: each call runs in a throwaway container, no network, limits on everything.
-# Its settings are lesson 04's; lessons 10 and 12 read four of them: SANDBOX_IMAGE, SANDBOX_RUNTIME,
-# SANDBOX_TIMEOUT_SECONDS and SANDBOX_OWNER (the label `make lesson-NN-down` removes by).
+# The package's runner: lesson 04's steps grown into one class (its Going further), a throwaway
+# container per call, no network, limits on all; `.run(code)` gives step 4's fields. `settable`:
+# what the environment may set (SANDBOX_IMAGE, _RUNTIME, _TIMEOUT_SECONDS, _OWNER: the label
+# `make lesson-NN-down` removes by).
 class Sandbox(SandboxConfig):
     settable = frozenset({"image", "runtime", "timeout_seconds", "owner"})
     owner: str = "lesson10"
