@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings
 
 from chat_model import make_chat_model
-from lesson12.delegate import remote_skill_tool
+from lesson12.delegate import checked_card, remote_skill_tool
 from research_agent import (
     AllowedHostsMiddleware,
     ApiError,
@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     ALLOWED_HOSTS: list[str] = ["127.0.0.1", "localhost"]
     ALLOWED_ORIGINS: list[str] = []
     QUESTION_WAIT_SECONDS: float = 900.0  # a question waiting for a decision, at most
+    MAX_WAITING_QUESTIONS: int = 100  # beyond: a new question is a 429 until one is decided
 
 
 settings = Settings()
@@ -82,9 +83,26 @@ def sweep() -> None:
         forget(thread)
 
 
+class BearerFor(httpx.Auth):
+    """Our token on requests to `url`'s origin, and on no other: not a default header."""
+
+    def __init__(self, url: str, token: str):
+        self.origin, self.token = httpx.URL(url), token
+
+    def auth_flow(self, request):
+        url = request.url
+        if (url.scheme, url.host, url.port) == (
+            self.origin.scheme,
+            self.origin.host,
+            self.origin.port,
+        ):
+            request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
+    http = httpx.AsyncClient(auth=BearerFor(AGENT_URL, TOKEN), timeout=300)
     for _ in range(60):  # the research agent may still be starting
         try:
             card = await A2ACardResolver(http, AGENT_URL).get_agent_card()  # read once, kept
@@ -93,7 +111,7 @@ async def lifespan(app: FastAPI):
             await asyncio.sleep(1)
     else:
         raise RuntimeError(f"no agent card at {AGENT_URL} after a minute")
-    client = ClientFactory(ClientConfig(httpx_client=http)).create(card)
+    client = ClientFactory(ClientConfig(httpx_client=http)).create(checked_card(card, AGENT_URL))
     model = make_chat_model(os.getenv("OPENAI_API_KEY"), offline_model=OfflineResearchModel)
     tools = [remote_skill_tool(card, client)]
     agents["planner"] = create_agent(model, tools, system_prompt=SYSTEM_PROMPT, checkpointer=saver)
@@ -136,8 +154,8 @@ async def run(thread: str, inputs):
         raise
     state = await agent.aget_state(config)
     if state.interrupts:  # the remote task asks for input: we ask our caller
-        asked = {"id": thread, **state.interrupts[0].value}
-        asked = {key: asked[key] for key in ("id", "remote_task", "call_id", "tool", "args")}
+        asked = {**state.interrupts[0].value, "id": thread}
+        asked = {key: asked.get(key) for key in ("id", "remote_task", "call_id", "tool", "args")}
         deadlines[thread] = time.monotonic() + settings.QUESTION_WAIT_SECONDS
         yield ServerSentEvent(data=asked, event="input-required")
     else:
@@ -145,9 +163,16 @@ async def run(thread: str, inputs):
         yield ServerSentEvent(data={"id": thread, "answer": state.values["messages"][-1].text})
 
 
-@app.post("/v1/questions", response_class=EventSourceResponse)
-async def ask(body: Question):
+async def room_to_wait() -> None:
+    """A 429 before the stream starts when MAX_WAITING_QUESTIONS questions wait already: each
+    holds its checkpoints in memory until it is decided or its wait is over."""
     sweep()
+    if len(deadlines) >= settings.MAX_WAITING_QUESTIONS:
+        raise ApiError(429, "too_many_waiting", "too many questions wait for a decision")
+
+
+@app.post("/v1/questions", response_class=EventSourceResponse, dependencies=[Depends(room_to_wait)])
+async def ask(body: Question):
     async for event in run(uuid.uuid4().hex, {"messages": [HumanMessage(body.question)]}):
         yield event
 
