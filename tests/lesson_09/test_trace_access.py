@@ -207,3 +207,19 @@ def test_the_ingest_takes_bounded_protobuf_exports_only(lesson09):
         "get": 405,
         "after a flood": 429,  # more than 500 requests in 10 s from one address
     }, found
+
+
+def test_a_page_elsewhere_cannot_read_the_viewer(lesson09):
+    """Issue 70, item 11: the viewer (Phoenix: every span, REST, GraphQL and DELETE, with no
+    authentication) answered any Host on its 127.0.0.1 port, so a page that rebound its own name to
+    127.0.0.1, or that sent its Origin, could read traces and forge spans that decide lesson 11's
+    gate. Now a Host not its own is a 400, a foreign Origin a 403; the learner is answered."""
+    import httpx
+
+    spans = lesson09.viewer + "/v1/projects/default/spans"
+    rebound = httpx.get(spans, headers={"Host": "attacker.example:6006"}, timeout=30)
+    page = httpx.get(spans, headers={"Origin": "http://attacker.example"}, timeout=30)
+    learner = httpx.get(spans, timeout=30)
+    assert rebound.status_code == 400 and rebound.json()["error"]["type"] == "untrusted_host"
+    assert page.status_code == 403 and page.json()["error"]["type"] == "origin_not_allowed"
+    assert learner.status_code == 200, learner.text[:300]
