@@ -116,6 +116,12 @@ def question_key(question_id: str) -> str:
     return f"question:{question_id}"
 
 
+def asked_key(question_id: str) -> str:
+    # hash: student_id (the gateway's), route and topic (triage's). No specialist may write it, so
+    # the progress agent checks what a specialist tells it against this, not against question:.
+    return f"asked:{question_id}"
+
+
 def progress_key(student_id: str) -> str:
     # hash: questions, streak, last_day, topic:<t>, kind:<route>, struggle:<t>
     return f"progress:{student_id}"

@@ -50,6 +50,7 @@ from lesson07.contract import (  # noqa: F401 - re-exported: the lesson's names 
     TRACE,
     AgentSettings,
     Malformed,
+    asked_key,
     connect,
     deadletter,
     entry,
@@ -277,6 +278,7 @@ def make_triage(bus: Bus, settings: AgentSettings):
             data["question_id"],
             [
                 ["HSET", question_key(data["question_id"]), "route", kind, "topic", topic],
+                ["HSET", asked_key(data["question_id"]), "route", kind, "topic", topic],
                 bus.xadd(SPECIALIST_TOPICS[kind], routed),
             ],
         )

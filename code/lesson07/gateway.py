@@ -10,6 +10,7 @@ It calls no agent: it publishes an event and reads the state the agents stored. 
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -63,19 +64,23 @@ LAG = Gauge("topic_unread_messages", "Not yet delivered to the group", ["topic",
 DEAD = Gauge("topic_deadletter_messages", "Messages in the dead-letter topic", ["topic"])
 
 # The question's record and its event, at once, if the token is still the student's, whose id
-# then lives STUDENT_TTL_SECONDS more. KEYS: student, question, learning topic. ARGV: token hash,
-# record fields (JSON), event, ttl, maxlen, the student's ttl. -1: the student has another token
-# (or none). 1: published. A question that exists already (the same call retried after its reply
-# was lost, or the same Idempotency-Key) publishes nothing: 0.
+# then lives STUDENT_TTL_SECONDS more. KEYS: student, question, learning topic, asked. ARGV: token
+# hash, record fields (JSON), event, ttl, maxlen, the student's ttl. -1: the student has another
+# token (or none). 1: published. A question asked already (the same call retried after its reply
+# was lost, or the same Idempotency-Key) publishes nothing: 0. Asked is this gateway's record (no
+# agent writes it): a question record without one was made by someone else, and is replaced.
 PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
 local record = cjson.decode(ARGV[2])
 local fields = {}
 for field, value in pairs(record) do table.insert(fields, field); table.insert(fields, value) end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[4], 'student_id', record['student_id'])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'data', ARGV[3])
 return 1
 """
@@ -185,7 +190,7 @@ async def published(r: redis.Redis, question_id: str) -> int:
     """What PUBLISH answered, read back; a 503 if the question is not in Redis."""
     for _ in range(3):  # Redis is restarting: a few short tries
         try:
-            if await r.exists(contract.question_key(question_id)):
+            if await r.exists(contract.asked_key(question_id)):
                 return 0  # a script runs whole or not at all: it ran, and published
             break
         except (redis.ConnectionError, redis.TimeoutError):
@@ -229,9 +234,10 @@ async def ask(
     # The token first: a caller who is not the student spends none of the student's questions.
     await access.check_student(r, settings, question.student_id, token)
     await access.admit(r, request.app.state.limiter, settings, question.student_id)
-    if idempotency_key:
+    if idempotency_key:  # under the gateway's key: no agent can work out a student's next id
         seed = f"{question.student_id}\n{idempotency_key}".encode()
-        question_id = hashlib.sha256(seed).hexdigest()[:32]
+        key = settings.token_key.get_secret_value().encode()
+        question_id = hmac.new(key, seed, hashlib.sha256).hexdigest()[:32]
     else:
         question_id = uuid.uuid4().hex
     event = contract.envelope(
@@ -251,6 +257,7 @@ async def ask(
         contract.student_key(question.student_id),
         contract.question_key(question_id),
         contract.LEARNING,
+        contract.asked_key(question_id),
     ]
     args = [
         access.token_hash(settings, token),
@@ -278,7 +285,7 @@ async def status(
     question_id: QuestionId, r: RedisDep, settings: SettingsDep, token: Token
 ) -> QuestionView:
     record = await r.hgetall(contract.question_key(question_id))
-    if not record:
+    if not record or not await r.exists(contract.asked_key(question_id)):  # ours, or nobody's
         raise StarletteHTTPException(404, f"no question {question_id}")
     await access.check_student(r, settings, record.get("student_id", ""), token)
     return QuestionView(

@@ -1,8 +1,9 @@
 """Lesson 07, going further: the progress agent's effect (docs/07, "The progress agent's effect").
 
 Progress reads its own state (the streak needs the last day a student asked, the struggle count its
-previous value), so its effect is a Lua script of its own, with the same dedup check first and the
-processed record last as APPLY_ONCE in event_agents.py. The struggle alert is published inside
+previous value), so its effect is a Lua script of its own, with the same dedup check and the
+processed record last as APPLY_ONCE in event_agents.py, after a check of what it is told against
+the question's `asked:` record. The struggle alert is published inside
 the script, when the debug count on a topic reaches STRUGGLE_THRESHOLD.
 """
 
@@ -14,6 +15,7 @@ from lesson07.contract import (
     SPECIALIST_TOPICS,
     AgentSettings,
     Malformed,
+    asked_key,
     envelope,
     progress_key,
     question_data,
@@ -21,10 +23,15 @@ from lesson07.contract import (
 from lesson07.tracing import trace_context
 
 # The progress agent's effect reads its own state (streak, struggles), so it is a script of its own
-# with the same first and last lines. KEYS: processed record, the student's hash, the alerts topic.
-# ARGV: ttl, day number, route, topic, threshold, alert event (JSON, published when due), maxlen,
-# the student's ttl (the progress lapses with the student id).
+# with the same first and last lines. KEYS: processed record (one per question, whatever the
+# event's id), the student's hash, the alerts topic. ARGV: ttl, day number, route, topic,
+# threshold, alert event (JSON, published when due), maxlen, the student's ttl (the progress
+# lapses with the student id), the question's asked record, the student. What a specialist says
+# must be what the gateway and triage recorded (asked:, which no specialist may write), or -1:
+# a specialist cannot count questions nobody asked, for someone else, or of a topic of its own.
 PROGRESS_ONCE = """
+local asked = redis.call('HMGET', ARGV[9], 'student_id', 'route', 'topic')
+if asked[1] ~= ARGV[10] or asked[2] ~= ARGV[3] or asked[3] ~= ARGV[4] then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local day, route, topic = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 redis.call('HINCRBY', KEYS[2], 'questions', 1)
@@ -65,7 +72,8 @@ def make_progress(bus, settings: AgentSettings):
             **trace_context(),
         )
         day = int(time.time() // 86400)
-        keys = [f"processed:progress:{event['id']}", progress_key(data["student_id"]), ALERTS]
+        question = data["question_id"]
+        keys = [f"processed:progress:{question}", progress_key(data["student_id"]), ALERTS]
         args = [
             settings.dedup_ttl_seconds,
             day,
@@ -75,7 +83,12 @@ def make_progress(bus, settings: AgentSettings):
             json.dumps(alert),
             settings.topic_maxlen,
             settings.student_ttl_seconds,
+            asked_key(question),
+            data["student_id"],
         ]
-        return bool(await progress_once(keys=keys, args=args))
+        done = await progress_once(keys=keys, args=args)
+        if done == -1:
+            raise Malformed(f"question {question}: its record does not vouch for this answer")
+        return bool(done)
 
     return progress

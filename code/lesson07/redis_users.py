@@ -58,15 +58,29 @@ RULES = {
         *SCRIPTS,
         *["+get", "+set", "+exists", "+expire", "+hset", "+hget", "+hgetall", "+xadd", "+xlen"],
         *["+xinfo|groups", "+xread", "+xrange", "+lindex", "+lpush", "+ltrim"],
-        *["~student:*", "~question:*", f"~{LEARNING}", "%R~*.requests", "%R~*.deadletter"],
+        *["~student:*", "~question:*", "~asked:*", f"~{LEARNING}", "%R~*.requests"],
+        "%R~*.deadletter",
         *["~lesson07:asks*", "%R~progress:*", f"%R~{TRACE}"],
     ],
-    "triage": agent(LEARNING, "triage", "~question:*", *(f"%W~{t}" for t in SPECIALISTS.values())),
+    "triage": agent(
+        LEARNING, "triage", "~question:*", "%W~asked:*", *(f"%W~{t}" for t in SPECIALISTS.values())
+    ),
     **{
         kind: agent(topic, kind, "~question:*", f"%W~{PROGRESS}")
         for kind, topic in SPECIALISTS.items()
     },
-    "progress": agent(PROGRESS, "progress", "+hincrby", "+expire", "~progress:*", f"~{ALERTS}"),
+    # It reads what the gateway and triage recorded of a question (asked:), which no specialist
+    # may write, to check what a specialist tells it.
+    "progress": agent(
+        PROGRESS,
+        "progress",
+        "+hincrby",
+        "+expire",
+        "+hmget",
+        "~progress:*",
+        f"~{ALERTS}",
+        "%R~asked:*",
+    ),
     # Redis's own health check: PING, nothing else.
     "health": ["+ping"],
     # You, from the host (`docker compose exec redis redis-cli --user operator`): everything.

@@ -74,6 +74,8 @@ def test_a_message_delivered_twice_changes_the_progress_counts_once(agents, syst
     """The same event twice on progress.requests (what a redelivery looks like): one count."""
     who, question_id = student(), uuid.uuid4().hex
     enrol(system, who)
+    asked = {"student_id": who, "route": "concepts", "topic": "docker"}  # gateway's and triage's
+    system.redis.hset(agents.asked_key(question_id), mapping=asked)
     event = envelope(
         f"{question_id}.answered",
         {
@@ -107,6 +109,7 @@ def test_a_question_published_twice_is_answered_and_counted_once(agents, system)
     system.students[question_id] = who
     record = {"status": "pending", "student_id": who}
     system.redis.hset(agents.question_key(question_id), mapping=record)
+    system.redis.hset(agents.asked_key(question_id), "student_id", who)  # the gateway's record
     data = {"question_id": question_id, "student_id": who, "text": "What is FastAPI?"}
     event = envelope(question_id, data, topic=agents.LEARNING)
     system.publish_raw(agents.LEARNING, event)

@@ -82,6 +82,7 @@ async def run_production(agents, settings, questions: list[str], exercise) -> No
         event = contract.envelope(qid, "/lesson07/gateway", "learning.question.asked", data)
         record = {"student_id": "ann", "status": "pending", "attempts": 0}
         await client.hset(contract.question_key(qid), mapping=record)
+        await client.hset(contract.asked_key(qid), "student_id", "ann")  # the gateway's own
         await bus.publish(contract.LEARNING, event)
 
     await the_docs_events(client, ask, questions)

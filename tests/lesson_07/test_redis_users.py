@@ -126,7 +126,10 @@ def test_each_agent_reads_and_acks_its_own_topic_only(server, secrets):
 # The keys each service's scripts are given (a script's KEYS must be readable and writable):
 # PUBLISH, APPLY_ONCE and FAIL_IF_PENDING, RENEW_CLAIM, PROGRESS_ONCE, the rate windows' scripts.
 SCRIPT_KEYS = {
-    "gateway": [["student:s", "question:q", LEARNING], ["lesson07:asks:LIMITER/ask/s/30/1/minute"]],
+    "gateway": [
+        ["student:s", "question:q", LEARNING, "asked:q"],
+        ["lesson07:asks:LIMITER/ask/s/30/1/minute"],
+    ],
     "triage": [["processed:triage:e", "question:q"], [LEARNING]],
     **{k: [[f"processed:{k}:e", "question:q"], [t]] for k, t in SPECIALISTS.items()},
     "progress": [["processed:progress:e", "progress:s", ALERTS], [PROGRESS]],
@@ -139,6 +142,20 @@ def test_each_service_may_run_its_scripts_on_their_keys(server, secrets, name):
     for keys in SCRIPT_KEYS[name]:
         assert client.eval("return 1", len(keys), *keys) == 1, keys
     assert refused(client, "EVAL", "return 1", "1", "student:alice" if name != "gateway" else "x")
+
+
+@pytest.mark.parametrize("kind", SPECIALISTS)
+def test_what_a_specialist_says_is_checked_against_a_record_it_cannot_write(server, secrets, kind):
+    """Issue 70, item 5: a specialist writes `question:*` (its answers), so the progress agent
+    checks what a specialist tells it against `asked:*`, the gateway's and triage's record."""
+    specialist = as_user(server, secrets, kind)
+    assert refused(specialist, "HSET", "asked:q", "student_id", "victim")
+    assert refused(specialist, "HGET", "asked:q", "student_id")
+    as_user(server, secrets, "gateway").hset("asked:q", "student_id", "ann")
+    as_user(server, secrets, "triage").hset("asked:q", mapping={"route": "debug", "topic": "x"})
+    progress = as_user(server, secrets, "progress")
+    assert progress.hmget("asked:q", "student_id", "route") == ["ann", "debug"]
+    assert refused(progress, "HSET", "asked:q", "student_id", "victim")
 
 
 def test_health_may_only_ping(server, secrets):
