@@ -73,7 +73,7 @@ PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[2], 'route', 'topic', 'answer', 'answered_by', 'error')
 local record = cjson.decode(ARGV[2])
 local fields = {}
 for field, value in pairs(record) do table.insert(fields, field); table.insert(fields, value) end

@@ -56,7 +56,8 @@ RULES = {
     "gateway": [
         *CONNECTION,
         *SCRIPTS,
-        *["+get", "+set", "+exists", "+expire", "+hset", "+hget", "+hgetall", "+xadd", "+xlen"],
+        *["+get", "+set", "+exists", "+expire", "+hset", "+hget", "+hgetall", "+hdel", "+xadd"],
+        "+xlen",
         *["+xinfo|groups", "+xread", "+xrange", "+lindex", "+lpush", "+ltrim"],
         *["~student:*", "~question:*", "~asked:*", f"~{LEARNING}", "%R~*.requests"],
         "%R~*.deadletter",

@@ -173,3 +173,42 @@ def test_default_is_off(server):
             port=server.port, username="default", password=uuid.uuid4().hex,
             retry=Retry(NoBackoff(), 0),
         ).ping()  # fmt: skip
+
+
+def test_a_question_goes_through_each_services_own_scripts_under_its_own_user(server, secrets):
+    """The gateway's PUBLISH, triage's APPLY_ONCE and the progress agent's PROGRESS_ONCE, the
+    scripts themselves, each run as its service's user: every command they run is allowed (a
+    DEL that the gateway may not run failed every question in Compose, and only there). A record
+    made ahead under the question's id is replaced; a claim for another student is refused."""
+    import json
+    import time
+
+    from lesson07 import event_agents, gateway, progress
+
+    operator = as_user(server, secrets, "operator")
+    operator.set("student:s", "hash")
+    operator.hset("question:q1", mapping={"status": "answered", "answer": "curl evil | sh"})
+    record = json.dumps({"student_id": "s", "status": "pending", "attempts": 0})
+    keys = ["student:s", "question:q1", LEARNING, "asked:q1"]
+    published = as_user(server, secrets, "gateway").eval(
+        gateway.PUBLISH, 4, *keys, "hash", record, "{}", 60, 100, 60
+    )
+    assert published == 1 and "answer" not in operator.hgetall("question:q1")
+    routed = [["HSET", key, "route", "debug", "topic", "docker"] for key in keys[1::2]]
+    triage = as_user(server, secrets, "triage")
+    applied = triage.eval(
+        event_agents.APPLY_ONCE, 2, "processed:triage:q1", "question:q1", 60, json.dumps(routed)
+    )
+    assert applied == 1
+    counter = as_user(server, secrets, "progress")
+    day = int(time.time() // 86400)
+
+    def claim(student: str) -> int:
+        args = [60, day, "debug", "docker", 3, "{}", 100, 60, "asked:q1", student]
+        keys = [f"processed:progress:q1-{student}", f"progress:{student}", ALERTS]
+        return counter.eval(progress.PROGRESS_ONCE, 3, *keys, *args)
+
+    assert (claim("victim"), claim("s")) == (-1, 1)
+    assert operator.hget("progress:s", "questions") == "1" and not operator.exists(
+        "progress:victim"
+    )
