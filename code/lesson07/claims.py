@@ -7,6 +7,7 @@ is claimed as before (XAUTOCLAIM in event_agents.py's Consumer.next_message).
 """
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -30,10 +31,14 @@ async def keep_claim_while(consumer, message_id: str, work):
     timeout (and the heartbeat with it: a long answer does not make the container unhealthy)."""
     settings = consumer.settings
     renew_claim = consumer.bus.redis.register_script(RENEW_CLAIM)
+    done = asyncio.Event()
 
     async def renew() -> None:
         while True:
-            await asyncio.sleep(settings.visibility_timeout_ms / 3000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), settings.visibility_timeout_ms / 3000)
+            if done.is_set():
+                return
             Path(settings.heartbeat_file).touch()  # alive, though busy with one message
             try:
                 args = [consumer.group, message_id, consumer.name]
@@ -47,4 +52,9 @@ async def keep_claim_while(consumer, message_id: str, work):
     try:
         return await work
     finally:
-        renewing.cancel()
+        # Ended, not cancelled: a renewal cut in the middle of its command could outlive the work
+        # (seen: a failed delivery whose claim was renewed on, so it was never delivered again).
+        # The renewal under way finishes, and none starts after it.
+        done.set()
+        with contextlib.suppress(Exception):
+            await renewing
