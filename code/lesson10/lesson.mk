@@ -64,7 +64,7 @@ code/lesson10/.env:
 	@umask 077 && printf 'LESSON10_POSTGRES_PASSWORD=%s\nLESSON10_AGENT_PASSWORD=%s\n' \
 	  "$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > $@
 
-lesson-10-down: docker-tools ## Lesson 10: remove the Compose project lesson10 (containers, networks, Postgres volume) and any sandbox a lesson 10 process left; the steps' own database: docker rm -f lesson10-postgres
+lesson-10-down: docker-tools ## Lesson 10: remove the Compose project lesson10 (containers, networks, Postgres volume) and any sandbox a lesson 10 process left; the steps' own database: docker rm -f -v lesson10-postgres
 	$(LESSON10_COMPOSE) down -v --remove-orphans
 	@docker ps -aq --filter label=agent-sandbox.owner=lesson10 | xargs -r docker rm -f >/dev/null
 

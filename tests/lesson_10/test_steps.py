@@ -432,7 +432,7 @@ def test_dockers_postgres_15_as_the_doc_starts_it(engine, tmp_path):
         )  # fmt: skip
         assert removed.returncode == 0 and removed.stdout.strip() == name, removed.stderr
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, timeout=60)
 
 
 def test_the_challenge_a_random_key_runs_the_program_twice(
