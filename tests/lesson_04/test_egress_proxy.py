@@ -21,6 +21,7 @@ import pytest
 from support import egress
 from support.egress import ALLOWED, API, INWARD, OTHER_ALLOWED, REFUSED
 from support.ports import free_port
+from support.waiting import wait_for
 from tests.support.egress_probes import SEARCH_FOR_TOKENS, fetches_one_by_one
 
 pytestmark = pytest.mark.container
@@ -585,4 +586,10 @@ def test_a_running_sandbox_attached_later_reaches_the_proxy(lab, runtime):
         container.remove(force=True)
     assert b"Network is unreachable" in before, before  # no network until attached
     assert b'"status": 200' in after, after
-    assert lines(lab, run, decision="allowed", host=ALLOWED)
+    # The proxy logs a request once it has answered it, and Docker copies that line on its own
+    # time: the answer can come back before the line can be read.
+    wait_for(
+        lambda: lines(lab, run, decision="allowed", host=ALLOWED),
+        timeout=30,
+        what="the proxy's log line for the attached sandbox's request",
+    )

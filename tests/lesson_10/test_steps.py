@@ -327,7 +327,7 @@ def test_step_5_a_killed_replicas_run_is_taken_on_by_the_other_and_runs_once(
     run on once the lease has run out, reading the killed replica's container."""
     starts = sandbox_starts()
     *typed, (remove, _) = script_steps(5)
-    assert remove.body == "docker rm -f lesson10-postgres"  # run by the docker test below
+    assert remove.body == "docker rm -f -v lesson10-postgres"  # run by the docker test below
     replicas = [Step(5, postgres_dsn, tmp_path, name=name) for name in ("a", "b")]
     psql = find_command("psql")
     assert psql, "psql comes with Debian's postgresql, as the tests' PostgreSQL does"
