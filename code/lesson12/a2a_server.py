@@ -12,9 +12,11 @@ Run it:  make lesson-12      (Compose: edge, two replicas, Postgres, the client 
 import asyncio
 import contextvars
 import importlib
+import json
 import logging
 import uuid
 from contextlib import asynccontextmanager
+from email.utils import formatdate
 from pathlib import Path
 
 import uvicorn
@@ -32,8 +34,10 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lesson10.agent import Sandbox
+from lesson12 import card as card_module
 from lesson12.agent import build_agent
 from lesson12.callers import Callers, load_callers
 from lesson12.card import BINDINGS, make_card
@@ -108,6 +112,9 @@ limits = {
 shared = {
     "event_stream": events,  # SubscribeToTask on a replica that does not run the task reads it
     "interrupted_task_timeout": 60,  # a task waiting for input holds no memory past a minute
+    # A part whose mediaType the card does not list (text/plain, application/json) is refused
+    # with ContentTypeNotSupportedError before a task is made: the SDK checks, when asked to.
+    "validate_input_modes": True,
 }
 if settings.A2A_AGENT:  # another agent: the SDK's own handler, on the same store and routes
     module, _, name = settings.A2A_AGENT.partition(":")
@@ -138,7 +145,9 @@ async def lifespan(app: FastAPI):
     await engine.dispose()
 
 
-# The card names the address the request came to, once that address is allowed (below).
+# The card names the address the request came to, once that address is allowed (below). It was
+# last changed when card.py was: the file's time, the same in every replica of one image.
+CARD_CHANGED = formatdate(Path(card_module.__file__).stat().st_mtime, usegmt=True)
 reached_at = contextvars.ContextVar("reached_at", default=HOME)
 
 
@@ -147,6 +156,7 @@ async def card_for_this_host(card):
 
 
 app = FastAPI(title="The research agent over A2A", version="1.0.0", lifespan=lifespan)
+app.router.redirect_slashes = False  # /a2a/jsonrpc/ is not /a2a/jsonrpc: a 404, answered below
 add_a2a_routes_to_fastapi(
     app,
     # A client may keep the card five minutes, then ask again with its ETag (a 304 if unchanged);
@@ -177,6 +187,7 @@ async def who_calls(request: Request, call_next):
     if request.url.path == CARD_PATH:
         response = await call_next(request)
         response.headers["Vary"] = "Host"
+        response.headers["Last-Modified"] = CARD_CHANGED
         return response
     if request.state.caller:
         return await call_next(request)
@@ -189,6 +200,37 @@ app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
 app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)
 install_request_ids(app)
 install_shape_handlers(app)
+shaped = app.exception_handlers[StarletteHTTPException]  # the course's shape, for the rest
+
+
+@app.exception_handler(StarletteHTTPException)
+async def not_served(request: Request, exc: StarletteHTTPException):
+    """A JSON-RPC request to a path this agent does not serve gets a JSON-RPC error (with its id)
+    that names the path that does, so a JSON-RPC client reads an error, not our 404 body. Every
+    other HTTP error keeps the course's shape."""
+    if exc.status_code in (404, 405) and request.method == "POST":
+        try:
+            sent = json.loads(await request.body())
+        except (ValueError, RecursionError):  # not JSON, or nested past what json can read
+            sent = None
+        if isinstance(sent, dict) and sent.get("jsonrpc") == "2.0":
+            request_id = sent.get("id")
+            found = {
+                "code": -32601,  # Method not found: not here
+                "message": f"no JSON-RPC endpoint at this path; POST to {BINDINGS['JSONRPC']}",
+            }
+            answer = {"jsonrpc": "2.0", "id": request_id if _an_id(request_id) else None}
+            return JSONResponse({**answer, "error": found}, status_code=exc.status_code)
+    return await shaped(request, exc)
+
+
+def _an_id(value) -> bool:
+    """What JSON-RPC allows as an id (a string, a number or null), short enough to send back."""
+    return (
+        value is None
+        or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (isinstance(value, str) and len(value) <= 128)
+    )
 
 
 @app.get("/health")

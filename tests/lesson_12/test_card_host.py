@@ -60,3 +60,38 @@ def test_the_card_differs_by_host_so_no_shared_cache_keeps_it(app):
     assert "private" in response.headers["cache-control"]
     assert "public" not in response.headers["cache-control"]
     assert "host" in response.headers["vary"].lower()
+
+
+def test_the_card_says_when_it_last_changed_and_the_same_on_every_request(app):
+    client = TestClient(app)
+    first = client.get(CARD, headers={"Host": "localhost"}).headers["last-modified"]
+    again = client.get(CARD, headers={"Host": "edge"}).headers["last-modified"]
+    assert first == again and first.endswith(" GMT"), first  # an HTTP date, not the request's
+
+
+# The A2A compatibility kit's JSON-RPC client posts to the card's URL with a "/" added; before, that
+# got the course's 404 body, which a JSON-RPC client cannot read as an answer (JSONRPC-FMT-001).
+BEARER = {"Authorization": "Bearer not-a-real-token", "Host": "localhost"}
+
+
+@pytest.mark.parametrize("path", ["/a2a/jsonrpc/", "/", "/a2a/jsonrpc/v1/rpc"])
+def test_a_json_rpc_request_to_a_path_not_served_gets_a_json_rpc_error(app, path):
+    sent = {"jsonrpc": "2.0", "id": 7, "method": "SendMessage", "params": {}}
+    response = TestClient(app).post(path, json=sent, headers=BEARER)
+    assert response.status_code == 404, response.text
+    answer = response.json()
+    assert answer["jsonrpc"] == "2.0" and answer["id"] == 7, answer
+    assert answer["error"]["code"] == -32601 and "/a2a/jsonrpc" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"not": "json-rpc"}', b"not json at all", b"[" * 50_000, b'{"jsonrpc": "2.0", "id": {}}'],
+    ids=["other-json", "not-json", "deep", "odd-id"],
+)
+def test_anything_else_at_a_path_not_served_keeps_the_courses_404(app, body):
+    response = TestClient(app).post("/a2a/jsonrpc/", content=body, headers=BEARER)
+    if body.startswith(b'{"jsonrpc"'):  # a JSON-RPC request still, whose id cannot be sent back
+        assert response.status_code == 404 and response.json()["id"] is None, response.text
+    else:
+        assert_error(response, 404, "not_found")

@@ -82,6 +82,34 @@ def test_an_id_the_store_cannot_hold_is_invalid_params_and_nothing_is_held(serve
     assert work_rows(server.dsn) == []
 
 
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"raw": "dGNr", "mediaType": "application/x-unsupported"},
+        {"text": "<b>hi</b>", "mediaType": "text/html"},
+        {"url": "http://127.0.0.1:1/x.png", "mediaType": "image/png"},
+    ],
+    ids=["raw", "text", "url"],
+)
+def test_a_part_whose_media_type_the_card_does_not_list_is_refused(server, tokens, part):
+    """The card takes text/plain and application/json (lesson12/card.py): any other stated
+    mediaType is ContentTypeNotSupportedError (-32005), before a task or its work row is made."""
+    headers = {"Authorization": f"Bearer {tokens['planner']}", **VERSION}
+    sent = {"messageId": "m-ct", "role": "ROLE_USER", "parts": [part]}
+    r = httpx.post(
+        f"{server.url(0)}/a2a/jsonrpc", json=rpc("SendMessage", {"message": sent}),
+        headers=headers, timeout=120,
+    )  # fmt: skip
+    error = r.json()["error"]
+    assert error["code"] == -32005 and part["mediaType"] in error["message"], r.text
+    rest = httpx.post(
+        f"{server.url(0)}/a2a/rest/message:send", json={"message": sent}, headers=headers,
+        timeout=120,
+    )  # fmt: skip
+    assert rest.status_code in (400, 415), rest.text  # v1.0.0 says 415, v1.0.1 400
+    assert work_rows(server.dsn) == []
+
+
 def test_an_unexpected_failure_is_a_bare_internal_error(tmp_path, monkeypatch):
     """The database unreachable (in process, nothing listens on its port): the caller learns that
     something failed, not where the database is or what was asked of it."""
