@@ -20,7 +20,8 @@ from email.utils import formatdate
 from pathlib import Path
 
 import uvicorn
-from a2a.server.cluster import DatabaseTaskEventStream, VersionedDatabaseTaskStore
+from a2a.server.agent_execution import SimpleRequestContextBuilder
+from a2a.server.cluster import DatabaseTaskEventStream
 from a2a.server.request_handlers import DefaultRequestHandlerV2
 from a2a.server.routes import (
     add_a2a_routes_to_fastapi,
@@ -42,6 +43,7 @@ from lesson12.agent import build_agent
 from lesson12.callers import Callers, load_callers
 from lesson12.card import BINDINGS, make_card
 from lesson12.durable import DurableExecutor, DurableHandler, Recovery, Sealed
+from lesson12.task_store import FreshIds, OneStatementTaskStore
 from lesson12.work import TaskResults, WorkStore
 from research_agent import (
     AllowedHostsMiddleware,
@@ -94,7 +96,8 @@ settings = Settings()
 dsn = settings.DATABASE_URL.get_secret_value()
 pool = make_pool(dsn, settings.DATABASE_POOL_SIZE)  # psycopg: checkpoints, leases, tool results
 engine = create_async_engine(dsn.replace("://", "+asyncpg://", 1), pool_pre_ping=True)
-tasks = VersionedDatabaseTaskStore(engine)  # the SDK's: tasks by owner, with a version each
+# The SDK's versioned store (tasks by owner, a version each), each write one statement.
+tasks = OneStatementTaskStore(engine)
 events = DatabaseTaskEventStream(engine, poll_interval_s=settings.EVENT_POLL_SECONDS)
 work = WorkStore(pool, settings.REPLICA_ID, settings.LEASE_SECONDS)
 sandbox = KeyedSandbox(SandboxRunner(settings.sandbox))
@@ -115,6 +118,8 @@ shared = {
     # A part whose mediaType the card does not list (text/plain, application/json) is refused
     # with ContentTypeNotSupportedError before a task is made: the SDK checks, when asked to.
     "validate_input_modes": True,
+    # A new task's id, made up here, is known absent until written: no lookups before its first.
+    "request_context_builder": SimpleRequestContextBuilder(task_id_generator=FreshIds(tasks)),
 }
 if settings.A2A_AGENT:  # another agent: the SDK's own handler, on the same store and routes
     module, _, name = settings.A2A_AGENT.partition(":")
