@@ -37,7 +37,7 @@ class GenAISpans(BaseCallbackHandler):
     """LangChain's callbacks as spans, named by OpenTelemetry's GenAI conventions: the agent's run
     (`invoke_agent`), and under it each model call (`chat`) and each tool call (`execute_tool`)."""
 
-    run_inline = True  # called where the run runs: there the current span is the caller's
+    run_inline = True  # LangChain calls it on the run's event loop, not in a worker thread
 
     def __init__(self):
         self.spans = {}  # LangChain's run id -> the span its calls go under
