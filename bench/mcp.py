@@ -35,13 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
 from fastmcp import Client
 
-from bench import deadline
+from bench import deadline, profiling
 from bench import results as bench_results
 from research_agent import ResearchAgent, Settings, build_agent
 from support.mcp_servers import LESSON08_PYTHON, NOTES_SERVER, gateway, tool_server
@@ -169,95 +168,24 @@ def plain_api(log_dir: Path) -> ServerProcess:
     )
 
 
-def py_spy() -> str | None:
-    for candidate in (
-        Path(LESSON08_PYTHON).parent / "py-spy",
-        Path(sys.executable).parent / "py-spy",
-    ):
-        if candidate.exists():
-            return str(candidate)
-    return None
-
-
-def frame_name(frame: str) -> tuple[str, bool]:
-    """py-spy's raw frame "function (path/file.py:line)" as "function (file.py)", and whether it
-    is the gateway's own code (code/lesson08/) rather than a library's. py-spy shortens a path to
-    what follows its sys.path entry: "lesson08/mcp_gateway.py"."""
-    function, _, where = frame.partition(" (")
-    file = where.rstrip(")").rsplit(":", 1)[0]
-    own = "site-packages" not in file and (file.startswith("lesson08/") or "/lesson08/" in file)
-    return (f"{function} ({Path(file).name})" if file else function), own
-
-
-def top_costs(raw: str, top: int = 10) -> tuple[int, list[tuple], list[tuple]]:
-    """From py-spy's raw (collapsed) stacks: the samples, the functions most often on top of the
-    stack (self: where the time went) and the gateway's own functions most often in it
-    (inclusive: what its code led to), each as (name, share of samples in it, share on top)."""
-    inclusive, own_time, total, ours = Counter(), Counter(), 0, set()
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = [frame_name(f) for f in stack.split(";")[1:]]  # the first is the thread
-        total += int(count)
-        for name, own in set(frames):
-            inclusive[name] += int(count)
-            if own:
-                ours.add(name)
-        if frames:
-            own_time[frames[-1][0]] += int(count)
-
-    def row(name: str) -> tuple:
-        return name, inclusive[name] / total, own_time[name] / total
-
-    on_top = [row(name) for name, _ in own_time.most_common(top)]
-    gateway_code = sorted((row(name) for name in ours), key=lambda r: -r[1])[:top]
-    return total, on_top, gateway_code
-
-
 def profile_gateway(gw: ServerProcess, n: int) -> list[str]:
     """py-spy over n handshake-era calls through the gateway: the flame graph (PROFILE_SVG) and
     the printed tables of the top costs."""
-    spy = py_spy()
+    spy = profiling.py_spy(LESSON08_PYTHON)
     if spy is None:
         return ["Profile: not recorded: no py-spy in lesson 08's environment or this one"]
-    url = gw.url + "/mcp"
-    raw = Path(tempfile.mkstemp(prefix="mcp-gateway-", suffix=".txt")[1])
-    PROFILE_SVG.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for output, form in ((PROFILE_SVG, "flamegraph"), (raw, "raw")):
-            command = [spy, "record", "--pid", str(gw.pid), "--rate", "200", "--nonblocking"]
-            command += ["--format", form, "-o", str(output)]
-            recorder = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            try:
-                time.sleep(1)  # attached before the loop starts
-                asyncio.run(call_times([url], n))
-            finally:
-                recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
-                out, _ = recorder.communicate(timeout=120)
-            if recorder.returncode or not output.stat().st_size:
-                return [f"Profile: py-spy failed ({recorder.returncode}): {out.decode()[-500:]}"]
-        total, on_top, gateway_code = top_costs(raw.read_text())
-        # The graph's title holds py-spy's command line: the checkout's path goes.
-        svg = PROFILE_SVG.read_text(encoding="utf-8").replace(f"{ROOT}/", "")
-        PROFILE_SVG.write_text(svg, encoding="utf-8")
-    finally:
-        raw.unlink(missing_ok=True)
-    lines = [
+    loop = lambda: asyncio.run(call_times([gw.url + "/mcp"], n))  # noqa: E731
+    raw, error = profiling.record(gw.pid, loop, PROFILE_SVG, spy)
+    if error:
+        return [f"Profile: {error}"]
+    costs = profiling.top_costs(raw, own="lesson08/")
+    return [
         f"\nProfile of the gateway: py-spy record --pid, 200 samples/s, --nonblocking, over {n} "
         f"handshake-era calls through it (the second of two such loops; the first drew "
-        f"{PROFILE_SVG.relative_to(ROOT)}): {total} samples of its busy time, idle ones left out"
+        f"{PROFILE_SVG.relative_to(ROOT)}): {costs['total']} samples of its busy time, idle ones "
+        f"left out",
+        *profiling.tables(costs, "the gateway's own code (code/lesson08/)"),
     ]
-    for title, rows in (
-        ("where the samples were: on top of the stack (self)", on_top),
-        ("the gateway's own code (code/lesson08/)", gateway_code),
-    ):
-        lines += [f"\n| {title} | in the stack | on top |", "| --- | ---: | ---: |"]
-        for name, share, self_share in rows:
-            # As code: a frame's name holds `__call__` and `<locals>`, which Markdown would read
-            # as bold and as HTML.
-            lines.append(f"| `{name.replace('|', '/')}` | {share:.0%} | {self_share:.0%} |")
-    return lines
 
 
 def images_missing() -> list[str]:
