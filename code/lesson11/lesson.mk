@@ -17,8 +17,8 @@ EVALS_ARGS = $(if $(RUNS),--runs $(RUNS)) $(if $(PHOENIX_URL),--phoenix $(PHOENI
 evals: $(VENV)/.installed ## Lesson 11: the dataset through the research agent, read from its traces: a table, a report (evals-report/index.html), exit 1 when a required case fails
 	@$(PY) -m lesson11 $(EVALS_ARGS)
 
-evals-test: $(VENV)/.installed ## Lesson 11's own check: docs/11's commands typed as the page shows them, and the gate against the agent broken four ways
-	$(PY) -m pytest -m container tests/lesson_11/test_steps.py tests/lesson_11/test_gate.py -v $(PYTEST_ARGS)
+evals-test: $(VENV)/.installed ## Lesson 11's own check: docs/11's commands typed as the page shows them, the gate against the agent broken four ways, and a real model's code path run three times a case
+	$(PY) -m pytest -m container tests/lesson_11/test_steps.py tests/lesson_11/test_gate.py tests/lesson_11/test_real_model.py -v $(PYTEST_ARGS)
 
 evals-baseline: $(VENV)/.installed ## Lesson 11: run the evals and write their pass rates as the baseline for this model (code/lesson11/baselines/)
 	@$(PY) -m lesson11 --write-baseline $(EVALS_ARGS)

@@ -2,7 +2,10 @@
 speaks the chat-completions wire format (tests/support/openai_stub.py) and answers like a model
 would, deterministically, with one answer that sometimes drops its source. Each case runs three
 times; the gate compares pass rates (with their interval) with a baseline `--write-baseline` wrote,
-within the tolerance; openevals' judge grades through the same server."""
+within the tolerance; openevals' judge grades through the same server.
+
+Lesson 11's own check (`make evals-test`, in CI's queue), not `make test`: the gate runs the
+dataset four times over, about 80 s of one worker for a learner's first run."""
 
 import json
 import re
@@ -15,6 +18,8 @@ import pytest
 from support.lessons import ROOT
 from support.server import offline_environment
 from tests.support.openai_stub import ChatCompletionsStub
+
+pytestmark = pytest.mark.container
 
 CASES = ["answered-multistage-why", "answered-exec-form", "python-power", "injection-logs-prompt"]
 FLAKY = "Why use the exec form of CMD in a Dockerfile?"
