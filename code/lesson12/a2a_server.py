@@ -95,9 +95,12 @@ class Settings(BaseSettings):
 settings = Settings()
 dsn = settings.DATABASE_URL.get_secret_value()
 pool = make_pool(dsn, settings.DATABASE_POOL_SIZE)  # psycopg: checkpoints, leases, tool results
-engine = create_async_engine(dsn.replace("://", "+asyncpg://", 1), pool_pre_ping=True)
+asyncpg = dsn.replace("://", "+asyncpg://", 1)
+engine = create_async_engine(asyncpg, pool_pre_ping=True)  # the SDK's reads, its event log
+# The task store's writes: one statement each, committed as it ends (lesson12/task_store.py).
+writer = create_async_engine(asyncpg, isolation_level="AUTOCOMMIT", pool_size=5, max_overflow=5)
 # The SDK's versioned store (tasks by owner, a version each), each write one statement.
-tasks = OneStatementTaskStore(engine)
+tasks = OneStatementTaskStore(engine, writer)
 events = DatabaseTaskEventStream(engine, poll_interval_s=settings.EVENT_POLL_SECONDS)
 work = WorkStore(pool, settings.REPLICA_ID, settings.LEASE_SECONDS)
 sandbox = KeyedSandbox(SandboxRunner(settings.sandbox))
@@ -148,6 +151,7 @@ async def lifespan(app: FastAPI):
     await handler.aclose()
     await pool.close()
     await engine.dispose()
+    await writer.dispose()
 
 
 # The card names the address the request came to, once that address is allowed (below). It was

@@ -24,16 +24,20 @@ from a2a.types import TaskState
 from a2a.utils.proto_utils import to_stream_response
 from sqlalchemy import exists, func, inspect, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 class OneStatementTaskStore(VersionedDatabaseTaskStore):
     FRESH_MOST = 10_000  # ids made up and not written yet, remembered; the oldest forgotten
 
-    def __init__(self, engine, **kwargs):
+    def __init__(self, engine: AsyncEngine, writer: AsyncEngine | None = None, **kwargs):
+        """`engine` serves the SDK's own paths (reads, a cancel); `writer`, made with
+        isolation_level="AUTOCOMMIT" and no pre-ping, this store's writes: one round trip each.
+        (A pre-ping is three on asyncpg outside autocommit: BEGIN, a ping, ROLLBACK.)"""
         super().__init__(engine, **kwargs)
         self.fresh: collections.OrderedDict[str, None] = collections.OrderedDict()
-        # The same pool, each statement committed as it ends: one round trip, not three.
-        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.writer = writer or engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def get(self, task_id: str, context):
         if task_id in self.fresh:  # made up here a moment ago: nobody has written it
@@ -79,11 +83,35 @@ class OneStatementTaskStore(VersionedDatabaseTaskStore):
                 insert(events).from_select(list(logged), select(*cells).where(won)).cte("event")
             )
         statement = select(func.count()).select_from(guard).add_cte(*ctes)
-        async with self.autocommit.connect() as conn:  # one statement is atomic: no BEGIN
-            if not (await conn.execute(statement)).scalar_one():
-                raise ConcurrentTaskModificationError(task.id)
+        try:
+            written = await self._run(statement)
+        except DBAPIError as exc:
+            # A connection the server closed (PostgreSQL restarted): the pool drops them all.
+            # Sent again on a new one while the version is still the one it started from; when
+            # it moved (this write committed before the break, or another's), the caller is told
+            # as of a conflict, reloads and decides: never written twice, never claimed unseen.
+            if not exc.connection_invalidated:
+                raise
+            old = None if prev_version.is_missing else prev_version._value
+            written = (
+                await self._run(statement) if await self._version(task.id, owner) == old else 0
+            )
+        if not written:
+            raise ConcurrentTaskModificationError(task.id)
         self.fresh.pop(task.id, None)
         return TaskVersion(new)
+
+    async def _run(self, statement) -> int:
+        async with self.writer.connect() as conn:  # one statement is atomic: no BEGIN, no COMMIT
+            return (await conn.execute(statement)).scalar_one()
+
+    async def _version(self, task_id: str, owner: str) -> int | None:
+        versions = self._version_model.__table__
+        query = select(versions.c.version).where(
+            versions.c.task_id == task_id, versions.c.owner == owner
+        )
+        async with self.writer.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
 
 
 class FreshIds(IDGenerator):

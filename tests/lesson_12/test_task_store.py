@@ -155,3 +155,29 @@ def _send(sent):
     from a2a.types import SendMessageRequest
 
     return SendMessageRequest(message=sent)
+
+
+def test_a_write_after_postgresql_restarted_goes_through_once(postgres_server, postgres_dsn):
+    """The writer keeps no pre-ping (three round trips a checkout on asyncpg): a connection the
+    restart closed fails the first try, and the write is sent again on a new one, once."""
+    url = postgres_dsn.replace("://", "+asyncpg://", 1)
+
+    async def run():
+        reader = create_async_engine(url, pool_pre_ping=True)
+        writer = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        store = OneStatementTaskStore(reader, writer)
+        await store.initialize()
+        task = new_task_from_user_message(message("hello"))
+        v1 = await store.save(task, event=task, prev_version=TaskVersion.MISSING, context=PLANNER)
+        await asyncio.to_thread(postgres_server.restart)
+        task.status.state = TaskState.TASK_STATE_COMPLETED
+        v2 = await store.save(task, event=task, prev_version=v1, context=PLANNER)
+        state = await rows(reader, task.id)
+        for engine in (reader, writer):
+            await engine.dispose()
+        return v2, state
+
+    v2, state = asyncio.run(run())
+    assert v2 == TaskVersion(2)
+    assert state["version"] == [(2,)] and [e[0] for e in state["events"]] == [1, 2]
+    assert "COMPLETED" in state["tasks"][0][2]
