@@ -22,7 +22,7 @@ from a2a.server.cluster.version import TaskVersion
 from a2a.server.id_generator import IDGenerator, IDGeneratorContext
 from a2a.types import TaskState
 from a2a.utils.proto_utils import to_stream_response
-from sqlalchemy import exists, func, inspect, literal, select, update
+from sqlalchemy import bindparam, exists, func, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,6 +38,7 @@ class OneStatementTaskStore(VersionedDatabaseTaskStore):
         super().__init__(engine, **kwargs)
         self.fresh: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.writer = writer or engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.statements = {}  # (first write, with an event): the statement, built once
 
     async def get(self, task_id: str, context):
         if task_id in self.fresh:  # made up here a moment ago: nobody has written it
@@ -49,42 +50,18 @@ class OneStatementTaskStore(VersionedDatabaseTaskStore):
             return await super()._save_once(
                 task, event=event, prev_version=prev_version, owner=owner
             )
-        versions = self._version_model.__table__
-        tasks = self._db.task_model.__table__
-        if prev_version.is_missing:  # the first write: the version row is made, or another won
-            new = 1
-            guard = insert(versions).values(task_id=task.id, owner=owner, version=new)
-            guard = guard.on_conflict_do_nothing()
-        else:
-            old = prev_version._value
-            new = old + 1
-            same = versions.c.task_id == task.id, versions.c.owner == owner
-            guard = update(versions).where(*same, versions.c.version == old).values(version=new)
-        guard = guard.returning(versions.c.version).cte("guard")
-        won = exists(select(guard.c.version))
-
+        first = prev_version.is_missing  # the version row is made, or another writer won
+        unmoved = None if first else prev_version._value
+        new = 1 if first else unmoved + 1
         model = self._db._to_orm(task, owner)  # the SDK's own conversion of a task to its row
-        row = {
-            attr.columns[0].name: getattr(model, attr.key)
-            for attr in inspect(model).mapper.column_attrs
-        }
-        cells = [literal(row[c.name], type_=c.type).label(c.name) for c in tasks.columns]
-        upsert = insert(tasks).from_select(
-            [c.name for c in tasks.columns], select(*cells).where(won)
-        )
-        kept = {c.name: upsert.excluded[c.name] for c in tasks.columns if not c.primary_key}
-        ctes = [upsert.on_conflict_do_update(index_elements=[tasks.c.id], set_=kept).cte("task")]
+        values = {"v_task_id": task.id, "v_owner": owner, "v_old": unmoved, "v_new": new}
+        for attr in inspect(model).mapper.column_attrs:
+            values[f"t_{attr.columns[0].name}"] = getattr(model, attr.key)
         if event is not None:
-            events = self._event_model.__table__
-            data = to_stream_response(event).SerializeToString()
-            logged = {"task_id": task.id, "owner": owner, "task_version": new, "event_data": data}
-            cells = [literal(v, type_=events.c[k].type).label(k) for k, v in logged.items()]
-            ctes.append(
-                insert(events).from_select(list(logged), select(*cells).where(won)).cte("event")
-            )
-        statement = select(func.count()).select_from(guard).add_cte(*ctes)
+            values["e_event_data"] = to_stream_response(event).SerializeToString()
+        statement = self._statement(first, event is not None)
         try:
-            written = await self._run(statement)
+            written = await self._run(statement, values)
         except DBAPIError as exc:
             # A connection the server closed (PostgreSQL restarted): the pool drops them all.
             # Sent again on a new one while the version is still the one it started from; when
@@ -92,18 +69,58 @@ class OneStatementTaskStore(VersionedDatabaseTaskStore):
             # as of a conflict, reloads and decides: never written twice, never claimed unseen.
             if not exc.connection_invalidated:
                 raise
-            old = None if prev_version.is_missing else prev_version._value
-            written = (
-                await self._run(statement) if await self._version(task.id, owner) == old else 0
-            )
+            still = await self._version(task.id, owner) == unmoved
+            written = await self._run(statement, values) if still else 0
         if not written:
             raise ConcurrentTaskModificationError(task.id)
         self.fresh.pop(task.id, None)
         return TaskVersion(new)
 
-    async def _run(self, statement) -> int:
+    def _statement(self, first: bool, with_event: bool):
+        """The write as one statement, built once for each of its four shapes (building it is
+        most of its cost in Python): the version's compare-and-swap (`guard`), then the task's
+        upsert and the event's insert, each only where the guard changed a row."""
+        if (first, with_event) in self.statements:
+            return self.statements[first, with_event]
+        versions = self._version_model.__table__
+        tasks = self._db.task_model.__table__
+        if first:
+            guard = insert(versions).values(
+                task_id=bindparam("v_task_id"), owner=bindparam("v_owner"), version=1
+            )
+            guard = guard.on_conflict_do_nothing()
+        else:
+            same = (
+                versions.c.task_id == bindparam("v_task_id"),
+                versions.c.owner.is_not_distinct_from(bindparam("v_owner")),
+                versions.c.version == bindparam("v_old"),
+            )
+            guard = update(versions).where(*same).values(version=bindparam("v_new"))
+        guard = guard.returning(versions.c.version).cte("guard")
+        won = exists(select(guard.c.version))
+        cells = [bindparam(f"t_{c.name}", type_=c.type).label(c.name) for c in tasks.columns]
+        upsert = insert(tasks).from_select(
+            [c.name for c in tasks.columns], select(*cells).where(won)
+        )
+        kept = {c.name: upsert.excluded[c.name] for c in tasks.columns if not c.primary_key}
+        ctes = [upsert.on_conflict_do_update(index_elements=[tasks.c.id], set_=kept).cte("task")]
+        if with_event:
+            events = self._event_model.__table__
+            logged = {"task_id": "v_task_id", "owner": "v_owner", "task_version": "v_new"}
+            logged["event_data"] = "e_event_data"
+            cells = [
+                bindparam(name, type_=events.c[column].type).label(column)
+                for column, name in logged.items()
+            ]
+            log = insert(events).from_select(list(logged), select(*cells).where(won))
+            ctes.append(log.cte("event"))
+        built = select(func.count()).select_from(guard).add_cte(*ctes)
+        self.statements[first, with_event] = built
+        return built
+
+    async def _run(self, statement, values: dict) -> int:
         async with self.writer.connect() as conn:  # one statement is atomic: no BEGIN, no COMMIT
-            return (await conn.execute(statement)).scalar_one()
+            return (await conn.execute(statement, values)).scalar_one()
 
     async def _version(self, task_id: str, owner: str) -> int | None:
         versions = self._version_model.__table__
