@@ -13,7 +13,7 @@
    over the same messages): statements, how many of them are BEGIN, COMMIT or ROLLBACK, and the
    time it spent executing them, per message.
 
-BENCH_PROFILE=1 then records the server with py-spy over one more loop of BENCH_MESSAGES messages
+BENCH_PROFILE=1 then records the server with py-spy over one more loop of PROFILED messages
 (bench/profiling.py): the flame graph goes to docs/images/a2a-profile.svg and the top costs, the
 lesson's own code and the packages the samples were in are printed.
 """
@@ -53,6 +53,7 @@ QUESTION = "Why use a multi-stage Docker build?"
 DELAY_MS = 15  # the research agent's default offline pace
 OVERHEAD_TARGET = 2.5  # the protocol's overhead per message, p50, against a plain POST's p50
 PROFILE = os.getenv("BENCH_PROFILE") == "1"
+PROFILED = 1000  # messages in the profile's loop: a message keeps the server busy about 3 ms
 PROFILE_SVG = ROOT / "docs" / "images" / "a2a-profile.svg"
 # pg_stat_statements counts each statement the server runs, with the time it took.
 POSTGRES_SETTINGS = {"shared_preload_libraries": "pg_stat_statements"}
@@ -162,14 +163,14 @@ async def messages(url: str, token: str, plain: str, dsn: str) -> tuple[dict, di
 
 
 def profile_server(echo: ServerProcess, token: str) -> list[str]:
-    """py-spy over BENCH_MESSAGES messages to the echo agent's server (bench/profiling.py)."""
+    """py-spy over PROFILED messages to the echo agent's server (bench/profiling.py)."""
     spy = profiling.py_spy()
     if spy is None:
         return ["Profile: not recorded: no py-spy in this environment (bench/profiling.py)"]
 
     async def loop():
         client, http = await a2a_client(echo.url, token)
-        for n in range(MESSAGES):
+        for n in range(PROFILED):
             await ask(client, f"profiled {n}")
         await client.close()
         await http.aclose()
@@ -180,7 +181,7 @@ def profile_server(echo: ServerProcess, token: str) -> list[str]:
     costs = profiling.top_costs(raw, own="lesson12/")
     return [
         f"\nProfile of lesson 12's server with the echo agent: py-spy record --pid, 200 "
-        f"samples/s, --nonblocking, over {MESSAGES} messages (the second of two such loops; the "
+        f"samples/s, --nonblocking, over {PROFILED} messages (the second of two such loops; the "
         f"first drew {PROFILE_SVG.relative_to(ROOT)}): {costs['total']} samples of its busy "
         f"time, idle ones left out",
         *profiling.tables(costs, "lesson 12's own code (code/lesson12/)"),
