@@ -165,7 +165,7 @@ async def card_for_this_host(card):
 
 
 app = FastAPI(title="The research agent over A2A", version="1.0.0", lifespan=lifespan)
-app.router.redirect_slashes = False  # /a2a/jsonrpc/ is not /a2a/jsonrpc: a 404, answered below
+app.router.redirect_slashes = False  # a path not served is a 404 (answered below), not a redirect
 add_a2a_routes_to_fastapi(
     app,
     # A client may keep the card five minutes, then ask again with its ETag (a 304 if unchanged);
@@ -174,7 +174,12 @@ add_a2a_routes_to_fastapi(
         CARD, card_for_this_host, cache_control="private, max-age=300"
     ),
     # Ids checked before they are stored, and no exception's text to a caller (durable.py, Sealed).
-    jsonrpc_routes=create_jsonrpc_routes(Sealed(handler), BINDINGS["JSONRPC"], Callers()),
+    # The JSON-RPC endpoint with and without a trailing "/": a client that joins "/" to the card's
+    # URL (httpx's base_url does; the A2A compatibility kit's client so posts) reaches it too.
+    jsonrpc_routes=[
+        *create_jsonrpc_routes(Sealed(handler), BINDINGS["JSONRPC"], Callers()),
+        *create_jsonrpc_routes(Sealed(handler), BINDINGS["JSONRPC"] + "/", Callers()),
+    ],
     rest_routes=create_rest_routes(Sealed(handler), Callers(), path_prefix=BINDINGS["HTTP+JSON"]),
 )
 

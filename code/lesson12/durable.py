@@ -278,10 +278,14 @@ ID_LIMITS = {"task_id": 36, "context_id": 36, "message_id": 128, "id": 36}
 
 
 def check_ids(found) -> None:
-    """InvalidParamsError for an id the store cannot hold, before anything is stored."""
+    """An id the store cannot hold, before anything is stored or looked up: a task named by it
+    cannot exist (TaskNotFoundError, as for any unknown task); a new context's or message's id
+    is refused (InvalidParamsError)."""
     for name, most in ID_LIMITS.items():
         value = getattr(found, name, "")
         if isinstance(value, str) and value and (len(value) > most or not ID.fullmatch(value)):
+            if name in ("task_id", "id"):  # a task to find: no such task
+                raise TaskNotFoundError(message="no such task")
             raise InvalidParamsError(message=f"{name}: at most {most} of A-Z a-z 0-9 . _ : -")
 
 

@@ -69,12 +69,12 @@ def test_the_card_says_when_it_last_changed_and_the_same_on_every_request(app):
     assert first == again and first.endswith(" GMT"), first  # an HTTP date, not the request's
 
 
-# The A2A compatibility kit's JSON-RPC client posts to the card's URL with a "/" added; before, that
-# got the course's 404 body, which a JSON-RPC client cannot read as an answer (JSONRPC-FMT-001).
+# A JSON-RPC request to a path not served got the course's 404 body, which a JSON-RPC client cannot
+# read as an answer (the A2A compatibility kit's JSONRPC-FMT-001).
 BEARER = {"Authorization": "Bearer not-a-real-token", "Host": "localhost"}
 
 
-@pytest.mark.parametrize("path", ["/a2a/jsonrpc/", "/", "/a2a/jsonrpc/v1/rpc"])
+@pytest.mark.parametrize("path", ["/", "/a2a/jsonrpc/v1/rpc", "/a2a/json-rpc"])
 def test_a_json_rpc_request_to_a_path_not_served_gets_a_json_rpc_error(app, path):
     sent = {"jsonrpc": "2.0", "id": 7, "method": "SendMessage", "params": {}}
     response = TestClient(app).post(path, json=sent, headers=BEARER)
@@ -90,8 +90,20 @@ def test_a_json_rpc_request_to_a_path_not_served_gets_a_json_rpc_error(app, path
     ids=["other-json", "not-json", "deep", "odd-id"],
 )
 def test_anything_else_at_a_path_not_served_keeps_the_courses_404(app, body):
-    response = TestClient(app).post("/a2a/jsonrpc/", content=body, headers=BEARER)
+    response = TestClient(app).post("/a2a/json-rpc", content=body, headers=BEARER)
     if body.startswith(b'{"jsonrpc"'):  # a JSON-RPC request still, whose id cannot be sent back
         assert response.status_code == 404 and response.json()["id"] is None, response.text
     else:
         assert_error(response, 404, "not_found")
+
+
+def test_the_json_rpc_endpoint_answers_with_a_trailing_slash_too(app):
+    """The compatibility kit's client joins "/" to the card's URL, as httpx's base_url does: the
+    request reaches the SDK's JSON-RPC route (its own error for an unknown method), not a 404."""
+    sent = {"jsonrpc": "2.0", "id": 3, "method": "NoSuchMethod", "params": {}}
+    headers = {**BEARER, "A2A-Version": "1.0"}
+    for path in ("/a2a/jsonrpc", "/a2a/jsonrpc/"):
+        response = TestClient(app).post(path, json=sent, headers=headers)
+        assert response.status_code == 200, (path, response.text)
+        assert response.json()["error"]["code"] == -32601, response.text
+        assert "endpoint at this path" not in response.text
