@@ -311,9 +311,21 @@ class Sealed:
         if isinstance(getattr(params, "message", None), Message):
             check_ids(params.message)
 
+    async def _context_of_its_task(self, params, args, kwargs) -> None:
+        """A message that names its task and no context is in that task's context (A2A 1.0,
+        section 3.4): the SDK's handler would make up a new one, and the task's events would not
+        match it."""
+        message = getattr(params, "message", None)
+        if isinstance(message, Message) and message.task_id and not message.context_id:
+            context = args[0] if args else kwargs["context"]
+            stored = await self.handler.task_store.get(message.task_id, context)  # owner's only
+            if stored is not None:
+                message.context_id = stored.task.context_id
+
     async def _call(self, method, params, *args, **kwargs):
         self._check(params)
         try:
+            await self._context_of_its_task(params, args, kwargs)
             return await method(params, *args, **kwargs)
         except A2AError:
             raise
@@ -324,6 +336,7 @@ class Sealed:
     async def _stream(self, method, params, *args, **kwargs):
         self._check(params)
         try:
+            await self._context_of_its_task(params, args, kwargs)
             async for event in method(params, *args, **kwargs):
                 yield event
         except A2AError:

@@ -13,9 +13,11 @@ It runs the kit twice and prints its summary each time:
 2. Its MUST level against the lesson's composition (code/lesson12/a2a_server.py: the SDK's versioned
    task store and event log in PostgreSQL, owners, the edge, both replicas) serving the kit's own
    scenario executor in place of the research agent: most of the kit's cases send messages whose
-   id names a behaviour for that executor. It is generated from the kit's scenarios here, and its
-   two imports that a2a-sdk 1.3 moved are adjusted. The kit sends no credentials, so it reaches
-   the edge through a small local proxy that adds a caller's bearer token to every request.
+   id names a behaviour for that executor. It is generated from the kit's scenarios here, its
+   two imports that a2a-sdk 1.3 moved are adjusted, and its events pass through TaskFirst (below),
+   which sends a new task's Task before its first status, as a2a-sdk 1.x requires. The kit sends
+   no credentials, so it reaches the edge through a small local proxy that adds a caller's bearer
+   token to every request.
 """
 
 import argparse
@@ -59,9 +61,44 @@ def scenario_executor(kit: Path, python: Path, work: Path) -> Path:
         "    DefaultRequestHandler,\n)",
         "from a2a.server.request_handlers import DefaultRequestHandler",
     )
+    # a2a-sdk 1.x wants a new task's first event to be the Task itself (else
+    # InvalidAgentResponseError); the kit's executor starts with a status update (TaskUpdater's
+    # start_work, a2aproject/a2a-python#409). Its events go through TaskFirst, which sends the Task
+    # first: without it most of the kit's cases fail on that alone, before what they check.
+    anchor = "        if task_id is None or context_id is None:\n            return\n"
+    if anchor not in source:
+        raise RuntimeError("the kit's executor changed: its start of execute() is not found")
+    source = source.replace(
+        anchor, anchor + "        event_queue = TaskFirst(event_queue, context)\n", 1
+    )
     module = work / "tck_executor.py"
-    module.write_text(source)
+    module.write_text(source + TASK_FIRST)
     return module
+
+
+TASK_FIRST = """
+
+from a2a.types import Message, Task, TaskState, TaskStatus
+
+
+class TaskFirst:
+    \"\"\"An event queue that sends a new task's Task before its first other event.\"\"\"
+
+    def __init__(self, queue, context):
+        self.queue, self.context, self.first = queue, context, context.current_task is None
+
+    async def enqueue_event(self, event):
+        if self.first and not isinstance(event, Message | Task):
+            status = TaskStatus(state=TaskState.TASK_STATE_SUBMITTED)
+            await self.queue.enqueue_event(Task(id=self.context.task_id,
+                context_id=self.context.context_id, status=status,
+                history=[self.context.message] if self.context.message else []))
+        self.first = False
+        await self.queue.enqueue_event(event)
+
+    def __getattr__(self, name):
+        return getattr(self.queue, name)
+"""
 
 
 def override(work: Path, module: Path, callers: Path) -> Path:

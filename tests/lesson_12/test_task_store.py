@@ -181,3 +181,33 @@ def test_a_write_after_postgresql_restarted_goes_through_once(postgres_server, p
     assert v2 == TaskVersion(2)
     assert state["version"] == [(2,)] and [e[0] for e in state["events"]] == [1, 2]
     assert "COMPLETED" in state["tasks"][0][2]
+
+
+def test_a_message_that_names_only_its_task_is_put_in_that_tasks_context(db):
+    """Sealed (lesson12/durable.py) fills in the context of the task a message names, for any
+    agent the composition serves: the SDK's own handler would make up a new context."""
+    from lesson12.durable import Sealed
+
+    class Handler:
+        def __init__(self, store):
+            self.task_store, self.seen = store, []
+
+        async def on_message_send(self, params, context):
+            self.seen.append(params.message.context_id)
+            return "sent"
+
+    async def run():
+        store = OneStatementTaskStore(db)
+        await store.initialize()
+        task = new_task_from_user_message(message("hello"))
+        await store.save(task, event=task, prev_version=TaskVersion.MISSING, context=PLANNER)
+        handler = Handler(store)
+        sealed = Sealed(handler)
+        await sealed.on_message_send(_send(message("more", task_id=task.id)), PLANNER)
+        stranger = ServerCallContext(user=Caller("bob"))  # bob's tasks only: none
+        await sealed.on_message_send(_send(message("more", task_id=task.id)), stranger)
+        await db.dispose()
+        return task.context_id, handler.seen
+
+    context_id, seen = asyncio.run(run())
+    assert context_id and seen == [context_id, ""]  # another owner's task is not looked into
