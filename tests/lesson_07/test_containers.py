@@ -77,8 +77,10 @@ def test_compose_v1_runs_the_same_file():
         assert view["route"] == "concepts"
     finally:
         project.compose("down", "-v", "--remove-orphans", check=False)
+        project.remove_secrets()
     label = f"label=com.docker.compose.project={project.name}"
     assert docker("ps", "-aq", "--filter", label) == ""
+    assert not project.secret_dir.exists()  # it leaked one folder a run in /tmp before
 
 
 def test_sixty_questions_survive_two_kills_and_a_redis_restart(project, capsys):
