@@ -5,7 +5,6 @@ task id the server made up is looked up without a query. Each write is one state
 import asyncio
 
 import pytest
-from a2a.auth.user import User
 from a2a.helpers import new_task_from_user_message, new_text_message
 from a2a.server.agent_execution import SimpleRequestContextBuilder
 from a2a.server.cluster import VersionedDatabaseTaskStore
@@ -16,21 +15,8 @@ from a2a.types import Role, TaskState, TaskStatus, TaskStatusUpdateEvent
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from lesson12.callers import Caller
 from lesson12.task_store import FreshIds, OneStatementTaskStore
-
-
-class Caller(User):
-    def __init__(self, name: str):
-        self.name = name
-
-    @property
-    def is_authenticated(self) -> bool:
-        return True
-
-    @property
-    def user_name(self) -> str:
-        return self.name
-
 
 STATEMENTS = []  # what the test's engine sent, each statement's text
 PLANNER = ServerCallContext(user=Caller("planner"))
