@@ -175,17 +175,11 @@ def profile_server(echo: ServerProcess, token: str) -> list[str]:
         await client.close()
         await http.aclose()
 
-    raw, error = profiling.record(echo.pid, lambda: asyncio.run(loop()), PROFILE_SVG, spy)
-    if error:
-        return [f"Profile: {error}"]
-    costs = profiling.top_costs(raw, own="lesson12/")
-    return [
-        f"\nProfile of lesson 12's server with the echo agent: py-spy record --pid, 200 "
-        f"samples/s, --nonblocking, over {PROFILED} messages (the second of two such loops; the "
-        f"first drew {PROFILE_SVG.relative_to(ROOT)}): {costs['total']} samples of its busy "
-        f"time, idle ones left out",
-        *profiling.tables(costs, "lesson 12's own code (code/lesson12/)"),
-    ]
+    return profiling.profile(
+        echo.pid, lambda: asyncio.run(loop()), PROFILE_SVG, spy, own="lesson12/",
+        of="lesson 12's server with the echo agent", what=f"over {PROFILED} messages",
+        own_title="lesson 12's own code (code/lesson12/)",
+    )  # fmt: skip
 
 
 def main() -> None:

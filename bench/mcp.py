@@ -174,18 +174,11 @@ def profile_gateway(gw: ServerProcess, n: int) -> list[str]:
     spy = profiling.py_spy(LESSON08_PYTHON)
     if spy is None:
         return ["Profile: not recorded: no py-spy in lesson 08's environment or this one"]
-    loop = lambda: asyncio.run(call_times([gw.url + "/mcp"], n))  # noqa: E731
-    raw, error = profiling.record(gw.pid, loop, PROFILE_SVG, spy)
-    if error:
-        return [f"Profile: {error}"]
-    costs = profiling.top_costs(raw, own="lesson08/")
-    return [
-        f"\nProfile of the gateway: py-spy record --pid, 200 samples/s, --nonblocking, over {n} "
-        f"handshake-era calls through it (the second of two such loops; the first drew "
-        f"{PROFILE_SVG.relative_to(ROOT)}): {costs['total']} samples of its busy time, idle ones "
-        f"left out",
-        *profiling.tables(costs, "the gateway's own code (code/lesson08/)"),
-    ]
+    return profiling.profile(
+        gw.pid, lambda: asyncio.run(call_times([gw.url + "/mcp"], n)), PROFILE_SVG, spy,
+        own="lesson08/", of="the gateway", what=f"over {n} handshake-era calls through it",
+        own_title="the gateway's own code (code/lesson08/)",
+    )  # fmt: skip
 
 
 def images_missing() -> list[str]:

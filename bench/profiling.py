@@ -115,3 +115,28 @@ def tables(costs: dict, own_title: str) -> list[str]:
     lines += ["\n| package (on top of the stack) | share of the samples |", "| --- | ---: |"]
     lines += [f"| {name} | {share:.0%} |" for name, share in costs["packages"]]
     return lines
+
+
+def profile(
+    pid: int,
+    loop: Callable[[], object],
+    svg: Path,
+    spy: str,
+    *,
+    of: str,
+    what: str,
+    own: str,
+    own_title: str,
+) -> list[str]:
+    """py-spy over `loop()` (record) read into the printed lines: a heading saying what was
+    profiled (`of`: "the gateway") over what (`what`: "over 200 calls"), then the tables."""
+    raw, error = record(pid, loop, svg, spy)
+    if error:
+        return [f"Profile: {error}"]
+    costs = top_costs(raw, own=own)
+    return [
+        f"\nProfile of {of}: py-spy record --pid, 200 samples/s, --nonblocking, {what} (the "
+        f"second of two such loops; the first drew {svg.relative_to(ROOT)}): {costs['total']} "
+        f"samples of its busy time, idle ones left out",
+        *tables(costs, own_title),
+    ]
