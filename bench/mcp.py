@@ -17,7 +17,9 @@
    is the difference of the last two, at p50 and p99, with the gateway's default pin checks
    (GATEWAY_PIN_RECHECK_SECONDS). Its baseline is a plain FastAPI `POST` (bench/bare_api.py, a
    kept httpx client) timed in the same loop, call by call: targets at p50, <= 1.0x a plain POST
-   and <= 2 ms. Each target is printed with its ratio and met or MISSED.
+   and <= 2 ms. Each target is printed with its ratio and met or MISSED. A byte relay
+   (bench/mcp_relay.py: one more Python HTTP hop that checks nothing) takes its turn too: its
+   overhead is the floor of any gateway written in Python, printed against the same POST.
 
 BENCH_PROFILE=1 then records the gateway with py-spy (`py-spy record --pid`, rate 200/s) over one
 more loop of BENCH_CALLS handshake-era calls through it: the flame graph goes to
@@ -150,6 +152,20 @@ def floor_server(log_dir: Path) -> ServerProcess:
         env=offline_environment(PORT=port),
         port=port,
         log_path=log_dir / f"mcp-floor-{port}.log",
+        ready_timeout=60,
+    )
+
+
+def relay(log_dir: Path, upstream: str) -> ServerProcess:
+    """bench/mcp_relay.py in front of `upstream`, by lesson 08's environment, as the gateway runs:
+    the floor of the gateway's overhead."""
+    port = free_port()
+    return ServerProcess(
+        [LESSON08_PYTHON, "-m", "bench.mcp_relay"],
+        cwd=ROOT,
+        env=offline_environment(PORT=port, UPSTREAM=upstream),
+        port=port,
+        log_path=log_dir / f"mcp-relay-{port}.log",
         ready_timeout=60,
     )
 
@@ -305,6 +321,7 @@ def main() -> int:
         tool_server(NOTES_SERVER, Path(folder)) as notes,
         floor_server(Path(folder)) as floor,
         plain_api(Path(folder)) as plain,
+        relay(Path(folder), notes.url + "/mcp") as hop,
     ):
         work = Path(folder)
         catalog = {
@@ -323,10 +340,10 @@ def main() -> int:
                     REQUESTS,
                 )
             )
-            urls = [floor.url + "/mcp", notes.url + "/mcp", gw.url + "/mcp"]
+            urls = [floor.url + "/mcp", notes.url + "/mcp", gw.url + "/mcp", hop.url + "/mcp"]
             post_url = plain.url + "/v1/invoke"
-            sdk, direct, through, post = asyncio.run(call_times(urls, CALLS, post_url))
-            sdk2, direct2, through2, post2 = modern_call_times(urls, CALLS, post_url)
+            sdk, direct, through, relayed, post = asyncio.run(call_times(urls, CALLS, post_url))
+            sdk2, direct2, through2, relayed2, post2 = modern_call_times(urls, CALLS, post_url)
             profile = profile_gateway(gw, CALLS) if PROFILE else []
     missing = images_missing()
     bare, on_demand = [], []
@@ -338,8 +355,8 @@ def main() -> int:
 
     research_ratio = P(over_mcp, 50) / P(in_process, 50)
     eras = {
-        "handshake era, FastMCP 3's client": (sdk, direct, through, post),
-        "2026-07-28, the SDK's 2.x client": (sdk2, direct2, through2, post2),
+        "handshake era, FastMCP 3's client": (sdk, direct, through, relayed, post),
+        "2026-07-28, the SDK's 2.x client": (sdk2, direct2, through2, relayed2, post2),
     }
 
     def verdict(ok: bool) -> str:
@@ -368,10 +385,11 @@ def main() -> int:
     if not missing:
         verdicts.append(("first use", start_ratio <= START_TARGET, f"{START_TARGET}x"))
     overheads = []
-    for era, (floor_times, direct_times, through_times, post_times) in eras.items():
+    for era, (floor_times, direct_times, through_times, relay_times, post_times) in eras.items():
         server_ratio = P(direct_times, 50) / P(floor_times, 50)
         overhead = P(through_times, 50) - P(direct_times, 50)
         overhead_ratio = overhead / P(post_times, 50)
+        hop = P(relay_times, 50) - P(direct_times, 50)
         overheads.append(
             f"{era}: p50 {ms(overhead)}, p99 {ms(P(through_times, 99) - P(direct_times, 99))}"
         )
@@ -391,6 +409,11 @@ def main() -> int:
             f"| {ms(P(post_times, 50))} | {ms(overhead)} | {overhead_ratio:.2f}x "
             f"| <= {OVERHEAD_TARGET}x: {verdict(overhead_ratio <= OVERHEAD_TARGET)}; "
             f"<= {OVERHEAD_MS_TARGET:g} ms: {verdict(overhead * 1000 <= OVERHEAD_MS_TARGET)} |"
+        )
+        print(
+            f"| a byte relay's overhead per call p50, {era}: the floor of any Python hop "
+            f"(a plain FastAPI POST vs the overhead) | {ms(P(post_times, 50))} | {ms(hop)} "
+            f"| {hop / P(post_times, 50):.2f}x | - |"
         )
         verdicts += [
             (f"our notes server ({era})", server_ratio <= SERVER_TARGET, f"{SERVER_TARGET}x"),
