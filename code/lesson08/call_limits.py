@@ -195,16 +195,11 @@ class CallPolicy(Middleware):
                             result = await call_next(context)
             except TimeoutError:
                 outcome = "timeout"
-                raise ToolError(
-                    f"Tool {tool!r} did not answer within {self.timeout:g} s; the call was cut."
-                ) from None
+                raise ToolError(self.timeout_message(tool)) from None
             size = result_bytes(result)
             if size > self.max_result_bytes:
                 outcome = "too_large"
-                raise ToolError(
-                    f"Tool {tool!r} answered {size:,} bytes, more than the gateway's limit of "
-                    f"{self.max_result_bytes:,}; the answer was dropped."
-                )
+                raise ToolError(self.too_large_message(tool, size))
             return result
         except Exception as exc:
             if outcome != "ok":  # refused above: the error says why
@@ -214,32 +209,51 @@ class CallPolicy(Middleware):
                 raise ToolError(self.pins.refused[tool]) from None
             if TOO_LARGE in str(exc):
                 outcome = "too_large"
-                raise ToolError(
-                    f"Tool {tool!r} answered more than the gateway's limit of "
-                    f"{self.max_result_bytes:,} bytes; the answer was dropped."
-                ) from None
+                raise ToolError(self.too_large_message(tool)) from None
             outcome = "tool_error" if isinstance(exc, ToolError) else "error"
             raise
         finally:
-            elapsed = time.monotonic() - started
-            label = tool if tool in self.known() else OTHER
-            CALLS.labels(client, label, outcome).inc()
-            DURATION.labels(label).observe(elapsed)
-            args = context.message.arguments or {}
-            event = {
-                "event": "tool_call",
-                "request_id": request_id,
-                "client": client,
-                "tool": cut(tool),
-                "argument_bytes": len(json.dumps(args, default=str)),
-                "argument_names": [cut(name) for name in sorted(args)[:10]],
-                "duration_ms": round(elapsed * 1000, 1),
-                "outcome": outcome,
-                **self.replica,
-            }
-            logger.info(json.dumps(event))
-            for report in self.reports:  # lesson 09's span gets the same line (lesson08/tracing.py)
-                report(event)
+            self.record(client, tool, request_id, context.message.arguments, started, outcome)
+
+    def record(
+        self, client, tool, request_id, arguments, started: float, outcome: str, path="full"
+    ) -> None:
+        """A call's log line and metrics. `path`: "full" through FastMCP, "direct" for a call the
+        fast path made (lesson08/fast_calls.py)."""
+        elapsed = time.monotonic() - started
+        label = tool if tool in self.known() else OTHER
+        CALLS.labels(client, label, outcome).inc()
+        DURATION.labels(label).observe(elapsed)
+        args = arguments or {}
+        event = {
+            "event": "tool_call",
+            "request_id": request_id,
+            "client": client,
+            "tool": cut(tool),
+            "argument_bytes": len(json.dumps(args, default=str)),
+            "argument_names": [cut(name) for name in sorted(args)[:10]],
+            "duration_ms": round(elapsed * 1000, 1),
+            "outcome": outcome,
+            "path": path,
+            **self.replica,
+        }
+        logger.info(json.dumps(event))
+        for report in self.reports:  # lesson 09's span gets the same line (lesson08/tracing.py)
+            report(event)
+
+    def timeout_message(self, tool: str) -> str:
+        return f"Tool {tool!r} did not answer within {self.timeout:g} s; the call was cut."
+
+    def too_large_message(self, tool: str, size: int | None = None) -> str:
+        if size is None:
+            return (
+                f"Tool {tool!r} answered more than the gateway's limit of "
+                f"{self.max_result_bytes:,} bytes; the answer was dropped."
+            )
+        return (
+            f"Tool {tool!r} answered {size:,} bytes, more than the gateway's limit of "
+            f"{self.max_result_bytes:,}; the answer was dropped."
+        )
 
 
 # The JSON-RPC answer to a POST, as the SDK writes it in an SSE stream: an event whose data has

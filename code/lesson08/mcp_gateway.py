@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse
 
 from lesson08.call_limits import BurstGuard, CallPolicy, withhold_anonymous_meta
 from lesson08.catalog import Catalog, load_catalog
+from lesson08.fast_calls import FastCalls
 from lesson08.launcher import DockerLauncher, UrlLauncher
 from lesson08.operator_endpoints import OperatorEndpoints, repin_on_the_running_gateway
 from lesson08.pinning import PinnedProxyProvider, Pins, pin_store
@@ -83,6 +84,9 @@ class Settings(BaseSettings):
     # Browsers may reach the gateway only from these origins (fnmatch patterns); Host likewise.
     GATEWAY_ALLOWED_ORIGINS: str = "http://127.0.0.1:*,http://localhost:*"
     GATEWAY_ALLOWED_HOSTS: str = "127.0.0.1:*,localhost:*"
+    # A call with nothing left to decide goes straight to its server (lesson08/fast_calls.py),
+    # under the same rules; false: every request takes FastMCP's full path.
+    GATEWAY_FAST_CALLS: bool = True
 
 
 class Gateway(NamedTuple):
@@ -139,6 +143,7 @@ def build_gateway(settings: Settings) -> Gateway:
             reset=upstream.reset,
             kept=upstream.kept,
         )
+        upstream.changed.provider.upstream = upstream  # the fast path's way to the server
         gateway.add_provider(upstream.changed.provider)
 
     def input_schema(name: str):
@@ -177,6 +182,10 @@ def build_app(settings: Settings, layers=()):
             total=settings.GATEWAY_MAX_IN_FLIGHT,
         )
     ]
+    if settings.GATEWAY_FAST_CALLS and not layers:  # traced (lesson 09): FastMCP's spans
+        policy = next(m for m in gateway.middleware if isinstance(m, CallPolicy))
+        fast = Middleware(FastCalls, policy=policy, providers=providers, server=gateway._mcp_server)
+        middleware.append(fast)
     app = gateway.http_app(
         path="/mcp",
         json_response=True,  # one JSON answer per request: a proxied call streams nothing

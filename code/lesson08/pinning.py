@@ -284,6 +284,7 @@ class PinnedProxyProvider(ProxyProvider):
         # The open session, if any, for the timer's check (it starts no server and leaves the
         # server's idle clock alone); None: every check goes through client_factory.
         self.kept = kept
+        self.upstream = None  # the server's Upstream, for the fast path (lesson08/fast_calls.py)
         # Every name the server declared that the catalog gives it, refused ones included.
         self.listed: set[str] = set()
         self.pinned: dict[str, object] = {}  # the accepted declarations (MCP `Tool`s), by name
@@ -358,6 +359,19 @@ class PinnedProxyProvider(ProxyProvider):
         except Exception:
             return False  # dropped in _list_tools (reset), and checked again before a call
         return True
+
+    def fresh(self, name: str, session) -> bool:
+        """Whether a call of `name` on `session` may run on what the last check found, as
+        _get_tool and PinnedTool.run would let it (the fast path asks, lesson08/fast_calls.py):
+        no check running or due, the tool pinned, and the session the one that check listed on."""
+        return (
+            (self._check is None or self._check.done())
+            and self._tools_cache is not None
+            and time.monotonic() - self._checked_at < self.ttl
+            and name in self.pinned
+            and session is not None
+            and session is self.checked_on
+        )
 
     async def _get_tool(self, name, version=None):
         if name not in self.provides or (self._tools_cache is not None and name not in self.listed):

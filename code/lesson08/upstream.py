@@ -190,6 +190,10 @@ class Upstream:
     def __init__(self, entry: ServerEntry, launcher, max_result_bytes: int):
         self.entry, self.launcher, self.max_result_bytes = entry, launcher, max_result_bytes
         self.client: KeptClient | None = None  # the kept client
+        # The fast path's (lesson08/fast_calls.py): the server's URL and an HTTP client to it,
+        # capped as the kept client's transport is, opened and dropped with the kept client.
+        self.url: str | None = None
+        self.http: httpx2.AsyncClient | None = None
         self.lock = asyncio.Lock()  # two first calls at once open one session
         self.changed = ListChanged()  # the server's tools/list_changed: check its pins again
 
@@ -207,6 +211,10 @@ class Upstream:
                     )
                     client = self.client = KeptClient(transport, message_handler=self.changed)
                     await client.__aenter__()
+                    stale, self.url = self.http, url
+                    self.http = factory(headers=self.launcher.headers_for(self.entry))
+                    if stale is not None:
+                        await stale.aclose()
             self.launcher.touch(self.entry)
         return client
 
@@ -253,9 +261,12 @@ class Upstream:
             ):
                 return False
             self.client = None
+            http, self.http = self.http, None
             if self.changed.provider is not None:
                 self.changed.provider.expire()  # a new session is checked before its first call
         if client is not None:
             with contextlib.suppress(Exception):  # the server is gone: nothing to tell it
                 await client.close()
+        if http is not None:
+            await http.aclose()
         return idle or client is not None

@@ -1,0 +1,276 @@
+"""Lesson 08, going further: a tool call the gateway has nothing left to decide about, sent
+straight to its server.
+
+Through the full path a `tools/call` crosses two MCP stacks inside the gateway: FastMCP's server
+(the SDK's transport, a session made for the request, the middleware) and FastMCP's client to the
+tool server. Most of a call's cost is there, not in the gateway's rules. FastCalls, an ASGI layer
+after the Origin and Host checks and the burst guard, answers a call itself when every rule can be
+applied without them, and applies the same rules:
+
+- the caller is named by its token, the tool is on its allow-list and not refused by its pins,
+  and the tool is pinned on its server's kept session by a check younger than
+  GATEWAY_PIN_RECHECK_SECONDS (PinnedProxyProvider.fresh: the same window as the full path);
+- only what call_limits.passed_on lets through of the caller's `_meta` goes on, without the keys
+  that describe the caller's connection; the request to the tool server is stamped by the kept
+  session itself (its protocol version, client info and capabilities, its `Mcp-*` headers);
+- CallPolicy's time limit and calls per client, the result cap (the kept transport's, then
+  CallPolicy's), the output schema (checked by the kept session, as its own calls are), and
+  CallPolicy's log line and metrics.
+
+Everything else takes the full path, which answers it as before: another method, a malformed or
+oversized request, an unknown protocol version, a refused or unknown tool or client, a check that
+is due or running, a server not started yet or not of the 2026-07-28 revision, and any
+`Mcp-Param-*` header or a tool that declares one. A test sends the same calls both ways and
+compares the answers (tests/lesson_08/test_fast_calls.py). GATEWAY_FAST_CALLS=false turns it off;
+the traced gateway (lesson 09) does not use it, since its spans are FastMCP's.
+"""
+
+import itertools
+import json
+import time
+import uuid
+
+import anyio
+import httpx2
+from mcp.shared.inbound import InboundModernRoute, classify_inbound_request
+from mcp_types import SERVER_INFO_META_KEY, CallToolResult
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+
+from lesson08.call_limits import CONNECTION_META, allowed, cut, identify, passed_on
+from lesson08.upstream import TOO_LARGE
+
+MAX_BODY = 256 * 1024  # a larger request takes the full path, read as it arrives
+JSON = "application/json"
+NEXT_ID = itertools.count(1)  # the ids of the gateway's own requests to tool servers
+
+
+class FastCalls:
+    """ASGI middleware for POST `path`: a `tools/call` answered here when it may be (see the
+    module's docstring), anything else passed on to the SDK's app untouched."""
+
+    def __init__(self, app, *, policy, providers: dict, server, path: str = "/mcp"):
+        self.app, self.policy, self.path = app, policy, path
+        self.server = server  # the SDK's server: whose info a 2026-07-28 answer carries
+        # Each catalog tool belongs to one server (lesson08.catalog): its provider.
+        self.owner = {tool: p for p in providers.values() for tool in p.provides}
+        self.plain: dict[int, bool] = {}  # a pinned declaration: no `x-mcp-header` in it
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more and len(body) <= MAX_BODY:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the caller left: nothing to answer
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        call = None if more else self.plan(scope, body)
+        try:
+            if call is None:
+                raise NotSent
+            answer = json.dumps(await self.run(*call), separators=(",", ":")).encode()
+        except NotSent:
+            return await self.app(scope, replay(body, more, receive), send)
+        headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(answer)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    def plan(self, scope, body: bytes):
+        """What run needs for a call the fast path may answer, else None."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        accept = headers.get("accept", "")
+        if (
+            len(headers) != len(scope["headers"])  # a header sent twice: the full path reads it
+            or not headers.get("content-type", "").startswith(JSON)
+            or JSON not in accept
+            or "text/event-stream" not in accept
+            or any(name.startswith("mcp-param-") for name in headers)
+        ):
+            return None
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or message.get("method") != "tools/call":
+            return None
+        request_id, params = message.get("id"), message.get("params")
+        if (
+            message.get("jsonrpc") != "2.0"
+            or isinstance(request_id, bool)
+            or not isinstance(request_id, int | str)
+            or not isinstance(params, dict)
+            or not isinstance(params.get("name"), str)
+            or not isinstance(params.get("arguments", {}), dict)
+            or not isinstance(params.get("_meta", {}), dict)
+            or set(params) - {"name", "arguments", "_meta"}
+        ):
+            return None
+        version = headers.get("mcp-protocol-version")
+        if version in MODERN_PROTOCOL_VERSIONS:
+            if not isinstance(
+                classify_inbound_request(message, headers=headers), InboundModernRoute
+            ):
+                return None
+        elif version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            return None
+        tool, policy = params["name"], self.policy
+        client = identify(policy.clients, headers.get("authorization"))
+        provider = self.owner.get(tool)
+        if (
+            provider is None
+            or not allowed(policy.clients, client, tool)
+            or tool in policy.pins.refused
+        ):
+            return None
+        upstream = provider.upstream
+        kept = upstream.kept() if upstream is not None else None
+        if (
+            not provider.fresh(tool, kept)  # (False without a kept session)
+            or upstream.http is None
+            or kept.protocol_version not in MODERN_PROTOCOL_VERSIONS
+            or not self._plain(provider.pinned[tool])
+        ):
+            return None
+        known = client != "anonymous"
+        meta = {
+            key: value
+            for key, value in (params.get("_meta") or {}).items()
+            if passed_on(key, known) and key not in CONNECTION_META
+        }
+        request = cut(headers.get("x-request-id") or uuid.uuid4().hex[:16])
+        return (
+            request_id,
+            version,
+            client,
+            tool,
+            params.get("arguments") or {},
+            meta,
+            request,
+            upstream,
+            kept,
+        )
+
+    def _plain(self, declaration) -> bool:
+        """No `x-mcp-header` anywhere in the tool's input schema: no `Mcp-Param-*` header to
+        check or to send (the full path does both)."""
+        key = id(declaration)
+        if key not in self.plain:
+            self.plain[key] = "x-mcp-header" not in json.dumps(declaration.input_schema)
+        return self.plain[key]
+
+    async def run(
+        self, request_id, version, client, tool, arguments, meta, request, upstream, kept
+    ) -> dict:
+        """Make the call on the server's kept connection; the JSON-RPC answer to the caller.
+        NotSent when the server could not be reached: the call never left, and the full path
+        takes it (its server started again if it stopped)."""
+        policy, started, outcome = self.policy, time.monotonic(), "ok"
+        kept.uses += 1  # a call is running on it: the idle sweep leaves it open
+        upstream.launcher.touch(upstream.entry)
+        try:
+            with anyio.fail_after(policy.timeout):  # a wait for a slot counts too
+                async with policy.running[client]:
+                    answer = await forward(upstream, kept.session, tool, arguments, meta)
+            if "error" in answer:
+                message = str(answer["error"].get("message", ""))
+                outcome = "too_large" if TOO_LARGE in message else "tool_error"
+                result = failed(policy.too_large_message(tool) if TOO_LARGE in message else message)
+            else:
+                result = answer["result"]
+                size = len(json.dumps([result.get("content"), result.get("structuredContent")]))
+                if size > policy.max_result_bytes:
+                    outcome, result = "too_large", failed(policy.too_large_message(tool, size))
+                elif not result.get("isError"):
+                    try:  # the kept session's own check of its calls' results
+                        await kept.session.validate_tool_result(tool, checked(result))
+                    except RuntimeError as exc:
+                        outcome = "tool_error"
+                        result = failed(f"Error calling tool {tool!r}: {exc}")
+        except TimeoutError:
+            outcome, result = "timeout", failed(policy.timeout_message(tool))
+        except httpx2.ConnectError:
+            outcome = None
+            kept.uses -= 1
+            await upstream.reset(kept)  # its server is gone: the full path opens a new session
+            raise NotSent from None
+        except (httpx2.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            outcome = "tool_error"
+            result = failed(f"Error calling tool {tool!r}: {type(exc).__name__}")
+        finally:
+            if outcome is not None:
+                kept.uses -= 1
+                policy.record(client, tool, request, arguments, started, outcome, "direct")
+        if version in MODERN_PROTOCOL_VERSIONS:  # stamped as the SDK's server stamps its own
+            result.setdefault("resultType", "complete")
+            meta = result.get("_meta")
+            if meta is None or isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
+                stamp = self.server.server_info_stamp
+                result["_meta"] = {**(meta or {}), SERVER_INFO_META_KEY: stamp}
+        else:
+            result.pop("resultType", None)  # the handshake era has no such field
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+class NotSent(Exception):
+    """The full path takes this request: the fast path may not, or its call never left."""
+
+
+def failed(message: str) -> dict:
+    """A tool error, as the full path answers one."""
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+def checked(result: dict) -> CallToolResult:
+    """What validate_tool_result reads of a result: its structured content, or that it has none."""
+    if "structuredContent" in result:
+        return CallToolResult.model_construct(structured_content=result["structuredContent"])
+    return CallToolResult.model_construct()
+
+
+async def forward(upstream, session, tool: str, arguments: dict, meta: dict) -> dict:
+    """One `tools/call` on the server's kept connection, stamped by its kept session (protocol
+    version, client info, capabilities, `Mcp-*` headers) as that session stamps its own calls:
+    the server's JSON-RPC answer (a JSON body, or the answer's event in an SSE stream)."""
+    params = {"name": tool, "arguments": arguments, **({"_meta": meta} if meta else {})}
+    data = {"jsonrpc": "2.0", "id": next(NEXT_ID), "method": "tools/call", "params": params}
+    options: dict = {}
+    session._stamp(data, options)
+    headers = {"accept": f"{JSON}, text/event-stream", "content-type": JSON, **options["headers"]}
+    response = await upstream.http.post(upstream.url, content=json.dumps(data), headers=headers)
+    if response.status_code != 200:
+        raise ValueError(f"the tool server answered HTTP {response.status_code}")
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        return answer_in_stream(response.text, data["id"])
+    answer = response.json()
+    if answer.get("id") != data["id"]:
+        raise ValueError("the tool server's answer is not to this call")
+    return answer
+
+
+def answer_in_stream(text: str, request_id: int) -> dict:
+    """The JSON-RPC answer to `request_id` among an SSE stream's events (the others, such as
+    progress or log notifications, are for a caller that streams: this one answers in JSON)."""
+    for event in text.replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(
+            line[5:].removeprefix(" ") for line in event.split("\n") if line.startswith("data:")
+        )
+        if data:
+            message = json.loads(data)
+            if isinstance(message, dict) and message.get("id") == request_id:
+                return message
+    raise ValueError("the tool server's stream ended without an answer")
+
+
+def replay(body: bytes, more: bool, receive):
+    """The request's body as the app would have received it: what was read, then the rest."""
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return again
