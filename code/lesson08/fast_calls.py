@@ -26,12 +26,13 @@ the traced gateway (lesson 09) does not use it, since its spans are FastMCP's.
 """
 
 import itertools
-import json
 import time
 import uuid
 
 import anyio
+import fastjsonschema
 import httpx2
+import orjson
 from mcp.shared.inbound import InboundModernRoute, classify_inbound_request
 from mcp_types import SERVER_INFO_META_KEY, CallToolResult
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
@@ -53,7 +54,7 @@ class FastCalls:
         self.server = server  # the SDK's server: whose info a 2026-07-28 answer carries
         # Each catalog tool belongs to one server (lesson08.catalog): its provider.
         self.owner = {tool: p for p in providers.values() for tool in p.provides}
-        self.plain: dict[int, bool] = {}  # a pinned declaration: no `x-mcp-header` in it
+        self.declared: dict[str, Declared] = {}  # per tool: what its pinned declaration allows
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -69,7 +70,7 @@ class FastCalls:
         try:
             if call is None:
                 raise NotSent
-            answer = json.dumps(await self.run(*call), separators=(",", ":")).encode()
+            answer = orjson.dumps(await self.run(*call))
         except NotSent:
             return await self.app(scope, replay(body, more, receive), send)
         headers = [(b"content-type", JSON.encode()), (b"content-length", str(len(answer)).encode())]
@@ -89,8 +90,8 @@ class FastCalls:
         ):
             return None
         try:
-            message = json.loads(body)
-        except ValueError:
+            message = orjson.loads(body)
+        except ValueError:  # not JSON, or a number orjson does not take: the SDK's to answer
             return None
         if not isinstance(message, dict) or message.get("method") != "tools/call":
             return None
@@ -129,8 +130,10 @@ class FastCalls:
             not provider.fresh(tool, kept)  # (False without a kept session)
             or upstream.http is None
             or kept.protocol_version not in MODERN_PROTOCOL_VERSIONS
-            or not self._plain(provider.pinned[tool])
         ):
+            return None
+        declared = self._declared(tool, provider.pinned[tool])
+        if declared.headers:
             return None
         known = client != "anonymous"
         meta = {
@@ -149,18 +152,19 @@ class FastCalls:
             request,
             upstream,
             kept,
+            declared,
         )
 
-    def _plain(self, declaration) -> bool:
-        """No `x-mcp-header` anywhere in the tool's input schema: no `Mcp-Param-*` header to
-        check or to send (the full path does both)."""
-        key = id(declaration)
-        if key not in self.plain:
-            self.plain[key] = "x-mcp-header" not in json.dumps(declaration.input_schema)
-        return self.plain[key]
+    def _declared(self, tool: str, declaration) -> "Declared":
+        """What the fast path needs of a pinned declaration, worked out once per declaration (a
+        check that finds the same tool keeps the one it had; one entry per catalog tool)."""
+        known = self.declared.get(tool)
+        if known is None or known.declaration is not declaration:
+            known = self.declared[tool] = Declared(declaration)
+        return known
 
     async def run(
-        self, request_id, version, client, tool, arguments, meta, request, upstream, kept
+        self, request_id, version, client, tool, arguments, meta, request, upstream, kept, declared
     ) -> dict:
         """Make the call on the server's kept connection; the JSON-RPC answer to the caller.
         NotSent when the server could not be reached: the call never left, and the full path
@@ -178,11 +182,11 @@ class FastCalls:
                 result = failed(policy.too_large_message(tool) if TOO_LARGE in message else message)
             else:
                 result = answer["result"]
-                size = len(json.dumps([result.get("content"), result.get("structuredContent")]))
+                size = len(orjson.dumps([result.get("content"), result.get("structuredContent")]))
                 if size > policy.max_result_bytes:
                     outcome, result = "too_large", failed(policy.too_large_message(tool, size))
-                elif not result.get("isError"):
-                    try:  # the kept session's own check of its calls' results
+                elif not result.get("isError") and not declared.passes(result):
+                    try:  # the kept session's own check decides, and says why
                         await kept.session.validate_tool_result(tool, checked(result))
                     except RuntimeError as exc:
                         outcome = "tool_error"
@@ -212,6 +216,80 @@ class FastCalls:
         return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
+# The keywords fastjsonschema (draft 7) checks as the SDK's jsonschema (2020-12) does; a schema
+# with any other (`dependencies`, `additionalItems`, `prefixItems`, `unevaluated*`, ...), an
+# `items` list, or a `$ref` beside other keywords (draft 7 ignores them) is checked by the kept
+# session alone.
+ALIKE = frozenset(
+    ["$schema", "$id", "$ref", "$comment", "$defs", "definitions", "title", "description"]
+    + ["default", "examples", "readOnly", "writeOnly", "deprecated", "type", "enum", "const"]
+    + ["multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum", "maxLength"]
+    + ["minLength", "pattern", "format", "items", "maxItems", "minItems", "uniqueItems"]
+    + ["contains", "maxProperties", "minProperties", "required", "properties"]
+    + ["patternProperties", "additionalProperties", "propertyNames", "if", "then", "else"]
+    + ["allOf", "anyOf", "oneOf", "not"]
+)
+NAMES = ("properties", "patternProperties", "definitions", "$defs")  # their keys are names
+
+
+def alike(schema) -> bool:
+    """Whether fastjsonschema checks `schema` as the SDK's jsonschema does (see ALIKE)."""
+    if isinstance(schema, bool):
+        return True
+    if not isinstance(schema, dict) or not set(schema) <= ALIKE:
+        return False
+    if "$ref" in schema and set(schema) - {"$ref", "title", "description", "$comment"}:
+        return False
+    if isinstance(schema.get("items"), list):
+        return False
+    for key, value in schema.items():
+        if key in NAMES:
+            if not isinstance(value, dict) or not all(alike(sub) for sub in value.values()):
+                return False
+        elif key in ("allOf", "anyOf", "oneOf"):
+            if not isinstance(value, list) or not all(alike(sub) for sub in value):
+                return False
+        elif key in ("items", "additionalProperties", "propertyNames", "contains", "not"):
+            if not alike(value):
+                return False
+        elif key in ("if", "then", "else") and not alike(value):
+            return False
+    return True
+
+
+class Declared:
+    """A pinned tool's declaration, as the fast path uses it:
+
+    - `headers`: its input schema names an `x-mcp-header` (an argument mirrored in an
+      `Mcp-Param-*` header, which the full path checks and sends): the fast path leaves it alone;
+    - `passes(result)`: its output schema, compiled by fastjsonschema (20 times the speed of the
+      SDK's jsonschema here). A result it passes is valid; any other (or every result, for a
+      schema fastjsonschema does not check alike) goes to the kept session's own check, which
+      decides and words the error as the full path does."""
+
+    def __init__(self, declaration):
+        self.declaration = declaration
+        self.headers = "x-mcp-header" in orjson.dumps(declaration.input_schema).decode()
+        schema, self.check = declaration.output_schema, None
+        if schema is not None and alike(schema):
+            try:
+                self.check = fastjsonschema.compile(schema)
+            except Exception:  # a schema it cannot compile: the kept session's check only
+                self.check = None
+        self.schema = schema
+
+    def passes(self, result: dict) -> bool:
+        if self.schema is None:
+            return True  # nothing to check against (the kept session would check nothing)
+        if self.check is None or "structuredContent" not in result:
+            return False
+        try:
+            self.check(result["structuredContent"])
+        except fastjsonschema.JsonSchemaException:
+            return False
+        return True
+
+
 class NotSent(Exception):
     """The full path takes this request: the fast path may not, or its call never left."""
 
@@ -237,12 +315,12 @@ async def forward(upstream, session, tool: str, arguments: dict, meta: dict) -> 
     options: dict = {}
     session._stamp(data, options)
     headers = {"accept": f"{JSON}, text/event-stream", "content-type": JSON, **options["headers"]}
-    response = await upstream.http.post(upstream.url, content=json.dumps(data), headers=headers)
+    response = await upstream.http.post(upstream.url, content=orjson.dumps(data), headers=headers)
     if response.status_code != 200:
         raise ValueError(f"the tool server answered HTTP {response.status_code}")
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         return answer_in_stream(response.text, data["id"])
-    answer = response.json()
+    answer = orjson.loads(response.content)
     if answer.get("id") != data["id"]:
         raise ValueError("the tool server's answer is not to this call")
     return answer
@@ -256,7 +334,7 @@ def answer_in_stream(text: str, request_id: int) -> dict:
             line[5:].removeprefix(" ") for line in event.split("\n") if line.startswith("data:")
         )
         if data:
-            message = json.loads(data)
+            message = orjson.loads(data)
             if isinstance(message, dict) and message.get("id") == request_id:
                 return message
     raise ValueError("the tool server's stream ended without an answer")
