@@ -50,7 +50,11 @@ from support.ports import free_port
 from support.server import ServerProcess, offline_environment
 from support.waiting import answers_200, wait_for
 
-LEARNER = "bench-learner-token"  # a client the catalog allows search_notes (a stranger: nothing)
+LEARNER = "bench-learner-token"  # the catalog's learner: search_notes and run_python
+# The catalog's agent, the first use's client: it may call search_notes alone, as the research
+# agent, so its listing starts no other server (the gateway asks only the servers whose tools a
+# caller may see): one server's start against one `docker run`.
+AGENT = "bench-agent-token"
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +217,7 @@ def sh(*args, **kwargs) -> str:
 
 
 async def first_call(url: str) -> None:
-    async with Client(url, auth=LEARNER, timeout=120) as client:  # the catalog's learner
+    async with Client(url, auth=AGENT, timeout=120) as client:
         await client.call_tool("search_notes", {"query": "health checks"})
 
 
@@ -284,7 +288,7 @@ def compose_rounds(work: Path, text: str, project: str, port: int, rounds: int) 
         **os.environ,
         "LESSON08_PORT": str(free_port()),
         "LESSON08_MCP_PORT": str(port),
-        "LESSON08_AGENT_TOKEN": "bench",
+        "LESSON08_AGENT_TOKEN": AGENT,
         "LESSON08_LEARNER_TOKEN": LEARNER,
         "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
     }

@@ -172,6 +172,12 @@ class CallPolicy(Middleware):
         headers = get_http_headers(include={"authorization"})
         return identify(self.clients, headers.get("authorization"))
 
+    def sees_any(self, tools) -> bool:
+        """Whether this request's caller may call any of `tools` (a server's provider asks
+        before a listing starts the server)."""
+        client = self._client()
+        return any(allowed(self.clients, client, tool) for tool in tools)
+
     async def on_list_tools(self, context, call_next):
         client = self._client()
         return [t for t in await call_next(context) if allowed(self.clients, client, t.name)]

@@ -158,7 +158,9 @@ class DockerLauncher:
 
     async def _healthy(self, url: str, wait: float) -> bool:
         deadline = time.monotonic() + wait
-        async with httpx.AsyncClient(timeout=2) as http:
+        # A connect that gets no answer is tried again soon: the address of a container that is
+        # still starting may drop the first attempts instead of refusing them.
+        async with httpx.AsyncClient(timeout=httpx.Timeout(2, connect=0.25)) as http:
             while True:
                 try:
                     if (await http.get(url + "/health")).status_code == 200:

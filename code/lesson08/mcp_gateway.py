@@ -115,20 +115,16 @@ def build_gateway(settings: Settings) -> Gateway:
         else UrlLauncher()
     )
     providers: dict[str, PinnedProxyProvider] = {}
-    gateway = FastMCP(
-        "lesson08-gateway",
-        middleware=[
-            CallPolicy(
-                catalog,
-                pins,
-                timeout=settings.GATEWAY_CALL_TIMEOUT_SECONDS,
-                max_result_bytes=settings.GATEWAY_MAX_RESULT_BYTES,
-                per_client=settings.GATEWAY_MAX_CALLS_PER_CLIENT,
-                known=lambda: set().union(*(p.listed for p in providers.values())),
-                replica=socket.gethostname() if settings.GATEWAY_REPLICAS else None,
-            )
-        ],
+    policy = CallPolicy(
+        catalog,
+        pins,
+        timeout=settings.GATEWAY_CALL_TIMEOUT_SECONDS,
+        max_result_bytes=settings.GATEWAY_MAX_RESULT_BYTES,
+        per_client=settings.GATEWAY_MAX_CALLS_PER_CLIENT,
+        known=lambda: set().union(*(p.listed for p in providers.values())),
+        replica=socket.gethostname() if settings.GATEWAY_REPLICAS else None,
     )
+    gateway = FastMCP("lesson08-gateway", middleware=[policy])
     # Before anything reads the request: a stranger's `_meta` goes no further than the gateway.
     gateway._mcp_server.middleware.insert(0, withhold_anonymous_meta(catalog.clients))
     for entry in catalog.servers:
@@ -144,6 +140,7 @@ def build_gateway(settings: Settings) -> Gateway:
             kept=upstream.kept,
         )
         upstream.changed.provider.upstream = upstream  # the fast path's way to the server
+        upstream.changed.provider.visible = policy.sees_any
         gateway.add_provider(upstream.changed.provider)
 
     def input_schema(name: str):

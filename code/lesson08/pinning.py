@@ -285,6 +285,7 @@ class PinnedProxyProvider(ProxyProvider):
         # server's idle clock alone); None: every check goes through client_factory.
         self.kept = kept
         self.upstream = None  # the server's Upstream, for the fast path (lesson08/fast_calls.py)
+        self.visible = None  # visible(tools): may this request's caller see any of them?
         # Every name the server declared that the catalog gives it, refused ones included.
         self.listed: set[str] = set()
         self.pinned: dict[str, object] = {}  # the accepted declarations (MCP `Tool`s), by name
@@ -359,6 +360,21 @@ class PinnedProxyProvider(ProxyProvider):
         except Exception:
             return False  # dropped in _list_tools (reset), and checked again before a call
         return True
+
+    async def list_tools(self):
+        """A client's listing: the server's checked tools. A server that would have to be
+        started for it (an on-demand container not running) is not, when the caller may see none
+        of its tools (`visible`, the gateway's allow-lists): an agent that may call one tool
+        does not start every server at its first listing. A running server is asked whoever
+        lists, so what it declares beyond its catalog entry is still found and withheld."""
+        if (
+            self.visible is not None
+            and self.upstream is not None
+            and not self.upstream.running()
+            and not self.visible(self.provides)
+        ):
+            return []
+        return await super().list_tools()
 
     def fresh(self, name: str, session) -> bool:
         """Whether a call of `name` on `session` may run on what the last check found, as

@@ -233,6 +233,11 @@ class Upstream:
             if limit is not None:
                 limit.deadline -= bound - min(time.monotonic() - began, bound)
 
+    def running(self) -> bool:
+        """Reached without starting anything: a server at a URL, or a container with an open
+        session."""
+        return not self.entry.image or self.kept() is not None
+
     def kept(self) -> KeptClient | None:
         """The open session, for the timer's pin check: it starts no server, and leaves the
         server's idle clock alone."""

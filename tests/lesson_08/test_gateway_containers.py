@@ -94,11 +94,11 @@ def use(url: str, headers: dict, base: list, env: dict) -> tuple[list[str], bool
     return got
 
 
-def notes_containers() -> list[str]:
-    """The notes server's containers (a list starts the python server's too)."""
+def notes_containers(server: str = "notes") -> list[str]:
+    """A server's containers (the notes server's unless named)."""
     owner = f"label=lesson08.owner={PROJECT}"
-    notes = "label=lesson08.server=notes"
-    return sh("docker", "ps", "-aq", "--filter", owner, "--filter", notes).stdout.split()
+    label = f"label=lesson08.server={server}"
+    return sh("docker", "ps", "-aq", "--filter", owner, "--filter", label).stdout.split()
 
 
 def test_the_gateway_in_compose_keeps_no_session_repins_and_restarts_idle_servers(tmp_path):
@@ -133,6 +133,8 @@ def test_the_gateway_in_compose_keeps_no_session_repins_and_restarts_idle_server
         # start it again and work (they used to list [] and say "Tool ... not found").
         assert use(url, agent, base, env) == (["search_notes"], False)
         assert len(notes_containers()) == 1
+        # The agent may call search_notes alone: its listing started no other server.
+        assert notes_containers("python") == []
         deadline = time.monotonic() + 120
         while notes_containers():
             assert time.monotonic() < deadline, "the idle notes container was never stopped"
