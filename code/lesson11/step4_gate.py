@@ -124,7 +124,7 @@ def run(client: TestClient, case: dict) -> list[tuple[str, bool, str]]:
 
 
 def report(rows: list[tuple], table: str) -> None:
-    """A page: the pass rate per evaluator, drawn by matplotlib into it (SVG), then the table."""
+    """A page: the pass rate per evaluator, then the table. rows: (case, evaluator, passed, why)."""
     matplotlib.use("Agg")  # draws in memory: no display, no network
     rates = {name: [p for _, n, p, _ in rows if n == name] for _, name, _, _ in rows}
     figure = plt.figure(figsize=(6, 2.5))
