@@ -124,8 +124,12 @@ app = FastAPI(title="The research agent over A2A, step 4", lifespan=lifespan)
 add_a2a_routes_to_fastapi(
     app,
     agent_card_routes=create_agent_card_routes(CARD),  # /.well-known/agent-card.json
-    jsonrpc_routes=create_jsonrpc_routes(handler, BINDINGS["JSONRPC"], Callers()),
-    rest_routes=create_rest_routes(handler, Callers(), path_prefix=BINDINGS["HTTP+JSON"]),
+    jsonrpc_routes=create_jsonrpc_routes(
+        handler, rpc_url=BINDINGS["JSONRPC"], context_builder=Callers()
+    ),
+    rest_routes=create_rest_routes(
+        handler, context_builder=Callers(), path_prefix=BINDINGS["HTTP+JSON"]
+    ),
 )
 
 
