@@ -6,8 +6,9 @@
    client is of the handshake era (langchain-mcp-adapters needs mcp 1.x): no agent speaks the
    2026-07-28 revision yet, so this row has no second era.
 2. A tool's first use in containers: the gateway (Compose project lesson08bench) starts the notes
-   server's container on demand and calls it, against a bare `docker run` of the same image with
-   the same limits, to /health and one MCP call; a round is one of each. Target: <= 1.2x. Skipped,
+   server's container on demand and calls it for the catalog's agent (allowed search_notes alone,
+   so nothing else is started for it), against a bare `docker run` of the same image with the
+   same limits, to /health and one MCP call; a round is one of each. Target: <= 1.2x. Skipped,
    and said so, when the images are not built (`make lesson-08-images`).
 3. One search_notes call, three ways taking turns call by call: to the MCP SDK's minimal server
    with the same tool body (bench/mcp_floor.py; target for our notes server: <= 1.3x), straight
