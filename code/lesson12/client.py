@@ -72,12 +72,14 @@ async def main(command: str, *args: str) -> None:
     try:
         if command == "ask":
             message = new_text_message(args[0], role=Role.ROLE_USER)
+        # [start:decide]
         elif command == "decide":  # the next message in the task: a decision on its call
             task_id, call_id, decision = args
             task = await client.get_task(GetTaskRequest(id=task_id))
             data = {"call_id": call_id, "decision": decision}
             message = new_data_message(data, task_id=task.id, context_id=task.context_id)
             message.role = Role.ROLE_USER
+        # [end:decide]
         elif command == "get":
             print((await client.get_task(GetTaskRequest(id=args[0]))).status)
             return
