@@ -1,7 +1,7 @@
 """Lesson 12: the A2A SDK's own client, from the command line: any A2A agent, any of our steps.
 
   python -m lesson12.client ask "Why use a multi-stage Docker build?"
-  python -m lesson12.client decide TASK CALL approve|reject     (a task that asked for input)
+  python -m lesson12.client decide TASK CALL approve|reject [CONTEXT]   (a task that asks for input)
   python -m lesson12.client get TASK | subscribe TASK | list
 
 A2A_URL (http://127.0.0.1:8000) is where the agent's card is; A2A_TOKEN, when set, is sent as a
@@ -46,7 +46,8 @@ def show_parts(parts) -> str:
 def show(event) -> None:
     """One line per event: the task, a status, an artifact."""
     if event.HasField("task"):
-        print(f"task {event.task.id}: {state_name(event.task.status.state)}")
+        task = event.task
+        print(f"task {task.id} (context {task.context_id}): {state_name(task.status.state)}")
     elif event.HasField("status_update"):
         status = event.status_update.status
         said = show_parts(status.message.parts) if status.HasField("message") else ""
@@ -74,10 +75,13 @@ async def main(command: str, *args: str) -> None:
             message = new_text_message(args[0], role=Role.ROLE_USER)
         # [start:decide]
         elif command == "decide":  # the next message in the task: a decision on its call
-            task_id, call_id, decision = args
-            task = await client.get_task(GetTaskRequest(id=task_id))
+            task_id, call_id, decision = args[:3]
+            if len(args) > 3:  # the task's context, as given: the message goes without a lookup
+                context_id = args[3]
+            else:  # the task's context, asked of the agent (GetTask) as this caller
+                context_id = (await client.get_task(GetTaskRequest(id=task_id))).context_id
             data = {"call_id": call_id, "decision": decision}
-            message = new_data_message(data, task_id=task.id, context_id=task.context_id)
+            message = new_data_message(data, task_id=task_id, context_id=context_id)
             message.role = Role.ROLE_USER
         # [end:decide]
         elif command == "get":
