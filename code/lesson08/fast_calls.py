@@ -25,6 +25,7 @@ compares the answers (tests/lesson_08/test_fast_calls.py). GATEWAY_FAST_CALLS=fa
 the traced gateway (lesson 09) does not use it, since its spans are FastMCP's.
 """
 
+import asyncio
 import itertools
 import time
 import uuid
@@ -173,9 +174,18 @@ class FastCalls:
         kept.uses += 1  # a call is running on it: the idle sweep leaves it open
         upstream.launcher.touch(upstream.entry)
         try:
-            with anyio.fail_after(policy.timeout):  # a wait for a slot counts too
-                async with policy.running[client]:
+            # asyncio's own timeout, and the slot taken without a checkpoint when one is free:
+            # anyio's fail_after and `async with` cost 40 and 17 us, a tenth of the path's own work.
+            async with asyncio.timeout(policy.timeout):  # a wait for a slot counts too
+                slot = policy.running[client]  # the full path's: one count of calls per client
+                try:
+                    slot.acquire_nowait()
+                except anyio.WouldBlock:
+                    await slot.acquire()
+                try:
                     answer = await forward(upstream, kept.session, tool, arguments, meta)
+                finally:
+                    slot.release()
             if "error" in answer:
                 message = str(answer["error"].get("message", ""))
                 outcome = "too_large" if TOO_LARGE in message else "tool_error"
