@@ -1,6 +1,6 @@
 """Lesson 12, step 1: the research agent as an A2A server: a card, an executor, the SDK's routes.
 
-Run it:  make lesson-12 STEP=1   (then, in another terminal: .venv/bin/python -m lesson12.client)
+Run it:  make lesson-12 STEP=1   (then: .venv/bin/python -m lesson12.client ask "What is A2A?")
 """
 
 import os

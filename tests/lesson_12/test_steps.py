@@ -4,12 +4,13 @@ its idea; `make lesson-12 STEP=K` runs step K.
 
 Each step is a server. Its section's blocks are typed into one bash, in order (variables carry
 from block to block), against the step started as `make lesson-12 STEP=K` starts it, on a port of
-its own (the doc's client uses A2A_URL, set here to that port). `pgrep` in that bash names the
-step's server; after a block that sends `kill -9`, the next `make lesson-12 STEP=K` block starts it
-again. What each block prints is compared with the doc. Steps 3 and 4 keep their tasks in a real
-PostgreSQL (make test's); run_python runs in real sandbox containers, counted by the engine's
-events. Those runs start a server each, a minute of CPU together: they are `make a2a-test`'s
-(marker `container`); the checks of the files are `make test`'s.
+its own (the doc's client uses A2A_URL, set here to that port; a block's 127.0.0.1:8000 is typed
+as that port). `pgrep` in that bash names the step's server; after a block that sends `kill -9`,
+the next `make lesson-12 STEP=K` block starts it again. What each block prints is compared with
+the doc. Steps 3 and 4 keep their tasks in a real PostgreSQL (make test's); run_python runs in real
+sandbox containers, counted by the engine's events. Those runs start a server each, a minute of
+CPU together: they are `make a2a-test`'s (marker `container`); the checks of the files are `make
+test`'s.
 """
 
 import os
@@ -139,7 +140,9 @@ def type_blocks(step: Step, blocks) -> None:
             else:
                 if not step.running():
                     step.start()
-                printed, status = terminal.run(command.body, timeout=180)
+                # The doc's port (8000) is this step's own port here.
+                typed = command.body.replace("127.0.0.1:8000", f"127.0.0.1:{step.port}")
+                printed, status = terminal.run(typed, timeout=180)
                 assert status == 0, f"docs/12:{command.line} exited {status}:\n{printed}"
                 if "kill -9" in command.body:
                     step.server.process.wait(30)
