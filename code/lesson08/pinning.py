@@ -381,23 +381,30 @@ class PinnedProxyProvider(ProxyProvider):
         _get_tool and PinnedTool.run would let it (the fast path asks, lesson08/fast_calls.py):
         no check running or due, the tool pinned, and the session the one that check listed on."""
         return (
-            (self._check is None or self._check.done())
-            and self._tools_cache is not None
-            and time.monotonic() - self._checked_at < self.ttl
+            not self._checking()
+            and not self._due()
             and name in self.pinned
             and session is not None
             and session is self.checked_on
         )
 
+    def _checking(self) -> bool:
+        """A check is running now."""
+        return self._check is not None and not self._check.done()
+
+    def _due(self) -> bool:
+        """No check yet, or the last is `ttl` seconds old: the next call checks first."""
+        return self._tools_cache is None or time.monotonic() - self._checked_at >= self.ttl
+
     async def _get_tool(self, name, version=None):
         if name not in self.provides or (self._tools_cache is not None and name not in self.listed):
             return None  # another server's tool: this one is not asked
-        if self._check is not None and not self._check.done():
+        if self._checking():
             try:  # a check is running: its answer decides
                 await asyncio.shield(self._check)
             except Exception:  # it failed (the timer's, on a session that died): check anew
                 await self.check()
-        elif self._tools_cache is None or time.monotonic() - self._checked_at >= self.ttl:
+        elif self._due():
             await self.check()  # checked before the call: a changed tool never runs
         return await super()._get_tool(name, version)  # from the last checked list
 
