@@ -204,16 +204,15 @@ class FastCalls:
         except TimeoutError:
             outcome, result = "timeout", failed(policy.timeout_message(tool))
         except httpx2.ConnectError:
-            outcome = None
-            kept.uses -= 1
+            outcome = None  # nothing was sent: no call to record
             await upstream.reset(kept)  # its server is gone: the full path opens a new session
             raise NotSent from None
         except (httpx2.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             outcome = "tool_error"
             result = failed(f"Error calling tool {tool!r}: {type(exc).__name__}")
         finally:
+            kept.uses -= 1
             if outcome is not None:
-                kept.uses -= 1
                 policy.record(client, tool, request, arguments, started, outcome, "direct")
         if version in MODERN_PROTOCOL_VERSIONS:  # stamped as the SDK's server stamps its own
             result.setdefault("resultType", "complete")
