@@ -5,11 +5,24 @@ The port is taken from below the kernel's ephemeral range (Linux:
 check and the server's own bind, to any outgoing connection on the machine as its source port, and
 the server then fails with "Address already in use" (seen: a test's postgres, while the other
 tests and Docker made thousands of connections).
+
+A port that is free when checked is released again before the caller's server binds it, a second
+or more later. Each port handed out is therefore also reserved, for the processes of this user, by
+a file under the temporary directory: while the file is younger than an hour no other free_port
+(another test worker, a benchmark, a second CI check) hands out that port, so two of our servers
+never race for one (seen: a tool server and a gateway in two test workers, "address already in
+use"). The files of a process are removed when it exits.
 """
 
+import atexit
+import contextlib
+import fcntl
 import functools
+import os
 import random
 import socket
+import tempfile
+import time
 from pathlib import Path
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -17,6 +30,11 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST = 10_000
 # Where the range cannot be read (macOS, no /proc/sys): the IANA range, which the BSDs use.
 DEFAULT_EPHEMERAL = (49152, 65535)
+# One directory per user: a reservation is a file named after the port, holding the pid that made it.
+RESERVATIONS = Path(tempfile.gettempdir()) / f"course-ports-{os.getuid()}"
+# Longer than a test session keeps a server (and restarts it on the same port) in CI.
+HOLD_SECONDS = 3600
+_reserved: set[Path] = set()
 
 
 @functools.cache  # read once a process: free_port asks on every call
@@ -47,7 +65,44 @@ def free_port(attempts: int = 200) -> int:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        if reserve(port):
             return port
     raise RuntimeError(
         f"no free port in {attempts} tries between {candidates[0]} and {candidates[-1]}"
     )
+
+
+def reserve(port: int) -> bool:
+    """Claim `port` for this process unless another of this user's processes claimed it within
+    HOLD_SECONDS. The check and the claim are made under a lock on the file, so that two processes
+    choosing the same port at once cannot both have it. A port this process holds is not handed
+    out twice either."""
+    RESERVATIONS.mkdir(mode=0o700, exist_ok=True)
+    path = RESERVATIONS / str(port)
+    if path in _reserved:
+        return False
+    pid = str(os.getpid())
+    with open(path, "a+") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)  # held for a read and a write: microseconds
+        file.seek(0)
+        holder = file.read().strip()
+        age = time.time() - os.fstat(file.fileno()).st_mtime
+        if holder not in ("", pid) and age < HOLD_SECONDS:
+            return False
+        file.seek(0)
+        file.truncate()
+        file.write(pid)
+    if not _reserved:
+        atexit.register(release_all)
+    _reserved.add(path)
+    return True
+
+
+def release_all() -> None:
+    """Remove this process's reservations (a forked child inherits the list, not the claims)."""
+    pid = str(os.getpid())
+    for path in _reserved:
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == pid:
+                path.unlink()
+    _reserved.clear()

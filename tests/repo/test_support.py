@@ -1,6 +1,7 @@
 """tests/support/: what every lesson's tests and the benchmarks rely on, checked on its own."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from support import zygote
+from support import ports, zygote
 from support.lessons import ROOT
 from support.ports import candidate_ports, ephemeral_range, free_port
 from support.server import ServerProcess
@@ -60,6 +61,30 @@ def test_free_ports_are_outside_the_range_outgoing_connections_take_theirs_from(
     for port in ports:
         with socket.create_server(("127.0.0.1", port)):  # each one can be bound
             pass
+
+
+def test_a_port_handed_out_is_not_handed_to_another_process_until_this_one_exits(monkeypatch):
+    """free_port checks a port, then releases it: without a reservation, another test worker
+    could be handed the same port before our server binds it ("address already in use")."""
+    monkeypatch.setattr(ports, "candidate_ports", lambda: range(10_000, 10_040))
+    ours = [free_port() for _ in range(20)]
+    assert len(set(ours)) == 20  # nor twice to this one
+    # Another process, the same 40 ports to choose from: it gets none of ours.
+    script = (
+        "import json, support.ports as p\n"
+        "p.candidate_ports = lambda: range(10_000, 10_040)\n"
+        "got = []\n"
+        "for _ in range(20):\n"
+        "    try: got.append(p.free_port(attempts=400))\n"
+        "    except RuntimeError: break\n"
+        "print(json.dumps(got))\n"
+    )
+    run = [sys.executable, "-c", script]
+    theirs = json.loads(subprocess.run(run, cwd=ROOT, capture_output=True, check=True).stdout)
+    assert theirs and not set(theirs) & set(ours), (sorted(ours), theirs)
+    # The other process has exited: its ports are free to hand out again, ours are still held.
+    assert all(not (ports.RESERVATIONS / str(port)).exists() for port in theirs)
+    assert all((ports.RESERVATIONS / str(port)).read_text() == str(os.getpid()) for port in ours)
 
 
 def test_a_server_that_exits_before_it_is_ready_fails_with_its_log(tmp_path):
