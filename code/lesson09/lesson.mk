@@ -2,7 +2,7 @@
 
 ##@ Lesson 09: traces
 .PHONY: lesson-09 lesson-09-step-check lesson-09-step lesson-09-banner lesson-09-viewer
-.PHONY: lesson-09-stack lesson-09-images lesson-09-down traces-test bench-tracing
+.PHONY: lesson-09-stack lesson-09-images lesson-09-down traces-test traces-screenshot bench-tracing
 
 # Lesson 09: lesson 03's stack plus traces and a viewer, as the Compose project lesson09.
 LESSON09_PORT ?= 8090
@@ -77,6 +77,10 @@ lesson-09-down: docker-tools ## Lesson 09: remove its containers (the viewer and
 traces-test: docker-tools offline-images lesson-05-image sandbox-image test-tools $(VENV)/.installed $(LESSON08_VENV)/.installed ## Lesson 09 in containers: a question through the edge is one trace in Phoenix, found by headless Chromium (screenshot); step 4's commands with Phoenix behind its ingest; a caller's traceparent kept only when trusted; the agent's and lesson 05's worker containers can send spans, not read or delete them; down leaves nothing
 	@scripts/ensure-command.sh chromium chromium "the viewer is checked in a real browser"
 	WORKER_IMAGE=$(LESSON05_IMAGE) $(PY) -m pytest -m container tests/lesson_09 -v $(PYTEST_ARGS)
+
+traces-screenshot: docker-tools offline-images lesson-05-image sandbox-image test-tools $(VENV)/.installed $(LESSON08_VENV)/.installed ## Lesson 09: the browser test, saving the trace's picture to docs/images/
+	@scripts/ensure-command.sh chromium chromium
+	WORKER_IMAGE=$(LESSON05_IMAGE) SCREENSHOT=docs/images/09-trace.png $(PY) -m pytest -m container tests/lesson_09/test_viewer.py -v -k in_a_browser
 
 bench-tracing: $(VENV)/.installed ## CPU per request of the research agent: no tracing code vs tracing off vs on (batch export to a local collector)
 	BENCH_COMMAND="make $@" $(PY) -m bench.tracing

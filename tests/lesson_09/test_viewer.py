@@ -4,8 +4,8 @@ a Compose project of its own, `down` leaves nothing). A question sent through th
 one trace in the viewer, from the request through the agent, its model calls, its tool and Redis,
 named by the answer's `traceresponse` header; a caller's `traceparent` is kept only from inside
 the network or from a trusted address; the trace of docs/09's "Try it on the stack" is what its
-solution says; headless Chromium finds the trace as the lesson says and saves the screenshot the
-lesson shows."""
+solution says; headless Chromium finds the trace as the lesson says and saves a screenshot of it (to .build/;
+`make traces-screenshot` writes the one the lesson shows)."""
 
 import json
 import os
@@ -25,7 +25,7 @@ FILES = ["-f", "research-agent/docker-compose.yml", "-f", "code/lesson09/compose
 # The question `make lesson-09` prints, asked once, by the browser test: a trace of one request.
 QUESTION = "Why use a multi-stage Docker build?"
 VICTIM_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-SCREENSHOT = os.environ.get("SCREENSHOT", str(ROOT / "docs" / "images" / "09-trace.png"))
+SCREENSHOT = os.environ.get("SCREENSHOT", str(ROOT / ".build" / "09-trace.png"))
 DEFAULT_PROJECT = "UHJvamVjdDox"  # Phoenix's "default" project, Project:1
 
 
@@ -171,6 +171,7 @@ def test_the_viewer_shows_the_trace_in_a_browser(lesson09):
         # waits above).
         page.get_by_text("invoke_agent research-agent").first.click()
         expect(page.get_by_text("gen_ai.agent.name").first).to_be_visible(timeout=60_000)
+        os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
         page.screenshot(path=SCREENSHOT)
     assert os.path.getsize(SCREENSHOT) > 10_000
     assert json.dumps(lesson09.spans(trace_id)).count('"POST /v1/research"') == 1
