@@ -30,7 +30,7 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST = 10_000
 # Where the range cannot be read (macOS, no /proc/sys): the IANA range, which the BSDs use.
 DEFAULT_EPHEMERAL = (49152, 65535)
-# One directory per user: a reservation is a file named after the port, holding the pid that made it.
+# One directory per user: a reservation is a file named after its port, holding its process's pid.
 RESERVATIONS = Path(tempfile.gettempdir()) / f"course-ports-{os.getuid()}"
 # Longer than a test session keeps a server (and restarts it on the same port) in CI.
 HOLD_SECONDS = 3600

@@ -4,8 +4,8 @@ a Compose project of its own, `down` leaves nothing). A question sent through th
 one trace in the viewer, from the request through the agent, its model calls, its tool and Redis,
 named by the answer's `traceresponse` header; a caller's `traceparent` is kept only from inside
 the network or from a trusted address; the trace of docs/09's "Try it on the stack" is what its
-solution says; headless Chromium finds the trace as the lesson says and saves a screenshot of it (to .build/;
-`make traces-screenshot` writes the one the lesson shows)."""
+solution says; headless Chromium finds the trace as the lesson says and saves a screenshot of it
+(to .build/; `make traces-screenshot` writes the one the lesson shows)."""
 
 import json
 import os
