@@ -63,28 +63,34 @@ def test_free_ports_are_outside_the_range_outgoing_connections_take_theirs_from(
             pass
 
 
-def test_a_port_handed_out_is_not_handed_to_another_process_until_this_one_exits(monkeypatch):
+def test_a_port_handed_out_is_not_handed_to_another_process_until_this_one_exits(
+    monkeypatch, tmp_path
+):
     """free_port checks a port, then releases it: without a reservation, another test worker
     could be handed the same port before our server binds it ("address already in use")."""
+    # Forty ports and a directory of reservations of this test's own (a second run of this test
+    # beside it, in another checkout, shares neither).
     monkeypatch.setattr(ports, "candidate_ports", lambda: range(10_000, 10_040))
+    monkeypatch.setattr(ports, "RESERVATIONS", tmp_path)
     ours = [free_port() for _ in range(20)]
     assert len(set(ours)) == 20  # nor twice to this one
     # Another process, the same 40 ports to choose from: it gets none of ours.
     script = (
-        "import json, support.ports as p\n"
+        "import json, sys, pathlib, support.ports as p\n"
         "p.candidate_ports = lambda: range(10_000, 10_040)\n"
+        "p.RESERVATIONS = pathlib.Path(sys.argv[1])\n"
         "got = []\n"
         "for _ in range(20):\n"
         "    try: got.append(p.free_port(attempts=400))\n"
         "    except RuntimeError: break\n"
         "print(json.dumps(got))\n"
     )
-    run = [sys.executable, "-c", script]
+    run = [sys.executable, "-c", script, str(tmp_path)]
     theirs = json.loads(subprocess.run(run, cwd=ROOT, capture_output=True, check=True).stdout)
     assert theirs and not set(theirs) & set(ours), (sorted(ours), theirs)
     # The other process has exited: its ports are free to hand out again, ours are still held.
-    assert all(not (ports.RESERVATIONS / str(port)).exists() for port in theirs)
-    assert all((ports.RESERVATIONS / str(port)).read_text() == str(os.getpid()) for port in ours)
+    assert all(not (tmp_path / str(port)).exists() for port in theirs)
+    assert all((tmp_path / str(port)).read_text() == str(os.getpid()) for port in ours)
 
 
 def test_a_server_that_exits_before_it_is_ready_fails_with_its_log(tmp_path):
