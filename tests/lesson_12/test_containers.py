@@ -2,7 +2,7 @@
 8120: edge, two replicas, Postgres, the client agent, lesson 08's Docker guard), so this module
 skips when that project is up already (it takes it down at the end).
 
-docs/12's section 5 typed as written (the client agent relays the remote task's question, both
+docs/12's section 4 typed as written (the client agent relays the remote task's question, both
 replicas are killed with SIGKILL while it waits, `make lesson-12` brings them back, the decision
 finishes it: the program ran once); then kill -9 of both replicas while a task streams to the A2A
 SDK's client, and SubscribeToTask on each replica, reached directly, delivering the rest; the SDK's
@@ -104,9 +104,9 @@ def bring_back() -> None:
     wait_for(edge_ready, timeout=120, interval=0.5, what="the edge sending to a replica again")
 
 
-def test_section_5_as_written(stack):
+def test_section_4_as_written(stack):
     starts = ContainerStarts("agent-sandbox.owner=lesson12")
-    blocks = section_steps(DOC, "5.")
+    blocks = section_steps(DOC, "4.")
     assert blocks[0][0].body == "make lesson-12"
     assert any("kill -s SIGKILL agent1 agent2" in c.body for c, _ in blocks)
     terminal = Terminal(ROOT, ENV)

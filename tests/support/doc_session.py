@@ -33,11 +33,16 @@ class Block:
 
 
 def section_blocks(doc: Path, heading: str) -> list[Block]:
-    """The fenced blocks of the `## ` section whose heading starts with `heading`."""
+    """The fenced blocks of the section whose heading starts with `heading`: a `## ` section, or
+    one of any level when `heading` starts with its #s ("### 4."). The section ends at the next
+    heading of its level or above."""
+    prefix = heading if heading.startswith("#") else f"## {heading}"
+    level = len(prefix) - len(prefix.lstrip("#"))
     lines = doc.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {heading}"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(prefix))
+    ends = tuple("#" * n + " " for n in range(1, level + 1))
     found, i = [], start + 1
-    while i < len(lines) and not lines[i].startswith("## "):
+    while i < len(lines) and not lines[i].startswith(ends):
         opening = FENCE.match(lines[i])
         if not opening:
             i += 1
