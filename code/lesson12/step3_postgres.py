@@ -32,26 +32,15 @@ from langgraph.types import Command
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from lesson10.agent import runner
-from lesson12.agent import answer_parts, build_agent
+from lesson12.agent import answer_parts, build_agent, run_python
 from lesson12.card import BINDINGS, make_card
-from research_agent import (
-    BadEdit,
-    DecisionIn,
-    KeyedSandbox,
-    RunStore,
-    make_durable_run_python,
-    make_pool,
-    migrate,
-    resume_value,
-)
+from research_agent import BadEdit, DecisionIn, resume_value
 
 HOST, PORT = os.getenv("HOST", "127.0.0.1"), int(os.getenv("PORT", "8000"))
 DATABASE_URL = os.environ["DATABASE_URL"]
-pool = make_pool(DATABASE_URL)  # lesson 10's: for the checkpoints and the tool's results
-run_python = make_durable_run_python(RunStore(pool), KeyedSandbox(runner))  # lesson 10's: once
 agent = None  # built at start-up (below): its checkpointer needs the event loop
-# The SDK's task store, through SQLAlchemy: the tasks, their status, history and artifacts.
+# The SDK's task store, through SQLAlchemy (its asyncpg driver): the tasks, their status, history
+# and artifacts.
 tasks = DatabaseTaskStore(create_async_engine(DATABASE_URL.replace("://", "+asyncpg://", 1)))
 
 
@@ -104,13 +93,12 @@ handler = DefaultRequestHandler(ResearchExecutor(), tasks, CARD)
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     global agent
-    await pool.open(wait=True)
-    checkpointer = AsyncPostgresSaver(pool)
-    await migrate(pool, checkpointer.setup)  # lesson 10's tables and LangGraph's, once
-    await tasks.initialize()  # the SDK's table
-    agent = build_agent(checkpointer, run_python)  # a task's id names its thread of checkpoints
-    yield
-    await pool.close()
+    # Lesson 10's PostgresSaver in its async form (the SDK is async): the agent's checkpoints.
+    async with AsyncPostgresSaver.from_conn_string(DATABASE_URL) as checkpointer:
+        await checkpointer.setup()  # LangGraph's tables, once
+        await tasks.initialize()  # the SDK's table
+        agent = build_agent(checkpointer)  # a task's id names its thread of checkpoints
+        yield
 
 
 app = FastAPI(title="The research agent over A2A, step 3", lifespan=lifespan)
