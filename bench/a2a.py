@@ -54,7 +54,7 @@ DELAY_MS = 15  # the research agent's default offline pace
 OVERHEAD_TARGET = 2.5  # the protocol's overhead per message, p50, against a plain POST's p50
 PROFILE = os.getenv("BENCH_PROFILE") == "1"
 PROFILED = 1000  # messages in the profile's loop: a message keeps the server busy about 3 ms
-PROFILE_SVG = ROOT / "docs" / "images" / "a2a-profile.svg"
+PROFILE_SVG = ROOT / os.getenv("BENCH_PROFILE_SVG", "docs/images/a2a-profile.svg")  # or elsewhere
 # pg_stat_statements counts each statement the server runs, with the time it took.
 POSTGRES_SETTINGS = {"shared_preload_libraries": "pg_stat_statements"}
 

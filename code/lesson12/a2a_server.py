@@ -22,7 +22,6 @@ from pathlib import Path
 import uvicorn
 from a2a.server.agent_execution import SimpleRequestContextBuilder
 from a2a.server.cluster import DatabaseTaskEventStream
-from a2a.server.request_handlers import DefaultRequestHandlerV2
 from a2a.server.routes import (
     add_a2a_routes_to_fastapi,
     create_agent_card_routes,
@@ -35,6 +34,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lesson10.agent import Sandbox
@@ -43,6 +43,7 @@ from lesson12.agent import build_agent
 from lesson12.callers import Callers, load_callers
 from lesson12.card import BINDINGS, make_card
 from lesson12.durable import DurableExecutor, DurableHandler, Recovery, Sealed
+from lesson12.fast_messages import FastHandler
 from lesson12.task_store import FreshIds, OneStatementTaskStore
 from lesson12.work import TaskResults, WorkStore
 from research_agent import (
@@ -89,10 +90,16 @@ class Settings(BaseSettings):
     # Another agent in this composition, "module:Class" (an AgentExecutor): the A2A compatibility
     # kit's scenario executor, for its checks (docs/12, Going further). Empty: the research agent.
     A2A_AGENT: str = ""
+    # SendMessage answered without the SDK's per-task machinery when it needs none of it
+    # (lesson12/fast_messages.py); false: every message the SDK's way.
+    A2A_FAST_PATH: bool = True
+    A2A_FAST_PATH_LOG: bool = False  # a line for each message it answers (its tests read them)
     sandbox: Sandbox = Field(default_factory=Sandbox)
 
 
 settings = Settings()
+if settings.A2A_FAST_PATH_LOG:
+    logging.getLogger("lesson12.fast_messages").setLevel(logging.DEBUG)
 dsn = settings.DATABASE_URL.get_secret_value()
 pool = make_pool(dsn, settings.DATABASE_POOL_SIZE)  # psycopg: checkpoints, leases, tool results
 asyncpg = dsn.replace("://", "+asyncpg://", 1)
@@ -123,11 +130,12 @@ shared = {
     "validate_input_modes": True,
     # A new task's id, made up here, is known absent until written: no lookups before its first.
     "request_context_builder": SimpleRequestContextBuilder(task_id_generator=FreshIds(tasks)),
+    "fast": settings.A2A_FAST_PATH,
 }
-if settings.A2A_AGENT:  # another agent: the SDK's own handler, on the same store and routes
+if settings.A2A_AGENT:  # another agent: the SDK's handler (and fast path), same store and routes
     module, _, name = settings.A2A_AGENT.partition(":")
     other = getattr(importlib.import_module(module), name)()
-    handler = DefaultRequestHandlerV2(other, tasks, CARD, **shared)
+    handler = FastHandler(other, tasks, CARD, **shared)
 else:
     handler = DurableHandler(
         executor, tasks, CARD, **shared, work=work, tool=run_python, sandbox=sandbox, limits=limits
@@ -184,12 +192,11 @@ add_a2a_routes_to_fastapi(
 )
 
 
-@app.middleware("http")
-async def who_calls(request: Request, call_next):
+def who_calls(request: Request) -> JSONResponse | None:
     """Origin first (a page elsewhere is refused), then a bearer token we issued for everything
-    but the card. The Host was checked before (AllowedHostsMiddleware, below)."""
+    but the card. The Host was checked before (AllowedHostsMiddleware, below). None: it goes on."""
     if request.url.path in ("/health", "/ready"):
-        return await call_next(request)
+        return None
     if request.headers.get("origin") not in (None, *settings.ALLOWED_ORIGINS):
         return JSONResponse(error_body("origin_not_allowed", "no page may call this agent"), 403)
     if host := request.headers.get("host"):  # name[:port], checked whole before this runs
@@ -198,17 +205,41 @@ async def who_calls(request: Request, call_next):
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     bearer = scheme.lower() == "bearer"
     request.state.caller = CALLERS.get(token_hash(token.strip())) if bearer else None
-    if request.url.path == CARD_PATH:
-        response = await call_next(request)
-        response.headers["Vary"] = "Host"
-        response.headers["Last-Modified"] = CARD_CHANGED
-        return response
-    if request.state.caller:
-        return await call_next(request)
+    if request.url.path == CARD_PATH or request.state.caller:
+        return None
     body = error_body("unauthorized", "send a bearer token that this agent issued")
     return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+class WhoCalls:
+    """who_calls in front of every route, as plain ASGI: @app.middleware("http") (Starlette's
+    BaseHTTPMiddleware) would run each request's app in a task of its own and pass its answer
+    through a stream, a cost of every message. The card's answer says Vary: Host and when it
+    last changed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope, receive)
+        if (refused := who_calls(request)) is not None:
+            return await refused(scope, receive, send)
+        if request.url.path != CARD_PATH:
+            return await self.app(scope, receive, send)
+
+        async def card(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Vary"] = "Host"
+                headers["Last-Modified"] = CARD_CHANGED
+            await send(message)
+
+        await self.app(scope, receive, card)
+
+
+app.add_middleware(WhoCalls)
 # Outermost last: a Host not in ALLOWED_HOSTS is a 400 `untrusted_host` before the body is read.
 app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)
 app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.ALLOWED_HOSTS)

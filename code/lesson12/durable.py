@@ -4,10 +4,11 @@ DurableExecutor  the agent for one task, from its last checkpoint: a new questio
                  decision on the call it waits for, or the step a killed replica never finished.
                  Every event goes through the SDK (TaskUpdater), into its task store and event
                  log in PostgreSQL, where SubscribeToTask on any replica reads it.
-DurableHandler   the SDK's request handler, which first checks a message: its size, that a task
-                 it names waits for input and that it decides the call waited on (taken once:
-                 work.py); which bounds the streams a caller holds open; and which removes a
-                 cancelled task's sandboxes, on whichever replica they run.
+DurableHandler   the SDK's request handler (SendMessage on fast_messages.py's path when it can
+                 be), which first checks a message: its size, that a task it names waits for
+                 input and that it decides the call waited on (taken once: work.py); which
+                 bounds the streams a caller holds open; and which removes a cancelled task's
+                 sandboxes, on whichever replica they run.
 Recovery         each replica's loop: claims tasks whose replica stopped renewing its lease and
                  runs them on through the SDK's own ActiveTask, as if a request had come.
 Sealed           what the routes are given instead of the handler: ids checked before anything is
@@ -33,7 +34,6 @@ from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.agent_execution.active_task_registry import ActiveTaskRegistry
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
-from a2a.server.request_handlers import DefaultRequestHandlerV2
 from a2a.server.tasks import TaskUpdater
 from a2a.types import Message, Task, TaskState
 from a2a.utils.errors import (
@@ -54,6 +54,7 @@ from research_agent import BadEdit, DecisionIn, HeldSlots, resume_value
 
 from .agent import answer_parts
 from .callers import Caller
+from .fast_messages import FastHandler
 from .work import WorkStore
 
 logger = logging.getLogger("lesson12.durable")
@@ -178,7 +179,7 @@ class DurableExecutor(AgentExecutor):
         await self.work.finish(context.task_id)
 
 
-class DurableHandler(DefaultRequestHandlerV2):
+class DurableHandler(FastHandler):
     def __init__(self, *args, work: WorkStore, tool: BaseTool, sandbox, limits: dict, **kwargs):
         super().__init__(*args, **kwargs)
         self.work, self.tool, self.sandbox, self.limits = work, tool, sandbox, limits
