@@ -252,7 +252,12 @@ class DurableHandler(FastHandler):
         if stored is None:
             raise TaskNotFoundError(message=f"no task {message.task_id}")
         task = stored.task
-        message.context_id = message.context_id or task.context_id
+        if message.context_id and message.context_id != task.context_id:  # before it is recorded
+            raise InvalidParamsError(  # the SDK's refusal, which would come after the record
+                message=f"Context {message.context_id} does not match context "
+                f"{task.context_id} of task {task.id}"
+            )
+        message.context_id = task.context_id
         if task.status.state in TERMINAL:  # as the SDK says it, before it loads the task
             state = TaskState.Name(task.status.state)
             raise UnsupportedOperationError(message=f"Task {task.id} is in terminal state: {state}")

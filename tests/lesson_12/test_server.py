@@ -132,6 +132,20 @@ def test_a_bad_decision_is_invalid_params_and_the_task_still_waits(replicas, tok
     assert state(run(client.get(task.id)).status.state) == "input-required"
 
 
+def test_a_decision_in_another_context_is_refused_and_not_taken(replicas, tokens):
+    """The SDK refuses a message whose contextId is not its task's, but only after the handler's
+    own checks: a decision recorded before that refusal would be taken by whichever replica
+    resumed the task later, and the caller's right decision refused as decided already."""
+    task = ask_to_wait(replicas, tokens)
+    decision = {"call_id": pending(task)["call_id"], "decision": "approve"}
+    client = A2A(replicas.url(1), tokens["planner"])
+    with pytest.raises(InvalidParamsError, match="does not match"):
+        run(client.send(user_data(decision, task_id=task.id, context_id="another-context")))
+    assert state(run(client.get(task.id)).status.state) == "input-required"
+    events = run(client.send(user_data(decision, task_id=task.id, context_id=task.context_id)))
+    assert states(events)[-1] == "completed"
+
+
 def test_another_caller_finds_none_of_its_tasks(replicas, tokens):
     task = ask_to_wait(replicas, tokens)
     bob = A2A(replicas.url(1), tokens["bob"])
