@@ -26,7 +26,7 @@ lesson-12-step-check:
 
 lesson-12-step: lesson-12-step-check $(VENV)/.lessons $(if $(filter 1,$(STEP)),,sandbox-image) $(if $(filter 4,$(STEP)),$(LESSON12_SECRETS)/callers)
 	@echo
-	@echo "  Lesson 12, step $(STEP): $(LESSON12_STEP_FILE) (docs/12-agents-over-a2a.md, $(if $(filter 4,$(STEP)),Going further: step 4,section $(STEP)))  (offline model unless OPENAI_API_KEY is set)"
+	@echo "  Lesson 12, step $(STEP): $(LESSON12_STEP_FILE) (docs/12-agents-over-a2a.md, $(if $(filter 4,$(STEP)),Going further: Owners,section $(STEP)))  (offline model unless OPENAI_API_KEY is set)"
 	@echo "  A2A server on http://$(HOST):$(PORT)  (its card: /.well-known/agent-card.json; Ctrl+C stops it)"
 	@echo "  Ask it, from another terminal:  .venv/bin/python -m lesson12.client ask 'Why use a multi-stage Docker build?'"
 	@echo

@@ -38,7 +38,7 @@ STEPS = [
     "code/lesson12/step4_owners.py",
 ]
 PAIRS = list(zip(STEPS, STEPS[1:], strict=False))
-SECTIONS = {1: "1.", 2: "2.", 3: "3.", 4: "### Step 4"}  # step 4 is in Going further
+SECTIONS = {1: "1.", 2: "2.", 3: "3.", 4: "### Owners"}  # step 4 is in Going further
 
 
 def make_dry(*args: str) -> subprocess.CompletedProcess:
