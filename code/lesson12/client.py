@@ -60,6 +60,7 @@ def show(event) -> None:
 
 
 async def main(command: str, *args: str) -> None:
+    # [start:ask]
     token = os.getenv("A2A_TOKEN")
     http = httpx.AsyncClient(
         headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=120
@@ -73,6 +74,7 @@ async def main(command: str, *args: str) -> None:
     try:
         if command == "ask":
             message = new_text_message(args[0], role=Role.ROLE_USER)
+        # [end:ask]
         # [start:decide]
         elif command == "decide":  # the next message in the task: a decision on its call
             task_id, call_id, decision = args[:3]
@@ -91,12 +93,14 @@ async def main(command: str, *args: str) -> None:
             for task in (await client.list_tasks(ListTasksRequest())).tasks:
                 print(f"task {task.id}: {state_name(task.status.state)}")
             return
+        # [start:send]
         if command == "subscribe":
             events = client.subscribe(SubscribeToTaskRequest(id=args[0]))
         else:
             events = client.send_message(SendMessageRequest(message=message))
         async for event in events:  # Server-Sent Events, one per change of the task
             show(event)
+        # [end:send]
     except A2AError as exc:  # the agent's answer in A2A's terms: an error code and a message
         sys.exit(f"error: {type(exc).__name__}: {exc}")
     finally:
