@@ -109,8 +109,10 @@ class ResettingRelay:
 
     def pipe(self, source, sink, inspect: bool) -> None:
         seen = b""
-        source.settimeout(0.2)
+        # The other direction's thread closes both sockets when it ends, maybe before this one
+        # has begun: a closed socket here is the end of the connection, not an error.
         with contextlib.suppress(OSError):
+            source.settimeout(0.2)
             while not self.stop.is_set():
                 try:
                     data = source.recv(65536)
