@@ -7,10 +7,7 @@ it is
   `## Going further`), or
 - named in `backticks` in this lesson's core path (its "From earlier lessons" box counts).
 
-A step shown only below its lesson's `## Going further` (every `include` of it, and every
-`include-diff` whose new side it is, sits there) is a Going further step: its names may be shown
-or named anywhere in its own lesson, Going further included. A lesson never leans on another
-lesson's Going further: only earlier lessons' core paths are read.
+A lesson never leans on another lesson's Going further: only core paths are read.
 """
 
 import ast
@@ -48,23 +45,11 @@ def step_files(root: Path) -> dict[str, list[Path]]:
     return steps
 
 
-def lesson_docs(root: Path) -> dict[str, str]:
+def core_paths(root: Path) -> dict[str, str]:
     return {
-        d.name[:2]: d.read_text(encoding="utf-8")
+        d.name[:2]: d.read_text(encoding="utf-8").split(GOING_FURTHER)[0]
         for d in sorted((root / "docs").glob("[0-9][0-9]-*.md"))
     }
-
-
-INCLUDE = re.compile(r"<!--\s*include(?:-diff)?:\s*([^>]+?)\s*-->")
-
-
-def only_in_going_further(doc: str, step: str) -> bool:
-    """Whether every excerpt of the step file `step` (a path from the repository's root: an
-    `include`, whole or a region, or the new side of an `include-diff`) sits below the doc's
-    `## Going further`, and there is one."""
-    further = doc.find(GOING_FURTHER)
-    places = [m.start() for m in INCLUDE.finditer(doc) if m[1].split()[-1].split("#")[0] == step]
-    return further >= 0 and bool(places) and min(places) > further
 
 
 def defined(text: str, name: str) -> bool:
@@ -80,20 +65,15 @@ def is_step_module(module: str) -> bool:
 def hidden_names(root: Path = ROOT) -> dict[str, set[str]]:
     """Lesson -> each `module.name` its step files import from our code that the learner has not
     seen."""
-    steps, docs = step_files(root), lesson_docs(root)
-    core = {lesson: text.split(GOING_FURTHER)[0] for lesson, text in docs.items()}
+    steps, core = step_files(root), core_paths(root)
     found: dict[str, set[str]] = {}
     for lesson in sorted(steps):
         shown = "".join(core[k] for k in sorted(core) if k <= lesson)
         step_text = "".join(
             p.read_text(encoding="utf-8") for k in sorted(steps) if k <= lesson for p in steps[k]
         )
+        here = core.get(lesson, "")
         for p in steps[lesson]:
-            step = p.relative_to(root).as_posix()
-            if only_in_going_further(docs.get(lesson, ""), step):  # its whole lesson counts
-                here, seen = docs[lesson], shown + docs[lesson]
-            else:
-                here, seen = core.get(lesson, ""), shown
             for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
                 if not isinstance(node, ast.ImportFrom):
                     continue
@@ -105,7 +85,7 @@ def hidden_names(root: Path = ROOT) -> dict[str, set[str]]:
                     named = f"`{name}`" in here or re.search(
                         rf"`[^`\n]*\b{re.escape(name)}\b[^`\n]*`", here
                     )
-                    if defined(seen, name) or defined(step_text, name) or named:
+                    if defined(shown, name) or defined(step_text, name) or named:
                         continue
                     found.setdefault(lesson, set()).add(f"{module}.{name}")
     return found
@@ -128,19 +108,3 @@ def test_a_name_only_a_going_further_section_shows_is_hidden(tmp_path):
         "## Going further\n\n```python\nclass Agent:\n    pass\n```\n"
     )
     assert hidden_names(tmp_path) == {"01": {"lesson01.agent.Agent"}}
-
-
-def test_a_step_shown_only_in_going_further_may_name_its_names_there(tmp_path):
-    (tmp_path / "code" / "lesson01").mkdir(parents=True)
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "code" / "lesson01" / "step1_api.py").write_text("from lesson01.agent import A\n")
-    (tmp_path / "code" / "lesson01" / "step2_owners.py").write_text(
-        "from lesson01.agent import A, B, C\n"
-    )
-    (tmp_path / "docs" / "01-agent-api.md").write_text(
-        "# 1\n\n<!-- include: code/lesson01/step1_api.py -->\n\n## Going further\n\n"
-        "Uses `A` and `B`.\n\n<!-- include-diff: code/lesson01/step1_api.py"
-        " code/lesson01/step2_owners.py -->\n"
-    )
-    # step 2 sits in Going further, which names A and B for it; step 1 is core: A is hidden there.
-    assert hidden_names(tmp_path) == {"01": {"lesson01.agent.A", "lesson01.agent.C"}}
