@@ -54,7 +54,7 @@ from research_agent import BadEdit, DecisionIn, HeldSlots, resume_value
 
 from .agent import answer_parts
 from .callers import Caller
-from .fast_messages import FastHandler
+from .fast_messages import FastHandler, check_context
 from .work import WorkStore
 
 logger = logging.getLogger("lesson12.durable")
@@ -252,11 +252,7 @@ class DurableHandler(FastHandler):
         if stored is None:
             raise TaskNotFoundError(message=f"no task {message.task_id}")
         task = stored.task
-        if message.context_id and message.context_id != task.context_id:  # before it is recorded
-            raise InvalidParamsError(  # the SDK's refusal, which would come after the record
-                message=f"Context {message.context_id} does not match context "
-                f"{task.context_id} of task {task.id}"
-            )
+        check_context(message.context_id, task)
         message.context_id = task.context_id
         if task.status.state in TERMINAL:  # as the SDK says it, before it loads the task
             state = TaskState.Name(task.status.state)

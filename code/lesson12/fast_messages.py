@@ -50,6 +50,16 @@ ANSWERS = TERMINAL_TASK_STATES | INTERRUPTED_TASK_STATES  # where SendMessage st
 _full_send = DefaultRequestHandlerV2.on_message_send.__wrapped__  # its checks already made
 
 
+def check_context(context_id: str | None, task: Task) -> None:
+    """A message naming another context than its task's is refused, in the SDK's words, before
+    anything of it is recorded (the SDK itself says so only after it has stored the message)."""
+    if context_id and context_id != task.context_id:
+        raise InvalidParamsError(
+            message=f"Context {context_id} does not match context "
+            f"{task.context_id} of task {task.id}"
+        )
+
+
 class _Nothing:
     """The queues and locks of an ActiveTask that the consumer touches and this path has not."""
 
@@ -253,11 +263,7 @@ class FastHandler(DefaultRequestHandlerV2):
             stored = await self._versioned_store.get(task_id, context)
             if stored is None:
                 raise TaskNotFoundError(f"Task {task_id} not found")
-            if context_id and stored.task.context_id != context_id:
-                raise InvalidParamsError(
-                    message=f"Context {context_id} does not match context "
-                    f"{stored.task.context_id} of task {task_id}"
-                )
+            check_context(context_id, stored.task)
         request_context = await self._request_context_builder.build(
             params=params, task_id=task_id, context_id=context_id, task=None, context=context
         )
