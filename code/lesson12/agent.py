@@ -51,7 +51,7 @@ class OfflineModel(OfflineResearchModel, PacedOfflineModel):
         return super()._reply(messages, max_tokens)
 
 
-def build_agent(checkpointer, python_tool: BaseTool = run_python, search: BaseTool | None = None):
+def build_agent(checkpointer, python_tool: BaseTool = run_python):
     """Search and run_python; a person approves each run_python call (lesson 10's interrupt)."""
     settings = Settings()
     model = make_chat_model(
@@ -61,7 +61,7 @@ def build_agent(checkpointer, python_tool: BaseTool = run_python, search: BaseTo
     )
     return create_agent(
         model,
-        [search or make_search_tool(settings), python_tool],
+        [make_search_tool(settings), python_tool],
         system_prompt=SYSTEM_PROMPT,
         middleware=[approval_middleware(["run_python"])],
         checkpointer=checkpointer,

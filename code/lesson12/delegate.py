@@ -67,7 +67,6 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
         return ids
 
     async def delegate(query: str, runtime: ToolRuntime) -> tuple[str, dict]:
-        # [start:delegate]
         call = runtime.tool_call_id
         if call not in started:  # first time: a new remote task
             message = as_user(new_text_message(query))
@@ -81,7 +80,6 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
             reply = as_user(new_data_message(decision, task_id=task_id, context_id=context_id))
             await follow(SendMessageRequest(message=reply))
             task = await client.get_task(GetTaskRequest(id=task_id))
-        # [end:delegate]
         started.pop(call, None)  # ended: nothing more to follow
         name = MARK.format(name=bounded(card.name, 80))
         if task.status.state not in ENDED or not task.artifacts:
