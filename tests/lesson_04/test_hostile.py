@@ -542,7 +542,15 @@ def test_one_client_gets_its_share_and_a_429_beyond_it(engine):
 
 
 @FRESH_AND_POOLED
-def test_runs_leave_no_open_socket_in_the_api(server, engine, api_settings):
+def test_runs_leave_no_open_socket_in_the_api(server, engine, api_settings, runtime):
+    # The sockets counted are the API's own, to the Docker daemon: the same code whatever runtime
+    # the daemon starts the sandbox with, and 50 runs under gVisor took two minutes more.
+    if runtime != "runc":
+        pytest.skip(
+            "the API's sockets to the daemon, whatever the runtime: counted under runc "
+            "(make sandbox-test PYTEST_ARGS=\"-k 'not runsc'\")"
+        )
+
     def settled() -> None:
         # Each pooled container holds two connections while it waits (its events, its stdin and
         # stdout): count with the pool full, and the last runs' containers removed.
