@@ -704,6 +704,10 @@ def test_the_queue_starts_no_check_after_one_failed_lets_the_running_ones_finish
     assert ("sandbox", first) in timed(result.stdout, "FAILED")
     assert ("sandbox-gvisor", second) in timed(result.stdout)
     assert "CI FAILED" in result.stdout
+    # The run ends with what failed, for whoever reads only the end of its log.
+    end = result.stdout.split("the lines that say what failed, again:\n")[-1]
+    (line,) = end.splitlines()
+    assert line.startswith(f"[sandbox] ==> make {first} FAILED after "), end
 
 
 def test_gvisor_is_registered_as_root_required_under_ci_and_skipped_locally(tmp_path):
