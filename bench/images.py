@@ -265,6 +265,16 @@ def timed(run) -> float:
     return time.monotonic() - started
 
 
+# `python -v` says where each module's code came from: its byte-code, or its source, compiled now
+# (and, on a read-only file system, again at every start).
+VERBOSE = ["-v", "-c", "import main"]
+
+
+def compiled_at_start(verbose: str) -> int:
+    """How many modules `python -v` compiled from source (`# code object from /path.py`)."""
+    return len(re.findall(r"^# code object from [^'\n]+\.py$", verbose, re.M))
+
+
 def by_package(importtime: str) -> collections.Counter:
     """`-X importtime` output summed by top-level package: self time in ms."""
     totals = collections.Counter()
@@ -305,12 +315,16 @@ def vs_host(tags: list[str]) -> int:
             for tag in tags:
                 imports[tag].append(seconds(in_image(tag, "python", "-c", IMPORT_MAIN).stdout))
                 bare[tag].append(timed(lambda tag=tag: in_image(tag, "python", "-c", "pass")))
-        print("==> python -X importtime -c 'import main', once each", flush=True)
+        print("==> python -X importtime -c 'import main', and python -v, once each", flush=True)
         packages = {
             "host": by_package(sh(python, *importtime, cwd=AGENT, env=host_env(no_docs)).stderr)
         }
+        compiled = {
+            "host": compiled_at_start(sh(python, *VERBOSE, cwd=AGENT, env=host_env(no_docs)).stderr)
+        }
         for tag in tags:
             packages[tag] = by_package(in_image(tag, "python", *importtime).stderr)
+            compiled[tag] = compiled_at_start(in_image(tag, "python", *VERBOSE).stderr)
         loads["end"] = os.getloadavg()[0]
 
     med = statistics.median
@@ -322,16 +336,16 @@ def vs_host(tags: list[str]) -> int:
     )
     print(
         "| where | start->ready s | x host | first request s | second request s"
-        " | import main s | its CPU s | modules loaded | bare python s |"
+        " | import main s | its CPU s | modules loaded | compiled | bare python s |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, runs in starts.items():
         print(
             f"| {'host: python main.py' if name == 'host' else name} | {ready_s[name]:.2f}"
             f" | {ready_s[name] / ready_s['host']:.2f}"
             f" | {med(r[1] for r in runs):.2f} | {med(r[2] for r in runs):.2f}"
             f" | {wall[name]:.2f} | {med(r[1] for r in imports[name]):.2f}"
-            f" | {imports[name][-1][2]}"
+            f" | {imports[name][-1][2]} | {compiled[name]}"
             f" | {med(bare[name]):.2f} |"
         )
     print()

@@ -29,9 +29,8 @@ bench-images: docker-tools offline-images $(VENV)/.installed ## Cold build, code
 bench-start: build $(VENV)/.installed ## docker run -> /ready and -> healthy for the built images (no rebuild)
 	BENCH_COMMAND="make $@" $(PY) -m bench.images --start-only
 
-bench-start-host: IMAGES = optimized
-bench-start-host: build $(VENV)/.installed ## The optimized image vs `python main.py` on the host: start->ready, first request, imports
-	BENCH_COMMAND="make $@" $(PY) -m bench.images --vs-host
+bench-start-host: build $(VENV)/.installed ## The three images vs `python main.py` on the host: start->ready, first request, imports and what they compile
+	BENCH_COMMAND="make $@" $(PY) -m bench.images --vs-host $(addsuffix $(TAG_SUFFIX),$(addprefix research-agent:,$(IMAGES)))
 
 sizes: build ## Table: image sizes against their floor, and where the optimized image's bytes went
 	@$(PYTHON) scripts/image_sizes.py
