@@ -24,7 +24,7 @@ if __name__ == "__main__":
             settings.access.FORWARDED_ALLOW_IPS
         ),  # only a configured proxy names callers
         # uvicorn's grace; the app ends what is still open just before it
-        # (research_agent/shutdown.py).
+        # (research_agent/web/shutdown.py).
         timeout_graceful_shutdown=settings.shutdown.GRACEFUL_SHUTDOWN_SECONDS,
     )
     # Reached after a shutdown when this is PID 1 in a container: the kernel ignores the SIGTERM
