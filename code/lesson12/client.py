@@ -91,7 +91,8 @@ async def main(command: str, *args: str) -> None:
             return
         elif command == "list":
             for task in (await client.list_tasks(ListTasksRequest())).tasks:
-                print(f"task {task.id}: {state_name(task.status.state)}")
+                state = state_name(task.status.state)  # the context: decide's 4th argument
+                print(f"task {task.id} (context {task.context_id}): {state}")
             return
         # [start:send]
         if command == "subscribe":
