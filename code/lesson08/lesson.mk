@@ -94,8 +94,8 @@ lesson-08-replicas-down: docker-tools ## Lesson 08, going further: remove the re
 lesson-08-client: $(LESSON08_VENV)/.installed ## Lesson 08: list the gateway's tools with the MCP SDK's client (the gateway must be up: make lesson-08)
 	MCP_URL=http://127.0.0.1:$(LESSON08_MCP_PORT)/mcp $(LESSON08_VENV)/bin/python -m lesson08.mcp_client
 
-mcp-test: lesson-08-images test-tools $(VENV)/.installed $(LESSON08_VENV)/.installed ## Lesson 08 in containers: on-demand tool servers, run_python's sandbox, limits, secrets, Docker guards, the challenge, Compose v1 and v2, two replicas with one stopped then killed under a burst, down leaves nothing
-	@scripts/ensure-command.sh docker-compose docker-compose "the test runs Compose v1 as well as v2"
+mcp-test: lesson-08-images test-tools $(VENV)/.installed $(LESSON08_VENV)/.installed ## Lesson 08 in containers: on-demand tool servers, run_python's sandbox, limits, secrets, Docker guards, the challenge, Compose v2 (and v1 reading the file), two replicas with one stopped then killed under a burst, down leaves nothing
+	@scripts/ensure-command.sh docker-compose docker-compose "a test checks that Compose v1 reads the file"
 	$(PY) -m pytest -m container tests/lesson_08 -v $(PYTEST_ARGS)
 
 bench-mcp: lesson-08-images $(VENV)/.installed $(LESSON08_VENV)/.installed ## Lesson 08: research over MCP vs in-process (target <= 1.6x), on-demand start vs docker run, gateway overhead p50/p99 for a client of each protocol era as a ratio to a plain FastAPI POST in the same run (target <= 1.0x); BENCH_PROFILE=1 records it with py-spy
