@@ -268,8 +268,13 @@ class FastHandler(DefaultRequestHandlerV2):
             params=params, task_id=task_id, context_id=context_id, task=None, context=context
         )
         task_id, context_id = request_context.task_id, request_context.context_id
-        store, first = self._versioned_store, request_context.message
-        manager = TaskManager(store, context, task_id, context_id, initial_message=first)
+        manager = TaskManager(
+            task_store=self._versioned_store,
+            context=context,
+            task_id=task_id,
+            context_id=context_id,
+            initial_message=request_context.message,
+        )
         if stored is not None:
             manager._current_task, manager._current_version = stored.task, stored.version
             state = stored.task.status.state

@@ -135,9 +135,12 @@ class OneStatementTaskStore(VersionedDatabaseTaskStore):
         versions = self._version_model.__table__
         tasks = self._db.task_model.__table__
         if first:
-            names = {"task_id": "v_task_id", "owner": "v_owner", "version": "v_new"}
-            values = {column: bindparam(name) for column, name in names.items()}
-            guard = insert(versions).values(**values).on_conflict_do_nothing()
+            guard = insert(versions).values(
+                task_id=bindparam("v_task_id"),
+                owner=bindparam("v_owner"),
+                version=bindparam("v_new"),
+            )
+            guard = guard.on_conflict_do_nothing()
         else:
             same = (
                 versions.c.task_id == bindparam("v_task_id"),
