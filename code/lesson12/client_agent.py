@@ -172,7 +172,7 @@ async def room_to_wait() -> None:
 
 
 @app.post("/v1/questions", response_class=EventSourceResponse, dependencies=[Depends(room_to_wait)])
-async def ask(body: Question):
+async def ask(body: Question):  # room_to_wait: a 429 if too many questions wait
     async for event in run(uuid.uuid4().hex, {"messages": [HumanMessage(body.question)]}):
         yield event
 
@@ -188,7 +188,7 @@ async def waiting(thread: str) -> str:
 
 
 @app.post("/v1/questions/{thread}/decision", response_class=EventSourceResponse)
-async def decide(body: DecisionIn, thread: str = Depends(waiting)):
+async def decide(body: DecisionIn, thread: str = Depends(waiting)):  # a 409 unless it waits
     decision = body.model_dump(exclude_none=True)
     async for event in run(thread, Command(resume=decision)):
         yield event
