@@ -66,12 +66,12 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
                 write({"remote": TaskState.Name(status.state), "said": said})
         return ids
 
+    # [start:ask_our_caller]
     async def delegate(query: str, runtime: ToolRuntime) -> tuple[str, dict]:
         call = runtime.tool_call_id
-        if call not in started:  # first time: a new remote task
+        if call not in started:  # not a resume: a new remote task
             message = as_user(new_text_message(query))
             started[call] = await follow(SendMessageRequest(message=message))
-        # [start:ask_our_caller]
         task_id, context_id = started[call]  # the remote task this tool call started
         task = await client.get_task(GetTaskRequest(id=task_id))
         while task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:  # ask our own caller

@@ -32,19 +32,19 @@ agent = build_agent(InMemorySaver())  # a task's id names its thread of checkpoi
 class ResearchExecutor(AgentExecutor):
     """Runs the agent for a task: the SDK hands it the request and a queue for the task's events."""
 
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        task = context.current_task or new_task_from_user_message(context.message)
-        if context.current_task is None:
+    async def execute(self, request: RequestContext, event_queue: EventQueue) -> None:
+        task = request.current_task or new_task_from_user_message(request.message)
+        if request.current_task is None:
             await event_queue.enqueue_event(task)  # submitted: the client has the task's id now
         updater = TaskUpdater(event_queue, task.id, task.context_id)
         await updater.start_work()
         config = {"configurable": {"thread_id": task.id}}
-        question = HumanMessage(get_message_text(context.message))
+        question = HumanMessage(get_message_text(request.message))
         state = await agent.ainvoke({"messages": [question]}, config)
         await updater.add_artifact(answer_parts(state["messages"]), name="answer")
         await updater.complete()
 
-    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+    async def cancel(self, request: RequestContext, event_queue: EventQueue) -> None:
         raise UnsupportedOperationError(message="this agent's tasks cannot be cancelled")
 
 

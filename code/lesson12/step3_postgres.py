@@ -47,19 +47,19 @@ tasks = DatabaseTaskStore(create_async_engine(DATABASE_URL.replace("://", "+asyn
 class ResearchExecutor(AgentExecutor):
     """Runs the agent for a task: the SDK hands it the request and a queue for the task's events."""
 
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        task = context.current_task or new_task_from_user_message(context.message)
-        if context.current_task is None:
+    async def execute(self, request: RequestContext, event_queue: EventQueue) -> None:
+        task = request.current_task or new_task_from_user_message(request.message)
+        if request.current_task is None:
             await event_queue.enqueue_event(task)  # submitted: the client has the task's id now
         updater = TaskUpdater(event_queue, task.id, task.context_id)
         config = {"configurable": {"thread_id": task.id}}
         saved = await agent.aget_state(config)
         if not saved.interrupts:  # a new task: its question
-            inputs = {"messages": [HumanMessage(get_message_text(context.message))]}
+            inputs = {"messages": [HumanMessage(get_message_text(request.message))]}
         else:  # it waits for a person: this message is the decision (lesson 10's, as data)
             pause = saved.interrupts[0]
             try:
-                decision = DecisionIn.model_validate(get_data_parts(context.message.parts)[0])
+                decision = DecisionIn.model_validate(get_data_parts(request.message.parts)[0])
                 if decision.call_id != pause.value["tool_call_id"]:
                     raise ValueError(f"the call waiting is {pause.value['tool_call_id']}")
                 resume = resume_value(decision, "run_python", run_python)  # checks an edit
@@ -82,7 +82,7 @@ class ResearchExecutor(AgentExecutor):
         parts = [new_text_part(text), new_data_part(pending)]
         await updater.requires_input(updater.new_agent_message(parts))
 
-    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+    async def cancel(self, request: RequestContext, event_queue: EventQueue) -> None:
         raise UnsupportedOperationError(message="this agent's tasks cannot be cancelled")
 
 
