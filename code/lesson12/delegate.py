@@ -66,7 +66,6 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
                 write({"remote": TaskState.Name(status.state), "said": said})
         return ids
 
-    # [start:ask_our_caller]
     async def delegate(query: str, runtime: ToolRuntime) -> tuple[str, dict]:
         call = runtime.tool_call_id
         if call not in started:  # not a resume: a new remote task
@@ -81,7 +80,6 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
             reply = as_user(new_data_message(decision, task_id=task_id, context_id=context_id))
             await follow(SendMessageRequest(message=reply))  # sends it, relays the task's events
             task = await client.get_task(GetTaskRequest(id=task_id))
-        # [end:ask_our_caller]
         started.pop(call, None)  # ended: nothing more to follow
         name = MARK.format(name=bounded(card.name, 80))
         if task.status.state not in ENDED or not task.artifacts:
