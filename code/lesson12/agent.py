@@ -28,8 +28,8 @@ from research_agent import (
 
 SYSTEM_PROMPT = """You answer questions about containerizing AI agents. Search the course's notes
 and answer from the sources, citing them like [1]. For anything that needs computing, call
-run_python with a program that prints the result, then answer from its output. If a person
-rejected the run, say so."""
+run_python with a program that prints the result, then answer from its output."""
+# No word on a rejected run: a reject ends the task (step 2's `ask`), and the model never sees it.
 
 
 class OfflineModel(OfflineResearchModel, PacedOfflineModel):
