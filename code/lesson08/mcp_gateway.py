@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import uvicorn
+import uvloop
 from fastmcp import FastMCP
 from pydantic_settings import BaseSettings
 from starlette.middleware import Middleware
@@ -271,4 +272,4 @@ if __name__ == "__main__":
     settings = Settings()
     if sys.argv[1:2] == ["repin"] and len(sys.argv) == 3:
         sys.exit(repin_on_the_running_gateway(settings, sys.argv[2]))
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))  # uvloop's event loop, as uvicorn.run picks it when installed
