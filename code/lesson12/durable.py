@@ -86,19 +86,19 @@ class DurableExecutor(AgentExecutor):
     def __init__(self, agent, work: WorkStore):
         self.agent, self.work = agent, work
 
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        task = context.current_task
+    async def execute(self, request: RequestContext, event_queue: EventQueue) -> None:
+        task = request.current_task
         if task is None:  # a new task, leased to this replica from its first row
-            task = new_task_from_user_message(context.message)
-            owner = context.call_context.user.user_name
-            slot = context.call_context.state.get(SLOT, "")
+            task = new_task_from_user_message(request.message)
+            owner = request.call_context.user.user_name
+            slot = request.call_context.state.get(SLOT, "")
             if not await self.work.start(task.id, owner, task.context_id, slot):
                 raise InvalidParamsError(message="a task with that id exists")
             await event_queue.enqueue_event(task)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
         beat = asyncio.create_task(self._heartbeat(task.id, asyncio.current_task()))
         try:
-            await self._go_on(task, updater, context.message)
+            await self._go_on(task, updater, request.message)
         except Exception:
             if not await self.work.ended(task.id):
                 # The SDK ends the task failed: nobody goes on with it (no lease left to lapse).
@@ -173,10 +173,10 @@ class DurableExecutor(AgentExecutor):
         parts = [new_text_part(f"approve this {pending['tool']} call?"), new_data_part(pending)]
         await updater.requires_input(updater.new_agent_message(parts))
 
-    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+    async def cancel(self, request: RequestContext, event_queue: EventQueue) -> None:
         """The SDK writes CANCELED; the task's work row goes (DurableHandler removes its sandboxes
         after that)."""
-        await self.work.finish(context.task_id)
+        await self.work.finish(request.task_id)
 
 
 class DurableHandler(FastHandler):

@@ -8,13 +8,13 @@ from a2a.server.tasks import TaskUpdater
 
 
 class EchoExecutor(AgentExecutor):
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        task = context.current_task or new_task_from_user_message(context.message)
-        if context.current_task is None:
+    async def execute(self, request: RequestContext, event_queue: EventQueue) -> None:
+        task = request.current_task or new_task_from_user_message(request.message)
+        if request.current_task is None:
             await event_queue.enqueue_event(task)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
-        text = get_message_text(context.message)
+        text = get_message_text(request.message)
         await updater.complete(updater.new_agent_message([new_text_part(text)]))
 
-    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
+    async def cancel(self, request: RequestContext, event_queue: EventQueue) -> None:
+        await TaskUpdater(event_queue, request.task_id, request.context_id).cancel()
