@@ -197,14 +197,15 @@ def trace_tool_server(module) -> None:
 
 
 def main(name: str) -> None:
-    import asyncio
     import importlib
+
+    import uvloop
 
     stem = name.rpartition(".")[2]
     module = importlib.import_module(name)
     if stem == "mcp_gateway":
         layers = [trace_gateway] if configure("mcp-gateway") else []
-        asyncio.run(module.serve(module.Settings(), layers))
+        uvloop.run(module.serve(module.Settings(), layers))  # as the gateway's own main
         return
     if configure(SERVICES.get(stem, stem)):
         trace_tool_server(module)
