@@ -63,14 +63,16 @@ async def follow(run_id: str, last_id: str = "0-0"):
     """The run's events after `last_id` (0-0: all), with their ids, as they come, to run_done."""
     key = events_key(run_id)
     while True:
-        found = await r.xread({key: last_id}, block=1000)  # up to 1 s for more
+        # Asked first: once run_done is written, all is, and a read that finds nothing is the end.
+        ended = (await r.xrevrange(key, count=1))[0][1]["event"] == "run_done"
+        found = await r.xread({key: last_id}, block=None if ended else 1000)  # up to 1 s for more
         for _, entries in found:
             for entry_id, fields in entries:
                 last_id = entry_id  # the next read starts after it
                 yield entry_id, fields
                 if fields["event"] == "run_done":
                     return
-        if not found and (await r.xrevrange(key, count=1))[0][1]["event"] == "run_done":
+        if not found and ended:
             return  # resumed after run_done: nothing more will come
 
 
