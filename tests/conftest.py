@@ -1,5 +1,6 @@
 """Fixtures every lesson's tests share; the helpers themselves live in tests/support/."""
 
+import contextlib
 import os
 import re
 import signal
@@ -7,12 +8,14 @@ import subprocess
 import sys
 import uuid
 
+import httpx
 import pytest
 
 from support.lessons import ROOT, import_lesson
 from support.ports import free_port
 from support.postgres import PostgresServer
 from support.server import ServerProcess, offline_environment
+from tests.support import variations
 from tests.support.docker_cli import docker
 from tests.support.redis import RedisServer
 from tests.support.variation_workers import LiveServer, ProcessWorkers, start_forkserver
@@ -260,11 +263,26 @@ def stack():
 
 @pytest.fixture
 def api_process(stack, server_process):
-    """api_process(**settings) -> python -m lesson05.variations_api, as `make lesson-05` runs it."""
+    """api_process(**settings) -> python -m lesson05.variations_api, as `make lesson-05` runs it.
+
+    Afterwards every run the test started is cancelled, on whichever of its APIs still answers:
+    a test that failed midway leaves no run going, which the next test's client would otherwise
+    be refused for (too_many_client_runs, one run per client)."""
+    started: list[ServerProcess] = []
+    before = set(variations.TOKENS)
 
     def start(**settings) -> ServerProcess:
         image = os.environ.get("WORKER_IMAGE", "research-agent:lesson-05")
         script = [sys.executable, "-m", "lesson05.variations_api"]
-        return server_process(script, cwd=ROOT, **stack, WORKER_IMAGE=image, **settings)
+        server = server_process(script, cwd=ROOT, **stack, WORKER_IMAGE=image, **settings)
+        started.append(server)
+        return server
 
-    return start
+    yield start
+    for run_id in set(variations.TOKENS) - before:
+        for server in reversed(started):
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.delete(
+                    f"{server.url}/v1/runs/{run_id}", headers=variations.auth(run_id), timeout=30
+                )
+                break

@@ -32,9 +32,19 @@ def token_from(variation: int):
 def test_variations_run_in_limited_labelled_containers_and_leave_none(api_process, stack):
     api = api_process(OFFLINE_TOKEN_DELAY_MS=40)
     run_id = start_run(api.url, query=HOSTILE, variations=3)["run_id"]
-    wait_for(lambda: len(containers_of(run_id)) == 3, timeout=60, what="three containers")
-    inspected = json.loads(docker("inspect", *containers_of(run_id)))
-    for c in inspected:
+    # Each container inspected as soon as it is seen: on a loaded machine the first may have
+    # finished, and been removed, before the third starts.
+    inspected: dict[str, dict] = {}
+
+    def three_inspected() -> bool:
+        for cid in set(containers_of(run_id)) - set(inspected):
+            found = docker("inspect", cid, check=False)
+            if found:
+                inspected[cid] = json.loads(found)[0]
+        return len(inspected) == 3
+
+    wait_for(three_inspected, timeout=60, what="three containers, each inspected")
+    for c in inspected.values():
         host, config = c["HostConfig"], c["Config"]
         assert host["Memory"] == 512 * 2**20 and host["MemorySwap"] == 512 * 2**20
         assert host["NanoCpus"] == 10**9 and host["PidsLimit"] == 128
