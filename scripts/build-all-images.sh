@@ -21,7 +21,10 @@ mkdir -p "$logs"
 make=(make --no-print-directory)
 
 failed=0
-declare -A pids=()
+# The builds under way: names[i] is started as pids[i]. Two indexed arrays rather than one
+# associative array (declare -A), which macOS's /bin/bash, 3.2, does not have.
+names=()
+pids=()
 
 # start NAME COMMAND...: run it in the background, its output in its log.
 start() {
@@ -37,15 +40,19 @@ start() {
       exit 1
     fi
   ) &
-  pids[$name]=$!
+  names+=("$name")
+  pids+=("$!")
 }
 
 # finish NAME...: wait for those builds; remember a failure.
 finish() {
-  local name
+  local name i
   for name in "$@"; do
-    wait "${pids[$name]}" || failed=1
-    unset "pids[$name]"
+    for i in "${!names[@]}"; do
+      [ "${names[i]}" = "$name" ] || continue
+      wait "${pids[i]}" || failed=1
+      unset "names[i]" "pids[i]"
+    done
   done
 }
 
@@ -79,5 +86,7 @@ finish postgres
 start lesson-10 "${make[@]}" lesson-10-image
 start lesson-12 "${make[@]}" lesson-12-image
 start lesson-08 "${make[@]}" lesson-08-images
-finish "${!pids[@]}"
+# Every build still under way (${a[@]+...}: an empty array under `set -u` is "unbound" to bash
+# before 4.4).
+finish ${names[@]+"${names[@]}"}
 exit "$failed"
