@@ -79,8 +79,16 @@ up() {
     (umask 077 && mkdir -p "${secret%/*}" && "$python" -c 'import secrets
 print(secrets.token_hex(24))' >"$secret")
     # `default` off, the API's user without CONFIG, MONITOR, FLUSHALL..., and the memory limits
-    # (code/lesson05/redis_access.py)
-    mapfile -t acl < <("$python" -m lesson05.redis_access server-args <"$secret")
+    # (code/lesson05/redis_access.py), one a line. Read without mapfile, which macOS's /bin/bash
+    # (3.2) lacks; a failure stops here, rather than Redis starting without them.
+    if ! acl_lines=$("$python" -m lesson05.redis_access server-args <"$secret") || [ -z "$acl_lines" ]; then
+      echo "error: no Redis ACL from '$python -m lesson05.redis_access server-args' (it failed or" >&2
+      echo "printed nothing), so Redis was not started. PYTHON names a Python with the course installed" >&2
+      echo "(default .venv/bin/python, which make lesson-05 installs)." >&2
+      exit 1
+    fi
+    acl=()
+    while IFS= read -r line; do acl+=("$line"); done <<<"$acl_lines"
     # A fixed loopback port, so that a restart (the policy below, or `docker restart`) brings
     # Redis back where the API looks; AOF, so that the runs going are back with it. Redis keeps to
     # its maxmemory (256 MB, in those arguments); the container's limit is twice that, for client
