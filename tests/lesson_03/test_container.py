@@ -14,6 +14,10 @@ not) a fixture runs each image in CONTAINER_IMAGES on a free port, waits for Doc
 printed when anything fails. Every HTTP call and every docker command has a timeout.
 """
 
+# A learner's python3 may be older than the course's 3.11 (macOS ships 3.9): annotations such as
+# `dict | None` are then left unevaluated instead of failing at import.
+from __future__ import annotations
+
 import argparse
 import json
 import os
