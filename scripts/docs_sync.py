@@ -197,7 +197,8 @@ def _marked_lines(source: str, name: str, path_text: str) -> str:
     end = next((i for i in range(start + 1, len(lines)) if end_marker.search(lines[i])), None)
     if end is None:
         raise IncludeError(f"{path_text}#{name}: '# [start:{name}]' has no '# [end:{name}]'")
-    return textwrap.dedent("\n".join(lines[start + 1 : end]))
+    # Blank lines at either end (a formatter may want one before a marker) are not the excerpt's.
+    return textwrap.dedent("\n".join(lines[start + 1 : end])).strip("\n")
 
 
 def _rel(path: Path) -> str:
