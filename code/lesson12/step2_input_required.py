@@ -30,10 +30,12 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 from pydantic import ValidationError
 
+# [start:imports]
 from lesson12.agent import answer_parts, build_agent, run_python
 from lesson12.card import BINDINGS, make_card
 from research_agent import BadEdit, DecisionIn, resume_value
 
+# [end:imports]
 HOST, PORT = os.getenv("HOST", "127.0.0.1"), int(os.getenv("PORT", "8000"))
 agent = build_agent(InMemorySaver())  # a task's id names its thread of checkpoints
 
