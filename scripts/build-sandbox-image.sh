@@ -15,10 +15,10 @@ mkdir -p "$logs"
 
 args=()
 [ -z "${PYTHON_IMAGE:-}" ] || args+=(--build-arg "PYTHON_IMAGE=$PYTHON_IMAGE")
-# ${args[@]+...}: an empty array under `set -u` is "unbound" to bash before 4.4 (macOS's /bin/bash).
 
 echo "==> building $tag from docker/sandbox/Dockerfile (log: ${log#"$root"/})"
 start=$SECONDS
+# ${args[@]+...}: an empty array under `set -u` is "unbound" to bash before 4.4 (macOS's /bin/bash).
 if ! DOCKER_BUILDKIT=1 docker build --progress=plain -t "$tag" ${args[@]+"${args[@]}"} "$root/docker/sandbox" >"$log" 2>&1; then
   tail -n 40 "$log" >&2
   echo "==> $tag: build FAILED (full log: $log)" >&2
