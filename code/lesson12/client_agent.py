@@ -171,7 +171,6 @@ async def room_to_wait() -> None:
         raise ApiError(429, "too_many_waiting", "too many questions wait for a decision")
 
 
-# [start:routes]
 @app.post("/v1/questions", response_class=EventSourceResponse, dependencies=[Depends(room_to_wait)])
 async def ask(body: Question):  # room_to_wait: a 429 if too many questions wait
     async for event in run(uuid.uuid4().hex, {"messages": [HumanMessage(body.question)]}):
@@ -193,9 +192,6 @@ async def decide(body: DecisionIn, thread: str = Depends(waiting)):  # a 409 unl
     decision = body.model_dump(exclude_none=True)
     async for event in run(thread, Command(resume=decision)):
         yield event
-
-
-# [end:routes]
 
 
 @app.get("/health")
