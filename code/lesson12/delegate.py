@@ -54,6 +54,7 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
     skill = card.skills[0]
     started: dict[str, tuple[str, str]] = {}  # our tool call -> the remote task (id, context)
 
+    # [start:follow]
     async def follow(request: SendMessageRequest) -> tuple[str, str]:
         """The remote task's events to its end or its question, each one to our stream."""
         write, ids = get_stream_writer(), ("", "")
@@ -65,6 +66,7 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
                 said = get_text_parts(status.message.parts)
                 write({"remote": TaskState.Name(status.state), "said": said})
         return ids
+        # [end:follow]
 
     # [start:delegate]
     async def delegate(query: str, runtime: ToolRuntime) -> tuple[str, dict]:
