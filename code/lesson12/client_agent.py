@@ -152,7 +152,6 @@ async def run(thread: str, inputs):
         if thread not in deadlines:
             forget(thread)
         raise
-    # [start:asks]
     state = await agent.aget_state(config)
     if state.interrupts:  # the remote task asks for input: we ask our caller
         asked = {**state.interrupts[0].value, "id": thread}
@@ -162,7 +161,6 @@ async def run(thread: str, inputs):
     else:
         forget(thread)  # answered: nothing of it is needed any more
         yield ServerSentEvent(data={"id": thread, "answer": state.values["messages"][-1].text})
-    # [end:asks]
 
 
 async def room_to_wait() -> None:
