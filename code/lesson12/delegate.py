@@ -54,7 +54,6 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
     skill = card.skills[0]
     started: dict[str, tuple[str, str]] = {}  # our tool call -> the remote task (id, context)
 
-    # [start:follow]
     async def follow(request: SendMessageRequest) -> tuple[str, str]:
         """The remote task's events to its end or its question, each one to our stream."""
         write, ids = get_stream_writer(), ("", "")
@@ -66,9 +65,7 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
                 said = get_text_parts(status.message.parts)
                 write({"remote": TaskState.Name(status.state), "said": said})
         return ids
-        # [end:follow]
 
-    # [start:delegate]
     async def delegate(query: str, runtime: ToolRuntime) -> tuple[str, dict]:
         call = runtime.tool_call_id
         if call not in started:  # not a resume: a new remote task
@@ -76,6 +73,7 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
             started[call] = await follow(SendMessageRequest(message=message))
         task_id, context_id = started[call]  # the remote task this tool call started
         task = await client.get_task(GetTaskRequest(id=task_id))
+        # [start:relay]
         while task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:  # ask our own caller
             asked = next(iter(get_data_parts(task.status.message.parts)), {})
             shown = {key: asked.get(key) for key in ("call_id", "tool", "args")}
@@ -83,7 +81,7 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
             reply = as_user(new_data_message(decision, task_id=task_id, context_id=context_id))
             await follow(SendMessageRequest(message=reply))  # sends it, relays the task's events
             task = await client.get_task(GetTaskRequest(id=task_id))
-        # [end:delegate]
+        # [end:relay]
         started.pop(call, None)  # ended: nothing more to follow
         name = MARK.format(name=bounded(card.name, 80))
         if task.status.state not in ENDED or not task.artifacts:
