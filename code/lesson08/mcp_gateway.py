@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # A call with nothing left to decide goes straight to its server (lesson08/fast_calls.py),
     # under the same rules; false: every request takes FastMCP's full path.
     GATEWAY_FAST_CALLS: bool = True
+    # At SIGTERM, how long /health answers 503 while calls are still served, before the port
+    # closes (DrainingServer): time for an edge's health checks to stop sending here. 0: none
+    # (one gateway, nothing in front of it polling /health).
+    GATEWAY_SHUTDOWN_DRAIN_SECONDS: float = 0.0
 
 
 class Gateway(NamedTuple):
@@ -169,7 +173,36 @@ def build_gateway(settings: Settings) -> Gateway:
 
 
 async def health(request: Request) -> JSONResponse:
+    if getattr(request.app.state, "draining", False):  # stopping: an edge sends calls elsewhere
+        return JSONResponse({"status": "draining"}, status_code=503)
     return JSONResponse({"status": "ok"})  # for health checks: says nothing about the tools
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain before its shutdown. At the first SIGTERM, /health answers
+    503 and calls are still served for `drain` seconds, while an edge's checks take this replica
+    out; then uvicorn closes the port and lets the calls in flight finish. Without the drain, a
+    call the edge had just sent (its connection accepted, its request not yet read) is closed
+    unanswered at the signal: the caller gets a 502 for a call that never ran."""
+
+    def __init__(self, config: uvicorn.Config, drain: float):
+        super().__init__(config)
+        self.drain = drain
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        app = self.config.app
+        if self.drain <= 0 or self.loop is None or getattr(app.state, "draining", False):
+            return super().handle_exit(sig, frame)  # a second signal: uvicorn stops at once
+        app.state.draining = True
+        logger.info(json.dumps({"event": "draining", "seconds": self.drain}))
+        # A signal handler may interrupt the loop anywhere: call_soon_threadsafe is the safe door.
+        later = super().handle_exit
+        self.loop.call_soon_threadsafe(self.loop.call_later, self.drain, later, sig, frame)
 
 
 def build_app(settings: Settings, layers=()):
@@ -280,7 +313,7 @@ async def serve(settings: Settings, layers=()) -> None:
             providers, settings.GATEWAY_PIN_RECHECK_SECONDS, settings.GATEWAY_CALL_TIMEOUT_SECONDS
         ),
     ):
-        await uvicorn.Server(config).serve()
+        await DrainingServer(config, settings.GATEWAY_SHUTDOWN_DRAIN_SECONDS).serve()
 
 
 if __name__ == "__main__":

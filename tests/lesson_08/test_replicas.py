@@ -6,6 +6,7 @@ test_replicas_containers.py."""
 
 import asyncio
 import contextlib
+import signal
 import time
 
 import httpx
@@ -29,7 +30,7 @@ def call(name: str, query: str, request_id: int = 7) -> dict:
 
 
 @contextlib.contextmanager
-def two_gateways(tmp_path):
+def two_gateways(tmp_path, **env):
     with (
         RedisServer() as redis,
         tool_server(HOSTILE_SERVER, tmp_path, FLOOD_BYTES=1000) as hostile,
@@ -56,6 +57,7 @@ def two_gateways(tmp_path):
                         GATEWAY_REPLICAS="true",
                         GATEWAY_PINS_REDIS_URL=redis.url,
                         GATEWAY_PIN_RECHECK_SECONDS=RECHECK,
+                        **env,
                     )
                 )
             )
@@ -117,6 +119,33 @@ def test_stateless_replicas_share_their_pins_and_need_no_session(tmp_path):
             lines = log_lines(g, "tool_call")
             assert lines and all(line.get("replica") for line in lines)
             assert {line["outcome"] for line in lines} == {"ok", "refused_pin"}
+
+
+def test_a_stopping_replica_fails_its_health_check_and_answers_calls_until_its_drain_ends(
+    tmp_path,
+):
+    """SIGTERM with a drain (replicas.yaml's 5 s): /health turns 503 at once, so the edge takes
+    the replica out, and calls that still reach it are answered; only then does its port close.
+    Without the drain a call the edge had just sent (accepted, not yet read) was closed unanswered
+    at the signal, and its caller got a 502 for a call that never ran."""
+    drain = 5
+    with two_gateways(tmp_path, GATEWAY_SHUTDOWN_DRAIN_SECONDS=drain) as ((a, b), hostile, _):
+        assert httpx.get(a.url + "/health").status_code == 200
+        a.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        deadline = signalled + 10
+        while (health := httpx.get(a.url + "/health")).status_code == 200:
+            assert time.monotonic() < deadline, "/health still answers 200"
+            time.sleep(0.05)
+        assert health.status_code == 503 and health.json() == {"status": "draining"}
+        assert answer(a.url) == (False, "lookup: container")  # its port is still open
+        assert a.wait(timeout=30) is not None  # then it stops by itself
+        assert time.monotonic() - signalled >= drain
+        with contextlib.suppress(httpx.TransportError):
+            httpx.get(a.url + "/health", timeout=2)
+            raise AssertionError("the port is still open after the drain")
+        assert answer(b.url) == (False, "lookup: container")  # the other replica serves on
+        assert httpx.get(hostile.url + "/calls").json()["lookup"] == 2
 
 
 def test_a_replica_fails_its_calls_when_the_pin_store_is_away(tmp_path):
