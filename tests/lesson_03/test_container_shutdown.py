@@ -124,3 +124,29 @@ def test_plain_docker_stop_ends_a_longer_stream_with_shutting_down_and_exits_by_
     assert result["exit_code"] != 137, result["logs"]
     assert result["stop_seconds"] < 10, result  # Docker did not have to wait for its SIGKILL
     assert "request cut by shutdown" in result["logs"]
+
+
+def test_the_challenge_a_shell_form_cmd_keeps_the_shell_as_process_1_deaf_to_sigterm():
+    """docs/03's challenge, as its solution says: `CMD python main.py` runs
+    `/bin/sh -c "python main.py"` (the image's sh, Debian's dash), which stays process 1 with
+    python as its child; it ignores SIGTERM, so `docker stop` waits out its grace (2 s here, 10 s
+    by default) and then SIGKILLs: exit code 137."""
+    name = f"shutdown-test-{uuid.uuid4().hex[:8]}"
+    try:  # the shell form's command, as Docker turns `CMD python main.py` into it
+        docker(
+            "run", "-d", "--name", name, "--label", LABEL, IMAGE, "/bin/sh", "-c", "python main.py"
+        )
+        deadline = time.monotonic() + 60
+        while len(rows := docker("top", name, "-o", "pid,ppid,args").splitlines()[1:]) < 2:
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.25)
+        processes = {" ".join(row.split()[2:]): row.split()[:2] for row in rows}
+        assert set(processes) == {"/bin/sh -c python main.py", "python main.py"}, rows
+        shell_pid, _ = processes["/bin/sh -c python main.py"]
+        assert processes["python main.py"][1] == shell_pid  # python is the shell's child
+        started = time.monotonic()
+        docker("stop", "-t", "2", name, timeout=90)
+        assert time.monotonic() - started >= 2  # it waited out the grace: nobody heard SIGTERM
+        assert docker("inspect", "--format", "{{.State.ExitCode}}", name) == "137"
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
