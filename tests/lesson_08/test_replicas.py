@@ -30,7 +30,7 @@ def call(name: str, query: str, request_id: int = 7) -> dict:
 
 
 @contextlib.contextmanager
-def two_gateways(tmp_path, **env):
+def two_gateways(tmp_path):
     with (
         RedisServer() as redis,
         tool_server(HOSTILE_SERVER, tmp_path, FLOOD_BYTES=1000) as hostile,
@@ -57,7 +57,6 @@ def two_gateways(tmp_path, **env):
                         GATEWAY_REPLICAS="true",
                         GATEWAY_PINS_REDIS_URL=redis.url,
                         GATEWAY_PIN_RECHECK_SECONDS=RECHECK,
-                        **env,
                     )
                 )
             )
@@ -129,22 +128,32 @@ def test_a_stopping_replica_fails_its_health_check_and_answers_calls_until_its_d
     Without the drain a call the edge had just sent (accepted, not yet read) was closed unanswered
     at the signal, and its caller got a 502 for a call that never ran."""
     drain = 5
-    with two_gateways(tmp_path, GATEWAY_SHUTDOWN_DRAIN_SECONDS=drain) as ((a, b), hostile, _):
-        assert httpx.get(a.url + "/health").status_code == 200
-        a.signal(signal.SIGTERM)
+    with (
+        tool_server(HOSTILE_SERVER, tmp_path, FLOOD_BYTES=1000) as hostile,
+        gateway(
+            {
+                "servers": [{"name": "hostile", "url": hostile.url + "/mcp", "tools": ["lookup"]}],
+                "clients": {"tester": {"token_env": "TOKEN_TESTER", "tools": ["lookup"]}},
+            },
+            tmp_path,
+            TOKEN_TESTER=TESTER,
+            GATEWAY_SHUTDOWN_DRAIN_SECONDS=drain,
+        ) as replica,
+    ):
+        assert answer(replica.url) == (False, "lookup: container")
+        replica.signal(signal.SIGTERM)
         signalled = time.monotonic()
         deadline = signalled + 10
-        while (health := httpx.get(a.url + "/health")).status_code == 200:
+        while (health := httpx.get(replica.url + "/health")).status_code == 200:
             assert time.monotonic() < deadline, "/health still answers 200"
             time.sleep(0.05)
         assert health.status_code == 503 and health.json() == {"status": "draining"}
-        assert answer(a.url) == (False, "lookup: container")  # its port is still open
-        assert a.wait(timeout=30) is not None  # then it stops by itself
+        assert answer(replica.url) == (False, "lookup: container")  # its port is still open
+        assert replica.wait(timeout=30) is not None  # then it stops by itself
         assert time.monotonic() - signalled >= drain
         with contextlib.suppress(httpx.TransportError):
-            httpx.get(a.url + "/health", timeout=2)
+            httpx.get(replica.url + "/health", timeout=2)
             raise AssertionError("the port is still open after the drain")
-        assert answer(b.url) == (False, "lookup: container")  # the other replica serves on
         assert httpx.get(hostile.url + "/calls").json()["lookup"] == 2
 
 
