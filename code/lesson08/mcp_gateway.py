@@ -173,7 +173,7 @@ def build_gateway(settings: Settings) -> Gateway:
 
 
 async def health(request: Request) -> JSONResponse:
-    if getattr(request.app.state, "draining", False):  # stopping: an edge sends calls elsewhere
+    if request.app.state.draining:  # stopping: an edge sends calls elsewhere
         return JSONResponse({"status": "draining"}, status_code=503)
     return JSONResponse({"status": "ok"})  # for health checks: says nothing about the tools
 
@@ -188,15 +188,14 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, drain: float):
         super().__init__(config)
         self.drain = drain
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets=None) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # set before uvicorn installs its signal handlers
         await super().serve(sockets)
 
     def handle_exit(self, sig, frame) -> None:
         app = self.config.app
-        if self.drain <= 0 or self.loop is None or getattr(app.state, "draining", False):
+        if self.drain <= 0 or app.state.draining:
             return super().handle_exit(sig, frame)  # a second signal: uvicorn stops at once
         app.state.draining = True
         logger.info(json.dumps({"event": "draining", "seconds": self.drain}))
@@ -241,6 +240,7 @@ def build_app(settings: Settings, layers=()):
         allowed_hosts=split(settings.GATEWAY_ALLOWED_HOSTS),
         middleware=middleware,
     )
+    app.state.draining = False  # True from the first SIGTERM on (DrainingServer)
     return app, catalog, launcher, providers
 
 
