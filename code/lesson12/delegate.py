@@ -67,13 +67,13 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
         return ids
 
     async def delegate(query: str, runtime: ToolRuntime) -> tuple[str, dict]:
+        # [start:relay]
         call = runtime.tool_call_id
         if call not in started:  # not a resume: a new remote task
             message = as_user(new_text_message(query))
             started[call] = await follow(SendMessageRequest(message=message))
         task_id, context_id = started[call]  # the remote task this tool call started
         task = await client.get_task(GetTaskRequest(id=task_id))
-        # [start:relay]
         while task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:  # ask our own caller
             asked = next(iter(get_data_parts(task.status.message.parts)), {})
             shown = {key: asked.get(key) for key in ("call_id", "tool", "args")}
