@@ -30,12 +30,14 @@ import pytest
 import yaml
 
 from support.ports import free_port
+from tests.support.doc_output import printed_as_shown, shown_output
 from tests.support.docker_cli import NO_COMPOSE_V2, compose_v2
 from tests.support.openai_stub import ChatCompletionsStub
 from tests.support.sse import BackgroundStream
 
 AGENT_DIR = Path(__file__).resolve().parents[2] / "research-agent"
 COMPOSE_FILE = AGENT_DIR / "docker-compose.yml"
+DOC = AGENT_DIR.parent / "docs" / "03-containers.md"  # step 5 shows what `make lesson-03` prints
 COMPOSE_FILES = sorted(AGENT_DIR.glob("docker-compose*.y*ml"))
 DEV_FILE = AGENT_DIR / "docker-compose.dev.yml"
 ENV_EXAMPLE = AGENT_DIR / ".env.example"
@@ -289,6 +291,8 @@ class Project:
                 timeout=UP_TIMEOUT,
             )
             assert make.returncode == 0, f"make lesson-03 failed:\n{make.stderr[-3000:]}"
+            shown = shown_output(DOC, "make lesson-03").replace(":8000", f":{self.port}")
+            assert printed_as_shown(shown, make.stdout), f"docs/03 shows otherwise:\n{make.stdout}"
         elif self.compose("up", "--help", check=False).stdout.find("--wait") >= 0:
             self.compose("up", "-d", "--build", "--wait", timeout=UP_TIMEOUT)
         else:
