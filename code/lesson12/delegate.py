@@ -66,8 +66,8 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
                 write({"remote": TaskState.Name(status.state), "said": said})
         return ids
 
+    # [start:relay]
     async def delegate(query: str, runtime: ToolRuntime) -> tuple[str, dict]:
-        # [start:relay]
         call = runtime.tool_call_id
         if call not in started:  # not a resume: a new remote task
             message = as_user(new_text_message(query))
