@@ -141,21 +141,6 @@ down() {
       echo "disconnected $other from the network $name"
   done
   docker network rm "$name" >/dev/null 2>&1 || true
-  # A worker's start still on its way when its step was stopped may create its container after the
-  # pass above: the engine finishes a create whose client has gone. So until three passes a second
-  # apart find none (at most 15 passes), each one found is removed.
-  local quiet=0
-  for _ in $(seq 15); do
-    ids=$(docker ps -aq --filter "label=ai-course.deployment=$name")
-    if [ -z "$ids" ]; then
-      quiet=$((quiet + 1))
-      [ "$quiet" -lt 3 ] || break
-    else
-      quiet=0
-      xargs docker rm -f -v <<<"$ids" >/dev/null
-    fi
-    sleep 1
-  done
   rm -f ".build/lesson-05/$name.redis-password" ".build/lesson-05/$name.worker-password"
   echo "removed the workers, Redis and the network of $name"
 }
