@@ -130,18 +130,37 @@ print(hashlib.sha256(sys.stdin.readline().strip().encode()).hexdigest())' <"$wor
   [ "${TRACES:-}" != 1 ] || traces
 }
 
-down() {
-  # -v: with the containers, the anonymous volume the redis image declares (VOLUME /data).
+# The deployment's containers. One whose start was on its way when its step was stopped is
+# "created" until the engine finishes it; removing it mid-start can leave its network endpoint
+# behind with no container, which no later removal clears. Wait (5 s at most) for starts to land.
+remove_containers() {
+  for _ in $(seq 25); do
+    [ -n "$(docker ps -aq --filter "label=ai-course.deployment=$name" --filter status=created)" ] ||
+      break
+    sleep 0.2
+  done
   ids=$(docker ps -aq --filter "label=ai-course.deployment=$name")
+  # -v: with the containers, the anonymous volume the redis image declares (VOLUME /data).
   [ -z "$ids" ] || xargs docker rm -f -v <<<"$ids" >/dev/null
+}
+
+down() {
+  remove_containers
   # A network cannot be removed while a container is connected: what `up` connected and does not
   # own (lesson 09's ingest) is disconnected, and goes on running.
   for other in $(docker network inspect -f '{{range .Containers}}{{.Name}} {{end}}' "$name" 2>/dev/null); do
     docker network disconnect -f "$name" "$other" >/dev/null &&
       echo "disconnected $other from the network $name"
   done
-  docker network rm "$name" >/dev/null 2>&1 || true
   rm -f ".build/lesson-05/$name.redis-password" ".build/lesson-05/$name.worker-password"
+  if docker network inspect "$name" >/dev/null 2>&1 && ! error=$(docker network rm "$name" 2>&1 >/dev/null); then
+    echo "removed the workers and Redis of $name, but not its network:" >&2
+    echo "  $error" >&2
+    echo "  \`docker network inspect $name\` lists what the engine still counts on it; an endpoint" >&2
+    echo "  with no container behind it goes with \`docker network disconnect -f $name NAME\`," >&2
+    echo "  or else when the Docker daemon restarts. \`make lesson-05\` reuses the network meanwhile." >&2
+    exit 1
+  fi
   echo "removed the workers, Redis and the network of $name"
 }
 
