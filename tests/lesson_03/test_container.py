@@ -113,6 +113,7 @@ def check_ready(base: str) -> None:
 
 # [start:image-checks]
 def check_research(base: str) -> None:
+    # post_json (above) returns (status, headers, body); QUERY, a question the bundled notes answer.
     status, _, body = post_json(f"{base}/v1/research", {"query": QUERY})
     assert status == 200, f"/v1/research answered {status}: {body}"
     assert body["model"] == OFFLINE_MODEL, f"expected the offline model, got {body['model']!r}"
