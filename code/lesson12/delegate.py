@@ -81,8 +81,8 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
             reply = as_user(new_data_message(decision, task_id=task_id, context_id=context_id))
             await follow(SendMessageRequest(message=reply))  # sends it, relays the task's events
             task = await client.get_task(GetTaskRequest(id=task_id))
+        started.pop(call, None)  # ended: the tool returns its answer and sources (below)
         # [end:relay]
-        started.pop(call, None)  # ended: nothing more to follow
         name = MARK.format(name=bounded(card.name, 80))
         if task.status.state not in ENDED or not task.artifacts:
             ended = get_text_parts(task.status.message.parts)
