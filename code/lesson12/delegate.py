@@ -52,6 +52,7 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
     """The card's first skill as a tool: its id, description and examples are what the model
     reads to decide when to call it."""
     skill = card.skills[0]
+    # [start:relay]
     started: dict[str, tuple[str, str]] = {}  # our tool call -> the remote task (id, context)
 
     async def follow(request: SendMessageRequest) -> tuple[str, str]:
@@ -66,7 +67,6 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
                 write({"remote": TaskState.Name(status.state), "said": said})
         return ids
 
-    # [start:relay]
     async def delegate(query: str, runtime: ToolRuntime) -> tuple[str, dict]:
         call = runtime.tool_call_id
         if call not in started:  # not a resume: a new remote task
@@ -81,7 +81,7 @@ def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
             reply = as_user(new_data_message(decision, task_id=task_id, context_id=context_id))
             await follow(SendMessageRequest(message=reply))  # sends it, relays the task's events
             task = await client.get_task(GetTaskRequest(id=task_id))
-        started.pop(call, None)  # ended: the tool returns its answer and sources (below)
+        started.pop(call, None)  # ended: the tool returns the task's answer and sources
         # [end:relay]
         name = MARK.format(name=bounded(card.name, 80))
         if task.status.state not in ENDED or not task.artifacts:
