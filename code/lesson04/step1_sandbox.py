@@ -90,7 +90,7 @@ PROGRAMS = [
 
 if __name__ == "__main__":
     for code in PROGRAMS:
-        result = run(code, timeout=2)
+        result = run(code, timeout=5)
         flags = [flag for flag in ("timed_out", "oom_killed", "truncated") if getattr(result, flag)]
         said = result.stderr.strip().splitlines()[-1:] or result.stdout.splitlines()[:1]
         print(f"{code}\n  -> " + ", ".join([f"exit {result.exit_code}", *flags, *said]))
