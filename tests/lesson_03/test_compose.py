@@ -373,19 +373,18 @@ def test_up_serves_the_offline_agent_with_the_redis_cache(project):
     assert ready.json()["cache"] == "redis", ready.text
 
 
-DOC_MARK = "<!-- checked-by: tests/lesson_03/test_compose.py -->"
-
-
 @pytest.mark.container
 @ONE_COMPOSE
 def test_step_5s_questions_print_what_the_doc_shows(project):
     """docs/03, step 5: after `make lesson-03`, the doc's block asks /ready and the same question
     twice; typed as written (the project's port for 8000), it prints what the doc shows."""
-    from tests.support.doc_session import differences
+    from tests.support.doc_session import differences, section_steps
 
-    pattern = re.escape(DOC_MARK) + r"\n```bash\n(.*?)```\n\n[^`]*?```text\n(.*?)```"
-    blocks = re.findall(pattern, DOC.read_text(encoding="utf-8"), flags=re.S)
-    ((command, shown),) = [block for block in blocks if "curl" in block[0]]  # not make lesson-03
+    ((command, shown),) = [
+        (block.body, output.body)
+        for block, output in section_steps(DOC, "5. Compose")
+        if block.body.startswith("curl") and output
+    ]
     ran = subprocess.run(
         ["bash", "-c", command.replace("localhost:8000", f"localhost:{project.port}")],
         capture_output=True,
