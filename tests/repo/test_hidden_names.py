@@ -16,7 +16,7 @@ from pathlib import Path
 
 from support.lessons import ROOT
 
-OURS = re.compile(r"^(research_agent|lesson\d*|support|code)(\.|$)")
+OURS = re.compile(r"^(research_agent|lesson\d*|support|code|chat_model)(\.|$)")  # chat_model: code/chat_model.py
 GOING_FURTHER = "\n## Going further"
 
 # Names still hidden, each with why it is allowed for now. Empty when every lesson shows its names.
@@ -108,3 +108,14 @@ def test_a_name_only_a_going_further_section_shows_is_hidden(tmp_path):
         "## Going further\n\n```python\nclass Agent:\n    pass\n```\n"
     )
     assert hidden_names(tmp_path) == {"01": {"lesson01.agent.Agent"}}
+
+
+def test_the_shared_chat_model_module_is_our_code(tmp_path):
+    """`code/chat_model.py` is imported as `chat_model`: its names are ours to show too."""
+    (tmp_path / "code" / "lesson01").mkdir(parents=True)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "code" / "lesson01" / "step1_api.py").write_text(
+        "from chat_model import make_chat_model\n"
+    )
+    (tmp_path / "docs" / "01-agent-api.md").write_text("# 1\n\nThe model answers.\n")
+    assert hidden_names(tmp_path) == {"01": {"chat_model.make_chat_model"}}
