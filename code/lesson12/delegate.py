@@ -48,11 +48,11 @@ def checked_card(card: AgentCard, url: str) -> AgentCard:
     return card
 
 
+# [start:relay]
 def remote_skill_tool(card: AgentCard, client: Client) -> BaseTool:
     """The card's first skill as a tool: its id, description and examples are what the model
     reads to decide when to call it."""
     skill = card.skills[0]
-    # [start:relay]
     started: dict[str, tuple[str, str]] = {}  # our tool call -> the remote task (id, context)
 
     async def follow(request: SendMessageRequest) -> tuple[str, str]:
