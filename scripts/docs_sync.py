@@ -113,12 +113,34 @@ def without_markers(text: str) -> str:
     return "\n".join(line for line in text.split("\n") if not MARKER_LINE.match(line))
 
 
+def _docstring_lines(source: str) -> tuple[int, int] | None:
+    """The [start, end) line indexes of a Python module's docstring, if it has one."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(getattr(first.value, "value", None), str):
+        return first.lineno - 1, first.end_lineno
+    return None
+
+
 def extract_diff(spec: str, root: Path = ROOT) -> str:
-    """The unified diff from the first selection of "OLD NEW" to the second."""
+    """The unified diff from the first selection of "OLD NEW" to the second.
+
+    Between two whole Python files (a step against the one before), the module docstring's change
+    is left out: each step's docstring names the step and its command, which every diff would
+    otherwise show as a change that teaches nothing. The new file's docstring stands on both sides,
+    so it still shows as context where a change is near it."""
     old, new = spec.split()
+    before, after = extract(old, root).splitlines(), extract(new, root).splitlines()
+    if "#" not in old and "#" not in new and old.endswith(".py") and new.endswith(".py"):
+        was, now = _docstring_lines("\n".join(before)), _docstring_lines("\n".join(after))
+        if was and now:
+            before = before[: was[0]] + after[now[0] : now[1]] + before[was[1] :]
     diff = difflib.unified_diff(
-        extract(old, root).splitlines(),
-        extract(new, root).splitlines(),
+        before,
+        after,
         fromfile=old,
         tofile=new,
         lineterm="",

@@ -322,6 +322,26 @@ def test_an_include_diff_that_ends_in_blank_context_lines_stays_in_sync(sample_r
     assert docs_sync.sync_doc(doc, sample_repo, write=False) == ([], [])
 
 
+def test_a_whole_file_diff_leaves_the_module_docstrings_change_out(sample_repo):
+    """Each step's docstring names the step: between two whole files only the code's change shows,
+    and the new docstring stays as context near it."""
+    step2 = SAMPLE.replace('"""A module."""', '"""Step 2.\n\nRun it: make step-2\n"""')
+    (sample_repo / "pkg" / "mod2.py").write_text(
+        step2.replace("import functools", "import os\nimport functools")
+    )
+    diff = docs_sync.extract_diff("pkg/mod.py pkg/mod2.py", sample_repo).split("\n")
+    assert "+import os" in diff and "Run it: make step-2" in [line.strip() for line in diff]
+    assert not [line for line in diff if line.startswith(("-", "+")) and "module" in line.lower()]
+    assert not [line for line in diff if line.startswith("+") and "Step 2" in line]
+    # A selection of a symbol is diffed as it is: its docstring is part of what changed.
+    (sample_repo / "pkg" / "mod2.py").write_text(
+        SAMPLE.replace("def square(x):", 'def square(x):\n    """Squared."""')
+    )
+    assert '+    """Squared."""' in docs_sync.extract_diff(
+        "pkg/mod.py#square pkg/mod2.py#square", sample_repo
+    )
+
+
 def test_an_include_diff_of_identical_sides_is_broken(sample_repo):
     doc = sample_repo / "doc.md"
     doc.write_text("<!-- include-diff: pkg/mod.py#square pkg/mod.py#square -->\n```diff\n```\n")
