@@ -21,7 +21,7 @@ def follow(streams: dict[str, str], container) -> None:
     while True:
         container.reload()
         exited = container.status == "exited"  # asked first: once it has, all is written
-        found = r.xread(streams, block=None if exited else 1000)  # waits up to 1 s for more
+        found = r.xread(streams, block=None if exited else 1000)  # None: no wait; 1000: up to 1 s
         for key, entries in found:
             for entry_id, fields in entries:
                 streams[key] = entry_id  # the next read starts after it
