@@ -5,14 +5,18 @@ what the grace cannot finish the same way."""
 import asyncio
 import json
 import logging
+import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
+
+from lesson01 import shutdown
 
 SCRIPT = "lesson01/step5_shutdown.py"
 CUT_OFF = "<connection closed mid-stream>"
@@ -209,3 +213,16 @@ def test_ready_is_a_503_while_draining(shutdown_app):
     assert response.status_code == 503
     assert without_id(response.json()["error"]) == DRAINING
     assert client.get("/health").status_code == 200  # alive, only leaving
+
+
+def test_the_docs_shutdown_timeline_is_the_codes_defaults():
+    """docs/01 step 5's timeline: its times follow from the defaults in lesson01/shutdown.py."""
+    doc = (Path(__file__).parents[2] / "docs" / "01-agent-api.md").read_text(encoding="utf-8")
+    timeline = re.search(r"```text\n(t = 0 .*?)```", doc, re.S)
+    assert timeline, "docs/01 lost step 5's timeline"
+    times = [float(t) for t in re.findall(r"^t = ([\d.]+)", timeline[1], re.M)]
+    drain, grace = shutdown.SHUTDOWN_DRAIN_SECONDS, shutdown.GRACEFUL_SHUTDOWN_SECONDS
+    cut = drain + grace - shutdown.CUT_MARGIN_SECONDS
+    assert times == [0, drain, cut, drain + grace]
+    assert f"SHUTDOWN_DRAIN_SECONDS={drain:g}" in timeline[1]
+    assert f"GRACEFUL_SHUTDOWN_SECONDS={grace:g}" in timeline[1]
