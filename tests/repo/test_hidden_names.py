@@ -16,7 +16,8 @@ from pathlib import Path
 
 from support.lessons import ROOT
 
-OURS = re.compile(r"^(research_agent|lesson\d*|support|code|chat_model)(\.|$)")  # chat_model: code/chat_model.py
+# chat_model: code/chat_model.py, which every lesson imports by that name.
+OURS = re.compile(r"^(research_agent|lesson\d*|support|code|chat_model)(\.|$)")
 GOING_FURTHER = "\n## Going further"
 
 # Names still hidden, each with why it is allowed for now. Empty when every lesson shows its names.
