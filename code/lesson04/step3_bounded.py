@@ -64,7 +64,7 @@ def run(code: str, timeout: float = TIMEOUT_SECONDS) -> RunResult:
         IMAGE, COMMAND, stdin_open=True, labels=labels, **RESTRICTIONS
     )
     output, truncated, timed_out = {1: bytearray(), 2: bytearray()}, False, threading.Event()
-    deadline = threading.Timer(timeout, lambda: timed_out.set() or kill(container))
+    deadline = threading.Timer(timeout, lambda: (timed_out.set(), kill(container)))
     try:
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
         with container.attach_socket(params=params)._sock as sock:  # before start: miss nothing
