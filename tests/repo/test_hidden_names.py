@@ -16,7 +16,7 @@ from pathlib import Path
 
 from support.lessons import ROOT
 
-# chat_model: code/chat_model.py, which every lesson imports by that name.
+# chat_model: code/chat_model.py, which the steps import by that name (`from chat_model import`).
 OURS = re.compile(r"^(research_agent|lesson\d*|support|code|chat_model)(\.|$)")
 GOING_FURTHER = "\n## Going further"
 
