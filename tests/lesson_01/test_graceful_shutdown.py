@@ -5,11 +5,9 @@ what the grace cannot finish the same way."""
 import asyncio
 import json
 import logging
-import re
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +15,8 @@ from fastapi.testclient import TestClient
 from httpx_sse import connect_sse
 
 from lesson01 import shutdown
+from support.lessons import ROOT
+from tests.support.doc_session import section_blocks
 
 SCRIPT = "lesson01/step5_shutdown.py"
 CUT_OFF = "<connection closed mid-stream>"
@@ -217,12 +217,11 @@ def test_ready_is_a_503_while_draining(shutdown_app):
 
 def test_the_docs_shutdown_timeline_is_the_codes_defaults():
     """docs/01 step 5's timeline: its times follow from the defaults in lesson01/shutdown.py."""
-    doc = (Path(__file__).parents[2] / "docs" / "01-agent-api.md").read_text(encoding="utf-8")
-    timeline = re.search(r"```text\n(t = 0 .*?)```", doc, re.S)
-    assert timeline, "docs/01 lost step 5's timeline"
-    times = [float(t) for t in re.findall(r"^t = ([\d.]+)", timeline[1], re.M)]
+    blocks = section_blocks(ROOT / "docs" / "01-agent-api.md", "5. Stop")
+    (timeline,) = [block.body for block in blocks if block.body.startswith("t = 0")]
+    times = [float(line.split()[2]) for line in timeline.splitlines()]
     drain, grace = shutdown.SHUTDOWN_DRAIN_SECONDS, shutdown.GRACEFUL_SHUTDOWN_SECONDS
     cut = drain + grace - shutdown.CUT_MARGIN_SECONDS
     assert times == [0, drain, cut, drain + grace]
-    assert f"SHUTDOWN_DRAIN_SECONDS={drain:g}" in timeline[1]
-    assert f"GRACEFUL_SHUTDOWN_SECONDS={grace:g}" in timeline[1]
+    assert f"SHUTDOWN_DRAIN_SECONDS={drain:g}" in timeline
+    assert f"GRACEFUL_SHUTDOWN_SECONDS={grace:g}" in timeline

@@ -3,12 +3,12 @@ a table: the callbacks, their order and the runs' parents are checked here again
 research agent really makes, so the table cannot drift from LangChain."""
 
 import asyncio
-import re
 
 from langchain_core.callbacks import BaseCallbackHandler
 
 from research_agent import Settings, build_agent
 from support.lessons import ROOT
+from tests.support.doc_session import section_blocks
 
 DOC = ROOT / "docs" / "09-traces.md"
 
@@ -16,12 +16,12 @@ DOC = ROOT / "docs" / "09-traces.md"
 def shown_rows() -> tuple[list[list[str]], list[list[str]]]:
     """The table's rows as [callback, run, parent] (parent only on a start), before and after its
     `...` row."""
-    table = re.search(r"```text\n(callback .*?\n)(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
-    assert table, "docs/09 lost its table of callbacks"
-    head = table[1]
+    blocks = section_blocks(DOC, "1. Spans")
+    (table,) = [block.body for block in blocks if block.body.startswith("callback ")]
+    head, *lines = table.splitlines()
     run, parent, name = head.index("run"), head.index("parent"), head.index("name")
     rows = []
-    for line in table[2].splitlines():
+    for line in lines:
         cells = [line[:run].strip(), line[run:parent].strip(), line[parent:name].strip()]
         rows.append([cell for cell in cells if cell])
     cut = next(i for i, row in enumerate(rows) if row[0] == "...")
