@@ -28,6 +28,9 @@ A diff between two such selections (a lesson step against the one before) works 
     ...the unified diff of the two, rewritten by this script...
     ```
 
+Between two whole Python files the module docstring's change is left out (each step's names the
+step and its command); the new file's docstring still shows as context near a change.
+
 Usage:
     python scripts/docs_sync.py           rewrite every excerpt from its source
     python scripts/docs_sync.py --check   change nothing; exit 1, listing each stale or broken one
